@@ -1,0 +1,49 @@
+# imgn: build, test and run targets. `make help` lists them.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+# Packages whose tests run again under the race detector (they own goroutines).
+RACE_PKGS ?= ./lb/... ./persist/... ./engine/... ./client/... ./mesh/...
+FUZZTIME ?= 10s
+FUZZ_TARGETS := ./codec:FuzzDecode ./codec:FuzzSerializers
+
+.PHONY: help build test race fuzz fuzz-short bench lint proto run clean
+
+help: ## list targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+build: ## build every command into ./bin
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+test: ## the full test suite: unit, end-to-end, race detector, short fuzz (CI runs this)
+	$(GO) vet ./...
+	$(GO) test -count=1 ./...
+	$(GO) test -count=1 -race $(shell $(GO) list $(RACE_PKGS) 2>/dev/null)
+	$(MAKE) --no-print-directory fuzz FUZZTIME=3s
+
+race: ## tests of the concurrent packages under the race detector
+	$(GO) test -count=1 -race $(shell $(GO) list $(RACE_PKGS) 2>/dev/null)
+
+fuzz: ## run each fuzz target for FUZZTIME (default 10s)
+	@set -e; for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \
+	  echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
+	  $(GO) test -run='^$$' -fuzz="^$$name$$" -fuzztime=$(FUZZTIME) $$pkg; done
+
+bench: ## micro-benchmarks of every package (ns/op, B/op, allocs/op)
+	$(GO) test -run='^$$' -bench=. -benchmem ./...
+
+lint: ## gofmt check, go vet, staticcheck (pinned)
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+proto: ## regenerate codec/pb from codec/pb/imgn.proto (installs protoc if missing)
+	@command -v protoc >/dev/null || { apt-get update -qq && apt-get install -y -qq protobuf-compiler; }
+	GOBIN=$(CURDIR)/$(BIN) $(GO) install $(PROTOC_GEN_GO)
+	PATH=$(CURDIR)/$(BIN):$$PATH protoc --go_out=. --go_opt=paths=source_relative codec/pb/imgn.proto
+
+clean: ## remove build output
+	rm -rf $(BIN)
