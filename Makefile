@@ -9,7 +9,7 @@ RACE_PKGS ?= ./lb/... ./persist/... ./engine/... ./client/... ./mesh/...
 FUZZTIME ?= 10s
 FUZZ_TARGETS := ./codec:FuzzDecode ./codec:FuzzSerializers
 
-.PHONY: help build test race fuzz fuzz-short bench lint proto run clean
+.PHONY: help build test race fuzz bench lint proto run clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -47,3 +47,9 @@ proto: ## regenerate codec/pb from codec/pb/imgn.proto (installs protoc if missi
 
 clean: ## remove build output
 	rm -rf $(BIN)
+
+run: build ## run one node on the embedded defaults (client 127.0.0.1:9090, admin 127.0.0.1:9091, data ./data)
+	./$(BIN)/imd
+
+# Load-generator scenarios (bench-conns, bench-p2p, bench-1m, ...) live in bench/bench.mk.
+-include bench/bench.mk

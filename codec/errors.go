@@ -56,6 +56,7 @@ const (
 	CodeForwardFailed      ErrorCode = 41
 	CodeInternal           ErrorCode = 42
 	CodeShuttingDown       ErrorCode = 43
+	CodeBusy               ErrorCode = 44
 	CodeKickDuplicateLogin ErrorCode = 50
 	CodeKickAdmin          ErrorCode = 51
 	CodeKickLogout         ErrorCode = 52
@@ -98,6 +99,7 @@ var Codes = []CodeInfo{
 	{CodeForwardFailed, "FORWARD_FAILED", false, true, "the node owning the recipient's inbox could not be reached in time"},
 	{CodeInternal, "INTERNAL", false, true, "an unexpected server error"},
 	{CodeShuttingDown, "SHUTTING_DOWN", false, true, "the node is shutting down or draining; reconnect elsewhere and retry"},
+	{CodeBusy, "BUSY", false, true, "the node's bounded work queue (or this connection's request queue) is full; retry after retry_after_ms"},
 	{CodeKickDuplicateLogin, "KICK_DUPLICATE_LOGIN", true, false, "(KICK) the same user and device logged in on another connection"},
 	{CodeKickAdmin, "KICK_ADMIN", true, false, "(KICK) an operator removed the session"},
 	{CodeKickLogout, "KICK_LOGOUT", true, false, "(KICK) reserved: the session was logged out elsewhere"},

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// adminFlags adds --admin (the node's admin HTTP base URL).
+func (f *flags) admin() *string {
+	var base string
+	f.envString(&base, "admin", "IM_ADMIN", "http://127.0.0.1:9091", "admin API base URL")
+	return &base
+}
+
+// adminCall performs one admin API request and decodes the JSON answer
+// into out (numbers as json.Number, so 64-bit ids stay exact). A non-2xx
+// status is an error carrying the status and the response text.
+func adminCall(ctx context.Context, e *env, base, method, path string, query url.Values, body any, out *map[string]any) error {
+	u, err := url.Parse(strings.TrimRight(base, "/") + path)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return usagef("--admin %q: want an http(s) URL such as http://127.0.0.1:9091", base)
+	}
+	u.RawQuery = query.Encode()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
+	if err != nil {
+		return fmt.Errorf("admin request: %w", err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := e.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("admin %s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("admin %s %s: read response: %w", method, path, err)
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("admin %s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(data)))
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	if err := dec.Decode(out); err != nil {
+		return fmt.Errorf("admin %s %s: undecodable response %q: %w", method, path, truncate(string(data), 200), err)
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// str renders a JSON value for human output.
+func str(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return ""
+	case string:
+		return x
+	case json.Number:
+		return x.String()
+	case []any:
+		parts := make([]string, len(x))
+		for i, p := range x {
+			parts[i] = str(p)
+		}
+		return strings.Join(parts, ", ")
+	default:
+		b, _ := json.Marshal(x)
+		return string(b)
+	}
+}
+
+// adminOutput prints the answer: as received with --json, else human.
+func adminOutput(e *env, f *flags, resp map[string]any, human string) {
+	if f.json {
+		writeJSON(e.stdout, resp)
+		return
+	}
+	fmt.Fprintln(e.stdout, human)
+}
+
+func cmdOnline(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "online", "--user U")
+	base := f.admin()
+	user := f.String("user", "", "user id")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if *user == "" && f.NArg() == 1 {
+		*user = f.Arg(0)
+	} else if f.NArg() > 0 {
+		return usagef("unexpected arguments %q", f.Args())
+	}
+	if *user == "" {
+		return usagef("--user is required")
+	}
+	var resp map[string]any
+	if err := adminCall(ctx, e, *base, http.MethodGet, "/admin/online", url.Values{"user": {*user}}, nil, &resp); err != nil {
+		return err
+	}
+	human := *user + " offline"
+	if online, _ := resp["online"].(bool); online {
+		human = fmt.Sprintf("%s online (%s)", *user, str(resp["devices"]))
+	}
+	adminOutput(e, f, resp, human)
+	return nil
+}
+
+func cmdKick(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "kick", "--user U [--device D]")
+	base := f.admin()
+	user := f.String("user", "", "user id")
+	device := f.String("device", "", "only this device (default: every session of the user)")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if f.NArg() > 0 {
+		return usagef("unexpected arguments %q", f.Args())
+	}
+	if *user == "" {
+		return usagef("--user is required")
+	}
+	q := url.Values{"user": {*user}}
+	if *device != "" {
+		q.Set("device", *device)
+	}
+	var resp map[string]any
+	if err := adminCall(ctx, e, *base, http.MethodPost, "/admin/kick", q, nil, &resp); err != nil {
+		return err
+	}
+	adminOutput(e, f, resp, fmt.Sprintf("kicked %s session(s) of %s", str(resp["kicked"]), *user))
+	return nil
+}
+
+func cmdBroadcast(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "broadcast", "--text T")
+	base := f.admin()
+	text := f.String("text", "", "notice text (default: the remaining arguments)")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if *text == "" {
+		*text = strings.Join(f.Args(), " ")
+	} else if f.NArg() > 0 {
+		return usagef("give the text with --text or as arguments, not both")
+	}
+	if *text == "" {
+		return usagef("--text is required")
+	}
+	var resp map[string]any
+	if err := adminCall(ctx, e, *base, http.MethodPost, "/admin/broadcast", nil, map[string]string{"text": *text}, &resp); err != nil {
+		return err
+	}
+	adminOutput(e, f, resp, fmt.Sprintf("notice delivered to %s connection(s)", str(resp["delivered"])))
+	return nil
+}
+
+func cmdSysmsg(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "sysmsg", "--to U --text T")
+	base := f.admin()
+	to := f.String("to", "", "recipient user id")
+	text := f.String("text", "", "message text (default: the remaining arguments)")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if *text == "" {
+		*text = strings.Join(f.Args(), " ")
+	} else if f.NArg() > 0 {
+		return usagef("give the text with --text or as arguments, not both")
+	}
+	if *to == "" || *text == "" {
+		return usagef("--to and --text are required")
+	}
+	var resp map[string]any
+	if err := adminCall(ctx, e, *base, http.MethodPost, "/admin/message", nil, map[string]string{"to": *to, "text": *text}, &resp); err != nil {
+		return err
+	}
+	adminOutput(e, f, resp, fmt.Sprintf("stored msg_id=%s seq=%s in %s's inbox", str(resp["msg_id"]), str(resp["seq"]), *to))
+	return nil
+}

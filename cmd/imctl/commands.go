@@ -1,0 +1,324 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/imgn/imgn/client"
+	"github.com/imgn/imgn/codec/pb"
+)
+
+const defaultTimeout = 10 * time.Second
+
+func cmdRegister(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "register", "--user U --password P")
+	cf := f.connection(defaultTimeout)
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if f.NArg() > 0 {
+		return usagef("unexpected arguments %q", f.Args())
+	}
+	cfg, err := cf.config(false)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := withTimeout(ctx, cf.timeout)
+	defer cancel()
+	ok, err := client.Register(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		writeJSON(e.stdout, map[string]any{"ok": true, "user": ok.GetUser()})
+	} else {
+		fmt.Fprintf(e.stdout, "registered %s\n", ok.GetUser())
+	}
+	return nil
+}
+
+// dialFor logs in for a one-shot command.
+func dialFor(ctx context.Context, cf *connFlags, mutate func(*client.Config)) (*client.Client, error) {
+	cfg, err := cf.config(true)
+	if err != nil {
+		return nil, err
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	return client.Dial(ctx, cfg)
+}
+
+func cmdSend(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "send", "(--to U | --group G) [--text T | TEXT...]")
+	cf := f.connection(defaultTimeout)
+	to := f.String("to", "", "recipient user id")
+	group := f.String("group", "", "group id (instead of --to)")
+	text := f.String("text", "", "message text (default: the remaining arguments)")
+	kind := f.Uint("kind", 0, "application-defined content kind (0 = text)")
+	id := f.String("id", "", "client_msg_id to use (default random; reuse one to retry safely)")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	body := *text
+	if body == "" {
+		body = strings.Join(f.Args(), " ")
+	} else if f.NArg() > 0 {
+		return usagef("give the text with --text or as arguments, not both")
+	}
+	switch {
+	case (*to == "") == (*group == ""):
+		return usagef("give exactly one of --to and --group")
+	case body == "":
+		return usagef("no message text")
+	case *kind > 1<<32-1:
+		return usagef("--kind out of range")
+	}
+	ctx, cancel := withTimeout(ctx, cf.timeout)
+	defer cancel()
+	c, err := dialFor(ctx, cf, func(cfg *client.Config) { cfg.SendOnly = true })
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	opts := []client.SendOption{client.WithKind(uint32(*kind))}
+	if *id != "" {
+		opts = append(opts, client.WithClientMsgID(*id))
+	}
+	var ack *pb.SendAck
+	if *to != "" {
+		ack, err = c.Send(ctx, *to, []byte(body), opts...)
+	} else {
+		ack, err = c.SendGroup(ctx, *group, []byte(body), opts...)
+	}
+	if err != nil {
+		return err
+	}
+	if f.json {
+		writeJSON(e.stdout, map[string]any{"ok": true, "client_msg_id": ack.GetClientMsgId(), "msg_id": ack.GetMsgId(),
+			"seq": ack.GetSeq(), "time": ack.GetTime(), "duplicate": ack.GetDuplicate()})
+	} else {
+		dup := ""
+		if ack.GetDuplicate() {
+			dup = " (duplicate: stored earlier)"
+		}
+		fmt.Fprintf(e.stdout, "sent msg_id=%d seq=%d client_msg_id=%s%s\n", ack.GetMsgId(), ack.GetSeq(), ack.GetClientMsgId(), dup)
+	}
+	return nil
+}
+
+// afterFlag returns the Config.AfterSeq for --after (-1 = server cursor).
+func afterFlag(after int64) (*uint64, error) {
+	switch {
+	case after < -1:
+		return nil, usagef("--after must be -1 (server cursor) or a seq >= 0")
+	case after == -1:
+		return nil, nil
+	}
+	v := uint64(after)
+	return &v, nil
+}
+
+func cmdRecv(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "recv", "[--count N] [--timeout D] [--after SEQ]")
+	cf := f.connection(0)
+	count := f.Int("count", 0, "exit 0 after N messages (exit 1 if --timeout ends first); 0 = run until --timeout or Ctrl-C")
+	after := f.Int64("after", -1, "start after this inbox seq (0 = whole inbox); -1 = the device's server cursor")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if f.NArg() > 0 {
+		return usagef("unexpected arguments %q", f.Args())
+	}
+	if *count < 0 {
+		return usagef("--count must not be negative")
+	}
+	afterSeq, err := afterFlag(*after)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := withTimeout(ctx, cf.timeout)
+	defer cancel()
+	c, err := dialFor(ctx, cf, func(cfg *client.Config) { cfg.AfterSeq = afterSeq })
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	got := 0
+	for *count == 0 || got < *count {
+		select {
+		case m, ok := <-c.Messages():
+			if !ok {
+				return fmt.Errorf("after %d messages: %w", got, c.Err())
+			}
+			writeJSON(e.stdout, toJSONMessage(m))
+			got++
+		case n, ok := <-c.Notices():
+			if ok {
+				fmt.Fprintf(e.stderr, "notice: %s\n", n.GetText())
+			}
+		case <-ctx.Done():
+			if *count > 0 {
+				return fmt.Errorf("received %d of %d messages: %w", got, *count, ctx.Err())
+			}
+			return nil // --timeout or Ctrl-C without --count: a normal end
+		}
+	}
+	return nil
+}
+
+func cmdToken(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "token", "--user U [--secret S] [--ttl D]")
+	var secret, user string
+	f.envString(&secret, "secret", "IM_JWT_SECRET", "", "HS256 secret shared with the server")
+	f.envString(&user, "user", "IM_USER", "", "user id (the token's subject)")
+	ttl := f.Duration("ttl", 24*time.Hour, "lifetime of the token")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	switch {
+	case f.NArg() > 0:
+		return usagef("unexpected arguments %q", f.Args())
+	case secret == "":
+		return usagef("--secret (or IM_JWT_SECRET) is required")
+	case user == "":
+		return usagef("--user is required")
+	case *ttl <= 0:
+		return usagef("--ttl must be positive")
+	}
+	tok, exp, err := mintToken([]byte(secret), user, *ttl, e.now())
+	if err != nil {
+		return err
+	}
+	if f.json {
+		writeJSON(e.stdout, map[string]any{"ok": true, "token": tok, "user": user, "expires_at": exp.Unix()})
+	} else {
+		fmt.Fprintln(e.stdout, tok)
+	}
+	return nil
+}
+
+// mintToken returns an HS256 JWT with sub = user, iat = now, exp = now+ttl.
+func mintToken(secret []byte, user string, ttl time.Duration, now time.Time) (string, time.Time, error) {
+	exp := now.Add(ttl).Truncate(time.Second)
+	claims := jwt.RegisteredClaims{Subject: user, IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(exp)}
+	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(secret)
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("sign token: %w", err)
+	}
+	return tok, exp, nil
+}
+
+func cmdGroup(ctx context.Context, e *env, args []string) error {
+	const synopsis = "create --name N [--members a,b] | join --group G | leave --group G | members --group G"
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		f := newFlags(e, "group", synopsis)
+		if err := f.parse(args); err != nil {
+			return err
+		}
+		return usagef("missing action: create, join, leave or members")
+	}
+	action := args[0]
+	f := newFlags(e, "group "+action, "[flags]")
+	f.Usage = func() {
+		fmt.Fprintf(f.Output(), "Usage: imctl group %s\n\nFlags:\n", synopsis)
+		f.PrintDefaults()
+	}
+	cf := f.connection(defaultTimeout)
+	name := f.String("name", "", "group name (create)")
+	members := f.String("members", "", "comma-separated initial members besides you (create)")
+	group := f.String("group", "", "group id (join, leave, members)")
+	if err := f.parse(args[1:]); err != nil {
+		return err
+	}
+	if f.NArg() > 0 {
+		return usagef("unexpected arguments %q", f.Args())
+	}
+	switch action {
+	case "create":
+	case "join", "leave", "members":
+		if *group == "" {
+			return usagef("--group is required")
+		}
+	default:
+		return usagef("unknown action %q: want create, join, leave or members", action)
+	}
+	ctx, cancel := withTimeout(ctx, cf.timeout)
+	defer cancel()
+	c, err := dialFor(ctx, cf, func(cfg *client.Config) { cfg.SendOnly = true })
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var gi *pb.GroupInfo
+	switch action {
+	case "create":
+		gi, err = c.CreateGroup(ctx, *name, splitList(*members)...)
+	case "join":
+		gi, err = c.JoinGroup(ctx, *group)
+	case "leave":
+		gi, err = c.LeaveGroup(ctx, *group)
+	case "members":
+		gi, err = c.GroupMembers(ctx, *group)
+	}
+	if err != nil {
+		return err
+	}
+	if f.json {
+		members := gi.GetMembers()
+		if members == nil {
+			members = []string{}
+		}
+		writeJSON(e.stdout, map[string]any{"ok": true, "group_id": gi.GetGroupId(), "name": gi.GetName(), "owner": gi.GetOwner(), "members": members})
+	} else {
+		fmt.Fprintf(e.stdout, "group %s %q owner %s members: %s\n", gi.GetGroupId(), gi.GetName(), gi.GetOwner(), strings.Join(gi.GetMembers(), ", "))
+	}
+	return nil
+}
+
+func cmdPresence(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "presence", "[--users a,b] [USER...]")
+	cf := f.connection(defaultTimeout)
+	users := f.String("users", "", "comma-separated user ids")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	list := append(splitList(*users), f.Args()...)
+	if len(list) == 0 {
+		return usagef("no users given")
+	}
+	ctx, cancel := withTimeout(ctx, cf.timeout)
+	defer cancel()
+	c, err := dialFor(ctx, cf, func(cfg *client.Config) { cfg.SendOnly = true })
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ps, err := c.Presence(ctx, list...)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		out := make([]map[string]any, 0, len(ps))
+		for _, p := range ps {
+			devices := p.GetDevices()
+			if devices == nil {
+				devices = []string{}
+			}
+			out = append(out, map[string]any{"user": p.GetUser(), "online": p.GetOnline(), "devices": devices})
+		}
+		writeJSON(e.stdout, map[string]any{"ok": true, "users": out})
+		return nil
+	}
+	for _, p := range ps {
+		if p.GetOnline() {
+			fmt.Fprintf(e.stdout, "%s online (%s)\n", p.GetUser(), strings.Join(p.GetDevices(), ", "))
+		} else {
+			fmt.Fprintf(e.stdout, "%s offline\n", p.GetUser())
+		}
+	}
+	return nil
+}

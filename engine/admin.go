@@ -1,0 +1,224 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/codec/pb"
+	"github.com/imgn/imgn/persist"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Broadcast sends an operator NOTICE to every logged-in connection on this
+// node. Notices are not stored. It returns how many connections were sent it.
+func (s *Server) Broadcast(text string) int {
+	n := 0
+	now := time.Now().UnixMilli()
+	s.sessions.each(func(c *conn) {
+		if c.writeMsg(c.ser, codec.CmdNotice, 0, &pb.Notice{Text: text, Time: now}) {
+			n++
+		}
+	})
+	return n
+}
+
+// SystemMessage stores a message from the system (From "") in user's inbox
+// and pushes it to the user's online devices. The user must exist.
+func (s *Server) SystemMessage(ctx context.Context, user string, kind uint32, body []byte) (persist.AppendResult, error) {
+	ok, err := s.userExists(ctx, user)
+	if err != nil {
+		return persist.AppendResult{}, err
+	}
+	if !ok {
+		return persist.AppendResult{}, fmt.Errorf("engine: system message: %w: user %q", persist.ErrNotFound, user)
+	}
+	id := s.ids.next()
+	msg := persist.Message{ID: id, To: user, ClientMsgID: "sys-" + strconv.FormatUint(id, 36), Timestamp: time.Now().UnixMilli(), Kind: kind, Body: body}
+	res, err := s.store.Append(ctx, msg, []string{user})
+	if err != nil {
+		return res, fmt.Errorf("engine: system message: %w", err)
+	}
+	s.pushTo(user, res.Seqs[0], &res.Msg)
+	return res, nil
+}
+
+// Kick ends the sessions of user on this node (only device's when device is
+// not empty) with KICK_ADMIN, and returns how many were kicked.
+func (s *Server) Kick(user, device string) int {
+	var arr [8]*conn
+	n := 0
+	for _, c := range s.sessions.devices(user, arr[:0]) {
+		if device == "" || c.device == device {
+			s.sessions.remove(c)
+			c.kick(codec.CodeKickAdmin, "removed by an operator")
+			n++
+		}
+	}
+	return n
+}
+
+// Online reports user's devices online on this node.
+func (s *Server) Online(user string) (devices []string) {
+	return s.presence(user).Devices
+}
+
+// Stats is a snapshot for the admin API and benchmarks.
+type Stats struct {
+	NodeID      string `json:"node_id"`
+	Connections int    `json:"connections"`
+	Sessions    int    `json:"sessions"`
+	Users       int    `json:"users"`
+	// Process memory: resident set, Go heap in use, and everything the Go
+	// runtime holds from the OS (heap, stacks, runtime structures).
+	RSSBytes     uint64  `json:"rss_bytes"`
+	HeapBytes    uint64  `json:"heap_bytes"`
+	GoSysBytes   uint64  `json:"go_sys_bytes"`
+	Goroutines   int     `json:"goroutines"`
+	CPUSeconds   float64 `json:"cpu_seconds"`
+	BytesPerConn float64 `json:"bytes_per_conn"`
+}
+
+// Stats returns current connection counts and process memory. It reads
+// runtime memory statistics, a short stop-the-world: call it at most a few
+// times a second.
+func (s *Server) Stats() Stats {
+	users, sessions := s.sessions.count()
+	st := Stats{NodeID: s.cfg.NodeID, Connections: s.conns.len(), Sessions: sessions, Users: users, Goroutines: runtime.NumGoroutine()}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	st.HeapBytes, st.GoSysBytes = ms.HeapInuse, ms.Sys
+	st.RSSBytes = readRSS()
+	st.CPUSeconds = cpuSeconds()
+	if st.Connections > 0 {
+		st.BytesPerConn = float64(st.RSSBytes) / float64(st.Connections)
+	}
+	return st
+}
+
+// readRSS returns the resident set size from /proc/self/statm (0 if
+// unavailable).
+func readRSS() uint64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseUint(f[1], 10, 64)
+	return pages * uint64(os.Getpagesize())
+}
+
+// cpuSeconds returns the process's user+system CPU time.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+}
+
+// AdminHandler returns the admin HTTP API: /metrics, /debug/pprof/,
+// /healthz, /readyz and the /admin/ endpoints (see docs/operations.md).
+// It must only be served on a trusted interface: it has no authentication.
+func (s *Server) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if s.shutting.Load() || !s.started.Load() {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	mux.HandleFunc("GET /admin/stats", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, s.Stats())
+	})
+	mux.HandleFunc("GET /admin/online", func(w http.ResponseWriter, r *http.Request) {
+		user := r.URL.Query().Get("user")
+		if !validID(user) {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "user query parameter required"})
+			return
+		}
+		devs := s.Online(user)
+		if devs == nil {
+			devs = []string{}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"user": user, "online": len(devs) > 0, "devices": devs})
+	})
+	mux.HandleFunc("POST /admin/kick", func(w http.ResponseWriter, r *http.Request) {
+		user := r.URL.Query().Get("user")
+		if !validID(user) {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "user query parameter required"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]int{"kicked": s.Kick(user, r.URL.Query().Get("device"))})
+	})
+	mux.HandleFunc("POST /admin/broadcast", func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			Text string `json:"text"`
+		}
+		if err := decodeJSON(r, &body); err != nil || body.Text == "" {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "JSON body {\"text\": \"...\"} required"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]int{"delivered": s.Broadcast(body.Text)})
+	})
+	mux.HandleFunc("POST /admin/message", func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			To   string `json:"to"`
+			Text string `json:"text"`
+			Kind uint32 `json:"kind"`
+		}
+		if err := decodeJSON(r, &body); err != nil || !validID(body.To) || body.Text == "" {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "JSON body {\"to\": user, \"text\": \"...\"} required"})
+			return
+		}
+		kind := body.Kind
+		if kind == 0 {
+			kind = 1 // system notice
+		}
+		res, err := s.SystemMessage(r.Context(), body.To, kind, []byte(body.Text))
+		switch {
+		case errors.Is(err, persist.ErrNotFound):
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})
+		case err != nil:
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+		default:
+			writeJSON(w, http.StatusOK, map[string]uint64{"msg_id": res.Msg.ID, "seq": res.Seqs[0]})
+		}
+	})
+	return mux
+}
+
+func decodeJSON(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	return dec.Decode(v)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

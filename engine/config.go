@@ -1,0 +1,177 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"time"
+
+	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/persist"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config configures a Server. Zero fields take the defaults documented on
+// each field; Validate reports the first bad value. A Config is read once by
+// New and must not be changed afterwards.
+type Config struct {
+	// Addr is the client listener, "host:port". Default 127.0.0.1:9090.
+	Addr string
+	// NodeID names this node in msg ids, logs and LOGIN_OK. Default "n1".
+	NodeID string
+	// NodeNum (0..1023) is mixed into every msg_id so ids from different
+	// nodes never collide. Default 1.
+	NodeNum uint16
+	// EventLoops is the number of gnet event loops. Default GOMAXPROCS.
+	EventLoops int
+
+	// MaxBody is the largest accepted frame body. Default 65536.
+	MaxBody int
+	// LoginTimeout closes connections that have not logged in. Default 10s.
+	LoginTimeout time.Duration
+	// HeartbeatInterval is announced to clients in LOGIN_OK. Default 30s.
+	HeartbeatInterval time.Duration
+	// IdleTimeout closes logged-in connections silent for this long.
+	// Default 3 x HeartbeatInterval.
+	IdleTimeout time.Duration
+	// MaxOutbound bounds the bytes queued for one connection (ours plus
+	// gnet's unsent buffer); beyond it the connection is closed as a slow
+	// consumer. Default 4 MiB.
+	MaxOutbound int
+	// MaxConns bounds open client connections; 0 means 19,000 (this
+	// machine's file-descriptor cap is 20,000 per process).
+	MaxConns int
+	// SendRate and SendBurst are the per-user token bucket for SEND and
+	// GROUP_SEND. Defaults 200/s and 400.
+	SendRate  float64
+	SendBurst int
+	// MaxGroupSize bounds group membership. Default 1000.
+	MaxGroupSize int
+	// SyncLimit is the default SYNC page (100); SyncMaxLimit caps it (500).
+	SyncLimit, SyncMaxLimit int
+	// Workers is the size of the pool running everything that does I/O
+	// (store, password hashing). Default 256.
+	Workers int
+	// WorkQueue bounds requests waiting for a worker, across the node.
+	// Default 65536.
+	WorkQueue int
+	// ConnQueue bounds one connection's requests waiting to run (requests of
+	// one connection run one at a time, in order). Default 256.
+	ConnQueue int
+	// HashConcurrency bounds concurrent password hashes (each argon2id
+	// hash holds 19 MiB). Default GOMAXPROCS.
+	HashConcurrency int
+	// GoAwayWindow spreads the reconnect delays sent in GO_AWAY on
+	// shutdown. Default 2s.
+	GoAwayWindow time.Duration
+
+	// JWTSecret verifies HS256 login tokens; empty disables token login.
+	JWTSecret []byte
+
+	// Store persists messages, users and groups. Required. The Server does
+	// not close it.
+	Store persist.Store
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registry receives the server's metrics; default a new registry
+	// (Server.Registry returns it).
+	Registry *prometheus.Registry
+}
+
+func (c *Config) setDefaults() {
+	def := func(p *int, v int) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	if c.Addr == "" {
+		c.Addr = "127.0.0.1:9090"
+	}
+	if c.NodeID == "" {
+		c.NodeID = "n1"
+	}
+	if c.NodeNum == 0 {
+		c.NodeNum = 1
+	}
+	def(&c.EventLoops, runtime.GOMAXPROCS(0))
+	def(&c.MaxBody, codec.DefaultMaxBody)
+	if c.LoginTimeout == 0 {
+		c.LoginTimeout = 10 * time.Second
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = 30 * time.Second
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 3 * c.HeartbeatInterval
+	}
+	def(&c.MaxOutbound, 4<<20)
+	def(&c.MaxConns, 19000)
+	if c.SendRate == 0 {
+		c.SendRate = 200
+	}
+	def(&c.SendBurst, 400)
+	def(&c.MaxGroupSize, 1000)
+	def(&c.SyncLimit, 100)
+	def(&c.SyncMaxLimit, 500)
+	def(&c.Workers, 256)
+	def(&c.WorkQueue, 65536)
+	def(&c.ConnQueue, 256)
+	def(&c.HashConcurrency, runtime.GOMAXPROCS(0))
+	if c.GoAwayWindow == 0 {
+		c.GoAwayWindow = 2 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Registry == nil {
+		c.Registry = prometheus.NewRegistry()
+	}
+}
+
+// Validate applies defaults and checks every field.
+func (c *Config) Validate() error {
+	c.setDefaults()
+	var errs []error
+	pos := func(name string, v int) {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("%s must not be negative, got %d", name, v))
+		}
+	}
+	pos("EventLoops", c.EventLoops)
+	pos("MaxOutbound", c.MaxOutbound)
+	pos("MaxConns", c.MaxConns)
+	pos("SendBurst", c.SendBurst)
+	pos("MaxGroupSize", c.MaxGroupSize)
+	pos("Workers", c.Workers)
+	pos("WorkQueue", c.WorkQueue)
+	pos("ConnQueue", c.ConnQueue)
+	pos("HashConcurrency", c.HashConcurrency)
+	if c.MaxBody < 0 || c.MaxBody > 16<<20 {
+		errs = append(errs, fmt.Errorf("MaxBody must be in 1..16777216, got %d", c.MaxBody))
+	}
+	if c.NodeNum > 1023 {
+		errs = append(errs, fmt.Errorf("NodeNum must be in 1..1023, got %d", c.NodeNum))
+	}
+	for name, d := range map[string]time.Duration{"LoginTimeout": c.LoginTimeout, "HeartbeatInterval": c.HeartbeatInterval, "IdleTimeout": c.IdleTimeout, "GoAwayWindow": c.GoAwayWindow} {
+		if d < 0 {
+			errs = append(errs, fmt.Errorf("%s must not be negative, got %s", name, d))
+		}
+	}
+	if c.IdleTimeout < c.HeartbeatInterval {
+		errs = append(errs, fmt.Errorf("IdleTimeout (%s) must be at least HeartbeatInterval (%s)", c.IdleTimeout, c.HeartbeatInterval))
+	}
+	if c.SendRate < 0 {
+		errs = append(errs, fmt.Errorf("SendRate must not be negative, got %g", c.SendRate))
+	}
+	if c.SyncLimit > c.SyncMaxLimit {
+		errs = append(errs, fmt.Errorf("SyncLimit (%d) exceeds SyncMaxLimit (%d)", c.SyncLimit, c.SyncMaxLimit))
+	}
+	if c.Store == nil {
+		errs = append(errs, errors.New("Store is required"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("engine: config: %w", err)
+	}
+	return nil
+}

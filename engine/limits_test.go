@@ -1,0 +1,368 @@
+package engine
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/codec/pb"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// errorsCounted reads imgn_errors_total{code} from the server's registry.
+func errorsCounted(t *testing.T, s *Server, code codec.ErrorCode) float64 {
+	t.Helper()
+	return testutil.ToFloat64(s.metrics.errors[code])
+}
+
+func TestFramingErrorsCloseWithCode(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.MaxBody = 1024 })
+	good, _ := codec.AppendFrame(nil, codec.Protobuf, codec.CmdHeartbeat, 0, 9, &pb.Heartbeat{})
+	tests := []struct {
+		name    string
+		frame   []byte
+		code    codec.ErrorCode
+		ser     codec.SerializerID
+		wantSeq uint32
+	}{
+		{"bad magic", append([]byte("HTTP"), good[4:]...), codec.CodeBadMagic, codec.Protobuf, 9},
+		{"bad version", func() []byte { b := append([]byte{}, good...); b[4] = 7; return b }(), codec.CodeUnsupportedVersion, codec.Protobuf, 9},
+		{"unknown serializer answered in JSON", func() []byte { b := append([]byte{}, good...); b[5] = 9; return b }(), codec.CodeUnknownSerializer, codec.JSON, 9},
+		{"oversized body", func() []byte {
+			b := append([]byte{}, good[:codec.HeaderSize]...)
+			binary.BigEndian.PutUint32(b[12:], 1025)
+			return b
+		}(), codec.CodeFrameTooLarge, codec.Protobuf, 9},
+		{"negative-looking length", func() []byte {
+			b := append([]byte{}, good[:codec.HeaderSize]...)
+			binary.BigEndian.PutUint32(b[12:], 0xFFFFFFFF)
+			return b
+		}(), codec.CodeFrameTooLarge, codec.Protobuf, 9},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := errorsCounted(t, s, tc.code)
+			c := dial(t, s, codec.Protobuf)
+			c.writeRaw(tc.frame)
+			f, err := c.readFrame(5 * time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if f.Serializer != tc.ser || f.Seq != tc.wantSeq {
+				t.Fatalf("error frame in %s seq %d", f.Serializer, f.Seq)
+			}
+			e := decodeError(t, f)
+			if codec.ErrorCode(e.Code) != tc.code || !e.Fatal {
+				t.Fatalf("got %s fatal=%v", codec.ErrorCode(e.Code), e.Fatal)
+			}
+			c.expectClosed()
+			if got := errorsCounted(t, s, tc.code); got != before+1 {
+				t.Fatalf("metric %s = %v, want %v", tc.code, got, before+1)
+			}
+		})
+	}
+}
+
+func TestRequestErrorsKeepTheConnection(t *testing.T) {
+	s := startServer(t, nil)
+	c := dial(t, s, codec.JSON)
+	// Before login: heartbeats are fine, anything else closes.
+	c.mustCall(codec.CmdHeartbeat, &pb.Heartbeat{}, nil)
+	c.wantError(codec.CmdLogin, &pb.LoginRequest{Token: "not.a.jwt", Device: "pc"}, codec.CodeAuthFailed)
+	expired, _ := MintToken(testSecret, "alice", -time.Minute)
+	c.wantError(codec.CmdLogin, &pb.LoginRequest{Token: expired, Device: "pc"}, codec.CodeTokenExpired)
+	forged, _ := MintToken([]byte("another-secret"), "alice", time.Hour)
+	c.wantError(codec.CmdLogin, &pb.LoginRequest{Token: forged, Device: "pc"}, codec.CodeAuthFailed)
+	c.wantError(codec.CmdLogin, &pb.LoginRequest{User: "alice", Password: "x", Device: "bad device!"}, codec.CodeInvalidArgument)
+	c.wantError(codec.CmdRegister, &pb.RegisterRequest{User: "bad user", Password: "secret1"}, codec.CodeInvalidArgument)
+	c.wantError(codec.CmdRegister, &pb.RegisterRequest{User: "shorty", Password: "123"}, codec.CodeInvalidArgument)
+	c.login("alice", "pc")
+	c.wantError(codec.CmdLogin, &pb.LoginRequest{User: "alice", Password: "whatever", Device: "pc"}, codec.CodeAlreadyLoggedIn)
+	c.wantError(codec.CmdRegister, &pb.RegisterRequest{User: "newbie", Password: "secret1"}, codec.CodeAlreadyLoggedIn)
+	c.wantError(codec.CmdSend, &pb.SendRequest{ClientMsgId: "1", To: "nobody", Body: []byte("x")}, codec.CodeUnknownRecipient)
+	c.wantError(codec.CmdSend, &pb.SendRequest{ClientMsgId: "", To: "alice", Body: []byte("x")}, codec.CodeInvalidArgument)
+	c.wantError(codec.CmdSend, &pb.SendRequest{ClientMsgId: strings.Repeat("x", 65), To: "alice"}, codec.CodeInvalidArgument)
+	c.wantError(codec.CmdGroupSend, &pb.GroupSendRequest{ClientMsgId: "2", GroupId: "gnone", Body: []byte("x")}, codec.CodeUnknownGroup)
+	c.wantError(codec.CmdPresence, &pb.PresenceRequest{Users: make([]string, 501)}, codec.CodeInvalidArgument)
+	// Unknown command, mesh command, undecodable body: error, connection stays.
+	c.writeRaw(codec.AppendRawFrame(nil, codec.JSON, 0x66, 0, 100, nil))
+	if e := decodeError(t, c.reply(100)); codec.ErrorCode(e.Code) != codec.CodeUnknownCommand || e.Fatal {
+		t.Fatalf("unknown command: %v", e)
+	}
+	c.writeRaw(codec.AppendRawFrame(nil, codec.JSON, 0xC1, 0, 101, nil))
+	if e := decodeError(t, c.reply(101)); codec.ErrorCode(e.Code) != codec.CodeUnknownCommand {
+		t.Fatalf("mesh command on a client connection: %v", e)
+	}
+	c.writeRaw(codec.AppendRawFrame(nil, codec.JSON, codec.CmdSend, 0, 102, []byte("{not json")))
+	if e := decodeError(t, c.reply(102)); codec.ErrorCode(e.Code) != codec.CodeBadBody || e.Fatal {
+		t.Fatalf("bad body: %v", e)
+	}
+	c.mustCall(codec.CmdSend, &pb.SendRequest{ClientMsgId: "ok", To: "alice", Body: []byte("to myself")}, nil)
+}
+
+func TestCommandBeforeLoginCloses(t *testing.T) {
+	s := startServer(t, nil)
+	c := dial(t, s, codec.MsgPack)
+	seq := c.send(codec.CmdSend, &pb.SendRequest{ClientMsgId: "1", To: "bob"})
+	e := decodeError(t, c.reply(seq))
+	if codec.ErrorCode(e.Code) != codec.CodeNotLoggedIn || !e.Fatal {
+		t.Fatalf("got %v", e)
+	}
+	c.expectClosed()
+	// A command queued behind a failed login is refused too.
+	c = dial(t, s, codec.MsgPack)
+	c.send(codec.CmdLogin, &pb.LoginRequest{User: "ghost", Password: "nopenope", Device: "d"})
+	seq = c.send(codec.CmdSync, &pb.SyncRequest{})
+	if e := decodeError(t, c.reply(seq)); codec.ErrorCode(e.Code) != codec.CodeNotLoggedIn {
+		t.Fatalf("queued after failed login: %v", e)
+	}
+	c.expectClosed()
+}
+
+func TestRateLimit(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.SendRate = 1; c.SendBurst = 3 })
+	c := dial(t, s, codec.Protobuf)
+	c.login("alice", "pc")
+	for i := range 3 {
+		c.mustCall(codec.CmdSend, &pb.SendRequest{ClientMsgId: fmt.Sprint(i), To: "alice"}, nil)
+	}
+	e := c.wantError(codec.CmdSend, &pb.SendRequest{ClientMsgId: "3", To: "alice"}, codec.CodeRateLimited)
+	if !e.Retryable || e.RetryAfterMs == 0 || e.RetryAfterMs > 1001 {
+		t.Fatalf("rate limit error %v", e)
+	}
+	// The limit is per user: a second device shares the bucket.
+	c2 := dial(t, s, codec.Protobuf)
+	c2.login("alice", "phone")
+	c2.wantError(codec.CmdSend, &pb.SendRequest{ClientMsgId: "4", To: "alice"}, codec.CodeRateLimited)
+}
+
+func TestLoginAndIdleTimeouts(t *testing.T) {
+	s := startServer(t, func(c *Config) {
+		c.LoginTimeout = 500 * time.Millisecond
+		c.HeartbeatInterval = 300 * time.Millisecond
+		c.IdleTimeout = 900 * time.Millisecond
+	})
+	c := dial(t, s, codec.JSON)
+	e := decodeError(t, c.waitFrame(codec.CmdError, 5*time.Second))
+	if codec.ErrorCode(e.Code) != codec.CodeLoginTimeout || !e.Fatal {
+		t.Fatalf("got %v", e)
+	}
+	c.expectClosed()
+
+	idle := dial(t, s, codec.JSON)
+	idle.login("idler", "pc")
+	e = decodeError(t, idle.waitFrame(codec.CmdError, 5*time.Second))
+	if codec.ErrorCode(e.Code) != codec.CodeIdleTimeout {
+		t.Fatalf("got %v", e)
+	}
+	idle.expectClosed()
+
+	// A client that heartbeats stays.
+	live := dial(t, s, codec.JSON)
+	live.login("live", "pc")
+	for range 8 {
+		time.Sleep(200 * time.Millisecond)
+		live.mustCall(codec.CmdHeartbeat, &pb.Heartbeat{}, nil)
+	}
+}
+
+func TestMaxConnections(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.MaxConns = 2 })
+	a := dial(t, s, codec.JSON)
+	a.mustCall(codec.CmdHeartbeat, &pb.Heartbeat{}, nil)
+	b := dial(t, s, codec.JSON)
+	b.mustCall(codec.CmdHeartbeat, &pb.Heartbeat{}, nil)
+	c := dial(t, s, codec.JSON)
+	e := decodeError(t, c.waitFrame(codec.CmdError, 5*time.Second))
+	if codec.ErrorCode(e.Code) != codec.CodeTooManyConnections || !e.Fatal || !e.Retryable {
+		t.Fatalf("got %v", e)
+	}
+	c.expectClosed()
+	if got := testutil.ToFloat64(s.metrics.rejected); got != 1 {
+		t.Fatalf("rejected metric %v", got)
+	}
+}
+
+func TestConnQueueBackpressure(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.ConnQueue = 1; c.Workers = 1 })
+	c := dial(t, s, codec.Protobuf)
+	c.login("alice", "pc")
+	var seqs []uint32
+	for i := range 50 {
+		seqs = append(seqs, c.send(codec.CmdSend, &pb.SendRequest{ClientMsgId: fmt.Sprint(i), To: "alice"}))
+	}
+	busy := 0
+	for _, q := range seqs {
+		f := c.reply(q)
+		if f.Command == codec.CmdError {
+			e := decodeError(t, f)
+			if codec.ErrorCode(e.Code) != codec.CodeBusy || !e.Retryable || e.RetryAfterMs == 0 {
+				t.Fatalf("got %v", e)
+			}
+			busy++
+		}
+	}
+	if busy == 0 {
+		t.Fatal("50 pipelined requests with a queue of 1 were all accepted")
+	}
+}
+
+func TestSlowConsumerIsClosed(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.MaxOutbound = 64 << 10; c.SendRate = 1e6; c.SendBurst = 1e6 })
+	slow := dial(t, s, codec.JSON)
+	slow.login("slow", "pc")
+	sender := dial(t, s, codec.Protobuf)
+	sender.login("sender", "pc")
+	body := make([]byte, 8<<10)
+	before := testutil.ToFloat64(s.metrics.slowConsumers)
+	poll(t, "slow consumer closed", func() bool {
+		for i := range 50 {
+			seq := sender.send(codec.CmdSend, &pb.SendRequest{ClientMsgId: fmt.Sprint(time.Now().UnixNano(), i), To: "slow", Body: body})
+			sender.reply(seq)
+		}
+		sender.pushes = nil
+		return testutil.ToFloat64(s.metrics.slowConsumers) > before
+	})
+	// The server has closed its end; the kernel may still hold megabytes
+	// for the peer, so the test checks the node's view, not the socket's.
+	poll(t, "slow session gone", func() bool { return len(s.Online("slow")) == 0 })
+	// The node is fine and the messages are in the inbox for a later sync.
+	again := dial(t, s, codec.JSON)
+	if lok := again.login("slow", "pc"); lok.HeadSeq < 50 {
+		t.Fatalf("inbox head %d", lok.HeadSeq)
+	}
+}
+
+func TestAdminAPI(t *testing.T) {
+	s := startServer(t, nil)
+	h := httptest.NewServer(s.AdminHandler())
+	defer h.Close()
+	a := dial(t, s, codec.JSON)
+	a.login("alice", "pc")
+	b := dial(t, s, codec.Protobuf)
+	b.login("bob", "phone")
+
+	get := func(path string, out any) int {
+		resp, err := http.Get(h.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if out != nil {
+			_ = json.NewDecoder(resp.Body).Decode(out)
+		}
+		return resp.StatusCode
+	}
+	post := func(path, body string, out any) int {
+		resp, err := http.Post(h.URL+path, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if out != nil {
+			_ = json.NewDecoder(resp.Body).Decode(out)
+		}
+		return resp.StatusCode
+	}
+	var online struct {
+		Online  bool     `json:"online"`
+		Devices []string `json:"devices"`
+	}
+	if get("/admin/online?user=bob", &online) != 200 || !online.Online || online.Devices[0] != "phone" {
+		t.Fatalf("online %+v", online)
+	}
+	if get("/admin/online?user=carol", &online) != 200 || online.Online {
+		t.Fatalf("carol online %+v", online)
+	}
+	if get("/admin/online", nil) != 400 {
+		t.Fatal("online without user")
+	}
+	var bc struct{ Delivered int }
+	if post("/admin/broadcast", `{"text":"maintenance at noon"}`, &bc) != 200 || bc.Delivered != 2 {
+		t.Fatalf("broadcast %+v", bc)
+	}
+	for _, c := range []*rawClient{a, b} {
+		var n pb.Notice
+		f := c.waitFrame(codec.CmdNotice, 5*time.Second)
+		if err := codec.Unmarshal(f.Serializer, f.Body, &n); err != nil || n.Text != "maintenance at noon" {
+			t.Fatalf("notice %v %v", &n, err)
+		}
+	}
+	var sys struct {
+		MsgID uint64 `json:"msg_id"`
+		Seq   uint64 `json:"seq"`
+	}
+	if post("/admin/message", `{"to":"bob","text":"your invoice"}`, &sys) != 200 || sys.Seq != 1 || sys.MsgID == 0 {
+		t.Fatalf("system message %+v", sys)
+	}
+	if p := b.waitPushes(1)[0]; p.From != "" || string(p.Body) != "your invoice" || p.Kind != 1 {
+		t.Fatalf("system push %v", p)
+	}
+	if post("/admin/message", `{"to":"nobody","text":"x"}`, nil) != 404 {
+		t.Fatal("system message to unknown user")
+	}
+	var kick struct{ Kicked int }
+	if post("/admin/kick?user=bob", "", &kick) != 200 || kick.Kicked != 1 {
+		t.Fatalf("kick %+v", kick)
+	}
+	f := b.waitFrame(codec.CmdKick, 5*time.Second)
+	var k pb.Kick
+	if err := codec.Unmarshal(f.Serializer, f.Body, &k); err != nil || codec.ErrorCode(k.Code) != codec.CodeKickAdmin {
+		t.Fatalf("kick frame %v", &k)
+	}
+	b.expectClosed()
+	if get("/healthz", nil) != 200 || get("/readyz", nil) != 200 {
+		t.Fatal("health")
+	}
+	resp, err := http.Get(h.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var sb strings.Builder
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := resp.Body.Read(buf)
+		sb.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	for _, want := range []string{"imgn_connections ", "imgn_frames_in_total{command=\"login\"}", "imgn_store_append_seconds_bucket", "imgn_errors_total{code=\"KICK_ADMIN\"}", "go_goroutines"} {
+		if !strings.Contains(sb.String(), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	if get("/debug/pprof/", nil) != 200 {
+		t.Fatal("pprof index")
+	}
+}
+
+func TestShutdownSendsGoAway(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.GoAwayWindow = time.Second })
+	c := dial(t, s, codec.Protobuf)
+	c.login("alice", "pc")
+	done := make(chan error, 1)
+	go func() { done <- s.Shutdown(t.Context()) }()
+	f := c.waitFrame(codec.CmdGoAway, 5*time.Second)
+	var g pb.GoAway
+	if err := codec.Unmarshal(f.Serializer, f.Body, &g); err != nil || g.Reason != "shutdown" || g.NodeId != "n1" || g.DelayMs > 1000 {
+		t.Fatalf("go away %v %v", &g, err)
+	}
+	c.expectClosed()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := net.DialTimeout("tcp", s.Addr().String(), time.Second); err == nil {
+		// gnet closes the listener on stop; a connect may still race the
+		// close, but nothing must be served.
+		t.Log("listener still accepting after shutdown")
+	}
+}

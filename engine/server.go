@@ -1,0 +1,432 @@
+// Package engine is the IM node: a gnet v2 event-loop server that speaks the
+// IMGN protocol (docs/protocol.md), keeps the sessions of this node, and
+// implements the delivery model of DESIGN.md section 4 on a persist.Store.
+//
+// Threading model. gnet's event loops decode frames in place (codec.Decoder
+// on the loop's inbound buffer) and never block: anything that does I/O
+// (the store, password hashing) is queued per connection and run, in
+// arrival order, by a bounded worker pool. Replies and pushes are appended to
+// the target connection's outbound queue from any goroutine; one Wake per
+// batch makes the connection's loop write the whole queue with one write.
+// Every queue is bounded: per connection (ConnQueue requests, MaxOutbound
+// bytes) and per node (WorkQueue, MaxConns).
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/codec/pb"
+	"github.com/imgn/imgn/persist"
+	"github.com/panjf2000/gnet/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
+	"google.golang.org/protobuf/proto"
+)
+
+// Server is one IM node. Create it with New, run it with Start, stop it with
+// Shutdown. Its exported methods are safe for concurrent use.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	store    persist.Store
+	metrics  *metrics
+	sessions *sessionMap
+	conns    *connSet
+	pool     *workerPool
+	ids      *idGen
+	dec      codec.Decoder
+	hashSem  chan struct{}
+	users    sync.Map // user ids known to exist: skips a store read per send
+
+	nextConnID atomic.Uint64
+	eng        gnet.Engine
+	addr       net.Addr
+	booted     chan struct{}
+	runErr     chan error
+	stopTicker chan struct{}
+	tickerDone chan struct{}
+	shutting   atomic.Bool
+	started    atomic.Bool
+	stopOnce   sync.Once
+	stopErr    error
+	gnet.BuiltinEventEngine
+}
+
+// New validates cfg and returns a server that is not yet listening.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:        cfg,
+		log:        cfg.Logger.With("node", cfg.NodeID),
+		store:      cfg.Store,
+		sessions:   newSessionMap(),
+		conns:      newConnSet(),
+		ids:        newIDGen(cfg.NodeNum),
+		dec:        codec.Decoder{MaxBody: cfg.MaxBody},
+		hashSem:    make(chan struct{}, cfg.HashConcurrency),
+		booted:     make(chan struct{}),
+		runErr:     make(chan error, 1),
+		stopTicker: make(chan struct{}),
+		tickerDone: make(chan struct{}),
+	}
+	s.metrics = newMetrics(cfg.Registry, s)
+	return s, nil
+}
+
+// Registry returns the Prometheus registry the server's metrics are in.
+func (s *Server) Registry() *prometheus.Registry { return s.cfg.Registry }
+
+// Config returns the validated configuration (with defaults applied).
+func (s *Server) Config() Config { return s.cfg }
+
+// Start begins listening and returns once the listener is bound, or with
+// the error that prevented it.
+func (s *Server) Start(ctx context.Context) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("engine: already started")
+	}
+	s.pool = newWorkerPool(s.cfg.Workers, s.cfg.WorkQueue)
+	go func() {
+		err := gnet.Run(s, "tcp://"+s.cfg.Addr,
+			gnet.WithMulticore(true),
+			gnet.WithNumEventLoop(s.cfg.EventLoops),
+			gnet.WithReuseAddr(true),
+			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+			gnet.WithLogger(gnetLogger{s.log}),
+		)
+		s.runErr <- err
+	}()
+	select {
+	case <-s.booted:
+	case err := <-s.runErr:
+		s.pool.stop()
+		return fmt.Errorf("engine: listen %s: %w", s.cfg.Addr, err)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	go s.tick()
+	s.log.Info("listening", "addr", s.Addr().String())
+	return nil
+}
+
+// Addr returns the bound client address (useful with port 0).
+func (s *Server) Addr() net.Addr { return s.addr }
+
+// OnBoot implements gnet.EventHandler.
+func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
+	s.eng = eng
+	s.addr = listenerAddr(eng, s.cfg.Addr)
+	close(s.booted)
+	return gnet.None
+}
+
+// listenerAddr reads the listener's bound address from a dup of its fd.
+func listenerAddr(eng gnet.Engine, fallback string) net.Addr {
+	fd, err := eng.Dup()
+	if err == nil {
+		defer unix.Close(fd)
+		if sa, err := unix.Getsockname(fd); err == nil {
+			switch a := sa.(type) {
+			case *unix.SockaddrInet4:
+				return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+			case *unix.SockaddrInet6:
+				return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+			}
+		}
+	}
+	a, _ := net.ResolveTCPAddr("tcp", fallback)
+	return a
+}
+
+// OnOpen implements gnet.EventHandler.
+func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
+	if s.shutting.Load() || s.conns.len() >= s.cfg.MaxConns {
+		s.metrics.rejected.Inc()
+		code := codec.CodeTooManyConnections
+		if s.shutting.Load() {
+			code = codec.CodeShuttingDown
+		}
+		s.metrics.countError(code)
+		out, _ := codec.AppendFrame(nil, codec.JSON, codec.CmdError, 0, 0, &pb.Error{Code: uint32(code), Message: code.String(), Fatal: true, Retryable: true})
+		return out, gnet.Close
+	}
+	now := time.Now().UnixNano()
+	c := &conn{gc: gc, srv: s, id: s.nextConnID.Add(1), openedAt: now, ser: codec.JSON}
+	c.lastRecv.Store(now)
+	gc.SetContext(c)
+	s.conns.add(c)
+	s.metrics.accepted.Inc()
+	return nil, gnet.None
+}
+
+// OnClose implements gnet.EventHandler.
+func (s *Server) OnClose(gc gnet.Conn, _ error) gnet.Action {
+	c, ok := gc.Context().(*conn)
+	if !ok {
+		return gnet.None
+	}
+	c.markClosed()
+	s.conns.remove(c)
+	if c.user != "" {
+		s.sessions.remove(c)
+	}
+	return gnet.None
+}
+
+// OnTraffic implements gnet.EventHandler: it writes what is queued for the
+// connection, then decodes every complete frame in the inbound buffer.
+func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
+	c, ok := gc.Context().(*conn)
+	if !ok {
+		return gnet.Close
+	}
+	if n := gc.InboundBuffered(); n > 0 {
+		c.lastRecv.Store(time.Now().UnixNano())
+		s.metrics.bytesIn.Add(float64(n))
+		for {
+			f, ok, err := s.dec.Next(gc)
+			if err != nil {
+				s.rejectFrame(c, f.Header, err)
+				break
+			}
+			if !ok {
+				break
+			}
+			stop := c.onFrame(f)
+			_, _ = gc.Discard(f.FrameSize())
+			if stop {
+				// The connection is closing: nothing more will be read.
+				_, _ = gc.Discard(gc.InboundBuffered())
+				break
+			}
+		}
+	}
+	c.flush()
+	return gnet.None
+}
+
+// rejectFrame answers a framing error (bad magic, version, serializer or
+// length) and closes: the stream cannot be resynchronised.
+func (s *Server) rejectFrame(c *conn, h codec.Header, err error) {
+	ser := h.Serializer
+	if !ser.Known() {
+		ser = codec.JSON
+	}
+	c.fail(ser, h.Seq, codec.CodeOf(err), err.Error())
+	// Discard whatever else is buffered: nothing more will be read.
+	_, _ = c.gc.Discard(c.gc.InboundBuffered())
+}
+
+// onFrame handles one decoded frame on the event loop and reports whether
+// the connection is closing (stop reading). f.Body is valid only during the
+// call.
+func (c *conn) onFrame(f codec.Frame) (stop bool) {
+	s := c.srv
+	s.metrics.framesIn[f.Command].Inc()
+	if c.state.Load() == stateClosing {
+		return true
+	}
+	cmd := f.Command
+	if cmd == codec.CmdHeartbeat {
+		c.writeMsg(f.Serializer, codec.CmdHeartbeatOK, f.Seq, &pb.Heartbeat{Time: time.Now().UnixMilli()})
+		return false
+	}
+	if !c.loggedIn() && !c.loginPending && cmd != codec.CmdLogin && cmd != codec.CmdRegister {
+		c.fail(f.Serializer, f.Seq, codec.CodeNotLoggedIn, "log in first")
+		return true
+	}
+	req := newRequest(cmd)
+	if req == nil {
+		c.replyError(f.Serializer, f.Seq, codec.CodeUnknownCommand, "unknown command "+cmd.String(), 0)
+		return false
+	}
+	if err := codec.Unmarshal(f.Serializer, f.Body, req); err != nil {
+		c.replyError(f.Serializer, f.Seq, codec.CodeBadBody, err.Error(), 0)
+		return false
+	}
+	if cmd == codec.CmdLogin {
+		c.loginPending = true
+	}
+	c.submit(task{h: f.Header, req: req})
+	return false
+}
+
+// newRequest returns an empty body of the request type of cmd, or nil when
+// cmd is not a request a client may send.
+func newRequest(cmd codec.Command) proto.Message {
+	switch cmd {
+	case codec.CmdRegister:
+		return &pb.RegisterRequest{}
+	case codec.CmdLogin:
+		return &pb.LoginRequest{}
+	case codec.CmdLogout:
+		return &pb.Empty{}
+	case codec.CmdSend:
+		return &pb.SendRequest{}
+	case codec.CmdPushAck:
+		return &pb.PushAck{}
+	case codec.CmdSync:
+		return &pb.SyncRequest{}
+	case codec.CmdGroupCreate:
+		return &pb.GroupCreateRequest{}
+	case codec.CmdGroupJoin, codec.CmdGroupLeave, codec.CmdGroupMembers:
+		return &pb.GroupRequest{}
+	case codec.CmdGroupSend:
+		return &pb.GroupSendRequest{}
+	case codec.CmdPresence:
+		return &pb.PresenceRequest{}
+	}
+	return nil
+}
+
+// tick closes connections past the login deadline or the idle timeout.
+// The scan is O(connections) once a second: at 1M connections that is about
+// 1M atomic loads per second, far below one core.
+func (s *Server) tick() {
+	defer close(s.tickerDone)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopTicker:
+			return
+		case now := <-t.C:
+			s.expire(now.UnixNano())
+		}
+	}
+}
+
+func (s *Server) expire(now int64) {
+	login, idle := s.cfg.LoginTimeout.Nanoseconds(), s.cfg.IdleTimeout.Nanoseconds()
+	s.conns.each(func(c *conn) {
+		switch c.state.Load() {
+		case stateNew:
+			if now-c.openedAt > login {
+				c.fail(c.ser, 0, codec.CodeLoginTimeout, "no login within "+s.cfg.LoginTimeout.String())
+			}
+		case stateLoggedIn:
+			if now-c.lastRecv.Load() > idle {
+				c.fail(c.ser, 0, codec.CodeIdleTimeout, "nothing received for "+s.cfg.IdleTimeout.String())
+			}
+		}
+	})
+}
+
+// Shutdown stops the node gracefully: it refuses new connections and
+// logins, sends GO_AWAY to every client with reconnect delays spread over
+// GoAwayWindow, waits for requests in flight (stores, pushes) to finish,
+// flushes what is queued, and closes every connection. It does not close
+// the Store. ctx bounds the wait; on expiry the remaining connections are
+// closed anyway and ctx's error is returned.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopOnce.Do(func() { s.stopErr = s.shutdown(ctx) })
+	return s.stopErr
+}
+
+func (s *Server) shutdown(ctx context.Context) error {
+	if !s.started.Load() {
+		return nil
+	}
+	s.shutting.Store(true)
+	s.GoAwayAll("shutdown", s.cfg.GoAwayWindow)
+	var errs []error
+	idle := make(chan struct{})
+	go func() { s.pool.idle(); close(idle) }()
+	select {
+	case <-idle:
+	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("engine: waiting for in-flight requests: %w", ctx.Err()))
+	}
+	s.waitFlushed(ctx)
+	close(s.stopTicker)
+	<-s.tickerDone
+	stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.eng.Stop(stopCtx); err != nil {
+		errs = append(errs, fmt.Errorf("engine: stop event loops: %w", err))
+	}
+	if err := <-s.runErr; err != nil {
+		errs = append(errs, fmt.Errorf("engine: event loops: %w", err))
+	}
+	if !errors.Is(ctx.Err(), context.DeadlineExceeded) || len(errs) == 0 {
+		// Workers may still be blocked in the store if ctx expired; stop
+		// only waits for them when they can finish.
+		s.pool.stop()
+	}
+	s.log.Info("stopped")
+	return errors.Join(errs...)
+}
+
+// waitFlushed gives queued output a moment to reach the kernel.
+func (s *Server) waitFlushed(ctx context.Context) {
+	deadline := time.Now().Add(500 * time.Millisecond)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		pending := false
+		s.conns.each(func(c *conn) {
+			c.mu.Lock()
+			if c.out != nil && len(c.out.B) > 0 {
+				pending = true
+			}
+			c.mu.Unlock()
+		})
+		if !pending {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// GoAwayAll sends GO_AWAY with reason to every logged-in client, each with a
+// random reconnect delay in [0, window) so they do not all come back at once.
+// It returns how many clients were told.
+func (s *Server) GoAwayAll(reason string, window time.Duration) int {
+	n := 0
+	s.sessions.each(func(c *conn) {
+		delay := uint32(0)
+		if window > 0 {
+			delay = uint32(rand.Int64N(window.Milliseconds() + 1))
+		}
+		if c.writeMsg(c.ser, codec.CmdGoAway, 0, &pb.GoAway{Reason: reason, DelayMs: delay, NodeId: s.cfg.NodeID}) {
+			n++
+		}
+	})
+	return n
+}
+
+// newLimiter makes a user's send limiter.
+func (s *Server) newLimiter() *rate.Limiter {
+	if s.cfg.SendRate <= 0 {
+		return rate.NewLimiter(rate.Inf, 0)
+	}
+	return rate.NewLimiter(rate.Limit(s.cfg.SendRate), s.cfg.SendBurst)
+}
+
+// gnetLogger adapts slog to gnet's logger (gnet logs rarely: boot, errors).
+type gnetLogger struct{ l *slog.Logger }
+
+func (g gnetLogger) Debugf(format string, args ...any) {}
+func (g gnetLogger) Infof(format string, args ...any)  {}
+func (g gnetLogger) Warnf(format string, args ...any) {
+	g.l.Warn("gnet: " + fmt.Sprintf(format, args...))
+}
+func (g gnetLogger) Errorf(format string, args ...any) {
+	g.l.Error("gnet: " + fmt.Sprintf(format, args...))
+}
+func (g gnetLogger) Fatalf(format string, args ...any) {
+	g.l.Error("gnet fatal: " + fmt.Sprintf(format, args...))
+}
+
+func itoa(v uint64) string { return strconv.FormatUint(v, 10) }

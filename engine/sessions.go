@@ -1,0 +1,213 @@
+package engine
+
+import (
+	"sync"
+
+	"golang.org/x/time/rate"
+)
+
+// sessionShards is the number of lock shards of a sessionMap: enough that
+// workers on every core rarely meet on one lock.
+const sessionShards = 256
+
+// sessionMap maps user -> device -> live connection on this node. It is the
+// structure every push looks up, so it is sharded by user to keep lock
+// contention off the hot path. Safe for concurrent use.
+type sessionMap struct {
+	shards [sessionShards]sessionShard
+}
+
+type sessionShard struct {
+	mu    sync.RWMutex
+	users map[string]*userSessions
+	_     [32]byte // keep neighbouring shards' locks off one cache line
+}
+
+// userSessions is one user's live devices on this node, and the user's send
+// rate limiter (per user, so opening more devices does not raise the rate).
+type userSessions struct {
+	devices []*conn
+	limiter *rate.Limiter
+}
+
+func newSessionMap() *sessionMap {
+	m := &sessionMap{}
+	for i := range m.shards {
+		m.shards[i].users = make(map[string]*userSessions)
+	}
+	return m
+}
+
+// fnv1a is the 32-bit FNV-1a hash; it does not allocate.
+func fnv1a(s string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(s); i++ {
+		h ^= uint32(s[i])
+		h *= 16777619
+	}
+	return h
+}
+
+func (m *sessionMap) shard(user string) *sessionShard {
+	return &m.shards[fnv1a(user)%sessionShards]
+}
+
+// add registers c (logged in, user and device set) and returns the
+// connection it replaces for the same (user, device), or nil. newLimiter is
+// called when the user has no live session yet.
+func (m *sessionMap) add(c *conn, newLimiter func() *rate.Limiter) (old *conn) {
+	sh := m.shard(c.user)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	us := sh.users[c.user]
+	if us == nil {
+		us = &userSessions{limiter: newLimiter()}
+		sh.users[c.user] = us
+	}
+	for i, d := range us.devices {
+		if d.device == c.device {
+			us.devices[i] = c
+			return d
+		}
+	}
+	us.devices = append(us.devices, c)
+	return nil
+}
+
+// remove unregisters c if it is still the live connection of its (user,
+// device); a connection that was replaced by a newer login removes nothing.
+func (m *sessionMap) remove(c *conn) bool {
+	sh := m.shard(c.user)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	us := sh.users[c.user]
+	if us == nil {
+		return false
+	}
+	for i, d := range us.devices {
+		if d == c {
+			last := len(us.devices) - 1
+			us.devices[i] = us.devices[last]
+			us.devices[last] = nil
+			us.devices = us.devices[:last]
+			if len(us.devices) == 0 {
+				delete(sh.users, c.user)
+			}
+			return true
+		}
+	}
+	return false
+}
+
+// devices appends user's live connections to dst and returns it. With a dst
+// of enough capacity it does not allocate.
+func (m *sessionMap) devices(user string, dst []*conn) []*conn {
+	sh := m.shard(user)
+	sh.mu.RLock()
+	if us := sh.users[user]; us != nil {
+		dst = append(dst, us.devices...)
+	}
+	sh.mu.RUnlock()
+	return dst
+}
+
+// limiter returns user's send limiter, or nil when the user has no session.
+func (m *sessionMap) limiter(user string) *rate.Limiter {
+	sh := m.shard(user)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	if us := sh.users[user]; us != nil {
+		return us.limiter
+	}
+	return nil
+}
+
+// each calls fn for every live connection; fn must not call back into m.
+func (m *sessionMap) each(fn func(*conn)) {
+	var batch []*conn
+	for i := range m.shards {
+		sh := &m.shards[i]
+		batch = batch[:0]
+		sh.mu.RLock()
+		for _, us := range sh.users {
+			batch = append(batch, us.devices...)
+		}
+		sh.mu.RUnlock()
+		for _, c := range batch {
+			fn(c)
+		}
+	}
+}
+
+// count returns the number of logged-in users and connections.
+func (m *sessionMap) count() (users, conns int) {
+	for i := range m.shards {
+		sh := &m.shards[i]
+		sh.mu.RLock()
+		users += len(sh.users)
+		for _, us := range sh.users {
+			conns += len(us.devices)
+		}
+		sh.mu.RUnlock()
+	}
+	return users, conns
+}
+
+// connSet is every open connection of the node (logged in or not), for the
+// timeout scan, broadcast and shutdown. Sharded like sessionMap.
+type connSet struct {
+	shards [64]struct {
+		mu sync.Mutex
+		m  map[uint64]*conn
+	}
+}
+
+func newConnSet() *connSet {
+	s := &connSet{}
+	for i := range s.shards {
+		s.shards[i].m = make(map[uint64]*conn)
+	}
+	return s
+}
+
+func (s *connSet) add(c *conn) {
+	sh := &s.shards[c.id%64]
+	sh.mu.Lock()
+	sh.m[c.id] = c
+	sh.mu.Unlock()
+}
+
+func (s *connSet) remove(c *conn) {
+	sh := &s.shards[c.id%64]
+	sh.mu.Lock()
+	delete(sh.m, c.id)
+	sh.mu.Unlock()
+}
+
+// each calls fn for every connection, outside the shard locks.
+func (s *connSet) each(fn func(*conn)) {
+	var batch []*conn
+	for i := range s.shards {
+		sh := &s.shards[i]
+		batch = batch[:0]
+		sh.mu.Lock()
+		for _, c := range sh.m {
+			batch = append(batch, c)
+		}
+		sh.mu.Unlock()
+		for _, c := range batch {
+			fn(c)
+		}
+	}
+}
+
+func (s *connSet) len() int {
+	n := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		n += len(sh.m)
+		sh.mu.Unlock()
+	}
+	return n
+}

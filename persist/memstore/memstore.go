@@ -1,0 +1,393 @@
+// Package memstore is an in-memory persist.Store for tests, benchmarks of the
+// engine alone, and demos.
+//
+// It is NOT durable: everything is lost when the process exits, so the
+// "returns nil means durable" clause of persist.MessageStore holds only for
+// the lifetime of the Store. Every other guarantee of the persist interfaces
+// holds, and the implementation passes persist/storetest.
+//
+// All state sits behind one sync.RWMutex: writes are serialised, reads run in
+// parallel. Append is O(len(inboxes)) plus the copy of the body.
+package memstore
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/imgn/imgn/persist"
+)
+
+var _ persist.Store = (*Store)(nil)
+
+// Store is an in-memory persist.Store. The zero value is not usable; call New.
+// A Store is safe for concurrent use by any number of goroutines.
+type Store struct {
+	mu      sync.RWMutex
+	closed  bool
+	msgs    map[uint64]*persist.Message // by ID; Body owned by the store, never handed out
+	dedup   map[dedupKey]uint64         // (From, ClientMsgID) -> ID
+	inboxes map[string]*inbox
+	cursors map[cursorKey]uint64
+	users   map[string]persist.User
+	groups  map[string]*persist.Group // Members sorted, deduplicated, owned by the store
+}
+
+type dedupKey struct{ from, clientMsgID string }
+
+type cursorKey struct{ user, device string }
+
+// inbox is one user's inbox: ids[i] is the message at seq i+1.
+type inbox struct {
+	ids   []uint64
+	index map[uint64]uint64 // message ID -> seq, for per-(inbox, message) idempotency
+}
+
+// New returns an empty Store.
+func New() *Store {
+	return &Store{
+		msgs:    make(map[uint64]*persist.Message),
+		dedup:   make(map[dedupKey]uint64),
+		inboxes: make(map[string]*inbox),
+		cursors: make(map[cursorKey]uint64),
+		users:   make(map[string]persist.User),
+		groups:  make(map[string]*persist.Group),
+	}
+}
+
+// copyMsg returns m with a private copy of its body.
+func copyMsg(m *persist.Message) persist.Message {
+	c := *m
+	c.Body = slices.Clone(m.Body)
+	return c
+}
+
+// Append implements persist.MessageStore. The message and its inbox entries
+// become visible to readers atomically. On a fresh insert the returned
+// Msg.Body is msg.Body itself (the caller's slice); on a duplicate it is a
+// fresh copy of the stored body. Seqs is always a new slice.
+func (s *Store) Append(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	if err := ctx.Err(); err != nil {
+		return persist.AppendResult{}, err
+	}
+	if err := persist.CheckAppend(msg, inboxes); err != nil {
+		return persist.AppendResult{}, fmt.Errorf("memstore: append: %w", err)
+	}
+	stored := &persist.Message{}
+	*stored = msg
+	stored.Body = slices.Clone(msg.Body) // copied outside the lock
+	seqs := make([]uint64, len(inboxes))
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return persist.AppendResult{}, persist.ErrClosed
+	}
+	res := persist.AppendResult{Msg: msg, Seqs: seqs}
+	dk := dedupKey{msg.From, msg.ClientMsgID}
+	if id, ok := s.dedup[dk]; ok {
+		orig := s.msgs[id]
+		res.Msg = copyMsg(orig)
+		res.Duplicate = true
+		stored = orig
+	} else if other, ok := s.msgs[msg.ID]; ok {
+		return persist.AppendResult{}, fmt.Errorf("memstore: append: %w: message id %d already stored for another (from, client message id) (%q, %q)",
+			persist.ErrInvalid, msg.ID, other.From, other.ClientMsgID)
+	} else {
+		s.msgs[msg.ID] = stored
+		s.dedup[dk] = msg.ID
+	}
+	for i, name := range inboxes {
+		in := s.inboxes[name]
+		if in == nil {
+			in = &inbox{index: make(map[uint64]uint64)}
+			s.inboxes[name] = in
+		}
+		if seq, ok := in.index[stored.ID]; ok {
+			seqs[i] = seq
+			continue
+		}
+		in.ids = append(in.ids, stored.ID)
+		seq := uint64(len(in.ids))
+		in.index[stored.ID] = seq
+		seqs[i] = seq
+	}
+	return res, nil
+}
+
+// Lookup implements persist.MessageStore. The returned Body is a fresh copy.
+func (s *Store) Lookup(ctx context.Context, from, clientMsgID string) (persist.Message, error) {
+	if err := ctx.Err(); err != nil {
+		return persist.Message{}, err
+	}
+	if err := persist.CheckID("client message id", clientMsgID); err != nil {
+		return persist.Message{}, fmt.Errorf("memstore: lookup: %w", err)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return persist.Message{}, persist.ErrClosed
+	}
+	id, ok := s.dedup[dedupKey{from, clientMsgID}]
+	if !ok {
+		return persist.Message{}, persist.ErrNotFound
+	}
+	return copyMsg(s.msgs[id]), nil
+}
+
+// ReadInbox implements persist.MessageStore. Every returned Body is a fresh
+// copy owned by the caller.
+func (s *Store) ReadInbox(ctx context.Context, user string, afterSeq uint64, limit int) ([]persist.InboxEntry, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := persist.CheckRead(user, limit); err != nil {
+		return nil, fmt.Errorf("memstore: read inbox: %w", err)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, persist.ErrClosed
+	}
+	in := s.inboxes[user]
+	if in == nil || afterSeq >= uint64(len(in.ids)) {
+		return nil, nil
+	}
+	ids := in.ids[afterSeq:]
+	if len(ids) > limit {
+		ids = ids[:limit]
+	}
+	out := make([]persist.InboxEntry, len(ids))
+	for i, id := range ids {
+		out[i] = persist.InboxEntry{Seq: afterSeq + uint64(i) + 1, Msg: copyMsg(s.msgs[id])}
+	}
+	return out, nil
+}
+
+// LastSeq implements persist.MessageStore.
+func (s *Store) LastSeq(ctx context.Context, user string) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if err := persist.CheckID("user", user); err != nil {
+		return 0, fmt.Errorf("memstore: last seq: %w", err)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return 0, persist.ErrClosed
+	}
+	if in := s.inboxes[user]; in != nil {
+		return uint64(len(in.ids)), nil
+	}
+	return 0, nil
+}
+
+// SetCursor implements persist.MessageStore.
+func (s *Store) SetCursor(ctx context.Context, user, device string, seq uint64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := checkUserDevice(user, device); err != nil {
+		return fmt.Errorf("memstore: set cursor: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return persist.ErrClosed
+	}
+	k := cursorKey{user, device}
+	if seq > s.cursors[k] {
+		s.cursors[k] = seq
+	}
+	return nil
+}
+
+// Cursor implements persist.MessageStore.
+func (s *Store) Cursor(ctx context.Context, user, device string) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if err := checkUserDevice(user, device); err != nil {
+		return 0, fmt.Errorf("memstore: cursor: %w", err)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return 0, persist.ErrClosed
+	}
+	return s.cursors[cursorKey{user, device}], nil
+}
+
+func checkUserDevice(user, device string) error {
+	if err := persist.CheckID("user", user); err != nil {
+		return err
+	}
+	return persist.CheckID("device", device)
+}
+
+// CreateUser implements persist.UserStore.
+func (s *Store) CreateUser(ctx context.Context, u persist.User) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := persist.CheckID("user", u.ID); err != nil {
+		return fmt.Errorf("memstore: create user: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return persist.ErrClosed
+	}
+	if _, ok := s.users[u.ID]; ok {
+		return persist.ErrUserExists
+	}
+	s.users[u.ID] = u
+	return nil
+}
+
+// GetUser implements persist.UserStore.
+func (s *Store) GetUser(ctx context.Context, id string) (persist.User, error) {
+	if err := ctx.Err(); err != nil {
+		return persist.User{}, err
+	}
+	if err := persist.CheckID("user", id); err != nil {
+		return persist.User{}, fmt.Errorf("memstore: get user: %w", err)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return persist.User{}, persist.ErrClosed
+	}
+	u, ok := s.users[id]
+	if !ok {
+		return persist.User{}, persist.ErrNotFound
+	}
+	return u, nil
+}
+
+// CreateGroup implements persist.GroupStore. g.Members is copied, sorted
+// and deduplicated; the caller keeps ownership of its slice.
+func (s *Store) CreateGroup(ctx context.Context, g persist.Group) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := persist.CheckID("group", g.ID); err != nil {
+		return fmt.Errorf("memstore: create group: %w", err)
+	}
+	members, err := persist.NormalizeMembers(g.Members)
+	if err != nil {
+		return fmt.Errorf("memstore: create group: %w", err)
+	}
+	g.Members = members
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return persist.ErrClosed
+	}
+	if _, ok := s.groups[g.ID]; ok {
+		return persist.ErrGroupExists
+	}
+	s.groups[g.ID] = &g
+	return nil
+}
+
+// GetGroup implements persist.GroupStore. Members is a fresh slice owned by
+// the caller.
+func (s *Store) GetGroup(ctx context.Context, id string) (persist.Group, error) {
+	if err := ctx.Err(); err != nil {
+		return persist.Group{}, err
+	}
+	if err := persist.CheckID("group", id); err != nil {
+		return persist.Group{}, fmt.Errorf("memstore: get group: %w", err)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return persist.Group{}, persist.ErrClosed
+	}
+	g, ok := s.groups[id]
+	if !ok {
+		return persist.Group{}, persist.ErrNotFound
+	}
+	c := *g
+	c.Members = slices.Clone(g.Members)
+	if c.Members == nil {
+		c.Members = []string{}
+	}
+	return c, nil
+}
+
+// AddMember implements persist.GroupStore. It is O(members) (sorted insert).
+func (s *Store) AddMember(ctx context.Context, groupID, user string, maxMembers int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := checkGroupUser(groupID, user); err != nil {
+		return fmt.Errorf("memstore: add member: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return persist.ErrClosed
+	}
+	g, ok := s.groups[groupID]
+	if !ok {
+		return persist.ErrNotFound
+	}
+	i, found := slices.BinarySearch(g.Members, user)
+	if found {
+		return nil
+	}
+	if maxMembers > 0 && len(g.Members) >= maxMembers {
+		return persist.ErrGroupFull
+	}
+	g.Members = slices.Insert(g.Members, i, user)
+	return nil
+}
+
+// RemoveMember implements persist.GroupStore.
+func (s *Store) RemoveMember(ctx context.Context, groupID, user string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := checkGroupUser(groupID, user); err != nil {
+		return fmt.Errorf("memstore: remove member: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return persist.ErrClosed
+	}
+	g, ok := s.groups[groupID]
+	if !ok {
+		return persist.ErrNotFound
+	}
+	if i, found := slices.BinarySearch(g.Members, user); found {
+		g.Members = slices.Delete(g.Members, i, i+1)
+	}
+	return nil
+}
+
+func checkGroupUser(groupID, user string) error {
+	if err := persist.CheckID("group", groupID); err != nil {
+		return err
+	}
+	return persist.CheckID("user", user)
+}
+
+// Close releases the memory held by the store. Every later call, including
+// a second Close, returns persist.ErrClosed. Close is safe to call
+// concurrently with other methods: calls that already hold the lock finish
+// first.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return persist.ErrClosed
+	}
+	s.closed = true
+	s.msgs, s.dedup, s.inboxes, s.cursors, s.users, s.groups = nil, nil, nil, nil, nil, nil
+	return nil
+}

@@ -1,0 +1,170 @@
+// Package persist holds the storage seams of the server and their in-memory
+// defaults: MessageStore (messages, inboxes, cursors), UserStore and
+// GroupStore. Real implementations live one per sub-package (persist/bolt for
+// the embedded single-node store, persist/mongo for clusters), and every
+// implementation passes the same conformance suite in persist/storetest.
+//
+// The delivery model these interfaces serve (DESIGN.md section 4):
+//   - a message is stored once, identified by a cluster-unique ID, and is
+//     unique forever by (From, ClientMsgID);
+//   - each user has an inbox: a gap-free, strictly increasing sequence of
+//     references to messages, numbered from 1;
+//   - a call that returns nil error has made its effect durable (fsynced, or
+//     acknowledged by the database with the configured write concern).
+package persist
+
+import (
+	"context"
+	"errors"
+)
+
+// Sentinel errors returned by every implementation. Driver errors are mapped
+// at the seam: callers test with errors.Is and never see driver types.
+var (
+	// ErrNotFound: the user, group or message does not exist.
+	ErrNotFound = errors.New("persist: not found")
+	// ErrUserExists: CreateUser with an ID that is taken.
+	ErrUserExists = errors.New("persist: user exists")
+	// ErrGroupExists: CreateGroup with an ID that is taken.
+	ErrGroupExists = errors.New("persist: group exists")
+	// ErrGroupFull: AddMember would exceed the caller's limit.
+	ErrGroupFull = errors.New("persist: group full")
+	// ErrUnavailable: the backing store cannot be reached or refused the
+	// write; the operation may be retried and nothing was acknowledged.
+	ErrUnavailable = errors.New("persist: store unavailable")
+	// ErrClosed: the store was closed.
+	ErrClosed = errors.New("persist: store closed")
+	// ErrInvalid: the arguments are malformed (empty IDs, no inboxes).
+	ErrInvalid = errors.New("persist: invalid argument")
+)
+
+// Message is one stored message. It is immutable once stored.
+type Message struct {
+	// ID is the cluster-unique, time-ordered message id chosen by the
+	// server that accepted the send.
+	ID uint64
+	// From is the sending user id ("" for system messages sent by an admin).
+	From string
+	// To is the recipient user id for 1:1 messages, the group id for group
+	// messages.
+	To string
+	// Group is true when To names a group.
+	Group bool
+	// ClientMsgID is the sender's idempotency key; (From, ClientMsgID) is
+	// unique forever. System messages use a server-generated key.
+	ClientMsgID string
+	// Timestamp is the server time of acceptance, Unix milliseconds.
+	Timestamp int64
+	// Kind is the application-visible content kind (0 = chat text; 1 =
+	// system notice). Opaque to the store.
+	Kind uint32
+	// Body is the opaque payload. Stores copy it on write and return
+	// caller-owned slices on read.
+	Body []byte
+}
+
+// InboxEntry is one position of a user's inbox.
+type InboxEntry struct {
+	Seq uint64
+	Msg Message
+}
+
+// AppendResult reports what Append did.
+type AppendResult struct {
+	// Msg is the stored message: on a duplicate it is the original one (its
+	// ID and Timestamp, not the caller's).
+	Msg Message
+	// Seqs holds the inbox seq of Msg for each inbox passed to Append, in the
+	// same order.
+	Seqs []uint64
+	// Duplicate is true when (From, ClientMsgID) was already stored before
+	// this call; the inbox seqs are then the existing ones (any inbox that
+	// had not received the message yet received it now).
+	Duplicate bool
+}
+
+// MessageStore stores messages and the per-user inboxes that reference them.
+//
+// Implementations are safe for concurrent use by many goroutines. Callers
+// must serialise appends to one inbox at the cluster level (the inbox owner
+// is the single writer); an implementation must still never assign one seq
+// twice or skip one, and reports ErrUnavailable rather than risk it.
+type MessageStore interface {
+	// Append stores msg (unless (msg.From, msg.ClientMsgID) exists) and
+	// appends a reference to it to each of inboxes, assigning each inbox the
+	// next seq. Appending is idempotent per (inbox, message): a retry never
+	// creates a second entry. Inboxes must be distinct and non-empty.
+	// When Append returns nil the message and all its inbox entries are
+	// durable. msg.Body is copied; msg is not retained.
+	Append(ctx context.Context, msg Message, inboxes []string) (AppendResult, error)
+
+	// Lookup returns the stored message for (from, clientMsgID), or
+	// ErrNotFound.
+	Lookup(ctx context.Context, from, clientMsgID string) (Message, error)
+
+	// ReadInbox returns up to limit entries of user's inbox with seq >
+	// afterSeq, in seq order. An unknown user has an empty inbox.
+	ReadInbox(ctx context.Context, user string, afterSeq uint64, limit int) ([]InboxEntry, error)
+
+	// LastSeq returns the highest seq in user's inbox (0 when empty).
+	LastSeq(ctx context.Context, user string) (uint64, error)
+
+	// SetCursor records that (user, device) has received everything up to
+	// seq. Cursors only move forward: a lower seq is ignored.
+	SetCursor(ctx context.Context, user, device string, seq uint64) error
+
+	// Cursor returns the recorded cursor of (user, device), 0 if none.
+	Cursor(ctx context.Context, user, device string) (uint64, error)
+}
+
+// User is an account.
+type User struct {
+	ID string
+	// PasswordHash is an encoded password hash (argon2id PHC string).
+	PasswordHash string
+	// Created is Unix milliseconds.
+	Created int64
+}
+
+// UserStore stores accounts. Safe for concurrent use.
+type UserStore interface {
+	// CreateUser stores u durably, or returns ErrUserExists.
+	CreateUser(ctx context.Context, u User) error
+	// GetUser returns the user or ErrNotFound.
+	GetUser(ctx context.Context, id string) (User, error)
+}
+
+// Group is a chat group. Members is sorted and has no duplicates.
+type Group struct {
+	ID      string
+	Name    string
+	Owner   string
+	Members []string
+	Created int64
+}
+
+// GroupStore stores groups and their membership. Safe for concurrent use.
+type GroupStore interface {
+	// CreateGroup stores g durably (members sorted and deduplicated by the
+	// store), or returns ErrGroupExists.
+	CreateGroup(ctx context.Context, g Group) error
+	// GetGroup returns the group with its members, or ErrNotFound.
+	GetGroup(ctx context.Context, id string) (Group, error)
+	// AddMember adds user to the group. It returns ErrNotFound for an
+	// unknown group and ErrGroupFull when the group already has maxMembers
+	// members (maxMembers <= 0 means no limit). Adding a member twice is a
+	// no-op.
+	AddMember(ctx context.Context, groupID, user string, maxMembers int) error
+	// RemoveMember removes user from the group; removing a non-member is a
+	// no-op; ErrNotFound for an unknown group.
+	RemoveMember(ctx context.Context, groupID, user string) error
+}
+
+// Store is everything a node persists. Close flushes pending writes and
+// releases resources; calls after Close return ErrClosed.
+type Store interface {
+	MessageStore
+	UserStore
+	GroupStore
+	Close() error
+}
