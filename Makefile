@@ -5,7 +5,8 @@ BIN := bin
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 # Packages whose tests run again under the race detector (they own goroutines).
-RACE_PKGS ?= ./lb/... ./persist/... ./engine/... ./client/... ./mesh/...
+RACE_DIRS := lb persist engine client mesh bench
+RACE_PKGS ?= $(foreach d,$(RACE_DIRS),$(if $(wildcard $(d)/*),./$(d)/...))
 FUZZTIME ?= 10s
 FUZZ_TARGETS := ./codec:FuzzDecode ./codec:FuzzSerializers
 
@@ -21,11 +22,11 @@ build: ## build every command into ./bin
 test: ## the full test suite: unit, end-to-end, race detector, short fuzz (CI runs this)
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
-	$(GO) test -count=1 -race $(shell $(GO) list $(RACE_PKGS) 2>/dev/null)
+	$(GO) test -count=1 -race $(RACE_PKGS)
 	$(MAKE) --no-print-directory fuzz FUZZTIME=3s
 
 race: ## tests of the concurrent packages under the race detector
-	$(GO) test -count=1 -race $(shell $(GO) list $(RACE_PKGS) 2>/dev/null)
+	$(GO) test -count=1 -race $(RACE_PKGS)
 
 fuzz: ## run each fuzz target for FUZZTIME (default 10s)
 	@set -e; for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \

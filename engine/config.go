@@ -168,7 +168,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("SyncLimit (%d) exceeds SyncMaxLimit (%d)", c.SyncLimit, c.SyncMaxLimit))
 	}
 	if c.Store == nil {
-		errs = append(errs, errors.New("Store is required"))
+		errs = append(errs, errors.New("a Store is required"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("engine: config: %w", err)

@@ -19,7 +19,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -428,5 +427,3 @@ func (g gnetLogger) Errorf(format string, args ...any) {
 func (g gnetLogger) Fatalf(format string, args ...any) {
 	g.l.Error("gnet fatal: " + fmt.Sprintf(format, args...))
 }
-
-func itoa(v uint64) string { return strconv.FormatUint(v, 10) }

@@ -35,13 +35,13 @@ func main() {
 // options is imd's configuration after flags and environment.
 type options struct {
 	listen, admin, dataDir, store, nodeID, jwtSecret, logLevel string
-	nodeNum                                                     uint
-	loops, maxConns, maxBody, maxGroup, workers                 int
-	sendRate                                                    float64
-	sendBurst                                                   int
-	heartbeat, idle, loginTimeout, shutdownTimeout, goAway      time.Duration
-	maxOutbound                                                 int
-	noSync                                                      bool
+	nodeNum                                                    uint
+	loops, maxConns, maxBody, maxGroup, workers                int
+	sendRate                                                   float64
+	sendBurst                                                  int
+	heartbeat, idle, loginTimeout, shutdownTimeout, goAway     time.Duration
+	maxOutbound                                                int
+	noSync                                                     bool
 }
 
 // parseOptions reads args, falling back to IM_* variables from getenv.
