@@ -1,8 +1,17 @@
 // Package persist holds the storage seams of the server and their in-memory
 // defaults: MessageStore (messages, inboxes, cursors), UserStore and
-// GroupStore. Real implementations live one per sub-package (persist/bolt for
-// the embedded single-node store, persist/mongo for clusters), and every
-// implementation passes the same conformance suite in persist/storetest.
+// GroupStore, and SessionStore (who is online where). Implementations live
+// one per sub-package: memstore (in memory, not durable), boltstore (the
+// embedded single-node store), mongostore (clusters), redisstore (sessions).
+// Every implementation passes the conformance suite of its interface
+// (persist/storetest, persist/sessiontest).
+//
+// Rules every store follows: identifiers longer than MaxIDLen are
+// ErrInvalid; ReadInbox with limit <= 0 is ErrInvalid; reusing a stored
+// message ID for another (From, ClientMsgID) is ErrInvalid; a second Close
+// returns ErrClosed; a write abandoned through its context returns the
+// context's error and may still be committed, so callers treat it like
+// ErrUnavailable and retry with the same ClientMsgID.
 //
 // The delivery model these interfaces serve (DESIGN.md section 4):
 //   - a message is stored once, identified by a cluster-unique ID, and is

@@ -72,6 +72,17 @@ func CheckAppend(msg Message, inboxes []string) error {
 	return nil
 }
 
+// CheckLookup validates the arguments of MessageStore.Lookup: clientMsgID
+// must be a valid id and from (which may be empty) at most MaxIDLen bytes,
+// the same rules as CheckAppend, so a key that Append would reject is an
+// ErrInvalid rather than an ErrNotFound.
+func CheckLookup(from, clientMsgID string) error {
+	if len(from) > MaxIDLen {
+		return fmt.Errorf("%w: from longer than %d bytes", ErrInvalid, MaxIDLen)
+	}
+	return CheckID("client message id", clientMsgID)
+}
+
 // CheckRead validates the arguments of MessageStore.ReadInbox: user must be a
 // valid id and limit must be positive (a zero limit is an error rather than an
 // empty page, so that a caller bug cannot look like "nothing to sync").

@@ -321,7 +321,7 @@ func (s *Store) Lookup(ctx context.Context, from, clientMsgID string) (persist.M
 	if err := ctx.Err(); err != nil {
 		return persist.Message{}, err
 	}
-	if err := persist.CheckID("client message id", clientMsgID); err != nil {
+	if err := persist.CheckLookup(from, clientMsgID); err != nil {
 		return persist.Message{}, fmt.Errorf("boltstore: lookup: %w", err)
 	}
 	dk := key2(from, clientMsgID)

@@ -121,7 +121,7 @@ func (s *Store) Lookup(ctx context.Context, from, clientMsgID string) (persist.M
 	if err := ctx.Err(); err != nil {
 		return persist.Message{}, err
 	}
-	if err := persist.CheckID("client message id", clientMsgID); err != nil {
+	if err := persist.CheckLookup(from, clientMsgID); err != nil {
 		return persist.Message{}, fmt.Errorf("memstore: lookup: %w", err)
 	}
 	s.mu.RLock()

@@ -737,6 +737,8 @@ func testInvalid(t *testing.T, s persist.Store) {
 		err  error
 	}{
 		{"Lookup empty client msg id", second(s.Lookup(ctx, "a", ""))},
+		{"Lookup long from", second(s.Lookup(ctx, long, "c"))},
+		{"Lookup long client msg id", second(s.Lookup(ctx, "a", long))},
 		{"ReadInbox empty user", second(s.ReadInbox(ctx, "", 0, 10))},
 		{"ReadInbox long user", second(s.ReadInbox(ctx, long, 0, 10))},
 		{"ReadInbox zero limit", second(s.ReadInbox(ctx, "u", 0, 0))},
