@@ -46,11 +46,11 @@ func (s *Server) SystemMessage(ctx context.Context, user string, kind uint32, bo
 	}
 	id := s.ids.next()
 	msg := persist.Message{ID: id, To: user, ClientMsgID: "sys-" + strconv.FormatUint(id, 36), Timestamp: time.Now().UnixMilli(), Kind: kind, Body: body}
-	res, err := s.store.Append(ctx, msg, []string{user})
+	res, err := s.appendInboxes(ctx, msg, []string{user})
 	if err != nil {
 		return res, fmt.Errorf("engine: system message: %w", err)
 	}
-	s.pushTo(user, res.Seqs[0], &res.Msg)
+	s.deliver(&res.Msg, []string{user}, res.Seqs)
 	return res, nil
 }
 
@@ -69,10 +69,17 @@ func (s *Server) Kick(user, device string) int {
 	return n
 }
 
-// Online reports user's devices online on this node.
+// Online reports user's online devices: cluster-wide when the node has a
+// session store, else on this node.
 func (s *Server) Online(user string) (devices []string) {
-	return s.presence(user).Devices
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return s.presence(ctx, user).Devices
 }
+
+// Conns returns the number of open client connections (for load
+// publishing).
+func (s *Server) Conns() int64 { return int64(s.conns.len()) }
 
 // Stats is a snapshot for the admin API and benchmarks.
 type Stats struct {

@@ -72,6 +72,15 @@ type Config struct {
 	// Store persists messages, users and groups. Required. The Server does
 	// not close it.
 	Store persist.Store
+	// Cluster connects the node to its peers; nil runs a single node that
+	// owns every inbox.
+	Cluster Cluster
+	// Sessions records who is online where, cluster-wide; nil keeps only
+	// this node's sessions (enough for a single node).
+	Sessions persist.SessionStore
+	// SessionTTL is the lease of a session route; routes are renewed every
+	// SessionTTL/3 while the connection lives. Default 5m.
+	SessionTTL time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registry receives the server's metrics; default a new registry
@@ -121,6 +130,9 @@ func (c *Config) setDefaults() {
 	if c.GoAwayWindow == 0 {
 		c.GoAwayWindow = 2 * time.Second
 	}
+	if c.SessionTTL == 0 {
+		c.SessionTTL = 5 * time.Minute
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -166,6 +178,14 @@ func (c *Config) Validate() error {
 	}
 	if c.SyncLimit > c.SyncMaxLimit {
 		errs = append(errs, fmt.Errorf("SyncLimit (%d) exceeds SyncMaxLimit (%d)", c.SyncLimit, c.SyncMaxLimit))
+	}
+	if c.Sessions != nil && c.Cluster == nil {
+		errs = append(errs, errors.New("Sessions needs a Cluster (routes name cluster nodes)"))
+	}
+	if c.Sessions != nil {
+		if err := persist.CheckSessionTTL(c.SessionTTL); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.Store == nil {
 		errs = append(errs, errors.New("a Store is required"))

@@ -35,6 +35,7 @@ type conn struct {
 	user, device string
 	ser          codec.SerializerID // serializer of server-initiated frames
 	cursor       atomic.Uint64      // last cursor stored for (user, device)
+	lastRenew    atomic.Int64       // unix nanoseconds of the last session-route renewal
 
 	loginPending bool // event loop only: a LOGIN or REGISTER is queued
 

@@ -52,7 +52,7 @@ func (s *Server) handle(c *conn, t task) {
 	case *pb.GroupRequest:
 		s.handleGroup(ctx, c, h, req)
 	case *pb.PresenceRequest:
-		s.handlePresence(c, h, req)
+		s.handlePresence(ctx, c, h, req)
 	}
 }
 
@@ -199,6 +199,7 @@ func (s *Server) handleLogin(ctx context.Context, c *conn, h codec.Header, req *
 	if old := s.sessions.add(c, s.newLimiter); old != nil {
 		old.kick(codec.CodeKickDuplicateLogin, "the same user and device logged in on another connection")
 	}
+	s.publishRoute(ctx, c)
 	if c.state.Load() != stateLoggedIn {
 		// Closed while logging in (timeout, peer gone): undo.
 		s.sessions.remove(c)
@@ -240,6 +241,8 @@ func (s *Server) userExists(ctx context.Context, user string) (bool, error) {
 func (s *Server) storeError(c *conn, h codec.Header, what string, err error) {
 	code := codec.CodeStoreUnavailable
 	switch {
+	case errors.Is(err, ErrForward):
+		code = codec.CodeForwardFailed
 	case errors.Is(err, persist.ErrInvalid):
 		code = codec.CodeInvalidArgument
 	case errors.Is(err, persist.ErrClosed):
@@ -304,17 +307,13 @@ func (s *Server) handleSend(ctx context.Context, c *conn, h codec.Header, req *p
 		Seq: res.Seqs[0], Time: res.Msg.Timestamp, Duplicate: res.Duplicate})
 	// Pushed even on a duplicate: the first attempt may have stored the
 	// message and died before pushing. Clients drop seqs they have shown.
-	for i, user := range inboxes {
-		s.pushTo(user, res.Seqs[i], &res.Msg)
-	}
+	s.deliver(&res.Msg, inboxes, res.Seqs)
 	s.metrics.pushLatency.Observe(time.Since(start).Seconds())
 }
 
 // appendMessage stores msg in inboxes, answering the request on failure.
 func (s *Server) appendMessage(ctx context.Context, c *conn, h codec.Header, msg persist.Message, inboxes []string) (persist.AppendResult, bool) {
-	t0 := time.Now()
-	res, err := s.store.Append(ctx, msg, inboxes)
-	s.metrics.storeLatency.Observe(time.Since(t0).Seconds())
+	res, err := s.appendInboxes(ctx, msg, inboxes)
 	if err != nil {
 		s.storeError(c, h, "append", err)
 		return res, false
@@ -394,9 +393,7 @@ func (s *Server) handleGroupSend(ctx context.Context, c *conn, h codec.Header, r
 	}
 	c.writeMsg(h.Serializer, codec.CmdSendAck, h.Seq, &pb.SendAck{ClientMsgId: req.ClientMsgId, MsgId: res.Msg.ID,
 		Seq: res.Seqs[0], Time: res.Msg.Timestamp, Duplicate: res.Duplicate})
-	for i, user := range inboxes {
-		s.pushTo(user, res.Seqs[i], &res.Msg)
-	}
+	s.deliver(&res.Msg, inboxes, res.Seqs)
 	s.metrics.pushLatency.Observe(time.Since(start).Seconds())
 }
 
@@ -539,26 +536,23 @@ func (s *Server) handleGroup(ctx context.Context, c *conn, h codec.Header, req *
 	c.writeMsg(h.Serializer, codec.CmdGroupInfo, h.Seq, groupInfo(g))
 }
 
-func (s *Server) handlePresence(c *conn, h codec.Header, req *pb.PresenceRequest) {
+func (s *Server) handlePresence(ctx context.Context, c *conn, h codec.Header, req *pb.PresenceRequest) {
 	if len(req.Users) > 500 {
 		c.replyError(h.Serializer, h.Seq, codec.CodeInvalidArgument, "at most 500 users per PRESENCE", 0)
 		return
 	}
 	out := &pb.PresenceOK{Users: make([]*pb.UserPresence, len(req.Users))}
 	for i, u := range req.Users {
-		out.Users[i] = s.presence(u)
+		out.Users[i] = s.presence(ctx, u)
 	}
 	c.writeMsg(h.Serializer, codec.CmdPresenceOK, h.Seq, out)
 }
 
-// presence reports user's devices online on this node.
-func (s *Server) presence(user string) *pb.UserPresence {
-	var arr [8]*conn
-	devs := s.sessions.devices(user, arr[:0])
-	p := &pb.UserPresence{User: user, Online: len(devs) > 0}
-	for _, d := range devs {
-		p.Devices = append(p.Devices, d.device)
-	}
-	slices.Sort(p.Devices)
-	return p
+// presence reports user's online devices (cluster-wide with a session
+// store), sorted and without repeats.
+func (s *Server) presence(ctx context.Context, user string) *pb.UserPresence {
+	devs := s.presenceDevices(ctx, user)
+	slices.Sort(devs)
+	devs = slices.Compact(devs)
+	return &pb.UserPresence{User: user, Online: len(devs) > 0, Devices: devs}
 }

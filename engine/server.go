@@ -59,6 +59,8 @@ type Server struct {
 	started    atomic.Bool
 	stopOnce   sync.Once
 	stopErr    error
+	sessOps    chan sessionOp // route removals and renewals (Sessions != nil)
+	sessDone   chan struct{}
 	gnet.BuiltinEventEngine
 }
 
@@ -98,6 +100,11 @@ func (s *Server) Start(ctx context.Context) error {
 		return errors.New("engine: already started")
 	}
 	s.pool = newWorkerPool(s.cfg.Workers, s.cfg.WorkQueue)
+	if s.cfg.Sessions != nil {
+		s.sessOps = make(chan sessionOp, 65536)
+		s.sessDone = make(chan struct{})
+		go s.sessionWriter()
+	}
 	go func() {
 		err := gnet.Run(s, "tcp://"+s.cfg.Addr,
 			gnet.WithMulticore(true),
@@ -112,6 +119,10 @@ func (s *Server) Start(ctx context.Context) error {
 	case <-s.booted:
 	case err := <-s.runErr:
 		s.pool.stop()
+		if s.sessOps != nil {
+			close(s.sessOps)
+			<-s.sessDone
+		}
 		return fmt.Errorf("engine: listen %s: %w", s.cfg.Addr, err)
 	case <-ctx.Done():
 		return ctx.Err()
@@ -181,6 +192,9 @@ func (s *Server) OnClose(gc gnet.Conn, _ error) gnet.Action {
 	s.conns.remove(c)
 	if c.user != "" {
 		s.sessions.remove(c)
+		if s.cfg.Sessions != nil {
+			s.queueSessionOp(sessionOp{remove: true, route: s.routeOf(c)})
+		}
 	}
 	return gnet.None
 }
@@ -310,6 +324,7 @@ func (s *Server) tick() {
 
 func (s *Server) expire(now int64) {
 	login, idle := s.cfg.LoginTimeout.Nanoseconds(), s.cfg.IdleTimeout.Nanoseconds()
+	renew := s.cfg.SessionTTL.Nanoseconds() / 3
 	s.conns.each(func(c *conn) {
 		switch c.state.Load() {
 		case stateNew:
@@ -319,6 +334,9 @@ func (s *Server) expire(now int64) {
 		case stateLoggedIn:
 			if now-c.lastRecv.Load() > idle {
 				c.fail(c.ser, 0, codec.CodeIdleTimeout, "nothing received for "+s.cfg.IdleTimeout.String())
+			} else if s.sessOps != nil && now-c.lastRenew.Load() > renew {
+				c.lastRenew.Store(now)
+				s.queueSessionOp(sessionOp{route: s.routeOf(c)})
 			}
 		}
 	})
@@ -364,6 +382,13 @@ func (s *Server) shutdown(ctx context.Context) error {
 		// Workers may still be blocked in the store if ctx expired; stop
 		// only waits for them when they can finish.
 		s.pool.stop()
+	}
+	if s.sessOps != nil {
+		// The event loops are gone, so nothing queues route changes any
+		// more; the writer drains what is left (removals of the closed
+		// connections) and exits.
+		close(s.sessOps)
+		<-s.sessDone
 	}
 	s.log.Info("stopped")
 	return errors.Join(errs...)

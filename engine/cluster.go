@@ -1,0 +1,65 @@
+package engine
+
+import (
+	"context"
+	"errors"
+
+	"github.com/imgn/imgn/persist"
+)
+
+// Cluster connects a node to its peers. The engine depends only on this
+// interface (it never imports mesh); package mesh implements it over the
+// registry, the consistent-hash ring and node-to-node links. A nil
+// Config.Cluster means a single node that owns every inbox.
+//
+// Implementations are safe for concurrent use.
+type Cluster interface {
+	// NodeID is this node's id in the cluster.
+	NodeID() string
+	// Owner names the node that owns user's inbox: the single writer of its
+	// appends. local reports whether that is this node.
+	Owner(user string) (node string, local bool)
+	// Live reports whether node is a current member with this boot epoch;
+	// session routes to anything else are stale.
+	Live(node string, bootEpoch int64) bool
+	// BootEpoch is this node's boot epoch (recorded in its session routes).
+	BootEpoch() int64
+	// Append asks node to run MessageStore.Append(msg, inboxes) as the
+	// owner of those inboxes, and waits for the result. Failures to reach
+	// the node or to hear back in time wrap ErrForward; store errors come
+	// back wrapped as the owner saw them (persist sentinels survive).
+	Append(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error)
+	// Push asks node to push msg to the devices of the given users that
+	// are connected there. Best effort: no reply, dropped if the link is
+	// down (receivers recover by sync).
+	Push(node string, msg persist.Message, targets []PushTarget)
+	// Kick asks node to close (user, device)'s connection connID with
+	// KICK_DUPLICATE_LOGIN. Best effort.
+	Kick(node, user, device string, connID uint64)
+}
+
+// PushTarget is one receiving inbox of a pushed message.
+type PushTarget struct {
+	User string
+	Seq  uint64
+}
+
+// ErrForward marks a failure to reach the owner node of an inbox. It maps to
+// the retryable FORWARD_FAILED error code.
+var ErrForward = errors.New("engine: forward to owner node failed")
+
+// ClusterHandler is what a node offers its peers: the mesh calls these
+// when a request arrives from another node. Server implements it.
+type ClusterHandler interface {
+	// HandleAppend runs an append forwarded by a peer: this node owns the
+	// inboxes. It only stores; pushing is the job of the node that took
+	// the send, which knows every inbox's seq.
+	HandleAppend(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error)
+	// HandlePush pushes msg to local devices of targets.
+	HandlePush(msg persist.Message, targets []PushTarget)
+	// HandleKick closes the local connection connID of (user, device) if it
+	// is still live.
+	HandleKick(user, device string, connID uint64)
+}
+
+var _ ClusterHandler = (*Server)(nil)

@@ -1,0 +1,229 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/persist"
+)
+
+// appendInboxes stores msg in every inbox of inboxes, each through the node
+// that owns it (single writer per inbox), and returns the seqs in the order
+// of inboxes. The owner of inboxes[0] (the sender's own inbox, by the
+// callers' convention) goes first: its result settles the stored message
+// (on a retry, the original id and time), which the other owners then
+// append, idempotently per (inbox, message). The call succeeds only if every
+// owner stored its part; on failure some inboxes may hold the message, and
+// the client's retry completes the rest without duplicates.
+func (s *Server) appendInboxes(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	cl := s.cfg.Cluster
+	if cl == nil {
+		return s.localAppend(ctx, msg, inboxes)
+	}
+	// Group inbox positions by owner, keeping first-seen order.
+	var order []string
+	groups := map[string][]int{}
+	for i, u := range inboxes {
+		node, _ := cl.Owner(u)
+		if _, ok := groups[node]; !ok {
+			order = append(order, node)
+		}
+		groups[node] = append(groups[node], i)
+	}
+	out := persist.AppendResult{Seqs: make([]uint64, len(inboxes))}
+	part := func(ctx context.Context, node string, m persist.Message) (persist.AppendResult, error) {
+		idx := groups[node]
+		users := make([]string, len(idx))
+		for j, i := range idx {
+			users[j] = inboxes[i]
+		}
+		var res persist.AppendResult
+		var err error
+		if node == cl.NodeID() {
+			res, err = s.localAppend(ctx, m, users)
+		} else {
+			res, err = cl.Append(ctx, node, m, users)
+		}
+		if err != nil {
+			return res, err
+		}
+		if len(res.Seqs) != len(idx) {
+			return res, errors.New("engine: owner returned a wrong number of seqs")
+		}
+		for j, i := range idx {
+			out.Seqs[i] = res.Seqs[j]
+		}
+		return res, nil
+	}
+	first, err := part(ctx, order[0], msg)
+	if err != nil {
+		return out, err
+	}
+	out.Msg, out.Duplicate = first.Msg, first.Duplicate
+	rest := order[1:]
+	if len(rest) == 0 {
+		return out, nil
+	}
+	errs := make([]error, len(rest))
+	var wg sync.WaitGroup
+	for k, node := range rest {
+		wg.Go(func() { _, errs[k] = part(ctx, node, first.Msg) })
+	}
+	wg.Wait()
+	return out, errors.Join(errs...)
+}
+
+// localAppend appends on this node's store, measuring it.
+func (s *Server) localAppend(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	t0 := time.Now()
+	res, err := s.store.Append(ctx, msg, inboxes)
+	s.metrics.storeLatency.Observe(time.Since(t0).Seconds())
+	return res, err
+}
+
+// HandleAppend implements ClusterHandler.
+func (s *Server) HandleAppend(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	return s.localAppend(ctx, msg, inboxes)
+}
+
+// HandlePush implements ClusterHandler: msg goes to the local devices of
+// every target.
+func (s *Server) HandlePush(msg persist.Message, targets []PushTarget) {
+	for _, t := range targets {
+		s.pushTo(t.User, t.Seq, &msg)
+	}
+}
+
+// HandleKick implements ClusterHandler.
+func (s *Server) HandleKick(user, device string, connID uint64) {
+	var arr [8]*conn
+	for _, c := range s.sessions.devices(user, arr[:0]) {
+		if c.device == device && c.id == connID {
+			s.sessions.remove(c)
+			c.kick(codec.CodeKickDuplicateLogin, "the same user and device logged in on another node")
+		}
+	}
+}
+
+// deliver pushes msg, stored at seqs[i] of inboxes[i], to every online
+// device of those users: this node's devices straight from the session map,
+// other nodes' through the cluster after a route lookup. Delivery is best
+// effort: a failed lookup or push delays the message until the receiver
+// syncs; it never loses it.
+func (s *Server) deliver(msg *persist.Message, inboxes []string, seqs []uint64) {
+	for i, u := range inboxes {
+		s.pushTo(u, seqs[i], msg)
+	}
+	if s.cfg.Sessions == nil || s.cfg.Cluster == nil {
+		return
+	}
+	cl := s.cfg.Cluster
+	self := cl.NodeID()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	remote := map[string][]PushTarget{}
+	for i, u := range inboxes {
+		routes, err := s.cfg.Sessions.Lookup(ctx, u)
+		if err != nil {
+			s.log.Debug("session lookup failed; receivers will sync", "user", u, "err", err)
+			continue
+		}
+		for _, r := range routes {
+			if r.NodeID == self || !cl.Live(r.NodeID, r.BootEpoch) {
+				continue
+			}
+			t := remote[r.NodeID]
+			if n := len(t); n > 0 && t[n-1].User == u {
+				continue // another device of u on the same node: one push serves both
+			}
+			remote[r.NodeID] = append(t, PushTarget{User: u, Seq: seqs[i]})
+		}
+	}
+	for node, targets := range remote {
+		cl.Push(node, *msg, targets)
+	}
+}
+
+// sessionOp is a route change queued for the session writer.
+type sessionOp struct {
+	remove bool
+	route  persist.Route
+}
+
+// routeOf returns c's cluster route. c must be logged in.
+func (s *Server) routeOf(c *conn) persist.Route {
+	return persist.Route{User: c.user, Device: c.device, NodeID: s.cfg.Cluster.NodeID(), BootEpoch: s.cfg.Cluster.BootEpoch(), ConnID: c.id}
+}
+
+// queueSessionOp hands a route removal or renewal to the session writer
+// without blocking (the event loop calls it from OnClose). When the queue
+// is full the op is dropped: a missed renewal heals at the next one, a
+// missed removal expires with its lease and is ignored meanwhile because the
+// connection id no longer exists.
+func (s *Server) queueSessionOp(op sessionOp) {
+	select {
+	case s.sessOps <- op:
+	default:
+		s.log.Warn("session op queue full; dropping", "user", op.route.User)
+	}
+}
+
+// sessionWriter applies queued route removals and renewals.
+func (s *Server) sessionWriter() {
+	defer close(s.sessDone)
+	for op := range s.sessOps {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		var err error
+		if op.remove {
+			err = s.cfg.Sessions.Remove(ctx, op.route)
+		} else {
+			err = s.cfg.Sessions.Renew(ctx, op.route, s.cfg.SessionTTL)
+		}
+		cancel()
+		if err != nil && !errors.Is(err, persist.ErrReplaced) {
+			s.log.Debug("session store", "remove", op.remove, "user", op.route.User, "err", err)
+		}
+	}
+}
+
+// publishRoute records c's route cluster-wide after its login, and kicks
+// the connection it replaces on another node.
+func (s *Server) publishRoute(ctx context.Context, c *conn) {
+	if s.cfg.Sessions == nil {
+		return
+	}
+	r := s.routeOf(c)
+	c.lastRenew.Store(time.Now().UnixNano())
+	old, err := s.cfg.Sessions.Put(ctx, r, s.cfg.SessionTTL)
+	if err != nil {
+		// Degraded: other nodes cannot find this device until the next
+		// renewal; its messages wait in the inbox for sync.
+		s.log.Warn("publish session route", "user", c.user, "err", err)
+		return
+	}
+	if old != nil && old.NodeID != r.NodeID && s.cfg.Cluster.Live(old.NodeID, old.BootEpoch) {
+		s.cfg.Cluster.Kick(old.NodeID, old.User, old.Device, old.ConnID)
+	}
+}
+
+// presenceDevices lists user's online devices: cluster-wide from the
+// session store when there is one, always including this node's own.
+func (s *Server) presenceDevices(ctx context.Context, user string) []string {
+	var arr [8]*conn
+	var devs []string
+	for _, c := range s.sessions.devices(user, arr[:0]) {
+		devs = append(devs, c.device)
+	}
+	if s.cfg.Sessions != nil {
+		routes, err := s.cfg.Sessions.Lookup(ctx, user)
+		if err == nil {
+			for _, r := range persist.FilterLive(routes, s.cfg.Cluster.Live) {
+				devs = append(devs, r.Device)
+			}
+		}
+	}
+	return devs
+}
