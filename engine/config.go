@@ -180,7 +180,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("SyncLimit (%d) exceeds SyncMaxLimit (%d)", c.SyncLimit, c.SyncMaxLimit))
 	}
 	if c.Sessions != nil && c.Cluster == nil {
-		errs = append(errs, errors.New("Sessions needs a Cluster (routes name cluster nodes)"))
+		errs = append(errs, errors.New("a session store (Sessions) needs a Cluster: routes name cluster nodes"))
 	}
 	if c.Sessions != nil {
 		if err := persist.CheckSessionTTL(c.SessionTTL); err != nil {
