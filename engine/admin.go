@@ -138,10 +138,20 @@ func cpuSeconds() float64 {
 	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }
 
+// AdminHooks lets the process that runs the server act on admin calls that
+// reach beyond the engine. A nil hook answers 501.
+type AdminHooks struct {
+	// Drain starts a graceful drain of the node (as SIGTERM does) and
+	// returns at once.
+	Drain func() error
+	// SetWeight publishes a new balancing weight for the node.
+	SetWeight func(weight int) error
+}
+
 // AdminHandler returns the admin HTTP API: /metrics, /debug/pprof/,
 // /healthz, /readyz and the /admin/ endpoints (see docs/operations.md).
 // It must only be served on a trusted interface: it has no authentication.
-func (s *Server) AdminHandler() http.Handler {
+func (s *Server) AdminHandler(hooks AdminHooks) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -191,6 +201,41 @@ func (s *Server) AdminHandler() http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]int{"delivered": s.Broadcast(body.Text)})
+	})
+	mux.HandleFunc("POST /admin/rebalance", func(w http.ResponseWriter, r *http.Request) {
+		f, err := strconv.ParseFloat(r.URL.Query().Get("fraction"), 64)
+		if err != nil || f <= 0 || f > 1 {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "fraction query parameter in (0, 1] required"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]int{"moved": s.Rebalance(f, s.cfg.GoAwayWindow)})
+	})
+	mux.HandleFunc("POST /admin/drain", func(w http.ResponseWriter, _ *http.Request) {
+		if hooks.Drain == nil {
+			writeJSON(w, http.StatusNotImplemented, map[string]string{"error": "drain is not available in this process"})
+			return
+		}
+		if err := hooks.Drain(); err != nil {
+			writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusAccepted, map[string]string{"status": "draining"})
+	})
+	mux.HandleFunc("POST /admin/weight", func(w http.ResponseWriter, r *http.Request) {
+		weight, err := strconv.Atoi(r.URL.Query().Get("weight"))
+		if err != nil || weight < 0 {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "weight query parameter >= 0 required"})
+			return
+		}
+		if hooks.SetWeight == nil {
+			writeJSON(w, http.StatusNotImplemented, map[string]string{"error": "weights exist only in cluster mode"})
+			return
+		}
+		if err := hooks.SetWeight(weight); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]int{"weight": weight})
 	})
 	mux.HandleFunc("POST /admin/message", func(w http.ResponseWriter, r *http.Request) {
 		var body struct {

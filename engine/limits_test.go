@@ -242,7 +242,7 @@ func TestSlowConsumerIsClosed(t *testing.T) {
 
 func TestAdminAPI(t *testing.T) {
 	s := startServer(t, nil)
-	h := httptest.NewServer(s.AdminHandler())
+	h := httptest.NewServer(s.AdminHandler(AdminHooks{}))
 	defer h.Close()
 	a := dial(t, s, codec.JSON)
 	a.login("alice", "pc")
@@ -364,5 +364,69 @@ func TestShutdownSendsGoAway(t *testing.T) {
 		// gnet closes the listener on stop; a connect may still race the
 		// close, but nothing must be served.
 		t.Log("listener still accepting after shutdown")
+	}
+}
+
+func TestRebalanceAndDrainAdmin(t *testing.T) {
+	s := startServer(t, nil)
+	drained := false
+	h := httptest.NewServer(s.AdminHandler(AdminHooks{Drain: func() error { drained = true; return nil }}))
+	defer h.Close()
+	a := dial(t, s, codec.JSON)
+	a.login("alice", "pc")
+	b := dial(t, s, codec.Protobuf)
+	b.login("bob", "pc")
+	post := func(path string) (int, map[string]any) {
+		resp, err := http.Post(h.URL+path, "application/json", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&out)
+		return resp.StatusCode, out
+	}
+	if code, _ := post("/admin/rebalance?fraction=0"); code != 400 {
+		t.Fatalf("fraction 0: %d", code)
+	}
+	code, out := post("/admin/rebalance?fraction=1")
+	if code != 200 || out["moved"] != float64(2) {
+		t.Fatalf("rebalance %d %v", code, out)
+	}
+	for _, c := range []*rawClient{a, b} {
+		var g pb.GoAway
+		f := c.waitFrame(codec.CmdGoAway, 5*time.Second)
+		if err := codec.Unmarshal(f.Serializer, f.Body, &g); err != nil || g.Reason != "rebalance" || g.DelayMs > 2000 {
+			t.Fatalf("go away %v %v", &g, err)
+		}
+	}
+	if code, _ := post("/admin/weight?weight=5"); code != 501 {
+		t.Fatalf("weight without hook: %d", code)
+	}
+	if code, _ := post("/admin/drain"); code != 202 || !drained {
+		t.Fatalf("drain: %d %v", code, drained)
+	}
+}
+
+func TestDrainSaysDrainAndWaitsForClientsToLeave(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.GoAwayWindow = 3 * time.Second })
+	c := dial(t, s, codec.Protobuf)
+	c.login("alice", "pc")
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- s.Drain(t.Context()) }()
+	f := c.waitFrame(codec.CmdGoAway, 5*time.Second)
+	var g pb.GoAway
+	if err := codec.Unmarshal(f.Serializer, f.Body, &g); err != nil || g.Reason != "drain" {
+		t.Fatalf("go away %v %v", &g, err)
+	}
+	// The client leaves as told; the drain then ends without waiting out
+	// the whole window.
+	_ = c.nc.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(start) > 3*time.Second {
+		t.Logf("drain took %s (the machine may be loaded)", time.Since(start))
 	}
 }

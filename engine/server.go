@@ -56,6 +56,7 @@ type Server struct {
 	stopTicker chan struct{}
 	tickerDone chan struct{}
 	shutting   atomic.Bool
+	draining   atomic.Bool // Shutdown says "drain" in GO_AWAY
 	started    atomic.Bool
 	stopOnce   sync.Once
 	stopErr    error
@@ -358,7 +359,21 @@ func (s *Server) shutdown(ctx context.Context) error {
 		return nil
 	}
 	s.shutting.Store(true)
-	s.GoAwayAll("shutdown", s.cfg.GoAwayWindow)
+	reason := "shutdown"
+	if s.draining.Load() {
+		reason = "drain"
+	}
+	s.GoAwayAll(reason, s.cfg.GoAwayWindow)
+	// Clients close their connection on GO_AWAY and come back elsewhere
+	// after their delay; wait for them to leave (at most the window) so
+	// that none is cut off with requests in flight.
+	leaveBy := time.Now().Add(s.cfg.GoAwayWindow + 500*time.Millisecond)
+	for time.Now().Before(leaveBy) && ctx.Err() == nil {
+		if _, n := s.sessions.count(); n == 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	var errs []error
 	idle := make(chan struct{})
 	go func() { s.pool.idle(); close(idle) }()
@@ -411,6 +426,35 @@ func (s *Server) waitFlushed(ctx context.Context) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// Drain is Shutdown for a node leaving a cluster: clients are told
+// GO_AWAY{reason: "drain"}. The caller marks the node draining in the
+// registry first, so routers stop sending clients here.
+func (s *Server) Drain(ctx context.Context) error {
+	s.draining.Store(true)
+	return s.Shutdown(ctx)
+}
+
+// Rebalance asks a random fraction (0, 1] of this node's logged-in clients
+// to reconnect elsewhere (GO_AWAY{reason: "rebalance"}), with delays spread
+// over window, so that new nodes take load without restarts. It returns
+// how many clients were asked.
+func (s *Server) Rebalance(fraction float64, window time.Duration) int {
+	n := 0
+	s.sessions.each(func(c *conn) {
+		if rand.Float64() >= fraction {
+			return
+		}
+		delay := uint32(0)
+		if window > 0 {
+			delay = uint32(rand.Int64N(window.Milliseconds() + 1))
+		}
+		if c.writeMsg(c.ser, codec.CmdGoAway, 0, &pb.GoAway{Reason: "rebalance", DelayMs: delay, NodeId: s.cfg.NodeID}) {
+			n++
+		}
+	})
+	return n
 }
 
 // GoAwayAll sends GO_AWAY with reason to every logged-in client, each with a

@@ -188,7 +188,7 @@ func serve(o *options, log *slog.Logger) error {
 			_ = srv.Shutdown(context.Background())
 			return fmt.Errorf("admin listener: %w", err)
 		}
-		admin = &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
+		admin = &http.Server{Handler: srv.AdminHandler(engine.AdminHooks{}), ReadHeaderTimeout: 10 * time.Second}
 		go func() { adminErr <- admin.Serve(ln) }()
 		log.Info("admin listening", "addr", ln.Addr().String())
 	}
