@@ -5,27 +5,34 @@ BIN := bin
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 # Packages whose tests run again under the race detector (they own goroutines).
-RACE_DIRS := lb persist engine client mesh bench
+RACE_DIRS := lb persist engine client mesh bench router internal
 RACE_PKGS ?= $(foreach d,$(RACE_DIRS),$(if $(wildcard $(d)/*),./$(d)/...))
 FUZZTIME ?= 10s
 FUZZ_TARGETS := ./codec:FuzzDecode ./codec:FuzzSerializers
 
-.PHONY: help build test race fuzz bench lint proto run clean
+.PHONY: help deps devmongo build test race fuzz bench lint proto run cluster clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+deps: ## install zookeeper and redis-server (apt) when missing and build bin/devmongo (the FerretDB dev server)
+	scripts/deps.sh
+
+devmongo: ## rebuild bin/devmongo
+	cd tools/devmongo && $(GO) build -trimpath -o ../../bin/devmongo .
 
 build: ## build every command into ./bin
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-test: ## the full test suite: unit, end-to-end, race detector, short fuzz (CI runs this)
+test: deps ## the full test suite: unit, end-to-end on real ZooKeeper/Redis/MongoDB, race detector, short fuzz (CI runs this)
 	$(GO) vet ./...
+	cd tools/devmongo && $(GO) vet ./...
 	$(GO) test -count=1 ./...
 	$(GO) test -count=1 -race $(RACE_PKGS)
 	$(MAKE) --no-print-directory fuzz FUZZTIME=3s
 
-race: ## tests of the concurrent packages under the race detector
+race: deps ## tests of the concurrent packages under the race detector
 	$(GO) test -count=1 -race $(RACE_PKGS)
 
 fuzz: ## run each fuzz target for FUZZTIME (default 10s)
@@ -33,13 +40,14 @@ fuzz: ## run each fuzz target for FUZZTIME (default 10s)
 	  echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
 	  $(GO) test -run='^$$' -fuzz="^$$name$$" -fuzztime=$(FUZZTIME) $$pkg; done
 
-bench: ## micro-benchmarks of every package (ns/op, B/op, allocs/op)
+bench: deps ## micro-benchmarks of every package (ns/op, B/op, allocs/op)
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
 
 lint: ## gofmt check, go vet, staticcheck (pinned)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
+	cd tools/devmongo && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
 
 proto: ## regenerate codec/pb from codec/pb/imgn.proto (installs protoc if missing)
 	@command -v protoc >/dev/null || { apt-get update -qq && apt-get install -y -qq protobuf-compiler; }
@@ -48,6 +56,9 @@ proto: ## regenerate codec/pb from codec/pb/imgn.proto (installs protoc if missi
 
 clean: ## remove build output
 	rm -rf $(BIN)
+
+cluster: deps build ## run a local 3-node cluster with ZooKeeper, Redis, dev MongoDB and imrouter (Ctrl-C stops it)
+	./$(BIN)/imcluster --dir ./data/cluster
 
 run: build ## run one node on the embedded defaults (client 127.0.0.1:9090, admin 127.0.0.1:9091, data ./data)
 	./$(BIN)/imd

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -218,10 +219,23 @@ func (c *Client) nextSeq() uint32 {
 // connect resolves, dials and logs in once. On success the conn's
 // heartbeat runs and cn.nodeID is set; the conn is not yet published.
 func (c *Client) connect(ctx context.Context, exclude []string) (*conn, *pb.LoginOK, error) {
+	cn, lok, _, err := c.connectNode(ctx, exclude)
+	return cn, lok, err
+}
+
+// connectNode is connect that also reports the node the resolver chose
+// (when it names one), so a failed attempt can be excluded from the next.
+func (c *Client) connectNode(ctx context.Context, exclude []string) (*conn, *pb.LoginOK, string, error) {
 	addr, nodeID, err := c.cfg.Resolver(ctx, exclude)
 	if err != nil {
-		return nil, nil, fmt.Errorf("client: resolve: %w", err)
+		return nil, nil, "", fmt.Errorf("client: resolve: %w", err)
 	}
+	cn, lok, err := c.dialLogin(ctx, addr, nodeID)
+	return cn, lok, nodeID, err
+}
+
+func (c *Client) dialLogin(ctx context.Context, addr, nodeID string) (*conn, *pb.LoginOK, error) {
+	var err error
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	nc, err := c.cfg.DialContext(dctx, "tcp", addr)
 	cancel()
@@ -349,7 +363,13 @@ func (c *Client) watch(cn *conn) (exclude []string, delay time.Duration, final e
 		return nil, 0, &connLostError{cause}
 	}
 	c.log.Info("connection lost", "err", cause)
-	return nil, 0, nil
+	if cn.nodeID != "" {
+		// A node that dropped us may be dying: ask the resolver for
+		// another one first (a router then skips it until its registry
+		// session expires).
+		exclude = []string{cn.nodeID}
+	}
+	return exclude, 0, nil
 }
 
 // reconnect dials until a login succeeds (returned), the Client stops, or
@@ -362,7 +382,7 @@ func (c *Client) reconnect(exclude []string, delay time.Duration) (*conn, *pb.Lo
 		if !c.sleep(c.bo.delay(attempt)) {
 			return nil, nil
 		}
-		cn, lok, err := c.connect(c.ctx, exclude)
+		cn, lok, node, err := c.connectNode(c.ctx, exclude)
 		if err == nil {
 			c.log.Info("reconnected", "node", cn.nodeID, "attempts", attempt+1)
 			return cn, lok
@@ -378,7 +398,10 @@ func (c *Client) reconnect(exclude []string, delay time.Duration) (*conn, *pb.Lo
 			return nil, nil
 		}
 		c.log.Info("reconnect failed", "attempt", attempt+1, "err", err)
-		if len(exclude) > 8 {
+		if node != "" && !slices.Contains(exclude, node) {
+			exclude = append(exclude, node)
+		}
+		if len(exclude) > 8 || errors.Is(err, ErrNoNodeAvailable) {
 			exclude = nil // every node failed recently: start over
 		}
 	}

@@ -151,6 +151,7 @@ func (s *Server) deliver(msg *persist.Message, inboxes []string, seqs []uint64) 
 type sessionOp struct {
 	remove bool
 	route  persist.Route
+	c      *conn // for a renewal: skipped once the connection is closing
 }
 
 // routeOf returns c's cluster route. c must be logged in.
@@ -177,9 +178,13 @@ func (s *Server) sessionWriter() {
 	for op := range s.sessOps {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		var err error
-		if op.remove {
+		switch {
+		case op.remove:
 			err = s.cfg.Sessions.Remove(ctx, op.route)
-		} else {
+		case op.c.state.Load() != stateLoggedIn:
+			// Closed after the renewal was queued: renewing would
+			// re-create the route its removal deleted.
+		default:
 			err = s.cfg.Sessions.Renew(ctx, op.route, s.cfg.SessionTTL)
 		}
 		cancel()

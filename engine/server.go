@@ -337,7 +337,7 @@ func (s *Server) expire(now int64) {
 				c.fail(c.ser, 0, codec.CodeIdleTimeout, "nothing received for "+s.cfg.IdleTimeout.String())
 			} else if s.sessOps != nil && now-c.lastRenew.Load() > renew {
 				c.lastRenew.Store(now)
-				s.queueSessionOp(sessionOp{route: s.routeOf(c)})
+				s.queueSessionOp(sessionOp{route: s.routeOf(c), c: c})
 			}
 		}
 	})

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/codec"
 )
@@ -130,7 +131,8 @@ func printUsage(w io.Writer) {
 	}
 	fmt.Fprint(w, `  help       show this help, or 'imctl help <command>'
 
-Connection flags (most commands): --server (IM_SERVER, default 127.0.0.1:9090),
+Connection flags (most commands): --server (IM_SERVER, default 127.0.0.1:9090)
+or --router (IM_ROUTER: ask imrouter for the node, e.g. http://127.0.0.1:9080),
 --user (IM_USER), --password (IM_PASSWORD) or --token (IM_TOKEN), --device,
 --serializer json|protobuf|msgpack, --timeout. Admin commands take --admin
 (IM_ADMIN, default http://127.0.0.1:9091). Every command takes --json.
@@ -265,13 +267,14 @@ func (f *flags) envString(p *string, name, envVar, def, usage string) {
 
 // connFlags are the options of commands that log in.
 type connFlags struct {
-	server, user, password, token, device, serializer string
-	timeout                                           time.Duration
+	server, router, user, password, token, device, serializer string
+	timeout                                                   time.Duration
 }
 
 func (f *flags) connection(defTimeout time.Duration) *connFlags {
 	cf := &connFlags{}
 	f.envString(&cf.server, "server", "IM_SERVER", "127.0.0.1:9090", "server address host:port")
+	f.envString(&cf.router, "router", "IM_ROUTER", "", "imrouter URL(s), comma-separated; when set, the node comes from the router instead of --server")
 	f.envString(&cf.user, "user", "IM_USER", "", "user id")
 	f.envString(&cf.password, "password", "IM_PASSWORD", "", "password")
 	f.envString(&cf.token, "token", "IM_TOKEN", "", "login token (JWT) instead of a password")
@@ -289,7 +292,7 @@ func (cf *connFlags) config(login bool) (client.Config, error) {
 	}
 	cfg := client.Config{Addr: cf.server, User: cf.user, Device: cf.device, Serializer: ser}
 	switch {
-	case cf.server == "":
+	case cf.server == "" && cf.router == "":
 		return cfg, usagef("--server is required")
 	case !login:
 		if cf.user == "" || cf.password == "" {
@@ -305,7 +308,28 @@ func (cf *connFlags) config(login bool) (client.Config, error) {
 	default:
 		cfg.Password = cf.password
 	}
+	if cf.router != "" {
+		uid := cf.user
+		if uid == "" {
+			uid = tokenSubject(cfg.Token)
+		}
+		if uid == "" {
+			return cfg, usagef("--router needs --user (the router places users by id)")
+		}
+		cfg.Resolver = client.RouterResolver(cf.router, uid, nil)
+	}
 	return cfg, nil
+}
+
+// tokenSubject returns the subject of a JWT without verifying it (only to
+// ask the router where the user lives; the server verifies the token), or
+// "" when tok is not a JWT with a subject.
+func tokenSubject(tok string) string {
+	var claims jwt.RegisteredClaims
+	if _, _, err := jwt.NewParser().ParseUnverified(tok, &claims); err != nil {
+		return ""
+	}
+	return claims.Subject
 }
 
 // withTimeout bounds ctx by the --timeout flag (0 = unbounded).

@@ -1,0 +1,635 @@
+package mongostore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/imgn/imgn/persist"
+)
+
+// maxRounds bounds the inbox insert attempts of one batch: each conflict
+// (another writer took a seq, or an entry already existed) costs a round.
+const maxRounds = 16
+
+// ferretBatch is FerretDB v1.24's internal insert batch size in embedded
+// mode (see insertOrdered).
+const ferretBatch = 100
+
+// headsEvery: the heads hint of a user is rewritten when the user's last
+// seq crosses a multiple of it, so a cold lookup searches at most that many
+// entries past the hint (about 2*log2(headsEvery) point reads) while most
+// batches skip the extra write.
+const headsEvery = 16
+
+// appendReq is one Append waiting for the committer.
+type appendReq struct {
+	ctx     context.Context
+	msg     persist.Message // Body is the store's own copy
+	inboxes []string        // the store's own copy
+
+	// Set by the committer before done is closed.
+	res  persist.AppendResult
+	err  error
+	done chan struct{}
+
+	// Committer scratch.
+	stored  bool     // the message (fresh or the original) is in the store
+	entries []*entry // one per inbox, in inbox order
+}
+
+// entry is one inbox reference the committer must make exist. Appends of
+// the same message to the same inbox in one batch share their entry.
+type entry struct {
+	user  string
+	msgID uint64
+	seq   uint64
+	done  bool // the entry exists in the store at seq
+}
+
+type entryKey struct {
+	user  string
+	msgID uint64
+}
+
+func (r *appendReq) finish(err error) {
+	r.err = err
+	close(r.done)
+}
+
+// Append implements persist.MessageStore. It returns nil only when the
+// message and all its inbox entries were acknowledged with the configured
+// write concern. On ErrUnavailable some of the effects may be stored (see
+// the package doc); a retry with the same (From, ClientMsgID) completes them.
+// If ctx ends while the append is queued or being written, Append returns
+// ctx.Err() at once and the append may still complete later.
+func (s *Store) Append(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	if err := persist.CheckAppend(msg, inboxes); err != nil {
+		return persist.AppendResult{}, fmt.Errorf("mongostore: append: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return persist.AppendResult{}, err
+	}
+	msg.Body = bytes.Clone(msg.Body)
+	r := &appendReq{ctx: ctx, msg: msg, inboxes: slices.Clone(inboxes), done: make(chan struct{})}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return persist.AppendResult{}, persist.ErrClosed
+	}
+	select {
+	case s.queue <- r:
+		s.mu.RUnlock()
+	case <-ctx.Done():
+		s.mu.RUnlock()
+		return persist.AppendResult{}, ctx.Err()
+	}
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		select {
+		case <-r.done: // finished at the same moment: report the real outcome
+		default:
+			return persist.AppendResult{}, ctx.Err()
+		}
+	}
+	if r.err != nil {
+		return persist.AppendResult{}, r.err
+	}
+	return r.res, nil
+}
+
+// run is the committer loop. It exits when the queue is closed and drained.
+func (s *Store) run() {
+	defer close(s.done)
+	batch := make([]*appendReq, 0, s.opts.MaxBatch)
+	for {
+		r, ok := <-s.queue
+		if !ok {
+			return
+		}
+		batch = append(batch[:0], r)
+	fill:
+		for len(batch) < s.opts.MaxBatch {
+			select {
+			case r, ok := <-s.queue:
+				if !ok {
+					break fill // closed: commit what we have, then the loop exits
+				}
+				batch = append(batch, r)
+			default:
+				break fill
+			}
+		}
+		s.commit(batch)
+		clear(batch)
+	}
+}
+
+// committerOp marks the contexts of the committer's operations: when one
+// ends (OpTimeout, or canceled after use), mapErr reports ErrUnavailable,
+// not a context error, since no caller's context is involved.
+type committerOp struct{}
+
+// opCtx bounds one database operation of the committer.
+func (s *Store) opCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithValue(context.Background(), committerOp{}, true), s.opts.OpTimeout)
+}
+
+// commit writes one batch and finishes every request in it.
+func (s *Store) commit(batch []*appendReq) {
+	live := make([]*appendReq, 0, len(batch))
+	for _, r := range batch {
+		if err := r.ctx.Err(); err != nil {
+			r.finish(err) // the caller has gone: skip, as if never queued
+			continue
+		}
+		live = append(live, r)
+	}
+	if len(live) == 0 {
+		return
+	}
+	s.stats.batches.Add(1)
+	s.stats.appends.Add(uint64(len(live)))
+	if len(s.seqCache) >= s.opts.SeqCacheSize {
+		clear(s.seqCache) // crude but bounded: entries are refetched in bulk
+	}
+
+	// fail records the first error of a request; it is finished below.
+	fail := func(r *appendReq, err error) {
+		if r.err == nil {
+			r.err = err
+		}
+		r.stored = false
+	}
+
+	s.insertMessages(live, fail)
+
+	// One entry per (inbox, message), shared by the requests of the batch.
+	entries := make(map[entryKey]*entry)
+	var order []*entry
+	var dups []*appendReq
+	for _, r := range live {
+		if !r.stored {
+			continue
+		}
+		r.entries = make([]*entry, len(r.inboxes))
+		for i, in := range r.inboxes {
+			k := entryKey{in, r.res.Msg.ID}
+			e := entries[k]
+			if e == nil {
+				e = &entry{user: in, msgID: r.res.Msg.ID}
+				entries[k] = e
+				order = append(order, e)
+			}
+			r.entries[i] = e
+		}
+		if r.res.Duplicate {
+			dups = append(dups, r)
+		}
+	}
+	if len(dups) > 0 {
+		if err := s.findExisting(dups, entries); err != nil {
+			for _, r := range dups {
+				fail(r, err)
+			}
+			// Write only the entries the remaining (fresh) requests need.
+			keep := map[*entry]bool{}
+			for _, r := range live {
+				if r.stored {
+					for _, e := range r.entries {
+						keep[e] = true
+					}
+				}
+			}
+			order = slices.DeleteFunc(order, func(e *entry) bool { return !keep[e] })
+		}
+	}
+
+	committed := s.insertEntries(live, order, fail)
+
+	failed := false
+	for _, r := range live {
+		if r.err != nil || !r.stored {
+			if r.err == nil { // cannot happen: every unstored request was failed
+				r.err = fmt.Errorf("mongostore: append: %w: not written", persist.ErrUnavailable)
+			}
+			failed = true
+			r.finish(r.err)
+			continue
+		}
+		r.res.Seqs = make([]uint64, len(r.entries))
+		for i, e := range r.entries {
+			r.res.Seqs[i] = e.seq
+		}
+		r.finish(nil)
+	}
+	if failed {
+		s.stats.failedBatches.Add(1)
+	}
+	s.updateHeads(committed)
+}
+
+// insertMessages inserts the batch's messages (unordered: they are
+// independent) and settles each request: stored fresh, stored before (a
+// Duplicate carrying the original), or failed.
+func (s *Store) insertMessages(live []*appendReq, fail func(*appendReq, error)) {
+	docs := make([]any, len(live))
+	for i, r := range live {
+		docs[i] = messageDoc(&r.msg)
+	}
+	ctx, cancel := s.opCtx()
+	defer cancel()
+	_, err := s.messages.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
+	dupAt := map[int]bool{}
+	if err != nil {
+		var bwe mongo.BulkWriteException
+		if !errors.As(err, &bwe) || bwe.WriteConcernError != nil {
+			// Outcome unknown (network, timeout, write concern not met):
+			// nothing is acknowledged; a retry dedups whatever was stored.
+			err = mapErr(ctx, "append: insert messages", err)
+			for _, r := range live {
+				fail(r, err)
+			}
+			return
+		}
+		for _, we := range bwe.WriteErrors {
+			if we.Index < 0 || we.Index >= len(live) {
+				continue
+			}
+			if isDupCode(we.Code) {
+				dupAt[we.Index] = true
+				continue
+			}
+			fail(live[we.Index], fmt.Errorf("mongostore: append: insert message: %w: %v", persist.ErrUnavailable, we.Message))
+		}
+	}
+	type key struct{ from, cmid string }
+	found := map[key]*persist.Message{}
+	for i, r := range live {
+		if r.err != nil {
+			continue
+		}
+		if !dupAt[i] {
+			r.stored = true
+			r.res.Msg = r.msg
+			continue
+		}
+		k := key{r.msg.From, r.msg.ClientMsgID}
+		orig := found[k]
+		if orig == nil {
+			m, err := s.lookup(r.msg.From, r.msg.ClientMsgID)
+			if errors.Is(err, persist.ErrNotFound) {
+				// Not (From, ClientMsgID): the _id belongs to another message.
+				fail(r, fmt.Errorf("mongostore: append: %w: message id %d is used by another message", persist.ErrInvalid, r.msg.ID))
+				continue
+			}
+			if err != nil {
+				fail(r, err)
+				continue
+			}
+			orig = &m
+			found[k] = orig
+		}
+		r.stored = true
+		r.res.Duplicate = true
+		r.res.Msg = *orig
+		r.res.Msg.Body = bytes.Clone(orig.Body) // each caller owns its result
+	}
+}
+
+// lookup finds the message of (from, cmid) for the committer.
+func (s *Store) lookup(from, cmid string) (persist.Message, error) {
+	ctx, cancel := s.opCtx()
+	defer cancel()
+	raw, err := s.messages.FindOne(ctx, bson.D{{Key: "from", Value: enc(from)}, {Key: "cmid", Value: enc(cmid)}}).Raw()
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return persist.Message{}, persist.ErrNotFound
+	}
+	if err != nil {
+		return persist.Message{}, mapErr(ctx, "append: look up duplicate", err)
+	}
+	m, err := decodeMessage(raw)
+	if err != nil {
+		return m, mapErr(ctx, "append: look up duplicate", err)
+	}
+	return m, nil
+}
+
+// findExisting marks the entries of duplicate appends that already exist.
+func (s *Store) findExisting(dups []*appendReq, entries map[entryKey]*entry) error {
+	var users bson.A
+	var ids bson.A
+	seenU, seenID := map[string]bool{}, map[uint64]bool{}
+	for _, r := range dups {
+		if !seenID[r.res.Msg.ID] {
+			seenID[r.res.Msg.ID] = true
+			ids = append(ids, idToDB(r.res.Msg.ID))
+		}
+		for _, in := range r.inboxes {
+			if !seenU[in] {
+				seenU[in] = true
+				users = append(users, enc(in))
+			}
+		}
+	}
+	ctx, cancel := s.opCtx()
+	defer cancel()
+	cur, err := s.inbox.Find(ctx, bson.D{
+		{Key: "user", Value: bson.D{{Key: "$in", Value: users}}},
+		{Key: "msg", Value: bson.D{{Key: "$in", Value: ids}}},
+	}, options.Find().SetProjection(bson.D{{Key: "user", Value: 1}, {Key: "msg", Value: 1}, {Key: "seq", Value: 1}}))
+	if err != nil {
+		return mapErr(ctx, "append: find existing entries", err)
+	}
+	defer cur.Close(ctx)
+	for cur.Next(ctx) {
+		user, msgID, seq, err := decodeEntry(cur.Current)
+		if err != nil {
+			return mapErr(ctx, "append: find existing entries", err)
+		}
+		if e := entries[entryKey{user, msgID}]; e != nil {
+			e.seq, e.done = seq, true
+		}
+	}
+	return mapErr(ctx, "append: find existing entries", cur.Err())
+}
+
+func decodeEntry(raw bson.Raw) (user string, msgID, seq uint64, err error) {
+	if user, err = strField(raw, "user"); err != nil {
+		return
+	}
+	var v int64
+	if v, err = int64Field(raw, "msg"); err != nil {
+		return
+	}
+	msgID = idFromDB(v)
+	if v, err = int64Field(raw, "seq"); err != nil {
+		return
+	}
+	if v < 1 {
+		err = fmt.Errorf("%w: inbox seq %d", errCorrupt, v)
+	}
+	return user, msgID, uint64(v), err
+}
+
+// insertEntries makes every entry of order exist: it assigns seqs, inserts
+// with an ordered InsertMany and resolves conflicts. It fails the requests
+// whose entries it cannot write and returns the seqs committed per user in
+// this batch.
+func (s *Store) insertEntries(live []*appendReq, order []*entry, fail func(*appendReq, error)) map[string]seqSpan {
+	committed := map[string]seqSpan{}
+	pending := make([]*entry, 0, len(order))
+	for _, e := range order {
+		if !e.done {
+			pending = append(pending, e)
+		}
+	}
+	floors := map[string]uint64{} // seqs found taken by other writers
+	var bad map[*entry]error      // entries that cannot be written in this batch
+	markBad := func(e *entry, err error) {
+		if bad == nil {
+			bad = map[*entry]error{}
+		}
+		bad[e] = err
+	}
+	for round := 0; len(pending) > 0; round++ {
+		if round == maxRounds {
+			for _, e := range pending {
+				markBad(e, fmt.Errorf("mongostore: append: %w: inbox %q: seq conflicts persist after %d attempts", persist.ErrUnavailable, e.user, maxRounds))
+			}
+			break
+		}
+		// Plan: each user's pending entries get the seqs after its last,
+		// in queue order.
+		if err := s.warmCache(pending, floors); err != nil {
+			for _, e := range pending {
+				markBad(e, err)
+			}
+			break
+		}
+		next := map[string]uint64{}
+		docs := make([]any, 0, len(pending))
+		planned := pending[:0:0]
+		for _, e := range pending {
+			last, ok := next[e.user]
+			if !ok {
+				last = s.seqCache[e.user]
+			}
+			if last >= maxSeq {
+				markBad(e, fmt.Errorf("mongostore: append: %w: inbox %q is full", persist.ErrUnavailable, e.user))
+				continue
+			}
+			e.seq = last + 1
+			next[e.user] = e.seq
+			planned = append(planned, e)
+			docs = append(docs, bson.D{
+				{Key: "_id", Value: inboxKey(e.user, e.seq)},
+				{Key: "user", Value: enc(e.user)},
+				{Key: "seq", Value: int64(e.seq)},
+				{Key: "msg", Value: idToDB(e.msgID)},
+			})
+		}
+		if len(planned) == 0 {
+			break
+		}
+		stored, we, err := s.insertOrdered(docs)
+		s.commitPrefix(planned[:stored], committed)
+		if err != nil {
+			// Unknown outcome: any prefix of the rest may be stored. Forget
+			// what the cache says about these users; the callers retry.
+			for _, e := range planned[stored:] {
+				delete(s.seqCache, e.user)
+				markBad(e, err)
+			}
+			break
+		}
+		if we == nil {
+			pending = nil
+			break
+		}
+		e := planned[stored]
+		rest := planned[stored+1:]
+		delete(s.seqCache, e.user)
+		if !isDupCode(we.Code) {
+			err := fmt.Errorf("mongostore: append: insert inbox entry: %w: %v", persist.ErrUnavailable, we.Message)
+			markBad(e, err)
+			for _, r := range rest {
+				markBad(r, err)
+			}
+			break
+		}
+		// Either the seq is taken (another writer) or the inbox already
+		// references the message: look the reference up, then replan.
+		s.stats.conflicts.Add(1)
+		seq, err := s.findEntry(e.user, e.msgID)
+		switch {
+		case err == nil:
+			e.seq, e.done = seq, true
+			pending = slices.Clone(rest)
+		case errors.Is(err, persist.ErrNotFound):
+			// Another writer holds e.seq: the inbox reaches at least
+			// there, so the next search starts from it.
+			floors[e.user] = max(floors[e.user], e.seq)
+			e.seq = 0
+			pending = append([]*entry{e}, rest...)
+		default:
+			markBad(e, err)
+			pending = slices.Clone(rest)
+		}
+	}
+	if bad != nil {
+		for _, r := range live {
+			if !r.stored || r.err != nil {
+				continue
+			}
+			for _, e := range r.entries {
+				if err, ok := bad[e]; ok {
+					fail(r, err)
+					break
+				}
+			}
+		}
+	}
+	return committed
+}
+
+// commitPrefix records entries the server has stored.
+func (s *Store) commitPrefix(stored []*entry, committed map[string]seqSpan) {
+	for _, e := range stored {
+		e.done = true
+		sp, ok := committed[e.user]
+		if !ok {
+			sp.first = e.seq
+		}
+		sp.first, sp.last = min(sp.first, e.seq), max(sp.last, e.seq)
+		committed[e.user] = sp
+		s.cacheSeq(e.user, e.seq)
+	}
+}
+
+// cacheSeq records that user's inbox holds seq (and so every seq below).
+// The cache is bounded at the start of each batch (see commit), never in
+// the middle of one, whose plan relies on it.
+func (s *Store) cacheSeq(user string, seq uint64) {
+	if cur, ok := s.seqCache[user]; !ok || seq > cur {
+		s.seqCache[user] = seq
+	}
+}
+
+// warmCache makes sure the seq cache knows the last seq of every user of
+// pending, asking the store (in bulk) for those it does not; floors holds
+// seqs known to exist, where those searches may start.
+func (s *Store) warmCache(pending []*entry, floors map[string]uint64) error {
+	var cold []string
+	seen := map[string]bool{}
+	for _, e := range pending {
+		if _, ok := s.seqCache[e.user]; !ok && !seen[e.user] {
+			seen[e.user] = true
+			cold = append(cold, e.user)
+		}
+	}
+	if len(cold) == 0 {
+		return nil
+	}
+	ctx, cancel := s.opCtx()
+	defer cancel()
+	last, err := s.lastSeqs(ctx, cold, floors)
+	if err != nil {
+		return err
+	}
+	for u, v := range last {
+		s.seqCache[u] = v
+	}
+	return nil
+}
+
+// insertOrdered inserts docs in order and stops at the first failure. It
+// returns how many leading docs are stored, and either the write error of
+// the next one (we) or, when the outcome of the rest is unknown (network,
+// timeout, write concern), err. On FerretDB the docs are sent in chunks of
+// ferretBatch, the size up to which its ordered insert really stops at the
+// first error (v1.24 carries on with its next internal batch).
+func (s *Store) insertOrdered(docs []any) (stored int, we *mongo.WriteError, err error) {
+	chunk := len(docs)
+	if s.ferret {
+		chunk = ferretBatch
+	}
+	for stored < len(docs) {
+		part := docs[stored:min(len(docs), stored+chunk)]
+		s.stats.rounds.Add(1)
+		ctx, cancel := s.opCtx()
+		_, err := s.inbox.InsertMany(ctx, part, options.InsertMany().SetOrdered(true))
+		if err == nil {
+			cancel()
+			stored += len(part)
+			continue
+		}
+		var bwe mongo.BulkWriteException
+		if !errors.As(err, &bwe) || bwe.WriteConcernError != nil || len(bwe.WriteErrors) != 1 ||
+			bwe.WriteErrors[0].Index < 0 || bwe.WriteErrors[0].Index >= len(part) {
+			err = mapErr(ctx, "append: insert inbox entries", err)
+			cancel()
+			return stored, nil, err
+		}
+		cancel()
+		w := bwe.WriteErrors[0].WriteError
+		return stored + w.Index, &w, nil
+	}
+	return stored, nil, nil
+}
+
+// findEntry returns the seq of message msgID in user's inbox, or
+// ErrNotFound.
+func (s *Store) findEntry(user string, msgID uint64) (uint64, error) {
+	ctx, cancel := s.opCtx()
+	defer cancel()
+	raw, err := s.inbox.FindOne(ctx, bson.D{{Key: "user", Value: enc(user)}, {Key: "msg", Value: idToDB(msgID)}}).Raw()
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return 0, persist.ErrNotFound
+	}
+	if err != nil {
+		return 0, mapErr(ctx, "append: find inbox entry", err)
+	}
+	_, _, seq, err := decodeEntry(raw)
+	if err != nil {
+		return 0, mapErr(ctx, "append: find inbox entry", err)
+	}
+	return seq, nil
+}
+
+// updateHeads raises the heads hint of users whose committed seqs in this
+// batch include a multiple of headsEvery. Failures only make later cold
+// lookups search further, so they are logged, not returned.
+func (s *Store) updateHeads(committed map[string]seqSpan) {
+	var models []mongo.WriteModel
+	for user, sp := range committed {
+		if sp.last/headsEvery == (sp.first-1)/headsEvery {
+			continue // no multiple of headsEvery in [first, last]
+		}
+		models = append(models, mongo.NewUpdateOneModel().
+			SetFilter(bson.D{{Key: "_id", Value: keyPart(user)}}).
+			SetUpdate(bson.D{{Key: "$max", Value: bson.D{{Key: "seq", Value: int64(sp.last)}}}}).
+			SetUpsert(true))
+	}
+	if len(models) == 0 {
+		return
+	}
+	ctx, cancel := s.opCtx()
+	defer cancel()
+	_, err := s.heads.BulkWrite(ctx, models, options.BulkWrite().SetOrdered(false))
+	if err != nil && !mongo.IsDuplicateKeyError(err) {
+		s.opts.Logger.Warn("mongostore: heads hint update failed", "err", err)
+	}
+}
+
+// seqSpan is the range of seqs committed for one user in one batch.
+type seqSpan struct{ first, last uint64 }
+
+func isDupCode(code int) bool { return code == 11000 || code == 11001 || code == 12582 }

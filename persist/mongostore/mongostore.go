@@ -1,0 +1,472 @@
+// Package mongostore is the MongoDB persist.Store of a cluster, on
+// go.mongodb.org/mongo-driver/v2. It runs against MongoDB and against
+// FerretDB v1 (the dev server of tests and `make cluster`), and so uses no
+// transactions and no change streams: every guarantee below comes from
+// single-document writes, unique indexes and the order of writes.
+//
+// # Collections
+//
+//	messages  _id = message ID (int64 bit pattern); unique (from, cmid)
+//	inbox     _id = "<user key><seq hex>"; unique (user, seq), unique (user, msg)
+//	heads     _id = "<user key>": a hint, the highest seq known to exist
+//	cursors   _id = "<user key><device key>": pos (sign-flipped uint64)
+//	users     _id = user id
+//	groups    _id = group id; members array and its length n
+//
+// Identifiers are stored as BSON strings when they are valid UTF-8 without
+// NUL and as BSON binary otherwise (see enc), so any byte string persist
+// accepts round-trips.
+//
+// # Append without transactions
+//
+// Append first inserts the message (a duplicate (from, cmid) makes it a
+// Duplicate of the stored one; a duplicate _id of another message is
+// ErrInvalid), then one inbox entry per inbox that does not reference the
+// message yet. An entry's seq is last+1, where last is a seq known to exist
+// for that user: from an in-memory cache, or (when cold) from the heads hint
+// followed by an exponential-then-binary search over the entries' _ids,
+// which works because the existing seqs of a user always form the prefix
+// 1..last. Entries are inserted with one ORDERED InsertMany per batch, each
+// user's entries in ascending seq order, so the server stops at the first
+// failing entry and never stores seq s+1 without s: a crash, a network error
+// or a conflict at any point leaves every inbox gap-free. A duplicate key on
+// an entry means either that the user's seq was taken (another writer: the
+// unique (user, seq) index fences a stale inbox owner) or that the inbox
+// already references the message (an earlier attempt); the store looks the
+// entry up, forgets its cached seq for that user, and plans the rest again.
+//
+// A failed Append may thus have stored the message and some of its inbox
+// entries (visible to readers, never acknowledged); retrying it with the same
+// (From, ClientMsgID) completes the missing entries and returns Duplicate
+// with the seqs already assigned, never a second entry.
+//
+// # Group commit
+//
+// Appends are queued to one committer goroutine, which takes every queued
+// append (up to Options.MaxBatch) and writes them with one InsertMany of
+// messages (unordered) and one ordered InsertMany of inbox entries, at the
+// configured write concern, then wakes the callers. Append returns nil only
+// after both were acknowledged. The other writes (cursors, users, groups) are
+// single-document operations on the caller's goroutine.
+//
+// # Reads
+//
+// ReadInbox returns a contiguous run of seqs starting at afterSeq+1: an entry
+// whose predecessor is not visible yet (an ordered insert still in progress)
+// ends the page early, so readers never observe a gap. LastSeq is the heads
+// hint followed by the same search as above.
+//
+// # Limits
+//
+// The fencing is as strong as the write concern. With "majority" (the
+// default) an acknowledged entry survives a replica-set failover. A stale
+// inbox owner that loses a race to a write that is later rolled back (it
+// was never majority-acknowledged, so never acked to a client) can leave a
+// hole below its own entry; ReadInbox then ends its pages before the hole.
+// Single writer per inbox (DESIGN.md section 4) makes this a double fault.
+//
+// # FerretDB
+//
+// FerretDB v1 (the dev server) accepts write concerns but has no
+// replication: a write is acknowledged once SQLite committed it. The store
+// detects it (buildInfo) and works around two of its bugs: an ordered
+// insert of more than 100 documents does not stop at the first error (so
+// inbox entries go in chunks of 100), and one createIndexes that re-requests
+// two existing indexes panics (so indexes are created one per command). Its
+// SQLite backend answers every query by scanning the collection (its unique
+// indexes are enforced, but no query uses them), so reads cost O(collection
+// size) there. Its updates are read-modify-write without isolation: two
+// concurrent AddMember calls on one group, or SetCursor calls on one
+// cursor, may lose one update there, where MongoDB applies each update
+// atomically. Appends are safe on both: they rely on inserts and unique
+// indexes only.
+package mongostore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
+
+	"github.com/imgn/imgn/persist"
+)
+
+var _ persist.Store = (*Store)(nil)
+
+// Defaults used by Open for zero Options fields.
+const (
+	DefaultDatabase               = "imgn"
+	DefaultWriteConcern           = "majority"
+	DefaultMaxBatch               = 256
+	DefaultQueueSize              = 4096
+	DefaultOpTimeout              = 10 * time.Second
+	DefaultServerSelectionTimeout = 3 * time.Second
+	DefaultConnectTimeout         = 3 * time.Second
+	DefaultSeqCacheSize           = 100_000
+)
+
+// errCorrupt reports a stored document the store cannot decode.
+var errCorrupt = errors.New("mongostore: corrupt document")
+
+// Collection and index names.
+const (
+	collMessages = "messages"
+	collInbox    = "inbox"
+	collHeads    = "heads"
+	collCursors  = "cursors"
+	collUsers    = "users"
+	collGroups   = "groups"
+)
+
+// Options configures Open. Zero fields take the Default* values.
+type Options struct {
+	// URI is the MongoDB connection string, e.g. "mongodb://127.0.0.1:27017/"
+	// or "mongodb://a,b,c/?replicaSet=rs0". Required.
+	URI string
+
+	// Database is the database name (default "imgn").
+	Database string
+
+	// WriteConcern every write waits for, overriding the URI's w/journal:
+	//   "majority"            {w: "majority"} (default)
+	//   "majority,journaled"  {w: "majority", j: true}
+	//   "journaled"           {w: 1, j: true}
+	//   "1", "2", ...         {w: N}
+	// Unacknowledged writes ("0") are rejected: they would void
+	// store-then-ack.
+	WriteConcern string
+
+	// MaxBatch is the most appends written by one group commit.
+	MaxBatch int
+
+	// QueueSize bounds the append queue; when it is full, Append blocks
+	// until its context ends.
+	QueueSize int
+
+	// OpTimeout bounds each database operation of the committer (callers
+	// bound their own calls with their context).
+	OpTimeout time.Duration
+
+	// ServerSelectionTimeout is how long an operation waits for a usable
+	// server before failing with ErrUnavailable (default: the URI's
+	// serverSelectionTimeoutMS, else 3s).
+	ServerSelectionTimeout time.Duration
+
+	// ConnectTimeout bounds opening one connection (default: the URI's
+	// connectTimeoutMS, else 3s).
+	ConnectTimeout time.Duration
+
+	// SeqCacheSize bounds the per-user cache of the last seq used by the
+	// committer (entries; the cache is dropped when full).
+	SeqCacheSize int
+
+	// Logger receives what the store does not return: failures of the heads
+	// hint update (harmless). Nil: discard.
+	Logger *slog.Logger
+}
+
+// withDefaults validates o and fills in defaults: the single place where
+// configuration is checked.
+func (o Options) withDefaults() (Options, *writeconcern.WriteConcern, error) {
+	bad := func(format string, args ...any) (Options, *writeconcern.WriteConcern, error) {
+		return o, nil, fmt.Errorf("mongostore: options: %w: %s", persist.ErrInvalid, fmt.Sprintf(format, args...))
+	}
+	if o.URI == "" {
+		return bad("empty URI")
+	}
+	if o.Database == "" {
+		o.Database = DefaultDatabase
+	}
+	if strings.ContainsAny(o.Database, "/\\. \"$\x00") || len(o.Database) > 63 {
+		return bad("database name %q", o.Database)
+	}
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"MaxBatch", int64(o.MaxBatch)},
+		{"QueueSize", int64(o.QueueSize)},
+		{"OpTimeout", int64(o.OpTimeout)},
+		{"ServerSelectionTimeout", int64(o.ServerSelectionTimeout)},
+		{"ConnectTimeout", int64(o.ConnectTimeout)},
+		{"SeqCacheSize", int64(o.SeqCacheSize)},
+	} {
+		if f.v < 0 {
+			return bad("negative %s %d", f.name, f.v)
+		}
+	}
+	if o.MaxBatch == 0 {
+		o.MaxBatch = DefaultMaxBatch
+	}
+	if o.QueueSize == 0 {
+		o.QueueSize = DefaultQueueSize
+	}
+	if o.OpTimeout == 0 {
+		o.OpTimeout = DefaultOpTimeout
+	}
+	if o.SeqCacheSize == 0 {
+		o.SeqCacheSize = DefaultSeqCacheSize
+	}
+	if o.WriteConcern == "" {
+		o.WriteConcern = DefaultWriteConcern
+	}
+	wc, err := parseWriteConcern(o.WriteConcern)
+	if err != nil {
+		return bad("%v", err)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o, wc, nil
+}
+
+func parseWriteConcern(s string) (*writeconcern.WriteConcern, error) {
+	w, j, hasJ := strings.Cut(s, ",")
+	wc := &writeconcern.WriteConcern{}
+	if hasJ {
+		if j != "journaled" {
+			return nil, fmt.Errorf("write concern %q", s)
+		}
+		t := true
+		wc.Journal = &t
+	}
+	switch w {
+	case "majority":
+		wc.W = "majority"
+	case "journaled":
+		if hasJ {
+			return nil, fmt.Errorf("write concern %q", s)
+		}
+		t := true
+		wc.W, wc.Journal = 1, &t
+	default:
+		n, err := strconv.Atoi(w)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("write concern %q (want majority, journaled or a number >= 1)", s)
+		}
+		wc.W = n
+	}
+	return wc, nil
+}
+
+// Store is the MongoDB persist.Store. It is safe for concurrent use by any
+// number of goroutines. It owns one goroutine (the committer) and the
+// driver's client, started by Open and stopped by Close.
+type Store struct {
+	opts   Options
+	client *mongo.Client
+	db     *mongo.Database
+
+	messages, inbox, heads, cursors, users, groups *mongo.Collection
+
+	// mu guards closed and the send side of queue (as in boltstore):
+	// senders and readers hold it for reading, Close for writing.
+	mu     sync.RWMutex
+	closed bool
+	queue  chan *appendReq
+	done   chan struct{} // closed when the committer has exited
+
+	// ferret: the server is FerretDB (buildInfo has ferretdbVersion), whose
+	// ordered inserts need chunking (see insertOrdered).
+	ferret bool
+
+	// committer-only state
+	seqCache map[string]uint64 // user -> a seq known to be that user's last
+
+	stats struct {
+		batches, appends, rounds, conflicts, failedBatches atomic.Uint64
+	}
+}
+
+// Open connects to opts.URI, checks that the server answers, creates the
+// collections' indexes (idempotent) and starts the committer. ctx bounds
+// these steps. An unreachable server is an error wrapping
+// persist.ErrUnavailable; bad options wrap persist.ErrInvalid.
+func Open(ctx context.Context, opts Options) (*Store, error) {
+	o, wc, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	co := options.Client().ApplyURI(o.URI).SetAppName("imgn")
+	if err := co.Validate(); err != nil {
+		return nil, fmt.Errorf("mongostore: options: %w: URI: %v", persist.ErrInvalid, err)
+	}
+	switch {
+	case o.ServerSelectionTimeout > 0:
+		co.SetServerSelectionTimeout(o.ServerSelectionTimeout)
+	case co.ServerSelectionTimeout == nil:
+		co.SetServerSelectionTimeout(DefaultServerSelectionTimeout)
+	}
+	switch {
+	case o.ConnectTimeout > 0:
+		co.SetConnectTimeout(o.ConnectTimeout)
+	case co.ConnectTimeout == nil:
+		co.SetConnectTimeout(DefaultConnectTimeout)
+	}
+	client, err := mongo.Connect(co)
+	if err != nil {
+		return nil, fmt.Errorf("mongostore: connect: %w: %v", persist.ErrInvalid, err)
+	}
+	s := &Store{
+		opts:     o,
+		client:   client,
+		db:       client.Database(o.Database, options.Database().SetWriteConcern(wc)),
+		queue:    make(chan *appendReq, o.QueueSize),
+		done:     make(chan struct{}),
+		seqCache: make(map[string]uint64),
+	}
+	s.messages = s.db.Collection(collMessages)
+	s.inbox = s.db.Collection(collInbox)
+	s.heads = s.db.Collection(collHeads)
+	s.cursors = s.db.Collection(collCursors)
+	s.users = s.db.Collection(collUsers)
+	s.groups = s.db.Collection(collGroups)
+	if err := s.setup(ctx); err != nil {
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = client.Disconnect(dctx)
+		return nil, err
+	}
+	go s.run()
+	return s, nil
+}
+
+// setup pings the server and creates the indexes.
+func (s *Store) setup(ctx context.Context) error {
+	if err := s.client.Ping(ctx, nil); err != nil {
+		return mapErr(ctx, "open: ping", err)
+	}
+	info, err := s.db.RunCommand(ctx, bson.D{{Key: "buildInfo", Value: 1}}).Raw()
+	if err != nil {
+		return mapErr(ctx, "open: buildInfo", err)
+	}
+	_, err = info.LookupErr("ferretdbVersion")
+	s.ferret = err == nil
+	unique := func(name string, keys ...string) mongo.IndexModel {
+		d := make(bson.D, len(keys))
+		for i, k := range keys {
+			d[i] = bson.E{Key: k, Value: 1}
+		}
+		return mongo.IndexModel{Keys: d, Options: options.Index().SetUnique(true).SetName(name)}
+	}
+	for _, ix := range []struct {
+		c      *mongo.Collection
+		models []mongo.IndexModel
+	}{
+		{s.messages, []mongo.IndexModel{unique("from_cmid", "from", "cmid")}},
+		{s.inbox, []mongo.IndexModel{unique("user_seq", "user", "seq"), unique("user_msg", "user", "msg")}},
+	} {
+		// One index per command: FerretDB v1.24 panics (and drops the
+		// connection) when one createIndexes re-requests two or more
+		// existing indexes (validateIndexesForCreation deletes from the
+		// slice it iterates by index).
+		for _, m := range ix.models {
+			if _, err := ix.c.Indexes().CreateOne(ctx, m); err != nil {
+				return mapErr(ctx, "open: create indexes on "+ix.c.Name(), err)
+			}
+		}
+	}
+	return nil
+}
+
+// FerretDB reports whether the server identified itself as FerretDB.
+func (s *Store) FerretDB() bool { return s.ferret }
+
+// Database returns the name of the database the store uses.
+func (s *Store) Database() string { return s.opts.Database }
+
+// Stats are cumulative counters of the committer, for metrics and tests.
+type Stats struct {
+	// Batches is the number of group commits; Appends the appends they
+	// carried. Appends/Batches is the average batch size.
+	Batches, Appends uint64
+	// Rounds counts inbox InsertMany calls (one per batch without
+	// conflicts); Conflicts the duplicate-key conflicts on inbox entries
+	// that were resolved by a lookup and a new plan.
+	Rounds, Conflicts uint64
+	// FailedBatches counts batches that failed some of their appends with
+	// ErrUnavailable.
+	FailedBatches uint64
+}
+
+// Stats returns the current counters. Safe for concurrent use, also after
+// Close.
+func (s *Store) Stats() Stats {
+	return Stats{
+		Batches:       s.stats.batches.Load(),
+		Appends:       s.stats.appends.Load(),
+		Rounds:        s.stats.rounds.Load(),
+		Conflicts:     s.stats.conflicts.Load(),
+		FailedBatches: s.stats.failedBatches.Load(),
+	}
+}
+
+// Close stops accepting work, waits for the committer to write every append
+// already queued and for running calls to finish, and disconnects. Calls
+// started after Close return persist.ErrClosed, as does a second Close.
+// Close is safe to call concurrently with any other method.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return persist.ErrClosed
+	}
+	s.closed = true
+	close(s.queue)
+	s.mu.Unlock()
+	<-s.done
+	// Disconnect first ends the server sessions (best effort, errors
+	// ignored by the driver): bound that so Close does not wait for server
+	// selection when the server is down. Pools are closed either way.
+	ctx, cancel := context.WithTimeout(context.Background(), min(s.opts.OpTimeout, time.Second))
+	defer cancel()
+	if err := s.client.Disconnect(ctx); err != nil {
+		return fmt.Errorf("mongostore: close: %w: %v", persist.ErrUnavailable, err)
+	}
+	return nil
+}
+
+// enter starts a call: it checks ctx and that the store is open, and holds
+// the read lock until the returned function is called.
+func (s *Store) enter(ctx context.Context) (leave func(), err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return nil, persist.ErrClosed
+	}
+	return s.mu.RUnlock, nil
+}
+
+// mapErr maps a driver error of operation op to the persist errors: the
+// caller's context error when ctx is a caller's and has ended, else
+// ErrUnavailable (network
+// errors, timeouts, server selection, and any other refusal by the server).
+// The driver error is kept as text only: callers never see driver types.
+func mapErr(ctx context.Context, op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if cerr := ctx.Err(); cerr != nil && ctx.Value(committerOp{}) == nil {
+		return fmt.Errorf("mongostore: %s: %w", op, cerr)
+	}
+	if errors.Is(err, persist.ErrInvalid) || errors.Is(err, persist.ErrNotFound) {
+		return fmt.Errorf("mongostore: %s: %w", op, err)
+	}
+	if errors.Is(err, errCorrupt) {
+		return fmt.Errorf("mongostore: %s: %w: %w", op, persist.ErrUnavailable, err)
+	}
+	return fmt.Errorf("mongostore: %s: %w: %v", op, persist.ErrUnavailable, err)
+}
