@@ -61,7 +61,17 @@ func (c *conn) loggedIn() bool { return c.state.Load() == stateLoggedIn }
 // turn for c. Frames to a closing or closed connection are dropped. It
 // reports whether the frame was queued.
 func (c *conn) writeMsg(ser codec.SerializerID, cmd codec.Command, seq uint32, msg proto.Message) bool {
+	return c.writeMsgThen(ser, cmd, seq, msg, nil)
+}
+
+// writeMsgThen is writeMsg that also runs then (if not nil) under c.mu,
+// right before the frame is queued: whatever then makes visible to other
+// goroutines cannot put a frame on c ahead of this one.
+func (c *conn) writeMsgThen(ser codec.SerializerID, cmd codec.Command, seq uint32, msg proto.Message, then func()) bool {
 	c.mu.Lock()
+	if then != nil {
+		then()
+	}
 	if c.closed || c.closeAfter {
 		c.mu.Unlock()
 		return false

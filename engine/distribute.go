@@ -43,8 +43,10 @@ func (s *Server) appendInboxes(ctx context.Context, msg persist.Message, inboxes
 		var res persist.AppendResult
 		var err error
 		if node == cl.NodeID() {
+			s.metrics.appendsLocal.Add(float64(len(users)))
 			res, err = s.localAppend(ctx, m, users)
 		} else {
+			s.metrics.appendsForwarded.Add(float64(len(users)))
 			res, err = cl.Append(ctx, node, m, users)
 		}
 		if err != nil {
@@ -143,6 +145,7 @@ func (s *Server) deliver(msg *persist.Message, inboxes []string, seqs []uint64) 
 		}
 	}
 	for node, targets := range remote {
+		s.metrics.remotePushes.Inc()
 		cl.Push(node, *msg, targets)
 	}
 }

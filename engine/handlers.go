@@ -189,14 +189,18 @@ func (s *Server) handleLogin(ctx context.Context, c *conn, h codec.Header, req *
 	}
 	c.user, c.device, c.ser = user, req.Device, h.Serializer
 	c.cursor.Store(cursor)
-	c.state.Store(stateLoggedIn)
-	// LOGIN_OK is queued before the session becomes visible to senders, so
-	// no PUSH can overtake it.
-	c.writeMsg(h.Serializer, codec.CmdLoginOK, h.Seq, &pb.LoginOK{
+	if !c.state.CompareAndSwap(stateNew, stateLoggedIn) {
+		return // closed (timeout, peer gone) while logging in
+	}
+	// The session becomes visible to senders and LOGIN_OK is queued under
+	// the connection's lock, so no PUSH can overtake LOGIN_OK, and every
+	// message stored from now on is pushed to this connection.
+	var old *conn
+	c.writeMsgThen(h.Serializer, codec.CmdLoginOK, h.Seq, &pb.LoginOK{
 		User: user, Device: req.Device, NodeId: s.cfg.NodeID, SessionId: c.id, HeadSeq: head, Cursor: cursor,
 		HeartbeatMs: uint32(s.cfg.HeartbeatInterval.Milliseconds()), ServerTime: time.Now().UnixMilli(),
-	})
-	if old := s.sessions.add(c, s.newLimiter); old != nil {
+	}, func() { old = s.sessions.add(c, s.newLimiter) })
+	if old != nil {
 		old.kick(codec.CodeKickDuplicateLogin, "the same user and device logged in on another connection")
 	}
 	s.publishRoute(ctx, c)

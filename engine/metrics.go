@@ -26,6 +26,9 @@ type metrics struct {
 	slowConsumers prometheus.Counter
 	pushes        prometheus.Counter
 	messages      prometheus.Counter
+	// inbox appends executed here vs forwarded to the owner node
+	appendsLocal, appendsForwarded prometheus.Counter
+	remotePushes                   prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
@@ -50,6 +53,11 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 		messages:      prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_messages_stored_total", Help: "Messages accepted and stored (duplicates excluded)."}),
 		errors:        map[codec.ErrorCode]prometheus.Counter{},
 	}
+	appendsVec := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imgn_inbox_appends_total",
+		Help: "Inbox appends of messages this node accepted, by where they ran: local (this node owns the inbox) or forwarded (to the owner)."}, []string{"where"})
+	m.appendsLocal = appendsVec.WithLabelValues("local")
+	m.appendsForwarded = appendsVec.WithLabelValues("forwarded")
+	m.remotePushes = prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_remote_pushes_total", Help: "Push requests sent to other nodes (one per node per message)."})
 	framesVec := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imgn_frames_in_total", Help: "Frames received, by command."}, []string{"command"})
 	for i := range m.framesIn {
 		m.framesIn[i] = framesVec.WithLabelValues(codec.Command(i).String())
@@ -58,7 +66,7 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 		m.errors[ci.Code] = m.errorsVec.WithLabelValues(ci.Name)
 	}
 	reg.MustRegister(m.connections, m.sessions, m.accepted, m.rejected, m.logins, framesVec, m.bytesIn, m.bytesOut, m.framesOut,
-		m.storeLatency, m.pushLatency, m.errorsVec, m.slowConsumers, m.pushes, m.messages)
+		m.storeLatency, m.pushLatency, m.errorsVec, m.slowConsumers, m.pushes, m.messages, appendsVec, m.remotePushes)
 	// The registry may be shared by several servers in one process (tests);
 	// the process collectors are registered once.
 	_ = reg.Register(collectors.NewGoCollector())
