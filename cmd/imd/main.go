@@ -42,7 +42,15 @@ type options struct {
 	heartbeat, idle, loginTimeout, shutdownTimeout, goAway     time.Duration
 	maxOutbound                                                int
 	noSync                                                     bool
+
+	// cluster mode
+	zk, zkRoot, redis, mongoURI, mongoDB, writeConcern, meshMode, meshListen, advertise string
+	zkSessionTimeout, sessionTTL time.Duration
+	weight int
 }
+
+// clustered reports whether any cluster flag is set.
+func (o *options) clustered() bool { return o.zk != "" || o.redis != "" || o.mongoURI != "" }
 
 // parseOptions reads args, falling back to IM_* variables from getenv.
 func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (*options, error) {
@@ -71,6 +79,18 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.DurationVar(&o.goAway, "goaway-window", 2*time.Second, "spread of client reconnect delays on shutdown")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long a graceful shutdown may take")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.zk, "zk", "", "cluster mode: ZooKeeper servers host:port,... (registry)")
+	fs.StringVar(&o.zkRoot, "zk-root", "/im/nodes", "cluster mode: znode under which nodes register")
+	fs.DurationVar(&o.zkSessionTimeout, "zk-session-timeout", 10*time.Second, "cluster mode: ZooKeeper session timeout (a dead node leaves the view after about this long)")
+	fs.StringVar(&o.redis, "redis", "", "cluster mode: Redis servers host:port,... (who is online where; the redis mesh)")
+	fs.StringVar(&o.mongoURI, "mongo-uri", "", "cluster mode: MongoDB connection string (messages, users, groups)")
+	fs.StringVar(&o.mongoDB, "mongo-db", "imgn", "cluster mode: MongoDB database")
+	fs.StringVar(&o.writeConcern, "write-concern", "majority", "cluster mode: MongoDB write concern: majority, majority,journaled, journaled, or a number")
+	fs.StringVar(&o.meshMode, "mesh", "direct", "cluster mode: node-to-node transport: direct (TCP links) or redis (pub/sub)")
+	fs.StringVar(&o.meshListen, "mesh-listen", "127.0.0.1:9092", "cluster mode: listener for direct mesh links host:port")
+	fs.StringVar(&o.advertise, "advertise", "", "cluster mode: client address published for routers (default: --listen)")
+	fs.IntVar(&o.weight, "weight", 100, "cluster mode: balancing weight (0 = no new connections)")
+	fs.DurationVar(&o.sessionTTL, "session-ttl", 5*time.Minute, "cluster mode: lease of a session route in Redis (renewed every third of it)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: imd [flags]\n\nRuns one IM node. Every flag may also be given as IM_<NAME> in the environment\n(e.g. IM_LISTEN, IM_JWT_SECRET); flags win.\n\n")
 		fs.PrintDefaults()
@@ -96,6 +116,19 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	}
 	if o.store != "embedded" && o.store != "memory" {
 		return nil, fmt.Errorf("--store must be embedded or memory, got %q", o.store)
+	}
+	if o.clustered() {
+		switch {
+		case o.zk == "" || o.redis == "" || o.mongoURI == "":
+			return nil, fmt.Errorf("cluster mode needs --zk, --redis and --mongo-uri together (have zk=%q redis=%q mongo-uri=%q)", o.zk, o.redis, o.mongoURI)
+		case o.meshMode != "direct" && o.meshMode != "redis":
+			return nil, fmt.Errorf("--mesh must be direct or redis, got %q", o.meshMode)
+		case o.weight < 0:
+			return nil, fmt.Errorf("--weight must be >= 0, got %d", o.weight)
+		}
+		if o.advertise == "" {
+			o.advertise = o.listen
+		}
 	}
 	if o.nodeNum > 1023 {
 		return nil, fmt.Errorf("--node-num must be 1..1023, got %d", o.nodeNum)
@@ -138,7 +171,11 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	if err := serve(o, log); err != nil {
+	serveFn := serve
+	if o.clustered() {
+		serveFn = serveCluster
+	}
+	if err := serveFn(o, log); err != nil {
 		log.Error("imd failed", "err", err)
 		return 1
 	}
@@ -180,17 +217,10 @@ func serve(o *options, log *slog.Logger) error {
 	if err := srv.Start(ctx); err != nil {
 		return err
 	}
-	var admin *http.Server
-	adminErr := make(chan error, 1)
-	if o.admin != "" {
-		ln, err := net.Listen("tcp", o.admin)
-		if err != nil {
-			_ = srv.Shutdown(context.Background())
-			return fmt.Errorf("admin listener: %w", err)
-		}
-		admin = &http.Server{Handler: srv.AdminHandler(engine.AdminHooks{}), ReadHeaderTimeout: 10 * time.Second}
-		go func() { adminErr <- admin.Serve(ln) }()
-		log.Info("admin listening", "addr", ln.Addr().String())
+	admin, adminErr, err := serveAdmin(o, srv.AdminHandler(engine.AdminHooks{}), log)
+	if err != nil {
+		_ = srv.Shutdown(context.Background())
+		return err
 	}
 	log.Info("imd ready", "node", o.nodeID, "store", o.store, "data", o.dataDir)
 	select {
@@ -206,4 +236,21 @@ func serve(o *options, log *slog.Logger) error {
 		_ = admin.Shutdown(sctx)
 	}
 	return err
+}
+
+// serveAdmin starts the admin HTTP server when --admin is set. The
+// returned channel reports the server's exit.
+func serveAdmin(o *options, h http.Handler, log *slog.Logger) (*http.Server, chan error, error) {
+	adminErr := make(chan error, 1)
+	if o.admin == "" {
+		return nil, adminErr, nil
+	}
+	ln, err := net.Listen("tcp", o.admin)
+	if err != nil {
+		return nil, nil, fmt.Errorf("admin listener: %w", err)
+	}
+	admin := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() { adminErr <- admin.Serve(ln) }()
+	log.Info("admin listening", "addr", ln.Addr().String())
+	return admin, adminErr, nil
 }

@@ -1,0 +1,216 @@
+// Command imcluster runs a local development cluster in the foreground:
+// ZooKeeper, Redis and the dev MongoDB (FerretDB) on loopback, N imd nodes
+// and one imrouter, each with its data and log under --dir. Ctrl-C stops
+// everything. It is what `make cluster` runs; it installs the Debian
+// packages and builds the dev MongoDB when they are missing.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/imgn/imgn/internal/testsvc"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+type options struct {
+	nodes      int
+	dir, bin   string
+	basePort   int
+	mesh       string
+	jwtSecret  string
+	withRouter bool
+	lbStrategy string
+}
+
+func parse(args []string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("imcluster", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&o.nodes, "nodes", 3, "number of imd nodes")
+	fs.StringVar(&o.dir, "dir", "./data/cluster", "directory for the services' and nodes' data and logs")
+	fs.StringVar(&o.bin, "bin", "./bin", "directory holding imd and imrouter")
+	fs.IntVar(&o.basePort, "base-port", 9100, "node i listens on base+10i (clients), +1 (admin), +2 (mesh); the router on base-10")
+	fs.StringVar(&o.mesh, "mesh", "direct", "node-to-node transport: direct or redis")
+	fs.StringVar(&o.jwtSecret, "jwt-secret", "dev-secret", "HS256 secret for token login on every node")
+	fs.BoolVar(&o.withRouter, "router", true, "also run imrouter")
+	fs.StringVar(&o.lbStrategy, "lb", "consistent-hash", "router strategy")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if o.nodes < 1 || o.nodes > 20 {
+		return nil, fmt.Errorf("--nodes must be 1..20, got %d", o.nodes)
+	}
+	if o.basePort < 1034 || o.basePort+10*o.nodes > 65000 {
+		return nil, fmt.Errorf("--base-port %d out of range", o.basePort)
+	}
+	return o, nil
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	o, err := parse(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "imcluster:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := runCluster(ctx, o, stdout); err != nil {
+		fmt.Fprintln(stderr, "imcluster:", err)
+		return 1
+	}
+	return 0
+}
+
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func startProc(name, bin, logPath string, args ...string) (*proc, error) {
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); logf.Close(); close(p.done) }()
+	return p, nil
+}
+
+// stop sends SIGTERM and waits, then SIGKILL.
+func (p *proc) stop(grace time.Duration) {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+func waitHTTP(ctx context.Context, url string) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s not ready after 60s", url)
+}
+
+func runCluster(ctx context.Context, o *options, out io.Writer) error {
+	if err := os.MkdirAll(o.dir, 0o755); err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "starting ZooKeeper, Redis and the dev MongoDB (first run installs packages and builds FerretDB)...")
+	var svcs []*testsvc.Service
+	defer func() {
+		for i := len(svcs) - 1; i >= 0; i-- {
+			_ = svcs[i].Stop()
+		}
+	}()
+	launch := func(kind string, port int) (*testsvc.Service, error) {
+		s, err := testsvc.Launch(ctx, kind, filepath.Join(o.dir, kind), port)
+		if err != nil {
+			return nil, err
+		}
+		svcs = append(svcs, s)
+		return s, nil
+	}
+	zk, err := launch(testsvc.KindZooKeeper, o.basePort-7)
+	if err != nil {
+		return err
+	}
+	redis, err := launch(testsvc.KindRedis, o.basePort-6)
+	if err != nil {
+		return err
+	}
+	mongo, err := launch(testsvc.KindMongo, o.basePort-5)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "  zookeeper %s\n  redis     %s\n  mongodb   %s\n", zk.Addr, redis.Addr, mongo.URI())
+
+	var procs []*proc
+	defer func() {
+		for i := len(procs) - 1; i >= 0; i-- {
+			procs[i].stop(20 * time.Second)
+		}
+	}()
+	for i := range o.nodes {
+		id := "n" + strconv.Itoa(i+1)
+		base := o.basePort + 10*i
+		listen, admin, meshAddr := addr(base), addr(base+1), addr(base+2)
+		p, err := startProc(id, filepath.Join(o.bin, "imd"), filepath.Join(o.dir, id+".log"),
+			"--node-id", id, "--listen", listen, "--admin", admin, "--mesh-listen", meshAddr, "--mesh", o.mesh,
+			"--zk", zk.Addr, "--redis", redis.Addr, "--mongo-uri", mongo.URI(), "--jwt-secret", o.jwtSecret)
+		if err != nil {
+			return err
+		}
+		procs = append(procs, p)
+		if err := waitHTTP(ctx, "http://"+admin+"/readyz"); err != nil {
+			return fmt.Errorf("%s: %w (see %s)", id, err, filepath.Join(o.dir, id+".log"))
+		}
+		fmt.Fprintf(out, "  node %-3s clients %s  admin http://%s  mesh %s\n", id, listen, admin, meshAddr)
+	}
+	if _, err := os.Stat(filepath.Join(o.bin, "imrouter")); o.withRouter && err == nil {
+		raddr := addr(o.basePort - 10)
+		p, err := startProc("imrouter", filepath.Join(o.bin, "imrouter"), filepath.Join(o.dir, "imrouter.log"),
+			"--listen", raddr, "--zk", zk.Addr, "--lb", o.lbStrategy)
+		if err != nil {
+			return err
+		}
+		procs = append(procs, p)
+		if err := waitHTTP(ctx, "http://"+raddr+"/healthz"); err != nil {
+			return fmt.Errorf("imrouter: %w", err)
+		}
+		fmt.Fprintf(out, "  router   http://%s  (%s)\n", raddr, o.lbStrategy)
+	}
+	fmt.Fprintf(out, "cluster up; logs in %s. Ctrl-C stops everything.\n", o.dir)
+	for _, p := range procs {
+		go func() {
+			<-p.done
+			if ctx.Err() == nil {
+				fmt.Fprintf(out, "%s exited\n", p.name)
+			}
+		}()
+	}
+	<-ctx.Done()
+	fmt.Fprintln(out, "stopping...")
+	return nil
+}
+
+func addr(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }

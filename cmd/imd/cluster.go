@@ -1,0 +1,181 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/zkregistry"
+	"github.com/imgn/imgn/persist/mongostore"
+	"github.com/imgn/imgn/persist/redisstore"
+)
+
+// closers runs cleanups in reverse order, logging failures.
+type closers struct {
+	log *slog.Logger
+	fns []func() error
+	tag []string
+}
+
+func (c *closers) add(tag string, fn func() error) { c.fns = append(c.fns, fn); c.tag = append(c.tag, tag) }
+
+func (c *closers) run() {
+	for i := len(c.fns) - 1; i >= 0; i-- {
+		if err := c.fns[i](); err != nil {
+			c.log.Error("close", "what", c.tag[i], "err", err)
+		}
+	}
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// serveCluster runs a node of a cluster: messages in MongoDB, sessions in
+// Redis, membership in ZooKeeper, forwarding over mesh links. Startup order
+// matters: the node joins the registry and learns the membership (so it
+// knows which inboxes it owns) before it accepts a single client.
+func serveCluster(o *options, log *slog.Logger) error {
+	cl := &closers{log: log}
+	defer cl.run()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	startCtx, cancelStart := context.WithTimeout(ctx, 60*time.Second)
+	defer cancelStart()
+	store, err := mongostore.Open(startCtx, mongostore.Options{URI: o.mongoURI, Database: o.mongoDB, WriteConcern: o.writeConcern, Logger: log})
+	if err != nil {
+		return fmt.Errorf("message store: %w", err)
+	}
+	cl.add("message store", store.Close)
+	sessions, err := redisstore.New(redisstore.Config{Addrs: splitList(o.redis)})
+	if err != nil {
+		return fmt.Errorf("session store: %w", err)
+	}
+	cl.add("session store", sessions.Close)
+	reg, err := zkregistry.New(zkregistry.Config{Servers: splitList(o.zk), Root: o.zkRoot, SessionTimeout: o.zkSessionTimeout, Logger: log})
+	if err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	cl.add("registry", reg.Close)
+	transport, err := newTransport(o, log)
+	if err != nil {
+		return err
+	}
+
+	var srv *engine.Server
+	cluster, err := mesh.New(mesh.Config{
+		Self:      mesh.NodeInfo{ID: o.nodeID, ClientAddr: o.advertise, MeshAddr: o.meshListen, AdminAddr: o.admin, Weight: o.weight},
+		Registry:  reg,
+		Transport: transport,
+		Conns:     func() int64 { return srv.Conns() },
+		Logger:    log,
+	})
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	srv, err = engine.New(engine.Config{
+		Addr: o.listen, NodeID: o.nodeID, NodeNum: uint16(o.nodeNum), EventLoops: o.loops,
+		MaxBody: o.maxBody, LoginTimeout: o.loginTimeout, HeartbeatInterval: o.heartbeat, IdleTimeout: o.idle,
+		MaxOutbound: o.maxOutbound, MaxConns: o.maxConns, SendRate: o.sendRate, SendBurst: o.sendBurst,
+		MaxGroupSize: o.maxGroup, Workers: o.workers, GoAwayWindow: o.goAway,
+		JWTSecret: []byte(o.jwtSecret), Store: store, Cluster: cluster, Sessions: sessions, SessionTTL: o.sessionTTL,
+		Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	if err := cluster.Start(startCtx, srv); err != nil {
+		return fmt.Errorf("join cluster: %w", err)
+	}
+	cl.add("cluster", cluster.Close)
+	if err := srv.Start(ctx); err != nil {
+		return err
+	}
+
+	drain := make(chan struct{}, 1)
+	hooks := engine.AdminHooks{
+		Drain: func() error {
+			select {
+			case drain <- struct{}{}:
+			default:
+			}
+			return nil
+		},
+		SetWeight: func(w int) error {
+			wctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return cluster.SetWeight(wctx, w)
+		},
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/", srv.AdminHandler(hooks))
+	mux.HandleFunc("GET /admin/cluster", func(w http.ResponseWriter, r *http.Request) {
+		out := map[string]any{"node_id": cluster.NodeID(), "self": cluster.Self(), "members": cluster.Members()}
+		if u := r.URL.Query().Get("user"); u != "" {
+			owner, _ := cluster.Owner(u)
+			out["owner"] = owner
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(out)
+	})
+	admin, adminErr, err := serveAdmin(o, mux, log)
+	if err != nil {
+		_ = srv.Shutdown(context.Background())
+		return err
+	}
+	log.Info("imd ready (cluster)", "node", o.nodeID, "mesh", o.meshMode, "members", len(cluster.Members()))
+
+	select {
+	case <-ctx.Done():
+		log.Info("draining: signal")
+	case <-drain:
+		log.Info("draining: admin request")
+	case err := <-adminErr:
+		log.Error("admin server stopped", "err", err)
+	}
+	// Drain: routers stop choosing this node, clients are told to move,
+	// requests in flight finish, then the node leaves the registry.
+	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
+	defer cancel()
+	var errs []error
+	if err := cluster.SetDraining(sctx, true); err != nil {
+		errs = append(errs, fmt.Errorf("mark draining: %w", err))
+	}
+	if err := srv.Drain(sctx); err != nil {
+		errs = append(errs, err)
+	}
+	if admin != nil {
+		_ = admin.Shutdown(sctx)
+	}
+	return errors.Join(errs...)
+}
+
+// newTransport builds the node-to-node transport chosen by --mesh.
+func newTransport(o *options, log *slog.Logger) (mesh.Transport, error) {
+	switch o.meshMode {
+	case "redis":
+		return newRedisTransport(o, log)
+	default:
+		t, err := mesh.NewLinks(mesh.LinkConfig{Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("mesh links: %w", err)
+		}
+		return t, nil
+	}
+}

@@ -1,0 +1,207 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/lb"
+	"github.com/imgn/imgn/mesh"
+)
+
+// TestMain checks for leaked goroutines (gnet's process-wide pool, linked
+// through mesh, aside).
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, engine.GnetGoroutines()...) }
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestParseOptions(t *testing.T) {
+	o, err := parseOptions([]string{"--zk", "zk1:2181, zk2:2181"}, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.listen != "127.0.0.1:9080" || o.zkRoot != "/im/nodes" || o.strategy != lb.ConsistentHash ||
+		o.vnodes != lb.DefaultVirtualNodes || !slices.Equal(o.zk, []string{"zk1:2181", "zk2:2181"}) || o.static != nil {
+		t.Fatalf("defaults: %+v", o)
+	}
+
+	// Environment fallbacks; flags win.
+	o, err = parseOptions([]string{"--lb", "round-robin"}, env(map[string]string{
+		"IM_ZK": "zk:2181", "IM_ZK_ROOT": "/prod/im/nodes", "IM_LB": "least-active", "IM_LISTEN": "0.0.0.0:8080",
+		"IM_ZK_SESSION_TIMEOUT": "3s",
+	}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.strategy != lb.RoundRobin || o.zkRoot != "/prod/im/nodes" || o.listen != "0.0.0.0:8080" ||
+		!slices.Equal(o.zk, []string{"zk:2181"}) || o.zkSession != 3*time.Second {
+		t.Fatalf("env: %+v", o)
+	}
+
+	o, err = parseOptions([]string{"--static", "n1=127.0.0.1:9090, n2=127.0.0.1:9190@50,n3=[::1]:9290@0"}, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []mesh.NodeInfo{
+		{ID: "n1", ClientAddr: "127.0.0.1:9090", Weight: 100, BootEpoch: 1},
+		{ID: "n2", ClientAddr: "127.0.0.1:9190", Weight: 50, BootEpoch: 1},
+		{ID: "n3", ClientAddr: "[::1]:9290", Weight: 0, BootEpoch: 1},
+	}
+	if !slices.Equal(o.static, want) || o.zk != nil {
+		t.Fatalf("--static: %+v", o.static)
+	}
+
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{nil, nil, "--zk is required"},
+		{[]string{"--zk", "zk:2181", "--static", "n1=h:1"}, nil, "not both"},
+		{[]string{"--zk", "zk"}, nil, "--zk"},
+		{[]string{"--zk", "zk:2181", "--lb", "random"}, nil, "--lb"},
+		{nil, map[string]string{"IM_ZK": "zk:2181", "IM_LB": "fastest"}, "--lb"},
+		{[]string{"--zk", "zk:2181", "--zk-root", "im/nodes"}, nil, "--zk-root"},
+		{[]string{"--zk", "zk:2181", "--zk-root", "/"}, nil, "--zk-root"},
+		{[]string{"--zk", "zk:2181", "--listen", "nonsense"}, nil, "--listen"},
+		{[]string{"--zk", "zk:2181", "--virtual-nodes", "0"}, nil, "--virtual-nodes"},
+		{[]string{"--zk", "zk:2181", "--log-level", "loud"}, nil, "--log-level"},
+		{[]string{"--static", "n1"}, nil, "--static"},
+		{[]string{"--static", "n1=nohost"}, nil, "--static"},
+		{[]string{"--static", "n1=h:1@heavy"}, nil, "weight"},
+		{[]string{"--static", "n1=h:1@-1"}, nil, "weight"},
+		{[]string{"--static", "n1=h:1,n1=h:2"}, nil, "duplicate"},
+		{[]string{"--static", "bad id=h:1"}, nil, "--static"},
+		{[]string{"--static", " , "}, nil, "no nodes"},
+		{nil, map[string]string{"IM_ZK_SESSION_TIMEOUT": "long"}, "IM_ZK_SESSION_TIMEOUT"},
+		{[]string{"--zk", "zk:2181", "extra"}, nil, "unexpected"},
+		{[]string{"--bogus"}, nil, "not defined"},
+	} {
+		_, err := parseOptions(tc.args, env(tc.env), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q %v: err %v, want %q", tc.args, tc.env, err, tc.want)
+		}
+	}
+}
+
+func TestRunExitCodes(t *testing.T) {
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"--help"}, env(nil), &out, nil); code != 0 {
+		t.Fatalf("--help: exit %d", code)
+	}
+	for _, want := range []string{"usage: imrouter", "-zk", "-static", "-lb", "IM_"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--help lacks %q:\n%s", want, out.String())
+		}
+	}
+	if code := run(context.Background(), nil, env(nil), io.Discard, nil); code != 2 {
+		t.Fatalf("no membership source: exit %d", code)
+	}
+	// A port already taken: serving fails (1).
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addrc := make(chan string, 1)
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"--static", "n1=127.0.0.1:9090", "--listen", "127.0.0.1:0"}, env(nil), io.Discard,
+			func(a string) { addrc <- a })
+	}()
+	addr := <-addrc
+	if code := run(context.Background(), []string{"--static", "n1=127.0.0.1:9090", "--listen", addr}, env(nil), io.Discard, nil); code != 1 {
+		t.Fatalf("busy port: exit %d", code)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("shutdown: exit %d", code)
+	}
+}
+
+// TestServeStatic runs imrouter in-process with a static membership, routes
+// over HTTP, and shuts it down like SIGTERM would.
+func TestServeStatic(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addrc := make(chan string, 1)
+	var logs syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"--static", "n1=127.0.0.1:9090,n2=127.0.0.1:9190@0", "--listen", "127.0.0.1:0", "--lb", "round-robin"},
+			env(nil), &logs, func(a string) { addrc <- a })
+	}()
+	var addr string
+	select {
+	case addr = <-addrc:
+	case code := <-done:
+		t.Fatalf("exited %d: %s", code, logs.String())
+	}
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	get := func(path string, into any) int {
+		t.Helper()
+		resp, err := hc.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if into != nil {
+			if err := json.NewDecoder(resp.Body).Decode(into); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return resp.StatusCode
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for get("/readyz", nil) != http.StatusOK { // the static view arrives at once
+		if time.Now().After(deadline) {
+			t.Fatal("never ready")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	var route struct {
+		NodeID   string `json:"node_id"`
+		Addr     string `json:"addr"`
+		Strategy string `json:"strategy"`
+	}
+	for range 3 { // n2 has weight 0: never picked
+		if code := get("/v1/route?uid=alice", &route); code != 200 || route.NodeID != "n1" || route.Addr != "127.0.0.1:9090" || route.Strategy != "round-robin" {
+			t.Fatalf("route: %d %+v", code, route)
+		}
+	}
+	var e struct{ Error, Reason string }
+	if code := get("/v1/route?uid=alice&exclude=n1", &e); code != 503 || e.Error != "no available node" || e.Reason == "" {
+		t.Fatalf("503: %d %+v", code, e)
+	}
+	if code := get("/metrics", nil); code != 200 {
+		t.Fatalf("/metrics: %d", code)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d: %s", code, logs.String())
+	}
+	if !strings.Contains(logs.String(), "shutting down") {
+		t.Fatalf("logs: %s", logs.String())
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }

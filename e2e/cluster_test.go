@@ -1,0 +1,290 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/imgn/imgn/client"
+	"github.com/imgn/imgn/codec/pb"
+)
+
+// users returns n user ids with the given prefix.
+func users(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s%d", prefix, i)
+	}
+	return out
+}
+
+func receiveN(t *testing.T, cl *client.Client, n int, d time.Duration) []*pb.Message {
+	t.Helper()
+	var out []*pb.Message
+	timeout := time.After(d)
+	for len(out) < n {
+		select {
+		case m := <-cl.Messages():
+			out = append(out, m)
+		case <-timeout:
+			t.Fatalf("%s: received %d of %d", cl.User(), len(out), n)
+		}
+	}
+	return out
+}
+
+// TestCrossNodeMessaging: users on different nodes exchange 1:1 and group
+// messages, in order per recipient, over both mesh transports.
+func TestCrossNodeMessaging(t *testing.T) {
+	for _, mode := range []string{"direct", "redis"} {
+		t.Run(mode, func(t *testing.T) {
+			c := newCluster(t, mode)
+			n1, n2, n3 := c.addNode("n1"), c.addNode("n2"), c.addNode("n3")
+			c.waitMembers(3, n1, n2, n3)
+			alice := dialNode(t, "alice", "pc", n1.listen)
+			bob := dialNode(t, "bob", "pc", n2.listen)
+			carol := dialNode(t, "carol", "pc", n3.listen)
+			const n = 50
+			for i := range n {
+				if _, err := alice.Send(t.Context(), "bob", []byte(fmt.Sprint(i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got := receiveN(t, bob, n, 20*time.Second)
+			for i, m := range got {
+				if string(m.Body) != fmt.Sprint(i) || m.Seq != uint64(i+1) || m.From != "alice" {
+					t.Fatalf("bob message %d: %v", i, m)
+				}
+			}
+			receiveN(t, alice, n, 20*time.Second) // alice's own inbox copies
+			g, err := carol.CreateGroup(t.Context(), "trio", "alice", "bob")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range 10 {
+				if _, err := carol.SendGroup(t.Context(), g.GroupId, []byte(fmt.Sprint("g", i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, cl := range []*client.Client{alice, bob, carol} {
+				msgs := receiveN(t, cl, 10, 20*time.Second)
+				for i, m := range msgs {
+					if m.GroupId != g.GroupId || string(m.Body) != fmt.Sprint("g", i) {
+						t.Fatalf("%s group message %d: %v", cl.User(), i, m)
+					}
+				}
+			}
+			pres, err := alice.Presence(t.Context(), "bob", "carol", "dave")
+			if err != nil || !pres[0].Online || !pres[1].Online || pres[2].Online {
+				t.Fatalf("cluster-wide presence %v %v", pres, err)
+			}
+		})
+	}
+}
+
+// TestNodeKilledWhileSending: SIGKILL one of three nodes while clients on
+// every node send; afterwards every acknowledged message is in its inboxes,
+// exactly once, with no seq gap, and the clients of the dead node carry on
+// through the others.
+func TestNodeKilledWhileSending(t *testing.T) {
+	c := newCluster(t, "direct")
+	n1, n2, n3 := c.addNode("n1"), c.addNode("n2"), c.addNode("n3")
+	c.waitMembers(3, n1, n2, n3)
+	all := []string{n1.listen, n2.listen, n3.listen}
+	us := users("u", 6)
+	l := newLedger()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	// Log everyone in first: a user exists once it has logged in.
+	clients := make([]*client.Client, len(us))
+	for i, u := range us {
+		// Each user starts on a different node and fails over to the others.
+		clients[i] = dialNode(t, u, "pc", append([]string{all[i%3]}, all...)...)
+	}
+	for i, u := range us {
+		cl := clients[i]
+		wg.Go(func() {
+			others := slices.DeleteFunc(slices.Clone(us), func(x string) bool { return x == u })
+			l.sendLoop(ctx, t, cl, u, others, 2*time.Millisecond)
+		})
+	}
+	time.Sleep(1500 * time.Millisecond)
+	n3.kill()
+	time.Sleep(2500 * time.Millisecond)
+	cancel()
+	wg.Wait()
+	if l.ackedCount() < 50 {
+		t.Fatalf("only %d messages acknowledged", l.ackedCount())
+	}
+	c.waitMembers(2, n1, n2)
+	for _, u := range us {
+		l.verifyInbox(t, u, n1.listen, n2.listen)
+	}
+	t.Logf("%d messages acknowledged; all present exactly once after SIGKILL of a node", l.ackedCount())
+}
+
+// TestZooKeeperSessionExpiryHeals: a node frozen past its ZooKeeper session
+// timeout loses its registration; when it resumes it re-registers and the
+// mesh heals.
+func TestZooKeeperSessionExpiryHeals(t *testing.T) {
+	c := newCluster(t, "direct")
+	n1, n2, n3 := c.addNode("n1"), c.addNode("n2"), c.addNode("n3")
+	c.waitMembers(3, n1, n2, n3)
+	n3.signal(syscall.SIGSTOP)
+	c.waitMembers(2, n1, n2) // its session expired
+	n3.signal(syscall.SIGCONT)
+	c.waitMembers(3, n1, n2, n3)
+	// And the healed mesh carries traffic to and from n3.
+	a := dialNode(t, "alice", "pc", n1.listen)
+	b := dialNode(t, "bob", "pc", n3.listen)
+	if _, err := a.Send(t.Context(), "bob", []byte("after expiry")); err != nil {
+		t.Fatal(err)
+	}
+	if m := receiveN(t, b, 1, 20*time.Second)[0]; string(m.Body) != "after expiry" {
+		t.Fatalf("got %v", m)
+	}
+	// Restarting ZooKeeper itself: nodes keep their last view meanwhile
+	// and re-register afterwards.
+	if err := c.zk.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if got := n1.members(); len(got) != 3 {
+		t.Fatalf("view during the ZooKeeper outage: %v (want the last known 3)", got)
+	}
+	if err := c.zk.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c.waitMembers(3, n1, n2, n3)
+}
+
+// TestRedisRestartAndFlushLoseNothing: Redis holds only routes; restarting
+// or flushing it delays pushes but loses no acknowledged message.
+func TestRedisRestartAndFlushLoseNothing(t *testing.T) {
+	c := newCluster(t, "direct")
+	n1, n2 := c.addNode("n1"), c.addNode("n2")
+	c.waitMembers(2, n1, n2)
+	l := newLedger()
+	a := dialNode(t, "alice", "pc", n1.listen)
+	b := dialNode(t, "bob", "pc", n2.listen)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { l.sendLoop(ctx, t, a, "a", []string{"bob"}, 5*time.Millisecond) })
+	wg.Go(func() { l.sendLoop(ctx, t, b, "b", []string{"alice"}, 5*time.Millisecond) })
+	time.Sleep(time.Second)
+	if err := c.redis.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if err := c.redis.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if err := flushAll(c.redis.Addr); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	cancel()
+	wg.Wait()
+	for _, u := range []string{"alice", "bob"} {
+		l.verifyInbox(t, u, n1.listen, n2.listen)
+	}
+	// Delivery resumes: a fresh message is pushed live across nodes.
+	if _, err := a.Send(t.Context(), "bob", []byte("live again")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(20 * time.Second)
+	for {
+		select {
+		case m := <-b.Messages():
+			if string(m.Body) == "live again" {
+				return
+			}
+		case <-deadline:
+			t.Fatal("no live delivery after the Redis restart and flush")
+		}
+	}
+}
+
+// TestMongoDownGivesRetryableErrorsAndNoFalseAck: with the message store
+// down, sends fail retryably (the client keeps retrying); after it is back,
+// the retries succeed, each message stored once.
+func TestMongoDownGivesRetryableErrorsAndNoFalseAck(t *testing.T) {
+	c := newCluster(t, "direct")
+	n1, n2 := c.addNode("n1"), c.addNode("n2")
+	c.waitMembers(2, n1, n2)
+	l := newLedger()
+	a := dialNode(t, "alice", "pc", n1.listen)
+	dialNode(t, "bob", "pc", n2.listen)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { l.sendLoop(ctx, t, a, "a", []string{"bob"}, 5*time.Millisecond) })
+	time.Sleep(time.Second)
+	if err := c.mongo.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	before := l.ackedCount()
+	time.Sleep(2 * time.Second)
+	if during := l.ackedCount(); during > before+1 {
+		t.Fatalf("%d sends acknowledged while MongoDB was down", during-before)
+	}
+	if err := c.mongo.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	cancel()
+	wg.Wait()
+	if l.ackedCount() <= before {
+		t.Fatal("no send succeeded after MongoDB came back")
+	}
+	for _, u := range []string{"alice", "bob"} {
+		l.verifyInbox(t, u, n1.listen, n2.listen)
+	}
+}
+
+// TestMembershipChangeUnderLoad: a node joins and another leaves while
+// clients send; no acknowledged message is lost and no inbox has a seq
+// duplicated or skipped.
+func TestMembershipChangeUnderLoad(t *testing.T) {
+	c := newCluster(t, "direct")
+	n1, n2, n3 := c.addNode("n1"), c.addNode("n2"), c.addNode("n3")
+	c.waitMembers(3, n1, n2, n3)
+	us := users("m", 6)
+	l := newLedger()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	clients := make([]*client.Client, len(us))
+	for i, u := range us {
+		addrs := []string{n1.listen, n2.listen}
+		if i%2 == 1 {
+			addrs = []string{n2.listen, n1.listen}
+		}
+		clients[i] = dialNode(t, u, "pc", addrs...)
+	}
+	for i, u := range us {
+		cl := clients[i]
+		wg.Go(func() {
+			others := slices.DeleteFunc(slices.Clone(us), func(x string) bool { return x == u })
+			l.sendLoop(ctx, t, cl, u, others, 2*time.Millisecond)
+		})
+	}
+	time.Sleep(time.Second)
+	n4 := c.addNode("n4")
+	c.waitMembers(4, n1, n2, n4)
+	time.Sleep(time.Second)
+	n3.signal(syscall.SIGTERM)
+	if !n3.wait(20 * time.Second) {
+		t.Fatal("n3 did not exit on SIGTERM")
+	}
+	c.waitMembers(3, n1, n2, n4)
+	time.Sleep(time.Second)
+	cancel()
+	wg.Wait()
+	for _, u := range us {
+		l.verifyInbox(t, u, n1.listen, n2.listen, n4.listen)
+	}
+	t.Logf("%d messages through a join and a leave", l.ackedCount())
+}

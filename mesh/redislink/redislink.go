@@ -1,0 +1,715 @@
+// Package redislink is the Redis pub/sub mesh.Transport (`--mesh redis`,
+// the seed's alternative to direct links), on github.com/redis/rueidis.
+//
+// Every node subscribes to one channel, ChannelPrefix+<node id>
+// ("im:mesh:n1"). A request to node X is published to X's channel; an
+// APPEND carries the requester's id and boot epoch, and its APPEND_RESULT
+// is published to the requester's channel with the request id in the
+// header seq and the epoch echoed, so that a restarted requester ignores
+// answers meant for its previous run. Each published message is one IMGN
+// mesh frame, byte for byte what a direct link carries (docs/cluster.md,
+// "Mesh frames").
+//
+// Redis pub/sub is at-most-once: a message published while the receiver
+// is not subscribed (down, restarting, reconnecting to Redis) is lost.
+// Hence: a PUBLISH that reaches no subscriber fails its Append at once
+// with engine.ErrForward; any other loss (of the request or of the reply)
+// ends in engine.ErrForward when the deadline passes. An Append never
+// reports success without the owner's reply. Pushes and kicks are best
+// effort. Per-peer order: one goroutine publishes each peer's requests in
+// call order over one pipelined connection, and the receiver handles them
+// in arrival order (appends concurrently, at most MaxInflight at once;
+// pushes and kicks one at a time).
+package redislink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/redis/rueidis"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/meshpb"
+	"github.com/imgn/imgn/persist"
+)
+
+// Defaults of Config.
+const (
+	DefaultChannelPrefix  = "im:mesh:"
+	DefaultRequestTimeout = 2 * time.Second
+	DefaultQueueSize      = 1024
+	DefaultMaxInflight    = 256
+	DefaultInboundQueue   = 4096
+	DefaultMaxBody        = 4 << 20
+)
+
+// publishBatch is the most frames one pipelined round trip publishes.
+const publishBatch = 128
+
+// Config configures a Transport. Zero fields take the defaults named.
+type Config struct {
+	// Addrs are the Redis addresses to dial (ignored when Client is set).
+	Addrs    []string
+	Username string
+	Password string
+	DB       int
+	// Client, if set, is used instead of dialing Addrs; Close does not
+	// close it.
+	Client rueidis.Client
+	// ChannelPrefix starts every node's channel (DefaultChannelPrefix).
+	// All nodes of a cluster must use the same prefix.
+	ChannelPrefix string
+	// RequestTimeout bounds an Append whose ctx has no deadline
+	// (DefaultRequestTimeout); it is also the owner's budget for a request
+	// that announces none, and bounds each PUBLISH.
+	RequestTimeout time.Duration
+	// QueueSize bounds, per peer, the Appends waiting for a reply and,
+	// separately, the frames waiting to be published (DefaultQueueSize).
+	// Beyond it Append fails at once with engine.ErrForward; pushes and
+	// kicks are dropped.
+	QueueSize int
+	// MaxInflight bounds the forwarded appends this node handles at once
+	// (DefaultMaxInflight).
+	MaxInflight int
+	// InboundQueue bounds the received requests waiting to be handled
+	// (DefaultInboundQueue). Beyond it requests are dropped (their
+	// senders' Appends time out into engine.ErrForward): the subscription
+	// is never blocked, since rueidis shares its connection.
+	InboundQueue int
+	// MaxBody is the largest frame body sent or accepted
+	// (DefaultMaxBody).
+	MaxBody int
+	// Logger receives subscription and publishing failures (default
+	// slog.Default()).
+	Logger *slog.Logger
+}
+
+// Transport is the Redis pub/sub mesh.Transport. It is safe for concurrent
+// use.
+type Transport struct {
+	cfg       Config
+	log       *slog.Logger
+	client    rueidis.Client
+	ownClient bool
+	dec       codec.Decoder
+
+	mu    sync.Mutex // guards state, self, h, peers
+	state int
+	self  mesh.NodeInfo
+	h     engine.ClusterHandler
+	peers map[string]*peer
+
+	pmu     sync.Mutex // guards pending, seq and every peer's npending
+	pending map[uint32]*call
+	seq     uint32
+
+	inbound chan inMsg
+	sem     chan struct{}
+
+	ctx    context.Context // ends at Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // every goroutine of the transport
+}
+
+var _ mesh.Transport = (*Transport)(nil)
+
+const (
+	stateNew = iota
+	stateStarted
+	stateClosed
+)
+
+// peer is one node this node sends to: a bounded queue and the goroutine
+// that publishes it.
+type peer struct {
+	id       string
+	channel  string
+	queue    chan outMsg
+	ctx      context.Context
+	cancel   context.CancelFunc
+	npending int  // guarded by Transport.pmu
+	gone     bool // guarded by Transport.pmu: removed, takes no requests
+}
+
+// outMsg is one encoded frame waiting to be published. Its bytes are not
+// pooled: rueidis may still hold them after a timed-out call returns.
+type outMsg struct {
+	frame   []byte
+	id      uint32    // the pending append's id, 0 for push and kick
+	expires time.Time // a push or kick older than this is dropped
+}
+
+type call struct {
+	peer *peer
+	done chan callResult
+}
+
+type callResult struct {
+	res persist.AppendResult
+	err error
+}
+
+// inMsg is a received request waiting for the dispatcher.
+type inMsg struct {
+	cmd  codec.Command
+	seq  uint32
+	body string
+}
+
+// New validates cfg and connects to Redis (failing if it cannot be reached
+// at all). The transport is idle until Start.
+func New(cfg Config) (*Transport, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, fmt.Errorf("redislink: config: %w", err)
+	}
+	t := &Transport{
+		cfg: cfg, log: cfg.Logger, client: cfg.Client, dec: codec.Decoder{MaxBody: cfg.MaxBody},
+		peers: make(map[string]*peer), pending: make(map[uint32]*call),
+		inbound: make(chan inMsg, cfg.InboundQueue), sem: make(chan struct{}, cfg.MaxInflight),
+	}
+	if t.client == nil {
+		if len(cfg.Addrs) == 0 {
+			return nil, errors.New("redislink: no Redis address configured")
+		}
+		c, err := rueidis.NewClient(rueidis.ClientOption{
+			InitAddress:      cfg.Addrs,
+			Username:         cfg.Username,
+			Password:         cfg.Password,
+			SelectDB:         cfg.DB,
+			ClientName:       "imgn-mesh",
+			DisableCache:     true,
+			Dialer:           net.Dialer{Timeout: cfg.RequestTimeout, KeepAlive: time.Second},
+			ConnWriteTimeout: max(3*time.Second, 2*cfg.RequestTimeout),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("redislink: connect %v: %w", cfg.Addrs, err)
+		}
+		t.client, t.ownClient = c, true
+	}
+	t.ctx, t.cancel = context.WithCancel(context.Background())
+	return t, nil
+}
+
+func (c *Config) defaults() error {
+	if c.ChannelPrefix == "" {
+		c.ChannelPrefix = DefaultChannelPrefix
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
+	if c.QueueSize == 0 {
+		c.QueueSize = DefaultQueueSize
+	}
+	if c.MaxInflight == 0 {
+		c.MaxInflight = DefaultMaxInflight
+	}
+	if c.InboundQueue == 0 {
+		c.InboundQueue = DefaultInboundQueue
+	}
+	if c.MaxBody == 0 {
+		c.MaxBody = DefaultMaxBody
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	switch {
+	case c.RequestTimeout < 0:
+		return fmt.Errorf("RequestTimeout must not be negative, got %s", c.RequestTimeout)
+	case c.QueueSize < 0 || c.MaxInflight < 0 || c.InboundQueue < 0:
+		return fmt.Errorf("QueueSize (%d), MaxInflight (%d) and InboundQueue (%d) must not be negative", c.QueueSize, c.MaxInflight, c.InboundQueue)
+	case c.MaxBody < 0 || c.MaxBody > 1<<30:
+		return fmt.Errorf("MaxBody must be in 1..%d, got %d", 1<<30, c.MaxBody)
+	}
+	return nil
+}
+
+// Start implements mesh.Transport: it subscribes to this node's channel
+// and returns once Redis confirmed the subscription. When ctx ends first
+// it returns the error and keeps trying in the background; Close releases
+// the transport either way.
+func (t *Transport) Start(ctx context.Context, self mesh.NodeInfo, h engine.ClusterHandler) error {
+	if h == nil {
+		return errors.New("redislink: nil handler")
+	}
+	if err := mesh.ValidateNode(mesh.NodeInfo{ID: self.ID}); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	if t.state != stateNew {
+		t.mu.Unlock()
+		return errors.New("redislink: Start called twice or after Close")
+	}
+	t.state = stateStarted
+	t.self, t.h = self, h
+	t.log = t.log.With("node", self.ID)
+	subscribed := make(chan struct{})
+	t.wg.Add(2)
+	go t.subscribeLoop(subscribed)
+	go t.dispatch()
+	for _, p := range t.peers {
+		t.startPeerLocked(p)
+	}
+	t.mu.Unlock()
+	select {
+	case <-subscribed:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("redislink: subscribe to %s%s: %w", t.cfg.ChannelPrefix, self.ID, ctx.Err())
+	}
+}
+
+// Addr implements mesh.Transport: peers need no address.
+func (t *Transport) Addr() string { return "" }
+
+// SetPeers implements mesh.Transport.
+func (t *Transport) SetPeers(peers []mesh.NodeInfo) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.state == stateClosed {
+		return
+	}
+	seen := make(map[string]bool, len(peers))
+	for _, n := range peers {
+		if n.ID == "" || n.ID == t.self.ID {
+			continue
+		}
+		seen[n.ID] = true
+		if t.peers[n.ID] != nil {
+			continue // the channel depends on the id only
+		}
+		ctx, cancel := context.WithCancel(t.ctx)
+		p := &peer{id: n.ID, channel: t.cfg.ChannelPrefix + n.ID, queue: make(chan outMsg, t.cfg.QueueSize), ctx: ctx, cancel: cancel}
+		t.peers[n.ID] = p
+		if t.state == stateStarted {
+			t.startPeerLocked(p)
+		}
+	}
+	for id, p := range t.peers {
+		if !seen[id] {
+			p.cancel()
+			delete(t.peers, id)
+			t.failPeer(p, "peer left the cluster")
+		}
+	}
+}
+
+func (t *Transport) startPeerLocked(p *peer) {
+	t.wg.Add(1)
+	go t.publishLoop(p)
+}
+
+func (t *Transport) peer(id string) *peer {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.state != stateStarted {
+		return nil
+	}
+	return t.peers[id]
+}
+
+// Close implements mesh.Transport: it unsubscribes, stops publishing,
+// fails the Appends in flight with engine.ErrForward, cancels the contexts
+// of handler calls in flight and waits for every goroutine (handler calls
+// included). It closes the Redis client unless Config.Client supplied it.
+func (t *Transport) Close() error {
+	t.mu.Lock()
+	if t.state == stateClosed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.state = stateClosed
+	for id, p := range t.peers {
+		p.cancel()
+		delete(t.peers, id)
+		t.failPeer(p, "transport closed")
+	}
+	t.cancel()
+	t.mu.Unlock()
+	t.wg.Wait()
+	t.pmu.Lock()
+	failed := t.pending
+	t.pending = make(map[uint32]*call)
+	t.pmu.Unlock()
+	for _, c := range failed {
+		c.done <- callResult{err: forwardError(c.peer.id, "transport closed", nil)}
+	}
+	if t.ownClient {
+		t.client.Close()
+	}
+	return nil
+}
+
+func forwardError(node, what string, cause error) error {
+	if cause != nil {
+		return fmt.Errorf("%w: node %s: %s: %w", engine.ErrForward, node, what, cause)
+	}
+	return fmt.Errorf("%w: node %s: %s", engine.ErrForward, node, what)
+}
+
+// ---- sending ----
+
+// Append implements mesh.Transport.
+func (t *Transport) Append(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	p := t.peer(node)
+	if p == nil {
+		return persist.AppendResult{}, forwardError(node, "not a known peer (unknown node, or transport not running)", nil)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, t.cfg.RequestTimeout)
+		defer cancel()
+	}
+	if err := ctx.Err(); err != nil {
+		return persist.AppendResult{}, forwardError(node, "not sent", err)
+	}
+	dl, _ := ctx.Deadline()
+	budget := max(time.Until(dl).Milliseconds(), 1)
+	req := &meshpb.AppendRequest{
+		Msg: meshpb.FromMessage(msg), Inboxes: inboxes, TimeoutMs: uint32(min(budget, 1<<31)),
+		ReplyTo: t.self.ID, ReplyEpoch: t.self.BootEpoch,
+	}
+	c := &call{peer: p, done: make(chan callResult, 1)}
+	t.pmu.Lock()
+	switch {
+	case p.gone:
+		t.pmu.Unlock()
+		return persist.AppendResult{}, forwardError(node, "peer gone", nil)
+	case p.npending >= t.cfg.QueueSize:
+		t.pmu.Unlock()
+		return persist.AppendResult{}, forwardError(node, fmt.Sprintf("queue full (%d requests waiting)", t.cfg.QueueSize), nil)
+	}
+	t.seq++
+	if t.seq == 0 {
+		t.seq = 1
+	}
+	id := t.seq
+	t.pending[id] = c
+	p.npending++
+	t.pmu.Unlock()
+
+	frame, err := codec.AppendFrame(nil, codec.Protobuf, meshpb.CmdAppend, 0, id, req)
+	if err == nil && len(frame)-codec.HeaderSize > t.cfg.MaxBody {
+		err = fmt.Errorf("%w: append of %d bytes exceeds the mesh frame limit %d", persist.ErrInvalid, len(frame)-codec.HeaderSize, t.cfg.MaxBody)
+	}
+	if err != nil {
+		t.forget(id)
+		return persist.AppendResult{}, fmt.Errorf("redislink: node %s: %w", node, err)
+	}
+	select {
+	case p.queue <- outMsg{frame: frame, id: id}:
+	default:
+		t.forget(id)
+		return persist.AppendResult{}, forwardError(node, "publish queue full", nil)
+	}
+	select {
+	case r := <-c.done:
+		return r.res, r.err
+	case <-ctx.Done():
+		if t.forget(id) {
+			return persist.AppendResult{}, forwardError(node, "no reply in time (pub/sub may have lost the request or the reply)", ctx.Err())
+		}
+		r := <-c.done
+		return r.res, r.err
+	}
+}
+
+// Push implements mesh.Transport.
+func (t *Transport) Push(node string, msg persist.Message, targets []engine.PushTarget) {
+	t.send(node, meshpb.CmdPush, &meshpb.PushRequest{Msg: meshpb.FromMessage(msg), Targets: meshpb.FromTargets(targets)})
+}
+
+// Kick implements mesh.Transport.
+func (t *Transport) Kick(node, user, device string, connID uint64) {
+	t.send(node, meshpb.CmdKick, &meshpb.KickRequest{User: user, Device: device, ConnId: connID})
+}
+
+func (t *Transport) send(node string, cmd codec.Command, m proto.Message) {
+	p := t.peer(node)
+	if p == nil {
+		return
+	}
+	frame, err := codec.AppendFrame(nil, codec.Protobuf, cmd, 0, 0, m)
+	if err != nil || len(frame)-codec.HeaderSize > t.cfg.MaxBody {
+		t.log.Warn("redislink: frame not sent", "peer", node, "cmd", cmd, "err", err)
+		return
+	}
+	select {
+	case p.queue <- outMsg{frame: frame, expires: time.Now().Add(t.cfg.RequestTimeout)}:
+	default:
+		t.log.Debug("redislink: queue full; dropped", "peer", node, "cmd", cmd)
+	}
+}
+
+// forget removes a pending call; true means the caller owns its outcome.
+func (t *Transport) forget(id uint32) bool {
+	t.pmu.Lock()
+	defer t.pmu.Unlock()
+	c, ok := t.pending[id]
+	if ok {
+		delete(t.pending, id)
+		c.peer.npending--
+	}
+	return ok
+}
+
+func (t *Transport) isPending(id uint32) bool {
+	t.pmu.Lock()
+	defer t.pmu.Unlock()
+	_, ok := t.pending[id]
+	return ok
+}
+
+// complete delivers the outcome of request id if it is still awaited.
+func (t *Transport) complete(id uint32, r callResult) {
+	t.pmu.Lock()
+	c, ok := t.pending[id]
+	if ok {
+		delete(t.pending, id)
+		c.peer.npending--
+	}
+	t.pmu.Unlock()
+	if ok {
+		c.done <- r
+	}
+}
+
+// failPeer fails every pending call to p.
+func (t *Transport) failPeer(p *peer, why string) {
+	var failed []*call
+	t.pmu.Lock()
+	for id, c := range t.pending {
+		if c.peer == p {
+			delete(t.pending, id)
+			failed = append(failed, c)
+		}
+	}
+	p.npending = 0
+	p.gone = true
+	t.pmu.Unlock()
+	for _, c := range failed {
+		c.done <- callResult{err: forwardError(p.id, why, nil)}
+	}
+}
+
+// publishLoop publishes p's queue in order, pipelining up to publishBatch
+// frames per round trip, until p is removed or the transport closes.
+func (t *Transport) publishLoop(p *peer) {
+	defer t.wg.Done()
+	batch := make([]outMsg, 0, publishBatch)
+	for {
+		batch = batch[:0]
+		// A fresh command slice each round: rueidis keeps reading it after
+		// a DoMulti that returned early on its deadline.
+		var cmds rueidis.Commands
+		select {
+		case <-p.ctx.Done():
+			return
+		case m := <-p.queue:
+			batch = append(batch, m)
+		}
+		yielded := false // yield once, so concurrent callers share the round trip
+	fill:
+		for len(batch) < publishBatch {
+			select {
+			case m := <-p.queue:
+				batch = append(batch, m)
+			default:
+				if yielded {
+					break fill
+				}
+				yielded = true
+				runtime.Gosched()
+			}
+		}
+		now := time.Now()
+		sent := batch[:0]
+		for _, m := range batch {
+			if m.id != 0 && !t.isPending(m.id) || m.id == 0 && now.After(m.expires) {
+				continue // the caller gave up, or a stale push
+			}
+			sent = append(sent, m)
+			cmds = append(cmds, t.client.B().Publish().Channel(p.channel).Message(rueidis.BinaryString(m.frame)).Build())
+		}
+		if len(cmds) == 0 {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(p.ctx, t.cfg.RequestTimeout)
+		resps := t.client.DoMulti(ctx, cmds...)
+		cancel()
+		for i, m := range sent {
+			n, err := resps[i].AsInt64()
+			switch {
+			case m.id == 0:
+				if err != nil {
+					t.log.Debug("redislink: publish failed; dropped", "peer", p.id, "err", err)
+				}
+			case err != nil:
+				t.complete(m.id, callResult{err: forwardError(p.id, "publish failed", err)})
+			case n == 0:
+				t.complete(m.id, callResult{err: forwardError(p.id, "nobody subscribed to "+p.channel+" (node down or restarting)", nil)})
+			}
+		}
+	}
+}
+
+// ---- receiving ----
+
+// subscribeLoop keeps this node subscribed to its channel, resubscribing
+// with backoff when the subscription breaks, until Close. It closes
+// subscribed at the first confirmation.
+func (t *Transport) subscribeLoop(subscribed chan<- struct{}) {
+	defer t.wg.Done()
+	channel := t.cfg.ChannelPrefix + t.self.ID
+	var once sync.Once
+	var confirmed atomic.Bool // set by rueidis's goroutine
+	failures := 0
+	for t.ctx.Err() == nil {
+		ctx := rueidis.WithOnSubscriptionHook(t.ctx, func(s rueidis.PubSubSubscription) {
+			if s.Kind == "subscribe" {
+				confirmed.Store(true)
+				once.Do(func() { close(subscribed) })
+			}
+		})
+		err := t.client.Receive(ctx, t.client.B().Subscribe().Channel(channel).Build(), t.onMessage)
+		if t.ctx.Err() != nil {
+			return
+		}
+		if confirmed.Swap(false) {
+			failures = 0 // it worked for a while: retry soon
+		}
+		failures++
+		d := rand.N(min(50*time.Millisecond<<min(failures, 6), 2*time.Second))
+		t.log.Warn("redislink: subscription lost; resubscribing", "channel", channel, "err", err, "retry_in", d)
+		select {
+		case <-time.After(d):
+		case <-t.ctx.Done():
+			return
+		}
+	}
+}
+
+// onMessage runs on rueidis's connection goroutine: it must not block. A
+// reply completes its call; a request is queued for the dispatcher
+// (dropped if the queue is full); anything malformed is dropped.
+func (t *Transport) onMessage(m rueidis.PubSubMessage) {
+	b := unsafe.Slice(unsafe.StringData(m.Message), len(m.Message)) // read only
+	f, ok, err := t.dec.ParseFrame(b)
+	switch {
+	case err != nil || !ok || f.FrameSize() != len(b):
+		t.log.Warn("redislink: malformed message dropped", "channel", m.Channel, "len", len(b), "err", err)
+		return
+	case f.Serializer != codec.Protobuf || !f.Command.IsMesh():
+		t.log.Warn("redislink: non-mesh frame dropped", "serializer", f.Serializer, "cmd", f.Command)
+		return
+	}
+	switch f.Command {
+	case meshpb.CmdAppendResult:
+		var r meshpb.AppendResult
+		if err := proto.Unmarshal(f.Body, &r); err != nil {
+			t.log.Warn("redislink: undecodable reply dropped", "err", err)
+			return
+		}
+		if r.ToEpoch != t.self.BootEpoch {
+			return // meant for a previous run of this node
+		}
+		t.pmu.Lock()
+		c := t.pending[f.Seq]
+		t.pmu.Unlock()
+		if c == nil {
+			return // timed out already
+		}
+		res, rerr := r.Result(c.peer.id)
+		t.complete(f.Seq, callResult{res: res, err: rerr})
+	case meshpb.CmdAppend, meshpb.CmdPush, meshpb.CmdKick:
+		body := m.Message[codec.HeaderSize:] // strings are immutable: safe to keep
+		select {
+		case t.inbound <- inMsg{cmd: f.Command, seq: f.Seq, body: body}:
+		default:
+			t.log.Warn("redislink: inbound queue full; request dropped", "cmd", f.Command)
+		}
+	default:
+		t.log.Warn("redislink: unexpected mesh command dropped", "cmd", f.Command)
+	}
+}
+
+// dispatch handles received requests in arrival order: pushes and kicks
+// inline, appends in goroutines (at most MaxInflight).
+func (t *Transport) dispatch() {
+	defer t.wg.Done()
+	for {
+		var m inMsg
+		select {
+		case <-t.ctx.Done():
+			return
+		case m = <-t.inbound:
+		}
+		body := unsafe.Slice(unsafe.StringData(m.body), len(m.body)) // read only
+		switch m.cmd {
+		case meshpb.CmdPush:
+			var req meshpb.PushRequest
+			if err := proto.Unmarshal(body, &req); err != nil {
+				t.log.Warn("redislink: undecodable push dropped", "err", err)
+				continue
+			}
+			t.h.HandlePush(req.Msg.ToPersist(), meshpb.ToTargets(req.Targets))
+		case meshpb.CmdKick:
+			var req meshpb.KickRequest
+			if err := proto.Unmarshal(body, &req); err != nil {
+				t.log.Warn("redislink: undecodable kick dropped", "err", err)
+				continue
+			}
+			t.h.HandleKick(req.User, req.Device, req.ConnId)
+		case meshpb.CmdAppend:
+			req := new(meshpb.AppendRequest)
+			if err := proto.Unmarshal(body, req); err != nil {
+				t.log.Warn("redislink: undecodable append dropped", "err", err)
+				continue
+			}
+			if mesh.ValidateNode(mesh.NodeInfo{ID: req.ReplyTo}) != nil {
+				t.log.Warn("redislink: append without a valid reply_to dropped", "reply_to", req.ReplyTo)
+				continue
+			}
+			select {
+			case t.sem <- struct{}{}:
+			case <-t.ctx.Done():
+				return
+			}
+			t.wg.Add(1)
+			go func(seq uint32) {
+				defer t.wg.Done()
+				defer func() { <-t.sem }()
+				t.serveAppend(seq, req)
+			}(m.seq)
+		}
+	}
+}
+
+// serveAppend runs one forwarded append and publishes the reply to the
+// requester's channel.
+func (t *Transport) serveAppend(seq uint32, req *meshpb.AppendRequest) {
+	res := meshpb.ServeAppend(t.ctx, t.h, t.cfg.RequestTimeout, req)
+	res.ToEpoch = req.ReplyEpoch
+	frame, err := codec.AppendFrame(nil, codec.Protobuf, meshpb.CmdAppendResult, 0, seq, res)
+	if err != nil {
+		t.log.Error("redislink: encode append result", "err", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(t.ctx, t.cfg.RequestTimeout)
+	defer cancel()
+	channel := t.cfg.ChannelPrefix + req.ReplyTo
+	if err := t.client.Do(ctx, t.client.B().Publish().Channel(channel).Message(rueidis.BinaryString(frame)).Build()).Error(); err != nil {
+		t.log.Debug("redislink: reply not published; the requester will time out", "to", req.ReplyTo, "err", err)
+	}
+}
