@@ -45,6 +45,12 @@ func TestCrossNodeMessaging(t *testing.T) {
 			c := newCluster(t, mode)
 			n1, n2, n3 := c.addNode("n1"), c.addNode("n2"), c.addNode("n3")
 			c.waitMembers(3, n1, n2, n3)
+			// Every node names the same owner for every inbox.
+			for _, u := range []string{"alice", "bob", "carol", "dave"} {
+				if o1, o2, o3 := n1.owner(u), n2.owner(u), n3.owner(u); o1 == "" || o1 != o2 || o2 != o3 {
+					t.Fatalf("owners of %s disagree: %q %q %q", u, o1, o2, o3)
+				}
+			}
 			alice := dialNode(t, "alice", "pc", n1.listen)
 			bob := dialNode(t, "bob", "pc", n2.listen)
 			carol := dialNode(t, "carol", "pc", n3.listen)

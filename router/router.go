@@ -130,7 +130,7 @@ type view struct {
 func New(cfg Config) (*Router, error) {
 	var errs []error
 	if cfg.Watcher == nil {
-		errs = append(errs, errors.New("Watcher is required"))
+		errs = append(errs, errors.New("a Watcher is required"))
 	}
 	if cfg.Strategy == "" {
 		cfg.Strategy = lb.ConsistentHash
