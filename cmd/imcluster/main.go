@@ -44,7 +44,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.nodes, "nodes", 3, "number of imd nodes")
 	fs.StringVar(&o.dir, "dir", "./data/cluster", "directory for the services' and nodes' data and logs")
 	fs.StringVar(&o.bin, "bin", "./bin", "directory holding imd and imrouter")
-	fs.IntVar(&o.basePort, "base-port", 9100, "node i listens on base+10i (clients), +1 (admin), +2 (mesh); the router on base-10")
+	fs.IntVar(&o.basePort, "base-port", 9100, "node i listens on base+10i (clients), +1 (admin), +2 (mesh); the router on base-20; ZooKeeper, Redis, MongoDB on base-7, -6, -5")
 	fs.StringVar(&o.mesh, "mesh", "direct", "node-to-node transport: direct or redis")
 	fs.StringVar(&o.jwtSecret, "jwt-secret", "dev-secret", "HS256 secret for token login on every node")
 	fs.BoolVar(&o.withRouter, "router", true, "also run imrouter")
@@ -187,7 +187,7 @@ func runCluster(ctx context.Context, o *options, out io.Writer) error {
 		fmt.Fprintf(out, "  node %-3s clients %s  admin http://%s  mesh %s\n", id, listen, admin, meshAddr)
 	}
 	if _, err := os.Stat(filepath.Join(o.bin, "imrouter")); o.withRouter && err == nil {
-		raddr := addr(o.basePort - 10)
+		raddr := addr(o.basePort - 20)
 		p, err := startProc("imrouter", filepath.Join(o.bin, "imrouter"), filepath.Join(o.dir, "imrouter.log"),
 			"--listen", raddr, "--zk", zk.Addr, "--lb", o.lbStrategy)
 		if err != nil {
