@@ -8,7 +8,7 @@ PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 RACE_DIRS := lb persist engine client mesh bench router internal
 RACE_PKGS ?= $(foreach d,$(RACE_DIRS),$(if $(wildcard $(d)/*),./$(d)/...))
 FUZZTIME ?= 10s
-FUZZ_TARGETS := ./codec:FuzzDecode ./codec:FuzzSerializers
+FUZZ_TARGETS := ./codec:FuzzDecode ./codec:FuzzSerializers ./mesh:FuzzInboundLink
 
 .PHONY: help deps devmongo build test race fuzz bench lint proto run cluster clean
 
@@ -49,10 +49,11 @@ lint: ## gofmt check, go vet, staticcheck (pinned)
 	$(GO) run $(STATICCHECK) ./...
 	cd tools/devmongo && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
 
-proto: ## regenerate codec/pb from codec/pb/imgn.proto (installs protoc if missing)
+proto: ## regenerate codec/pb and mesh/meshpb from their .proto files (installs protoc if missing)
 	@command -v protoc >/dev/null || { apt-get update -qq && apt-get install -y -qq protobuf-compiler; }
 	GOBIN=$(CURDIR)/$(BIN) $(GO) install $(PROTOC_GEN_GO)
 	PATH=$(CURDIR)/$(BIN):$$PATH protoc --go_out=. --go_opt=paths=source_relative codec/pb/imgn.proto
+	PATH=$(CURDIR)/$(BIN):$$PATH protoc --go_out=. --go_opt=paths=source_relative mesh/meshpb/mesh.proto
 
 clean: ## remove build output
 	rm -rf $(BIN)

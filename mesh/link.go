@@ -25,7 +25,7 @@ const (
 	DefaultRequestTimeout = 2 * time.Second
 	DefaultQueueSize      = 1024
 	DefaultMaxInflight    = 256
-	DefaultMeshMaxBody    = 4 << 20
+	DefaultMeshMaxBody    = 1 << 20
 	DefaultDialTimeout    = time.Second
 	DefaultBackoffMin     = 100 * time.Millisecond
 	DefaultBackoffMax     = 5 * time.Second

@@ -52,7 +52,7 @@ const (
 	DefaultQueueSize      = 1024
 	DefaultMaxInflight    = 256
 	DefaultInboundQueue   = 4096
-	DefaultMaxBody        = 4 << 20
+	DefaultMaxBody        = 1 << 20
 )
 
 // publishBatch is the most frames one pipelined round trip publishes.
