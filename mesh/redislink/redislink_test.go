@@ -24,7 +24,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, engine.GnetGoroutines()...)
+	goleak.VerifyTestMain(m, append(engine.GnetGoroutines(),
+		// rueidis sleeps out a reconnect backoff (under a second) in a goroutine
+		// that outlives Close and then exits on its own.
+		goleak.IgnoreAnyFunction("github.com/redis/rueidis.(*call).DelayDo.func1"))...)
 }
 
 func testLogger() *slog.Logger {

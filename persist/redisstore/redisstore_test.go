@@ -21,7 +21,10 @@ import (
 // that exist before the tests start (started by package initialisation of
 // dependencies, e.g. the ants pool that gnet brings in) are not ours.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreCurrent())
+	goleak.VerifyTestMain(m, goleak.IgnoreCurrent(),
+		// rueidis sleeps out a reconnect backoff (under a second) in a goroutine
+		// that outlives Close and then exits on its own.
+		goleak.IgnoreAnyFunction("github.com/redis/rueidis.(*call).DelayDo.func1"))
 }
 
 var prefixes atomic.Int64
