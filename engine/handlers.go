@@ -199,7 +199,7 @@ func (s *Server) handleLogin(ctx context.Context, c *conn, h codec.Header, req *
 	c.writeMsgThen(h.Serializer, codec.CmdLoginOK, h.Seq, &pb.LoginOK{
 		User: user, Device: req.Device, NodeId: s.cfg.NodeID, SessionId: c.id, HeadSeq: head, Cursor: cursor,
 		HeartbeatMs: uint32(s.cfg.HeartbeatInterval.Milliseconds()), ServerTime: time.Now().UnixMilli(),
-	}, func() { old = s.sessions.add(c, s.newLimiter) })
+	}, func() { old = s.sessions.add(c) })
 	if old != nil {
 		old.kick(codec.CodeKickDuplicateLogin, "the same user and device logged in on another connection")
 	}
@@ -259,7 +259,7 @@ func (s *Server) storeError(c *conn, h codec.Header, what string, err error) {
 // allowSend applies the per-user token bucket; when the bucket is empty it
 // answers RATE_LIMITED with the wait and returns false.
 func (s *Server) allowSend(c *conn, h codec.Header) bool {
-	lim := s.sessions.limiter(c.user)
+	lim := s.sessions.limiter(c.user, s.newLimiter)
 	if lim == nil {
 		return true
 	}

@@ -24,7 +24,9 @@ type sessionShard struct {
 }
 
 // userSessions is one user's live devices on this node, and the user's send
-// rate limiter (per user, so opening more devices does not raise the rate).
+// rate limiter (per user, so opening more devices does not raise the rate),
+// made on the user's first send: most connections are idle, and a limiter
+// costs 80 bytes.
 type userSessions struct {
 	devices []*conn
 	limiter *rate.Limiter
@@ -53,15 +55,14 @@ func (m *sessionMap) shard(user string) *sessionShard {
 }
 
 // add registers c (logged in, user and device set) and returns the
-// connection it replaces for the same (user, device), or nil. newLimiter is
-// called when the user has no live session yet.
-func (m *sessionMap) add(c *conn, newLimiter func() *rate.Limiter) (old *conn) {
+// connection it replaces for the same (user, device), or nil.
+func (m *sessionMap) add(c *conn) (old *conn) {
 	sh := m.shard(c.user)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	us := sh.users[c.user]
 	if us == nil {
-		us = &userSessions{limiter: newLimiter()}
+		us = &userSessions{}
 		sh.users[c.user] = us
 	}
 	for i, d := range us.devices {
@@ -111,15 +112,29 @@ func (m *sessionMap) devices(user string, dst []*conn) []*conn {
 	return dst
 }
 
-// limiter returns user's send limiter, or nil when the user has no session.
-func (m *sessionMap) limiter(user string) *rate.Limiter {
+// limiter returns user's send limiter, making it with newLimiter on first
+// use; nil when the user has no session on this node.
+func (m *sessionMap) limiter(user string, newLimiter func() *rate.Limiter) *rate.Limiter {
 	sh := m.shard(user)
 	sh.mu.RLock()
-	defer sh.mu.RUnlock()
-	if us := sh.users[user]; us != nil {
-		return us.limiter
+	us := sh.users[user]
+	var lim *rate.Limiter
+	if us != nil {
+		lim = us.limiter
 	}
-	return nil
+	sh.mu.RUnlock()
+	if us == nil || lim != nil {
+		return lim
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if us = sh.users[user]; us == nil {
+		return nil
+	}
+	if us.limiter == nil {
+		us.limiter = newLimiter()
+	}
+	return us.limiter
 }
 
 // each calls fn for every live connection; fn must not call back into m.

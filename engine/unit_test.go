@@ -128,10 +128,10 @@ func TestSessionMap(t *testing.T) {
 	a1 := &conn{user: "a", device: "pc"}
 	a2 := &conn{user: "a", device: "phone"}
 	a3 := &conn{user: "a", device: "pc"}
-	if m.add(a1, lim) != nil || m.add(a2, lim) != nil {
+	if m.add(a1) != nil || m.add(a2) != nil {
 		t.Fatal("fresh adds replaced something")
 	}
-	if old := m.add(a3, lim); old != a1 {
+	if old := m.add(a3); old != a1 {
 		t.Fatal("same device did not replace")
 	}
 	if m.remove(a1) {
@@ -140,8 +140,8 @@ func TestSessionMap(t *testing.T) {
 	if got := m.devices("a", nil); len(got) != 2 {
 		t.Fatalf("devices %d", len(got))
 	}
-	if m.limiter("a") == nil || m.limiter("b") != nil {
-		t.Fatal("limiter")
+	if l1, l2 := m.limiter("a", lim), m.limiter("a", lim); l1 == nil || l1 != l2 || m.limiter("b", lim) != nil {
+		t.Fatal("limiter: made once per user, only for users with a session")
 	}
 	m.remove(a2)
 	m.remove(a3)
@@ -149,7 +149,7 @@ func TestSessionMap(t *testing.T) {
 		t.Fatalf("count %d %d", users, conns)
 	}
 	var arr [8]*conn
-	m.add(a1, lim)
+	m.add(a1)
 	if n := testing.AllocsPerRun(100, func() { _ = m.devices("a", arr[:0]) }); n != 0 {
 		t.Fatalf("devices allocates %.1f", n)
 	}
@@ -200,11 +200,10 @@ func benchUserNames() []string {
 
 func BenchmarkSessionLookup(b *testing.B) {
 	names := benchUserNames()
-	lim := func() *rate.Limiter { return nil }
 	b.Run("sharded", func(b *testing.B) {
 		m := newSessionMap()
 		for _, n := range names {
-			m.add(&conn{user: n, device: "pc"}, lim)
+			m.add(&conn{user: n, device: "pc"})
 		}
 		var ctr atomic.Uint64
 		b.ReportAllocs()
@@ -216,7 +215,7 @@ func BenchmarkSessionLookup(b *testing.B) {
 				n := names[i%benchUsers]
 				if i%64 == 0 {
 					c := &conn{user: n, device: "tab"}
-					m.add(c, lim)
+					m.add(c)
 					m.remove(c)
 					continue
 				}

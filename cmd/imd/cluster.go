@@ -26,7 +26,10 @@ type closers struct {
 	tag []string
 }
 
-func (c *closers) add(tag string, fn func() error) { c.fns = append(c.fns, fn); c.tag = append(c.tag, tag) }
+func (c *closers) add(tag string, fn func() error) {
+	c.fns = append(c.fns, fn)
+	c.tag = append(c.tag, tag)
+}
 
 func (c *closers) run() {
 	for i := len(c.fns) - 1; i >= 0; i-- {

@@ -45,8 +45,8 @@ type options struct {
 
 	// cluster mode
 	zk, zkRoot, redis, mongoURI, mongoDB, writeConcern, meshMode, meshListen, advertise string
-	zkSessionTimeout, sessionTTL time.Duration
-	weight int
+	zkSessionTimeout, sessionTTL                                                        time.Duration
+	weight                                                                              int
 }
 
 // clustered reports whether any cluster flag is set.
