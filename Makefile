@@ -13,7 +13,7 @@ FUZZ_TARGETS := ./codec:FuzzDecode ./codec:FuzzSerializers ./mesh:FuzzInboundLin
 .PHONY: help deps devmongo build test race fuzz bench lint proto run cluster clean
 
 help: ## list targets
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 deps: ## install zookeeper and redis-server (apt) when missing and build bin/devmongo (the FerretDB dev server)
 	scripts/deps.sh

@@ -50,7 +50,7 @@ func (s *Server) SystemMessage(ctx context.Context, user string, kind uint32, bo
 	if err != nil {
 		return res, fmt.Errorf("engine: system message: %w", err)
 	}
-	s.deliver(&res.Msg, []string{user}, res.Seqs)
+	s.deliver(&res.Msg, []string{user}, res.Seqs, nil)
 	return res, nil
 }
 

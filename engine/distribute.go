@@ -95,7 +95,7 @@ func (s *Server) HandleAppend(ctx context.Context, msg persist.Message, inboxes 
 // every target.
 func (s *Server) HandlePush(msg persist.Message, targets []PushTarget) {
 	for _, t := range targets {
-		s.pushTo(t.User, t.Seq, &msg)
+		s.pushTo(t.User, t.Seq, &msg, nil)
 	}
 }
 
@@ -115,9 +115,12 @@ func (s *Server) HandleKick(user, device string, connID uint64) {
 // other nodes' through the cluster after a route lookup. Delivery is best
 // effort: a failed lookup or push delays the message until the receiver
 // syncs; it never loses it.
-func (s *Server) deliver(msg *persist.Message, inboxes []string, seqs []uint64) {
+//
+// origin (may be nil) is the connection that sent the message: it has its
+// SEND_ACK and is not pushed the message.
+func (s *Server) deliver(msg *persist.Message, inboxes []string, seqs []uint64, origin *conn) {
 	for i, u := range inboxes {
-		s.pushTo(u, seqs[i], msg)
+		s.pushTo(u, seqs[i], msg, origin)
 	}
 	if s.cfg.Sessions == nil || s.cfg.Cluster == nil {
 		return

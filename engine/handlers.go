@@ -220,12 +220,17 @@ func (s *Server) ensureUser(ctx context.Context, user string) error {
 	if err != nil && !errors.Is(err, persist.ErrUserExists) {
 		return err
 	}
-	s.users.Store(user, struct{}{})
+	// Not cached: while the user is online userExists finds them in the
+	// session map, and caching every login would cost ~100 bytes per
+	// connection for ever.
 	return nil
 }
 
 // userExists reports whether user is an account, from the cache or the store.
 func (s *Server) userExists(ctx context.Context, user string) (bool, error) {
+	if s.sessions.online(user) {
+		return true, nil
+	}
 	if _, ok := s.users.Load(user); ok {
 		return true, nil
 	}
@@ -311,7 +316,7 @@ func (s *Server) handleSend(ctx context.Context, c *conn, h codec.Header, req *p
 		Seq: res.Seqs[0], Time: res.Msg.Timestamp, Duplicate: res.Duplicate})
 	// Pushed even on a duplicate: the first attempt may have stored the
 	// message and died before pushing. Clients drop seqs they have shown.
-	s.deliver(&res.Msg, inboxes, res.Seqs)
+	s.deliver(&res.Msg, inboxes, res.Seqs, c)
 	s.metrics.pushLatency.Observe(time.Since(start).Seconds())
 }
 
@@ -330,27 +335,45 @@ func (s *Server) appendMessage(ctx context.Context, c *conn, h codec.Header, msg
 
 // pushTo pushes the message at seq of user's inbox to every device of user
 // online on this node. The frame is encoded once per serializer in use.
-func (s *Server) pushTo(user string, seq uint64, m *persist.Message) {
+//
+// skip (may be nil) is not pushed: the connection that sent the message has
+// its SEND_ACK instead.
+func (s *Server) pushTo(user string, seq uint64, m *persist.Message, skip *conn) {
 	var arr [8]*conn
 	devs := s.sessions.devices(user, arr[:0])
-	if len(devs) == 0 {
+	if len(devs) == 0 || len(devs) == 1 && devs[0] == skip {
 		return
 	}
 	push := &pb.Push{Messages: []*pb.Message{toPB(seq, m)}}
-	var bodies [4][]byte
+	// Bodies are encoded into pooled buffers: writeRaw copies them into
+	// each connection's queue.
+	var bodies [4]*codec.Buffer
+	defer func() {
+		for _, b := range bodies {
+			if b != nil {
+				codec.PutBuffer(b)
+			}
+		}
+	}()
 	for _, d := range devs {
+		if d == skip {
+			continue
+		}
 		ser := d.ser
 		if bodies[ser] == nil {
-			b, err := codec.Lookup(ser)
+			enc, err := codec.Lookup(ser)
 			if err != nil {
 				continue
 			}
-			if bodies[ser], err = b.Append(nil, push); err != nil {
+			b := codec.GetBuffer()
+			if b.B, err = enc.Append(b.B[:0], push); err != nil {
+				codec.PutBuffer(b)
 				s.log.Error("encode push", "err", err)
 				continue
 			}
+			bodies[ser] = b
 		}
-		if d.writeRaw(ser, codec.CmdPush, 0, bodies[ser]) {
+		if d.writeRaw(ser, codec.CmdPush, 0, bodies[ser].B) {
 			s.metrics.pushes.Inc()
 		}
 	}
@@ -397,7 +420,7 @@ func (s *Server) handleGroupSend(ctx context.Context, c *conn, h codec.Header, r
 	}
 	c.writeMsg(h.Serializer, codec.CmdSendAck, h.Seq, &pb.SendAck{ClientMsgId: req.ClientMsgId, MsgId: res.Msg.ID,
 		Seq: res.Seqs[0], Time: res.Msg.Timestamp, Duplicate: res.Duplicate})
-	s.deliver(&res.Msg, inboxes, res.Seqs)
+	s.deliver(&res.Msg, inboxes, res.Seqs, c)
 	s.metrics.pushLatency.Observe(time.Since(start).Seconds())
 }
 

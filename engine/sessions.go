@@ -112,6 +112,15 @@ func (m *sessionMap) devices(user string, dst []*conn) []*conn {
 	return dst
 }
 
+// online reports whether user has a live session on this node.
+func (m *sessionMap) online(user string) bool {
+	sh := m.shard(user)
+	sh.mu.RLock()
+	_, ok := sh.users[user]
+	sh.mu.RUnlock()
+	return ok
+}
+
 // limiter returns user's send limiter, making it with newLimiter on first
 // use; nil when the user has no session on this node.
 func (m *sessionMap) limiter(user string, newLimiter func() *rate.Limiter) *rate.Limiter {
