@@ -1,0 +1,313 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+)
+
+// Report is the result of one run: one JSON object (WriteJSON). The first
+// fields are the documented contract (docs/bench-load.md); the rest are
+// details.
+//
+// msgs_per_sec is the scenario's headline rate: deliveries per second
+// received inside the measurement window (p2p, group), logins per second
+// during the ramp (conns, login) or connect-login-send-disconnect cycles per
+// second (churn). latency_us is the delivery latency from the intended send
+// time (p2p, group), the login latency from connect() to LOGIN_OK (conns,
+// login) or the cycle latency from connect() to SEND_ACK (churn).
+type Report struct {
+	Scenario    string          `json:"scenario"`
+	Target      string          `json:"target"`
+	Connections int64           `json:"connections"`
+	DurationS   float64         `json:"duration_s"`
+	Sent        int64           `json:"sent"`
+	Delivered   int64           `json:"delivered"`
+	Errors      int64           `json:"errors"`
+	MsgsPerSec  float64         `json:"msgs_per_sec"`
+	LatencyUs   Latency         `json:"latency_us"`
+	Server      ServerReport    `json:"server"`
+	Baseline    *BaselineReport `json:"baseline,omitempty"`
+
+	RateTarget     float64          `json:"rate_target,omitempty"`
+	ErrorsByReason map[string]int64 `json:"errors_by_reason,omitempty"`
+	Ramp           *RampReport      `json:"ramp,omitempty"`
+	Generator      GeneratorReport  `json:"generator"`
+	Host           *HostReport      `json:"host,omitempty"`
+	Details        *Details         `json:"details,omitempty"`
+	Phases         []PhaseSummary   `json:"phases,omitempty"`
+	MaxRate        float64          `json:"max_rate,omitempty"`
+	StopReason     string           `json:"stop_reason"`
+	Params         map[string]any   `json:"params"`
+	Machine        Machine          `json:"machine"`
+	CPUPressureEnd string           `json:"cpu_pressure_end,omitempty"`
+	ProfileFiles   []string         `json:"profile_files,omitempty"`
+	// Percentiles is the latency spectrum (.hgrm text); not in the JSON.
+	Percentiles string `json:"-"`
+}
+
+// ServerReport is what the nodes' /admin/stats said, summed over nodes.
+type ServerReport struct {
+	RSSBytes     uint64  `json:"rss_bytes"`
+	HeapBytes    uint64  `json:"heap_bytes"`
+	BytesPerConn float64 `json:"bytes_per_conn"`
+	CPUSeconds   float64 `json:"cpu_seconds"`
+
+	Nodes       int `json:"nodes"`
+	Connections int `json:"connections"`
+	Sessions    int `json:"sessions"`
+	Goroutines  int `json:"goroutines"`
+	// The marginal cost of the connections: (after - before) / connections,
+	// both sampled after a forced GC (conns, login).
+	RSSPerConnMarginal  float64 `json:"rss_per_conn_marginal,omitempty"`
+	HeapPerConnMarginal float64 `json:"heap_per_conn_marginal,omitempty"`
+	RSSBefore           uint64  `json:"rss_before,omitempty"`
+	HeapBefore          uint64  `json:"heap_before,omitempty"`
+	// Messages (deliveries) per server CPU-second in the window: the
+	// per-core rate, independent of how much CPU the generator took.
+	MsgsPerCPUSecond float64 `json:"msgs_per_cpu_second,omitempty"`
+	CPUCores         float64 `json:"cpu_cores,omitempty"` // cpu_seconds / duration
+}
+
+// BaselineReport is the same load against the echo relay.
+type BaselineReport struct {
+	MsgsPerSec float64 `json:"msgs_per_sec"`
+	Ratio      float64 `json:"ratio"` // ours / relay
+	// CPU efficiency: relay's server CPU per message / ours (1 = as cheap
+	// as the relay). The informative ratio when both keep up with a fixed
+	// target rate.
+	CPURatio    float64      `json:"cpu_ratio,omitempty"`
+	MaxRate     float64      `json:"max_rate,omitempty"`
+	LatencyUs   Latency      `json:"latency_us"`
+	Server      ServerReport `json:"server"`
+	Errors      int64        `json:"errors"`
+	Connections int64        `json:"connections"`
+	Note        string       `json:"note,omitempty"`
+}
+
+// RampReport describes opening the connections.
+type RampReport struct {
+	Wanted       int64            `json:"wanted"`
+	Dialed       int64            `json:"dialed"`
+	Connected    int64            `json:"connected"`
+	LoggedIn     int64            `json:"logged_in"`
+	Held         int64            `json:"held"`
+	Retried      int64            `json:"retried"` // failed attempts dialled again
+	Seconds      float64          `json:"seconds"`
+	ConnectRate  float64          `json:"connect_rate"`
+	LoginRate    float64          `json:"login_rate"`
+	Failures     map[string]int64 `json:"failures,omitempty"`
+	FDLimit      uint64           `json:"fd_limit"`
+	MaxPerProc   int              `json:"max_conns_per_proc"`
+	LoginLatency Latency          `json:"login_latency_us"`
+}
+
+// HostReport is the whole machine's memory around the held connections
+// (conns, login): kernel socket memory shows in Slab; MemAvailable's drop
+// is everything (server, generator and kernel) the connections cost.
+type HostReport struct {
+	MemAvailableBefore uint64  `json:"mem_available_before"`
+	MemAvailableAfter  uint64  `json:"mem_available_after"`
+	SlabBefore         uint64  `json:"slab_before"`
+	SlabAfter          uint64  `json:"slab_after"`
+	KernelBytesPerConn float64 `json:"kernel_bytes_per_conn"` // slab delta / connections (both socket ends)
+	TotalBytesPerConn  float64 `json:"total_bytes_per_conn"`  // MemAvailable drop / connections
+}
+
+// GeneratorReport is the load generator's own cost.
+type GeneratorReport struct {
+	Procs        int     `json:"procs"`
+	Loops        int     `json:"loops_per_proc"`
+	RSSBytes     uint64  `json:"rss_bytes"`
+	HeapBytes    uint64  `json:"heap_bytes"`
+	BytesPerConn float64 `json:"bytes_per_conn"` // (rss after ramp - rss before) / held
+	HeapPerConn  float64 `json:"heap_per_conn"`
+	CPUSeconds   float64 `json:"cpu_seconds,omitempty"` // in the measured phase
+}
+
+// Details are scenario counters beyond the contract.
+type Details struct {
+	SentTotal      int64   `json:"sent_total"`
+	Expected       int64   `json:"expected_deliveries"`
+	DeliveredInWin int64   `json:"delivered_in_window"`
+	SelfPushes     int64   `json:"self_pushes"`
+	Acks           int64   `json:"acks"`
+	Late           int64   `json:"late"`
+	Heartbeats     int64   `json:"heartbeats"`
+	HeartbeatOK    int64   `json:"heartbeat_ok"`
+	SendsPerSec    float64 `json:"sends_per_sec,omitempty"`
+	Active         int     `json:"active_units"`
+	// SendLagUs is how late the generator sent (actual - intended send
+	// time): large values mean the generator or the machine, not the
+	// server, was behind. It is part of latency_us by construction.
+	SendLagUs *Latency `json:"send_lag_us,omitempty"`
+}
+
+// PhaseSummary is one step of --find-max (or the single phase).
+type PhaseSummary struct {
+	Rate       float64 `json:"rate"`
+	MsgsPerSec float64 `json:"msgs_per_sec"`
+	Sent       int64   `json:"sent"`
+	Delivered  int64   `json:"delivered"`
+	Errors     int64   `json:"errors"`
+	LatencyUs  Latency `json:"latency_us"`
+	ServerCPU  float64 `json:"server_cpu_seconds"`
+	OK         bool    `json:"ok"`
+	Why        string  `json:"why,omitempty"`
+}
+
+// WriteJSON writes r to path as one indented JSON object.
+func (r *Report) WriteJSON(path string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// Check verifies the report's internal consistency (what the smoke tests
+// assert): delivered <= sent, percentiles ordered, counts non-negative.
+func (r *Report) Check() error {
+	var errs []string
+	if r.Delivered > r.Sent {
+		errs = append(errs, fmt.Sprintf("delivered %d > sent %d", r.Delivered, r.Sent))
+	}
+	if r.Sent < 0 || r.Delivered < 0 || r.Errors < 0 || r.MsgsPerSec < 0 {
+		errs = append(errs, "negative count")
+	}
+	if !r.LatencyUs.Ordered() {
+		errs = append(errs, fmt.Sprintf("percentiles not ordered: %+v", r.LatencyUs))
+	}
+	if r.Scenario == "" || r.Target == "" {
+		errs = append(errs, "scenario or target missing")
+	}
+	if r.Baseline != nil && !r.Baseline.LatencyUs.Ordered() {
+		errs = append(errs, "baseline percentiles not ordered")
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("bench: inconsistent report: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+func human(b float64) string {
+	switch {
+	case b >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", b/(1<<30))
+	case b >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", b/(1<<20))
+	case b >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", b/(1<<10))
+	}
+	return fmt.Sprintf("%.0f B", b)
+}
+
+// Print writes a human-readable summary.
+func (r *Report) Print(w io.Writer) {
+	fmt.Fprintf(w, "\n== %s against %s\n", r.Scenario, r.Target)
+	fmt.Fprintf(w, "connections held   %d (generator: %d procs x %d loops, fd limit %d per proc)\n",
+		r.Connections, r.Generator.Procs, r.Generator.Loops, r.Machine.FDLimit)
+	if rp := r.Ramp; rp != nil && rp.Wanted > 0 {
+		fmt.Fprintf(w, "ramp               %d/%d logged in in %.1fs: connect %.0f/s, login %.0f/s; login p50 %dus p99 %dus\n",
+			rp.LoggedIn, rp.Wanted, rp.Seconds, rp.ConnectRate, rp.LoginRate, rp.LoginLatency.P50, rp.LoginLatency.P99)
+		if len(rp.Failures) > 0 {
+			fmt.Fprintf(w, "ramp failures      %s (%d attempts retried)\n", fmtCounts(rp.Failures), rp.Retried)
+		}
+	}
+	if r.RateTarget > 0 {
+		fmt.Fprintf(w, "target rate        %.0f/s\n", r.RateTarget)
+	}
+	fmt.Fprintf(w, "window             %.1fs  sent %d  delivered %d  errors %d\n", r.DurationS, r.Sent, r.Delivered, r.Errors)
+	fmt.Fprintf(w, "rate               %.0f/s\n", r.MsgsPerSec)
+	l := r.LatencyUs
+	fmt.Fprintf(w, "latency (us)       p50 %d  p90 %d  p99 %d  p99.9 %d  max %d  (n=%d)\n", l.P50, l.P90, l.P99, l.P999, l.Max, l.Count)
+	s := r.Server
+	fmt.Fprintf(w, "server             %d node(s), %d conns, %d sessions; rss %s heap %s; %.0f B/conn (rss/conns)",
+		s.Nodes, s.Connections, s.Sessions, human(float64(s.RSSBytes)), human(float64(s.HeapBytes)), s.BytesPerConn)
+	if s.RSSPerConnMarginal != 0 {
+		fmt.Fprintf(w, "; marginal %.0f B/conn rss, %.0f B/conn heap", s.RSSPerConnMarginal, s.HeapPerConnMarginal)
+	}
+	fmt.Fprintln(w)
+	if s.CPUSeconds > 0 {
+		span := "in the window"
+		if r.Scenario == ScenarioLogin {
+			span = "over the storm"
+		}
+		fmt.Fprintf(w, "server cpu         %.2f s %s (%.2f cores)", s.CPUSeconds, span, s.CPUCores)
+		if s.MsgsPerCPUSecond > 0 {
+			fmt.Fprintf(w, "; %.0f msgs per server cpu-second", s.MsgsPerCPUSecond)
+		}
+		fmt.Fprintln(w)
+	}
+	if h := r.Host; h != nil {
+		fmt.Fprintf(w, "host memory        kernel slab +%s (%.0f B per connection, both ends); MemAvailable -%s (%.0f B per connection, all included)\n",
+			human(float64(h.SlabAfter)-float64(h.SlabBefore)), h.KernelBytesPerConn,
+			human(float64(h.MemAvailableBefore)-float64(h.MemAvailableAfter)), h.TotalBytesPerConn)
+	}
+	g := r.Generator
+	fmt.Fprintf(w, "generator          rss %s heap %s; %.0f B/conn rss, %.0f B/conn heap; cpu %.2f s in the window\n",
+		human(float64(g.RSSBytes)), human(float64(g.HeapBytes)), g.BytesPerConn, g.HeapPerConn, g.CPUSeconds)
+	if d := r.Details; d != nil && (d.SelfPushes > 0 || d.Late > 0) {
+		fmt.Fprintf(w, "details            acks %d, pushes of own messages to the sender %d, late %d\n", d.Acks, d.SelfPushes, d.Late)
+	}
+	if d := r.Details; d != nil && d.SendLagUs != nil {
+		fmt.Fprintf(w, "send lag (us)      p50 %d  p99 %d  p99.9 %d  max %d (generator behind its schedule)\n",
+			d.SendLagUs.P50, d.SendLagUs.P99, d.SendLagUs.P999, d.SendLagUs.Max)
+	}
+	if len(r.ErrorsByReason) > 0 {
+		fmt.Fprintf(w, "errors             %s\n", fmtCounts(r.ErrorsByReason))
+	}
+	for i, p := range r.Phases {
+		fmt.Fprintf(w, "step %-2d            rate %.0f -> %.0f/s  p50 %d p99 %d max %d us  errors %d  %v %s\n",
+			i+1, p.Rate, p.MsgsPerSec, p.LatencyUs.P50, p.LatencyUs.P99, p.LatencyUs.Max, p.Errors, okStr(p.OK), p.Why)
+	}
+	if r.MaxRate > 0 {
+		fmt.Fprintf(w, "max rate           %.0f/s (latency above measured at half of it)\n", r.MaxRate)
+	}
+	if b := r.Baseline; b != nil {
+		fmt.Fprintf(w, "baseline (relay)   %.0f/s, p50 %d p99 %d us; ratio %.3f", b.MsgsPerSec, b.LatencyUs.P50, b.LatencyUs.P99, b.Ratio)
+		if b.CPURatio > 0 {
+			fmt.Fprintf(w, "; cpu efficiency vs relay %.3f", b.CPURatio)
+		}
+		if b.MaxRate > 0 {
+			fmt.Fprintf(w, "; relay max %.0f/s", b.MaxRate)
+		}
+		if b.Note != "" {
+			fmt.Fprintf(w, " (%s)", b.Note)
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "stopped            %s\n", r.StopReason)
+	fmt.Fprintf(w, "machine            %d cpus, load %s; cpu pressure at start: %s; at end: %s\n",
+		r.Machine.CPUs, r.Machine.LoadAvg, r.Machine.CPUPressure, r.CPUPressureEnd)
+}
+
+func okStr(ok bool) string {
+	if ok {
+		return "ok"
+	}
+	return "FAIL"
+}
+
+func fmtCounts(m map[string]int64) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return m[keys[i]] > m[keys[j]] })
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		if i == 8 {
+			fmt.Fprintf(&b, "... (%d more)", len(keys)-i)
+			break
+		}
+		fmt.Fprintf(&b, "%s: %d", k, m[k])
+	}
+	return b.String()
+}

@@ -1,0 +1,91 @@
+package bench
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestReportJSON(t *testing.T) {
+	r := &Report{Scenario: "p2p", Target: "imd x1", Connections: 200, DurationS: 10, Sent: 1000, Delivered: 990, Errors: 10,
+		MsgsPerSec: 99, LatencyUs: Latency{P50: 100, P90: 200, P99: 300, P999: 400, Max: 500, Count: 990},
+		Server: ServerReport{RSSBytes: 1 << 20, HeapBytes: 1 << 19, BytesPerConn: 5000, CPUSeconds: 1.5},
+		Params: map[string]any{"pairs": 100}, Machine: ThisMachine(), StopReason: "completed"}
+	if err := r.Check(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "r.json")
+	read := func() map[string]any {
+		if err := r.WriteJSON(path); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatalf("not one JSON object: %v", err)
+		}
+		return m
+	}
+	m := read()
+	for _, k := range []string{"scenario", "target", "connections", "duration_s", "sent", "delivered", "errors", "msgs_per_sec", "latency_us", "server"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("missing %q", k)
+		}
+	}
+	lat := m["latency_us"].(map[string]any)
+	for _, k := range []string{"p50", "p90", "p99", "p999", "max"} {
+		if _, ok := lat[k]; !ok {
+			t.Errorf("latency_us missing %q", k)
+		}
+	}
+	srv := m["server"].(map[string]any)
+	for _, k := range []string{"rss_bytes", "heap_bytes", "bytes_per_conn", "cpu_seconds"} {
+		if _, ok := srv[k]; !ok {
+			t.Errorf("server missing %q", k)
+		}
+	}
+	if _, ok := m["baseline"]; ok {
+		t.Error("baseline present though not measured")
+	}
+	if m["scenario"] != "p2p" || m["delivered"].(float64) != 990 || lat["p999"].(float64) != 400 {
+		t.Errorf("values: %v", m)
+	}
+	r.Baseline = &BaselineReport{MsgsPerSec: 200, Ratio: 0.495}
+	m = read()
+	b, ok := m["baseline"].(map[string]any)
+	if !ok || b["msgs_per_sec"].(float64) != 200 || b["ratio"].(float64) != 0.495 {
+		t.Errorf("baseline: %v", m["baseline"])
+	}
+
+	bad := *r
+	bad.Delivered = bad.Sent + 1
+	if bad.Check() == nil {
+		t.Error("delivered > sent passed")
+	}
+	bad = *r
+	bad.LatencyUs.P99 = 1000
+	if bad.Check() == nil {
+		t.Error("unordered percentiles passed")
+	}
+}
+
+func TestLoopbackOnly(t *testing.T) {
+	for _, tc := range []struct {
+		targets, src []string
+		remote, ok   bool
+	}{
+		{[]string{"127.0.0.1:9090", "127.0.0.5:1", "localhost:3"}, []string{"127.0.0.2"}, false, true},
+		{[]string{"10.0.0.1:9090"}, nil, false, false},
+		{[]string{"127.0.0.1:9090"}, []string{"192.168.1.2"}, false, false},
+		{[]string{"10.0.0.1:9090"}, nil, true, true},
+	} {
+		c := Config{Scenario: ScenarioP2P, Targets: tc.targets, Src: tc.src, AllowRemote: tc.remote}
+		if err := c.setDefaults(); (err == nil) != tc.ok {
+			t.Errorf("%+v: %v", tc, err)
+		}
+	}
+}

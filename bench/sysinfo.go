@@ -1,0 +1,162 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// FDLimit returns this process's RLIMIT_NOFILE (soft, hard).
+func FDLimit() (soft, hard uint64) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0, 0
+	}
+	return rl.Cur, rl.Max
+}
+
+// raiseFDLimit raises the soft RLIMIT_NOFILE to the hard limit and returns
+// the new soft limit.
+func raiseFDLimit() uint64 {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0
+	}
+	if rl.Cur < rl.Max {
+		rl.Cur = rl.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
+		_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
+	}
+	return rl.Cur
+}
+
+// fdReserve is how many descriptors a generator process keeps for itself
+// (epoll, pipes, the Go runtime, HTTP to the admin endpoints).
+const fdReserve = 64
+
+// MaxConnsPerProc is how many connections one generator process can hold
+// under its fd limit.
+func MaxConnsPerProc() int {
+	soft, _ := FDLimit()
+	n := int(soft) - fdReserve
+	if n < 1 {
+		n = 1
+	}
+	return n
+}
+
+// meminfo returns a /proc/meminfo field in bytes (0 when unknown).
+func meminfo(field string) uint64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, field+":") {
+			continue
+		}
+		fs := strings.Fields(line[len(field)+1:])
+		if len(fs) == 0 {
+			return 0
+		}
+		v, _ := strconv.ParseUint(fs[0], 10, 64)
+		if len(fs) > 1 && fs[1] == "kB" {
+			v *= 1024
+		}
+		return v
+	}
+	return 0
+}
+
+// MemAvailable is the kernel's estimate of memory available for new work.
+func MemAvailable() uint64 { return meminfo("MemAvailable") }
+
+// procRSS returns this process's resident set size.
+func procRSS() uint64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseUint(f[1], 10, 64)
+	return pages * uint64(os.Getpagesize())
+}
+
+// procCPUSeconds returns this process's user+system CPU time.
+func procCPUSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+}
+
+// Machine describes the host a report was measured on.
+type Machine struct {
+	CPUs       int    `json:"cpus"`
+	CPUModel   string `json:"cpu_model,omitempty"`
+	MemBytes   uint64 `json:"mem_bytes"`
+	Kernel     string `json:"kernel,omitempty"`
+	GoVersion  string `json:"go_version"`
+	FDLimit    uint64 `json:"fd_limit"`
+	PortRange  string `json:"ip_local_port_range,omitempty"`
+	SomaxConn  string `json:"somaxconn,omitempty"`
+	FileMax    string `json:"file_max,omitempty"`
+	SlabBytes  uint64 `json:"slab_bytes,omitempty"`
+	MemAvail   uint64 `json:"mem_available_bytes,omitempty"`
+	GOMAXPROCS int    `json:"gomaxprocs"`
+	// LoadAvg is /proc/loadavg when the report was made: other work on
+	// the machine competes with the server and the generator.
+	LoadAvg string `json:"loadavg,omitempty"`
+	// CPUPressure is the first line of /proc/pressure/cpu ("some avg10=..."):
+	// the share of time runnable tasks waited for a CPU.
+	CPUPressure string `json:"cpu_pressure,omitempty"`
+}
+
+func readTrim(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	return strings.Join(strings.Fields(string(b)), " ")
+}
+
+// ThisMachine describes the current host.
+func ThisMachine() Machine {
+	soft, _ := FDLimit()
+	m := Machine{
+		CPUs: runtime.NumCPU(), MemBytes: meminfo("MemTotal"), GoVersion: runtime.Version(), FDLimit: soft,
+		Kernel: readTrim("/proc/sys/kernel/osrelease"), PortRange: readTrim("/proc/sys/net/ipv4/ip_local_port_range"),
+		SomaxConn: readTrim("/proc/sys/net/core/somaxconn"), FileMax: readTrim("/proc/sys/fs/file-max"),
+		SlabBytes: meminfo("Slab"), MemAvail: MemAvailable(), GOMAXPROCS: runtime.GOMAXPROCS(0),
+		LoadAvg: readTrim("/proc/loadavg"), CPUPressure: cpuPressure(),
+	}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range bytes.SplitSeq(b, []byte("\n")) {
+			if k, v, ok := bytes.Cut(line, []byte(":")); ok && string(bytes.TrimSpace(k)) == "model name" {
+				m.CPUModel = string(bytes.TrimSpace(v))
+				break
+			}
+		}
+	}
+	return m
+}
+
+func cpuPressure() string {
+	b, err := os.ReadFile("/proc/pressure/cpu")
+	if err != nil {
+		return ""
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	return line
+}

@@ -1,0 +1,229 @@
+// Command imbench is the load generator of the IM server (package bench):
+// connection capacity, 1:1 and group delivery rate and open-loop latency,
+// login storms and connection churn, over the real protocol.
+//
+//	imbench conns  --conns 19000 --procs 2 --hold 20s
+//	imbench p2p    --pairs 1000 --rate 20000 [--find-max] [--baseline-echo]
+//	imbench group  --groups 10 --group-size 100 --rate 1000
+//	imbench login  --conns 10000 --concurrency 2000
+//	imbench churn  --slots 200 --duration 20s
+//
+// By default it spawns its own imd nodes (./bin/imd, built if missing) on
+// free loopback ports; --target/--admin/--secret point it at existing
+// nodes instead. See docs/bench-load.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/imgn/imgn/bench"
+)
+
+func main() {
+	// IMBENCH_CPUPROFILE=file profiles the generator itself (the parent
+	// process; worker processes add their pid to the name).
+	if path := os.Getenv("IMBENCH_CPUPROFILE"); path != "" {
+		if len(os.Args) > 1 && os.Args[1] == bench.WorkerArg {
+			path += "." + strconv.Itoa(os.Getpid())
+		}
+		if f, err := os.Create(path); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				code := run(os.Args[1:], os.Stdout, os.Stderr)
+				pprof.StopCPUProfile()
+				_ = f.Close()
+				os.Exit(code)
+			}
+		}
+	}
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case bench.WorkerArg:
+			return bench.RunChild(os.Stdin, stdout, stderr)
+		case bench.RelayArg:
+			return relayMain(args[1:], stderr)
+		}
+	}
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		usage(stderr)
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
+			return 0
+		}
+		return 2
+	}
+	cfg, jsonPath, hgrm, err := parse(args[0], args[1:], stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "imbench:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	rep, err := bench.Run(ctx, cfg)
+	if rep != nil {
+		rep.Print(stdout)
+		if hgrm != "" && rep.Percentiles != "" {
+			if werr := os.WriteFile(hgrm, []byte(rep.Percentiles), 0o644); werr != nil {
+				fmt.Fprintln(stderr, "imbench:", werr)
+			}
+		}
+		if jsonPath != "" {
+			if werr := rep.WriteJSON(jsonPath); werr != nil {
+				fmt.Fprintln(stderr, "imbench:", werr)
+				return 1
+			}
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "imbench:", err)
+		return 1
+	}
+	return 0
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, `usage: imbench <scenario> [flags]
+
+scenarios:
+  conns   open and log in --conns connections, hold them with heartbeats for --hold;
+          report connect/login rate, failures, server and generator memory per connection
+  p2p     --pairs sender/receiver pairs, open loop at --rate msgs/s total; latency from
+          the intended send time (HdrHistogram); --find-max steps the rate
+  group   --groups groups of --group-size members, --rate group sends/s; deliveries/s
+  login   a login storm: --conns connections logging in with --concurrency in flight
+  churn   --slots concurrent connect, login, send, disconnect cycles for --duration
+
+'imbench <scenario> --help' lists the flags.
+`)
+}
+
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			*l = append(*l, s)
+		}
+	}
+	return nil
+}
+
+type bytesFlag uint64
+
+func (b *bytesFlag) String() string { return strconv.FormatUint(uint64(*b), 10) }
+func (b *bytesFlag) Set(v string) error {
+	mult := uint64(1)
+	up := strings.ToUpper(strings.TrimSpace(v))
+	for _, u := range []struct {
+		suffix string
+		m      uint64
+	}{{"GIB", 1 << 30}, {"MIB", 1 << 20}, {"KIB", 1 << 10}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}} {
+		if strings.HasSuffix(up, u.suffix) {
+			mult, up = u.m, strings.TrimSuffix(up, u.suffix)
+			break
+		}
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(up), 10, 64)
+	if err != nil {
+		return err
+	}
+	*b = bytesFlag(n * mult)
+	return nil
+}
+
+func parse(scenario string, args []string, stderr io.Writer) (bench.Config, string, string, error) {
+	cfg := bench.Config{Scenario: scenario, Log: stderr}
+	fs := flag.NewFlagSet("imbench "+scenario, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var targets, admins, src, imdArgs listFlag
+	var memReserve bytesFlag
+	var jsonPath, hgrm string
+	fs.Var(&targets, "target", "existing node client addresses host:port (comma list); empty: spawn nodes")
+	fs.Var(&admins, "admin", "admin base URLs of the targets, e.g. http://127.0.0.1:9091 (comma list, same order)")
+	fs.StringVar(&cfg.Secret, "secret", "", "JWT secret of the targets (--jwt-secret of imd)")
+	fs.BoolVar(&cfg.AllowRemote, "allow-remote", false, "allow targets and source addresses outside 127.0.0.0/8")
+	fs.IntVar(&cfg.Nodes, "nodes", 0, "imd nodes to spawn (0: enough for the connections at --node-max-conns each)")
+	fs.StringVar(&cfg.Store, "store", "memory", "store of spawned nodes: memory or embedded")
+	fs.BoolVar(&cfg.NoFsync, "no-fsync", false, "spawned embedded nodes run with --unsafe-no-fsync")
+	fs.StringVar(&cfg.Imd, "imd", "bin/imd", "imd binary for spawned nodes (built from ./cmd/imd if missing)")
+	fs.Var(&imdArgs, "imd-arg", "extra argument for spawned imd nodes (repeatable, comma list)")
+	fs.IntVar(&cfg.NodeMaxConns, "node-max-conns", 19000, "--max-conns of spawned nodes")
+	fs.IntVar(&cfg.Conns, "conns", 10000, "connections (conns, login)")
+	fs.IntVar(&cfg.Pairs, "pairs", 1000, "sender/receiver pairs (p2p)")
+	fs.IntVar(&cfg.Groups, "groups", 10, "groups (group)")
+	fs.IntVar(&cfg.GroupSize, "group-size", 100, "members per group, sender included (group)")
+	fs.IntVar(&cfg.Slots, "slots", 200, "concurrent connect-send-disconnect cycles (churn)")
+	fs.Float64Var(&cfg.Rate, "rate", 0, "target send rate per second over all senders, open loop (p2p default 10000, group 1000); the start rate of --find-max")
+	fs.IntVar(&cfg.Payload, "payload", 64, "message body bytes (min 24)")
+	fs.DurationVar(&cfg.Warmup, "warmup", 5*time.Second, "time at the target rate before measuring")
+	fs.DurationVar(&cfg.Duration, "duration", 20*time.Second, "measurement window (per --find-max step)")
+	fs.DurationVar(&cfg.Drain, "drain", 3*time.Second, "wait for in-flight messages after the window")
+	fs.DurationVar(&cfg.Hold, "hold", 20*time.Second, "conns: how long to hold the connections")
+	fs.IntVar(&cfg.Concurrency, "concurrency", 1000, "connects+logins in flight per generator process")
+	fs.IntVar(&cfg.Retries, "retries", 3, "re-dials of a ramp connection whose connect or login failed (-1: none)")
+	fs.DurationVar(&cfg.Heartbeat, "heartbeat", 0, "heartbeat interval per connection (0: the interval the server announces)")
+	fs.DurationVar(&cfg.PushAck, "push-ack", time.Second, "coalesced PUSH_ACK interval per receiving connection (negative: never)")
+	fs.DurationVar(&cfg.LoginTimeout, "login-timeout", 15*time.Second, "generator-side connect+login timeout")
+	fs.DurationVar(&cfg.RampTimeout, "ramp-timeout", 0, "stop opening connections after this long (0: no limit but --timeout)")
+	fs.IntVar(&cfg.Procs, "procs", 0, "generator processes (0: as many as the fd limit requires)")
+	fs.IntVar(&cfg.Loops, "loops", 0, "event loops per generator process (0: GOMAXPROCS)")
+	fs.Var(&src, "src", "source addresses to bind, one per process round-robin (default 127.0.0.1..127.0.0.K with --procs K > 1)")
+	fs.BoolVar(&cfg.FindMax, "find-max", false, "p2p/group: step the rate up by --step until p99 > --max-p99 or deliveries fall short; then measure at half the max")
+	fs.DurationVar(&cfg.MaxP99, "max-p99", 10*time.Millisecond, "p99 bound of --find-max")
+	fs.Float64Var(&cfg.Step, "step", 1.5, "rate multiplier per --find-max step")
+	fs.IntVar(&cfg.MaxSteps, "max-steps", 12, "most --find-max steps")
+	fs.StringVar(&cfg.ServerCPUs, "server-cpus", "", "pin spawned nodes and relays to these CPUs (e.g. 1)")
+	fs.StringVar(&cfg.GenCPUs, "gen-cpus", "", "pin generator processes to these CPUs (e.g. 0)")
+	fs.BoolVar(&cfg.Baseline, "baseline-echo", false, "run the same load against the minimal gnet relay too and report the ratio")
+	fs.StringVar(&cfg.ProfileDir, "profile", "", "directory for CPU, heap and goroutine profiles of the (first) node during the measurement")
+	fs.StringVar(&jsonPath, "json", "", "write the report as one JSON object to this file")
+	fs.StringVar(&hgrm, "hgrm", "", "write the latency percentile spectrum (.hgrm) to this file")
+	fs.DurationVar(&cfg.Timeout, "timeout", 10*time.Minute, "hard bound on the whole run")
+	fs.Var(&memReserve, "mem-reserve", "stop opening connections when MemAvailable falls below this (default 2GiB)")
+	fs.StringVar(&cfg.UserPrefix, "user-prefix", "b", "prefix of the bench user ids")
+	if err := fs.Parse(args); err != nil {
+		return cfg, "", "", err
+	}
+	if fs.NArg() > 0 {
+		return cfg, "", "", fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	cfg.Targets, cfg.Admins, cfg.Src, cfg.ImdArgs = targets, admins, src, imdArgs
+	cfg.MemReserve = uint64(memReserve)
+	return cfg, jsonPath, hgrm, nil
+}
+
+// relayMain runs the baseline relay as a process (started by imbench).
+func relayMain(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("imbench "+bench.RelayArg, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "127.0.0.1:0", "client listener")
+	admin := fs.String("admin", "127.0.0.1:0", "admin listener (/admin/stats, /readyz)")
+	loops := fs.Int("loops", 0, "event loops (0: GOMAXPROCS)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := bench.RunRelayMain(ctx, *listen, *admin, *loops); err != nil {
+		fmt.Fprintln(stderr, "imbench relay:", err)
+		return 1
+	}
+	return 0
+}
