@@ -10,7 +10,7 @@ RACE_PKGS ?= $(foreach d,$(RACE_DIRS),$(if $(wildcard $(d)/*),./$(d)/...))
 FUZZTIME ?= 10s
 FUZZ_TARGETS := ./codec:FuzzDecode ./codec:FuzzSerializers ./mesh:FuzzInboundLink
 
-.PHONY: help deps devmongo build test race fuzz bench lint proto run cluster clean
+.PHONY: help deps devmongo build test race fuzz bench lint proto run cluster check clean
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -57,6 +57,10 @@ proto: ## regenerate codec/pb and mesh/meshpb from their .proto files (installs 
 
 clean: ## remove build output
 	rm -rf $(BIN)
+
+check: deps build ## reliability suite: fault checker (5 nodes, every fault, 60 s) and the bad-input attacker; prints the tables
+	$(GO) run ./cmd/imcheck check --duration 60s
+	$(GO) run ./cmd/imcheck attack
 
 cluster: deps build ## run a local 3-node cluster with ZooKeeper, Redis, dev MongoDB and imrouter (Ctrl-C stops it)
 	./$(BIN)/imcluster --dir ./data/cluster

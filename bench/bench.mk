@@ -1,5 +1,5 @@
 # Load benchmarks: package bench, driven by cmd/imbench. Included by the root
-# Makefile. Results go to $(BENCH_OUT)/<scenario>.json (bench-results/, git-ignored); docs/bench-load.md has
+# Makefile. Results go to $(BENCH_OUT)/<scenario>.json (bench-results/, git-ignored); docs/BENCHMARKS.md has
 # the numbers and how to read them. Every target spawns its own imd node(s)
 # on free loopback ports and stops them before it returns; extra imbench
 # flags go in BENCH_FLAGS (e.g. BENCH_FLAGS="--profile prof").
@@ -43,7 +43,7 @@ bench-find-max: bench-build ## step the 1:1 rate x1.5 from 4k/s until p99 > 20 m
 # (one per ~19,900 conns, each on its own 127.0.0.x) as 1,000,000 connections
 # need. The nodes announce a 120 s heartbeat (idle timeout 360 s): at imd's
 # default 30 s, 1M connections send 33k heartbeats/s, which alone saturates
-# this 2-core box (docs/bench-load.md). The ramp stops early if MemAvailable
+# this 2-core box (docs/BENCHMARKS.md). The ramp stops early if MemAvailable
 # drops below 3 GiB or after 8 minutes, the hold lasts 30 s, and everything
 # is stopped after at most 20 minutes; 6-9 minutes on the shared 2-core box.
 BENCH_1M_CONNS ?= 1000000

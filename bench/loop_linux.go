@@ -107,6 +107,7 @@ type loopConfig struct {
 	src          [4]byte
 	bindSrc      bool
 	targets      []unix.SockaddrInet4
+	route        func(user string) (int, bool) // router mode: the user's target
 	secret       []byte
 	device       string
 	concurrency  int
@@ -526,7 +527,13 @@ func (l *loop) dial(spec dialSpec, now int64) *gconn {
 		}
 	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	target := l.cfg.targets[spec.target%len(l.cfg.targets)]
+	ti := spec.target
+	if l.cfg.route != nil {
+		if i, ok := l.cfg.route(spec.user); ok {
+			ti = i
+		}
+	}
+	target := l.cfg.targets[ti%len(l.cfg.targets)]
 	if err := unix.Connect(fd, &target); err != nil && err != unix.EINPROGRESS {
 		return fail(err)
 	}

@@ -25,6 +25,8 @@ type WorkerSpec struct {
 	Worker   int      `json:"worker"`
 	Run      uint32   `json:"run"`
 	Targets  []string `json:"targets"`
+	// Router (optional) decides each user's target (see routeCache).
+	Router string `json:"router,omitempty"`
 	Secret   string   `json:"secret"`
 	// Src is the source address connections are bound to ("" = the kernel
 	// chooses).

@@ -10,7 +10,7 @@ import (
 )
 
 // Report is the result of one run: one JSON object (WriteJSON). The first
-// fields are the documented contract (docs/bench-load.md); the rest are
+// fields are the documented contract (docs/BENCHMARKS.md); the rest are
 // details.
 //
 // msgs_per_sec is the scenario's headline rate: deliveries per second

@@ -28,6 +28,9 @@ type Config struct {
 	Targets []string
 	Admins  []string
 	Secret  string
+	// Router, when set, is an imrouter base URL: the targets are its
+	// available nodes and each user connects where the router sends it.
+	Router string
 
 	// Spawned nodes (when Targets is empty).
 	Nodes        int    // 0: enough for the connections at NodeMaxConns each
@@ -279,6 +282,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 // nodes) or against spawned relays.
 func runOn(ctx context.Context, cfg *Config, kind string) (*Report, error) {
 	targets, admins, secret := cfg.Targets, cfg.Admins, cfg.Secret
+	if cfg.Router != "" && kind != "relay" {
+		var err error
+		if targets, admins, err = routerNodes(cfg.Router); err != nil {
+			return nil, err
+		}
+	}
 	label := ""
 	nodes := cfg.Nodes
 	if nodes <= 0 {
@@ -475,7 +484,11 @@ func (r *runner) run(ctx context.Context) (*Report, error) {
 		if w < units%procs {
 			n++
 		}
-		spec := WorkerSpec{Scenario: cfg.Scenario, Worker: w, Run: run, Targets: r.targets, Secret: r.secret,
+		router := ""
+		if r.kind != "relay" {
+			router = cfg.Router
+		}
+		spec := WorkerSpec{Scenario: cfg.Scenario, Worker: w, Run: run, Targets: r.targets, Router: router, Secret: r.secret,
 			Loops: cfg.Loops, Concurrency: cfg.Concurrency, Retries: max(cfg.Retries, 0), LoginTimout: cfg.LoginTimeout, Heartbeat: cfg.Heartbeat,
 			PushAck: cfg.PushAck, Payload: cfg.Payload, UnitFrom: from, Units: n, GroupSize: cfg.GroupSize,
 			UserPrefix: cfg.UserPrefix, Device: device, MaxOutbound: 8 << 20, CPUs: cfg.GenCPUs}

@@ -67,6 +67,7 @@ func RunWorker(ctx context.Context, spec WorkerSpec, cmds <-chan Command, emit f
 	if err != nil {
 		return err
 	}
+	routes := newRouteCache(spec.Router, spec.Targets)
 	per := ConnsPerUnit(spec.Scenario, spec.GroupSize)
 	units, stopReason := capUnits(spec.Units, per, MaxConnsPerProc(), fdLimit)
 	nloops := spec.Loops
@@ -119,8 +120,12 @@ func RunWorker(ctx context.Context, spec WorkerSpec, cmds <-chan Command, emit f
 		}
 		from += n
 		conc := max(1, spec.Concurrency/nloops)
+		var route func(string) (int, bool)
+		if spec.Router != "" {
+			route = routes.index
+		}
 		l, err := newLoop(loopConfig{
-			id: i, src: src, bindSrc: bindSrc, targets: addrs, secret: []byte(spec.Secret), device: spec.Device,
+			id: i, src: src, bindSrc: bindSrc, targets: addrs, route: route, secret: []byte(spec.Secret), device: spec.Device,
 			concurrency: conc, retries: spec.Retries, loginTimeout: int64(spec.LoginTimout), heartbeat: int64(spec.Heartbeat),
 			pushAck: int64(spec.PushAck), run: spec.Run, payload: spec.Payload, maxOutbound: max(spec.MaxOutbound, 1<<20),
 		}, h, rampCh, phaseCh)

@@ -90,7 +90,7 @@ var Codes = []CodeInfo{
 	{CodeUnknownGroup, "UNKNOWN_GROUP", false, false, "the group does not exist"},
 	{CodeNotGroupMember, "NOT_GROUP_MEMBER", false, false, "GROUP_SEND or GROUP_MEMBERS by a user who is not a member"},
 	{CodeGroupFull, "GROUP_FULL", false, false, "the group has reached the server's maximum size"},
-	{CodeRateLimited, "RATE_LIMITED", false, true, "the user's send rate is exceeded; retry after retry_after_ms"},
+	{CodeRateLimited, "RATE_LIMITED", false, true, "the user's send rate, or the source address's password-attempt rate, is exceeded; retry after retry_after_ms"},
 	{CodeSlowConsumer, "SLOW_CONSUMER", true, false, "the connection's unsent output exceeded the server's bound: it is not reading"},
 	{CodeTooManyConnections, "TOO_MANY_CONNECTIONS", true, true, "the node is at its connection limit; try later or another node"},
 	{CodeLoginTimeout, "LOGIN_TIMEOUT", true, false, "no successful LOGIN within the login deadline"},

@@ -62,6 +62,12 @@ type Config struct {
 	// HashConcurrency bounds concurrent password hashes (each argon2id
 	// hash holds 19 MiB). Default GOMAXPROCS.
 	HashConcurrency int
+	// LoginRatePerIP and LoginBurstPerIP bound password attempts (LOGIN
+	// with a password, REGISTER) per source address, checked before any
+	// hashing; beyond them the attempt gets RATE_LIMITED. Defaults 10/s
+	// and 30; a negative rate disables the limit.
+	LoginRatePerIP  float64
+	LoginBurstPerIP int
 	// GoAwayWindow spreads the reconnect delays sent in GO_AWAY on
 	// shutdown. Default 2s.
 	GoAwayWindow time.Duration
@@ -127,6 +133,10 @@ func (c *Config) setDefaults() {
 	def(&c.WorkQueue, 65536)
 	def(&c.ConnQueue, 256)
 	def(&c.HashConcurrency, runtime.GOMAXPROCS(0))
+	if c.LoginRatePerIP == 0 {
+		c.LoginRatePerIP = 10
+	}
+	def(&c.LoginBurstPerIP, 30)
 	if c.GoAwayWindow == 0 {
 		c.GoAwayWindow = 2 * time.Second
 	}

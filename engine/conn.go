@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"net/netip"
 	"sync"
 	"sync/atomic"
 
@@ -52,6 +53,7 @@ type conn struct {
 type task struct {
 	h   codec.Header
 	req proto.Message
+	ip  netip.Addr // the peer's address, for LOGIN and REGISTER
 }
 
 func (c *conn) loggedIn() bool { return c.state.Load() == stateLoggedIn }

@@ -23,10 +23,14 @@ func (s *Server) handle(c *conn, t task) {
 	h := t.h
 	switch req := t.req.(type) {
 	case *pb.RegisterRequest:
-		s.handleRegister(ctx, c, h, req)
+		if s.allowPasswordAttempt(c, t) {
+			s.handleRegister(ctx, c, h, req)
+		}
 		return
 	case *pb.LoginRequest:
-		s.handleLogin(ctx, c, h, req)
+		if req.Password == "" || s.allowPasswordAttempt(c, t) {
+			s.handleLogin(ctx, c, h, req)
+		}
 		return
 	}
 	if !c.loggedIn() {
@@ -54,6 +58,17 @@ func (s *Server) handle(c *conn, t task) {
 	case *pb.PresenceRequest:
 		s.handlePresence(ctx, c, h, req)
 	}
+}
+
+// allowPasswordAttempt applies the per-address limit on password attempts;
+// a refused attempt is answered RATE_LIMITED (retryable after the wait).
+func (s *Server) allowPasswordAttempt(c *conn, t task) bool {
+	ok, wait := s.logins.allow(t.ip, time.Now())
+	if !ok {
+		s.metrics.logins.WithLabelValues("RATE_LIMITED").Inc()
+		c.replyError(t.h.Serializer, t.h.Seq, codec.CodeRateLimited, "too many password attempts from this address", uint32(wait.Milliseconds())+1)
+	}
+	return ok
 }
 
 func (s *Server) handleRegister(ctx context.Context, c *conn, h codec.Header, req *pb.RegisterRequest) {

@@ -430,3 +430,34 @@ func TestDrainSaysDrainAndWaitsForClientsToLeave(t *testing.T) {
 		t.Logf("drain took %s (the machine may be loaded)", time.Since(start))
 	}
 }
+
+func TestPasswordAttemptsLimitedPerAddress(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.LoginRatePerIP = 0.5; c.LoginBurstPerIP = 2 })
+	c := dial(t, s, codec.JSON)
+	c.mustCall(codec.CmdRegister, &pb.RegisterRequest{User: "victim", Password: "right-pw"}, nil)
+	c.wantError(codec.CmdLogin, &pb.LoginRequest{User: "victim", Password: "guess-1", Device: "d"}, codec.CodeAuthFailed)
+	e := c.wantError(codec.CmdLogin, &pb.LoginRequest{User: "victim", Password: "guess-2", Device: "d"}, codec.CodeRateLimited)
+	if !e.Retryable || e.RetryAfterMs == 0 {
+		t.Fatalf("rate limit error %v", e)
+	}
+	// Token logins cost no hash and are not limited.
+	c.login("victim", "d")
+}
+
+func TestTricklingBytesDoNotCountAsActivity(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.HeartbeatInterval = 200 * time.Millisecond; c.IdleTimeout = 600 * time.Millisecond })
+	c := dial(t, s, codec.JSON)
+	c.login("trickler", "pc")
+	frame, _ := codec.AppendFrame(nil, codec.JSON, codec.CmdHeartbeat, 0, 99, &pb.Heartbeat{})
+	deadline := time.Now().Add(5 * time.Second)
+	for i := 0; i < len(frame)-1 && time.Now().Before(deadline); i++ {
+		if _, err := c.nc.Write(frame[i : i+1]); err != nil {
+			break // closed: expected
+		}
+		time.Sleep(150 * time.Millisecond)
+	}
+	e := decodeError(t, c.waitFrame(codec.CmdError, 5*time.Second))
+	if codec.ErrorCode(e.Code) != codec.CodeIdleTimeout {
+		t.Fatalf("got %v", e)
+	}
+}

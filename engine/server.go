@@ -46,7 +46,8 @@ type Server struct {
 	ids      *idGen
 	dec      codec.Decoder
 	hashSem  chan struct{}
-	users    sync.Map // user ids known to exist: skips a store read per send
+	logins   *loginLimiter // password attempts per source address
+	users    sync.Map      // user ids known to exist: skips a store read per send
 
 	nextConnID atomic.Uint64
 	eng        gnet.Engine
@@ -79,6 +80,7 @@ func New(cfg Config) (*Server, error) {
 		ids:        newIDGen(cfg.NodeNum),
 		dec:        codec.Decoder{MaxBody: cfg.MaxBody},
 		hashSem:    make(chan struct{}, cfg.HashConcurrency),
+		logins:     newLoginLimiter(cfg.LoginRatePerIP, cfg.LoginBurstPerIP),
 		booted:     make(chan struct{}),
 		runErr:     make(chan error, 1),
 		stopTicker: make(chan struct{}),
@@ -207,9 +209,16 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	if !ok {
 		return gnet.Close
 	}
-	if n := gc.InboundBuffered(); n > 0 {
-		c.lastRecv.Store(time.Now().UnixNano())
-		s.metrics.bytesIn.Add(float64(n))
+	if gc.InboundBuffered() > 0 {
+		// Only complete frames count as activity: a peer trickling bytes
+		// (slowloris) still reaches the idle timeout.
+		frames, bytes := 0, 0
+		defer func() {
+			if frames > 0 {
+				c.lastRecv.Store(time.Now().UnixNano())
+				s.metrics.bytesIn.Add(float64(bytes))
+			}
+		}()
 		for {
 			f, ok, err := s.dec.Next(gc)
 			if err != nil {
@@ -219,6 +228,8 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 			if !ok {
 				break
 			}
+			frames++
+			bytes += f.FrameSize()
 			stop := c.onFrame(f)
 			_, _ = gc.Discard(f.FrameSize())
 			if stop {
@@ -271,10 +282,16 @@ func (c *conn) onFrame(f codec.Frame) (stop bool) {
 		c.replyError(f.Serializer, f.Seq, codec.CodeBadBody, err.Error(), 0)
 		return false
 	}
-	if cmd == codec.CmdLogin {
-		c.loginPending = true
+	t := task{h: f.Header, req: req}
+	if cmd == codec.CmdLogin || cmd == codec.CmdRegister {
+		if cmd == codec.CmdLogin {
+			c.loginPending = true
+		}
+		if a, ok := c.gc.RemoteAddr().(*net.TCPAddr); ok {
+			t.ip = a.AddrPort().Addr().Unmap()
+		}
 	}
-	c.submit(task{h: f.Header, req: req})
+	c.submit(t)
 	return false
 }
 
@@ -319,6 +336,9 @@ func (s *Server) tick() {
 			return
 		case now := <-t.C:
 			s.expire(now.UnixNano())
+			if now.Second()%10 == 0 {
+				s.logins.sweep(now)
+			}
 		}
 	}
 }

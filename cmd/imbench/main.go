@@ -10,7 +10,7 @@
 //
 // By default it spawns its own imd nodes (./bin/imd, built if missing) on
 // free loopback ports; --target/--admin/--secret point it at existing
-// nodes instead. See docs/bench-load.md.
+// nodes instead. See docs/BENCHMARKS.md.
 package main
 
 import (
@@ -158,6 +158,7 @@ func parse(scenario string, args []string, stderr io.Writer) (bench.Config, stri
 	fs.Var(&targets, "target", "existing node client addresses host:port (comma list); empty: spawn nodes")
 	fs.Var(&admins, "admin", "admin base URLs of the targets, e.g. http://127.0.0.1:9091 (comma list, same order)")
 	fs.StringVar(&cfg.Secret, "secret", "", "JWT secret of the targets (--jwt-secret of imd)")
+	fs.StringVar(&cfg.Router, "router", "", "imrouter URL: the targets are its nodes and each user connects where it says (needs --secret)")
 	fs.BoolVar(&cfg.AllowRemote, "allow-remote", false, "allow targets and source addresses outside 127.0.0.0/8")
 	fs.IntVar(&cfg.Nodes, "nodes", 0, "imd nodes to spawn (0: enough for the connections at --node-max-conns each)")
 	fs.StringVar(&cfg.Store, "store", "memory", "store of spawned nodes: memory or embedded")

@@ -97,6 +97,7 @@ func serveCluster(o *options, log *slog.Logger) error {
 		MaxBody: o.maxBody, LoginTimeout: o.loginTimeout, HeartbeatInterval: o.heartbeat, IdleTimeout: o.idle,
 		MaxOutbound: o.maxOutbound, MaxConns: o.maxConns, SendRate: o.sendRate, SendBurst: o.sendBurst,
 		MaxGroupSize: o.maxGroup, Workers: o.workers, GoAwayWindow: o.goAway,
+		LoginRatePerIP: o.loginRate, LoginBurstPerIP: o.loginBurst,
 		JWTSecret: []byte(o.jwtSecret), Store: store, Cluster: cluster, Sessions: sessions, SessionTTL: o.sessionTTL,
 		Logger: log,
 	})

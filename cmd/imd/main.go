@@ -42,6 +42,8 @@ type options struct {
 	heartbeat, idle, loginTimeout, shutdownTimeout, goAway     time.Duration
 	maxOutbound                                                int
 	noSync                                                     bool
+	loginRate                                                  float64
+	loginBurst                                                 int
 
 	// cluster mode
 	zk, zkRoot, redis, mongoURI, mongoDB, writeConcern, meshMode, meshListen, advertise string
@@ -73,6 +75,8 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.IntVar(&o.workers, "workers", 256, "request worker goroutines (store and hashing)")
 	fs.Float64Var(&o.sendRate, "send-rate", 200, "per-user messages per second")
 	fs.IntVar(&o.sendBurst, "send-burst", 400, "per-user message burst")
+	fs.Float64Var(&o.loginRate, "login-rate-per-ip", 10, "password attempts (login, register) per second per source address; negative disables")
+	fs.IntVar(&o.loginBurst, "login-burst-per-ip", 30, "password-attempt burst per source address")
 	fs.DurationVar(&o.heartbeat, "heartbeat", 30*time.Second, "heartbeat interval announced to clients")
 	fs.DurationVar(&o.idle, "idle-timeout", 90*time.Second, "close connections silent this long")
 	fs.DurationVar(&o.loginTimeout, "login-timeout", 10*time.Second, "close connections not logged in after this long")
@@ -207,6 +211,7 @@ func serve(o *options, log *slog.Logger) error {
 		MaxBody: o.maxBody, LoginTimeout: o.loginTimeout, HeartbeatInterval: o.heartbeat, IdleTimeout: o.idle,
 		MaxOutbound: o.maxOutbound, MaxConns: o.maxConns, SendRate: o.sendRate, SendBurst: o.sendBurst,
 		MaxGroupSize: o.maxGroup, Workers: o.workers, GoAwayWindow: o.goAway,
+		LoginRatePerIP: o.loginRate, LoginBurstPerIP: o.loginBurst,
 		JWTSecret: []byte(o.jwtSecret), Store: store, Logger: log,
 	})
 	if err != nil {

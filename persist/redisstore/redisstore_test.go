@@ -345,7 +345,7 @@ func TestIdentRoundTrip(t *testing.T) {
 }
 
 // BenchmarkSessions measures the store against a real local Redis (one
-// redis-server, loopback). See docs/bench-sessions.md.
+// redis-server, loopback). See docs/BENCHMARKS.md (session store).
 func BenchmarkSessions(b *testing.B) {
 	svc := testsvc.StartRedis(b)
 	sessiontest.Bench(b, func(b *testing.B) persist.SessionStore { return newStore(b, svc.Addr, 0) })

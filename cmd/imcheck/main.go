@@ -1,0 +1,171 @@
+// Command imcheck proves the delivery guarantees from the outside.
+//
+//	imcheck check  [--short] [--nodes 3] [--clients 12] [--rate 60] [--duration 60s] [--faults kill,pause,...]
+//	imcheck attack [--short] [--rate 100] [--clients 4]
+//
+// check starts a local cluster of real processes (ZooKeeper, Redis, the
+// dev MongoDB, imd nodes, imrouter; internal/clusterkit), runs a workload
+// of clients sending unique messages through the router while faults are
+// injected back to back, then drains and prints the Jepsen-style verdict
+// (lost, recovered, unexpected, shown twice, order violations, gaps) and
+// per-fault latency and heal time. It exits 1 if a must-be-zero count is
+// not zero.
+//
+// attack starts one node (memory store) and runs bench/attack's bad-input
+// attacks against it under a legitimate load; it exits 1 if an attack
+// (other than a known issue) does not get its documented outcome or the
+// legitimate p99 leaves the stated bound.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/imgn/imgn/bench/attack"
+	"github.com/imgn/imgn/internal/clusterkit"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: imcheck check|attack [flags]")
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var code int
+	switch os.Args[1] {
+	case "check":
+		code = runCheck(ctx, os.Args[2:], os.Stdout)
+	case "attack":
+		code = runAttack(ctx, os.Args[2:], os.Stdout)
+	default:
+		fmt.Fprintln(os.Stderr, "usage: imcheck check|attack [flags]")
+		code = 2
+	}
+	os.Exit(code)
+}
+
+func binDir(ctx context.Context, given string) (string, error) {
+	if given != "" {
+		return given, nil
+	}
+	return clusterkit.Build(ctx, filepath.Join(os.TempDir(), "imgn-imcheck-bin"))
+}
+
+func runCheck(ctx context.Context, args []string, out io.Writer) int {
+	fs := flag.NewFlagSet("imcheck check", flag.ContinueOnError)
+	short := fs.Bool("short", false, "the make-test version: 3 nodes, 8 clients, 25s of faults, the short fault set")
+	nodes := fs.Int("nodes", 5, "imd nodes")
+	clients := fs.Int("clients", 16, "clients (one user each)")
+	rate := fs.Float64("rate", 80, "messages per second over all clients")
+	dur := fs.Duration("duration", 90*time.Second, "length of the fault phase (faults run back to back)")
+	quiet := fs.Duration("quiet", 5*time.Second, "fault-free phase before the first fault")
+	faults := fs.String("faults", strings.Join(AllFaults, ","), "faults, applied in turn: "+strings.Join(AllFaults, ","))
+	seed := fs.Uint64("seed", uint64(time.Now().UnixNano()), "random seed (targets, peers)")
+	bin := fs.String("bin", "", "directory with imd and imrouter (default: build them)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg := CheckConfig{Nodes: *nodes, Clients: *clients, Rate: *rate, Duration: *dur, Quiet: *quiet,
+		Faults: strings.Split(*faults, ","), Seed: *seed, Logf: log.Printf}
+	if *short {
+		cfg.Nodes, cfg.Clients, cfg.Rate, cfg.Duration, cfg.Quiet, cfg.Faults = 3, 8, 40, 25*time.Second, 3*time.Second, ShortFaults
+	}
+	b, err := binDir(ctx, *bin)
+	if err != nil {
+		log.Print(err)
+		return 1
+	}
+	cfg.Bin = b
+	log.Printf("imcheck check: %d nodes, %d clients, %.0f msg/s, %v of faults %v, seed %d",
+		cfg.Nodes, cfg.Clients, cfg.Rate, cfg.Duration, cfg.Faults, cfg.Seed)
+	rep, err := Check(ctx, cfg)
+	if err != nil {
+		log.Print(err)
+		return 1
+	}
+	rep.Print(out)
+	if !rep.OK() {
+		return 1
+	}
+	return 0
+}
+
+func runAttack(ctx context.Context, args []string, out io.Writer) int {
+	fs := flag.NewFlagSet("imcheck attack", flag.ContinueOnError)
+	short := fs.Bool("short", false, "smaller floods and baseline")
+	rate := fs.Float64("rate", 100, "legitimate messages per second")
+	clients := fs.Int("clients", 4, "legitimate clients")
+	baseline := fs.Duration("baseline", 10*time.Second, "no-attack phase")
+	only := fs.String("only", "", "comma-separated attacks (default all): "+strings.Join(attack.Names(), ","))
+	bin := fs.String("bin", "", "directory with imd (default: build it)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	b, err := binDir(ctx, *bin)
+	if err != nil {
+		log.Print(err)
+		return 1
+	}
+	dir, err := os.MkdirTemp("", "imgn-attack-")
+	if err != nil {
+		log.Print(err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	n, err := clusterkit.Single(ctx, b, dir, attack.NodeArgs...)
+	if err != nil {
+		log.Print(err)
+		return 1
+	}
+	defer n.Close()
+	cfg := attack.Config{Node: n, LoadClients: *clients, Rate: *rate, Baseline: *baseline, Logf: log.Printf}
+	if *only != "" {
+		cfg.Only = strings.Split(*only, ",")
+	}
+	if *short {
+		cfg.Scale, cfg.Baseline = 0.3, 3*time.Second
+	}
+	rep, err := attack.Run(ctx, cfg)
+	if err != nil {
+		log.Print(err)
+		return 1
+	}
+	fmt.Fprintf(out, "\n| attack | documented answer | node's answer | closed | counted | node alive | time to answer/close | result |\n|---|---|---|---|---|---|---|---|\n")
+	code := 0
+	for _, r := range rep.Results {
+		res := "PASS"
+		if !r.OK {
+			res = "FAIL"
+			if why, ok := attack.KnownIssues[r.Name]; ok {
+				res = "KNOWN ISSUE: " + why
+			} else {
+				code = 1
+			}
+		}
+		got := r.Got
+		if r.Detail != "" {
+			got += " (" + r.Detail + ")"
+		}
+		fmt.Fprintf(out, "| %s | %s | %s | %v | %.0f %s | %v | %s | %s |\n", r.Name, r.Want, got, r.Closed, r.Counted, r.Metric, r.Alive,
+			r.Took.Round(time.Millisecond), res)
+	}
+	lat := "PASS"
+	if !rep.LatencyOK {
+		lat, code = "FAIL", 1
+	}
+	fmt.Fprintf(out, "\nlegitimate load (%d clients, %.0f msg/s): no attack p50 %s p99 %s (n=%d); during attacks p50 %s p99 %s (n=%d); bound p99 <= %s: %s; send errors %d\n",
+		*clients, *rate, ms(rep.BaseP50), ms(rep.BaseP99), rep.BaseN, ms(rep.AttackP50), ms(rep.AttackP99), rep.AttackN, ms(rep.Bound), lat, rep.LoadErrors)
+	fmt.Fprintf(out, "node: RSS %d -> %d KiB, goroutines %d -> %d, still running: %v\n", rep.RSSBefore>>10, rep.RSSAfter>>10,
+		rep.GoroutinesB, rep.GoroutinesA, n.Running())
+	return code
+}

@@ -1,0 +1,69 @@
+package clusterkit
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/imgn/imgn/client"
+)
+
+// TestSingleNodeLifecycle starts one real imd, logs in through the client
+// library, reads /metrics and /admin/stats, and drives the process through
+// SIGSTOP/SIGCONT, SIGKILL and a restart on the same ports.
+func TestSingleNodeLifecycle(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	bin, err := Build(ctx, filepath.Join(os.TempDir(), "imgn-clusterkit-bin"), "imd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := Single(ctx, bin, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	cl, err := client.Dial(ctx, ClientConfig("", n.Listen, "alice", "d"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Send(ctx, "alice", []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	cl.Close()
+	m, err := n.Metrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Get("imgn_messages_stored_total") < 1 || m.Get("imgn_logins_total", `result="OK"`) < 1 {
+		t.Fatalf("metrics: stored %v logins %v", m.Get("imgn_messages_stored_total"), m.Get("imgn_logins_total", `result="OK"`))
+	}
+	if s, err := n.Stats(ctx); err != nil || s.Goroutines == 0 {
+		t.Fatalf("stats %+v %v", s, err)
+	}
+	if err := n.Pause(); err != nil || !n.Paused() {
+		t.Fatal("pause", err)
+	}
+	short, c2 := context.WithTimeout(ctx, 500*time.Millisecond)
+	if n.Ready(short) {
+		t.Fatal("a stopped node answered /readyz")
+	}
+	c2()
+	if err := n.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.WaitReady(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Kill(); err != nil || n.Running() {
+		t.Fatal("kill", err)
+	}
+	if err := n.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !n.Term(10*time.Second) || n.Running() {
+		t.Fatal("SIGTERM did not stop the node")
+	}
+}

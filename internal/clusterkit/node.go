@@ -1,0 +1,219 @@
+package clusterkit
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/imgn/imgn/internal/testsvc"
+)
+
+// Node is one imd process. The addresses are fixed at creation and kept
+// across restarts (same node id, same ports).
+type Node struct {
+	*Proc
+	ID string
+	// Listen is the client listener; Advertise is what the router hands
+	// out (ClientProxy.Addr with Config.ProxyClients, else Listen).
+	Listen, Advertise, Admin, Mesh string
+	// Proxies, nil unless asked for (see the package comment).
+	ClientProxy, ZKProxy, RedisProxy, MongoProxy *testsvc.Proxy
+}
+
+// NodeSpec describes a node for NewNode.
+type NodeSpec struct {
+	Bin  string // directory holding imd
+	Dir  string // directory for the log (and the embedded store's data)
+	ID   string
+	Args []string // flags after --node-id/--listen/--admin (and --mesh-listen in a cluster)
+	// ClientProxy puts a testsvc.Proxy in front of the client listener.
+	ClientProxy bool
+}
+
+// NewNode picks free ports and prepares a node; Start runs it.
+func NewNode(spec NodeSpec) (*Node, error) {
+	addr := func() (string, error) {
+		p, err := testsvc.FreePort()
+		return "127.0.0.1:" + strconv.Itoa(p), err
+	}
+	n := &Node{ID: spec.ID}
+	var err error
+	for _, a := range []*string{&n.Listen, &n.Admin, &n.Mesh} {
+		if *a, err = addr(); err != nil {
+			return nil, err
+		}
+	}
+	n.Advertise = n.Listen
+	if spec.ClientProxy {
+		if n.ClientProxy, err = testsvc.NewProxy(n.Listen); err != nil {
+			return nil, err
+		}
+		n.Advertise = n.ClientProxy.Addr
+	}
+	args := append([]string{"--node-id", n.ID, "--listen", n.Listen, "--admin", n.Admin}, spec.Args...)
+	n.Proc = &Proc{Name: n.ID, Path: filepath.Join(spec.Bin, "imd"), Args: args,
+		LogPath: filepath.Join(spec.Dir, n.ID+".log")}
+	return n, nil
+}
+
+// Start (re)starts the process and waits until /readyz answers 200.
+func (n *Node) Start(ctx context.Context) error {
+	if err := n.Proc.start(); err != nil {
+		return err
+	}
+	return n.WaitReady(ctx, 30*time.Second)
+}
+
+// StartNoWait (re)starts the process without waiting.
+func (n *Node) StartNoWait() error { return n.Proc.start() }
+
+// WaitReady polls /readyz until 200, the process exits, or d passes.
+func (n *Node) WaitReady(ctx context.Context, d time.Duration) error {
+	err := Poll(ctx, d, n.ID+" ready", func() bool { return !n.Running() || n.Ready(ctx) })
+	if err == nil && !n.Running() {
+		err = fmt.Errorf("clusterkit: %s exited during start:\n%s", n.ID, n.LogTail(2000))
+	}
+	return err
+}
+
+var hc = &http.Client{Timeout: 2 * time.Second}
+
+// Ready reports whether /readyz answers 200.
+func (n *Node) Ready(ctx context.Context) bool {
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+n.Admin+"/readyz", nil)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == 200
+}
+
+// Members returns the node ids in this node's registry view (cluster mode).
+func (n *Node) Members(ctx context.Context) ([]string, error) {
+	var out struct {
+		Members []struct {
+			ID string `json:"id"`
+		} `json:"members"`
+	}
+	if err := GetJSON(ctx, "http://"+n.Admin+"/admin/cluster", &out); err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(out.Members))
+	for i, m := range out.Members {
+		ids[i] = m.ID
+	}
+	return ids, nil
+}
+
+// Owner asks the node which node owns user's inbox.
+func (n *Node) Owner(ctx context.Context, user string) string {
+	var out struct {
+		Owner string `json:"owner"`
+	}
+	_ = GetJSON(ctx, "http://"+n.Admin+"/admin/cluster?user="+user, &out)
+	return out.Owner
+}
+
+// Stats is GET /admin/stats.
+type Stats struct {
+	NodeID      string  `json:"node_id"`
+	Connections int     `json:"connections"`
+	Sessions    int     `json:"sessions"`
+	RSSBytes    int64   `json:"rss_bytes"`
+	HeapBytes   int64   `json:"heap_bytes"`
+	Goroutines  int     `json:"goroutines"`
+	CPUSeconds  float64 `json:"cpu_seconds"`
+}
+
+// Stats reads /admin/stats.
+func (n *Node) Stats(ctx context.Context) (Stats, error) {
+	var s Stats
+	err := GetJSON(ctx, "http://"+n.Admin+"/admin/stats", &s)
+	return s, err
+}
+
+// Metrics reads /metrics.
+func (n *Node) Metrics(ctx context.Context) (Metrics, error) {
+	return ReadMetrics(ctx, "http://"+n.Admin+"/metrics")
+}
+
+// Metrics maps a Prometheus sample as written in the text format
+// (`name` or `name{label="v",...}`) to its value.
+type Metrics map[string]float64
+
+// Get returns the sample name{labels} (labels as `k="v"` pairs in the
+// order the server writes them, i.e. sorted), 0 when absent.
+func (m Metrics) Get(name string, labels ...string) float64 {
+	if len(labels) == 0 {
+		return m[name]
+	}
+	return m[name+"{"+strings.Join(labels, ",")+"}"]
+}
+
+// Errors returns imgn_errors_total{code=name}.
+func (m Metrics) Errors(code string) float64 {
+	return m.Get("imgn_errors_total", `code="`+code+`"`)
+}
+
+// ReadMetrics fetches and parses a Prometheus text endpoint.
+func ReadMetrics(ctx context.Context, url string) (Metrics, error) {
+	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return nil, fmt.Errorf("clusterkit: %s: %s", url, resp.Status)
+	}
+	m := Metrics{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		m[line[:i]] = v
+	}
+	return m, sc.Err()
+}
+
+// GetJSON GETs url and decodes a 200 answer into out.
+func GetJSON(ctx context.Context, url string, out any) error {
+	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// Close kills the process and closes its proxies.
+func (n *Node) Close() {
+	_ = n.Kill()
+	for _, p := range []*testsvc.Proxy{n.ClientProxy, n.ZKProxy, n.RedisProxy, n.MongoProxy} {
+		if p != nil {
+			p.Close()
+		}
+	}
+}
