@@ -27,7 +27,7 @@ type WorkerSpec struct {
 	Targets  []string `json:"targets"`
 	// Router (optional) decides each user's target (see routeCache).
 	Router string `json:"router,omitempty"`
-	Secret   string   `json:"secret"`
+	Secret string `json:"secret"`
 	// Src is the source address connections are bound to ("" = the kernel
 	// chooses).
 	Src         string        `json:"src,omitempty"`
