@@ -91,6 +91,10 @@ type Config struct {
 	// Logger receives membership changes and failures (default
 	// slog.Default()).
 	Logger *slog.Logger
+	// AdvertiseMeshAddr, when set, is the mesh address published for peers
+	// instead of the transport's own listen address: for a proxy or NAT in
+	// front of the mesh listener (fault tests put a TCP fault proxy there).
+	AdvertiseMeshAddr string
 }
 
 // Cluster implements engine.Cluster over a Registry (membership), a
@@ -217,7 +221,10 @@ func (c *Cluster) Start(ctx context.Context, h engine.ClusterHandler) error {
 		c.Close()
 		return fmt.Errorf("mesh: start transport: %w", err)
 	}
-	if addr := c.cfg.Transport.Addr(); addr != "" {
+	if addr := c.cfg.Transport.Addr(); addr != "" || c.cfg.AdvertiseMeshAddr != "" {
+		if c.cfg.AdvertiseMeshAddr != "" {
+			addr = c.cfg.AdvertiseMeshAddr
+		}
 		c.mu.Lock()
 		c.self.MeshAddr = addr
 		self = c.self

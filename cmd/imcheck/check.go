@@ -32,10 +32,10 @@ type CheckConfig struct {
 
 // AllFaults lists the faults in their default order.
 var AllFaults = []string{"kill", "pause", "zk-expire", "redis-flush", "mongo-restart", "net-delay",
-	"net-reset", "mongo-blackhole", "term", "zk-restart", "restart-all"}
+	"net-reset", "mongo-blackhole", "mesh-delay", "mesh-partition", "mesh-reset", "term", "zk-restart", "restart-all"}
 
 // ShortFaults is the --short set.
-var ShortFaults = []string{"kill", "pause", "zk-expire", "redis-flush", "mongo-restart", "net-reset"}
+var ShortFaults = []string{"kill", "pause", "zk-expire", "redis-flush", "mongo-restart", "net-reset", "mesh-partition"}
 
 // Counts is the checker's verdict.
 type Counts struct {
@@ -374,6 +374,16 @@ func inject(ctx context.Context, c *clusterkit.Cluster, name string, rng *rand.R
 		n.ClientProxy.Reset()
 		n.MongoProxy.Reset()
 		n.RedisProxy.Reset()
+	case "mesh-delay": // 100 ms each way on every peer's link into the node
+		n.MeshProxy.SetDelay(100 * time.Millisecond)
+		time.Sleep(3 * time.Second)
+		n.MeshProxy.Heal()
+	case "mesh-partition": // peers' links into the node hold bytes for 3s (blackhole)
+		n.MeshProxy.Partition()
+		time.Sleep(3 * time.Second)
+		n.MeshProxy.Heal()
+	case "mesh-reset": // RST every peer's link into the node
+		n.MeshProxy.Reset()
 	case "mongo-blackhole": // the node's Mongo link holds bytes for 3s
 		n.MongoProxy.Partition()
 		time.Sleep(3 * time.Second)

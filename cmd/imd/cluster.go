@@ -83,11 +83,12 @@ func serveCluster(o *options, log *slog.Logger) error {
 
 	var srv *engine.Server
 	cluster, err := mesh.New(mesh.Config{
-		Self:      mesh.NodeInfo{ID: o.nodeID, ClientAddr: o.advertise, MeshAddr: o.meshListen, AdminAddr: o.admin, Weight: o.weight},
-		Registry:  reg,
-		Transport: transport,
-		Conns:     func() int64 { return srv.Conns() },
-		Logger:    log,
+		Self:              mesh.NodeInfo{ID: o.nodeID, ClientAddr: o.advertise, MeshAddr: o.meshListen, AdminAddr: o.admin, Weight: o.weight},
+		Registry:          reg,
+		Transport:         transport,
+		AdvertiseMeshAddr: o.meshAdvertise,
+		Conns:             func() int64 { return srv.Conns() },
+		Logger:            log,
 	})
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)

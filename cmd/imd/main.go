@@ -46,9 +46,9 @@ type options struct {
 	loginBurst                                                 int
 
 	// cluster mode
-	zk, zkRoot, redis, mongoURI, mongoDB, writeConcern, meshMode, meshListen, advertise string
-	zkSessionTimeout, sessionTTL                                                        time.Duration
-	weight                                                                              int
+	zk, zkRoot, redis, mongoURI, mongoDB, writeConcern, meshMode, meshListen, meshAdvertise, advertise string
+	zkSessionTimeout, sessionTTL                                                                       time.Duration
+	weight                                                                                             int
 }
 
 // clustered reports whether any cluster flag is set.
@@ -92,6 +92,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.StringVar(&o.writeConcern, "write-concern", "majority", "cluster mode: MongoDB write concern: majority, majority,journaled, journaled, or a number")
 	fs.StringVar(&o.meshMode, "mesh", "direct", "cluster mode: node-to-node transport: direct (TCP links) or redis (pub/sub)")
 	fs.StringVar(&o.meshListen, "mesh-listen", "127.0.0.1:9092", "cluster mode: listener for direct mesh links host:port")
+	fs.StringVar(&o.meshAdvertise, "mesh-advertise", "", "cluster mode: mesh address published for peers (default: --mesh-listen; set it when a proxy or NAT sits in front)")
 	fs.StringVar(&o.advertise, "advertise", "", "cluster mode: client address published for routers (default: --listen)")
 	fs.IntVar(&o.weight, "weight", 100, "cluster mode: balancing weight (0 = no new connections)")
 	fs.DurationVar(&o.sessionTTL, "session-ttl", 5*time.Minute, "cluster mode: lease of a session route in Redis (renewed every third of it)")

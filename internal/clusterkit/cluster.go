@@ -151,6 +151,12 @@ func (c *Cluster) newNode(id string) (*Node, error) {
 		return nil, err
 	}
 	n.ZKProxy, n.RedisProxy, n.MongoProxy = zp, rp, mp
+	if c.cfg.ProxyDeps {
+		if n.MeshProxy, err = testsvc.NewProxy(n.Mesh); err != nil {
+			return nil, err
+		}
+		n.Args = append(n.Args, "--mesh-advertise", n.MeshProxy.Addr)
+	}
 	n.Args = append(n.Args, "--mesh-listen", n.Mesh, "--advertise", n.Advertise,
 		"--zk", zk, "--zk-session-timeout", c.cfg.ZKSessionTimeout.String(), "--redis", redis,
 		"--mongo-uri", mongo, "--mongo-db", c.DB, "--mesh", c.cfg.Mesh, "--jwt-secret", Secret,

@@ -24,6 +24,9 @@ type Node struct {
 	Listen, Advertise, Admin, Mesh string
 	// Proxies, nil unless asked for (see the package comment).
 	ClientProxy, ZKProxy, RedisProxy, MongoProxy *testsvc.Proxy
+	// MeshProxy sits in front of the node's mesh listener; every peer's
+	// link into this node passes through it (Config.ProxyDeps).
+	MeshProxy *testsvc.Proxy
 }
 
 // NodeSpec describes a node for NewNode.
@@ -211,7 +214,7 @@ func GetJSON(ctx context.Context, url string, out any) error {
 // Close kills the process and closes its proxies.
 func (n *Node) Close() {
 	_ = n.Kill()
-	for _, p := range []*testsvc.Proxy{n.ClientProxy, n.ZKProxy, n.RedisProxy, n.MongoProxy} {
+	for _, p := range []*testsvc.Proxy{n.ClientProxy, n.ZKProxy, n.RedisProxy, n.MongoProxy, n.MeshProxy} {
 		if p != nil {
 			p.Close()
 		}

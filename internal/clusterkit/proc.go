@@ -8,13 +8,12 @@
 // Every child runs in its own process group with Pdeathsig SIGKILL, so it
 // dies with the process that started it. Every listener is on 127.0.0.1.
 //
-// Network faults between nodes: imd publishes its --mesh-listen address as
-// the mesh address peers dial, and has no separate advertised mesh address,
-// so a proxy cannot be put between two nodes' mesh links. Instead, with
-// Config.ProxyDeps each node reaches ZooKeeper, Redis and MongoDB through
-// its own testsvc.Proxy (Node.ZKProxy, RedisProxy, MongoProxy), and with
-// Config.ProxyClients clients reach each node through a proxy published as
-// the node's --advertise address (Node.ClientProxy).
+// Network faults: with Config.ProxyDeps each node reaches ZooKeeper, Redis
+// and MongoDB through its own testsvc.Proxy (Node.ZKProxy, RedisProxy,
+// MongoProxy), and its peers reach its mesh listener through Node.MeshProxy
+// (published with imd's --mesh-advertise); with Config.ProxyClients clients
+// reach each node through a proxy published as the node's --advertise
+// address (Node.ClientProxy).
 package clusterkit
 
 import (
