@@ -18,11 +18,11 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/internal/envflag"
 	"github.com/imgn/imgn/persist"
 	"github.com/imgn/imgn/persist/boltstore"
 	"github.com/imgn/imgn/persist/memstore"
@@ -100,24 +100,8 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 		fmt.Fprintf(fs.Output(), "usage: imd [flags]\n\nRuns one IM node. Every flag may also be given as IM_<NAME> in the environment\n(e.g. IM_LISTEN, IM_JWT_SECRET); flags win.\n\n")
 		fs.PrintDefaults()
 	}
-	// Environment first, so explicit flags override it.
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		key := "IM_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v := getenv(key); v != "" {
-			if err := f.Value.Set(v); err != nil && envErr == nil {
-				envErr = fmt.Errorf("%s=%q: %w", key, v, err)
-			}
-		}
-	})
-	if envErr != nil {
-		return nil, envErr
-	}
-	if err := fs.Parse(args); err != nil {
+	if err := envflag.Parse(fs, args, getenv); err != nil {
 		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
 	if o.store != "embedded" && o.store != "memory" {
 		return nil, fmt.Errorf("--store must be embedded or memory, got %q", o.store)

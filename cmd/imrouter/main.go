@@ -28,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/imgn/imgn/internal/envflag"
 	"github.com/imgn/imgn/lb"
 	"github.com/imgn/imgn/mesh"
 	"github.com/imgn/imgn/mesh/zkregistry"
@@ -71,24 +72,8 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 			"Every flag may also be given as IM_<NAME> in the environment (e.g. IM_ZK, IM_LB); flags win.\n\n")
 		fs.PrintDefaults()
 	}
-	// Environment first, so explicit flags override it.
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		key := "IM_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v := getenv(key); v != "" {
-			if err := f.Value.Set(v); err != nil && envErr == nil {
-				envErr = fmt.Errorf("%s=%q: %w", key, v, err)
-			}
-		}
-	})
-	if envErr != nil {
-		return nil, envErr
-	}
-	if err := fs.Parse(args); err != nil {
+	if err := envflag.Parse(fs, args, getenv); err != nil {
 		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
 	o.zk = splitList(zk)
 	switch {
