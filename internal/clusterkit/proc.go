@@ -168,7 +168,21 @@ func (p *Proc) Term(d time.Duration) bool {
 }
 
 // Pause freezes the process with SIGSTOP.
-func (p *Proc) Pause() error { return p.Signal(syscall.SIGSTOP) }
+// It returns once every thread of the process has stopped (SIGSTOP is
+// delivered asynchronously), or after 2 s.
+func (p *Proc) Pause() error {
+	if err := p.Signal(syscall.SIGSTOP); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for pid := p.PID(); pid != 0 && time.Now().Before(deadline); {
+		if stopped, err := testsvc.ThreadsStopped(pid); err != nil || stopped {
+			return nil
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return nil
+}
 
 // Resume continues a paused process with SIGCONT.
 func (p *Proc) Resume() error { return p.Signal(syscall.SIGCONT) }

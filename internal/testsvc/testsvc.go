@@ -482,7 +482,7 @@ func (s *Service) waitStoppedLocked(stopped bool) error {
 	pid := s.proc.cmd.Process.Pid
 	deadline := time.Now().Add(2 * time.Second)
 	for {
-		all, err := threadsStopped(pid)
+		all, err := ThreadsStopped(pid)
 		if err != nil || all == stopped {
 			return nil // gone, or done: nothing to wait for
 		}
@@ -493,10 +493,10 @@ func (s *Service) waitStoppedLocked(stopped bool) error {
 	}
 }
 
-// threadsStopped reports whether every thread of pid is in state T
+// ThreadsStopped reports whether every thread of pid is in state T
 // (stopped) or t (tracing stop). It returns false as soon as one thread is
 // in another state, and an error once the process is gone.
-func threadsStopped(pid int) (bool, error) {
+func ThreadsStopped(pid int) (bool, error) {
 	dir := fmt.Sprintf("/proc/%d/task", pid)
 	tasks, err := os.ReadDir(dir)
 	if err != nil {
