@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/imgn/imgn/internal/procstat"
 )
 
 // FDLimit returns this process's RLIMIT_NOFILE (soft, hard).
@@ -78,28 +80,11 @@ func meminfo(field string) uint64 {
 // MemAvailable is the kernel's estimate of memory available for new work.
 func MemAvailable() uint64 { return meminfo("MemAvailable") }
 
-// procRSS returns this process's resident set size.
-func procRSS() uint64 {
-	b, err := os.ReadFile("/proc/self/statm")
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 2 {
-		return 0
-	}
-	pages, _ := strconv.ParseUint(f[1], 10, 64)
-	return pages * uint64(os.Getpagesize())
-}
-
-// procCPUSeconds returns this process's user+system CPU time.
-func procCPUSeconds() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
-}
+// procRSS and procCPUSeconds read this process's resource use.
+var (
+	procRSS        = procstat.RSS
+	procCPUSeconds = procstat.CPUSeconds
+)
 
 // Machine describes the host a report was measured on.
 type Machine struct {

@@ -8,15 +8,13 @@ import (
 	"io"
 	"net/http"
 	"net/http/pprof"
-	"os"
 	"runtime"
 	"strconv"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
+	"github.com/imgn/imgn/internal/procstat"
 	"github.com/imgn/imgn/persist"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -106,36 +104,12 @@ func (s *Server) Stats() Stats {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	st.HeapBytes, st.GoSysBytes = ms.HeapInuse, ms.Sys
-	st.RSSBytes = readRSS()
-	st.CPUSeconds = cpuSeconds()
+	st.RSSBytes = procstat.RSS()
+	st.CPUSeconds = procstat.CPUSeconds()
 	if st.Connections > 0 {
 		st.BytesPerConn = float64(st.RSSBytes) / float64(st.Connections)
 	}
 	return st
-}
-
-// readRSS returns the resident set size from /proc/self/statm (0 if
-// unavailable).
-func readRSS() uint64 {
-	b, err := os.ReadFile("/proc/self/statm")
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 2 {
-		return 0
-	}
-	pages, _ := strconv.ParseUint(f[1], 10, 64)
-	return pages * uint64(os.Getpagesize())
-}
-
-// cpuSeconds returns the process's user+system CPU time.
-func cpuSeconds() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }
 
 // AdminHooks lets the process that runs the server act on admin calls that
