@@ -60,9 +60,13 @@ type Client struct {
 	closeOnce sync.Once
 }
 
-// Dial connects to the server, logs in, and starts the Client. It makes one
-// attempt: a failure is returned (an *Error such as AUTH_FAILED, or a
-// network error); after Dial succeeds the Client reconnects by itself.
+// Dial connects to the server, logs in, and starts the Client. A login
+// refused with a retryable error (STORE_UNAVAILABLE, BUSY, SHUTTING_DOWN,
+// TOO_MANY_CONNECTIONS, ...), or a router with no node to offer, is tried
+// again with backoff, up to DialAttempts times while ctx lasts; any other
+// failure (an *Error such as AUTH_FAILED, or a network error: nothing
+// listens there) is returned at once. After Dial succeeds the Client
+// reconnects by itself.
 //
 // Unless Config.SendOnly, it then syncs the inbox in the background from
 // Config.AfterSeq, or when that is nil from this device's server cursor
@@ -90,10 +94,25 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		syncReq:   make(chan chan error),
 		ackReq:    make(chan chan struct{}),
 	}
-	cn, lok, err := c.connect(ctx, nil)
-	if err != nil {
-		cancel()
-		return nil, err
+	var cn *conn
+	var lok *pb.LoginOK
+	var exclude []string
+	for attempt := 0; ; attempt++ {
+		var node string
+		cn, lok, node, err = c.connectNode(ctx, exclude)
+		if err == nil {
+			break
+		}
+		if attempt+1 >= DialAttempts || !retryableDial(err) || !sleepCtx(ctx, c.bo.delay(attempt)) {
+			cancel()
+			return nil, err
+		}
+		if node != "" && !slices.Contains(exclude, node) {
+			exclude = append(exclude, node)
+		}
+		if errors.Is(err, ErrNoNodeAvailable) {
+			exclude = nil
+		}
 	}
 	start := lok.GetCursor()
 	if cfg.AfterSeq != nil {
@@ -107,6 +126,31 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	c.publish(cn, lok)
 	go c.run(cn)
 	return c, nil
+}
+
+// DialAttempts bounds Dial's attempts on retryable login errors.
+const DialAttempts = 5
+
+// retryableDial reports whether a failed first connect is worth another
+// try: the server or router asked for it.
+func retryableDial(err error) bool {
+	var se *Error
+	if errors.As(err, &se) {
+		return se.Retryable
+	}
+	return errors.Is(err, ErrNoNodeAvailable)
+}
+
+// sleepCtx waits d or until ctx ends (false).
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // Messages returns the stream of inbox entries: every message of the

@@ -899,3 +899,38 @@ func TestWrongReplyTypeIsProtocolError(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestDialRetriesRetryableLoginErrors(t *testing.T) {
+	s := newServer(t)
+	var logins atomic.Int32
+	s.SetHook(func(c *clienttest.Conn, r clienttest.Request) bool {
+		if r.Command != codec.CmdLogin {
+			return false
+		}
+		if logins.Add(1) <= 2 {
+			c.Error(r, codec.CodeStoreUnavailable, "db down", 0)
+			return true
+		}
+		return false
+	})
+	c := dial(t, testConfig(t, s, "alice"))
+	if logins.Load() != 3 || c.User() != "alice" {
+		t.Fatalf("logins %d", logins.Load())
+	}
+	// A final error is not retried.
+	var wrong atomic.Int32
+	s.SetHook(func(_ *clienttest.Conn, r clienttest.Request) bool {
+		if r.Command == codec.CmdLogin {
+			wrong.Add(1)
+		}
+		return false
+	})
+	cfg := testConfig(t, s, "alice")
+	cfg.Password = "wrong-password"
+	if _, err := Dial(t.Context(), cfg); !errors.Is(err, &Error{Code: codec.CodeAuthFailed}) {
+		t.Fatalf("wrong password: %v", err)
+	}
+	if wrong.Load() != 1 {
+		t.Fatalf("AUTH_FAILED was tried %d times, want once", wrong.Load())
+	}
+}

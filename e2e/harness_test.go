@@ -6,7 +6,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -284,32 +283,12 @@ func dialNode(t *testing.T, user, device string, addrs ...string) *client.Client
 			next++
 			return a, "", nil
 		}}
-	cl, err := dialRetry(t.Context(), cfg)
+	cl, err := client.Dial(t.Context(), cfg)
 	if err != nil {
 		t.Fatalf("dial %s: %v", user, err)
 	}
 	t.Cleanup(func() { _ = cl.Close() })
 	return cl
-}
-
-// dialRetry is client.Dial retried on retryable errors, as an application
-// would: Dial itself makes one attempt (the dev MongoDB now and then drops
-// a connection, which a login that provisions the user reports as
-// STORE_UNAVAILABLE).
-func dialRetry(ctx context.Context, cfg client.Config) (*client.Client, error) {
-	var err error
-	for attempt := range 5 {
-		var cl *client.Client
-		if cl, err = client.Dial(ctx, cfg); err == nil {
-			return cl, nil
-		}
-		var ce *client.Error
-		if !errors.As(err, &ce) || !ce.Retryable {
-			return nil, err
-		}
-		time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)
-	}
-	return nil, err
 }
 
 // flushAll sends FLUSHALL to the Redis at addr.

@@ -58,7 +58,7 @@ func dialRouted(t *testing.T, routerURL, user string) *client.Client {
 		t.Fatal(err)
 	}
 	zero := uint64(0)
-	cl, err := dialRetry(t.Context(), client.Config{Token: tok, Device: "pc", Serializer: codec.Protobuf, AfterSeq: &zero,
+	cl, err := client.Dial(t.Context(), client.Config{Token: tok, Device: "pc", Serializer: codec.Protobuf, AfterSeq: &zero,
 		Resolver:      client.RouterResolver(routerURL, user, nil),
 		ReconnectBase: 50 * time.Millisecond, ReconnectMax: time.Second, RequestTimeout: 5 * time.Second})
 	if err != nil {
