@@ -7,17 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/imgn/imgn/internal/ports"
 )
 
 // Node is a spawned server process (imd, or the baseline relay).
@@ -40,45 +39,6 @@ func (n *Node) Exited() bool {
 	default:
 		return false
 	}
-}
-
-// portPicker hands out loopback ports below the ephemeral range, so a
-// listener never collides with (or self-connects to) a client's source
-// port. Ports are probed by binding them; another program can still take
-// one before the node binds it, and spawn retries then.
-type portPicker struct {
-	mu   sync.Mutex
-	used map[int]bool
-}
-
-var ports = &portPicker{used: map[int]bool{}}
-
-func (p *portPicker) pick() (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	lo, hi := 20000, 32000
-	if r := readTrim("/proc/sys/net/ipv4/ip_local_port_range"); r != "" {
-		if f := strings.Fields(r); len(f) == 2 {
-			if v, err := strconv.Atoi(f[0]); err == nil && v-1 < hi {
-				hi = v - 1
-				lo = min(lo, hi-2000)
-			}
-		}
-	}
-	for range 2000 {
-		port := lo + rand.IntN(hi-lo)
-		if p.used[port] {
-			continue
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
-		if err != nil {
-			continue
-		}
-		_ = ln.Close()
-		p.used[port] = true
-		return port, nil
-	}
-	return 0, errors.New("bench: no free loopback port below the ephemeral range")
 }
 
 // SpawnOptions configures imd nodes started by the bench.
@@ -114,11 +74,11 @@ func EnsureImd(path string, log io.Writer) (string, error) {
 func SpawnImd(ctx context.Context, name string, o SpawnOptions) (*Node, error) {
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		cport, err := ports.pick()
+		cport, err := ports.Free()
 		if err != nil {
 			return nil, err
 		}
-		aport, err := ports.pick()
+		aport, err := ports.Free()
 		if err != nil {
 			return nil, err
 		}

@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/imgn/imgn/internal/ports"
 )
 
 // Config is one imbench run. Zero fields take the defaults of
@@ -392,11 +394,11 @@ func startRelays(ctx context.Context, cfg *Config, n int) (relaySet, func(), err
 	}
 	fmt.Fprintf(cfg.Log, "spawning %d baseline relay(s)\n", n)
 	spawned, err := spawnMany(ctx, n, func(i int) (*Node, error) {
-		cport, err := ports.pick()
+		cport, err := ports.Free()
 		if err != nil {
 			return nil, err
 		}
-		aport, err := ports.pick()
+		aport, err := ports.Free()
 		if err != nil {
 			return nil, err
 		}

@@ -51,6 +51,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/imgn/imgn/internal/ports"
 )
 
 // Service kinds accepted by Launch.
@@ -262,12 +264,11 @@ func Launch(ctx context.Context, kind, dir string, port int, opts ...Option) (*S
 // kernel's pick for a bind to port 0). Another process may take it before
 // the caller binds it; Launch retries in that case.
 func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := ports.Free()
 	if err != nil {
 		return 0, fmt.Errorf("testsvc: free port: %w", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return p, nil
 }
 
 // URI is the address clients connect to: "mongodb://127.0.0.1:<port>/" for
