@@ -260,15 +260,10 @@ func (c *Client) nextSeq() uint32 {
 
 // ---- connection supervisor ----
 
-// connect resolves, dials and logs in once. On success the conn's
-// heartbeat runs and cn.nodeID is set; the conn is not yet published.
-func (c *Client) connect(ctx context.Context, exclude []string) (*conn, *pb.LoginOK, error) {
-	cn, lok, _, err := c.connectNode(ctx, exclude)
-	return cn, lok, err
-}
-
-// connectNode is connect that also reports the node the resolver chose
-// (when it names one), so a failed attempt can be excluded from the next.
+// connectNode resolves, dials and logs in once, and reports the node the
+// resolver chose (when it names one), so a failed attempt can be excluded
+// from the next. On success the conn's heartbeat runs and cn.nodeID is
+// set; the conn is not yet published.
 func (c *Client) connectNode(ctx context.Context, exclude []string) (*conn, *pb.LoginOK, string, error) {
 	addr, nodeID, err := c.cfg.Resolver(ctx, exclude)
 	if err != nil {
