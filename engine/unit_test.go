@@ -159,6 +159,21 @@ func TestSessionMap(t *testing.T) {
 // sharded map against the two obvious alternatives under a read-mostly
 // load from all cores (one add/remove pair per 64 lookups).
 
+// benchSessions is what the benchmark needs of a session index: the
+// lookup every push makes, and a second device logging in and out.
+type benchSessions interface {
+	devices(user string, dst []*conn) []*conn
+	churn(user string)
+}
+
+type shardedSessions struct{ *sessionMap }
+
+func (s shardedSessions) churn(u string) {
+	c := &conn{user: u, device: "tab"}
+	s.add(c)
+	s.remove(c)
+}
+
 type mutexSessions struct {
 	mu sync.RWMutex
 	m  map[string][]*conn
@@ -177,6 +192,11 @@ func (s *mutexSessions) set(u string, c []*conn) {
 	s.mu.Unlock()
 }
 
+func (s *mutexSessions) churn(u string) {
+	s.set(u, []*conn{{user: u, device: "pc"}, {user: u, device: "tab"}})
+	s.set(u, []*conn{{user: u, device: "pc"}})
+}
+
 type syncMapSessions struct{ m sync.Map }
 
 func (s *syncMapSessions) devices(u string, dst []*conn) []*conn {
@@ -186,85 +206,46 @@ func (s *syncMapSessions) devices(u string, dst []*conn) []*conn {
 	return dst
 }
 
-func (s *syncMapSessions) set(u string, c []*conn) { s.m.Store(u, c) }
+func (s *syncMapSessions) churn(u string) {
+	s.m.Store(u, []*conn{{user: u, device: "pc"}, {user: u, device: "tab"}})
+	s.m.Store(u, []*conn{{user: u, device: "pc"}})
+}
 
 const benchUsers = 100000
 
-func benchUserNames() []string {
+func BenchmarkSessionLookup(b *testing.B) {
 	names := make([]string, benchUsers)
 	for i := range names {
 		names[i] = fmt.Sprintf("user%06d", i)
 	}
-	return names
-}
-
-func BenchmarkSessionLookup(b *testing.B) {
-	names := benchUserNames()
-	b.Run("sharded", func(b *testing.B) {
-		m := newSessionMap()
-		for _, n := range names {
-			m.add(&conn{user: n, device: "pc"})
-		}
-		var ctr atomic.Uint64
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			var arr [8]*conn
-			i := ctr.Add(1) * 7919
-			for pb.Next() {
-				i++
-				n := names[i%benchUsers]
-				if i%64 == 0 {
-					c := &conn{user: n, device: "tab"}
-					m.add(c)
-					m.remove(c)
-					continue
+	sharded := shardedSessions{newSessionMap()}
+	mutex := &mutexSessions{m: map[string][]*conn{}}
+	var syncMap syncMapSessions
+	for _, n := range names {
+		sharded.add(&conn{user: n, device: "pc"})
+		mutex.m[n] = []*conn{{user: n, device: "pc"}}
+		syncMap.m.Store(n, []*conn{{user: n, device: "pc"}})
+	}
+	for _, impl := range []struct {
+		name string
+		s    benchSessions
+	}{{"sharded", sharded}, {"rwmutex-map", mutex}, {"sync.Map", &syncMap}} {
+		b.Run(impl.name, func(b *testing.B) {
+			var ctr atomic.Uint64
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				var arr [8]*conn
+				i := ctr.Add(1) * 7919
+				for pb.Next() {
+					i++
+					n := names[i%benchUsers]
+					if i%64 == 0 {
+						impl.s.churn(n)
+						continue
+					}
+					_ = impl.s.devices(n, arr[:0])
 				}
-				_ = m.devices(n, arr[:0])
-			}
+			})
 		})
-	})
-	b.Run("rwmutex-map", func(b *testing.B) {
-		m := &mutexSessions{m: map[string][]*conn{}}
-		for _, n := range names {
-			m.set(n, []*conn{{user: n, device: "pc"}})
-		}
-		var ctr atomic.Uint64
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			var arr [8]*conn
-			i := ctr.Add(1) * 7919
-			for pb.Next() {
-				i++
-				n := names[i%benchUsers]
-				if i%64 == 0 {
-					m.set(n, []*conn{{user: n, device: "pc"}, {user: n, device: "tab"}})
-					m.set(n, []*conn{{user: n, device: "pc"}})
-					continue
-				}
-				_ = m.devices(n, arr[:0])
-			}
-		})
-	})
-	b.Run("sync.Map", func(b *testing.B) {
-		m := &syncMapSessions{}
-		for _, n := range names {
-			m.set(n, []*conn{{user: n, device: "pc"}})
-		}
-		var ctr atomic.Uint64
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			var arr [8]*conn
-			i := ctr.Add(1) * 7919
-			for pb.Next() {
-				i++
-				n := names[i%benchUsers]
-				if i%64 == 0 {
-					m.set(n, []*conn{{user: n, device: "pc"}, {user: n, device: "tab"}})
-					m.set(n, []*conn{{user: n, device: "pc"}})
-					continue
-				}
-				_ = m.devices(n, arr[:0])
-			}
-		})
-	})
+	}
 }
