@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -360,11 +359,6 @@ func TestShutdownSendsGoAway(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if _, err := net.DialTimeout("tcp", s.Addr().String(), time.Second); err == nil {
-		// gnet closes the listener on stop; a connect may still race the
-		// close, but nothing must be served.
-		t.Log("listener still accepting after shutdown")
-	}
 }
 
 func TestRebalanceAndDrainAdmin(t *testing.T) {
@@ -413,7 +407,6 @@ func TestDrainSaysDrainAndWaitsForClientsToLeave(t *testing.T) {
 	c := dial(t, s, codec.Protobuf)
 	c.login("alice", "pc")
 	done := make(chan error, 1)
-	start := time.Now()
 	go func() { done <- s.Drain(t.Context()) }()
 	f := c.waitFrame(codec.CmdGoAway, 5*time.Second)
 	var g pb.GoAway
@@ -425,9 +418,6 @@ func TestDrainSaysDrainAndWaitsForClientsToLeave(t *testing.T) {
 	_ = c.nc.Close()
 	if err := <-done; err != nil {
 		t.Fatal(err)
-	}
-	if time.Since(start) > 3*time.Second {
-		t.Logf("drain took %s (the machine may be loaded)", time.Since(start))
 	}
 }
 
