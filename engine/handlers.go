@@ -327,10 +327,17 @@ func (s *Server) handleSend(ctx context.Context, c *conn, h codec.Header, req *p
 	if !ok {
 		return
 	}
-	c.writeMsg(h.Serializer, codec.CmdSendAck, h.Seq, &pb.SendAck{ClientMsgId: req.ClientMsgId, MsgId: res.Msg.ID,
+	s.ackAndDeliver(c, h, res, inboxes, start)
+}
+
+// ackAndDeliver answers a stored send (inboxes[0] is the sender's inbox, so
+// res.Seqs[0] is the ack's seq) and pushes the message to every inbox's
+// online devices. It pushes even on a duplicate: the first attempt may have
+// stored the message and died before pushing; clients drop seqs they have
+// shown.
+func (s *Server) ackAndDeliver(c *conn, h codec.Header, res persist.AppendResult, inboxes []string, start time.Time) {
+	c.writeMsg(h.Serializer, codec.CmdSendAck, h.Seq, &pb.SendAck{ClientMsgId: res.Msg.ClientMsgID, MsgId: res.Msg.ID,
 		Seq: res.Seqs[0], Time: res.Msg.Timestamp, Duplicate: res.Duplicate})
-	// Pushed even on a duplicate: the first attempt may have stored the
-	// message and died before pushing. Clients drop seqs they have shown.
 	s.deliver(&res.Msg, inboxes, res.Seqs, c)
 	s.metrics.pushLatency.Observe(time.Since(start).Seconds())
 }
@@ -433,10 +440,7 @@ func (s *Server) handleGroupSend(ctx context.Context, c *conn, h codec.Header, r
 	if !ok {
 		return
 	}
-	c.writeMsg(h.Serializer, codec.CmdSendAck, h.Seq, &pb.SendAck{ClientMsgId: req.ClientMsgId, MsgId: res.Msg.ID,
-		Seq: res.Seqs[0], Time: res.Msg.Timestamp, Duplicate: res.Duplicate})
-	s.deliver(&res.Msg, inboxes, res.Seqs, c)
-	s.metrics.pushLatency.Observe(time.Since(start).Seconds())
+	s.ackAndDeliver(c, h, res, inboxes, start)
 }
 
 func (s *Server) loadGroup(ctx context.Context, c *conn, h codec.Header, id string) (persist.Group, bool) {
