@@ -1,0 +1,96 @@
+package persist
+
+import "context"
+
+// This file holds the asynchronous append seam: how the engine hands appends
+// to a store without a goroutine waiting on each one, and learns of their
+// completion in commit order.
+
+// AppendOp is one append handed to an AsyncAppender. The caller fills Msg,
+// Inboxes and Done, and may give Result.Seqs spare capacity (the store
+// reuses it instead of allocating); the store sets Result and Err, then
+// calls Done.AppendDone(op) exactly once.
+//
+// Ownership: from AppendAsync until Done is called the store owns op; the
+// caller must not touch op or the memory that Msg's strings, Msg.Body and
+// Inboxes refer to. The store copies whatever it keeps beyond Done. After
+// calling Done the store never touches op again, so the caller may reuse it
+// (and the memory it refers to) from inside Done.
+type AppendOp struct {
+	Msg     Message
+	Inboxes []string
+	// Result and Err are the outcome, as Append would return them. On
+	// success Result.Msg is Msg (a fresh insert; its strings and Body are
+	// the caller's) or the stored original (a duplicate; store-owned
+	// memory that stays valid until the store is closed or the message
+	// expires, so copy what must outlive Done).
+	Result AppendResult
+	Err    error
+	Done   AppendCompleter
+}
+
+// AppendCompleter is told when an AppendOp is complete.
+type AppendCompleter interface {
+	// AppendDone is called once per op, on a goroutine of the store's
+	// choosing (see AsyncAppender for the order). It must not block: it
+	// runs on the store's committer, or for a NonBlocking store under
+	// the store's own lock.
+	AppendDone(op *AppendOp)
+}
+
+// AsyncAppender is a MessageStore that takes appends without making a
+// goroutine wait for each: its committer collects them into batches, and
+// completes them in commit order.
+//
+// Order: ops that share an inbox complete in the order of their seqs in
+// that inbox, one Done returning before the next starts. Since a store
+// assigns seqs in the order AppendAsync was called (for appends to one
+// inbox), a caller that does its follow-up work (pushing the message) inside
+// Done does it in seq order.
+type AsyncAppender interface {
+	MessageStore
+	// AppendAsync queues op and returns without waiting for I/O. When the
+	// store cannot take it (closed, or its bounded queue is full) op is
+	// completed with ErrClosed or ErrUnavailable, possibly before
+	// AppendAsync returns. Malformed arguments complete with ErrInvalid.
+	AppendAsync(op *AppendOp)
+}
+
+// NonBlocking is implemented by stores none of whose calls wait for I/O
+// (the in-memory store). The engine runs such a store's calls on its event
+// loops instead of handing them to workers. Its AppendAsync completes op
+// (calls Done) before returning, on the caller's goroutine.
+type NonBlocking interface {
+	NonBlocking()
+}
+
+// AppendWait is the synchronous Append built on AppendAsync, for stores
+// that implement Append this way: it queues an op for msg and waits for its
+// completion or for ctx. When ctx ends first it returns ctx.Err() and the
+// op, left to the store, may still complete (the caller treats that like
+// ErrUnavailable and retries with the same ClientMsgID). msg and inboxes
+// must therefore stay unchanged until the op completes, even after ctx ends:
+// do not pass memory that will be reused.
+func AppendWait(ctx context.Context, s AsyncAppender, msg Message, inboxes []string) (AppendResult, error) {
+	if err := ctx.Err(); err != nil {
+		return AppendResult{}, err
+	}
+	w := &waiter{ch: make(chan struct{})}
+	op := &AppendOp{Msg: msg, Inboxes: inboxes, Done: w}
+	s.AppendAsync(op)
+	select {
+	case <-w.ch:
+		return op.Result, op.Err
+	case <-ctx.Done():
+		select {
+		case <-w.ch: // finished at the same moment: report the real outcome
+			return op.Result, op.Err
+		default:
+			return AppendResult{}, ctx.Err()
+		}
+	}
+}
+
+type waiter struct{ ch chan struct{} }
+
+func (w *waiter) AppendDone(*AppendOp) { close(w.ch) }
