@@ -266,7 +266,14 @@ func TestClientRetriesStoreOnceWhateverFails(t *testing.T) {
 }
 
 func TestClientRidesOutRateLimitAndBusy(t *testing.T) {
-	s := startServer(t, func(c *Config) { c.SendRate = 200; c.SendBurst = 20; c.ConnQueue = 4 })
+	// A store that is not in memory runs sends on workers, where the
+	// connection's inbound bound (about four queued sends) applies.
+	s := startServer(t, func(c *Config) {
+		c.SendRate = 200
+		c.SendBurst = 20
+		c.MaxConnInbound = 4 * 100
+		c.Store = &flakyStore{Store: memstore.New()}
+	})
 	a := dialClient(t, s, "alice", "pc", codec.Protobuf)
 	b := dialClient(t, s, "bob", "pc", codec.Protobuf)
 	var wg sync.WaitGroup

@@ -9,6 +9,8 @@ import (
 
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
+	"github.com/imgn/imgn/persist"
+	"github.com/imgn/imgn/persist/memstore"
 )
 
 var serializers = []codec.SerializerID{codec.JSON, codec.Protobuf, codec.MsgPack}
@@ -120,27 +122,35 @@ func TestOfflineMessagesArriveBySyncInOrder(t *testing.T) {
 }
 
 func TestPipelinedSendsKeepOrderAndPushesAreGapFree(t *testing.T) {
-	s := startServer(t, func(c *Config) { c.ConnQueue = 512 })
-	a := dial(t, s, codec.Protobuf)
-	a.login("alice", "pc")
-	b := dial(t, s, codec.Protobuf)
-	b.login("bob", "pc")
-	const n = 300
-	var seqs []uint32
-	for i := range n {
-		seqs = append(seqs, a.send(codec.CmdSend, &pb.SendRequest{ClientMsgId: fmt.Sprint("p", i), To: "bob", Body: []byte(fmt.Sprint(i))}))
+	stores := map[string]func() persist.Store{
+		"inline": func() persist.Store { return memstore.New() },
+		"worker": func() persist.Store { return &flakyStore{Store: memstore.New()} },
 	}
-	for _, q := range seqs {
-		if f := a.reply(q); f.Command != codec.CmdSendAck {
-			t.Fatalf("reply %s: %v", f.Command, decodeError(t, f).Message)
-		}
-	}
-	got := b.waitPushes(n)
-	slices.SortFunc(got, func(x, y *pb.Message) int { return int(x.Seq) - int(y.Seq) })
-	for i, m := range got {
-		if m.Seq != uint64(i+1) || string(m.Body) != fmt.Sprint(i) {
-			t.Fatalf("push %d: seq %d body %q: pipelined sends reordered", i, m.Seq, m.Body)
-		}
+	for name, store := range stores {
+		t.Run(name, func(t *testing.T) {
+			s := startServer(t, func(c *Config) { c.MaxConnInbound = 1 << 20; c.Store = store() })
+			a := dial(t, s, codec.Protobuf)
+			a.login("alice", "pc")
+			b := dial(t, s, codec.Protobuf)
+			b.login("bob", "pc")
+			const n = 300
+			var seqs []uint32
+			for i := range n {
+				seqs = append(seqs, a.send(codec.CmdSend, &pb.SendRequest{ClientMsgId: fmt.Sprint("p", i), To: "bob", Body: []byte(fmt.Sprint(i))}))
+			}
+			for _, q := range seqs {
+				if f := a.reply(q); f.Command != codec.CmdSendAck {
+					t.Fatalf("reply %s: %v", f.Command, decodeError(t, f).Message)
+				}
+			}
+			got := b.waitPushes(n)
+			slices.SortFunc(got, func(x, y *pb.Message) int { return int(x.Seq) - int(y.Seq) })
+			for i, m := range got {
+				if m.Seq != uint64(i+1) || string(m.Body) != fmt.Sprint(i) {
+					t.Fatalf("push %d: seq %d body %q: pipelined sends reordered", i, m.Seq, m.Body)
+				}
+			}
+		})
 	}
 }
 

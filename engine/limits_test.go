@@ -12,6 +12,7 @@ import (
 
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
+	"github.com/imgn/imgn/persist/memstore"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -190,7 +191,8 @@ func TestMaxConnections(t *testing.T) {
 }
 
 func TestConnQueueBackpressure(t *testing.T) {
-	s := startServer(t, func(c *Config) { c.ConnQueue = 1; c.Workers = 1 })
+	// Requests queue only for workers: a store that is not in memory.
+	s := startServer(t, func(c *Config) { c.MaxConnInbound = 300; c.Workers = 1; c.Store = &flakyStore{Store: memstore.New()} })
 	c := dial(t, s, codec.Protobuf)
 	c.login("alice", "pc")
 	var seqs []uint32

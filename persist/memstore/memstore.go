@@ -14,12 +14,17 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/imgn/imgn/persist"
 )
 
-var _ persist.Store = (*Store)(nil)
+var (
+	_ persist.Store         = (*Store)(nil)
+	_ persist.AsyncAppender = (*Store)(nil)
+	_ persist.NonBlocking   = (*Store)(nil)
+)
 
 // Store is an in-memory persist.Store. The zero value is not usable; call New.
 // A Store is safe for concurrent use by any number of goroutines.
@@ -71,49 +76,83 @@ func (s *Store) Append(ctx context.Context, msg persist.Message, inboxes []strin
 	if err := ctx.Err(); err != nil {
 		return persist.AppendResult{}, err
 	}
-	if err := persist.CheckAppend(msg, inboxes); err != nil {
-		return persist.AppendResult{}, fmt.Errorf("memstore: append: %w", err)
+	op := persist.AppendOp{Msg: msg, Inboxes: inboxes}
+	s.mu.Lock()
+	s.appendLocked(&op)
+	s.mu.Unlock()
+	if op.Err != nil {
+		return persist.AppendResult{}, op.Err
 	}
-	stored := &persist.Message{}
-	*stored = msg
-	stored.Body = slices.Clone(msg.Body) // copied outside the lock
-	seqs := make([]uint64, len(inboxes))
+	if op.Result.Duplicate {
+		op.Result.Msg = copyMsg(&op.Result.Msg)
+	}
+	return op.Result, nil
+}
 
+// NonBlocking implements persist.NonBlocking: no call waits for I/O.
+func (s *Store) NonBlocking() {}
+
+// AppendAsync implements persist.AsyncAppender. It completes op before it
+// returns: op.Done runs on the caller's goroutine under the store's lock,
+// so appends complete in seq order per inbox. On a duplicate Result.Msg's
+// strings and Body are the store's own (valid until Close).
+func (s *Store) AppendAsync(op *persist.AppendOp) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return persist.AppendResult{}, persist.ErrClosed
+	s.appendLocked(op)
+	op.Done.AppendDone(op)
+}
+
+// appendLocked runs op (s.mu held), filling op.Result or op.Err. Result.Seqs
+// reuses the capacity op brought.
+func (s *Store) appendLocked(op *persist.AppendOp) {
+	msg, inboxes := op.Msg, op.Inboxes
+	op.Result, op.Err = persist.AppendResult{Seqs: op.Result.Seqs[:0]}, nil
+	if err := persist.CheckAppend(msg, inboxes); err != nil {
+		op.Err = fmt.Errorf("memstore: append: %w", err)
+		return
 	}
-	res := persist.AppendResult{Msg: msg, Seqs: seqs}
+	if s.closed {
+		op.Err = persist.ErrClosed
+		return
+	}
+	res := &op.Result
+	res.Msg = msg
+	var stored *persist.Message
 	dk := dedupKey{msg.From, msg.ClientMsgID}
 	if id, ok := s.dedup[dk]; ok {
-		orig := s.msgs[id]
-		res.Msg = copyMsg(orig)
+		stored = s.msgs[id]
+		res.Msg = *stored
 		res.Duplicate = true
-		stored = orig
 	} else if other, ok := s.msgs[msg.ID]; ok {
-		return persist.AppendResult{}, fmt.Errorf("memstore: append: %w: message id %d already stored for another (from, client message id) (%q, %q)",
+		op.Err = fmt.Errorf("memstore: append: %w: message id %d already stored for another (from, client message id) (%q, %q)",
 			persist.ErrInvalid, msg.ID, other.From, other.ClientMsgID)
+		return
 	} else {
+		stored = &persist.Message{}
+		*stored = msg
+		stored.From = strings.Clone(msg.From)
+		stored.To = strings.Clone(msg.To)
+		stored.ClientMsgID = strings.Clone(msg.ClientMsgID)
+		stored.Body = slices.Clone(msg.Body)
 		s.msgs[msg.ID] = stored
-		s.dedup[dk] = msg.ID
+		s.dedup[dedupKey{stored.From, stored.ClientMsgID}] = msg.ID
 	}
-	for i, name := range inboxes {
+	for _, name := range inboxes {
 		in := s.inboxes[name]
 		if in == nil {
 			in = &inbox{index: make(map[uint64]uint64)}
-			s.inboxes[name] = in
+			s.inboxes[strings.Clone(name)] = in
 		}
 		if seq, ok := in.index[stored.ID]; ok {
-			seqs[i] = seq
+			res.Seqs = append(res.Seqs, seq)
 			continue
 		}
 		in.ids = append(in.ids, stored.ID)
 		seq := uint64(len(in.ids))
 		in.index[stored.ID] = seq
-		seqs[i] = seq
+		res.Seqs = append(res.Seqs, seq)
 	}
-	return res, nil
 }
 
 // Lookup implements persist.MessageStore. The returned Body is a fresh copy.
