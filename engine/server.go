@@ -58,8 +58,8 @@ type Server struct {
 	// How requests run (see onLoop): inline when the store never blocks
 	// and no cluster is involved; async appends when the store has a
 	// committer that completes appends in order.
-	inline  bool
-	async   persist.AsyncAppender // nil: appends run synchronously on workers
+	inline      bool
+	async       persist.AsyncAppender // nil: appends run synchronously on workers
 	inBytes     atomic.Int64          // bytes of requests queued for workers, node-wide
 	inflightOps atomic.Int64          // appends handed to the store, not yet complete
 
