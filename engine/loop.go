@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/panjf2000/gnet/v2"
 )
@@ -37,6 +38,7 @@ type loop struct {
 	// Owned by the loop's goroutine.
 	dirty    []*conn // connections of this loop with output to write this turn
 	triggers uint64  // bit i: loop i's mailbox needs a trigger at the end of this turn
+	now      time.Time // read once per turn: the clock is slow to read on some VMs
 
 	mu        sync.Mutex
 	mail      []*conn // connections with output queued from elsewhere
@@ -46,6 +48,7 @@ type loop struct {
 
 // Run implements gnet.Runnable: it drains the mailbox on the loop.
 func (l *loop) Run(context.Context) error {
+	l.now = time.Now()
 	l.drain()
 	l.endTurn()
 	return nil
@@ -127,6 +130,15 @@ func (l *loop) trigger() {
 		// output no longer matters. Leave triggered set so no one retries.
 		l.srv.log.Debug("loop trigger", "loop", l.idx, "err", err)
 	}
+}
+
+// now returns the time of the current turn on loop src, or the clock when
+// src is nil (off-loop).
+func now(src *loop) time.Time {
+	if src != nil {
+		return src.now
+	}
+	return time.Now()
 }
 
 // loopOf returns the engine state of el, creating it on first use. Called

@@ -235,6 +235,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		return gnet.Close
 	}
 	if gc.InboundBuffered() > 0 {
+		c.loop.now = time.Now()
 		s.readFrames(c)
 	}
 	c.loop.endTurn()
@@ -268,7 +269,7 @@ func (s *Server) readFrames(c *conn) {
 	if frames > 0 {
 		// Only complete frames count as activity: a peer trickling bytes
 		// (slowloris) still reaches the idle timeout.
-		c.lastRecv.Store(time.Now().UnixNano())
+		c.lastRecv.Store(l.now.UnixNano())
 		s.metrics.bytesIn.Add(float64(bytes))
 	}
 }
@@ -297,7 +298,7 @@ func (s *Server) onFrame(l *loop, c *conn, f codec.Frame) (stop bool) {
 	}
 	cmd := f.Command
 	if cmd == codec.CmdHeartbeat {
-		c.writeMsg(l, f.Serializer, codec.CmdHeartbeatOK, f.Seq, &pb.Heartbeat{Time: time.Now().UnixMilli()})
+		c.writeMsg(l, f.Serializer, codec.CmdHeartbeatOK, f.Seq, &pb.Heartbeat{Time: l.now.UnixMilli()})
 		return false
 	}
 	if !c.loggedIn() && !c.loginPending && cmd != codec.CmdLogin && cmd != codec.CmdRegister {
