@@ -18,21 +18,15 @@ import (
 const requestTimeout = 10 * time.Second
 
 // onLoop reports whether a request of command cmd may run on the event loop
-// (see exec): with a store that never blocks, everything but password
-// hashing; with a store that takes appends asynchronously, SEND and
+// (see exec): with a store that never blocks, everything but REGISTER and
+// LOGIN (onFrame runs a token LOGIN on the loop itself: only a password
+// needs a worker); with a store that takes appends asynchronously, SEND and
 // GROUP_SEND (whose handler passes the request to a worker if a lookup it
 // needs could block).
-func (s *Server) onLoop(cmd codec.Command, body []byte, ser codec.SerializerID) bool {
+func (s *Server) onLoop(cmd codec.Command) bool {
 	switch {
 	case s.inline:
-		switch cmd {
-		case codec.CmdRegister:
-			return false
-		case codec.CmdLogin:
-			var req pb.LoginRequest
-			return codec.Unmarshal(ser, body, &req) != nil || req.Password == ""
-		}
-		return true
+		return cmd != codec.CmdRegister && cmd != codec.CmdLogin
 	case s.async != nil:
 		return cmd == codec.CmdSend || cmd == codec.CmdGroupSend
 	}

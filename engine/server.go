@@ -309,9 +309,22 @@ func (s *Server) onFrame(l *loop, c *conn, f codec.Frame) (stop bool) {
 		c.replyError(l, f.Serializer, f.Seq, codec.CodeUnknownCommand, "unknown command "+cmd.String(), 0)
 		return false
 	}
-	if s.onLoop(cmd, f.Body, f.Serializer) && !c.hasWork() {
+	if s.onLoop(cmd) && !c.hasWork() {
 		s.exec(l, c, f.Header, f.Body, netip.Addr{})
 		return false
+	}
+	if cmd == codec.CmdLogin && s.inline && !c.hasWork() {
+		// A token login needs no hashing: with a store that never blocks
+		// it runs here. A password login goes to a worker.
+		var req pb.LoginRequest
+		if err := codec.Unmarshal(f.Serializer, f.Body, &req); err != nil {
+			c.replyError(l, f.Serializer, f.Seq, codec.CodeBadBody, err.Error(), 0)
+			return false
+		}
+		if req.Password == "" {
+			s.handleLogin(context.Background(), l, c, f.Header, &req)
+			return false
+		}
 	}
 	t := getTask()
 	t.h = f.Header
