@@ -183,6 +183,9 @@ func (c *Config) Validate() error {
 	pos("MaxGroupSize", c.MaxGroupSize)
 	pos("Workers", c.Workers)
 	pos("MaxConnInbound", c.MaxConnInbound)
+	if c.MaxConnInbound > 1<<30 {
+		errs = append(errs, fmt.Errorf("MaxConnInbound must be at most 1 GiB, got %d", c.MaxConnInbound))
+	}
 	pos("MaxNodeInbound", c.MaxNodeInbound)
 	pos("HashConcurrency", c.HashConcurrency)
 	if c.MaxBody < 0 || c.MaxBody > 16<<20 {

@@ -43,29 +43,32 @@ type conn struct {
 	loop *loop
 	id   uint64
 
-	openedAt int64        // unix nanoseconds
-	lastRecv atomic.Int64 // unix nanoseconds of the last complete inbound frame
-	state    atomic.Uint32
-	sockOut  atomic.Int32 // bytes the transport still had to send after the last flush
+	openedAt  int64        // unix nanoseconds
+	lastRecv  atomic.Int64 // unix nanoseconds of the last complete inbound frame
+	lastRenew atomic.Int64 // unix nanoseconds of the last session-route renewal
+	cursor    atomic.Uint64
 
 	user, device string
-	ser          codec.SerializerID // serializer of server-initiated frames
-	hbSec        uint16             // heartbeat interval announced at login, seconds
-	cursor       atomic.Uint64      // last cursor stored for (user, device)
-	lastRenew    atomic.Int64       // unix nanoseconds of the last session-route renewal
 
-	dirty        bool // loop only: listed in loop.dirty
-	loginPending bool // loop only: a LOGIN is queued
+	prev, next *conn // in the node's connSet (its shard lock)
 
 	mu         sync.Mutex
 	out        *codec.Buffer // frames waiting for the loop to write them; nil when none
-	queued     bool          // in the loop's mailbox, or about to be
-	closeAfter bool          // close once out is written
-	closed     bool          // OnClose ran: drop writes
-	running    bool          // a worker owns this connection's task queue
 	head, tail *task         // requests waiting to run, in arrival order
-	inBytes    int           // bytes held by head..tail (bounded by MaxConnInbound)
-	inflight   int           // appends handed to the store and not yet complete
+
+	state    atomic.Uint32
+	sockOut  atomic.Int32 // bytes the transport still had to send after the last flush
+	inBytes  int32        // (mu) bytes held by head..tail, bounded by MaxConnInbound
+	inflight int32        // (mu) appends handed to the store and not yet complete
+
+	hbSec        uint16             // heartbeat interval announced at login, seconds
+	ser          codec.SerializerID // serializer of server-initiated frames
+	dirty        bool               // loop only: listed in loop.dirty
+	loginPending bool               // loop only: a LOGIN is queued
+	queued       bool               // (mu) in the loop's mailbox, or about to be
+	closeAfter   bool               // (mu) close once out is written
+	closed       bool               // (mu) OnClose ran: drop writes
+	running      bool               // (mu) a worker owns this connection's task queue
 }
 
 func (c *conn) loggedIn() bool { return c.state.Load() == stateLoggedIn }
@@ -212,7 +215,7 @@ func (c *conn) markClosed() {
 	}
 	head := c.head
 	c.head, c.tail = nil, nil
-	c.loop.srv.releaseInbound(c.inBytes)
+	c.loop.srv.releaseInbound(int(c.inBytes))
 	c.inBytes = 0
 	c.mu.Unlock()
 	for t := head; t != nil; {
@@ -274,7 +277,7 @@ func (c *conn) enqueue(src *loop, t *task) {
 		putTask(t)
 		return
 	}
-	if c.inBytes+cost > s.cfg.MaxConnInbound {
+	if int(c.inBytes)+cost > s.cfg.MaxConnInbound {
 		c.mu.Unlock()
 		h := t.h
 		putTask(t)
@@ -288,7 +291,7 @@ func (c *conn) enqueue(src *loop, t *task) {
 		c.replyError(src, h.Serializer, h.Seq, codec.CodeBusy, "server work queue is full", 200)
 		return
 	}
-	c.inBytes += cost
+	c.inBytes += int32(cost)
 	if c.tail == nil {
 		c.head = t
 	} else {
@@ -322,7 +325,7 @@ func (c *conn) runTasks() {
 			c.tail = nil
 		}
 		cost := taskCost(t)
-		c.inBytes -= cost
+		c.inBytes -= int32(cost)
 		c.mu.Unlock()
 		s.releaseInbound(cost)
 		s.handle(c, t)
@@ -351,7 +354,7 @@ func (c *conn) dropQueue() {
 	c.mu.Lock()
 	head := c.head
 	c.head, c.tail, c.running = nil, nil, false
-	c.loop.srv.releaseInbound(c.inBytes)
+	c.loop.srv.releaseInbound(int(c.inBytes))
 	c.inBytes = 0
 	c.mu.Unlock()
 	for t := head; t != nil; {

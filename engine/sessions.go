@@ -2,6 +2,7 @@ package engine
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/time/rate"
 )
@@ -178,34 +179,50 @@ func (m *sessionMap) count() (users, conns int) {
 }
 
 // connSet is every open connection of the node (logged in or not), for the
-// timeout scan, broadcast and shutdown. Sharded like sessionMap.
+// timeout scan, broadcast and shutdown: intrusive lists (conn.prev, next)
+// in a few lock shards, so a connection costs no map entry. Safe for
+// concurrent use.
 type connSet struct {
-	shards [64]struct {
-		mu sync.Mutex
-		m  map[uint64]*conn
+	n      atomic.Int64
+	shards [16]struct {
+		mu   sync.Mutex
+		head *conn
+		_    [48]byte // one shard per cache line
 	}
 }
 
-func newConnSet() *connSet {
-	s := &connSet{}
-	for i := range s.shards {
-		s.shards[i].m = make(map[uint64]*conn)
-	}
-	return s
-}
+func newConnSet() *connSet { return &connSet{} }
 
 func (s *connSet) add(c *conn) {
-	sh := &s.shards[c.id%64]
+	sh := &s.shards[c.id%uint64(len(s.shards))]
 	sh.mu.Lock()
-	sh.m[c.id] = c
+	c.next = sh.head
+	if sh.head != nil {
+		sh.head.prev = c
+	}
+	sh.head = c
 	sh.mu.Unlock()
+	s.n.Add(1)
 }
 
 func (s *connSet) remove(c *conn) {
-	sh := &s.shards[c.id%64]
+	sh := &s.shards[c.id%uint64(len(s.shards))]
 	sh.mu.Lock()
-	delete(sh.m, c.id)
+	if c.prev == nil && sh.head != c {
+		sh.mu.Unlock()
+		return // not in the set (removed already)
+	}
+	if c.prev != nil {
+		c.prev.next = c.next
+	} else {
+		sh.head = c.next
+	}
+	if c.next != nil {
+		c.next.prev = c.prev
+	}
+	c.prev, c.next = nil, nil
 	sh.mu.Unlock()
+	s.n.Add(-1)
 }
 
 // each calls fn for every connection, outside the shard locks.
@@ -215,7 +232,7 @@ func (s *connSet) each(fn func(*conn)) {
 		sh := &s.shards[i]
 		batch = batch[:0]
 		sh.mu.Lock()
-		for _, c := range sh.m {
+		for c := sh.head; c != nil; c = c.next {
 			batch = append(batch, c)
 		}
 		sh.mu.Unlock()
@@ -225,13 +242,4 @@ func (s *connSet) each(fn func(*conn)) {
 	}
 }
 
-func (s *connSet) len() int {
-	n := 0
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		n += len(sh.m)
-		sh.mu.Unlock()
-	}
-	return n
-}
+func (s *connSet) len() int { return int(s.n.Load()) }
