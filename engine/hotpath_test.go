@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"sync"
 	"testing"
@@ -248,4 +249,77 @@ func failNext(st persist.Store, n int) {
 		st.failNext = n
 		st.mu.Unlock()
 	}
+}
+
+// TestLoginRacesCloseAndTimeoutScan: logins completing on workers while
+// their connections close and the timeout scan reads them. The identity a
+// login writes is read by OnClose and the scan; under -race any unguarded
+// access fails the test. No session may outlive its connection.
+func TestLoginRacesCloseAndTimeoutScan(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.Store = &flakyStore{Store: memstore.New()} })
+	stop := make(chan struct{})
+	var scans sync.WaitGroup
+	scans.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				s.expire(time.Now().UnixNano())
+			}
+		}
+	})
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := range 25 {
+				c := dial(t, s, codec.JSON)
+				tok, _ := MintToken(testSecret, fmt.Sprint("r", w, "-", i), time.Hour)
+				c.send(codec.CmdLogin, &pb.LoginRequest{Token: tok, Device: "pc"})
+				if i%2 == 0 {
+					time.Sleep(time.Duration(i%3) * 100 * time.Microsecond)
+				}
+				_ = c.nc.Close()
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	scans.Wait()
+	poll(t, "every connection gone", func() bool { return s.conns.len() == 0 })
+	poll(t, "no session outlives its connection", func() bool { _, n := s.sessions.count(); return n == 0 })
+}
+
+// TestShutdownWhileRequestsArrive: Shutdown waits for the worker pool to go
+// idle while connections keep handing it work (the pool's counter once was
+// a WaitGroup whose Add raced with Wait).
+func TestShutdownWhileRequestsArrive(t *testing.T) {
+	st := &flakyStore{Store: memstore.New()}
+	s := startServer(t, func(c *Config) { c.Store = st; c.GoAwayWindow = 50 * time.Millisecond })
+	var wg sync.WaitGroup
+	for i := range 6 {
+		c := dial(t, s, codec.Protobuf)
+		c.login(fmt.Sprint("u", i), "pc")
+		wg.Go(func() {
+			// Bursts of sends until the connection is closed: a steady
+			// stream of hand-offs to the pool while Shutdown waits on it.
+			for j := 0; ; j += 20 {
+				var b []byte
+				for k := range 20 {
+					b, _ = codec.AppendFrame(b, codec.Protobuf, codec.CmdSend, 0, uint32(j+k+1), &pb.SendRequest{ClientMsgId: fmt.Sprint(j + k), To: "u0"})
+				}
+				if _, err := c.nc.Write(b); err != nil {
+					return // closed by the shutdown
+				}
+				time.Sleep(time.Millisecond)
+			}
+		})
+	}
+	time.Sleep(50 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown under load: %v (busy %d, queued bytes %d, inflight %d)", err, s.pool.busy.Load(), s.inBytes.Load(), s.inflightOps.Load())
+	}
+	wg.Wait()
 }

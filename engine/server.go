@@ -74,6 +74,7 @@ type Server struct {
 	stopTicker chan struct{}
 	tickerDone chan struct{}
 	shutting   atomic.Bool
+	refusing   atomic.Bool // shutdown: past the GO_AWAY window, new requests are refused
 	draining   atomic.Bool // Shutdown says "drain" in GO_AWAY
 	started    atomic.Bool
 	stopOnce   sync.Once
@@ -309,6 +310,10 @@ func (s *Server) onFrame(l *loop, c *conn, f codec.Frame) (stop bool) {
 		c.replyError(l, f.Serializer, f.Seq, codec.CodeUnknownCommand, "unknown command "+cmd.String(), 0)
 		return false
 	}
+	if s.refusing.Load() {
+		c.replyError(l, f.Serializer, f.Seq, codec.CodeShuttingDown, "node is shutting down", 0)
+		return false
+	}
 	if s.onLoop(cmd) && !c.hasWork() {
 		s.exec(l, c, f.Header, f.Body, netip.Addr{})
 		return false
@@ -427,6 +432,9 @@ func (s *Server) shutdown(ctx context.Context) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// Clients still here after the window get SHUTTING_DOWN for every new
+	// request, so the work in flight drains even if they keep sending.
+	s.refusing.Store(true)
 	var errs []error
 	idle := make(chan struct{})
 	go func() {
