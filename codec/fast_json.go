@@ -9,6 +9,7 @@ package codec
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/binary"
 	"slices"
 	"strconv"
 	"unicode/utf16"
@@ -250,6 +251,10 @@ func (d *jsDec) str() (start, end int, esc bool, err error) {
 	i := d.i + 1
 	start = i
 	for {
+		// Eight bytes at a time while none of them needs a look.
+		for i+8 <= len(b) && !swarSpecial(binary.LittleEndian.Uint64(b[i:])) {
+			i += 8
+		}
 		for i < len(b) && jsonPlain[b[i]] {
 			i++
 		}
@@ -285,6 +290,16 @@ func (d *jsDec) str() (start, end int, esc bool, err error) {
 			return 0, 0, false, d.err("control character in string")
 		}
 	}
+}
+
+// swarSpecial reports whether any byte of w is a control character, '"' or
+// '\\' (the classic "has zero byte" and "has byte less than" bit tricks; the
+// result is exact as a yes/no).
+func swarSpecial(w uint64) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	quote, backslash := w^(ones*'"'), w^(ones*'\\')
+	control := (w - ones*0x20) &^ w
+	return (control|(quote-ones)&^quote|(backslash-ones)&^backslash)&highs != 0
 }
 
 func isHex4(b []byte) bool {

@@ -620,3 +620,28 @@ func TestFastPathsAllocateNothing(t *testing.T) {
 		}
 	}
 }
+
+// TestSwarSpecial checks the eight-byte string scan against the byte table:
+// every byte value at every position, over plain and over random words.
+func TestSwarSpecial(t *testing.T) {
+	r := rand.New(rand.NewPCG(31, 32))
+	check := func(w uint64) {
+		want := false
+		for k := range 8 {
+			want = want || !jsonPlain[byte(w>>(8*k))]
+		}
+		if got := swarSpecial(w); got != want {
+			t.Fatalf("swarSpecial(%#016x) = %v, want %v", w, got, want)
+		}
+	}
+	for c := range 256 {
+		for pos := range 8 {
+			for _, fill := range []uint64{0x6161616161616161, 0xffffffffffffffff, 0x2020202020202020, 0x8080808080808080} {
+				check(fill&^(0xff<<(8*pos)) | uint64(c)<<(8*pos))
+			}
+		}
+	}
+	for range 1 << 16 {
+		check(r.Uint64())
+	}
+}
