@@ -1,6 +1,7 @@
 package codec
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/imgn/imgn/codec/pb"
@@ -73,66 +74,40 @@ func BenchmarkAppendSendAck(b *testing.B) {
 	}
 }
 
-// BenchmarkPush1 is the 1:1 case: one message, one PUSH (template Reset
-// included in the fast path).
-func BenchmarkPush1(b *testing.B) {
-	for _, ser := range allSerializers {
-		b.Run("generic/"+ser.String(), func(b *testing.B) {
-			m := typicalMessage()
-			buf := make([]byte, 0, 512)
-			b.ReportAllocs()
-			for b.Loop() {
-				var err error
-				buf, err = AppendFrame(buf[:0], ser, CmdPush, 0, 0, &pb.Push{Messages: []*pb.Message{m}})
-				if err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-		b.Run("fast/"+ser.String(), func(b *testing.B) {
-			f := typicalFields()
-			var t PushTemplate
-			buf := make([]byte, 0, 512)
-			b.ReportAllocs()
-			for b.Loop() {
-				t.Reset(f)
-				buf = t.AppendFrame(buf[:0], ser, 123456)
-			}
-		})
-	}
-}
-
-// BenchmarkPushFanout100 is one group message pushed to 100 inboxes, each
-// with its own seq: per op, 100 frames.
-func BenchmarkPushFanout100(b *testing.B) {
-	const members = 100
-	for _, ser := range allSerializers {
-		b.Run("generic/"+ser.String(), func(b *testing.B) {
-			m := typicalMessage()
-			buf := make([]byte, 0, 512)
-			b.ReportAllocs()
-			for b.Loop() {
-				for i := range members {
-					m.Seq = uint64(1000 + i)
-					var err error
-					buf, err = AppendFrame(buf[:0], ser, CmdPush, 0, 0, &pb.Push{Messages: []*pb.Message{m}})
-					if err != nil {
-						b.Fatal(err)
+// BenchmarkPush pushes one message to 1 inbox (the 1:1 case) and to 100
+// inboxes (a group), each with its own seq: per op, that many frames. The
+// fast path's op includes the template's Reset.
+func BenchmarkPush(b *testing.B) {
+	for _, members := range []int{1, 100} {
+		for _, ser := range allSerializers {
+			name := fmt.Sprintf("members=%d/%%s/%s", members, ser)
+			b.Run(fmt.Sprintf(name, "generic"), func(b *testing.B) {
+				m := typicalMessage()
+				buf := make([]byte, 0, 512)
+				b.ReportAllocs()
+				for b.Loop() {
+					for i := range members {
+						m.Seq = uint64(1000 + i)
+						var err error
+						buf, err = AppendFrame(buf[:0], ser, CmdPush, 0, 0, &pb.Push{Messages: []*pb.Message{m}})
+						if err != nil {
+							b.Fatal(err)
+						}
 					}
 				}
-			}
-		})
-		b.Run("fast/"+ser.String(), func(b *testing.B) {
-			f := typicalFields()
-			var t PushTemplate
-			buf := make([]byte, 0, 512)
-			b.ReportAllocs()
-			for b.Loop() {
-				t.Reset(f)
-				for i := range members {
-					buf = t.AppendFrame(buf[:0], ser, uint64(1000+i))
+			})
+			b.Run(fmt.Sprintf(name, "fast"), func(b *testing.B) {
+				f := typicalFields()
+				var t PushTemplate
+				buf := make([]byte, 0, 512)
+				b.ReportAllocs()
+				for b.Loop() {
+					t.Reset(f)
+					for i := range members {
+						buf = t.AppendFrame(buf[:0], ser, uint64(1000+i))
+					}
 				}
-			}
-		})
+			})
+		}
 	}
 }

@@ -96,6 +96,14 @@ func randInt(r *rand.Rand) int64 {
 	return v
 }
 
+// runs is how many random cases a property test tries (fewer with -short).
+func runs(full, short int) int {
+	if testing.Short() {
+		return short
+	}
+	return full
+}
+
 // ---- encoders ----
 
 func genericFrame(t testing.TB, ser SerializerID, cmd Command, seq uint32, m proto.Message) []byte {
@@ -143,11 +151,7 @@ var spliceSeqs = []uint64{0, 1, 9, 10, 127, 128, 255, 256, 16383, 16384, 65535, 
 
 func TestFastEncodersMatchGeneric(t *testing.T) {
 	r := rand.New(rand.NewPCG(11, 12))
-	n := 400
-	if testing.Short() {
-		n = 60
-	}
-	for range n {
+	for range runs(400, 60) {
 		ack := &pb.SendAck{ClientMsgId: randText(r), MsgId: randUint(r), Seq: randUint(r), Time: randInt(r), Duplicate: r.IntN(2) == 0}
 		m := &MessageFields{MsgID: randUint(r), From: randText(r), To: randText(r), GroupID: randText(r),
 			ClientMsgID: randText(r), Kind: uint32(randUint(r)), Body: randBytes(r), Time: randInt(r)}
@@ -267,11 +271,7 @@ func TestFastUnknownSerializer(t *testing.T) {
 // indented) and checks the fast decoders return the same values.
 func TestFastDecodeValidBodies(t *testing.T) {
 	r := rand.New(rand.NewPCG(21, 22))
-	n := 300
-	if testing.Short() {
-		n = 50
-	}
-	for range n {
+	for range runs(300, 50) {
 		msgs := []proto.Message{
 			&pb.SendRequest{ClientMsgId: randText(r), To: randText(r), Kind: uint32(randUint(r)), Body: randBytes(r)},
 			&pb.GroupSendRequest{ClientMsgId: randText(r), GroupId: randText(r), Kind: uint32(randUint(r)), Body: randBytes(r)},
