@@ -92,6 +92,19 @@ func decodeMsgpack(b []byte, s *schema, f *fieldValues) error {
 	return nil
 }
 
+// checkMsgpack checks that b is exactly one MessagePack value whose every
+// declared length and count fits in b, without allocating.
+func checkMsgpack(b []byte) error {
+	d := mpDec{b: b}
+	if err := d.skip(); err != nil {
+		return err
+	}
+	if d.i != len(b) {
+		return d.err("trailing bytes")
+	}
+	return nil
+}
+
 // text reads a str, bin or nil value.
 func (d *mpDec) text() (v []byte, isNil bool, err error) {
 	if d.i >= len(d.b) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -577,7 +578,7 @@ func TestFastPathsAllocateNothing(t *testing.T) {
 		s, _ := Lookup(ser)
 		bodies[ser], _ = s.Append(nil, req)
 	}
-	escaped := []byte(`{"client_msg_id":"c\u0037f3","to":"b\u00f6b \ud83d\ude00","kind":1,"body":"\/\/4BaGk=\n"}`)
+	escaped := []byte(`{"client_msg_id":"c\u0037f3","t\u006f":"b\u00f6b \ud83d\ude00","kind":1,"body":"\/\/4BaGk=\n"}`)
 	scratch := make([]byte, 0, 2*len(escaped))
 	ack, sync, mpAck := []byte(`{"up_to_seq":12345}`), []byte{0x08, 0x07, 0x10, 0x64}, []byte("\x81\xa9up_to_seq\xcd\x01\x00")
 	var v SendView
@@ -643,5 +644,33 @@ func TestSwarSpecial(t *testing.T) {
 	}
 	for range 1 << 16 {
 		check(r.Uint64())
+	}
+}
+
+// TestMsgpackUnmarshalDeclaredLengths: a tiny body that declares a huge
+// string, array or ext in an unknown value gets BAD_BODY from the generic
+// MessagePack decoder without the decoder sizing a buffer from the
+// declaration (it used to allocate a megabyte or more per such frame, and
+// its pooled buffer grew with every one).
+func TestMsgpackUnmarshalDeclaredLengths(t *testing.T) {
+	for _, body := range [][]byte{
+		[]byte("\x81\xa1x\xdb\xff\xff\xff\xff"),         // str 32
+		[]byte("\x81\xa1x\xc6\xff\xff\xff\x00abc"),      // bin 32
+		[]byte("\x81\xa1x\xc9\xff\xff\xff\x00\x01"),     // ext 32
+		[]byte("\x81\xa1x\x91\x91\xda\xff\xff"),         // str 16 inside arrays
+		[]byte("\x81\xa1x\xdd\xff\xff\xff\xff\xa1y"),    // array 32
+		[]byte("\x81\xa2to\xdb\x00\x10\x00\x00toolong"), // a known field
+	} {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for range 100 {
+			if err := Unmarshal(MsgPack, body, &pb.SendRequest{}); !errors.Is(err, ErrBadBody) {
+				t.Fatalf("%q: err = %v, want BAD_BODY", body, err)
+			}
+		}
+		runtime.ReadMemStats(&after)
+		if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+			t.Errorf("%q: 100 decodes allocated %d bytes", body, n)
+		}
 	}
 }
