@@ -50,8 +50,20 @@ func (s *Server) toWorker(src *loop, c *conn, h codec.Header, body []byte) {
 // on a worker; only calls that cannot block are made when src is set (see
 // onLoop). body is valid only during the call.
 func (s *Server) exec(src *loop, c *conn, h codec.Header, body []byte, ip netip.Addr) {
-	if h.Command == codec.CmdSend || h.Command == codec.CmdGroupSend {
+	switch h.Command {
+	case codec.CmdSend, codec.CmdGroupSend:
 		s.handleSend(src, c, h, body)
+		return
+	case codec.CmdPushAck:
+		// Decoded in place: every receiver sends these all the time.
+		upTo, err := codec.DecodePushAck(h.Serializer, body)
+		if err != nil {
+			c.replyError(src, h.Serializer, h.Seq, codec.CodeBadBody, err.Error(), 0)
+			return
+		}
+		if c.loggedIn() {
+			s.handlePushAck(src, c, upTo)
+		}
 		return
 	}
 	req := newRequest(h.Command)
@@ -87,8 +99,6 @@ func (s *Server) exec(src *loop, c *conn, h codec.Header, body []byte, ip netip.
 		c.writeMsg(src, h.Serializer, codec.CmdLogoutOK, h.Seq, &pb.Empty{})
 		s.sessions.remove(c)
 		c.closeAfterFlush(src)
-	case *pb.PushAck:
-		s.handlePushAck(ctx, c, req)
 	case *pb.SyncRequest:
 		s.handleSync(ctx, src, c, h, req)
 	case *pb.GroupCreateRequest:
@@ -111,8 +121,6 @@ func newRequest(cmd codec.Command) proto.Message {
 		return &pb.LoginRequest{}
 	case codec.CmdLogout:
 		return &pb.Empty{}
-	case codec.CmdPushAck:
-		return &pb.PushAck{}
 	case codec.CmdSync:
 		return &pb.SyncRequest{}
 	case codec.CmdGroupCreate:
@@ -367,17 +375,23 @@ func (s *Server) storeError(src *loop, c *conn, h codec.Header, what string, err
 	c.replyError(src, h.Serializer, h.Seq, code, what+": "+err.Error(), 200)
 }
 
-func (s *Server) handlePushAck(ctx context.Context, c *conn, req *pb.PushAck) {
+func (s *Server) handlePushAck(src *loop, c *conn, upTo uint64) {
 	for {
 		cur := c.cursor.Load()
-		if req.UpToSeq <= cur {
+		if upTo <= cur {
 			return
 		}
-		if c.cursor.CompareAndSwap(cur, req.UpToSeq) {
+		if c.cursor.CompareAndSwap(cur, upTo) {
 			break
 		}
 	}
-	if err := s.store.SetCursor(ctx, c.user, c.device, req.UpToSeq); err != nil {
+	ctx := context.Background()
+	if src == nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+	}
+	if err := s.store.SetCursor(ctx, c.user, c.device, upTo); err != nil {
 		// A lost cursor only means messages are offered again, and clients
 		// drop seqs they have shown; no reply exists for PUSH_ACK.
 		s.log.Warn("store cursor", "user", c.user, "device", c.device, "err", err)

@@ -39,6 +39,7 @@ type loop struct {
 	dirty    []*conn // connections of this loop with output to write this turn
 	triggers uint64  // bit i: loop i's mailbox needs a trigger at the end of this turn
 	now      time.Time // read once per turn: the clock is slow to read on some VMs
+	scratch  []byte    // decode buffer of requests run on the loop
 
 	mu        sync.Mutex
 	mail      []*conn // connections with output queued from elsewhere

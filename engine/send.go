@@ -8,7 +8,6 @@ import (
 	"unsafe"
 
 	"github.com/imgn/imgn/codec"
-	"github.com/imgn/imgn/codec/pb"
 	"github.com/imgn/imgn/persist"
 )
 
@@ -42,11 +41,10 @@ type sendOp struct {
 	seqs    [2]uint64
 	buf     []byte // the request's strings and body, when the op outlives the frame
 
-	// Reused encoding structs (no allocation per message).
-	ack  pb.SendAck
-	pm   pb.Message
-	push pb.Push
-	pms  [1]*pb.Message
+	// The PUSH, encoded once per serializer for every device of every
+	// inbox (each gets its own seq spliced in); reset on first use.
+	tmpl    codec.PushTemplate
+	tmplSet bool
 }
 
 var sendOpPool = sync.Pool{New: func() any { return new(sendOp) }}
@@ -58,6 +56,7 @@ func getSendOp(s *Server, c *conn, h codec.Header) *sendOp {
 }
 
 func putSendOp(op *sendOp) {
+	tmpl := op.tmpl
 	buf := op.buf[:0]
 	if cap(buf) > 64<<10 {
 		buf = nil
@@ -72,7 +71,7 @@ func putSendOp(op *sendOp) {
 	if cap(seqs) <= len(op.seqs) || cap(seqs) > 4096 {
 		seqs = nil
 	}
-	*op = sendOp{buf: buf}
+	*op = sendOp{buf: buf, tmpl: tmpl}
 	if inboxes != nil {
 		op.Inboxes = inboxes[:0]
 	}
@@ -106,24 +105,24 @@ func (op *sendOp) reserve(n int) {
 // a worker.
 func (s *Server) handleSend(src *loop, c *conn, h codec.Header, body []byte) {
 	group := h.Command == codec.CmdGroupSend
-	var cmid, to []byte
-	var kind uint32
-	var payload []byte
-	if group {
-		var req pb.GroupSendRequest
-		if err := codec.Unmarshal(h.Serializer, body, &req); err != nil {
-			c.replyError(src, h.Serializer, h.Seq, codec.CodeBadBody, err.Error(), 0)
-			return
-		}
-		cmid, to, kind, payload = []byte(req.ClientMsgId), []byte(req.GroupId), req.Kind, req.Body
+	// The request is decoded in place: the views alias body, or the
+	// scratch buffer where a serializer needs unescaping (the loop's own
+	// on the loop, a pooled one on a worker).
+	var v codec.SendView
+	var scratch *[]byte
+	if src != nil {
+		scratch = &src.scratch
 	} else {
-		var req pb.SendRequest
-		if err := codec.Unmarshal(h.Serializer, body, &req); err != nil {
-			c.replyError(src, h.Serializer, h.Seq, codec.CodeBadBody, err.Error(), 0)
-			return
-		}
-		cmid, to, kind, payload = []byte(req.ClientMsgId), []byte(req.To), req.Kind, req.Body
+		scratch = getScratch()
+		defer putScratch(scratch)
 	}
+	var err error
+	*scratch, err = codec.DecodeSend(h.Serializer, body, group, &v, (*scratch)[:0])
+	if err != nil {
+		c.replyError(src, h.Serializer, h.Seq, codec.CodeBadBody, err.Error(), 0)
+		return
+	}
+	cmid, to, kind, payload := v.ClientMsgID, v.To, v.Kind, v.Body
 	if !c.loggedIn() {
 		c.fail(src, h.Serializer, h.Seq, codec.CodeNotLoggedIn, "log in first")
 		return
@@ -272,8 +271,10 @@ func (op *sendOp) AppendDone(*persist.AppendOp) {
 		if !res.Duplicate {
 			s.metrics.messages.Inc()
 		}
-		op.ack = pb.SendAck{ClientMsgId: res.Msg.ClientMsgID, MsgId: res.Msg.ID, Seq: res.Seqs[0], Time: res.Msg.Timestamp, Duplicate: res.Duplicate}
-		c.writeMsg(src, op.h.Serializer, codec.CmdSendAck, op.h.Seq, &op.ack)
+		h, m := op.h, &res.Msg
+		c.queue(src, func(b []byte) []byte {
+			return codec.AppendSendAckFrame(b, h.Serializer, h.Seq, m.ClientMsgID, m.ID, res.Seqs[0], m.Timestamp, res.Duplicate)
+		})
 		// Pushes go out even for a duplicate: the first attempt may have
 		// stored the message and died before pushing; clients drop seqs
 		// they have shown.
@@ -312,33 +313,54 @@ func (s *Server) allowSend(src *loop, c *conn, h codec.Header, now time.Time) bo
 
 // pushTo queues a PUSH of m, at seq of user's inbox, to every device of user
 // online on this node except skip (the connection that sent it: its
-// SEND_ACK stands for it). op (may be nil) lends its reused encoding
-// structs.
+// SEND_ACK stands for it). op (may be nil) lends its push template, so a
+// message sent to many inboxes is encoded once per serializer.
 func (s *Server) pushTo(src *loop, op *sendOp, user string, seq uint64, m *persist.Message, skip *conn) {
 	var arr [8]*conn
 	devs := s.sessions.devices(user, arr[:0])
 	if len(devs) == 0 || len(devs) == 1 && devs[0] == skip {
 		return
 	}
-	var pushp *pb.Push
+	var tmpl *codec.PushTemplate
 	if op != nil {
-		op.pms[0] = &op.pm
-		op.push.Messages = op.pms[:]
-		pushp = &op.push
+		tmpl = &op.tmpl
+		if !op.tmplSet {
+			op.tmplSet = true
+			tmpl.Reset(messageFields(m))
+		}
 	} else {
-		pushp = &pb.Push{Messages: []*pb.Message{{}}}
-	}
-	pm := pushp.Messages[0]
-	*pm = pb.Message{Seq: seq, MsgId: m.ID, From: m.From, To: m.To, ClientMsgId: m.ClientMsgID, Kind: m.Kind, Body: m.Body, Time: m.Timestamp}
-	if m.Group {
-		pm.GroupId = m.To
+		tmpl = new(codec.PushTemplate)
+		tmpl.Reset(messageFields(m))
 	}
 	for _, d := range devs {
 		if d == skip {
 			continue
 		}
-		if d.writeMsg(src, d.ser, codec.CmdPush, 0, pushp) {
+		ser := d.ser
+		if d.queue(src, func(b []byte) []byte { return tmpl.AppendFrame(b, ser, seq) }) {
 			s.metrics.pushes.Inc()
 		}
+	}
+}
+
+// messageFields is m as the PUSH template takes it.
+func messageFields(m *persist.Message) *codec.MessageFields {
+	f := &codec.MessageFields{MsgID: m.ID, From: m.From, To: m.To, ClientMsgID: m.ClientMsgID, Kind: m.Kind, Body: m.Body, Time: m.Timestamp}
+	if m.Group {
+		f.GroupID = m.To
+	}
+	return f
+}
+
+// scratchPool holds decode buffers for requests run on workers (a loop
+// has its own).
+var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+func getScratch() *[]byte { return scratchPool.Get().(*[]byte) }
+
+func putScratch(b *[]byte) {
+	if cap(*b) <= 64<<10 {
+		*b = (*b)[:0]
+		scratchPool.Put(b)
 	}
 }

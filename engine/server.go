@@ -299,7 +299,8 @@ func (s *Server) onFrame(l *loop, c *conn, f codec.Frame) (stop bool) {
 	}
 	cmd := f.Command
 	if cmd == codec.CmdHeartbeat {
-		c.writeMsg(l, f.Serializer, codec.CmdHeartbeatOK, f.Seq, &pb.Heartbeat{Time: l.now.UnixMilli()})
+		ms := l.now.UnixMilli()
+		c.queue(l, func(b []byte) []byte { return codec.AppendHeartbeatOKFrame(b, f.Serializer, f.Seq, ms) })
 		return false
 	}
 	if !c.loggedIn() && !c.loginPending && cmd != codec.CmdLogin && cmd != codec.CmdRegister {
