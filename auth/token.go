@@ -90,9 +90,10 @@ func MintTokenAt(secret []byte, user string, now time.Time, ttl time.Duration) (
 // its subject. It refuses every algorithm but HS256 (including "none"),
 // compares the HMAC-SHA256 signature in constant time, requires exp
 // (ErrTokenExpired if it is missing or not after now-5s), refuses an nbf
-// after now+5s, and requires sub to be a valid id (ValidID); every other
-// failure is ErrTokenInvalid. The package documentation lists the exact
-// syntax it accepts.
+// after now+5s (exp and nbf floored to the second; the 5 s absorb clock
+// skew), and requires sub to be a valid id (ValidID); every other failure
+// is ErrTokenInvalid. An empty secret verifies nothing. The package
+// documentation lists the exact syntax it accepts.
 //
 // A successful call allocates only the returned string when the claims
 // decode to at most 512 bytes; a failed one allocates nothing. token and
