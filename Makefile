@@ -8,7 +8,7 @@ PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 RACE_DIRS := lb persist engine client mesh bench router internal
 RACE_PKGS ?= $(foreach d,$(RACE_DIRS),$(if $(wildcard $(d)/*),./$(d)/...))
 FUZZTIME ?= 10s
-FUZZ_TARGETS := ./codec:FuzzDecode ./codec:FuzzSerializers ./codec:FuzzFastDecode ./codec:FuzzFastEncode ./mesh:FuzzInboundLink
+FUZZ_TARGETS := ./codec:FuzzDecode ./codec:FuzzSerializers ./codec:FuzzFastDecode ./codec:FuzzFastEncode ./mesh:FuzzInboundLink ./auth:FuzzVerifyToken ./auth:FuzzVerifyRawToken
 
 .PHONY: help deps devmongo build test race fuzz bench lint proto run cluster check clean
 

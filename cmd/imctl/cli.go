@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
+	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/codec"
 )
@@ -311,7 +311,9 @@ func (cf *connFlags) config(login bool) (client.Config, error) {
 	if cf.router != "" {
 		uid := cf.user
 		if uid == "" {
-			uid = tokenSubject(cfg.Token)
+			// Only to ask the router where the user lives; the server
+			// verifies the token.
+			uid = auth.UnverifiedSubject(cfg.Token)
 		}
 		if uid == "" {
 			return cfg, usagef("--router needs --user (the router places users by id)")
@@ -319,17 +321,6 @@ func (cf *connFlags) config(login bool) (client.Config, error) {
 		cfg.Resolver = client.RouterResolver(cf.router, uid, nil)
 	}
 	return cfg, nil
-}
-
-// tokenSubject returns the subject of a JWT without verifying it (only to
-// ask the router where the user lives; the server verifies the token), or
-// "" when tok is not a JWT with a subject.
-func tokenSubject(tok string) string {
-	var claims jwt.RegisteredClaims
-	if _, _, err := jwt.NewParser().ParseUnverified(tok, &claims); err != nil {
-		return ""
-	}
-	return claims.Subject
 }
 
 // withTimeout bounds ctx by the --timeout flag (0 = unbounded).

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
+	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/codec/pb"
 )
@@ -186,30 +186,23 @@ func cmdToken(ctx context.Context, e *env, args []string) error {
 		return usagef("--secret (or IM_JWT_SECRET) is required")
 	case user == "":
 		return usagef("--user is required")
+	case !auth.ValidID(user):
+		return usagef("--user %q: want 1..64 of [A-Za-z0-9_.-]", user)
 	case *ttl <= 0:
 		return usagef("--ttl must be positive")
 	}
-	tok, exp, err := mintToken([]byte(secret), user, *ttl, e.now())
+	now := e.now()
+	tok, err := auth.MintTokenAt([]byte(secret), user, now, *ttl)
 	if err != nil {
 		return err
 	}
+	exp := now.Add(*ttl).Truncate(time.Second)
 	if f.json {
 		writeJSON(e.stdout, map[string]any{"ok": true, "token": tok, "user": user, "expires_at": exp.Unix()})
 	} else {
 		fmt.Fprintln(e.stdout, tok)
 	}
 	return nil
-}
-
-// mintToken returns an HS256 JWT with sub = user, iat = now, exp = now+ttl.
-func mintToken(secret []byte, user string, ttl time.Duration, now time.Time) (string, time.Time, error) {
-	exp := now.Add(ttl).Truncate(time.Second)
-	claims := jwt.RegisteredClaims{Subject: user, IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(exp)}
-	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(secret)
-	if err != nil {
-		return "", time.Time{}, fmt.Errorf("sign token: %w", err)
-	}
-	return tok, exp, nil
 }
 
 func cmdGroup(ctx context.Context, e *env, args []string) error {

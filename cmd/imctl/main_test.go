@@ -73,6 +73,7 @@ func TestUsageAndHelp(t *testing.T) {
 		{"presence without users", []string{"presence"}, exitUsage, "", "no users"},
 		{"token without secret", []string{"token", "--user", "a"}, exitUsage, "", "--secret"},
 		{"token without user", []string{"token", "--secret", "s"}, exitUsage, "", "--user"},
+		{"token bad user", []string{"token", "--secret", "s", "--user", "al ice"}, exitUsage, "", "want 1..64"},
 		{"token bad ttl", []string{"token", "--secret", "s", "--user", "a", "--ttl", "-1h"}, exitUsage, "", "--ttl"},
 		{"kick without user", []string{"kick"}, exitUsage, "", "--user"},
 		{"sysmsg without to", []string{"sysmsg", "--text", "x"}, exitUsage, "", "--to and --text"},

@@ -15,9 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
-	"github.com/imgn/imgn/engine"
 	"github.com/imgn/imgn/internal/ports"
 	"google.golang.org/protobuf/proto"
 )
@@ -87,7 +87,7 @@ func connectLogin(addr, user string) (*syncClient, error) {
 		return nil, err
 	}
 	c := &syncClient{nc: nc, r: bufio.NewReader(nc)}
-	tok, _ := engine.MintToken([]byte(durSecret), user, time.Hour)
+	tok, _ := auth.MintToken([]byte(durSecret), user, time.Hour)
 	if _, err := c.call(codec.CmdLogin, &pb.LoginRequest{Token: tok, Device: "d"}, &pb.LoginOK{}); err != nil {
 		nc.Close()
 		return nil, err
