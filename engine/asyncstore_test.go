@@ -15,8 +15,8 @@ import (
 // demand (nothing stored) and hold the committer (an fsync that blocks).
 type asyncStore struct {
 	persist.Store // a memory store, seen only through persist.Store: not NonBlocking
-	queue chan *persist.AppendOp
-	done  chan struct{}
+	queue         chan *persist.AppendOp
+	done          chan struct{}
 
 	mu       sync.Mutex
 	failNext int           // fail this many appends with ErrUnavailable

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/imgn/imgn/client"
+	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
 	"github.com/imgn/imgn/persist"
@@ -21,7 +22,7 @@ import (
 
 func dialClient(t *testing.T, s *Server, user, device string, ser codec.SerializerID, mod ...func(*client.Config)) *client.Client {
 	t.Helper()
-	tok, err := MintToken(testSecret, user, time.Hour)
+	tok, err := auth.MintToken(testSecret, user, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
 	"github.com/imgn/imgn/persist"
@@ -274,7 +275,7 @@ func TestLoginRacesCloseAndTimeoutScan(t *testing.T) {
 		wg.Go(func() {
 			for i := range 25 {
 				c := dial(t, s, codec.JSON)
-				tok, _ := MintToken(testSecret, fmt.Sprint("r", w, "-", i), time.Hour)
+				tok, _ := auth.MintToken(testSecret, fmt.Sprint("r", w, "-", i), time.Hour)
 				c.send(codec.CmdLogin, &pb.LoginRequest{Token: tok, Device: "pc"})
 				if i%2 == 0 {
 					time.Sleep(time.Duration(i%3) * 100 * time.Microsecond)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
 	"github.com/imgn/imgn/persist/memstore"
@@ -76,9 +77,9 @@ func TestRequestErrorsKeepTheConnection(t *testing.T) {
 	// Before login: heartbeats are fine, anything else closes.
 	c.mustCall(codec.CmdHeartbeat, &pb.Heartbeat{}, nil)
 	c.wantError(codec.CmdLogin, &pb.LoginRequest{Token: "not.a.jwt", Device: "pc"}, codec.CodeAuthFailed)
-	expired, _ := MintToken(testSecret, "alice", -time.Minute)
+	expired, _ := auth.MintToken(testSecret, "alice", -time.Minute)
 	c.wantError(codec.CmdLogin, &pb.LoginRequest{Token: expired, Device: "pc"}, codec.CodeTokenExpired)
-	forged, _ := MintToken([]byte("another-secret"), "alice", time.Hour)
+	forged, _ := auth.MintToken([]byte("another-secret"), "alice", time.Hour)
 	c.wantError(codec.CmdLogin, &pb.LoginRequest{Token: forged, Device: "pc"}, codec.CodeAuthFailed)
 	c.wantError(codec.CmdLogin, &pb.LoginRequest{User: "alice", Password: "x", Device: "bad device!"}, codec.CodeInvalidArgument)
 	c.wantError(codec.CmdRegister, &pb.RegisterRequest{User: "bad user", Password: "secret1"}, codec.CodeInvalidArgument)
