@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/auth"
+	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
 	"github.com/imgn/imgn/persist"

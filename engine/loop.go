@@ -36,8 +36,8 @@ type loop struct {
 	el  gnet.EventLoop
 
 	// Owned by the loop's goroutine.
-	dirty    []*conn // connections of this loop with output to write this turn
-	triggers uint64  // bit i: loop i's mailbox needs a trigger at the end of this turn
+	dirty    []*conn   // connections of this loop with output to write this turn
+	triggers uint64    // bit i: loop i's mailbox needs a trigger at the end of this turn
 	now      time.Time // read once per turn: the clock is slow to read on some VMs
 	scratch  []byte    // decode buffer of requests run on the loop
 
