@@ -35,11 +35,11 @@ const (
 // by spans into the chunk's arena, its inboxes by index), so the garbage
 // collector never scans the record arrays, however many messages are kept.
 type record struct {
-	id    uint64
-	ts    int64
-	kind  uint32
-	group bool
-	refs  int32 // inboxes that still hold the message
+	id                   uint64
+	ts                   int64
+	kind                 uint32
+	group                bool
+	refs                 int32 // inboxes that still hold the message
 	from, to, cmid, body span
 	// The message's seq in the inboxes it was appended to: the first two
 	// inline (every 1:1 message), the rest in messages.more (groups).
