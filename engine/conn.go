@@ -43,10 +43,10 @@ type conn struct {
 	loop *loop
 	id   uint64
 
-	openedAt  int64        // unix nanoseconds
-	lastRecv  atomic.Int64 // unix nanoseconds of the last complete inbound frame
-	lastRenew atomic.Int64 // unix nanoseconds of the last session-route renewal
-	cursor    atomic.Uint64
+	// Unix nanoseconds of the accept until the login completes (the login
+	// deadline counts from it), then of the last complete inbound frame.
+	lastRecv atomic.Int64
+	cursor   atomic.Uint64
 
 	user, device string
 
@@ -60,6 +60,7 @@ type conn struct {
 	sockOut  atomic.Int32 // bytes the transport still had to send after the last flush
 	inBytes  int32        // (mu) bytes held by head..tail, bounded by MaxConnInbound
 	inflight int32        // (mu) appends handed to the store and not yet complete
+	renewed  atomic.Uint32 // seconds since the server started: last session-route renewal
 
 	hbSec        uint16             // heartbeat interval announced at login, seconds
 	ser          codec.SerializerID // serializer of server-initiated frames

@@ -210,7 +210,7 @@ func (s *Server) publishRoute(ctx context.Context, c *conn) {
 		return
 	}
 	r := s.routeOf(c)
-	c.lastRenew.Store(time.Now().UnixNano())
+	c.renewed.Store(s.uptimeSec(time.Now().UnixNano()))
 	old, err := s.cfg.Sessions.Put(ctx, r, s.cfg.SessionTTL)
 	if err != nil {
 		// Degraded: other nodes cannot find this device until the next

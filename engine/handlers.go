@@ -286,6 +286,7 @@ func (s *Server) handleLogin(ctx context.Context, src *loop, c *conn, h codec.He
 	c.hbSec = uint16(min(hb/time.Second, 65535))
 	c.mu.Unlock()
 	c.cursor.Store(cursor)
+	c.lastRecv.Store(now(src).UnixNano()) // the idle timer starts at the login
 	if !c.state.CompareAndSwap(stateNew, stateLoggedIn) {
 		return // closed (timeout, peer gone) while logging in
 	}

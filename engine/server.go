@@ -67,6 +67,7 @@ type Server struct {
 	loopsMu sync.Mutex
 
 	nextConnID atomic.Uint64
+	startedAt  int64 // unix nanoseconds (uptimeSec counts from it)
 	eng        gnet.Engine
 	addr       net.Addr
 	booted     chan struct{}
@@ -100,6 +101,7 @@ func New(cfg Config) (*Server, error) {
 		hashSem:    make(chan struct{}, cfg.HashConcurrency),
 		logins:     newLoginLimiter(cfg.LoginRatePerIP, cfg.LoginBurstPerIP),
 		booted:     make(chan struct{}),
+		startedAt:  time.Now().UnixNano(),
 		runErr:     make(chan error, 1),
 		stopTicker: make(chan struct{}),
 		tickerDone: make(chan struct{}),
@@ -203,12 +205,18 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		return out, gnet.Close
 	}
 	now := time.Now().UnixNano()
-	c := &conn{tr: gc, loop: s.loopOf(gc.EventLoop()), id: s.nextConnID.Add(1), openedAt: now, ser: codec.JSON}
+	c := &conn{tr: gc, loop: s.loopOf(gc.EventLoop()), id: s.nextConnID.Add(1), ser: codec.JSON}
 	c.lastRecv.Store(now)
 	gc.SetContext(c)
 	s.conns.add(c)
 	s.metrics.accepted.Inc()
 	return nil, gnet.None
+}
+
+// uptimeSec converts unix nanoseconds to whole seconds since the server
+// was made, the compact clock of per-connection timestamps.
+func (s *Server) uptimeSec(unixNano int64) uint32 {
+	return uint32(max(unixNano-s.startedAt, 0) / int64(time.Second))
 }
 
 // OnClose implements gnet.EventHandler.
@@ -267,9 +275,10 @@ func (s *Server) readFrames(c *conn) {
 			break
 		}
 	}
-	if frames > 0 {
+	if frames > 0 && c.loggedIn() {
 		// Only complete frames count as activity: a peer trickling bytes
-		// (slowloris) still reaches the idle timeout.
+		// (slowloris) still reaches the idle timeout. Before the login
+		// nothing does: the login deadline runs from the accept.
 		c.lastRecv.Store(l.now.UnixNano())
 		s.metrics.bytesIn.Add(float64(bytes))
 	}
@@ -383,7 +392,7 @@ func (s *Server) expire(now int64) {
 	s.conns.each(func(c *conn) {
 		switch c.state.Load() {
 		case stateNew:
-			if now-c.openedAt > login {
+			if now-c.lastRecv.Load() > login {
 				// Not logged in: server frames are JSON (a login racing
 				// with the deadline may have just set another serializer).
 				c.mu.Lock()
@@ -394,8 +403,8 @@ func (s *Server) expire(now int64) {
 		case stateLoggedIn:
 			if idle := s.idleTimeout(c); now-c.lastRecv.Load() > idle.Nanoseconds() {
 				c.fail(nil, c.ser, 0, codec.CodeIdleTimeout, "nothing received for "+idle.String())
-			} else if s.sessOps != nil && now-c.lastRenew.Load() > renew {
-				c.lastRenew.Store(now)
+			} else if sec := s.uptimeSec(now); s.sessOps != nil && int64(sec-c.renewed.Load())*int64(time.Second) > renew {
+				c.renewed.Store(sec)
 				s.queueSessionOp(sessionOp{route: s.routeOf(c), c: c})
 			}
 		}

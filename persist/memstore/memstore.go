@@ -34,7 +34,11 @@ type Store struct {
 	closed  bool
 	m       *messages // messages and inboxes (see messages.go)
 	cursors map[cursorKey]uint64
-	users   map[string]persist.User
+	// Accounts: creation time by id, and the password hashes of those that
+	// have one (accounts provisioned by token login have none): most
+	// accounts then cost one small map entry.
+	users  map[string]int64
+	hashes map[string]string
 	groups  map[string]*persist.Group // Members sorted, deduplicated, owned by the store
 }
 
@@ -58,7 +62,8 @@ func NewWith(o Options) *Store {
 	return &Store{
 		m:       newMessages(o),
 		cursors: make(map[cursorKey]uint64),
-		users:   make(map[string]persist.User),
+		users:   make(map[string]int64),
+		hashes:  make(map[string]string),
 		groups:  make(map[string]*persist.Group),
 	}
 }
@@ -284,7 +289,10 @@ func (s *Store) CreateUser(ctx context.Context, u persist.User) error {
 	if _, ok := s.users[u.ID]; ok {
 		return persist.ErrUserExists
 	}
-	s.users[u.ID] = u
+	s.users[u.ID] = u.Created
+	if u.PasswordHash != "" {
+		s.hashes[u.ID] = u.PasswordHash
+	}
 	return nil
 }
 
@@ -301,7 +309,8 @@ func (s *Store) GetUser(ctx context.Context, id string) (persist.User, error) {
 	if s.closed {
 		return persist.User{}, persist.ErrClosed
 	}
-	u, ok := s.users[id]
+	created, ok := s.users[id]
+	u := persist.User{ID: id, PasswordHash: s.hashes[id], Created: created}
 	if !ok {
 		return persist.User{}, persist.ErrNotFound
 	}
@@ -429,6 +438,6 @@ func (s *Store) Close() error {
 		return persist.ErrClosed
 	}
 	s.closed = true
-	s.m, s.cursors, s.users, s.groups = nil, nil, nil, nil
+	s.m, s.cursors, s.users, s.hashes, s.groups = nil, nil, nil, nil, nil
 	return nil
 }
