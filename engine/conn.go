@@ -53,13 +53,13 @@ type conn struct {
 	prev, next *conn // in the node's connSet (its shard lock)
 
 	mu         sync.Mutex
-	out        *codec.Buffer // frames waiting for the loop to write them; nil when none
-	head, tail *task         // requests waiting to run, in arrival order
+	out        *outBuf // frames waiting for the loop to write them; nil when none
+	head, tail *task   // requests waiting to run, in arrival order
 
 	state    atomic.Uint32
-	sockOut  atomic.Int32 // bytes the transport still had to send after the last flush
-	inBytes  int32        // (mu) bytes held by head..tail, bounded by MaxConnInbound
-	inflight int32        // (mu) appends handed to the store and not yet complete
+	sockOut  atomic.Int32  // bytes the transport still had to send after the last flush
+	inBytes  int32         // (mu) bytes held by head..tail, bounded by MaxConnInbound
+	inflight int32         // (mu) appends handed to the store and not yet complete
 	renewed  atomic.Uint32 // seconds since the server started: last session-route renewal
 
 	hbSec        uint16             // heartbeat interval announced at login, seconds
@@ -99,7 +99,7 @@ func (c *conn) queue(src *loop, build func([]byte) []byte) bool {
 		return false
 	}
 	if c.out == nil {
-		c.out = codec.GetBuffer()
+		c.out = getOutBuf()
 	}
 	before := len(c.out.B)
 	c.out.B = build(c.out.B)
@@ -191,10 +191,10 @@ func (c *conn) flush() {
 		if !closed {
 			n := len(buf.B)
 			if _, err := c.tr.Write(buf.B); err == nil {
-				c.loop.srv.metrics.bytesOut.Add(float64(n))
+				c.loop.written += n // counted once per turn (endTurn)
 			}
 		}
-		codec.PutBuffer(buf)
+		putOutBuf(buf)
 	}
 	if closed {
 		return
@@ -211,7 +211,7 @@ func (c *conn) markClosed() {
 	c.mu.Lock()
 	c.closed = true
 	if c.out != nil {
-		codec.PutBuffer(c.out)
+		putOutBuf(c.out)
 		c.out = nil
 	}
 	head := c.head
@@ -364,4 +364,25 @@ func (c *conn) dropQueue() {
 		putTask(t)
 		t = next
 	}
+}
+
+// outBuf is a connection's pending output. Buffers are pooled: a
+// connection holds one only while it has output waiting, so an idle
+// connection costs none.
+type outBuf struct{ B []byte }
+
+// maxPooledOut: larger buffers (a burst to a slow reader) are left to the
+// garbage collector rather than kept in the pool.
+const maxPooledOut = 64 << 10
+
+var outPool = sync.Pool{New: func() any { return &outBuf{B: make([]byte, 0, 512)} }}
+
+func getOutBuf() *outBuf { return outPool.Get().(*outBuf) }
+
+func putOutBuf(b *outBuf) {
+	if cap(b.B) > maxPooledOut {
+		return
+	}
+	b.B = b.B[:0]
+	outPool.Put(b)
 }

@@ -40,6 +40,7 @@ type loop struct {
 	triggers uint64    // bit i: loop i's mailbox needs a trigger at the end of this turn
 	now      time.Time // read once per turn: the clock is slow to read on some VMs
 	scratch  []byte    // decode buffer of requests run on the loop
+	written  int       // bytes written this turn, for the metric
 
 	mu        sync.Mutex
 	mail      []*conn // connections with output queued from elsewhere
@@ -92,6 +93,10 @@ func (l *loop) endTurn() {
 		l.dirty[i] = nil
 	}
 	l.dirty = l.dirty[:0]
+	if l.written > 0 {
+		l.srv.metrics.bytesOut.Add(float64(l.written))
+		l.written = 0
+	}
 	if l.triggers != 0 {
 		t := l.triggers
 		l.triggers = 0

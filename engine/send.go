@@ -332,14 +332,18 @@ func (s *Server) pushTo(src *loop, op *sendOp, user string, seq uint64, m *persi
 		tmpl = new(codec.PushTemplate)
 		tmpl.Reset(messageFields(m))
 	}
+	pushed := 0
 	for _, d := range devs {
 		if d == skip {
 			continue
 		}
 		ser := d.ser
 		if d.queue(src, func(b []byte) []byte { return tmpl.AppendFrame(b, ser, seq) }) {
-			s.metrics.pushes.Inc()
+			pushed++
 		}
+	}
+	if pushed > 0 {
+		s.metrics.pushes.Add(float64(pushed))
 	}
 }
 

@@ -143,6 +143,9 @@ func (s *Store) appendLocked(op *persist.AppendOp) {
 		return
 	} else {
 		slot, r = m.store(msg)
+		if n := len(inboxes); n > len(r.in) {
+			m.more[slot] = make([]inboxRef, 0, n-len(r.in)) // one allocation per group message
+		}
 	}
 	for _, name := range inboxes {
 		in := m.inbox(name, true)
