@@ -83,6 +83,7 @@ type Flags struct {
 	groups      []Group
 	config      *string // --config, once WithConfig was called
 	derived     map[string]string
+	noEnv       bool
 	version     bool
 	// Source records, after Parse, where each flag's value came from:
 	// "flag", "env" (IM_*) or "file"; absent means the default.
@@ -103,6 +104,10 @@ func New(name, synopsis, description string, out io.Writer) *Flags {
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	return f
 }
+
+// DisableEnv makes Parse ignore the environment: for tools whose flag
+// names would collide with the daemons' IM_* variables.
+func (f *Flags) DisableEnv() { f.noEnv = true }
 
 // WithConfig defines --config FILE (also IM_CONFIG): a TOML file of flag
 // values read by Parse.
@@ -153,7 +158,7 @@ func (f *Flags) Parse(args []string, getenv func(string) string) error {
 	f.Visit(func(fl *flag.Flag) { f.Source[fl.Name] = "flag" })
 	var envErr error
 	f.VisitAll(func(fl *flag.Flag) {
-		if _, given := f.Source[fl.Name]; given || fl.Name == "version" || envErr != nil {
+		if _, given := f.Source[fl.Name]; given || f.noEnv || fl.Name == "version" || envErr != nil {
 			return
 		}
 		key := Key(fl.Name)

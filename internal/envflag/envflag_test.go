@@ -205,3 +205,11 @@ func TestKeyAndQuote(t *testing.T) {
 		t.Fatal("edit distance")
 	}
 }
+
+func TestDisableEnv(t *testing.T) {
+	tf := newTest(t)
+	tf.f.DisableEnv()
+	if err := tf.f.Parse(nil, env(map[string]string{"IM_COUNT": "9"})); err != nil || *tf.count != 1 {
+		t.Fatalf("the environment was read: count %d err %v", *tf.count, err)
+	}
+}
