@@ -129,7 +129,6 @@ func printUsage(w io.Writer) {
 		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
 	fmt.Fprint(w, `  help       show this help, or 'imctl help <command>'
-
   version    print the version
 
 Connection flags (most commands): --server (IM_SERVER, default 127.0.0.1:9090)
@@ -182,6 +181,8 @@ type flags struct {
 	json      bool
 	fallbacks []envFallback
 	pos       []string // positional arguments (flags may follow them)
+	// help writes the subcommand's help (for -h).
+	help func(w io.Writer)
 }
 
 // Args returns the positional arguments.
@@ -208,11 +209,13 @@ type envFallback struct {
 // -h prints the subcommand's help on stdout.
 func newFlags(e *env, name, args string) *flags {
 	fs := flag.NewFlagSet("imctl "+name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard) // parse reports errors without the flag list
+	// The flag package would print errors and the flag list itself; parse
+	// reports errors in one line and help only for -h.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	f := &flags{FlagSet: fs, e: e}
 	fs.BoolVar(&f.json, "json", false, "machine-readable JSON output")
-	fs.Usage = func() {
-		w := e.stdout
+	f.help = func(w io.Writer) {
 		c := lookup(name)
 		fmt.Fprintf(w, "Usage: imctl %s %s\n", name, args)
 		if c != nil {
@@ -243,6 +246,7 @@ func (f *flags) parse(args []string) error {
 		}
 		return nil
 	case errors.Is(err, flag.ErrHelp):
+		f.help(f.e.stdout)
 		return err
 	default:
 		return usagef("%v", envflag.CleanError(err))

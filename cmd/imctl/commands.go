@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -279,9 +280,9 @@ func cmdGroup(ctx context.Context, e *env, args []string) error {
 	}
 	action := args[0]
 	f := newFlags(e, "group "+action, "[flags]")
-	f.Usage = func() {
-		fmt.Fprintf(e.stdout, "Usage: imctl group %s\n\nFlags:\n", synopsis)
-		envflag.PrintDefaults(e.stdout, f.FlagSet)
+	f.help = func(w io.Writer) {
+		fmt.Fprintf(w, "Usage: imctl group %s\n\nFlags:\n", synopsis)
+		envflag.PrintDefaults(w, f.FlagSet)
 	}
 	cf := f.connection(defaultTimeout, withToken)
 	name := f.String("name", "", "group name (create)")

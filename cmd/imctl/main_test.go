@@ -98,8 +98,8 @@ func TestUsageAndHelp(t *testing.T) {
 			}
 			// A usage error is one message and a pointer to help, never the
 			// flag list.
-			if r.code == exitUsage && len(tt.args) > 0 && lookup(tt.args[0]) != nil && strings.Count(r.stderr, "\n") != 2 {
-				t.Fatalf("usage error of %d lines:\n%s", strings.Count(r.stderr, "\n"), r.stderr)
+			if r.code == exitUsage && len(tt.args) > 0 && lookup(tt.args[0]) != nil && (strings.Count(r.stderr, "\n") != 2 || r.stdout != "") {
+				t.Fatalf("usage error of %d lines:\n%s\nstdout:\n%s", strings.Count(r.stderr, "\n"), r.stderr, r.stdout)
 			}
 		})
 	}

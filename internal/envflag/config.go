@@ -155,20 +155,28 @@ func (f *Flags) WriteConfigExample(w io.Writer, title string) {
 		"# command line, then the IM_* environment variable, then this file, then the\n"+
 		"# default. Unknown keys are errors. Durations are strings such as \"30s\";\n"+
 		"# lists are comma-separated strings or arrays of strings.\n")
+	f.eachSetting(w, func(fl *flag.Flag) {
+		_, usage := typeName(fl)
+		fmt.Fprintf(w, "\n# %s\n", strings.ReplaceAll(usage, "\n", "\n# "))
+		if note, ok := f.derived[fl.Name]; ok {
+			fmt.Fprintf(w, "# Default: %s.\n#%s = %s\n", note, fl.Name, tomlLiteral(fl, zeroLiteral(fl)))
+			return
+		}
+		fmt.Fprintf(w, "#%s = %s\n", fl.Name, tomlLiteral(fl, fl.DefValue))
+	})
+}
+
+// eachSetting calls fn for every setting (every flag but --config and
+// --version) in group order, after writing each group's title as a TOML
+// comment to w.
+func (f *Flags) eachSetting(w io.Writer, fn func(fl *flag.Flag)) {
 	for _, g := range f.orderedGroups() {
 		if g.Title == "General" {
 			continue
 		}
 		fmt.Fprintf(w, "\n# ---- %s ----\n", g.Title)
 		for _, name := range g.Names {
-			fl := f.Lookup(name)
-			_, usage := typeName(fl)
-			fmt.Fprintf(w, "\n# %s\n", strings.ReplaceAll(usage, "\n", "\n# "))
-			if note, ok := f.derived[name]; ok {
-				fmt.Fprintf(w, "# Default: %s.\n#%s = %s\n", note, name, tomlLiteral(fl, zeroLiteral(fl)))
-				continue
-			}
-			fmt.Fprintf(w, "#%s = %s\n", name, tomlLiteral(fl, fl.DefValue))
+			fn(f.Lookup(name))
 		}
 	}
 }
@@ -221,29 +229,22 @@ func quoteTOML(s string) string {
 // redact, when not nil, may replace a value before it is printed (secrets,
 // passwords in URIs).
 func (f *Flags) WriteSettings(w io.Writer, redact func(name, value string) string) {
-	for _, g := range f.orderedGroups() {
-		if g.Title == "General" {
-			continue
+	f.eachSetting(w, func(fl *flag.Flag) {
+		val := fl.Value.String()
+		if redact != nil {
+			val = redact(fl.Name, val)
 		}
-		fmt.Fprintf(w, "\n# ---- %s ----\n", g.Title)
-		for _, name := range g.Names {
-			fl := f.Lookup(name)
-			val := fl.Value.String()
-			if redact != nil {
-				val = redact(name, val)
-			}
-			src := f.Source[name]
-			switch {
-			case src == "env":
-				src = "env " + Key(name)
-			case src == "" && f.derived[name] != "" && val != zeroLiteral(fl):
-				src = "derived: " + f.derived[name]
-			case src == "":
-				src = "default"
-			}
-			fmt.Fprintf(w, "%s = %s  # %s\n", name, tomlLiteral(fl, val), src)
+		src := f.Source[fl.Name]
+		switch {
+		case src == "env":
+			src = "env " + Key(fl.Name)
+		case src == "" && f.derived[fl.Name] != "" && val != zeroLiteral(fl):
+			src = "derived: " + f.derived[fl.Name]
+		case src == "":
+			src = "default"
 		}
-	}
+		fmt.Fprintf(w, "%s = %s  # %s\n", fl.Name, tomlLiteral(fl, val), src)
+	})
 }
 
 // ConfigCommand runs `<name> config example` and `<name> config check

@@ -4,7 +4,6 @@
 // filter one user's or one connection's lines across components:
 //
 //	node    the imd node id (every line of imd carries it)
-//	conn    a client connection's id, unique within a node's lifetime
 //	user    the user id of a logged-in connection or a request
 //	device  the device id of a logged-in connection
 //	peer    the node id at the other end of a mesh link
@@ -25,7 +24,6 @@ import (
 // Field names shared by every component's log lines.
 const (
 	KeyNode   = "node"
-	KeyConn   = "conn"
 	KeyUser   = "user"
 	KeyDevice = "device"
 	KeyPeer   = "peer"

@@ -30,8 +30,8 @@ func TestFormats(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log.Debug("shown", KeyConn, uint64(7))
-	if !strings.Contains(buf.String(), "level=DEBUG msg=shown conn=7") {
+	log.Debug("shown", KeyPeer, "n2")
+	if !strings.Contains(buf.String(), "level=DEBUG msg=shown peer=n2") {
 		t.Fatalf("text: %q", buf.String())
 	}
 

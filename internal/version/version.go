@@ -17,7 +17,8 @@ var (
 	Version string
 	// Commit is the full git commit hash.
 	Commit string
-	// Date is the build time, RFC 3339 in UTC.
+	// Date is the commit's time, RFC 3339 in UTC (the time of the
+	// sources, so rebuilding a commit stamps the same bytes).
 	Date string
 )
 
@@ -26,7 +27,7 @@ type Info struct {
 	Version  string // "devel" when neither stamped nor recorded by the toolchain
 	Commit   string // "unknown" when unavailable
 	Date     string // "" when unavailable
-	Modified bool   // built from a tree with uncommitted changes (toolchain VCS info)
+	Modified bool   // unstamped build from a tree with uncommitted changes (toolchain VCS info)
 	Go       string // runtime.Version()
 	Platform string // GOOS/GOARCH
 }
@@ -46,7 +47,8 @@ func Get() Info {
 					in.Date = s.Value
 				}
 			case "vcs.modified":
-				in.Modified = s.Value == "true"
+				// A stamped build says so in its Version ("-dirty").
+				in.Modified = s.Value == "true" && Commit == ""
 			}
 		}
 		if in.Version == "" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
@@ -64,7 +66,7 @@ func Get() Info {
 
 // String is the one-line answer of `<cmd> --version`, e.g.
 //
-//	imd v0.4.0 (commit 8a490d2c1f0e, built 2026-12-06T02:00:00Z, go1.26.8 linux/amd64)
+//	imd v0.4.0 (commit 8a490d2c1f0e from 2026-12-06T02:00:00Z, go1.26.8 linux/amd64)
 func String(cmd string) string {
 	in := Get()
 	commit := in.Commit
@@ -74,9 +76,9 @@ func String(cmd string) string {
 	if in.Modified {
 		commit += "+modified"
 	}
-	built := ""
+	from := ""
 	if in.Date != "" {
-		built = ", built " + in.Date
+		from = " from " + in.Date
 	}
-	return fmt.Sprintf("%s %s (commit %s%s, %s %s)", cmd, in.Version, commit, built, in.Go, in.Platform)
+	return fmt.Sprintf("%s %s (commit %s%s, %s %s)", cmd, in.Version, commit, from, in.Go, in.Platform)
 }
