@@ -354,7 +354,7 @@ func TestBinary(t *testing.T) {
 	}
 	bin := buildImd(t)
 	out, err := exec.Command(bin, "--version").Output()
-	if err != nil || !strings.HasPrefix(string(out), "imd "+testVersion+" (commit 0123456789ab, built 2026-01-02T03:04:05Z, go1.") {
+	if err != nil || !strings.HasPrefix(string(out), "imd "+testVersion+" (commit 0123456789ab from 2026-01-02T03:04:05Z, go1.") {
 		t.Fatalf("--version: %q %v", out, err)
 	}
 
