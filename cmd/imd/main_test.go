@@ -61,8 +61,12 @@ func TestParseOptions(t *testing.T) {
 	if o.engine.HeartbeatInterval != 5*time.Second || o.engine.IdleTimeout != 40*time.Second {
 		t.Fatalf("flag must beat env: heartbeat %s idle %s", o.engine.HeartbeatInterval, o.engine.IdleTimeout)
 	}
-	// The engine's defaults, not copies of them.
+	// The engine's defaults, not copies of them. engineDefaults relies on
+	// Validate filling zero fields: if that ever stops, this fails.
 	def := engineDefaults()
+	if def.MaxConns <= 0 || def.HeartbeatInterval <= 0 || def.SendRate <= 0 || def.Addr == "" {
+		t.Fatalf("engineDefaults returned no defaults: %+v", def)
+	}
 	o, err = parseOptions(nil, envOf(nil), io.Discard)
 	if err != nil {
 		t.Fatal(err)
