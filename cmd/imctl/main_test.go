@@ -439,17 +439,17 @@ func TestAgainstFakeServer(t *testing.T) {
 	}
 	// No --count: runs until --timeout and exits 0. By default only new
 	// messages: none arrive.
-	r = invoke(t, env, "", "recv", "--user", "bob", "--device", "d1", "--timeout", "200ms")
+	r = invoke(t, env, "", "recv", "--user", "bob", "--device", "d1", "--timeout", "1s")
 	if r.code != exitOK || r.stdout != "" {
 		t.Fatalf("recv of new messages: %+v", r)
 	}
 	// --unread: what this device has not received yet, then the cursor
-	// has moved and the next run of d1 has nothing unread.
-	r = invoke(t, env, "", "recv", "--user", "bob", "--device", "d2", "--unread", "--timeout", "200ms")
+	// has moved and the next run of d2 has nothing unread.
+	r = invoke(t, env, "", "recv", "--user", "bob", "--device", "d2", "--unread", "--timeout", "1s")
 	if r.code != exitOK || strings.Count(r.stdout, "\n") != 5 {
 		t.Fatalf("recv --unread: %+v", r)
 	}
-	r = invoke(t, env, "", "recv", "--user", "bob", "--device", "d2", "--unread", "--timeout", "200ms")
+	r = invoke(t, env, "", "recv", "--user", "bob", "--device", "d2", "--unread", "--timeout", "1s")
 	if r.code != exitOK || r.stdout != "" {
 		t.Fatalf("recv --unread again: %+v", r)
 	}

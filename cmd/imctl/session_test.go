@@ -79,7 +79,7 @@ func TestStableDevice(t *testing.T) {
 
 	// recv keeps its own place (it may run beside a chat without the
 	// server closing either as a duplicate login).
-	r = invoke(t, env, "", "recv", "--unread", "--timeout", "300ms")
+	r = invoke(t, env, "", "recv", "--unread", "--timeout", "1s")
 	if r.code != exitOK || strings.Count(r.stdout, "\n") != 4 {
 		t.Fatalf("recv --unread: %+v", r)
 	}
@@ -88,10 +88,10 @@ func TestStableDevice(t *testing.T) {
 		t.Fatalf("devices %v, want %v", got, want)
 	}
 	// --device and IM_DEVICE override it.
-	invoke(t, env, "", "recv", "--device", "laptop", "--timeout", "50ms")
+	invoke(t, env, "", "recv", "--device", "laptop", "--timeout", "1s")
 	env["IM_DEVICE"] = "desk"
-	invoke(t, env, "", "recv", "--timeout", "50ms")
-	if got := seen(); got[3] != "laptop" || got[4] != "desk" {
+	invoke(t, env, "", "recv", "--timeout", "1s")
+	if got := seen(); len(got) != 5 || got[3] != "laptop" || got[4] != "desk" {
 		t.Fatalf("devices %v", got)
 	}
 
@@ -101,7 +101,7 @@ func TestStableDevice(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(cfgDir, "imgn", "device"), []byte("not an id!"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r = invoke(t, env, "", "recv", "--timeout", "50ms")
+	r = invoke(t, env, "", "recv", "--timeout", "1s")
 	if r.code != exitOK || !strings.Contains(r.stderr, "no stable device id") || !strings.Contains(r.stderr, "delete the file") {
 		t.Fatalf("corrupt device file: %+v", r)
 	}

@@ -79,7 +79,8 @@ func serveCluster(o *options, log *slog.Logger) error {
 		return fmt.Errorf("registry: %w", err)
 	}
 	cl.add("registry", reg.Close)
-	transport, err := newTransport(o, nlog)
+	// The mesh and its transports add the node field themselves.
+	transport, err := newTransport(o, log)
 	if err != nil {
 		return err
 	}
@@ -91,7 +92,7 @@ func serveCluster(o *options, log *slog.Logger) error {
 		Transport:         transport,
 		AdvertiseMeshAddr: c.meshAdvertise,
 		Conns:             func() int64 { return srv.Conns() },
-		Logger:            nlog,
+		Logger:            log,
 	})
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)

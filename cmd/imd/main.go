@@ -64,8 +64,9 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 }
 
 // nodeLog returns the logger for imd's own lines and the components it
-// builds (stores, registry, mesh): every line names the node. The engine
-// gets the plain logger and adds the same field itself.
+// builds that do not name the node themselves (stores, registry): every
+// line names the node, once. The engine and the mesh get the plain logger
+// and add the same field themselves.
 func nodeLog(o *options, log *slog.Logger) *slog.Logger {
 	return log.With(logging.KeyNode, o.engine.NodeID)
 }
