@@ -151,7 +151,7 @@ func TestServeStatic(t *testing.T) {
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"--static", "n1=127.0.0.1:9090,n2=127.0.0.1:9190@0", "--listen", "127.0.0.1:0", "--lb", "round-robin",
-			"--log-format", "json"}, env(nil), io.Discard, &logs, func(a string) { addrc <- a })
+			"--log-format", "json", "--log-level", "debug"}, env(nil), io.Discard, &logs, func(a string) { addrc <- a })
 	}()
 	var addr string
 	select {
@@ -205,15 +205,28 @@ func TestServeStatic(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, logs.String())
 	}
 	// JSON logs: one object per line.
+	// Each answer is logged at debug level with the user and the node.
 	var msgs []string
+	routes := 0
 	for _, l := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
 		var line map[string]any
 		if err := json.Unmarshal([]byte(l), &line); err != nil || line["time"] == nil || line["level"] == nil {
 			t.Fatalf("not a JSON log line: %q (%v)", l, err)
 		}
 		msgs = append(msgs, line["msg"].(string))
+		switch line["msg"] {
+		case "route":
+			routes++
+			if line["user"] != "alice" || line["node"] != "n1" || line["addr"] != "127.0.0.1:9090" {
+				t.Fatalf("route line %q", l)
+			}
+		case "no route":
+			if line["user"] != "alice" || line["reason"] == "" {
+				t.Fatalf("no-route line %q", l)
+			}
+		}
 	}
-	if !slices.Contains(msgs, "imrouter ready") || !slices.Contains(msgs, "shutting down") {
+	if routes != 3 || !slices.Contains(msgs, "no route") || !slices.Contains(msgs, "imrouter ready") || !slices.Contains(msgs, "shutting down") {
 		t.Fatalf("log messages %v", msgs)
 	}
 }
