@@ -109,6 +109,10 @@ type Config struct {
 	// Client.LastSeq). Later reconnects always continue from the last seq
 	// delivered.
 	AfterSeq *uint64
+	// StartAtHead starts the Messages stream after the inbox head at
+	// login (LOGIN_OK.head_seq), ignoring AfterSeq: only messages stored
+	// after Dial logged in are delivered, none of the backlog.
+	StartAtHead bool
 	// SendOnly disables receiving: no sync, pushes are discarded, no
 	// PUSH_ACK, Messages is never fed. For senders, tools and benchmarks.
 	SendOnly bool

@@ -104,6 +104,9 @@ func TestDrainOneOfThreeUnder200Clients(t *testing.T) {
 		dialWG.Go(func() { cls[i] = dialRouted(t, router, u) })
 	}
 	dialWG.Wait()
+	if t.Failed() {
+		t.FailNow() // a client could not log in (reported above); the rest would dereference it
+	}
 	onN1 := 0
 	for _, cl := range cls {
 		if cl.NodeID() == "n1" {

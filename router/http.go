@@ -3,12 +3,15 @@ package router
 import (
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/imgn/imgn/auth"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/imgn/imgn/internal/logging"
 )
 
 // Limits of a route request.
@@ -119,11 +122,20 @@ func (r *Router) serveRoute(w http.ResponseWriter, req *http.Request) {
 	}
 	route, err := r.Pick(uid, exclude...)
 	var ue *UnavailableError
+	// One debug line per answer, with the fields imd's lines use, so a
+	// user's path can be followed from the router to the node.
+	debug := r.log.Enabled(req.Context(), slog.LevelDebug)
 	switch {
 	case err == nil:
 		r.m.ok.Inc()
+		if debug {
+			r.log.Debug("route", logging.KeyUser, uid, logging.KeyNode, route.NodeID, logging.KeyAddr, route.Addr, "exclude", exclude)
+		}
 		writeJSON(w, http.StatusOK, route)
 	case errors.As(err, &ue):
+		if debug {
+			r.log.Debug("no route", logging.KeyUser, uid, "exclude", exclude, "reason", ue.Reason)
+		}
 		r.m.unavailable.Inc()
 		w.Header().Set("Retry-After", "1")
 		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "no available node", Reason: ue.Reason})

@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,17 +22,6 @@ import (
 )
 
 const durSecret = "durability-secret"
-
-// buildImd compiles this command once per test binary.
-func buildImd(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "imd")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("build imd: %v\n%s", err, out)
-	}
-	return bin
-}
 
 func freePort(t *testing.T) string {
 	t.Helper()
