@@ -86,9 +86,9 @@ var derivedDefaults = map[string]string{
 var flagGroups = []envflag.Group{
 	{Title: "Node", Names: []string{"listen", "admin", "node-id", "node-num", "jwt-secret", "log-level", "log-format"}},
 	{Title: "Embedded store (single node)", Names: []string{"store", "data", "unsafe-no-fsync"}},
-	{Title: "Limits", Names: []string{"max-conns", "max-body", "max-group-size", "max-outbound", "workers", "event-loops",
-		"send-rate", "send-burst", "login-rate-per-ip", "login-burst-per-ip"}},
-	{Title: "Timeouts", Names: []string{"heartbeat", "idle-timeout", "login-timeout", "goaway-window", "shutdown-timeout"}},
+	{Title: "Limits", Names: []string{"max-conns", "max-body", "max-group-size", "max-outbound", "max-conn-inbound", "max-node-inbound",
+		"workers", "event-loops", "send-rate", "send-burst", "login-rate-per-ip", "login-burst-per-ip"}},
+	{Title: "Timeouts", Names: []string{"heartbeat", "heartbeat-rate", "max-heartbeat", "idle-timeout", "login-timeout", "goaway-window", "shutdown-timeout"}},
 	{Title: "Cluster mode (--zk, --redis and --mongo-uri together)", Names: []string{"zk", "zk-root", "zk-session-timeout",
 		"redis", "mongo-uri", "mongo-db", "write-concern", "mesh", "mesh-listen", "mesh-advertise", "advertise", "weight", "session-ttl"}},
 }
@@ -131,6 +131,8 @@ func newFlagSet(o *options, out io.Writer) (*envflag.Flags, map[string]string) {
 	fs.IntVar(&e.MaxBody, bind("MaxBody", "max-body"), def.MaxBody, "maximum frame body bytes")
 	fs.IntVar(&e.MaxGroupSize, bind("MaxGroupSize", "max-group-size"), def.MaxGroupSize, "maximum group members")
 	fs.IntVar(&e.MaxOutbound, bind("MaxOutbound", "max-outbound"), def.MaxOutbound, "bytes queued to one connection before it is closed as a slow consumer")
+	fs.IntVar(&e.MaxConnInbound, bind("MaxConnInbound", "max-conn-inbound"), def.MaxConnInbound, "bytes of one connection's requests that may wait for a worker (beyond: BUSY)")
+	fs.IntVar(&e.MaxNodeInbound, bind("MaxNodeInbound", "max-node-inbound"), def.MaxNodeInbound, "bytes of requests that may wait for a worker, node-wide (beyond: BUSY)")
 	fs.IntVar(&e.Workers, bind("Workers", "workers"), def.Workers, "request worker goroutines (store and hashing)")
 	fs.IntVar(&e.EventLoops, bind("EventLoops", "event-loops"), 0, "gnet event loops")
 	fs.Float64Var(&e.SendRate, bind("SendRate", "send-rate"), def.SendRate, "per-user messages per second")
@@ -139,7 +141,9 @@ func newFlagSet(o *options, out io.Writer) (*envflag.Flags, map[string]string) {
 	fs.IntVar(&e.LoginBurstPerIP, bind("LoginBurstPerIP", "login-burst-per-ip"), def.LoginBurstPerIP, "password-attempt burst per source address")
 
 	fs.DurationVar(&e.HeartbeatInterval, bind("HeartbeatInterval", "heartbeat"), def.HeartbeatInterval, "heartbeat interval announced to clients")
-	fs.DurationVar(&e.IdleTimeout, bind("IdleTimeout", "idle-timeout"), 0, "close logged-in connections silent this long")
+	fs.Float64Var(&e.HeartbeatRate, bind("HeartbeatRate", "heartbeat-rate"), def.HeartbeatRate, "heartbeats per second the node aims to answer at most: the announced interval grows with the connections (negative: fixed)")
+	fs.DurationVar(&e.MaxHeartbeatInterval, bind("MaxHeartbeatInterval", "max-heartbeat"), def.MaxHeartbeatInterval, "the longest heartbeat interval announced")
+	fs.DurationVar(&e.IdleTimeout, bind("IdleTimeout", "idle-timeout"), 0, "close logged-in connections silent this long (stretched with a lengthened heartbeat)")
 	fs.DurationVar(&e.LoginTimeout, bind("LoginTimeout", "login-timeout"), def.LoginTimeout, "close connections not logged in after this long")
 	fs.DurationVar(&e.GoAwayWindow, bind("GoAwayWindow", "goaway-window"), def.GoAwayWindow, "spread of client reconnect delays on shutdown")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long a graceful shutdown may take")
