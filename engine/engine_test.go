@@ -203,9 +203,13 @@ func TestMultiDeviceFanOutAndDuplicateLoginKick(t *testing.T) {
 		t.Fatalf("alice phone push %v", p)
 	}
 	var pres pb.PresenceOK
-	a1.mustCall(codec.CmdPresence, &pb.PresenceRequest{Users: []string{"bob", "carol"}}, &pres)
-	if len(pres.Users) != 2 || !pres.Users[0].Online || !slices.Equal(pres.Users[0].Devices, []string{"pc", "phone"}) || pres.Users[1].Online {
+	a1.mustCall(codec.CmdPresence, &pb.PresenceRequest{Users: []string{"bob", "carol", "alice"}}, &pres)
+	if len(pres.Users) != 3 || !pres.Users[0].Online || !slices.Equal(pres.Users[0].Devices, []string{"pc", "phone"}) || pres.Users[1].Online {
 		t.Fatalf("presence %v", &pres)
+	}
+	// carol has no account: unknown, not just offline.
+	if !pres.Users[1].Unknown || pres.Users[0].Unknown || pres.Users[2].Unknown {
+		t.Fatalf("unknown flags: %v", &pres)
 	}
 	// A second login of bob/phone kicks the first.
 	b3 := dial(t, s, codec.JSON)

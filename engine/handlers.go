@@ -543,7 +543,15 @@ func (s *Server) handlePresence(ctx context.Context, src *loop, c *conn, h codec
 	}
 	out := &pb.PresenceOK{Users: make([]*pb.UserPresence, len(req.Users))}
 	for i, u := range req.Users {
-		out.Users[i] = s.presence(ctx, u)
+		p := s.presence(ctx, u)
+		if !p.Online {
+			// Offline or no such account: say which (a store error
+			// leaves it "offline", the weaker claim).
+			if exists, err := s.userExists(ctx, u); err == nil && !exists {
+				p.Unknown = true
+			}
+		}
+		out.Users[i] = p
 	}
 	c.writeMsg(src, h.Serializer, codec.CmdPresenceOK, h.Seq, out)
 }
