@@ -39,7 +39,7 @@ type Store struct {
 	// accounts then cost one small map entry.
 	users  map[string]int64
 	hashes map[string]string
-	groups  map[string]*persist.Group // Members sorted, deduplicated, owned by the store
+	groups map[string]*persist.Group // Members sorted, deduplicated, owned by the store
 }
 
 // Options bound what the store keeps. The zero value keeps everything.
