@@ -29,7 +29,10 @@ type SendView struct {
 }
 
 // DecodeSend decodes body (serializer ser) into v. group selects the
-// GROUP_SEND key name for field 2 ("group_id" instead of "to").
+// GROUP_SEND key name for field 2 ("group_id" instead of "to"). The rules
+// are those of docs/protocol.md §3: an empty body is all defaults, unknown
+// fields are skipped, the last occurrence of a field wins, null/nil resets
+// it, and strings must be valid UTF-8.
 //
 // The slices in v alias body, or scratch where the serializer needs
 // unescaping (JSON string escapes and base64). Decoded bytes are appended to
@@ -60,8 +63,10 @@ func DecodeSend(ser SerializerID, body []byte, group bool, v *SendView, scratch 
 	return scratch, nil
 }
 
-// DecodePushAck decodes a PUSH_ACK body (PushAck). It never allocates except
-// for the error; errors wrap ErrBadBody.
+// DecodePushAck decodes a PUSH_ACK body (PushAck) by the rules of
+// DecodeSend. It never allocates except for the error it returns; errors wrap
+// ErrBadBody (ErrUnknownSerializer for an unknown ser). Safe for concurrent
+// use.
 func DecodePushAck(ser SerializerID, body []byte) (upToSeq uint64, err error) {
 	var f fieldValues
 	if _, err := decodeBody(ser, body, &pushAckSchema, &f, nil); err != nil {
@@ -70,8 +75,7 @@ func DecodePushAck(ser SerializerID, body []byte) (upToSeq uint64, err error) {
 	return f[0].u, nil
 }
 
-// DecodeSync decodes a SYNC body (SyncRequest). It never allocates except
-// for the error; errors wrap ErrBadBody.
+// DecodeSync decodes a SYNC body (SyncRequest) as DecodePushAck does.
 func DecodeSync(ser SerializerID, body []byte) (afterSeq uint64, limit uint32, err error) {
 	var f fieldValues
 	if _, err := decodeBody(ser, body, &syncSchema, &f, nil); err != nil {

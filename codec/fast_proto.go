@@ -26,7 +26,7 @@ func decodeProto(b []byte, s *schema, f *fieldValues) error {
 		idx := s.byNum(num)
 		if idx < 0 {
 			// Unknown: skip any wire type, groups included (protowire
-			// bounds their nesting).
+			// bounds their nesting at 10,000 levels, as proto.Unmarshal).
 			n = protowire.ConsumeFieldValue(protowire.Number(num), typ, b[off:])
 			if n < 0 {
 				return errAt(Protobuf, at, "bad field value")
