@@ -140,6 +140,14 @@ func newFakeEngine(t testing.TB, loops int, mod func(*Config)) *fakeEngine {
 	return fe
 }
 
+// runLoops runs what each loop's Execute recorded (its drain: pushes to
+// other connections, and what other loops queued), as a poll round does.
+func (fe *fakeEngine) runLoops() {
+	for _, l := range fe.loops {
+		l.run()
+	}
+}
+
 // conn opens a connection on loop i logged in as (user, device), with ser
 // as its serializer.
 func (fe *fakeEngine) conn(i int, user, device string, ser codec.SerializerID) (*conn, *fakeTransport) {
@@ -161,7 +169,7 @@ func (fe *fakeEngine) conn(i int, user, device string, ser codec.SerializerID) (
 func (fe *fakeEngine) feed(c *conn) {
 	c.loop.now = time.Now()
 	fe.s.readFrames(c)
-	c.loop.endTurn()
+	c.loop.endTraffic(c)
 }
 
 // encodeFrame returns a whole frame.

@@ -61,14 +61,14 @@ func TestSendPathAllocatesNothing(t *testing.T) {
 					next()
 					at.in = append(at.in, frame...)
 					fe.feed(a)
-					fe.loops[1].run()
+					fe.runLoops()
 					at.out, bt.out = at.out[:0], bt.out[:0]
 				}
 				// One checked round: the ack and the push arrive.
 				next()
 				at.in = append(at.in, frame...)
 				fe.feed(a)
-				fe.loops[1].run()
+				fe.runLoops()
 				if fs := at.frames(t); len(fs) != 1 || fs[0].Command != codec.CmdSendAck {
 					t.Fatalf("sender got %v", fs)
 				}
@@ -98,7 +98,7 @@ func BenchmarkSendPath(b *testing.B) {
 				next()
 				at.in = append(at.in, frame...)
 				fe.feed(a)
-				fe.loops[1].run()
+				fe.runLoops()
 				at.out, bt.out = at.out[:0], bt.out[:0]
 			}
 		})
@@ -365,9 +365,45 @@ func BenchmarkGroupSendPath(b *testing.B) {
 		next()
 		in.in = append(in.in, frame...)
 		fe.feed(sender)
-		fe.loops[1].run()
+		fe.runLoops()
 		for _, o := range outs {
 			o.out = o.out[:0]
+		}
+	}
+}
+
+// TestOneWritePerConnectionPerRound: within one poll round, a connection
+// pushed to by several senders gets one write, and each other loop is
+// triggered once however many of its connections got output.
+func TestOneWritePerConnectionPerRound(t *testing.T) {
+	fe := newFakeEngine(t, 2, nil)
+	s1, t1 := fe.conn(0, "s1", "pc", codec.Protobuf)
+	s2, t2 := fe.conn(0, "s2", "pc", codec.Protobuf)
+	_, same := fe.conn(0, "r0", "pc", codec.Protobuf)  // the senders' loop
+	_, other := fe.conn(1, "r1", "pc", codec.Protobuf) // the other loop
+	_, other2 := fe.conn(1, "r2", "pc", codec.Protobuf)
+	send := func(c *conn, ft *fakeTransport, id, to string) {
+		ft.in = append(ft.in, encodeFrame(t, codec.Protobuf, codec.CmdSend, 1, &pb.SendRequest{ClientMsgId: id, To: to})...)
+		fe.feed(c)
+	}
+	// One round: both senders, each to every receiver.
+	for _, to := range []string{"r0", "r1", "r2"} {
+		send(s1, t1, "a-"+to, to)
+		send(s2, t2, "b-"+to, to)
+	}
+	if same.writes != 0 || other.writes != 0 {
+		t.Fatalf("pushes written before the round ended: %d, %d", same.writes, other.writes)
+	}
+	if t1.writes != 3 || t2.writes != 3 {
+		t.Fatalf("sender writes %d, %d: each OnTraffic writes its own acks at once", t1.writes, t2.writes)
+	}
+	if n := fe.loops[1].execs; n != 1 {
+		t.Fatalf("other loop triggered %d times in one round, want 1", n)
+	}
+	fe.runLoops()
+	for name, ft := range map[string]*fakeTransport{"same loop": same, "other loop": other, "other loop 2": other2} {
+		if ft.writes != 1 || len(ft.frames(t)) != 2 {
+			t.Fatalf("%s receiver: %d writes, want 1 carrying both pushes", name, ft.writes)
 		}
 	}
 }

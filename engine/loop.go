@@ -36,7 +36,8 @@ type loop struct {
 	el  gnet.EventLoop
 
 	// Owned by the loop's goroutine.
-	dirty    []*conn   // connections of this loop with output to write this turn
+	dirty    []*conn   // connections of this loop with output to write this round
+	pending  int       // entries of dirty still marked (c.dirty): the others were written
 	triggers uint64    // bit i: loop i's mailbox needs a trigger at the end of this turn
 	now      time.Time // read once per turn: the clock is slow to read on some VMs
 	scratch  []byte    // decode buffer of requests run on the loop
@@ -75,24 +76,60 @@ func (l *loop) drain() {
 }
 
 // markDirty schedules c (a connection of this loop) for a write at the end
-// of the current turn. Loop goroutine only.
+// of the current turn (see endTraffic). Loop goroutine only.
 func (l *loop) markDirty(c *conn) {
 	if !c.dirty {
 		c.dirty = true
+		l.pending++
 		l.dirty = append(l.dirty, c)
 	}
 }
 
-// endTurn writes the dirty connections and sends the deferred triggers.
-// Loop goroutine only; called at the end of every OnTraffic and task.
-func (l *loop) endTurn() {
-	for i := 0; i < len(l.dirty); i++ {
-		c := l.dirty[i]
-		c.dirty = false
+// endTraffic ends an OnTraffic of c. c's own output (the replies its
+// client waits for) is written now; output queued for the loop's other
+// connections (pushes) waits for the end of the poll round: the loop runs
+// its drain task after every ready connection has been read, so a
+// connection pushed to from several senders in one round gets one write.
+// The task is scheduled once per round, through the mailbox's trigger.
+// Triggers of other loops go out now. Loop goroutine only.
+func (l *loop) endTraffic(c *conn) {
+	if c.dirty {
+		c.dirty = false // its entry in l.dirty is skipped at the end of the round
+		l.pending--
 		c.flush()
+	}
+	if l.pending == 0 {
+		clear(l.dirty)
+		l.dirty = l.dirty[:0]
+	} else {
+		l.mu.Lock()
+		need := !l.triggered
+		l.triggered = true
+		l.mu.Unlock()
+		if need {
+			l.trigger()
+		}
+	}
+	l.flushCounters()
+}
+
+// endTurn writes the dirty connections and sends the deferred triggers.
+// Loop goroutine only; called at the end of every task (drain).
+func (l *loop) endTurn() {
+	for i, c := range l.dirty {
+		if c.dirty {
+			c.dirty = false
+			c.flush()
+		}
 		l.dirty[i] = nil
 	}
-	l.dirty = l.dirty[:0]
+	l.dirty, l.pending = l.dirty[:0], 0
+	l.flushCounters()
+}
+
+// flushCounters adds this turn's written bytes to the metric and sends the
+// triggers this turn deferred.
+func (l *loop) flushCounters() {
 	if l.written > 0 {
 		l.srv.metrics.bytesOut.Add(float64(l.written))
 		l.written = 0

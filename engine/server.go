@@ -247,7 +247,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		c.loop.now = time.Now()
 		s.readFrames(c)
 	}
-	c.loop.endTurn()
+	c.loop.endTraffic(c)
 	return gnet.None
 }
 
