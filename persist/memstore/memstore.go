@@ -130,7 +130,7 @@ func (s *Store) appendLocked(op *persist.AppendOp) {
 	res := &op.Result
 	res.Msg = *msg
 	var r *record
-	slot, dup := m.dedup[dedupKey{msg.From, msg.ClientMsgID}]
+	slot, dup := m.lookup(msg.From, msg.ClientMsgID)
 	if dup {
 		var c *chunk
 		r, c = m.rec(slot)
@@ -172,7 +172,7 @@ func (s *Store) Lookup(ctx context.Context, from, clientMsgID string) (persist.M
 	if s.closed {
 		return persist.Message{}, persist.ErrClosed
 	}
-	slot, ok := s.m.dedup[dedupKey{from, clientMsgID}]
+	slot, ok := s.m.lookup(from, clientMsgID)
 	if !ok {
 		return persist.Message{}, persist.ErrNotFound
 	}

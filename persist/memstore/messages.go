@@ -1,6 +1,7 @@
 package memstore
 
 import (
+	"hash/maphash"
 	"time"
 	"unsafe"
 
@@ -116,24 +117,31 @@ type inbox struct {
 // messages is the message part of the store. Every method runs with the
 // store's lock held (write lock for the mutating ones).
 type messages struct {
-	opts    Options
-	chunks  []*chunk // chunks[i] holds slots from base + i*chunkRecs
-	base    uint64   // first slot of chunks[0], a multiple of chunkRecs
-	next    uint64   // slot of the next record
-	oldest  uint64   // no live record has a lower slot (MaxAge scans start here)
-	byID    map[uint64]uint64
-	dedup   map[dedupKey]uint64
-	inboxes map[string]*inbox
-	list    []*inbox              // by inbox index
-	more    map[uint64][]inboxRef // by slot: inbox seqs beyond a record's first two
-	clock   func() time.Time
-	scanned time.Time // last MaxAge scan
+	opts   Options
+	chunks []*chunk // chunks[i] holds slots from base + i*chunkRecs
+	base   uint64   // first slot of chunks[0], a multiple of chunkRecs
+	next   uint64   // slot of the next record
+	oldest uint64   // no live record has a lower slot (MaxAge scans start here)
+	byID   map[uint64]uint64
+	// The dedup index: by a 64-bit hash of (From, ClientMsgID), checked
+	// against the record, so the map holds no pointers for the collector
+	// to scan; the rare keys whose hash is taken by another message go in
+	// spill.
+	seed     maphash.Seed
+	dedup    map[uint64]uint64
+	spill    map[dedupKey]uint64
+	testHash func(from, cmid string) uint64 // tests force collisions
+	inboxes  map[string]*inbox
+	list     []*inbox              // by inbox index
+	more     map[uint64][]inboxRef // by slot: inbox seqs beyond a record's first two
+	clock    func() time.Time
+	scanned  time.Time // last MaxAge scan
 }
 
 type dedupKey struct{ from, clientMsgID string }
 
 func newMessages(o Options) *messages {
-	return &messages{opts: o, byID: make(map[uint64]uint64), dedup: make(map[dedupKey]uint64),
+	return &messages{opts: o, byID: make(map[uint64]uint64), dedup: make(map[uint64]uint64), spill: make(map[dedupKey]uint64), seed: maphash.MakeSeed(),
 		inboxes: make(map[string]*inbox), more: make(map[uint64][]inboxRef), clock: time.Now}
 }
 
@@ -164,8 +172,45 @@ func (m *messages) store(msg *persist.Message) (uint64, *record) {
 		from: c.putString(msg.From), to: c.putString(msg.To), cmid: c.putString(msg.ClientMsgID), body: c.put(msg.Body)}
 	c.live++
 	m.byID[msg.ID] = slot
-	m.dedup[dedupKey{c.str(r.from), c.str(r.cmid)}] = slot
+	h := m.dedupHash(msg.From, msg.ClientMsgID)
+	if _, taken := m.dedup[h]; taken {
+		m.spill[dedupKey{c.str(r.from), c.str(r.cmid)}] = slot
+	} else {
+		m.dedup[h] = slot
+	}
 	return slot, r
+}
+
+func (m *messages) dedupHash(from, cmid string) uint64 {
+	if m.testHash != nil {
+		return m.testHash(from, cmid)
+	}
+	return maphash.String(m.seed, from)*0x9E3779B97F4A7C15 ^ maphash.String(m.seed, cmid)
+}
+
+// lookup finds the slot of the message stored for (from, cmid).
+func (m *messages) lookup(from, cmid string) (uint64, bool) {
+	if slot, ok := m.dedup[m.dedupHash(from, cmid)]; ok {
+		if r, c := m.rec(slot); r != nil && c.str(r.from) == from && c.str(r.cmid) == cmid {
+			return slot, true
+		}
+	}
+	if len(m.spill) == 0 {
+		return 0, false
+	}
+	slot, ok := m.spill[dedupKey{from, cmid}]
+	return slot, ok
+}
+
+// forget removes the dedup entry of the record at slot.
+func (m *messages) forget(slot uint64, r *record, c *chunk) {
+	from, cmid := c.str(r.from), c.str(r.cmid)
+	h := m.dedupHash(from, cmid)
+	if s, ok := m.dedup[h]; ok && s == slot {
+		delete(m.dedup, h)
+		return
+	}
+	delete(m.spill, dedupKey{from, cmid})
 }
 
 // seqIn returns the seq of the record at slot in inbox in, or 0.
@@ -247,7 +292,7 @@ func (m *messages) unref(slot uint64, r *record, c *chunk) {
 		return
 	}
 	delete(m.byID, r.id)
-	delete(m.dedup, dedupKey{c.str(r.from), c.str(r.cmid)})
+	m.forget(slot, r, c)
 	if r.in[1].in != 0 {
 		delete(m.more, slot)
 	}

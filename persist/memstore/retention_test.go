@@ -128,3 +128,30 @@ func TestAppendAsyncSteadyStateAllocatesNothing(t *testing.T) {
 		t.Fatalf("done %d err %v seqs %v", done.n, op.Err, op.Result.Seqs)
 	}
 }
+
+// TestDedupHashCollisions: with every key hashing alike, deduplication,
+// lookup and retention still work (the colliding keys go to the spill map).
+func TestDedupHashCollisions(t *testing.T) {
+	s := NewWith(Options{InboxMax: 5})
+	s.m.testHash = func(string, string) uint64 { return 42 }
+	ctx := context.Background()
+	for i := 1; i <= 8; i++ {
+		send(t, s, uint64(i), "alice", fmt.Sprint("c", i), int64(i), "alice", "bob")
+	}
+	// A retry of a kept message is a duplicate; a trimmed one is forgotten.
+	res, err := s.Append(ctx, persist.Message{ID: 100, From: "alice", To: "bob", ClientMsgID: "c7"}, []string{"alice", "bob"})
+	if err != nil || !res.Duplicate || res.Msg.ID != 7 {
+		t.Fatalf("retry of c7: %+v %v", res, err)
+	}
+	if _, err := s.Lookup(ctx, "alice", "c1"); !errors.Is(err, persist.ErrNotFound) {
+		t.Fatalf("c1 should be trimmed: %v", err)
+	}
+	for i := 4; i <= 8; i++ {
+		if m, err := s.Lookup(ctx, "alice", fmt.Sprint("c", i)); err != nil || m.ID != uint64(i) {
+			t.Fatalf("c%d: %+v %v", i, m, err)
+		}
+	}
+	if len(s.m.dedup)+len(s.m.spill) != 5 {
+		t.Fatalf("%d+%d dedup entries for 5 kept messages", len(s.m.dedup), len(s.m.spill))
+	}
+}
