@@ -1,0 +1,438 @@
+package pebblestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/imgn/imgn/persist"
+)
+
+// item is one request on the queue: an append, or a write a caller waits
+// for.
+type item struct {
+	op *persist.AppendOp
+	w  *writeReq
+}
+
+// writeReq is a write other than an append. apply runs on the committer; it
+// must do every check and read before its first write and return an error
+// only when it has written nothing. A maintenance request (alone) is
+// committed in a batch of its own.
+type writeReq struct {
+	ctx   context.Context
+	apply func(c *committer) error
+	alone bool
+	err   error         // set by the committer before done is closed
+	done  chan struct{} // closed by the committer
+}
+
+// AppendAsync implements persist.AsyncAppender. It validates op on the
+// caller's goroutine, queues it without waiting, and completes it (calls
+// op.Done.AppendDone) from the committer after the batch holding it is
+// synced, in queue order. A malformed op completes with ErrInvalid, and one
+// that finds the store closed or its queue full with ErrClosed or
+// ErrUnavailable, before AppendAsync returns.
+//
+// On success op.Result.Msg is op.Msg for a fresh insert, and for a duplicate
+// a copy of the stored message owned by the caller. op.Result.Seqs reuses
+// the capacity the caller gave it.
+func (s *Store) AppendAsync(op *persist.AppendOp) {
+	if err := persist.CheckAppend(op.Msg, op.Inboxes); err != nil {
+		complete(op, fmt.Errorf("pebblestore: append: %w", err))
+		return
+	}
+	err := s.enqueueNow(item{op: op})
+	if err != nil {
+		complete(op, err)
+	}
+}
+
+// enqueueNow queues it without waiting.
+func (s *Store) enqueueNow(it item) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return persist.ErrClosed
+	}
+	select {
+	case s.queue <- it:
+		return nil
+	default:
+		return fmt.Errorf("pebblestore: %w: write queue full (%d requests)", persist.ErrUnavailable, cap(s.queue))
+	}
+}
+
+// complete finishes op with err (nil: op.Result is set).
+func complete(op *persist.AppendOp, err error) {
+	if err != nil {
+		op.Result = persist.AppendResult{Seqs: op.Result.Seqs[:0]}
+	}
+	op.Err = err
+	op.Done.AppendDone(op)
+}
+
+// Append implements persist.MessageStore as persist.AppendWait: it returns
+// after the batch holding the message and its inbox entries is synced. msg
+// and inboxes must stay unchanged until then, even if ctx ends first (the
+// append may still happen; retrying it is safe).
+func (s *Store) Append(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	return persist.AppendWait(ctx, s, msg, inboxes)
+}
+
+// write queues w and waits for its outcome. If ctx ends first, write
+// returns ctx.Err() at once; w may still be committed later (or skipped, if
+// the committer sees the context ended before applying it). Every write is
+// idempotent or reports its own earlier attempt, so callers may retry.
+func (s *Store) write(ctx context.Context, w *writeReq) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	w.ctx = ctx
+	w.done = make(chan struct{})
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return persist.ErrClosed
+	}
+	select {
+	case s.queue <- item{w: w}:
+		s.mu.RUnlock()
+	case <-ctx.Done():
+		s.mu.RUnlock()
+		return ctx.Err()
+	}
+	select {
+	case <-w.done:
+		return w.err
+	case <-ctx.Done():
+		select {
+		case <-w.done: // finished at the same moment: report the real outcome
+			return w.err
+		default:
+			return ctx.Err()
+		}
+	}
+}
+
+// committer is the state of the committer goroutine; nothing in it is
+// touched by any other goroutine.
+type committer struct {
+	s     *Store
+	b     *pebble.Batch
+	sync  *pebble.WriteOptions
+	heads map[string]*headEntry // inbox -> head
+	dirty []*headEntry          // heads changed by the current batch
+	// maxID is the highest message ID stored: an append above it cannot
+	// clash with a stored ID, so it skips that read.
+	maxID uint64
+	// batchErr is the first failure to add a write to the batch; the batch
+	// is then dropped and its writers fail.
+	batchErr error
+
+	// Per-batch state of appends: the messages stored by this batch, by
+	// dedup key and by ID, so later requests of the batch see them.
+	pend      []pending
+	pendDedup map[dedupKey]int
+	pendID    map[uint64]int
+	// overlay holds the writes of this batch's other requests (cursors,
+	// users, groups), so later requests of the batch read them. A nil
+	// value is a deletion.
+	overlay map[string][]byte
+
+	// overCap lists inboxes that grew past Retention.InboxMax, for the next
+	// retention pass; capScan asks that pass to scan every head instead
+	// (after Open, or when overCap overflowed).
+	overCap []string
+	capScan bool
+	capFrom []byte // where the scan of every head resumes
+
+	// Removals by retention in the current batch, counted once it commits.
+	rmMsgs, rmEnts uint64
+
+	key, key2, val []byte // scratch
+	idv            [8]byte
+	refs           refsRecord
+	sweepFrom      uint64 // where the cap sweep of the refs table resumes
+}
+
+// headEntry is a cached inbox head.
+type headEntry struct {
+	inbox   string // a private copy (the map key)
+	h       head
+	dirty   bool // in committer.dirty
+	overCap bool // in committer.overCap
+}
+
+// dedupKey is (From, ClientMsgID). Its strings point into the ops of the
+// current batch and are only used while the batch is applied.
+type dedupKey struct{ from, clientMsgID string }
+
+// pending is a message stored (or found) by the current batch.
+type pending struct {
+	msg  persist.Message // for a duplicate's result; may point into an op
+	refs []ref           // every inbox entry of the message
+}
+
+const maxOverCap = 1 << 16
+
+func newCommitter(s *Store) (*committer, error) {
+	c := &committer{
+		s:         s,
+		b:         s.db.NewBatch(),
+		sync:      s.writeOpts(),
+		heads:     make(map[string]*headEntry),
+		pendDedup: make(map[dedupKey]int),
+		pendID:    make(map[uint64]int),
+		overlay:   make(map[string][]byte),
+		capScan:   true,
+	}
+	// The highest stored message ID: the last key of the message table.
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{tMessage}, UpperBound: []byte{tMessage + 1}})
+	if err != nil {
+		return nil, err
+	}
+	if it.Last() {
+		c.maxID, err = u64(it.Key()[1:])
+	}
+	if cerr := it.Close(); err == nil {
+		err = cerr
+	}
+	return c, err
+}
+
+// run is the committer loop. It exits when the queue is closed and drained.
+func (c *committer) run() {
+	defer close(c.s.done)
+	batch := make([]item, 0, c.s.opts.MaxBatch)
+	for {
+		it, ok := <-c.s.queue
+		if !ok {
+			return
+		}
+		batch = append(batch[:0], it)
+	fill:
+		for len(batch) < c.s.opts.MaxBatch {
+			select {
+			case it, ok := <-c.s.queue:
+				if !ok {
+					break fill // closed: commit what we have, then the loop exits
+				}
+				batch = append(batch, it)
+			default:
+				break fill
+			}
+		}
+		// Maintenance requests go in batches of their own.
+		for rest := batch; len(rest) > 0; {
+			n := 1
+			if !isAlone(rest[0]) {
+				for n < len(rest) && !isAlone(rest[n]) {
+					n++
+				}
+			}
+			c.commit(rest[:n])
+			rest = rest[n:]
+		}
+		clear(batch) // drop references for the GC
+	}
+}
+
+func isAlone(it item) bool { return it.w != nil && it.w.alone }
+
+// commit applies items to one batch, commits it and completes them.
+func (c *committer) commit(items []item) {
+	c.resetBatchState()
+	full := c.s.full.Load()
+	for i := range items {
+		it := &items[i]
+		switch {
+		case it.op != nil:
+			if full {
+				it.op.Err = c.s.errFull()
+				continue
+			}
+			it.op.Err = c.apply(it.op)
+		case it.w.ctx.Err() != nil:
+			// The caller has given up: skipping is cheaper under overload
+			// and allowed, since it was told ctx.Err().
+			it.w.err = it.w.ctx.Err()
+		case full && !it.w.alone:
+			it.w.err = c.s.errFull()
+		default:
+			it.w.err = it.w.apply(c)
+			if it.w.err != nil && it.w.alone && c.batchErr == nil {
+				// A maintenance request may fail after writing: drop its
+				// batch (it is alone in it).
+				c.batchErr = it.w.err
+			}
+		}
+	}
+	c.flushHeads()
+	err := c.batchErr
+	if err == nil && !c.b.Empty() {
+		t0 := time.Now()
+		err = c.b.Commit(c.sync)
+		c.s.m.commit.Observe(time.Since(t0).Seconds())
+	}
+	c.b.Reset()
+	if err != nil {
+		// Nothing of the batch is known to be durable: forget what the
+		// committer believes about it, and fail every request that wrote.
+		c.s.failedCommits.Add(1)
+		c.forgetHeads()
+		err = fmt.Errorf("pebblestore: commit: %w: %w", persist.ErrUnavailable, err)
+		for i := range items {
+			if it := &items[i]; it.op != nil && it.op.Err == nil {
+				it.op.Err = err
+			} else if it.w != nil && it.w.err == nil {
+				it.w.err = err
+			}
+		}
+	} else {
+		c.s.publish()
+		c.s.removedMsgs.Add(c.rmMsgs)
+		c.s.removedEnts.Add(c.rmEnts)
+		c.s.commits.Add(1)
+		c.s.writes.Add(uint64(len(items)))
+		c.s.m.batch.Observe(float64(len(items)))
+	}
+	for i := range items {
+		if it := &items[i]; it.op != nil {
+			complete(it.op, it.op.Err)
+		} else {
+			close(it.w.done)
+		}
+	}
+}
+
+// resetBatchState empties the per-batch state and bounds the head cache.
+func (c *committer) resetBatchState() {
+	for i := range c.pend {
+		c.pend[i].msg = persist.Message{}
+		c.pend[i].refs = c.pend[i].refs[:0]
+	}
+	c.pend = c.pend[:0]
+	clear(c.pendDedup)
+	clear(c.pendID)
+	clear(c.overlay)
+	c.batchErr = nil
+	c.rmMsgs, c.rmEnts = 0, 0
+	if len(c.heads) > c.s.opts.HeadCacheSize {
+		c.forgetHeads()
+	}
+}
+
+// forgetHeads empties the head cache; heads are read again on use. Inboxes
+// listed in overCap stay listed (a trim reads their head again).
+func (c *committer) forgetHeads() {
+	clear(c.heads)
+}
+
+// head returns inbox's cached head, reading it on a miss.
+func (c *committer) head(inbox string) (*headEntry, error) {
+	if e, ok := c.heads[inbox]; ok {
+		return e, nil
+	}
+	e := &headEntry{inbox: strings.Clone(inbox), h: head{first: 1}}
+	v, closer, err := c.s.db.Get(keyLP(c.key2, tHead, inbox))
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+	case err != nil:
+		return nil, err
+	default:
+		e.h, err = decodeHead(v)
+		closer.Close()
+		if err != nil {
+			return nil, fmt.Errorf("inbox %q: %w", inbox, err)
+		}
+	}
+	c.heads[e.inbox] = e
+	return e, nil
+}
+
+// setHead records e's new head; flushHeads writes it once per batch.
+func (c *committer) setHead(e *headEntry, h head) {
+	e.h = h
+	if !e.dirty {
+		e.dirty = true
+		c.dirty = append(c.dirty, e)
+	}
+	if n := c.s.opts.Retention.InboxMax; n > 0 && !e.overCap && h.last-h.first+1 > uint64(n) {
+		if len(c.overCap) >= maxOverCap {
+			c.capScan = true
+		} else {
+			e.overCap = true
+			c.overCap = append(c.overCap, e.inbox)
+		}
+	}
+}
+
+// flushHeads writes every head changed by this batch.
+func (c *committer) flushHeads() {
+	for _, e := range c.dirty {
+		c.val = appendHead(c.val[:0], e.h)
+		c.set(keyLP(c.key, tHead, e.inbox), c.val)
+		e.dirty = false
+	}
+	clear(c.dirty)
+	c.dirty = c.dirty[:0]
+}
+
+// set, del and delRange add a write to the batch. Pebble batches fail
+// writes only on misuse (a closed batch, a 4 GiB batch); the first failure
+// is kept and fails the whole batch at commit.
+func (c *committer) set(key, value []byte) {
+	if err := c.b.Set(key, value, nil); err != nil && c.batchErr == nil {
+		c.batchErr = err
+	}
+}
+
+func (c *committer) del(key []byte) {
+	if err := c.b.Delete(key, nil); err != nil && c.batchErr == nil {
+		c.batchErr = err
+	}
+}
+
+func (c *committer) delRange(start, end []byte) {
+	if err := c.b.DeleteRange(start, end, nil); err != nil && c.batchErr == nil {
+		c.batchErr = err
+	}
+}
+
+// get reads key as the current batch sees it: this batch's own writes of
+// other requests (the overlay), else the database (which holds only synced
+// data: the committer is the only writer and waits for every sync). The
+// value is a copy. Appends do not use it (see apply).
+func (c *committer) get(key []byte) ([]byte, bool, error) {
+	if v, ok := c.overlay[string(key)]; ok {
+		return v, v != nil, nil
+	}
+	v, closer, err := c.s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	v = append([]byte{}, v...)
+	closer.Close()
+	return v, true, nil
+}
+
+// put writes key for a request other than an append, visible to the rest
+// of the batch through get.
+func (c *committer) put(key, value []byte) {
+	c.set(key, value)
+	c.overlay[string(key)] = append([]byte{}, value...)
+}
+
+// remove deletes key for a request other than an append.
+func (c *committer) remove(key []byte) {
+	c.del(key)
+	c.overlay[string(key)] = nil
+}
