@@ -1,12 +1,9 @@
 package pebblestore
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"strings"
-
-	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/imgn/imgn/persist"
 )
@@ -21,14 +18,12 @@ func (c *committer) apply(op *persist.AppendOp) error {
 		return c.applyDuplicate(op, pi)
 	}
 	c.key = keyLP2(c.key, tDedup, m.From, m.ClientMsgID)
-	v, closer, err := c.s.db.Get(c.key)
+	v, found, err := c.lookup(c.key)
 	switch {
-	case errors.Is(err, pebble.ErrNotFound):
 	case err != nil:
 		return unavailable("append", err)
-	default:
+	case found:
 		id, err := u64(v)
-		closer.Close()
 		if err != nil {
 			return unavailable("append", err)
 		}
@@ -97,16 +92,14 @@ func (c *committer) checkIDFree(id uint64) error {
 	if pi, ok := c.pendID[id]; ok {
 		other = c.pend[pi].msg
 	} else {
-		v, closer, err := c.s.db.Get(keyID(c.key, tMessage, id))
-		if errors.Is(err, pebble.ErrNotFound) {
-			return nil
-		}
+		v, found, err := c.lookup(keyID(c.key, tMessage, id))
 		if err != nil {
 			return unavailable("append", err)
 		}
-		other, err = decodeMessage(id, v)
-		closer.Close()
-		if err != nil {
+		if !found {
+			return nil
+		}
+		if other, err = decodeMessage(id, v); err != nil {
 			return unavailable("append", err)
 		}
 	}
@@ -126,28 +119,25 @@ func (c *committer) newPending() *pending {
 // loadStored reads stored message id and its refs into a new pending entry
 // (caller-owned copies), returning its index.
 func (c *committer) loadStored(id uint64) (int, error) {
-	v, closer, err := c.s.db.Get(keyID(c.key, tMessage, id))
-	if errors.Is(err, pebble.ErrNotFound) {
+	v, found, err := c.lookup(keyID(c.key, tMessage, id))
+	if err != nil {
+		return 0, err
+	}
+	if !found {
 		return 0, fmt.Errorf("%w: dedup entry for missing message %d", errCorrupt, id)
 	}
-	if err != nil {
-		return 0, err
-	}
 	msg, err := decodeMessage(id, v)
-	closer.Close()
 	if err != nil {
 		return 0, err
 	}
-	v, closer, err = c.s.db.Get(keyID(c.key, tRefs, id))
-	if errors.Is(err, pebble.ErrNotFound) {
+	v, found, err = c.lookup(keyID(c.key, tRefs, id))
+	if err != nil {
+		return 0, err
+	}
+	if !found {
 		return 0, fmt.Errorf("%w: missing refs of message %d", errCorrupt, id)
 	}
-	if err != nil {
-		return 0, err
-	}
-	err = decodeRefs(id, v, &c.refs)
-	closer.Close()
-	if err != nil {
+	if err := decodeRefs(id, v, &c.refs); err != nil {
 		return 0, err
 	}
 	p := c.newPending()

@@ -1,8 +1,8 @@
 package pebblestore
 
 import (
+	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -154,7 +154,8 @@ type committer struct {
 	// Removals by retention in the current batch, counted once it commits.
 	rmMsgs, rmEnts uint64
 
-	key, key2, val []byte // scratch
+	it             *pebble.Iterator // lookups of the current batch
+	key, key2, val []byte           // scratch
 	idv            [8]byte
 	refs           refsRecord
 	sweepFrom      uint64 // where the cap sweep of the refs table resumes
@@ -272,6 +273,7 @@ func (c *committer) commit(items []item) {
 			}
 		}
 	}
+	c.closeIter()
 	c.flushHeads()
 	err := c.batchErr
 	if err == nil && !c.b.Empty() {
@@ -339,15 +341,12 @@ func (c *committer) head(inbox string) (*headEntry, error) {
 		return e, nil
 	}
 	e := &headEntry{inbox: strings.Clone(inbox), h: head{first: 1}}
-	v, closer, err := c.s.db.Get(keyLP(c.key2, tHead, inbox))
-	switch {
-	case errors.Is(err, pebble.ErrNotFound):
-	case err != nil:
+	v, found, err := c.lookup(keyLP(c.key2, tHead, inbox))
+	if err != nil {
 		return nil, err
-	default:
-		e.h, err = decodeHead(v)
-		closer.Close()
-		if err != nil {
+	}
+	if found {
+		if e.h, err = decodeHead(v); err != nil {
 			return nil, fmt.Errorf("inbox %q: %w", inbox, err)
 		}
 	}
@@ -412,16 +411,41 @@ func (c *committer) get(key []byte) ([]byte, bool, error) {
 	if v, ok := c.overlay[string(key)]; ok {
 		return v, v != nil, nil
 	}
-	v, closer, err := c.s.db.Get(key)
-	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, false, nil
-	}
-	if err != nil {
+	v, ok, err := c.lookup(key)
+	if !ok || err != nil {
 		return nil, false, err
 	}
-	v = append([]byte{}, v...)
-	closer.Close()
-	return v, true, nil
+	return append([]byte{}, v...), true, nil
+}
+
+// lookup reads key from the database, which holds only synced data (the
+// committer is the only writer and waits for every sync), through one
+// iterator per batch: cheaper than a Get each, which opens an iterator on
+// every table it consults. The value is valid until the next lookup.
+func (c *committer) lookup(key []byte) ([]byte, bool, error) {
+	if c.it == nil {
+		it, err := c.s.db.NewIter(&pebble.IterOptions{UseL6Filters: true})
+		if err != nil {
+			return nil, false, err
+		}
+		c.it = it
+	}
+	if !c.it.SeekPrefixGE(key) || !bytes.Equal(c.it.Key(), key) {
+		return nil, false, c.it.Error()
+	}
+	v, err := c.it.ValueAndErr()
+	return v, err == nil, err
+}
+
+// closeIter closes the batch's lookup iterator (before the commit: it pins
+// the state the batch was built on).
+func (c *committer) closeIter() {
+	if c.it != nil {
+		if err := c.it.Close(); err != nil && c.batchErr == nil {
+			c.batchErr = err
+		}
+		c.it = nil
+	}
 }
 
 // put writes key for a request other than an append, visible to the rest

@@ -116,7 +116,7 @@ const (
 	DefaultMaxBatch      = 2048
 	DefaultQueueSize     = 16384
 	DefaultMinFreeBytes  = 256 << 20
-	DefaultCacheSize     = 64 << 20
+	DefaultCacheSize     = 256 << 20
 	DefaultMemTableSize  = 32 << 20
 	DefaultMaxOpenFiles  = 256
 	DefaultHeadCacheSize = 1 << 20

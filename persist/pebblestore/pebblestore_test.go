@@ -31,8 +31,45 @@ func TestConformance(t *testing.T) {
 	})
 }
 
-func TestDurable(t *testing.T) {
-	storetest.RunDurable(t, func(t *testing.T, dir string) persist.Store {
-		return openAt(t, dir, pebblestore.Options{})
+func TestDurable(t *testing.T) { storetest.RunDurable(t, openDurable) }
+
+// BenchmarkStore runs the shared benchmarks with real fsync and with NoSync
+// (the CPU cost of the store alone), and reports the average group-commit
+// batch as writes/commit.
+func BenchmarkStore(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		opts pebblestore.Options
+	}{
+		{"fsync", pebblestore.Options{}},
+		{"nosync", pebblestore.Options{NoSync: true}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			storetest.Bench(b, func(b *testing.B) persist.Store {
+				s := openAt(b, b.TempDir(), c.opts)
+				b.Cleanup(func() { // after Bench closed s, before the result is read
+					if st := s.StoreStats(); st.Commits > 0 {
+						b.ReportMetric(st.AvgBatch, "writes/commit")
+					}
+				})
+				return s
+			})
+		})
+	}
+}
+
+func TestRetention(t *testing.T) {
+	storetest.RunRetention(t, func(t *testing.T, r persist.Retention) persist.Store {
+		return openAt(t, t.TempDir(), pebblestore.Options{Retention: r})
 	})
 }
+
+func openDurable(t *testing.T, dir string) persist.Store { return openAt(t, dir, pebblestore.Options{}) }
+
+// TestCrashChild is the child process of TestCrashSIGKILL; run on its own
+// it does nothing.
+func TestCrashChild(t *testing.T) { storetest.CrashChild(t, openDurable) }
+
+// TestCrashSIGKILL kills a process appending to the store three times and
+// checks every acknowledged append (and retry) after the last restart.
+func TestCrashSIGKILL(t *testing.T) { storetest.RunCrash(t, "TestCrashChild", 3, openDurable) }

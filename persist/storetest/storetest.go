@@ -54,6 +54,16 @@ func Run(t *testing.T, open func(t *testing.T) persist.Store) {
 		{"Closed", testClosed},
 		{"CloseWhileBusy", testCloseWhileBusy},
 	}
+	probe := open(t)
+	if _, ok := probe.(persist.AsyncAppender); ok {
+		tests = append(tests, struct {
+			name string
+			fn   func(t *testing.T, s persist.Store)
+		}{"AsyncBurst", testAsyncBurst})
+	}
+	if err := probe.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
