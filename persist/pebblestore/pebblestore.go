@@ -78,9 +78,11 @@
 // fsync the kernel may have dropped the data, so nothing written since the
 // last good sync can be trusted): Pebble stops the process, and a restart
 // replays the WAL up to the last good sync. A torn WAL tail (a crash in the
-// middle of a write) is cut off at open; damage followed by records that
-// were already synced is reported by Open as corruption instead of silently
-// dropping acknowledged data.
+// middle of a write) is cut off at open. Damage to a record that synced
+// records follow in a later 32 KiB block of the WAL is reported by Open as
+// corruption rather than silently dropping acknowledged data; within the
+// last block Pebble cannot tell such damage (a disk returning wrong bytes)
+// from a torn write, and recovery stops before it.
 package pebblestore
 
 import (
@@ -304,8 +306,15 @@ func Open(opts Options) (*Store, error) {
 	if err := checkLegacy(o.Dir); err != nil {
 		return nil, err
 	}
+	_, statErr := os.Stat(o.Dir)
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("pebblestore: open %s: %w", o.Dir, err)
+	}
+	if errors.Is(statErr, fs.ErrNotExist) && !o.NoSync {
+		// Pebble makes its files durable in Dir; Dir itself is new.
+		if err := syncDir(filepath.Dir(o.Dir)); err != nil {
+			return nil, fmt.Errorf("pebblestore: open %s: %w", o.Dir, err)
+		}
 	}
 	m := newMetrics()
 	popts := &pebble.Options{
@@ -321,15 +330,11 @@ func Open(opts Options) (*Store, error) {
 		// them without reading a block.
 		popts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
-	db, err := pebble.Open(o.Dir, popts)
+	db, err := openDB(o.Dir, popts)
 	if err != nil {
-		return nil, fmt.Errorf("pebblestore: open %s: %w%s", o.Dir, err, corruptionHint(err))
-	}
-	s := &Store{db: db, opts: o, m: m, queue: make(chan item, o.QueueSize), done: make(chan struct{})}
-	if err := s.checkFormat(); err != nil {
-		_ = db.Close()
 		return nil, fmt.Errorf("pebblestore: open %s: %w", o.Dir, err)
 	}
+	s := &Store{db: db, opts: o, m: m, queue: make(chan item, o.QueueSize), done: make(chan struct{})}
 	if o.Registry != nil {
 		if err := m.register(o.Registry, s); err != nil {
 			_ = db.Close()
@@ -367,26 +372,60 @@ func checkLegacy(dir string) error {
 
 // corruptionHint adds what to do to a corruption error from Pebble.
 func corruptionHint(err error) string {
-	if errors.Is(err, pebble.ErrCorruption) {
+	if pebble.IsCorruptionError(err) {
 		return " (the store is damaged in data that was already synced, so acknowledged messages would be lost: " +
 			"restore the directory from a backup, or move it away to start empty)"
 	}
 	return ""
 }
 
-// checkFormat writes the format version into a new store and refuses a store
-// of another version.
-func (s *Store) checkFormat() error {
-	v, closer, err := s.db.Get(metaFormatKey)
-	if errors.Is(err, pebble.ErrNotFound) {
-		return s.db.Set(metaFormatKey, []byte{formatVersion}, s.writeOpts())
+// openDB opens the Pebble database in dir, checks the store's format
+// version. A new store is written its format version and opened a second
+// time: Pebble writes the first WAL of a new database before it settles its
+// format, in the older chunk format whose recovery cannot tell damage to
+// synced records from a torn tail.
+func openDB(dir string, popts *pebble.Options) (*pebble.DB, error) {
+	for attempt := 0; ; attempt++ {
+		db, err := pebble.Open(dir, popts)
+		if err != nil {
+			return nil, fmt.Errorf("%w%s", err, corruptionHint(err))
+		}
+		v, closer, err := db.Get(metaFormatKey)
+		switch {
+		case errors.Is(err, pebble.ErrNotFound) && attempt == 0:
+			err = db.Set(metaFormatKey, []byte{formatVersion}, pebble.Sync)
+			if cerr := db.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return nil, err
+			}
+			continue
+		case err != nil:
+		case len(v) != 1 || v[0] != formatVersion:
+			err = fmt.Errorf("unsupported store format %v (want %d)", v, formatVersion)
+			closer.Close()
+		default:
+			closer.Close()
+			return db, nil
+		}
+		_ = db.Close()
+		return nil, err
 	}
+}
+
+// syncDir fsyncs a directory so that the files created in it are durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
 	if err != nil {
 		return err
 	}
-	defer closer.Close()
-	if len(v) != 1 || v[0] != formatVersion {
-		return fmt.Errorf("unsupported store format %v (want %d)", v, formatVersion)
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
 	}
 	return nil
 }
