@@ -247,6 +247,9 @@ func isAlone(it item) bool { return it.w != nil && it.w.alone }
 
 // commit applies items to one batch, commits it and completes them.
 func (c *committer) commit(items []item) {
+	if h := c.s.opts.beforeCommit; h != nil {
+		h(len(items))
+	}
 	c.resetBatchState()
 	full := c.s.full.Load()
 	for i := range items {

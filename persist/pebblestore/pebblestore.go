@@ -182,8 +182,11 @@ type Options struct {
 	Now func() time.Time
 
 	// housekeepEvery is the period of the disk-space and metrics refresh
-	// (tests shorten it); zero means one second.
+	// (tests change it); zero means one second.
 	housekeepEvery time.Duration
+	// beforeCommit, when set (tests only), runs on the committer before
+	// each batch is applied, with the batch's size.
+	beforeCommit func(n int)
 }
 
 // withDefaults validates o and fills in defaults: the single place where
