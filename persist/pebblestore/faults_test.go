@@ -400,7 +400,8 @@ func TestTornWALTail(t *testing.T) {
 		}
 		return k
 	}
-	for cut := ends[n-5]; cut <= ends[n]; cut += 11 {
+	step := max(1, (ends[n]-ends[n-5])/24) // about 25 cuts over the last 5 records
+	for cut := ends[n-5]; cut <= ends[n]; cut += step {
 		t.Run(fmt.Sprintf("truncate@%d", cut), func(t *testing.T) {
 			kept := check(t, func(p string) {
 				if err := os.Truncate(p, cut); err != nil {
@@ -413,7 +414,7 @@ func TestTornWALTail(t *testing.T) {
 		})
 	}
 	// The record being written is garbled: its bits flipped, at the tail.
-	for i := n - 3; i <= n; i++ {
+	for i := n - 1; i <= n; i++ {
 		for _, at := range []int64{ends[i-1], ends[i-1] + 3, (ends[i-1] + ends[i]) / 2, ends[i] - 1} {
 			t.Run(fmt.Sprintf("flip%d@%d", i, at), func(t *testing.T) {
 				kept := check(t, func(p string) {

@@ -65,7 +65,9 @@ func TestRetention(t *testing.T) {
 	})
 }
 
-func openDurable(t *testing.T, dir string) persist.Store { return openAt(t, dir, pebblestore.Options{}) }
+func openDurable(t *testing.T, dir string) persist.Store {
+	return openAt(t, dir, pebblestore.Options{})
+}
 
 // TestCrashChild is the child process of TestCrashSIGKILL; run on its own
 // it does nothing.
