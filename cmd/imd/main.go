@@ -1,5 +1,5 @@
 // Command imd runs one IM node. With no cluster flags it is a complete
-// single-node server on an embedded, crash-safe store under ./data.
+// single-node server on an embedded, crash-safe store (Pebble) under ./data.
 //
 // Every flag can also be set by an environment variable IM_<FLAG> (upper
 // case, dashes as underscores), e.g. IM_LISTEN=0.0.0.0:9090; a flag on the
@@ -17,15 +17,16 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/imgn/imgn/engine"
 	"github.com/imgn/imgn/internal/envflag"
 	"github.com/imgn/imgn/persist"
-	"github.com/imgn/imgn/persist/boltstore"
 	"github.com/imgn/imgn/persist/memstore"
+	"github.com/imgn/imgn/persist/pebblestore"
 )
 
 func main() {
@@ -42,6 +43,8 @@ type options struct {
 	heartbeat, idle, loginTimeout, shutdownTimeout, goAway     time.Duration
 	maxOutbound                                                int
 	noSync                                                     bool
+	retention                                                  time.Duration
+	inboxMax                                                   int
 	loginRate                                                  float64
 	loginBurst                                                 int
 
@@ -64,6 +67,8 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.StringVar(&o.dataDir, "data", "./data", "data directory of the embedded store")
 	fs.StringVar(&o.store, "store", "embedded", "message store: embedded (durable, file-backed) or memory (not durable)")
 	fs.BoolVar(&o.noSync, "unsafe-no-fsync", false, "embedded store: skip fsync (UNSAFE: acked messages can be lost on a crash; benchmarks only)")
+	fs.DurationVar(&o.retention, "retention", 0, "embedded store: remove messages older than this, e.g. 720h (0 keeps them for ever)")
+	fs.IntVar(&o.inboxMax, "inbox-max", 0, "embedded store: keep at most this many newest messages per inbox (0: no cap)")
 	fs.StringVar(&o.nodeID, "node-id", "", "node id (default: derived from the listen port, e.g. n9090)")
 	fs.UintVar(&o.nodeNum, "node-num", 0, "node number 1..1023 mixed into message ids (default: derived from node id)")
 	fs.StringVar(&o.jwtSecret, "jwt-secret", "", "HS256 secret for token login (empty disables token login)")
@@ -105,6 +110,14 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	}
 	if o.store != "embedded" && o.store != "memory" {
 		return nil, fmt.Errorf("--store must be embedded or memory, got %q", o.store)
+	}
+	switch {
+	case o.retention < 0:
+		return nil, fmt.Errorf("--retention must be >= 0, got %s", o.retention)
+	case o.inboxMax < 0:
+		return nil, fmt.Errorf("--inbox-max must be >= 0, got %d", o.inboxMax)
+	case (o.retention > 0 || o.inboxMax > 0) && o.store != "embedded":
+		return nil, fmt.Errorf("--retention and --inbox-max need --store embedded (the %s store does not enforce them)", o.store)
 	}
 	if o.clustered() {
 		switch {
@@ -171,18 +184,22 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 	return 0
 }
 
-func openStore(o *options) (persist.Store, error) {
+// openStore opens the single node's store; the embedded store registers
+// its metrics on reg.
+func openStore(o *options, reg prometheus.Registerer, log *slog.Logger) (persist.Store, error) {
 	if o.store == "memory" {
 		return memstore.New(), nil
 	}
-	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create data dir: %w", err)
-	}
-	return boltstore.Open(boltstore.Options{Path: filepath.Join(o.dataDir, "imgn.db"), NoSync: o.noSync})
+	return pebblestore.Open(pebblestore.Options{
+		Dir: o.dataDir, NoSync: o.noSync,
+		Retention: persist.Retention{MaxAge: o.retention, InboxMax: o.inboxMax},
+		Registry:  reg, Logger: log.With("component", "store"),
+	})
 }
 
 func serve(o *options, log *slog.Logger) error {
-	store, err := openStore(o)
+	reg := prometheus.NewRegistry()
+	store, err := openStore(o, reg, log)
 	if err != nil {
 		return err
 	}
@@ -197,7 +214,7 @@ func serve(o *options, log *slog.Logger) error {
 		MaxOutbound: o.maxOutbound, MaxConns: o.maxConns, SendRate: o.sendRate, SendBurst: o.sendBurst,
 		MaxGroupSize: o.maxGroup, Workers: o.workers, GoAwayWindow: o.goAway,
 		LoginRatePerIP: o.loginRate, LoginBurstPerIP: o.loginBurst,
-		JWTSecret: []byte(o.jwtSecret), Store: store, Logger: log,
+		JWTSecret: []byte(o.jwtSecret), Store: store, Logger: log, Registry: reg,
 	})
 	if err != nil {
 		return err

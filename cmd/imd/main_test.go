@@ -25,6 +25,9 @@ func TestParseOptions(t *testing.T) {
 		want string
 	}{
 		{[]string{"--store", "rocks"}, nil, "--store"},
+		{[]string{"--retention", "-1h"}, nil, "--retention"},
+		{[]string{"--inbox-max", "-5"}, nil, "--inbox-max"},
+		{[]string{"--store", "memory", "--inbox-max", "5"}, nil, "--store embedded"},
 		{[]string{"--node-num", "5000"}, nil, "--node-num"},
 		{[]string{"--listen", "nonsense"}, nil, "--listen"},
 		{nil, map[string]string{"IM_MAX_CONNS": "lots"}, "IM_MAX_CONNS"},
