@@ -1,7 +1,7 @@
 // Package persist holds the storage seams of the server and their in-memory
 // defaults: MessageStore (messages, inboxes, cursors), UserStore and
 // GroupStore, and SessionStore (who is online where). Implementations live
-// one per sub-package: memstore (in memory, not durable), boltstore (the
+// one per sub-package: memstore (in memory, not durable), pebblestore (the
 // embedded single-node store), mongostore (clusters), redisstore (sessions).
 // Every implementation passes the conformance suite of its interface
 // (persist/storetest, persist/sessiontest).

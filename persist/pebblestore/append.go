@@ -82,7 +82,7 @@ func (c *committer) addEntry(inbox string, seq, id uint64) {
 	e := c.heads[inbox]
 	c.key2 = keyInbox(c.key2, inbox, seq)
 	c.set(c.key2, appendBE64(c.idv[:0], id))
-	c.setHead(e, head{last: seq, first: e.h.first})
+	c.advance(e, seq)
 }
 
 // checkIDFree returns ErrInvalid when id is stored (or stored by this

@@ -126,7 +126,7 @@ type committer struct {
 	b     *pebble.Batch
 	sync  *pebble.WriteOptions
 	heads map[string]*headEntry // inbox -> head
-	dirty []*headEntry          // heads changed by the current batch
+	dirty []*headEntry          // heads trimmed by the current batch
 	// maxID is the highest message ID stored: an append above it cannot
 	// clash with a stored ID, so it skips that read.
 	maxID uint64
@@ -343,34 +343,40 @@ func (c *committer) head(inbox string) (*headEntry, error) {
 	if e, ok := c.heads[inbox]; ok {
 		return e, nil
 	}
-	e := &headEntry{inbox: strings.Clone(inbox), h: head{first: 1}}
-	v, found, err := c.lookup(keyLP(c.key2, tHead, inbox))
-	if err != nil {
+	if err := c.openIter(); err != nil {
 		return nil, err
 	}
-	if found {
-		if e.h, err = decodeHead(v); err != nil {
-			return nil, fmt.Errorf("inbox %q: %w", inbox, err)
-		}
+	h, err := headAt(c.it, inbox)
+	if err != nil {
+		return nil, fmt.Errorf("inbox %q: %w", inbox, err)
 	}
+	e := &headEntry{inbox: strings.Clone(inbox), h: h}
 	c.heads[e.inbox] = e
 	return e, nil
 }
 
-// setHead records e's new head; flushHeads writes it once per batch.
-func (c *committer) setHead(e *headEntry, h head) {
-	e.h = h
-	if !e.dirty {
-		e.dirty = true
-		c.dirty = append(c.dirty, e)
-	}
-	if n := c.s.opts.Retention.InboxMax; n > 0 && !e.overCap && h.last-h.first+1 > uint64(n) {
+// advance records that inbox e got seq, its new last: appends write no head
+// record (the last seq is the inbox's last key), they only note inboxes that
+// grew past Retention.InboxMax.
+func (c *committer) advance(e *headEntry, seq uint64) {
+	e.h.last = seq
+	if n := c.s.opts.Retention.InboxMax; n > 0 && !e.overCap && e.h.last-e.h.first+1 > uint64(n) {
 		if len(c.overCap) >= maxOverCap {
 			c.capScan = true
 		} else {
 			e.overCap = true
 			c.overCap = append(c.overCap, e.inbox)
 		}
+	}
+}
+
+// setHead records e's new head after a trim; flushHeads writes its head
+// record once per batch.
+func (c *committer) setHead(e *headEntry, h head) {
+	e.h = h
+	if !e.dirty {
+		e.dirty = true
+		c.dirty = append(c.dirty, e)
 	}
 }
 
@@ -426,18 +432,27 @@ func (c *committer) get(key []byte) ([]byte, bool, error) {
 // iterator per batch: cheaper than a Get each, which opens an iterator on
 // every table it consults. The value is valid until the next lookup.
 func (c *committer) lookup(key []byte) ([]byte, bool, error) {
-	if c.it == nil {
-		it, err := c.s.db.NewIter(&pebble.IterOptions{UseL6Filters: true})
-		if err != nil {
-			return nil, false, err
-		}
-		c.it = it
+	if err := c.openIter(); err != nil {
+		return nil, false, err
 	}
 	if !c.it.SeekPrefixGE(key) || !bytes.Equal(c.it.Key(), key) {
 		return nil, false, c.it.Error()
 	}
 	v, err := c.it.ValueAndErr()
 	return v, err == nil, err
+}
+
+// openIter opens the batch's lookup iterator if needed. Most dedup lookups
+// miss, so it consults bloom filters on every level, the last included.
+func (c *committer) openIter() error {
+	if c.it == nil {
+		it, err := c.s.db.NewIter(&pebble.IterOptions{UseL6Filters: true})
+		if err != nil {
+			return err
+		}
+		c.it = it
+	}
+	return nil
 }
 
 // closeIter closes the batch's lookup iterator (before the commit: it pins

@@ -1,9 +1,12 @@
 package pebblestore
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/imgn/imgn/persist"
 )
@@ -79,10 +82,37 @@ func prefixEnd(prefix []byte) []byte {
 	return nil // unreachable for our tables
 }
 
-// head is an inbox's head record: the highest seq given out and the lowest
-// seq still kept (1 when nothing was removed).
+// head is an inbox's head: the highest seq given out and the lowest seq
+// still kept (1 when nothing was removed). Its record is written only when
+// retention removes entries (an inbox that lost everything must not give its
+// seqs out again); otherwise the last seq is that of the inbox's last entry.
 type head struct {
 	last, first uint64
+}
+
+// headAt reads inbox's head through it (positioned anywhere): its head
+// record, if any, and its last entry.
+func headAt(it *pebble.Iterator, inbox string) (head, error) {
+	h := head{first: 1}
+	k := keyLP(nil, tHead, inbox)
+	if it.SeekGE(k) && bytes.Equal(it.Key(), k) {
+		v, err := it.ValueAndErr()
+		if err == nil {
+			h, err = decodeHead(v)
+		}
+		if err != nil {
+			return head{}, err
+		}
+	}
+	prefix := keyLP(k, tInbox, inbox)
+	if it.SeekLT(prefixEnd(prefix)) && bytes.HasPrefix(it.Key(), prefix) {
+		seq, err := u64(it.Key()[len(prefix):])
+		if err != nil {
+			return head{}, err
+		}
+		h.last = max(h.last, seq)
+	}
+	return h, it.Error()
 }
 
 func appendHead(b []byte, h head) []byte {

@@ -200,10 +200,11 @@ func TestRetentionInBackground(t *testing.T) {
 		}
 	}
 	for {
-		if first, err := s.FirstSeq(t.Context(), "u"); err != nil || first == 4 {
-			if err != nil {
-				t.Fatal(err)
-			}
+		first, err := s.FirstSeq(t.Context(), "u")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first == 4 && s.StoreStats().RetentionPasses > 0 {
 			break
 		}
 		select {
@@ -212,8 +213,8 @@ func TestRetentionInBackground(t *testing.T) {
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
-	if st := s.StoreStats(); st.RetentionPasses == 0 || st.RemovedEntries != 3 {
-		t.Fatalf("stats %+v: want passes counted and 3 entries removed", st)
+	if st := s.StoreStats(); st.RemovedEntries != 3 {
+		t.Fatalf("stats %+v: want 3 entries removed", st)
 	}
 }
 

@@ -314,14 +314,15 @@ func (s *Store) readHead(ctx context.Context, op, user string) (head, error) {
 	if err := persist.CheckID("user", user); err != nil {
 		return head{}, fmt.Errorf("pebblestore: %s: %w", op, err)
 	}
-	h := head{first: 1}
+	var h head
 	err := s.viewRead(ctx, op, func(r reader) error {
-		err := getValue(r, keyLP(nil, tHead, user), func(v []byte) (err error) {
-			h, err = decodeHead(v)
+		it, err := r.NewIter(nil)
+		if err != nil {
 			return err
-		})
-		if errors.Is(err, persist.ErrNotFound) {
-			return nil
+		}
+		h, err = headAt(it, user)
+		if cerr := it.Close(); err == nil {
+			err = cerr
 		}
 		return err
 	})

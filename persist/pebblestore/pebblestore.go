@@ -20,8 +20,10 @@
 // same (From, ClientMsgID) in one batch: the second is a Duplicate); one that
 // fails its checks (ErrInvalid, ErrUserExists, ...) writes nothing and the
 // others go on. Seqs are assigned by the committer from an in-memory cache
-// of inbox heads, loaded from disk on first use and written back once per
-// batch, so an append reads nothing on the hot path but the dedup key.
+// of inbox heads, loaded on an inbox's first use (its last key, and its head
+// record if retention trimmed it); an append reads nothing on the hot path
+// but its dedup key, and writes four keys for a 1:1 message (message, refs,
+// dedup, and one entry per inbox).
 //
 // # Reads see only what is durable
 //
@@ -43,14 +45,16 @@
 //	'r' be64(msgID)            -> refs record: timestamp, from, client msg id, and the (inbox, seq) entries
 //	'd' lp(from) clientMsgID   -> be64(msgID)                   dedup
 //	'i' lp(user) be64(seq)     -> be64(msgID)                   inbox entries: a SYNC page is one range
-//	'h' lp(user)               -> be64(last seq) be64(first kept seq)   inbox head
+//	'h' lp(user)               -> be64(last seq) be64(first kept seq)   inbox head, written by retention
 //	'c' lp(user) device        -> be64(seq)                     cursors
 //	'u' userID                 -> user record
 //	'g' groupID                -> group record (name, owner, created, member count)
 //	'n' lp(groupID) user       -> (empty)                       group members
 //
-// Message IDs are time-ordered, so the message and refs tables grow at their
-// end. The refs record makes appends idempotent per (inbox, message): a
+// An inbox's last seq is that of its last entry; the head record exists only
+// once retention removed entries, so that an inbox that lost all of them
+// does not give its seqs out again. Message IDs are time-ordered, so the
+// message and refs tables grow at their end. The refs record makes appends idempotent per (inbox, message): a
 // retry reads it (only retries do) and adds entries only for inboxes that do
 // not have the message yet. Records start with a version byte and use
 // varints and length-prefixed strings.
