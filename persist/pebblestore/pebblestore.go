@@ -22,7 +22,7 @@
 // others go on. Seqs are assigned by the committer from an in-memory cache
 // of inbox heads, loaded on an inbox's first use (its last key, and its head
 // record if retention trimmed it); an append reads nothing on the hot path
-// but its dedup key, and writes four keys for a 1:1 message (message, refs,
+// but its dedup key, and writes five keys for a 1:1 message (message, refs,
 // dedup, and one entry per inbox).
 //
 // # Reads see only what is durable
