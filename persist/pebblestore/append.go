@@ -43,14 +43,11 @@ func (c *committer) apply(op *persist.AppendOp) error {
 	}
 	seqs := op.Result.Seqs[:0]
 	for _, in := range op.Inboxes {
-		e, err := c.head(in)
+		seq, err := c.nextSeq(in)
 		if err != nil {
-			return unavailable("append", err)
+			return err
 		}
-		if e.h.last == math.MaxUint64 {
-			return fmt.Errorf("pebblestore: append: %w: inbox %q seq exhausted", persist.ErrUnavailable, in)
-		}
-		seqs = append(seqs, e.h.last+1)
+		seqs = append(seqs, seq)
 	}
 
 	// Writes. Inboxes are distinct, so their next seqs do not interfere.
@@ -74,6 +71,19 @@ func (c *committer) apply(op *persist.AppendOp) error {
 	c.maxID = max(c.maxID, m.ID)
 	op.Result = persist.AppendResult{Msg: op.Msg, Seqs: seqs}
 	return nil
+}
+
+// nextSeq returns the seq inbox's next entry gets (its head is cached
+// afterwards); it changes nothing.
+func (c *committer) nextSeq(inbox string) (uint64, error) {
+	e, err := c.head(inbox)
+	if err != nil {
+		return 0, unavailable("append", err)
+	}
+	if e.h.last == math.MaxUint64 {
+		return 0, fmt.Errorf("pebblestore: append: %w: inbox %q seq exhausted", persist.ErrUnavailable, inbox)
+	}
+	return e.h.last + 1, nil
 }
 
 // addEntry writes inbox entry (inbox, seq) -> id and moves the inbox's
@@ -159,14 +169,11 @@ func (c *committer) applyDuplicate(op *persist.AppendOp, pi int) error {
 			seqs = append(seqs, seq)
 			continue
 		}
-		e, err := c.head(in)
+		seq, err := c.nextSeq(in)
 		if err != nil {
-			return unavailable("append", err)
+			return err
 		}
-		if e.h.last == math.MaxUint64 {
-			return fmt.Errorf("pebblestore: append: %w: inbox %q seq exhausted", persist.ErrUnavailable, in)
-		}
-		seqs = append(seqs, e.h.last+1)
+		seqs = append(seqs, seq)
 		fresh++
 	}
 	if fresh > 0 {

@@ -358,9 +358,15 @@ func Open(opts Options) (*Store, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.bgCancel = cancel
 	go c.run()
-	s.bg.Go(func() { s.housekeeper(ctx) })
+	s.bg.Go(func() { every(ctx, o.housekeepEvery, s.housekeep) })
 	if o.Retention.Enabled() {
-		s.bg.Go(func() { s.retentionLoop(ctx) })
+		s.bg.Go(func() {
+			every(ctx, o.Retention.Interval, func() {
+				if err := s.EnforceRetention(ctx); err != nil && ctx.Err() == nil {
+					s.opts.Logger.Warn("retention pass failed; retrying at the next one", "err", err)
+				}
+			})
+		})
 	}
 	return s, nil
 }
@@ -543,16 +549,16 @@ func (s *Store) StoreStats() persist.StoreStats {
 	return st
 }
 
-// housekeeper refreshes the disk figures until ctx ends.
-func (s *Store) housekeeper(ctx context.Context) {
-	t := time.NewTicker(s.opts.housekeepEvery)
+// every runs fn every d until ctx ends.
+func every(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			s.housekeep()
+			fn()
 		}
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -24,22 +23,6 @@ const (
 	// one, since many small range tombstones slow reads down.
 	rangeDeleteMin = 64
 )
-
-// retentionLoop runs a pass every Retention.Interval until ctx ends.
-func (s *Store) retentionLoop(ctx context.Context) {
-	t := time.NewTicker(s.opts.Retention.Interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := s.EnforceRetention(ctx); err != nil && ctx.Err() == nil {
-				s.opts.Logger.Warn("retention pass failed; retrying at the next one", "err", err)
-			}
-		}
-	}
-}
 
 // EnforceRetention implements persist.Retainer: one pass of the rules of
 // Options.Retention (see the package doc for how). It returns nil at once

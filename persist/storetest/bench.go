@@ -180,40 +180,43 @@ func benchConcurrent(b *testing.B, open func(b *testing.B) persist.Store, worker
 	ctx := context.Background()
 	lat := make([][]time.Duration, workers)
 	var next atomic.Int64
-	var wg sync.WaitGroup
+	measured(b, func(time.Time) []time.Duration {
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() {
+				inboxes := make([]string, 2)
+				l := make([]time.Duration, 0, b.N/workers+1)
+				for next.Add(1) <= int64(b.N) {
+					t0 := time.Now()
+					if err := e.append(ctx, w, 2, inboxes); err != nil {
+						b.Error(err)
+						break
+					}
+					l = append(l, time.Since(t0))
+				}
+				lat[w] = l
+			})
+		}
+		wg.Wait()
+		return slices.Concat(lat...)
+	})
+}
+
+// measured times work, which does the b.N appends and returns the latencies
+// of those that succeeded, and reports their rate, latency quantiles and
+// CPU per append. work gets the start time.
+func measured(b *testing.B, work func(start time.Time) []time.Duration) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	start := time.Now()
 	cpu0, cpuOK := cpuTime()
-	for w := range workers {
-		wg.Go(func() {
-			inboxes := make([]string, 2)
-			l := make([]time.Duration, 0, b.N/workers+1)
-			for next.Add(1) <= int64(b.N) {
-				t0 := time.Now()
-				if err := e.append(ctx, w, 2, inboxes); err != nil {
-					b.Error(err)
-					break
-				}
-				l = append(l, time.Since(t0))
-			}
-			lat[w] = l
-		})
-	}
-	wg.Wait()
+	lat := work(start)
 	elapsed := time.Since(start)
 	cpu1, _ := cpuTime()
 	b.StopTimer()
-	all := slices.Concat(lat...)
-	if len(all) == 0 {
+	if len(lat) == 0 {
 		return
 	}
-	reportLatency(b, all, elapsed, cpu1-cpu0, cpuOK)
-}
-
-// reportLatency reports the rate, latency quantiles and CPU per append of
-// the appends whose latencies are lat.
-func reportLatency(b *testing.B, lat []time.Duration, elapsed, cpu time.Duration, cpuOK bool) {
 	slices.Sort(lat)
 	q := func(p float64) float64 {
 		return float64(lat[min(len(lat)-1, int(p*float64(len(lat))))].Nanoseconds()) / 1e3
@@ -225,7 +228,7 @@ func reportLatency(b *testing.B, lat []time.Duration, elapsed, cpu time.Duration
 	if cpuOK {
 		// CPU per append (all goroutines, user+system): unlike ns/op it
 		// barely moves when other processes compete for the cores.
-		b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(len(lat)), "cpu-us/op")
+		b.ReportMetric(float64((cpu1-cpu0).Nanoseconds())/1e3/float64(len(lat)), "cpu-us/op")
 	}
 }
 
@@ -259,58 +262,51 @@ func benchAsync(b *testing.B, open func(b *testing.B) persist.Store, rate int) {
 	lat := make([]time.Duration, b.N)
 	var failed atomic.Int64
 	var next atomic.Int64
-	var wg sync.WaitGroup
-	b.ReportAllocs()
-	b.ResetTimer()
-	start := time.Now()
-	cpu0, cpuOK := cpuTime()
-	for w := range submitters {
-		wg.Go(func() {
-			free := make(chan *asyncOp, window)
-			for range window {
-				free <- &asyncOp{lat: lat, failed: &failed, free: free}
-			}
-			for {
-				i := next.Add(1)
-				if i > int64(b.N) {
-					break
+	measured(b, func(start time.Time) []time.Duration {
+		var wg sync.WaitGroup
+		for w := range submitters {
+			wg.Go(func() {
+				free := make(chan *asyncOp, window)
+				for range window {
+					free <- &asyncOp{lat: lat, failed: &failed, free: free}
 				}
-				o := <-free
-				from := int(i*7+int64(w)) % len(e.users)
-				o.inboxes = [2]string{e.users[from], e.users[(from+1)%len(e.users)]}
-				o.AppendOp = persist.AppendOp{
-					Msg: persist.Message{ID: uint64(i), From: e.users[from], To: o.inboxes[1],
-						ClientMsgID: strconv.FormatInt(i, 10), Timestamp: time.Now().UnixMilli(), Body: e.body},
-					Inboxes: o.inboxes[:],
-					Result:  persist.AppendResult{Seqs: o.Result.Seqs[:0]},
-					Done:    o,
+				for {
+					i := next.Add(1)
+					if i > int64(b.N) {
+						break
+					}
+					o := <-free
+					from := int(i*7+int64(w)) % len(e.users)
+					o.inboxes = [2]string{e.users[from], e.users[(from+1)%len(e.users)]}
+					o.AppendOp = persist.AppendOp{
+						Msg: persist.Message{ID: uint64(i), From: e.users[from], To: o.inboxes[1],
+							ClientMsgID: strconv.FormatInt(i, 10), Timestamp: time.Now().UnixMilli(), Body: e.body},
+						Inboxes: o.inboxes[:],
+						Result:  persist.AppendResult{Seqs: o.Result.Seqs[:0]},
+						Done:    o,
+					}
+					o.start = time.Now()
+					if rate > 0 {
+						o.start = start.Add(time.Duration(i) * time.Second / time.Duration(rate))
+						time.Sleep(time.Until(o.start))
+					}
+					s.AppendAsync(&o.AppendOp)
 				}
-				o.start = time.Now()
-				if rate > 0 {
-					o.start = start.Add(time.Duration(i) * time.Second / time.Duration(rate))
-					time.Sleep(time.Until(o.start))
+				for range window { // wait for this goroutine's ops
+					<-free
 				}
-				s.AppendAsync(&o.AppendOp)
-			}
-			for range window { // wait for this goroutine's ops
-				<-free
-			}
-		})
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	cpu1, _ := cpuTime()
-	b.StopTimer()
-	if n := failed.Load(); n > 0 {
-		b.ReportMetric(float64(n), "failed")
-	}
-	done := lat[:0]
-	for _, l := range lat {
-		if l > 0 {
-			done = append(done, l)
+			})
 		}
-	}
-	if len(done) > 0 {
-		reportLatency(b, done, elapsed, cpu1-cpu0, cpuOK)
-	}
+		wg.Wait()
+		if n := failed.Load(); n > 0 {
+			b.ReportMetric(float64(n), "failed")
+		}
+		done := lat[:0]
+		for _, l := range lat {
+			if l > 0 {
+				done = append(done, l)
+			}
+		}
+		return done
+	})
 }
