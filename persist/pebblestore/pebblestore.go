@@ -495,6 +495,7 @@ func (s *Store) read(fn func(r reader) error) error {
 // as does a second Close. Close is safe to call concurrently with any other
 // method.
 func (s *Store) Close() error {
+	s.bgCancel() // first: a background compaction holds mu for reading
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -503,7 +504,6 @@ func (s *Store) Close() error {
 	s.closed = true
 	close(s.queue)
 	s.mu.Unlock()
-	s.bgCancel()
 	s.bg.Wait()
 	<-s.done
 	s.viewMu.Lock()

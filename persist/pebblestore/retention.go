@@ -83,10 +83,25 @@ func (s *Store) EnforceRetention(ctx context.Context) error {
 		// The removed messages are a prefix of the message and refs tables:
 		// compacting it gives the space back now rather than whenever
 		// compactions pass by.
-		for _, t := range []byte{tMessage, tRefs} {
-			if err := s.db.Compact(ctx, keyID(nil, t, 0), keyID(nil, t, ageHi+1), false); err != nil {
-				return fmt.Errorf("pebblestore: retention compaction: %w", err)
-			}
+		if err := s.compact(ctx, ageHi); err != nil {
+			return fmt.Errorf("pebblestore: retention compaction: %w", err)
+		}
+	}
+	return nil
+}
+
+// compact compacts the message and refs tables up to message ID hi. It
+// holds mu for reading, so Close waits for it (Close cancels the
+// background passes' context first).
+func (s *Store) compact(ctx context.Context, hi uint64) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return persist.ErrClosed
+	}
+	for _, t := range []byte{tMessage, tRefs} {
+		if err := s.db.Compact(ctx, keyID(nil, t, 0), keyID(nil, t, hi+1), false); err != nil {
+			return err
 		}
 	}
 	return nil
