@@ -27,7 +27,9 @@ import (
 //     MaxAge before the store's clock, from every inbox that holds it (raising
 //     FirstSeq past its entry; an inbox entry below it goes too, even if its
 //     message is a little younger: inboxes only lose prefixes), together with
-//     its (From, ClientMsgID) dedup entry.
+//     its (From, ClientMsgID) dedup entry. Message IDs are time-ordered, and
+//     a store may rely on it: it may keep an expired message until every
+//     message with a lower ID has expired too.
 //   - InboxMax: a pass raises FirstSeq of every inbox holding more than
 //     InboxMax entries to LastSeq-InboxMax+1.
 //   - Dedup window: a message, and with it the recognition of a retry of its
