@@ -204,4 +204,3 @@ func diskUse(t *testing.T, dir string) (tables, wal int64) {
 	}
 	return tables, wal
 }
-
