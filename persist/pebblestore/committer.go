@@ -159,7 +159,7 @@ type committer struct {
 
 	it             *pebble.Iterator // lookups of the current batch
 	direct         bool             // a maintenance batch: writes go straight to b
-	staged         []stagedOp       // otherwise they are staged here (see set)
+	staged, sorted []stagedOp       // otherwise they are staged here (see set)
 	arena          []byte
 	key, key2, val []byte // scratch
 	idv            [8]byte
@@ -462,8 +462,7 @@ func (c *committer) stage(del bool, key, value []byte) {
 // writeStaged adds the staged writes to the Pebble batch in key order.
 func (c *committer) writeStaged() {
 	key := func(o stagedOp) []byte { return c.arena[o.k : o.k+o.kn] }
-	// Stable: ops are staged with rising arena offsets, the tie-breaker.
-	slices.SortFunc(c.staged, func(a, b stagedOp) int {
+	order := func(a, b stagedOp) int {
 		if a.pre0 != b.pre0 {
 			return cmp.Compare(a.pre0, b.pre0)
 		}
@@ -473,16 +472,42 @@ func (c *committer) writeStaged() {
 		if d := bytes.Compare(key(a), key(b)); d != 0 {
 			return d
 		}
-		return cmp.Compare(a.k, b.k)
-	})
+		return cmp.Compare(a.k, b.k) // stable: ops are staged at rising offsets
+	}
+	// Group by table (a stable counting sort on the first byte), then sort
+	// each table's run unless it is in order already, as the message and
+	// refs tables are: message IDs rise.
+	var count [257]int
 	for _, o := range c.staged {
+		count[o.pre0>>56+1]++
+	}
+	for i := 1; i < len(count); i++ {
+		count[i] += count[i-1]
+	}
+	c.sorted = slices.Grow(c.sorted[:0], len(c.staged))[:len(c.staged)]
+	for _, o := range c.staged {
+		t := o.pre0 >> 56
+		c.sorted[count[t]] = o
+		count[t]++
+	}
+	for lo := 0; lo < len(c.sorted); {
+		hi := lo + 1
+		for hi < len(c.sorted) && c.sorted[hi].pre0>>56 == c.sorted[lo].pre0>>56 {
+			hi++
+		}
+		if run := c.sorted[lo:hi]; !slices.IsSortedFunc(run, order) {
+			slices.SortFunc(run, order)
+		}
+		lo = hi
+	}
+	for _, o := range c.sorted {
 		if o.del {
 			c.keep(c.b.Delete(key(o), nil))
 		} else {
 			c.keep(c.b.Set(key(o), c.arena[o.v:o.v+o.vn], nil))
 		}
 	}
-	c.staged, c.arena = c.staged[:0], c.arena[:0]
+	c.staged, c.sorted, c.arena = c.staged[:0], c.sorted[:0], c.arena[:0]
 }
 
 // get reads key as the current batch sees it: this batch's own writes of
