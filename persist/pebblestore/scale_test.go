@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"flag"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +24,7 @@ import (
 var (
 	scaleMessages = flag.Int("pebblestore.scale", 20000, "messages TestRecoveryAtScale stores before the kill")
 	scaleBody     = flag.Int("pebblestore.body", 100, "body bytes of each message in TestRecoveryAtScale")
+	scaleRandom   = flag.Bool("pebblestore.random", true, "random (incompressible) bodies in TestRecoveryAtScale; false: one repeated letter")
 )
 
 const (
@@ -68,6 +70,8 @@ func TestScaleChild(t *testing.T) {
 		os.Exit(2)
 	}
 	body := []byte(strings.Repeat("x", size))
+	random := os.Getenv(scaleEnv+"_RANDOM") == "1"
+	rnd := rand.New(rand.NewPCG(1, 2))
 	const window = 4096
 	free := make(chan *scaleOp, window)
 	var failed atomic.Int64
@@ -77,6 +81,12 @@ func TestScaleChild(t *testing.T) {
 	start := time.Now()
 	for i := 1; i <= n; i++ {
 		o := <-free
+		if random {
+			body = make([]byte, size) // the op owns its body until it completes
+			for j := range body {
+				body[j] = byte(rnd.Uint32())
+			}
+		}
 		o.AppendOp = persist.AppendOp{
 			Msg: persist.Message{ID: uint64(i), From: "u" + strconv.Itoa((i*7919)%scaleUsers), ClientMsgID: strconv.Itoa(i),
 				Timestamp: time.Now().UnixMilli(), Body: body},
@@ -109,7 +119,12 @@ func TestRecoveryAtScale(t *testing.T) {
 	n := *scaleMessages
 	dir := t.TempDir()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestScaleChild$", "-test.count=1")
-	cmd.Env = append(os.Environ(), scaleEnv+"="+dir, scaleEnv+"_N="+strconv.Itoa(n), scaleEnv+"_BODY="+strconv.Itoa(*scaleBody))
+	random := "0"
+	if *scaleRandom {
+		random = "1"
+	}
+	cmd.Env = append(os.Environ(), scaleEnv+"="+dir, scaleEnv+"_N="+strconv.Itoa(n), scaleEnv+"_BODY="+strconv.Itoa(*scaleBody),
+		scaleEnv+"_RANDOM="+random)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -179,8 +194,8 @@ func TestRecoveryAtScale(t *testing.T) {
 		t.Fatal(err)
 	}
 	tables, wal := diskUse(t, dir)
-	t.Logf("%d messages, %d-byte bodies, 2 inboxes each: tables %d bytes (%.1f per message), WAL %d bytes",
-		n, *scaleBody, tables, float64(tables)/float64(n), wal)
+	t.Logf("%d messages, %d-byte bodies (random: %v), 2 inboxes each: tables %d bytes (%.1f per message), WAL %d bytes",
+		n, *scaleBody, *scaleRandom, tables, float64(tables)/float64(n), wal)
 	measure("after a clean close").Close()
 }
 
