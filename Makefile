@@ -8,9 +8,17 @@ PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 RACE_DIRS := lb persist engine client mesh bench router internal
 RACE_PKGS ?= $(foreach d,$(RACE_DIRS),$(if $(wildcard $(d)/*),./$(d)/...))
 FUZZTIME ?= 10s
-FUZZ_TARGETS := ./codec:FuzzDecode ./codec:FuzzSerializers ./mesh:FuzzInboundLink
+FUZZ_TARGETS := ./codec:FuzzDecode ./codec:FuzzSerializers ./codec:FuzzFastDecode ./codec:FuzzFastEncode ./mesh:FuzzInboundLink ./auth:FuzzVerifyToken ./auth:FuzzVerifyRawToken
 
-.PHONY: help deps devmongo build test race fuzz bench lint proto run cluster check clean crash-embedded store-scale
+# Build stamp for --version (scripts/version.sh: nearest v* tag, commit, commit time).
+STAMP := $(shell scripts/version.sh)
+VERSION := $(patsubst VERSION=%,%,$(filter VERSION=%,$(STAMP)))
+VERSION_PKG := github.com/imgn/imgn/internal/version
+LDFLAGS := -X $(VERSION_PKG).Version=$(VERSION) \
+	-X $(VERSION_PKG).Commit=$(patsubst COMMIT=%,%,$(filter COMMIT=%,$(STAMP))) \
+	-X $(VERSION_PKG).Date=$(patsubst DATE=%,%,$(filter DATE=%,$(STAMP)))
+
+.PHONY: help deps devmongo build dist test race fuzz bench lint deploycheck proto run cluster check clean crash-embedded store-scale
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -21,13 +29,17 @@ deps: ## install zookeeper and redis-server (apt) when missing and build bin/dev
 devmongo: ## rebuild bin/devmongo
 	cd tools/devmongo && $(GO) build -trimpath -o ../../bin/devmongo .
 
-build: ## build every command into ./bin
+build: ## build every command into ./bin, stamped for --version
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
-test: deps ## the full test suite: unit, end-to-end on real ZooKeeper/Redis/MongoDB, race detector, short fuzz (CI runs this)
+dist: ## release archives: static imd, imrouter, imctl for linux/amd64 and linux/arm64 in ./dist, with SHA256SUMS
+	GO=$(GO) scripts/dist.sh
+
+test: deps ## the full test suite: unit, end-to-end on real ZooKeeper/Redis/MongoDB, race detector, short fuzz, deployment files (CI runs this)
 	$(GO) vet ./...
 	cd tools/devmongo && $(GO) vet ./...
+	cd tools/deploycheck && $(GO) vet ./... && $(GO) test -count=1 ./...
 	$(GO) test -count=1 ./...
 	$(GO) test -count=1 -race $(RACE_PKGS)
 	$(MAKE) --no-print-directory fuzz FUZZTIME=3s
@@ -48,6 +60,10 @@ lint: ## gofmt check, go vet, staticcheck (pinned)
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 	cd tools/devmongo && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
+	cd tools/deploycheck && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
+
+deploycheck: build ## check Dockerfile (BuildKit's lint rules, offline), deploy/compose.yaml and deploy/systemd units
+	cd tools/deploycheck && $(GO) run . -root ../.. -bin ../../bin
 
 proto: ## regenerate codec/pb and mesh/meshpb from their .proto files (installs protoc if missing)
 	@command -v protoc >/dev/null || { apt-get update -qq && apt-get install -y -qq protobuf-compiler; }
@@ -56,7 +72,7 @@ proto: ## regenerate codec/pb and mesh/meshpb from their .proto files (installs 
 	PATH=$(CURDIR)/$(BIN):$$PATH protoc --go_out=. --go_opt=paths=source_relative mesh/meshpb/mesh.proto
 
 clean: ## remove build output
-	rm -rf $(BIN)
+	rm -rf $(BIN) dist
 
 check: deps build ## reliability suite: fault checker (5 nodes, every fault, 60 s) and the bad-input attacker; prints the tables
 	$(GO) run ./cmd/imcheck check --duration 60s

@@ -12,8 +12,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/codec"
-	"github.com/imgn/imgn/engine"
 	"golang.org/x/sys/unix"
 )
 
@@ -622,7 +622,7 @@ func (l *loop) onEvent(c *gconn, ev uint32) {
 		delete(l.users, c)
 		token := "-"
 		if len(l.cfg.secret) > 0 {
-			t, err := engine.MintToken(l.cfg.secret, user, 24*time.Hour)
+			t, err := auth.MintToken(l.cfg.secret, user, 24*time.Hour)
 			if err != nil {
 				l.failConn(c, "mint token: "+err.Error())
 				return

@@ -69,6 +69,7 @@ type Client struct {
 // reconnects by itself.
 //
 // Unless Config.SendOnly, it then syncs the inbox in the background from
+// the inbox head at login with Config.StartAtHead, else from
 // Config.AfterSeq, or when that is nil from this device's server cursor
 // (LOGIN_OK.cursor), and delivers every message on Messages.
 func Dial(ctx context.Context, cfg Config) (*Client, error) {
@@ -115,7 +116,10 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		}
 	}
 	start := lok.GetCursor()
-	if cfg.AfterSeq != nil {
+	switch {
+	case cfg.StartAtHead:
+		start = lok.GetHeadSeq()
+	case cfg.AfterSeq != nil:
 		start = *cfg.AfterSeq
 	}
 	c.last.Store(start)
@@ -292,7 +296,11 @@ func (c *Client) dialLogin(ctx context.Context, addr, nodeID string) (*conn, *pb
 	resp, err := cn.roundTrip(ctx, codec.CmdLogin, 0, c.nextSeq(), req, codec.CmdLoginOK, func() proto.Message { return new(pb.LoginOK) })
 	if err != nil {
 		cn.shutdown(err)
-		return nil, nil, fmt.Errorf("client: login %s at %s: %w", c.cfg.User, addr, err)
+		who := c.cfg.User
+		if who == "" {
+			who = "with a token" // the subject is only known from LOGIN_OK
+		}
+		return nil, nil, fmt.Errorf("client: login %s at %s: %w", who, addr, err)
 	}
 	lok := resp.(*pb.LoginOK)
 	if lok.GetNodeId() != "" {

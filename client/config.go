@@ -9,6 +9,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/codec"
 )
 
@@ -108,6 +109,10 @@ type Config struct {
 	// Client.LastSeq). Later reconnects always continue from the last seq
 	// delivered.
 	AfterSeq *uint64
+	// StartAtHead starts the Messages stream after the inbox head at
+	// login (LOGIN_OK.head_seq), ignoring AfterSeq: only messages stored
+	// after Dial logged in are delivered, none of the backlog.
+	StartAtHead bool
 	// SendOnly disables receiving: no sync, pushes are discarded, no
 	// PUSH_ACK, Messages is never fed. For senders, tools and benchmarks.
 	SendOnly bool
@@ -166,7 +171,7 @@ func (cfg Config) withDefaults(needLogin bool) (Config, error) {
 	} else if !c.Serializer.Known() {
 		bad("unknown Serializer %d", uint8(c.Serializer))
 	}
-	if c.User != "" && !validID(c.User) {
+	if c.User != "" && !auth.ValidID(c.User) {
 		bad("User %q: want 1..64 of [A-Za-z0-9_.-]", c.User)
 	}
 	if needLogin {
@@ -184,7 +189,7 @@ func (cfg Config) withDefaults(needLogin bool) (Config, error) {
 		}
 		if c.Device == "" {
 			c.Device = randomDevice()
-		} else if !validID(c.Device) {
+		} else if !auth.ValidID(c.Device) {
 			bad("Device %q: want 1..64 of [A-Za-z0-9_.-]", c.Device)
 		}
 	}
@@ -249,21 +254,4 @@ func (cfg Config) withDefaults(needLogin bool) (Config, error) {
 		return cfg, fmt.Errorf("client: config: %w", err)
 	}
 	return c, nil
-}
-
-// validID reports whether s is a valid user or device id:
-// ^[A-Za-z0-9_.-]{1,64}$.
-func validID(s string) bool {
-	if len(s) == 0 || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		b := s[i]
-		switch {
-		case b >= 'a' && b <= 'z', b >= 'A' && b <= 'Z', b >= '0' && b <= '9', b == '_', b == '.', b == '-':
-		default:
-			return false
-		}
-	}
-	return true
 }

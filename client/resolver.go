@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/imgn/imgn/auth"
 )
 
 // Errors of RouterResolver. Test with errors.Is.
@@ -61,7 +63,7 @@ func RouterResolver(routerURL, uid string, hc *http.Client) Resolver {
 		hc = &http.Client{Timeout: DefaultRouterTimeout}
 	}
 	bases, cfgErr := parseRouterURLs(routerURL)
-	if cfgErr == nil && !validID(uid) {
+	if cfgErr == nil && !auth.ValidID(uid) {
 		cfgErr = fmt.Errorf("%w: user id %q: want 1..64 of [A-Za-z0-9_.-]", ErrRouterConfig, uid)
 	}
 	var next atomic.Uint32 // index of the router to try first

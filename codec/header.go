@@ -7,6 +7,14 @@
 // buffer, so parsing a frame allocates nothing. Encoding is append-style:
 // AppendFrame writes a whole frame to the end of a caller-owned slice.
 //
+// The hot commands have fast paths that allocate nothing: DecodeSend,
+// DecodePushAck and DecodeSync decode request bodies in place into views,
+// and AppendSendAckFrame, AppendHeartbeatOKFrame and PushTemplate (a PUSH
+// encoded once and spliced per inbox seq) write replies that are byte for
+// byte what AppendFrame writes. Where docs/protocol.md §3 is stricter than
+// the generic serializers (UTF-8, integer ranges, the body's shape), the fast
+// decoders follow the spec.
+//
 // codec imports nothing from the rest of the project.
 package codec
 

@@ -217,6 +217,14 @@ func (msgpackSerializer) Unmarshal(data []byte, m proto.Message) error {
 	if len(data) == 0 {
 		return nil
 	}
+	// msgpack.Decoder sizes its buffer from a declared length before it
+	// reads, keeps the buffer in the pooled decoder and grows it a megabyte
+	// per such call: a 10-byte body declaring a 4 GiB string would cost a
+	// megabyte or more of allocation per frame. Check that every length
+	// fits in the body first.
+	if err := checkMsgpack(data); err != nil {
+		return err
+	}
 	d := msgpackDecPool.Get().(*msgpackDec)
 	d.r.b, d.r.off = data, 0
 	err := d.dec.Decode(m)

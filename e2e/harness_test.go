@@ -18,9 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/codec"
-	"github.com/imgn/imgn/engine"
 	"github.com/imgn/imgn/internal/testsvc"
 )
 
@@ -267,7 +267,7 @@ func poll(t *testing.T, d time.Duration, what string, cond func() bool) {
 // to any address in addrs on failure).
 func dialNode(t *testing.T, user, device string, addrs ...string) *client.Client {
 	t.Helper()
-	tok, err := engine.MintToken([]byte(secret), user, time.Hour)
+	tok, err := auth.MintToken([]byte(secret), user, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

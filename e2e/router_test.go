@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/codec"
-	"github.com/imgn/imgn/engine"
 )
 
 // startRouter runs an imrouter process on the cluster's ZooKeeper.
@@ -53,7 +53,7 @@ func (c *cluster) startRouter(strategy string) string {
 // dialRouted connects user through the router.
 func dialRouted(t *testing.T, routerURL, user string) *client.Client {
 	t.Helper()
-	tok, err := engine.MintToken([]byte(secret), user, time.Hour)
+	tok, err := auth.MintToken([]byte(secret), user, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,6 +104,9 @@ func TestDrainOneOfThreeUnder200Clients(t *testing.T) {
 		dialWG.Go(func() { cls[i] = dialRouted(t, router, u) })
 	}
 	dialWG.Wait()
+	if t.Failed() {
+		t.FailNow() // a client could not log in (reported above); the rest would dereference it
+	}
 	onN1 := 0
 	for _, cl := range cls {
 		if cl.NodeID() == "n1" {

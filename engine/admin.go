@@ -25,7 +25,7 @@ func (s *Server) Broadcast(text string) int {
 	n := 0
 	now := time.Now().UnixMilli()
 	s.sessions.each(func(c *conn) {
-		if c.writeMsg(c.ser, codec.CmdNotice, 0, &pb.Notice{Text: text, Time: now}) {
+		if c.writeMsg(nil, c.ser, codec.CmdNotice, 0, &pb.Notice{Text: text, Time: now}) {
 			n++
 		}
 	})
@@ -48,7 +48,7 @@ func (s *Server) SystemMessage(ctx context.Context, user string, kind uint32, bo
 	if err != nil {
 		return res, fmt.Errorf("engine: system message: %w", err)
 	}
-	s.deliver(&res.Msg, []string{user}, res.Seqs, nil)
+	s.deliver(nil, nil, &res.Msg, []string{user}, res.Seqs, nil)
 	return res, nil
 }
 
@@ -60,7 +60,7 @@ func (s *Server) Kick(user, device string) int {
 	for _, c := range s.sessions.devices(user, arr[:0]) {
 		if device == "" || c.device == device {
 			s.sessions.remove(c)
-			c.kick(codec.CodeKickAdmin, "removed by an operator")
+			c.kick(nil, codec.CodeKickAdmin, "removed by an operator")
 			n++
 		}
 	}

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
+	"github.com/imgn/imgn/auth"
 	"golang.org/x/crypto/argon2"
 )
 
@@ -68,55 +68,16 @@ func verifyPassword(encoded, password string) (bool, error) {
 	return subtle.ConstantTimeCompare(got, want) == 1, nil
 }
 
-// Token errors.
-var (
-	errTokenExpired = errors.New("token expired or without exp")
-	errTokenInvalid = errors.New("token invalid")
-)
+// errTokenExpired is auth's sentinel for a token whose exp is past or
+// missing (TOKEN_EXPIRED); every other token error wraps
+// auth.ErrTokenInvalid (AUTH_FAILED). Either carries auth's reason into the
+// LOGIN reply ("token invalid: signature does not verify").
+var errTokenExpired = auth.ErrTokenExpired
 
 // verifyToken checks an HS256 JWT with a required exp and returns its sub.
 func verifyToken(secret []byte, token string) (string, error) {
-	claims := jwt.RegisteredClaims{}
-	_, err := jwt.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return secret, nil },
-		jwt.WithValidMethods([]string{"HS256"}), jwt.WithExpirationRequired(), jwt.WithLeeway(5*time.Second))
-	switch {
-	case errors.Is(err, jwt.ErrTokenExpired), errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
-		return "", errTokenExpired
-	case err != nil:
-		return "", fmt.Errorf("%w: %v", errTokenInvalid, err)
-	}
-	if !validID(claims.Subject) {
-		return "", fmt.Errorf("%w: bad sub", errTokenInvalid)
-	}
-	return claims.Subject, nil
+	return auth.VerifyToken(secret, token, time.Now())
 }
 
-// MintToken returns an HS256 JWT for user that expires after ttl, the kind
-// of token an application's auth service mints for LOGIN.
-func MintToken(secret []byte, user string, ttl time.Duration) (string, error) {
-	if len(secret) == 0 {
-		return "", errors.New("engine: empty JWT secret")
-	}
-	if !validID(user) {
-		return "", fmt.Errorf("engine: invalid user id %q", user)
-	}
-	now := time.Now()
-	return jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{
-		Subject: user, IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
-	}).SignedString(secret)
-}
-
-// validID reports whether s is a valid user, device or group id: 1..64
-// bytes of [A-Za-z0-9_.-].
-func validID(s string) bool {
-	if len(s) == 0 || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
+// validID reports whether s is a valid user, device or group id.
+func validID(s string) bool { return auth.ValidID(s) }

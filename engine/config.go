@@ -31,9 +31,18 @@ type Config struct {
 	// LoginTimeout closes connections that have not logged in. Default 10s.
 	LoginTimeout time.Duration
 	// HeartbeatInterval is announced to clients in LOGIN_OK. Default 30s.
+	// The node lengthens it as its connection count grows (HeartbeatRate).
 	HeartbeatInterval time.Duration
+	// HeartbeatRate is the heartbeats per second the node aims to answer at
+	// most: a client logging in is told max(HeartbeatInterval,
+	// connections/HeartbeatRate seconds), capped at MaxHeartbeatInterval.
+	// Default 5000; negative keeps HeartbeatInterval whatever the count.
+	HeartbeatRate float64
+	// MaxHeartbeatInterval caps the lengthened interval. Default 5m.
+	MaxHeartbeatInterval time.Duration
 	// IdleTimeout closes logged-in connections silent for this long.
-	// Default 3 x HeartbeatInterval.
+	// Default 3 x HeartbeatInterval. A connection told a longer heartbeat
+	// interval gets a proportionally longer idle timeout.
 	IdleTimeout time.Duration
 	// MaxOutbound bounds the bytes queued for one connection (ours plus
 	// gnet's unsent buffer); beyond it the connection is closed as a slow
@@ -53,12 +62,13 @@ type Config struct {
 	// Workers is the size of the pool running everything that does I/O
 	// (store, password hashing). Default 256.
 	Workers int
-	// WorkQueue bounds requests waiting for a worker, across the node.
-	// Default 65536.
-	WorkQueue int
-	// ConnQueue bounds one connection's requests waiting to run (requests of
-	// one connection run one at a time, in order). Default 256.
-	ConnQueue int
+	// MaxConnInbound bounds the bytes of one connection's requests that
+	// are decoded but waiting to run (requests of one connection run one at
+	// a time, in order); each queued request counts its body plus 64 bytes.
+	// Beyond it a request is answered BUSY. Default 256 KiB.
+	MaxConnInbound int
+	// MaxNodeInbound bounds the same across the node. Default 64 MiB.
+	MaxNodeInbound int
 	// HashConcurrency bounds concurrent password hashes (each argon2id
 	// hash holds 19 MiB). Default GOMAXPROCS.
 	HashConcurrency int
@@ -120,6 +130,12 @@ func (c *Config) setDefaults() {
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = 3 * c.HeartbeatInterval
 	}
+	if c.HeartbeatRate == 0 {
+		c.HeartbeatRate = 5000
+	}
+	if c.MaxHeartbeatInterval == 0 {
+		c.MaxHeartbeatInterval = 5 * time.Minute
+	}
 	def(&c.MaxOutbound, 4<<20)
 	def(&c.MaxConns, 19000)
 	if c.SendRate == 0 {
@@ -130,8 +146,8 @@ func (c *Config) setDefaults() {
 	def(&c.SyncLimit, 100)
 	def(&c.SyncMaxLimit, 500)
 	def(&c.Workers, 256)
-	def(&c.WorkQueue, 65536)
-	def(&c.ConnQueue, 256)
+	def(&c.MaxConnInbound, 256<<10)
+	def(&c.MaxNodeInbound, 64<<20)
 	def(&c.HashConcurrency, runtime.GOMAXPROCS(0))
 	if c.LoginRatePerIP == 0 {
 		c.LoginRatePerIP = 10
@@ -166,8 +182,11 @@ func (c *Config) Validate() error {
 	pos("SendBurst", c.SendBurst)
 	pos("MaxGroupSize", c.MaxGroupSize)
 	pos("Workers", c.Workers)
-	pos("WorkQueue", c.WorkQueue)
-	pos("ConnQueue", c.ConnQueue)
+	pos("MaxConnInbound", c.MaxConnInbound)
+	if c.MaxConnInbound > 1<<30 {
+		errs = append(errs, fmt.Errorf("MaxConnInbound must be at most 1 GiB, got %d", c.MaxConnInbound))
+	}
+	pos("MaxNodeInbound", c.MaxNodeInbound)
 	pos("HashConcurrency", c.HashConcurrency)
 	if c.MaxBody < 0 || c.MaxBody > 16<<20 {
 		errs = append(errs, fmt.Errorf("MaxBody must be in 1..16777216, got %d", c.MaxBody))

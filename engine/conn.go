@@ -1,13 +1,13 @@
 package engine
 
 import (
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
-	"github.com/panjf2000/gnet/v2"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -18,195 +18,190 @@ const (
 	stateClosing                // a final frame is queued; nothing else is sent
 )
 
-// conn is the per-connection state, stored in the gnet connection context.
-//
-// Field ownership: gc's Reader methods and loginPending belong to the event
-// loop. user, device and ser are written once by the worker that completes
-// the login, before state becomes stateLoggedIn (atomic release), and are
-// read-only after. Everything under mu may be touched by any goroutine.
-type conn struct {
-	gc  gnet.Conn
-	srv *Server
-	id  uint64
-
-	openedAt int64        // unix nanoseconds
-	lastRecv atomic.Int64 // unix nanoseconds of the last inbound bytes
-	state    atomic.Uint32
-
-	user, device string
-	ser          codec.SerializerID // serializer of server-initiated frames
-	cursor       atomic.Uint64      // last cursor stored for (user, device)
-	lastRenew    atomic.Int64       // unix nanoseconds of the last session-route renewal
-
-	loginPending bool // event loop only: a LOGIN or REGISTER is queued
-
-	mu         sync.Mutex
-	out        *codec.Buffer // frames waiting for the loop to write them; nil when none
-	wakeSent   bool          // a Wake is in flight and will flush out
-	closeAfter bool          // close once out is written
-	closed     bool          // OnClose ran: drop writes
-	tasks      []task        // requests waiting to run, in arrival order
-	running    bool          // a worker owns this connection's task queue
+// transport is what the engine needs of a client connection's socket: gnet's
+// connection satisfies it, and tests use an in-memory one. Every method is
+// called on the connection's event loop only.
+type transport interface {
+	codec.Peeker
+	Write(b []byte) (int, error)
+	RemoteAddr() net.Addr
+	OutboundBuffered() int
+	Close() error
 }
 
-// task is one decoded request waiting for a worker.
-type task struct {
-	h   codec.Header
-	req proto.Message
-	ip  netip.Addr // the peer's address, for LOGIN and REGISTER
+// conn is the per-connection state, stored in the gnet connection context.
+//
+// Field ownership:
+//   - the loop's goroutine owns tr's methods, dirty and loginPending;
+//   - user, device and ser are written once by whoever completes the login
+//     (under mu, before state becomes stateLoggedIn with a release store)
+//     and are read-only afterwards: read them only after seeing
+//     stateLoggedIn (loggedIn), or under mu;
+//   - everything under mu may be touched by any goroutine.
+type conn struct {
+	tr   transport
+	loop *loop
+	id   uint64
+
+	// Unix nanoseconds of the accept until the login completes (the login
+	// deadline counts from it), then of the last complete inbound frame.
+	lastRecv atomic.Int64
+	cursor   atomic.Uint64
+
+	user, device string
+
+	prev, next *conn // in the node's connSet (its shard lock)
+
+	mu         sync.Mutex
+	out        *outBuf // frames waiting for the loop to write them; nil when none
+	head, tail *task   // requests waiting to run, in arrival order
+
+	state    atomic.Uint32
+	sockOut  atomic.Int32  // bytes the transport still had to send after the last flush
+	inBytes  int32         // (mu) bytes held by head..tail, bounded by MaxConnInbound
+	inflight int32         // (mu) appends handed to the store and not yet complete
+	renewed  atomic.Uint32 // seconds since the server started: last session-route renewal
+
+	hbSec        uint16             // heartbeat interval announced at login, seconds
+	ser          codec.SerializerID // serializer of server-initiated frames
+	dirty        bool               // loop only: listed in loop.dirty
+	loginPending bool               // loop only: a LOGIN is queued
+	queued       bool               // (mu) in the loop's mailbox, or about to be
+	closeAfter   bool               // (mu) close once out is written
+	closed       bool               // (mu) OnClose ran: drop writes
+	running      bool               // (mu) a worker owns this connection's task queue
 }
 
 func (c *conn) loggedIn() bool { return c.state.Load() == stateLoggedIn }
 
-// writeMsg queues one frame for c, encoded in ser. It is safe from any
-// goroutine; the event loop writes queued frames in one write on its next
-// turn for c. Frames to a closing or closed connection are dropped. It
-// reports whether the frame was queued.
-func (c *conn) writeMsg(ser codec.SerializerID, cmd codec.Command, seq uint32, msg proto.Message) bool {
-	return c.writeMsgThen(ser, cmd, seq, msg, nil)
-}
-
-// writeMsgThen is writeMsg that also runs then (if not nil) under c.mu,
-// right before the frame is queued: whatever then makes visible to other
-// goroutines cannot put a frame on c ahead of this one.
-func (c *conn) writeMsgThen(ser codec.SerializerID, cmd codec.Command, seq uint32, msg proto.Message, then func()) bool {
+// identity returns user and device under mu: safe from any goroutine,
+// empty before the login completes.
+func (c *conn) identity() (user, device string) {
 	c.mu.Lock()
-	if then != nil {
-		then()
-	}
-	if c.closed || c.closeAfter {
-		c.mu.Unlock()
-		return false
-	}
-	if c.out == nil {
-		c.out = codec.GetBuffer()
-	}
-	var err error
-	before := len(c.out.B)
-	c.out.B, err = codec.AppendFrame(c.out.B, ser, cmd, 0, seq, msg)
-	if err != nil {
-		c.mu.Unlock()
-		c.srv.log.Error("encode frame", "cmd", cmd, "err", err)
-		return false
-	}
-	ok := c.afterAppendLocked(before)
-	wake := c.needWakeLocked()
-	c.mu.Unlock()
-	if wake {
-		c.wake()
-	}
-	return ok
+	defer c.mu.Unlock()
+	return c.user, c.device
 }
 
-// writeRaw queues a frame whose body is already encoded in ser.
-func (c *conn) writeRaw(ser codec.SerializerID, cmd codec.Command, seq uint32, body []byte) bool {
+// queue appends a frame built by build to c's output and schedules the
+// write: at the end of src's turn when src is c's loop, else through c's
+// loop's mailbox. src is the loop the caller runs on, nil off-loop. build
+// appends whole frames to its argument and returns the extended slice; it
+// runs under c.mu and must not block or call back into c. The output bound
+// (MaxOutbound, counting what the transport has not sent yet) is checked
+// before the frame is handed to the socket: a frame that would exceed it is
+// dropped and the connection closed as a slow consumer. queue reports
+// whether the frame was queued; frames to a closing or closed connection
+// are dropped.
+func (c *conn) queue(src *loop, build func([]byte) []byte) bool {
 	c.mu.Lock()
 	if c.closed || c.closeAfter {
 		c.mu.Unlock()
 		return false
 	}
 	if c.out == nil {
-		c.out = codec.GetBuffer()
+		c.out = getOutBuf()
 	}
 	before := len(c.out.B)
-	c.out.B = codec.AppendRawFrame(c.out.B, ser, cmd, 0, seq, body)
-	ok := c.afterAppendLocked(before)
-	wake := c.needWakeLocked()
-	c.mu.Unlock()
-	if wake {
-		c.wake()
+	c.out.B = build(c.out.B)
+	ok := true
+	if len(c.out.B)+int(c.sockOut.Load()) > c.loop.srv.cfg.MaxOutbound {
+		c.out.B = c.out.B[:before]
+		c.closeAfter = true
+		c.state.Store(stateClosing)
+		c.loop.srv.metrics.slowConsumers.Inc()
+		c.loop.srv.metrics.countError(codec.CodeSlowConsumer)
+		ok = false
 	}
+	c.scheduleLocked(src)
 	return ok
 }
 
-// afterAppendLocked enforces MaxOutbound on our own queue: a connection
-// that has this much waiting is not reading, so the frame is dropped and the
-// connection closed as a slow consumer. mu is held.
-func (c *conn) afterAppendLocked(before int) bool {
-	if len(c.out.B) <= c.srv.cfg.MaxOutbound {
-		return true
+// scheduleLocked makes c's loop write c's output soon, and unlocks c.mu.
+func (c *conn) scheduleLocked(src *loop) {
+	if src == c.loop {
+		c.mu.Unlock()
+		src.markDirty(c)
+		return
 	}
-	c.out.B = c.out.B[:before]
-	c.closeAfter = true
-	c.srv.metrics.slowConsumers.Inc()
-	c.srv.metrics.countError(codec.CodeSlowConsumer)
-	return false
+	post := !c.queued
+	c.queued = true
+	c.mu.Unlock()
+	if post {
+		c.loop.post(c, src)
+	}
 }
 
-func (c *conn) needWakeLocked() bool {
-	if c.wakeSent {
+// writeMsg queues one frame for c with msg encoded in ser (see queue).
+func (c *conn) writeMsg(src *loop, ser codec.SerializerID, cmd codec.Command, seq uint32, msg proto.Message) bool {
+	var encErr error
+	ok := c.queue(src, func(b []byte) []byte {
+		out, err := codec.AppendFrame(b, ser, cmd, 0, seq, msg)
+		encErr = err
+		return out
+	})
+	if encErr != nil {
+		c.loop.srv.log.Error("encode frame", "cmd", cmd, "err", encErr)
 		return false
 	}
-	c.wakeSent = true
-	return true
-}
-
-func (c *conn) wake() {
-	if err := c.gc.Wake(nil); err != nil {
-		// The loop is gone (engine stopping); OnClose will clean up.
-		c.mu.Lock()
-		c.wakeSent = false
-		c.mu.Unlock()
-	}
+	return ok
 }
 
 // fail queues a final ERROR frame (fatal) and closes c once it is written.
-func (c *conn) fail(ser codec.SerializerID, seq uint32, code codec.ErrorCode, msg string) {
-	c.srv.metrics.countError(code)
-	c.writeMsg(ser, codec.CmdError, seq, &pb.Error{Code: uint32(code), Message: msg, Fatal: true, Retryable: code.Retryable()})
-	c.closeAfterFlush()
+func (c *conn) fail(src *loop, ser codec.SerializerID, seq uint32, code codec.ErrorCode, msg string) {
+	c.loop.srv.metrics.countError(code)
+	c.writeMsg(src, ser, codec.CmdError, seq, &pb.Error{Code: uint32(code), Message: msg, Fatal: true, Retryable: code.Retryable()})
+	c.closeAfterFlush(src)
 }
 
 // kick queues a KICK frame and closes c once it is written.
-func (c *conn) kick(code codec.ErrorCode, reason string) {
-	c.writeMsg(c.ser, codec.CmdKick, 0, &pb.Kick{Code: uint32(code), Reason: reason})
-	c.closeAfterFlush()
+func (c *conn) kick(src *loop, code codec.ErrorCode, reason string) {
+	c.writeMsg(src, c.ser, codec.CmdKick, 0, &pb.Kick{Code: uint32(code), Reason: reason})
+	c.closeAfterFlush(src)
 }
 
-func (c *conn) closeAfterFlush() {
+// closeAfterFlush closes c once what is queued has been written.
+func (c *conn) closeAfterFlush(src *loop) {
 	c.state.Store(stateClosing)
 	c.mu.Lock()
-	c.closeAfter = true
-	wake := c.needWakeLocked()
-	c.mu.Unlock()
-	if wake {
-		c.wake()
+	if c.closed {
+		c.mu.Unlock()
+		return
 	}
+	c.closeAfter = true
+	c.scheduleLocked(src)
 }
 
 // replyError answers request seq with a non-fatal ERROR.
-func (c *conn) replyError(ser codec.SerializerID, seq uint32, code codec.ErrorCode, msg string, retryAfterMs uint32) {
-	c.srv.metrics.countError(code)
-	c.writeMsg(ser, codec.CmdError, seq, &pb.Error{Code: uint32(code), Message: msg, Retryable: code.Retryable(), RetryAfterMs: retryAfterMs})
+func (c *conn) replyError(src *loop, ser codec.SerializerID, seq uint32, code codec.ErrorCode, msg string, retryAfterMs uint32) {
+	c.loop.srv.metrics.countError(code)
+	c.writeMsg(src, ser, codec.CmdError, seq, &pb.Error{Code: uint32(code), Message: msg, Retryable: code.Retryable(), RetryAfterMs: retryAfterMs})
 }
 
-// flush writes everything queued for c. Event loop only.
+// flush writes everything queued for c, and closes c if a final frame was
+// queued. Loop goroutine only.
 func (c *conn) flush() {
 	c.mu.Lock()
 	buf := c.out
 	c.out = nil
-	c.wakeSent = false
+	c.queued = false
 	closeAfter := c.closeAfter
+	closed := c.closed
 	c.mu.Unlock()
 	if buf != nil {
-		n := len(buf.B)
-		if _, err := c.gc.Write(buf.B); err == nil {
-			c.srv.metrics.bytesOut.Add(float64(n))
+		if !closed {
+			n := len(buf.B)
+			if _, err := c.tr.Write(buf.B); err == nil {
+				c.loop.written += n // counted once per turn (endTurn)
+			}
 		}
-		codec.PutBuffer(buf)
+		putOutBuf(buf)
 	}
-	if closeAfter {
-		_ = c.gc.Close()
+	if closed {
 		return
 	}
-	if c.gc.OutboundBuffered() > c.srv.cfg.MaxOutbound {
-		c.srv.metrics.slowConsumers.Inc()
-		c.srv.metrics.countError(codec.CodeSlowConsumer)
-		c.state.Store(stateClosing)
-		c.mu.Lock()
-		c.closeAfter = true
-		c.mu.Unlock()
-		_ = c.gc.Close()
+	c.sockOut.Store(int32(min(c.tr.OutboundBuffered(), 1<<30)))
+	if closeAfter {
+		_ = c.tr.Close()
 	}
 }
 
@@ -216,59 +211,178 @@ func (c *conn) markClosed() {
 	c.mu.Lock()
 	c.closed = true
 	if c.out != nil {
-		codec.PutBuffer(c.out)
+		putOutBuf(c.out)
 		c.out = nil
 	}
-	c.tasks = nil
+	head := c.head
+	c.head, c.tail = nil, nil
+	c.loop.srv.releaseInbound(int(c.inBytes))
+	c.inBytes = 0
 	c.mu.Unlock()
+	for t := head; t != nil; {
+		next := t.next
+		putTask(t)
+		t = next
+	}
 }
 
-// submit queues t to run after c's earlier requests. Requests of one
-// connection run one at a time, in order, so a client that pipelines two
-// sends has them stored in the order it sent them.
-func (c *conn) submit(t task) {
+// task is one request waiting for a worker: its header and a copy of its
+// body (the loop's buffer is reused once OnTraffic returns). Tasks are
+// pooled and linked per connection, so queueing allocates nothing in steady
+// state and an idle connection holds no queue at all.
+type task struct {
+	h    codec.Header
+	body []byte
+	ip   netip.Addr // the peer's address, for LOGIN and REGISTER
+	next *task
+}
+
+// taskCost is what a queued request counts against the inbound bounds: its
+// body and a fixed overhead, so a flood of empty frames is bounded too.
+func taskCost(t *task) int { return len(t.body) + 64 }
+
+var taskPool = sync.Pool{New: func() any { return new(task) }}
+
+func getTask() *task { return taskPool.Get().(*task) }
+
+func putTask(t *task) {
+	if cap(t.body) > 64<<10 {
+		t.body = nil // do not pool a buffer grown by one huge body
+	}
+	body := t.body[:0]
+	*t = task{body: body}
+	taskPool.Put(t)
+}
+
+// hasWork reports whether requests of c are queued, running on a worker, or
+// waiting for the store: a new request must then queue behind them.
+func (c *conn) hasWork() bool {
+	c.mu.Lock()
+	busy := c.head != nil || c.running || c.inflight > 0
+	c.mu.Unlock()
+	return busy
+}
+
+// enqueue queues t to run after c's earlier requests and, unless a worker
+// already owns c's queue or appends are still in flight, hands c to the
+// worker pool. Requests of one connection run one at a time, in order, so
+// a client that pipelines two sends has them stored in the order it sent
+// them. It answers BUSY (and drops t) when c's or the node's inbound bound
+// is exceeded.
+func (c *conn) enqueue(src *loop, t *task) {
+	s := c.loop.srv
+	cost := taskCost(t)
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
+		putTask(t)
 		return
 	}
-	if len(c.tasks) >= c.srv.cfg.ConnQueue {
+	if int(c.inBytes)+cost > s.cfg.MaxConnInbound {
 		c.mu.Unlock()
-		c.replyError(t.h.Serializer, t.h.Seq, codec.CodeBusy, "too many requests in flight on this connection", 100)
+		h := t.h
+		putTask(t)
+		c.replyError(src, h.Serializer, h.Seq, codec.CodeBusy, "too many requests in flight on this connection", 100)
 		return
 	}
-	c.tasks = append(c.tasks, t)
-	if c.running {
+	if !s.reserveInbound(cost) {
 		c.mu.Unlock()
+		h := t.h
+		putTask(t)
+		c.replyError(src, h.Serializer, h.Seq, codec.CodeBusy, "server work queue is full", 200)
 		return
 	}
-	c.running = true
+	c.inBytes += int32(cost)
+	if c.tail == nil {
+		c.head = t
+	} else {
+		c.tail.next = t
+	}
+	c.tail = t
+	start := !c.running && c.inflight == 0
+	if start {
+		c.running = true
+	}
 	c.mu.Unlock()
-	if !c.srv.pool.submit(c) {
-		c.mu.Lock()
-		dropped := c.tasks
-		c.tasks, c.running = nil, false
-		c.mu.Unlock()
-		for _, t := range dropped {
-			c.replyError(t.h.Serializer, t.h.Seq, codec.CodeBusy, "server work queue is full", 200)
-		}
+	if start {
+		s.pool.submit(c)
 	}
 }
 
-// runTasks runs c's queued requests until none is left. Worker only.
+// runTasks runs c's queued requests until none is left, or until an append
+// it started is in flight (its completion restarts the queue). Worker only.
 func (c *conn) runTasks() {
+	s := c.loop.srv
 	for {
 		c.mu.Lock()
-		if len(c.tasks) == 0 || c.closed {
-			c.tasks = nil
+		t := c.head
+		if t == nil || c.closed || c.inflight > 0 {
 			c.running = false
 			c.mu.Unlock()
 			return
 		}
-		t := c.tasks[0]
-		c.tasks[0] = task{}
-		c.tasks = c.tasks[1:]
+		c.head = t.next
+		if c.head == nil {
+			c.tail = nil
+		}
+		cost := taskCost(t)
+		c.inBytes -= int32(cost)
 		c.mu.Unlock()
-		c.srv.handle(c, t)
+		s.releaseInbound(cost)
+		s.handle(c, t)
+		putTask(t)
 	}
+}
+
+// appendDone is called when one of c's in-flight appends completes: the
+// queue it held back runs now.
+func (c *conn) appendDone() {
+	c.mu.Lock()
+	c.inflight--
+	start := c.inflight == 0 && c.head != nil && !c.running && !c.closed
+	if start {
+		c.running = true
+	}
+	c.mu.Unlock()
+	if start {
+		c.loop.srv.pool.submit(c)
+	}
+}
+
+// dropQueue answers and drops c's queued requests when no worker can run
+// them (the pool has stopped).
+func (c *conn) dropQueue() {
+	c.mu.Lock()
+	head := c.head
+	c.head, c.tail, c.running = nil, nil, false
+	c.loop.srv.releaseInbound(int(c.inBytes))
+	c.inBytes = 0
+	c.mu.Unlock()
+	for t := head; t != nil; {
+		next := t.next
+		c.replyError(nil, t.h.Serializer, t.h.Seq, codec.CodeShuttingDown, "node is shutting down", 0)
+		putTask(t)
+		t = next
+	}
+}
+
+// outBuf is a connection's pending output. Buffers are pooled: a
+// connection holds one only while it has output waiting, so an idle
+// connection costs none.
+type outBuf struct{ B []byte }
+
+// maxPooledOut: larger buffers (a burst to a slow reader) are left to the
+// garbage collector rather than kept in the pool.
+const maxPooledOut = 64 << 10
+
+var outPool = sync.Pool{New: func() any { return &outBuf{B: make([]byte, 0, 512)} }}
+
+func getOutBuf() *outBuf { return outPool.Get().(*outBuf) }
+
+func putOutBuf(b *outBuf) {
+	if cap(b.B) > maxPooledOut {
+		return
+	}
+	b.B = b.B[:0]
+	outPool.Put(b)
 }

@@ -95,7 +95,7 @@ func (s *Server) HandleAppend(ctx context.Context, msg persist.Message, inboxes 
 // every target.
 func (s *Server) HandlePush(msg persist.Message, targets []PushTarget) {
 	for _, t := range targets {
-		s.pushTo(t.User, t.Seq, &msg, nil)
+		s.pushTo(nil, nil, t.User, t.Seq, &msg, nil)
 	}
 }
 
@@ -105,7 +105,7 @@ func (s *Server) HandleKick(user, device string, connID uint64) {
 	for _, c := range s.sessions.devices(user, arr[:0]) {
 		if c.device == device && c.id == connID {
 			s.sessions.remove(c)
-			c.kick(codec.CodeKickDuplicateLogin, "the same user and device logged in on another node")
+			c.kick(nil, codec.CodeKickDuplicateLogin, "the same user and device logged in on another node")
 		}
 	}
 }
@@ -117,10 +117,13 @@ func (s *Server) HandleKick(user, device string, connID uint64) {
 // syncs; it never loses it.
 //
 // origin (may be nil) is the connection that sent the message: it has its
-// SEND_ACK and is not pushed the message.
-func (s *Server) deliver(msg *persist.Message, inboxes []string, seqs []uint64, origin *conn) {
+// SEND_ACK and is not pushed the message. src is the loop the caller runs
+// on (nil off-loop) and op (may be nil) lends its encoding structs. The
+// cross-node part, which does I/O, runs only in cluster mode, where callers
+// are workers holding no lock.
+func (s *Server) deliver(src *loop, op *sendOp, msg *persist.Message, inboxes []string, seqs []uint64, origin *conn) {
 	for i, u := range inboxes {
-		s.pushTo(u, seqs[i], msg, origin)
+		s.pushTo(src, op, u, seqs[i], msg, origin)
 	}
 	if s.cfg.Sessions == nil || s.cfg.Cluster == nil {
 		return
@@ -207,7 +210,7 @@ func (s *Server) publishRoute(ctx context.Context, c *conn) {
 		return
 	}
 	r := s.routeOf(c)
-	c.lastRenew.Store(time.Now().UnixNano())
+	c.renewed.Store(s.uptimeSec(time.Now().UnixNano()))
 	old, err := s.cfg.Sessions.Put(ctx, r, s.cfg.SessionTTL)
 	if err != nil {
 		// Degraded: other nodes cannot find this device until the next

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
@@ -21,7 +22,7 @@ import (
 
 func dialClient(t *testing.T, s *Server, user, device string, ser codec.SerializerID, mod ...func(*client.Config)) *client.Client {
 	t.Helper()
-	tok, err := MintToken(testSecret, user, time.Hour)
+	tok, err := auth.MintToken(testSecret, user, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,7 +267,14 @@ func TestClientRetriesStoreOnceWhateverFails(t *testing.T) {
 }
 
 func TestClientRidesOutRateLimitAndBusy(t *testing.T) {
-	s := startServer(t, func(c *Config) { c.SendRate = 200; c.SendBurst = 20; c.ConnQueue = 4 })
+	// A store that is not in memory runs sends on workers, where the
+	// connection's inbound bound (about four queued sends) applies.
+	s := startServer(t, func(c *Config) {
+		c.SendRate = 200
+		c.SendBurst = 20
+		c.MaxConnInbound = 4 * 100
+		c.Store = &flakyStore{Store: memstore.New()}
+	})
 	a := dialClient(t, s, "alice", "pc", codec.Protobuf)
 	b := dialClient(t, s, "bob", "pc", codec.Protobuf)
 	var wg sync.WaitGroup

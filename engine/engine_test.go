@@ -9,6 +9,8 @@ import (
 
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
+	"github.com/imgn/imgn/persist"
+	"github.com/imgn/imgn/persist/memstore"
 )
 
 var serializers = []codec.SerializerID{codec.JSON, codec.Protobuf, codec.MsgPack}
@@ -120,27 +122,35 @@ func TestOfflineMessagesArriveBySyncInOrder(t *testing.T) {
 }
 
 func TestPipelinedSendsKeepOrderAndPushesAreGapFree(t *testing.T) {
-	s := startServer(t, func(c *Config) { c.ConnQueue = 512 })
-	a := dial(t, s, codec.Protobuf)
-	a.login("alice", "pc")
-	b := dial(t, s, codec.Protobuf)
-	b.login("bob", "pc")
-	const n = 300
-	var seqs []uint32
-	for i := range n {
-		seqs = append(seqs, a.send(codec.CmdSend, &pb.SendRequest{ClientMsgId: fmt.Sprint("p", i), To: "bob", Body: []byte(fmt.Sprint(i))}))
+	stores := map[string]func() persist.Store{
+		"inline": func() persist.Store { return memstore.New() },
+		"worker": func() persist.Store { return &flakyStore{Store: memstore.New()} },
 	}
-	for _, q := range seqs {
-		if f := a.reply(q); f.Command != codec.CmdSendAck {
-			t.Fatalf("reply %s: %v", f.Command, decodeError(t, f).Message)
-		}
-	}
-	got := b.waitPushes(n)
-	slices.SortFunc(got, func(x, y *pb.Message) int { return int(x.Seq) - int(y.Seq) })
-	for i, m := range got {
-		if m.Seq != uint64(i+1) || string(m.Body) != fmt.Sprint(i) {
-			t.Fatalf("push %d: seq %d body %q: pipelined sends reordered", i, m.Seq, m.Body)
-		}
+	for name, store := range stores {
+		t.Run(name, func(t *testing.T) {
+			s := startServer(t, func(c *Config) { c.MaxConnInbound = 1 << 20; c.Store = store() })
+			a := dial(t, s, codec.Protobuf)
+			a.login("alice", "pc")
+			b := dial(t, s, codec.Protobuf)
+			b.login("bob", "pc")
+			const n = 300
+			var seqs []uint32
+			for i := range n {
+				seqs = append(seqs, a.send(codec.CmdSend, &pb.SendRequest{ClientMsgId: fmt.Sprint("p", i), To: "bob", Body: []byte(fmt.Sprint(i))}))
+			}
+			for _, q := range seqs {
+				if f := a.reply(q); f.Command != codec.CmdSendAck {
+					t.Fatalf("reply %s: %v", f.Command, decodeError(t, f).Message)
+				}
+			}
+			got := b.waitPushes(n)
+			slices.SortFunc(got, func(x, y *pb.Message) int { return int(x.Seq) - int(y.Seq) })
+			for i, m := range got {
+				if m.Seq != uint64(i+1) || string(m.Body) != fmt.Sprint(i) {
+					t.Fatalf("push %d: seq %d body %q: pipelined sends reordered", i, m.Seq, m.Body)
+				}
+			}
+		})
 	}
 }
 
@@ -193,9 +203,13 @@ func TestMultiDeviceFanOutAndDuplicateLoginKick(t *testing.T) {
 		t.Fatalf("alice phone push %v", p)
 	}
 	var pres pb.PresenceOK
-	a1.mustCall(codec.CmdPresence, &pb.PresenceRequest{Users: []string{"bob", "carol"}}, &pres)
-	if len(pres.Users) != 2 || !pres.Users[0].Online || !slices.Equal(pres.Users[0].Devices, []string{"pc", "phone"}) || pres.Users[1].Online {
+	a1.mustCall(codec.CmdPresence, &pb.PresenceRequest{Users: []string{"bob", "carol", "alice"}}, &pres)
+	if len(pres.Users) != 3 || !pres.Users[0].Online || !slices.Equal(pres.Users[0].Devices, []string{"pc", "phone"}) || pres.Users[1].Online {
 		t.Fatalf("presence %v", &pres)
+	}
+	// carol has no account: unknown, not just offline.
+	if !pres.Users[1].Unknown || pres.Users[0].Unknown || pres.Users[2].Unknown {
+		t.Fatalf("unknown flags: %v", &pres)
 	}
 	// A second login of bob/phone kicks the first.
 	b3 := dial(t, s, codec.JSON)

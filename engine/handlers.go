@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"slices"
 	"strconv"
 	"time"
@@ -10,98 +11,171 @@ import (
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
 	"github.com/imgn/imgn/persist"
+	"google.golang.org/protobuf/proto"
 )
 
-// requestTimeout bounds the store work of one request.
+// requestTimeout bounds the store work of one request run by a worker.
 const requestTimeout = 10 * time.Second
 
-// handle runs one request on a worker goroutine. Requests of one connection
-// arrive here one at a time, in order.
-func (s *Server) handle(c *conn, t task) {
-	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-	defer cancel()
-	h := t.h
-	switch req := t.req.(type) {
+// onLoop reports whether a request of command cmd may run on the event loop
+// (see exec): with a store that never blocks, everything but REGISTER and
+// LOGIN (onFrame runs a token LOGIN on the loop itself: only a password
+// needs a worker); with a store that takes appends asynchronously, SEND and
+// GROUP_SEND (whose handler passes the request to a worker if a lookup it
+// needs could block).
+func (s *Server) onLoop(cmd codec.Command) bool {
+	switch {
+	case s.inline:
+		return cmd != codec.CmdRegister && cmd != codec.CmdLogin
+	case s.async != nil:
+		return cmd == codec.CmdSend || cmd == codec.CmdGroupSend
+	}
+	return false
+}
+
+// handle runs one queued request on a worker goroutine. Requests of one
+// connection arrive here one at a time, in order.
+func (s *Server) handle(c *conn, t *task) { s.exec(nil, c, t.h, t.body, t.ip) }
+
+// toWorker queues a request that started on the loop but needs a lookup
+// that may block: it runs again, from the start, on a worker.
+func (s *Server) toWorker(src *loop, c *conn, h codec.Header, body []byte) {
+	t := getTask()
+	t.h = h
+	t.body = append(t.body[:0], body...)
+	c.enqueue(src, t)
+}
+
+// exec decodes and runs one request. src is the event loop it runs on, nil
+// on a worker; only calls that cannot block are made when src is set (see
+// onLoop). body is valid only during the call.
+func (s *Server) exec(src *loop, c *conn, h codec.Header, body []byte, ip netip.Addr) {
+	switch h.Command {
+	case codec.CmdSend, codec.CmdGroupSend:
+		s.handleSend(src, c, h, body)
+		return
+	case codec.CmdPushAck:
+		// Decoded in place: every receiver sends these all the time.
+		upTo, err := codec.DecodePushAck(h.Serializer, body)
+		if err != nil {
+			c.replyError(src, h.Serializer, h.Seq, codec.CodeBadBody, err.Error(), 0)
+			return
+		}
+		if c.loggedIn() {
+			s.handlePushAck(src, c, upTo)
+		}
+		return
+	}
+	req := newRequest(h.Command)
+	if err := codec.Unmarshal(h.Serializer, body, req); err != nil {
+		c.replyError(src, h.Serializer, h.Seq, codec.CodeBadBody, err.Error(), 0)
+		return
+	}
+	ctx := context.Background()
+	if src == nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+	}
+	switch req := req.(type) {
 	case *pb.RegisterRequest:
-		if s.allowPasswordAttempt(c, t) {
+		if s.allowPasswordAttempt(src, c, h, ip) {
 			s.handleRegister(ctx, c, h, req)
 		}
 		return
 	case *pb.LoginRequest:
-		if req.Password == "" || s.allowPasswordAttempt(c, t) {
-			s.handleLogin(ctx, c, h, req)
+		if req.Password == "" || s.allowPasswordAttempt(src, c, h, ip) {
+			s.handleLogin(ctx, src, c, h, req)
 		}
 		return
 	}
 	if !c.loggedIn() {
 		// The LOGIN this request was queued behind failed.
-		c.fail(h.Serializer, h.Seq, codec.CodeNotLoggedIn, "log in first")
+		c.fail(src, h.Serializer, h.Seq, codec.CodeNotLoggedIn, "log in first")
 		return
 	}
-	switch req := t.req.(type) {
+	switch req := req.(type) {
 	case *pb.Empty: // LOGOUT
-		c.writeMsg(h.Serializer, codec.CmdLogoutOK, h.Seq, &pb.Empty{})
+		c.writeMsg(src, h.Serializer, codec.CmdLogoutOK, h.Seq, &pb.Empty{})
 		s.sessions.remove(c)
-		c.closeAfterFlush()
-	case *pb.SendRequest:
-		s.handleSend(ctx, c, h, req)
-	case *pb.GroupSendRequest:
-		s.handleGroupSend(ctx, c, h, req)
-	case *pb.PushAck:
-		s.handlePushAck(ctx, c, req)
+		c.closeAfterFlush(src)
 	case *pb.SyncRequest:
-		s.handleSync(ctx, c, h, req)
+		s.handleSync(ctx, src, c, h, req)
 	case *pb.GroupCreateRequest:
-		s.handleGroupCreate(ctx, c, h, req)
+		s.handleGroupCreate(ctx, src, c, h, req)
 	case *pb.GroupRequest:
-		s.handleGroup(ctx, c, h, req)
+		s.handleGroup(ctx, src, c, h, req)
 	case *pb.PresenceRequest:
-		s.handlePresence(ctx, c, h, req)
+		s.handlePresence(ctx, src, c, h, req)
 	}
+}
+
+// newRequest returns an empty body of the request type of cmd (SEND and
+// GROUP_SEND excepted: they are decoded by handleSend), or nil when cmd is
+// not a request a client may send.
+func newRequest(cmd codec.Command) proto.Message {
+	switch cmd {
+	case codec.CmdRegister:
+		return &pb.RegisterRequest{}
+	case codec.CmdLogin:
+		return &pb.LoginRequest{}
+	case codec.CmdLogout:
+		return &pb.Empty{}
+	case codec.CmdSync:
+		return &pb.SyncRequest{}
+	case codec.CmdGroupCreate:
+		return &pb.GroupCreateRequest{}
+	case codec.CmdGroupJoin, codec.CmdGroupLeave, codec.CmdGroupMembers:
+		return &pb.GroupRequest{}
+	case codec.CmdPresence:
+		return &pb.PresenceRequest{}
+	}
+	return nil
 }
 
 // allowPasswordAttempt applies the per-address limit on password attempts;
 // a refused attempt is answered RATE_LIMITED (retryable after the wait).
-func (s *Server) allowPasswordAttempt(c *conn, t task) bool {
-	ok, wait := s.logins.allow(t.ip, time.Now())
+func (s *Server) allowPasswordAttempt(src *loop, c *conn, h codec.Header, ip netip.Addr) bool {
+	ok, wait := s.logins.allow(ip, time.Now())
 	if !ok {
 		s.metrics.logins.WithLabelValues("RATE_LIMITED").Inc()
-		c.replyError(t.h.Serializer, t.h.Seq, codec.CodeRateLimited, "too many password attempts from this address", uint32(wait.Milliseconds())+1)
+		c.replyError(src, h.Serializer, h.Seq, codec.CodeRateLimited, "too many password attempts from this address", uint32(wait.Milliseconds())+1)
 	}
 	return ok
 }
 
+// handleRegister runs on a worker (it hashes the password).
 func (s *Server) handleRegister(ctx context.Context, c *conn, h codec.Header, req *pb.RegisterRequest) {
 	if c.loggedIn() {
-		c.replyError(h.Serializer, h.Seq, codec.CodeAlreadyLoggedIn, "already logged in", 0)
+		c.replyError(nil, h.Serializer, h.Seq, codec.CodeAlreadyLoggedIn, "already logged in", 0)
 		return
 	}
 	if !validID(req.User) {
-		c.replyError(h.Serializer, h.Seq, codec.CodeInvalidArgument, "user must be 1..64 bytes of [A-Za-z0-9_.-]", 0)
+		c.replyError(nil, h.Serializer, h.Seq, codec.CodeInvalidArgument, "user must be 1..64 bytes of [A-Za-z0-9_.-]", 0)
 		return
 	}
 	if len(req.Password) < 6 || len(req.Password) > 128 {
-		c.replyError(h.Serializer, h.Seq, codec.CodeInvalidArgument, "password must be 6..128 bytes", 0)
+		c.replyError(nil, h.Serializer, h.Seq, codec.CodeInvalidArgument, "password must be 6..128 bytes", 0)
 		return
 	}
 	if _, err := s.store.GetUser(ctx, req.User); err == nil {
-		c.replyError(h.Serializer, h.Seq, codec.CodeUserExists, "user exists", 0)
+		c.replyError(nil, h.Serializer, h.Seq, codec.CodeUserExists, "user exists", 0)
 		return
 	}
 	hash, err := s.hash(ctx, func() (string, error) { return hashPassword(req.Password) })
 	if err != nil {
-		c.replyError(h.Serializer, h.Seq, codec.CodeInternal, "hash password: "+err.Error(), 0)
+		c.replyError(nil, h.Serializer, h.Seq, codec.CodeInternal, "hash password: "+err.Error(), 0)
 		return
 	}
 	err = s.store.CreateUser(ctx, persist.User{ID: req.User, PasswordHash: hash, Created: time.Now().UnixMilli()})
 	switch {
 	case errors.Is(err, persist.ErrUserExists):
-		c.replyError(h.Serializer, h.Seq, codec.CodeUserExists, "user exists", 0)
+		c.replyError(nil, h.Serializer, h.Seq, codec.CodeUserExists, "user exists", 0)
 	case err != nil:
-		s.storeError(c, h, "create user", err)
+		s.storeError(nil, c, h, "create user", err)
 	default:
 		s.users.Store(req.User, struct{}{})
-		c.writeMsg(h.Serializer, codec.CmdRegisterOK, h.Seq, &pb.RegisterOK{User: req.User})
+		c.writeMsg(nil, h.Serializer, codec.CmdRegisterOK, h.Seq, &pb.RegisterOK{User: req.User})
 	}
 }
 
@@ -116,14 +190,16 @@ func (s *Server) hash(ctx context.Context, fn func() (string, error)) (string, e
 	return fn()
 }
 
-func (s *Server) handleLogin(ctx context.Context, c *conn, h codec.Header, req *pb.LoginRequest) {
+// handleLogin runs on a worker, or on the loop (src) for a token login on a
+// store that never blocks.
+func (s *Server) handleLogin(ctx context.Context, src *loop, c *conn, h codec.Header, req *pb.LoginRequest) {
 	fail := func(code codec.ErrorCode, msg string) {
 		s.metrics.logins.WithLabelValues(code.String()).Inc()
-		c.replyError(h.Serializer, h.Seq, code, msg, 0)
+		c.replyError(src, h.Serializer, h.Seq, code, msg, 0)
 	}
 	if c.loggedIn() {
 		s.metrics.logins.WithLabelValues("ALREADY_LOGGED_IN").Inc()
-		c.replyError(h.Serializer, h.Seq, codec.CodeAlreadyLoggedIn, "already logged in", 0)
+		c.replyError(src, h.Serializer, h.Seq, codec.CodeAlreadyLoggedIn, "already logged in", 0)
 		return
 	}
 	if s.shutting.Load() {
@@ -163,7 +239,7 @@ func (s *Server) handleLogin(ctx context.Context, c *conn, h codec.Header, req *
 		// stays impossible).
 		if err := s.ensureUser(ctx, user); err != nil {
 			s.metrics.logins.WithLabelValues("STORE_UNAVAILABLE").Inc()
-			s.storeError(c, h, "provision user", err)
+			s.storeError(src, c, h, "provision user", err)
 			return
 		}
 	default:
@@ -177,7 +253,7 @@ func (s *Server) handleLogin(ctx context.Context, c *conn, h codec.Header, req *
 			return
 		}
 		if err != nil {
-			s.storeError(c, h, "read user", err)
+			s.storeError(src, c, h, "read user", err)
 			return
 		}
 		var ok bool
@@ -194,16 +270,23 @@ func (s *Server) handleLogin(ctx context.Context, c *conn, h codec.Header, req *
 	}
 	head, err := s.store.LastSeq(ctx, user)
 	if err != nil {
-		s.storeError(c, h, "read inbox head", err)
+		s.storeError(src, c, h, "read inbox head", err)
 		return
 	}
 	cursor, err := s.store.Cursor(ctx, user, req.Device)
 	if err != nil {
-		s.storeError(c, h, "read cursor", err)
+		s.storeError(src, c, h, "read cursor", err)
 		return
 	}
+	hb := s.heartbeatInterval()
+	// The identity is written under mu so that OnClose and the timeout
+	// scan, which may run at the same moment, read it safely.
+	c.mu.Lock()
 	c.user, c.device, c.ser = user, req.Device, h.Serializer
+	c.hbSec = uint16(min(hb/time.Second, 65535))
+	c.mu.Unlock()
 	c.cursor.Store(cursor)
+	c.lastRecv.Store(now(src).UnixNano()) // the idle timer starts at the login
 	if !c.state.CompareAndSwap(stateNew, stateLoggedIn) {
 		return // closed (timeout, peer gone) while logging in
 	}
@@ -211,12 +294,21 @@ func (s *Server) handleLogin(ctx context.Context, c *conn, h codec.Header, req *
 	// the connection's lock, so no PUSH can overtake LOGIN_OK, and every
 	// message stored from now on is pushed to this connection.
 	var old *conn
-	c.writeMsgThen(h.Serializer, codec.CmdLoginOK, h.Seq, &pb.LoginOK{
-		User: user, Device: req.Device, NodeId: s.cfg.NodeID, SessionId: c.id, HeadSeq: head, Cursor: cursor,
-		HeartbeatMs: uint32(s.cfg.HeartbeatInterval.Milliseconds()), ServerTime: time.Now().UnixMilli(),
-	}, func() { old = s.sessions.add(c) })
+	var encErr error
+	c.queue(src, func(b []byte) []byte {
+		old = s.sessions.add(c)
+		out, err := codec.AppendFrame(b, h.Serializer, codec.CmdLoginOK, 0, h.Seq, &pb.LoginOK{
+			User: user, Device: req.Device, NodeId: s.cfg.NodeID, SessionId: c.id, HeadSeq: head, Cursor: cursor,
+			HeartbeatMs: uint32(hb.Milliseconds()), ServerTime: time.Now().UnixMilli(),
+		})
+		encErr = err
+		return out
+	})
+	if encErr != nil {
+		s.log.Error("encode login_ok", "err", encErr)
+	}
 	if old != nil {
-		old.kick(codec.CodeKickDuplicateLogin, "the same user and device logged in on another connection")
+		old.kick(src, codec.CodeKickDuplicateLogin, "the same user and device logged in on another connection")
 	}
 	s.publishRoute(ctx, c)
 	if c.state.Load() != stateLoggedIn {
@@ -241,12 +333,19 @@ func (s *Server) ensureUser(ctx context.Context, user string) error {
 	return nil
 }
 
+// userKnown reports whether user is known to exist without asking the
+// store: online here, or cached.
+func (s *Server) userKnown(user string) bool {
+	if s.sessions.online(user) {
+		return true
+	}
+	_, ok := s.users.Load(user)
+	return ok
+}
+
 // userExists reports whether user is an account, from the cache or the store.
 func (s *Server) userExists(ctx context.Context, user string) (bool, error) {
-	if s.sessions.online(user) {
-		return true, nil
-	}
-	if _, ok := s.users.Load(user); ok {
+	if s.userKnown(user) {
 		return true, nil
 	}
 	_, err := s.store.GetUser(ctx, user)
@@ -262,7 +361,7 @@ func (s *Server) userExists(ctx context.Context, user string) (bool, error) {
 
 // storeError answers a request whose store call failed: retryable, nothing
 // acknowledged.
-func (s *Server) storeError(c *conn, h codec.Header, what string, err error) {
+func (s *Server) storeError(src *loop, c *conn, h codec.Header, what string, err error) {
 	code := codec.CodeStoreUnavailable
 	switch {
 	case errors.Is(err, ErrForward):
@@ -272,212 +371,35 @@ func (s *Server) storeError(c *conn, h codec.Header, what string, err error) {
 	case errors.Is(err, persist.ErrClosed):
 		code = codec.CodeShuttingDown
 	}
-	s.log.Warn("store error", "what", what, "user", c.user, "err", err)
-	c.replyError(h.Serializer, h.Seq, code, what+": "+err.Error(), 200)
+	user, _ := c.identity()
+	s.log.Warn("store error", "what", what, "user", user, "err", err)
+	c.replyError(src, h.Serializer, h.Seq, code, what+": "+err.Error(), 200)
 }
 
-// allowSend applies the per-user token bucket; when the bucket is empty it
-// answers RATE_LIMITED with the wait and returns false.
-func (s *Server) allowSend(c *conn, h codec.Header) bool {
-	lim := s.sessions.limiter(c.user, s.newLimiter)
-	if lim == nil {
-		return true
-	}
-	r := lim.Reserve()
-	if d := r.Delay(); d > 0 {
-		r.Cancel()
-		ms := uint32(d.Milliseconds()) + 1
-		c.replyError(h.Serializer, h.Seq, codec.CodeRateLimited, "send rate exceeded", ms)
-		return false
-	}
-	return true
-}
-
-func validMsgID(id string) bool { return len(id) > 0 && len(id) <= 64 }
-
-func (s *Server) handleSend(ctx context.Context, c *conn, h codec.Header, req *pb.SendRequest) {
-	start := time.Now()
-	if !validMsgID(req.ClientMsgId) {
-		c.replyError(h.Serializer, h.Seq, codec.CodeInvalidArgument, "client_msg_id must be 1..64 bytes", 0)
-		return
-	}
-	if !validID(req.To) {
-		c.replyError(h.Serializer, h.Seq, codec.CodeInvalidArgument, "to must be a user id", 0)
-		return
-	}
-	if !s.allowSend(c, h) {
-		return
-	}
-	ok, err := s.userExists(ctx, req.To)
-	if err != nil {
-		s.storeError(c, h, "read recipient", err)
-		return
-	}
-	if !ok {
-		c.replyError(h.Serializer, h.Seq, codec.CodeUnknownRecipient, "no such user: "+req.To, 0)
-		return
-	}
-	msg := persist.Message{ID: s.ids.next(), From: c.user, To: req.To, ClientMsgID: req.ClientMsgId,
-		Timestamp: start.UnixMilli(), Kind: req.Kind, Body: req.Body}
-	inboxes := []string{c.user, req.To}
-	if req.To == c.user {
-		inboxes = inboxes[:1]
-	}
-	res, ok := s.appendMessage(ctx, c, h, msg, inboxes)
-	if !ok {
-		return
-	}
-	s.ackAndDeliver(c, h, res, inboxes, start)
-}
-
-// ackAndDeliver answers a stored send (inboxes[0] is the sender's inbox, so
-// res.Seqs[0] is the ack's seq) and pushes the message to every inbox's
-// online devices. It pushes even on a duplicate: the first attempt may have
-// stored the message and died before pushing; clients drop seqs they have
-// shown.
-func (s *Server) ackAndDeliver(c *conn, h codec.Header, res persist.AppendResult, inboxes []string, start time.Time) {
-	c.writeMsg(h.Serializer, codec.CmdSendAck, h.Seq, &pb.SendAck{ClientMsgId: res.Msg.ClientMsgID, MsgId: res.Msg.ID,
-		Seq: res.Seqs[0], Time: res.Msg.Timestamp, Duplicate: res.Duplicate})
-	s.deliver(&res.Msg, inboxes, res.Seqs, c)
-	s.metrics.pushLatency.Observe(time.Since(start).Seconds())
-}
-
-// appendMessage stores msg in inboxes, answering the request on failure.
-func (s *Server) appendMessage(ctx context.Context, c *conn, h codec.Header, msg persist.Message, inboxes []string) (persist.AppendResult, bool) {
-	res, err := s.appendInboxes(ctx, msg, inboxes)
-	if err != nil {
-		s.storeError(c, h, "append", err)
-		return res, false
-	}
-	if !res.Duplicate {
-		s.metrics.messages.Inc()
-	}
-	return res, true
-}
-
-// pushTo pushes the message at seq of user's inbox to every device of user
-// online on this node. The frame is encoded once per serializer in use.
-//
-// skip (may be nil) is not pushed: the connection that sent the message has
-// its SEND_ACK instead.
-func (s *Server) pushTo(user string, seq uint64, m *persist.Message, skip *conn) {
-	var arr [8]*conn
-	devs := s.sessions.devices(user, arr[:0])
-	if len(devs) == 0 || len(devs) == 1 && devs[0] == skip {
-		return
-	}
-	push := &pb.Push{Messages: []*pb.Message{toPB(seq, m)}}
-	// Bodies are encoded into pooled buffers: writeRaw copies them into
-	// each connection's queue.
-	var bodies [4]*codec.Buffer
-	defer func() {
-		for _, b := range bodies {
-			if b != nil {
-				codec.PutBuffer(b)
-			}
-		}
-	}()
-	for _, d := range devs {
-		if d == skip {
-			continue
-		}
-		ser := d.ser
-		if bodies[ser] == nil {
-			enc, err := codec.Lookup(ser)
-			if err != nil {
-				continue
-			}
-			b := codec.GetBuffer()
-			if b.B, err = enc.Append(b.B[:0], push); err != nil {
-				codec.PutBuffer(b)
-				s.log.Error("encode push", "err", err)
-				continue
-			}
-			bodies[ser] = b
-		}
-		if d.writeRaw(ser, codec.CmdPush, 0, bodies[ser].B) {
-			s.metrics.pushes.Inc()
-		}
-	}
-}
-
-func toPB(seq uint64, m *persist.Message) *pb.Message {
-	pm := &pb.Message{Seq: seq, MsgId: m.ID, From: m.From, To: m.To, ClientMsgId: m.ClientMsgID, Kind: m.Kind, Body: m.Body, Time: m.Timestamp}
-	if m.Group {
-		pm.GroupId = m.To
-	}
-	return pm
-}
-
-func (s *Server) handleGroupSend(ctx context.Context, c *conn, h codec.Header, req *pb.GroupSendRequest) {
-	start := time.Now()
-	if !validMsgID(req.ClientMsgId) {
-		c.replyError(h.Serializer, h.Seq, codec.CodeInvalidArgument, "client_msg_id must be 1..64 bytes", 0)
-		return
-	}
-	if !s.allowSend(c, h) {
-		return
-	}
-	g, ok := s.loadGroup(ctx, c, h, req.GroupId)
-	if !ok {
-		return
-	}
-	if _, member := slices.BinarySearch(g.Members, c.user); !member {
-		c.replyError(h.Serializer, h.Seq, codec.CodeNotGroupMember, "not a member of "+g.ID, 0)
-		return
-	}
-	// The sender's inbox comes first so res.Seqs[0] is the ack's seq.
-	inboxes := make([]string, 0, len(g.Members))
-	inboxes = append(inboxes, c.user)
-	for _, m := range g.Members {
-		if m != c.user {
-			inboxes = append(inboxes, m)
-		}
-	}
-	msg := persist.Message{ID: s.ids.next(), From: c.user, To: g.ID, Group: true, ClientMsgID: req.ClientMsgId,
-		Timestamp: start.UnixMilli(), Kind: req.Kind, Body: req.Body}
-	res, ok := s.appendMessage(ctx, c, h, msg, inboxes)
-	if !ok {
-		return
-	}
-	s.ackAndDeliver(c, h, res, inboxes, start)
-}
-
-func (s *Server) loadGroup(ctx context.Context, c *conn, h codec.Header, id string) (persist.Group, bool) {
-	if !validID(id) {
-		c.replyError(h.Serializer, h.Seq, codec.CodeInvalidArgument, "group_id must be a group id", 0)
-		return persist.Group{}, false
-	}
-	g, err := s.store.GetGroup(ctx, id)
-	if errors.Is(err, persist.ErrNotFound) {
-		c.replyError(h.Serializer, h.Seq, codec.CodeUnknownGroup, "no such group: "+id, 0)
-		return g, false
-	}
-	if err != nil {
-		s.storeError(c, h, "read group", err)
-		return g, false
-	}
-	return g, true
-}
-
-func (s *Server) handlePushAck(ctx context.Context, c *conn, req *pb.PushAck) {
+func (s *Server) handlePushAck(src *loop, c *conn, upTo uint64) {
 	for {
 		cur := c.cursor.Load()
-		if req.UpToSeq <= cur {
+		if upTo <= cur {
 			return
 		}
-		if c.cursor.CompareAndSwap(cur, req.UpToSeq) {
+		if c.cursor.CompareAndSwap(cur, upTo) {
 			break
 		}
 	}
-	if err := s.store.SetCursor(ctx, c.user, c.device, req.UpToSeq); err != nil {
+	ctx := context.Background()
+	if src == nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+	}
+	if err := s.store.SetCursor(ctx, c.user, c.device, upTo); err != nil {
 		// A lost cursor only means messages are offered again, and clients
 		// drop seqs they have shown; no reply exists for PUSH_ACK.
 		s.log.Warn("store cursor", "user", c.user, "device", c.device, "err", err)
 	}
 }
 
-func (s *Server) handleSync(ctx context.Context, c *conn, h codec.Header, req *pb.SyncRequest) {
+func (s *Server) handleSync(ctx context.Context, src *loop, c *conn, h codec.Header, req *pb.SyncRequest) {
 	limit := int(req.Limit)
 	if limit <= 0 {
 		limit = s.cfg.SyncLimit
@@ -487,12 +409,12 @@ func (s *Server) handleSync(ctx context.Context, c *conn, h codec.Header, req *p
 	}
 	entries, err := s.store.ReadInbox(ctx, c.user, req.AfterSeq, limit+1)
 	if err != nil {
-		s.storeError(c, h, "read inbox", err)
+		s.storeError(src, c, h, "read inbox", err)
 		return
 	}
 	head, err := s.store.LastSeq(ctx, c.user)
 	if err != nil {
-		s.storeError(c, h, "read inbox head", err)
+		s.storeError(src, c, h, "read inbox head", err)
 		return
 	}
 	out := &pb.SyncOK{HeadSeq: head}
@@ -504,51 +426,59 @@ func (s *Server) handleSync(ctx context.Context, c *conn, h codec.Header, req *p
 	for i := range entries {
 		out.Messages[i] = toPB(entries[i].Seq, &entries[i].Msg)
 	}
-	c.writeMsg(h.Serializer, codec.CmdSyncOK, h.Seq, out)
+	c.writeMsg(src, h.Serializer, codec.CmdSyncOK, h.Seq, out)
 }
 
-func (s *Server) handleGroupCreate(ctx context.Context, c *conn, h codec.Header, req *pb.GroupCreateRequest) {
+func toPB(seq uint64, m *persist.Message) *pb.Message {
+	pm := &pb.Message{Seq: seq, MsgId: m.ID, From: m.From, To: m.To, ClientMsgId: m.ClientMsgID, Kind: m.Kind, Body: m.Body, Time: m.Timestamp}
+	if m.Group {
+		pm.GroupId = m.To
+	}
+	return pm
+}
+
+func (s *Server) handleGroupCreate(ctx context.Context, src *loop, c *conn, h codec.Header, req *pb.GroupCreateRequest) {
 	if len(req.Name) > 128 {
-		c.replyError(h.Serializer, h.Seq, codec.CodeInvalidArgument, "name must be at most 128 bytes", 0)
+		c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "name must be at most 128 bytes", 0)
 		return
 	}
 	members := append([]string{c.user}, req.Members...)
 	slices.Sort(members)
 	members = slices.Compact(members)
 	if len(members) > s.cfg.MaxGroupSize {
-		c.replyError(h.Serializer, h.Seq, codec.CodeGroupFull, "more members than the maximum group size "+strconv.Itoa(s.cfg.MaxGroupSize), 0)
+		c.replyError(src, h.Serializer, h.Seq, codec.CodeGroupFull, "more members than the maximum group size "+strconv.Itoa(s.cfg.MaxGroupSize), 0)
 		return
 	}
 	for _, m := range members {
 		if !validID(m) {
-			c.replyError(h.Serializer, h.Seq, codec.CodeInvalidArgument, "bad member id", 0)
+			c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "bad member id", 0)
 			return
 		}
 		ok, err := s.userExists(ctx, m)
 		if err != nil {
-			s.storeError(c, h, "read member", err)
+			s.storeError(src, c, h, "read member", err)
 			return
 		}
 		if !ok {
-			c.replyError(h.Serializer, h.Seq, codec.CodeUnknownRecipient, "no such user: "+m, 0)
+			c.replyError(src, h.Serializer, h.Seq, codec.CodeUnknownRecipient, "no such user: "+m, 0)
 			return
 		}
 	}
 	g := persist.Group{ID: "g" + strconv.FormatUint(s.ids.next(), 36), Name: req.Name, Owner: c.user, Members: members, Created: time.Now().UnixMilli()}
 	if err := s.store.CreateGroup(ctx, g); err != nil {
-		s.storeError(c, h, "create group", err)
+		s.storeError(src, c, h, "create group", err)
 		return
 	}
-	c.writeMsg(h.Serializer, codec.CmdGroupInfo, h.Seq, groupInfo(g))
+	c.writeMsg(src, h.Serializer, codec.CmdGroupInfo, h.Seq, groupInfo(g))
 }
 
 func groupInfo(g persist.Group) *pb.GroupInfo {
 	return &pb.GroupInfo{GroupId: g.ID, Name: g.Name, Owner: g.Owner, Members: g.Members}
 }
 
-func (s *Server) handleGroup(ctx context.Context, c *conn, h codec.Header, req *pb.GroupRequest) {
+func (s *Server) handleGroup(ctx context.Context, src *loop, c *conn, h codec.Header, req *pb.GroupRequest) {
 	if !validID(req.GroupId) {
-		c.replyError(h.Serializer, h.Seq, codec.CodeInvalidArgument, "group_id must be a group id", 0)
+		c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "group_id must be a group id", 0)
 		return
 	}
 	var err error
@@ -558,40 +488,72 @@ func (s *Server) handleGroup(ctx context.Context, c *conn, h codec.Header, req *
 	case codec.CmdGroupLeave:
 		err = s.store.RemoveMember(ctx, req.GroupId, c.user)
 	}
+	if h.Command != codec.CmdGroupMembers {
+		// Membership may have changed (even on an error the store may
+		// have applied it): the next GROUP_SEND reads it again.
+		s.groups.forget(req.GroupId)
+	}
 	switch {
 	case errors.Is(err, persist.ErrNotFound):
-		c.replyError(h.Serializer, h.Seq, codec.CodeUnknownGroup, "no such group: "+req.GroupId, 0)
+		c.replyError(src, h.Serializer, h.Seq, codec.CodeUnknownGroup, "no such group: "+req.GroupId, 0)
 		return
 	case errors.Is(err, persist.ErrGroupFull):
-		c.replyError(h.Serializer, h.Seq, codec.CodeGroupFull, "group is full", 0)
+		c.replyError(src, h.Serializer, h.Seq, codec.CodeGroupFull, "group is full", 0)
 		return
 	case err != nil:
-		s.storeError(c, h, "update group", err)
+		s.storeError(src, c, h, "update group", err)
 		return
 	}
-	g, ok := s.loadGroup(ctx, c, h, req.GroupId)
+	g, ok := s.loadGroup(ctx, src, c, h, req.GroupId)
 	if !ok {
 		return
 	}
 	if h.Command == codec.CmdGroupMembers {
 		if _, member := slices.BinarySearch(g.Members, c.user); !member {
-			c.replyError(h.Serializer, h.Seq, codec.CodeNotGroupMember, "not a member of "+g.ID, 0)
+			c.replyError(src, h.Serializer, h.Seq, codec.CodeNotGroupMember, "not a member of "+g.ID, 0)
 			return
 		}
 	}
-	c.writeMsg(h.Serializer, codec.CmdGroupInfo, h.Seq, groupInfo(g))
+	c.writeMsg(src, h.Serializer, codec.CmdGroupInfo, h.Seq, groupInfo(g))
 }
 
-func (s *Server) handlePresence(ctx context.Context, c *conn, h codec.Header, req *pb.PresenceRequest) {
+// loadGroup reads a group from the store, answering the request when it
+// cannot.
+func (s *Server) loadGroup(ctx context.Context, src *loop, c *conn, h codec.Header, id string) (persist.Group, bool) {
+	if !validID(id) {
+		c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "group_id must be a group id", 0)
+		return persist.Group{}, false
+	}
+	g, err := s.store.GetGroup(ctx, id)
+	if errors.Is(err, persist.ErrNotFound) {
+		c.replyError(src, h.Serializer, h.Seq, codec.CodeUnknownGroup, "no such group: "+id, 0)
+		return g, false
+	}
+	if err != nil {
+		s.storeError(src, c, h, "read group", err)
+		return g, false
+	}
+	return g, true
+}
+
+func (s *Server) handlePresence(ctx context.Context, src *loop, c *conn, h codec.Header, req *pb.PresenceRequest) {
 	if len(req.Users) > 500 {
-		c.replyError(h.Serializer, h.Seq, codec.CodeInvalidArgument, "at most 500 users per PRESENCE", 0)
+		c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "at most 500 users per PRESENCE", 0)
 		return
 	}
 	out := &pb.PresenceOK{Users: make([]*pb.UserPresence, len(req.Users))}
 	for i, u := range req.Users {
-		out.Users[i] = s.presence(ctx, u)
+		p := s.presence(ctx, u)
+		if !p.Online {
+			// Offline or no such account: say which (a store error
+			// leaves it "offline", the weaker claim).
+			if exists, err := s.userExists(ctx, u); err == nil && !exists {
+				p.Unknown = true
+			}
+		}
+		out.Users[i] = p
 	}
-	c.writeMsg(h.Serializer, codec.CmdPresenceOK, h.Seq, out)
+	c.writeMsg(src, h.Serializer, codec.CmdPresenceOK, h.Seq, out)
 }
 
 // presence reports user's online devices (cluster-wide with a session

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
 	"github.com/imgn/imgn/persist"
@@ -193,7 +194,7 @@ func (c *rawClient) wantError(cmd codec.Command, req proto.Message, code codec.E
 // login logs in with a token for user (provisioning the account).
 func (c *rawClient) login(user, device string) *pb.LoginOK {
 	c.t.Helper()
-	tok, err := MintToken(testSecret, user, time.Hour)
+	tok, err := auth.MintToken(testSecret, user, time.Hour)
 	if err != nil {
 		c.t.Fatal(err)
 	}

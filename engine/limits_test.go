@@ -10,8 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
+	"github.com/imgn/imgn/persist/memstore"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -75,9 +77,9 @@ func TestRequestErrorsKeepTheConnection(t *testing.T) {
 	// Before login: heartbeats are fine, anything else closes.
 	c.mustCall(codec.CmdHeartbeat, &pb.Heartbeat{}, nil)
 	c.wantError(codec.CmdLogin, &pb.LoginRequest{Token: "not.a.jwt", Device: "pc"}, codec.CodeAuthFailed)
-	expired, _ := MintToken(testSecret, "alice", -time.Minute)
+	expired, _ := auth.MintToken(testSecret, "alice", -time.Minute)
 	c.wantError(codec.CmdLogin, &pb.LoginRequest{Token: expired, Device: "pc"}, codec.CodeTokenExpired)
-	forged, _ := MintToken([]byte("another-secret"), "alice", time.Hour)
+	forged, _ := auth.MintToken([]byte("another-secret"), "alice", time.Hour)
 	c.wantError(codec.CmdLogin, &pb.LoginRequest{Token: forged, Device: "pc"}, codec.CodeAuthFailed)
 	c.wantError(codec.CmdLogin, &pb.LoginRequest{User: "alice", Password: "x", Device: "bad device!"}, codec.CodeInvalidArgument)
 	c.wantError(codec.CmdRegister, &pb.RegisterRequest{User: "bad user", Password: "secret1"}, codec.CodeInvalidArgument)
@@ -190,7 +192,8 @@ func TestMaxConnections(t *testing.T) {
 }
 
 func TestConnQueueBackpressure(t *testing.T) {
-	s := startServer(t, func(c *Config) { c.ConnQueue = 1; c.Workers = 1 })
+	// Requests queue only for workers: a store that is not in memory.
+	s := startServer(t, func(c *Config) { c.MaxConnInbound = 300; c.Workers = 1; c.Store = &flakyStore{Store: memstore.New()} })
 	c := dial(t, s, codec.Protobuf)
 	c.login("alice", "pc")
 	var seqs []uint32
@@ -450,4 +453,79 @@ func TestTricklingBytesDoNotCountAsActivity(t *testing.T) {
 	if codec.ErrorCode(e.Code) != codec.CodeIdleTimeout {
 		t.Fatalf("got %v", e)
 	}
+}
+
+// TestHeartbeatGrowsWithConnections: the interval announced in LOGIN_OK is
+// the configured one until connections/HeartbeatRate seconds exceeds it,
+// then grows with the count up to MaxHeartbeatInterval; a connection's idle
+// timeout stretches with the interval it was told.
+func TestHeartbeatGrowsWithConnections(t *testing.T) {
+	s := startServer(t, func(c *Config) {
+		c.HeartbeatInterval = time.Second
+		c.IdleTimeout = 3 * time.Second
+		c.HeartbeatRate = 2
+		c.MaxHeartbeatInterval = 8 * time.Second
+	})
+	first := dial(t, s, codec.Protobuf)
+	if ok := first.login("u0", "pc"); ok.HeartbeatMs != 1000 {
+		t.Fatalf("one connection: heartbeat %d ms, want the configured 1000", ok.HeartbeatMs)
+	}
+	for range 9 { // 10 connections at 2/s: 5 s
+		dial(t, s, codec.Protobuf)
+	}
+	poll(t, "10 connections", func() bool { return s.conns.len() == 10 })
+	c := dial(t, s, codec.Protobuf) // the 11th logs in: 11/2 = 5.5 s, whole seconds
+	if ok := c.login("u1", "pc"); ok.HeartbeatMs != 5000 {
+		t.Fatalf("11 connections at 2 heartbeats/s: heartbeat %d ms, want 5000", ok.HeartbeatMs)
+	}
+	var srvConn *conn
+	s.sessions.each(func(x *conn) {
+		if x.user == "u1" {
+			srvConn = x
+		}
+	})
+	if got := s.idleTimeout(srvConn); got != 15*time.Second {
+		t.Fatalf("idle timeout %s, want 3 s x 5 = 15 s", got)
+	}
+	for range 20 {
+		dial(t, s, codec.Protobuf)
+	}
+	poll(t, "31 connections", func() bool { return s.conns.len() == 31 })
+	if ok := dial(t, s, codec.Protobuf).login("u2", "pc"); ok.HeartbeatMs != 8000 {
+		t.Fatalf("32 connections: heartbeat %d ms, want the 8000 cap", ok.HeartbeatMs)
+	}
+}
+
+// TestNodeInboundBound: requests queued for workers count against one
+// node-wide byte bound; beyond it a request is answered BUSY at once.
+func TestNodeInboundBound(t *testing.T) {
+	st := newAsyncStore()
+	hold := make(chan struct{})
+	s := startServer(t, func(c *Config) {
+		c.Store = &flakyStore{Store: st, slowDelay: 0}
+		c.MaxNodeInbound = 2000
+		c.Workers = 1
+	})
+	a := dial(t, s, codec.Protobuf)
+	a.login("alice", "pc")
+	st.mu.Lock()
+	st.hold = hold // the one worker blocks in its first append
+	st.mu.Unlock()
+	var seqs []uint32
+	for i := range 40 {
+		seqs = append(seqs, a.send(codec.CmdSend, &pb.SendRequest{ClientMsgId: fmt.Sprint(i), To: "alice", Body: make([]byte, 100)}))
+	}
+	f := a.reply(seqs[len(seqs)-1])
+	e := decodeError(t, f)
+	if codec.ErrorCode(e.Code) != codec.CodeBusy || !e.Retryable {
+		t.Fatalf("last of 40 queued sends over a 2000-byte node bound: %v", e)
+	}
+	if n := s.inBytes.Load(); n > 2000 {
+		t.Fatalf("node holds %d queued bytes over its 2000 bound", n)
+	}
+	st.mu.Lock()
+	st.hold = nil
+	st.mu.Unlock()
+	close(hold)
+	poll(t, "queue drained", func() bool { return s.inBytes.Load() == 0 })
 }

@@ -29,6 +29,7 @@ type metrics struct {
 	// inbox appends executed here vs forwarded to the owner node
 	appendsLocal, appendsForwarded prometheus.Counter
 	remotePushes                   prometheus.Counter
+	loopTriggers                   prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
@@ -58,6 +59,8 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 	m.appendsLocal = appendsVec.WithLabelValues("local")
 	m.appendsForwarded = appendsVec.WithLabelValues("forwarded")
 	m.remotePushes = prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_remote_pushes_total", Help: "Push requests sent to other nodes (one per node per message)."})
+	m.loopTriggers = prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_loop_triggers_total",
+		Help: "Times a goroutine woke an event loop to write output queued for its connections (one per loop per batch, not per message)."})
 	framesVec := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imgn_frames_in_total", Help: "Frames received, by command."}, []string{"command"})
 	for i := range m.framesIn {
 		m.framesIn[i] = framesVec.WithLabelValues(codec.Command(i).String())
@@ -66,7 +69,7 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 		m.errors[ci.Code] = m.errorsVec.WithLabelValues(ci.Name)
 	}
 	reg.MustRegister(m.connections, m.sessions, m.accepted, m.rejected, m.logins, framesVec, m.bytesIn, m.bytesOut, m.framesOut,
-		m.storeLatency, m.pushLatency, m.errorsVec, m.slowConsumers, m.pushes, m.messages, appendsVec, m.remotePushes)
+		m.storeLatency, m.pushLatency, m.errorsVec, m.slowConsumers, m.pushes, m.messages, appendsVec, m.remotePushes, m.loopTriggers)
 	// The registry may be shared by several servers in one process (tests);
 	// the process collectors are registered once.
 	_ = reg.Register(collectors.NewGoCollector())

@@ -23,8 +23,11 @@ func newIDGen(node uint16) *idGen {
 	return &idGen{node: uint64(node) & 0x3FF, now: func() int64 { return time.Now().UnixMilli() }}
 }
 
-func (g *idGen) next() uint64 {
-	floor := uint64(g.now()-idEpoch) << 12
+func (g *idGen) next() uint64 { return g.nextAt(g.now()) }
+
+// nextAt is next with the clock read by the caller (unix ms).
+func (g *idGen) nextAt(nowMs int64) uint64 {
+	floor := uint64(nowMs-idEpoch) << 12
 	for {
 		last := g.last.Load()
 		n := last + 1

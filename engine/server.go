@@ -3,13 +3,18 @@
 // implements the delivery model of DESIGN.md section 4 on a persist.Store.
 //
 // Threading model. gnet's event loops decode frames in place (codec.Decoder
-// on the loop's inbound buffer) and never block: anything that does I/O
-// (the store, password hashing) is queued per connection and run, in
-// arrival order, by a bounded worker pool. Replies and pushes are appended to
-// the target connection's outbound queue from any goroutine; one Wake per
-// batch makes the connection's loop write the whole queue with one write.
-// Every queue is bounded: per connection (ConnQueue requests, MaxOutbound
-// bytes) and per node (WorkQueue, MaxConns).
+// on the loop's inbound buffer) and never block. A request whose work
+// cannot block (the in-memory store, a heartbeat) runs right there, on the
+// loop, and its reply is written at the end of the same OnTraffic. Appends
+// to a store with a committer (persist.AsyncAppender) are handed over from
+// the loop and completed by the committer in commit order. Anything else
+// that can block (password hashing, a store read that may hit the disk or
+// the network, the cluster) is queued per connection and run, in arrival
+// order, by a bounded worker pool. Replies and pushes are appended to the
+// target connection's output from any goroutine; the connection's loop
+// writes all of it with one write per turn (see loop). Every queue is
+// bounded in bytes: per connection (MaxConnInbound, MaxOutbound) and per
+// node (MaxNodeInbound), plus MaxConns.
 package engine
 
 import (
@@ -19,6 +24,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,7 +36,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
-	"google.golang.org/protobuf/proto"
 )
 
 // Server is one IM node. Create it with New, run it with Start, stop it with
@@ -48,8 +53,21 @@ type Server struct {
 	hashSem  chan struct{}
 	logins   *loginLimiter // password attempts per source address
 	users    sync.Map      // user ids known to exist: skips a store read per send
+	groups   groupCache    // group membership, for GROUP_SEND without a store read
+
+	// How requests run (see onLoop): inline when the store never blocks
+	// and no cluster is involved; async appends when the store has a
+	// committer that completes appends in order.
+	inline      bool
+	async       persist.AsyncAppender // nil: appends run synchronously on workers
+	inBytes     atomic.Int64          // bytes of requests queued for workers, node-wide
+	inflightOps atomic.Int64          // appends handed to the store, not yet complete
+
+	loops   atomic.Pointer[[]*loop] // copy-on-write list, indexed by loop.idx
+	loopsMu sync.Mutex
 
 	nextConnID atomic.Uint64
+	startedAt  int64 // unix nanoseconds (uptimeSec counts from it)
 	eng        gnet.Engine
 	addr       net.Addr
 	booted     chan struct{}
@@ -57,6 +75,7 @@ type Server struct {
 	stopTicker chan struct{}
 	tickerDone chan struct{}
 	shutting   atomic.Bool
+	refusing   atomic.Bool // shutdown: past the GO_AWAY window, new requests are refused
 	draining   atomic.Bool // Shutdown says "drain" in GO_AWAY
 	started    atomic.Bool
 	stopOnce   sync.Once
@@ -82,11 +101,20 @@ func New(cfg Config) (*Server, error) {
 		hashSem:    make(chan struct{}, cfg.HashConcurrency),
 		logins:     newLoginLimiter(cfg.LoginRatePerIP, cfg.LoginBurstPerIP),
 		booted:     make(chan struct{}),
+		startedAt:  time.Now().UnixNano(),
 		runErr:     make(chan error, 1),
 		stopTicker: make(chan struct{}),
 		tickerDone: make(chan struct{}),
 	}
 	s.metrics = newMetrics(cfg.Registry, s)
+	s.loops.Store(new([]*loop))
+	s.groups.init()
+	if a, ok := cfg.Store.(persist.AsyncAppender); ok && cfg.Cluster == nil {
+		s.async = a
+	}
+	if _, ok := cfg.Store.(persist.NonBlocking); ok && cfg.Cluster == nil && cfg.Sessions == nil {
+		s.inline = true
+	}
 	return s, nil
 }
 
@@ -102,7 +130,7 @@ func (s *Server) Start(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("engine: already started")
 	}
-	s.pool = newWorkerPool(s.cfg.Workers, s.cfg.WorkQueue)
+	s.pool = newWorkerPool(s.cfg.Workers, s.cfg.MaxConns+1)
 	if s.cfg.Sessions != nil {
 		s.sessOps = make(chan sessionOp, 65536)
 		s.sessDone = make(chan struct{})
@@ -177,12 +205,18 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		return out, gnet.Close
 	}
 	now := time.Now().UnixNano()
-	c := &conn{gc: gc, srv: s, id: s.nextConnID.Add(1), openedAt: now, ser: codec.JSON}
+	c := &conn{tr: gc, loop: s.loopOf(gc.EventLoop()), id: s.nextConnID.Add(1), ser: codec.JSON}
 	c.lastRecv.Store(now)
 	gc.SetContext(c)
 	s.conns.add(c)
 	s.metrics.accepted.Inc()
 	return nil, gnet.None
+}
+
+// uptimeSec converts unix nanoseconds to whole seconds since the server
+// was made, the compact clock of per-connection timestamps.
+func (s *Server) uptimeSec(unixNano int64) uint32 {
+	return uint32(max(unixNano-s.startedAt, 0) / int64(time.Second))
 }
 
 // OnClose implements gnet.EventHandler.
@@ -193,7 +227,7 @@ func (s *Server) OnClose(gc gnet.Conn, _ error) gnet.Action {
 	}
 	c.markClosed()
 	s.conns.remove(c)
-	if c.user != "" {
+	if user, _ := c.identity(); user != "" {
 		s.sessions.remove(c)
 		if s.cfg.Sessions != nil {
 			s.queueSessionOp(sessionOp{remove: true, route: s.routeOf(c)})
@@ -202,125 +236,134 @@ func (s *Server) OnClose(gc gnet.Conn, _ error) gnet.Action {
 	return gnet.None
 }
 
-// OnTraffic implements gnet.EventHandler: it writes what is queued for the
-// connection, then decodes every complete frame in the inbound buffer.
+// OnTraffic implements gnet.EventHandler: it runs every complete frame in
+// the inbound buffer, then writes what this turn queued.
 func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	c, ok := gc.Context().(*conn)
 	if !ok {
 		return gnet.Close
 	}
 	if gc.InboundBuffered() > 0 {
-		// Only complete frames count as activity: a peer trickling bytes
-		// (slowloris) still reaches the idle timeout.
-		frames, bytes := 0, 0
-		defer func() {
-			if frames > 0 {
-				c.lastRecv.Store(time.Now().UnixNano())
-				s.metrics.bytesIn.Add(float64(bytes))
-			}
-		}()
-		for {
-			f, ok, err := s.dec.Next(gc)
-			if err != nil {
-				s.rejectFrame(c, f.Header, err)
-				break
-			}
-			if !ok {
-				break
-			}
-			frames++
-			bytes += f.FrameSize()
-			stop := c.onFrame(f)
-			_, _ = gc.Discard(f.FrameSize())
-			if stop {
-				// The connection is closing: nothing more will be read.
-				_, _ = gc.Discard(gc.InboundBuffered())
-				break
-			}
+		c.loop.now = time.Now()
+		s.readFrames(c)
+	}
+	c.loop.endTurn()
+	return gnet.None
+}
+
+// readFrames decodes and runs (or queues) every complete frame buffered on
+// c. Event loop only.
+func (s *Server) readFrames(c *conn) {
+	l := c.loop
+	frames, bytes := 0, 0
+	for {
+		f, ok, err := s.dec.Next(c.tr)
+		if err != nil {
+			s.rejectFrame(l, c, f.Header, err)
+			break
+		}
+		if !ok {
+			break
+		}
+		frames++
+		bytes += f.FrameSize()
+		stop := s.onFrame(l, c, f)
+		_, _ = c.tr.Discard(f.FrameSize())
+		if stop {
+			// The connection is closing: nothing more will be read.
+			_, _ = c.tr.Discard(c.tr.InboundBuffered())
+			break
 		}
 	}
-	c.flush()
-	return gnet.None
+	if frames > 0 && c.loggedIn() {
+		// Only complete frames count as activity: a peer trickling bytes
+		// (slowloris) still reaches the idle timeout. Before the login
+		// nothing does: the login deadline runs from the accept.
+		c.lastRecv.Store(l.now.UnixNano())
+		s.metrics.bytesIn.Add(float64(bytes))
+	}
 }
 
 // rejectFrame answers a framing error (bad magic, version, serializer or
 // length) and closes: the stream cannot be resynchronised.
-func (s *Server) rejectFrame(c *conn, h codec.Header, err error) {
+func (s *Server) rejectFrame(l *loop, c *conn, h codec.Header, err error) {
 	ser := h.Serializer
 	if !ser.Known() {
 		ser = codec.JSON
 	}
-	c.fail(ser, h.Seq, codec.CodeOf(err), err.Error())
+	c.fail(l, ser, h.Seq, codec.CodeOf(err), err.Error())
 	// Discard whatever else is buffered: nothing more will be read.
-	_, _ = c.gc.Discard(c.gc.InboundBuffered())
+	_, _ = c.tr.Discard(c.tr.InboundBuffered())
 }
 
 // onFrame handles one decoded frame on the event loop and reports whether
 // the connection is closing (stop reading). f.Body is valid only during the
-// call.
-func (c *conn) onFrame(f codec.Frame) (stop bool) {
-	s := c.srv
+// call. A request runs here, on the loop, when nothing it needs can block
+// and no earlier request of c is still queued or in flight; otherwise it
+// is copied into a task and queued behind c's earlier requests.
+func (s *Server) onFrame(l *loop, c *conn, f codec.Frame) (stop bool) {
 	s.metrics.framesIn[f.Command].Inc()
 	if c.state.Load() == stateClosing {
 		return true
 	}
 	cmd := f.Command
 	if cmd == codec.CmdHeartbeat {
-		c.writeMsg(f.Serializer, codec.CmdHeartbeatOK, f.Seq, &pb.Heartbeat{Time: time.Now().UnixMilli()})
+		ms := l.now.UnixMilli()
+		c.queue(l, func(b []byte) []byte { return codec.AppendHeartbeatOKFrame(b, f.Serializer, f.Seq, ms) })
 		return false
 	}
 	if !c.loggedIn() && !c.loginPending && cmd != codec.CmdLogin && cmd != codec.CmdRegister {
-		c.fail(f.Serializer, f.Seq, codec.CodeNotLoggedIn, "log in first")
+		c.fail(l, f.Serializer, f.Seq, codec.CodeNotLoggedIn, "log in first")
 		return true
 	}
-	req := newRequest(cmd)
-	if req == nil {
-		c.replyError(f.Serializer, f.Seq, codec.CodeUnknownCommand, "unknown command "+cmd.String(), 0)
+	if !clientRequest(cmd) {
+		c.replyError(l, f.Serializer, f.Seq, codec.CodeUnknownCommand, "unknown command "+cmd.String(), 0)
 		return false
 	}
-	if err := codec.Unmarshal(f.Serializer, f.Body, req); err != nil {
-		c.replyError(f.Serializer, f.Seq, codec.CodeBadBody, err.Error(), 0)
+	if s.refusing.Load() {
+		c.replyError(l, f.Serializer, f.Seq, codec.CodeShuttingDown, "node is shutting down", 0)
 		return false
 	}
-	t := task{h: f.Header, req: req}
+	if s.onLoop(cmd) && !c.hasWork() {
+		s.exec(l, c, f.Header, f.Body, netip.Addr{})
+		return false
+	}
+	if cmd == codec.CmdLogin && s.inline && !c.hasWork() {
+		// A token login needs no hashing: with a store that never blocks
+		// it runs here. A password login goes to a worker.
+		var req pb.LoginRequest
+		if err := codec.Unmarshal(f.Serializer, f.Body, &req); err != nil {
+			c.replyError(l, f.Serializer, f.Seq, codec.CodeBadBody, err.Error(), 0)
+			return false
+		}
+		if req.Password == "" {
+			s.handleLogin(context.Background(), l, c, f.Header, &req)
+			return false
+		}
+	}
+	t := getTask()
+	t.h = f.Header
+	t.body = append(t.body[:0], f.Body...)
 	if cmd == codec.CmdLogin || cmd == codec.CmdRegister {
 		if cmd == codec.CmdLogin {
 			c.loginPending = true
 		}
-		if a, ok := c.gc.RemoteAddr().(*net.TCPAddr); ok {
+		if a, ok := c.tr.RemoteAddr().(*net.TCPAddr); ok {
 			t.ip = a.AddrPort().Addr().Unmap()
 		}
 	}
-	c.submit(t)
+	c.enqueue(l, t)
 	return false
 }
 
-// newRequest returns an empty body of the request type of cmd, or nil when
-// cmd is not a request a client may send.
-func newRequest(cmd codec.Command) proto.Message {
+// clientRequest reports whether cmd is a request a client may send.
+func clientRequest(cmd codec.Command) bool {
 	switch cmd {
-	case codec.CmdRegister:
-		return &pb.RegisterRequest{}
-	case codec.CmdLogin:
-		return &pb.LoginRequest{}
-	case codec.CmdLogout:
-		return &pb.Empty{}
-	case codec.CmdSend:
-		return &pb.SendRequest{}
-	case codec.CmdPushAck:
-		return &pb.PushAck{}
-	case codec.CmdSync:
-		return &pb.SyncRequest{}
-	case codec.CmdGroupCreate:
-		return &pb.GroupCreateRequest{}
-	case codec.CmdGroupJoin, codec.CmdGroupLeave, codec.CmdGroupMembers:
-		return &pb.GroupRequest{}
-	case codec.CmdGroupSend:
-		return &pb.GroupSendRequest{}
-	case codec.CmdPresence:
-		return &pb.PresenceRequest{}
+	case codec.CmdRegister, codec.CmdLogin, codec.CmdLogout, codec.CmdSend, codec.CmdPushAck, codec.CmdSync,
+		codec.CmdGroupCreate, codec.CmdGroupJoin, codec.CmdGroupLeave, codec.CmdGroupMembers, codec.CmdGroupSend, codec.CmdPresence:
+		return true
 	}
-	return nil
+	return false
 }
 
 // tick closes connections past the login deadline or the idle timeout.
@@ -344,19 +387,24 @@ func (s *Server) tick() {
 }
 
 func (s *Server) expire(now int64) {
-	login, idle := s.cfg.LoginTimeout.Nanoseconds(), s.cfg.IdleTimeout.Nanoseconds()
+	login := s.cfg.LoginTimeout.Nanoseconds()
 	renew := s.cfg.SessionTTL.Nanoseconds() / 3
 	s.conns.each(func(c *conn) {
 		switch c.state.Load() {
 		case stateNew:
-			if now-c.openedAt > login {
-				c.fail(c.ser, 0, codec.CodeLoginTimeout, "no login within "+s.cfg.LoginTimeout.String())
+			if now-c.lastRecv.Load() > login {
+				// Not logged in: server frames are JSON (a login racing
+				// with the deadline may have just set another serializer).
+				c.mu.Lock()
+				ser := c.ser
+				c.mu.Unlock()
+				c.fail(nil, ser, 0, codec.CodeLoginTimeout, "no login within "+s.cfg.LoginTimeout.String())
 			}
 		case stateLoggedIn:
-			if now-c.lastRecv.Load() > idle {
-				c.fail(c.ser, 0, codec.CodeIdleTimeout, "nothing received for "+s.cfg.IdleTimeout.String())
-			} else if s.sessOps != nil && now-c.lastRenew.Load() > renew {
-				c.lastRenew.Store(now)
+			if idle := s.idleTimeout(c); now-c.lastRecv.Load() > idle.Nanoseconds() {
+				c.fail(nil, c.ser, 0, codec.CodeIdleTimeout, "nothing received for "+idle.String())
+			} else if sec := s.uptimeSec(now); s.sessOps != nil && int64(sec-c.renewed.Load())*int64(time.Second) > renew {
+				c.renewed.Store(sec)
 				s.queueSessionOp(sessionOp{route: s.routeOf(c), c: c})
 			}
 		}
@@ -394,9 +442,18 @@ func (s *Server) shutdown(ctx context.Context) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// Clients still here after the window get SHUTTING_DOWN for every new
+	// request, so the work in flight drains even if they keep sending.
+	s.refusing.Store(true)
 	var errs []error
 	idle := make(chan struct{})
-	go func() { s.pool.idle(); close(idle) }()
+	go func() {
+		s.pool.idle()
+		for s.inflightOps.Load() > 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		close(idle)
+	}()
 	select {
 	case <-idle:
 	case <-ctx.Done():
@@ -470,7 +527,7 @@ func (s *Server) Rebalance(fraction float64, window time.Duration) int {
 		if window > 0 {
 			delay = uint32(rand.Int64N(window.Milliseconds() + 1))
 		}
-		if c.writeMsg(c.ser, codec.CmdGoAway, 0, &pb.GoAway{Reason: "rebalance", DelayMs: delay, NodeId: s.cfg.NodeID}) {
+		if c.writeMsg(nil, c.ser, codec.CmdGoAway, 0, &pb.GoAway{Reason: "rebalance", DelayMs: delay, NodeId: s.cfg.NodeID}) {
 			n++
 		}
 	})
@@ -487,7 +544,7 @@ func (s *Server) GoAwayAll(reason string, window time.Duration) int {
 		if window > 0 {
 			delay = uint32(rand.Int64N(window.Milliseconds() + 1))
 		}
-		if c.writeMsg(c.ser, codec.CmdGoAway, 0, &pb.GoAway{Reason: reason, DelayMs: delay, NodeId: s.cfg.NodeID}) {
+		if c.writeMsg(nil, c.ser, codec.CmdGoAway, 0, &pb.GoAway{Reason: reason, DelayMs: delay, NodeId: s.cfg.NodeID}) {
 			n++
 		}
 	})

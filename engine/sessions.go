@@ -1,7 +1,9 @@
 package engine
 
 import (
+	"slices"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/time/rate"
 )
@@ -19,23 +21,25 @@ type sessionMap struct {
 
 type sessionShard struct {
 	mu    sync.RWMutex
-	users map[string]*userSessions
+	users map[string]userSessions
 	_     [32]byte // keep neighbouring shards' locks off one cache line
 }
 
 // userSessions is one user's live devices on this node, and the user's send
 // rate limiter (per user, so opening more devices does not raise the rate),
 // made on the user's first send: most connections are idle, and a limiter
-// costs 80 bytes.
+// costs 80 bytes. It is stored in the map by value, with the first device
+// inline, so a user with one device costs one map entry and no allocation.
 type userSessions struct {
-	devices []*conn
+	one     *conn
+	more    []*conn
 	limiter *rate.Limiter
 }
 
 func newSessionMap() *sessionMap {
 	m := &sessionMap{}
 	for i := range m.shards {
-		m.shards[i].users = make(map[string]*userSessions)
+		m.shards[i].users = make(map[string]userSessions)
 	}
 	return m
 }
@@ -61,18 +65,21 @@ func (m *sessionMap) add(c *conn) (old *conn) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	us := sh.users[c.user]
-	if us == nil {
-		us = &userSessions{}
-		sh.users[c.user] = us
-	}
-	for i, d := range us.devices {
-		if d.device == c.device {
-			us.devices[i] = c
-			return d
+	switch {
+	case us.one == nil:
+		us.one = c
+	case us.one.device == c.device:
+		old, us.one = us.one, c
+	default:
+		i := slices.IndexFunc(us.more, func(d *conn) bool { return d.device == c.device })
+		if i >= 0 {
+			old, us.more[i] = us.more[i], c
+		} else {
+			us.more = append(us.more, c)
 		}
 	}
-	us.devices = append(us.devices, c)
-	return nil
+	sh.users[c.user] = us
+	return old
 }
 
 // remove unregisters c if it is still the live connection of its (user,
@@ -81,23 +88,29 @@ func (m *sessionMap) remove(c *conn) bool {
 	sh := m.shard(c.user)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	us := sh.users[c.user]
-	if us == nil {
+	us, ok := sh.users[c.user]
+	if !ok {
 		return false
 	}
-	for i, d := range us.devices {
-		if d == c {
-			last := len(us.devices) - 1
-			us.devices[i] = us.devices[last]
-			us.devices[last] = nil
-			us.devices = us.devices[:last]
-			if len(us.devices) == 0 {
-				delete(sh.users, c.user)
-			}
-			return true
-		}
+	last := len(us.more) - 1
+	switch i := slices.Index(us.more, c); {
+	case us.one == c && last >= 0:
+		us.one, us.more[last] = us.more[last], nil
+		us.more = us.more[:last]
+	case us.one == c:
+		delete(sh.users, c.user)
+		return true
+	case i >= 0:
+		us.more[i], us.more[last] = us.more[last], nil
+		us.more = us.more[:last]
+	default:
+		return false
 	}
-	return false
+	if len(us.more) == 0 {
+		us.more = nil
+	}
+	sh.users[c.user] = us
+	return true
 }
 
 // devices appends user's live connections to dst and returns it. With a dst
@@ -105,8 +118,9 @@ func (m *sessionMap) remove(c *conn) bool {
 func (m *sessionMap) devices(user string, dst []*conn) []*conn {
 	sh := m.shard(user)
 	sh.mu.RLock()
-	if us := sh.users[user]; us != nil {
-		dst = append(dst, us.devices...)
+	if us, ok := sh.users[user]; ok {
+		dst = append(dst, us.one)
+		dst = append(dst, us.more...)
 	}
 	sh.mu.RUnlock()
 	return dst
@@ -126,22 +140,20 @@ func (m *sessionMap) online(user string) bool {
 func (m *sessionMap) limiter(user string, newLimiter func() *rate.Limiter) *rate.Limiter {
 	sh := m.shard(user)
 	sh.mu.RLock()
-	us := sh.users[user]
-	var lim *rate.Limiter
-	if us != nil {
-		lim = us.limiter
-	}
+	us, ok := sh.users[user]
 	sh.mu.RUnlock()
-	if us == nil || lim != nil {
-		return lim
+	if !ok || us.limiter != nil {
+		return us.limiter
 	}
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if us = sh.users[user]; us == nil {
+	us, ok = sh.users[user]
+	if !ok {
 		return nil
 	}
 	if us.limiter == nil {
 		us.limiter = newLimiter()
+		sh.users[user] = us
 	}
 	return us.limiter
 }
@@ -154,7 +166,8 @@ func (m *sessionMap) each(fn func(*conn)) {
 		batch = batch[:0]
 		sh.mu.RLock()
 		for _, us := range sh.users {
-			batch = append(batch, us.devices...)
+			batch = append(batch, us.one)
+			batch = append(batch, us.more...)
 		}
 		sh.mu.RUnlock()
 		for _, c := range batch {
@@ -170,7 +183,7 @@ func (m *sessionMap) count() (users, conns int) {
 		sh.mu.RLock()
 		users += len(sh.users)
 		for _, us := range sh.users {
-			conns += len(us.devices)
+			conns += 1 + len(us.more)
 		}
 		sh.mu.RUnlock()
 	}
@@ -178,34 +191,50 @@ func (m *sessionMap) count() (users, conns int) {
 }
 
 // connSet is every open connection of the node (logged in or not), for the
-// timeout scan, broadcast and shutdown. Sharded like sessionMap.
+// timeout scan, broadcast and shutdown: intrusive lists (conn.prev, next)
+// in a few lock shards, so a connection costs no map entry. Safe for
+// concurrent use.
 type connSet struct {
-	shards [64]struct {
-		mu sync.Mutex
-		m  map[uint64]*conn
+	n      atomic.Int64
+	shards [16]struct {
+		mu   sync.Mutex
+		head *conn
+		_    [48]byte // one shard per cache line
 	}
 }
 
-func newConnSet() *connSet {
-	s := &connSet{}
-	for i := range s.shards {
-		s.shards[i].m = make(map[uint64]*conn)
-	}
-	return s
-}
+func newConnSet() *connSet { return &connSet{} }
 
 func (s *connSet) add(c *conn) {
-	sh := &s.shards[c.id%64]
+	sh := &s.shards[c.id%uint64(len(s.shards))]
 	sh.mu.Lock()
-	sh.m[c.id] = c
+	c.next = sh.head
+	if sh.head != nil {
+		sh.head.prev = c
+	}
+	sh.head = c
 	sh.mu.Unlock()
+	s.n.Add(1)
 }
 
 func (s *connSet) remove(c *conn) {
-	sh := &s.shards[c.id%64]
+	sh := &s.shards[c.id%uint64(len(s.shards))]
 	sh.mu.Lock()
-	delete(sh.m, c.id)
+	if c.prev == nil && sh.head != c {
+		sh.mu.Unlock()
+		return // not in the set (removed already)
+	}
+	if c.prev != nil {
+		c.prev.next = c.next
+	} else {
+		sh.head = c.next
+	}
+	if c.next != nil {
+		c.next.prev = c.prev
+	}
+	c.prev, c.next = nil, nil
 	sh.mu.Unlock()
+	s.n.Add(-1)
 }
 
 // each calls fn for every connection, outside the shard locks.
@@ -215,7 +244,7 @@ func (s *connSet) each(fn func(*conn)) {
 		sh := &s.shards[i]
 		batch = batch[:0]
 		sh.mu.Lock()
-		for _, c := range sh.m {
+		for c := sh.head; c != nil; c = c.next {
 			batch = append(batch, c)
 		}
 		sh.mu.Unlock()
@@ -225,13 +254,4 @@ func (s *connSet) each(fn func(*conn)) {
 	}
 }
 
-func (s *connSet) len() int {
-	n := 0
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		n += len(sh.m)
-		sh.mu.Unlock()
-	}
-	return n
-}
+func (s *connSet) len() int { return int(s.n.Load()) }

@@ -3,6 +3,7 @@ package persist
 import (
 	"fmt"
 	"slices"
+	"sync"
 )
 
 // MaxIDLen is the longest identifier, in bytes, that every implementation
@@ -62,7 +63,13 @@ func CheckAppend(msg Message, inboxes []string) error {
 		}
 		return nil
 	}
-	seen := make(map[string]struct{}, len(inboxes))
+	// A group's inboxes: a pooled set, so a fan-out append allocates no
+	// map each time.
+	seen := inboxSets.Get().(map[string]struct{})
+	defer func() {
+		clear(seen)
+		inboxSets.Put(seen)
+	}()
 	for _, in := range inboxes {
 		if _, ok := seen[in]; ok {
 			return fmt.Errorf("%w: duplicate inbox %q", ErrInvalid, in)
@@ -71,6 +78,8 @@ func CheckAppend(msg Message, inboxes []string) error {
 	}
 	return nil
 }
+
+var inboxSets = sync.Pool{New: func() any { return make(map[string]struct{}, 64) }}
 
 // CheckLookup validates the arguments of MessageStore.Lookup: clientMsgID
 // must be a valid id and from (which may be empty) at most MaxIDLen bytes,

@@ -3,18 +3,22 @@ package router
 import (
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
 
+	"github.com/imgn/imgn/auth"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/imgn/imgn/internal/logging"
 )
 
 // Limits of a route request.
 const (
-	// MaxUIDLen is the longest accepted user ID (the server's rule:
-	// 1..64 of [A-Za-z0-9_.-]).
-	MaxUIDLen = 64
+	// MaxUIDLen is the longest accepted user ID (the server's rule,
+	// auth.ValidID: 1..64 of [A-Za-z0-9_.-]).
+	MaxUIDLen = auth.MaxIDLen
 	// MaxExclude is the largest number of node IDs one request may
 	// exclude.
 	MaxExclude = 128
@@ -94,7 +98,7 @@ func (r *Router) serveRoute(w http.ResponseWriter, req *http.Request) {
 	defer func() { r.m.latency.Observe(time.Since(start).Seconds()) }()
 	q := req.URL.Query()
 	uid := q.Get("uid")
-	if !validUID(uid) {
+	if !auth.ValidID(uid) {
 		r.m.badRequest.Inc()
 		msg := "invalid uid: want 1..64 of [A-Za-z0-9_.-]"
 		if uid == "" {
@@ -118,11 +122,20 @@ func (r *Router) serveRoute(w http.ResponseWriter, req *http.Request) {
 	}
 	route, err := r.Pick(uid, exclude...)
 	var ue *UnavailableError
+	// One debug line per answer, with the fields imd's lines use, so a
+	// user's path can be followed from the router to the node.
+	debug := r.log.Enabled(req.Context(), slog.LevelDebug)
 	switch {
 	case err == nil:
 		r.m.ok.Inc()
+		if debug {
+			r.log.Debug("route", logging.KeyUser, uid, logging.KeyNode, route.NodeID, logging.KeyAddr, route.Addr, "exclude", exclude)
+		}
 		writeJSON(w, http.StatusOK, route)
 	case errors.As(err, &ue):
+		if debug {
+			r.log.Debug("no route", logging.KeyUser, uid, "exclude", exclude, "reason", ue.Reason)
+		}
 		r.m.unavailable.Inc()
 		w.Header().Set("Retry-After", "1")
 		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "no available node", Reason: ue.Reason})
@@ -190,20 +203,4 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	h.Set("Cache-Control", "no-store")
 	w.WriteHeader(code)
 	_, _ = w.Write(append(b, '\n'))
-}
-
-// validUID reports whether s is a valid user ID: ^[A-Za-z0-9_.-]{1,64}$.
-func validUID(s string) bool {
-	if len(s) == 0 || len(s) > MaxUIDLen {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		b := s[i]
-		switch {
-		case b >= 'a' && b <= 'z', b >= 'A' && b <= 'Z', b >= '0' && b <= '9', b == '_', b == '.', b == '-':
-		default:
-			return false
-		}
-	}
-	return true
 }

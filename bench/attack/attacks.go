@@ -9,10 +9,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
-	"github.com/imgn/imgn/engine"
 	"github.com/imgn/imgn/internal/clusterkit"
 )
 
@@ -61,7 +61,7 @@ var attacks = []attack{
 	{"slowloris-login", func(e *env) Result {
 		// A valid LOGIN frame at 1 byte per second: the login deadline
 		// (2s) must close it long before the frame completes.
-		tok, _ := engine.MintToken([]byte(clusterkit.Secret), "slow", time.Hour)
+		tok, _ := auth.MintToken([]byte(clusterkit.Secret), "slow", time.Hour)
 		b, _ := codec.AppendFrame(nil, codec.Protobuf, codec.CmdLogin, 0, 1, &pb.LoginRequest{Token: tok, Device: "d"})
 		return e.trickle("LOGIN_TIMEOUT", nil, b)
 	}},
@@ -86,7 +86,7 @@ var attacks = []attack{
 	}},
 	{"wrong-password-flood", func(e *env) Result { return e.loginFlood() }},
 	{"forged-token", func(e *env) Result {
-		tok, _ := engine.MintToken([]byte("not-the-secret"), "forger", time.Hour)
+		tok, _ := auth.MintToken([]byte("not-the-secret"), "forger", time.Hour)
 		return e.badLogin("AUTH_FAILED", tok)
 	}},
 	{"alg-none-token", func(e *env) Result {
@@ -96,7 +96,7 @@ var attacks = []attack{
 		return e.badLogin("AUTH_FAILED", tok)
 	}},
 	{"expired-token", func(e *env) Result {
-		tok, _ := engine.MintToken([]byte(clusterkit.Secret), "late", -time.Minute)
+		tok, _ := auth.MintToken([]byte(clusterkit.Secret), "late", -time.Minute)
 		return e.badLogin("TOKEN_EXPIRED", tok)
 	}},
 	{"random-frames", func(e *env) Result { return e.randomFrames() }},
@@ -105,7 +105,7 @@ var attacks = []attack{
 }
 
 func (e *env) token(user string) *string {
-	t, _ := engine.MintToken([]byte(clusterkit.Secret), user, time.Hour)
+	t, _ := auth.MintToken([]byte(clusterkit.Secret), user, time.Hour)
 	return &t
 }
 

@@ -684,7 +684,8 @@ func (c *Conn) serveLoggedIn(r Request) {
 		resp := &pb.PresenceOK{}
 		s.mu.Lock()
 		for _, u := range req.GetUsers() {
-			p := &pb.UserPresence{User: u}
+			_, registered := s.users[u]
+			p := &pb.UserPresence{User: u, Unknown: !registered}
 			for _, o := range s.connsOf(u, nil) {
 				p.Devices = append(p.Devices, o.Device())
 			}

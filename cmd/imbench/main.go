@@ -15,8 +15,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -28,6 +26,8 @@ import (
 	"time"
 
 	"github.com/imgn/imgn/bench"
+	"github.com/imgn/imgn/internal/envflag"
+	"github.com/imgn/imgn/internal/version"
 )
 
 func main() {
@@ -58,20 +58,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return relayMain(args[1:], stderr)
 		}
 	}
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+	if len(args) == 0 {
 		usage(stderr)
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
-			return 0
-		}
 		return 2
 	}
-	cfg, jsonPath, hgrm, err := parse(args[0], args[1:], stderr)
-	if errors.Is(err, flag.ErrHelp) {
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		usage(stdout)
+		return 0
+	case "-version", "--version", "version":
+		fmt.Fprintln(stdout, version.String("imbench"))
 		return 0
 	}
-	if err != nil {
-		fmt.Fprintln(stderr, "imbench:", err)
-		return 2
+	if strings.HasPrefix(args[0], "-") || !isScenario(args[0]) {
+		code, _ := envflag.Exit("imbench", envflag.Usagef("unknown scenario %q: want one of %s", args[0], strings.Join(scenarios, ", ")), stderr)
+		return code
+	}
+	cfg, jsonPath, hgrm, err := parse(args[0], args[1:], stdout, stderr)
+	if code, stop := envflag.Exit("imbench "+args[0], err, stderr); stop {
+		return code
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -97,8 +102,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// scenarios are the first arguments imbench accepts.
+var scenarios = []string{"conns", "p2p", "group", "login", "churn"}
+
+func isScenario(s string) bool {
+	for _, n := range scenarios {
+		if n == s {
+			return true
+		}
+	}
+	return false
+}
+
 func usage(w io.Writer) {
-	fmt.Fprintf(w, `usage: imbench <scenario> [flags]
+	fmt.Fprintf(w, `Usage: imbench <scenario> [flags]
+       imbench --version
 
 scenarios:
   conns   open and log in --conns connections, hold them with heartbeats for --hold;
@@ -148,10 +166,13 @@ func (b *bytesFlag) Set(v string) error {
 	return nil
 }
 
-func parse(scenario string, args []string, stderr io.Writer) (bench.Config, string, string, error) {
+// parse reads the flags of one scenario; help goes to stdout, the run's
+// log to stderr. The environment is not read: the IM_* variables belong to
+// the daemons (IM_ADMIN is imctl's admin URL, not a list of targets).
+func parse(scenario string, args []string, stdout, stderr io.Writer) (bench.Config, string, string, error) {
 	cfg := bench.Config{Scenario: scenario, Log: stderr}
-	fs := flag.NewFlagSet("imbench "+scenario, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := envflag.New("imbench "+scenario, "imbench "+scenario+" [flags]", "", stdout)
+	fs.DisableEnv()
 	var targets, admins, src, imdArgs listFlag
 	var memReserve bytesFlag
 	var jsonPath, hgrm string
@@ -199,11 +220,8 @@ func parse(scenario string, args []string, stderr io.Writer) (bench.Config, stri
 	fs.DurationVar(&cfg.Timeout, "timeout", 10*time.Minute, "hard bound on the whole run")
 	fs.Var(&memReserve, "mem-reserve", "stop opening connections when MemAvailable falls below this (default 2GiB)")
 	fs.StringVar(&cfg.UserPrefix, "user-prefix", "b", "prefix of the bench user ids")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args, nil); err != nil {
 		return cfg, "", "", err
-	}
-	if fs.NArg() > 0 {
-		return cfg, "", "", fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
 	cfg.Targets, cfg.Admins, cfg.Src, cfg.ImdArgs = targets, admins, src, imdArgs
 	cfg.MemReserve = uint64(memReserve)
@@ -212,13 +230,13 @@ func parse(scenario string, args []string, stderr io.Writer) (bench.Config, stri
 
 // relayMain runs the baseline relay as a process (started by imbench).
 func relayMain(args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("imbench "+bench.RelayArg, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := envflag.New("imbench "+bench.RelayArg, "imbench "+bench.RelayArg+" [flags]", "", stderr)
+	fs.DisableEnv()
 	listen := fs.String("listen", "127.0.0.1:0", "client listener")
 	admin := fs.String("admin", "127.0.0.1:0", "admin listener (/admin/stats, /readyz)")
 	loops := fs.Int("loops", 0, "event loops (0: GOMAXPROCS)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, stop := envflag.Exit("imbench "+bench.RelayArg, fs.Parse(args, nil), stderr); stop {
+		return code
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

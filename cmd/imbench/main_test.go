@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"io"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 )
@@ -9,7 +12,7 @@ import (
 func TestParse(t *testing.T) {
 	cfg, jsonPath, hgrm, err := parse("p2p", []string{"--pairs", "5", "--target", "127.0.0.1:1,127.0.0.1:2",
 		"--admin", "http://127.0.0.1:3,http://127.0.0.1:4", "--mem-reserve", "3GiB", "--imd-arg", "--heartbeat=120s,--idle-timeout=360s",
-		"--find-max", "--max-p99", "5ms", "--json", "out.json", "--hgrm", "out.hgrm", "--src", "127.0.0.2,127.0.0.3"}, io.Discard)
+		"--find-max", "--max-p99", "5ms", "--json", "out.json", "--hgrm", "out.hgrm", "--src", "127.0.0.2,127.0.0.3"}, io.Discard, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -21,7 +24,7 @@ func TestParse(t *testing.T) {
 		t.Fatalf("json %q hgrm %q", jsonPath, hgrm)
 	}
 	for _, args := range [][]string{{"--mem-reserve", "lots"}, {"--pairs", "x"}, {"extra"}} {
-		if _, _, _, err := parse("p2p", args, io.Discard); err == nil {
+		if _, _, _, err := parse("p2p", args, io.Discard, io.Discard); err == nil {
 			t.Errorf("%v accepted", args)
 		}
 	}
@@ -34,16 +37,27 @@ func TestParse(t *testing.T) {
 }
 
 func TestRunExitCodes(t *testing.T) {
-	if code := run(nil, io.Discard, io.Discard); code != 2 {
-		t.Fatalf("no args: %d", code)
-	}
-	if code := run([]string{"--help"}, io.Discard, io.Discard); code != 0 {
-		t.Fatalf("--help: %d", code)
-	}
-	if code := run([]string{"p2p", "--help"}, io.Discard, io.Discard); code != 0 {
-		t.Fatalf("p2p --help: %d", code)
-	}
-	if code := run([]string{"nosuch"}, io.Discard, io.Discard); code == 0 {
-		t.Fatal("unknown scenario accepted")
+	for _, tc := range []struct {
+		args   []string
+		code   int
+		stdout string // prefix
+		stderr string // exact
+	}{
+		{nil, 2, "", ""},
+		{[]string{"--help"}, 0, "Usage: imbench <scenario> [flags]\n", ""},
+		{[]string{"p2p", "--help"}, 0, "Usage: imbench p2p [flags]\n", ""},
+		{[]string{"--version"}, 0, "imbench ", ""},
+		{[]string{"nosuch"}, 2, "", "imbench: unknown scenario \"nosuch\": want one of conns, p2p, group, login, churn\nRun 'imbench --help' for usage.\n"},
+		{[]string{"p2p", "--rate", "fast"}, 2, "", "imbench p2p: --rate: invalid value \"fast\": want a number\nRun 'imbench p2p --help' for usage.\n"},
+		{[]string{"p2p", "-bogus"}, 2, "", "imbench p2p: unknown flag --bogus\nRun 'imbench p2p --help' for usage.\n"},
+	} {
+		var out, errb bytes.Buffer
+		code := run(tc.args, &out, &errb)
+		if code != tc.code || !strings.HasPrefix(out.String(), tc.stdout) || (tc.stderr != "" && errb.String() != tc.stderr) {
+			t.Errorf("%v: exit %d\nstdout %q\nstderr %q", tc.args, code, out.String(), errb.String())
+		}
+		if regexp.MustCompile(`(?m)^\s+-[a-z]`).MatchString(out.String()) {
+			t.Errorf("%v: help spells a flag -name:\n%s", tc.args, out.String())
+		}
 	}
 }

@@ -19,7 +19,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"log"
@@ -32,26 +31,57 @@ import (
 
 	"github.com/imgn/imgn/bench/attack"
 	"github.com/imgn/imgn/internal/clusterkit"
+	"github.com/imgn/imgn/internal/envflag"
+	"github.com/imgn/imgn/internal/version"
 )
 
 func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: imcheck check|attack [flags]")
-		os.Exit(2)
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	var code int
-	switch os.Args[1] {
-	case "check":
-		code = runCheck(ctx, os.Args[2:], os.Stdout)
-	case "attack":
-		code = runAttack(ctx, os.Args[2:], os.Stdout)
-	default:
-		fmt.Fprintln(os.Stderr, "usage: imcheck check|attack [flags]")
-		code = 2
-	}
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
 	os.Exit(code)
+}
+
+const usageText = `Usage: imcheck check [flags]
+       imcheck attack [flags]
+       imcheck --version
+
+check   start a local cluster, run a workload through the router while faults are
+        injected, and print the verdict (lost, duplicated, reordered messages)
+attack  start one node and run the bad-input attacks against it under load
+
+'imcheck check --help' and 'imcheck attack --help' list the flags.
+Exit status: 0 every check passed, 1 a check failed, 2 bad usage.
+`
+
+// run executes one invocation and returns the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usageText)
+		return 2
+	}
+	switch args[0] {
+	case "check":
+		return runCheck(ctx, args[1:], stdout, stderr)
+	case "attack":
+		return runAttack(ctx, args[1:], stdout, stderr)
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usageText)
+		return 0
+	case "-version", "--version", "version":
+		fmt.Fprintln(stdout, version.String("imcheck"))
+		return 0
+	}
+	code, _ := envflag.Exit("imcheck", envflag.Usagef("unknown command %q: want check or attack", args[0]), stderr)
+	return code
+}
+
+// newFlags returns the flag set of a subcommand (no environment: the IM_*
+// variables belong to the daemons).
+func newFlags(name, description string, stdout io.Writer) *envflag.Flags {
+	fs := envflag.New("imcheck "+name, "imcheck "+name+" [flags]", description, stdout)
+	fs.DisableEnv()
+	return fs
 }
 
 func binDir(ctx context.Context, given string) (string, error) {
@@ -61,8 +91,8 @@ func binDir(ctx context.Context, given string) (string, error) {
 	return clusterkit.Build(ctx, filepath.Join(os.TempDir(), "imgn-imcheck-bin"))
 }
 
-func runCheck(ctx context.Context, args []string, out io.Writer) int {
-	fs := flag.NewFlagSet("imcheck check", flag.ContinueOnError)
+func runCheck(ctx context.Context, args []string, out, stderr io.Writer) int {
+	fs := newFlags("check", "Runs the fault checker on a local cluster of real processes.", out)
 	short := fs.Bool("short", false, "the make-test version: 3 nodes, 8 clients, 25s of faults, the short fault set")
 	nodes := fs.Int("nodes", 5, "imd nodes")
 	clients := fs.Int("clients", 16, "clients (one user each)")
@@ -72,8 +102,8 @@ func runCheck(ctx context.Context, args []string, out io.Writer) int {
 	faults := fs.String("faults", strings.Join(AllFaults, ","), "faults, applied in turn: "+strings.Join(AllFaults, ","))
 	seed := fs.Uint64("seed", uint64(time.Now().UnixNano()), "random seed (targets, peers)")
 	bin := fs.String("bin", "", "directory with imd and imrouter (default: build them)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, stop := envflag.Exit("imcheck check", fs.Parse(args, nil), stderr); stop {
+		return code
 	}
 	cfg := CheckConfig{Nodes: *nodes, Clients: *clients, Rate: *rate, Duration: *dur, Quiet: *quiet,
 		Faults: strings.Split(*faults, ","), Seed: *seed, Logf: log.Printf}
@@ -100,16 +130,16 @@ func runCheck(ctx context.Context, args []string, out io.Writer) int {
 	return 0
 }
 
-func runAttack(ctx context.Context, args []string, out io.Writer) int {
-	fs := flag.NewFlagSet("imcheck attack", flag.ContinueOnError)
+func runAttack(ctx context.Context, args []string, out, stderr io.Writer) int {
+	fs := newFlags("attack", "Runs the bad-input attacks against one node under a legitimate load.", out)
 	short := fs.Bool("short", false, "smaller floods and baseline")
 	rate := fs.Float64("rate", 100, "legitimate messages per second")
 	clients := fs.Int("clients", 4, "legitimate clients")
 	baseline := fs.Duration("baseline", 10*time.Second, "no-attack phase")
 	only := fs.String("only", "", "comma-separated attacks (default all): "+strings.Join(attack.Names(), ","))
 	bin := fs.String("bin", "", "directory with imd (default: build it)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, stop := envflag.Exit("imcheck attack", fs.Parse(args, nil), stderr); stop {
+		return code
 	}
 	b, err := binDir(ctx, *bin)
 	if err != nil {

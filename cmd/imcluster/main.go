@@ -7,8 +7,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,15 +14,19 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/imgn/imgn/internal/envflag"
 	"github.com/imgn/imgn/internal/testsvc"
+	"github.com/imgn/imgn/lb"
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 }
 
 type options struct {
@@ -37,38 +39,50 @@ type options struct {
 	lbStrategy string
 }
 
-func parse(args []string, stderr io.Writer) (*options, error) {
+const clusterDescription = `Runs a local development cluster in the foreground: ZooKeeper, Redis and a dev
+MongoDB (FerretDB) on loopback, --nodes imd nodes and one imrouter, each with
+its data and log under --dir. Ctrl-C stops everything. Every flag may also be
+set as IM_<NAME> in the environment (IM_NODES, IM_BASE_PORT, ...); flags win.
+
+Ports: node i (from 0) takes clients on --base-port + 10i, its admin API on +1
+and its mesh on +2; the router listens on --base-port - 20; ZooKeeper, Redis
+and MongoDB on --base-port - 7, - 6 and - 5.`
+
+// parse reads args and the IM_* variables of getenv; help and version go
+// to stdout.
+func parse(args []string, getenv func(string) string, stdout io.Writer) (*options, error) {
 	o := &options{}
-	fs := flag.NewFlagSet("imcluster", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.IntVar(&o.nodes, "nodes", 3, "number of imd nodes")
+	fs := envflag.New("imcluster", "imcluster [flags]", clusterDescription, stdout)
+	fs.IntVar(&o.nodes, "nodes", 3, "number of imd nodes (1..20)")
 	fs.StringVar(&o.dir, "dir", "./data/cluster", "directory for the services' and nodes' data and logs")
 	fs.StringVar(&o.bin, "bin", "./bin", "directory holding imd and imrouter")
-	fs.IntVar(&o.basePort, "base-port", 9100, "node i listens on base+10i (clients), +1 (admin), +2 (mesh); the router on base-20; ZooKeeper, Redis, MongoDB on base-7, -6, -5")
+	fs.IntVar(&o.basePort, "base-port", 9100, "first node's client port; the other ports follow from it (see above)")
 	fs.StringVar(&o.mesh, "mesh", "direct", "node-to-node transport: direct or redis")
 	fs.StringVar(&o.jwtSecret, "jwt-secret", "dev-secret", "HS256 secret for token login on every node")
 	fs.BoolVar(&o.withRouter, "router", true, "also run imrouter")
-	fs.StringVar(&o.lbStrategy, "lb", "consistent-hash", "router strategy")
-	if err := fs.Parse(args); err != nil {
+	fs.StringVar(&o.lbStrategy, "lb", lb.ConsistentHash, "router strategy: "+strings.Join(lb.Strategies(), ", "))
+	if err := fs.Parse(args, getenv); err != nil {
 		return nil, err
 	}
 	if o.nodes < 1 || o.nodes > 20 {
-		return nil, fmt.Errorf("--nodes must be 1..20, got %d", o.nodes)
+		return nil, envflag.Usagef("--nodes must be 1..20, got %d", o.nodes)
 	}
 	if o.basePort < 1034 || o.basePort+10*o.nodes > 65000 {
-		return nil, fmt.Errorf("--base-port %d out of range", o.basePort)
+		return nil, envflag.Usagef("--base-port %d out of range: the ports used are %d..%d", o.basePort, o.basePort-20, o.basePort+10*o.nodes)
+	}
+	if o.mesh != "direct" && o.mesh != "redis" {
+		return nil, envflag.Usagef("--mesh must be direct or redis, got %q", o.mesh)
+	}
+	if !slices.Contains(lb.Strategies(), o.lbStrategy) {
+		return nil, envflag.Usagef("--lb %q: want one of %s", o.lbStrategy, strings.Join(lb.Strategies(), ", "))
 	}
 	return o, nil
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
-	o, err := parse(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintln(stderr, "imcluster:", err)
-		return 2
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	o, err := parse(args, getenv, stdout)
+	if code, stop := envflag.Exit("imcluster", err, stderr); stop {
+		return code
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -78,6 +92,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	return 0
 }
+
+// nodeID names node i (from 0): n1, n2, ...
+func nodeID(i int) string { return "n" + strconv.Itoa(i+1) }
 
 type proc struct {
 	name string
@@ -171,7 +188,7 @@ func runCluster(ctx context.Context, o *options, out io.Writer) error {
 		}
 	}()
 	for i := range o.nodes {
-		id := "n" + strconv.Itoa(i+1)
+		id := nodeID(i)
 		base := o.basePort + 10*i
 		listen, admin, meshAddr := addr(base), addr(base+1), addr(base+2)
 		p, err := startProc(id, filepath.Join(o.bin, "imd"), filepath.Join(o.dir, id+".log"),

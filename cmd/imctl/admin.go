@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -53,7 +54,7 @@ func adminCall(ctx context.Context, e *env, base, method, path string, query url
 		return fmt.Errorf("admin %s %s: read response: %w", method, path, err)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("admin %s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(data)))
+		return &adminError{method: method, path: path, status: resp.StatusCode, statusText: resp.Status, body: data}
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
@@ -61,6 +62,30 @@ func adminCall(ctx context.Context, e *env, base, method, path string, query url
 		return fmt.Errorf("admin %s %s: undecodable response %q: %w", method, path, truncate(string(data), 200), err)
 	}
 	return nil
+}
+
+// adminError is a non-2xx answer of the admin API.
+type adminError struct {
+	method, path, statusText string
+	status                   int
+	body                     []byte
+}
+
+// Error shows the server's explanation (see message).
+func (a *adminError) Error() string {
+	return fmt.Sprintf("admin %s %s: %s: %s", a.method, a.path, a.statusText, truncate(a.message(), 200))
+}
+
+// message is the "error" text when the body is the API's JSON error
+// object, else the body as is.
+func (a *adminError) message() string {
+	var e struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(a.body, &e) == nil && e.Error != "" {
+		return e.Error
+	}
+	return strings.TrimSpace(string(a.body))
 }
 
 func truncate(s string, n int) string {
@@ -117,6 +142,10 @@ func cmdOnline(ctx context.Context, e *env, args []string) error {
 	}
 	var resp map[string]any
 	if err := adminCall(ctx, e, *base, http.MethodGet, "/admin/online", url.Values{"user": {*user}}, nil, &resp); err != nil {
+		var ae *adminError
+		if errors.As(err, &ae) && ae.status == http.StatusNotFound && ae.message() == "no such user" {
+			return fmt.Errorf("no such user: %s", *user)
+		}
 		return err
 	}
 	human := *user + " offline"

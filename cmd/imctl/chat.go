@@ -8,8 +8,6 @@ import (
 	"io"
 	"strings"
 	"time"
-
-	"github.com/imgn/imgn/client"
 )
 
 const chatHelp = `Type a line to send it:
@@ -73,12 +71,16 @@ func parseChatLine(line string, cur chatTarget) (chatAction, chatTarget, string,
 	}
 }
 
+// connPoll is how often the chat checks whether its connection is up, to
+// tell the user when it is lost and on which node it came back.
+const connPoll = 200 * time.Millisecond
+
 func cmdChat(ctx context.Context, e *env, args []string) error {
-	f := newFlags(e, "chat", "[--to U | --group G]")
-	cf := f.connection(0)
+	f := newFlags(e, "chat", "[--to U | --group G] [--after SEQ | --from-start]")
+	cf := f.connection(0, withToken|withDevice)
 	to := f.String("to", "", "initial target user")
 	group := f.String("group", "", "initial target group")
-	after := f.Int64("after", -1, "show inbox history after this seq (0 = all); -1 = from the device's server cursor")
+	start := f.start("show the inbox after this seq first (default: what this device has not shown yet)")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -88,7 +90,7 @@ func cmdChat(ctx context.Context, e *env, args []string) error {
 	if *to != "" && *group != "" {
 		return usagef("give at most one of --to and --group")
 	}
-	afterSeq, err := afterFlag(*after)
+	startAt, err := start.resolve("cursor")
 	if err != nil {
 		return err
 	}
@@ -98,12 +100,13 @@ func cmdChat(ctx context.Context, e *env, args []string) error {
 	}
 	ctx, cancel := withTimeout(ctx, cf.timeout)
 	defer cancel()
-	c, err := dialFor(ctx, cf, func(cfg *client.Config) { cfg.AfterSeq = afterSeq })
+	c, err := dialFor(ctx, e, cf, startAt)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	fmt.Fprintf(e.stderr, "logged in as %s (device %s). /help for help.\n", c.User(), c.Device())
+	node := c.NodeID()
+	fmt.Fprintf(e.stderr, "logged in as %s on node %s (device %s). /help for help.\n", c.User(), node, c.Device())
 
 	lines := make(chan string)
 	stop := make(chan struct{})
@@ -111,6 +114,8 @@ func cmdChat(ctx context.Context, e *env, args []string) error {
 	// The reader ends at end of input or, after chat returns, at its next
 	// line; a read blocked on a terminal is abandoned when the process exits.
 	go readLines(e.stdin, lines, stop)
+	poll := time.NewTicker(connPoll)
+	defer poll.Stop()
 
 	for {
 		select {
@@ -118,6 +123,8 @@ func cmdChat(ctx context.Context, e *env, args []string) error {
 			return nil
 		case <-c.Done():
 			return c.Err()
+		case <-poll.C:
+			node = reportConn(e, node, c.NodeID())
 		case n, ok := <-c.Notices():
 			if ok {
 				ts := time.UnixMilli(n.GetTime()).In(e.loc).Format("15:04:05")
@@ -153,6 +160,9 @@ func cmdChat(ctx context.Context, e *env, args []string) error {
 				fmt.Fprintln(e.stderr, chatHelp)
 			case chatSend, chatGroup:
 				target = dest
+				if c.NodeID() == "" {
+					fmt.Fprintln(e.stderr, "! not connected: the message is sent once the connection is back")
+				}
 				sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
 				if action == chatGroup {
 					_, err = c.SendGroup(sctx, dest.name, []byte(text))
@@ -166,6 +176,22 @@ func cmdChat(ctx context.Context, e *env, args []string) error {
 			}
 		}
 	}
+}
+
+// reportConn tells the user about a change of the connection: was is the
+// node the chat was on at the last check ("" while reconnecting), now the
+// node it is on. It returns now.
+func reportConn(e *env, was, now string) string {
+	switch {
+	case was == now:
+	case now == "":
+		fmt.Fprintf(e.stderr, "! connection to node %s lost; reconnecting...\n", was)
+	case was == "":
+		fmt.Fprintf(e.stderr, "! reconnected, on node %s\n", now)
+	default:
+		fmt.Fprintf(e.stderr, "! reconnected, now on node %s (was %s)\n", now, was)
+	}
+	return now
 }
 
 // readLines sends each line of r to out until r ends or stop is closed,

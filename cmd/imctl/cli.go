@@ -11,9 +11,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
+	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/internal/envflag"
+	"github.com/imgn/imgn/internal/version"
 )
 
 // env is everything a subcommand touches outside its arguments, so tests
@@ -48,9 +50,9 @@ var commands []command
 func init() {
 	commands = []command{
 		{"register", "--user U --password P", "create an account", cmdRegister},
-		{"send", "(--to U | --group G) [--text T | TEXT...]", "send one message and print its ack", cmdSend},
-		{"recv", "[--count N] [--timeout D] [--after SEQ]", "print inbox messages as JSON lines (sync first, then live)", cmdRecv},
-		{"chat", "[--to U | --group G]", "interactive chat: '@bob hi' to a user, '#gid hi' to a group", cmdChat},
+		{"send", "(--to U | --group G) [--text T | TEXT...]", "send one message and print what each side sees", cmdSend},
+		{"recv", "[--count N] [--timeout D] [--from-start | --after SEQ | --unread]", "print new inbox messages as JSON lines", cmdRecv},
+		{"chat", "[--to U | --group G] [--after SEQ]", "interactive chat: '@bob hi' to a user, '#gid hi' to a group", cmdChat},
 		{"token", "--user U [--secret S] [--ttl D]", "mint an HS256 login token (JWT)", cmdToken},
 		{"group", "create|join|leave|members ...", "manage groups", cmdGroup},
 		{"presence", "USER...", "show who is online", cmdPresence},
@@ -68,12 +70,8 @@ const (
 	exitUsage = 2
 )
 
-// usageError is a bad invocation: exit status 2.
-type usageError struct{ msg string }
-
-func (u *usageError) Error() string { return u.msg }
-
-func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+// usagef reports a bad invocation: exit status 2.
+func usagef(format string, args ...any) error { return envflag.Usagef(format, args...) }
 
 // run executes one invocation and returns the exit status.
 func run(ctx context.Context, args []string, e *env) int {
@@ -83,6 +81,9 @@ func run(ctx context.Context, args []string, e *env) int {
 	}
 	name, rest := args[0], args[1:]
 	switch name {
+	case "version", "-version", "--version":
+		fmt.Fprintln(e.stdout, version.String("imctl"))
+		return exitOK
 	case "help", "-h", "-help", "--help":
 		if len(rest) > 0 {
 			if c := lookup(rest[0]); c != nil {
@@ -99,16 +100,14 @@ func run(ctx context.Context, args []string, e *env) int {
 		return exitUsage
 	}
 	err := c.run(ctx, e, rest)
-	var ue *usageError
+	var ue *envflag.UsageError
 	switch {
 	case err == nil:
 		return exitOK
 	case errors.Is(err, flag.ErrHelp):
 		return exitOK
-	case errors.Is(err, errFlagParse):
-		return exitUsage // the flag package printed the error and usage
 	case errors.As(err, &ue):
-		fmt.Fprintf(e.stderr, "imctl %s: %s\nRun 'imctl %s -h' for usage.\n", c.name, ue.msg, c.name)
+		fmt.Fprintf(e.stderr, "imctl %s: %s\nRun 'imctl %s -h' for usage.\n", c.name, ue.Msg, c.name)
 		return exitUsage
 	}
 	reportError(e, c.name, err)
@@ -130,11 +129,14 @@ func printUsage(w io.Writer) {
 		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
 	fmt.Fprint(w, `  help       show this help, or 'imctl help <command>'
+  version    print the version
 
 Connection flags (most commands): --server (IM_SERVER, default 127.0.0.1:9090)
 or --router (IM_ROUTER: ask imrouter for the node, e.g. http://127.0.0.1:9080),
---user (IM_USER), --password (IM_PASSWORD) or --token (IM_TOKEN), --device,
---serializer json|protobuf|msgpack, --timeout. Admin commands take --admin
+--user (IM_USER), --password (IM_PASSWORD) or --token (IM_TOKEN),
+--serializer json|protobuf|msgpack, --timeout. recv and chat keep their place
+in the inbox under a device id stored in $XDG_CONFIG_HOME/imgn (or
+~/.config/imgn); --device (IM_DEVICE) overrides it. Admin commands take --admin
 (IM_ADMIN, default http://127.0.0.1:9091). Every command takes --json.
 
 Exit status: 0 ok, 1 the operation failed, 2 bad usage.
@@ -146,7 +148,7 @@ Exit status: 0 ok, 1 the operation failed, 2 bad usage.
 // stdout.
 func reportError(e *env, cmd string, err error) {
 	fmt.Fprintf(e.stderr, "imctl %s: %v\n", cmd, err)
-	if !jsonRequested(e) {
+	if !jsonRequested(e) || errors.As(err, new(*reportedError)) {
 		return
 	}
 	out := map[string]any{"ok": false, "error": err.Error()}
@@ -159,13 +161,18 @@ func reportError(e *env, cmd string, err error) {
 	writeJSON(e.stdout, out)
 }
 
+// reportedError is a failure whose JSON answer the command already wrote
+// on stdout (with --json): reportError only prints it on stderr.
+type reportedError struct{ err error }
+
+func (r *reportedError) Error() string { return r.err.Error() }
+func (r *reportedError) Unwrap() error { return r.err }
+
 // jsonRequested is set by newFlagSet when --json was given (for
 // reportError, which runs after the subcommand returned).
 func jsonRequested(e *env) bool { return e.jsonOut }
 
 // ---- flags ----
-
-var errFlagParse = errors.New("flag parse error")
 
 // flags is the flag set of one subcommand plus the shared options.
 type flags struct {
@@ -174,6 +181,8 @@ type flags struct {
 	json      bool
 	fallbacks []envFallback
 	pos       []string // positional arguments (flags may follow them)
+	// help writes the subcommand's help (for -h).
+	help func(w io.Writer)
 }
 
 // Args returns the positional arguments.
@@ -196,27 +205,34 @@ type envFallback struct {
 	p            *string
 }
 
+// newFlags returns the flag set of subcommand name; args is its synopsis.
+// -h prints the subcommand's help on stdout.
 func newFlags(e *env, name, args string) *flags {
 	fs := flag.NewFlagSet("imctl "+name, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	// The flag package would print errors and the flag list itself; parse
+	// reports errors in one line and help only for -h.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	f := &flags{FlagSet: fs, e: e}
 	fs.BoolVar(&f.json, "json", false, "machine-readable JSON output")
-	fs.Usage = func() {
+	f.help = func(w io.Writer) {
 		c := lookup(name)
-		fmt.Fprintf(fs.Output(), "Usage: imctl %s %s\n", name, args)
+		fmt.Fprintf(w, "Usage: imctl %s %s\n", name, args)
 		if c != nil {
-			fmt.Fprintf(fs.Output(), "\n%s.\n", strings.ToUpper(c.summary[:1])+c.summary[1:])
+			fmt.Fprintf(w, "\n%s.\n", strings.ToUpper(c.summary[:1])+c.summary[1:])
 		}
-		fmt.Fprintf(fs.Output(), "\nFlags:\n")
-		fs.PrintDefaults()
+		fmt.Fprintf(w, "\nFlags:\n")
+		envflag.PrintDefaults(w, fs)
 	}
 	return f
 }
 
-// parse parses args; errors are errFlagParse (already printed) or
-// flag.ErrHelp. Unlike flag.FlagSet.Parse, flags may follow positional
-// arguments ("send --to bob hello --json"); "--" ends flag parsing.
+// parse parses args; errors are a usage error (the flag, spelt --name, and
+// what is wrong with it) or flag.ErrHelp (help printed). Unlike
+// flag.FlagSet.Parse, flags may follow positional arguments ("send --to
+// bob hello --json"); "--" ends flag parsing.
 func (f *flags) parse(args []string) error {
+	envflag.Explain(f.FlagSet)
 	err := f.parseInterleaved(args)
 	f.e.jsonOut = f.json
 	switch {
@@ -230,9 +246,10 @@ func (f *flags) parse(args []string) error {
 		}
 		return nil
 	case errors.Is(err, flag.ErrHelp):
+		f.help(f.e.stdout)
 		return err
 	default:
-		return errFlagParse
+		return usagef("%v", envflag.CleanError(err))
 	}
 }
 
@@ -265,32 +282,63 @@ func (f *flags) envString(p *string, name, envVar, def, usage string) {
 	f.fallbacks = append(f.fallbacks, envFallback{name: name, envVar: envVar, p: p})
 }
 
-// connFlags are the options of commands that log in.
+// connFlags are the options of commands that talk to a node.
 type connFlags struct {
 	server, router, user, password, token, device, serializer string
 	timeout                                                   time.Duration
+	// deviceSuffix, for commands with --device, picks this machine's
+	// stable device id when --device is not given (see machineDevice).
+	deviceSuffix string
+	hasDevice    bool
 }
 
-func (f *flags) connection(defTimeout time.Duration) *connFlags {
+// connFlag selects the optional connection flags of a command.
+type connFlag int
+
+const (
+	// withToken: --token, for commands that log in (not register).
+	withToken connFlag = 1 << iota
+	// withDevice: --device, for commands that receive (recv, chat).
+	withDevice
+)
+
+// connection defines the connection flags of a command: always --server,
+// --router, --user, --password, --serializer and --timeout, plus those
+// selected by opts, so -h lists only flags that apply.
+func (f *flags) connection(defTimeout time.Duration, opts connFlag) *connFlags {
 	cf := &connFlags{}
 	f.envString(&cf.server, "server", "IM_SERVER", "127.0.0.1:9090", "server address host:port")
 	f.envString(&cf.router, "router", "IM_ROUTER", "", "imrouter URL(s), comma-separated; when set, the node comes from the router instead of --server")
 	f.envString(&cf.user, "user", "IM_USER", "", "user id")
 	f.envString(&cf.password, "password", "IM_PASSWORD", "", "password")
-	f.envString(&cf.token, "token", "IM_TOKEN", "", "login token (JWT) instead of a password")
-	f.StringVar(&cf.device, "device", "", "device id (default: a random one per run; set it to resume from the server cursor)")
+	if opts&withToken != 0 {
+		f.envString(&cf.token, "token", "IM_TOKEN", "", "login token (JWT) instead of a password")
+	}
+	if opts&withDevice != 0 {
+		cf.hasDevice = true
+		f.envString(&cf.device, "device", "IM_DEVICE", "", "device id (default: this machine's, kept in $XDG_CONFIG_HOME/imgn/device, so each run resumes where the last stopped)")
+	}
 	f.StringVar(&cf.serializer, "serializer", "protobuf", "frame serializer: json, protobuf or msgpack")
 	f.DurationVar(&cf.timeout, "timeout", defTimeout, "give up after this long (0 = no limit)")
 	return cf
 }
 
 // config builds the client configuration; login=false for register.
-func (cf *connFlags) config(login bool) (client.Config, error) {
+// Commands with --device get this machine's stable device id unless one
+// was given (e is where a failure to keep one is reported).
+func (cf *connFlags) config(e *env, login bool) (client.Config, error) {
 	ser, err := codec.ParseSerializer(cf.serializer)
 	if err != nil {
 		return client.Config{}, usagef("--serializer: %v", err)
 	}
 	cfg := client.Config{Addr: cf.server, User: cf.user, Device: cf.device, Serializer: ser}
+	if cf.hasDevice && cf.device == "" {
+		dev, err := machineDevice(e.getenv, cf.deviceSuffix)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "imctl: no stable device id (%v); using a one-off device, so this run cannot resume from an earlier one\n", err)
+		}
+		cfg.Device = dev
+	}
 	switch {
 	case cf.server == "" && cf.router == "":
 		return cfg, usagef("--server is required")
@@ -311,7 +359,9 @@ func (cf *connFlags) config(login bool) (client.Config, error) {
 	if cf.router != "" {
 		uid := cf.user
 		if uid == "" {
-			uid = tokenSubject(cfg.Token)
+			// Only to ask the router where the user lives; the server
+			// verifies the token.
+			uid = auth.UnverifiedSubject(cfg.Token)
 		}
 		if uid == "" {
 			return cfg, usagef("--router needs --user (the router places users by id)")
@@ -319,17 +369,6 @@ func (cf *connFlags) config(login bool) (client.Config, error) {
 		cfg.Resolver = client.RouterResolver(cf.router, uid, nil)
 	}
 	return cfg, nil
-}
-
-// tokenSubject returns the subject of a JWT without verifying it (only to
-// ask the router where the user lives; the server verifies the token), or
-// "" when tok is not a JWT with a subject.
-func tokenSubject(tok string) string {
-	var claims jwt.RegisteredClaims
-	if _, _, err := jwt.NewParser().ParseUnverified(tok, &claims); err != nil {
-		return ""
-	}
-	return claims.Subject
 }
 
 // withTimeout bounds ctx by the --timeout flag (0 = unbounded).

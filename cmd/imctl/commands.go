@@ -3,26 +3,28 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
+	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/codec/pb"
+	"github.com/imgn/imgn/internal/envflag"
 )
 
 const defaultTimeout = 10 * time.Second
 
 func cmdRegister(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "register", "--user U --password P")
-	cf := f.connection(defaultTimeout)
+	cf := f.connection(defaultTimeout, 0)
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	if f.NArg() > 0 {
 		return usagef("unexpected arguments %q", f.Args())
 	}
-	cfg, err := cf.config(false)
+	cfg, err := cf.config(e, false)
 	if err != nil {
 		return err
 	}
@@ -41,8 +43,8 @@ func cmdRegister(ctx context.Context, e *env, args []string) error {
 }
 
 // dialFor logs in for a one-shot command.
-func dialFor(ctx context.Context, cf *connFlags, mutate func(*client.Config)) (*client.Client, error) {
-	cfg, err := cf.config(true)
+func dialFor(ctx context.Context, e *env, cf *connFlags, mutate func(*client.Config)) (*client.Client, error) {
+	cfg, err := cf.config(e, true)
 	if err != nil {
 		return nil, err
 	}
@@ -54,7 +56,7 @@ func dialFor(ctx context.Context, cf *connFlags, mutate func(*client.Config)) (*
 
 func cmdSend(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "send", "(--to U | --group G) [--text T | TEXT...]")
-	cf := f.connection(defaultTimeout)
+	cf := f.connection(defaultTimeout, withToken)
 	to := f.String("to", "", "recipient user id")
 	group := f.String("group", "", "group id (instead of --to)")
 	text := f.String("text", "", "message text (default: the remaining arguments)")
@@ -79,7 +81,7 @@ func cmdSend(ctx context.Context, e *env, args []string) error {
 	}
 	ctx, cancel := withTimeout(ctx, cf.timeout)
 	defer cancel()
-	c, err := dialFor(ctx, cf, func(cfg *client.Config) { cfg.SendOnly = true })
+	c, err := dialFor(ctx, e, cf, func(cfg *client.Config) { cfg.SendOnly = true })
 	if err != nil {
 		return err
 	}
@@ -97,36 +99,91 @@ func cmdSend(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if f.json {
-		writeJSON(e.stdout, map[string]any{"ok": true, "client_msg_id": ack.GetClientMsgId(), "msg_id": ack.GetMsgId(),
-			"seq": ack.GetSeq(), "time": ack.GetTime(), "duplicate": ack.GetDuplicate()})
-	} else {
-		dup := ""
-		if ack.GetDuplicate() {
-			dup = " (duplicate: stored earlier)"
-		}
-		fmt.Fprintf(e.stdout, "sent msg_id=%d seq=%d client_msg_id=%s%s\n", ack.GetMsgId(), ack.GetSeq(), ack.GetClientMsgId(), dup)
-	}
+	printSendAck(e, f.json, *to, *group, ack)
 	return nil
 }
 
-// afterFlag returns the Config.AfterSeq for --after (-1 = server cursor).
-func afterFlag(after int64) (*uint64, error) {
-	switch {
-	case after < -1:
-		return nil, usagef("--after must be -1 (server cursor) or a seq >= 0")
-	case after == -1:
-		return nil, nil
+// printSendAck says what each side sees of a sent message: both find it
+// under the same msg_id; the recipient's inbox numbers it in its own
+// sequence (not known to the sender), and the sender's own copy has the
+// seq in the ack, in the sender's inbox.
+//
+//	sent to bob: msg_id=1152921504606846977 (bob's inbox); your copy is seq 5 in your inbox
+func printSendAck(e *env, asJSON bool, to, group string, ack *pb.SendAck) {
+	if asJSON {
+		out := map[string]any{"ok": true, "client_msg_id": ack.GetClientMsgId(), "msg_id": ack.GetMsgId(),
+			"sender_seq": ack.GetSeq(), "time": ack.GetTime(), "duplicate": ack.GetDuplicate()}
+		if group != "" {
+			out["group_id"] = group
+		} else {
+			out["to"] = to
+		}
+		writeJSON(e.stdout, out)
+		return
 	}
-	v := uint64(after)
-	return &v, nil
+	where := to + "'s inbox"
+	dest := to
+	if group != "" {
+		where, dest = "the inbox of every member of "+group, "group "+group
+	}
+	dup := ""
+	if ack.GetDuplicate() {
+		dup = "; already stored by an earlier send with client_msg_id " + ack.GetClientMsgId() + " (not stored twice)"
+	}
+	fmt.Fprintf(e.stdout, "sent to %s: msg_id=%d (%s); your copy is seq %d in your inbox%s\n",
+		dest, ack.GetMsgId(), where, ack.GetSeq(), dup)
+}
+
+// startFlags are the options that pick where a receiving command's
+// stream starts.
+type startFlags struct {
+	after     int64
+	fromStart bool
+	unread    bool
+}
+
+func (f *flags) start(afterHelp string) *startFlags {
+	sf := &startFlags{}
+	f.Int64Var(&sf.after, "after", -1, afterHelp)
+	f.BoolVar(&sf.fromStart, "from-start", false, "start at the beginning of the inbox (same as --after 0)")
+	return sf
+}
+
+// resolve checks the start flags and returns what sets the start of the
+// stream on a client.Config. def is what happens with no start flag:
+// "head" (only messages arriving from now on) or "cursor" (where this
+// device stopped last time).
+func (sf *startFlags) resolve(def string) (func(*client.Config), error) {
+	n := 0
+	for _, set := range []bool{sf.after != -1, sf.fromStart, sf.unread} {
+		if set {
+			n++
+		}
+	}
+	switch {
+	case n > 1:
+		return nil, usagef("give at most one of --after, --from-start and --unread")
+	case sf.after < -1:
+		return nil, usagef("--after must be a seq >= 0")
+	case sf.after >= 0:
+		v := uint64(sf.after)
+		return func(cfg *client.Config) { cfg.AfterSeq = &v }, nil
+	case sf.fromStart:
+		v := uint64(0)
+		return func(cfg *client.Config) { cfg.AfterSeq = &v }, nil
+	case sf.unread || def == "cursor":
+		return func(cfg *client.Config) { cfg.AfterSeq = nil }, nil // the device's server cursor
+	}
+	return func(cfg *client.Config) { cfg.StartAtHead = true }, nil
 }
 
 func cmdRecv(ctx context.Context, e *env, args []string) error {
-	f := newFlags(e, "recv", "[--count N] [--timeout D] [--after SEQ]")
-	cf := f.connection(0)
+	f := newFlags(e, "recv", "[--count N] [--timeout D] [--from-start | --after SEQ | --unread]")
+	cf := f.connection(0, withToken|withDevice)
+	cf.deviceSuffix = "-recv"
 	count := f.Int("count", 0, "exit 0 after N messages (exit 1 if --timeout ends first); 0 = run until --timeout or Ctrl-C")
-	after := f.Int64("after", -1, "start after this inbox seq (0 = whole inbox); -1 = the device's server cursor")
+	start := f.start("start after this inbox seq instead of at new messages")
+	f.BoolVar(&start.unread, "unread", false, "start where recv on this device (--device) last stopped")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -136,13 +193,13 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	if *count < 0 {
 		return usagef("--count must not be negative")
 	}
-	afterSeq, err := afterFlag(*after)
+	startAt, err := start.resolve("head")
 	if err != nil {
 		return err
 	}
 	ctx, cancel := withTimeout(ctx, cf.timeout)
 	defer cancel()
-	c, err := dialFor(ctx, cf, func(cfg *client.Config) { cfg.AfterSeq = afterSeq })
+	c, err := dialFor(ctx, e, cf, startAt)
 	if err != nil {
 		return err
 	}
@@ -186,30 +243,23 @@ func cmdToken(ctx context.Context, e *env, args []string) error {
 		return usagef("--secret (or IM_JWT_SECRET) is required")
 	case user == "":
 		return usagef("--user is required")
+	case !auth.ValidID(user):
+		return usagef("--user %q: want 1..64 of [A-Za-z0-9_.-]", user)
 	case *ttl <= 0:
 		return usagef("--ttl must be positive")
 	}
-	tok, exp, err := mintToken([]byte(secret), user, *ttl, e.now())
+	now := e.now()
+	tok, err := auth.MintTokenAt([]byte(secret), user, now, *ttl)
 	if err != nil {
 		return err
 	}
+	exp := now.Add(*ttl).Truncate(time.Second)
 	if f.json {
 		writeJSON(e.stdout, map[string]any{"ok": true, "token": tok, "user": user, "expires_at": exp.Unix()})
 	} else {
 		fmt.Fprintln(e.stdout, tok)
 	}
 	return nil
-}
-
-// mintToken returns an HS256 JWT with sub = user, iat = now, exp = now+ttl.
-func mintToken(secret []byte, user string, ttl time.Duration, now time.Time) (string, time.Time, error) {
-	exp := now.Add(ttl).Truncate(time.Second)
-	claims := jwt.RegisteredClaims{Subject: user, IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(exp)}
-	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(secret)
-	if err != nil {
-		return "", time.Time{}, fmt.Errorf("sign token: %w", err)
-	}
-	return tok, exp, nil
 }
 
 func cmdGroup(ctx context.Context, e *env, args []string) error {
@@ -223,11 +273,11 @@ func cmdGroup(ctx context.Context, e *env, args []string) error {
 	}
 	action := args[0]
 	f := newFlags(e, "group "+action, "[flags]")
-	f.Usage = func() {
-		fmt.Fprintf(f.Output(), "Usage: imctl group %s\n\nFlags:\n", synopsis)
-		f.PrintDefaults()
+	f.help = func(w io.Writer) {
+		fmt.Fprintf(w, "Usage: imctl group %s\n\nFlags:\n", synopsis)
+		envflag.PrintDefaults(w, f.FlagSet)
 	}
-	cf := f.connection(defaultTimeout)
+	cf := f.connection(defaultTimeout, withToken)
 	name := f.String("name", "", "group name (create)")
 	members := f.String("members", "", "comma-separated initial members besides you (create)")
 	group := f.String("group", "", "group id (join, leave, members)")
@@ -248,7 +298,7 @@ func cmdGroup(ctx context.Context, e *env, args []string) error {
 	}
 	ctx, cancel := withTimeout(ctx, cf.timeout)
 	defer cancel()
-	c, err := dialFor(ctx, cf, func(cfg *client.Config) { cfg.SendOnly = true })
+	c, err := dialFor(ctx, e, cf, func(cfg *client.Config) { cfg.SendOnly = true })
 	if err != nil {
 		return err
 	}
@@ -281,7 +331,7 @@ func cmdGroup(ctx context.Context, e *env, args []string) error {
 
 func cmdPresence(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "presence", "[--users a,b] [USER...]")
-	cf := f.connection(defaultTimeout)
+	cf := f.connection(defaultTimeout, withToken)
 	users := f.String("users", "", "comma-separated user ids")
 	if err := f.parse(args); err != nil {
 		return err
@@ -292,7 +342,7 @@ func cmdPresence(ctx context.Context, e *env, args []string) error {
 	}
 	ctx, cancel := withTimeout(ctx, cf.timeout)
 	defer cancel()
-	c, err := dialFor(ctx, cf, func(cfg *client.Config) { cfg.SendOnly = true })
+	c, err := dialFor(ctx, e, cf, func(cfg *client.Config) { cfg.SendOnly = true })
 	if err != nil {
 		return err
 	}
@@ -301,6 +351,16 @@ func cmdPresence(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	var unknown []string
+	for _, p := range ps {
+		if p.GetUnknown() {
+			unknown = append(unknown, p.GetUser())
+		}
+	}
+	var failed error
+	if len(unknown) > 0 {
+		failed = fmt.Errorf("no such user: %s", strings.Join(unknown, ", "))
+	}
 	if f.json {
 		out := make([]map[string]any, 0, len(ps))
 		for _, p := range ps {
@@ -308,17 +368,29 @@ func cmdPresence(ctx context.Context, e *env, args []string) error {
 			if devices == nil {
 				devices = []string{}
 			}
-			out = append(out, map[string]any{"user": p.GetUser(), "online": p.GetOnline(), "devices": devices})
+			u := map[string]any{"user": p.GetUser(), "online": p.GetOnline(), "devices": devices}
+			if p.GetUnknown() {
+				u["unknown"] = true
+			}
+			out = append(out, u)
 		}
-		writeJSON(e.stdout, map[string]any{"ok": true, "users": out})
-		return nil
+		res := map[string]any{"ok": failed == nil, "users": out}
+		if failed != nil {
+			res["error"] = failed.Error()
+			failed = &reportedError{failed}
+		}
+		writeJSON(e.stdout, res)
+		return failed
 	}
 	for _, p := range ps {
-		if p.GetOnline() {
+		switch {
+		case p.GetUnknown():
+			// reported as the command's error
+		case p.GetOnline():
 			fmt.Fprintf(e.stdout, "%s online (%s)\n", p.GetUser(), strings.Join(p.GetDevices(), ", "))
-		} else {
+		default:
 			fmt.Fprintf(e.stdout, "%s offline\n", p.GetUser())
 		}
 	}
-	return nil
+	return failed
 }

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -52,12 +54,16 @@ func TestUsageAndHelp(t *testing.T) {
 	}{
 		{"no args", nil, exitUsage, "", "Commands:"},
 		{"help", []string{"help"}, exitOK, "Commands:", ""},
-		{"help cmd", []string{"help", "send"}, exitOK, "", "Usage: imctl send"},
-		{"cmd -h", []string{"recv", "-h"}, exitOK, "", "-count"},
-		{"group -h", []string{"group", "create", "-h"}, exitOK, "", "Usage: imctl group"},
+		{"help cmd", []string{"help", "send"}, exitOK, "Usage: imctl send", ""},
+		{"cmd -h", []string{"recv", "-h"}, exitOK, "\n  --count int\n", ""},
+		{"group -h", []string{"group", "create", "-h"}, exitOK, "Usage: imctl group", ""},
+		{"version", []string{"version"}, exitOK, "imctl ", ""},
+		{"--version", []string{"--version"}, exitOK, "imctl ", ""},
 		{"unknown command", []string{"frobnicate"}, exitUsage, "", `unknown command "frobnicate"`},
-		{"unknown flag", []string{"send", "--bogus"}, exitUsage, "", "flag provided but not defined"},
-		{"bad duration", []string{"recv", "--timeout", "soon"}, exitUsage, "", "invalid value"},
+		{"unknown flag", []string{"send", "--bogus"}, exitUsage, "", "imctl send: unknown flag --bogus\nRun 'imctl send -h' for usage.\n"},
+		{"bad duration", []string{"recv", "--timeout", "soon"}, exitUsage, "", `imctl recv: --timeout: invalid value "soon": want a duration with a unit`},
+		{"bad count", []string{"recv", "--count", "x"}, exitUsage, "", `--count: invalid value "x": want an integer`},
+		{"missing value", []string{"send", "--to"}, exitUsage, "", "--to needs a value"},
 		{"send without target", []string{"send", "--text", "hi"}, exitUsage, "", "exactly one of --to and --group"},
 		{"send with both targets", []string{"send", "--to", "a", "--group", "g", "hi"}, exitUsage, "", "exactly one"},
 		{"send without text", []string{"send", "--to", "bob"}, exitUsage, "", "no message text"},
@@ -66,13 +72,19 @@ func TestUsageAndHelp(t *testing.T) {
 		{"bad serializer", []string{"send", "--to", "b", "--user", "a", "--password", "p", "--serializer", "xml", "hi"}, exitUsage, "", "--serializer"},
 		{"register without password", []string{"register", "--user", "a"}, exitUsage, "", "--user and --password"},
 		{"recv negative count", []string{"recv", "--count", "-1"}, exitUsage, "", "--count"},
-		{"recv bad after", []string{"recv", "--after", "-2"}, exitUsage, "", "--after"},
+		{"recv bad after", []string{"recv", "--after", "-2"}, exitUsage, "", "--after must be a seq >= 0"},
+		{"recv two starts", []string{"recv", "--after", "3", "--from-start"}, exitUsage, "", "at most one of --after, --from-start and --unread"},
+		{"recv unread and start", []string{"recv", "--unread", "--from-start"}, exitUsage, "", "at most one of"},
+		{"chat two starts", []string{"chat", "--after", "3", "--from-start"}, exitUsage, "", "at most one of"},
+		{"register has no --token", []string{"register", "--user", "a", "--token", "t"}, exitUsage, "", "unknown flag --token"},
+		{"send has no --device", []string{"send", "--to", "b", "--device", "d", "hi"}, exitUsage, "", "unknown flag --device"},
 		{"group without action", []string{"group"}, exitUsage, "", "missing action"},
 		{"group bad action", []string{"group", "explode"}, exitUsage, "", "unknown action"},
 		{"group join without id", []string{"group", "join"}, exitUsage, "", "--group is required"},
 		{"presence without users", []string{"presence"}, exitUsage, "", "no users"},
 		{"token without secret", []string{"token", "--user", "a"}, exitUsage, "", "--secret"},
 		{"token without user", []string{"token", "--secret", "s"}, exitUsage, "", "--user"},
+		{"token bad user", []string{"token", "--secret", "s", "--user", "al ice"}, exitUsage, "", "want 1..64"},
 		{"token bad ttl", []string{"token", "--secret", "s", "--user", "a", "--ttl", "-1h"}, exitUsage, "", "--ttl"},
 		{"kick without user", []string{"kick"}, exitUsage, "", "--user"},
 		{"sysmsg without to", []string{"sysmsg", "--text", "x"}, exitUsage, "", "--to and --text"},
@@ -85,14 +97,48 @@ func TestUsageAndHelp(t *testing.T) {
 			if r.code != tt.code || !strings.Contains(r.stdout, tt.stdout) || !strings.Contains(r.stderr, tt.stderr) {
 				t.Fatalf("exit %d (want %d)\nstdout: %s\nstderr: %s", r.code, tt.code, r.stdout, r.stderr)
 			}
+			// A usage error is one message and a pointer to help, never the
+			// flag list.
+			if r.code == exitUsage && len(tt.args) > 0 && lookup(tt.args[0]) != nil && (strings.Count(r.stderr, "\n") != 2 || r.stdout != "") {
+				t.Fatalf("usage error of %d lines:\n%s\nstdout:\n%s", strings.Count(r.stderr, "\n"), r.stderr, r.stdout)
+			}
 		})
 	}
 }
 
 func TestHelpDoesNotLeakSecrets(t *testing.T) {
 	r := invoke(t, map[string]string{"IM_PASSWORD": "hunter22", "IM_TOKEN": "tok123"}, "", "send", "-h")
-	if strings.Contains(r.stderr, "hunter22") || strings.Contains(r.stderr, "tok123") {
-		t.Fatalf("help shows a secret:\n%s", r.stderr)
+	if r.code != exitOK || !strings.Contains(r.stdout, "--password") || strings.Contains(r.stdout, "hunter22") || strings.Contains(r.stdout, "tok123") {
+		t.Fatalf("help shows a secret:\n%s", r.stdout)
+	}
+}
+
+// TestHelpSpelling: every subcommand's help spells flags --name and lists
+// only flags that apply to it.
+func TestHelpSpelling(t *testing.T) {
+	for _, c := range commands {
+		args := []string{c.name, "-h"}
+		if c.name == "group" {
+			args = []string{"group", "create", "-h"}
+		}
+		r := invoke(t, nil, "", args...)
+		if r.code != exitOK || !strings.Contains(r.stdout, "\n  --json\n") {
+			t.Fatalf("%s -h: %+v", c.name, r)
+		}
+		if regexp.MustCompile(`(?m)^\s+-[a-z]`).MatchString(r.stdout) {
+			t.Errorf("%s -h spells a flag -name:\n%s", c.name, r.stdout)
+		}
+		wantDevice := c.name == "recv" || c.name == "chat" || c.name == "kick" // kick: the device to end
+		if strings.Contains(r.stdout, "--device") != wantDevice {
+			t.Errorf("%s -h: --device listed: %v", c.name, !wantDevice)
+		}
+		if c.name == "register" && strings.Contains(r.stdout, "--token") {
+			t.Errorf("register -h lists --token")
+		}
+	}
+	r := invoke(t, nil, "", "help")
+	if regexp.MustCompile(`(?m)(^|\s)-[a-z]{2,}`).MatchString(r.stdout) {
+		t.Errorf("imctl help spells a flag -name:\n%s", r.stdout)
 	}
 }
 
@@ -101,11 +147,11 @@ func TestConnFlagsFromEnvironment(t *testing.T) {
 		return map[string]string{"IM_SERVER": "10.0.0.1:9", "IM_USER": "alice", "IM_PASSWORD": "pw-from-env"}[k]
 	}, nil, io.Discard, io.Discard)
 	f := newFlags(e, "x", "")
-	cf := f.connection(time.Second)
+	cf := f.connection(time.Second, withToken)
 	if err := f.parse([]string{"--user", "bob", "--serializer", "json"}); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := cf.config(true)
+	cfg, err := cf.config(e, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,11 +161,11 @@ func TestConnFlagsFromEnvironment(t *testing.T) {
 	}
 	e2 := newEnv(func(k string) string { return map[string]string{"IM_TOKEN": "jwt"}[k] }, nil, io.Discard, io.Discard)
 	f2 := newFlags(e2, "x", "")
-	cf2 := f2.connection(time.Second)
+	cf2 := f2.connection(time.Second, withToken)
 	if err := f2.parse(nil); err != nil {
 		t.Fatal(err)
 	}
-	if cfg, err := cf2.config(true); err != nil || cfg.Token != "jwt" || cfg.Addr != "127.0.0.1:9090" || cfg.Serializer != codec.Protobuf {
+	if cfg, err := cf2.config(e2, true); err != nil || cfg.Token != "jwt" || cfg.Addr != "127.0.0.1:9090" || cfg.Serializer != codec.Protobuf {
 		t.Fatalf("token config %+v %v", cfg, err)
 	}
 }
@@ -240,6 +286,11 @@ func TestAdminCommands(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		switch r.URL.Path {
 		case "/admin/online":
+			if r.URL.Query().Get("user") == "nobody" {
+				w.WriteHeader(http.StatusNotFound)
+				io.WriteString(w, `{"error":"no such user","user":"nobody"}`)
+				return
+			}
 			io.WriteString(w, `{"user":"alice","online":true,"devices":["phone","laptop"]}`)
 		case "/admin/kick":
 			io.WriteString(w, `{"kicked":2}`)
@@ -282,8 +333,14 @@ func TestAdminCommands(t *testing.T) {
 			t.Fatalf("%v --json: exit %d stdout %q", tt.args, r.code, r.stdout)
 		}
 	}
+	// An unknown user is an error.
+	r := invoke(t, env, "", "online", "--user", "nobody")
+	<-calls
+	if r.code != exitFail || r.stderr != "imctl online: no such user: nobody\n" {
+		t.Fatalf("online of an unknown user: %+v", r)
+	}
 	// --admin overrides the environment; an HTTP error is exit 1.
-	r := invoke(t, env, "", "online", "--user", "x", "--admin", srv.URL+"/nope")
+	r = invoke(t, env, "", "online", "--user", "x", "--admin", srv.URL+"/nope")
 	if r.code != exitFail || !strings.Contains(r.stderr, "404") || !strings.Contains(r.stderr, "no such endpoint") {
 		t.Fatalf("exit %d stderr %q", r.code, r.stderr)
 	}
@@ -294,7 +351,7 @@ func TestAdminCommands(t *testing.T) {
 func TestAgainstFakeServer(t *testing.T) {
 	s := clienttest.Start(t)
 	s.AddUser("bob", "secret123")
-	env := map[string]string{"IM_SERVER": s.Addr, "IM_PASSWORD": "secret123"}
+	env := map[string]string{"IM_SERVER": s.Addr, "IM_PASSWORD": "secret123", "XDG_CONFIG_HOME": t.TempDir()}
 
 	r := invoke(t, env, "", "register", "--user", "alice", "--serializer", "json")
 	if r.code != exitOK || r.stdout != "registered alice\n" {
@@ -316,16 +373,18 @@ func TestAgainstFakeServer(t *testing.T) {
 	r = invoke(t, env, "", "send", "--user", "alice", "--to", "bob", "--json", "--", "hello", "bob")
 	var ack struct {
 		OK    bool   `json:"ok"`
-		Seq   uint64 `json:"seq"`
+		Seq   uint64 `json:"sender_seq"`
 		MsgID uint64 `json:"msg_id"`
 		ID    string `json:"client_msg_id"`
+		To    string `json:"to"`
 	}
-	if r.code != exitOK || json.Unmarshal([]byte(r.stdout), &ack) != nil || !ack.OK || ack.Seq != 1 || ack.ID == "" {
+	if r.code != exitOK || json.Unmarshal([]byte(r.stdout), &ack) != nil || !ack.OK || ack.Seq != 1 || ack.ID == "" || ack.To != "bob" {
 		t.Fatalf("send: %+v", r)
 	}
 	// Same client_msg_id again: stored once, reported as a duplicate.
 	r = invoke(t, env, "", "send", "--user", "alice", "--to", "bob", "--id", ack.ID, "--text", "hello bob")
-	if r.code != exitOK || !strings.Contains(r.stdout, "duplicate") {
+	if r.code != exitOK || r.stdout != "sent to bob: msg_id="+strconv.FormatUint(ack.MsgID, 10)+" (bob's inbox); your copy is seq 1 in your inbox; "+
+		"already stored by an earlier send with client_msg_id "+ack.ID+" (not stored twice)\n" {
 		t.Fatalf("resend: %+v", r)
 	}
 	r = invoke(t, env, "", "send", "--user", "alice", "--to", "nobody", "hi")
@@ -365,7 +424,7 @@ func TestAgainstFakeServer(t *testing.T) {
 	}
 
 	// recv: whole inbox as JSON lines.
-	r = invoke(t, env, "", "recv", "--user", "bob", "--after", "0", "--count", "5", "--serializer", "msgpack")
+	r = invoke(t, env, "", "recv", "--user", "bob", "--from-start", "--count", "5", "--serializer", "msgpack")
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
 	if r.code != exitOK || len(lines) != 5 {
 		t.Fatalf("recv: %+v", r)
@@ -379,15 +438,21 @@ func TestAgainstFakeServer(t *testing.T) {
 	if r.code != exitFail || strings.Count(r.stdout, "\n") != 5 || !strings.Contains(r.stderr, "received 5 of 9") {
 		t.Fatalf("recv timeout: %+v", r)
 	}
-	// No --count: runs until --timeout and exits 0.
-	r = invoke(t, env, "", "recv", "--user", "bob", "--device", "d1", "--timeout", "200ms")
-	if r.code != exitOK || strings.Count(r.stdout, "\n") != 5 {
-		t.Fatalf("recv until timeout: %+v", r)
-	}
-	// The device's cursor moved: the next run of d1 has nothing new.
-	r = invoke(t, env, "", "recv", "--user", "bob", "--device", "d1", "--timeout", "200ms")
+	// No --count: runs until --timeout and exits 0. By default only new
+	// messages: none arrive.
+	r = invoke(t, env, "", "recv", "--user", "bob", "--device", "d1", "--timeout", "1s")
 	if r.code != exitOK || r.stdout != "" {
-		t.Fatalf("recv resume: %+v", r)
+		t.Fatalf("recv of new messages: %+v", r)
+	}
+	// --unread: what this device has not received yet, then the cursor
+	// has moved and the next run of d2 has nothing unread.
+	r = invoke(t, env, "", "recv", "--user", "bob", "--device", "d2", "--unread", "--timeout", "1s")
+	if r.code != exitOK || strings.Count(r.stdout, "\n") != 5 {
+		t.Fatalf("recv --unread: %+v", r)
+	}
+	r = invoke(t, env, "", "recv", "--user", "bob", "--device", "d2", "--unread", "--timeout", "1s")
+	if r.code != exitOK || r.stdout != "" {
+		t.Fatalf("recv --unread again: %+v", r)
 	}
 
 	r = invoke(t, env, "", "presence", "--user", "alice", "bob", "--json")
@@ -406,6 +471,15 @@ func TestAgainstFakeServer(t *testing.T) {
 	r = invoke(t, env, "", "presence", "--user", "alice", "--users", "alice")
 	if r.code != exitOK || !strings.HasPrefix(r.stdout, "alice online (") {
 		t.Fatalf("presence self: %+v", r)
+	}
+	// An unknown user is an error, not "offline".
+	r = invoke(t, env, "", "presence", "--user", "alice", "bob", "nobody")
+	if r.code != exitFail || r.stdout != "bob offline\n" || r.stderr != "imctl presence: no such user: nobody\n" {
+		t.Fatalf("presence of an unknown user: %+v", r)
+	}
+	r = invoke(t, env, "", "presence", "--user", "alice", "nobody", "--json")
+	if r.code != exitFail || strings.TrimSpace(r.stdout) != `{"error":"no such user: nobody","ok":false,"users":[{"devices":[],"online":false,"unknown":true,"user":"nobody"}]}` {
+		t.Fatalf("presence --json of an unknown user: %+v", r)
 	}
 }
 

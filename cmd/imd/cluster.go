@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/internal/logging"
 	"github.com/imgn/imgn/mesh"
 	"github.com/imgn/imgn/mesh/zkregistry"
 	"github.com/imgn/imgn/persist/mongostore"
@@ -34,7 +35,7 @@ func (c *closers) add(tag string, fn func() error) {
 func (c *closers) run() {
 	for i := len(c.fns) - 1; i >= 0; i-- {
 		if err := c.fns[i](); err != nil {
-			c.log.Error("close", "what", c.tag[i], "err", err)
+			c.log.Error("close", "what", c.tag[i], logging.KeyErr, err)
 		}
 	}
 }
@@ -54,28 +55,31 @@ func splitList(s string) []string {
 // matters: the node joins the registry and learns the membership (so it
 // knows which inboxes it owns) before it accepts a single client.
 func serveCluster(o *options, log *slog.Logger) error {
-	cl := &closers{log: log}
+	nlog := nodeLog(o, log)
+	cl := &closers{log: nlog}
 	defer cl.run()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	c := &o.cluster
 	startCtx, cancelStart := context.WithTimeout(ctx, 60*time.Second)
 	defer cancelStart()
-	store, err := mongostore.Open(startCtx, mongostore.Options{URI: o.mongoURI, Database: o.mongoDB, WriteConcern: o.writeConcern, Logger: log})
+	store, err := mongostore.Open(startCtx, mongostore.Options{URI: c.mongoURI, Database: c.mongoDB, WriteConcern: c.writeConcern, Logger: nlog})
 	if err != nil {
 		return fmt.Errorf("message store: %w", err)
 	}
 	cl.add("message store", store.Close)
-	sessions, err := redisstore.New(redisstore.Config{Addrs: splitList(o.redis)})
+	sessions, err := redisstore.New(redisstore.Config{Addrs: splitList(c.redis)})
 	if err != nil {
 		return fmt.Errorf("session store: %w", err)
 	}
 	cl.add("session store", sessions.Close)
-	reg, err := zkregistry.New(zkregistry.Config{Servers: splitList(o.zk), Root: o.zkRoot, SessionTimeout: o.zkSessionTimeout, Logger: log})
+	reg, err := zkregistry.New(zkregistry.Config{Servers: splitList(c.zk), Root: c.zkRoot, SessionTimeout: c.zkSessionTimeout, Logger: nlog})
 	if err != nil {
 		return fmt.Errorf("registry: %w", err)
 	}
 	cl.add("registry", reg.Close)
+	// The mesh and its transports add the node field themselves.
 	transport, err := newTransport(o, log)
 	if err != nil {
 		return err
@@ -83,25 +87,19 @@ func serveCluster(o *options, log *slog.Logger) error {
 
 	var srv *engine.Server
 	cluster, err := mesh.New(mesh.Config{
-		Self:              mesh.NodeInfo{ID: o.nodeID, ClientAddr: o.advertise, MeshAddr: o.meshListen, AdminAddr: o.admin, Weight: o.weight},
+		Self:              mesh.NodeInfo{ID: o.engine.NodeID, ClientAddr: c.advertise, MeshAddr: c.meshListen, AdminAddr: o.admin, Weight: c.weight},
 		Registry:          reg,
 		Transport:         transport,
-		AdvertiseMeshAddr: o.meshAdvertise,
+		AdvertiseMeshAddr: c.meshAdvertise,
 		Conns:             func() int64 { return srv.Conns() },
 		Logger:            log,
 	})
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
-	srv, err = engine.New(engine.Config{
-		Addr: o.listen, NodeID: o.nodeID, NodeNum: uint16(o.nodeNum), EventLoops: o.loops,
-		MaxBody: o.maxBody, LoginTimeout: o.loginTimeout, HeartbeatInterval: o.heartbeat, IdleTimeout: o.idle,
-		MaxOutbound: o.maxOutbound, MaxConns: o.maxConns, SendRate: o.sendRate, SendBurst: o.sendBurst,
-		MaxGroupSize: o.maxGroup, Workers: o.workers, GoAwayWindow: o.goAway,
-		LoginRatePerIP: o.loginRate, LoginBurstPerIP: o.loginBurst,
-		JWTSecret: []byte(o.jwtSecret), Store: store, Cluster: cluster, Sessions: sessions, SessionTTL: o.sessionTTL,
-		Logger: log,
-	})
+	cfg := engineConfig(o, store, nil, log) // the engine makes its own metrics registry
+	cfg.Cluster, cfg.Sessions = cluster, sessions
+	srv, err = engine.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -128,8 +126,7 @@ func serveCluster(o *options, log *slog.Logger) error {
 			return cluster.SetWeight(wctx, w)
 		},
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/", srv.AdminHandler(hooks))
+	mux := adminMux(srv, store, hooks)
 	mux.HandleFunc("GET /admin/cluster", func(w http.ResponseWriter, r *http.Request) {
 		out := map[string]any{"node_id": cluster.NodeID(), "self": cluster.Self(), "members": cluster.Members()}
 		if u := r.URL.Query().Get("user"); u != "" {
@@ -139,20 +136,20 @@ func serveCluster(o *options, log *slog.Logger) error {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(out)
 	})
-	admin, adminErr, err := serveAdmin(o, mux, log)
+	admin, adminErr, err := serveAdmin(o, mux, nlog)
 	if err != nil {
 		_ = srv.Shutdown(context.Background())
 		return err
 	}
-	log.Info("imd ready (cluster)", "node", o.nodeID, "mesh", o.meshMode, "members", len(cluster.Members()))
+	nlog.Info("imd ready (cluster)", "listen", srv.Addr().String(), "mesh", c.meshMode, "members", len(cluster.Members()), "config", o.configFile)
 
 	select {
 	case <-ctx.Done():
-		log.Info("draining: signal")
+		nlog.Info("draining: signal")
 	case <-drain:
-		log.Info("draining: admin request")
+		nlog.Info("draining: admin request")
 	case err := <-adminErr:
-		log.Error("admin server stopped", "err", err)
+		nlog.Error("admin server stopped", logging.KeyErr, err)
 	}
 	// Drain: routers stop choosing this node, clients are told to move,
 	// requests in flight finish, then the node leaves the registry.
@@ -173,8 +170,8 @@ func serveCluster(o *options, log *slog.Logger) error {
 
 // newTransport builds the node-to-node transport chosen by --mesh.
 func newTransport(o *options, log *slog.Logger) (mesh.Transport, error) {
-	switch o.meshMode {
-	case "redis":
+	switch o.cluster.meshMode {
+	case meshRedis:
 		return newRedisTransport(o, log)
 	default:
 		t, err := mesh.NewLinks(mesh.LinkConfig{Logger: log})

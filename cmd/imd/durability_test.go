@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,25 +15,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
-	"github.com/imgn/imgn/engine"
 	"github.com/imgn/imgn/internal/ports"
 	"google.golang.org/protobuf/proto"
 )
 
 const durSecret = "durability-secret"
-
-// buildImd compiles this command once per test binary.
-func buildImd(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "imd")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("build imd: %v\n%s", err, out)
-	}
-	return bin
-}
 
 func freePort(t *testing.T) string {
 	t.Helper()
@@ -88,7 +76,7 @@ func connectLogin(addr, user string) (*syncClient, error) {
 		return nil, err
 	}
 	c := &syncClient{nc: nc, r: bufio.NewReader(nc)}
-	tok, _ := engine.MintToken([]byte(durSecret), user, time.Hour)
+	tok, _ := auth.MintToken([]byte(durSecret), user, time.Hour)
 	if _, err := c.call(codec.CmdLogin, &pb.LoginRequest{Token: tok, Device: "d"}, &pb.LoginOK{}); err != nil {
 		nc.Close()
 		return nil, err

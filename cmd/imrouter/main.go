@@ -4,15 +4,15 @@
 // strategy. Routers are stateless: run as many as you like. See
 // docs/router.md.
 //
-// Every flag can also be set by an environment variable IM_<FLAG> (upper
-// case, dashes as underscores), e.g. IM_ZK=zk1:2181,zk2:2181; a flag on
-// the command line wins. `imrouter --help` lists them.
+// Settings come from flags, IM_<FLAG> environment variables (e.g.
+// IM_ZK=zk1:2181,zk2:2181) and a TOML file (--config FILE, keys are the
+// flag names); a flag beats the environment, which beats the file.
+// `imrouter config example` prints a complete commented config file.
 package main
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/imgn/imgn/internal/envflag"
+	"github.com/imgn/imgn/internal/logging"
 	"github.com/imgn/imgn/lb"
 	"github.com/imgn/imgn/mesh"
 	"github.com/imgn/imgn/mesh/zkregistry"
@@ -37,76 +38,92 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Getenv, os.Stderr, nil)
+	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr, nil)
 	stop()
 	os.Exit(code)
 }
 
-// options is imrouter's configuration after flags and environment.
+// options is imrouter's configuration after flags, environment and file.
 type options struct {
-	listen, zkRoot, strategy, logLevel string
-	zk                                 []string
-	static                             []mesh.NodeInfo
-	vnodes                             int
-	zkSession, shutdownTimeout         time.Duration
+	listen, zkRoot, strategy, logLevel, logFormat string
+	zk                                            []string
+	static                                        []mesh.NodeInfo
+	vnodes                                        int
+	zkSession, shutdownTimeout                    time.Duration
+	flags                                         *envflag.Flags
 }
 
-// parseOptions reads args, falling back to IM_* variables from getenv.
-func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (*options, error) {
-	o := &options{}
-	var zk, static string
-	fs := flag.NewFlagSet("imrouter", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(&o.listen, "listen", "127.0.0.1:9080", "HTTP listener host:port (route API, /metrics, /healthz, /readyz)")
-	fs.StringVar(&zk, "zk", "", "ZooKeeper servers host:port,... (required unless --static)")
+const routerSynopsis = "imrouter (--zk HOST:PORT,... | --static ID=HOST:PORT,...) [flags]\nimrouter config example\nimrouter config check [flags]"
+
+const routerDescription = `Answers GET /v1/route?uid=U[&exclude=N1,N2] with the node a client should
+connect to. Every flag may also be set as IM_<NAME> in the environment (IM_ZK,
+IM_LB, ...) or as a key of the --config file; a flag beats the environment,
+which beats the file.`
+
+// newFlagSet defines imrouter's flags; the string-typed lists are parsed
+// by parseOptions.
+func newFlagSet(o *options, zk, static *string, out io.Writer) *envflag.Flags {
+	fs := envflag.New("imrouter", routerSynopsis, routerDescription, out)
+	fs.WithConfig()
+	fs.SetGroups(
+		envflag.Group{Title: "Router", Names: []string{"listen", "lb", "virtual-nodes", "shutdown-timeout", "log-level", "log-format"}},
+		envflag.Group{Title: "Membership (one of --zk and --static)", Names: []string{"zk", "zk-root", "zk-session-timeout", "static"}},
+	)
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:9080", "HTTP listener `HOST:PORT` (route API, /metrics, /healthz, /readyz)")
+	fs.StringVar(zk, "zk", "", "ZooKeeper servers `HOST:PORT,...` (required unless --static)")
 	fs.StringVar(&o.zkRoot, "zk-root", zkregistry.DefaultRoot, "znode under which the nodes register")
 	fs.DurationVar(&o.zkSession, "zk-session-timeout", zkregistry.DefaultSessionTimeout, "ZooKeeper session timeout")
-	fs.StringVar(&static, "static", "", "fixed membership instead of ZooKeeper, for development and tests: id=host:port[@weight],... (weight default 100)")
+	fs.StringVar(static, "static", "", "fixed membership instead of ZooKeeper, for development and tests: `ID=HOST:PORT[@WEIGHT],...` (weight default 100)")
 	fs.StringVar(&o.strategy, "lb", lb.ConsistentHash, "strategy: "+strings.Join(lb.Strategies(), ", "))
 	fs.IntVar(&o.vnodes, "virtual-nodes", lb.DefaultVirtualNodes, "consistent-hash ring points per node of weight 100; must match the cluster's")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 5*time.Second, "how long a graceful shutdown may take")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: imrouter (--zk HOST:PORT,... | --static ID=HOST:PORT,...) [flags]\n\n"+
-			"Answers GET /v1/route?uid=U[&exclude=N1,N2] with the node a client should connect to.\n"+
-			"Every flag may also be given as IM_<NAME> in the environment (e.g. IM_ZK, IM_LB); flags win.\n\n")
-		fs.PrintDefaults()
-	}
-	if err := envflag.Parse(fs, args, getenv); err != nil {
+	fs.StringVar(&o.logFormat, "log-format", logging.FormatText, "text (key=value) or json (one object per line)")
+	return fs
+}
+
+// parseOptions reads args, the IM_* variables of getenv and the config
+// file. Help and version go to out.
+func parseOptions(args []string, getenv func(string) string, out io.Writer) (*options, error) {
+	o := &options{}
+	var zk, static string
+	fs := newFlagSet(o, &zk, &static, out)
+	if err := fs.Parse(args, getenv); err != nil {
 		return nil, err
 	}
+	o.flags = fs
 	o.zk = splitList(zk)
 	switch {
 	case len(o.zk) == 0 && static == "":
-		return nil, errors.New("--zk is required (or --static for a fixed membership)")
+		return nil, envflag.Usagef("--zk is required (or --static for a fixed membership)")
 	case len(o.zk) > 0 && static != "":
-		return nil, errors.New("give --zk or --static, not both")
+		return nil, envflag.Usagef("give --zk or --static, not both")
 	case static != "":
 		nodes, err := parseStatic(static)
 		if err != nil {
-			return nil, fmt.Errorf("--static: %w", err)
+			return nil, envflag.Usagef("--static: %v", err)
 		}
 		o.static = nodes
 	}
 	for _, s := range o.zk {
 		if _, _, err := net.SplitHostPort(s); err != nil {
-			return nil, fmt.Errorf("--zk %q: %w", s, err)
+			return nil, envflag.Usagef("--zk %q: %v", s, err)
 		}
 	}
 	if !strings.HasPrefix(o.zkRoot, "/") || o.zkRoot == "/" || strings.HasSuffix(o.zkRoot, "/") {
-		return nil, fmt.Errorf("--zk-root %q: want an absolute path other than /", o.zkRoot)
+		return nil, envflag.Usagef("--zk-root %q: want an absolute path other than /", o.zkRoot)
 	}
 	if !validStrategy(o.strategy) {
-		return nil, fmt.Errorf("--lb %q: want one of %s", o.strategy, strings.Join(lb.Strategies(), ", "))
+		return nil, envflag.Usagef("--lb %q: want one of %s", o.strategy, strings.Join(lb.Strategies(), ", "))
 	}
 	if o.vnodes < 1 || o.vnodes > lb.MaxVirtualNodes {
-		return nil, fmt.Errorf("--virtual-nodes must be 1..%d, got %d", lb.MaxVirtualNodes, o.vnodes)
+		return nil, envflag.Usagef("--virtual-nodes must be 1..%d, got %d", lb.MaxVirtualNodes, o.vnodes)
 	}
 	if _, err := net.ResolveTCPAddr("tcp", o.listen); err != nil {
-		return nil, fmt.Errorf("--listen %q: %w", o.listen, err)
+		return nil, envflag.Usagef("--listen %q: %v", o.listen, err)
 	}
-	if _, err := parseLevel(o.logLevel); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
+	if _, err := logging.New(io.Discard, o.logFormat, o.logLevel); err != nil {
+		return nil, envflag.Usagef("%v", err)
 	}
 	return o, nil
 }
@@ -162,32 +179,48 @@ func splitList(s string) []string {
 	return out
 }
 
-func parseLevel(s string) (slog.Level, error) {
-	var l slog.Level
-	err := l.UnmarshalText([]byte(s))
-	return l, err
-}
-
 // run executes imrouter until ctx ends and returns the exit status: 0 after
-// a clean shutdown or --help, 1 when serving failed, 2 for bad flags. If
-// ready is not nil it receives the listening address once the router
-// serves (tests).
-func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer, ready func(addr string)) int {
-	o, err := parseOptions(args, getenv, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
+// a clean shutdown, help, version or a config subcommand; 1 when serving
+// failed; 2 for bad settings. If ready is not nil it receives the listening
+// address once the router serves (tests).
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, ready func(addr string)) int {
+	if len(args) > 0 && args[0] == "config" {
+		return runConfig(args[1:], getenv, stdout, stderr)
 	}
-	if err != nil {
+	o, err := parseOptions(args, getenv, stdout)
+	if code, stop := envflag.Exit("imrouter", err, stderr); stop {
+		return code
+	}
+	log, err := logging.New(stderr, o.logFormat, o.logLevel)
+	if err != nil { // checked by parseOptions
 		fmt.Fprintln(stderr, "imrouter:", err)
 		return 2
 	}
-	level, _ := parseLevel(o.logLevel)
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	if err := serve(ctx, o, log, ready); err != nil {
-		log.Error("imrouter failed", "err", err)
+		log.Error("imrouter failed", logging.KeyErr, err)
 		return 1
 	}
 	return 0
+}
+
+// runConfig runs `imrouter config example` and `imrouter config check`.
+func runConfig(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	fresh := func() *envflag.Flags {
+		var zk, static string
+		return newFlagSet(&options{}, &zk, &static, io.Discard)
+	}
+	check := func(args []string) (*envflag.Flags, string, error) {
+		o, err := parseOptions(args, getenv, stdout)
+		if err != nil {
+			return nil, "", err
+		}
+		source := "membership from ZooKeeper"
+		if o.static != nil {
+			source = fmt.Sprintf("static membership of %d nodes", len(o.static))
+		}
+		return o.flags, o.strategy + ", " + source, nil
+	}
+	return envflag.ConfigCommand("imrouter", args, stdout, stderr, fresh, check, nil)
 }
 
 // serve runs the router until ctx ends, then shuts down gracefully: the
@@ -206,7 +239,7 @@ func serve(ctx context.Context, o *options, log *slog.Logger, ready func(addr st
 	}
 	defer func() {
 		if err := w.Close(); err != nil {
-			log.Error("close membership watcher", "err", err)
+			log.Error("close membership watcher", logging.KeyErr, err)
 		}
 	}()
 	reg := prometheus.NewRegistry()

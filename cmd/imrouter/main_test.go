@@ -6,6 +6,9 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -85,7 +88,9 @@ func TestParseOptions(t *testing.T) {
 		{[]string{"--static", " , "}, nil, "no nodes"},
 		{nil, map[string]string{"IM_ZK_SESSION_TIMEOUT": "long"}, "IM_ZK_SESSION_TIMEOUT"},
 		{[]string{"--zk", "zk:2181", "extra"}, nil, "unexpected"},
-		{[]string{"--bogus"}, nil, "not defined"},
+		{[]string{"--bogus"}, nil, "unknown flag --bogus"},
+		{[]string{"--zk", "zk:2181", "--log-format", "xml"}, nil, "want text or json"},
+		{[]string{"--zk", "zk:2181", "--shutdown-timeout", "5"}, nil, `--shutdown-timeout: invalid value "5": want a duration`},
 	} {
 		_, err := parseOptions(tc.args, env(tc.env), io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -95,17 +100,27 @@ func TestParseOptions(t *testing.T) {
 }
 
 func TestRunExitCodes(t *testing.T) {
-	var out bytes.Buffer
-	if code := run(context.Background(), []string{"--help"}, env(nil), &out, nil); code != 0 {
-		t.Fatalf("--help: exit %d", code)
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"--help"}, env(nil), &out, &errb, nil); code != 0 || errb.Len() > 0 {
+		t.Fatalf("--help: exit %d, stderr %q", code, errb.String())
 	}
-	for _, want := range []string{"usage: imrouter", "-zk", "-static", "-lb", "IM_"} {
+	for _, want := range []string{"Usage: imrouter", "\n  --zk HOST:PORT,...\n", "\n  --static ", "\n  --lb string\n", "\n  --log-format string\n", "IM_"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--help lacks %q:\n%s", want, out.String())
 		}
 	}
-	if code := run(context.Background(), nil, env(nil), io.Discard, nil); code != 2 {
-		t.Fatalf("no membership source: exit %d", code)
+	if regexp.MustCompile(`(?m)^\s+-[a-z]`).MatchString(out.String()) || strings.Contains(out.String(), "Other flags") {
+		t.Errorf("help spells a flag -name or leaves one out of the groups:\n%s", out.String())
+	}
+	out.Reset()
+	if code := run(context.Background(), []string{"--version"}, env(nil), &out, io.Discard, nil); code != 0 || !strings.HasPrefix(out.String(), "imrouter ") {
+		t.Fatalf("--version: exit %d %q", code, out.String())
+	}
+	// A usage error: one message and a pointer to --help, exit 2.
+	errb.Reset()
+	if code := run(context.Background(), []string{"--lb", "fastest"}, env(nil), io.Discard, &errb, nil); code != 2 ||
+		errb.String() != "imrouter: --zk is required (or --static for a fixed membership)\nRun 'imrouter --help' for usage.\n" {
+		t.Fatalf("no membership source: exit %d %q", code, errb.String())
 	}
 	// A port already taken: serving fails (1).
 	ctx, cancel := context.WithCancel(context.Background())
@@ -113,11 +128,11 @@ func TestRunExitCodes(t *testing.T) {
 	addrc := make(chan string, 1)
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, []string{"--static", "n1=127.0.0.1:9090", "--listen", "127.0.0.1:0"}, env(nil), io.Discard,
+		done <- run(ctx, []string{"--static", "n1=127.0.0.1:9090", "--listen", "127.0.0.1:0"}, env(nil), io.Discard, io.Discard,
 			func(a string) { addrc <- a })
 	}()
 	addr := <-addrc
-	if code := run(context.Background(), []string{"--static", "n1=127.0.0.1:9090", "--listen", addr}, env(nil), io.Discard, nil); code != 1 {
+	if code := run(context.Background(), []string{"--static", "n1=127.0.0.1:9090", "--listen", addr}, env(nil), io.Discard, io.Discard, nil); code != 1 {
 		t.Fatalf("busy port: exit %d", code)
 	}
 	cancel()
@@ -135,8 +150,8 @@ func TestServeStatic(t *testing.T) {
 	var logs syncBuffer
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, []string{"--static", "n1=127.0.0.1:9090,n2=127.0.0.1:9190@0", "--listen", "127.0.0.1:0", "--lb", "round-robin"},
-			env(nil), &logs, func(a string) { addrc <- a })
+		done <- run(ctx, []string{"--static", "n1=127.0.0.1:9090,n2=127.0.0.1:9190@0", "--listen", "127.0.0.1:0", "--lb", "round-robin",
+			"--log-format", "json", "--log-level", "debug"}, env(nil), io.Discard, &logs, func(a string) { addrc <- a })
 	}()
 	var addr string
 	select {
@@ -189,8 +204,30 @@ func TestServeStatic(t *testing.T) {
 	if code := <-done; code != 0 {
 		t.Fatalf("exit %d: %s", code, logs.String())
 	}
-	if !strings.Contains(logs.String(), "shutting down") {
-		t.Fatalf("logs: %s", logs.String())
+	// JSON logs: one object per line.
+	// Each answer is logged at debug level with the user and the node.
+	var msgs []string
+	routes := 0
+	for _, l := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var line map[string]any
+		if err := json.Unmarshal([]byte(l), &line); err != nil || line["time"] == nil || line["level"] == nil {
+			t.Fatalf("not a JSON log line: %q (%v)", l, err)
+		}
+		msgs = append(msgs, line["msg"].(string))
+		switch line["msg"] {
+		case "route":
+			routes++
+			if line["user"] != "alice" || line["node"] != "n1" || line["addr"] != "127.0.0.1:9090" {
+				t.Fatalf("route line %q", l)
+			}
+		case "no route":
+			if line["user"] != "alice" || line["reason"] == "" {
+				t.Fatalf("no-route line %q", l)
+			}
+		}
+	}
+	if routes != 3 || !slices.Contains(msgs, "no route") || !slices.Contains(msgs, "imrouter ready") || !slices.Contains(msgs, "shutting down") {
+		t.Fatalf("log messages %v", msgs)
 	}
 }
 
@@ -205,3 +242,49 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// TestConfigFile: flag > env > file > default, unknown keys refused, and
+// the example enabled line by line is a valid configuration.
+func TestConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "imrouter.toml")
+	if err := os.WriteFile(path, []byte("zk = [\"zk1:2181\", \"zk2:2181\"]\nlb = \"least-active\"\nvirtual-nodes = 40\nlisten = \"127.0.0.1:8081\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o, err := parseOptions([]string{"--config", path, "--listen", "127.0.0.1:8082"}, env(map[string]string{"IM_LB": "round-robin"}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(o.zk, []string{"zk1:2181", "zk2:2181"}) || o.strategy != lb.RoundRobin || o.vnodes != 40 || o.listen != "127.0.0.1:8082" {
+		t.Fatalf("%+v", o)
+	}
+	bad := filepath.Join(dir, "bad.toml")
+	if err := os.WriteFile(bad, []byte("zk = \"zk:2181\"\nstrategy = \"round-robin\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var errb bytes.Buffer
+	if code := run(context.Background(), []string{"--config", bad}, env(nil), io.Discard, &errb, nil); code != 2 ||
+		!strings.Contains(errb.String(), `unknown key "strategy"`) {
+		t.Fatalf("unknown key: exit %d %q", code, errb.String())
+	}
+
+	var ex bytes.Buffer
+	if code := run(context.Background(), []string{"config", "example"}, env(nil), &ex, io.Discard, nil); code != 0 {
+		t.Fatalf("config example: exit %d", code)
+	}
+	enabled := regexp.MustCompile(`(?m)^#([a-z][a-z0-9-]* = )`).ReplaceAllString(ex.String(), "$1")
+	enabled = strings.Replace(enabled, `static = ""`, `static = "n1=127.0.0.1:9090"`, 1) // membership is required
+	if n := len(regexp.MustCompile(`(?m)^[a-z][a-z0-9-]* = `).FindAllString(enabled, -1)); n != 10 {
+		t.Fatalf("%d settings in the example, want 10:\n%s", n, ex.String())
+	}
+	full := filepath.Join(dir, "full.toml")
+	if err := os.WriteFile(full, []byte(enabled), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var check bytes.Buffer
+	if code := run(context.Background(), []string{"config", "check", "--config", full}, env(nil), &check, io.Discard, nil); code != 0 ||
+		!strings.Contains(check.String(), "# imrouter configuration is valid: consistent-hash, static membership of 1 nodes\n") ||
+		!strings.Contains(check.String(), `virtual-nodes = 1000  # file`) {
+		t.Fatalf("config check: exit %d\n%s", code, check.String())
+	}
+}

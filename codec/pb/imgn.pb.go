@@ -1138,6 +1138,7 @@ type UserPresence struct {
 	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
 	Online        bool                   `protobuf:"varint,2,opt,name=online,proto3" json:"online,omitempty"`
 	Devices       []string               `protobuf:"bytes,3,rep,name=devices,proto3" json:"devices,omitempty"`
+	Unknown       bool                   `protobuf:"varint,4,opt,name=unknown,proto3" json:"unknown,omitempty"` // no account has this id (online is then false)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1191,6 +1192,13 @@ func (x *UserPresence) GetDevices() []string {
 		return x.Devices
 	}
 	return nil
+}
+
+func (x *UserPresence) GetUnknown() bool {
+	if x != nil {
+		return x.Unknown
+	}
+	return false
 }
 
 // PRESENCE_OK (0xB0).
@@ -1564,11 +1572,12 @@ const file_codec_pb_imgn_proto_rawDesc = "" +
 	"\x05owner\x18\x03 \x01(\tR\x05owner\x12\x18\n" +
 	"\amembers\x18\x04 \x03(\tR\amembers\"'\n" +
 	"\x0fPresenceRequest\x12\x14\n" +
-	"\x05users\x18\x01 \x03(\tR\x05users\"T\n" +
+	"\x05users\x18\x01 \x03(\tR\x05users\"n\n" +
 	"\fUserPresence\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x16\n" +
 	"\x06online\x18\x02 \x01(\bR\x06online\x12\x18\n" +
-	"\adevices\x18\x03 \x03(\tR\adevices\"9\n" +
+	"\adevices\x18\x03 \x03(\tR\adevices\x12\x18\n" +
+	"\aunknown\x18\x04 \x01(\bR\aunknown\"9\n" +
 	"\n" +
 	"PresenceOK\x12+\n" +
 	"\x05users\x18\x01 \x03(\v2\x15.imgn.v1.UserPresenceR\x05users\"2\n" +

@@ -4,9 +4,9 @@ import (
 	"context"
 	"time"
 
+	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/codec"
-	"github.com/imgn/imgn/engine"
 )
 
 // ClientConfig returns a client configuration for user/device that logs
@@ -17,7 +17,7 @@ func ClientConfig(routerURL, addr, user, device string) client.Config {
 	zero := uint64(0)
 	cfg := client.Config{Addr: addr, Device: device, Serializer: codec.Protobuf, AfterSeq: &zero,
 		ReconnectBase: 50 * time.Millisecond, ReconnectMax: time.Second, RequestTimeout: 3 * time.Second,
-		TokenSource: func(context.Context) (string, error) { return engine.MintToken([]byte(Secret), user, time.Hour) }}
+		TokenSource: func(context.Context) (string, error) { return auth.MintToken([]byte(Secret), user, time.Hour) }}
 	if routerURL != "" {
 		cfg.Resolver = client.RouterResolver(routerURL, user, nil)
 	}

@@ -14,51 +14,64 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/imgn/imgn/persist"
 )
 
-var _ persist.Store = (*Store)(nil)
+var (
+	_ persist.Store         = (*Store)(nil)
+	_ persist.AsyncAppender = (*Store)(nil)
+	_ persist.NonBlocking   = (*Store)(nil)
+)
 
 // Store is an in-memory persist.Store. The zero value is not usable; call New.
 // A Store is safe for concurrent use by any number of goroutines.
 type Store struct {
 	mu      sync.RWMutex
 	closed  bool
-	msgs    map[uint64]*persist.Message // by ID; Body owned by the store, never handed out
-	dedup   map[dedupKey]uint64         // (From, ClientMsgID) -> ID
-	inboxes map[string]*inbox
+	m       *messages // messages and inboxes (see messages.go)
 	cursors map[cursorKey]uint64
-	users   map[string]persist.User
-	groups  map[string]*persist.Group // Members sorted, deduplicated, owned by the store
+	// Accounts: creation time by id, and the password hashes of those that
+	// have one (accounts provisioned by token login have none): most
+	// accounts then cost one small map entry.
+	users  map[string]int64
+	hashes map[string]string
+	groups map[string]*persist.Group // Members sorted, deduplicated, owned by the store
 }
 
-type dedupKey struct{ from, clientMsgID string }
+// Options bound what the store keeps. The zero value keeps everything.
+type Options struct {
+	// InboxMax keeps at most this many of each inbox's newest entries
+	// (0: no limit).
+	InboxMax int
+	// MaxAge drops inbox entries older than this (0: keep them). Expired
+	// entries are dropped by appends, at most once a second.
+	MaxAge time.Duration
+}
 
 type cursorKey struct{ user, device string }
 
-// inbox is one user's inbox: ids[i] is the message at seq i+1.
-type inbox struct {
-	ids   []uint64
-	index map[uint64]uint64 // message ID -> seq, for per-(inbox, message) idempotency
-}
+// New returns an empty Store that keeps everything.
+func New() *Store { return NewWith(Options{}) }
 
-// New returns an empty Store.
-func New() *Store {
+// NewWith returns an empty Store bounded by o.
+func NewWith(o Options) *Store {
 	return &Store{
-		msgs:    make(map[uint64]*persist.Message),
-		dedup:   make(map[dedupKey]uint64),
-		inboxes: make(map[string]*inbox),
+		m:       newMessages(o),
 		cursors: make(map[cursorKey]uint64),
-		users:   make(map[string]persist.User),
+		users:   make(map[string]int64),
+		hashes:  make(map[string]string),
 		groups:  make(map[string]*persist.Group),
 	}
 }
 
-// copyMsg returns m with a private copy of its body.
+// copyMsg returns m with private copies of its strings and body.
 func copyMsg(m *persist.Message) persist.Message {
 	c := *m
+	c.From, c.To, c.ClientMsgID = strings.Clone(m.From), strings.Clone(m.To), strings.Clone(m.ClientMsgID)
 	c.Body = slices.Clone(m.Body)
 	return c
 }
@@ -71,49 +84,79 @@ func (s *Store) Append(ctx context.Context, msg persist.Message, inboxes []strin
 	if err := ctx.Err(); err != nil {
 		return persist.AppendResult{}, err
 	}
-	if err := persist.CheckAppend(msg, inboxes); err != nil {
-		return persist.AppendResult{}, fmt.Errorf("memstore: append: %w", err)
+	op := persist.AppendOp{Msg: msg, Inboxes: inboxes}
+	s.mu.Lock()
+	s.appendLocked(&op)
+	s.mu.Unlock()
+	if op.Err != nil {
+		return persist.AppendResult{}, op.Err
 	}
-	stored := &persist.Message{}
-	*stored = msg
-	stored.Body = slices.Clone(msg.Body) // copied outside the lock
-	seqs := make([]uint64, len(inboxes))
+	if op.Result.Duplicate {
+		op.Result.Msg = copyMsg(&op.Result.Msg)
+	}
+	return op.Result, nil
+}
 
+// NonBlocking implements persist.NonBlocking: no call waits for I/O.
+func (s *Store) NonBlocking() {}
+
+// AppendAsync implements persist.AsyncAppender. It completes op before it
+// returns: op.Done runs on the caller's goroutine under the store's lock,
+// so appends complete in seq order per inbox. On a duplicate Result.Msg's
+// strings and Body are the store's own (valid until Close).
+func (s *Store) AppendAsync(op *persist.AppendOp) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.appendLocked(op)
+	op.Done.AppendDone(op)
+}
+
+// appendLocked runs op (s.mu held), filling op.Result or op.Err. Result.Seqs
+// reuses the capacity op brought. On a fresh insert Result.Msg is op.Msg;
+// on a duplicate it is the stored message, in the store's arena.
+func (s *Store) appendLocked(op *persist.AppendOp) {
+	msg, inboxes := &op.Msg, op.Inboxes
+	op.Result, op.Err = persist.AppendResult{Seqs: op.Result.Seqs[:0]}, nil
+	if err := persist.CheckAppend(*msg, inboxes); err != nil {
+		op.Err = fmt.Errorf("memstore: append: %w", err)
+		return
+	}
 	if s.closed {
-		return persist.AppendResult{}, persist.ErrClosed
+		op.Err = persist.ErrClosed
+		return
 	}
-	res := persist.AppendResult{Msg: msg, Seqs: seqs}
-	dk := dedupKey{msg.From, msg.ClientMsgID}
-	if id, ok := s.dedup[dk]; ok {
-		orig := s.msgs[id]
-		res.Msg = copyMsg(orig)
+	m := s.m
+	m.expire(1024)
+	res := &op.Result
+	res.Msg = *msg
+	var r *record
+	slot, dup := m.dedup[dedupKey{msg.From, msg.ClientMsgID}]
+	if dup {
+		var c *chunk
+		r, c = m.rec(slot)
+		res.Msg = c.message(r)
 		res.Duplicate = true
-		stored = orig
-	} else if other, ok := s.msgs[msg.ID]; ok {
-		return persist.AppendResult{}, fmt.Errorf("memstore: append: %w: message id %d already stored for another (from, client message id) (%q, %q)",
-			persist.ErrInvalid, msg.ID, other.From, other.ClientMsgID)
+	} else if other, ok := m.byID[msg.ID]; ok {
+		r, c := m.rec(other)
+		op.Err = fmt.Errorf("memstore: append: %w: message id %d already stored for another (from, client message id) (%q, %q)",
+			persist.ErrInvalid, msg.ID, c.str(r.from), c.str(r.cmid))
+		return
 	} else {
-		s.msgs[msg.ID] = stored
-		s.dedup[dk] = msg.ID
-	}
-	for i, name := range inboxes {
-		in := s.inboxes[name]
-		if in == nil {
-			in = &inbox{index: make(map[uint64]uint64)}
-			s.inboxes[name] = in
+		slot, r = m.store(msg)
+		if n := len(inboxes); n > len(r.in) {
+			m.more[slot] = make([]inboxRef, 0, n-len(r.in)) // one allocation per group message
 		}
-		if seq, ok := in.index[stored.ID]; ok {
-			seqs[i] = seq
-			continue
-		}
-		in.ids = append(in.ids, stored.ID)
-		seq := uint64(len(in.ids))
-		in.index[stored.ID] = seq
-		seqs[i] = seq
 	}
-	return res, nil
+	for _, name := range inboxes {
+		in := m.inbox(name, true)
+		if dup {
+			if seq := m.seqIn(slot, r, in); seq != 0 {
+				res.Seqs = append(res.Seqs, seq)
+				continue
+			}
+		}
+		res.Seqs = append(res.Seqs, m.appendTo(in, slot, r))
+	}
 }
 
 // Lookup implements persist.MessageStore. The returned Body is a fresh copy.
@@ -129,15 +172,18 @@ func (s *Store) Lookup(ctx context.Context, from, clientMsgID string) (persist.M
 	if s.closed {
 		return persist.Message{}, persist.ErrClosed
 	}
-	id, ok := s.dedup[dedupKey{from, clientMsgID}]
+	slot, ok := s.m.dedup[dedupKey{from, clientMsgID}]
 	if !ok {
 		return persist.Message{}, persist.ErrNotFound
 	}
-	return copyMsg(s.msgs[id]), nil
+	r, c := s.m.rec(slot)
+	msg := c.message(r)
+	return copyMsg(&msg), nil
 }
 
 // ReadInbox implements persist.MessageStore. Every returned Body is a fresh
-// copy owned by the caller.
+// copy owned by the caller. Entries dropped by retention are skipped: the
+// first entry returned may then be later than afterSeq+1.
 func (s *Store) ReadInbox(ctx context.Context, user string, afterSeq uint64, limit int) ([]persist.InboxEntry, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -150,17 +196,20 @@ func (s *Store) ReadInbox(ctx context.Context, user string, afterSeq uint64, lim
 	if s.closed {
 		return nil, persist.ErrClosed
 	}
-	in := s.inboxes[user]
-	if in == nil || afterSeq >= uint64(len(in.ids)) {
+	in := s.m.inboxes[user]
+	if in == nil || afterSeq >= in.head {
 		return nil, nil
 	}
-	ids := in.ids[afterSeq:]
-	if len(ids) > limit {
-		ids = ids[:limit]
+	from := max(afterSeq+1, in.first)
+	slots := in.slots[from-in.first:]
+	if len(slots) > limit {
+		slots = slots[:limit]
 	}
-	out := make([]persist.InboxEntry, len(ids))
-	for i, id := range ids {
-		out[i] = persist.InboxEntry{Seq: afterSeq + uint64(i) + 1, Msg: copyMsg(s.msgs[id])}
+	out := make([]persist.InboxEntry, len(slots))
+	for i, slot := range slots {
+		r, c := s.m.rec(slot)
+		msg := c.message(r)
+		out[i] = persist.InboxEntry{Seq: from + uint64(i), Msg: copyMsg(&msg)}
 	}
 	return out, nil
 }
@@ -178,8 +227,8 @@ func (s *Store) LastSeq(ctx context.Context, user string) (uint64, error) {
 	if s.closed {
 		return 0, persist.ErrClosed
 	}
-	if in := s.inboxes[user]; in != nil {
-		return uint64(len(in.ids)), nil
+	if in := s.m.inboxes[user]; in != nil {
+		return in.head, nil
 	}
 	return 0, nil
 }
@@ -243,7 +292,10 @@ func (s *Store) CreateUser(ctx context.Context, u persist.User) error {
 	if _, ok := s.users[u.ID]; ok {
 		return persist.ErrUserExists
 	}
-	s.users[u.ID] = u
+	s.users[u.ID] = u.Created
+	if u.PasswordHash != "" {
+		s.hashes[u.ID] = u.PasswordHash
+	}
 	return nil
 }
 
@@ -260,7 +312,8 @@ func (s *Store) GetUser(ctx context.Context, id string) (persist.User, error) {
 	if s.closed {
 		return persist.User{}, persist.ErrClosed
 	}
-	u, ok := s.users[id]
+	created, ok := s.users[id]
+	u := persist.User{ID: id, PasswordHash: s.hashes[id], Created: created}
 	if !ok {
 		return persist.User{}, persist.ErrNotFound
 	}
@@ -388,6 +441,6 @@ func (s *Store) Close() error {
 		return persist.ErrClosed
 	}
 	s.closed = true
-	s.msgs, s.dedup, s.inboxes, s.cursors, s.users, s.groups = nil, nil, nil, nil, nil, nil
+	s.m, s.cursors, s.users, s.hashes, s.groups = nil, nil, nil, nil, nil
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
+	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/engine"
 	"github.com/imgn/imgn/persist"
@@ -214,7 +215,7 @@ func TestBlockedFsyncSendsNoAck(t *testing.T) {
 	}()
 	ctx := t.Context()
 	dial := func(user string) *client.Client {
-		tok, err := engine.MintToken(secret, user, time.Hour)
+		tok, err := auth.MintToken(secret, user, time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,0 +1,320 @@
+package codec
+
+// The differential oracle: the fast decoders against Unmarshal into the pb
+// types. Both must agree on every body both accept; a body only one of them
+// accepts, or a field they decode differently, must fall under a rule of
+// docs/protocol.md §3 that the generic decoders do not enforce. The rules
+// are recognised here independently of the fast decoders (encoding/json,
+// vmihailenco/msgpack and protowire parse the body), so a fast decoder bug
+// cannot excuse itself.
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/imgn/imgn/codec/pb"
+	"github.com/vmihailenco/msgpack/v5"
+	"github.com/vmihailenco/msgpack/v5/msgpcode"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+)
+
+// fastCase is one request type of the fast decoders.
+type fastCase struct {
+	name    string
+	schema  *schema
+	generic func() proto.Message
+	// values reads the generic result in schema order.
+	values func(proto.Message) fieldValues
+	// fast runs the fast decoder.
+	fast func(ser SerializerID, body []byte) (fieldValues, error)
+}
+
+var fastCases = []fastCase{
+	{"send", &sendSchema, func() proto.Message { return &pb.SendRequest{} },
+		func(m proto.Message) fieldValues {
+			r := m.(*pb.SendRequest)
+			return fieldValues{{b: []byte(r.ClientMsgId)}, {b: []byte(r.To)}, {u: uint64(r.Kind)}, {b: r.Body}}
+		},
+		func(ser SerializerID, body []byte) (fieldValues, error) { return fastSend(ser, body, false) }},
+	{"group_send", &groupSendSchema, func() proto.Message { return &pb.GroupSendRequest{} },
+		func(m proto.Message) fieldValues {
+			r := m.(*pb.GroupSendRequest)
+			return fieldValues{{b: []byte(r.ClientMsgId)}, {b: []byte(r.GroupId)}, {u: uint64(r.Kind)}, {b: r.Body}}
+		},
+		func(ser SerializerID, body []byte) (fieldValues, error) { return fastSend(ser, body, true) }},
+	{"push_ack", &pushAckSchema, func() proto.Message { return &pb.PushAck{} },
+		func(m proto.Message) fieldValues { return fieldValues{{u: m.(*pb.PushAck).UpToSeq}} },
+		func(ser SerializerID, body []byte) (fieldValues, error) {
+			u, err := DecodePushAck(ser, body)
+			return fieldValues{{u: u}}, err
+		}},
+	{"sync", &syncSchema, func() proto.Message { return &pb.SyncRequest{} },
+		func(m proto.Message) fieldValues {
+			r := m.(*pb.SyncRequest)
+			return fieldValues{{u: r.AfterSeq}, {u: uint64(r.Limit)}}
+		},
+		func(ser SerializerID, body []byte) (fieldValues, error) {
+			a, l, err := DecodeSync(ser, body)
+			return fieldValues{{u: a}, {u: uint64(l)}}, err
+		}},
+}
+
+func fastSend(ser SerializerID, body []byte, group bool) (fieldValues, error) {
+	var v SendView
+	_, err := DecodeSend(ser, body, group, &v, nil)
+	return fieldValues{{b: v.ClientMsgID}, {b: v.To}, {u: uint64(v.Kind)}, {b: v.Body}}, err
+}
+
+// leeway is what the spec's stricter rules allow for one body and schema.
+type leeway struct {
+	mayReject string    // why the fast decoder may reject what the generic accepts
+	mayAccept string    // why the fast decoder may accept what the generic rejects
+	mayDiffer [4]string // why field i may decode differently
+	facts     []string  // what the oracle saw, for failure messages
+}
+
+// checkAgreement decodes body with both paths for every request type and
+// fails t on a disagreement that no rule explains. It returns how many
+// request types both decoders accepted.
+func checkAgreement(t testing.TB, ser SerializerID, body []byte) int {
+	t.Helper()
+	agreed := 0
+	for _, c := range fastCases {
+		gm := c.generic()
+		gerr := Unmarshal(ser, body, gm)
+		fv, ferr := c.fast(ser, bytes.Clone(body))
+		if ferr != nil && !errors.Is(ferr, ErrBadBody) {
+			t.Fatalf("%s %s %q: fast error %v does not wrap ErrBadBody", ser, c.name, body, ferr)
+		}
+		// The oracle runs only on a disagreement: most bodies have none.
+		lw := func() leeway { return leewayFor(ser, body, c.schema) }
+		switch {
+		case gerr != nil && ferr != nil:
+		case gerr == nil && ferr != nil:
+			if l := lw(); l.mayReject == "" {
+				t.Fatalf("%s %s %q: fast rejects (%v), generic accepts %v; no rule allows it (facts %v)", ser, c.name, body, ferr, gm, l.facts)
+			}
+		case gerr != nil && ferr == nil:
+			if l := lw(); l.mayAccept == "" {
+				t.Fatalf("%s %s %q: fast accepts %v, generic rejects (%v); no rule allows it (facts %v)", ser, c.name, body, fv, gerr, l.facts)
+			}
+		default:
+			agreed++
+			gv := c.values(gm)
+			for i := range c.schema {
+				if c.schema[i].num == 0 {
+					continue
+				}
+				if !bytes.Equal(gv[i].b, fv[i].b) || gv[i].u != fv[i].u {
+					if l := lw(); l.mayDiffer[i] == "" {
+						t.Fatalf("%s %s %q: field %s: fast %q/%d, generic %q/%d (facts %v)", ser, c.name, body,
+							c.schema[i].name, fv[i].b, fv[i].u, gv[i].b, gv[i].u, l.facts)
+					}
+				}
+			}
+		}
+	}
+	return agreed
+}
+
+func leewayFor(ser SerializerID, body []byte, s *schema) leeway {
+	switch ser {
+	case JSON:
+		return jsonLeeway(body, s)
+	case MsgPack:
+		return msgpackLeeway(body, s)
+	}
+	return protoLeeway(body, s)
+}
+
+// jsonLeeway: the body must be an RFC 8259 object (sonic skips unknown
+// values loosely and accepts a top-level null), nested at most
+// maxJSONDepth deep; string fields valid UTF-8; bytes a base64 string (sonic
+// also takes an array of numbers); keys match exactly (sonic folds case);
+// null resets a field (sonic keeps an earlier value of a scalar or string).
+func jsonLeeway(body []byte, s *schema) leeway {
+	var lw leeway
+	if len(body) == 0 {
+		return lw
+	}
+	if !json.Valid(body) {
+		lw.mayReject = "not RFC 8259 JSON"
+		lw.facts = append(lw.facts, "invalid JSON")
+		return lw
+	}
+	if t := bytes.TrimLeft(body, " \t\r\n"); t[0] != '{' {
+		lw.mayReject = "not an object"
+		return lw
+	}
+	if jsonDepth(body) > maxJSONDepth {
+		lw.mayReject = "nested too deeply"
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	_, _ = dec.Token() // '{'
+	seen := [maxFields]int{}
+	for dec.More() {
+		tok, _ := dec.Token()
+		key, _ := tok.(string)
+		var raw json.RawMessage
+		_ = dec.Decode(&raw)
+		for i := range s {
+			if s[i].num == 0 || !strings.EqualFold(key, s[i].name) {
+				continue
+			}
+			if key != s[i].name {
+				lw.mayDiffer[i] = "key in another letter case"
+				lw.mayAccept = "key in another letter case (sonic decodes its value)"
+				lw.facts = append(lw.facts, "case variant "+key)
+				continue
+			}
+			seen[i]++
+			if string(raw) == "null" && seen[i] > 1 {
+				lw.mayDiffer[i] = "null after a value resets the field"
+			}
+			if s[i].kind == kindString && !utf8.Valid(raw) {
+				lw.mayReject = "invalid UTF-8 in a string field"
+			}
+			if s[i].kind == kindBytes {
+				var text string
+				if raw[0] == '[' {
+					lw.mayReject = "bytes as an array"
+				} else if json.Unmarshal(raw, &text) == nil {
+					if _, err := base64.StdEncoding.DecodeString(text); err != nil {
+						lw.mayReject = "base64 not padded as RFC 4648 requires (sonic takes \"ab=\")"
+					}
+				}
+			}
+		}
+	}
+	return lw
+}
+
+// jsonDepth is the deepest nesting of arrays and objects in valid JSON.
+func jsonDepth(b []byte) int {
+	depth, deepest, inStr := 0, 0, false
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; {
+		case inStr && c == '\\':
+			i++
+		case c == '"':
+			inStr = !inStr
+		case !inStr && (c == '{' || c == '['):
+			depth++
+			deepest = max(deepest, depth)
+		case !inStr && (c == '}' || c == ']'):
+			depth--
+		}
+	}
+	return deepest
+}
+
+// msgpackLeeway: the body must be a map (the generic decoder also takes an
+// array of the fields in order, or nil), string fields valid UTF-8 and
+// integers within their type (the generic decoder wraps them).
+func msgpackLeeway(body []byte, s *schema) leeway {
+	var lw leeway
+	if len(body) == 0 {
+		return lw
+	}
+	if c := body[0]; !msgpcode.IsFixedMap(c) && c != msgpcode.Map16 && c != msgpcode.Map32 {
+		lw.mayReject = "not a map"
+		lw.facts = append(lw.facts, fmt.Sprintf("top-level code %#x", c))
+		return lw
+	}
+	dec := msgpack.NewDecoder(bytes.NewReader(body))
+	n, err := dec.DecodeMapLen()
+	if err != nil {
+		return lw
+	}
+	for range n {
+		key, err := dec.DecodeString()
+		if err != nil {
+			return lw
+		}
+		raw, err := dec.DecodeRaw()
+		if err != nil {
+			return lw
+		}
+		i := s.byName([]byte(key))
+		if i < 0 || raw[0] == msgpcode.Nil {
+			continue
+		}
+		switch s[i].kind {
+		case kindString:
+			v, err := msgpack.NewDecoder(bytes.NewReader(raw)).DecodeBytes()
+			if err == nil && !utf8.Valid(v) {
+				lw.mayReject = "invalid UTF-8 in a string field"
+			}
+		case kindUint32, kindUint64:
+			v, err := msgpack.NewDecoder(bytes.NewReader(raw)).DecodeInterface()
+			if err != nil {
+				continue
+			}
+			var neg bool
+			var u uint64
+			switch x := v.(type) {
+			case int8:
+				neg, u = x < 0, uint64(int64(x))
+			case int16:
+				neg, u = x < 0, uint64(int64(x))
+			case int32:
+				neg, u = x < 0, uint64(int64(x))
+			case int64:
+				neg, u = x < 0, uint64(x)
+			case uint8:
+				u = uint64(x)
+			case uint16:
+				u = uint64(x)
+			case uint32:
+				u = uint64(x)
+			case uint64:
+				u = x
+			}
+			if neg || u > maxOf(s[i].kind) {
+				lw.mayReject = "integer out of range"
+			}
+			lw.facts = append(lw.facts, fmt.Sprintf("%s = %T %v", key, v, v))
+		}
+	}
+	return lw
+}
+
+// protoLeeway: a known field with another wire type (proto.Unmarshal keeps
+// it as an unknown field) and a uint32 varint beyond 2^32-1 (proto.Unmarshal
+// truncates it) are BAD_BODY.
+func protoLeeway(body []byte, s *schema) leeway {
+	var lw leeway
+	for b := body; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return lw
+		}
+		b = b[n:]
+		if i := s.byNum(uint64(num)); i >= 0 {
+			want := protowire.VarintType
+			if s[i].kind == kindString || s[i].kind == kindBytes {
+				want = protowire.BytesType
+			}
+			if typ != want {
+				lw.mayReject = "wrong wire type"
+			} else if typ == protowire.VarintType {
+				if v, m := protowire.ConsumeVarint(b); m > 0 && v > maxOf(s[i].kind) {
+					lw.mayReject = "integer out of range"
+				}
+			}
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return lw
+		}
+		b = b[n:]
+	}
+	return lw
+}

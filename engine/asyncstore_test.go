@@ -1,0 +1,93 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/imgn/imgn/persist"
+	"github.com/imgn/imgn/persist/memstore"
+)
+
+// asyncStore is a persist.AsyncAppender with a committer goroutine, as the
+// embedded store has: appends queue, the committer takes them in batches,
+// stores each batch and completes its ops in order. It can fail appends on
+// demand (nothing stored) and hold the committer (an fsync that blocks).
+type asyncStore struct {
+	persist.Store // a memory store, seen only through persist.Store: not NonBlocking
+	queue         chan *persist.AppendOp
+	done          chan struct{}
+
+	mu       sync.Mutex
+	failNext int           // fail this many appends with ErrUnavailable
+	hold     chan struct{} // when set, the committer waits for it to close before committing
+	batches  int
+}
+
+func newAsyncStore() *asyncStore {
+	a := &asyncStore{Store: memstore.New(), queue: make(chan *persist.AppendOp, 4096), done: make(chan struct{})}
+	go a.commit()
+	return a
+}
+
+// AppendAsync implements persist.AsyncAppender.
+func (a *asyncStore) AppendAsync(op *persist.AppendOp) { a.queue <- op }
+
+// Append implements persist.MessageStore through the committer.
+func (a *asyncStore) Append(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	return persist.AppendWait(ctx, a, msg, inboxes)
+}
+
+func (a *asyncStore) commit() {
+	defer close(a.done)
+	batch := make([]*persist.AppendOp, 0, 256)
+	for op := range a.queue {
+		batch = append(batch[:0], op)
+	fill:
+		for len(batch) < cap(batch) {
+			select {
+			case op, ok := <-a.queue:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, op)
+			default:
+				break fill
+			}
+		}
+		a.mu.Lock()
+		hold := a.hold
+		a.batches++
+		a.mu.Unlock()
+		if hold != nil {
+			<-hold
+		}
+		for _, op := range batch {
+			a.mu.Lock()
+			fail := a.failNext > 0
+			if fail {
+				a.failNext--
+			}
+			a.mu.Unlock()
+			if fail {
+				op.Result, op.Err = persist.AppendResult{}, fmt.Errorf("async store: %w", persist.ErrUnavailable)
+			} else {
+				seqs := op.Result.Seqs[:0]
+				op.Result, op.Err = a.Store.Append(context.Background(), op.Msg, op.Inboxes)
+				op.Result.Seqs = append(seqs, op.Result.Seqs...)
+			}
+		}
+		for _, op := range batch {
+			op.Done.AppendDone(op)
+		}
+	}
+}
+
+// Close stops the committer, then the memory store.
+func (a *asyncStore) Close() error {
+	close(a.queue)
+	<-a.done
+	return a.Store.Close()
+}
+
+var _ persist.AsyncAppender = (*asyncStore)(nil)

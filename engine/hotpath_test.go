@@ -1,0 +1,373 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/imgn/imgn/auth"
+	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/codec/pb"
+	"github.com/imgn/imgn/persist"
+	"github.com/imgn/imgn/persist/memstore"
+)
+
+// sendFrame builds a SEND frame whose client_msg_id ends in a fixed-width
+// counter, and returns a function that writes the next id into it in place
+// (no allocation).
+func sendFrame(t testing.TB, ser codec.SerializerID, to string) (frame []byte, next func()) {
+	t.Helper()
+	const marker = "m0000000000"
+	frame = encodeFrame(t, ser, codec.CmdSend, 7, &pb.SendRequest{ClientMsgId: marker, To: to, Body: []byte("hello there")})
+	at := bytes.Index(frame, []byte(marker))
+	if at < 0 {
+		t.Fatal("marker not found")
+	}
+	digits := frame[at+1 : at+len(marker)]
+	return frame, func() {
+		for i := len(digits) - 1; i >= 0; i-- {
+			if digits[i] < '9' {
+				digits[i]++
+				return
+			}
+			digits[i] = '0'
+		}
+	}
+}
+
+// TestSendPathAllocatesNothing runs the whole 1:1 path of the memory store
+// (decode, checks, append, SEND_ACK, PUSH to a connection on the same loop
+// and on another loop, the other loop's drain) and asserts it allocates
+// nothing in steady state.
+func TestSendPathAllocatesNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are meaningless under the race detector; the plain run asserts them")
+	}
+	for _, ser := range serializers {
+		for _, where := range []string{"same loop", "other loop"} {
+			t.Run(fmt.Sprint(ser, "/", where), func(t *testing.T) {
+				fe := newFakeEngine(t, 2, func(c *Config) { c.Store = memstore.NewWith(memstore.Options{InboxMax: 1000}) })
+				a, at := fe.conn(0, "alice", "pc", ser)
+				bl := 0
+				if where == "other loop" {
+					bl = 1
+				}
+				_, bt := fe.conn(bl, "bob", "pc", ser)
+				frame, next := sendFrame(t, ser, "bob")
+				run := func() {
+					next()
+					at.in = append(at.in, frame...)
+					fe.feed(a)
+					fe.loops[1].run()
+					at.out, bt.out = at.out[:0], bt.out[:0]
+				}
+				// One checked round: the ack and the push arrive.
+				next()
+				at.in = append(at.in, frame...)
+				fe.feed(a)
+				fe.loops[1].run()
+				if fs := at.frames(t); len(fs) != 1 || fs[0].Command != codec.CmdSendAck {
+					t.Fatalf("sender got %v", fs)
+				}
+				if fs := bt.frames(t); len(fs) != 1 || fs[0].Command != codec.CmdPush {
+					t.Fatalf("receiver got %v", fs)
+				}
+				for range 3000 { // warm up pools, maps and buffers
+					run()
+				}
+				if n := testing.AllocsPerRun(1000, run); n != 0 {
+					t.Fatalf("%v allocations per message", n)
+				}
+			})
+		}
+	}
+}
+
+func BenchmarkSendPath(b *testing.B) {
+	for _, ser := range serializers {
+		b.Run(ser.String(), func(b *testing.B) {
+			fe := newFakeEngine(b, 2, func(c *Config) { c.Store = memstore.NewWith(memstore.Options{InboxMax: 1000}) })
+			a, at := fe.conn(0, "alice", "pc", ser)
+			_, bt := fe.conn(1, "bob", "pc", ser)
+			frame, next := sendFrame(b, ser, "bob")
+			b.ReportAllocs()
+			for b.Loop() {
+				next()
+				at.in = append(at.in, frame...)
+				fe.feed(a)
+				fe.loops[1].run()
+				at.out, bt.out = at.out[:0], bt.out[:0]
+			}
+		})
+	}
+}
+
+// storeKinds are the ways a send can reach the store: inline on the loop
+// (memory store), handed to a committer (async), and on a worker (sync).
+var storeKinds = map[string]func() persist.Store{
+	"inline": func() persist.Store { return memstore.New() },
+	"async":  func() persist.Store { return newAsyncStore() },
+	"sync":   func() persist.Store { return &flakyStore{Store: memstore.New()} },
+}
+
+// TestPushOrderAndNoLostWakeups: many senders on both event loops pipeline
+// sends to one receiver. Every ack and every push must arrive (a lost
+// wake-up would strand output in a queue), and the receiver's pushes must
+// be in strictly increasing seq order on the wire, with no gap, for the
+// stores that complete appends in order (inline and async).
+func TestPushOrderAndNoLostWakeups(t *testing.T) {
+	for _, kind := range []string{"inline", "async"} {
+		t.Run(kind, func(t *testing.T) {
+			s := startServer(t, func(c *Config) { c.Store = storeKinds[kind](); c.SendRate = 1e9; c.SendBurst = 1 << 30 })
+			rcv := dial(t, s, codec.Protobuf)
+			rcv.login("rcv", "pc")
+			const senders, each = 8, 250
+			conns := make([]*rawClient, senders)
+			for i := range conns {
+				conns[i] = dial(t, s, codec.Protobuf)
+				conns[i].login(fmt.Sprint("s", i), "pc")
+			}
+			var wg sync.WaitGroup
+			for i, c := range conns {
+				wg.Go(func() {
+					// Write all the sends in a few big writes, then read
+					// every ack: the server sees bursts on both loops.
+					var buf []byte
+					for j := range each {
+						f, err := codec.AppendFrame(nil, codec.Protobuf, codec.CmdSend, 0, uint32(j+1),
+							&pb.SendRequest{ClientMsgId: fmt.Sprint(i, "-", j), To: "rcv", Body: []byte(fmt.Sprint(i, "-", j))})
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						buf = append(buf, f...)
+					}
+					if _, err := c.nc.Write(buf); err != nil {
+						t.Error(err)
+						return
+					}
+					for j := range each {
+						f, err := c.readFrame(10 * time.Second)
+						if err != nil {
+							t.Errorf("sender %d: ack %d: %v", i, j, err)
+							return
+						}
+						if f.Command != codec.CmdSendAck {
+							t.Errorf("sender %d got %s", i, f.Command)
+							return
+						}
+					}
+				})
+			}
+			var last uint64
+			for n := 0; n < senders*each; {
+				f, err := rcv.readFrame(10 * time.Second)
+				if err != nil {
+					t.Fatalf("receiver after %d pushes: %v", n, err)
+				}
+				if f.Command != codec.CmdPush {
+					continue
+				}
+				var p pb.Push
+				if err := codec.Unmarshal(f.Serializer, f.Body, &p); err != nil {
+					t.Fatal(err)
+				}
+				for _, m := range p.Messages {
+					if m.Seq != last+1 {
+						t.Fatalf("push seq %d after %d: out of order or a gap on the wire", m.Seq, last)
+					}
+					last = m.Seq
+					n++
+				}
+			}
+			wg.Wait()
+		})
+	}
+}
+
+// TestStoreThenAck: an append the store fails is answered with a retryable
+// STORE_UNAVAILABLE and nothing else (no ack, no push); while the store's
+// commit is held (an fsync that does not return), no ack leaves.
+func TestStoreThenAck(t *testing.T) {
+	for _, kind := range []string{"async", "sync"} {
+		t.Run(kind, func(t *testing.T) {
+			st := storeKinds[kind]()
+			s := startServer(t, func(c *Config) { c.Store = st })
+			a := dial(t, s, codec.Protobuf)
+			a.login("alice", "pc")
+			b := dial(t, s, codec.Protobuf)
+			b.login("bob", "pc")
+			failNext(st, 1)
+			e := a.wantError(codec.CmdSend, &pb.SendRequest{ClientMsgId: "x1", To: "bob", Body: []byte("lost?")}, codec.CodeStoreUnavailable)
+			if !e.Retryable {
+				t.Fatalf("store failure not retryable: %v", e)
+			}
+			if head, _ := st.LastSeq(t.Context(), "bob"); head != 0 {
+				t.Fatalf("bob's inbox has %d entries after a failed append", head)
+			}
+			var ack pb.SendAck
+			a.mustCall(codec.CmdSend, &pb.SendRequest{ClientMsgId: "x1", To: "bob", Body: []byte("retry")}, &ack)
+			if ack.Duplicate || ack.Seq != 1 {
+				t.Fatalf("retry after a failure: %+v", &ack)
+			}
+			if got := b.waitPushes(1); got[0].Seq != 1 || string(got[0].Body) != "retry" {
+				t.Fatalf("bob got %v", got)
+			}
+			as, ok := st.(*asyncStore)
+			if !ok {
+				return
+			}
+			hold := make(chan struct{})
+			as.mu.Lock()
+			as.hold = hold
+			as.mu.Unlock()
+			seq := a.send(codec.CmdSend, &pb.SendRequest{ClientMsgId: "x2", To: "bob", Body: []byte("held")})
+			if f, err := a.readFrame(300 * time.Millisecond); err == nil {
+				t.Fatalf("a %s frame left while the store's commit was held", f.Command)
+			}
+			as.mu.Lock()
+			as.hold = nil
+			as.mu.Unlock()
+			close(hold)
+			if f := a.reply(seq); f.Command != codec.CmdSendAck {
+				t.Fatalf("after the commit: %s", f.Command)
+			}
+		})
+	}
+}
+
+func failNext(st persist.Store, n int) {
+	switch st := st.(type) {
+	case *asyncStore:
+		st.mu.Lock()
+		st.failNext = n
+		st.mu.Unlock()
+	case *flakyStore:
+		st.mu.Lock()
+		st.failNext = n
+		st.mu.Unlock()
+	}
+}
+
+// TestLoginRacesCloseAndTimeoutScan: logins completing on workers while
+// their connections close and the timeout scan reads them. The identity a
+// login writes is read by OnClose and the scan; under -race any unguarded
+// access fails the test. No session may outlive its connection.
+func TestLoginRacesCloseAndTimeoutScan(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.Store = &flakyStore{Store: memstore.New()} })
+	stop := make(chan struct{})
+	var scans sync.WaitGroup
+	scans.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				s.expire(time.Now().UnixNano())
+			}
+		}
+	})
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := range 25 {
+				c := dial(t, s, codec.JSON)
+				tok, _ := auth.MintToken(testSecret, fmt.Sprint("r", w, "-", i), time.Hour)
+				c.send(codec.CmdLogin, &pb.LoginRequest{Token: tok, Device: "pc"})
+				if i%2 == 0 {
+					time.Sleep(time.Duration(i%3) * 100 * time.Microsecond)
+				}
+				_ = c.nc.Close()
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	scans.Wait()
+	poll(t, "every connection gone", func() bool { return s.conns.len() == 0 })
+	poll(t, "no session outlives its connection", func() bool { _, n := s.sessions.count(); return n == 0 })
+}
+
+// TestShutdownWhileRequestsArrive: Shutdown waits for the worker pool to go
+// idle while connections keep handing it work (the pool's counter once was
+// a WaitGroup whose Add raced with Wait).
+func TestShutdownWhileRequestsArrive(t *testing.T) {
+	st := &flakyStore{Store: memstore.New()}
+	s := startServer(t, func(c *Config) { c.Store = st; c.GoAwayWindow = 50 * time.Millisecond })
+	var wg sync.WaitGroup
+	for i := range 6 {
+		c := dial(t, s, codec.Protobuf)
+		c.login(fmt.Sprint("u", i), "pc")
+		wg.Go(func() {
+			// Bursts of sends until the connection is closed: a steady
+			// stream of hand-offs to the pool while Shutdown waits on it.
+			for j := 0; ; j += 20 {
+				var b []byte
+				for k := range 20 {
+					b, _ = codec.AppendFrame(b, codec.Protobuf, codec.CmdSend, 0, uint32(j+k+1), &pb.SendRequest{ClientMsgId: fmt.Sprint(j + k), To: "u0"})
+				}
+				if _, err := c.nc.Write(b); err != nil {
+					return // closed by the shutdown
+				}
+				time.Sleep(time.Millisecond)
+			}
+		})
+	}
+	time.Sleep(50 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown under load: %v (busy %d, queued bytes %d, inflight %d)", err, s.pool.busy.Load(), s.inBytes.Load(), s.inflightOps.Load())
+	}
+	wg.Wait()
+}
+
+// BenchmarkGroupSendPath: one GROUP_SEND to a group of 100 whose members
+// are spread over two loops: decode, checks, append to 100 inboxes, the
+// ack and 99 pushes (encoded once per serializer), the other loop's drain.
+// ns/op divided by 99 is the cost per delivery, syscalls excluded.
+func BenchmarkGroupSendPath(b *testing.B) {
+	fe := newFakeEngine(b, 2, func(c *Config) { c.Store = memstore.NewWith(memstore.Options{InboxMax: 100}) })
+	members := make([]string, 100)
+	var outs []*fakeTransport
+	var sender *conn
+	for i := range members {
+		members[i] = fmt.Sprintf("m%03d", i)
+		c, ft := fe.conn(i%2, members[i], "pc", codec.Protobuf)
+		outs = append(outs, ft)
+		if i == 0 {
+			sender = c
+		}
+	}
+	g := persist.Group{ID: "g1", Owner: members[0], Members: members}
+	if err := fe.s.store.CreateGroup(b.Context(), g); err != nil {
+		b.Fatal(err)
+	}
+	const marker = "m0000000000"
+	frame := encodeFrame(b, codec.Protobuf, codec.CmdGroupSend, 7, &pb.GroupSendRequest{ClientMsgId: marker, GroupId: "g1", Body: []byte("hello, group")})
+	at := bytes.Index(frame, []byte(marker))
+	digits := frame[at+1 : at+len(marker)]
+	next := func() {
+		for i := len(digits) - 1; i >= 0; i-- {
+			if digits[i] < '9' {
+				digits[i]++
+				return
+			}
+			digits[i] = '0'
+		}
+	}
+	in := outs[0]
+	b.ReportAllocs()
+	for b.Loop() {
+		next()
+		in.in = append(in.in, frame...)
+		fe.feed(sender)
+		fe.loops[1].run()
+		for _, o := range outs {
+			o.out = o.out[:0]
+		}
+	}
+}

@@ -1,0 +1,167 @@
+package engine
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+)
+
+// loop is the engine's state for one gnet event loop.
+//
+// Output reaches a connection in one of two ways, and both end in one
+// write per connection per turn of its loop:
+//
+//   - Frames queued while running on the connection's own loop (a reply, a
+//     push between two users of the same loop) mark the connection dirty;
+//     the loop writes every dirty connection at the end of the OnTraffic or
+//     task that queued them (flushDirty).
+//   - Frames queued from anywhere else (another loop, a worker, the store's
+//     committer, the mesh) put the connection in the loop's mailbox; the
+//     first connection put in an idle mailbox triggers the loop once
+//     (nats-server's pending-flush idea). A producer running on another
+//     loop defers that trigger to the end of its own turn, so a burst of
+//     pushes from one OnTraffic costs one trigger per destination loop.
+//
+// No wake-up is lost: a producer adds the connection to the mailbox unless
+// it is already there (conn.queued, under conn.mu), and triggers unless a
+// trigger is pending (triggered, under mu); the loop clears triggered
+// before it drains, and clears conn.queued when it takes the
+// connection's output, so anything queued after either moment triggers
+// again.
+type loop struct {
+	srv *Server
+	idx int
+	el  gnet.EventLoop
+
+	// Owned by the loop's goroutine.
+	dirty    []*conn   // connections of this loop with output to write this turn
+	triggers uint64    // bit i: loop i's mailbox needs a trigger at the end of this turn
+	now      time.Time // read once per turn: the clock is slow to read on some VMs
+	scratch  []byte    // decode buffer of requests run on the loop
+	written  int       // bytes written this turn, for the metric
+
+	mu        sync.Mutex
+	mail      []*conn // connections with output queued from elsewhere
+	spare     []*conn // the other mailbox slice, swapped in on each drain
+	triggered bool    // a drain is scheduled
+}
+
+// Run implements gnet.Runnable: it drains the mailbox on the loop.
+func (l *loop) Run(context.Context) error {
+	l.now = time.Now()
+	l.drain()
+	l.endTurn()
+	return nil
+}
+
+// drain writes every connection in the mailbox. Loop goroutine only.
+func (l *loop) drain() {
+	l.mu.Lock()
+	list := l.mail
+	l.mail = l.spare[:0]
+	l.triggered = false
+	l.mu.Unlock()
+	for i, c := range list {
+		c.flush()
+		list[i] = nil
+	}
+	// The drained slice is the next spare: the mailbox now fills the
+	// previous spare, so the two never share an array.
+	l.mu.Lock()
+	l.spare = list[:0]
+	l.mu.Unlock()
+}
+
+// markDirty schedules c (a connection of this loop) for a write at the end
+// of the current turn. Loop goroutine only.
+func (l *loop) markDirty(c *conn) {
+	if !c.dirty {
+		c.dirty = true
+		l.dirty = append(l.dirty, c)
+	}
+}
+
+// endTurn writes the dirty connections and sends the deferred triggers.
+// Loop goroutine only; called at the end of every OnTraffic and task.
+func (l *loop) endTurn() {
+	for i := 0; i < len(l.dirty); i++ {
+		c := l.dirty[i]
+		c.dirty = false
+		c.flush()
+		l.dirty[i] = nil
+	}
+	l.dirty = l.dirty[:0]
+	if l.written > 0 {
+		l.srv.metrics.bytesOut.Add(float64(l.written))
+		l.written = 0
+	}
+	if l.triggers != 0 {
+		t := l.triggers
+		l.triggers = 0
+		for i, dst := range *l.srv.loops.Load() {
+			if t&(1<<uint(i)) != 0 {
+				dst.trigger()
+			}
+		}
+	}
+}
+
+// post puts c, whose output was queued by a goroutine that is not c's loop,
+// in c's loop's mailbox. src is the loop the caller runs on (nil when it
+// runs on no loop): the trigger is then deferred to the end of src's turn.
+// The caller has set c.queued (under c.mu), so c is posted once per drain.
+func (l *loop) post(c *conn, src *loop) {
+	l.mu.Lock()
+	l.mail = append(l.mail, c)
+	need := !l.triggered
+	l.triggered = true
+	l.mu.Unlock()
+	if !need {
+		return
+	}
+	if src != nil && l.idx < 64 {
+		src.triggers |= 1 << uint(l.idx)
+		return
+	}
+	l.trigger()
+}
+
+// trigger schedules a drain on the loop.
+func (l *loop) trigger() {
+	l.srv.metrics.loopTriggers.Inc()
+	if err := l.el.Execute(context.Background(), l); err != nil {
+		// The engine is stopping: connections are closing, and their
+		// output no longer matters. Leave triggered set so no one retries.
+		l.srv.log.Debug("loop trigger", "loop", l.idx, "err", err)
+	}
+}
+
+// now returns the time of the current turn on loop src, or the clock when
+// src is nil (off-loop).
+func now(src *loop) time.Time {
+	if src != nil {
+		return src.now
+	}
+	return time.Now()
+}
+
+// loopOf returns the engine state of el, creating it on first use. Called
+// from OnOpen, on el's own goroutine; loops are few and fixed, so the map
+// is written a handful of times and read once per connection.
+func (s *Server) loopOf(el gnet.EventLoop) *loop {
+	s.loopsMu.Lock()
+	defer s.loopsMu.Unlock()
+	old := *s.loops.Load()
+	for _, l := range old {
+		if l.el == el {
+			return l
+		}
+	}
+	l := &loop{srv: s, idx: len(old), el: el}
+	// The list is copied on write: producers read it without the lock.
+	loops := append(old[:len(old):len(old)], l)
+	s.loops.Store(&loops)
+	return l
+}

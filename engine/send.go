@@ -1,0 +1,370 @@
+package engine
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/persist"
+)
+
+// The path of a message (SEND and GROUP_SEND), in three variants that share
+// one completion (sendOp.AppendDone):
+//
+//   - inline: the store never blocks (persist.NonBlocking). The request
+//     runs on the sender's event loop; the store completes the append
+//     before AppendAsync returns, under its own lock, so the SEND_ACK and
+//     the pushes are queued in seq order and written at the end of the same
+//     OnTraffic (pushes to other loops: one trigger per loop).
+//   - async: the store has a committer (persist.AsyncAppender). The
+//     request is checked on the loop (or on a worker when a lookup could
+//     block) and handed to the committer; the committer completes each op
+//     in commit order, queueing its ack and pushes for the loops to write.
+//   - sync: anything else, and every cluster node: a worker runs the append
+//     and waits for it.
+
+// sendOp is one message on its way through the store. It is pooled: the
+// steady state allocates nothing per message.
+type sendOp struct {
+	persist.AppendOp
+	s     *Server
+	c     *conn // the sending connection
+	src   *loop // the loop AppendDone runs on (inline stores), else nil
+	h     codec.Header
+	start time.Time
+	async bool // counted in c.inflight
+
+	inboxes [2]string
+	seqs    [2]uint64
+	buf     []byte // the request's strings and body, when the op outlives the frame
+
+	// The PUSH, encoded once per serializer for every device of every
+	// inbox (each gets its own seq spliced in); reset on first use.
+	tmpl    codec.PushTemplate
+	tmplSet bool
+}
+
+var sendOpPool = sync.Pool{New: func() any { return new(sendOp) }}
+
+func getSendOp(s *Server, c *conn, h codec.Header) *sendOp {
+	op := sendOpPool.Get().(*sendOp)
+	op.s, op.c, op.h = s, c, h
+	return op
+}
+
+func putSendOp(op *sendOp) {
+	tmpl := op.tmpl
+	buf := op.buf[:0]
+	if cap(buf) > 64<<10 {
+		buf = nil
+	}
+	inboxes := op.Inboxes
+	if cap(inboxes) > len(op.inboxes) && cap(inboxes) <= 4096 {
+		clear(inboxes[:cap(inboxes)])
+	} else {
+		inboxes = nil
+	}
+	seqs := op.Result.Seqs
+	if cap(seqs) <= len(op.seqs) || cap(seqs) > 4096 {
+		seqs = nil
+	}
+	*op = sendOp{buf: buf, tmpl: tmpl}
+	if inboxes != nil {
+		op.Inboxes = inboxes[:0]
+	}
+	if seqs != nil {
+		op.Result.Seqs = seqs[:0]
+	}
+	sendOpPool.Put(op)
+}
+
+// keep returns s as a string that stays valid as long as op: a view of
+// the frame when the store completes inline (it copies what it keeps),
+// else a copy in op.buf. op.buf is sized for the whole request before the
+// first keep (reserve), so the copies never move.
+func (op *sendOp) keep(b []byte) string {
+	if op.s.inline || len(b) == 0 {
+		return unsafe.String(unsafe.SliceData(b), len(b))
+	}
+	start := len(op.buf)
+	op.buf = append(op.buf, b...)
+	return unsafe.String(&op.buf[start], len(b))
+}
+
+func (op *sendOp) reserve(n int) {
+	if !op.s.inline && cap(op.buf) < n {
+		op.buf = make([]byte, 0, n)
+	}
+}
+
+// handleSend runs a SEND or GROUP_SEND: checks, then the append; the ack
+// and the pushes follow from AppendDone. src is the loop it runs on, nil on
+// a worker.
+func (s *Server) handleSend(src *loop, c *conn, h codec.Header, body []byte) {
+	group := h.Command == codec.CmdGroupSend
+	// The request is decoded in place: the views alias body, or the
+	// scratch buffer where a serializer needs unescaping (the loop's own
+	// on the loop, a pooled one on a worker).
+	var v codec.SendView
+	var scratch *[]byte
+	if src != nil {
+		scratch = &src.scratch
+	} else {
+		scratch = getScratch()
+		defer putScratch(scratch)
+	}
+	var err error
+	*scratch, err = codec.DecodeSend(h.Serializer, body, group, &v, (*scratch)[:0])
+	if err != nil {
+		c.replyError(src, h.Serializer, h.Seq, codec.CodeBadBody, err.Error(), 0)
+		return
+	}
+	cmid, to, kind, payload := v.ClientMsgID, v.To, v.Kind, v.Body
+	if !c.loggedIn() {
+		c.fail(src, h.Serializer, h.Seq, codec.CodeNotLoggedIn, "log in first")
+		return
+	}
+	if len(cmid) == 0 || len(cmid) > 64 {
+		c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "client_msg_id must be 1..64 bytes", 0)
+		return
+	}
+	toStr := unsafe.String(unsafe.SliceData(to), len(to))
+	if !validID(toStr) {
+		what := "to must be a user id"
+		if group {
+			what = "group_id must be a group id"
+		}
+		c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, what, 0)
+		return
+	}
+	// The lookups below read the store on a miss: on the loop that is
+	// allowed only when the store never blocks. Only a worker needs a
+	// deadline (and its timer).
+	mayBlock := src == nil || s.inline
+	ctx := context.Background()
+	if src == nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+	}
+	var g *persist.Group
+	if group {
+		var ok bool
+		if g, ok = s.groupFor(ctx, src, c, h, body, toStr, mayBlock); !ok {
+			return
+		}
+		if _, member := slices.BinarySearch(g.Members, c.user); !member {
+			c.replyError(src, h.Serializer, h.Seq, codec.CodeNotGroupMember, "not a member of "+g.ID, 0)
+			return
+		}
+	} else if !s.userKnown(toStr) {
+		if !mayBlock {
+			s.toWorker(src, c, h, body)
+			return
+		}
+		ok, err := s.userExists(ctx, toStr)
+		if err != nil {
+			s.storeError(src, c, h, "read recipient", err)
+			return
+		}
+		if !ok {
+			c.replyError(src, h.Serializer, h.Seq, codec.CodeUnknownRecipient, "no such user: "+toStr, 0)
+			return
+		}
+	}
+	if !s.allowSend(src, c, h, now(src)) {
+		return
+	}
+
+	op := getSendOp(s, c, h)
+	op.start = now(src)
+	op.reserve(len(cmid) + len(to) + len(payload))
+	op.Msg = persist.Message{ID: s.ids.nextAt(op.start.UnixMilli()), From: c.user, To: op.keep(to), Group: group, ClientMsgID: op.keep(cmid),
+		Timestamp: op.start.UnixMilli(), Kind: kind}
+	if len(payload) > 0 {
+		body := op.keep(payload)
+		op.Msg.Body = unsafe.Slice(unsafe.StringData(body), len(body))
+	}
+	// The sender's inbox comes first, so Result.Seqs[0] is the ack's seq.
+	if group {
+		op.Inboxes = append(op.Inboxes[:0], c.user)
+		for _, m := range g.Members {
+			if m != c.user {
+				op.Inboxes = append(op.Inboxes, m)
+			}
+		}
+	} else {
+		op.inboxes[0], op.inboxes[1] = c.user, op.Msg.To
+		op.Inboxes = op.inboxes[:2]
+		if op.Msg.To == c.user {
+			op.Inboxes = op.inboxes[:1]
+		}
+	}
+	if n := len(op.Inboxes); cap(op.Result.Seqs) < n {
+		if n <= len(op.seqs) {
+			op.Result.Seqs = op.seqs[:0]
+		} else {
+			op.Result.Seqs = make([]uint64, 0, n)
+		}
+	}
+	op.Done = op
+	s.submitAppend(ctx, src, op)
+}
+
+// groupFor returns the members of group id, from the cache or the store.
+// It answers the request and returns false when it cannot, and passes the
+// request to a worker (false) when a store read would block the loop.
+func (s *Server) groupFor(ctx context.Context, src *loop, c *conn, h codec.Header, body []byte, id string, mayBlock bool) (*persist.Group, bool) {
+	caching := s.cfg.Cluster == nil
+	if caching {
+		if g, _ := s.groups.get(id); g != nil {
+			return g, true
+		}
+	}
+	if !mayBlock {
+		s.toWorker(src, c, h, body)
+		return nil, false
+	}
+	_, gen := s.groups.get(id)
+	g, ok := s.loadGroup(ctx, src, c, h, id)
+	if !ok {
+		return nil, false
+	}
+	if caching {
+		s.groups.put(&g, gen)
+	}
+	return &g, true
+}
+
+// submitAppend hands op to the store: asynchronously when the store takes
+// appends that way, else synchronously on this worker.
+func (s *Server) submitAppend(ctx context.Context, src *loop, op *sendOp) {
+	if s.async != nil {
+		if s.inline {
+			op.src = src
+		}
+		op.async = true
+		op.c.mu.Lock()
+		op.c.inflight++
+		op.c.mu.Unlock()
+		s.inflightOps.Add(1)
+		s.async.AppendAsync(&op.AppendOp)
+		return
+	}
+	op.Result, op.Err = s.appendInboxes(ctx, op.Msg, op.Inboxes)
+	op.AppendDone(&op.AppendOp)
+}
+
+// AppendDone implements persist.AppendCompleter: it answers the sender and
+// pushes the message to every online device of its inboxes. For an inline
+// store it runs under the store's lock, for an async one on its committer:
+// either way in seq order per inbox, and it must not block.
+func (op *sendOp) AppendDone(*persist.AppendOp) {
+	s, c, src := op.s, op.c, op.src
+	if op.Err != nil {
+		s.storeError(src, c, op.h, "append", op.Err)
+	} else {
+		res := &op.Result
+		if !res.Duplicate {
+			s.metrics.messages.Inc()
+		}
+		h, m := op.h, &res.Msg
+		c.queue(src, func(b []byte) []byte {
+			return codec.AppendSendAckFrame(b, h.Serializer, h.Seq, m.ClientMsgID, m.ID, res.Seqs[0], m.Timestamp, res.Duplicate)
+		})
+		// Pushes go out even for a duplicate: the first attempt may have
+		// stored the message and died before pushing; clients drop seqs
+		// they have shown.
+		s.deliver(src, op, &res.Msg, op.Inboxes, res.Seqs, c)
+		if src == nil {
+			// Off-loop completions waited for the store: worth measuring.
+			// (Inline ones complete within the turn that took the send.)
+			s.metrics.pushLatency.Observe(time.Since(op.start).Seconds())
+		}
+	}
+	if op.async {
+		s.inflightOps.Add(-1)
+		c.appendDone()
+	}
+	putSendOp(op)
+}
+
+// allowSend applies the per-user token bucket; when the bucket is empty it
+// answers RATE_LIMITED with the wait and returns false.
+func (s *Server) allowSend(src *loop, c *conn, h codec.Header, now time.Time) bool {
+	lim := s.sessions.limiter(c.user, s.newLimiter)
+	if lim == nil || lim.AllowN(now, 1) {
+		return true
+	}
+	// Refused (rare): learn the wait for retry_after_ms. Reserve
+	// allocates, Allow does not, hence the two steps.
+	r := lim.ReserveN(now, 1)
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		ms := uint32(d.Milliseconds()) + 1
+		c.replyError(src, h.Serializer, h.Seq, codec.CodeRateLimited, "send rate exceeded", ms)
+		return false
+	}
+	return true
+}
+
+// pushTo queues a PUSH of m, at seq of user's inbox, to every device of user
+// online on this node except skip (the connection that sent it: its
+// SEND_ACK stands for it). op (may be nil) lends its push template, so a
+// message sent to many inboxes is encoded once per serializer.
+func (s *Server) pushTo(src *loop, op *sendOp, user string, seq uint64, m *persist.Message, skip *conn) {
+	var arr [8]*conn
+	devs := s.sessions.devices(user, arr[:0])
+	if len(devs) == 0 || len(devs) == 1 && devs[0] == skip {
+		return
+	}
+	var tmpl *codec.PushTemplate
+	if op != nil {
+		tmpl = &op.tmpl
+		if !op.tmplSet {
+			op.tmplSet = true
+			tmpl.Reset(messageFields(m))
+		}
+	} else {
+		tmpl = new(codec.PushTemplate)
+		tmpl.Reset(messageFields(m))
+	}
+	pushed := 0
+	for _, d := range devs {
+		if d == skip {
+			continue
+		}
+		ser := d.ser
+		if d.queue(src, func(b []byte) []byte { return tmpl.AppendFrame(b, ser, seq) }) {
+			pushed++
+		}
+	}
+	if pushed > 0 {
+		s.metrics.pushes.Add(float64(pushed))
+	}
+}
+
+// messageFields is m as the PUSH template takes it.
+func messageFields(m *persist.Message) *codec.MessageFields {
+	f := &codec.MessageFields{MsgID: m.ID, From: m.From, To: m.To, ClientMsgID: m.ClientMsgID, Kind: m.Kind, Body: m.Body, Time: m.Timestamp}
+	if m.Group {
+		f.GroupID = m.To
+	}
+	return f
+}
+
+// scratchPool holds decode buffers for requests run on workers (a loop
+// has its own).
+var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+func getScratch() *[]byte { return scratchPool.Get().(*[]byte) }
+
+func putScratch(b *[]byte) {
+	if cap(*b) <= 64<<10 {
+		*b = (*b)[:0]
+		scratchPool.Put(b)
+	}
+}

@@ -1,0 +1,302 @@
+package memstore
+
+import (
+	"time"
+	"unsafe"
+
+	"github.com/imgn/imgn/persist"
+)
+
+// How messages are kept.
+//
+// Messages live in records, numbered by a slot counter that only grows, in
+// chunks of chunkRecs records. A record's strings and body are copied into
+// its chunk's arena (slabs of slabBytes), so storing a message costs no
+// allocation of its own: a chunk and its slabs are allocated once per
+// chunkRecs messages (or per slabBytes of text). Two maps find records: by
+// message ID and by (From, ClientMsgID), the dedup key. An inbox is a list
+// of slots, in seq order; a record remembers the seq it got in each inbox,
+// which makes a retried append idempotent per (inbox, message) without a
+// per-inbox index.
+//
+// Retention (Options) drops an inbox's oldest entries: beyond InboxMax
+// entries, or older than MaxAge. A record that no inbox holds any more is
+// dead: it leaves both maps (so its dedup key is forgotten with it) and its
+// chunk's live count drops; a chunk whose records are all dead is released
+// to the garbage collector. Steady traffic under retention therefore runs
+// in bounded memory with no allocation per message.
+
+const (
+	chunkRecs = 1024     // records per chunk
+	slabBytes = 64 << 10 // arena slab size (a larger body gets a slab of its own size)
+)
+
+// record is one stored message. It holds no pointers (its text is located
+// by spans into the chunk's arena, its inboxes by index), so the garbage
+// collector never scans the record arrays, however many messages are kept.
+type record struct {
+	id                   uint64
+	ts                   int64
+	kind                 uint32
+	group                bool
+	refs                 int32 // inboxes that still hold the message
+	from, to, cmid, body span
+	// The message's seq in the inboxes it was appended to: the first two
+	// inline (every 1:1 message), the rest in messages.more (groups).
+	in [2]inboxRef
+}
+
+// span locates bytes in a chunk's arena.
+type span struct {
+	slab uint32
+	off  uint32
+	n    uint32
+}
+
+type inboxRef struct {
+	in  uint32 // index in messages.list, plus one (0: unused)
+	seq uint64
+}
+
+type chunk struct {
+	recs  *[chunkRecs]record // pointer-free: allocated as no-scan memory
+	slabs [][]byte           // arena; the last one is being filled
+	live  int                // records stored and not dead
+}
+
+// put copies b into c's arena.
+func (c *chunk) put(b []byte) span {
+	if len(b) == 0 {
+		return span{}
+	}
+	n := len(c.slabs)
+	if n == 0 || cap(c.slabs[n-1])-len(c.slabs[n-1]) < len(b) {
+		c.slabs = append(c.slabs, make([]byte, 0, max(slabBytes, len(b))))
+		n++
+	}
+	s := c.slabs[n-1]
+	start := len(s)
+	c.slabs[n-1] = append(s, b...)
+	return span{slab: uint32(n - 1), off: uint32(start), n: uint32(len(b))}
+}
+
+func (c *chunk) putString(s string) span {
+	return c.put(unsafe.Slice(unsafe.StringData(s), len(s)))
+}
+
+// bytes returns the arena bytes of sp (capacity clipped: appending copies).
+func (c *chunk) bytes(sp span) []byte {
+	if sp.n == 0 {
+		return nil
+	}
+	return c.slabs[sp.slab][sp.off : sp.off+sp.n : sp.off+sp.n]
+}
+
+func (c *chunk) str(sp span) string {
+	b := c.bytes(sp)
+	return unsafe.String(unsafe.SliceData(b), len(b))
+}
+
+// message returns the record's message; its strings and Body are the
+// arena's (valid for as long as the caller keeps them: the garbage
+// collector keeps a slab alive while anything points into it).
+func (c *chunk) message(r *record) persist.Message {
+	return persist.Message{ID: r.id, From: c.str(r.from), To: c.str(r.to), Group: r.group, ClientMsgID: c.str(r.cmid),
+		Timestamp: r.ts, Kind: r.kind, Body: c.bytes(r.body)}
+}
+
+// inbox is one user's inbox: slots[i] holds the message at seq first+i.
+type inbox struct {
+	idx   uint32 // its inboxRef.in
+	slots []uint64
+	first uint64 // seq of slots[0]; head+1 when the inbox is empty
+	head  uint64 // the last seq assigned (kept when retention empties it)
+}
+
+// messages is the message part of the store. Every method runs with the
+// store's lock held (write lock for the mutating ones).
+type messages struct {
+	opts    Options
+	chunks  []*chunk // chunks[i] holds slots from base + i*chunkRecs
+	base    uint64   // first slot of chunks[0], a multiple of chunkRecs
+	next    uint64   // slot of the next record
+	oldest  uint64   // no live record has a lower slot (MaxAge scans start here)
+	byID    map[uint64]uint64
+	dedup   map[dedupKey]uint64
+	inboxes map[string]*inbox
+	list    []*inbox              // by inbox index
+	more    map[uint64][]inboxRef // by slot: inbox seqs beyond a record's first two
+	clock   func() time.Time
+	scanned time.Time // last MaxAge scan
+}
+
+type dedupKey struct{ from, clientMsgID string }
+
+func newMessages(o Options) *messages {
+	return &messages{opts: o, byID: make(map[uint64]uint64), dedup: make(map[dedupKey]uint64),
+		inboxes: make(map[string]*inbox), more: make(map[uint64][]inboxRef), clock: time.Now}
+}
+
+// rec returns the record at slot and its chunk, or nils when the chunk was
+// released.
+func (m *messages) rec(slot uint64) (*record, *chunk) {
+	if slot < m.base {
+		return nil, nil
+	}
+	i := (slot - m.base) / chunkRecs
+	if i >= uint64(len(m.chunks)) || m.chunks[i] == nil {
+		return nil, nil
+	}
+	c := m.chunks[i]
+	return &c.recs[slot%chunkRecs], c
+}
+
+// store copies msg into a new record and returns its slot.
+func (m *messages) store(msg *persist.Message) (uint64, *record) {
+	slot := m.next
+	m.next++
+	if slot%chunkRecs == 0 {
+		m.chunks = append(m.chunks, &chunk{recs: new([chunkRecs]record)})
+	}
+	c := m.chunks[(slot-m.base)/chunkRecs]
+	r := &c.recs[slot%chunkRecs]
+	*r = record{id: msg.ID, ts: msg.Timestamp, kind: msg.Kind, group: msg.Group,
+		from: c.putString(msg.From), to: c.putString(msg.To), cmid: c.putString(msg.ClientMsgID), body: c.put(msg.Body)}
+	c.live++
+	m.byID[msg.ID] = slot
+	m.dedup[dedupKey{c.str(r.from), c.str(r.cmid)}] = slot
+	return slot, r
+}
+
+// seqIn returns the seq of the record at slot in inbox in, or 0.
+func (m *messages) seqIn(slot uint64, r *record, in *inbox) uint64 {
+	for _, ref := range r.in {
+		if ref.in == in.idx {
+			return ref.seq
+		}
+	}
+	if r.in[1].in != 0 {
+		for _, ref := range m.more[slot] {
+			if ref.in == in.idx {
+				return ref.seq
+			}
+		}
+	}
+	return 0
+}
+
+// inbox returns user's inbox, creating it when create is set.
+func (m *messages) inbox(user string, create bool) *inbox {
+	in := m.inboxes[user]
+	if in == nil && create {
+		name := string(append([]byte(nil), user...))
+		m.list = append(m.list, nil)
+		in = &inbox{idx: uint32(len(m.list)), first: 1}
+		m.list[in.idx-1] = in
+		m.inboxes[name] = in
+	}
+	return in
+}
+
+// appendTo adds the record at slot to in and returns its seq, trimming the
+// inbox to InboxMax.
+func (m *messages) appendTo(in *inbox, slot uint64, r *record) uint64 {
+	in.head++
+	if len(in.slots) == 0 {
+		in.first = in.head
+	}
+	in.slots = append(in.slots, slot)
+	r.refs++
+	ref := inboxRef{in: in.idx, seq: in.head}
+	switch {
+	case r.in[0].in == 0:
+		r.in[0] = ref
+	case r.in[1].in == 0:
+		r.in[1] = ref
+	default:
+		m.more[slot] = append(m.more[slot], ref)
+	}
+	if max := m.opts.InboxMax; max > 0 && len(in.slots) > max {
+		m.trim(in, len(in.slots)-max)
+	}
+	return in.head
+}
+
+// trim drops the n oldest entries of in.
+func (m *messages) trim(in *inbox, n int) {
+	for _, slot := range in.slots[:n] {
+		if r, c := m.rec(slot); r != nil && r.refs > 0 {
+			m.unref(slot, r, c)
+		}
+	}
+	// Reuse the array rather than let it creep: copy down once the dead
+	// prefix is as long as what is left.
+	rest := in.slots[n:]
+	if n >= len(rest) {
+		in.slots = append(in.slots[:0], rest...)
+	} else {
+		in.slots = rest
+	}
+	in.first += uint64(n)
+}
+
+// unref drops one inbox's hold on the record at slot; the last one kills it.
+func (m *messages) unref(slot uint64, r *record, c *chunk) {
+	r.refs--
+	if r.refs > 0 {
+		return
+	}
+	delete(m.byID, r.id)
+	delete(m.dedup, dedupKey{c.str(r.from), c.str(r.cmid)})
+	if r.in[1].in != 0 {
+		delete(m.more, slot)
+	}
+	*r = record{}
+	c.live--
+	if c.live == 0 && slot/chunkRecs != m.next/chunkRecs {
+		m.chunks[(slot-m.base)/chunkRecs] = nil
+		for len(m.chunks) > 0 && m.chunks[0] == nil {
+			m.chunks = m.chunks[1:]
+			m.base += chunkRecs
+		}
+	}
+}
+
+// expire drops entries older than MaxAge from the front of every inbox that
+// holds them, scanning records from the oldest live one. It runs at most
+// once a second and handles at most budget messages, so no single append
+// pays for a long backlog.
+func (m *messages) expire(budget int) {
+	if m.opts.MaxAge <= 0 {
+		return
+	}
+	now := m.clock()
+	if now.Sub(m.scanned) < time.Second {
+		return
+	}
+	m.scanned = now
+	cutoff := now.Add(-m.opts.MaxAge).UnixMilli()
+	m.oldest = max(m.oldest, m.base)
+	for ; m.oldest < m.next && budget > 0; m.oldest++ {
+		r, _ := m.rec(m.oldest)
+		if r == nil || r.refs == 0 {
+			continue
+		}
+		if r.ts >= cutoff {
+			break
+		}
+		budget--
+		// Drop, from the front of each inbox holding this message, every
+		// entry up to and including it.
+		refs := append([]inboxRef{r.in[0], r.in[1]}, m.more[m.oldest]...)
+		for _, ref := range refs {
+			if ref.in == 0 {
+				continue
+			}
+			in := m.list[ref.in-1]
+			if ref.seq >= in.first {
+				m.trim(in, int(ref.seq-in.first+1))
+			}
+		}
+	}
+}
