@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"strings"
 	"strconv"
 	"time"
 
@@ -266,7 +267,7 @@ func (s *Server) handleLogin(ctx context.Context, src *loop, c *conn, h codec.He
 			fail(codec.CodeAuthFailed, "unknown user or wrong password")
 			return
 		}
-		s.users.Store(user, struct{}{})
+		s.users.Store(strings.Clone(user), struct{}{})
 	}
 	head, err := s.store.LastSeq(ctx, user)
 	if err != nil {
@@ -344,6 +345,8 @@ func (s *Server) userKnown(user string) bool {
 }
 
 // userExists reports whether user is an account, from the cache or the store.
+// user may point into a request buffer (the send path decodes in place):
+// the cache keeps its own copy.
 func (s *Server) userExists(ctx context.Context, user string) (bool, error) {
 	if s.userKnown(user) {
 		return true, nil
@@ -355,7 +358,7 @@ func (s *Server) userExists(ctx context.Context, user string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	s.users.Store(user, struct{}{})
+	s.users.Store(strings.Clone(user), struct{}{})
 	return true, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
@@ -84,5 +85,28 @@ func TestSyncAfterRetention(t *testing.T) {
 	st := s.Stats()
 	if st.Store == nil || st.Store.Kind != "pebble" || st.Store.Commits == 0 || st.Store.RemovedEntries != 7+7+3 {
 		t.Fatalf("Stats().Store = %+v; want the embedded store's figures (17 entries removed: 7 of alice, 7 of bob, 3 of carol)", st.Store)
+	}
+}
+
+// TestUserCacheKeepsItsOwnKey: the send path looks recipients up with a
+// string that points into the request buffer; the cache of known users must
+// not keep that string (the buffer is reused, and a key that changes under a
+// map corrupts it).
+func TestUserCacheKeepsItsOwnKey(t *testing.T) {
+	s := startServer(t, nil)
+	if err := s.store.CreateUser(t.Context(), persist.User{ID: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	buf := []byte("bob")
+	ok, err := s.userExists(t.Context(), unsafe.String(&buf[0], len(buf)))
+	if err != nil || !ok {
+		t.Fatalf("userExists(bob) = %v, %v", ok, err)
+	}
+	copy(buf, "xyz") // the request buffer is reused
+	if !s.userKnown("bob") {
+		t.Fatal("the user cache lost bob when the request buffer changed: it kept the buffer's string")
+	}
+	if s.userKnown("xyz") {
+		t.Fatal("the user cache knows xyz, which was never looked up")
 	}
 }
