@@ -5,8 +5,8 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
-	"strings"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/imgn/imgn/codec"
