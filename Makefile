@@ -18,7 +18,7 @@ LDFLAGS := -X $(VERSION_PKG).Version=$(VERSION) \
 	-X $(VERSION_PKG).Commit=$(patsubst COMMIT=%,%,$(filter COMMIT=%,$(STAMP))) \
 	-X $(VERSION_PKG).Date=$(patsubst DATE=%,%,$(filter DATE=%,$(STAMP)))
 
-.PHONY: help deps devmongo build dist test race fuzz bench lint deploycheck proto run cluster check clean
+.PHONY: help deps devmongo build dist test race fuzz bench lint deploycheck proto run cluster check clean crash-embedded store-scale
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -77,6 +77,14 @@ clean: ## remove build output
 check: deps build ## reliability suite: fault checker (5 nodes, every fault, 60 s) and the bad-input attacker; prints the tables
 	$(GO) run ./cmd/imcheck check --duration 60s
 	$(GO) run ./cmd/imcheck attack
+
+crash-embedded: ## long kill -9 proof of the embedded store: 10 rounds of open-loop load at 20k msgs/s, each ended by SIGKILL (~3 min)
+	IMD_CRASH_ROUNDS=10 IMD_CRASH_RATE=20000 IMD_CRASH_SECONDS=5 $(GO) test -count=1 -v -timeout 30m \
+		-run '^TestAckedMessagesSurviveSIGKILL$$' ./cmd/imd/
+
+STORE_SCALE ?= 10000000
+store-scale: ## embedded store: recovery time after SIGKILL and disk bytes per message with STORE_SCALE (10M) messages (~10 min)
+	$(GO) test -count=1 -v -timeout 60m -run '^TestRecoveryAtScale$$' ./persist/pebblestore/ -args -pebblestore.scale=$(STORE_SCALE)
 
 cluster: deps build ## run a local 3-node cluster with ZooKeeper, Redis, dev MongoDB and imrouter (Ctrl-C stops it)
 	./$(BIN)/imcluster --dir ./data/cluster

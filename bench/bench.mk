@@ -21,8 +21,9 @@ bench-p2p: bench-build ## 1:1 open loop, memory store, 1000 pairs at 10k msgs/s,
 	$(BENCH_RUN) p2p --store memory --pairs 1000 --rate 10000 --warmup 5s --duration 15s --baseline-echo \
 		--json $(BENCH_OUT)/p2p.json --hgrm $(BENCH_OUT)/p2p.hgrm $(BENCH_FLAGS)
 
-bench-p2p-embedded: bench-build ## 1:1 open loop, embedded store with fsync (group commit), 1000 pairs at 3k msgs/s (~30 s)
-	$(BENCH_RUN) p2p --store embedded --pairs 1000 --rate 3000 --warmup 5s --duration 15s \
+bench-p2p-embedded: bench-build ## 1:1 open loop, embedded store with fsync (group commit), 100 pairs at 20k msgs/s, no per-user limit (~30 s; BENCH_FLAGS="--rate 50000" for another rate)
+	$(BENCH_RUN) p2p --store embedded --pairs 100 --rate 20000 --warmup 5s --duration 15s \
+		--imd-arg --send-rate=1000000,--send-burst=1000000 \
 		--json $(BENCH_OUT)/p2p-embedded.json --hgrm $(BENCH_OUT)/p2p-embedded.hgrm $(BENCH_FLAGS)
 
 bench-group: bench-build ## fan-out: 20 groups x 100 members, 200 group sends/s (19,800 deliveries/s), plus baseline (~60 s)

@@ -152,7 +152,8 @@ func (d *deliverer) sync() error {
 			return err
 		}
 		page := resp.(*pb.SyncOK)
-		if !d.deliver(d.o.synced(time.Now(), after, page.GetMessages(), d.out[:0])) {
+		out := d.o.removed(time.Now(), page.GetFirstSeq(), d.out[:0])
+		if !d.deliver(d.o.synced(time.Now(), after, page.GetMessages(), out)) {
 			return errStopped
 		}
 		if !page.GetHasMore() || d.o.last == after {

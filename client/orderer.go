@@ -20,7 +20,8 @@ import (
 // makes a sync due at once). A gap that has stayed open for grace without
 // progress makes a sync due. A SYNC_OK page is authoritative: it holds
 // every inbox entry in (after, its highest seq], so seqs missing from it do
-// not exist and are skipped.
+// not exist and are skipped; its first_seq says which seqs retention
+// removed (see removed).
 type orderer struct {
 	last  uint64
 	buf   map[uint64]*pb.Message
@@ -106,6 +107,21 @@ func (o *orderer) synced(now time.Time, after uint64, msgs []*pb.Message, out []
 	o.last = hi
 	out = o.drain(out)
 	o.trim()
+	o.updateGap(now, true)
+	return out
+}
+
+// removed records that the server's retention removed every seq below
+// first (SYNC_OK first_seq): they will never arrive, so delivery goes on at
+// first. Buffered messages that now continue the sequence are appended to
+// out. A first at or below last+1 changes nothing.
+func (o *orderer) removed(now time.Time, first uint64, out []*pb.Message) []*pb.Message {
+	if first == 0 || first-1 <= o.last {
+		return out
+	}
+	o.last = first - 1
+	o.trim()
+	out = o.drain(out)
 	o.updateGap(now, true)
 	return out
 }

@@ -162,6 +162,31 @@ func TestOrdererSyncedIsAuthoritative(t *testing.T) {
 // duplicated, split and shuffled, sync pages of random sizes, whenever the
 // orderer asks for a sync. Whatever happens, the output must be exactly
 // 1..n in order.
+// TestOrdererRemoved: a SYNC_OK first_seq skips the seqs retention removed,
+// delivers what was buffered behind them, and never goes backwards.
+func TestOrdererRemoved(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	o := newOrderer(5, 100, time.Second)
+	if out := o.push(t0, msgs(12, 13), nil); len(out) != 0 {
+		t.Fatalf("pushed above a gap: delivered %v", seqsOf(out))
+	}
+	if out := o.removed(t0, 10, nil); len(out) != 0 || o.last != 9 {
+		t.Fatalf("removed below 10: delivered %v, last %d; want nothing, last 9", seqsOf(out), o.last)
+	}
+	if out := o.synced(t0, 5, msgs(10, 11), nil); !slices.Equal(seqsOf(out), []uint64{10, 11, 12, 13}) {
+		t.Fatalf("page from first_seq: delivered %v, want [10 11 12 13]", seqsOf(out))
+	}
+	o.push(t0, msgs(20), nil)
+	if out := o.removed(t0, 20, nil); !slices.Equal(seqsOf(out), []uint64{20}) || o.buffered() != 0 {
+		t.Fatalf("empty page with first_seq 20: delivered %v (buffered %d), want [20]", seqsOf(out), o.buffered())
+	}
+	for _, first := range []uint64{0, 5, 21} {
+		if out := o.removed(t0, first, nil); len(out) != 0 || o.last != 20 {
+			t.Fatalf("first_seq %d at or below last+1: delivered %v, last %d; want no change", first, seqsOf(out), o.last)
+		}
+	}
+}
+
 func TestOrdererExactlyOnceProperty(t *testing.T) {
 	for seed := uint64(1); seed <= 200; seed++ {
 		rng := rand.New(rand.NewPCG(seed, seed*7919))

@@ -93,6 +93,9 @@ type Stats struct {
 	Goroutines   int     `json:"goroutines"`
 	CPUSeconds   float64 `json:"cpu_seconds"`
 	BytesPerConn float64 `json:"bytes_per_conn"`
+	// Store is the store's own figures, when it reports them
+	// (persist.StatsReporter; the embedded store does).
+	Store *persist.StoreStats `json:"store,omitempty"`
 }
 
 // Stats returns current connection counts and process memory. It reads
@@ -108,6 +111,10 @@ func (s *Server) Stats() Stats {
 	st.CPUSeconds = procstat.CPUSeconds()
 	if st.Connections > 0 {
 		st.BytesPerConn = float64(st.RSSBytes) / float64(st.Connections)
+	}
+	if r, ok := s.store.(persist.StatsReporter); ok {
+		ss := r.StoreStats()
+		st.Store = &ss
 	}
 	return st
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/imgn/imgn/codec"
@@ -266,7 +267,7 @@ func (s *Server) handleLogin(ctx context.Context, src *loop, c *conn, h codec.He
 			fail(codec.CodeAuthFailed, "unknown user or wrong password")
 			return
 		}
-		s.users.Store(user, struct{}{})
+		s.users.Store(strings.Clone(user), struct{}{})
 	}
 	head, err := s.store.LastSeq(ctx, user)
 	if err != nil {
@@ -344,6 +345,8 @@ func (s *Server) userKnown(user string) bool {
 }
 
 // userExists reports whether user is an account, from the cache or the store.
+// user may point into a request buffer (the send path decodes in place):
+// the cache keeps its own copy.
 func (s *Server) userExists(ctx context.Context, user string) (bool, error) {
 	if s.userKnown(user) {
 		return true, nil
@@ -355,7 +358,7 @@ func (s *Server) userExists(ctx context.Context, user string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	s.users.Store(user, struct{}{})
+	s.users.Store(strings.Clone(user), struct{}{})
 	return true, nil
 }
 
@@ -417,7 +420,7 @@ func (s *Server) handleSync(ctx context.Context, src *loop, c *conn, h codec.Hea
 		s.storeError(src, c, h, "read inbox head", err)
 		return
 	}
-	out := &pb.SyncOK{HeadSeq: head}
+	out := &pb.SyncOK{HeadSeq: head, FirstSeq: s.removedBelow(ctx, c.user, req.AfterSeq, head, entries)}
 	if len(entries) > limit {
 		out.HasMore = true
 		entries = entries[:limit]
@@ -427,6 +430,31 @@ func (s *Server) handleSync(ctx context.Context, src *loop, c *conn, h codec.Hea
 		out.Messages[i] = toPB(entries[i].Seq, &entries[i].Msg)
 	}
 	c.writeMsg(src, h.Serializer, codec.CmdSyncOK, h.Seq, out)
+}
+
+// removedBelow returns SyncOK.first_seq for a page read after afterSeq:
+// the inbox's first kept seq when retention removed seqs after afterSeq,
+// else 0. An inbox is a gap-free run from its first kept seq (see
+// persist.Retention), so a page starting above afterSeq+1 starts there; an
+// empty page below head means everything after afterSeq was removed, and
+// the store says where the inbox starts now. A failure to read it leaves
+// the field out: the page itself is still right.
+func (s *Server) removedBelow(ctx context.Context, user string, afterSeq, head uint64, entries []persist.InboxEntry) uint64 {
+	if len(entries) > 0 {
+		if first := entries[0].Seq; first > afterSeq+1 {
+			return first
+		}
+		return 0
+	}
+	r, ok := s.store.(persist.Retainer)
+	if !ok || head <= afterSeq {
+		return 0
+	}
+	first, err := r.FirstSeq(ctx, user)
+	if err != nil || first <= afterSeq+1 {
+		return 0
+	}
+	return first
 }
 
 func toPB(seq uint64, m *persist.Message) *pb.Message {

@@ -1,10 +1,12 @@
 // Package persist holds the storage seams of the server and their in-memory
 // defaults: MessageStore (messages, inboxes, cursors), UserStore and
 // GroupStore, and SessionStore (who is online where). Implementations live
-// one per sub-package: memstore (in memory, not durable), boltstore (the
+// one per sub-package: memstore (in memory, not durable), pebblestore (the
 // embedded single-node store), mongostore (clusters), redisstore (sessions).
 // Every implementation passes the conformance suite of its interface
-// (persist/storetest, persist/sessiontest).
+// (persist/storetest, persist/sessiontest). Optional seams: AsyncAppender
+// (appends without a waiting goroutine), Retainer (a store that forgets
+// old messages by the rules of Retention) and StatsReporter.
 //
 // Rules every store follows: identifiers longer than MaxIDLen are
 // ErrInvalid; ReadInbox with limit <= 0 is ErrInvalid; reusing a stored

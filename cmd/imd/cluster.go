@@ -97,7 +97,7 @@ func serveCluster(o *options, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
-	cfg := engineConfig(o, store, log)
+	cfg := engineConfig(o, store, nil, log) // the engine makes its own metrics registry
 	cfg.Cluster, cfg.Sessions = cluster, sessions
 	srv, err = engine.New(cfg)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -83,6 +84,23 @@ func connectLogin(addr, user string) (*syncClient, error) {
 	return c, nil
 }
 
+// readFrame reads one frame.
+func (c *syncClient) readFrame() (codec.Header, []byte, error) {
+	hb := make([]byte, codec.HeaderSize)
+	if _, err := io.ReadFull(c.r, hb); err != nil {
+		return codec.Header{}, nil, err
+	}
+	h, err := codec.ParseHeader(hb)
+	if err != nil {
+		return codec.Header{}, nil, err
+	}
+	body := make([]byte, h.Length)
+	if _, err := io.ReadFull(c.r, body); err != nil {
+		return codec.Header{}, nil, err
+	}
+	return h, body, nil
+}
+
 // call returns the reply command; ERROR replies are returned as an error.
 func (c *syncClient) call(cmd codec.Command, req, out proto.Message) (codec.Command, error) {
 	c.seq++
@@ -92,16 +110,8 @@ func (c *syncClient) call(cmd codec.Command, req, out proto.Message) (codec.Comm
 		return 0, err
 	}
 	for {
-		hb := make([]byte, codec.HeaderSize)
-		if _, err := io.ReadFull(c.r, hb); err != nil {
-			return 0, err
-		}
-		h, err := codec.ParseHeader(hb)
+		h, body, err := c.readFrame()
 		if err != nil {
-			return 0, err
-		}
-		body := make([]byte, h.Length)
-		if _, err := io.ReadFull(c.r, body); err != nil {
 			return 0, err
 		}
 		if h.Seq != c.seq {
@@ -116,126 +126,282 @@ func (c *syncClient) call(cmd codec.Command, req, out proto.Message) (codec.Comm
 	}
 }
 
-// TestAckedMessagesSurviveSIGKILL runs a real imd on the embedded store,
-// kills it with SIGKILL while four senders stream messages, restarts it on
-// the same data, and checks that every acknowledged message is in the
-// sender's and the recipient's inbox, with no gap and no duplicate.
+// crashConfig sizes TestAckedMessagesSurviveSIGKILL. The defaults are the
+// short run of `make test`; `make crash-embedded` sets IMD_CRASH_ROUNDS,
+// IMD_CRASH_RATE and IMD_CRASH_SECONDS for the long one.
+type crashConfig struct {
+	rounds  int
+	rate    int           // messages per second offered, over all senders
+	per     time.Duration // load before each kill
+	senders int
+}
+
+func loadCrashConfig(t *testing.T) crashConfig {
+	c := crashConfig{rounds: 2, rate: 2000, per: 1500 * time.Millisecond, senders: 8}
+	for _, v := range []struct {
+		name string
+		dst  *int
+	}{{"IMD_CRASH_ROUNDS", &c.rounds}, {"IMD_CRASH_RATE", &c.rate}} {
+		if s := os.Getenv(v.name); s != "" {
+			n, err := strconv.Atoi(s)
+			if err != nil || n <= 0 {
+				t.Fatalf("%s=%q: want a positive number", v.name, s)
+			}
+			*v.dst = n
+		}
+	}
+	if s := os.Getenv("IMD_CRASH_SECONDS"); s != "" {
+		n, err := strconv.ParseFloat(s, 64)
+		if err != nil || n <= 0 {
+			t.Fatalf("IMD_CRASH_SECONDS=%q: want a positive number", s)
+		}
+		c.per = time.Duration(n * float64(time.Second))
+	}
+	c.senders = max(c.senders, c.rate/1000) // well below the 256 requests in flight a connection may have
+	return c
+}
+
+// sentMsg is one message handed to the node, acknowledged or not.
+type sentMsg struct {
+	sender, to string
+	acked      bool
+	seq        uint64 // the sender's inbox seq, from SEND_ACK
+}
+
+// ledger records every message sent by the test, by client_msg_id.
+type ledger struct {
+	mu   sync.Mutex
+	msgs map[string]*sentMsg
+}
+
+func (l *ledger) sent(cmid, sender, to string) {
+	l.mu.Lock()
+	l.msgs[cmid] = &sentMsg{sender: sender, to: to}
+	l.mu.Unlock()
+}
+
+// ack records a SEND_ACK; a second ack of one message (a retry) must carry
+// the same seq.
+func (l *ledger) ack(t *testing.T, cmid string, seq uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	m := l.msgs[cmid]
+	if m.acked && m.seq != seq {
+		t.Errorf("%s acked at seq %d, and at %d by a retry", cmid, m.seq, seq)
+	}
+	m.acked, m.seq = true, seq
+}
+
+func (l *ledger) unacked() map[string][]string { // sender -> cmids
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := map[string][]string{}
+	for cmid, m := range l.msgs {
+		if !m.acked {
+			out[m.sender] = append(out[m.sender], cmid)
+		}
+	}
+	return out
+}
+
+// openLoopSender sends SENDs on one connection at a fixed rate without
+// waiting for their acks, until ctx ends or the connection breaks.
+func openLoopSender(ctx context.Context, t *testing.T, addr, sender string, recipients []string, every time.Duration, l *ledger) {
+	c, err := connectLogin(addr, sender)
+	if err != nil {
+		return
+	}
+	defer c.nc.Close()
+	var mu sync.Mutex
+	pending := map[uint32]string{} // request seq -> client_msg_id
+	readerDone := make(chan struct{})
+	go func() { // the acks, as they come
+		defer close(readerDone)
+		for {
+			h, body, err := c.readFrame()
+			if err != nil {
+				return
+			}
+			if h.Command != codec.CmdSendAck {
+				continue // pushes; errors leave the message unacknowledged
+			}
+			var ack pb.SendAck
+			if err := codec.Unmarshal(h.Serializer, body, &ack); err != nil {
+				t.Errorf("bad SEND_ACK: %v", err)
+				return
+			}
+			mu.Lock()
+			cmid := pending[h.Seq]
+			mu.Unlock()
+			if cmid != ack.ClientMsgId {
+				t.Errorf("SEND_ACK for request %d carries %q, sent %q", h.Seq, ack.ClientMsgId, cmid)
+				return
+			}
+			l.ack(t, cmid, ack.Seq)
+		}
+	}()
+	start := time.Now()
+	for i := 0; ctx.Err() == nil; i++ {
+		time.Sleep(time.Until(start.Add(time.Duration(i) * every)))
+		cmid := fmt.Sprintf("%s-%d-%d", sender, start.UnixNano(), i)
+		to := recipients[i%len(recipients)]
+		c.seq++
+		b, _ := codec.AppendFrame(nil, codec.Protobuf, codec.CmdSend, 0, c.seq, &pb.SendRequest{ClientMsgId: cmid, To: to, Body: []byte(cmid)})
+		mu.Lock()
+		pending[c.seq] = cmid
+		mu.Unlock()
+		l.sent(cmid, sender, to) // from here on it may be stored
+		_ = c.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.nc.Write(b); err != nil {
+			break
+		}
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(2 * time.Second)) // collect the acks in flight
+	<-readerDone
+}
+
+// TestAckedMessagesSurviveSIGKILL runs a real imd on the embedded store
+// under open-loop load and kills it with SIGKILL, several times on the same
+// data. After each restart the senders resend what was not acknowledged
+// (same client_msg_id, as a client does). At the end every message sent is
+// in its recipient's inbox exactly once, every acknowledged one in its
+// sender's inbox at the acknowledged seq, and no inbox has a gap.
 func TestAckedMessagesSurviveSIGKILL(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs imd")
 	}
+	cfg := loadCrashConfig(t)
 	bin := buildImd(t)
 	data := t.TempDir()
 	addr := freePort(t)
-	p := startImd(t, bin, data, addr)
-
-	type acked struct {
-		cmid string
-		seq  uint64
+	l := &ledger{msgs: map[string]*sentMsg{}}
+	recipients := []string{"sink0", "sink1", "sink2"}
+	senders := make([]string, cfg.senders)
+	for i := range senders {
+		senders[i] = fmt.Sprint("sender", i)
 	}
-	const senders = 4
-	results := make(chan []acked, senders)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	for s := range senders {
-		go func() {
-			var got []acked
-			defer func() { results <- got }()
-			c, err := connectLogin(addr, fmt.Sprint("sender", s))
-			if err != nil {
-				return
-			}
-			defer c.nc.Close()
-			for i := 0; ctx.Err() == nil; i++ {
-				cmid := fmt.Sprintf("s%d-%d", s, i)
-				var ack pb.SendAck
-				if _, err := c.call(codec.CmdSend, &pb.SendRequest{ClientMsgId: cmid, To: "sink", Body: []byte(cmid)}, &ack); err != nil {
-					return // the node died: this message was not acknowledged
+	every := time.Duration(float64(time.Second) * float64(cfg.senders) / float64(cfg.rate))
+	for round := range cfg.rounds {
+		p := startImd(t, bin, data, addr)
+		if round == 0 {
+			for _, r := range recipients { // a token login creates the user
+				c, err := connectLogin(addr, r)
+				if err != nil {
+					t.Fatal(err)
 				}
-				got = append(got, acked{cmid, ack.Seq})
+				c.nc.Close()
 			}
-		}()
-	}
-	// Let the senders get going, then kill the node mid-stream.
-	sink, err := connectLogin(addr, "sink")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink.nc.Close()
-	time.Sleep(1500 * time.Millisecond)
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	_ = p.cmd.Wait()
-	cancel()
-	all := map[string]acked{}
-	perSender := map[int][]acked{}
-	for range senders {
-		r := <-results
-		for _, a := range r {
-			all[a.cmid] = a
 		}
-		if len(r) > 0 {
-			var n int
-			fmt.Sscanf(r[0].cmid, "s%d-", &n)
-			perSender[n] = r
+		resendUnacked(t, addr, l)
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		for _, s := range senders {
+			wg.Go(func() { openLoopSender(ctx, t, addr, s, recipients, every, l) })
 		}
-	}
-	if len(all) < 20 {
-		t.Fatalf("only %d messages acked before the kill; the test needs a stream", len(all))
-	}
-	t.Logf("%d messages acknowledged before SIGKILL", len(all))
-
-	startImd(t, bin, data, addr)
-	readAll := func(user string) []*pb.Message {
-		c, err := connectLogin(addr, user)
-		if err != nil {
+		time.Sleep(cfg.per)
+		if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil { // with sends in flight
 			t.Fatal(err)
 		}
-		defer c.nc.Close()
-		var msgs []*pb.Message
-		after := uint64(0)
-		for {
-			var page pb.SyncOK
-			if _, err := c.call(codec.CmdSync, &pb.SyncRequest{AfterSeq: after, Limit: 500}, &page); err != nil {
-				t.Fatal(err)
-			}
-			msgs = append(msgs, page.Messages...)
-			if !page.HasMore {
-				return msgs
-			}
-			after = page.Messages[len(page.Messages)-1].Seq
+		_ = p.cmd.Wait()
+		cancel()
+		wg.Wait()
+		un := 0
+		for _, c := range l.unacked() {
+			un += len(c)
+		}
+		t.Logf("round %d: %d messages sent so far, %d unacknowledged at the kill", round, len(l.msgs), un)
+		if un == len(l.msgs) {
+			t.Fatalf("round %d: nothing acknowledged: the test needs a stream", round)
 		}
 	}
-	checkGapFree := func(user string, msgs []*pb.Message) map[string]uint64 {
-		bySeq := map[string]uint64{}
-		for i, m := range msgs {
-			if m.Seq != uint64(i+1) {
-				t.Fatalf("%s: inbox position %d has seq %d: gap or duplicate", user, i, m.Seq)
-			}
-			if _, dup := bySeq[m.ClientMsgId]; dup {
-				t.Fatalf("%s: message %s twice", user, m.ClientMsgId)
-			}
-			bySeq[m.ClientMsgId] = m.Seq
-		}
-		return bySeq
+	startImd(t, bin, data, addr)
+	resendUnacked(t, addr, l)
+
+	recvd := map[string]map[string]uint64{} // recipient -> cmid -> seq
+	for _, r := range recipients {
+		recvd[r] = checkGapFree(t, r, readAll(t, addr, r))
 	}
-	sinkInbox := checkGapFree("sink", readAll("sink"))
-	for cmid := range all {
-		if _, ok := sinkInbox[cmid]; !ok {
-			t.Errorf("acked message %s lost from the recipient's inbox", cmid)
+	for cmid, m := range l.msgs {
+		if _, ok := recvd[m.to][cmid]; !ok {
+			t.Errorf("%s (acked %v) missing from %s's inbox", cmid, m.acked, m.to)
 		}
 	}
-	for s, acks := range perSender {
-		user := fmt.Sprint("sender", s)
-		inbox := checkGapFree(user, readAll(user))
-		for _, a := range acks {
-			if seq, ok := inbox[a.cmid]; !ok || seq != a.seq {
-				t.Errorf("%s: acked %s at seq %d, inbox has %d (present %v)", user, a.cmid, a.seq, seq, ok)
+	for _, s := range senders {
+		inbox := checkGapFree(t, s, readAll(t, addr, s))
+		for cmid, m := range l.msgs {
+			if m.sender != s {
+				continue
+			}
+			if seq, ok := inbox[cmid]; !ok || seq != m.seq {
+				t.Errorf("%s: acked %s at seq %d, inbox has %d (present %v)", s, cmid, m.seq, seq, ok)
 			}
 		}
 	}
+	t.Logf("%d messages over %d rounds: every one stored once, every ack kept", len(l.msgs), cfg.rounds)
 	if !strings.HasPrefix(addr, "127.0.0.1:") {
 		t.Fatal("test must stay on loopback")
 	}
+}
+
+// resendUnacked resends every unacknowledged message with its
+// client_msg_id, one sender at a time, until each is acknowledged.
+func resendUnacked(t *testing.T, addr string, l *ledger) {
+	t.Helper()
+	for sender, cmids := range l.unacked() {
+		c, err := connectLogin(addr, sender)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, cmid := range cmids {
+			var ack pb.SendAck
+			l.mu.Lock()
+			to := l.msgs[cmid].to
+			l.mu.Unlock()
+			if _, err := c.call(codec.CmdSend, &pb.SendRequest{ClientMsgId: cmid, To: to, Body: []byte(cmid)}, &ack); err != nil {
+				t.Fatalf("resend %s: %v", cmid, err)
+			}
+			l.ack(t, cmid, ack.Seq)
+		}
+		c.nc.Close()
+	}
+}
+
+// readAll reads user's whole inbox by SYNC pages.
+func readAll(t *testing.T, addr, user string) []*pb.Message {
+	t.Helper()
+	c, err := connectLogin(addr, user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.nc.Close()
+	var msgs []*pb.Message
+	after := uint64(0)
+	for {
+		var page pb.SyncOK
+		if _, err := c.call(codec.CmdSync, &pb.SyncRequest{AfterSeq: after, Limit: 500}, &page); err != nil {
+			t.Fatal(err)
+		}
+		msgs = append(msgs, page.Messages...)
+		if !page.HasMore {
+			return msgs
+		}
+		after = page.Messages[len(page.Messages)-1].Seq
+	}
+}
+
+// checkGapFree asserts msgs are seqs 1, 2, ... with no client_msg_id twice,
+// and returns client_msg_id -> seq.
+func checkGapFree(t *testing.T, user string, msgs []*pb.Message) map[string]uint64 {
+	t.Helper()
+	bySeq := map[string]uint64{}
+	for i, m := range msgs {
+		if m.Seq != uint64(i+1) {
+			t.Fatalf("%s: inbox position %d has seq %d: gap or duplicate", user, i, m.Seq)
+		}
+		if _, dup := bySeq[m.ClientMsgId]; dup {
+			t.Fatalf("%s: message %s twice", user, m.ClientMsgId)
+		}
+		bySeq[m.ClientMsgId] = m.Seq
+	}
+	return bySeq
 }

@@ -1,5 +1,5 @@
 // Command imd runs one IM node. With no cluster flags it is a complete
-// single-node server on an embedded, crash-safe store under ./data.
+// single-node server on an embedded, crash-safe store (Pebble) under ./data.
 //
 // Settings come from flags, IM_<FLAG> environment variables (upper case,
 // dashes as underscores, e.g. IM_LISTEN=0.0.0.0:9090) and a TOML file
@@ -20,17 +20,18 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime/debug"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/imgn/imgn/engine"
 	"github.com/imgn/imgn/internal/dirlock"
 	"github.com/imgn/imgn/internal/logging"
 	"github.com/imgn/imgn/persist"
-	"github.com/imgn/imgn/persist/boltstore"
 	"github.com/imgn/imgn/persist/memstore"
+	"github.com/imgn/imgn/persist/pebblestore"
 )
 
 func main() {
@@ -88,10 +89,11 @@ func nodeLog(o *options, log *slog.Logger) *slog.Logger {
 }
 
 // openStore opens the message store chosen by --store. The embedded store
-// first locks the data directory (dirlock), so a second imd on the same
-// directory stops at once with the holder's pid and the lock file in the
-// message. close closes the store and then releases the directory.
-func openStore(o *options) (store persist.Store, close func() error, err error) {
+// (Pebble) first locks the data directory (dirlock), so a second imd on the
+// same directory stops at once with the holder's pid and the lock file in
+// the message; it registers its metrics on reg. close closes the store and
+// then releases the directory.
+func openStore(o *options, reg prometheus.Registerer, log *slog.Logger) (store persist.Store, close func() error, err error) {
 	if o.store.kind == storeMemory {
 		return memstore.New(), func() error { return nil }, nil
 	}
@@ -99,7 +101,11 @@ func openStore(o *options) (store persist.Store, close func() error, err error) 
 	if err != nil {
 		return nil, nil, err
 	}
-	st, err := boltstore.Open(boltstore.Options{Path: filepath.Join(o.store.dataDir, "imgn.db"), NoSync: o.store.noSync})
+	st, err := pebblestore.Open(pebblestore.Options{
+		Dir: o.store.dataDir, NoSync: o.store.noSync,
+		Retention: persist.Retention{MaxAge: o.store.retention, InboxMax: o.store.inboxMax},
+		Registry:  reg, Logger: log,
+	})
 	if err != nil {
 		_ = lock.Release()
 		return nil, nil, fmt.Errorf("open embedded store in %s: %w", o.store.dataDir, err)
@@ -111,15 +117,16 @@ func openStore(o *options) (store persist.Store, close func() error, err error) 
 
 // engineConfig returns the engine configuration for a run: the bound
 // settings plus what only exists at run time.
-func engineConfig(o *options, store persist.Store, log *slog.Logger) engine.Config {
+func engineConfig(o *options, store persist.Store, reg *prometheus.Registry, log *slog.Logger) engine.Config {
 	cfg := o.engine
-	cfg.Store, cfg.Logger = store, log
+	cfg.Store, cfg.Registry, cfg.Logger = store, reg, log
 	return cfg
 }
 
 func serve(o *options, log *slog.Logger) error {
 	nlog := nodeLog(o, log)
-	store, closeStore, err := openStore(o)
+	reg := prometheus.NewRegistry() // the engine's and the store's metrics
+	store, closeStore, err := openStore(o, reg, nlog)
 	if err != nil {
 		return err
 	}
@@ -128,7 +135,7 @@ func serve(o *options, log *slog.Logger) error {
 			nlog.Error("close store", logging.KeyErr, err)
 		}
 	}()
-	srv, err := engine.New(engineConfig(o, store, log))
+	srv, err := engine.New(engineConfig(o, store, reg, log))
 	if err != nil {
 		return err
 	}

@@ -43,9 +43,11 @@ const (
 
 // storeOptions chooses and configures the single-node message store.
 type storeOptions struct {
-	kind    string // storeEmbedded or storeMemory
-	dataDir string
-	noSync  bool
+	kind      string // storeEmbedded or storeMemory
+	dataDir   string
+	noSync    bool
+	retention time.Duration // embedded store: remove messages older than this (0: keep)
+	inboxMax  int           // embedded store: newest entries kept per inbox (0: no cap)
 }
 
 // clusterOptions are the cluster-mode settings (all empty on a single node).
@@ -85,7 +87,7 @@ var derivedDefaults = map[string]string{
 // flagGroups order imd's help and its config example.
 var flagGroups = []envflag.Group{
 	{Title: "Node", Names: []string{"listen", "admin", "node-id", "node-num", "jwt-secret", "log-level", "log-format"}},
-	{Title: "Embedded store (single node)", Names: []string{"store", "data", "unsafe-no-fsync"}},
+	{Title: "Embedded store (single node)", Names: []string{"store", "data", "unsafe-no-fsync", "retention", "inbox-max"}},
 	{Title: "Limits", Names: []string{"max-conns", "max-body", "max-group-size", "max-outbound", "max-conn-inbound", "max-node-inbound",
 		"workers", "event-loops", "send-rate", "send-burst", "login-rate-per-ip", "login-burst-per-ip"}},
 	{Title: "Timeouts", Names: []string{"heartbeat", "heartbeat-rate", "max-heartbeat", "idle-timeout", "login-timeout", "goaway-window", "shutdown-timeout"}},
@@ -126,6 +128,8 @@ func newFlagSet(o *options, out io.Writer) (*envflag.Flags, map[string]string) {
 	fs.StringVar(&o.store.kind, "store", storeEmbedded, "message store: embedded (durable, file-backed) or memory (not durable)")
 	fs.StringVar(&o.store.dataDir, "data", "./data", "data directory of the embedded store (locked while imd runs)")
 	fs.BoolVar(&o.store.noSync, "unsafe-no-fsync", false, "embedded store: skip fsync (UNSAFE: acked messages can be lost on a crash; benchmarks only)")
+	fs.DurationVar(&o.store.retention, "retention", 0, "embedded store: remove messages older than this, e.g. 720h (0 keeps them for ever)")
+	fs.IntVar(&o.store.inboxMax, "inbox-max", 0, "embedded store: keep at most this many newest messages per inbox (0: no cap)")
 
 	fs.IntVar(&e.MaxConns, bind("MaxConns", "max-conns"), def.MaxConns, "maximum client connections")
 	fs.IntVar(&e.MaxBody, bind("MaxBody", "max-body"), def.MaxBody, "maximum frame body bytes")
@@ -196,6 +200,14 @@ func (o *options) finish(fields map[string]string) error {
 	}
 	if o.store.kind != storeEmbedded && o.store.kind != storeMemory {
 		return envflag.Usagef("--store must be embedded or memory, got %q", o.store.kind)
+	}
+	switch st := &o.store; {
+	case st.retention < 0:
+		return envflag.Usagef("--retention must be >= 0, got %s", st.retention)
+	case st.inboxMax < 0:
+		return envflag.Usagef("--inbox-max must be >= 0, got %d", st.inboxMax)
+	case (st.retention > 0 || st.inboxMax > 0) && st.kind != storeEmbedded:
+		return envflag.Usagef("--retention and --inbox-max need --store embedded (the %s store does not enforce them)", st.kind)
 	}
 	if o.shutdownTimeout <= 0 {
 		return envflag.Usagef("--shutdown-timeout must be positive, got %s", o.shutdownTimeout)

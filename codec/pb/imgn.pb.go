@@ -851,10 +851,13 @@ func (x *SyncRequest) GetLimit() uint32 {
 
 // SYNC_OK (0x93).
 type SyncOK struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Messages      []*Message             `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"` // ascending seq, all > after_seq
-	HasMore       bool                   `protobuf:"varint,2,opt,name=has_more,json=hasMore,proto3" json:"has_more,omitempty"`
-	HeadSeq       uint64                 `protobuf:"varint,3,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Messages []*Message             `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"` // ascending seq, all > after_seq
+	HasMore  bool                   `protobuf:"varint,2,opt,name=has_more,json=hasMore,proto3" json:"has_more,omitempty"`
+	HeadSeq  uint64                 `protobuf:"varint,3,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`
+	// Set when retention removed seqs after after_seq: the lowest seq the
+	// inbox still holds (the page starts there). 0 otherwise.
+	FirstSeq      uint64 `protobuf:"varint,4,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -906,6 +909,13 @@ func (x *SyncOK) GetHasMore() bool {
 func (x *SyncOK) GetHeadSeq() uint64 {
 	if x != nil {
 		return x.HeadSeq
+	}
+	return 0
+}
+
+func (x *SyncOK) GetFirstSeq() uint64 {
+	if x != nil {
+		return x.FirstSeq
 	}
 	return 0
 }
@@ -1545,11 +1555,12 @@ const file_codec_pb_imgn_proto_rawDesc = "" +
 	"\tup_to_seq\x18\x01 \x01(\x04R\aupToSeq\"@\n" +
 	"\vSyncRequest\x12\x1b\n" +
 	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x12\x14\n" +
-	"\x05limit\x18\x02 \x01(\rR\x05limit\"l\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\"\x89\x01\n" +
 	"\x06SyncOK\x12,\n" +
 	"\bmessages\x18\x01 \x03(\v2\x10.imgn.v1.MessageR\bmessages\x12\x19\n" +
 	"\bhas_more\x18\x02 \x01(\bR\ahasMore\x12\x19\n" +
-	"\bhead_seq\x18\x03 \x01(\x04R\aheadSeq\"B\n" +
+	"\bhead_seq\x18\x03 \x01(\x04R\aheadSeq\x12\x1b\n" +
+	"\tfirst_seq\x18\x04 \x01(\x04R\bfirstSeq\"B\n" +
 	"\x12GroupCreateRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\amembers\x18\x02 \x03(\tR\amembers\")\n" +

@@ -269,7 +269,7 @@ type Store struct {
 
 	messages, inbox, heads, cursors, users, groups *mongo.Collection
 
-	// mu guards closed and the send side of queue (as in boltstore):
+	// mu guards closed and the send side of queue (as in pebblestore):
 	// senders and readers hold it for reading, Close for writing.
 	mu     sync.RWMutex
 	closed bool

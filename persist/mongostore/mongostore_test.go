@@ -145,32 +145,6 @@ func TestOpenErrors(t *testing.T) {
 	}
 }
 
-func checkGapFree(t *testing.T, s persist.Store, inbox string) []persist.InboxEntry {
-	t.Helper()
-	last, err := s.LastSeq(t.Context(), inbox)
-	if err != nil {
-		t.Fatal(err)
-	}
-	es, err := s.ReadInbox(t.Context(), inbox, 0, int(last)+10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if uint64(len(es)) != last {
-		t.Fatalf("inbox %s: %d entries, LastSeq %d", inbox, len(es), last)
-	}
-	seen := map[uint64]bool{}
-	for i, e := range es {
-		if e.Seq != uint64(i+1) {
-			t.Fatalf("inbox %s: entry %d has seq %d (gap)", inbox, i, e.Seq)
-		}
-		if seen[e.Msg.ID] {
-			t.Fatalf("inbox %s: message %d twice", inbox, e.Msg.ID)
-		}
-		seen[e.Msg.ID] = true
-	}
-	return es
-}
-
 // TestGroupCommit: concurrent appends share batches.
 func TestGroupCommit(t *testing.T) {
 	t.Parallel()
@@ -192,7 +166,7 @@ func TestGroupCommit(t *testing.T) {
 	if st.Appends != n || st.Batches >= n || st.FailedBatches != 0 {
 		t.Fatalf("stats %+v: want %d appends in fewer batches", st, n)
 	}
-	if es := checkGapFree(t, s, "all"); len(es) != n {
+	if es := storetest.ReadGapFree(t, s, "all"); len(es) != n {
 		t.Fatalf("inbox all: %d entries", len(es))
 	}
 }
@@ -256,7 +230,7 @@ func TestTwoWritersFenced(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	es := checkGapFree(t, a, "hot")
+	es := storetest.ReadGapFree(t, a, "hot")
 	if len(es) != 2*8*15 {
 		t.Fatalf("hot: %d entries", len(es))
 	}
@@ -267,7 +241,7 @@ func TestTwoWritersFenced(t *testing.T) {
 			}
 		}
 	}
-	checkGapFree(t, b, "u")
+	storetest.ReadGapFree(t, b, "u")
 	t.Logf("a %+v, b %+v, %d retried appends", a.Stats(), b.Stats(), retries.Load())
 }
 
@@ -358,7 +332,7 @@ func TestServerDown(t *testing.T) {
 		t.Fatalf("second retry = %+v, %v; want Duplicate at %v", again, err, res.Seqs)
 	}
 	for _, in := range []string{"bob", "alice"} {
-		es := checkGapFree(t, s, in)
+		es := storetest.ReadGapFree(t, s, in)
 		if len(es) != 2 || es[0].Msg.ID != 1 || es[1].Msg.ID != 2 {
 			t.Fatalf("inbox %s: %+v", in, es)
 		}
@@ -400,11 +374,11 @@ func TestPausedServer(t *testing.T) {
 	// Message 3's caller gave up; it may or may not have been stored. Its
 	// retry converges either way.
 	res3, _ := mustRetryAppend(t, s, persist.Message{ID: 3, From: "a", ClientMsgID: "3"}, []string{"u"})
-	es := checkGapFree(t, s, "u")
+	es := storetest.ReadGapFree(t, s, "u")
 	if len(es) != 3 || es[res.Seqs[0]-1].Msg.ID != 2 || es[res3.Seqs[0]-1].Msg.ID != 3 {
 		t.Fatalf("inbox u after resume: %+v (appends %+v, %+v)", es, res, res3)
 	}
-	checkGapFree(t, s, "v")
+	storetest.ReadGapFree(t, s, "v")
 }
 
 // TestCrashDuringAppends SIGKILLs the server while writers append, restarts
@@ -490,7 +464,7 @@ func TestCrashDuringAppends(t *testing.T) {
 		}
 	}
 	for in, m := range want {
-		es := checkGapFree(t, s, in)
+		es := storetest.ReadGapFree(t, s, in)
 		if len(es) != len(m) {
 			t.Fatalf("inbox %s: %d entries, %d acked", in, len(es), len(m))
 		}
@@ -531,7 +505,7 @@ func TestReopenAfterServerRestart(t *testing.T) {
 	if err != nil || res.Seqs[0] != 21 {
 		t.Fatalf("append after restart = %+v, %v", res, err)
 	}
-	checkGapFree(t, s, "u")
+	storetest.ReadGapFree(t, s, "u")
 }
 
 func BenchmarkStore(b *testing.B) {

@@ -54,6 +54,16 @@ func Run(t *testing.T, open func(t *testing.T) persist.Store) {
 		{"Closed", testClosed},
 		{"CloseWhileBusy", testCloseWhileBusy},
 	}
+	probe := open(t)
+	if _, ok := probe.(persist.AsyncAppender); ok {
+		tests = append(tests, struct {
+			name string
+			fn   func(t *testing.T, s persist.Store)
+		}{"AsyncBurst", testAsyncBurst})
+	}
+	if err := probe.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -153,6 +163,34 @@ func checkInbox(t *testing.T, s persist.Store, user string, ids ...uint64) {
 	if last := mustLastSeq(t, s, user); last != uint64(len(ids)) {
 		t.Fatalf("LastSeq(%q) = %d, want %d", user, last, len(ids))
 	}
+}
+
+// ReadGapFree reads inbox whole and fails t unless it holds seqs 1 ..
+// LastSeq, each once, with no message twice. It returns the entries.
+func ReadGapFree(t *testing.T, s persist.MessageStore, inbox string) []persist.InboxEntry {
+	t.Helper()
+	last, err := s.LastSeq(t.Context(), inbox)
+	if err != nil {
+		t.Fatalf("LastSeq(%q): %v", inbox, err)
+	}
+	es, err := s.ReadInbox(t.Context(), inbox, 0, int(last)+10)
+	if err != nil {
+		t.Fatalf("ReadInbox(%q): %v", inbox, err)
+	}
+	if uint64(len(es)) != last {
+		t.Fatalf("inbox %s: %d entries, LastSeq %d", inbox, len(es), last)
+	}
+	seen := map[uint64]bool{}
+	for i, e := range es {
+		if e.Seq != uint64(i+1) {
+			t.Fatalf("inbox %s: entry %d has seq %d (gap)", inbox, i, e.Seq)
+		}
+		if seen[e.Msg.ID] {
+			t.Fatalf("inbox %s: message %d twice", inbox, e.Msg.ID)
+		}
+		seen[e.Msg.ID] = true
+	}
+	return es
 }
 
 func wantErr(t *testing.T, what string, err, target error) {

@@ -1,0 +1,336 @@
+package pebblestore
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/imgn/imgn/persist"
+)
+
+// Tables: the first byte of every key. The layout is described in the
+// package doc.
+const (
+	tMeta    = 0x00
+	tCursor  = 'c'
+	tDedup   = 'd'
+	tGroup   = 'g'
+	tHead    = 'h'
+	tInbox   = 'i'
+	tMessage = 'm'
+	tMember  = 'n'
+	tRefs    = 'r'
+	tUser    = 'u'
+)
+
+const (
+	formatVersion = 1 // the key layout
+	recordV1      = 1 // the record encodings below
+
+	flagGroup = 1 << 0 // message flags byte
+)
+
+// metaFormatKey holds formatVersion.
+var metaFormatKey = []byte("\x00format")
+
+// errCorrupt marks a record or key that does not decode; it is never
+// returned for caller mistakes.
+var errCorrupt = errors.New("pebblestore: corrupt record")
+
+// appendLP appends uvarint(len(s)) s. A uvarint is prefix-free, so lp(a) is
+// never a proper prefix of lp(b) for a != b: "every key of user u" is
+// exactly "every key starting with t lp(u)".
+func appendLP(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func appendBE64(b []byte, v uint64) []byte { return binary.BigEndian.AppendUint64(b, v) }
+
+// keyLP returns t lp(s), appended to b[:0].
+func keyLP(b []byte, t byte, s string) []byte { return appendLP(append(b[:0], t), s) }
+
+// keyLP2 returns t lp(a) b2, appended to b[:0].
+func keyLP2(b []byte, t byte, a, b2 string) []byte { return append(keyLP(b, t, a), b2...) }
+
+// keyID returns t be64(id), appended to b[:0].
+func keyID(b []byte, t byte, id uint64) []byte { return appendBE64(append(b[:0], t), id) }
+
+// keyInbox returns 'i' lp(user) be64(seq), appended to b[:0].
+func keyInbox(b []byte, user string, seq uint64) []byte {
+	return appendBE64(keyLP(b, tInbox, user), seq)
+}
+
+// keyString returns t s, appended to b[:0] (users and groups: the id is the
+// rest of the key).
+func keyString(b []byte, t byte, s string) []byte { return append(append(b[:0], t), s...) }
+
+// prefixEnd returns the smallest key above every key starting with prefix
+// (prefix is not modified). Prefixes here never end in 0xff runs that
+// exhaust: a table byte below 0xff always increments.
+func prefixEnd(prefix []byte) []byte {
+	end := append([]byte(nil), prefix...)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return nil // unreachable for our tables
+}
+
+// head is an inbox's head: the highest seq given out and the lowest seq
+// still kept (1 when nothing was removed). Its record is written only when
+// retention removes entries (an inbox that lost everything must not give its
+// seqs out again); otherwise the last seq is that of the inbox's last entry.
+type head struct {
+	last, first uint64
+}
+
+// headAt reads inbox's head through it (positioned anywhere): its head
+// record, if any, and its last entry.
+func headAt(it *pebble.Iterator, inbox string) (head, error) {
+	h := head{first: 1}
+	k := keyLP(nil, tHead, inbox)
+	if it.SeekGE(k) && bytes.Equal(it.Key(), k) {
+		v, err := it.ValueAndErr()
+		if err == nil {
+			h, err = decodeHead(v)
+		}
+		if err != nil {
+			return head{}, err
+		}
+	}
+	prefix := keyLP(k, tInbox, inbox)
+	if it.SeekLT(prefixEnd(prefix)) && bytes.HasPrefix(it.Key(), prefix) {
+		seq, err := u64(it.Key()[len(prefix):])
+		if err != nil {
+			return head{}, err
+		}
+		h.last = max(h.last, seq)
+	}
+	return h, it.Error()
+}
+
+func appendHead(b []byte, h head) []byte {
+	return appendBE64(appendBE64(b, h.last), h.first)
+}
+
+func decodeHead(v []byte) (head, error) {
+	if len(v) != 16 {
+		return head{}, fmt.Errorf("%w: %d-byte inbox head", errCorrupt, len(v))
+	}
+	return head{last: binary.BigEndian.Uint64(v), first: binary.BigEndian.Uint64(v[8:])}, nil
+}
+
+// u64 decodes an 8-byte big-endian value.
+func u64(v []byte) (uint64, error) {
+	if len(v) != 8 {
+		return 0, fmt.Errorf("%w: %d-byte number", errCorrupt, len(v))
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+// appendMessage appends the record of m (without the ID, which is the key).
+func appendMessage(b []byte, m *persist.Message) []byte {
+	b = append(b, recordV1)
+	b = appendLP(b, m.From)
+	b = appendLP(b, m.To)
+	var flags byte
+	if m.Group {
+		flags |= flagGroup
+	}
+	b = append(b, flags)
+	b = appendLP(b, m.ClientMsgID)
+	b = binary.AppendVarint(b, m.Timestamp)
+	b = binary.AppendUvarint(b, uint64(m.Kind))
+	return append(b, m.Body...) // the body is the rest of the record
+}
+
+// decoder reads a record; the first error sticks.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail() {
+	if d.err == nil {
+		d.err = errCorrupt
+	}
+	d.b = nil
+}
+
+func (d *decoder) byte() byte {
+	if len(d.b) < 1 {
+		d.fail()
+		return 0
+	}
+	c := d.b[0]
+	d.b = d.b[1:]
+	return c
+}
+
+func (d *decoder) uvarint() uint64 {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail()
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.fail()
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+// string copies a length-prefixed string out of the record.
+func (d *decoder) string() string {
+	n := d.uvarint()
+	if d.err != nil || n > uint64(len(d.b)) {
+		d.fail()
+		return ""
+	}
+	s := string(d.b[:n])
+	d.b = d.b[n:]
+	return s
+}
+
+func (d *decoder) version() {
+	if v := d.byte(); d.err == nil && v != recordV1 {
+		d.err = fmt.Errorf("%w: record version %d", errCorrupt, v)
+	}
+}
+
+// decodeMessage decodes a record made by appendMessage. The returned message
+// shares no memory with rec (Pebble values are only valid until their
+// closer or iterator moves). A record with no body decodes to a nil Body.
+func decodeMessage(id uint64, rec []byte) (persist.Message, error) {
+	d := decoder{b: rec}
+	d.version()
+	m := persist.Message{ID: id}
+	m.From = d.string()
+	m.To = d.string()
+	flags := d.byte()
+	m.ClientMsgID = d.string()
+	m.Timestamp = d.varint()
+	kind := d.uvarint()
+	if d.err == nil && kind > 1<<32-1 {
+		d.fail()
+	}
+	if d.err != nil {
+		return persist.Message{}, fmt.Errorf("message %d: %w", id, d.err)
+	}
+	m.Group = flags&flagGroup != 0
+	m.Kind = uint32(kind)
+	if len(d.b) > 0 {
+		m.Body = append([]byte(nil), d.b...)
+	}
+	return m, nil
+}
+
+// ref is one inbox entry of a message.
+type ref struct {
+	inbox string
+	seq   uint64
+}
+
+// refsRecord is the refs table's value: what retention and retries need to
+// know about a message without reading its body.
+type refsRecord struct {
+	ts                int64 // Message.Timestamp
+	from, clientMsgID string
+	refs              []ref
+}
+
+func appendRefsHeader(b []byte, ts int64, from, clientMsgID string) []byte {
+	b = append(b, recordV1)
+	b = binary.AppendVarint(b, ts)
+	b = appendLP(b, from)
+	return appendLP(b, clientMsgID)
+}
+
+func appendRef(b []byte, inbox string, seq uint64) []byte {
+	return binary.AppendUvarint(appendLP(b, inbox), seq)
+}
+
+// decodeRefs decodes a refs record into r, reusing r.refs.
+func decodeRefs(id uint64, rec []byte, r *refsRecord) error {
+	d := decoder{b: rec}
+	d.version()
+	r.ts = d.varint()
+	r.from = d.string()
+	r.clientMsgID = d.string()
+	r.refs = r.refs[:0]
+	for d.err == nil && len(d.b) > 0 {
+		in := d.string()
+		r.refs = append(r.refs, ref{in, d.uvarint()})
+	}
+	if d.err != nil {
+		return fmt.Errorf("refs of message %d: %w", id, d.err)
+	}
+	return nil
+}
+
+func appendUser(b []byte, u *persist.User) []byte {
+	b = append(b, recordV1)
+	b = appendLP(b, u.PasswordHash)
+	return binary.AppendVarint(b, u.Created)
+}
+
+func decodeUser(id string, rec []byte) (persist.User, error) {
+	d := decoder{b: rec}
+	d.version()
+	u := persist.User{ID: id}
+	u.PasswordHash = d.string()
+	u.Created = d.varint()
+	if d.err == nil && len(d.b) != 0 {
+		d.fail()
+	}
+	if d.err != nil {
+		return persist.User{}, fmt.Errorf("user %q: %w", id, d.err)
+	}
+	return u, nil
+}
+
+// groupRecord is the groups table's value; members have one key each in the
+// members table and count caches their number for the maxMembers check.
+type groupRecord struct {
+	name, owner string
+	created     int64
+	count       uint64
+}
+
+func appendGroup(b []byte, g *groupRecord) []byte {
+	b = append(b, recordV1)
+	b = appendLP(b, g.name)
+	b = appendLP(b, g.owner)
+	b = binary.AppendVarint(b, g.created)
+	return binary.AppendUvarint(b, g.count)
+}
+
+func decodeGroup(id string, rec []byte) (groupRecord, error) {
+	d := decoder{b: rec}
+	d.version()
+	var g groupRecord
+	g.name = d.string()
+	g.owner = d.string()
+	g.created = d.varint()
+	g.count = d.uvarint()
+	if d.err == nil && len(d.b) != 0 {
+		d.fail()
+	}
+	if d.err != nil {
+		return groupRecord{}, fmt.Errorf("group %q: %w", id, d.err)
+	}
+	return g, nil
+}

@@ -1,0 +1,624 @@
+// Package pebblestore is the embedded, crash-safe persist.Store of a
+// single-node server, built on Pebble (github.com/cockroachdb/pebble/v2), the
+// log-structured merge tree under CockroachDB.
+//
+// # Durability and group commit
+//
+// One committer goroutine owns every write. Writers queue requests on a
+// bounded queue: appends through AppendAsync (persist.AsyncAppender), which
+// never waits, and the other writes (cursors, users, groups) through a
+// blocking call. The committer takes everything that is queued (up to
+// Options.MaxBatch), applies it in queue order to ONE pebble.Batch, commits
+// that batch with pebble.Sync (one WAL write and one fdatasync for the whole
+// batch), and only then completes the requests: AppendDone for appends, in
+// queue order, or the waiting caller's return. There is no timer: while one
+// batch syncs, the next one fills, so the batch size follows the load and a
+// lone writer pays one sync. A request therefore completes without error only
+// when everything it wrote is on disk.
+//
+// Requests of one batch see each other as if serialised (two appends with the
+// same (From, ClientMsgID) in one batch: the second is a Duplicate); one that
+// fails its checks (ErrInvalid, ErrUserExists, ...) writes nothing and the
+// others go on. Seqs are assigned by the committer from an in-memory cache
+// of inbox heads, loaded on an inbox's first use (its last key, and its head
+// record if retention trimmed it); an append reads nothing on the hot path
+// but its dedup key, and writes five keys for a 1:1 message (message, refs,
+// dedup, and one entry per inbox).
+//
+// # Reads see only what is durable
+//
+// Pebble makes a batch visible to readers before its WAL sync returns. So
+// reads (Lookup, ReadInbox, LastSeq, FirstSeq, Cursor, GetUser, GetGroup) do
+// not read the database directly: they read the Pebble snapshot the committer
+// publishes after each sync, before it completes the batch's requests. A
+// reader never sees a write that a crash could still take back, and sees
+// every write whose call has returned.
+//
+// # Key layout
+//
+// Every key starts with a table byte; numbers are fixed-width big-endian so
+// that keys sort numerically; lp(s) is uvarint(len(s)) followed by s, which
+// is prefix-free, so all keys of one user form one contiguous range.
+//
+//	0x00 "format"              -> format version (1 byte)
+//	'm' be64(msgID)            -> message record (from, to, flags, client msg id, timestamp, kind, body)
+//	'r' be64(msgID)            -> refs record: timestamp, from, client msg id, and the (inbox, seq) entries
+//	'd' lp(from) clientMsgID   -> be64(msgID)                   dedup
+//	'i' lp(user) be64(seq)     -> be64(msgID)                   inbox entries: a SYNC page is one range
+//	'h' lp(user)               -> be64(last seq) be64(first kept seq)   inbox head, written by retention
+//	'c' lp(user) device        -> be64(seq)                     cursors
+//	'u' userID                 -> user record
+//	'g' groupID                -> group record (name, owner, created, member count)
+//	'n' lp(groupID) user       -> (empty)                       group members
+//
+// An inbox's last seq is that of its last entry; the head record exists only
+// once retention removed entries, so that an inbox that lost all of them
+// does not give its seqs out again. Message IDs are time-ordered, so the
+// message and refs tables grow at their end. The refs record makes appends idempotent per (inbox, message): a
+// retry reads it (only retries do) and adds entries only for inboxes that do
+// not have the message yet. Records start with a version byte and use
+// varints and length-prefixed strings.
+//
+// # Retention
+//
+// With Options.Retention set, a background pass (every Retention.Interval,
+// or on EnforceRetention) applies the rules of persist.Retention. Its writes
+// go through the committer like every other write, each step in a batch of
+// its own: expired messages are found in message-ID order in the refs table
+// and removed with their dedup keys; an inbox loses a prefix by a range
+// delete (point deletes below 64 entries, which keeps range tombstones few)
+// and a new first seq in its head; messages the cap removed from every inbox
+// are found by a sweep over the refs table that resumes where the last pass
+// stopped. After a pass that removed messages by age, the removed key range
+// is compacted so the disk space comes back.
+//
+// # Disk space and failures
+//
+// A housekeeping goroutine checks the file system's free space and the
+// store's size every second. Below Options.MinFreeBytes free (or above
+// Options.MaxDiskBytes used) writes fail with persist.ErrUnavailable while
+// reads go on; retention keeps running and frees space. An I/O error while
+// writing or syncing the WAL is not survivable in-process (after a failed
+// fsync the kernel may have dropped the data, so nothing written since the
+// last good sync can be trusted): Pebble stops the process, and a restart
+// replays the WAL up to the last good sync. A torn WAL tail (a crash in the
+// middle of a write) is cut off at open. Damage to a record that synced
+// records follow in a later 32 KiB block of the WAL is reported by Open as
+// corruption rather than silently dropping acknowledged data; within the
+// last block Pebble cannot tell such damage (a disk returning wrong bytes)
+// from a torn write, and recovery stops before it.
+package pebblestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/imgn/imgn/persist"
+)
+
+var (
+	_ persist.Store         = (*Store)(nil)
+	_ persist.AsyncAppender = (*Store)(nil)
+	_ persist.Retainer      = (*Store)(nil)
+	_ persist.StatsReporter = (*Store)(nil)
+)
+
+// Defaults used by Open for zero Options fields.
+const (
+	DefaultMaxBatch      = 2048
+	DefaultQueueSize     = 16384
+	DefaultMinFreeBytes  = 256 << 20
+	DefaultCacheSize     = 256 << 20
+	DefaultMemTableSize  = 32 << 20
+	DefaultMaxOpenFiles  = 256
+	DefaultHeadCacheSize = 1 << 20
+)
+
+// LegacyBoltFile is the file name of the bbolt-based store that earlier
+// versions kept in the data directory. Open refuses a directory holding it.
+const LegacyBoltFile = "imgn.db"
+
+// Options configures Open. Zero fields take the Default* values.
+type Options struct {
+	// Dir is the data directory; it is created (mode 0700) if missing.
+	// Required.
+	Dir string
+
+	// NoSync commits without fsync. UNSAFE: a machine crash or power loss
+	// can then lose acknowledged writes (a process crash cannot). For
+	// benchmarks that want everything but the disk; never in production.
+	NoSync bool
+
+	// Retention bounds what the store keeps (see persist.Retention); the
+	// zero value keeps everything.
+	Retention persist.Retention
+
+	// MaxBatch is the most requests committed in one batch.
+	MaxBatch int
+	// QueueSize bounds the write queue. When it is full, AppendAsync fails
+	// the op with ErrUnavailable and other writes wait for room (until their
+	// context ends).
+	QueueSize int
+
+	// MinFreeBytes: writes fail with ErrUnavailable while the file system
+	// holding Dir has less free space than this (reads and retention go
+	// on). Negative disables the check.
+	MinFreeBytes int64
+	// MaxDiskBytes caps the space the store's files take (0: no cap);
+	// above it writes fail as for MinFreeBytes.
+	MaxDiskBytes int64
+
+	// CacheSize is Pebble's block cache in bytes; MemTableSize the size of
+	// one memtable (a larger one means fewer flushes and a longer WAL replay
+	// after a crash); MaxOpenFiles bounds open table files (they count
+	// against the process's file limit, with the client connections).
+	CacheSize    int64
+	MemTableSize uint64
+	MaxOpenFiles int
+	// HeadCacheSize bounds the inbox heads the committer keeps in memory
+	// (about 100 bytes each plus the user id); when full it is emptied and
+	// heads are read again on use.
+	HeadCacheSize int
+
+	// Registry, when set, receives the store's metrics (imgn_store_*).
+	Registry prometheus.Registerer
+	// Logger receives Pebble's messages and the store's own; nil discards
+	// them.
+	Logger *slog.Logger
+	// FS is the file system Pebble uses; nil is the operating system's.
+	// Tests put fault-injecting file systems here.
+	FS vfs.FS
+	// Now is the clock of retention; nil is time.Now.
+	Now func() time.Time
+
+	// housekeepEvery is the period of the disk-space and metrics refresh
+	// (tests change it); zero means one second.
+	housekeepEvery time.Duration
+	// beforeCommit, when set (tests only), runs on the committer before
+	// each batch is applied, with the batch's size.
+	beforeCommit func(n int)
+}
+
+// withDefaults validates o and fills in defaults: the single place where
+// configuration is checked.
+func (o Options) withDefaults() (Options, error) {
+	if o.Dir == "" {
+		return o, fmt.Errorf("pebblestore: options: %w: empty Dir", persist.ErrInvalid)
+	}
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"MaxBatch", int64(o.MaxBatch)},
+		{"QueueSize", int64(o.QueueSize)},
+		{"MaxDiskBytes", o.MaxDiskBytes},
+		{"CacheSize", o.CacheSize},
+		{"MaxOpenFiles", int64(o.MaxOpenFiles)},
+		{"HeadCacheSize", int64(o.HeadCacheSize)},
+	} {
+		if f.v < 0 {
+			return o, fmt.Errorf("pebblestore: options: %w: negative %s %d", persist.ErrInvalid, f.name, f.v)
+		}
+	}
+	r, err := o.Retention.WithDefaults()
+	if err != nil {
+		return o, fmt.Errorf("pebblestore: options: %w", err)
+	}
+	o.Retention = r
+	setDefault(&o.MaxBatch, DefaultMaxBatch)
+	setDefault(&o.QueueSize, DefaultQueueSize)
+	setDefault(&o.MinFreeBytes, DefaultMinFreeBytes)
+	setDefault(&o.CacheSize, DefaultCacheSize)
+	setDefault(&o.MemTableSize, DefaultMemTableSize)
+	setDefault(&o.MaxOpenFiles, DefaultMaxOpenFiles)
+	setDefault(&o.HeadCacheSize, DefaultHeadCacheSize)
+	setDefault(&o.housekeepEvery, time.Second)
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.FS == nil {
+		o.FS = vfs.Default
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o, nil
+}
+
+func setDefault[T int | int64 | uint64 | time.Duration](v *T, def T) {
+	if *v == 0 {
+		*v = def
+	}
+}
+
+// Store is the Pebble-backed persist.Store. It is safe for concurrent use by
+// any number of goroutines. It owns three goroutines, started by Open and
+// stopped by Close: the committer, the housekeeper and (with retention) the
+// retention loop.
+type Store struct {
+	db   *pebble.DB
+	opts Options
+	m    *metrics
+
+	// mu guards closed and the send side of queue: senders hold it for
+	// reading while they enqueue, Close holds it for writing to close the
+	// queue, so nothing is ever sent on a closed channel. Readers hold it
+	// for reading around their read so Close waits for them.
+	mu     sync.RWMutex
+	closed bool
+	queue  chan item
+	done   chan struct{} // closed when the committer has exited
+
+	// viewMu guards view, the snapshot readers use (see the package doc).
+	viewMu sync.Mutex
+	view   *readView
+
+	bgCancel context.CancelFunc
+	bg       sync.WaitGroup // housekeeper and retention loop
+
+	retMu sync.Mutex // serialises retention passes
+
+	commits       atomic.Uint64
+	writes        atomic.Uint64
+	failedCommits atomic.Uint64
+	passes        atomic.Uint64
+	removedMsgs   atomic.Uint64
+	removedEnts   atomic.Uint64
+
+	// Refreshed by the housekeeper.
+	full       atomic.Bool
+	fullReason atomic.Pointer[string]
+	diskBytes  atomic.Uint64
+	freeBytes  atomic.Uint64
+	walBytes   atomic.Uint64
+	debtBytes  atomic.Uint64
+}
+
+// readView is a published snapshot with a reference count: one reference
+// while it is current, one per reader using it.
+type readView struct {
+	snap *pebble.Snapshot
+	refs atomic.Int64
+}
+
+func (v *readView) release() {
+	if v.refs.Add(-1) == 0 {
+		_ = v.snap.Close()
+	}
+}
+
+// Open opens (creating if needed) the store in opts.Dir and starts its
+// goroutines. Errors name the directory; a directory written by the old
+// bbolt store, a corrupt store or a directory locked by another process are
+// errors, never panics.
+func Open(opts Options) (*Store, error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if err := checkLegacy(o.Dir); err != nil {
+		return nil, err
+	}
+	_, statErr := os.Stat(o.Dir)
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("pebblestore: open %s: %w", o.Dir, err)
+	}
+	if errors.Is(statErr, fs.ErrNotExist) && !o.NoSync {
+		// Pebble makes its files durable in Dir; Dir itself is new.
+		if err := syncDir(filepath.Dir(o.Dir)); err != nil {
+			return nil, fmt.Errorf("pebblestore: open %s: %w", o.Dir, err)
+		}
+	}
+	m := newMetrics()
+	popts := &pebble.Options{
+		FS:                 &meteredFS{FS: o.FS, fsync: m.fsync},
+		FormatMajorVersion: pebble.FormatNewest,
+		CacheSize:          o.CacheSize,
+		MemTableSize:       o.MemTableSize,
+		MaxOpenFiles:       o.MaxOpenFiles,
+		Logger:             pebbleLogger{o.Logger},
+	}
+	for i := range popts.Levels {
+		// Dedup and message-id checks are mostly misses: filters answer
+		// them without reading a block.
+		popts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+	}
+	db, err := openDB(o.Dir, popts)
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: open %s: %w", o.Dir, err)
+	}
+	s := &Store{db: db, opts: o, m: m, queue: make(chan item, o.QueueSize), done: make(chan struct{})}
+	if o.Registry != nil {
+		if err := m.register(o.Registry, s); err != nil {
+			_ = db.Close()
+			return nil, fmt.Errorf("pebblestore: open %s: metrics: %w", o.Dir, err)
+		}
+	}
+	c, err := newCommitter(s)
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("pebblestore: open %s: %w", o.Dir, err)
+	}
+	s.publish()
+	s.housekeep()
+	ctx, cancel := context.WithCancel(context.Background())
+	s.bgCancel = cancel
+	go c.run()
+	s.bg.Go(func() { every(ctx, o.housekeepEvery, s.housekeep) })
+	if o.Retention.Enabled() {
+		s.bg.Go(func() {
+			every(ctx, o.Retention.Interval, func() {
+				if err := s.EnforceRetention(ctx); err != nil && ctx.Err() == nil {
+					s.opts.Logger.Warn("retention pass failed; retrying at the next one", "err", err)
+				}
+			})
+		})
+	}
+	return s, nil
+}
+
+// checkLegacy refuses a data directory written by the bbolt store.
+func checkLegacy(dir string) error {
+	p := filepath.Join(dir, LegacyBoltFile)
+	if _, err := os.Stat(p); err == nil {
+		return fmt.Errorf("pebblestore: open %s: %s is the data file of the old bbolt store, which this version cannot read; "+
+			"move it out of the directory (its messages are not carried over) or start with another data directory", dir, p)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("pebblestore: open %s: %w", dir, err)
+	}
+	return nil
+}
+
+// corruptionHint adds what to do to a corruption error from Pebble.
+func corruptionHint(err error) string {
+	if pebble.IsCorruptionError(err) {
+		return " (the store is damaged in data that was already synced, so acknowledged messages would be lost: " +
+			"restore the directory from a backup, or move it away to start empty)"
+	}
+	return ""
+}
+
+// openDB opens the Pebble database in dir, checks the store's format
+// version. A new store is written its format version and opened a second
+// time: Pebble writes the first WAL of a new database before it settles its
+// format, in the older chunk format whose recovery cannot tell damage to
+// synced records from a torn tail.
+func openDB(dir string, popts *pebble.Options) (*pebble.DB, error) {
+	for attempt := 0; ; attempt++ {
+		db, err := pebble.Open(dir, popts)
+		if err != nil {
+			return nil, fmt.Errorf("%w%s", err, corruptionHint(err))
+		}
+		v, closer, err := db.Get(metaFormatKey)
+		switch {
+		case errors.Is(err, pebble.ErrNotFound) && attempt == 0:
+			err = db.Set(metaFormatKey, []byte{formatVersion}, pebble.Sync)
+			if cerr := db.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return nil, err
+			}
+			continue
+		case err != nil:
+		case len(v) != 1 || v[0] != formatVersion:
+			err = fmt.Errorf("unsupported store format %v (want %d)", v, formatVersion)
+			closer.Close()
+		default:
+			closer.Close()
+			return db, nil
+		}
+		_ = db.Close()
+		return nil, err
+	}
+}
+
+// syncDir fsyncs a directory so that the files created in it are durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+func (s *Store) writeOpts() *pebble.WriteOptions {
+	if s.opts.NoSync {
+		return pebble.NoSync
+	}
+	return pebble.Sync
+}
+
+// Dir returns the data directory.
+func (s *Store) Dir() string { return s.opts.Dir }
+
+// publish makes the current database state the one readers see. Only the
+// committer calls it (and Open, before the committer starts), right after a
+// commit returned.
+func (s *Store) publish() {
+	v := &readView{snap: s.db.NewSnapshot()}
+	v.refs.Store(1)
+	s.viewMu.Lock()
+	old := s.view
+	s.view = v
+	s.viewMu.Unlock()
+	if old != nil {
+		old.release()
+	}
+}
+
+// reader is what reads use: a published snapshot.
+type reader interface {
+	Get(key []byte) ([]byte, io.Closer, error)
+	NewIter(o *pebble.IterOptions) (*pebble.Iterator, error)
+}
+
+// read runs fn on the current snapshot, or returns ErrClosed.
+func (s *Store) read(fn func(r reader) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return persist.ErrClosed
+	}
+	s.viewMu.Lock()
+	v := s.view
+	v.refs.Add(1)
+	s.viewMu.Unlock()
+	defer v.release()
+	return fn(v.snap)
+}
+
+// Close stops accepting work, waits for the committer to commit everything
+// already queued and for running reads, stops the background goroutines and
+// closes the database. Calls started after Close return persist.ErrClosed,
+// as does a second Close. Close is safe to call concurrently with any other
+// method.
+func (s *Store) Close() error {
+	s.bgCancel() // first: a background compaction holds mu for reading
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return persist.ErrClosed
+	}
+	s.closed = true
+	close(s.queue)
+	s.mu.Unlock()
+	s.bg.Wait()
+	<-s.done
+	s.viewMu.Lock()
+	v := s.view
+	s.view = nil
+	s.viewMu.Unlock()
+	v.release()
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("pebblestore: close %s: %w", s.opts.Dir, err)
+	}
+	return nil
+}
+
+// StoreStats implements persist.StatsReporter.
+func (s *Store) StoreStats() persist.StoreStats {
+	st := persist.StoreStats{
+		Kind:                "pebble",
+		Commits:             s.commits.Load(),
+		Writes:              s.writes.Load(),
+		FailedCommits:       s.failedCommits.Load(),
+		Queued:              len(s.queue),
+		DiskBytes:           s.diskBytes.Load(),
+		FreeDiskBytes:       s.freeBytes.Load(),
+		WALBytes:            s.walBytes.Load(),
+		CompactionDebtBytes: s.debtBytes.Load(),
+		Full:                s.full.Load(),
+		RetentionPasses:     s.passes.Load(),
+		RemovedMessages:     s.removedMsgs.Load(),
+		RemovedEntries:      s.removedEnts.Load(),
+		RetentionInboxes:    s.opts.Retention.InboxMax,
+	}
+	if st.Commits > 0 {
+		st.AvgBatch = float64(st.Writes) / float64(st.Commits)
+	}
+	if st.Full {
+		if r := s.fullReason.Load(); r != nil {
+			st.FullReason = *r
+		}
+	}
+	if a := s.opts.Retention.MaxAge; a > 0 {
+		st.RetentionMaxAge = a.String()
+	}
+	return st
+}
+
+// every runs fn every d until ctx ends.
+func every(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			fn()
+		}
+	}
+}
+
+// housekeep reads the free space and Pebble's metrics, and sets or clears
+// the full flag.
+func (s *Store) housekeep() {
+	pm := s.db.Metrics()
+	used := pm.DiskSpaceUsage()
+	s.diskBytes.Store(used)
+	s.walBytes.Store(pm.WAL.BytesWritten)
+	s.debtBytes.Store(pm.Compact.EstimatedDebt)
+	var reason string
+	if du, err := s.opts.FS.GetDiskUsage(s.opts.Dir); err == nil {
+		s.freeBytes.Store(du.AvailBytes)
+		if s.opts.MinFreeBytes > 0 && du.AvailBytes < uint64(s.opts.MinFreeBytes) {
+			reason = fmt.Sprintf("%d bytes free on the file system of %s, below the minimum of %d", du.AvailBytes, s.opts.Dir, s.opts.MinFreeBytes)
+		}
+	}
+	if s.opts.MaxDiskBytes > 0 && used > uint64(s.opts.MaxDiskBytes) {
+		reason = fmt.Sprintf("the store takes %d bytes, above its cap of %d", used, s.opts.MaxDiskBytes)
+	}
+	was := s.full.Load()
+	if reason != "" {
+		s.fullReason.Store(&reason)
+	}
+	s.full.Store(reason != "")
+	switch {
+	case reason != "" && !was:
+		s.opts.Logger.Error("store full: refusing writes", "reason", reason)
+	case reason == "" && was:
+		s.opts.Logger.Info("store no longer full: accepting writes")
+	}
+}
+
+// errFull is the error of a write refused while the store is full.
+func (s *Store) errFull() error {
+	reason := "no space"
+	if r := s.fullReason.Load(); r != nil {
+		reason = *r
+	}
+	return fmt.Errorf("pebblestore: %w: store full: %s", persist.ErrUnavailable, reason)
+}
+
+// pebbleLogger routes Pebble's messages to slog.
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any) {
+	p.l.Debug("pebble: " + fmt.Sprintf(format, args...))
+}
+
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	p.l.Error("pebble: " + fmt.Sprintf(format, args...))
+}
+
+// Fatalf is how Pebble reports a failed WAL write or sync: it cannot go on
+// (see the package doc), so neither can the process.
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	msg := "pebble: " + fmt.Sprintf(format, args...)
+	p.l.Error(msg)
+	fmt.Fprintln(os.Stderr, "imgn store: fatal:", msg)
+	os.Exit(70)
+}

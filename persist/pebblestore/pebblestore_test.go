@@ -1,0 +1,78 @@
+package pebblestore_test
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/persist"
+	"github.com/imgn/imgn/persist/pebblestore"
+	"github.com/imgn/imgn/persist/storetest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, engine.GnetGoroutines()...) // the fsync test runs a Server
+}
+
+func openAt(t testing.TB, dir string, opts pebblestore.Options) *pebblestore.Store {
+	t.Helper()
+	opts.Dir = dir
+	s, err := pebblestore.Open(opts)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return s
+}
+
+// The conformance suite runs with real fsync: it is what production uses.
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) persist.Store {
+		return openAt(t, t.TempDir(), pebblestore.Options{})
+	})
+}
+
+func TestDurable(t *testing.T) { storetest.RunDurable(t, openDurable) }
+
+// BenchmarkStore runs the shared benchmarks with real fsync and with NoSync
+// (the CPU cost of the store alone), and reports the average group-commit
+// batch as writes/commit.
+func BenchmarkStore(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		opts pebblestore.Options
+	}{
+		{"fsync", pebblestore.Options{}},
+		{"nosync", pebblestore.Options{NoSync: true}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			storetest.Bench(b, func(b *testing.B) persist.Store {
+				s := openAt(b, b.TempDir(), c.opts)
+				b.Cleanup(func() { // after Bench closed s, before the result is read
+					if st := s.StoreStats(); st.Commits > 0 {
+						b.ReportMetric(st.AvgBatch, "writes/commit")
+					}
+				})
+				return s
+			})
+		})
+	}
+}
+
+func TestRetention(t *testing.T) {
+	storetest.RunRetention(t, func(t *testing.T, r persist.Retention) persist.Store {
+		return openAt(t, t.TempDir(), pebblestore.Options{Retention: r})
+	})
+}
+
+func openDurable(t *testing.T, dir string) persist.Store {
+	return openAt(t, dir, pebblestore.Options{})
+}
+
+// TestCrashChild is the child process of TestCrashSIGKILL; run on its own
+// it does nothing.
+func TestCrashChild(t *testing.T) { storetest.CrashChild(t, openDurable) }
+
+// TestCrashSIGKILL kills a process appending to the store three times and
+// checks every acknowledged append (and retry) after the last restart.
+func TestCrashSIGKILL(t *testing.T) { storetest.RunCrash(t, "TestCrashChild", 3, openDurable) }
