@@ -49,7 +49,7 @@ func TestSendPathAllocatesNothing(t *testing.T) {
 	for _, ser := range serializers {
 		for _, where := range []string{"same loop", "other loop"} {
 			t.Run(fmt.Sprint(ser, "/", where), func(t *testing.T) {
-				fe := newFakeEngine(t, 2, func(c *Config) { c.Store = memstore.NewWith(memstore.Options{InboxMax: 1000}) })
+				fe := newFakeEngine(t, 2, func(c *Config) { c.Store = boundedMemStore(t, 1000) })
 				a, at := fe.conn(0, "alice", "pc", ser)
 				bl := 0
 				if where == "other loop" {
@@ -89,7 +89,7 @@ func TestSendPathAllocatesNothing(t *testing.T) {
 func BenchmarkSendPath(b *testing.B) {
 	for _, ser := range serializers {
 		b.Run(ser.String(), func(b *testing.B) {
-			fe := newFakeEngine(b, 2, func(c *Config) { c.Store = memstore.NewWith(memstore.Options{InboxMax: 1000}) })
+			fe := newFakeEngine(b, 2, func(c *Config) { c.Store = boundedMemStore(b, 1000) })
 			a, at := fe.conn(0, "alice", "pc", ser)
 			_, bt := fe.conn(1, "bob", "pc", ser)
 			frame, next := sendFrame(b, ser, "bob")
@@ -330,7 +330,7 @@ func TestShutdownWhileRequestsArrive(t *testing.T) {
 // ack and 99 pushes (encoded once per serializer), the other loop's drain.
 // ns/op divided by 99 is the cost per delivery, syscalls excluded.
 func BenchmarkGroupSendPath(b *testing.B) {
-	fe := newFakeEngine(b, 2, func(c *Config) { c.Store = memstore.NewWith(memstore.Options{InboxMax: 100}) })
+	fe := newFakeEngine(b, 2, func(c *Config) { c.Store = boundedMemStore(b, 100) })
 	members := make([]string, 100)
 	var outs []*fakeTransport
 	var sender *conn
@@ -406,4 +406,15 @@ func TestOneWritePerConnectionPerRound(t *testing.T) {
 			t.Fatalf("%s receiver: %d writes, want 1 carrying both pushes", name, ft.writes)
 		}
 	}
+}
+
+// boundedMemStore is a memory store keeping inboxMax entries per inbox (and
+// trimmed messages only briefly), so long allocation tests and benchmarks
+// reach a steady state.
+func boundedMemStore(t testing.TB, inboxMax int) *memstore.Store {
+	s, err := memstore.NewWith(persist.Retention{InboxMax: inboxMax, DedupWindow: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

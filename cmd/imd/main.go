@@ -94,8 +94,13 @@ func nodeLog(o *options, log *slog.Logger) *slog.Logger {
 // the message; it registers its metrics on reg. close closes the store and
 // then releases the directory.
 func openStore(o *options, reg prometheus.Registerer, log *slog.Logger) (store persist.Store, close func() error, err error) {
+	retention := persist.Retention{MaxAge: o.store.retention, InboxMax: o.store.inboxMax}
 	if o.store.kind == storeMemory {
-		return memstore.New(), func() error { return nil }, nil
+		st, err := memstore.NewWith(retention)
+		if err != nil {
+			return nil, nil, err
+		}
+		return st, func() error { return nil }, nil
 	}
 	lock, err := dirlock.Acquire(o.store.dataDir)
 	if err != nil {
@@ -103,7 +108,7 @@ func openStore(o *options, reg prometheus.Registerer, log *slog.Logger) (store p
 	}
 	st, err := pebblestore.Open(pebblestore.Options{
 		Dir: o.store.dataDir, NoSync: o.store.noSync,
-		Retention: persist.Retention{MaxAge: o.store.retention, InboxMax: o.store.inboxMax},
+		Retention: retention,
 		Registry:  reg, Logger: log,
 	})
 	if err != nil {

@@ -87,7 +87,7 @@ var derivedDefaults = map[string]string{
 // flagGroups order imd's help and its config example.
 var flagGroups = []envflag.Group{
 	{Title: "Node", Names: []string{"listen", "admin", "node-id", "node-num", "jwt-secret", "log-level", "log-format"}},
-	{Title: "Embedded store (single node)", Names: []string{"store", "data", "unsafe-no-fsync", "retention", "inbox-max"}},
+	{Title: "Store (single node)", Names: []string{"store", "data", "unsafe-no-fsync", "retention", "inbox-max"}},
 	{Title: "Limits", Names: []string{"max-conns", "max-body", "max-group-size", "max-outbound", "max-conn-inbound", "max-node-inbound",
 		"workers", "event-loops", "send-rate", "send-burst", "login-rate-per-ip", "login-burst-per-ip"}},
 	{Title: "Timeouts", Names: []string{"heartbeat", "heartbeat-rate", "max-heartbeat", "idle-timeout", "login-timeout", "goaway-window", "shutdown-timeout"}},
@@ -128,8 +128,8 @@ func newFlagSet(o *options, out io.Writer) (*envflag.Flags, map[string]string) {
 	fs.StringVar(&o.store.kind, "store", storeEmbedded, "message store: embedded (durable, file-backed) or memory (not durable)")
 	fs.StringVar(&o.store.dataDir, "data", "./data", "data directory of the embedded store (locked while imd runs)")
 	fs.BoolVar(&o.store.noSync, "unsafe-no-fsync", false, "embedded store: skip fsync (UNSAFE: acked messages can be lost on a crash; benchmarks only)")
-	fs.DurationVar(&o.store.retention, "retention", 0, "embedded store: remove messages older than this, e.g. 720h (0 keeps them for ever)")
-	fs.IntVar(&o.store.inboxMax, "inbox-max", 0, "embedded store: keep at most this many newest messages per inbox (0: no cap)")
+	fs.DurationVar(&o.store.retention, "retention", 0, "remove messages older than this, e.g. 720h (0 keeps them for ever); embedded and memory stores")
+	fs.IntVar(&o.store.inboxMax, "inbox-max", 0, "keep at most this many newest messages per inbox (0: no cap); embedded and memory stores")
 
 	fs.IntVar(&e.MaxConns, bind("MaxConns", "max-conns"), def.MaxConns, "maximum client connections")
 	fs.IntVar(&e.MaxBody, bind("MaxBody", "max-body"), def.MaxBody, "maximum frame body bytes")
@@ -206,8 +206,8 @@ func (o *options) finish(fields map[string]string) error {
 		return envflag.Usagef("--retention must be >= 0, got %s", st.retention)
 	case st.inboxMax < 0:
 		return envflag.Usagef("--inbox-max must be >= 0, got %d", st.inboxMax)
-	case (st.retention > 0 || st.inboxMax > 0) && st.kind != storeEmbedded:
-		return envflag.Usagef("--retention and --inbox-max need --store embedded (the %s store does not enforce them)", st.kind)
+	case (st.retention > 0 || st.inboxMax > 0) && o.clustered():
+		return envflag.Usagef("--retention and --inbox-max apply to the single-node stores; a cluster's MongoDB store does not enforce them")
 	}
 	if o.shutdownTimeout <= 0 {
 		return envflag.Usagef("--shutdown-timeout must be positive, got %s", o.shutdownTimeout)

@@ -16,7 +16,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/imgn/imgn/persist"
 )
@@ -25,6 +24,7 @@ var (
 	_ persist.Store         = (*Store)(nil)
 	_ persist.AsyncAppender = (*Store)(nil)
 	_ persist.NonBlocking   = (*Store)(nil)
+	_ persist.Retainer      = (*Store)(nil)
 )
 
 // Store is an in-memory persist.Store. The zero value is not usable; call New.
@@ -42,30 +42,63 @@ type Store struct {
 	groups map[string]*persist.Group // Members sorted, deduplicated, owned by the store
 }
 
-// Options bound what the store keeps. The zero value keeps everything.
-type Options struct {
-	// InboxMax keeps at most this many of each inbox's newest entries
-	// (0: no limit).
-	InboxMax int
-	// MaxAge drops inbox entries older than this (0: keep them). Expired
-	// entries are dropped by appends, at most once a second.
-	MaxAge time.Duration
-}
-
 type cursorKey struct{ user, device string }
 
 // New returns an empty Store that keeps everything.
-func New() *Store { return NewWith(Options{}) }
+func New() *Store {
+	s, _ := NewWith(persist.Retention{})
+	return s
+}
 
-// NewWith returns an empty Store bounded by o.
-func NewWith(o Options) *Store {
+// NewWith returns an empty Store bounded by r (see persist.Retention; a
+// negative setting is an error). The cap (InboxMax) is enforced on every
+// append; age (MaxAge) and the dedup window by passes that appends run at
+// most once a second, and by EnforceRetention.
+func NewWith(r persist.Retention) (*Store, error) {
+	r, err := r.WithDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("memstore: %w", err)
+	}
 	return &Store{
-		m:       newMessages(o),
+		m:       newMessages(r),
 		cursors: make(map[cursorKey]uint64),
 		users:   make(map[string]int64),
 		hashes:  make(map[string]string),
 		groups:  make(map[string]*persist.Group),
+	}, nil
+}
+
+// FirstSeq implements persist.Retainer.
+func (s *Store) FirstSeq(ctx context.Context, user string) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
 	}
+	if err := persist.CheckID("user", user); err != nil {
+		return 0, fmt.Errorf("memstore: first seq: %w", err)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return 0, persist.ErrClosed
+	}
+	if in := s.m.inboxes[user]; in != nil {
+		return in.first, nil
+	}
+	return 1, nil
+}
+
+// EnforceRetention implements persist.Retainer: one whole pass, now.
+func (s *Store) EnforceRetention(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return persist.ErrClosed
+	}
+	s.m.pass(s.m.clock(), 0)
+	return nil
 }
 
 // copyMsg returns m with private copies of its strings and body.

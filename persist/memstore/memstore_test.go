@@ -18,6 +18,16 @@ func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) persist.Store { return memstore.New() })
 }
 
+func TestRetentionConformance(t *testing.T) {
+	storetest.RunRetention(t, func(t *testing.T, r persist.Retention) persist.Store {
+		s, err := memstore.NewWith(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	})
+}
+
 func BenchmarkStore(b *testing.B) {
 	storetest.Bench(b, func(b *testing.B) persist.Store { return memstore.New() })
 }

@@ -20,12 +20,15 @@ import (
 // which makes a retried append idempotent per (inbox, message) without a
 // per-inbox index.
 //
-// Retention (Options) drops an inbox's oldest entries: beyond InboxMax
-// entries, or older than MaxAge. A record that no inbox holds any more is
-// dead: it leaves both maps (so its dedup key is forgotten with it) and its
-// chunk's live count drops; a chunk whose records are all dead is released
+// Retention (persist.Retention) drops an inbox's oldest entries: beyond
+// InboxMax entries (at once, on the append that exceeds it), or older than
+// MaxAge (by passes: on appends at most once a second, or EnforceRetention).
+// A record that no inbox holds any more waits in limbo for the dedup
+// window, so a retry is still recognised; then it leaves both maps and its
+// chunk's live count drops; a chunk whose records are all gone is released
 // to the garbage collector. Steady traffic under retention therefore runs
-// in bounded memory with no allocation per message.
+// in bounded memory (the dedup window's worth of messages) with no
+// allocation per message.
 
 const (
 	chunkRecs = 1024     // records per chunk
@@ -117,11 +120,12 @@ type inbox struct {
 // messages is the message part of the store. Every method runs with the
 // store's lock held (write lock for the mutating ones).
 type messages struct {
-	opts   Options
-	chunks []*chunk // chunks[i] holds slots from base + i*chunkRecs
-	base   uint64   // first slot of chunks[0], a multiple of chunkRecs
-	next   uint64   // slot of the next record
-	oldest uint64   // no live record has a lower slot (MaxAge scans start here)
+	opts   persist.Retention // defaults filled
+	limbo  []uint64          // slots of messages in no inbox, kept for the dedup window, oldest first
+	chunks []*chunk          // chunks[i] holds slots from base + i*chunkRecs
+	base   uint64            // first slot of chunks[0], a multiple of chunkRecs
+	next   uint64            // slot of the next record
+	oldest uint64            // no live record has a lower slot (MaxAge scans start here)
 	byID   map[uint64]uint64
 	// The dedup index: by a 64-bit hash of (From, ClientMsgID), checked
 	// against the record, so the map holds no pointers for the collector
@@ -140,7 +144,7 @@ type messages struct {
 
 type dedupKey struct{ from, clientMsgID string }
 
-func newMessages(o Options) *messages {
+func newMessages(o persist.Retention) *messages {
 	return &messages{opts: o, byID: make(map[uint64]uint64), dedup: make(map[uint64]uint64), spill: make(map[dedupKey]uint64), seed: maphash.MakeSeed(),
 		inboxes: make(map[string]*inbox), more: make(map[uint64][]inboxRef), clock: time.Now}
 }
@@ -262,6 +266,7 @@ func (m *messages) appendTo(in *inbox, slot uint64, r *record) uint64 {
 		m.more[slot] = append(m.more[slot], ref)
 	}
 	if max := m.opts.InboxMax; max > 0 && len(in.slots) > max {
+		// The cap is enforced at once (a pass would do no more).
 		m.trim(in, len(in.slots)-max)
 	}
 	return in.head
@@ -270,8 +275,8 @@ func (m *messages) appendTo(in *inbox, slot uint64, r *record) uint64 {
 // trim drops the n oldest entries of in.
 func (m *messages) trim(in *inbox, n int) {
 	for _, slot := range in.slots[:n] {
-		if r, c := m.rec(slot); r != nil && r.refs > 0 {
-			m.unref(slot, r, c)
+		if r, _ := m.rec(slot); r != nil && r.refs > 0 {
+			m.unref(slot, r)
 		}
 	}
 	// Reuse the array rather than let it creep: copy down once the dead
@@ -285,12 +290,19 @@ func (m *messages) trim(in *inbox, n int) {
 	in.first += uint64(n)
 }
 
-// unref drops one inbox's hold on the record at slot; the last one kills it.
-func (m *messages) unref(slot uint64, r *record, c *chunk) {
+// unref drops one inbox's hold on the record at slot. When no inbox holds
+// it any more it waits in limbo: its dedup key (and its original seqs,
+// for a retry's answer) stay for the dedup window (persist.Retention).
+func (m *messages) unref(slot uint64, r *record) {
 	r.refs--
-	if r.refs > 0 {
-		return
+	if r.refs == 0 {
+		m.limbo = append(m.limbo, slot)
 	}
+}
+
+// kill forgets the record at slot for good, and releases its chunk when it
+// was the chunk's last.
+func (m *messages) kill(slot uint64, r *record, c *chunk) {
 	delete(m.byID, r.id)
 	m.forget(slot, r, c)
 	if r.in[1].in != 0 {
@@ -307,12 +319,10 @@ func (m *messages) unref(slot uint64, r *record, c *chunk) {
 	}
 }
 
-// expire drops entries older than MaxAge from the front of every inbox that
-// holds them, scanning records from the oldest live one. It runs at most
-// once a second and handles at most budget messages, so no single append
-// pays for a long backlog.
+// expire is a retention pass, as appends run it: at most once a second
+// and at most budget messages, so no single append pays for a backlog.
 func (m *messages) expire(budget int) {
-	if m.opts.MaxAge <= 0 {
+	if !m.opts.Enabled() {
 		return
 	}
 	now := m.clock()
@@ -320,28 +330,63 @@ func (m *messages) expire(budget int) {
 		return
 	}
 	m.scanned = now
-	cutoff := now.Add(-m.opts.MaxAge).UnixMilli()
-	m.oldest = max(m.oldest, m.base)
-	for ; m.oldest < m.next && budget > 0; m.oldest++ {
-		r, _ := m.rec(m.oldest)
-		if r == nil || r.refs == 0 {
-			continue
+	m.pass(now, budget)
+}
+
+// pass drops inbox entries older than MaxAge (an inbox only loses a
+// prefix: the entries up to the last expired one), then forgets the
+// messages in limbo older than the dedup window. budget bounds the messages
+// it handles (<= 0: no bound).
+func (m *messages) pass(now time.Time, budget int) {
+	unbounded := budget <= 0
+	if m.opts.MaxAge > 0 {
+		cutoff := now.Add(-m.opts.MaxAge).UnixMilli()
+		m.oldest = max(m.oldest, m.base)
+		for ; m.oldest < m.next && (unbounded || budget > 0); m.oldest++ {
+			r, _ := m.rec(m.oldest)
+			if r == nil || r.refs == 0 {
+				continue
+			}
+			if r.ts >= cutoff {
+				break
+			}
+			budget--
+			// Drop, from the front of each inbox holding this message,
+			// every entry up to and including it.
+			refs := append([]inboxRef{r.in[0], r.in[1]}, m.more[m.oldest]...)
+			for _, ref := range refs {
+				if ref.in == 0 {
+					continue
+				}
+				in := m.list[ref.in-1]
+				if ref.seq >= in.first {
+					m.trim(in, int(ref.seq-in.first+1))
+				}
+			}
+		}
+	}
+	window := m.opts.DedupWindow
+	if m.opts.MaxAge > 0 {
+		window = min(window, m.opts.MaxAge)
+	}
+	cutoff := now.Add(-window).UnixMilli()
+	n := 0
+	for ; n < len(m.limbo) && (unbounded || budget > 0); n++ {
+		slot := m.limbo[n]
+		r, c := m.rec(slot)
+		if r == nil || r.id == 0 || r.refs > 0 {
+			continue // killed already, or back in an inbox (a retry added one)
 		}
 		if r.ts >= cutoff {
 			break
 		}
 		budget--
-		// Drop, from the front of each inbox holding this message, every
-		// entry up to and including it.
-		refs := append([]inboxRef{r.in[0], r.in[1]}, m.more[m.oldest]...)
-		for _, ref := range refs {
-			if ref.in == 0 {
-				continue
-			}
-			in := m.list[ref.in-1]
-			if ref.seq >= in.first {
-				m.trim(in, int(ref.seq-in.first+1))
-			}
-		}
+		m.kill(slot, r, c)
+	}
+	rest := m.limbo[n:]
+	if n >= len(rest) {
+		m.limbo = append(m.limbo[:0], rest...)
+	} else {
+		m.limbo = rest
 	}
 }

@@ -22,8 +22,20 @@ func send(t testing.TB, s *Store, id uint64, from, cmid string, ts int64, inboxe
 	return res.Seqs
 }
 
+// newWith opens a store bounded by r, whose clock the test may set.
+func newWith(t testing.TB, r persist.Retention) *Store {
+	t.Helper()
+	s, err := NewWith(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 func TestInboxMaxKeepsNewestAndForgetsDeadMessages(t *testing.T) {
-	s := NewWith(Options{InboxMax: 3})
+	s := newWith(t, persist.Retention{InboxMax: 3, DedupWindow: time.Minute})
+	now := time.Unix(1_800_000_000, 0)
+	s.m.clock = func() time.Time { return now }
 	ctx := context.Background()
 	for i := 1; i <= 10; i++ {
 		send(t, s, uint64(i), "alice", fmt.Sprint("m", i), int64(i), "alice", "bob")
@@ -41,10 +53,17 @@ func TestInboxMaxKeepsNewestAndForgetsDeadMessages(t *testing.T) {
 			t.Fatalf("%s keeps %+v, want seqs 8..10", u, got)
 		}
 	}
-	// m1 is in no inbox any more: its message and dedup key are gone, so
-	// the store holds only what the inboxes reference.
+	// m1 is in no inbox any more, but a retry is still recognised for the
+	// dedup window; after it, the store holds only what inboxes reference.
+	if _, err := s.Lookup(ctx, "alice", "m1"); err != nil {
+		t.Fatalf("a trimmed message within the dedup window: %v", err)
+	}
+	now = now.Add(2 * time.Minute)
+	if err := s.EnforceRetention(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := s.Lookup(ctx, "alice", "m1"); !errors.Is(err, persist.ErrNotFound) {
-		t.Fatalf("lookup of a trimmed message: %v", err)
+		t.Fatalf("lookup of a trimmed message after the dedup window: %v", err)
 	}
 	if n := len(s.m.byID); n != 3 {
 		t.Fatalf("%d messages kept, want 3", n)
@@ -65,7 +84,7 @@ func TestInboxMaxKeepsNewestAndForgetsDeadMessages(t *testing.T) {
 }
 
 func TestMaxAgeDropsOldEntries(t *testing.T) {
-	s := NewWith(Options{MaxAge: time.Minute})
+	s := newWith(t, persist.Retention{MaxAge: time.Minute})
 	now := time.Unix(1_800_000_000, 0)
 	s.m.clock = func() time.Time { return now }
 	ctx := context.Background()
@@ -88,9 +107,15 @@ func TestMaxAgeDropsOldEntries(t *testing.T) {
 }
 
 func TestChunksAreReleased(t *testing.T) {
-	s := NewWith(Options{InboxMax: 10})
+	s := newWith(t, persist.Retention{InboxMax: 10, DedupWindow: time.Millisecond})
+	now := time.Unix(1_800_000_000, 0)
+	s.m.clock = func() time.Time { return now }
 	for i := 1; i <= 20*chunkRecs; i++ {
-		send(t, s, uint64(i), "u", fmt.Sprint(i), int64(i), "u")
+		send(t, s, uint64(i), "u", fmt.Sprint(i), now.UnixMilli(), "u")
+		now = now.Add(time.Millisecond) // passes run once a second of this clock
+	}
+	if err := s.EnforceRetention(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 	if n := len(s.m.chunks); n > 2 {
 		t.Fatalf("%d chunks held for 10 live messages", n)
@@ -103,7 +128,9 @@ type completer struct{ n int }
 func (c *completer) AppendDone(*persist.AppendOp) { c.n++ }
 
 func TestAppendAsyncSteadyStateAllocatesNothing(t *testing.T) {
-	s := NewWith(Options{InboxMax: 100})
+	s := newWith(t, persist.Retention{InboxMax: 100, DedupWindow: time.Millisecond})
+	now := time.Unix(1_800_000_000, 0)
+	s.m.clock = func() time.Time { return now }
 	done := &completer{}
 	op := &persist.AppendOp{Inboxes: []string{"alice", "bob"}, Done: done, Result: persist.AppendResult{Seqs: make([]uint64, 0, 2)}}
 	body := []byte("hello, bob")
@@ -114,7 +141,8 @@ func TestAppendAsyncSteadyStateAllocatesNothing(t *testing.T) {
 		// The id is built in a reused buffer, as the engine's views of a
 		// frame are: the store copies what it keeps.
 		cmid := strconv.AppendUint(ids[:0], i, 10)
-		op.Msg = persist.Message{ID: i, From: "alice", To: "bob", ClientMsgID: unsafe.String(&cmid[0], len(cmid)), Timestamp: int64(i), Body: body}
+		now = now.Add(time.Millisecond)
+		op.Msg = persist.Message{ID: i, From: "alice", To: "bob", ClientMsgID: unsafe.String(&cmid[0], len(cmid)), Timestamp: now.UnixMilli(), Body: body}
 		s.AppendAsync(op)
 	}
 	for range 3 * chunkRecs { // warm up: maps and inboxes at their steady size
@@ -132,11 +160,17 @@ func TestAppendAsyncSteadyStateAllocatesNothing(t *testing.T) {
 // TestDedupHashCollisions: with every key hashing alike, deduplication,
 // lookup and retention still work (the colliding keys go to the spill map).
 func TestDedupHashCollisions(t *testing.T) {
-	s := NewWith(Options{InboxMax: 5})
+	s := newWith(t, persist.Retention{InboxMax: 5, DedupWindow: time.Minute})
 	s.m.testHash = func(string, string) uint64 { return 42 }
+	now := time.Unix(1_800_000_000, 0)
+	s.m.clock = func() time.Time { return now }
 	ctx := context.Background()
 	for i := 1; i <= 8; i++ {
-		send(t, s, uint64(i), "alice", fmt.Sprint("c", i), int64(i), "alice", "bob")
+		send(t, s, uint64(i), "alice", fmt.Sprint("c", i), now.UnixMilli(), "alice", "bob")
+	}
+	now = now.Add(2 * time.Minute) // past the dedup window of the trimmed ones
+	if err := s.EnforceRetention(ctx); err != nil {
+		t.Fatal(err)
 	}
 	// A retry of a kept message is a duplicate; a trimmed one is forgotten.
 	res, err := s.Append(ctx, persist.Message{ID: 100, From: "alice", To: "bob", ClientMsgID: "c7"}, []string{"alice", "bob"})
