@@ -94,6 +94,12 @@ func SpawnImd(ctx context.Context, name string, o SpawnOptions) (*Node, error) {
 		if o.NoFsync {
 			args = append(args, "--unsafe-no-fsync")
 		}
+		if o.Store == "memory" {
+			// Bounded memory over long runs (the relay keeps nothing):
+			// the newest 1,000 messages per inbox, trimmed ones
+			// remembered for resends for 2 s. --imd-arg overrides.
+			args = append(args, "--inbox-max", "1000", "--dedup-window", "2s")
+		}
 		args = append(args, o.Args...)
 		n, err := startNode(ctx, name, o.Imd, args, nil, dir, addr, admin, o.CPUs)
 		if err == nil {

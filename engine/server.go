@@ -1,6 +1,6 @@
 // Package engine is the IM node: a gnet v2 event-loop server that speaks the
 // IMGN protocol (docs/protocol.md), keeps the sessions of this node, and
-// implements the delivery model of DESIGN.md section 4 on a persist.Store.
+// implements the delivery model of docs/protocol.md (section 6) on a persist.Store.
 //
 // Threading model. gnet's event loops decode frames in place (codec.Decoder
 // on the loop's inbound buffer) and never block. A request whose work

@@ -20,18 +20,20 @@ type sessionMap struct {
 }
 
 type sessionShard struct {
-	mu    sync.RWMutex
-	users map[string]userSessions
-	_     [32]byte // keep neighbouring shards' locks off one cache line
+	mu sync.RWMutex
+	// one holds each user's first device: most users have one, so a
+	// session costs one small map entry. extra holds, for the few users
+	// that need it, further devices and the send limiter.
+	one   map[string]*conn
+	extra map[string]*userExtra
+	_     [16]byte // keep neighbouring shards' locks off one cache line
 }
 
-// userSessions is one user's live devices on this node, and the user's send
-// rate limiter (per user, so opening more devices does not raise the rate),
-// made on the user's first send: most connections are idle, and a limiter
-// costs 80 bytes. It is stored in the map by value, with the first device
-// inline, so a user with one device costs one map entry and no allocation.
-type userSessions struct {
-	one     *conn
+// userExtra is what a user has beyond one device: more devices, and the
+// user's send rate limiter (per user, so opening more devices does not
+// raise the rate), made on the user's first send: most connections are
+// idle, and a limiter costs 80 bytes.
+type userExtra struct {
 	more    []*conn
 	limiter *rate.Limiter
 }
@@ -39,7 +41,8 @@ type userSessions struct {
 func newSessionMap() *sessionMap {
 	m := &sessionMap{}
 	for i := range m.shards {
-		m.shards[i].users = make(map[string]userSessions)
+		m.shards[i].one = make(map[string]*conn)
+		m.shards[i].extra = make(map[string]*userExtra)
 	}
 	return m
 }
@@ -64,22 +67,26 @@ func (m *sessionMap) add(c *conn) (old *conn) {
 	sh := m.shard(c.user)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	us := sh.users[c.user]
+	first := sh.one[c.user]
 	switch {
-	case us.one == nil:
-		us.one = c
-	case us.one.device == c.device:
-		old, us.one = us.one, c
-	default:
-		i := slices.IndexFunc(us.more, func(d *conn) bool { return d.device == c.device })
-		if i >= 0 {
-			old, us.more[i] = us.more[i], c
-		} else {
-			us.more = append(us.more, c)
-		}
+	case first == nil:
+		sh.one[c.user] = c
+		return nil
+	case first.device == c.device:
+		sh.one[c.user] = c
+		return first
 	}
-	sh.users[c.user] = us
-	return old
+	x := sh.extra[c.user]
+	if x == nil {
+		x = &userExtra{}
+		sh.extra[c.user] = x
+	}
+	if i := slices.IndexFunc(x.more, func(d *conn) bool { return d.device == c.device }); i >= 0 {
+		old, x.more[i] = x.more[i], c
+		return old
+	}
+	x.more = append(x.more, c)
+	return nil
 }
 
 // remove unregisters c if it is still the live connection of its (user,
@@ -88,28 +95,34 @@ func (m *sessionMap) remove(c *conn) bool {
 	sh := m.shard(c.user)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	us, ok := sh.users[c.user]
-	if !ok {
+	first := sh.one[c.user]
+	if first == nil {
 		return false
 	}
-	last := len(us.more) - 1
-	switch i := slices.Index(us.more, c); {
-	case us.one == c && last >= 0:
-		us.one, us.more[last] = us.more[last], nil
-		us.more = us.more[:last]
-	case us.one == c:
-		delete(sh.users, c.user)
+	x := sh.extra[c.user]
+	switch {
+	case first == c && x != nil && len(x.more) > 0:
+		last := len(x.more) - 1
+		sh.one[c.user], x.more[last] = x.more[last], nil
+		x.more = x.more[:last]
+	case first == c:
+		delete(sh.one, c.user)
+		delete(sh.extra, c.user) // the limiter goes with the user's last session
 		return true
-	case i >= 0:
-		us.more[i], us.more[last] = us.more[last], nil
-		us.more = us.more[:last]
+	case x != nil:
+		i := slices.Index(x.more, c)
+		if i < 0 {
+			return false
+		}
+		last := len(x.more) - 1
+		x.more[i], x.more[last] = x.more[last], nil
+		x.more = x.more[:last]
 	default:
 		return false
 	}
-	if len(us.more) == 0 {
-		us.more = nil
+	if len(x.more) == 0 && x.limiter == nil {
+		delete(sh.extra, c.user)
 	}
-	sh.users[c.user] = us
 	return true
 }
 
@@ -118,9 +131,11 @@ func (m *sessionMap) remove(c *conn) bool {
 func (m *sessionMap) devices(user string, dst []*conn) []*conn {
 	sh := m.shard(user)
 	sh.mu.RLock()
-	if us, ok := sh.users[user]; ok {
-		dst = append(dst, us.one)
-		dst = append(dst, us.more...)
+	if first := sh.one[user]; first != nil {
+		dst = append(dst, first)
+		if x := sh.extra[user]; x != nil {
+			dst = append(dst, x.more...)
+		}
 	}
 	sh.mu.RUnlock()
 	return dst
@@ -130,7 +145,7 @@ func (m *sessionMap) devices(user string, dst []*conn) []*conn {
 func (m *sessionMap) online(user string) bool {
 	sh := m.shard(user)
 	sh.mu.RLock()
-	_, ok := sh.users[user]
+	_, ok := sh.one[user]
 	sh.mu.RUnlock()
 	return ok
 }
@@ -140,22 +155,29 @@ func (m *sessionMap) online(user string) bool {
 func (m *sessionMap) limiter(user string, newLimiter func() *rate.Limiter) *rate.Limiter {
 	sh := m.shard(user)
 	sh.mu.RLock()
-	us, ok := sh.users[user]
+	var lim *rate.Limiter
+	if x := sh.extra[user]; x != nil {
+		lim = x.limiter
+	}
+	_, ok := sh.one[user]
 	sh.mu.RUnlock()
-	if !ok || us.limiter != nil {
-		return us.limiter
+	if !ok || lim != nil {
+		return lim
 	}
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	us, ok = sh.users[user]
-	if !ok {
+	if _, ok := sh.one[user]; !ok {
 		return nil
 	}
-	if us.limiter == nil {
-		us.limiter = newLimiter()
-		sh.users[user] = us
+	x := sh.extra[user]
+	if x == nil {
+		x = &userExtra{}
+		sh.extra[user] = x
 	}
-	return us.limiter
+	if x.limiter == nil {
+		x.limiter = newLimiter()
+	}
+	return x.limiter
 }
 
 // each calls fn for every live connection; fn must not call back into m.
@@ -165,9 +187,11 @@ func (m *sessionMap) each(fn func(*conn)) {
 		sh := &m.shards[i]
 		batch = batch[:0]
 		sh.mu.RLock()
-		for _, us := range sh.users {
-			batch = append(batch, us.one)
-			batch = append(batch, us.more...)
+		for _, c := range sh.one {
+			batch = append(batch, c)
+		}
+		for _, x := range sh.extra {
+			batch = append(batch, x.more...)
 		}
 		sh.mu.RUnlock()
 		for _, c := range batch {
@@ -181,9 +205,10 @@ func (m *sessionMap) count() (users, conns int) {
 	for i := range m.shards {
 		sh := &m.shards[i]
 		sh.mu.RLock()
-		users += len(sh.users)
-		for _, us := range sh.users {
-			conns += 1 + len(us.more)
+		users += len(sh.one)
+		conns += len(sh.one)
+		for _, x := range sh.extra {
+			conns += len(x.more)
 		}
 		sh.mu.RUnlock()
 	}

@@ -22,8 +22,8 @@ type AppendOp struct {
 	// Result and Err are the outcome, as Append would return them. On
 	// success Result.Msg is Msg (a fresh insert; its strings and Body are
 	// the caller's) or the stored original (a duplicate; store-owned
-	// memory that stays valid until the store is closed or the message
-	// expires, so copy what must outlive Done).
+	// memory, valid only until Done returns: a store may reuse it once
+	// the message expires, so copy what must outlive Done).
 	Result AppendResult
 	Err    error
 	Done   AppendCompleter

@@ -94,7 +94,7 @@ func nodeLog(o *options, log *slog.Logger) *slog.Logger {
 // the message; it registers its metrics on reg. close closes the store and
 // then releases the directory.
 func openStore(o *options, reg prometheus.Registerer, log *slog.Logger) (store persist.Store, close func() error, err error) {
-	retention := persist.Retention{MaxAge: o.store.retention, InboxMax: o.store.inboxMax}
+	retention := persist.Retention{MaxAge: o.store.retention, InboxMax: o.store.inboxMax, DedupWindow: o.store.dedupWindow}
 	if o.store.kind == storeMemory {
 		st, err := memstore.NewWith(retention)
 		if err != nil {

@@ -43,11 +43,12 @@ const (
 
 // storeOptions chooses and configures the single-node message store.
 type storeOptions struct {
-	kind      string // storeEmbedded or storeMemory
-	dataDir   string
-	noSync    bool
-	retention time.Duration // embedded store: remove messages older than this (0: keep)
-	inboxMax  int           // embedded store: newest entries kept per inbox (0: no cap)
+	kind        string // storeEmbedded or storeMemory
+	dataDir     string
+	noSync      bool
+	retention   time.Duration // embedded store: remove messages older than this (0: keep)
+	inboxMax    int           // embedded store: newest entries kept per inbox (0: no cap)
+	dedupWindow time.Duration // how long a message the cap removed is still recognised
 }
 
 // clusterOptions are the cluster-mode settings (all empty on a single node).
@@ -87,7 +88,7 @@ var derivedDefaults = map[string]string{
 // flagGroups order imd's help and its config example.
 var flagGroups = []envflag.Group{
 	{Title: "Node", Names: []string{"listen", "admin", "node-id", "node-num", "jwt-secret", "log-level", "log-format"}},
-	{Title: "Store (single node)", Names: []string{"store", "data", "unsafe-no-fsync", "retention", "inbox-max"}},
+	{Title: "Store (single node)", Names: []string{"store", "data", "unsafe-no-fsync", "retention", "inbox-max", "dedup-window"}},
 	{Title: "Limits", Names: []string{"max-conns", "max-body", "max-group-size", "max-outbound", "max-conn-inbound", "max-node-inbound",
 		"workers", "event-loops", "send-rate", "send-burst", "login-rate-per-ip", "login-burst-per-ip"}},
 	{Title: "Timeouts", Names: []string{"heartbeat", "heartbeat-rate", "max-heartbeat", "idle-timeout", "login-timeout", "goaway-window", "shutdown-timeout"}},
@@ -129,6 +130,7 @@ func newFlagSet(o *options, out io.Writer) (*envflag.Flags, map[string]string) {
 	fs.StringVar(&o.store.dataDir, "data", "./data", "data directory of the embedded store (locked while imd runs)")
 	fs.BoolVar(&o.store.noSync, "unsafe-no-fsync", false, "embedded store: skip fsync (UNSAFE: acked messages can be lost on a crash; benchmarks only)")
 	fs.DurationVar(&o.store.retention, "retention", 0, "remove messages older than this, e.g. 720h (0 keeps them for ever); embedded and memory stores")
+	fs.DurationVar(&o.store.dedupWindow, "dedup-window", persist.DefaultDedupWindow, "how long a message that --inbox-max removed from every inbox is still recognised when resent (capped by --retention)")
 	fs.IntVar(&o.store.inboxMax, "inbox-max", 0, "keep at most this many newest messages per inbox (0: no cap); embedded and memory stores")
 
 	fs.IntVar(&e.MaxConns, bind("MaxConns", "max-conns"), def.MaxConns, "maximum client connections")
@@ -206,6 +208,8 @@ func (o *options) finish(fields map[string]string) error {
 		return envflag.Usagef("--retention must be >= 0, got %s", st.retention)
 	case st.inboxMax < 0:
 		return envflag.Usagef("--inbox-max must be >= 0, got %d", st.inboxMax)
+	case st.dedupWindow <= 0:
+		return envflag.Usagef("--dedup-window must be positive, got %s", st.dedupWindow)
 	case (st.retention > 0 || st.inboxMax > 0) && o.clustered():
 		return envflag.Usagef("--retention and --inbox-max apply to the single-node stores; a cluster's MongoDB store does not enforce them")
 	}

@@ -120,12 +120,14 @@ func (s *Store) Append(ctx context.Context, msg persist.Message, inboxes []strin
 	op := persist.AppendOp{Msg: msg, Inboxes: inboxes}
 	s.mu.Lock()
 	s.appendLocked(&op)
+	if op.Err == nil && op.Result.Duplicate {
+		// The original lives in the store's arena, which a later append
+		// may reuse once it expires: copy it while the lock holds.
+		op.Result.Msg = copyMsg(&op.Result.Msg)
+	}
 	s.mu.Unlock()
 	if op.Err != nil {
 		return persist.AppendResult{}, op.Err
-	}
-	if op.Result.Duplicate {
-		op.Result.Msg = copyMsg(&op.Result.Msg)
 	}
 	return op.Result, nil
 }
@@ -136,7 +138,8 @@ func (s *Store) NonBlocking() {}
 // AppendAsync implements persist.AsyncAppender. It completes op before it
 // returns: op.Done runs on the caller's goroutine under the store's lock,
 // so appends complete in seq order per inbox. On a duplicate Result.Msg's
-// strings and Body are the store's own (valid until Close).
+// strings and Body are the store's own, valid only during Done (the
+// arena of an expired message is reused).
 func (s *Store) AppendAsync(op *persist.AppendOp) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

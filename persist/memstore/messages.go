@@ -64,7 +64,8 @@ type inboxRef struct {
 
 type chunk struct {
 	recs  *[chunkRecs]record // pointer-free: allocated as no-scan memory
-	slabs [][]byte           // arena; the last one is being filled
+	slabs [][]byte           // arena, filled in order
+	used  int                // the slab being filled
 	live  int                // records stored and not dead
 }
 
@@ -73,15 +74,16 @@ func (c *chunk) put(b []byte) span {
 	if len(b) == 0 {
 		return span{}
 	}
-	n := len(c.slabs)
-	if n == 0 || cap(c.slabs[n-1])-len(c.slabs[n-1]) < len(b) {
-		c.slabs = append(c.slabs, make([]byte, 0, max(slabBytes, len(b))))
-		n++
+	for c.used < len(c.slabs) && cap(c.slabs[c.used])-len(c.slabs[c.used]) < len(b) {
+		c.used++
 	}
-	s := c.slabs[n-1]
+	if c.used == len(c.slabs) {
+		c.slabs = append(c.slabs, make([]byte, 0, max(slabBytes, len(b))))
+	}
+	s := c.slabs[c.used]
 	start := len(s)
-	c.slabs[n-1] = append(s, b...)
-	return span{slab: uint32(n - 1), off: uint32(start), n: uint32(len(b))}
+	c.slabs[c.used] = append(s, b...)
+	return span{slab: uint32(c.used), off: uint32(start), n: uint32(len(b))}
 }
 
 func (c *chunk) putString(s string) span {
@@ -120,13 +122,15 @@ type inbox struct {
 // messages is the message part of the store. Every method runs with the
 // store's lock held (write lock for the mutating ones).
 type messages struct {
-	opts   persist.Retention // defaults filled
-	limbo  []uint64          // slots of messages in no inbox, kept for the dedup window, oldest first
-	chunks []*chunk          // chunks[i] holds slots from base + i*chunkRecs
-	base   uint64            // first slot of chunks[0], a multiple of chunkRecs
-	next   uint64            // slot of the next record
-	oldest uint64            // no live record has a lower slot (MaxAge scans start here)
-	byID   map[uint64]uint64
+	opts       persist.Retention // defaults filled
+	limbo      []uint64          // slots of messages in no inbox, kept for the dedup window, oldest first
+	chunks     []*chunk          // chunks[i] holds slots from base + i*chunkRecs
+	free       []*chunk          // released chunks, kept for reuse
+	madeChunks int               // chunks allocated (tests check reuse)
+	base       uint64            // first slot of chunks[0], a multiple of chunkRecs
+	next       uint64            // slot of the next record
+	oldest     uint64            // no live record has a lower slot (MaxAge scans start here)
+	byID       map[uint64]uint64
 	// The dedup index: by a 64-bit hash of (From, ClientMsgID), checked
 	// against the record, so the map holds no pointers for the collector
 	// to scan; the rare keys whose hash is taken by another message go in
@@ -163,12 +167,33 @@ func (m *messages) rec(slot uint64) (*record, *chunk) {
 	return &c.recs[slot%chunkRecs], c
 }
 
+// maxFreeChunks bounds the released chunks kept for reuse.
+const maxFreeChunks = 4
+
+// newChunk returns an empty chunk: a released one when there is one (under
+// retention, steady traffic then allocates nothing), else a new one.
+func (m *messages) newChunk() *chunk {
+	if n := len(m.free); n > 0 {
+		c := m.free[n-1]
+		m.free[n-1] = nil
+		m.free = m.free[:n-1]
+		clear(c.recs[:])
+		for i := range c.slabs {
+			c.slabs[i] = c.slabs[i][:0]
+		}
+		c.used = 0
+		return c
+	}
+	m.madeChunks++
+	return &chunk{recs: new([chunkRecs]record)}
+}
+
 // store copies msg into a new record and returns its slot.
 func (m *messages) store(msg *persist.Message) (uint64, *record) {
 	slot := m.next
 	m.next++
 	if slot%chunkRecs == 0 {
-		m.chunks = append(m.chunks, &chunk{recs: new([chunkRecs]record)})
+		m.chunks = append(m.chunks, m.newChunk())
 	}
 	c := m.chunks[(slot-m.base)/chunkRecs]
 	r := &c.recs[slot%chunkRecs]
@@ -312,6 +337,9 @@ func (m *messages) kill(slot uint64, r *record, c *chunk) {
 	c.live--
 	if c.live == 0 && slot/chunkRecs != m.next/chunkRecs {
 		m.chunks[(slot-m.base)/chunkRecs] = nil
+		if len(m.free) < maxFreeChunks {
+			m.free = append(m.free, c)
+		}
 		for len(m.chunks) > 0 && m.chunks[0] == nil {
 			m.chunks = m.chunks[1:]
 			m.base += chunkRecs
