@@ -34,6 +34,9 @@ type appendReq struct {
 	ctx     context.Context
 	msg     persist.Message // the store's own copy (strings and Body)
 	inboxes []string        // the store's own copy (strings too)
+	// entriesOnly: the message document exists (AppendEntries); only the
+	// inbox entries are written.
+	entriesOnly bool
 
 	// Set by the committer before done is closed.
 	res  persist.AppendResult
@@ -76,10 +79,31 @@ func (s *Store) Append(ctx context.Context, msg persist.Message, inboxes []strin
 	if err := persist.CheckAppend(msg, inboxes); err != nil {
 		return persist.AppendResult{}, fmt.Errorf("mongostore: append: %w", err)
 	}
+	return s.submit(ctx, msg, inboxes, false)
+}
+
+// AppendEntries appends msg to each of inboxes without writing the message
+// document: msg must be a message this store already holds durably (the
+// result of an earlier successful Append, possibly by another node: the
+// ID, From and ClientMsgID of the stored original). It is how a cluster
+// stores a message once while each inbox owner writes its own entries.
+// Entries that exist already keep their seq (a retry is resolved by the
+// unique (user, msg) index, with one lookup per conflicting batch, not per
+// message). The result's Msg is msg and Duplicate is false. Failure,
+// cancellation and memory rules are those of Append.
+func (s *Store) AppendEntries(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	if err := persist.CheckAppend(msg, inboxes); err != nil {
+		return persist.AppendResult{}, fmt.Errorf("mongostore: append entries: %w", err)
+	}
+	return s.submit(ctx, msg, inboxes, true)
+}
+
+// submit queues one append for the committer and waits for its outcome.
+func (s *Store) submit(ctx context.Context, msg persist.Message, inboxes []string, entriesOnly bool) (persist.AppendResult, error) {
 	if err := ctx.Err(); err != nil {
 		return persist.AppendResult{}, err
 	}
-	r := &appendReq{ctx: ctx, msg: ownMessage(msg), inboxes: ownStrings(inboxes), done: make(chan struct{})}
+	r := &appendReq{ctx: ctx, msg: ownMessage(msg), inboxes: ownStrings(inboxes), entriesOnly: entriesOnly, done: make(chan struct{})}
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
@@ -262,11 +286,23 @@ func (s *Store) commit(batch []*appendReq) {
 
 // insertMessages inserts the batch's messages (unordered: they are
 // independent) and settles each request: stored fresh, stored before (a
-// Duplicate carrying the original), or failed.
+// Duplicate carrying the original), or failed. Entries-only requests name
+// a stored message already and are settled as they are. The originals of
+// all duplicates are read with one query.
 func (s *Store) insertMessages(live []*appendReq, fail func(*appendReq, error)) {
-	docs := make([]any, len(live))
-	for i, r := range live {
-		docs[i] = messageDoc(&r.msg)
+	var reqs []*appendReq
+	var docs []any
+	for _, r := range live {
+		if r.entriesOnly {
+			r.stored = true
+			r.res.Msg = r.msg
+			continue
+		}
+		reqs = append(reqs, r)
+		docs = append(docs, messageDoc(&r.msg))
+	}
+	if len(docs) == 0 {
+		return
 	}
 	ctx, cancel := s.opCtx()
 	defer cancel()
@@ -278,25 +314,24 @@ func (s *Store) insertMessages(live []*appendReq, fail func(*appendReq, error)) 
 			// Outcome unknown (network, timeout, write concern not met):
 			// nothing is acknowledged; a retry dedups whatever was stored.
 			err = mapErr(ctx, "append: insert messages", err)
-			for _, r := range live {
+			for _, r := range reqs {
 				fail(r, err)
 			}
 			return
 		}
 		for _, we := range bwe.WriteErrors {
-			if we.Index < 0 || we.Index >= len(live) {
+			if we.Index < 0 || we.Index >= len(reqs) {
 				continue
 			}
 			if isDupCode(we.Code) {
 				dupAt[we.Index] = true
 				continue
 			}
-			fail(live[we.Index], fmt.Errorf("mongostore: append: insert message: %w: %v", persist.ErrUnavailable, we.Message))
+			fail(reqs[we.Index], fmt.Errorf("mongostore: append: insert message: %w: %v", persist.ErrUnavailable, we.Message))
 		}
 	}
-	type key struct{ from, cmid string }
-	found := map[key]*persist.Message{}
-	for i, r := range live {
+	var dups []*appendReq
+	for i, r := range reqs {
 		if r.err != nil {
 			continue
 		}
@@ -305,51 +340,83 @@ func (s *Store) insertMessages(live []*appendReq, fail func(*appendReq, error)) 
 			r.res.Msg = r.msg
 			continue
 		}
-		k := key{r.msg.From, r.msg.ClientMsgID}
-		orig := found[k]
-		if orig == nil {
-			m, err := s.lookup(r.msg.From, r.msg.ClientMsgID)
-			if errors.Is(err, persist.ErrNotFound) {
-				// Not (From, ClientMsgID): the _id belongs to another message.
-				fail(r, fmt.Errorf("mongostore: append: %w: message id %d is used by another message", persist.ErrInvalid, r.msg.ID))
-				continue
-			}
-			if err != nil {
-				fail(r, err)
-				continue
-			}
-			orig = &m
-			found[k] = orig
+		dups = append(dups, r)
+	}
+	if len(dups) == 0 {
+		return
+	}
+	found, err := s.lookupMany(dups)
+	if err != nil {
+		for _, r := range dups {
+			fail(r, err)
+		}
+		return
+	}
+	for _, r := range dups {
+		orig, ok := found[dedupKey{r.msg.From, r.msg.ClientMsgID}]
+		if !ok {
+			// Not (From, ClientMsgID): the _id belongs to another message.
+			fail(r, fmt.Errorf("mongostore: append: %w: message id %d is used by another message", persist.ErrInvalid, r.msg.ID))
+			continue
 		}
 		r.stored = true
 		r.res.Duplicate = true
-		r.res.Msg = *orig
+		r.res.Msg = orig
 		r.res.Msg.Body = bytes.Clone(orig.Body) // each caller owns its result
 	}
 }
 
-// lookup finds the message of (from, cmid) for the committer.
-func (s *Store) lookup(from, cmid string) (persist.Message, error) {
+// dedupKey is a message's idempotency key.
+type dedupKey struct{ from, cmid string }
+
+// lookupMany reads the stored messages of the (From, ClientMsgID) keys of
+// reqs with one query (every pair of the keys' senders and ids matches the
+// filter; the exact keys are picked from the answer).
+func (s *Store) lookupMany(reqs []*appendReq) (map[dedupKey]persist.Message, error) {
+	var froms, cmids bson.A
+	seenF, seenC := map[string]bool{}, map[string]bool{}
+	want := map[dedupKey]bool{}
+	for _, r := range reqs {
+		want[dedupKey{r.msg.From, r.msg.ClientMsgID}] = true
+		if !seenF[r.msg.From] {
+			seenF[r.msg.From] = true
+			froms = append(froms, enc(r.msg.From))
+		}
+		if !seenC[r.msg.ClientMsgID] {
+			seenC[r.msg.ClientMsgID] = true
+			cmids = append(cmids, enc(r.msg.ClientMsgID))
+		}
+	}
 	ctx, cancel := s.opCtx()
 	defer cancel()
-	raw, err := s.messages.FindOne(ctx, bson.D{{Key: "from", Value: enc(from)}, {Key: "cmid", Value: enc(cmid)}}).Raw()
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		return persist.Message{}, persist.ErrNotFound
-	}
+	cur, err := s.messages.Find(ctx, bson.D{
+		{Key: "from", Value: bson.D{{Key: "$in", Value: froms}}},
+		{Key: "cmid", Value: bson.D{{Key: "$in", Value: cmids}}},
+	})
 	if err != nil {
-		return persist.Message{}, mapErr(ctx, "append: look up duplicate", err)
+		return nil, mapErr(ctx, "append: look up duplicates", err)
 	}
-	m, err := decodeMessage(raw)
-	if err != nil {
-		return m, mapErr(ctx, "append: look up duplicate", err)
+	defer cur.Close(ctx)
+	out := make(map[dedupKey]persist.Message, len(want))
+	for cur.Next(ctx) {
+		m, err := decodeMessage(cur.Current)
+		if err != nil {
+			return nil, mapErr(ctx, "append: look up duplicates", err)
+		}
+		if k := (dedupKey{m.From, m.ClientMsgID}); want[k] {
+			out[k] = m
+		}
 	}
-	return m, nil
+	if err := cur.Err(); err != nil {
+		return nil, mapErr(ctx, "append: look up duplicates", err)
+	}
+	return out, nil
 }
 
-// findExisting marks the entries of duplicate appends that already exist.
+// findExisting marks the entries of duplicate appends that already exist
+// (one query).
 func (s *Store) findExisting(dups []*appendReq, entries map[entryKey]*entry) error {
-	var users bson.A
-	var ids bson.A
+	var users, ids bson.A
 	seenU, seenID := map[string]bool{}, map[uint64]bool{}
 	for _, r := range dups {
 		if !seenID[r.res.Msg.ID] {
@@ -363,26 +430,11 @@ func (s *Store) findExisting(dups []*appendReq, entries map[entryKey]*entry) err
 			}
 		}
 	}
-	ctx, cancel := s.opCtx()
-	defer cancel()
-	cur, err := s.inbox.Find(ctx, bson.D{
-		{Key: "user", Value: bson.D{{Key: "$in", Value: users}}},
-		{Key: "msg", Value: bson.D{{Key: "$in", Value: ids}}},
-	}, options.Find().SetProjection(bson.D{{Key: "user", Value: 1}, {Key: "msg", Value: 1}, {Key: "seq", Value: 1}}))
-	if err != nil {
-		return mapErr(ctx, "append: find existing entries", err)
-	}
-	defer cur.Close(ctx)
-	for cur.Next(ctx) {
-		user, msgID, seq, err := decodeEntry(cur.Current)
-		if err != nil {
-			return mapErr(ctx, "append: find existing entries", err)
-		}
-		if e := entries[entryKey{user, msgID}]; e != nil {
+	return s.scanEntries(users, ids, func(k entryKey, seq uint64) {
+		if e := entries[k]; e != nil {
 			e.seq, e.done = seq, true
 		}
-	}
-	return mapErr(ctx, "append: find existing entries", cur.Err())
+	})
 }
 
 func decodeEntry(raw bson.Raw) (user string, msgID, seq uint64, err error) {
@@ -490,22 +542,31 @@ func (s *Store) insertEntries(live []*appendReq, order []*entry, fail func(*appe
 			break
 		}
 		// Either the seq is taken (another writer) or the inbox already
-		// references the message: look the reference up, then replan.
+		// references the message (an earlier attempt, or an entries-only
+		// retry). One query finds which of the unwritten entries exist;
+		// the rest are planned again.
 		s.stats.conflicts.Add(1)
-		seq, err := s.findEntry(e.user, e.msgID)
-		switch {
-		case err == nil:
-			e.seq, e.done = seq, true
-			pending = slices.Clone(rest)
-		case errors.Is(err, persist.ErrNotFound):
-			// Another writer holds e.seq: the inbox reaches at least
-			// there, so the next search starts from it.
-			floors[e.user] = max(floors[e.user], e.seq)
-			e.seq = 0
-			pending = append([]*entry{e}, rest...)
-		default:
-			markBad(e, err)
-			pending = slices.Clone(rest)
+		left := planned[stored:]
+		found, err := s.findEntries(left)
+		if err != nil {
+			for _, x := range left {
+				markBad(x, err)
+			}
+			break
+		}
+		pending = pending[:0:0]
+		for _, x := range left {
+			if seq, ok := found[entryKey{x.user, x.msgID}]; ok {
+				x.seq, x.done = seq, true
+				continue
+			}
+			if x == e {
+				// Another writer holds e.seq: the inbox reaches at least
+				// there, so the next search starts from it.
+				floors[e.user] = max(floors[e.user], e.seq)
+			}
+			x.seq = 0
+			pending = append(pending, x)
 		}
 	}
 	if bad != nil {
@@ -609,23 +670,56 @@ func (s *Store) insertOrdered(docs []any) (stored int, we *mongo.WriteError, err
 	return stored, nil, nil
 }
 
-// findEntry returns the seq of message msgID in user's inbox, or
-// ErrNotFound.
-func (s *Store) findEntry(user string, msgID uint64) (uint64, error) {
+// findEntries returns the seqs of those of entries that exist in the
+// store, by (user, message), with one query.
+func (s *Store) findEntries(entries []*entry) (map[entryKey]uint64, error) {
+	var users, ids bson.A
+	seenU, seenID := map[string]bool{}, map[uint64]bool{}
+	for _, e := range entries {
+		if !seenU[e.user] {
+			seenU[e.user] = true
+			users = append(users, enc(e.user))
+		}
+		if !seenID[e.msgID] {
+			seenID[e.msgID] = true
+			ids = append(ids, idToDB(e.msgID))
+		}
+	}
+	want := make(map[entryKey]bool, len(entries))
+	for _, e := range entries {
+		want[entryKey{e.user, e.msgID}] = true
+	}
+	out := map[entryKey]uint64{}
+	err := s.scanEntries(users, ids, func(k entryKey, seq uint64) {
+		if want[k] {
+			out[k] = seq
+		}
+	})
+	return out, err
+}
+
+// scanEntries calls fn for every inbox entry of one of users that
+// references one of ids (one query).
+func (s *Store) scanEntries(users, ids bson.A, fn func(entryKey, uint64)) error {
 	ctx, cancel := s.opCtx()
 	defer cancel()
-	raw, err := s.inbox.FindOne(ctx, bson.D{{Key: "user", Value: enc(user)}, {Key: "msg", Value: idToDB(msgID)}}).Raw()
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		return 0, persist.ErrNotFound
+	filter := bson.D{{Key: "user", Value: bson.D{{Key: "$in", Value: users}}}, {Key: "msg", Value: bson.D{{Key: "$in", Value: ids}}}}
+	if len(users) == 1 && len(ids) == 1 {
+		filter = bson.D{{Key: "user", Value: users[0]}, {Key: "msg", Value: ids[0]}}
 	}
+	cur, err := s.inbox.Find(ctx, filter, options.Find().SetProjection(bson.D{{Key: "user", Value: 1}, {Key: "msg", Value: 1}, {Key: "seq", Value: 1}}))
 	if err != nil {
-		return 0, mapErr(ctx, "append: find inbox entry", err)
+		return mapErr(ctx, "append: find inbox entries", err)
 	}
-	_, _, seq, err := decodeEntry(raw)
-	if err != nil {
-		return 0, mapErr(ctx, "append: find inbox entry", err)
+	defer cur.Close(ctx)
+	for cur.Next(ctx) {
+		user, msgID, seq, err := decodeEntry(cur.Current)
+		if err != nil {
+			return mapErr(ctx, "append: find inbox entries", err)
+		}
+		fn(entryKey{user, msgID}, seq)
 	}
-	return seq, nil
+	return mapErr(ctx, "append: find inbox entries", cur.Err())
 }
 
 // updateHeads raises the heads hint of users whose committed seqs in this

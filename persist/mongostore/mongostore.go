@@ -40,14 +40,27 @@
 // (From, ClientMsgID) completes the missing entries and returns Duplicate
 // with the seqs already assigned, never a second entry.
 //
+// AppendEntries is Append without the message insert, for a message that is
+// stored already: in a cluster the owner of the sender's inbox stores the
+// message, and the owners of the other inboxes write only their entries.
+// Duplicates are settled in bulk: the originals of a batch's duplicate
+// messages are read with one query, the existing entries of its duplicates
+// with another, and an entry conflict costs one query for all the batch's
+// unwritten entries, never a query per message.
+//
 // # Group commit
 //
 // Appends are queued to one committer goroutine, which takes every queued
 // append (up to Options.MaxBatch) and writes them with one InsertMany of
 // messages (unordered) and one ordered InsertMany of inbox entries, at the
 // configured write concern, then wakes the callers. Append returns nil only
-// after both were acknowledged. The other writes (cursors, users, groups) are
-// single-document operations on the caller's goroutine.
+// after both were acknowledged. Cursor positions are batched too (see
+// SetCursor): one bulk write per CursorInterval. The other writes (users,
+// groups) are single-document operations on the caller's goroutine.
+//
+// Every command sent to the server is counted by name (Stats.Commands, and
+// imgn_store_ops_total{op} when Options.Registry is set): the round trips
+// a message costs can be measured, not guessed.
 //
 // # Reads
 //
@@ -93,11 +106,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/event"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
 
+	"github.com/imgn/imgn/internal/opcount"
 	"github.com/imgn/imgn/persist"
 )
 
@@ -113,6 +129,8 @@ const (
 	DefaultServerSelectionTimeout = 3 * time.Second
 	DefaultConnectTimeout         = 3 * time.Second
 	DefaultSeqCacheSize           = 100_000
+	DefaultCursorInterval         = 100 * time.Millisecond
+	DefaultCursorQueue            = 65_536
 )
 
 // errCorrupt reports a stored document the store cannot decode.
@@ -170,8 +188,22 @@ type Options struct {
 	// committer (entries; the cache is dropped when full).
 	SeqCacheSize int
 
+	// CursorInterval is the longest a SetCursor waits in memory before it
+	// is written (cursor writes are batched: see SetCursor).
+	CursorInterval time.Duration
+
+	// CursorQueue bounds the cursors recorded and not written yet; beyond
+	// it SetCursor waits for the next flush.
+	CursorQueue int
+
+	// Registry, if set, receives imgn_store_ops_total{op}: the commands
+	// sent to the server, by command name (insert, find, update, getMore,
+	// ...), the round trips the store costs.
+	Registry prometheus.Registerer
+
 	// Logger receives what the store does not return: failures of the heads
-	// hint update (harmless). Nil: discard.
+	// hint update and of cursor writes (both retried or harmless). Nil:
+	// discard.
 	Logger *slog.Logger
 }
 
@@ -200,6 +232,8 @@ func (o Options) withDefaults() (Options, *writeconcern.WriteConcern, error) {
 		{"ServerSelectionTimeout", int64(o.ServerSelectionTimeout)},
 		{"ConnectTimeout", int64(o.ConnectTimeout)},
 		{"SeqCacheSize", int64(o.SeqCacheSize)},
+		{"CursorInterval", int64(o.CursorInterval)},
+		{"CursorQueue", int64(o.CursorQueue)},
 	} {
 		if f.v < 0 {
 			return bad("negative %s %d", f.name, f.v)
@@ -216,6 +250,12 @@ func (o Options) withDefaults() (Options, *writeconcern.WriteConcern, error) {
 	}
 	if o.SeqCacheSize == 0 {
 		o.SeqCacheSize = DefaultSeqCacheSize
+	}
+	if o.CursorInterval == 0 {
+		o.CursorInterval = DefaultCursorInterval
+	}
+	if o.CursorQueue == 0 {
+		o.CursorQueue = DefaultCursorQueue
 	}
 	if o.WriteConcern == "" {
 		o.WriteConcern = DefaultWriteConcern
@@ -283,8 +323,20 @@ type Store struct {
 	// committer-only state
 	seqCache map[string]uint64 // user -> a seq known to be that user's last
 
+	// Batched cursor writes (cursors.go). curMu guards the fields below.
+	curMu       sync.Mutex
+	curClosed   bool
+	curPending  map[cursorID]uint64 // recorded, not taken by the flusher yet
+	curFlushing map[cursorID]uint64 // being written now (nil when idle)
+	curTaken    chan struct{}       // closed when the flusher takes curPending
+	curWake     chan struct{}       // cap 1: positions are waiting
+	curStop     chan struct{}       // closed by Close: final flush, then exit
+	curDone     chan struct{}       // closed when the flusher has exited
+
+	ops *opcount.Counter // commands sent, by name
+
 	stats struct {
-		batches, appends, rounds, conflicts, failedBatches atomic.Uint64
+		batches, appends, rounds, conflicts, failedBatches, cursorFailures atomic.Uint64
 	}
 }
 
@@ -313,17 +365,29 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	case co.ConnectTimeout == nil:
 		co.SetConnectTimeout(DefaultConnectTimeout)
 	}
+	ops, err := opcount.New(o.Registry, "imgn_store_ops_total", "Commands sent to MongoDB by the message store, by command name.")
+	if err != nil {
+		return nil, fmt.Errorf("mongostore: metrics: %w: %v", persist.ErrInvalid, err)
+	}
+	co.SetMonitor(&event.CommandMonitor{Started: func(_ context.Context, e *event.CommandStartedEvent) { ops.Inc(e.CommandName) }})
 	client, err := mongo.Connect(co)
 	if err != nil {
+		ops.Unregister()
 		return nil, fmt.Errorf("mongostore: connect: %w: %v", persist.ErrInvalid, err)
 	}
 	s := &Store{
-		opts:     o,
-		client:   client,
-		db:       client.Database(o.Database, options.Database().SetWriteConcern(wc)),
-		queue:    make(chan *appendReq, o.QueueSize),
-		done:     make(chan struct{}),
-		seqCache: make(map[string]uint64),
+		opts:       o,
+		client:     client,
+		db:         client.Database(o.Database, options.Database().SetWriteConcern(wc)),
+		queue:      make(chan *appendReq, o.QueueSize),
+		done:       make(chan struct{}),
+		seqCache:   make(map[string]uint64),
+		curPending: make(map[cursorID]uint64),
+		curTaken:   make(chan struct{}),
+		curWake:    make(chan struct{}, 1),
+		curStop:    make(chan struct{}),
+		curDone:    make(chan struct{}),
+		ops:        ops,
 	}
 	s.messages = s.db.Collection(collMessages)
 	s.inbox = s.db.Collection(collInbox)
@@ -335,9 +399,11 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = client.Disconnect(dctx)
+		ops.Unregister()
 		return nil, err
 	}
 	go s.run()
+	go s.flushCursors(s.curStop)
 	return s, nil
 }
 
@@ -397,17 +463,24 @@ type Stats struct {
 	// FailedBatches counts batches that failed some of their appends with
 	// ErrUnavailable.
 	FailedBatches uint64
+	// CursorFailures counts cursor flushes that failed (retried at the
+	// next flush).
+	CursorFailures uint64
+	// Commands counts the commands sent to the server, by command name.
+	Commands map[string]uint64
 }
 
 // Stats returns the current counters. Safe for concurrent use, also after
 // Close.
 func (s *Store) Stats() Stats {
 	return Stats{
-		Batches:       s.stats.batches.Load(),
-		Appends:       s.stats.appends.Load(),
-		Rounds:        s.stats.rounds.Load(),
-		Conflicts:     s.stats.conflicts.Load(),
-		FailedBatches: s.stats.failedBatches.Load(),
+		Batches:        s.stats.batches.Load(),
+		Appends:        s.stats.appends.Load(),
+		Rounds:         s.stats.rounds.Load(),
+		Conflicts:      s.stats.conflicts.Load(),
+		FailedBatches:  s.stats.failedBatches.Load(),
+		CursorFailures: s.stats.cursorFailures.Load(),
+		Commands:       s.ops.Snapshot(),
 	}
 }
 
@@ -425,6 +498,12 @@ func (s *Store) Close() error {
 	close(s.queue)
 	s.mu.Unlock()
 	<-s.done
+	s.curMu.Lock()
+	s.curClosed = true
+	s.curMu.Unlock()
+	close(s.curStop) // the flusher writes what is recorded, then exits
+	<-s.curDone
+	defer s.ops.Unregister()
 	// Disconnect first ends the server sessions (best effort, errors
 	// ignored by the driver): bound that so Close does not wait for server
 	// selection when the server is down. Pools are closed either way.

@@ -259,56 +259,6 @@ func (s *Store) LastSeq(ctx context.Context, user string) (uint64, error) {
 	return last[user], nil
 }
 
-// SetCursor implements persist.MessageStore with an upsert using $max, so
-// the cursor only moves forward.
-func (s *Store) SetCursor(ctx context.Context, user, device string, seq uint64) error {
-	if err := checkIDs("user", user, "device", device); err != nil {
-		return fmt.Errorf("mongostore: set cursor: %w", err)
-	}
-	leave, err := s.enter(ctx)
-	if err != nil {
-		return err
-	}
-	defer leave()
-	filter := bson.D{{Key: "_id", Value: cursorKey(user, device)}}
-	update := bson.D{
-		{Key: "$max", Value: bson.D{{Key: "pos", Value: cursorToDB(seq)}}},
-		{Key: "$setOnInsert", Value: bson.D{{Key: "user", Value: enc(user)}, {Key: "device", Value: enc(device)}}},
-	}
-	for attempt := 0; ; attempt++ {
-		_, err = s.cursors.UpdateOne(ctx, filter, update, options.UpdateOne().SetUpsert(true))
-		// Two first upserts race: the loser's insert is a duplicate key;
-		// the document exists now, so a second attempt updates it.
-		if err == nil || attempt == 1 || !mongo.IsDuplicateKeyError(err) {
-			return mapErr(ctx, "set cursor", err)
-		}
-	}
-}
-
-// Cursor implements persist.MessageStore.
-func (s *Store) Cursor(ctx context.Context, user, device string) (uint64, error) {
-	if err := checkIDs("user", user, "device", device); err != nil {
-		return 0, fmt.Errorf("mongostore: cursor: %w", err)
-	}
-	leave, err := s.enter(ctx)
-	if err != nil {
-		return 0, err
-	}
-	defer leave()
-	raw, err := s.cursors.FindOne(ctx, bson.D{{Key: "_id", Value: cursorKey(user, device)}}).Raw()
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, mapErr(ctx, "cursor", err)
-	}
-	v, err := int64Field(raw, "pos")
-	if err != nil {
-		return 0, mapErr(ctx, "cursor", err)
-	}
-	return cursorFromDB(v), nil
-}
-
 // CreateUser implements persist.UserStore.
 func (s *Store) CreateUser(ctx context.Context, u persist.User) error {
 	if err := persist.CheckID("user id", u.ID); err != nil {
