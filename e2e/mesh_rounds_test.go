@@ -28,6 +28,10 @@ func (h echoHandler) HandleAppend(_ context.Context, msg persist.Message, inboxe
 	msg.From = h.id // tell the caller which node answered
 	return persist.AppendResult{Msg: msg, Seqs: seqs}, nil
 }
+func (h echoHandler) HandleAppendEntries(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	return h.HandleAppend(ctx, msg, inboxes)
+}
+func (echoHandler) HandleAdmin(engine.AdminRequest) int             { return 0 }
 func (echoHandler) HandlePush(persist.Message, []engine.PushTarget) {}
 func (echoHandler) HandleKick(string, string, uint64)               {}
 

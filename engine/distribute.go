@@ -13,11 +13,13 @@ import (
 // appendInboxes stores msg in every inbox of inboxes, each through the node
 // that owns it (single writer per inbox), and returns the seqs in the order
 // of inboxes. The owner of inboxes[0] (the sender's own inbox, by the
-// callers' convention) goes first: its result settles the stored message
-// (on a retry, the original id and time), which the other owners then
-// append, idempotently per (inbox, message). The call succeeds only if every
-// owner stored its part; on failure some inboxes may hold the message, and
-// the client's retry completes the rest without duplicates.
+// callers' convention) goes first: it stores the message and its entry,
+// and its result settles the message (on a retry, the original id and
+// time). The other owners then write only their entries for the stored
+// message (AppendEntries: the message is stored once, and each entry is
+// idempotent per (inbox, message)), in parallel. The call succeeds only if
+// every owner stored its part; on failure some inboxes may hold the
+// message, and the client's retry completes the rest without duplicates.
 func (s *Server) appendInboxes(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
 	cl := s.cfg.Cluster
 	if cl == nil {
@@ -34,7 +36,7 @@ func (s *Server) appendInboxes(ctx context.Context, msg persist.Message, inboxes
 		groups[node] = append(groups[node], i)
 	}
 	out := persist.AppendResult{Seqs: make([]uint64, len(inboxes))}
-	part := func(ctx context.Context, node string, m persist.Message) (persist.AppendResult, error) {
+	part := func(ctx context.Context, node string, m persist.Message, entriesOnly bool) (persist.AppendResult, error) {
 		idx := groups[node]
 		users := make([]string, len(idx))
 		for j, i := range idx {
@@ -42,10 +44,17 @@ func (s *Server) appendInboxes(ctx context.Context, msg persist.Message, inboxes
 		}
 		var res persist.AppendResult
 		var err error
-		if node == cl.NodeID() {
+		switch {
+		case node == cl.NodeID() && entriesOnly:
+			s.metrics.appendsLocal.Add(float64(len(users)))
+			res, err = s.localAppendEntries(ctx, m, users)
+		case node == cl.NodeID():
 			s.metrics.appendsLocal.Add(float64(len(users)))
 			res, err = s.localAppend(ctx, m, users)
-		} else {
+		case entriesOnly:
+			s.metrics.appendsForwarded.Add(float64(len(users)))
+			res, err = cl.AppendEntries(ctx, node, m, users)
+		default:
 			s.metrics.appendsForwarded.Add(float64(len(users)))
 			res, err = cl.Append(ctx, node, m, users)
 		}
@@ -60,7 +69,7 @@ func (s *Server) appendInboxes(ctx context.Context, msg persist.Message, inboxes
 		}
 		return res, nil
 	}
-	first, err := part(ctx, order[0], msg)
+	first, err := part(ctx, order[0], msg, false)
 	if err != nil {
 		return out, err
 	}
@@ -69,10 +78,14 @@ func (s *Server) appendInboxes(ctx context.Context, msg persist.Message, inboxes
 	if len(rest) == 0 {
 		return out, nil
 	}
+	if len(rest) == 1 {
+		_, err := part(ctx, rest[0], first.Msg, true)
+		return out, err
+	}
 	errs := make([]error, len(rest))
 	var wg sync.WaitGroup
 	for k, node := range rest {
-		wg.Go(func() { _, errs[k] = part(ctx, node, first.Msg) })
+		wg.Go(func() { _, errs[k] = part(ctx, node, first.Msg, true) })
 	}
 	wg.Wait()
 	return out, errors.Join(errs...)
@@ -86,9 +99,45 @@ func (s *Server) localAppend(ctx context.Context, msg persist.Message, inboxes [
 	return res, err
 }
 
+// entryAppender is a store that can write inbox entries for a message it
+// holds already (mongostore.Store).
+type entryAppender interface {
+	AppendEntries(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error)
+}
+
+// localAppendEntries appends entries for the stored msg on this node's
+// store. A store without AppendEntries gets a full Append, which finds the
+// message by (From, ClientMsgID) and adds the entries: the same effect.
+func (s *Server) localAppendEntries(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	ea, ok := s.store.(entryAppender)
+	if !ok {
+		return s.localAppend(ctx, msg, inboxes)
+	}
+	t0 := time.Now()
+	res, err := ea.AppendEntries(ctx, msg, inboxes)
+	s.metrics.storeLatency.Observe(time.Since(t0).Seconds())
+	return res, err
+}
+
 // HandleAppend implements ClusterHandler.
 func (s *Server) HandleAppend(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
 	return s.localAppend(ctx, msg, inboxes)
+}
+
+// HandleAppendEntries implements ClusterHandler.
+func (s *Server) HandleAppendEntries(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	return s.localAppendEntries(ctx, msg, inboxes)
+}
+
+// HandleAdmin implements ClusterHandler.
+func (s *Server) HandleAdmin(req AdminRequest) int {
+	switch req.Kind {
+	case AdminBroadcast:
+		return s.broadcastAt(req.Text, req.Time)
+	case AdminKick:
+		return s.Kick(req.User, req.Device)
+	}
+	return 0
 }
 
 // HandlePush implements ClusterHandler: msg goes to the local devices of

@@ -53,6 +53,12 @@ type Transport interface {
 	// contract above). Without a ctx deadline a transport default (2 s)
 	// applies.
 	Append(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error)
+	// AppendEntries is Append for a message that is stored already: the
+	// owner writes only the inboxes' entries (an APPEND with entries_only).
+	AppendEntries(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error)
+	// Admin runs an operator action on node's connections and returns how
+	// many it acted on. Failures as for Append.
+	Admin(ctx context.Context, node string, req engine.AdminRequest) (int, error)
 	// Push queues msg for the local devices of targets on node. It never
 	// blocks; it drops the push when node is unknown or its queue is full.
 	Push(node string, msg persist.Message, targets []engine.PushTarget)
@@ -495,6 +501,48 @@ func (c *Cluster) Append(ctx context.Context, node string, msg persist.Message, 
 		return h.HandleAppend(ctx, msg, inboxes)
 	}
 	return c.cfg.Transport.Append(ctx, node, msg, inboxes)
+}
+
+// AppendEntries implements engine.Cluster, like Append.
+func (c *Cluster) AppendEntries(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	if node == c.id {
+		h := c.handler()
+		if h == nil {
+			return persist.AppendResult{}, fmt.Errorf("%w: cluster %s not running", engine.ErrForward, c.id)
+		}
+		return h.HandleAppendEntries(ctx, msg, inboxes)
+	}
+	return c.cfg.Transport.AppendEntries(ctx, node, msg, inboxes)
+}
+
+// Admin implements engine.Cluster: req goes to every member of the current
+// view at once (this node's handler directly), and each answer is waited
+// for until ctx ends (the transport's request timeout without a deadline).
+func (c *Cluster) Admin(ctx context.Context, req engine.AdminRequest) []engine.NodeCount {
+	var ids []string
+	if v := c.view.Load(); v != nil {
+		ids = v.ids
+	}
+	if !slices.Contains(ids, c.id) {
+		ids = append(slices.Clone(ids), c.id)
+		slices.Sort(ids)
+	}
+	out := make([]engine.NodeCount, len(ids))
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		out[i].Node = id
+		if id == c.id {
+			if h := c.handler(); h != nil {
+				out[i].Count = h.HandleAdmin(req)
+			} else {
+				out[i].Err = fmt.Errorf("%w: cluster %s not running", engine.ErrForward, c.id)
+			}
+			continue
+		}
+		wg.Go(func() { out[i].Count, out[i].Err = c.cfg.Transport.Admin(ctx, id, req) })
+	}
+	wg.Wait()
+	return out
 }
 
 // Push implements engine.Cluster (best effort, never blocks on the

@@ -264,7 +264,25 @@ func (l *Links) Append(ctx context.Context, node string, msg persist.Message, in
 	if p == nil {
 		return persist.AppendResult{}, forwardError(node, "not a connected peer (unknown node, or transport not running)", nil)
 	}
-	return p.append(ctx, msg, inboxes)
+	return p.append(ctx, msg, inboxes, false)
+}
+
+// AppendEntries implements Transport.
+func (l *Links) AppendEntries(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	p := l.peer(node)
+	if p == nil {
+		return persist.AppendResult{}, forwardError(node, "not a connected peer (unknown node, or transport not running)", nil)
+	}
+	return p.append(ctx, msg, inboxes, true)
+}
+
+// Admin implements Transport.
+func (l *Links) Admin(ctx context.Context, node string, req engine.AdminRequest) (int, error) {
+	p := l.peer(node)
+	if p == nil {
+		return 0, forwardError(node, "not a connected peer (unknown node, or transport not running)", nil)
+	}
+	return p.admin(ctx, req)
 }
 
 // Push implements Transport.

@@ -20,6 +20,10 @@ type nopHandler struct{}
 func (nopHandler) HandleAppend(_ context.Context, msg persist.Message, in []string) (persist.AppendResult, error) {
 	return persist.AppendResult{Msg: msg, Seqs: make([]uint64, len(in))}, nil
 }
+func (nopHandler) HandleAppendEntries(_ context.Context, msg persist.Message, in []string) (persist.AppendResult, error) {
+	return persist.AppendResult{Msg: msg, Seqs: make([]uint64, len(in))}, nil
+}
+func (nopHandler) HandleAdmin(engine.AdminRequest) int             { return 0 }
 func (nopHandler) HandlePush(persist.Message, []engine.PushTarget) {}
 func (nopHandler) HandleKick(string, string, uint64)               {}
 

@@ -182,6 +182,29 @@ func (l *Links) inboundRead(conn net.Conn, fr *frameReader, hello *meshpb.Hello,
 				defer func() { <-sem }()
 				reply(l.handleAppend(seq, req))
 			}(h.Seq)
+		case meshpb.CmdAdmin:
+			req := new(meshpb.AdminRequest)
+			if err := unmarshal(body, req); err != nil {
+				return err
+			}
+			select {
+			case sem <- struct{}{}:
+			case <-writerDone:
+				return net.ErrClosed
+			case <-l.ctx.Done():
+				return l.ctx.Err()
+			}
+			l.wg.Add(1)
+			go func(seq uint32) {
+				defer l.wg.Done()
+				defer func() { <-sem }()
+				b, err := encodeFrame(meshpb.CmdAdminResult, seq, meshpb.ServeAdmin(l.h, req))
+				if err != nil {
+					l.log.Error("mesh: encode admin result", "err", err)
+					return
+				}
+				reply(b)
+			}(h.Seq)
 		case meshpb.CmdPush:
 			var req meshpb.PushRequest
 			if err := unmarshal(body, &req); err != nil {

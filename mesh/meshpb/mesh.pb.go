@@ -30,6 +30,56 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// AdminKind says what an ADMIN request does.
+type AdminKind int32
+
+const (
+	AdminKind_ADMIN_KIND_UNSPECIFIED AdminKind = 0 // invalid
+	AdminKind_ADMIN_KIND_BROADCAST   AdminKind = 1 // NOTICE {text, time} to every logged-in connection
+	AdminKind_ADMIN_KIND_KICK        AdminKind = 2 // end user's sessions (device's only when set) with KICK_ADMIN
+)
+
+// Enum value maps for AdminKind.
+var (
+	AdminKind_name = map[int32]string{
+		0: "ADMIN_KIND_UNSPECIFIED",
+		1: "ADMIN_KIND_BROADCAST",
+		2: "ADMIN_KIND_KICK",
+	}
+	AdminKind_value = map[string]int32{
+		"ADMIN_KIND_UNSPECIFIED": 0,
+		"ADMIN_KIND_BROADCAST":   1,
+		"ADMIN_KIND_KICK":        2,
+	}
+)
+
+func (x AdminKind) Enum() *AdminKind {
+	p := new(AdminKind)
+	*p = x
+	return p
+}
+
+func (x AdminKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AdminKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_meshpb_mesh_proto_enumTypes[0].Descriptor()
+}
+
+func (AdminKind) Type() protoreflect.EnumType {
+	return &file_mesh_meshpb_mesh_proto_enumTypes[0]
+}
+
+func (x AdminKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AdminKind.Descriptor instead.
+func (AdminKind) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{0}
+}
+
 // ErrorCode classifies a failure so that the requester can rebuild the
 // sentinel error (errors.Is keeps working across nodes).
 type ErrorCode int32
@@ -95,11 +145,11 @@ func (x ErrorCode) String() string {
 }
 
 func (ErrorCode) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_meshpb_mesh_proto_enumTypes[0].Descriptor()
+	return file_mesh_meshpb_mesh_proto_enumTypes[1].Descriptor()
 }
 
 func (ErrorCode) Type() protoreflect.EnumType {
-	return &file_mesh_meshpb_mesh_proto_enumTypes[0]
+	return &file_mesh_meshpb_mesh_proto_enumTypes[1]
 }
 
 func (x ErrorCode) Number() protoreflect.EnumNumber {
@@ -108,7 +158,7 @@ func (x ErrorCode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorCode.Descriptor instead.
 func (ErrorCode) EnumDescriptor() ([]byte, []int) {
-	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{0}
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{1}
 }
 
 // HELLO (0xC0): the first frame in each direction of a TCP link. The
@@ -296,7 +346,8 @@ func (x *Message) GetBody() []byte {
 }
 
 // APPEND (0xC4): run MessageStore.Append(msg, inboxes) on the owner of the
-// inboxes. Reply: APPEND_RESULT with the request's seq.
+// inboxes (or, with entries_only, write only the inboxes' entries for msg,
+// which is stored already). Reply: APPEND_RESULT with the request's seq.
 type AppendRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Msg     *Message               `protobuf:"bytes,1,opt,name=msg,proto3" json:"msg,omitempty"`
@@ -308,8 +359,11 @@ type AppendRequest struct {
 	// Redis pub/sub only: the requester's node id (the reply is published to
 	// its channel) and boot epoch (echoed in AppendResult.to_epoch, so a
 	// restarted requester ignores replies meant for its previous run).
-	ReplyTo       string `protobuf:"bytes,4,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
-	ReplyEpoch    int64  `protobuf:"varint,5,opt,name=reply_epoch,json=replyEpoch,proto3" json:"reply_epoch,omitempty"`
+	ReplyTo    string `protobuf:"bytes,4,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
+	ReplyEpoch int64  `protobuf:"varint,5,opt,name=reply_epoch,json=replyEpoch,proto3" json:"reply_epoch,omitempty"`
+	// msg is the stored message (the requester's earlier APPEND returned
+	// it): the owner writes only the entries of inboxes, not the message.
+	EntriesOnly   bool `protobuf:"varint,6,opt,name=entries_only,json=entriesOnly,proto3" json:"entries_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -377,6 +431,13 @@ func (x *AppendRequest) GetReplyEpoch() int64 {
 		return x.ReplyEpoch
 	}
 	return 0
+}
+
+func (x *AppendRequest) GetEntriesOnly() bool {
+	if x != nil {
+		return x.EntriesOnly
+	}
+	return false
 }
 
 // APPEND_RESULT (0xC5): the answer to APPEND. Exactly one of: error set
@@ -626,6 +687,163 @@ func (x *KickRequest) GetConnId() uint64 {
 	return 0
 }
 
+// ADMIN (0xC8): an operator action that the receiver runs on its own
+// connections. Reply: ADMIN_RESULT with the request's seq.
+type AdminRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Kind   AdminKind              `protobuf:"varint,1,opt,name=kind,proto3,enum=imgn.mesh.v1.AdminKind" json:"kind,omitempty"`
+	Text   string                 `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`     // broadcast: the notice
+	Time   int64                  `protobuf:"varint,3,opt,name=time,proto3" json:"time,omitempty"`    // broadcast: its time, Unix ms (the same on every node)
+	User   string                 `protobuf:"bytes,4,opt,name=user,proto3" json:"user,omitempty"`     // kick
+	Device string                 `protobuf:"bytes,5,opt,name=device,proto3" json:"device,omitempty"` // kick: empty means every device of user
+	// Redis pub/sub only, as in AppendRequest.
+	ReplyTo       string `protobuf:"bytes,6,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
+	ReplyEpoch    int64  `protobuf:"varint,7,opt,name=reply_epoch,json=replyEpoch,proto3" json:"reply_epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminRequest) Reset() {
+	*x = AdminRequest{}
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminRequest) ProtoMessage() {}
+
+func (x *AdminRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminRequest.ProtoReflect.Descriptor instead.
+func (*AdminRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *AdminRequest) GetKind() AdminKind {
+	if x != nil {
+		return x.Kind
+	}
+	return AdminKind_ADMIN_KIND_UNSPECIFIED
+}
+
+func (x *AdminRequest) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *AdminRequest) GetTime() int64 {
+	if x != nil {
+		return x.Time
+	}
+	return 0
+}
+
+func (x *AdminRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *AdminRequest) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *AdminRequest) GetReplyTo() string {
+	if x != nil {
+		return x.ReplyTo
+	}
+	return ""
+}
+
+func (x *AdminRequest) GetReplyEpoch() int64 {
+	if x != nil {
+		return x.ReplyEpoch
+	}
+	return 0
+}
+
+// ADMIN_RESULT (0xC9): how many connections the receiver acted on, or the
+// error.
+type AdminResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Count         uint32                 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	Error         *Error                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	ToEpoch       int64                  `protobuf:"varint,3,opt,name=to_epoch,json=toEpoch,proto3" json:"to_epoch,omitempty"` // Redis pub/sub only: AdminRequest.reply_epoch
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminResult) Reset() {
+	*x = AdminResult{}
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminResult) ProtoMessage() {}
+
+func (x *AdminResult) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminResult.ProtoReflect.Descriptor instead.
+func (*AdminResult) Descriptor() ([]byte, []int) {
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *AdminResult) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *AdminResult) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+func (x *AdminResult) GetToEpoch() int64 {
+	if x != nil {
+		return x.ToEpoch
+	}
+	return 0
+}
+
 // ERROR (0xFF): a failure. In APPEND_RESULT it is the append's error; as a
 // frame of its own it rejects a HELLO or a malformed frame, and the sender
 // closes the link after it.
@@ -639,7 +857,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[7]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -651,7 +869,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[7]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -664,7 +882,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{7}
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -701,7 +919,7 @@ const file_mesh_meshpb_mesh_proto_rawDesc = "" +
 	"\rclient_msg_id\x18\x05 \x01(\tR\vclientMsgId\x12\x1c\n" +
 	"\ttimestamp\x18\x06 \x01(\x03R\ttimestamp\x12\x12\n" +
 	"\x04kind\x18\a \x01(\rR\x04kind\x12\x12\n" +
-	"\x04body\x18\b \x01(\fR\x04body\"\xad\x01\n" +
+	"\x04body\x18\b \x01(\fR\x04body\"\xd0\x01\n" +
 	"\rAppendRequest\x12'\n" +
 	"\x03msg\x18\x01 \x01(\v2\x15.imgn.mesh.v1.MessageR\x03msg\x12\x18\n" +
 	"\ainboxes\x18\x02 \x03(\tR\ainboxes\x12\x1d\n" +
@@ -709,7 +927,8 @@ const file_mesh_meshpb_mesh_proto_rawDesc = "" +
 	"timeout_ms\x18\x03 \x01(\rR\ttimeoutMs\x12\x19\n" +
 	"\breply_to\x18\x04 \x01(\tR\areplyTo\x12\x1f\n" +
 	"\vreply_epoch\x18\x05 \x01(\x03R\n" +
-	"replyEpoch\"\xaf\x01\n" +
+	"replyEpoch\x12!\n" +
+	"\fentries_only\x18\x06 \x01(\bR\ventriesOnly\"\xaf\x01\n" +
 	"\fAppendResult\x12'\n" +
 	"\x03msg\x18\x01 \x01(\v2\x15.imgn.mesh.v1.MessageR\x03msg\x12\x12\n" +
 	"\x04seqs\x18\x02 \x03(\x04R\x04seqs\x12\x1c\n" +
@@ -726,10 +945,27 @@ const file_mesh_meshpb_mesh_proto_rawDesc = "" +
 	"\vKickRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x17\n" +
-	"\aconn_id\x18\x03 \x01(\x04R\x06connId\"N\n" +
+	"\aconn_id\x18\x03 \x01(\x04R\x06connId\"\xcb\x01\n" +
+	"\fAdminRequest\x12+\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x17.imgn.mesh.v1.AdminKindR\x04kind\x12\x12\n" +
+	"\x04text\x18\x02 \x01(\tR\x04text\x12\x12\n" +
+	"\x04time\x18\x03 \x01(\x03R\x04time\x12\x12\n" +
+	"\x04user\x18\x04 \x01(\tR\x04user\x12\x16\n" +
+	"\x06device\x18\x05 \x01(\tR\x06device\x12\x19\n" +
+	"\breply_to\x18\x06 \x01(\tR\areplyTo\x12\x1f\n" +
+	"\vreply_epoch\x18\a \x01(\x03R\n" +
+	"replyEpoch\"i\n" +
+	"\vAdminResult\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\rR\x05count\x12)\n" +
+	"\x05error\x18\x02 \x01(\v2\x13.imgn.mesh.v1.ErrorR\x05error\x12\x19\n" +
+	"\bto_epoch\x18\x03 \x01(\x03R\atoEpoch\"N\n" +
 	"\x05Error\x12+\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x17.imgn.mesh.v1.ErrorCodeR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage*\xda\x02\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage*V\n" +
+	"\tAdminKind\x12\x1a\n" +
+	"\x16ADMIN_KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14ADMIN_KIND_BROADCAST\x10\x01\x12\x13\n" +
+	"\x0fADMIN_KIND_KICK\x10\x02*\xda\x02\n" +
 	"\tErrorCode\x12\x16\n" +
 	"\x12ERROR_CODE_UNKNOWN\x10\x00\x12\x1a\n" +
 	"\x16ERROR_CODE_UNAVAILABLE\x10\x01\x12\x16\n" +
@@ -758,31 +994,36 @@ func file_mesh_meshpb_mesh_proto_rawDescGZIP() []byte {
 	return file_mesh_meshpb_mesh_proto_rawDescData
 }
 
-var file_mesh_meshpb_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mesh_meshpb_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_mesh_meshpb_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_mesh_meshpb_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_mesh_meshpb_mesh_proto_goTypes = []any{
-	(ErrorCode)(0),        // 0: imgn.mesh.v1.ErrorCode
-	(*Hello)(nil),         // 1: imgn.mesh.v1.Hello
-	(*Message)(nil),       // 2: imgn.mesh.v1.Message
-	(*AppendRequest)(nil), // 3: imgn.mesh.v1.AppendRequest
-	(*AppendResult)(nil),  // 4: imgn.mesh.v1.AppendResult
-	(*PushTarget)(nil),    // 5: imgn.mesh.v1.PushTarget
-	(*PushRequest)(nil),   // 6: imgn.mesh.v1.PushRequest
-	(*KickRequest)(nil),   // 7: imgn.mesh.v1.KickRequest
-	(*Error)(nil),         // 8: imgn.mesh.v1.Error
+	(AdminKind)(0),        // 0: imgn.mesh.v1.AdminKind
+	(ErrorCode)(0),        // 1: imgn.mesh.v1.ErrorCode
+	(*Hello)(nil),         // 2: imgn.mesh.v1.Hello
+	(*Message)(nil),       // 3: imgn.mesh.v1.Message
+	(*AppendRequest)(nil), // 4: imgn.mesh.v1.AppendRequest
+	(*AppendResult)(nil),  // 5: imgn.mesh.v1.AppendResult
+	(*PushTarget)(nil),    // 6: imgn.mesh.v1.PushTarget
+	(*PushRequest)(nil),   // 7: imgn.mesh.v1.PushRequest
+	(*KickRequest)(nil),   // 8: imgn.mesh.v1.KickRequest
+	(*AdminRequest)(nil),  // 9: imgn.mesh.v1.AdminRequest
+	(*AdminResult)(nil),   // 10: imgn.mesh.v1.AdminResult
+	(*Error)(nil),         // 11: imgn.mesh.v1.Error
 }
 var file_mesh_meshpb_mesh_proto_depIdxs = []int32{
-	2, // 0: imgn.mesh.v1.AppendRequest.msg:type_name -> imgn.mesh.v1.Message
-	2, // 1: imgn.mesh.v1.AppendResult.msg:type_name -> imgn.mesh.v1.Message
-	8, // 2: imgn.mesh.v1.AppendResult.error:type_name -> imgn.mesh.v1.Error
-	2, // 3: imgn.mesh.v1.PushRequest.msg:type_name -> imgn.mesh.v1.Message
-	5, // 4: imgn.mesh.v1.PushRequest.targets:type_name -> imgn.mesh.v1.PushTarget
-	0, // 5: imgn.mesh.v1.Error.code:type_name -> imgn.mesh.v1.ErrorCode
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	3,  // 0: imgn.mesh.v1.AppendRequest.msg:type_name -> imgn.mesh.v1.Message
+	3,  // 1: imgn.mesh.v1.AppendResult.msg:type_name -> imgn.mesh.v1.Message
+	11, // 2: imgn.mesh.v1.AppendResult.error:type_name -> imgn.mesh.v1.Error
+	3,  // 3: imgn.mesh.v1.PushRequest.msg:type_name -> imgn.mesh.v1.Message
+	6,  // 4: imgn.mesh.v1.PushRequest.targets:type_name -> imgn.mesh.v1.PushTarget
+	0,  // 5: imgn.mesh.v1.AdminRequest.kind:type_name -> imgn.mesh.v1.AdminKind
+	11, // 6: imgn.mesh.v1.AdminResult.error:type_name -> imgn.mesh.v1.Error
+	1,  // 7: imgn.mesh.v1.Error.code:type_name -> imgn.mesh.v1.ErrorCode
+	8,  // [8:8] is the sub-list for method output_type
+	8,  // [8:8] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_mesh_meshpb_mesh_proto_init() }
@@ -795,8 +1036,8 @@ func file_mesh_meshpb_mesh_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_meshpb_mesh_proto_rawDesc), len(file_mesh_meshpb_mesh_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   8,
+			NumEnums:      2,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

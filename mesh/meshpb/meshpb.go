@@ -33,6 +33,8 @@ const (
 	CmdAppendResult codec.Command = 0xC5 // AppendResult
 	CmdPush         codec.Command = 0xC6 // PushRequest, no reply
 	CmdKick         codec.Command = 0xC7 // KickRequest, no reply
+	CmdAdmin        codec.Command = 0xC8 // AdminRequest -> ADMIN_RESULT
+	CmdAdminResult  codec.Command = 0xC9 // AdminResult
 	CmdError        codec.Command = 0xFF // Error, then the sender closes the link
 )
 
@@ -171,10 +173,11 @@ func (e *RemoteError) Unwrap() error {
 	return nil
 }
 
-// ServeAppend runs a forwarded append on the owner: h.HandleAppend under
-// parent, bounded by the request's announced budget (def when it announces
-// none), and returns the reply body. The handler's error, if any, is
-// classified by ErrorOf.
+// ServeAppend runs a forwarded append on the owner: h.HandleAppend (or
+// h.HandleAppendEntries for an entries-only request) under parent, bounded
+// by the request's announced budget (def when it announces none), and
+// returns the reply body. The handler's error, if any, is classified by
+// ErrorOf.
 func ServeAppend(parent context.Context, h engine.ClusterHandler, def time.Duration, req *AppendRequest) *AppendResult {
 	budget := def
 	if req.TimeoutMs > 0 {
@@ -182,6 +185,56 @@ func ServeAppend(parent context.Context, h engine.ClusterHandler, def time.Durat
 	}
 	ctx, cancel := context.WithTimeout(parent, budget)
 	defer cancel()
-	res, err := h.HandleAppend(ctx, req.Msg.ToPersist(), req.Inboxes)
+	var res persist.AppendResult
+	var err error
+	if req.EntriesOnly {
+		res, err = h.HandleAppendEntries(ctx, req.Msg.ToPersist(), req.Inboxes)
+	} else {
+		res, err = h.HandleAppend(ctx, req.Msg.ToPersist(), req.Inboxes)
+	}
 	return NewAppendResult(res, err)
+}
+
+// FromAdmin converts an engine admin request (reply_to and reply_epoch are
+// left for the transport).
+func FromAdmin(r engine.AdminRequest) *AdminRequest {
+	out := &AdminRequest{Text: r.Text, Time: r.Time, User: r.User, Device: r.Device}
+	switch r.Kind {
+	case engine.AdminBroadcast:
+		out.Kind = AdminKind_ADMIN_KIND_BROADCAST
+	case engine.AdminKick:
+		out.Kind = AdminKind_ADMIN_KIND_KICK
+	}
+	return out
+}
+
+// ServeAdmin runs a received admin request on h and returns the reply body.
+// An unknown kind, or a kick without a user, is answered with
+// ERROR_CODE_INVALID.
+func ServeAdmin(h engine.ClusterHandler, req *AdminRequest) *AdminResult {
+	r := engine.AdminRequest{Text: req.Text, Time: req.Time, User: req.User, Device: req.Device}
+	switch req.Kind {
+	case AdminKind_ADMIN_KIND_BROADCAST:
+		r.Kind = engine.AdminBroadcast
+	case AdminKind_ADMIN_KIND_KICK:
+		if req.User == "" {
+			return &AdminResult{Error: &Error{Code: ErrorCode_ERROR_CODE_INVALID, Message: "kick without a user"}}
+		}
+		r.Kind = engine.AdminKick
+	default:
+		return &AdminResult{Error: &Error{Code: ErrorCode_ERROR_CODE_INVALID, Message: fmt.Sprintf("unknown admin kind %d", req.Kind)}}
+	}
+	return &AdminResult{Count: uint32(min(max(h.HandleAdmin(r), 0), 1<<31))}
+}
+
+// Result decodes r: the count, or the receiver's error rebuilt with node
+// naming it.
+func (r *AdminResult) Result(node string) (int, error) {
+	if r == nil {
+		return 0, &RemoteError{Node: node, Code: ErrorCode_ERROR_CODE_PROTOCOL, Message: "empty admin result"}
+	}
+	if r.Error != nil {
+		return 0, r.Error.Err(node)
+	}
+	return int(r.Count), nil
 }

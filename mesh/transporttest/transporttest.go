@@ -60,6 +60,8 @@ func Run(t *testing.T, s Suite) {
 		fn   func(*testing.T, Suite)
 	}{
 		{"AppendRoundTrip", testAppendRoundTrip},
+		{"AppendEntriesRoundTrip", testAppendEntriesRoundTrip},
+		{"AdminRoundTrip", testAdminRoundTrip},
 		{"StoreErrors", testStoreErrors},
 		{"PushAndKick", testPushAndKick},
 		{"ConcurrentAppends", testConcurrentAppends},
@@ -79,10 +81,12 @@ func Run(t *testing.T, s Suite) {
 
 // ---- fake handler ----
 
-// AppendCall is one HandleAppend seen by a Handler.
+// AppendCall is one HandleAppend (or HandleAppendEntries, EntriesOnly)
+// seen by a Handler.
 type AppendCall struct {
-	Msg     persist.Message
-	Inboxes []string
+	Msg         persist.Message
+	Inboxes     []string
+	EntriesOnly bool
 }
 
 // PushCall is one HandlePush seen by a Handler.
@@ -105,10 +109,14 @@ type Handler struct {
 	// Discard stops recording appends (benchmarks).
 	Discard bool
 
+	// AdminCount is what HandleAdmin answers.
+	AdminCount int
+
 	mu      sync.Mutex
 	appends []AppendCall
 	pushes  []PushCall
 	kicks   []KickCall
+	admins  []engine.AdminRequest
 }
 
 var _ engine.ClusterHandler = (*Handler)(nil)
@@ -134,9 +142,35 @@ func (h *Handler) SetAppendFunc(fn func(ctx context.Context, msg persist.Message
 
 // HandleAppend implements engine.ClusterHandler.
 func (h *Handler) HandleAppend(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	return h.handle(ctx, msg, inboxes, false)
+}
+
+// HandleAppendEntries implements engine.ClusterHandler: recorded with
+// EntriesOnly, answered like HandleAppend.
+func (h *Handler) HandleAppendEntries(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	return h.handle(ctx, msg, inboxes, true)
+}
+
+// HandleAdmin implements engine.ClusterHandler: recorded, answered with
+// AdminCount.
+func (h *Handler) HandleAdmin(req engine.AdminRequest) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.admins = append(h.admins, req)
+	return h.AdminCount
+}
+
+// Admins returns a copy of the admin requests seen so far.
+func (h *Handler) Admins() []engine.AdminRequest {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.admins)
+}
+
+func (h *Handler) handle(ctx context.Context, msg persist.Message, inboxes []string, entriesOnly bool) (persist.AppendResult, error) {
 	h.mu.Lock()
 	if !h.Discard {
-		h.appends = append(h.appends, AppendCall{Msg: msg, Inboxes: slices.Clone(inboxes)})
+		h.appends = append(h.appends, AppendCall{Msg: msg, Inboxes: slices.Clone(inboxes), EntriesOnly: entriesOnly})
 	}
 	fn := h.AppendFunc
 	h.mu.Unlock()
@@ -308,6 +342,68 @@ func pair(t *testing.T, s Suite, p Params) (a, b *Node) {
 }
 
 // ---- tests ----
+
+func testAppendEntriesRoundTrip(t *testing.T, s Suite) {
+	a, b := pair(t, s, DefaultParams)
+	m := msg(43, "bob")
+	inboxes := []string{"bob", "carol"}
+	res, err := a.T.AppendEntries(context.Background(), b.Info.ID, m, inboxes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := Echo(context.Background(), m, inboxes)
+	if !equalMsg(res.Msg, want.Msg) || !slices.Equal(res.Seqs, want.Seqs) {
+		t.Fatalf("result %+v, want %+v", res, want)
+	}
+	calls := b.H.Appends()
+	last := calls[len(calls)-1]
+	if !last.EntriesOnly || !equalMsg(last.Msg, m) || !slices.Equal(last.Inboxes, inboxes) {
+		t.Fatalf("handler saw %+v, want entries only of %+v to %v", last, m, inboxes)
+	}
+	// A plain Append is not entries only.
+	if _, err := a.T.Append(context.Background(), b.Info.ID, m, inboxes); err != nil {
+		t.Fatal(err)
+	}
+	calls = b.H.Appends()
+	if calls[len(calls)-1].EntriesOnly {
+		t.Fatal("Append arrived as entries only")
+	}
+	b.H.SetAppendFunc(func(context.Context, persist.Message, []string) (persist.AppendResult, error) {
+		return persist.AppendResult{}, fmt.Errorf("owner: %w", persist.ErrUnavailable)
+	})
+	if _, err := a.T.AppendEntries(context.Background(), b.Info.ID, m, inboxes); !errors.Is(err, persist.ErrUnavailable) {
+		t.Fatalf("AppendEntries with a failing owner: %v, want ErrUnavailable", err)
+	}
+}
+
+func testAdminRoundTrip(t *testing.T, s Suite) {
+	a, b := pair(t, s, DefaultParams)
+	b.H.mu.Lock()
+	b.H.AdminCount = 17
+	b.H.mu.Unlock()
+	req := engine.AdminRequest{Kind: engine.AdminBroadcast, Text: "maintenance \x00 at noon", Time: 1234}
+	n, err := a.T.Admin(context.Background(), b.Info.ID, req)
+	if err != nil || n != 17 {
+		t.Fatalf("Admin broadcast = %d, %v; want 17", n, err)
+	}
+	kick := engine.AdminRequest{Kind: engine.AdminKick, User: "bob", Device: "phone"}
+	if _, err := a.T.Admin(context.Background(), b.Info.ID, kick); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.H.Admins(); len(got) != 2 || got[0] != req || got[1] != kick {
+		t.Fatalf("handler saw %+v, want %+v then %+v", got, req, kick)
+	}
+	// A kick without a user is refused by the receiver, not run.
+	if _, err := a.T.Admin(context.Background(), b.Info.ID, engine.AdminRequest{Kind: engine.AdminKick}); !errors.Is(err, persist.ErrInvalid) {
+		t.Fatalf("kick without a user: %v, want ErrInvalid", err)
+	}
+	if _, err := a.T.Admin(context.Background(), "nobody", req); !errors.Is(err, engine.ErrForward) {
+		t.Fatalf("Admin to an unknown node: %v, want ErrForward", err)
+	}
+	if len(b.H.Admins()) != 2 {
+		t.Fatalf("handler ran %d admin requests, want 2", len(b.H.Admins()))
+	}
+}
 
 func testAppendRoundTrip(t *testing.T, s Suite) {
 	a, b := pair(t, s, DefaultParams)
