@@ -23,6 +23,12 @@ func (nopTransport) SetPeers([]mesh.NodeInfo)                                   
 func (nopTransport) Append(context.Context, string, persist.Message, []string) (persist.AppendResult, error) {
 	return persist.AppendResult{}, engine.ErrForward
 }
+func (nopTransport) AppendEntries(context.Context, string, persist.Message, []string) (persist.AppendResult, error) {
+	return persist.AppendResult{}, engine.ErrForward
+}
+func (nopTransport) Admin(context.Context, string, engine.AdminRequest) (int, error) {
+	return 0, engine.ErrForward
+}
 func (nopTransport) Push(string, persist.Message, []engine.PushTarget) {}
 func (nopTransport) Kick(string, string, string, uint64)               {}
 func (nopTransport) Close() error                                      { return nil }
