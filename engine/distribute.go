@@ -182,13 +182,13 @@ func (s *Server) deliver(src *loop, op *sendOp, msg *persist.Message, inboxes []
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	remote := map[string][]PushTarget{}
+	all, err := s.lookupRoutes(ctx, inboxes)
+	if err != nil {
+		s.log.Debug("session lookup failed; receivers will sync", "users", len(inboxes), "err", err)
+		return
+	}
 	for i, u := range inboxes {
-		routes, err := s.cfg.Sessions.Lookup(ctx, u)
-		if err != nil {
-			s.log.Debug("session lookup failed; receivers will sync", "user", u, "err", err)
-			continue
-		}
-		for _, r := range routes {
+		for _, r := range all[i] {
 			if r.NodeID == self || !cl.Live(r.NodeID, r.BootEpoch) {
 				continue
 			}
@@ -203,6 +203,31 @@ func (s *Server) deliver(src *loop, op *sendOp, msg *persist.Message, inboxes []
 		s.metrics.remotePushes.Inc()
 		cl.Push(node, *msg, targets)
 	}
+}
+
+// bulkLookup is a session store that reads many users' routes in one
+// round trip (redisstore.Store).
+type bulkLookup interface {
+	LookupMany(ctx context.Context, users []string) ([][]persist.Route, error)
+}
+
+// lookupRoutes returns the routes of every user of users (out[i] for
+// users[i]): in one call when the session store can, else one lookup per
+// user (a failed one leaves its user without routes).
+func (s *Server) lookupRoutes(ctx context.Context, users []string) ([][]persist.Route, error) {
+	if b, ok := s.cfg.Sessions.(bulkLookup); ok {
+		return b.LookupMany(ctx, users)
+	}
+	out := make([][]persist.Route, len(users))
+	for i, u := range users {
+		routes, err := s.cfg.Sessions.Lookup(ctx, u)
+		if err != nil {
+			s.log.Debug("session lookup failed; receivers will sync", "user", u, "err", err)
+			continue
+		}
+		out[i] = routes
+	}
+	return out, nil
 }
 
 // sessionOp is a route change queued for the session writer.

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/imgn/imgn/engine"
 	"github.com/imgn/imgn/internal/logging"
 	"github.com/imgn/imgn/mesh"
@@ -64,12 +66,13 @@ func serveCluster(o *options, log *slog.Logger) error {
 	c := &o.cluster
 	startCtx, cancelStart := context.WithTimeout(ctx, 60*time.Second)
 	defer cancelStart()
-	store, err := mongostore.Open(startCtx, mongostore.Options{URI: c.mongoURI, Database: c.mongoDB, WriteConcern: c.writeConcern, Logger: nlog})
+	metrics := prometheus.NewRegistry() // the engine's and the stores' metrics
+	store, err := mongostore.Open(startCtx, mongostore.Options{URI: c.mongoURI, Database: c.mongoDB, WriteConcern: c.writeConcern, Registry: metrics, Logger: nlog})
 	if err != nil {
 		return fmt.Errorf("message store: %w", err)
 	}
 	cl.add("message store", store.Close)
-	sessions, err := redisstore.New(redisstore.Config{Addrs: splitList(c.redis)})
+	sessions, err := redisstore.New(redisstore.Config{Addrs: splitList(c.redis), Registry: metrics})
 	if err != nil {
 		return fmt.Errorf("session store: %w", err)
 	}
@@ -97,7 +100,7 @@ func serveCluster(o *options, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
-	cfg := engineConfig(o, store, nil, log) // the engine makes its own metrics registry
+	cfg := engineConfig(o, store, metrics, log)
 	cfg.Cluster, cfg.Sessions = cluster, sessions
 	srv, err = engine.New(cfg)
 	if err != nil {
