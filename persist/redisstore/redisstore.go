@@ -157,7 +157,7 @@ func New(cfg Config) (*Store, error) {
 		// invalidation of this node's cached copy arrives before the
 		// write's reply: a node always reads its own writes.
 		PipelineMultiplex: -1,
-		Dialer:       net.Dialer{Timeout: cfg.OpTimeout, KeepAlive: time.Second},
+		Dialer:            net.Dialer{Timeout: cfg.OpTimeout, KeepAlive: time.Second},
 		// Detect a dead or hung server within a few seconds even when
 		// callers pass no deadline, and reconnect.
 		ConnWriteTimeout: max(3*time.Second, 2*cfg.OpTimeout),
