@@ -7,9 +7,11 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/persist"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config configures a Server. Zero fields take the defaults documented on
@@ -90,7 +92,7 @@ type Config struct {
 	Store persist.Store
 	// Cluster connects the node to its peers; nil runs a single node that
 	// owns every inbox.
-	Cluster Cluster
+	Cluster cluster.Cluster
 	// Sessions records who is online where, cluster-wide; nil keeps only
 	// this node's sessions (enough for a single node).
 	Sessions persist.SessionStore

@@ -12,17 +12,19 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
+	"github.com/imgn/imgn/internal/leaktest"
 	"github.com/imgn/imgn/persist"
 	"github.com/imgn/imgn/persist/memstore"
-	"go.uber.org/goleak"
-	"google.golang.org/protobuf/proto"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, GnetGoroutines()...)
+	goleak.VerifyTestMain(m, leaktest.Gnet()...)
 }
 
 var testSecret = []byte("test-secret-0123456789")

@@ -37,7 +37,7 @@ type Route struct {
 	Device string
 	// NodeID is the node holding the connection.
 	NodeID string
-	// BootEpoch is that node's boot epoch (mesh.NodeInfo.BootEpoch): a
+	// BootEpoch is that node's boot epoch (membership.NodeInfo.BootEpoch): a
 	// route naming an older epoch than the registry's is stale.
 	BootEpoch int64
 	// ConnID identifies the connection within the node run.
