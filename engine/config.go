@@ -106,7 +106,10 @@ type Config struct {
 	Registry *prometheus.Registry
 }
 
-func (c *Config) setDefaults() {
+// WithDefaults returns c with every zero field set to its documented
+// default (the only place the defaults live: imd's flags start from them).
+// It does not validate; New calls WithDefaults, then Validate.
+func (c Config) WithDefaults() Config {
 	def := func(p *int, v int) {
 		if *p == 0 {
 			*p = v
@@ -167,11 +170,12 @@ func (c *Config) setDefaults() {
 	if c.Registry == nil {
 		c.Registry = prometheus.NewRegistry()
 	}
+	return c
 }
 
-// Validate applies defaults and checks every field.
-func (c *Config) Validate() error {
-	c.setDefaults()
+// Validate checks every field of a configuration that WithDefaults has
+// filled, and reports every problem it finds; it changes nothing.
+func (c Config) Validate() error {
 	var errs []error
 	pos := func(name string, v int) {
 		if v < 0 {

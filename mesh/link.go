@@ -73,7 +73,7 @@ type LinkConfig struct {
 	Logger *slog.Logger
 }
 
-func (c *LinkConfig) defaults() error {
+func (c LinkConfig) withDefaults() (LinkConfig, error) {
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
@@ -115,7 +115,7 @@ func (c *LinkConfig) defaults() error {
 	if c.MaxBody < 0 || c.MaxBody > 1<<30 {
 		errs = append(errs, fmt.Errorf("MaxBody must be in 1..%d, got %d", 1<<30, c.MaxBody))
 	}
-	return errors.Join(errs...)
+	return c, errors.Join(errs...)
 }
 
 // Links is the direct TCP Transport (`--mesh direct`, the default).
@@ -161,7 +161,8 @@ var _ Transport = (*Links)(nil)
 
 // NewLinks validates cfg and returns an unstarted Links.
 func NewLinks(cfg LinkConfig) (*Links, error) {
-	if err := cfg.defaults(); err != nil {
+	var err error
+	if cfg, err = cfg.withDefaults(); err != nil {
 		return nil, fmt.Errorf("mesh: link config: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

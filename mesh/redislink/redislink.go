@@ -172,7 +172,8 @@ type inMsg struct {
 // New validates cfg and connects to Redis (failing if it cannot be reached
 // at all). The transport is idle until Start.
 func New(cfg Config) (*Transport, error) {
-	if err := cfg.defaults(); err != nil {
+	var err error
+	if cfg, err = cfg.withDefaults(); err != nil {
 		return nil, fmt.Errorf("redislink: config: %w", err)
 	}
 	t := &Transport{
@@ -203,7 +204,7 @@ func New(cfg Config) (*Transport, error) {
 	return t, nil
 }
 
-func (c *Config) defaults() error {
+func (c Config) withDefaults() (Config, error) {
 	if c.ChannelPrefix == "" {
 		c.ChannelPrefix = DefaultChannelPrefix
 	}
@@ -227,13 +228,13 @@ func (c *Config) defaults() error {
 	}
 	switch {
 	case c.RequestTimeout < 0:
-		return fmt.Errorf("RequestTimeout must not be negative, got %s", c.RequestTimeout)
+		return c, fmt.Errorf("RequestTimeout must not be negative, got %s", c.RequestTimeout)
 	case c.QueueSize < 0 || c.MaxInflight < 0 || c.InboundQueue < 0:
-		return fmt.Errorf("QueueSize (%d), MaxInflight (%d) and InboundQueue (%d) must not be negative", c.QueueSize, c.MaxInflight, c.InboundQueue)
+		return c, fmt.Errorf("QueueSize (%d), MaxInflight (%d) and InboundQueue (%d) must not be negative", c.QueueSize, c.MaxInflight, c.InboundQueue)
 	case c.MaxBody < 0 || c.MaxBody > 1<<30:
-		return fmt.Errorf("MaxBody must be in 1..%d, got %d", 1<<30, c.MaxBody)
+		return c, fmt.Errorf("MaxBody must be in 1..%d, got %d", 1<<30, c.MaxBody)
 	}
-	return nil
+	return c, nil
 }
 
 // Start implements mesh.Transport: it subscribes to this node's channel

@@ -96,13 +96,13 @@ type Config struct {
 	Dialer func(network, address string, timeout time.Duration) (net.Conn, error)
 }
 
-func (c *Config) setDefaults() error {
+func (c Config) withDefaults() (Config, error) {
 	if len(c.Servers) == 0 {
-		return errors.New("zkregistry: no ZooKeeper servers configured")
+		return c, errors.New("zkregistry: no ZooKeeper servers configured")
 	}
 	for _, s := range c.Servers {
 		if s == "" {
-			return errors.New("zkregistry: empty server address")
+			return c, errors.New("zkregistry: empty server address")
 		}
 	}
 	if c.Root == "" {
@@ -110,19 +110,19 @@ func (c *Config) setDefaults() error {
 	}
 	if !strings.HasPrefix(c.Root, "/") || c.Root == "/" || strings.HasSuffix(c.Root, "/") ||
 		path.Clean(c.Root) != c.Root {
-		return fmt.Errorf("zkregistry: invalid root %q: want an absolute, clean path other than /", c.Root)
+		return c, fmt.Errorf("zkregistry: invalid root %q: want an absolute, clean path other than /", c.Root)
 	}
 	switch {
 	case c.SessionTimeout == 0:
 		c.SessionTimeout = DefaultSessionTimeout
 	case c.SessionTimeout < 100*time.Millisecond:
-		return fmt.Errorf("zkregistry: session timeout %v below 100ms", c.SessionTimeout)
+		return c, fmt.Errorf("zkregistry: session timeout %v below 100ms", c.SessionTimeout)
 	}
 	switch {
 	case c.ResyncInterval == 0:
 		c.ResyncInterval = DefaultResyncInterval
 	case c.ResyncInterval < 0:
-		return fmt.Errorf("zkregistry: negative resync interval %v", c.ResyncInterval)
+		return c, fmt.Errorf("zkregistry: negative resync interval %v", c.ResyncInterval)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -130,7 +130,7 @@ func (c *Config) setDefaults() error {
 	if c.Dialer == nil {
 		c.Dialer = net.DialTimeout
 	}
-	return nil
+	return c, nil
 }
 
 // Status is a snapshot of a Registry's connection and registration state,
@@ -280,7 +280,8 @@ func New(cfg Config) (*Registry, error) { return newRegistry(cfg, false) }
 func NewWatcher(cfg Config) (*Registry, error) { return newRegistry(cfg, true) }
 
 func newRegistry(cfg Config, readOnly bool) (*Registry, error) {
-	if err := cfg.setDefaults(); err != nil {
+	var err error
+	if cfg, err = cfg.withDefaults(); err != nil {
 		return nil, err
 	}
 	var id [8]byte

@@ -102,7 +102,8 @@ func TestConfig(t *testing.T) {
 		}
 	}
 	cfg := Config{Servers: []string{"127.0.0.1:1"}}
-	if err := cfg.setDefaults(); err != nil {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Root != DefaultRoot || cfg.SessionTimeout != DefaultSessionTimeout || cfg.ResyncInterval != DefaultResyncInterval {
