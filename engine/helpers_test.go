@@ -19,6 +19,7 @@ import (
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
 	"github.com/imgn/imgn/internal/leaktest"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/persist"
 	"github.com/imgn/imgn/persist/memstore"
 )
@@ -280,13 +281,7 @@ func decodeError(t *testing.T, f codec.Frame) *pb.Error {
 // poll retries cond until it holds or 10 s pass.
 func poll(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Until(t, 10*time.Second, what, cond)
 }
 
 var _ persist.Store = (*memstore.Store)(nil)

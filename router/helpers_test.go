@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/imgn/imgn/internal/leaktest"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/lb"
 	"github.com/imgn/imgn/mesh/membership"
 )
@@ -49,17 +50,7 @@ func (w tWriter) Write(p []byte) (int, error) {
 // eventually polls cond until it returns nil or timeout passes.
 func eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s: %v", timeout, what, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Eventually(t, timeout, what, cond)
 }
 
 // hub is an in-memory cluster membership: one MemoryRegistry per node.

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/imgn/imgn/cluster"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/mesh"
 	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/persist"
@@ -267,17 +268,7 @@ func Connect(nodes ...*Node) {
 // passes, then fails the test with cond's last error.
 func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, timeout, "condition", cond)
 }
 
 // msg returns a test message with id.
