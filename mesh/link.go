@@ -321,45 +321,33 @@ func forwardError(node, what string, cause error) error {
 // errProtocol marks a peer that broke the mesh protocol; its link is closed.
 var errProtocol = errors.New("mesh: protocol violation")
 
-// frameReader reads mesh frames from a buffered stream, reusing one body
-// buffer (at most MaxBody bytes).
+// frameReader reads mesh frames from a buffered stream (codec.FrameReader,
+// at most max bytes of body), reusing one buffer.
 type frameReader struct {
 	r   *bufio.Reader
 	max int
-	buf []byte
+	fr  codec.FrameReader
 }
 
 // next reads one frame. The body is valid until the next call. Malformed
 // input gives an error wrapping errProtocol; nothing panics.
 func (fr *frameReader) next() (codec.Header, []byte, error) {
-	hb, err := fr.r.Peek(codec.HeaderSize)
-	if err != nil {
-		return codec.Header{}, nil, err
+	if fr.fr.R == nil {
+		fr.fr = codec.FrameReader{R: fr.r, Dec: codec.Decoder{MaxBody: fr.max}}
 	}
-	h, err := codec.ParseHeader(hb)
-	if err != nil {
-		return h, nil, fmt.Errorf("%w: %w", errProtocol, err)
-	}
-	if _, err := fr.r.Discard(codec.HeaderSize); err != nil {
-		return h, nil, err
-	}
+	f, err := fr.fr.Next()
 	switch {
-	case h.Serializer != codec.Protobuf:
-		return h, nil, fmt.Errorf("%w: serializer %s (mesh frames are protobuf)", errProtocol, h.Serializer)
-	case !h.Command.IsMesh():
-		return h, nil, fmt.Errorf("%w: command %s outside the mesh range", errProtocol, h.Command)
-	case int64(h.Length) > int64(fr.max):
-		return h, nil, fmt.Errorf("%w: %w: %d > %d", errProtocol, codec.ErrFrameTooLarge, h.Length, fr.max)
+	case errors.Is(err, codec.ErrBadMagic), errors.Is(err, codec.ErrUnsupportedVersion),
+		errors.Is(err, codec.ErrUnknownSerializer), errors.Is(err, codec.ErrFrameTooLarge):
+		return f.Header, nil, fmt.Errorf("%w: %w", errProtocol, err)
+	case err != nil:
+		return f.Header, nil, err
+	case f.Serializer != codec.Protobuf:
+		return f.Header, nil, fmt.Errorf("%w: serializer %s (mesh frames are protobuf)", errProtocol, f.Serializer)
+	case !f.Command.IsMesh():
+		return f.Header, nil, fmt.Errorf("%w: command %s outside the mesh range", errProtocol, f.Command)
 	}
-	n := int(h.Length)
-	if cap(fr.buf) < n {
-		fr.buf = make([]byte, n)
-	}
-	body := fr.buf[:n]
-	if _, err := io.ReadFull(fr.r, body); err != nil {
-		return h, nil, err
-	}
-	return h, body, nil
+	return f.Header, f.Body, nil
 }
 
 // unmarshal decodes a mesh body, mapping failures to errProtocol.

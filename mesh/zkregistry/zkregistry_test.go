@@ -285,7 +285,11 @@ func TestPauseZooKeeper(t *testing.T) {
 	if err := b.Register(ctx, nb); err != nil {
 		t.Fatal(err)
 	}
-	seesExactly(t, w, na, nb)
+	// Every registry must have the full view before the pause: it is
+	// what they keep serving.
+	for _, r := range []*Registry{a, b, w} {
+		seesExactly(t, r, na, nb)
+	}
 	sessA, sessB := a.Status().SessionID, b.Status().SessionID
 
 	if err := svc.Pause(); err != nil {
@@ -342,7 +346,9 @@ func TestRestartZooKeeper(t *testing.T) {
 	if err := b.Register(ctx, nb); err != nil {
 		t.Fatal(err)
 	}
-	seesExactly(t, w, na, nb)
+	for _, r := range []*Registry{a, b, w} {
+		seesExactly(t, r, na, nb)
+	}
 
 	if err := svc.Stop(); err != nil {
 		t.Fatal(err)
