@@ -492,7 +492,7 @@ func (r *runner) run(ctx context.Context) (*Report, error) {
 			router = cfg.Router
 		}
 		spec := WorkerSpec{Scenario: cfg.Scenario, Worker: w, Run: run, Targets: r.targets, Router: router, Secret: r.secret,
-			Loops: cfg.Loops, Concurrency: cfg.Concurrency, Retries: max(cfg.Retries, 0), LoginTimout: cfg.LoginTimeout, Heartbeat: cfg.Heartbeat,
+			Loops: cfg.Loops, Concurrency: cfg.Concurrency, Retries: max(cfg.Retries, 0), LoginTimeout: cfg.LoginTimeout, Heartbeat: cfg.Heartbeat,
 			PushAck: cfg.PushAck, Payload: cfg.Payload, UnitFrom: from, Units: n, GroupSize: cfg.GroupSize,
 			UserPrefix: cfg.UserPrefix, Device: device, MaxOutbound: 8 << 20, CPUs: cfg.GenCPUs}
 		if len(src) > 0 {

@@ -34,7 +34,7 @@ func (echoHandler) HandleKick(string, string, uint64)                   {}
 
 // TestNodesStartedTogetherFormAFullMesh starts 3 and then 5 nodes at the same
 // instant on a real ZooKeeper, 20 rounds each, and checks every node sees
-// every other and can forward to each of them (the seed's nodes started at
+// every other and can forward to each of them (the original design's nodes started at
 // the same moment missed each other).
 func TestNodesStartedTogetherFormAFullMesh(t *testing.T) {
 	zk := testsvc.StartZooKeeper(t)

@@ -50,8 +50,10 @@ type Config struct {
 	// gnet's unsent buffer); beyond it the connection is closed as a slow
 	// consumer. Default 4 MiB.
 	MaxOutbound int
-	// MaxConns bounds open client connections; 0 means 19,000 (this
-	// machine's file-descriptor cap is 20,000 per process).
+	// MaxConns bounds open client connections. Default 19,000, which fits
+	// a process capped at 20,000 open files (RLIMIT_NOFILE) with room for
+	// the listeners, stores and logs; raise it together with the limit
+	// (docs/BENCHMARKS.md, "One node with 1,000,000 connections").
 	MaxConns int
 	// SendRate and SendBurst are the per-user token bucket for SEND and
 	// GROUP_SEND. Defaults 200/s and 400.

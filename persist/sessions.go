@@ -71,8 +71,8 @@ func CheckSessionTTL(ttl time.Duration) error {
 	return nil
 }
 
-// SessionStore records where each user's devices are connected (DESIGN.md
-// section 5): user -> device -> route, each route a lease renewed by the
+// SessionStore records where each user's devices are connected
+// (docs/cluster.md): user -> device -> route, each route a lease renewed by the
 // connection's heartbeat. It is advisory: a route may point at a node that
 // died (FilterLive drops those), and a lost route only delays delivery
 // (messages stay in the inbox for sync), never loses it.

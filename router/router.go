@@ -13,7 +13,7 @@
 //   - A node with weight 0 or the draining flag is never returned, nor one
 //     that publishes no client address. When no node qualifies the answer
 //     is an error (HTTP 503 with a reason), never a crash and never an
-//     empty address: the seed's nextInt(0) crash on all-zero weights
+//     empty address: the original design's nextInt(0) crash on all-zero weights
 //     cannot happen.
 //   - Consistent hashing agrees with inbox ownership. Members are converted
 //     as lb.Node{ID, Addr: ClientAddr, Weight, Active: Conns, Draining} and

@@ -268,7 +268,7 @@ func TestNeverUnusable(t *testing.T) {
 			}
 
 			// The last usable node drains: 503, never a crash or an empty
-			// address (the seed's nextInt(0)).
+			// address (the original design's nextInt(0)).
 			c.set(with(good, func(n *membership.NodeInfo) { n.Draining = true }))
 			eventually(t, defaultWait, "503", func() error {
 				if a := route(t, h, "alice"); a.Code != http.StatusServiceUnavailable {
@@ -290,7 +290,7 @@ func TestNeverUnusable(t *testing.T) {
 	}
 }
 
-// TestAllZeroWeight is the seed's crash: every node publishes weight 0.
+// TestAllZeroWeight is the original design's crash: every node publishes weight 0.
 func TestAllZeroWeight(t *testing.T) {
 	for _, strategy := range lb.Strategies() {
 		c := newHub(t)

@@ -130,8 +130,8 @@ type Watcher interface {
 	Close() error
 }
 
-// Registry publishes this node and watches the others (DESIGN.md section
-// 5). Membership is level-triggered: implementations re-read the full member
+// Registry publishes this node and watches the others (docs/cluster.md).
+// Membership is level-triggered: implementations re-read the full member
 // list on every change notification and on a timer, so nodes that start at
 // the same instant always find each other, and a lost notification delays a
 // change but never hides it.

@@ -1,5 +1,5 @@
 // Package redislink is the Redis pub/sub mesh.Transport (`--mesh redis`,
-// the seed's alternative to direct links), on github.com/redis/rueidis.
+// the older design's alternative to direct links), on github.com/redis/rueidis.
 //
 // Every node subscribes to one channel, ChannelPrefix+<node id>
 // ("im:mesh:n1"). A request to node X is published to X's channel; an
