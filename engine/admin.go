@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
 	"github.com/imgn/imgn/internal/procstat"
@@ -38,19 +39,19 @@ func (s *Server) broadcastAt(text string, at int64) int {
 
 // ClusterAdmin runs req on every node: through the cluster when there is
 // one (each member's answer, sorted by node), else on this node alone.
-func (s *Server) ClusterAdmin(ctx context.Context, req AdminRequest) []NodeCount {
-	if req.Kind == AdminBroadcast && req.Time == 0 {
+func (s *Server) ClusterAdmin(ctx context.Context, req cluster.AdminRequest) []cluster.NodeCount {
+	if req.Kind == cluster.AdminBroadcast && req.Time == 0 {
 		req.Time = time.Now().UnixMilli()
 	}
 	if s.cfg.Cluster == nil {
-		return []NodeCount{{Node: s.cfg.NodeID, Count: s.HandleAdmin(req)}}
+		return []cluster.NodeCount{{Node: s.cfg.NodeID, Count: s.HandleAdmin(req)}}
 	}
 	return s.cfg.Cluster.Admin(ctx, req)
 }
 
 // adminCounts is the JSON answer of a cluster-wide admin call: the total
 // under key, each node's count, and the nodes that could not be asked.
-func adminCounts(key string, counts []NodeCount) map[string]any {
+func adminCounts(key string, counts []cluster.NodeCount) map[string]any {
 	total := 0
 	nodes := map[string]int{}
 	failed := map[string]string{}
@@ -208,7 +209,7 @@ func (s *Server) AdminHandler(hooks AdminHooks) http.Handler {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "user query parameter required"})
 			return
 		}
-		counts := s.ClusterAdmin(r.Context(), AdminRequest{Kind: AdminKick, User: user, Device: r.URL.Query().Get("device")})
+		counts := s.ClusterAdmin(r.Context(), cluster.AdminRequest{Kind: cluster.AdminKick, User: user, Device: r.URL.Query().Get("device")})
 		writeJSON(w, http.StatusOK, adminCounts("kicked", counts))
 	})
 	mux.HandleFunc("POST /admin/broadcast", func(w http.ResponseWriter, r *http.Request) {
@@ -219,7 +220,7 @@ func (s *Server) AdminHandler(hooks AdminHooks) http.Handler {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "JSON body {\"text\": \"...\"} required"})
 			return
 		}
-		counts := s.ClusterAdmin(r.Context(), AdminRequest{Kind: AdminBroadcast, Text: body.Text})
+		counts := s.ClusterAdmin(r.Context(), cluster.AdminRequest{Kind: cluster.AdminBroadcast, Text: body.Text})
 		writeJSON(w, http.StatusOK, adminCounts("delivered", counts))
 	})
 	mux.HandleFunc("POST /admin/rebalance", func(w http.ResponseWriter, r *http.Request) {

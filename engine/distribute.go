@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/persist"
 )
@@ -119,36 +120,36 @@ func (s *Server) localAppendEntries(ctx context.Context, msg persist.Message, in
 	return res, err
 }
 
-// HandleAppend implements ClusterHandler.
+// HandleAppend implements cluster.Handler.
 func (s *Server) HandleAppend(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
 	return s.localAppend(ctx, msg, inboxes)
 }
 
-// HandleAppendEntries implements ClusterHandler.
+// HandleAppendEntries implements cluster.Handler.
 func (s *Server) HandleAppendEntries(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
 	return s.localAppendEntries(ctx, msg, inboxes)
 }
 
-// HandleAdmin implements ClusterHandler.
-func (s *Server) HandleAdmin(req AdminRequest) int {
+// HandleAdmin implements cluster.Handler.
+func (s *Server) HandleAdmin(req cluster.AdminRequest) int {
 	switch req.Kind {
-	case AdminBroadcast:
+	case cluster.AdminBroadcast:
 		return s.broadcastAt(req.Text, req.Time)
-	case AdminKick:
+	case cluster.AdminKick:
 		return s.Kick(req.User, req.Device)
 	}
 	return 0
 }
 
-// HandlePush implements ClusterHandler: msg goes to the local devices of
+// HandlePush implements cluster.Handler: msg goes to the local devices of
 // every target.
-func (s *Server) HandlePush(msg persist.Message, targets []PushTarget) {
+func (s *Server) HandlePush(msg persist.Message, targets []cluster.PushTarget) {
 	for _, t := range targets {
 		s.pushTo(nil, nil, t.User, t.Seq, &msg, nil)
 	}
 }
 
-// HandleKick implements ClusterHandler.
+// HandleKick implements cluster.Handler.
 func (s *Server) HandleKick(user, device string, connID uint64) {
 	var arr [8]*conn
 	for _, c := range s.sessions.devices(user, arr[:0]) {
@@ -181,7 +182,7 @@ func (s *Server) deliver(src *loop, op *sendOp, msg *persist.Message, inboxes []
 	self := cl.NodeID()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	remote := map[string][]PushTarget{}
+	remote := map[string][]cluster.PushTarget{}
 	all, err := s.lookupRoutes(ctx, inboxes)
 	if err != nil {
 		s.log.Debug("session lookup failed; receivers will sync", "users", len(inboxes), "err", err)
@@ -196,7 +197,7 @@ func (s *Server) deliver(src *loop, op *sendOp, msg *persist.Message, inboxes []
 			if n := len(t); n > 0 && t[n-1].User == u {
 				continue // another device of u on the same node: one push serves both
 			}
-			remote[r.NodeID] = append(t, PushTarget{User: u, Seq: seqs[i]})
+			remote[r.NodeID] = append(t, cluster.PushTarget{User: u, Seq: seqs[i]})
 		}
 	}
 	for node, targets := range remote {

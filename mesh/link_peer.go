@@ -12,8 +12,9 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
-	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/meshpb"
 	"github.com/imgn/imgn/persist"
 )
@@ -37,8 +38,8 @@ type peer struct {
 	queue  chan outFrame // frames to write, bounded by QueueSize
 	wake   chan struct{} // info changed: redial now if needed
 
-	mu      sync.Mutex // guards the fields below
-	info    NodeInfo   // the registry's latest entry
+	mu      sync.Mutex          // guards the fields below
+	info    membership.NodeInfo // the registry's latest entry
 	state   int
 	lastErr error
 	closed  bool // run has exited: no new requests
@@ -65,7 +66,7 @@ type callResult struct {
 	err   error
 }
 
-func newPeer(l *Links, n NodeInfo) *peer {
+func newPeer(l *Links, n membership.NodeInfo) *peer {
 	ctx, cancel := context.WithCancel(l.ctx)
 	return &peer{
 		l: l, id: n.ID, ctx: ctx, cancel: cancel, info: n,
@@ -77,7 +78,7 @@ func newPeer(l *Links, n NodeInfo) *peer {
 
 // update records the registry's latest entry and wakes the connection
 // goroutine when the address or boot epoch changed.
-func (p *peer) update(n NodeInfo) {
+func (p *peer) update(n membership.NodeInfo) {
 	p.mu.Lock()
 	changed := n.MeshAddr != p.info.MeshAddr || n.BootEpoch != p.info.BootEpoch
 	p.info = n
@@ -90,7 +91,7 @@ func (p *peer) update(n NodeInfo) {
 	}
 }
 
-func (p *peer) snapshot() NodeInfo {
+func (p *peer) snapshot() membership.NodeInfo {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.info
@@ -106,14 +107,14 @@ func (p *peer) append(ctx context.Context, msg persist.Message, inboxes []string
 }
 
 // admin sends an operator action and waits for the count, like append.
-func (p *peer) admin(ctx context.Context, req engine.AdminRequest) (int, error) {
+func (p *peer) admin(ctx context.Context, req cluster.AdminRequest) (int, error) {
 	r := p.call(ctx, meshpb.CmdAdmin, func(uint32) proto.Message { return meshpb.FromAdmin(req) })
 	return r.count, r.err
 }
 
 // call sends one request (body gets the caller's remaining budget in ms)
 // and waits for its reply, the deadline, or the link's failure. Every
-// failure wraps engine.ErrForward.
+// failure wraps cluster.ErrForward.
 func (p *peer) call(ctx context.Context, cmd codec.Command, body func(budgetMs uint32) proto.Message) callResult {
 	cfg := &p.l.cfg
 	if _, ok := ctx.Deadline(); !ok {
@@ -233,7 +234,7 @@ func (p *peer) complete(seq uint32, r callResult) {
 }
 
 // setState records the link state; leaving linkUp fails every pending
-// call with err (wrapped in engine.ErrForward).
+// call with err (wrapped in cluster.ErrForward).
 func (p *peer) setState(state int, err error) {
 	p.mu.Lock()
 	p.state, p.lastErr = state, err
@@ -329,7 +330,7 @@ func (p *peer) sleep(d time.Duration) bool {
 }
 
 // dial connects to info.MeshAddr and exchanges HELLO.
-func (p *peer) dial(info NodeInfo) (net.Conn, *bufio.Reader, *meshpb.Hello, error) {
+func (p *peer) dial(info membership.NodeInfo) (net.Conn, *bufio.Reader, *meshpb.Hello, error) {
 	cfg := &p.l.cfg
 	if info.MeshAddr == "" {
 		return nil, nil, nil, errors.New("peer publishes no mesh address")
@@ -354,7 +355,7 @@ func (p *peer) dial(info NodeInfo) (net.Conn, *bufio.Reader, *meshpb.Hello, erro
 	return conn, br, hello, nil
 }
 
-func (p *peer) handshake(conn net.Conn, info NodeInfo) (*meshpb.Hello, *bufio.Reader, error) {
+func (p *peer) handshake(conn net.Conn, info membership.NodeInfo) (*meshpb.Hello, *bufio.Reader, error) {
 	self := p.l.self
 	err := writeFrameNow(conn, meshpb.CmdHello, 1, &meshpb.Hello{
 		Version: meshpb.Version, NodeId: self.ID, BootEpoch: self.BootEpoch, PeerId: p.id,
@@ -404,7 +405,7 @@ var errPeerChanged = errors.New("mesh: peer address or boot epoch changed")
 // PingInterval), a second one reads replies. It returns when either fails,
 // the peer's registry entry moves to another address or a newer run, or
 // the peer stops.
-func (p *peer) serve(conn net.Conn, br *bufio.Reader, info NodeInfo, hello *meshpb.Hello) error {
+func (p *peer) serve(conn net.Conn, br *bufio.Reader, info membership.NodeInfo, hello *meshpb.Hello) error {
 	readErr := make(chan error, 1)
 	p.l.wg.Add(1)
 	go func() {
@@ -419,7 +420,7 @@ func (p *peer) serve(conn net.Conn, br *bufio.Reader, info NodeInfo, hello *mesh
 	return err
 }
 
-func (p *peer) writeLoop(conn net.Conn, readErr <-chan error, info NodeInfo, hello *meshpb.Hello) (error, bool) {
+func (p *peer) writeLoop(conn net.Conn, readErr <-chan error, info membership.NodeInfo, hello *meshpb.Hello) (error, bool) {
 	cfg := &p.l.cfg
 	bw := bufio.NewWriterSize(conn, 32<<10)
 	ping := time.NewTicker(cfg.PingInterval)

@@ -15,8 +15,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
-	"github.com/imgn/imgn/engine"
 	"github.com/imgn/imgn/persist"
 )
 
@@ -59,7 +59,7 @@ func (m *Message) ToPersist() persist.Message {
 }
 
 // FromTargets converts push targets.
-func FromTargets(ts []engine.PushTarget) []*PushTarget {
+func FromTargets(ts []cluster.PushTarget) []*PushTarget {
 	out := make([]*PushTarget, len(ts))
 	for i, t := range ts {
 		out[i] = &PushTarget{User: t.User, Seq: t.Seq}
@@ -68,11 +68,11 @@ func FromTargets(ts []engine.PushTarget) []*PushTarget {
 }
 
 // ToTargets converts push targets back, skipping nil entries.
-func ToTargets(ts []*PushTarget) []engine.PushTarget {
-	out := make([]engine.PushTarget, 0, len(ts))
+func ToTargets(ts []*PushTarget) []cluster.PushTarget {
+	out := make([]cluster.PushTarget, 0, len(ts))
 	for _, t := range ts {
 		if t != nil {
-			out = append(out, engine.PushTarget{User: t.User, Seq: t.Seq})
+			out = append(out, cluster.PushTarget{User: t.User, Seq: t.Seq})
 		}
 	}
 	return out
@@ -118,12 +118,12 @@ var sentinels = []struct {
 	{ErrorCode_ERROR_CODE_GROUP_FULL, persist.ErrGroupFull},
 	{ErrorCode_ERROR_CODE_CANCELED, context.Canceled},
 	{ErrorCode_ERROR_CODE_DEADLINE, context.DeadlineExceeded},
-	{ErrorCode_ERROR_CODE_FORWARD, engine.ErrForward},
+	{ErrorCode_ERROR_CODE_FORWARD, cluster.ErrForward},
 }
 
 // ErrorOf classifies err for the wire: the code of the first sentinel err
 // wraps (persist sentinels first, then context errors, then
-// engine.ErrForward), ERROR_CODE_UNKNOWN otherwise, and err's text. A
+// cluster.ErrForward), ERROR_CODE_UNKNOWN otherwise, and err's text. A
 // RemoteError keeps its code. nil gives nil.
 func ErrorOf(err error) *Error {
 	if err == nil {
@@ -178,7 +178,7 @@ func (e *RemoteError) Unwrap() error {
 // by the request's announced budget (def when it announces none), and
 // returns the reply body. The handler's error, if any, is classified by
 // ErrorOf.
-func ServeAppend(parent context.Context, h engine.ClusterHandler, def time.Duration, req *AppendRequest) *AppendResult {
+func ServeAppend(parent context.Context, h cluster.Handler, def time.Duration, req *AppendRequest) *AppendResult {
 	budget := def
 	if req.TimeoutMs > 0 {
 		budget = time.Duration(req.TimeoutMs) * time.Millisecond
@@ -197,12 +197,12 @@ func ServeAppend(parent context.Context, h engine.ClusterHandler, def time.Durat
 
 // FromAdmin converts an engine admin request (reply_to and reply_epoch are
 // left for the transport).
-func FromAdmin(r engine.AdminRequest) *AdminRequest {
+func FromAdmin(r cluster.AdminRequest) *AdminRequest {
 	out := &AdminRequest{Text: r.Text, Time: r.Time, User: r.User, Device: r.Device}
 	switch r.Kind {
-	case engine.AdminBroadcast:
+	case cluster.AdminBroadcast:
 		out.Kind = AdminKind_ADMIN_KIND_BROADCAST
-	case engine.AdminKick:
+	case cluster.AdminKick:
 		out.Kind = AdminKind_ADMIN_KIND_KICK
 	}
 	return out
@@ -211,16 +211,16 @@ func FromAdmin(r engine.AdminRequest) *AdminRequest {
 // ServeAdmin runs a received admin request on h and returns the reply body.
 // An unknown kind, or a kick without a user, is answered with
 // ERROR_CODE_INVALID.
-func ServeAdmin(h engine.ClusterHandler, req *AdminRequest) *AdminResult {
-	r := engine.AdminRequest{Text: req.Text, Time: req.Time, User: req.User, Device: req.Device}
+func ServeAdmin(h cluster.Handler, req *AdminRequest) *AdminResult {
+	r := cluster.AdminRequest{Text: req.Text, Time: req.Time, User: req.User, Device: req.Device}
 	switch req.Kind {
 	case AdminKind_ADMIN_KIND_BROADCAST:
-		r.Kind = engine.AdminBroadcast
+		r.Kind = cluster.AdminBroadcast
 	case AdminKind_ADMIN_KIND_KICK:
 		if req.User == "" {
 			return &AdminResult{Error: &Error{Code: ErrorCode_ERROR_CODE_INVALID, Message: "kick without a user"}}
 		}
-		r.Kind = engine.AdminKick
+		r.Kind = cluster.AdminKick
 	default:
 		return &AdminResult{Error: &Error{Code: ErrorCode_ERROR_CODE_INVALID, Message: fmt.Sprintf("unknown admin kind %d", req.Kind)}}
 	}

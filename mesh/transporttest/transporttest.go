@@ -3,7 +3,7 @@
 // tests, and Bench from its benchmarks. The suite checks the contract
 // documented on mesh.Transport: round trips return the owner's result,
 // store sentinels survive the trip, pushes and kicks arrive in order,
-// failures turn into engine.ErrForward within the timeout (never a hang,
+// failures turn into cluster.ErrForward within the timeout (never a hang,
 // never a false success), bounded queues, healing after a peer restart.
 package transporttest
 
@@ -18,8 +18,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/cluster"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/persist"
 )
 
@@ -92,7 +94,7 @@ type AppendCall struct {
 // PushCall is one HandlePush seen by a Handler.
 type PushCall struct {
 	Msg     persist.Message
-	Targets []engine.PushTarget
+	Targets []cluster.PushTarget
 }
 
 // KickCall is one HandleKick seen by a Handler.
@@ -101,7 +103,7 @@ type KickCall struct {
 	ConnID       uint64
 }
 
-// Handler is a recording engine.ClusterHandler. AppendFunc, when set,
+// Handler is a recording cluster.Handler. AppendFunc, when set,
 // computes the append result; by default it is Echo. Safe for concurrent
 // use.
 type Handler struct {
@@ -116,10 +118,10 @@ type Handler struct {
 	appends []AppendCall
 	pushes  []PushCall
 	kicks   []KickCall
-	admins  []engine.AdminRequest
+	admins  []cluster.AdminRequest
 }
 
-var _ engine.ClusterHandler = (*Handler)(nil)
+var _ cluster.Handler = (*Handler)(nil)
 
 // Echo is the default append result: the message with Timestamp+1, seq
 // ID*100+i for inbox i, Duplicate when Kind is 7. Tests compare against
@@ -140,20 +142,20 @@ func (h *Handler) SetAppendFunc(fn func(ctx context.Context, msg persist.Message
 	h.AppendFunc = fn
 }
 
-// HandleAppend implements engine.ClusterHandler.
+// HandleAppend implements cluster.Handler.
 func (h *Handler) HandleAppend(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
 	return h.handle(ctx, msg, inboxes, false)
 }
 
-// HandleAppendEntries implements engine.ClusterHandler: recorded with
+// HandleAppendEntries implements cluster.Handler: recorded with
 // EntriesOnly, answered like HandleAppend.
 func (h *Handler) HandleAppendEntries(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
 	return h.handle(ctx, msg, inboxes, true)
 }
 
-// HandleAdmin implements engine.ClusterHandler: recorded, answered with
+// HandleAdmin implements cluster.Handler: recorded, answered with
 // AdminCount.
-func (h *Handler) HandleAdmin(req engine.AdminRequest) int {
+func (h *Handler) HandleAdmin(req cluster.AdminRequest) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.admins = append(h.admins, req)
@@ -161,7 +163,7 @@ func (h *Handler) HandleAdmin(req engine.AdminRequest) int {
 }
 
 // Admins returns a copy of the admin requests seen so far.
-func (h *Handler) Admins() []engine.AdminRequest {
+func (h *Handler) Admins() []cluster.AdminRequest {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return slices.Clone(h.admins)
@@ -180,14 +182,14 @@ func (h *Handler) handle(ctx context.Context, msg persist.Message, inboxes []str
 	return fn(ctx, msg, inboxes)
 }
 
-// HandlePush implements engine.ClusterHandler.
-func (h *Handler) HandlePush(msg persist.Message, targets []engine.PushTarget) {
+// HandlePush implements cluster.Handler.
+func (h *Handler) HandlePush(msg persist.Message, targets []cluster.PushTarget) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.pushes = append(h.pushes, PushCall{Msg: msg, Targets: slices.Clone(targets)})
 }
 
-// HandleKick implements engine.ClusterHandler.
+// HandleKick implements cluster.Handler.
 func (h *Handler) HandleKick(user, device string, connID uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -219,7 +221,7 @@ func (h *Handler) Kicks() []KickCall {
 
 // Node is one started transport of a test.
 type Node struct {
-	Info mesh.NodeInfo
+	Info membership.NodeInfo
 	T    mesh.Transport
 	H    *Handler
 
@@ -269,7 +271,7 @@ func TryStartNode(t testing.TB, s Suite, p Params, id, addr string, h *Handler) 
 		addr = "127.0.0.1:0"
 	}
 	tr := s.New(t, p)
-	info := mesh.NodeInfo{ID: id, ClientAddr: "127.0.0.1:1", MeshAddr: addr, Weight: 100, BootEpoch: nextEpoch()}
+	info := membership.NodeInfo{ID: id, ClientAddr: "127.0.0.1:1", MeshAddr: addr, Weight: 100, BootEpoch: nextEpoch()}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := tr.Start(ctx, info, h); err != nil {
@@ -287,7 +289,7 @@ func TryStartNode(t testing.TB, s Suite, p Params, id, addr string, h *Handler) 
 // Connect tells every node about all the others (SetPeers with the full
 // list, as a registry view would).
 func Connect(nodes ...*Node) {
-	infos := make([]mesh.NodeInfo, len(nodes))
+	infos := make([]membership.NodeInfo, len(nodes))
 	for i, n := range nodes {
 		infos[i] = n.Info
 	}
@@ -300,17 +302,7 @@ func Connect(nodes ...*Node) {
 // passes, then fails the test with cond's last error.
 func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, timeout, "condition", cond)
 }
 
 // msg returns a test message with id.
@@ -381,12 +373,12 @@ func testAdminRoundTrip(t *testing.T, s Suite) {
 	b.H.mu.Lock()
 	b.H.AdminCount = 17
 	b.H.mu.Unlock()
-	req := engine.AdminRequest{Kind: engine.AdminBroadcast, Text: "maintenance \x00 at noon", Time: 1234}
+	req := cluster.AdminRequest{Kind: cluster.AdminBroadcast, Text: "maintenance \x00 at noon", Time: 1234}
 	n, err := a.T.Admin(context.Background(), b.Info.ID, req)
 	if err != nil || n != 17 {
 		t.Fatalf("Admin broadcast = %d, %v; want 17", n, err)
 	}
-	kick := engine.AdminRequest{Kind: engine.AdminKick, User: "bob", Device: "phone"}
+	kick := cluster.AdminRequest{Kind: cluster.AdminKick, User: "bob", Device: "phone"}
 	if _, err := a.T.Admin(context.Background(), b.Info.ID, kick); err != nil {
 		t.Fatal(err)
 	}
@@ -394,10 +386,10 @@ func testAdminRoundTrip(t *testing.T, s Suite) {
 		t.Fatalf("handler saw %+v, want %+v then %+v", got, req, kick)
 	}
 	// A kick without a user is refused by the receiver, not run.
-	if _, err := a.T.Admin(context.Background(), b.Info.ID, engine.AdminRequest{Kind: engine.AdminKick}); !errors.Is(err, persist.ErrInvalid) {
+	if _, err := a.T.Admin(context.Background(), b.Info.ID, cluster.AdminRequest{Kind: cluster.AdminKick}); !errors.Is(err, persist.ErrInvalid) {
 		t.Fatalf("kick without a user: %v, want ErrInvalid", err)
 	}
-	if _, err := a.T.Admin(context.Background(), "nobody", req); !errors.Is(err, engine.ErrForward) {
+	if _, err := a.T.Admin(context.Background(), "nobody", req); !errors.Is(err, cluster.ErrForward) {
 		t.Fatalf("Admin to an unknown node: %v, want ErrForward", err)
 	}
 	if len(b.H.Admins()) != 2 {
@@ -461,13 +453,13 @@ func testStoreErrors(t *testing.T, s Suite) {
 		if !errors.Is(err, want) {
 			t.Errorf("remote %v came back as %v", want, err)
 		}
-		if errors.Is(err, engine.ErrForward) {
+		if errors.Is(err, cluster.ErrForward) {
 			t.Errorf("a store error (%v) must not look like a forward failure", err)
 		}
 	}
 	which.Store(-1)
 	_, err := a.T.Append(context.Background(), b.Info.ID, msg(1, "bob"), []string{"bob"})
-	if err == nil || errors.Is(err, engine.ErrForward) || errors.Is(err, persist.ErrUnavailable) {
+	if err == nil || errors.Is(err, cluster.ErrForward) || errors.Is(err, persist.ErrUnavailable) {
 		t.Fatalf("unclassified error came back as %v", err)
 	}
 	if want := "disk on fire"; !strings.Contains(err.Error(), want) {
@@ -479,7 +471,7 @@ func testPushAndKick(t *testing.T, s Suite) {
 	a, b := pair(t, s, DefaultParams)
 	const n = 1000
 	for i := range n {
-		a.T.Push(b.Info.ID, msg(uint64(i+1), "bob"), []engine.PushTarget{{User: "bob", Seq: uint64(i + 1)}, {User: "carol", Seq: 5}})
+		a.T.Push(b.Info.ID, msg(uint64(i+1), "bob"), []cluster.PushTarget{{User: "bob", Seq: uint64(i + 1)}, {User: "carol", Seq: 5}})
 	}
 	a.T.Kick(b.Info.ID, "bob", "phone", 99)
 	Eventually(t, Patience, func() error {
@@ -493,7 +485,7 @@ func testPushAndKick(t *testing.T, s Suite) {
 	})
 	pushes := b.H.Pushes()
 	for i, p := range pushes {
-		if p.Targets[0].Seq != uint64(i+1) || !equalMsg(p.Msg, msg(uint64(i+1), "bob")) || len(p.Targets) != 2 || p.Targets[1] != (engine.PushTarget{User: "carol", Seq: 5}) {
+		if p.Targets[0].Seq != uint64(i+1) || !equalMsg(p.Msg, msg(uint64(i+1), "bob")) || len(p.Targets) != 2 || p.Targets[1] != (cluster.PushTarget{User: "carol", Seq: 5}) {
 			t.Fatalf("push %d out of order or altered: %+v", i, p)
 		}
 	}
@@ -556,7 +548,7 @@ func testUnknownNode(t *testing.T, s Suite) {
 	a, _ := pair(t, s, DefaultParams)
 	start := time.Now()
 	_, err := a.T.Append(context.Background(), "nobody", msg(1, "x"), []string{"x"})
-	if !errors.Is(err, engine.ErrForward) {
+	if !errors.Is(err, cluster.ErrForward) {
 		t.Fatalf("append to an unknown node: %v", err)
 	}
 	if d := time.Since(start); d > Slack {
@@ -569,7 +561,7 @@ func testCanceledContext(t *testing.T, s Suite) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	_, err := a.T.Append(ctx, b.Info.ID, msg(1, "x"), []string{"x"})
-	if !errors.Is(err, engine.ErrForward) || !errors.Is(err, context.Canceled) {
+	if !errors.Is(err, cluster.ErrForward) || !errors.Is(err, context.Canceled) {
 		t.Fatalf("append with a canceled context: %v", err)
 	}
 }
@@ -585,7 +577,7 @@ func testPeerDown(t *testing.T, s Suite) {
 	for i := range 5 {
 		start := time.Now()
 		_, err := a.T.Append(context.Background(), b.Info.ID, msg(uint64(i+1), "bob"), []string{"bob"})
-		if !errors.Is(err, engine.ErrForward) {
+		if !errors.Is(err, cluster.ErrForward) {
 			t.Fatalf("append %d to a closed peer: %v", i, err)
 		}
 		if d := time.Since(start); d > p.RequestTimeout+Slack {
@@ -597,7 +589,7 @@ func testPeerDown(t *testing.T, s Suite) {
 	go func() {
 		defer close(done)
 		for range 2000 {
-			a.T.Push(b.Info.ID, msg(1, "bob"), []engine.PushTarget{{User: "bob", Seq: 1}})
+			a.T.Push(b.Info.ID, msg(1, "bob"), []cluster.PushTarget{{User: "bob", Seq: 1}})
 		}
 	}()
 	select {
@@ -625,7 +617,7 @@ func testHandlerTimeout(t *testing.T, s Suite) {
 	_, err := a.T.Append(ctx, b.Info.ID, msg(1, "bob"), []string{"bob"})
 	d := time.Since(start)
 	switch {
-	case errors.Is(err, engine.ErrForward) && errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, cluster.ErrForward) && errors.Is(err, context.DeadlineExceeded):
 	case errors.Is(err, context.DeadlineExceeded):
 		// The owner's deadline fired first and it said so: also fine.
 	default:
@@ -642,7 +634,7 @@ func testHandlerTimeout(t *testing.T, s Suite) {
 	WaitLinked(t, c, a)
 	start = time.Now()
 	_, err = c.T.Append(context.Background(), b.Info.ID, msg(1, "bob"), []string{"bob"})
-	if !errors.Is(err, engine.ErrForward) && !errors.Is(err, context.DeadlineExceeded) {
+	if !errors.Is(err, cluster.ErrForward) && !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("append without deadline to a hung owner: %v", err)
 	}
 	if d := time.Since(start); d > p.RequestTimeout+Slack {
@@ -656,7 +648,7 @@ func testPeerRestart(t *testing.T, s Suite) {
 	a, b := pair(t, s, p)
 	addr := b.Info.MeshAddr
 	b.Close(t)
-	if _, err := a.T.Append(context.Background(), b.Info.ID, msg(1, "bob"), []string{"bob"}); !errors.Is(err, engine.ErrForward) {
+	if _, err := a.T.Append(context.Background(), b.Info.ID, msg(1, "bob"), []string{"bob"}); !errors.Is(err, cluster.ErrForward) {
 		t.Fatalf("append to a stopped peer: %v", err)
 	}
 	h2 := &Handler{}
@@ -669,8 +661,8 @@ func testPeerRestart(t *testing.T, s Suite) {
 	if b2.Info.BootEpoch <= b.Info.BootEpoch {
 		t.Fatal("restart did not get a newer epoch")
 	}
-	a.T.SetPeers([]mesh.NodeInfo{a.Info, b2.Info})
-	b2.T.SetPeers([]mesh.NodeInfo{a.Info, b2.Info})
+	a.T.SetPeers([]membership.NodeInfo{a.Info, b2.Info})
+	b2.T.SetPeers([]membership.NodeInfo{a.Info, b2.Info})
 	Eventually(t, Patience, func() error {
 		_, err := a.T.Append(context.Background(), b2.Info.ID, msg(2, "bob"), []string{"bob"})
 		return err
@@ -715,7 +707,7 @@ func testBoundedQueue(t *testing.T, s Suite) {
 	})
 	start := time.Now()
 	_, err := a.T.Append(context.Background(), b.Info.ID, msg(99, "bob"), []string{"bob"})
-	if !errors.Is(err, engine.ErrForward) {
+	if !errors.Is(err, cluster.ErrForward) {
 		close(release)
 		wg.Wait()
 		t.Fatalf("append beyond the queue bound: %v", err)
@@ -744,10 +736,10 @@ func testClosedTransport(t *testing.T, s Suite) {
 		t.Fatalf("second Close: %v", err)
 	}
 	_, err := a.T.Append(context.Background(), b.Info.ID, msg(1, "bob"), []string{"bob"})
-	if !errors.Is(err, engine.ErrForward) {
+	if !errors.Is(err, cluster.ErrForward) {
 		t.Fatalf("append on a closed transport: %v", err)
 	}
 	a.T.Push(b.Info.ID, msg(1, "bob"), nil)
 	a.T.Kick(b.Info.ID, "bob", "d", 1)
-	a.T.SetPeers([]mesh.NodeInfo{a.Info, b.Info})
+	a.T.SetPeers([]membership.NodeInfo{a.Info, b.Info})
 }
