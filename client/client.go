@@ -626,7 +626,7 @@ func (c *Client) do(ctx context.Context, req request) (proto.Message, error) {
 			return resp, nil
 		}
 		if cerr := ctx.Err(); cerr != nil {
-			return nil, fmt.Errorf("%s: %w (last attempt: %v)", req.cmd, cerr, err)
+			return nil, fmt.Errorf("%s: %w (last attempt: %w)", req.cmd, cerr, err)
 		}
 		if c.ctx.Err() != nil {
 			return nil, c.Err()
@@ -653,8 +653,11 @@ func (c *Client) do(ctx context.Context, req request) (proto.Message, error) {
 			return nil, err
 		}
 		c.log.Debug("retrying", "cmd", req.cmd, "seq", seq, "attempt", attempt+1, "wait", wait, "err", err)
-		if err := c.pause(ctx, wait); err != nil {
-			return nil, err
+		if perr := c.pause(ctx, wait); perr != nil {
+			// Keep the server's answer visible: a caller whose deadline
+			// ends while retrying FORWARD_FAILED must see that code
+			// (errors.As finds the *Error), not a bare deadline.
+			return nil, fmt.Errorf("%s: %w (last attempt: %w)", req.cmd, perr, err)
 		}
 		flags = codec.FlagResent
 	}
