@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -240,6 +241,20 @@ func (c *cluster) waitMembers(want int, nodes ...*node) {
 func getJSON(url string, out any) error {
 	hc := http.Client{Timeout: 2 * time.Second}
 	resp, err := hc.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// postJSON POSTs body to url and decodes the JSON answer into out.
+func postJSON(url, body string, out any) error {
+	hc := http.Client{Timeout: 10 * time.Second}
+	resp, err := hc.Post(url, "application/json", strings.NewReader(body))
 	if err != nil {
 		return err
 	}
