@@ -54,6 +54,11 @@ type FaultEvent struct {
 	Err                      error
 	Before, During, After    [2]time.Duration // p50, p99 of acks invoked in each window
 	NBefore, NDuring, NAfter int
+	// Unavailable is the fault's unavailability window as a client sees
+	// it: the longest any send invoked between Start and Healed waited
+	// for its answer, the client library's retries included (a send to an
+	// inbox whose owner was killed waits until the view drops the node).
+	Unavailable time.Duration
 }
 
 // CheckReport is the outcome of Check.
@@ -70,6 +75,7 @@ type sendRec struct {
 	from, to string
 	n        int // sender's counter
 	invoke   time.Time
+	done     time.Time // the answer (ack or final error) arrived
 	acked    bool
 	seq      uint64
 	lat      time.Duration
@@ -150,6 +156,7 @@ func Check(ctx context.Context, cfg CheckConfig) (*CheckReport, error) {
 				ack, err := cl.Send(actx, to, []byte(id), client.WithClientMsgID(id))
 				cancel()
 				l.mu.Lock()
+				rec.done = time.Now()
 				if err == nil {
 					rec.acked, rec.seq, rec.lat = true, ack.Seq, time.Since(rec.invoke)
 				} else {
@@ -204,6 +211,7 @@ func Check(ctx context.Context, cfg CheckConfig) (*CheckReport, error) {
 		ev.Before, ev.NBefore = l.window(ev.Start.Add(-5*time.Second), ev.Start)
 		ev.During, ev.NDuring = l.window(ev.Start, ev.Healed)
 		ev.After, ev.NAfter = l.window(ev.Healed, ev.Healed.Add(5*time.Second))
+		ev.Unavailable = l.longestWait(ev.Start, ev.Healed)
 	}
 	l.mu.Unlock()
 	rep.P50, rep.P99 = pct(lats, .5), pct(lats, .99)
@@ -314,6 +322,19 @@ func (l *ledger) window(from, to time.Time) ([2]time.Duration, int) {
 		}
 	}
 	return [2]time.Duration{pct(d, .5), pct(d, .99)}, len(d)
+}
+
+// longestWait returns the longest time a send invoked in [from, to) waited
+// for its answer, successful or not. l.mu is held.
+func (l *ledger) longestWait(from, to time.Time) time.Duration {
+	var longest time.Duration
+	for _, s := range l.sends {
+		if s.invoke.Before(from) || !s.invoke.Before(to) || s.done.IsZero() {
+			continue
+		}
+		longest = max(longest, s.done.Sub(s.invoke))
+	}
+	return longest
 }
 
 func pct(d []time.Duration, q float64) time.Duration {
@@ -427,11 +448,11 @@ func (r *CheckReport) Print(w io.Writer) {
 	if len(r.SendErrs) > 0 {
 		fmt.Fprintf(w, "send errors (after the client library's retries): %v\n", r.SendErrs)
 	}
-	fmt.Fprintf(w, "\n| fault | target | fault lasted | heal after repair | p50/p99 before | p50/p99 during | p50/p99 after | error |\n")
-	fmt.Fprintf(w, "|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "\n| fault | target | fault lasted | heal after repair | unavailable | p50/p99 before | p50/p99 during | p50/p99 after | error |\n")
+	fmt.Fprintf(w, "|---|---|---|---|---|---|---|---|---|\n")
 	for _, e := range r.Events {
-		fmt.Fprintf(w, "| %s | %s | %.1fs | %.2fs | %s / %s | %s / %s | %s / %s | %s |\n", e.Name, e.Target,
-			e.Repaired.Sub(e.Start).Seconds(), e.Healed.Sub(e.Repaired).Seconds(),
+		fmt.Fprintf(w, "| %s | %s | %.1fs | %.2fs | %.2fs | %s / %s | %s / %s | %s / %s | %s |\n", e.Name, e.Target,
+			e.Repaired.Sub(e.Start).Seconds(), e.Healed.Sub(e.Repaired).Seconds(), e.Unavailable.Seconds(),
 			ms(e.Before[0]), ms(e.Before[1]), ms(e.During[0]), ms(e.During[1]), ms(e.After[0]), ms(e.After[1]), errOrEmpty(e.Err))
 	}
 }

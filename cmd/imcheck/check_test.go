@@ -45,3 +45,25 @@ func TestShortCheck(t *testing.T) {
 		}
 	}
 }
+
+// TestLongestWait: a fault's unavailability window is the longest answer
+// time of the sends invoked during it, failed ones included; sends invoked
+// outside it or never answered do not count.
+func TestLongestWait(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	l := &ledger{sends: map[string]*sendRec{
+		"before":     {invoke: at(-time.Second), done: at(9 * time.Second), acked: true},
+		"quick":      {invoke: at(time.Second), done: at(1100 * time.Millisecond), acked: true},
+		"rode":       {invoke: at(2 * time.Second), done: at(6 * time.Second), acked: true},
+		"failed":     {invoke: at(3 * time.Second), done: at(7500 * time.Millisecond)},
+		"unanswered": {invoke: at(3 * time.Second)},
+		"after":      {invoke: at(5 * time.Second), done: at(15 * time.Second), acked: true},
+	}}
+	if got := l.longestWait(at(0), at(5*time.Second)); got != 4500*time.Millisecond {
+		t.Fatalf("longestWait = %v, want 4.5s (the failed send)", got)
+	}
+	if got := l.longestWait(at(20*time.Second), at(30*time.Second)); got != 0 {
+		t.Fatalf("longestWait of an empty window = %v", got)
+	}
+}
