@@ -304,8 +304,29 @@ func (r *Report) Print(w io.Writer) {
 }
 
 // fmtOps formats round-trip counts by op, largest first ("insert 1200,
-// find 40").
+// find 40"), or "none".
 func fmtOps(m map[string]float64) string {
+	if out := fmtLargestFirst(m, "%s %.0f", 0); out != "" {
+		return out
+	}
+	return "none"
+}
+
+func okStr(ok bool) string {
+	if ok {
+		return "ok"
+	}
+	return "FAIL"
+}
+
+func fmtCounts(m map[string]int64) string {
+	return fmtLargestFirst(m, "%s: %d", 8)
+}
+
+// fmtLargestFirst formats the positive entries of m with format (name,
+// value), largest value first, comma-separated; after most entries (0: no
+// limit) it says how many more there are.
+func fmtLargestFirst[V int64 | float64](m map[string]V, format string, most int) string {
 	keys := make([]string, 0, len(m))
 	for k, v := range m {
 		if v > 0 {
@@ -318,37 +339,11 @@ func fmtOps(m map[string]float64) string {
 		if i > 0 {
 			b.WriteString(", ")
 		}
-		fmt.Fprintf(&b, "%s %.0f", k, m[k])
-	}
-	if b.Len() == 0 {
-		return "none"
-	}
-	return b.String()
-}
-
-func okStr(ok bool) string {
-	if ok {
-		return "ok"
-	}
-	return "FAIL"
-}
-
-func fmtCounts(m map[string]int64) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool { return m[keys[i]] > m[keys[j]] })
-	var b strings.Builder
-	for i, k := range keys {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		if i == 8 {
+		if most > 0 && i == most {
 			fmt.Fprintf(&b, "... (%d more)", len(keys)-i)
 			break
 		}
-		fmt.Fprintf(&b, "%s: %d", k, m[k])
+		fmt.Fprintf(&b, format, k, m[k])
 	}
 	return b.String()
 }

@@ -239,28 +239,31 @@ func (c *cluster) waitMembers(want int, nodes ...*node) {
 }
 
 func getJSON(url string, out any) error {
-	hc := http.Client{Timeout: 2 * time.Second}
-	resp, err := hc.Get(url)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		return fmt.Errorf("%s: %s", url, resp.Status)
-	}
-	return json.NewDecoder(resp.Body).Decode(out)
+	return doJSON(http.MethodGet, url, "", 2*time.Second, out)
 }
 
 // postJSON POSTs body to url and decodes the JSON answer into out.
 func postJSON(url, body string, out any) error {
-	hc := http.Client{Timeout: 10 * time.Second}
-	resp, err := hc.Post(url, "application/json", strings.NewReader(body))
+	return doJSON(http.MethodPost, url, body, 10*time.Second, out)
+}
+
+// doJSON makes one request and decodes a 200 answer's JSON into out.
+func doJSON(method, url, body string, timeout time.Duration, out any) error {
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	hc := http.Client{Timeout: timeout}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != 200 {
-		return fmt.Errorf("%s: %s", url, resp.Status)
+		return fmt.Errorf("%s %s: %s", method, url, resp.Status)
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
 }

@@ -494,26 +494,36 @@ func (c *Cluster) handler() cluster.Handler {
 // Append implements cluster.Cluster. node == this node runs the handler
 // directly; other nodes go through the transport.
 func (c *Cluster) Append(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
-	if node == c.id {
-		h := c.handler()
-		if h == nil {
-			return persist.AppendResult{}, fmt.Errorf("%w: cluster %s not running", cluster.ErrForward, c.id)
-		}
-		return h.HandleAppend(ctx, msg, inboxes)
+	if node != c.id {
+		return c.cfg.Transport.Append(ctx, node, msg, inboxes)
 	}
-	return c.cfg.Transport.Append(ctx, node, msg, inboxes)
+	h, err := c.localHandler()
+	if err != nil {
+		return persist.AppendResult{}, err
+	}
+	return h.HandleAppend(ctx, msg, inboxes)
 }
 
 // AppendEntries implements cluster.Cluster, like Append.
 func (c *Cluster) AppendEntries(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
-	if node == c.id {
-		h := c.handler()
-		if h == nil {
-			return persist.AppendResult{}, fmt.Errorf("%w: cluster %s not running", cluster.ErrForward, c.id)
-		}
-		return h.HandleAppendEntries(ctx, msg, inboxes)
+	if node != c.id {
+		return c.cfg.Transport.AppendEntries(ctx, node, msg, inboxes)
 	}
-	return c.cfg.Transport.AppendEntries(ctx, node, msg, inboxes)
+	h, err := c.localHandler()
+	if err != nil {
+		return persist.AppendResult{}, err
+	}
+	return h.HandleAppendEntries(ctx, msg, inboxes)
+}
+
+// localHandler returns this node's handler, or an ErrForward when the
+// cluster is not running.
+func (c *Cluster) localHandler() (cluster.Handler, error) {
+	h := c.handler()
+	if h == nil {
+		return nil, fmt.Errorf("%w: cluster %s not running", cluster.ErrForward, c.id)
+	}
+	return h, nil
 }
 
 // Admin implements cluster.Cluster: req goes to every member of the current
@@ -533,10 +543,10 @@ func (c *Cluster) Admin(ctx context.Context, req cluster.AdminRequest) []cluster
 	for i, id := range ids {
 		out[i].Node = id
 		if id == c.id {
-			if h := c.handler(); h != nil {
-				out[i].Count = h.HandleAdmin(req)
+			if h, err := c.localHandler(); err != nil {
+				out[i].Err = err
 			} else {
-				out[i].Err = fmt.Errorf("%w: cluster %s not running", cluster.ErrForward, c.id)
+				out[i].Count = h.HandleAdmin(req)
 			}
 			continue
 		}

@@ -152,6 +152,24 @@ func (l *Links) inboundRead(conn net.Conn, fr *frameReader, hello *meshpb.Hello,
 			codec.PutBuffer(b)
 		}
 	}
+	// spawn runs a request's handler on its own goroutine, at most
+	// MaxInflight at once: it waits for a slot unless the link is ending.
+	spawn := func(seq uint32, serve func(seq uint32)) error {
+		select {
+		case sem <- struct{}{}:
+		case <-writerDone:
+			return net.ErrClosed
+		case <-l.ctx.Done():
+			return l.ctx.Err()
+		}
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			defer func() { <-sem }()
+			serve(seq)
+		}()
+		return nil
+	}
 	for {
 		dl.touch()
 		h, body, err := fr.next()
@@ -170,42 +188,24 @@ func (l *Links) inboundRead(conn net.Conn, fr *frameReader, hello *meshpb.Hello,
 			if err := unmarshal(body, req); err != nil {
 				return err
 			}
-			select {
-			case sem <- struct{}{}:
-			case <-writerDone:
-				return net.ErrClosed
-			case <-l.ctx.Done():
-				return l.ctx.Err()
+			if err := spawn(h.Seq, func(seq uint32) { reply(l.handleAppend(seq, req)) }); err != nil {
+				return err
 			}
-			l.wg.Add(1)
-			go func(seq uint32) {
-				defer l.wg.Done()
-				defer func() { <-sem }()
-				reply(l.handleAppend(seq, req))
-			}(h.Seq)
 		case meshpb.CmdAdmin:
 			req := new(meshpb.AdminRequest)
 			if err := unmarshal(body, req); err != nil {
 				return err
 			}
-			select {
-			case sem <- struct{}{}:
-			case <-writerDone:
-				return net.ErrClosed
-			case <-l.ctx.Done():
-				return l.ctx.Err()
-			}
-			l.wg.Add(1)
-			go func(seq uint32) {
-				defer l.wg.Done()
-				defer func() { <-sem }()
+			if err := spawn(h.Seq, func(seq uint32) {
 				b, err := encodeFrame(meshpb.CmdAdminResult, seq, meshpb.ServeAdmin(l.h, req))
 				if err != nil {
 					l.log.Error("mesh: encode admin result", "err", err)
 					return
 				}
 				reply(b)
-			}(h.Seq)
+			}); err != nil {
+				return err
+			}
 		case meshpb.CmdPush:
 			var req meshpb.PushRequest
 			if err := unmarshal(body, &req); err != nil {

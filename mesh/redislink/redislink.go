@@ -721,50 +721,56 @@ func (t *Transport) dispatch() {
 			t.h.HandleKick(req.User, req.Device, req.ConnId)
 		case meshpb.CmdAppend:
 			req := new(meshpb.AppendRequest)
-			if err := proto.Unmarshal(body, req); err != nil {
-				t.log.Warn("redislink: undecodable append dropped", "err", err)
+			if !t.decodeRequest("append", body, req, func() string { return req.ReplyTo }) {
 				continue
 			}
-			if membership.ValidateNode(membership.NodeInfo{ID: req.ReplyTo}) != nil {
-				t.log.Warn("redislink: append without a valid reply_to dropped", "reply_to", req.ReplyTo)
-				continue
-			}
-			select {
-			case t.sem <- struct{}{}:
-			case <-t.ctx.Done():
+			if !t.spawn(func() { t.serveAppend(m.seq, req) }) {
 				return
 			}
-			t.wg.Add(1)
-			go func(seq uint32) {
-				defer t.wg.Done()
-				defer func() { <-t.sem }()
-				t.serveAppend(seq, req)
-			}(m.seq)
 		case meshpb.CmdAdmin:
 			req := new(meshpb.AdminRequest)
-			if err := proto.Unmarshal(body, req); err != nil {
-				t.log.Warn("redislink: undecodable admin request dropped", "err", err)
-				continue
-			}
-			if membership.ValidateNode(membership.NodeInfo{ID: req.ReplyTo}) != nil {
-				t.log.Warn("redislink: admin request without a valid reply_to dropped", "reply_to", req.ReplyTo)
+			if !t.decodeRequest("admin request", body, req, func() string { return req.ReplyTo }) {
 				continue
 			}
 			res := meshpb.ServeAdmin(t.h, req)
 			res.ToEpoch = req.ReplyEpoch
-			select { // publishing waits for Redis: not on the dispatcher
-			case t.sem <- struct{}{}:
-			case <-t.ctx.Done():
+			// Publishing waits for Redis: not on the dispatcher.
+			if !t.spawn(func() { t.reply(meshpb.CmdAdminResult, m.seq, req.ReplyTo, res) }) {
 				return
 			}
-			t.wg.Add(1)
-			go func(seq uint32) {
-				defer t.wg.Done()
-				defer func() { <-t.sem }()
-				t.reply(meshpb.CmdAdminResult, seq, req.ReplyTo, res)
-			}(m.seq)
 		}
 	}
+}
+
+// decodeRequest decodes a request that expects a reply into req and checks
+// its reply_to; it logs and reports false for one to drop.
+func (t *Transport) decodeRequest(what string, body []byte, req proto.Message, replyTo func() string) bool {
+	if err := proto.Unmarshal(body, req); err != nil {
+		t.log.Warn("redislink: undecodable "+what+" dropped", "err", err)
+		return false
+	}
+	if membership.ValidateNode(membership.NodeInfo{ID: replyTo()}) != nil {
+		t.log.Warn("redislink: "+what+" without a valid reply_to dropped", "reply_to", replyTo())
+		return false
+	}
+	return true
+}
+
+// spawn runs f on its own goroutine, at most MaxInflight at once, waiting
+// for a slot; it reports false (f not run) once the transport is closing.
+func (t *Transport) spawn(f func()) bool {
+	select {
+	case t.sem <- struct{}{}:
+	case <-t.ctx.Done():
+		return false
+	}
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		defer func() { <-t.sem }()
+		f()
+	}()
+	return true
 }
 
 // serveAppend runs one forwarded append and publishes the reply to the

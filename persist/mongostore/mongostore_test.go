@@ -80,6 +80,16 @@ var dbSeq atomic.Int64
 // newDB returns a database name no other test uses.
 func newDB() string { return fmt.Sprintf("t%d_%d", os.Getpid(), dbSeq.Add(1)) }
 
+// openPair opens two stores on one new database of the shared server (two
+// nodes writing the same inboxes); the test's cleanup closes them.
+func openPair(t *testing.T) (a, b *mongostore.Store) {
+	t.Helper()
+	db := newDB()
+	a, b = open(t, shared.URI(), db), open(t, shared.URI(), db)
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
 func open(t testing.TB, uri, db string, mod ...func(*mongostore.Options)) *mongostore.Store {
 	t.Helper()
 	o := mongostore.Options{URI: uri, Database: db}
@@ -176,10 +186,7 @@ func TestGroupCommit(t *testing.T) {
 // index and are corrected; no seq is lost or given twice.
 func TestTwoWritersFenced(t *testing.T) {
 	t.Parallel()
-	db := newDB()
-	a, b := open(t, shared.URI(), db), open(t, shared.URI(), db)
-	defer a.Close()
-	defer b.Close()
+	a, b := openPair(t)
 	ctx := t.Context()
 	// Alternate: each store's cache is stale at every other append.
 	for i := 1; i <= 6; i++ {
@@ -533,10 +540,7 @@ func BenchmarkStore(b *testing.B) {
 // back the message.
 func TestAppendEntries(t *testing.T) {
 	t.Parallel()
-	db := newDB()
-	a, b := open(t, shared.URI(), db), open(t, shared.URI(), db)
-	defer a.Close()
-	defer b.Close()
+	a, b := openPair(t)
 	ctx := t.Context()
 	m := persist.Message{ID: 77, From: "alice", To: "bob", ClientMsgID: "c1", Timestamp: 5, Body: []byte("hi")}
 	first, err := a.Append(ctx, m, []string{"alice"})
