@@ -14,14 +14,18 @@
 // script cache flush), so each is atomic, and all lease arithmetic uses the
 // Redis server's clock (node clocks may differ).
 //
-// Reads use Redis's server-assisted client-side caching (RESP3 CLIENT
-// TRACKING, through rueidis): a user's hash read once is kept in this
-// process and Redis invalidates the copy as soon as any node writes the
-// hash, so a moved session is seen at once (within one network delay) and
-// a lookup of an unchanged user costs no round trip. The cache is dropped
-// whenever the connection to Redis is lost. Expiry is checked against the
-// server's clock, estimated from a TIME reply at most a second old (leases
-// are seconds long, so the estimate's error does not matter).
+// With Config.CacheTTL set, reads use Redis's server-assisted client-side
+// caching (RESP3 CLIENT TRACKING, through rueidis): a user's hash read once
+// is kept in this process and Redis invalidates the copy when any node
+// writes the hash, so a lookup of an unchanged user costs no round trip.
+// It is off by default: Redis 7 sends a writer its own invalidation after
+// the write's reply, so a lookup right after this store's own write may
+// still see the old routes (the conformance suite catches it under the
+// race detector); other nodes' writes are seen one network delay late.
+// The cache is dropped whenever the connection to Redis is lost. Expiry is
+// checked against the server's clock, estimated from a TIME reply at most
+// a second old (leases are seconds long, so the estimate's error does not
+// matter).
 // LookupMany reads many users' routes in one pipelined round trip (only the
 // users not in the cache are asked for).
 //
@@ -58,7 +62,6 @@ import (
 const (
 	DefaultKeyPrefix = "im:sess:"
 	DefaultOpTimeout = 2 * time.Second
-	DefaultCacheTTL  = time.Minute
 )
 
 // clockMaxAge is how old the server-clock estimate may be.
@@ -84,9 +87,10 @@ type Config struct {
 	// Client, if set, is used instead of dialing Addrs; Close does not close
 	// it. It must have been created with rueidis defaults for pipelining.
 	Client rueidis.Client
-	// CacheTTL bounds how long a cached read is kept (default
-	// DefaultCacheTTL); invalidations from Redis end it earlier. Negative
-	// disables the client-side cache.
+	// CacheTTL, when positive, turns the client-side cache on (see the
+	// package doc for what it costs) and bounds how long a cached read is
+	// kept; invalidations from Redis end it earlier. 0 (the default) reads
+	// from Redis every time.
 	CacheTTL time.Duration
 	// Registry, if set, receives imgn_redis_ops_total{op}.
 	Registry prometheus.Registerer
@@ -126,11 +130,8 @@ func New(cfg Config) (*Store, error) {
 	case cfg.OpTimeout < 0:
 		return nil, fmt.Errorf("redisstore: negative op timeout %v", cfg.OpTimeout)
 	}
-	switch {
-	case cfg.CacheTTL == 0:
-		cfg.CacheTTL = DefaultCacheTTL
-	case cfg.CacheTTL < 0:
-		cfg.CacheTTL = 0
+	if cfg.CacheTTL < 0 {
+		return nil, fmt.Errorf("redisstore: negative cache TTL %v", cfg.CacheTTL)
 	}
 	ops, err := opcount.New(cfg.Registry, "imgn_redis_ops_total", "Round trips to Redis by the session store, by operation.")
 	if err != nil {
@@ -149,13 +150,11 @@ func New(cfg Config) (*Store, error) {
 		Password:    cfg.Password,
 		SelectDB:    cfg.DB,
 		ClientName:  "imgn-sessions",
-		// Server-assisted client-side caching: Redis invalidates a cached
-		// hash when any node writes it (see the package doc).
+		// Server-assisted client-side caching only when asked for (see
+		// the package doc).
 		DisableCache:      cfg.CacheTTL == 0,
 		CacheSizeEachConn: 16 << 20,
-		// One pipelined connection carries reads and writes, so a write's
-		// invalidation of this node's cached copy arrives before the
-		// write's reply: a node always reads its own writes.
+		// One pipelined connection carries reads and writes.
 		PipelineMultiplex: -1,
 		Dialer:            net.Dialer{Timeout: cfg.OpTimeout, KeepAlive: time.Second},
 		// Detect a dead or hung server within a few seconds even when

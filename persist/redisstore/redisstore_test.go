@@ -395,7 +395,7 @@ func TestCachedLookups(t *testing.T) {
 	svc := testsvc.StartRedis(t)
 	prefix := fmt.Sprintf("t%d:sess:", prefixes.Add(1))
 	open := func() *Store {
-		s, err := New(Config{Addrs: []string{svc.Addr}, KeyPrefix: prefix})
+		s, err := New(Config{Addrs: []string{svc.Addr}, KeyPrefix: prefix, CacheTTL: time.Minute})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -449,14 +449,14 @@ func TestCachedLookups(t *testing.T) {
 		}
 	}
 	seen("carol", carol)
-	// A node reads its own write at once.
+	// This node's own write reaches its cache too (Redis 7 sends the
+	// writer's invalidation after the write's reply, so not necessarily
+	// at once: why the cache is off by default).
 	dave := persist.Route{User: "dave", Device: "pc", NodeID: "n1", BootEpoch: 3, ConnID: 1}
 	if _, err := a.Put(ctx, dave, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if rs, err := a.Lookup(ctx, "dave"); err != nil || len(rs) != 1 || rs[0] != dave {
-		t.Fatalf("Lookup right after this node's Put = %+v, %v", rs, err)
-	}
+	seen("dave", dave)
 	// A FLUSHALL empties the cache too.
 	raw := rawClient(t, svc.Addr)
 	if err := raw.Do(ctx, raw.B().Flushall().Build()).Error(); err != nil {
