@@ -96,7 +96,7 @@ func (l *Links) serveInbound(conn net.Conn) {
 				codec.PutBuffer(b)
 			}
 		}
-	} else if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+	} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 		log.Debug("mesh: inbound link closed", "err", err)
 	}
 	close(readerDone)
@@ -134,7 +134,8 @@ func (l *Links) acceptHello(conn net.Conn, fr *frameReader) (*meshpb.Hello, uint
 	return &hello, h.Seq, nil
 }
 
-// inboundRead reads the peer's requests until the link fails.
+// inboundRead reads the peer's requests until the link fails, and says
+// why (never nil).
 func (l *Links) inboundRead(conn net.Conn, fr *frameReader, hello *meshpb.Hello, out chan<- *codec.Buffer, writerDone <-chan struct{}) error {
 	// The dialer pings at the interval it announced (this node's own when
 	// it announced none; at most a minute, so no link lingers for long
