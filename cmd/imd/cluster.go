@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/imgn/imgn/engine"
 	"github.com/imgn/imgn/internal/logging"
 	"github.com/imgn/imgn/mesh"
@@ -80,7 +82,8 @@ func serveCluster(o *options, log *slog.Logger) error {
 	}
 	cl.add("registry", reg.Close)
 	// The mesh and its transports add the node field themselves.
-	transport, err := newTransport(o, log)
+	metrics := prometheus.NewRegistry() // the engine's and the mesh's
+	transport, err := newTransport(o, metrics, log)
 	if err != nil {
 		return err
 	}
@@ -97,7 +100,7 @@ func serveCluster(o *options, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
-	cfg := engineConfig(o, store, nil, log) // the engine makes its own metrics registry
+	cfg := engineConfig(o, store, metrics, log)
 	cfg.Cluster, cfg.Sessions = cluster, sessions
 	srv, err = engine.New(cfg)
 	if err != nil {
@@ -136,7 +139,7 @@ func serveCluster(o *options, log *slog.Logger) error {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(out)
 	})
-	admin, adminErr, err := serveAdmin(o, mux, nlog)
+	admin, adminErr, err := serveAdmin(o, srv, mux, nlog)
 	if err != nil {
 		_ = srv.Shutdown(context.Background())
 		return err
@@ -168,13 +171,18 @@ func serveCluster(o *options, log *slog.Logger) error {
 	return errors.Join(errs...)
 }
 
-// newTransport builds the node-to-node transport chosen by --mesh.
-func newTransport(o *options, log *slog.Logger) (mesh.Transport, error) {
+// newTransport builds the node-to-node transport chosen by --mesh. Direct
+// links are authenticated with --mesh-secret when it is set; refused peers
+// are counted in imgn_mesh_auth_failures_total on reg.
+func newTransport(o *options, reg prometheus.Registerer, log *slog.Logger) (mesh.Transport, error) {
 	switch o.cluster.meshMode {
 	case meshRedis:
 		return newRedisTransport(o, log)
 	default:
-		t, err := mesh.NewLinks(mesh.LinkConfig{Logger: log})
+		failures := prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_mesh_auth_failures_total",
+			Help: "Mesh links refused because the peer did not prove it knows the mesh secret (as dialer or acceptor)."})
+		reg.MustRegister(failures)
+		t, err := mesh.NewLinks(mesh.LinkConfig{Logger: log, Secret: []byte(o.cluster.meshSecret), AuthFailures: failures})
 		if err != nil {
 			return nil, fmt.Errorf("mesh links: %w", err)
 		}
