@@ -81,6 +81,18 @@ func serveCluster(o *options, log *slog.Logger) error {
 		return fmt.Errorf("registry: %w", err)
 	}
 	cl.add("registry", reg.Close)
+	// Message ids carry the node number: two nodes with one number could
+	// mint the same id. Claim it in ZooKeeper before anything is served.
+	want := o.engine.NodeNum
+	if o.nodeNumDerived {
+		want = 0
+	}
+	num, err := reg.ClaimNodeNum(startCtx, o.engine.NodeID, want, o.engine.NodeNum)
+	if err != nil {
+		return fmt.Errorf("node number: %w", err)
+	}
+	o.engine.NodeNum = num
+	nlog.Info("node number claimed", "node_num", num)
 	// The mesh and its transports add the node field themselves.
 	metrics := prometheus.NewRegistry() // the engine's and the mesh's
 	transport, err := newTransport(o, metrics, log)
@@ -131,7 +143,7 @@ func serveCluster(o *options, log *slog.Logger) error {
 	}
 	mux := adminMux(srv, store, hooks)
 	mux.HandleFunc("GET /admin/cluster", func(w http.ResponseWriter, r *http.Request) {
-		out := map[string]any{"node_id": cluster.NodeID(), "self": cluster.Self(), "members": cluster.Members()}
+		out := map[string]any{"node_id": cluster.NodeID(), "node_num": o.engine.NodeNum, "self": cluster.Self(), "members": cluster.Members()}
 		if u := r.URL.Query().Get("user"); u != "" {
 			owner, _ := cluster.Owner(u)
 			out["owner"] = owner

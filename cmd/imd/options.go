@@ -31,6 +31,7 @@ type options struct {
 	jwtSecret                  string // copied to engine.JWTSecret
 	shutdownTimeout            time.Duration
 	configFile                 string // the --config file read, if any
+	nodeNumDerived             bool   // --node-num was not given (cluster mode claims one)
 	flags                      *envflag.Flags
 
 	store   storeOptions
@@ -83,7 +84,7 @@ var derivedDefaults = map[string]string{
 	"idle-timeout":   "3 x heartbeat",
 	"event-loops":    "GOMAXPROCS, the CPUs the process may use",
 	"node-id":        "n + the port of listen, e.g. n9090",
-	"node-num":       "a hash of node-id",
+	"node-num":       "a hash of node-id (cluster mode: the number the node id holds in ZooKeeper, else the first free one from that hash)",
 	"advertise":      "the listen address",
 	"mesh-advertise": "the mesh-listen address",
 }
@@ -255,6 +256,7 @@ func (o *options) finish(fields map[string]string) error {
 		o.engine.NodeID = "n" + port
 	}
 	if o.engine.NodeNum == 0 {
+		o.nodeNumDerived = true
 		h := uint(0)
 		for _, c := range o.engine.NodeID {
 			h = h*31 + uint(c)
