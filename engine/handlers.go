@@ -490,18 +490,18 @@ func (s *Server) handleGroupCreate(ctx context.Context, src *loop, c *conn, h co
 		c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "name must be at most 128 bytes", 0)
 		return
 	}
+	for _, m := range req.Members {
+		if !validID(m) {
+			c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "members must be user ids: 1..64 bytes of [A-Za-z0-9_.-]", 0)
+			return
+		}
+	}
 	members := append([]string{c.user}, req.Members...)
 	slices.Sort(members)
 	members = slices.Compact(members)
 	if len(members) > s.cfg.MaxGroupSize {
 		c.replyError(src, h.Serializer, h.Seq, codec.CodeGroupFull, "more members than the maximum group size "+strconv.Itoa(s.cfg.MaxGroupSize), 0)
 		return
-	}
-	for _, m := range members {
-		if !validID(m) {
-			c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "members must be user ids: 1..64 bytes of [A-Za-z0-9_.-]", 0)
-			return
-		}
 	}
 	// Every group is stored for good: creating them counts against the
 	// same per-user budget as sending (a GROUP_CREATE storm is refused
