@@ -105,7 +105,11 @@ func (c *conn) queue(src *loop, build func([]byte) []byte) bool {
 	c.out.B = build(c.out.B)
 	ok := true
 	if len(c.out.B)+int(c.sockOut.Load()) > c.loop.srv.cfg.MaxOutbound {
-		c.out.B = c.out.B[:before]
+		// The frame is dropped; the final ERROR goes out instead, beyond
+		// the bound (a few dozen bytes), best effort: the peer is not
+		// reading (docs/protocol.md §7).
+		c.out.B, _ = codec.AppendFrame(c.out.B[:before], c.ser, codec.CmdError, 0, 0,
+			errorMsg(codec.CodeSlowConsumer, "output backed up: the connection is not reading", true, 0))
 		c.closeAfter = true
 		c.state.Store(stateClosing)
 		c.loop.srv.metrics.slowConsumers.Inc()
