@@ -8,8 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/meshpb"
 	"github.com/imgn/imgn/mesh/transporttest"
 	"github.com/imgn/imgn/persist"
@@ -61,7 +62,7 @@ func TestLinksRefuseUnauthenticatedPeers(t *testing.T) {
 			}
 			a := transporttest.StartNode(t, suite(tc.a, &fa), p, "node-a", "", nil)
 			b := transporttest.StartNode(t, suite(tc.b, &fb), p, "node-b", "", nil)
-			a.T.SetPeers([]mesh.NodeInfo{a.Info, b.Info}) // only a dials
+			a.T.SetPeers([]membership.NodeInfo{a.Info, b.Info}) // only a dials
 			transporttest.Eventually(t, transporttest.Patience, func() error {
 				if a.T.(*mesh.Links).AuthFailures() == 0 && b.T.(*mesh.Links).AuthFailures() == 0 {
 					return errors.New("no refusal counted yet")
@@ -70,7 +71,7 @@ func TestLinksRefuseUnauthenticatedPeers(t *testing.T) {
 			})
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
-			if _, err := a.T.Append(ctx, "node-b", persist.Message{ID: 1}, []string{"u"}); !errors.Is(err, engine.ErrForward) {
+			if _, err := a.T.Append(ctx, "node-b", persist.Message{ID: 1}, []string{"u"}); !errors.Is(err, cluster.ErrForward) {
 				t.Fatalf("append over a refused link: %v", err)
 			}
 			if len(b.H.Appends()) != 0 {
