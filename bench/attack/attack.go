@@ -24,9 +24,11 @@ import (
 )
 
 // NodeArgs are the imd flags the attacks assume (short deadlines so slow
-// attacks end quickly, a small outbound cap for the slow consumer).
+// attacks end quickly, a small outbound cap for the slow consumer, a send
+// budget that lets a flooder queue megabytes but that a GROUP_CREATE storm
+// exhausts).
 var NodeArgs = []string{"--login-timeout", "2s", "--heartbeat", "1s", "--idle-timeout", "3s",
-	"--max-outbound", "262144", "--send-rate", "100000", "--send-burst", "100000"}
+	"--max-outbound", "262144", "--send-rate", "1000", "--send-burst", "2000"}
 
 // Config of Run.
 type Config struct {

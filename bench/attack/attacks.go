@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -23,7 +24,12 @@ var magic = codec.Magic
 // logs instead of failing on them until the server is fixed.
 var KnownIssues = map[string]string{}
 
-var attacks = []attack{
+// attacks are every attack, in the order Run performs them.
+var attacks = slices.Concat(wireAttacks, bodyAttacks)
+
+// wireAttacks attack the framing, the session rules, the login and the
+// connection limits.
+var wireAttacks = []attack{
 	{"random-bytes", func(e *env) Result {
 		b := make([]byte, 4096)
 		_, _ = rand.Read(b)
