@@ -78,7 +78,7 @@ var derivedDefaults = map[string]string{
 	"idle-timeout":   "3 x heartbeat",
 	"event-loops":    "GOMAXPROCS, the CPUs the process may use",
 	"node-id":        "n + the port of listen, e.g. n9090",
-	"node-num":       "a hash of node-id (cluster mode: the number the node id holds in ZooKeeper, else the first free one from that hash)",
+	"node-num":       "a hash of node-id; in cluster mode the number the node id holds in ZooKeeper, else the first free one from that hash",
 	"advertise":      "the listen address",
 	"mesh-advertise": "the mesh-listen address",
 }
