@@ -10,5 +10,5 @@
 // values.
 //
 // The package has only tests; `go test ./conformance/` runs them (part of
-// make test, about half a minute).
+// make test, under a minute).
 package conformance
