@@ -3,7 +3,6 @@ package attack
 import (
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -240,49 +239,11 @@ func (e *env) groupStorm() Result {
 	r := Result{Want: "GROUP_INFO, then RATE_LIMITED", Metric: "imgn_errors_total{" + errLabel(want) + "}"}
 	before := e.metric("imgn_errors_total", errLabel(want))
 	start := time.Now()
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	got := map[string]int{}
-	for i := range conns {
-		wg.Go(func() {
-			tally := func(k string, n int) {
-				mu.Lock()
-				got[k] += n
-				mu.Unlock()
-			}
-			c, err := dialRaw(e.addr)
-			if err != nil {
-				tally("dial-error", per)
-				return
-			}
-			defer c.Close()
-			if err := c.login(*e.token("stormer"), fmt.Sprintf("d%d", i)); err != nil {
-				tally("login-error", per)
-				return
-			}
-			for range per {
-				if _, err := c.frame(codec.CmdGroupCreate, &pb.GroupCreateRequest{Name: "storm"}); err != nil {
-					tally("write-error", per)
-					return
-				}
-			}
-			for k := range per {
-				cmd, perr, err := c.reply(30 * time.Second)
-				switch {
-				case err != nil:
-					tally("unanswered", per-k)
-					return
-				case cmd == codec.CmdGroupInfo:
-					tally("GROUP_INFO", 1)
-				case cmd == codec.CmdError:
-					tally(gotName(perr), 1)
-				default:
-					tally(cmd.String(), 1)
-				}
-			}
-		})
-	}
-	wg.Wait()
+	got := e.pipelined(conns, per, func(c *raw, i int) error {
+		return c.login(*e.token("stormer"), fmt.Sprintf("d%d", i))
+	}, func(int, int) (codec.Command, proto.Message) {
+		return codec.CmdGroupCreate, &pb.GroupCreateRequest{Name: "storm"}
+	})
 	r.Took = time.Since(start)
 	total := conns * per
 	r.Counted = e.counted(want, before, float64(got[want]))
