@@ -113,30 +113,21 @@ func (c *conn) read(d time.Duration) (frame, error) {
 // read on the way for next.
 func (c *conn) reply(seq uint32) frame {
 	c.t.Helper()
-	for i, f := range c.pending {
-		if f.Seq == seq {
-			c.pending = append(c.pending[:i], c.pending[i+1:]...)
-			return f
-		}
-	}
-	deadline := time.Now().Add(wait)
-	for {
-		f, err := c.read(time.Until(deadline))
-		if err != nil {
-			c.t.Fatalf("waiting for the reply to seq %d: %v", seq, err)
-		}
-		if f.Seq == seq {
-			return f
-		}
-		c.pending = append(c.pending, f)
-	}
+	return c.await(func(f frame) bool { return f.Seq == seq }, fmt.Sprintf("the reply to seq %d", seq))
 }
 
 // next returns the next server-initiated frame with cmd (seq 0).
 func (c *conn) next(cmd codec.Command) frame {
 	c.t.Helper()
+	return c.await(func(f frame) bool { return f.Command == cmd && f.Seq == 0 }, cmd.String())
+}
+
+// await returns the first frame, kept or read, that match accepts; the
+// others stay kept, in order.
+func (c *conn) await(match func(frame) bool, what string) frame {
+	c.t.Helper()
 	for i, f := range c.pending {
-		if f.Command == cmd && f.Seq == 0 {
+		if match(f) {
 			c.pending = append(c.pending[:i], c.pending[i+1:]...)
 			return f
 		}
@@ -145,9 +136,9 @@ func (c *conn) next(cmd codec.Command) frame {
 	for {
 		f, err := c.read(time.Until(deadline))
 		if err != nil {
-			c.t.Fatalf("waiting for %s: %v", cmd, err)
+			c.t.Fatalf("waiting for %s: %v", what, err)
 		}
-		if f.Command == cmd && f.Seq == 0 {
+		if match(f) {
 			return f
 		}
 		c.pending = append(c.pending, f)
