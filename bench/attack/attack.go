@@ -1,6 +1,7 @@
 // Package attack is the bad-input attacker: it throws malformed frames,
-// slow and abusive connections and login floods at a live imd node while a
-// few legitimate clients send at a fixed rate, and checks for each attack
+// well-framed requests with malformed bodies, slow and abusive connections,
+// login floods and a GROUP_CREATE storm at a live imd node while a few
+// legitimate clients send at a fixed rate, and checks for each attack
 // that the node stays up, closes (or answers) the offender with the error
 // code docs/protocol.md documents, and counts it in /metrics
 // (imgn_errors_total{code}). It also compares the legitimate clients' ack
