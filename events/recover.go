@@ -211,4 +211,3 @@ func (h *intHeap) Pop() any {
 	*h = old[:len(old)-1]
 	return x
 }
-
