@@ -117,6 +117,22 @@ func (m multiObserver) GroupChanged(ch GroupChange) {
 	}
 }
 
+// Conversation names the conversation msg belongs to as the owner of inbox
+// sees it: the group for a group message, the peer for a 1:1 message (the
+// recipient in the sender's own inbox, the sender in the recipient's), and
+// "" for a system message.
+func Conversation(msg *persist.Message, inbox string) string {
+	switch {
+	case msg.Group:
+		return msg.To
+	case msg.From == "":
+		return ""
+	case inbox == msg.From:
+		return msg.To
+	}
+	return msg.From
+}
+
 // MessageIDAt returns the smallest message ID any node mints at t (IDs are
 // time-ordered): every message accepted at t or later has an ID at least
 // this. The event stream's replay starts from it.

@@ -85,17 +85,7 @@ func messageEvent(node string, now int64, m *persist.Message, inboxes []string, 
 		e.GroupID = e.To
 	}
 	for i, in := range inboxes {
-		ref := InboxRef{User: strings.Clone(in), Seq: seqs[i]}
-		switch {
-		case m.Group:
-			ref.Conversation = e.To
-		case m.From == "":
-		case in == m.From:
-			ref.Conversation = e.To
-		default:
-			ref.Conversation = e.From
-		}
-		e.Inboxes[i] = ref
+		e.Inboxes[i] = InboxRef{User: strings.Clone(in), Seq: seqs[i], Conversation: strings.Clone(engine.Conversation(m, in))}
 	}
 	return e
 }
