@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/imgn/imgn/engine"
 	"github.com/imgn/imgn/internal/logging"
 	"github.com/imgn/imgn/mesh"
@@ -97,8 +99,18 @@ func serveCluster(o *options, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
-	cfg := engineConfig(o, store, nil, log) // the engine makes its own metrics registry
-	cfg.Cluster, cfg.Sessions = cluster, sessions
+	metrics := prometheus.NewRegistry() // the engine's and the integrations' metrics
+	integ, err := startIntegrations(ctx, o, store, metrics, nlog)
+	if err != nil {
+		return err
+	}
+	cl.add("integrations", func() error {
+		cctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
+		defer cancel()
+		return integ.close(cctx)
+	})
+	cfg := engineConfig(o, store, metrics, log)
+	cfg.Cluster, cfg.Sessions, cfg.Observer = cluster, sessions, integ.observer()
 	srv, err = engine.New(cfg)
 	if err != nil {
 		return err
@@ -137,6 +149,9 @@ func serveCluster(o *options, log *slog.Logger) error {
 		_ = json.NewEncoder(w).Encode(out)
 	})
 	admin, adminErr, err := serveAdmin(o, mux, nlog)
+	if err == nil {
+		err = integ.attach(srv, metrics)
+	}
 	if err != nil {
 		_ = srv.Shutdown(context.Background())
 		return err
@@ -150,11 +165,14 @@ func serveCluster(o *options, log *slog.Logger) error {
 		nlog.Info("draining: admin request")
 	case err := <-adminErr:
 		nlog.Error("admin server stopped", logging.KeyErr, err)
+	case err := <-integ.apiErr:
+		nlog.Error("server API stopped", logging.KeyErr, err)
 	}
 	// Drain: routers stop choosing this node, clients are told to move,
 	// requests in flight finish, then the node leaves the registry.
 	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
 	defer cancel()
+	integ.stopAPI(sctx)
 	var errs []error
 	if err := cluster.SetDraining(sctx, true); err != nil {
 		errs = append(errs, fmt.Errorf("mark draining: %w", err))
