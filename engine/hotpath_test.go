@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -417,4 +418,49 @@ func boundedMemStore(t testing.TB, inboxMax int) *memstore.Store {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// retainingStore keeps what every Append was given, as a store with
+// caches does (MongoDB's seq cache keys on inbox names; an append given up
+// on by its caller completes later).
+type retainingStore struct {
+	persist.Store
+	mu   sync.Mutex
+	kept []persist.Message
+	ins  [][]string
+}
+
+func (r *retainingStore) Append(ctx context.Context, m persist.Message, inboxes []string) (persist.AppendResult, error) {
+	r.mu.Lock()
+	r.kept = append(r.kept, m)
+	r.ins = append(r.ins, slices.Clone(inboxes))
+	r.mu.Unlock()
+	return r.Store.Append(ctx, m, inboxes)
+}
+
+// TestSyncStoreMayKeepWhatItIsGiven: a store on the synchronous path may
+// hold on to the message's strings and the inbox names after Append
+// returns; the engine must give it memory it never reuses.
+func TestSyncStoreMayKeepWhatItIsGiven(t *testing.T) {
+	st := &retainingStore{Store: memstore.New()}
+	s := startServer(t, func(c *Config) { c.Store = st })
+	a := dial(t, s, codec.JSON)
+	a.login("alice", "pc")
+	const n = 200
+	for i := range n {
+		to := fmt.Sprintf("user%03d", i)
+		dial(t, s, codec.JSON).login(to, "pc")
+		a.mustCall(codec.CmdSend, &pb.SendRequest{ClientMsgId: fmt.Sprint("m", i), To: to, Body: []byte(fmt.Sprint("body", i))}, nil)
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if len(st.kept) != n {
+		t.Fatalf("%d appends", len(st.kept))
+	}
+	for i, m := range st.kept {
+		to := fmt.Sprintf("user%03d", i)
+		if m.To != to || m.ClientMsgID != fmt.Sprint("m", i) || string(m.Body) != fmt.Sprint("body", i) || st.ins[i][1] != to {
+			t.Fatalf("append %d as the store kept it: to %q cmid %q body %q inboxes %q: memory was reused", i, m.To, m.ClientMsgID, m.Body, st.ins[i])
+		}
+	}
 }

@@ -81,21 +81,33 @@ func putSendOp(op *sendOp) {
 	sendOpPool.Put(op)
 }
 
-// keep returns s as a string that stays valid as long as op: a view of
-// the frame when the store completes inline (it copies what it keeps),
-// else a copy in op.buf. op.buf is sized for the whole request before the
-// first keep (reserve), so the copies never move.
+// keep returns b as a string for the store, valid for as long as the
+// store may use it:
+//
+//   - inline store: a view of the frame (the store copies what it keeps
+//     before AppendAsync returns);
+//   - async store: a copy in op.buf, which op owns until Done (op.buf is
+//     sized for the whole request first, by reserve, so copies never move);
+//   - anything else (cluster mode, the synchronous path): a string of its
+//     own. Such a store may keep the message after Append returns (an
+//     append abandoned on timeout completes later; MongoDB's seq cache
+//     keys on inbox names), so it must never see memory that op reuses.
 func (op *sendOp) keep(b []byte) string {
-	if op.s.inline || len(b) == 0 {
+	switch {
+	case len(b) == 0:
+		return ""
+	case op.s.inline:
 		return unsafe.String(unsafe.SliceData(b), len(b))
+	case op.s.async != nil:
+		start := len(op.buf)
+		op.buf = append(op.buf, b...)
+		return unsafe.String(&op.buf[start], len(b))
 	}
-	start := len(op.buf)
-	op.buf = append(op.buf, b...)
-	return unsafe.String(&op.buf[start], len(b))
+	return string(b)
 }
 
 func (op *sendOp) reserve(n int) {
-	if !op.s.inline && cap(op.buf) < n {
+	if op.s.async != nil && !op.s.inline && cap(op.buf) < n {
 		op.buf = make([]byte, 0, n)
 	}
 }
