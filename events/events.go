@@ -15,9 +15,14 @@
 // while the queue is full are dropped, counted in imgn_events_dropped_total
 // and logged.
 //
-// Order: events are appended in the order the engine reported them, which
-// for a single node is the store's commit order per inbox (see
-// engine.Observer); a retried batch may repeat events already appended.
+// Order: each inbox's message events reach the stream in seq order, with
+// no hole. The engine reports a single node's appends in commit order; in
+// a cluster, where two appends to one inbox may be reported the other way
+// round, an event waits briefly for its predecessors (see sequencer). A
+// hole (a dropped event, a report that never came) is filled from the
+// store when the inbox's next event is published, so a dropped message
+// event comes back then; dropped cursor and group events are lost. A
+// retried batch, a retried send and the recovery below may repeat events.
 //
 // At-least-once across a crash: the event of a message is queued after the
 // message's ack, so a node killed in between loses it from the queue. Each
@@ -84,6 +89,13 @@ type Config struct {
 	ReplayMargin time.Duration
 	// OpTimeout bounds each round trip to Redis.
 	OpTimeout time.Duration
+	// Store, if set, fills the holes in an inbox's events (a dropped
+	// event, an append reported late) from the entries it holds.
+	Store persist.MessageStore
+	// Unordered says that the engine may report two messages of one inbox
+	// in the other order (cluster mode): each event then waits up to
+	// UnorderedHold for its predecessors.
+	Unordered bool
 	// Registry receives the metrics (nil: not registered).
 	Registry prometheus.Registerer
 	// Logger defaults to slog.Default().
@@ -152,7 +164,7 @@ type Publisher struct {
 }
 
 type metrics struct {
-	published, dropped, failures, replayed prometheus.Counter
+	published, dropped, failures, replayed, filled prometheus.Counter
 	batch                                  prometheus.Histogram
 }
 
@@ -171,12 +183,13 @@ func New(cfg Config) (*Publisher, error) {
 		dropped:   prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_events_dropped_total", Help: "Events dropped because the queue was full (its bound was exceeded)."}),
 		failures:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_events_publish_failures_total", Help: "Round trips to Redis that failed and were retried."}),
 		replayed:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_events_replayed_total", Help: "Events published again from the store at start (Recover)."}),
+		filled:    prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_events_filled_total", Help: "Events read from the store to fill a hole in an inbox's events."}),
 		batch:     prometheus.NewHistogram(prometheus.HistogramOpts{Name: "imgn_events_batch_size", Help: "Events per round trip to Redis.", Buckets: prometheus.ExponentialBuckets(1, 4, 6)}),
 	}
 	if cfg.Registry != nil {
 		queued := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "imgn_events_queue_length", Help: "Events waiting to be published."},
 			func() float64 { return float64(len(p.queue)) })
-		for _, c := range []prometheus.Collector{p.m.published, p.m.dropped, p.m.failures, p.m.replayed, p.m.batch, queued} {
+		for _, c := range []prometheus.Collector{p.m.published, p.m.dropped, p.m.failures, p.m.replayed, p.m.filled, p.m.batch, queued} {
 			if err := cfg.Registry.Register(c); err != nil {
 				return nil, fmt.Errorf("events: register metrics: %w", err)
 			}
@@ -324,44 +337,80 @@ const (
 	retryMax = 5 * time.Second
 )
 
-// run publishes the queue in batches until Close, then drains it.
+// run publishes the queue in batches, each inbox's events in order (see
+// sequencer), until Close; then it drains the queue.
 func (p *Publisher) run() {
 	defer close(p.done)
-	batch := make([]*Event, 0, p.cfg.BatchSize)
+	hold := time.Duration(0)
+	if p.cfg.Unordered {
+		hold = UnorderedHold
+	}
+	seq := newSequencer(p.cfg.Store, hold, p.cfg.NodeID, p.now, func(n int) { p.m.filled.Add(float64(n)) })
+	maxPending := max(4*p.cfg.BatchSize, 8192)
 	args := make([]string, 0, 2+2*p.cfg.BatchSize)
+	var ckpt int64
+	stopping := false
 	for {
-		batch = batch[:0]
-		select {
-		case e := <-p.queue:
-			batch = append(batch, e)
-		case <-p.stop:
+		held, _ := seq.held()
+		if held == 0 && stopping && len(p.queue) == 0 {
+			return // closed and drained
+		}
+		// Wait for an event (or for a hold to end), then take what is
+		// queued.
+		if !stopping {
+			var timer *time.Timer
+			var expired <-chan time.Time
+			if d := seq.wait(); d > 0 {
+				timer = time.NewTimer(d)
+				expired = timer.C
+			}
 			select {
 			case e := <-p.queue:
-				batch = append(batch, e)
-			default:
-				return // closed and drained
+				seq.add(e)
+			case <-expired:
+			case <-p.stop:
+				stopping = true
+			}
+			if timer != nil {
+				timer.Stop()
 			}
 		}
-	fill:
-		for len(batch) < p.cfg.BatchSize {
+	take:
+		for n, _ := seq.held(); n < maxPending; n++ {
 			select {
 			case e := <-p.queue:
-				batch = append(batch, e)
+				seq.add(e)
 			default:
-				break fill
+				break take
 			}
 		}
-		args = p.encode(batch, args[:0])
-		if !p.publish(batch, args) {
-			p.drop(len(batch), "the node stopped before Redis took them")
-			return
+		ready := seq.ready(context.Background(), stopping)
+		_, oldestHeld := seq.held()
+		for len(ready) > 0 {
+			batch := ready[:min(len(ready), p.cfg.BatchSize)]
+			ready = ready[len(batch):]
+			// The checkpoint: every event queued before it is published,
+			// except those still held.
+			for _, e := range batch {
+				ckpt = max(ckpt, e.enq)
+			}
+			if n, _ := seq.held(); n > 0 {
+				ckpt = min(ckpt, oldestHeld)
+			}
+			args = p.encode(batch, ckpt, args[:0])
+			if !p.publish(batch, args) {
+				n, _ := seq.held()
+				p.drop(len(batch)+len(ready)+n, "the node stopped before Redis took them")
+				return
+			}
 		}
 	}
 }
 
-// encode renders batch as the script's arguments.
-func (p *Publisher) encode(batch []*Event, args []string) []string {
-	args = append(args, strconv.FormatInt(p.cfg.MaxLen, 10), strconv.FormatInt(batch[len(batch)-1].enq, 10))
+// encode renders batch, and the checkpoint that goes with it, as the
+// script's arguments.
+func (p *Publisher) encode(batch []*Event, ckpt int64, args []string) []string {
+	args = append(args, strconv.FormatInt(p.cfg.MaxLen, 10), strconv.FormatInt(ckpt, 10))
 	for _, e := range batch {
 		data, err := json.Marshal(e)
 		if err != nil { // cannot happen for these types; never lose the slot

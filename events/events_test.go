@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -337,5 +338,59 @@ func TestConfigErrors(t *testing.T) {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New(%+v) succeeded", cfg)
 		}
+	}
+}
+
+// TestUnorderedReportsReachTheStreamInOrder: messages of one inbox
+// reported out of order from several goroutines (as a cluster's workers
+// do) reach the stream in seq order; a report that never comes is filled
+// from the store.
+func TestUnorderedReportsReachTheStreamInOrder(t *testing.T) {
+	r := testsvc.StartRedis(t)
+	c := redisClient(t, r.Addr)
+	const n = 400
+	st := storeWithBob(t, n)
+	p := newPublisher(t, r.Addr, func(c *Config) { c.Unordered, c.Store = true, st })
+	p.Start()
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			// Goroutine g reports seqs g+1, g+5, ... in pairs swapped.
+			var mine []uint64
+			for s := uint64(g + 1); s <= n; s += 4 {
+				if s != 123 { // never reported: filled from the store
+					mine = append(mine, s)
+				}
+			}
+			for i := 0; i+1 < len(mine); i += 2 {
+				mine[i], mine[i+1] = mine[i+1], mine[i]
+			}
+			for _, s := range mine {
+				p.MessageStored(&persist.Message{ID: s, From: "x", To: "bob", ClientMsgID: fmt.Sprint(s)}, []string{"bob"}, []uint64{s}, false)
+			}
+		})
+	}
+	wg.Wait()
+	var evs []Event
+	waitFor(t, "every seq in the stream", func() bool { evs = readStream(t, c, DefaultStream); return len(evs) >= n })
+	highest := uint64(0)
+	for _, e := range evs {
+		s := e.Inboxes[0].Seq
+		if s <= highest {
+			continue
+		}
+		if s != highest+1 {
+			t.Fatalf("seq %d after %d in the stream", s, highest)
+		}
+		highest = s
+		if s == 123 && !e.Replayed {
+			t.Errorf("seq 123 was never reported, yet its event is not marked replayed")
+		}
+	}
+	if highest != n {
+		t.Fatalf("the stream ends at seq %d of %d", highest, n)
+	}
+	if got := testutil.ToFloat64(p.m.filled); got < 1 {
+		t.Fatalf("filled counter %v", got)
 	}
 }

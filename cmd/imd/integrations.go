@@ -153,7 +153,10 @@ func startIntegrations(ctx context.Context, o *options, store persist.Store, reg
 	in := &integrations{o: &o.integ, log: log, apiErr: make(chan error, 1)}
 	if o.integ.events == eventsRedis {
 		p, err := events.New(events.Config{Addrs: splitList(o.integ.eventsRedis), Stream: o.integ.eventsStream, MaxLen: o.integ.eventsMaxLen,
-			QueueSize: o.integ.eventsQueue, ReplayMargin: o.integ.eventsMargin, NodeID: o.engine.NodeID, Registry: reg, Logger: log})
+			QueueSize: o.integ.eventsQueue, ReplayMargin: o.integ.eventsMargin, NodeID: o.engine.NodeID, Registry: reg, Logger: log,
+			// A cluster's workers may report an inbox's appends out of
+			// order; holes are filled from the store either way.
+			Store: store, Unordered: o.clustered()})
 		if err != nil {
 			return nil, err
 		}
