@@ -165,7 +165,7 @@ type Publisher struct {
 
 type metrics struct {
 	published, dropped, failures, replayed, filled prometheus.Counter
-	batch                                  prometheus.Histogram
+	batch                                          prometheus.Histogram
 }
 
 // New returns a Publisher that is not running yet (Start). It does not
