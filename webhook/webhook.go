@@ -15,7 +15,10 @@
 // queue full is dropped (imgn_webhook_dropped_total).
 //
 // In a cluster each inbox owner reports the inboxes it stored, so the
-// owner posts, once per message and recipient. The queue lives in memory:
+// owner posts, once per message and recipient: a retried send is
+// recognised for as long as the notifier remembers the pair (the last
+// 65,536 to 131,072 recipients queued); a retry later than that may post
+// again, with the same X-Imgn-Delivery value. The queue lives in memory:
 // jobs queued when a node dies are lost (the event stream, package events,
 // is the at-least-once record).
 package webhook
@@ -170,12 +173,13 @@ type Notifier struct {
 	log    *slog.Logger
 	queue  chan *Payload
 	closed atomic.Bool
-	stop   chan struct{} // closed by Close: finish the queue and exit
-	abort  chan struct{} // closed when Close's deadline passed
+	stop   chan struct{}      // closed by Close: finish the queue and exit
+	abort  chan struct{}      // closed when Close's deadline passed
 	ctx    context.Context    // the requests' parent: canceled with abort
 	cancel context.CancelFunc // cancels ctx
 	wg     sync.WaitGroup
 	now    func() time.Time
+	recent recentSet
 
 	dropped, deadLetters atomic.Uint64
 	lastDrop             atomic.Int64
@@ -224,19 +228,22 @@ func (n *Notifier) Dropped() uint64     { return n.dropped.Load() }
 func (n *Notifier) DeadLetters() uint64 { return n.deadLetters.Load() }
 
 // MessageStored implements engine.Observer: it queues a job for the
-// recipients of a first (not retried) message.
+// recipients of the message that this node has not queued before.
+//
+// duplicate does not decide it: in a cluster every owner but the first
+// appends a message that is already stored (duplicate is set) to inboxes
+// that are new, and a client's retry may add inboxes too. The notifier
+// remembers the (message, recipient) pairs of its recent jobs instead, so
+// a retry soon after the first send posts nothing.
 func (n *Notifier) MessageStored(m *persist.Message, inboxes []string, seqs []uint64, duplicate bool) {
-	if duplicate {
-		return
-	}
 	var rcpts []Recipient
 	for i, in := range inboxes {
-		if in != m.From {
+		if in != m.From && n.recent.add(m.ID, in) {
 			rcpts = append(rcpts, Recipient{User: strings.Clone(in), Seq: seqs[i], Conversation: strings.Clone(engine.Conversation(m, in))})
 		}
 	}
 	if len(rcpts) == 0 {
-		return // only the sender's own inbox is on this node
+		return // only the sender's own inbox, or recipients queued before
 	}
 	p := &Payload{Type: TypeOffline, Node: n.cfg.NodeID, MsgID: strconv.FormatUint(m.ID, 10), From: strings.Clone(m.From),
 		To: strings.Clone(m.To), ClientMsgID: strings.Clone(m.ClientMsgID), Kind: m.Kind, SentAt: m.Timestamp, Recipients: rcpts}
