@@ -19,10 +19,11 @@ import (
 
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/internal/leaktest"
 	"github.com/imgn/imgn/persist/memstore"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m, engine.GnetGoroutines()...) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, leaktest.Gnet()...) }
 
 const (
 	key1 = "test-key-0123456789abcdef"

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/imgn/imgn/auth"
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/persist"
 )
@@ -46,7 +47,7 @@ func ErrorCode(err error) codec.ErrorCode {
 	switch {
 	case errors.As(err, &e):
 		return e.Code
-	case errors.Is(err, ErrForward):
+	case errors.Is(err, cluster.ErrForward):
 		return codec.CodeForwardFailed
 	case errors.Is(err, persist.ErrInvalid):
 		return codec.CodeInvalidArgument

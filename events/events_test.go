@@ -14,18 +14,20 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/rueidis"
 	"go.uber.org/goleak"
 
 	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/internal/leaktest"
 	"github.com/imgn/imgn/internal/testsvc"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/persist"
 	"github.com/imgn/imgn/persist/pebblestore"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, append(engine.GnetGoroutines(),
+	goleak.VerifyTestMain(m, append(leaktest.Gnet(),
 		// rueidis sleeps out a reconnect backoff (under a second) in a
 		// goroutine that outlives Close and then exits on its own.
 		goleak.IgnoreAnyFunction("github.com/redis/rueidis.(*call).DelayDo.func1"))...)
@@ -82,13 +84,7 @@ func readStream(t *testing.T, c rueidis.Client, stream string) []Event {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Until(t, 20*time.Second, what, cond)
 }
 
 func msg(id uint64, from, to string) *persist.Message {
@@ -148,7 +144,7 @@ func TestSchemaAndOrder(t *testing.T) {
 	if err != nil || !ok || ckpt.Before(time.Now().Add(-time.Minute)) || ckpt.After(time.Now()) {
 		t.Fatalf("checkpoint %v, %v, %v", ckpt, ok, err)
 	}
-	if got := testutil.ToFloat64(p.m.published); got != 105 {
+	if got := promtest.ToFloat64(p.m.published); got != 105 {
 		t.Fatalf("published counter %v", got)
 	}
 }
@@ -162,7 +158,7 @@ func TestMaxLenTrims(t *testing.T) {
 	for i := range 2000 {
 		p.Delivered("u", "d", uint64(i+1))
 	}
-	waitFor(t, "every event published", func() bool { return testutil.ToFloat64(p.m.published) == 2000 })
+	waitFor(t, "every event published", func() bool { return promtest.ToFloat64(p.m.published) == 2000 })
 	n, err := c.Do(t.Context(), c.B().Xlen().Key(DefaultStream).Build()).AsInt64()
 	if err != nil || n < 100 || n > 400 {
 		t.Fatalf("XLEN %d (%v), want about 100", n, err)
@@ -179,19 +175,19 @@ func TestRedisDownRetriesAndBoundsTheQueue(t *testing.T) {
 	p := newPublisher(t, r.Addr, func(c *Config) { c.QueueSize = 10; c.BatchSize = 1 })
 	p.Start()
 	p.Delivered("u", "d", 1)
-	waitFor(t, "the first event published", func() bool { return testutil.ToFloat64(p.m.published) == 1 })
+	waitFor(t, "the first event published", func() bool { return promtest.ToFloat64(p.m.published) == 1 })
 	if err := r.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	p.Delivered("u", "d", 2)
-	waitFor(t, "the batch taken and failing", func() bool { return p.Queued() == 0 && testutil.ToFloat64(p.m.failures) > 0 })
+	waitFor(t, "the batch taken and failing", func() bool { return p.Queued() == 0 && promtest.ToFloat64(p.m.failures) > 0 })
 	for i := 3; i <= 50; i++ {
 		p.Delivered("u", "d", uint64(i))
 	}
 	if p.Dropped() != 38 || p.Queued() != 10 { // 2 in flight, 3..12 queued, 13..50 dropped
 		t.Fatalf("dropped %d, queued %d; want 38 and 10", p.Dropped(), p.Queued())
 	}
-	if got := testutil.ToFloat64(p.m.dropped); got != 38 {
+	if got := promtest.ToFloat64(p.m.dropped); got != 38 {
 		t.Fatalf("dropped counter %v", got)
 	}
 	if err := r.Start(); err != nil {
@@ -390,7 +386,7 @@ func TestUnorderedReportsReachTheStreamInOrder(t *testing.T) {
 	if highest != n {
 		t.Fatalf("the stream ends at seq %d of %d", highest, n)
 	}
-	if got := testutil.ToFloat64(p.m.filled); got < 1 {
+	if got := promtest.ToFloat64(p.m.filled); got < 1 {
 		t.Fatalf("filled counter %v", got)
 	}
 }

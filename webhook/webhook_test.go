@@ -14,14 +14,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
-	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/internal/leaktest"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/persist"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m, engine.GnetGoroutines()...) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, leaktest.Gnet()...) }
 
 var secret = []byte("webhook-secret")
 
@@ -95,13 +96,7 @@ func newNotifier(t *testing.T, url string, online map[string]bool, mod func(*Con
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Until(t, 10*time.Second, what, cond)
 }
 
 var groupMsg = &persist.Message{ID: 1 << 60, From: "alice", To: "g7", Group: true, ClientMsgID: "c1", Timestamp: 1_700_000_000_000, Body: []byte("hi all")}
@@ -118,7 +113,7 @@ func TestSignedPostForOfflineRecipients(t *testing.T) {
 	n.MessageStored(groupMsg, inboxes, []uint64{5, 6, 7, 8}, true)                                          // a retry: nothing
 	n.MessageStored(&persist.Message{ID: 9, From: "x", To: "carol"}, []string{"carol"}, []uint64{1}, false) // online: skipped
 	n.MessageStored(&persist.Message{ID: 10, From: "x", To: "x"}, []string{"x"}, []uint64{1}, false)        // the sender only: nothing
-	waitFor(t, "the POST and the skip", func() bool { return testutil.ToFloat64(n.m.posted) == 1 && testutil.ToFloat64(n.m.skipped) == 1 })
+	waitFor(t, "the POST and the skip", func() bool { return promtest.ToFloat64(n.m.posted) == 1 && promtest.ToFloat64(n.m.skipped) == 1 })
 	reqs := ep.requests()
 	if len(reqs) != 1 {
 		t.Fatalf("%d requests, want 1", len(reqs))
@@ -168,7 +163,7 @@ func TestAlreadyStoredMessageToNewInboxes(t *testing.T) {
 	n.MessageStored(m, []string{"bob"}, []uint64{3}, true)                         // second owner: bob is new here
 	n.MessageStored(m, []string{"bob"}, []uint64{3}, true)                         // the client's retry: nothing new
 	n.MessageStored(m, []string{"alice", "bob", "carol"}, []uint64{9, 3, 4}, true) // a retry that added carol
-	waitFor(t, "two POSTs", func() bool { return testutil.ToFloat64(n.m.posted) == 2 })
+	waitFor(t, "two POSTs", func() bool { return promtest.ToFloat64(n.m.posted) == 2 })
 	time.Sleep(50 * time.Millisecond) // room for a wrong third one to show up
 	reqs := ep.requests()
 	if len(reqs) != 2 {
@@ -221,9 +216,9 @@ func TestRetryOn5xxNotOn4xx(t *testing.T) {
 		ep := newEndpoint(t, 500, 503, 429, 200)
 		n := newNotifier(t, ep.srv.URL, nil, nil)
 		one(n)
-		waitFor(t, "posted", func() bool { return testutil.ToFloat64(n.m.posted) == 1 })
-		if got := len(ep.requests()); got != 4 || testutil.ToFloat64(n.m.retries) != 3 || n.DeadLetters() != 0 {
-			t.Fatalf("%d requests, %v retries, %d dead", got, testutil.ToFloat64(n.m.retries), n.DeadLetters())
+		waitFor(t, "posted", func() bool { return promtest.ToFloat64(n.m.posted) == 1 })
+		if got := len(ep.requests()); got != 4 || promtest.ToFloat64(n.m.retries) != 3 || n.DeadLetters() != 0 {
+			t.Fatalf("%d requests, %v retries, %d dead", got, promtest.ToFloat64(n.m.retries), n.DeadLetters())
 		}
 		reqs := ep.requests()
 		for i := 1; i < len(reqs); i++ {
@@ -238,7 +233,7 @@ func TestRetryOn5xxNotOn4xx(t *testing.T) {
 		one(n)
 		waitFor(t, "dead letter", func() bool { return n.DeadLetters() == 1 })
 		time.Sleep(50 * time.Millisecond) // room for a wrong retry to show up
-		if got := len(ep.requests()); got != 1 || testutil.ToFloat64(n.m.retries) != 0 {
+		if got := len(ep.requests()); got != 1 || promtest.ToFloat64(n.m.retries) != 0 {
 			t.Fatalf("a 4xx was retried: %d requests", got)
 		}
 	})
@@ -258,8 +253,8 @@ func TestRetryOn5xxNotOn4xx(t *testing.T) {
 		n := newNotifier(t, url, nil, func(c *Config) { c.MaxAttempts = 2 })
 		one(n)
 		waitFor(t, "dead letter", func() bool { return n.DeadLetters() == 1 })
-		if testutil.ToFloat64(n.m.retries) != 1 {
-			t.Fatalf("retries %v", testutil.ToFloat64(n.m.retries))
+		if promtest.ToFloat64(n.m.retries) != 1 {
+			t.Fatalf("retries %v", promtest.ToFloat64(n.m.retries))
 		}
 	})
 }
