@@ -42,6 +42,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -102,15 +103,17 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-func (c *Config) setDefaults() error {
+// withDefaults returns c with its zero fields set to the defaults, or
+// why c cannot be used.
+func (c Config) withDefaults() (Config, error) {
 	if c.NodeID == "" {
-		return errors.New("events: a node id is required")
+		return c, errors.New("events: a node id is required")
 	}
 	if c.Client == nil && len(c.Addrs) == 0 {
-		return errors.New("events: no Redis address configured")
+		return c, errors.New("events: no Redis address configured")
 	}
 	if c.MaxLen < 0 || c.QueueSize < 0 || c.BatchSize < 0 || c.ReplayMargin < 0 || c.OpTimeout < 0 {
-		return fmt.Errorf("events: negative setting in %+v", *c)
+		return c, errors.New("events: MaxLen, QueueSize, BatchSize, ReplayMargin and OpTimeout must not be negative")
 	}
 	if c.Stream == "" {
 		c.Stream = DefaultStream
@@ -133,7 +136,7 @@ func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	return nil
+	return c, nil
 }
 
 // CheckpointKey is the key holding a node's checkpoint in Redis.
@@ -172,7 +175,8 @@ type metrics struct {
 // contact Redis: a node starts while Redis is down, and its events wait in
 // the queue.
 func New(cfg Config) (*Publisher, error) {
-	if err := cfg.setDefaults(); err != nil {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
 		return nil, err
 	}
 	p := &Publisher{cfg: cfg, log: cfg.Logger.With("component", "events"), queue: make(chan *Event, cfg.QueueSize),
@@ -213,23 +217,23 @@ func (p *Publisher) MessageStored(m *persist.Message, inboxes []string, seqs []u
 func (p *Publisher) Delivered(user, device string, seq uint64) {
 	now := p.now()
 	p.offer(&Event{V: SchemaVersion, Type: TypeDelivered, Node: p.cfg.NodeID, Time: now, enq: now,
-		User: cloneString(user), Device: cloneString(device), Seq: seq})
+		User: strings.Clone(user), Device: strings.Clone(device), Seq: seq})
 }
 
 // GroupChanged implements engine.Observer.
 func (p *Publisher) GroupChanged(ch engine.GroupChange) {
 	now := p.now()
 	e := &Event{V: SchemaVersion, Type: string(ch.Kind), Node: p.cfg.NodeID, Time: ch.Time, enq: now,
-		Group: ch.Group, User: ch.User, By: ch.By, Name: ch.Name, Owner: ch.Owner}
-	if len(ch.Members) > 0 {
-		e.Members = append([]string(nil), ch.Members...)
+		Group: strings.Clone(ch.Group), User: strings.Clone(ch.User), By: strings.Clone(ch.By), Name: strings.Clone(ch.Name),
+		Owner: strings.Clone(ch.Owner)}
+	// The strings may point into a request buffer reused after this call.
+	for _, m := range ch.Members {
+		e.Members = append(e.Members, strings.Clone(m))
 	}
 	p.offer(e)
 }
 
 var _ engine.Observer = (*Publisher)(nil)
-
-func cloneString(s string) string { return string([]byte(s)) }
 
 // offer queues e without waiting; a full queue drops it.
 func (p *Publisher) offer(e *Event) {

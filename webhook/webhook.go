@@ -103,16 +103,18 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-func (c *Config) setDefaults() error {
+// withDefaults returns c with its zero fields set to the defaults, or
+// why c cannot be used.
+func (c Config) withDefaults() (Config, error) {
 	switch {
 	case c.URL == "" || !(strings.HasPrefix(c.URL, "http://") || strings.HasPrefix(c.URL, "https://")):
-		return fmt.Errorf("webhook: the URL must be http:// or https://, got %q", c.URL)
+		return c, fmt.Errorf("webhook: the URL must be http:// or https://, got %q", c.URL)
 	case len(c.Secret) == 0:
-		return errors.New("webhook: a secret is required (requests are signed)")
+		return c, errors.New("webhook: a secret is required (requests are signed)")
 	case c.Online == nil:
-		return errors.New("webhook: an Online function is required")
+		return c, errors.New("webhook: an Online function is required")
 	case c.QueueSize < 0 || c.Concurrency < 0 || c.MaxAttempts < 0 || c.Timeout < 0 || c.BackoffMin < 0 || c.BackoffMax < 0:
-		return errors.New("webhook: negative setting")
+		return c, errors.New("webhook: negative setting")
 	}
 	def := func(p *int, v int) {
 		if *p == 0 {
@@ -138,7 +140,7 @@ func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	return nil
+	return c, nil
 }
 
 // Payload is the JSON body of a request.
@@ -193,7 +195,8 @@ var _ engine.Observer = (*Notifier)(nil)
 
 // New returns a running Notifier (its workers are started).
 func New(cfg Config) (*Notifier, error) {
-	if err := cfg.setDefaults(); err != nil {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
 		return nil, err
 	}
 	n := &Notifier{cfg: cfg, log: cfg.Logger.With("component", "webhook"), queue: make(chan *Payload, cfg.QueueSize),
