@@ -297,22 +297,32 @@ func (s *Server) Presence(ctx context.Context, users []string) []Presence {
 	return out
 }
 
-// newGroup creates a group owned by owner with members (owner included)
-// after GROUP_CREATE's checks, and tells the observer (by is who asked).
-func (s *Server) newGroup(ctx context.Context, owner, by, name string, members []string) (persist.Group, error) {
-	if len(name) > 128 {
-		return persist.Group{}, refuse(codec.CodeInvalidArgument, "name must be at most 128 bytes")
+// checkNewGroup applies GROUP_CREATE's checks that need no store, in the
+// protocol's order (the name, the member ids, then the size), and returns
+// the members with the owner, sorted and without repeats.
+func (s *Server) checkNewGroup(name, owner string, members []string) ([]string, error) {
+	if len(name) > maxGroupName {
+		return nil, refuse(codec.CodeInvalidArgument, "name must be at most %d bytes", maxGroupName)
+	}
+	for _, m := range members {
+		if !validID(m) {
+			return nil, refuse(codec.CodeInvalidArgument, "members must be user ids: 1..64 bytes of [A-Za-z0-9_.-]")
+		}
 	}
 	members = append([]string{owner}, members...)
 	slices.Sort(members)
 	members = slices.Compact(members)
 	if len(members) > s.cfg.MaxGroupSize {
-		return persist.Group{}, refuse(codec.CodeGroupFull, "more members than the maximum group size %d", s.cfg.MaxGroupSize)
+		return nil, refuse(codec.CodeGroupFull, "more members than the maximum group size %d", s.cfg.MaxGroupSize)
 	}
+	return members, nil
+}
+
+// createGroup stores a group owned by owner with members (checked by
+// checkNewGroup) once every member is known to exist, and tells the
+// observer (by is who asked).
+func (s *Server) createGroup(ctx context.Context, owner, by, name string, members []string) (persist.Group, error) {
 	for _, m := range members {
-		if !validID(m) {
-			return persist.Group{}, refuse(codec.CodeInvalidArgument, "bad member id")
-		}
 		ok, err := s.userExists(ctx, m)
 		if err != nil {
 			return persist.Group{}, fmt.Errorf("engine: read member: %w", err)
@@ -335,7 +345,11 @@ func (s *Server) CreateGroup(ctx context.Context, owner, name string, members []
 	if err := checkUserID("owner", owner); err != nil {
 		return persist.Group{}, err
 	}
-	return s.newGroup(ctx, owner, "", name, members)
+	members, err := s.checkNewGroup(name, owner, members)
+	if err != nil {
+		return persist.Group{}, err
+	}
+	return s.createGroup(ctx, owner, "", name, members)
 }
 
 // Group returns group id with its members. Errors: UNKNOWN_GROUP, or the
