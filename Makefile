@@ -5,7 +5,7 @@ BIN := bin
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 # Packages whose tests run again under the race detector (they own goroutines).
-RACE_DIRS := lb persist engine client mesh bench router internal
+RACE_DIRS := lb persist engine client mesh bench router internal api events webhook
 RACE_PKGS ?= $(foreach d,$(RACE_DIRS),$(if $(wildcard $(d)/*),./$(d)/...))
 FUZZTIME ?= 10s
 FUZZ_TARGETS := ./codec:FuzzDecode ./codec:FuzzSerializers ./codec:FuzzFastDecode ./codec:FuzzFastEncode ./mesh:FuzzInboundLink ./auth:FuzzVerifyToken ./auth:FuzzVerifyRawToken

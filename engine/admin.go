@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"runtime"
+	"slices"
 	"strconv"
 	"time"
 
@@ -73,21 +74,122 @@ func adminCounts(key string, counts []cluster.NodeCount) map[string]any {
 // SystemMessage stores a message from the system (From "") in user's inbox
 // and pushes it to the user's online devices. The user must exist.
 func (s *Server) SystemMessage(ctx context.Context, user string, kind uint32, body []byte) (persist.AppendResult, error) {
-	ok, err := s.userExists(ctx, user)
+	sent, err := s.Send(ctx, Outgoing{To: user, Kind: kind, Body: body})
+	if err != nil && ErrorCode(err) == codec.CodeUnknownRecipient {
+		err = fmt.Errorf("engine: system message: %w: user %q", persist.ErrNotFound, user)
+	}
+	return sent.AppendResult, err
+}
+
+// Outgoing is a message sent with Send.
+type Outgoing struct {
+	// From is the sending user; "" sends as the system.
+	From string
+	// To is the recipient user, or the group when Group is set.
+	To    string
+	Group bool
+	// ClientMsgID is the idempotency key: (From, ClientMsgID) is stored
+	// once, whatever the number of retries. Empty makes a fresh key, so
+	// such a send is never recognised as a retry.
+	ClientMsgID string
+	Kind        uint32
+	Body        []byte
+}
+
+// Sent is the outcome of Send: the stored message (on a retry, the
+// original), and its seq in each inbox it was appended to.
+type Sent struct {
+	persist.AppendResult
+	// Inboxes[i] got the message at Seqs[i]: the sender's own inbox first
+	// (not for a system message), then the recipients'.
+	Inboxes []string
+}
+
+// Send stores a message from a user, or from the system, through the path
+// of the protocol's SEND and GROUP_SEND: appended to the sender's inbox
+// (not for a system message) and every recipient's, each by the node that
+// owns it, durable when Send returns; then pushed to every online device of
+// those inboxes (the sender's included: no connection sent it). The
+// idempotency key is the protocol's, (From, ClientMsgID): a retry returns
+// the stored message with Duplicate set and stores nothing twice.
+//
+// Refusals are Errors: INVALID_ARGUMENT, UNKNOWN_RECIPIENT (no such
+// sender or recipient), UNKNOWN_GROUP, NOT_GROUP_MEMBER, AUTH_FAILED (a
+// disabled sender); store and cluster failures are retryable with the same
+// ClientMsgID (ErrorCode classifies them).
+func (s *Server) Send(ctx context.Context, m Outgoing) (Sent, error) {
+	if m.From != "" {
+		if err := checkUserID("from", m.From); err != nil {
+			return Sent{}, err
+		}
+	}
+	if err := checkUserID("to", m.To); err != nil {
+		return Sent{}, err
+	}
+	if len(m.ClientMsgID) > 64 {
+		return Sent{}, refuse(codec.CodeInvalidArgument, "client_msg_id must be at most 64 bytes")
+	}
+	if len(m.Body) > s.cfg.MaxBody {
+		return Sent{}, refuse(codec.CodeInvalidArgument, "body larger than the maximum of %d bytes", s.cfg.MaxBody)
+	}
+	var inboxes []string
+	if m.From != "" {
+		u, err := s.User(ctx, m.From)
+		if err != nil {
+			return Sent{}, err
+		}
+		if u.Disabled() {
+			return Sent{}, errDisabled
+		}
+		inboxes = append(inboxes, m.From)
+	}
+	if m.Group {
+		g, err := s.Group(ctx, m.To)
+		if err != nil {
+			return Sent{}, err
+		}
+		if _, member := slices.BinarySearch(g.Members, m.From); m.From != "" && !member {
+			return Sent{}, refuse(codec.CodeNotGroupMember, "%s is not a member of %s", m.From, g.ID)
+		}
+		for _, u := range g.Members {
+			if u != m.From {
+				inboxes = append(inboxes, u)
+			}
+		}
+		if len(inboxes) == 0 {
+			return Sent{}, refuse(codec.CodeInvalidArgument, "group %s has no members", g.ID)
+		}
+	} else {
+		ok, err := s.userExists(ctx, m.To)
+		if err != nil {
+			return Sent{}, fmt.Errorf("engine: read recipient: %w", err)
+		}
+		if !ok {
+			return Sent{}, refuse(codec.CodeUnknownRecipient, "no such user: %s", m.To)
+		}
+		if m.To != m.From {
+			inboxes = append(inboxes, m.To)
+		}
+	}
+	now := time.Now().UnixMilli()
+	id := s.ids.nextAt(now)
+	if m.ClientMsgID == "" {
+		prefix := "api-"
+		if m.From == "" {
+			prefix = "sys-"
+		}
+		m.ClientMsgID = prefix + strconv.FormatUint(id, 36)
+	}
+	msg := persist.Message{ID: id, From: m.From, To: m.To, Group: m.Group, ClientMsgID: m.ClientMsgID, Timestamp: now, Kind: m.Kind, Body: m.Body}
+	res, err := s.appendInboxes(ctx, msg, inboxes)
 	if err != nil {
-		return persist.AppendResult{}, err
+		return Sent{AppendResult: res, Inboxes: inboxes}, fmt.Errorf("engine: send: %w", err)
 	}
-	if !ok {
-		return persist.AppendResult{}, fmt.Errorf("engine: system message: %w: user %q", persist.ErrNotFound, user)
+	if !res.Duplicate {
+		s.metrics.messages.Inc()
 	}
-	id := s.ids.next()
-	msg := persist.Message{ID: id, To: user, ClientMsgID: "sys-" + strconv.FormatUint(id, 36), Timestamp: time.Now().UnixMilli(), Kind: kind, Body: body}
-	res, err := s.appendInboxes(ctx, msg, []string{user})
-	if err != nil {
-		return res, fmt.Errorf("engine: system message: %w", err)
-	}
-	s.deliver(nil, nil, &res.Msg, []string{user}, res.Seqs, nil)
-	return res, nil
+	s.deliver(nil, nil, &res.Msg, inboxes, res.Seqs, nil)
+	return Sent{AppendResult: res, Inboxes: inboxes}, nil
 }
 
 // Kick ends the sessions of user on this node (only device's when device is

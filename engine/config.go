@@ -107,6 +107,10 @@ type Config struct {
 	// SessionTTL is the lease of a session route; routes are renewed every
 	// SessionTTL/3 while the connection lives. Default 5m.
 	SessionTTL time.Duration
+	// Observer, if set, is told of every message, cursor and group change
+	// this node stores (the event stream, webhooks). It must never block:
+	// see Observer.
+	Observer Observer
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registry receives the server's metrics; default a new registry

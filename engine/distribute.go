@@ -92,10 +92,11 @@ func (s *Server) appendInboxes(ctx context.Context, msg persist.Message, inboxes
 	return out, errors.Join(errs...)
 }
 
-// localAppend appends on this node's store, measuring it.
+// localAppend appends on this node's store, measuring it, and tells the
+// observer (see appendObserved).
 func (s *Server) localAppend(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
 	t0 := time.Now()
-	res, err := s.store.Append(ctx, msg, inboxes)
+	res, err := s.appendObserved(ctx, msg, inboxes)
 	s.metrics.storeLatency.Observe(time.Since(t0).Seconds())
 	return res, err
 }

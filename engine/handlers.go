@@ -10,7 +10,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
 	"github.com/imgn/imgn/persist"
@@ -133,8 +132,8 @@ func (s *Server) handleRegister(ctx context.Context, c *conn, h codec.Header, re
 		c.replyError(nil, h.Serializer, h.Seq, codec.CodeInvalidArgument, "user must be 1..64 bytes of [A-Za-z0-9_.-]", 0)
 		return
 	}
-	if len(req.Password) < 6 || len(req.Password) > 128 {
-		c.replyError(nil, h.Serializer, h.Seq, codec.CodeInvalidArgument, "password must be 6..128 bytes", 0)
+	if err := checkPassword(req.Password); err != nil {
+		s.replyFailure(nil, c, h, "register", err)
 		return
 	}
 	if _, err := s.store.GetUser(ctx, req.User); err == nil {
@@ -213,7 +212,10 @@ func (s *Server) handleLogin(ctx context.Context, src *loop, c *conn, h codec.He
 		// An application's auth service vouches for the user: provision the
 		// account on first login (it has no password, so password login
 		// stays impossible).
-		if err := s.ensureUser(ctx, user); err != nil {
+		if err := s.ensureUser(ctx, user); errors.Is(err, errDisabled) {
+			fail(codec.CodeAuthFailed, "account disabled")
+			return
+		} else if err != nil {
 			s.metrics.logins.WithLabelValues("STORE_UNAVAILABLE").Inc()
 			s.storeError(src, c, h, "provision user", err)
 			return
@@ -226,6 +228,10 @@ func (s *Server) handleLogin(ctx context.Context, src *loop, c *conn, h codec.He
 		}
 		if err != nil {
 			s.storeError(src, c, h, "read user", err)
+			return
+		}
+		if u.Disabled() {
+			fail(codec.CodeAuthFailed, "account disabled")
 			return
 		}
 		var ok bool
@@ -323,12 +329,22 @@ func loginArgs(req *pb.LoginRequest) string {
 	return ""
 }
 
-// ensureUser makes sure user exists in the store.
+// ensureUser makes sure user exists in the store, and returns errDisabled
+// for a disabled account. It reads the account every time (a disabled
+// account must not log in with a token it was given before), which is also
+// cheaper than the write that provisions a new one.
 func (s *Server) ensureUser(ctx context.Context, user string) error {
-	if _, ok := s.users.Load(user); ok {
+	u, err := s.store.GetUser(ctx, user)
+	if err == nil {
+		if u.Disabled() {
+			return errDisabled
+		}
 		return nil
 	}
-	err := s.store.CreateUser(ctx, persist.User{ID: user, Created: time.Now().UnixMilli()})
+	if !errors.Is(err, persist.ErrNotFound) {
+		return err
+	}
+	err = s.store.CreateUser(ctx, persist.User{ID: user, Created: time.Now().UnixMilli()})
 	if err != nil && !errors.Is(err, persist.ErrUserExists) {
 		return err
 	}
@@ -369,15 +385,7 @@ func (s *Server) userExists(ctx context.Context, user string) (bool, error) {
 // storeError answers a request whose store call failed: retryable, nothing
 // acknowledged.
 func (s *Server) storeError(src *loop, c *conn, h codec.Header, what string, err error) {
-	code := codec.CodeStoreUnavailable
-	switch {
-	case errors.Is(err, cluster.ErrForward):
-		code = codec.CodeForwardFailed
-	case errors.Is(err, persist.ErrInvalid):
-		code = codec.CodeInvalidArgument
-	case errors.Is(err, persist.ErrClosed):
-		code = codec.CodeShuttingDown
-	}
+	code := ErrorCode(err)
 	user, _ := c.identity()
 	s.log.Warn("store error", "what", what, "user", user, "err", err)
 	c.replyError(src, h.Serializer, h.Seq, code, what+": "+err.Error(), 200)
@@ -403,7 +411,9 @@ func (s *Server) handlePushAck(src *loop, c *conn, upTo uint64) {
 		// A lost cursor only means messages are offered again, and clients
 		// drop seqs they have shown; no reply exists for PUSH_ACK.
 		s.log.Warn("store cursor", "user", c.user, "device", c.device, "err", err)
+		return
 	}
+	s.observeDelivered(c.user, c.device, upTo)
 }
 
 func (s *Server) handleSync(ctx context.Context, src *loop, c *conn, h codec.Header, req *pb.SyncRequest) {
@@ -487,21 +497,9 @@ func validText(s string) string {
 const maxGroupName = 128
 
 func (s *Server) handleGroupCreate(ctx context.Context, src *loop, c *conn, h codec.Header, req *pb.GroupCreateRequest) {
-	if len(req.Name) > maxGroupName {
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "name must be at most 128 bytes", 0)
-		return
-	}
-	for _, m := range req.Members {
-		if !validID(m) {
-			c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "members must be user ids: 1..64 bytes of [A-Za-z0-9_.-]", 0)
-			return
-		}
-	}
-	members := append([]string{c.user}, req.Members...)
-	slices.Sort(members)
-	members = slices.Compact(members)
-	if len(members) > s.cfg.MaxGroupSize {
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeGroupFull, "more members than the maximum group size "+strconv.Itoa(s.cfg.MaxGroupSize), 0)
+	members, err := s.checkNewGroup(req.Name, c.user, req.Members)
+	if err != nil {
+		s.replyFailure(src, c, h, "create group", err)
 		return
 	}
 	// Every group is stored for good: creating them counts against the
@@ -510,20 +508,9 @@ func (s *Server) handleGroupCreate(ctx context.Context, src *loop, c *conn, h co
 	if !s.allowSend(src, c, h, now(src)) {
 		return
 	}
-	for _, m := range members {
-		ok, err := s.userExists(ctx, m)
-		if err != nil {
-			s.storeError(src, c, h, "read member", err)
-			return
-		}
-		if !ok {
-			c.replyError(src, h.Serializer, h.Seq, codec.CodeUnknownRecipient, "no such user: "+m, 0)
-			return
-		}
-	}
-	g := persist.Group{ID: "g" + strconv.FormatUint(s.ids.next(), 36), Name: req.Name, Owner: c.user, Members: members, Created: time.Now().UnixMilli()}
-	if err := s.store.CreateGroup(ctx, g); err != nil {
-		s.storeError(src, c, h, "create group", err)
+	g, err := s.createGroup(ctx, c.user, c.user, req.Name, members)
+	if err != nil {
+		s.replyFailure(src, c, h, "create group", err)
 		return
 	}
 	c.writeMsg(src, h.Serializer, codec.CmdGroupInfo, h.Seq, groupInfo(g))
@@ -560,6 +547,10 @@ func (s *Server) handleGroup(ctx context.Context, src *loop, c *conn, h codec.He
 	case err != nil:
 		s.storeError(src, c, h, "update group", err)
 		return
+	case h.Command == codec.CmdGroupJoin:
+		s.observeGroup(GroupChange{Kind: GroupMemberAdded, Group: req.GroupId, User: c.user, By: c.user})
+	case h.Command == codec.CmdGroupLeave:
+		s.observeGroup(GroupChange{Kind: GroupMemberRemoved, Group: req.GroupId, User: c.user, By: c.user})
 	}
 	g, ok := s.loadGroup(ctx, src, c, h, req.GroupId)
 	if !ok {

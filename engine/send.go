@@ -291,6 +291,10 @@ func (op *sendOp) AppendDone(*persist.AppendOp) {
 		// stored the message and died before pushing; clients drop seqs
 		// they have shown.
 		s.deliver(src, op, &res.Msg, op.Inboxes, res.Seqs, c)
+		if obs := s.cfg.Observer; obs != nil && op.async {
+			// Synchronous appends told the observer in localAppend.
+			obs.MessageStored(&res.Msg, op.Inboxes, res.Seqs, res.Duplicate)
+		}
 		if src == nil {
 			// Off-loop completions waited for the store: worth measuring.
 			// (Inline ones complete within the turn that took the send.)

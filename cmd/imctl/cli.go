@@ -60,6 +60,7 @@ func init() {
 		{"kick", "--user U [--device D]", "admin: end a user's sessions", cmdKick},
 		{"broadcast", "--text T", "admin: send a notice to everyone online", cmdBroadcast},
 		{"sysmsg", "--to U --text T", "admin: store a system message in a user's inbox", cmdSysmsg},
+		{"events", "tail [--redis H:P] [--from ID] [--group G]", "watch the event stream a node publishes (imd --events redis)", cmdEvents},
 	}
 }
 

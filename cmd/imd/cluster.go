@@ -113,8 +113,17 @@ func serveCluster(o *options, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
+	integ, err := startIntegrations(ctx, o, store, metrics, nlog)
+	if err != nil {
+		return err
+	}
+	cl.add("integrations", func() error {
+		cctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
+		defer cancel()
+		return integ.close(cctx)
+	})
 	cfg := engineConfig(o, store, metrics, log)
-	cfg.Cluster, cfg.Sessions = cluster, sessions
+	cfg.Cluster, cfg.Sessions, cfg.Observer = cluster, sessions, integ.observer()
 	srv, err = engine.New(cfg)
 	if err != nil {
 		return err
@@ -153,6 +162,9 @@ func serveCluster(o *options, log *slog.Logger) error {
 		_ = json.NewEncoder(w).Encode(out)
 	})
 	admin, adminErr, err := serveAdmin(o, srv, mux, nlog)
+	if err == nil {
+		err = integ.attach(srv, metrics)
+	}
 	if err != nil {
 		_ = srv.Shutdown(context.Background())
 		return err
@@ -166,11 +178,14 @@ func serveCluster(o *options, log *slog.Logger) error {
 		nlog.Info("draining: admin request")
 	case err := <-adminErr:
 		nlog.Error("admin server stopped", logging.KeyErr, err)
+	case err := <-integ.apiErr:
+		nlog.Error("server API stopped", logging.KeyErr, err)
 	}
 	// Drain: routers stop choosing this node, clients are told to move,
 	// requests in flight finish, then the node leaves the registry.
 	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
 	defer cancel()
+	integ.stopAPI(sctx)
 	var errs []error
 	if err := cluster.SetDraining(sctx, true); err != nil {
 		errs = append(errs, fmt.Errorf("mark draining: %w", err))

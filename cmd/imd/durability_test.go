@@ -38,10 +38,10 @@ type imdProc struct {
 	addr string
 }
 
-func startImd(t *testing.T, bin, dataDir, addr string) *imdProc {
+func startImd(t *testing.T, bin, dataDir, addr string, extra ...string) *imdProc {
 	t.Helper()
-	cmd := exec.Command(bin, "--listen", addr, "--admin", "", "--data", dataDir, "--jwt-secret", durSecret,
-		"--send-rate", "100000", "--send-burst", "100000", "--log-level", "warn")
+	cmd := exec.Command(bin, append([]string{"--listen", addr, "--admin", "", "--data", dataDir, "--jwt-secret", durSecret,
+		"--send-rate", "100000", "--send-burst", "100000", "--log-level", "warn"}, extra...)...)
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

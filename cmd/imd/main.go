@@ -140,18 +140,30 @@ func serve(o *options, log *slog.Logger) error {
 			nlog.Error("close store", logging.KeyErr, err)
 		}
 	}()
-	srv, err := engine.New(engineConfig(o, store, reg, log))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	integ, err := startIntegrations(ctx, o, store, reg, nlog)
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	cfg := engineConfig(o, store, reg, log)
+	cfg.Observer = integ.observer()
+	srv, err := engine.New(cfg)
+	if err != nil {
+		_ = integ.close(context.Background())
+		return err
+	}
 	if err := srv.Start(ctx); err != nil {
+		_ = integ.close(context.Background())
 		return err
 	}
 	admin, adminErr, err := serveAdmin(o, srv, adminMux(srv, store, engine.AdminHooks{}), nlog)
+	if err == nil {
+		err = integ.attach(srv, reg)
+	}
 	if err != nil {
 		_ = srv.Shutdown(context.Background())
+		_ = integ.close(context.Background())
 		return err
 	}
 	nlog.Info("imd ready", "listen", srv.Addr().String(), "store", o.store.kind, "data", o.store.dataDir, "config", o.configFile)
@@ -160,10 +172,14 @@ func serve(o *options, log *slog.Logger) error {
 		nlog.Info("shutting down")
 	case err := <-adminErr:
 		nlog.Error("admin server stopped", logging.KeyErr, err)
+	case err := <-integ.apiErr:
+		nlog.Error("server API stopped", logging.KeyErr, err)
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
 	defer cancel()
+	integ.stopAPI(sctx)
 	err = srv.Shutdown(sctx)
+	_ = integ.close(sctx) // logs what it could not finish
 	if admin != nil {
 		_ = admin.Shutdown(sctx)
 	}

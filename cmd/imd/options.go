@@ -36,6 +36,7 @@ type options struct {
 
 	store   storeOptions
 	cluster clusterOptions
+	integ   integrationOptions
 }
 
 // Values of --store.
@@ -84,7 +85,7 @@ var derivedDefaults = map[string]string{
 }
 
 // flagGroups order imd's help and its config example.
-var flagGroups = []envflag.Group{
+var flagGroups = append([]envflag.Group{
 	{Title: "Node", Names: []string{"listen", "admin", "admin-token", "node-id", "node-num", "jwt-secret", "log-level", "log-format"}},
 	{Title: "Store (single node)", Names: []string{"store", "data", "unsafe-no-fsync", "retention", "inbox-max", "dedup-window"}},
 	{Title: "Limits", Names: []string{"max-conns", "max-conns-per-ip", "max-body", "max-group-size", "max-outbound", "max-conn-inbound", "max-node-inbound",
@@ -92,7 +93,7 @@ var flagGroups = []envflag.Group{
 	{Title: "Timeouts", Names: []string{"heartbeat", "heartbeat-rate", "max-heartbeat", "idle-timeout", "login-timeout", "goaway-window", "shutdown-timeout"}},
 	{Title: "Cluster mode (--zk, --redis and --mongo-uri together)", Names: []string{"zk", "zk-root", "zk-session-timeout",
 		"redis", "mongo-uri", "mongo-db", "write-concern", "mesh", "mesh-listen", "mesh-advertise", "mesh-secret", "advertise", "weight", "session-ttl"}},
-}
+}, integrationGroups...)
 
 const imdSynopsis = "imd [flags]\nimd config example\nimd config check [flags]"
 
@@ -169,6 +170,7 @@ func newFlagSet(o *options, out io.Writer) (*envflag.Flags, map[string]string) {
 	fs.StringVar(&c.advertise, "advertise", "", "cluster mode: client address published for routers")
 	fs.IntVar(&c.weight, "weight", lb.DefaultWeight, "cluster mode: balancing weight (0 = no new connections)")
 	fs.DurationVar(&e.SessionTTL, bind("SessionTTL", "session-ttl"), def.SessionTTL, "cluster mode: lease of a session route in Redis (renewed every third of it)")
+	defineIntegrationFlags(fs, &o.integ)
 	return fs, fields
 }
 
@@ -241,6 +243,9 @@ func (o *options) finish(fields map[string]string) error {
 		if c.advertise == "" {
 			c.advertise = o.engine.Addr
 		}
+	}
+	if err := o.integ.check(o.cluster.redis); err != nil {
+		return err
 	}
 	if o.engine.NodeID == "" {
 		_, port, err := net.SplitHostPort(o.engine.Addr)

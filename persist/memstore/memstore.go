@@ -480,3 +480,29 @@ func (s *Store) Close() error {
 	s.m, s.cursors, s.users, s.hashes, s.groups = nil, nil, nil, nil, nil
 	return nil
 }
+
+var _ persist.UserUpdater = (*Store)(nil)
+
+// UpdateUser implements persist.UserUpdater.
+func (s *Store) UpdateUser(ctx context.Context, u persist.User) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := persist.CheckID("user", u.ID); err != nil {
+		return fmt.Errorf("memstore: update user: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return persist.ErrClosed
+	}
+	if _, ok := s.users[u.ID]; !ok {
+		return persist.ErrNotFound
+	}
+	if u.PasswordHash == "" {
+		delete(s.hashes, u.ID)
+	} else {
+		s.hashes[u.ID] = u.PasswordHash
+	}
+	return nil
+}

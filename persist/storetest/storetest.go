@@ -55,12 +55,7 @@ func Run(t *testing.T, open func(t *testing.T) persist.Store) {
 		{"CloseWhileBusy", testCloseWhileBusy},
 	}
 	probe := open(t)
-	if _, ok := probe.(persist.AsyncAppender); ok {
-		tests = append(tests, struct {
-			name string
-			fn   func(t *testing.T, s persist.Store)
-		}{"AsyncBurst", testAsyncBurst})
-	}
+	tests = append(tests, optionalTests(probe)...)
 	if err := probe.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}

@@ -1,0 +1,289 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/persist"
+)
+
+// The JSON shapes of the API (docs/api.md). 64-bit message ids are
+// decimal strings: they exceed the integers JSON parsers keep exactly.
+
+type userJSON struct {
+	User     string    `json:"user"`
+	Created  int64     `json:"created"`
+	Disabled bool      `json:"disabled"`
+	Online   *bool     `json:"online,omitempty"`
+	Devices  *[]string `json:"devices,omitempty"`
+}
+
+func userOut(u persist.User) userJSON {
+	return userJSON{User: u.ID, Created: u.Created, Disabled: u.Disabled()}
+}
+
+type groupJSON struct {
+	GroupID string   `json:"group_id"`
+	Name    string   `json:"name"`
+	Owner   string   `json:"owner"`
+	Members []string `json:"members"`
+	Created int64    `json:"created"`
+}
+
+func groupOut(g persist.Group) groupJSON {
+	if g.Members == nil {
+		g.Members = []string{}
+	}
+	return groupJSON{GroupID: g.ID, Name: g.Name, Owner: g.Owner, Members: g.Members, Created: g.Created}
+}
+
+type messageJSON struct {
+	Seq         uint64 `json:"seq"`
+	MsgID       string `json:"msg_id"`
+	From        string `json:"from"`
+	To          string `json:"to"`
+	GroupID     string `json:"group_id,omitempty"`
+	ClientMsgID string `json:"client_msg_id"`
+	Kind        uint32 `json:"kind"`
+	Body        []byte `json:"body"` // standard base64
+	Time        int64  `json:"time"`
+}
+
+type inboxRefJSON struct {
+	User string `json:"user"`
+	Seq  uint64 `json:"seq"`
+}
+
+// routes registers every endpoint. Path values are ids; the Backend
+// checks them.
+func (a *API) routes() {
+	a.handle("POST /v1/users", a.createUser)
+	a.handle("GET /v1/users/{user}", a.getUser)
+	a.handle("PUT /v1/users/{user}/password", a.setPassword)
+	a.handle("POST /v1/users/{user}/disable", a.setDisabled(true))
+	a.handle("POST /v1/users/{user}/enable", a.setDisabled(false))
+	a.handle("POST /v1/users/{user}/tokens", a.mintToken)
+	a.handle("POST /v1/users/{user}/kick", a.kick)
+	a.handle("GET /v1/users/{user}/inbox", a.inbox)
+	a.handle("GET /v1/presence", a.presence)
+	a.handle("POST /v1/groups", a.createGroup)
+	a.handle("GET /v1/groups/{group}", a.getGroup)
+	a.handle("PUT /v1/groups/{group}/members/{user}", a.member(true))
+	a.handle("DELETE /v1/groups/{group}/members/{user}", a.member(false))
+	a.handle("POST /v1/messages", a.send)
+}
+
+func (a *API) createUser(ctx context.Context, r *http.Request) (int, any, error) {
+	var in struct {
+		User     string `json:"user"`
+		Password string `json:"password"`
+	}
+	if err := decode(r, &in); err != nil {
+		return 0, nil, err
+	}
+	u, err := a.b.CreateUser(ctx, in.User, in.Password)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusCreated, userOut(u), nil
+}
+
+func (a *API) getUser(ctx context.Context, r *http.Request) (int, any, error) {
+	id := r.PathValue("user")
+	u, err := a.b.User(ctx, id)
+	if err != nil {
+		return 0, nil, err
+	}
+	out := userOut(u)
+	p := a.b.Presence(ctx, []string{id})[0]
+	out.Online, out.Devices = &p.Online, &p.Devices
+	return http.StatusOK, out, nil
+}
+
+func (a *API) setPassword(ctx context.Context, r *http.Request) (int, any, error) {
+	var in struct {
+		Password string `json:"password"`
+	}
+	if err := decode(r, &in); err != nil {
+		return 0, nil, err
+	}
+	id := r.PathValue("user")
+	if err := a.b.SetPassword(ctx, id, in.Password); err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, map[string]string{"user": id}, nil
+}
+
+func (a *API) setDisabled(disabled bool) handler {
+	return func(ctx context.Context, r *http.Request) (int, any, error) {
+		id := r.PathValue("user")
+		kicked, err := a.b.SetDisabled(ctx, id, disabled)
+		if err != nil {
+			return 0, nil, err
+		}
+		out := map[string]any{"user": id, "disabled": disabled}
+		if disabled {
+			out["kicked"] = kicked
+		}
+		return http.StatusOK, out, nil
+	}
+}
+
+func (a *API) mintToken(ctx context.Context, r *http.Request) (int, any, error) {
+	var in struct {
+		TTL string `json:"ttl"`
+	}
+	if r.ContentLength != 0 {
+		if err := decode(r, &in); err != nil {
+			return 0, nil, err
+		}
+	}
+	ttl := DefaultTokenTTL
+	if in.TTL != "" {
+		d, err := time.ParseDuration(in.TTL)
+		if err != nil {
+			return 0, nil, badRequest(`ttl must be a duration such as "24h" or "90m"`)
+		}
+		ttl = d
+	}
+	id := r.PathValue("user")
+	tok, exp, err := a.b.MintToken(ctx, id, ttl)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, map[string]any{"user": id, "token": tok, "expires_at": exp.UnixMilli()}, nil
+}
+
+func (a *API) kick(ctx context.Context, r *http.Request) (int, any, error) {
+	id := r.PathValue("user")
+	if _, err := a.b.User(ctx, id); err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, map[string]any{"user": id, "kicked": a.b.KickEverywhere(ctx, id)}, nil
+}
+
+func (a *API) inbox(ctx context.Context, r *http.Request) (int, any, error) {
+	after, err := queryUint(r, "after_seq", 0)
+	if err != nil {
+		return 0, nil, err
+	}
+	limit, err := queryUint(r, "limit", 0)
+	if err != nil {
+		return 0, nil, err
+	}
+	id := r.PathValue("user")
+	p, err := a.b.Inbox(ctx, id, after, int(min(limit, 1<<20)))
+	if err != nil {
+		return 0, nil, err
+	}
+	msgs := make([]messageJSON, len(p.Entries))
+	for i, e := range p.Entries {
+		m := &e.Msg
+		msgs[i] = messageJSON{Seq: e.Seq, MsgID: strconv.FormatUint(m.ID, 10), From: m.From, To: m.To,
+			ClientMsgID: m.ClientMsgID, Kind: m.Kind, Body: m.Body, Time: m.Timestamp}
+		if m.Group {
+			msgs[i].GroupID = m.To
+		}
+		if msgs[i].Body == nil {
+			msgs[i].Body = []byte{}
+		}
+	}
+	return http.StatusOK, map[string]any{"user": id, "messages": msgs, "head_seq": p.HeadSeq, "first_seq": p.FirstSeq, "has_more": p.HasMore}, nil
+}
+
+func (a *API) presence(ctx context.Context, r *http.Request) (int, any, error) {
+	var users []string
+	for _, v := range r.URL.Query()["user"] {
+		for u := range strings.SplitSeq(v, ",") {
+			if u != "" {
+				users = append(users, u)
+			}
+		}
+	}
+	switch {
+	case len(users) == 0:
+		return 0, nil, badRequest("give at least one user: ?user=alice&user=bob (or user=alice,bob)")
+	case len(users) > maxPresence:
+		return 0, nil, badRequest("at most " + strconv.Itoa(maxPresence) + " users per request")
+	}
+	return http.StatusOK, map[string]any{"users": a.b.Presence(ctx, users)}, nil
+}
+
+func (a *API) createGroup(ctx context.Context, r *http.Request) (int, any, error) {
+	var in struct {
+		Owner   string   `json:"owner"`
+		Name    string   `json:"name"`
+		Members []string `json:"members"`
+	}
+	if err := decode(r, &in); err != nil {
+		return 0, nil, err
+	}
+	g, err := a.b.CreateGroup(ctx, in.Owner, in.Name, in.Members)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusCreated, groupOut(g), nil
+}
+
+func (a *API) getGroup(ctx context.Context, r *http.Request) (int, any, error) {
+	g, err := a.b.Group(ctx, r.PathValue("group"))
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, groupOut(g), nil
+}
+
+func (a *API) member(add bool) handler {
+	return func(ctx context.Context, r *http.Request) (int, any, error) {
+		change := a.b.RemoveGroupMember
+		if add {
+			change = a.b.AddGroupMember
+		}
+		g, err := change(ctx, r.PathValue("group"), r.PathValue("user"))
+		if err != nil {
+			return 0, nil, err
+		}
+		return http.StatusOK, groupOut(g), nil
+	}
+}
+
+func (a *API) send(ctx context.Context, r *http.Request) (int, any, error) {
+	var in struct {
+		From        string  `json:"from"`
+		To          string  `json:"to"`
+		GroupID     string  `json:"group_id"`
+		ClientMsgID string  `json:"client_msg_id"`
+		Kind        uint32  `json:"kind"`
+		Text        *string `json:"text"`
+		Body        []byte  `json:"body"`
+	}
+	if err := decode(r, &in); err != nil {
+		return 0, nil, err
+	}
+	m := engine.Outgoing{From: in.From, To: in.To, ClientMsgID: in.ClientMsgID, Kind: in.Kind, Body: in.Body}
+	switch {
+	case (in.To == "") == (in.GroupID == ""):
+		return 0, nil, badRequest("give exactly one of to (a user) and group_id")
+	case in.Text != nil && in.Body != nil:
+		return 0, nil, badRequest("give text or body, not both")
+	case in.Text != nil:
+		m.Body = []byte(*in.Text)
+	}
+	if in.GroupID != "" {
+		m.To, m.Group = in.GroupID, true
+	}
+	sent, err := a.b.Send(ctx, m)
+	if err != nil {
+		return 0, nil, err
+	}
+	refs := make([]inboxRefJSON, len(sent.Inboxes))
+	for i, u := range sent.Inboxes {
+		refs[i] = inboxRefJSON{User: u, Seq: sent.Seqs[i]}
+	}
+	return http.StatusOK, map[string]any{"msg_id": strconv.FormatUint(sent.Msg.ID, 10), "client_msg_id": sent.Msg.ClientMsgID,
+		"time": sent.Msg.Timestamp, "duplicate": sent.Duplicate, "inboxes": refs}, nil
+}

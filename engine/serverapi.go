@@ -1,0 +1,417 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/imgn/imgn/auth"
+	"github.com/imgn/imgn/cluster"
+	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/persist"
+)
+
+// This file holds what the server API (package api) asks of a node: account
+// management, login tokens, groups, reads and presence. Sends are Send, in
+// admin.go next to SystemMessage. Every method is safe for concurrent use,
+// may wait for the store (call it from a goroutine that may block), and
+// works the same on a single node and in a cluster: the store is shared,
+// and appends go through the inbox owners.
+
+// Error is a request refused for a reason the protocol has a code for (an
+// unknown user, a full group, a bad argument). Store failures are not
+// Errors: ErrorCode classifies them.
+type Error struct {
+	Code    codec.ErrorCode
+	Message string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+func refuse(code codec.ErrorCode, format string, args ...any) error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// errDisabled is a login or send by a disabled account.
+var errDisabled = &Error{Code: codec.CodeAuthFailed, Message: "account disabled"}
+
+// ErrorCode returns the protocol code that describes err: an Error's own
+// code, or for a store or cluster failure the retryable code a client would
+// get (STORE_UNAVAILABLE, FORWARD_FAILED, SHUTTING_DOWN), INVALID_ARGUMENT
+// for persist.ErrInvalid.
+func ErrorCode(err error) codec.ErrorCode {
+	var e *Error
+	switch {
+	case errors.As(err, &e):
+		return e.Code
+	case errors.Is(err, cluster.ErrForward):
+		return codec.CodeForwardFailed
+	case errors.Is(err, persist.ErrInvalid):
+		return codec.CodeInvalidArgument
+	case errors.Is(err, persist.ErrClosed):
+		return codec.CodeShuttingDown
+	}
+	return codec.CodeStoreUnavailable
+}
+
+// replyFailure answers a request that failed with err: an Error with its
+// own code and message, anything else as a store failure (retryable).
+func (s *Server) replyFailure(src *loop, c *conn, h codec.Header, what string, err error) {
+	var e *Error
+	if errors.As(err, &e) {
+		c.replyError(src, h.Serializer, h.Seq, e.Code, e.Message, 0)
+		return
+	}
+	s.storeError(src, c, h, what, err)
+}
+
+// checkPassword applies REGISTER's password rule.
+func checkPassword(password string) error {
+	if len(password) < 6 || len(password) > 128 {
+		return refuse(codec.CodeInvalidArgument, "password must be 6..128 bytes")
+	}
+	return nil
+}
+
+func checkUserID(what, id string) error {
+	if !validID(id) {
+		return refuse(codec.CodeInvalidArgument, "%s must be 1..64 bytes of [A-Za-z0-9_.-]", what)
+	}
+	return nil
+}
+
+// CreateUser creates an account. With an empty password the account can
+// only log in with a token (as accounts provisioned by a token login).
+// Errors: USER_EXISTS, INVALID_ARGUMENT, or the store's.
+func (s *Server) CreateUser(ctx context.Context, id, password string) (persist.User, error) {
+	if err := checkUserID("user", id); err != nil {
+		return persist.User{}, err
+	}
+	u := persist.User{ID: id, Created: time.Now().UnixMilli()}
+	if password != "" {
+		if err := checkPassword(password); err != nil {
+			return persist.User{}, err
+		}
+		hash, err := s.hash(ctx, func() (string, error) { return hashPassword(password) })
+		if err != nil {
+			return persist.User{}, fmt.Errorf("engine: hash password: %w", err)
+		}
+		u.PasswordHash = hash
+	}
+	err := s.store.CreateUser(ctx, u)
+	if errors.Is(err, persist.ErrUserExists) {
+		return persist.User{}, refuse(codec.CodeUserExists, "user %s exists", id)
+	}
+	if err != nil {
+		return persist.User{}, fmt.Errorf("engine: create user: %w", err)
+	}
+	s.users.Store(id, struct{}{})
+	return u, nil
+}
+
+// User returns the account id. Errors: UNKNOWN_RECIPIENT for no such
+// account, or the store's.
+func (s *Server) User(ctx context.Context, id string) (persist.User, error) {
+	if err := checkUserID("user", id); err != nil {
+		return persist.User{}, err
+	}
+	u, err := s.store.GetUser(ctx, id)
+	if errors.Is(err, persist.ErrNotFound) {
+		return u, refuse(codec.CodeUnknownRecipient, "no such user: %s", id)
+	}
+	if err != nil {
+		return u, fmt.Errorf("engine: read user: %w", err)
+	}
+	return u, nil
+}
+
+// updateUser reads account id, lets change edit it, and writes it back.
+func (s *Server) updateUser(ctx context.Context, id string, change func(u *persist.User) error) error {
+	uu, ok := s.store.(persist.UserUpdater)
+	if !ok {
+		return refuse(codec.CodeInternal, "this node's store cannot change accounts")
+	}
+	u, err := s.User(ctx, id)
+	if err != nil {
+		return err
+	}
+	if err := change(&u); err != nil {
+		return err
+	}
+	err = uu.UpdateUser(ctx, u)
+	if errors.Is(err, persist.ErrNotFound) {
+		return refuse(codec.CodeUnknownRecipient, "no such user: %s", id)
+	}
+	if err != nil {
+		return fmt.Errorf("engine: update user: %w", err)
+	}
+	return nil
+}
+
+// SetPassword replaces the password of account id (a disabled account
+// stays disabled). Sessions already logged in are not ended.
+func (s *Server) SetPassword(ctx context.Context, id, password string) error {
+	if err := checkPassword(password); err != nil {
+		return err
+	}
+	hash, err := s.hash(ctx, func() (string, error) { return hashPassword(password) })
+	if err != nil {
+		return fmt.Errorf("engine: hash password: %w", err)
+	}
+	return s.updateUser(ctx, id, func(u *persist.User) error {
+		disabled := u.Disabled()
+		u.PasswordHash = hash
+		u.SetDisabled(disabled)
+		return nil
+	})
+}
+
+// SetDisabled disables or enables account id. A disabled account cannot
+// log in (password or token) and cannot send through Send; disabling also
+// ends its sessions (KickEverywhere), and returns how many were asked to
+// close.
+func (s *Server) SetDisabled(ctx context.Context, id string, disabled bool) (kicked int, err error) {
+	err = s.updateUser(ctx, id, func(u *persist.User) error {
+		u.SetDisabled(disabled)
+		return nil
+	})
+	if err != nil || !disabled {
+		return 0, err
+	}
+	return s.KickEverywhere(ctx, id), nil
+}
+
+// MintToken returns a login token for account id valid for ttl, signed
+// with the node's JWT secret (Config.JWTSecret), and its expiry. The
+// account must exist and be enabled.
+func (s *Server) MintToken(ctx context.Context, id string, ttl time.Duration) (string, time.Time, error) {
+	if len(s.cfg.JWTSecret) == 0 {
+		return "", time.Time{}, refuse(codec.CodeInvalidArgument, "token login is not enabled on this node (no JWT secret)")
+	}
+	if ttl <= 0 || ttl > 366*24*time.Hour {
+		return "", time.Time{}, refuse(codec.CodeInvalidArgument, "ttl must be between 1s and 366 days")
+	}
+	u, err := s.User(ctx, id)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	if u.Disabled() {
+		return "", time.Time{}, errDisabled
+	}
+	now := time.Now()
+	tok, err := auth.MintTokenAt(s.cfg.JWTSecret, id, now, ttl)
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("engine: mint token: %w", err)
+	}
+	return tok, now.Add(ttl), nil
+}
+
+// KickEverywhere ends every session of user: those on this node with
+// KICK_ADMIN, and in a cluster those on other nodes (found in the session
+// store) through the node that holds them. It returns how many sessions it
+// asked to close.
+func (s *Server) KickEverywhere(ctx context.Context, user string) int {
+	n := s.Kick(user, "")
+	if s.cfg.Sessions == nil {
+		return n
+	}
+	routes, err := s.cfg.Sessions.Lookup(ctx, user)
+	if err != nil {
+		s.log.Warn("kick: session lookup failed; other nodes' sessions stay", "user", user, "err", err)
+		return n
+	}
+	self := s.cfg.Cluster.NodeID()
+	for _, r := range persist.FilterLive(routes, s.cfg.Cluster.Live) {
+		if r.NodeID != self {
+			s.cfg.Cluster.Kick(r.NodeID, r.User, r.Device, r.ConnID)
+			n++
+		}
+	}
+	return n
+}
+
+// InboxPage is a page of a user's inbox (see SYNC in docs/protocol.md).
+type InboxPage struct {
+	Entries []persist.InboxEntry
+	// HeadSeq is the inbox's last seq; FirstSeq, when not 0, says that
+	// retention removed the seqs after the requested one up to it.
+	HeadSeq, FirstSeq uint64
+	HasMore           bool
+}
+
+// Inbox returns up to limit entries of user's inbox after afterSeq, as a
+// SYNC would (limit 0 takes Config.SyncLimit, larger ones are capped at
+// SyncMaxLimit).
+func (s *Server) Inbox(ctx context.Context, user string, afterSeq uint64, limit int) (InboxPage, error) {
+	if err := checkUserID("user", user); err != nil {
+		return InboxPage{}, err
+	}
+	if limit <= 0 {
+		limit = s.cfg.SyncLimit
+	}
+	limit = min(limit, s.cfg.SyncMaxLimit)
+	entries, err := s.store.ReadInbox(ctx, user, afterSeq, limit+1)
+	if err != nil {
+		return InboxPage{}, fmt.Errorf("engine: read inbox: %w", err)
+	}
+	head, err := s.store.LastSeq(ctx, user)
+	if err != nil {
+		return InboxPage{}, fmt.Errorf("engine: read inbox head: %w", err)
+	}
+	p := InboxPage{HeadSeq: head, FirstSeq: s.removedBelow(ctx, user, afterSeq, head, entries)}
+	if len(entries) > limit {
+		p.HasMore, entries = true, entries[:limit]
+	}
+	p.Entries = entries
+	return p, nil
+}
+
+// Presence is one user's presence.
+type Presence struct {
+	User    string   `json:"user"`
+	Online  bool     `json:"online"`
+	Devices []string `json:"devices"`
+	// Unknown: no account has this id.
+	Unknown bool `json:"unknown,omitempty"`
+}
+
+// Presence reports the online devices of each of users (cluster-wide in a
+// cluster), as the protocol's PRESENCE does.
+func (s *Server) Presence(ctx context.Context, users []string) []Presence {
+	out := make([]Presence, len(users))
+	for i, u := range users {
+		p := s.presence(ctx, u)
+		out[i] = Presence{User: u, Online: p.Online, Devices: p.Devices}
+		if out[i].Devices == nil {
+			out[i].Devices = []string{}
+		}
+		if !p.Online {
+			if exists, err := s.userExists(ctx, u); err == nil && !exists {
+				out[i].Unknown = true
+			}
+		}
+	}
+	return out
+}
+
+// checkNewGroup applies GROUP_CREATE's checks that need no store, in the
+// protocol's order (the name, the member ids, then the size), and returns
+// the members with the owner, sorted and without repeats.
+func (s *Server) checkNewGroup(name, owner string, members []string) ([]string, error) {
+	if len(name) > maxGroupName {
+		return nil, refuse(codec.CodeInvalidArgument, "name must be at most %d bytes", maxGroupName)
+	}
+	for _, m := range members {
+		if !validID(m) {
+			return nil, refuse(codec.CodeInvalidArgument, "members must be user ids: 1..64 bytes of [A-Za-z0-9_.-]")
+		}
+	}
+	members = append([]string{owner}, members...)
+	slices.Sort(members)
+	members = slices.Compact(members)
+	if len(members) > s.cfg.MaxGroupSize {
+		return nil, refuse(codec.CodeGroupFull, "more members than the maximum group size %d", s.cfg.MaxGroupSize)
+	}
+	return members, nil
+}
+
+// createGroup stores a group owned by owner with members (checked by
+// checkNewGroup) once every member is known to exist, and tells the
+// observer (by is who asked).
+func (s *Server) createGroup(ctx context.Context, owner, by, name string, members []string) (persist.Group, error) {
+	for _, m := range members {
+		ok, err := s.userExists(ctx, m)
+		if err != nil {
+			return persist.Group{}, fmt.Errorf("engine: read member: %w", err)
+		}
+		if !ok {
+			return persist.Group{}, refuse(codec.CodeUnknownRecipient, "no such user: %s", m)
+		}
+	}
+	g := persist.Group{ID: "g" + strconv.FormatUint(s.ids.next(), 36), Name: name, Owner: owner, Members: members, Created: time.Now().UnixMilli()}
+	if err := s.store.CreateGroup(ctx, g); err != nil {
+		return persist.Group{}, fmt.Errorf("engine: create group: %w", err)
+	}
+	s.observeGroup(GroupChange{Kind: GroupCreated, Group: g.ID, User: g.Owner, By: by, Name: g.Name, Owner: g.Owner, Members: g.Members})
+	return g, nil
+}
+
+// CreateGroup creates a group owned by owner (an existing account, made a
+// member) with the given members, as GROUP_CREATE does.
+func (s *Server) CreateGroup(ctx context.Context, owner, name string, members []string) (persist.Group, error) {
+	if err := checkUserID("owner", owner); err != nil {
+		return persist.Group{}, err
+	}
+	members, err := s.checkNewGroup(name, owner, members)
+	if err != nil {
+		return persist.Group{}, err
+	}
+	return s.createGroup(ctx, owner, "", name, members)
+}
+
+// Group returns group id with its members. Errors: UNKNOWN_GROUP, or the
+// store's.
+func (s *Server) Group(ctx context.Context, id string) (persist.Group, error) {
+	if err := checkUserID("group_id", id); err != nil {
+		return persist.Group{}, err
+	}
+	g, err := s.store.GetGroup(ctx, id)
+	if errors.Is(err, persist.ErrNotFound) {
+		return g, refuse(codec.CodeUnknownGroup, "no such group: %s", id)
+	}
+	if err != nil {
+		return g, fmt.Errorf("engine: read group: %w", err)
+	}
+	return g, nil
+}
+
+// AddGroupMember adds user (an existing account) to group id and returns
+// the group (idempotent). Errors: UNKNOWN_GROUP, UNKNOWN_RECIPIENT,
+// GROUP_FULL, or the store's.
+func (s *Server) AddGroupMember(ctx context.Context, id, user string) (persist.Group, error) {
+	return s.changeGroup(ctx, id, user, true)
+}
+
+// RemoveGroupMember removes user from group id and returns the group
+// (idempotent).
+func (s *Server) RemoveGroupMember(ctx context.Context, id, user string) (persist.Group, error) {
+	return s.changeGroup(ctx, id, user, false)
+}
+
+func (s *Server) changeGroup(ctx context.Context, id, user string, add bool) (persist.Group, error) {
+	if err := checkUserID("group_id", id); err != nil {
+		return persist.Group{}, err
+	}
+	if err := checkUserID("user", user); err != nil {
+		return persist.Group{}, err
+	}
+	var err error
+	kind := GroupMemberRemoved
+	if add {
+		kind = GroupMemberAdded
+		ok, uerr := s.userExists(ctx, user)
+		if uerr != nil {
+			return persist.Group{}, fmt.Errorf("engine: read member: %w", uerr)
+		}
+		if !ok {
+			return persist.Group{}, refuse(codec.CodeUnknownRecipient, "no such user: %s", user)
+		}
+		err = s.store.AddMember(ctx, id, user, s.cfg.MaxGroupSize)
+	} else {
+		err = s.store.RemoveMember(ctx, id, user)
+	}
+	s.groups.forget(id) // even a failed change may have been applied
+	switch {
+	case errors.Is(err, persist.ErrNotFound):
+		return persist.Group{}, refuse(codec.CodeUnknownGroup, "no such group: %s", id)
+	case errors.Is(err, persist.ErrGroupFull):
+		return persist.Group{}, refuse(codec.CodeGroupFull, "group is full")
+	case err != nil:
+		return persist.Group{}, fmt.Errorf("engine: update group: %w", err)
+	}
+	s.observeGroup(GroupChange{Kind: kind, Group: id, User: user})
+	return s.Group(ctx, id)
+}
