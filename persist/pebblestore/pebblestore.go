@@ -173,6 +173,14 @@ type Options struct {
 	// (about 100 bytes each plus the user id); when full it is emptied and
 	// heads are read again on use.
 	HeadCacheSize int
+	// DedupFilterBytes caps the in-memory filter of dedup keys (1.5 bytes
+	// per stored message, 1.5 MiB at least), which spares a fresh message
+	// the search of the store for its (From, ClientMsgID). It is built in
+	// the background after Open, from a scan of every dedup key (until then
+	// every check searches the store), and rebuilt as the store grows.
+	// Above the cap the filter answers "maybe" more often and more checks
+	// search the store. Negative disables the filter.
+	DedupFilterBytes int64
 
 	// Registry, when set, receives the store's metrics (imgn_store_*).
 	Registry prometheus.Registerer
@@ -191,6 +199,10 @@ type Options struct {
 	// beforeCommit, when set (tests only), runs on the committer before
 	// each batch is applied, with the batch's size.
 	beforeCommit func(n int)
+	// beforeFilterBuild, when set (tests only), runs on the goroutine that
+	// builds the dedup filter, after its snapshot is taken and before the
+	// scan; ctx ends when the store closes.
+	beforeFilterBuild func(ctx context.Context)
 }
 
 // withDefaults validates o and fills in defaults: the single place where
@@ -226,6 +238,7 @@ func (o Options) withDefaults() (Options, error) {
 	setDefault(&o.MemTableSize, DefaultMemTableSize)
 	setDefault(&o.MaxOpenFiles, DefaultMaxOpenFiles)
 	setDefault(&o.HeadCacheSize, DefaultHeadCacheSize)
+	setDefault(&o.DedupFilterBytes, DefaultDedupFilterBytes)
 	setDefault(&o.housekeepEvery, time.Second)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -278,6 +291,9 @@ type Store struct {
 	passes        atomic.Uint64
 	removedMsgs   atomic.Uint64
 	removedEnts   atomic.Uint64
+	dedupReads    atomic.Uint64 // dedup checks that searched the store
+	filterBytes   atomic.Uint64 // the dedup filter in use
+	filterBuilds  atomic.Uint64 // dedup filters built and taken up
 
 	// Refreshed by the housekeeper.
 	full       atomic.Bool
