@@ -313,7 +313,7 @@ func (c *committer) commit(items []item) {
 			}
 		}
 	} else {
-		c.s.publish()
+		c.s.views.publish(c.s.db, c.direct)
 		c.s.removedMsgs.Add(c.rmMsgs)
 		c.s.removedEnts.Add(c.rmEnts)
 		c.s.commits.Add(1)

@@ -30,9 +30,9 @@
 // Pebble makes a batch visible to readers before its WAL sync returns. So
 // reads (Lookup, ReadInbox, LastSeq, FirstSeq, Cursor, GetUser, GetGroup) do
 // not read the database directly: they read the Pebble snapshot the committer
-// publishes after each sync, before it completes the batch's requests. A
-// reader never sees a write that a crash could still take back, and sees
-// every write whose call has returned.
+// publishes after each sync, before it completes the batch's requests
+// (view.go). A reader never sees a write that a crash could still
+// take back, and sees every write whose call has returned.
 //
 // # Key layout
 //
@@ -93,7 +93,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -276,9 +275,7 @@ type Store struct {
 	queue  chan item
 	done   chan struct{} // closed when the committer has exited
 
-	// viewMu guards view, the snapshot readers use (see the package doc).
-	viewMu sync.Mutex
-	view   *readView
+	views views // the snapshots readers use (view.go)
 
 	bgCancel context.CancelFunc
 	bg       sync.WaitGroup // housekeeper and retention loop
@@ -302,19 +299,6 @@ type Store struct {
 	freeBytes  atomic.Uint64
 	walBytes   atomic.Uint64
 	debtBytes  atomic.Uint64
-}
-
-// readView is a published snapshot with a reference count: one reference
-// while it is current, one per reader using it.
-type readView struct {
-	snap *pebble.Snapshot
-	refs atomic.Int64
-}
-
-func (v *readView) release() {
-	if v.refs.Add(-1) == 0 {
-		_ = v.snap.Close()
-	}
 }
 
 // Open opens (creating if needed) the store in opts.Dir and starts its
@@ -369,7 +353,7 @@ func Open(opts Options) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("pebblestore: open %s: %w", o.Dir, err)
 	}
-	s.publish()
+	s.views.publish(db, false)
 	s.housekeep()
 	ctx, cancel := context.WithCancel(context.Background())
 	s.bgCancel = cancel
@@ -469,42 +453,6 @@ func (s *Store) writeOpts() *pebble.WriteOptions {
 // Dir returns the data directory.
 func (s *Store) Dir() string { return s.opts.Dir }
 
-// publish makes the current database state the one readers see. Only the
-// committer calls it (and Open, before the committer starts), right after a
-// commit returned.
-func (s *Store) publish() {
-	v := &readView{snap: s.db.NewSnapshot()}
-	v.refs.Store(1)
-	s.viewMu.Lock()
-	old := s.view
-	s.view = v
-	s.viewMu.Unlock()
-	if old != nil {
-		old.release()
-	}
-}
-
-// reader is what reads use: a published snapshot.
-type reader interface {
-	Get(key []byte) ([]byte, io.Closer, error)
-	NewIter(o *pebble.IterOptions) (*pebble.Iterator, error)
-}
-
-// read runs fn on the current snapshot, or returns ErrClosed.
-func (s *Store) read(fn func(r reader) error) error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return persist.ErrClosed
-	}
-	s.viewMu.Lock()
-	v := s.view
-	v.refs.Add(1)
-	s.viewMu.Unlock()
-	defer v.release()
-	return fn(v.snap)
-}
-
 // Close stops accepting work, waits for the committer to commit everything
 // already queued and for running reads, stops the background goroutines and
 // closes the database. Calls started after Close return persist.ErrClosed,
@@ -522,11 +470,7 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 	s.bg.Wait()
 	<-s.done
-	s.viewMu.Lock()
-	v := s.view
-	s.view = nil
-	s.viewMu.Unlock()
-	v.release()
+	s.views.close()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("pebblestore: close %s: %w", s.opts.Dir, err)
 	}
