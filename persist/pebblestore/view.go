@@ -65,15 +65,21 @@ func (vs *views) publish(db *pebble.DB, rotate bool) {
 	}
 	v := &readView{snap: db.NewSnapshot()}
 	v.refs.Store(1)
+	vs.replace(v)
+	if oldAnchor != nil {
+		_ = oldAnchor.Close()
+	}
+}
+
+// replace makes v (nil: none) the current view and drops the current
+// view's reference.
+func (vs *views) replace(v *readView) {
 	vs.mu.Lock()
 	old := vs.cur
 	vs.cur = v
 	vs.mu.Unlock()
 	if old != nil {
 		old.release()
-	}
-	if oldAnchor != nil {
-		_ = oldAnchor.Close()
 	}
 }
 
@@ -92,13 +98,7 @@ func (vs *views) acquire() *readView {
 // close drops the current view and the anchor (Close calls it once the
 // committer and every reader are done).
 func (vs *views) close() {
-	vs.mu.Lock()
-	v := vs.cur
-	vs.cur = nil
-	vs.mu.Unlock()
-	if v != nil {
-		v.release()
-	}
+	vs.replace(nil)
 	if vs.anchor != nil {
 		_ = vs.anchor.Close()
 		vs.anchor = nil
