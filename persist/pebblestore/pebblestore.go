@@ -22,8 +22,10 @@
 // others go on. Seqs are assigned by the committer from an in-memory cache
 // of inbox heads, loaded on an inbox's first use (its last key, and its head
 // record if retention trimmed it); an append reads nothing on the hot path
-// but its dedup key, and writes five keys for a 1:1 message (message, refs,
-// dedup, and one entry per inbox).
+// but its dedup key, and only when an in-memory filter of the stored dedup
+// keys (filter.go; built in the background after Open) cannot rule the key
+// out, and writes five keys for a 1:1 message (message, refs, dedup, and one
+// entry per inbox).
 //
 // # Reads see only what is durable
 //
