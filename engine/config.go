@@ -102,6 +102,9 @@ type Config struct {
 	// Registry receives the server's metrics; default a new registry
 	// (Server.Registry returns it).
 	Registry *prometheus.Registry
+
+	// Edge adds WebSocket, TLS and PROXY protocol listeners (wsconfig.go).
+	Edge EdgeConfig
 }
 
 func (c *Config) setDefaults() {
@@ -165,6 +168,7 @@ func (c *Config) setDefaults() {
 	if c.Registry == nil {
 		c.Registry = prometheus.NewRegistry()
 	}
+	c.Edge.setDefaults()
 }
 
 // Validate applies defaults and checks every field.
@@ -218,6 +222,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Store == nil {
 		errs = append(errs, errors.New("a Store is required"))
+	}
+	if err := c.Edge.validate(c.Addr); err != nil {
+		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("engine: config: %w", err)

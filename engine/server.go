@@ -70,6 +70,7 @@ type Server struct {
 	startedAt  int64 // unix nanoseconds (uptimeSec counts from it)
 	eng        gnet.Engine
 	addr       net.Addr
+	edge       *edge // WebSocket, TLS, PROXY protocol (ws.go, tls.go); nil: plain TCP only
 	booted     chan struct{}
 	runErr     chan error
 	stopTicker chan struct{}
@@ -115,6 +116,10 @@ func New(cfg Config) (*Server, error) {
 	if _, ok := cfg.Store.(persist.NonBlocking); ok && cfg.Cluster == nil && cfg.Sessions == nil {
 		s.inline = true
 	}
+	var err error
+	if s.edge, err = newEdge(s); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -130,22 +135,29 @@ func (s *Server) Start(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("engine: already started")
 	}
+	addrs, err := s.listenAddrs()
+	if err != nil {
+		return err
+	}
 	s.pool = newWorkerPool(s.cfg.Workers, s.cfg.MaxConns+1)
 	if s.cfg.Sessions != nil {
 		s.sessOps = make(chan sessionOp, 65536)
 		s.sessDone = make(chan struct{})
 		go s.sessionWriter()
 	}
-	go func() {
-		err := gnet.Run(s, "tcp://"+s.cfg.Addr,
-			gnet.WithMulticore(true),
-			gnet.WithNumEventLoop(s.cfg.EventLoops),
-			gnet.WithReuseAddr(true),
-			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
-			gnet.WithLogger(gnetLogger{s.log}),
-		)
-		s.runErr <- err
-	}()
+	opts := []gnet.Option{
+		gnet.WithMulticore(true),
+		gnet.WithNumEventLoop(s.cfg.EventLoops),
+		gnet.WithReuseAddr(true),
+		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+		gnet.WithLogger(gnetLogger{s.log}),
+	}
+	if s.cfg.Edge.TLSAddr != "" || s.cfg.Edge.WSSAddr != "" {
+		// TLS connections are enrolled from other goroutines; gnet's
+		// round-robin balancer is not safe for that.
+		opts = append(opts, gnet.WithLoadBalancing(gnet.LeastConnections))
+	}
+	go func() { s.runErr <- gnet.Rotate(s, addrs, opts...) }()
 	select {
 	case <-s.booted:
 	case err := <-s.runErr:
@@ -157,6 +169,12 @@ func (s *Server) Start(ctx context.Context) error {
 		return fmt.Errorf("engine: listen %s: %w", s.cfg.Addr, err)
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+	if s.edge != nil {
+		if err := s.edge.startTLS(); err != nil {
+			_ = s.Shutdown(context.Background())
+			return err
+		}
 	}
 	go s.tick()
 	s.log.Info("listening", "addr", s.Addr().String())
@@ -170,13 +188,16 @@ func (s *Server) Addr() net.Addr { return s.addr }
 func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
 	s.eng = eng
 	s.addr = listenerAddr(eng, s.cfg.Addr)
+	if s.edge != nil && s.cfg.Edge.WSAddr != "" {
+		s.edge.wsAddr, _ = listenerAddr(eng, s.cfg.Edge.WSAddr).(*net.TCPAddr)
+	}
 	close(s.booted)
 	return gnet.None
 }
 
 // listenerAddr reads the listener's bound address from a dup of its fd.
 func listenerAddr(eng gnet.Engine, fallback string) net.Addr {
-	fd, err := eng.Dup()
+	fd, err := eng.DupListener("tcp", fallback)
 	if err == nil {
 		defer unix.Close(fd)
 		if sa, err := unix.Getsockname(fd); err == nil {
@@ -201,11 +222,18 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 			code = codec.CodeShuttingDown
 		}
 		s.metrics.countError(code)
+		if s.edge != nil && s.edge.speaksWS(gc) {
+			return nil, gnet.Close // not a WebSocket yet: no frame it could read
+		}
 		out, _ := codec.AppendFrame(nil, codec.JSON, codec.CmdError, 0, 0, &pb.Error{Code: uint32(code), Message: code.String(), Fatal: true, Retryable: true})
 		return out, gnet.Close
 	}
 	now := time.Now().UnixNano()
-	c := &conn{tr: gc, loop: s.loopOf(gc.EventLoop()), id: s.nextConnID.Add(1), ser: codec.JSON}
+	var tr transport = gc
+	if s.edge != nil {
+		tr = s.edge.wrap(gc)
+	}
+	c := &conn{tr: tr, loop: s.loopOf(gc.EventLoop()), id: s.nextConnID.Add(1), ser: codec.JSON}
 	c.lastRecv.Store(now)
 	gc.SetContext(c)
 	s.conns.add(c)
@@ -245,7 +273,9 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	}
 	if gc.InboundBuffered() > 0 {
 		c.loop.now = time.Now()
-		s.readFrames(c)
+		if s.edge == nil || s.edge.ingest(c) {
+			s.readFrames(c)
+		}
 	}
 	c.loop.endTraffic(c)
 	return gnet.None
@@ -427,6 +457,9 @@ func (s *Server) shutdown(ctx context.Context) error {
 		return nil
 	}
 	s.shutting.Store(true)
+	if s.edge != nil {
+		s.edge.stopTLS() // no new TLS connections
+	}
 	reason := "shutdown"
 	if s.draining.Load() {
 		reason = "drain"
@@ -469,6 +502,12 @@ func (s *Server) shutdown(ctx context.Context) error {
 	}
 	if err := <-s.runErr; err != nil {
 		errs = append(errs, fmt.Errorf("engine: event loops: %w", err))
+	}
+	if s.edge != nil {
+		// The loops closed the pairs' engine ends: the pumps are ending.
+		if err := s.edge.waitPumps(stopCtx); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if !errors.Is(ctx.Err(), context.DeadlineExceeded) || len(errs) == 0 {
 		// Workers may still be blocked in the store if ctx expired; stop
