@@ -2,8 +2,9 @@ package auth
 
 import (
 	"strconv"
-	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/imgn/imgn/internal/jsonstr"
 )
 
 // maxDepth is the deepest nesting of arrays and objects a token's JSON may
@@ -126,7 +127,7 @@ func (s *scanner) str() (raw []byte, ok bool) {
 					return nil, false
 				}
 				for _, h := range s.b[i+1 : i+5] {
-					if hexVal(h) < 0 {
+					if jsonstr.HexVal(h) < 0 {
 						return nil, false
 					}
 				}
@@ -308,19 +309,6 @@ func (s *scanner) container(checkNums bool) bool {
 	}
 }
 
-// hexVal returns the value of a hex digit, or -1.
-func hexVal(c byte) rune {
-	switch {
-	case c >= '0' && c <= '9':
-		return rune(c - '0')
-	case c >= 'a' && c <= 'f':
-		return rune(c - 'a' + 10)
-	case c >= 'A' && c <= 'F':
-		return rune(c - 'A' + 10)
-	}
-	return -1
-}
-
 // nextRune decodes the rune at raw[i:], a string body str accepted, and
 // returns it with the index after it. It decodes as encoding/json does: a
 // UTF-16 surrogate pair of \u escapes is one rune, a lone surrogate and a
@@ -334,35 +322,8 @@ func nextRune(raw []byte, i int) (rune, int) {
 		r, n := utf8.DecodeRune(raw[i:])
 		return r, i + n
 	}
-	switch raw[i+1] {
-	case 'b':
-		return '\b', i + 2
-	case 'f':
-		return '\f', i + 2
-	case 'n':
-		return '\n', i + 2
-	case 'r':
-		return '\r', i + 2
-	case 't':
-		return '\t', i + 2
-	case 'u':
-		r := u4(raw[i+2:])
-		if !utf16.IsSurrogate(r) {
-			return r, i + 6
-		}
-		if len(raw)-i >= 12 && raw[i+6] == '\\' && raw[i+7] == 'u' {
-			if dec := utf16.DecodeRune(r, u4(raw[i+8:])); dec != utf8.RuneError {
-				return dec, i + 12
-			}
-		}
-		return utf8.RuneError, i + 6
-	}
-	return rune(raw[i+1]), i + 2 // '"', '\\' or '/'
-}
-
-// u4 decodes the four hex digits str checked.
-func u4(b []byte) rune {
-	return hexVal(b[0])<<12 | hexVal(b[1])<<8 | hexVal(b[2])<<4 | hexVal(b[3])
+	r, n := jsonstr.Escape(raw[i:])
+	return r, i + n
 }
 
 // strEq reports whether the raw string body decodes to want, which must be

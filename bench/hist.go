@@ -7,8 +7,7 @@ import (
 	"github.com/HdrHistogram/hdrhistogram-go"
 )
 
-// Histogram range: 1 µs to 60 s at 3 significant digits (about 0.1% error),
-// as recommended by research/perf.md section 4.
+// Histogram range: 1 µs to 60 s at 3 significant digits (about 0.1% error).
 const (
 	histMinUs = 1
 	histMaxUs = 60_000_000

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -140,12 +141,10 @@ func (r *Relay) OnClose(gc gnet.Conn, _ error) gnet.Action {
 }
 
 func (r *Relay) shard(user string) *relayShard {
-	h := uint32(2166136261)
-	for i := 0; i < len(user); i++ {
-		h = (h ^ uint32(user[i])) * 16777619
-	}
-	return &r.shards[h%uint32(len(r.shards))]
+	return &r.shards[maphash.String(relaySeed, user)%uint64(len(r.shards))]
 }
+
+var relaySeed = maphash.MakeSeed()
 
 func (r *Relay) lookup(user []byte) *rconn {
 	sh := r.shard(string(user))

@@ -96,9 +96,9 @@ type Config struct {
 	RelayInProcess bool
 }
 
-func (c *Config) setDefaults() error {
+func (c Config) withDefaults() (Config, error) {
 	if !slices.Contains(Scenarios, c.Scenario) {
-		return fmt.Errorf("bench: unknown scenario %q (want one of %v)", c.Scenario, Scenarios)
+		return c, fmt.Errorf("bench: unknown scenario %q (want one of %v)", c.Scenario, Scenarios)
 	}
 	def := func(p *int, v int) {
 		if *p <= 0 {
@@ -148,7 +148,7 @@ func (c *Config) setDefaults() error {
 		c.Store = "memory"
 	}
 	if c.Store != "memory" && c.Store != "embedded" {
-		return fmt.Errorf("bench: --store must be memory or embedded, got %q", c.Store)
+		return c, fmt.Errorf("bench: --store must be memory or embedded, got %q", c.Store)
 	}
 	if c.MemReserve == 0 {
 		c.MemReserve = 2 << 30
@@ -166,7 +166,7 @@ func (c *Config) setDefaults() error {
 	if c.WorkerExe == "" {
 		exe, err := os.Executable()
 		if err != nil {
-			return err
+			return c, err
 		}
 		c.WorkerExe = exe
 	}
@@ -177,7 +177,7 @@ func (c *Config) setDefaults() error {
 		c.RelayArgs = []string{RelayArg}
 	}
 	if len(c.Targets) > 0 && len(c.Admins) > 0 && len(c.Admins) != len(c.Targets) {
-		return errors.New("bench: --admin must list one URL per --target")
+		return c, errors.New("bench: --admin must list one URL per --target")
 	}
 	if c.Payload < payloadMin {
 		c.Payload = payloadMin
@@ -189,11 +189,11 @@ func (c *Config) setDefaults() error {
 				host = a
 			}
 			if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-				return fmt.Errorf("bench: %q is not a loopback address (pass --allow-remote to load other hosts)", a)
+				return c, fmt.Errorf("bench: %q is not a loopback address (pass --allow-remote to load other hosts)", a)
 			}
 		}
 	}
-	return nil
+	return c, nil
 }
 
 // units is the number of work units (connections, pairs, groups, slots).
@@ -247,7 +247,8 @@ func (c *Config) params() map[string]any {
 // again against the relay with Baseline, and stops everything it started
 // before returning. The run is bounded by cfg.Timeout.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
-	if err := cfg.setDefaults(); err != nil {
+	var err error
+	if cfg, err = cfg.withDefaults(); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
@@ -491,7 +492,7 @@ func (r *runner) run(ctx context.Context) (*Report, error) {
 			router = cfg.Router
 		}
 		spec := WorkerSpec{Scenario: cfg.Scenario, Worker: w, Run: run, Targets: r.targets, Router: router, Secret: r.secret,
-			Loops: cfg.Loops, Concurrency: cfg.Concurrency, Retries: max(cfg.Retries, 0), LoginTimout: cfg.LoginTimeout, Heartbeat: cfg.Heartbeat,
+			Loops: cfg.Loops, Concurrency: cfg.Concurrency, Retries: max(cfg.Retries, 0), LoginTimeout: cfg.LoginTimeout, Heartbeat: cfg.Heartbeat,
 			PushAck: cfg.PushAck, Payload: cfg.Payload, UnitFrom: from, Units: n, GroupSize: cfg.GroupSize,
 			UserPrefix: cfg.UserPrefix, Device: device, MaxOutbound: 8 << 20, CPUs: cfg.GenCPUs}
 		if len(src) > 0 {

@@ -16,9 +16,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imgn/imgn/engine"
-	"github.com/imgn/imgn/persist/memstore"
 	"go.uber.org/goleak"
+
+	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/internal/leaktest"
+	"github.com/imgn/imgn/persist/memstore"
 )
 
 // The smoke tests run every scenario briefly against an in-process server
@@ -36,7 +38,7 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(RunChild(os.Stdin, os.Stdout, os.Stderr))
 	}
-	goleak.VerifyTestMain(m, engine.GnetGoroutines()...)
+	goleak.VerifyTestMain(m, leaktest.Gnet()...)
 }
 
 type testNode struct {

@@ -15,6 +15,7 @@ import (
 	"github.com/imgn/imgn/client/clienttest"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
+	"github.com/imgn/imgn/internal/testutil"
 )
 
 const pw = "secret123"
@@ -93,13 +94,7 @@ func expectQuiet(t *testing.T, c *Client, d time.Duration) {
 // waitFor polls cond until it holds or 5 s pass.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Until(t, 5*time.Second, what, cond)
 }
 
 func ascending(from, n int) []uint64 {

@@ -11,9 +11,10 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
-	"google.golang.org/protobuf/proto"
 )
 
 // events receives the server-initiated frames of a conn. Methods are
@@ -224,13 +225,15 @@ func (cn *conn) pendingCount() int {
 // socket.
 func (cn *conn) readLoop() {
 	defer cn.wg.Done()
-	br := bufio.NewReaderSize(cn.nc, 32<<10)
-	buf := make([]byte, codec.HeaderSize, 4<<10)
+	fr := codec.FrameReader{R: bufio.NewReaderSize(cn.nc, 32<<10), Dec: cn.dec}
 	for {
 		cn.armIdle()
-		f, b, err := cn.readFrame(br, buf)
-		buf = b
+		f, err := fr.Next()
 		if err != nil {
+			if errors.Is(err, codec.ErrBadMagic) || errors.Is(err, codec.ErrUnsupportedVersion) ||
+				errors.Is(err, codec.ErrUnknownSerializer) || errors.Is(err, codec.ErrFrameTooLarge) {
+				err = fmt.Errorf("bad frame from server: %w", err)
+			}
 			select {
 			case <-cn.done: // closed by us: keep the original cause
 			default:
@@ -245,42 +248,7 @@ func (cn *conn) readLoop() {
 			return
 		}
 		cn.dispatch(f)
-		if cap(buf) > 1<<20 { // do not pin a huge sync page's buffer
-			buf = make([]byte, codec.HeaderSize, 4<<10)
-		}
 	}
-}
-
-// readFrame reads one whole frame into buf (grown as needed) and validates
-// it with the codec. f.Body aliases the returned buffer.
-func (cn *conn) readFrame(br *bufio.Reader, buf []byte) (codec.Frame, []byte, error) {
-	buf = buf[:codec.HeaderSize]
-	if _, err := io.ReadFull(br, buf); err != nil {
-		return codec.Frame{}, buf, err
-	}
-	f, ok, err := cn.dec.ParseFrame(buf)
-	if err != nil {
-		return f, buf, fmt.Errorf("bad frame from server: %w", err)
-	}
-	if !ok {
-		size := f.FrameSize()
-		if cap(buf) < size {
-			nb := make([]byte, size)
-			copy(nb, buf)
-			buf = nb
-		}
-		buf = buf[:size]
-		if _, err := io.ReadFull(br, buf[codec.HeaderSize:]); err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return f, buf, err
-		}
-		if f, ok, err = cn.dec.ParseFrame(buf); err != nil || !ok {
-			return f, buf, fmt.Errorf("bad frame from server: %v", err)
-		}
-	}
-	return f, buf, nil
 }
 
 func (cn *conn) dispatch(f codec.Frame) {

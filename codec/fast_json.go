@@ -12,8 +12,9 @@ import (
 	"encoding/binary"
 	"slices"
 	"strconv"
-	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/imgn/imgn/internal/jsonstr"
 )
 
 // maxJSONDepth bounds how deeply arrays and objects may nest in a JSON body,
@@ -304,27 +305,11 @@ func swarSpecial(w uint64) bool {
 
 func isHex4(b []byte) bool {
 	for _, c := range b[:4] {
-		if hexVal(c) < 0 {
+		if jsonstr.HexVal(c) < 0 {
 			return false
 		}
 	}
 	return true
-}
-
-func hexVal(c byte) rune {
-	switch {
-	case c >= '0' && c <= '9':
-		return rune(c - '0')
-	case c >= 'a' && c <= 'f':
-		return rune(c - 'a' + 10)
-	case c >= 'A' && c <= 'F':
-		return rune(c - 'A' + 10)
-	}
-	return -1
-}
-
-func hex4(b []byte) rune {
-	return hexVal(b[0])<<12 | hexVal(b[1])<<8 | hexVal(b[2])<<4 | hexVal(b[3])
 }
 
 // appendUnescaped appends the text of a raw string already checked by str.
@@ -337,38 +322,9 @@ func appendUnescaped(dst, raw []byte) []byte {
 			return append(dst, raw...)
 		}
 		dst = append(dst, raw[:k]...)
-		c := raw[k+1]
-		raw = raw[k+2:]
-		switch c {
-		case 'b':
-			dst = append(dst, '\b')
-		case 'f':
-			dst = append(dst, '\f')
-		case 'n':
-			dst = append(dst, '\n')
-		case 'r':
-			dst = append(dst, '\r')
-		case 't':
-			dst = append(dst, '\t')
-		case 'u':
-			r := hex4(raw)
-			raw = raw[4:]
-			if utf16.IsSurrogate(r) {
-				r2 := rune(-1)
-				if len(raw) >= 6 && raw[0] == '\\' && raw[1] == 'u' {
-					r2 = hex4(raw[2:])
-				}
-				if dec := utf16.DecodeRune(r, r2); dec != utf8.RuneError {
-					r = dec
-					raw = raw[6:]
-				} else {
-					r = utf8.RuneError
-				}
-			}
-			dst = utf8.AppendRune(dst, r)
-		default: // '"', '\\', '/'
-			dst = append(dst, c)
-		}
+		r, n := jsonstr.Escape(raw[k:])
+		raw = raw[k+n:]
+		dst = utf8.AppendRune(dst, r)
 	}
 }
 

@@ -1,6 +1,3 @@
-// Package e2e runs whole clusters of real imd processes on real ZooKeeper,
-// Redis and MongoDB (FerretDB) servers started on loopback, and checks the
-// delivery guarantees from the outside, through the client library.
 package e2e
 
 import (
@@ -22,6 +19,7 @@ import (
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/internal/testsvc"
+	"github.com/imgn/imgn/internal/testutil"
 )
 
 const secret = "e2e-secret"
@@ -254,13 +252,7 @@ func getJSON(url string, out any) error {
 
 func poll(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.Until(t, d, what, cond)
 }
 
 // dialNode connects a client for user to node n (by address, reconnecting

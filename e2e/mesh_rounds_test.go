@@ -9,9 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imgn/imgn/engine"
+	clusterapi "github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/internal/testsvc"
 	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/zkregistry"
 	"github.com/imgn/imgn/persist"
 )
@@ -28,12 +29,12 @@ func (h echoHandler) HandleAppend(_ context.Context, msg persist.Message, inboxe
 	msg.From = h.id // tell the caller which node answered
 	return persist.AppendResult{Msg: msg, Seqs: seqs}, nil
 }
-func (echoHandler) HandlePush(persist.Message, []engine.PushTarget) {}
-func (echoHandler) HandleKick(string, string, uint64)               {}
+func (echoHandler) HandlePush(persist.Message, []clusterapi.PushTarget) {}
+func (echoHandler) HandleKick(string, string, uint64)                   {}
 
 // TestNodesStartedTogetherFormAFullMesh starts 3 and then 5 nodes at the same
 // instant on a real ZooKeeper, 20 rounds each, and checks every node sees
-// every other and can forward to each of them (the seed's nodes started at
+// every other and can forward to each of them (the original design's nodes started at
 // the same moment missed each other).
 func TestNodesStartedTogetherFormAFullMesh(t *testing.T) {
 	zk := testsvc.StartZooKeeper(t)
@@ -65,7 +66,7 @@ func TestNodesStartedTogetherFormAFullMesh(t *testing.T) {
 						errs[i] = err
 						return
 					}
-					cl, err := mesh.New(mesh.Config{Self: mesh.NodeInfo{ID: id, ClientAddr: "127.0.0.1:1", MeshAddr: "127.0.0.1:0", Weight: 100},
+					cl, err := mesh.New(mesh.Config{Self: membership.NodeInfo{ID: id, ClientAddr: "127.0.0.1:1", MeshAddr: "127.0.0.1:0", Weight: 100},
 						Registry: reg, Transport: links, Logger: quiet})
 					if err != nil {
 						errs[i] = err

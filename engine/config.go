@@ -7,9 +7,11 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/persist"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config configures a Server. Zero fields take the defaults documented on
@@ -48,8 +50,10 @@ type Config struct {
 	// gnet's unsent buffer); beyond it the connection is closed as a slow
 	// consumer. Default 4 MiB.
 	MaxOutbound int
-	// MaxConns bounds open client connections; 0 means 19,000 (this
-	// machine's file-descriptor cap is 20,000 per process).
+	// MaxConns bounds open client connections. Default 19,000, which fits
+	// a process capped at 20,000 open files (RLIMIT_NOFILE) with room for
+	// the listeners, stores and logs; raise it together with the limit
+	// (docs/BENCHMARKS.md, "One node with 1,000,000 connections").
 	MaxConns int
 	// SendRate and SendBurst are the per-user token bucket for SEND and
 	// GROUP_SEND. Defaults 200/s and 400.
@@ -90,7 +94,7 @@ type Config struct {
 	Store persist.Store
 	// Cluster connects the node to its peers; nil runs a single node that
 	// owns every inbox.
-	Cluster Cluster
+	Cluster cluster.Cluster
 	// Sessions records who is online where, cluster-wide; nil keeps only
 	// this node's sessions (enough for a single node).
 	Sessions persist.SessionStore
@@ -107,7 +111,10 @@ type Config struct {
 	Edge EdgeConfig
 }
 
-func (c *Config) setDefaults() {
+// WithDefaults returns c with every zero field set to its documented
+// default (the only place the defaults live: imd's flags start from them).
+// It does not validate; New calls WithDefaults, then Validate.
+func (c Config) WithDefaults() Config {
 	def := func(p *int, v int) {
 		if *p == 0 {
 			*p = v
@@ -168,12 +175,13 @@ func (c *Config) setDefaults() {
 	if c.Registry == nil {
 		c.Registry = prometheus.NewRegistry()
 	}
-	c.Edge.setDefaults()
+	c.Edge = c.Edge.withDefaults()
+	return c
 }
 
-// Validate applies defaults and checks every field.
-func (c *Config) Validate() error {
-	c.setDefaults()
+// Validate checks every field of a configuration that WithDefaults has
+// filled, and reports every problem it finds; it changes nothing.
+func (c Config) Validate() error {
 	var errs []error
 	pos := func(name string, v int) {
 		if v < 0 {

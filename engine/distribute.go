@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/persist"
 )
@@ -86,20 +87,20 @@ func (s *Server) localAppend(ctx context.Context, msg persist.Message, inboxes [
 	return res, err
 }
 
-// HandleAppend implements ClusterHandler.
+// HandleAppend implements cluster.Handler.
 func (s *Server) HandleAppend(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
 	return s.localAppend(ctx, msg, inboxes)
 }
 
-// HandlePush implements ClusterHandler: msg goes to the local devices of
+// HandlePush implements cluster.Handler: msg goes to the local devices of
 // every target.
-func (s *Server) HandlePush(msg persist.Message, targets []PushTarget) {
+func (s *Server) HandlePush(msg persist.Message, targets []cluster.PushTarget) {
 	for _, t := range targets {
 		s.pushTo(nil, nil, t.User, t.Seq, &msg, nil)
 	}
 }
 
-// HandleKick implements ClusterHandler.
+// HandleKick implements cluster.Handler.
 func (s *Server) HandleKick(user, device string, connID uint64) {
 	var arr [8]*conn
 	for _, c := range s.sessions.devices(user, arr[:0]) {
@@ -132,7 +133,7 @@ func (s *Server) deliver(src *loop, op *sendOp, msg *persist.Message, inboxes []
 	self := cl.NodeID()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	remote := map[string][]PushTarget{}
+	remote := map[string][]cluster.PushTarget{}
 	for i, u := range inboxes {
 		routes, err := s.cfg.Sessions.Lookup(ctx, u)
 		if err != nil {
@@ -147,7 +148,7 @@ func (s *Server) deliver(src *loop, op *sendOp, msg *persist.Message, inboxes []
 			if n := len(t); n > 0 && t[n-1].User == u {
 				continue // another device of u on the same node: one push serves both
 			}
-			remote[r.NodeID] = append(t, PushTarget{User: u, Seq: seqs[i]})
+			remote[r.NodeID] = append(t, cluster.PushTarget{User: u, Seq: seqs[i]})
 		}
 	}
 	for node, targets := range remote {

@@ -9,10 +9,12 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
 	"github.com/imgn/imgn/persist"
-	"google.golang.org/protobuf/proto"
 )
 
 // requestTimeout bounds the store work of one request run by a worker.
@@ -367,7 +369,7 @@ func (s *Server) userExists(ctx context.Context, user string) (bool, error) {
 func (s *Server) storeError(src *loop, c *conn, h codec.Header, what string, err error) {
 	code := codec.CodeStoreUnavailable
 	switch {
-	case errors.Is(err, ErrForward):
+	case errors.Is(err, cluster.ErrForward):
 		code = codec.CodeForwardFailed
 	case errors.Is(err, persist.ErrInvalid):
 		code = codec.CodeInvalidArgument

@@ -12,17 +12,20 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
+	"github.com/imgn/imgn/internal/leaktest"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/persist"
 	"github.com/imgn/imgn/persist/memstore"
-	"go.uber.org/goleak"
-	"google.golang.org/protobuf/proto"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, GnetGoroutines()...)
+	goleak.VerifyTestMain(m, leaktest.Gnet()...)
 }
 
 var testSecret = []byte("test-secret-0123456789")
@@ -278,13 +281,7 @@ func decodeError(t *testing.T, f codec.Frame) *pb.Error {
 // poll retries cond until it holds or 10 s pass.
 func poll(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Until(t, 10*time.Second, what, cond)
 }
 
 var _ persist.Store = (*memstore.Store)(nil)

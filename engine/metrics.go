@@ -18,7 +18,6 @@ type metrics struct {
 	framesIn      [256]prometheus.Counter
 	bytesIn       prometheus.Counter
 	bytesOut      prometheus.Counter
-	framesOut     prometheus.Counter
 	storeLatency  prometheus.Histogram
 	pushLatency   prometheus.Histogram
 	errors        map[codec.ErrorCode]prometheus.Counter
@@ -38,12 +37,11 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 			func() float64 { return float64(s.conns.len()) }),
 		sessions: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "imgn_sessions", Help: "Logged-in client connections."},
 			func() float64 { _, n := s.sessions.count(); return float64(n) }),
-		accepted:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_connections_accepted_total", Help: "Client connections accepted."}),
-		rejected:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_connections_rejected_total", Help: "Client connections refused (connection limit or shutdown)."}),
-		logins:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imgn_logins_total", Help: "Login attempts by result."}, []string{"result"}),
-		bytesIn:   prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_bytes_in_total", Help: "Bytes of frames received."}),
-		bytesOut:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_bytes_out_total", Help: "Bytes handed to the kernel for clients."}),
-		framesOut: prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_frames_out_total", Help: "Frames queued for clients."}),
+		accepted: prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_connections_accepted_total", Help: "Client connections accepted."}),
+		rejected: prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_connections_rejected_total", Help: "Client connections refused (connection limit or shutdown)."}),
+		logins:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imgn_logins_total", Help: "Login attempts by result."}, []string{"result"}),
+		bytesIn:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_bytes_in_total", Help: "Bytes of frames received."}),
+		bytesOut: prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_bytes_out_total", Help: "Bytes handed to the kernel for clients."}),
 		storeLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "imgn_store_append_seconds", Help: "Latency of message store appends (durable when it returns).",
 			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16)}),
 		pushLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "imgn_push_latency_seconds", Help: "Time from a send's arrival to its pushes being queued.",
@@ -68,7 +66,7 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 	for _, ci := range codec.Codes {
 		m.errors[ci.Code] = m.errorsVec.WithLabelValues(ci.Name)
 	}
-	reg.MustRegister(m.connections, m.sessions, m.accepted, m.rejected, m.logins, framesVec, m.bytesIn, m.bytesOut, m.framesOut,
+	reg.MustRegister(m.connections, m.sessions, m.accepted, m.rejected, m.logins, framesVec, m.bytesIn, m.bytesOut,
 		m.storeLatency, m.pushLatency, m.errorsVec, m.slowConsumers, m.pushes, m.messages, appendsVec, m.remotePushes, m.loopTriggers)
 	// The registry may be shared by several servers in one process (tests);
 	// the process collectors are registered once.

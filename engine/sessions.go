@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"hash/maphash"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -47,19 +48,13 @@ func newSessionMap() *sessionMap {
 	return m
 }
 
-// fnv1a is the 32-bit FNV-1a hash; it does not allocate.
-func fnv1a(s string) uint32 {
-	h := uint32(2166136261)
-	for i := 0; i < len(s); i++ {
-		h ^= uint32(s[i])
-		h *= 16777619
-	}
-	return h
+func (m *sessionMap) shard(user string) *sessionShard {
+	return &m.shards[maphash.String(shardSeed, user)%sessionShards]
 }
 
-func (m *sessionMap) shard(user string) *sessionShard {
-	return &m.shards[fnv1a(user)%sessionShards]
-}
+// shardSeed spreads users over the shards (the process's own: shard
+// placement never leaves it).
+var shardSeed = maphash.MakeSeed()
 
 // add registers c (logged in, user and device set) and returns the
 // connection it replaces for the same (user, device), or nil.

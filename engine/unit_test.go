@@ -105,7 +105,7 @@ func TestConfigValidation(t *testing.T) {
 		{"huge body", Config{MaxBody: 1 << 30}, "MaxBody"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := tc.cfg.Validate()
+			err := tc.cfg.WithDefaults().Validate()
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want mention of %s", err, tc.want)
 			}

@@ -51,15 +51,16 @@ func (e *EdgeConfig) enabled() bool {
 	return e.WSAddr != "" || e.TLSAddr != "" || e.WSSAddr != "" || e.ProxyProtocol
 }
 
-// setDefaults fills the zero fields.
-func (e *EdgeConfig) setDefaults() {
+// withDefaults returns e with its zero fields filled.
+func (e EdgeConfig) withDefaults() EdgeConfig {
 	if e.MaxTLSHandshakes == 0 {
 		e.MaxTLSHandshakes = 1024
 	}
+	return e
 }
 
 // validate checks the listener addresses, origins and TLS settings.
-func (e *EdgeConfig) validate(addr string) error {
+func (e EdgeConfig) validate(addr string) error {
 	var errs []error
 	seen := map[string]string{"Addr": addr}
 	for _, l := range []struct{ name, addr string }{{"WSAddr", e.WSAddr}, {"TLSAddr", e.TLSAddr}, {"WSSAddr", e.WSSAddr}} {

@@ -12,7 +12,7 @@
 //     accepted in a node set but never picked.
 //   - When no node can be picked (an empty set, every node draining or at
 //     weight 0, or every eligible node excluded) Pick returns
-//     [ErrNoAvailableNode]. Nothing panics; the seed's crash on all-zero
+//     [ErrNoAvailableNode]. Nothing panics; the original Java design's crash on all-zero
 //     weights (nextInt(0)) cannot happen.
 //   - Node sets are validated: an empty ID ([ErrEmptyID]), a repeated ID
 //     ([ErrDuplicateID]), a weight below 0 ([ErrNegativeWeight]) or above

@@ -54,7 +54,7 @@ var rules = []struct {
 		wantNone(t, b, "alice")
 	}},
 	{"all weights zero (seed nextInt(0) crash)", func(t *testing.T, b Balancer) {
-		// The seed's nodes all published weight 0 and its weighted random
+		// The original design's nodes all published weight 0 and its weighted random
 		// crashed in nextInt(0). Here that set is valid and has no node
 		// to give.
 		mustUpdate(t, b, equalNodes(5, 0))
@@ -287,7 +287,7 @@ func TestRoundRobinNginxSequence(t *testing.T) {
 
 // TestRoundRobinSurvivesRefresh: a registry refresh (Update with the same
 // weights) before every pick continues the sequence. Restarting it would
-// always return the first node, as the seed's round robin did.
+// always return the first node, as the original design's round robin did.
 func TestRoundRobinSurvivesRefresh(t *testing.T) {
 	b := mustNew(t, RoundRobin)
 	nodes := equalNodes(3, DefaultWeight)
@@ -346,7 +346,7 @@ func TestLeastActivePrefersFewestPerWeight(t *testing.T) {
 }
 
 // TestLeastActiveTiesAreRandom: among nodes with the same score, each is
-// picked; the seed's and a naive implementation's first-wins bias would
+// picked; a naive implementation's first-wins bias would
 // send every fresh router to the same node.
 func TestLeastActiveTiesAreRandom(t *testing.T) {
 	b := mustNew(t, LeastActive)

@@ -270,7 +270,7 @@ func TestRingDeterministic(t *testing.T) {
 	}
 }
 
-// TestRingSeedConstantHashBug is the regression test for the seed's
+// TestRingSeedConstantHashBug is the regression test for the original Java design's
 // "consistent hash", which hashed a constant so that every client got the
 // same node: many distinct keys, including near-identical ones, must spread
 // over all nodes.

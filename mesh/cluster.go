@@ -10,8 +10,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/lb"
+	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/persist"
 )
 
@@ -25,7 +26,7 @@ import (
 //     store's result. Every failure to reach the owner or to hear back in
 //     time (no such peer, link down, bounded queue full, the caller's
 //     deadline or the transport's default timeout reached, transport
-//     closed) returns an error wrapping engine.ErrForward at once or within
+//     closed) returns an error wrapping cluster.ErrForward at once or within
 //     the timeout; it never hangs. A store error on the owner comes back as
 //     a meshpb.RemoteError that unwraps to the same persist sentinel.
 //   - Requests to one node are sent in call order over one ordered channel,
@@ -33,29 +34,29 @@ import (
 //     are handled one at a time in arrival order, so per-user order holds
 //     for sequential callers.
 //   - Every outbound queue is bounded; a full queue fails an Append with
-//     engine.ErrForward and drops a Push or Kick.
+//     cluster.ErrForward and drops a Push or Kick.
 //   - All methods are safe for concurrent use. Close stops every goroutine
 //     the transport started and waits for handler calls in flight.
 type Transport interface {
 	// Start begins serving requests from peers by calling h, as node
 	// self. It returns once peers can reach this node. After a failed
 	// Start, Close releases whatever was started.
-	Start(ctx context.Context, self NodeInfo, h engine.ClusterHandler) error
+	Start(ctx context.Context, self membership.NodeInfo, h cluster.Handler) error
 	// Addr is the address peers dial after Start (self.MeshAddr with the
 	// port resolved), or "" for a transport that needs none.
 	Addr() string
 	// SetPeers replaces the set of nodes this node may send to (the
 	// registry's view; this node itself is ignored). A peer whose address
 	// or boot epoch changed is reconnected; a peer that left is dropped and
-	// its requests in flight fail with engine.ErrForward.
-	SetPeers(peers []NodeInfo)
+	// its requests in flight fail with cluster.ErrForward.
+	SetPeers(peers []membership.NodeInfo)
 	// Append forwards an append to node and waits for its result (see the
 	// contract above). Without a ctx deadline a transport default (2 s)
 	// applies.
 	Append(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error)
 	// Push queues msg for the local devices of targets on node. It never
 	// blocks; it drops the push when node is unknown or its queue is full.
-	Push(node string, msg persist.Message, targets []engine.PushTarget)
+	Push(node string, msg persist.Message, targets []cluster.PushTarget)
 	// Kick queues a kick of (user, device, connID) on node, like Push.
 	Kick(node, user, device string, connID uint64)
 	// Close stops the transport. It is idempotent.
@@ -68,12 +69,12 @@ const DefaultLoadInterval = 2 * time.Second
 // Config configures a Cluster.
 type Config struct {
 	// Self is what this node publishes. ID is required; BootEpoch 0 is
-	// replaced by NewBootEpoch(). A MeshAddr with port 0 is replaced by
+	// replaced by membership.NewBootEpoch(). A MeshAddr with port 0 is replaced by
 	// the transport's bound address.
-	Self NodeInfo
+	Self membership.NodeInfo
 	// Registry publishes Self and supplies membership. Required. The
 	// Cluster registers and deregisters but never closes it.
-	Registry Registry
+	Registry membership.Registry
 	// Transport carries requests to peers. Required. The Cluster starts
 	// and closes it.
 	Transport Transport
@@ -97,7 +98,7 @@ type Config struct {
 	AdvertiseMeshAddr string
 }
 
-// Cluster implements engine.Cluster over a Registry (membership), a
+// Cluster implements cluster.Cluster over a membership.Registry (membership), a
 // consistent-hash ring (inbox ownership) and a Transport (forwarding).
 //
 // Inbox ownership: the owner of a user's inbox is lb.Ring.Owner(user) over
@@ -126,7 +127,7 @@ type Cluster struct {
 	h    atomic.Pointer[handlerBox]
 
 	mu      sync.Mutex // guards self, state, cancel
-	self    NodeInfo
+	self    membership.NodeInfo
 	state   int // stateNew, stateStarted, stateClosed
 	cancel  context.CancelFunc
 	pubMu   sync.Mutex // serialises registry updates, so the latest wins
@@ -135,7 +136,7 @@ type Cluster struct {
 	selfSet sync.Once
 }
 
-type handlerBox struct{ h engine.ClusterHandler }
+type handlerBox struct{ h cluster.Handler }
 
 const (
 	stateNew = iota
@@ -145,12 +146,12 @@ const (
 
 // clusterView is one applied registry view. Never mutated once stored.
 type clusterView struct {
-	members map[string]NodeInfo
+	members map[string]membership.NodeInfo
 	ids     []string // sorted member IDs the ring was built from
 	ring    *lb.Ring
 }
 
-var _ engine.Cluster = (*Cluster)(nil)
+var _ cluster.Cluster = (*Cluster)(nil)
 
 // ErrClusterConfig marks an invalid Config (New) or a misuse of the
 // Cluster's lifecycle (Start twice, Start after Close).
@@ -159,7 +160,7 @@ var ErrClusterConfig = errors.New("mesh: invalid cluster configuration")
 // New validates cfg, applies defaults and returns an unstarted Cluster.
 func New(cfg Config) (*Cluster, error) {
 	if cfg.Self.BootEpoch == 0 {
-		cfg.Self.BootEpoch = NewBootEpoch()
+		cfg.Self.BootEpoch = membership.NewBootEpoch()
 	}
 	if cfg.LoadInterval == 0 {
 		cfg.LoadInterval = DefaultLoadInterval
@@ -168,11 +169,11 @@ func New(cfg Config) (*Cluster, error) {
 		cfg.Logger = slog.Default()
 	}
 	var errs []error
-	if err := ValidateNode(cfg.Self); err != nil {
+	if err := membership.ValidateNode(cfg.Self); err != nil {
 		errs = append(errs, err)
 	}
 	if cfg.Registry == nil {
-		errs = append(errs, errors.New("a Registry is required"))
+		errs = append(errs, errors.New("a membership.Registry is required"))
 	}
 	if cfg.Transport == nil {
 		errs = append(errs, errors.New("a Transport is required"))
@@ -201,7 +202,7 @@ func New(cfg Config) (*Cluster, error) {
 // and publishes the connection count every LoadInterval until Close. If ctx
 // ends first, Start undoes what it did and returns an error wrapping
 // ctx.Err(). Start may be called once.
-func (c *Cluster) Start(ctx context.Context, h engine.ClusterHandler) error {
+func (c *Cluster) Start(ctx context.Context, h cluster.Handler) error {
 	if h == nil {
 		return fmt.Errorf("%w: nil ClusterHandler", ErrClusterConfig)
 	}
@@ -259,7 +260,7 @@ func (c *Cluster) Start(ctx context.Context, h engine.ClusterHandler) error {
 // Close deregisters this node (so that peers stop routing to it), stops
 // following membership and closes the transport. No goroutine of the
 // Cluster or its transport is left when Close returns. It is idempotent;
-// after Close, Append fails with engine.ErrForward and Push and Kick drop.
+// after Close, Append fails with cluster.ErrForward and Push and Kick drop.
 func (c *Cluster) Close() error {
 	c.mu.Lock()
 	if c.state == stateClosed {
@@ -280,7 +281,7 @@ func (c *Cluster) Close() error {
 	c.pubMu.Lock()
 	derr := c.cfg.Registry.Deregister(ctx)
 	c.pubMu.Unlock()
-	if errors.Is(derr, ErrClosed) {
+	if errors.Is(derr, membership.ErrClosed) {
 		derr = nil // the registry went first: nothing is published any more
 	}
 	terr := c.cfg.Transport.Close()
@@ -289,7 +290,7 @@ func (c *Cluster) Close() error {
 }
 
 // watchLoop applies registry views until the watch channel closes.
-func (c *Cluster) watchLoop(views <-chan []NodeInfo) {
+func (c *Cluster) watchLoop(views <-chan []membership.NodeInfo) {
 	defer c.wg.Done()
 	for v := range views {
 		c.apply(v)
@@ -299,11 +300,11 @@ func (c *Cluster) watchLoop(views <-chan []NodeInfo) {
 // apply installs view: the transport learns the peers first, then the ring
 // and the member map are swapped, so an owner named by the new ring always
 // has a peer.
-func (c *Cluster) apply(view []NodeInfo) {
+func (c *Cluster) apply(view []membership.NodeInfo) {
 	old := c.view.Load()
-	members := make(map[string]NodeInfo, len(view))
+	members := make(map[string]membership.NodeInfo, len(view))
 	ids := make([]string, 0, len(view))
-	peers := make([]NodeInfo, 0, len(view))
+	peers := make([]membership.NodeInfo, 0, len(view))
 	for _, n := range view {
 		members[n.ID] = n
 		ids = append(ids, n.ID)
@@ -354,7 +355,7 @@ func (c *Cluster) loadLoop(ctx context.Context) {
 		}
 		n := max(c.cfg.Conns(), 0)
 		uctx, cancel := context.WithTimeout(ctx, c.cfg.LoadInterval)
-		err := c.update(uctx, func(self *NodeInfo) bool {
+		err := c.update(uctx, func(self *membership.NodeInfo) bool {
 			if self.Conns == n {
 				return false
 			}
@@ -370,7 +371,7 @@ func (c *Cluster) loadLoop(ctx context.Context) {
 
 // update applies change to the published info and, if it changed anything,
 // publishes it. Updates are serialised so that the last one wins.
-func (c *Cluster) update(ctx context.Context, change func(*NodeInfo) bool) error {
+func (c *Cluster) update(ctx context.Context, change func(*membership.NodeInfo) bool) error {
 	c.pubMu.Lock()
 	defer c.pubMu.Unlock()
 	c.mu.Lock()
@@ -394,12 +395,12 @@ func (c *Cluster) update(ctx context.Context, change func(*NodeInfo) bool) error
 // SetWeight publishes a new weight (>= 0; 0 means "no new connections").
 // It does not change inbox ownership. Before Start it only changes what
 // Start registers. When ctx ends before the registry confirms, the new
-// weight stays recorded and is published in the background (see Registry).
+// weight stays recorded and is published in the background (see membership.Registry).
 func (c *Cluster) SetWeight(ctx context.Context, w int) error {
 	if w < 0 {
-		return fmt.Errorf("%w: negative weight %d", ErrInvalidNode, w)
+		return fmt.Errorf("%w: negative weight %d", membership.ErrInvalidNode, w)
 	}
-	return c.update(ctx, func(self *NodeInfo) bool {
+	return c.update(ctx, func(self *membership.NodeInfo) bool {
 		if self.Weight == w {
 			return false
 		}
@@ -411,7 +412,7 @@ func (c *Cluster) SetWeight(ctx context.Context, w int) error {
 // SetDraining publishes the draining flag, like SetWeight. A draining node
 // keeps owning its inboxes until it leaves the registry (Close).
 func (c *Cluster) SetDraining(ctx context.Context, draining bool) error {
-	return c.update(ctx, func(self *NodeInfo) bool {
+	return c.update(ctx, func(self *membership.NodeInfo) bool {
 		if self.Draining == draining {
 			return false
 		}
@@ -422,7 +423,7 @@ func (c *Cluster) SetDraining(ctx context.Context, draining bool) error {
 
 // Self returns what this node publishes now (MeshAddr resolved after
 // Start).
-func (c *Cluster) Self() NodeInfo {
+func (c *Cluster) Self() membership.NodeInfo {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.self
@@ -430,25 +431,25 @@ func (c *Cluster) Self() NodeInfo {
 
 // Members returns the current view of live members, sorted by ID (nil
 // before the first view).
-func (c *Cluster) Members() []NodeInfo {
+func (c *Cluster) Members() []membership.NodeInfo {
 	v := c.view.Load()
 	if v == nil {
 		return nil
 	}
-	out := make([]NodeInfo, 0, len(v.ids))
+	out := make([]membership.NodeInfo, 0, len(v.ids))
 	for _, id := range v.ids {
 		out = append(out, v.members[id])
 	}
 	return out
 }
 
-// NodeID implements engine.Cluster.
+// NodeID implements cluster.Cluster.
 func (c *Cluster) NodeID() string { return c.id }
 
-// BootEpoch implements engine.Cluster.
+// BootEpoch implements cluster.Cluster.
 func (c *Cluster) BootEpoch() int64 { return c.cfg.Self.BootEpoch }
 
-// Owner implements engine.Cluster (see the ownership rules on Cluster).
+// Owner implements cluster.Cluster (see the ownership rules on Cluster).
 func (c *Cluster) Owner(user string) (node string, local bool) {
 	v := c.view.Load()
 	if v == nil || v.ring == nil {
@@ -461,7 +462,7 @@ func (c *Cluster) Owner(user string) (node string, local bool) {
 	return id, id == c.id
 }
 
-// Live implements engine.Cluster: node is in the current view with exactly
+// Live implements cluster.Cluster: node is in the current view with exactly
 // bootEpoch. This node with its own epoch is always live (its routes are
 // never stale to itself, even while its registration is being renewed).
 func (c *Cluster) Live(node string, bootEpoch int64) bool {
@@ -477,29 +478,29 @@ func (c *Cluster) Live(node string, bootEpoch int64) bool {
 }
 
 // handler returns the handler given to Start, or nil outside Start..Close.
-func (c *Cluster) handler() engine.ClusterHandler {
+func (c *Cluster) handler() cluster.Handler {
 	if b := c.h.Load(); b != nil {
 		return b.h
 	}
 	return nil
 }
 
-// Append implements engine.Cluster. node == this node runs the handler
+// Append implements cluster.Cluster. node == this node runs the handler
 // directly; other nodes go through the transport.
 func (c *Cluster) Append(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
 	if node == c.id {
 		h := c.handler()
 		if h == nil {
-			return persist.AppendResult{}, fmt.Errorf("%w: cluster %s not running", engine.ErrForward, c.id)
+			return persist.AppendResult{}, fmt.Errorf("%w: cluster %s not running", cluster.ErrForward, c.id)
 		}
 		return h.HandleAppend(ctx, msg, inboxes)
 	}
 	return c.cfg.Transport.Append(ctx, node, msg, inboxes)
 }
 
-// Push implements engine.Cluster (best effort, never blocks on the
+// Push implements cluster.Cluster (best effort, never blocks on the
 // network).
-func (c *Cluster) Push(node string, msg persist.Message, targets []engine.PushTarget) {
+func (c *Cluster) Push(node string, msg persist.Message, targets []cluster.PushTarget) {
 	if node == c.id {
 		if h := c.handler(); h != nil {
 			h.HandlePush(msg, targets)
@@ -509,7 +510,7 @@ func (c *Cluster) Push(node string, msg persist.Message, targets []engine.PushTa
 	c.cfg.Transport.Push(node, msg, targets)
 }
 
-// Kick implements engine.Cluster (best effort).
+// Kick implements cluster.Cluster (best effort).
 func (c *Cluster) Kick(node, user, device string, connID uint64) {
 	if node == c.id {
 		if h := c.handler(); h != nil {

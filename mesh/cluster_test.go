@@ -11,14 +11,16 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/cluster"
+	"github.com/imgn/imgn/internal/leaktest"
 	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/transporttest"
 	"github.com/imgn/imgn/persist"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, engine.GnetGoroutines()...)
+	goleak.VerifyTestMain(m, leaktest.Gnet()...)
 }
 
 // testNode is one Cluster of a test with its handler and connection count.
@@ -29,7 +31,7 @@ type testNode struct {
 }
 
 // newNode builds (but does not start) a Cluster on hub with direct links.
-func newNode(t *testing.T, hub *mesh.MemoryHub, id string) *testNode {
+func newNode(t *testing.T, hub *membership.MemoryHub, id string) *testNode {
 	t.Helper()
 	l, err := mesh.NewLinks(fastLinks(transporttest.DefaultParams))
 	if err != nil {
@@ -38,7 +40,7 @@ func newNode(t *testing.T, hub *mesh.MemoryHub, id string) *testNode {
 	reg := hub.NewRegistry()
 	n := &testNode{h: &transporttest.Handler{}}
 	n.c, err = mesh.New(mesh.Config{
-		Self:         mesh.NodeInfo{ID: id, ClientAddr: "127.0.0.1:1", MeshAddr: "127.0.0.1:0", Weight: 100},
+		Self:         membership.NodeInfo{ID: id, ClientAddr: "127.0.0.1:1", MeshAddr: "127.0.0.1:0", Weight: 100},
 		Registry:     reg,
 		Transport:    l,
 		LoadInterval: 20 * time.Millisecond,
@@ -58,7 +60,7 @@ func newNode(t *testing.T, hub *mesh.MemoryHub, id string) *testNode {
 }
 
 // startTogether builds and starts n nodes at the same instant.
-func startTogether(t *testing.T, hub *mesh.MemoryHub, ids ...string) []*testNode {
+func startTogether(t *testing.T, hub *membership.MemoryHub, ids ...string) []*testNode {
 	t.Helper()
 	nodes := make([]*testNode, len(ids))
 	for i, id := range ids {
@@ -114,14 +116,14 @@ func users(n int) []string {
 
 func TestClusterConfig(t *testing.T) {
 	l, _ := mesh.NewLinks(mesh.LinkConfig{})
-	reg := mesh.NewMemoryRegistry()
+	reg := membership.NewMemoryRegistry()
 	defer reg.Close()
-	good := mesh.NodeInfo{ID: "n1", MeshAddr: "127.0.0.1:0"}
+	good := membership.NodeInfo{ID: "n1", MeshAddr: "127.0.0.1:0"}
 	bad := []mesh.Config{
 		{Self: good, Transport: l},
 		{Self: good, Registry: reg},
-		{Self: mesh.NodeInfo{ID: "a/b"}, Registry: reg, Transport: l},
-		{Self: mesh.NodeInfo{ID: "n1", Weight: -1}, Registry: reg, Transport: l},
+		{Self: membership.NodeInfo{ID: "a/b"}, Registry: reg, Transport: l},
+		{Self: membership.NodeInfo{ID: "n1", Weight: -1}, Registry: reg, Transport: l},
 		{Self: good, Registry: reg, Transport: l, VirtualNodes: -1},
 		{Self: good, Registry: reg, Transport: l, LoadInterval: -time.Second},
 	}
@@ -144,7 +146,7 @@ func TestClusterConfig(t *testing.T) {
 	if !c.Live("n1", c.BootEpoch()) || c.Live("n1", c.BootEpoch()+1) || c.Live("n2", 1) {
 		t.Error("Live before Start")
 	}
-	if _, err := c.Append(context.Background(), "n2", persist.Message{}, nil); !errors.Is(err, engine.ErrForward) {
+	if _, err := c.Append(context.Background(), "n2", persist.Message{}, nil); !errors.Is(err, cluster.ErrForward) {
 		t.Errorf("Append before Start: %v", err)
 	}
 	if err := c.Start(context.Background(), nil); err == nil {
@@ -163,7 +165,7 @@ func TestClusterConfig(t *testing.T) {
 // the owner of 1000 users and share them; a node leaving moves only its
 // own users, and the others agree on the new owners.
 func TestClusterOwnership(t *testing.T) {
-	hub := mesh.NewMemoryHub()
+	hub := membership.NewMemoryHub()
 	nodes := startTogether(t, hub, "n1", "n2", "n3")
 	waitMembers(t, 3, nodes...)
 	us := users(1000)
@@ -215,7 +217,7 @@ func TestClusterOwnership(t *testing.T) {
 }
 
 func TestClusterLive(t *testing.T) {
-	hub := mesh.NewMemoryHub()
+	hub := membership.NewMemoryHub()
 	nodes := startTogether(t, hub, "n1", "n2")
 	waitMembers(t, 2, nodes...)
 	a, b := nodes[0].c, nodes[1].c
@@ -248,7 +250,7 @@ func TestClusterLive(t *testing.T) {
 // TestClusterForwarding: Append, Push and Kick reach the named node's
 // handler, remote or local, and fail with ErrForward once it is gone.
 func TestClusterForwarding(t *testing.T) {
-	hub := mesh.NewMemoryHub()
+	hub := membership.NewMemoryHub()
 	nodes := startTogether(t, hub, "n1", "n2")
 	waitMembers(t, 2, nodes...)
 	a, b := nodes[0], nodes[1]
@@ -264,9 +266,9 @@ func TestClusterForwarding(t *testing.T) {
 	if _, err := a.c.Append(ctx, "n1", m, []string{"y"}); err != nil || len(a.h.Appends()) != 1 {
 		t.Fatalf("local append: %v", err)
 	}
-	a.c.Push("n2", m, []engine.PushTarget{{User: "y", Seq: 3}})
+	a.c.Push("n2", m, []cluster.PushTarget{{User: "y", Seq: 3}})
 	a.c.Kick("n2", "y", "phone", 5)
-	a.c.Push("n1", m, []engine.PushTarget{{User: "y", Seq: 4}})
+	a.c.Push("n1", m, []cluster.PushTarget{{User: "y", Seq: 4}})
 	a.c.Kick("n1", "y", "tablet", 6)
 	transporttest.Eventually(t, transporttest.Patience, func() error {
 		if len(b.h.Pushes()) != 1 || len(b.h.Kicks()) != 1 {
@@ -281,7 +283,7 @@ func TestClusterForwarding(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitMembers(t, 1, a)
-	if _, err := a.c.Append(ctx, "n2", m, []string{"y"}); !errors.Is(err, engine.ErrForward) {
+	if _, err := a.c.Append(ctx, "n2", m, []string{"y"}); !errors.Is(err, cluster.ErrForward) {
 		t.Fatalf("append to a departed node: %v", err)
 	}
 }
@@ -289,18 +291,18 @@ func TestClusterForwarding(t *testing.T) {
 // TestClusterPublishing: weight, draining and the connection count reach
 // the registry, and neither weight nor draining moves an inbox.
 func TestClusterPublishing(t *testing.T) {
-	hub := mesh.NewMemoryHub()
+	hub := membership.NewMemoryHub()
 	nodes := startTogether(t, hub, "n1", "n2", "n3")
 	waitMembers(t, 3, nodes...)
 	watcher := hub.NewWatcher()
 	defer watcher.Close()
-	find := func(id string) mesh.NodeInfo {
+	find := func(id string) membership.NodeInfo {
 		for _, n := range watcher.Nodes() {
 			if n.ID == id {
 				return n
 			}
 		}
-		return mesh.NodeInfo{}
+		return membership.NodeInfo{}
 	}
 	us := users(1000)
 	before := owners(nodes[0], us)
@@ -347,17 +349,17 @@ func TestClusterPublishing(t *testing.T) {
 // TestClusterStartFails: a Start that cannot register (the ID is held by
 // a newer run) gives up with ctx and leaves nothing running.
 func TestClusterStartFails(t *testing.T) {
-	hub := mesh.NewMemoryHub()
+	hub := membership.NewMemoryHub()
 	holder := hub.NewRegistry()
 	defer holder.Close()
-	if err := holder.Register(context.Background(), mesh.NodeInfo{ID: "n1", BootEpoch: 1 << 62}); err != nil {
+	if err := holder.Register(context.Background(), membership.NodeInfo{ID: "n1", BootEpoch: 1 << 62}); err != nil {
 		t.Fatal(err)
 	}
 	n := newNode(t, hub, "n1")
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	err := n.c.Start(ctx, n.h)
-	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, mesh.ErrIDConflict) {
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, membership.ErrIDConflict) {
 		t.Fatalf("Start with a held ID: %v", err)
 	}
 	if err := n.c.Close(); err != nil {
@@ -369,7 +371,7 @@ func TestClusterStartFails(t *testing.T) {
 // new port) replaces its old run in every view: routes to the old run are
 // stale, and forwarding reaches the new run.
 func TestClusterNodeRestart(t *testing.T) {
-	hub := mesh.NewMemoryHub()
+	hub := membership.NewMemoryHub()
 	nodes := startTogether(t, hub, "n1", "n2")
 	waitMembers(t, 2, nodes...)
 	a, old := nodes[0], nodes[1]

@@ -14,8 +14,9 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
-	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/meshpb"
 	"github.com/imgn/imgn/persist"
 )
@@ -41,7 +42,7 @@ type LinkConfig struct {
 	RequestTimeout time.Duration
 	// QueueSize bounds, per peer, the Appends waiting for their reply and,
 	// separately, the frames waiting to be written (DefaultQueueSize).
-	// Beyond it Append fails at once with engine.ErrForward and Push and
+	// Beyond it Append fails at once with cluster.ErrForward and Push and
 	// Kick are dropped.
 	QueueSize int
 	// MaxInflight bounds, per inbound link, the forwarded appends being
@@ -72,7 +73,7 @@ type LinkConfig struct {
 	Logger *slog.Logger
 }
 
-func (c *LinkConfig) defaults() error {
+func (c LinkConfig) withDefaults() (LinkConfig, error) {
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
@@ -114,7 +115,7 @@ func (c *LinkConfig) defaults() error {
 	if c.MaxBody < 0 || c.MaxBody > 1<<30 {
 		errs = append(errs, fmt.Errorf("MaxBody must be in 1..%d, got %d", 1<<30, c.MaxBody))
 	}
-	return errors.Join(errs...)
+	return c, errors.Join(errs...)
 }
 
 // Links is the direct TCP Transport (`--mesh direct`, the default).
@@ -130,9 +131,9 @@ func (c *LinkConfig) defaults() error {
 //
 // Failure handling: a link that fails (I/O error, silence for three ping
 // intervals, a malformed frame) is closed and every request in flight on it
-// fails with engine.ErrForward; the dialer redials at once, then with
+// fails with cluster.ErrForward; the dialer redials at once, then with
 // capped exponential backoff and full jitter. While a peer is in backoff,
-// Append fails at once with engine.ErrForward and pushes are dropped; while
+// Append fails at once with cluster.ErrForward and pushes are dropped; while
 // the first dial is in progress, requests wait in the bounded queue. A
 // peer that sends garbage gets its link closed; nothing it sends can make
 // this node panic or allocate more than MaxBody per link.
@@ -144,8 +145,8 @@ type Links struct {
 
 	mu      sync.RWMutex // guards everything below
 	state   int          // stateNew, stateStarted, stateClosed
-	self    NodeInfo
-	h       engine.ClusterHandler
+	self    membership.NodeInfo
+	h       cluster.Handler
 	ln      net.Listener
 	addr    string
 	peers   map[string]*peer
@@ -160,7 +161,8 @@ var _ Transport = (*Links)(nil)
 
 // NewLinks validates cfg and returns an unstarted Links.
 func NewLinks(cfg LinkConfig) (*Links, error) {
-	if err := cfg.defaults(); err != nil {
+	var err error
+	if cfg, err = cfg.withDefaults(); err != nil {
 		return nil, fmt.Errorf("mesh: link config: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -172,11 +174,11 @@ func NewLinks(cfg LinkConfig) (*Links, error) {
 
 // Start implements Transport: it listens on self.MeshAddr (port 0 picks a
 // free port; see Addr) and starts dialing the peers known so far.
-func (l *Links) Start(ctx context.Context, self NodeInfo, h engine.ClusterHandler) error {
+func (l *Links) Start(ctx context.Context, self membership.NodeInfo, h cluster.Handler) error {
 	if h == nil {
 		return errors.New("mesh: links: nil handler")
 	}
-	if err := validateID(self.ID); err != nil {
+	if err := membership.ValidateID(self.ID); err != nil {
 		return err
 	}
 	if self.MeshAddr == "" {
@@ -213,7 +215,7 @@ func (l *Links) Addr() string {
 }
 
 // SetPeers implements Transport.
-func (l *Links) SetPeers(peers []NodeInfo) {
+func (l *Links) SetPeers(peers []membership.NodeInfo) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.state == stateClosed {
@@ -268,7 +270,7 @@ func (l *Links) Append(ctx context.Context, node string, msg persist.Message, in
 }
 
 // Push implements Transport.
-func (l *Links) Push(node string, msg persist.Message, targets []engine.PushTarget) {
+func (l *Links) Push(node string, msg persist.Message, targets []cluster.PushTarget) {
 	if p := l.peer(node); p != nil {
 		p.send(meshpb.CmdPush, &meshpb.PushRequest{Msg: meshpb.FromMessage(msg), Targets: meshpb.FromTargets(targets)})
 	}
@@ -282,7 +284,7 @@ func (l *Links) Kick(node, user, device string, connID uint64) {
 }
 
 // Close implements Transport: it stops listening, closes every link (their
-// requests in flight fail with engine.ErrForward), cancels the contexts of
+// requests in flight fail with cluster.ErrForward), cancels the contexts of
 // handler calls in flight and waits for every goroutine, handler calls
 // included, to return.
 func (l *Links) Close() error {
@@ -308,56 +310,44 @@ func (l *Links) Close() error {
 	return nil
 }
 
-// forwardError builds an error wrapping engine.ErrForward (and cause).
+// forwardError builds an error wrapping cluster.ErrForward (and cause).
 func forwardError(node, what string, cause error) error {
 	if cause != nil {
-		return fmt.Errorf("%w: node %s: %s: %w", engine.ErrForward, node, what, cause)
+		return fmt.Errorf("%w: node %s: %s: %w", cluster.ErrForward, node, what, cause)
 	}
-	return fmt.Errorf("%w: node %s: %s", engine.ErrForward, node, what)
+	return fmt.Errorf("%w: node %s: %s", cluster.ErrForward, node, what)
 }
 
 // errProtocol marks a peer that broke the mesh protocol; its link is closed.
 var errProtocol = errors.New("mesh: protocol violation")
 
-// frameReader reads mesh frames from a buffered stream, reusing one body
-// buffer (at most MaxBody bytes).
+// frameReader reads mesh frames from a buffered stream (codec.FrameReader,
+// at most max bytes of body), reusing one buffer.
 type frameReader struct {
 	r   *bufio.Reader
 	max int
-	buf []byte
+	fr  codec.FrameReader
 }
 
 // next reads one frame. The body is valid until the next call. Malformed
 // input gives an error wrapping errProtocol; nothing panics.
 func (fr *frameReader) next() (codec.Header, []byte, error) {
-	hb, err := fr.r.Peek(codec.HeaderSize)
-	if err != nil {
-		return codec.Header{}, nil, err
+	if fr.fr.R == nil {
+		fr.fr = codec.FrameReader{R: fr.r, Dec: codec.Decoder{MaxBody: fr.max}}
 	}
-	h, err := codec.ParseHeader(hb)
-	if err != nil {
-		return h, nil, fmt.Errorf("%w: %w", errProtocol, err)
-	}
-	if _, err := fr.r.Discard(codec.HeaderSize); err != nil {
-		return h, nil, err
-	}
+	f, err := fr.fr.Next()
 	switch {
-	case h.Serializer != codec.Protobuf:
-		return h, nil, fmt.Errorf("%w: serializer %s (mesh frames are protobuf)", errProtocol, h.Serializer)
-	case !h.Command.IsMesh():
-		return h, nil, fmt.Errorf("%w: command %s outside the mesh range", errProtocol, h.Command)
-	case int64(h.Length) > int64(fr.max):
-		return h, nil, fmt.Errorf("%w: %w: %d > %d", errProtocol, codec.ErrFrameTooLarge, h.Length, fr.max)
+	case errors.Is(err, codec.ErrBadMagic), errors.Is(err, codec.ErrUnsupportedVersion),
+		errors.Is(err, codec.ErrUnknownSerializer), errors.Is(err, codec.ErrFrameTooLarge):
+		return f.Header, nil, fmt.Errorf("%w: %w", errProtocol, err)
+	case err != nil:
+		return f.Header, nil, err
+	case f.Serializer != codec.Protobuf:
+		return f.Header, nil, fmt.Errorf("%w: serializer %s (mesh frames are protobuf)", errProtocol, f.Serializer)
+	case !f.Command.IsMesh():
+		return f.Header, nil, fmt.Errorf("%w: command %s outside the mesh range", errProtocol, f.Command)
 	}
-	n := int(h.Length)
-	if cap(fr.buf) < n {
-		fr.buf = make([]byte, n)
-	}
-	body := fr.buf[:n]
-	if _, err := io.ReadFull(fr.r, body); err != nil {
-		return h, nil, err
-	}
-	return h, body, nil
+	return f.Header, f.Body, nil
 }
 
 // unmarshal decodes a mesh body, mapping failures to errProtocol.

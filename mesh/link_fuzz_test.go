@@ -8,11 +8,13 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
-	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/meshpb"
 	"github.com/imgn/imgn/persist"
-	"google.golang.org/protobuf/proto"
 )
 
 type nopHandler struct{}
@@ -20,8 +22,8 @@ type nopHandler struct{}
 func (nopHandler) HandleAppend(_ context.Context, msg persist.Message, in []string) (persist.AppendResult, error) {
 	return persist.AppendResult{Msg: msg, Seqs: make([]uint64, len(in))}, nil
 }
-func (nopHandler) HandlePush(persist.Message, []engine.PushTarget) {}
-func (nopHandler) HandleKick(string, string, uint64)               {}
+func (nopHandler) HandlePush(persist.Message, []cluster.PushTarget) {}
+func (nopHandler) HandleKick(string, string, uint64)                {}
 
 func fuzzFrame(cmd codec.Command, seq uint32, m proto.Message) []byte {
 	b, err := codec.AppendFrame(nil, codec.Protobuf, cmd, 0, seq, m)
@@ -50,7 +52,7 @@ func FuzzInboundLink(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l.self = NodeInfo{ID: "self", BootEpoch: 7}
+		l.self = membership.NodeInfo{ID: "self", BootEpoch: 7}
 		l.h = nopHandler{}
 		l.state = stateStarted
 		server, client := net.Pipe()

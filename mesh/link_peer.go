@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/meshpb"
 	"github.com/imgn/imgn/persist"
 )
@@ -36,8 +37,8 @@ type peer struct {
 	queue  chan outFrame // frames to write, bounded by QueueSize
 	wake   chan struct{} // info changed: redial now if needed
 
-	mu      sync.Mutex // guards the fields below
-	info    NodeInfo   // the registry's latest entry
+	mu      sync.Mutex          // guards the fields below
+	info    membership.NodeInfo // the registry's latest entry
 	state   int
 	lastErr error
 	closed  bool // run has exited: no new requests
@@ -63,7 +64,7 @@ type callResult struct {
 	err error
 }
 
-func newPeer(l *Links, n NodeInfo) *peer {
+func newPeer(l *Links, n membership.NodeInfo) *peer {
 	ctx, cancel := context.WithCancel(l.ctx)
 	return &peer{
 		l: l, id: n.ID, ctx: ctx, cancel: cancel, info: n,
@@ -75,7 +76,7 @@ func newPeer(l *Links, n NodeInfo) *peer {
 
 // update records the registry's latest entry and wakes the connection
 // goroutine when the address or boot epoch changed.
-func (p *peer) update(n NodeInfo) {
+func (p *peer) update(n membership.NodeInfo) {
 	p.mu.Lock()
 	changed := n.MeshAddr != p.info.MeshAddr || n.BootEpoch != p.info.BootEpoch
 	p.info = n
@@ -88,7 +89,7 @@ func (p *peer) update(n NodeInfo) {
 	}
 }
 
-func (p *peer) snapshot() NodeInfo {
+func (p *peer) snapshot() membership.NodeInfo {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.info
@@ -216,7 +217,7 @@ func (p *peer) complete(seq uint32, r callResult) {
 }
 
 // setState records the link state; leaving linkUp fails every pending
-// call with err (wrapped in engine.ErrForward).
+// call with err (wrapped in cluster.ErrForward).
 func (p *peer) setState(state int, err error) {
 	p.mu.Lock()
 	p.state, p.lastErr = state, err
@@ -312,7 +313,7 @@ func (p *peer) sleep(d time.Duration) bool {
 }
 
 // dial connects to info.MeshAddr and exchanges HELLO.
-func (p *peer) dial(info NodeInfo) (net.Conn, *bufio.Reader, *meshpb.Hello, error) {
+func (p *peer) dial(info membership.NodeInfo) (net.Conn, *bufio.Reader, *meshpb.Hello, error) {
 	cfg := &p.l.cfg
 	if info.MeshAddr == "" {
 		return nil, nil, nil, errors.New("peer publishes no mesh address")
@@ -337,7 +338,7 @@ func (p *peer) dial(info NodeInfo) (net.Conn, *bufio.Reader, *meshpb.Hello, erro
 	return conn, br, hello, nil
 }
 
-func (p *peer) handshake(conn net.Conn, info NodeInfo) (*meshpb.Hello, *bufio.Reader, error) {
+func (p *peer) handshake(conn net.Conn, info membership.NodeInfo) (*meshpb.Hello, *bufio.Reader, error) {
 	self := p.l.self
 	err := writeFrameNow(conn, meshpb.CmdHello, 1, &meshpb.Hello{
 		Version: meshpb.Version, NodeId: self.ID, BootEpoch: self.BootEpoch, PeerId: p.id,
@@ -387,7 +388,7 @@ var errPeerChanged = errors.New("mesh: peer address or boot epoch changed")
 // PingInterval), a second one reads replies. It returns when either fails,
 // the peer's registry entry moves to another address or a newer run, or
 // the peer stops.
-func (p *peer) serve(conn net.Conn, br *bufio.Reader, info NodeInfo, hello *meshpb.Hello) error {
+func (p *peer) serve(conn net.Conn, br *bufio.Reader, info membership.NodeInfo, hello *meshpb.Hello) error {
 	readErr := make(chan error, 1)
 	p.l.wg.Add(1)
 	go func() {
@@ -402,7 +403,7 @@ func (p *peer) serve(conn net.Conn, br *bufio.Reader, info NodeInfo, hello *mesh
 	return err
 }
 
-func (p *peer) writeLoop(conn net.Conn, readErr <-chan error, info NodeInfo, hello *meshpb.Hello) (error, bool) {
+func (p *peer) writeLoop(conn net.Conn, readErr <-chan error, info membership.NodeInfo, hello *meshpb.Hello) (error, bool) {
 	cfg := &p.l.cfg
 	bw := bufio.NewWriterSize(conn, 32<<10)
 	ping := time.NewTicker(cfg.PingInterval)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/meshpb"
 )
 
@@ -125,7 +126,7 @@ func (l *Links) acceptHello(conn net.Conn, fr *frameReader) (*meshpb.Hello, uint
 	switch {
 	case hello.Version != meshpb.Version:
 		return nil, 0, reject(meshpb.ErrorCode_ERROR_CODE_PROTOCOL, "mesh version %d not supported (want %d)", hello.Version, meshpb.Version)
-	case validateID(hello.NodeId) != nil:
+	case membership.ValidateID(hello.NodeId) != nil:
 		return nil, 0, reject(meshpb.ErrorCode_ERROR_CODE_PROTOCOL, "invalid node id %q", hello.NodeId)
 	case hello.PeerId != l.self.ID:
 		return nil, 0, reject(meshpb.ErrorCode_ERROR_CODE_WRONG_NODE, "this is node %s, not %s", l.self.ID, hello.PeerId)

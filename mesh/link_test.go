@@ -13,13 +13,15 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
-	"github.com/imgn/imgn/engine"
 	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/meshpb"
 	"github.com/imgn/imgn/mesh/transporttest"
 	"github.com/imgn/imgn/persist"
-	"google.golang.org/protobuf/proto"
 )
 
 // testLogger discards logs unless MESH_TEST_LOG is set.
@@ -74,7 +76,7 @@ func TestLinkConfigValidation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := l.Start(context.Background(), mesh.NodeInfo{ID: "x"}, &transporttest.Handler{}); err == nil {
+	if err := l.Start(context.Background(), membership.NodeInfo{ID: "x"}, &transporttest.Handler{}); err == nil {
 		t.Error("Start without a MeshAddr succeeded")
 	}
 	l.Close()
@@ -297,7 +299,7 @@ func TestLinksMisbehavingPeers(t *testing.T) {
 	silent := fakeAcceptor(t, answer(&meshpb.Hello{Version: 1, NodeId: "silent", BootEpoch: 5}))
 
 	a := transporttest.StartNode(t, linkSuite, transporttest.DefaultParams, "node-a", "", nil)
-	a.T.SetPeers([]mesh.NodeInfo{
+	a.T.SetPeers([]membership.NodeInfo{
 		{ID: "mute", MeshAddr: mute},
 		{ID: "impostor", MeshAddr: impostor},
 		{ID: "old", MeshAddr: old, BootEpoch: 6},
@@ -308,7 +310,7 @@ func TestLinksMisbehavingPeers(t *testing.T) {
 		start := time.Now()
 		_, err := a.T.Append(ctx, id, persist.Message{ID: 1}, []string{"u"})
 		cancel()
-		if !errors.Is(err, engine.ErrForward) {
+		if !errors.Is(err, cluster.ErrForward) {
 			t.Errorf("%s: %v", id, err)
 		}
 		if d := time.Since(start); d > 800*time.Millisecond+transporttest.Slack {
@@ -321,7 +323,7 @@ func TestLinksMisbehavingPeers(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), transporttest.Patience)
 	defer cancel()
 	_, err := a.T.Append(ctx, "silent", persist.Message{ID: 1}, []string{"u"})
-	if !errors.Is(err, engine.ErrForward) || errors.Is(err, context.DeadlineExceeded) {
+	if !errors.Is(err, cluster.ErrForward) || errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("silent peer: %v (want the link dropped before the deadline)", err)
 	}
 }
@@ -344,7 +346,7 @@ func TestLinksMessageTooLarge(t *testing.T) {
 	transporttest.Connect(a, b)
 	transporttest.WaitLinked(t, a, b)
 	_, err := a.T.Append(context.Background(), "node-b", persist.Message{ID: 1, Body: make([]byte, 2000)}, []string{"u"})
-	if !errors.Is(err, persist.ErrInvalid) || errors.Is(err, engine.ErrForward) {
+	if !errors.Is(err, persist.ErrInvalid) || errors.Is(err, cluster.ErrForward) {
 		t.Fatalf("oversized append: %v", err)
 	}
 	if _, err := a.T.Append(context.Background(), "node-b", persist.Message{ID: 1}, []string{"u"}); err != nil {

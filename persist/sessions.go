@@ -37,7 +37,7 @@ type Route struct {
 	Device string
 	// NodeID is the node holding the connection.
 	NodeID string
-	// BootEpoch is that node's boot epoch (mesh.NodeInfo.BootEpoch): a
+	// BootEpoch is that node's boot epoch (membership.NodeInfo.BootEpoch): a
 	// route naming an older epoch than the registry's is stale.
 	BootEpoch int64
 	// ConnID identifies the connection within the node run.
@@ -71,8 +71,8 @@ func CheckSessionTTL(ttl time.Duration) error {
 	return nil
 }
 
-// SessionStore records where each user's devices are connected (DESIGN.md
-// section 5): user -> device -> route, each route a lease renewed by the
+// SessionStore records where each user's devices are connected
+// (docs/cluster.md): user -> device -> route, each route a lease renewed by the
 // connection's heartbeat. It is advisory: a route may point at a node that
 // died (FilterLive drops those), and a lost route only delays delivery
 // (messages stay in the inbox for sync), never loses it.

@@ -15,7 +15,7 @@
 // context's error and may still be committed, so callers treat it like
 // ErrUnavailable and retry with the same ClientMsgID.
 //
-// The delivery model these interfaces serve (DESIGN.md section 4):
+// The delivery model these interfaces serve (docs/protocol.md section 6):
 //   - a message is stored once, identified by a cluster-unique ID, and is
 //     unique forever by (From, ClientMsgID);
 //   - each user has an inbox: a gap-free, strictly increasing sequence of

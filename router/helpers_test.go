@@ -17,14 +17,15 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/internal/leaktest"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/lb"
-	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/membership"
 )
 
 // TestMain checks for leaked goroutines. Package mesh links gnet (through
 // engine), whose package-level worker pool runs for the whole process.
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m, engine.GnetGoroutines()...) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, leaktest.Gnet()...) }
 
 // defaultWait bounds polls on in-memory state.
 const defaultWait = 5 * time.Second
@@ -49,32 +50,22 @@ func (w tWriter) Write(p []byte) (int, error) {
 // eventually polls cond until it returns nil or timeout passes.
 func eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s: %v", timeout, what, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Eventually(t, timeout, what, cond)
 }
 
 // hub is an in-memory cluster membership: one MemoryRegistry per node.
 type hub struct {
 	t    testing.TB
-	h    *mesh.MemoryHub
-	regs map[string]*mesh.MemoryRegistry
+	h    *membership.MemoryHub
+	regs map[string]*membership.MemoryRegistry
 }
 
 func newHub(t testing.TB) *hub {
-	return &hub{t: t, h: mesh.NewMemoryHub(), regs: map[string]*mesh.MemoryRegistry{}}
+	return &hub{t: t, h: membership.NewMemoryHub(), regs: map[string]*membership.MemoryRegistry{}}
 }
 
 // set registers n, or updates it when already registered.
-func (c *hub) set(nodes ...mesh.NodeInfo) {
+func (c *hub) set(nodes ...membership.NodeInfo) {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -101,26 +92,26 @@ func (c *hub) remove(id string) {
 }
 
 // watcher returns a read-only watcher of the hub, closed at cleanup.
-func (c *hub) watcher() *mesh.MemoryRegistry {
+func (c *hub) watcher() *membership.MemoryRegistry {
 	w := c.h.NewWatcher()
 	c.t.Cleanup(func() { _ = w.Close() })
 	return w
 }
 
 // node is a normal live node: weight lb.DefaultWeight, addresses from port.
-func node(id string, port int) mesh.NodeInfo {
-	return mesh.NodeInfo{
+func node(id string, port int) membership.NodeInfo {
+	return membership.NodeInfo{
 		ID: id, ClientAddr: fmt.Sprintf("127.0.0.1:%d", port), MeshAddr: fmt.Sprintf("127.0.0.1:%d", port+1000),
 		AdminAddr: fmt.Sprintf("127.0.0.1:%d", port+2000), Weight: lb.DefaultWeight, BootEpoch: int64(port),
 	}
 }
 
-func with(n mesh.NodeInfo, f func(*mesh.NodeInfo)) mesh.NodeInfo {
+func with(n membership.NodeInfo, f func(*membership.NodeInfo)) membership.NodeInfo {
 	f(&n)
 	return n
 }
 
-func newRouter(t testing.TB, w mesh.Watcher, strategy string) *Router {
+func newRouter(t testing.TB, w membership.Watcher, strategy string) *Router {
 	t.Helper()
 	r, err := New(Config{Watcher: w, Strategy: strategy, Logger: testLogger(t)})
 	if err != nil {
@@ -131,10 +122,10 @@ func newRouter(t testing.TB, w mesh.Watcher, strategy string) *Router {
 }
 
 // waitView waits until r's view is exactly want (any order).
-func waitView(t testing.TB, r *Router, want ...mesh.NodeInfo) {
+func waitView(t testing.TB, r *Router, want ...membership.NodeInfo) {
 	t.Helper()
 	want = slices.Clone(want)
-	slices.SortFunc(want, func(a, b mesh.NodeInfo) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(want, func(a, b membership.NodeInfo) int { return strings.Compare(a.ID, b.ID) })
 	eventually(t, 5*time.Second, "router view", func() error {
 		if !r.Ready() {
 			return fmt.Errorf("no view yet")
@@ -220,11 +211,13 @@ func metricsText(t testing.TB, h http.Handler) string {
 }
 
 // feedWatcher is a Watcher driven by the test: nothing until Publish.
-type feedWatcher struct{ feed mesh.ViewFeed }
+type feedWatcher struct{ feed membership.ViewFeed }
 
-func (w *feedWatcher) Nodes() []mesh.NodeInfo                           { return w.feed.View() }
-func (w *feedWatcher) Watch(ctx context.Context) <-chan []mesh.NodeInfo { return w.feed.Subscribe(ctx) }
-func (w *feedWatcher) Close() error                                     { w.feed.Close(); return nil }
+func (w *feedWatcher) Nodes() []membership.NodeInfo { return w.feed.View() }
+func (w *feedWatcher) Watch(ctx context.Context) <-chan []membership.NodeInfo {
+	return w.feed.Subscribe(ctx)
+}
+func (w *feedWatcher) Close() error { w.feed.Close(); return nil }
 
 func uids(n int) []string {
 	out := make([]string, n)

@@ -6,9 +6,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/lb"
 	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/transporttest"
 	"github.com/imgn/imgn/persist"
 )
@@ -17,26 +18,26 @@ import (
 // only membership.
 type nopTransport struct{}
 
-func (nopTransport) Start(context.Context, mesh.NodeInfo, engine.ClusterHandler) error { return nil }
+func (nopTransport) Start(context.Context, membership.NodeInfo, cluster.Handler) error { return nil }
 func (nopTransport) Addr() string                                                      { return "" }
-func (nopTransport) SetPeers([]mesh.NodeInfo)                                          {}
+func (nopTransport) SetPeers([]membership.NodeInfo)                                    {}
 func (nopTransport) Append(context.Context, string, persist.Message, []string) (persist.AppendResult, error) {
-	return persist.AppendResult{}, engine.ErrForward
+	return persist.AppendResult{}, cluster.ErrForward
 }
-func (nopTransport) Push(string, persist.Message, []engine.PushTarget) {}
-func (nopTransport) Kick(string, string, string, uint64)               {}
-func (nopTransport) Close() error                                      { return nil }
+func (nopTransport) Push(string, persist.Message, []cluster.PushTarget) {}
+func (nopTransport) Kick(string, string, string, uint64)                {}
+func (nopTransport) Close() error                                       { return nil }
 
 // TestRoutingMatchesOwnership runs real mesh.Clusters and a Router on one
 // in-memory registry: with consistent-hash, every user is routed to the
 // node that owns their inbox. When a node drains, its users go to the node
 // that will own their inbox once it has left, and nobody else moves.
 func TestRoutingMatchesOwnership(t *testing.T) {
-	hub := mesh.NewMemoryHub()
+	hub := membership.NewMemoryHub()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var clusters []*mesh.Cluster
-	var nodes []mesh.NodeInfo
+	var nodes []membership.NodeInfo
 	for i := range 4 {
 		reg := hub.NewRegistry()
 		t.Cleanup(func() { _ = reg.Close() })
@@ -91,7 +92,7 @@ func TestRoutingMatchesOwnership(t *testing.T) {
 		}
 		return fmt.Errorf("view %+v", r.Nodes())
 	})
-	after := ownershipRing(t, []mesh.NodeInfo{nodes[0], nodes[2], nodes[3]})
+	after := ownershipRing(t, []membership.NodeInfo{nodes[0], nodes[2], nodes[3]})
 	for _, uid := range users {
 		got := mustRoute(t, r.Handler(), uid).NodeID
 		if o, _ := clusters[0].Owner(uid); o != owner[uid] {

@@ -1,5 +1,5 @@
 // Package router is the core of imrouter: it follows cluster membership
-// through a mesh.Watcher, keeps an lb.Balancer fed with the live nodes, and
+// through a membership.Watcher, keeps an lb.Balancer fed with the live nodes, and
 // answers "which node should this user connect to?" over HTTP
 // (GET /v1/route?uid=). It is a library so that cmd/imrouter, tests and
 // other binaries can embed it.
@@ -13,7 +13,7 @@
 //   - A node with weight 0 or the draining flag is never returned, nor one
 //     that publishes no client address. When no node qualifies the answer
 //     is an error (HTTP 503 with a reason), never a crash and never an
-//     empty address: the seed's nextInt(0) crash on all-zero weights
+//     empty address: the original design's nextInt(0) crash on all-zero weights
 //     cannot happen.
 //   - Consistent hashing agrees with inbox ownership. Members are converted
 //     as lb.Node{ID, Addr: ClientAddr, Weight, Active: Conns, Draining} and
@@ -45,7 +45,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/imgn/imgn/lb"
-	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/membership"
 )
 
 // ErrConfig marks an invalid Config passed to New.
@@ -57,7 +57,7 @@ type Config struct {
 	// Watcher supplies the live members (required). The Router subscribes
 	// with Watch and never closes the Watcher: its owner does, after
 	// closing the Router.
-	Watcher mesh.Watcher
+	Watcher membership.Watcher
 	// Strategy is one of lb.Strategies(): "consistent-hash" (default),
 	// "least-active", "weighted-random" or "round-robin".
 	Strategy string
@@ -118,10 +118,10 @@ type Router struct {
 
 // view is one applied membership view. Never mutated once stored.
 type view struct {
-	nodes     []mesh.NodeInfo // every live member, sorted by ID
-	available int             // members a strategy may pick
-	invalid   []string        // members the balancer rejected (never picked)
-	at        time.Time       // when the view was applied
+	nodes     []membership.NodeInfo // every live member, sorted by ID
+	available int                   // members a strategy may pick
+	invalid   []string              // members the balancer rejected (never picked)
+	at        time.Time             // when the view was applied
 }
 
 // New validates cfg, subscribes to cfg.Watcher and returns a running
@@ -190,7 +190,7 @@ func (r *Router) Ready() bool { return r.view.Load() != nil }
 
 // Nodes returns the live members of the current view, sorted by ID, in a
 // new slice (nil before the first view).
-func (r *Router) Nodes() []mesh.NodeInfo {
+func (r *Router) Nodes() []membership.NodeInfo {
 	v := r.view.Load()
 	if v == nil {
 		return nil
@@ -200,7 +200,7 @@ func (r *Router) Nodes() []mesh.NodeInfo {
 
 // watchLoop applies every view the Watcher delivers until ctx ends. If the
 // Watcher closes its channel (it was closed), the last view stays in force.
-func (r *Router) watchLoop(ctx context.Context, views <-chan []mesh.NodeInfo) {
+func (r *Router) watchLoop(ctx context.Context, views <-chan []membership.NodeInfo) {
 	defer close(r.done)
 	for nodes := range views {
 		r.apply(nodes)
@@ -212,9 +212,9 @@ func (r *Router) watchLoop(ctx context.Context, views <-chan []mesh.NodeInfo) {
 
 // apply installs one membership view. It runs on the watch goroutine only,
 // which is what lb.Balancer.Update asks for.
-func (r *Router) apply(nodes []mesh.NodeInfo) {
+func (r *Router) apply(nodes []membership.NodeInfo) {
 	nodes = slices.Clone(nodes)
-	slices.SortFunc(nodes, func(a, b mesh.NodeInfo) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(nodes, func(a, b membership.NodeInfo) int { return strings.Compare(a.ID, b.ID) })
 	lbNodes := make([]lb.Node, 0, len(nodes))
 	var invalid []string
 	available := 0
@@ -249,7 +249,7 @@ func (r *Router) apply(nodes []mesh.NodeInfo) {
 // toLB converts a registry member to a balancer node. This exact mapping
 // (with the same virtual-node count) is what makes consistent-hash routing
 // agree with inbox ownership; see the package doc.
-func toLB(n mesh.NodeInfo) lb.Node {
+func toLB(n membership.NodeInfo) lb.Node {
 	return lb.Node{ID: n.ID, Addr: n.ClientAddr, Weight: n.Weight, Active: n.Conns, Draining: n.Draining}
 }
 
@@ -269,13 +269,13 @@ func checkNode(n lb.Node) error {
 	return nil
 }
 
-func sameMembers(a, b []mesh.NodeInfo) bool {
-	return slices.EqualFunc(a, b, func(x, y mesh.NodeInfo) bool {
+func sameMembers(a, b []membership.NodeInfo) bool {
+	return slices.EqualFunc(a, b, func(x, y membership.NodeInfo) bool {
 		return x.ID == y.ID && x.Weight == y.Weight && x.Draining == y.Draining && x.ClientAddr == y.ClientAddr
 	})
 }
 
-func ids(nodes []mesh.NodeInfo) []string {
+func ids(nodes []membership.NodeInfo) []string {
 	out := make([]string, len(nodes))
 	for i, n := range nodes {
 		out[i] = n.ID

@@ -14,7 +14,7 @@ import (
 
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/lb"
-	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/membership"
 )
 
 func TestConfig(t *testing.T) {
@@ -103,7 +103,7 @@ func TestNotReady(t *testing.T) {
 // the nodes, and the answer is the inbox owner of the cluster's ring.
 func TestConsistentHash(t *testing.T) {
 	c := newHub(t)
-	nodes := []mesh.NodeInfo{node("n1", 9010), node("n2", 9020), node("n3", 9030)}
+	nodes := []membership.NodeInfo{node("n1", 9010), node("n2", 9020), node("n3", 9030)}
 	c.set(nodes...)
 	r := newRouter(t, c.watcher(), lb.ConsistentHash)
 	waitView(t, r, nodes...)
@@ -143,12 +143,12 @@ func TestConsistentHash(t *testing.T) {
 // unit of weight, and a burst levels the load.
 func TestLeastActive(t *testing.T) {
 	c := newHub(t)
-	nodes := []mesh.NodeInfo{
-		with(node("n1", 9010), func(n *mesh.NodeInfo) { n.Conns = 50 }),
-		with(node("n2", 9020), func(n *mesh.NodeInfo) { n.Conns = 10 }),
-		with(node("n3", 9030), func(n *mesh.NodeInfo) { n.Conns, n.Weight = 30, 50 }),
-		with(node("n4", 9040), func(n *mesh.NodeInfo) { n.Conns, n.Draining = 0, true }),
-		with(node("n5", 9050), func(n *mesh.NodeInfo) { n.Conns, n.Weight = 0, 0 }),
+	nodes := []membership.NodeInfo{
+		with(node("n1", 9010), func(n *membership.NodeInfo) { n.Conns = 50 }),
+		with(node("n2", 9020), func(n *membership.NodeInfo) { n.Conns = 10 }),
+		with(node("n3", 9030), func(n *membership.NodeInfo) { n.Conns, n.Weight = 30, 50 }),
+		with(node("n4", 9040), func(n *membership.NodeInfo) { n.Conns, n.Draining = 0, true }),
+		with(node("n5", 9050), func(n *membership.NodeInfo) { n.Conns, n.Weight = 0, 0 }),
 	}
 	c.set(nodes...)
 	r := newRouter(t, c.watcher(), lb.LeastActive)
@@ -177,11 +177,11 @@ func TestLeastActive(t *testing.T) {
 // TestWeightedRandom: picks follow the weights.
 func TestWeightedRandom(t *testing.T) {
 	c := newHub(t)
-	nodes := []mesh.NodeInfo{
-		with(node("n1", 9010), func(n *mesh.NodeInfo) { n.Weight = 100 }),
-		with(node("n2", 9020), func(n *mesh.NodeInfo) { n.Weight = 300 }),
-		with(node("n3", 9030), func(n *mesh.NodeInfo) { n.Weight = 600; n.Draining = true }),
-		with(node("n4", 9040), func(n *mesh.NodeInfo) { n.Weight = 0 }),
+	nodes := []membership.NodeInfo{
+		with(node("n1", 9010), func(n *membership.NodeInfo) { n.Weight = 100 }),
+		with(node("n2", 9020), func(n *membership.NodeInfo) { n.Weight = 300 }),
+		with(node("n3", 9030), func(n *membership.NodeInfo) { n.Weight = 600; n.Draining = true }),
+		with(node("n4", 9040), func(n *membership.NodeInfo) { n.Weight = 0 }),
 	}
 	c.set(nodes...)
 	r := newRouter(t, c.watcher(), lb.WeightedRandom)
@@ -207,8 +207,8 @@ func TestWeightedRandom(t *testing.T) {
 // TestRoundRobin: picks cycle through the nodes in proportion to weight.
 func TestRoundRobin(t *testing.T) {
 	c := newHub(t)
-	nodes := []mesh.NodeInfo{node("n1", 9010), node("n2", 9020), node("n3", 9030),
-		with(node("n4", 9040), func(n *mesh.NodeInfo) { n.Draining = true })}
+	nodes := []membership.NodeInfo{node("n1", 9010), node("n2", 9020), node("n3", 9030),
+		with(node("n4", 9040), func(n *membership.NodeInfo) { n.Draining = true })}
 	c.set(nodes...)
 	r := newRouter(t, c.watcher(), lb.RoundRobin)
 	waitView(t, r, nodes...)
@@ -226,9 +226,9 @@ func TestRoundRobin(t *testing.T) {
 	}
 
 	// Weights 100:200 (n3 leaves): n2 twice in every window of three.
-	c.set(with(nodes[1], func(n *mesh.NodeInfo) { n.Weight = 200 }))
+	c.set(with(nodes[1], func(n *membership.NodeInfo) { n.Weight = 200 }))
 	c.remove("n3")
-	waitView(t, r, nodes[0], with(nodes[1], func(n *mesh.NodeInfo) { n.Weight = 200 }), nodes[3])
+	waitView(t, r, nodes[0], with(nodes[1], func(n *membership.NodeInfo) { n.Weight = 200 }), nodes[3])
 	count := map[string]int{}
 	for range 30 {
 		count[mustRoute(t, h, "u").NodeID]++
@@ -246,10 +246,10 @@ func TestNeverUnusable(t *testing.T) {
 		t.Run(strategy, func(t *testing.T) {
 			c := newHub(t)
 			good := node("ok", 9010)
-			draining := with(node("draining", 9020), func(n *mesh.NodeInfo) { n.Draining = true })
-			zero := with(node("zero", 9030), func(n *mesh.NodeInfo) { n.Weight = 0 })
-			noAddr := with(node("noaddr", 9040), func(n *mesh.NodeInfo) { n.ClientAddr = "" })
-			huge := with(node("huge", 9050), func(n *mesh.NodeInfo) { n.Weight = lb.MaxWeight + 1 })
+			draining := with(node("draining", 9020), func(n *membership.NodeInfo) { n.Draining = true })
+			zero := with(node("zero", 9030), func(n *membership.NodeInfo) { n.Weight = 0 })
+			noAddr := with(node("noaddr", 9040), func(n *membership.NodeInfo) { n.ClientAddr = "" })
+			huge := with(node("huge", 9050), func(n *membership.NodeInfo) { n.Weight = lb.MaxWeight + 1 })
 			c.set(good, draining, zero, noAddr, huge)
 			r := newRouter(t, c.watcher(), strategy)
 			waitView(t, r, good, draining, zero, noAddr, huge)
@@ -268,8 +268,8 @@ func TestNeverUnusable(t *testing.T) {
 			}
 
 			// The last usable node drains: 503, never a crash or an empty
-			// address (the seed's nextInt(0)).
-			c.set(with(good, func(n *mesh.NodeInfo) { n.Draining = true }))
+			// address (the original design's nextInt(0)).
+			c.set(with(good, func(n *membership.NodeInfo) { n.Draining = true }))
 			eventually(t, defaultWait, "503", func() error {
 				if a := route(t, h, "alice"); a.Code != http.StatusServiceUnavailable {
 					return fmt.Errorf("%+v", a)
@@ -290,13 +290,13 @@ func TestNeverUnusable(t *testing.T) {
 	}
 }
 
-// TestAllZeroWeight is the seed's crash: every node publishes weight 0.
+// TestAllZeroWeight is the original design's crash: every node publishes weight 0.
 func TestAllZeroWeight(t *testing.T) {
 	for _, strategy := range lb.Strategies() {
 		c := newHub(t)
-		var nodes []mesh.NodeInfo
+		var nodes []membership.NodeInfo
 		for i := range 3 {
-			nodes = append(nodes, with(node(fmt.Sprint("n", i), 9010+10*i), func(n *mesh.NodeInfo) { n.Weight = 0 }))
+			nodes = append(nodes, with(node(fmt.Sprint("n", i), 9010+10*i), func(n *membership.NodeInfo) { n.Weight = 0 }))
 		}
 		c.set(nodes...)
 		r := newRouter(t, c.watcher(), strategy)
@@ -309,7 +309,7 @@ func TestAllZeroWeight(t *testing.T) {
 
 func TestExclude(t *testing.T) {
 	c := newHub(t)
-	nodes := []mesh.NodeInfo{node("n1", 9010), node("n2", 9020), node("n3", 9030)}
+	nodes := []membership.NodeInfo{node("n1", 9010), node("n2", 9020), node("n3", 9030)}
 	c.set(nodes...)
 	r := newRouter(t, c.watcher(), lb.ConsistentHash)
 	waitView(t, r, nodes...)
@@ -386,9 +386,9 @@ func TestBadRequests(t *testing.T) {
 // identical consistent-hash answers, with and without exclude.
 func TestRoutersAgree(t *testing.T) {
 	c := newHub(t)
-	var nodes []mesh.NodeInfo
+	var nodes []membership.NodeInfo
 	for i := range 5 {
-		nodes = append(nodes, with(node(fmt.Sprint("node-", i), 9010+10*i), func(n *mesh.NodeInfo) { n.Weight = 50 + 50*i }))
+		nodes = append(nodes, with(node(fmt.Sprint("node-", i), 9010+10*i), func(n *membership.NodeInfo) { n.Weight = 50 + 50*i }))
 	}
 	c.set(nodes...)
 	r1 := newRouter(t, c.watcher(), lb.ConsistentHash)
@@ -478,9 +478,9 @@ func TestMembershipChange(t *testing.T) {
 
 func TestMetrics(t *testing.T) {
 	c := newHub(t)
-	c.set(node("n1", 9010), with(node("n2", 9020), func(n *mesh.NodeInfo) { n.Draining = true }))
+	c.set(node("n1", 9010), with(node("n2", 9020), func(n *membership.NodeInfo) { n.Draining = true }))
 	r := newRouter(t, c.watcher(), lb.RoundRobin)
-	waitView(t, r, node("n1", 9010), with(node("n2", 9020), func(n *mesh.NodeInfo) { n.Draining = true }))
+	waitView(t, r, node("n1", 9010), with(node("n2", 9020), func(n *membership.NodeInfo) { n.Draining = true }))
 	h := r.Handler()
 	for range 3 {
 		mustRoute(t, h, "alice")
@@ -503,7 +503,7 @@ func TestMetrics(t *testing.T) {
 }
 
 func TestStatic(t *testing.T) {
-	nodes := []mesh.NodeInfo{node("b", 9020), node("a", 9010)}
+	nodes := []membership.NodeInfo{node("b", 9020), node("a", 9010)}
 	s, err := NewStatic(nodes)
 	if err != nil {
 		t.Fatal(err)
@@ -514,12 +514,12 @@ func TestStatic(t *testing.T) {
 	if got := s.Nodes(); len(got) != 2 || got[0].ID != "a" {
 		t.Fatalf("Nodes %+v", got)
 	}
-	for _, bad := range [][]mesh.NodeInfo{
+	for _, bad := range [][]membership.NodeInfo{
 		{node("a", 1), node("a", 2)},
 		{node("bad id", 1)},
-		{with(node("a", 1), func(n *mesh.NodeInfo) { n.Weight = -1 })},
+		{with(node("a", 1), func(n *membership.NodeInfo) { n.Weight = -1 })},
 	} {
-		if _, err := NewStatic(bad); !errors.Is(err, mesh.ErrInvalidNode) {
+		if _, err := NewStatic(bad); !errors.Is(err, membership.ErrInvalidNode) {
 			t.Errorf("NewStatic(%v) = %v, want ErrInvalidNode", bad, err)
 		}
 	}
@@ -542,7 +542,7 @@ func TestClientResolver(t *testing.T) {
 		t.Fatalf("resolve = %s %s %v, want %+v", addr, id, err, owner)
 	}
 	addr, id, err = res(t.Context(), []string{owner.NodeID})
-	if err != nil || id == owner.NodeID || addr != addrOf([]mesh.NodeInfo{n1, n2}, id) {
+	if err != nil || id == owner.NodeID || addr != addrOf([]membership.NodeInfo{n1, n2}, id) {
 		t.Fatalf("resolve excluding %s = %s %s %v", owner.NodeID, addr, id, err)
 	}
 	if _, _, err := res(t.Context(), []string{"n1", "n2"}); !errors.Is(err, client.ErrNoNodeAvailable) {
@@ -550,7 +550,7 @@ func TestClientResolver(t *testing.T) {
 	}
 }
 
-func addrOf(nodes []mesh.NodeInfo, id string) string {
+func addrOf(nodes []membership.NodeInfo, id string) string {
 	for _, n := range nodes {
 		if n.ID == id {
 			return n.ClientAddr
@@ -561,7 +561,7 @@ func addrOf(nodes []mesh.NodeInfo, id string) string {
 
 // ownershipRing is the inbox ownership ring as mesh.Cluster builds it:
 // every member at lb.DefaultWeight, lb.DefaultVirtualNodes points.
-func ownershipRing(t testing.TB, members []mesh.NodeInfo) *lb.Ring {
+func ownershipRing(t testing.TB, members []membership.NodeInfo) *lb.Ring {
 	t.Helper()
 	nodes := make([]lb.Node, len(members))
 	for i, m := range members {

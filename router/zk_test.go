@@ -13,7 +13,7 @@ import (
 
 	"github.com/imgn/imgn/internal/testsvc"
 	"github.com/imgn/imgn/lb"
-	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/zkregistry"
 )
 
@@ -62,7 +62,7 @@ func TestZooKeeper(t *testing.T) {
 		slack      = 1500 * time.Millisecond
 		registerTO = 20 * time.Second
 	)
-	newReg := func(id string, port int, dialer func(string, string, time.Duration) (net.Conn, error), sessionTO time.Duration) (*zkregistry.Registry, mesh.NodeInfo) {
+	newReg := func(id string, port int, dialer func(string, string, time.Duration) (net.Conn, error), sessionTO time.Duration) (*zkregistry.Registry, membership.NodeInfo) {
 		t.Helper()
 		reg, err := zkregistry.New(zkregistry.Config{Servers: []string{svc.Addr}, Root: root,
 			SessionTimeout: sessionTO, Dialer: dialer, Logger: testLogger(t).With("node", id)})
@@ -70,7 +70,7 @@ func TestZooKeeper(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = reg.Close() })
-		n := with(node(id, port), func(n *mesh.NodeInfo) { n.Conns = int64(port % 100) })
+		n := with(node(id, port), func(n *membership.NodeInfo) { n.Conns = int64(port % 100) })
 		ctx, cancel := context.WithTimeout(context.Background(), registerTO)
 		defer cancel()
 		if err := reg.Register(ctx, n); err != nil {
@@ -95,21 +95,21 @@ func TestZooKeeper(t *testing.T) {
 	// Every registered node shows up in /v1/nodes with what it published.
 	eventually(t, registerTO, "/v1/nodes lists the registered nodes", func() error {
 		resp := nodesOf(t, h)
-		var got []mesh.NodeInfo
+		var got []membership.NodeInfo
 		for _, s := range resp.Nodes {
 			if !s.Available {
 				return fmt.Errorf("%s not available: %+v", s.ID, s)
 			}
-			got = append(got, mesh.NodeInfo{ID: s.ID, ClientAddr: s.ClientAddr, MeshAddr: s.MeshAddr, AdminAddr: s.AdminAddr,
+			got = append(got, membership.NodeInfo{ID: s.ID, ClientAddr: s.ClientAddr, MeshAddr: s.MeshAddr, AdminAddr: s.AdminAddr,
 				Weight: s.Weight, Conns: s.Conns, BootEpoch: s.BootEpoch, Draining: s.Draining})
 		}
-		if want := []mesh.NodeInfo{na, nb, nc}; !resp.Ready || !slices.Equal(got, want) {
+		if want := []membership.NodeInfo{na, nb, nc}; !resp.Ready || !slices.Equal(got, want) {
 			return fmt.Errorf("nodes %+v, want %+v", got, want)
 		}
 		return nil
 	})
 	users := uids(600)
-	ring := ownershipRing(t, []mesh.NodeInfo{na, nb, nc})
+	ring := ownershipRing(t, []membership.NodeInfo{na, nb, nc})
 	on := map[string][]string{}
 	for _, uid := range users {
 		got := mustRoute(t, h, uid)

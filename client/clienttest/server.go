@@ -15,16 +15,16 @@ package clienttest
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"net"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
-	"google.golang.org/protobuf/proto"
 )
 
 // Request is one decoded client frame, as seen by a Hook.
@@ -429,25 +429,13 @@ func (c *Conn) serve() {
 		s.mu.Unlock()
 		_ = c.nc.Close()
 	}()
-	br := bufio.NewReader(c.nc)
-	var dec codec.Decoder
+	fr := codec.FrameReader{R: bufio.NewReader(c.nc)}
 	for {
-		hdr := make([]byte, codec.HeaderSize)
-		if _, err := io.ReadFull(br, hdr); err != nil {
-			return
-		}
-		h, err := codec.ParseHeader(hdr)
-		if err != nil || h.Length > codec.DefaultMaxBody {
-			c.writeSer(codec.JSON, codec.CmdError, h.Seq, &pb.Error{Code: uint32(codec.CodeOf(err)), Fatal: true})
-			return
-		}
-		frame := make([]byte, h.FrameSize())
-		copy(frame, hdr)
-		if _, err := io.ReadFull(br, frame[codec.HeaderSize:]); err != nil {
-			return
-		}
-		f, ok, err := dec.ParseFrame(frame)
-		if err != nil || !ok {
+		f, err := fr.Next()
+		if err != nil {
+			if code := codec.CodeOf(err); code != codec.CodeInternal {
+				c.writeSer(codec.JSON, codec.CmdError, f.Seq, &pb.Error{Code: uint32(code), Fatal: true})
+			}
 			return
 		}
 		c.handle(f)

@@ -14,16 +14,13 @@ import (
 
 	"github.com/imgn/imgn/client/clienttest"
 	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/internal/testutil"
 )
 
 // waitUntil polls cond for up to 5 s.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
+	testutil.Until(t, 5*time.Second, what, cond)
 }
 
 // devicesSeen records the device of every LOGIN the server receives.

@@ -15,6 +15,7 @@ import (
 	"github.com/imgn/imgn/engine"
 	"github.com/imgn/imgn/internal/logging"
 	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/zkregistry"
 	"github.com/imgn/imgn/persist/mongostore"
 	"github.com/imgn/imgn/persist/redisstore"
@@ -87,7 +88,7 @@ func serveCluster(o *options, log *slog.Logger) error {
 
 	var srv *engine.Server
 	cluster, err := mesh.New(mesh.Config{
-		Self:              mesh.NodeInfo{ID: o.engine.NodeID, ClientAddr: c.advertise, MeshAddr: c.meshListen, AdminAddr: o.admin, Weight: c.weight},
+		Self:              membership.NodeInfo{ID: o.engine.NodeID, ClientAddr: c.advertise, MeshAddr: c.meshListen, AdminAddr: o.admin, Weight: c.weight},
 		Registry:          reg,
 		Transport:         transport,
 		AdvertiseMeshAddr: c.meshAdvertise,

@@ -65,14 +65,8 @@ func (o *options) clustered() bool {
 }
 
 // engineDefaults returns engine.Config with the engine's defaults applied,
-// so the flags start from them instead of repeating them. Validate fills
-// every zero field before it checks; the missing Store is the expected
-// error and is ignored.
-func engineDefaults() engine.Config {
-	var c engine.Config
-	_ = c.Validate()
-	return c
-}
+// so the flags start from them instead of repeating them.
+func engineDefaults() engine.Config { return engine.Config{}.WithDefaults() }
 
 // derivedDefaults are the settings whose default is computed from others:
 // their flag default is the zero value, which the engine or imd replaces.
@@ -269,6 +263,7 @@ func (o *options) effective(fields map[string]string) (engine.Config, error) {
 	cfg := o.engine
 	cfg.Store = placeholderStore{}
 	cfg.Logger = slog.New(slog.DiscardHandler)
+	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		msg := strings.TrimPrefix(err.Error(), "engine: config: ")
 		msg = fieldName.ReplaceAllStringFunc(msg, func(f string) string {

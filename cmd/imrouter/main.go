@@ -31,7 +31,7 @@ import (
 	"github.com/imgn/imgn/internal/envflag"
 	"github.com/imgn/imgn/internal/logging"
 	"github.com/imgn/imgn/lb"
-	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/zkregistry"
 	"github.com/imgn/imgn/router"
 )
@@ -47,7 +47,7 @@ func main() {
 type options struct {
 	listen, zkRoot, strategy, logLevel, logFormat string
 	zk                                            []string
-	static                                        []mesh.NodeInfo
+	static                                        []membership.NodeInfo
 	vnodes                                        int
 	zkSession, shutdownTimeout                    time.Duration
 	flags                                         *envflag.Flags
@@ -139,14 +139,14 @@ func validStrategy(s string) bool {
 
 // parseStatic parses "id=host:port[@weight],...". Each node gets boot
 // epoch 1 and, unless given, weight lb.DefaultWeight.
-func parseStatic(s string) ([]mesh.NodeInfo, error) {
-	var nodes []mesh.NodeInfo
+func parseStatic(s string) ([]membership.NodeInfo, error) {
+	var nodes []membership.NodeInfo
 	for _, item := range splitList(s) {
 		id, addr, ok := strings.Cut(item, "=")
 		if !ok {
 			return nil, fmt.Errorf("%q: want id=host:port[@weight]", item)
 		}
-		n := mesh.NodeInfo{ID: strings.TrimSpace(id), Weight: lb.DefaultWeight, BootEpoch: 1}
+		n := membership.NodeInfo{ID: strings.TrimSpace(id), Weight: lb.DefaultWeight, BootEpoch: 1}
 		if a, w, ok := strings.Cut(addr, "@"); ok {
 			weight, err := strconv.Atoi(w)
 			if err != nil || weight < 0 || weight > lb.MaxWeight {
@@ -227,7 +227,7 @@ func runConfig(args []string, getenv func(string) string, stdout, stderr io.Writ
 // listener stops accepting, requests in flight finish (bounded by
 // --shutdown-timeout), and the membership watcher is closed.
 func serve(ctx context.Context, o *options, log *slog.Logger, ready func(addr string)) error {
-	var w mesh.Watcher
+	var w membership.Watcher
 	var err error
 	if o.static != nil {
 		w, err = router.NewStatic(o.static)

@@ -17,14 +17,14 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/internal/leaktest"
 	"github.com/imgn/imgn/lb"
-	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/membership"
 )
 
 // TestMain checks for leaked goroutines (gnet's process-wide pool, linked
 // through mesh, aside).
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m, engine.GnetGoroutines()...) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, leaktest.Gnet()...) }
 
 func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
 
@@ -55,7 +55,7 @@ func TestParseOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []mesh.NodeInfo{
+	want := []membership.NodeInfo{
 		{ID: "n1", ClientAddr: "127.0.0.1:9090", Weight: 100, BootEpoch: 1},
 		{ID: "n2", ClientAddr: "127.0.0.1:9190", Weight: 50, BootEpoch: 1},
 		{ID: "n3", ClientAddr: "[::1]:9290", Weight: 0, BootEpoch: 1},

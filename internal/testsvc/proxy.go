@@ -11,7 +11,7 @@ import (
 )
 
 // Proxy is a TCP fault injector between clients and a server, for network
-// faults that signals cannot produce (research/reliability.md, T8): it
+// faults that signals cannot produce: it
 // listens on a free loopback port and forwards every connection to Target.
 // Faults apply to existing and new connections alike:
 //

@@ -16,11 +16,12 @@
 package meshpb
 
 import (
-	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
-	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
+
+	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
+	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 )
 
 const (
@@ -45,7 +46,7 @@ const (
 	ErrorCode_ERROR_CODE_GROUP_FULL   ErrorCode = 7  // persist.ErrGroupFull
 	ErrorCode_ERROR_CODE_CANCELED     ErrorCode = 8  // context.Canceled
 	ErrorCode_ERROR_CODE_DEADLINE     ErrorCode = 9  // context.DeadlineExceeded
-	ErrorCode_ERROR_CODE_FORWARD      ErrorCode = 10 // engine.ErrForward: the receiver could not take the request
+	ErrorCode_ERROR_CODE_FORWARD      ErrorCode = 10 // cluster.ErrForward: the receiver could not take the request
 	ErrorCode_ERROR_CODE_PROTOCOL     ErrorCode = 11 // bad HELLO or frame; the link is closed
 	ErrorCode_ERROR_CODE_WRONG_NODE   ErrorCode = 12 // HELLO reached a node other than peer_id
 )
@@ -457,7 +458,7 @@ func (x *AppendResult) GetToEpoch() int64 {
 	return 0
 }
 
-// PushTarget mirrors engine.PushTarget.
+// PushTarget mirrors cluster.PushTarget.
 type PushTarget struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`

@@ -15,8 +15,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
-	"github.com/imgn/imgn/engine"
 	"github.com/imgn/imgn/persist"
 )
 
@@ -57,7 +57,7 @@ func (m *Message) ToPersist() persist.Message {
 }
 
 // FromTargets converts push targets.
-func FromTargets(ts []engine.PushTarget) []*PushTarget {
+func FromTargets(ts []cluster.PushTarget) []*PushTarget {
 	out := make([]*PushTarget, len(ts))
 	for i, t := range ts {
 		out[i] = &PushTarget{User: t.User, Seq: t.Seq}
@@ -66,11 +66,11 @@ func FromTargets(ts []engine.PushTarget) []*PushTarget {
 }
 
 // ToTargets converts push targets back, skipping nil entries.
-func ToTargets(ts []*PushTarget) []engine.PushTarget {
-	out := make([]engine.PushTarget, 0, len(ts))
+func ToTargets(ts []*PushTarget) []cluster.PushTarget {
+	out := make([]cluster.PushTarget, 0, len(ts))
 	for _, t := range ts {
 		if t != nil {
-			out = append(out, engine.PushTarget{User: t.User, Seq: t.Seq})
+			out = append(out, cluster.PushTarget{User: t.User, Seq: t.Seq})
 		}
 	}
 	return out
@@ -116,12 +116,12 @@ var sentinels = []struct {
 	{ErrorCode_ERROR_CODE_GROUP_FULL, persist.ErrGroupFull},
 	{ErrorCode_ERROR_CODE_CANCELED, context.Canceled},
 	{ErrorCode_ERROR_CODE_DEADLINE, context.DeadlineExceeded},
-	{ErrorCode_ERROR_CODE_FORWARD, engine.ErrForward},
+	{ErrorCode_ERROR_CODE_FORWARD, cluster.ErrForward},
 }
 
 // ErrorOf classifies err for the wire: the code of the first sentinel err
 // wraps (persist sentinels first, then context errors, then
-// engine.ErrForward), ERROR_CODE_UNKNOWN otherwise, and err's text. A
+// cluster.ErrForward), ERROR_CODE_UNKNOWN otherwise, and err's text. A
 // RemoteError keeps its code. nil gives nil.
 func ErrorOf(err error) *Error {
 	if err == nil {
@@ -175,7 +175,7 @@ func (e *RemoteError) Unwrap() error {
 // parent, bounded by the request's announced budget (def when it announces
 // none), and returns the reply body. The handler's error, if any, is
 // classified by ErrorOf.
-func ServeAppend(parent context.Context, h engine.ClusterHandler, def time.Duration, req *AppendRequest) *AppendResult {
+func ServeAppend(parent context.Context, h cluster.Handler, def time.Duration, req *AppendRequest) *AppendResult {
 	budget := def
 	if req.TimeoutMs > 0 {
 		budget = time.Duration(req.TimeoutMs) * time.Millisecond

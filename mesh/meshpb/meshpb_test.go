@@ -6,17 +6,18 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/imgn/imgn/engine"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/mesh/meshpb"
 	"github.com/imgn/imgn/persist"
-	"google.golang.org/protobuf/proto"
 )
 
 func TestErrorRoundTrip(t *testing.T) {
 	for _, want := range []error{
 		persist.ErrUnavailable, persist.ErrInvalid, persist.ErrClosed, persist.ErrNotFound,
 		persist.ErrUserExists, persist.ErrGroupExists, persist.ErrGroupFull,
-		context.Canceled, context.DeadlineExceeded, engine.ErrForward,
+		context.Canceled, context.DeadlineExceeded, cluster.ErrForward,
 	} {
 		e := meshpb.ErrorOf(fmt.Errorf("ctx: %w", want))
 		b, err := proto.Marshal(e)

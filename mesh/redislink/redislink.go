@@ -1,5 +1,5 @@
 // Package redislink is the Redis pub/sub mesh.Transport (`--mesh redis`,
-// the seed's alternative to direct links), on github.com/redis/rueidis.
+// the older design's alternative to direct links), on github.com/redis/rueidis.
 //
 // Every node subscribes to one channel, ChannelPrefix+<node id>
 // ("im:mesh:n1"). A request to node X is published to X's channel; an
@@ -13,8 +13,8 @@
 // Redis pub/sub is at-most-once: a message published while the receiver
 // is not subscribed (down, restarting, reconnecting to Redis) is lost.
 // Hence: a PUBLISH that reaches no subscriber fails its Append at once
-// with engine.ErrForward; any other loss (of the request or of the reply)
-// ends in engine.ErrForward when the deadline passes. An Append never
+// with cluster.ErrForward; any other loss (of the request or of the reply)
+// ends in cluster.ErrForward when the deadline passes. An Append never
 // reports success without the owner's reply. Pushes and kicks are best
 // effort. Per-peer order: one goroutine publishes each peer's requests in
 // call order over one pipelined connection, and the receiver handles them
@@ -38,9 +38,10 @@ import (
 	"github.com/redis/rueidis"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
-	"github.com/imgn/imgn/engine"
 	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/meshpb"
 	"github.com/imgn/imgn/persist"
 )
@@ -77,7 +78,7 @@ type Config struct {
 	RequestTimeout time.Duration
 	// QueueSize bounds, per peer, the Appends waiting for a reply and,
 	// separately, the frames waiting to be published (DefaultQueueSize).
-	// Beyond it Append fails at once with engine.ErrForward; pushes and
+	// Beyond it Append fails at once with cluster.ErrForward; pushes and
 	// kicks are dropped.
 	QueueSize int
 	// MaxInflight bounds the forwarded appends this node handles at once
@@ -85,7 +86,7 @@ type Config struct {
 	MaxInflight int
 	// InboundQueue bounds the received requests waiting to be handled
 	// (DefaultInboundQueue). Beyond it requests are dropped (their
-	// senders' Appends time out into engine.ErrForward): the subscription
+	// senders' Appends time out into cluster.ErrForward): the subscription
 	// is never blocked, since rueidis shares its connection.
 	InboundQueue int
 	// MaxBody is the largest frame body sent or accepted
@@ -107,8 +108,8 @@ type Transport struct {
 
 	mu    sync.Mutex // guards state, self, h, peers
 	state int
-	self  mesh.NodeInfo
-	h     engine.ClusterHandler
+	self  membership.NodeInfo
+	h     cluster.Handler
 	peers map[string]*peer
 
 	pmu     sync.Mutex // guards pending, seq and every peer's npending
@@ -171,7 +172,8 @@ type inMsg struct {
 // New validates cfg and connects to Redis (failing if it cannot be reached
 // at all). The transport is idle until Start.
 func New(cfg Config) (*Transport, error) {
-	if err := cfg.defaults(); err != nil {
+	var err error
+	if cfg, err = cfg.withDefaults(); err != nil {
 		return nil, fmt.Errorf("redislink: config: %w", err)
 	}
 	t := &Transport{
@@ -202,7 +204,7 @@ func New(cfg Config) (*Transport, error) {
 	return t, nil
 }
 
-func (c *Config) defaults() error {
+func (c Config) withDefaults() (Config, error) {
 	if c.ChannelPrefix == "" {
 		c.ChannelPrefix = DefaultChannelPrefix
 	}
@@ -226,24 +228,24 @@ func (c *Config) defaults() error {
 	}
 	switch {
 	case c.RequestTimeout < 0:
-		return fmt.Errorf("RequestTimeout must not be negative, got %s", c.RequestTimeout)
+		return c, fmt.Errorf("RequestTimeout must not be negative, got %s", c.RequestTimeout)
 	case c.QueueSize < 0 || c.MaxInflight < 0 || c.InboundQueue < 0:
-		return fmt.Errorf("QueueSize (%d), MaxInflight (%d) and InboundQueue (%d) must not be negative", c.QueueSize, c.MaxInflight, c.InboundQueue)
+		return c, fmt.Errorf("QueueSize (%d), MaxInflight (%d) and InboundQueue (%d) must not be negative", c.QueueSize, c.MaxInflight, c.InboundQueue)
 	case c.MaxBody < 0 || c.MaxBody > 1<<30:
-		return fmt.Errorf("MaxBody must be in 1..%d, got %d", 1<<30, c.MaxBody)
+		return c, fmt.Errorf("MaxBody must be in 1..%d, got %d", 1<<30, c.MaxBody)
 	}
-	return nil
+	return c, nil
 }
 
 // Start implements mesh.Transport: it subscribes to this node's channel
 // and returns once Redis confirmed the subscription. When ctx ends first
 // it returns the error and keeps trying in the background; Close releases
 // the transport either way.
-func (t *Transport) Start(ctx context.Context, self mesh.NodeInfo, h engine.ClusterHandler) error {
+func (t *Transport) Start(ctx context.Context, self membership.NodeInfo, h cluster.Handler) error {
 	if h == nil {
 		return errors.New("redislink: nil handler")
 	}
-	if err := mesh.ValidateNode(mesh.NodeInfo{ID: self.ID}); err != nil {
+	if err := membership.ValidateNode(membership.NodeInfo{ID: self.ID}); err != nil {
 		return err
 	}
 	t.mu.Lock()
@@ -274,7 +276,7 @@ func (t *Transport) Start(ctx context.Context, self mesh.NodeInfo, h engine.Clus
 func (t *Transport) Addr() string { return "" }
 
 // SetPeers implements mesh.Transport.
-func (t *Transport) SetPeers(peers []mesh.NodeInfo) {
+func (t *Transport) SetPeers(peers []membership.NodeInfo) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.state == stateClosed {
@@ -320,7 +322,7 @@ func (t *Transport) peer(id string) *peer {
 }
 
 // Close implements mesh.Transport: it unsubscribes, stops publishing,
-// fails the Appends in flight with engine.ErrForward, cancels the contexts
+// fails the Appends in flight with cluster.ErrForward, cancels the contexts
 // of handler calls in flight and waits for every goroutine (handler calls
 // included). It closes the Redis client unless Config.Client supplied it.
 func (t *Transport) Close() error {
@@ -353,9 +355,9 @@ func (t *Transport) Close() error {
 
 func forwardError(node, what string, cause error) error {
 	if cause != nil {
-		return fmt.Errorf("%w: node %s: %s: %w", engine.ErrForward, node, what, cause)
+		return fmt.Errorf("%w: node %s: %s: %w", cluster.ErrForward, node, what, cause)
 	}
-	return fmt.Errorf("%w: node %s: %s", engine.ErrForward, node, what)
+	return fmt.Errorf("%w: node %s: %s", cluster.ErrForward, node, what)
 }
 
 // ---- sending ----
@@ -426,7 +428,7 @@ func (t *Transport) Append(ctx context.Context, node string, msg persist.Message
 }
 
 // Push implements mesh.Transport.
-func (t *Transport) Push(node string, msg persist.Message, targets []engine.PushTarget) {
+func (t *Transport) Push(node string, msg persist.Message, targets []cluster.PushTarget) {
 	t.send(node, meshpb.CmdPush, &meshpb.PushRequest{Msg: meshpb.FromMessage(msg), Targets: meshpb.FromTargets(targets)})
 }
 
@@ -677,7 +679,7 @@ func (t *Transport) dispatch() {
 				t.log.Warn("redislink: undecodable append dropped", "err", err)
 				continue
 			}
-			if mesh.ValidateNode(mesh.NodeInfo{ID: req.ReplyTo}) != nil {
+			if membership.ValidateNode(membership.NodeInfo{ID: req.ReplyTo}) != nil {
 				t.log.Warn("redislink: append without a valid reply_to dropped", "reply_to", req.ReplyTo)
 				continue
 			}

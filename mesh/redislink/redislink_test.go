@@ -13,8 +13,9 @@ import (
 	"github.com/redis/rueidis"
 	"go.uber.org/goleak"
 
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
-	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/internal/leaktest"
 	"github.com/imgn/imgn/internal/testsvc"
 	"github.com/imgn/imgn/mesh"
 	"github.com/imgn/imgn/mesh/meshpb"
@@ -24,7 +25,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, append(engine.GnetGoroutines(),
+	goleak.VerifyTestMain(m, append(leaktest.Gnet(),
 		// rueidis sleeps out a reconnect backoff (under a second) in a goroutine
 		// that outlives Close and then exits on its own.
 		goleak.IgnoreAnyFunction("github.com/redis/rueidis.(*call).DelayDo.func1"))...)
@@ -128,7 +129,7 @@ func TestUnsubscribedFailsFast(t *testing.T) {
 	transporttest.WaitLinked(t, a, b)
 	b.Close(t)
 	_, err := a.T.Append(context.Background(), "node-b", persist.Message{ID: 1}, []string{"u"})
-	if !errors.Is(err, engine.ErrForward) || errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "nobody subscribed") {
+	if !errors.Is(err, cluster.ErrForward) || errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "nobody subscribed") {
 		t.Fatalf("append to an unsubscribed node: %v (want an immediate failure, not the deadline)", err)
 	}
 }
@@ -150,7 +151,7 @@ func TestRedisRestart(t *testing.T) {
 	}
 	start := time.Now()
 	_, err := a.T.Append(context.Background(), "node-b", persist.Message{ID: 1}, []string{"u"})
-	if !errors.Is(err, engine.ErrForward) {
+	if !errors.Is(err, cluster.ErrForward) {
 		t.Fatalf("append with Redis down: %v", err)
 	}
 	if d := time.Since(start); d > p.RequestTimeout+transporttest.Slack {

@@ -1,4 +1,4 @@
-// Package registrytest is the conformance suite of mesh.Registry: every
+// Package registrytest is the conformance suite of membership.Registry: every
 // implementation runs Run from its own tests, so that all registries give
 // the same guarantees (mesh/registry.go documents them). A failure names
 // the guarantee that was broken.
@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/membership"
 )
 
 // Cluster makes registries that share one membership namespace (a memory
@@ -26,11 +26,11 @@ import (
 type Cluster struct {
 	// NewRegistry returns a new, unregistered registry of the cluster, or
 	// fails t. The suite closes every registry it gets.
-	NewRegistry func(t *testing.T) mesh.Registry
+	NewRegistry func(t *testing.T) membership.Registry
 	// NewWatcher, if set, returns a read-only watcher of the cluster. If the
-	// watcher also implements mesh.Registry, its write methods must return
-	// mesh.ErrReadOnly.
-	NewWatcher func(t *testing.T) mesh.Watcher
+	// watcher also implements membership.Registry, its write methods must return
+	// membership.ErrReadOnly.
+	NewWatcher func(t *testing.T) membership.Watcher
 }
 
 // Suite configures Run.
@@ -87,7 +87,7 @@ func Run(t *testing.T, s Suite) {
 }
 
 // newReg returns a registry of c that is closed when the test ends.
-func newReg(t *testing.T, c Cluster) mesh.Registry {
+func newReg(t *testing.T, c Cluster) membership.Registry {
 	t.Helper()
 	r := c.NewRegistry(t)
 	if r == nil {
@@ -102,8 +102,8 @@ func newReg(t *testing.T, c Cluster) mesh.Registry {
 }
 
 // node returns a fully populated NodeInfo.
-func node(id string, epoch int64) mesh.NodeInfo {
-	return mesh.NodeInfo{
+func node(id string, epoch int64) membership.NodeInfo {
+	return membership.NodeInfo{
 		ID:         id,
 		ClientAddr: "127.0.0.1:7" + fmt.Sprint(len(id)),
 		MeshAddr:   "127.0.0.1:8" + fmt.Sprint(len(id)),
@@ -137,9 +137,9 @@ func (s *Suite) eventually(t *testing.T, what string, check func() error) {
 }
 
 // sameView returns nil when got equals want (want sorted by ID).
-func sameView(got []mesh.NodeInfo, want ...mesh.NodeInfo) error {
+func sameView(got []membership.NodeInfo, want ...membership.NodeInfo) error {
 	want = slices.Clone(want)
-	slices.SortFunc(want, func(a, b mesh.NodeInfo) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(want, func(a, b membership.NodeInfo) int { return strings.Compare(a.ID, b.ID) })
 	if len(got) == 0 && len(want) == 0 {
 		return nil
 	}
@@ -150,17 +150,17 @@ func sameView(got []mesh.NodeInfo, want ...mesh.NodeInfo) error {
 }
 
 // seesExactly waits until w's Nodes() equals want.
-func (s *Suite) seesExactly(t *testing.T, w mesh.Watcher, want ...mesh.NodeInfo) {
+func (s *Suite) seesExactly(t *testing.T, w membership.Watcher, want ...membership.NodeInfo) {
 	t.Helper()
 	s.eventually(t, "Nodes() converges", func() error { return sameView(w.Nodes(), want...) })
 }
 
 // nextView receives views from ch until ok accepts one.
-func (s *Suite) nextView(t *testing.T, ch <-chan []mesh.NodeInfo, what string, ok func([]mesh.NodeInfo) bool) []mesh.NodeInfo {
+func (s *Suite) nextView(t *testing.T, ch <-chan []membership.NodeInfo, what string, ok func([]membership.NodeInfo) bool) []membership.NodeInfo {
 	t.Helper()
 	timer := time.NewTimer(s.Timeout)
 	defer timer.Stop()
-	var last []mesh.NodeInfo
+	var last []membership.NodeInfo
 	for {
 		select {
 		case v, open := <-ch:
@@ -178,7 +178,7 @@ func (s *Suite) nextView(t *testing.T, ch <-chan []mesh.NodeInfo, what string, o
 }
 
 // waitClosed waits until ch is closed, draining it.
-func (s *Suite) waitClosed(t *testing.T, ch <-chan []mesh.NodeInfo, what string) {
+func (s *Suite) waitClosed(t *testing.T, ch <-chan []membership.NodeInfo, what string) {
 	t.Helper()
 	timer := time.NewTimer(s.Timeout)
 	defer timer.Stop()
@@ -226,12 +226,12 @@ func testUpdateVisible(t *testing.T, s *Suite) {
 	if err := a.Register(s.ctx(t), n); err != nil {
 		t.Fatalf("Register: %v", err)
 	}
-	steps := []func(n *mesh.NodeInfo){
-		func(n *mesh.NodeInfo) { n.Conns = 42 },
-		func(n *mesh.NodeInfo) { n.Weight = 0 },
-		func(n *mesh.NodeInfo) { n.Draining = true },
-		func(n *mesh.NodeInfo) { n.ClientAddr, n.MeshAddr, n.AdminAddr = "10.0.0.1:1", "10.0.0.1:2", "" },
-		func(n *mesh.NodeInfo) { n.Conns, n.Weight, n.Draining = 0, 250, false },
+	steps := []func(n *membership.NodeInfo){
+		func(n *membership.NodeInfo) { n.Conns = 42 },
+		func(n *membership.NodeInfo) { n.Weight = 0 },
+		func(n *membership.NodeInfo) { n.Draining = true },
+		func(n *membership.NodeInfo) { n.ClientAddr, n.MeshAddr, n.AdminAddr = "10.0.0.1:1", "10.0.0.1:2", "" },
+		func(n *membership.NodeInfo) { n.Conns, n.Weight, n.Draining = 0, 250, false },
 	}
 	for i, step := range steps {
 		step(&n)
@@ -259,7 +259,7 @@ func testDeregister(t *testing.T, s *Suite) {
 	}
 	s.seesExactly(t, b, other)
 	s.seesExactly(t, a, other)
-	if err := a.Update(s.ctx(t), n); !errors.Is(err, mesh.ErrNotRegistered) {
+	if err := a.Update(s.ctx(t), n); !errors.Is(err, membership.ErrNotRegistered) {
 		t.Fatalf("Update after Deregister: %v, want ErrNotRegistered", err)
 	}
 	if err := a.Deregister(s.ctx(t)); err != nil {
@@ -287,13 +287,13 @@ func testClose(t *testing.T, s *Suite) {
 	if err := a.Close(); err != nil {
 		t.Fatalf("second Close: %v, want nil", err)
 	}
-	if err := a.Register(s.ctx(t), n); !errors.Is(err, mesh.ErrClosed) {
+	if err := a.Register(s.ctx(t), n); !errors.Is(err, membership.ErrClosed) {
 		t.Errorf("Register after Close: %v, want ErrClosed", err)
 	}
-	if err := a.Update(s.ctx(t), n); !errors.Is(err, mesh.ErrClosed) {
+	if err := a.Update(s.ctx(t), n); !errors.Is(err, membership.ErrClosed) {
 		t.Errorf("Update after Close: %v, want ErrClosed", err)
 	}
-	if err := a.Deregister(s.ctx(t)); !errors.Is(err, mesh.ErrClosed) {
+	if err := a.Deregister(s.ctx(t)); !errors.Is(err, membership.ErrClosed) {
 		t.Errorf("Deregister after Close: %v, want ErrClosed", err)
 	}
 	_ = a.Nodes() // must not panic
@@ -303,8 +303,8 @@ func testClose(t *testing.T, s *Suite) {
 func testManySorted(t *testing.T, s *Suite) {
 	c := s.NewCluster(t)
 	ids := []string{"n-3", "n-1", "n-2", "a.b_c-D"}
-	var regs []mesh.Registry
-	var want []mesh.NodeInfo
+	var regs []membership.Registry
+	var want []membership.NodeInfo
 	for i, id := range ids {
 		r := newReg(t, c)
 		n := node(id, int64(i+1))
@@ -316,7 +316,7 @@ func testManySorted(t *testing.T, s *Suite) {
 	}
 	for _, r := range regs {
 		s.seesExactly(t, r, want...)
-		if v := r.Nodes(); !slices.IsSortedFunc(v, func(a, b mesh.NodeInfo) int { return strings.Compare(a.ID, b.ID) }) {
+		if v := r.Nodes(); !slices.IsSortedFunc(v, func(a, b membership.NodeInfo) int { return strings.Compare(a.ID, b.ID) }) {
 			t.Fatalf("Nodes not sorted by ID: %+v", v)
 		}
 	}
@@ -328,22 +328,22 @@ func testWatch(t *testing.T, s *Suite) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ch := b.Watch(ctx)
-	s.nextView(t, ch, "the initial (empty) view", func(v []mesh.NodeInfo) bool { return len(v) == 0 })
+	s.nextView(t, ch, "the initial (empty) view", func(v []membership.NodeInfo) bool { return len(v) == 0 })
 
 	n := node("node-a", 1)
 	if err := a.Register(s.ctx(t), n); err != nil {
 		t.Fatalf("Register: %v", err)
 	}
-	s.nextView(t, ch, "the registration", func(v []mesh.NodeInfo) bool { return sameView(v, n) == nil })
+	s.nextView(t, ch, "the registration", func(v []membership.NodeInfo) bool { return sameView(v, n) == nil })
 	n.Conns = 1234
 	if err := a.Update(s.ctx(t), n); err != nil {
 		t.Fatalf("Update: %v", err)
 	}
-	s.nextView(t, ch, "the update", func(v []mesh.NodeInfo) bool { return sameView(v, n) == nil })
+	s.nextView(t, ch, "the update", func(v []membership.NodeInfo) bool { return sameView(v, n) == nil })
 	if err := a.Deregister(s.ctx(t)); err != nil {
 		t.Fatalf("Deregister: %v", err)
 	}
-	s.nextView(t, ch, "the removal", func(v []mesh.NodeInfo) bool { return len(v) == 0 })
+	s.nextView(t, ch, "the removal", func(v []membership.NodeInfo) bool { return len(v) == 0 })
 
 	// A second watcher starts with the current view.
 	if err := a.Register(s.ctx(t), n); err != nil {
@@ -351,7 +351,7 @@ func testWatch(t *testing.T, s *Suite) {
 	}
 	s.seesExactly(t, b, n)
 	ch2 := b.Watch(ctx)
-	s.nextView(t, ch2, "the current view on subscribe", func(v []mesh.NodeInfo) bool { return sameView(v, n) == nil })
+	s.nextView(t, ch2, "the current view on subscribe", func(v []membership.NodeInfo) bool { return sameView(v, n) == nil })
 }
 
 func testWatchSlowReader(t *testing.T, s *Suite) {
@@ -378,8 +378,8 @@ func testWatchSlowReader(t *testing.T, s *Suite) {
 	if cap(ch) > 1 {
 		t.Errorf("watch channel capacity %d: a slow reader would see stale views", cap(ch))
 	}
-	for _, w := range []<-chan []mesh.NodeInfo{ch, ownCh} {
-		s.nextView(t, w, "the latest view", func(v []mesh.NodeInfo) bool { return sameView(v, n) == nil })
+	for _, w := range []<-chan []membership.NodeInfo{ch, ownCh} {
+		s.nextView(t, w, "the latest view", func(v []membership.NodeInfo) bool { return sameView(v, n) == nil })
 	}
 }
 
@@ -412,7 +412,7 @@ func testNodesCopy(t *testing.T, s *Suite) {
 	s.seesExactly(t, a, n)
 	v := a.Nodes()
 	v[0].ID, v[0].Conns = "mutated", -1
-	_ = append(v[:0], mesh.NodeInfo{ID: "appended"})
+	_ = append(v[:0], membership.NodeInfo{ID: "appended"})
 	if err := sameView(a.Nodes(), n); err != nil {
 		t.Fatalf("mutating a returned view changed the registry: %v", err)
 	}
@@ -421,21 +421,21 @@ func testNodesCopy(t *testing.T, s *Suite) {
 func testValidation(t *testing.T, s *Suite) {
 	c := s.NewCluster(t)
 	a := newReg(t, c)
-	bad := []mesh.NodeInfo{
+	bad := []membership.NodeInfo{
 		{},
 		{ID: "a/b", BootEpoch: 1},
 		{ID: "..", BootEpoch: 1},
 		{ID: "has space", BootEpoch: 1},
-		{ID: strings.Repeat("x", mesh.MaxNodeIDLen+1), BootEpoch: 1},
+		{ID: strings.Repeat("x", membership.MaxNodeIDLen+1), BootEpoch: 1},
 		{ID: "ok", Weight: -1, BootEpoch: 1},
 		{ID: "ok", Conns: -1, BootEpoch: 1},
 	}
 	for _, n := range bad {
-		if err := a.Register(s.ctx(t), n); !errors.Is(err, mesh.ErrInvalidNode) {
+		if err := a.Register(s.ctx(t), n); !errors.Is(err, membership.ErrInvalidNode) {
 			t.Errorf("Register(%+v): %v, want ErrInvalidNode", n, err)
 		}
 	}
-	if err := a.Update(s.ctx(t), node("node-a", 1)); !errors.Is(err, mesh.ErrNotRegistered) {
+	if err := a.Update(s.ctx(t), node("node-a", 1)); !errors.Is(err, membership.ErrNotRegistered) {
 		t.Errorf("Update before Register: %v, want ErrNotRegistered", err)
 	}
 	if err := a.Deregister(s.ctx(t)); err != nil {
@@ -444,13 +444,13 @@ func testValidation(t *testing.T, s *Suite) {
 	if err := a.Register(s.ctx(t), node("node-a", 1)); err != nil {
 		t.Fatalf("Register: %v", err)
 	}
-	if err := a.Register(s.ctx(t), node("node-b", 1)); !errors.Is(err, mesh.ErrAlreadyRegistered) {
+	if err := a.Register(s.ctx(t), node("node-b", 1)); !errors.Is(err, membership.ErrAlreadyRegistered) {
 		t.Errorf("Register of a second ID: %v, want ErrAlreadyRegistered", err)
 	}
-	if err := a.Update(s.ctx(t), node("node-b", 1)); !errors.Is(err, mesh.ErrInvalidNode) {
+	if err := a.Update(s.ctx(t), node("node-b", 1)); !errors.Is(err, membership.ErrInvalidNode) {
 		t.Errorf("Update changing the ID: %v, want ErrInvalidNode", err)
 	}
-	if err := a.Update(s.ctx(t), mesh.NodeInfo{ID: "node-a", Weight: -5}); !errors.Is(err, mesh.ErrInvalidNode) {
+	if err := a.Update(s.ctx(t), membership.NodeInfo{ID: "node-a", Weight: -5}); !errors.Is(err, membership.ErrInvalidNode) {
 		t.Errorf("Update with a negative weight: %v, want ErrInvalidNode", err)
 	}
 	s.seesExactly(t, a, node("node-a", 1))
@@ -470,7 +470,7 @@ func testConflictOlderWaits(t *testing.T, s *Suite) {
 	short, cancel := context.WithTimeout(context.Background(), min(s.Timeout/2, 2*time.Second))
 	err := late.Register(short, old)
 	cancel()
-	if !errors.Is(err, mesh.ErrIDConflict) || !errors.Is(err, context.DeadlineExceeded) {
+	if !errors.Is(err, membership.ErrIDConflict) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Register of an ID held with a newer epoch: %v, want ErrIDConflict and DeadlineExceeded", err)
 	}
 	s.seesExactly(t, w, cur)
@@ -503,7 +503,7 @@ func testConflictNewerWins(t *testing.T, s *Suite) {
 	short, cancel := context.WithTimeout(context.Background(), min(s.Timeout/2, 2*time.Second))
 	err := oldReg.Update(short, old)
 	cancel()
-	if !errors.Is(err, mesh.ErrIDConflict) {
+	if !errors.Is(err, membership.ErrIDConflict) {
 		t.Fatalf("Update of a superseded registration: %v, want ErrIDConflict", err)
 	}
 	s.seesExactly(t, w, cur)
@@ -535,15 +535,15 @@ func testWatcher(t *testing.T, s *Suite) {
 	s.seesExactly(t, w, n)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	s.nextView(t, w.Watch(ctx), "the view", func(v []mesh.NodeInfo) bool { return sameView(v, n) == nil })
-	if r, ok := w.(mesh.Registry); ok {
-		if err := r.Register(s.ctx(t), node("node-w", 1)); !errors.Is(err, mesh.ErrReadOnly) {
+	s.nextView(t, w.Watch(ctx), "the view", func(v []membership.NodeInfo) bool { return sameView(v, n) == nil })
+	if r, ok := w.(membership.Registry); ok {
+		if err := r.Register(s.ctx(t), node("node-w", 1)); !errors.Is(err, membership.ErrReadOnly) {
 			t.Errorf("watcher Register: %v, want ErrReadOnly", err)
 		}
-		if err := r.Update(s.ctx(t), node("node-w", 1)); !errors.Is(err, mesh.ErrReadOnly) {
+		if err := r.Update(s.ctx(t), node("node-w", 1)); !errors.Is(err, membership.ErrReadOnly) {
 			t.Errorf("watcher Update: %v, want ErrReadOnly", err)
 		}
-		if err := r.Deregister(s.ctx(t)); !errors.Is(err, mesh.ErrReadOnly) {
+		if err := r.Deregister(s.ctx(t)); !errors.Is(err, membership.ErrReadOnly) {
 			t.Errorf("watcher Deregister: %v, want ErrReadOnly", err)
 		}
 	}
@@ -562,7 +562,7 @@ func testConcurrent(t *testing.T, s *Suite) {
 	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	for _, r := range []mesh.Registry{a, b} {
+	for _, r := range []membership.Registry{a, b} {
 		for range 2 {
 			wg.Go(func() {
 				for {
@@ -601,8 +601,8 @@ func testSimultaneousStart(t *testing.T, s *Suite) {
 	const nodes = 5
 	for round := range s.StartRounds {
 		c := s.NewCluster(t)
-		regs := make([]mesh.Registry, nodes)
-		want := make([]mesh.NodeInfo, nodes)
+		regs := make([]membership.Registry, nodes)
+		want := make([]membership.NodeInfo, nodes)
 		for i := range regs {
 			regs[i] = newReg(t, c) // closed below; Close is idempotent
 			want[i] = node(fmt.Sprintf("node-%d", i), int64(round+1))
@@ -630,7 +630,7 @@ func testSimultaneousStart(t *testing.T, s *Suite) {
 				return sameView(r.Nodes(), want...)
 			})
 		}
-		var w mesh.Watcher = newReg(t, c)
+		var w membership.Watcher = newReg(t, c)
 		if c.NewWatcher != nil {
 			w = c.NewWatcher(t)
 			t.Cleanup(func() { _ = w.Close() })

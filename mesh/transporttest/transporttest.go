@@ -3,7 +3,7 @@
 // tests, and Bench from its benchmarks. The suite checks the contract
 // documented on mesh.Transport: round trips return the owner's result,
 // store sentinels survive the trip, pushes and kicks arrive in order,
-// failures turn into engine.ErrForward within the timeout (never a hang,
+// failures turn into cluster.ErrForward within the timeout (never a hang,
 // never a false success), bounded queues, healing after a peer restart.
 package transporttest
 
@@ -18,8 +18,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/cluster"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/persist"
 )
 
@@ -88,7 +90,7 @@ type AppendCall struct {
 // PushCall is one HandlePush seen by a Handler.
 type PushCall struct {
 	Msg     persist.Message
-	Targets []engine.PushTarget
+	Targets []cluster.PushTarget
 }
 
 // KickCall is one HandleKick seen by a Handler.
@@ -97,7 +99,7 @@ type KickCall struct {
 	ConnID       uint64
 }
 
-// Handler is a recording engine.ClusterHandler. AppendFunc, when set,
+// Handler is a recording cluster.Handler. AppendFunc, when set,
 // computes the append result; by default it is Echo. Safe for concurrent
 // use.
 type Handler struct {
@@ -111,7 +113,7 @@ type Handler struct {
 	kicks   []KickCall
 }
 
-var _ engine.ClusterHandler = (*Handler)(nil)
+var _ cluster.Handler = (*Handler)(nil)
 
 // Echo is the default append result: the message with Timestamp+1, seq
 // ID*100+i for inbox i, Duplicate when Kind is 7. Tests compare against
@@ -132,7 +134,7 @@ func (h *Handler) SetAppendFunc(fn func(ctx context.Context, msg persist.Message
 	h.AppendFunc = fn
 }
 
-// HandleAppend implements engine.ClusterHandler.
+// HandleAppend implements cluster.Handler.
 func (h *Handler) HandleAppend(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
 	h.mu.Lock()
 	if !h.Discard {
@@ -146,14 +148,14 @@ func (h *Handler) HandleAppend(ctx context.Context, msg persist.Message, inboxes
 	return fn(ctx, msg, inboxes)
 }
 
-// HandlePush implements engine.ClusterHandler.
-func (h *Handler) HandlePush(msg persist.Message, targets []engine.PushTarget) {
+// HandlePush implements cluster.Handler.
+func (h *Handler) HandlePush(msg persist.Message, targets []cluster.PushTarget) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.pushes = append(h.pushes, PushCall{Msg: msg, Targets: slices.Clone(targets)})
 }
 
-// HandleKick implements engine.ClusterHandler.
+// HandleKick implements cluster.Handler.
 func (h *Handler) HandleKick(user, device string, connID uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -185,7 +187,7 @@ func (h *Handler) Kicks() []KickCall {
 
 // Node is one started transport of a test.
 type Node struct {
-	Info mesh.NodeInfo
+	Info membership.NodeInfo
 	T    mesh.Transport
 	H    *Handler
 
@@ -235,7 +237,7 @@ func TryStartNode(t testing.TB, s Suite, p Params, id, addr string, h *Handler) 
 		addr = "127.0.0.1:0"
 	}
 	tr := s.New(t, p)
-	info := mesh.NodeInfo{ID: id, ClientAddr: "127.0.0.1:1", MeshAddr: addr, Weight: 100, BootEpoch: nextEpoch()}
+	info := membership.NodeInfo{ID: id, ClientAddr: "127.0.0.1:1", MeshAddr: addr, Weight: 100, BootEpoch: nextEpoch()}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := tr.Start(ctx, info, h); err != nil {
@@ -253,7 +255,7 @@ func TryStartNode(t testing.TB, s Suite, p Params, id, addr string, h *Handler) 
 // Connect tells every node about all the others (SetPeers with the full
 // list, as a registry view would).
 func Connect(nodes ...*Node) {
-	infos := make([]mesh.NodeInfo, len(nodes))
+	infos := make([]membership.NodeInfo, len(nodes))
 	for i, n := range nodes {
 		infos[i] = n.Info
 	}
@@ -266,17 +268,7 @@ func Connect(nodes ...*Node) {
 // passes, then fails the test with cond's last error.
 func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, timeout, "condition", cond)
 }
 
 // msg returns a test message with id.
@@ -365,13 +357,13 @@ func testStoreErrors(t *testing.T, s Suite) {
 		if !errors.Is(err, want) {
 			t.Errorf("remote %v came back as %v", want, err)
 		}
-		if errors.Is(err, engine.ErrForward) {
+		if errors.Is(err, cluster.ErrForward) {
 			t.Errorf("a store error (%v) must not look like a forward failure", err)
 		}
 	}
 	which.Store(-1)
 	_, err := a.T.Append(context.Background(), b.Info.ID, msg(1, "bob"), []string{"bob"})
-	if err == nil || errors.Is(err, engine.ErrForward) || errors.Is(err, persist.ErrUnavailable) {
+	if err == nil || errors.Is(err, cluster.ErrForward) || errors.Is(err, persist.ErrUnavailable) {
 		t.Fatalf("unclassified error came back as %v", err)
 	}
 	if want := "disk on fire"; !strings.Contains(err.Error(), want) {
@@ -383,7 +375,7 @@ func testPushAndKick(t *testing.T, s Suite) {
 	a, b := pair(t, s, DefaultParams)
 	const n = 1000
 	for i := range n {
-		a.T.Push(b.Info.ID, msg(uint64(i+1), "bob"), []engine.PushTarget{{User: "bob", Seq: uint64(i + 1)}, {User: "carol", Seq: 5}})
+		a.T.Push(b.Info.ID, msg(uint64(i+1), "bob"), []cluster.PushTarget{{User: "bob", Seq: uint64(i + 1)}, {User: "carol", Seq: 5}})
 	}
 	a.T.Kick(b.Info.ID, "bob", "phone", 99)
 	Eventually(t, Patience, func() error {
@@ -397,7 +389,7 @@ func testPushAndKick(t *testing.T, s Suite) {
 	})
 	pushes := b.H.Pushes()
 	for i, p := range pushes {
-		if p.Targets[0].Seq != uint64(i+1) || !equalMsg(p.Msg, msg(uint64(i+1), "bob")) || len(p.Targets) != 2 || p.Targets[1] != (engine.PushTarget{User: "carol", Seq: 5}) {
+		if p.Targets[0].Seq != uint64(i+1) || !equalMsg(p.Msg, msg(uint64(i+1), "bob")) || len(p.Targets) != 2 || p.Targets[1] != (cluster.PushTarget{User: "carol", Seq: 5}) {
 			t.Fatalf("push %d out of order or altered: %+v", i, p)
 		}
 	}
@@ -460,7 +452,7 @@ func testUnknownNode(t *testing.T, s Suite) {
 	a, _ := pair(t, s, DefaultParams)
 	start := time.Now()
 	_, err := a.T.Append(context.Background(), "nobody", msg(1, "x"), []string{"x"})
-	if !errors.Is(err, engine.ErrForward) {
+	if !errors.Is(err, cluster.ErrForward) {
 		t.Fatalf("append to an unknown node: %v", err)
 	}
 	if d := time.Since(start); d > Slack {
@@ -473,7 +465,7 @@ func testCanceledContext(t *testing.T, s Suite) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	_, err := a.T.Append(ctx, b.Info.ID, msg(1, "x"), []string{"x"})
-	if !errors.Is(err, engine.ErrForward) || !errors.Is(err, context.Canceled) {
+	if !errors.Is(err, cluster.ErrForward) || !errors.Is(err, context.Canceled) {
 		t.Fatalf("append with a canceled context: %v", err)
 	}
 }
@@ -489,7 +481,7 @@ func testPeerDown(t *testing.T, s Suite) {
 	for i := range 5 {
 		start := time.Now()
 		_, err := a.T.Append(context.Background(), b.Info.ID, msg(uint64(i+1), "bob"), []string{"bob"})
-		if !errors.Is(err, engine.ErrForward) {
+		if !errors.Is(err, cluster.ErrForward) {
 			t.Fatalf("append %d to a closed peer: %v", i, err)
 		}
 		if d := time.Since(start); d > p.RequestTimeout+Slack {
@@ -501,7 +493,7 @@ func testPeerDown(t *testing.T, s Suite) {
 	go func() {
 		defer close(done)
 		for range 2000 {
-			a.T.Push(b.Info.ID, msg(1, "bob"), []engine.PushTarget{{User: "bob", Seq: 1}})
+			a.T.Push(b.Info.ID, msg(1, "bob"), []cluster.PushTarget{{User: "bob", Seq: 1}})
 		}
 	}()
 	select {
@@ -529,7 +521,7 @@ func testHandlerTimeout(t *testing.T, s Suite) {
 	_, err := a.T.Append(ctx, b.Info.ID, msg(1, "bob"), []string{"bob"})
 	d := time.Since(start)
 	switch {
-	case errors.Is(err, engine.ErrForward) && errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, cluster.ErrForward) && errors.Is(err, context.DeadlineExceeded):
 	case errors.Is(err, context.DeadlineExceeded):
 		// The owner's deadline fired first and it said so: also fine.
 	default:
@@ -546,7 +538,7 @@ func testHandlerTimeout(t *testing.T, s Suite) {
 	WaitLinked(t, c, a)
 	start = time.Now()
 	_, err = c.T.Append(context.Background(), b.Info.ID, msg(1, "bob"), []string{"bob"})
-	if !errors.Is(err, engine.ErrForward) && !errors.Is(err, context.DeadlineExceeded) {
+	if !errors.Is(err, cluster.ErrForward) && !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("append without deadline to a hung owner: %v", err)
 	}
 	if d := time.Since(start); d > p.RequestTimeout+Slack {
@@ -560,7 +552,7 @@ func testPeerRestart(t *testing.T, s Suite) {
 	a, b := pair(t, s, p)
 	addr := b.Info.MeshAddr
 	b.Close(t)
-	if _, err := a.T.Append(context.Background(), b.Info.ID, msg(1, "bob"), []string{"bob"}); !errors.Is(err, engine.ErrForward) {
+	if _, err := a.T.Append(context.Background(), b.Info.ID, msg(1, "bob"), []string{"bob"}); !errors.Is(err, cluster.ErrForward) {
 		t.Fatalf("append to a stopped peer: %v", err)
 	}
 	h2 := &Handler{}
@@ -573,8 +565,8 @@ func testPeerRestart(t *testing.T, s Suite) {
 	if b2.Info.BootEpoch <= b.Info.BootEpoch {
 		t.Fatal("restart did not get a newer epoch")
 	}
-	a.T.SetPeers([]mesh.NodeInfo{a.Info, b2.Info})
-	b2.T.SetPeers([]mesh.NodeInfo{a.Info, b2.Info})
+	a.T.SetPeers([]membership.NodeInfo{a.Info, b2.Info})
+	b2.T.SetPeers([]membership.NodeInfo{a.Info, b2.Info})
 	Eventually(t, Patience, func() error {
 		_, err := a.T.Append(context.Background(), b2.Info.ID, msg(2, "bob"), []string{"bob"})
 		return err
@@ -619,7 +611,7 @@ func testBoundedQueue(t *testing.T, s Suite) {
 	})
 	start := time.Now()
 	_, err := a.T.Append(context.Background(), b.Info.ID, msg(99, "bob"), []string{"bob"})
-	if !errors.Is(err, engine.ErrForward) {
+	if !errors.Is(err, cluster.ErrForward) {
 		close(release)
 		wg.Wait()
 		t.Fatalf("append beyond the queue bound: %v", err)
@@ -648,10 +640,10 @@ func testClosedTransport(t *testing.T, s Suite) {
 		t.Fatalf("second Close: %v", err)
 	}
 	_, err := a.T.Append(context.Background(), b.Info.ID, msg(1, "bob"), []string{"bob"})
-	if !errors.Is(err, engine.ErrForward) {
+	if !errors.Is(err, cluster.ErrForward) {
 		t.Fatalf("append on a closed transport: %v", err)
 	}
 	a.T.Push(b.Info.ID, msg(1, "bob"), nil)
 	a.T.Kick(b.Info.ID, "bob", "d", 1)
-	a.T.SetPeers([]mesh.NodeInfo{a.Info, b.Info})
+	a.T.SetPeers([]membership.NodeInfo{a.Info, b.Info})
 }

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/imgn/imgn/internal/testutil"
 )
 
 // testLogger logs to t at Info level (Debug with IMGN_TEST_DEBUG=1).
@@ -147,15 +149,5 @@ func readFrame(c net.Conn) ([]byte, error) {
 // eventually polls check until it returns nil or d passes.
 func eventually(t *testing.T, d time.Duration, what string, check func() error) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, d, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.Eventually(t, d, what, check)
 }

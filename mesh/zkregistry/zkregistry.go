@@ -1,8 +1,8 @@
-// Package zkregistry is the ZooKeeper implementation of mesh.Registry, on
+// Package zkregistry is the ZooKeeper implementation of membership.Registry, on
 // github.com/go-zookeeper/zk.
 //
 // Layout: one ephemeral znode per node, <Root>/<node id>, holding the JSON
-// of mesh.NodeInfo plus an "instance" field that identifies the Registry
+// of membership.NodeInfo plus an "instance" field that identifies the Registry
 // value (the process) that wrote it. Root (default /im/nodes) and its
 // parents are persistent and created on demand.
 //
@@ -54,7 +54,7 @@ import (
 
 	"github.com/go-zookeeper/zk"
 
-	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/membership"
 )
 
 // Defaults of Config.
@@ -96,13 +96,13 @@ type Config struct {
 	Dialer func(network, address string, timeout time.Duration) (net.Conn, error)
 }
 
-func (c *Config) setDefaults() error {
+func (c Config) withDefaults() (Config, error) {
 	if len(c.Servers) == 0 {
-		return errors.New("zkregistry: no ZooKeeper servers configured")
+		return c, errors.New("zkregistry: no ZooKeeper servers configured")
 	}
 	for _, s := range c.Servers {
 		if s == "" {
-			return errors.New("zkregistry: empty server address")
+			return c, errors.New("zkregistry: empty server address")
 		}
 	}
 	if c.Root == "" {
@@ -110,19 +110,19 @@ func (c *Config) setDefaults() error {
 	}
 	if !strings.HasPrefix(c.Root, "/") || c.Root == "/" || strings.HasSuffix(c.Root, "/") ||
 		path.Clean(c.Root) != c.Root {
-		return fmt.Errorf("zkregistry: invalid root %q: want an absolute, clean path other than /", c.Root)
+		return c, fmt.Errorf("zkregistry: invalid root %q: want an absolute, clean path other than /", c.Root)
 	}
 	switch {
 	case c.SessionTimeout == 0:
 		c.SessionTimeout = DefaultSessionTimeout
 	case c.SessionTimeout < 100*time.Millisecond:
-		return fmt.Errorf("zkregistry: session timeout %v below 100ms", c.SessionTimeout)
+		return c, fmt.Errorf("zkregistry: session timeout %v below 100ms", c.SessionTimeout)
 	}
 	switch {
 	case c.ResyncInterval == 0:
 		c.ResyncInterval = DefaultResyncInterval
 	case c.ResyncInterval < 0:
-		return fmt.Errorf("zkregistry: negative resync interval %v", c.ResyncInterval)
+		return c, fmt.Errorf("zkregistry: negative resync interval %v", c.ResyncInterval)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -130,7 +130,7 @@ func (c *Config) setDefaults() error {
 	if c.Dialer == nil {
 		c.Dialer = net.DialTimeout
 	}
-	return nil
+	return c, nil
 }
 
 // Status is a snapshot of a Registry's connection and registration state,
@@ -147,12 +147,12 @@ type Status struct {
 	// never): the age of the view while ZooKeeper is unreachable.
 	LastSync time.Time
 	// Err says why the node is not (yet) published: it wraps
-	// mesh.ErrIDConflict or mesh.ErrUnavailable; nil when published or not
+	// membership.ErrIDConflict or membership.ErrUnavailable; nil when published or not
 	// registering.
 	Err error
 }
 
-// Registry is the ZooKeeper mesh.Registry. Create it with New (a node) or
+// Registry is the ZooKeeper membership.Registry. Create it with New (a node) or
 // NewWatcher (read-only, e.g. the router). It is safe for concurrent use.
 //
 // A node's Registry holds two ZooKeeper sessions: the registration session,
@@ -172,7 +172,7 @@ type Registry struct {
 	instance string // identifies this Registry's znodes across sessions
 	root     string
 	sess     *zkConn // registration session; nil for a watcher
-	feed     mesh.ViewFeed
+	feed     membership.ViewFeed
 
 	kick       chan struct{}  // wakes the supervisor (buffer 1)
 	sessKick   chan struct{}  // a session state changed (buffer 1)
@@ -191,13 +191,13 @@ type Registry struct {
 
 	mu         sync.Mutex
 	closed     bool
-	desired    *mesh.NodeInfo // nil: not registering
-	gen        uint64         // bumped by every Register/Update/Deregister
-	pubGen     uint64         // the latest gen whose state was applied
-	published  bool           // our znode exists with desired data (as of pubSession)
-	pubSession int64          // session that owns our published znode
-	lastErr    error          // why the latest attempt failed; nil after success
-	changed    chan struct{}  // closed and replaced on every state change
+	desired    *membership.NodeInfo // nil: not registering
+	gen        uint64               // bumped by every Register/Update/Deregister
+	pubGen     uint64               // the latest gen whose state was applied
+	published  bool                 // our znode exists with desired data (as of pubSession)
+	pubSession int64                // session that owns our published znode
+	lastErr    error                // why the latest attempt failed; nil after success
+	changed    chan struct{}        // closed and replaced on every state change
 	sessionID  int64
 	lastSync   time.Time
 
@@ -242,7 +242,7 @@ func (z *zkConn) close(log *slog.Logger) {
 }
 
 type cacheEnt struct {
-	info mesh.NodeInfo
+	info membership.NodeInfo
 	ok   bool // data decoded and valid
 }
 
@@ -262,11 +262,11 @@ type watchKey struct {
 
 // wireNode is the znode payload: NodeInfo's fields plus the instance.
 type wireNode struct {
-	mesh.NodeInfo
+	membership.NodeInfo
 	Instance string `json:"instance,omitempty"`
 }
 
-var _ mesh.Registry = (*Registry)(nil)
+var _ membership.Registry = (*Registry)(nil)
 
 // New returns a Registry that can register this node. It connects in the
 // background and returns at once: an unreachable ZooKeeper is not an error
@@ -275,12 +275,13 @@ var _ mesh.Registry = (*Registry)(nil)
 func New(cfg Config) (*Registry, error) { return newRegistry(cfg, false) }
 
 // NewWatcher returns a read-only Registry: it watches the members and never
-// writes (Register, Update and Deregister return mesh.ErrReadOnly). A
+// writes (Register, Update and Deregister return membership.ErrReadOnly). A
 // missing root is an empty membership.
 func NewWatcher(cfg Config) (*Registry, error) { return newRegistry(cfg, true) }
 
 func newRegistry(cfg Config, readOnly bool) (*Registry, error) {
-	if err := cfg.setDefaults(); err != nil {
+	var err error
+	if cfg, err = cfg.withDefaults(); err != nil {
 		return nil, err
 	}
 	var id [8]byte
@@ -350,9 +351,9 @@ func (r *Registry) dialWatch() (*zkConn, error) {
 	return r.dial(t, func(ev zk.Event) { r.onWatchEvent(g, t, ev) })
 }
 
-// Register implements mesh.Registry.
-func (r *Registry) Register(ctx context.Context, self mesh.NodeInfo) error {
-	if err := mesh.ValidateNode(self); err != nil {
+// Register implements membership.Registry.
+func (r *Registry) Register(ctx context.Context, self membership.NodeInfo) error {
+	if err := membership.ValidateNode(self); err != nil {
 		return err
 	}
 	g, err := r.setDesired(&self, true)
@@ -362,9 +363,9 @@ func (r *Registry) Register(ctx context.Context, self mesh.NodeInfo) error {
 	return r.wait(ctx, g, true, self.ID)
 }
 
-// Update implements mesh.Registry.
-func (r *Registry) Update(ctx context.Context, self mesh.NodeInfo) error {
-	if err := mesh.ValidateNode(self); err != nil {
+// Update implements membership.Registry.
+func (r *Registry) Update(ctx context.Context, self membership.NodeInfo) error {
+	if err := membership.ValidateNode(self); err != nil {
 		return err
 	}
 	g, err := r.setDesired(&self, false)
@@ -374,17 +375,17 @@ func (r *Registry) Update(ctx context.Context, self mesh.NodeInfo) error {
 	return r.wait(ctx, g, true, self.ID)
 }
 
-// Deregister implements mesh.Registry. It returns once the znode is deleted
+// Deregister implements membership.Registry. It returns once the znode is deleted
 // (or ctx ends; the deletion is then retried in the background).
 func (r *Registry) Deregister(ctx context.Context) error {
 	r.mu.Lock()
 	switch {
 	case r.closed:
 		r.mu.Unlock()
-		return mesh.ErrClosed
+		return membership.ErrClosed
 	case r.readOnly:
 		r.mu.Unlock()
-		return mesh.ErrReadOnly
+		return membership.ErrReadOnly
 	case r.desired == nil:
 		r.mu.Unlock()
 		return nil
@@ -398,20 +399,20 @@ func (r *Registry) Deregister(ctx context.Context) error {
 	return r.wait(ctx, g, false, id)
 }
 
-func (r *Registry) setDesired(self *mesh.NodeInfo, register bool) (uint64, error) {
+func (r *Registry) setDesired(self *membership.NodeInfo, register bool) (uint64, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch {
 	case r.closed:
-		return 0, mesh.ErrClosed
+		return 0, membership.ErrClosed
 	case r.readOnly:
-		return 0, mesh.ErrReadOnly
+		return 0, membership.ErrReadOnly
 	case r.desired == nil && !register:
-		return 0, mesh.ErrNotRegistered
+		return 0, membership.ErrNotRegistered
 	case r.desired != nil && r.desired.ID != self.ID && register:
-		return 0, fmt.Errorf("%w: %q registered, not %q", mesh.ErrAlreadyRegistered, r.desired.ID, self.ID)
+		return 0, fmt.Errorf("%w: %q registered, not %q", membership.ErrAlreadyRegistered, r.desired.ID, self.ID)
 	case r.desired != nil && r.desired.ID != self.ID:
-		return 0, fmt.Errorf("%w: update of %q names %q", mesh.ErrInvalidNode, r.desired.ID, self.ID)
+		return 0, fmt.Errorf("%w: update of %q names %q", membership.ErrInvalidNode, r.desired.ID, self.ID)
 	}
 	r.desired = self
 	r.gen++
@@ -427,10 +428,10 @@ func (r *Registry) wait(ctx context.Context, g uint64, want bool, id string) err
 		switch {
 		case r.closed:
 			r.mu.Unlock()
-			return mesh.ErrClosed
+			return membership.ErrClosed
 		case want && r.desired == nil:
 			r.mu.Unlock()
-			return fmt.Errorf("zkregistry: node %q: %w (deregistered concurrently)", id, mesh.ErrNotRegistered)
+			return fmt.Errorf("zkregistry: node %q: %w (deregistered concurrently)", id, membership.ErrNotRegistered)
 		case r.pubGen >= g && (r.published || !want):
 			r.mu.Unlock()
 			return nil
@@ -441,7 +442,7 @@ func (r *Registry) wait(ctx context.Context, g uint64, want bool, id string) err
 		case <-ch:
 		case <-ctx.Done():
 			if cause == nil {
-				cause = mesh.ErrUnavailable
+				cause = membership.ErrUnavailable
 			}
 			verb := "published"
 			if !want {
@@ -460,11 +461,13 @@ func (r *Registry) wake() {
 	}
 }
 
-// Nodes implements mesh.Registry.
-func (r *Registry) Nodes() []mesh.NodeInfo { return r.feed.View() }
+// Nodes implements membership.Registry.
+func (r *Registry) Nodes() []membership.NodeInfo { return r.feed.View() }
 
-// Watch implements mesh.Registry.
-func (r *Registry) Watch(ctx context.Context) <-chan []mesh.NodeInfo { return r.feed.Subscribe(ctx) }
+// Watch implements membership.Registry.
+func (r *Registry) Watch(ctx context.Context) <-chan []membership.NodeInfo {
+	return r.feed.Subscribe(ctx)
+}
 
 // Status returns a snapshot of the connection and registration state.
 func (r *Registry) Status() Status {
@@ -490,13 +493,13 @@ func (r *Registry) Status() Status {
 	if r.desired != nil && !st.Registered {
 		st.Err = r.lastErr
 		if st.Err == nil {
-			st.Err = mesh.ErrUnavailable
+			st.Err = membership.ErrUnavailable
 		}
 	}
 	return st
 }
 
-// Close implements mesh.Registry. It closes the ZooKeeper sessions (which
+// Close implements membership.Registry. It closes the ZooKeeper sessions (which
 // deletes this node's znode) and waits for every goroutine of the registry
 // and of the client library to exit (bounded by a few seconds if ZooKeeper
 // hangs).
@@ -754,7 +757,7 @@ func (r *Registry) reconcile(checkSelf, full bool) {
 // syncSelf makes our znode match r.desired.
 func (r *Registry) syncSelf() error {
 	r.mu.Lock()
-	var desired *mesh.NodeInfo
+	var desired *membership.NodeInfo
 	if r.desired != nil {
 		d := *r.desired
 		desired = &d
@@ -799,15 +802,15 @@ func (r *Registry) applied(g uint64, published bool) {
 }
 
 // failed records why the desired state could not be applied and returns
-// err, wrapped in mesh.ErrUnavailable unless it is a conflict.
+// err, wrapped in membership.ErrUnavailable unless it is a conflict.
 func (r *Registry) failed(err error) error {
-	if !errors.Is(err, mesh.ErrIDConflict) && !errors.Is(err, mesh.ErrUnavailable) {
-		err = fmt.Errorf("%w: %w", mesh.ErrUnavailable, err)
+	if !errors.Is(err, membership.ErrIDConflict) && !errors.Is(err, membership.ErrUnavailable) {
+		err = fmt.Errorf("%w: %w", membership.ErrUnavailable, err)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.lastErr == nil || r.lastErr.Error() != err.Error() {
-		if errors.Is(err, mesh.ErrIDConflict) {
+		if errors.Is(err, membership.ErrIDConflict) {
 			r.log.Warn("node id held by another registration; waiting for it to go away", "err", err)
 		}
 	}
@@ -819,7 +822,7 @@ func (r *Registry) failed(err error) error {
 
 // publish creates or updates our znode. It needs at most a few rounds: a
 // concurrent create or delete by someone else just makes it look again.
-func (r *Registry) publish(desired *mesh.NodeInfo, data []byte) error {
+func (r *Registry) publish(desired *membership.NodeInfo, data []byte) error {
 	p := r.root + "/" + desired.ID
 	for attempt := 0; attempt < 4; attempt++ {
 		sid := r.sess.c.SessionID()
@@ -878,7 +881,7 @@ func (r *Registry) publish(desired *mesh.NodeInfo, data []byte) error {
 			r.log.Warn("replacing the registration of an older incarnation", "path", p,
 				"their_epoch", other.BootEpoch, "our_epoch", desired.BootEpoch, "owner", fmt.Sprintf("%#x", stat.EphemeralOwner))
 		default:
-			return fmt.Errorf("zkregistry: %s: %w (their boot epoch %d, ours %d)", p, mesh.ErrIDConflict, other.BootEpoch, desired.BootEpoch)
+			return fmt.Errorf("zkregistry: %s: %w (their boot epoch %d, ours %d)", p, membership.ErrIDConflict, other.BootEpoch, desired.BootEpoch)
 		}
 		if err := r.sess.c.Delete(p, stat.Version); err != nil &&
 			!errors.Is(err, zk.ErrNoNode) && !errors.Is(err, zk.ErrBadVersion) {
@@ -944,7 +947,7 @@ func (r *Registry) syncMembers(full bool) error {
 		return err
 	}
 	seen := make(map[string]struct{}, len(children))
-	view := make([]mesh.NodeInfo, 0, len(children))
+	view := make([]membership.NodeInfo, 0, len(children))
 	for _, name := range children {
 		seen[name] = struct{}{}
 		ent, cached := r.cache[name]
@@ -1031,7 +1034,7 @@ func (r *Registry) decode(name string, raw []byte) cacheEnt {
 		r.log.Warn("ignoring a member with undecodable data", "node", name, "err", err)
 		return cacheEnt{}
 	}
-	if err := mesh.ValidateNode(w.NodeInfo); err != nil || w.ID != name {
+	if err := membership.ValidateNode(w.NodeInfo); err != nil || w.ID != name {
 		r.log.Warn("ignoring an invalid member", "node", name, "id", w.ID, "err", err)
 		return cacheEnt{}
 	}

@@ -14,7 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/imgn/imgn/internal/testsvc"
-	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/registrytest"
 )
 
@@ -75,8 +75,8 @@ func testConformance(t *testing.T, svc *testsvc.Service) {
 		NewCluster: func(t *testing.T) registrytest.Cluster {
 			cfg := Config{Servers: []string{svc.Addr}, Root: newRoot("conformance"), SessionTimeout: sessionTimeout}
 			return registrytest.Cluster{
-				NewRegistry: func(t *testing.T) mesh.Registry { return newTestRegistry(t, cfg, false) },
-				NewWatcher:  func(t *testing.T) mesh.Watcher { return newTestRegistry(t, cfg, true) },
+				NewRegistry: func(t *testing.T) membership.Registry { return newTestRegistry(t, cfg, false) },
+				NewWatcher:  func(t *testing.T) membership.Watcher { return newTestRegistry(t, cfg, true) },
 			}
 		},
 		StartRounds: 20,
@@ -102,7 +102,8 @@ func TestConfig(t *testing.T) {
 		}
 	}
 	cfg := Config{Servers: []string{"127.0.0.1:1"}}
-	if err := cfg.setDefaults(); err != nil {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Root != DefaultRoot || cfg.SessionTimeout != DefaultSessionTimeout || cfg.ResyncInterval != DefaultResyncInterval {
@@ -124,10 +125,10 @@ func TestUnreachable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	err = r.Register(ctx, node("n1", 1))
-	if !errors.Is(err, mesh.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+	if !errors.Is(err, membership.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Register = %v, want ErrUnavailable and DeadlineExceeded", err)
 	}
-	if st := r.Status(); st.Connected || st.Registered || !errors.Is(st.Err, mesh.ErrUnavailable) {
+	if st := r.Status(); st.Connected || st.Registered || !errors.Is(st.Err, membership.ErrUnavailable) {
 		t.Fatalf("Status = %+v", st)
 	}
 	start := time.Now()
@@ -139,11 +140,11 @@ func TestUnreachable(t *testing.T) {
 	}
 }
 
-func node(id string, epoch int64) mesh.NodeInfo {
-	return mesh.NodeInfo{ID: id, ClientAddr: "127.0.0.1:7000", MeshAddr: "127.0.0.1:7100", Weight: 100, Conns: 1, BootEpoch: epoch}
+func node(id string, epoch int64) membership.NodeInfo {
+	return membership.NodeInfo{ID: id, ClientAddr: "127.0.0.1:7000", MeshAddr: "127.0.0.1:7100", Weight: 100, Conns: 1, BootEpoch: epoch}
 }
 
-func seesExactly(t *testing.T, w mesh.Watcher, want ...mesh.NodeInfo) {
+func seesExactly(t *testing.T, w membership.Watcher, want ...membership.NodeInfo) {
 	t.Helper()
 	eventually(t, converge, "view converges", func() error {
 		got := w.Nodes()
@@ -284,7 +285,11 @@ func TestPauseZooKeeper(t *testing.T) {
 	if err := b.Register(ctx, nb); err != nil {
 		t.Fatal(err)
 	}
-	seesExactly(t, w, na, nb)
+	// Every registry must have the full view before the pause: it is
+	// what they keep serving.
+	for _, r := range []*Registry{a, b, w} {
+		seesExactly(t, r, na, nb)
+	}
 	sessA, sessB := a.Status().SessionID, b.Status().SessionID
 
 	if err := svc.Pause(); err != nil {
@@ -294,7 +299,7 @@ func TestPauseZooKeeper(t *testing.T) {
 	// While ZooKeeper is frozen, the last view is served.
 	for time.Since(pausedAt) < 2*shortSessionTimeout {
 		for _, r := range []*Registry{a, b, w} {
-			if v := r.Nodes(); !slices.Equal(v, []mesh.NodeInfo{na, nb}) {
+			if v := r.Nodes(); !slices.Equal(v, []membership.NodeInfo{na, nb}) {
 				t.Fatalf("view during the pause: %+v", v)
 			}
 		}
@@ -341,7 +346,9 @@ func TestRestartZooKeeper(t *testing.T) {
 	if err := b.Register(ctx, nb); err != nil {
 		t.Fatal(err)
 	}
-	seesExactly(t, w, na, nb)
+	for _, r := range []*Registry{a, b, w} {
+		seesExactly(t, r, na, nb)
+	}
 
 	if err := svc.Stop(); err != nil {
 		t.Fatal(err)
@@ -358,14 +365,14 @@ func TestRestartZooKeeper(t *testing.T) {
 	short, cancelShort := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	err := a.Update(short, na)
 	cancelShort()
-	if !errors.Is(err, mesh.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+	if !errors.Is(err, membership.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Update during the outage = %v, want ErrUnavailable and DeadlineExceeded", err)
 	}
 	// The last view is served for as long as the outage lasts (here more
 	// than the session timeout).
 	for time.Since(stopped) < 2*shortSessionTimeout {
 		for _, r := range []*Registry{a, b, w} {
-			if v := r.Nodes(); !slices.Equal(v, []mesh.NodeInfo{{ID: "node-a", ClientAddr: "127.0.0.1:7000", MeshAddr: "127.0.0.1:7100", Weight: 100, Conns: 1, BootEpoch: 1}, nb}) {
+			if v := r.Nodes(); !slices.Equal(v, []membership.NodeInfo{{ID: "node-a", ClientAddr: "127.0.0.1:7000", MeshAddr: "127.0.0.1:7100", Weight: 100, Conns: 1, BootEpoch: 1}, nb}) {
 				t.Fatalf("view during the outage: %+v", v)
 			}
 		}

@@ -63,7 +63,7 @@
 // inbox owner that loses a race to a write that is later rolled back (it
 // was never majority-acknowledged, so never acked to a client) can leave a
 // hole below its own entry; ReadInbox then ends its pages before the hole.
-// Single writer per inbox (DESIGN.md section 4) makes this a double fault.
+// Single writer per inbox (docs/cluster.md) makes this a double fault.
 //
 // # FerretDB
 //

@@ -5,14 +5,14 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/internal/leaktest"
 	"github.com/imgn/imgn/persist"
 	"github.com/imgn/imgn/persist/pebblestore"
 	"github.com/imgn/imgn/persist/storetest"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, engine.GnetGoroutines()...) // the fsync test runs a Server
+	goleak.VerifyTestMain(m, leaktest.Gnet()...) // the fsync test runs a Server
 }
 
 func openAt(t testing.TB, dir string, opts pebblestore.Options) *pebblestore.Store {

@@ -2,7 +2,7 @@
 // the local cluster demo: FerretDB v1.24 (the last v1 release) embedded
 // in-process, with its SQLite backend storing one file per database in
 // --dir. It speaks the MongoDB wire protocol; it has no transactions, change
-// streams or replica sets (DESIGN.md section 7), and it accepts but ignores
+// streams or replica sets, and it accepts but ignores
 // write concerns: a write is acknowledged after SQLite committed it (WAL
 // mode; --sync full, the default, fsyncs the WAL on every commit).
 //

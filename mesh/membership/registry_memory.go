@@ -1,4 +1,4 @@
-package mesh
+package membership
 
 import (
 	"context"
@@ -179,7 +179,7 @@ func (r *MemoryRegistry) set(ctx context.Context, self NodeInfo, register bool) 
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return fmt.Errorf("mesh: node %q not published: %w: %w", self.ID, ErrIDConflict, ctx.Err())
+			return fmt.Errorf("membership: node %q not published: %w: %w", self.ID, ErrIDConflict, ctx.Err())
 		}
 		h.mu.Lock()
 	}

@@ -30,14 +30,14 @@ type WorkerSpec struct {
 	Secret string `json:"secret"`
 	// Src is the source address connections are bound to ("" = the kernel
 	// chooses).
-	Src         string        `json:"src,omitempty"`
-	Loops       int           `json:"loops"`
-	Concurrency int           `json:"concurrency"`
-	Retries     int           `json:"retries"`
-	LoginTimout time.Duration `json:"login_timeout"`
-	Heartbeat   time.Duration `json:"heartbeat"`
-	PushAck     time.Duration `json:"push_ack"`
-	Payload     int           `json:"payload"`
+	Src          string        `json:"src,omitempty"`
+	Loops        int           `json:"loops"`
+	Concurrency  int           `json:"concurrency"`
+	Retries      int           `json:"retries"`
+	LoginTimeout time.Duration `json:"login_timeout"`
+	Heartbeat    time.Duration `json:"heartbeat"`
+	PushAck      time.Duration `json:"push_ack"`
+	Payload      int           `json:"payload"`
 	// Units [UnitFrom, UnitFrom+Units) are this worker's: connections
 	// (conns, login), pairs (p2p), groups (group) or slots (churn).
 	UnitFrom    int    `json:"unit_from"`

@@ -1,4 +1,4 @@
-package mesh
+package membership
 
 import (
 	"context"
@@ -11,26 +11,26 @@ import (
 // underlying cause) with %w; test with errors.Is.
 var (
 	// ErrClosed: the registry was closed.
-	ErrClosed = errors.New("mesh: registry closed")
+	ErrClosed = errors.New("membership: registry closed")
 	// ErrInvalidNode: a NodeInfo is malformed (see ValidateNode), or Update
 	// tried to change the registered node's ID.
-	ErrInvalidNode = errors.New("mesh: invalid node info")
+	ErrInvalidNode = errors.New("membership: invalid node info")
 	// ErrNotRegistered: Update before Register (or after Deregister).
-	ErrNotRegistered = errors.New("mesh: node not registered")
+	ErrNotRegistered = errors.New("membership: node not registered")
 	// ErrAlreadyRegistered: Register with a different ID while a node is
 	// registered; one registry publishes one node.
-	ErrAlreadyRegistered = errors.New("mesh: another node is registered by this registry")
+	ErrAlreadyRegistered = errors.New("membership: another node is registered by this registry")
 	// ErrIDConflict: another live registration holds the node ID with a
 	// boot epoch >= ours (a second process with the same ID, or a newer
 	// incarnation of this node). The registry keeps trying until the other
 	// registration disappears, or until Deregister or Close.
-	ErrIDConflict = errors.New("mesh: node id held by another registration")
+	ErrIDConflict = errors.New("membership: node id held by another registration")
 	// ErrReadOnly: Register, Update or Deregister on a read-only watcher.
-	ErrReadOnly = errors.New("mesh: registry is read-only")
+	ErrReadOnly = errors.New("membership: registry is read-only")
 	// ErrUnavailable: the registry backend (ZooKeeper) cannot be reached;
 	// the last known view is still served and the operation is retried in
 	// the background.
-	ErrUnavailable = errors.New("mesh: registry backend unavailable")
+	ErrUnavailable = errors.New("membership: registry backend unavailable")
 )
 
 // MaxNodeIDLen is the longest accepted node ID, in bytes.
@@ -70,7 +70,7 @@ func NewBootEpoch() int64 { return time.Now().UnixNano() }
 // ValidateNode returns nil when n can be published, or an error wrapping
 // ErrInvalidNode that names the problem.
 func ValidateNode(n NodeInfo) error {
-	if err := validateID(n.ID); err != nil {
+	if err := ValidateID(n.ID); err != nil {
 		return err
 	}
 	if n.Weight < 0 {
@@ -82,7 +82,9 @@ func ValidateNode(n NodeInfo) error {
 	return nil
 }
 
-func validateID(id string) error {
+// ValidateID checks a node id: 1..MaxNodeIDLen bytes of [A-Za-z0-9._-],
+// not "." or ".." (node ids name znodes). Errors wrap ErrInvalidNode.
+func ValidateID(id string) error {
 	switch {
 	case id == "":
 		return fmt.Errorf("%w: empty id", ErrInvalidNode)
@@ -128,8 +130,8 @@ type Watcher interface {
 	Close() error
 }
 
-// Registry publishes this node and watches the others (DESIGN.md section
-// 5). Membership is level-triggered: implementations re-read the full member
+// Registry publishes this node and watches the others (docs/cluster.md).
+// Membership is level-triggered: implementations re-read the full member
 // list on every change notification and on a timer, so nodes that start at
 // the same instant always find each other, and a lost notification delays a
 // change but never hides it.

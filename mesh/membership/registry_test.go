@@ -1,4 +1,4 @@
-package mesh_test
+package membership_test
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/imgn/imgn/mesh"
+	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/registrytest"
 )
 
@@ -19,10 +19,10 @@ func TestMemoryRegistryConformance(t *testing.T) {
 	t.Run("suite", func(t *testing.T) {
 		registrytest.Run(t, registrytest.Suite{
 			NewCluster: func(t *testing.T) registrytest.Cluster {
-				hub := mesh.NewMemoryHub()
+				hub := membership.NewMemoryHub()
 				return registrytest.Cluster{
-					NewRegistry: func(t *testing.T) mesh.Registry { return hub.NewRegistry() },
-					NewWatcher:  func(t *testing.T) mesh.Watcher { return hub.NewWatcher() },
+					NewRegistry: func(t *testing.T) membership.Registry { return hub.NewRegistry() },
+					NewWatcher:  func(t *testing.T) membership.Watcher { return hub.NewWatcher() },
 				}
 			},
 			StartRounds: 20,
@@ -32,20 +32,20 @@ func TestMemoryRegistryConformance(t *testing.T) {
 }
 
 func TestMemoryRegistrySingleNode(t *testing.T) {
-	r := mesh.NewMemoryRegistry()
+	r := membership.NewMemoryRegistry()
 	defer r.Close()
 	if v := r.Nodes(); len(v) != 0 {
 		t.Fatalf("fresh registry sees %+v", v)
 	}
-	n := mesh.NodeInfo{ID: "solo", ClientAddr: "127.0.0.1:1", Weight: 100, BootEpoch: mesh.NewBootEpoch()}
+	n := membership.NodeInfo{ID: "solo", ClientAddr: "127.0.0.1:1", Weight: 100, BootEpoch: membership.NewBootEpoch()}
 	if err := r.Register(context.Background(), n); err != nil {
 		t.Fatal(err)
 	}
 	// Publication is synchronous in memory.
-	if v := r.Nodes(); !slices.Equal(v, []mesh.NodeInfo{n}) {
+	if v := r.Nodes(); !slices.Equal(v, []membership.NodeInfo{n}) {
 		t.Fatalf("Nodes = %+v", v)
 	}
-	other := mesh.NewMemoryRegistry()
+	other := membership.NewMemoryRegistry()
 	defer other.Close()
 	if v := other.Nodes(); len(v) != 0 {
 		t.Fatalf("a registry on another hub sees %+v", v)
@@ -54,30 +54,30 @@ func TestMemoryRegistrySingleNode(t *testing.T) {
 
 func TestValidateNode(t *testing.T) {
 	tests := []struct {
-		n  mesh.NodeInfo
+		n  membership.NodeInfo
 		ok bool
 	}{
-		{mesh.NodeInfo{ID: "a"}, true},
-		{mesh.NodeInfo{ID: "node-1.eu_west"}, true},
-		{mesh.NodeInfo{ID: strings.Repeat("x", mesh.MaxNodeIDLen)}, true},
-		{mesh.NodeInfo{ID: "a", Weight: 0, Conns: 0, Draining: true}, true},
-		{mesh.NodeInfo{}, false},
-		{mesh.NodeInfo{ID: strings.Repeat("x", mesh.MaxNodeIDLen+1)}, false},
-		{mesh.NodeInfo{ID: "."}, false},
-		{mesh.NodeInfo{ID: ".."}, false},
-		{mesh.NodeInfo{ID: "a/b"}, false},
-		{mesh.NodeInfo{ID: "a b"}, false},
-		{mesh.NodeInfo{ID: "é"}, false},
-		{mesh.NodeInfo{ID: "a\x00"}, false},
-		{mesh.NodeInfo{ID: "a", Weight: -1}, false},
-		{mesh.NodeInfo{ID: "a", Conns: -1}, false},
+		{membership.NodeInfo{ID: "a"}, true},
+		{membership.NodeInfo{ID: "node-1.eu_west"}, true},
+		{membership.NodeInfo{ID: strings.Repeat("x", membership.MaxNodeIDLen)}, true},
+		{membership.NodeInfo{ID: "a", Weight: 0, Conns: 0, Draining: true}, true},
+		{membership.NodeInfo{}, false},
+		{membership.NodeInfo{ID: strings.Repeat("x", membership.MaxNodeIDLen+1)}, false},
+		{membership.NodeInfo{ID: "."}, false},
+		{membership.NodeInfo{ID: ".."}, false},
+		{membership.NodeInfo{ID: "a/b"}, false},
+		{membership.NodeInfo{ID: "a b"}, false},
+		{membership.NodeInfo{ID: "é"}, false},
+		{membership.NodeInfo{ID: "a\x00"}, false},
+		{membership.NodeInfo{ID: "a", Weight: -1}, false},
+		{membership.NodeInfo{ID: "a", Conns: -1}, false},
 	}
 	for _, tc := range tests {
-		err := mesh.ValidateNode(tc.n)
+		err := membership.ValidateNode(tc.n)
 		if tc.ok && err != nil {
 			t.Errorf("ValidateNode(%+v) = %v, want nil", tc.n, err)
 		}
-		if !tc.ok && !errors.Is(err, mesh.ErrInvalidNode) {
+		if !tc.ok && !errors.Is(err, membership.ErrInvalidNode) {
 			t.Errorf("ValidateNode(%+v) = %v, want ErrInvalidNode", tc.n, err)
 		}
 	}
@@ -85,7 +85,7 @@ func TestValidateNode(t *testing.T) {
 
 func TestViewFeed(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	var f mesh.ViewFeed
+	var f membership.ViewFeed
 	if f.Known() || f.View() != nil {
 		t.Fatal("zero feed knows a view")
 	}
@@ -102,27 +102,27 @@ func TestViewFeed(t *testing.T) {
 	if v := <-ch; len(v) != 0 {
 		t.Fatalf("got %+v, want empty", v)
 	}
-	if f.Publish([]mesh.NodeInfo{}) {
+	if f.Publish([]membership.NodeInfo{}) {
 		t.Fatal("publishing an equal view counted as a change")
 	}
-	a, b := mesh.NodeInfo{ID: "a"}, mesh.NodeInfo{ID: "b"}
-	in := []mesh.NodeInfo{b, a}
+	a, b := membership.NodeInfo{ID: "a"}, membership.NodeInfo{ID: "b"}
+	in := []membership.NodeInfo{b, a}
 	f.Publish(in)
 	if in[0] != b {
 		t.Fatal("Publish reordered its argument")
 	}
-	if f.Publish([]mesh.NodeInfo{a, b}) {
+	if f.Publish([]membership.NodeInfo{a, b}) {
 		t.Fatal("the same set in another order counted as a change")
 	}
 	// Coalescing: many changes, one buffered view, the latest.
 	for i := range 100 {
-		f.Publish([]mesh.NodeInfo{a, {ID: "b", Conns: int64(i)}})
+		f.Publish([]membership.NodeInfo{a, {ID: "b", Conns: int64(i)}})
 	}
 	if len(ch) != 1 {
 		t.Fatalf("%d views buffered, want 1", len(ch))
 	}
 	v := <-ch
-	if want := []mesh.NodeInfo{a, {ID: "b", Conns: 99}}; !slices.Equal(v, want) {
+	if want := []membership.NodeInfo{a, {ID: "b", Conns: 99}}; !slices.Equal(v, want) {
 		t.Fatalf("got %+v, want the latest %+v", v, want)
 	}
 	// Each subscriber owns its copy.
@@ -143,7 +143,7 @@ func TestViewFeed(t *testing.T) {
 	if _, open := <-ch2; open {
 		t.Fatal("channel still open after Close")
 	}
-	if f.Publish([]mesh.NodeInfo{b}) {
+	if f.Publish([]membership.NodeInfo{b}) {
 		t.Fatal("Publish after Close counted as a change")
 	}
 	if _, open := <-f.Subscribe(context.Background()); open {

@@ -1,4 +1,11 @@
-package engine
+// Package cluster is the contract between a node's engine and its peers:
+// what the engine asks of the cluster (Cluster: who owns an inbox,
+// forwarding appends, pushes and kicks to other nodes) and what a node
+// offers its peers (Handler). The engine depends on this package only,
+// never on the implementation; package mesh implements it over the
+// membership registry, the consistent-hash ring and node-to-node links.
+// It imports nothing from the project but persist.
+package cluster
 
 import (
 	"context"
@@ -7,10 +14,8 @@ import (
 	"github.com/imgn/imgn/persist"
 )
 
-// Cluster connects a node to its peers. The engine depends only on this
-// interface (it never imports mesh); package mesh implements it over the
-// registry, the consistent-hash ring and node-to-node links. A nil
-// Config.Cluster means a single node that owns every inbox.
+// Cluster connects a node to its peers. A nil Cluster (the engine's
+// Config.Cluster) means a single node that owns every inbox.
 //
 // Implementations are safe for concurrent use.
 type Cluster interface {
@@ -44,13 +49,13 @@ type PushTarget struct {
 	Seq  uint64
 }
 
-// ErrForward marks a failure to reach the owner node of an inbox. It maps to
-// the retryable FORWARD_FAILED error code.
-var ErrForward = errors.New("engine: forward to owner node failed")
+// ErrForward marks a failure to reach the owner node of an inbox. The
+// engine maps it to the retryable FORWARD_FAILED error code.
+var ErrForward = errors.New("cluster: forward to owner node failed")
 
-// ClusterHandler is what a node offers its peers: the mesh calls these
-// when a request arrives from another node. Server implements it.
-type ClusterHandler interface {
+// Handler is what a node offers its peers: the mesh calls these when a
+// request arrives from another node. The engine's Server implements it.
+type Handler interface {
 	// HandleAppend runs an append forwarded by a peer: this node owns the
 	// inboxes. It only stores; pushing is the job of the node that took
 	// the send, which knows every inbox's seq.
@@ -61,5 +66,3 @@ type ClusterHandler interface {
 	// is still live.
 	HandleKick(user, device string, connID uint64)
 }
-
-var _ ClusterHandler = (*Server)(nil)
