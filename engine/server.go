@@ -155,8 +155,9 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	if s.cfg.Edge.TLSAddr != "" || s.cfg.Edge.WSSAddr != "" {
 		// TLS connections are enrolled from other goroutines; gnet's
-		// round-robin balancer is not safe for that.
-		opts = append(opts, gnet.WithLoadBalancing(gnet.LeastConnections))
+		// round-robin balancer is not safe for that. The ticker tells
+		// when the loops are registered (OnTick).
+		opts = append(opts, gnet.WithLoadBalancing(gnet.LeastConnections), gnet.WithTicker(true))
 	}
 	go func() { s.runErr <- gnet.Rotate(s, addrs, opts...) }()
 	select {

@@ -65,8 +65,30 @@ func (s *Server) tlsAddr(ws bool) net.Addr {
 	return nil
 }
 
+// OnTick implements gnet.EventHandler. gnet calls it first once every
+// event loop is registered with its load balancer, which OnBoot precedes:
+// Engine.Register (used for TLS connections) must not run before, or it
+// races with that registration. Only engines with TLS listeners enable
+// gnet's ticker; the tick after the first is an hour away and does
+// nothing.
+func (s *Server) OnTick() (time.Duration, gnet.Action) {
+	if s.edge != nil {
+		s.edge.loopsUp.Do(func() { close(s.edge.loopsReady) })
+	}
+	return time.Hour, gnet.None
+}
+
 // startTLS opens the TLS listeners; called once the event loops run.
 func (e *edge) startTLS() error {
+	if e.cfg.TLSAddr == "" && e.cfg.WSSAddr == "" {
+		return nil
+	}
+	select {
+	case <-e.loopsReady:
+	case err := <-e.srv.runErr:
+		e.srv.runErr <- err // for Shutdown
+		return fmt.Errorf("engine: event loops: %w", err)
+	}
 	for _, l := range []struct {
 		addr string
 		ws   bool

@@ -34,6 +34,8 @@ type edge struct {
 	handshakes chan struct{}       // bounds concurrent TLS handshakes
 	tlsCtx     context.Context     // canceled on shutdown: handshakes end
 	tlsCancel  context.CancelFunc
+	loopsReady chan struct{} // closed by the first OnTick (tls.go)
+	loopsUp    sync.Once
 }
 
 // webFile is one static file of the browser app, as whole HTTP responses.
@@ -46,7 +48,7 @@ func newEdge(s *Server) (*edge, error) {
 		return nil, nil
 	}
 	e := &edge{srv: s, cfg: cfg, maxMessage: int64(s.cfg.MaxBody) + 16,
-		handshakes: make(chan struct{}, max(cfg.MaxTLSHandshakes, 1))}
+		handshakes: make(chan struct{}, max(cfg.MaxTLSHandshakes, 1)), loopsReady: make(chan struct{})}
 	e.tlsCtx, e.tlsCancel = context.WithCancel(context.Background())
 	if cfg.WebFiles != nil {
 		files, err := prepareFiles(cfg.WebFiles)
