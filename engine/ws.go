@@ -85,12 +85,6 @@ func (r *sliceReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// hdrWriter records the header bytes gobwas/ws's WriteHeaderBuffer wrote
-// (into the transport's own array) without copying them.
-type hdrWriter struct{ n int }
-
-func (w *hdrWriter) Write(p []byte) (int, error) { w.n = len(p); return len(p), nil }
-
 var wsBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
 // maxPooledWS: a payload buffer grown past this (a burst of big frames)
@@ -163,11 +157,22 @@ func (w *wsTransport) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// header encodes the header of an unmasked final frame into w.hdr.
+// header encodes the header of an unmasked final frame into w.hdr. It is
+// written out here (RFC 6455 section 5.2) rather than with gobwas/ws's
+// writer, which takes an io.Writer and so costs an allocation per frame.
 func (w *wsTransport) header(op ws.OpCode, n int) []byte {
-	var hw hdrWriter
-	_ = ws.WriteHeaderBuffer(&hw, ws.Header{Fin: true, OpCode: op, Length: int64(n)}, w.hdr[:])
-	return w.hdr[:hw.n]
+	h := append(w.hdr[:0], 0x80|byte(op))
+	switch {
+	case n < 126:
+		h = append(h, byte(n))
+	case n <= 0xffff:
+		h = append(h, 126)
+		h = binary.BigEndian.AppendUint16(h, uint16(n))
+	default:
+		h = append(h, 127)
+		h = binary.BigEndian.AppendUint64(h, uint64(n))
+	}
+	return h
 }
 
 // Close sends a close frame (the code chosen by fail or by the peer's
