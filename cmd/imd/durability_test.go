@@ -24,7 +24,7 @@ import (
 
 const durSecret = "durability-secret"
 
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	p, err := ports.Free()
 	if err != nil {
