@@ -67,22 +67,19 @@ type wsTransport struct {
 
 	closeCode ws.StatusCode
 	closeText string
-	hdr       [ws.MaxHeaderSize]byte
-	iov       [2][]byte
-	hr        sliceReader
+	sc        *wsScratch // the loop's (see wsScratch)
 }
 
-// sliceReader reads a byte slice, for gobwas/ws's header parser: a field
-// of the transport, so parsing a header allocates nothing.
-type sliceReader struct{ b []byte }
-
-func (r *sliceReader) Read(p []byte) (int, error) {
-	if len(r.b) == 0 {
-		return 0, io.EOF
-	}
-	n := copy(p, r.b)
-	r.b = r.b[n:]
-	return n, nil
+// wsScratch is the room a WebSocket transport needs while it writes: the
+// frame header and the vector handed to Writev must outlive the call
+// (they go through an interface, so they cannot live on the stack), and
+// keeping them in every connection would cost 60-odd bytes each. One
+// wsScratch per event loop serves all its connections, since a
+// transport's methods run on its loop only.
+type wsScratch struct {
+	hdr  [ws.MaxHeaderSize]byte
+	iov  [2][]byte
+	ctrl [ws.MaxHeaderSize + ws.MaxControlFramePayloadSize]byte
 }
 
 var wsBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
@@ -147,32 +144,32 @@ func (w *wsTransport) Write(b []byte) (int, error) {
 	if w.state != wsOpen {
 		return len(b), nil
 	}
-	hdr := w.header(ws.OpBinary, len(b))
-	w.iov[0], w.iov[1] = hdr, b
-	_, err := w.sock.Writev(w.iov[:])
-	w.iov[0], w.iov[1] = nil, nil
+	sc := w.sc
+	sc.iov[0], sc.iov[1] = appendHeader(sc.hdr[:0], ws.OpBinary, len(b)), b
+	_, err := w.sock.Writev(sc.iov[:])
+	sc.iov[0], sc.iov[1] = nil, nil
 	if err != nil {
 		return 0, err
 	}
 	return len(b), nil
 }
 
-// header encodes the header of an unmasked final frame into w.hdr. It is
-// written out here (RFC 6455 section 5.2) rather than with gobwas/ws's
+// appendHeader appends the header of an unmasked final frame to dst. It
+// is written out here (RFC 6455 section 5.2) rather than with gobwas/ws's
 // writer, which takes an io.Writer and so costs an allocation per frame.
-func (w *wsTransport) header(op ws.OpCode, n int) []byte {
-	h := append(w.hdr[:0], 0x80|byte(op))
+func appendHeader(dst []byte, op ws.OpCode, n int) []byte {
+	dst = append(dst, 0x80|byte(op))
 	switch {
 	case n < 126:
-		h = append(h, byte(n))
+		dst = append(dst, byte(n))
 	case n <= 0xffff:
-		h = append(h, 126)
-		h = binary.BigEndian.AppendUint16(h, uint16(n))
+		dst = append(dst, 126)
+		dst = binary.BigEndian.AppendUint16(dst, uint16(n))
 	default:
-		h = append(h, 127)
-		h = binary.BigEndian.AppendUint64(h, uint64(n))
+		dst = append(dst, 127)
+		dst = binary.BigEndian.AppendUint64(dst, uint64(n))
 	}
-	return h
+	return dst
 }
 
 // Close sends a close frame (the code chosen by fail or by the peer's
@@ -217,10 +214,8 @@ func closeBody(code ws.StatusCode, reason string, empty bool) []byte {
 // writeControl writes one control frame (payload at most 125 bytes) in a
 // single write.
 func (w *wsTransport) writeControl(op ws.OpCode, payload []byte) {
-	var buf [ws.MaxHeaderSize + ws.MaxControlFramePayloadSize]byte
-	n := copy(buf[:], w.header(op, len(payload)))
-	n += copy(buf[n:], payload)
-	_, _ = w.sock.Write(buf[:n])
+	b := append(appendHeader(w.sc.ctrl[:0], op, len(payload)), payload...)
+	_, _ = w.sock.Write(b)
 }
 
 // fail closes the connection for a breach of RFC 6455: a close frame with
@@ -320,8 +315,7 @@ func (w *wsTransport) readHeader(l *loop, c *conn, avail int) bool {
 	if len(b) < need {
 		return false
 	}
-	w.hr.b = b[:need]
-	h, err := ws.ReadHeaderBuffer(&w.hr, w.hdr[:])
+	h, err := parseHeader(b[:need])
 	if err != nil {
 		w.fail(l, c, wsCloseProtocol, err.Error())
 		return false
@@ -365,6 +359,33 @@ func (w *wsTransport) readHeader(l *loop, c *conn, avail int) bool {
 	w.frag = !h.Fin
 	w.left, w.mask, w.maskOff = h.Length, h.Mask, 0
 	return true
+}
+
+// parseHeader decodes a whole frame header (RFC 6455 section 5.2; b is
+// exactly its length). CheckHeader then applies the protocol's rules.
+func parseHeader(b []byte) (ws.Header, error) {
+	h := ws.Header{
+		Fin:    b[0]&0x80 != 0,
+		Rsv:    (b[0] >> 4) & 0x7,
+		OpCode: ws.OpCode(b[0] & 0x0f),
+		Masked: b[1]&0x80 != 0,
+	}
+	rest := b[2:]
+	switch n := b[1] & 0x7f; n {
+	case 126:
+		h.Length, rest = int64(binary.BigEndian.Uint16(rest)), rest[2:]
+	case 127:
+		if rest[0]&0x80 != 0 {
+			return h, ws.ErrHeaderLengthMSB
+		}
+		h.Length, rest = int64(binary.BigEndian.Uint64(rest)), rest[8:]
+	default:
+		h.Length = int64(n)
+	}
+	if h.Masked {
+		copy(h.Mask[:], rest)
+	}
+	return h, nil
 }
 
 // control handles a ping, pong or close frame. It returns false when the

@@ -30,7 +30,7 @@ func (fe *fakeEngine) wsConn(i int, user string, ser codec.SerializerID) (*conn,
 	}
 	c, _ := fe.conn(i, user, "web", ser)
 	sock := &fakeSocket{}
-	c.tr = &wsTransport{sock: sock, edge: fe.s.edge, state: wsOpen}
+	c.tr = &wsTransport{sock: sock, edge: fe.s.edge, state: wsOpen, sc: fe.s.edge.scratchOf(fe.loops[i])}
 	return c, sock
 }
 

@@ -36,6 +36,24 @@ type edge struct {
 	tlsCancel  context.CancelFunc
 	loopsReady chan struct{} // closed by the first OnTick (tls.go)
 	loopsUp    sync.Once
+
+	scratchMu sync.Mutex
+	scratch   map[gnet.EventLoop]*wsScratch // one per loop (ws.go)
+}
+
+// scratchOf returns el's wsScratch, making it on first use.
+func (e *edge) scratchOf(el gnet.EventLoop) *wsScratch {
+	e.scratchMu.Lock()
+	defer e.scratchMu.Unlock()
+	sc := e.scratch[el]
+	if sc == nil {
+		if e.scratch == nil {
+			e.scratch = map[gnet.EventLoop]*wsScratch{}
+		}
+		sc = &wsScratch{}
+		e.scratch[el] = sc
+	}
+	return sc
 }
 
 // webFile is one static file of the browser app, as whole HTTP responses.
@@ -149,12 +167,12 @@ func (e *edge) speaksWS(gc gnet.Conn) bool {
 func (e *edge) wrap(gc gnet.Conn) transport {
 	if en, ok := gc.Context().(*enrolled); ok { // TLS terminated by tls.go
 		if en.ws {
-			return &wsTransport{sock: gc, edge: e, remote: en.remote}
+			return &wsTransport{sock: gc, edge: e, remote: en.remote, sc: e.scratchOf(gc.EventLoop())}
 		}
 		return &proxyTransport{socket: gc, remote: en.remote}
 	}
 	if e.isWS(gc) {
-		return &wsTransport{sock: gc, edge: e, proxy: e.cfg.ProxyProtocol}
+		return &wsTransport{sock: gc, edge: e, proxy: e.cfg.ProxyProtocol, sc: e.scratchOf(gc.EventLoop())}
 	}
 	if e.cfg.ProxyProtocol {
 		return &proxyTransport{socket: gc, pending: true}
