@@ -494,6 +494,9 @@ func (s *Server) shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		errs = append(errs, fmt.Errorf("engine: waiting for in-flight requests: %w", ctx.Err()))
 	}
+	if s.edge != nil {
+		s.edge.closeWebSockets() // a close frame (1001) each, not a bare TCP close
+	}
 	s.waitFlushed(ctx)
 	close(s.stopTicker)
 	<-s.tickerDone

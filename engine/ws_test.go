@@ -530,3 +530,21 @@ func TestParseProxyHeaderRejectsJunk(t *testing.T) {
 		}
 	}
 }
+
+// TestWebSocketShutdownGoesAway: on shutdown a WebSocket client gets
+// GO_AWAY in a binary message, then a close frame with 1001.
+func TestWebSocketShutdownGoesAway(t *testing.T) {
+	s := startWSServer(t, func(c *Config) { c.GoAwayWindow = 100 * time.Millisecond })
+	c := dialWSConn(t, s.WSAddr().String(), nil)
+	rc := &rawClient{t: t, nc: c, r: bufio.NewReaderSize(c, 64<<10), ser: codec.JSON}
+	rc.login("wsleaving", "web")
+	done := make(chan error, 1)
+	go func() { done <- s.Shutdown(t.Context()) }()
+	rc.waitFrame(codec.CmdGoAway, 5*time.Second)
+	if code := c.expectClose(t); code != wsCloseGoingAway {
+		t.Fatalf("close code %d (%q), want 1001", code, c.closeText)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -180,6 +180,18 @@ func (e *edge) wrap(gc gnet.Conn) transport {
 	return gc
 }
 
+// closeWebSockets closes every WebSocket connection still open once
+// their output is written: their loops send each a close frame with 1001
+// (going away) before the event loops stop and cut what is left.
+// Called by shutdown, from any goroutine.
+func (e *edge) closeWebSockets() {
+	e.srv.conns.each(func(c *conn) {
+		if _, ok := c.tr.(*wsTransport); ok {
+			c.closeAfterFlush(nil)
+		}
+	})
+}
+
 // ingest lets an edge transport read c's socket first (OnTraffic). It
 // returns false when no frames are to be decoded.
 func (e *edge) ingest(c *conn) bool {
