@@ -241,7 +241,9 @@ func (w *wsTransport) serveHTTP(l *loop, c *conn) bool {
 // handleRequest answers one HTTP request. It returns false when the
 // connection is closing.
 func (w *wsTransport) handleRequest(l *loop, c *conn, req []byte) bool {
-	r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(req)))
+	// The reader's buffer is the request's size, not bufio's 4 KiB: this
+	// is garbage of every handshake.
+	r, err := http.ReadRequest(bufio.NewReaderSize(bytes.NewReader(req), len(req)))
 	if err != nil {
 		w.respond(l, c, httpError(http.StatusBadRequest, "malformed HTTP request"), false)
 		return false

@@ -90,7 +90,11 @@ func startEdgeImd(t testing.TB, bin string, withAdmin bool, extra ...string) *ed
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	deadline := time.Now().Add(20 * time.Second)
-	for _, addr := range []string{e.tcp, e.ws, e.tls, e.wss} {
+	addrs := []string{e.tcp, e.ws, e.tls, e.wss}
+	if e.admin != "" {
+		addrs = append(addrs, e.admin)
+	}
+	for _, addr := range addrs {
 		for {
 			c, err := net.DialTimeout("tcp", addr, time.Second)
 			if err == nil {
