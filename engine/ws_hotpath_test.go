@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"testing"
 
 	"github.com/gobwas/ws"
@@ -68,14 +69,18 @@ func wsPayloads(t testing.TB, out []byte) []byte {
 	var payload []byte
 	r := bytes.NewReader(out)
 	for r.Len() > 0 {
-		f, err := ws.ReadFrame(r)
+		h, err := ws.ReadHeader(r)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if f.Header.OpCode != ws.OpBinary || f.Header.Masked || !f.Header.Fin {
-			t.Fatalf("server sent %+v", f.Header)
+		if h.OpCode != ws.OpBinary || h.Masked || !h.Fin || h.Length > int64(r.Len()) {
+			t.Fatalf("server sent %+v", h)
 		}
-		payload = append(payload, f.Payload...)
+		start := len(payload)
+		payload = append(payload, make([]byte, h.Length)...)
+		if _, err := io.ReadFull(r, payload[start:]); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return payload
 }
