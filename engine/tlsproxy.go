@@ -180,21 +180,34 @@ func (p *proxyTransport) ingest(l *loop, c *conn) bool {
 	if !p.pending {
 		return true
 	}
-	n, addr, err := readProxyHeader(p.socket)
+	done, err := takeProxyHeader(l, p.socket, &p.remote)
 	if err != nil {
-		l.srv.log.Debug("closing connection", "remote", p.socket.RemoteAddr().String(), "err", err)
 		c.closeAfterFlush(l)
 		_, _ = p.socket.Discard(p.socket.InboundBuffered())
 		return false
 	}
+	// Until the header is complete nothing is decoded: the decoder peeks
+	// the socket itself, and a partial header is no frame.
+	p.pending = !done
+	return done
+}
+
+// takeProxyHeader consumes the PROXY header at the start of s if it is
+// all buffered (done), and sets *remote to the client address in it, if
+// any. A bad header is logged and returned. Loop goroutine only.
+func takeProxyHeader(l *loop, s socket, remote **net.TCPAddr) (done bool, err error) {
+	n, addr, err := readProxyHeader(s)
+	if err != nil {
+		l.srv.log.Debug("closing connection", "remote", s.RemoteAddr().String(), "err", err)
+		return false, err
+	}
 	if n == 0 {
-		return true
+		return false, nil
 	}
-	p.pending = false
 	if addr.IsValid() {
-		p.remote = net.TCPAddrFromAddrPort(addr)
+		*remote = net.TCPAddrFromAddrPort(addr)
 	}
-	return true
+	return true, nil
 }
 
 // readProxyHeader parses and consumes the PROXY header buffered on s, if

@@ -237,20 +237,16 @@ func (w *wsTransport) fail(l *loop, c *conn, code ws.StatusCode, reason string) 
 // is to be decoded (the connection is closing).
 func (w *wsTransport) ingest(l *loop, c *conn) bool {
 	if w.proxy {
-		n, addr, err := readProxyHeader(w.sock)
+		done, err := takeProxyHeader(l, w.sock, &w.remote)
 		if err != nil {
-			l.srv.log.Debug("closing connection", "remote", w.sock.RemoteAddr().String(), "err", err)
 			w.state = wsDone
 			w.fail(l, c, 0, "")
 			return false
 		}
-		if n == 0 {
-			return true
+		if !done {
+			return false
 		}
 		w.proxy = false
-		if addr.IsValid() {
-			w.remote = net.TCPAddrFromAddrPort(addr)
-		}
 	}
 	if w.state == wsHTTP && !w.serveHTTP(l, c) {
 		return false

@@ -3,7 +3,6 @@ package engine
 import (
 	"bytes"
 	"encoding/binary"
-	"fmt"
 	"io"
 	"testing"
 
@@ -85,73 +84,24 @@ func wsPayloads(t testing.TB, out []byte) []byte {
 	return payload
 }
 
+// wsWire carries frames in masked binary messages, as a browser does.
+var wsWire = sendWire{
+	open: func(fe *fakeEngine, loop int, user string, ser codec.SerializerID) (*conn, *fakeTransport) {
+		c, sock := fe.wsConn(loop, user, ser)
+		return c, &sock.fakeTransport
+	},
+	put:  func(in, frame []byte) []byte { return appendMasked(in, frame, [4]byte{0x12, 0x34, 0x56, 0x78}) },
+	feed: (*fakeEngine).feedWS,
+	frames: func(t testing.TB, ft *fakeTransport) []codec.Frame {
+		fs := (&fakeTransport{out: wsPayloads(t, ft.out)}).frames(t)
+		ft.out = ft.out[:0]
+		return fs
+	},
+}
+
 // TestWebSocketSendPathAllocatesNothing is TestSendPathAllocatesNothing
 // with both connections on WebSocket: unmasking the SEND, the ack and the
 // push framed as binary messages.
-func TestWebSocketSendPathAllocatesNothing(t *testing.T) {
-	if raceEnabled {
-		t.Skip("allocation counts are meaningless under the race detector; the plain run asserts them")
-	}
-	for _, ser := range serializers {
-		for _, where := range []string{"same loop", "other loop"} {
-			t.Run(fmt.Sprint(ser, "/", where), func(t *testing.T) {
-				fe := newFakeEngine(t, 2, func(c *Config) { c.Store = boundedMemStore(t, 1000) })
-				a, at := fe.wsConn(0, "alice", ser)
-				bl := 0
-				if where == "other loop" {
-					bl = 1
-				}
-				_, bt := fe.wsConn(bl, "bob", ser)
-				frame, next := sendFrame(t, ser, "bob")
-				mask := [4]byte{0x12, 0x34, 0x56, 0x78}
-				at.in = make([]byte, 0, len(frame)+16)
-				round := func() {
-					next()
-					at.in = appendMasked(at.in, frame, mask)
-					fe.feedWS(a)
-					fe.runLoops()
-				}
-				round()
-				check := func(name string, out []byte, want codec.Command) {
-					ft := &fakeTransport{out: wsPayloads(t, out)}
-					if fs := ft.frames(t); len(fs) != 1 || fs[0].Command != want {
-						t.Fatalf("%s got %v", name, fs)
-					}
-				}
-				check("sender", at.out, codec.CmdSendAck)
-				check("receiver", bt.out, codec.CmdPush)
-				run := func() {
-					round()
-					at.out, bt.out = at.out[:0], bt.out[:0]
-				}
-				for range 3000 {
-					run()
-				}
-				if n := testing.AllocsPerRun(1000, run); n != 0 {
-					t.Fatalf("%v allocations per message", n)
-				}
-			})
-		}
-	}
-}
+func TestWebSocketSendPathAllocatesNothing(t *testing.T) { testSendPathAllocatesNothing(t, wsWire) }
 
-func BenchmarkWebSocketSendPath(b *testing.B) {
-	for _, ser := range serializers {
-		b.Run(ser.String(), func(b *testing.B) {
-			fe := newFakeEngine(b, 2, func(c *Config) { c.Store = boundedMemStore(b, 1000) })
-			a, at := fe.wsConn(0, "alice", ser)
-			_, bt := fe.wsConn(1, "bob", ser)
-			frame, next := sendFrame(b, ser, "bob")
-			mask := [4]byte{1, 2, 3, 4}
-			at.in = make([]byte, 0, len(frame)+16)
-			b.ReportAllocs()
-			for b.Loop() {
-				next()
-				at.in = appendMasked(at.in, frame, mask)
-				fe.feedWS(a)
-				fe.runLoops()
-				at.out, bt.out = at.out[:0], bt.out[:0]
-			}
-		})
-	}
-}
+func BenchmarkWebSocketSendPath(b *testing.B) { benchmarkSendPath(b, wsWire) }

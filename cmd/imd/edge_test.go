@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -26,7 +25,6 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
-	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
 )
@@ -175,10 +173,8 @@ func (e *edgeImd) login(kind, user string) (*syncClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &syncClient{nc: nc, r: bufio.NewReader(nc)}
-	tok, _ := auth.MintToken([]byte(durSecret), user, time.Hour)
-	if _, err := c.call(codec.CmdLogin, &pb.LoginRequest{Token: tok, Device: "d"}, &pb.LoginOK{}); err != nil {
-		nc.Close()
+	c, err := loginOver(nc, user)
+	if err != nil {
 		return nil, fmt.Errorf("%s login: %w", kind, err)
 	}
 	return c, nil
