@@ -551,3 +551,21 @@ func TestWebSocketShutdownGoesAway(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// dialWSContext is a client.Config.DialContext that opens a WebSocket to
+// addr: the Go client library's protocol then runs over it unchanged.
+func dialWSContext(ctx context.Context, _, addr string) (net.Conn, error) {
+	nc, br, _, err := ws.Dialer{}.Dial(ctx, "ws://"+addr+"/")
+	if err != nil {
+		return nil, err
+	}
+	if br == nil {
+		br = bufio.NewReader(nc)
+	}
+	return &wsClientConn{Conn: nc, br: br}, nil
+}
+
+// TestClientOverWebSocketSurvivesNodeRestart: the delivery guarantees of
+// TestClientSurvivesNodeRestart (no loss, no duplicate, in order, across
+// GO_AWAY and a new node) hold with both clients on WebSocket.
+func TestClientOverWebSocketSurvivesNodeRestart(t *testing.T) { clientSurvivesNodeRestart(t, true) }
