@@ -347,11 +347,11 @@ func (w *wsTransport) readHeader(l *loop, c *conn, avail int) bool {
 	if h.OpCode == ws.OpBinary {
 		w.msgLen = 0
 	}
-	w.msgLen += h.Length
-	if w.msgLen > w.edge.maxMessage {
+	if h.Length > w.edge.maxMessage-w.msgLen { // not msgLen+Length: that can overflow
 		w.fail(l, c, wsCloseTooBig, "message larger than the limit")
 		return false
 	}
+	w.msgLen += h.Length
 	w.frag = !h.Fin
 	w.left, w.mask, w.maskOff = h.Length, h.Mask, 0
 	return true

@@ -231,6 +231,11 @@ func TestWebSocketBreachesCloseAsRFC6455Says(t *testing.T) {
 			}
 			return c.writeFrame(ws.OpContinuation, true, make([]byte, limit/2+1))
 		}, wsCloseTooBig},
+		{"fragment declaring 2^63-1 bytes", func(c *wsClientConn) error {
+			_ = c.writeFrame(ws.OpBinary, false, []byte("IMGN"))
+			h := ws.Header{OpCode: ws.OpContinuation, Fin: true, Masked: true, Length: 1<<63 - 1, Mask: [4]byte{1, 2, 3, 4}}
+			return ws.WriteHeader(c.Conn, h)
+		}, wsCloseTooBig},
 		{"close with a one-byte payload", func(c *wsClientConn) error { return c.writeFrame(ws.OpClose, true, []byte{3}) }, wsCloseProtocol},
 		{"close with a reserved code", func(c *wsClientConn) error {
 			return c.writeFrame(ws.OpClose, true, ws.NewCloseFrameBody(1005, ""))
