@@ -112,6 +112,8 @@ const (
 	kindBytes                   // opaque bytes (JSON: base64 text)
 	kindUint32
 	kindUint64
+	kindInt64   // signed; fieldValue.u holds its two's complement bits
+	kindStrings // repeated string; fieldValue.list
 )
 
 // maxFields is the most fields a fast-path request has.
@@ -129,10 +131,12 @@ type fieldSpec struct {
 // fieldValues. Unused trailing entries have num 0 and match nothing.
 type schema [maxFields]fieldSpec
 
-// fieldValue is one decoded field: b for strings and bytes, u for integers.
+// fieldValue is one decoded field: b for strings and bytes, u for integers,
+// list for a repeated string.
 type fieldValue struct {
-	b []byte
-	u uint64
+	b    []byte
+	u    uint64
+	list [][]byte
 }
 
 type fieldValues [maxFields]fieldValue
@@ -146,6 +150,17 @@ var (
 	}
 	pushAckSchema = schema{{"up_to_seq", 1, kindUint64}}
 	syncSchema    = schema{{"after_seq", 1, kindUint64}, {"limit", 2, kindUint32}}
+
+	// The requests that are not on the hot path (DecodeRequest).
+	registerSchema = schema{{"user", 1, kindString}, {"password", 2, kindString}}
+	loginSchema    = schema{
+		{"user", 1, kindString}, {"password", 2, kindString}, {"token", 3, kindString}, {"device", 4, kindString},
+	}
+	heartbeatSchema   = schema{{"time", 1, kindInt64}}
+	emptySchema       = schema{}
+	groupCreateSchema = schema{{"name", 1, kindString}, {"members", 2, kindStrings}}
+	groupSchema       = schema{{"group_id", 1, kindString}}
+	presenceSchema    = schema{{"users", 1, kindStrings}}
 )
 
 // byName returns the index of the field whose key is name, or -1. Keys are
@@ -179,23 +194,41 @@ func maxOf(k fieldKind) uint64 {
 
 // setText stores a decoded string or bytes value, checking UTF-8 for
 // strings (docs/protocol.md §3: strings MUST be valid UTF-8, in every
-// serializer).
+// serializer). For a repeated string it appends one element.
 func (f *fieldValues) setText(s *schema, i int, b []byte) error {
-	if s[i].kind == kindString && !utf8.Valid(b) {
+	if s[i].kind != kindBytes && !utf8.Valid(b) {
 		return errField(s, i, "string is not valid UTF-8")
+	}
+	if s[i].kind == kindStrings {
+		f[i].list = append(f[i].list, b)
+		return nil
 	}
 	f[i].b = b
 	return nil
 }
 
-// setUint stores an integer value, checking its type's range.
+// setUint stores an unsigned integer value, checking its type's range.
+// For an int64 field u must be at most 2^63-1 (a negative value is stored
+// by setInt).
 func (f *fieldValues) setUint(s *schema, i int, u uint64) error {
-	if u > maxOf(s[i].kind) {
+	if s[i].kind == kindInt64 && u > 1<<63-1 || u > maxOf(s[i].kind) {
 		return errField(s, i, "integer out of range")
 	}
 	f[i].u = u
 	return nil
 }
+
+// setInt stores a negative integer value: only an int64 field takes one.
+func (f *fieldValues) setInt(s *schema, i int, v int64) error {
+	if s[i].kind != kindInt64 {
+		return errField(s, i, "integer out of range")
+	}
+	f[i].u = uint64(v)
+	return nil
+}
+
+// isInt reports whether the field holds an integer.
+func (k fieldKind) isInt() bool { return k == kindUint32 || k == kindUint64 || k == kindInt64 }
 
 // ---- errors ----
 

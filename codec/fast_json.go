@@ -149,15 +149,26 @@ func (d *jsDec) field(s *schema, idx int, f *fieldValues, scratch []byte) ([]byt
 	case c == 'n':
 		f[idx] = fieldValue{}
 		return scratch, d.lit("null")
-	case s[idx].kind == kindUint32 || s[idx].kind == kindUint64:
-		u, err := d.uint()
+	case s[idx].kind.isInt():
+		u, neg, err := d.int()
 		if err != nil {
 			return scratch, err
 		}
+		if neg {
+			return scratch, withPos(f.setInt(s, idx, int64(u)), JSON, at)
+		}
 		return scratch, withPos(f.setUint(s, idx, u), JSON, at)
+	case s[idx].kind == kindStrings:
+		return d.list(s, idx, f, scratch)
 	case c != '"':
 		return scratch, withPos(errField(s, idx, "not a string"), JSON, at)
 	}
+	return d.text(s, idx, f, scratch)
+}
+
+// text decodes the string at d.i into field idx.
+func (d *jsDec) text(s *schema, idx int, f *fieldValues, scratch []byte) ([]byte, error) {
+	at := d.i
 	start, end, esc, err := d.str()
 	if err != nil {
 		return scratch, err
@@ -184,6 +195,37 @@ func (d *jsDec) field(s *schema, idx int, f *fieldValues, scratch []byte) ([]byt
 		v = raw
 	}
 	return scratch, withPos(f.setText(s, idx, v), JSON, at)
+}
+
+// list decodes an array of strings at d.i into repeated field idx,
+// replacing an earlier occurrence. A null element is BAD_BODY.
+func (d *jsDec) list(s *schema, idx int, f *fieldValues, scratch []byte) ([]byte, error) {
+	if !d.eat('[') {
+		return scratch, withPos(errField(s, idx, "not an array"), JSON, d.i)
+	}
+	f[idx].list = nil
+	d.ws()
+	if d.eat(']') {
+		return scratch, nil
+	}
+	for {
+		if d.peek() != '"' {
+			return scratch, withPos(errField(s, idx, "element is not a string"), JSON, d.i)
+		}
+		var err error
+		if scratch, err = d.text(s, idx, f, scratch); err != nil {
+			return scratch, err
+		}
+		d.ws()
+		if d.eat(',') {
+			d.ws()
+			continue
+		}
+		if d.eat(']') {
+			return scratch, nil
+		}
+		return scratch, d.err("expected ',' or ']'")
+	}
 }
 
 // base64 decodes the standard base64 text of the string d.b[start:end]
@@ -224,23 +266,35 @@ func (d *jsDec) base64(scratch []byte, start, end int, esc bool) ([]byte, []byte
 	return scratch, scratch[n0 : n0+n : n0+n], nil
 }
 
-// uint parses an unsigned integer number: no sign, fraction or exponent.
-func (d *jsDec) uint() (uint64, error) {
+// int parses an integer number: no fraction or exponent. It returns the
+// magnitude's bits (two's complement for a negative value) and whether the
+// value has a sign; a value outside uint64 (positive) or int64 (negative)
+// is out of range. "-0" is 0 with a sign (refused by unsigned fields).
+func (d *jsDec) int() (u uint64, neg bool, err error) {
 	at := d.i
 	if err := d.number(); err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	var u uint64
-	for _, c := range d.b[at:d.i] {
+	digits := d.b[at:d.i]
+	if digits[0] == '-' {
+		neg, digits = true, digits[1:]
+	}
+	for _, c := range digits {
 		if c < '0' || c > '9' {
-			return 0, errAt(JSON, at, "not an unsigned integer")
+			return 0, false, errAt(JSON, at, "not an integer")
 		}
 		if u > (1<<64-1)/10 || u*10 > 1<<64-1-uint64(c-'0') {
-			return 0, errAt(JSON, at, "integer out of range")
+			return 0, false, errAt(JSON, at, "integer out of range")
 		}
 		u = u*10 + uint64(c-'0')
 	}
-	return u, nil
+	if neg {
+		if u > 1<<63 {
+			return 0, false, errAt(JSON, at, "integer out of range")
+		}
+		return -u, true, nil
+	}
+	return u, false, nil
 }
 
 // str scans the string whose opening quote is at d.i, checking the JSON

@@ -3,9 +3,9 @@ package codec
 // MessagePack (serializer 3) fast paths. The decoder matches the generic
 // one (vmihailenco/msgpack) except where docs/protocol.md §3 is stricter:
 // the body must be one map (an array, nil or any other value is BAD_BODY),
-// string fields must be valid UTF-8 whether sent as str or bin, and an
-// integer must fit its field's type (no wrap-around of negative or large
-// values). Keys are str, bin or nil, as the generic decoder accepts. Unknown
+// string fields (and the elements of repeated ones) must be valid UTF-8
+// whether sent as str or bin, and an integer must fit its field's type (no
+// wrap-around of negative or large values). Keys are str, bin or nil, as the generic decoder accepts. Unknown
 // values of any depth are skipped with a counter, never by recursion. The
 // encoders write what the generic encoder writes with OmitEmpty and
 // UseCompactInts: a fixmap of the non-empty fields in struct order, the
@@ -147,21 +147,63 @@ func (d *mpDec) field(s *schema, idx int, f *fieldValues) error {
 		f[idx] = fieldValue{}
 		return nil
 	}
-	if s[idx].kind == kindString || s[idx].kind == kindBytes {
-		v, _, err := d.text()
-		if err != nil {
+	switch s[idx].kind {
+	case kindString, kindBytes:
+		v, isNil, err := d.text()
+		if err != nil || isNil {
 			return errField(s, idx, "not a str or bin")
 		}
 		return f.setText(s, idx, v)
+	case kindStrings:
+		return d.list(s, idx, f)
 	}
 	u, neg, err := d.int()
 	if err != nil {
 		return err
 	}
 	if neg {
-		return errField(s, idx, "integer out of range")
+		return f.setInt(s, idx, int64(u))
 	}
 	return f.setUint(s, idx, u)
+}
+
+// list decodes an array of str (or bin) into repeated string field idx,
+// replacing an earlier occurrence. A nil element is BAD_BODY.
+func (d *mpDec) list(s *schema, idx int, f *fieldValues) error {
+	if d.i >= len(d.b) {
+		return d.err("truncated")
+	}
+	at := d.i
+	c := d.b[d.i]
+	d.i++
+	var n uint64
+	ok := true
+	switch {
+	case c >= 0x90 && c <= 0x9f:
+		n = uint64(c & 0x0f)
+	case c == 0xdc:
+		n, ok = d.be(2)
+	case c == 0xdd:
+		n, ok = d.be(4)
+	default:
+		d.i = at
+		return errField(s, idx, "not an array")
+	}
+	if !ok || n > uint64(len(d.b)-d.i) { // every element takes a byte at least
+		d.i = at
+		return errField(s, idx, "truncated array")
+	}
+	f[idx].list = make([][]byte, 0, min(n, 64))
+	for range n {
+		v, isNil, err := d.text()
+		if err != nil || isNil {
+			return errField(s, idx, "element is not a str or bin")
+		}
+		if err := f.setText(s, idx, v); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // int reads any int format: the magnitude bits and whether it is negative.

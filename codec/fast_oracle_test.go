@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -66,6 +67,72 @@ var fastCases = []fastCase{
 		}},
 }
 
+// requestCase is a fastCase of DecodeRequest for cmd; values reads both
+// the generic result and DecodeRequest's.
+func requestCase(name string, cmd Command, s *schema, generic func() proto.Message, values func(proto.Message) fieldValues) fastCase {
+	return fastCase{name, s, generic, values, func(ser SerializerID, body []byte) (fieldValues, error) {
+		m, err := DecodeRequest(ser, cmd, body)
+		if err != nil {
+			return fieldValues{}, err
+		}
+		return values(m), nil
+	}}
+}
+
+func bytesList(ss []string) [][]byte {
+	if len(ss) == 0 {
+		return nil
+	}
+	out := make([][]byte, len(ss))
+	for i, s := range ss {
+		out[i] = []byte(s)
+	}
+	return out
+}
+
+func init() {
+	fastCases = append(fastCases,
+		requestCase("register", CmdRegister, &registerSchema, func() proto.Message { return &pb.RegisterRequest{} },
+			func(m proto.Message) fieldValues {
+				r := m.(*pb.RegisterRequest)
+				return fieldValues{{b: []byte(r.User)}, {b: []byte(r.Password)}}
+			}),
+		requestCase("login", CmdLogin, &loginSchema, func() proto.Message { return &pb.LoginRequest{} },
+			func(m proto.Message) fieldValues {
+				r := m.(*pb.LoginRequest)
+				return fieldValues{{b: []byte(r.User)}, {b: []byte(r.Password)}, {b: []byte(r.Token)}, {b: []byte(r.Device)}}
+			}),
+		requestCase("heartbeat", CmdHeartbeat, &heartbeatSchema, func() proto.Message { return &pb.Heartbeat{} },
+			func(m proto.Message) fieldValues { return fieldValues{{u: uint64(m.(*pb.Heartbeat).Time)}} }),
+		requestCase("logout", CmdLogout, &emptySchema, func() proto.Message { return &pb.Empty{} },
+			func(proto.Message) fieldValues { return fieldValues{} }),
+		requestCase("group_create", CmdGroupCreate, &groupCreateSchema, func() proto.Message { return &pb.GroupCreateRequest{} },
+			func(m proto.Message) fieldValues {
+				r := m.(*pb.GroupCreateRequest)
+				return fieldValues{{b: []byte(r.Name)}, {list: bytesList(r.Members)}}
+			}),
+		requestCase("group", CmdGroupJoin, &groupSchema, func() proto.Message { return &pb.GroupRequest{} },
+			func(m proto.Message) fieldValues { return fieldValues{{b: []byte(m.(*pb.GroupRequest).GroupId)}} }),
+		requestCase("presence", CmdPresence, &presenceSchema, func() proto.Message { return &pb.PresenceRequest{} },
+			func(m proto.Message) fieldValues {
+				return fieldValues{{list: bytesList(m.(*pb.PresenceRequest).Users)}}
+			}),
+	)
+}
+
+// sameField compares one decoded field (an empty list equals a nil one).
+func sameField(a, b fieldValue) bool {
+	if !bytes.Equal(a.b, b.b) || a.u != b.u || len(a.list) != len(b.list) {
+		return false
+	}
+	for i := range a.list {
+		if !bytes.Equal(a.list[i], b.list[i]) {
+			return false
+		}
+	}
+	return true
+}
+
 func fastSend(ser SerializerID, body []byte, group bool) (fieldValues, error) {
 	var v SendView
 	_, err := DecodeSend(ser, body, group, &v, nil)
@@ -112,10 +179,10 @@ func checkAgreement(t testing.TB, ser SerializerID, body []byte) int {
 				if c.schema[i].num == 0 {
 					continue
 				}
-				if !bytes.Equal(gv[i].b, fv[i].b) || gv[i].u != fv[i].u {
+				if !sameField(gv[i], fv[i]) {
 					if l := lw(); l.mayDiffer[i] == "" {
-						t.Fatalf("%s %s %q: field %s: fast %q/%d, generic %q/%d (facts %v)", ser, c.name, body,
-							c.schema[i].name, fv[i].b, fv[i].u, gv[i].b, gv[i].u, l.facts)
+						t.Fatalf("%s %s %q: field %s: fast %q/%d/%q, generic %q/%d/%q (facts %v)", ser, c.name, body,
+							c.schema[i].name, fv[i].b, fv[i].u, fv[i].list, gv[i].b, gv[i].u, gv[i].list, l.facts)
 					}
 				}
 			}
@@ -178,8 +245,14 @@ func jsonLeeway(body []byte, s *schema) leeway {
 			if string(raw) == "null" && seen[i] > 1 {
 				lw.mayDiffer[i] = "null after a value resets the field"
 			}
-			if s[i].kind == kindString && !utf8.Valid(raw) {
+			if (s[i].kind == kindString || s[i].kind == kindStrings) && !utf8.Valid(raw) {
 				lw.mayReject = "invalid UTF-8 in a string field"
+			}
+			if s[i].kind == kindStrings && string(raw) != "null" {
+				var list []*string
+				if json.Unmarshal(raw, &list) != nil || slices.Contains(list, nil) {
+					lw.mayReject = "a repeated string that is not an array of strings"
+				}
 			}
 			if s[i].kind == kindBytes {
 				var text string
@@ -252,7 +325,26 @@ func msgpackLeeway(body []byte, s *schema) leeway {
 			if err == nil && !utf8.Valid(v) {
 				lw.mayReject = "invalid UTF-8 in a string field"
 			}
-		case kindUint32, kindUint64:
+		case kindStrings:
+			var list []any
+			if err := msgpack.Unmarshal(raw, &list); err != nil {
+				continue
+			}
+			for _, e := range list {
+				switch v := e.(type) {
+				case string:
+					if !utf8.ValidString(v) {
+						lw.mayReject = "invalid UTF-8 in a repeated string"
+					}
+				case []byte:
+					if !utf8.Valid(v) {
+						lw.mayReject = "invalid UTF-8 in a repeated string"
+					}
+				default:
+					lw.mayReject = "a repeated string element that is not a str or bin"
+				}
+			}
+		case kindUint32, kindUint64, kindInt64:
 			v, err := msgpack.NewDecoder(bytes.NewReader(raw)).DecodeInterface()
 			if err != nil {
 				continue
@@ -277,7 +369,11 @@ func msgpackLeeway(body []byte, s *schema) leeway {
 			case uint64:
 				u = x
 			}
-			if neg || u > maxOf(s[i].kind) {
+			if s[i].kind == kindInt64 {
+				if !neg && u > 1<<63-1 {
+					lw.mayReject = "integer out of range"
+				}
+			} else if neg || u > maxOf(s[i].kind) {
 				lw.mayReject = "integer out of range"
 			}
 			lw.facts = append(lw.facts, fmt.Sprintf("%s = %T %v", key, v, v))
@@ -299,7 +395,7 @@ func protoLeeway(body []byte, s *schema) leeway {
 		b = b[n:]
 		if i := s.byNum(uint64(num)); i >= 0 {
 			want := protowire.VarintType
-			if s[i].kind == kindString || s[i].kind == kindBytes {
+			if !s[i].kind.isInt() {
 				want = protowire.BytesType
 			}
 			if typ != want {

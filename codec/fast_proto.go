@@ -2,9 +2,12 @@ package codec
 
 // Protobuf (serializer 2) fast paths, on protowire. The decoder matches
 // proto.Unmarshal except where docs/protocol.md §3 is stricter: a known
-// field with the wrong wire type and an integer beyond its field's type are
-// BAD_BODY (proto.Unmarshal keeps the first as an unknown field and
-// truncates the second). Bytes are aliased, never copied. The encoders write
+// field with the wrong wire type, an integer beyond its field's type and a
+// string that is not UTF-8 are BAD_BODY (proto.Unmarshal keeps the first as
+// an unknown field and truncates the second). Every occurrence of a
+// repeated string appends an element, as in proto.Unmarshal; an int64 is
+// the varint's 64 bits in two's complement. Bytes are aliased, never
+// copied. The encoders write
 // fields in number order, zero values omitted, as proto.Marshal does.
 
 import (
@@ -36,7 +39,7 @@ func decodeProto(b []byte, s *schema, f *fieldValues) error {
 		}
 		var err error
 		switch s[idx].kind {
-		case kindString, kindBytes:
+		case kindString, kindBytes, kindStrings:
 			if typ != protowire.BytesType {
 				return withPos(errField(s, idx, "wrong wire type"), Protobuf, at)
 			}
@@ -55,7 +58,11 @@ func decodeProto(b []byte, s *schema, f *fieldValues) error {
 			if n < 0 {
 				return errAt(Protobuf, at, "bad varint")
 			}
-			err = f.setUint(s, idx, u)
+			if s[idx].kind == kindInt64 {
+				f[idx].u = u // any 64 bits are an int64
+			} else {
+				err = f.setUint(s, idx, u)
+			}
 		}
 		if err != nil {
 			return withPos(err, Protobuf, at)

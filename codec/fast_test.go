@@ -62,6 +62,19 @@ func randText(r *rand.Rand) string {
 	return s + strings.Repeat("x", target-len(s))
 }
 
+// randTexts returns a list of 0 to 5 (sometimes 40) random texts.
+func randTexts(r *rand.Rand) []string {
+	n := r.IntN(6)
+	if r.IntN(8) == 0 {
+		n = 40
+	}
+	var out []string
+	for range n {
+		out = append(out, randText(r))
+	}
+	return out
+}
+
 func randBytes(r *rand.Rand) []byte {
 	if r.IntN(4) == 0 {
 		return nil
@@ -278,6 +291,13 @@ func TestFastDecodeValidBodies(t *testing.T) {
 			&pb.GroupSendRequest{ClientMsgId: randText(r), GroupId: randText(r), Kind: uint32(randUint(r)), Body: randBytes(r)},
 			&pb.PushAck{UpToSeq: randUint(r)},
 			&pb.SyncRequest{AfterSeq: randUint(r), Limit: uint32(randUint(r))},
+			&pb.RegisterRequest{User: randText(r), Password: randText(r)},
+			&pb.LoginRequest{User: randText(r), Password: randText(r), Token: randText(r), Device: randText(r)},
+			&pb.Heartbeat{Time: randInt(r)},
+			&pb.Empty{},
+			&pb.GroupCreateRequest{Name: randText(r), Members: randTexts(r)},
+			&pb.GroupRequest{GroupId: randText(r)},
+			&pb.PresenceRequest{Users: randTexts(r)},
 		}
 		for i, m := range msgs {
 			var bodies [][]byte
@@ -312,7 +332,7 @@ func TestFastDecodeValidBodies(t *testing.T) {
 
 func sameValues(a, b fieldValues) bool {
 	for i := range a {
-		if !bytes.Equal(a[i].b, b[i].b) || a[i].u != b[i].u {
+		if !sameField(a[i], b[i]) {
 			return false
 		}
 	}
@@ -581,15 +601,18 @@ func TestFastPathsAllocateNothing(t *testing.T) {
 	escaped := []byte(`{"client_msg_id":"c\u0037f3","t\u006f":"b\u00f6b \ud83d\ude00","kind":1,"body":"\/\/4BaGk=\n"}`)
 	scratch := make([]byte, 0, 2*len(escaped))
 	ack, sync, mpAck := []byte(`{"up_to_seq":12345}`), []byte{0x08, 0x07, 0x10, 0x64}, []byte("\x81\xa9up_to_seq\xcd\x01\x00")
+	jsHB, mpHB := []byte(`{"time":-1764150000000}`), []byte("\x81\xa4time\xd3\xff\xff\xfe\x65\x43\x21\x0f\xee")
 	var v SendView
 	for name, run := range map[string]func(){
-		"json send":        func() { scratch, _ = DecodeSend(JSON, bodies[JSON], false, &v, scratch[:0]) },
-		"json escapes":     func() { scratch, _ = DecodeSend(JSON, escaped, false, &v, scratch[:0]) },
-		"protobuf send":    func() { scratch, _ = DecodeSend(Protobuf, bodies[Protobuf], false, &v, scratch[:0]) },
-		"msgpack send":     func() { scratch, _ = DecodeSend(MsgPack, bodies[MsgPack], true, &v, scratch[:0]) },
-		"json push ack":    func() { _, _ = DecodePushAck(JSON, ack) },
-		"protobuf sync":    func() { _, _, _ = DecodeSync(Protobuf, sync) },
-		"msgpack push ack": func() { _, _ = DecodePushAck(MsgPack, mpAck) },
+		"json send":         func() { scratch, _ = DecodeSend(JSON, bodies[JSON], false, &v, scratch[:0]) },
+		"json escapes":      func() { scratch, _ = DecodeSend(JSON, escaped, false, &v, scratch[:0]) },
+		"protobuf send":     func() { scratch, _ = DecodeSend(Protobuf, bodies[Protobuf], false, &v, scratch[:0]) },
+		"msgpack send":      func() { scratch, _ = DecodeSend(MsgPack, bodies[MsgPack], true, &v, scratch[:0]) },
+		"json push ack":     func() { _, _ = DecodePushAck(JSON, ack) },
+		"protobuf sync":     func() { _, _, _ = DecodeSync(Protobuf, sync) },
+		"msgpack push ack":  func() { _, _ = DecodePushAck(MsgPack, mpAck) },
+		"json heartbeat":    func() { _, _ = DecodeHeartbeat(JSON, jsHB) },
+		"msgpack heartbeat": func() { _, _ = DecodeHeartbeat(MsgPack, mpHB) },
 	} {
 		if n := testing.AllocsPerRun(200, run); n != 0 {
 			t.Errorf("%s: %v allocations per run", name, n)

@@ -13,7 +13,9 @@
 // encoded once and spliced per inbox seq) write replies that are byte for
 // byte what AppendFrame writes. Where docs/protocol.md §3 is stricter than
 // the generic serializers (UTF-8, integer ranges, the body's shape), the fast
-// decoders follow the spec.
+// decoders follow the spec. DecodeRequest decodes every other client request
+// with the same decoders, so a server applies §3 to every body it receives;
+// the generic Unmarshal is for the frames a server sends.
 //
 // codec imports nothing from the rest of the project.
 package codec

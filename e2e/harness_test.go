@@ -126,6 +126,13 @@ func (c *cluster) addNode(id string, extra ...string) *node {
 
 func (n *node) start(extra ...string) {
 	n.c.t.Helper()
+	n.spawn(extra...)
+	n.waitReady()
+}
+
+// spawn starts the process without waiting for it to be ready.
+func (n *node) spawn(extra ...string) {
+	n.c.t.Helper()
 	c := n.c
 	args := []string{"--node-id", n.id, "--listen", n.listen, "--admin", n.admin, "--mesh-listen", n.mesh,
 		"--zk", c.zk.Addr, "--zk-session-timeout", c.zkTimeout.String(), "--redis", c.redis.Addr,
@@ -156,7 +163,6 @@ func (n *node) start(extra ...string) {
 			c.t.Logf("--- log of %s ---\n%s", n.id, b)
 		}
 	})
-	n.waitReady()
 }
 
 // waitReady polls the admin /readyz.

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"runtime"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -55,6 +56,11 @@ type Config struct {
 	// the listeners, stores and logs; raise it together with the limit
 	// (docs/BENCHMARKS.md, "One node with 1,000,000 connections").
 	MaxConns int
+	// MaxConnsPerIP bounds the open client connections from one source
+	// address (IPv4, or one IPv6 address); beyond it a connection gets
+	// TOO_MANY_CONNECTIONS at accept. 0, the default, sets no bound (clients
+	// behind one NAT or proxy share an address).
+	MaxConnsPerIP int
 	// SendRate and SendBurst are the per-user token bucket for SEND and
 	// GROUP_SEND. Defaults 200/s and 400.
 	SendRate  float64
@@ -191,6 +197,7 @@ func (c Config) Validate() error {
 	pos("EventLoops", c.EventLoops)
 	pos("MaxOutbound", c.MaxOutbound)
 	pos("MaxConns", c.MaxConns)
+	pos("MaxConnsPerIP", c.MaxConnsPerIP)
 	pos("SendBurst", c.SendBurst)
 	pos("MaxGroupSize", c.MaxGroupSize)
 	pos("Workers", c.Workers)
@@ -202,6 +209,9 @@ func (c Config) Validate() error {
 	pos("HashConcurrency", c.HashConcurrency)
 	if c.MaxBody < 0 || c.MaxBody > 16<<20 {
 		errs = append(errs, fmt.Errorf("MaxBody must be in 1..16777216, got %d", c.MaxBody))
+	}
+	if !utf8.ValidString(c.NodeID) || len(c.NodeID) > 64 {
+		errs = append(errs, fmt.Errorf("NodeID must be at most 64 bytes of UTF-8, got %q", c.NodeID))
 	}
 	if c.NodeNum > 1023 {
 		errs = append(errs, fmt.Errorf("NodeNum must be in 1..1023, got %d", c.NodeNum))

@@ -105,7 +105,11 @@ func (c *conn) queue(src *loop, build func([]byte) []byte) bool {
 	c.out.B = build(c.out.B)
 	ok := true
 	if len(c.out.B)+int(c.sockOut.Load()) > c.loop.srv.cfg.MaxOutbound {
-		c.out.B = c.out.B[:before]
+		// The frame is dropped; the final ERROR goes out instead, beyond
+		// the bound (a few dozen bytes), best effort: the peer is not
+		// reading (docs/protocol.md §7).
+		c.out.B, _ = codec.AppendFrame(c.out.B[:before], c.ser, codec.CmdError, 0, 0,
+			errorMsg(codec.CodeSlowConsumer, "output backed up: the connection is not reading", true, 0))
 		c.closeAfter = true
 		c.state.Store(stateClosing)
 		c.loop.srv.metrics.slowConsumers.Inc()
@@ -131,25 +135,45 @@ func (c *conn) scheduleLocked(src *loop) {
 	}
 }
 
-// writeMsg queues one frame for c with msg encoded in ser (see queue).
+// writeMsg queues one frame for c with msg encoded in ser (see queue). A
+// message that cannot be encoded (a bug: requests are checked at decode)
+// is never dropped silently: it is replaced by ERROR INTERNAL with the
+// same seq, so a request always gets an answer, and counted in
+// imgn_encode_errors_total. writeMsg reports whether msg itself was queued.
 func (c *conn) writeMsg(src *loop, ser codec.SerializerID, cmd codec.Command, seq uint32, msg proto.Message) bool {
 	var encErr error
 	ok := c.queue(src, func(b []byte) []byte {
 		out, err := codec.AppendFrame(b, ser, cmd, 0, seq, msg)
-		encErr = err
+		if err != nil {
+			encErr = err
+			code := codec.CodeInternal
+			out, _ = codec.AppendFrame(b, ser, codec.CmdError, 0, seq, &pb.Error{
+				Code: uint32(code), Message: "the server could not encode its " + cmd.String() + " reply", Retryable: code.Retryable(),
+			})
+		}
 		return out
 	})
 	if encErr != nil {
-		c.loop.srv.log.Error("encode frame", "cmd", cmd, "err", encErr)
+		s := c.loop.srv
+		s.metrics.encodeErrors.Inc()
+		s.metrics.countError(codec.CodeInternal)
+		s.log.Error("encode frame; answered INTERNAL instead", "cmd", cmd, "seq", seq, "err", encErr)
 		return false
 	}
 	return ok
 }
 
+// errorMsg is an ERROR frame's body. Its text may quote request bytes
+// (ids, decoder messages): invalid UTF-8 in it is replaced, so that the
+// frame encodes in every serializer.
+func errorMsg(code codec.ErrorCode, msg string, fatal bool, retryAfterMs uint32) *pb.Error {
+	return &pb.Error{Code: uint32(code), Message: validText(msg), Fatal: fatal, Retryable: code.Retryable(), RetryAfterMs: retryAfterMs}
+}
+
 // fail queues a final ERROR frame (fatal) and closes c once it is written.
 func (c *conn) fail(src *loop, ser codec.SerializerID, seq uint32, code codec.ErrorCode, msg string) {
 	c.loop.srv.metrics.countError(code)
-	c.writeMsg(src, ser, codec.CmdError, seq, &pb.Error{Code: uint32(code), Message: msg, Fatal: true, Retryable: code.Retryable()})
+	c.writeMsg(src, ser, codec.CmdError, seq, errorMsg(code, msg, true, 0))
 	c.closeAfterFlush(src)
 }
 
@@ -174,7 +198,7 @@ func (c *conn) closeAfterFlush(src *loop) {
 // replyError answers request seq with a non-fatal ERROR.
 func (c *conn) replyError(src *loop, ser codec.SerializerID, seq uint32, code codec.ErrorCode, msg string, retryAfterMs uint32) {
 	c.loop.srv.metrics.countError(code)
-	c.writeMsg(src, ser, codec.CmdError, seq, &pb.Error{Code: uint32(code), Message: msg, Retryable: code.Retryable(), RetryAfterMs: retryAfterMs})
+	c.writeMsg(src, ser, codec.CmdError, seq, errorMsg(code, msg, false, retryAfterMs))
 }
 
 // flush writes everything queued for c, and closes c if a final frame was

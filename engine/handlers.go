@@ -8,8 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"google.golang.org/protobuf/proto"
+	"unicode/utf8"
 
 	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
@@ -69,8 +68,8 @@ func (s *Server) exec(src *loop, c *conn, h codec.Header, body []byte, ip netip.
 		}
 		return
 	}
-	req := newRequest(h.Command)
-	if err := codec.Unmarshal(h.Serializer, body, req); err != nil {
+	req, err := codec.DecodeRequest(h.Serializer, h.Command, body)
+	if err != nil {
 		c.replyError(src, h.Serializer, h.Seq, codec.CodeBadBody, err.Error(), 0)
 		return
 	}
@@ -111,29 +110,6 @@ func (s *Server) exec(src *loop, c *conn, h codec.Header, body []byte, ip netip.
 	case *pb.PresenceRequest:
 		s.handlePresence(ctx, src, c, h, req)
 	}
-}
-
-// newRequest returns an empty body of the request type of cmd (SEND and
-// GROUP_SEND excepted: they are decoded by handleSend), or nil when cmd is
-// not a request a client may send.
-func newRequest(cmd codec.Command) proto.Message {
-	switch cmd {
-	case codec.CmdRegister:
-		return &pb.RegisterRequest{}
-	case codec.CmdLogin:
-		return &pb.LoginRequest{}
-	case codec.CmdLogout:
-		return &pb.Empty{}
-	case codec.CmdSync:
-		return &pb.SyncRequest{}
-	case codec.CmdGroupCreate:
-		return &pb.GroupCreateRequest{}
-	case codec.CmdGroupJoin, codec.CmdGroupLeave, codec.CmdGroupMembers:
-		return &pb.GroupRequest{}
-	case codec.CmdPresence:
-		return &pb.PresenceRequest{}
-	}
-	return nil
 }
 
 // allowPasswordAttempt applies the per-address limit on password attempts;
@@ -209,15 +185,12 @@ func (s *Server) handleLogin(ctx context.Context, src *loop, c *conn, h codec.He
 		fail(codec.CodeShuttingDown, "node is shutting down")
 		return
 	}
-	if !validID(req.Device) {
-		fail(codec.CodeInvalidArgument, "device must be 1..64 bytes of [A-Za-z0-9_.-]")
+	if msg := loginArgs(req); msg != "" {
+		fail(codec.CodeInvalidArgument, msg)
 		return
 	}
 	user := req.User
 	switch {
-	case req.Token != "" && req.Password != "":
-		fail(codec.CodeInvalidArgument, "give a password or a token, not both")
-		return
 	case req.Token != "":
 		if len(s.cfg.JWTSecret) == 0 {
 			fail(codec.CodeAuthFailed, "token login is not enabled on this node")
@@ -246,10 +219,6 @@ func (s *Server) handleLogin(ctx context.Context, src *loop, c *conn, h codec.He
 			return
 		}
 	default:
-		if !validID(user) {
-			fail(codec.CodeAuthFailed, "unknown user or wrong password")
-			return
-		}
 		u, err := s.store.GetUser(ctx, user)
 		if errors.Is(err, persist.ErrNotFound) {
 			fail(codec.CodeAuthFailed, "unknown user or wrong password")
@@ -298,17 +267,28 @@ func (s *Server) handleLogin(ctx context.Context, src *loop, c *conn, h codec.He
 	// message stored from now on is pushed to this connection.
 	var old *conn
 	var encErr error
+	idle := s.idleTimeout(c)
 	c.queue(src, func(b []byte) []byte {
 		old = s.sessions.add(c)
 		out, err := codec.AppendFrame(b, h.Serializer, codec.CmdLoginOK, 0, h.Seq, &pb.LoginOK{
 			User: user, Device: req.Device, NodeId: s.cfg.NodeID, SessionId: c.id, HeadSeq: head, Cursor: cursor,
-			HeartbeatMs: uint32(hb.Milliseconds()), ServerTime: time.Now().UnixMilli(),
+			HeartbeatMs: uint32(hb.Milliseconds()), ServerTime: time.Now().UnixMilli(), IdleTimeoutMs: uint32(min(idle.Milliseconds(), 1<<32-1)),
 		})
-		encErr = err
+		if err != nil {
+			encErr = err
+			out, _ = codec.AppendFrame(b, h.Serializer, codec.CmdError, 0, h.Seq, errorMsg(codec.CodeInternal, "the server could not encode its login_ok reply", false, 0))
+		}
 		return out
 	})
 	if encErr != nil {
-		s.log.Error("encode login_ok", "err", encErr)
+		// Never silence: the client got ERROR INTERNAL instead, and the
+		// connection is back to not logged in (its LOGIN failed).
+		s.sessions.remove(c)
+		c.state.CompareAndSwap(stateLoggedIn, stateNew)
+		s.metrics.encodeErrors.Inc()
+		s.metrics.countError(codec.CodeInternal)
+		s.log.Error("encode login_ok; answered INTERNAL", "err", encErr)
+		return
 	}
 	if old != nil {
 		old.kick(src, codec.CodeKickDuplicateLogin, "the same user and device logged in on another connection")
@@ -319,6 +299,28 @@ func (s *Server) handleLogin(ctx context.Context, src *loop, c *conn, h codec.He
 		s.sessions.remove(c)
 	}
 	s.metrics.logins.WithLabelValues("OK").Inc()
+}
+
+// loginArgs checks a LOGIN's fields (docs/protocol.md §4.3) and returns
+// what is wrong with them, or "". A password outside 6..128 bytes can
+// match no account (REGISTER refuses it), so it is refused before any
+// store read or hashing.
+func loginArgs(req *pb.LoginRequest) string {
+	switch {
+	case !validID(req.Device):
+		return "device must be 1..64 bytes of [A-Za-z0-9_.-]"
+	case req.Token != "" && req.Password != "":
+		return "give a password or a token, not both"
+	case req.Token == "" && req.Password == "":
+		return "give a password or a token"
+	case req.User != "" && !validID(req.User):
+		return "user must be 1..64 bytes of [A-Za-z0-9_.-]"
+	case req.Password != "" && req.User == "":
+		return "user is required with a password"
+	case req.Password != "" && (len(req.Password) < 6 || len(req.Password) > 128):
+		return "password must be 6..128 bytes"
+	}
+	return ""
 }
 
 // ensureUser makes sure user exists in the store.
@@ -459,18 +461,41 @@ func (s *Server) removedBelow(ctx context.Context, user string, afterSeq, head u
 	return first
 }
 
+// toPB is a stored message as SYNC_OK carries it. Strings are valid UTF-8
+// since requests are checked at decode; a message stored before that was
+// enforced gets its invalid bytes replaced, so that a SYNC over it is still
+// answered in every serializer (the Protobuf encoder refuses invalid UTF-8).
 func toPB(seq uint64, m *persist.Message) *pb.Message {
-	pm := &pb.Message{Seq: seq, MsgId: m.ID, From: m.From, To: m.To, ClientMsgId: m.ClientMsgID, Kind: m.Kind, Body: m.Body, Time: m.Timestamp}
+	pm := &pb.Message{Seq: seq, MsgId: m.ID, From: validText(m.From), To: validText(m.To), ClientMsgId: validText(m.ClientMsgID),
+		Kind: m.Kind, Body: m.Body, Time: m.Timestamp}
 	if m.Group {
-		pm.GroupId = m.To
+		pm.GroupId = pm.To
 	}
 	return pm
 }
 
+// validText returns s, or s with every invalid UTF-8 sequence replaced by
+// U+FFFD. It allocates only for invalid s.
+func validText(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
+}
+
+// maxGroupName is the longest group name, in bytes (docs/protocol.md §4.5).
+const maxGroupName = 128
+
 func (s *Server) handleGroupCreate(ctx context.Context, src *loop, c *conn, h codec.Header, req *pb.GroupCreateRequest) {
-	if len(req.Name) > 128 {
+	if len(req.Name) > maxGroupName {
 		c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "name must be at most 128 bytes", 0)
 		return
+	}
+	for _, m := range req.Members {
+		if !validID(m) {
+			c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "members must be user ids: 1..64 bytes of [A-Za-z0-9_.-]", 0)
+			return
+		}
 	}
 	members := append([]string{c.user}, req.Members...)
 	slices.Sort(members)
@@ -479,11 +504,13 @@ func (s *Server) handleGroupCreate(ctx context.Context, src *loop, c *conn, h co
 		c.replyError(src, h.Serializer, h.Seq, codec.CodeGroupFull, "more members than the maximum group size "+strconv.Itoa(s.cfg.MaxGroupSize), 0)
 		return
 	}
+	// Every group is stored for good: creating them counts against the
+	// same per-user budget as sending (a GROUP_CREATE storm is refused
+	// like a SEND flood).
+	if !s.allowSend(src, c, h, now(src)) {
+		return
+	}
 	for _, m := range members {
-		if !validID(m) {
-			c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "bad member id", 0)
-			return
-		}
 		ok, err := s.userExists(ctx, m)
 		if err != nil {
 			s.storeError(src, c, h, "read member", err)
@@ -503,7 +530,7 @@ func (s *Server) handleGroupCreate(ctx context.Context, src *loop, c *conn, h co
 }
 
 func groupInfo(g persist.Group) *pb.GroupInfo {
-	return &pb.GroupInfo{GroupId: g.ID, Name: g.Name, Owner: g.Owner, Members: g.Members}
+	return &pb.GroupInfo{GroupId: g.ID, Name: validText(g.Name), Owner: g.Owner, Members: g.Members}
 }
 
 func (s *Server) handleGroup(ctx context.Context, src *loop, c *conn, h codec.Header, req *pb.GroupRequest) {
@@ -570,6 +597,12 @@ func (s *Server) handlePresence(ctx context.Context, src *loop, c *conn, h codec
 	if len(req.Users) > 500 {
 		c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "at most 500 users per PRESENCE", 0)
 		return
+	}
+	for i, u := range req.Users {
+		if !validID(u) {
+			c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "users["+strconv.Itoa(i)+"] must be 1..64 bytes of [A-Za-z0-9_.-]", 0)
+			return
+		}
 	}
 	out := &pb.PresenceOK{Users: make([]*pb.UserPresence, len(req.Users))}
 	for i, u := range req.Users {

@@ -33,7 +33,8 @@ func TestFramingErrorsCloseWithCode(t *testing.T) {
 		ser     codec.SerializerID
 		wantSeq uint32
 	}{
-		{"bad magic", append([]byte("HTTP"), good[4:]...), codec.CodeBadMagic, codec.Protobuf, 9},
+		// Nothing after a bad magic is trusted: JSON, seq 0 (§2.3).
+		{"bad magic", append([]byte("HTTP"), good[4:]...), codec.CodeBadMagic, codec.JSON, 0},
 		{"bad version", func() []byte { b := append([]byte{}, good...); b[4] = 7; return b }(), codec.CodeUnsupportedVersion, codec.Protobuf, 9},
 		{"unknown serializer answered in JSON", func() []byte { b := append([]byte{}, good...); b[5] = 9; return b }(), codec.CodeUnknownSerializer, codec.JSON, 9},
 		{"oversized body", func() []byte {

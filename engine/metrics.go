@@ -23,6 +23,7 @@ type metrics struct {
 	errors        map[codec.ErrorCode]prometheus.Counter
 	errorsVec     *prometheus.CounterVec
 	slowConsumers prometheus.Counter
+	encodeErrors  prometheus.Counter
 	pushes        prometheus.Counter
 	messages      prometheus.Counter
 	// inbox appends executed here vs forwarded to the owner node
@@ -48,9 +49,11 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16)}),
 		errorsVec:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imgn_errors_total", Help: "Error frames sent and connections closed, by code."}, []string{"code"}),
 		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_slow_consumer_closes_total", Help: "Connections closed because their output backed up."}),
-		pushes:        prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_pushes_total", Help: "Messages pushed to online devices."}),
-		messages:      prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_messages_stored_total", Help: "Messages accepted and stored (duplicates excluded)."}),
-		errors:        map[codec.ErrorCode]prometheus.Counter{},
+		encodeErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_encode_errors_total",
+			Help: "Frames the server could not encode; a reply is replaced by ERROR INTERNAL."}),
+		pushes:   prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_pushes_total", Help: "Messages pushed to online devices."}),
+		messages: prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_messages_stored_total", Help: "Messages accepted and stored (duplicates excluded)."}),
+		errors:   map[codec.ErrorCode]prometheus.Counter{},
 	}
 	appendsVec := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imgn_inbox_appends_total",
 		Help: "Inbox appends of messages this node accepted, by where they ran: local (this node owns the inbox) or forwarded (to the owner)."}, []string{"where"})
@@ -67,7 +70,7 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 		m.errors[ci.Code] = m.errorsVec.WithLabelValues(ci.Name)
 	}
 	reg.MustRegister(m.connections, m.sessions, m.accepted, m.rejected, m.logins, framesVec, m.bytesIn, m.bytesOut,
-		m.storeLatency, m.pushLatency, m.errorsVec, m.slowConsumers, m.pushes, m.messages, appendsVec, m.remotePushes, m.loopTriggers)
+		m.storeLatency, m.pushLatency, m.errorsVec, m.slowConsumers, m.encodeErrors, m.pushes, m.messages, appendsVec, m.remotePushes, m.loopTriggers)
 	// The registry may be shared by several servers in one process (tests);
 	// the process collectors are registered once.
 	_ = reg.Register(collectors.NewGoCollector())

@@ -52,6 +52,7 @@ type Server struct {
 	dec      codec.Decoder
 	hashSem  chan struct{}
 	logins   *loginLimiter // password attempts per source address
+	perAddr  *addrConns    // open connections per source address; nil: no cap
 	users    sync.Map      // user ids known to exist: skips a store read per send
 	groups   groupCache    // group membership, for GROUP_SEND without a store read
 
@@ -102,6 +103,7 @@ func New(cfg Config) (*Server, error) {
 		dec:        codec.Decoder{MaxBody: cfg.MaxBody},
 		hashSem:    make(chan struct{}, cfg.HashConcurrency),
 		logins:     newLoginLimiter(cfg.LoginRatePerIP, cfg.LoginBurstPerIP),
+		perAddr:    newAddrConns(cfg.MaxConnsPerIP),
 		booted:     make(chan struct{}),
 		startedAt:  time.Now().UnixNano(),
 		runErr:     make(chan error, 1),
@@ -215,26 +217,39 @@ func listenerAddr(eng gnet.Engine, fallback string) net.Addr {
 	return a
 }
 
-// OnOpen implements gnet.EventHandler.
+// OnOpen implements gnet.EventHandler. A connection the node cannot take
+// gets one frame and is closed (docs/protocol.md §6.9, §7): GO_AWAY while
+// the node shuts down or drains (the client goes elsewhere, as every
+// connected client is told to), else ERROR TOO_MANY_CONNECTIONS (fatal,
+// retryable, seq 0) when the node or the source address is at its cap.
 func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
-	if s.shutting.Load() || s.conns.len() >= s.cfg.MaxConns {
-		s.metrics.rejected.Inc()
-		code := codec.CodeTooManyConnections
-		if s.shutting.Load() {
-			code = codec.CodeShuttingDown
-		}
-		s.metrics.countError(code)
-		if s.edge != nil && s.edge.speaksWS(gc) {
-			return nil, gnet.Close // not a WebSocket yet: no frame it could read
-		}
-		out, _ := codec.AppendFrame(nil, codec.JSON, codec.CmdError, 0, 0, &pb.Error{Code: uint32(code), Message: code.String(), Fatal: true, Retryable: true})
-		return out, gnet.Close
-	}
-	now := time.Now().UnixNano()
 	var tr transport = gc
 	if s.edge != nil {
 		tr = s.edge.wrap(gc)
 	}
+	if s.shutting.Load() {
+		s.metrics.rejected.Inc()
+		if s.edge != nil && s.edge.speaksWS(gc) {
+			return nil, gnet.Close // not a WebSocket yet: no frame it could read
+		}
+		out, _ := codec.AppendFrame(nil, codec.JSON, codec.CmdGoAway, 0, 0, s.goAway(s.shutdownReason(), s.cfg.GoAwayWindow))
+		return out, gnet.Close
+	}
+	if s.conns.len() >= s.cfg.MaxConns || !s.perAddr.acquire(countedAddr(tr)) {
+		s.metrics.rejected.Inc()
+		code := codec.CodeTooManyConnections
+		s.metrics.countError(code)
+		if s.edge != nil && s.edge.speaksWS(gc) {
+			return nil, gnet.Close // not a WebSocket yet: no frame it could read
+		}
+		msg := "the node is at its connection limit"
+		if s.conns.len() < s.cfg.MaxConns {
+			msg = "too many connections from this address"
+		}
+		out, _ := codec.AppendFrame(nil, codec.JSON, codec.CmdError, 0, 0, &pb.Error{Code: uint32(code), Message: msg, Fatal: true, Retryable: true})
+		return out, gnet.Close
+	}
+	now := time.Now().UnixNano()
 	c := &conn{tr: tr, loop: s.loopOf(gc.EventLoop()), id: s.nextConnID.Add(1), ser: codec.JSON}
 	c.lastRecv.Store(now)
 	gc.SetContext(c)
@@ -257,6 +272,7 @@ func (s *Server) OnClose(gc gnet.Conn, _ error) gnet.Action {
 	}
 	c.markClosed()
 	s.conns.remove(c)
+	s.perAddr.release(countedAddr(c.tr))
 	if user, _ := c.identity(); user != "" {
 		s.sessions.remove(c)
 		if s.cfg.Sessions != nil {
@@ -317,13 +333,18 @@ func (s *Server) readFrames(c *conn) {
 }
 
 // rejectFrame answers a framing error (bad magic, version, serializer or
-// length) and closes: the stream cannot be resynchronised.
+// length) and closes: the stream cannot be resynchronised. After a bad
+// magic nothing in the header can be trusted: the answer is JSON, seq 0
+// (docs/protocol.md §2.3).
 func (s *Server) rejectFrame(l *loop, c *conn, h codec.Header, err error) {
-	ser := h.Serializer
-	if !ser.Known() {
+	ser, seq, code := h.Serializer, h.Seq, codec.CodeOf(err)
+	if !ser.Known() || code == codec.CodeBadMagic {
 		ser = codec.JSON
 	}
-	c.fail(l, ser, h.Seq, codec.CodeOf(err), err.Error())
+	if code == codec.CodeBadMagic {
+		seq = 0
+	}
+	c.fail(l, ser, seq, code, err.Error())
 	// Discard whatever else is buffered: nothing more will be read.
 	_, _ = c.tr.Discard(c.tr.InboundBuffered())
 }
@@ -340,6 +361,10 @@ func (s *Server) onFrame(l *loop, c *conn, f codec.Frame) (stop bool) {
 	}
 	cmd := f.Command
 	if cmd == codec.CmdHeartbeat {
+		if _, err := codec.DecodeHeartbeat(f.Serializer, f.Body); err != nil {
+			c.replyError(l, f.Serializer, f.Seq, codec.CodeBadBody, err.Error(), 0)
+			return false
+		}
 		ms := l.now.UnixMilli()
 		c.queue(l, func(b []byte) []byte { return codec.AppendHeartbeatOKFrame(b, f.Serializer, f.Seq, ms) })
 		return false
@@ -363,13 +388,13 @@ func (s *Server) onFrame(l *loop, c *conn, f codec.Frame) (stop bool) {
 	if cmd == codec.CmdLogin && s.inline && !c.hasWork() {
 		// A token login needs no hashing: with a store that never blocks
 		// it runs here. A password login goes to a worker.
-		var req pb.LoginRequest
-		if err := codec.Unmarshal(f.Serializer, f.Body, &req); err != nil {
+		m, err := codec.DecodeRequest(f.Serializer, cmd, f.Body)
+		if err != nil {
 			c.replyError(l, f.Serializer, f.Seq, codec.CodeBadBody, err.Error(), 0)
 			return false
 		}
-		if req.Password == "" {
-			s.handleLogin(context.Background(), l, c, f.Header, &req)
+		if req := m.(*pb.LoginRequest); req.Password == "" {
+			s.handleLogin(context.Background(), l, c, f.Header, req)
 			return false
 		}
 	}
@@ -462,11 +487,7 @@ func (s *Server) shutdown(ctx context.Context) error {
 	if s.edge != nil {
 		s.edge.stopTLS() // no new TLS connections
 	}
-	reason := "shutdown"
-	if s.draining.Load() {
-		reason = "drain"
-	}
-	s.GoAwayAll(reason, s.cfg.GoAwayWindow)
+	s.GoAwayAll(s.shutdownReason(), s.cfg.GoAwayWindow)
 	// Clients close their connection on GO_AWAY and come back elsewhere
 	// after their delay; wait for them to leave (at most the window) so
 	// that none is cut off with requests in flight.
@@ -567,11 +588,7 @@ func (s *Server) Rebalance(fraction float64, window time.Duration) int {
 		if rand.Float64() >= fraction {
 			return
 		}
-		delay := uint32(0)
-		if window > 0 {
-			delay = uint32(rand.Int64N(window.Milliseconds() + 1))
-		}
-		if c.writeMsg(nil, c.ser, codec.CmdGoAway, 0, &pb.GoAway{Reason: "rebalance", DelayMs: delay, NodeId: s.cfg.NodeID}) {
+		if c.writeMsg(nil, c.ser, codec.CmdGoAway, 0, s.goAway("rebalance", window)) {
 			n++
 		}
 	})
@@ -584,15 +601,30 @@ func (s *Server) Rebalance(fraction float64, window time.Duration) int {
 func (s *Server) GoAwayAll(reason string, window time.Duration) int {
 	n := 0
 	s.sessions.each(func(c *conn) {
-		delay := uint32(0)
-		if window > 0 {
-			delay = uint32(rand.Int64N(window.Milliseconds() + 1))
-		}
-		if c.writeMsg(nil, c.ser, codec.CmdGoAway, 0, &pb.GoAway{Reason: reason, DelayMs: delay, NodeId: s.cfg.NodeID}) {
+		if c.writeMsg(nil, c.ser, codec.CmdGoAway, 0, s.goAway(reason, window)) {
 			n++
 		}
 	})
 	return n
+}
+
+// goAway is a GO_AWAY with reason and a random reconnect delay in
+// [0, window], so that the clients told at once do not all come back at
+// once.
+func (s *Server) goAway(reason string, window time.Duration) *pb.GoAway {
+	delay := uint32(0)
+	if window > 0 {
+		delay = uint32(rand.Int64N(window.Milliseconds() + 1))
+	}
+	return &pb.GoAway{Reason: reason, DelayMs: delay, NodeId: s.cfg.NodeID}
+}
+
+// shutdownReason is GO_AWAY's reason while the node stops.
+func (s *Server) shutdownReason() string {
+	if s.draining.Load() {
+		return "drain"
+	}
+	return "shutdown"
 }
 
 // newLimiter makes a user's send limiter.

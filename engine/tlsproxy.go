@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+
+	"github.com/imgn/imgn/codec"
 )
 
 // The PROXY protocol (versions 1 and 2, as HAProxy specifies them) lets a
@@ -182,8 +184,12 @@ func (p *proxyTransport) ingest(l *loop, c *conn) bool {
 	}
 	done, err := takeProxyHeader(l, p.socket, &p.remote)
 	if err != nil {
-		c.closeAfterFlush(l)
 		_, _ = p.socket.Discard(p.socket.InboundBuffered())
+		if errors.Is(err, errAddrFull) {
+			c.fail(l, codec.JSON, 0, codec.CodeTooManyConnections, err.Error())
+			return false
+		}
+		c.closeAfterFlush(l)
 		return false
 	}
 	// Until the header is complete nothing is decoded: the decoder peeks
@@ -193,8 +199,12 @@ func (p *proxyTransport) ingest(l *loop, c *conn) bool {
 }
 
 // takeProxyHeader consumes the PROXY header at the start of s if it is
-// all buffered (done), and sets *remote to the client address in it, if
-// any. A bad header is logged and returned. Loop goroutine only.
+// all buffered (done), sets *remote to the client address in it, if any,
+// and counts the connection against that address's cap (MaxConnsPerIP),
+// which OnOpen could not do before the header said who the client is. A
+// bad header is logged and returned; a client over its cap gets
+// errAddrFull, and *remote is left unset so that nothing is released
+// for it. Loop goroutine only.
 func takeProxyHeader(l *loop, s socket, remote **net.TCPAddr) (done bool, err error) {
 	n, addr, err := readProxyHeader(s)
 	if err != nil {
@@ -204,10 +214,40 @@ func takeProxyHeader(l *loop, s socket, remote **net.TCPAddr) (done bool, err er
 	if n == 0 {
 		return false, nil
 	}
+	var client net.Addr = s.RemoteAddr()
+	var ta *net.TCPAddr
 	if addr.IsValid() {
-		*remote = net.TCPAddrFromAddrPort(addr)
+		ta = net.TCPAddrFromAddrPort(addr)
+		client = ta
 	}
+	if !l.srv.perAddr.acquire(client) {
+		l.srv.metrics.rejected.Inc()
+		return false, errAddrFull
+	}
+	*remote = ta
 	return true, nil
+}
+
+// errAddrFull: the client address of a PROXY header is at its
+// connection cap.
+var errAddrFull = errors.New("too many connections from this address")
+
+// countedAddr is the address a connection on tr counts against
+// MaxConnsPerIP (acquired in OnOpen or takeProxyHeader, released in
+// OnClose): nil while a PROXY header is still expected (not counted yet,
+// or refused), else the transport's remote address.
+func countedAddr(tr transport) net.Addr {
+	switch t := tr.(type) {
+	case *proxyTransport:
+		if t.pending {
+			return nil
+		}
+	case *wsTransport:
+		if t.proxy {
+			return nil
+		}
+	}
+	return tr.RemoteAddr()
 }
 
 // readProxyHeader parses and consumes the PROXY header buffered on s, if

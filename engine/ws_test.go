@@ -574,3 +574,44 @@ func dialWSContext(ctx context.Context, _, addr string) (net.Conn, error) {
 // TestClientSurvivesNodeRestart (no loss, no duplicate, in order, across
 // GO_AWAY and a new node) hold with both clients on WebSocket.
 func TestClientOverWebSocketSurvivesNodeRestart(t *testing.T) { clientSurvivesNodeRestart(t, true) }
+
+// TestProxyProtocolCapsTheClientAddress: behind a proxy every connection
+// comes from the proxy's address; the per-address cap counts the client
+// addresses in the PROXY headers instead, and a refused one is not
+// released twice.
+func TestProxyProtocolCapsTheClientAddress(t *testing.T) {
+	s := startWSServer(t, func(c *Config) { c.Edge.ProxyProtocol = true; c.MaxConnsPerIP = 1 })
+	open := func(client string) *rawClient {
+		nc, err := net.Dial("tcp", s.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = nc.Close() })
+		_, _ = fmt.Fprintf(nc, "PROXY TCP4 %s 127.0.0.1 40000 9090\r\n", client)
+		return &rawClient{t: t, nc: nc, r: bufio.NewReader(nc), ser: codec.JSON}
+	}
+	a := open("198.51.100.1")
+	a.login("capa", "d")
+	b := open("198.51.100.2") // another client through the same proxy
+	b.login("capb", "d")
+	over := open("198.51.100.1")
+	over.send(codec.CmdHeartbeat, &pb.Heartbeat{})
+	f, err := over.readFrame(10 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := decodeError(t, f); codec.ErrorCode(e.Code) != codec.CodeTooManyConnections || !e.Fatal {
+		t.Fatalf("got %v", e)
+	}
+	over.expectClosed()
+	// a's slot is still held: its address is still full.
+	again := open("198.51.100.1")
+	again.send(codec.CmdHeartbeat, &pb.Heartbeat{})
+	if f, err := again.readFrame(10 * time.Second); err != nil || codec.ErrorCode(decodeError(t, f).Code) != codec.CodeTooManyConnections {
+		t.Fatalf("a second refusal: %v %v", f, err)
+	}
+	// Closing a frees its address.
+	_ = a.nc.Close()
+	poll(t, "capa gone", func() bool { return len(s.Online("capa")) == 0 })
+	open("198.51.100.1").login("capa2", "d")
+}

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -71,6 +72,14 @@ type LinkConfig struct {
 	WriteTimeout time.Duration
 	// Logger receives link state changes (default slog.Default()).
 	Logger *slog.Logger
+	// Secret, when set, authenticates every link: both ends prove they
+	// know it by an HMAC challenge at link setup, and a peer that does not
+	// is refused (see link_auth.go). Every node of a cluster must have the
+	// same secret, or none.
+	Secret []byte
+	// AuthFailures, if set, counts the links refused for authentication
+	// (as Links.AuthFailures does), e.g. a prometheus.Counter.
+	AuthFailures interface{ Inc() }
 }
 
 func (c LinkConfig) withDefaults() (LinkConfig, error) {
@@ -155,6 +164,8 @@ type Links struct {
 	ctx    context.Context // ends at Close; handler contexts derive from it
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // every goroutine of the transport
+
+	authFailures atomic.Uint64 // links refused: the peer did not prove the secret
 }
 
 var _ Transport = (*Links)(nil)
@@ -320,6 +331,9 @@ func forwardError(node, what string, cause error) error {
 
 // errProtocol marks a peer that broke the mesh protocol; its link is closed.
 var errProtocol = errors.New("mesh: protocol violation")
+
+// errAuth marks a peer that did not prove it knows the mesh secret.
+var errAuth = errors.New("mesh: peer not authenticated")
 
 // frameReader reads mesh frames from a buffered stream (codec.FrameReader,
 // at most max bytes of body), reusing one buffer.

@@ -340,9 +340,16 @@ func (p *peer) dial(info membership.NodeInfo) (net.Conn, *bufio.Reader, *meshpb.
 
 func (p *peer) handshake(conn net.Conn, info membership.NodeInfo) (*meshpb.Hello, *bufio.Reader, error) {
 	self := p.l.self
+	var nonce []byte
+	if len(p.l.cfg.Secret) > 0 {
+		var err error
+		if nonce, err = newNonce(); err != nil {
+			return nil, nil, err
+		}
+	}
 	err := writeFrameNow(conn, meshpb.CmdHello, 1, &meshpb.Hello{
 		Version: meshpb.Version, NodeId: self.ID, BootEpoch: self.BootEpoch, PeerId: p.id,
-		PingIntervalMs: uint32(p.l.cfg.PingInterval.Milliseconds()),
+		PingIntervalMs: uint32(p.l.cfg.PingInterval.Milliseconds()), Nonce: nonce,
 	})
 	if err != nil {
 		return nil, nil, err
@@ -360,7 +367,11 @@ func (p *peer) handshake(conn net.Conn, info membership.NodeInfo) (*meshpb.Hello
 		if err := unmarshal(body, &e); err != nil {
 			return nil, nil, err
 		}
-		return nil, nil, fmt.Errorf("peer refused the link: %s (%s)", e.Message, e.Code)
+		err := fmt.Errorf("peer refused the link: %s (%s)", e.Message, e.Code)
+		if e.Code == meshpb.ErrorCode_ERROR_CODE_AUTH {
+			err = p.l.authFailed(conn.RemoteAddr(), fmt.Errorf("%w: %w", errAuth, err))
+		}
+		return nil, nil, err
 	default:
 		return nil, nil, fmt.Errorf("%w: %s instead of HELLO", errProtocol, h.Command)
 	}
@@ -375,6 +386,15 @@ func (p *peer) handshake(conn net.Conn, info membership.NodeInfo) (*meshpb.Hello
 		return nil, nil, fmt.Errorf("%w: %s answers at %s, expected %s", errProtocol, hello.NodeId, info.MeshAddr, p.id)
 	case hello.BootEpoch < info.BootEpoch:
 		return nil, nil, fmt.Errorf("%w: %s at %s is an older run (epoch %d < %d)", errProtocol, p.id, info.MeshAddr, hello.BootEpoch, info.BootEpoch)
+	}
+	auth, err := p.dialerProof(nonce, &hello)
+	if err != nil {
+		return nil, nil, p.l.authFailed(conn.RemoteAddr(), err)
+	}
+	if auth != nil {
+		if err := writeFrameNow(conn, meshpb.CmdAuth, 1, auth); err != nil {
+			return nil, nil, err
+		}
 	}
 	return &hello, br, nil
 }

@@ -73,9 +73,7 @@ func (l *Links) serveInbound(conn net.Conn) {
 		return
 	}
 	log = log.With("peer", hello.NodeId)
-	if err := writeFrameNow(conn, meshpb.CmdHello, seq, &meshpb.Hello{
-		Version: meshpb.Version, NodeId: l.self.ID, BootEpoch: l.self.BootEpoch,
-	}); err != nil {
+	if !l.answerHello(conn, &fr, hello, seq) {
 		return
 	}
 	conn.SetDeadline(time.Time{})

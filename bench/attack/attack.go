@@ -1,6 +1,7 @@
 // Package attack is the bad-input attacker: it throws malformed frames,
-// slow and abusive connections and login floods at a live imd node while a
-// few legitimate clients send at a fixed rate, and checks for each attack
+// well-framed requests with malformed bodies, slow and abusive connections,
+// login floods and a GROUP_CREATE storm at a live imd node while a few
+// legitimate clients send at a fixed rate, and checks for each attack
 // that the node stays up, closes (or answers) the offender with the error
 // code docs/protocol.md documents, and counts it in /metrics
 // (imgn_errors_total{code}). It also compares the legitimate clients' ack
@@ -24,9 +25,11 @@ import (
 )
 
 // NodeArgs are the imd flags the attacks assume (short deadlines so slow
-// attacks end quickly, a small outbound cap for the slow consumer).
+// attacks end quickly, a small outbound cap for the slow consumer, a send
+// budget that lets a flooder queue megabytes but that a GROUP_CREATE storm
+// exhausts).
 var NodeArgs = []string{"--login-timeout", "2s", "--heartbeat", "1s", "--idle-timeout", "3s",
-	"--max-outbound", "262144", "--send-rate", "100000", "--send-burst", "100000"}
+	"--max-outbound", "262144", "--send-rate", "1000", "--send-burst", "2000"}
 
 // Config of Run.
 type Config struct {

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
 	"github.com/imgn/imgn/internal/clusterkit"
+	"google.golang.org/protobuf/proto"
 )
 
 var magic = codec.Magic
@@ -23,7 +26,12 @@ var magic = codec.Magic
 // logs instead of failing on them until the server is fixed.
 var KnownIssues = map[string]string{}
 
-var attacks = []attack{
+// attacks are every attack, in the order Run performs them.
+var attacks = slices.Concat(wireAttacks, bodyAttacks)
+
+// wireAttacks attack the framing, the session rules, the login and the
+// connection limits.
+var wireAttacks = []attack{
 	{"random-bytes", func(e *env) Result {
 		b := make([]byte, 4096)
 		_, _ = rand.Read(b)
@@ -287,35 +295,9 @@ func (e *env) loginFlood() Result {
 	}
 	before := e.metric("imgn_errors_total", errLabel(want))
 	start := time.Now()
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	got := map[string]int{}
-	for i := range conns {
-		wg.Go(func() {
-			c, err := dialRaw(e.addr)
-			if err != nil {
-				return
-			}
-			defer c.Close()
-			for k := range per {
-				_, _ = c.frame(codec.CmdLogin, &pb.LoginRequest{User: "victim", Password: fmt.Sprintf("guess-%d-%d", i, k), Device: "d"})
-			}
-			done := 0
-			for range per {
-				_, perr, err := c.reply(30 * time.Second)
-				mu.Lock()
-				if err != nil {
-					got["conn-error"] += per - done
-					mu.Unlock()
-					return
-				}
-				done++
-				got[gotName(perr)]++
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
+	got := e.pipelined(conns, per, nil, func(i, k int) (codec.Command, proto.Message) {
+		return codec.CmdLogin, &pb.LoginRequest{User: "victim", Password: fmt.Sprintf("guess-%d-%d", i, k), Device: "d"}
+	})
 	r.Took = time.Since(start)
 	total := conns * per
 	r.Counted = e.counted(want, before, float64(total))
@@ -333,6 +315,58 @@ func (e *env) loginFlood() Result {
 		r.Detail += fmt.Sprintf("; %d attempts cut by the login deadline", lt)
 	}
 	return r
+}
+
+// pipelined opens conns connections, runs setup on each (nil: none), writes
+// per requests made by req on each without waiting for answers, then reads
+// the per answers. It returns how many answers of each kind arrived: the
+// code's name for an ERROR, the command's name (upper case) otherwise;
+// "conn-error" counts the requests of a connection that failed first.
+func (e *env) pipelined(conns, per int, setup func(c *raw, i int) error, req func(i, k int) (codec.Command, proto.Message)) map[string]int {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	got := map[string]int{}
+	tally := func(k string, n int) {
+		mu.Lock()
+		got[k] += n
+		mu.Unlock()
+	}
+	for i := range conns {
+		wg.Go(func() {
+			c, err := dialRaw(e.addr)
+			if err != nil {
+				tally("conn-error", per)
+				return
+			}
+			defer c.Close()
+			if setup != nil {
+				if err := setup(c, i); err != nil {
+					tally("conn-error", per)
+					return
+				}
+			}
+			for k := range per {
+				if _, err := c.frame(req(i, k)); err != nil {
+					tally("conn-error", per)
+					return
+				}
+			}
+			for k := range per {
+				cmd, perr, err := c.reply(30 * time.Second)
+				switch {
+				case err != nil:
+					tally("conn-error", per-k)
+					return
+				case cmd == codec.CmdError:
+					tally(gotName(perr), 1)
+				default:
+					tally(strings.ToUpper(cmd.String()), 1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return got
 }
 
 func isCode(err error, code codec.ErrorCode) bool {

@@ -95,22 +95,37 @@ func errOf(f inFrame) (*pb.Error, error) {
 // reply reads frames until a non-PUSH/NOTICE one arrives and returns its
 // command and, for ERROR, the error.
 func (r *raw) reply(d time.Duration) (codec.Command, *pb.Error, error) {
+	f, err := r.replyFrame(d)
+	if err != nil {
+		return 0, nil, err
+	}
+	if f.cmd == codec.CmdError {
+		e, err := errOf(f)
+		return f.cmd, e, err
+	}
+	return f.cmd, nil, nil
+}
+
+// replyFrame reads frames until one that is not PUSH, NOTICE or GO_AWAY
+// arrives, and returns it.
+func (r *raw) replyFrame(d time.Duration) (inFrame, error) {
 	deadline := time.Now().Add(d)
 	for {
 		f, err := r.next(time.Until(deadline))
 		if err != nil {
-			return 0, nil, err
+			return inFrame{}, err
 		}
 		switch f.cmd {
 		case codec.CmdPush, codec.CmdNotice, codec.CmdGoAway:
 			continue
-		case codec.CmdError:
-			e, err := errOf(f)
-			return f.cmd, e, err
-		default:
-			return f.cmd, nil, nil
 		}
+		return f, nil
 	}
+}
+
+// bodyFrame frames body, whatever its bytes, as cmd in serializer ser.
+func bodyFrame(ser codec.SerializerID, cmd codec.Command, seq uint32, body []byte) []byte {
+	return append(header(magic, 1, byte(ser), byte(cmd), seq, uint32(len(body))), body...)
 }
 
 // closed reads and discards until the server closes the connection

@@ -12,17 +12,23 @@ import (
 	"strings"
 )
 
-// adminFlags adds --admin (the node's admin HTTP base URL).
-func (f *flags) admin() *string {
-	var base string
-	f.envString(&base, "admin", "IM_ADMIN", "http://127.0.0.1:9091", "admin API base URL")
-	return &base
+// adminTarget is where admin commands go: the node's admin API base URL
+// and the bearer token it requires (imd --admin-token), if any.
+type adminTarget struct{ base, token string }
+
+// admin adds --admin and --admin-token.
+func (f *flags) admin() *adminTarget {
+	a := &adminTarget{}
+	f.envString(&a.base, "admin", "IM_ADMIN", "http://127.0.0.1:9091", "admin API base URL")
+	f.envString(&a.token, "admin-token", "IM_ADMIN_TOKEN", "", "bearer token of the admin API (imd --admin-token)")
+	return a
 }
 
 // adminCall performs one admin API request and decodes the JSON answer
 // into out (numbers as json.Number, so 64-bit ids stay exact). A non-2xx
 // status is an error carrying the status and the response text.
-func adminCall(ctx context.Context, e *env, base, method, path string, query url.Values, body any, out *map[string]any) error {
+func adminCall(ctx context.Context, e *env, a *adminTarget, method, path string, query url.Values, body any, out *map[string]any) error {
+	base := a.base
 	u, err := url.Parse(strings.TrimRight(base, "/") + path)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return usagef("--admin %q: want an http(s) URL such as http://127.0.0.1:9091", base)
@@ -44,6 +50,9 @@ func adminCall(ctx context.Context, e *env, base, method, path string, query url
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Accept", "application/json")
+	if a.token != "" {
+		req.Header.Set("Authorization", "Bearer "+a.token)
+	}
 	resp, err := e.http.Do(req)
 	if err != nil {
 		return fmt.Errorf("admin %s %s: %w", method, path, err)
@@ -141,7 +150,7 @@ func cmdOnline(ctx context.Context, e *env, args []string) error {
 		return usagef("--user is required")
 	}
 	var resp map[string]any
-	if err := adminCall(ctx, e, *base, http.MethodGet, "/admin/online", url.Values{"user": {*user}}, nil, &resp); err != nil {
+	if err := adminCall(ctx, e, base, http.MethodGet, "/admin/online", url.Values{"user": {*user}}, nil, &resp); err != nil {
 		var ae *adminError
 		if errors.As(err, &ae) && ae.status == http.StatusNotFound && ae.message() == "no such user" {
 			return fmt.Errorf("no such user: %s", *user)
@@ -175,7 +184,7 @@ func cmdKick(ctx context.Context, e *env, args []string) error {
 		q.Set("device", *device)
 	}
 	var resp map[string]any
-	if err := adminCall(ctx, e, *base, http.MethodPost, "/admin/kick", q, nil, &resp); err != nil {
+	if err := adminCall(ctx, e, base, http.MethodPost, "/admin/kick", q, nil, &resp); err != nil {
 		return err
 	}
 	adminOutput(e, f, resp, fmt.Sprintf("kicked %s session(s) of %s", str(resp["kicked"]), *user))
@@ -198,7 +207,7 @@ func cmdBroadcast(ctx context.Context, e *env, args []string) error {
 		return usagef("--text is required")
 	}
 	var resp map[string]any
-	if err := adminCall(ctx, e, *base, http.MethodPost, "/admin/broadcast", nil, map[string]string{"text": *text}, &resp); err != nil {
+	if err := adminCall(ctx, e, base, http.MethodPost, "/admin/broadcast", nil, map[string]string{"text": *text}, &resp); err != nil {
 		return err
 	}
 	adminOutput(e, f, resp, fmt.Sprintf("notice delivered to %s connection(s)", str(resp["delivered"])))
@@ -222,7 +231,7 @@ func cmdSysmsg(ctx context.Context, e *env, args []string) error {
 		return usagef("--to and --text are required")
 	}
 	var resp map[string]any
-	if err := adminCall(ctx, e, *base, http.MethodPost, "/admin/message", nil, map[string]string{"to": *to, "text": *text}, &resp); err != nil {
+	if err := adminCall(ctx, e, base, http.MethodPost, "/admin/message", nil, map[string]string{"to": *to, "text": *text}, &resp); err != nil {
 		return err
 	}
 	adminOutput(e, f, resp, fmt.Sprintf("stored msg_id=%s seq=%s in %s's inbox", str(resp["msg_id"]), str(resp["seq"]), *to))

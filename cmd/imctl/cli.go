@@ -137,7 +137,8 @@ or --router (IM_ROUTER: ask imrouter for the node, e.g. http://127.0.0.1:9080),
 --serializer json|protobuf|msgpack, --timeout. recv and chat keep their place
 in the inbox under a device id stored in $XDG_CONFIG_HOME/imgn (or
 ~/.config/imgn); --device (IM_DEVICE) overrides it. Admin commands take --admin
-(IM_ADMIN, default http://127.0.0.1:9091). Every command takes --json.
+(IM_ADMIN, default http://127.0.0.1:9091) and --admin-token (IM_ADMIN_TOKEN,
+the node's bearer token when it has one). Every command takes --json.
 
 Exit status: 0 ok, 1 the operation failed, 2 bad usage.
 `)

@@ -546,3 +546,31 @@ func TestChatShowsIncoming(t *testing.T) {
 		t.Fatalf("alice's inbox %v", in)
 	}
 }
+
+// TestAdminToken: --admin-token (or IM_ADMIN_TOKEN) is sent as a bearer
+// token; without it a protected node's 401 is reported.
+func TestAdminToken(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if r.Header.Get("Authorization") != "Bearer s3cret-admin-token" {
+			w.WriteHeader(http.StatusUnauthorized)
+			io.WriteString(w, `{"error":"a valid admin token is required"}`)
+			return
+		}
+		io.WriteString(w, `{"kicked":1}`)
+	}))
+	defer srv.Close()
+	env := map[string]string{"IM_ADMIN": srv.URL}
+	r := invoke(t, env, "", "kick", "--user", "alice")
+	if r.code != exitFail || !strings.Contains(r.stderr, "401") || !strings.Contains(r.stderr, "admin token") {
+		t.Fatalf("without a token: %+v", r)
+	}
+	r = invoke(t, env, "", "kick", "--user", "alice", "--admin-token", "s3cret-admin-token")
+	if r.code != exitOK || strings.TrimSpace(r.stdout) != "kicked 1 session(s) of alice" {
+		t.Fatalf("--admin-token: %+v", r)
+	}
+	env["IM_ADMIN_TOKEN"] = "s3cret-admin-token"
+	if r = invoke(t, env, "", "kick", "--user", "alice"); r.code != exitOK {
+		t.Fatalf("IM_ADMIN_TOKEN: %+v", r)
+	}
+}

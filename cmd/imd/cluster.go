@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/imgn/imgn/engine"
 	"github.com/imgn/imgn/internal/logging"
 	"github.com/imgn/imgn/mesh"
@@ -80,8 +82,21 @@ func serveCluster(o *options, log *slog.Logger) error {
 		return fmt.Errorf("registry: %w", err)
 	}
 	cl.add("registry", reg.Close)
+	// Message ids carry the node number: two nodes with one number could
+	// mint the same id. Claim it in ZooKeeper before anything is served.
+	want := o.engine.NodeNum
+	if o.nodeNumDerived {
+		want = 0
+	}
+	num, err := reg.ClaimNodeNum(startCtx, o.engine.NodeID, want, o.engine.NodeNum)
+	if err != nil {
+		return fmt.Errorf("node number: %w", err)
+	}
+	o.engine.NodeNum = num
+	nlog.Info("node number claimed", "node_num", num)
 	// The mesh and its transports add the node field themselves.
-	transport, err := newTransport(o, log)
+	metrics := prometheus.NewRegistry() // the engine's and the mesh's
+	transport, err := newTransport(o, metrics, log)
 	if err != nil {
 		return err
 	}
@@ -98,7 +113,7 @@ func serveCluster(o *options, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
-	cfg := engineConfig(o, store, nil, log) // the engine makes its own metrics registry
+	cfg := engineConfig(o, store, metrics, log)
 	cfg.Cluster, cfg.Sessions = cluster, sessions
 	srv, err = engine.New(cfg)
 	if err != nil {
@@ -129,7 +144,7 @@ func serveCluster(o *options, log *slog.Logger) error {
 	}
 	mux := adminMux(srv, store, hooks)
 	mux.HandleFunc("GET /admin/cluster", func(w http.ResponseWriter, r *http.Request) {
-		out := map[string]any{"node_id": cluster.NodeID(), "self": cluster.Self(), "members": cluster.Members()}
+		out := map[string]any{"node_id": cluster.NodeID(), "node_num": o.engine.NodeNum, "self": cluster.Self(), "members": cluster.Members()}
 		if u := r.URL.Query().Get("user"); u != "" {
 			owner, _ := cluster.Owner(u)
 			out["owner"] = owner
@@ -137,7 +152,7 @@ func serveCluster(o *options, log *slog.Logger) error {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(out)
 	})
-	admin, adminErr, err := serveAdmin(o, mux, nlog)
+	admin, adminErr, err := serveAdmin(o, srv, mux, nlog)
 	if err != nil {
 		_ = srv.Shutdown(context.Background())
 		return err
@@ -169,13 +184,18 @@ func serveCluster(o *options, log *slog.Logger) error {
 	return errors.Join(errs...)
 }
 
-// newTransport builds the node-to-node transport chosen by --mesh.
-func newTransport(o *options, log *slog.Logger) (mesh.Transport, error) {
+// newTransport builds the node-to-node transport chosen by --mesh. Direct
+// links are authenticated with --mesh-secret when it is set; refused peers
+// are counted in imgn_mesh_auth_failures_total on reg.
+func newTransport(o *options, reg prometheus.Registerer, log *slog.Logger) (mesh.Transport, error) {
 	switch o.cluster.meshMode {
 	case meshRedis:
 		return newRedisTransport(o, log)
 	default:
-		t, err := mesh.NewLinks(mesh.LinkConfig{Logger: log})
+		failures := prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_mesh_auth_failures_total",
+			Help: "Mesh links refused because the peer did not prove it knows the mesh secret (as dialer or acceptor)."})
+		reg.MustRegister(failures)
+		t, err := mesh.NewLinks(mesh.LinkConfig{Logger: log, Secret: []byte(o.cluster.meshSecret), AuthFailures: failures})
 		if err != nil {
 			return nil, fmt.Errorf("mesh links: %w", err)
 		}

@@ -34,7 +34,7 @@ func runConfig(args []string, getenv func(string) string, stdout, stderr io.Writ
 // redactSetting hides secrets in `imd config check` output.
 func redactSetting(name, value string) string {
 	switch name {
-	case "jwt-secret":
+	case "jwt-secret", "admin-token", "mesh-secret":
 		if value != "" {
 			return "REDACTED"
 		}

@@ -149,7 +149,7 @@ func serve(o *options, log *slog.Logger) error {
 	if err := srv.Start(ctx); err != nil {
 		return err
 	}
-	admin, adminErr, err := serveAdmin(o, adminMux(srv, store, engine.AdminHooks{}), nlog)
+	admin, adminErr, err := serveAdmin(o, srv, adminMux(srv, store, engine.AdminHooks{}), nlog)
 	if err != nil {
 		_ = srv.Shutdown(context.Background())
 		return err
@@ -192,13 +192,15 @@ func adminMux(srv *engine.Server, users persist.UserStore, hooks engine.AdminHoo
 	return mux
 }
 
-// serveAdmin starts the admin HTTP server when --admin is set. The
-// returned channel reports the server's exit.
-func serveAdmin(o *options, h http.Handler, log *slog.Logger) (*http.Server, chan error, error) {
+// serveAdmin starts the admin HTTP server when --admin is set, behind the
+// bearer token of --admin-token when one is set. The returned channel
+// reports the server's exit.
+func serveAdmin(o *options, srv *engine.Server, h http.Handler, log *slog.Logger) (*http.Server, chan error, error) {
 	adminErr := make(chan error, 1)
 	if o.admin == "" {
 		return nil, adminErr, nil
 	}
+	h = adminAuth(o.adminToken, h, adminAuthFailures(srv.Registry()))
 	ln, err := net.Listen("tcp", o.admin)
 	if err != nil {
 		return nil, nil, fmt.Errorf("admin listener (--admin %s): %w", o.admin, err)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
@@ -27,9 +28,11 @@ type options struct {
 	engine engine.Config // Store, Cluster, Sessions and Logger are set at run time
 
 	admin, logLevel, logFormat string
+	adminToken                 string // bearer token of the admin API ("" only on loopback)
 	jwtSecret                  string // copied to engine.JWTSecret
 	shutdownTimeout            time.Duration
 	configFile                 string // the --config file read, if any
+	nodeNumDerived             bool   // --node-num was not given (cluster mode claims one)
 	flags                      *envflag.Flags
 
 	store   storeOptions
@@ -64,6 +67,7 @@ type storeOptions struct {
 type clusterOptions struct {
 	zk, zkRoot, redis, mongoURI, mongoDB, writeConcern string
 	meshMode, meshListen, meshAdvertise, advertise     string
+	meshSecret                                         string // authenticates direct mesh links
 	zkSessionTimeout                                   time.Duration
 	weight                                             int
 }
@@ -83,21 +87,21 @@ var derivedDefaults = map[string]string{
 	"idle-timeout":   "3 x heartbeat",
 	"event-loops":    "GOMAXPROCS, the CPUs the process may use",
 	"node-id":        "n + the port of listen, e.g. n9090",
-	"node-num":       "a hash of node-id",
+	"node-num":       "a hash of node-id; in cluster mode the number the node id holds in ZooKeeper, else the first free one from that hash",
 	"advertise":      "the listen address",
 	"mesh-advertise": "the mesh-listen address",
 }
 
 // flagGroups order imd's help and its config example.
 var flagGroups = []envflag.Group{
-	{Title: "Node", Names: []string{"listen", "admin", "node-id", "node-num", "jwt-secret", "log-level", "log-format",
+	{Title: "Node", Names: []string{"listen", "admin", "admin-token", "node-id", "node-num", "jwt-secret", "log-level", "log-format",
 		"ws-listen", "ws-origins", "tls-listen", "wss-listen", "tls-cert", "tls-key", "proxy-protocol"}},
 	{Title: "Store (single node)", Names: []string{"store", "data", "unsafe-no-fsync", "retention", "inbox-max", "dedup-window"}},
-	{Title: "Limits", Names: []string{"max-conns", "max-body", "max-group-size", "max-outbound", "max-conn-inbound", "max-node-inbound",
+	{Title: "Limits", Names: []string{"max-conns", "max-conns-per-ip", "max-body", "max-group-size", "max-outbound", "max-conn-inbound", "max-node-inbound",
 		"workers", "event-loops", "send-rate", "send-burst", "login-rate-per-ip", "login-burst-per-ip"}},
 	{Title: "Timeouts", Names: []string{"heartbeat", "heartbeat-rate", "max-heartbeat", "idle-timeout", "login-timeout", "goaway-window", "shutdown-timeout"}},
 	{Title: "Cluster mode (--zk, --redis and --mongo-uri together)", Names: []string{"zk", "zk-root", "zk-session-timeout",
-		"redis", "mongo-uri", "mongo-db", "write-concern", "mesh", "mesh-listen", "mesh-advertise", "advertise", "weight", "session-ttl"}},
+		"redis", "mongo-uri", "mongo-db", "write-concern", "mesh", "mesh-listen", "mesh-advertise", "mesh-secret", "advertise", "weight", "session-ttl"}},
 }
 
 const imdSynopsis = "imd [flags]\nimd config example\nimd config check [flags]"
@@ -124,8 +128,9 @@ func newFlagSet(o *options, out io.Writer) (*envflag.Flags, map[string]string) {
 
 	fs.StringVar(&e.Addr, bind("Addr", "listen"), def.Addr, "client protocol listener `HOST:PORT`")
 	fs.StringVar(&o.admin, "admin", "127.0.0.1:9091", "admin HTTP listener `HOST:PORT` (metrics, pprof, admin API); empty disables")
+	fs.StringVar(&o.adminToken, "admin-token", "", "bearer token every admin API request but /healthz and /readyz must carry (at least 16 characters; required when --admin is not a loopback address)")
 	fs.StringVar(&e.NodeID, bind("NodeID", "node-id"), "", "node id in logs, LOGIN_OK and the cluster registry")
-	fs.Var(uint16Value{&e.NodeNum}, bind("NodeNum", "node-num"), "node number 1..1023 mixed into message ids")
+	fs.Var(uint16Value{&e.NodeNum}, bind("NodeNum", "node-num"), "node number 1..1023 mixed into message ids (cluster mode: claimed in ZooKeeper; a number another node holds stops the start)")
 	fs.StringVar(&o.jwtSecret, "jwt-secret", "", "HS256 secret for token login (empty disables token login)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", logging.FormatText, "text (key=value) or json (one object per line)")
@@ -145,6 +150,7 @@ func newFlagSet(o *options, out io.Writer) (*envflag.Flags, map[string]string) {
 	fs.IntVar(&o.store.inboxMax, "inbox-max", 0, "keep at most this many newest messages per inbox (0: no cap); embedded and memory stores")
 
 	fs.IntVar(&e.MaxConns, bind("MaxConns", "max-conns"), def.MaxConns, "maximum client connections")
+	fs.IntVar(&e.MaxConnsPerIP, bind("MaxConnsPerIP", "max-conns-per-ip"), def.MaxConnsPerIP, "maximum client connections from one source address (0: no limit)")
 	fs.IntVar(&e.MaxBody, bind("MaxBody", "max-body"), def.MaxBody, "maximum frame body bytes")
 	fs.IntVar(&e.MaxGroupSize, bind("MaxGroupSize", "max-group-size"), def.MaxGroupSize, "maximum group members")
 	fs.IntVar(&e.MaxOutbound, bind("MaxOutbound", "max-outbound"), def.MaxOutbound, "bytes queued to one connection before it is closed as a slow consumer")
@@ -176,6 +182,7 @@ func newFlagSet(o *options, out io.Writer) (*envflag.Flags, map[string]string) {
 	fs.StringVar(&c.meshMode, "mesh", meshDirect, "cluster mode: node-to-node transport: direct (TCP links) or redis (pub/sub)")
 	fs.StringVar(&c.meshListen, "mesh-listen", "127.0.0.1:9092", "cluster mode: listener for direct mesh links `HOST:PORT`")
 	fs.StringVar(&c.meshAdvertise, "mesh-advertise", "", "cluster mode: mesh address published for peers (set it when a proxy or NAT sits in front)")
+	fs.StringVar(&c.meshSecret, "mesh-secret", "", "cluster mode: shared secret that direct mesh links prove with an HMAC challenge (at least 16 characters, the same on every node; required when --mesh-listen is not a loopback address)")
 	fs.StringVar(&c.advertise, "advertise", "", "cluster mode: client address published for routers")
 	fs.IntVar(&c.weight, "weight", lb.DefaultWeight, "cluster mode: balancing weight (0 = no new connections)")
 	fs.DurationVar(&e.SessionTTL, bind("SessionTTL", "session-ttl"), def.SessionTTL, "cluster mode: lease of a session route in Redis (renewed every third of it)")
@@ -227,6 +234,9 @@ func (o *options) finish(fields map[string]string) error {
 	if o.shutdownTimeout <= 0 {
 		return envflag.Usagef("--shutdown-timeout must be positive, got %s", o.shutdownTimeout)
 	}
+	if err := checkSecret("--admin-token", o.adminToken, "--admin", o.admin); err != nil {
+		return err
+	}
 	if o.clustered() {
 		c := &o.cluster
 		switch {
@@ -240,6 +250,11 @@ func (o *options) finish(fields map[string]string) error {
 		if err := persist.CheckSessionTTL(o.engine.SessionTTL); err != nil {
 			return envflag.Usagef("--session-ttl: %v", err)
 		}
+		if c.meshMode == meshDirect {
+			if err := checkSecret("--mesh-secret", c.meshSecret, "--mesh-listen", c.meshListen); err != nil {
+				return err
+			}
+		}
 		if c.advertise == "" {
 			c.advertise = o.engine.Addr
 		}
@@ -252,6 +267,7 @@ func (o *options) finish(fields map[string]string) error {
 		o.engine.NodeID = "n" + port
 	}
 	if o.engine.NodeNum == 0 {
+		o.nodeNumDerived = true
 		h := uint(0)
 		for _, c := range o.engine.NodeID {
 			h = h*31 + uint(c)
@@ -297,6 +313,38 @@ func (eo *edgeOptions) apply(cfg *engine.EdgeConfig) error {
 	}
 	cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	return nil
+}
+
+// minSecret is the shortest --admin-token and --mesh-secret accepted.
+const minSecret = 16
+
+// checkSecret checks a shared secret (flag name) that protects the
+// listener addr (flag listener): it is required unless addr is a loopback
+// address (or empty: the listener is off), and too short a value is
+// refused.
+func checkSecret(name, secret, listener, addr string) error {
+	switch {
+	case secret != "" && len(secret) < minSecret:
+		return envflag.Usagef("%s must be at least %d characters", name, minSecret)
+	case secret == "" && addr != "" && !loopback(addr):
+		return envflag.Usagef("%s is required: %s %s is reachable from other hosts (use a loopback address, or set the secret)", name, listener, addr)
+	}
+	return nil
+}
+
+// loopback reports whether the HOST:PORT addr listens only on a loopback
+// interface ("localhost", 127.0.0.0/8, ::1). An empty host listens on
+// every interface.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 // placeholderStore stands in for the store while the configuration is

@@ -198,15 +198,18 @@ func (x *LoginRequest) GetDevice() string {
 
 // LOGIN_OK (0x82).
 type LoginOK struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
-	Device        string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
-	NodeId        string                 `protobuf:"bytes,3,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	SessionId     uint64                 `protobuf:"varint,4,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`       // unique per connection on this node
-	HeadSeq       uint64                 `protobuf:"varint,5,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`             // highest seq in the user's inbox now
-	Cursor        uint64                 `protobuf:"varint,6,opt,name=cursor,proto3" json:"cursor,omitempty"`                              // this device's acknowledged position
-	HeartbeatMs   uint32                 `protobuf:"varint,7,opt,name=heartbeat_ms,json=heartbeatMs,proto3" json:"heartbeat_ms,omitempty"` // send HEARTBEAT at least this often
-	ServerTime    int64                  `protobuf:"varint,8,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`    // Unix milliseconds
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	User        string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	Device      string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	NodeId      string                 `protobuf:"bytes,3,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	SessionId   uint64                 `protobuf:"varint,4,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`       // unique per connection on this node
+	HeadSeq     uint64                 `protobuf:"varint,5,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`             // highest seq in the user's inbox now
+	Cursor      uint64                 `protobuf:"varint,6,opt,name=cursor,proto3" json:"cursor,omitempty"`                              // this device's acknowledged position
+	HeartbeatMs uint32                 `protobuf:"varint,7,opt,name=heartbeat_ms,json=heartbeatMs,proto3" json:"heartbeat_ms,omitempty"` // send HEARTBEAT at least this often
+	ServerTime  int64                  `protobuf:"varint,8,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`    // Unix milliseconds
+	// The server closes the connection after this long without a complete
+	// frame from the client (IDLE_TIMEOUT); at least heartbeat_ms.
+	IdleTimeoutMs uint32 `protobuf:"varint,9,opt,name=idle_timeout_ms,json=idleTimeoutMs,proto3" json:"idle_timeout_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -297,8 +300,16 @@ func (x *LoginOK) GetServerTime() int64 {
 	return 0
 }
 
-// HEARTBEAT (0x04), either side; the server answers a client heartbeat
-// with HEARTBEAT (0x84) carrying the same request seq.
+func (x *LoginOK) GetIdleTimeoutMs() uint32 {
+	if x != nil {
+		return x.IdleTimeoutMs
+	}
+	return 0
+}
+
+// HEARTBEAT (0x04), client -> server; the server answers with HEARTBEAT_OK
+// (0x84) carrying the same request seq and its own clock. Version 1
+// servers never send HEARTBEAT themselves.
 type Heartbeat struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Time          int64                  `protobuf:"varint,1,opt,name=time,proto3" json:"time,omitempty"` // sender's clock, Unix milliseconds; optional
@@ -1508,7 +1519,7 @@ const file_codec_pb_imgn_proto_rawDesc = "" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1a\n" +
 	"\bpassword\x18\x02 \x01(\tR\bpassword\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\tR\x05token\x12\x16\n" +
-	"\x06device\x18\x04 \x01(\tR\x06device\"\xe4\x01\n" +
+	"\x06device\x18\x04 \x01(\tR\x06device\"\x8c\x02\n" +
 	"\aLoginOK\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x17\n" +
@@ -1519,7 +1530,8 @@ const file_codec_pb_imgn_proto_rawDesc = "" +
 	"\x06cursor\x18\x06 \x01(\x04R\x06cursor\x12!\n" +
 	"\fheartbeat_ms\x18\a \x01(\rR\vheartbeatMs\x12\x1f\n" +
 	"\vserver_time\x18\b \x01(\x03R\n" +
-	"serverTime\"\x1f\n" +
+	"serverTime\x12&\n" +
+	"\x0fidle_timeout_ms\x18\t \x01(\rR\ridleTimeoutMs\"\x1f\n" +
 	"\tHeartbeat\x12\x12\n" +
 	"\x04time\x18\x01 \x01(\x03R\x04time\"\a\n" +
 	"\x05Empty\"i\n" +

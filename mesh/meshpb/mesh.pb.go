@@ -49,6 +49,7 @@ const (
 	ErrorCode_ERROR_CODE_FORWARD      ErrorCode = 10 // cluster.ErrForward: the receiver could not take the request
 	ErrorCode_ERROR_CODE_PROTOCOL     ErrorCode = 11 // bad HELLO or frame; the link is closed
 	ErrorCode_ERROR_CODE_WRONG_NODE   ErrorCode = 12 // HELLO reached a node other than peer_id
+	ErrorCode_ERROR_CODE_AUTH         ErrorCode = 13 // the peer did not prove it knows the mesh secret; the link is closed
 )
 
 // Enum value maps for ErrorCode.
@@ -67,6 +68,7 @@ var (
 		10: "ERROR_CODE_FORWARD",
 		11: "ERROR_CODE_PROTOCOL",
 		12: "ERROR_CODE_WRONG_NODE",
+		13: "ERROR_CODE_AUTH",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNKNOWN":      0,
@@ -82,6 +84,7 @@ var (
 		"ERROR_CODE_FORWARD":      10,
 		"ERROR_CODE_PROTOCOL":     11,
 		"ERROR_CODE_WRONG_NODE":   12,
+		"ERROR_CODE_AUTH":         13,
 	}
 )
 
@@ -126,8 +129,14 @@ type Hello struct {
 	// acceptor closes the link after three intervals without a frame. 0
 	// means the acceptor's own interval; at most 60000 is honoured.
 	PingIntervalMs uint32 `protobuf:"varint,5,opt,name=ping_interval_ms,json=pingIntervalMs,proto3" json:"ping_interval_ms,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Link authentication, only when the sender has a mesh secret
+	// (docs/cluster.md, "Link authentication"): 32 fresh random bytes.
+	Nonce []byte `protobuf:"bytes,6,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	// Acceptor only, with a secret: HMAC-SHA256 over both nonces and both
+	// node ids, proving the acceptor knows the secret.
+	Mac           []byte `protobuf:"bytes,7,opt,name=mac,proto3" json:"mac,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -195,6 +204,66 @@ func (x *Hello) GetPingIntervalMs() uint32 {
 	return 0
 }
 
+func (x *Hello) GetNonce() []byte {
+	if x != nil {
+		return x.Nonce
+	}
+	return nil
+}
+
+func (x *Hello) GetMac() []byte {
+	if x != nil {
+		return x.Mac
+	}
+	return nil
+}
+
+// AUTH (0xC3): the dialer's proof, sent after the acceptor's HELLO when
+// both ends have a mesh secret; the acceptor serves nothing before it.
+type Auth struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Mac           []byte                 `protobuf:"bytes,1,opt,name=mac,proto3" json:"mac,omitempty"` // HMAC-SHA256 over both nonces and both node ids
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Auth) Reset() {
+	*x = Auth{}
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Auth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Auth) ProtoMessage() {}
+
+func (x *Auth) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Auth.ProtoReflect.Descriptor instead.
+func (*Auth) Descriptor() ([]byte, []int) {
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Auth) GetMac() []byte {
+	if x != nil {
+		return x.Mac
+	}
+	return nil
+}
+
 // Message mirrors persist.Message.
 type Message struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -212,7 +281,7 @@ type Message struct {
 
 func (x *Message) Reset() {
 	*x = Message{}
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[1]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -224,7 +293,7 @@ func (x *Message) String() string {
 func (*Message) ProtoMessage() {}
 
 func (x *Message) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[1]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -237,7 +306,7 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Message.ProtoReflect.Descriptor instead.
 func (*Message) Descriptor() ([]byte, []int) {
-	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{1}
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Message) GetId() uint64 {
@@ -317,7 +386,7 @@ type AppendRequest struct {
 
 func (x *AppendRequest) Reset() {
 	*x = AppendRequest{}
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[2]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -329,7 +398,7 @@ func (x *AppendRequest) String() string {
 func (*AppendRequest) ProtoMessage() {}
 
 func (x *AppendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[2]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -342,7 +411,7 @@ func (x *AppendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendRequest.ProtoReflect.Descriptor instead.
 func (*AppendRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{2}
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AppendRequest) GetMsg() *Message {
@@ -395,7 +464,7 @@ type AppendResult struct {
 
 func (x *AppendResult) Reset() {
 	*x = AppendResult{}
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[3]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -407,7 +476,7 @@ func (x *AppendResult) String() string {
 func (*AppendResult) ProtoMessage() {}
 
 func (x *AppendResult) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[3]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -420,7 +489,7 @@ func (x *AppendResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendResult.ProtoReflect.Descriptor instead.
 func (*AppendResult) Descriptor() ([]byte, []int) {
-	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{3}
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AppendResult) GetMsg() *Message {
@@ -469,7 +538,7 @@ type PushTarget struct {
 
 func (x *PushTarget) Reset() {
 	*x = PushTarget{}
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[4]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -481,7 +550,7 @@ func (x *PushTarget) String() string {
 func (*PushTarget) ProtoMessage() {}
 
 func (x *PushTarget) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[4]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -494,7 +563,7 @@ func (x *PushTarget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushTarget.ProtoReflect.Descriptor instead.
 func (*PushTarget) Descriptor() ([]byte, []int) {
-	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{4}
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PushTarget) GetUser() string {
@@ -523,7 +592,7 @@ type PushRequest struct {
 
 func (x *PushRequest) Reset() {
 	*x = PushRequest{}
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[5]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -535,7 +604,7 @@ func (x *PushRequest) String() string {
 func (*PushRequest) ProtoMessage() {}
 
 func (x *PushRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[5]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -548,7 +617,7 @@ func (x *PushRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushRequest.ProtoReflect.Descriptor instead.
 func (*PushRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{5}
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PushRequest) GetMsg() *Message {
@@ -578,7 +647,7 @@ type KickRequest struct {
 
 func (x *KickRequest) Reset() {
 	*x = KickRequest{}
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[6]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -590,7 +659,7 @@ func (x *KickRequest) String() string {
 func (*KickRequest) ProtoMessage() {}
 
 func (x *KickRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[6]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -603,7 +672,7 @@ func (x *KickRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickRequest.ProtoReflect.Descriptor instead.
 func (*KickRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{6}
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *KickRequest) GetUser() string {
@@ -640,7 +709,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[7]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -652,7 +721,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[7]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -665,7 +734,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{7}
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -686,14 +755,18 @@ var File_mesh_meshpb_mesh_proto protoreflect.FileDescriptor
 
 const file_mesh_meshpb_mesh_proto_rawDesc = "" +
 	"\n" +
-	"\x16mesh/meshpb/mesh.proto\x12\fimgn.mesh.v1\"\x9c\x01\n" +
+	"\x16mesh/meshpb/mesh.proto\x12\fimgn.mesh.v1\"\xc4\x01\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1d\n" +
 	"\n" +
 	"boot_epoch\x18\x03 \x01(\x03R\tbootEpoch\x12\x17\n" +
 	"\apeer_id\x18\x04 \x01(\tR\x06peerId\x12(\n" +
-	"\x10ping_interval_ms\x18\x05 \x01(\rR\x0epingIntervalMs\"\xbd\x01\n" +
+	"\x10ping_interval_ms\x18\x05 \x01(\rR\x0epingIntervalMs\x12\x14\n" +
+	"\x05nonce\x18\x06 \x01(\fR\x05nonce\x12\x10\n" +
+	"\x03mac\x18\a \x01(\fR\x03mac\"\x18\n" +
+	"\x04Auth\x12\x10\n" +
+	"\x03mac\x18\x01 \x01(\fR\x03mac\"\xbd\x01\n" +
 	"\aMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04from\x18\x02 \x01(\tR\x04from\x12\x0e\n" +
@@ -730,7 +803,7 @@ const file_mesh_meshpb_mesh_proto_rawDesc = "" +
 	"\aconn_id\x18\x03 \x01(\x04R\x06connId\"N\n" +
 	"\x05Error\x12+\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x17.imgn.mesh.v1.ErrorCodeR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage*\xda\x02\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage*\xef\x02\n" +
 	"\tErrorCode\x12\x16\n" +
 	"\x12ERROR_CODE_UNKNOWN\x10\x00\x12\x1a\n" +
 	"\x16ERROR_CODE_UNAVAILABLE\x10\x01\x12\x16\n" +
@@ -745,7 +818,8 @@ const file_mesh_meshpb_mesh_proto_rawDesc = "" +
 	"\x12ERROR_CODE_FORWARD\x10\n" +
 	"\x12\x17\n" +
 	"\x13ERROR_CODE_PROTOCOL\x10\v\x12\x19\n" +
-	"\x15ERROR_CODE_WRONG_NODE\x10\fB\"Z github.com/imgn/imgn/mesh/meshpbb\x06proto3"
+	"\x15ERROR_CODE_WRONG_NODE\x10\f\x12\x13\n" +
+	"\x0fERROR_CODE_AUTH\x10\rB\"Z github.com/imgn/imgn/mesh/meshpbb\x06proto3"
 
 var (
 	file_mesh_meshpb_mesh_proto_rawDescOnce sync.Once
@@ -760,24 +834,25 @@ func file_mesh_meshpb_mesh_proto_rawDescGZIP() []byte {
 }
 
 var file_mesh_meshpb_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mesh_meshpb_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_mesh_meshpb_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_mesh_meshpb_mesh_proto_goTypes = []any{
 	(ErrorCode)(0),        // 0: imgn.mesh.v1.ErrorCode
 	(*Hello)(nil),         // 1: imgn.mesh.v1.Hello
-	(*Message)(nil),       // 2: imgn.mesh.v1.Message
-	(*AppendRequest)(nil), // 3: imgn.mesh.v1.AppendRequest
-	(*AppendResult)(nil),  // 4: imgn.mesh.v1.AppendResult
-	(*PushTarget)(nil),    // 5: imgn.mesh.v1.PushTarget
-	(*PushRequest)(nil),   // 6: imgn.mesh.v1.PushRequest
-	(*KickRequest)(nil),   // 7: imgn.mesh.v1.KickRequest
-	(*Error)(nil),         // 8: imgn.mesh.v1.Error
+	(*Auth)(nil),          // 2: imgn.mesh.v1.Auth
+	(*Message)(nil),       // 3: imgn.mesh.v1.Message
+	(*AppendRequest)(nil), // 4: imgn.mesh.v1.AppendRequest
+	(*AppendResult)(nil),  // 5: imgn.mesh.v1.AppendResult
+	(*PushTarget)(nil),    // 6: imgn.mesh.v1.PushTarget
+	(*PushRequest)(nil),   // 7: imgn.mesh.v1.PushRequest
+	(*KickRequest)(nil),   // 8: imgn.mesh.v1.KickRequest
+	(*Error)(nil),         // 9: imgn.mesh.v1.Error
 }
 var file_mesh_meshpb_mesh_proto_depIdxs = []int32{
-	2, // 0: imgn.mesh.v1.AppendRequest.msg:type_name -> imgn.mesh.v1.Message
-	2, // 1: imgn.mesh.v1.AppendResult.msg:type_name -> imgn.mesh.v1.Message
-	8, // 2: imgn.mesh.v1.AppendResult.error:type_name -> imgn.mesh.v1.Error
-	2, // 3: imgn.mesh.v1.PushRequest.msg:type_name -> imgn.mesh.v1.Message
-	5, // 4: imgn.mesh.v1.PushRequest.targets:type_name -> imgn.mesh.v1.PushTarget
+	3, // 0: imgn.mesh.v1.AppendRequest.msg:type_name -> imgn.mesh.v1.Message
+	3, // 1: imgn.mesh.v1.AppendResult.msg:type_name -> imgn.mesh.v1.Message
+	9, // 2: imgn.mesh.v1.AppendResult.error:type_name -> imgn.mesh.v1.Error
+	3, // 3: imgn.mesh.v1.PushRequest.msg:type_name -> imgn.mesh.v1.Message
+	6, // 4: imgn.mesh.v1.PushRequest.targets:type_name -> imgn.mesh.v1.PushTarget
 	0, // 5: imgn.mesh.v1.Error.code:type_name -> imgn.mesh.v1.ErrorCode
 	6, // [6:6] is the sub-list for method output_type
 	6, // [6:6] is the sub-list for method input_type
@@ -797,7 +872,7 @@ func file_mesh_meshpb_mesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_meshpb_mesh_proto_rawDesc), len(file_mesh_meshpb_mesh_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -29,6 +29,7 @@ const (
 	CmdHello        codec.Command = 0xC0 // Hello, both ways, first frame of a TCP link
 	CmdPing         codec.Command = 0xC1 // empty; dialer -> acceptor when idle
 	CmdPong         codec.Command = 0xC2 // empty; the answer to PING (same seq)
+	CmdAuth         codec.Command = 0xC3 // Auth, dialer -> acceptor after HELLO when both have a mesh secret
 	CmdAppend       codec.Command = 0xC4 // AppendRequest -> APPEND_RESULT
 	CmdAppendResult codec.Command = 0xC5 // AppendResult
 	CmdPush         codec.Command = 0xC6 // PushRequest, no reply

@@ -53,19 +53,25 @@ func main() {
 // checkAll runs every check of the repository at root.
 func checkAll(root, bin string) []string {
 	imageCmd, problems := checkDockerfile(filepath.Join(root, "Dockerfile"))
-	// The config files the image and the units read: the image's own, and
-	// a typical host file for the router (which has no usable default).
-	c := &commands{bin: bin, paths: map[string]string{
+	// The config files the image and the units read: the image's own in a
+	// container, typical host files on a host (the image's listens on every
+	// interface, which a host file need not).
+	testdata := filepath.Join(root, "tools", "deploycheck", "testdata")
+	image := &commands{bin: bin, paths: map[string]string{
 		"/etc/imgn/imd.toml":      filepath.Join(root, "deploy", "docker", "imd.toml"),
-		"/etc/imgn/imrouter.toml": filepath.Join(root, "tools", "deploycheck", "testdata", "imrouter.toml"),
+		"/etc/imgn/imrouter.toml": filepath.Join(testdata, "imrouter.toml"),
 	}}
-	problems = append(problems, checkCompose(filepath.Join(root, "deploy", "compose.yaml"), imageCmd, c)...)
+	host := &commands{bin: bin, paths: map[string]string{
+		"/etc/imgn/imd.toml":      filepath.Join(testdata, "imd.toml"),
+		"/etc/imgn/imrouter.toml": filepath.Join(testdata, "imrouter.toml"),
+	}}
+	problems = append(problems, checkCompose(filepath.Join(root, "deploy", "compose.yaml"), imageCmd, image)...)
 	units, _ := filepath.Glob(filepath.Join(root, "deploy", "systemd", "*.service"))
 	if len(units) == 0 {
 		problems = append(problems, "deploy/systemd: no unit files")
 	}
 	for _, u := range units {
-		problems = append(problems, checkUnit(u, c)...)
+		problems = append(problems, checkUnit(u, host)...)
 	}
 	return problems
 }

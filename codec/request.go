@@ -1,0 +1,116 @@
+package codec
+
+import (
+	"fmt"
+
+	"github.com/imgn/imgn/codec/pb"
+	"google.golang.org/protobuf/proto"
+)
+
+// DecodeRequest decodes the body of a client request (a command a client may
+// send, docs/protocol.md §4.1) into a new message of the command's type:
+// *pb.RegisterRequest, *pb.LoginRequest, *pb.Empty (LOGOUT), *pb.Heartbeat,
+// *pb.SendRequest, *pb.GroupSendRequest, *pb.PushAck, *pb.SyncRequest,
+// *pb.GroupCreateRequest, *pb.GroupRequest (GROUP_JOIN, GROUP_LEAVE,
+// GROUP_MEMBERS) or *pb.PresenceRequest.
+//
+// It applies every rule of docs/protocol.md §3, as DecodeSend does, with the
+// same decoders: the body is exactly one object or map (or empty), strings
+// and the elements of repeated strings are valid UTF-8, integers fit their
+// field, a known Protobuf field has its wire type, a JSON body nests at
+// most 64 levels, unknown fields are skipped. A repeated string field is a
+// JSON array or MessagePack array of strings (null/nil elements are
+// refused; the last occurrence of the key wins, null resets it) or, in
+// Protobuf, one element per occurrence of the field.
+//
+// The returned message owns its strings and bytes (copies): body may be
+// reused as soon as DecodeRequest returns. Errors wrap ErrBadBody, except
+// for an unknown ser (ErrUnknownSerializer) or a cmd that is not a client
+// request. Safe for concurrent use.
+func DecodeRequest(ser SerializerID, cmd Command, body []byte) (proto.Message, error) {
+	s, build := requestOf(cmd)
+	if s == nil {
+		return nil, fmt.Errorf("codec: %s is not a client request", cmd)
+	}
+	var f fieldValues
+	if _, err := decodeBody(ser, body, s, &f, nil); err != nil {
+		return nil, err
+	}
+	return build(&f), nil
+}
+
+// DecodeHeartbeat decodes a HEARTBEAT body (Heartbeat) by the rules of
+// DecodeRequest and returns its time. It never allocates except for the
+// error it returns; errors wrap ErrBadBody (ErrUnknownSerializer for an
+// unknown ser). Safe for concurrent use.
+func DecodeHeartbeat(ser SerializerID, body []byte) (timeMs int64, err error) {
+	var f fieldValues
+	if _, err := decodeBody(ser, body, &heartbeatSchema, &f, nil); err != nil {
+		return 0, err
+	}
+	return int64(f[0].u), nil
+}
+
+// requestOf returns the schema of cmd's request body and the function that
+// builds its message from the decoded values, or nil for a command that is
+// not a client request.
+func requestOf(cmd Command) (*schema, func(*fieldValues) proto.Message) {
+	switch cmd {
+	case CmdRegister:
+		return &registerSchema, func(f *fieldValues) proto.Message {
+			return &pb.RegisterRequest{User: string(f[0].b), Password: string(f[1].b)}
+		}
+	case CmdLogin:
+		return &loginSchema, func(f *fieldValues) proto.Message {
+			return &pb.LoginRequest{User: string(f[0].b), Password: string(f[1].b), Token: string(f[2].b), Device: string(f[3].b)}
+		}
+	case CmdLogout:
+		return &emptySchema, func(*fieldValues) proto.Message { return &pb.Empty{} }
+	case CmdHeartbeat:
+		return &heartbeatSchema, func(f *fieldValues) proto.Message { return &pb.Heartbeat{Time: int64(f[0].u)} }
+	case CmdSend:
+		return &sendSchema, func(f *fieldValues) proto.Message {
+			return &pb.SendRequest{ClientMsgId: string(f[0].b), To: string(f[1].b), Kind: uint32(f[2].u), Body: cloneBytes(f[3].b)}
+		}
+	case CmdGroupSend:
+		return &groupSendSchema, func(f *fieldValues) proto.Message {
+			return &pb.GroupSendRequest{ClientMsgId: string(f[0].b), GroupId: string(f[1].b), Kind: uint32(f[2].u), Body: cloneBytes(f[3].b)}
+		}
+	case CmdPushAck:
+		return &pushAckSchema, func(f *fieldValues) proto.Message { return &pb.PushAck{UpToSeq: f[0].u} }
+	case CmdSync:
+		return &syncSchema, func(f *fieldValues) proto.Message {
+			return &pb.SyncRequest{AfterSeq: f[0].u, Limit: uint32(f[1].u)}
+		}
+	case CmdGroupCreate:
+		return &groupCreateSchema, func(f *fieldValues) proto.Message {
+			return &pb.GroupCreateRequest{Name: string(f[0].b), Members: strs(f[1].list)}
+		}
+	case CmdGroupJoin, CmdGroupLeave, CmdGroupMembers:
+		return &groupSchema, func(f *fieldValues) proto.Message { return &pb.GroupRequest{GroupId: string(f[0].b)} }
+	case CmdPresence:
+		return &presenceSchema, func(f *fieldValues) proto.Message { return &pb.PresenceRequest{Users: strs(f[0].list)} }
+	}
+	return nil, nil
+}
+
+// cloneBytes copies b; nil and empty stay nil, as the generic decoders
+// leave an empty bytes field.
+func cloneBytes(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	return append([]byte(nil), b...)
+}
+
+// strs copies a decoded repeated string.
+func strs(list [][]byte) []string {
+	if len(list) == 0 {
+		return nil
+	}
+	out := make([]string, len(list))
+	for i, b := range list {
+		out[i] = string(b)
+	}
+	return out
+}
