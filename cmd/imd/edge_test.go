@@ -23,10 +23,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gobwas/ws"
-	"github.com/gobwas/ws/wsutil"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
+	"github.com/imgn/imgn/internal/wstest"
 )
 
 // writeTestCert writes a self-signed certificate for 127.0.0.1 and its
@@ -108,64 +107,21 @@ func startEdgeImd(t testing.TB, bin string, withAdmin bool, extra ...string) *ed
 	return e
 }
 
-// wsNetConn carries the client protocol in WebSocket binary messages,
-// as a net.Conn for syncClient.
-type wsNetConn struct {
-	net.Conn
-	rd      *wsutil.Reader
-	pending io.Reader
-}
-
-func (c *wsNetConn) Write(b []byte) (int, error) {
-	if err := wsutil.WriteClientBinary(c.Conn, b); err != nil {
-		return 0, err
-	}
-	return len(b), nil
-}
-
-func (c *wsNetConn) Read(p []byte) (int, error) {
-	for {
-		if c.pending != nil {
-			n, err := c.pending.Read(p)
-			if err == io.EOF {
-				c.pending, err = nil, nil
-			}
-			if n > 0 || err != nil {
-				return n, err
-			}
-		}
-		h, err := c.rd.NextFrame()
-		if err != nil {
-			return 0, err
-		}
-		if h.OpCode != ws.OpBinary {
-			return 0, fmt.Errorf("websocket: unexpected %v frame", h.OpCode)
-		}
-		c.pending = c.rd
-	}
-}
-
 // dialKind connects to e over TCP, WebSocket, TLS or WebSocket over TLS.
 func (e *edgeImd) dial(kind string) (net.Conn, error) {
-	d := ws.Dialer{Timeout: 5 * time.Second, TLSConfig: &tls.Config{RootCAs: e.pool}}
-	var nc net.Conn
-	var err error
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
 	switch kind {
 	case "tcp":
 		return net.DialTimeout("tcp", e.tcp, 5*time.Second)
 	case "tls":
 		return tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", e.tls, &tls.Config{RootCAs: e.pool})
 	case "ws":
-		nc, _, _, err = d.Dial(context.Background(), "ws://"+e.ws+"/")
+		return wstest.Dial(ctx, "ws://"+e.ws+"/", nil)
 	case "wss":
-		nc, _, _, err = d.Dial(context.Background(), "wss://"+e.wss+"/")
-	default:
-		return nil, fmt.Errorf("unknown kind %q", kind)
+		return wstest.Dial(ctx, "wss://"+e.wss+"/", &tls.Config{RootCAs: e.pool})
 	}
-	if err != nil {
-		return nil, err
-	}
-	return &wsNetConn{Conn: nc, rd: &wsutil.Reader{Source: nc, State: ws.StateClientSide}}, nil
+	return nil, fmt.Errorf("unknown kind %q", kind)
 }
 
 func (e *edgeImd) login(kind, user string) (*syncClient, error) {
