@@ -18,7 +18,14 @@ func (c *committer) apply(op *persist.AppendOp) error {
 		return c.applyDuplicate(op, pi)
 	}
 	c.key = keyLP2(c.key, tDedup, m.From, m.ClientMsgID)
-	v, found, err := c.lookup(c.key)
+	dh, maybe := c.dedupMayExist()
+	var v []byte
+	var found bool
+	var err error
+	if maybe {
+		c.s.dedupReads.Add(1)
+		v, found, err = c.lookup(c.key)
+	}
 	switch {
 	case err != nil:
 		return unavailable("append", err)
@@ -54,6 +61,7 @@ func (c *committer) apply(op *persist.AppendOp) error {
 	c.key = keyLP2(c.key, tDedup, m.From, m.ClientMsgID)
 	c.val = appendBE64(c.val[:0], m.ID)
 	c.set(c.key, c.val)
+	c.dedupWritten(dh)
 	c.val = appendMessage(c.val[:0], m)
 	c.set(keyID(c.key, tMessage, m.ID), c.val)
 	c.val = appendRefsHeader(c.val[:0], m.Timestamp, m.From, m.ClientMsgID)

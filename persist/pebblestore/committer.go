@@ -165,6 +165,8 @@ type committer struct {
 	idv            [8]byte
 	refs           refsRecord
 	sweepFrom      uint64 // where the cap sweep of the refs table resumes
+
+	filter filterState // the dedup filter (filter.go)
 }
 
 // headEntry is a cached inbox head.
@@ -198,6 +200,7 @@ func newCommitter(s *Store) (*committer, error) {
 		overlay:   make(map[string][]byte),
 		capScan:   true,
 	}
+	c.initFilter()
 	// The highest stored message ID: the last key of the message table.
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{tMessage}, UpperBound: []byte{tMessage + 1}})
 	if err != nil {
@@ -215,6 +218,8 @@ func newCommitter(s *Store) (*committer, error) {
 // run is the committer loop. It exits when the queue is closed and drained.
 func (c *committer) run() {
 	defer close(c.s.done)
+	defer c.stopFilterBuild()
+	c.filterBatch() // start building the dedup filter
 	batch := make([]item, 0, c.s.opts.MaxBatch)
 	for {
 		it, ok := <-c.s.queue
@@ -257,6 +262,7 @@ func (c *committer) commit(items []item) {
 		h(len(items))
 	}
 	c.resetBatchState()
+	c.filterBatch()
 	c.direct = len(items) == 1 && isAlone(items[0])
 	full := c.s.full.Load()
 	for i := range items {
@@ -307,7 +313,7 @@ func (c *committer) commit(items []item) {
 			}
 		}
 	} else {
-		c.s.publish()
+		c.s.views.publish(c.s.db, c.direct)
 		c.s.removedMsgs.Add(c.rmMsgs)
 		c.s.removedEnts.Add(c.rmEnts)
 		c.s.commits.Add(1)

@@ -20,6 +20,7 @@ import (
 	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/persist"
 	"github.com/imgn/imgn/persist/pebblestore"
 )
@@ -40,10 +41,15 @@ func (g *gateFS) arm() {
 	g.mu.Unlock()
 }
 
+// release lets blocked syncs go on and disarms the gate; it does nothing
+// when the gate is not armed, so a test can also defer it, and a failure
+// while armed ends the test instead of leaving Close waiting for the sync.
 func (g *gateFS) release() {
 	g.mu.Lock()
-	close(g.gate)
-	g.gate = nil
+	if g.gate != nil {
+		close(g.gate)
+		g.gate = nil
+	}
 	g.mu.Unlock()
 }
 
@@ -127,6 +133,7 @@ func TestBlockedFsyncCompletesNothing(t *testing.T) {
 	g := newGateFS()
 	s := openAt(t, t.TempDir(), pebblestore.Options{FS: g})
 	defer s.Close()
+	defer g.release()
 	ctx := t.Context()
 	if _, err := s.Append(ctx, persist.Message{ID: 1, From: "a", ClientMsgID: "warm"}, []string{"u"}); err != nil {
 		t.Fatal(err)
@@ -204,6 +211,7 @@ func TestBlockedFsyncSendsNoAck(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() {
+		g.release()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := srv.Shutdown(ctx); err != nil {
@@ -233,6 +241,13 @@ func TestBlockedFsyncSendsNoAck(t *testing.T) {
 	if m := <-bob.Messages(); string(m.Body) != "before" {
 		t.Fatalf("bob got %q", m.Body)
 	}
+	// Bob acknowledges "before" within the client's AckInterval, and the
+	// server stores that cursor through the committer: let it land first,
+	// or it would wait behind the blocked sync, and bob's SYNC behind it.
+	testutil.Until(t, 10*time.Second, "bob's cursor stored", func() bool {
+		cur, err := store.Cursor(ctx, "bob", "d")
+		return err == nil && cur >= 1
+	})
 
 	g.arm()
 	type sent struct {

@@ -70,6 +70,10 @@ func (m *metrics) register(reg prometheus.Registerer, s *Store) error {
 			func() float64 { return float64(s.removedMsgs.Load()) }),
 		counter("imgn_store_retention_removed_entries_total", "Inbox entries removed by retention.",
 			func() float64 { return float64(s.removedEnts.Load()) }),
+		counter("imgn_store_dedup_reads_total", "Dedup checks of appends that searched the store (the in-memory filter could not rule the key out).",
+			func() float64 { return float64(s.dedupReads.Load()) }),
+		gauge("imgn_store_dedup_filter_bytes", "Memory of the in-memory filter of dedup keys (0 until it is built).",
+			func() float64 { return float64(s.filterBytes.Load()) }),
 	} {
 		if err := reg.Register(c); err != nil {
 			return err

@@ -22,17 +22,19 @@
 // others go on. Seqs are assigned by the committer from an in-memory cache
 // of inbox heads, loaded on an inbox's first use (its last key, and its head
 // record if retention trimmed it); an append reads nothing on the hot path
-// but its dedup key, and writes five keys for a 1:1 message (message, refs,
-// dedup, and one entry per inbox).
+// but its dedup key, and only when an in-memory filter of the stored dedup
+// keys (filter.go; built in the background after Open) cannot rule the key
+// out, and writes five keys for a 1:1 message (message, refs, dedup, and one
+// entry per inbox).
 //
 // # Reads see only what is durable
 //
 // Pebble makes a batch visible to readers before its WAL sync returns. So
 // reads (Lookup, ReadInbox, LastSeq, FirstSeq, Cursor, GetUser, GetGroup) do
 // not read the database directly: they read the Pebble snapshot the committer
-// publishes after each sync, before it completes the batch's requests. A
-// reader never sees a write that a crash could still take back, and sees
-// every write whose call has returned.
+// publishes after each sync, before it completes the batch's requests
+// (view.go). A reader never sees a write that a crash could still
+// take back, and sees every write whose call has returned.
 //
 // # Key layout
 //
@@ -93,7 +95,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -173,6 +174,14 @@ type Options struct {
 	// (about 100 bytes each plus the user id); when full it is emptied and
 	// heads are read again on use.
 	HeadCacheSize int
+	// DedupFilterBytes caps the in-memory filter of dedup keys (1.5 bytes
+	// per stored message, 1.5 MiB at least), which spares a fresh message
+	// the search of the store for its (From, ClientMsgID). It is built in
+	// the background after Open, from a scan of every dedup key (until then
+	// every check searches the store), and rebuilt as the store grows.
+	// Above the cap the filter answers "maybe" more often and more checks
+	// search the store. Negative disables the filter.
+	DedupFilterBytes int64
 
 	// Registry, when set, receives the store's metrics (imgn_store_*).
 	Registry prometheus.Registerer
@@ -191,6 +200,10 @@ type Options struct {
 	// beforeCommit, when set (tests only), runs on the committer before
 	// each batch is applied, with the batch's size.
 	beforeCommit func(n int)
+	// beforeFilterBuild, when set (tests only), runs on the goroutine that
+	// builds the dedup filter, after its snapshot is taken and before the
+	// scan; ctx ends when the store closes.
+	beforeFilterBuild func(ctx context.Context)
 }
 
 // withDefaults validates o and fills in defaults: the single place where
@@ -226,6 +239,7 @@ func (o Options) withDefaults() (Options, error) {
 	setDefault(&o.MemTableSize, DefaultMemTableSize)
 	setDefault(&o.MaxOpenFiles, DefaultMaxOpenFiles)
 	setDefault(&o.HeadCacheSize, DefaultHeadCacheSize)
+	setDefault(&o.DedupFilterBytes, DefaultDedupFilterBytes)
 	setDefault(&o.housekeepEvery, time.Second)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -263,9 +277,7 @@ type Store struct {
 	queue  chan item
 	done   chan struct{} // closed when the committer has exited
 
-	// viewMu guards view, the snapshot readers use (see the package doc).
-	viewMu sync.Mutex
-	view   *readView
+	views views // the snapshots readers use (view.go)
 
 	bgCancel context.CancelFunc
 	bg       sync.WaitGroup // housekeeper and retention loop
@@ -278,6 +290,9 @@ type Store struct {
 	passes        atomic.Uint64
 	removedMsgs   atomic.Uint64
 	removedEnts   atomic.Uint64
+	dedupReads    atomic.Uint64 // dedup checks that searched the store
+	filterBytes   atomic.Uint64 // the dedup filter in use
+	filterBuilds  atomic.Uint64 // dedup filters built and taken up
 
 	// Refreshed by the housekeeper.
 	full       atomic.Bool
@@ -286,19 +301,6 @@ type Store struct {
 	freeBytes  atomic.Uint64
 	walBytes   atomic.Uint64
 	debtBytes  atomic.Uint64
-}
-
-// readView is a published snapshot with a reference count: one reference
-// while it is current, one per reader using it.
-type readView struct {
-	snap *pebble.Snapshot
-	refs atomic.Int64
-}
-
-func (v *readView) release() {
-	if v.refs.Add(-1) == 0 {
-		_ = v.snap.Close()
-	}
 }
 
 // Open opens (creating if needed) the store in opts.Dir and starts its
@@ -353,7 +355,7 @@ func Open(opts Options) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("pebblestore: open %s: %w", o.Dir, err)
 	}
-	s.publish()
+	s.views.publish(db, false)
 	s.housekeep()
 	ctx, cancel := context.WithCancel(context.Background())
 	s.bgCancel = cancel
@@ -453,42 +455,6 @@ func (s *Store) writeOpts() *pebble.WriteOptions {
 // Dir returns the data directory.
 func (s *Store) Dir() string { return s.opts.Dir }
 
-// publish makes the current database state the one readers see. Only the
-// committer calls it (and Open, before the committer starts), right after a
-// commit returned.
-func (s *Store) publish() {
-	v := &readView{snap: s.db.NewSnapshot()}
-	v.refs.Store(1)
-	s.viewMu.Lock()
-	old := s.view
-	s.view = v
-	s.viewMu.Unlock()
-	if old != nil {
-		old.release()
-	}
-}
-
-// reader is what reads use: a published snapshot.
-type reader interface {
-	Get(key []byte) ([]byte, io.Closer, error)
-	NewIter(o *pebble.IterOptions) (*pebble.Iterator, error)
-}
-
-// read runs fn on the current snapshot, or returns ErrClosed.
-func (s *Store) read(fn func(r reader) error) error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return persist.ErrClosed
-	}
-	s.viewMu.Lock()
-	v := s.view
-	v.refs.Add(1)
-	s.viewMu.Unlock()
-	defer v.release()
-	return fn(v.snap)
-}
-
 // Close stops accepting work, waits for the committer to commit everything
 // already queued and for running reads, stops the background goroutines and
 // closes the database. Calls started after Close return persist.ErrClosed,
@@ -506,11 +472,7 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 	s.bg.Wait()
 	<-s.done
-	s.viewMu.Lock()
-	v := s.view
-	s.view = nil
-	s.viewMu.Unlock()
-	v.release()
+	s.views.close()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("pebblestore: close %s: %w", s.opts.Dir, err)
 	}

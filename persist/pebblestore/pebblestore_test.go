@@ -32,6 +32,15 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// The suite again with a dedup filter of one 32-byte block: it fills after
+// 21 keys, so the suite runs through many rebuilds, and most checks find
+// the filter saying "maybe".
+func TestConformanceTinyFilter(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) persist.Store {
+		return openAt(t, t.TempDir(), pebblestore.Options{DedupFilterBytes: 32})
+	})
+}
+
 func TestDurable(t *testing.T) { storetest.RunDurable(t, openDurable) }
 
 // BenchmarkStore runs the shared benchmarks with real fsync and with NoSync
