@@ -89,8 +89,8 @@ store-scale: ## embedded store: recovery time after SIGKILL and disk bytes per m
 cluster: deps build ## run a local 3-node cluster with ZooKeeper, Redis, dev MongoDB and imrouter (Ctrl-C stops it)
 	./$(BIN)/imcluster --dir ./data/cluster
 
-run: build ## run one node on the embedded defaults (client 127.0.0.1:9090, admin 127.0.0.1:9091, data ./data)
-	./$(BIN)/imd
+run: build ## run one node on the embedded defaults (client 127.0.0.1:9090, WebSocket 127.0.0.1:9093, admin 127.0.0.1:9091, data ./data)
+	./$(BIN)/imd --ws-listen 127.0.0.1:9093
 
 # Load-generator scenarios (bench-conns, bench-p2p, bench-1m, ...) live in bench/bench.mk.
 -include bench/bench.mk

@@ -219,6 +219,12 @@ var errorScenarios = map[string]errorScenario{
 		n := e.get("caps")
 		dial(t, n, codec.JSON).call(codec.CmdHeartbeat, nil, codec.CmdHeartbeatOK, nil)
 		dial(t, n, codec.JSON).call(codec.CmdHeartbeat, nil, codec.CmdHeartbeatOK, nil)
+		if overWS {
+			// A WebSocket refused at accept gets no frame (§10.2); the
+			// code itself is seen on TCP, where the cap counts the same.
+			refusedWS(t, n)
+			tcpOnly(t)
+		}
 		return fatalOn(t, n, codec.JSON, nil)
 	},
 	"LOGIN_TIMEOUT": func(t *testing.T, e *errorNodes) observed {
@@ -244,8 +250,9 @@ var errorScenarios = map[string]errorScenario{
 		// A LOGIN on a stopping node is refused, retryable and not fatal;
 		// a new connection gets GO_AWAY (§6.9).
 		f := waiting.reply(waiting.send(codec.CmdLogin, &pb.LoginRequest{Token: token(jwtSecret, uniq("u"), time.Now().Add(time.Hour)), Device: "d"}))
-		late := dial(t, n, codec.JSON)
-		if frames := late.closed(); len(frames) != 1 || frames[0].Command != codec.CmdGoAway || frames[0].Seq != 0 {
+		if overWS {
+			refusedWS(t, n) // no frame before the handshake (§10.2)
+		} else if frames := dial(t, n, codec.JSON).closed(); len(frames) != 1 || frames[0].Command != codec.CmdGoAway || frames[0].Seq != 0 {
 			t.Fatalf("a connection accepted during shutdown got %v", commands(frames))
 		}
 		return answered(t, waiting, f)

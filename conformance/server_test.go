@@ -42,6 +42,7 @@ func buildImd(dir string) (string, error) {
 // node is one imd process on loopback, memory store.
 type node struct {
 	addr   string // client listener
+	ws     string // WebSocket listener
 	admin  string // admin HTTP listener
 	cmd    *exec.Cmd
 	log    *bytes.Buffer
@@ -52,7 +53,7 @@ type node struct {
 // launch runs imd with the suite's base flags plus args and waits until
 // /readyz answers.
 func launch(args ...string) (*node, error) {
-	var addrs [2]string
+	var addrs [3]string
 	for i := range addrs {
 		p, err := testsvc.FreePort()
 		if err != nil {
@@ -60,8 +61,8 @@ func launch(args ...string) (*node, error) {
 		}
 		addrs[i] = "127.0.0.1:" + strconv.Itoa(p)
 	}
-	n := &node{addr: addrs[0], admin: addrs[1], log: &bytes.Buffer{}, exited: make(chan struct{})}
-	base := []string{"--store", "memory", "--listen", n.addr, "--admin", n.admin, "--node-id", "conf",
+	n := &node{addr: addrs[0], admin: addrs[1], ws: addrs[2], log: &bytes.Buffer{}, exited: make(chan struct{})}
+	base := []string{"--store", "memory", "--listen", n.addr, "--admin", n.admin, "--ws-listen", n.ws, "--node-id", "conf",
 		"--jwt-secret", jwtSecret, "--log-level", "warn", "--shutdown-timeout", "5s"}
 	n.cmd = exec.Command(imdPath, append(base, args...)...)
 	n.cmd.Stdout, n.cmd.Stderr = &lockedWriter{mu: &n.mu, w: n.log}, &lockedWriter{mu: &n.mu, w: n.log}

@@ -2,6 +2,7 @@ package conformance
 
 import (
 	"bufio"
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
+	"github.com/imgn/imgn/internal/wstest"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -43,9 +45,20 @@ type conn struct {
 	pending []frame // frames read while waiting for another
 }
 
+// overWS makes dial connect to the WebSocket listener (TestOverWebSocket).
+var overWS bool
+
 func dial(t *testing.T, n *node, ser codec.SerializerID) *conn {
 	t.Helper()
-	nc, err := net.DialTimeout("tcp", n.addr, wait)
+	var nc net.Conn
+	var err error
+	if overWS {
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		nc, err = wstest.Dial(ctx, "ws://"+n.ws+"/", nil)
+	} else {
+		nc, err = net.DialTimeout("tcp", n.addr, wait)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -116,6 +116,9 @@ type Config struct {
 	// Registry receives the server's metrics; default a new registry
 	// (Server.Registry returns it).
 	Registry *prometheus.Registry
+
+	// Edge adds WebSocket, TLS and PROXY protocol listeners (wsconfig.go).
+	Edge EdgeConfig
 }
 
 // WithDefaults returns c with every zero field set to its documented
@@ -182,6 +185,7 @@ func (c Config) WithDefaults() Config {
 	if c.Registry == nil {
 		c.Registry = prometheus.NewRegistry()
 	}
+	c.Edge = c.Edge.withDefaults()
 	return c
 }
 
@@ -240,6 +244,9 @@ func (c Config) Validate() error {
 	}
 	if c.Store == nil {
 		errs = append(errs, errors.New("a Store is required"))
+	}
+	if err := c.Edge.validate(c.Addr); err != nil {
+		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("engine: config: %w", err)

@@ -324,12 +324,28 @@ func TestClientHeartbeatsKeepItAliveAndKickStopsIt(t *testing.T) {
 // TestClientSurvivesNodeRestart shuts a node down (GO_AWAY) while a client
 // sends, starts a new node on the same address and store, and checks the
 // client carries on with no loss and no duplicate.
-func TestClientSurvivesNodeRestart(t *testing.T) {
+func TestClientSurvivesNodeRestart(t *testing.T) { clientSurvivesNodeRestart(t, false) }
+
+// clientSurvivesNodeRestart is TestClientSurvivesNodeRestart, with both
+// clients on WebSocket when overWS is set.
+func clientSurvivesNodeRestart(t *testing.T, overWS bool) {
 	store := memstore.New()
-	s1 := startServer(t, func(c *Config) { c.Store = store; c.GoAwayWindow = 100 * time.Millisecond })
+	s1 := startServer(t, func(c *Config) {
+		c.Store = store
+		c.GoAwayWindow = 100 * time.Millisecond
+		if overWS {
+			c.Edge.WSAddr = "127.0.0.1:0"
+		}
+	})
 	addr := s1.Addr().String()
-	a := dialClient(t, s1, "alice", "pc", codec.Protobuf)
-	b := dialClient(t, s1, "bob", "pc", codec.Protobuf)
+	var edge EdgeConfig
+	var mod []func(*client.Config)
+	if overWS {
+		edge.WSAddr = s1.WSAddr().String()
+		mod = append(mod, func(c *client.Config) { c.Addr, c.DialContext = edge.WSAddr, dialWSContext })
+	}
+	a := dialClient(t, s1, "alice", "pc", codec.Protobuf, mod...)
+	b := dialClient(t, s1, "bob", "pc", codec.Protobuf, mod...)
 	done := make(chan error, 1)
 	go func() {
 		for i := range 60 {
@@ -345,7 +361,7 @@ func TestClientSurvivesNodeRestart(t *testing.T) {
 	if err := s1.Shutdown(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	s2, err := New(Config{Addr: addr, Store: store, JWTSecret: testSecret, Logger: s1.log, EventLoops: 2, Workers: 8})
+	s2, err := New(Config{Addr: addr, Store: store, JWTSecret: testSecret, Logger: s1.log, EventLoops: 2, Workers: 8, Edge: edge})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,11 +39,31 @@ func sendFrame(t testing.TB, ser codec.SerializerID, to string) (frame []byte, n
 	}
 }
 
+// sendWire is how a test connection carries frames: plain TCP, or
+// WebSocket (ws_hotpath_test.go).
+type sendWire struct {
+	open   func(fe *fakeEngine, loop int, user string, ser codec.SerializerID) (*conn, *fakeTransport)
+	put    func(in, frame []byte) []byte // appends what the client sends for frame
+	feed   func(fe *fakeEngine, c *conn)
+	frames func(t testing.TB, ft *fakeTransport) []codec.Frame // decodes and clears the output
+}
+
+var tcpWire = sendWire{
+	open: func(fe *fakeEngine, loop int, user string, ser codec.SerializerID) (*conn, *fakeTransport) {
+		return fe.conn(loop, user, "pc", ser)
+	},
+	put:    func(in, frame []byte) []byte { return append(in, frame...) },
+	feed:   (*fakeEngine).feed,
+	frames: func(t testing.TB, ft *fakeTransport) []codec.Frame { return ft.frames(t) },
+}
+
 // TestSendPathAllocatesNothing runs the whole 1:1 path of the memory store
 // (decode, checks, append, SEND_ACK, PUSH to a connection on the same loop
 // and on another loop, the other loop's drain) and asserts it allocates
 // nothing in steady state.
-func TestSendPathAllocatesNothing(t *testing.T) {
+func TestSendPathAllocatesNothing(t *testing.T) { testSendPathAllocatesNothing(t, tcpWire) }
+
+func testSendPathAllocatesNothing(t *testing.T, w sendWire) {
 	if raceEnabled {
 		t.Skip("allocation counts are meaningless under the race detector; the plain run asserts them")
 	}
@@ -51,30 +71,31 @@ func TestSendPathAllocatesNothing(t *testing.T) {
 		for _, where := range []string{"same loop", "other loop"} {
 			t.Run(fmt.Sprint(ser, "/", where), func(t *testing.T) {
 				fe := newFakeEngine(t, 2, func(c *Config) { c.Store = boundedMemStore(t, 1000) })
-				a, at := fe.conn(0, "alice", "pc", ser)
+				a, at := w.open(fe, 0, "alice", ser)
 				bl := 0
 				if where == "other loop" {
 					bl = 1
 				}
-				_, bt := fe.conn(bl, "bob", "pc", ser)
+				_, bt := w.open(fe, bl, "bob", ser)
 				frame, next := sendFrame(t, ser, "bob")
-				run := func() {
+				at.in = make([]byte, 0, len(frame)+16)
+				round := func() {
 					next()
-					at.in = append(at.in, frame...)
-					fe.feed(a)
+					at.in = w.put(at.in, frame)
+					w.feed(fe, a)
 					fe.runLoops()
-					at.out, bt.out = at.out[:0], bt.out[:0]
 				}
 				// One checked round: the ack and the push arrive.
-				next()
-				at.in = append(at.in, frame...)
-				fe.feed(a)
-				fe.runLoops()
-				if fs := at.frames(t); len(fs) != 1 || fs[0].Command != codec.CmdSendAck {
+				round()
+				if fs := w.frames(t, at); len(fs) != 1 || fs[0].Command != codec.CmdSendAck {
 					t.Fatalf("sender got %v", fs)
 				}
-				if fs := bt.frames(t); len(fs) != 1 || fs[0].Command != codec.CmdPush {
+				if fs := w.frames(t, bt); len(fs) != 1 || fs[0].Command != codec.CmdPush {
 					t.Fatalf("receiver got %v", fs)
+				}
+				run := func() {
+					round()
+					at.out, bt.out = at.out[:0], bt.out[:0]
 				}
 				for range 3000 { // warm up pools, maps and buffers
 					run()
@@ -87,18 +108,21 @@ func TestSendPathAllocatesNothing(t *testing.T) {
 	}
 }
 
-func BenchmarkSendPath(b *testing.B) {
+func BenchmarkSendPath(b *testing.B) { benchmarkSendPath(b, tcpWire) }
+
+func benchmarkSendPath(b *testing.B, w sendWire) {
 	for _, ser := range serializers {
 		b.Run(ser.String(), func(b *testing.B) {
 			fe := newFakeEngine(b, 2, func(c *Config) { c.Store = boundedMemStore(b, 1000) })
-			a, at := fe.conn(0, "alice", "pc", ser)
-			_, bt := fe.conn(1, "bob", "pc", ser)
+			a, at := w.open(fe, 0, "alice", ser)
+			_, bt := w.open(fe, 1, "bob", ser)
 			frame, next := sendFrame(b, ser, "bob")
+			at.in = make([]byte, 0, len(frame)+16)
 			b.ReportAllocs()
 			for b.Loop() {
 				next()
-				at.in = append(at.in, frame...)
-				fe.feed(a)
+				at.in = w.put(at.in, frame)
+				w.feed(fe, a)
 				fe.runLoops()
 				at.out, bt.out = at.out[:0], bt.out[:0]
 			}

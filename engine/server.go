@@ -71,6 +71,7 @@ type Server struct {
 	startedAt  int64 // unix nanoseconds (uptimeSec counts from it)
 	eng        gnet.Engine
 	addr       net.Addr
+	edge       *edge // WebSocket, TLS, PROXY protocol (ws.go, tls.go); nil: plain TCP only
 	booted     chan struct{}
 	runErr     chan error
 	stopTicker chan struct{}
@@ -118,6 +119,10 @@ func New(cfg Config) (*Server, error) {
 	if _, ok := cfg.Store.(persist.NonBlocking); ok && cfg.Cluster == nil && cfg.Sessions == nil {
 		s.inline = true
 	}
+	var err error
+	if s.edge, err = newEdge(s); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -133,22 +138,30 @@ func (s *Server) Start(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("engine: already started")
 	}
+	addrs, err := s.listenAddrs()
+	if err != nil {
+		return err
+	}
 	s.pool = newWorkerPool(s.cfg.Workers, s.cfg.MaxConns+1)
 	if s.cfg.Sessions != nil {
 		s.sessOps = make(chan sessionOp, 65536)
 		s.sessDone = make(chan struct{})
 		go s.sessionWriter()
 	}
-	go func() {
-		err := gnet.Run(s, "tcp://"+s.cfg.Addr,
-			gnet.WithMulticore(true),
-			gnet.WithNumEventLoop(s.cfg.EventLoops),
-			gnet.WithReuseAddr(true),
-			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
-			gnet.WithLogger(gnetLogger{s.log}),
-		)
-		s.runErr <- err
-	}()
+	opts := []gnet.Option{
+		gnet.WithMulticore(true),
+		gnet.WithNumEventLoop(s.cfg.EventLoops),
+		gnet.WithReuseAddr(true),
+		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+		gnet.WithLogger(gnetLogger{s.log}),
+	}
+	if s.cfg.Edge.TLSAddr != "" || s.cfg.Edge.WSSAddr != "" {
+		// TLS connections are enrolled from other goroutines; gnet's
+		// round-robin balancer is not safe for that. The ticker tells
+		// when the loops are registered (OnTick).
+		opts = append(opts, gnet.WithLoadBalancing(gnet.LeastConnections), gnet.WithTicker(true))
+	}
+	go func() { s.runErr <- gnet.Rotate(s, addrs, opts...) }()
 	select {
 	case <-s.booted:
 	case err := <-s.runErr:
@@ -160,6 +173,12 @@ func (s *Server) Start(ctx context.Context) error {
 		return fmt.Errorf("engine: listen %s: %w", s.cfg.Addr, err)
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+	if s.edge != nil {
+		if err := s.edge.startTLS(); err != nil {
+			_ = s.Shutdown(context.Background())
+			return err
+		}
 	}
 	go s.tick()
 	s.log.Info("listening", "addr", s.Addr().String())
@@ -173,13 +192,16 @@ func (s *Server) Addr() net.Addr { return s.addr }
 func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
 	s.eng = eng
 	s.addr = listenerAddr(eng, s.cfg.Addr)
+	if s.edge != nil && s.cfg.Edge.WSAddr != "" {
+		s.edge.wsAddr, _ = listenerAddr(eng, s.cfg.Edge.WSAddr).(*net.TCPAddr)
+	}
 	close(s.booted)
 	return gnet.None
 }
 
 // listenerAddr reads the listener's bound address from a dup of its fd.
 func listenerAddr(eng gnet.Engine, fallback string) net.Addr {
-	fd, err := eng.Dup()
+	fd, err := eng.DupListener("tcp", fallback)
 	if err == nil {
 		defer unix.Close(fd)
 		if sa, err := unix.Getsockname(fd); err == nil {
@@ -201,15 +223,25 @@ func listenerAddr(eng gnet.Engine, fallback string) net.Addr {
 // connected client is told to), else ERROR TOO_MANY_CONNECTIONS (fatal,
 // retryable, seq 0) when the node or the source address is at its cap.
 func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
+	var tr transport = gc
+	if s.edge != nil {
+		tr = s.edge.wrap(gc)
+	}
 	if s.shutting.Load() {
 		s.metrics.rejected.Inc()
+		if s.edge != nil && s.edge.speaksWS(gc) {
+			return nil, gnet.Close // not a WebSocket yet: no frame it could read
+		}
 		out, _ := codec.AppendFrame(nil, codec.JSON, codec.CmdGoAway, 0, 0, s.goAway(s.shutdownReason(), s.cfg.GoAwayWindow))
 		return out, gnet.Close
 	}
-	if s.conns.len() >= s.cfg.MaxConns || !s.perAddr.acquire(gc.RemoteAddr()) {
+	if s.conns.len() >= s.cfg.MaxConns || !s.perAddr.acquire(countedAddr(tr)) {
 		s.metrics.rejected.Inc()
 		code := codec.CodeTooManyConnections
 		s.metrics.countError(code)
+		if s.edge != nil && s.edge.speaksWS(gc) {
+			return nil, gnet.Close // not a WebSocket yet: no frame it could read
+		}
 		msg := "the node is at its connection limit"
 		if s.conns.len() < s.cfg.MaxConns {
 			msg = "too many connections from this address"
@@ -218,7 +250,7 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		return out, gnet.Close
 	}
 	now := time.Now().UnixNano()
-	c := &conn{tr: gc, loop: s.loopOf(gc.EventLoop()), id: s.nextConnID.Add(1), ser: codec.JSON}
+	c := &conn{tr: tr, loop: s.loopOf(gc.EventLoop()), id: s.nextConnID.Add(1), ser: codec.JSON}
 	c.lastRecv.Store(now)
 	gc.SetContext(c)
 	s.conns.add(c)
@@ -240,7 +272,7 @@ func (s *Server) OnClose(gc gnet.Conn, _ error) gnet.Action {
 	}
 	c.markClosed()
 	s.conns.remove(c)
-	s.perAddr.release(gc.RemoteAddr())
+	s.perAddr.release(countedAddr(c.tr))
 	if user, _ := c.identity(); user != "" {
 		s.sessions.remove(c)
 		if s.cfg.Sessions != nil {
@@ -259,7 +291,9 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	}
 	if gc.InboundBuffered() > 0 {
 		c.loop.now = time.Now()
-		s.readFrames(c)
+		if s.edge == nil || s.edge.ingest(c) {
+			s.readFrames(c)
+		}
 	}
 	c.loop.endTraffic(c)
 	return gnet.None
@@ -450,6 +484,9 @@ func (s *Server) shutdown(ctx context.Context) error {
 		return nil
 	}
 	s.shutting.Store(true)
+	if s.edge != nil {
+		s.edge.stopTLS() // no new TLS connections
+	}
 	s.GoAwayAll(s.shutdownReason(), s.cfg.GoAwayWindow)
 	// Clients close their connection on GO_AWAY and come back elsewhere
 	// after their delay; wait for them to leave (at most the window) so
@@ -478,6 +515,9 @@ func (s *Server) shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		errs = append(errs, fmt.Errorf("engine: waiting for in-flight requests: %w", ctx.Err()))
 	}
+	if s.edge != nil {
+		s.edge.closeWebSockets() // a close frame (1001) each, not a bare TCP close
+	}
 	s.waitFlushed(ctx)
 	close(s.stopTicker)
 	<-s.tickerDone
@@ -488,6 +528,12 @@ func (s *Server) shutdown(ctx context.Context) error {
 	}
 	if err := <-s.runErr; err != nil {
 		errs = append(errs, fmt.Errorf("engine: event loops: %w", err))
+	}
+	if s.edge != nil {
+		// The loops closed the pairs' engine ends: the pumps are ending.
+		if err := s.edge.waitPumps(stopCtx); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if !errors.Is(ctx.Err(), context.DeadlineExceeded) || len(errs) == 0 {
 		// Workers may still be blocked in the store if ctx expired; stop

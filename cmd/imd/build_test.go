@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 
 // buildImd compiles this command once per test binary, with the version
 // stamped through -ldflags as `make build` does.
-func buildImd(t *testing.T) string {
+func buildImd(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		buildDir, buildErr = os.MkdirTemp("", "imd-test-")

@@ -24,7 +24,7 @@ import (
 
 const durSecret = "durability-secret"
 
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	p, err := ports.Free()
 	if err != nil {
@@ -75,6 +75,11 @@ func connectLogin(addr, user string) (*syncClient, error) {
 	if err != nil {
 		return nil, err
 	}
+	return loginOver(nc, user)
+}
+
+// loginOver logs user in with a token on nc (closed on failure).
+func loginOver(nc net.Conn, user string) (*syncClient, error) {
 	c := &syncClient{nc: nc, r: bufio.NewReader(nc)}
 	tok, _ := auth.MintToken([]byte(durSecret), user, time.Hour)
 	if _, err := c.call(codec.CmdLogin, &pb.LoginRequest{Token: tok, Device: "d"}, &pb.LoginOK{}); err != nil {

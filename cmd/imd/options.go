@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -37,6 +38,14 @@ type options struct {
 	store   storeOptions
 	cluster clusterOptions
 	integ   integrationOptions
+	edge    edgeOptions
+}
+
+// edgeOptions are the settings of the WebSocket, TLS and PROXY protocol
+// listeners that are not engine.Config fields as they stand.
+type edgeOptions struct {
+	origins         string // --ws-origins, comma-separated
+	tlsCert, tlsKey string // PEM files, loaded into engine.Config.Edge.TLS
 }
 
 // Values of --store.
@@ -86,7 +95,8 @@ var derivedDefaults = map[string]string{
 
 // flagGroups order imd's help and its config example.
 var flagGroups = append([]envflag.Group{
-	{Title: "Node", Names: []string{"listen", "admin", "admin-token", "node-id", "node-num", "jwt-secret", "log-level", "log-format"}},
+	{Title: "Node", Names: []string{"listen", "admin", "admin-token", "node-id", "node-num", "jwt-secret", "log-level", "log-format",
+		"ws-listen", "ws-origins", "tls-listen", "wss-listen", "tls-cert", "tls-key", "proxy-protocol"}},
 	{Title: "Store (single node)", Names: []string{"store", "data", "unsafe-no-fsync", "retention", "inbox-max", "dedup-window"}},
 	{Title: "Limits", Names: []string{"max-conns", "max-conns-per-ip", "max-body", "max-group-size", "max-outbound", "max-conn-inbound", "max-node-inbound",
 		"workers", "event-loops", "send-rate", "send-burst", "login-rate-per-ip", "login-burst-per-ip"}},
@@ -125,6 +135,13 @@ func newFlagSet(o *options, out io.Writer) (*envflag.Flags, map[string]string) {
 	fs.StringVar(&o.jwtSecret, "jwt-secret", "", "HS256 secret for token login (empty disables token login)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", logging.FormatText, "text (key=value) or json (one object per line)")
+	fs.StringVar(&e.Edge.WSAddr, bind("WSAddr", "ws-listen"), "", "WebSocket listener `HOST:PORT` (the client protocol in binary messages); empty disables")
+	fs.StringVar(&o.edge.origins, bind("WSOrigins", "ws-origins"), "", "comma-separated origins browsers may connect from, e.g. https://chat.example.com, or * for any (empty: same host only)")
+	fs.StringVar(&e.Edge.TLSAddr, bind("TLSAddr", "tls-listen"), "", "client protocol over TLS listener `HOST:PORT` (needs --tls-cert); empty disables")
+	fs.StringVar(&e.Edge.WSSAddr, bind("WSSAddr", "wss-listen"), "", "WebSocket over TLS listener `HOST:PORT` (needs --tls-cert); empty disables")
+	fs.StringVar(&o.edge.tlsCert, "tls-cert", "", "PEM certificate chain `FILE` of --tls-listen and --wss-listen")
+	fs.StringVar(&o.edge.tlsKey, "tls-key", "", "PEM private key `FILE` of --tls-cert")
+	fs.BoolVar(&e.Edge.ProxyProtocol, bind("ProxyProtocol", "proxy-protocol"), false, "expect a PROXY protocol v1/v2 header on every --listen and --ws-listen connection (only behind a proxy that always sends one)")
 
 	fs.StringVar(&o.store.kind, "store", storeEmbedded, "message store: embedded (durable, file-backed) or memory (not durable)")
 	fs.StringVar(&o.store.dataDir, "data", "./data", "data directory of the embedded store (locked while imd runs)")
@@ -263,6 +280,9 @@ func (o *options) finish(fields map[string]string) error {
 		o.engine.NodeNum = uint16(h%1023 + 1)
 	}
 	o.engine.JWTSecret = []byte(o.jwtSecret)
+	if err := o.edge.apply(&o.engine.Edge); err != nil {
+		return err
+	}
 	eff, err := o.effective(fields)
 	if err != nil {
 		return err
@@ -270,6 +290,33 @@ func (o *options) finish(fields map[string]string) error {
 	// Pin the derived engine settings, so what is logged and checked is
 	// what runs.
 	o.engine.IdleTimeout, o.engine.EventLoops = eff.IdleTimeout, eff.EventLoops
+	return nil
+}
+
+// apply sets the origins and loads the TLS certificate into cfg.
+func (eo *edgeOptions) apply(cfg *engine.EdgeConfig) error {
+	cfg.WSOrigins = nil
+	for _, o := range strings.Split(eo.origins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			cfg.WSOrigins = append(cfg.WSOrigins, o)
+		}
+	}
+	wantTLS := cfg.TLSAddr != "" || cfg.WSSAddr != ""
+	switch {
+	case (eo.tlsCert == "") != (eo.tlsKey == ""):
+		return envflag.Usagef("--tls-cert and --tls-key go together")
+	case eo.tlsCert != "" && !wantTLS:
+		return envflag.Usagef("--tls-cert is set but neither --tls-listen nor --wss-listen is")
+	case eo.tlsCert == "" && wantTLS:
+		return envflag.Usagef("--tls-listen and --wss-listen need --tls-cert and --tls-key")
+	case eo.tlsCert == "":
+		return nil
+	}
+	cert, err := tls.LoadX509KeyPair(eo.tlsCert, eo.tlsKey)
+	if err != nil {
+		return envflag.Usagef("--tls-cert/--tls-key: %v", err)
+	}
+	cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	return nil
 }
 

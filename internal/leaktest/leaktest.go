@@ -7,10 +7,13 @@ package leaktest
 import "go.uber.org/goleak"
 
 // Gnet lists the goroutines gnet starts once per process (its
-// package-level ants worker pool) and never stops.
+// package-level ants worker pool) and never stops, and that pool's idle
+// workers: Engine.Register (TLS connections) runs on the pool, and a
+// worker waits up to the pool's expiry for its next task before it ends.
 func Gnet() []goleak.Option {
 	return []goleak.Option{
 		goleak.IgnoreAnyFunction("github.com/panjf2000/ants/v2.(*poolCommon).purgeStaleWorkers"),
 		goleak.IgnoreAnyFunction("github.com/panjf2000/ants/v2.(*poolCommon).ticktock"),
+		goleak.IgnoreTopFunction("github.com/panjf2000/ants/v2.(*goWorker).run.func1"),
 	}
 }
