@@ -202,7 +202,15 @@ func TestRedisRestartAndFlushLoseNothing(t *testing.T) {
 	for _, u := range []string{"alice", "bob"} {
 		l.verifyInbox(t, u, n1.listen, n2.listen)
 	}
-	// Delivery resumes: a fresh message is pushed live across nodes.
+	// Delivery resumes: once bob's route is back (his node re-creates it at
+	// the connection's next renewal, within a third of the TTL), a fresh
+	// message is pushed live across nodes. A message sent before that is
+	// stored but not pushed (bob would learn of it at his next sync), so
+	// the test waits for the route rather than racing the renewal.
+	poll(t, 20*time.Second, "bob's route re-created after the flush", func() bool {
+		ps, err := a.Presence(t.Context(), "bob")
+		return err == nil && len(ps) == 1 && ps[0].GetOnline()
+	})
 	if _, err := a.Send(t.Context(), "bob", []byte("live again")); err != nil {
 		t.Fatal(err)
 	}
