@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
@@ -31,8 +32,8 @@ const headsEvery = 16
 // appendReq is one Append waiting for the committer.
 type appendReq struct {
 	ctx     context.Context
-	msg     persist.Message // Body is the store's own copy
-	inboxes []string        // the store's own copy
+	msg     persist.Message // the store's own copy (strings and Body)
+	inboxes []string        // the store's own copy (strings too)
 
 	// Set by the committer before done is closed.
 	res  persist.AppendResult
@@ -68,7 +69,9 @@ func (r *appendReq) finish(err error) {
 // write concern. On ErrUnavailable some of the effects may be stored (see
 // the package doc); a retry with the same (From, ClientMsgID) completes them.
 // If ctx ends while the append is queued or being written, Append returns
-// ctx.Err() at once and the append may still complete later.
+// ctx.Err() at once and the append may still complete later. Append keeps
+// no reference to the memory of msg's strings and Body or of inboxes: the
+// caller may reuse it as soon as Append returns, in every case.
 func (s *Store) Append(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
 	if err := persist.CheckAppend(msg, inboxes); err != nil {
 		return persist.AppendResult{}, fmt.Errorf("mongostore: append: %w", err)
@@ -76,8 +79,7 @@ func (s *Store) Append(ctx context.Context, msg persist.Message, inboxes []strin
 	if err := ctx.Err(); err != nil {
 		return persist.AppendResult{}, err
 	}
-	msg.Body = bytes.Clone(msg.Body)
-	r := &appendReq{ctx: ctx, msg: msg, inboxes: slices.Clone(inboxes), done: make(chan struct{})}
+	r := &appendReq{ctx: ctx, msg: ownMessage(msg), inboxes: ownStrings(inboxes), done: make(chan struct{})}
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
@@ -103,6 +105,28 @@ func (s *Store) Append(ctx context.Context, msg persist.Message, inboxes []strin
 		return persist.AppendResult{}, r.err
 	}
 	return r.res, nil
+}
+
+// ownMessage returns a copy of m that shares no memory with the caller's:
+// the committer keeps using a request after Append returned on its
+// caller's deadline, and keeps inbox names as seq-cache keys, while callers
+// reuse the memory behind their strings (the engine passes views into
+// pooled request buffers). A cached seq found under a name whose bytes
+// changed to another user's would plan that user's next seq past its real
+// end: a gap, and an acknowledged message that readers never reach.
+func ownMessage(m persist.Message) persist.Message {
+	m.From, m.To, m.ClientMsgID = strings.Clone(m.From), strings.Clone(m.To), strings.Clone(m.ClientMsgID)
+	m.Body = bytes.Clone(m.Body)
+	return m
+}
+
+// ownStrings copies ss and every string in it (see ownMessage).
+func ownStrings(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = strings.Clone(s)
+	}
+	return out
 }
 
 // run is the committer loop. It exits when the queue is closed and drained.
