@@ -15,12 +15,14 @@ import (
 // index: one entry per message, in seq order, with the number of messages
 // from others before it, so an unread count is a binary search, never a
 // scan. Entries below the inbox's first seq (removed by retention) are
-// dropped on the conversation's next append, reusing the array, so steady
-// traffic under retention allocates nothing here either.
+// dropped on the conversation's next append by moving an offset; the array
+// is compacted in place when it fills and at least half of it is dead, so
+// steady traffic under retention allocates nothing here either.
 
 // conv is one conversation of an inbox.
 type conv struct {
-	idx    []convEntry
+	idx    []convEntry // idx[off:] is the index; idx[:off] is dead
+	off    int
 	last   uint64 // seq of the newest message (kept when retention removes it)
 	others uint64 // messages from others, ever
 	read   uint64 // the read cursor
@@ -48,19 +50,12 @@ func (m *messages) converse(in *inbox, msg *persist.Message, seq uint64) {
 		c = &conv{}
 		in.convs[id] = c
 	}
-	// Drop the entries retention removed; copy down once the dead prefix
-	// is as long as what is left, so the array is reused.
-	n := 0
-	for n < len(c.idx) && c.idx[n].seq < in.first {
-		n++
+	for c.off < len(c.idx) && c.idx[c.off].seq < in.first {
+		c.off++
 	}
-	if n > 0 {
-		rest := c.idx[n:]
-		if n >= len(rest) {
-			c.idx = append(c.idx[:0], rest...)
-		} else {
-			c.idx = rest
-		}
+	if len(c.idx) == cap(c.idx) && c.off >= len(c.idx)/2 && c.off > 0 {
+		n := copy(c.idx, c.idx[c.off:])
+		c.idx, c.off = c.idx[:n], 0
 	}
 	c.idx = append(c.idx, convEntry{seq: seq, before: c.others})
 	c.last = seq
@@ -73,8 +68,9 @@ func (m *messages) converse(in *inbox, msg *persist.Message, seq uint64) {
 
 // live returns the entries of c the inbox still holds.
 func (c *conv) live(in *inbox) []convEntry {
-	i, _ := slices.BinarySearchFunc(c.idx, in.first, func(e convEntry, seq uint64) int { return cmpU64(e.seq, seq) })
-	return c.idx[i:]
+	live := c.idx[c.off:]
+	i, _ := slices.BinarySearchFunc(live, in.first, func(e convEntry, seq uint64) int { return cmpU64(e.seq, seq) })
+	return live[i:]
 }
 
 func cmpU64(a, b uint64) int {
