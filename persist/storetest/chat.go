@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/imgn/imgn/persist"
@@ -27,6 +28,7 @@ func RunChat(t *testing.T, open func(t *testing.T) persist.Store) {
 		{"Delete", testDelete},
 		{"ReadCount", testReadCount},
 		{"ChatInvalid", testChatInvalid},
+		{"ConcurrentChat", testConcurrentChat},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -498,5 +500,59 @@ func testChatInvalid(t *testing.T, s chatStore) {
 	_, err = s.Recall(ctx, persist.EventRequest{User: "alice", Target: 1, ID: 1, Timestamp: 1})
 	if !errors.Is(err, persist.ErrInvalid) {
 		t.Fatalf("Recall with an event id already taken: %v, want ErrInvalid", err)
+	}
+}
+
+// testConcurrentChat: appends from several senders race with reads of the
+// list and a reader of one conversation (its cursor clamped to what had
+// arrived); the result is what the appends and the highest read imply.
+func testConcurrentChat(t *testing.T, s chatStore) {
+	const senders, each = 4, 50
+	var wg sync.WaitGroup
+	for w := range senders {
+		wg.Go(func() {
+			for i := range each {
+				id := uint64(w*each + i + 1)
+				if _, err := s.Append(t.Context(), chatMsg(id, fmt.Sprint("s", w), "alice", false), []string{fmt.Sprint("s", w), "alice"}); err != nil {
+					t.Errorf("append %d: %v", id, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for range each {
+			if _, err := s.Conversations(t.Context(), "alice", 0, 10); err != nil {
+				t.Errorf("Conversations: %v", err)
+				return
+			}
+			if _, err := s.MarkRead(t.Context(), "alice", peer("s0"), 10); err != nil && !errors.Is(err, persist.ErrNotFound) {
+				t.Errorf("MarkRead: %v", err)
+				return
+			}
+		}
+	})
+	wg.Wait()
+	es := ReadGapFree(t, s, "alice")
+	if len(es) != senders*each {
+		t.Fatalf("alice holds %d entries, want %d", len(es), senders*each)
+	}
+	for w := range senders {
+		var seqs []uint64
+		for _, e := range es {
+			if e.Msg.From == fmt.Sprint("s", w) {
+				seqs = append(seqs, e.Seq)
+			}
+		}
+		c := convOf(t, s, "alice", peer(fmt.Sprint("s", w)))
+		unread := 0
+		for _, q := range seqs {
+			if q > c.ReadSeq {
+				unread++
+			}
+		}
+		if c.LastSeq != seqs[len(seqs)-1] || c.Unread != unread || (w != 0 && c.ReadSeq != 0) || c.ReadSeq > 10 {
+			t.Fatalf("conversation with s%d: %+v, want last %d, unread %d", w, c, seqs[len(seqs)-1], unread)
+		}
 	}
 }
