@@ -289,19 +289,29 @@ func (m *messages) eventMessage(slot uint64) persist.Message {
 	return copyMsg(&msg)
 }
 
+// eventTarget finds the message req is about in req.User's inbox (s.mu
+// held): ErrNotFound unless the inbox holds it and it is not an event.
+func (s *Store) eventTarget(ctx context.Context, what string, req *persist.EventRequest) (*inbox, uint64, uint64, *record, error) {
+	in, err := s.chatInbox(ctx, what, req.User)
+	if err != nil {
+		return nil, 0, 0, nil, err
+	}
+	seq, slot, r := s.m.held(in, req.Target)
+	if r == nil || r.event != persist.EventNone {
+		return nil, 0, 0, nil, fmt.Errorf("memstore: %s %d: %w", what, req.Target, persist.ErrNotFound)
+	}
+	return in, seq, slot, r, nil
+}
+
 // Recall implements persist.ChatStore.
 func (s *Store) Recall(ctx context.Context, req persist.EventRequest) (persist.EventResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	in, err := s.chatInbox(ctx, "recall", req.User)
+	_, _, slot, r, err := s.eventTarget(ctx, "recall", &req)
 	if err != nil {
 		return persist.EventResult{}, err
 	}
 	m := s.m
-	_, slot, r := m.held(in, req.Target)
-	if r == nil || r.event != persist.EventNone {
-		return persist.EventResult{}, fmt.Errorf("memstore: recall %d: %w", req.Target, persist.ErrNotFound)
-	}
 	_, c := m.rec(slot)
 	if c.str(r.from) != req.User {
 		return persist.EventResult{}, fmt.Errorf("memstore: recall %d: %w", req.Target, persist.ErrNotSender)
@@ -359,15 +369,11 @@ func (m *messages) refs(slot uint64, r *record) []inboxRef {
 func (s *Store) Delete(ctx context.Context, req persist.EventRequest) (persist.EventResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	in, err := s.chatInbox(ctx, "delete", req.User)
+	in, seq, slot, r, err := s.eventTarget(ctx, "delete", &req)
 	if err != nil {
 		return persist.EventResult{}, err
 	}
 	m := s.m
-	seq, slot, r := m.held(in, req.Target)
-	if r == nil || r.event != persist.EventNone {
-		return persist.EventResult{}, fmt.Errorf("memstore: delete %d: %w", req.Target, persist.ErrNotFound)
-	}
 	if _, hidden, _ := in.slotAt(seq); hidden {
 		return persist.EventResult{Duplicate: true}, nil
 	}
