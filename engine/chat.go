@@ -29,25 +29,6 @@ const (
 	chatPageMax     = 200
 )
 
-// newChatRequest returns an empty body of chat request cmd, or nil.
-func newChatRequest(cmd codec.Command) proto.Message {
-	switch cmd {
-	case codec.CmdConversations:
-		return &pb.ConversationsRequest{}
-	case codec.CmdRead:
-		return &pb.ReadRequest{}
-	case codec.CmdTyping:
-		return &pb.TypingRequest{}
-	case codec.CmdRecall, codec.CmdDelete:
-		return &pb.MessageRequest{}
-	case codec.CmdHistory:
-		return &pb.HistoryRequest{}
-	case codec.CmdReadCount:
-		return &pb.ReadCountRequest{}
-	}
-	return nil
-}
-
 // chatStore returns the store's chat seam, or nil when this node cannot
 // serve the chat commands that need it.
 func (s *Server) chatStore() persist.ChatStore {
