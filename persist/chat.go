@@ -6,7 +6,7 @@ import (
 )
 
 // This file holds the chat seam: conversations with unread counts, read
-// cursors, recall, delete-for-me and history (docs/protocol.md §6.12-§6.15).
+// cursors, recall, delete-for-me and history (docs/protocol.md §4.8, §6.12-§6.16).
 
 // Errors of the chat seam, besides the common ones.
 var (

@@ -618,7 +618,7 @@ type Message struct {
 	Kind        uint32                 `protobuf:"varint,7,opt,name=kind,proto3" json:"kind,omitempty"`
 	Body        []byte                 `protobuf:"bytes,8,opt,name=body,proto3" json:"body,omitempty"`
 	Time        int64                  `protobuf:"varint,9,opt,name=time,proto3" json:"time,omitempty"` // Unix milliseconds
-	// Chat events (docs/protocol.md §6.13, §6.14). An inbox entry is either a
+	// Chat events (docs/protocol.md §6.14). An inbox entry is either a
 	// message (event 0) or an event about an earlier message, target_msg_id:
 	// 1 = RECALL (the sender withdrew it, for every member), 2 = DELETE (the
 	// receiving user hid it from its own views). An event has no body.
