@@ -318,8 +318,14 @@ func (s *Store) Recall(ctx context.Context, req persist.EventRequest) (persist.E
 	}
 	if r.recalled {
 		evslot := r.evslot - 1
-		res := persist.EventResult{Event: m.eventMessage(evslot), Duplicate: true}
+		res := persist.EventResult{Duplicate: true}
 		er, _ := m.rec(evslot)
+		if er == nil || er.id == 0 {
+			// The event is gone (retention), which inboxes remove only
+			// after the message itself: nothing left to report.
+			return res, nil
+		}
+		res.Event = m.eventMessage(evslot)
 		for _, ref := range m.refs(evslot, er) {
 			res.Inboxes = append(res.Inboxes, m.list[ref.in-1].name)
 			res.Seqs = append(res.Seqs, ref.seq)
