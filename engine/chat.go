@@ -227,48 +227,50 @@ func (s *Server) handleTyping(ctx context.Context, src *loop, c *conn, h codec.H
 }
 
 // handleChatEvent runs a RECALL or a DELETE: the store appends the event
-// to the inboxes concerned, then every device of those inboxes (the
-// caller's included) is pushed it at its seq there.
+// to the inboxes concerned and, through EventRequest.Done, every device of
+// those inboxes (the caller's included) is pushed it at its seq there.
 func (s *Server) handleChatEvent(ctx context.Context, src *loop, c *conn, h codec.Header, cs persist.ChatStore, req *pb.MessageRequest) {
 	if req.MsgId == 0 {
 		c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "msg_id is required", 0)
 		return
 	}
 	t := now(src)
-	ev := persist.EventRequest{User: c.user, Target: req.MsgId, ID: s.ids.nextAt(t.UnixMilli()), Timestamp: t.UnixMilli()}
-	var res persist.EventResult
-	var err error
 	what, okCmd := "delete", codec.CmdDeleteOK
 	if h.Command == codec.CmdRecall {
 		what, okCmd = "recall", codec.CmdRecallOK
+	}
+	ev := persist.EventRequest{User: c.user, Target: req.MsgId, ID: s.ids.nextAt(t.UnixMilli()), Timestamp: t.UnixMilli()}
+	// The store calls Done once the event is stored (the memory store
+	// under its lock, as it completes appends): the reply and the pushes
+	// are then queued in seq order with the messages around the event.
+	ev.Done = func(res *persist.EventResult) {
+		out := &pb.EventOK{MsgId: req.MsgId, Duplicate: res.Duplicate}
+		if i := slices.Index(res.Inboxes, c.user); i >= 0 {
+			out.Seq = res.Seqs[i]
+		}
+		c.writeMsg(src, h.Serializer, okCmd, h.Seq, out)
+		// Pushed again on a repeat, as a retried SEND is: the first
+		// attempt may have stored the event and never pushed it.
+		for i, u := range res.Inboxes {
+			s.fanout(src, u, nil, codec.CmdPush, &pb.Push{Messages: []*pb.Message{toPB(res.Seqs[i], &res.Event)}})
+		}
+	}
+	var err error
+	if h.Command == codec.CmdRecall {
 		ev.NotBefore = t.Add(-s.cfg.RecallWindow).UnixMilli()
-		res, err = cs.Recall(ctx, ev)
+		_, err = cs.Recall(ctx, ev)
 	} else {
-		res, err = cs.Delete(ctx, ev)
+		_, err = cs.Delete(ctx, ev)
 	}
 	switch {
 	case errors.Is(err, persist.ErrNotFound):
 		c.replyError(src, h.Serializer, h.Seq, codec.CodeUnknownMessage, "no such message in your inbox", 0)
-		return
 	case errors.Is(err, persist.ErrNotSender):
 		c.replyError(src, h.Serializer, h.Seq, codec.CodeNotSender, "only the sender may recall a message", 0)
-		return
 	case errors.Is(err, persist.ErrRecallWindow):
 		c.replyError(src, h.Serializer, h.Seq, codec.CodeRecallExpired, "the recall window ("+s.cfg.RecallWindow.String()+") has passed", 0)
-		return
 	case err != nil:
 		s.storeError(src, c, h, what, err)
-		return
-	}
-	out := &pb.EventOK{MsgId: req.MsgId, Duplicate: res.Duplicate}
-	if i := slices.Index(res.Inboxes, c.user); i >= 0 {
-		out.Seq = res.Seqs[i]
-	}
-	c.writeMsg(src, h.Serializer, okCmd, h.Seq, out)
-	// Pushed again on a repeat, as a retried SEND is: the first attempt
-	// may have stored the event and never pushed it.
-	for i, u := range res.Inboxes {
-		s.fanout(src, u, nil, codec.CmdPush, &pb.Push{Messages: []*pb.Message{toPB(res.Seqs[i], &res.Event)}})
 	}
 }
 

@@ -317,3 +317,36 @@ func TestChatWithoutTheSeamIsUnsupported(t *testing.T) {
 	alice.send(codec.CmdTyping, &pb.TypingRequest{Peer: "bob", On: true})
 	bob.waitFrame(codec.CmdTypingEvent, 10*time.Second)
 }
+
+// TestRecallEventsArriveInSeqOrder: recall events and messages appended
+// concurrently to one inbox (from two event loops) reach a device of it in
+// seq order, gap-free, as messages alone do.
+func TestRecallEventsArriveInSeqOrder(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.SendRate, c.SendBurst = 1e6, 1e6 })
+	phone, laptop, carol := dial(t, s, codec.Protobuf), dial(t, s, codec.JSON), dial(t, s, codec.MsgPack)
+	phone.login("bob", "phone")
+	laptop.login("bob", "laptop")
+	carol.login("carol", "pc")
+	const n = 200
+	ids := make([]uint64, n)
+	for i := range ids {
+		ids[i] = sendTo(laptop, fmt.Sprint("b", i), "carol", "x").MsgId
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range n {
+			carol.send(codec.CmdSend, &pb.SendRequest{ClientMsgId: fmt.Sprint("c", i), To: "bob", Body: []byte("y")})
+		}
+	}()
+	for _, id := range ids {
+		laptop.send(codec.CmdRecall, &pb.MessageRequest{MsgId: id})
+	}
+	<-done
+	ps := phone.waitPushes(3 * n) // bob's sends, carol's messages, the recall events
+	for i, m := range ps {
+		if m.Seq != uint64(i+1) {
+			t.Fatalf("push %d has seq %d: out of order or a gap", i, m.Seq)
+		}
+	}
+}

@@ -88,6 +88,12 @@ type EventRequest struct {
 	// NotBefore (Recall only): the target's Timestamp must not be older
 	// (Unix ms); 0 = no limit.
 	NotBefore int64
+	// Done, when set, is called with the result of a successful call
+	// before the call returns. A NonBlocking store calls it under its own
+	// lock, as it completes appends, so what Done queues (the event's
+	// pushes) is ordered with the pushes of the messages around it. It
+	// must not block or call the store.
+	Done func(*EventResult)
 }
 
 // EventResult is what Recall or Delete did.

@@ -303,10 +303,31 @@ func (s *Store) eventTarget(ctx context.Context, what string, req *persist.Event
 	return in, seq, slot, r, nil
 }
 
-// Recall implements persist.ChatStore.
+// Recall implements persist.ChatStore. req.Done runs under the store's
+// lock, like an append's completion.
 func (s *Store) Recall(ctx context.Context, req persist.EventRequest) (persist.EventResult, error) {
+	return s.event(ctx, &req, s.recall)
+}
+
+// Delete implements persist.ChatStore. req.Done runs under the store's
+// lock, like an append's completion.
+func (s *Store) Delete(ctx context.Context, req persist.EventRequest) (persist.EventResult, error) {
+	return s.event(ctx, &req, s.delete)
+}
+
+// event runs a recall or a delete under the lock and completes it there.
+func (s *Store) event(ctx context.Context, req *persist.EventRequest, run func(context.Context, persist.EventRequest) (persist.EventResult, error)) (persist.EventResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	res, err := run(ctx, *req)
+	if err == nil && req.Done != nil {
+		req.Done(&res)
+	}
+	return res, err
+}
+
+// recall runs a Recall (s.mu held).
+func (s *Store) recall(ctx context.Context, req persist.EventRequest) (persist.EventResult, error) {
 	_, _, slot, r, err := s.eventTarget(ctx, "recall", &req)
 	if err != nil {
 		return persist.EventResult{}, err
@@ -371,10 +392,8 @@ func (m *messages) refs(slot uint64, r *record) []inboxRef {
 	return out
 }
 
-// Delete implements persist.ChatStore.
-func (s *Store) Delete(ctx context.Context, req persist.EventRequest) (persist.EventResult, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// delete runs a Delete (s.mu held).
+func (s *Store) delete(ctx context.Context, req persist.EventRequest) (persist.EventResult, error) {
 	in, seq, slot, r, err := s.eventTarget(ctx, "delete", &req)
 	if err != nil {
 		return persist.EventResult{}, err

@@ -29,6 +29,7 @@ func RunChat(t *testing.T, open func(t *testing.T) persist.Store) {
 		{"ReadCount", testReadCount},
 		{"ChatInvalid", testChatInvalid},
 		{"ConcurrentChat", testConcurrentChat},
+		{"EventDone", testEventDone},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -554,5 +555,41 @@ func testConcurrentChat(t *testing.T, s chatStore) {
 		if c.LastSeq != seqs[len(seqs)-1] || c.Unread != unread || (w != 0 && c.ReadSeq != 0) || c.ReadSeq > 10 {
 			t.Fatalf("conversation with s%d: %+v, want last %d, unread %d", w, c, seqs[len(seqs)-1], unread)
 		}
+	}
+}
+
+// testEventDone: EventRequest.Done is called once, before Recall or Delete
+// returns, with the result they return; never on an error.
+func testEventDone(t *testing.T, s chatStore) {
+	ctx := t.Context()
+	say(t, s, 1, "alice", "bob")
+	var got []persist.EventResult
+	done := func(r *persist.EventResult) { got = append(got, *r) }
+	_, err := s.Recall(ctx, persist.EventRequest{User: "bob", Target: 1, ID: 10, Timestamp: 1, Done: done})
+	wantErr(t, "recall by the recipient", err, persist.ErrNotSender)
+	if len(got) != 0 {
+		t.Fatalf("Done called on an error: %+v", got)
+	}
+	for i, call := range []func() (persist.EventResult, error){
+		func() (persist.EventResult, error) {
+			return s.Recall(ctx, persist.EventRequest{User: "alice", Target: 1, ID: 11, Timestamp: 1, Done: done})
+		},
+		func() (persist.EventResult, error) {
+			return s.Recall(ctx, persist.EventRequest{User: "alice", Target: 1, ID: 12, Timestamp: 1, Done: done})
+		},
+		func() (persist.EventResult, error) {
+			return s.Delete(ctx, persist.EventRequest{User: "bob", Target: 1, ID: 13, Timestamp: 1, Done: done})
+		},
+	} {
+		res, err := call()
+		if err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		if len(got) != i+1 || !slices.Equal(got[i].Seqs, res.Seqs) || got[i].Duplicate != res.Duplicate || got[i].Event.ID != res.Event.ID {
+			t.Fatalf("call %d returned %+v; Done saw %+v", i, res, got)
+		}
+	}
+	if !got[1].Duplicate || got[2].Duplicate {
+		t.Fatalf("Done results %+v", got)
 	}
 }
