@@ -55,6 +55,7 @@ type entry struct {
 	msgID uint64
 	seq   uint64
 	done  bool // the entry exists in the store at seq
+	chat  chatRef
 }
 
 type entryKey struct {
@@ -232,7 +233,7 @@ func (s *Store) commit(batch []*appendReq) {
 			k := entryKey{in, r.res.Msg.ID}
 			e := entries[k]
 			if e == nil {
-				e = &entry{user: in, msgID: r.res.Msg.ID}
+				e = &entry{user: in, msgID: r.res.Msg.ID, chat: chatRefOf(in, &r.res.Msg)}
 				entries[k] = e
 				order = append(order, e)
 			}
@@ -261,6 +262,13 @@ func (s *Store) commit(batch []*appendReq) {
 	}
 
 	committed := s.insertEntries(live, order, fail)
+	if err := s.upkeepConvs(order, committed); err != nil {
+		for _, r := range live {
+			if r.stored {
+				fail(r, err)
+			}
+		}
+	}
 
 	failed := false
 	for _, r := range live {
@@ -505,12 +513,12 @@ func (s *Store) insertEntries(live []*appendReq, order []*entry, fail func(*appe
 			e.seq = last + 1
 			next[e.user] = e.seq
 			planned = append(planned, e)
-			docs = append(docs, bson.D{
+			docs = append(docs, e.chat.appendTo(bson.D{
 				{Key: "_id", Value: inboxKey(e.user, e.seq)},
 				{Key: "user", Value: enc(e.user)},
 				{Key: "seq", Value: int64(e.seq)},
 				{Key: "msg", Value: idToDB(e.msgID)},
-			})
+			}))
 		}
 		if len(planned) == 0 {
 			break

@@ -102,7 +102,7 @@ const maxSeq = math.MaxInt64
 
 // messageDoc is the document of a message.
 func messageDoc(m *persist.Message) bson.D {
-	return bson.D{
+	return appendEventFields(bson.D{
 		{Key: "_id", Value: idToDB(m.ID)},
 		{Key: "from", Value: enc(m.From)},
 		{Key: "cmid", Value: enc(m.ClientMsgID)},
@@ -111,7 +111,7 @@ func messageDoc(m *persist.Message) bson.D {
 		{Key: "ts", Value: m.Timestamp},
 		{Key: "kind", Value: int64(m.Kind)},
 		{Key: "body", Value: bson.Binary{Subtype: bson.TypeBinaryGeneric, Data: m.Body}},
-	}
+	}, m)
 }
 
 // decodeMessage decodes a message document. The body is copied: the result
@@ -151,7 +151,7 @@ func decodeMessage(raw bson.Raw) (persist.Message, error) {
 	}
 	_, data := body.Binary()
 	m.Body = bytes.Clone(data)
-	return m, nil
+	return m, decodeEventFields(raw, &m)
 }
 
 // strField decodes the identifier field name of raw (see enc).

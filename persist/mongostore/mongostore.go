@@ -308,6 +308,7 @@ type Store struct {
 	db     *mongo.Database
 
 	messages, inbox, heads, cursors, users, groups *mongo.Collection
+	convs                                          *mongo.Collection // chat.go
 
 	// mu guards closed and the send side of queue (as in pebblestore):
 	// senders and readers hold it for reading, Close for writing.
@@ -395,6 +396,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	s.cursors = s.db.Collection(collCursors)
 	s.users = s.db.Collection(collUsers)
 	s.groups = s.db.Collection(collGroups)
+	s.convs = s.db.Collection(collConvs)
 	if err := s.setup(ctx); err != nil {
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -431,6 +433,8 @@ func (s *Store) setup(ctx context.Context) error {
 	}{
 		{s.messages, []mongo.IndexModel{unique("from_cmid", "from", "cmid")}},
 		{s.inbox, []mongo.IndexModel{unique("user_seq", "user", "seq"), unique("user_msg", "user", "msg")}},
+		{s.inbox, chatInboxIndexes},
+		{s.convs, chatConvIndexes},
 	} {
 		// One index per command: FerretDB v1.24 panics (and drops the
 		// connection) when one createIndexes re-requests two or more

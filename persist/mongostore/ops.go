@@ -184,7 +184,7 @@ func (s *Store) ReadInbox(ctx context.Context, user string, afterSeq uint64, lim
 	cur, err := s.inbox.Find(ctx,
 		bson.D{{Key: "user", Value: enc(user)}, {Key: "seq", Value: bson.D{{Key: "$gt", Value: int64(afterSeq)}}}},
 		options.Find().SetSort(bson.D{{Key: "seq", Value: 1}}).SetLimit(int64(limit)).
-			SetProjection(bson.D{{Key: "user", Value: 1}, {Key: "seq", Value: 1}, {Key: "msg", Value: 1}}))
+			SetProjection(bson.D{{Key: "user", Value: 1}, {Key: "seq", Value: 1}, {Key: "msg", Value: 1}, {Key: "del", Value: 1}}))
 	if err != nil {
 		return nil, mapErr(ctx, "read inbox", err)
 	}
@@ -201,7 +201,7 @@ func (s *Store) ReadInbox(ctx context.Context, user string, afterSeq uint64, lim
 			break // not contiguous (yet): end the page here
 		}
 		want++
-		out = append(out, persist.InboxEntry{Seq: seq, Msg: persist.Message{ID: msgID}})
+		out = append(out, persist.InboxEntry{Seq: seq, Msg: persist.Message{ID: msgID}, Deleted: deletedEntry(cur.Current)})
 		ids = append(ids, idToDB(msgID))
 	}
 	err = cur.Err()
@@ -233,6 +233,9 @@ func (s *Store) ReadInbox(ctx context.Context, user string, afterSeq uint64, lim
 		if !ok {
 			return nil, mapErr(ctx, "read inbox", fmt.Errorf("%w: inbox %q seq %d references missing message %d",
 				errCorrupt, user, out[i].Seq, out[i].Msg.ID))
+		}
+		if out[i].Deleted {
+			m.Body = nil
 		}
 		out[i].Msg = m
 		delete(msgs, m.ID) // an inbox references a message once; a second use would share Body
