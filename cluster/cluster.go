@@ -46,6 +46,9 @@ type Cluster interface {
 	// Kick asks node to close (user, device)'s connection connID with
 	// KICK_DUPLICATE_LOGIN. Best effort.
 	Kick(node, user, device string, connID uint64)
+	// Signal asks node to send sig to the devices of sig.Users that are
+	// connected there. Best effort, like Push.
+	Signal(node string, sig Signal)
 	// Admin runs req on every member of the cluster (this node included)
 	// and returns each member's answer, sorted by node. A member that
 	// cannot be reached or does not answer before ctx ends reports an
@@ -92,6 +95,16 @@ type PushTarget struct {
 	Seq  uint64
 }
 
+// Signal is a client frame that is never stored (a read receipt, a typing
+// indicator) for the devices of Users: Cmd is its client command code and
+// Body its body encoded with Protobuf. Receivers may drop a Cmd they do
+// not know.
+type Signal struct {
+	Users []string
+	Cmd   uint16
+	Body  []byte
+}
+
 // ErrForward marks a failure to reach the owner node of an inbox. The
 // engine maps it to the retryable FORWARD_FAILED error code.
 var ErrForward = errors.New("cluster: forward to owner node failed")
@@ -111,6 +124,9 @@ type Handler interface {
 	// HandleKick closes the local connection connID of (user, device) if it
 	// is still live.
 	HandleKick(user, device string, connID uint64)
+	// HandleSignal sends sig to the local devices of sig.Users. It must not
+	// block; sig's slices are valid only during the call.
+	HandleSignal(sig Signal)
 	// HandleAdmin runs an operator action on this node's connections and
 	// returns how many it acted on. It must not block.
 	HandleAdmin(req AdminRequest) int

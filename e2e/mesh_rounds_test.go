@@ -35,6 +35,7 @@ func (h echoHandler) HandleAppendEntries(ctx context.Context, msg persist.Messag
 func (echoHandler) HandleAdmin(clusterapi.AdminRequest) int             { return 0 }
 func (echoHandler) HandlePush(persist.Message, []clusterapi.PushTarget) {}
 func (echoHandler) HandleKick(string, string, uint64)                   {}
+func (echoHandler) HandleSignal(clusterapi.Signal)                      {}
 
 // TestNodesStartedTogetherFormAFullMesh starts 3 and then 5 nodes at the same
 // instant on a real ZooKeeper, 20 rounds each, and checks every node sees

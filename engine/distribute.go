@@ -146,6 +146,10 @@ func (s *Server) HandleAdmin(req cluster.AdminRequest) int {
 // every target.
 func (s *Server) HandlePush(msg persist.Message, targets []cluster.PushTarget) {
 	for _, t := range targets {
+		if msg.Event != persist.EventNone || msg.Recalled {
+			s.pushEvent(nil, t.User, t.Seq, &msg)
+			continue
+		}
 		s.pushTo(nil, nil, t.User, t.Seq, &msg, nil)
 	}
 }
@@ -176,35 +180,51 @@ func (s *Server) deliver(src *loop, op *sendOp, msg *persist.Message, inboxes []
 	for i, u := range inboxes {
 		s.pushTo(src, op, u, seqs[i], msg, origin)
 	}
-	if s.cfg.Sessions == nil || s.cfg.Cluster == nil {
-		return
+	s.pushRemote(msg, inboxes, seqs)
+}
+
+// pushRemote pushes msg, stored at seqs[i] of inboxes[i], to the devices
+// of those users on other nodes (cluster mode; a no-op otherwise).
+func (s *Server) pushRemote(msg *persist.Message, inboxes []string, seqs []uint64) {
+	for node, idx := range s.remoteNodes(inboxes) {
+		targets := make([]cluster.PushTarget, len(idx))
+		for j, i := range idx {
+			targets[j] = cluster.PushTarget{User: inboxes[i], Seq: seqs[i]}
+		}
+		s.metrics.remotePushes.Inc()
+		s.cfg.Cluster.Push(node, *msg, targets)
+	}
+}
+
+// remoteNodes maps each other live node where one of users has a device
+// to the indexes of those users (each once per node: one push serves all
+// of a user's devices there), after one route lookup. Nil outside
+// cluster mode, or when the lookup fails (receivers then sync).
+func (s *Server) remoteNodes(users []string) map[string][]int {
+	if s.cfg.Sessions == nil || s.cfg.Cluster == nil || len(users) == 0 {
+		return nil
 	}
 	cl := s.cfg.Cluster
 	self := cl.NodeID()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	remote := map[string][]cluster.PushTarget{}
-	all, err := s.lookupRoutes(ctx, inboxes)
+	all, err := s.lookupRoutes(ctx, users)
 	if err != nil {
-		s.log.Debug("session lookup failed; receivers will sync", "users", len(inboxes), "err", err)
-		return
+		s.log.Debug("session lookup failed; receivers will sync", "users", len(users), "err", err)
+		return nil
 	}
-	for i, u := range inboxes {
+	remote := map[string][]int{}
+	for i := range users {
 		for _, r := range all[i] {
 			if r.NodeID == self || !cl.Live(r.NodeID, r.BootEpoch) {
 				continue
 			}
-			t := remote[r.NodeID]
-			if n := len(t); n > 0 && t[n-1].User == u {
-				continue // another device of u on the same node: one push serves both
+			if idx := remote[r.NodeID]; len(idx) == 0 || idx[len(idx)-1] != i {
+				remote[r.NodeID] = append(idx, i)
 			}
-			remote[r.NodeID] = append(t, cluster.PushTarget{User: u, Seq: seqs[i]})
 		}
 	}
-	for node, targets := range remote {
-		s.metrics.remotePushes.Inc()
-		cl.Push(node, *msg, targets)
-	}
+	return remote
 }
 
 // bulkLookup is a session store that reads many users' routes in one

@@ -65,6 +65,9 @@ type Transport interface {
 	Push(node string, msg persist.Message, targets []cluster.PushTarget)
 	// Kick queues a kick of (user, device, connID) on node, like Push.
 	Kick(node, user, device string, connID uint64)
+	// Signal queues sig for the local devices of its users on node, like
+	// Push.
+	Signal(node string, sig cluster.Signal)
 	// Close stops the transport. It is idempotent.
 	Close() error
 }
@@ -566,6 +569,18 @@ func (c *Cluster) Push(node string, msg persist.Message, targets []cluster.PushT
 		return
 	}
 	c.cfg.Transport.Push(node, msg, targets)
+}
+
+// Signal implements cluster.Cluster (best effort, never blocks on the
+// network).
+func (c *Cluster) Signal(node string, sig cluster.Signal) {
+	if node == c.id {
+		if h := c.handler(); h != nil {
+			h.HandleSignal(sig)
+		}
+		return
+	}
+	c.cfg.Transport.Signal(node, sig)
 }
 
 // Kick implements cluster.Cluster (best effort).

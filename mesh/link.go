@@ -305,6 +305,13 @@ func (l *Links) Push(node string, msg persist.Message, targets []cluster.PushTar
 	}
 }
 
+// Signal implements Transport.
+func (l *Links) Signal(node string, sig cluster.Signal) {
+	if p := l.peer(node); p != nil {
+		p.send(meshpb.CmdSignal, meshpb.FromSignal(sig))
+	}
+}
+
 // Kick implements Transport.
 func (l *Links) Kick(node, user, device string, connID uint64) {
 	if p := l.peer(node); p != nil {

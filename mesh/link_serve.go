@@ -217,6 +217,12 @@ func (l *Links) inboundRead(conn net.Conn, fr *frameReader, hello *meshpb.Hello,
 				return err
 			}
 			l.h.HandleKick(req.User, req.Device, req.ConnId)
+		case meshpb.CmdSignal:
+			var req meshpb.SignalRequest
+			if err := unmarshal(body, &req); err != nil {
+				return err
+			}
+			l.h.HandleSignal(req.ToSignal())
 		default:
 			return fmt.Errorf("%w: unexpected %s on an inbound link", errProtocol, h.Command)
 		}

@@ -315,15 +315,20 @@ func (x *Auth) GetMac() []byte {
 
 // Message mirrors persist.Message.
 type Message struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	From          string                 `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
-	To            string                 `protobuf:"bytes,3,opt,name=to,proto3" json:"to,omitempty"`
-	Group         bool                   `protobuf:"varint,4,opt,name=group,proto3" json:"group,omitempty"`
-	ClientMsgId   string                 `protobuf:"bytes,5,opt,name=client_msg_id,json=clientMsgId,proto3" json:"client_msg_id,omitempty"`
-	Timestamp     int64                  `protobuf:"varint,6,opt,name=timestamp,proto3" json:"timestamp,omitempty"` // Unix milliseconds
-	Kind          uint32                 `protobuf:"varint,7,opt,name=kind,proto3" json:"kind,omitempty"`
-	Body          []byte                 `protobuf:"bytes,8,opt,name=body,proto3" json:"body,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	From        string                 `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	To          string                 `protobuf:"bytes,3,opt,name=to,proto3" json:"to,omitempty"`
+	Group       bool                   `protobuf:"varint,4,opt,name=group,proto3" json:"group,omitempty"`
+	ClientMsgId string                 `protobuf:"bytes,5,opt,name=client_msg_id,json=clientMsgId,proto3" json:"client_msg_id,omitempty"`
+	Timestamp   int64                  `protobuf:"varint,6,opt,name=timestamp,proto3" json:"timestamp,omitempty"` // Unix milliseconds
+	Kind        uint32                 `protobuf:"varint,7,opt,name=kind,proto3" json:"kind,omitempty"`
+	Body        []byte                 `protobuf:"bytes,8,opt,name=body,proto3" json:"body,omitempty"`
+	// The chat fields: event kind (0 = a message) and the message an event
+	// is about; recalled marks a recalled message (its body is empty).
+	Event         uint32 `protobuf:"varint,9,opt,name=event,proto3" json:"event,omitempty"`
+	Target        uint64 `protobuf:"varint,10,opt,name=target,proto3" json:"target,omitempty"`
+	Recalled      bool   `protobuf:"varint,11,opt,name=recalled,proto3" json:"recalled,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -412,6 +417,27 @@ func (x *Message) GetBody() []byte {
 		return x.Body
 	}
 	return nil
+}
+
+func (x *Message) GetEvent() uint32 {
+	if x != nil {
+		return x.Event
+	}
+	return 0
+}
+
+func (x *Message) GetTarget() uint64 {
+	if x != nil {
+		return x.Target
+	}
+	return 0
+}
+
+func (x *Message) GetRecalled() bool {
+	if x != nil {
+		return x.Recalled
+	}
+	return false
 }
 
 // APPEND (0xC4): run MessageStore.Append(msg, inboxes) on the owner of the
@@ -851,6 +877,70 @@ func (x *AdminRequest) GetReplyEpoch() int64 {
 	return 0
 }
 
+// SIGNAL (0xCA): a client frame that is never stored (RECEIPT,
+// TYPING_EVENT) for the receiver's local devices of users. body is the
+// frame's body encoded with Protobuf; cmd its client command code. No
+// reply (best effort).
+type SignalRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Users         []string               `protobuf:"bytes,1,rep,name=users,proto3" json:"users,omitempty"`
+	Cmd           uint32                 `protobuf:"varint,2,opt,name=cmd,proto3" json:"cmd,omitempty"`
+	Body          []byte                 `protobuf:"bytes,3,opt,name=body,proto3" json:"body,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignalRequest) Reset() {
+	*x = SignalRequest{}
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignalRequest) ProtoMessage() {}
+
+func (x *SignalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
+func (*SignalRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *SignalRequest) GetUsers() []string {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
+func (x *SignalRequest) GetCmd() uint32 {
+	if x != nil {
+		return x.Cmd
+	}
+	return 0
+}
+
+func (x *SignalRequest) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
 // ADMIN_RESULT (0xC9): how many connections the receiver acted on, or the
 // error.
 type AdminResult struct {
@@ -864,7 +954,7 @@ type AdminResult struct {
 
 func (x *AdminResult) Reset() {
 	*x = AdminResult{}
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[9]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -876,7 +966,7 @@ func (x *AdminResult) String() string {
 func (*AdminResult) ProtoMessage() {}
 
 func (x *AdminResult) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[9]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -889,7 +979,7 @@ func (x *AdminResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminResult.ProtoReflect.Descriptor instead.
 func (*AdminResult) Descriptor() ([]byte, []int) {
-	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{9}
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AdminResult) GetCount() uint32 {
@@ -926,7 +1016,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[10]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -938,7 +1028,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[10]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -951,7 +1041,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{10}
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -983,7 +1073,7 @@ const file_mesh_meshpb_mesh_proto_rawDesc = "" +
 	"\x05nonce\x18\x06 \x01(\fR\x05nonce\x12\x10\n" +
 	"\x03mac\x18\a \x01(\fR\x03mac\"\x18\n" +
 	"\x04Auth\x12\x10\n" +
-	"\x03mac\x18\x01 \x01(\fR\x03mac\"\xbd\x01\n" +
+	"\x03mac\x18\x01 \x01(\fR\x03mac\"\x87\x02\n" +
 	"\aMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04from\x18\x02 \x01(\tR\x04from\x12\x0e\n" +
@@ -992,7 +1082,11 @@ const file_mesh_meshpb_mesh_proto_rawDesc = "" +
 	"\rclient_msg_id\x18\x05 \x01(\tR\vclientMsgId\x12\x1c\n" +
 	"\ttimestamp\x18\x06 \x01(\x03R\ttimestamp\x12\x12\n" +
 	"\x04kind\x18\a \x01(\rR\x04kind\x12\x12\n" +
-	"\x04body\x18\b \x01(\fR\x04body\"\xd0\x01\n" +
+	"\x04body\x18\b \x01(\fR\x04body\x12\x14\n" +
+	"\x05event\x18\t \x01(\rR\x05event\x12\x16\n" +
+	"\x06target\x18\n" +
+	" \x01(\x04R\x06target\x12\x1a\n" +
+	"\brecalled\x18\v \x01(\bR\brecalled\"\xd0\x01\n" +
 	"\rAppendRequest\x12'\n" +
 	"\x03msg\x18\x01 \x01(\v2\x15.imgn.mesh.v1.MessageR\x03msg\x12\x18\n" +
 	"\ainboxes\x18\x02 \x03(\tR\ainboxes\x12\x1d\n" +
@@ -1027,7 +1121,11 @@ const file_mesh_meshpb_mesh_proto_rawDesc = "" +
 	"\x06device\x18\x05 \x01(\tR\x06device\x12\x19\n" +
 	"\breply_to\x18\x06 \x01(\tR\areplyTo\x12\x1f\n" +
 	"\vreply_epoch\x18\a \x01(\x03R\n" +
-	"replyEpoch\"i\n" +
+	"replyEpoch\"K\n" +
+	"\rSignalRequest\x12\x14\n" +
+	"\x05users\x18\x01 \x03(\tR\x05users\x12\x10\n" +
+	"\x03cmd\x18\x02 \x01(\rR\x03cmd\x12\x12\n" +
+	"\x04body\x18\x03 \x01(\fR\x04body\"i\n" +
 	"\vAdminResult\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\rR\x05count\x12)\n" +
 	"\x05error\x18\x02 \x01(\v2\x13.imgn.mesh.v1.ErrorR\x05error\x12\x19\n" +
@@ -1069,7 +1167,7 @@ func file_mesh_meshpb_mesh_proto_rawDescGZIP() []byte {
 }
 
 var file_mesh_meshpb_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_mesh_meshpb_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_mesh_meshpb_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_mesh_meshpb_mesh_proto_goTypes = []any{
 	(AdminKind)(0),        // 0: imgn.mesh.v1.AdminKind
 	(ErrorCode)(0),        // 1: imgn.mesh.v1.ErrorCode
@@ -1082,17 +1180,18 @@ var file_mesh_meshpb_mesh_proto_goTypes = []any{
 	(*PushRequest)(nil),   // 8: imgn.mesh.v1.PushRequest
 	(*KickRequest)(nil),   // 9: imgn.mesh.v1.KickRequest
 	(*AdminRequest)(nil),  // 10: imgn.mesh.v1.AdminRequest
-	(*AdminResult)(nil),   // 11: imgn.mesh.v1.AdminResult
-	(*Error)(nil),         // 12: imgn.mesh.v1.Error
+	(*SignalRequest)(nil), // 11: imgn.mesh.v1.SignalRequest
+	(*AdminResult)(nil),   // 12: imgn.mesh.v1.AdminResult
+	(*Error)(nil),         // 13: imgn.mesh.v1.Error
 }
 var file_mesh_meshpb_mesh_proto_depIdxs = []int32{
 	4,  // 0: imgn.mesh.v1.AppendRequest.msg:type_name -> imgn.mesh.v1.Message
 	4,  // 1: imgn.mesh.v1.AppendResult.msg:type_name -> imgn.mesh.v1.Message
-	12, // 2: imgn.mesh.v1.AppendResult.error:type_name -> imgn.mesh.v1.Error
+	13, // 2: imgn.mesh.v1.AppendResult.error:type_name -> imgn.mesh.v1.Error
 	4,  // 3: imgn.mesh.v1.PushRequest.msg:type_name -> imgn.mesh.v1.Message
 	7,  // 4: imgn.mesh.v1.PushRequest.targets:type_name -> imgn.mesh.v1.PushTarget
 	0,  // 5: imgn.mesh.v1.AdminRequest.kind:type_name -> imgn.mesh.v1.AdminKind
-	12, // 6: imgn.mesh.v1.AdminResult.error:type_name -> imgn.mesh.v1.Error
+	13, // 6: imgn.mesh.v1.AdminResult.error:type_name -> imgn.mesh.v1.Error
 	1,  // 7: imgn.mesh.v1.Error.code:type_name -> imgn.mesh.v1.ErrorCode
 	8,  // [8:8] is the sub-list for method output_type
 	8,  // [8:8] is the sub-list for method input_type
@@ -1112,7 +1211,7 @@ func file_mesh_meshpb_mesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_meshpb_mesh_proto_rawDesc), len(file_mesh_meshpb_mesh_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

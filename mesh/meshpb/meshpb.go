@@ -36,6 +36,7 @@ const (
 	CmdKick         codec.Command = 0xC7 // KickRequest, no reply
 	CmdAdmin        codec.Command = 0xC8 // AdminRequest -> ADMIN_RESULT
 	CmdAdminResult  codec.Command = 0xC9 // AdminResult
+	CmdSignal       codec.Command = 0xCA // SignalRequest, no reply
 	CmdError        codec.Command = 0xFF // Error, then the sender closes the link
 )
 
@@ -44,6 +45,7 @@ func FromMessage(m persist.Message) *Message {
 	return &Message{
 		Id: m.ID, From: m.From, To: m.To, Group: m.Group, ClientMsgId: m.ClientMsgID,
 		Timestamp: m.Timestamp, Kind: m.Kind, Body: m.Body,
+		Event: m.Event, Target: m.Target, Recalled: m.Recalled,
 	}
 }
 
@@ -56,7 +58,22 @@ func (m *Message) ToPersist() persist.Message {
 	return persist.Message{
 		ID: m.Id, From: m.From, To: m.To, Group: m.Group, ClientMsgID: m.ClientMsgId,
 		Timestamp: m.Timestamp, Kind: m.Kind, Body: m.Body,
+		Event: m.Event, Target: m.Target, Recalled: m.Recalled,
 	}
+}
+
+// FromSignal converts a signal. The result aliases sig's slices.
+func FromSignal(sig cluster.Signal) *SignalRequest {
+	return &SignalRequest{Users: sig.Users, Cmd: uint32(sig.Cmd), Body: sig.Body}
+}
+
+// ToSignal converts r back (nil gives the zero Signal). The result aliases
+// r's slices.
+func (r *SignalRequest) ToSignal() cluster.Signal {
+	if r == nil || r.Cmd > 0xFFFF {
+		return cluster.Signal{}
+	}
+	return cluster.Signal{Users: r.Users, Cmd: uint16(r.Cmd), Body: r.Body}
 }
 
 // FromTargets converts push targets.

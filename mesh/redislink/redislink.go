@@ -461,6 +461,11 @@ func (t *Transport) Push(node string, msg persist.Message, targets []cluster.Pus
 	t.send(node, meshpb.CmdPush, &meshpb.PushRequest{Msg: meshpb.FromMessage(msg), Targets: meshpb.FromTargets(targets)})
 }
 
+// Signal implements mesh.Transport.
+func (t *Transport) Signal(node string, sig cluster.Signal) {
+	t.send(node, meshpb.CmdSignal, meshpb.FromSignal(sig))
+}
+
 // Kick implements mesh.Transport.
 func (t *Transport) Kick(node, user, device string, connID uint64) {
 	t.send(node, meshpb.CmdKick, &meshpb.KickRequest{User: user, Device: device, ConnId: connID})
@@ -680,7 +685,7 @@ func (t *Transport) onMessage(m rueidis.PubSubMessage) {
 		}
 		n, rerr := r.Result(c.peer.id)
 		t.complete(f.Seq, callResult{count: n, err: rerr})
-	case meshpb.CmdAppend, meshpb.CmdAdmin, meshpb.CmdPush, meshpb.CmdKick:
+	case meshpb.CmdAppend, meshpb.CmdAdmin, meshpb.CmdPush, meshpb.CmdKick, meshpb.CmdSignal:
 		body := m.Message[codec.HeaderSize:] // strings are immutable: safe to keep
 		select {
 		case t.inbound <- inMsg{cmd: f.Command, seq: f.Seq, body: body}:
@@ -719,6 +724,13 @@ func (t *Transport) dispatch() {
 				continue
 			}
 			t.h.HandleKick(req.User, req.Device, req.ConnId)
+		case meshpb.CmdSignal:
+			var req meshpb.SignalRequest
+			if err := proto.Unmarshal(body, &req); err != nil {
+				t.log.Warn("redislink: undecodable signal dropped", "err", err)
+				continue
+			}
+			t.h.HandleSignal(req.ToSignal())
 		case meshpb.CmdAppend:
 			req := new(meshpb.AppendRequest)
 			if !t.decodeRequest("append", body, req, func() string { return req.ReplyTo }) {

@@ -118,6 +118,7 @@ type Handler struct {
 	appends []AppendCall
 	pushes  []PushCall
 	kicks   []KickCall
+	signals []cluster.Signal
 	admins  []cluster.AdminRequest
 }
 
@@ -194,6 +195,21 @@ func (h *Handler) HandleKick(user, device string, connID uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.kicks = append(h.kicks, KickCall{user, device, connID})
+}
+
+// HandleSignal implements cluster.Handler: recorded (a deep copy, since
+// sig's slices are valid only during the call).
+func (h *Handler) HandleSignal(sig cluster.Signal) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.signals = append(h.signals, cluster.Signal{Users: slices.Clone(sig.Users), Cmd: sig.Cmd, Body: slices.Clone(sig.Body)})
+}
+
+// Signals returns a copy of the signals seen so far.
+func (h *Handler) Signals() []cluster.Signal {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.signals)
 }
 
 // Appends returns a copy of the appends seen so far.
@@ -307,10 +323,17 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
 
 // msg returns a test message with id.
 func msg(id uint64, to string) persist.Message {
-	return persist.Message{
+	m := persist.Message{
 		ID: id, From: "alice", To: to, ClientMsgID: fmt.Sprintf("c-%d", id),
 		Timestamp: 1_700_000_000_000 + int64(id), Kind: 0, Body: []byte(fmt.Sprintf("hello %d \x00\xff", id)),
 	}
+	switch id % 3 { // the chat fields cross too
+	case 1:
+		m.Event, m.Target, m.Body = persist.EventRecall, id-1, nil
+	case 2:
+		m.Recalled = true
+	}
+	return m
 }
 
 // WaitLinked polls a's Append to b until it succeeds (a link may still be
@@ -429,7 +452,7 @@ func testAppendRoundTrip(t *testing.T, s Suite) {
 func equalMsg(a, b persist.Message) bool {
 	return a.ID == b.ID && a.From == b.From && a.To == b.To && a.Group == b.Group &&
 		a.ClientMsgID == b.ClientMsgID && a.Timestamp == b.Timestamp && a.Kind == b.Kind &&
-		string(a.Body) == string(b.Body)
+		string(a.Body) == string(b.Body) && a.Event == b.Event && a.Target == b.Target && a.Recalled == b.Recalled
 }
 
 func testStoreErrors(t *testing.T, s Suite) {
@@ -474,6 +497,8 @@ func testPushAndKick(t *testing.T, s Suite) {
 		a.T.Push(b.Info.ID, msg(uint64(i+1), "bob"), []cluster.PushTarget{{User: "bob", Seq: uint64(i + 1)}, {User: "carol", Seq: 5}})
 	}
 	a.T.Kick(b.Info.ID, "bob", "phone", 99)
+	sig := cluster.Signal{Users: []string{"bob", "carol"}, Cmd: 0x1234, Body: []byte("\x00body\xff")}
+	a.T.Signal(b.Info.ID, sig)
 	Eventually(t, Patience, func() error {
 		if got := len(b.H.Pushes()); got < n {
 			return fmt.Errorf("%d of %d pushes arrived", got, n)
@@ -481,8 +506,14 @@ func testPushAndKick(t *testing.T, s Suite) {
 		if len(b.H.Kicks()) == 0 {
 			return errors.New("kick not arrived")
 		}
+		if len(b.H.Signals()) == 0 {
+			return errors.New("signal not arrived")
+		}
 		return nil
 	})
+	if got := b.H.Signals()[0]; !slices.Equal(got.Users, sig.Users) || got.Cmd != sig.Cmd || string(got.Body) != string(sig.Body) {
+		t.Fatalf("signal %+v, sent %+v", got, sig)
+	}
 	pushes := b.H.Pushes()
 	for i, p := range pushes {
 		if p.Targets[0].Seq != uint64(i+1) || !equalMsg(p.Msg, msg(uint64(i+1), "bob")) || len(p.Targets) != 2 || p.Targets[1] != (cluster.PushTarget{User: "carol", Seq: 5}) {
@@ -495,6 +526,7 @@ func testPushAndKick(t *testing.T, s Suite) {
 	// Unknown nodes: dropped silently, no panic, no block.
 	a.T.Push("nobody", msg(1, "x"), nil)
 	a.T.Kick("nobody", "x", "y", 1)
+	a.T.Signal("nobody", sig)
 }
 
 func testConcurrentAppends(t *testing.T, s Suite) {

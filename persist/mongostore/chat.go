@@ -578,17 +578,12 @@ func (s *Store) holders(ctx context.Context, id uint64) ([]string, []uint64, err
 
 // eventCmid is the client message id of the event of kind about target by
 // user: fixed per (kind, target, user), so a repeat finds the first event.
-// It starts with a byte that is not UTF-8, which no client can send.
+// It is longer than the 64 bytes a client's or an operator's id may have
+// (protocol.md §4.4), so no sent message can take it, and valid UTF-8, so
+// it crosses the mesh.
 func eventCmid(kind uint32, target uint64, user string) string {
-	if kind == persist.EventRecall {
-		return "\xffr" + strconv.FormatUint(target, 10)
-	}
-	id := "\xffd" + strconv.FormatUint(target, 10) + ":" + user
-	if len(id) > persist.MaxIDLen {
-		sum := sha256.Sum256([]byte(user))
-		id = "\xffd" + strconv.FormatUint(target, 10) + "#" + hex.EncodeToString(sum[:])
-	}
-	return id
+	sum := sha256.Sum256([]byte(user))
+	return "event:" + strconv.FormatUint(uint64(kind), 10) + ":" + strconv.FormatUint(target, 10) + ":" + hex.EncodeToString(sum[:])
 }
 
 // PrepareEvent implements persist.EventPreparer.
