@@ -128,7 +128,11 @@ func TestDrainOneOfThreeUnder200Clients(t *testing.T) {
 				l.mu.Lock()
 				l.sent[id] = true
 				l.mu.Unlock()
-				ack, err := cl.Send(context.Background(), to, []byte(id), client.WithClientMsgID(id))
+				// Bounded: a send that cannot complete fails the test with
+				// the server's last answer instead of hanging it.
+				sctx, scancel := context.WithTimeout(context.Background(), 60*time.Second)
+				ack, err := cl.Send(sctx, to, []byte(id), client.WithClientMsgID(id))
+				scancel()
 				if err != nil {
 					t.Errorf("send error surfaced to the application: %v", err)
 					return

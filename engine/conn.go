@@ -146,10 +146,8 @@ func (c *conn) writeMsg(src *loop, ser codec.SerializerID, cmd codec.Command, se
 		out, err := codec.AppendFrame(b, ser, cmd, 0, seq, msg)
 		if err != nil {
 			encErr = err
-			code := codec.CodeInternal
-			out, _ = codec.AppendFrame(b, ser, codec.CmdError, 0, seq, &pb.Error{
-				Code: uint32(code), Message: "the server could not encode its " + cmd.String() + " reply", Retryable: code.Retryable(),
-			})
+			out, _ = codec.AppendFrame(b, ser, codec.CmdError, 0, seq,
+				errorMsg(codec.CodeInternal, "the server could not encode its "+cmd.String()+" reply", false, 0))
 		}
 		return out
 	})

@@ -36,8 +36,8 @@ const (
 // pins its output.
 func Hash64(s string) uint64 { return xxh64(s, 0) }
 
-// xxh64 is XXH64 of s with the given seed. The ring uses the seed to derive
-// a member's virtual-node positions: point i of member id is xxh64(id, i).
+// xxh64 is XXH64 of s, seeded with seed. The ring derives a member's
+// virtual-node positions from it: point i of member id is xxh64(id, i).
 func xxh64(s string, seed uint64) uint64 {
 	n := len(s)
 	var h uint64

@@ -86,8 +86,8 @@ func TestPropertyRandomSets(t *testing.T) {
 }
 
 // FuzzPick decodes a node set and a pick from the input and checks the
-// Pick contract for every strategy. `go test` runs the seeds; `go test
-// -fuzz=FuzzPick ./lb/` explores.
+// Pick contract for every strategy. `go test` runs the corpus entries added
+// below; `go test -fuzz=FuzzPick ./lb/` explores.
 func FuzzPick(f *testing.F) {
 	f.Add([]byte{}, "alice", "")
 	f.Add([]byte{'a', 0, 0, 'b', 0, 1}, "bob", "a")

@@ -32,7 +32,7 @@ const (
 //
 // Layout: member m with weight w has p = round(vnodes*w/DefaultWeight)
 // points (at least 1), at positions xxh64(m.ID, seed=i) for i in [0, p)
-// (XXH64 with the seed set to i). A key is hashed with Hash64 (XXH64, seed
+// (XXH64 seeded with i). A key is hashed with Hash64 (XXH64 seeded with
 // 0) and owned by the member of the first point at or after that hash,
 // wrapping around; a tie between two members' equal points goes to the
 // smaller ID.

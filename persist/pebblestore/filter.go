@@ -111,8 +111,8 @@ func (f *dedupFilter) due() bool { return f.keys > f.capacity && f.keys-f.built 
 // bytes returns the filter's memory.
 func (f *dedupFilter) bytes() int { return len(f.blocks) * 32 }
 
-// dedupHash hashes a dedup key; seed is the store's (the filter lives only
-// in memory, so the seed may differ from one open to the next).
+// dedupHash hashes a dedup key with the store's maphash seed (the filter
+// lives only in memory, so it may differ from one open to the next).
 func dedupHash(seed maphash.Seed, key []byte) uint64 { return maphash.Bytes(seed, key) }
 
 // buildFilter returns a filter of every dedup key in snap. It sizes the
