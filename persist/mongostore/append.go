@@ -23,6 +23,17 @@ const maxRounds = 16
 // mode (see insertOrdered).
 const ferretBatch = 100
 
+// ferretUpdateBatch is the most updates bulkWrite sends to FerretDB in one
+// command. FerretDB v1's update command keeps the query of every update
+// whose filter matched (and so one connection of its PostgreSQL pool) open
+// until the whole command ends, and takes one more connection to write each
+// document: a command of more updates than the pool has connections waits
+// forever for one it holds itself, and every other command with it. At 16,
+// a node's two writers of updates (cursors, heads) hold at most 34
+// connections, so devmongo's pool of 150 serves four such nodes at once
+// even when all of them flush together.
+const ferretUpdateBatch = 16
+
 // headsEvery: the heads hint of a user is rewritten when the user's last
 // seq crosses a multiple of it, so a cold lookup searches at most that many
 // entries past the hint (about 2*log2(headsEvery) point reads) while most
@@ -739,15 +750,50 @@ func (s *Store) updateHeads(committed map[string]seqSpan) {
 	if len(models) == 0 {
 		return
 	}
-	ctx, cancel := s.opCtx()
-	defer cancel()
-	_, err := s.heads.BulkWrite(ctx, models, options.BulkWrite().SetOrdered(false))
-	if err != nil && !mongo.IsDuplicateKeyError(err) {
+	if _, err := s.bulkWrite(s.heads, models); err != nil && !mongo.IsDuplicateKeyError(err) {
 		s.opts.Logger.Warn("mongostore: heads hint update failed", "err", err)
 	}
 }
 
 // seqSpan is the range of seqs committed for one user in one batch.
 type seqSpan struct{ first, last uint64 }
+
+// bulkWrite runs models (updates) as unordered bulk writes on c: one
+// command, or on FerretDB one per ferretUpdateBatch models (see there),
+// each bounded by OpTimeout. failed[i] is true for the models that
+// reported a write error or whose outcome is unknown; err is the first
+// error seen (a BulkWriteException for write errors), for the log.
+func (s *Store) bulkWrite(c *mongo.Collection, models []mongo.WriteModel) (failed []bool, err error) {
+	failed = make([]bool, len(models))
+	chunk := len(models)
+	if s.ferret {
+		chunk = ferretUpdateBatch
+	}
+	for start := 0; start < len(models); start += chunk {
+		part := models[start:min(len(models), start+chunk)]
+		ctx, cancel := s.opCtx()
+		_, werr := c.BulkWrite(ctx, part, options.BulkWrite().SetOrdered(false))
+		cancel()
+		if werr == nil {
+			continue
+		}
+		if err == nil {
+			err = werr
+		}
+		var bwe mongo.BulkWriteException
+		if !errors.As(werr, &bwe) || bwe.WriteConcernError != nil {
+			for i := range part {
+				failed[start+i] = true // outcome unknown
+			}
+			continue
+		}
+		for _, we := range bwe.WriteErrors {
+			if we.Index >= 0 && we.Index < len(part) {
+				failed[start+we.Index] = true
+			}
+		}
+	}
+	return failed, err
+}
 
 func isDupCode(code int) bool { return code == 11000 || code == 11001 || code == 12582 }

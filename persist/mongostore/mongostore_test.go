@@ -627,7 +627,8 @@ func TestDuplicatesLookedUpPerBatch(t *testing.T) {
 }
 
 // TestCursorWritesBatched: cursor positions are recorded at once and
-// written together, one command for everything recorded in an interval;
+// written together, one command for everything recorded in an interval
+// (on FerretDB one per mongostore.FerretUpdateBatch cursors);
 // the store reads its own recorded positions before they are written, and
 // Close writes what is recorded.
 func TestCursorWritesBatched(t *testing.T) {
@@ -647,8 +648,12 @@ func TestCursorWritesBatched(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if d := diffOps(before, s.Stats().Commands); d["update"] != 1 {
-		t.Fatalf("200 cursor updates written with %v, want one update command", d)
+	want := uint64(1)
+	if s.FerretDB() {
+		want = (50 + mongostore.FerretUpdateBatch - 1) / mongostore.FerretUpdateBatch
+	}
+	if d := diffOps(before, s.Stats().Commands); d["update"] != want {
+		t.Fatalf("200 updates of 50 cursors written with %v, want %d update commands", d, want)
 	}
 	r := open(t, shared.URI(), db)
 	defer r.Close()
@@ -660,4 +665,42 @@ func TestCursorWritesBatched(t *testing.T) {
 	if err := s.SetCursor(ctx, "u1", "d", 1); !errors.Is(err, persist.ErrClosed) {
 		t.Fatalf("SetCursor after Close: %v, want ErrClosed", err)
 	}
+}
+
+// TestCursorFlushOfManyExistingCursors: one flush that moves more existing
+// cursors than the dev server's PostgreSQL pool has connections (devmongo's
+// --pg-pool, 150) is written. FerretDB v1's update command keeps each
+// matched document's query (and its pool connection) open until the whole
+// command ends and needs one more connection per update: a single command
+// of that many updates waited for a connection it held itself, and every
+// other client of the server with it (the drain test's hang).
+func TestCursorFlushOfManyExistingCursors(t *testing.T) {
+	t.Parallel()
+	const cursors = 200
+	db := newDB()
+	s := open(t, shared.URI(), db, func(o *mongostore.Options) {
+		o.CursorInterval = time.Hour // written by Close only: one flush each
+		o.OpTimeout = 5 * time.Second
+	})
+	ctx := t.Context()
+	for round := uint64(1); round <= 2; round++ { // create, then move every cursor
+		for i := range cursors {
+			if err := s.SetCursor(ctx, fmt.Sprint("u", i), "d", round); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if f := s.Stats().CursorFailures; f != 0 {
+			t.Fatalf("round %d: %d cursor flushes failed", round, f)
+		}
+		s = open(t, shared.URI(), db)
+		for i := range cursors {
+			if c, err := s.Cursor(ctx, fmt.Sprint("u", i), "d"); err != nil || c != round {
+				t.Fatalf("round %d: Cursor(u%d) = %d, %v; want %d", round, i, c, err, round)
+			}
+		}
+	}
+	s.Close()
 }

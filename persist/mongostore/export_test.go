@@ -1,0 +1,4 @@
+package mongostore
+
+// FerretUpdateBatch exposes ferretUpdateBatch to the external tests.
+const FerretUpdateBatch = ferretUpdateBatch
