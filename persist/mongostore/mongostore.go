@@ -108,7 +108,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.mongodb.org/mongo-driver/v2/bson"
-	"go.mongodb.org/mongo-driver/v2/event"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
@@ -131,6 +130,7 @@ const (
 	DefaultSeqCacheSize           = 100_000
 	DefaultCursorInterval         = 100 * time.Millisecond
 	DefaultCursorQueue            = 65_536
+	DefaultSlowCommand            = 500 * time.Millisecond
 )
 
 // errCorrupt reports a stored document the store cannot decode.
@@ -201,9 +201,15 @@ type Options struct {
 	// ...), the round trips the store costs.
 	Registry prometheus.Registerer
 
+	// SlowCommand: a command that takes at least this long is logged as a
+	// warning with its collection and the shape of its filter (field names
+	// and operators, never values), at most once a second per command and
+	// collection. Negative: off.
+	SlowCommand time.Duration
+
 	// Logger receives what the store does not return: failures of the heads
-	// hint update and of cursor writes (both retried or harmless). Nil:
-	// discard.
+	// hint update and of cursor writes (both retried or harmless), and slow
+	// commands. Nil: discard.
 	Logger *slog.Logger
 }
 
@@ -256,6 +262,9 @@ func (o Options) withDefaults() (Options, *writeconcern.WriteConcern, error) {
 	}
 	if o.CursorQueue == 0 {
 		o.CursorQueue = DefaultCursorQueue
+	}
+	if o.SlowCommand == 0 {
+		o.SlowCommand = DefaultSlowCommand
 	}
 	if o.WriteConcern == "" {
 		o.WriteConcern = DefaultWriteConcern
@@ -369,7 +378,11 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mongostore: metrics: %w: %v", persist.ErrInvalid, err)
 	}
-	co.SetMonitor(&event.CommandMonitor{Started: func(_ context.Context, e *event.CommandStartedEvent) { ops.Inc(e.CommandName) }})
+	var slow *slowLog
+	if o.SlowCommand > 0 {
+		slow = newSlowLog(o.SlowCommand, o.Logger)
+	}
+	co.SetMonitor(slow.monitor(ops.Inc))
 	client, err := mongo.Connect(co)
 	if err != nil {
 		ops.Unregister()
