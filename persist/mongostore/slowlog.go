@@ -27,7 +27,7 @@ type slowLog struct {
 	log       *slog.Logger
 
 	mu       sync.Mutex
-	inFlight map[int64]string    // request id -> "command collection filter-shape"
+	inFlight map[int64]string     // request id -> "command collection filter-shape"
 	last     map[string]time.Time // "command collection" -> last line logged
 }
 
@@ -83,7 +83,9 @@ func (l *slowLog) monitor(count func(name string)) *event.CommandMonitor {
 		l.started(e)
 	}
 	m.Succeeded = func(_ context.Context, e *event.CommandSucceededEvent) { l.finished(e.RequestID, e.Duration, "") }
-	m.Failed = func(_ context.Context, e *event.CommandFailedEvent) { l.finished(e.RequestID, e.Duration, e.Failure.Error()) }
+	m.Failed = func(_ context.Context, e *event.CommandFailedEvent) {
+		l.finished(e.RequestID, e.Duration, e.Failure.Error())
+	}
 	return m
 }
 
