@@ -45,8 +45,9 @@ type Client struct {
 	nodeID     string
 	loggingOut bool
 
-	msgs    chan *pb.Message
-	notices chan *pb.Notice
+	msgs       chan *pb.Message
+	notices    chan *pb.Notice
+	chatEvents chan ChatEvent
 
 	// Delivery goroutine inputs.
 	inbound   chan []*pb.Message // pushes and own sent messages; bounded, never blocks the producer
@@ -79,21 +80,22 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	cctx, cancel := context.WithCancel(context.Background())
 	c := &Client{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		bo:        backoff{base: cfg.ReconnectBase, max: cfg.ReconnectMax},
-		ctx:       cctx,
-		cancel:    cancel,
-		done:      make(chan struct{}),
-		ready:     make(chan struct{}),
-		readyOpen: true,
-		msgs:      make(chan *pb.Message, cfg.ReceiveBuffer),
-		notices:   make(chan *pb.Notice, cfg.NoticeBuffer),
-		inbound:   make(chan []*pb.Message, cfg.InboundQueue),
-		wake:      make(chan struct{}, 1),
-		connected: make(chan uint64, 1),
-		syncReq:   make(chan chan error),
-		ackReq:    make(chan chan struct{}),
+		cfg:        cfg,
+		log:        cfg.Logger,
+		bo:         backoff{base: cfg.ReconnectBase, max: cfg.ReconnectMax},
+		ctx:        cctx,
+		cancel:     cancel,
+		done:       make(chan struct{}),
+		ready:      make(chan struct{}),
+		readyOpen:  true,
+		msgs:       make(chan *pb.Message, cfg.ReceiveBuffer),
+		notices:    make(chan *pb.Notice, cfg.NoticeBuffer),
+		chatEvents: make(chan ChatEvent, cfg.ChatEventBuffer),
+		inbound:    make(chan []*pb.Message, cfg.InboundQueue),
+		wake:       make(chan struct{}, 1),
+		connected:  make(chan uint64, 1),
+		syncReq:    make(chan chan error),
+		ackReq:     make(chan chan struct{}),
 	}
 	var cn *conn
 	var lok *pb.LoginOK
@@ -508,7 +510,8 @@ func (c *Client) unpublish(cn *conn) {
 func (c *Client) teardown() {
 	c.stop(ErrClosed)
 	c.workers.Wait()
-	close(c.notices) // the only sender, the read loops, have ended
+	close(c.notices) // the only senders, the read loops, have ended
+	close(c.chatEvents)
 	if c.cfg.SendOnly {
 		close(c.msgs) // otherwise closed by the delivery goroutine
 	}

@@ -27,20 +27,21 @@ type Resolver func(ctx context.Context, exclude []string) (addr, nodeID string, 
 
 // Defaults of the Config fields.
 const (
-	DefaultDialTimeout    = 5 * time.Second
-	DefaultRequestTimeout = 5 * time.Second
-	DefaultHeartbeat      = 30 * time.Second // when LOGIN_OK carries no heartbeat_ms
-	DefaultReconnectBase  = 100 * time.Millisecond
-	DefaultReconnectMax   = 5 * time.Second
-	DefaultReceiveBuffer  = 256
-	DefaultNoticeBuffer   = 16
-	DefaultReorderBuffer  = 4096
-	DefaultInboundQueue   = 1024
-	DefaultGapGrace       = 50 * time.Millisecond
-	DefaultSyncLimit      = 200
-	DefaultAckInterval    = 100 * time.Millisecond
-	DefaultAckEvery       = 64
-	DefaultMaxFrameBody   = 16 << 20
+	DefaultDialTimeout     = 5 * time.Second
+	DefaultRequestTimeout  = 5 * time.Second
+	DefaultHeartbeat       = 30 * time.Second // when LOGIN_OK carries no heartbeat_ms
+	DefaultReconnectBase   = 100 * time.Millisecond
+	DefaultReconnectMax    = 5 * time.Second
+	DefaultReceiveBuffer   = 256
+	DefaultNoticeBuffer    = 16
+	DefaultChatEventBuffer = 64
+	DefaultReorderBuffer   = 4096
+	DefaultInboundQueue    = 1024
+	DefaultGapGrace        = 50 * time.Millisecond
+	DefaultSyncLimit       = 200
+	DefaultAckInterval     = 100 * time.Millisecond
+	DefaultAckEvery        = 64
+	DefaultMaxFrameBody    = 16 << 20
 )
 
 // Config configures a Client. Zero fields take the default documented on
@@ -122,6 +123,9 @@ type Config struct {
 	// NoticeBuffer is the capacity of the Notices channel; notices that do
 	// not fit are dropped (they are never stored). Default 16.
 	NoticeBuffer int
+	// ChatEventBuffer is the capacity of the ChatEvents channel (receipts
+	// and typing); events that do not fit are dropped. Default 64.
+	ChatEventBuffer int
 	// ReorderBuffer bounds messages held back because an earlier seq is
 	// missing; beyond it they are dropped and recovered by sync. Default
 	// 4096.
@@ -224,6 +228,7 @@ func (cfg Config) withDefaults(needLogin bool) (Config, error) {
 	}{
 		{"ReceiveBuffer", &c.ReceiveBuffer, DefaultReceiveBuffer},
 		{"NoticeBuffer", &c.NoticeBuffer, DefaultNoticeBuffer},
+		{"ChatEventBuffer", &c.ChatEventBuffer, DefaultChatEventBuffer},
 		{"ReorderBuffer", &c.ReorderBuffer, DefaultReorderBuffer},
 		{"InboundQueue", &c.InboundQueue, DefaultInboundQueue},
 		{"AckEvery", &c.AckEvery, DefaultAckEvery},

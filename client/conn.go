@@ -23,14 +23,16 @@ type events interface {
 	onPush(msgs []*pb.Message)
 	onPushLost() // a PUSH could not be decoded: messages are missing
 	onNotice(n *pb.Notice)
+	onChatEvent(e ChatEvent)
 }
 
 // noEvents discards server-initiated frames (Register's connection).
 type noEvents struct{}
 
-func (noEvents) onPush([]*pb.Message) {}
-func (noEvents) onPushLost()          {}
-func (noEvents) onNotice(*pb.Notice)  {}
+func (noEvents) onPush([]*pb.Message)  {}
+func (noEvents) onPushLost()           {}
+func (noEvents) onNotice(*pb.Notice)   {}
+func (noEvents) onChatEvent(ChatEvent) {}
 
 // conn is one TCP connection speaking the IMGN protocol. It owns two
 // goroutines: the read loop (started by newConn) and, after login, the
@@ -272,6 +274,20 @@ func (cn *conn) dispatch(f codec.Frame) {
 			return
 		}
 		cn.ev.onNotice(&n)
+	case codec.CmdReceipt:
+		var r pb.Receipt
+		if err := codec.Unmarshal(f.Serializer, f.Body, &r); err != nil {
+			cn.log.Warn("undecodable receipt", "err", err)
+			return
+		}
+		cn.ev.onChatEvent(ChatEvent{Receipt: &r})
+	case codec.CmdTypingEvent:
+		var te pb.TypingEvent
+		if err := codec.Unmarshal(f.Serializer, f.Body, &te); err != nil {
+			cn.log.Warn("undecodable typing event", "err", err)
+			return
+		}
+		cn.ev.onChatEvent(ChatEvent{Typing: &te})
 	case codec.CmdKick:
 		var k pb.Kick
 		_ = codec.Unmarshal(f.Serializer, f.Body, &k) // a kick is a kick even if its reason is garbled

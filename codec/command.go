@@ -25,10 +25,20 @@ const (
 	CmdGroupMembers Command = 0x23 // GroupRequest -> GroupInfo
 	CmdGroupSend    Command = 0x28 // GroupSendRequest -> SendAck
 	CmdPresence     Command = 0x30 // PresenceRequest -> PresenceOK
-	CmdKick         Command = 0x40 // server -> client Kick, then close
-	CmdGoAway       Command = 0x41 // server -> client GoAway
-	CmdNotice       Command = 0x42 // server -> client Notice (operator broadcast)
-	CmdError        Command = 0x7F // Error
+	// Chat (docs/protocol.md §4.8).
+	CmdConversations Command = 0x31 // ConversationsRequest -> ConversationsOK
+	CmdRead          Command = 0x32 // ReadRequest -> ReadOK
+	CmdTyping        Command = 0x33 // TypingRequest, no reply
+	CmdRecall        Command = 0x34 // MessageRequest -> EventOK
+	CmdDelete        Command = 0x35 // MessageRequest -> EventOK
+	CmdHistory       Command = 0x36 // HistoryRequest -> HistoryOK
+	CmdReadCount     Command = 0x37 // ReadCountRequest -> ReadCountOK
+	CmdKick          Command = 0x40 // server -> client Kick, then close
+	CmdGoAway        Command = 0x41 // server -> client GoAway
+	CmdNotice        Command = 0x42 // server -> client Notice (operator broadcast)
+	CmdReceipt       Command = 0x43 // server -> client Receipt (a read cursor moved)
+	CmdTypingEvent   Command = 0x44 // server -> client TypingEvent
+	CmdError         Command = 0x7F // Error
 
 	CmdRegisterOK  Command = 0x81
 	CmdLoginOK     Command = 0x82
@@ -38,6 +48,13 @@ const (
 	CmdSyncOK      Command = 0x93
 	CmdGroupInfo   Command = 0xA0
 	CmdPresenceOK  Command = 0xB0
+
+	CmdConversationsOK Command = 0xB1
+	CmdReadOK          Command = 0xB2
+	CmdRecallOK        Command = 0xB4
+	CmdDeleteOK        Command = 0xB5
+	CmdHistoryOK       Command = 0xB6
+	CmdReadCountOK     Command = 0xB7
 )
 
 // MeshCommandMin is the first command code of the node-to-node range; codes
@@ -56,6 +73,11 @@ var commandNames = [256]string{
 	CmdRegisterOK: "register_ok", CmdLoginOK: "login_ok", CmdLogoutOK: "logout_ok",
 	CmdHeartbeatOK: "heartbeat_ok", CmdSendAck: "send_ack", CmdSyncOK: "sync_ok",
 	CmdGroupInfo: "group_info", CmdPresenceOK: "presence_ok",
+	CmdConversations: "conversations", CmdRead: "read", CmdTyping: "typing", CmdRecall: "recall",
+	CmdDelete: "delete", CmdHistory: "history", CmdReadCount: "read_count",
+	CmdReceipt: "receipt", CmdTypingEvent: "typing_event",
+	CmdConversationsOK: "conversations_ok", CmdReadOK: "read_ok", CmdRecallOK: "recall_ok",
+	CmdDeleteOK: "delete_ok", CmdHistoryOK: "history_ok", CmdReadCountOK: "read_count_ok",
 }
 
 // Known reports whether c is a defined client-protocol command.

@@ -47,6 +47,9 @@ const (
 	CodeUnknownGroup       ErrorCode = 21
 	CodeNotGroupMember     ErrorCode = 22
 	CodeGroupFull          ErrorCode = 23
+	CodeUnknownMessage     ErrorCode = 24
+	CodeNotSender          ErrorCode = 25
+	CodeRecallExpired      ErrorCode = 26
 	CodeRateLimited        ErrorCode = 30
 	CodeSlowConsumer       ErrorCode = 31
 	CodeTooManyConnections ErrorCode = 32
@@ -57,6 +60,7 @@ const (
 	CodeInternal           ErrorCode = 42
 	CodeShuttingDown       ErrorCode = 43
 	CodeBusy               ErrorCode = 44
+	CodeUnsupported        ErrorCode = 45
 	CodeKickDuplicateLogin ErrorCode = 50
 	CodeKickAdmin          ErrorCode = 51
 	CodeKickLogout         ErrorCode = 52
@@ -90,6 +94,9 @@ var Codes = []CodeInfo{
 	{CodeUnknownGroup, "UNKNOWN_GROUP", false, false, "the group does not exist"},
 	{CodeNotGroupMember, "NOT_GROUP_MEMBER", false, false, "GROUP_SEND or GROUP_MEMBERS by a user who is not a member"},
 	{CodeGroupFull, "GROUP_FULL", false, false, "the group has reached the server's maximum size"},
+	{CodeUnknownMessage, "UNKNOWN_MESSAGE", false, false, "the message is not in the caller's inbox (never was, or retention removed it), or its seq is not in the named conversation"},
+	{CodeNotSender, "NOT_SENDER", false, false, "RECALL of a message the caller did not send"},
+	{CodeRecallExpired, "RECALL_EXPIRED", false, false, "RECALL after the server's recall window (default 2 minutes) from the message's time"},
 	{CodeRateLimited, "RATE_LIMITED", false, true, "the user's send rate (SEND, GROUP_SEND, GROUP_CREATE), or the source address's password-attempt rate, is exceeded; retry after retry_after_ms"},
 	{CodeSlowConsumer, "SLOW_CONSUMER", true, false, "the connection's unsent output exceeded the server's bound: it is not reading"},
 	{CodeTooManyConnections, "TOO_MANY_CONNECTIONS", true, true, "the node, or the client's source address, is at its connection limit; try later or another node"},
@@ -100,6 +107,7 @@ var Codes = []CodeInfo{
 	{CodeInternal, "INTERNAL", false, true, "an unexpected server error (a reply the server could not build is answered with it)"},
 	{CodeShuttingDown, "SHUTTING_DOWN", false, true, "the node is shutting down or draining; reconnect elsewhere and retry"},
 	{CodeBusy, "BUSY", false, true, "the node's bounded work queue (or this connection's request queue) is full; retry after retry_after_ms"},
+	{CodeUnsupported, "UNSUPPORTED", false, false, "the node's message store does not keep conversations: CONVERSATIONS, READ, RECALL, DELETE, HISTORY and READ_COUNT are unavailable"},
 	{CodeKickDuplicateLogin, "KICK_DUPLICATE_LOGIN", true, false, "(KICK) the same user and device logged in on another connection"},
 	{CodeKickAdmin, "KICK_ADMIN", true, false, "(KICK) an operator removed the session"},
 	{CodeKickLogout, "KICK_LOGOUT", true, false, "(KICK) reserved: the session was logged out elsewhere"},

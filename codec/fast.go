@@ -114,10 +114,11 @@ const (
 	kindUint64
 	kindInt64   // signed; fieldValue.u holds its two's complement bits
 	kindStrings // repeated string; fieldValue.list
+	kindBool    // fieldValue.u is 0 or 1
 )
 
-// maxFields is the most fields a fast-path request has.
-const maxFields = 4
+// maxFields is the most fields a request has (HISTORY).
+const maxFields = 5
 
 // fieldSpec is one field of a message: its key (JSON, MessagePack), its
 // Protobuf field number and its type.
@@ -161,6 +162,16 @@ var (
 	groupCreateSchema = schema{{"name", 1, kindString}, {"members", 2, kindStrings}}
 	groupSchema       = schema{{"group_id", 1, kindString}}
 	presenceSchema    = schema{{"users", 1, kindStrings}}
+
+	// The chat requests (docs/protocol.md §4.8).
+	conversationsSchema = schema{{"before_seq", 1, kindUint64}, {"limit", 2, kindUint32}}
+	readSchema          = schema{{"peer", 1, kindString}, {"group_id", 2, kindString}, {"up_to_seq", 3, kindUint64}}
+	typingSchema        = schema{{"peer", 1, kindString}, {"group_id", 2, kindString}, {"on", 3, kindBool}}
+	messageSchema       = schema{{"msg_id", 1, kindUint64}}
+	historySchema       = schema{
+		{"peer", 1, kindString}, {"group_id", 2, kindString}, {"before_seq", 3, kindUint64}, {"before_msg_id", 4, kindUint64}, {"limit", 5, kindUint32},
+	}
+	readCountSchema = schema{{"peer", 1, kindString}, {"group_id", 2, kindString}, {"seq", 3, kindUint64}}
 )
 
 // byName returns the index of the field whose key is name, or -1. Keys are

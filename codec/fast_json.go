@@ -160,6 +160,16 @@ func (d *jsDec) field(s *schema, idx int, f *fieldValues, scratch []byte) ([]byt
 		return scratch, withPos(f.setUint(s, idx, u), JSON, at)
 	case s[idx].kind == kindStrings:
 		return d.list(s, idx, f, scratch)
+	case s[idx].kind == kindBool:
+		switch c {
+		case 't':
+			f[idx].u = 1
+			return scratch, d.lit("true")
+		case 'f':
+			f[idx].u = 0
+			return scratch, d.lit("false")
+		}
+		return scratch, withPos(errField(s, idx, "not true or false"), JSON, at)
 	case c != '"':
 		return scratch, withPos(errField(s, idx, "not a string"), JSON, at)
 	}

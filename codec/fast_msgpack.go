@@ -156,6 +156,13 @@ func (d *mpDec) field(s *schema, idx int, f *fieldValues) error {
 		return f.setText(s, idx, v)
 	case kindStrings:
 		return d.list(s, idx, f)
+	case kindBool:
+		if d.i < len(d.b) && (d.b[d.i] == 0xc2 || d.b[d.i] == 0xc3) {
+			f[idx].u = uint64(d.b[d.i] & 1)
+			d.i++
+			return nil
+		}
+		return errField(s, idx, "not true or false")
 	}
 	u, neg, err := d.int()
 	if err != nil {

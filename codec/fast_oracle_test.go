@@ -117,6 +117,37 @@ func init() {
 			func(m proto.Message) fieldValues {
 				return fieldValues{{list: bytesList(m.(*pb.PresenceRequest).Users)}}
 			}),
+		requestCase("conversations", CmdConversations, &conversationsSchema, func() proto.Message { return &pb.ConversationsRequest{} },
+			func(m proto.Message) fieldValues {
+				r := m.(*pb.ConversationsRequest)
+				return fieldValues{{u: r.BeforeSeq}, {u: uint64(r.Limit)}}
+			}),
+		requestCase("read", CmdRead, &readSchema, func() proto.Message { return &pb.ReadRequest{} },
+			func(m proto.Message) fieldValues {
+				r := m.(*pb.ReadRequest)
+				return fieldValues{{b: []byte(r.Peer)}, {b: []byte(r.GroupId)}, {u: r.UpToSeq}}
+			}),
+		requestCase("typing", CmdTyping, &typingSchema, func() proto.Message { return &pb.TypingRequest{} },
+			func(m proto.Message) fieldValues {
+				r := m.(*pb.TypingRequest)
+				on := uint64(0)
+				if r.On {
+					on = 1
+				}
+				return fieldValues{{b: []byte(r.Peer)}, {b: []byte(r.GroupId)}, {u: on}}
+			}),
+		requestCase("recall", CmdRecall, &messageSchema, func() proto.Message { return &pb.MessageRequest{} },
+			func(m proto.Message) fieldValues { return fieldValues{{u: m.(*pb.MessageRequest).MsgId}} }),
+		requestCase("history", CmdHistory, &historySchema, func() proto.Message { return &pb.HistoryRequest{} },
+			func(m proto.Message) fieldValues {
+				r := m.(*pb.HistoryRequest)
+				return fieldValues{{b: []byte(r.Peer)}, {b: []byte(r.GroupId)}, {u: r.BeforeSeq}, {u: r.BeforeMsgId}, {u: uint64(r.Limit)}}
+			}),
+		requestCase("read_count", CmdReadCount, &readCountSchema, func() proto.Message { return &pb.ReadCountRequest{} },
+			func(m proto.Message) fieldValues {
+				r := m.(*pb.ReadCountRequest)
+				return fieldValues{{b: []byte(r.Peer)}, {b: []byte(r.GroupId)}, {u: r.Seq}}
+			}),
 	)
 }
 
@@ -141,10 +172,10 @@ func fastSend(ser SerializerID, body []byte, group bool) (fieldValues, error) {
 
 // leeway is what the spec's stricter rules allow for one body and schema.
 type leeway struct {
-	mayReject string    // why the fast decoder may reject what the generic accepts
-	mayAccept string    // why the fast decoder may accept what the generic rejects
-	mayDiffer [4]string // why field i may decode differently
-	facts     []string  // what the oracle saw, for failure messages
+	mayReject string            // why the fast decoder may reject what the generic accepts
+	mayAccept string            // why the fast decoder may accept what the generic rejects
+	mayDiffer [maxFields]string // why field i may decode differently
+	facts     []string          // what the oracle saw, for failure messages
 }
 
 // checkAgreement decodes body with both paths for every request type and
@@ -254,6 +285,9 @@ func jsonLeeway(body []byte, s *schema) leeway {
 					lw.mayReject = "a repeated string that is not an array of strings"
 				}
 			}
+			if s[i].kind == kindBool && string(raw) != "true" && string(raw) != "false" && string(raw) != "null" {
+				lw.mayReject = "a bool that is not true or false"
+			}
 			if s[i].kind == kindBytes {
 				var text string
 				if raw[0] == '[' {
@@ -344,6 +378,10 @@ func msgpackLeeway(body []byte, s *schema) leeway {
 					lw.mayReject = "a repeated string element that is not a str or bin"
 				}
 			}
+		case kindBool:
+			if raw[0] != msgpcode.False && raw[0] != msgpcode.True {
+				lw.mayReject = "a bool that is not true or false"
+			}
 		case kindUint32, kindUint64, kindInt64:
 			v, err := msgpack.NewDecoder(bytes.NewReader(raw)).DecodeInterface()
 			if err != nil {
@@ -395,7 +433,7 @@ func protoLeeway(body []byte, s *schema) leeway {
 		b = b[n:]
 		if i := s.byNum(uint64(num)); i >= 0 {
 			want := protowire.VarintType
-			if !s[i].kind.isInt() {
+			if !s[i].kind.isInt() && s[i].kind != kindBool {
 				want = protowire.BytesType
 			}
 			if typ != want {

@@ -58,9 +58,12 @@ func decodeProto(b []byte, s *schema, f *fieldValues) error {
 			if n < 0 {
 				return errAt(Protobuf, at, "bad varint")
 			}
-			if s[idx].kind == kindInt64 {
+			switch s[idx].kind {
+			case kindInt64:
 				f[idx].u = u // any 64 bits are an int64
-			} else {
+			case kindBool:
+				f[idx].u = min(u, 1) // any non-zero varint is true, as proto.Unmarshal reads it
+			default:
 				err = f.setUint(s, idx, u)
 			}
 		}

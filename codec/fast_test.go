@@ -298,6 +298,12 @@ func TestFastDecodeValidBodies(t *testing.T) {
 			&pb.GroupCreateRequest{Name: randText(r), Members: randTexts(r)},
 			&pb.GroupRequest{GroupId: randText(r)},
 			&pb.PresenceRequest{Users: randTexts(r)},
+			&pb.ConversationsRequest{BeforeSeq: randUint(r), Limit: uint32(randUint(r))},
+			&pb.ReadRequest{Peer: randText(r), GroupId: randText(r), UpToSeq: randUint(r)},
+			&pb.TypingRequest{Peer: randText(r), GroupId: randText(r), On: r.IntN(2) == 1},
+			&pb.MessageRequest{MsgId: randUint(r)},
+			&pb.HistoryRequest{Peer: randText(r), GroupId: randText(r), BeforeSeq: randUint(r), BeforeMsgId: randUint(r), Limit: uint32(randUint(r))},
+			&pb.ReadCountRequest{Peer: randText(r), GroupId: randText(r), Seq: randUint(r)},
 		}
 		for i, m := range msgs {
 			var bodies [][]byte

@@ -12,7 +12,10 @@ import (
 // *pb.RegisterRequest, *pb.LoginRequest, *pb.Empty (LOGOUT), *pb.Heartbeat,
 // *pb.SendRequest, *pb.GroupSendRequest, *pb.PushAck, *pb.SyncRequest,
 // *pb.GroupCreateRequest, *pb.GroupRequest (GROUP_JOIN, GROUP_LEAVE,
-// GROUP_MEMBERS) or *pb.PresenceRequest.
+// GROUP_MEMBERS), *pb.PresenceRequest, or a chat request:
+// *pb.ConversationsRequest, *pb.ReadRequest, *pb.TypingRequest,
+// *pb.MessageRequest (RECALL, DELETE), *pb.HistoryRequest or
+// *pb.ReadCountRequest.
 //
 // It applies every rule of docs/protocol.md §3, as DecodeSend does, with the
 // same decoders: the body is exactly one object or map (or empty), strings
@@ -90,6 +93,28 @@ func requestOf(cmd Command) (*schema, func(*fieldValues) proto.Message) {
 		return &groupSchema, func(f *fieldValues) proto.Message { return &pb.GroupRequest{GroupId: string(f[0].b)} }
 	case CmdPresence:
 		return &presenceSchema, func(f *fieldValues) proto.Message { return &pb.PresenceRequest{Users: strs(f[0].list)} }
+	case CmdConversations:
+		return &conversationsSchema, func(f *fieldValues) proto.Message {
+			return &pb.ConversationsRequest{BeforeSeq: f[0].u, Limit: uint32(f[1].u)}
+		}
+	case CmdRead:
+		return &readSchema, func(f *fieldValues) proto.Message {
+			return &pb.ReadRequest{Peer: string(f[0].b), GroupId: string(f[1].b), UpToSeq: f[2].u}
+		}
+	case CmdTyping:
+		return &typingSchema, func(f *fieldValues) proto.Message {
+			return &pb.TypingRequest{Peer: string(f[0].b), GroupId: string(f[1].b), On: f[2].u != 0}
+		}
+	case CmdRecall, CmdDelete:
+		return &messageSchema, func(f *fieldValues) proto.Message { return &pb.MessageRequest{MsgId: f[0].u} }
+	case CmdHistory:
+		return &historySchema, func(f *fieldValues) proto.Message {
+			return &pb.HistoryRequest{Peer: string(f[0].b), GroupId: string(f[1].b), BeforeSeq: f[2].u, BeforeMsgId: f[3].u, Limit: uint32(f[4].u)}
+		}
+	case CmdReadCount:
+		return &readCountSchema, func(f *fieldValues) proto.Message {
+			return &pb.ReadCountRequest{Peer: string(f[0].b), GroupId: string(f[1].b), Seq: f[2].u}
+		}
 	}
 	return nil, nil
 }

@@ -69,6 +69,17 @@ type Config struct {
 	MaxGroupSize int
 	// SyncLimit is the default SYNC page (100); SyncMaxLimit caps it (500).
 	SyncLimit, SyncMaxLimit int
+	// RecallWindow is how long after a message's time its sender may
+	// recall it. Default 2m.
+	RecallWindow time.Duration
+	// TypingRate and TypingBurst bound the TYPING notifications forwarded
+	// per user (the rest are dropped). Defaults 2/s and 5; a negative rate
+	// disables the bound.
+	TypingRate  float64
+	TypingBurst int
+	// TypingExpiry is announced in every TYPING_EVENT: receivers turn the
+	// indication off after it. Default 6s.
+	TypingExpiry time.Duration
 	// Workers is the size of the pool running everything that does I/O
 	// (store, password hashing). Default 256.
 	Workers int
@@ -165,6 +176,16 @@ func (c Config) WithDefaults() Config {
 	def(&c.MaxGroupSize, 1000)
 	def(&c.SyncLimit, 100)
 	def(&c.SyncMaxLimit, 500)
+	if c.RecallWindow == 0 {
+		c.RecallWindow = 2 * time.Minute
+	}
+	if c.TypingRate == 0 {
+		c.TypingRate = 2
+	}
+	def(&c.TypingBurst, 5)
+	if c.TypingExpiry == 0 {
+		c.TypingExpiry = 6 * time.Second
+	}
 	def(&c.Workers, 256)
 	def(&c.MaxConnInbound, 256<<10)
 	def(&c.MaxNodeInbound, 64<<20)
@@ -203,6 +224,7 @@ func (c Config) Validate() error {
 	pos("MaxConns", c.MaxConns)
 	pos("MaxConnsPerIP", c.MaxConnsPerIP)
 	pos("SendBurst", c.SendBurst)
+	pos("TypingBurst", c.TypingBurst)
 	pos("MaxGroupSize", c.MaxGroupSize)
 	pos("Workers", c.Workers)
 	pos("MaxConnInbound", c.MaxConnInbound)
@@ -220,7 +242,8 @@ func (c Config) Validate() error {
 	if c.NodeNum > 1023 {
 		errs = append(errs, fmt.Errorf("NodeNum must be in 1..1023, got %d", c.NodeNum))
 	}
-	for name, d := range map[string]time.Duration{"LoginTimeout": c.LoginTimeout, "HeartbeatInterval": c.HeartbeatInterval, "IdleTimeout": c.IdleTimeout, "GoAwayWindow": c.GoAwayWindow} {
+	for name, d := range map[string]time.Duration{"LoginTimeout": c.LoginTimeout, "HeartbeatInterval": c.HeartbeatInterval, "IdleTimeout": c.IdleTimeout, "GoAwayWindow": c.GoAwayWindow,
+		"RecallWindow": c.RecallWindow, "TypingExpiry": c.TypingExpiry} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative, got %s", name, d))
 		}

@@ -108,6 +108,8 @@ func (s *Server) exec(src *loop, c *conn, h codec.Header, body []byte, ip netip.
 		s.handleGroup(ctx, src, c, h, req)
 	case *pb.PresenceRequest:
 		s.handlePresence(ctx, src, c, h, req)
+	default:
+		s.execChat(ctx, src, c, h, req)
 	}
 }
 
@@ -441,7 +443,7 @@ func (s *Server) handleSync(ctx context.Context, src *loop, c *conn, h codec.Hea
 	}
 	out.Messages = make([]*pb.Message, len(entries))
 	for i := range entries {
-		out.Messages[i] = toPB(entries[i].Seq, &entries[i].Msg)
+		out.Messages[i] = entryPB(&entries[i])
 	}
 	c.writeMsg(src, h.Serializer, codec.CmdSyncOK, h.Seq, out)
 }
@@ -477,7 +479,7 @@ func (s *Server) removedBelow(ctx context.Context, user string, afterSeq, head u
 // answered in every serializer (the Protobuf encoder refuses invalid UTF-8).
 func toPB(seq uint64, m *persist.Message) *pb.Message {
 	pm := &pb.Message{Seq: seq, MsgId: m.ID, From: validText(m.From), To: validText(m.To), ClientMsgId: validText(m.ClientMsgID),
-		Kind: m.Kind, Body: m.Body, Time: m.Timestamp}
+		Kind: m.Kind, Body: m.Body, Time: m.Timestamp, Event: m.Event, TargetMsgId: m.Target, Recalled: m.Recalled}
 	if m.Group {
 		pm.GroupId = pm.To
 	}

@@ -417,7 +417,8 @@ func (s *Server) onFrame(l *loop, c *conn, f codec.Frame) (stop bool) {
 func clientRequest(cmd codec.Command) bool {
 	switch cmd {
 	case codec.CmdRegister, codec.CmdLogin, codec.CmdLogout, codec.CmdSend, codec.CmdPushAck, codec.CmdSync,
-		codec.CmdGroupCreate, codec.CmdGroupJoin, codec.CmdGroupLeave, codec.CmdGroupMembers, codec.CmdGroupSend, codec.CmdPresence:
+		codec.CmdGroupCreate, codec.CmdGroupJoin, codec.CmdGroupLeave, codec.CmdGroupMembers, codec.CmdGroupSend, codec.CmdPresence,
+		codec.CmdConversations, codec.CmdRead, codec.CmdTyping, codec.CmdRecall, codec.CmdDelete, codec.CmdHistory, codec.CmdReadCount:
 		return true
 	}
 	return false

@@ -31,12 +31,13 @@ type sessionShard struct {
 }
 
 // userExtra is what a user has beyond one device: more devices, and the
-// user's send rate limiter (per user, so opening more devices does not
-// raise the rate), made on the user's first send: most connections are
-// idle, and a limiter costs 80 bytes.
+// user's send and typing rate limiters (per user, so opening more devices
+// does not raise the rate), made on the user's first send (typing): most
+// connections are idle, and a limiter costs 80 bytes.
 type userExtra struct {
 	more    []*conn
 	limiter *rate.Limiter
+	typing  *rate.Limiter
 }
 
 func newSessionMap() *sessionMap {
@@ -148,11 +149,22 @@ func (m *sessionMap) online(user string) bool {
 // limiter returns user's send limiter, making it with newLimiter on first
 // use; nil when the user has no session on this node.
 func (m *sessionMap) limiter(user string, newLimiter func() *rate.Limiter) *rate.Limiter {
+	return m.userLimiter(user, func(x *userExtra) **rate.Limiter { return &x.limiter }, newLimiter)
+}
+
+// typingLimiter is limiter for TYPING notifications.
+func (m *sessionMap) typingLimiter(user string, newLimiter func() *rate.Limiter) *rate.Limiter {
+	return m.userLimiter(user, func(x *userExtra) **rate.Limiter { return &x.typing }, newLimiter)
+}
+
+// userLimiter returns the limiter of user that which selects, making it
+// with newLimiter on first use; nil when the user has no session here.
+func (m *sessionMap) userLimiter(user string, which func(*userExtra) **rate.Limiter, newLimiter func() *rate.Limiter) *rate.Limiter {
 	sh := m.shard(user)
 	sh.mu.RLock()
 	var lim *rate.Limiter
 	if x := sh.extra[user]; x != nil {
-		lim = x.limiter
+		lim = *which(x)
 	}
 	_, ok := sh.one[user]
 	sh.mu.RUnlock()
@@ -169,10 +181,10 @@ func (m *sessionMap) limiter(user string, newLimiter func() *rate.Limiter) *rate
 		x = &userExtra{}
 		sh.extra[user] = x
 	}
-	if x.limiter == nil {
-		x.limiter = newLimiter()
+	if p := which(x); *p == nil {
+		*p = newLimiter()
 	}
-	return x.limiter
+	return *which(x)
 }
 
 // each calls fn for every live connection; fn must not call back into m.

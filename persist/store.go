@@ -6,7 +6,8 @@
 // Every implementation passes the conformance suite of its interface
 // (persist/storetest, persist/sessiontest). Optional seams: AsyncAppender
 // (appends without a waiting goroutine), Retainer (a store that forgets
-// old messages by the rules of Retention) and StatsReporter.
+// old messages by the rules of Retention), ChatStore (conversations, read
+// cursors, recall, delete-for-me, history) and StatsReporter.
 //
 // Rules every store follows: identifiers longer than MaxIDLen are
 // ErrInvalid; ReadInbox with limit <= 0 is ErrInvalid; reusing a stored
@@ -72,12 +73,24 @@ type Message struct {
 	// Body is the opaque payload. Stores copy it on write and return
 	// caller-owned slices on read.
 	Body []byte
+
+	// The chat fields (ChatStore). Event is EventNone for a message, else
+	// the entry is an event about message Target (same From, To and Group
+	// as the target, no body). Recalled is set on read when the message
+	// was recalled: its Body is then empty. Stores without the ChatStore
+	// seam leave them zero.
+	Event    uint32
+	Target   uint64
+	Recalled bool
 }
 
 // InboxEntry is one position of a user's inbox.
 type InboxEntry struct {
 	Seq uint64
 	Msg Message
+	// Deleted is set when the inbox's owner deleted the message for itself
+	// (ChatStore.Delete): Msg.Body is then empty.
+	Deleted bool
 }
 
 // AppendResult reports what Append did.

@@ -8,12 +8,16 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	"github.com/imgn/imgn/client"
 )
 
 const chatHelp = `Type a line to send it:
   @bob hello      to user bob (bob becomes the current target)
   #g1 hello       to group g1 (g1 becomes the current target)
   hello           to the current target
+  /read           mark the current target's conversation read
+  /unread         list conversations with unread messages
   /help           this help
   /quit           leave (end of input does too)`
 
@@ -26,6 +30,8 @@ const (
 	chatGroup                   // send text to a group
 	chatHelpAction
 	chatQuit
+	chatRead   // mark the current target's conversation read
+	chatUnread // list unread counts
 )
 
 // chatTarget is where plain lines go: a user, or a group when group is set.
@@ -46,6 +52,13 @@ func parseChatLine(line string, cur chatTarget) (chatAction, chatTarget, string,
 		return chatQuit, cur, "", nil
 	case line == "/help" || line == "/?":
 		return chatHelpAction, cur, "", nil
+	case line == "/unread":
+		return chatUnread, cur, "", nil
+	case line == "/read":
+		if cur.name == "" {
+			return chatNone, cur, "", errors.New("no target yet: start with @user or #group")
+		}
+		return chatRead, cur, "", nil
 	case strings.HasPrefix(line, "/"):
 		return chatNone, cur, "", fmt.Errorf("unknown command %q (try /help)", line)
 	case line[0] == '@' || line[0] == '#':
@@ -107,6 +120,7 @@ func cmdChat(ctx context.Context, e *env, args []string) error {
 	defer c.Close()
 	node := c.NodeID()
 	fmt.Fprintf(e.stderr, "logged in as %s on node %s (device %s). /help for help.\n", c.User(), node, c.Device())
+	showUnread(ctx, e, c, false)
 
 	lines := make(chan string)
 	stop := make(chan struct{})
@@ -134,6 +148,10 @@ func cmdChat(ctx context.Context, e *env, args []string) error {
 					fmt.Fprintf(e.stdout, "[%s] NOTICE: %s\n", ts, printable([]byte(n.GetText())))
 				}
 			}
+		case ev, ok := <-c.ChatEvents():
+			if ok {
+				showChatEvent(e, f.json, c.User(), ev)
+			}
 		case m, ok := <-c.Messages():
 			if !ok {
 				return c.Err()
@@ -158,6 +176,21 @@ func cmdChat(ctx context.Context, e *env, args []string) error {
 				return nil
 			case chatHelpAction:
 				fmt.Fprintln(e.stderr, chatHelp)
+			case chatUnread:
+				showUnread(ctx, e, c, true)
+			case chatRead:
+				conv := client.Peer(target.name)
+				if target.group {
+					conv = client.Group(target.name)
+				}
+				rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+				ok, err := c.Read(rctx, conv, 0)
+				rcancel()
+				if err != nil {
+					fmt.Fprintf(e.stderr, "! %v\n", err)
+				} else {
+					fmt.Fprintf(e.stderr, "(%s read up to seq %d)\n", conv, ok.GetReadSeq())
+				}
 			case chatSend, chatGroup:
 				target = dest
 				if c.NodeID() == "" {
@@ -206,5 +239,75 @@ func readLines(r io.Reader, out chan<- string, stop <-chan struct{}) {
 		case <-stop:
 			return
 		}
+	}
+}
+
+// showUnread prints the conversations with unread messages on stderr:
+//
+//	unread: @bob 3, #g1 1
+//
+// A server without conversations (UNSUPPORTED) is skipped silently unless
+// asked (always: the /unread command).
+func showUnread(ctx context.Context, e *env, c *client.Client, always bool) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	page, err := c.Conversations(ctx, 0, 200)
+	if err != nil {
+		if always {
+			fmt.Fprintf(e.stderr, "! unread counts: %v\n", err)
+		}
+		return
+	}
+	var parts []string
+	for _, cv := range page.GetConversations() {
+		if n := cv.GetUnread(); n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", client.Conv{Peer: cv.GetPeer(), GroupID: cv.GetGroupId()}, n))
+		}
+	}
+	switch {
+	case len(parts) > 0:
+		fmt.Fprintf(e.stderr, "unread: %s\n", strings.Join(parts, ", "))
+	case always:
+		fmt.Fprintln(e.stderr, "unread: none")
+	}
+}
+
+// showChatEvent prints a receipt or a typing indication:
+//
+//	(bob read up to seq 17)            (bob read your 1:1 conversation)
+//	(@bob read on another device up to seq 42)
+//	(alice is typing in #g1...)
+//
+// Typing stops by itself (nothing is printed when it does).
+func showChatEvent(e *env, asJSON bool, self string, ev client.ChatEvent) {
+	switch {
+	case ev.Receipt != nil:
+		r := ev.Receipt
+		if asJSON {
+			writeJSON(e.stdout, map[string]any{"receipt": map[string]any{"peer": r.GetPeer(), "group_id": r.GetGroupId(),
+				"user": r.GetUser(), "read_seq": r.GetReadSeq(), "msg_id": r.GetMsgId()}})
+			return
+		}
+		conv := client.Conv{Peer: r.GetPeer(), GroupID: r.GetGroupId()}
+		if r.GetUser() == self {
+			fmt.Fprintf(e.stdout, "(%s read on another device up to seq %d)\n", conv, r.GetReadSeq())
+		} else {
+			fmt.Fprintf(e.stdout, "(%s read up to seq %d)\n", r.GetUser(), r.GetReadSeq())
+		}
+	case ev.Typing != nil:
+		te := ev.Typing
+		if asJSON {
+			writeJSON(e.stdout, map[string]any{"typing": map[string]any{"peer": te.GetPeer(), "group_id": te.GetGroupId(),
+				"user": te.GetUser(), "on": te.GetOn(), "expires_ms": te.GetExpiresMs()}})
+			return
+		}
+		if !te.GetOn() {
+			return
+		}
+		where := ""
+		if te.GetGroupId() != "" {
+			where = " in #" + te.GetGroupId()
+		}
+		fmt.Fprintf(e.stdout, "(%s is typing%s...)\n", te.GetUser(), where)
 	}
 }

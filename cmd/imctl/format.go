@@ -23,12 +23,19 @@ type jsonMessage struct {
 	Body        string `json:"body,omitempty"`
 	BodyB64     []byte `json:"body_b64,omitempty"`
 	Time        int64  `json:"time"`
+	// Chat: an event about message target_msg_id (event 1 recall, 2
+	// delete), a recalled message, a message deleted for you.
+	Event       uint32 `json:"event,omitempty"`
+	TargetMsgID uint64 `json:"target_msg_id,omitempty"`
+	Recalled    bool   `json:"recalled,omitempty"`
+	Deleted     bool   `json:"deleted,omitempty"`
 }
 
 func toJSONMessage(m *pb.Message) jsonMessage {
 	j := jsonMessage{
 		Seq: m.GetSeq(), MsgID: m.GetMsgId(), From: m.GetFrom(), To: m.GetTo(), GroupID: m.GetGroupId(),
 		ClientMsgID: m.GetClientMsgId(), Kind: m.GetKind(), Time: m.GetTime(),
+		Event: m.GetEvent(), TargetMsgID: m.GetTargetMsgId(), Recalled: m.GetRecalled(), Deleted: m.GetDeleted(),
 	}
 	if utf8.Valid(m.GetBody()) {
 		j.Body = string(m.GetBody())
@@ -45,15 +52,30 @@ func toJSONMessage(m *pb.Message) jsonMessage {
 //	[12:03:01] me -> bob: hello        (sent by me, from any device)
 //	[12:03:01] me #g1: hello
 //	[12:03:01] system: hello           (system message, no sender)
+//	[12:03:01] alice: (recalled)       (a message its sender recalled)
+//	[12:03:05] alice recalled message 1152921504606846977
+//	[12:03:09] (you deleted message 1152921504606846977)
 func chatLine(m *pb.Message, self string, loc *time.Location) string {
 	ts := time.UnixMilli(m.GetTime()).In(loc).Format("15:04:05")
 	body := printable(m.GetBody())
+	switch {
+	case m.GetRecalled():
+		body = "(recalled)"
+	case m.GetDeleted():
+		body = "(deleted)"
+	}
 	from := m.GetFrom()
 	switch {
 	case from == "":
 		from = "system"
 	case from == self:
 		from = "me"
+	}
+	switch m.GetEvent() {
+	case 1:
+		return fmt.Sprintf("[%s] %s recalled message %d", ts, from, m.GetTargetMsgId())
+	case 2:
+		return fmt.Sprintf("[%s] (you deleted message %d)", ts, m.GetTargetMsgId())
 	}
 	switch {
 	case m.GetGroupId() != "":

@@ -18,10 +18,11 @@ import (
 	"github.com/imgn/imgn/client/clienttest"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
+	"github.com/imgn/imgn/internal/leaktest"
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, leaktest.Gnet()...) }
 
 // result is one in-process invocation of imctl.
 type result struct {

@@ -100,6 +100,7 @@ var flagGroups = append([]envflag.Group{
 	{Title: "Store (single node)", Names: []string{"store", "data", "unsafe-no-fsync", "retention", "inbox-max", "dedup-window"}},
 	{Title: "Limits", Names: []string{"max-conns", "max-conns-per-ip", "max-body", "max-group-size", "max-outbound", "max-conn-inbound", "max-node-inbound",
 		"workers", "event-loops", "send-rate", "send-burst", "login-rate-per-ip", "login-burst-per-ip"}},
+	{Title: "Chat", Names: []string{"recall-window", "typing-rate", "typing-burst", "typing-expiry"}},
 	{Title: "Timeouts", Names: []string{"heartbeat", "heartbeat-rate", "max-heartbeat", "idle-timeout", "login-timeout", "goaway-window", "shutdown-timeout"}},
 	{Title: "Cluster mode (--zk, --redis and --mongo-uri together)", Names: []string{"zk", "zk-root", "zk-session-timeout",
 		"redis", "mongo-uri", "mongo-db", "write-concern", "mesh", "mesh-listen", "mesh-advertise", "mesh-secret", "advertise", "weight", "session-ttl"}},
@@ -163,6 +164,11 @@ func newFlagSet(o *options, out io.Writer) (*envflag.Flags, map[string]string) {
 	fs.IntVar(&e.SendBurst, bind("SendBurst", "send-burst"), def.SendBurst, "per-user message burst")
 	fs.Float64Var(&e.LoginRatePerIP, bind("LoginRatePerIP", "login-rate-per-ip"), def.LoginRatePerIP, "password attempts (login, register) per second per source address; negative disables")
 	fs.IntVar(&e.LoginBurstPerIP, bind("LoginBurstPerIP", "login-burst-per-ip"), def.LoginBurstPerIP, "password-attempt burst per source address")
+
+	fs.DurationVar(&e.RecallWindow, bind("RecallWindow", "recall-window"), def.RecallWindow, "how long after sending a message its sender may recall it")
+	fs.Float64Var(&e.TypingRate, bind("TypingRate", "typing-rate"), def.TypingRate, "per-user typing notifications forwarded per second (negative: no bound)")
+	fs.IntVar(&e.TypingBurst, bind("TypingBurst", "typing-burst"), def.TypingBurst, "per-user typing notification burst")
+	fs.DurationVar(&e.TypingExpiry, bind("TypingExpiry", "typing-expiry"), def.TypingExpiry, "how long receivers show a typing indication without a new one")
 
 	fs.DurationVar(&e.HeartbeatInterval, bind("HeartbeatInterval", "heartbeat"), def.HeartbeatInterval, "heartbeat interval announced to clients")
 	fs.Float64Var(&e.HeartbeatRate, bind("HeartbeatRate", "heartbeat-rate"), def.HeartbeatRate, "heartbeats per second the node aims to answer at most: the announced interval grows with the connections (negative: fixed)")

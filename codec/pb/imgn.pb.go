@@ -608,16 +608,24 @@ func (x *SendAck) GetDuplicate() bool {
 
 // A message as delivered: in PUSH and in SYNC_OK.
 type Message struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"` // position in the receiving user's inbox
-	MsgId         uint64                 `protobuf:"varint,2,opt,name=msg_id,json=msgId,proto3" json:"msg_id,omitempty"`
-	From          string                 `protobuf:"bytes,3,opt,name=from,proto3" json:"from,omitempty"`                      // "" for system messages
-	To            string                 `protobuf:"bytes,4,opt,name=to,proto3" json:"to,omitempty"`                          // recipient user id, or the group id
-	GroupId       string                 `protobuf:"bytes,5,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"` // set for group messages
-	ClientMsgId   string                 `protobuf:"bytes,6,opt,name=client_msg_id,json=clientMsgId,proto3" json:"client_msg_id,omitempty"`
-	Kind          uint32                 `protobuf:"varint,7,opt,name=kind,proto3" json:"kind,omitempty"`
-	Body          []byte                 `protobuf:"bytes,8,opt,name=body,proto3" json:"body,omitempty"`
-	Time          int64                  `protobuf:"varint,9,opt,name=time,proto3" json:"time,omitempty"` // Unix milliseconds
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Seq         uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"` // position in the receiving user's inbox
+	MsgId       uint64                 `protobuf:"varint,2,opt,name=msg_id,json=msgId,proto3" json:"msg_id,omitempty"`
+	From        string                 `protobuf:"bytes,3,opt,name=from,proto3" json:"from,omitempty"`                      // "" for system messages
+	To          string                 `protobuf:"bytes,4,opt,name=to,proto3" json:"to,omitempty"`                          // recipient user id, or the group id
+	GroupId     string                 `protobuf:"bytes,5,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"` // set for group messages
+	ClientMsgId string                 `protobuf:"bytes,6,opt,name=client_msg_id,json=clientMsgId,proto3" json:"client_msg_id,omitempty"`
+	Kind        uint32                 `protobuf:"varint,7,opt,name=kind,proto3" json:"kind,omitempty"`
+	Body        []byte                 `protobuf:"bytes,8,opt,name=body,proto3" json:"body,omitempty"`
+	Time        int64                  `protobuf:"varint,9,opt,name=time,proto3" json:"time,omitempty"` // Unix milliseconds
+	// Chat events (docs/protocol.md §6.14). An inbox entry is either a
+	// message (event 0) or an event about an earlier message, target_msg_id:
+	// 1 = RECALL (the sender withdrew it, for every member), 2 = DELETE (the
+	// receiving user hid it from its own views). An event has no body.
+	Event         uint32 `protobuf:"varint,10,opt,name=event,proto3" json:"event,omitempty"`
+	TargetMsgId   uint64 `protobuf:"varint,11,opt,name=target_msg_id,json=targetMsgId,proto3" json:"target_msg_id,omitempty"`
+	Recalled      bool   `protobuf:"varint,12,opt,name=recalled,proto3" json:"recalled,omitempty"` // this message was recalled: its body is no longer served
+	Deleted       bool   `protobuf:"varint,13,opt,name=deleted,proto3" json:"deleted,omitempty"`   // the receiving user deleted this message (SYNC only)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -713,6 +721,34 @@ func (x *Message) GetTime() int64 {
 		return x.Time
 	}
 	return 0
+}
+
+func (x *Message) GetEvent() uint32 {
+	if x != nil {
+		return x.Event
+	}
+	return 0
+}
+
+func (x *Message) GetTargetMsgId() uint64 {
+	if x != nil {
+		return x.TargetMsgId
+	}
+	return 0
+}
+
+func (x *Message) GetRecalled() bool {
+	if x != nil {
+		return x.Recalled
+	}
+	return false
+}
+
+func (x *Message) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
 }
 
 // PUSH (0x11), server -> client, request seq 0. No reply frame; the client
@@ -931,6 +967,904 @@ func (x *SyncOK) GetFirstSeq() uint64 {
 	return 0
 }
 
+// CONVERSATIONS (0x31), client -> server. Reply CONVERSATIONS_OK or ERROR.
+type ConversationsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	BeforeSeq     uint64                 `protobuf:"varint,1,opt,name=before_seq,json=beforeSeq,proto3" json:"before_seq,omitempty"` // only conversations whose last_seq < before_seq; 0 = from the newest
+	Limit         uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`                          // 0 = server default (50); capped at 200
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConversationsRequest) Reset() {
+	*x = ConversationsRequest{}
+	mi := &file_codec_pb_imgn_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConversationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConversationsRequest) ProtoMessage() {}
+
+func (x *ConversationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_codec_pb_imgn_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConversationsRequest.ProtoReflect.Descriptor instead.
+func (*ConversationsRequest) Descriptor() ([]byte, []int) {
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ConversationsRequest) GetBeforeSeq() uint64 {
+	if x != nil {
+		return x.BeforeSeq
+	}
+	return 0
+}
+
+func (x *ConversationsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// One conversation of the caller.
+type Conversation struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Peer          string                 `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
+	GroupId       string                 `protobuf:"bytes,2,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	LastSeq       uint64                 `protobuf:"varint,3,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"` // seq (caller's inbox) of the conversation's newest message
+	ReadSeq       uint64                 `protobuf:"varint,4,opt,name=read_seq,json=readSeq,proto3" json:"read_seq,omitempty"` // the caller's read cursor in this conversation
+	Unread        uint32                 `protobuf:"varint,5,opt,name=unread,proto3" json:"unread,omitempty"`                  // messages of others with seq > read_seq still held
+	Last          *Message               `protobuf:"bytes,6,opt,name=last,proto3" json:"last,omitempty"`                       // the newest message, unless retention removed it
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Conversation) Reset() {
+	*x = Conversation{}
+	mi := &file_codec_pb_imgn_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Conversation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Conversation) ProtoMessage() {}
+
+func (x *Conversation) ProtoReflect() protoreflect.Message {
+	mi := &file_codec_pb_imgn_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Conversation.ProtoReflect.Descriptor instead.
+func (*Conversation) Descriptor() ([]byte, []int) {
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Conversation) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *Conversation) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *Conversation) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *Conversation) GetReadSeq() uint64 {
+	if x != nil {
+		return x.ReadSeq
+	}
+	return 0
+}
+
+func (x *Conversation) GetUnread() uint32 {
+	if x != nil {
+		return x.Unread
+	}
+	return 0
+}
+
+func (x *Conversation) GetLast() *Message {
+	if x != nil {
+		return x.Last
+	}
+	return nil
+}
+
+// CONVERSATIONS_OK (0xB1).
+type ConversationsOK struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Conversations []*Conversation        `protobuf:"bytes,1,rep,name=conversations,proto3" json:"conversations,omitempty"`     // newest activity (last_seq) first
+	HasMore       bool                   `protobuf:"varint,2,opt,name=has_more,json=hasMore,proto3" json:"has_more,omitempty"` // ask again with before_seq = the last one's last_seq
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConversationsOK) Reset() {
+	*x = ConversationsOK{}
+	mi := &file_codec_pb_imgn_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConversationsOK) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConversationsOK) ProtoMessage() {}
+
+func (x *ConversationsOK) ProtoReflect() protoreflect.Message {
+	mi := &file_codec_pb_imgn_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConversationsOK.ProtoReflect.Descriptor instead.
+func (*ConversationsOK) Descriptor() ([]byte, []int) {
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ConversationsOK) GetConversations() []*Conversation {
+	if x != nil {
+		return x.Conversations
+	}
+	return nil
+}
+
+func (x *ConversationsOK) GetHasMore() bool {
+	if x != nil {
+		return x.HasMore
+	}
+	return false
+}
+
+// READ (0x32), client -> server. Reply READ_OK or ERROR.
+type ReadRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Peer          string                 `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
+	GroupId       string                 `protobuf:"bytes,2,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	UpToSeq       uint64                 `protobuf:"varint,3,opt,name=up_to_seq,json=upToSeq,proto3" json:"up_to_seq,omitempty"` // caller's inbox seq; 0 = the conversation's last_seq
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadRequest) Reset() {
+	*x = ReadRequest{}
+	mi := &file_codec_pb_imgn_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadRequest) ProtoMessage() {}
+
+func (x *ReadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_codec_pb_imgn_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
+func (*ReadRequest) Descriptor() ([]byte, []int) {
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ReadRequest) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *ReadRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *ReadRequest) GetUpToSeq() uint64 {
+	if x != nil {
+		return x.UpToSeq
+	}
+	return 0
+}
+
+// READ_OK (0xB2).
+type ReadOK struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Peer          string                 `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
+	GroupId       string                 `protobuf:"bytes,2,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	ReadSeq       uint64                 `protobuf:"varint,3,opt,name=read_seq,json=readSeq,proto3" json:"read_seq,omitempty"` // the cursor now (never lower than before)
+	Unread        uint32                 `protobuf:"varint,4,opt,name=unread,proto3" json:"unread,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadOK) Reset() {
+	*x = ReadOK{}
+	mi := &file_codec_pb_imgn_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadOK) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadOK) ProtoMessage() {}
+
+func (x *ReadOK) ProtoReflect() protoreflect.Message {
+	mi := &file_codec_pb_imgn_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadOK.ProtoReflect.Descriptor instead.
+func (*ReadOK) Descriptor() ([]byte, []int) {
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ReadOK) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *ReadOK) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *ReadOK) GetReadSeq() uint64 {
+	if x != nil {
+		return x.ReadSeq
+	}
+	return 0
+}
+
+func (x *ReadOK) GetUnread() uint32 {
+	if x != nil {
+		return x.Unread
+	}
+	return 0
+}
+
+// RECEIPT (0x43), server -> client, request seq 0: user has read the
+// conversation (as the receiver names it) up to read_seq of the receiver's
+// own inbox. Sent to the reader's other devices (user = the receiver) and,
+// in 1:1 conversations, to the peer's devices.
+type Receipt struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Peer          string                 `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
+	GroupId       string                 `protobuf:"bytes,2,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	User          string                 `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	ReadSeq       uint64                 `protobuf:"varint,4,opt,name=read_seq,json=readSeq,proto3" json:"read_seq,omitempty"`
+	MsgId         uint64                 `protobuf:"varint,5,opt,name=msg_id,json=msgId,proto3" json:"msg_id,omitempty"` // the last message the cursor covers
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Receipt) Reset() {
+	*x = Receipt{}
+	mi := &file_codec_pb_imgn_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Receipt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Receipt) ProtoMessage() {}
+
+func (x *Receipt) ProtoReflect() protoreflect.Message {
+	mi := &file_codec_pb_imgn_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Receipt.ProtoReflect.Descriptor instead.
+func (*Receipt) Descriptor() ([]byte, []int) {
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *Receipt) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *Receipt) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *Receipt) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *Receipt) GetReadSeq() uint64 {
+	if x != nil {
+		return x.ReadSeq
+	}
+	return 0
+}
+
+func (x *Receipt) GetMsgId() uint64 {
+	if x != nil {
+		return x.MsgId
+	}
+	return 0
+}
+
+// TYPING (0x33), client -> server. No reply (errors only, as ERROR).
+type TypingRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Peer          string                 `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
+	GroupId       string                 `protobuf:"bytes,2,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	On            bool                   `protobuf:"varint,3,opt,name=on,proto3" json:"on,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TypingRequest) Reset() {
+	*x = TypingRequest{}
+	mi := &file_codec_pb_imgn_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TypingRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TypingRequest) ProtoMessage() {}
+
+func (x *TypingRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_codec_pb_imgn_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TypingRequest.ProtoReflect.Descriptor instead.
+func (*TypingRequest) Descriptor() ([]byte, []int) {
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *TypingRequest) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *TypingRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *TypingRequest) GetOn() bool {
+	if x != nil {
+		return x.On
+	}
+	return false
+}
+
+// TYPING_EVENT (0x44), server -> client, request seq 0.
+type TypingEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Peer          string                 `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"` // the conversation as the receiver names it
+	GroupId       string                 `protobuf:"bytes,2,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	User          string                 `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"` // who is typing
+	On            bool                   `protobuf:"varint,4,opt,name=on,proto3" json:"on,omitempty"`
+	ExpiresMs     uint32                 `protobuf:"varint,5,opt,name=expires_ms,json=expiresMs,proto3" json:"expires_ms,omitempty"` // treat as off after this long without another event
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TypingEvent) Reset() {
+	*x = TypingEvent{}
+	mi := &file_codec_pb_imgn_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TypingEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TypingEvent) ProtoMessage() {}
+
+func (x *TypingEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_codec_pb_imgn_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TypingEvent.ProtoReflect.Descriptor instead.
+func (*TypingEvent) Descriptor() ([]byte, []int) {
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *TypingEvent) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *TypingEvent) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *TypingEvent) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *TypingEvent) GetOn() bool {
+	if x != nil {
+		return x.On
+	}
+	return false
+}
+
+func (x *TypingEvent) GetExpiresMs() uint32 {
+	if x != nil {
+		return x.ExpiresMs
+	}
+	return 0
+}
+
+// RECALL (0x34) and DELETE (0x35), client -> server. Reply RECALL_OK /
+// DELETE_OK or ERROR.
+type MessageRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MsgId         uint64                 `protobuf:"varint,1,opt,name=msg_id,json=msgId,proto3" json:"msg_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MessageRequest) Reset() {
+	*x = MessageRequest{}
+	mi := &file_codec_pb_imgn_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MessageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MessageRequest) ProtoMessage() {}
+
+func (x *MessageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_codec_pb_imgn_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MessageRequest.ProtoReflect.Descriptor instead.
+func (*MessageRequest) Descriptor() ([]byte, []int) {
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *MessageRequest) GetMsgId() uint64 {
+	if x != nil {
+		return x.MsgId
+	}
+	return 0
+}
+
+// RECALL_OK (0xB4), DELETE_OK (0xB5).
+type EventOK struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MsgId         uint64                 `protobuf:"varint,1,opt,name=msg_id,json=msgId,proto3" json:"msg_id,omitempty"` // the target
+	Seq           uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`                  // the event's seq in the caller's inbox (0 on a repeated DELETE)
+	Duplicate     bool                   `protobuf:"varint,3,opt,name=duplicate,proto3" json:"duplicate,omitempty"`      // the message was already recalled or deleted
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventOK) Reset() {
+	*x = EventOK{}
+	mi := &file_codec_pb_imgn_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventOK) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventOK) ProtoMessage() {}
+
+func (x *EventOK) ProtoReflect() protoreflect.Message {
+	mi := &file_codec_pb_imgn_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventOK.ProtoReflect.Descriptor instead.
+func (*EventOK) Descriptor() ([]byte, []int) {
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *EventOK) GetMsgId() uint64 {
+	if x != nil {
+		return x.MsgId
+	}
+	return 0
+}
+
+func (x *EventOK) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *EventOK) GetDuplicate() bool {
+	if x != nil {
+		return x.Duplicate
+	}
+	return false
+}
+
+// HISTORY (0x36), client -> server. Reply HISTORY_OK or ERROR.
+type HistoryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Peer          string                 `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
+	GroupId       string                 `protobuf:"bytes,2,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	BeforeSeq     uint64                 `protobuf:"varint,3,opt,name=before_seq,json=beforeSeq,proto3" json:"before_seq,omitempty"`         // messages with seq < before_seq; 0 = from the newest
+	BeforeMsgId   uint64                 `protobuf:"varint,4,opt,name=before_msg_id,json=beforeMsgId,proto3" json:"before_msg_id,omitempty"` // instead of before_seq: below this message
+	Limit         uint32                 `protobuf:"varint,5,opt,name=limit,proto3" json:"limit,omitempty"`                                  // 0 = server default (50); capped at 200
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryRequest) Reset() {
+	*x = HistoryRequest{}
+	mi := &file_codec_pb_imgn_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryRequest) ProtoMessage() {}
+
+func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_codec_pb_imgn_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
+func (*HistoryRequest) Descriptor() ([]byte, []int) {
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *HistoryRequest) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *HistoryRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *HistoryRequest) GetBeforeSeq() uint64 {
+	if x != nil {
+		return x.BeforeSeq
+	}
+	return 0
+}
+
+func (x *HistoryRequest) GetBeforeMsgId() uint64 {
+	if x != nil {
+		return x.BeforeMsgId
+	}
+	return 0
+}
+
+func (x *HistoryRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// HISTORY_OK (0xB6).
+type HistoryOK struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Messages      []*Message             `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`               // ascending seq: the newest `limit` below the bound
+	HasMore       bool                   `protobuf:"varint,2,opt,name=has_more,json=hasMore,proto3" json:"has_more,omitempty"` // older messages remain: before_seq = messages[0].seq
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryOK) Reset() {
+	*x = HistoryOK{}
+	mi := &file_codec_pb_imgn_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryOK) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryOK) ProtoMessage() {}
+
+func (x *HistoryOK) ProtoReflect() protoreflect.Message {
+	mi := &file_codec_pb_imgn_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryOK.ProtoReflect.Descriptor instead.
+func (*HistoryOK) Descriptor() ([]byte, []int) {
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *HistoryOK) GetMessages() []*Message {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+func (x *HistoryOK) GetHasMore() bool {
+	if x != nil {
+		return x.HasMore
+	}
+	return false
+}
+
+// READ_COUNT (0x37), client -> server. Reply READ_COUNT_OK or ERROR.
+type ReadCountRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Peer          string                 `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
+	GroupId       string                 `protobuf:"bytes,2,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	Seq           uint64                 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"` // a message of the conversation, by its seq in the caller's inbox
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadCountRequest) Reset() {
+	*x = ReadCountRequest{}
+	mi := &file_codec_pb_imgn_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadCountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadCountRequest) ProtoMessage() {}
+
+func (x *ReadCountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_codec_pb_imgn_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadCountRequest.ProtoReflect.Descriptor instead.
+func (*ReadCountRequest) Descriptor() ([]byte, []int) {
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ReadCountRequest) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *ReadCountRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *ReadCountRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+// READ_COUNT_OK (0xB7).
+type ReadCountOK struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Read          uint32                 `protobuf:"varint,2,opt,name=read,proto3" json:"read,omitempty"`       // members other than the sender whose read cursor covers it
+	Members       uint32                 `protobuf:"varint,3,opt,name=members,proto3" json:"members,omitempty"` // members other than the sender holding the message
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadCountOK) Reset() {
+	*x = ReadCountOK{}
+	mi := &file_codec_pb_imgn_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadCountOK) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadCountOK) ProtoMessage() {}
+
+func (x *ReadCountOK) ProtoReflect() protoreflect.Message {
+	mi := &file_codec_pb_imgn_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadCountOK.ProtoReflect.Descriptor instead.
+func (*ReadCountOK) Descriptor() ([]byte, []int) {
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ReadCountOK) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *ReadCountOK) GetRead() uint32 {
+	if x != nil {
+		return x.Read
+	}
+	return 0
+}
+
+func (x *ReadCountOK) GetMembers() uint32 {
+	if x != nil {
+		return x.Members
+	}
+	return 0
+}
+
 // GROUP_CREATE (0x20). Reply GROUP_INFO. The creator is always a member.
 type GroupCreateRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -942,7 +1876,7 @@ type GroupCreateRequest struct {
 
 func (x *GroupCreateRequest) Reset() {
 	*x = GroupCreateRequest{}
-	mi := &file_codec_pb_imgn_proto_msgTypes[14]
+	mi := &file_codec_pb_imgn_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -954,7 +1888,7 @@ func (x *GroupCreateRequest) String() string {
 func (*GroupCreateRequest) ProtoMessage() {}
 
 func (x *GroupCreateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_codec_pb_imgn_proto_msgTypes[14]
+	mi := &file_codec_pb_imgn_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -967,7 +1901,7 @@ func (x *GroupCreateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupCreateRequest.ProtoReflect.Descriptor instead.
 func (*GroupCreateRequest) Descriptor() ([]byte, []int) {
-	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{14}
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GroupCreateRequest) GetName() string {
@@ -995,7 +1929,7 @@ type GroupRequest struct {
 
 func (x *GroupRequest) Reset() {
 	*x = GroupRequest{}
-	mi := &file_codec_pb_imgn_proto_msgTypes[15]
+	mi := &file_codec_pb_imgn_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1007,7 +1941,7 @@ func (x *GroupRequest) String() string {
 func (*GroupRequest) ProtoMessage() {}
 
 func (x *GroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_codec_pb_imgn_proto_msgTypes[15]
+	mi := &file_codec_pb_imgn_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1020,7 +1954,7 @@ func (x *GroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupRequest.ProtoReflect.Descriptor instead.
 func (*GroupRequest) Descriptor() ([]byte, []int) {
-	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{15}
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GroupRequest) GetGroupId() string {
@@ -1043,7 +1977,7 @@ type GroupInfo struct {
 
 func (x *GroupInfo) Reset() {
 	*x = GroupInfo{}
-	mi := &file_codec_pb_imgn_proto_msgTypes[16]
+	mi := &file_codec_pb_imgn_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1055,7 +1989,7 @@ func (x *GroupInfo) String() string {
 func (*GroupInfo) ProtoMessage() {}
 
 func (x *GroupInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_codec_pb_imgn_proto_msgTypes[16]
+	mi := &file_codec_pb_imgn_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1068,7 +2002,7 @@ func (x *GroupInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupInfo.ProtoReflect.Descriptor instead.
 func (*GroupInfo) Descriptor() ([]byte, []int) {
-	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{16}
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GroupInfo) GetGroupId() string {
@@ -1109,7 +2043,7 @@ type PresenceRequest struct {
 
 func (x *PresenceRequest) Reset() {
 	*x = PresenceRequest{}
-	mi := &file_codec_pb_imgn_proto_msgTypes[17]
+	mi := &file_codec_pb_imgn_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1121,7 +2055,7 @@ func (x *PresenceRequest) String() string {
 func (*PresenceRequest) ProtoMessage() {}
 
 func (x *PresenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_codec_pb_imgn_proto_msgTypes[17]
+	mi := &file_codec_pb_imgn_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1134,7 +2068,7 @@ func (x *PresenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceRequest.ProtoReflect.Descriptor instead.
 func (*PresenceRequest) Descriptor() ([]byte, []int) {
-	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{17}
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PresenceRequest) GetUsers() []string {
@@ -1156,7 +2090,7 @@ type UserPresence struct {
 
 func (x *UserPresence) Reset() {
 	*x = UserPresence{}
-	mi := &file_codec_pb_imgn_proto_msgTypes[18]
+	mi := &file_codec_pb_imgn_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1168,7 +2102,7 @@ func (x *UserPresence) String() string {
 func (*UserPresence) ProtoMessage() {}
 
 func (x *UserPresence) ProtoReflect() protoreflect.Message {
-	mi := &file_codec_pb_imgn_proto_msgTypes[18]
+	mi := &file_codec_pb_imgn_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1181,7 +2115,7 @@ func (x *UserPresence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserPresence.ProtoReflect.Descriptor instead.
 func (*UserPresence) Descriptor() ([]byte, []int) {
-	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{18}
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *UserPresence) GetUser() string {
@@ -1222,7 +2156,7 @@ type PresenceOK struct {
 
 func (x *PresenceOK) Reset() {
 	*x = PresenceOK{}
-	mi := &file_codec_pb_imgn_proto_msgTypes[19]
+	mi := &file_codec_pb_imgn_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1234,7 +2168,7 @@ func (x *PresenceOK) String() string {
 func (*PresenceOK) ProtoMessage() {}
 
 func (x *PresenceOK) ProtoReflect() protoreflect.Message {
-	mi := &file_codec_pb_imgn_proto_msgTypes[19]
+	mi := &file_codec_pb_imgn_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1247,7 +2181,7 @@ func (x *PresenceOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceOK.ProtoReflect.Descriptor instead.
 func (*PresenceOK) Descriptor() ([]byte, []int) {
-	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{19}
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PresenceOK) GetUsers() []*UserPresence {
@@ -1270,7 +2204,7 @@ type Kick struct {
 
 func (x *Kick) Reset() {
 	*x = Kick{}
-	mi := &file_codec_pb_imgn_proto_msgTypes[20]
+	mi := &file_codec_pb_imgn_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1282,7 +2216,7 @@ func (x *Kick) String() string {
 func (*Kick) ProtoMessage() {}
 
 func (x *Kick) ProtoReflect() protoreflect.Message {
-	mi := &file_codec_pb_imgn_proto_msgTypes[20]
+	mi := &file_codec_pb_imgn_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1295,7 +2229,7 @@ func (x *Kick) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kick.ProtoReflect.Descriptor instead.
 func (*Kick) Descriptor() ([]byte, []int) {
-	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{20}
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Kick) GetCode() uint32 {
@@ -1324,7 +2258,7 @@ type GoAway struct {
 
 func (x *GoAway) Reset() {
 	*x = GoAway{}
-	mi := &file_codec_pb_imgn_proto_msgTypes[21]
+	mi := &file_codec_pb_imgn_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1336,7 +2270,7 @@ func (x *GoAway) String() string {
 func (*GoAway) ProtoMessage() {}
 
 func (x *GoAway) ProtoReflect() protoreflect.Message {
-	mi := &file_codec_pb_imgn_proto_msgTypes[21]
+	mi := &file_codec_pb_imgn_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1349,7 +2283,7 @@ func (x *GoAway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GoAway.ProtoReflect.Descriptor instead.
 func (*GoAway) Descriptor() ([]byte, []int) {
-	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{21}
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GoAway) GetReason() string {
@@ -1384,7 +2318,7 @@ type Notice struct {
 
 func (x *Notice) Reset() {
 	*x = Notice{}
-	mi := &file_codec_pb_imgn_proto_msgTypes[22]
+	mi := &file_codec_pb_imgn_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1396,7 +2330,7 @@ func (x *Notice) String() string {
 func (*Notice) ProtoMessage() {}
 
 func (x *Notice) ProtoReflect() protoreflect.Message {
-	mi := &file_codec_pb_imgn_proto_msgTypes[22]
+	mi := &file_codec_pb_imgn_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1409,7 +2343,7 @@ func (x *Notice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Notice.ProtoReflect.Descriptor instead.
 func (*Notice) Descriptor() ([]byte, []int) {
-	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{22}
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Notice) GetText() string {
@@ -1441,7 +2375,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_codec_pb_imgn_proto_msgTypes[23]
+	mi := &file_codec_pb_imgn_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1453,7 +2387,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_codec_pb_imgn_proto_msgTypes[23]
+	mi := &file_codec_pb_imgn_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1466,7 +2400,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{23}
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Error) GetCode() uint32 {
@@ -1550,7 +2484,7 @@ const file_codec_pb_imgn_proto_rawDesc = "" +
 	"\x06msg_id\x18\x02 \x01(\x04R\x05msgId\x12\x10\n" +
 	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12\x12\n" +
 	"\x04time\x18\x04 \x01(\x03R\x04time\x12\x1c\n" +
-	"\tduplicate\x18\x05 \x01(\bR\tduplicate\"\xd1\x01\n" +
+	"\tduplicate\x18\x05 \x01(\bR\tduplicate\"\xc1\x02\n" +
 	"\aMessage\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x15\n" +
 	"\x06msg_id\x18\x02 \x01(\x04R\x05msgId\x12\x12\n" +
@@ -1560,7 +2494,12 @@ const file_codec_pb_imgn_proto_rawDesc = "" +
 	"\rclient_msg_id\x18\x06 \x01(\tR\vclientMsgId\x12\x12\n" +
 	"\x04kind\x18\a \x01(\rR\x04kind\x12\x12\n" +
 	"\x04body\x18\b \x01(\fR\x04body\x12\x12\n" +
-	"\x04time\x18\t \x01(\x03R\x04time\"4\n" +
+	"\x04time\x18\t \x01(\x03R\x04time\x12\x14\n" +
+	"\x05event\x18\n" +
+	" \x01(\rR\x05event\x12\"\n" +
+	"\rtarget_msg_id\x18\v \x01(\x04R\vtargetMsgId\x12\x1a\n" +
+	"\brecalled\x18\f \x01(\bR\brecalled\x12\x18\n" +
+	"\adeleted\x18\r \x01(\bR\adeleted\"4\n" +
 	"\x04Push\x12,\n" +
 	"\bmessages\x18\x01 \x03(\v2\x10.imgn.v1.MessageR\bmessages\"%\n" +
 	"\aPushAck\x12\x1a\n" +
@@ -1572,7 +2511,71 @@ const file_codec_pb_imgn_proto_rawDesc = "" +
 	"\bmessages\x18\x01 \x03(\v2\x10.imgn.v1.MessageR\bmessages\x12\x19\n" +
 	"\bhas_more\x18\x02 \x01(\bR\ahasMore\x12\x19\n" +
 	"\bhead_seq\x18\x03 \x01(\x04R\aheadSeq\x12\x1b\n" +
-	"\tfirst_seq\x18\x04 \x01(\x04R\bfirstSeq\"B\n" +
+	"\tfirst_seq\x18\x04 \x01(\x04R\bfirstSeq\"K\n" +
+	"\x14ConversationsRequest\x12\x1d\n" +
+	"\n" +
+	"before_seq\x18\x01 \x01(\x04R\tbeforeSeq\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\"\xb1\x01\n" +
+	"\fConversation\x12\x12\n" +
+	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x19\n" +
+	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12\x19\n" +
+	"\blast_seq\x18\x03 \x01(\x04R\alastSeq\x12\x19\n" +
+	"\bread_seq\x18\x04 \x01(\x04R\areadSeq\x12\x16\n" +
+	"\x06unread\x18\x05 \x01(\rR\x06unread\x12$\n" +
+	"\x04last\x18\x06 \x01(\v2\x10.imgn.v1.MessageR\x04last\"i\n" +
+	"\x0fConversationsOK\x12;\n" +
+	"\rconversations\x18\x01 \x03(\v2\x15.imgn.v1.ConversationR\rconversations\x12\x19\n" +
+	"\bhas_more\x18\x02 \x01(\bR\ahasMore\"X\n" +
+	"\vReadRequest\x12\x12\n" +
+	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x19\n" +
+	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12\x1a\n" +
+	"\tup_to_seq\x18\x03 \x01(\x04R\aupToSeq\"j\n" +
+	"\x06ReadOK\x12\x12\n" +
+	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x19\n" +
+	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12\x19\n" +
+	"\bread_seq\x18\x03 \x01(\x04R\areadSeq\x12\x16\n" +
+	"\x06unread\x18\x04 \x01(\rR\x06unread\"~\n" +
+	"\aReceipt\x12\x12\n" +
+	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x19\n" +
+	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12\x12\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\x12\x19\n" +
+	"\bread_seq\x18\x04 \x01(\x04R\areadSeq\x12\x15\n" +
+	"\x06msg_id\x18\x05 \x01(\x04R\x05msgId\"N\n" +
+	"\rTypingRequest\x12\x12\n" +
+	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x19\n" +
+	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12\x0e\n" +
+	"\x02on\x18\x03 \x01(\bR\x02on\"\x7f\n" +
+	"\vTypingEvent\x12\x12\n" +
+	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x19\n" +
+	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12\x12\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\x12\x0e\n" +
+	"\x02on\x18\x04 \x01(\bR\x02on\x12\x1d\n" +
+	"\n" +
+	"expires_ms\x18\x05 \x01(\rR\texpiresMs\"'\n" +
+	"\x0eMessageRequest\x12\x15\n" +
+	"\x06msg_id\x18\x01 \x01(\x04R\x05msgId\"P\n" +
+	"\aEventOK\x12\x15\n" +
+	"\x06msg_id\x18\x01 \x01(\x04R\x05msgId\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1c\n" +
+	"\tduplicate\x18\x03 \x01(\bR\tduplicate\"\x98\x01\n" +
+	"\x0eHistoryRequest\x12\x12\n" +
+	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x19\n" +
+	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12\x1d\n" +
+	"\n" +
+	"before_seq\x18\x03 \x01(\x04R\tbeforeSeq\x12\"\n" +
+	"\rbefore_msg_id\x18\x04 \x01(\x04R\vbeforeMsgId\x12\x14\n" +
+	"\x05limit\x18\x05 \x01(\rR\x05limit\"T\n" +
+	"\tHistoryOK\x12,\n" +
+	"\bmessages\x18\x01 \x03(\v2\x10.imgn.v1.MessageR\bmessages\x12\x19\n" +
+	"\bhas_more\x18\x02 \x01(\bR\ahasMore\"S\n" +
+	"\x10ReadCountRequest\x12\x12\n" +
+	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x19\n" +
+	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"M\n" +
+	"\vReadCountOK\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04read\x18\x02 \x01(\rR\x04read\x12\x18\n" +
+	"\amembers\x18\x03 \x01(\rR\amembers\"B\n" +
 	"\x12GroupCreateRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\amembers\x18\x02 \x03(\tR\amembers\")\n" +
@@ -1622,42 +2625,59 @@ func file_codec_pb_imgn_proto_rawDescGZIP() []byte {
 	return file_codec_pb_imgn_proto_rawDescData
 }
 
-var file_codec_pb_imgn_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_codec_pb_imgn_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_codec_pb_imgn_proto_goTypes = []any{
-	(*RegisterRequest)(nil),    // 0: imgn.v1.RegisterRequest
-	(*RegisterOK)(nil),         // 1: imgn.v1.RegisterOK
-	(*LoginRequest)(nil),       // 2: imgn.v1.LoginRequest
-	(*LoginOK)(nil),            // 3: imgn.v1.LoginOK
-	(*Heartbeat)(nil),          // 4: imgn.v1.Heartbeat
-	(*Empty)(nil),              // 5: imgn.v1.Empty
-	(*SendRequest)(nil),        // 6: imgn.v1.SendRequest
-	(*GroupSendRequest)(nil),   // 7: imgn.v1.GroupSendRequest
-	(*SendAck)(nil),            // 8: imgn.v1.SendAck
-	(*Message)(nil),            // 9: imgn.v1.Message
-	(*Push)(nil),               // 10: imgn.v1.Push
-	(*PushAck)(nil),            // 11: imgn.v1.PushAck
-	(*SyncRequest)(nil),        // 12: imgn.v1.SyncRequest
-	(*SyncOK)(nil),             // 13: imgn.v1.SyncOK
-	(*GroupCreateRequest)(nil), // 14: imgn.v1.GroupCreateRequest
-	(*GroupRequest)(nil),       // 15: imgn.v1.GroupRequest
-	(*GroupInfo)(nil),          // 16: imgn.v1.GroupInfo
-	(*PresenceRequest)(nil),    // 17: imgn.v1.PresenceRequest
-	(*UserPresence)(nil),       // 18: imgn.v1.UserPresence
-	(*PresenceOK)(nil),         // 19: imgn.v1.PresenceOK
-	(*Kick)(nil),               // 20: imgn.v1.Kick
-	(*GoAway)(nil),             // 21: imgn.v1.GoAway
-	(*Notice)(nil),             // 22: imgn.v1.Notice
-	(*Error)(nil),              // 23: imgn.v1.Error
+	(*RegisterRequest)(nil),      // 0: imgn.v1.RegisterRequest
+	(*RegisterOK)(nil),           // 1: imgn.v1.RegisterOK
+	(*LoginRequest)(nil),         // 2: imgn.v1.LoginRequest
+	(*LoginOK)(nil),              // 3: imgn.v1.LoginOK
+	(*Heartbeat)(nil),            // 4: imgn.v1.Heartbeat
+	(*Empty)(nil),                // 5: imgn.v1.Empty
+	(*SendRequest)(nil),          // 6: imgn.v1.SendRequest
+	(*GroupSendRequest)(nil),     // 7: imgn.v1.GroupSendRequest
+	(*SendAck)(nil),              // 8: imgn.v1.SendAck
+	(*Message)(nil),              // 9: imgn.v1.Message
+	(*Push)(nil),                 // 10: imgn.v1.Push
+	(*PushAck)(nil),              // 11: imgn.v1.PushAck
+	(*SyncRequest)(nil),          // 12: imgn.v1.SyncRequest
+	(*SyncOK)(nil),               // 13: imgn.v1.SyncOK
+	(*ConversationsRequest)(nil), // 14: imgn.v1.ConversationsRequest
+	(*Conversation)(nil),         // 15: imgn.v1.Conversation
+	(*ConversationsOK)(nil),      // 16: imgn.v1.ConversationsOK
+	(*ReadRequest)(nil),          // 17: imgn.v1.ReadRequest
+	(*ReadOK)(nil),               // 18: imgn.v1.ReadOK
+	(*Receipt)(nil),              // 19: imgn.v1.Receipt
+	(*TypingRequest)(nil),        // 20: imgn.v1.TypingRequest
+	(*TypingEvent)(nil),          // 21: imgn.v1.TypingEvent
+	(*MessageRequest)(nil),       // 22: imgn.v1.MessageRequest
+	(*EventOK)(nil),              // 23: imgn.v1.EventOK
+	(*HistoryRequest)(nil),       // 24: imgn.v1.HistoryRequest
+	(*HistoryOK)(nil),            // 25: imgn.v1.HistoryOK
+	(*ReadCountRequest)(nil),     // 26: imgn.v1.ReadCountRequest
+	(*ReadCountOK)(nil),          // 27: imgn.v1.ReadCountOK
+	(*GroupCreateRequest)(nil),   // 28: imgn.v1.GroupCreateRequest
+	(*GroupRequest)(nil),         // 29: imgn.v1.GroupRequest
+	(*GroupInfo)(nil),            // 30: imgn.v1.GroupInfo
+	(*PresenceRequest)(nil),      // 31: imgn.v1.PresenceRequest
+	(*UserPresence)(nil),         // 32: imgn.v1.UserPresence
+	(*PresenceOK)(nil),           // 33: imgn.v1.PresenceOK
+	(*Kick)(nil),                 // 34: imgn.v1.Kick
+	(*GoAway)(nil),               // 35: imgn.v1.GoAway
+	(*Notice)(nil),               // 36: imgn.v1.Notice
+	(*Error)(nil),                // 37: imgn.v1.Error
 }
 var file_codec_pb_imgn_proto_depIdxs = []int32{
 	9,  // 0: imgn.v1.Push.messages:type_name -> imgn.v1.Message
 	9,  // 1: imgn.v1.SyncOK.messages:type_name -> imgn.v1.Message
-	18, // 2: imgn.v1.PresenceOK.users:type_name -> imgn.v1.UserPresence
-	3,  // [3:3] is the sub-list for method output_type
-	3,  // [3:3] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	9,  // 2: imgn.v1.Conversation.last:type_name -> imgn.v1.Message
+	15, // 3: imgn.v1.ConversationsOK.conversations:type_name -> imgn.v1.Conversation
+	9,  // 4: imgn.v1.HistoryOK.messages:type_name -> imgn.v1.Message
+	32, // 5: imgn.v1.PresenceOK.users:type_name -> imgn.v1.UserPresence
+	6,  // [6:6] is the sub-list for method output_type
+	6,  // [6:6] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_codec_pb_imgn_proto_init() }
@@ -1671,7 +2691,7 @@ func file_codec_pb_imgn_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_codec_pb_imgn_proto_rawDesc), len(file_codec_pb_imgn_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -25,6 +25,7 @@ var (
 	_ persist.AsyncAppender = (*Store)(nil)
 	_ persist.NonBlocking   = (*Store)(nil)
 	_ persist.Retainer      = (*Store)(nil)
+	_ persist.ChatStore     = (*Store)(nil)
 )
 
 // Store is an in-memory persist.Store. The zero value is not usable; call New.
@@ -191,7 +192,9 @@ func (s *Store) appendLocked(op *persist.AppendOp) {
 				continue
 			}
 		}
-		res.Seqs = append(res.Seqs, m.appendTo(in, slot, r))
+		seq := m.appendTo(in, slot, r)
+		res.Seqs = append(res.Seqs, seq)
+		m.converse(in, &res.Msg, seq)
 	}
 }
 
@@ -243,9 +246,12 @@ func (s *Store) ReadInbox(ctx context.Context, user string, afterSeq uint64, lim
 	}
 	out := make([]persist.InboxEntry, len(slots))
 	for i, slot := range slots {
-		r, c := s.m.rec(slot)
+		r, c := s.m.rec(slot &^ hiddenBit)
 		msg := c.message(r)
-		out[i] = persist.InboxEntry{Seq: from + uint64(i), Msg: copyMsg(&msg)}
+		out[i] = persist.InboxEntry{Seq: from + uint64(i), Msg: copyMsg(&msg), Deleted: slot&hiddenBit != 0}
+		if out[i].Deleted {
+			out[i].Msg.Body = nil
+		}
 	}
 	return out, nil
 }

@@ -31,3 +31,7 @@ func TestRetentionConformance(t *testing.T) {
 func BenchmarkStore(b *testing.B) {
 	storetest.Bench(b, func(b *testing.B) persist.Store { return memstore.New() })
 }
+
+func TestChatConformance(t *testing.T) {
+	storetest.RunChat(t, func(t *testing.T) persist.Store { return memstore.New() })
+}

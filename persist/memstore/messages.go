@@ -45,6 +45,13 @@ type record struct {
 	group                bool
 	refs                 int32 // inboxes that still hold the message
 	from, to, cmid, body span
+	// Chat: event is the entry's persist.Event*, target the message it is
+	// about; a recalled message has recalled set (its body span cleared)
+	// and evslot = the slot of its recall event + 1.
+	event    uint32
+	recalled bool
+	target   uint64
+	evslot   uint64
 	// The message's seq in the inboxes it was appended to: the first two
 	// inline (every 1:1 message), the rest in messages.more (groups).
 	in [2]inboxRef
@@ -108,15 +115,32 @@ func (c *chunk) str(sp span) string {
 // collector keeps a slab alive while anything points into it).
 func (c *chunk) message(r *record) persist.Message {
 	return persist.Message{ID: r.id, From: c.str(r.from), To: c.str(r.to), Group: r.group, ClientMsgID: c.str(r.cmid),
-		Timestamp: r.ts, Kind: r.kind, Body: c.bytes(r.body)}
+		Timestamp: r.ts, Kind: r.kind, Body: c.bytes(r.body), Event: r.event, Target: r.target, Recalled: r.recalled}
 }
 
-// inbox is one user's inbox: slots[i] holds the message at seq first+i.
+// inbox is one user's inbox: slots[i] holds the message at seq first+i,
+// with hiddenBit set when the user deleted it for itself.
 type inbox struct {
 	idx   uint32 // its inboxRef.in
+	name  string // the user
 	slots []uint64
 	first uint64 // seq of slots[0]; head+1 when the inbox is empty
 	head  uint64 // the last seq assigned (kept when retention empties it)
+	convs map[persist.ConvID]*conv
+}
+
+// hiddenBit marks an inbox slot deleted for its owner (slot numbers never
+// reach it).
+const hiddenBit = 1 << 63
+
+// slotAt returns the slot at seq and whether it is hidden; ok is false when
+// the inbox does not hold seq.
+func (in *inbox) slotAt(seq uint64) (slot uint64, hidden, ok bool) {
+	if seq < in.first || seq > in.head {
+		return 0, false, false
+	}
+	v := in.slots[seq-in.first]
+	return v &^ hiddenBit, v&hiddenBit != 0, true
 }
 
 // messages is the message part of the store. Every method runs with the
@@ -201,6 +225,11 @@ func (m *messages) store(msg *persist.Message) (uint64, *record) {
 		from: c.putString(msg.From), to: c.putString(msg.To), cmid: c.putString(msg.ClientMsgID), body: c.put(msg.Body)}
 	c.live++
 	m.byID[msg.ID] = slot
+	if msg.Event != persist.EventNone {
+		// An event is found through its target, never by a dedup key.
+		r.event, r.target = msg.Event, msg.Target
+		return slot, r
+	}
 	h := m.dedupHash(msg.From, msg.ClientMsgID)
 	if _, taken := m.dedup[h]; taken {
 		m.spill[dedupKey{c.str(r.from), c.str(r.cmid)}] = slot
@@ -265,7 +294,7 @@ func (m *messages) inbox(user string, create bool) *inbox {
 	if in == nil && create {
 		name := string(append([]byte(nil), user...))
 		m.list = append(m.list, nil)
-		in = &inbox{idx: uint32(len(m.list)), first: 1}
+		in = &inbox{idx: uint32(len(m.list)), name: name, first: 1}
 		m.list[in.idx-1] = in
 		m.inboxes[name] = in
 	}
@@ -300,6 +329,7 @@ func (m *messages) appendTo(in *inbox, slot uint64, r *record) uint64 {
 // trim drops the n oldest entries of in.
 func (m *messages) trim(in *inbox, n int) {
 	for _, slot := range in.slots[:n] {
+		slot &^= hiddenBit
 		if r, _ := m.rec(slot); r != nil && r.refs > 0 {
 			m.unref(slot, r)
 		}
@@ -329,7 +359,9 @@ func (m *messages) unref(slot uint64, r *record) {
 // was the chunk's last.
 func (m *messages) kill(slot uint64, r *record, c *chunk) {
 	delete(m.byID, r.id)
-	m.forget(slot, r, c)
+	if r.event == persist.EventNone {
+		m.forget(slot, r, c)
+	}
 	if r.in[1].in != 0 {
 		delete(m.more, slot)
 	}

@@ -31,6 +31,17 @@ func RunRetention(t *testing.T, open func(t *testing.T, r persist.Retention) per
 		{"DedupWindow", persist.Retention{InboxMax: 2, DedupWindow: time.Hour}, testDedupWindow},
 		{"UnderLoad", persist.Retention{InboxMax: 50}, testRetentionUnderLoad},
 	}
+	probe := open(t, persist.Retention{})
+	if _, ok := probe.(chatStore); ok {
+		tests = append(tests, struct {
+			name string
+			r    persist.Retention
+			fn   func(t *testing.T, s persist.Store, rt persist.Retainer)
+		}{"Chat", persist.Retention{InboxMax: 3}, testChatRetention})
+	}
+	if err := probe.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -302,5 +313,46 @@ func testRetentionUnderLoad(t *testing.T, s persist.Store, rt persist.Retainer) 
 		if first, last := mustFirstSeq(t, rt, own), mustLastSeq(t, s, own); first != 51 || last != perWorker {
 			t.Fatalf("inbox %s: FirstSeq %d LastSeq %d, want 51 and %d", own, first, last, perWorker)
 		}
+	}
+}
+
+// testChatRetention (stores with the chat seam): conversation entries go
+// with the inbox prefix that retention removes; the conversation, its
+// last seq and its cursor stay; removed messages are neither unread, nor in
+// history, nor recallable there.
+func testChatRetention(t *testing.T, st persist.Store, _ persist.Retainer) {
+	s := st.(chatStore)
+	ctx := t.Context()
+	for i := uint64(1); i <= 5; i++ {
+		say(t, s, i, "bob", "alice")
+	}
+	if c := convOf(t, s, "alice", peer("bob")); c.Unread != 3 || c.LastSeq != 5 || !c.HasLast || c.Last.Msg.ID != 5 {
+		t.Fatalf("alice's conversation under a cap of 3: %+v", c)
+	}
+	if h := mustHistory(t, s, "alice", peer("bob"), 0, 10); !slices.Equal(h, []uint64{3, 4, 5}) {
+		t.Fatalf("history under a cap of 3: %v", h)
+	}
+	res, err := s.MarkRead(ctx, "alice", peer("bob"), 1)
+	if err != nil || !res.Moved || res.ReadSeq != 1 || res.Unread != 3 || res.MsgID != 0 {
+		t.Fatalf("MarkRead below the first kept seq: %+v, %v", res, err)
+	}
+	for i := uint64(6); i <= 8; i++ {
+		say(t, s, i, "carol", "alice")
+	}
+	c := convOf(t, s, "alice", peer("bob"))
+	if c.Unread != 0 || c.LastSeq != 5 || c.ReadSeq != 1 || c.HasLast {
+		t.Fatalf("alice's conversation with bob after its messages were removed: %+v", c)
+	}
+	if h := mustHistory(t, s, "alice", peer("bob"), 0, 10); len(h) != 0 {
+		t.Fatalf("history of removed messages: %v", h)
+	}
+	if c := convOf(t, s, "alice", peer("carol")); c.Unread != 3 {
+		t.Fatalf("alice's conversation with carol: %+v", c)
+	}
+	_, err = s.Recall(ctx, persist.EventRequest{User: "bob", Target: 1, ID: 100, Timestamp: 1})
+	wantErr(t, "recall of a message retention removed", err, persist.ErrNotFound)
+	ev, err := s.Recall(ctx, persist.EventRequest{User: "bob", Target: 5, ID: 101, Timestamp: 1})
+	if err != nil || !slices.Equal(ev.Inboxes, []string{"bob"}) {
+		t.Fatalf("recall of a message only bob still holds: %+v, %v", ev, err)
 	}
 }
