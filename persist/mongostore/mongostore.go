@@ -328,6 +328,9 @@ type Store struct {
 	// ferret: the server is FerretDB (buildInfo has ferretdbVersion), whose
 	// ordered inserts need chunking (see insertOrdered).
 	ferret bool
+	// eqQueries: findAny sends equality queries in place of one $in query
+	// (set for FerretDB; tests of the MongoDB query shape clear it).
+	eqQueries bool
 
 	// committer-only state
 	seqCache map[string]uint64 // user -> a seq known to be that user's last
@@ -431,6 +434,7 @@ func (s *Store) setup(ctx context.Context) error {
 	}
 	_, err = info.LookupErr("ferretdbVersion")
 	s.ferret = err == nil
+	s.eqQueries = s.ferret
 	unique := func(name string, keys ...string) mongo.IndexModel {
 		d := make(bson.D, len(keys))
 		for i, k := range keys {
