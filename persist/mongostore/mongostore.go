@@ -6,7 +6,8 @@
 //
 // # Collections
 //
-//	messages  _id = message ID (int64 bit pattern); unique (from, cmid)
+//	messages  _id = message ID (int64 bit pattern); unique (from, cmid);
+//	          mid = the ID in hex (unique, indexed on FerretDB only)
 //	inbox     _id = "<user key><seq hex>"; unique (user, seq), unique (user, msg)
 //	heads     _id = "<user key>": a hint, the highest seq known to exist
 //	cursors   _id = "<user key><device key>": pos (sign-flipped uint64)
@@ -442,11 +443,16 @@ func (s *Store) setup(ctx context.Context) error {
 		}
 		return mongo.IndexModel{Keys: d, Options: options.Index().SetUnique(true).SetName(name)}
 	}
+	messageIndexes := []mongo.IndexModel{unique("from_cmid", "from", "cmid")}
+	if s.ferret {
+		// What FerretDB looks messages up by (see messageDoc).
+		messageIndexes = append(messageIndexes, unique("mid", "mid"))
+	}
 	for _, ix := range []struct {
 		c      *mongo.Collection
 		models []mongo.IndexModel
 	}{
-		{s.messages, []mongo.IndexModel{unique("from_cmid", "from", "cmid")}},
+		{s.messages, messageIndexes},
 		{s.inbox, []mongo.IndexModel{unique("user_seq", "user", "seq"), unique("user_msg", "user", "msg")}},
 	} {
 		// One index per command: FerretDB v1.24 panics (and drops the

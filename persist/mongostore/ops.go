@@ -248,9 +248,9 @@ func (s *Store) ReadInbox(ctx context.Context, user string, afterSeq uint64, lim
 	if len(out) == 0 {
 		return []persist.InboxEntry{}, nil
 	}
-	each := make([]bson.D, len(ids))
-	for i, id := range ids {
-		each[i] = bson.D{{Key: "_id", Value: id}}
+	each := make([]bson.D, len(out))
+	for i, e := range out {
+		each[i] = bson.D{{Key: "mid", Value: midKey(e.Msg.ID)}} // see messageDoc
 	}
 	msgs := make(map[uint64]persist.Message, len(out))
 	err = s.findAny(ctx, s.messages, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}}, each, "read inbox: messages", func(raw bson.Raw) error {
