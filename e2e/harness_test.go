@@ -116,7 +116,7 @@ func newCluster(t *testing.T, meshMode string) *cluster {
 func (c *cluster) addNode(id string, extra ...string) *node {
 	c.t.Helper()
 	n := &node{c: c, id: id, listen: freeAddr(c.t), admin: freeAddr(c.t), mesh: freeAddr(c.t), weight: 100,
-		logPath: filepath.Join(c.t.TempDir(), id+".log")}
+		logPath: filepath.Join(logDir(c.t), id+".log")}
 	c.mu.Lock()
 	c.nodes[id] = n
 	c.mu.Unlock()
@@ -164,6 +164,21 @@ func (n *node) spawn(extra ...string) {
 			c.t.Logf("--- log of %s ---\n%s", n.id, b)
 		}
 	})
+}
+
+// logDir is where the nodes' logs go: $E2E_LOG_DIR/<test name> when that
+// variable is set (kept for reading after the run), else a directory the
+// test removes.
+func logDir(t *testing.T) string {
+	root := os.Getenv("E2E_LOG_DIR")
+	if root == "" {
+		return t.TempDir()
+	}
+	dir := filepath.Join(root, strings.ReplaceAll(t.Name(), "/", "_"))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 // waitReady polls the admin /readyz.

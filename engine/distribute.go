@@ -108,8 +108,10 @@ type entryAppender interface {
 }
 
 // localAppendEntries appends entries for the stored msg on this node's
-// store. A store without AppendEntries gets a full Append, which finds the
-// message by (From, ClientMsgID) and adds the entries: the same effect.
+// store and tells the observer, like localAppend: the owner of an inbox
+// publishes its events whichever owner stored the message document. A
+// store without AppendEntries gets a full Append, which finds the message
+// by (From, ClientMsgID) and adds the entries: the same effect.
 func (s *Server) localAppendEntries(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
 	ea, ok := s.store.(entryAppender)
 	if !ok {
@@ -118,6 +120,9 @@ func (s *Server) localAppendEntries(ctx context.Context, msg persist.Message, in
 	t0 := time.Now()
 	res, err := ea.AppendEntries(ctx, msg, inboxes)
 	s.metrics.storeLatency.Observe(time.Since(t0).Seconds())
+	if err == nil && s.cfg.Observer != nil {
+		s.cfg.Observer.MessageStored(&res.Msg, inboxes, res.Seqs, res.Duplicate)
+	}
 	return res, err
 }
 

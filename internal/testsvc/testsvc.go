@@ -78,6 +78,11 @@ var (
 	ErrUnknownKind = errors.New("testsvc: unknown service kind")
 )
 
+// errPortInUse: something listens on the service's port already. Launch
+// picks another port when it chose this one (another process took it
+// between FreePort and the start: tests run in parallel).
+var errPortInUse = errors.New("is in use")
+
 // defaults
 const (
 	defaultReadyTimeout = 60 * time.Second
@@ -255,7 +260,7 @@ func Launch(ctx context.Context, kind, dir string, port int, opts ...Option) (*S
 			break
 		}
 		var exited *exitedError
-		if !errors.As(lastErr, &exited) {
+		if !errors.As(lastErr, &exited) && !errors.Is(lastErr, errPortInUse) {
 			break // a timeout or a spawn failure: another port will not help
 		}
 	}
@@ -331,7 +336,7 @@ func (s *Service) Start() error {
 	// our child's place (another cluster on the same ports).
 	ln, err := net.Listen("tcp", s.Addr)
 	if err != nil {
-		return fmt.Errorf("testsvc: start %s: port %d is in use: %w", s, s.Port, err)
+		return fmt.Errorf("testsvc: start %s: port %d %w: %w", s, s.Port, errPortInUse, err)
 	}
 	ln.Close()
 	k := kinds[s.Kind]

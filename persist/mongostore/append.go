@@ -23,6 +23,17 @@ const maxRounds = 16
 // mode (see insertOrdered).
 const ferretBatch = 100
 
+// ferretUpdateBatch is the most updates bulkWrite sends to FerretDB in one
+// command. FerretDB v1's update command keeps the query of every update
+// whose filter matched (and so one connection of its PostgreSQL pool) open
+// until the whole command ends, and takes one more connection to write each
+// document: a command of more updates than the pool has connections waits
+// forever for one it holds itself, and every other command with it. At 16,
+// a node's two writers of updates (cursors, heads) hold at most 34
+// connections, so devmongo's pool of 150 serves four such nodes at once
+// even when all of them flush together.
+const ferretUpdateBatch = 16
+
 // headsEvery: the heads hint of a user is rewritten when the user's last
 // seq crosses a multiple of it, so a cold lookup searches at most that many
 // entries past the hint (about 2*log2(headsEvery) point reads) while most
@@ -379,44 +390,48 @@ type dedupKey struct{ from, cmid string }
 
 // lookupMany reads the stored messages of the (From, ClientMsgID) keys of
 // reqs with one query (every pair of the keys' senders and ids matches the
-// filter; the exact keys are picked from the answer).
+// filter; the exact keys are picked from the answer; see findAny for
+// FerretDB).
 func (s *Store) lookupMany(reqs []*appendReq) (map[dedupKey]persist.Message, error) {
 	var froms, cmids bson.A
+	var each []bson.D
 	seenF, seenC := map[string]bool{}, map[string]bool{}
 	want := map[dedupKey]bool{}
 	for _, r := range reqs {
-		want[dedupKey{r.msg.From, r.msg.ClientMsgID}] = true
-		if !seenF[r.msg.From] {
-			seenF[r.msg.From] = true
-			froms = append(froms, enc(r.msg.From))
+		k := dedupKey{r.msg.From, r.msg.ClientMsgID}
+		if want[k] {
+			continue
 		}
-		if !seenC[r.msg.ClientMsgID] {
-			seenC[r.msg.ClientMsgID] = true
-			cmids = append(cmids, enc(r.msg.ClientMsgID))
+		want[k] = true
+		each = append(each, bson.D{{Key: "from", Value: enc(k.from)}, {Key: "cmid", Value: enc(k.cmid)}})
+		if !seenF[k.from] {
+			seenF[k.from] = true
+			froms = append(froms, enc(k.from))
+		}
+		if !seenC[k.cmid] {
+			seenC[k.cmid] = true
+			cmids = append(cmids, enc(k.cmid))
 		}
 	}
 	ctx, cancel := s.opCtx()
 	defer cancel()
-	cur, err := s.messages.Find(ctx, bson.D{
+	all := bson.D{
 		{Key: "from", Value: bson.D{{Key: "$in", Value: froms}}},
 		{Key: "cmid", Value: bson.D{{Key: "$in", Value: cmids}}},
-	})
-	if err != nil {
-		return nil, mapErr(ctx, "append: look up duplicates", err)
 	}
-	defer cur.Close(ctx)
 	out := make(map[dedupKey]persist.Message, len(want))
-	for cur.Next(ctx) {
-		m, err := decodeMessage(cur.Current)
+	err := s.findAny(ctx, s.messages, all, each, "append: look up duplicates", func(raw bson.Raw) error {
+		m, err := decodeMessage(raw)
 		if err != nil {
-			return nil, mapErr(ctx, "append: look up duplicates", err)
+			return err
 		}
 		if k := (dedupKey{m.From, m.ClientMsgID}); want[k] {
 			out[k] = m
 		}
-	}
-	if err := cur.Err(); err != nil {
-		return nil, mapErr(ctx, "append: look up duplicates", err)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -424,21 +439,13 @@ func (s *Store) lookupMany(reqs []*appendReq) (map[dedupKey]persist.Message, err
 // findExisting marks the entries of duplicate appends that already exist
 // (one query).
 func (s *Store) findExisting(dups []*appendReq, entries map[entryKey]*entry) error {
-	var users, ids bson.A
-	seenU, seenID := map[string]bool{}, map[uint64]bool{}
+	var keys []entryKey
 	for _, r := range dups {
-		if !seenID[r.res.Msg.ID] {
-			seenID[r.res.Msg.ID] = true
-			ids = append(ids, idToDB(r.res.Msg.ID))
-		}
 		for _, in := range r.inboxes {
-			if !seenU[in] {
-				seenU[in] = true
-				users = append(users, enc(in))
-			}
+			keys = append(keys, entryKey{in, r.res.Msg.ID})
 		}
 	}
-	return s.scanEntries(users, ids, func(k entryKey, seq uint64) {
+	return s.scanEntries(keys, func(k entryKey, seq uint64) {
 		if e := entries[k]; e != nil {
 			e.seq, e.done = seq, true
 		}
@@ -681,53 +688,57 @@ func (s *Store) insertOrdered(docs []any) (stored int, we *mongo.WriteError, err
 // findEntries returns the seqs of those of entries that exist in the
 // store, by (user, message), with one query.
 func (s *Store) findEntries(entries []*entry) (map[entryKey]uint64, error) {
-	var users, ids bson.A
-	seenU, seenID := map[string]bool{}, map[uint64]bool{}
-	for _, e := range entries {
-		if !seenU[e.user] {
-			seenU[e.user] = true
-			users = append(users, enc(e.user))
-		}
-		if !seenID[e.msgID] {
-			seenID[e.msgID] = true
-			ids = append(ids, idToDB(e.msgID))
-		}
-	}
-	want := make(map[entryKey]bool, len(entries))
-	for _, e := range entries {
-		want[entryKey{e.user, e.msgID}] = true
+	keys := make([]entryKey, len(entries))
+	for i, e := range entries {
+		keys[i] = entryKey{e.user, e.msgID}
 	}
 	out := map[entryKey]uint64{}
-	err := s.scanEntries(users, ids, func(k entryKey, seq uint64) {
-		if want[k] {
-			out[k] = seq
-		}
-	})
+	err := s.scanEntries(keys, func(k entryKey, seq uint64) { out[k] = seq })
 	return out, err
 }
 
-// scanEntries calls fn for every inbox entry of one of users that
-// references one of ids (one query).
-func (s *Store) scanEntries(users, ids bson.A, fn func(entryKey, uint64)) error {
+// scanEntries calls fn for every existing inbox entry of keys (one query:
+// every pair of the keys' users and messages matches its filter, and fn
+// sees the keys' own only; see findAny for FerretDB).
+func (s *Store) scanEntries(keys []entryKey, fn func(entryKey, uint64)) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	var users, ids bson.A
+	var each []bson.D
+	seenU, seenID := map[string]bool{}, map[uint64]bool{}
+	want := make(map[entryKey]bool, len(keys))
+	for _, k := range keys {
+		if want[k] {
+			continue
+		}
+		want[k] = true
+		each = append(each, bson.D{{Key: "user", Value: enc(k.user)}, {Key: "msg", Value: idToDB(k.msgID)}})
+		if !seenU[k.user] {
+			seenU[k.user] = true
+			users = append(users, enc(k.user))
+		}
+		if !seenID[k.msgID] {
+			seenID[k.msgID] = true
+			ids = append(ids, idToDB(k.msgID))
+		}
+	}
+	all := each[0]
+	if len(each) > 1 {
+		all = bson.D{{Key: "user", Value: bson.D{{Key: "$in", Value: users}}}, {Key: "msg", Value: bson.D{{Key: "$in", Value: ids}}}}
+	}
 	ctx, cancel := s.opCtx()
 	defer cancel()
-	filter := bson.D{{Key: "user", Value: bson.D{{Key: "$in", Value: users}}}, {Key: "msg", Value: bson.D{{Key: "$in", Value: ids}}}}
-	if len(users) == 1 && len(ids) == 1 {
-		filter = bson.D{{Key: "user", Value: users[0]}, {Key: "msg", Value: ids[0]}}
-	}
-	cur, err := s.inbox.Find(ctx, filter, options.Find().SetProjection(bson.D{{Key: "user", Value: 1}, {Key: "msg", Value: 1}, {Key: "seq", Value: 1}}))
-	if err != nil {
-		return mapErr(ctx, "append: find inbox entries", err)
-	}
-	defer cur.Close(ctx)
-	for cur.Next(ctx) {
-		user, msgID, seq, err := decodeEntry(cur.Current)
+	return s.findAny(ctx, s.inbox, all, each, "append: find inbox entries", func(raw bson.Raw) error {
+		user, msgID, seq, err := decodeEntry(raw)
 		if err != nil {
-			return mapErr(ctx, "append: find inbox entries", err)
+			return err
 		}
-		fn(entryKey{user, msgID}, seq)
-	}
-	return mapErr(ctx, "append: find inbox entries", cur.Err())
+		if k := (entryKey{user, msgID}); want[k] {
+			fn(k, seq)
+		}
+		return nil
+	}, options.Find().SetProjection(bson.D{{Key: "user", Value: 1}, {Key: "msg", Value: 1}, {Key: "seq", Value: 1}}))
 }
 
 // updateHeads raises the heads hint of users whose committed seqs in this
@@ -747,15 +758,50 @@ func (s *Store) updateHeads(committed map[string]seqSpan) {
 	if len(models) == 0 {
 		return
 	}
-	ctx, cancel := s.opCtx()
-	defer cancel()
-	_, err := s.heads.BulkWrite(ctx, models, options.BulkWrite().SetOrdered(false))
-	if err != nil && !mongo.IsDuplicateKeyError(err) {
+	if _, err := s.bulkWrite(s.heads, models); err != nil && !mongo.IsDuplicateKeyError(err) {
 		s.opts.Logger.Warn("mongostore: heads hint update failed", "err", err)
 	}
 }
 
 // seqSpan is the range of seqs committed for one user in one batch.
 type seqSpan struct{ first, last uint64 }
+
+// bulkWrite runs models (updates) as unordered bulk writes on c: one
+// command, or on FerretDB one per ferretUpdateBatch models (see there),
+// each bounded by OpTimeout. failed[i] is true for the models that
+// reported a write error or whose outcome is unknown; err is the first
+// error seen (a BulkWriteException for write errors), for the log.
+func (s *Store) bulkWrite(c *mongo.Collection, models []mongo.WriteModel) (failed []bool, err error) {
+	failed = make([]bool, len(models))
+	chunk := len(models)
+	if s.ferret {
+		chunk = ferretUpdateBatch
+	}
+	for start := 0; start < len(models); start += chunk {
+		part := models[start:min(len(models), start+chunk)]
+		ctx, cancel := s.opCtx()
+		_, werr := c.BulkWrite(ctx, part, options.BulkWrite().SetOrdered(false))
+		cancel()
+		if werr == nil {
+			continue
+		}
+		if err == nil {
+			err = werr
+		}
+		var bwe mongo.BulkWriteException
+		if !errors.As(werr, &bwe) || bwe.WriteConcernError != nil {
+			for i := range part {
+				failed[start+i] = true // outcome unknown
+			}
+			continue
+		}
+		for _, we := range bwe.WriteErrors {
+			if we.Index >= 0 && we.Index < len(part) {
+				failed[start+we.Index] = true
+			}
+		}
+	}
+	return failed, err
+}
 
 func isDupCode(code int) bool { return code == 11000 || code == 11001 || code == 12582 }

@@ -149,7 +149,7 @@ type convUpdate struct {
 func (s *Store) upkeepConvs(entries []*entry, committed map[string]seqSpan) error {
 	ups := map[string]*convUpdate{}
 	var keys []string
-	var stale bson.A
+	var stale []string
 	for _, e := range entries {
 		if !e.done || e.chat.conv.ID == "" {
 			continue
@@ -198,26 +198,18 @@ func (s *Store) upkeepConvs(entries []*entry, committed map[string]seqSpan) erro
 				{Key: "$max", Value: raise},
 			}).SetUpsert(true)
 	}
-	// One command; on FerretDB one per ferretBatch statements, since it
-	// runs each update statement as a transaction of its own (a large
-	// group's message would not fit one OpTimeout).
-	chunk := len(models)
-	if s.ferret {
-		chunk = ferretBatch
-	}
-	for len(models) > 0 {
-		part := models[:min(chunk, len(models))]
-		models = models[len(part):]
-		var err error
-		for range 2 {
-			ctx, cancel := s.opCtx()
-			_, err = s.convs.BulkWrite(ctx, part, options.BulkWrite().SetOrdered(false))
-			cancel()
-			if err == nil || !mongo.IsDuplicateKeyError(err) {
-				break
-			}
+	// One command (on FerretDB one per ferretUpdateBatch: see there). A
+	// first upsert of a document that another node created at the same
+	// moment fails on the unique _id; it is retried once, as an update.
+	failed, err := s.bulkWrite(s.convs, models)
+	var again []mongo.WriteModel
+	for i, f := range failed {
+		if f {
+			again = append(again, models[i])
 		}
-		if err != nil {
+	}
+	if len(again) > 0 {
+		if failed, err = s.bulkWrite(s.convs, again); slices.Contains(failed, true) {
 			return mapErr(context.Background(), "append: conversations", err)
 		}
 	}
@@ -225,29 +217,24 @@ func (s *Store) upkeepConvs(entries []*entry, committed map[string]seqSpan) erro
 }
 
 // dropCurrent removes from ups the conversations among keys whose
-// documents are up to date already (one query).
-func (s *Store) dropCurrent(keys bson.A, ups map[string]*convUpdate) error {
+// documents are up to date already (one query; see findAny for FerretDB).
+func (s *Store) dropCurrent(keys []string, ups map[string]*convUpdate) error {
 	ctx, cancel := s.opCtx()
 	defer cancel()
-	cur, err := s.convs.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: keys}}}})
+	found, err := s.existing(ctx, s.convs, keys, "append: read conversations")
 	if err != nil {
-		return mapErr(ctx, "append: read conversations", err)
+		return err
 	}
-	defer cur.Close(ctx)
-	for cur.Next(ctx) {
-		id, err := lookup(cur.Current, "_id", bson.TypeString)
+	for k, raw := range found {
+		d, err := decodeConv(raw)
 		if err != nil {
 			return mapErr(ctx, "append: read conversations", err)
 		}
-		d, err := decodeConv(cur.Current)
-		if err != nil {
-			return mapErr(ctx, "append: read conversations", err)
-		}
-		if u := ups[id.StringValue()]; u != nil && d.last >= u.last && d.read >= u.read {
-			delete(ups, id.StringValue())
+		if u := ups[k]; u != nil && d.last >= u.last && d.read >= u.read {
+			delete(ups, k)
 		}
 	}
-	return mapErr(ctx, "append: read conversations", cur.Err())
+	return nil
 }
 
 // convDoc is a decoded conversation document.
@@ -329,24 +316,21 @@ func (s *Store) fillMessages(ctx context.Context, es []persist.InboxEntry) error
 		return nil
 	}
 	ids := make(bson.A, len(es))
+	each := make([]bson.D, len(es))
 	for i, e := range es {
 		ids[i] = idToDB(e.Msg.ID)
+		each[i] = bson.D{{Key: "mid", Value: midKey(e.Msg.ID)}} // see messageDoc
 	}
-	cur, err := s.messages.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}})
-	if err != nil {
-		return mapErr(ctx, "read messages", err)
-	}
-	defer cur.Close(ctx)
 	msgs := make(map[uint64]persist.Message, len(es))
-	for cur.Next(ctx) {
-		m, err := decodeMessage(cur.Current)
-		if err != nil {
-			return mapErr(ctx, "read messages", err)
+	err := s.findAny(ctx, s.messages, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}}, each, "read messages", func(raw bson.Raw) error {
+		m, err := decodeMessage(raw)
+		if err == nil {
+			msgs[m.ID] = m
 		}
-		msgs[m.ID] = m
-	}
-	if err := cur.Err(); err != nil {
-		return mapErr(ctx, "read messages", err)
+		return err
+	})
+	if err != nil {
+		return err
 	}
 	for i := range es {
 		m, ok := msgs[es[i].Msg.ID]
@@ -545,15 +529,22 @@ func (s *Store) seqOf(ctx context.Context, user string, msgID uint64) (uint64, e
 
 // getMessage reads message id (ErrNotFound when there is none).
 func (s *Store) getMessage(ctx context.Context, id uint64) (persist.Message, error) {
-	raw, err := s.messages.FindOne(ctx, bson.D{{Key: "_id", Value: idToDB(id)}}).Raw()
-	if errors.Is(err, mongo.ErrNoDocuments) {
+	var m persist.Message
+	found := false
+	err := s.findAny(ctx, s.messages, bson.D{{Key: "_id", Value: idToDB(id)}}, []bson.D{{{Key: "mid", Value: midKey(id)}}}, "read message",
+		func(raw bson.Raw) error {
+			var err error
+			m, err = decodeMessage(raw)
+			found = err == nil
+			return err
+		})
+	if err != nil {
+		return persist.Message{}, err
+	}
+	if !found {
 		return persist.Message{}, persist.ErrNotFound
 	}
-	if err != nil {
-		return persist.Message{}, mapErr(ctx, "read message", err)
-	}
-	m, err := decodeMessage(raw)
-	return m, mapErr(ctx, "read message", err)
+	return m, nil
 }
 
 // holders returns the users whose inboxes hold message id, with their seqs.
@@ -744,7 +735,7 @@ func (s *Store) ReadCount(ctx context.Context, user string, c persist.ConvID, se
 		return 0, 0, err
 	}
 	at := map[string]uint64{}
-	var keys bson.A
+	var keys []string
 	for i, u := range users {
 		if u == m.From {
 			continue
@@ -754,26 +745,18 @@ func (s *Store) ReadCount(ctx context.Context, user string, c persist.ConvID, se
 		at[k] = seqs[i]
 		keys = append(keys, k)
 	}
-	if len(keys) == 0 {
-		return 0, members, nil
-	}
-	cur, err := s.convs.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: keys}}}})
+	found, err := s.existing(ctx, s.convs, keys, "read count")
 	if err != nil {
-		return 0, 0, mapErr(ctx, "read count", err)
+		return 0, 0, err
 	}
-	defer cur.Close(ctx)
-	for cur.Next(ctx) {
-		k, err := lookup(cur.Current, "_id", bson.TypeString)
+	for k, raw := range found {
+		d, err := decodeConv(raw)
 		if err != nil {
 			return 0, 0, mapErr(ctx, "read count", err)
 		}
-		d, err := decodeConv(cur.Current)
-		if err != nil {
-			return 0, 0, mapErr(ctx, "read count", err)
-		}
-		if d.read >= at[k.StringValue()] {
+		if d.read >= at[k] {
 			read++
 		}
 	}
-	return read, members, mapErr(ctx, "read count", cur.Err())
+	return read, members, nil
 }

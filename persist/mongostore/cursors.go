@@ -9,7 +9,6 @@ import (
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
-	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/imgn/imgn/persist"
 )
@@ -17,7 +16,8 @@ import (
 // Cursor writes are batched: SetCursor records the new position in memory
 // and returns; a flusher goroutine writes everything recorded, at most once
 // per Options.CursorInterval, as one unordered bulk write of $max upserts
-// (one command per interval per node, however many devices acknowledged).
+// (one command per interval per node, however many devices acknowledged;
+// on FerretDB one per ferretUpdateBatch cursors, see bulkWrite).
 // Cursor reads the recorded position too, so a node sees its own updates at
 // once; other nodes see them after the flush. A crash loses at most the
 // last interval's updates: clients are then offered those messages again
@@ -165,24 +165,18 @@ func (s *Store) writeCursors(failures int) bool {
 			}).
 			SetUpsert(true))
 	}
-	ctx, cancel := s.opCtx()
-	_, err := s.cursors.BulkWrite(ctx, models, options.BulkWrite().SetOrdered(false))
-	cancel()
+	failed, err := s.bulkWrite(s.cursors, models)
 	var retry []cursorID
-	if err != nil {
-		var bwe mongo.BulkWriteException
-		if errors.As(err, &bwe) && bwe.WriteConcernError == nil {
-			// Per-cursor failures: two nodes' first upserts of one cursor
-			// race (a duplicate key); the document exists now, so the next
-			// flush updates it.
-			for _, we := range bwe.WriteErrors {
-				if we.Index >= 0 && we.Index < len(ids) {
-					retry = append(retry, ids[we.Index])
-				}
-			}
-		} else {
-			retry = ids
+	for i, id := range ids {
+		if failed[i] {
+			// A duplicate key: two nodes' first upserts of one cursor
+			// raced; the document exists now, so the next flush updates
+			// it. Or the outcome is unknown: written again ($max makes
+			// that harmless).
+			retry = append(retry, id)
 		}
+	}
+	if err != nil {
 		s.stats.cursorFailures.Add(1)
 		lvl := slog.LevelWarn
 		if failures > 0 {

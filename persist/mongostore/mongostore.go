@@ -6,7 +6,8 @@
 //
 // # Collections
 //
-//	messages  _id = message ID (int64 bit pattern); unique (from, cmid)
+//	messages  _id = message ID (int64 bit pattern); unique (from, cmid);
+//	          mid = the ID in hex (unique, indexed on FerretDB only)
 //	inbox     _id = "<user key><seq hex>"; unique (user, seq), unique (user, msg)
 //	heads     _id = "<user key>": a hint, the highest seq known to exist
 //	cursors   _id = "<user key><device key>": pos (sign-flipped uint64)
@@ -108,7 +109,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.mongodb.org/mongo-driver/v2/bson"
-	"go.mongodb.org/mongo-driver/v2/event"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
@@ -131,6 +131,7 @@ const (
 	DefaultSeqCacheSize           = 100_000
 	DefaultCursorInterval         = 100 * time.Millisecond
 	DefaultCursorQueue            = 65_536
+	DefaultSlowCommand            = 500 * time.Millisecond
 )
 
 // errCorrupt reports a stored document the store cannot decode.
@@ -201,9 +202,15 @@ type Options struct {
 	// ...), the round trips the store costs.
 	Registry prometheus.Registerer
 
+	// SlowCommand: a command that takes at least this long is logged as a
+	// warning with its collection and the shape of its filter (field names
+	// and operators, never values), at most once a second per command and
+	// collection. Negative: off.
+	SlowCommand time.Duration
+
 	// Logger receives what the store does not return: failures of the heads
-	// hint update and of cursor writes (both retried or harmless). Nil:
-	// discard.
+	// hint update and of cursor writes (both retried or harmless), and slow
+	// commands. Nil: discard.
 	Logger *slog.Logger
 }
 
@@ -256,6 +263,9 @@ func (o Options) withDefaults() (Options, *writeconcern.WriteConcern, error) {
 	}
 	if o.CursorQueue == 0 {
 		o.CursorQueue = DefaultCursorQueue
+	}
+	if o.SlowCommand == 0 {
+		o.SlowCommand = DefaultSlowCommand
 	}
 	if o.WriteConcern == "" {
 		o.WriteConcern = DefaultWriteConcern
@@ -320,6 +330,9 @@ type Store struct {
 	// ferret: the server is FerretDB (buildInfo has ferretdbVersion), whose
 	// ordered inserts need chunking (see insertOrdered).
 	ferret bool
+	// eqQueries: findAny sends equality queries in place of one $in query
+	// (set for FerretDB; tests of the MongoDB query shape clear it).
+	eqQueries bool
 
 	// committer-only state
 	seqCache map[string]uint64 // user -> a seq known to be that user's last
@@ -370,7 +383,11 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mongostore: metrics: %w: %v", persist.ErrInvalid, err)
 	}
-	co.SetMonitor(&event.CommandMonitor{Started: func(_ context.Context, e *event.CommandStartedEvent) { ops.Inc(e.CommandName) }})
+	var slow *slowLog
+	if o.SlowCommand > 0 {
+		slow = newSlowLog(o.SlowCommand, o.Logger)
+	}
+	co.SetMonitor(slow.monitor(ops.Inc))
 	client, err := mongo.Connect(co)
 	if err != nil {
 		ops.Unregister()
@@ -420,6 +437,7 @@ func (s *Store) setup(ctx context.Context) error {
 	}
 	_, err = info.LookupErr("ferretdbVersion")
 	s.ferret = err == nil
+	s.eqQueries = s.ferret
 	unique := func(name string, keys ...string) mongo.IndexModel {
 		d := make(bson.D, len(keys))
 		for i, k := range keys {
@@ -427,11 +445,16 @@ func (s *Store) setup(ctx context.Context) error {
 		}
 		return mongo.IndexModel{Keys: d, Options: options.Index().SetUnique(true).SetName(name)}
 	}
+	messageIndexes := []mongo.IndexModel{unique("from_cmid", "from", "cmid")}
+	if s.ferret {
+		// What FerretDB looks messages up by (see messageDoc).
+		messageIndexes = append(messageIndexes, unique("mid", "mid"))
+	}
 	for _, ix := range []struct {
 		c      *mongo.Collection
 		models []mongo.IndexModel
 	}{
-		{s.messages, []mongo.IndexModel{unique("from_cmid", "from", "cmid")}},
+		{s.messages, messageIndexes},
 		{s.inbox, []mongo.IndexModel{unique("user_seq", "user", "seq"), unique("user_msg", "user", "msg")}},
 		{s.inbox, chatInboxIndexes},
 		{s.convs, chatConvIndexes},

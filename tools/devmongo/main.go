@@ -24,6 +24,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"os"
 	"os/signal"
@@ -56,6 +58,7 @@ func run(args []string) error {
 	pgBin := fs.String("pg-bin", "", "directory of PostgreSQL's initdb and postgres (default: PATH, then the newest /usr/lib/postgresql/*/bin)")
 	pgPool := fs.Int("pg-pool", 150, "FerretDB's PostgreSQL connection pool size (postgresql backend)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	pprofAddr := fs.String("pprof", "", "serve Go's profiler (net/http/pprof) on this loopback address, e.g. 127.0.0.1:6060: where the dev server spends its CPU")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -93,6 +96,13 @@ func run(args []string) error {
 		return err
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	if *pprofAddr != "" {
+		stopPprof, err := servePprof(*pprofAddr, logger)
+		if err != nil {
+			return err
+		}
+		defer stopPprof()
+	}
 	unlock, err := lockDir(abs)
 	if err != nil {
 		return err
@@ -139,6 +149,31 @@ func run(args []string) error {
 	}
 	logger.Info("devmongo: stopped")
 	return nil
+}
+
+// servePprof serves net/http/pprof's handlers on addr, a loopback address,
+// until the returned function is called.
+func servePprof(addr string, log *slog.Logger) (stop func(), err error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("--pprof %q: %w", addr, err)
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return nil, fmt.Errorf("--pprof %q: want a loopback address (the profiler has no authentication)", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--pprof: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ln) }()
+	log.Info("devmongo: profiler", "addr", ln.Addr().String())
+	return func() { _ = srv.Close(); <-done }, nil
 }
 
 // lockDir takes an exclusive flock on dir/devmongo.lock, so that a second
