@@ -12,7 +12,8 @@ import (
 )
 
 // TestShortCheck runs the short checker (3 nodes, router, the short fault
-// set for 25s) on real processes and asserts the must-be-zero counts.
+// set for 25s) on real processes and asserts the must-be-zero counts,
+// read cursors and recalls included.
 func TestShortCheck(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
@@ -38,6 +39,9 @@ func TestShortCheck(t *testing.T) {
 	c := rep.Counts
 	if c.Lost != 0 || c.Unexpected != 0 || c.Twice != 0 || c.Order != 0 || c.Gaps != 0 {
 		t.Fatalf("lost=%d unexpected=%d twice=%d order=%d gaps=%d", c.Lost, c.Unexpected, c.Twice, c.Order, c.Gaps)
+	}
+	if ch := c.Chat; ch.Reads == 0 || ch.Recalls == 0 || ch.CursorBack != 0 || ch.CursorDiverged != 0 || ch.RecallLost != 0 {
+		t.Fatalf("chat: %+v, want reads and recalls, no cursor moved back, devices agreeing, every recall applied", ch)
 	}
 	for _, e := range rep.Events {
 		if e.Err != nil {
