@@ -32,6 +32,7 @@ func (nopTransport) Admin(context.Context, string, cluster.AdminRequest) (int, e
 }
 func (nopTransport) Push(string, persist.Message, []cluster.PushTarget) {}
 func (nopTransport) Kick(string, string, string, uint64)                {}
+func (nopTransport) Signal(string, cluster.Signal)                      {}
 func (nopTransport) Close() error                                       { return nil }
 
 // TestRoutingMatchesOwnership runs real mesh.Clusters and a Router on one

@@ -201,7 +201,7 @@ func (s *Store) upkeepConvs(entries []*entry, committed map[string]seqSpan) erro
 	// One command (on FerretDB one per ferretUpdateBatch: see there). A
 	// first upsert of a document that another node created at the same
 	// moment fails on the unique _id; it is retried once, as an update.
-	failed, err := s.bulkWrite(s.convs, models)
+	failed, _ := s.bulkWrite(s.convs, models)
 	var again []mongo.WriteModel
 	for i, f := range failed {
 		if f {
@@ -209,7 +209,7 @@ func (s *Store) upkeepConvs(entries []*entry, committed map[string]seqSpan) erro
 		}
 	}
 	if len(again) > 0 {
-		if failed, err = s.bulkWrite(s.convs, again); slices.Contains(failed, true) {
+		if failed, err := s.bulkWrite(s.convs, again); slices.Contains(failed, true) {
 			return mapErr(context.Background(), "append: conversations", err)
 		}
 	}
