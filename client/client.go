@@ -619,6 +619,7 @@ type request struct {
 func (c *Client) do(ctx context.Context, req request) (proto.Message, error) {
 	seq := c.nextSeq()
 	var flags codec.Flags
+	var answer error // the server's latest answer (an *Error) to an earlier attempt
 	for attempt := 0; ; attempt++ {
 		cn, err := c.conn(ctx, req.wait)
 		if err != nil {
@@ -629,6 +630,12 @@ func (c *Client) do(ctx context.Context, req request) (proto.Message, error) {
 			return resp, nil
 		}
 		if cerr := ctx.Err(); cerr != nil {
+			// A deadline that cuts an attempt short reports the server's
+			// answer to the one before it, as one that ends between
+			// attempts does (below).
+			if se := (*Error)(nil); answer != nil && !errors.As(err, &se) {
+				err = answer
+			}
 			return nil, fmt.Errorf("%s: %w (last attempt: %w)", req.cmd, cerr, err)
 		}
 		if c.ctx.Err() != nil {
@@ -641,6 +648,7 @@ func (c *Client) do(ctx context.Context, req request) (proto.Message, error) {
 			if !se.Retryable || req.mode == retryNone {
 				return nil, err
 			}
+			answer = err
 			wait = c.bo.retryDelay(attempt, se.RetryAfter)
 		case errors.Is(err, ErrConnectionLost):
 			if req.mode != retryAll {

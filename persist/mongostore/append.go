@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -393,32 +394,19 @@ type dedupKey struct{ from, cmid string }
 // filter; the exact keys are picked from the answer; see findAny for
 // FerretDB).
 func (s *Store) lookupMany(reqs []*appendReq) (map[dedupKey]persist.Message, error) {
-	var froms, cmids bson.A
-	var each []bson.D
-	seenF, seenC := map[string]bool{}, map[string]bool{}
 	want := map[dedupKey]bool{}
+	var keys []dedupKey
 	for _, r := range reqs {
-		k := dedupKey{r.msg.From, r.msg.ClientMsgID}
-		if want[k] {
-			continue
-		}
-		want[k] = true
-		each = append(each, bson.D{{Key: "from", Value: enc(k.from)}, {Key: "cmid", Value: enc(k.cmid)}})
-		if !seenF[k.from] {
-			seenF[k.from] = true
-			froms = append(froms, enc(k.from))
-		}
-		if !seenC[k.cmid] {
-			seenC[k.cmid] = true
-			cmids = append(cmids, enc(k.cmid))
+		if k := (dedupKey{r.msg.From, r.msg.ClientMsgID}); !want[k] {
+			want[k] = true
+			keys = append(keys, k)
 		}
 	}
+	all, each := pairFilters("from", "cmid", len(keys), func(i int) (string, string, any, any) {
+		return keys[i].from, keys[i].cmid, enc(keys[i].from), enc(keys[i].cmid)
+	})
 	ctx, cancel := s.opCtx()
 	defer cancel()
-	all := bson.D{
-		{Key: "from", Value: bson.D{{Key: "$in", Value: froms}}},
-		{Key: "cmid", Value: bson.D{{Key: "$in", Value: cmids}}},
-	}
 	out := make(map[dedupKey]persist.Message, len(want))
 	err := s.findAny(ctx, s.messages, all, each, "append: look up duplicates", func(raw bson.Raw) error {
 		m, err := decodeMessage(raw)
@@ -704,29 +692,18 @@ func (s *Store) scanEntries(keys []entryKey, fn func(entryKey, uint64)) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	var users, ids bson.A
-	var each []bson.D
-	seenU, seenID := map[string]bool{}, map[uint64]bool{}
 	want := make(map[entryKey]bool, len(keys))
+	var distinct []entryKey
 	for _, k := range keys {
-		if want[k] {
-			continue
-		}
-		want[k] = true
-		each = append(each, bson.D{{Key: "user", Value: enc(k.user)}, {Key: "msg", Value: idToDB(k.msgID)}})
-		if !seenU[k.user] {
-			seenU[k.user] = true
-			users = append(users, enc(k.user))
-		}
-		if !seenID[k.msgID] {
-			seenID[k.msgID] = true
-			ids = append(ids, idToDB(k.msgID))
+		if !want[k] {
+			want[k] = true
+			distinct = append(distinct, k)
 		}
 	}
-	all := each[0]
-	if len(each) > 1 {
-		all = bson.D{{Key: "user", Value: bson.D{{Key: "$in", Value: users}}}, {Key: "msg", Value: bson.D{{Key: "$in", Value: ids}}}}
-	}
+	all, each := pairFilters("user", "msg", len(distinct), func(i int) (string, string, any, any) {
+		k := distinct[i]
+		return k.user, strconv.FormatUint(k.msgID, 10), enc(k.user), idToDB(k.msgID)
+	})
 	ctx, cancel := s.opCtx()
 	defer cancel()
 	return s.findAny(ctx, s.inbox, all, each, "append: find inbox entries", func(raw bson.Raw) error {
@@ -802,6 +779,33 @@ func (s *Store) bulkWrite(c *mongo.Collection, models []mongo.WriteModel) (faile
 		}
 	}
 	return failed, err
+}
+
+// pairFilters builds findAny's filters for the documents whose fields a
+// and b hold one of n distinct pairs: each, one equality filter per pair,
+// and all, one filter every pair matches ({a: {$in}, b: {$in}}, or the
+// equality when n is 1). pair returns the i-th pair's values, with a
+// comparable key of each (its identity in the $in lists).
+func pairFilters(a, b string, n int, pair func(i int) (keyA, keyB string, valA, valB any)) (all bson.D, each []bson.D) {
+	var as, bs bson.A
+	seenA, seenB := map[string]bool{}, map[string]bool{}
+	each = make([]bson.D, n)
+	for i := range n {
+		ka, kb, va, vb := pair(i)
+		each[i] = bson.D{{Key: a, Value: va}, {Key: b, Value: vb}}
+		if !seenA[ka] {
+			seenA[ka] = true
+			as = append(as, va)
+		}
+		if !seenB[kb] {
+			seenB[kb] = true
+			bs = append(bs, vb)
+		}
+	}
+	if n == 1 {
+		return each[0], each
+	}
+	return bson.D{{Key: a, Value: bson.D{{Key: "$in", Value: as}}}, {Key: b, Value: bson.D{{Key: "$in", Value: bs}}}}, each
 }
 
 func isDupCode(code int) bool { return code == 11000 || code == 11001 || code == 12582 }
