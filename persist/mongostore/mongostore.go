@@ -7,7 +7,7 @@
 // # Collections
 //
 //	messages  _id = message ID (int64 bit pattern); unique (from, cmid);
-//	          mid = the ID in hex (unique, indexed on FerretDB only)
+//	          mid = the ID in hex (indexed on FerretDB only)
 //	inbox     _id = "<user key><seq hex>"; unique (user, seq), unique (user, msg)
 //	heads     _id = "<user key>": a hint, the highest seq known to exist
 //	cursors   _id = "<user key><device key>": pos (sign-flipped uint64)
@@ -445,8 +445,10 @@ func (s *Store) setup(ctx context.Context) error {
 	}
 	messageIndexes := []mongo.IndexModel{unique("from_cmid", "from", "cmid")}
 	if s.ferret {
-		// What FerretDB looks messages up by (see messageDoc).
-		messageIndexes = append(messageIndexes, unique("mid", "mid"))
+		// What FerretDB looks messages up by (see messageDoc). Not
+		// unique: a dev database written before mid existed holds
+		// documents without it, which a unique index would refuse.
+		messageIndexes = append(messageIndexes, mongo.IndexModel{Keys: bson.D{{Key: "mid", Value: 1}}, Options: options.Index().SetName("mid")})
 	}
 	for _, ix := range []struct {
 		c      *mongo.Collection
