@@ -34,11 +34,12 @@ const ferretMaxEq = 64
 // equalities to its database, and answers any other filter ($in, $or,
 // ranges) by reading and decoding the whole collection (at 20,000
 // documents on its PostgreSQL backend: 800 ms for an $in of 20 keys, 7 ms
-// for an equality). fn's document is valid only during the call. Errors
-// are mapped for operation op.
+// for an equality). With no each, all is sent on FerretDB too. fn's
+// document is valid only during the call. Errors are mapped for operation
+// op.
 func (s *Store) findAny(ctx context.Context, c *mongo.Collection, all bson.D, each []bson.D, op string, fn func(bson.Raw) error, opts ...options.Lister[options.FindOptions]) error {
 	filters := []bson.D{all}
-	if s.eqQueries && len(each) <= ferretMaxEq {
+	if s.eqQueries && len(each) > 0 && len(each) <= ferretMaxEq {
 		filters = each
 	}
 	for _, f := range filters {
@@ -253,16 +254,28 @@ func (s *Store) ReadInbox(ctx context.Context, user string, afterSeq uint64, lim
 		each[i] = bson.D{{Key: "mid", Value: midKey(e.Msg.ID)}} // see messageDoc
 	}
 	msgs := make(map[uint64]persist.Message, len(out))
-	err = s.findAny(ctx, s.messages, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}}, each, "read inbox: messages", func(raw bson.Raw) error {
+	keep := func(raw bson.Raw) error {
 		m, err := decodeMessage(raw)
 		if err != nil {
 			return err
 		}
 		msgs[m.ID] = m
 		return nil
-	})
-	if err != nil {
+	}
+	if err := s.findAny(ctx, s.messages, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}}, each, "read inbox: messages", keep); err != nil {
 		return nil, err
+	}
+	if s.eqQueries && len(msgs) < len(out) {
+		// Messages stored before mid existed: by _id, one (slow) query.
+		var missing bson.A
+		for _, e := range out {
+			if _, ok := msgs[e.Msg.ID]; !ok {
+				missing = append(missing, idToDB(e.Msg.ID))
+			}
+		}
+		if err := s.findAny(ctx, s.messages, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: missing}}}}, nil, "read inbox: messages", keep); err != nil {
+			return nil, err
+		}
 	}
 	for i := range out {
 		m, ok := msgs[out[i].Msg.ID]
