@@ -40,7 +40,7 @@ type Store struct {
 	// accounts then cost one small map entry.
 	users  map[string]int64
 	hashes map[string]string
-	groups map[string]*persist.Group // Members sorted, deduplicated, owned by the store
+	groups groupTable // groups.go
 }
 
 type cursorKey struct{ user, device string }
@@ -65,7 +65,7 @@ func NewWith(r persist.Retention) (*Store, error) {
 		cursors: make(map[cursorKey]uint64),
 		users:   make(map[string]int64),
 		hashes:  make(map[string]string),
-		groups:  make(map[string]*persist.Group),
+		groups:  newGroupTable(),
 	}, nil
 }
 
@@ -362,116 +362,6 @@ func (s *Store) GetUser(ctx context.Context, id string) (persist.User, error) {
 	return u, nil
 }
 
-// CreateGroup implements persist.GroupStore. g.Members is copied, sorted
-// and deduplicated; the caller keeps ownership of its slice.
-func (s *Store) CreateGroup(ctx context.Context, g persist.Group) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := persist.CheckID("group", g.ID); err != nil {
-		return fmt.Errorf("memstore: create group: %w", err)
-	}
-	members, err := persist.NormalizeMembers(g.Members)
-	if err != nil {
-		return fmt.Errorf("memstore: create group: %w", err)
-	}
-	g.Members = members
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return persist.ErrClosed
-	}
-	if _, ok := s.groups[g.ID]; ok {
-		return persist.ErrGroupExists
-	}
-	s.groups[g.ID] = &g
-	return nil
-}
-
-// GetGroup implements persist.GroupStore. Members is a fresh slice owned by
-// the caller.
-func (s *Store) GetGroup(ctx context.Context, id string) (persist.Group, error) {
-	if err := ctx.Err(); err != nil {
-		return persist.Group{}, err
-	}
-	if err := persist.CheckID("group", id); err != nil {
-		return persist.Group{}, fmt.Errorf("memstore: get group: %w", err)
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return persist.Group{}, persist.ErrClosed
-	}
-	g, ok := s.groups[id]
-	if !ok {
-		return persist.Group{}, persist.ErrNotFound
-	}
-	c := *g
-	c.Members = slices.Clone(g.Members)
-	if c.Members == nil {
-		c.Members = []string{}
-	}
-	return c, nil
-}
-
-// AddMember implements persist.GroupStore. It is O(members) (sorted insert).
-func (s *Store) AddMember(ctx context.Context, groupID, user string, maxMembers int) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := checkGroupUser(groupID, user); err != nil {
-		return fmt.Errorf("memstore: add member: %w", err)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return persist.ErrClosed
-	}
-	g, ok := s.groups[groupID]
-	if !ok {
-		return persist.ErrNotFound
-	}
-	i, found := slices.BinarySearch(g.Members, user)
-	if found {
-		return nil
-	}
-	if maxMembers > 0 && len(g.Members) >= maxMembers {
-		return persist.ErrGroupFull
-	}
-	g.Members = slices.Insert(g.Members, i, user)
-	return nil
-}
-
-// RemoveMember implements persist.GroupStore.
-func (s *Store) RemoveMember(ctx context.Context, groupID, user string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := checkGroupUser(groupID, user); err != nil {
-		return fmt.Errorf("memstore: remove member: %w", err)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return persist.ErrClosed
-	}
-	g, ok := s.groups[groupID]
-	if !ok {
-		return persist.ErrNotFound
-	}
-	if i, found := slices.BinarySearch(g.Members, user); found {
-		g.Members = slices.Delete(g.Members, i, i+1)
-	}
-	return nil
-}
-
-func checkGroupUser(groupID, user string) error {
-	if err := persist.CheckID("group", groupID); err != nil {
-		return err
-	}
-	return persist.CheckID("user", user)
-}
-
 // Close releases the memory held by the store. Every later call, including
 // a second Close, returns persist.ErrClosed. Close is safe to call
 // concurrently with other methods: calls that already hold the lock finish
@@ -483,7 +373,7 @@ func (s *Store) Close() error {
 		return persist.ErrClosed
 	}
 	s.closed = true
-	s.m, s.cursors, s.users, s.hashes, s.groups = nil, nil, nil, nil, nil
+	s.m, s.cursors, s.users, s.hashes, s.groups = nil, nil, nil, nil, groupTable{}
 	return nil
 }
 
