@@ -302,4 +302,3 @@ func decodeUser(id string, rec []byte) (persist.User, error) {
 	}
 	return u, nil
 }
-

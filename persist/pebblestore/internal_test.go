@@ -2,8 +2,8 @@ package pebblestore
 
 import (
 	"bytes"
-	"encoding/binary"
 	"context"
+	"encoding/binary"
 	"errors"
 	"math"
 	"reflect"

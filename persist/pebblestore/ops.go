@@ -269,4 +269,3 @@ func (s *Store) GetUser(ctx context.Context, id string) (persist.User, error) {
 	})
 	return u, err
 }
-
