@@ -29,8 +29,8 @@ const (
 	CmdGroupTransfer Command = 0x26 // GroupTransferRequest -> GroupInfo
 	CmdGroupAdmin    Command = 0x27 // GroupAdminRequest -> GroupInfo
 	CmdGroups        Command = 0x29 // GroupsRequest -> GroupsOK
-	CmdGroupSend    Command = 0x28 // GroupSendRequest -> SendAck
-	CmdPresence     Command = 0x30 // PresenceRequest -> PresenceOK
+	CmdGroupSend     Command = 0x28 // GroupSendRequest -> SendAck
+	CmdPresence      Command = 0x30 // PresenceRequest -> PresenceOK
 	// Chat (docs/protocol.md §4.8).
 	CmdConversations Command = 0x31 // ConversationsRequest -> ConversationsOK
 	CmdRead          Command = 0x32 // ReadRequest -> ReadOK

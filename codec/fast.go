@@ -166,7 +166,7 @@ var (
 	groupTransferSchema = schema{{"group_id", 1, kindString}, {"user", 2, kindString}}
 	groupAdminSchema    = schema{{"group_id", 1, kindString}, {"user", 2, kindString}, {"admin", 3, kindBool}}
 	groupsSchema        = schema{{"after", 1, kindString}, {"limit", 2, kindUint32}}
-	presenceSchema    = schema{{"users", 1, kindStrings}}
+	presenceSchema      = schema{{"users", 1, kindStrings}}
 
 	// The chat requests (docs/protocol.md §4.8).
 	conversationsSchema = schema{{"before_seq", 1, kindUint64}, {"limit", 2, kindUint32}}

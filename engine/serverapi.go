@@ -294,4 +294,3 @@ func (s *Server) Presence(ctx context.Context, users []string) []Presence {
 	}
 	return out
 }
-
