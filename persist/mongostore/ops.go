@@ -13,8 +13,6 @@ import (
 	"github.com/imgn/imgn/persist"
 )
 
-var idOnly = bson.D{{Key: "_id", Value: 1}}
-
 // maxInKeys bounds the keys of one {_id: {$in: ...}} query.
 const maxInKeys = 2000
 
