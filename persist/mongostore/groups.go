@@ -95,24 +95,25 @@ func (s *Store) GetGroup(ctx context.Context, id string) (persist.Group, error) 
 		return persist.Group{}, err
 	}
 	defer leave()
-	g, _, err := s.getGroup(ctx, id)
+	g, _, _, err := s.getGroup(ctx, id)
 	return g, err
 }
 
-// getGroup reads group id and its version (0 for a document without one).
-func (s *Store) getGroup(ctx context.Context, id string) (persist.Group, int64, error) {
+// getGroup reads group id, its version (0 for a document without one) and
+// its incarnation.
+func (s *Store) getGroup(ctx context.Context, id string) (g persist.Group, version, inc int64, err error) {
 	raw, err := s.groups.FindOne(ctx, bson.D{{Key: "_id", Value: enc(id)}}).Raw()
 	if errors.Is(err, mongo.ErrNoDocuments) {
-		return persist.Group{}, 0, persist.ErrNotFound
+		return persist.Group{}, 0, 0, persist.ErrNotFound
 	}
 	if err != nil {
-		return persist.Group{}, 0, mapErr(ctx, "get group", err)
+		return persist.Group{}, 0, 0, mapErr(ctx, "get group", err)
 	}
-	g, v, err := decodeGroup(id, raw)
-	if err != nil {
-		return persist.Group{}, 0, mapErr(ctx, "get group", err)
+	if g, version, err = decodeGroup(id, raw); err != nil {
+		return persist.Group{}, 0, 0, mapErr(ctx, "get group", err)
 	}
-	return g, v, nil
+	inc, _ = raw.Lookup("inc").Int64OK()
+	return g, version, inc, nil
 }
 
 func decodeGroup(id string, raw bson.Raw) (g persist.Group, version int64, err error) {
@@ -242,18 +243,10 @@ func (s *Store) UpdateGroup(ctx context.Context, id string, fn func(g *persist.G
 			case <-t.C:
 			}
 		}
-		raw, err := s.groups.FindOne(ctx, bson.D{{Key: "_id", Value: enc(id)}}).Raw()
-		if errors.Is(err, mongo.ErrNoDocuments) {
-			return persist.Group{}, persist.ErrNotFound
-		}
+		cur, version, inc, err := s.getGroup(ctx, id)
 		if err != nil {
-			return persist.Group{}, mapErr(ctx, "update group", err)
+			return persist.Group{}, err
 		}
-		cur, version, err := decodeGroup(id, raw)
-		if err != nil {
-			return persist.Group{}, mapErr(ctx, "update group", err)
-		}
-		inc, _ := raw.Lookup("inc").Int64OK()
 		g, write, err := persist.ApplyGroupUpdate(&cur, fn)
 		if err != nil || !write {
 			return g, err
