@@ -103,7 +103,7 @@ var Codes = []CodeInfo{
 	{CodeNotGroupAdmin, "NOT_GROUP_ADMIN", false, false, "GROUP_ADD or GROUP_REMOVE by a member who is neither the owner nor an admin"},
 	{CodeNotGroupOwner, "NOT_GROUP_OWNER", false, false, "GROUP_TRANSFER or GROUP_ADMIN by a member who is not the owner, or GROUP_REMOVE of the owner or an admin by an admin"},
 	{CodeGroupInviteOnly, "GROUP_INVITE_ONLY", false, false, "GROUP_JOIN of an invite-only group by a user who is not a member"},
-	{CodeRateLimited, "RATE_LIMITED", false, true, "the user's send rate (SEND, GROUP_SEND, GROUP_CREATE), or the source address's password-attempt rate, is exceeded; retry after retry_after_ms"},
+	{CodeRateLimited, "RATE_LIMITED", false, true, "the user's send rate (SEND, GROUP_SEND, GROUP_CREATE and the group changes), or the source address's password-attempt rate, is exceeded; retry after retry_after_ms"},
 	{CodeSlowConsumer, "SLOW_CONSUMER", true, false, "the connection's unsent output exceeded the server's bound: it is not reading"},
 	{CodeTooManyConnections, "TOO_MANY_CONNECTIONS", true, true, "the node, or the client's source address, is at its connection limit; try later or another node"},
 	{CodeLoginTimeout, "LOGIN_TIMEOUT", true, false, "no successful LOGIN within the login deadline"},

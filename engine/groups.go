@@ -78,6 +78,11 @@ func (s *Server) handleGroup(ctx context.Context, src *loop, c *conn, h codec.He
 		c.writeMsg(src, h.Serializer, codec.CmdGroupInfo, h.Seq, groupInfo(g))
 		return
 	}
+	// A change is announced to every member: changes count against the
+	// caller's send budget, so toggling one cannot flood the group.
+	if !s.allowSend(src, c, h, now(src)) {
+		return
+	}
 	op := groupOp{cmd: h.Command, actor: c.user}
 	g, err := s.changeGroup(ctx, req.GroupId, op)
 	if err != nil {
@@ -96,6 +101,13 @@ func (s *Server) handleGroup(ctx context.Context, src *loop, c *conn, h codec.He
 // GROUP_ADMIN.
 func (s *Server) handleGroupChange(ctx context.Context, src *loop, c *conn, h codec.Header, groupID string, op groupOp) {
 	op.cmd, op.actor = h.Command, c.user
+	if err := checkGroupOp(groupID, op); err != nil {
+		s.replyFailure(src, c, h, "update group", err)
+		return
+	}
+	if !s.allowSend(src, c, h, now(src)) { // as for GROUP_JOIN and GROUP_LEAVE
+		return
+	}
 	g, err := s.changeGroupChecked(ctx, groupID, op)
 	if err != nil {
 		s.replyFailure(src, c, h, "update group", err)
@@ -259,19 +271,8 @@ type groupOp struct {
 // GROUP_TRANSFER or GROUP_ADMIN (and, for an add, that the users exist)
 // before changeGroup.
 func (s *Server) changeGroupChecked(ctx context.Context, id string, op groupOp) (persist.Group, error) {
-	if err := checkUserID("group_id", id); err != nil {
+	if err := checkGroupOp(id, op); err != nil {
 		return persist.Group{}, err
-	}
-	switch {
-	case len(op.users) == 0:
-		return persist.Group{}, refuse(codec.CodeInvalidArgument, "users must name at least one user")
-	case len(op.users) > maxGroupUsers:
-		return persist.Group{}, refuse(codec.CodeInvalidArgument, "at most %d users per request", maxGroupUsers)
-	}
-	for _, u := range op.users {
-		if err := checkUserID("user", u); err != nil {
-			return persist.Group{}, err
-		}
 	}
 	if op.cmd == codec.CmdGroupAdd {
 		if err := s.checkExist(ctx, op.users); err != nil {
@@ -279,6 +280,29 @@ func (s *Server) changeGroupChecked(ctx context.Context, id string, op groupOp) 
 		}
 	}
 	return s.changeGroup(ctx, id, op)
+}
+
+// checkGroupOp checks the ids of a GROUP_ADD, GROUP_REMOVE, GROUP_TRANSFER
+// or GROUP_ADMIN.
+func checkGroupOp(id string, op groupOp) error {
+	if err := checkUserID("group_id", id); err != nil {
+		return err
+	}
+	switch {
+	case len(op.users) == 0:
+		return refuse(codec.CodeInvalidArgument, "users must name at least one user")
+	case len(op.users) > maxGroupUsers:
+		return refuse(codec.CodeInvalidArgument, "at most %d users per request", maxGroupUsers)
+	}
+	for _, u := range op.users {
+		if err := checkUserID("user", u); err != nil {
+			return err
+		}
+		if op.cmd == codec.CmdGroupRemove && u == op.actor {
+			return refuse(codec.CodeInvalidArgument, "use GROUP_LEAVE to leave %s", id)
+		}
+	}
+	return nil
 }
 
 // groupChange is what one application of a groupOp changed.
@@ -367,10 +391,7 @@ func (s *Server) applyGroupOp(g *persist.Group, op groupOp, ch *groupChange) err
 			return refuse(codec.CodeNotGroupAdmin, "only the owner and admins of %s remove members", g.ID)
 		}
 		for _, u := range op.users {
-			switch {
-			case u == actor:
-				return refuse(codec.CodeInvalidArgument, "use GROUP_LEAVE to leave %s", g.ID)
-			case !owner && (u == g.Owner || g.IsAdmin(u)):
+			if !owner && (u == g.Owner || g.IsAdmin(u)) {
 				return refuse(codec.CodeNotGroupOwner, "only the owner of %s removes its admins", g.ID)
 			}
 			if g.Remove(u) {

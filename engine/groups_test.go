@@ -153,3 +153,25 @@ func testGroupAccessControl(t *testing.T, ser codec.SerializerID) {
 	carol.wantError(codec.CmdGroupMembers, &pb.GroupRequest{GroupId: other.GroupId}, codec.CodeUnknownGroup)
 	eve.wantError(codec.CmdGroupJoin, &pb.GroupRequest{GroupId: other.GroupId}, codec.CodeUnknownGroup)
 }
+
+// TestGroupChangesRateLimited: group changes spend the send budget, so a
+// member cannot flood a group with membership events.
+func TestGroupChangesRateLimited(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.SendRate, c.SendBurst = 0.001, 3 })
+	alice, bob := dial(t, s, codec.JSON), dial(t, s, codec.JSON)
+	alice.login("alice", "pc")
+	bob.login("bob", "pc")
+	var g pb.GroupInfo
+	alice.mustCall(codec.CmdGroupCreate, &pb.GroupCreateRequest{Members: []string{"bob"}}, &g) // 1 of 3
+	alice.mustCall(codec.CmdGroupAdmin, &pb.GroupAdminRequest{GroupId: g.GroupId, User: "bob", Admin: true}, nil)
+	alice.mustCall(codec.CmdGroupAdmin, &pb.GroupAdminRequest{GroupId: g.GroupId, User: "bob"}, nil)
+	e := alice.wantError(codec.CmdGroupAdmin, &pb.GroupAdminRequest{GroupId: g.GroupId, User: "bob", Admin: true}, codec.CodeRateLimited)
+	if !e.Retryable || e.RetryAfterMs == 0 {
+		t.Fatalf("RATE_LIMITED %v: want retryable with a wait", e)
+	}
+	alice.wantError(codec.CmdGroupLeave, &pb.GroupRequest{GroupId: g.GroupId}, codec.CodeRateLimited)
+	// Malformed requests are refused before the budget is looked at.
+	alice.wantError(codec.CmdGroupRemove, &pb.GroupMembersRequest{GroupId: g.GroupId, Users: []string{"alice"}}, codec.CodeInvalidArgument)
+	// bob has his own budget.
+	bob.mustCall(codec.CmdGroupLeave, &pb.GroupRequest{GroupId: g.GroupId}, nil)
+}
