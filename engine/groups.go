@@ -342,6 +342,20 @@ func (s *Server) changeGroup(ctx context.Context, id string, op groupOp) (persis
 	for _, u := range ch.removed {
 		s.observeGroup(GroupChange{Kind: GroupMemberRemoved, Group: id, User: u, By: op.actor})
 	}
+	if g.Owner != ch.oldOwner && g.Owner != "" {
+		by := op.actor
+		if op.cmd != codec.CmdGroupTransfer {
+			by = "" // it followed from the owner leaving or being removed
+		}
+		s.observeGroup(GroupChange{Kind: GroupOwnerChanged, Group: id, User: g.Owner, By: by})
+	}
+	if ch.admin != "" {
+		kind := GroupAdminRemoved
+		if op.admin {
+			kind = GroupAdminAdded
+		}
+		s.observeGroup(GroupChange{Kind: kind, Group: id, User: ch.admin, By: op.actor})
+	}
 	s.announce(ctx, g, op, &ch)
 	return g, nil
 }

@@ -175,3 +175,30 @@ func TestGroupChangesRateLimited(t *testing.T) {
 	// bob has his own budget.
 	bob.mustCall(codec.CmdGroupLeave, &pb.GroupRequest{GroupId: g.GroupId}, nil)
 }
+
+// TestObserverRoleChanges: the observer hears of admin and owner changes,
+// a hand-off included, and not of changes that changed nothing.
+func TestObserverRoleChanges(t *testing.T) {
+	rec := &recorder{}
+	s := startServer(t, func(c *Config) { c.Observer = rec })
+	a, b := dial(t, s, codec.Protobuf), dial(t, s, codec.Protobuf)
+	a.login("alice", "pc")
+	b.login("bob", "pc")
+	var g pb.GroupInfo
+	a.mustCall(codec.CmdGroupCreate, &pb.GroupCreateRequest{Members: []string{"bob"}}, &g)
+	a.mustCall(codec.CmdGroupAdmin, &pb.GroupAdminRequest{GroupId: g.GroupId, User: "bob", Admin: true}, nil)
+	a.mustCall(codec.CmdGroupAdmin, &pb.GroupAdminRequest{GroupId: g.GroupId, User: "bob", Admin: true}, nil) // no change
+	a.mustCall(codec.CmdGroupTransfer, &pb.GroupTransferRequest{GroupId: g.GroupId, User: "bob"}, nil)
+	b.mustCall(codec.CmdGroupLeave, &pb.GroupRequest{GroupId: g.GroupId}, nil)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	var got []string
+	for _, ch := range rec.groups {
+		got = append(got, string(ch.Kind)+" "+ch.User+" by "+ch.By)
+	}
+	want := []string{"group.created alice by alice", "group.admin_added bob by alice", "group.owner_changed bob by alice",
+		"group.member_removed bob by bob", "group.owner_changed alice by "}
+	if !slices.Equal(got, want) {
+		t.Fatalf("changes %q, want %q", got, want)
+	}
+}
