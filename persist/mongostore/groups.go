@@ -30,7 +30,7 @@ const collGroupVersions = "groupversions"
 // stored; rollForwardAfter how long a claim may stay unapplied before
 // another writer applies it (its writer is presumed dead).
 const (
-	keptVersions     = 16
+	keptVersions     = 4
 	rollForwardAfter = time.Second
 )
 
