@@ -111,7 +111,9 @@ func (s *Store) UpdateGroup(ctx context.Context, id string, fn func(g *persist.G
 	if err != nil || !write {
 		return g, err
 	}
-	s.groups.index(id, cur.Members, g.Members)
+	if !slices.Equal(cur.Members, g.Members) {
+		s.groups.index(id, cur.Members, g.Members)
+	}
 	if len(g.Members) == 0 {
 		delete(s.groups.byID, id)
 		return g, nil

@@ -160,13 +160,15 @@ func (c *committer) loadGroup(id string) (persist.Group, error) {
 	}
 	g := rec.group(id)
 	prefix := keyLP(nil, tMember, id)
-	joined := make(map[string]uint64, rec.count)
 	it, err := c.s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 	if err != nil {
 		return persist.Group{}, err
 	}
-	err = scanMembers(it, prefix, func(user string, v []byte) (err error) {
-		joined[user], err = decodeJoin(v)
+	// The keys come sorted: Members stays sorted without a sort.
+	err = scanMembers(it, prefix, func(user string, v []byte) error {
+		j, err := decodeJoin(v)
+		g.Members = append(g.Members, user)
+		g.Joined = append(g.Joined, j)
 		return err
 	})
 	if cerr := it.Close(); err == nil {
@@ -175,23 +177,27 @@ func (c *committer) loadGroup(id string) (persist.Group, error) {
 	if err != nil {
 		return persist.Group{}, err
 	}
+	// This batch's earlier changes of the group (rare) go on top.
 	for k, v := range c.overlay {
 		if !strings.HasPrefix(k, string(prefix)) {
 			continue
 		}
 		user := k[len(prefix):]
-		if v == nil {
-			delete(joined, user)
-		} else if joined[user], err = decodeJoin(v); err != nil {
-			return persist.Group{}, err
+		i, found := slices.BinarySearch(g.Members, user)
+		switch {
+		case v == nil && found:
+			g.Members, g.Joined = slices.Delete(g.Members, i, i+1), slices.Delete(g.Joined, i, i+1)
+		case v != nil:
+			j, err := decodeJoin(v)
+			if err != nil {
+				return persist.Group{}, err
+			}
+			if found {
+				g.Joined[i] = j
+			} else {
+				g.Members, g.Joined = slices.Insert(g.Members, i, user), slices.Insert(g.Joined, i, j)
+			}
 		}
-	}
-	for u := range joined {
-		g.Members = append(g.Members, u)
-	}
-	slices.Sort(g.Members)
-	for _, u := range g.Members {
-		g.Joined = append(g.Joined, joined[u])
 	}
 	persist.NormalizeGroup(&g)
 	return g, nil

@@ -285,3 +285,34 @@ func testUserGroups(t *testing.T, s persist.Store) {
 	_, err = s.UserGroups(ctx, "bob", "", 0)
 	wantErr(t, "UserGroups with limit 0", err, persist.ErrInvalid)
 }
+
+// benchGroupUpdate: one UpdateGroup (an admin role toggled) per op on a
+// group of members members: the cost of a checked membership change.
+func benchGroupUpdate(b *testing.B, open func(b *testing.B) persist.Store, members int) {
+	s := open(b)
+	defer func() {
+		if err := s.Close(); err != nil && !errors.Is(err, persist.ErrClosed) {
+			b.Error(err)
+		}
+	}()
+	ms := make([]string, members)
+	for i := range ms {
+		ms[i] = fmt.Sprintf("m%05d", i)
+	}
+	if err := s.CreateGroup(b.Context(), persist.Group{ID: "bench", Owner: ms[0], Members: ms}); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		if _, err := s.UpdateGroup(b.Context(), "bench", func(g *persist.Group) error {
+			if !g.IsAdmin(ms[0]) && !g.IsMember(ms[1]) {
+				return errors.New("lost a member")
+			}
+			g.SetAdmin(ms[1], i%2 == 0)
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
