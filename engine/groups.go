@@ -211,7 +211,9 @@ func (s *Server) createGroup(ctx context.Context, owner, by, name string, member
 		return persist.Group{}, fmt.Errorf("engine: create group: %w", err)
 	}
 	s.observeGroup(GroupChange{Kind: GroupCreated, Group: g.ID, User: g.Owner, By: by, Name: g.Name, Owner: g.Owner, Members: g.Members})
-	return s.Group(ctx, g.ID)
+	// The state as stored (roles normalised), without reading it back: a
+	// read could already see a later change.
+	return persist.NewGroupState(g)
 }
 
 // CreateGroup creates a group owned by owner (an existing account, made a
@@ -477,6 +479,9 @@ func (s *Server) announce(ctx context.Context, g persist.Group, op groupOp, ch *
 		return
 	}
 	inboxes := append(slices.Clone(g.Members), ch.removed...)
+	if len(inboxes) == 0 {
+		return
+	}
 	for _, ev := range events {
 		body, err := json.Marshal(ev)
 		if err == nil {
