@@ -199,10 +199,14 @@ func ApplyGroupUpdate(cur *Group, fn func(g *Group) error) (Group, bool, error) 
 	return g, true, nil
 }
 
-// AddMemberVia implements GroupStore.AddMember with UpdateGroup.
-func AddMemberVia(ctx context.Context, update func(context.Context, string, func(*Group) error) (Group, error), groupID, user string, maxMembers int) error {
+// UpdateFunc is GroupStore.UpdateGroup.
+type UpdateFunc func(ctx context.Context, id string, fn func(g *Group) error) (Group, error)
+
+// AddMemberVia implements GroupStore.AddMember with UpdateGroup; errors
+// start with store, the name of the store.
+func AddMemberVia(ctx context.Context, update UpdateFunc, store, groupID, user string, maxMembers int) error {
 	if err := CheckID("user", user); err != nil {
-		return err
+		return fmt.Errorf("%s: add member: %w", store, err)
 	}
 	_, err := update(ctx, groupID, func(g *Group) error {
 		if g.IsMember(user) {
@@ -214,13 +218,17 @@ func AddMemberVia(ctx context.Context, update func(context.Context, string, func
 		g.Add(user)
 		return nil
 	})
-	return err
+	if err != nil {
+		return fmt.Errorf("%s: add member: %w", store, err)
+	}
+	return nil
 }
 
-// RemoveMemberVia implements GroupStore.RemoveMember with UpdateGroup.
-func RemoveMemberVia(ctx context.Context, update func(context.Context, string, func(*Group) error) (Group, error), groupID, user string) error {
+// RemoveMemberVia implements GroupStore.RemoveMember with UpdateGroup;
+// errors start with store, the name of the store.
+func RemoveMemberVia(ctx context.Context, update UpdateFunc, store, groupID, user string) error {
 	if err := CheckID("user", user); err != nil {
-		return err
+		return fmt.Errorf("%s: remove member: %w", store, err)
 	}
 	_, err := update(ctx, groupID, func(g *Group) error {
 		if !g.Remove(user) {
@@ -228,5 +236,8 @@ func RemoveMemberVia(ctx context.Context, update func(context.Context, string, f
 		}
 		return nil
 	})
-	return err
+	if err != nil {
+		return fmt.Errorf("%s: remove member: %w", store, err)
+	}
+	return nil
 }

@@ -159,16 +159,10 @@ func (s *Store) UserGroups(ctx context.Context, user, after string, limit int) (
 
 // AddMember implements persist.GroupStore.
 func (s *Store) AddMember(ctx context.Context, groupID, user string, maxMembers int) error {
-	if err := persist.AddMemberVia(ctx, s.UpdateGroup, groupID, user, maxMembers); err != nil {
-		return fmt.Errorf("memstore: add member: %w", err)
-	}
-	return nil
+	return persist.AddMemberVia(ctx, s.UpdateGroup, "memstore", groupID, user, maxMembers)
 }
 
 // RemoveMember implements persist.GroupStore.
 func (s *Store) RemoveMember(ctx context.Context, groupID, user string) error {
-	if err := persist.RemoveMemberVia(ctx, s.UpdateGroup, groupID, user); err != nil {
-		return fmt.Errorf("memstore: remove member: %w", err)
-	}
-	return nil
+	return persist.RemoveMemberVia(ctx, s.UpdateGroup, "memstore", groupID, user)
 }

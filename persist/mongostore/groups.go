@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
-	"strconv"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -26,11 +25,17 @@ import (
 // collGroupVersions holds the claimed versions of group changes.
 const collGroupVersions = "groupversions"
 
-// keptVersions is how many of a group's latest claimed versions stay
-// stored; rollForwardAfter how long a claim may stay unapplied before
-// another writer applies it (its writer is presumed dead).
+// Claims: the latest keptVersions of a group, and every claim younger than
+// claimTTL, stay stored (older ones are dropped every cleanupEvery
+// versions), so that a version is claimed at most once by a writer whose
+// read of the group is younger than maxClaimDelay; a slower writer gives up
+// with ErrUnavailable. rollForwardAfter is how long a claim may stay
+// unapplied before another writer applies it (its writer presumed dead).
 const (
 	keptVersions     = 4
+	claimTTL         = 5 * time.Minute
+	maxClaimDelay    = time.Minute
+	cleanupEvery     = 16
 	rollForwardAfter = time.Second
 )
 
@@ -243,6 +248,7 @@ func (s *Store) UpdateGroup(ctx context.Context, id string, fn func(g *persist.G
 			case <-t.C:
 			}
 		}
+		readAt := time.Now()
 		cur, version, inc, err := s.getGroup(ctx, id)
 		if err != nil {
 			return persist.Group{}, err
@@ -253,7 +259,8 @@ func (s *Store) UpdateGroup(ctx context.Context, id string, fn func(g *persist.G
 		}
 		claim := versionKey(id, inc, version+1)
 		fields := groupFields(&g, version+1)
-		_, err = versions.InsertOne(ctx, append(bson.D{{Key: "_id", Value: claim}, {Key: "gone", Value: len(g.Members) == 0}}, fields...))
+		_, err = versions.InsertOne(ctx, append(bson.D{{Key: "_id", Value: claim}, {Key: "gone", Value: len(g.Members) == 0},
+			{Key: "t", Value: time.Now().UnixMilli()}}, fields...))
 		if mongo.IsDuplicateKeyError(err) {
 			if claim != stuck {
 				stuck, stuckSince = claim, time.Now()
@@ -267,16 +274,28 @@ func (s *Store) UpdateGroup(ctx context.Context, id string, fn func(g *persist.G
 		if err != nil {
 			return persist.Group{}, mapErr(ctx, "update group", err)
 		}
+		if time.Since(readAt) > maxClaimDelay {
+			// The claim may re-take a version dropped since the read: its
+			// state may be stale. Others roll it forward if it is not.
+			return persist.Group{}, fmt.Errorf("mongostore: update group %q: %w: the claim took %v, outcome unknown",
+				id, persist.ErrUnavailable, time.Since(readAt).Round(time.Second))
+		}
+		// The claim is the only one of its version, so a group document
+		// past it (its update matching nothing) holds its state already:
+		// another writer rolled it forward.
 		if err := s.applyVersion(ctx, id, version, len(g.Members) == 0, fields); err != nil {
 			return persist.Group{}, err
 		}
-		// Old claims are dropped (best effort: a left-over one only takes
-		// space). Recent ones stay: on FerretDB a late roll-forward may
-		// set the group document back a version or two, and the claims
-		// still there make the next writers roll it forward again
-		// rather than build on the old state.
-		if old := version + 1 - keptVersions; old > 0 {
-			_, _ = versions.DeleteOne(ctx, bson.D{{Key: "_id", Value: versionKey(id, inc, old)}})
+		if (version+1)%cleanupEvery == 0 {
+			// Best effort: a left-over claim only takes space. Recent ones
+			// stay: on FerretDB a late roll-forward may set the group
+			// document back a version or two, and the claims still there
+			// make the next writers roll it forward again rather than
+			// build on the old state.
+			_, _ = versions.DeleteMany(ctx, bson.D{
+				{Key: "_id", Value: bson.D{{Key: "$gte", Value: versionKey(id, inc, 0)}, {Key: "$lt", Value: versionKey(id, inc, version+1-keptVersions)}}},
+				{Key: "t", Value: bson.D{{Key: "$lt", Value: time.Now().Add(-claimTTL).UnixMilli()}}},
+			})
 		}
 		return g, nil
 	}
@@ -286,7 +305,8 @@ func (s *Store) UpdateGroup(ctx context.Context, id string, fn func(g *persist.G
 // versionKey is the _id of the version document of group id's incarnation
 // inc at version v.
 func versionKey(id string, inc, v int64) string {
-	return keyPart(id) + strconv.FormatUint(uint64(inc), 16) + ":" + strconv.FormatInt(v, 16)
+	// Fixed-width numbers: the keys of one incarnation sort by version.
+	return fmt.Sprintf("%s%016x:%016x", keyPart(id), uint64(inc), uint64(max(v, 0)))
 }
 
 // applyVersion writes the state of version from+1 (fields) to group id's
@@ -376,16 +396,10 @@ func (s *Store) UserGroups(ctx context.Context, user, after string, limit int) (
 
 // AddMember implements persist.GroupStore.
 func (s *Store) AddMember(ctx context.Context, groupID, user string, maxMembers int) error {
-	if err := persist.AddMemberVia(ctx, s.UpdateGroup, groupID, user, maxMembers); err != nil {
-		return fmt.Errorf("mongostore: add member: %w", err)
-	}
-	return nil
+	return persist.AddMemberVia(ctx, s.UpdateGroup, "mongostore", groupID, user, maxMembers)
 }
 
 // RemoveMember implements persist.GroupStore.
 func (s *Store) RemoveMember(ctx context.Context, groupID, user string) error {
-	if err := persist.RemoveMemberVia(ctx, s.UpdateGroup, groupID, user); err != nil {
-		return fmt.Errorf("mongostore: remove member: %w", err)
-	}
-	return nil
+	return persist.RemoveMemberVia(ctx, s.UpdateGroup, "mongostore", groupID, user)
 }

@@ -58,3 +58,38 @@ func TestLegacyGroups(t *testing.T) {
 		t.Fatalf("g1 read back: %+v, %v", g, err)
 	}
 }
+
+// TestGroupClaimRollForward: a writer that claimed a version and died
+// before applying it does not block the group: the next writer applies the
+// claimed state, then its own change on top.
+func TestGroupClaimRollForward(t *testing.T) {
+	svc := testsvc.StartMongo(t)
+	s, err := Open(t.Context(), Options{URI: svc.URI(), Database: fmt.Sprintf("rollforward%d", time.Now().UnixNano())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := t.Context()
+	if err := s.CreateGroup(ctx, persist.Group{ID: "g", Owner: "alice", Members: []string{"alice", "bob"}}); err != nil {
+		t.Fatal(err)
+	}
+	cur, version, inc, err := s.getGroup(ctx, "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The dead writer's claim: carol added.
+	dead := cur.Clone()
+	dead.Add("carol")
+	_, err = s.db.Collection(collGroupVersions).InsertOne(ctx, append(bson.D{{Key: "_id", Value: versionKey("g", inc, version+1)},
+		{Key: "gone", Value: false}, {Key: "t", Value: time.Now().UnixMilli()}}, groupFields(&dead, version+1)...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := s.UpdateGroup(ctx, "g", func(g *persist.Group) error { g.Add("dave"); return nil })
+	if err != nil || !slices.Equal(g.Members, []string{"alice", "bob", "carol", "dave"}) {
+		t.Fatalf("update over a dead claim: %+v, %v; want carol's addition kept and dave's added", g, err)
+	}
+	if g, err := s.GetGroup(ctx, "g"); err != nil || !slices.Equal(g.Members, []string{"alice", "bob", "carol", "dave"}) {
+		t.Fatalf("stored %+v, %v", g, err)
+	}
+}

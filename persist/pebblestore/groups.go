@@ -95,19 +95,35 @@ func decodeJoin(v []byte) (uint64, error) {
 	return j, nil
 }
 
-// scanMembers calls fn with each member key's user and value under prefix
-// (a group's member prefix) in it.
-func scanMembers(it *pebble.Iterator, prefix []byte, fn func(user string, v []byte) error) error {
-	for ok := it.First(); ok; ok = it.Next() {
-		v, err := it.ValueAndErr()
-		if err != nil {
-			return err
-		}
-		if err := fn(string(it.Key()[len(prefix):]), v); err != nil {
-			return err
-		}
+// readMembers appends the members of g (and their join numbers), as r
+// has them, to g.Members and g.Joined: in key order, so sorted.
+func readMembers(r reader, g *persist.Group) error {
+	prefix := keyLP(nil, tMember, g.ID)
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return err
 	}
-	return it.Error()
+	for ok := it.First(); ok; ok = it.Next() {
+		v, verr := it.ValueAndErr()
+		if verr != nil {
+			err = verr
+			break
+		}
+		j, jerr := decodeJoin(v)
+		if jerr != nil {
+			err = jerr
+			break
+		}
+		g.Members = append(g.Members, string(it.Key()[len(prefix):]))
+		g.Joined = append(g.Joined, j)
+	}
+	if err == nil {
+		err = it.Error()
+	}
+	if cerr := it.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // readGroup reads group id from r: the record and every member.
@@ -121,20 +137,7 @@ func readGroup(r reader, id string) (persist.Group, error) {
 		return persist.Group{}, err
 	}
 	g := rec.group(id)
-	prefix := keyLP(nil, tMember, id)
-	it, err := r.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
-	if err != nil {
-		return persist.Group{}, err
-	}
-	err = scanMembers(it, prefix, func(user string, v []byte) error {
-		j, err := decodeJoin(v)
-		g.Members = append(g.Members, user)
-		g.Joined = append(g.Joined, j)
-		return err
-	})
-	if cerr := it.Close(); err == nil {
-		err = cerr
-	}
+	err = readMembers(r, &g)
 	persist.NormalizeGroup(&g)
 	return g, err
 }
@@ -159,24 +162,12 @@ func (c *committer) loadGroup(id string) (persist.Group, error) {
 		return persist.Group{}, err
 	}
 	g := rec.group(id)
+	// The database holds only synced data (the committer is its only
+	// writer and waits for every sync).
+	if err := readMembers(c.s.db, &g); err != nil {
+		return persist.Group{}, err
+	}
 	prefix := keyLP(nil, tMember, id)
-	it, err := c.s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
-	if err != nil {
-		return persist.Group{}, err
-	}
-	// The keys come sorted: Members stays sorted without a sort.
-	err = scanMembers(it, prefix, func(user string, v []byte) error {
-		j, err := decodeJoin(v)
-		g.Members = append(g.Members, user)
-		g.Joined = append(g.Joined, j)
-		return err
-	})
-	if cerr := it.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return persist.Group{}, err
-	}
 	// This batch's earlier changes of the group (rare) go on top.
 	for k, v := range c.overlay {
 		if !strings.HasPrefix(k, string(prefix)) {
@@ -356,18 +347,12 @@ func summary(r reader, id, user string) (persist.GroupSummary, error) {
 
 // AddMember implements persist.GroupStore.
 func (s *Store) AddMember(ctx context.Context, groupID, user string, maxMembers int) error {
-	if err := persist.AddMemberVia(ctx, s.UpdateGroup, groupID, user, maxMembers); err != nil {
-		return fmt.Errorf("pebblestore: add member: %w", err)
-	}
-	return nil
+	return persist.AddMemberVia(ctx, s.UpdateGroup, "pebblestore", groupID, user, maxMembers)
 }
 
 // RemoveMember implements persist.GroupStore.
 func (s *Store) RemoveMember(ctx context.Context, groupID, user string) error {
-	if err := persist.RemoveMemberVia(ctx, s.UpdateGroup, groupID, user); err != nil {
-		return fmt.Errorf("pebblestore: remove member: %w", err)
-	}
-	return nil
+	return persist.RemoveMemberVia(ctx, s.UpdateGroup, "pebblestore", groupID, user)
 }
 
 // metaGroupIndexKey marks a store whose per-user group index ('j') is
