@@ -12,7 +12,9 @@
 //	cursors   _id = "<user key><device key>": pos (sign-flipped uint64)
 //	users     _id = user id
 //	groups    _id = group id; members array (in join order) and its length
-//	          n, owner, admins, open, v (a version for compare-and-set updates)
+//	          n, owner, admins, open, v (its version)
+//	groupversions  _id = "<group key><incarnation>:<version>": the state a
+//	          change claimed for that version (groups.go)
 //
 // Identifiers are stored as BSON strings when they are valid UTF-8 without
 // NUL and as BSON binary otherwise (see enc), so any byte string persist
