@@ -17,10 +17,11 @@ import (
 )
 
 // Groups are one document each: members in join order with their join
-// numbers (joined), n, owner, admins, open and a version v.
-// Changes are serialised per group by claiming versions (UpdateGroup). Documents written before access control have
-// neither open (they read as open), admins, joined (the array order is the
-// join order) nor v (they match the compare-and-set while v is missing).
+// numbers (joined), n, owner, admins, open, a version v and an incarnation
+// inc. Changes are serialised per group by claiming versions (UpdateGroup).
+// Documents written before access control have neither open (they read as
+// open), admins, joined (the array order is the join order), v (version
+// 0) nor inc (0).
 
 // collGroupVersions holds the claimed versions of group changes.
 const collGroupVersions = "groupversions"
