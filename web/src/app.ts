@@ -185,6 +185,7 @@ async function loadConversations(): Promise<void> {
     for (let page = 0; page < 20; page++) {
       const ok = await client!.conversations({ beforeSeq: before, limit: 200 });
       conversationsSupported = true;
+      document.body.dataset.unread = "server";
       for (const cv of ok.conversations) {
         const c = convFor(cv.groupId ? { groupId: cv.groupId } : { peer: cv.peer });
         c.readSeq = cv.readSeq > c.readSeq ? cv.readSeq : c.readSeq;
@@ -196,7 +197,10 @@ async function loadConversations(): Promise<void> {
       before = ok.conversations[ok.conversations.length - 1].lastSeq;
     }
   } catch (e) {
-    if (e instanceof ImgnError && e.code === Code.UNSUPPORTED) conversationsSupported = false; // count from SYNC
+    if (e instanceof ImgnError && e.code === Code.UNSUPPORTED) {
+      conversationsSupported = false; // count from what SYNC brings
+      document.body.dataset.unread = "client";
+    }
   }
   render();
 }
@@ -238,9 +242,25 @@ function render(): void {
   });
 }
 
+// Signatures of what the list and the chat show: they are redrawn only
+// when these change, so focus and pointer targets survive idle renders.
+let listSig = "";
+let chatSig = "";
+
 function draw(): void {
   const list = $("conv-list");
-  list.replaceChildren(...sortedConvs().map((c) => {
+  const order = sortedConvs();
+  const sig = order.map((c) => [c.key, c.name, c.online, unread(c), c === current, c.items.length,
+    c.items[c.items.length - 1]?.recalled].join("|")).join("\n");
+  if (sig !== listSig) {
+    listSig = sig;
+    drawList(list, order);
+  }
+  drawChat();
+}
+
+function drawList(list: HTMLElement, order: ConvState[]): void {
+  list.replaceChildren(...order.map((c) => {
     const li = el("li");
     const b = el("button", "conv");
     b.type = "button";
@@ -263,10 +283,17 @@ function draw(): void {
     li.append(b);
     return li;
   }));
+}
 
+function drawChat(): void {
   const now = Date.now();
   if (!current) return;
   const c = current;
+  $("typing").textContent = c.typingUntil > now ? `${c.typingUser} is typing…` : "";
+  const sig = [c.key, c.name, c.online, c.peerReadSeq, Math.floor(now / 10_000),
+    ...c.items.map((it) => [it.key, it.state, it.recalled, it.seq].join(","))].join("|");
+  if (sig === chatSig) return;
+  chatSig = sig;
   $("chat-title").textContent = c.name;
   $("chat-sub").textContent = c.conv.groupId ? "id " + c.conv.groupId : "";
   const pres = $("chat-presence");
@@ -303,7 +330,6 @@ function draw(): void {
     return li;
   }));
   if (atBottom) ol.scrollTop = ol.scrollHeight;
-  $("typing").textContent = c.typingUntil > now ? `${c.typingUser} is typing…` : "";
 }
 
 function openConv(c: ConvState): void {
@@ -366,14 +392,15 @@ async function login(register: boolean): Promise<void> {
     c2.typingUntil = t.on ? Date.now() + (t.expiresMs || 6000) : 0;
     render();
   });
+  client = c; // the listeners above use it as soon as the login completes
   try {
     await c.connect();
   } catch (e) {
+    client = undefined;
     $("login-error").textContent = e instanceof ImgnError && e.code === Code.USER_EXISTS ? "That user id is taken."
       : e instanceof ImgnError && e.code === Code.AUTH_FAILED ? "Wrong user id or password." : String((e as Error).message);
     return;
   }
-  client = c;
   $("me-name").textContent = user;
   $("login-view").hidden = true;
   $("chat-view").hidden = false;
@@ -428,6 +455,8 @@ function wire(): void {
     const name = $<HTMLInputElement>("new-group-name").value.trim();
     const members = $<HTMLInputElement>("new-group-members").value.split(/[\s,]+/).filter(Boolean);
     client?.groupCreate(name, members).then((g) => {
+      (ev.target as HTMLFormElement).reset();
+      (ev.target as HTMLElement).closest("details")?.removeAttribute("open");
       const c = convFor({ groupId: g.groupId });
       c.name = g.name || c.name;
       openConv(c);
