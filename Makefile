@@ -97,10 +97,10 @@ run: build ## run one node on the embedded defaults (client 127.0.0.1:9090, WebS
 js-deps: ## npm ci in clients/js when its node_modules is missing or stale
 	scripts/jsdeps.sh
 
-web: js-deps ## rebuild the browser app into web/dist (committed; go build embeds it) from web/src and clients/js
+web: js-deps ## rebuild web/static/app.js (committed; go build embeds web/static) from web/src and clients/js
 	cd clients/js && npm run build:web
 
-test-js: build js-deps ## the TypeScript client's tests (Node's test runner) against a real imd, and a check that web/dist is up to date
+test-js: build js-deps ## the TypeScript client's tests (Node's test runner) against a real imd, and a check that web/static/app.js is up to date
 	cd clients/js && npm test
 
 test-browser: build ## the browser app in Debian's chromium (installed when missing), driven by puppeteer-core; screenshots of a failure in test-artifacts/browser

@@ -16,23 +16,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export DEBIAN_FRONTEND=noninteractive
 log() { printf 'jsdeps: %s\n' "$*" >&2; }
 
-apt_install() {
-	local sudo=()
-	if [[ $(id -u) -ne 0 ]]; then
-		if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-			sudo=(sudo -n)
-		else
-			log "not root and no passwordless sudo; install these packages and rerun:"
-			log "  apt-get update && apt-get install -y --no-install-recommends $*"
-			exit 1
-		fi
-	fi
-	log "installing: $*"
-	local t0=$SECONDS
-	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null
-	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" </dev/null
-	log "apt-get took $((SECONDS - t0))s"
-}
+# shellcheck source=apt.sh
+source "$root/scripts/apt.sh"
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
 	apt_install nodejs npm

@@ -427,6 +427,15 @@ function send(body: string): void {
   render();
 }
 
+/** openGroup opens a group just created or joined, clearing the form that asked. */
+function openGroup(g: pb.GroupInfo, form: HTMLFormElement): void {
+  form.reset();
+  form.closest("details")?.removeAttribute("open");
+  const c = convFor({ groupId: g.groupId });
+  c.name = g.name || c.name;
+  openConv(c);
+}
+
 function wire(): void {
   $("login-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
@@ -454,23 +463,12 @@ function wire(): void {
     ev.preventDefault();
     const name = $<HTMLInputElement>("new-group-name").value.trim();
     const members = $<HTMLInputElement>("new-group-members").value.split(/[\s,]+/).filter(Boolean);
-    client?.groupCreate(name, members).then((g) => {
-      (ev.target as HTMLFormElement).reset();
-      (ev.target as HTMLElement).closest("details")?.removeAttribute("open");
-      const c = convFor({ groupId: g.groupId });
-      c.name = g.name || c.name;
-      openConv(c);
-    }, showError);
+    client?.groupCreate(name, members).then((g) => openGroup(g, ev.target as HTMLFormElement), showError);
   });
   $("join-group-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
-    const input = $<HTMLInputElement>("join-group-id");
-    client?.groupJoin(input.value.trim()).then((g) => {
-      input.value = "";
-      const c = convFor({ groupId: g.groupId });
-      c.name = g.name || c.name;
-      openConv(c);
-    }, showError);
+    const id = $<HTMLInputElement>("join-group-id").value.trim();
+    client?.groupJoin(id).then((g) => openGroup(g, ev.target as HTMLFormElement), showError);
   });
   $("composer").addEventListener("submit", (ev) => {
     ev.preventDefault();

@@ -104,7 +104,11 @@ for (const serializer of ["json", "protobuf"]) {
       const B = await open(node, b, o());
       await B.c.close();
       clients.push(A.c);
-      const p = await A.c.presence([a, b, "nobody" + process.pid]);
+      // the session ends when the node has closed the connection: a moment after LOGOUT_OK
+      const p = await until(async () => {
+        const r = await A.c.presence([a, b, "nobody" + process.pid]);
+        return r[1].online ? undefined : r;
+      }, 5000, "bob offline");
       assert.deepEqual(p.map((u) => [u.user, u.online, u.unknown]), [[a, true, false], [b, false, false], ["nobody" + process.pid, false, true]]);
       assert.deepEqual(p[0].devices, ["d1"]);
     });
