@@ -43,12 +43,19 @@ for (const serializer of ["json", "protobuf"]) {
       const A = await open(node, a, o());
       const B = await open(node, b, { serializer: serializer === "json" ? "protobuf" : "json" });
       clients.push(A.c, B.c);
+      const it = B.c.messages();
       const acks = [];
       for (let i = 0; i < 20; i++) acks.push(A.c.send(b, `m${i}`)); // pipelined
       const done = await Promise.all(acks);
       await until(() => B.got.length === 20, 10_000, "bob's 20 messages");
       assert.deepEqual(B.got.map(text), done.map((_, i) => `m${i}`));
       assert.deepEqual(B.got.map((m) => m.seq), B.got.map((_, i) => BigInt(i + 1)));
+      const viaIterator = [];
+      for await (const m of it) {
+        viaIterator.push(m.seq);
+        if (viaIterator.length === 20) break; // ends the iterator
+      }
+      assert.deepEqual(viaIterator, B.got.map((m) => m.seq));
       assert.deepEqual(B.got.map((m) => m.msgId), done.map((k) => k.msgId)); // same ids through JSON and Protobuf
       assert.ok(done.some((k) => k.msgId > 2n ** 53n), "msg ids use the high bits");
       // the sender's own stream holds its messages at SEND_ACK.seq
@@ -71,11 +78,13 @@ for (const serializer of ["json", "protobuf"]) {
       await A.c.send(b, "first");
       await until(() => B.got.length === 1);
       const shown = B.c.shown;
+      await new Promise((r) => setTimeout(r, 200)); // the coalesced PUSH_ACK (50 ms) goes out
       await B.c.close();
       for (let i = 0; i < 5; i++) await A.c.send(b, `missed${i}`);
       const B2 = new Client({ url: node.url, user: b, password: "secret123", device: "d1", serializer, shown, syncLimit: 2 });
       const got = collect(B2);
-      await B2.connect();
+      const ok = await B2.connect();
+      assert.equal(ok.cursor, shown); // the device's acknowledged position
       clients.push(A.c, B2);
       await until(() => got.length === 5, 10_000, "the 5 missed messages");
       await A.c.send(b, "live");
