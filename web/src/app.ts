@@ -207,6 +207,8 @@ async function loadConversations(): Promise<void> {
 
 async function refreshPresence(): Promise<void> {
   if (client?.state !== "online") return;
+  const self = convs.get(convKey({ peer: me }));
+  if (self) self.online = true; // notes to self: this page is the proof
   const peers = [...convs.values()].filter((c) => c.conv.peer && c.conv.peer !== me).slice(0, 500);
   if (!peers.length) return;
   try {
