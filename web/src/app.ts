@@ -4,7 +4,7 @@
 // draws the conversation list and the open chat from it.
 
 import { Client, Code, ImgnError, convKey, convOf, newClientMsgId } from "../../clients/js/src/index.js";
-import type { Conv, SendState, State, pb } from "../../clients/js/src/index.js";
+import type { Conv, Outbox, OutboxEntry, SendState, State, pb } from "../../clients/js/src/index.js";
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
 const text = (b: Uint8Array) => new TextDecoder().decode(b);
@@ -78,6 +78,32 @@ function saveLocalRead(key: string, seq: bigint): void {
   const r = localReads();
   r[key] = seq.toString();
   localStorage.setItem("imgn.read." + me, JSON.stringify(r));
+}
+
+/**
+ * outboxFor keeps user's unacknowledged sends in localStorage, so that a
+ * message typed while the node was unreachable is still sent, with its
+ * client_msg_id, after the page is closed and opened again.
+ */
+function outboxFor(user: string): Outbox {
+  const key = "imgn.outbox." + user;
+  const read = (): Record<string, OutboxEntry> => {
+    try {
+      return JSON.parse(localStorage.getItem(key) ?? "{}") as Record<string, OutboxEntry>;
+    } catch {
+      return {};
+    }
+  };
+  const write = (m: Record<string, OutboxEntry>) => localStorage.setItem(key, JSON.stringify(m));
+  return {
+    list: () => Object.values(read()),
+    put: (e) => write({ ...read(), [e.clientMsgId]: e }),
+    remove: (id) => {
+      const m = read();
+      delete m[id];
+      write(m);
+    },
+  };
 }
 
 // ---- state -------------------------------------------------------------
@@ -365,10 +391,17 @@ async function login(register: boolean): Promise<void> {
   const user = $<HTMLInputElement>("login-user").value.trim();
   const password = $<HTMLInputElement>("login-password").value;
   $("login-error").textContent = "";
-  const c = new Client({ url: wsURL(), user, password, device: deviceId(), register, shown: 0n, serializer: "protobuf" });
+  const outbox = outboxFor(user);
+  const c = new Client({ url: wsURL(), user, password, device: deviceId(), register, shown: 0n, serializer: "protobuf", outbox });
   me = user;
   convs = new Map();
   current = undefined;
+  for (const e of outbox.list()) { // sends of an earlier page, resent by connect()
+    const conv = convFor(e.groupId ? { groupId: e.groupId } : { peer: e.to! });
+    const item: Item = { key: e.clientMsgId, from: me, body: text(Uint8Array.from(atob(e.body), (ch) => ch.charCodeAt(0))), time: Date.now(), state: "sending" };
+    conv.items.push(item);
+    conv.byKey.set(item.key, item);
+  }
   c.on("message", onMessage);
   c.on("send", onSend);
   c.on("state", (s, d) => {

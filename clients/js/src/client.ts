@@ -4,6 +4,7 @@
 // sends retried with the same client_msg_id until acknowledged).
 
 import { create } from "@bufbuild/protobuf";
+import { base64Decode, base64Encode } from "@bufbuild/protobuf/wire";
 import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
 import * as pb from "./gen/imgn_pb.js";
 import { decodeBody, encodeBody } from "./codec.js";
@@ -33,6 +34,28 @@ export function convKey(c: Conv): string {
 export interface Route {
   node_id: string;
   addr: string;
+}
+
+/** An unacknowledged send as an Outbox keeps it: body in standard base64. */
+export interface OutboxEntry {
+  clientMsgId: string;
+  to?: string;
+  groupId?: string;
+  kind: number;
+  body: string;
+}
+
+/**
+ * Outbox is durable storage for unacknowledged sends (protocol.md §6.4: a
+ * client_msg_id is kept with its unsent message so that a retry after a
+ * restart reuses it). The client puts each send before transmitting it and
+ * removes it once stored or finally refused; connect() resends what it
+ * lists. Calls are synchronous (localStorage fits).
+ */
+export interface Outbox {
+  list(): OutboxEntry[];
+  put(e: OutboxEntry): void;
+  remove(clientMsgId: string): void;
 }
 
 /** Where to connect: fixed WebSocket URLs, tried in turn, or imrouter. */
@@ -77,6 +100,8 @@ export interface ClientOptions {
   pushAckDelayMs?: number;
   /** SYNC page size. Default 200. */
   syncLimit?: number;
+  /** Durable storage of unacknowledged sends; connect() resends what it holds. Default: none (memory only). */
+  outbox?: Outbox;
 }
 
 /** Connection state, reported by the "state" event. */
@@ -225,12 +250,24 @@ export class Client {
     if (this.state !== "closed" && this.state !== "kicked") throw new Error("imgn: already connecting or connected");
     this.closed = false;
     this.setState("connecting");
+    for (const e of this.opts.outbox?.list() ?? []) {
+      if (this.sends.has(e.clientMsgId)) continue;
+      const body = base64Decode(e.body);
+      const req = e.groupId
+        ? create(pb.GroupSendRequestSchema, { clientMsgId: e.clientMsgId, groupId: e.groupId, kind: e.kind, body })
+        : create(pb.SendRequestSchema, { clientMsgId: e.clientMsgId, to: e.to, kind: e.kind, body });
+      // the outcome reaches the application through the "send" event
+      this.enqueueSend(e.groupId ? Cmd.GROUP_SEND : Cmd.SEND, req).catch(() => undefined);
+    }
     const p = new Promise<pb.LoginOK>((resolve, reject) => (this.firstLogin = { resolve, reject }));
     void this.dial();
     return p;
   }
 
-  /** close ends the session (LOGOUT when online) and fails everything pending with ClientClosed. */
+  /**
+   * close ends the session (LOGOUT when online) and fails everything
+   * pending with ClientClosed; unacknowledged sends stay in the outbox.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     if (this.state === "online") {
@@ -661,6 +698,10 @@ export class Client {
     return new Promise((resolve, reject) => {
       const s: PendingSend = { clientMsgId: req.clientMsgId, cmd, req, attempt: 0, inFlight: false, resolve, reject };
       this.sends.set(s.clientMsgId, s);
+      this.opts.outbox?.put({
+        clientMsgId: req.clientMsgId, kind: req.kind, body: base64Encode(req.body, "std"),
+        ...(cmd === Cmd.SEND ? { to: (req as pb.SendRequest).to } : { groupId: (req as pb.GroupSendRequest).groupId }),
+      });
       this.emit("send", { clientMsgId: s.clientMsgId, state: "sending" });
       if (this.state === "online") this.transmitSend(s);
     });
@@ -674,6 +715,7 @@ export class Client {
     const p = this.request(s.cmd, desc, s.req as never, false, s.attempt > 0 ? FLAG_RESENT : 0) as Promise<pb.SendAck>;
     p.then((ack) => {
       this.sends.delete(s.clientMsgId);
+      this.opts.outbox?.remove(s.clientMsgId);
       this.emit("send", { clientMsgId: s.clientMsgId, state: "stored", ack });
       // protocol.md §6.4: the sending connection is not pushed its own message
       const req = s.req;
@@ -687,6 +729,7 @@ export class Client {
       if (!this.sends.has(s.clientMsgId)) return;
       if (e instanceof ImgnError && !e.retryable) {
         this.sends.delete(s.clientMsgId);
+        this.opts.outbox?.remove(s.clientMsgId);
         this.emit("send", { clientMsgId: s.clientMsgId, state: "failed", error: e });
         s.reject(e);
         return;

@@ -2,7 +2,7 @@
 // browsers and Node 20.
 
 export { Client, convKey, convOf, newClientMsgId } from "./client.js";
-export type { ClientEvents, ClientOptions, Conv, Route, RouterOptions, SendState, State } from "./client.js";
+export type { ClientEvents, ClientOptions, Conv, Outbox, OutboxEntry, Route, RouterOptions, SendState, State } from "./client.js";
 export { Code, ClientClosed, ConnectionLost, ImgnError, codeName } from "./errors.js";
 export { Cmd, FrameReader, FrameError, Serializer, encodeFrame, HEADER_LEN } from "./frame.js";
 export type { Frame } from "./frame.js";

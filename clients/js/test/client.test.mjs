@@ -224,6 +224,34 @@ describe("restarts, GO_AWAY, router and token", () => {
     await B.c.close();
   });
 
+  test("an outbox keeps unacknowledged sends across clients: resent with their ids, stored once", async () => {
+    const a = uid("a"), b = uid("b");
+    const kept = new Map();
+    const outbox = { list: () => [...kept.values()], put: (e) => kept.set(e.clientMsgId, e), remove: (id) => kept.delete(id) };
+    const A = await open(node, a, { outbox });
+    const B = await open(node, b);
+    await A.c.send(b, "first");
+    assert.equal(kept.size, 0);
+    await node.stop();
+    await until(() => A.c.state !== "online", 5000, "alice notices");
+    const lost = A.c.send(b, "kept", { clientMsgId: "kept-" + a });
+    assert.deepEqual([...kept.keys()], ["kept-" + a]);
+    await A.c.close(); // the page is gone: the send is not acknowledged
+    await assert.rejects(lost, { name: "ClientClosed" });
+    assert.equal(kept.size, 1);
+    await node.start();
+    const A2 = new Client({ url: node.url, user: a, password: "secret123", device: "d1", outbox, backoff: { initialMs: 50, maxMs: 500 } });
+    const states = [];
+    A2.on("send", (x) => states.push(x.state));
+    await A2.connect();
+    await until(() => kept.size === 0, 10_000, "the outbox to empty");
+    await until(() => B.got.length === 2, 15_000, "bob's 2 messages");
+    assert.deepEqual(B.got.map(text), ["first", "kept"]);
+    assert.deepEqual(states, ["sending", "stored"]);
+    await A2.close();
+    await B.c.close();
+  });
+
   test("router: a node that cannot be reached is excluded and the next one used", async () => {
     const dead = await freePort();
     const router = await startRouter(`ndead=127.0.0.1:${dead},nlive=${node.addr}`);

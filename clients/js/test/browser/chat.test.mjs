@@ -174,7 +174,8 @@ test("memory store: 1:1 with unread counts from CONVERSATIONS, read receipts, ty
 });
 
 test("embedded store: offline catch-up with client-side unread counts, node restart mid-conversation", { timeout: 60_000 }, async () => {
-  const { alice, bob, A, ctxB, done } = await twoUsers("embedded");
+  const { alice, bob, ctxA, ctxB, done } = await twoUsers("embedded");
+  let A = pages.alice;
   let { B } = { B: pages.bob };
   let groupKey;
   await step("before", async () => {
@@ -224,6 +225,22 @@ test("embedded store: offline catch-up with client-side unread counts, node rest
     await hasMessage(A, "back again");
     const texts = await B.evaluate(() => [...document.querySelectorAll("#messages .msg .text")].map((e) => e.textContent));
     assert.deepEqual(texts, ["hello bob", "while you were away", "sent during the restart", "back again"]); // each once, in order
+  });
+  await step("reload", async () => {
+    // a message typed while the node is down survives closing the page (the outbox in localStorage)
+    await node.stop();
+    await A.waitForSelector("#banner:not([hidden])", { timeout: T });
+    await say(A, "kept across a reload");
+    await hasMessage(A, "kept across a reload");
+    await A.close();
+    await node.start();
+    A = await openApp(ctxA, "alice");
+    await signIn(A, alice, false);
+    await open(A, `u:${bob}`);
+    await waitStatus(A, "kept across a reload", "sent");
+    await hasMessage(B, "kept across a reload");
+    const texts = await B.evaluate(() => [...document.querySelectorAll("#messages .msg .text")].map((e) => e.textContent));
+    assert.equal(texts.filter((t) => t === "kept across a reload").length, 1);
   });
   await done();
 });
