@@ -53,8 +53,9 @@ func New() *Store {
 
 // NewWith returns an empty Store bounded by r (see persist.Retention; a
 // negative setting is an error). The cap (InboxMax) is enforced on every
-// append; age (MaxAge) and the dedup window by passes that appends run at
-// most once a second, and by EnforceRetention.
+// append; age (MaxAge) and the dedup window by passes that appends start at
+// most once a second and advance a few records at a time (so retention
+// keeps pace with any append rate), and by EnforceRetention.
 func NewWith(r persist.Retention) (*Store, error) {
 	r, err := r.WithDefaults()
 	if err != nil {
@@ -98,7 +99,7 @@ func (s *Store) EnforceRetention(ctx context.Context) error {
 	if s.closed {
 		return persist.ErrClosed
 	}
-	s.m.pass(s.m.clock(), 0)
+	s.m.pass(s.m.clock())
 	return nil
 }
 
@@ -163,7 +164,7 @@ func (s *Store) appendLocked(op *persist.AppendOp) {
 		return
 	}
 	m := s.m
-	m.expire(1024)
+	m.expire()
 	res := &op.Result
 	res.Msg = *msg
 	var r *record

@@ -22,7 +22,7 @@ import (
 //
 // Retention (persist.Retention) drops an inbox's oldest entries: beyond
 // InboxMax entries (at once, on the append that exceeds it), or older than
-// MaxAge (by passes: on appends at most once a second, or EnforceRetention).
+// MaxAge (a few records per append, and whole passes by EnforceRetention).
 // A record that no inbox holds any more waits in limbo for the dedup
 // window, so a retry is still recognised; then it leaves both maps and its
 // chunk's live count drops; a chunk whose records are all gone is released
@@ -147,7 +147,8 @@ func (in *inbox) slotAt(seq uint64) (slot uint64, hidden, ok bool) {
 // store's lock held (write lock for the mutating ones).
 type messages struct {
 	opts       persist.Retention // defaults filled
-	limbo      []uint64          // slots of messages in no inbox, kept for the dedup window, oldest first
+	limbo      []uint64          // limbo[limboOff:]: slots of messages in no inbox, kept for the dedup window, oldest first
+	limboOff   int               // limbo[:limboOff] is done with
 	chunks     []*chunk          // chunks[i] holds slots from base + i*chunkRecs
 	free       []*chunk          // released chunks, kept for reuse
 	madeChunks int               // chunks allocated (tests check reuse)
@@ -167,7 +168,11 @@ type messages struct {
 	list     []*inbox              // by inbox index
 	more     map[uint64][]inboxRef // by slot: inbox seqs beyond a record's first two
 	clock    func() time.Time
-	scanned  time.Time // last MaxAge scan
+	// The retention pass (see expire): when the last one started, whether
+	// one is in progress, and its cutoffs (Unix milliseconds).
+	scanned          time.Time
+	passing          bool
+	ageCut, limboCut int64
 }
 
 type dedupKey struct{ from, clientMsgID string }
@@ -379,38 +384,69 @@ func (m *messages) kill(slot uint64, r *record, c *chunk) {
 	}
 }
 
-// expire is a retention pass, as appends run it: at most once a second
-// and at most budget messages, so no single append pays for a backlog.
-func (m *messages) expire(budget int) {
+// reapPerAppend bounds the records each append examines for retention in
+// each of its two scans (MaxAge and limbo). A pass starts at most once a
+// second (on an append) and then advances a few records per append until
+// it is done. An append adds at most one record to each scan, so a pass
+// keeps level with any append rate, in bounded memory, and no append pays
+// for a backlog. (A fixed budget per pass falls behind once the append rate
+// passes it, and the heap then grows with every message.)
+const reapPerAppend = 4
+
+// expire is the retention step every append runs (see reapPerAppend).
+func (m *messages) expire() {
 	if !m.opts.Enabled() {
 		return
 	}
-	now := m.clock()
-	if now.Sub(m.scanned) < time.Second {
-		return
+	if !m.passing {
+		now := m.clock()
+		if now.Sub(m.scanned) < time.Second {
+			return
+		}
+		m.scanned = now
+		m.startPass(now)
 	}
-	m.scanned = now
-	m.pass(now, budget)
+	m.step(reapPerAppend)
 }
 
-// pass drops inbox entries older than MaxAge (an inbox only loses a
-// prefix: the entries up to the last expired one), then forgets the
-// messages in limbo older than the dedup window. budget bounds the messages
-// it handles (<= 0: no bound).
-func (m *messages) pass(now time.Time, budget int) {
-	unbounded := budget <= 0
+// pass runs a whole pass now (EnforceRetention).
+func (m *messages) pass(now time.Time) {
+	m.startPass(now)
+	m.step(0)
+}
+
+// startPass fixes the cutoffs of a pass that starts at now: it drops inbox
+// entries older than MaxAge (an inbox only loses a prefix: the entries up
+// to the last expired one), then forgets the messages in limbo older than
+// the dedup window.
+func (m *messages) startPass(now time.Time) {
+	m.passing = true
+	m.ageCut = now.Add(-m.opts.MaxAge).UnixMilli()
+	window := m.opts.DedupWindow
 	if m.opts.MaxAge > 0 {
-		cutoff := now.Add(-m.opts.MaxAge).UnixMilli()
+		window = min(window, m.opts.MaxAge)
+	}
+	m.limboCut = now.Add(-window).UnixMilli()
+}
+
+// step advances the pass in progress, examining at most budget records in
+// each scan (<= 0: no bound), and ends it when both scans are done.
+func (m *messages) step(budget int) {
+	unbounded := budget <= 0
+	ageDone := m.opts.MaxAge <= 0
+	if !ageDone {
 		m.oldest = max(m.oldest, m.base)
-		for ; m.oldest < m.next && (unbounded || budget > 0); m.oldest++ {
+		n := 0
+		for ; m.oldest < m.next && (unbounded || n < budget); m.oldest++ {
+			n++
 			r, _ := m.rec(m.oldest)
 			if r == nil || r.refs == 0 {
 				continue
 			}
-			if r.ts >= cutoff {
+			if r.ts >= m.ageCut {
+				ageDone = true
 				break
 			}
-			budget--
 			// Drop, from the front of each inbox holding this message,
 			// every entry up to and including it.
 			refs := append([]inboxRef{r.in[0], r.in[1]}, m.more[m.oldest]...)
@@ -424,29 +460,35 @@ func (m *messages) pass(now time.Time, budget int) {
 				}
 			}
 		}
+		ageDone = ageDone || m.oldest >= m.next
 	}
-	window := m.opts.DedupWindow
-	if m.opts.MaxAge > 0 {
-		window = min(window, m.opts.MaxAge)
+	i, end := m.limboOff, len(m.limbo)
+	if !unbounded {
+		end = min(end, i+budget)
 	}
-	cutoff := now.Add(-window).UnixMilli()
-	n := 0
-	for ; n < len(m.limbo) && (unbounded || budget > 0); n++ {
-		slot := m.limbo[n]
+	limboDone := false
+	for ; i < end; i++ {
+		slot := m.limbo[i]
 		r, c := m.rec(slot)
 		if r == nil || r.id == 0 || r.refs > 0 {
 			continue // killed already, or back in an inbox (a retry added one)
 		}
-		if r.ts >= cutoff {
+		if r.ts >= m.limboCut {
+			limboDone = true
 			break
 		}
-		budget--
 		m.kill(slot, r, c)
 	}
-	rest := m.limbo[n:]
-	if n >= len(rest) {
-		m.limbo = append(m.limbo[:0], rest...)
-	} else {
-		m.limbo = rest
+	limboDone = limboDone || i == len(m.limbo)
+	m.limboOff = i
+	// Compact once the dead prefix is half the slice: amortised O(1) per
+	// entry, and the array is reused rather than reallocated.
+	if m.limboOff > 0 && m.limboOff >= len(m.limbo)/2 {
+		n := copy(m.limbo, m.limbo[m.limboOff:])
+		clear(m.limbo[n:])
+		m.limbo, m.limboOff = m.limbo[:n], 0
+	}
+	if ageDone && limboDone {
+		m.passing = false
 	}
 }

@@ -92,16 +92,19 @@ func TestMaxAgeDropsOldEntries(t *testing.T) {
 	for i := 1; i <= 5; i++ {
 		send(t, s, uint64(i), "alice", fmt.Sprint("old", i), old, "alice", "bob")
 	}
-	now = now.Add(2 * time.Second) // past the once-a-second scan guard
+	now = now.Add(2 * time.Second) // past the once-a-second pass guard
+	// The pass starts on this append and advances reapPerAppend records
+	// per append: two appends finish it.
 	send(t, s, 6, "alice", "new", now.UnixMilli(), "alice", "bob")
+	send(t, s, 7, "alice", "new2", now.UnixMilli(), "alice", "bob")
 	got, _ := s.ReadInbox(ctx, "bob", 0, 100)
-	if len(got) != 1 || got[0].Seq != 6 {
-		t.Fatalf("bob keeps %+v, want only seq 6", got)
+	if len(got) != 2 || got[0].Seq != 6 {
+		t.Fatalf("bob keeps %+v, want only seqs 6 and 7", got)
 	}
 	if _, err := s.Lookup(ctx, "alice", "old1"); !errors.Is(err, persist.ErrNotFound) {
 		t.Fatalf("expired message still deduplicated: %v", err)
 	}
-	if head, _ := s.LastSeq(ctx, "bob"); head != 6 {
+	if head, _ := s.LastSeq(ctx, "bob"); head != 7 {
 		t.Fatalf("head %d", head)
 	}
 }
@@ -210,5 +213,45 @@ func TestReleasedChunksAreReused(t *testing.T) {
 	got, err := s.ReadInbox(context.Background(), "u", 0, 100)
 	if err != nil || len(got) != 10 || string(got[9].Msg.Body) != fmt.Sprint("body ", 10*chunkRecs) {
 		t.Fatalf("last entries after chunk reuse: %d %v", len(got), err)
+	}
+}
+
+// TestRetentionKeepsPaceWithFastAppends: at 100,000 appends a second (of the
+// store's clock) the records kept stay at what the cap and the dedup window
+// hold, chunks are recycled, and appends allocate nothing. Retention that
+// falls behind the append rate fails all three.
+func TestRetentionKeepsPaceWithFastAppends(t *testing.T) {
+	const window = 20 * time.Millisecond // 2,000 appends at this rate
+	s := newWith(t, persist.Retention{InboxMax: 100, DedupWindow: window})
+	now := time.Unix(1_800_000_000, 0)
+	s.m.clock = func() time.Time { return now }
+	done := &completer{}
+	op := &persist.AppendOp{Inboxes: []string{"alice", "bob"}, Done: done, Result: persist.AppendResult{Seqs: make([]uint64, 0, 2)}}
+	body := []byte("hello, bob")
+	var ids [64]byte
+	i := uint64(0)
+	run := func() {
+		i++
+		cmid := strconv.AppendUint(ids[:0], i, 10)
+		now = now.Add(10 * time.Microsecond)
+		op.Msg = persist.Message{ID: i, From: "alice", To: "bob", ClientMsgID: unsafe.String(&cmid[0], len(cmid)), Timestamp: now.UnixMilli(), Body: body}
+		s.AppendAsync(op)
+		if op.Err != nil {
+			t.Fatal(op.Err)
+		}
+	}
+	for range 200 * chunkRecs { // two seconds of the store's clock
+		run()
+	}
+	// Kept: 100 per inbox, plus the dedup window's worth in limbo, plus
+	// what one pass interval (a second) may leave before its pass starts.
+	if kept, most := len(s.m.byID), 100+2*2000+100_000; kept > most {
+		t.Fatalf("%d records kept, want at most %d", kept, most)
+	}
+	if made, most := s.m.madeChunks, 2*(100_000+4_100)/chunkRecs; made > most {
+		t.Fatalf("%d chunks made for 204,800 appends, want at most %d", made, most)
+	}
+	if allocs := testing.AllocsPerRun(20*chunkRecs, run); allocs > 0 {
+		t.Fatalf("%.2f allocations per append at 100k appends/s", allocs)
 	}
 }
