@@ -13,6 +13,7 @@ package memstore
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -120,8 +121,9 @@ func (s *Store) Append(ctx context.Context, msg persist.Message, inboxes []strin
 		return persist.AppendResult{}, err
 	}
 	op := persist.AppendOp{Msg: msg, Inboxes: inboxes}
-	s.mu.Lock()
-	s.appendLocked(&op)
+	err := persist.CheckAppend(msg, inboxes)
+	s.lockAppend()
+	s.appendLocked(&op, err)
 	if op.Err == nil && op.Result.Duplicate {
 		// The original lives in the store's arena, which a later append
 		// may reuse once it expires: copy it while the lock holds.
@@ -143,20 +145,48 @@ func (s *Store) NonBlocking() {}
 // strings and Body are the store's own, valid only during Done (the
 // arena of an expired message is reused).
 func (s *Store) AppendAsync(op *persist.AppendOp) {
-	s.mu.Lock()
+	// Validation reads only op: it runs before the lock, which is held for
+	// as little as possible (every event loop appends under it).
+	err := persist.CheckAppend(op.Msg, op.Inboxes)
+	s.lockAppend()
 	defer s.mu.Unlock()
-	s.appendLocked(op)
+	s.appendLocked(op, err)
 	op.Done.AppendDone(op)
 }
 
-// appendLocked runs op (s.mu held), filling op.Result or op.Err. Result.Seqs
+// appendSpins is how many times an append tries the store's lock, yielding
+// its goroutine between tries, before it blocks on it (lockAppend).
+const appendSpins = 16
+
+// lockAppend takes s.mu for writing, for an append. Event loops append
+// concurrently, each holding the lock for a microsecond or two. A plain
+// Lock parks a waiter after a few spins, and waking it costs a thread
+// wake-up, longer than the wait; and once a waiter has waited over a
+// millisecond (its holder descheduled on a busy machine), sync.Mutex hands
+// the lock to the parked waiter and yields the releasing goroutine's P, so
+// the event loops run one after the other on one P until the queue clears
+// (measured under load: docs/BENCHMARKS.md, "Why the p99 ..."). Trying for
+// about one hold time before blocking keeps the common contended case out
+// of both.
+func (s *Store) lockAppend() {
+	for range appendSpins {
+		if s.mu.TryLock() {
+			return
+		}
+		runtime.Gosched()
+	}
+	s.mu.Lock()
+}
+
+// appendLocked runs op (s.mu held), filling op.Result or op.Err. checkErr is
+// persist.CheckAppend's verdict on op, taken before the lock. Result.Seqs
 // reuses the capacity op brought. On a fresh insert Result.Msg is op.Msg;
 // on a duplicate it is the stored message, in the store's arena.
-func (s *Store) appendLocked(op *persist.AppendOp) {
+func (s *Store) appendLocked(op *persist.AppendOp, checkErr error) {
 	msg, inboxes := &op.Msg, op.Inboxes
 	op.Result, op.Err = persist.AppendResult{Seqs: op.Result.Seqs[:0]}, nil
-	if err := persist.CheckAppend(*msg, inboxes); err != nil {
-		op.Err = fmt.Errorf("memstore: append: %w", err)
+	if checkErr != nil {
+		op.Err = fmt.Errorf("memstore: append: %w", checkErr)
 		return
 	}
 	if s.closed {

@@ -124,9 +124,29 @@ type inbox struct {
 	idx   uint32 // its inboxRef.in
 	name  string // the user
 	slots []uint64
-	first uint64 // seq of slots[0]; head+1 when the inbox is empty
-	head  uint64 // the last seq assigned (kept when retention empties it)
+	buf   []uint64 // the array slots is a window of (pushWindow)
+	first uint64   // seq of slots[0]; head+1 when the inbox is empty
+	head  uint64   // the last seq assigned (kept when retention empties it)
 	convs map[persist.ConvID]*conv
+}
+
+// pushWindow appends v to *s, a window of the array *buf that drops
+// entries from its front by reslicing. When the window reaches the array's
+// end while it fills at most half of it, it moves down to the array's start
+// instead of the array growing, so a queue that drops at the front and adds
+// at the back reuses one array.
+func pushWindow[T any](s, buf *[]T, v T) {
+	if n := len(*s); n == cap(*s) && n <= cap(*buf)/2 {
+		b := (*buf)[:cap(*buf)]
+		copy(b, *s)
+		clear(b[n:]) // no stale pointers for the collector to follow
+		*s = b[:n]
+	}
+	grow := len(*s) == cap(*s)
+	*s = append(*s, v)
+	if grow {
+		*buf = *s
+	}
 }
 
 // hiddenBit marks an inbox slot deleted for its owner (slot numbers never
@@ -150,6 +170,7 @@ type messages struct {
 	limbo      []uint64          // limbo[limboOff:]: slots of messages in no inbox, kept for the dedup window, oldest first
 	limboOff   int               // limbo[:limboOff] is done with
 	chunks     []*chunk          // chunks[i] holds slots from base + i*chunkRecs
+	chunkBuf   []*chunk          // the array chunks is a window of (pushWindow)
 	free       []*chunk          // released chunks, kept for reuse
 	madeChunks int               // chunks allocated (tests check reuse)
 	base       uint64            // first slot of chunks[0], a multiple of chunkRecs
@@ -168,11 +189,11 @@ type messages struct {
 	list     []*inbox              // by inbox index
 	more     map[uint64][]inboxRef // by slot: inbox seqs beyond a record's first two
 	clock    func() time.Time
-	// The retention pass (see expire): when the last one started, whether
-	// one is in progress, and its cutoffs (Unix milliseconds).
-	scanned          time.Time
-	passing          bool
-	ageCut, limboCut int64
+	// The MaxAge pass (see expire): when the last one started, whether one
+	// is in progress, and its cutoff (Unix milliseconds).
+	scanned time.Time
+	aging   bool
+	ageCut  int64
 }
 
 type dedupKey struct{ from, clientMsgID string }
@@ -222,7 +243,7 @@ func (m *messages) store(msg *persist.Message) (uint64, *record) {
 	slot := m.next
 	m.next++
 	if slot%chunkRecs == 0 {
-		m.chunks = append(m.chunks, m.newChunk())
+		pushWindow(&m.chunks, &m.chunkBuf, m.newChunk())
 	}
 	c := m.chunks[(slot-m.base)/chunkRecs]
 	r := &c.recs[slot%chunkRecs]
@@ -313,7 +334,7 @@ func (m *messages) appendTo(in *inbox, slot uint64, r *record) uint64 {
 	if len(in.slots) == 0 {
 		in.first = in.head
 	}
-	in.slots = append(in.slots, slot)
+	pushWindow(&in.slots, &in.buf, slot)
 	r.refs++
 	ref := inboxRef{in: in.idx, seq: in.head}
 	switch {
@@ -384,12 +405,13 @@ func (m *messages) kill(slot uint64, r *record, c *chunk) {
 	}
 }
 
-// reapPerAppend bounds the records each append examines for retention in
-// each of its two scans (MaxAge and limbo). A pass starts at most once a
-// second (on an append) and then advances a few records per append until
-// it is done. An append adds at most one record to each scan, so a pass
-// keeps level with any append rate, in bounded memory, and no append pays
-// for a backlog. (A fixed budget per pass falls behind once the append rate
+// reapPerAppend bounds the records each append examines for retention, in
+// each of its two scans: the limbo (every append) and the MaxAge pass (one
+// starts at most once a second, then advances with the appends until it is
+// done). An append adds at most one record to each scan, so both keep level
+// with any append rate, in bounded memory, with chunks released one at a
+// time (and reused) rather than in bursts, and no append pays for a
+// backlog. (A fixed budget per second falls behind once the append rate
 // passes it, and the heap then grows with every message.)
 const reapPerAppend = 4
 
@@ -398,88 +420,87 @@ func (m *messages) expire() {
 	if !m.opts.Enabled() {
 		return
 	}
-	if !m.passing {
-		now := m.clock()
-		if now.Sub(m.scanned) < time.Second {
+	now := m.clock()
+	if m.opts.MaxAge > 0 {
+		if !m.aging && now.Sub(m.scanned) >= time.Second {
+			m.scanned, m.aging = now, true
+			m.ageCut = now.Add(-m.opts.MaxAge).UnixMilli()
+		}
+		if m.aging {
+			m.age(reapPerAppend)
+		}
+	}
+	m.reap(now, reapPerAppend)
+}
+
+// pass runs a whole pass now (EnforceRetention): it drops inbox entries
+// older than MaxAge (an inbox only loses a prefix: the entries up to the
+// last expired one), then forgets the messages in limbo older than the
+// dedup window.
+func (m *messages) pass(now time.Time) {
+	if m.opts.MaxAge > 0 {
+		m.aging, m.ageCut = true, now.Add(-m.opts.MaxAge).UnixMilli()
+		m.age(0)
+	}
+	m.reap(now, 0)
+}
+
+// age advances the MaxAge pass in progress by at most budget records (<= 0:
+// no bound), and ends it at the first record younger than its cutoff.
+func (m *messages) age(budget int) {
+	m.oldest = max(m.oldest, m.base)
+	for n := 0; m.oldest < m.next && (budget <= 0 || n < budget); m.oldest++ {
+		n++
+		r, _ := m.rec(m.oldest)
+		if r == nil || r.refs == 0 {
+			continue
+		}
+		if r.ts >= m.ageCut {
+			m.aging = false
 			return
 		}
-		m.scanned = now
-		m.startPass(now)
+		// Drop, from the front of each inbox holding this message,
+		// every entry up to and including it.
+		refs := append([]inboxRef{r.in[0], r.in[1]}, m.more[m.oldest]...)
+		for _, ref := range refs {
+			if ref.in == 0 {
+				continue
+			}
+			in := m.list[ref.in-1]
+			if ref.seq >= in.first {
+				m.trim(in, int(ref.seq-in.first+1))
+			}
+		}
 	}
-	m.step(reapPerAppend)
+	if m.oldest >= m.next {
+		m.aging = false
+	}
 }
 
-// pass runs a whole pass now (EnforceRetention).
-func (m *messages) pass(now time.Time) {
-	m.startPass(now)
-	m.step(0)
-}
-
-// startPass fixes the cutoffs of a pass that starts at now: it drops inbox
-// entries older than MaxAge (an inbox only loses a prefix: the entries up
-// to the last expired one), then forgets the messages in limbo older than
-// the dedup window.
-func (m *messages) startPass(now time.Time) {
-	m.passing = true
-	m.ageCut = now.Add(-m.opts.MaxAge).UnixMilli()
+// reap forgets the messages in limbo older than the dedup window (or
+// MaxAge, if shorter) at now, oldest first, examining at most budget
+// entries (<= 0: no bound).
+func (m *messages) reap(now time.Time, budget int) {
 	window := m.opts.DedupWindow
 	if m.opts.MaxAge > 0 {
 		window = min(window, m.opts.MaxAge)
 	}
-	m.limboCut = now.Add(-window).UnixMilli()
-}
-
-// step advances the pass in progress, examining at most budget records in
-// each scan (<= 0: no bound), and ends it when both scans are done.
-func (m *messages) step(budget int) {
-	unbounded := budget <= 0
-	ageDone := m.opts.MaxAge <= 0
-	if !ageDone {
-		m.oldest = max(m.oldest, m.base)
-		n := 0
-		for ; m.oldest < m.next && (unbounded || n < budget); m.oldest++ {
-			n++
-			r, _ := m.rec(m.oldest)
-			if r == nil || r.refs == 0 {
-				continue
-			}
-			if r.ts >= m.ageCut {
-				ageDone = true
-				break
-			}
-			// Drop, from the front of each inbox holding this message,
-			// every entry up to and including it.
-			refs := append([]inboxRef{r.in[0], r.in[1]}, m.more[m.oldest]...)
-			for _, ref := range refs {
-				if ref.in == 0 {
-					continue
-				}
-				in := m.list[ref.in-1]
-				if ref.seq >= in.first {
-					m.trim(in, int(ref.seq-in.first+1))
-				}
-			}
-		}
-		ageDone = ageDone || m.oldest >= m.next
-	}
+	cutoff := now.Add(-window).UnixMilli()
 	i, end := m.limboOff, len(m.limbo)
-	if !unbounded {
+	if budget > 0 {
 		end = min(end, i+budget)
 	}
-	limboDone := false
 	for ; i < end; i++ {
 		slot := m.limbo[i]
 		r, c := m.rec(slot)
 		if r == nil || r.id == 0 || r.refs > 0 {
 			continue // killed already, or back in an inbox (a retry added one)
 		}
-		if r.ts >= m.limboCut {
-			limboDone = true
+		if r.ts >= cutoff {
 			break
 		}
 		m.kill(slot, r, c)
 	}
-	limboDone = limboDone || i == len(m.limbo)
 	m.limboOff = i
 	// Compact once the dead prefix is half the slice: amortised O(1) per
 	// entry, and the array is reused rather than reallocated.
@@ -487,8 +508,5 @@ func (m *messages) step(budget int) {
 		n := copy(m.limbo, m.limbo[m.limboOff:])
 		clear(m.limbo[n:])
 		m.limbo, m.limboOff = m.limbo[:n], 0
-	}
-	if ageDone && limboDone {
-		m.passing = false
 	}
 }
