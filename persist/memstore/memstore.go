@@ -198,19 +198,19 @@ func (s *Store) appendLocked(op *persist.AppendOp, checkErr error) {
 	res := &op.Result
 	res.Msg = *msg
 	var r *record
-	slot, dup := m.lookup(msg.From, msg.ClientMsgID)
+	slot, dup, probe := m.find(msg.From, msg.ClientMsgID)
 	if dup {
 		var c *chunk
 		r, c = m.rec(slot)
 		res.Msg = c.message(r)
 		res.Duplicate = true
-	} else if other, ok := m.byID[msg.ID]; ok {
+	} else if other, ok := m.idSlot(msg.ID); ok {
 		r, c := m.rec(other)
 		op.Err = fmt.Errorf("memstore: append: %w: message id %d already stored for another (from, client message id) (%q, %q)",
 			persist.ErrInvalid, msg.ID, c.str(r.from), c.str(r.cmid))
 		return
 	} else {
-		slot, r = m.store(msg)
+		slot, r = m.store(msg, &probe)
 		if n := len(inboxes); n > len(r.in) {
 			m.more[slot] = make([]inboxRef, 0, n-len(r.in)) // one allocation per group message
 		}

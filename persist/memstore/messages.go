@@ -43,7 +43,8 @@ type record struct {
 	ts                   int64
 	kind                 uint32
 	group                bool
-	refs                 int32 // inboxes that still hold the message
+	refs                 int32  // inboxes that still hold the message
+	hash                 uint64 // the dedup key's hash (not for events)
 	from, to, cmid, body span
 	// Chat: event is the entry's persist.Event*, target the message it is
 	// about; a recalled message has recalled set (its body span cleared)
@@ -128,6 +129,8 @@ type inbox struct {
 	first uint64   // seq of slots[0]; head+1 when the inbox is empty
 	head  uint64   // the last seq assigned (kept when retention empties it)
 	convs map[persist.ConvID]*conv
+	// lastConv is the conversation of the inbox's last append (converse).
+	lastConv *conv
 }
 
 // pushWindow appends v to *s, a window of the array *buf that drops
@@ -136,17 +139,21 @@ type inbox struct {
 // instead of the array growing, so a queue that drops at the front and adds
 // at the back reuses one array.
 func pushWindow[T any](s, buf *[]T, v T) {
-	if n := len(*s); n == cap(*s) && n <= cap(*buf)/2 {
-		b := (*buf)[:cap(*buf)]
-		copy(b, *s)
-		clear(b[n:]) // no stale pointers for the collector to follow
-		*s = b[:n]
+	if n := len(*s); n == cap(*s) {
+		if n > 0 && n <= cap(*buf)/2 {
+			b := (*buf)[:cap(*buf)]
+			copy(b, *s)
+			clear(b[n:]) // no stale pointers for the collector to follow
+			*s = b[:n]
+		} else {
+			// Twice the live length, so the window moves down next time
+			// rather than the array growing again.
+			b := make([]T, n, max(2*n, 8))
+			copy(b, *s)
+			*s, *buf = b, b
+		}
 	}
-	grow := len(*s) == cap(*s)
 	*s = append(*s, v)
-	if grow {
-		*buf = *s
-	}
 }
 
 // hiddenBit marks an inbox slot deleted for its owner (slot numbers never
@@ -176,13 +183,14 @@ type messages struct {
 	base       uint64            // first slot of chunks[0], a multiple of chunkRecs
 	next       uint64            // slot of the next record
 	oldest     uint64            // no live record has a lower slot (MaxAge scans start here)
-	byID       map[uint64]uint64
+	byID       u64map            // message id -> slot
+	maxID      uint64            // the highest id byID has held (idSlot)
 	// The dedup index: by a 64-bit hash of (From, ClientMsgID), checked
 	// against the record, so the map holds no pointers for the collector
 	// to scan; the rare keys whose hash is taken by another message go in
 	// spill.
 	seed     maphash.Seed
-	dedup    map[uint64]uint64
+	dedup    u64map // dedup hash -> slot
 	spill    map[dedupKey]uint64
 	testHash func(from, cmid string) uint64 // tests force collisions
 	inboxes  map[string]*inbox
@@ -199,7 +207,7 @@ type messages struct {
 type dedupKey struct{ from, clientMsgID string }
 
 func newMessages(o persist.Retention) *messages {
-	return &messages{opts: o, byID: make(map[uint64]uint64), dedup: make(map[uint64]uint64), spill: make(map[dedupKey]uint64), seed: maphash.MakeSeed(),
+	return &messages{opts: o, spill: make(map[dedupKey]uint64), seed: maphash.MakeSeed(),
 		inboxes: make(map[string]*inbox), more: make(map[uint64][]inboxRef), clock: time.Now}
 }
 
@@ -238,8 +246,9 @@ func (m *messages) newChunk() *chunk {
 	return &chunk{recs: new([chunkRecs]record)}
 }
 
-// store copies msg into a new record and returns its slot.
-func (m *messages) store(msg *persist.Message) (uint64, *record) {
+// store copies msg into a new record and returns its slot. p is what the
+// dedup lookup of msg's key learnt (nil for an event, which has no key).
+func (m *messages) store(msg *persist.Message, p *dedupProbe) (uint64, *record) {
 	slot := m.next
 	m.next++
 	if slot%chunkRecs == 0 {
@@ -250,51 +259,76 @@ func (m *messages) store(msg *persist.Message) (uint64, *record) {
 	*r = record{id: msg.ID, ts: msg.Timestamp, kind: msg.Kind, group: msg.Group,
 		from: c.putString(msg.From), to: c.putString(msg.To), cmid: c.putString(msg.ClientMsgID), body: c.put(msg.Body)}
 	c.live++
-	m.byID[msg.ID] = slot
+	m.byID.put(msg.ID, slot)
+	m.maxID = max(m.maxID, msg.ID)
 	if msg.Event != persist.EventNone {
 		// An event is found through its target, never by a dedup key.
 		r.event, r.target = msg.Event, msg.Target
 		return slot, r
 	}
-	h := m.dedupHash(msg.From, msg.ClientMsgID)
-	if _, taken := m.dedup[h]; taken {
+	r.hash = p.h
+	if p.taken {
 		m.spill[dedupKey{c.str(r.from), c.str(r.cmid)}] = slot
 	} else {
-		m.dedup[h] = slot
+		m.dedup.put(p.h, slot)
 	}
 	return slot, r
+}
+
+// idSlot returns the slot of the message (or event) with id, if stored. An
+// id above every stored one needs no map lookup: ids from one node's
+// generator grow, so a fresh append usually skips it.
+func (m *messages) idSlot(id uint64) (uint64, bool) {
+	if id > m.maxID {
+		return 0, false
+	}
+	return m.byID.get(id)
 }
 
 func (m *messages) dedupHash(from, cmid string) uint64 {
 	if m.testHash != nil {
 		return m.testHash(from, cmid)
 	}
-	return maphash.String(m.seed, from)*0x9E3779B97F4A7C15 ^ maphash.String(m.seed, cmid)
+	return max(maphash.String(m.seed, from)*0x9E3779B97F4A7C15^maphash.String(m.seed, cmid), 1) // 0 is not a key (u64map)
+}
+
+// dedupProbe is what a dedup lookup learnt, for the store that follows a
+// miss: the key's hash, and whether another key holds the hash's entry
+// (the new key then goes to spill).
+type dedupProbe struct {
+	h     uint64
+	taken bool
+}
+
+// find finds the slot of the message stored for (from, cmid).
+func (m *messages) find(from, cmid string) (slot uint64, found bool, p dedupProbe) {
+	p.h = m.dedupHash(from, cmid)
+	if s, ok := m.dedup.get(p.h); ok {
+		p.taken = true
+		if r, c := m.rec(s); r != nil && c.str(r.from) == from && c.str(r.cmid) == cmid {
+			return s, true, p
+		}
+	}
+	if len(m.spill) == 0 {
+		return 0, false, p
+	}
+	slot, found = m.spill[dedupKey{from, cmid}]
+	return slot, found, p
 }
 
 // lookup finds the slot of the message stored for (from, cmid).
 func (m *messages) lookup(from, cmid string) (uint64, bool) {
-	if slot, ok := m.dedup[m.dedupHash(from, cmid)]; ok {
-		if r, c := m.rec(slot); r != nil && c.str(r.from) == from && c.str(r.cmid) == cmid {
-			return slot, true
-		}
-	}
-	if len(m.spill) == 0 {
-		return 0, false
-	}
-	slot, ok := m.spill[dedupKey{from, cmid}]
-	return slot, ok
+	slot, found, _ := m.find(from, cmid)
+	return slot, found
 }
 
 // forget removes the dedup entry of the record at slot.
 func (m *messages) forget(slot uint64, r *record, c *chunk) {
-	from, cmid := c.str(r.from), c.str(r.cmid)
-	h := m.dedupHash(from, cmid)
-	if s, ok := m.dedup[h]; ok && s == slot {
-		delete(m.dedup, h)
+	if s, ok := m.dedup.get(r.hash); ok && s == slot {
+		m.dedup.del(r.hash)
 		return
 	}
-	delete(m.spill, dedupKey{from, cmid})
+	delete(m.spill, dedupKey{c.str(r.from), c.str(r.cmid)})
 }
 
 // seqIn returns the seq of the record at slot in inbox in, or 0.
@@ -384,7 +418,7 @@ func (m *messages) unref(slot uint64, r *record) {
 // kill forgets the record at slot for good, and releases its chunk when it
 // was the chunk's last.
 func (m *messages) kill(slot uint64, r *record, c *chunk) {
-	delete(m.byID, r.id)
+	m.byID.del(r.id)
 	if r.event == persist.EventNone {
 		m.forget(slot, r, c)
 	}
