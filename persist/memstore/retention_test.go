@@ -131,8 +131,10 @@ type completer struct{ n int }
 
 func (c *completer) AppendDone(*persist.AppendOp) { c.n++ }
 
-func TestAppendAsyncSteadyStateAllocatesNothing(t *testing.T) {
-	s := newWith(t, persist.Retention{InboxMax: 100, DedupWindow: time.Millisecond})
+// appender returns a function that appends the next 1:1 message from alice
+// to bob with AppendAsync, step later on the store's clock than the last,
+// and the op it reuses.
+func appender(t testing.TB, s *Store, step time.Duration) (func(), *persist.AppendOp, *completer) {
 	now := time.Unix(1_800_000_000, 0)
 	s.m.clock = func() time.Time { return now }
 	done := &completer{}
@@ -140,15 +142,23 @@ func TestAppendAsyncSteadyStateAllocatesNothing(t *testing.T) {
 	body := []byte("hello, bob")
 	var ids [64]byte
 	i := uint64(0)
-	run := func() {
+	return func() {
 		i++
 		// The id is built in a reused buffer, as the engine's views of a
 		// frame are: the store copies what it keeps.
 		cmid := strconv.AppendUint(ids[:0], i, 10)
-		now = now.Add(time.Millisecond)
+		now = now.Add(step)
 		op.Msg = persist.Message{ID: i, From: "alice", To: "bob", ClientMsgID: unsafe.String(&cmid[0], len(cmid)), Timestamp: now.UnixMilli(), Body: body}
 		s.AppendAsync(op)
-	}
+		if op.Err != nil {
+			t.Fatal(op.Err)
+		}
+	}, op, done
+}
+
+func TestAppendAsyncSteadyStateAllocatesNothing(t *testing.T) {
+	s := newWith(t, persist.Retention{InboxMax: 100, DedupWindow: time.Millisecond})
+	run, op, done := appender(t, s, time.Millisecond)
 	for range 3 * chunkRecs { // warm up: maps and inboxes at their steady size
 		run()
 	}
@@ -225,23 +235,7 @@ func TestReleasedChunksAreReused(t *testing.T) {
 func TestRetentionKeepsPaceWithFastAppends(t *testing.T) {
 	const window = 20 * time.Millisecond // 2,000 appends at this rate
 	s := newWith(t, persist.Retention{InboxMax: 100, DedupWindow: window})
-	now := time.Unix(1_800_000_000, 0)
-	s.m.clock = func() time.Time { return now }
-	done := &completer{}
-	op := &persist.AppendOp{Inboxes: []string{"alice", "bob"}, Done: done, Result: persist.AppendResult{Seqs: make([]uint64, 0, 2)}}
-	body := []byte("hello, bob")
-	var ids [64]byte
-	i := uint64(0)
-	run := func() {
-		i++
-		cmid := strconv.AppendUint(ids[:0], i, 10)
-		now = now.Add(10 * time.Microsecond)
-		op.Msg = persist.Message{ID: i, From: "alice", To: "bob", ClientMsgID: unsafe.String(&cmid[0], len(cmid)), Timestamp: now.UnixMilli(), Body: body}
-		s.AppendAsync(op)
-		if op.Err != nil {
-			t.Fatal(op.Err)
-		}
-	}
+	run, _, _ := appender(t, s, 10*time.Microsecond)
 	for range 100 * chunkRecs { // a second of the store's clock
 		run()
 	}
