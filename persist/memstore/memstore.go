@@ -13,7 +13,6 @@ package memstore
 import (
 	"context"
 	"fmt"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -122,7 +121,7 @@ func (s *Store) Append(ctx context.Context, msg persist.Message, inboxes []strin
 	}
 	op := persist.AppendOp{Msg: msg, Inboxes: inboxes}
 	err := persist.CheckAppend(msg, inboxes)
-	s.lockAppend()
+	s.mu.Lock()
 	s.appendLocked(&op, err)
 	if op.Err == nil && op.Result.Duplicate {
 		// The original lives in the store's arena, which a later append
@@ -148,34 +147,10 @@ func (s *Store) AppendAsync(op *persist.AppendOp) {
 	// Validation reads only op: it runs before the lock, which is held for
 	// as little as possible (every event loop appends under it).
 	err := persist.CheckAppend(op.Msg, op.Inboxes)
-	s.lockAppend()
+	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.appendLocked(op, err)
 	op.Done.AppendDone(op)
-}
-
-// appendSpins is how many times an append tries the store's lock, yielding
-// its goroutine between tries, before it blocks on it (lockAppend).
-const appendSpins = 16
-
-// lockAppend takes s.mu for writing, for an append. Event loops append
-// concurrently, each holding the lock for a microsecond or two. A plain
-// Lock parks a waiter after a few spins, and waking it costs a thread
-// wake-up, longer than the wait; and once a waiter has waited over a
-// millisecond (its holder descheduled on a busy machine), sync.Mutex hands
-// the lock to the parked waiter and yields the releasing goroutine's P, so
-// the event loops run one after the other on one P until the queue clears
-// (measured under load: docs/BENCHMARKS.md, "Why the p99 ..."). Trying for
-// about one hold time before blocking keeps the common contended case out
-// of both.
-func (s *Store) lockAppend() {
-	for range appendSpins {
-		if s.mu.TryLock() {
-			return
-		}
-		runtime.Gosched()
-	}
-	s.mu.Lock()
 }
 
 // appendLocked runs op (s.mu held), filling op.Result or op.Err. checkErr is
