@@ -135,20 +135,21 @@ type inbox struct {
 
 // pushWindow appends v to *s, a window of the array *buf that drops
 // entries from its front by reslicing. When the window reaches the array's
-// end while it fills at most half of it, it moves down to the array's start
-// instead of the array growing, so a queue that drops at the front and adds
-// at the back reuses one array.
+// end while it fills at most two thirds of it, it moves down to the array's
+// start instead of the array growing, so a queue that drops at the front
+// and adds at the back (a capped inbox) settles on one array, half as long
+// again as what it holds, and copies two entries per append on average.
 func pushWindow[T any](s, buf *[]T, v T) {
 	if n := len(*s); n == cap(*s) {
-		if n > 0 && n <= cap(*buf)/2 {
+		if n > 0 && 3*n <= 2*cap(*buf) {
 			b := (*buf)[:cap(*buf)]
 			copy(b, *s)
 			clear(b[n:]) // no stale pointers for the collector to follow
 			*s = b[:n]
 		} else {
-			// Twice the live length, so the window moves down next time
-			// rather than the array growing again.
-			b := make([]T, n, max(2*n, 8))
+			// Room for the window to move down next time rather than
+			// the array growing again.
+			b := make([]T, n, max(n+n/2, 8))
 			copy(b, *s)
 			*s, *buf = b, b
 		}
