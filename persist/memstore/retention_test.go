@@ -230,8 +230,9 @@ func TestReleasedChunksAreReused(t *testing.T) {
 // TestRetentionKeepsPaceWithFastAppends: at 100,000 appends a second (of the
 // store's clock) the records kept stay at what the cap and the dedup window
 // hold, chunks and inbox arrays are recycled, and appends allocate nothing,
-// not even now and then (chunks are counted exactly, allocations process-wide). Retention that falls behind the append rate, or
-// releases chunks in bursts, fails all three.
+// not even now and then (chunks are counted exactly, allocations
+// process-wide). Retention that falls behind the append rate, or releases
+// chunks in bursts, fails all three.
 func TestRetentionKeepsPaceWithFastAppends(t *testing.T) {
 	const window = 20 * time.Millisecond // 2,000 appends at this rate
 	s := newWith(t, persist.Retention{InboxMax: 100, DedupWindow: window})
@@ -253,9 +254,10 @@ func TestRetentionKeepsPaceWithFastAppends(t *testing.T) {
 	}
 	runtime.ReadMemStats(&after)
 	// MemStats counts the whole process: a few allocations of the test
-	// runtime's own are tolerated, not the store's one per chunk or per
-	// array growth (dozens or more in this many appends).
-	if allocs := after.Mallocs - before.Mallocs; allocs > 4 {
+	// runtime's own (and of goroutines other tests left winding down) are
+	// tolerated, not the store's one per chunk (a hundred chunks pass in
+	// this many appends) or per array growth.
+	if allocs := after.Mallocs - before.Mallocs; allocs > 20 {
 		t.Fatalf("%d allocations in %d appends at 100k appends/s", allocs, n)
 	}
 	if s.m.madeChunks != made {
