@@ -70,12 +70,17 @@ type chatRef struct {
 	own  bool
 }
 
-// chatRefOf returns the conversation of message m in user's inbox.
+// chatRefOf returns the conversation of message m in user's inbox (none
+// for events and for system messages outside groups, as persist.ConvOf).
 func chatRefOf(user string, m *persist.Message) chatRef {
-	if m.Event != persist.EventNone || m.From == "" {
+	if m.Event != persist.EventNone {
 		return chatRef{}
 	}
-	return chatRef{conv: persist.ConvOf(user, m), own: m.From == user}
+	c := persist.ConvOf(user, m)
+	if c.ID == "" {
+		return chatRef{}
+	}
+	return chatRef{conv: c, own: m.From == user}
 }
 
 // convKey is the key of a conversation inside its user's documents.

@@ -137,6 +137,26 @@ func TestWithServer(t *testing.T) {
 	t.Run("ConflictInChunkedGroupInsert", func(t *testing.T) { testChunkedConflict(t, openDB(t)) })
 	t.Run("HeadsHint", func(t *testing.T) { testHeadsHint(t, openDB(t)) })
 	t.Run("EqualityQueriesUseIndexes", func(t *testing.T) { testEqualityUsesIndexes(t, openDB(t)) })
+	t.Run("ReadsMessagesWithoutMid", func(t *testing.T) { testReadsMessagesWithoutMid(t, openDB(t)) })
+}
+
+// testReadsMessagesWithoutMid: a message document from before mid existed
+// is still read (by _id) when FerretDB finds none by mid.
+func testReadsMessagesWithoutMid(t *testing.T, s *Store) {
+	ctx := t.Context()
+	m := persist.Message{ID: 1<<62 + 9, From: "a", ClientMsgID: "old", Body: []byte("from before mid")}
+	doc := slices.DeleteFunc(messageDoc(&m), func(e bson.E) bool { return e.Key == "mid" })
+	if _, err := s.messages.InsertOne(ctx, doc); err != nil {
+		t.Fatal(err)
+	}
+	putEntry(t, s, "b", 1, m.ID)
+	if _, err := s.Append(ctx, persist.Message{ID: 3, From: "a", ClientMsgID: "new", Body: []byte("new")}, []string{"b"}); err != nil {
+		t.Fatal(err)
+	}
+	es, err := s.ReadInbox(ctx, "b", 0, 10)
+	if err != nil || len(es) != 2 || string(es[0].Msg.Body) != "from before mid" || string(es[1].Msg.Body) != "new" {
+		t.Fatalf("ReadInbox = %+v, %v", es, err)
+	}
 }
 
 // testEqualityUsesIndexes: on the dev server's PostgreSQL backend, the

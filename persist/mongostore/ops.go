@@ -13,11 +13,6 @@ import (
 	"github.com/imgn/imgn/persist"
 )
 
-// maxUpdateAttempts bounds the read-check-update loops of group membership.
-const maxUpdateAttempts = 8
-
-var idOnly = bson.D{{Key: "_id", Value: 1}}
-
 // maxInKeys bounds the keys of one {_id: {$in: ...}} query.
 const maxInKeys = 2000
 
@@ -34,11 +29,12 @@ const ferretMaxEq = 64
 // equalities to its database, and answers any other filter ($in, $or,
 // ranges) by reading and decoding the whole collection (at 20,000
 // documents on its PostgreSQL backend: 800 ms for an $in of 20 keys, 7 ms
-// for an equality). fn's document is valid only during the call. Errors
-// are mapped for operation op.
+// for an equality). With no each, all is sent on FerretDB too. fn's
+// document is valid only during the call. Errors are mapped for operation
+// op.
 func (s *Store) findAny(ctx context.Context, c *mongo.Collection, all bson.D, each []bson.D, op string, fn func(bson.Raw) error, opts ...options.Lister[options.FindOptions]) error {
 	filters := []bson.D{all}
-	if s.eqQueries && len(each) <= ferretMaxEq {
+	if s.eqQueries && len(each) > 0 && len(each) <= ferretMaxEq {
 		filters = each
 	}
 	for _, f := range filters {
@@ -253,16 +249,28 @@ func (s *Store) ReadInbox(ctx context.Context, user string, afterSeq uint64, lim
 		each[i] = bson.D{{Key: "mid", Value: midKey(e.Msg.ID)}} // see messageDoc
 	}
 	msgs := make(map[uint64]persist.Message, len(out))
-	err = s.findAny(ctx, s.messages, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}}, each, "read inbox: messages", func(raw bson.Raw) error {
+	keep := func(raw bson.Raw) error {
 		m, err := decodeMessage(raw)
 		if err != nil {
 			return err
 		}
 		msgs[m.ID] = m
 		return nil
-	})
-	if err != nil {
+	}
+	if err := s.findAny(ctx, s.messages, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}}, each, "read inbox: messages", keep); err != nil {
 		return nil, err
+	}
+	if s.eqQueries && len(msgs) < len(out) {
+		// Messages stored before mid existed: by _id, one (slow) query.
+		var missing bson.A
+		for _, e := range out {
+			if _, ok := msgs[e.Msg.ID]; !ok {
+				missing = append(missing, idToDB(e.Msg.ID))
+			}
+		}
+		if err := s.findAny(ctx, s.messages, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: missing}}}}, nil, "read inbox: messages", keep); err != nil {
+			return nil, err
+		}
 	}
 	for i := range out {
 		m, ok := msgs[out[i].Msg.ID]
@@ -344,174 +352,6 @@ func (s *Store) GetUser(ctx context.Context, id string) (persist.User, error) {
 		return persist.User{}, mapErr(ctx, "get user", err)
 	}
 	return u, nil
-}
-
-// CreateGroup implements persist.GroupStore.
-func (s *Store) CreateGroup(ctx context.Context, g persist.Group) error {
-	if err := persist.CheckID("group id", g.ID); err != nil {
-		return fmt.Errorf("mongostore: create group: %w", err)
-	}
-	members, err := persist.NormalizeMembers(g.Members)
-	if err != nil {
-		return fmt.Errorf("mongostore: create group: %w", err)
-	}
-	leave, err := s.enter(ctx)
-	if err != nil {
-		return err
-	}
-	defer leave()
-	_, err = s.groups.InsertOne(ctx, bson.D{
-		{Key: "_id", Value: enc(g.ID)},
-		{Key: "name", Value: enc(g.Name)},
-		{Key: "owner", Value: enc(g.Owner)},
-		{Key: "members", Value: encAll(members)},
-		{Key: "n", Value: int64(len(members))},
-		{Key: "created", Value: g.Created},
-	})
-	if mongo.IsDuplicateKeyError(err) {
-		return persist.ErrGroupExists
-	}
-	return mapErr(ctx, "create group", err)
-}
-
-// GetGroup implements persist.GroupStore.
-func (s *Store) GetGroup(ctx context.Context, id string) (persist.Group, error) {
-	if err := persist.CheckID("group id", id); err != nil {
-		return persist.Group{}, fmt.Errorf("mongostore: get group: %w", err)
-	}
-	leave, err := s.enter(ctx)
-	if err != nil {
-		return persist.Group{}, err
-	}
-	defer leave()
-	g, _, err := s.getGroup(ctx, id)
-	return g, err
-}
-
-// getGroup reads group id and its stored member count.
-func (s *Store) getGroup(ctx context.Context, id string) (persist.Group, int64, error) {
-	raw, err := s.groups.FindOne(ctx, bson.D{{Key: "_id", Value: enc(id)}}).Raw()
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		return persist.Group{}, 0, persist.ErrNotFound
-	}
-	if err != nil {
-		return persist.Group{}, 0, mapErr(ctx, "get group", err)
-	}
-	g, n, err := decodeGroup(id, raw)
-	if err != nil {
-		return persist.Group{}, 0, mapErr(ctx, "get group", err)
-	}
-	return g, n, nil
-}
-
-func decodeGroup(id string, raw bson.Raw) (g persist.Group, n int64, err error) {
-	g.ID = id
-	if g.Name, err = strField(raw, "name"); err != nil {
-		return
-	}
-	if g.Owner, err = strField(raw, "owner"); err != nil {
-		return
-	}
-	if g.Created, err = int64Field(raw, "created"); err != nil {
-		return
-	}
-	if n, err = int64Field(raw, "n"); err != nil {
-		return
-	}
-	arr, err := lookup(raw, "members", bson.TypeArray)
-	if err != nil {
-		return
-	}
-	vals, err := arr.Array().Values()
-	if err != nil {
-		return g, 0, fmt.Errorf("%w: members: %v", errCorrupt, err)
-	}
-	g.Members = make([]string, 0, len(vals))
-	for _, v := range vals {
-		m, err := dec(v)
-		if err != nil {
-			return g, 0, err
-		}
-		g.Members = append(g.Members, m)
-	}
-	slices.Sort(g.Members) // $push appends; the contract is sorted
-	return g, n, nil
-}
-
-// AddMember implements persist.GroupStore: one conditional update ($push
-// and $inc of the count, only if user is not a member and the count is
-// below maxMembers); when it matches nothing, the group is read to tell
-// ErrNotFound, already-a-member (nil) and ErrGroupFull apart.
-func (s *Store) AddMember(ctx context.Context, groupID, user string, maxMembers int) error {
-	if err := checkIDs("group id", groupID, "user", user); err != nil {
-		return fmt.Errorf("mongostore: add member: %w", err)
-	}
-	leave, err := s.enter(ctx)
-	if err != nil {
-		return err
-	}
-	defer leave()
-	filter := bson.D{
-		{Key: "_id", Value: enc(groupID)},
-		{Key: "members", Value: bson.D{{Key: "$ne", Value: enc(user)}}},
-	}
-	if maxMembers > 0 {
-		filter = append(filter, bson.E{Key: "n", Value: bson.D{{Key: "$lt", Value: int64(maxMembers)}}})
-	}
-	update := bson.D{
-		{Key: "$push", Value: bson.D{{Key: "members", Value: enc(user)}}},
-		{Key: "$inc", Value: bson.D{{Key: "n", Value: int64(1)}}},
-	}
-	for range maxUpdateAttempts {
-		res, err := s.groups.UpdateOne(ctx, filter, update)
-		if err != nil {
-			return mapErr(ctx, "add member", err)
-		}
-		if res.MatchedCount == 1 {
-			return nil
-		}
-		g, n, err := s.getGroup(ctx, groupID)
-		if err != nil {
-			return err
-		}
-		if _, member := slices.BinarySearch(g.Members, user); member {
-			return nil
-		}
-		if maxMembers > 0 && n >= int64(maxMembers) {
-			return persist.ErrGroupFull
-		}
-		// The group changed between the update and the read: try again.
-	}
-	return fmt.Errorf("mongostore: add member: %w: group %q keeps changing", persist.ErrUnavailable, groupID)
-}
-
-// RemoveMember implements persist.GroupStore.
-func (s *Store) RemoveMember(ctx context.Context, groupID, user string) error {
-	if err := checkIDs("group id", groupID, "user", user); err != nil {
-		return fmt.Errorf("mongostore: remove member: %w", err)
-	}
-	leave, err := s.enter(ctx)
-	if err != nil {
-		return err
-	}
-	defer leave()
-	res, err := s.groups.UpdateOne(ctx,
-		bson.D{{Key: "_id", Value: enc(groupID)}, {Key: "members", Value: enc(user)}},
-		bson.D{
-			{Key: "$pull", Value: bson.D{{Key: "members", Value: enc(user)}}},
-			{Key: "$inc", Value: bson.D{{Key: "n", Value: int64(-1)}}},
-		})
-	if err != nil {
-		return mapErr(ctx, "remove member", err)
-	}
-	if res.MatchedCount == 1 {
-		return nil
-	}
-	err = s.groups.FindOne(ctx, bson.D{{Key: "_id", Value: enc(groupID)}}, options.FindOne().SetProjection(idOnly)).Err()
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		return persist.ErrNotFound
-	}
-	return mapErr(ctx, "remove member", err) // nil: not a member, a no-op
 }
 
 func checkIDs(what1, id1, what2, id2 string) error {

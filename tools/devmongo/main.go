@@ -1,20 +1,26 @@
 // Command devmongo is the MongoDB-compatible server used by imgn's tests and
 // the local cluster demo: FerretDB v1.24 (the last v1 release) embedded
-// in-process, with its SQLite backend storing one file per database in
-// --dir. It speaks the MongoDB wire protocol; it has no transactions, change
-// streams or replica sets, and it accepts but ignores
-// write concerns: a write is acknowledged after SQLite committed it (WAL
-// mode; --sync full, the default, fsyncs the WAL on every commit).
+// in-process, on a throwaway PostgreSQL server it runs in --dir/pg (the
+// default backend; see postgres.go, which also makes FerretDB's equality
+// queries use indexes) or on SQLite files in --dir (--backend sqlite). It
+// speaks the MongoDB wire protocol; it has no transactions, change streams
+// or replica sets, and it accepts but ignores write concerns: a write is
+// acknowledged once the backend committed it (--sync full, the default,
+// fsyncs every commit).
 //
 // It lives in its own Go module so that the main module does not depend on
 // FerretDB. Build: cd tools/devmongo && go build -o ../../bin/devmongo .
 //
 // Usage:
 //
-//	devmongo --listen 127.0.0.1:27017 --dir ./data/mongo [--sync full|normal|off] [--log-level info]
+//	devmongo --listen 127.0.0.1:27017 --dir ./data/mongo [--backend postgresql|sqlite]
+//	    [--sync full|normal|off] [--pg-pool 150] [--pprof 127.0.0.1:6060] [--log-level info]
 //
-// It logs to stderr and exits with status 0 on SIGTERM or SIGINT after
-// closing its listener, its connections and the SQLite databases.
+// --pprof serves Go's profiler on a loopback address: where FerretDB spends
+// its CPU, or where its goroutines wait (/debug/pprof/goroutine?debug=1),
+// when the dev store is slow. It logs to stderr and exits with status 0 on
+// SIGTERM or SIGINT after closing its listener, its connections and its
+// backend.
 package main
 
 import (
