@@ -56,6 +56,9 @@ func (c *committer) apply(op *persist.AppendOp) error {
 		}
 		seqs = append(seqs, seq)
 	}
+	if err := c.convsFor(m, op.Inboxes); err != nil {
+		return err
+	}
 
 	// Writes. Inboxes are distinct, so their next seqs do not interfere.
 	c.key = keyLP2(c.key, tDedup, m.From, m.ClientMsgID)
@@ -71,6 +74,7 @@ func (c *committer) apply(op *persist.AppendOp) error {
 		c.val = appendRef(c.val, in, seqs[i])
 		p.refs = append(p.refs, ref{in, seqs[i]})
 		c.addEntry(in, seqs[i], m.ID)
+		c.converse(c.cst[i], in, m, seqs[i])
 	}
 	c.set(keyID(c.key, tRefs, m.ID), c.val)
 	pi := len(c.pend) - 1
@@ -144,7 +148,7 @@ func (c *committer) loadStored(id uint64) (int, error) {
 	if !found {
 		return 0, fmt.Errorf("%w: dedup entry for missing message %d", errCorrupt, id)
 	}
-	msg, err := decodeMessage(id, v)
+	msg, recallEv, err := decodeMessageRec(id, v)
 	if err != nil {
 		return 0, err
 	}
@@ -159,7 +163,7 @@ func (c *committer) loadStored(id uint64) (int, error) {
 		return 0, err
 	}
 	p := c.newPending()
-	p.msg = msg
+	p.msg, p.recallEv = msg, recallEv
 	p.refs = append(p.refs, c.refs.refs...)
 	c.pendID[id] = len(c.pend) - 1
 	return len(c.pend) - 1, nil
@@ -185,12 +189,16 @@ func (c *committer) applyDuplicate(op *persist.AppendOp, pi int) error {
 		fresh++
 	}
 	if fresh > 0 {
+		if err := c.convsFor(&p.msg, op.Inboxes); err != nil {
+			return err
+		}
 		id := p.msg.ID
 		for i, in := range op.Inboxes {
 			if _, ok := find(in); ok {
 				continue
 			}
 			c.addEntry(in, seqs[i], id)
+			c.converse(c.cst[i], in, &p.msg, seqs[i])
 			p.refs = append(p.refs, ref{in, seqs[i]})
 		}
 		c.val = appendRefsHeader(c.val[:0], p.msg.Timestamp, p.msg.From, p.msg.ClientMsgID)

@@ -1,6 +1,7 @@
 package pebblestore
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -135,7 +136,9 @@ func (c *committer) trimAge(cutoff int64) (hi uint64, more bool, err error) {
 			break
 		}
 		ids = append(ids, id)
-		c.del(keyLP2(c.key, tDedup, c.refs.from, c.refs.clientMsgID))
+		if c.refs.clientMsgID != "" { // events have no dedup key
+			c.del(keyLP2(c.key, tDedup, c.refs.from, c.refs.clientMsgID))
+		}
 		for _, r := range c.refs.refs {
 			firsts[r.inbox] = max(firsts[r.inbox], r.seq+1)
 		}
@@ -190,7 +193,72 @@ func (c *committer) trimInbox(inbox string, first uint64) error {
 	}
 	c.setHead(e, head{last: e.h.last, first: first})
 	c.rmEnts += n
-	return nil
+	return c.trimConvs(inbox, first)
+}
+
+// trimConvs removes the conversation index entries of inbox below first,
+// conversation by conversation (one seek to the next). A conversation that
+// loses all its entries gets a record with its state, so its last seq,
+// counts and cursor outlive them. The committer's cached states do not
+// change: they never depended on which entries are kept.
+func (c *committer) trimConvs(inbox string, first uint64) error {
+	pre := keyLP(nil, tConvIdx, inbox)
+	it, err := c.s.db.NewIter(&pebble.IterOptions{LowerBound: pre, UpperBound: prefixEnd(pre)})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	var seqs []uint64
+	for ok := it.First(); ok; {
+		id, n, err := parseConvID(it.Key()[len(pre):])
+		if err != nil {
+			return err
+		}
+		cp := bytes.Clone(it.Key()[:len(pre)+n])
+		var st convState
+		seqs = seqs[:0]
+		for ; ok && bytes.HasPrefix(it.Key(), cp); ok = it.Next() {
+			seq, err := u64(it.Key()[len(cp):])
+			if err != nil {
+				return err
+			}
+			if seq >= first {
+				break
+			}
+			if err := st.addLast(it, len(cp)); err != nil {
+				return err
+			}
+			seqs = append(seqs, seq)
+		}
+		allGone := !ok || !bytes.HasPrefix(it.Key(), cp)
+		if len(seqs) >= rangeDeleteMin {
+			c.delRange(appendBE64(bytes.Clone(cp), 0), appendBE64(bytes.Clone(cp), first))
+		} else {
+			for _, seq := range seqs {
+				c.del(appendBE64(bytes.Clone(cp), seq))
+			}
+		}
+		if allGone && len(seqs) > 0 {
+			// Keep the state: the record's cursor, the last entry's counts.
+			rk := keyConv(nil, tConv, inbox, id)
+			v, found, err := c.lookup(rk)
+			if err != nil {
+				return err
+			}
+			if found {
+				r, err := decodeConvRecord(v)
+				if err != nil {
+					return err
+				}
+				st.read = max(st.read, r.read)
+			}
+			c.set(rk, appendConvRecord(nil, st.record()))
+		}
+		if ok && bytes.HasPrefix(it.Key(), cp) {
+			ok = it.SeekGE(prefixEnd(cp))
+		}
+	}
+	return it.Error()
 }
 
 // trimCaps trims up to capBudget inboxes to Retention.InboxMax: the ones the
@@ -309,7 +377,9 @@ func (c *committer) sweep(cutoff int64) (n int, wrapped bool, err error) {
 		}
 		c.del(keyID(c.key, tMessage, id))
 		c.del(keyID(c.key, tRefs, id))
-		c.del(keyLP2(c.key, tDedup, c.refs.from, c.refs.clientMsgID))
+		if c.refs.clientMsgID != "" {
+			c.del(keyLP2(c.key, tDedup, c.refs.from, c.refs.clientMsgID))
+		}
 		c.rmMsgs++
 	}
 	return n, !ok, it.Error()
