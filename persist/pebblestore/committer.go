@@ -165,15 +165,15 @@ type committer struct {
 	// Removals by retention in the current batch, counted once it commits.
 	rmMsgs, rmEnts uint64
 
-	it             *pebble.Iterator // lookups of the current batch
-	direct         bool             // a maintenance batch: writes go straight to b
-	staged, sorted []stagedOp       // otherwise they are staged here (see set)
-	arena          []byte
+	it              *pebble.Iterator // lookups of the current batch
+	direct          bool             // a maintenance batch: writes go straight to b
+	staged, sorted  []stagedOp       // otherwise they are staged here (see set)
+	arena           []byte
 	key, key2, key3 []byte // scratch
 	val, val2       []byte
-	idv            [8]byte
-	refs           refsRecord
-	sweepFrom      uint64 // where the cap sweep of the refs table resumes
+	idv             [8]byte
+	refs            refsRecord
+	sweepFrom       uint64 // where the cap sweep of the refs table resumes
 
 	filter filterState // the dedup filter (filter.go)
 }
