@@ -336,6 +336,50 @@ func TestEncodingRoundTrip(t *testing.T) {
 			t.Fatalf("truncated header (%d bytes): err %v, want errCorrupt", n, err)
 		}
 	}
+	// Chat fields: events, recalled messages (no body), hidden entries,
+	// the conversation index and records.
+	ev := persist.Message{ID: 4, From: "a", To: "g", Group: true, Timestamp: 5, Event: persist.EventDelete, Target: math.MaxUint64}
+	if got, err := decodeMessage(4, appendMessage(nil, &ev)); err != nil || got.Event != ev.Event || got.Target != ev.Target || got.Recalled {
+		t.Fatalf("event round trip: %+v, %v", got, err)
+	}
+	rc := msgs[1]
+	got, recallEv, err := decodeMessageRec(2, appendMessageRec(nil, &rc, 77))
+	if err != nil || !got.Recalled || recallEv != 77 || got.Body != nil || got.Kind != rc.Kind || got.From != rc.From {
+		t.Fatalf("recalled round trip: %+v, %d, %v", got, recallEv, err)
+	}
+	if _, err := decodeMessage(2, append(appendMessageRec(nil, &rc, 77), 1)); !errors.Is(err, errCorrupt) {
+		t.Fatalf("a recalled record with a body: %v, want errCorrupt", err)
+	}
+	if _, err := decodeMessage(2, []byte{recordV1, 0, 0, 1 << 5, 0, 0, 0}); !errors.Is(err, errCorrupt) {
+		t.Fatalf("unknown message flags: %v, want errCorrupt", err)
+	}
+	for _, hidden := range []bool{false, true} {
+		if id, h, err := decodeEntry(appendEntry(nil, 1<<60, hidden)); err != nil || id != 1<<60 || h != hidden {
+			t.Fatalf("entry round trip (hidden %v): %d %v %v", hidden, id, h, err)
+		}
+	}
+	if _, _, err := decodeEntry([]byte{0, 0, 0, 0, 0, 0, 0, 1, 2}); !errors.Is(err, errCorrupt) {
+		t.Fatalf("entry with unknown flags: %v, want errCorrupt", err)
+	}
+	for _, id := range []persist.ConvID{{ID: "bob"}, {ID: "g\x00", Group: true}} {
+		k := keyConvEntry(nil, "al", id, 9)
+		got, n, err := parseConvID(k[len(keyLP(nil, tConvIdx, "al")):])
+		if err != nil || got != id || n+len(keyLP(nil, tConvIdx, "al"))+8 != len(k) {
+			t.Fatalf("conversation key %q: %+v %d %v", k, got, n, err)
+		}
+	}
+	if _, _, err := parseConvID([]byte{2, 1, 'a'}); !errors.Is(err, errCorrupt) {
+		t.Fatalf("conversation key of kind 2: %v, want errCorrupt", err)
+	}
+	if _, _, err := parseConvID([]byte{0, 5, 'a'}); !errors.Is(err, errCorrupt) {
+		t.Fatalf("short conversation key: %v, want errCorrupt", err)
+	}
+	if e, err := decodeConvEntry(appendConvEntry(nil, convEntry{others: 1 << 50, own: 3})); err != nil || e != (convEntry{1 << 50, 3}) {
+		t.Fatalf("conversation entry round trip: %+v, %v", e, err)
+	}
+	if r, err := decodeConvRecord(appendConvRecord(nil, convRecord{1, 2, 3})); err != nil || r != (convRecord{1, 2, 3}) {
+		t.Fatalf("conversation record round trip: %+v, %v", r, err)
+	}
 	u := persist.User{ID: "u", PasswordHash: "$argon2id$", Created: 77}
 	if got, err := decodeUser("u", appendUser(nil, &u)); err != nil || got != u {
 		t.Fatalf("user round trip: %+v, %v", got, err)
@@ -373,17 +417,20 @@ func FuzzDecodeMessage(f *testing.F) {
 	f.Add(appendMessage(nil, &persist.Message{ID: 1, From: "a", To: "b", ClientMsgID: "c", Body: []byte("hi")}))
 	f.Add([]byte{recordV1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	f.Add([]byte{})
+	f.Add(appendMessage(nil, &persist.Message{ID: 1, From: "a", To: "g", Group: true, Event: persist.EventRecall, Target: 3}))
+	f.Add(appendMessageRec(nil, &persist.Message{ID: 1, From: "a", To: "b", ClientMsgID: "c", Body: []byte("gone")}, 9))
 	f.Fuzz(func(t *testing.T, rec []byte) {
-		m, err := decodeMessage(7, rec)
+		m, ev, err := decodeMessageRec(7, rec)
 		if err != nil {
 			return
 		}
-		again, err := decodeMessage(7, appendMessage(nil, &m))
+		again, ev2, err := decodeMessageRec(7, appendMessageRec(nil, &m, ev))
 		if err != nil {
 			t.Fatalf("re-decode: %v", err)
 		}
 		if again.From != m.From || again.To != m.To || again.ClientMsgID != m.ClientMsgID || again.Timestamp != m.Timestamp ||
-			again.Kind != m.Kind || again.Group != m.Group || !bytes.Equal(again.Body, m.Body) {
+			again.Kind != m.Kind || again.Group != m.Group || !bytes.Equal(again.Body, m.Body) ||
+			again.Event != m.Event || again.Target != m.Target || again.Recalled != m.Recalled || ev2 != ev {
 			t.Fatalf("unstable: %+v vs %+v", m, again)
 		}
 	})
