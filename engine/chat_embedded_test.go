@@ -159,40 +159,5 @@ func TestChatEmbeddedEndToEnd(t *testing.T) {
 // on the embedded store, where a recall's pushes are queued by the store's
 // committer in completion order with the appends around it.
 func TestRecallEventsArriveInSeqOrderEmbedded(t *testing.T) {
-	s := startEmbedded(t, func(c *Config) { c.SendRate, c.SendBurst = 1e6, 1e6 })
-	phone, laptop, carol := dial(t, s, codec.Protobuf), dial(t, s, codec.JSON), dial(t, s, codec.MsgPack)
-	phone.login("bob", "phone")
-	laptop.login("bob", "laptop")
-	carol.login("carol", "pc")
-	const n = 200
-	ids := make([]uint64, n)
-	for i := range ids {
-		ids[i] = sendTo(laptop, fmt.Sprint("b", i), "carol", "x").MsgId
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for i := range n {
-			carol.send(codec.CmdSend, &pb.SendRequest{ClientMsgId: fmt.Sprint("c", i), To: "bob", Body: []byte("y")})
-		}
-	}()
-	for _, id := range ids {
-		laptop.send(codec.CmdRecall, &pb.MessageRequest{MsgId: id})
-	}
-	<-done
-	ps := phone.waitPushes(3 * n)
-	for i, m := range ps {
-		if m.Seq != uint64(i+1) {
-			t.Fatalf("push %d has seq %d: out of order or a gap", i, m.Seq)
-		}
-	}
-	recalls := 0
-	for _, m := range ps {
-		if m.Event == persist.EventRecall {
-			recalls++
-		}
-	}
-	if recalls != n {
-		t.Fatalf("%d recall events pushed, want %d", recalls, n)
-	}
+	checkRecallOrder(t, startEmbedded(t, func(c *Config) { c.SendRate, c.SendBurst = 1e6, 1e6 }))
 }
