@@ -162,6 +162,11 @@ type committer struct {
 	capScan bool
 	capFrom []byte // where the scan of every head resumes
 
+	// Inboxes whose conversation entries below the first seq retention
+	// has yet to remove (retention.go), in order.
+	convTrim      map[string]struct{}
+	convTrimOrder []string
+
 	// Removals by retention in the current batch, counted once it commits.
 	rmMsgs, rmEnts uint64
 
@@ -206,6 +211,7 @@ func newCommitter(s *Store) (*committer, error) {
 		sync:      s.writeOpts(),
 		heads:     make(map[string]*headEntry),
 		convs:     make(map[convKey]*convState),
+		convTrim:  make(map[string]struct{}),
 		pendDedup: make(map[dedupKey]int),
 		pendID:    make(map[uint64]int),
 		overlay:   make(map[string][]byte),

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"slices"
 	"strconv"
@@ -11,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/imgn/imgn/persist"
 )
@@ -529,5 +532,66 @@ func TestViewsKeepTwoSnapshots(t *testing.T) {
 	// Pebble's Close fails on snapshots left open.
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestConvTrimInSteps: the removal of conversation entries below an
+// inbox's first seq is spread over batches of at most convBudget
+// conversations, and in the end leaves exactly the kept entries, with a
+// record for each conversation that lost all of them.
+func TestConvTrimInSteps(t *testing.T) {
+	s, err := Open(Options{Dir: t.TempDir(), NoSync: true, Retention: persist.Retention{InboxMax: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := t.Context()
+	const peers = convBudget + 500
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := w; i < peers; i += 8 {
+				m := persist.Message{ID: uint64(i + 1), From: fmt.Sprint("p", i), To: "alice", ClientMsgID: "c", Timestamp: time.Now().UnixMilli()}
+				if _, err := s.Append(ctx, m, []string{"alice"}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := s.EnforceRetention(ctx); err != nil {
+		t.Fatal(err)
+	}
+	countKeys := func(t byte) int {
+		pre := keyLP(nil, t, "alice")
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: pre, UpperBound: prefixEnd(pre)})
+		if err != nil {
+			panic(err)
+		}
+		defer it.Close()
+		n := 0
+		for ok := it.First(); ok; ok = it.Next() {
+			n++
+		}
+		return n
+	}
+	if n := countKeys(tConvIdx); n != 1 {
+		t.Fatalf("%d conversation entries left, want 1 (the kept message's)", n)
+	}
+	if n := countKeys(tConv); n != peers-1 {
+		t.Fatalf("%d conversation records, want %d (one per conversation that lost its messages)", n, peers-1)
+	}
+	cs, err := s.Conversations(ctx, "alice", 0, peers+1)
+	if err != nil || len(cs) != peers {
+		t.Fatalf("Conversations: %d, %v; want %d", len(cs), err, peers)
+	}
+	for _, c := range cs[1:] {
+		if c.HasLast || c.Unread != 0 || c.LastSeq == 0 {
+			t.Fatalf("a conversation whose messages were removed: %+v", c)
+		}
+	}
+	if c := cs[0]; !c.HasLast || c.Unread != 1 || c.LastSeq != peers {
+		t.Fatalf("the newest conversation: %+v", c)
 	}
 }

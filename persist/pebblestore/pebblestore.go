@@ -89,9 +89,10 @@
 // its own: expired messages are found in message-ID order in the refs table
 // and removed with their dedup keys; an inbox loses a prefix by a range
 // delete (point deletes below 64 entries, which keeps range tombstones few)
-// and a new first seq in its head, and its conversation index entries below
-// that seq the same way (a conversation left without entries gets its
-// record); messages the cap removed from every inbox
+// and a new first seq in its head; its conversation index entries below
+// that seq go the same way at the end of the pass, in batches that visit at
+// most 4096 conversations each (reads skip them meanwhile; a conversation
+// left without entries gets its record); messages the cap removed from every inbox
 // are found by a sweep over the refs table that resumes where the last pass
 // stopped. After a pass that removed messages by age, the removed key range
 // is compacted so the disk space comes back.

@@ -20,6 +20,9 @@ const (
 	// sweepPerPass bounds the cap sweep of one pass; the next pass resumes
 	// where it stopped.
 	sweepPerPass = 64 * sweepBudget
+	// convBudget bounds the conversations one request of the
+	// conversation cleanup visits (two seeks each).
+	convBudget = 4096
 	// rangeDeleteMin: fewer consecutive keys than this are deleted one by
 	// one, since many small range tombstones slow reads down.
 	rangeDeleteMin = 64
@@ -77,6 +80,15 @@ func (s *Store) EnforceRetention(ctx context.Context) error {
 					return fmt.Errorf("pebblestore: retention sweep: %w", err)
 				}
 			}
+		}
+	}
+	for more := true; more; {
+		err := s.maint(ctx, func(c *committer) (err error) {
+			more, err = c.trimConvSteps()
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("pebblestore: retention of conversation entries: %w", err)
 		}
 	}
 	s.passes.Add(1)
@@ -193,26 +205,69 @@ func (c *committer) trimInbox(inbox string, first uint64) error {
 	}
 	c.setHead(e, head{last: e.h.last, first: first})
 	c.rmEnts += n
-	return c.trimConvs(inbox, first)
+	c.queueConvTrim(e.inbox)
+	return nil
+}
+
+// queueConvTrim notes that inbox's conversation entries below its first
+// seq are due for removal. Reads skip such entries already (they check the
+// first seq), so the removal waits for trimConvSteps, which bounds the
+// work per batch: it is one seek pair per conversation of the inbox, and
+// an inbox may have thousands. The list is bounded; an inbox left off it
+// (or forgotten by a restart) is cleaned at its next trim, which removes
+// everything below its first seq then.
+func (c *committer) queueConvTrim(inbox string) {
+	if _, ok := c.convTrim[inbox]; ok || len(c.convTrim) >= maxOverCap {
+		return
+	}
+	c.convTrim[inbox] = struct{}{}
+	c.convTrimOrder = append(c.convTrimOrder, inbox)
+}
+
+// trimConvSteps removes the conversation entries below the first seq of
+// queued inboxes, until convBudget conversations were visited. It reports
+// whether inboxes are left.
+func (c *committer) trimConvSteps() (more bool, err error) {
+	visited := 0
+	for len(c.convTrimOrder) > 0 && visited < convBudget {
+		in := c.convTrimOrder[0]
+		e, err := c.head(in)
+		if err != nil {
+			return false, err
+		}
+		n, err := c.trimConvs(in, e.h.first)
+		if err != nil {
+			return false, err
+		}
+		visited += n
+		delete(c.convTrim, in)
+		c.convTrimOrder = c.convTrimOrder[1:]
+	}
+	if len(c.convTrimOrder) == 0 {
+		c.convTrimOrder = nil // let the backing array go
+	}
+	return len(c.convTrimOrder) > 0, nil
 }
 
 // trimConvs removes the conversation index entries of inbox below first,
-// conversation by conversation (one seek to the next). A conversation that
-// loses all its entries gets a record with its state, so its last seq,
-// counts and cursor outlive them. The committer's cached states do not
-// change: they never depended on which entries are kept.
-func (c *committer) trimConvs(inbox string, first uint64) error {
+// conversation by conversation (one seek to the next), and returns how
+// many conversations it visited. A conversation that loses all its entries
+// gets a record with its state, so its last seq, counts and cursor outlive
+// them. The committer's cached states do not change: they never depended
+// on which entries are kept.
+func (c *committer) trimConvs(inbox string, first uint64) (int, error) {
 	pre := keyLP(nil, tConvIdx, inbox)
 	it, err := c.s.db.NewIter(&pebble.IterOptions{LowerBound: pre, UpperBound: prefixEnd(pre)})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer it.Close()
 	var seqs []uint64
-	for ok := it.First(); ok; {
+	visited := 0
+	for ok := it.First(); ok; visited++ {
 		id, n, err := parseConvID(it.Key()[len(pre):])
 		if err != nil {
-			return err
+			return visited, err
 		}
 		cp := bytes.Clone(it.Key()[:len(pre)+n])
 		var st convState
@@ -220,13 +275,13 @@ func (c *committer) trimConvs(inbox string, first uint64) error {
 		for ; ok && bytes.HasPrefix(it.Key(), cp); ok = it.Next() {
 			seq, err := u64(it.Key()[len(cp):])
 			if err != nil {
-				return err
+				return visited, err
 			}
 			if seq >= first {
 				break
 			}
 			if err := st.addLast(it, len(cp)); err != nil {
-				return err
+				return visited, err
 			}
 			seqs = append(seqs, seq)
 		}
@@ -243,12 +298,12 @@ func (c *committer) trimConvs(inbox string, first uint64) error {
 			rk := keyConv(nil, tConv, inbox, id)
 			v, found, err := c.lookup(rk)
 			if err != nil {
-				return err
+				return visited, err
 			}
 			if found {
 				r, err := decodeConvRecord(v)
 				if err != nil {
-					return err
+					return visited, err
 				}
 				st.read = max(st.read, r.read)
 			}
@@ -258,7 +313,7 @@ func (c *committer) trimConvs(inbox string, first uint64) error {
 			ok = it.SeekGE(prefixEnd(cp))
 		}
 	}
-	return it.Error()
+	return visited, it.Error()
 }
 
 // trimCaps trims up to capBudget inboxes to Retention.InboxMax: the ones the
