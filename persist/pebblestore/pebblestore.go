@@ -194,8 +194,9 @@ type Options struct {
 	MemTableSize uint64
 	MaxOpenFiles int
 	// HeadCacheSize bounds the inbox heads the committer keeps in memory
-	// (about 100 bytes each plus the user id); when full it is emptied and
-	// heads are read again on use.
+	// (about 100 bytes each plus the user id), and separately the states
+	// of conversations (about 120 bytes each plus the two ids); when either
+	// is full both are emptied and read again on use.
 	HeadCacheSize int
 	// DedupFilterBytes caps the in-memory filter of dedup keys (1.5 bytes
 	// per stored message, 1.5 MiB at least), which spares a fresh message
