@@ -1,12 +1,10 @@
 package pebblestore_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -263,38 +261,15 @@ func TestChatCrashSIGKILL(t *testing.T) {
 	dir := t.TempDir()
 	var acks [][2]string
 	for round := range 3 {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestChatCrashChild$", "-test.count=1")
-		cmd.Env = append(os.Environ(), chatCrashEnv+"="+dir, fmt.Sprintf("%s_ROUND=%s", chatCrashEnv, strings.Repeat("r", round+1)))
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		pipe, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		killAt, seen := 400+200*round, 0
-		sc := bufio.NewScanner(pipe)
-		for sc.Scan() {
-			f := strings.Fields(sc.Text())
-			if len(f) > 0 && f[0] == "ERR" {
-				t.Errorf("child: %s", sc.Text())
-			}
+		env := []string{chatCrashEnv + "=" + dir, fmt.Sprintf("%s_ROUND=%s", chatCrashEnv, strings.Repeat("r", round+1))}
+		storetest.KillAfter(t, "TestChatCrashChild", env, 400+200*round, func(line string) bool {
+			f := strings.Fields(line)
 			if len(f) != 3 || f[0] != "ACK" {
-				continue
+				return false
 			}
 			acks = append(acks, [2]string{f[1], f[2]})
-			if seen++; seen == killAt {
-				if err := cmd.Process.Kill(); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-		err = cmd.Wait()
-		if seen < killAt {
-			t.Fatalf("round %d: child exited after %d acks (%v): %s", round, seen, err, stderr.String())
-		}
+			return true
+		})
 	}
 	s := openAt(t, dir, pebblestore.Options{})
 	defer s.Close()
