@@ -172,11 +172,55 @@ func checkChat(op, user string, id *persist.ConvID) error {
 	return nil
 }
 
-// chatView is what the chat reads use: a snapshot and one iterator over it.
+// chatView is what the chat reads use: a snapshot, an iterator over it
+// for walks and seeks, and another for point reads (a seek of a reused
+// iterator costs less than a Get, which opens one per call).
 type chatView struct {
-	r   reader
-	it  *pebble.Iterator
-	key []byte
+	r      reader
+	it, pt *pebble.Iterator
+	key    []byte
+}
+
+// get reads key through v.pt; the value is valid until the next get.
+func (v *chatView) get(key []byte) ([]byte, bool, error) {
+	if v.pt == nil {
+		pt, err := v.r.NewIter(nil)
+		if err != nil {
+			return nil, false, err
+		}
+		v.pt = pt
+	}
+	if !v.pt.SeekPrefixGE(key) || !bytes.Equal(v.pt.Key(), key) {
+		return nil, false, v.pt.Error()
+	}
+	val, err := v.pt.ValueAndErr()
+	return val, err == nil, err
+}
+
+// message reads message id's record.
+func (v *chatView) message(id uint64) (persist.Message, error) {
+	v.key = keyID(v.key, tMessage, id)
+	val, ok, err := v.get(v.key)
+	if err != nil {
+		return persist.Message{}, err
+	}
+	if !ok {
+		return persist.Message{}, fmt.Errorf("%w: missing message %d", errCorrupt, id)
+	}
+	return decodeMessage(id, val)
+}
+
+// refs reads message id's refs record into r: ErrNotFound when it is gone.
+func (v *chatView) refs(id uint64, r *refsRecord) error {
+	v.key = keyID(v.key, tRefs, id)
+	val, ok, err := v.get(v.key)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return persist.ErrNotFound
+	}
+	return decodeRefs(id, val, r)
 }
 
 // chatRead runs fn on the current snapshot with a fresh chatView.
@@ -186,12 +230,18 @@ func (s *Store) chatRead(ctx context.Context, op string, fn func(v *chatView) er
 		if err != nil {
 			return err
 		}
+		v := &chatView{r: r, it: it}
 		defer func() {
 			if cerr := it.Close(); err == nil {
 				err = cerr
 			}
+			if v.pt != nil {
+				if cerr := v.pt.Close(); err == nil {
+					err = cerr
+				}
+			}
 		}()
-		return fn(&chatView{r: r, it: it})
+		return fn(v)
 	})
 }
 
@@ -204,21 +254,17 @@ func (v *chatView) first(user string) (uint64, error) {
 // entry reads user's inbox entry at seq: false when the inbox does not
 // hold it.
 func (v *chatView) entry(user string, seq uint64) (persist.InboxEntry, bool, error) {
-	var id uint64
-	var hidden bool
 	v.key = keyInbox(v.key, user, seq)
-	err := getValue(v.r, v.key, func(val []byte) (err error) {
-		id, hidden, err = decodeEntry(val)
-		return err
-	})
-	if errors.Is(err, persist.ErrNotFound) {
-		return persist.InboxEntry{}, false, nil
+	val, ok, err := v.get(v.key)
+	if err != nil || !ok {
+		return persist.InboxEntry{}, false, err
 	}
+	id, hidden, err := decodeEntry(val)
 	if err != nil {
 		return persist.InboxEntry{}, false, err
 	}
 	e := persist.InboxEntry{Seq: seq, Deleted: hidden}
-	if err := getMessage(v.r, id, &e.Msg); err != nil {
+	if e.Msg, err = v.message(id); err != nil {
 		return persist.InboxEntry{}, false, err
 	}
 	if hidden {
@@ -483,10 +529,7 @@ func (s *Store) MarkRead(ctx context.Context, user string, id persist.ConvID, up
 // seqOf returns the seq of message msgID in user's inbox, or ErrNotFound.
 func (v *chatView) seqOf(user string, msgID uint64) (uint64, error) {
 	var refs refsRecord
-	err := getValue(v.r, keyID(nil, tRefs, msgID), func(val []byte) error {
-		return decodeRefs(msgID, val, &refs)
-	})
-	if err != nil {
+	if err := v.refs(msgID, &refs); err != nil {
 		return 0, err
 	}
 	for _, r := range refs.refs {
@@ -570,8 +613,7 @@ func (s *Store) ReadCount(ctx context.Context, user string, id persist.ConvID, s
 			return fmt.Errorf("pebblestore: read count: %w: seq %d of %+v", persist.ErrNotFound, seq, id)
 		}
 		var refs refsRecord
-		err = getValue(v.r, keyID(nil, tRefs, msg.ID), func(val []byte) error { return decodeRefs(msg.ID, val, &refs) })
-		if err != nil {
+		if err := v.refs(msg.ID, &refs); err != nil {
 			return err
 		}
 		for _, r := range refs.refs {

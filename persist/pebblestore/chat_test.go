@@ -283,3 +283,46 @@ func TestChatCrashSIGKILL(t *testing.T) {
 	}
 	t.Logf("%d acked appends; conversations of %d users agree with their inboxes", len(acks), len(chatUsers))
 }
+
+// BenchmarkChatReads: the chat reads on a user with 100 conversations of
+// 20 messages each (NoSync: the reads are what is measured).
+func BenchmarkChatReads(b *testing.B) {
+	s := openAt(b, b.TempDir(), pebblestore.Options{NoSync: true})
+	defer s.Close()
+	ctx := context.Background()
+	const convs, each = 100, 20
+	for i := range convs * each {
+		peer := fmt.Sprint("peer", i%convs)
+		m := persist.Message{ID: uint64(i + 1), From: peer, To: "alice", ClientMsgID: fmt.Sprint(i), Timestamp: 1, Body: make([]byte, 100)}
+		if _, err := s.Append(ctx, m, []string{peer, "alice"}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := s.MarkRead(ctx, "alice", persist.ConvID{ID: "peer7"}, 0); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("Conversations50", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if cs, err := s.Conversations(ctx, "alice", 0, 50); err != nil || len(cs) != 50 {
+				b.Fatal(len(cs), err)
+			}
+		}
+	})
+	b.Run("History20", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if h, err := s.History(ctx, "alice", persist.ConvID{ID: "peer3"}, 0, 20); err != nil || len(h) != each {
+				b.Fatal(len(h), err)
+			}
+		}
+	})
+	b.Run("MarkRead", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := s.MarkRead(ctx, "alice", persist.ConvID{ID: "peer5"}, 0); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
