@@ -595,3 +595,105 @@ func TestConvTrimInSteps(t *testing.T) {
 		t.Fatalf("the newest conversation: %+v", c)
 	}
 }
+
+// TestChatInOneBatch: appends, a read, a recall and deletes of messages
+// appended earlier in the same batch see those messages (the committer's
+// pending state, not the database), and their completions keep queue
+// order: Done of the recall runs after the completion of the append
+// before it and before that of the append after it.
+func TestChatInOneBatch(t *testing.T) {
+	g := openGated(t, Options{})
+	ctx := t.Context()
+	done := make(chan *notedOp, 4)
+	var order []string
+	var mu sync.Mutex
+	note := func(s string) {
+		mu.Lock()
+		order = append(order, s)
+		mu.Unlock()
+	}
+	msg := func(id uint64, from, to string) persist.Message {
+		return persist.Message{ID: id, From: from, To: to, ClientMsgID: fmt.Sprint(id), Timestamp: 10, Body: []byte("body")}
+	}
+	appendNoted := func(m persist.Message) {
+		o := &notedOp{note: note, done: done}
+		o.AppendOp = persist.AppendOp{Msg: m, Inboxes: []string{"bob", "alice"}, Done: o}
+		g.AppendAsync(&o.AppendOp)
+	}
+	appendNoted(msg(1, "bob", "alice"))
+	appendNoted(msg(2, "bob", "alice"))
+	g.waitQueued(t, 2)
+	read := g.async(t, func() error {
+		res, err := g.MarkRead(ctx, "alice", persist.ConvID{ID: "bob"}, 1)
+		if err == nil && (!res.Moved || res.ReadSeq != 1) {
+			err = fmt.Errorf("MarkRead: %+v", res)
+		}
+		return err
+	})
+	recall := g.async(t, func() error {
+		res, err := g.Recall(ctx, persist.EventRequest{User: "bob", Target: 1, ID: 10, Timestamp: 11,
+			Done: func(*persist.EventResult) { note("recall") }})
+		if err == nil && (res.Duplicate || len(res.Seqs) != 2 || res.Seqs[0] != 3 || res.Seqs[1] != 3) {
+			err = fmt.Errorf("Recall: %+v", res)
+		}
+		return err
+	})
+	del := g.async(t, func() error {
+		res, err := g.Delete(ctx, persist.EventRequest{User: "alice", Target: 2, ID: 11, Timestamp: 12})
+		if err == nil && (res.Duplicate || res.Seqs[0] != 4) {
+			err = fmt.Errorf("Delete: %+v", res)
+		}
+		return err
+	})
+	again := g.async(t, func() error {
+		res, err := g.Delete(ctx, persist.EventRequest{User: "alice", Target: 2, ID: 12, Timestamp: 13})
+		if err == nil && !res.Duplicate {
+			err = fmt.Errorf("repeated Delete in the same batch: %+v", res)
+		}
+		return err
+	})
+	appendNoted(msg(3, "bob", "alice"))
+	g.waitQueued(t, 7)
+	g.release()
+	for range 3 {
+		if o := <-done; o.Err != nil {
+			t.Fatal(o.Err)
+		}
+	}
+	for _, ch := range []<-chan error{read, recall, del, again} {
+		if err := <-ch; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := []string{"append 1", "append 2", "recall", "append 3"}; !slices.Equal(order, want) {
+		t.Fatalf("completion order %v, want %v", order, want)
+	}
+	if n := len(g.sizes()); n != 2 { // the gate's write, then everything else
+		t.Fatalf("%d batches, want 2: %v", n, g.sizes())
+	}
+	es, err := g.ReadInbox(ctx, "alice", 0, 10)
+	if err != nil || len(es) != 5 {
+		t.Fatalf("alice's inbox: %+v, %v", es, err)
+	}
+	if !es[0].Msg.Recalled || es[0].Msg.Body != nil || !es[1].Deleted || es[2].Msg.Event != persist.EventRecall ||
+		es[3].Msg.Event != persist.EventDelete || es[4].Msg.ID != 3 {
+		t.Fatalf("alice's inbox after one batch: %+v", es)
+	}
+	cs, err := g.Conversations(ctx, "alice", 0, 10)
+	if err != nil || len(cs) != 1 || cs[0].LastSeq != 5 || cs[0].ReadSeq != 1 || cs[0].Unread != 2 || cs[0].Last.Msg.ID != 3 {
+		t.Fatalf("alice's conversations: %+v, %v", cs, err)
+	}
+}
+
+// notedOp notes its completion (on the committer, in completion order),
+// then sends itself on done.
+type notedOp struct {
+	persist.AppendOp
+	note func(string)
+	done chan *notedOp
+}
+
+func (o *notedOp) AppendDone(*persist.AppendOp) {
+	o.note(fmt.Sprint("append ", o.Msg.ID))
+	o.done <- o
+}
