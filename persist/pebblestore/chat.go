@@ -301,7 +301,8 @@ func (v *chatView) unread(user string, id persist.ConvID, st *convState, first u
 }
 
 // walkBack calls fn for the entries of conversation id with first <= seq
-// < before (0: no bound), newest first, until fn returns false.
+// < before (0: no bound), newest first, until fn returns false. fn must
+// not move v.it.
 func (v *chatView) walkBack(user string, id persist.ConvID, first, before uint64, fn func(seq uint64) (bool, error)) error {
 	prefix := keyConv(nil, tConvIdx, user, id)
 	var ok bool
@@ -318,9 +319,7 @@ func (v *chatView) walkBack(user string, id persist.ConvID, first, before uint64
 		if seq < first {
 			break
 		}
-		// fn may move the iterator (reads through the snapshot use Get, so
-		// it does not), but keep the position explicit.
-		more, err := fn(seq)
+		more, err := fn(seq) // point reads in fn use v.pt, so v.it stays put
 		if err != nil || !more {
 			return err
 		}
