@@ -21,12 +21,14 @@ import (
 // (messages from others so far, the seq of the owner's newest own message),
 // so the last entry of a conversation is its state: last seq, unread base
 // and the read cursor raised by the owner's own messages. The conversation
-// record 'v' lp(user) kind lp(conv) holds what the index cannot: the read
-// cursor moved by MarkRead, and floors of the counts, written when
-// retention removes all the entries of a conversation. So an append writes
-// one key per inbox for its conversations and reads nothing: the committer
-// keeps the state of the conversations it appended to in memory (loaded on
-// first use, like the inbox heads).
+// record 'v' lp(user) kind lp(conv) is written with a conversation's first
+// message (it marks that the conversation exists, which a bloom-filtered
+// lookup can rule out), and holds what the index cannot: the read cursor
+// moved by MarkRead, and floors of the counts, rewritten when retention
+// removes all the entries of a conversation. So an append writes one key
+// per inbox for its conversations (two for a conversation's first message)
+// and reads nothing: the committer keeps the state of the conversations it
+// appended to in memory (loaded on first use, like the inbox heads).
 //
 // Unread counts come from one seek: the first entry above the read cursor
 // that the inbox still holds carries the count of others' messages before
@@ -50,28 +52,26 @@ func (st *convState) record() convRecord {
 	return convRecord{read: st.readSeq(), last: st.last, others: st.others}
 }
 
-// convKey names a conversation of an inbox in the committer's cache.
-type convKey struct {
-	user string
-	id   persist.ConvID
-}
-
 // convAt reads the state of user's conversation id through it (positioned
-// anywhere): its record, if any, and its last index entry.
+// anywhere): its record, then its last index entry. Every conversation has
+// a record from its first message on, so a conversation without one does
+// not exist, which a prefix seek finds out through bloom filters, without
+// reading blocks: the first message of a conversation costs no block read.
 func convAt(it *pebble.Iterator, user string, id persist.ConvID) (convState, error) {
 	var st convState
 	k := keyConv(nil, tConv, user, id)
-	if it.SeekGE(k) && bytes.Equal(it.Key(), k) {
-		v, err := it.ValueAndErr()
-		var r convRecord
-		if err == nil {
-			r, err = decodeConvRecord(v)
-		}
-		if err != nil {
-			return convState{}, err
-		}
-		st = convState{last: r.last, others: r.others, read: r.read}
+	if !it.SeekPrefixGE(k) || !bytes.Equal(it.Key(), k) {
+		return convState{}, it.Error()
 	}
+	v, err := it.ValueAndErr()
+	var r convRecord
+	if err == nil {
+		r, err = decodeConvRecord(v)
+	}
+	if err != nil {
+		return convState{}, err
+	}
+	st = convState{last: r.last, others: r.others, read: r.read}
 	prefix := keyConv(k, tConvIdx, user, id)
 	if it.SeekLT(prefixEnd(prefix)) && bytes.HasPrefix(it.Key(), prefix) {
 		if err := st.addLast(it, len(prefix)); err != nil {
@@ -101,24 +101,38 @@ func (st *convState) addLast(it *pebble.Iterator, n int) error {
 }
 
 // conv returns the cached state of user's conversation id, loading it on a
-// miss. With create false a conversation that does not exist is not cached
-// and conv returns nil.
+// miss. The states hang off the inbox's cached head, so a lookup hashes
+// the conversation id in a map of one user's conversations. With create
+// false a conversation that does not exist is not cached and conv returns
+// nil.
 func (c *committer) conv(user string, id persist.ConvID, create bool) (*convState, error) {
-	if st, ok := c.convs[convKey{user, id}]; ok {
-		return st, nil
-	}
-	if err := c.openIter(); err != nil {
+	e, err := c.head(user)
+	if err != nil {
 		return nil, err
 	}
-	st, err := convAt(c.it, user, id)
-	if err != nil {
-		return nil, fmt.Errorf("conversation %q of %q: %w", id.ID, user, err)
+	if st, ok := e.convs[id]; ok {
+		return st, nil
+	}
+	var st convState
+	// An inbox that never had an entry has no conversation to read.
+	if e.h.last != 0 {
+		if err := c.openIter(); err != nil {
+			return nil, err
+		}
+		var err error
+		if st, err = convAt(c.it, user, id); err != nil {
+			return nil, fmt.Errorf("conversation %q of %q: %w", id.ID, user, err)
+		}
 	}
 	if st.last == 0 && !create {
 		return nil, nil
 	}
 	p := &st
-	c.convs[convKey{strings.Clone(user), persist.ConvID{ID: strings.Clone(id.ID), Group: id.Group}}] = p
+	if e.convs == nil {
+		e.convs = make(map[persist.ConvID]*convState)
+	}
+	e.convs[persist.ConvID{ID: strings.Clone(id.ID), Group: id.Group}] = p
+	c.nconvs++
 	return p, nil
 }
 
@@ -148,15 +162,23 @@ func (c *committer) converse(st *convState, inbox string, m *persist.Message, se
 	if st == nil {
 		return
 	}
+	created := st.last == 0
 	if m.From == inbox {
 		st.own = seq
 	} else {
 		st.others++
 	}
 	st.last = seq
-	c.key3 = keyConvEntry(c.key3, inbox, persist.ConvOf(inbox, m), seq)
+	id := persist.ConvOf(inbox, m)
+	c.key3 = keyConvEntry(c.key3, inbox, id, seq)
 	c.val2 = appendConvEntry(c.val2[:0], convEntry{others: st.others, own: st.own})
 	c.set(c.key3, c.val2)
+	if created {
+		// The record marks that the conversation exists (see convAt).
+		c.key3 = keyConv(c.key3, tConv, inbox, id)
+		c.val2 = appendConvRecord(c.val2[:0], st.record())
+		c.set(c.key3, c.val2)
+	}
 }
 
 // checkChat validates a chat call's user and conversation.

@@ -134,10 +134,11 @@ type committer struct {
 	sync  *pebble.WriteOptions
 	heads map[string]*headEntry // inbox -> head
 	dirty []*headEntry          // heads trimmed by the current batch
-	// convs caches the state of the conversations appended to (chat.go),
-	// bounded like heads; cst holds those of the append being applied.
-	convs map[convKey]*convState
-	cst   []*convState
+	// nconvs counts the conversation states cached with the heads
+	// (headEntry.convs), bounded like heads; cst holds those of the
+	// append being applied.
+	nconvs int
+	cst    []*convState
 	// maxID is the highest message ID stored: an append above it cannot
 	// clash with a stored ID, so it skips that read.
 	maxID uint64
@@ -187,8 +188,9 @@ type committer struct {
 type headEntry struct {
 	inbox   string // a private copy (the map key)
 	h       head
-	dirty   bool // in committer.dirty
-	overCap bool // in committer.overCap
+	convs   map[persist.ConvID]*convState // the inbox's conversations used so far (chat.go)
+	dirty   bool                          // in committer.dirty
+	overCap bool                          // in committer.overCap
 }
 
 // dedupKey is (From, ClientMsgID). Its strings point into the ops of the
@@ -210,7 +212,6 @@ func newCommitter(s *Store) (*committer, error) {
 		b:         s.db.NewBatch(),
 		sync:      s.writeOpts(),
 		heads:     make(map[string]*headEntry),
-		convs:     make(map[convKey]*convState),
 		convTrim:  make(map[string]struct{}),
 		pendDedup: make(map[dedupKey]int),
 		pendID:    make(map[uint64]int),
@@ -362,7 +363,7 @@ func (c *committer) resetBatchState() {
 	clear(c.overlay)
 	c.batchErr = nil
 	c.rmMsgs, c.rmEnts = 0, 0
-	if len(c.heads) > c.s.opts.HeadCacheSize || len(c.convs) > c.s.opts.HeadCacheSize {
+	if len(c.heads) > c.s.opts.HeadCacheSize || c.nconvs > c.s.opts.HeadCacheSize {
 		c.forgetHeads()
 	}
 }
@@ -372,7 +373,7 @@ func (c *committer) resetBatchState() {
 // head again).
 func (c *committer) forgetHeads() {
 	clear(c.heads)
-	clear(c.convs)
+	c.nconvs = 0
 }
 
 // head returns inbox's cached head, reading it on a miss.

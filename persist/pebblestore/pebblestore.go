@@ -25,7 +25,8 @@
 // but its dedup key, and only when an in-memory filter of the stored dedup
 // keys (filter.go; built in the background after Open) cannot rule the key
 // out, and writes seven keys for a 1:1 message (message, refs, dedup, and
-// per inbox one entry and one conversation index entry). Conversation upkeep
+// per inbox one entry and one conversation index entry; a conversation's
+// first message adds its record). Conversation upkeep
 // (persist.ChatStore: chat.go) is part of the same batch, so a crash never
 // leaves an inbox and its conversations disagreeing, and reads nothing
 // either: the committer keeps the state of the conversations it appends to
@@ -66,9 +67,10 @@
 // from others so far (ever) and the seq of the owner's newest own message
 // (which raises the read cursor), so the last entry is the conversation's
 // state and an unread count is one seek (the first kept entry above the
-// cursor). The conversation record exists once a READ moved the cursor, or
-// once retention removed all the conversation's entries; it then also keeps
-// the last seq and counts as floors. Events (recall, delete) take inbox
+// cursor). The conversation record is written with the conversation's first
+// message, so that a conversation's existence is one bloom-filtered lookup;
+// READ rewrites it with the cursor, and retention, when it removes all the
+// conversation's entries, with the last seq and counts as floors. Events (recall, delete) take inbox
 // seqs but no conversation entry. A message record may carry the event
 // fields (kind, target) or, once recalled, the recall event's id and no
 // body; records without them are those of the first layout.
