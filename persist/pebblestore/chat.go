@@ -110,6 +110,12 @@ func (c *committer) conv(user string, id persist.ConvID, create bool) (*convStat
 	if err != nil {
 		return nil, err
 	}
+	return c.convIn(e, id, create)
+}
+
+// convIn is conv for the cached head e of the user's inbox.
+func (c *committer) convIn(e *headEntry, id persist.ConvID, create bool) (*convState, error) {
+	user := e.inbox
 	if st, ok := e.convs[id]; ok {
 		return st, nil
 	}
@@ -138,16 +144,23 @@ func (c *committer) conv(user string, id persist.ConvID, create bool) (*convStat
 
 // convsFor loads the conversations that message m's entries in inboxes
 // belong to into c.cst (nil for an inbox where m belongs to none), before
-// the append writes anything.
-func (c *committer) convsFor(m *persist.Message, inboxes []string) error {
+// the append writes anything. heads, when not nil, holds the inboxes'
+// cached heads, in order.
+func (c *committer) convsFor(m *persist.Message, inboxes []string, heads []*headEntry) error {
 	c.cst = c.cst[:0]
-	for _, in := range inboxes {
+	for i, in := range inboxes {
 		id := persist.ConvOf(in, m)
 		if id.ID == "" || m.Event != persist.EventNone {
 			c.cst = append(c.cst, nil)
 			continue
 		}
-		st, err := c.conv(in, id, true)
+		var st *convState
+		var err error
+		if heads != nil {
+			st, err = c.convIn(heads[i], id, true)
+		} else {
+			st, err = c.conv(in, id, true)
+		}
 		if err != nil {
 			return unavailable("append", err)
 		}

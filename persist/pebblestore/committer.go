@@ -139,6 +139,7 @@ type committer struct {
 	// append being applied.
 	nconvs int
 	cst    []*convState
+	hst    []*headEntry // the heads of the append being applied
 	// maxID is the highest message ID stored: an append above it cannot
 	// clash with a stored ID, so it skips that read.
 	maxID uint64
