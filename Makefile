@@ -18,7 +18,7 @@ LDFLAGS := -X $(VERSION_PKG).Version=$(VERSION) \
 	-X $(VERSION_PKG).Commit=$(patsubst COMMIT=%,%,$(filter COMMIT=%,$(STAMP))) \
 	-X $(VERSION_PKG).Date=$(patsubst DATE=%,%,$(filter DATE=%,$(STAMP)))
 
-.PHONY: help deps devmongo build dist test race fuzz bench lint deploycheck proto run cluster check clean crash-embedded store-scale
+.PHONY: help deps devmongo build dist test race fuzz bench lint deploycheck proto run cluster check clean crash-embedded store-scale js-deps web test-js test-browser
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -43,6 +43,7 @@ test: deps ## the full test suite: unit, end-to-end on real ZooKeeper/Redis/Mong
 	$(GO) test -count=1 ./...
 	$(GO) test -count=1 -race $(RACE_PKGS)
 	$(MAKE) --no-print-directory fuzz FUZZTIME=3s
+	$(MAKE) --no-print-directory test-js test-browser
 
 race: deps ## tests of the concurrent packages under the race detector
 	$(GO) test -count=1 -race $(RACE_PKGS)
@@ -89,8 +90,22 @@ store-scale: ## embedded store: recovery time after SIGKILL and disk bytes per m
 cluster: deps build ## run a local 3-node cluster with ZooKeeper, Redis, dev MongoDB and imrouter (Ctrl-C stops it)
 	./$(BIN)/imcluster --dir ./data/cluster
 
-run: build ## run one node on the embedded defaults (client 127.0.0.1:9090, WebSocket 127.0.0.1:9093, admin 127.0.0.1:9091, data ./data)
-	./$(BIN)/imd --ws-listen 127.0.0.1:9093
+run: build ## run one node on the embedded defaults (client 127.0.0.1:9090, WebSocket and the browser app 127.0.0.1:9093, admin 127.0.0.1:9091, data ./data)
+	@echo "chat in the browser: http://127.0.0.1:9093/"
+	./$(BIN)/imd --ws-listen 127.0.0.1:9093 --web
+
+js-deps: ## npm ci in clients/js when its node_modules is missing or stale
+	scripts/jsdeps.sh
+
+web: js-deps ## rebuild web/static/app.js (committed; go build embeds web/static) from web/src and clients/js
+	cd clients/js && npm run build:web
+
+test-js: build js-deps ## the TypeScript client's tests (Node's test runner) against a real imd, and a check that web/static/app.js is up to date
+	cd clients/js && npm test
+
+test-browser: build ## the browser app in Debian's chromium (installed when missing), driven by puppeteer-core; screenshots of a failure in test-artifacts/browser
+	scripts/jsdeps.sh browser
+	cd clients/js && npm run test:browser
 
 # Load-generator scenarios (bench-conns, bench-p2p, bench-1m, ...) live in bench/bench.mk.
 -include bench/bench.mk

@@ -46,7 +46,7 @@ type Backend interface {
 	Send(ctx context.Context, m engine.Outgoing) (engine.Sent, error)
 	Inbox(ctx context.Context, user string, afterSeq uint64, limit int) (engine.InboxPage, error)
 	Presence(ctx context.Context, users []string) []engine.Presence
-	CreateGroup(ctx context.Context, owner, name string, members []string) (persist.Group, error)
+	CreateGroup(ctx context.Context, owner, name string, members []string, open bool) (persist.Group, error)
 	Group(ctx context.Context, id string) (persist.Group, error)
 	AddGroupMember(ctx context.Context, id, user string) (persist.Group, error)
 	RemoveGroupMember(ctx context.Context, id, user string) (persist.Group, error)

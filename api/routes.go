@@ -31,6 +31,8 @@ type groupJSON struct {
 	Name    string   `json:"name"`
 	Owner   string   `json:"owner"`
 	Members []string `json:"members"`
+	Admins  []string `json:"admins"`
+	Open    bool     `json:"open"`
 	Created int64    `json:"created"`
 }
 
@@ -38,7 +40,10 @@ func groupOut(g persist.Group) groupJSON {
 	if g.Members == nil {
 		g.Members = []string{}
 	}
-	return groupJSON{GroupID: g.ID, Name: g.Name, Owner: g.Owner, Members: g.Members, Created: g.Created}
+	if g.Admins == nil {
+		g.Admins = []string{}
+	}
+	return groupJSON{GroupID: g.ID, Name: g.Name, Owner: g.Owner, Members: g.Members, Admins: g.Admins, Open: g.Open, Created: g.Created}
 }
 
 type messageJSON struct {
@@ -218,11 +223,12 @@ func (a *API) createGroup(ctx context.Context, r *http.Request) (int, any, error
 		Owner   string   `json:"owner"`
 		Name    string   `json:"name"`
 		Members []string `json:"members"`
+		Open    bool     `json:"open"`
 	}
 	if err := decode(r, &in); err != nil {
 		return 0, nil, err
 	}
-	g, err := a.b.CreateGroup(ctx, in.Owner, in.Name, in.Members)
+	g, err := a.b.CreateGroup(ctx, in.Owner, in.Name, in.Members, in.Open)
 	if err != nil {
 		return 0, nil, err
 	}

@@ -8,7 +8,7 @@ BENCH_OUT ?= bench-results
 BENCH_FLAGS ?=
 BENCH_RUN = ./$(IMBENCH)
 
-.PHONY: bench-build bench-conns bench-p2p bench-p2p-embedded bench-group bench-login bench-churn bench-find-max bench-1m bench-all
+.PHONY: bench-build bench-conns bench-conns-ws bench-p2p bench-p2p-embedded bench-group bench-login bench-churn bench-find-max bench-1m bench-all
 
 bench-build: ## build bin/imd and bin/imbench for the bench-* targets
 	@mkdir -p $(BIN) $(BENCH_OUT)
@@ -16,6 +16,9 @@ bench-build: ## build bin/imd and bin/imbench for the bench-* targets
 
 bench-conns: bench-build ## 19,000 idle logged-in conns on one node, 2 generator procs: memory per conn (~40 s)
 	$(BENCH_RUN) conns --conns 19000 --procs 2 --hold 20s --json $(BENCH_OUT)/conns.json $(BENCH_FLAGS)
+
+bench-conns-ws: bench-build ## bench-conns over WebSocket (--ws): memory per idle WebSocket conn, to set beside bench-conns (~40 s)
+	$(BENCH_RUN) conns --conns 19000 --procs 2 --hold 20s --ws --json $(BENCH_OUT)/conns-ws.json $(BENCH_FLAGS)
 
 bench-p2p: bench-build ## 1:1 open loop, memory store, 1000 pairs at 10k msgs/s, plus the echo-relay baseline (~60 s)
 	$(BENCH_RUN) p2p --store memory --pairs 1000 --rate 10000 --warmup 5s --duration 15s --baseline-echo \

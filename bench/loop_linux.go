@@ -40,6 +40,7 @@ type gconn struct {
 	state     uint8
 	role      uint8
 	ackQueued bool
+	wsUp      bool  // --ws: the WebSocket upgrade completed
 	attempt   uint8 // ramp connections: how many times this one was retried
 	rampIdx   int32 // index of the ramp connection (-1: opened by a handler)
 	unit      int32 // the handler's index (pair, group member, slot)
@@ -118,6 +119,7 @@ type loopConfig struct {
 	run          uint32
 	payload      int
 	maxOutbound  int
+	ws           bool // speak WebSocket: upgrade first, then frames in binary messages (ws_linux.go)
 }
 
 // loopStats are the counters of one loop. Written only by the loop
@@ -222,13 +224,14 @@ type retry struct {
 // loop is one generator event loop: an epoll set of connections driven by
 // one goroutine (locked to its OS thread).
 type loop struct {
-	cfg  loopConfig
-	h    handler
-	epfd int
-	byFD []*gconn
-	rbuf []byte
-	wbuf []byte // scratch for building frames
-	evs  []unix.EpollEvent
+	cfg   loopConfig
+	h     handler
+	epfd  int
+	byFD  []*gconn
+	rbuf  []byte
+	wbuf  []byte // scratch for building frames
+	wsbuf []byte // --ws: scratch for wrapping frames in WebSocket messages
+	evs   []unix.EpollEvent
 
 	ready   []*gconn
 	hb      wheel
@@ -618,18 +621,12 @@ func (l *loop) onEvent(c *gconn, ev uint32) {
 		clear(l.consecutiveFail)
 		c.state = stLogin
 		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, int(c.fd), &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: c.fd})
-		user := l.users[c]
-		delete(l.users, c)
-		token := "-"
-		if len(l.cfg.secret) > 0 {
-			t, err := auth.MintToken(l.cfg.secret, user, 24*time.Hour)
-			if err != nil {
-				l.failConn(c, "mint token: "+err.Error())
-				return
-			}
-			token = t
+		if l.cfg.ws {
+			// the LOGIN follows the upgrade's 101 (wsHandshake); the user waits in l.users
+			l.sendRaw(c, l.wsUpgradeRequest(c))
+			return
 		}
-		l.send(c, appendLogin(l.wbuf[:0], c.nextSeq(), user, token, l.cfg.device))
+		l.sendLogin(c)
 		return
 	}
 	if ev&unix.EPOLLOUT != 0 && len(c.out) > 0 {
@@ -641,6 +638,22 @@ func (l *loop) onEvent(c *gconn, ev uint32) {
 	if ev&(unix.EPOLLIN|unix.EPOLLERR|unix.EPOLLHUP|unix.EPOLLRDHUP) != 0 {
 		l.read(c)
 	}
+}
+
+// sendLogin sends c's LOGIN, as the user the dial stashed.
+func (l *loop) sendLogin(c *gconn) {
+	user := l.users[c]
+	delete(l.users, c)
+	token := "-"
+	if len(l.cfg.secret) > 0 {
+		t, err := auth.MintToken(l.cfg.secret, user, 24*time.Hour)
+		if err != nil {
+			l.failConn(c, "mint token: "+err.Error())
+			return
+		}
+		token = t
+	}
+	l.send(c, appendLogin(l.wbuf[:0], c.nextSeq(), user, token, l.cfg.device))
 }
 
 // read reads what is available and handles every complete frame.
@@ -711,6 +724,15 @@ func (l *loop) lost(c *gconn, reason string) {
 
 // frames handles every complete frame in data and keeps the tail.
 func (l *loop) frames(c *gconn, data []byte, owned bool) {
+	if l.cfg.ws {
+		l.wsFrames(c, data, owned)
+		return
+	}
+	l.imgnFrames(c, data, owned)
+}
+
+// imgnFrames is frames for the raw protocol: data is a frame stream.
+func (l *loop) imgnFrames(c *gconn, data []byte, owned bool) {
 	var dec codec.Decoder
 	dec.MaxBody = 16 << 20
 	for len(data) > 0 && c.state != stClosed {
@@ -725,6 +747,11 @@ func (l *loop) frames(c *gconn, data []byte, owned bool) {
 		l.onFrame(c, f.Header, f.Body)
 		data = data[f.FrameSize():]
 	}
+	l.keepTail(c, data, owned)
+}
+
+// keepTail keeps the unparsed rest of c's input for the next read.
+func (l *loop) keepTail(c *gconn, data []byte, owned bool) {
 	if c.state == stClosed || len(data) == 0 {
 		return
 	}
@@ -778,8 +805,17 @@ func (l *loop) onFrame(c *gconn, h codec.Header, body []byte) {
 	}
 }
 
-// send writes frame to c, queueing what the socket does not take.
+// send writes frame to c, in a WebSocket message with --ws.
 func (l *loop) send(c *gconn, frame []byte) {
+	if l.cfg.ws {
+		l.wsbuf = appendWSMessage(l.wsbuf[:0], 0x2, frame)
+		frame = l.wsbuf
+	}
+	l.sendRaw(c, frame)
+}
+
+// sendRaw writes b to c, queueing what the socket does not take.
+func (l *loop) sendRaw(c *gconn, frame []byte) {
 	if c.state == stClosed {
 		return
 	}

@@ -21,14 +21,15 @@ import (
 
 // Node is a spawned server process (imd, or the baseline relay).
 type Node struct {
-	Name  string
-	Addr  string // client listener host:port
-	Admin string // admin base URL, http://host:port
-	cmd   *exec.Cmd
-	dir   string
-	log   *os.File
-	done  chan struct{}
-	err   error
+	Name   string
+	Addr   string // client listener host:port
+	WSAddr string // WebSocket listener host:port ("" unless SpawnOptions.WS)
+	Admin  string // admin base URL, http://host:port
+	cmd    *exec.Cmd
+	dir    string
+	log    *os.File
+	done   chan struct{}
+	err    error
 }
 
 // Exited reports whether the node's process has ended.
@@ -51,6 +52,7 @@ type SpawnOptions struct {
 	Args     []string // extra arguments
 	Log      io.Writer
 	CPUs     string // CPU affinity list ("" = none)
+	WS       bool   // also listen for WebSocket (Node.WSAddr)
 }
 
 // EnsureImd returns path, building ./cmd/imd there when it does not exist.
@@ -100,9 +102,19 @@ func SpawnImd(ctx context.Context, name string, o SpawnOptions) (*Node, error) {
 			// remembered for resends for 2 s. --imd-arg overrides.
 			args = append(args, "--inbox-max", "1000", "--dedup-window", "2s")
 		}
+		wsAddr := ""
+		if o.WS {
+			wport, err := ports.Free()
+			if err != nil {
+				return nil, err
+			}
+			wsAddr = "127.0.0.1:" + strconv.Itoa(wport)
+			args = append(args, "--ws-listen", wsAddr)
+		}
 		args = append(args, o.Args...)
 		n, err := startNode(ctx, name, o.Imd, args, nil, dir, addr, admin, o.CPUs)
 		if err == nil {
+			n.WSAddr = wsAddr
 			return n, nil
 		}
 		lastErr = err

@@ -33,6 +33,10 @@ type Config struct {
 	// Router, when set, is an imrouter base URL: the targets are its
 	// available nodes and each user connects where the router sends it.
 	Router string
+	// WS makes every generator connection speak WebSocket: spawned nodes
+	// also listen with --ws-listen and are reached there; given Targets
+	// must be WebSocket listeners.
+	WS bool
 
 	// Spawned nodes (when Targets is empty).
 	Nodes        int    // 0: enough for the connections at NodeMaxConns each
@@ -182,6 +186,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Payload < payloadMin {
 		c.Payload = payloadMin
 	}
+	if c.WS && (c.Router != "" || c.Baseline) {
+		return c, errors.New("bench: --ws works with spawned nodes or --target only (the router and the relay speak TCP)")
+	}
 	if !c.AllowRemote {
 		for _, a := range append(slices.Clone(c.Targets), c.Src...) {
 			host, _, err := net.SplitHostPort(a)
@@ -316,7 +323,7 @@ func runOn(ctx context.Context, cfg *Config, kind string) (*Report, error) {
 		fmt.Fprintf(cfg.Log, "spawning %d imd node(s), %s store\n", nodes, cfg.Store)
 		spawned, err := spawnMany(ctx, nodes, func(i int) (*Node, error) {
 			return SpawnImd(ctx, "bn"+strconv.Itoa(i+1), SpawnOptions{Imd: imd, Store: cfg.Store, NoFsync: cfg.NoFsync, Secret: secret,
-				MaxConns: cfg.NodeMaxConns, Args: cfg.ImdArgs, Log: cfg.Log, CPUs: cfg.ServerCPUs})
+				MaxConns: cfg.NodeMaxConns, Args: cfg.ImdArgs, Log: cfg.Log, CPUs: cfg.ServerCPUs, WS: cfg.WS})
 		})
 		defer StopNodes(spawned, 15*time.Second)
 		if err != nil {
@@ -324,7 +331,11 @@ func runOn(ctx context.Context, cfg *Config, kind string) (*Report, error) {
 		}
 		targets, admins = nil, nil
 		for _, n := range spawned {
-			targets = append(targets, n.Addr)
+			if cfg.WS {
+				targets = append(targets, n.WSAddr)
+			} else {
+				targets = append(targets, n.Addr)
+			}
 			admins = append(admins, n.Admin)
 		}
 		store := cfg.Store
@@ -491,7 +502,7 @@ func (r *runner) run(ctx context.Context) (*Report, error) {
 		if r.kind != "relay" {
 			router = cfg.Router
 		}
-		spec := WorkerSpec{Scenario: cfg.Scenario, Worker: w, Run: run, Targets: r.targets, Router: router, Secret: r.secret,
+		spec := WorkerSpec{Scenario: cfg.Scenario, Worker: w, Run: run, Targets: r.targets, Router: router, Secret: r.secret, WS: cfg.WS,
 			Loops: cfg.Loops, Concurrency: cfg.Concurrency, Retries: max(cfg.Retries, 0), LoginTimeout: cfg.LoginTimeout, Heartbeat: cfg.Heartbeat,
 			PushAck: cfg.PushAck, Payload: cfg.Payload, UnitFrom: from, Units: n, GroupSize: cfg.GroupSize,
 			UserPrefix: cfg.UserPrefix, Device: device, MaxOutbound: 8 << 20, CPUs: cfg.GenCPUs}

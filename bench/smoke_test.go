@@ -43,14 +43,24 @@ func TestMain(m *testing.M) {
 
 type testNode struct {
 	addr, admin string
+	ws          string // WebSocket listener (startTestNodeWS)
 }
 
 // startTestNode runs an engine with a memory store and its admin endpoint on
 // free loopback ports until the test ends.
 func startTestNode(t *testing.T) testNode {
+	return startTestNodeEdge(t, engine.EdgeConfig{})
+}
+
+// startTestNodeWS is startTestNode with a WebSocket listener too.
+func startTestNodeWS(t *testing.T) testNode {
+	return startTestNodeEdge(t, engine.EdgeConfig{WSAddr: "127.0.0.1:0"})
+}
+
+func startTestNodeEdge(t *testing.T, edge engine.EdgeConfig) testNode {
 	t.Helper()
 	store := memstore.New()
-	srv, err := engine.New(engine.Config{Addr: "127.0.0.1:0", Store: store, JWTSecret: []byte(smokeSecret),
+	srv, err := engine.New(engine.Config{Addr: "127.0.0.1:0", Store: store, JWTSecret: []byte(smokeSecret), Edge: edge,
 		SendRate: 1e9, SendBurst: 1 << 30, EventLoops: 2, Workers: 32, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +88,44 @@ func startTestNode(t *testing.T) testNode {
 		}
 		_ = store.Close()
 	})
-	return testNode{addr: srv.Addr().String(), admin: "http://" + ln.Addr().String()}
+	n := testNode{addr: srv.Addr().String(), admin: "http://" + ln.Addr().String()}
+	if a := srv.WSAddr(); a != nil {
+		n.ws = a.String()
+	}
+	return n
+}
+
+// TestSmokeWebSocket: --ws runs the connection and 1:1 scenarios against
+// the node's WebSocket listener (which answers the raw protocol with an
+// HTTP error, so every login there went through the upgrade).
+func TestSmokeWebSocket(t *testing.T) {
+	for _, sc := range []string{ScenarioConns, ScenarioP2P} {
+		t.Run(sc, func(t *testing.T) {
+			node := startTestNodeWS(t)
+			cfg := smokeConfig(t, node, sc)
+			cfg.Targets, cfg.WS = []string{node.ws}, true
+			r, err := Run(context.Background(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkReport(t, r, sc)
+			want := int64(cfg.Conns)
+			if sc == ScenarioP2P {
+				want = int64(2 * cfg.Pairs)
+				if r.Delivered == 0 || r.Details == nil || r.Details.Acks == 0 {
+					t.Fatalf("p2p over WebSocket: delivered %d, details %+v", r.Delivered, r.Details)
+				}
+			}
+			if r.Ramp.LoggedIn != want || r.Errors != 0 {
+				t.Fatalf("logged in %d of %d over WebSocket; errors %v", r.Ramp.LoggedIn, want, r.ErrorsByReason)
+			}
+		})
+	}
+	cfg := smokeConfig(t, testNode{addr: "127.0.0.1:1"}, ScenarioP2P)
+	cfg.WS, cfg.Baseline = true, true
+	if _, err := Run(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "--ws") {
+		t.Fatalf("--ws with the relay baseline: %v", err)
+	}
 }
 
 func smokeConfig(t *testing.T, n testNode, scenario string) Config {

@@ -28,6 +28,8 @@ type WorkerSpec struct {
 	// Router (optional) decides each user's target (see routeCache).
 	Router string `json:"router,omitempty"`
 	Secret string `json:"secret"`
+	// WS: connect over WebSocket (Targets are WebSocket listeners).
+	WS bool `json:"ws,omitempty"`
 	// Src is the source address connections are bound to ("" = the kernel
 	// chooses).
 	Src          string        `json:"src,omitempty"`

@@ -127,7 +127,7 @@ func RunWorker(ctx context.Context, spec WorkerSpec, cmds <-chan Command, emit f
 		l, err := newLoop(loopConfig{
 			id: i, src: src, bindSrc: bindSrc, targets: addrs, route: route, secret: []byte(spec.Secret), device: spec.Device,
 			concurrency: conc, retries: spec.Retries, loginTimeout: int64(spec.LoginTimeout), heartbeat: int64(spec.Heartbeat),
-			pushAck: int64(spec.PushAck), run: spec.Run, payload: spec.Payload, maxOutbound: max(spec.MaxOutbound, 1<<20),
+			pushAck: int64(spec.PushAck), run: spec.Run, payload: spec.Payload, maxOutbound: max(spec.MaxOutbound, 1<<20), ws: spec.WS,
 		}, h, rampCh, phaseCh)
 		if err != nil {
 			cleanup()

@@ -118,8 +118,8 @@ func (c *Client) ownMessage(ack *pb.SendAck, m *pb.Message) {
 	c.offer([]*pb.Message{m})
 }
 
-// CreateGroup creates a group owned by the user, with the given other
-// members (the creator is always a member). It retries retryable server
+// CreateGroup creates an invite-only group owned by the user, with the
+// given other members (the creator is always a member). It retries retryable server
 // errors, but not timeouts or lost connections (a retry could create a
 // second group): those fail with ErrTimeout or ErrConnectionLost ("outcome
 // unknown").
@@ -131,13 +131,17 @@ func (c *Client) CreateGroup(ctx context.Context, name string, members ...string
 	return gi, nil
 }
 
-// JoinGroup adds the user to a group (idempotent; retried like Send).
+// JoinGroup adds the user to an open group (idempotent; retried like
+// Send); an invite-only group refuses it with GROUP_INVITE_ONLY.
 func (c *Client) JoinGroup(ctx context.Context, groupID string) (*pb.GroupInfo, error) {
 	return c.groupOp(ctx, codec.CmdGroupJoin, "join", groupID)
 }
 
 // LeaveGroup removes the user from a group (idempotent; retried like
-// Send). The GroupInfo returned no longer lists the user.
+// Send). The GroupInfo returned holds only the group id: the user is no
+// member any more. An owner who leaves hands the group on to its most
+// senior admin, else its most senior member; the last member's leave
+// dissolves it.
 func (c *Client) LeaveGroup(ctx context.Context, groupID string) (*pb.GroupInfo, error) {
 	return c.groupOp(ctx, codec.CmdGroupLeave, "leave", groupID)
 }

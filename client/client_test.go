@@ -810,11 +810,18 @@ func TestGroupsAndPresence(t *testing.T) {
 	bob := dial(t, testConfig(t, s, "bob"))
 	carol := dial(t, testConfig(t, s, "carol"))
 	ctx := ctx5(t)
-	g, err := alice.CreateGroup(ctx, "team", "bob")
+	g, err := alice.CreateGroup(ctx, "private", "bob")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if g.GetOwner() != "alice" || !slices.Equal(g.GetMembers(), []string{"alice", "bob"}) {
+	if _, err := carol.JoinGroup(ctx, g.GetGroupId()); !errors.Is(err, &Error{Code: codec.CodeGroupInviteOnly}) {
+		t.Fatalf("join of an invite-only group: %v", err)
+	}
+	g, err = alice.CreateOpenGroup(ctx, "team", "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.GetOwner() != "alice" || !slices.Equal(g.GetMembers(), []string{"alice", "bob"}) || !g.GetOpen() {
 		t.Fatalf("created %v", g)
 	}
 	if _, err := carol.GroupMembers(ctx, g.GetGroupId()); !errors.Is(err, &Error{Code: codec.CodeNotGroupMember}) {
@@ -836,7 +843,7 @@ func TestGroupsAndPresence(t *testing.T) {
 	if own := recv(t, alice, 1)[0]; own.GetGroupId() != g.GetGroupId() || own.GetSeq() != ack.GetSeq() {
 		t.Fatalf("alice's own group message %v", own)
 	}
-	if g, err = carol.LeaveGroup(ctx, g.GetGroupId()); err != nil || slices.Contains(g.GetMembers(), "carol") {
+	if g, err = carol.LeaveGroup(ctx, g.GetGroupId()); err != nil || g.GetGroupId() == "" || len(g.GetMembers()) != 0 {
 		t.Fatalf("leave: %v %v", g, err)
 	}
 	if _, err := carol.SendGroup(ctx, g.GetGroupId(), nil); !errors.Is(err, &Error{Code: codec.CodeNotGroupMember}) {

@@ -23,8 +23,14 @@ const (
 	CmdGroupJoin    Command = 0x21 // GroupRequest -> GroupInfo
 	CmdGroupLeave   Command = 0x22 // GroupRequest -> GroupInfo
 	CmdGroupMembers Command = 0x23 // GroupRequest -> GroupInfo
-	CmdGroupSend    Command = 0x28 // GroupSendRequest -> SendAck
-	CmdPresence     Command = 0x30 // PresenceRequest -> PresenceOK
+	// Group access control (docs/protocol.md §4.5).
+	CmdGroupAdd      Command = 0x24 // GroupMembersRequest -> GroupInfo
+	CmdGroupRemove   Command = 0x25 // GroupMembersRequest -> GroupInfo
+	CmdGroupTransfer Command = 0x26 // GroupTransferRequest -> GroupInfo
+	CmdGroupAdmin    Command = 0x27 // GroupAdminRequest -> GroupInfo
+	CmdGroups        Command = 0x29 // GroupsRequest -> GroupsOK
+	CmdGroupSend     Command = 0x28 // GroupSendRequest -> SendAck
+	CmdPresence      Command = 0x30 // PresenceRequest -> PresenceOK
 	// Chat (docs/protocol.md §4.8).
 	CmdConversations Command = 0x31 // ConversationsRequest -> ConversationsOK
 	CmdRead          Command = 0x32 // ReadRequest -> ReadOK
@@ -47,6 +53,7 @@ const (
 	CmdSendAck     Command = 0x90
 	CmdSyncOK      Command = 0x93
 	CmdGroupInfo   Command = 0xA0
+	CmdGroupsOK    Command = 0xA9
 	CmdPresenceOK  Command = 0xB0
 
 	CmdConversationsOK Command = 0xB1
@@ -73,6 +80,8 @@ var commandNames = [256]string{
 	CmdRegisterOK: "register_ok", CmdLoginOK: "login_ok", CmdLogoutOK: "logout_ok",
 	CmdHeartbeatOK: "heartbeat_ok", CmdSendAck: "send_ack", CmdSyncOK: "sync_ok",
 	CmdGroupInfo: "group_info", CmdPresenceOK: "presence_ok",
+	CmdGroupAdd: "group_add", CmdGroupRemove: "group_remove", CmdGroupTransfer: "group_transfer",
+	CmdGroupAdmin: "group_admin", CmdGroups: "groups", CmdGroupsOK: "groups_ok",
 	CmdConversations: "conversations", CmdRead: "read", CmdTyping: "typing", CmdRecall: "recall",
 	CmdDelete: "delete", CmdHistory: "history", CmdReadCount: "read_count",
 	CmdReceipt: "receipt", CmdTypingEvent: "typing_event",

@@ -50,6 +50,9 @@ const (
 	CodeUnknownMessage     ErrorCode = 24
 	CodeNotSender          ErrorCode = 25
 	CodeRecallExpired      ErrorCode = 26
+	CodeNotGroupAdmin      ErrorCode = 27
+	CodeNotGroupOwner      ErrorCode = 28
+	CodeGroupInviteOnly    ErrorCode = 29
 	CodeRateLimited        ErrorCode = 30
 	CodeSlowConsumer       ErrorCode = 31
 	CodeTooManyConnections ErrorCode = 32
@@ -92,12 +95,15 @@ var Codes = []CodeInfo{
 	{CodeUserExists, "USER_EXISTS", false, false, "REGISTER with a user id that is taken"},
 	{CodeUnknownRecipient, "UNKNOWN_RECIPIENT", false, false, "SEND to a user that does not exist"},
 	{CodeUnknownGroup, "UNKNOWN_GROUP", false, false, "the group does not exist"},
-	{CodeNotGroupMember, "NOT_GROUP_MEMBER", false, false, "GROUP_SEND or GROUP_MEMBERS by a user who is not a member"},
+	{CodeNotGroupMember, "NOT_GROUP_MEMBER", false, false, "GROUP_SEND, GROUP_MEMBERS or a group change by a user who is not a member, or GROUP_TRANSFER or GROUP_ADMIN naming one"},
 	{CodeGroupFull, "GROUP_FULL", false, false, "the group has reached the server's maximum size"},
 	{CodeUnknownMessage, "UNKNOWN_MESSAGE", false, false, "the message is not in the caller's inbox (never was, or retention removed it), or its seq is not in the named conversation"},
 	{CodeNotSender, "NOT_SENDER", false, false, "RECALL of a message the caller did not send"},
 	{CodeRecallExpired, "RECALL_EXPIRED", false, false, "RECALL after the server's recall window (default 2 minutes) from the message's time"},
-	{CodeRateLimited, "RATE_LIMITED", false, true, "the user's send rate (SEND, GROUP_SEND, GROUP_CREATE), or the source address's password-attempt rate, is exceeded; retry after retry_after_ms"},
+	{CodeNotGroupAdmin, "NOT_GROUP_ADMIN", false, false, "GROUP_ADD or GROUP_REMOVE by a member who is neither the owner nor an admin"},
+	{CodeNotGroupOwner, "NOT_GROUP_OWNER", false, false, "GROUP_TRANSFER or GROUP_ADMIN by a member who is not the owner, or GROUP_REMOVE of the owner or an admin by an admin"},
+	{CodeGroupInviteOnly, "GROUP_INVITE_ONLY", false, false, "GROUP_JOIN of an invite-only group by a user who is not a member"},
+	{CodeRateLimited, "RATE_LIMITED", false, true, "the user's send rate (SEND, GROUP_SEND, GROUP_CREATE and the group changes), or the source address's password-attempt rate, is exceeded; retry after retry_after_ms"},
 	{CodeSlowConsumer, "SLOW_CONSUMER", true, false, "the connection's unsent output exceeded the server's bound: it is not reading"},
 	{CodeTooManyConnections, "TOO_MANY_CONNECTIONS", true, true, "the node, or the client's source address, is at its connection limit; try later or another node"},
 	{CodeLoginTimeout, "LOGIN_TIMEOUT", true, false, "no successful LOGIN within the login deadline"},

@@ -159,9 +159,14 @@ var (
 	}
 	heartbeatSchema   = schema{{"time", 1, kindInt64}}
 	emptySchema       = schema{}
-	groupCreateSchema = schema{{"name", 1, kindString}, {"members", 2, kindStrings}}
+	groupCreateSchema = schema{{"name", 1, kindString}, {"members", 2, kindStrings}, {"open", 3, kindBool}}
 	groupSchema       = schema{{"group_id", 1, kindString}}
-	presenceSchema    = schema{{"users", 1, kindStrings}}
+	// Group access control (docs/protocol.md §4.5).
+	groupMembersSchema  = schema{{"group_id", 1, kindString}, {"users", 2, kindStrings}}
+	groupTransferSchema = schema{{"group_id", 1, kindString}, {"user", 2, kindString}}
+	groupAdminSchema    = schema{{"group_id", 1, kindString}, {"user", 2, kindString}, {"admin", 3, kindBool}}
+	groupsSchema        = schema{{"after", 1, kindString}, {"limit", 2, kindUint32}}
+	presenceSchema      = schema{{"users", 1, kindStrings}}
 
 	// The chat requests (docs/protocol.md §4.8).
 	conversationsSchema = schema{{"before_seq", 1, kindUint64}, {"limit", 2, kindUint32}}

@@ -109,10 +109,30 @@ func init() {
 		requestCase("group_create", CmdGroupCreate, &groupCreateSchema, func() proto.Message { return &pb.GroupCreateRequest{} },
 			func(m proto.Message) fieldValues {
 				r := m.(*pb.GroupCreateRequest)
-				return fieldValues{{b: []byte(r.Name)}, {list: bytesList(r.Members)}}
+				return fieldValues{{b: []byte(r.Name)}, {list: bytesList(r.Members)}, {u: boolValue(r.Open)}}
 			}),
 		requestCase("group", CmdGroupJoin, &groupSchema, func() proto.Message { return &pb.GroupRequest{} },
 			func(m proto.Message) fieldValues { return fieldValues{{b: []byte(m.(*pb.GroupRequest).GroupId)}} }),
+		requestCase("group_members", CmdGroupAdd, &groupMembersSchema, func() proto.Message { return &pb.GroupMembersRequest{} },
+			func(m proto.Message) fieldValues {
+				r := m.(*pb.GroupMembersRequest)
+				return fieldValues{{b: []byte(r.GroupId)}, {list: bytesList(r.Users)}}
+			}),
+		requestCase("group_transfer", CmdGroupTransfer, &groupTransferSchema, func() proto.Message { return &pb.GroupTransferRequest{} },
+			func(m proto.Message) fieldValues {
+				r := m.(*pb.GroupTransferRequest)
+				return fieldValues{{b: []byte(r.GroupId)}, {b: []byte(r.User)}}
+			}),
+		requestCase("group_admin", CmdGroupAdmin, &groupAdminSchema, func() proto.Message { return &pb.GroupAdminRequest{} },
+			func(m proto.Message) fieldValues {
+				r := m.(*pb.GroupAdminRequest)
+				return fieldValues{{b: []byte(r.GroupId)}, {b: []byte(r.User)}, {u: boolValue(r.Admin)}}
+			}),
+		requestCase("groups", CmdGroups, &groupsSchema, func() proto.Message { return &pb.GroupsRequest{} },
+			func(m proto.Message) fieldValues {
+				r := m.(*pb.GroupsRequest)
+				return fieldValues{{b: []byte(r.After)}, {u: uint64(r.Limit)}}
+			}),
 		requestCase("presence", CmdPresence, &presenceSchema, func() proto.Message { return &pb.PresenceRequest{} },
 			func(m proto.Message) fieldValues {
 				return fieldValues{{list: bytesList(m.(*pb.PresenceRequest).Users)}}
@@ -130,11 +150,7 @@ func init() {
 		requestCase("typing", CmdTyping, &typingSchema, func() proto.Message { return &pb.TypingRequest{} },
 			func(m proto.Message) fieldValues {
 				r := m.(*pb.TypingRequest)
-				on := uint64(0)
-				if r.On {
-					on = 1
-				}
-				return fieldValues{{b: []byte(r.Peer)}, {b: []byte(r.GroupId)}, {u: on}}
+				return fieldValues{{b: []byte(r.Peer)}, {b: []byte(r.GroupId)}, {u: boolValue(r.On)}}
 			}),
 		requestCase("recall", CmdRecall, &messageSchema, func() proto.Message { return &pb.MessageRequest{} },
 			func(m proto.Message) fieldValues { return fieldValues{{u: m.(*pb.MessageRequest).MsgId}} }),
@@ -149,6 +165,14 @@ func init() {
 				return fieldValues{{b: []byte(r.Peer)}, {b: []byte(r.GroupId)}, {u: r.Seq}}
 			}),
 	)
+}
+
+// boolValue is a decoded bool field's value.
+func boolValue(b bool) uint64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // sameField compares one decoded field (an empty list equals a nil one).

@@ -12,7 +12,9 @@ import (
 // *pb.RegisterRequest, *pb.LoginRequest, *pb.Empty (LOGOUT), *pb.Heartbeat,
 // *pb.SendRequest, *pb.GroupSendRequest, *pb.PushAck, *pb.SyncRequest,
 // *pb.GroupCreateRequest, *pb.GroupRequest (GROUP_JOIN, GROUP_LEAVE,
-// GROUP_MEMBERS), *pb.PresenceRequest, or a chat request:
+// GROUP_MEMBERS), *pb.GroupMembersRequest (GROUP_ADD, GROUP_REMOVE),
+// *pb.GroupTransferRequest, *pb.GroupAdminRequest, *pb.GroupsRequest,
+// *pb.PresenceRequest, or a chat request:
 // *pb.ConversationsRequest, *pb.ReadRequest, *pb.TypingRequest,
 // *pb.MessageRequest (RECALL, DELETE), *pb.HistoryRequest or
 // *pb.ReadCountRequest.
@@ -87,10 +89,26 @@ func requestOf(cmd Command) (*schema, func(*fieldValues) proto.Message) {
 		}
 	case CmdGroupCreate:
 		return &groupCreateSchema, func(f *fieldValues) proto.Message {
-			return &pb.GroupCreateRequest{Name: string(f[0].b), Members: strs(f[1].list)}
+			return &pb.GroupCreateRequest{Name: string(f[0].b), Members: strs(f[1].list), Open: f[2].u != 0}
 		}
 	case CmdGroupJoin, CmdGroupLeave, CmdGroupMembers:
 		return &groupSchema, func(f *fieldValues) proto.Message { return &pb.GroupRequest{GroupId: string(f[0].b)} }
+	case CmdGroupAdd, CmdGroupRemove:
+		return &groupMembersSchema, func(f *fieldValues) proto.Message {
+			return &pb.GroupMembersRequest{GroupId: string(f[0].b), Users: strs(f[1].list)}
+		}
+	case CmdGroupTransfer:
+		return &groupTransferSchema, func(f *fieldValues) proto.Message {
+			return &pb.GroupTransferRequest{GroupId: string(f[0].b), User: string(f[1].b)}
+		}
+	case CmdGroupAdmin:
+		return &groupAdminSchema, func(f *fieldValues) proto.Message {
+			return &pb.GroupAdminRequest{GroupId: string(f[0].b), User: string(f[1].b), Admin: f[2].u != 0}
+		}
+	case CmdGroups:
+		return &groupsSchema, func(f *fieldValues) proto.Message {
+			return &pb.GroupsRequest{After: string(f[0].b), Limit: uint32(f[1].u)}
+		}
 	case CmdPresence:
 		return &presenceSchema, func(f *fieldValues) proto.Message { return &pb.PresenceRequest{Users: strs(f[0].list)} }
 	case CmdConversations:

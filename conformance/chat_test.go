@@ -135,8 +135,7 @@ func init() {
 		return f.Command
 	}
 	commandScenarios["READ_COUNT"] = func(t *testing.T, w *world) codec.Command {
-		g := w.group(t)
-		w.b.call(codec.CmdGroupJoin, &pb.GroupRequest{GroupId: g}, codec.CmdGroupInfo, nil)
+		g := w.group(t, w.ub)
 		var ack pb.SendAck
 		w.a.call(codec.CmdGroupSend, &pb.GroupSendRequest{ClientMsgId: uniq("g"), GroupId: g, Body: []byte("all")}, codec.CmdSendAck, &ack)
 		var rc pb.ReadCountOK

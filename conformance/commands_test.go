@@ -149,29 +149,125 @@ var commandScenarios = map[string]commandScenario{
 		f := w.a.call(codec.CmdGroupCreate, &pb.GroupCreateRequest{Name: "team ü", Members: []string{w.ub, w.ub, w.ua}}, codec.CmdGroupInfo, &g)
 		want := []string{w.ua, w.ub}
 		slices.Sort(want)
-		if g.GroupId == "" || g.Name != "team ü" || g.Owner != w.ua || !slices.Equal(g.Members, want) {
+		if g.GroupId == "" || g.Name != "team ü" || g.Owner != w.ua || !slices.Equal(g.Members, want) || g.Open || len(g.Admins) != 0 {
 			t.Fatalf("GROUP_INFO %v", &g)
+		}
+		w.a.call(codec.CmdGroupCreate, &pb.GroupCreateRequest{Open: true}, codec.CmdGroupInfo, &g)
+		if !g.Open || !slices.Equal(g.Members, []string{w.ua}) {
+			t.Fatalf("open GROUP_INFO %v", &g)
 		}
 		return f.Command
 	},
 	"GROUP_JOIN": func(t *testing.T, w *world) codec.Command {
-		g := w.group(t)
+		w.b.fails(codec.CmdGroupJoin, &pb.GroupRequest{GroupId: w.group(t)}, codec.CodeGroupInviteOnly)
+		g := w.openGroup(t)
 		var info pb.GroupInfo
 		f := w.b.call(codec.CmdGroupJoin, &pb.GroupRequest{GroupId: g}, codec.CmdGroupInfo, &info)
 		w.b.call(codec.CmdGroupJoin, &pb.GroupRequest{GroupId: g}, codec.CmdGroupInfo, &info) // idempotent
-		if !slices.Contains(info.Members, w.ub) || len(info.Members) != 2 {
+		if !slices.Contains(info.Members, w.ub) || len(info.Members) != 2 || !info.Open {
 			t.Fatalf("after join %v", &info)
+		}
+		for _, c := range []*conn{w.a, w.b} { // once, though joined twice
+			groupEvent(t, pushed(t, c), g, "members_added", w.ub)
 		}
 		return f.Command
 	},
 	"GROUP_LEAVE": func(t *testing.T, w *world) codec.Command {
-		g := w.group(t)
-		w.b.call(codec.CmdGroupJoin, &pb.GroupRequest{GroupId: g}, codec.CmdGroupInfo, nil)
+		g := w.group(t, w.ub)
 		var info pb.GroupInfo
 		f := w.b.call(codec.CmdGroupLeave, &pb.GroupRequest{GroupId: g}, codec.CmdGroupInfo, &info)
 		w.b.call(codec.CmdGroupLeave, &pb.GroupRequest{GroupId: g}, codec.CmdGroupInfo, &info) // idempotent
+		if info.GroupId != g || len(info.Members) != 0 || info.Owner != "" {
+			t.Fatalf("after leave %v: a former member gets only the id", &info)
+		}
+		groupEvent(t, pushed(t, w.a), g, "members_removed", w.ub)
+		// The owner leaving hands the group on; the last one dissolves it.
+		o := w.group(t, w.ub)
+		w.a.call(codec.CmdGroupLeave, &pb.GroupRequest{GroupId: o}, codec.CmdGroupInfo, nil)
+		w.b.call(codec.CmdGroupMembers, &pb.GroupRequest{GroupId: o}, codec.CmdGroupInfo, &info)
+		if info.Owner != w.ub || !slices.Equal(info.Members, []string{w.ub}) {
+			t.Fatalf("after the owner left %v", &info)
+		}
+		w.b.call(codec.CmdGroupLeave, &pb.GroupRequest{GroupId: o}, codec.CmdGroupInfo, nil)
+		w.b.fails(codec.CmdGroupMembers, &pb.GroupRequest{GroupId: o}, codec.CodeUnknownGroup)
+		return f.Command
+	},
+	"GROUP_ADD": func(t *testing.T, w *world) codec.Command {
+		g := w.group(t)
+		var info pb.GroupInfo
+		f := w.a.call(codec.CmdGroupAdd, &pb.GroupMembersRequest{GroupId: g, Users: []string{w.ub}}, codec.CmdGroupInfo, &info)
+		w.a.call(codec.CmdGroupAdd, &pb.GroupMembersRequest{GroupId: g, Users: []string{w.ub}}, codec.CmdGroupInfo, &info) // idempotent
+		if !slices.Contains(info.Members, w.ub) || len(info.Members) != 2 {
+			t.Fatalf("after GROUP_ADD %v", &info)
+		}
+		groupEvent(t, pushed(t, w.b), g, "members_added", w.ub)
+		w.b.fails(codec.CmdGroupAdd, &pb.GroupMembersRequest{GroupId: g, Users: []string{w.ua}}, codec.CodeNotGroupAdmin)
+		return f.Command
+	},
+	"GROUP_REMOVE": func(t *testing.T, w *world) codec.Command {
+		g := w.group(t, w.ub)
+		var info pb.GroupInfo
+		f := w.a.call(codec.CmdGroupRemove, &pb.GroupMembersRequest{GroupId: g, Users: []string{w.ub}}, codec.CmdGroupInfo, &info)
 		if !slices.Equal(info.Members, []string{w.ua}) {
-			t.Fatalf("after leave %v", &info)
+			t.Fatalf("after GROUP_REMOVE %v", &info)
+		}
+		// The removed member learns of it, and gets nothing more.
+		groupEvent(t, pushed(t, w.b), g, "members_removed", w.ub)
+		w.a.call(codec.CmdGroupSend, &pb.GroupSendRequest{ClientMsgId: uniq("g"), GroupId: g, Body: []byte("x")}, codec.CmdSendAck, nil)
+		var page pb.SyncOK
+		w.b.call(codec.CmdSync, &pb.SyncRequest{}, codec.CmdSyncOK, &page)
+		if len(page.Messages) != 1 {
+			t.Fatalf("a removed member's inbox %v", &page)
+		}
+		return f.Command
+	},
+	"GROUP_TRANSFER": func(t *testing.T, w *world) codec.Command {
+		g := w.group(t, w.ub)
+		var info pb.GroupInfo
+		f := w.a.call(codec.CmdGroupTransfer, &pb.GroupTransferRequest{GroupId: g, User: w.ub}, codec.CmdGroupInfo, &info)
+		if info.Owner != w.ub || !slices.Equal(info.Admins, []string{w.ua}) {
+			t.Fatalf("after GROUP_TRANSFER %v", &info)
+		}
+		groupEvent(t, pushed(t, w.b), g, "owner_changed", w.ub)
+		w.a.fails(codec.CmdGroupTransfer, &pb.GroupTransferRequest{GroupId: g, User: w.ua}, codec.CodeNotGroupOwner)
+		return f.Command
+	},
+	"GROUP_ADMIN": func(t *testing.T, w *world) codec.Command {
+		g := w.group(t, w.ub)
+		var info pb.GroupInfo
+		f := w.a.call(codec.CmdGroupAdmin, &pb.GroupAdminRequest{GroupId: g, User: w.ub, Admin: true}, codec.CmdGroupInfo, &info)
+		if !slices.Equal(info.Admins, []string{w.ub}) {
+			t.Fatalf("after GROUP_ADMIN %v", &info)
+		}
+		groupEvent(t, pushed(t, w.b), g, "admin_added", w.ub)
+		w.a.call(codec.CmdGroupAdmin, &pb.GroupAdminRequest{GroupId: g, User: w.ub}, codec.CmdGroupInfo, &info)
+		if len(info.Admins) != 0 {
+			t.Fatalf("after GROUP_ADMIN admin=false %v", &info)
+		}
+		return f.Command
+	},
+	"GROUPS": func(t *testing.T, w *world) codec.Command {
+		g1, g2 := w.group(t, w.ub), w.openGroup(t)
+		var page pb.GroupsOK
+		f := w.a.call(codec.CmdGroups, &pb.GroupsRequest{Limit: 1}, codec.CmdGroupsOK, &page)
+		if len(page.Groups) != 1 || !page.HasMore {
+			t.Fatalf("first GROUPS_OK %v", &page)
+		}
+		first := page.Groups[0]
+		w.a.call(codec.CmdGroups, &pb.GroupsRequest{After: first.GroupId}, codec.CmdGroupsOK, &page)
+		if len(page.Groups) != 1 || page.HasMore || page.Groups[0].GroupId <= first.GroupId {
+			t.Fatalf("second GROUPS_OK %v", &page)
+		}
+		byID := map[string]*pb.GroupSummary{first.GroupId: first, page.Groups[0].GroupId: page.Groups[0]}
+		if s := byID[g1]; s == nil || s.Owner != w.ua || s.Size != 2 || s.Open || s.Admin {
+			t.Fatalf("summary %v", s)
+		}
+		if s := byID[g2]; s == nil || s.Size != 1 || !s.Open {
+			t.Fatalf("summary %v", s)
+		}
+		w.b.call(codec.CmdGroups, &pb.GroupsRequest{}, codec.CmdGroupsOK, &page)
+		if len(page.Groups) != 1 || page.Groups[0].GroupId != g1 {
+			t.Fatalf("the member's GROUPS_OK %v", &page)
 		}
 		return f.Command
 	},
@@ -186,8 +282,7 @@ var commandScenarios = map[string]commandScenario{
 		return f.Command
 	},
 	"GROUP_SEND": func(t *testing.T, w *world) codec.Command {
-		g := w.group(t)
-		w.b.call(codec.CmdGroupJoin, &pb.GroupRequest{GroupId: g}, codec.CmdGroupInfo, nil)
+		g := w.group(t, w.ub)
 		var ack pb.SendAck
 		f := w.a.call(codec.CmdGroupSend, &pb.GroupSendRequest{ClientMsgId: uniq("g"), GroupId: g, Body: []byte("all")}, codec.CmdSendAck, &ack)
 		m := pushed(t, w.b)
@@ -258,12 +353,31 @@ var commandScenarios = map[string]commandScenario{
 	},
 }
 
-// group creates a group of w.ua and returns its id.
-func (w *world) group(t *testing.T) string {
+// group creates an invite-only group of w.ua with members and returns its
+// id.
+func (w *world) group(t *testing.T, members ...string) string {
 	t.Helper()
 	var g pb.GroupInfo
-	w.a.call(codec.CmdGroupCreate, &pb.GroupCreateRequest{Name: "g"}, codec.CmdGroupInfo, &g)
+	w.a.call(codec.CmdGroupCreate, &pb.GroupCreateRequest{Name: "g", Members: members}, codec.CmdGroupInfo, &g)
 	return g.GroupId
+}
+
+// openGroup creates an open group of w.ua and returns its id.
+func (w *world) openGroup(t *testing.T) string {
+	t.Helper()
+	var g pb.GroupInfo
+	w.a.call(codec.CmdGroupCreate, &pb.GroupCreateRequest{Name: "g", Open: true}, codec.CmdGroupInfo, &g)
+	return g.GroupId
+}
+
+// groupEvent fails t unless m is the membership event typ of group g
+// naming users.
+func groupEvent(t *testing.T, m *pb.Message, g, typ string, users ...string) {
+	t.Helper()
+	ev, err := codec.ParseGroupEvent(m.Body)
+	if m.From != "" || m.GroupId != g || m.Kind != codec.KindGroupEvent || err != nil || ev.Type != typ || !slices.Equal(ev.Users, users) {
+		t.Fatalf("%v (%+v, %v): want the event %s of %v in %s", m, ev, err, typ, users, g)
+	}
 }
 
 // firstWord is the first word of a table cell, without punctuation.

@@ -156,9 +156,26 @@ var errorScenarios = map[string]errorScenario{
 		}
 		c.fails(codec.CmdGroupCreate, &pb.GroupCreateRequest{Members: members}, codec.CodeGroupFull)
 		var g pb.GroupInfo
-		c.call(codec.CmdGroupCreate, &pb.GroupCreateRequest{Members: members[:3]}, codec.CmdGroupInfo, &g)
+		c.call(codec.CmdGroupCreate, &pb.GroupCreateRequest{Members: members[:3], Open: true}, codec.CmdGroupInfo, &g)
 		late := loggedIn(t, sharedNode, codec.JSON, uniq("late"))
 		return answered(t, late, late.reply(late.send(codec.CmdGroupJoin, &pb.GroupRequest{GroupId: g.GroupId})))
+	},
+	"NOT_GROUP_ADMIN": func(t *testing.T, _ *errorNodes) observed {
+		w := newWorld(t, codec.JSON)
+		g := w.group(t, w.ub)
+		return answered(t, w.b, w.b.reply(w.b.send(codec.CmdGroupAdd, &pb.GroupMembersRequest{GroupId: g, Users: []string{w.ua}})))
+	},
+	"NOT_GROUP_OWNER": func(t *testing.T, _ *errorNodes) observed {
+		w := newWorld(t, codec.MsgPack)
+		g := w.group(t, w.ub)
+		w.a.call(codec.CmdGroupAdmin, &pb.GroupAdminRequest{GroupId: g, User: w.ub, Admin: true}, codec.CmdGroupInfo, nil)
+		// An admin may not remove the owner, nor name admins.
+		w.b.fails(codec.CmdGroupAdmin, &pb.GroupAdminRequest{GroupId: g, User: w.ub}, codec.CodeNotGroupOwner)
+		return answered(t, w.b, w.b.reply(w.b.send(codec.CmdGroupRemove, &pb.GroupMembersRequest{GroupId: g, Users: []string{w.ua}})))
+	},
+	"GROUP_INVITE_ONLY": func(t *testing.T, _ *errorNodes) observed {
+		w := newWorld(t, codec.Protobuf)
+		return answered(t, w.b, w.b.reply(w.b.send(codec.CmdGroupJoin, &pb.GroupRequest{GroupId: w.group(t)})))
 	},
 	"RATE_LIMITED": func(t *testing.T, e *errorNodes) observed {
 		n := e.get("limits")

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/imgn/imgn/client"
+	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
 )
 
@@ -83,6 +84,33 @@ func TestCrossNodeMessaging(t *testing.T) {
 						t.Fatalf("%s group message %d: %v", cl.User(), i, m)
 					}
 				}
+			}
+			// A member removed on one node gets nothing more from the group,
+			// sent through another node: no node caches stale membership.
+			if _, err := carol.RemoveGroupMembers(t.Context(), g.GroupId, "bob"); err != nil {
+				t.Fatal(err)
+			}
+			for _, cl := range []*client.Client{alice, bob, carol} {
+				m := receiveN(t, cl, 1, 20*time.Second)[0]
+				ev, err := codec.ParseGroupEvent(m.Body)
+				if m.Kind != codec.KindGroupEvent || err != nil || ev.Type != codec.GroupEventRemoved || !slices.Equal(ev.Users, []string{"bob"}) {
+					t.Fatalf("%s: %v (%+v, %v), want bob's removal", cl.User(), m, ev, err)
+				}
+			}
+			if _, err := alice.SendGroup(t.Context(), g.GroupId, []byte("without bob")); err != nil {
+				t.Fatal(err)
+			}
+			for _, cl := range []*client.Client{alice, carol} {
+				if m := receiveN(t, cl, 1, 20*time.Second)[0]; string(m.Body) != "without bob" {
+					t.Fatalf("%s: %v", cl.User(), m)
+				}
+			}
+			// bob's next entry is a later note to himself, not the group's.
+			if _, err := bob.Send(t.Context(), "bob", []byte("note")); err != nil {
+				t.Fatal(err)
+			}
+			if m := receiveN(t, bob, 1, 20*time.Second)[0]; string(m.Body) != "note" {
+				t.Fatalf("bob after his removal got %v", m)
 			}
 			pres, err := alice.Presence(t.Context(), "bob", "carol", "dave")
 			if err != nil || !pres[0].Online || !pres[1].Online || pres[2].Online {

@@ -61,8 +61,8 @@ type Config struct {
 	// TOO_MANY_CONNECTIONS at accept. 0, the default, sets no bound (clients
 	// behind one NAT or proxy share an address).
 	MaxConnsPerIP int
-	// SendRate and SendBurst are the per-user token bucket for SEND and
-	// GROUP_SEND. Defaults 200/s and 400.
+	// SendRate and SendBurst are the per-user token bucket for SEND,
+	// GROUP_SEND, GROUP_CREATE and the group changes. Defaults 200/s and 400.
 	SendRate  float64
 	SendBurst int
 	// MaxGroupSize bounds group membership. Default 1000.

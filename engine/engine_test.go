@@ -239,8 +239,8 @@ func TestGroups(t *testing.T) {
 		cl[u].login(u, "pc")
 	}
 	var g pb.GroupInfo
-	cl["ann"].mustCall(codec.CmdGroupCreate, &pb.GroupCreateRequest{Name: "team", Members: []string{"ben", "cat", "ben"}}, &g)
-	if g.GroupId == "" || g.Owner != "ann" || !slices.Equal(g.Members, []string{"ann", "ben", "cat"}) {
+	cl["ann"].mustCall(codec.CmdGroupCreate, &pb.GroupCreateRequest{Name: "team", Members: []string{"ben", "cat", "ben"}, Open: true}, &g)
+	if g.GroupId == "" || g.Owner != "ann" || !slices.Equal(g.Members, []string{"ann", "ben", "cat"}) || !g.Open {
 		t.Fatalf("group %v", &g)
 	}
 	cl["ann"].wantError(codec.CmdGroupCreate, &pb.GroupCreateRequest{Members: []string{"ghost"}}, codec.CodeUnknownRecipient)
@@ -253,27 +253,35 @@ func TestGroups(t *testing.T) {
 	}
 	cl["eve"].wantError(codec.CmdGroupJoin, &pb.GroupRequest{GroupId: g.GroupId}, codec.CodeGroupFull)
 	cl["eve"].wantError(codec.CmdGroupJoin, &pb.GroupRequest{GroupId: "gnope"}, codec.CodeUnknownGroup)
+	// Every member, dan included, sees dan's join as the group's first
+	// entry.
+	for _, u := range []string{"ann", "ben", "cat", "dan"} {
+		wantGroupEvent(t, cl[u].waitPushes(1)[0], g.GroupId, codec.GroupEventAdded, "dan", "dan")
+	}
 	var ack pb.SendAck
 	cl["ben"].mustCall(codec.CmdGroupSend, &pb.GroupSendRequest{ClientMsgId: "g1", GroupId: g.GroupId, Body: []byte("hello team")}, &ack)
 	for _, u := range []string{"ann", "cat", "dan"} { // not ben: the sender has the ack
-		p := cl[u].waitPushes(1)[0]
-		if p.GroupId != g.GroupId || p.From != "ben" || string(p.Body) != "hello team" || p.MsgId != ack.MsgId || p.Seq != 1 {
+		p := cl[u].waitPushes(2)[1]
+		if p.GroupId != g.GroupId || p.From != "ben" || string(p.Body) != "hello team" || p.MsgId != ack.MsgId || p.Seq != 2 {
 			t.Fatalf("%s got %v", u, p)
 		}
 	}
-	cl["cat"].mustCall(codec.CmdGroupLeave, &pb.GroupRequest{GroupId: g.GroupId}, &g)
-	if slices.Contains(g.Members, "cat") {
-		t.Fatalf("cat still a member: %v", g.Members)
+	var left pb.GroupInfo
+	cl["cat"].mustCall(codec.CmdGroupLeave, &pb.GroupRequest{GroupId: g.GroupId}, &left)
+	if left.GroupId != g.GroupId || len(left.Members) != 0 || left.Owner != "" {
+		t.Fatalf("GROUP_LEAVE answered %v: a former member sees nothing but the id", &left)
 	}
 	cl["ann"].mustCall(codec.CmdGroupSend, &pb.GroupSendRequest{ClientMsgId: "g2", GroupId: g.GroupId, Body: []byte("without cat")}, nil)
-	if p := cl["dan"].waitPushes(2)[1]; string(p.Body) != "without cat" || p.Seq != 2 {
-		t.Fatalf("dan second %v", p)
+	wantGroupEvent(t, cl["dan"].waitPushes(3)[2], g.GroupId, codec.GroupEventRemoved, "cat", "cat")
+	if p := cl["dan"].waitPushes(4)[3]; string(p.Body) != "without cat" || p.Seq != 4 {
+		t.Fatalf("dan fourth %v", p)
 	}
 	var sync pb.SyncOK
 	cl["cat"].mustCall(codec.CmdSync, &pb.SyncRequest{}, &sync)
-	if len(sync.Messages) != 1 {
-		t.Fatalf("cat has %d messages after leaving, want 1", len(sync.Messages))
+	if len(sync.Messages) != 3 || string(sync.Messages[1].Body) != "hello team" {
+		t.Fatalf("cat has %v after leaving, want dan's join, hello team and its own leave", sync.Messages)
 	}
+	wantGroupEvent(t, sync.Messages[2], g.GroupId, codec.GroupEventRemoved, "cat", "cat")
 	var members pb.GroupInfo
 	cl["ann"].mustCall(codec.CmdGroupMembers, &pb.GroupRequest{GroupId: g.GroupId}, &members)
 	if !slices.Equal(members.Members, []string{"ann", "ben", "dan"}) {

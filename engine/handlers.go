@@ -106,6 +106,14 @@ func (s *Server) exec(src *loop, c *conn, h codec.Header, body []byte, ip netip.
 		s.handleGroupCreate(ctx, src, c, h, req)
 	case *pb.GroupRequest:
 		s.handleGroup(ctx, src, c, h, req)
+	case *pb.GroupMembersRequest:
+		s.handleGroupChange(ctx, src, c, h, req.GroupId, groupOp{users: req.Users})
+	case *pb.GroupTransferRequest:
+		s.handleGroupChange(ctx, src, c, h, req.GroupId, groupOp{users: []string{req.User}})
+	case *pb.GroupAdminRequest:
+		s.handleGroupChange(ctx, src, c, h, req.GroupId, groupOp{users: []string{req.User}, admin: req.Admin})
+	case *pb.GroupsRequest:
+		s.handleGroups(ctx, src, c, h, req)
 	case *pb.PresenceRequest:
 		s.handlePresence(ctx, src, c, h, req)
 	default:
@@ -493,97 +501,6 @@ func validText(s string) string {
 		return s
 	}
 	return strings.ToValidUTF8(s, "\uFFFD")
-}
-
-// maxGroupName is the longest group name, in bytes (docs/protocol.md §4.5).
-const maxGroupName = 128
-
-func (s *Server) handleGroupCreate(ctx context.Context, src *loop, c *conn, h codec.Header, req *pb.GroupCreateRequest) {
-	members, err := s.checkNewGroup(req.Name, c.user, req.Members)
-	if err != nil {
-		s.replyFailure(src, c, h, "create group", err)
-		return
-	}
-	// Every group is stored for good: creating them counts against the
-	// same per-user budget as sending (a GROUP_CREATE storm is refused
-	// like a SEND flood).
-	if !s.allowSend(src, c, h, now(src)) {
-		return
-	}
-	g, err := s.createGroup(ctx, c.user, c.user, req.Name, members)
-	if err != nil {
-		s.replyFailure(src, c, h, "create group", err)
-		return
-	}
-	c.writeMsg(src, h.Serializer, codec.CmdGroupInfo, h.Seq, groupInfo(g))
-}
-
-func groupInfo(g persist.Group) *pb.GroupInfo {
-	return &pb.GroupInfo{GroupId: g.ID, Name: validText(g.Name), Owner: g.Owner, Members: g.Members}
-}
-
-func (s *Server) handleGroup(ctx context.Context, src *loop, c *conn, h codec.Header, req *pb.GroupRequest) {
-	if !validID(req.GroupId) {
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "group_id must be a group id", 0)
-		return
-	}
-	var err error
-	switch h.Command {
-	case codec.CmdGroupJoin:
-		err = s.store.AddMember(ctx, req.GroupId, c.user, s.cfg.MaxGroupSize)
-	case codec.CmdGroupLeave:
-		err = s.store.RemoveMember(ctx, req.GroupId, c.user)
-	}
-	if h.Command != codec.CmdGroupMembers {
-		// Membership may have changed (even on an error the store may
-		// have applied it): the next GROUP_SEND reads it again.
-		s.groups.forget(req.GroupId)
-	}
-	switch {
-	case errors.Is(err, persist.ErrNotFound):
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeUnknownGroup, "no such group: "+req.GroupId, 0)
-		return
-	case errors.Is(err, persist.ErrGroupFull):
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeGroupFull, "group is full", 0)
-		return
-	case err != nil:
-		s.storeError(src, c, h, "update group", err)
-		return
-	case h.Command == codec.CmdGroupJoin:
-		s.observeGroup(GroupChange{Kind: GroupMemberAdded, Group: req.GroupId, User: c.user, By: c.user})
-	case h.Command == codec.CmdGroupLeave:
-		s.observeGroup(GroupChange{Kind: GroupMemberRemoved, Group: req.GroupId, User: c.user, By: c.user})
-	}
-	g, ok := s.loadGroup(ctx, src, c, h, req.GroupId)
-	if !ok {
-		return
-	}
-	if h.Command == codec.CmdGroupMembers {
-		if _, member := slices.BinarySearch(g.Members, c.user); !member {
-			c.replyError(src, h.Serializer, h.Seq, codec.CodeNotGroupMember, "not a member of "+g.ID, 0)
-			return
-		}
-	}
-	c.writeMsg(src, h.Serializer, codec.CmdGroupInfo, h.Seq, groupInfo(g))
-}
-
-// loadGroup reads a group from the store, answering the request when it
-// cannot.
-func (s *Server) loadGroup(ctx context.Context, src *loop, c *conn, h codec.Header, id string) (persist.Group, bool) {
-	if !validID(id) {
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "group_id must be a group id", 0)
-		return persist.Group{}, false
-	}
-	g, err := s.store.GetGroup(ctx, id)
-	if errors.Is(err, persist.ErrNotFound) {
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeUnknownGroup, "no such group: "+id, 0)
-		return g, false
-	}
-	if err != nil {
-		s.storeError(src, c, h, "read group", err)
-		return g, false
-	}
-	return g, true
 }
 
 func (s *Server) handlePresence(ctx context.Context, src *loop, c *conn, h codec.Header, req *pb.PresenceRequest) {

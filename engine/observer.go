@@ -46,9 +46,8 @@ type Observer interface {
 	// Delivered reports that device of user acknowledged (PUSH_ACK) every
 	// message of the inbox up to seq, and the stored cursor moved there.
 	Delivered(user, device string, seq uint64)
-	// GroupChanged reports a group created, or a member added or removed
-	// (joins and leaves are idempotent, so a change may be reported that
-	// changed nothing).
+	// GroupChanged reports a group created, a member added or removed, an
+	// owner or admin changed; only changes that changed something.
 	GroupChanged(ch GroupChange)
 }
 
@@ -60,6 +59,12 @@ const (
 	GroupCreated       GroupChangeKind = "group.created"
 	GroupMemberAdded   GroupChangeKind = "group.member_added"
 	GroupMemberRemoved GroupChangeKind = "group.member_removed"
+	// User is the new owner; By is who transferred the group ("" when the
+	// owner left or was removed and ownership passed on).
+	GroupOwnerChanged GroupChangeKind = "group.owner_changed"
+	// User is the member who became, or stopped being, an admin.
+	GroupAdminAdded   GroupChangeKind = "group.admin_added"
+	GroupAdminRemoved GroupChangeKind = "group.admin_removed"
 )
 
 // GroupChange is one change of a group's existence or membership.

@@ -418,6 +418,7 @@ func clientRequest(cmd codec.Command) bool {
 	switch cmd {
 	case codec.CmdRegister, codec.CmdLogin, codec.CmdLogout, codec.CmdSend, codec.CmdPushAck, codec.CmdSync,
 		codec.CmdGroupCreate, codec.CmdGroupJoin, codec.CmdGroupLeave, codec.CmdGroupMembers, codec.CmdGroupSend, codec.CmdPresence,
+		codec.CmdGroupAdd, codec.CmdGroupRemove, codec.CmdGroupTransfer, codec.CmdGroupAdmin, codec.CmdGroups,
 		codec.CmdConversations, codec.CmdRead, codec.CmdTyping, codec.CmdRecall, codec.CmdDelete, codec.CmdHistory, codec.CmdReadCount:
 		return true
 	}

@@ -19,6 +19,9 @@ const (
 	TypeGroupCreated       = string(engine.GroupCreated)
 	TypeGroupMemberAdded   = string(engine.GroupMemberAdded)
 	TypeGroupMemberRemoved = string(engine.GroupMemberRemoved)
+	TypeGroupOwnerChanged  = string(engine.GroupOwnerChanged)
+	TypeGroupAdminAdded    = string(engine.GroupAdminAdded)
+	TypeGroupAdminRemoved  = string(engine.GroupAdminRemoved)
 )
 
 // Event is one entry of the stream, as JSON in its "data" field (the

@@ -158,29 +158,73 @@ type UserStore interface {
 	GetUser(ctx context.Context, id string) (User, error)
 }
 
-// Group is a chat group. Members is sorted and has no duplicates.
+// Group is a chat group and its access control (docs/protocol.md §4.5).
+// Members is sorted and has no duplicates; Joined is parallel to it.
 type Group struct {
-	ID      string
-	Name    string
+	ID   string
+	Name string
+	// Owner is a member (unless the group has none). A store that reads a
+	// group whose stored owner is not a member (groups stored before
+	// ownership carried rights kept the creator as owner after it left)
+	// returns the successor instead: see Successor.
 	Owner   string
 	Members []string
+	// Joined[i] orders Members[i] by seniority: a member who joined later
+	// has a larger number. Members of a group stored before join order was
+	// kept have 0 (and are ordered among themselves by user id).
+	Joined []uint64
+	// Admins are members other than Owner with the right to add and remove
+	// members; sorted, no duplicates.
+	Admins []string
+	// Open groups take GROUP_JOIN from anyone; the others are invite-only.
+	// Groups stored before join policies existed read as open.
+	Open    bool
 	Created int64
+}
+
+// GroupSummary is one group of a user's list (UserGroups).
+type GroupSummary struct {
+	ID     string
+	Name   string
+	Owner  string
+	Admins []string
+	Open   bool
+	Size   int // members
 }
 
 // GroupStore stores groups and their membership. Safe for concurrent use.
 type GroupStore interface {
-	// CreateGroup stores g durably (members sorted and deduplicated by the
-	// store), or returns ErrGroupExists.
+	// CreateGroup stores g durably (members sorted and deduplicated, Admins
+	// reduced to members other than the owner, every member given the same
+	// join number: Joined is ignored), or returns ErrGroupExists.
 	CreateGroup(ctx context.Context, g Group) error
 	// GetGroup returns the group with its members, or ErrNotFound.
 	GetGroup(ctx context.Context, id string) (Group, error)
+	// UpdateGroup changes group id atomically: it calls fn with a private
+	// copy of the group's current state, and stores what fn left in it
+	// unless fn returns an error, which UpdateGroup returns (wrapped or
+	// not: test with errors.Is). No other change of the group comes between
+	// the state fn saw and the write, so a check made by fn (is the caller
+	// an admin?) holds when its change is stored. fn may be called more
+	// than once (when a concurrent change won a race), so it must depend on
+	// nothing but its argument; it changes membership only through
+	// Group.Add and Group.Remove, and may set Owner, Admins (normalised by
+	// the store like CreateGroup's), Name and Open. A group fn leaves
+	// without members is deleted (a later GetGroup is ErrNotFound). It
+	// returns the stored state, or ErrNotFound for an unknown group.
+	UpdateGroup(ctx context.Context, id string, fn func(g *Group) error) (Group, error)
+	// UserGroups returns the groups user is a member of, ascending by
+	// group id, those with an id above after (all of them for ""), at most
+	// limit (> 0, else ErrInvalid).
+	UserGroups(ctx context.Context, user, after string, limit int) ([]GroupSummary, error)
 	// AddMember adds user to the group. It returns ErrNotFound for an
 	// unknown group and ErrGroupFull when the group already has maxMembers
 	// members (maxMembers <= 0 means no limit). Adding a member twice is a
 	// no-op.
 	AddMember(ctx context.Context, groupID, user string, maxMembers int) error
-	// RemoveMember removes user from the group; removing a non-member is a
-	// no-op; ErrNotFound for an unknown group.
+	// RemoveMember removes user from the group as Group.Remove does (an
+	// owner's role passes on; a group left empty is deleted); removing a
+	// non-member is a no-op; ErrNotFound for an unknown group.
 	RemoveMember(ctx context.Context, groupID, user string) error
 }
 

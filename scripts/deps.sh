@@ -41,24 +41,8 @@ if [[ ${SKIP_APT:-} != 1 ]]; then
 	done
 fi
 
-apt_install() {
-	local sudo=()
-	if [[ $(id -u) -ne 0 ]]; then
-		if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-			sudo=(sudo -n)
-		else
-			log "not root and no passwordless sudo; install these packages and rerun:"
-			log "  apt-get update && apt-get install -y --no-install-recommends $*"
-			exit 1
-		fi
-	fi
-	log "installing: $*"
-	local t0=$SECONDS
-	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null
-	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@" </dev/null
-	log "apt-get took $((SECONDS - t0))s"
-}
+# shellcheck source=apt.sh
+source "$root/scripts/apt.sh"
 
 if ((${#missing[@]})); then
 	apt_install "${missing[@]}"

@@ -27,7 +27,7 @@ var magic = codec.Magic
 var KnownIssues = map[string]string{}
 
 // attacks are every attack, in the order Run performs them.
-var attacks = slices.Concat(wireAttacks, bodyAttacks)
+var attacks = slices.Concat(wireAttacks, bodyAttacks, groupAttacks)
 
 // wireAttacks attack the framing, the session rules, the login and the
 // connection limits.

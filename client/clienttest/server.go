@@ -4,8 +4,10 @@
 // closely enough for client tests — register, login (password or a
 // registered token), heartbeat, send and group send with idempotent
 // client_msg_id, per-user gap-free inboxes, push, push ack cursors per
-// device, sync paging, groups, presence, logout, duplicate-login kicks —
-// and adds fault injection: a request Hook, a push filter, raw pushes,
+// device, sync paging, groups (create, join under the join policy, leave,
+// members; not roles, GROUP_ADD and the other access-control commands, nor
+// membership events), presence, logout, duplicate-login kicks — and adds
+// fault injection: a request Hook, a push filter, raw pushes,
 // kicks, go-aways, notices and abrupt disconnects.
 //
 // It is not the server: no persistence, no rate limits, no auth hashing.
@@ -627,7 +629,7 @@ func (c *Conn) serveLoggedIn(r Request) {
 	case *pb.GroupCreateRequest:
 		s.mu.Lock()
 		s.nextGroup++
-		g := &pb.GroupInfo{GroupId: fmt.Sprintf("g%d", s.nextGroup), Name: req.GetName(), Owner: user, Members: []string{user}}
+		g := &pb.GroupInfo{GroupId: fmt.Sprintf("g%d", s.nextGroup), Name: req.GetName(), Owner: user, Members: []string{user}, Open: req.GetOpen()}
 		for _, m := range req.GetMembers() {
 			if _, ok := s.users[m]; !ok {
 				s.mu.Unlock()
@@ -653,11 +655,20 @@ func (c *Conn) serveLoggedIn(r Request) {
 		member := slices.Contains(g.Members, user)
 		switch r.Command {
 		case codec.CmdGroupJoin:
+			if !member && !g.GetOpen() {
+				s.mu.Unlock()
+				c.Error(r, codec.CodeGroupInviteOnly, req.GetGroupId(), 0)
+				return
+			}
 			if !member {
 				g.Members = append(g.Members, user)
 			}
 		case codec.CmdGroupLeave:
+			// A former member sees nothing but the id.
 			g.Members = slices.DeleteFunc(g.Members, func(m string) bool { return m == user })
+			s.mu.Unlock()
+			c.Reply(r, codec.CmdGroupInfo, &pb.GroupInfo{GroupId: g.GroupId})
+			return
 		case codec.CmdGroupMembers:
 			if !member {
 				s.mu.Unlock()

@@ -180,6 +180,7 @@ func parse(scenario string, args []string, stdout, stderr io.Writer) (bench.Conf
 	fs.Var(&admins, "admin", "admin base URLs of the targets, e.g. http://127.0.0.1:9091 (comma list, same order)")
 	fs.StringVar(&cfg.Secret, "secret", "", "JWT secret of the targets (--jwt-secret of imd)")
 	fs.StringVar(&cfg.Router, "router", "", "imrouter URL: the targets are its nodes and each user connects where it says (needs --secret)")
+	fs.BoolVar(&cfg.WS, "ws", false, "connect over WebSocket: spawned nodes also get --ws-listen and are loaded there (with --target, give WebSocket listeners)")
 	fs.BoolVar(&cfg.AllowRemote, "allow-remote", false, "allow targets and source addresses outside 127.0.0.0/8")
 	fs.IntVar(&cfg.Nodes, "nodes", 0, "imd nodes to spawn (0: enough for the connections at --node-max-conns each)")
 	fs.StringVar(&cfg.Store, "store", "memory", "store of spawned nodes: memory or embedded")

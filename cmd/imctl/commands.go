@@ -263,13 +263,15 @@ func cmdToken(ctx context.Context, e *env, args []string) error {
 }
 
 func cmdGroup(ctx context.Context, e *env, args []string) error {
-	const synopsis = "create --name N [--members a,b] | join --group G | leave --group G | members --group G"
+	const synopsis = "create --name N [--members a,b] [--open] | join|leave|members --group G |\n" +
+		"       add|remove --group G --members a,b | admin|unadmin|transfer --group G --member U"
+	const actions = "create, join, leave, members, add, remove, admin, unadmin or transfer"
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		f := newFlags(e, "group", synopsis)
 		if err := f.parse(args); err != nil {
 			return err
 		}
-		return usagef("missing action: create, join, leave or members")
+		return usagef("missing action: %s", actions)
 	}
 	action := args[0]
 	f := newFlags(e, "group "+action, "[flags]")
@@ -279,8 +281,10 @@ func cmdGroup(ctx context.Context, e *env, args []string) error {
 	}
 	cf := f.connection(defaultTimeout, withToken)
 	name := f.String("name", "", "group name (create)")
-	members := f.String("members", "", "comma-separated initial members besides you (create)")
-	group := f.String("group", "", "group id (join, leave, members)")
+	members := f.String("members", "", "comma-separated users: initial members besides you (create), or those to add or remove")
+	open := f.Bool("open", false, "anyone who knows the group id may join (create); groups are invite-only otherwise")
+	member := f.String("member", "", "the member to make admin, unadmin or owner (admin, unadmin, transfer)")
+	group := f.String("group", "", "group id (every action but create)")
 	if err := f.parse(args[1:]); err != nil {
 		return err
 	}
@@ -289,12 +293,18 @@ func cmdGroup(ctx context.Context, e *env, args []string) error {
 	}
 	switch action {
 	case "create":
-	case "join", "leave", "members":
+	case "join", "leave", "members", "add", "remove", "admin", "unadmin", "transfer":
 		if *group == "" {
 			return usagef("--group is required")
 		}
 	default:
-		return usagef("unknown action %q: want create, join, leave or members", action)
+		return usagef("unknown action %q: want %s", action, actions)
+	}
+	switch {
+	case (action == "add" || action == "remove") && len(splitList(*members)) == 0:
+		return usagef("--members is required")
+	case (action == "admin" || action == "unadmin" || action == "transfer") && *member == "":
+		return usagef("--member is required")
 	}
 	ctx, cancel := withTimeout(ctx, cf.timeout)
 	defer cancel()
@@ -306,27 +316,103 @@ func cmdGroup(ctx context.Context, e *env, args []string) error {
 	var gi *pb.GroupInfo
 	switch action {
 	case "create":
-		gi, err = c.CreateGroup(ctx, *name, splitList(*members)...)
+		if *open {
+			gi, err = c.CreateOpenGroup(ctx, *name, splitList(*members)...)
+		} else {
+			gi, err = c.CreateGroup(ctx, *name, splitList(*members)...)
+		}
 	case "join":
 		gi, err = c.JoinGroup(ctx, *group)
 	case "leave":
 		gi, err = c.LeaveGroup(ctx, *group)
 	case "members":
 		gi, err = c.GroupMembers(ctx, *group)
+	case "add":
+		gi, err = c.AddGroupMembers(ctx, *group, splitList(*members)...)
+	case "remove":
+		gi, err = c.RemoveGroupMembers(ctx, *group, splitList(*members)...)
+	case "admin", "unadmin":
+		gi, err = c.SetGroupAdmin(ctx, *group, *member, action == "admin")
+	case "transfer":
+		gi, err = c.TransferGroup(ctx, *group, *member)
 	}
 	if err != nil {
 		return err
 	}
 	if f.json {
-		members := gi.GetMembers()
-		if members == nil {
-			members = []string{}
-		}
-		writeJSON(e.stdout, map[string]any{"ok": true, "group_id": gi.GetGroupId(), "name": gi.GetName(), "owner": gi.GetOwner(), "members": members})
+		writeJSON(e.stdout, map[string]any{"ok": true, "group_id": gi.GetGroupId(), "name": gi.GetName(), "owner": gi.GetOwner(),
+			"members": nonNil(gi.GetMembers()), "admins": nonNil(gi.GetAdmins()), "open": gi.GetOpen()})
+	} else if action == "leave" {
+		fmt.Fprintf(e.stdout, "left group %s\n", gi.GetGroupId())
 	} else {
-		fmt.Fprintf(e.stdout, "group %s %q owner %s members: %s\n", gi.GetGroupId(), gi.GetName(), gi.GetOwner(), strings.Join(gi.GetMembers(), ", "))
+		policy := "invite-only"
+		if gi.GetOpen() {
+			policy = "open"
+		}
+		fmt.Fprintf(e.stdout, "group %s %q (%s) owner %s admins: %s members: %s\n", gi.GetGroupId(), gi.GetName(), policy, gi.GetOwner(),
+			strings.Join(gi.GetAdmins(), ", "), strings.Join(gi.GetMembers(), ", "))
 	}
 	return nil
+}
+
+// nonNil returns ss, or an empty slice for nil (a JSON [] rather than null).
+func nonNil(ss []string) []string {
+	if ss == nil {
+		return []string{}
+	}
+	return ss
+}
+
+func cmdGroups(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "groups", "[--after G] [--limit N]")
+	cf := f.connection(defaultTimeout, withToken)
+	after := f.String("after", "", "list the groups after this group id (the next page)")
+	limit := f.Int("limit", 0, "groups per page (0: the server's default, 50)")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if f.NArg() > 0 {
+		return usagef("unexpected arguments %q", f.Args())
+	}
+	if *limit < 0 {
+		return usagef("--limit must not be negative")
+	}
+	return withSender(ctx, e, cf, func(ctx context.Context, c *client.Client) error {
+		gs, more, err := c.Groups(ctx, *after, *limit)
+		if err != nil {
+			return err
+		}
+		if f.json {
+			type jsonGroup struct {
+				GroupID string `json:"group_id"`
+				Name    string `json:"name"`
+				Owner   string `json:"owner"`
+				Size    uint32 `json:"size"`
+				Open    bool   `json:"open"`
+				Admin   bool   `json:"admin"`
+			}
+			out := make([]jsonGroup, 0, len(gs))
+			for _, g := range gs {
+				out = append(out, jsonGroup{g.GetGroupId(), g.GetName(), g.GetOwner(), g.GetSize(), g.GetOpen(), g.GetAdmin()})
+			}
+			writeJSON(e.stdout, map[string]any{"ok": true, "has_more": more, "groups": out})
+			return nil
+		}
+		for _, g := range gs {
+			role := "member"
+			switch {
+			case g.GetOwner() == c.User():
+				role = "owner"
+			case g.GetAdmin():
+				role = "admin"
+			}
+			fmt.Fprintf(e.stdout, "#%s %q %d members, owner %s, you: %s\n", g.GetGroupId(), g.GetName(), g.GetSize(), g.GetOwner(), role)
+		}
+		if more && len(gs) > 0 {
+			fmt.Fprintf(e.stdout, "(more: --after %s)\n", gs[len(gs)-1].GetGroupId())
+		}
+		return nil
+	})
 }
 
 func cmdPresence(ctx context.Context, e *env, args []string) error {

@@ -238,3 +238,37 @@ func (e *edgeImd) memory(b *testing.B) (heap, rss int64) {
 	}
 	return heap, rss
 }
+
+// TestWebApp: --web serves the embedded browser app on the WebSocket
+// listeners (plain and TLS), beside the protocol, and needs one of them.
+func TestWebApp(t *testing.T) {
+	e := startEdgeImd(t, buildImd(t), false, "--web")
+	clients := map[string]*http.Client{
+		"http://" + e.ws:   {Timeout: 5 * time.Second},
+		"https://" + e.wss: {Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: e.pool}}},
+	}
+	for base, hc := range clients {
+		for path, want := range map[string]string{"/": "<title>imgn chat</title>", "/app.js": "imgn.v1", "/style.css": ".composer"} {
+			resp, err := hc.Get(base + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || !regexp.MustCompile(regexp.QuoteMeta(want)).Match(body) {
+				t.Fatalf("GET %s%s: %d, %d bytes without %q", base, path, resp.StatusCode, len(body), want)
+			}
+		}
+	}
+	// the protocol still works on the same listener
+	c, err := e.login("ws", "webuser")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.nc.Close()
+
+	if _, err := parseOptions([]string{"--store", "memory", "--web"}, envOf(nil), io.Discard); err == nil ||
+		!regexp.MustCompile(`--web needs --ws-listen`).MatchString(err.Error()) {
+		t.Fatalf("--web without a WebSocket listener: %v", err)
+	}
+}

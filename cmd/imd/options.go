@@ -19,6 +19,7 @@ import (
 	"github.com/imgn/imgn/mesh/zkregistry"
 	"github.com/imgn/imgn/persist"
 	"github.com/imgn/imgn/persist/mongostore"
+	"github.com/imgn/imgn/web"
 )
 
 // options is imd's configuration. The engine's settings are bound straight
@@ -46,6 +47,7 @@ type options struct {
 type edgeOptions struct {
 	origins         string // --ws-origins, comma-separated
 	tlsCert, tlsKey string // PEM files, loaded into engine.Config.Edge.TLS
+	web             bool   // --web: serve the browser app (package web) on the WebSocket listeners
 }
 
 // Values of --store.
@@ -96,7 +98,7 @@ var derivedDefaults = map[string]string{
 // flagGroups order imd's help and its config example.
 var flagGroups = append([]envflag.Group{
 	{Title: "Node", Names: []string{"listen", "admin", "admin-token", "node-id", "node-num", "jwt-secret", "log-level", "log-format",
-		"ws-listen", "ws-origins", "tls-listen", "wss-listen", "tls-cert", "tls-key", "proxy-protocol"}},
+		"ws-listen", "ws-origins", "web", "tls-listen", "wss-listen", "tls-cert", "tls-key", "proxy-protocol"}},
 	{Title: "Store (single node)", Names: []string{"store", "data", "unsafe-no-fsync", "retention", "inbox-max", "dedup-window"}},
 	{Title: "Limits", Names: []string{"max-conns", "max-conns-per-ip", "max-body", "max-group-size", "max-outbound", "max-conn-inbound", "max-node-inbound",
 		"workers", "event-loops", "send-rate", "send-burst", "login-rate-per-ip", "login-burst-per-ip"}},
@@ -140,6 +142,7 @@ func newFlagSet(o *options, out io.Writer) (*envflag.Flags, map[string]string) {
 	fs.StringVar(&o.edge.origins, bind("WSOrigins", "ws-origins"), "", "comma-separated origins browsers may connect from, e.g. https://chat.example.com, or * for any (empty: same host only)")
 	fs.StringVar(&e.Edge.TLSAddr, bind("TLSAddr", "tls-listen"), "", "client protocol over TLS listener `HOST:PORT` (needs --tls-cert); empty disables")
 	fs.StringVar(&e.Edge.WSSAddr, bind("WSSAddr", "wss-listen"), "", "WebSocket over TLS listener `HOST:PORT` (needs --tls-cert); empty disables")
+	fs.BoolVar(&o.edge.web, "web", false, "serve the browser chat app on --ws-listen and --wss-listen (open http://HOST:PORT/ of the listener)")
 	fs.StringVar(&o.edge.tlsCert, "tls-cert", "", "PEM certificate chain `FILE` of --tls-listen and --wss-listen")
 	fs.StringVar(&o.edge.tlsKey, "tls-key", "", "PEM private key `FILE` of --tls-cert")
 	fs.BoolVar(&e.Edge.ProxyProtocol, bind("ProxyProtocol", "proxy-protocol"), false, "expect a PROXY protocol v1/v2 header on every --listen and --ws-listen connection (only behind a proxy that always sends one)")
@@ -306,6 +309,13 @@ func (eo *edgeOptions) apply(cfg *engine.EdgeConfig) error {
 		if o = strings.TrimSpace(o); o != "" {
 			cfg.WSOrigins = append(cfg.WSOrigins, o)
 		}
+	}
+	cfg.WebFiles = nil
+	if eo.web {
+		if cfg.WSAddr == "" && cfg.WSSAddr == "" {
+			return envflag.Usagef("--web needs --ws-listen or --wss-listen: the app is served there")
+		}
+		cfg.WebFiles = web.Files()
 	}
 	wantTLS := cfg.TLSAddr != "" || cfg.WSSAddr != ""
 	switch {

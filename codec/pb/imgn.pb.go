@@ -1867,9 +1867,12 @@ func (x *ReadCountOK) GetMembers() uint32 {
 
 // GROUP_CREATE (0x20). Reply GROUP_INFO. The creator is always a member.
 type GroupCreateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Members       []string               `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Members []string               `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`
+	// open: anyone who knows the group id may GROUP_JOIN. false (the
+	// default): invite-only, members are added by the owner or an admin.
+	Open          bool `protobuf:"varint,3,opt,name=open,proto3" json:"open,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1918,8 +1921,15 @@ func (x *GroupCreateRequest) GetMembers() []string {
 	return nil
 }
 
+func (x *GroupCreateRequest) GetOpen() bool {
+	if x != nil {
+		return x.Open
+	}
+	return false
+}
+
 // GROUP_JOIN (0x21), GROUP_LEAVE (0x22), GROUP_MEMBERS (0x23). Reply
-// GROUP_INFO (after a leave: the group without the caller).
+// GROUP_INFO (after a leave: only group_id, the caller is no member).
 type GroupRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	GroupId       string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
@@ -1966,11 +1976,16 @@ func (x *GroupRequest) GetGroupId() string {
 
 // GROUP_INFO (0xA0).
 type GroupInfo struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	GroupId       string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Owner         string                 `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
-	Members       []string               `protobuf:"bytes,4,rep,name=members,proto3" json:"members,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	Name    string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Owner   string                 `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
+	Members []string               `protobuf:"bytes,4,rep,name=members,proto3" json:"members,omitempty"`
+	// admins: members other than the owner who may add and remove members,
+	// sorted.
+	Admins []string `protobuf:"bytes,5,rep,name=admins,proto3" json:"admins,omitempty"`
+	// open: GROUP_JOIN is open to anyone; false: invite-only.
+	Open          bool `protobuf:"varint,6,opt,name=open,proto3" json:"open,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2033,6 +2048,382 @@ func (x *GroupInfo) GetMembers() []string {
 	return nil
 }
 
+func (x *GroupInfo) GetAdmins() []string {
+	if x != nil {
+		return x.Admins
+	}
+	return nil
+}
+
+func (x *GroupInfo) GetOpen() bool {
+	if x != nil {
+		return x.Open
+	}
+	return false
+}
+
+// GROUP_ADD (0x24), GROUP_REMOVE (0x25): the owner or an admin adds or
+// removes users. Reply GROUP_INFO.
+type GroupMembersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	Users         []string               `protobuf:"bytes,2,rep,name=users,proto3" json:"users,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupMembersRequest) Reset() {
+	*x = GroupMembersRequest{}
+	mi := &file_codec_pb_imgn_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupMembersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupMembersRequest) ProtoMessage() {}
+
+func (x *GroupMembersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_codec_pb_imgn_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupMembersRequest.ProtoReflect.Descriptor instead.
+func (*GroupMembersRequest) Descriptor() ([]byte, []int) {
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *GroupMembersRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *GroupMembersRequest) GetUsers() []string {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
+// GROUP_TRANSFER (0x26): the owner hands ownership to a member. Reply
+// GROUP_INFO.
+type GroupTransferRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	User          string                 `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupTransferRequest) Reset() {
+	*x = GroupTransferRequest{}
+	mi := &file_codec_pb_imgn_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupTransferRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupTransferRequest) ProtoMessage() {}
+
+func (x *GroupTransferRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_codec_pb_imgn_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupTransferRequest.ProtoReflect.Descriptor instead.
+func (*GroupTransferRequest) Descriptor() ([]byte, []int) {
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *GroupTransferRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *GroupTransferRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+// GROUP_ADMIN (0x27): the owner makes a member an admin (admin true) or
+// takes the role back (false). Reply GROUP_INFO.
+type GroupAdminRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	User          string                 `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	Admin         bool                   `protobuf:"varint,3,opt,name=admin,proto3" json:"admin,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupAdminRequest) Reset() {
+	*x = GroupAdminRequest{}
+	mi := &file_codec_pb_imgn_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupAdminRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupAdminRequest) ProtoMessage() {}
+
+func (x *GroupAdminRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_codec_pb_imgn_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupAdminRequest.ProtoReflect.Descriptor instead.
+func (*GroupAdminRequest) Descriptor() ([]byte, []int) {
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *GroupAdminRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *GroupAdminRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *GroupAdminRequest) GetAdmin() bool {
+	if x != nil {
+		return x.Admin
+	}
+	return false
+}
+
+// GROUPS (0x29): the caller's groups, ascending by group id, after the
+// group id `after` ("" = from the start). Reply GROUPS_OK.
+type GroupsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	After         string                 `protobuf:"bytes,1,opt,name=after,proto3" json:"after,omitempty"`
+	Limit         uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupsRequest) Reset() {
+	*x = GroupsRequest{}
+	mi := &file_codec_pb_imgn_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupsRequest) ProtoMessage() {}
+
+func (x *GroupsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_codec_pb_imgn_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupsRequest.ProtoReflect.Descriptor instead.
+func (*GroupsRequest) Descriptor() ([]byte, []int) {
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *GroupsRequest) GetAfter() string {
+	if x != nil {
+		return x.After
+	}
+	return ""
+}
+
+func (x *GroupsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// One group of GROUPS_OK.
+type GroupSummary struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Owner         string                 `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
+	Size          uint32                 `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"` // members
+	Open          bool                   `protobuf:"varint,5,opt,name=open,proto3" json:"open,omitempty"`
+	Admin         bool                   `protobuf:"varint,6,opt,name=admin,proto3" json:"admin,omitempty"` // the caller is an admin (the owner is not one)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupSummary) Reset() {
+	*x = GroupSummary{}
+	mi := &file_codec_pb_imgn_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupSummary) ProtoMessage() {}
+
+func (x *GroupSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_codec_pb_imgn_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupSummary.ProtoReflect.Descriptor instead.
+func (*GroupSummary) Descriptor() ([]byte, []int) {
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *GroupSummary) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *GroupSummary) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GroupSummary) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *GroupSummary) GetSize() uint32 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *GroupSummary) GetOpen() bool {
+	if x != nil {
+		return x.Open
+	}
+	return false
+}
+
+func (x *GroupSummary) GetAdmin() bool {
+	if x != nil {
+		return x.Admin
+	}
+	return false
+}
+
+// GROUPS_OK (0xA9).
+type GroupsOK struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Groups        []*GroupSummary        `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	HasMore       bool                   `protobuf:"varint,2,opt,name=has_more,json=hasMore,proto3" json:"has_more,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupsOK) Reset() {
+	*x = GroupsOK{}
+	mi := &file_codec_pb_imgn_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupsOK) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupsOK) ProtoMessage() {}
+
+func (x *GroupsOK) ProtoReflect() protoreflect.Message {
+	mi := &file_codec_pb_imgn_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupsOK.ProtoReflect.Descriptor instead.
+func (*GroupsOK) Descriptor() ([]byte, []int) {
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *GroupsOK) GetGroups() []*GroupSummary {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+func (x *GroupsOK) GetHasMore() bool {
+	if x != nil {
+		return x.HasMore
+	}
+	return false
+}
+
 // PRESENCE (0x30). Reply PRESENCE_OK.
 type PresenceRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2043,7 +2434,7 @@ type PresenceRequest struct {
 
 func (x *PresenceRequest) Reset() {
 	*x = PresenceRequest{}
-	mi := &file_codec_pb_imgn_proto_msgTypes[31]
+	mi := &file_codec_pb_imgn_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2055,7 +2446,7 @@ func (x *PresenceRequest) String() string {
 func (*PresenceRequest) ProtoMessage() {}
 
 func (x *PresenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_codec_pb_imgn_proto_msgTypes[31]
+	mi := &file_codec_pb_imgn_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2068,7 +2459,7 @@ func (x *PresenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceRequest.ProtoReflect.Descriptor instead.
 func (*PresenceRequest) Descriptor() ([]byte, []int) {
-	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{31}
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *PresenceRequest) GetUsers() []string {
@@ -2090,7 +2481,7 @@ type UserPresence struct {
 
 func (x *UserPresence) Reset() {
 	*x = UserPresence{}
-	mi := &file_codec_pb_imgn_proto_msgTypes[32]
+	mi := &file_codec_pb_imgn_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2102,7 +2493,7 @@ func (x *UserPresence) String() string {
 func (*UserPresence) ProtoMessage() {}
 
 func (x *UserPresence) ProtoReflect() protoreflect.Message {
-	mi := &file_codec_pb_imgn_proto_msgTypes[32]
+	mi := &file_codec_pb_imgn_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2115,7 +2506,7 @@ func (x *UserPresence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserPresence.ProtoReflect.Descriptor instead.
 func (*UserPresence) Descriptor() ([]byte, []int) {
-	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{32}
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *UserPresence) GetUser() string {
@@ -2156,7 +2547,7 @@ type PresenceOK struct {
 
 func (x *PresenceOK) Reset() {
 	*x = PresenceOK{}
-	mi := &file_codec_pb_imgn_proto_msgTypes[33]
+	mi := &file_codec_pb_imgn_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2168,7 +2559,7 @@ func (x *PresenceOK) String() string {
 func (*PresenceOK) ProtoMessage() {}
 
 func (x *PresenceOK) ProtoReflect() protoreflect.Message {
-	mi := &file_codec_pb_imgn_proto_msgTypes[33]
+	mi := &file_codec_pb_imgn_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2181,7 +2572,7 @@ func (x *PresenceOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceOK.ProtoReflect.Descriptor instead.
 func (*PresenceOK) Descriptor() ([]byte, []int) {
-	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{33}
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PresenceOK) GetUsers() []*UserPresence {
@@ -2204,7 +2595,7 @@ type Kick struct {
 
 func (x *Kick) Reset() {
 	*x = Kick{}
-	mi := &file_codec_pb_imgn_proto_msgTypes[34]
+	mi := &file_codec_pb_imgn_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2216,7 +2607,7 @@ func (x *Kick) String() string {
 func (*Kick) ProtoMessage() {}
 
 func (x *Kick) ProtoReflect() protoreflect.Message {
-	mi := &file_codec_pb_imgn_proto_msgTypes[34]
+	mi := &file_codec_pb_imgn_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2229,7 +2620,7 @@ func (x *Kick) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kick.ProtoReflect.Descriptor instead.
 func (*Kick) Descriptor() ([]byte, []int) {
-	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{34}
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Kick) GetCode() uint32 {
@@ -2258,7 +2649,7 @@ type GoAway struct {
 
 func (x *GoAway) Reset() {
 	*x = GoAway{}
-	mi := &file_codec_pb_imgn_proto_msgTypes[35]
+	mi := &file_codec_pb_imgn_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2270,7 +2661,7 @@ func (x *GoAway) String() string {
 func (*GoAway) ProtoMessage() {}
 
 func (x *GoAway) ProtoReflect() protoreflect.Message {
-	mi := &file_codec_pb_imgn_proto_msgTypes[35]
+	mi := &file_codec_pb_imgn_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2283,7 +2674,7 @@ func (x *GoAway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GoAway.ProtoReflect.Descriptor instead.
 func (*GoAway) Descriptor() ([]byte, []int) {
-	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{35}
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GoAway) GetReason() string {
@@ -2318,7 +2709,7 @@ type Notice struct {
 
 func (x *Notice) Reset() {
 	*x = Notice{}
-	mi := &file_codec_pb_imgn_proto_msgTypes[36]
+	mi := &file_codec_pb_imgn_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2330,7 +2721,7 @@ func (x *Notice) String() string {
 func (*Notice) ProtoMessage() {}
 
 func (x *Notice) ProtoReflect() protoreflect.Message {
-	mi := &file_codec_pb_imgn_proto_msgTypes[36]
+	mi := &file_codec_pb_imgn_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2343,7 +2734,7 @@ func (x *Notice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Notice.ProtoReflect.Descriptor instead.
 func (*Notice) Descriptor() ([]byte, []int) {
-	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{36}
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Notice) GetText() string {
@@ -2375,7 +2766,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_codec_pb_imgn_proto_msgTypes[37]
+	mi := &file_codec_pb_imgn_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2387,7 +2778,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_codec_pb_imgn_proto_msgTypes[37]
+	mi := &file_codec_pb_imgn_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2400,7 +2791,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{37}
+	return file_codec_pb_imgn_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Error) GetCode() uint32 {
@@ -2575,17 +2966,43 @@ const file_codec_pb_imgn_proto_rawDesc = "" +
 	"\vReadCountOK\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
 	"\x04read\x18\x02 \x01(\rR\x04read\x12\x18\n" +
-	"\amembers\x18\x03 \x01(\rR\amembers\"B\n" +
+	"\amembers\x18\x03 \x01(\rR\amembers\"V\n" +
 	"\x12GroupCreateRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\amembers\x18\x02 \x03(\tR\amembers\")\n" +
+	"\amembers\x18\x02 \x03(\tR\amembers\x12\x12\n" +
+	"\x04open\x18\x03 \x01(\bR\x04open\")\n" +
 	"\fGroupRequest\x12\x19\n" +
-	"\bgroup_id\x18\x01 \x01(\tR\agroupId\"j\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\"\x96\x01\n" +
 	"\tGroupInfo\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
 	"\x05owner\x18\x03 \x01(\tR\x05owner\x12\x18\n" +
-	"\amembers\x18\x04 \x03(\tR\amembers\"'\n" +
+	"\amembers\x18\x04 \x03(\tR\amembers\x12\x16\n" +
+	"\x06admins\x18\x05 \x03(\tR\x06admins\x12\x12\n" +
+	"\x04open\x18\x06 \x01(\bR\x04open\"F\n" +
+	"\x13GroupMembersRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x14\n" +
+	"\x05users\x18\x02 \x03(\tR\x05users\"E\n" +
+	"\x14GroupTransferRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\"X\n" +
+	"\x11GroupAdminRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\x12\x14\n" +
+	"\x05admin\x18\x03 \x01(\bR\x05admin\";\n" +
+	"\rGroupsRequest\x12\x14\n" +
+	"\x05after\x18\x01 \x01(\tR\x05after\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\"\x91\x01\n" +
+	"\fGroupSummary\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05owner\x18\x03 \x01(\tR\x05owner\x12\x12\n" +
+	"\x04size\x18\x04 \x01(\rR\x04size\x12\x12\n" +
+	"\x04open\x18\x05 \x01(\bR\x04open\x12\x14\n" +
+	"\x05admin\x18\x06 \x01(\bR\x05admin\"T\n" +
+	"\bGroupsOK\x12-\n" +
+	"\x06groups\x18\x01 \x03(\v2\x15.imgn.v1.GroupSummaryR\x06groups\x12\x19\n" +
+	"\bhas_more\x18\x02 \x01(\bR\ahasMore\"'\n" +
 	"\x0fPresenceRequest\x12\x14\n" +
 	"\x05users\x18\x01 \x03(\tR\x05users\"n\n" +
 	"\fUserPresence\x12\x12\n" +
@@ -2625,7 +3042,7 @@ func file_codec_pb_imgn_proto_rawDescGZIP() []byte {
 	return file_codec_pb_imgn_proto_rawDescData
 }
 
-var file_codec_pb_imgn_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_codec_pb_imgn_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_codec_pb_imgn_proto_goTypes = []any{
 	(*RegisterRequest)(nil),      // 0: imgn.v1.RegisterRequest
 	(*RegisterOK)(nil),           // 1: imgn.v1.RegisterOK
@@ -2658,13 +3075,19 @@ var file_codec_pb_imgn_proto_goTypes = []any{
 	(*GroupCreateRequest)(nil),   // 28: imgn.v1.GroupCreateRequest
 	(*GroupRequest)(nil),         // 29: imgn.v1.GroupRequest
 	(*GroupInfo)(nil),            // 30: imgn.v1.GroupInfo
-	(*PresenceRequest)(nil),      // 31: imgn.v1.PresenceRequest
-	(*UserPresence)(nil),         // 32: imgn.v1.UserPresence
-	(*PresenceOK)(nil),           // 33: imgn.v1.PresenceOK
-	(*Kick)(nil),                 // 34: imgn.v1.Kick
-	(*GoAway)(nil),               // 35: imgn.v1.GoAway
-	(*Notice)(nil),               // 36: imgn.v1.Notice
-	(*Error)(nil),                // 37: imgn.v1.Error
+	(*GroupMembersRequest)(nil),  // 31: imgn.v1.GroupMembersRequest
+	(*GroupTransferRequest)(nil), // 32: imgn.v1.GroupTransferRequest
+	(*GroupAdminRequest)(nil),    // 33: imgn.v1.GroupAdminRequest
+	(*GroupsRequest)(nil),        // 34: imgn.v1.GroupsRequest
+	(*GroupSummary)(nil),         // 35: imgn.v1.GroupSummary
+	(*GroupsOK)(nil),             // 36: imgn.v1.GroupsOK
+	(*PresenceRequest)(nil),      // 37: imgn.v1.PresenceRequest
+	(*UserPresence)(nil),         // 38: imgn.v1.UserPresence
+	(*PresenceOK)(nil),           // 39: imgn.v1.PresenceOK
+	(*Kick)(nil),                 // 40: imgn.v1.Kick
+	(*GoAway)(nil),               // 41: imgn.v1.GoAway
+	(*Notice)(nil),               // 42: imgn.v1.Notice
+	(*Error)(nil),                // 43: imgn.v1.Error
 }
 var file_codec_pb_imgn_proto_depIdxs = []int32{
 	9,  // 0: imgn.v1.Push.messages:type_name -> imgn.v1.Message
@@ -2672,12 +3095,13 @@ var file_codec_pb_imgn_proto_depIdxs = []int32{
 	9,  // 2: imgn.v1.Conversation.last:type_name -> imgn.v1.Message
 	15, // 3: imgn.v1.ConversationsOK.conversations:type_name -> imgn.v1.Conversation
 	9,  // 4: imgn.v1.HistoryOK.messages:type_name -> imgn.v1.Message
-	32, // 5: imgn.v1.PresenceOK.users:type_name -> imgn.v1.UserPresence
-	6,  // [6:6] is the sub-list for method output_type
-	6,  // [6:6] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	35, // 5: imgn.v1.GroupsOK.groups:type_name -> imgn.v1.GroupSummary
+	38, // 6: imgn.v1.PresenceOK.users:type_name -> imgn.v1.UserPresence
+	7,  // [7:7] is the sub-list for method output_type
+	7,  // [7:7] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_codec_pb_imgn_proto_init() }
@@ -2691,7 +3115,7 @@ func file_codec_pb_imgn_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_codec_pb_imgn_proto_rawDesc), len(file_codec_pb_imgn_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   38,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -40,7 +40,7 @@ type Store struct {
 	// accounts then cost one small map entry.
 	users  map[string]int64
 	hashes map[string]string
-	groups map[string]*persist.Group // Members sorted, deduplicated, owned by the store
+	groups groupTable // groups.go
 }
 
 type cursorKey struct{ user, device string }
@@ -53,8 +53,9 @@ func New() *Store {
 
 // NewWith returns an empty Store bounded by r (see persist.Retention; a
 // negative setting is an error). The cap (InboxMax) is enforced on every
-// append; age (MaxAge) and the dedup window by passes that appends run at
-// most once a second, and by EnforceRetention.
+// append; age (MaxAge) and the dedup window by passes that appends start at
+// most once a second and advance a few records at a time (so retention
+// keeps pace with any append rate), and by EnforceRetention.
 func NewWith(r persist.Retention) (*Store, error) {
 	r, err := r.WithDefaults()
 	if err != nil {
@@ -65,7 +66,7 @@ func NewWith(r persist.Retention) (*Store, error) {
 		cursors: make(map[cursorKey]uint64),
 		users:   make(map[string]int64),
 		hashes:  make(map[string]string),
-		groups:  make(map[string]*persist.Group),
+		groups:  newGroupTable(),
 	}, nil
 }
 
@@ -98,7 +99,7 @@ func (s *Store) EnforceRetention(ctx context.Context) error {
 	if s.closed {
 		return persist.ErrClosed
 	}
-	s.m.pass(s.m.clock(), 0)
+	s.m.pass(s.m.clock())
 	return nil
 }
 
@@ -119,8 +120,9 @@ func (s *Store) Append(ctx context.Context, msg persist.Message, inboxes []strin
 		return persist.AppendResult{}, err
 	}
 	op := persist.AppendOp{Msg: msg, Inboxes: inboxes}
+	err := persist.CheckAppend(msg, inboxes)
 	s.mu.Lock()
-	s.appendLocked(&op)
+	s.appendLocked(&op, err)
 	if op.Err == nil && op.Result.Duplicate {
 		// The original lives in the store's arena, which a later append
 		// may reuse once it expires: copy it while the lock holds.
@@ -142,20 +144,24 @@ func (s *Store) NonBlocking() {}
 // strings and Body are the store's own, valid only during Done (the
 // arena of an expired message is reused).
 func (s *Store) AppendAsync(op *persist.AppendOp) {
+	// Validation reads only op: it runs before the lock, which is held for
+	// as little as possible (every event loop appends under it).
+	err := persist.CheckAppend(op.Msg, op.Inboxes)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.appendLocked(op)
+	s.appendLocked(op, err)
 	op.Done.AppendDone(op)
 }
 
-// appendLocked runs op (s.mu held), filling op.Result or op.Err. Result.Seqs
+// appendLocked runs op (s.mu held), filling op.Result or op.Err. checkErr is
+// persist.CheckAppend's verdict on op, taken before the lock. Result.Seqs
 // reuses the capacity op brought. On a fresh insert Result.Msg is op.Msg;
 // on a duplicate it is the stored message, in the store's arena.
-func (s *Store) appendLocked(op *persist.AppendOp) {
+func (s *Store) appendLocked(op *persist.AppendOp, checkErr error) {
 	msg, inboxes := &op.Msg, op.Inboxes
 	op.Result, op.Err = persist.AppendResult{Seqs: op.Result.Seqs[:0]}, nil
-	if err := persist.CheckAppend(*msg, inboxes); err != nil {
-		op.Err = fmt.Errorf("memstore: append: %w", err)
+	if checkErr != nil {
+		op.Err = fmt.Errorf("memstore: append: %w", checkErr)
 		return
 	}
 	if s.closed {
@@ -163,23 +169,23 @@ func (s *Store) appendLocked(op *persist.AppendOp) {
 		return
 	}
 	m := s.m
-	m.expire(1024)
+	m.expire()
 	res := &op.Result
 	res.Msg = *msg
 	var r *record
-	slot, dup := m.lookup(msg.From, msg.ClientMsgID)
+	slot, dup, probe := m.find(msg.From, msg.ClientMsgID)
 	if dup {
 		var c *chunk
 		r, c = m.rec(slot)
 		res.Msg = c.message(r)
 		res.Duplicate = true
-	} else if other, ok := m.byID[msg.ID]; ok {
+	} else if other, ok := m.idSlot(msg.ID); ok {
 		r, c := m.rec(other)
 		op.Err = fmt.Errorf("memstore: append: %w: message id %d already stored for another (from, client message id) (%q, %q)",
 			persist.ErrInvalid, msg.ID, c.str(r.from), c.str(r.cmid))
 		return
 	} else {
-		slot, r = m.store(msg)
+		slot, r = m.store(msg, &probe)
 		if n := len(inboxes); n > len(r.in) {
 			m.more[slot] = make([]inboxRef, 0, n-len(r.in)) // one allocation per group message
 		}
@@ -362,116 +368,6 @@ func (s *Store) GetUser(ctx context.Context, id string) (persist.User, error) {
 	return u, nil
 }
 
-// CreateGroup implements persist.GroupStore. g.Members is copied, sorted
-// and deduplicated; the caller keeps ownership of its slice.
-func (s *Store) CreateGroup(ctx context.Context, g persist.Group) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := persist.CheckID("group", g.ID); err != nil {
-		return fmt.Errorf("memstore: create group: %w", err)
-	}
-	members, err := persist.NormalizeMembers(g.Members)
-	if err != nil {
-		return fmt.Errorf("memstore: create group: %w", err)
-	}
-	g.Members = members
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return persist.ErrClosed
-	}
-	if _, ok := s.groups[g.ID]; ok {
-		return persist.ErrGroupExists
-	}
-	s.groups[g.ID] = &g
-	return nil
-}
-
-// GetGroup implements persist.GroupStore. Members is a fresh slice owned by
-// the caller.
-func (s *Store) GetGroup(ctx context.Context, id string) (persist.Group, error) {
-	if err := ctx.Err(); err != nil {
-		return persist.Group{}, err
-	}
-	if err := persist.CheckID("group", id); err != nil {
-		return persist.Group{}, fmt.Errorf("memstore: get group: %w", err)
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return persist.Group{}, persist.ErrClosed
-	}
-	g, ok := s.groups[id]
-	if !ok {
-		return persist.Group{}, persist.ErrNotFound
-	}
-	c := *g
-	c.Members = slices.Clone(g.Members)
-	if c.Members == nil {
-		c.Members = []string{}
-	}
-	return c, nil
-}
-
-// AddMember implements persist.GroupStore. It is O(members) (sorted insert).
-func (s *Store) AddMember(ctx context.Context, groupID, user string, maxMembers int) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := checkGroupUser(groupID, user); err != nil {
-		return fmt.Errorf("memstore: add member: %w", err)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return persist.ErrClosed
-	}
-	g, ok := s.groups[groupID]
-	if !ok {
-		return persist.ErrNotFound
-	}
-	i, found := slices.BinarySearch(g.Members, user)
-	if found {
-		return nil
-	}
-	if maxMembers > 0 && len(g.Members) >= maxMembers {
-		return persist.ErrGroupFull
-	}
-	g.Members = slices.Insert(g.Members, i, user)
-	return nil
-}
-
-// RemoveMember implements persist.GroupStore.
-func (s *Store) RemoveMember(ctx context.Context, groupID, user string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := checkGroupUser(groupID, user); err != nil {
-		return fmt.Errorf("memstore: remove member: %w", err)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return persist.ErrClosed
-	}
-	g, ok := s.groups[groupID]
-	if !ok {
-		return persist.ErrNotFound
-	}
-	if i, found := slices.BinarySearch(g.Members, user); found {
-		g.Members = slices.Delete(g.Members, i, i+1)
-	}
-	return nil
-}
-
-func checkGroupUser(groupID, user string) error {
-	if err := persist.CheckID("group", groupID); err != nil {
-		return err
-	}
-	return persist.CheckID("user", user)
-}
-
 // Close releases the memory held by the store. Every later call, including
 // a second Close, returns persist.ErrClosed. Close is safe to call
 // concurrently with other methods: calls that already hold the lock finish
@@ -483,7 +379,7 @@ func (s *Store) Close() error {
 		return persist.ErrClosed
 	}
 	s.closed = true
-	s.m, s.cursors, s.users, s.hashes, s.groups = nil, nil, nil, nil, nil
+	s.m, s.cursors, s.users, s.hashes, s.groups = nil, nil, nil, nil, groupTable{}
 	return nil
 }
 

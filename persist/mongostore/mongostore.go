@@ -11,7 +11,10 @@
 //	heads     _id = "<user key>": a hint, the highest seq known to exist
 //	cursors   _id = "<user key><device key>": pos (sign-flipped uint64)
 //	users     _id = user id
-//	groups    _id = group id; members array and its length n
+//	groups    _id = group id; members array (in join order) and its length
+//	          n, owner, admins, open, v (its version)
+//	groupversions  _id = "<group key><incarnation>:<version>": the state a
+//	          change claimed for that version (groups.go)
 //
 // Identifiers are stored as BSON strings when they are valid UTF-8 without
 // NUL and as BSON binary otherwise (see enc), so any byte string persist
@@ -76,10 +79,10 @@
 // SQLite backend answers every query by scanning the collection (its unique
 // indexes are enforced, but no query uses them), so reads cost O(collection
 // size) there. Its updates are read-modify-write without isolation: two
-// concurrent AddMember calls on one group, or SetCursor calls on one
-// cursor, may lose one update there, where MongoDB applies each update
-// atomically. Appends are safe on both: they rely on inserts and unique
-// indexes only.
+// concurrent SetCursor calls on one cursor may lose one update there, where
+// MongoDB applies each update atomically. Appends and group changes are
+// safe on both: they rely on inserts and unique indexes (group changes
+// claim versions, groups.go).
 package mongostore
 
 import (
@@ -365,6 +368,7 @@ func (s *Store) setup(ctx context.Context) error {
 	}{
 		{s.messages, []mongo.IndexModel{unique("from_cmid", "from", "cmid")}},
 		{s.inbox, []mongo.IndexModel{unique("user_seq", "user", "seq"), unique("user_msg", "user", "msg")}},
+		{s.groups, []mongo.IndexModel{{Keys: bson.D{{Key: "members", Value: 1}}, Options: options.Index().SetName("members")}}},
 	} {
 		// One index per command: FerretDB v1.24 panics (and drops the
 		// connection) when one createIndexes re-requests two or more

@@ -26,6 +26,7 @@ const (
 	tMember  = 'n'
 	tRefs    = 'r'
 	tUser    = 'u'
+	tUserGrp = 'j'
 )
 
 const (
@@ -452,37 +453,4 @@ func decodeUser(id string, rec []byte) (persist.User, error) {
 		return persist.User{}, fmt.Errorf("user %q: %w", id, d.err)
 	}
 	return u, nil
-}
-
-// groupRecord is the groups table's value; members have one key each in the
-// members table and count caches their number for the maxMembers check.
-type groupRecord struct {
-	name, owner string
-	created     int64
-	count       uint64
-}
-
-func appendGroup(b []byte, g *groupRecord) []byte {
-	b = append(b, recordV1)
-	b = appendLP(b, g.name)
-	b = appendLP(b, g.owner)
-	b = binary.AppendVarint(b, g.created)
-	return binary.AppendUvarint(b, g.count)
-}
-
-func decodeGroup(id string, rec []byte) (groupRecord, error) {
-	d := decoder{b: rec}
-	d.version()
-	var g groupRecord
-	g.name = d.string()
-	g.owner = d.string()
-	g.created = d.varint()
-	g.count = d.uvarint()
-	if d.err == nil && len(d.b) != 0 {
-		d.fail()
-	}
-	if d.err != nil {
-		return groupRecord{}, fmt.Errorf("group %q: %w", id, d.err)
-	}
-	return g, nil
 }

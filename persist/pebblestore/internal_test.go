@@ -3,9 +3,11 @@ package pebblestore
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -387,9 +389,21 @@ func TestEncodingRoundTrip(t *testing.T) {
 	if got, err := decodeUser("u", appendUser(nil, &u)); err != nil || got != u {
 		t.Fatalf("user round trip: %+v, %v", got, err)
 	}
-	gr := groupRecord{name: "n", owner: "o", created: -1, count: 1 << 40}
-	if got, err := decodeGroup("g", appendGroup(nil, &gr)); err != nil || got != gr {
+	gr := groupRecord{name: "n", owner: "o", created: -1, count: 1 << 40, admins: []string{"a", "b"}}
+	if got, err := decodeGroup("g", appendGroup(nil, &gr)); err != nil || !reflect.DeepEqual(got, gr) {
 		t.Fatalf("group round trip: %+v, %v", got, err)
+	}
+	gr.open, gr.admins = true, nil
+	if got, err := decodeGroup("g", appendGroup(nil, &gr)); err != nil || !reflect.DeepEqual(got, gr) {
+		t.Fatalf("open group round trip: %+v, %v", got, err)
+	}
+	// A record written before access control: open, no admins.
+	legacy := binary.AppendUvarint(binary.AppendVarint(appendLP(appendLP([]byte{recordV1}, "n"), "o"), 5), 2)
+	if got, err := decodeGroup("g", legacy); err != nil || !got.open || got.admins != nil || got.count != 2 || got.owner != "o" {
+		t.Fatalf("legacy group record: %+v, %v", got, err)
+	}
+	if _, err := decodeGroup("g", append(legacy, 0, 3)); !errors.Is(err, errCorrupt) {
+		t.Fatalf("admins count beyond the record accepted: %v", err)
 	}
 	if _, err := decodeUser("u", append(appendUser(nil, &u), 0)); !errors.Is(err, errCorrupt) {
 		t.Fatalf("trailing bytes accepted: %v", err)

@@ -12,9 +12,6 @@ import (
 	"github.com/imgn/imgn/persist"
 )
 
-// memberValue is the (empty) value of a members key.
-var memberValue = []byte{}
-
 // SetCursor implements persist.MessageStore. A seq not above the stored
 // cursor is a no-op; otherwise it returns after the new cursor is durable.
 func (s *Store) SetCursor(ctx context.Context, user, device string, seq uint64) error {
@@ -48,13 +45,6 @@ func checkUserDevice(user, device string) error {
 	return persist.CheckID("device", device)
 }
 
-func checkGroupUser(groupID, user string) error {
-	if err := persist.CheckID("group", groupID); err != nil {
-		return err
-	}
-	return persist.CheckID("user", user)
-}
-
 // CreateUser implements persist.UserStore; it returns after the user is
 // durable, or persist.ErrUserExists.
 func (s *Store) CreateUser(ctx context.Context, u persist.User) error {
@@ -71,101 +61,6 @@ func (s *Store) CreateUser(ctx context.Context, u persist.User) error {
 			return persist.ErrUserExists
 		}
 		c.put(key, rec)
-		return nil
-	}})
-}
-
-// CreateGroup implements persist.GroupStore; it returns after the group and
-// its members are durable, or persist.ErrGroupExists. g.Members is copied,
-// sorted and deduplicated before CreateGroup queues anything.
-func (s *Store) CreateGroup(ctx context.Context, g persist.Group) error {
-	if err := persist.CheckID("group", g.ID); err != nil {
-		return fmt.Errorf("pebblestore: create group: %w", err)
-	}
-	members, err := persist.NormalizeMembers(g.Members)
-	if err != nil {
-		return fmt.Errorf("pebblestore: create group: %w", err)
-	}
-	key := keyString(nil, tGroup, g.ID)
-	rec := appendGroup(nil, &groupRecord{name: g.Name, owner: g.Owner, created: g.Created, count: uint64(len(members))})
-	return s.write(ctx, &writeReq{apply: func(c *committer) error {
-		_, ok, err := c.get(key)
-		if err != nil {
-			return unavailable("create group", err)
-		}
-		if ok {
-			return persist.ErrGroupExists
-		}
-		c.put(key, rec)
-		for _, m := range members {
-			c.put(keyLP2(nil, tMember, g.ID, m), memberValue)
-		}
-		return nil
-	}})
-}
-
-// AddMember implements persist.GroupStore. Membership is one key per member
-// plus a count in the group record, so it costs two reads and two writes.
-func (s *Store) AddMember(ctx context.Context, groupID, user string, maxMembers int) error {
-	return s.changeMember(ctx, "add member", groupID, user, func(c *committer, g *groupRecord, isMember bool, mkey []byte) error {
-		if isMember {
-			return nil
-		}
-		if maxMembers > 0 && g.count >= uint64(maxMembers) {
-			return persist.ErrGroupFull
-		}
-		g.count++
-		c.put(mkey, memberValue)
-		return errChanged
-	})
-}
-
-// RemoveMember implements persist.GroupStore.
-func (s *Store) RemoveMember(ctx context.Context, groupID, user string) error {
-	return s.changeMember(ctx, "remove member", groupID, user, func(c *committer, g *groupRecord, isMember bool, mkey []byte) error {
-		if !isMember {
-			return nil
-		}
-		if g.count > 0 {
-			g.count--
-		}
-		c.remove(mkey)
-		return errChanged
-	})
-}
-
-// errChanged tells changeMember that change wrote and the group record must
-// be written too.
-var errChanged = errors.New("changed")
-
-// changeMember reads the group and the membership of user, and runs change,
-// which returns errChanged after writing the member key.
-func (s *Store) changeMember(ctx context.Context, op, groupID, user string,
-	change func(c *committer, g *groupRecord, isMember bool, mkey []byte) error) error {
-	if err := checkGroupUser(groupID, user); err != nil {
-		return fmt.Errorf("pebblestore: %s: %w", op, err)
-	}
-	gkey, mkey := keyString(nil, tGroup, groupID), keyLP2(nil, tMember, groupID, user)
-	return s.write(ctx, &writeReq{apply: func(c *committer) error {
-		v, ok, err := c.get(gkey)
-		if err != nil {
-			return unavailable(op, err)
-		}
-		if !ok {
-			return persist.ErrNotFound
-		}
-		_, isMember, err := c.get(mkey)
-		if err != nil {
-			return unavailable(op, err)
-		}
-		g, err := decodeGroup(groupID, v)
-		if err != nil {
-			return unavailable(op, err)
-		}
-		if err := change(c, &g, isMember, mkey); !errors.Is(err, errChanged) {
-			return err
-		}
-		c.put(gkey, appendGroup(nil, &g))
 		return nil
 	}})
 }
@@ -376,39 +271,4 @@ func (s *Store) GetUser(ctx context.Context, id string) (persist.User, error) {
 		})
 	})
 	return u, err
-}
-
-// GetGroup implements persist.GroupStore. Members is a fresh sorted slice
-// owned by the caller (empty, not nil, for a group without members).
-func (s *Store) GetGroup(ctx context.Context, id string) (persist.Group, error) {
-	if err := persist.CheckID("group", id); err != nil {
-		return persist.Group{}, fmt.Errorf("pebblestore: get group: %w", err)
-	}
-	var g persist.Group
-	err := s.viewRead(ctx, "get group", func(r reader) (err error) {
-		var rec groupRecord
-		err = getValue(r, keyString(nil, tGroup, id), func(v []byte) (err error) {
-			rec, err = decodeGroup(id, v)
-			return err
-		})
-		if err != nil {
-			return err
-		}
-		g = persist.Group{ID: id, Name: rec.name, Owner: rec.owner, Created: rec.created,
-			Members: make([]string, 0, min(rec.count, 1<<16))}
-		prefix := keyLP(nil, tMember, id)
-		it, err := r.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
-		if err != nil {
-			return err
-		}
-		for ok := it.First(); ok; ok = it.Next() {
-			g.Members = append(g.Members, string(it.Key()[len(prefix):]))
-		}
-		err = it.Error()
-		if cerr := it.Close(); err == nil {
-			err = cerr
-		}
-		return err
-	})
-	return g, err
 }

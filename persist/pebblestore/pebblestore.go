@@ -58,8 +58,9 @@
 //	'v' lp(user) conv          -> be64(read) be64(last) be64(others)   conversation record
 //	'c' lp(user) device        -> be64(seq)                     cursors
 //	'u' userID                 -> user record
-//	'g' groupID                -> group record (name, owner, created, member count)
-//	'n' lp(groupID) user       -> (empty)                       group members
+//	'g' groupID                -> group record (name, owner, created, member count, open, admins)
+//	'n' lp(groupID) user       -> uvarint(join number)          group members (empty: joined before join order was kept)
+//	'j' lp(user) groupID       -> (empty)                       the groups of a user (built at Open for older stores)
 //
 // conv is kind lp(id): kind 0 names a peer (1:1), 1 a group, as
 // persist.ConvOf gives them from the inbox owner's side. A conversation index
@@ -368,6 +369,14 @@ func Open(opts Options) (*Store, error) {
 	db, err := openDB(o.Dir, popts)
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: open %s: %w", o.Dir, err)
+	}
+	wo := pebble.Sync
+	if o.NoSync {
+		wo = pebble.NoSync
+	}
+	if err := buildGroupIndex(db, wo); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("pebblestore: open %s: group index: %w", o.Dir, err)
 	}
 	s := &Store{db: db, opts: o, m: m, queue: make(chan item, o.QueueSize), done: make(chan struct{})}
 	if o.Registry != nil {

@@ -22,6 +22,8 @@ const BenchBodySize = 100
 //	Append/inboxes=N/serial     one goroutine; ns/op is the append latency
 //	Append/inboxes=N/parallel   b.RunParallel with 32 goroutines per CPU
 //	ReadInbox50                 ReadInbox of 50 entries at random offsets
+//	GroupUpdate/members=N       one UpdateGroup (a role toggled) on a group
+//	                            of N members
 //	Concurrent64                64 appenders, each to its own inbox and a
 //	                            peer's (a 1:1 send); reports appends/s and
 //	                            p50/p99/max append latency in µs and
@@ -46,6 +48,9 @@ func Bench(b *testing.B, open func(b *testing.B) persist.Store) {
 	}
 	b.Run("ReadInbox50", func(b *testing.B) { benchRead(b, open) })
 	b.Run("Concurrent64", func(b *testing.B) { benchConcurrent(b, open, 64) })
+	for _, n := range []int{10, 1000} {
+		b.Run(fmt.Sprintf("GroupUpdate/members=%d", n), func(b *testing.B) { benchGroupUpdate(b, open, n) })
+	}
 	probe := open(b)
 	_, async := probe.(persist.AsyncAppender)
 	if err := probe.Close(); err != nil {

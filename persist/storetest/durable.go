@@ -60,7 +60,7 @@ func testReopen(t *testing.T, open func(t *testing.T, dir string) persist.Store)
 	if err := s.CreateUser(ctx, user); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.CreateGroup(ctx, persist.Group{ID: "g", Name: "n", Owner: "alice", Members: []string{"c", "a", "b"}, Created: 8}); err != nil {
+	if err := s.CreateGroup(ctx, persist.Group{ID: "g", Name: "n", Owner: "a", Members: []string{"c", "a", "b"}, Admins: []string{"c"}, Open: true, Created: 8}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.AddMember(ctx, "g", "d", 0); err != nil {
@@ -88,8 +88,12 @@ func testReopen(t *testing.T, open func(t *testing.T, dir string) persist.Store)
 	if got, err := s.GetUser(ctx, "alice"); err != nil || got != user {
 		t.Fatalf("GetUser after reopen = %+v, %v", got, err)
 	}
-	if g := getGroup(t, s, "g"); !slices.Equal(g.Members, []string{"a", "c", "d"}) || g.Name != "n" || g.Owner != "alice" || g.Created != 8 {
+	if g := getGroup(t, s, "g"); !slices.Equal(g.Members, []string{"a", "c", "d"}) || g.Name != "n" || g.Owner != "a" || g.Created != 8 ||
+		!slices.Equal(g.Admins, []string{"c"}) || !g.Open || g.Joined[2] <= g.Joined[0] {
 		t.Fatalf("GetGroup after reopen = %+v", g)
+	}
+	if gs, err := s.UserGroups(ctx, "d", "", 10); err != nil || len(gs) != 1 || gs[0].ID != "g" || gs[0].Size != 3 {
+		t.Fatalf("UserGroups after reopen = %+v, %v", gs, err)
 	}
 	if err := s.AddMember(ctx, "g", "e", 3); !errors.Is(err, persist.ErrGroupFull) {
 		t.Fatalf("member count after reopen: AddMember at limit err = %v, want ErrGroupFull", err)

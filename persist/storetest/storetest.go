@@ -54,6 +54,7 @@ func Run(t *testing.T, open func(t *testing.T) persist.Store) {
 		{"Closed", testClosed},
 		{"CloseWhileBusy", testCloseWhileBusy},
 	}
+	tests = append(tests, groupTests...)
 	probe := open(t)
 	tests = append(tests, optionalTests(probe)...)
 	if err := probe.Close(); err != nil {
