@@ -10,45 +10,28 @@ import (
 	"github.com/imgn/imgn/persist/pebblestore"
 )
 
-// freeOp is an AppendOp that returns itself to a free list when done,
-// counting failures.
-type freeOp struct {
-	persist.AppendOp
-	inboxes [2]string
-	free    chan *freeOp
-	failed  *atomic.Int64
-}
-
-func (o *freeOp) AppendDone(*persist.AppendOp) {
-	if o.Err != nil {
-		o.failed.Add(1)
-	}
-	o.free <- o
-}
-
-// BenchmarkFirstUse: 1:1 appends between 100,000 users in pairs that
-// recur only every 100,000 messages, as the store-scale test writes them:
-// most appends find their inboxes and conversations for the first time
-// (NoSync: the store's CPU).
+// BenchmarkFirstUse: 1:1 appends between the users of the store-scale test
+// (scaleInboxes: 100,000 users in pairs that recur only every 100,000
+// messages), so most appends find their inboxes and conversations for the
+// first time (NoSync: the store's CPU).
 func BenchmarkFirstUse(b *testing.B) {
 	s := openAt(b, b.TempDir(), pebblestore.Options{NoSync: true})
 	defer s.Close()
-	const users, window = 100_000, 4096
-	free := make(chan *freeOp, window)
+	const window = 4096
+	free := make(chan *scaleOp, window)
 	var failed atomic.Int64
 	for range window {
-		free <- &freeOp{free: free, failed: &failed}
+		free <- &scaleOp{free: free, failed: &failed}
 	}
 	body := make([]byte, 100)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := range b.N {
 		o := <-free
-		from := (i * 7919) % users
-		o.inboxes = [2]string{"u" + strconv.Itoa(from), "u" + strconv.Itoa((from+1)%users)}
-		o.AppendOp = persist.AppendOp{Msg: persist.Message{ID: uint64(i + 1), From: o.inboxes[0], To: o.inboxes[1],
+		in := scaleInboxes(i, &o.inboxes)
+		o.AppendOp = persist.AppendOp{Msg: persist.Message{ID: uint64(i + 1), From: in[0], To: in[1],
 			ClientMsgID: strconv.Itoa(i), Timestamp: time.Now().UnixMilli(), Body: body},
-			Inboxes: o.inboxes[:], Result: persist.AppendResult{Seqs: o.Result.Seqs[:0]}, Done: o}
+			Inboxes: in, Result: persist.AppendResult{Seqs: o.Result.Seqs[:0]}, Done: o}
 		s.AppendAsync(&o.AppendOp)
 	}
 	for range window {
