@@ -2,7 +2,8 @@
 // JSON in and out, authenticated with API keys, through which the
 // application creates and disables users, sets passwords, mints login
 // tokens, manages groups, sends messages as a user or as the system, ends a
-// user's sessions, and reads inboxes and presence. docs/api.md documents
+// user's sessions, reads inboxes, conversations, histories and presence,
+// moves read cursors and recalls messages. docs/api.md documents
 // every endpoint with curl examples.
 //
 // It is served on its own listener (imd --api-listen), apart from the
@@ -46,6 +47,10 @@ type Backend interface {
 	Send(ctx context.Context, m engine.Outgoing) (engine.Sent, error)
 	Inbox(ctx context.Context, user string, afterSeq uint64, limit int) (engine.InboxPage, error)
 	Presence(ctx context.Context, users []string) []engine.Presence
+	Conversations(ctx context.Context, user string, beforeSeq uint64, limit int) (engine.ConversationsPage, error)
+	History(ctx context.Context, user string, conv persist.ConvID, beforeSeq, beforeMsgID uint64, limit int) (engine.HistoryPage, error)
+	MarkRead(ctx context.Context, user string, conv persist.ConvID, upTo uint64) (persist.ReadResult, error)
+	Recall(ctx context.Context, user string, msgID uint64) (persist.EventResult, error)
 	CreateGroup(ctx context.Context, owner, name string, members []string, open bool) (persist.Group, error)
 	Group(ctx context.Context, id string) (persist.Group, error)
 	AddGroupMember(ctx context.Context, id, user string) (persist.Group, error)
@@ -233,14 +238,18 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) (int, erro
 	switch code {
 	case codec.CodeInvalidArgument:
 		status = http.StatusBadRequest
-	case codec.CodeUnknownRecipient, codec.CodeUnknownGroup:
+	case codec.CodeUnknownRecipient, codec.CodeUnknownGroup, codec.CodeUnknownMessage:
 		status = http.StatusNotFound
-	case codec.CodeUserExists, codec.CodeGroupFull:
+	case codec.CodeUserExists, codec.CodeGroupFull, codec.CodeRecallExpired:
 		status = http.StatusConflict
-	case codec.CodeNotGroupMember, codec.CodeAuthFailed:
+	case codec.CodeNotGroupMember, codec.CodeAuthFailed, codec.CodeNotSender:
 		status = http.StatusForbidden
 	case codec.CodeInternal:
 		status = http.StatusInternalServerError
+	case codec.CodeUnsupported:
+		// This node's store cannot do it (no chat seam): not a passing
+		// failure, so no Retry-After.
+		status = http.StatusNotImplemented
 	default:
 		// Store or cluster trouble: retry (a send with the same
 		// client_msg_id is stored once).

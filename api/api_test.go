@@ -20,6 +20,7 @@ import (
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/engine"
 	"github.com/imgn/imgn/internal/leaktest"
+	"github.com/imgn/imgn/persist"
 	"github.com/imgn/imgn/persist/memstore"
 )
 
@@ -35,6 +36,7 @@ var jwtSecret = []byte("api-test-jwt-secret")
 type fixture struct {
 	t   *testing.T
 	srv *engine.Server
+	st  persist.Store
 	api *API
 	url string
 }
@@ -42,7 +44,12 @@ type fixture struct {
 // start runs a node (memory store) and the API over real HTTP on loopback.
 func start(t *testing.T) *fixture {
 	t.Helper()
-	st := memstore.New()
+	return startWith(t, memstore.New())
+}
+
+// startWith is start on store st, which it closes at the end of the test.
+func startWith(t *testing.T, st persist.Store) *fixture {
+	t.Helper()
 	srv, err := engine.New(engine.Config{Addr: "127.0.0.1:0", Store: st, JWTSecret: jwtSecret, EventLoops: 1, Workers: 8,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
@@ -63,7 +70,7 @@ func start(t *testing.T) *fixture {
 		_ = srv.Shutdown(ctx)
 		_ = st.Close()
 	})
-	return &fixture{t: t, srv: srv, api: a, url: hs.URL}
+	return &fixture{t: t, srv: srv, st: st, api: a, url: hs.URL}
 }
 
 // do sends a request with key (none when empty) and decodes the JSON

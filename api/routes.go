@@ -56,6 +56,61 @@ type messageJSON struct {
 	Kind        uint32 `json:"kind"`
 	Body        []byte `json:"body"` // standard base64
 	Time        int64  `json:"time"`
+	// Chat fields (docs/protocol.md §4.8), left out when unset: an event
+	// entry (1 recall, 2 delete) and the message it is about; a recalled
+	// message (no body); an entry the inbox's owner deleted (no body).
+	Event       uint32 `json:"event,omitempty"`
+	TargetMsgID string `json:"target_msg_id,omitempty"`
+	Recalled    bool   `json:"recalled,omitempty"`
+	Deleted     bool   `json:"deleted,omitempty"`
+}
+
+// messageOut is an inbox entry as the API shows it.
+func messageOut(e *persist.InboxEntry) messageJSON {
+	m := &e.Msg
+	out := messageJSON{Seq: e.Seq, MsgID: strconv.FormatUint(m.ID, 10), From: m.From, To: m.To,
+		ClientMsgID: m.ClientMsgID, Kind: m.Kind, Body: m.Body, Time: m.Timestamp,
+		Event: m.Event, Recalled: m.Recalled, Deleted: e.Deleted}
+	if m.Group {
+		out.GroupID = m.To
+	}
+	if m.Target != 0 {
+		out.TargetMsgID = strconv.FormatUint(m.Target, 10)
+	}
+	if out.Body == nil {
+		out.Body = []byte{}
+	}
+	return out
+}
+
+// groupConvPrefix marks a group in a {conv} path value: "group:g5yc1d2k3".
+// Ids never contain a colon, so the name is never a user's.
+const groupConvPrefix = "group:"
+
+// convName is how the API names a conversation in paths and answers.
+func convName(id persist.ConvID) string {
+	if id.Group {
+		return groupConvPrefix + id.ID
+	}
+	return id.ID
+}
+
+// convOf parses a {conv} path value (the engine checks the id).
+func convOf(name string) persist.ConvID {
+	if g, ok := strings.CutPrefix(name, groupConvPrefix); ok {
+		return persist.ConvID{ID: g, Group: true}
+	}
+	return persist.ConvID{ID: name}
+}
+
+type conversationJSON struct {
+	Conv    string       `json:"conv"`
+	Peer    string       `json:"peer,omitempty"`
+	GroupID string       `json:"group_id,omitempty"`
+	LastSeq uint64       `json:"last_seq"`
+	ReadSeq uint64       `json:"read_seq"`
+	Unread  int          `json:"unread"`
+	Last    *messageJSON `json:"last,omitempty"`
 }
 
 type inboxRefJSON struct {
@@ -74,12 +129,16 @@ func (a *API) routes() {
 	a.handle("POST /v1/users/{user}/tokens", a.mintToken)
 	a.handle("POST /v1/users/{user}/kick", a.kick)
 	a.handle("GET /v1/users/{user}/inbox", a.inbox)
+	a.handle("GET /v1/users/{user}/conversations", a.conversations)
+	a.handle("GET /v1/users/{user}/conversations/{conv}/history", a.history)
+	a.handle("POST /v1/users/{user}/conversations/{conv}/read", a.markRead)
 	a.handle("GET /v1/presence", a.presence)
 	a.handle("POST /v1/groups", a.createGroup)
 	a.handle("GET /v1/groups/{group}", a.getGroup)
 	a.handle("PUT /v1/groups/{group}/members/{user}", a.member(true))
 	a.handle("DELETE /v1/groups/{group}/members/{user}", a.member(false))
 	a.handle("POST /v1/messages", a.send)
+	a.handle("POST /v1/messages/{msg_id}/recall", a.recall)
 }
 
 func (a *API) createUser(ctx context.Context, r *http.Request) (int, any, error) {
@@ -186,16 +245,8 @@ func (a *API) inbox(ctx context.Context, r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	msgs := make([]messageJSON, len(p.Entries))
-	for i, e := range p.Entries {
-		m := &e.Msg
-		msgs[i] = messageJSON{Seq: e.Seq, MsgID: strconv.FormatUint(m.ID, 10), From: m.From, To: m.To,
-			ClientMsgID: m.ClientMsgID, Kind: m.Kind, Body: m.Body, Time: m.Timestamp}
-		if m.Group {
-			msgs[i].GroupID = m.To
-		}
-		if msgs[i].Body == nil {
-			msgs[i].Body = []byte{}
-		}
+	for i := range p.Entries {
+		msgs[i] = messageOut(&p.Entries[i])
 	}
 	return http.StatusOK, map[string]any{"user": id, "messages": msgs, "head_seq": p.HeadSeq, "first_seq": p.FirstSeq, "has_more": p.HasMore}, nil
 }
@@ -292,4 +343,110 @@ func (a *API) send(ctx context.Context, r *http.Request) (int, any, error) {
 	}
 	return http.StatusOK, map[string]any{"msg_id": strconv.FormatUint(sent.Msg.ID, 10), "client_msg_id": sent.Msg.ClientMsgID,
 		"time": sent.Msg.Timestamp, "duplicate": sent.Duplicate, "inboxes": refs}, nil
+}
+
+// pageQuery reads the limit query parameter of a chat page (0: the
+// default).
+func pageQuery(r *http.Request) (int, error) {
+	limit, err := queryUint(r, "limit", 0)
+	return int(min(limit, 1<<20)), err
+}
+
+func (a *API) conversations(ctx context.Context, r *http.Request) (int, any, error) {
+	before, err := queryUint(r, "before_seq", 0)
+	if err != nil {
+		return 0, nil, err
+	}
+	limit, err := pageQuery(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	id := r.PathValue("user")
+	p, err := a.b.Conversations(ctx, id, before, limit)
+	if err != nil {
+		return 0, nil, err
+	}
+	list := make([]conversationJSON, len(p.Conversations))
+	for i := range p.Conversations {
+		cv := &p.Conversations[i]
+		list[i] = conversationJSON{Conv: convName(cv.Conv), LastSeq: cv.LastSeq, ReadSeq: cv.ReadSeq, Unread: cv.Unread}
+		if cv.Conv.Group {
+			list[i].GroupID = cv.Conv.ID
+		} else {
+			list[i].Peer = cv.Conv.ID
+		}
+		if cv.HasLast {
+			m := messageOut(&cv.Last)
+			list[i].Last = &m
+		}
+	}
+	return http.StatusOK, map[string]any{"user": id, "conversations": list, "has_more": p.HasMore}, nil
+}
+
+func (a *API) history(ctx context.Context, r *http.Request) (int, any, error) {
+	before, err := queryUint(r, "before_seq", 0)
+	if err != nil {
+		return 0, nil, err
+	}
+	beforeMsg, err := queryUint(r, "before_msg_id", 0)
+	if err != nil {
+		return 0, nil, err
+	}
+	limit, err := pageQuery(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	id, conv := r.PathValue("user"), convOf(r.PathValue("conv"))
+	p, err := a.b.History(ctx, id, conv, before, beforeMsg, limit)
+	if err != nil {
+		return 0, nil, err
+	}
+	msgs := make([]messageJSON, len(p.Messages))
+	for i := range p.Messages {
+		msgs[i] = messageOut(&p.Messages[i])
+	}
+	return http.StatusOK, map[string]any{"user": id, "conv": convName(conv), "messages": msgs, "has_more": p.HasMore}, nil
+}
+
+func (a *API) markRead(ctx context.Context, r *http.Request) (int, any, error) {
+	var in struct {
+		UpTo uint64 `json:"up_to"`
+	}
+	if r.ContentLength != 0 {
+		if err := decode(r, &in); err != nil {
+			return 0, nil, err
+		}
+	}
+	id, conv := r.PathValue("user"), convOf(r.PathValue("conv"))
+	res, err := a.b.MarkRead(ctx, id, conv, in.UpTo)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, map[string]any{"user": id, "conv": convName(conv), "read_seq": res.ReadSeq, "unread": res.Unread, "moved": res.Moved}, nil
+}
+
+func (a *API) recall(ctx context.Context, r *http.Request) (int, any, error) {
+	target, err := strconv.ParseUint(r.PathValue("msg_id"), 10, 64)
+	if err != nil || target == 0 {
+		return 0, nil, badRequest("msg_id must be a message id: a positive decimal integer")
+	}
+	var in struct {
+		User string `json:"user"`
+	}
+	if err := decode(r, &in); err != nil {
+		return 0, nil, err
+	}
+	if in.User == "" {
+		return 0, nil, badRequest("user (the message's sender) is required")
+	}
+	res, err := a.b.Recall(ctx, in.User, target)
+	if err != nil {
+		return 0, nil, err
+	}
+	refs := make([]inboxRefJSON, len(res.Inboxes))
+	for i, u := range res.Inboxes {
+		refs[i] = inboxRefJSON{User: u, Seq: res.Seqs[i]}
+	}
+	return http.StatusOK, map[string]any{"msg_id": strconv.FormatUint(target, 10), "event_msg_id": strconv.FormatUint(res.Event.ID, 10),
+		"duplicate": res.Duplicate, "inboxes": refs}, nil
 }

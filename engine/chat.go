@@ -43,15 +43,27 @@ func (s *Server) chatStore() persist.ChatStore {
 	return cs
 }
 
+// errNoChat answers the chat commands on a node whose store cannot serve
+// them.
+var errNoChat = &Error{Code: codec.CodeUnsupported, Message: "this node's store does not keep conversations"}
+
+// chatSeam returns chatStore, or errNoChat when there is none.
+func (s *Server) chatSeam() (persist.ChatStore, error) {
+	if cs := s.chatStore(); cs != nil {
+		return cs, nil
+	}
+	return nil, errNoChat
+}
+
 // execChat runs a decoded chat request for logged-in c.
 func (s *Server) execChat(ctx context.Context, src *loop, c *conn, h codec.Header, req proto.Message) {
 	if t, ok := req.(*pb.TypingRequest); ok {
 		s.handleTyping(ctx, src, c, h, t)
 		return
 	}
-	cs := s.chatStore()
-	if cs == nil {
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeUnsupported, "this node's store does not keep conversations", 0)
+	cs, err := s.chatSeam()
+	if err != nil {
+		s.replyFailure(src, c, h, "", err)
 		return
 	}
 	switch req := req.(type) {
@@ -105,15 +117,24 @@ func entryPB(e *persist.InboxEntry) *pb.Message {
 	return m
 }
 
-func (s *Server) handleConversations(ctx context.Context, src *loop, c *conn, h codec.Header, cs persist.ChatStore, req *pb.ConversationsRequest) {
-	limit := pageLimit(req.Limit)
-	list, err := cs.Conversations(ctx, c.user, req.BeforeSeq, limit+1)
+// conversations reads a page of user's conversations: the newest limit
+// (pageLimit) below beforeSeq, and whether more follow.
+func (s *Server) conversations(ctx context.Context, cs persist.ChatStore, user string, beforeSeq uint64, limit uint32) ([]persist.Conversation, bool, error) {
+	n := pageLimit(limit)
+	list, err := cs.Conversations(ctx, user, beforeSeq, n+1)
 	if err != nil {
-		s.storeError(src, c, h, "read conversations", err)
+		return nil, false, &opError{what: "read conversations", err: err}
+	}
+	return list[:min(len(list), n)], len(list) > n, nil
+}
+
+func (s *Server) handleConversations(ctx context.Context, src *loop, c *conn, h codec.Header, cs persist.ChatStore, req *pb.ConversationsRequest) {
+	list, more, err := s.conversations(ctx, cs, c.user, req.BeforeSeq, req.Limit)
+	if err != nil {
+		s.replyFailure(src, c, h, "", err)
 		return
 	}
-	out := &pb.ConversationsOK{HasMore: len(list) > limit}
-	list = list[:min(len(list), limit)]
+	out := &pb.ConversationsOK{HasMore: more}
 	out.Conversations = make([]*pb.Conversation, len(list))
 	for i := range list {
 		cv := &list[i]
@@ -127,30 +148,44 @@ func (s *Server) handleConversations(ctx context.Context, src *loop, c *conn, h 
 	c.writeMsg(src, h.Serializer, codec.CmdConversationsOK, h.Seq, out)
 }
 
+// markRead raises user's read cursor in conversation id (READ). The
+// caller answers, then sends the receipts (receipts) when res.Moved.
+func (s *Server) markRead(ctx context.Context, cs persist.ChatStore, user string, id persist.ConvID, upTo uint64) (persist.ReadResult, error) {
+	res, err := cs.MarkRead(ctx, user, id, upTo)
+	if errors.Is(err, persist.ErrNotFound) {
+		return res, refuse(codec.CodeUnknownMessage, "no conversation with %s", id.ID)
+	}
+	if err != nil {
+		return res, &opError{what: "mark read", err: err}
+	}
+	return res, nil
+}
+
+// receipts sends the RECEIPTs of a read cursor that moved: to the reader's
+// devices but skip, then (1:1 only: groups get no receipt storm) to the
+// peer's, in the peer's seqs.
+func (s *Server) receipts(src *loop, user string, id persist.ConvID, res persist.ReadResult, skip *conn) {
+	peer, group := names(id)
+	own := &pb.Receipt{Peer: peer, GroupId: group, User: user, ReadSeq: res.ReadSeq, MsgId: res.MsgID}
+	s.signal(src, []string{user}, skip, codec.CmdReceipt, own)
+	if !id.Group && id.ID != user && res.PeerSeq != 0 {
+		s.signal(src, []string{id.ID}, nil, codec.CmdReceipt, &pb.Receipt{Peer: user, User: user, ReadSeq: res.PeerSeq, MsgId: res.MsgID})
+	}
+}
+
 func (s *Server) handleRead(ctx context.Context, src *loop, c *conn, h codec.Header, cs persist.ChatStore, req *pb.ReadRequest) {
 	id, ok := convID(src, c, h, req.Peer, req.GroupId)
 	if !ok {
 		return
 	}
-	res, err := cs.MarkRead(ctx, c.user, id, req.UpToSeq)
-	if errors.Is(err, persist.ErrNotFound) {
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeUnknownMessage, "no conversation with "+id.ID, 0)
-		return
-	}
+	res, err := s.markRead(ctx, cs, c.user, id, req.UpToSeq)
 	if err != nil {
-		s.storeError(src, c, h, "mark read", err)
+		s.replyFailure(src, c, h, "", err)
 		return
 	}
 	c.writeMsg(src, h.Serializer, codec.CmdReadOK, h.Seq, &pb.ReadOK{Peer: req.Peer, GroupId: req.GroupId, ReadSeq: res.ReadSeq, Unread: uint32(min(res.Unread, 1<<32-1))})
-	if !res.Moved {
-		return
-	}
-	// The reader's other devices, then (1:1 only: groups get no receipt
-	// storm) the peer's, in the peer's seqs.
-	own := &pb.Receipt{Peer: req.Peer, GroupId: req.GroupId, User: c.user, ReadSeq: res.ReadSeq, MsgId: res.MsgID}
-	s.signal(src, []string{c.user}, c, codec.CmdReceipt, own)
-	if !id.Group && id.ID != c.user && res.PeerSeq != 0 {
-		s.signal(src, []string{id.ID}, nil, codec.CmdReceipt, &pb.Receipt{Peer: c.user, User: c.user, ReadSeq: res.PeerSeq, MsgId: res.MsgID})
+	if res.Moved {
+		s.receipts(src, c.user, id, res, c)
 	}
 }
 
@@ -232,30 +267,22 @@ func (s *Server) handleTyping(ctx context.Context, src *loop, c *conn, h codec.H
 	s.signal(src, others, nil, codec.CmdTypingEvent, ev)
 }
 
-// handleChatEvent runs a RECALL or a DELETE: the store appends the event
-// to the inboxes concerned and, through EventRequest.Done, every device of
-// those inboxes (the caller's included) is pushed it at its seq there.
-func (s *Server) handleChatEvent(ctx context.Context, src *loop, c *conn, h codec.Header, cs persist.ChatStore, req *pb.MessageRequest) {
-	if req.MsgId == 0 {
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "msg_id is required", 0)
-		return
+// chatEvent runs a recall (kind persist.EventRecall) or a delete-for-me
+// (persist.EventDelete) of message target by user: the store appends the
+// event to the inboxes concerned and every device of those inboxes is
+// pushed it at its seq there. reply, when not nil, is called once the event
+// is stored, before the pushes; with a NonBlocking store it runs under the
+// store's lock (so the pushes are queued in seq order with the messages
+// around the event) and must not block.
+func (s *Server) chatEvent(ctx context.Context, src *loop, cs persist.ChatStore, kind uint32, user string, target uint64, reply func(*persist.EventResult)) (persist.EventResult, error) {
+	if target == 0 {
+		return persist.EventResult{}, refuse(codec.CodeInvalidArgument, "msg_id is required")
+	}
+	if reply == nil {
+		reply = func(*persist.EventResult) {}
 	}
 	t := now(src)
-	what, okCmd := "delete", codec.CmdDeleteOK
-	if h.Command == codec.CmdRecall {
-		what, okCmd = "recall", codec.CmdRecallOK
-	}
-	ev := persist.EventRequest{User: c.user, Target: req.MsgId, ID: s.ids.nextAt(t.UnixMilli()), Timestamp: t.UnixMilli()}
-	// The store calls Done once the event is stored (the memory store
-	// under its lock, as it completes appends): the reply and the pushes
-	// are then queued in seq order with the messages around the event.
-	reply := func(res *persist.EventResult) {
-		out := &pb.EventOK{MsgId: req.MsgId, Duplicate: res.Duplicate}
-		if i := slices.Index(res.Inboxes, c.user); i >= 0 {
-			out.Seq = res.Seqs[i]
-		}
-		c.writeMsg(src, h.Serializer, okCmd, h.Seq, out)
-	}
+	ev := persist.EventRequest{User: user, Target: target, ID: s.ids.nextAt(t.UnixMilli()), Timestamp: t.UnixMilli()}
 	ev.Done = func(res *persist.EventResult) {
 		reply(res)
 		// Pushed again on a repeat, as a retried SEND is: the first
@@ -264,34 +291,80 @@ func (s *Server) handleChatEvent(ctx context.Context, src *loop, c *conn, h code
 			s.pushEvent(src, u, res.Seqs[i], &res.Event)
 		}
 	}
-	kind := persist.EventDelete
-	if h.Command == codec.CmdRecall {
-		kind = persist.EventRecall
+	what := "delete"
+	if kind == persist.EventRecall {
+		what = "recall"
 		ev.NotBefore = t.Add(-s.cfg.RecallWindow).UnixMilli()
 	}
+	var res persist.EventResult
 	var err error
 	switch ep, _ := cs.(persist.EventPreparer); {
 	case s.cfg.Cluster != nil && ep != nil:
-		var res persist.EventResult
 		if res, err = s.clusterEvent(ctx, ep, kind, ev); err == nil {
 			reply(&res)
 			s.deliverEvent(src, &res)
 		}
 	case kind == persist.EventRecall:
-		_, err = cs.Recall(ctx, ev)
+		res, err = cs.Recall(ctx, ev)
 	default:
-		_, err = cs.Delete(ctx, ev)
+		res, err = cs.Delete(ctx, ev)
 	}
 	switch {
+	case err == nil:
+		return res, nil
 	case errors.Is(err, persist.ErrNotFound):
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeUnknownMessage, "no such message in your inbox", 0)
+		return res, refuse(codec.CodeUnknownMessage, "no such message in your inbox")
 	case errors.Is(err, persist.ErrNotSender):
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeNotSender, "only the sender may recall a message", 0)
+		return res, refuse(codec.CodeNotSender, "only the sender may recall a message")
 	case errors.Is(err, persist.ErrRecallWindow):
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeRecallExpired, "the recall window ("+s.cfg.RecallWindow.String()+") has passed", 0)
-	case err != nil:
-		s.storeError(src, c, h, what, err)
+		return res, refuse(codec.CodeRecallExpired, "the recall window (%s) has passed", s.cfg.RecallWindow)
 	}
+	return res, &opError{what: what, err: err}
+}
+
+// handleChatEvent runs a RECALL or a DELETE (chatEvent), answering
+// RECALL_OK or DELETE_OK before the event's pushes.
+func (s *Server) handleChatEvent(ctx context.Context, src *loop, c *conn, h codec.Header, cs persist.ChatStore, req *pb.MessageRequest) {
+	kind, okCmd := persist.EventDelete, codec.CmdDeleteOK
+	if h.Command == codec.CmdRecall {
+		kind, okCmd = persist.EventRecall, codec.CmdRecallOK
+	}
+	reply := func(res *persist.EventResult) {
+		out := &pb.EventOK{MsgId: req.MsgId, Duplicate: res.Duplicate}
+		if i := slices.Index(res.Inboxes, c.user); i >= 0 {
+			out.Seq = res.Seqs[i]
+		}
+		c.writeMsg(src, h.Serializer, okCmd, h.Seq, out)
+	}
+	if _, err := s.chatEvent(ctx, src, cs, kind, c.user, req.MsgId, reply); err != nil {
+		s.replyFailure(src, c, h, "", err)
+	}
+}
+
+// history reads a page of conversation id in user's inbox (HISTORY): the
+// newest limit (pageLimit) messages below beforeSeq, or below message
+// beforeMsgID of user's inbox (at most one of the two), in ascending seq
+// order, and whether older ones remain.
+func (s *Server) history(ctx context.Context, cs persist.ChatStore, user string, id persist.ConvID, beforeSeq, beforeMsgID uint64, limit uint32) ([]persist.InboxEntry, bool, error) {
+	if beforeMsgID != 0 {
+		if beforeSeq != 0 {
+			return nil, false, refuse(codec.CodeInvalidArgument, "set at most one of before_seq and before_msg_id")
+		}
+		seq, err := cs.SeqOf(ctx, user, beforeMsgID)
+		if errors.Is(err, persist.ErrNotFound) {
+			return nil, false, refuse(codec.CodeUnknownMessage, "before_msg_id is not in your inbox")
+		}
+		if err != nil {
+			return nil, false, &opError{what: "find message", err: err}
+		}
+		beforeSeq = seq
+	}
+	n := pageLimit(limit)
+	entries, err := cs.History(ctx, user, id, beforeSeq, n+1)
+	if err != nil {
+		return nil, false, &opError{what: "read history", err: err}
+	}
+	return entries[max(0, len(entries)-n):], len(entries) > n, nil // the newest n
 }
 
 func (s *Server) handleHistory(ctx context.Context, src *loop, c *conn, h codec.Header, cs persist.ChatStore, req *pb.HistoryRequest) {
@@ -299,31 +372,12 @@ func (s *Server) handleHistory(ctx context.Context, src *loop, c *conn, h codec.
 	if !ok {
 		return
 	}
-	before := req.BeforeSeq
-	if req.BeforeMsgId != 0 {
-		if before != 0 {
-			c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "set at most one of before_seq and before_msg_id", 0)
-			return
-		}
-		seq, err := cs.SeqOf(ctx, c.user, req.BeforeMsgId)
-		if errors.Is(err, persist.ErrNotFound) {
-			c.replyError(src, h.Serializer, h.Seq, codec.CodeUnknownMessage, "before_msg_id is not in your inbox", 0)
-			return
-		}
-		if err != nil {
-			s.storeError(src, c, h, "find message", err)
-			return
-		}
-		before = seq
-	}
-	limit := pageLimit(req.Limit)
-	entries, err := cs.History(ctx, c.user, id, before, limit+1)
+	entries, more, err := s.history(ctx, cs, c.user, id, req.BeforeSeq, req.BeforeMsgId, req.Limit)
 	if err != nil {
-		s.storeError(src, c, h, "read history", err)
+		s.replyFailure(src, c, h, "", err)
 		return
 	}
-	out := &pb.HistoryOK{HasMore: len(entries) > limit}
-	entries = entries[max(0, len(entries)-limit):] // the newest limit
+	out := &pb.HistoryOK{HasMore: more}
 	out.Messages = make([]*pb.Message, len(entries))
 	for i := range entries {
 		out.Messages[i] = entryPB(&entries[i])

@@ -55,13 +55,29 @@ func ErrorCode(err error) codec.ErrorCode {
 	return codec.CodeStoreUnavailable
 }
 
+// opError is a store or cluster failure of one step of a request, what
+// naming the step: shared by the protocol handlers, whose ERROR message
+// starts with what, and the server API's methods, whose error it wraps.
+type opError struct {
+	what string
+	err  error
+}
+
+func (e *opError) Error() string { return "engine: " + e.what + ": " + e.err.Error() }
+func (e *opError) Unwrap() error { return e.err }
+
 // replyFailure answers a request that failed with err: an Error with its
-// own code and message, anything else as a store failure (retryable).
+// own code and message, anything else as a store failure (retryable)
+// described by what, or by the step an opError names.
 func (s *Server) replyFailure(src *loop, c *conn, h codec.Header, what string, err error) {
 	var e *Error
 	if errors.As(err, &e) {
 		c.replyError(src, h.Serializer, h.Seq, e.Code, e.Message, 0)
 		return
+	}
+	var op *opError
+	if errors.As(err, &op) {
+		what, err = op.what, op.err
 	}
 	s.storeError(src, c, h, what, err)
 }
@@ -293,4 +309,121 @@ func (s *Server) Presence(ctx context.Context, users []string) []Presence {
 		}
 	}
 	return out
+}
+
+// The chat reads and writes of the server API: the protocol's
+// CONVERSATIONS, HISTORY, READ and RECALL (docs/protocol.md §4.8) done
+// for user, with the same pages, limits, receipts and event pushes. A node
+// whose store does not keep conversations refuses them with UNSUPPORTED;
+// an unknown user is UNKNOWN_RECIPIENT.
+
+// chatUser checks that user exists and returns the node's chat seam.
+func (s *Server) chatUser(ctx context.Context, user string) (persist.ChatStore, error) {
+	cs, err := s.chatSeam()
+	if err != nil {
+		return nil, err
+	}
+	if err := checkUserID("user", user); err != nil {
+		return nil, err
+	}
+	exists, err := s.userExists(ctx, user)
+	if err != nil {
+		return nil, fmt.Errorf("engine: read user: %w", err)
+	}
+	if !exists {
+		return nil, refuse(codec.CodeUnknownRecipient, "no such user: %s", user)
+	}
+	return cs, nil
+}
+
+// checkConv refuses a malformed conversation id.
+func checkConv(id persist.ConvID) error {
+	if !validID(id.ID) {
+		return refuse(codec.CodeInvalidArgument, "the conversation must name a user or a group: 1..64 bytes of [A-Za-z0-9_.-]")
+	}
+	return nil
+}
+
+// chatLimit converts a page size of the API (0: the default) to the
+// protocol's, which pageLimit then caps.
+func chatLimit(limit int) uint32 {
+	return uint32(min(max(limit, 0), chatPageMax))
+}
+
+// ConversationsPage is a page of a user's conversations, newest activity
+// first; when HasMore, the next page is below the last one's LastSeq.
+type ConversationsPage struct {
+	Conversations []persist.Conversation
+	HasMore       bool
+}
+
+// Conversations returns up to limit of user's conversations whose LastSeq
+// is below beforeSeq (0: from the newest), as CONVERSATIONS does: limit 0
+// takes the default (50), larger ones are capped (200).
+func (s *Server) Conversations(ctx context.Context, user string, beforeSeq uint64, limit int) (ConversationsPage, error) {
+	cs, err := s.chatUser(ctx, user)
+	if err != nil {
+		return ConversationsPage{}, err
+	}
+	list, more, err := s.conversations(ctx, cs, user, beforeSeq, chatLimit(limit))
+	return ConversationsPage{Conversations: list, HasMore: more}, err
+}
+
+// HistoryPage is a page of a conversation, in ascending seq order; when
+// HasMore, older messages remain below the first one's seq.
+type HistoryPage struct {
+	Messages []persist.InboxEntry
+	HasMore  bool
+}
+
+// History returns the newest limit messages of conversation conv in
+// user's inbox below beforeSeq, or below message beforeMsgID (at most one
+// of the two; both 0: from the newest), as HISTORY does: the user's
+// deleted messages and events are left out, recalled messages come with
+// Recalled and no body. An unknown conversation has an empty history.
+func (s *Server) History(ctx context.Context, user string, conv persist.ConvID, beforeSeq, beforeMsgID uint64, limit int) (HistoryPage, error) {
+	cs, err := s.chatUser(ctx, user)
+	if err != nil {
+		return HistoryPage{}, err
+	}
+	if err := checkConv(conv); err != nil {
+		return HistoryPage{}, err
+	}
+	msgs, more, err := s.history(ctx, cs, user, conv, beforeSeq, beforeMsgID, chatLimit(limit))
+	return HistoryPage{Messages: msgs, HasMore: more}, err
+}
+
+// MarkRead raises user's read cursor in conv to upTo (0, or above the
+// conversation's last seq: to its last seq), as READ does; a lower upTo
+// leaves it. When the cursor moved, every device of user and, in a 1:1
+// conversation, of the peer is sent a RECEIPT (cluster-wide, best effort).
+// Errors: UNKNOWN_MESSAGE when user has no such conversation.
+func (s *Server) MarkRead(ctx context.Context, user string, conv persist.ConvID, upTo uint64) (persist.ReadResult, error) {
+	cs, err := s.chatUser(ctx, user)
+	if err != nil {
+		return persist.ReadResult{}, err
+	}
+	if err := checkConv(conv); err != nil {
+		return persist.ReadResult{}, err
+	}
+	res, err := s.markRead(ctx, cs, user, conv, upTo)
+	if err == nil && res.Moved {
+		s.receipts(nil, user, conv, res, nil)
+	}
+	return res, err
+}
+
+// Recall withdraws message msgID for everyone as its sender user, as RECALL
+// does: within the recall window (Config.RecallWindow) of the message's
+// time, an event is appended to every inbox holding the message and pushed
+// to their devices. A repeat is Duplicate, reports the first event and
+// pushes it again. Errors: INVALID_ARGUMENT (msgID 0), UNKNOWN_MESSAGE (not
+// in user's inbox), NOT_SENDER, RECALL_EXPIRED; store and cluster failures
+// are retryable.
+func (s *Server) Recall(ctx context.Context, user string, msgID uint64) (persist.EventResult, error) {
+	cs, err := s.chatUser(ctx, user)
+	if err != nil {
+		return persist.EventResult{}, err
+	}
+	return s.chatEvent(ctx, nil, cs, persist.EventRecall, user, msgID, nil)
 }
