@@ -15,6 +15,7 @@ import (
 
 	"github.com/redis/rueidis"
 
+	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/events"
 	"github.com/imgn/imgn/webhook"
 )
@@ -173,6 +174,46 @@ func TestIntegrationsInACluster(t *testing.T) {
 		}
 	}
 
+	// Chat through the API, any node answering from the shared store: a's
+	// device is on n2; b reads through n1 and a's device gets the receipt
+	// over the mesh; a recalls through n1 and the event reaches it too.
+	acl := dialNode(t, a, "tablet", nodes[1].listen)
+	status, out := apiCall(t, apis["n2"], "GET", "/v1/users/"+b+"/conversations", nil)
+	convs, _ := out["conversations"].([]any)
+	if status != 200 || len(convs) != 1 || fmt.Sprint(convs[0].(map[string]any)["conv"]) != a || convs[0].(map[string]any)["unread"] != float64(2*perNode) {
+		t.Fatalf("b's conversations through n2: %d %v", status, out)
+	}
+	status, out = apiCall(t, apis["n1"], "GET", "/v1/users/"+b+"/conversations/"+a+"/history?limit=5", nil)
+	if msgs, _ := out["messages"].([]any); status != 200 || len(msgs) != 5 || out["has_more"] != true || msgs[4].(map[string]any)["msg_id"] != msgIDs[2*perNode-1] {
+		t.Fatalf("b's history through n1: %d %v", status, out)
+	}
+	if status, out := apiCall(t, apis["n1"], "POST", "/v1/users/"+b+"/conversations/"+a+"/read", nil); status != 200 || out["read_seq"] != float64(2*perNode) || out["moved"] != true {
+		t.Fatalf("b reads through n1: %d %v", status, out)
+	}
+	waitChat(t, acl, func(e client.ChatEvent) bool {
+		return e.Receipt != nil && e.Receipt.Peer == b && e.Receipt.User == b && e.Receipt.ReadSeq == 2*perNode
+	})
+	last := msgIDs[2*perNode-1]
+	if status, out := apiCall(t, apis["n1"], "POST", "/v1/messages/"+last+"/recall", map[string]string{"user": a}); status != 200 || out["duplicate"] != false {
+		t.Fatalf("a recalls through n1: %d %v", status, out)
+	}
+	poll(t, 10*time.Second, "the recall event on a's device", func() bool {
+		for {
+			select {
+			case m := <-acl.Messages():
+				if m.Event == 1 && fmt.Sprint(m.TargetMsgId) == last {
+					return true
+				}
+			default:
+				return false
+			}
+		}
+	})
+	status, out = apiCall(t, apis["n2"], "GET", "/v1/users/"+b+"/conversations/"+a+"/history?limit=1", nil)
+	if msgs, _ := out["messages"].([]any); status != 200 || len(msgs) != 1 || msgs[0].(map[string]any)["recalled"] != true {
+		t.Fatalf("b's history after the recall: %d %v", status, out)
+	}
+
 	// Presence and kick across nodes: b connects to n1, n2's API sees and
 	// ends the session.
 	tok := func(u string) string {
@@ -192,5 +233,21 @@ func TestIntegrationsInACluster(t *testing.T) {
 	case <-cl.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("the session on n1 survived a kick through n2")
+	}
+}
+
+// waitChat waits for a chat event on c that match accepts.
+func waitChat(t *testing.T, c *client.Client, match func(client.ChatEvent) bool) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case e := <-c.ChatEvents():
+			if match(e) {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("%s got no such chat event", c.User())
+		}
 	}
 }
