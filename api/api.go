@@ -282,16 +282,25 @@ func decode(r *http.Request, v any) error {
 	return nil
 }
 
-// query returns the unsigned integer query parameter name (def when
-// absent).
-func queryUint(r *http.Request, name string, def uint64) (uint64, error) {
-	s := r.URL.Query().Get(name)
-	if s == "" {
-		return def, nil
+// queryUints returns the unsigned integer query parameters names, in
+// order, 0 for an absent one.
+func queryUints(r *http.Request, names ...string) ([]uint64, error) {
+	q := r.URL.Query()
+	out := make([]uint64, len(names))
+	for i, name := range names {
+		s := q.Get(name)
+		if s == "" {
+			continue
+		}
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return nil, badRequest(name + " must be a non-negative integer")
+		}
+		out[i] = v
 	}
-	v, err := strconv.ParseUint(s, 10, 64)
-	if err != nil {
-		return 0, badRequest(name + " must be a non-negative integer")
-	}
-	return v, nil
+	return out, nil
 }
+
+// limitArg is a limit query parameter as the Backend takes it (the
+// Backend caps it far lower).
+func limitArg(v uint64) int { return int(min(v, 1<<20)) }

@@ -83,6 +83,15 @@ func messageOut(e *persist.InboxEntry) messageJSON {
 	return out
 }
 
+// messagesOut is messageOut of each entry.
+func messagesOut(entries []persist.InboxEntry) []messageJSON {
+	msgs := make([]messageJSON, len(entries))
+	for i := range entries {
+		msgs[i] = messageOut(&entries[i])
+	}
+	return msgs
+}
+
 // groupConvPrefix marks a group in a {conv} path value: "group:g5yc1d2k3".
 // Ids never contain a colon, so the name is never a user's.
 const groupConvPrefix = "group:"
@@ -116,6 +125,15 @@ type conversationJSON struct {
 type inboxRefJSON struct {
 	User string `json:"user"`
 	Seq  uint64 `json:"seq"`
+}
+
+// refsOut lists where a message or event is: users[i] at seqs[i].
+func refsOut(users []string, seqs []uint64) []inboxRefJSON {
+	refs := make([]inboxRefJSON, len(users))
+	for i, u := range users {
+		refs[i] = inboxRefJSON{User: u, Seq: seqs[i]}
+	}
+	return refs
 }
 
 // routes registers every endpoint. Path values are ids; the Backend
@@ -231,24 +249,16 @@ func (a *API) kick(ctx context.Context, r *http.Request) (int, any, error) {
 }
 
 func (a *API) inbox(ctx context.Context, r *http.Request) (int, any, error) {
-	after, err := queryUint(r, "after_seq", 0)
-	if err != nil {
-		return 0, nil, err
-	}
-	limit, err := queryUint(r, "limit", 0)
+	q, err := queryUints(r, "after_seq", "limit")
 	if err != nil {
 		return 0, nil, err
 	}
 	id := r.PathValue("user")
-	p, err := a.b.Inbox(ctx, id, after, int(min(limit, 1<<20)))
+	p, err := a.b.Inbox(ctx, id, q[0], limitArg(q[1]))
 	if err != nil {
 		return 0, nil, err
 	}
-	msgs := make([]messageJSON, len(p.Entries))
-	for i := range p.Entries {
-		msgs[i] = messageOut(&p.Entries[i])
-	}
-	return http.StatusOK, map[string]any{"user": id, "messages": msgs, "head_seq": p.HeadSeq, "first_seq": p.FirstSeq, "has_more": p.HasMore}, nil
+	return http.StatusOK, map[string]any{"user": id, "messages": messagesOut(p.Entries), "head_seq": p.HeadSeq, "first_seq": p.FirstSeq, "has_more": p.HasMore}, nil
 }
 
 func (a *API) presence(ctx context.Context, r *http.Request) (int, any, error) {
@@ -337,32 +347,17 @@ func (a *API) send(ctx context.Context, r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	refs := make([]inboxRefJSON, len(sent.Inboxes))
-	for i, u := range sent.Inboxes {
-		refs[i] = inboxRefJSON{User: u, Seq: sent.Seqs[i]}
-	}
 	return http.StatusOK, map[string]any{"msg_id": strconv.FormatUint(sent.Msg.ID, 10), "client_msg_id": sent.Msg.ClientMsgID,
-		"time": sent.Msg.Timestamp, "duplicate": sent.Duplicate, "inboxes": refs}, nil
-}
-
-// pageQuery reads the limit query parameter of a chat page (0: the
-// default).
-func pageQuery(r *http.Request) (int, error) {
-	limit, err := queryUint(r, "limit", 0)
-	return int(min(limit, 1<<20)), err
+		"time": sent.Msg.Timestamp, "duplicate": sent.Duplicate, "inboxes": refsOut(sent.Inboxes, sent.Seqs)}, nil
 }
 
 func (a *API) conversations(ctx context.Context, r *http.Request) (int, any, error) {
-	before, err := queryUint(r, "before_seq", 0)
-	if err != nil {
-		return 0, nil, err
-	}
-	limit, err := pageQuery(r)
+	q, err := queryUints(r, "before_seq", "limit")
 	if err != nil {
 		return 0, nil, err
 	}
 	id := r.PathValue("user")
-	p, err := a.b.Conversations(ctx, id, before, limit)
+	p, err := a.b.Conversations(ctx, id, q[0], limitArg(q[1]))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -384,28 +379,16 @@ func (a *API) conversations(ctx context.Context, r *http.Request) (int, any, err
 }
 
 func (a *API) history(ctx context.Context, r *http.Request) (int, any, error) {
-	before, err := queryUint(r, "before_seq", 0)
-	if err != nil {
-		return 0, nil, err
-	}
-	beforeMsg, err := queryUint(r, "before_msg_id", 0)
-	if err != nil {
-		return 0, nil, err
-	}
-	limit, err := pageQuery(r)
+	q, err := queryUints(r, "before_seq", "before_msg_id", "limit")
 	if err != nil {
 		return 0, nil, err
 	}
 	id, conv := r.PathValue("user"), convOf(r.PathValue("conv"))
-	p, err := a.b.History(ctx, id, conv, before, beforeMsg, limit)
+	p, err := a.b.History(ctx, id, conv, q[0], q[1], limitArg(q[2]))
 	if err != nil {
 		return 0, nil, err
 	}
-	msgs := make([]messageJSON, len(p.Messages))
-	for i := range p.Messages {
-		msgs[i] = messageOut(&p.Messages[i])
-	}
-	return http.StatusOK, map[string]any{"user": id, "conv": convName(conv), "messages": msgs, "has_more": p.HasMore}, nil
+	return http.StatusOK, map[string]any{"user": id, "conv": convName(conv), "messages": messagesOut(p.Messages), "has_more": p.HasMore}, nil
 }
 
 func (a *API) markRead(ctx context.Context, r *http.Request) (int, any, error) {
@@ -443,10 +426,6 @@ func (a *API) recall(ctx context.Context, r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	refs := make([]inboxRefJSON, len(res.Inboxes))
-	for i, u := range res.Inboxes {
-		refs[i] = inboxRefJSON{User: u, Seq: res.Seqs[i]}
-	}
 	return http.StatusOK, map[string]any{"msg_id": strconv.FormatUint(target, 10), "event_msg_id": strconv.FormatUint(res.Event.ID, 10),
-		"duplicate": res.Duplicate, "inboxes": refs}, nil
+		"duplicate": res.Duplicate, "inboxes": refsOut(res.Inboxes, res.Seqs)}, nil
 }
