@@ -492,6 +492,7 @@ func (r *CheckReport) Print(w io.Writer) {
 		ok = "FAIL"
 	}
 	fmt.Fprintf(w, "\nchecker verdict: %s (clients over %s, wall %.0fs, drain %.1fs)\n", ok, transport(r.WS), r.Wall.Seconds(), r.Drain.Seconds())
+	fmt.Fprintf(w, "client connections once logged in: %d TCP, %d WebSocket\n", r.TCPConns, r.WSConns)
 	fmt.Fprintf(w, "| attempted | acked | failed | delivered | lost | recovered | unexpected | twice | order | gaps | ack p50 | ack p99 |\n")
 	fmt.Fprintf(w, "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	fmt.Fprintf(w, "| %d | %d | %d | %d | %d | %d | %d | %d | %d | %d | %s | %s |\n", r.Attempted, r.Acked, r.Failed,

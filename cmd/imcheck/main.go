@@ -111,7 +111,7 @@ func runCheck(ctx context.Context, args []string, out, stderr io.Writer) int {
 	if *short {
 		cfg.Nodes, cfg.Clients, cfg.Rate, cfg.Duration, cfg.Quiet, cfg.Faults = 3, 8, 40, 25*time.Second, 3*time.Second, ShortFaults
 		if *ws {
-			cfg.Duration, cfg.Quiet, cfg.Faults = 15*time.Second, 2*time.Second, WSShortFaults
+			cfg.Duration, cfg.Quiet, cfg.Faults = 12*time.Second, 2*time.Second, WSShortFaults
 		}
 	}
 	b, err := binDir(ctx, *bin)
