@@ -193,7 +193,15 @@ func fakeWSServer(t *testing.T, serve func(c net.Conn)) string {
 // readClientFrame reads the next frame the client sent, unmasked.
 func readClientFrame(t *testing.T, r io.Reader) ws.Frame {
 	t.Helper()
-	f, err := ws.ReadFrame(r)
+	var f ws.Frame
+	h, err := ws.ReadHeader(r)
+	if err == nil && h.Length > 1<<20 {
+		err = fmt.Errorf("a %d-byte frame", h.Length)
+	}
+	if err == nil {
+		f.Header, f.Payload = h, make([]byte, h.Length)
+		_, err = io.ReadFull(r, f.Payload)
+	}
 	if err != nil {
 		t.Errorf("read client frame: %v", err)
 		return f

@@ -76,16 +76,18 @@ type FaultEvent struct {
 // CheckReport is the outcome of Check.
 type CheckReport struct {
 	Counts
-	WS       bool // the clients used WebSocket
-	// TCPConns and WSConns count the clients' connections through the
-	// nodes' TCP and WebSocket proxies once every client has logged in:
-	// proof of the transport the run used.
-	TCPConns, WSConns int
 	Events   []FaultEvent
 	P50, P99 time.Duration
 	Drain    time.Duration
 	Wall     time.Duration
 	SendErrs map[string]int
+
+	// WS: the clients used WebSocket. TCPConns and WSConns count the
+	// clients' connections through the nodes' TCP and WebSocket proxies
+	// once every client has logged in: proof of the transport the run
+	// used.
+	WS                bool
+	TCPConns, WSConns int
 }
 
 type sendRec struct {
