@@ -90,7 +90,8 @@ type wsConn struct {
 	hdrBuf [ws.MaxHeaderSize - 2]byte // for ws.ReadHeaderBuffer
 
 	wmu       sync.Mutex
-	wbuf      []byte    // the last message written, kept for reuse
+	wbuf      []byte // the last message written, kept for reuse
+	hdr       [ws.MaxHeaderSize]byte
 	wdl       time.Time // the write deadline last set by the caller
 	closeSent bool      // a close frame was written (or the socket failed)
 	closeOnce sync.Once
@@ -220,7 +221,7 @@ func (c *wsConn) writeControlLocked(op ws.OpCode, payload []byte) error {
 	} else {
 		c.closeSent = true
 	}
-	b := appendMasked(make([]byte, 0, ws.MaxHeaderSize+len(payload)), op, payload)
+	b := appendMasked(make([]byte, 0, ws.MaxHeaderSize+len(payload)), &c.hdr, op, payload)
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(wsControlTimeout))
 	_, err := c.Conn.Write(b)
 	_ = c.Conn.SetWriteDeadline(c.wdl)
@@ -235,7 +236,7 @@ func (c *wsConn) Write(b []byte) (int, error) {
 		return 0, fmt.Errorf("%w: write after close", net.ErrClosed)
 	}
 	// One write per message: header and masked copy (b is the caller's).
-	buf := appendMasked(c.wbuf[:0], ws.OpBinary, b)
+	buf := appendMasked(c.wbuf[:0], &c.hdr, ws.OpBinary, b)
 	if cap(buf) <= maxKeptWSBuf {
 		c.wbuf = buf
 	}
@@ -250,25 +251,23 @@ func (c *wsConn) Write(b []byte) (int, error) {
 // kept for the next write.
 const maxKeptWSBuf = 64<<10 + ws.MaxHeaderSize + 16
 
+// frameBuf collects a frame for a single write to the socket.
+type frameBuf []byte
+
+func (b *frameBuf) Write(p []byte) (int, error) {
+	*b = append(*b, p...)
+	return len(p), nil
+}
+
 // appendMasked appends a final frame with op and payload, masked with a
-// fresh key as a client must (RFC 6455 section 5.3), to dst.
-func appendMasked(dst []byte, op ws.OpCode, payload []byte) []byte {
-	dst = append(dst, 0x80|byte(op))
-	switch n := len(payload); {
-	case n < 126:
-		dst = append(dst, 0x80|byte(n))
-	case n <= 0xffff:
-		dst = append(dst, 0x80|126)
-		dst = binary.BigEndian.AppendUint16(dst, uint16(n))
-	default:
-		dst = append(dst, 0x80|127)
-		dst = binary.BigEndian.AppendUint64(dst, uint64(n))
-	}
-	mask := ws.NewMask()
-	dst = append(dst, mask[:]...)
+// fresh key as a client must (RFC 6455 section 5.3), to dst. hdr is
+// scratch room for the header.
+func appendMasked(dst frameBuf, hdr *[ws.MaxHeaderSize]byte, op ws.OpCode, payload []byte) []byte {
+	h := ws.Header{Fin: true, OpCode: op, Masked: true, Mask: ws.NewMask(), Length: int64(len(payload))}
+	_ = ws.WriteHeaderBuffer(&dst, h, hdr[:]) // cannot fail: frameBuf takes all, hdr is large enough
 	start := len(dst)
 	dst = append(dst, payload...)
-	ws.Cipher(dst[start:], mask, 0)
+	ws.Cipher(dst[start:], h.Mask, 0)
 	return dst
 }
 
