@@ -90,7 +90,7 @@ type wsConn struct {
 	hdrBuf [ws.MaxHeaderSize - 2]byte // for ws.ReadHeaderBuffer
 
 	wmu       sync.Mutex
-	wbuf      []byte // the last message written, kept for reuse
+	wbuf      frameBuf // the last frame written, kept for reuse
 	hdr       [ws.MaxHeaderSize]byte
 	wdl       time.Time // the write deadline last set by the caller
 	closeSent bool      // a close frame was written (or the socket failed)
@@ -221,7 +221,7 @@ func (c *wsConn) writeControlLocked(op ws.OpCode, payload []byte) error {
 	} else {
 		c.closeSent = true
 	}
-	b := appendMasked(make([]byte, 0, ws.MaxHeaderSize+len(payload)), &c.hdr, op, payload)
+	b := c.frame(op, payload)
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(wsControlTimeout))
 	_, err := c.Conn.Write(b)
 	_ = c.Conn.SetWriteDeadline(c.wdl)
@@ -236,11 +236,7 @@ func (c *wsConn) Write(b []byte) (int, error) {
 		return 0, fmt.Errorf("%w: write after close", net.ErrClosed)
 	}
 	// One write per message: header and masked copy (b is the caller's).
-	buf := appendMasked(c.wbuf[:0], &c.hdr, ws.OpBinary, b)
-	if cap(buf) <= maxKeptWSBuf {
-		c.wbuf = buf
-	}
-	if _, err := c.Conn.Write(buf); err != nil {
+	if _, err := c.Conn.Write(c.frame(ws.OpBinary, b)); err != nil {
 		c.closeSent = true // a partial frame may be out: nothing more can follow it
 		return 0, err
 	}
@@ -248,7 +244,7 @@ func (c *wsConn) Write(b []byte) (int, error) {
 }
 
 // maxKeptWSBuf: a write buffer grown past this (one large frame) is not
-// kept for the next write.
+// kept after the next write.
 const maxKeptWSBuf = 64<<10 + ws.MaxHeaderSize + 16
 
 // frameBuf collects a frame for a single write to the socket.
@@ -259,16 +255,19 @@ func (b *frameBuf) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// appendMasked appends a final frame with op and payload, masked with a
-// fresh key as a client must (RFC 6455 section 5.3), to dst. hdr is
-// scratch room for the header.
-func appendMasked(dst frameBuf, hdr *[ws.MaxHeaderSize]byte, op ws.OpCode, payload []byte) []byte {
+// frame sets c.wbuf to a final frame with op and payload, masked with a
+// fresh key as a client must (RFC 6455 section 5.3). wmu is held.
+func (c *wsConn) frame(op ws.OpCode, payload []byte) []byte {
 	h := ws.Header{Fin: true, OpCode: op, Masked: true, Mask: ws.NewMask(), Length: int64(len(payload))}
-	_ = ws.WriteHeaderBuffer(&dst, h, hdr[:]) // cannot fail: frameBuf takes all, hdr is large enough
-	start := len(dst)
-	dst = append(dst, payload...)
-	ws.Cipher(dst[start:], h.Mask, 0)
-	return dst
+	if cap(c.wbuf) > maxKeptWSBuf {
+		c.wbuf = nil // one large frame grew it: do not keep that
+	}
+	c.wbuf = c.wbuf[:0]
+	_ = ws.WriteHeaderBuffer(&c.wbuf, h, c.hdr[:]) // cannot fail: frameBuf takes all, hdr is large enough
+	start := len(c.wbuf)
+	c.wbuf = append(c.wbuf, payload...)
+	ws.Cipher(c.wbuf[start:], h.Mask, 0)
+	return c.wbuf
 }
 
 func (c *wsConn) SetWriteDeadline(t time.Time) error {
