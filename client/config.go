@@ -13,10 +13,11 @@ import (
 	"github.com/imgn/imgn/codec"
 )
 
-// Resolver picks the node to connect to. exclude lists node ids to avoid
-// (the node that sent GO_AWAY, nodes whose dial or login just failed); a
-// resolver may ignore it when nothing else is available. nodeID may be ""
-// when unknown (LOGIN_OK then tells it).
+// Resolver picks the node to connect to: addr is a TCP "host:port" or a
+// WebSocket "ws://host:port/path" (see Config.Addr). exclude lists node
+// ids to avoid (the node that sent GO_AWAY, nodes whose dial or login
+// just failed); a resolver may ignore it when nothing else is available.
+// nodeID may be "" when unknown (LOGIN_OK then tells it).
 //
 // It is the seam for router mode: the default resolver returns Config.Addr
 // and ignores exclude; a router-backed one asks imrouter
