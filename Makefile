@@ -18,7 +18,7 @@ LDFLAGS := -X $(VERSION_PKG).Version=$(VERSION) \
 	-X $(VERSION_PKG).Commit=$(patsubst COMMIT=%,%,$(filter COMMIT=%,$(STAMP))) \
 	-X $(VERSION_PKG).Date=$(patsubst DATE=%,%,$(filter DATE=%,$(STAMP)))
 
-.PHONY: help deps devmongo build dist test race fuzz bench lint deploycheck proto run cluster check clean crash-embedded store-scale js-deps web test-js test-browser
+.PHONY: help deps devmongo build dist test race fuzz bench lint deploycheck proto run cluster check check-ws clean crash-embedded store-scale js-deps web test-js test-browser
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ clean: ## remove build output
 check: deps build ## reliability suite: fault checker (5 nodes, every fault, 60 s) and the bad-input attacker; prints the tables
 	$(GO) run ./cmd/imcheck check --duration 60s
 	$(GO) run ./cmd/imcheck attack
+
+check-ws: deps build ## the fault checker with every client on the nodes' WebSocket listeners (5 nodes, every fault, 60 s)
+	$(GO) run ./cmd/imcheck check --ws --duration 60s
 
 crash-embedded: ## long kill -9 proof of the embedded store: 10 rounds of open-loop load at 20k msgs/s, each ended by SIGKILL (~3 min)
 	IMD_CRASH_ROUNDS=10 IMD_CRASH_RATE=20000 IMD_CRASH_SECONDS=5 $(GO) test -count=1 -v -timeout 30m \

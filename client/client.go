@@ -282,7 +282,7 @@ func (c *Client) connectNode(ctx context.Context, exclude []string) (*conn, *pb.
 func (c *Client) dialLogin(ctx context.Context, addr, nodeID string) (*conn, *pb.LoginOK, error) {
 	var err error
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
-	nc, err := c.cfg.DialContext(dctx, "tcp", addr)
+	nc, err := dialNode(dctx, &c.cfg, addr)
 	cancel()
 	if err != nil {
 		return nil, nil, fmt.Errorf("client: dial %s: %w", addr, err)

@@ -13,10 +13,11 @@ import (
 	"github.com/imgn/imgn/codec"
 )
 
-// Resolver picks the node to connect to. exclude lists node ids to avoid
-// (the node that sent GO_AWAY, nodes whose dial or login just failed); a
-// resolver may ignore it when nothing else is available. nodeID may be ""
-// when unknown (LOGIN_OK then tells it).
+// Resolver picks the node to connect to: addr is a TCP "host:port" or a
+// WebSocket "ws://host:port/path" (see Config.Addr). exclude lists node
+// ids to avoid (the node that sent GO_AWAY, nodes whose dial or login
+// just failed); a resolver may ignore it when nothing else is available.
+// nodeID may be "" when unknown (LOGIN_OK then tells it).
 //
 // It is the seam for router mode: the default resolver returns Config.Addr
 // and ignores exclude; a router-backed one asks imrouter
@@ -48,8 +49,11 @@ const (
 // each. Dial and Register apply defaults and validate once; bad values are
 // an error, never a panic. A Config is copied by Dial and may be reused.
 type Config struct {
-	// Addr is the node's client address, "host:port". Required unless
-	// Resolver is set.
+	// Addr is the node's client address: "host:port" for the raw TCP
+	// listener, or "ws://host:port/path" for its WebSocket listener (imd
+	// --ws-listen; the path is not significant, "/" is conventional).
+	// wss:// is not supported: the client has no TLS settings. Required
+	// unless Resolver is set; a Resolver may return either form too.
 	Addr string
 
 	// User is the user id. Required with Password; with a token it may be
@@ -82,7 +86,8 @@ type Config struct {
 	// in it. Default codec.Protobuf.
 	Serializer codec.SerializerID
 
-	// DialTimeout bounds one TCP connect. Default 5s.
+	// DialTimeout bounds one TCP connect, and for a ws:// address the
+	// WebSocket handshake with it. Default 5s.
 	DialTimeout time.Duration
 	// RequestTimeout bounds the wait for one reply (one attempt). Default
 	// 5s. Idempotent calls retry after a timeout; see Send.
@@ -155,8 +160,9 @@ type Config struct {
 
 	// Resolver picks the node for each (re)connect; nil returns Addr.
 	Resolver Resolver
-	// DialContext opens the TCP connection; nil uses a net.Dialer. Tests use
-	// it to inject faults.
+	// DialContext opens the TCP connection (for a ws:// address, the one
+	// the WebSocket runs on); nil uses a net.Dialer. Tests use it to
+	// inject faults.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 

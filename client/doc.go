@@ -13,6 +13,20 @@
 //	}()
 //	ack, err := c.Send(ctx, "bob", []byte("hi"))
 //
+// # WebSocket
+//
+// An address written "ws://host:port/" (Config.Addr, or what a Resolver
+// returns) connects to the node's WebSocket listener (imd --ws-listen)
+// instead of its TCP one, with the same protocol and guarantees
+// (docs/protocol.md §10): every frame the client writes goes out as one
+// masked binary message, the payloads of the node's binary messages are
+// read as one frame stream, pings are answered. A text message, a frame
+// that breaks RFC 6455, or a close frame other than normal closure or
+// going away ends the connection with an error matching ErrWebSocket; like
+// any lost connection it is then redialed. wss:// is not supported (the
+// client has no TLS settings): put the node's plain WebSocket listener, or
+// its raw TCP one, within reach.
+//
 // # Guarantees
 //
 //   - Receiving: Messages delivers every entry of the user's inbox after
@@ -40,7 +54,7 @@
 // Server failures are *Error values carrying the protocol code (compare
 // with errors.Is(err, &client.Error{Code: codec.CodeUserExists}) or
 // errors.As). Sentinels: ErrClosed, ErrKicked, ErrConnectionLost,
-// ErrTimeout, ErrProtocol.
+// ErrTimeout, ErrProtocol, ErrWebSocket.
 //
 // # Concurrency
 //

@@ -31,7 +31,7 @@ func Register(ctx context.Context, cfg Config) (*pb.RegisterOK, error) {
 		return nil, fmt.Errorf("client: register: resolve: %w", err)
 	}
 	dctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
-	nc, err := cfg.DialContext(dctx, "tcp", addr)
+	nc, err := dialNode(dctx, &cfg, addr)
 	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("client: register: dial %s: %w", addr, err)

@@ -26,8 +26,12 @@ type CheckConfig struct {
 	Quiet    time.Duration // no-fault phase before the first fault
 	Faults   []string
 	Seed     uint64
-	Out      io.Writer
-	Logf     func(string, ...any)
+	// WS makes every checker client connect to the nodes' WebSocket
+	// listeners: the router still picks the node, the client dials that
+	// node's ws:// URL (clusterkit.Cluster.ClientConfigWS).
+	WS   bool
+	Out  io.Writer
+	Logf func(string, ...any)
 }
 
 // AllFaults lists the faults in their default order.
@@ -36,6 +40,12 @@ var AllFaults = []string{"kill", "pause", "zk-expire", "redis-flush", "mongo-res
 
 // ShortFaults is the --short set.
 var ShortFaults = []string{"kill", "pause", "zk-expire", "redis-flush", "mongo-restart", "net-reset", "mesh-partition"}
+
+// WSShortFaults is the fault set of the short WebSocket run: those that
+// end or stall the clients' WebSocket connections (a node killed, paused
+// past the idle timeout, drained with GO_AWAY and close 1001, every
+// client connection reset) plus a dependency fault.
+var WSShortFaults = []string{"net-reset", "term", "kill", "pause", "mongo-restart"}
 
 // Counts is the checker's verdict.
 type Counts struct {
@@ -71,6 +81,13 @@ type CheckReport struct {
 	Drain    time.Duration
 	Wall     time.Duration
 	SendErrs map[string]int
+
+	// WS: the clients used WebSocket. TCPConns and WSConns count the
+	// clients' connections through the nodes' TCP and WebSocket proxies
+	// once every client has logged in: proof of the transport the run
+	// used.
+	WS                bool
+	TCPConns, WSConns int
 }
 
 type sendRec struct {
@@ -106,12 +123,18 @@ func Check(ctx context.Context, cfg CheckConfig) (*CheckReport, error) {
 	}
 	rng := rand.New(rand.NewPCG(cfg.Seed, 1))
 	c, err := clusterkit.Start(ctx, clusterkit.Config{Bin: cfg.Bin, Nodes: cfg.Nodes, Router: true, ProxyDeps: true,
-		ProxyClients: true, NodeArgs: []string{"--heartbeat", "1s", "--idle-timeout", "3s"}, Logf: cfg.Logf})
+		ProxyClients: true, WS: cfg.WS, NodeArgs: []string{"--heartbeat", "1s", "--idle-timeout", "3s"}, Logf: cfg.Logf})
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
 	cfg.Logf("cluster up: %d nodes, router %s (%.1fs)", cfg.Nodes, c.RouterURL(), time.Since(wall).Seconds())
+	clientConfig := func(user, device string) client.Config {
+		if cfg.WS {
+			return c.ClientConfigWS(user, device)
+		}
+		return clusterkit.ClientConfig(c.RouterURL(), "", user, device)
+	}
 	l := &ledger{sends: map[string]*sendRec{}, recv: map[string][]recvRec{}, errs: map[string]int{}}
 	ch := newChatLedger()
 	users := make([]string, cfg.Clients)
@@ -121,7 +144,7 @@ func Check(ctx context.Context, cfg CheckConfig) (*CheckReport, error) {
 	clients := make([]*client.Client, len(users))
 	var recvWG sync.WaitGroup
 	for i, u := range users {
-		cl, err := client.Dial(ctx, clusterkit.ClientConfig(c.RouterURL(), "", u, "d"))
+		cl, err := client.Dial(ctx, clientConfig(u, "d"))
 		if err != nil {
 			return nil, fmt.Errorf("dial %s: %w", u, err)
 		}
@@ -182,7 +205,13 @@ func Check(ctx context.Context, cfg CheckConfig) (*CheckReport, error) {
 		rng := rand.New(rand.NewPCG(cfg.Seed, uint64(i)+1<<32))
 		sendWG.Go(func() { ch.reader(sctx, cl, users[i], rng) })
 	}
-	rep := &CheckReport{SendErrs: l.errs}
+	rep := &CheckReport{SendErrs: l.errs, WS: cfg.WS}
+	for _, n := range c.Nodes { // a proxied connection is two sockets
+		rep.TCPConns += n.ClientProxy.Conns() / 2
+		if n.WSProxy != nil {
+			rep.WSConns += n.WSProxy.Conns() / 2
+		}
+	}
 	time.Sleep(cfg.Quiet)
 	end := time.Now().Add(cfg.Duration)
 	for k := 0; time.Now().Before(end) && ctx.Err() == nil; k++ {
@@ -205,7 +234,7 @@ func Check(ctx context.Context, cfg CheckConfig) (*CheckReport, error) {
 	}
 	_ = clusterkit.Poll(ctx, 60*time.Second, "drain", func() bool { return l.missing() == 0 })
 	chat := ch.finish(ctx, users, clients, func(u string) (*client.Client, error) {
-		cc := clusterkit.ClientConfig(c.RouterURL(), "", u, "d2")
+		cc := clientConfig(u, "d2")
 		cc.SendOnly = true
 		return client.Dial(ctx, cc)
 	})
@@ -412,8 +441,11 @@ func inject(ctx context.Context, c *clusterkit.Cluster, name string, rng *rand.R
 		time.Sleep(3 * time.Second)
 		n.MongoProxy.Heal()
 		n.RedisProxy.Heal()
-	case "net-reset": // RST every client, Mongo and Redis connection of the node
+	case "net-reset": // RST every client (TCP and WebSocket), Mongo and Redis connection of the node
 		n.ClientProxy.Reset()
+		if n.WSProxy != nil {
+			n.WSProxy.Reset()
+		}
 		n.MongoProxy.Reset()
 		n.RedisProxy.Reset()
 	case "mesh-delay": // 100 ms each way on every peer's link into the node
@@ -461,7 +493,8 @@ func (r *CheckReport) Print(w io.Writer) {
 	if !r.OK() {
 		ok = "FAIL"
 	}
-	fmt.Fprintf(w, "\nchecker verdict: %s (wall %.0fs, drain %.1fs)\n", ok, r.Wall.Seconds(), r.Drain.Seconds())
+	fmt.Fprintf(w, "\nchecker verdict: %s (clients over %s, wall %.0fs, drain %.1fs)\n", ok, transport(r.WS), r.Wall.Seconds(), r.Drain.Seconds())
+	fmt.Fprintf(w, "client connections once logged in: %d TCP, %d WebSocket\n", r.TCPConns, r.WSConns)
 	fmt.Fprintf(w, "| attempted | acked | failed | delivered | lost | recovered | unexpected | twice | order | gaps | ack p50 | ack p99 |\n")
 	fmt.Fprintf(w, "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	fmt.Fprintf(w, "| %d | %d | %d | %d | %d | %d | %d | %d | %d | %d | %s | %s |\n", r.Attempted, r.Acked, r.Failed,
@@ -480,6 +513,13 @@ func (r *CheckReport) Print(w io.Writer) {
 			e.Repaired.Sub(e.Start).Seconds(), e.Healed.Sub(e.Repaired).Seconds(), e.Unavailable.Seconds(),
 			ms(e.Before[0]), ms(e.Before[1]), ms(e.During[0]), ms(e.During[1]), ms(e.After[0]), ms(e.After[1]), errOrEmpty(e.Err))
 	}
+}
+
+func transport(ws bool) string {
+	if ws {
+		return "WebSocket"
+	}
+	return "TCP"
 }
 
 func ms(d time.Duration) string {

@@ -15,18 +15,33 @@ import (
 // set for 25s) on real processes and asserts the must-be-zero counts,
 // read cursors and recalls included.
 func TestShortCheck(t *testing.T) {
+	dur := 25 * time.Second
+	if testing.Short() {
+		dur = 12 * time.Second
+	}
+	shortCheck(t, CheckConfig{Nodes: 3, Clients: 8, Rate: 40, Duration: dur, Quiet: 3 * time.Second,
+		Faults: ShortFaults, Seed: 1})
+}
+
+// TestShortCheckWebSocket is TestShortCheck with every client on the
+// nodes' WebSocket listeners, under the faults that end or stall those
+// connections, kept shorter (it runs in make test as well).
+func TestShortCheckWebSocket(t *testing.T) {
+	shortCheck(t, CheckConfig{Nodes: 3, Clients: 8, Rate: 40, Duration: 12 * time.Second, Quiet: 2 * time.Second,
+		Faults: WSShortFaults, Seed: 2, WS: true})
+}
+
+// shortCheck runs Check with cfg on freshly built binaries and fails the
+// test on any must-be-zero count or fault error.
+func shortCheck(t *testing.T, cfg CheckConfig) {
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
 	bin, err := clusterkit.Build(ctx, filepath.Join(os.TempDir(), "imgn-imcheck-bin"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	dur := 25 * time.Second
-	if testing.Short() {
-		dur = 12 * time.Second
-	}
-	rep, err := Check(ctx, CheckConfig{Bin: bin, Nodes: 3, Clients: 8, Rate: 40, Duration: dur, Quiet: 3 * time.Second,
-		Faults: ShortFaults, Seed: 1, Logf: t.Logf})
+	cfg.Bin, cfg.Logf = bin, t.Logf
+	rep, err := Check(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,6 +50,13 @@ func TestShortCheck(t *testing.T) {
 	t.Log(buf.String())
 	if rep.Acked == 0 {
 		t.Fatal("nothing acked")
+	}
+	asked, other := rep.TCPConns, rep.WSConns
+	if cfg.WS {
+		asked, other = other, asked
+	}
+	if asked != cfg.Clients || other != 0 { // each client has one connection, on the transport asked for
+		t.Fatalf("client connections: %d TCP, %d WebSocket; want all %d on %s", rep.TCPConns, rep.WSConns, cfg.Clients, transport(cfg.WS))
 	}
 	c := rep.Counts
 	if c.Lost != 0 || c.Unexpected != 0 || c.Twice != 0 || c.Order != 0 || c.Gaps != 0 {

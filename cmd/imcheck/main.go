@@ -1,6 +1,6 @@
 // Command imcheck proves the delivery guarantees from the outside.
 //
-//	imcheck check  [--short] [--nodes 3] [--clients 12] [--rate 60] [--duration 60s] [--faults kill,pause,...]
+//	imcheck check  [--short] [--ws] [--nodes 3] [--clients 12] [--rate 60] [--duration 60s] [--faults kill,pause,...]
 //	imcheck attack [--short] [--rate 100] [--clients 4]
 //
 // check starts a local cluster of real processes (ZooKeeper, Redis, the
@@ -101,14 +101,18 @@ func runCheck(ctx context.Context, args []string, out, stderr io.Writer) int {
 	quiet := fs.Duration("quiet", 5*time.Second, "fault-free phase before the first fault")
 	faults := fs.String("faults", strings.Join(AllFaults, ","), "faults, applied in turn: "+strings.Join(AllFaults, ","))
 	seed := fs.Uint64("seed", uint64(time.Now().UnixNano()), "random seed (targets, peers)")
+	ws := fs.Bool("ws", false, "clients connect to the nodes' WebSocket listeners (routed by the router) instead of TCP; with --short, the WebSocket fault set")
 	bin := fs.String("bin", "", "directory with imd and imrouter (default: build them)")
 	if code, stop := envflag.Exit("imcheck check", fs.Parse(args, nil), stderr); stop {
 		return code
 	}
 	cfg := CheckConfig{Nodes: *nodes, Clients: *clients, Rate: *rate, Duration: *dur, Quiet: *quiet,
-		Faults: strings.Split(*faults, ","), Seed: *seed, Logf: log.Printf}
+		Faults: strings.Split(*faults, ","), Seed: *seed, WS: *ws, Logf: log.Printf}
 	if *short {
 		cfg.Nodes, cfg.Clients, cfg.Rate, cfg.Duration, cfg.Quiet, cfg.Faults = 3, 8, 40, 25*time.Second, 3*time.Second, ShortFaults
+		if *ws {
+			cfg.Duration, cfg.Quiet, cfg.Faults = 12*time.Second, 2*time.Second, WSShortFaults
+		}
 	}
 	b, err := binDir(ctx, *bin)
 	if err != nil {
@@ -116,8 +120,8 @@ func runCheck(ctx context.Context, args []string, out, stderr io.Writer) int {
 		return 1
 	}
 	cfg.Bin = b
-	log.Printf("imcheck check: %d nodes, %d clients, %.0f msg/s, %v of faults %v, seed %d",
-		cfg.Nodes, cfg.Clients, cfg.Rate, cfg.Duration, cfg.Faults, cfg.Seed)
+	log.Printf("imcheck check: %d nodes, %d clients over %s, %.0f msg/s, %v of faults %v, seed %d",
+		cfg.Nodes, cfg.Clients, transport(cfg.WS), cfg.Rate, cfg.Duration, cfg.Faults, cfg.Seed)
 	rep, err := Check(ctx, cfg)
 	if err != nil {
 		log.Print(err)

@@ -41,6 +41,10 @@ type Config struct {
 	// connections through its own proxies; ProxyClients puts a proxy in
 	// front of each node's client listener (see the package comment).
 	ProxyDeps, ProxyClients bool
+	// WS gives every node a WebSocket listener on a free loopback port
+	// (Node.WSListen; behind Node.WSProxy with ProxyClients). The router
+	// still hands out the TCP addresses: Cluster.ClientConfigWS maps them.
+	WS bool
 	// Logf receives progress lines; nil discards.
 	Logf func(format string, args ...any)
 }
@@ -146,7 +150,7 @@ func (c *Cluster) newNode(id string) (*Node, error) {
 		}
 		zk, redis, mongo = zp.Addr, rp.Addr, "mongodb://"+mp.Addr+"/"
 	}
-	n, err := NewNode(NodeSpec{Bin: c.cfg.Bin, Dir: c.Dir, ID: id, ClientProxy: c.cfg.ProxyClients})
+	n, err := NewNode(NodeSpec{Bin: c.cfg.Bin, Dir: c.Dir, ID: id, ClientProxy: c.cfg.ProxyClients, WS: c.cfg.WS})
 	if err != nil {
 		return nil, err
 	}

@@ -67,3 +67,55 @@ func TestSingleNodeLifecycle(t *testing.T) {
 		t.Fatal("SIGTERM did not stop the node")
 	}
 }
+
+// TestNodeWebSocket: a node made with NodeSpec.WS serves the protocol on
+// its WebSocket listener, through the WebSocket proxy; resetting that
+// proxy's connections sends the client to reconnect, and it carries on.
+func TestNodeWebSocket(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	bin, err := Build(ctx, filepath.Join(os.TempDir(), "imgn-clusterkit-bin"), "imd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := NewNode(NodeSpec{Bin: bin, Dir: t.TempDir(), ID: "ws", ClientProxy: true, WS: true,
+		Args: []string{"--store", "memory", "--jwt-secret", Secret, "--log-level", "warn"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if err := n.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n.WSProxy == nil || n.WSURL() != "ws://"+n.WSProxy.Addr+"/" {
+		t.Fatalf("WSURL %q, proxy %v", n.WSURL(), n.WSProxy)
+	}
+	cl, err := client.Dial(ctx, ClientConfig("", n.WSURL(), "alice", "d"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if _, err := cl.Send(ctx, "alice", []byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	if n.WSProxy.Conns() != 2 || n.ClientProxy.Conns() != 0 { // a proxied connection counts twice
+		t.Fatalf("sockets: WebSocket proxy %d, TCP proxy %d; want 2, 0", n.WSProxy.Conns(), n.ClientProxy.Conns())
+	}
+	n.WSProxy.Reset()
+	if _, err := cl.Send(ctx, "alice", []byte("two")); err != nil {
+		t.Fatalf("send after the reset: %v", err)
+	}
+	for i, want := range []string{"one", "two"} {
+		select {
+		case m := <-cl.Messages():
+			if m.Seq != uint64(i+1) || string(m.Body) != want {
+				t.Fatalf("message %d: seq %d %q", i, m.Seq, m.Body)
+			}
+		case <-ctx.Done():
+			t.Fatal("no message")
+		}
+	}
+	if err := Poll(ctx, 10*time.Second, "reconnect", func() bool { return n.WSProxy.Conns() == 2 }); err != nil {
+		t.Fatal(err)
+	}
+}

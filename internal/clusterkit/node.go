@@ -22,8 +22,16 @@ type Node struct {
 	// Listen is the client listener; Advertise is what the router hands
 	// out (ClientProxy.Addr with Config.ProxyClients, else Listen).
 	Listen, Advertise, Admin, Mesh string
+	// WSListen is the WebSocket listener (--ws-listen), "" unless asked
+	// for (NodeSpec.WS, Config.WS); WSAdvertise is where clients reach it
+	// (WSProxy.Addr with a client proxy, else WSListen).
+	WSListen, WSAdvertise string
 	// Proxies, nil unless asked for (see the package comment).
 	ClientProxy, ZKProxy, RedisProxy, MongoProxy *testsvc.Proxy
+	// WSProxy sits in front of the WebSocket listener when both a client
+	// proxy and WebSocket are asked for, so the client-side network faults
+	// reach WebSocket connections too.
+	WSProxy *testsvc.Proxy
 	// MeshProxy sits in front of the node's mesh listener; every peer's
 	// link into this node passes through it (Config.ProxyDeps).
 	MeshProxy *testsvc.Proxy
@@ -35,8 +43,12 @@ type NodeSpec struct {
 	Dir  string // directory for the log (and the embedded store's data)
 	ID   string
 	Args []string // flags after --node-id/--listen/--admin (and --mesh-listen in a cluster)
-	// ClientProxy puts a testsvc.Proxy in front of the client listener.
+	// ClientProxy puts a testsvc.Proxy in front of the client listener
+	// (and of the WebSocket listener with WS).
 	ClientProxy bool
+	// WS gives the node a WebSocket listener (--ws-listen) on a free
+	// loopback port.
+	WS bool
 }
 
 // NewNode picks free ports and prepares a node; Start runs it.
@@ -59,10 +71,33 @@ func NewNode(spec NodeSpec) (*Node, error) {
 		}
 		n.Advertise = n.ClientProxy.Addr
 	}
-	args := append([]string{"--node-id", n.ID, "--listen", n.Listen, "--admin", n.Admin}, spec.Args...)
+	args := []string{"--node-id", n.ID, "--listen", n.Listen, "--admin", n.Admin}
+	if spec.WS {
+		if n.WSListen, err = addr(); err != nil {
+			return nil, err
+		}
+		n.WSAdvertise = n.WSListen
+		if spec.ClientProxy {
+			if n.WSProxy, err = testsvc.NewProxy(n.WSListen); err != nil {
+				return nil, err
+			}
+			n.WSAdvertise = n.WSProxy.Addr
+		}
+		args = append(args, "--ws-listen", n.WSListen)
+	}
+	args = append(args, spec.Args...)
 	n.Proc = &Proc{Name: n.ID, Path: filepath.Join(spec.Bin, "imd"), Args: args,
 		LogPath: filepath.Join(spec.Dir, n.ID+".log")}
 	return n, nil
+}
+
+// WSURL is the URL clients dial for the node's WebSocket listener
+// ("ws://" + WSAdvertise + "/"), "" without one.
+func (n *Node) WSURL() string {
+	if n.WSAdvertise == "" {
+		return ""
+	}
+	return "ws://" + n.WSAdvertise + "/"
 }
 
 // Start (re)starts the process and waits until /readyz answers 200.
@@ -214,7 +249,7 @@ func GetJSON(ctx context.Context, url string, out any) error {
 // Close kills the process and closes its proxies.
 func (n *Node) Close() {
 	_ = n.Kill()
-	for _, p := range []*testsvc.Proxy{n.ClientProxy, n.ZKProxy, n.RedisProxy, n.MongoProxy, n.MeshProxy} {
+	for _, p := range []*testsvc.Proxy{n.ClientProxy, n.WSProxy, n.ZKProxy, n.RedisProxy, n.MongoProxy, n.MeshProxy} {
 		if p != nil {
 			p.Close()
 		}

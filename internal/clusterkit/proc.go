@@ -14,6 +14,11 @@
 // (published with imd's --mesh-advertise); with Config.ProxyClients clients
 // reach each node through a proxy published as the node's --advertise
 // address (Node.ClientProxy).
+//
+// WebSocket: with Config.WS every node also listens with --ws-listen
+// (Node.WSListen), behind its own proxy with ProxyClients (Node.WSProxy),
+// and Cluster.ClientConfigWS makes clients connect there, routed by the
+// router like TCP clients.
 package clusterkit
 
 import (
