@@ -79,28 +79,24 @@ func cmdSend(ctx context.Context, e *env, args []string) error {
 	case *kind > 1<<32-1:
 		return usagef("--kind out of range")
 	}
-	ctx, cancel := withTimeout(ctx, cf.timeout)
-	defer cancel()
-	c, err := dialFor(ctx, e, cf, func(cfg *client.Config) { cfg.SendOnly = true })
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	opts := []client.SendOption{client.WithKind(uint32(*kind))}
-	if *id != "" {
-		opts = append(opts, client.WithClientMsgID(*id))
-	}
-	var ack *pb.SendAck
-	if *to != "" {
-		ack, err = c.Send(ctx, *to, []byte(body), opts...)
-	} else {
-		ack, err = c.SendGroup(ctx, *group, []byte(body), opts...)
-	}
-	if err != nil {
-		return err
-	}
-	printSendAck(e, f.json, *to, *group, ack)
-	return nil
+	return withSender(ctx, e, cf, func(ctx context.Context, c *client.Client) error {
+		var err error
+		opts := []client.SendOption{client.WithKind(uint32(*kind))}
+		if *id != "" {
+			opts = append(opts, client.WithClientMsgID(*id))
+		}
+		var ack *pb.SendAck
+		if *to != "" {
+			ack, err = c.Send(ctx, *to, []byte(body), opts...)
+		} else {
+			ack, err = c.SendGroup(ctx, *group, []byte(body), opts...)
+		}
+		if err != nil {
+			return err
+		}
+		printSendAck(e, f.json, *to, *group, ack)
+		return nil
+	})
 }
 
 // printSendAck says what each side sees of a sent message: both find it
@@ -306,53 +302,49 @@ func cmdGroup(ctx context.Context, e *env, args []string) error {
 	case (action == "admin" || action == "unadmin" || action == "transfer") && *member == "":
 		return usagef("--member is required")
 	}
-	ctx, cancel := withTimeout(ctx, cf.timeout)
-	defer cancel()
-	c, err := dialFor(ctx, e, cf, func(cfg *client.Config) { cfg.SendOnly = true })
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	var gi *pb.GroupInfo
-	switch action {
-	case "create":
-		if *open {
-			gi, err = c.CreateOpenGroup(ctx, *name, splitList(*members)...)
+	return withSender(ctx, e, cf, func(ctx context.Context, c *client.Client) error {
+		var err error
+		var gi *pb.GroupInfo
+		switch action {
+		case "create":
+			if *open {
+				gi, err = c.CreateOpenGroup(ctx, *name, splitList(*members)...)
+			} else {
+				gi, err = c.CreateGroup(ctx, *name, splitList(*members)...)
+			}
+		case "join":
+			gi, err = c.JoinGroup(ctx, *group)
+		case "leave":
+			gi, err = c.LeaveGroup(ctx, *group)
+		case "members":
+			gi, err = c.GroupMembers(ctx, *group)
+		case "add":
+			gi, err = c.AddGroupMembers(ctx, *group, splitList(*members)...)
+		case "remove":
+			gi, err = c.RemoveGroupMembers(ctx, *group, splitList(*members)...)
+		case "admin", "unadmin":
+			gi, err = c.SetGroupAdmin(ctx, *group, *member, action == "admin")
+		case "transfer":
+			gi, err = c.TransferGroup(ctx, *group, *member)
+		}
+		if err != nil {
+			return err
+		}
+		if f.json {
+			writeJSON(e.stdout, map[string]any{"ok": true, "group_id": gi.GetGroupId(), "name": gi.GetName(), "owner": gi.GetOwner(),
+				"members": nonNil(gi.GetMembers()), "admins": nonNil(gi.GetAdmins()), "open": gi.GetOpen()})
+		} else if action == "leave" {
+			fmt.Fprintf(e.stdout, "left group %s\n", gi.GetGroupId())
 		} else {
-			gi, err = c.CreateGroup(ctx, *name, splitList(*members)...)
+			policy := "invite-only"
+			if gi.GetOpen() {
+				policy = "open"
+			}
+			fmt.Fprintf(e.stdout, "group %s %q (%s) owner %s admins: %s members: %s\n", gi.GetGroupId(), gi.GetName(), policy, gi.GetOwner(),
+				strings.Join(gi.GetAdmins(), ", "), strings.Join(gi.GetMembers(), ", "))
 		}
-	case "join":
-		gi, err = c.JoinGroup(ctx, *group)
-	case "leave":
-		gi, err = c.LeaveGroup(ctx, *group)
-	case "members":
-		gi, err = c.GroupMembers(ctx, *group)
-	case "add":
-		gi, err = c.AddGroupMembers(ctx, *group, splitList(*members)...)
-	case "remove":
-		gi, err = c.RemoveGroupMembers(ctx, *group, splitList(*members)...)
-	case "admin", "unadmin":
-		gi, err = c.SetGroupAdmin(ctx, *group, *member, action == "admin")
-	case "transfer":
-		gi, err = c.TransferGroup(ctx, *group, *member)
-	}
-	if err != nil {
-		return err
-	}
-	if f.json {
-		writeJSON(e.stdout, map[string]any{"ok": true, "group_id": gi.GetGroupId(), "name": gi.GetName(), "owner": gi.GetOwner(),
-			"members": nonNil(gi.GetMembers()), "admins": nonNil(gi.GetAdmins()), "open": gi.GetOpen()})
-	} else if action == "leave" {
-		fmt.Fprintf(e.stdout, "left group %s\n", gi.GetGroupId())
-	} else {
-		policy := "invite-only"
-		if gi.GetOpen() {
-			policy = "open"
-		}
-		fmt.Fprintf(e.stdout, "group %s %q (%s) owner %s admins: %s members: %s\n", gi.GetGroupId(), gi.GetName(), policy, gi.GetOwner(),
-			strings.Join(gi.GetAdmins(), ", "), strings.Join(gi.GetMembers(), ", "))
-	}
-	return nil
+		return nil
+	})
 }
 
 // nonNil returns ss, or an empty slice for nil (a JSON [] rather than null).
@@ -426,57 +418,52 @@ func cmdPresence(ctx context.Context, e *env, args []string) error {
 	if len(list) == 0 {
 		return usagef("no users given")
 	}
-	ctx, cancel := withTimeout(ctx, cf.timeout)
-	defer cancel()
-	c, err := dialFor(ctx, e, cf, func(cfg *client.Config) { cfg.SendOnly = true })
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	ps, err := c.Presence(ctx, list...)
-	if err != nil {
-		return err
-	}
-	var unknown []string
-	for _, p := range ps {
-		if p.GetUnknown() {
-			unknown = append(unknown, p.GetUser())
+	return withSender(ctx, e, cf, func(ctx context.Context, c *client.Client) error {
+		ps, err := c.Presence(ctx, list...)
+		if err != nil {
+			return err
 		}
-	}
-	var failed error
-	if len(unknown) > 0 {
-		failed = fmt.Errorf("no such user: %s", strings.Join(unknown, ", "))
-	}
-	if f.json {
-		out := make([]map[string]any, 0, len(ps))
+		var unknown []string
 		for _, p := range ps {
-			devices := p.GetDevices()
-			if devices == nil {
-				devices = []string{}
-			}
-			u := map[string]any{"user": p.GetUser(), "online": p.GetOnline(), "devices": devices}
 			if p.GetUnknown() {
-				u["unknown"] = true
+				unknown = append(unknown, p.GetUser())
 			}
-			out = append(out, u)
 		}
-		res := map[string]any{"ok": failed == nil, "users": out}
-		if failed != nil {
-			res["error"] = failed.Error()
-			failed = &reportedError{failed}
+		var failed error
+		if len(unknown) > 0 {
+			failed = fmt.Errorf("no such user: %s", strings.Join(unknown, ", "))
 		}
-		writeJSON(e.stdout, res)
+		if f.json {
+			out := make([]map[string]any, 0, len(ps))
+			for _, p := range ps {
+				devices := p.GetDevices()
+				if devices == nil {
+					devices = []string{}
+				}
+				u := map[string]any{"user": p.GetUser(), "online": p.GetOnline(), "devices": devices}
+				if p.GetUnknown() {
+					u["unknown"] = true
+				}
+				out = append(out, u)
+			}
+			res := map[string]any{"ok": failed == nil, "users": out}
+			if failed != nil {
+				res["error"] = failed.Error()
+				failed = &reportedError{failed}
+			}
+			writeJSON(e.stdout, res)
+			return failed
+		}
+		for _, p := range ps {
+			switch {
+			case p.GetUnknown():
+				// reported as the command's error
+			case p.GetOnline():
+				fmt.Fprintf(e.stdout, "%s online (%s)\n", p.GetUser(), strings.Join(p.GetDevices(), ", "))
+			default:
+				fmt.Fprintf(e.stdout, "%s offline\n", p.GetUser())
+			}
+		}
 		return failed
-	}
-	for _, p := range ps {
-		switch {
-		case p.GetUnknown():
-			// reported as the command's error
-		case p.GetOnline():
-			fmt.Fprintf(e.stdout, "%s online (%s)\n", p.GetUser(), strings.Join(p.GetDevices(), ", "))
-		default:
-			fmt.Fprintf(e.stdout, "%s offline\n", p.GetUser())
-		}
-	}
-	return failed
+	})
 }
