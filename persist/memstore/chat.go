@@ -21,7 +21,8 @@ import (
 
 // conv is one conversation of an inbox.
 type conv struct {
-	idx    []convEntry // idx[off:] is the index; idx[:off] is dead
+	id     persist.ConvID // its key in inbox.convs (the store's copy)
+	idx    []convEntry    // idx[off:] is the index; idx[:off] is dead
 	off    int
 	last   uint64 // seq of the newest message (kept when retention removes it)
 	others uint64 // messages from others, ever
@@ -41,14 +42,21 @@ func (m *messages) converse(in *inbox, msg *persist.Message, seq uint64) {
 	if id.ID == "" {
 		return // a system message: no conversation
 	}
-	c := in.convs[id]
-	if c == nil {
-		if in.convs == nil {
-			in.convs = make(map[persist.ConvID]*conv)
+	// Consecutive messages of an inbox are mostly of one conversation:
+	// the last one is checked before the map (whose key hashing costs as
+	// much as the rest of this function).
+	c := in.lastConv
+	if c == nil || c.id != id {
+		c = in.convs[id]
+		if c == nil {
+			if in.convs == nil {
+				in.convs = make(map[persist.ConvID]*conv)
+			}
+			id.ID = strings.Clone(id.ID)
+			c = &conv{id: id}
+			in.convs[id] = c
 		}
-		id.ID = strings.Clone(id.ID)
-		c = &conv{}
-		in.convs[id] = c
+		in.lastConv = c
 	}
 	for c.off < len(c.idx) && c.idx[c.off].seq < in.first {
 		c.off++
@@ -260,7 +268,7 @@ func (s *Store) SeqOf(ctx context.Context, user string, msgID uint64) (uint64, e
 // held returns the seq, slot and record of message msgID in in, or seq 0
 // when in (which may be nil) does not hold it.
 func (m *messages) held(in *inbox, msgID uint64) (uint64, uint64, *record) {
-	slot, ok := m.byID[msgID]
+	slot, ok := m.idSlot(msgID)
 	if !ok || in == nil {
 		return 0, 0, nil
 	}
@@ -279,7 +287,7 @@ func (m *messages) held(in *inbox, msgID uint64) (uint64, uint64, *record) {
 func (m *messages) event(req *persist.EventRequest, ev uint32, r *record, c *chunk) (uint64, *record) {
 	msg := c.message(r)
 	e := persist.Message{ID: req.ID, From: msg.From, To: msg.To, Group: msg.Group, Timestamp: req.Timestamp, Event: ev, Target: msg.ID}
-	return m.store(&e)
+	return m.store(&e, nil)
 }
 
 // eventMessage returns the event record at slot as a caller-owned message.
@@ -356,7 +364,7 @@ func (s *Store) recall(ctx context.Context, req persist.EventRequest) (persist.E
 	if r.ts < req.NotBefore {
 		return persist.EventResult{}, fmt.Errorf("memstore: recall %d: %w", req.Target, persist.ErrRecallWindow)
 	}
-	if _, taken := m.byID[req.ID]; taken || req.ID == 0 {
+	if _, taken := m.idSlot(req.ID); taken || req.ID == 0 {
 		return persist.EventResult{}, fmt.Errorf("memstore: recall: %w: event id %d", persist.ErrInvalid, req.ID)
 	}
 	evslot, er := m.event(&req, persist.EventRecall, r, c)
@@ -402,7 +410,7 @@ func (s *Store) delete(ctx context.Context, req persist.EventRequest) (persist.E
 	if _, hidden, _ := in.slotAt(seq); hidden {
 		return persist.EventResult{Duplicate: true}, nil
 	}
-	if _, taken := m.byID[req.ID]; taken || req.ID == 0 {
+	if _, taken := m.idSlot(req.ID); taken || req.ID == 0 {
 		return persist.EventResult{}, fmt.Errorf("memstore: delete: %w: event id %d", persist.ErrInvalid, req.ID)
 	}
 	_, c := m.rec(slot)

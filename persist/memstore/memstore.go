@@ -53,8 +53,9 @@ func New() *Store {
 
 // NewWith returns an empty Store bounded by r (see persist.Retention; a
 // negative setting is an error). The cap (InboxMax) is enforced on every
-// append; age (MaxAge) and the dedup window by passes that appends run at
-// most once a second, and by EnforceRetention.
+// append; age (MaxAge) and the dedup window by passes that appends start at
+// most once a second and advance a few records at a time (so retention
+// keeps pace with any append rate), and by EnforceRetention.
 func NewWith(r persist.Retention) (*Store, error) {
 	r, err := r.WithDefaults()
 	if err != nil {
@@ -98,7 +99,7 @@ func (s *Store) EnforceRetention(ctx context.Context) error {
 	if s.closed {
 		return persist.ErrClosed
 	}
-	s.m.pass(s.m.clock(), 0)
+	s.m.pass(s.m.clock())
 	return nil
 }
 
@@ -119,8 +120,9 @@ func (s *Store) Append(ctx context.Context, msg persist.Message, inboxes []strin
 		return persist.AppendResult{}, err
 	}
 	op := persist.AppendOp{Msg: msg, Inboxes: inboxes}
+	err := persist.CheckAppend(msg, inboxes)
 	s.mu.Lock()
-	s.appendLocked(&op)
+	s.appendLocked(&op, err)
 	if op.Err == nil && op.Result.Duplicate {
 		// The original lives in the store's arena, which a later append
 		// may reuse once it expires: copy it while the lock holds.
@@ -142,20 +144,24 @@ func (s *Store) NonBlocking() {}
 // strings and Body are the store's own, valid only during Done (the
 // arena of an expired message is reused).
 func (s *Store) AppendAsync(op *persist.AppendOp) {
+	// Validation reads only op: it runs before the lock, which is held for
+	// as little as possible (every event loop appends under it).
+	err := persist.CheckAppend(op.Msg, op.Inboxes)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.appendLocked(op)
+	s.appendLocked(op, err)
 	op.Done.AppendDone(op)
 }
 
-// appendLocked runs op (s.mu held), filling op.Result or op.Err. Result.Seqs
+// appendLocked runs op (s.mu held), filling op.Result or op.Err. checkErr is
+// persist.CheckAppend's verdict on op, taken before the lock. Result.Seqs
 // reuses the capacity op brought. On a fresh insert Result.Msg is op.Msg;
 // on a duplicate it is the stored message, in the store's arena.
-func (s *Store) appendLocked(op *persist.AppendOp) {
+func (s *Store) appendLocked(op *persist.AppendOp, checkErr error) {
 	msg, inboxes := &op.Msg, op.Inboxes
 	op.Result, op.Err = persist.AppendResult{Seqs: op.Result.Seqs[:0]}, nil
-	if err := persist.CheckAppend(*msg, inboxes); err != nil {
-		op.Err = fmt.Errorf("memstore: append: %w", err)
+	if checkErr != nil {
+		op.Err = fmt.Errorf("memstore: append: %w", checkErr)
 		return
 	}
 	if s.closed {
@@ -163,23 +169,23 @@ func (s *Store) appendLocked(op *persist.AppendOp) {
 		return
 	}
 	m := s.m
-	m.expire(1024)
+	m.expire()
 	res := &op.Result
 	res.Msg = *msg
 	var r *record
-	slot, dup := m.lookup(msg.From, msg.ClientMsgID)
+	slot, dup, probe := m.find(msg.From, msg.ClientMsgID)
 	if dup {
 		var c *chunk
 		r, c = m.rec(slot)
 		res.Msg = c.message(r)
 		res.Duplicate = true
-	} else if other, ok := m.byID[msg.ID]; ok {
+	} else if other, ok := m.idSlot(msg.ID); ok {
 		r, c := m.rec(other)
 		op.Err = fmt.Errorf("memstore: append: %w: message id %d already stored for another (from, client message id) (%q, %q)",
 			persist.ErrInvalid, msg.ID, c.str(r.from), c.str(r.cmid))
 		return
 	} else {
-		slot, r = m.store(msg)
+		slot, r = m.store(msg, &probe)
 		if n := len(inboxes); n > len(r.in) {
 			m.more[slot] = make([]inboxRef, 0, n-len(r.in)) // one allocation per group message
 		}

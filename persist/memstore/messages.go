@@ -22,7 +22,7 @@ import (
 //
 // Retention (persist.Retention) drops an inbox's oldest entries: beyond
 // InboxMax entries (at once, on the append that exceeds it), or older than
-// MaxAge (by passes: on appends at most once a second, or EnforceRetention).
+// MaxAge (a few records per append, and whole passes by EnforceRetention).
 // A record that no inbox holds any more waits in limbo for the dedup
 // window, so a retry is still recognised; then it leaves both maps and its
 // chunk's live count drops; a chunk whose records are all gone is released
@@ -43,7 +43,8 @@ type record struct {
 	ts                   int64
 	kind                 uint32
 	group                bool
-	refs                 int32 // inboxes that still hold the message
+	refs                 int32  // inboxes that still hold the message
+	hash                 uint64 // the dedup key's hash (not for events)
 	from, to, cmid, body span
 	// Chat: event is the entry's persist.Event*, target the message it is
 	// about; a recalled message has recalled set (its body span cleared)
@@ -124,9 +125,36 @@ type inbox struct {
 	idx   uint32 // its inboxRef.in
 	name  string // the user
 	slots []uint64
-	first uint64 // seq of slots[0]; head+1 when the inbox is empty
-	head  uint64 // the last seq assigned (kept when retention empties it)
+	buf   []uint64 // the array slots is a window of (pushWindow)
+	first uint64   // seq of slots[0]; head+1 when the inbox is empty
+	head  uint64   // the last seq assigned (kept when retention empties it)
 	convs map[persist.ConvID]*conv
+	// lastConv is the conversation of the inbox's last append (converse).
+	lastConv *conv
+}
+
+// pushWindow appends v to *s, a window of the array *buf that drops
+// entries from its front by reslicing. When the window reaches the array's
+// end while it fills at most two thirds of it, it moves down to the array's
+// start instead of the array growing, so a queue that drops at the front
+// and adds at the back (a capped inbox) settles on one array, half as long
+// again as what it holds, and copies two entries per append on average.
+func pushWindow[T any](s, buf *[]T, v T) {
+	if n := len(*s); n == cap(*s) {
+		if n > 0 && 3*n <= 2*cap(*buf) {
+			b := (*buf)[:cap(*buf)]
+			copy(b, *s)
+			clear(b[n:]) // no stale pointers for the collector to follow
+			*s = b[:n]
+		} else {
+			// Room for the window to move down next time rather than
+			// the array growing again.
+			b := make([]T, n, max(n+n/2, 8))
+			copy(b, *s)
+			*s, *buf = b, b
+		}
+	}
+	*s = append(*s, v)
 }
 
 // hiddenBit marks an inbox slot deleted for its owner (slot numbers never
@@ -147,33 +175,40 @@ func (in *inbox) slotAt(seq uint64) (slot uint64, hidden, ok bool) {
 // store's lock held (write lock for the mutating ones).
 type messages struct {
 	opts       persist.Retention // defaults filled
-	limbo      []uint64          // slots of messages in no inbox, kept for the dedup window, oldest first
+	limbo      []uint64          // limbo[limboOff:]: slots of messages in no inbox, kept for the dedup window, oldest first
+	limboOff   int               // limbo[:limboOff] is done with
 	chunks     []*chunk          // chunks[i] holds slots from base + i*chunkRecs
+	chunkBuf   []*chunk          // the array chunks is a window of (pushWindow)
 	free       []*chunk          // released chunks, kept for reuse
 	madeChunks int               // chunks allocated (tests check reuse)
 	base       uint64            // first slot of chunks[0], a multiple of chunkRecs
 	next       uint64            // slot of the next record
 	oldest     uint64            // no live record has a lower slot (MaxAge scans start here)
-	byID       map[uint64]uint64
+	byID       u64map            // message id -> slot
+	maxID      uint64            // the highest id byID has held (idSlot)
 	// The dedup index: by a 64-bit hash of (From, ClientMsgID), checked
 	// against the record, so the map holds no pointers for the collector
 	// to scan; the rare keys whose hash is taken by another message go in
 	// spill.
 	seed     maphash.Seed
-	dedup    map[uint64]uint64
+	dedup    u64map // dedup hash -> slot
 	spill    map[dedupKey]uint64
 	testHash func(from, cmid string) uint64 // tests force collisions
 	inboxes  map[string]*inbox
 	list     []*inbox              // by inbox index
 	more     map[uint64][]inboxRef // by slot: inbox seqs beyond a record's first two
 	clock    func() time.Time
-	scanned  time.Time // last MaxAge scan
+	// The MaxAge pass (see expire): when the last one started, whether one
+	// is in progress, and its cutoff (Unix milliseconds).
+	scanned time.Time
+	aging   bool
+	ageCut  int64
 }
 
 type dedupKey struct{ from, clientMsgID string }
 
 func newMessages(o persist.Retention) *messages {
-	return &messages{opts: o, byID: make(map[uint64]uint64), dedup: make(map[uint64]uint64), spill: make(map[dedupKey]uint64), seed: maphash.MakeSeed(),
+	return &messages{opts: o, spill: make(map[dedupKey]uint64), seed: maphash.MakeSeed(),
 		inboxes: make(map[string]*inbox), more: make(map[uint64][]inboxRef), clock: time.Now}
 }
 
@@ -212,63 +247,89 @@ func (m *messages) newChunk() *chunk {
 	return &chunk{recs: new([chunkRecs]record)}
 }
 
-// store copies msg into a new record and returns its slot.
-func (m *messages) store(msg *persist.Message) (uint64, *record) {
+// store copies msg into a new record and returns its slot. p is what the
+// dedup lookup of msg's key learnt (nil for an event, which has no key).
+func (m *messages) store(msg *persist.Message, p *dedupProbe) (uint64, *record) {
 	slot := m.next
 	m.next++
 	if slot%chunkRecs == 0 {
-		m.chunks = append(m.chunks, m.newChunk())
+		pushWindow(&m.chunks, &m.chunkBuf, m.newChunk())
 	}
 	c := m.chunks[(slot-m.base)/chunkRecs]
 	r := &c.recs[slot%chunkRecs]
 	*r = record{id: msg.ID, ts: msg.Timestamp, kind: msg.Kind, group: msg.Group,
 		from: c.putString(msg.From), to: c.putString(msg.To), cmid: c.putString(msg.ClientMsgID), body: c.put(msg.Body)}
 	c.live++
-	m.byID[msg.ID] = slot
+	m.byID.put(msg.ID, slot)
+	m.maxID = max(m.maxID, msg.ID)
 	if msg.Event != persist.EventNone {
 		// An event is found through its target, never by a dedup key.
 		r.event, r.target = msg.Event, msg.Target
 		return slot, r
 	}
-	h := m.dedupHash(msg.From, msg.ClientMsgID)
-	if _, taken := m.dedup[h]; taken {
+	r.hash = p.h
+	if p.taken {
 		m.spill[dedupKey{c.str(r.from), c.str(r.cmid)}] = slot
 	} else {
-		m.dedup[h] = slot
+		m.dedup.put(p.h, slot)
 	}
 	return slot, r
+}
+
+// idSlot returns the slot of the message (or event) with id, if stored. An
+// id above every stored one needs no map lookup: ids from one node's
+// generator grow, so a fresh append usually skips it.
+func (m *messages) idSlot(id uint64) (uint64, bool) {
+	if id > m.maxID {
+		return 0, false
+	}
+	return m.byID.get(id)
 }
 
 func (m *messages) dedupHash(from, cmid string) uint64 {
 	if m.testHash != nil {
 		return m.testHash(from, cmid)
 	}
-	return maphash.String(m.seed, from)*0x9E3779B97F4A7C15 ^ maphash.String(m.seed, cmid)
+	return max(maphash.String(m.seed, from)*0x9E3779B97F4A7C15^maphash.String(m.seed, cmid), 1) // 0 is not a key (u64map)
+}
+
+// dedupProbe is what a dedup lookup learnt, for the store that follows a
+// miss: the key's hash, and whether another key holds the hash's entry
+// (the new key then goes to spill).
+type dedupProbe struct {
+	h     uint64
+	taken bool
+}
+
+// find finds the slot of the message stored for (from, cmid).
+func (m *messages) find(from, cmid string) (slot uint64, found bool, p dedupProbe) {
+	p.h = m.dedupHash(from, cmid)
+	if s, ok := m.dedup.get(p.h); ok {
+		p.taken = true
+		if r, c := m.rec(s); r != nil && c.str(r.from) == from && c.str(r.cmid) == cmid {
+			return s, true, p
+		}
+	}
+	if len(m.spill) == 0 {
+		return 0, false, p
+	}
+	slot, found = m.spill[dedupKey{from, cmid}]
+	return slot, found, p
 }
 
 // lookup finds the slot of the message stored for (from, cmid).
 func (m *messages) lookup(from, cmid string) (uint64, bool) {
-	if slot, ok := m.dedup[m.dedupHash(from, cmid)]; ok {
-		if r, c := m.rec(slot); r != nil && c.str(r.from) == from && c.str(r.cmid) == cmid {
-			return slot, true
-		}
-	}
-	if len(m.spill) == 0 {
-		return 0, false
-	}
-	slot, ok := m.spill[dedupKey{from, cmid}]
-	return slot, ok
+	slot, found, _ := m.find(from, cmid)
+	return slot, found
 }
 
 // forget removes the dedup entry of the record at slot.
 func (m *messages) forget(slot uint64, r *record, c *chunk) {
-	from, cmid := c.str(r.from), c.str(r.cmid)
-	h := m.dedupHash(from, cmid)
-	if s, ok := m.dedup[h]; ok && s == slot {
-		delete(m.dedup, h)
+	if s, ok := m.dedup.get(r.hash); ok && s == slot {
+		m.dedup.del(r.hash)
 		return
 	}
-	delete(m.spill, dedupKey{from, cmid})
+	delete(m.spill, dedupKey{c.str(r.from), c.str(r.cmid)})
 }
 
 // seqIn returns the seq of the record at slot in inbox in, or 0.
@@ -308,7 +369,7 @@ func (m *messages) appendTo(in *inbox, slot uint64, r *record) uint64 {
 	if len(in.slots) == 0 {
 		in.first = in.head
 	}
-	in.slots = append(in.slots, slot)
+	pushWindow(&in.slots, &in.buf, slot)
 	r.refs++
 	ref := inboxRef{in: in.idx, seq: in.head}
 	switch {
@@ -358,7 +419,7 @@ func (m *messages) unref(slot uint64, r *record) {
 // kill forgets the record at slot for good, and releases its chunk when it
 // was the chunk's last.
 func (m *messages) kill(slot uint64, r *record, c *chunk) {
-	delete(m.byID, r.id)
+	m.byID.del(r.id)
 	if r.event == persist.EventNone {
 		m.forget(slot, r, c)
 	}
@@ -379,60 +440,93 @@ func (m *messages) kill(slot uint64, r *record, c *chunk) {
 	}
 }
 
-// expire is a retention pass, as appends run it: at most once a second
-// and at most budget messages, so no single append pays for a backlog.
-func (m *messages) expire(budget int) {
+// reapPerAppend bounds the records each append examines for retention, in
+// each of its two scans: the limbo (every append) and the MaxAge pass (one
+// starts at most once a second, then advances with the appends until it is
+// done). An append adds at most one record to each scan, so both keep level
+// with any append rate, in bounded memory, with chunks released one at a
+// time (and reused) rather than in bursts, and no append pays for a
+// backlog. (A fixed budget per second falls behind once the append rate
+// passes it, and the heap then grows with every message.)
+const reapPerAppend = 4
+
+// expire is the retention step every append runs (see reapPerAppend).
+func (m *messages) expire() {
 	if !m.opts.Enabled() {
 		return
 	}
 	now := m.clock()
-	if now.Sub(m.scanned) < time.Second {
-		return
+	if m.opts.MaxAge > 0 {
+		if !m.aging && now.Sub(m.scanned) >= time.Second {
+			m.scanned, m.aging = now, true
+			m.ageCut = now.Add(-m.opts.MaxAge).UnixMilli()
+		}
+		if m.aging {
+			m.age(reapPerAppend)
+		}
 	}
-	m.scanned = now
-	m.pass(now, budget)
+	m.reap(now, reapPerAppend)
 }
 
-// pass drops inbox entries older than MaxAge (an inbox only loses a
-// prefix: the entries up to the last expired one), then forgets the
-// messages in limbo older than the dedup window. budget bounds the messages
-// it handles (<= 0: no bound).
-func (m *messages) pass(now time.Time, budget int) {
-	unbounded := budget <= 0
+// pass runs a whole pass now (EnforceRetention): it drops inbox entries
+// older than MaxAge (an inbox only loses a prefix: the entries up to the
+// last expired one), then forgets the messages in limbo older than the
+// dedup window.
+func (m *messages) pass(now time.Time) {
 	if m.opts.MaxAge > 0 {
-		cutoff := now.Add(-m.opts.MaxAge).UnixMilli()
-		m.oldest = max(m.oldest, m.base)
-		for ; m.oldest < m.next && (unbounded || budget > 0); m.oldest++ {
-			r, _ := m.rec(m.oldest)
-			if r == nil || r.refs == 0 {
+		m.aging, m.ageCut = true, now.Add(-m.opts.MaxAge).UnixMilli()
+		m.age(0)
+	}
+	m.reap(now, 0)
+}
+
+// age advances the MaxAge pass in progress by at most budget records (<= 0:
+// no bound), and ends it at the first record younger than its cutoff.
+func (m *messages) age(budget int) {
+	m.oldest = max(m.oldest, m.base)
+	for n := 0; m.oldest < m.next && (budget <= 0 || n < budget); m.oldest++ {
+		n++
+		r, _ := m.rec(m.oldest)
+		if r == nil || r.refs == 0 {
+			continue
+		}
+		if r.ts >= m.ageCut {
+			m.aging = false
+			return
+		}
+		// Drop, from the front of each inbox holding this message,
+		// every entry up to and including it.
+		refs := append([]inboxRef{r.in[0], r.in[1]}, m.more[m.oldest]...)
+		for _, ref := range refs {
+			if ref.in == 0 {
 				continue
 			}
-			if r.ts >= cutoff {
-				break
-			}
-			budget--
-			// Drop, from the front of each inbox holding this message,
-			// every entry up to and including it.
-			refs := append([]inboxRef{r.in[0], r.in[1]}, m.more[m.oldest]...)
-			for _, ref := range refs {
-				if ref.in == 0 {
-					continue
-				}
-				in := m.list[ref.in-1]
-				if ref.seq >= in.first {
-					m.trim(in, int(ref.seq-in.first+1))
-				}
+			in := m.list[ref.in-1]
+			if ref.seq >= in.first {
+				m.trim(in, int(ref.seq-in.first+1))
 			}
 		}
 	}
+	if m.oldest >= m.next {
+		m.aging = false
+	}
+}
+
+// reap forgets the messages in limbo older than the dedup window (or
+// MaxAge, if shorter) at now, oldest first, examining at most budget
+// entries (<= 0: no bound).
+func (m *messages) reap(now time.Time, budget int) {
 	window := m.opts.DedupWindow
 	if m.opts.MaxAge > 0 {
 		window = min(window, m.opts.MaxAge)
 	}
 	cutoff := now.Add(-window).UnixMilli()
-	n := 0
-	for ; n < len(m.limbo) && (unbounded || budget > 0); n++ {
-		slot := m.limbo[n]
+	i, end := m.limboOff, len(m.limbo)
+	if budget > 0 {
+		end = min(end, i+budget)
+	}
+	for ; i < end; i++ {
+		slot := m.limbo[i]
 		r, c := m.rec(slot)
 		if r == nil || r.id == 0 || r.refs > 0 {
 			continue // killed already, or back in an inbox (a retry added one)
@@ -440,13 +534,14 @@ func (m *messages) pass(now time.Time, budget int) {
 		if r.ts >= cutoff {
 			break
 		}
-		budget--
 		m.kill(slot, r, c)
 	}
-	rest := m.limbo[n:]
-	if n >= len(rest) {
-		m.limbo = append(m.limbo[:0], rest...)
-	} else {
-		m.limbo = rest
+	m.limboOff = i
+	// Compact once the dead prefix is half the slice: amortised O(1) per
+	// entry, and the array is reused rather than reallocated.
+	if m.limboOff > 0 && m.limboOff >= len(m.limbo)/2 {
+		n := copy(m.limbo, m.limbo[m.limboOff:])
+		clear(m.limbo[n:])
+		m.limbo, m.limboOff = m.limbo[:n], 0
 	}
 }
