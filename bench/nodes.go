@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -284,6 +285,62 @@ type StatsSum struct {
 	RSS, Heap   uint64
 	CPUSeconds  float64
 	Goroutines  int
+	// Round trips to the cluster's services so far, from each node's
+	// /metrics: imgn_store_ops_total (MongoDB commands) and
+	// imgn_redis_ops_total, by op. Empty for nodes without them.
+	StoreOps, RedisOps map[string]float64
+}
+
+// roundTrips reads the store and Redis round-trip counters of one node's
+// /metrics (Prometheus text format), by op.
+func roundTrips(ctx context.Context, admin string) (store, redis map[string]float64, err error) {
+	var buf bytes.Buffer
+	if err := fetch(ctx, admin+"/metrics", &buf); err != nil {
+		return nil, nil, err
+	}
+	store, redis = map[string]float64{}, map[string]float64{}
+	for _, line := range strings.Split(buf.String(), "\n") {
+		var into map[string]float64
+		switch {
+		case strings.HasPrefix(line, "imgn_store_ops_total{"):
+			into = store
+		case strings.HasPrefix(line, "imgn_redis_ops_total{"):
+			into = redis
+		default:
+			continue
+		}
+		_, rest, _ := strings.Cut(line, `op="`)
+		op, rest, ok := strings.Cut(rest, `"`)
+		_, val, ok2 := strings.Cut(rest, "} ")
+		if !ok || !ok2 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(strings.TrimSpace(val), 64); err == nil {
+			into[op] += v
+		}
+	}
+	return store, redis, nil
+}
+
+// Total sums the counts of m.
+func Total(m map[string]float64) float64 {
+	t := 0.0
+	for _, v := range m {
+		t += v
+	}
+	return t
+}
+
+// OpsDelta returns after - before for every op of after.
+func OpsDelta(before, after map[string]float64) map[string]float64 {
+	if len(after) == 0 {
+		return nil
+	}
+	d := make(map[string]float64, len(after))
+	for op, v := range after {
+		d[op] = v - before[op]
+	}
+	return d
 }
 
 // FetchAll reads and sums the stats of every admin URL (concurrently).
@@ -300,11 +357,23 @@ func FetchAll(ctx context.Context, admins []string, gc bool) (StatsSum, error) {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			st, err := FetchStats(ctx, a, gc)
+			store, redis, rerr := roundTrips(ctx, a)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
 				errs = append(errs, err)
 				return
+			}
+			if rerr == nil {
+				if sum.StoreOps == nil {
+					sum.StoreOps, sum.RedisOps = map[string]float64{}, map[string]float64{}
+				}
+				for op, v := range store {
+					sum.StoreOps[op] += v
+				}
+				for op, v := range redis {
+					sum.RedisOps[op] += v
+				}
 			}
 			sum.Nodes++
 			sum.Connections += st.Connections

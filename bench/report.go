@@ -70,6 +70,12 @@ type ServerReport struct {
 	// per-core rate, independent of how much CPU the generator took.
 	MsgsPerCPUSecond float64 `json:"msgs_per_cpu_second,omitempty"`
 	CPUCores         float64 `json:"cpu_cores,omitempty"` // cpu_seconds / duration
+	// Cluster nodes only: round trips in the window to MongoDB (commands)
+	// and Redis, by op and per message delivered in the window.
+	StoreOps        map[string]float64 `json:"store_ops,omitempty"`
+	RedisOps        map[string]float64 `json:"redis_ops,omitempty"`
+	StoreCmdsPerMsg float64            `json:"store_cmds_per_msg,omitempty"`
+	RedisCmdsPerMsg float64            `json:"redis_cmds_per_msg,omitempty"`
 }
 
 // BaselineReport is the same load against the echo relay.
@@ -155,8 +161,12 @@ type PhaseSummary struct {
 	Errors     int64   `json:"errors"`
 	LatencyUs  Latency `json:"latency_us"`
 	ServerCPU  float64 `json:"server_cpu_seconds"`
-	OK         bool    `json:"ok"`
-	Why        string  `json:"why,omitempty"`
+	// Cluster nodes only: MongoDB commands and Redis round trips per
+	// message delivered in the window.
+	StoreCmdsPerMsg float64 `json:"store_cmds_per_msg,omitempty"`
+	RedisCmdsPerMsg float64 `json:"redis_cmds_per_msg,omitempty"`
+	OK              bool    `json:"ok"`
+	Why             string  `json:"why,omitempty"`
 }
 
 // WriteJSON writes r to path as one indented JSON object.
@@ -242,6 +252,10 @@ func (r *Report) Print(w io.Writer) {
 		}
 		fmt.Fprintln(w)
 	}
+	if s.StoreOps != nil {
+		fmt.Fprintf(w, "round trips        %.2f MongoDB commands and %.2f Redis round trips per message (%s; %s)\n",
+			s.StoreCmdsPerMsg, s.RedisCmdsPerMsg, fmtOps(s.StoreOps), fmtOps(s.RedisOps))
+	}
 	if h := r.Host; h != nil {
 		fmt.Fprintf(w, "host memory        kernel slab +%s (%.0f B per connection, both ends); MemAvailable -%s (%.0f B per connection, all included)\n",
 			human(float64(h.SlabAfter)-float64(h.SlabBefore)), h.KernelBytesPerConn,
@@ -261,8 +275,12 @@ func (r *Report) Print(w io.Writer) {
 		fmt.Fprintf(w, "errors             %s\n", fmtCounts(r.ErrorsByReason))
 	}
 	for i, p := range r.Phases {
-		fmt.Fprintf(w, "step %-2d            rate %.0f -> %.0f/s  p50 %d p99 %d max %d us  errors %d  %v %s\n",
-			i+1, p.Rate, p.MsgsPerSec, p.LatencyUs.P50, p.LatencyUs.P99, p.LatencyUs.Max, p.Errors, okStr(p.OK), p.Why)
+		cmds := ""
+		if p.StoreCmdsPerMsg > 0 {
+			cmds = fmt.Sprintf("  %.2f mongo cmds/msg", p.StoreCmdsPerMsg)
+		}
+		fmt.Fprintf(w, "step %-2d            rate %.0f -> %.0f/s  p50 %d p99 %d max %d us  errors %d%s  %v %s\n",
+			i+1, p.Rate, p.MsgsPerSec, p.LatencyUs.P50, p.LatencyUs.P99, p.LatencyUs.Max, p.Errors, cmds, okStr(p.OK), p.Why)
 	}
 	if r.MaxRate > 0 {
 		fmt.Fprintf(w, "max rate           %.0f/s (latency above measured at half of it)\n", r.MaxRate)
@@ -285,6 +303,15 @@ func (r *Report) Print(w io.Writer) {
 		r.Machine.CPUs, r.Machine.LoadAvg, r.Machine.CPUPressure, r.CPUPressureEnd)
 }
 
+// fmtOps formats round-trip counts by op, largest first ("insert 1200,
+// find 40"), or "none".
+func fmtOps(m map[string]float64) string {
+	if out := fmtLargestFirst(m, "%s %.0f", 0); out != "" {
+		return out
+	}
+	return "none"
+}
+
 func okStr(ok bool) string {
 	if ok {
 		return "ok"
@@ -293,9 +320,18 @@ func okStr(ok bool) string {
 }
 
 func fmtCounts(m map[string]int64) string {
+	return fmtLargestFirst(m, "%s: %d", 8)
+}
+
+// fmtLargestFirst formats the positive entries of m with format (name,
+// value), largest value first, comma-separated; after most entries (0: no
+// limit) it says how many more there are.
+func fmtLargestFirst[V int64 | float64](m map[string]V, format string, most int) string {
 	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+	for k, v := range m {
+		if v > 0 {
+			keys = append(keys, k)
+		}
 	}
 	sort.Slice(keys, func(i, j int) bool { return m[keys[i]] > m[keys[j]] })
 	var b strings.Builder
@@ -303,11 +339,11 @@ func fmtCounts(m map[string]int64) string {
 		if i > 0 {
 			b.WriteString(", ")
 		}
-		if i == 8 {
+		if most > 0 && i == most {
 			fmt.Fprintf(&b, "... (%d more)", len(keys)-i)
 			break
 		}
-		fmt.Fprintf(&b, "%s: %d", k, m[k])
+		fmt.Fprintf(&b, format, k, m[k])
 	}
 	return b.String()
 }

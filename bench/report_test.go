@@ -2,6 +2,9 @@ package bench
 
 import (
 	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -87,5 +90,35 @@ func TestLoopbackOnly(t *testing.T) {
 		if _, err := c.withDefaults(); (err == nil) != tc.ok {
 			t.Errorf("%+v: %v", tc, err)
 		}
+	}
+}
+
+// TestRoundTripsFromMetrics: the store and Redis counters of a node's
+// /metrics are read by op, and commands per message follow from two
+// samples.
+func TestRoundTripsFromMetrics(t *testing.T) {
+	body := "# HELP imgn_store_ops_total x\n# TYPE imgn_store_ops_total counter\n" +
+		"imgn_store_ops_total{op=\"insert\"} 120\nimgn_store_ops_total{op=\"find\"} 7\n" +
+		"imgn_redis_ops_total{op=\"lookup\"} 3\nimgn_other_total{op=\"insert\"} 99\n"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/metrics" {
+			http.NotFound(w, r)
+			return
+		}
+		io.WriteString(w, body)
+	}))
+	defer srv.Close()
+	store, redis, err := roundTrips(t.Context(), srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if store["insert"] != 120 || store["find"] != 7 || len(store) != 2 || redis["lookup"] != 3 || len(redis) != 1 {
+		t.Fatalf("store %v redis %v", store, redis)
+	}
+	s0 := StatsSum{StoreOps: map[string]float64{"insert": 20, "find": 7}, RedisOps: map[string]float64{"lookup": 1}}
+	s1 := StatsSum{StoreOps: store, RedisOps: redis}
+	st, rd := perMessage(&PhaseResult{InWindowRx: 50}, s0, s1)
+	if st != 2 || rd != 0.04 {
+		t.Fatalf("per message: store %v redis %v, want 2 and 0.04", st, rd)
 	}
 }

@@ -855,6 +855,16 @@ func (r *runner) measuredPhase(ctx context.Context, rep *Report, id int, rate fl
 	return nil
 }
 
+// perMessage divides the window's MongoDB commands and Redis round trips
+// by the messages delivered in it (0 without counters or messages).
+func perMessage(res *PhaseResult, s0, s1 StatsSum) (store, redis float64) {
+	if res.InWindowRx <= 0 || s1.StoreOps == nil {
+		return 0, 0
+	}
+	n := float64(res.InWindowRx)
+	return Total(OpsDelta(s0.StoreOps, s1.StoreOps)) / n, Total(OpsDelta(s0.RedisOps, s1.RedisOps)) / n
+}
+
 func summarize(res *PhaseResult, h *Hist, cpu float64) PhaseSummary {
 	p := PhaseSummary{Rate: res.Rate, Sent: res.Sent, Delivered: res.Delivered, Errors: sumCounts(res.Errors), LatencyUs: h.Summary(), ServerCPU: cpu}
 	if res.WindowS > 0 {
@@ -891,6 +901,8 @@ func (r *runner) fillFromPhase(rep *Report, res *PhaseResult, h *Hist, s0, s1 St
 	if rep.Server.CPUSeconds > 0 {
 		rep.Server.MsgsPerCPUSecond = rep.MsgsPerSec * res.WindowS / rep.Server.CPUSeconds
 	}
+	rep.Server.StoreOps, rep.Server.RedisOps = OpsDelta(s0.StoreOps, s1.StoreOps), OpsDelta(s0.RedisOps, s1.RedisOps)
+	rep.Server.StoreCmdsPerMsg, rep.Server.RedisCmdsPerMsg = perMessage(res, s0, s1)
 	rep.Generator.CPUSeconds = res.CPU
 	rep.Generator.RSSBytes, rep.Generator.HeapBytes = res.Mem.RSS, res.Mem.Heap
 	rep.Connections = res.Held
@@ -929,6 +941,7 @@ func (r *runner) findMax(ctx context.Context, rep *Report) error {
 			return err
 		}
 		ps := summarize(res, h, s1.CPUSeconds-s0.CPUSeconds)
+		ps.StoreCmdsPerMsg, ps.RedisCmdsPerMsg = perMessage(res, s0, s1)
 		ps.Rate = rate
 		ps.OK, ps.Why = passes(res, ps, cfg.MaxP99)
 		rep.Phases = append(rep.Phases, ps)

@@ -619,6 +619,7 @@ type request struct {
 func (c *Client) do(ctx context.Context, req request) (proto.Message, error) {
 	seq := c.nextSeq()
 	var flags codec.Flags
+	var answer error // the server's latest answer (an *Error) to an earlier attempt
 	for attempt := 0; ; attempt++ {
 		cn, err := c.conn(ctx, req.wait)
 		if err != nil {
@@ -629,7 +630,13 @@ func (c *Client) do(ctx context.Context, req request) (proto.Message, error) {
 			return resp, nil
 		}
 		if cerr := ctx.Err(); cerr != nil {
-			return nil, fmt.Errorf("%s: %w (last attempt: %v)", req.cmd, cerr, err)
+			// A deadline that cuts an attempt short reports the server's
+			// answer to the one before it, as one that ends between
+			// attempts does (below).
+			if se := (*Error)(nil); answer != nil && !errors.As(err, &se) {
+				err = answer
+			}
+			return nil, fmt.Errorf("%s: %w (last attempt: %w)", req.cmd, cerr, err)
 		}
 		if c.ctx.Err() != nil {
 			return nil, c.Err()
@@ -641,6 +648,7 @@ func (c *Client) do(ctx context.Context, req request) (proto.Message, error) {
 			if !se.Retryable || req.mode == retryNone {
 				return nil, err
 			}
+			answer = err
 			wait = c.bo.retryDelay(attempt, se.RetryAfter)
 		case errors.Is(err, ErrConnectionLost):
 			if req.mode != retryAll {
@@ -656,8 +664,11 @@ func (c *Client) do(ctx context.Context, req request) (proto.Message, error) {
 			return nil, err
 		}
 		c.log.Debug("retrying", "cmd", req.cmd, "seq", seq, "attempt", attempt+1, "wait", wait, "err", err)
-		if err := c.pause(ctx, wait); err != nil {
-			return nil, err
+		if perr := c.pause(ctx, wait); perr != nil {
+			// Keep the server's answer visible: a caller whose deadline
+			// ends while retrying FORWARD_FAILED must see that code
+			// (errors.As finds the *Error), not a bare deadline.
+			return nil, fmt.Errorf("%s: %w (last attempt: %w)", req.cmd, perr, err)
 		}
 		flags = codec.FlagResent
 	}

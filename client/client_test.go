@@ -254,6 +254,46 @@ func TestSendRetriesRetryableErrorsWithSameID(t *testing.T) {
 	}
 }
 
+// TestSendDeadlineKeepsTheServersAnswer: when the caller's deadline ends
+// while a retryable error keeps coming back (an owner node down), or while
+// a retry is in flight after one (the server slow to answer it), the error
+// names both the deadline and the server's code, so the caller sees
+// FORWARD_FAILED rather than a bare "context deadline exceeded".
+func TestSendDeadlineKeepsTheServersAnswer(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		answers int32 // SENDs answered with FORWARD_FAILED; later ones get no answer
+	}{
+		{"between attempts", 1 << 30},
+		{"during a retry", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newServer(t)
+			var sends atomic.Int32
+			s.SetHook(func(c *clienttest.Conn, r clienttest.Request) bool {
+				if r.Command != codec.CmdSend {
+					return false
+				}
+				if sends.Add(1) <= tc.answers {
+					c.Error(r, codec.CodeForwardFailed, "node n3: link lost", 20*time.Millisecond)
+				}
+				return true
+			})
+			alice := dial(t, testConfig(t, s, "alice"))
+			ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+			defer cancel()
+			_, err := alice.Send(ctx, "bob", []byte("x"))
+			var se *Error
+			if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &se) || se.Code != codec.CodeForwardFailed || !se.Retryable {
+				t.Fatalf("Send = %v, want the deadline wrapping a retryable FORWARD_FAILED", err)
+			}
+			if n := sends.Load(); n < 2 {
+				t.Fatalf("server saw %d SENDs, want retries", n)
+			}
+		})
+	}
+}
+
 func TestSendRetriesAfterTimeout(t *testing.T) {
 	s := newServer(t)
 	var sends atomic.Int32

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -116,8 +117,127 @@ func TestCrossNodeMessaging(t *testing.T) {
 			if err != nil || !pres[0].Online || !pres[1].Online || pres[2].Online {
 				t.Fatalf("cluster-wide presence %v %v", pres, err)
 			}
+			// An operator broadcast to one node reaches every node's users,
+			// and the answer counts them per node.
+			var bc adminAnswer
+			if err := postJSON("http://"+n1.admin+"/admin/broadcast", `{"text":"maintenance at noon"}`, &bc); err != nil {
+				t.Fatal(err)
+			}
+			if bc.Delivered != 3 || bc.Nodes["n1"] != 1 || bc.Nodes["n2"] != 1 || bc.Nodes["n3"] != 1 || len(bc.Failed) != 0 {
+				t.Fatalf("broadcast answer %+v, want 1 connection on each of n1, n2, n3", bc)
+			}
+			for _, cl := range []*client.Client{alice, bob, carol} {
+				select {
+				case nt := <-cl.Notices():
+					if nt.GetText() != "maintenance at noon" {
+						t.Fatalf("%s got notice %q", cl.User(), nt.GetText())
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatalf("%s got no notice", cl.User())
+				}
+			}
+			// A kick sent to n1 ends carol's session on n3.
+			var kk adminAnswer
+			if err := postJSON("http://"+n1.admin+"/admin/kick?user=carol", ``, &kk); err != nil {
+				t.Fatal(err)
+			}
+			if kk.Kicked != 1 || kk.Nodes["n3"] != 1 || kk.Nodes["n1"] != 0 || kk.Nodes["n2"] != 0 {
+				t.Fatalf("kick answer %+v, want carol's one connection on n3", kk)
+			}
+			select {
+			case <-carol.Done():
+				if !errors.Is(carol.Err(), client.ErrKicked) {
+					t.Fatalf("carol stopped with %v, want a kick", carol.Err())
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("carol was not kicked")
+			}
 		})
 	}
+}
+
+// adminAnswer is the JSON answer of the cluster-wide admin calls.
+type adminAnswer struct {
+	Delivered int               `json:"delivered"`
+	Kicked    int               `json:"kicked"`
+	Nodes     map[string]int    `json:"nodes"`
+	Failed    map[string]string `json:"failed"`
+}
+
+// TestOwnerKilledFailsFastWithForwardFailed: after SIGKILL of the node that
+// owns bob's inbox, sends to bob fail with the retryable FORWARD_FAILED
+// (with retry_after_ms), never a bare timeout, until the ownership view
+// drops the dead node; then they succeed, and a send made with the client
+// library's retries rides through the window with one client_msg_id.
+func TestOwnerKilledFailsFastWithForwardFailed(t *testing.T) {
+	c := newCluster(t, "direct")
+	n1, n2, n3 := c.addNode("n1"), c.addNode("n2"), c.addNode("n3")
+	c.waitMembers(3, n1, n2, n3)
+	// bob's inbox is owned by n3, alice's by another node; both connect to
+	// live nodes.
+	var bobID, aliceID string
+	for i := 0; bobID == "" || aliceID == ""; i++ {
+		u := fmt.Sprint("user", i)
+		switch o := n1.owner(u); {
+		case o == "n3" && bobID == "":
+			bobID = u
+		case o != "n3" && o != "" && aliceID == "":
+			aliceID = u
+		}
+	}
+	alice := dialNode(t, aliceID, "pc", n1.listen)
+	bob := dialNode(t, bobID, "pc", n2.listen)
+	if _, err := alice.Send(t.Context(), bobID, []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	n3.kill()
+	var forwardFailed int
+	retried := make(chan error, 1)
+	go func() { // with retries: the call outlives the window
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, err := alice.Send(ctx, bobID, []byte("retried"))
+		retried <- err
+	}()
+	for {
+		// A short deadline: the error must still carry the server's
+		// answer, so the server answered within it.
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		_, err := alice.Send(ctx, bobID, []byte(fmt.Sprint("probe", forwardFailed)))
+		cancel()
+		if err == nil {
+			break
+		}
+		var se *client.Error
+		if !errors.As(err, &se) || se.Code != codec.CodeForwardFailed || !se.Retryable || se.RetryAfter <= 0 {
+			t.Fatalf("send to the dead owner's inbox: %v, want a retryable FORWARD_FAILED with retry_after_ms", err)
+		}
+		forwardFailed++
+		if forwardFailed > 60 {
+			t.Fatal("sends kept failing for a minute")
+		}
+	}
+	if forwardFailed == 0 {
+		t.Fatal("no send failed while the dead owner was still in the view")
+	}
+	if err := <-retried; err != nil {
+		t.Fatalf("send with retries across the failover: %v", err)
+	}
+	if m := n1.members(); len(m) != 2 {
+		t.Fatalf("a send succeeded while n1 still sees %v", m)
+	}
+	// bob's new owner took over the inbox: everything acknowledged is there.
+	want := map[string]bool{"before": true, "retried": true}
+	deadline := time.After(20 * time.Second)
+	for len(want) > 0 {
+		select {
+		case m := <-bob.Messages():
+			delete(want, string(m.Body))
+		case <-deadline:
+			t.Fatalf("bob is missing %v", want)
+		}
+	}
+	t.Logf("%d sends failed with FORWARD_FAILED before the view dropped n3", forwardFailed)
 }
 
 // TestNodeKilledWhileSending: SIGKILL one of three nodes while clients on

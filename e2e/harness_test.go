@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -115,7 +116,7 @@ func newCluster(t *testing.T, meshMode string) *cluster {
 func (c *cluster) addNode(id string, extra ...string) *node {
 	c.t.Helper()
 	n := &node{c: c, id: id, listen: freeAddr(c.t), admin: freeAddr(c.t), mesh: freeAddr(c.t), weight: 100,
-		logPath: filepath.Join(c.t.TempDir(), id+".log")}
+		logPath: filepath.Join(logDir(c.t), id+".log")}
 	c.mu.Lock()
 	c.nodes[id] = n
 	c.mu.Unlock()
@@ -163,6 +164,21 @@ func (n *node) spawn(extra ...string) {
 			c.t.Logf("--- log of %s ---\n%s", n.id, b)
 		}
 	})
+}
+
+// logDir is where the nodes' logs go: $E2E_LOG_DIR/<test name> when that
+// variable is set (kept for reading after the run), else a directory the
+// test removes.
+func logDir(t *testing.T) string {
+	root := os.Getenv("E2E_LOG_DIR")
+	if root == "" {
+		return t.TempDir()
+	}
+	dir := filepath.Join(root, strings.ReplaceAll(t.Name(), "/", "_"))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 // waitReady polls the admin /readyz.
@@ -244,14 +260,31 @@ func (c *cluster) waitMembers(want int, nodes ...*node) {
 }
 
 func getJSON(url string, out any) error {
-	hc := http.Client{Timeout: 2 * time.Second}
-	resp, err := hc.Get(url)
+	return doJSON(http.MethodGet, url, "", 2*time.Second, out)
+}
+
+// postJSON POSTs body to url and decodes the JSON answer into out.
+func postJSON(url, body string, out any) error {
+	return doJSON(http.MethodPost, url, body, 10*time.Second, out)
+}
+
+// doJSON makes one request and decodes a 200 answer's JSON into out.
+func doJSON(method, url, body string, timeout time.Duration, out any) error {
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	hc := http.Client{Timeout: timeout}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != 200 {
-		return fmt.Errorf("%s: %s", url, resp.Status)
+		return fmt.Errorf("%s %s: %s", method, url, resp.Status)
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
 }

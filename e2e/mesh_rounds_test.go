@@ -29,8 +29,13 @@ func (h echoHandler) HandleAppend(_ context.Context, msg persist.Message, inboxe
 	msg.From = h.id // tell the caller which node answered
 	return persist.AppendResult{Msg: msg, Seqs: seqs}, nil
 }
+func (h echoHandler) HandleAppendEntries(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	return h.HandleAppend(ctx, msg, inboxes)
+}
+func (echoHandler) HandleAdmin(clusterapi.AdminRequest) int             { return 0 }
 func (echoHandler) HandlePush(persist.Message, []clusterapi.PushTarget) {}
 func (echoHandler) HandleKick(string, string, uint64)                   {}
+func (echoHandler) HandleSignal(clusterapi.Signal)                      {}
 
 // TestNodesStartedTogetherFormAFullMesh starts 3 and then 5 nodes at the same
 // instant on a real ZooKeeper, 20 rounds each, and checks every node sees

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
 	"github.com/imgn/imgn/internal/procstat"
@@ -22,15 +23,52 @@ import (
 
 // Broadcast sends an operator NOTICE to every logged-in connection on this
 // node. Notices are not stored. It returns how many connections were sent it.
+// ClusterAdmin reaches every node of a cluster.
 func (s *Server) Broadcast(text string) int {
+	return s.broadcastAt(text, time.Now().UnixMilli())
+}
+
+func (s *Server) broadcastAt(text string, at int64) int {
 	n := 0
-	now := time.Now().UnixMilli()
 	s.sessions.each(func(c *conn) {
-		if c.writeMsg(nil, c.ser, codec.CmdNotice, 0, &pb.Notice{Text: text, Time: now}) {
+		if c.writeMsg(nil, c.ser, codec.CmdNotice, 0, &pb.Notice{Text: text, Time: at}) {
 			n++
 		}
 	})
 	return n
+}
+
+// ClusterAdmin runs req on every node: through the cluster when there is
+// one (each member's answer, sorted by node), else on this node alone.
+func (s *Server) ClusterAdmin(ctx context.Context, req cluster.AdminRequest) []cluster.NodeCount {
+	if req.Kind == cluster.AdminBroadcast && req.Time == 0 {
+		req.Time = time.Now().UnixMilli()
+	}
+	if s.cfg.Cluster == nil {
+		return []cluster.NodeCount{{Node: s.cfg.NodeID, Count: s.HandleAdmin(req)}}
+	}
+	return s.cfg.Cluster.Admin(ctx, req)
+}
+
+// adminCounts is the JSON answer of a cluster-wide admin call: the total
+// under key, each node's count, and the nodes that could not be asked.
+func adminCounts(key string, counts []cluster.NodeCount) map[string]any {
+	total := 0
+	nodes := map[string]int{}
+	failed := map[string]string{}
+	for _, c := range counts {
+		if c.Err != nil {
+			failed[c.Node] = c.Err.Error()
+			continue
+		}
+		total += c.Count
+		nodes[c.Node] = c.Count
+	}
+	out := map[string]any{key: total, "nodes": nodes}
+	if len(failed) > 0 {
+		out["failed"] = failed
+	}
+	return out
 }
 
 // SystemMessage stores a message from the system (From "") in user's inbox
@@ -273,7 +311,8 @@ func (s *Server) AdminHandler(hooks AdminHooks) http.Handler {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "user query parameter required"})
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]int{"kicked": s.Kick(user, r.URL.Query().Get("device"))})
+		counts := s.ClusterAdmin(r.Context(), cluster.AdminRequest{Kind: cluster.AdminKick, User: user, Device: r.URL.Query().Get("device")})
+		writeJSON(w, http.StatusOK, adminCounts("kicked", counts))
 	})
 	mux.HandleFunc("POST /admin/broadcast", func(w http.ResponseWriter, r *http.Request) {
 		var body struct {
@@ -283,7 +322,8 @@ func (s *Server) AdminHandler(hooks AdminHooks) http.Handler {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "JSON body {\"text\": \"...\"} required"})
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]int{"delivered": s.Broadcast(body.Text)})
+		counts := s.ClusterAdmin(r.Context(), cluster.AdminRequest{Kind: cluster.AdminBroadcast, Text: body.Text})
+		writeJSON(w, http.StatusOK, adminCounts("delivered", counts))
 	})
 	mux.HandleFunc("POST /admin/rebalance", func(w http.ResponseWriter, r *http.Request) {
 		f, err := strconv.ParseFloat(r.URL.Query().Get("fraction"), 64)

@@ -19,9 +19,9 @@ import (
 // READ_COUNT. They run like every other request: on the loop when the
 // store never blocks, else on a worker, one at a time per connection.
 //
-// Everything but TYPING needs a store with the persist.ChatStore seam, on a
-// single node (a cluster would have to forward cursors and recalls to the
-// owners of other inboxes); otherwise the answer is UNSUPPORTED.
+// Everything but TYPING needs a store with the persist.ChatStore seam; in
+// cluster mode one with the persist.EventPreparer seam, the store all
+// nodes share (chat_cluster.go); otherwise the answer is UNSUPPORTED.
 
 // Page sizes of CONVERSATIONS and HISTORY.
 const (
@@ -33,7 +33,11 @@ const (
 // serve the chat commands that need it.
 func (s *Server) chatStore() persist.ChatStore {
 	if s.cfg.Cluster != nil {
-		return nil
+		ep, _ := s.store.(persist.EventPreparer)
+		if ep == nil {
+			return nil
+		}
+		return ep
 	}
 	cs, _ := s.store.(persist.ChatStore)
 	return cs
@@ -144,9 +148,9 @@ func (s *Server) handleRead(ctx context.Context, src *loop, c *conn, h codec.Hea
 	// The reader's other devices, then (1:1 only: groups get no receipt
 	// storm) the peer's, in the peer's seqs.
 	own := &pb.Receipt{Peer: req.Peer, GroupId: req.GroupId, User: c.user, ReadSeq: res.ReadSeq, MsgId: res.MsgID}
-	s.fanout(src, c.user, c, codec.CmdReceipt, own)
+	s.signal(src, []string{c.user}, c, codec.CmdReceipt, own)
 	if !id.Group && id.ID != c.user && res.PeerSeq != 0 {
-		s.fanout(src, id.ID, nil, codec.CmdReceipt, &pb.Receipt{Peer: c.user, User: c.user, ReadSeq: res.PeerSeq, MsgId: res.MsgID})
+		s.signal(src, []string{id.ID}, nil, codec.CmdReceipt, &pb.Receipt{Peer: c.user, User: c.user, ReadSeq: res.PeerSeq, MsgId: res.MsgID})
 	}
 }
 
@@ -219,11 +223,13 @@ func (s *Server) handleTyping(ctx context.Context, src *loop, c *conn, h codec.H
 	if !id.Group {
 		ev.Peer = c.user // the conversation as the receiver names it
 	}
+	others := make([]string, 0, len(targets))
 	for _, u := range targets {
 		if u != c.user {
-			s.fanout(src, u, nil, codec.CmdTypingEvent, ev)
+			others = append(others, u)
 		}
 	}
+	s.signal(src, others, nil, codec.CmdTypingEvent, ev)
 }
 
 // handleChatEvent runs a RECALL or a DELETE: the store appends the event
@@ -243,23 +249,37 @@ func (s *Server) handleChatEvent(ctx context.Context, src *loop, c *conn, h code
 	// The store calls Done once the event is stored (the memory store
 	// under its lock, as it completes appends): the reply and the pushes
 	// are then queued in seq order with the messages around the event.
-	ev.Done = func(res *persist.EventResult) {
+	reply := func(res *persist.EventResult) {
 		out := &pb.EventOK{MsgId: req.MsgId, Duplicate: res.Duplicate}
 		if i := slices.Index(res.Inboxes, c.user); i >= 0 {
 			out.Seq = res.Seqs[i]
 		}
 		c.writeMsg(src, h.Serializer, okCmd, h.Seq, out)
+	}
+	ev.Done = func(res *persist.EventResult) {
+		reply(res)
 		// Pushed again on a repeat, as a retried SEND is: the first
 		// attempt may have stored the event and never pushed it.
 		for i, u := range res.Inboxes {
-			s.fanout(src, u, nil, codec.CmdPush, &pb.Push{Messages: []*pb.Message{toPB(res.Seqs[i], &res.Event)}})
+			s.pushEvent(src, u, res.Seqs[i], &res.Event)
 		}
 	}
-	var err error
+	kind := persist.EventDelete
 	if h.Command == codec.CmdRecall {
+		kind = persist.EventRecall
 		ev.NotBefore = t.Add(-s.cfg.RecallWindow).UnixMilli()
+	}
+	var err error
+	switch ep, _ := cs.(persist.EventPreparer); {
+	case s.cfg.Cluster != nil && ep != nil:
+		var res persist.EventResult
+		if res, err = s.clusterEvent(ctx, ep, kind, ev); err == nil {
+			reply(&res)
+			s.deliverEvent(src, &res)
+		}
+	case kind == persist.EventRecall:
 		_, err = cs.Recall(ctx, ev)
-	} else {
+	default:
 		_, err = cs.Delete(ctx, ev)
 	}
 	switch {

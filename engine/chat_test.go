@@ -322,7 +322,13 @@ func TestChatWithoutTheSeamIsUnsupported(t *testing.T) {
 // concurrently to one inbox (from two event loops) reach a device of it in
 // seq order, gap-free, as messages alone do.
 func TestRecallEventsArriveInSeqOrder(t *testing.T) {
-	s := startServer(t, func(c *Config) { c.SendRate, c.SendBurst = 1e6, 1e6 })
+	checkRecallOrder(t, startServer(t, func(c *Config) { c.SendRate, c.SendBurst = 1e6, 1e6 }))
+}
+
+// checkRecallOrder has bob recall his messages to carol while carol sends
+// to him, and checks that a device of bob's gets everything in seq order,
+// gap-free, the recall events included.
+func checkRecallOrder(t *testing.T, s *Server) {
 	phone, laptop, carol := dial(t, s, codec.Protobuf), dial(t, s, codec.JSON), dial(t, s, codec.MsgPack)
 	phone.login("bob", "phone")
 	laptop.login("bob", "laptop")
@@ -344,9 +350,16 @@ func TestRecallEventsArriveInSeqOrder(t *testing.T) {
 	}
 	<-done
 	ps := phone.waitPushes(3 * n) // bob's sends, carol's messages, the recall events
+	recalls := 0
 	for i, m := range ps {
 		if m.Seq != uint64(i+1) {
 			t.Fatalf("push %d has seq %d: out of order or a gap", i, m.Seq)
 		}
+		if m.Event == persist.EventRecall {
+			recalls++
+		}
+	}
+	if recalls != n {
+		t.Fatalf("%d recall events pushed, want %d", recalls, n)
 	}
 }

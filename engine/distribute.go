@@ -14,11 +14,13 @@ import (
 // appendInboxes stores msg in every inbox of inboxes, each through the node
 // that owns it (single writer per inbox), and returns the seqs in the order
 // of inboxes. The owner of inboxes[0] (the sender's own inbox, by the
-// callers' convention) goes first: its result settles the stored message
-// (on a retry, the original id and time), which the other owners then
-// append, idempotently per (inbox, message). The call succeeds only if every
-// owner stored its part; on failure some inboxes may hold the message, and
-// the client's retry completes the rest without duplicates.
+// callers' convention) goes first: it stores the message and its entry,
+// and its result settles the message (on a retry, the original id and
+// time). The other owners then write only their entries for the stored
+// message (AppendEntries: the message is stored once, and each entry is
+// idempotent per (inbox, message)), in parallel. The call succeeds only if
+// every owner stored its part; on failure some inboxes may hold the
+// message, and the client's retry completes the rest without duplicates.
 func (s *Server) appendInboxes(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
 	cl := s.cfg.Cluster
 	if cl == nil {
@@ -35,7 +37,7 @@ func (s *Server) appendInboxes(ctx context.Context, msg persist.Message, inboxes
 		groups[node] = append(groups[node], i)
 	}
 	out := persist.AppendResult{Seqs: make([]uint64, len(inboxes))}
-	part := func(ctx context.Context, node string, m persist.Message) (persist.AppendResult, error) {
+	part := func(ctx context.Context, node string, m persist.Message, entriesOnly bool) (persist.AppendResult, error) {
 		idx := groups[node]
 		users := make([]string, len(idx))
 		for j, i := range idx {
@@ -43,10 +45,17 @@ func (s *Server) appendInboxes(ctx context.Context, msg persist.Message, inboxes
 		}
 		var res persist.AppendResult
 		var err error
-		if node == cl.NodeID() {
+		switch {
+		case node == cl.NodeID() && entriesOnly:
+			s.metrics.appendsLocal.Add(float64(len(users)))
+			res, err = s.localAppendEntries(ctx, m, users)
+		case node == cl.NodeID():
 			s.metrics.appendsLocal.Add(float64(len(users)))
 			res, err = s.localAppend(ctx, m, users)
-		} else {
+		case entriesOnly:
+			s.metrics.appendsForwarded.Add(float64(len(users)))
+			res, err = cl.AppendEntries(ctx, node, m, users)
+		default:
 			s.metrics.appendsForwarded.Add(float64(len(users)))
 			res, err = cl.Append(ctx, node, m, users)
 		}
@@ -61,7 +70,7 @@ func (s *Server) appendInboxes(ctx context.Context, msg persist.Message, inboxes
 		}
 		return res, nil
 	}
-	first, err := part(ctx, order[0], msg)
+	first, err := part(ctx, order[0], msg, false)
 	if err != nil {
 		return out, err
 	}
@@ -70,10 +79,14 @@ func (s *Server) appendInboxes(ctx context.Context, msg persist.Message, inboxes
 	if len(rest) == 0 {
 		return out, nil
 	}
+	if len(rest) == 1 {
+		_, err := part(ctx, rest[0], first.Msg, true)
+		return out, err
+	}
 	errs := make([]error, len(rest))
 	var wg sync.WaitGroup
 	for k, node := range rest {
-		wg.Go(func() { _, errs[k] = part(ctx, node, first.Msg) })
+		wg.Go(func() { _, errs[k] = part(ctx, node, first.Msg, true) })
 	}
 	wg.Wait()
 	return out, errors.Join(errs...)
@@ -88,15 +101,60 @@ func (s *Server) localAppend(ctx context.Context, msg persist.Message, inboxes [
 	return res, err
 }
 
+// entryAppender is a store that can write inbox entries for a message it
+// holds already (mongostore.Store).
+type entryAppender interface {
+	AppendEntries(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error)
+}
+
+// localAppendEntries appends entries for the stored msg on this node's
+// store and tells the observer, like localAppend: the owner of an inbox
+// publishes its events whichever owner stored the message document. A
+// store without AppendEntries gets a full Append, which finds the message
+// by (From, ClientMsgID) and adds the entries: the same effect.
+func (s *Server) localAppendEntries(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	ea, ok := s.store.(entryAppender)
+	if !ok {
+		return s.localAppend(ctx, msg, inboxes)
+	}
+	t0 := time.Now()
+	res, err := ea.AppendEntries(ctx, msg, inboxes)
+	s.metrics.storeLatency.Observe(time.Since(t0).Seconds())
+	if err == nil && s.cfg.Observer != nil {
+		s.cfg.Observer.MessageStored(&res.Msg, inboxes, res.Seqs, res.Duplicate)
+	}
+	return res, err
+}
+
 // HandleAppend implements cluster.Handler.
 func (s *Server) HandleAppend(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
 	return s.localAppend(ctx, msg, inboxes)
+}
+
+// HandleAppendEntries implements cluster.Handler.
+func (s *Server) HandleAppendEntries(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	return s.localAppendEntries(ctx, msg, inboxes)
+}
+
+// HandleAdmin implements cluster.Handler.
+func (s *Server) HandleAdmin(req cluster.AdminRequest) int {
+	switch req.Kind {
+	case cluster.AdminBroadcast:
+		return s.broadcastAt(req.Text, req.Time)
+	case cluster.AdminKick:
+		return s.Kick(req.User, req.Device)
+	}
+	return 0
 }
 
 // HandlePush implements cluster.Handler: msg goes to the local devices of
 // every target.
 func (s *Server) HandlePush(msg persist.Message, targets []cluster.PushTarget) {
 	for _, t := range targets {
+		if msg.Event != persist.EventNone || msg.Recalled {
+			s.pushEvent(nil, t.User, t.Seq, &msg)
+			continue
+		}
 		s.pushTo(nil, nil, t.User, t.Seq, &msg, nil)
 	}
 }
@@ -127,35 +185,76 @@ func (s *Server) deliver(src *loop, op *sendOp, msg *persist.Message, inboxes []
 	for i, u := range inboxes {
 		s.pushTo(src, op, u, seqs[i], msg, origin)
 	}
-	if s.cfg.Sessions == nil || s.cfg.Cluster == nil {
-		return
+	s.pushRemote(msg, inboxes, seqs)
+}
+
+// pushRemote pushes msg, stored at seqs[i] of inboxes[i], to the devices
+// of those users on other nodes (cluster mode; a no-op otherwise).
+func (s *Server) pushRemote(msg *persist.Message, inboxes []string, seqs []uint64) {
+	for node, idx := range s.remoteNodes(inboxes) {
+		targets := make([]cluster.PushTarget, len(idx))
+		for j, i := range idx {
+			targets[j] = cluster.PushTarget{User: inboxes[i], Seq: seqs[i]}
+		}
+		s.metrics.remotePushes.Inc()
+		s.cfg.Cluster.Push(node, *msg, targets)
+	}
+}
+
+// remoteNodes maps each other live node where one of users has a device
+// to the indexes of those users (each once per node: one push serves all
+// of a user's devices there), after one route lookup. Nil outside
+// cluster mode, or when the lookup fails (receivers then sync).
+func (s *Server) remoteNodes(users []string) map[string][]int {
+	if s.cfg.Sessions == nil || s.cfg.Cluster == nil || len(users) == 0 {
+		return nil
 	}
 	cl := s.cfg.Cluster
 	self := cl.NodeID()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	remote := map[string][]cluster.PushTarget{}
-	for i, u := range inboxes {
+	all, err := s.lookupRoutes(ctx, users)
+	if err != nil {
+		s.log.Debug("session lookup failed; receivers will sync", "users", len(users), "err", err)
+		return nil
+	}
+	remote := map[string][]int{}
+	for i := range users {
+		for _, r := range all[i] {
+			if r.NodeID == self || !cl.Live(r.NodeID, r.BootEpoch) {
+				continue
+			}
+			if idx := remote[r.NodeID]; len(idx) == 0 || idx[len(idx)-1] != i {
+				remote[r.NodeID] = append(idx, i)
+			}
+		}
+	}
+	return remote
+}
+
+// bulkLookup is a session store that reads many users' routes in one
+// round trip (redisstore.Store).
+type bulkLookup interface {
+	LookupMany(ctx context.Context, users []string) ([][]persist.Route, error)
+}
+
+// lookupRoutes returns the routes of every user of users (out[i] for
+// users[i]): in one call when the session store can, else one lookup per
+// user (a failed one leaves its user without routes).
+func (s *Server) lookupRoutes(ctx context.Context, users []string) ([][]persist.Route, error) {
+	if b, ok := s.cfg.Sessions.(bulkLookup); ok {
+		return b.LookupMany(ctx, users)
+	}
+	out := make([][]persist.Route, len(users))
+	for i, u := range users {
 		routes, err := s.cfg.Sessions.Lookup(ctx, u)
 		if err != nil {
 			s.log.Debug("session lookup failed; receivers will sync", "user", u, "err", err)
 			continue
 		}
-		for _, r := range routes {
-			if r.NodeID == self || !cl.Live(r.NodeID, r.BootEpoch) {
-				continue
-			}
-			t := remote[r.NodeID]
-			if n := len(t); n > 0 && t[n-1].User == u {
-				continue // another device of u on the same node: one push serves both
-			}
-			remote[r.NodeID] = append(t, cluster.PushTarget{User: u, Seq: seqs[i]})
-		}
+		out[i] = routes
 	}
-	for node, targets := range remote {
-		s.metrics.remotePushes.Inc()
-		cl.Push(node, *msg, targets)
-	}
+	return out, nil
 }
 
 // sessionOp is a route change queued for the session writer.

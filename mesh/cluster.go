@@ -54,11 +54,20 @@ type Transport interface {
 	// contract above). Without a ctx deadline a transport default (2 s)
 	// applies.
 	Append(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error)
+	// AppendEntries is Append for a message that is stored already: the
+	// owner writes only the inboxes' entries (an APPEND with entries_only).
+	AppendEntries(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error)
+	// Admin runs an operator action on node's connections and returns how
+	// many it acted on. Failures as for Append.
+	Admin(ctx context.Context, node string, req cluster.AdminRequest) (int, error)
 	// Push queues msg for the local devices of targets on node. It never
 	// blocks; it drops the push when node is unknown or its queue is full.
 	Push(node string, msg persist.Message, targets []cluster.PushTarget)
 	// Kick queues a kick of (user, device, connID) on node, like Push.
 	Kick(node, user, device string, connID uint64)
+	// Signal queues sig for the local devices of its users on node, like
+	// Push.
+	Signal(node string, sig cluster.Signal)
 	// Close stops the transport. It is idempotent.
 	Close() error
 }
@@ -488,14 +497,66 @@ func (c *Cluster) handler() cluster.Handler {
 // Append implements cluster.Cluster. node == this node runs the handler
 // directly; other nodes go through the transport.
 func (c *Cluster) Append(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
-	if node == c.id {
-		h := c.handler()
-		if h == nil {
-			return persist.AppendResult{}, fmt.Errorf("%w: cluster %s not running", cluster.ErrForward, c.id)
-		}
-		return h.HandleAppend(ctx, msg, inboxes)
+	if node != c.id {
+		return c.cfg.Transport.Append(ctx, node, msg, inboxes)
 	}
-	return c.cfg.Transport.Append(ctx, node, msg, inboxes)
+	h, err := c.localHandler()
+	if err != nil {
+		return persist.AppendResult{}, err
+	}
+	return h.HandleAppend(ctx, msg, inboxes)
+}
+
+// AppendEntries implements cluster.Cluster, like Append.
+func (c *Cluster) AppendEntries(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	if node != c.id {
+		return c.cfg.Transport.AppendEntries(ctx, node, msg, inboxes)
+	}
+	h, err := c.localHandler()
+	if err != nil {
+		return persist.AppendResult{}, err
+	}
+	return h.HandleAppendEntries(ctx, msg, inboxes)
+}
+
+// localHandler returns this node's handler, or an ErrForward when the
+// cluster is not running.
+func (c *Cluster) localHandler() (cluster.Handler, error) {
+	h := c.handler()
+	if h == nil {
+		return nil, fmt.Errorf("%w: cluster %s not running", cluster.ErrForward, c.id)
+	}
+	return h, nil
+}
+
+// Admin implements cluster.Cluster: req goes to every member of the current
+// view at once (this node's handler directly), and each answer is waited
+// for until ctx ends (the transport's request timeout without a deadline).
+func (c *Cluster) Admin(ctx context.Context, req cluster.AdminRequest) []cluster.NodeCount {
+	var ids []string
+	if v := c.view.Load(); v != nil {
+		ids = v.ids
+	}
+	if !slices.Contains(ids, c.id) {
+		ids = append(slices.Clone(ids), c.id)
+		slices.Sort(ids)
+	}
+	out := make([]cluster.NodeCount, len(ids))
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		out[i].Node = id
+		if id == c.id {
+			if h, err := c.localHandler(); err != nil {
+				out[i].Err = err
+			} else {
+				out[i].Count = h.HandleAdmin(req)
+			}
+			continue
+		}
+		wg.Go(func() { out[i].Count, out[i].Err = c.cfg.Transport.Admin(ctx, id, req) })
+	}
+	wg.Wait()
+	return out
 }
 
 // Push implements cluster.Cluster (best effort, never blocks on the
@@ -508,6 +569,18 @@ func (c *Cluster) Push(node string, msg persist.Message, targets []cluster.PushT
 		return
 	}
 	c.cfg.Transport.Push(node, msg, targets)
+}
+
+// Signal implements cluster.Cluster (best effort, never blocks on the
+// network).
+func (c *Cluster) Signal(node string, sig cluster.Signal) {
+	if node == c.id {
+		if h := c.handler(); h != nil {
+			h.HandleSignal(sig)
+		}
+		return
+	}
+	c.cfg.Transport.Signal(node, sig)
 }
 
 // Kick implements cluster.Cluster (best effort).

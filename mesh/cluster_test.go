@@ -397,3 +397,51 @@ func TestClusterNodeRestart(t *testing.T) {
 		t.Error("the append did not reach the new run")
 	}
 }
+
+// TestAdminReachesEveryMember: an admin request runs on every member
+// (this node's handler directly, the others over their links) and each
+// member's count comes back, sorted by node; a member whose link is gone
+// reports an error wrapping cluster.ErrForward while the others answer.
+func TestAdminReachesEveryMember(t *testing.T) {
+	hub := membership.NewMemoryHub()
+	nodes := startTogether(t, hub, "n1", "n2", "n3")
+	waitMembers(t, 3, nodes...)
+	for i, n := range nodes {
+		n.h.AdminCount = 10 * (i + 1) // set before any request: no race
+	}
+	req := cluster.AdminRequest{Kind: cluster.AdminBroadcast, Text: "hello all", Time: 99}
+	var got []cluster.NodeCount
+	transporttest.Eventually(t, transporttest.Patience, func() error { // links may still be forming
+		got = nodes[1].c.Admin(t.Context(), req)
+		for _, c := range got {
+			if c.Err != nil {
+				return c.Err
+			}
+		}
+		return nil
+	})
+	want := []cluster.NodeCount{{Node: "n1", Count: 10}, {Node: "n2", Count: 20}, {Node: "n3", Count: 30}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("Admin = %v, want %v", got, want)
+	}
+	for _, n := range nodes {
+		if a := n.h.Admins(); len(a) == 0 || a[len(a)-1] != req {
+			t.Fatalf("%s saw %v, want %+v last", n.c.NodeID(), a, req)
+		}
+	}
+	// n3's transport stops while it is still in the view of the others.
+	if err := nodes[2].c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	got = nodes[0].c.Admin(ctx, cluster.AdminRequest{Kind: cluster.AdminKick, User: "bob"})
+	for _, c := range got {
+		switch {
+		case c.Node == "n3" && c.Err != nil && !errors.Is(c.Err, cluster.ErrForward):
+			t.Fatalf("n3 after its close: %v, want ErrForward", c.Err)
+		case c.Node != "n3" && c.Err != nil:
+			t.Fatalf("%s: %v", c.Node, c.Err)
+		}
+	}
+}

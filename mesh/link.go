@@ -277,13 +277,38 @@ func (l *Links) Append(ctx context.Context, node string, msg persist.Message, in
 	if p == nil {
 		return persist.AppendResult{}, forwardError(node, "not a connected peer (unknown node, or transport not running)", nil)
 	}
-	return p.append(ctx, msg, inboxes)
+	return p.append(ctx, msg, inboxes, false)
+}
+
+// AppendEntries implements Transport.
+func (l *Links) AppendEntries(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	p := l.peer(node)
+	if p == nil {
+		return persist.AppendResult{}, forwardError(node, "not a connected peer (unknown node, or transport not running)", nil)
+	}
+	return p.append(ctx, msg, inboxes, true)
+}
+
+// Admin implements Transport.
+func (l *Links) Admin(ctx context.Context, node string, req cluster.AdminRequest) (int, error) {
+	p := l.peer(node)
+	if p == nil {
+		return 0, forwardError(node, "not a connected peer (unknown node, or transport not running)", nil)
+	}
+	return p.admin(ctx, req)
 }
 
 // Push implements Transport.
 func (l *Links) Push(node string, msg persist.Message, targets []cluster.PushTarget) {
 	if p := l.peer(node); p != nil {
 		p.send(meshpb.CmdPush, &meshpb.PushRequest{Msg: meshpb.FromMessage(msg), Targets: meshpb.FromTargets(targets)})
+	}
+}
+
+// Signal implements Transport.
+func (l *Links) Signal(node string, sig cluster.Signal) {
+	if p := l.peer(node); p != nil {
+		p.send(meshpb.CmdSignal, meshpb.FromSignal(sig))
 	}
 }
 

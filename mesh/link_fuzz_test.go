@@ -22,8 +22,13 @@ type nopHandler struct{}
 func (nopHandler) HandleAppend(_ context.Context, msg persist.Message, in []string) (persist.AppendResult, error) {
 	return persist.AppendResult{Msg: msg, Seqs: make([]uint64, len(in))}, nil
 }
+func (nopHandler) HandleAppendEntries(_ context.Context, msg persist.Message, in []string) (persist.AppendResult, error) {
+	return persist.AppendResult{Msg: msg, Seqs: make([]uint64, len(in))}, nil
+}
+func (nopHandler) HandleAdmin(cluster.AdminRequest) int             { return 0 }
 func (nopHandler) HandlePush(persist.Message, []cluster.PushTarget) {}
 func (nopHandler) HandleKick(string, string, uint64)                {}
+func (nopHandler) HandleSignal(cluster.Signal)                      {}
 
 func fuzzFrame(cmd codec.Command, seq uint32, m proto.Message) []byte {
 	b, err := codec.AppendFrame(nil, codec.Protobuf, cmd, 0, seq, m)

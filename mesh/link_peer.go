@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/meshpb"
@@ -53,15 +54,16 @@ type outFrame struct {
 	expires time.Time // a push or kick older than this is dropped
 }
 
-// call is one Append waiting for its reply. Whoever removes it from
+// call is one request (APPEND or ADMIN) waiting for its reply. Whoever removes it from
 // pending delivers exactly one result on done.
 type call struct {
 	done chan callResult
 }
 
 type callResult struct {
-	res persist.AppendResult
-	err error
+	res   persist.AppendResult // APPEND
+	count int                  // ADMIN
+	err   error
 }
 
 func newPeer(l *Links, n membership.NodeInfo) *peer {
@@ -95,9 +97,25 @@ func (p *peer) snapshot() membership.NodeInfo {
 	return p.info
 }
 
-// append forwards one append and waits for the reply, the deadline, or
-// the link's failure.
-func (p *peer) append(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+// append forwards one append (entries only when entriesOnly) and waits for
+// the reply, the deadline, or the link's failure.
+func (p *peer) append(ctx context.Context, msg persist.Message, inboxes []string, entriesOnly bool) (persist.AppendResult, error) {
+	r := p.call(ctx, meshpb.CmdAppend, func(budgetMs uint32) proto.Message {
+		return &meshpb.AppendRequest{Msg: meshpb.FromMessage(msg), Inboxes: inboxes, TimeoutMs: budgetMs, EntriesOnly: entriesOnly}
+	})
+	return r.res, r.err
+}
+
+// admin sends an operator action and waits for the count, like append.
+func (p *peer) admin(ctx context.Context, req cluster.AdminRequest) (int, error) {
+	r := p.call(ctx, meshpb.CmdAdmin, func(uint32) proto.Message { return meshpb.FromAdmin(req) })
+	return r.count, r.err
+}
+
+// call sends one request (body gets the caller's remaining budget in ms)
+// and waits for its reply, the deadline, or the link's failure. Every
+// failure wraps cluster.ErrForward.
+func (p *peer) call(ctx context.Context, cmd codec.Command, body func(budgetMs uint32) proto.Message) callResult {
 	cfg := &p.l.cfg
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -105,25 +123,25 @@ func (p *peer) append(ctx context.Context, msg persist.Message, inboxes []string
 		defer cancel()
 	}
 	if err := ctx.Err(); err != nil {
-		return persist.AppendResult{}, forwardError(p.id, "not sent", err)
+		return callResult{err: forwardError(p.id, "not sent", err)}
 	}
 	dl, _ := ctx.Deadline()
 	budget := max(time.Until(dl).Milliseconds(), 1)
-	req := &meshpb.AppendRequest{Msg: meshpb.FromMessage(msg), Inboxes: inboxes, TimeoutMs: uint32(min(budget, 1<<31))}
+	req := body(uint32(min(budget, 1<<31)))
 
 	c := &call{done: make(chan callResult, 1)}
 	p.mu.Lock()
 	switch {
 	case p.closed:
 		p.mu.Unlock()
-		return persist.AppendResult{}, forwardError(p.id, "peer gone", nil)
+		return callResult{err: forwardError(p.id, "peer gone", nil)}
 	case p.state == linkDown:
 		err := p.lastErr
 		p.mu.Unlock()
-		return persist.AppendResult{}, forwardError(p.id, "link down", err)
+		return callResult{err: forwardError(p.id, "link down", err)}
 	case len(p.pending) >= cfg.QueueSize:
 		p.mu.Unlock()
-		return persist.AppendResult{}, forwardError(p.id, fmt.Sprintf("queue full (%d requests waiting)", cfg.QueueSize), nil)
+		return callResult{err: forwardError(p.id, fmt.Sprintf("queue full (%d requests waiting)", cfg.QueueSize), nil)}
 	}
 	p.seq++
 	if p.seq == 0 {
@@ -133,31 +151,30 @@ func (p *peer) append(ctx context.Context, msg persist.Message, inboxes []string
 	p.pending[seq] = c
 	p.mu.Unlock()
 
-	buf, err := encodeFrame(meshpb.CmdAppend, seq, req)
+	buf, err := encodeFrame(cmd, seq, req)
 	if err == nil && len(buf.B)-codec.HeaderSize > cfg.MaxBody {
 		codec.PutBuffer(buf)
-		err = fmt.Errorf("%w: append of %d bytes exceeds the mesh frame limit %d", persist.ErrInvalid, len(buf.B)-codec.HeaderSize, cfg.MaxBody)
+		err = fmt.Errorf("%w: %s of %d bytes exceeds the mesh frame limit %d", persist.ErrInvalid, cmd, len(buf.B)-codec.HeaderSize, cfg.MaxBody)
 	}
 	if err != nil {
 		p.forget(seq)
-		return persist.AppendResult{}, fmt.Errorf("mesh: node %s: %w", p.id, err)
+		return callResult{err: fmt.Errorf("mesh: node %s: %w", p.id, err)}
 	}
 	select {
 	case p.queue <- outFrame{buf: buf, seq: seq}:
 	default:
 		codec.PutBuffer(buf)
 		p.forget(seq)
-		return persist.AppendResult{}, forwardError(p.id, "write queue full", nil)
+		return callResult{err: forwardError(p.id, "write queue full", nil)}
 	}
 	select {
 	case r := <-c.done:
-		return r.res, r.err
+		return r
 	case <-ctx.Done():
 		if p.forget(seq) {
-			return persist.AppendResult{}, forwardError(p.id, "no reply in time", ctx.Err())
+			return callResult{err: forwardError(p.id, "no reply in time", ctx.Err())}
 		}
-		r := <-c.done // completed concurrently: the result is on its way
-		return r.res, r.err
+		return <-c.done // completed concurrently: the result is on its way
 	}
 }
 
@@ -510,6 +527,13 @@ func (p *peer) readLoop(conn net.Conn, br *bufio.Reader) error {
 			}
 			res, rerr := r.Result(p.id)
 			p.complete(h.Seq, callResult{res: res, err: rerr})
+		case meshpb.CmdAdminResult:
+			var r meshpb.AdminResult
+			if err := unmarshal(body, &r); err != nil {
+				return err
+			}
+			n, rerr := r.Result(p.id)
+			p.complete(h.Seq, callResult{count: n, err: rerr})
 		case meshpb.CmdPong:
 		case meshpb.CmdError:
 			var e meshpb.Error

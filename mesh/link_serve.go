@@ -94,7 +94,7 @@ func (l *Links) serveInbound(conn net.Conn) {
 				codec.PutBuffer(b)
 			}
 		}
-	} else if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+	} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 		log.Debug("mesh: inbound link closed", "err", err)
 	}
 	close(readerDone)
@@ -132,7 +132,8 @@ func (l *Links) acceptHello(conn net.Conn, fr *frameReader) (*meshpb.Hello, uint
 	return &hello, h.Seq, nil
 }
 
-// inboundRead reads the peer's requests until the link fails.
+// inboundRead reads the peer's requests until the link fails, and says
+// why (never nil).
 func (l *Links) inboundRead(conn net.Conn, fr *frameReader, hello *meshpb.Hello, out chan<- *codec.Buffer, writerDone <-chan struct{}) error {
 	// The dialer pings at the interval it announced (this node's own when
 	// it announced none; at most a minute, so no link lingers for long
@@ -149,6 +150,24 @@ func (l *Links) inboundRead(conn net.Conn, fr *frameReader, hello *meshpb.Hello,
 		case <-writerDone:
 			codec.PutBuffer(b)
 		}
+	}
+	// spawn runs a request's handler on its own goroutine, at most
+	// MaxInflight at once: it waits for a slot unless the link is ending.
+	spawn := func(seq uint32, serve func(seq uint32)) error {
+		select {
+		case sem <- struct{}{}:
+		case <-writerDone:
+			return net.ErrClosed
+		case <-l.ctx.Done():
+			return l.ctx.Err()
+		}
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			defer func() { <-sem }()
+			serve(seq)
+		}()
+		return nil
 	}
 	for {
 		dl.touch()
@@ -168,19 +187,24 @@ func (l *Links) inboundRead(conn net.Conn, fr *frameReader, hello *meshpb.Hello,
 			if err := unmarshal(body, req); err != nil {
 				return err
 			}
-			select {
-			case sem <- struct{}{}:
-			case <-writerDone:
-				return net.ErrClosed
-			case <-l.ctx.Done():
-				return l.ctx.Err()
+			if err := spawn(h.Seq, func(seq uint32) { reply(l.handleAppend(seq, req)) }); err != nil {
+				return err
 			}
-			l.wg.Add(1)
-			go func(seq uint32) {
-				defer l.wg.Done()
-				defer func() { <-sem }()
-				reply(l.handleAppend(seq, req))
-			}(h.Seq)
+		case meshpb.CmdAdmin:
+			req := new(meshpb.AdminRequest)
+			if err := unmarshal(body, req); err != nil {
+				return err
+			}
+			if err := spawn(h.Seq, func(seq uint32) {
+				b, err := encodeFrame(meshpb.CmdAdminResult, seq, meshpb.ServeAdmin(l.h, req))
+				if err != nil {
+					l.log.Error("mesh: encode admin result", "err", err)
+					return
+				}
+				reply(b)
+			}); err != nil {
+				return err
+			}
 		case meshpb.CmdPush:
 			var req meshpb.PushRequest
 			if err := unmarshal(body, &req); err != nil {
@@ -193,6 +217,12 @@ func (l *Links) inboundRead(conn net.Conn, fr *frameReader, hello *meshpb.Hello,
 				return err
 			}
 			l.h.HandleKick(req.User, req.Device, req.ConnId)
+		case meshpb.CmdSignal:
+			var req meshpb.SignalRequest
+			if err := unmarshal(body, &req); err != nil {
+				return err
+			}
+			l.h.HandleSignal(req.ToSignal())
 		default:
 			return fmt.Errorf("%w: unexpected %s on an inbound link", errProtocol, h.Command)
 		}

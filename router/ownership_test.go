@@ -24,8 +24,15 @@ func (nopTransport) SetPeers([]membership.NodeInfo)                             
 func (nopTransport) Append(context.Context, string, persist.Message, []string) (persist.AppendResult, error) {
 	return persist.AppendResult{}, cluster.ErrForward
 }
+func (nopTransport) AppendEntries(context.Context, string, persist.Message, []string) (persist.AppendResult, error) {
+	return persist.AppendResult{}, cluster.ErrForward
+}
+func (nopTransport) Admin(context.Context, string, cluster.AdminRequest) (int, error) {
+	return 0, cluster.ErrForward
+}
 func (nopTransport) Push(string, persist.Message, []cluster.PushTarget) {}
 func (nopTransport) Kick(string, string, string, uint64)                {}
+func (nopTransport) Signal(string, cluster.Signal)                      {}
 func (nopTransport) Close() error                                       { return nil }
 
 // TestRoutingMatchesOwnership runs real mesh.Clusters and a Router on one

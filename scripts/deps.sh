@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # deps.sh: install what the tests and `make cluster` need, idempotently.
 #
-#   - Debian packages zookeeper (3.8, pulls a Java runtime) and redis-server,
-#     plus default-jre-headless if no `java` is on PATH afterwards;
+#   - Debian packages zookeeper (3.8, pulls a Java runtime), redis-server and
+#     postgresql (the dev MongoDB's storage), plus default-jre-headless if no
+#     `java` is on PATH afterwards;
 #   - bin/devmongo, the FerretDB dev server (nested module tools/devmongo).
 #
 # Safe to run repeatedly and concurrently (flock on /tmp/imgn-testsvc.lock,
@@ -39,6 +40,10 @@ if [[ ${SKIP_APT:-} != 1 ]]; then
 	for p in zookeeper redis-server; do
 		have_pkg "$p" || missing+=("$p")
 	done
+	# devmongo runs PostgreSQL from PATH or /usr/lib/postgresql/*/bin.
+	if ! command -v postgres >/dev/null && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+		missing+=(postgresql)
+	fi
 fi
 
 # shellcheck source=apt.sh

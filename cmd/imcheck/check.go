@@ -40,11 +40,13 @@ var ShortFaults = []string{"kill", "pause", "zk-expire", "redis-flush", "mongo-r
 // Counts is the checker's verdict.
 type Counts struct {
 	Attempted, Acked, Failed, Delivered, Lost, Recovered, Unexpected, Twice, Order, Gaps int
+	Chat                                                                                 ChatCounts // read cursors and recalls (chat.go)
 }
 
 // OK reports whether every must-be-zero count is zero.
 func (c Counts) OK() bool {
-	return c.Lost == 0 && c.Unexpected == 0 && c.Twice == 0 && c.Order == 0 && c.Gaps == 0
+	return c.Lost == 0 && c.Unexpected == 0 && c.Twice == 0 && c.Order == 0 && c.Gaps == 0 &&
+		c.Chat.CursorBack == 0 && c.Chat.CursorDiverged == 0 && c.Chat.RecallLost == 0
 }
 
 // FaultEvent is one injected fault.
@@ -54,6 +56,11 @@ type FaultEvent struct {
 	Err                      error
 	Before, During, After    [2]time.Duration // p50, p99 of acks invoked in each window
 	NBefore, NDuring, NAfter int
+	// Unavailable is the fault's unavailability window as a client sees
+	// it: the longest any send invoked between Start and Healed waited
+	// for its answer, the client library's retries included (a send to an
+	// inbox whose owner was killed waits until the view drops the node).
+	Unavailable time.Duration
 }
 
 // CheckReport is the outcome of Check.
@@ -70,15 +77,17 @@ type sendRec struct {
 	from, to string
 	n        int // sender's counter
 	invoke   time.Time
+	done     time.Time // the answer (ack or final error) arrived
 	acked    bool
 	seq      uint64
 	lat      time.Duration
 }
 
 type recvRec struct {
-	id   string
-	from string
-	seq  uint64
+	id    string
+	from  string
+	seq   uint64
+	event bool // a chat event (recall): part of the seq stream, not a message
 }
 
 type ledger struct {
@@ -104,6 +113,7 @@ func Check(ctx context.Context, cfg CheckConfig) (*CheckReport, error) {
 	defer c.Close()
 	cfg.Logf("cluster up: %d nodes, router %s (%.1fs)", cfg.Nodes, c.RouterURL(), time.Since(wall).Seconds())
 	l := &ledger{sends: map[string]*sendRec{}, recv: map[string][]recvRec{}, errs: map[string]int{}}
+	ch := newChatLedger()
 	users := make([]string, cfg.Clients)
 	for i := range users {
 		users[i] = fmt.Sprintf("u%d", i)
@@ -119,8 +129,9 @@ func Check(ctx context.Context, cfg CheckConfig) (*CheckReport, error) {
 		clients[i] = cl
 		recvWG.Go(func() {
 			for m := range cl.Messages() {
+				ev := ch.received(u, m)
 				l.mu.Lock()
-				l.recv[u] = append(l.recv[u], recvRec{id: m.ClientMsgId, from: m.From, seq: m.Seq})
+				l.recv[u] = append(l.recv[u], recvRec{id: m.ClientMsgId, from: m.From, seq: m.Seq, event: ev})
 				l.mu.Unlock()
 			}
 		})
@@ -150,18 +161,26 @@ func Check(ctx context.Context, cfg CheckConfig) (*CheckReport, error) {
 				ack, err := cl.Send(actx, to, []byte(id), client.WithClientMsgID(id))
 				cancel()
 				l.mu.Lock()
+				rec.done = time.Now()
 				if err == nil {
 					rec.acked, rec.seq, rec.lat = true, ack.Seq, time.Since(rec.invoke)
 				} else {
 					l.errs[errName(err)]++
 				}
 				l.mu.Unlock()
+				if err == nil && n%recallEvery == recallEvery-1 {
+					ch.recall(sctx, cl, users[i], to, ack.MsgId)
+				}
 				next = next.Add(interval)
 				if d := time.Since(next); d > 0 { // fell behind (a long retry): skip the missed slots
 					next = next.Add(d.Truncate(interval) + interval)
 				}
 			}
 		})
+	}
+	for i, cl := range clients {
+		rng := rand.New(rand.NewPCG(cfg.Seed, uint64(i)+1<<32))
+		sendWG.Go(func() { ch.reader(sctx, cl, users[i], rng) })
 	}
 	rep := &CheckReport{SendErrs: l.errs}
 	time.Sleep(cfg.Quiet)
@@ -185,6 +204,11 @@ func Check(ctx context.Context, cfg CheckConfig) (*CheckReport, error) {
 		cancel()
 	}
 	_ = clusterkit.Poll(ctx, 60*time.Second, "drain", func() bool { return l.missing() == 0 })
+	chat := ch.finish(ctx, users, clients, func(u string) (*client.Client, error) {
+		cc := clusterkit.ClientConfig(c.RouterURL(), "", u, "d2")
+		cc.SendOnly = true
+		return client.Dial(ctx, cc)
+	})
 	time.Sleep(500 * time.Millisecond) // anything still queued (duplicates would show here)
 	rep.Drain = time.Since(drainStart)
 	for _, cl := range clients {
@@ -192,6 +216,7 @@ func Check(ctx context.Context, cfg CheckConfig) (*CheckReport, error) {
 	}
 	recvWG.Wait()
 	rep.Counts = l.verdict()
+	rep.Chat = chat
 	var lats []time.Duration
 	l.mu.Lock()
 	for _, s := range l.sends {
@@ -204,6 +229,7 @@ func Check(ctx context.Context, cfg CheckConfig) (*CheckReport, error) {
 		ev.Before, ev.NBefore = l.window(ev.Start.Add(-5*time.Second), ev.Start)
 		ev.During, ev.NDuring = l.window(ev.Start, ev.Healed)
 		ev.After, ev.NAfter = l.window(ev.Healed, ev.Healed.Add(5*time.Second))
+		ev.Unavailable = l.longestWait(ev.Start, ev.Healed)
 	}
 	l.mu.Unlock()
 	rep.P50, rep.P99 = pct(lats, .5), pct(lats, .99)
@@ -254,6 +280,9 @@ func (l *ledger) verdict() Counts {
 		for i, r := range st {
 			if r.seq != uint64(i+1) {
 				c.Gaps++ // the stream must be 1, 2, 3, ... (it starts at seq 1)
+			}
+			if r.event {
+				continue // recall events: chat.go checks them
 			}
 			if ids[r.id] {
 				c.Twice++
@@ -314,6 +343,19 @@ func (l *ledger) window(from, to time.Time) ([2]time.Duration, int) {
 		}
 	}
 	return [2]time.Duration{pct(d, .5), pct(d, .99)}, len(d)
+}
+
+// longestWait returns the longest time a send invoked in [from, to) waited
+// for its answer, successful or not. l.mu is held.
+func (l *ledger) longestWait(from, to time.Time) time.Duration {
+	var longest time.Duration
+	for _, s := range l.sends {
+		if s.invoke.Before(from) || !s.invoke.Before(to) || s.done.IsZero() {
+			continue
+		}
+		longest = max(longest, s.done.Sub(s.invoke))
+	}
+	return longest
 }
 
 func pct(d []time.Duration, q float64) time.Duration {
@@ -427,11 +469,15 @@ func (r *CheckReport) Print(w io.Writer) {
 	if len(r.SendErrs) > 0 {
 		fmt.Fprintf(w, "send errors (after the client library's retries): %v\n", r.SendErrs)
 	}
-	fmt.Fprintf(w, "\n| fault | target | fault lasted | heal after repair | p50/p99 before | p50/p99 during | p50/p99 after | error |\n")
-	fmt.Fprintf(w, "|---|---|---|---|---|---|---|---|\n")
+	ct := r.Chat
+	fmt.Fprintf(w, "\n| reads acked | cursor moved back | devices disagree | recalls | recalls acked | recall not applied |\n")
+	fmt.Fprintf(w, "|---|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "| %d | %d | %d | %d | %d | %d |\n", ct.Reads, ct.CursorBack, ct.CursorDiverged, ct.Recalls, ct.RecallsAcked, ct.RecallLost)
+	fmt.Fprintf(w, "\n| fault | target | fault lasted | heal after repair | unavailable | p50/p99 before | p50/p99 during | p50/p99 after | error |\n")
+	fmt.Fprintf(w, "|---|---|---|---|---|---|---|---|---|\n")
 	for _, e := range r.Events {
-		fmt.Fprintf(w, "| %s | %s | %.1fs | %.2fs | %s / %s | %s / %s | %s / %s | %s |\n", e.Name, e.Target,
-			e.Repaired.Sub(e.Start).Seconds(), e.Healed.Sub(e.Repaired).Seconds(),
+		fmt.Fprintf(w, "| %s | %s | %.1fs | %.2fs | %.2fs | %s / %s | %s / %s | %s / %s | %s |\n", e.Name, e.Target,
+			e.Repaired.Sub(e.Start).Seconds(), e.Healed.Sub(e.Repaired).Seconds(), e.Unavailable.Seconds(),
 			ms(e.Before[0]), ms(e.Before[1]), ms(e.During[0]), ms(e.During[1]), ms(e.After[0]), ms(e.After[1]), errOrEmpty(e.Err))
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/imgn/imgn/internal/dirlock"
 	"github.com/imgn/imgn/internal/envflag"
 	"github.com/imgn/imgn/internal/testsvc"
 	"github.com/imgn/imgn/lb"
@@ -30,13 +32,14 @@ func main() {
 }
 
 type options struct {
-	nodes      int
-	dir, bin   string
-	basePort   int
-	mesh       string
-	jwtSecret  string
-	withRouter bool
-	lbStrategy string
+	nodes        int
+	dir, bin     string
+	basePort     int
+	mesh         string
+	jwtSecret    string
+	withRouter   bool
+	lbStrategy   string
+	mongoBackend string
 }
 
 const clusterDescription = `Runs a local development cluster in the foreground: ZooKeeper, Redis and a dev
@@ -61,6 +64,7 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*option
 	fs.StringVar(&o.jwtSecret, "jwt-secret", "dev-secret", "HS256 secret for token login on every node")
 	fs.BoolVar(&o.withRouter, "router", true, "also run imrouter")
 	fs.StringVar(&o.lbStrategy, "lb", lb.ConsistentHash, "router strategy: "+strings.Join(lb.Strategies(), ", "))
+	fs.StringVar(&o.mongoBackend, "mongo-backend", "postgresql", "the dev MongoDB's storage: postgresql or sqlite")
 	if err := fs.Parse(args, getenv); err != nil {
 		return nil, err
 	}
@@ -72,6 +76,9 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*option
 	}
 	if o.mesh != "direct" && o.mesh != "redis" {
 		return nil, envflag.Usagef("--mesh must be direct or redis, got %q", o.mesh)
+	}
+	if o.mongoBackend != "postgresql" && o.mongoBackend != "sqlite" {
+		return nil, envflag.Usagef("--mongo-backend must be postgresql or sqlite, got %q", o.mongoBackend)
 	}
 	if !slices.Contains(lb.Strategies(), o.lbStrategy) {
 		return nil, envflag.Usagef("--lb %q: want one of %s", o.lbStrategy, strings.Join(lb.Strategies(), ", "))
@@ -130,9 +137,16 @@ func (p *proc) stop(grace time.Duration) {
 	}
 }
 
-func waitHTTP(ctx context.Context, url string) error {
+// waitHTTP polls url until it answers 200, the process p exits (its
+// output says why: a port it could not bind, ...) or 60 s pass.
+func waitHTTP(ctx context.Context, p *proc, url string) error {
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
+		select {
+		case <-p.done:
+			return fmt.Errorf("%s exited during start-up: %v", p.name, p.cmd.ProcessState)
+		default:
+		}
 		if resp, err := http.Get(url); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -148,8 +162,54 @@ func waitHTTP(ctx context.Context, url string) error {
 	return fmt.Errorf("%s not ready after 60s", url)
 }
 
+// plannedPorts lists every port the cluster will listen on, with what
+// listens there.
+func plannedPorts(o *options) []plannedPort {
+	ps := []plannedPort{{o.basePort - 7, "ZooKeeper"}, {o.basePort - 6, "Redis"}, {o.basePort - 5, "MongoDB"}}
+	if o.withRouter {
+		ps = append(ps, plannedPort{o.basePort - 20, "imrouter"})
+	}
+	for i := range o.nodes {
+		base := o.basePort + 10*i
+		id := nodeID(i)
+		ps = append(ps, plannedPort{base, id + " clients"}, plannedPort{base + 1, id + " admin"}, plannedPort{base + 2, id + " mesh"})
+	}
+	return ps
+}
+
+type plannedPort struct {
+	port int
+	what string
+}
+
+// checkPorts fails, naming them, when any of the cluster's ports is taken
+// (another cluster, most likely): starting would reach that cluster's
+// servers instead of ours.
+func checkPorts(o *options) error {
+	var busy []string
+	for _, p := range plannedPorts(o) {
+		ln, err := net.Listen("tcp", addr(p.port))
+		if err != nil {
+			busy = append(busy, fmt.Sprintf("%d (%s)", p.port, p.what))
+			continue
+		}
+		ln.Close()
+	}
+	if len(busy) > 0 {
+		return fmt.Errorf("ports in use: %s; stop what listens there (another cluster?) or choose another --base-port", strings.Join(busy, ", "))
+	}
+	return nil
+}
+
 func runCluster(ctx context.Context, o *options, out io.Writer) error {
-	if err := os.MkdirAll(o.dir, 0o755); err != nil {
+	// The directory first: a second imcluster on the same --dir must not
+	// touch the first one's data or logs.
+	lock, err := dirlock.Acquire(o.dir)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	if err := checkPorts(o); err != nil {
 		return err
 	}
 	fmt.Fprintln(out, "starting ZooKeeper, Redis and the dev MongoDB (first run installs packages and builds FerretDB)...")
@@ -160,7 +220,11 @@ func runCluster(ctx context.Context, o *options, out io.Writer) error {
 		}
 	}()
 	launch := func(kind string, port int) (*testsvc.Service, error) {
-		s, err := testsvc.Launch(ctx, kind, filepath.Join(o.dir, kind), port)
+		var opts []testsvc.Option
+		if kind == testsvc.KindMongo {
+			opts = append(opts, testsvc.WithDevmongoArgs("--backend", o.mongoBackend))
+		}
+		s, err := testsvc.Launch(ctx, kind, filepath.Join(o.dir, kind), port, opts...)
 		if err != nil {
 			return nil, err
 		}
@@ -198,7 +262,7 @@ func runCluster(ctx context.Context, o *options, out io.Writer) error {
 			return err
 		}
 		procs = append(procs, p)
-		if err := waitHTTP(ctx, "http://"+admin+"/readyz"); err != nil {
+		if err := waitHTTP(ctx, p, "http://"+admin+"/readyz"); err != nil {
 			return fmt.Errorf("%s: %w (see %s)", id, err, filepath.Join(o.dir, id+".log"))
 		}
 		fmt.Fprintf(out, "  node %-3s clients %s  admin http://%s  mesh %s\n", id, listen, admin, meshAddr)
@@ -211,7 +275,7 @@ func runCluster(ctx context.Context, o *options, out io.Writer) error {
 			return err
 		}
 		procs = append(procs, p)
-		if err := waitHTTP(ctx, "http://"+raddr+"/healthz"); err != nil {
+		if err := waitHTTP(ctx, p, "http://"+raddr+"/healthz"); err != nil {
 			return fmt.Errorf("imrouter: %w", err)
 		}
 		fmt.Fprintf(out, "  router   http://%s  (%s)\n", raddr, o.lbStrategy)

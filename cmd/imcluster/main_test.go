@@ -2,11 +2,14 @@ package main
 
 import (
 	"bytes"
+	"fmt"
+	"net"
 	"os"
 	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/imgn/imgn/internal/dirlock"
 	"github.com/imgn/imgn/lb"
 )
 
@@ -99,5 +102,46 @@ func TestReadmeChatCrossesNodes(t *testing.T) {
 		if !strings.Contains(section, u+" lands on "+placed[i]) {
 			t.Errorf("README does not say %q", u+" lands on "+placed[i])
 		}
+	}
+}
+
+// TestFailsFastOnATakenDirOrPort: a second cluster on the same --dir, or
+// on ports another process holds, stops at once with an error naming the
+// problem; it starts nothing, writes no log, and never prints "cluster up".
+func TestFailsFastOnATakenDirOrPort(t *testing.T) {
+	dir := t.TempDir()
+	held, err := dirlock.Acquire(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	code := run([]string{"--dir", dir, "--base-port", "31000", "--bin", t.TempDir()}, func(string) string { return "" }, &out, &errb)
+	if code != 1 || !strings.Contains(errb.String(), "in use by another process") || strings.Contains(out.String(), "cluster up") {
+		t.Fatalf("taken dir: exit %d, stdout %q, stderr %q", code, out.String(), errb.String())
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 { // only the lock file
+		t.Fatalf("taken dir: the second cluster wrote %v", entries)
+	}
+	held.Release()
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port // node n2's admin port below
+	base := port - 11
+	out.Reset()
+	errb.Reset()
+	dir2 := t.TempDir()
+	code = run([]string{"--dir", dir2, "--base-port", fmt.Sprint(base), "--bin", t.TempDir()}, func(string) string { return "" }, &out, &errb)
+	// Other processes may hold more of these ports (they are ephemeral
+	// ones): the error must name ours among them.
+	want := fmt.Sprintf("%d (n2 admin)", port)
+	if code != 1 || !strings.Contains(errb.String(), "ports in use: ") || !strings.Contains(errb.String(), want) || strings.Contains(out.String(), "cluster up") {
+		t.Fatalf("taken port: exit %d, stdout %q, stderr %q; want %q", code, out.String(), errb.String(), want)
+	}
+	if entries, _ := os.ReadDir(dir2); len(entries) != 1 {
+		t.Fatalf("taken port: the cluster wrote %v", entries)
 	}
 }

@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 )
 
@@ -126,6 +128,29 @@ func str(v any) string {
 }
 
 // adminOutput prints the answer: as received with --json, else human.
+// perNode formats the per-node counts of a cluster-wide admin answer
+// (" (n1 2, n2 3); n3 not reached: ..."), or "" when it has none.
+func perNode(resp map[string]any) string {
+	var b strings.Builder
+	if nodes, ok := resp["nodes"].(map[string]any); ok && len(nodes) > 0 {
+		ids := slices.Sorted(maps.Keys(nodes))
+		b.WriteString(" (")
+		for i, id := range ids {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "%s %s", id, str(nodes[id]))
+		}
+		b.WriteString(")")
+	}
+	if failed, ok := resp["failed"].(map[string]any); ok {
+		for _, id := range slices.Sorted(maps.Keys(failed)) {
+			fmt.Fprintf(&b, "; %s not reached: %s", id, str(failed[id]))
+		}
+	}
+	return b.String()
+}
+
 func adminOutput(e *env, f *flags, resp map[string]any, human string) {
 	if f.json {
 		writeJSON(e.stdout, resp)
@@ -187,7 +212,7 @@ func cmdKick(ctx context.Context, e *env, args []string) error {
 	if err := adminCall(ctx, e, base, http.MethodPost, "/admin/kick", q, nil, &resp); err != nil {
 		return err
 	}
-	adminOutput(e, f, resp, fmt.Sprintf("kicked %s session(s) of %s", str(resp["kicked"]), *user))
+	adminOutput(e, f, resp, fmt.Sprintf("kicked %s session(s) of %s%s", str(resp["kicked"]), *user, perNode(resp)))
 	return nil
 }
 
@@ -210,7 +235,7 @@ func cmdBroadcast(ctx context.Context, e *env, args []string) error {
 	if err := adminCall(ctx, e, base, http.MethodPost, "/admin/broadcast", nil, map[string]string{"text": *text}, &resp); err != nil {
 		return err
 	}
-	adminOutput(e, f, resp, fmt.Sprintf("notice delivered to %s connection(s)", str(resp["delivered"])))
+	adminOutput(e, f, resp, fmt.Sprintf("notice delivered to %s connection(s)%s", str(resp["delivered"]), perNode(resp)))
 	return nil
 }
 

@@ -296,7 +296,7 @@ func TestAdminCommands(t *testing.T) {
 		case "/admin/kick":
 			io.WriteString(w, `{"kicked":2}`)
 		case "/admin/broadcast":
-			io.WriteString(w, `{"delivered":5}`)
+			io.WriteString(w, `{"delivered":5,"nodes":{"n2":3,"n1":2},"failed":{"n3":"unreachable"}}`)
 		case "/admin/message":
 			io.WriteString(w, `{"msg_id":1152921504606846977,"seq":3}`)
 		default:
@@ -316,7 +316,7 @@ func TestAdminCommands(t *testing.T) {
 		{[]string{"kick", "--user", "alice", "--device", "phone"}, call{"POST", "/admin/kick", "device=phone&user=alice", ""},
 			"kicked 2 session(s) of alice", `{"kicked":2}`},
 		{[]string{"broadcast", "--text", "hello all"}, call{"POST", "/admin/broadcast", "", `{"text":"hello all"}`},
-			"notice delivered to 5 connection(s)", `{"delivered":5}`},
+			"notice delivered to 5 connection(s) (n1 2, n2 3); n3 not reached: unreachable", `{"delivered":5,"failed":{"n3":"unreachable"},"nodes":{"n1":2,"n2":3}}`},
 		{[]string{"sysmsg", "--to", "bob", "welcome", "aboard"}, call{"POST", "/admin/message", "", `{"text":"welcome aboard","to":"bob"}`},
 			"stored msg_id=1152921504606846977 seq=3 in bob's inbox", `{"msg_id":1152921504606846977,"seq":3}`},
 	}

@@ -67,12 +67,13 @@ func serveCluster(o *options, log *slog.Logger) error {
 	c := &o.cluster
 	startCtx, cancelStart := context.WithTimeout(ctx, 60*time.Second)
 	defer cancelStart()
-	store, err := mongostore.Open(startCtx, mongostore.Options{URI: c.mongoURI, Database: c.mongoDB, WriteConcern: c.writeConcern, Logger: nlog})
+	metrics := prometheus.NewRegistry() // the engine's, the stores' and the mesh's metrics
+	store, err := mongostore.Open(startCtx, mongostore.Options{URI: c.mongoURI, Database: c.mongoDB, WriteConcern: c.writeConcern, Registry: metrics, Logger: nlog})
 	if err != nil {
 		return fmt.Errorf("message store: %w", err)
 	}
 	cl.add("message store", store.Close)
-	sessions, err := redisstore.New(redisstore.Config{Addrs: splitList(c.redis)})
+	sessions, err := redisstore.New(redisstore.Config{Addrs: splitList(c.redis), Registry: metrics})
 	if err != nil {
 		return fmt.Errorf("session store: %w", err)
 	}
@@ -95,7 +96,6 @@ func serveCluster(o *options, log *slog.Logger) error {
 	o.engine.NodeNum = num
 	nlog.Info("node number claimed", "node_num", num)
 	// The mesh and its transports add the node field themselves.
-	metrics := prometheus.NewRegistry() // the engine's and the mesh's
 	transport, err := newTransport(o, metrics, log)
 	if err != nil {
 		return err

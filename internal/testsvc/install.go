@@ -23,10 +23,12 @@ const LockPath = "/tmp/imgn-testsvc.lock"
 // rootModule is the module line of the repository's go.mod.
 const rootModule = "module github.com/imgn/imgn"
 
-// Debian packages per kind (zookeeper depends on a Java runtime).
+// Debian packages per kind (zookeeper depends on a Java runtime; the dev
+// MongoDB keeps its data in a PostgreSQL server it runs itself).
 var debPackages = map[string][]string{
 	KindZooKeeper: {"zookeeper"},
 	KindRedis:     {"redis-server"},
+	KindMongo:     {"postgresql"},
 }
 
 var (
@@ -35,7 +37,7 @@ var (
 )
 
 // EnsureInstalled makes every service kind runnable: it installs the Debian
-// packages zookeeper and redis-server when missing (apt-get update; apt-get
+// packages zookeeper, redis-server and postgresql when missing (apt-get update; apt-get
 // install -y; as root, or via passwordless sudo) and builds bin/devmongo
 // when it is missing or older than its sources in tools/devmongo. It is safe
 // to call concurrently from several processes (flock on LockPath) and
@@ -108,9 +110,23 @@ func missingPackages(kinds []string) []string {
 					out = append(out, debPackages[k]...)
 				}
 			}
+		case KindMongo:
+			if !havePostgres() {
+				out = append(out, debPackages[k]...)
+			}
 		}
 	}
 	return out
+}
+
+// havePostgres reports whether PostgreSQL's server binaries are where
+// devmongo looks for them (PATH, or Debian's /usr/lib/postgresql/*/bin).
+func havePostgres() bool {
+	if _, err := exec.LookPath("postgres"); err == nil {
+		return true
+	}
+	found, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
+	return len(found) > 0
 }
 
 func aptInstall(ctx context.Context, pkgs []string) error {

@@ -3,7 +3,12 @@
 // ports in their own directories, for integration tests and for local
 // clusters, and injects faults into them. Nothing here is a mock: the
 // processes are the Debian packages' servers (zookeeper 3.8, redis-server
-// 7) and FerretDB v1.24 with its SQLite backend.
+// 7) and FerretDB v1.24 (bin/devmongo) on its PostgreSQL backend: devmongo
+// runs a throwaway PostgreSQL server (Debian's postgresql, as an
+// unprivileged user, on a free loopback port) with its data in the
+// service's directory and in its process group, so the faults below hit
+// both. WithDevmongoArgs("--backend", "sqlite") selects FerretDB's SQLite
+// backend instead.
 //
 // Installation: Start* and Launch call EnsureInstalled for the kind they
 // need (apt-get for the packages, `go build` for bin/devmongo), serialised
@@ -72,6 +77,11 @@ var (
 	// ErrUnknownKind: Launch with a kind other than the Kind* constants.
 	ErrUnknownKind = errors.New("testsvc: unknown service kind")
 )
+
+// errPortInUse: something listens on the service's port already. Launch
+// picks another port when it chose this one (another process took it
+// between FreePort and the start: tests run in parallel).
+var errPortInUse = errors.New("is in use")
 
 // defaults
 const (
@@ -250,7 +260,7 @@ func Launch(ctx context.Context, kind, dir string, port int, opts ...Option) (*S
 			break
 		}
 		var exited *exitedError
-		if !errors.As(lastErr, &exited) {
+		if !errors.As(lastErr, &exited) && !errors.Is(lastErr, errPortInUse) {
 			break // a timeout or a spawn failure: another port will not help
 		}
 	}
@@ -322,6 +332,13 @@ func (s *Service) Start() error {
 	if s.runningLocked() {
 		return fmt.Errorf("%w: %s (pid %d)", ErrRunning, s, s.proc.cmd.Process.Pid)
 	}
+	// A server already on the port would answer the readiness probe in
+	// our child's place (another cluster on the same ports).
+	ln, err := net.Listen("tcp", s.Addr)
+	if err != nil {
+		return fmt.Errorf("testsvc: start %s: port %d %w: %w", s, s.Port, errPortInUse, err)
+	}
+	ln.Close()
 	k := kinds[s.Kind]
 	args, err := k.command(s)
 	if err != nil {

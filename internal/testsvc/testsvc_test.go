@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -244,16 +245,22 @@ func TestLaunchErrors(t *testing.T) {
 		t.Fatalf("bad redis args: err = %v, want one quoting the log", err)
 	}
 
-	// A taken fixed port: no retry on another port, a clear error.
+	// A taken fixed port: no retry on another port, no child started
+	// (it would be the server already there that answers the probe), a
+	// clear error.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
 	port := l.Addr().(*net.TCPAddr).Port
-	_, err = testsvc.Launch(t.Context(), testsvc.KindRedis, t.TempDir(), port)
-	if err == nil || !strings.Contains(err.Error(), "exited before it was ready") {
+	dir := t.TempDir()
+	_, err = testsvc.Launch(t.Context(), testsvc.KindRedis, dir, port)
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("port %d is in use", port)) {
 		t.Fatalf("taken port: err = %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "redis.log")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("taken port: a server was started (log: %v)", err)
 	}
 }
 

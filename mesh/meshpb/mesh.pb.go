@@ -16,12 +16,11 @@
 package meshpb
 
 import (
+	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
+	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
-
-	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
-	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 )
 
 const (
@@ -30,6 +29,56 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// AdminKind says what an ADMIN request does.
+type AdminKind int32
+
+const (
+	AdminKind_ADMIN_KIND_UNSPECIFIED AdminKind = 0 // invalid
+	AdminKind_ADMIN_KIND_BROADCAST   AdminKind = 1 // NOTICE {text, time} to every logged-in connection
+	AdminKind_ADMIN_KIND_KICK        AdminKind = 2 // end user's sessions (device's only when set) with KICK_ADMIN
+)
+
+// Enum value maps for AdminKind.
+var (
+	AdminKind_name = map[int32]string{
+		0: "ADMIN_KIND_UNSPECIFIED",
+		1: "ADMIN_KIND_BROADCAST",
+		2: "ADMIN_KIND_KICK",
+	}
+	AdminKind_value = map[string]int32{
+		"ADMIN_KIND_UNSPECIFIED": 0,
+		"ADMIN_KIND_BROADCAST":   1,
+		"ADMIN_KIND_KICK":        2,
+	}
+)
+
+func (x AdminKind) Enum() *AdminKind {
+	p := new(AdminKind)
+	*p = x
+	return p
+}
+
+func (x AdminKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AdminKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_meshpb_mesh_proto_enumTypes[0].Descriptor()
+}
+
+func (AdminKind) Type() protoreflect.EnumType {
+	return &file_mesh_meshpb_mesh_proto_enumTypes[0]
+}
+
+func (x AdminKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AdminKind.Descriptor instead.
+func (AdminKind) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{0}
+}
 
 // ErrorCode classifies a failure so that the requester can rebuild the
 // sentinel error (errors.Is keeps working across nodes).
@@ -99,11 +148,11 @@ func (x ErrorCode) String() string {
 }
 
 func (ErrorCode) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_meshpb_mesh_proto_enumTypes[0].Descriptor()
+	return file_mesh_meshpb_mesh_proto_enumTypes[1].Descriptor()
 }
 
 func (ErrorCode) Type() protoreflect.EnumType {
-	return &file_mesh_meshpb_mesh_proto_enumTypes[0]
+	return &file_mesh_meshpb_mesh_proto_enumTypes[1]
 }
 
 func (x ErrorCode) Number() protoreflect.EnumNumber {
@@ -112,7 +161,7 @@ func (x ErrorCode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorCode.Descriptor instead.
 func (ErrorCode) EnumDescriptor() ([]byte, []int) {
-	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{0}
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{1}
 }
 
 // HELLO (0xC0): the first frame in each direction of a TCP link. The
@@ -266,15 +315,20 @@ func (x *Auth) GetMac() []byte {
 
 // Message mirrors persist.Message.
 type Message struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	From          string                 `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
-	To            string                 `protobuf:"bytes,3,opt,name=to,proto3" json:"to,omitempty"`
-	Group         bool                   `protobuf:"varint,4,opt,name=group,proto3" json:"group,omitempty"`
-	ClientMsgId   string                 `protobuf:"bytes,5,opt,name=client_msg_id,json=clientMsgId,proto3" json:"client_msg_id,omitempty"`
-	Timestamp     int64                  `protobuf:"varint,6,opt,name=timestamp,proto3" json:"timestamp,omitempty"` // Unix milliseconds
-	Kind          uint32                 `protobuf:"varint,7,opt,name=kind,proto3" json:"kind,omitempty"`
-	Body          []byte                 `protobuf:"bytes,8,opt,name=body,proto3" json:"body,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	From        string                 `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	To          string                 `protobuf:"bytes,3,opt,name=to,proto3" json:"to,omitempty"`
+	Group       bool                   `protobuf:"varint,4,opt,name=group,proto3" json:"group,omitempty"`
+	ClientMsgId string                 `protobuf:"bytes,5,opt,name=client_msg_id,json=clientMsgId,proto3" json:"client_msg_id,omitempty"`
+	Timestamp   int64                  `protobuf:"varint,6,opt,name=timestamp,proto3" json:"timestamp,omitempty"` // Unix milliseconds
+	Kind        uint32                 `protobuf:"varint,7,opt,name=kind,proto3" json:"kind,omitempty"`
+	Body        []byte                 `protobuf:"bytes,8,opt,name=body,proto3" json:"body,omitempty"`
+	// The chat fields: event kind (0 = a message) and the message an event
+	// is about; recalled marks a recalled message (its body is empty).
+	Event         uint32 `protobuf:"varint,9,opt,name=event,proto3" json:"event,omitempty"`
+	Target        uint64 `protobuf:"varint,10,opt,name=target,proto3" json:"target,omitempty"`
+	Recalled      bool   `protobuf:"varint,11,opt,name=recalled,proto3" json:"recalled,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -365,8 +419,30 @@ func (x *Message) GetBody() []byte {
 	return nil
 }
 
+func (x *Message) GetEvent() uint32 {
+	if x != nil {
+		return x.Event
+	}
+	return 0
+}
+
+func (x *Message) GetTarget() uint64 {
+	if x != nil {
+		return x.Target
+	}
+	return 0
+}
+
+func (x *Message) GetRecalled() bool {
+	if x != nil {
+		return x.Recalled
+	}
+	return false
+}
+
 // APPEND (0xC4): run MessageStore.Append(msg, inboxes) on the owner of the
-// inboxes. Reply: APPEND_RESULT with the request's seq.
+// inboxes (or, with entries_only, write only the inboxes' entries for msg,
+// which is stored already). Reply: APPEND_RESULT with the request's seq.
 type AppendRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Msg     *Message               `protobuf:"bytes,1,opt,name=msg,proto3" json:"msg,omitempty"`
@@ -378,8 +454,11 @@ type AppendRequest struct {
 	// Redis pub/sub only: the requester's node id (the reply is published to
 	// its channel) and boot epoch (echoed in AppendResult.to_epoch, so a
 	// restarted requester ignores replies meant for its previous run).
-	ReplyTo       string `protobuf:"bytes,4,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
-	ReplyEpoch    int64  `protobuf:"varint,5,opt,name=reply_epoch,json=replyEpoch,proto3" json:"reply_epoch,omitempty"`
+	ReplyTo    string `protobuf:"bytes,4,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
+	ReplyEpoch int64  `protobuf:"varint,5,opt,name=reply_epoch,json=replyEpoch,proto3" json:"reply_epoch,omitempty"`
+	// msg is the stored message (the requester's earlier APPEND returned
+	// it): the owner writes only the entries of inboxes, not the message.
+	EntriesOnly   bool `protobuf:"varint,6,opt,name=entries_only,json=entriesOnly,proto3" json:"entries_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -447,6 +526,13 @@ func (x *AppendRequest) GetReplyEpoch() int64 {
 		return x.ReplyEpoch
 	}
 	return 0
+}
+
+func (x *AppendRequest) GetEntriesOnly() bool {
+	if x != nil {
+		return x.EntriesOnly
+	}
+	return false
 }
 
 // APPEND_RESULT (0xC5): the answer to APPEND. Exactly one of: error set
@@ -696,6 +782,227 @@ func (x *KickRequest) GetConnId() uint64 {
 	return 0
 }
 
+// ADMIN (0xC8): an operator action that the receiver runs on its own
+// connections. Reply: ADMIN_RESULT with the request's seq.
+type AdminRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Kind   AdminKind              `protobuf:"varint,1,opt,name=kind,proto3,enum=imgn.mesh.v1.AdminKind" json:"kind,omitempty"`
+	Text   string                 `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`     // broadcast: the notice
+	Time   int64                  `protobuf:"varint,3,opt,name=time,proto3" json:"time,omitempty"`    // broadcast: its time, Unix ms (the same on every node)
+	User   string                 `protobuf:"bytes,4,opt,name=user,proto3" json:"user,omitempty"`     // kick
+	Device string                 `protobuf:"bytes,5,opt,name=device,proto3" json:"device,omitempty"` // kick: empty means every device of user
+	// Redis pub/sub only, as in AppendRequest.
+	ReplyTo       string `protobuf:"bytes,6,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
+	ReplyEpoch    int64  `protobuf:"varint,7,opt,name=reply_epoch,json=replyEpoch,proto3" json:"reply_epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminRequest) Reset() {
+	*x = AdminRequest{}
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminRequest) ProtoMessage() {}
+
+func (x *AdminRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminRequest.ProtoReflect.Descriptor instead.
+func (*AdminRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *AdminRequest) GetKind() AdminKind {
+	if x != nil {
+		return x.Kind
+	}
+	return AdminKind_ADMIN_KIND_UNSPECIFIED
+}
+
+func (x *AdminRequest) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *AdminRequest) GetTime() int64 {
+	if x != nil {
+		return x.Time
+	}
+	return 0
+}
+
+func (x *AdminRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *AdminRequest) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *AdminRequest) GetReplyTo() string {
+	if x != nil {
+		return x.ReplyTo
+	}
+	return ""
+}
+
+func (x *AdminRequest) GetReplyEpoch() int64 {
+	if x != nil {
+		return x.ReplyEpoch
+	}
+	return 0
+}
+
+// SIGNAL (0xCA): a client frame that is never stored (RECEIPT,
+// TYPING_EVENT) for the receiver's local devices of users. body is the
+// frame's body encoded with Protobuf; cmd its client command code. No
+// reply (best effort).
+type SignalRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Users         []string               `protobuf:"bytes,1,rep,name=users,proto3" json:"users,omitempty"`
+	Cmd           uint32                 `protobuf:"varint,2,opt,name=cmd,proto3" json:"cmd,omitempty"`
+	Body          []byte                 `protobuf:"bytes,3,opt,name=body,proto3" json:"body,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignalRequest) Reset() {
+	*x = SignalRequest{}
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignalRequest) ProtoMessage() {}
+
+func (x *SignalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
+func (*SignalRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *SignalRequest) GetUsers() []string {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
+func (x *SignalRequest) GetCmd() uint32 {
+	if x != nil {
+		return x.Cmd
+	}
+	return 0
+}
+
+func (x *SignalRequest) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+// ADMIN_RESULT (0xC9): how many connections the receiver acted on, or the
+// error.
+type AdminResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Count         uint32                 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	Error         *Error                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	ToEpoch       int64                  `protobuf:"varint,3,opt,name=to_epoch,json=toEpoch,proto3" json:"to_epoch,omitempty"` // Redis pub/sub only: AdminRequest.reply_epoch
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminResult) Reset() {
+	*x = AdminResult{}
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminResult) ProtoMessage() {}
+
+func (x *AdminResult) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminResult.ProtoReflect.Descriptor instead.
+func (*AdminResult) Descriptor() ([]byte, []int) {
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *AdminResult) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *AdminResult) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+func (x *AdminResult) GetToEpoch() int64 {
+	if x != nil {
+		return x.ToEpoch
+	}
+	return 0
+}
+
 // ERROR (0xFF): a failure. In APPEND_RESULT it is the append's error; as a
 // frame of its own it rejects a HELLO or a malformed frame, and the sender
 // closes the link after it.
@@ -709,7 +1016,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[8]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -721,7 +1028,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_meshpb_mesh_proto_msgTypes[8]
+	mi := &file_mesh_meshpb_mesh_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -734,7 +1041,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{8}
+	return file_mesh_meshpb_mesh_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -766,7 +1073,7 @@ const file_mesh_meshpb_mesh_proto_rawDesc = "" +
 	"\x05nonce\x18\x06 \x01(\fR\x05nonce\x12\x10\n" +
 	"\x03mac\x18\a \x01(\fR\x03mac\"\x18\n" +
 	"\x04Auth\x12\x10\n" +
-	"\x03mac\x18\x01 \x01(\fR\x03mac\"\xbd\x01\n" +
+	"\x03mac\x18\x01 \x01(\fR\x03mac\"\x87\x02\n" +
 	"\aMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04from\x18\x02 \x01(\tR\x04from\x12\x0e\n" +
@@ -775,7 +1082,11 @@ const file_mesh_meshpb_mesh_proto_rawDesc = "" +
 	"\rclient_msg_id\x18\x05 \x01(\tR\vclientMsgId\x12\x1c\n" +
 	"\ttimestamp\x18\x06 \x01(\x03R\ttimestamp\x12\x12\n" +
 	"\x04kind\x18\a \x01(\rR\x04kind\x12\x12\n" +
-	"\x04body\x18\b \x01(\fR\x04body\"\xad\x01\n" +
+	"\x04body\x18\b \x01(\fR\x04body\x12\x14\n" +
+	"\x05event\x18\t \x01(\rR\x05event\x12\x16\n" +
+	"\x06target\x18\n" +
+	" \x01(\x04R\x06target\x12\x1a\n" +
+	"\brecalled\x18\v \x01(\bR\brecalled\"\xd0\x01\n" +
 	"\rAppendRequest\x12'\n" +
 	"\x03msg\x18\x01 \x01(\v2\x15.imgn.mesh.v1.MessageR\x03msg\x12\x18\n" +
 	"\ainboxes\x18\x02 \x03(\tR\ainboxes\x12\x1d\n" +
@@ -783,7 +1094,8 @@ const file_mesh_meshpb_mesh_proto_rawDesc = "" +
 	"timeout_ms\x18\x03 \x01(\rR\ttimeoutMs\x12\x19\n" +
 	"\breply_to\x18\x04 \x01(\tR\areplyTo\x12\x1f\n" +
 	"\vreply_epoch\x18\x05 \x01(\x03R\n" +
-	"replyEpoch\"\xaf\x01\n" +
+	"replyEpoch\x12!\n" +
+	"\fentries_only\x18\x06 \x01(\bR\ventriesOnly\"\xaf\x01\n" +
 	"\fAppendResult\x12'\n" +
 	"\x03msg\x18\x01 \x01(\v2\x15.imgn.mesh.v1.MessageR\x03msg\x12\x12\n" +
 	"\x04seqs\x18\x02 \x03(\x04R\x04seqs\x12\x1c\n" +
@@ -800,10 +1112,31 @@ const file_mesh_meshpb_mesh_proto_rawDesc = "" +
 	"\vKickRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x17\n" +
-	"\aconn_id\x18\x03 \x01(\x04R\x06connId\"N\n" +
+	"\aconn_id\x18\x03 \x01(\x04R\x06connId\"\xcb\x01\n" +
+	"\fAdminRequest\x12+\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x17.imgn.mesh.v1.AdminKindR\x04kind\x12\x12\n" +
+	"\x04text\x18\x02 \x01(\tR\x04text\x12\x12\n" +
+	"\x04time\x18\x03 \x01(\x03R\x04time\x12\x12\n" +
+	"\x04user\x18\x04 \x01(\tR\x04user\x12\x16\n" +
+	"\x06device\x18\x05 \x01(\tR\x06device\x12\x19\n" +
+	"\breply_to\x18\x06 \x01(\tR\areplyTo\x12\x1f\n" +
+	"\vreply_epoch\x18\a \x01(\x03R\n" +
+	"replyEpoch\"K\n" +
+	"\rSignalRequest\x12\x14\n" +
+	"\x05users\x18\x01 \x03(\tR\x05users\x12\x10\n" +
+	"\x03cmd\x18\x02 \x01(\rR\x03cmd\x12\x12\n" +
+	"\x04body\x18\x03 \x01(\fR\x04body\"i\n" +
+	"\vAdminResult\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\rR\x05count\x12)\n" +
+	"\x05error\x18\x02 \x01(\v2\x13.imgn.mesh.v1.ErrorR\x05error\x12\x19\n" +
+	"\bto_epoch\x18\x03 \x01(\x03R\atoEpoch\"N\n" +
 	"\x05Error\x12+\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x17.imgn.mesh.v1.ErrorCodeR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage*\xef\x02\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage*V\n" +
+	"\tAdminKind\x12\x1a\n" +
+	"\x16ADMIN_KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14ADMIN_KIND_BROADCAST\x10\x01\x12\x13\n" +
+	"\x0fADMIN_KIND_KICK\x10\x02*\xef\x02\n" +
 	"\tErrorCode\x12\x16\n" +
 	"\x12ERROR_CODE_UNKNOWN\x10\x00\x12\x1a\n" +
 	"\x16ERROR_CODE_UNAVAILABLE\x10\x01\x12\x16\n" +
@@ -833,32 +1166,38 @@ func file_mesh_meshpb_mesh_proto_rawDescGZIP() []byte {
 	return file_mesh_meshpb_mesh_proto_rawDescData
 }
 
-var file_mesh_meshpb_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mesh_meshpb_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_mesh_meshpb_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_mesh_meshpb_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_mesh_meshpb_mesh_proto_goTypes = []any{
-	(ErrorCode)(0),        // 0: imgn.mesh.v1.ErrorCode
-	(*Hello)(nil),         // 1: imgn.mesh.v1.Hello
-	(*Auth)(nil),          // 2: imgn.mesh.v1.Auth
-	(*Message)(nil),       // 3: imgn.mesh.v1.Message
-	(*AppendRequest)(nil), // 4: imgn.mesh.v1.AppendRequest
-	(*AppendResult)(nil),  // 5: imgn.mesh.v1.AppendResult
-	(*PushTarget)(nil),    // 6: imgn.mesh.v1.PushTarget
-	(*PushRequest)(nil),   // 7: imgn.mesh.v1.PushRequest
-	(*KickRequest)(nil),   // 8: imgn.mesh.v1.KickRequest
-	(*Error)(nil),         // 9: imgn.mesh.v1.Error
+	(AdminKind)(0),        // 0: imgn.mesh.v1.AdminKind
+	(ErrorCode)(0),        // 1: imgn.mesh.v1.ErrorCode
+	(*Hello)(nil),         // 2: imgn.mesh.v1.Hello
+	(*Auth)(nil),          // 3: imgn.mesh.v1.Auth
+	(*Message)(nil),       // 4: imgn.mesh.v1.Message
+	(*AppendRequest)(nil), // 5: imgn.mesh.v1.AppendRequest
+	(*AppendResult)(nil),  // 6: imgn.mesh.v1.AppendResult
+	(*PushTarget)(nil),    // 7: imgn.mesh.v1.PushTarget
+	(*PushRequest)(nil),   // 8: imgn.mesh.v1.PushRequest
+	(*KickRequest)(nil),   // 9: imgn.mesh.v1.KickRequest
+	(*AdminRequest)(nil),  // 10: imgn.mesh.v1.AdminRequest
+	(*SignalRequest)(nil), // 11: imgn.mesh.v1.SignalRequest
+	(*AdminResult)(nil),   // 12: imgn.mesh.v1.AdminResult
+	(*Error)(nil),         // 13: imgn.mesh.v1.Error
 }
 var file_mesh_meshpb_mesh_proto_depIdxs = []int32{
-	3, // 0: imgn.mesh.v1.AppendRequest.msg:type_name -> imgn.mesh.v1.Message
-	3, // 1: imgn.mesh.v1.AppendResult.msg:type_name -> imgn.mesh.v1.Message
-	9, // 2: imgn.mesh.v1.AppendResult.error:type_name -> imgn.mesh.v1.Error
-	3, // 3: imgn.mesh.v1.PushRequest.msg:type_name -> imgn.mesh.v1.Message
-	6, // 4: imgn.mesh.v1.PushRequest.targets:type_name -> imgn.mesh.v1.PushTarget
-	0, // 5: imgn.mesh.v1.Error.code:type_name -> imgn.mesh.v1.ErrorCode
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	4,  // 0: imgn.mesh.v1.AppendRequest.msg:type_name -> imgn.mesh.v1.Message
+	4,  // 1: imgn.mesh.v1.AppendResult.msg:type_name -> imgn.mesh.v1.Message
+	13, // 2: imgn.mesh.v1.AppendResult.error:type_name -> imgn.mesh.v1.Error
+	4,  // 3: imgn.mesh.v1.PushRequest.msg:type_name -> imgn.mesh.v1.Message
+	7,  // 4: imgn.mesh.v1.PushRequest.targets:type_name -> imgn.mesh.v1.PushTarget
+	0,  // 5: imgn.mesh.v1.AdminRequest.kind:type_name -> imgn.mesh.v1.AdminKind
+	13, // 6: imgn.mesh.v1.AdminResult.error:type_name -> imgn.mesh.v1.Error
+	1,  // 7: imgn.mesh.v1.Error.code:type_name -> imgn.mesh.v1.ErrorCode
+	8,  // [8:8] is the sub-list for method output_type
+	8,  // [8:8] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_mesh_meshpb_mesh_proto_init() }
@@ -871,8 +1210,8 @@ func file_mesh_meshpb_mesh_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_meshpb_mesh_proto_rawDesc), len(file_mesh_meshpb_mesh_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   9,
+			NumEnums:      2,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -34,6 +34,9 @@ const (
 	CmdAppendResult codec.Command = 0xC5 // AppendResult
 	CmdPush         codec.Command = 0xC6 // PushRequest, no reply
 	CmdKick         codec.Command = 0xC7 // KickRequest, no reply
+	CmdAdmin        codec.Command = 0xC8 // AdminRequest -> ADMIN_RESULT
+	CmdAdminResult  codec.Command = 0xC9 // AdminResult
+	CmdSignal       codec.Command = 0xCA // SignalRequest, no reply
 	CmdError        codec.Command = 0xFF // Error, then the sender closes the link
 )
 
@@ -42,6 +45,7 @@ func FromMessage(m persist.Message) *Message {
 	return &Message{
 		Id: m.ID, From: m.From, To: m.To, Group: m.Group, ClientMsgId: m.ClientMsgID,
 		Timestamp: m.Timestamp, Kind: m.Kind, Body: m.Body,
+		Event: m.Event, Target: m.Target, Recalled: m.Recalled,
 	}
 }
 
@@ -54,7 +58,22 @@ func (m *Message) ToPersist() persist.Message {
 	return persist.Message{
 		ID: m.Id, From: m.From, To: m.To, Group: m.Group, ClientMsgID: m.ClientMsgId,
 		Timestamp: m.Timestamp, Kind: m.Kind, Body: m.Body,
+		Event: m.Event, Target: m.Target, Recalled: m.Recalled,
 	}
+}
+
+// FromSignal converts a signal. The result aliases sig's slices.
+func FromSignal(sig cluster.Signal) *SignalRequest {
+	return &SignalRequest{Users: sig.Users, Cmd: uint32(sig.Cmd), Body: sig.Body}
+}
+
+// ToSignal converts r back (nil gives the zero Signal). The result aliases
+// r's slices.
+func (r *SignalRequest) ToSignal() cluster.Signal {
+	if r == nil || r.Cmd > 0xFFFF {
+		return cluster.Signal{}
+	}
+	return cluster.Signal{Users: r.Users, Cmd: uint16(r.Cmd), Body: r.Body}
 }
 
 // FromTargets converts push targets.
@@ -172,10 +191,11 @@ func (e *RemoteError) Unwrap() error {
 	return nil
 }
 
-// ServeAppend runs a forwarded append on the owner: h.HandleAppend under
-// parent, bounded by the request's announced budget (def when it announces
-// none), and returns the reply body. The handler's error, if any, is
-// classified by ErrorOf.
+// ServeAppend runs a forwarded append on the owner: h.HandleAppend (or
+// h.HandleAppendEntries for an entries-only request) under parent, bounded
+// by the request's announced budget (def when it announces none), and
+// returns the reply body. The handler's error, if any, is classified by
+// ErrorOf.
 func ServeAppend(parent context.Context, h cluster.Handler, def time.Duration, req *AppendRequest) *AppendResult {
 	budget := def
 	if req.TimeoutMs > 0 {
@@ -183,6 +203,56 @@ func ServeAppend(parent context.Context, h cluster.Handler, def time.Duration, r
 	}
 	ctx, cancel := context.WithTimeout(parent, budget)
 	defer cancel()
-	res, err := h.HandleAppend(ctx, req.Msg.ToPersist(), req.Inboxes)
+	var res persist.AppendResult
+	var err error
+	if req.EntriesOnly {
+		res, err = h.HandleAppendEntries(ctx, req.Msg.ToPersist(), req.Inboxes)
+	} else {
+		res, err = h.HandleAppend(ctx, req.Msg.ToPersist(), req.Inboxes)
+	}
 	return NewAppendResult(res, err)
+}
+
+// FromAdmin converts an engine admin request (reply_to and reply_epoch are
+// left for the transport).
+func FromAdmin(r cluster.AdminRequest) *AdminRequest {
+	out := &AdminRequest{Text: r.Text, Time: r.Time, User: r.User, Device: r.Device}
+	switch r.Kind {
+	case cluster.AdminBroadcast:
+		out.Kind = AdminKind_ADMIN_KIND_BROADCAST
+	case cluster.AdminKick:
+		out.Kind = AdminKind_ADMIN_KIND_KICK
+	}
+	return out
+}
+
+// ServeAdmin runs a received admin request on h and returns the reply body.
+// An unknown kind, or a kick without a user, is answered with
+// ERROR_CODE_INVALID.
+func ServeAdmin(h cluster.Handler, req *AdminRequest) *AdminResult {
+	r := cluster.AdminRequest{Text: req.Text, Time: req.Time, User: req.User, Device: req.Device}
+	switch req.Kind {
+	case AdminKind_ADMIN_KIND_BROADCAST:
+		r.Kind = cluster.AdminBroadcast
+	case AdminKind_ADMIN_KIND_KICK:
+		if req.User == "" {
+			return &AdminResult{Error: &Error{Code: ErrorCode_ERROR_CODE_INVALID, Message: "kick without a user"}}
+		}
+		r.Kind = cluster.AdminKick
+	default:
+		return &AdminResult{Error: &Error{Code: ErrorCode_ERROR_CODE_INVALID, Message: fmt.Sprintf("unknown admin kind %d", req.Kind)}}
+	}
+	return &AdminResult{Count: uint32(min(max(h.HandleAdmin(r), 0), 1<<31))}
+}
+
+// Result decodes r: the count, or the receiver's error rebuilt with node
+// naming it.
+func (r *AdminResult) Result(node string) (int, error) {
+	if r == nil {
+		return 0, &RemoteError{Node: node, Code: ErrorCode_ERROR_CODE_PROTOCOL, Message: "empty admin result"}
+	}
+	if r.Error != nil {
+		return 0, r.Error.Err(node)
+	}
+	return int(r.Count), nil
 }

@@ -158,8 +158,9 @@ type call struct {
 }
 
 type callResult struct {
-	res persist.AppendResult
-	err error
+	res   persist.AppendResult // APPEND
+	count int                  // ADMIN
+	err   error
 }
 
 // inMsg is a received request waiting for the dispatcher.
@@ -364,9 +365,41 @@ func forwardError(node, what string, cause error) error {
 
 // Append implements mesh.Transport.
 func (t *Transport) Append(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	return t.append(ctx, node, msg, inboxes, false)
+}
+
+// AppendEntries implements mesh.Transport.
+func (t *Transport) AppendEntries(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	return t.append(ctx, node, msg, inboxes, true)
+}
+
+func (t *Transport) append(ctx context.Context, node string, msg persist.Message, inboxes []string, entriesOnly bool) (persist.AppendResult, error) {
+	r := t.call(ctx, node, meshpb.CmdAppend, func(budgetMs uint32) proto.Message {
+		return &meshpb.AppendRequest{
+			Msg: meshpb.FromMessage(msg), Inboxes: inboxes, TimeoutMs: budgetMs, EntriesOnly: entriesOnly,
+			ReplyTo: t.self.ID, ReplyEpoch: t.self.BootEpoch,
+		}
+	})
+	return r.res, r.err
+}
+
+// Admin implements mesh.Transport.
+func (t *Transport) Admin(ctx context.Context, node string, req cluster.AdminRequest) (int, error) {
+	r := t.call(ctx, node, meshpb.CmdAdmin, func(uint32) proto.Message {
+		m := meshpb.FromAdmin(req)
+		m.ReplyTo, m.ReplyEpoch = t.self.ID, t.self.BootEpoch
+		return m
+	})
+	return r.count, r.err
+}
+
+// call publishes one request to node (body gets the remaining budget in
+// ms) and waits for its reply or the deadline. Every failure wraps
+// cluster.ErrForward.
+func (t *Transport) call(ctx context.Context, node string, cmd codec.Command, body func(budgetMs uint32) proto.Message) callResult {
 	p := t.peer(node)
 	if p == nil {
-		return persist.AppendResult{}, forwardError(node, "not a known peer (unknown node, or transport not running)", nil)
+		return callResult{err: forwardError(node, "not a known peer (unknown node, or transport not running)", nil)}
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -374,23 +407,20 @@ func (t *Transport) Append(ctx context.Context, node string, msg persist.Message
 		defer cancel()
 	}
 	if err := ctx.Err(); err != nil {
-		return persist.AppendResult{}, forwardError(node, "not sent", err)
+		return callResult{err: forwardError(node, "not sent", err)}
 	}
 	dl, _ := ctx.Deadline()
 	budget := max(time.Until(dl).Milliseconds(), 1)
-	req := &meshpb.AppendRequest{
-		Msg: meshpb.FromMessage(msg), Inboxes: inboxes, TimeoutMs: uint32(min(budget, 1<<31)),
-		ReplyTo: t.self.ID, ReplyEpoch: t.self.BootEpoch,
-	}
+	req := body(uint32(min(budget, 1<<31)))
 	c := &call{peer: p, done: make(chan callResult, 1)}
 	t.pmu.Lock()
 	switch {
 	case p.gone:
 		t.pmu.Unlock()
-		return persist.AppendResult{}, forwardError(node, "peer gone", nil)
+		return callResult{err: forwardError(node, "peer gone", nil)}
 	case p.npending >= t.cfg.QueueSize:
 		t.pmu.Unlock()
-		return persist.AppendResult{}, forwardError(node, fmt.Sprintf("queue full (%d requests waiting)", t.cfg.QueueSize), nil)
+		return callResult{err: forwardError(node, fmt.Sprintf("queue full (%d requests waiting)", t.cfg.QueueSize), nil)}
 	}
 	t.seq++
 	if t.seq == 0 {
@@ -401,35 +431,39 @@ func (t *Transport) Append(ctx context.Context, node string, msg persist.Message
 	p.npending++
 	t.pmu.Unlock()
 
-	frame, err := codec.AppendFrame(nil, codec.Protobuf, meshpb.CmdAppend, 0, id, req)
+	frame, err := codec.AppendFrame(nil, codec.Protobuf, cmd, 0, id, req)
 	if err == nil && len(frame)-codec.HeaderSize > t.cfg.MaxBody {
-		err = fmt.Errorf("%w: append of %d bytes exceeds the mesh frame limit %d", persist.ErrInvalid, len(frame)-codec.HeaderSize, t.cfg.MaxBody)
+		err = fmt.Errorf("%w: %s of %d bytes exceeds the mesh frame limit %d", persist.ErrInvalid, cmd, len(frame)-codec.HeaderSize, t.cfg.MaxBody)
 	}
 	if err != nil {
 		t.forget(id)
-		return persist.AppendResult{}, fmt.Errorf("redislink: node %s: %w", node, err)
+		return callResult{err: fmt.Errorf("redislink: node %s: %w", node, err)}
 	}
 	select {
 	case p.queue <- outMsg{frame: frame, id: id}:
 	default:
 		t.forget(id)
-		return persist.AppendResult{}, forwardError(node, "publish queue full", nil)
+		return callResult{err: forwardError(node, "publish queue full", nil)}
 	}
 	select {
 	case r := <-c.done:
-		return r.res, r.err
+		return r
 	case <-ctx.Done():
 		if t.forget(id) {
-			return persist.AppendResult{}, forwardError(node, "no reply in time (pub/sub may have lost the request or the reply)", ctx.Err())
+			return callResult{err: forwardError(node, "no reply in time (pub/sub may have lost the request or the reply)", ctx.Err())}
 		}
-		r := <-c.done
-		return r.res, r.err
+		return <-c.done
 	}
 }
 
 // Push implements mesh.Transport.
 func (t *Transport) Push(node string, msg persist.Message, targets []cluster.PushTarget) {
 	t.send(node, meshpb.CmdPush, &meshpb.PushRequest{Msg: meshpb.FromMessage(msg), Targets: meshpb.FromTargets(targets)})
+}
+
+// Signal implements mesh.Transport.
+func (t *Transport) Signal(node string, sig cluster.Signal) {
+	t.send(node, meshpb.CmdSignal, meshpb.FromSignal(sig))
 }
 
 // Kick implements mesh.Transport.
@@ -634,7 +668,24 @@ func (t *Transport) onMessage(m rueidis.PubSubMessage) {
 		}
 		res, rerr := r.Result(c.peer.id)
 		t.complete(f.Seq, callResult{res: res, err: rerr})
-	case meshpb.CmdAppend, meshpb.CmdPush, meshpb.CmdKick:
+	case meshpb.CmdAdminResult:
+		var r meshpb.AdminResult
+		if err := proto.Unmarshal(f.Body, &r); err != nil {
+			t.log.Warn("redislink: undecodable reply dropped", "err", err)
+			return
+		}
+		if r.ToEpoch != t.self.BootEpoch {
+			return
+		}
+		t.pmu.Lock()
+		c := t.pending[f.Seq]
+		t.pmu.Unlock()
+		if c == nil {
+			return
+		}
+		n, rerr := r.Result(c.peer.id)
+		t.complete(f.Seq, callResult{count: n, err: rerr})
+	case meshpb.CmdAppend, meshpb.CmdAdmin, meshpb.CmdPush, meshpb.CmdKick, meshpb.CmdSignal:
 		body := m.Message[codec.HeaderSize:] // strings are immutable: safe to keep
 		select {
 		case t.inbound <- inMsg{cmd: f.Command, seq: f.Seq, body: body}:
@@ -673,29 +724,65 @@ func (t *Transport) dispatch() {
 				continue
 			}
 			t.h.HandleKick(req.User, req.Device, req.ConnId)
+		case meshpb.CmdSignal:
+			var req meshpb.SignalRequest
+			if err := proto.Unmarshal(body, &req); err != nil {
+				t.log.Warn("redislink: undecodable signal dropped", "err", err)
+				continue
+			}
+			t.h.HandleSignal(req.ToSignal())
 		case meshpb.CmdAppend:
 			req := new(meshpb.AppendRequest)
-			if err := proto.Unmarshal(body, req); err != nil {
-				t.log.Warn("redislink: undecodable append dropped", "err", err)
+			if !t.decodeRequest("append", body, req, func() string { return req.ReplyTo }) {
 				continue
 			}
-			if membership.ValidateNode(membership.NodeInfo{ID: req.ReplyTo}) != nil {
-				t.log.Warn("redislink: append without a valid reply_to dropped", "reply_to", req.ReplyTo)
-				continue
-			}
-			select {
-			case t.sem <- struct{}{}:
-			case <-t.ctx.Done():
+			if !t.spawn(func() { t.serveAppend(m.seq, req) }) {
 				return
 			}
-			t.wg.Add(1)
-			go func(seq uint32) {
-				defer t.wg.Done()
-				defer func() { <-t.sem }()
-				t.serveAppend(seq, req)
-			}(m.seq)
+		case meshpb.CmdAdmin:
+			req := new(meshpb.AdminRequest)
+			if !t.decodeRequest("admin request", body, req, func() string { return req.ReplyTo }) {
+				continue
+			}
+			res := meshpb.ServeAdmin(t.h, req)
+			res.ToEpoch = req.ReplyEpoch
+			// Publishing waits for Redis: not on the dispatcher.
+			if !t.spawn(func() { t.reply(meshpb.CmdAdminResult, m.seq, req.ReplyTo, res) }) {
+				return
+			}
 		}
 	}
+}
+
+// decodeRequest decodes a request that expects a reply into req and checks
+// its reply_to; it logs and reports false for one to drop.
+func (t *Transport) decodeRequest(what string, body []byte, req proto.Message, replyTo func() string) bool {
+	if err := proto.Unmarshal(body, req); err != nil {
+		t.log.Warn("redislink: undecodable "+what+" dropped", "err", err)
+		return false
+	}
+	if membership.ValidateNode(membership.NodeInfo{ID: replyTo()}) != nil {
+		t.log.Warn("redislink: "+what+" without a valid reply_to dropped", "reply_to", replyTo())
+		return false
+	}
+	return true
+}
+
+// spawn runs f on its own goroutine, at most MaxInflight at once, waiting
+// for a slot; it reports false (f not run) once the transport is closing.
+func (t *Transport) spawn(f func()) bool {
+	select {
+	case t.sem <- struct{}{}:
+	case <-t.ctx.Done():
+		return false
+	}
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		defer func() { <-t.sem }()
+		f()
+	}()
+	return true
 }
 
 // serveAppend runs one forwarded append and publishes the reply to the
@@ -703,15 +790,21 @@ func (t *Transport) dispatch() {
 func (t *Transport) serveAppend(seq uint32, req *meshpb.AppendRequest) {
 	res := meshpb.ServeAppend(t.ctx, t.h, t.cfg.RequestTimeout, req)
 	res.ToEpoch = req.ReplyEpoch
-	frame, err := codec.AppendFrame(nil, codec.Protobuf, meshpb.CmdAppendResult, 0, seq, res)
+	t.reply(meshpb.CmdAppendResult, seq, req.ReplyTo, res)
+}
+
+// reply publishes a reply frame to node to's channel. A reply that cannot
+// be published is dropped: the requester times out.
+func (t *Transport) reply(cmd codec.Command, seq uint32, to string, m proto.Message) {
+	frame, err := codec.AppendFrame(nil, codec.Protobuf, cmd, 0, seq, m)
 	if err != nil {
-		t.log.Error("redislink: encode append result", "err", err)
+		t.log.Error("redislink: encode reply", "cmd", cmd, "err", err)
 		return
 	}
 	ctx, cancel := context.WithTimeout(t.ctx, t.cfg.RequestTimeout)
 	defer cancel()
-	channel := t.cfg.ChannelPrefix + req.ReplyTo
+	channel := t.cfg.ChannelPrefix + to
 	if err := t.client.Do(ctx, t.client.B().Publish().Channel(channel).Message(rueidis.BinaryString(frame)).Build()).Error(); err != nil {
-		t.log.Debug("redislink: reply not published; the requester will time out", "to", req.ReplyTo, "err", err)
+		t.log.Debug("redislink: reply not published; the requester will time out", "to", to, "err", err)
 	}
 }

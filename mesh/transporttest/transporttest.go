@@ -62,6 +62,8 @@ func Run(t *testing.T, s Suite) {
 		fn   func(*testing.T, Suite)
 	}{
 		{"AppendRoundTrip", testAppendRoundTrip},
+		{"AppendEntriesRoundTrip", testAppendEntriesRoundTrip},
+		{"AdminRoundTrip", testAdminRoundTrip},
 		{"StoreErrors", testStoreErrors},
 		{"PushAndKick", testPushAndKick},
 		{"ConcurrentAppends", testConcurrentAppends},
@@ -81,10 +83,12 @@ func Run(t *testing.T, s Suite) {
 
 // ---- fake handler ----
 
-// AppendCall is one HandleAppend seen by a Handler.
+// AppendCall is one HandleAppend (or HandleAppendEntries, EntriesOnly)
+// seen by a Handler.
 type AppendCall struct {
-	Msg     persist.Message
-	Inboxes []string
+	Msg         persist.Message
+	Inboxes     []string
+	EntriesOnly bool
 }
 
 // PushCall is one HandlePush seen by a Handler.
@@ -107,10 +111,15 @@ type Handler struct {
 	// Discard stops recording appends (benchmarks).
 	Discard bool
 
+	// AdminCount is what HandleAdmin answers.
+	AdminCount int
+
 	mu      sync.Mutex
 	appends []AppendCall
 	pushes  []PushCall
 	kicks   []KickCall
+	signals []cluster.Signal
+	admins  []cluster.AdminRequest
 }
 
 var _ cluster.Handler = (*Handler)(nil)
@@ -136,9 +145,35 @@ func (h *Handler) SetAppendFunc(fn func(ctx context.Context, msg persist.Message
 
 // HandleAppend implements cluster.Handler.
 func (h *Handler) HandleAppend(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	return h.handle(ctx, msg, inboxes, false)
+}
+
+// HandleAppendEntries implements cluster.Handler: recorded with
+// EntriesOnly, answered like HandleAppend.
+func (h *Handler) HandleAppendEntries(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	return h.handle(ctx, msg, inboxes, true)
+}
+
+// HandleAdmin implements cluster.Handler: recorded, answered with
+// AdminCount.
+func (h *Handler) HandleAdmin(req cluster.AdminRequest) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.admins = append(h.admins, req)
+	return h.AdminCount
+}
+
+// Admins returns a copy of the admin requests seen so far.
+func (h *Handler) Admins() []cluster.AdminRequest {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.admins)
+}
+
+func (h *Handler) handle(ctx context.Context, msg persist.Message, inboxes []string, entriesOnly bool) (persist.AppendResult, error) {
 	h.mu.Lock()
 	if !h.Discard {
-		h.appends = append(h.appends, AppendCall{Msg: msg, Inboxes: slices.Clone(inboxes)})
+		h.appends = append(h.appends, AppendCall{Msg: msg, Inboxes: slices.Clone(inboxes), EntriesOnly: entriesOnly})
 	}
 	fn := h.AppendFunc
 	h.mu.Unlock()
@@ -160,6 +195,21 @@ func (h *Handler) HandleKick(user, device string, connID uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.kicks = append(h.kicks, KickCall{user, device, connID})
+}
+
+// HandleSignal implements cluster.Handler: recorded (a deep copy, since
+// sig's slices are valid only during the call).
+func (h *Handler) HandleSignal(sig cluster.Signal) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.signals = append(h.signals, cluster.Signal{Users: slices.Clone(sig.Users), Cmd: sig.Cmd, Body: slices.Clone(sig.Body)})
+}
+
+// Signals returns a copy of the signals seen so far.
+func (h *Handler) Signals() []cluster.Signal {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.signals)
 }
 
 // Appends returns a copy of the appends seen so far.
@@ -273,10 +323,17 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
 
 // msg returns a test message with id.
 func msg(id uint64, to string) persist.Message {
-	return persist.Message{
+	m := persist.Message{
 		ID: id, From: "alice", To: to, ClientMsgID: fmt.Sprintf("c-%d", id),
 		Timestamp: 1_700_000_000_000 + int64(id), Kind: 0, Body: []byte(fmt.Sprintf("hello %d \x00\xff", id)),
 	}
+	switch id % 3 { // the chat fields cross too
+	case 1:
+		m.Event, m.Target, m.Body = persist.EventRecall, id-1, nil
+	case 2:
+		m.Recalled = true
+	}
+	return m
 }
 
 // WaitLinked polls a's Append to b until it succeeds (a link may still be
@@ -300,6 +357,68 @@ func pair(t *testing.T, s Suite, p Params) (a, b *Node) {
 }
 
 // ---- tests ----
+
+func testAppendEntriesRoundTrip(t *testing.T, s Suite) {
+	a, b := pair(t, s, DefaultParams)
+	m := msg(43, "bob")
+	inboxes := []string{"bob", "carol"}
+	res, err := a.T.AppendEntries(context.Background(), b.Info.ID, m, inboxes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := Echo(context.Background(), m, inboxes)
+	if !equalMsg(res.Msg, want.Msg) || !slices.Equal(res.Seqs, want.Seqs) {
+		t.Fatalf("result %+v, want %+v", res, want)
+	}
+	calls := b.H.Appends()
+	last := calls[len(calls)-1]
+	if !last.EntriesOnly || !equalMsg(last.Msg, m) || !slices.Equal(last.Inboxes, inboxes) {
+		t.Fatalf("handler saw %+v, want entries only of %+v to %v", last, m, inboxes)
+	}
+	// A plain Append is not entries only.
+	if _, err := a.T.Append(context.Background(), b.Info.ID, m, inboxes); err != nil {
+		t.Fatal(err)
+	}
+	calls = b.H.Appends()
+	if calls[len(calls)-1].EntriesOnly {
+		t.Fatal("Append arrived as entries only")
+	}
+	b.H.SetAppendFunc(func(context.Context, persist.Message, []string) (persist.AppendResult, error) {
+		return persist.AppendResult{}, fmt.Errorf("owner: %w", persist.ErrUnavailable)
+	})
+	if _, err := a.T.AppendEntries(context.Background(), b.Info.ID, m, inboxes); !errors.Is(err, persist.ErrUnavailable) {
+		t.Fatalf("AppendEntries with a failing owner: %v, want ErrUnavailable", err)
+	}
+}
+
+func testAdminRoundTrip(t *testing.T, s Suite) {
+	a, b := pair(t, s, DefaultParams)
+	b.H.mu.Lock()
+	b.H.AdminCount = 17
+	b.H.mu.Unlock()
+	req := cluster.AdminRequest{Kind: cluster.AdminBroadcast, Text: "maintenance \x00 at noon", Time: 1234}
+	n, err := a.T.Admin(context.Background(), b.Info.ID, req)
+	if err != nil || n != 17 {
+		t.Fatalf("Admin broadcast = %d, %v; want 17", n, err)
+	}
+	kick := cluster.AdminRequest{Kind: cluster.AdminKick, User: "bob", Device: "phone"}
+	if _, err := a.T.Admin(context.Background(), b.Info.ID, kick); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.H.Admins(); len(got) != 2 || got[0] != req || got[1] != kick {
+		t.Fatalf("handler saw %+v, want %+v then %+v", got, req, kick)
+	}
+	// A kick without a user is refused by the receiver, not run.
+	if _, err := a.T.Admin(context.Background(), b.Info.ID, cluster.AdminRequest{Kind: cluster.AdminKick}); !errors.Is(err, persist.ErrInvalid) {
+		t.Fatalf("kick without a user: %v, want ErrInvalid", err)
+	}
+	if _, err := a.T.Admin(context.Background(), "nobody", req); !errors.Is(err, cluster.ErrForward) {
+		t.Fatalf("Admin to an unknown node: %v, want ErrForward", err)
+	}
+	if len(b.H.Admins()) != 2 {
+		t.Fatalf("handler ran %d admin requests, want 2", len(b.H.Admins()))
+	}
+}
 
 func testAppendRoundTrip(t *testing.T, s Suite) {
 	a, b := pair(t, s, DefaultParams)
@@ -333,7 +452,7 @@ func testAppendRoundTrip(t *testing.T, s Suite) {
 func equalMsg(a, b persist.Message) bool {
 	return a.ID == b.ID && a.From == b.From && a.To == b.To && a.Group == b.Group &&
 		a.ClientMsgID == b.ClientMsgID && a.Timestamp == b.Timestamp && a.Kind == b.Kind &&
-		string(a.Body) == string(b.Body)
+		string(a.Body) == string(b.Body) && a.Event == b.Event && a.Target == b.Target && a.Recalled == b.Recalled
 }
 
 func testStoreErrors(t *testing.T, s Suite) {
@@ -378,6 +497,8 @@ func testPushAndKick(t *testing.T, s Suite) {
 		a.T.Push(b.Info.ID, msg(uint64(i+1), "bob"), []cluster.PushTarget{{User: "bob", Seq: uint64(i + 1)}, {User: "carol", Seq: 5}})
 	}
 	a.T.Kick(b.Info.ID, "bob", "phone", 99)
+	sig := cluster.Signal{Users: []string{"bob", "carol"}, Cmd: 0x1234, Body: []byte("\x00body\xff")}
+	a.T.Signal(b.Info.ID, sig)
 	Eventually(t, Patience, func() error {
 		if got := len(b.H.Pushes()); got < n {
 			return fmt.Errorf("%d of %d pushes arrived", got, n)
@@ -385,8 +506,14 @@ func testPushAndKick(t *testing.T, s Suite) {
 		if len(b.H.Kicks()) == 0 {
 			return errors.New("kick not arrived")
 		}
+		if len(b.H.Signals()) == 0 {
+			return errors.New("signal not arrived")
+		}
 		return nil
 	})
+	if got := b.H.Signals()[0]; !slices.Equal(got.Users, sig.Users) || got.Cmd != sig.Cmd || string(got.Body) != string(sig.Body) {
+		t.Fatalf("signal %+v, sent %+v", got, sig)
+	}
 	pushes := b.H.Pushes()
 	for i, p := range pushes {
 		if p.Targets[0].Seq != uint64(i+1) || !equalMsg(p.Msg, msg(uint64(i+1), "bob")) || len(p.Targets) != 2 || p.Targets[1] != (cluster.PushTarget{User: "carol", Seq: 5}) {
@@ -399,6 +526,7 @@ func testPushAndKick(t *testing.T, s Suite) {
 	// Unknown nodes: dropped silently, no panic, no block.
 	a.T.Push("nobody", msg(1, "x"), nil)
 	a.T.Kick("nobody", "x", "y", 1)
+	a.T.Signal("nobody", sig)
 }
 
 func testConcurrentAppends(t *testing.T, s Suite) {

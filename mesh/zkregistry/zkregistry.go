@@ -59,8 +59,15 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultRoot           = "/im/nodes"
-	DefaultSessionTimeout = 10 * time.Second
+	DefaultRoot = "/im/nodes"
+	// DefaultSessionTimeout bounds how long a crashed node keeps owning
+	// inboxes nobody can write (sends to them fail with FORWARD_FAILED
+	// meanwhile). 4 s is the least a stock ZooKeeper grants (2 x its
+	// default tickTime of 2 s); the cost of a short timeout is that a node
+	// whose heartbeats stall that long (a GC or VM pause, a network cut
+	// to ZooKeeper) loses its registration and its inboxes move away and
+	// back when it resumes.
+	DefaultSessionTimeout = 4 * time.Second
 	DefaultResyncInterval = 2 * time.Second
 )
 

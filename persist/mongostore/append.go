@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -23,6 +24,17 @@ const maxRounds = 16
 // mode (see insertOrdered).
 const ferretBatch = 100
 
+// ferretUpdateBatch is the most updates bulkWrite sends to FerretDB in one
+// command. FerretDB v1's update command keeps the query of every update
+// whose filter matched (and so one connection of its PostgreSQL pool) open
+// until the whole command ends, and takes one more connection to write each
+// document: a command of more updates than the pool has connections waits
+// forever for one it holds itself, and every other command with it. At 16,
+// a node's two writers of updates (cursors, heads) hold at most 34
+// connections, so devmongo's pool of 150 serves four such nodes at once
+// even when all of them flush together.
+const ferretUpdateBatch = 16
+
 // headsEvery: the heads hint of a user is rewritten when the user's last
 // seq crosses a multiple of it, so a cold lookup searches at most that many
 // entries past the hint (about 2*log2(headsEvery) point reads) while most
@@ -34,6 +46,9 @@ type appendReq struct {
 	ctx     context.Context
 	msg     persist.Message // the store's own copy (strings and Body)
 	inboxes []string        // the store's own copy (strings too)
+	// entriesOnly: the message document exists (AppendEntries); only the
+	// inbox entries are written.
+	entriesOnly bool
 
 	// Set by the committer before done is closed.
 	res  persist.AppendResult
@@ -52,6 +67,7 @@ type entry struct {
 	msgID uint64
 	seq   uint64
 	done  bool // the entry exists in the store at seq
+	chat  chatRef
 }
 
 type entryKey struct {
@@ -76,10 +92,31 @@ func (s *Store) Append(ctx context.Context, msg persist.Message, inboxes []strin
 	if err := persist.CheckAppend(msg, inboxes); err != nil {
 		return persist.AppendResult{}, fmt.Errorf("mongostore: append: %w", err)
 	}
+	return s.submit(ctx, msg, inboxes, false)
+}
+
+// AppendEntries appends msg to each of inboxes without writing the message
+// document: msg must be a message this store already holds durably (the
+// result of an earlier successful Append, possibly by another node: the
+// ID, From and ClientMsgID of the stored original). It is how a cluster
+// stores a message once while each inbox owner writes its own entries.
+// Entries that exist already keep their seq (a retry is resolved by the
+// unique (user, msg) index, with one lookup per conflicting batch, not per
+// message). The result's Msg is msg and Duplicate is false. Failure,
+// cancellation and memory rules are those of Append.
+func (s *Store) AppendEntries(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
+	if err := persist.CheckAppend(msg, inboxes); err != nil {
+		return persist.AppendResult{}, fmt.Errorf("mongostore: append entries: %w", err)
+	}
+	return s.submit(ctx, msg, inboxes, true)
+}
+
+// submit queues one append for the committer and waits for its outcome.
+func (s *Store) submit(ctx context.Context, msg persist.Message, inboxes []string, entriesOnly bool) (persist.AppendResult, error) {
 	if err := ctx.Err(); err != nil {
 		return persist.AppendResult{}, err
 	}
-	r := &appendReq{ctx: ctx, msg: ownMessage(msg), inboxes: ownStrings(inboxes), done: make(chan struct{})}
+	r := &appendReq{ctx: ctx, msg: ownMessage(msg), inboxes: ownStrings(inboxes), entriesOnly: entriesOnly, done: make(chan struct{})}
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
@@ -208,7 +245,7 @@ func (s *Store) commit(batch []*appendReq) {
 			k := entryKey{in, r.res.Msg.ID}
 			e := entries[k]
 			if e == nil {
-				e = &entry{user: in, msgID: r.res.Msg.ID}
+				e = &entry{user: in, msgID: r.res.Msg.ID, chat: chatRefOf(in, &r.res.Msg)}
 				entries[k] = e
 				order = append(order, e)
 			}
@@ -237,6 +274,13 @@ func (s *Store) commit(batch []*appendReq) {
 	}
 
 	committed := s.insertEntries(live, order, fail)
+	if err := s.upkeepConvs(order, committed); err != nil {
+		for _, r := range live {
+			if r.stored {
+				fail(r, err)
+			}
+		}
+	}
 
 	failed := false
 	for _, r := range live {
@@ -262,11 +306,23 @@ func (s *Store) commit(batch []*appendReq) {
 
 // insertMessages inserts the batch's messages (unordered: they are
 // independent) and settles each request: stored fresh, stored before (a
-// Duplicate carrying the original), or failed.
+// Duplicate carrying the original), or failed. Entries-only requests name
+// a stored message already and are settled as they are. The originals of
+// all duplicates are read with one query.
 func (s *Store) insertMessages(live []*appendReq, fail func(*appendReq, error)) {
-	docs := make([]any, len(live))
-	for i, r := range live {
-		docs[i] = messageDoc(&r.msg)
+	var reqs []*appendReq
+	var docs []any
+	for _, r := range live {
+		if r.entriesOnly {
+			r.stored = true
+			r.res.Msg = r.msg
+			continue
+		}
+		reqs = append(reqs, r)
+		docs = append(docs, messageDoc(&r.msg))
+	}
+	if len(docs) == 0 {
+		return
 	}
 	ctx, cancel := s.opCtx()
 	defer cancel()
@@ -278,25 +334,24 @@ func (s *Store) insertMessages(live []*appendReq, fail func(*appendReq, error)) 
 			// Outcome unknown (network, timeout, write concern not met):
 			// nothing is acknowledged; a retry dedups whatever was stored.
 			err = mapErr(ctx, "append: insert messages", err)
-			for _, r := range live {
+			for _, r := range reqs {
 				fail(r, err)
 			}
 			return
 		}
 		for _, we := range bwe.WriteErrors {
-			if we.Index < 0 || we.Index >= len(live) {
+			if we.Index < 0 || we.Index >= len(reqs) {
 				continue
 			}
 			if isDupCode(we.Code) {
 				dupAt[we.Index] = true
 				continue
 			}
-			fail(live[we.Index], fmt.Errorf("mongostore: append: insert message: %w: %v", persist.ErrUnavailable, we.Message))
+			fail(reqs[we.Index], fmt.Errorf("mongostore: append: insert message: %w: %v", persist.ErrUnavailable, we.Message))
 		}
 	}
-	type key struct{ from, cmid string }
-	found := map[key]*persist.Message{}
-	for i, r := range live {
+	var dups []*appendReq
+	for i, r := range reqs {
 		if r.err != nil {
 			continue
 		}
@@ -305,84 +360,84 @@ func (s *Store) insertMessages(live []*appendReq, fail func(*appendReq, error)) 
 			r.res.Msg = r.msg
 			continue
 		}
-		k := key{r.msg.From, r.msg.ClientMsgID}
-		orig := found[k]
-		if orig == nil {
-			m, err := s.lookup(r.msg.From, r.msg.ClientMsgID)
-			if errors.Is(err, persist.ErrNotFound) {
-				// Not (From, ClientMsgID): the _id belongs to another message.
-				fail(r, fmt.Errorf("mongostore: append: %w: message id %d is used by another message", persist.ErrInvalid, r.msg.ID))
-				continue
-			}
-			if err != nil {
-				fail(r, err)
-				continue
-			}
-			orig = &m
-			found[k] = orig
+		dups = append(dups, r)
+	}
+	if len(dups) == 0 {
+		return
+	}
+	found, err := s.lookupMany(dups)
+	if err != nil {
+		for _, r := range dups {
+			fail(r, err)
+		}
+		return
+	}
+	for _, r := range dups {
+		orig, ok := found[dedupKey{r.msg.From, r.msg.ClientMsgID}]
+		if !ok {
+			// Not (From, ClientMsgID): the _id belongs to another message.
+			fail(r, fmt.Errorf("mongostore: append: %w: message id %d is used by another message", persist.ErrInvalid, r.msg.ID))
+			continue
 		}
 		r.stored = true
 		r.res.Duplicate = true
-		r.res.Msg = *orig
+		r.res.Msg = orig
 		r.res.Msg.Body = bytes.Clone(orig.Body) // each caller owns its result
 	}
 }
 
-// lookup finds the message of (from, cmid) for the committer.
-func (s *Store) lookup(from, cmid string) (persist.Message, error) {
+// dedupKey is a message's idempotency key.
+type dedupKey struct{ from, cmid string }
+
+// lookupMany reads the stored messages of the (From, ClientMsgID) keys of
+// reqs with one query (every pair of the keys' senders and ids matches the
+// filter; the exact keys are picked from the answer; see findAny for
+// FerretDB).
+func (s *Store) lookupMany(reqs []*appendReq) (map[dedupKey]persist.Message, error) {
+	want := map[dedupKey]bool{}
+	var keys []dedupKey
+	for _, r := range reqs {
+		if k := (dedupKey{r.msg.From, r.msg.ClientMsgID}); !want[k] {
+			want[k] = true
+			keys = append(keys, k)
+		}
+	}
+	all, each := pairFilters("from", "cmid", len(keys), func(i int) (string, string, any, any) {
+		return keys[i].from, keys[i].cmid, enc(keys[i].from), enc(keys[i].cmid)
+	})
 	ctx, cancel := s.opCtx()
 	defer cancel()
-	raw, err := s.messages.FindOne(ctx, bson.D{{Key: "from", Value: enc(from)}, {Key: "cmid", Value: enc(cmid)}}).Raw()
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		return persist.Message{}, persist.ErrNotFound
-	}
+	out := make(map[dedupKey]persist.Message, len(want))
+	err := s.findAny(ctx, s.messages, all, each, "append: look up duplicates", func(raw bson.Raw) error {
+		m, err := decodeMessage(raw)
+		if err != nil {
+			return err
+		}
+		if k := (dedupKey{m.From, m.ClientMsgID}); want[k] {
+			out[k] = m
+		}
+		return nil
+	})
 	if err != nil {
-		return persist.Message{}, mapErr(ctx, "append: look up duplicate", err)
+		return nil, err
 	}
-	m, err := decodeMessage(raw)
-	if err != nil {
-		return m, mapErr(ctx, "append: look up duplicate", err)
-	}
-	return m, nil
+	return out, nil
 }
 
-// findExisting marks the entries of duplicate appends that already exist.
+// findExisting marks the entries of duplicate appends that already exist
+// (one query).
 func (s *Store) findExisting(dups []*appendReq, entries map[entryKey]*entry) error {
-	var users bson.A
-	var ids bson.A
-	seenU, seenID := map[string]bool{}, map[uint64]bool{}
+	var keys []entryKey
 	for _, r := range dups {
-		if !seenID[r.res.Msg.ID] {
-			seenID[r.res.Msg.ID] = true
-			ids = append(ids, idToDB(r.res.Msg.ID))
-		}
 		for _, in := range r.inboxes {
-			if !seenU[in] {
-				seenU[in] = true
-				users = append(users, enc(in))
-			}
+			keys = append(keys, entryKey{in, r.res.Msg.ID})
 		}
 	}
-	ctx, cancel := s.opCtx()
-	defer cancel()
-	cur, err := s.inbox.Find(ctx, bson.D{
-		{Key: "user", Value: bson.D{{Key: "$in", Value: users}}},
-		{Key: "msg", Value: bson.D{{Key: "$in", Value: ids}}},
-	}, options.Find().SetProjection(bson.D{{Key: "user", Value: 1}, {Key: "msg", Value: 1}, {Key: "seq", Value: 1}}))
-	if err != nil {
-		return mapErr(ctx, "append: find existing entries", err)
-	}
-	defer cur.Close(ctx)
-	for cur.Next(ctx) {
-		user, msgID, seq, err := decodeEntry(cur.Current)
-		if err != nil {
-			return mapErr(ctx, "append: find existing entries", err)
-		}
-		if e := entries[entryKey{user, msgID}]; e != nil {
+	return s.scanEntries(keys, func(k entryKey, seq uint64) {
+		if e := entries[k]; e != nil {
 			e.seq, e.done = seq, true
 		}
-	}
-	return mapErr(ctx, "append: find existing entries", cur.Err())
+	})
 }
 
 func decodeEntry(raw bson.Raw) (user string, msgID, seq uint64, err error) {
@@ -453,12 +508,12 @@ func (s *Store) insertEntries(live []*appendReq, order []*entry, fail func(*appe
 			e.seq = last + 1
 			next[e.user] = e.seq
 			planned = append(planned, e)
-			docs = append(docs, bson.D{
+			docs = append(docs, e.chat.appendTo(bson.D{
 				{Key: "_id", Value: inboxKey(e.user, e.seq)},
 				{Key: "user", Value: enc(e.user)},
 				{Key: "seq", Value: int64(e.seq)},
 				{Key: "msg", Value: idToDB(e.msgID)},
-			})
+			}))
 		}
 		if len(planned) == 0 {
 			break
@@ -490,22 +545,31 @@ func (s *Store) insertEntries(live []*appendReq, order []*entry, fail func(*appe
 			break
 		}
 		// Either the seq is taken (another writer) or the inbox already
-		// references the message: look the reference up, then replan.
+		// references the message (an earlier attempt, or an entries-only
+		// retry). One query finds which of the unwritten entries exist;
+		// the rest are planned again.
 		s.stats.conflicts.Add(1)
-		seq, err := s.findEntry(e.user, e.msgID)
-		switch {
-		case err == nil:
-			e.seq, e.done = seq, true
-			pending = slices.Clone(rest)
-		case errors.Is(err, persist.ErrNotFound):
-			// Another writer holds e.seq: the inbox reaches at least
-			// there, so the next search starts from it.
-			floors[e.user] = max(floors[e.user], e.seq)
-			e.seq = 0
-			pending = append([]*entry{e}, rest...)
-		default:
-			markBad(e, err)
-			pending = slices.Clone(rest)
+		left := planned[stored:]
+		found, err := s.findEntries(left)
+		if err != nil {
+			for _, x := range left {
+				markBad(x, err)
+			}
+			break
+		}
+		pending = pending[:0:0]
+		for _, x := range left {
+			if seq, ok := found[entryKey{x.user, x.msgID}]; ok {
+				x.seq, x.done = seq, true
+				continue
+			}
+			if x == e {
+				// Another writer holds e.seq: the inbox reaches at least
+				// there, so the next search starts from it.
+				floors[e.user] = max(floors[e.user], e.seq)
+			}
+			x.seq = 0
+			pending = append(pending, x)
 		}
 	}
 	if bad != nil {
@@ -609,23 +673,49 @@ func (s *Store) insertOrdered(docs []any) (stored int, we *mongo.WriteError, err
 	return stored, nil, nil
 }
 
-// findEntry returns the seq of message msgID in user's inbox, or
-// ErrNotFound.
-func (s *Store) findEntry(user string, msgID uint64) (uint64, error) {
+// findEntries returns the seqs of those of entries that exist in the
+// store, by (user, message), with one query.
+func (s *Store) findEntries(entries []*entry) (map[entryKey]uint64, error) {
+	keys := make([]entryKey, len(entries))
+	for i, e := range entries {
+		keys[i] = entryKey{e.user, e.msgID}
+	}
+	out := map[entryKey]uint64{}
+	err := s.scanEntries(keys, func(k entryKey, seq uint64) { out[k] = seq })
+	return out, err
+}
+
+// scanEntries calls fn for every existing inbox entry of keys (one query:
+// every pair of the keys' users and messages matches its filter, and fn
+// sees the keys' own only; see findAny for FerretDB).
+func (s *Store) scanEntries(keys []entryKey, fn func(entryKey, uint64)) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	want := make(map[entryKey]bool, len(keys))
+	var distinct []entryKey
+	for _, k := range keys {
+		if !want[k] {
+			want[k] = true
+			distinct = append(distinct, k)
+		}
+	}
+	all, each := pairFilters("user", "msg", len(distinct), func(i int) (string, string, any, any) {
+		k := distinct[i]
+		return k.user, strconv.FormatUint(k.msgID, 10), enc(k.user), idToDB(k.msgID)
+	})
 	ctx, cancel := s.opCtx()
 	defer cancel()
-	raw, err := s.inbox.FindOne(ctx, bson.D{{Key: "user", Value: enc(user)}, {Key: "msg", Value: idToDB(msgID)}}).Raw()
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		return 0, persist.ErrNotFound
-	}
-	if err != nil {
-		return 0, mapErr(ctx, "append: find inbox entry", err)
-	}
-	_, _, seq, err := decodeEntry(raw)
-	if err != nil {
-		return 0, mapErr(ctx, "append: find inbox entry", err)
-	}
-	return seq, nil
+	return s.findAny(ctx, s.inbox, all, each, "append: find inbox entries", func(raw bson.Raw) error {
+		user, msgID, seq, err := decodeEntry(raw)
+		if err != nil {
+			return err
+		}
+		if k := (entryKey{user, msgID}); want[k] {
+			fn(k, seq)
+		}
+		return nil
+	}, options.Find().SetProjection(bson.D{{Key: "user", Value: 1}, {Key: "msg", Value: 1}, {Key: "seq", Value: 1}}))
 }
 
 // updateHeads raises the heads hint of users whose committed seqs in this
@@ -645,15 +735,77 @@ func (s *Store) updateHeads(committed map[string]seqSpan) {
 	if len(models) == 0 {
 		return
 	}
-	ctx, cancel := s.opCtx()
-	defer cancel()
-	_, err := s.heads.BulkWrite(ctx, models, options.BulkWrite().SetOrdered(false))
-	if err != nil && !mongo.IsDuplicateKeyError(err) {
+	if _, err := s.bulkWrite(s.heads, models); err != nil && !mongo.IsDuplicateKeyError(err) {
 		s.opts.Logger.Warn("mongostore: heads hint update failed", "err", err)
 	}
 }
 
 // seqSpan is the range of seqs committed for one user in one batch.
 type seqSpan struct{ first, last uint64 }
+
+// bulkWrite runs models (updates) as unordered bulk writes on c: one
+// command, or on FerretDB one per ferretUpdateBatch models (see there),
+// each bounded by OpTimeout. failed[i] is true for the models that
+// reported a write error or whose outcome is unknown; err is the first
+// error seen (a BulkWriteException for write errors), for the log.
+func (s *Store) bulkWrite(c *mongo.Collection, models []mongo.WriteModel) (failed []bool, err error) {
+	failed = make([]bool, len(models))
+	chunk := len(models)
+	if s.ferret {
+		chunk = ferretUpdateBatch
+	}
+	for start := 0; start < len(models); start += chunk {
+		part := models[start:min(len(models), start+chunk)]
+		ctx, cancel := s.opCtx()
+		_, werr := c.BulkWrite(ctx, part, options.BulkWrite().SetOrdered(false))
+		cancel()
+		if werr == nil {
+			continue
+		}
+		if err == nil {
+			err = werr
+		}
+		var bwe mongo.BulkWriteException
+		if !errors.As(werr, &bwe) || bwe.WriteConcernError != nil {
+			for i := range part {
+				failed[start+i] = true // outcome unknown
+			}
+			continue
+		}
+		for _, we := range bwe.WriteErrors {
+			if we.Index >= 0 && we.Index < len(part) {
+				failed[start+we.Index] = true
+			}
+		}
+	}
+	return failed, err
+}
+
+// pairFilters builds findAny's filters for the documents whose fields a
+// and b hold one of n distinct pairs: each, one equality filter per pair,
+// and all, one filter every pair matches ({a: {$in}, b: {$in}}, or the
+// equality when n is 1). pair returns the i-th pair's values, with a
+// comparable key of each (its identity in the $in lists).
+func pairFilters(a, b string, n int, pair func(i int) (keyA, keyB string, valA, valB any)) (all bson.D, each []bson.D) {
+	var as, bs bson.A
+	seenA, seenB := map[string]bool{}, map[string]bool{}
+	each = make([]bson.D, n)
+	for i := range n {
+		ka, kb, va, vb := pair(i)
+		each[i] = bson.D{{Key: a, Value: va}, {Key: b, Value: vb}}
+		if !seenA[ka] {
+			seenA[ka] = true
+			as = append(as, va)
+		}
+		if !seenB[kb] {
+			seenB[kb] = true
+			bs = append(bs, vb)
+		}
+	}
+	if n == 1 {
+		return each[0], each
+	}
+	return bson.D{{Key: a, Value: bson.D{{Key: "$in", Value: as}}}, {Key: b, Value: bson.D{{Key: "$in", Value: bs}}}}, each
+}
 
 func isDupCode(code int) bool { return code == 11000 || code == 11001 || code == 12582 }

@@ -100,10 +100,14 @@ func cursorFromDB(v int64) uint64 { return uint64(v) ^ (1 << 63) }
 // maxSeq is the largest inbox seq the store can hold.
 const maxSeq = math.MaxInt64
 
-// messageDoc is the document of a message.
+// messageDoc is the document of a message. mid repeats the ID as a
+// string (midKey) for FerretDB, which cannot look up an int64 beyond 2^53
+// (most message IDs) by equality: it turns that filter into "every value
+// above 2^53", a read of the whole collection.
 func messageDoc(m *persist.Message) bson.D {
-	return bson.D{
+	return appendEventFields(bson.D{
 		{Key: "_id", Value: idToDB(m.ID)},
+		{Key: "mid", Value: midKey(m.ID)},
 		{Key: "from", Value: enc(m.From)},
 		{Key: "cmid", Value: enc(m.ClientMsgID)},
 		{Key: "to", Value: enc(m.To)},
@@ -111,8 +115,11 @@ func messageDoc(m *persist.Message) bson.D {
 		{Key: "ts", Value: m.Timestamp},
 		{Key: "kind", Value: int64(m.Kind)},
 		{Key: "body", Value: bson.Binary{Subtype: bson.TypeBinaryGeneric, Data: m.Body}},
-	}
+	}, m)
 }
+
+// midKey is a message ID as the string of a message document's mid field.
+func midKey(id uint64) string { return strconv.FormatUint(id, 16) }
 
 // decodeMessage decodes a message document. The body is copied: the result
 // shares no memory with raw.
@@ -151,7 +158,7 @@ func decodeMessage(raw bson.Raw) (persist.Message, error) {
 	}
 	_, data := body.Binary()
 	m.Body = bytes.Clone(data)
-	return m, nil
+	return m, decodeEventFields(raw, &m)
 }
 
 // strField decodes the identifier field name of raw (see enc).

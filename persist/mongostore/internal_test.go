@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -135,6 +136,69 @@ func TestWithServer(t *testing.T) {
 	t.Run("PartialAppendConverges", func(t *testing.T) { testPartialAppend(t, openDB(t)) })
 	t.Run("ConflictInChunkedGroupInsert", func(t *testing.T) { testChunkedConflict(t, openDB(t)) })
 	t.Run("HeadsHint", func(t *testing.T) { testHeadsHint(t, openDB(t)) })
+	t.Run("EqualityQueriesUseIndexes", func(t *testing.T) { testEqualityUsesIndexes(t, openDB(t)) })
+	t.Run("ReadsMessagesWithoutMid", func(t *testing.T) { testReadsMessagesWithoutMid(t, openDB(t)) })
+}
+
+// testReadsMessagesWithoutMid: a message document from before mid existed
+// is still read (by _id) when FerretDB finds none by mid.
+func testReadsMessagesWithoutMid(t *testing.T, s *Store) {
+	ctx := t.Context()
+	m := persist.Message{ID: 1<<62 + 9, From: "a", ClientMsgID: "old", Body: []byte("from before mid")}
+	doc := slices.DeleteFunc(messageDoc(&m), func(e bson.E) bool { return e.Key == "mid" })
+	if _, err := s.messages.InsertOne(ctx, doc); err != nil {
+		t.Fatal(err)
+	}
+	putEntry(t, s, "b", 1, m.ID)
+	if _, err := s.Append(ctx, persist.Message{ID: 3, From: "a", ClientMsgID: "new", Body: []byte("new")}, []string{"b"}); err != nil {
+		t.Fatal(err)
+	}
+	es, err := s.ReadInbox(ctx, "b", 0, 10)
+	if err != nil || len(es) != 2 || string(es[0].Msg.Body) != "from before mid" || string(es[1].Msg.Body) != "new" {
+		t.Fatalf("ReadInbox = %+v, %v", es, err)
+	}
+}
+
+// testEqualityUsesIndexes: on the dev server's PostgreSQL backend, the
+// equality queries the store sends to FerretDB are answered from an index
+// (devmongo's GIN twins of FerretDB's indexes), not by scanning the table,
+// and a message is found by its mid (its int64 _id beyond 2^53 is not an
+// equality FerretDB can hand to the database).
+func testEqualityUsesIndexes(t *testing.T, s *Store) {
+	ctx := t.Context()
+	m := persist.Message{ID: 1<<62 + 5, From: "a", ClientMsgID: "c", Body: []byte("x")}
+	if _, err := s.Append(ctx, m, []string{"b"}); err != nil {
+		t.Fatal(err)
+	}
+	setHead(t, s, "b", 1)
+	if err := s.SetCursor(ctx, "b", "d", 1); err != nil {
+		t.Fatal(err)
+	}
+	s.writeCursors(0)
+	for _, q := range []struct {
+		coll   string
+		filter bson.D
+	}{
+		{collInbox, bson.D{{Key: "_id", Value: inboxKey("b", 1)}}},
+		{collInbox, bson.D{{Key: "user", Value: "b"}, {Key: "msg", Value: idToDB(m.ID)}}},
+		{collMessages, bson.D{{Key: "mid", Value: midKey(m.ID)}}},
+		{collMessages, bson.D{{Key: "from", Value: "a"}, {Key: "cmid", Value: "c"}}},
+		{collHeads, bson.D{{Key: "_id", Value: keyPart("b")}}},
+		{collCursors, bson.D{{Key: "_id", Value: cursorKey("b", "d")}}},
+	} {
+		var out bson.M
+		cmd := bson.D{{Key: "explain", Value: bson.D{{Key: "find", Value: q.coll}, {Key: "filter", Value: q.filter}}}}
+		if err := s.db.RunCommand(ctx, cmd).Decode(&out); err != nil {
+			t.Fatal(err)
+		}
+		plan := fmt.Sprint(out["queryPlanner"])
+		if !strings.Contains(plan, "Node Type") {
+			t.Skipf("find %s: not FerretDB's PostgreSQL backend: %.200s", q.coll, plan)
+		}
+		if !strings.Contains(plan, "Index Scan") {
+			t.Errorf("find %s %v scans: %s", q.coll, q.filter, plan)
+		}
+	}
 }
 
 // putEntry writes an inbox entry directly, as another writer would.

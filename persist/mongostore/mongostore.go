@@ -6,7 +6,8 @@
 //
 // # Collections
 //
-//	messages  _id = message ID (int64 bit pattern); unique (from, cmid)
+//	messages  _id = message ID (int64 bit pattern); unique (from, cmid);
+//	          mid = the ID in hex (indexed on FerretDB only)
 //	inbox     _id = "<user key><seq hex>"; unique (user, seq), unique (user, msg)
 //	heads     _id = "<user key>": a hint, the highest seq known to exist
 //	cursors   _id = "<user key><device key>": pos (sign-flipped uint64)
@@ -43,14 +44,27 @@
 // (From, ClientMsgID) completes the missing entries and returns Duplicate
 // with the seqs already assigned, never a second entry.
 //
+// AppendEntries is Append without the message insert, for a message that is
+// stored already: in a cluster the owner of the sender's inbox stores the
+// message, and the owners of the other inboxes write only their entries.
+// Duplicates are settled in bulk: the originals of a batch's duplicate
+// messages are read with one query, the existing entries of its duplicates
+// with another, and an entry conflict costs one query for all the batch's
+// unwritten entries, never a query per message.
+//
 // # Group commit
 //
 // Appends are queued to one committer goroutine, which takes every queued
 // append (up to Options.MaxBatch) and writes them with one InsertMany of
 // messages (unordered) and one ordered InsertMany of inbox entries, at the
 // configured write concern, then wakes the callers. Append returns nil only
-// after both were acknowledged. The other writes (cursors, users, groups) are
-// single-document operations on the caller's goroutine.
+// after both were acknowledged. Cursor positions are batched too (see
+// SetCursor): one bulk write per CursorInterval. The other writes (users,
+// groups) are single-document operations on the caller's goroutine.
+//
+// Every command sent to the server is counted by name (Stats.Commands, and
+// imgn_store_ops_total{op} when Options.Registry is set): the round trips
+// a message costs can be measured, not guessed.
 //
 // # Reads
 //
@@ -96,11 +110,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
 
+	"github.com/imgn/imgn/internal/opcount"
 	"github.com/imgn/imgn/persist"
 )
 
@@ -116,6 +132,9 @@ const (
 	DefaultServerSelectionTimeout = 3 * time.Second
 	DefaultConnectTimeout         = 3 * time.Second
 	DefaultSeqCacheSize           = 100_000
+	DefaultCursorInterval         = 100 * time.Millisecond
+	DefaultCursorQueue            = 65_536
+	DefaultSlowCommand            = 500 * time.Millisecond
 )
 
 // errCorrupt reports a stored document the store cannot decode.
@@ -173,8 +192,28 @@ type Options struct {
 	// committer (entries; the cache is dropped when full).
 	SeqCacheSize int
 
+	// CursorInterval is the longest a SetCursor waits in memory before it
+	// is written (cursor writes are batched: see SetCursor).
+	CursorInterval time.Duration
+
+	// CursorQueue bounds the cursors recorded and not written yet; beyond
+	// it SetCursor waits for the next flush.
+	CursorQueue int
+
+	// Registry, if set, receives imgn_store_ops_total{op}: the commands
+	// sent to the server, by command name (insert, find, update, getMore,
+	// ...), the round trips the store costs.
+	Registry prometheus.Registerer
+
+	// SlowCommand: a command that takes at least this long is logged as a
+	// warning with its collection and the shape of its filter (field names
+	// and operators, never values), at most once a second per command and
+	// collection. Negative: off.
+	SlowCommand time.Duration
+
 	// Logger receives what the store does not return: failures of the heads
-	// hint update (harmless). Nil: discard.
+	// hint update and of cursor writes (both retried or harmless), and slow
+	// commands. Nil: discard.
 	Logger *slog.Logger
 }
 
@@ -203,6 +242,8 @@ func (o Options) withDefaults() (Options, *writeconcern.WriteConcern, error) {
 		{"ServerSelectionTimeout", int64(o.ServerSelectionTimeout)},
 		{"ConnectTimeout", int64(o.ConnectTimeout)},
 		{"SeqCacheSize", int64(o.SeqCacheSize)},
+		{"CursorInterval", int64(o.CursorInterval)},
+		{"CursorQueue", int64(o.CursorQueue)},
 	} {
 		if f.v < 0 {
 			return bad("negative %s %d", f.name, f.v)
@@ -219,6 +260,15 @@ func (o Options) withDefaults() (Options, *writeconcern.WriteConcern, error) {
 	}
 	if o.SeqCacheSize == 0 {
 		o.SeqCacheSize = DefaultSeqCacheSize
+	}
+	if o.CursorInterval == 0 {
+		o.CursorInterval = DefaultCursorInterval
+	}
+	if o.CursorQueue == 0 {
+		o.CursorQueue = DefaultCursorQueue
+	}
+	if o.SlowCommand == 0 {
+		o.SlowCommand = DefaultSlowCommand
 	}
 	if o.WriteConcern == "" {
 		o.WriteConcern = DefaultWriteConcern
@@ -271,6 +321,7 @@ type Store struct {
 	db     *mongo.Database
 
 	messages, inbox, heads, cursors, users, groups *mongo.Collection
+	convs                                          *mongo.Collection // chat.go
 
 	// mu guards closed and the send side of queue (as in pebblestore):
 	// senders and readers hold it for reading, Close for writing.
@@ -282,12 +333,27 @@ type Store struct {
 	// ferret: the server is FerretDB (buildInfo has ferretdbVersion), whose
 	// ordered inserts need chunking (see insertOrdered).
 	ferret bool
+	// eqQueries: findAny sends equality queries in place of one $in query
+	// (set for FerretDB; tests of the MongoDB query shape clear it).
+	eqQueries bool
 
 	// committer-only state
 	seqCache map[string]uint64 // user -> a seq known to be that user's last
 
+	// Batched cursor writes (cursors.go). curMu guards the fields below.
+	curMu       sync.Mutex
+	curClosed   bool
+	curPending  map[cursorID]uint64 // recorded, not taken by the flusher yet
+	curFlushing map[cursorID]uint64 // being written now (nil when idle)
+	curTaken    chan struct{}       // closed when the flusher takes curPending
+	curWake     chan struct{}       // cap 1: positions are waiting
+	curStop     chan struct{}       // closed by Close: final flush, then exit
+	curDone     chan struct{}       // closed when the flusher has exited
+
+	ops *opcount.Counter // commands sent, by name
+
 	stats struct {
-		batches, appends, rounds, conflicts, failedBatches atomic.Uint64
+		batches, appends, rounds, conflicts, failedBatches, cursorFailures atomic.Uint64
 	}
 }
 
@@ -316,17 +382,33 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	case co.ConnectTimeout == nil:
 		co.SetConnectTimeout(DefaultConnectTimeout)
 	}
+	ops, err := opcount.New(o.Registry, "imgn_store_ops_total", "Commands sent to MongoDB by the message store, by command name.")
+	if err != nil {
+		return nil, fmt.Errorf("mongostore: metrics: %w: %v", persist.ErrInvalid, err)
+	}
+	var slow *slowLog
+	if o.SlowCommand > 0 {
+		slow = newSlowLog(o.SlowCommand, o.Logger)
+	}
+	co.SetMonitor(slow.monitor(ops.Inc))
 	client, err := mongo.Connect(co)
 	if err != nil {
+		ops.Unregister()
 		return nil, fmt.Errorf("mongostore: connect: %w: %v", persist.ErrInvalid, err)
 	}
 	s := &Store{
-		opts:     o,
-		client:   client,
-		db:       client.Database(o.Database, options.Database().SetWriteConcern(wc)),
-		queue:    make(chan *appendReq, o.QueueSize),
-		done:     make(chan struct{}),
-		seqCache: make(map[string]uint64),
+		opts:       o,
+		client:     client,
+		db:         client.Database(o.Database, options.Database().SetWriteConcern(wc)),
+		queue:      make(chan *appendReq, o.QueueSize),
+		done:       make(chan struct{}),
+		seqCache:   make(map[string]uint64),
+		curPending: make(map[cursorID]uint64),
+		curTaken:   make(chan struct{}),
+		curWake:    make(chan struct{}, 1),
+		curStop:    make(chan struct{}),
+		curDone:    make(chan struct{}),
+		ops:        ops,
 	}
 	s.messages = s.db.Collection(collMessages)
 	s.inbox = s.db.Collection(collInbox)
@@ -334,13 +416,16 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	s.cursors = s.db.Collection(collCursors)
 	s.users = s.db.Collection(collUsers)
 	s.groups = s.db.Collection(collGroups)
+	s.convs = s.db.Collection(collConvs)
 	if err := s.setup(ctx); err != nil {
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = client.Disconnect(dctx)
+		ops.Unregister()
 		return nil, err
 	}
 	go s.run()
+	go s.flushCursors(s.curStop)
 	return s, nil
 }
 
@@ -355,6 +440,7 @@ func (s *Store) setup(ctx context.Context) error {
 	}
 	_, err = info.LookupErr("ferretdbVersion")
 	s.ferret = err == nil
+	s.eqQueries = s.ferret
 	unique := func(name string, keys ...string) mongo.IndexModel {
 		d := make(bson.D, len(keys))
 		for i, k := range keys {
@@ -362,12 +448,21 @@ func (s *Store) setup(ctx context.Context) error {
 		}
 		return mongo.IndexModel{Keys: d, Options: options.Index().SetUnique(true).SetName(name)}
 	}
+	messageIndexes := []mongo.IndexModel{unique("from_cmid", "from", "cmid")}
+	if s.ferret {
+		// What FerretDB looks messages up by (see messageDoc). Not
+		// unique: a dev database written before mid existed holds
+		// documents without it, which a unique index would refuse.
+		messageIndexes = append(messageIndexes, mongo.IndexModel{Keys: bson.D{{Key: "mid", Value: 1}}, Options: options.Index().SetName("mid")})
+	}
 	for _, ix := range []struct {
 		c      *mongo.Collection
 		models []mongo.IndexModel
 	}{
-		{s.messages, []mongo.IndexModel{unique("from_cmid", "from", "cmid")}},
+		{s.messages, messageIndexes},
 		{s.inbox, []mongo.IndexModel{unique("user_seq", "user", "seq"), unique("user_msg", "user", "msg")}},
+		{s.inbox, chatInboxIndexes},
+		{s.convs, chatConvIndexes},
 		{s.groups, []mongo.IndexModel{{Keys: bson.D{{Key: "members", Value: 1}}, Options: options.Index().SetName("members")}}},
 	} {
 		// One index per command: FerretDB v1.24 panics (and drops the
@@ -401,17 +496,24 @@ type Stats struct {
 	// FailedBatches counts batches that failed some of their appends with
 	// ErrUnavailable.
 	FailedBatches uint64
+	// CursorFailures counts cursor flushes that failed (retried at the
+	// next flush).
+	CursorFailures uint64
+	// Commands counts the commands sent to the server, by command name.
+	Commands map[string]uint64
 }
 
 // Stats returns the current counters. Safe for concurrent use, also after
 // Close.
 func (s *Store) Stats() Stats {
 	return Stats{
-		Batches:       s.stats.batches.Load(),
-		Appends:       s.stats.appends.Load(),
-		Rounds:        s.stats.rounds.Load(),
-		Conflicts:     s.stats.conflicts.Load(),
-		FailedBatches: s.stats.failedBatches.Load(),
+		Batches:        s.stats.batches.Load(),
+		Appends:        s.stats.appends.Load(),
+		Rounds:         s.stats.rounds.Load(),
+		Conflicts:      s.stats.conflicts.Load(),
+		FailedBatches:  s.stats.failedBatches.Load(),
+		CursorFailures: s.stats.cursorFailures.Load(),
+		Commands:       s.ops.Snapshot(),
 	}
 }
 
@@ -429,6 +531,12 @@ func (s *Store) Close() error {
 	close(s.queue)
 	s.mu.Unlock()
 	<-s.done
+	s.curMu.Lock()
+	s.curClosed = true
+	s.curMu.Unlock()
+	close(s.curStop) // the flusher writes what is recorded, then exits
+	<-s.curDone
+	defer s.ops.Unregister()
 	// Disconnect first ends the server sessions (best effort, errors
 	// ignored by the driver): bound that so Close does not wait for server
 	// selection when the server is down. Pools are closed either way.

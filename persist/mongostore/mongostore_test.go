@@ -80,6 +80,16 @@ var dbSeq atomic.Int64
 // newDB returns a database name no other test uses.
 func newDB() string { return fmt.Sprintf("t%d_%d", os.Getpid(), dbSeq.Add(1)) }
 
+// openPair opens two stores on one new database of the shared server (two
+// nodes writing the same inboxes); the test's cleanup closes them.
+func openPair(t *testing.T) (a, b *mongostore.Store) {
+	t.Helper()
+	db := newDB()
+	a, b = open(t, shared.URI(), db), open(t, shared.URI(), db)
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
 func open(t testing.TB, uri, db string, mod ...func(*mongostore.Options)) *mongostore.Store {
 	t.Helper()
 	o := mongostore.Options{URI: uri, Database: db}
@@ -176,10 +186,7 @@ func TestGroupCommit(t *testing.T) {
 // index and are corrected; no seq is lost or given twice.
 func TestTwoWritersFenced(t *testing.T) {
 	t.Parallel()
-	db := newDB()
-	a, b := open(t, shared.URI(), db), open(t, shared.URI(), db)
-	defer a.Close()
-	defer b.Close()
+	a, b := openPair(t)
 	ctx := t.Context()
 	// Alternate: each store's cache is stale at every other append.
 	for i := 1; i <= 6; i++ {
@@ -314,12 +321,27 @@ func TestServerDown(t *testing.T) {
 	if _, err := s.LastSeq(ctx, "bob"); !errors.Is(err, persist.ErrUnavailable) {
 		t.Fatalf("LastSeq with the server down: %v, want ErrUnavailable", err)
 	}
-	if err := s.SetCursor(ctx, "bob", "phone", 1); !errors.Is(err, persist.ErrUnavailable) {
-		t.Fatalf("SetCursor with the server down: %v, want ErrUnavailable", err)
+	// Cursor writes are batched: recorded now, written by a later flush
+	// once the server is back.
+	if err := s.SetCursor(ctx, "bob", "phone", 1); err != nil {
+		t.Fatalf("SetCursor with the server down: %v, want it recorded", err)
 	}
 
 	if err := svc.Start(); err != nil {
 		t.Fatal(err)
+	}
+	other := open(t, uri, "down")
+	defer other.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := other.Cursor(ctx, "bob", "phone")
+		if err == nil && c == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cursor recorded while the server was down not written after its restart: %d, %v (stats %+v)", c, err, s.Stats())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	res, tries := mustRetryAppend(t, s, second, []string{"bob", "alice"})
 	t.Logf("append succeeded after restart at try %d: %+v", tries, res)
@@ -512,4 +534,189 @@ func TestReopenAfterServerRestart(t *testing.T) {
 
 func BenchmarkStore(b *testing.B) {
 	storetest.Bench(b, func(b *testing.B) persist.Store { return open(b, shared.URI(), newDB()) })
+}
+
+// TestAppendEntries: the owner of other inboxes writes only their entries
+// for a message another store stored (one insert command per batch, no
+// message insert, no lookup); a retry keeps the seqs; the inboxes read
+// back the message.
+func TestAppendEntries(t *testing.T) {
+	t.Parallel()
+	a, b := openPair(t)
+	ctx := t.Context()
+	m := persist.Message{ID: 77, From: "alice", To: "bob", ClientMsgID: "c1", Timestamp: 5, Body: []byte("hi")}
+	first, err := a.Append(ctx, m, []string{"alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Warm b's seq cache for bob and carol, so that the measured append
+	// plans without reading.
+	if _, err := b.Append(ctx, persist.Message{ID: 1, From: "x", ClientMsgID: "w"}, []string{"bob", "carol"}); err != nil {
+		t.Fatal(err)
+	}
+	before := b.Stats().Commands
+	res, err := b.AppendEntries(ctx, first.Msg, []string{"bob", "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := b.Stats().Commands
+	if !slices.Equal(res.Seqs, []uint64{2, 2}) || res.Duplicate || res.Msg.ID != 77 {
+		t.Fatalf("AppendEntries = %+v", res)
+	}
+	// One insert of the entries and one bulk upsert of the conversations.
+	if d := diffOps(before, after); len(d) != 2 || d["insert"] != 1 || d["update"] != 1 {
+		t.Fatalf("AppendEntries sent %v, want one insert and one update", d)
+	}
+	again, err := b.AppendEntries(ctx, first.Msg, []string{"carol", "bob", "dave"})
+	if err != nil || !slices.Equal(again.Seqs, []uint64{2, 2, 1}) {
+		t.Fatalf("AppendEntries retried with one more inbox = %+v, %v; want seqs [2 2 1]", again, err)
+	}
+	for _, u := range []string{"bob", "carol", "dave"} {
+		es := storetest.ReadGapFree(t, a, u)
+		if got := es[len(es)-1].Msg; got.ID != 77 || string(got.Body) != "hi" || got.From != "alice" {
+			t.Fatalf("inbox %s ends with %+v", u, got)
+		}
+	}
+	if _, err := b.AppendEntries(ctx, persist.Message{ID: 5}, nil); !errors.Is(err, persist.ErrInvalid) {
+		t.Fatalf("AppendEntries without inboxes: %v, want ErrInvalid", err)
+	}
+}
+
+// diffOps returns after - before, without zero entries.
+func diffOps(before, after map[string]uint64) map[string]uint64 {
+	d := map[string]uint64{}
+	for op, n := range after {
+		if n > before[op] {
+			d[op] = n - before[op]
+		}
+	}
+	return d
+}
+
+// TestDuplicatesLookedUpPerBatch: retries of stored messages cost one
+// query for their originals, one for their entries and one for their
+// conversations per group commit, not one per message (the query shape
+// sent to MongoDB). On FerretDB the store asks one equality query per key
+// instead (see findAny): the same answers, and a few queries per retry.
+func TestDuplicatesLookedUpPerBatch(t *testing.T) {
+	for _, eq := range []bool{false, true} {
+		t.Run(fmt.Sprint("eqQueries=", eq), func(t *testing.T) {
+			t.Parallel()
+			s := open(t, shared.URI(), newDB())
+			defer s.Close()
+			mongostore.UseEqQueries(s, eq)
+			const n = 60
+			msgs := make([]persist.Message, n)
+			for i := range msgs {
+				msgs[i] = persist.Message{ID: uint64(i + 1), From: fmt.Sprint("s", i%4), ClientMsgID: fmt.Sprint(i), Body: []byte("x")}
+				if _, err := s.Append(t.Context(), msgs[i], []string{"r", fmt.Sprint("u", i%5)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before := s.Stats()
+			var wg sync.WaitGroup
+			for i, m := range msgs {
+				wg.Go(func() {
+					m.ID += 1000 // a retry arrives with a new id
+					res, err := s.Append(t.Context(), m, []string{"r", fmt.Sprint("u", i%5)})
+					if err != nil || !res.Duplicate || res.Msg.ID != uint64(i+1) || res.Seqs[0] != uint64(i+1) {
+						t.Errorf("retry %d = %+v, %v", i, res, err)
+					}
+				})
+			}
+			wg.Wait()
+			after := s.Stats()
+			batches := after.Batches - before.Batches
+			finds := diffOps(before.Commands, after.Commands)["find"]
+			t.Logf("%d retries in %d batches: %v", n, batches, diffOps(before.Commands, after.Commands))
+			if want := 3 * batches; !eq && finds > want {
+				t.Fatalf("%d finds for %d batches of retries, want at most %d", finds, batches, want)
+			}
+			if want := uint64(4 * n); eq && finds > want { // originals, entries and conversations of both inboxes
+				t.Fatalf("%d finds for %d retries, want at most %d", finds, n, want)
+			}
+			if updates := diffOps(before.Commands, after.Commands)["update"]; updates != 0 {
+				t.Fatalf("retries of complete appends wrote %d updates, want none (their conversations are current)", updates)
+			}
+		})
+	}
+}
+
+// TestCursorWritesBatched: cursor positions are recorded at once and
+// written together, one command for everything recorded in an interval
+// (on FerretDB one per mongostore.FerretUpdateBatch cursors);
+// the store reads its own recorded positions before they are written, and
+// Close writes what is recorded.
+func TestCursorWritesBatched(t *testing.T) {
+	t.Parallel()
+	db := newDB()
+	s := open(t, shared.URI(), db, func(o *mongostore.Options) { o.CursorInterval = time.Hour })
+	ctx := t.Context()
+	for i := range 200 {
+		if err := s.SetCursor(ctx, fmt.Sprint("u", i%50), "d", uint64(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c, err := s.Cursor(ctx, "u7", "d"); err != nil || c != 157 {
+		t.Fatalf("Cursor before the flush = %d, %v; want 157", c, err)
+	}
+	before := s.Stats().Commands
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	want := uint64(1)
+	if s.FerretDB() {
+		want = (50 + mongostore.FerretUpdateBatch - 1) / mongostore.FerretUpdateBatch
+	}
+	if d := diffOps(before, s.Stats().Commands); d["update"] != want {
+		t.Fatalf("200 updates of 50 cursors written with %v, want %d update commands", d, want)
+	}
+	r := open(t, shared.URI(), db)
+	defer r.Close()
+	for i := 150; i < 200; i++ {
+		if c, err := r.Cursor(ctx, fmt.Sprint("u", i%50), "d"); err != nil || c != uint64(i) {
+			t.Fatalf("Cursor(u%d) after reopen = %d, %v; want %d", i%50, c, err, i)
+		}
+	}
+	if err := s.SetCursor(ctx, "u1", "d", 1); !errors.Is(err, persist.ErrClosed) {
+		t.Fatalf("SetCursor after Close: %v, want ErrClosed", err)
+	}
+}
+
+// TestCursorFlushOfManyExistingCursors: one flush that moves more existing
+// cursors than the dev server's PostgreSQL pool has connections (devmongo's
+// --pg-pool, 150) is written. FerretDB v1's update command keeps each
+// matched document's query (and its pool connection) open until the whole
+// command ends and needs one more connection per update: a single command
+// of that many updates waited for a connection it held itself, and every
+// other client of the server with it (the drain test's hang).
+func TestCursorFlushOfManyExistingCursors(t *testing.T) {
+	t.Parallel()
+	const cursors = 200
+	db := newDB()
+	s := open(t, shared.URI(), db, func(o *mongostore.Options) {
+		o.CursorInterval = time.Hour // written by Close only: one flush each
+		o.OpTimeout = 5 * time.Second
+	})
+	ctx := t.Context()
+	for round := uint64(1); round <= 2; round++ { // create, then move every cursor
+		for i := range cursors {
+			if err := s.SetCursor(ctx, fmt.Sprint("u", i), "d", round); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if f := s.Stats().CursorFailures; f != 0 {
+			t.Fatalf("round %d: %d cursor flushes failed", round, f)
+		}
+		s = open(t, shared.URI(), db)
+		for i := range cursors {
+			if c, err := s.Cursor(ctx, fmt.Sprint("u", i), "d"); err != nil || c != round {
+				t.Fatalf("round %d: Cursor(u%d) = %d, %v; want %d", round, i, c, err, round)
+			}
+		}
+	}
+	s.Close()
 }

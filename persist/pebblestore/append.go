@@ -49,12 +49,16 @@ func (c *committer) apply(op *persist.AppendOp) error {
 		}
 	}
 	seqs := op.Result.Seqs[:0]
+	c.hst = c.hst[:0]
 	for _, in := range op.Inboxes {
-		seq, err := c.nextSeq(in)
+		e, seq, err := c.headNext(in)
 		if err != nil {
 			return err
 		}
-		seqs = append(seqs, seq)
+		seqs, c.hst = append(seqs, seq), append(c.hst, e)
+	}
+	if err := c.convsFor(m, op.Inboxes, c.hst); err != nil {
+		return err
 	}
 
 	// Writes. Inboxes are distinct, so their next seqs do not interfere.
@@ -70,7 +74,8 @@ func (c *committer) apply(op *persist.AppendOp) error {
 	for i, in := range op.Inboxes {
 		c.val = appendRef(c.val, in, seqs[i])
 		p.refs = append(p.refs, ref{in, seqs[i]})
-		c.addEntry(in, seqs[i], m.ID)
+		c.addEntryAt(c.hst[i], seqs[i], m.ID)
+		c.converse(c.cst[i], in, m, seqs[i])
 	}
 	c.set(keyID(c.key, tRefs, m.ID), c.val)
 	pi := len(c.pend) - 1
@@ -84,21 +89,29 @@ func (c *committer) apply(op *persist.AppendOp) error {
 // nextSeq returns the seq inbox's next entry gets (its head is cached
 // afterwards); it changes nothing.
 func (c *committer) nextSeq(inbox string) (uint64, error) {
+	_, seq, err := c.headNext(inbox)
+	return seq, err
+}
+
+// headNext is nextSeq that also returns the inbox's cached head.
+func (c *committer) headNext(inbox string) (*headEntry, uint64, error) {
 	e, err := c.head(inbox)
 	if err != nil {
-		return 0, unavailable("append", err)
+		return nil, 0, unavailable("append", err)
 	}
 	if e.h.last == math.MaxUint64 {
-		return 0, fmt.Errorf("pebblestore: append: %w: inbox %q seq exhausted", persist.ErrUnavailable, inbox)
+		return nil, 0, fmt.Errorf("pebblestore: append: %w: inbox %q seq exhausted", persist.ErrUnavailable, inbox)
 	}
-	return e.h.last + 1, nil
+	return e, e.h.last + 1, nil
 }
 
 // addEntry writes inbox entry (inbox, seq) -> id and moves the inbox's
 // head; the head is cached (apply read it).
-func (c *committer) addEntry(inbox string, seq, id uint64) {
-	e := c.heads[inbox]
-	c.key2 = keyInbox(c.key2, inbox, seq)
+func (c *committer) addEntry(inbox string, seq, id uint64) { c.addEntryAt(c.heads[inbox], seq, id) }
+
+// addEntryAt is addEntry for the cached head e.
+func (c *committer) addEntryAt(e *headEntry, seq, id uint64) {
+	c.key2 = keyInbox(c.key2, e.inbox, seq)
 	c.set(c.key2, appendBE64(c.idv[:0], id))
 	c.advance(e, seq)
 }
@@ -144,7 +157,7 @@ func (c *committer) loadStored(id uint64) (int, error) {
 	if !found {
 		return 0, fmt.Errorf("%w: dedup entry for missing message %d", errCorrupt, id)
 	}
-	msg, err := decodeMessage(id, v)
+	msg, recallEv, err := decodeMessageRec(id, v)
 	if err != nil {
 		return 0, err
 	}
@@ -159,7 +172,7 @@ func (c *committer) loadStored(id uint64) (int, error) {
 		return 0, err
 	}
 	p := c.newPending()
-	p.msg = msg
+	p.msg, p.recallEv = msg, recallEv
 	p.refs = append(p.refs, c.refs.refs...)
 	c.pendID[id] = len(c.pend) - 1
 	return len(c.pend) - 1, nil
@@ -185,12 +198,16 @@ func (c *committer) applyDuplicate(op *persist.AppendOp, pi int) error {
 		fresh++
 	}
 	if fresh > 0 {
+		if err := c.convsFor(&p.msg, op.Inboxes, nil); err != nil {
+			return err
+		}
 		id := p.msg.ID
 		for i, in := range op.Inboxes {
 			if _, ok := find(in); ok {
 				continue
 			}
 			c.addEntry(in, seqs[i], id)
+			c.converse(c.cst[i], in, &p.msg, seqs[i])
 			p.refs = append(p.refs, ref{in, seqs[i]})
 		}
 		c.val = appendRefsHeader(c.val[:0], p.msg.Timestamp, p.msg.From, p.msg.ClientMsgID)

@@ -29,9 +29,13 @@ type item struct {
 type writeReq struct {
 	ctx   context.Context
 	apply func(c *committer) error
-	alone bool
-	err   error         // set by the committer before done is closed
-	done  chan struct{} // closed by the committer
+	// finish, when set, runs on the committer after a successful apply
+	// was committed, in queue order with the completions of the batch's
+	// other requests, before done is closed. It must not block.
+	finish func()
+	alone  bool
+	err    error         // set by the committer before done is closed
+	done   chan struct{} // closed by the committer
 }
 
 // AppendAsync implements persist.AsyncAppender. It validates op on the
@@ -130,6 +134,12 @@ type committer struct {
 	sync  *pebble.WriteOptions
 	heads map[string]*headEntry // inbox -> head
 	dirty []*headEntry          // heads trimmed by the current batch
+	// nconvs counts the conversation states cached with the heads
+	// (headEntry.convs), bounded like heads; cst holds those of the
+	// append being applied.
+	nconvs int
+	cst    []*convState
+	hst    []*headEntry // the heads of the append being applied
 	// maxID is the highest message ID stored: an append above it cannot
 	// clash with a stored ID, so it skips that read.
 	maxID uint64
@@ -154,17 +164,23 @@ type committer struct {
 	capScan bool
 	capFrom []byte // where the scan of every head resumes
 
+	// Inboxes whose conversation entries below the first seq retention
+	// has yet to remove (retention.go), in order.
+	convTrim      map[string]struct{}
+	convTrimOrder []string
+
 	// Removals by retention in the current batch, counted once it commits.
 	rmMsgs, rmEnts uint64
 
-	it             *pebble.Iterator // lookups of the current batch
-	direct         bool             // a maintenance batch: writes go straight to b
-	staged, sorted []stagedOp       // otherwise they are staged here (see set)
-	arena          []byte
-	key, key2, val []byte // scratch
-	idv            [8]byte
-	refs           refsRecord
-	sweepFrom      uint64 // where the cap sweep of the refs table resumes
+	it              *pebble.Iterator // lookups of the current batch
+	direct          bool             // a maintenance batch: writes go straight to b
+	staged, sorted  []stagedOp       // otherwise they are staged here (see set)
+	arena           []byte
+	key, key2, key3 []byte // scratch
+	val, val2       []byte
+	idv             [8]byte
+	refs            refsRecord
+	sweepFrom       uint64 // where the cap sweep of the refs table resumes
 
 	filter filterState // the dedup filter (filter.go)
 }
@@ -173,8 +189,9 @@ type committer struct {
 type headEntry struct {
 	inbox   string // a private copy (the map key)
 	h       head
-	dirty   bool // in committer.dirty
-	overCap bool // in committer.overCap
+	convs   map[persist.ConvID]*convState // the inbox's conversations used so far (chat.go)
+	dirty   bool                          // in committer.dirty
+	overCap bool                          // in committer.overCap
 }
 
 // dedupKey is (From, ClientMsgID). Its strings point into the ops of the
@@ -183,8 +200,9 @@ type dedupKey struct{ from, clientMsgID string }
 
 // pending is a message stored (or found) by the current batch.
 type pending struct {
-	msg  persist.Message // for a duplicate's result; may point into an op
-	refs []ref           // every inbox entry of the message
+	msg      persist.Message // for a duplicate's result; may point into an op
+	refs     []ref           // every inbox entry of the message
+	recallEv uint64          // the event that recalled it (0: none)
 }
 
 const maxOverCap = 1 << 16
@@ -195,6 +213,7 @@ func newCommitter(s *Store) (*committer, error) {
 		b:         s.db.NewBatch(),
 		sync:      s.writeOpts(),
 		heads:     make(map[string]*headEntry),
+		convTrim:  make(map[string]struct{}),
 		pendDedup: make(map[dedupKey]int),
 		pendID:    make(map[uint64]int),
 		overlay:   make(map[string][]byte),
@@ -324,6 +343,9 @@ func (c *committer) commit(items []item) {
 		if it := &items[i]; it.op != nil {
 			complete(it.op, it.op.Err)
 		} else {
+			if it.w.err == nil && it.w.finish != nil {
+				it.w.finish()
+			}
 			close(it.w.done)
 		}
 	}
@@ -334,6 +356,7 @@ func (c *committer) resetBatchState() {
 	for i := range c.pend {
 		c.pend[i].msg = persist.Message{}
 		c.pend[i].refs = c.pend[i].refs[:0]
+		c.pend[i].recallEv = 0
 	}
 	c.pend = c.pend[:0]
 	clear(c.pendDedup)
@@ -341,15 +364,17 @@ func (c *committer) resetBatchState() {
 	clear(c.overlay)
 	c.batchErr = nil
 	c.rmMsgs, c.rmEnts = 0, 0
-	if len(c.heads) > c.s.opts.HeadCacheSize {
+	if len(c.heads) > c.s.opts.HeadCacheSize || c.nconvs > c.s.opts.HeadCacheSize {
 		c.forgetHeads()
 	}
 }
 
-// forgetHeads empties the head cache; heads are read again on use. Inboxes
-// listed in overCap stay listed (a trim reads their head again).
+// forgetHeads empties the head and conversation caches; they are read
+// again on use. Inboxes listed in overCap stay listed (a trim reads their
+// head again).
 func (c *committer) forgetHeads() {
 	clear(c.heads)
+	c.nconvs = 0
 }
 
 // head returns inbox's cached head, reading it on a miss.

@@ -15,6 +15,8 @@ import (
 // package doc.
 const (
 	tMeta    = 0x00
+	tConv    = 'v'
+	tConvIdx = 'x'
 	tCursor  = 'c'
 	tDedup   = 'd'
 	tGroup   = 'g'
@@ -31,7 +33,13 @@ const (
 	formatVersion = 1 // the key layout
 	recordV1      = 1 // the record encodings below
 
-	flagGroup = 1 << 0 // message flags byte
+	flagGroup    = 1 << 0 // message flags byte
+	flagEvent    = 1 << 1 // an event entry: uvarint(event) uvarint(target) follow the kind
+	flagRecalled = 1 << 2 // a recalled message: uvarint(recall event id) follows; no body
+
+	// entryHidden marks an inbox entry its owner deleted (the optional
+	// ninth byte of an inbox entry's value).
+	entryHidden = 1 << 0
 )
 
 // metaFormatKey holds formatVersion.
@@ -136,7 +144,13 @@ func u64(v []byte) (uint64, error) {
 }
 
 // appendMessage appends the record of m (without the ID, which is the key).
-func appendMessage(b []byte, m *persist.Message) []byte {
+func appendMessage(b []byte, m *persist.Message) []byte { return appendMessageRec(b, m, 0) }
+
+// appendMessageRec appends the record of m; recallEv != 0 records that m
+// was recalled by that event, and drops the body. Records of plain
+// messages are those of the first layout (the flags that add fields are
+// new), so stores written before the chat seam read unchanged.
+func appendMessageRec(b []byte, m *persist.Message, recallEv uint64) []byte {
 	b = append(b, recordV1)
 	b = appendLP(b, m.From)
 	b = appendLP(b, m.To)
@@ -144,10 +158,23 @@ func appendMessage(b []byte, m *persist.Message) []byte {
 	if m.Group {
 		flags |= flagGroup
 	}
+	if m.Event != persist.EventNone {
+		flags |= flagEvent
+	}
+	if recallEv != 0 {
+		flags |= flagRecalled
+	}
 	b = append(b, flags)
 	b = appendLP(b, m.ClientMsgID)
 	b = binary.AppendVarint(b, m.Timestamp)
 	b = binary.AppendUvarint(b, uint64(m.Kind))
+	if m.Event != persist.EventNone {
+		b = binary.AppendUvarint(b, uint64(m.Event))
+		b = binary.AppendUvarint(b, m.Target)
+	}
+	if recallEv != 0 {
+		return binary.AppendUvarint(b, recallEv)
+	}
 	return append(b, m.Body...) // the body is the rest of the record
 }
 
@@ -216,6 +243,13 @@ func (d *decoder) version() {
 // shares no memory with rec (Pebble values are only valid until their
 // closer or iterator moves). A record with no body decodes to a nil Body.
 func decodeMessage(id uint64, rec []byte) (persist.Message, error) {
+	m, _, err := decodeMessageRec(id, rec)
+	return m, err
+}
+
+// decodeMessageRec is decodeMessage that also returns the id of the event
+// that recalled the message (0: not recalled).
+func decodeMessageRec(id uint64, rec []byte) (persist.Message, uint64, error) {
 	d := decoder{b: rec}
 	d.version()
 	m := persist.Message{ID: id}
@@ -228,15 +262,133 @@ func decodeMessage(id uint64, rec []byte) (persist.Message, error) {
 	if d.err == nil && kind > 1<<32-1 {
 		d.fail()
 	}
+	if flags&flagEvent != 0 {
+		ev := d.uvarint()
+		m.Target = d.uvarint()
+		if d.err == nil && (ev == 0 || ev > 1<<32-1) {
+			d.fail()
+		}
+		m.Event = uint32(ev)
+	}
+	var recallEv uint64
+	if flags&flagRecalled != 0 {
+		if recallEv = d.uvarint(); d.err == nil && (recallEv == 0 || len(d.b) != 0) {
+			d.fail()
+		}
+	}
+	if d.err == nil && flags&^(flagGroup|flagEvent|flagRecalled) != 0 {
+		d.err = fmt.Errorf("%w: message flags %#x", errCorrupt, flags)
+	}
 	if d.err != nil {
-		return persist.Message{}, fmt.Errorf("message %d: %w", id, d.err)
+		return persist.Message{}, 0, fmt.Errorf("message %d: %w", id, d.err)
 	}
 	m.Group = flags&flagGroup != 0
 	m.Kind = uint32(kind)
+	m.Recalled = recallEv != 0
 	if len(d.b) > 0 {
 		m.Body = append([]byte(nil), d.b...)
 	}
-	return m, nil
+	return m, recallEv, nil
+}
+
+// appendEntry appends an inbox entry's value: the message id, and a flags
+// byte only when the owner deleted the message.
+func appendEntry(b []byte, id uint64, hidden bool) []byte {
+	b = appendBE64(b, id)
+	if hidden {
+		b = append(b, entryHidden)
+	}
+	return b
+}
+
+// decodeEntry decodes an inbox entry's value.
+func decodeEntry(v []byte) (id uint64, hidden bool, err error) {
+	switch {
+	case len(v) == 8:
+	case len(v) == 9 && v[8] == entryHidden:
+		hidden = true
+	default:
+		return 0, false, fmt.Errorf("%w: %d-byte inbox entry", errCorrupt, len(v))
+	}
+	return binary.BigEndian.Uint64(v), hidden, nil
+}
+
+// Conversations (chat.go). A conversation is named kind lp(id), kind 0
+// for a peer and 1 for a group.
+
+// appendConvID appends kind lp(id).
+func appendConvID(b []byte, id persist.ConvID) []byte {
+	var kind byte
+	if id.Group {
+		kind = 1
+	}
+	return appendLP(append(b, kind), id.ID)
+}
+
+// keyConv returns t lp(user) kind lp(id), appended to b[:0]: the key of a
+// conversation record (tConv) or the prefix of its index (tConvIdx).
+func keyConv(b []byte, t byte, user string, id persist.ConvID) []byte {
+	return appendConvID(keyLP(b, t, user), id)
+}
+
+// keyConvEntry returns 'x' lp(user) kind lp(id) be64(seq), appended to b[:0].
+func keyConvEntry(b []byte, user string, id persist.ConvID, seq uint64) []byte {
+	return appendBE64(keyConv(b, tConvIdx, user, id), seq)
+}
+
+// parseConvID decodes kind lp(id) at the start of b and returns the
+// conversation and the bytes it took.
+func parseConvID(b []byte) (persist.ConvID, int, error) {
+	if len(b) < 1 || b[0] > 1 {
+		return persist.ConvID{}, 0, fmt.Errorf("%w: conversation key", errCorrupt)
+	}
+	n, w := binary.Uvarint(b[1:])
+	if w <= 0 || n > uint64(len(b)-1-w) {
+		return persist.ConvID{}, 0, fmt.Errorf("%w: conversation key", errCorrupt)
+	}
+	end := 1 + w + int(n)
+	return persist.ConvID{ID: string(b[1+w : end]), Group: b[0] == 1}, end, nil
+}
+
+// convEntry is the value of a conversation index entry: counts as of that
+// entry, so that the last entry alone gives the conversation's state.
+type convEntry struct {
+	others uint64 // messages from others in the conversation up to this one, ever
+	own    uint64 // the seq of the owner's newest own message up to this one (0: none)
+}
+
+func appendConvEntry(b []byte, e convEntry) []byte {
+	return binary.AppendUvarint(binary.AppendUvarint(b, e.others), e.own)
+}
+
+func decodeConvEntry(v []byte) (convEntry, error) {
+	d := decoder{b: v}
+	e := convEntry{others: d.uvarint(), own: d.uvarint()}
+	if d.err == nil && len(d.b) != 0 {
+		d.fail()
+	}
+	if d.err != nil {
+		return convEntry{}, fmt.Errorf("conversation entry: %w", d.err)
+	}
+	return e, nil
+}
+
+// convRecord is the value of a conversation record: the read cursor, and
+// floors of the last seq and the count of others' messages, which keep the
+// conversation's state once retention removed all its index entries.
+type convRecord struct {
+	read, last, others uint64
+}
+
+func appendConvRecord(b []byte, r convRecord) []byte {
+	return appendBE64(appendBE64(appendBE64(b, r.read), r.last), r.others)
+}
+
+func decodeConvRecord(v []byte) (convRecord, error) {
+	if len(v) != 24 {
+		return convRecord{}, fmt.Errorf("%w: %d-byte conversation record", errCorrupt, len(v))
+	}
+	return convRecord{read: binary.BigEndian.Uint64(v), last: binary.BigEndian.Uint64(v[8:]), others: binary.BigEndian.Uint64(v[16:])}, nil
 }
 
 // ref is one inbox entry of a message.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math"
 	"reflect"
 	"slices"
@@ -13,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/imgn/imgn/persist"
 )
@@ -338,6 +341,50 @@ func TestEncodingRoundTrip(t *testing.T) {
 			t.Fatalf("truncated header (%d bytes): err %v, want errCorrupt", n, err)
 		}
 	}
+	// Chat fields: events, recalled messages (no body), hidden entries,
+	// the conversation index and records.
+	ev := persist.Message{ID: 4, From: "a", To: "g", Group: true, Timestamp: 5, Event: persist.EventDelete, Target: math.MaxUint64}
+	if got, err := decodeMessage(4, appendMessage(nil, &ev)); err != nil || got.Event != ev.Event || got.Target != ev.Target || got.Recalled {
+		t.Fatalf("event round trip: %+v, %v", got, err)
+	}
+	rc := msgs[1]
+	got, recallEv, err := decodeMessageRec(2, appendMessageRec(nil, &rc, 77))
+	if err != nil || !got.Recalled || recallEv != 77 || got.Body != nil || got.Kind != rc.Kind || got.From != rc.From {
+		t.Fatalf("recalled round trip: %+v, %d, %v", got, recallEv, err)
+	}
+	if _, err := decodeMessage(2, append(appendMessageRec(nil, &rc, 77), 1)); !errors.Is(err, errCorrupt) {
+		t.Fatalf("a recalled record with a body: %v, want errCorrupt", err)
+	}
+	if _, err := decodeMessage(2, []byte{recordV1, 0, 0, 1 << 5, 0, 0, 0}); !errors.Is(err, errCorrupt) {
+		t.Fatalf("unknown message flags: %v, want errCorrupt", err)
+	}
+	for _, hidden := range []bool{false, true} {
+		if id, h, err := decodeEntry(appendEntry(nil, 1<<60, hidden)); err != nil || id != 1<<60 || h != hidden {
+			t.Fatalf("entry round trip (hidden %v): %d %v %v", hidden, id, h, err)
+		}
+	}
+	if _, _, err := decodeEntry([]byte{0, 0, 0, 0, 0, 0, 0, 1, 2}); !errors.Is(err, errCorrupt) {
+		t.Fatalf("entry with unknown flags: %v, want errCorrupt", err)
+	}
+	for _, id := range []persist.ConvID{{ID: "bob"}, {ID: "g\x00", Group: true}} {
+		k := keyConvEntry(nil, "al", id, 9)
+		got, n, err := parseConvID(k[len(keyLP(nil, tConvIdx, "al")):])
+		if err != nil || got != id || n+len(keyLP(nil, tConvIdx, "al"))+8 != len(k) {
+			t.Fatalf("conversation key %q: %+v %d %v", k, got, n, err)
+		}
+	}
+	if _, _, err := parseConvID([]byte{2, 1, 'a'}); !errors.Is(err, errCorrupt) {
+		t.Fatalf("conversation key of kind 2: %v, want errCorrupt", err)
+	}
+	if _, _, err := parseConvID([]byte{0, 5, 'a'}); !errors.Is(err, errCorrupt) {
+		t.Fatalf("short conversation key: %v, want errCorrupt", err)
+	}
+	if e, err := decodeConvEntry(appendConvEntry(nil, convEntry{others: 1 << 50, own: 3})); err != nil || e != (convEntry{1 << 50, 3}) {
+		t.Fatalf("conversation entry round trip: %+v, %v", e, err)
+	}
+	if r, err := decodeConvRecord(appendConvRecord(nil, convRecord{1, 2, 3})); err != nil || r != (convRecord{1, 2, 3}) {
+		t.Fatalf("conversation record round trip: %+v, %v", r, err)
+	}
 	u := persist.User{ID: "u", PasswordHash: "$argon2id$", Created: 77}
 	if got, err := decodeUser("u", appendUser(nil, &u)); err != nil || got != u {
 		t.Fatalf("user round trip: %+v, %v", got, err)
@@ -387,17 +434,20 @@ func FuzzDecodeMessage(f *testing.F) {
 	f.Add(appendMessage(nil, &persist.Message{ID: 1, From: "a", To: "b", ClientMsgID: "c", Body: []byte("hi")}))
 	f.Add([]byte{recordV1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	f.Add([]byte{})
+	f.Add(appendMessage(nil, &persist.Message{ID: 1, From: "a", To: "g", Group: true, Event: persist.EventRecall, Target: 3}))
+	f.Add(appendMessageRec(nil, &persist.Message{ID: 1, From: "a", To: "b", ClientMsgID: "c", Body: []byte("gone")}, 9))
 	f.Fuzz(func(t *testing.T, rec []byte) {
-		m, err := decodeMessage(7, rec)
+		m, ev, err := decodeMessageRec(7, rec)
 		if err != nil {
 			return
 		}
-		again, err := decodeMessage(7, appendMessage(nil, &m))
+		again, ev2, err := decodeMessageRec(7, appendMessageRec(nil, &m, ev))
 		if err != nil {
 			t.Fatalf("re-decode: %v", err)
 		}
 		if again.From != m.From || again.To != m.To || again.ClientMsgID != m.ClientMsgID || again.Timestamp != m.Timestamp ||
-			again.Kind != m.Kind || again.Group != m.Group || !bytes.Equal(again.Body, m.Body) {
+			again.Kind != m.Kind || again.Group != m.Group || !bytes.Equal(again.Body, m.Body) ||
+			again.Event != m.Event || again.Target != m.Target || again.Recalled != m.Recalled || ev2 != ev {
 			t.Fatalf("unstable: %+v vs %+v", m, again)
 		}
 	})
@@ -497,4 +547,167 @@ func TestViewsKeepTwoSnapshots(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestConvTrimInSteps: the removal of conversation entries below an
+// inbox's first seq is spread over batches of at most convBudget
+// conversations, and in the end leaves exactly the kept entries, with a
+// record for each conversation that lost all of them.
+func TestConvTrimInSteps(t *testing.T) {
+	s, err := Open(Options{Dir: t.TempDir(), NoSync: true, Retention: persist.Retention{InboxMax: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := t.Context()
+	const peers = convBudget + 500
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := w; i < peers; i += 8 {
+				m := persist.Message{ID: uint64(i + 1), From: fmt.Sprint("p", i), To: "alice", ClientMsgID: "c", Timestamp: time.Now().UnixMilli()}
+				if _, err := s.Append(ctx, m, []string{"alice"}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := s.EnforceRetention(ctx); err != nil {
+		t.Fatal(err)
+	}
+	countKeys := func(t byte) int {
+		pre := keyLP(nil, t, "alice")
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: pre, UpperBound: prefixEnd(pre)})
+		if err != nil {
+			panic(err)
+		}
+		defer it.Close()
+		n := 0
+		for ok := it.First(); ok; ok = it.Next() {
+			n++
+		}
+		return n
+	}
+	if n := countKeys(tConvIdx); n != 1 {
+		t.Fatalf("%d conversation entries left, want 1 (the kept message's)", n)
+	}
+	if n := countKeys(tConv); n != peers {
+		t.Fatalf("%d conversation records, want %d (one per conversation)", n, peers)
+	}
+	cs, err := s.Conversations(ctx, "alice", 0, peers+1)
+	if err != nil || len(cs) != peers {
+		t.Fatalf("Conversations: %d, %v; want %d", len(cs), err, peers)
+	}
+	for _, c := range cs[1:] {
+		if c.HasLast || c.Unread != 0 || c.LastSeq == 0 {
+			t.Fatalf("a conversation whose messages were removed: %+v", c)
+		}
+	}
+	if c := cs[0]; !c.HasLast || c.Unread != 1 || c.LastSeq != peers {
+		t.Fatalf("the newest conversation: %+v", c)
+	}
+}
+
+// TestChatInOneBatch: appends, a read, a recall and deletes of messages
+// appended earlier in the same batch see those messages (the committer's
+// pending state, not the database), and their completions keep queue
+// order: Done of the recall runs after the completion of the append
+// before it and before that of the append after it.
+func TestChatInOneBatch(t *testing.T) {
+	g := openGated(t, Options{})
+	ctx := t.Context()
+	done := make(chan *notedOp, 4)
+	var order []string
+	var mu sync.Mutex
+	note := func(s string) {
+		mu.Lock()
+		order = append(order, s)
+		mu.Unlock()
+	}
+	msg := func(id uint64, from, to string) persist.Message {
+		return persist.Message{ID: id, From: from, To: to, ClientMsgID: fmt.Sprint(id), Timestamp: 10, Body: []byte("body")}
+	}
+	appendNoted := func(m persist.Message) {
+		o := &notedOp{note: note, done: done}
+		o.AppendOp = persist.AppendOp{Msg: m, Inboxes: []string{"bob", "alice"}, Done: o}
+		g.AppendAsync(&o.AppendOp)
+	}
+	appendNoted(msg(1, "bob", "alice"))
+	appendNoted(msg(2, "bob", "alice"))
+	g.waitQueued(t, 2)
+	read := g.async(t, func() error {
+		res, err := g.MarkRead(ctx, "alice", persist.ConvID{ID: "bob"}, 1)
+		if err == nil && (!res.Moved || res.ReadSeq != 1) {
+			err = fmt.Errorf("MarkRead: %+v", res)
+		}
+		return err
+	})
+	recall := g.async(t, func() error {
+		res, err := g.Recall(ctx, persist.EventRequest{User: "bob", Target: 1, ID: 10, Timestamp: 11,
+			Done: func(*persist.EventResult) { note("recall") }})
+		if err == nil && (res.Duplicate || len(res.Seqs) != 2 || res.Seqs[0] != 3 || res.Seqs[1] != 3) {
+			err = fmt.Errorf("Recall: %+v", res)
+		}
+		return err
+	})
+	del := g.async(t, func() error {
+		res, err := g.Delete(ctx, persist.EventRequest{User: "alice", Target: 2, ID: 11, Timestamp: 12})
+		if err == nil && (res.Duplicate || res.Seqs[0] != 4) {
+			err = fmt.Errorf("Delete: %+v", res)
+		}
+		return err
+	})
+	again := g.async(t, func() error {
+		res, err := g.Delete(ctx, persist.EventRequest{User: "alice", Target: 2, ID: 12, Timestamp: 13})
+		if err == nil && !res.Duplicate {
+			err = fmt.Errorf("repeated Delete in the same batch: %+v", res)
+		}
+		return err
+	})
+	appendNoted(msg(3, "bob", "alice"))
+	g.waitQueued(t, 7)
+	g.release()
+	for range 3 {
+		if o := <-done; o.Err != nil {
+			t.Fatal(o.Err)
+		}
+	}
+	for _, ch := range []<-chan error{read, recall, del, again} {
+		if err := <-ch; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := []string{"append 1", "append 2", "recall", "append 3"}; !slices.Equal(order, want) {
+		t.Fatalf("completion order %v, want %v", order, want)
+	}
+	if n := len(g.sizes()); n != 2 { // the gate's write, then everything else
+		t.Fatalf("%d batches, want 2: %v", n, g.sizes())
+	}
+	es, err := g.ReadInbox(ctx, "alice", 0, 10)
+	if err != nil || len(es) != 5 {
+		t.Fatalf("alice's inbox: %+v, %v", es, err)
+	}
+	if !es[0].Msg.Recalled || es[0].Msg.Body != nil || !es[1].Deleted || es[2].Msg.Event != persist.EventRecall ||
+		es[3].Msg.Event != persist.EventDelete || es[4].Msg.ID != 3 {
+		t.Fatalf("alice's inbox after one batch: %+v", es)
+	}
+	cs, err := g.Conversations(ctx, "alice", 0, 10)
+	if err != nil || len(cs) != 1 || cs[0].LastSeq != 5 || cs[0].ReadSeq != 1 || cs[0].Unread != 2 || cs[0].Last.Msg.ID != 3 {
+		t.Fatalf("alice's conversations: %+v, %v", cs, err)
+	}
+}
+
+// notedOp notes its completion (on the committer, in completion order),
+// then sends itself on done.
+type notedOp struct {
+	persist.AppendOp
+	note func(string)
+	done chan *notedOp
+}
+
+func (o *notedOp) AppendDone(*persist.AppendOp) {
+	o.note(fmt.Sprint("append ", o.Msg.ID))
+	o.done <- o
 }

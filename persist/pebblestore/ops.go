@@ -170,7 +170,7 @@ func (s *Store) ReadInbox(ctx context.Context, user string, afterSeq uint64, lim
 			if err != nil {
 				return err
 			}
-			id, err := u64(it.Value())
+			id, hidden, err := decodeEntry(it.Value())
 			if err != nil {
 				return err
 			}
@@ -186,9 +186,12 @@ func (s *Store) ReadInbox(ctx context.Context, user string, afterSeq uint64, lim
 				}
 				return fmt.Errorf("%w: missing message %d", errCorrupt, id)
 			}
-			e := persist.InboxEntry{Seq: seq}
+			e := persist.InboxEntry{Seq: seq, Deleted: hidden}
 			if e.Msg, err = decodeMessage(id, msgs.Value()); err != nil {
 				return err
+			}
+			if hidden {
+				e.Msg.Body = nil
 			}
 			if out == nil {
 				out = make([]persist.InboxEntry, 0, min(limit, 64))

@@ -24,8 +24,13 @@
 // record if retention trimmed it); an append reads nothing on the hot path
 // but its dedup key, and only when an in-memory filter of the stored dedup
 // keys (filter.go; built in the background after Open) cannot rule the key
-// out, and writes five keys for a 1:1 message (message, refs, dedup, and one
-// entry per inbox).
+// out, and writes seven keys for a 1:1 message (message, refs, dedup, and
+// per inbox one entry and one conversation index entry; a conversation's
+// first message adds its record). Conversation upkeep
+// (persist.ChatStore: chat.go) is part of the same batch, so a crash never
+// leaves an inbox and its conversations disagreeing, and reads nothing
+// either: the committer keeps the state of the conversations it appends to
+// in memory, loaded on first use like the inbox heads.
 //
 // # Reads see only what is durable
 //
@@ -46,13 +51,30 @@
 //	'm' be64(msgID)            -> message record (from, to, flags, client msg id, timestamp, kind, body)
 //	'r' be64(msgID)            -> refs record: timestamp, from, client msg id, and the (inbox, seq) entries
 //	'd' lp(from) clientMsgID   -> be64(msgID)                   dedup
-//	'i' lp(user) be64(seq)     -> be64(msgID)                   inbox entries: a SYNC page is one range
+//	'i' lp(user) be64(seq)     -> be64(msgID) [flags]           inbox entries: a SYNC page is one range;
+//	                                                            flags 1 = deleted by the owner (Delete)
 //	'h' lp(user)               -> be64(last seq) be64(first kept seq)   inbox head, written by retention
+//	'x' lp(user) conv be64(seq) -> uvarint(others) uvarint(own) conversation index: one per message entry
+//	'v' lp(user) conv          -> be64(read) be64(last) be64(others)   conversation record
 //	'c' lp(user) device        -> be64(seq)                     cursors
 //	'u' userID                 -> user record
 //	'g' groupID                -> group record (name, owner, created, member count, open, admins)
 //	'n' lp(groupID) user       -> uvarint(join number)          group members (empty: joined before join order was kept)
 //	'j' lp(user) groupID       -> (empty)                       the groups of a user (built at Open for older stores)
+//
+// conv is kind lp(id): kind 0 names a peer (1:1), 1 a group, as
+// persist.ConvOf gives them from the inbox owner's side. A conversation index
+// entry carries the conversation's counts as of that entry: the messages
+// from others so far (ever) and the seq of the owner's newest own message
+// (which raises the read cursor), so the last entry is the conversation's
+// state and an unread count is one seek (the first kept entry above the
+// cursor). The conversation record is written with the conversation's first
+// message, so that a conversation's existence is one bloom-filtered lookup;
+// READ rewrites it with the cursor, and retention, when it removes all the
+// conversation's entries, with the last seq and counts as floors. Events (recall, delete) take inbox
+// seqs but no conversation entry. A message record may carry the event
+// fields (kind, target) or, once recalled, the recall event's id and no
+// body; records without them are those of the first layout.
 //
 // An inbox's last seq is that of its last entry; the head record exists only
 // once retention removed entries, so that an inbox that lost all of them
@@ -70,7 +92,10 @@
 // its own: expired messages are found in message-ID order in the refs table
 // and removed with their dedup keys; an inbox loses a prefix by a range
 // delete (point deletes below 64 entries, which keeps range tombstones few)
-// and a new first seq in its head; messages the cap removed from every inbox
+// and a new first seq in its head; its conversation index entries below
+// that seq go the same way at the end of the pass, in batches that visit at
+// most 4096 conversations each (reads skip them meanwhile; a conversation
+// left without entries gets its record); messages the cap removed from every inbox
 // are found by a sweep over the refs table that resumes where the last pass
 // stopped. After a pass that removed messages by age, the removed key range
 // is compacted so the disk space comes back.
@@ -172,8 +197,9 @@ type Options struct {
 	MemTableSize uint64
 	MaxOpenFiles int
 	// HeadCacheSize bounds the inbox heads the committer keeps in memory
-	// (about 100 bytes each plus the user id); when full it is emptied and
-	// heads are read again on use.
+	// (about 100 bytes each plus the user id), and separately the states
+	// of conversations (about 120 bytes each plus the two ids); when either
+	// is full both are emptied and read again on use.
 	HeadCacheSize int
 	// DedupFilterBytes caps the in-memory filter of dedup keys (1.5 bytes
 	// per stored message, 1.5 MiB at least), which spares a fresh message

@@ -41,6 +41,13 @@ func TestConformanceTinyFilter(t *testing.T) {
 	})
 }
 
+// The chat suite (conversations, cursors, recall, delete, history).
+func TestChat(t *testing.T) {
+	storetest.RunChat(t, func(t *testing.T) persist.Store {
+		return openAt(t, t.TempDir(), pebblestore.Options{})
+	})
+}
+
 func TestDurable(t *testing.T) { storetest.RunDurable(t, openDurable) }
 
 // BenchmarkStore runs the shared benchmarks with real fsync and with NoSync

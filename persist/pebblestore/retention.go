@@ -1,6 +1,7 @@
 package pebblestore
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -19,6 +20,9 @@ const (
 	// sweepPerPass bounds the cap sweep of one pass; the next pass resumes
 	// where it stopped.
 	sweepPerPass = 64 * sweepBudget
+	// convBudget bounds the conversations one request of the
+	// conversation cleanup visits (two seeks each).
+	convBudget = 4096
 	// rangeDeleteMin: fewer consecutive keys than this are deleted one by
 	// one, since many small range tombstones slow reads down.
 	rangeDeleteMin = 64
@@ -78,6 +82,15 @@ func (s *Store) EnforceRetention(ctx context.Context) error {
 			}
 		}
 	}
+	for more := true; more; {
+		err := s.maint(ctx, func(c *committer) (err error) {
+			more, err = c.trimConvSteps()
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("pebblestore: retention of conversation entries: %w", err)
+		}
+	}
 	s.passes.Add(1)
 	if ageHi > 0 {
 		// The removed messages are a prefix of the message and refs tables:
@@ -135,7 +148,9 @@ func (c *committer) trimAge(cutoff int64) (hi uint64, more bool, err error) {
 			break
 		}
 		ids = append(ids, id)
-		c.del(keyLP2(c.key, tDedup, c.refs.from, c.refs.clientMsgID))
+		if c.refs.clientMsgID != "" { // events have no dedup key
+			c.del(keyLP2(c.key, tDedup, c.refs.from, c.refs.clientMsgID))
+		}
 		for _, r := range c.refs.refs {
 			firsts[r.inbox] = max(firsts[r.inbox], r.seq+1)
 		}
@@ -190,7 +205,115 @@ func (c *committer) trimInbox(inbox string, first uint64) error {
 	}
 	c.setHead(e, head{last: e.h.last, first: first})
 	c.rmEnts += n
+	c.queueConvTrim(e.inbox)
 	return nil
+}
+
+// queueConvTrim notes that inbox's conversation entries below its first
+// seq are due for removal. Reads skip such entries already (they check the
+// first seq), so the removal waits for trimConvSteps, which bounds the
+// work per batch: it is one seek pair per conversation of the inbox, and
+// an inbox may have thousands. The list is bounded; an inbox left off it
+// (or forgotten by a restart) is cleaned at its next trim, which removes
+// everything below its first seq then.
+func (c *committer) queueConvTrim(inbox string) {
+	if _, ok := c.convTrim[inbox]; ok || len(c.convTrim) >= maxOverCap {
+		return
+	}
+	c.convTrim[inbox] = struct{}{}
+	c.convTrimOrder = append(c.convTrimOrder, inbox)
+}
+
+// trimConvSteps removes the conversation entries below the first seq of
+// queued inboxes, until convBudget conversations were visited. It reports
+// whether inboxes are left.
+func (c *committer) trimConvSteps() (more bool, err error) {
+	visited := 0
+	for len(c.convTrimOrder) > 0 && visited < convBudget {
+		in := c.convTrimOrder[0]
+		e, err := c.head(in)
+		if err != nil {
+			return false, err
+		}
+		n, err := c.trimConvs(in, e.h.first)
+		if err != nil {
+			return false, err
+		}
+		visited += n
+		delete(c.convTrim, in)
+		c.convTrimOrder = c.convTrimOrder[1:]
+	}
+	if len(c.convTrimOrder) == 0 {
+		c.convTrimOrder = nil // let the backing array go
+	}
+	return len(c.convTrimOrder) > 0, nil
+}
+
+// trimConvs removes the conversation index entries of inbox below first,
+// conversation by conversation (one seek to the next), and returns how
+// many conversations it visited. A conversation that loses all its entries
+// gets a record with its state, so its last seq, counts and cursor outlive
+// them. The committer's cached states do not change: they never depended
+// on which entries are kept.
+func (c *committer) trimConvs(inbox string, first uint64) (int, error) {
+	pre := keyLP(nil, tConvIdx, inbox)
+	it, err := c.s.db.NewIter(&pebble.IterOptions{LowerBound: pre, UpperBound: prefixEnd(pre)})
+	if err != nil {
+		return 0, err
+	}
+	defer it.Close()
+	var seqs []uint64
+	visited := 0
+	for ok := it.First(); ok; visited++ {
+		id, n, err := parseConvID(it.Key()[len(pre):])
+		if err != nil {
+			return visited, err
+		}
+		cp := bytes.Clone(it.Key()[:len(pre)+n])
+		var st convState
+		seqs = seqs[:0]
+		for ; ok && bytes.HasPrefix(it.Key(), cp); ok = it.Next() {
+			seq, err := u64(it.Key()[len(cp):])
+			if err != nil {
+				return visited, err
+			}
+			if seq >= first {
+				break
+			}
+			if err := st.addLast(it, len(cp)); err != nil {
+				return visited, err
+			}
+			seqs = append(seqs, seq)
+		}
+		allGone := !ok || !bytes.HasPrefix(it.Key(), cp)
+		if len(seqs) >= rangeDeleteMin {
+			c.delRange(appendBE64(bytes.Clone(cp), 0), appendBE64(bytes.Clone(cp), first))
+		} else {
+			for _, seq := range seqs {
+				c.del(appendBE64(bytes.Clone(cp), seq))
+			}
+		}
+		if allGone && len(seqs) > 0 {
+			// Keep the state: the record's cursor, the last entry's counts.
+			rk := keyConv(nil, tConv, inbox, id)
+			v, found, err := c.lookup(rk)
+			if err != nil {
+				return visited, err
+			}
+			if found {
+				r, err := decodeConvRecord(v)
+				if err != nil {
+					return visited, err
+				}
+				st.read = max(st.read, r.read)
+			}
+			c.set(rk, appendConvRecord(nil, st.record()))
+		}
+		if ok && bytes.HasPrefix(it.Key(), cp) {
+			ok = it.SeekGE(prefixEnd(cp))
+		}
+	}
+	return visited, it.Error()
 }
 
 // trimCaps trims up to capBudget inboxes to Retention.InboxMax: the ones the
@@ -309,7 +432,9 @@ func (c *committer) sweep(cutoff int64) (n int, wrapped bool, err error) {
 		}
 		c.del(keyID(c.key, tMessage, id))
 		c.del(keyID(c.key, tRefs, id))
-		c.del(keyLP2(c.key, tDedup, c.refs.from, c.refs.clientMsgID))
+		if c.refs.clientMsgID != "" {
+			c.del(keyLP2(c.key, tDedup, c.refs.from, c.refs.clientMsgID))
+		}
 		c.rmMsgs++
 	}
 	return n, !ok, it.Error()

@@ -12,10 +12,26 @@
 //
 // Every write is one Lua script (EVALSHA, falling back to EVAL after a
 // script cache flush), so each is atomic, and all lease arithmetic uses the
-// Redis server's clock (node clocks may differ). Lookup pipelines TIME and
-// HGETALL in one round trip (read-only: rueidis retries it after a
-// connection error); with Redis Cluster, TIME may come from another node
-// than the hash, so leases are compared across the servers' clocks.
+// Redis server's clock (node clocks may differ).
+//
+// With Config.CacheTTL set, reads use Redis's server-assisted client-side
+// caching (RESP3 CLIENT TRACKING, through rueidis): a user's hash read once
+// is kept in this process and Redis invalidates the copy when any node
+// writes the hash, so a lookup of an unchanged user costs no round trip.
+// It is off by default: Redis 7 sends a writer its own invalidation after
+// the write's reply, so a lookup right after this store's own write may
+// still see the old routes (the conformance suite catches it under the
+// race detector); other nodes' writes are seen one network delay late.
+// The cache is dropped whenever the connection to Redis is lost. Expiry is
+// checked against the server's clock, estimated from a TIME reply at most
+// a second old (leases are seconds long, so the estimate's error does not
+// matter).
+// LookupMany reads many users' routes in one pipelined round trip (only the
+// users not in the cache are asked for).
+//
+// Every round trip is counted by operation (imgn_redis_ops_total{op} when
+// Config.Registry is set; Ops): put, renew, remove, lookup and time; cache
+// hits are counted apart (CacheHits).
 //
 // Failure behaviour: each call is bounded by Config.OpTimeout (or the
 // caller's earlier deadline); errors wrap persist.ErrUnavailable (and the
@@ -35,8 +51,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/rueidis"
 
+	"github.com/imgn/imgn/internal/opcount"
 	"github.com/imgn/imgn/persist"
 )
 
@@ -45,6 +63,9 @@ const (
 	DefaultKeyPrefix = "im:sess:"
 	DefaultOpTimeout = 2 * time.Second
 )
+
+// clockMaxAge is how old the server-clock estimate may be.
+const clockMaxAge = time.Second
 
 // Config configures a Store. The zero value of every field but Addrs (or
 // Client) means its default.
@@ -66,6 +87,13 @@ type Config struct {
 	// Client, if set, is used instead of dialing Addrs; Close does not close
 	// it. It must have been created with rueidis defaults for pipelining.
 	Client rueidis.Client
+	// CacheTTL, when positive, turns the client-side cache on (see the
+	// package doc for what it costs) and bounds how long a cached read is
+	// kept; invalidations from Redis end it earlier. 0 (the default) reads
+	// from Redis every time.
+	CacheTTL time.Duration
+	// Registry, if set, receives imgn_redis_ops_total{op}.
+	Registry prometheus.Registerer
 }
 
 // Store is the Redis persist.SessionStore. It is safe for concurrent use;
@@ -75,7 +103,16 @@ type Store struct {
 	ownClient bool
 	prefix    string
 	timeout   time.Duration
+	cacheTTL  time.Duration // 0: no client-side cache
 	closed    atomic.Bool
+
+	// The server clock estimate: offset = server ms - local ms, taken at
+	// sampled (local Unix ns).
+	clockOffset  atomic.Int64
+	clockSampled atomic.Int64
+
+	ops       *opcount.Counter
+	cacheHits atomic.Uint64
 }
 
 var _ persist.SessionStore = (*Store)(nil)
@@ -93,7 +130,14 @@ func New(cfg Config) (*Store, error) {
 	case cfg.OpTimeout < 0:
 		return nil, fmt.Errorf("redisstore: negative op timeout %v", cfg.OpTimeout)
 	}
-	s := &Store{c: cfg.Client, prefix: cfg.KeyPrefix, timeout: cfg.OpTimeout}
+	if cfg.CacheTTL < 0 {
+		return nil, fmt.Errorf("redisstore: negative cache TTL %v", cfg.CacheTTL)
+	}
+	ops, err := opcount.New(cfg.Registry, "imgn_redis_ops_total", "Round trips to Redis by the session store, by operation.")
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: metrics: %w", err)
+	}
+	s := &Store{c: cfg.Client, prefix: cfg.KeyPrefix, timeout: cfg.OpTimeout, cacheTTL: cfg.CacheTTL, ops: ops}
 	if s.c != nil {
 		return s, nil
 	}
@@ -106,15 +150,19 @@ func New(cfg Config) (*Store, error) {
 		Password:    cfg.Password,
 		SelectDB:    cfg.DB,
 		ClientName:  "imgn-sessions",
-		// No client-side caching: routes change under other nodes' feet
-		// and every read must see the latest lease.
-		DisableCache: true,
-		Dialer:       net.Dialer{Timeout: cfg.OpTimeout, KeepAlive: time.Second},
+		// Server-assisted client-side caching only when asked for (see
+		// the package doc).
+		DisableCache:      cfg.CacheTTL == 0,
+		CacheSizeEachConn: 16 << 20,
+		// One pipelined connection carries reads and writes.
+		PipelineMultiplex: -1,
+		Dialer:            net.Dialer{Timeout: cfg.OpTimeout, KeepAlive: time.Second},
 		// Detect a dead or hung server within a few seconds even when
 		// callers pass no deadline, and reconnect.
 		ConnWriteTimeout: max(3*time.Second, 2*cfg.OpTimeout),
 	})
 	if err != nil {
+		ops.Unregister()
 		return nil, fmt.Errorf("redisstore: connect %v: %w: %w", cfg.Addrs, persist.ErrUnavailable, err)
 	}
 	s.c, s.ownClient = c, true
@@ -259,6 +307,7 @@ func (s *Store) Put(ctx context.Context, r persist.Route, ttl time.Duration) (*p
 		return nil, err
 	}
 	defer cancel()
+	s.ops.Inc("put")
 	res := putScript.Exec(ctx, s.c, []string{s.key(r.User)}, []string{r.Device, ident(r), ttlArg(ttl)})
 	prev, err := res.ToString()
 	if rueidis.IsRedisNil(err) {
@@ -288,6 +337,7 @@ func (s *Store) Renew(ctx context.Context, r persist.Route, ttl time.Duration) e
 		return err
 	}
 	defer cancel()
+	s.ops.Inc("renew")
 	res, err := renewScript.Exec(ctx, s.c, []string{s.key(r.User)}, []string{r.Device, ident(r), ttlArg(ttl)}).AsInt64()
 	if err != nil {
 		return fail("renew", err)
@@ -308,33 +358,80 @@ func (s *Store) Remove(ctx context.Context, r persist.Route) error {
 		return err
 	}
 	defer cancel()
+	s.ops.Inc("remove")
 	if err := removeScript.Exec(ctx, s.c, []string{s.key(r.User)}, []string{r.Device, ident(r)}).Error(); err != nil {
 		return fail("remove", err)
 	}
 	return nil
 }
 
-// Lookup implements persist.SessionStore. It is one round trip of two
-// pipelined read-only commands, TIME and HGETALL (cheaper than a script);
-// expired routes are filtered against the server's clock.
+// Lookup implements persist.SessionStore: LookupMany of one user.
 func (s *Store) Lookup(ctx context.Context, user string) ([]persist.Route, error) {
-	if err := persist.CheckID("user", user); err != nil {
+	all, err := s.LookupMany(ctx, []string{user})
+	if err != nil {
 		return nil, err
+	}
+	return all[0], nil
+}
+
+// LookupMany returns the live routes of each of users (out[i] for
+// users[i], each sorted by Device), reading the users missing from the
+// client-side cache in one pipelined round trip. Expired routes are
+// filtered against the server's clock (see the package doc).
+func (s *Store) LookupMany(ctx context.Context, users []string) ([][]persist.Route, error) {
+	for _, u := range users {
+		if err := persist.CheckID("user", u); err != nil {
+			return nil, err
+		}
 	}
 	ctx, cancel, err := s.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer cancel()
-	resps := s.c.DoMulti(ctx, s.c.B().Time().Build(), s.c.B().Hgetall().Key(s.key(user)).Build())
-	now, err := serverMillis(resps[0])
+	now, err := s.serverNow(ctx)
 	if err != nil {
 		return nil, fail("lookup", err)
 	}
-	fields, err := resps[1].AsStrMap()
-	if err != nil {
-		return nil, fail("lookup", err)
+	var resps []rueidis.RedisResult
+	if s.cacheTTL > 0 {
+		cmds := make([]rueidis.CacheableTTL, len(users))
+		for i, u := range users {
+			cmds[i] = rueidis.CT(s.c.B().Hgetall().Key(s.key(u)).Cache(), s.cacheTTL)
+		}
+		resps = s.c.DoMultiCache(ctx, cmds...)
+		missed := false
+		for _, r := range resps {
+			if r.IsCacheHit() {
+				s.cacheHits.Add(1)
+			} else {
+				missed = true
+			}
+		}
+		if missed {
+			s.ops.Inc("lookup")
+		}
+	} else {
+		cmds := make(rueidis.Commands, len(users))
+		for i, u := range users {
+			cmds[i] = s.c.B().Hgetall().Key(s.key(u)).Build()
+		}
+		s.ops.Inc("lookup")
+		resps = s.c.DoMulti(ctx, cmds...)
 	}
+	out := make([][]persist.Route, len(users))
+	for i, u := range users {
+		fields, err := resps[i].AsStrMap()
+		if err != nil {
+			return nil, fail("lookup", err)
+		}
+		out[i] = parseRoutes(u, fields, now)
+	}
+	return out, nil
+}
+
+// parseRoutes decodes a user's hash, keeping the routes live at now.
+func parseRoutes(user string, fields map[string]string, now int64) []persist.Route {
 	routes := make([]persist.Route, 0, len(fields))
 	for device, v := range fields {
 		exp, id, ok := strings.Cut(v, "|")
@@ -351,8 +448,36 @@ func (s *Store) Lookup(ctx context.Context, user string) ([]persist.Route, error
 		routes = append(routes, r)
 	}
 	sortByDevice(routes)
-	return routes, nil
+	return routes
 }
+
+// serverNow returns the Redis server's clock in Unix ms: the local clock
+// plus an offset measured with TIME at most clockMaxAge ago (one round trip
+// when older).
+func (s *Store) serverNow(ctx context.Context) (int64, error) {
+	local := time.Now()
+	if sampled := s.clockSampled.Load(); sampled != 0 && local.UnixNano()-sampled < int64(clockMaxAge) {
+		return local.UnixMilli() + s.clockOffset.Load(), nil
+	}
+	s.ops.Inc("time")
+	t0 := time.Now()
+	server, err := serverMillis(s.c.Do(ctx, s.c.B().Time().Build()))
+	if err != nil {
+		return 0, err
+	}
+	// The reply was made somewhere between t0 and now: take the middle.
+	t1 := time.Now()
+	mid := t0.Add(t1.Sub(t0) / 2)
+	s.clockOffset.Store(server - mid.UnixMilli())
+	s.clockSampled.Store(t1.UnixNano())
+	return t1.UnixMilli() + s.clockOffset.Load(), nil
+}
+
+// Ops returns the round trips to Redis so far, by operation.
+func (s *Store) Ops() map[string]uint64 { return s.ops.Snapshot() }
+
+// CacheHits returns how many user lookups the client-side cache answered.
+func (s *Store) CacheHits() uint64 { return s.cacheHits.Load() }
 
 // serverMillis decodes a TIME reply into Unix milliseconds.
 func serverMillis(res rueidis.RedisResult) (int64, error) {
@@ -390,5 +515,6 @@ func (s *Store) Close() error {
 	if s.ownClient {
 		s.c.Close()
 	}
+	s.ops.Unregister()
 	return nil
 }

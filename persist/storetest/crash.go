@@ -97,6 +97,49 @@ func parseAck(line string) (crashAck, error) {
 	return a, nil
 }
 
+// KillAfter runs the test named child of the running test binary as a
+// child process with env added to its environment, hands every line it
+// prints to ack, and SIGKILLs it once ack has returned true (an
+// acknowledged write) killAt times. A line starting with "ERR" fails t, as
+// does a child that exits before it was killed. KillAfter returns the
+// acknowledgements seen in all, the ones printed before the kill took
+// effect included.
+func KillAfter(t *testing.T, child string, env []string, killAt int, ack func(line string) bool) int {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+child+"$", "-test.count=1")
+	cmd.Env = append(os.Environ(), env...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "ERR") {
+			t.Errorf("child: %s", line)
+		}
+		if !ack(line) {
+			continue
+		}
+		if seen++; seen == killAt {
+			if err := cmd.Process.Kill(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	err = cmd.Wait()
+	if seen < killAt {
+		t.Fatalf("child exited after %d acks (%v): %s", seen, err, stderr.String())
+	}
+	return seen
+}
+
 // RunCrash SIGKILLs a child process that is appending to a durable store,
 // rounds times on the same directory, and then checks that every
 // acknowledged append survived at its acknowledged seq, that retries
@@ -112,44 +155,20 @@ func RunCrash(t *testing.T, child string, rounds int, open func(t *testing.T, di
 	dir := t.TempDir()
 	var acks []crashAck
 	for round := range rounds {
-		cmd := exec.Command(os.Args[0], "-test.run=^"+child+"$", "-test.count=1")
-		cmd.Env = append(os.Environ(), crashEnv+"="+dir, fmt.Sprintf("%s_ROUND=%d", crashEnv, round))
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		env := []string{crashEnv + "=" + dir, fmt.Sprintf("%s_ROUND=%d", crashEnv, round)}
 		killAt := 300 + 150*round // acks seen before the kill
-		seen := 0
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			line := sc.Text()
+		seen := KillAfter(t, child, env, killAt, func(line string) bool {
 			if !strings.HasPrefix(line, "ACK ") {
-				if strings.HasPrefix(line, "ERR") {
-					t.Errorf("child: %s", line)
-				}
-				continue
+				return false
 			}
 			a, err := parseAck(line)
 			if err != nil {
 				t.Fatal(err)
 			}
 			acks = append(acks, a)
-			if seen++; seen == killAt {
-				if err := cmd.Process.Kill(); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-		err = cmd.Wait()
-		if seen < killAt {
-			t.Fatalf("round %d: child exited after %d acks (%v): %s", round, seen, err, stderr.String())
-		}
-		t.Logf("round %d: killed after %d acks (%d more already written to the pipe): %v", round, killAt, seen-killAt, err)
+			return true
+		})
+		t.Logf("round %d: killed after %d acks (%d more already written to the pipe)", round, killAt, seen-killAt)
 	}
 
 	s := reopen(t, open, dir)
