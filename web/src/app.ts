@@ -1,10 +1,12 @@
 // The browser chat app served by imd --web: one page, no framework, on the
 // TypeScript client of clients/js. It keeps the whole inbox of the
 // logged-in user in memory (synced from seq 0 at every page load) and
-// draws the conversation list and the open chat from it.
+// draws the conversation list and the open chat from it. Groups follow
+// their membership events: each is a notice in the group's timeline, and
+// makes the app ask for the group's members again.
 
-import { Client, Code, ImgnError, convKey, convOf, newClientMsgId } from "../../clients/js/src/index.js";
-import type { Conv, Outbox, OutboxEntry, SendState, State, pb } from "../../clients/js/src/index.js";
+import { Client, Code, ImgnError, convKey, convOf, groupEventOf, newClientMsgId } from "../../clients/js/src/index.js";
+import type { Conv, GroupEvent, Outbox, OutboxEntry, SendState, State, pb } from "../../clients/js/src/index.js";
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
 const text = (b: Uint8Array) => new TextDecoder().decode(b);
@@ -19,6 +21,19 @@ interface Item {
   time: number;
   state?: SendState["state"];
   recalled?: boolean;
+  /** A membership event, shown as a notice in the timeline (body is its text), not as a chat bubble. */
+  notice?: boolean;
+}
+
+/** What the app knows of a group: from GROUPS (no member list) or GROUP_MEMBERS and the replies of changes. */
+interface GroupView {
+  owner: string;
+  admins: string[];
+  members?: string[];
+  size: number;
+  open: boolean;
+  /** The user is no member (left, removed, or the group is gone): no composer, no actions. */
+  left: boolean;
 }
 
 interface ConvState {
@@ -36,6 +51,9 @@ interface ConvState {
   typingUntil: number;
   typingUser: string;
   online?: boolean;
+  group?: GroupView;
+  refreshTimer?: ReturnType<typeof setTimeout>;
+  refreshForced?: boolean;
 }
 
 let client: Client | undefined;
@@ -118,18 +136,133 @@ function convFor(conv: Conv): ConvState {
       readSeq: saved ? BigInt(saved) : 0n, serverSeq: 0n, lastSeq: 0n, peerReadSeq: 0n, typingUntil: 0, typingUser: "",
     };
     convs.set(key, c);
-    if (conv.groupId) void nameGroup(c);
+    if (conv.groupId) scheduleGroupRefresh(c, false);
   }
   return c;
 }
 
-async function nameGroup(c: ConvState): Promise<void> {
+// ---- groups ----------------------------------------------------------------
+
+function applyGroupInfo(c: ConvState, g: pb.GroupInfo): void {
+  c.name = g.name || "group " + g.groupId.slice(0, 8);
+  c.group = { owner: g.owner, admins: [...g.admins], members: [...g.members], size: g.members.length, open: g.open, left: false };
+  render();
+}
+
+function applySummary(c: ConvState, s: pb.GroupSummary): void {
+  c.name = s.name || "group " + s.groupId.slice(0, 8);
+  const admins = c.group?.admins.filter((a) => a !== me) ?? [];
+  if (s.admin) admins.push(me);
+  c.group = { owner: s.owner, admins: admins.sort(), members: c.group?.members, size: s.size, open: s.open, left: false };
+}
+
+function markLeft(c: ConvState): void {
+  c.group = { owner: c.group?.owner ?? "", admins: [], members: undefined, size: 0, open: c.group?.open ?? false, left: true };
+  render();
+}
+
+/**
+ * scheduleGroupRefresh asks for the group's members a moment later, once
+ * for a burst of events (a page load syncs them all); unless force, only
+ * when nothing is known of the group by then (GROUPS may have told).
+ */
+function scheduleGroupRefresh(c: ConvState, force: boolean): void {
+  c.refreshForced = c.refreshForced || force;
+  if (c.refreshTimer) return;
+  c.refreshTimer = setTimeout(() => {
+    c.refreshTimer = undefined;
+    const forced = c.refreshForced;
+    c.refreshForced = false;
+    if (forced || !c.group) void refreshGroup(c);
+  }, 150);
+}
+
+async function refreshGroup(c: ConvState): Promise<void> {
+  if (client?.state !== "online" || c.group?.left) return;
   try {
-    const g = await client!.groupMembers(c.conv.groupId!);
-    c.name = g.name || "group " + g.groupId.slice(0, 8);
-    render();
+    applyGroupInfo(c, await client.groupMembers(c.conv.groupId!));
+  } catch (e) {
+    if (e instanceof ImgnError && (e.code === Code.NOT_GROUP_MEMBER || e.code === Code.UNKNOWN_GROUP)) markLeft(c);
+  }
+}
+
+/** loadGroups lists the user's groups (GROUPS), so that groups without messages show too. */
+async function loadGroups(): Promise<void> {
+  try {
+    for (const s of await client!.allGroups()) {
+      const c = convFor({ groupId: s.groupId });
+      applySummary(c, s);
+    }
   } catch {
-    // not a member any more: keep the short id
+    // the list fills from the message stream alone
+  }
+  render();
+}
+
+const who = (u: string) => (u === me ? "you" : u);
+const names = (us: string[]) => us.map(who).join(", ");
+
+/** noticeText is what the timeline says of a membership event. */
+function noticeText(e: GroupEvent): string {
+  const by = e.by ? who(e.by) : "";
+  const users = names(e.users);
+  let t: string;
+  switch (e.type) {
+    case "members_added":
+      t = e.by && e.users.length === 1 && e.users[0] === e.by ? `${by} joined` : by ? `${by} added ${users}` : `${users} added`;
+      break;
+    case "members_removed":
+      t = e.by && e.users.length === 1 && e.users[0] === e.by ? `${by} left` : by ? `${by} removed ${users}` : `${users} removed`;
+      break;
+    case "owner_changed":
+      t = by ? `${by} made ${users} the owner` : `${users} now own${e.users[0] === me ? "" : "s"} the group`;
+      break;
+    case "admin_added":
+      t = by ? `${by} made ${users} an admin` : `${users} made an admin`;
+      break;
+    case "admin_removed":
+      t = by ? `${by} took the admin role from ${users}` : `${users} no longer an admin`;
+      break;
+    default:
+      t = `the group changed (${e.type})`;
+  }
+  return t.startsWith("you ") ? "Y" + t.slice(1) : t; // user ids keep their case
+}
+
+function onGroupEvent(e: GroupEvent): void {
+  const c = convFor({ groupId: e.groupId });
+  const key = "s" + e.seq;
+  if (!c.byKey.has(key)) {
+    const item: Item = { key, seq: e.seq, msgId: e.msgId, from: "", body: noticeText(e), time: Number(e.time), notice: true };
+    c.byKey.set(key, item);
+    c.items.push(item);
+  }
+  if (e.seq > c.lastSeq) c.lastSeq = e.seq;
+  const mine = e.users.includes(me);
+  if (e.type === "members_removed" && mine) {
+    markLeft(c);
+  } else {
+    if (e.type === "members_added" && mine && c.group) c.group.left = false;
+    scheduleGroupRefresh(c, true);
+  }
+  if (c === current && document.visibilityState === "visible") markRead(c);
+  render();
+}
+
+/** describe turns a refusal into a sentence for the user. */
+function describe(e: unknown): string {
+  if (!(e instanceof ImgnError)) return e instanceof Error ? e.message : String(e);
+  switch (e.code) {
+    case Code.GROUP_INVITE_ONLY: return "This group is invite-only: ask its owner or an admin to add you.";
+    case Code.NOT_GROUP_ADMIN: return "Only the group's owner and admins can add or remove members.";
+    case Code.NOT_GROUP_OWNER: return "Only the group's owner can do that (an admin cannot remove the owner or another admin).";
+    case Code.NOT_GROUP_MEMBER: return "You are not a member of this group (or that user is not).";
+    case Code.UNKNOWN_GROUP: return "There is no group with that id.";
+    case Code.UNKNOWN_RECIPIENT: return "No such user" + (e.detail ? ": " + e.detail : ".");
+    case Code.GROUP_FULL: return "The group is full.";
+    case Code.RATE_LIMITED: return "Too many changes at once: try again in a moment.";
+    case Code.INVALID_ARGUMENT: return "Not accepted: " + e.detail;
+    default: return e.message;
   }
 }
 
@@ -145,7 +278,7 @@ function unread(c: ConvState): number {
 
 function onMessage(m: pb.Message): void {
   const conv = convOf(me, m);
-  if (!conv) return;
+  if (!conv || groupEventOf(m)) return; // membership events come as "groupEvent"
   const c = convFor(conv);
   if (m.event === 1 || m.event === 2) {
     const t = byMsgId.get(m.targetMsgId);
@@ -279,7 +412,7 @@ function draw(): void {
   const list = $("conv-list");
   const order = sortedConvs();
   const sig = order.map((c) => [c.key, c.name, c.online, unread(c), c === current, c.items.length,
-    c.items[c.items.length - 1]?.recalled].join("|")).join("\n");
+    c.items[c.items.length - 1]?.recalled, c.group?.left].join("|")).join("\n");
   if (sig !== listSig) {
     listSig = sig;
     drawList(list, order);
@@ -301,6 +434,7 @@ function drawList(list: HTMLElement, order: ConvState[]): void {
     const name = el("span", "name", c.name);
     const lastItem = c.items[c.items.length - 1];
     if (lastItem) name.append(el("span", "last", lastItem.recalled ? "message recalled" : lastItem.body));
+    else if (c.group?.left) name.append(el("span", "last", "not a member"));
     b.append(dot, name);
     if (n > 0) {
       const badge = el("span", "badge", String(n));
@@ -318,12 +452,14 @@ function drawChat(): void {
   if (!current) return;
   const c = current;
   $("typing").textContent = c.typingUntil > now ? `${c.typingUser} is typing…` : "";
-  const sig = [c.key, c.name, c.online, c.peerReadSeq, Math.floor(now / 10_000),
+  const sig = [c.key, c.name, c.online, c.peerReadSeq, Math.floor(now / 10_000), JSON.stringify(c.group ?? null),
     ...c.items.map((it) => [it.key, it.state, it.recalled, it.seq].join(","))].join("|");
   if (sig === chatSig) return;
   chatSig = sig;
   $("chat-title").textContent = c.name;
-  $("chat-sub").textContent = c.conv.groupId ? "id " + c.conv.groupId : "";
+  $("chat-sub").textContent = c.conv.groupId ? groupSub(c) : "";
+  drawGroupPanel(c);
+  $("composer").hidden = !!c.group?.left;
   const pres = $("chat-presence");
   pres.hidden = !c.conv.peer;
   pres.className = "dot" + (c.online ? " online" : "");
@@ -333,6 +469,11 @@ function drawChat(): void {
   const atBottom = ol.scrollHeight - ol.scrollTop - ol.clientHeight < 40;
   ol.replaceChildren(...c.items.map((it) => {
     const mine = it.from === me;
+    if (it.notice) {
+      const li = el("li", "msg notice", it.body);
+      li.dataset.key = it.key;
+      return li;
+    }
     const li = el("li", "msg" + (mine ? " mine" : "") + (it.state && mine ? " " + it.state : "") + (it.recalled ? " recalled" : ""));
     li.dataset.key = it.key;
     if (!mine && c.conv.groupId) li.append(el("span", "from", it.from));
@@ -360,9 +501,62 @@ function drawChat(): void {
   if (atBottom) ol.scrollTop = ol.scrollHeight;
 }
 
+/** groupSub is the line under a group's name: policy, owner, admins, size, id. */
+function groupSub(c: ConvState): string {
+  const g = c.group;
+  if (!g) return "id " + c.conv.groupId;
+  if (g.left) return "you are not a member · id " + c.conv.groupId;
+  const parts = [g.open ? "open" : "invite-only", "owner " + who(g.owner)];
+  if (g.admins.length) parts.push("admins " + names(g.admins));
+  const n = g.members?.length ?? g.size;
+  parts.push(`${n} member${n === 1 ? "" : "s"}`, "id " + c.conv.groupId);
+  return parts.join(" · ");
+}
+
+function roleOf(g: GroupView, u: string): "owner" | "admin" | "member" {
+  return u === g.owner ? "owner" : g.admins.includes(u) ? "admin" : "member";
+}
+
+function drawGroupPanel(c: ConvState): void {
+  const panel = $("group-panel");
+  const g = c.group;
+  panel.hidden = !c.conv.groupId || !g || g.left;
+  if (panel.hidden || !g) return;
+  const mine = roleOf(g, me);
+  $("group-summary").textContent = `Members (${g.members?.length ?? g.size})`;
+  $("group-add-form").hidden = mine === "member";
+  const act = (label: string, run: () => Promise<pb.GroupInfo>) => {
+    const b = el("button", "link", label);
+    b.type = "button";
+    b.addEventListener("click", () => {
+      $("chat-error").textContent = "";
+      run().then((info) => applyGroupInfo(c, info), (e) => ($("chat-error").textContent = describe(e)));
+    });
+    return b;
+  };
+  const id = c.conv.groupId!;
+  $("group-members").replaceChildren(...(g.members ?? []).map((u) => {
+    const li = el("li");
+    li.dataset.member = u;
+    li.append(el("span", "name", who(u)));
+    const role = roleOf(g, u);
+    if (role !== "member") li.append(el("span", "role", role));
+    if (u !== me && role !== "owner") {
+      if (mine === "owner" || (mine === "admin" && role === "member")) li.append(act("Remove", () => client!.removeGroupMembers(id, [u])));
+      if (mine === "owner") {
+        li.append(act(role === "admin" ? "Remove admin" : "Make admin", () => client!.setGroupAdmin(id, u, role !== "admin")));
+        li.append(act("Make owner", () => client!.transferGroup(id, u)));
+      }
+    }
+    return li;
+  }));
+}
+
 function openConv(c: ConvState): void {
   current = c;
-  $("composer").hidden = false;
+  $("composer").hidden = !!c.group?.left;
+  $("chat-error").textContent = "";
+  if (c.conv.groupId) void refreshGroup(c);
   $("chat-view").classList.add("in-chat");
   markRead(c);
   render();
@@ -371,7 +565,7 @@ function openConv(c: ConvState): void {
 }
 
 function showError(e: unknown): void {
-  $("side-error").textContent = e instanceof Error ? e.message : String(e);
+  $("side-error").textContent = describe(e);
 }
 
 function setBanner(s: State, detail?: string): void {
@@ -403,10 +597,12 @@ async function login(register: boolean): Promise<void> {
     conv.byKey.set(item.key, item);
   }
   c.on("message", onMessage);
+  c.on("groupEvent", onGroupEvent);
   c.on("send", onSend);
   c.on("state", (s, d) => {
     setBanner(s, d);
     if (s === "online") {
+      void loadGroups();
       void loadConversations();
       void refreshPresence();
     }
@@ -456,7 +652,7 @@ function send(body: string): void {
   lastTypingSent = 0;
   p.catch((e) => {
     item.state = "failed";
-    showError(e);
+    $("chat-error").textContent = describe(e);
     render();
   });
   render();
@@ -467,7 +663,7 @@ function openGroup(g: pb.GroupInfo, form: HTMLFormElement): void {
   form.reset();
   form.closest("details")?.removeAttribute("open");
   const c = convFor({ groupId: g.groupId });
-  c.name = g.name || c.name;
+  applyGroupInfo(c, g);
   openConv(c);
 }
 
@@ -498,12 +694,33 @@ function wire(): void {
     ev.preventDefault();
     const name = $<HTMLInputElement>("new-group-name").value.trim();
     const members = $<HTMLInputElement>("new-group-members").value.split(/[\s,]+/).filter(Boolean);
-    client?.groupCreate(name, members).then((g) => openGroup(g, ev.target as HTMLFormElement), showError);
+    const open = $<HTMLInputElement>("new-group-open").checked;
+    $("side-error").textContent = "";
+    client?.groupCreate(name, members, { open }).then((g) => openGroup(g, ev.target as HTMLFormElement), showError);
   });
   $("join-group-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const id = $<HTMLInputElement>("join-group-id").value.trim();
+    $("side-error").textContent = "";
     client?.groupJoin(id).then((g) => openGroup(g, ev.target as HTMLFormElement), showError);
+  });
+  $("group-add-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const c = current;
+    const input = $<HTMLInputElement>("group-add-users");
+    const users = input.value.split(/[\s,]+/).filter(Boolean);
+    if (!client || !c?.conv.groupId || !users.length) return;
+    $("chat-error").textContent = "";
+    client.addGroupMembers(c.conv.groupId, users).then((g) => {
+      input.value = "";
+      applyGroupInfo(c, g);
+    }, (e) => ($("chat-error").textContent = describe(e)));
+  });
+  $("group-leave").addEventListener("click", () => {
+    const c = current;
+    if (!client || !c?.conv.groupId) return;
+    $("chat-error").textContent = "";
+    client.groupLeave(c.conv.groupId).then(() => markLeft(c), (e) => ($("chat-error").textContent = describe(e)));
   });
   $("composer").addEventListener("submit", (ev) => {
     ev.preventDefault();

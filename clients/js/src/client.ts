@@ -11,6 +11,8 @@ import { decodeBody, encodeBody } from "./codec.js";
 import { ClientClosed, Code, ConnectionLost, ImgnError } from "./errors.js";
 import { Cmd, FLAG_RESENT, FrameError, FrameReader, Serializer, encodeFrame } from "./frame.js";
 import type { Frame } from "./frame.js";
+import { groupEventOf } from "./groupevent.js";
+import type { GroupEvent } from "./groupevent.js";
 import { Inbox } from "./inbox.js";
 import { openSocket } from "./socket.js";
 import type { Socket, WebSocketConstructor } from "./socket.js";
@@ -118,6 +120,12 @@ export type SendState =
 export interface ClientEvents {
   /** Each entry of the user's inbox, once, in ascending seq: messages and recall/delete events (Message.event). */
   message: (m: pb.Message) => void;
+  /**
+   * A membership event of a group (protocol.md §4.5), emitted right after
+   * the "message" event of the same inbox entry, so in seq order with the
+   * group's messages.
+   */
+  groupEvent: (e: GroupEvent) => void;
   receipt: (r: pb.Receipt) => void;
   typing: (t: pb.TypingEvent) => void;
   notice: (n: pb.Notice) => void;
@@ -150,7 +158,7 @@ interface PendingSend {
 const replySchemas = new Map<number, DescMessage>([
   [Cmd.REGISTER_OK, pb.RegisterOKSchema], [Cmd.LOGIN_OK, pb.LoginOKSchema], [Cmd.LOGOUT_OK, pb.EmptySchema],
   [Cmd.HEARTBEAT_OK, pb.HeartbeatSchema], [Cmd.SEND_ACK, pb.SendAckSchema], [Cmd.SYNC_OK, pb.SyncOKSchema],
-  [Cmd.GROUP_INFO, pb.GroupInfoSchema], [Cmd.PRESENCE_OK, pb.PresenceOKSchema],
+  [Cmd.GROUP_INFO, pb.GroupInfoSchema], [Cmd.GROUPS_OK, pb.GroupsOKSchema], [Cmd.PRESENCE_OK, pb.PresenceOKSchema],
   [Cmd.CONVERSATIONS_OK, pb.ConversationsOKSchema], [Cmd.READ_OK, pb.ReadOKSchema],
   [Cmd.RECALL_OK, pb.EventOKSchema], [Cmd.DELETE_OK, pb.EventOKSchema], [Cmd.HISTORY_OK, pb.HistoryOKSchema],
   [Cmd.READ_COUNT_OK, pb.ReadCountOKSchema],
@@ -217,7 +225,7 @@ export class Client {
     if (!opts.password && !opts.token) throw new Error("imgn: ClientOptions needs password or token");
     this.opts = { requestTimeoutMs: 10_000, pushAckDelayMs: 500, syncLimit: 200, ...opts };
     this.ser = opts.serializer === "protobuf" ? Serializer.Protobuf : Serializer.JSON;
-    if (opts.shown !== undefined) this.inbox = new Inbox(opts.shown, (m) => this.emit("message", m));
+    if (opts.shown !== undefined) this.inbox = new Inbox(opts.shown, (m) => this.deliver(m));
   }
 
   /** on subscribes to an event; the returned function unsubscribes. */
@@ -226,6 +234,14 @@ export class Client {
     if (!set) this.listeners.set(ev, (set = new Set()));
     set.add(fn as (...a: never[]) => void);
     return () => set!.delete(fn as (...a: never[]) => void);
+  }
+
+  /** deliver hands one inbox entry, in order, to the listeners. */
+  private deliver(m: pb.Message): void {
+    this.emit("message", m);
+    if (!this.listeners.get("groupEvent")?.size) return;
+    const e = groupEventOf(m);
+    if (e) this.emit("groupEvent", e);
   }
 
   private emit<E extends keyof ClientEvents>(ev: E, ...args: Parameters<ClientEvents[E]>): void {
@@ -374,7 +390,7 @@ export class Client {
     this.login = ok;
     this.attempt = 0;
     this.exclude.clear();
-    if (!this.inbox) this.inbox = new Inbox(ok.cursor, (m) => this.emit("message", m));
+    if (!this.inbox) this.inbox = new Inbox(ok.cursor, (m) => this.deliver(m));
     this.acked = ok.cursor;
     this.startHeartbeat(ok);
     this.setState("online");
@@ -749,18 +765,77 @@ export class Client {
 
   // ---- groups, presence, chat -------------------------------------------
 
-  /** groupCreate creates a group with the caller as owner (not idempotent: not retried). */
-  groupCreate(name: string, members: string[] = []): Promise<pb.GroupInfo> {
-    return this.call(Cmd.GROUP_CREATE, pb.GroupCreateRequestSchema, { name, members }, false);
+  /**
+   * groupCreate creates a group with the caller as owner and members (each
+   * must exist). It is invite-only unless opts.open: then anyone who knows
+   * its id may join. Not idempotent, so not retried on a lost connection.
+   */
+  groupCreate(name: string, members: string[] = [], opts: { open?: boolean } = {}): Promise<pb.GroupInfo> {
+    return this.call(Cmd.GROUP_CREATE, pb.GroupCreateRequestSchema, { name, members, open: opts.open ?? false }, false);
   }
+  /** groupJoin joins an open group (an invite-only one refuses a non-member with GROUP_INVITE_ONLY). */
   groupJoin(groupId: string): Promise<pb.GroupInfo> {
     return this.call(Cmd.GROUP_JOIN, pb.GroupRequestSchema, { groupId });
   }
+  /**
+   * groupLeave leaves a group; the reply holds the group id only. An owner
+   * leaving hands the group to its most senior admin (else member); the
+   * last member's leave dissolves it.
+   */
   groupLeave(groupId: string): Promise<pb.GroupInfo> {
     return this.call(Cmd.GROUP_LEAVE, pb.GroupRequestSchema, { groupId });
   }
+  /** groupMembers answers a group's name, owner, admins, members and policy (members only). */
   groupMembers(groupId: string): Promise<pb.GroupInfo> {
     return this.call(Cmd.GROUP_MEMBERS, pb.GroupRequestSchema, { groupId });
+  }
+  /** addGroupMembers adds users (1..500, each existing) to a group: the owner and admins only. Idempotent. */
+  addGroupMembers(groupId: string, users: string[]): Promise<pb.GroupInfo> {
+    return this.call(Cmd.GROUP_ADD, pb.GroupMembersRequestSchema, { groupId, users });
+  }
+  /**
+   * removeGroupMembers removes users (not the caller: it leaves) from a
+   * group: the owner removes anyone, an admin only plain members. All or
+   * nothing. Idempotent.
+   */
+  removeGroupMembers(groupId: string, users: string[]): Promise<pb.GroupInfo> {
+    return this.call(Cmd.GROUP_REMOVE, pb.GroupMembersRequestSchema, { groupId, users });
+  }
+  /**
+   * transferGroup makes user, a member, the owner; the caller, the owner
+   * until then, becomes an admin. Not retried on a lost connection: a
+   * repeat after an applied first attempt would get NOT_GROUP_OWNER.
+   */
+  transferGroup(groupId: string, user: string): Promise<pb.GroupInfo> {
+    return this.call(Cmd.GROUP_TRANSFER, pb.GroupTransferRequestSchema, { groupId, user }, false);
+  }
+  /** setGroupAdmin gives a member the admin role (admin true) or takes it away: the owner only. Idempotent. */
+  setGroupAdmin(groupId: string, user: string, admin: boolean): Promise<pb.GroupInfo> {
+    return this.call(Cmd.GROUP_ADMIN, pb.GroupAdminRequestSchema, { groupId, user, admin });
+  }
+  /**
+   * groups answers one page of the caller's groups, ascending by group id,
+   * those after opts.after ("" first); limit 0 is the server's 50, at most
+   * 200. Ask again with after = the last group id while has_more is set.
+   */
+  groups(opts: { after?: string; limit?: number } = {}): Promise<pb.GroupsOK> {
+    return this.call(Cmd.GROUPS, pb.GroupsRequestSchema, { after: opts.after ?? "", limit: opts.limit ?? 0 });
+  }
+  /**
+   * allGroups pages through groups() and returns every group of the
+   * caller, at most maxPages pages of 200 (a bound against a server that
+   * keeps answering has_more).
+   */
+  async allGroups(maxPages = 100): Promise<pb.GroupSummary[]> {
+    const out: pb.GroupSummary[] = [];
+    let after = "";
+    for (let i = 0; i < maxPages; i++) {
+      const page = await this.groups({ after, limit: 200 });
+      out.push(...page.groups);
+      if (!page.hasMore || page.groups.length === 0) break;
+      after = page.groups[page.groups.length - 1].groupId;
+    }
+    return out;
   }
   /** presence answers one entry per user, in request order (at most 500 users). */
   async presence(users: string[]): Promise<pb.UserPresence[]> {

@@ -8,5 +8,7 @@ export { Cmd, FrameReader, FrameError, Serializer, encodeFrame, HEADER_LEN } fro
 export type { Frame } from "./frame.js";
 export { decodeBody, encodeBody, parseLossless, toWireJson } from "./codec.js";
 export { Inbox } from "./inbox.js";
+export { KIND_GROUP_EVENT, groupEventOf } from "./groupevent.js";
+export type { GroupEvent, GroupEventType } from "./groupevent.js";
 export type { WebSocketConstructor, WebSocketLike } from "./socket.js";
 export * as pb from "./gen/imgn_pb.js";

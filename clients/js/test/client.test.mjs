@@ -92,19 +92,120 @@ for (const serializer of ["json", "protobuf"]) {
       assert.deepEqual(got.map(text), ["missed0", "missed1", "missed2", "missed3", "missed4", "live"]);
     });
 
-    test("groups: create, join, members, send to all members", async () => {
+    test("groups: an open group is joined by id, messages reach all members, a leave answers the id only", async () => {
       const [a, b, c] = [uid("a"), uid("b"), uid("c")];
       const A = await open(node, a, o()), B = await open(node, b, o()), C = await open(node, c, o());
       clients.push(A.c, B.c, C.c);
-      const g = await A.c.groupCreate("team", [b]);
-      assert.deepEqual(g.members, [a, b].sort());
+      const g = await A.c.groupCreate("team", [b], { open: true });
+      assert.deepEqual([g.members, g.owner, g.open, g.admins], [[a, b].sort(), a, true, []]);
       const joined = await C.c.groupJoin(g.groupId);
       assert.deepEqual(joined.members, [a, b, c].sort());
       assert.equal((await B.c.groupMembers(g.groupId)).owner, a);
       await B.c.sendGroup(g.groupId, "hello team");
       for (const X of [A, B, C]) await until(() => X.got.some((m) => m.groupId === g.groupId && text(m) === "hello team"));
-      await C.c.groupLeave(g.groupId);
+      const left = await C.c.groupLeave(g.groupId);
+      assert.deepEqual([left.groupId, left.members, left.owner], [g.groupId, [], ""]);
       await assert.rejects(C.c.sendGroup(g.groupId, "x"), (e) => e instanceof ImgnError && e.code === Code.NOT_GROUP_MEMBER);
+    });
+
+    test("group access control: invite-only by default, owner and admins add and remove, transfer, refusals", async () => {
+      const [a, b, c, d] = [uid("a"), uid("b"), uid("c"), uid("d")];
+      const A = await open(node, a, o()), B = await open(node, b, o()), C = await open(node, c, o()), D = await open(node, d, o());
+      clients.push(A.c, B.c, C.c, D.c);
+      const refused = (code) => (e) => e instanceof ImgnError && e.code === code;
+      const g = await A.c.groupCreate("private", [b]);
+      const id = g.groupId;
+      assert.equal(g.open, false);
+      await assert.rejects(C.c.groupJoin(id), refused(Code.GROUP_INVITE_ONLY));
+      await assert.rejects(C.c.groupMembers(id), refused(Code.NOT_GROUP_MEMBER)); // outsiders see no member list
+      await assert.rejects(B.c.addGroupMembers(id, [c]), refused(Code.NOT_GROUP_ADMIN));
+      let gi = await A.c.addGroupMembers(id, [c]);
+      assert.deepEqual(gi.members, [a, b, c].sort());
+      assert.deepEqual((await A.c.addGroupMembers(id, [c])).members, gi.members); // idempotent
+      await assert.rejects(B.c.setGroupAdmin(id, c, true), refused(Code.NOT_GROUP_OWNER));
+      gi = await A.c.setGroupAdmin(id, b, true);
+      assert.deepEqual(gi.admins, [b]);
+      gi = await B.c.addGroupMembers(id, [d]); // an admin adds
+      assert.equal(gi.members.length, 4);
+      await assert.rejects(B.c.removeGroupMembers(id, [a]), refused(Code.NOT_GROUP_OWNER)); // not the owner
+      await assert.rejects(A.c.removeGroupMembers(id, [a]), refused(Code.INVALID_ARGUMENT)); // one leaves instead
+      await assert.rejects(A.c.addGroupMembers(id, ["nobody" + process.pid]), refused(Code.UNKNOWN_RECIPIENT));
+      gi = await B.c.removeGroupMembers(id, [d]);
+      assert.deepEqual(gi.members, [a, b, c].sort());
+      await assert.rejects(D.c.sendGroup(id, "still here?"), refused(Code.NOT_GROUP_MEMBER));
+      await assert.rejects(C.c.transferGroup(id, c), refused(Code.NOT_GROUP_OWNER));
+      gi = await A.c.transferGroup(id, c);
+      assert.deepEqual([gi.owner, gi.admins], [c, [a, b].sort()]); // the former owner stays on as an admin
+      gi = await C.c.setGroupAdmin(id, b, false);
+      assert.deepEqual(gi.admins, [a]);
+      await assert.rejects(A.c.setGroupAdmin(id, b, true), refused(Code.NOT_GROUP_OWNER));
+      await assert.rejects(A.c.groupJoin("no-such-group" + process.pid), refused(Code.UNKNOWN_GROUP));
+      // an invite-only group's member joins again without a refusal
+      assert.equal((await B.c.groupJoin(id)).groupId, id);
+    });
+
+    test("membership events: typed groupEvent in seq order with the group's messages, to members and the removed", async () => {
+      const [a, b, c] = [uid("a"), uid("b"), uid("c")];
+      const A = await open(node, a, o()), B = await open(node, b, o()), C = await open(node, c, o());
+      clients.push(A.c, B.c, C.c);
+      const events = { [a]: [], [b]: [], [c]: [] };
+      for (const [u, X] of [[a, A], [b, B], [c, C]]) X.c.on("groupEvent", (e) => events[u].push(e));
+      const g = await A.c.groupCreate("events", []);
+      const id = g.groupId;
+      await A.c.addGroupMembers(id, [b, c]);
+      await A.c.sendGroup(id, "welcome");
+      await A.c.setGroupAdmin(id, b, true);
+      await B.c.removeGroupMembers(id, [c]);
+      await A.c.transferGroup(id, b);
+      await A.c.groupLeave(id);
+      const brief = (e) => [e.type, e.users, e.by];
+      await until(() => events[b].length === 5, 10_000, "bob's 5 events");
+      assert.deepEqual(events[b].map(brief), [
+        ["members_added", [b, c].sort(), a],
+        ["admin_added", [b], a],
+        ["members_removed", [c], b],
+        ["owner_changed", [b], a],
+        ["members_removed", [a], a],
+      ]);
+      for (const e of events[b]) {
+        assert.equal(e.groupId, id);
+        assert.equal(e.message.kind, 2);
+        assert.equal(e.message.from, "");
+        assert.ok(e.msgId > 0n && e.time > 0n);
+      }
+      // the events sit in bob's stream at their seqs, in order with the group's messages
+      const stream = B.got.filter((m) => m.groupId === id).map((m) => (m.from ? "msg:" + text(m) : "event"));
+      assert.deepEqual(stream, ["event", "msg:welcome", "event", "event", "event", "event"]);
+      assert.deepEqual(events[b].map((e) => e.seq), B.got.filter((m) => m.groupId === id && !m.from).map((m) => m.seq));
+      // carol gets the events up to and including her removal, and nothing after
+      await until(() => events[c].length === 3, 10_000, "carol's 3 events");
+      assert.deepEqual(events[c].map(brief).at(-1), ["members_removed", [c], b]);
+      await new Promise((r) => setTimeout(r, 200));
+      assert.equal(events[c].length, 3);
+      // alice, who left, gets her own leave
+      await until(() => events[a].at(-1)?.type === "members_removed", 10_000, "alice's leave");
+      assert.deepEqual(brief(events[a].at(-1)), ["members_removed", [a], a]);
+    });
+
+    test("groups: the caller's groups paged by id with policy, owner, size and the admin flag", async () => {
+      const [a, b] = [uid("a"), uid("b")];
+      const A = await open(node, a, o()), B = await open(node, b, o());
+      clients.push(A.c, B.c);
+      const made = [];
+      for (let i = 0; i < 3; i++) made.push(await A.c.groupCreate(`g${i}`, [b], { open: i === 0 }));
+      await A.c.setGroupAdmin(made[1].groupId, b, true);
+      const first = await B.c.groups({ limit: 2 });
+      assert.equal(first.groups.length, 2);
+      assert.equal(first.hasMore, true);
+      const rest = await B.c.groups({ after: first.groups[1].groupId, limit: 2 });
+      assert.equal(rest.hasMore, false);
+      const all = await B.c.allGroups();
+      assert.deepEqual(all.map((x) => x.groupId), [...first.groups, ...rest.groups].map((x) => x.groupId));
+      assert.deepEqual(all.map((x) => x.groupId), made.map((x) => x.groupId).sort());
+      const byId = new Map(all.map((x) => [x.groupId, x]));
+      assert.deepEqual(made.map((m) => { const x = byId.get(m.groupId); return [x.name, x.owner, x.size, x.open, x.admin]; }),
+        [["g0", a, 2, true, false], ["g1", a, 2, false, true], ["g2", a, 2, false, false]]);
+      await assert.rejects(B.c.groups({ after: "not a group id!" }), (e) => e.code === Code.INVALID_ARGUMENT);
     });
 
     test("presence: online devices, offline, unknown", async () => {

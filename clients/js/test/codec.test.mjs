@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { create } from "@bufbuild/protobuf";
-import { Cmd, FrameError, FrameReader, Inbox, Serializer, decodeBody, encodeBody, encodeFrame, parseLossless, pb } from "../dist/index.js";
+import { Cmd, FrameError, FrameReader, Inbox, KIND_GROUP_EVENT, Serializer, decodeBody, encodeBody, encodeFrame, groupEventOf, parseLossless, pb } from "../dist/index.js";
 
 const hex = (b) => Buffer.from(b).toString("hex");
 
@@ -73,4 +73,24 @@ test("Inbox shows each seq once and in order, whatever the arrival order", () =>
   inbox.skipTo(20n);                         // retention removed 14..19
   assert.deepEqual(seen, [11n, 12n, 13n, 20n]);
   assert.equal(inbox.shown, 20n);
+});
+
+test("groupEventOf reads membership events and leaves everything else alone", () => {
+  const m = (o) => create(pb.MessageSchema, { seq: 7n, msgId: 9n, groupId: "g1", to: "g1", kind: KIND_GROUP_EVENT, ...o,
+    body: typeof o.body === "string" ? Buffer.from(o.body) : o.body });
+  const e = groupEventOf(m({ body: '{"type":"members_added","users":["bob","carol"],"by":"alice","later":1}' }));
+  assert.deepEqual([e.groupId, e.type, e.users, e.by, e.seq, e.msgId], ["g1", "members_added", ["bob", "carol"], "alice", 7n, 9n]);
+  assert.equal(groupEventOf(m({ body: '{"type":"owner_changed","users":["bob"]}' })).by, ""); // a hand-off: no "by"
+  for (const [why, o] of [
+    ["an application message", { from: "alice", body: '{"type":"members_added"}' }],
+    ["a 1:1 system message", { groupId: "", to: "bob", body: '{"type":"members_added"}' }],
+    ["another kind", { kind: 0, body: '{"type":"members_added"}' }],
+    ["a recall event", { event: 1, body: '{"type":"members_added"}' }],
+    ["not JSON", { body: "members_added" }],
+    ["not UTF-8", { body: new Uint8Array([0xff, 0xfe]) }],
+    ["no type", { body: '{"users":["bob"]}' }],
+    ["users not strings", { body: '{"type":"members_added","users":[1]}' }],
+    ["by not a string", { body: '{"type":"members_added","by":{}}' }],
+    ["null", { body: "null" }],
+  ]) assert.equal(groupEventOf(m(o)), undefined, why);
 });

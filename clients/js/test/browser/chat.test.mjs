@@ -80,10 +80,12 @@ const statusOf = (p, text) => p.evaluate((t) => {
   return m?.querySelector(".status")?.textContent ?? "";
 }, text);
 
-const waitStatus = (p, text, want) => p.waitForFunction((t, w) => {
+/** waitStatus waits until a message's status ends with want, or with one of want's entries. */
+const waitStatus = (p, text, want) => p.waitForFunction((t, ws) => {
   const m = [...document.querySelectorAll("#messages .msg")].find((e) => e.querySelector(".text")?.textContent === t);
-  return m?.querySelector(".status")?.textContent.endsWith(w);
-}, { timeout: T }, text, want);
+  const st = m?.querySelector(".status")?.textContent;
+  return st !== undefined && ws.some((w) => st.endsWith(w));
+}, { timeout: T }, text, [want].flat());
 
 const badge = (p, key) => p.evaluate((k) => document.querySelector(`.conv[data-conv="${k}"] .badge`)?.textContent ?? "", key);
 
@@ -127,14 +129,22 @@ async function twoUsers(store) {
 const waitBadge = (p, key, n) => p.waitForFunction((k, want) =>
   (document.querySelector(`.conv[data-conv="${k}"] .badge`)?.textContent ?? "") === want, { timeout: T }, key, n);
 
-async function createGroup(A, bob) {
+/** createGroup creates a group through the sidebar form (invite-only unless open) and returns its conversation key. */
+async function createGroup(A, members, name = "team", openGroup = false) {
   await A.click("details.mini summary");
-  await A.type("#new-group-name", "team");
-  await A.type("#new-group-members", bob);
+  await A.type("#new-group-name", name);
+  if (members) await A.type("#new-group-members", members);
+  if (openGroup) await A.click("#new-group-open");
   await A.click("#new-group-form button");
-  await A.waitForFunction(() => document.querySelector("#chat-title").textContent === "team", { timeout: T });
+  await A.waitForFunction((n) => document.querySelector("#chat-title").textContent === n, { timeout: T }, name);
   return A.evaluate(() => document.querySelector('.conv[aria-current="true"]').dataset.conv);
 }
+
+const hasNotice = (p, text) => p.waitForFunction((t) =>
+  [...document.querySelectorAll("#messages .msg.notice")].some((e) => e.textContent === t), { timeout: T }, text);
+
+const waitConvName = (p, key, name) => p.waitForFunction((k, n) =>
+  document.querySelector(`.conv[data-conv="${k}"] .name`)?.firstChild?.textContent === n, { timeout: T }, key, name);
 
 test("memory store: 1:1 with unread counts from CONVERSATIONS, read receipts, typing, presence, groups", { timeout: 60_000 }, async () => {
   const { alice, bob, A, B, done } = await twoUsers("memory");
@@ -157,34 +167,70 @@ test("memory store: 1:1 with unread counts from CONVERSATIONS, read receipts, ty
     await hasMessage(A, "hi alice");
     await A.waitForSelector("#chat-presence.online", { timeout: T });
   });
-  await step("group", async () => {
-    const groupKey = await createGroup(A, bob);
-    await say(A, "hi team");
-    await waitStatus(A, "hi team", "sent");
+  let groupKey;
+  await step("invite-only group", async () => {
+    groupKey = await createGroup(A, ""); // invite-only by default, alice alone
+    assert.match(await A.$eval("#chat-sub", (e) => e.textContent), /^invite-only · owner you · 1 member · id /);
+    await A.click("#group-summary");
+    await A.type("#group-add-users", bob);
+    await A.click("#group-add-form button");
+    await A.waitForSelector(`#group-members li[data-member="${bob}"]`, { timeout: T });
+    await hasNotice(A, `You added ${bob}`);
+    // bob: the group in his list with its name, one unread (the notice), and the notice in the timeline
     await waitBadge(B, groupKey, "1");
+    await waitConvName(B, groupKey, "team");
     await open(B, groupKey);
+    await hasNotice(B, `${alice} added you`);
+    assert.equal(await B.$$eval("#messages .msg:not(.notice)", (l) => l.length), 0); // a notice, not a chat bubble
+    await B.waitForFunction((a) => document.querySelector("#chat-sub").textContent.startsWith(`invite-only · owner ${a} · 2 members`),
+      { timeout: T }, alice);
+    await B.click("#group-summary");
+    await B.waitForSelector(`#group-members li[data-member="${alice}"] .role`, { timeout: T });
+    assert.equal(await B.$eval("#group-add-form", (f) => f.hidden), true); // a plain member adds nobody
+    await say(A, "hi team");
     await hasMessage(B, "hi team");
     await say(B, "hey all");
     await hasMessage(A, "hey all");
   });
+  await step("outsider refused", async () => {
+    const ctxC = await browser.createBrowserContext();
+    const C = await openApp(ctxC, "carol");
+    await signIn(C, "carol" + process.pid.toString(36), true);
+    await C.click("details.mini summary");
+    await C.type("#join-group-id", groupKey.slice(2));
+    await C.click("#join-group-form button");
+    await C.waitForFunction(() => document.querySelector("#side-error").textContent.includes("invite-only"), { timeout: T });
+    assert.equal(await C.$eval("#side-error", (e) => e.textContent), "This group is invite-only: ask its owner or an admin to add you.");
+    assert.equal(await C.$(`.conv[data-conv="${groupKey}"]`), null);
+    await ctxC.close();
+    delete pages.carol;
+  });
   mkdirSync(artifacts, { recursive: true });
+  await A.screenshot({ path: path.join(artifacts, "group.png") });
+  await step("removed", async () => {
+    await A.click(`#group-members li[data-member="${bob}"] button`); // "Remove"
+    await hasNotice(B, `${alice} removed you`);
+    await B.waitForSelector("#composer[hidden]", { timeout: T });
+    await A.waitForFunction((b) => !document.querySelector(`#group-members li[data-member="${b}"]`), { timeout: T }, bob);
+  });
   await open(A, `u:${bob}`);
   await A.screenshot({ path: path.join(artifacts, "chat.png") });
   await done();
 });
 
-test("embedded store: offline catch-up with client-side unread counts, node restart mid-conversation", { timeout: 60_000 }, async () => {
+test("embedded store: offline catch-up with unread counts from CONVERSATIONS, groups from GROUPS, node restart mid-conversation", { timeout: 60_000 }, async () => {
   const { alice, bob, ctxA, ctxB, done } = await twoUsers("embedded");
   let A = pages.alice;
   let { B } = { B: pages.bob };
-  let groupKey;
+  let groupKey, quiet;
   await step("before", async () => {
     await A.type("#new-chat-user", bob);
     await A.keyboard.press("Enter");
     await say(A, "hello bob");
     await waitBadge(B, "u:" + alice, "1");
-    assert.equal(await B.evaluate(() => document.body.dataset.unread), "client"); // the store answers UNSUPPORTED
+    assert.equal(await B.evaluate(() => document.body.dataset.unread), "server"); // the embedded store keeps conversations
     groupKey = await createGroup(A, bob);
+    assert.match(await A.$eval("#chat-sub", (e) => e.textContent), /^invite-only · owner you · 2 members · id /);
     await say(A, "hi team");
     await waitBadge(B, groupKey, "1");
   });
@@ -197,10 +243,22 @@ test("embedded store: offline catch-up with client-side unread counts, node rest
     await open(A, groupKey);
     await say(A, "group news");
     await waitStatus(A, "group news", "sent");
+    // a group bob is put in while away, with no message in it: only GROUPS tells him of it
+    quiet = await createGroup(A, bob, "quiet");
     B = await openApp(ctxB, "bob");
     await signIn(B, bob, false);
     await waitBadge(B, "u:" + alice, "2");
     await waitBadge(B, groupKey, "2");
+    await waitConvName(B, quiet, "quiet");
+    // bob leaves it: the notice on both sides, and no composer for him
+    await open(B, quiet);
+    await B.click("#group-summary");
+    await B.click("#group-leave");
+    await hasNotice(B, "You left");
+    await B.waitForSelector("#composer[hidden]", { timeout: T });
+    await open(A, quiet);
+    await hasNotice(A, `${bob} left`);
+    await A.waitForFunction(() => document.querySelector("#chat-sub").textContent.startsWith("invite-only · owner you · 1 member ·"), { timeout: T });
     await open(B, groupKey);
     await hasMessage(B, "group news");
     await open(B, `u:${alice}`);
@@ -219,7 +277,7 @@ test("embedded store: offline catch-up with client-side unread counts, node rest
     await node.start();
     await A.waitForSelector("#banner[hidden]", { timeout: T });
     await B.waitForSelector("#banner[hidden]", { timeout: T });
-    await waitStatus(A, "sent during the restart", "sent");
+    await waitStatus(A, "sent during the restart", ["sent", "read"]); // bob has the chat open: read at once
     await hasMessage(B, "sent during the restart");
     await say(B, "back again");
     await hasMessage(A, "back again");
@@ -237,7 +295,7 @@ test("embedded store: offline catch-up with client-side unread counts, node rest
     A = await openApp(ctxA, "alice");
     await signIn(A, alice, false);
     await open(A, `u:${bob}`);
-    await waitStatus(A, "kept across a reload", "sent");
+    await waitStatus(A, "kept across a reload", ["sent", "read"]);
     await hasMessage(B, "kept across a reload");
     const texts = await B.evaluate(() => [...document.querySelectorAll("#messages .msg .text")].map((e) => e.textContent));
     assert.equal(texts.filter((t) => t === "kept across a reload").length, 1);
