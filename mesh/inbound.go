@@ -47,11 +47,14 @@ type Inbound struct {
 }
 
 // Request is a received APPEND or ADMIN, decoded, waiting to be served.
-// It does not refer to the body it was decoded from.
+// It does not refer to the body it was decoded from. An append is held in
+// place, so that the common request costs one allocation; a Request must
+// not be copied.
 type Request struct {
 	in     *Inbound
-	append *meshpb.AppendRequest
-	admin  *meshpb.AdminRequest
+	cmd    codec.Command
+	append meshpb.AppendRequest // when cmd is CmdAppend
+	admin  *meshpb.AdminRequest // when cmd is CmdAdmin
 }
 
 // Dispatch decodes body (a Protobuf mesh body; read only, not retained
@@ -64,17 +67,17 @@ type Request struct {
 func (in *Inbound) Dispatch(cmd codec.Command, body []byte) (*Request, error) {
 	switch cmd {
 	case meshpb.CmdAppend:
-		req := new(meshpb.AppendRequest)
-		if err := decode(cmd, body, req); err != nil {
+		req := &Request{in: in, cmd: cmd}
+		if err := decode(cmd, body, &req.append); err != nil {
 			return nil, err
 		}
-		return &Request{in: in, append: req}, nil
+		return req, nil
 	case meshpb.CmdAdmin:
-		req := new(meshpb.AdminRequest)
-		if err := decode(cmd, body, req); err != nil {
+		req := &Request{in: in, cmd: cmd, admin: new(meshpb.AdminRequest)}
+		if err := decode(cmd, body, req.admin); err != nil {
 			return nil, err
 		}
-		return &Request{in: in, admin: req}, nil
+		return req, nil
 	case meshpb.CmdPush:
 		var req meshpb.PushRequest
 		if err := decode(cmd, body, &req); err != nil {
@@ -107,17 +110,12 @@ func decode(cmd codec.Command, body []byte, m proto.Message) error {
 }
 
 // Command is the request's command: meshpb.CmdAppend or meshpb.CmdAdmin.
-func (r *Request) Command() codec.Command {
-	if r.append != nil {
-		return meshpb.CmdAppend
-	}
-	return meshpb.CmdAdmin
-}
+func (r *Request) Command() codec.Command { return r.cmd }
 
 // ReplyTo is the requester's node id and boot epoch, as the request
 // announced them (set over Redis pub/sub only; empty and 0 on a link).
 func (r *Request) ReplyTo() (node string, epoch int64) {
-	if r.append != nil {
+	if r.cmd == meshpb.CmdAppend {
 		return r.append.ReplyTo, r.append.ReplyEpoch
 	}
 	return r.admin.ReplyTo, r.admin.ReplyEpoch
@@ -133,13 +131,13 @@ func (r *Request) ReplyTo() (node string, epoch int64) {
 // and its proto.Message is not used after encode returns.
 func (r *Request) Serve(ctx context.Context, encode func(cmd codec.Command, reply proto.Message) error) error {
 	cmd := meshpb.CmdAdminResult
-	if r.append != nil {
+	if r.cmd == meshpb.CmdAppend {
 		cmd = meshpb.CmdAppendResult
 	}
 	_, epoch := r.ReplyTo()
 	var res proto.Message
-	if r.append != nil {
-		a := meshpb.ServeAppend(ctx, r.in.Handler, r.in.RequestTimeout, r.append)
+	if r.cmd == meshpb.CmdAppend {
+		a := meshpb.ServeAppend(ctx, r.in.Handler, r.in.RequestTimeout, &r.append)
 		a.ToEpoch = epoch
 		res = a
 	} else {
@@ -154,7 +152,7 @@ func (r *Request) Serve(ctx context.Context, encode func(cmd codec.Command, repl
 	if r.in.Logger != nil {
 		r.in.Logger.Error("mesh: encode reply; answering with the error", "cmd", cmd, "err", err)
 	}
-	if r.append != nil {
+	if r.cmd == meshpb.CmdAppend {
 		res = &meshpb.AppendResult{Error: meshpb.ErrorOf(err), ToEpoch: epoch}
 	} else {
 		res = &meshpb.AdminResult{Error: meshpb.ErrorOf(err), ToEpoch: epoch}
