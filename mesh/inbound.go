@@ -129,33 +129,38 @@ func (r *Request) ReplyTo() (node string, epoch int64) {
 // instead of timing out; it returns an error only when that fails too,
 // and then nothing is to be sent. encode is called on Serve's goroutine,
 // and its proto.Message is not used after encode returns.
+//
+// The failure path is a function of its own to keep Serve's frame small:
+// Serve runs at the bottom of a fresh goroutine's stack, under the handler
+// and the encoder, where a larger frame costs a stack copy per request.
 func (r *Request) Serve(ctx context.Context, encode func(cmd codec.Command, reply proto.Message) error) error {
-	cmd := meshpb.CmdAdminResult
-	if r.cmd == meshpb.CmdAppend {
-		cmd = meshpb.CmdAppendResult
-	}
-	_, epoch := r.ReplyTo()
+	var cmd codec.Command
 	var res proto.Message
 	if r.cmd == meshpb.CmdAppend {
 		a := meshpb.ServeAppend(ctx, r.in.Handler, r.in.RequestTimeout, &r.append)
-		a.ToEpoch = epoch
-		res = a
+		a.ToEpoch = r.append.ReplyEpoch
+		cmd, res = meshpb.CmdAppendResult, a
 	} else {
 		a := meshpb.ServeAdmin(r.in.Handler, r.admin)
-		a.ToEpoch = epoch
-		res = a
+		a.ToEpoch = r.admin.ReplyEpoch
+		cmd, res = meshpb.CmdAdminResult, a
 	}
-	err := encode(cmd, res)
-	if err == nil {
-		return nil
+	if err := encode(cmd, res); err != nil {
+		return r.encodeFailed(cmd, err, encode)
 	}
+	return nil
+}
+
+// encodeFailed answers with the error a reply that did not encode.
+func (r *Request) encodeFailed(cmd codec.Command, err error, encode func(codec.Command, proto.Message) error) error {
 	if r.in.Logger != nil {
 		r.in.Logger.Error("mesh: encode reply; answering with the error", "cmd", cmd, "err", err)
 	}
+	var res proto.Message
 	if r.cmd == meshpb.CmdAppend {
-		res = &meshpb.AppendResult{Error: meshpb.ErrorOf(err), ToEpoch: epoch}
+		res = &meshpb.AppendResult{Error: meshpb.ErrorOf(err), ToEpoch: r.append.ReplyEpoch}
 	} else {
-		res = &meshpb.AdminResult{Error: meshpb.ErrorOf(err), ToEpoch: epoch}
+		res = &meshpb.AdminResult{Error: meshpb.ErrorOf(err), ToEpoch: r.admin.ReplyEpoch}
 	}
 	if err2 := encode(cmd, res); err2 != nil {
 		return fmt.Errorf("mesh: encode %s: %w", cmd, errors.Join(err, err2))

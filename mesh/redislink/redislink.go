@@ -751,7 +751,17 @@ func (t *Transport) spawn(f func()) bool {
 
 // serve runs one request and publishes its reply to node to's channel. A
 // reply that cannot be published is dropped: the requester times out.
+// Encoding and publishing are separate calls so that the handler, deep
+// under Serve, does not also carry the publishing frame on its stack.
 func (t *Transport) serve(req *mesh.Request, seq uint32, to string) {
+	if frame := t.encodeReply(req, seq); frame != nil {
+		t.publishReply(to, frame)
+	}
+}
+
+// encodeReply serves req and returns its reply frame (nil, logged, when
+// none could be encoded).
+func (t *Transport) encodeReply(req *mesh.Request, seq uint32) []byte {
 	var frame []byte
 	err := req.Serve(t.ctx, func(cmd codec.Command, m proto.Message) (err error) {
 		frame, err = codec.AppendFrame(nil, codec.Protobuf, cmd, 0, seq, m)
@@ -759,8 +769,12 @@ func (t *Transport) serve(req *mesh.Request, seq uint32, to string) {
 	})
 	if err != nil {
 		t.log.Error("redislink: reply not sent", "err", err)
-		return
+		return nil
 	}
+	return frame
+}
+
+func (t *Transport) publishReply(to string, frame []byte) {
 	ctx, cancel := context.WithTimeout(t.ctx, t.cfg.RequestTimeout)
 	defer cancel()
 	channel := t.cfg.ChannelPrefix + to
