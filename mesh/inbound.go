@@ -129,11 +129,11 @@ func (r *Request) ReplyTo() (node string, epoch int64) {
 // instead of timing out; it returns an error only when that fails too,
 // and then nothing is to be sent. encode is called on Serve's goroutine,
 // and its proto.Message is not used after encode returns.
-//
-// The failure path is a function of its own to keep Serve's frame small:
-// Serve runs at the bottom of a fresh goroutine's stack, under the handler
-// and the encoder, where a larger frame costs a stack copy per request.
 func (r *Request) Serve(ctx context.Context, encode func(cmd codec.Command, reply proto.Message) error) error {
+	// The failure path is a function of its own to keep this frame small:
+	// Serve is among the first frames of a fresh goroutine, with the
+	// handler and the encoder stacked on it, and a larger frame made the
+	// goroutine grow its stack (a copy) on every request.
 	var cmd codec.Command
 	var res proto.Message
 	if r.cmd == meshpb.CmdAppend {
