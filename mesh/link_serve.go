@@ -9,6 +9,8 @@ import (
 	"runtime"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/meshpb"
@@ -143,6 +145,7 @@ func (l *Links) inboundRead(conn net.Conn, fr *frameReader, hello *meshpb.Hello,
 		interval = l.cfg.PingInterval
 	}
 	dl := deadlineSetter{conn: conn, idle: 3 * interval}
+	in := Inbound{Handler: l.h, RequestTimeout: l.cfg.RequestTimeout, Logger: l.log}
 	sem := make(chan struct{}, l.cfg.MaxInflight)
 	reply := func(b *codec.Buffer) {
 		select {
@@ -175,69 +178,36 @@ func (l *Links) inboundRead(conn net.Conn, fr *frameReader, hello *meshpb.Hello,
 		if err != nil {
 			return err
 		}
-		switch h.Command {
-		case meshpb.CmdPing:
+		if h.Command == meshpb.CmdPing {
 			b, err := encodeFrame(meshpb.CmdPong, h.Seq, nil)
 			if err != nil {
 				return err
 			}
 			reply(b)
-		case meshpb.CmdAppend:
-			req := new(meshpb.AppendRequest)
-			if err := unmarshal(body, req); err != nil {
+			continue
+		}
+		req, err := in.Dispatch(h.Command, body)
+		if err != nil {
+			return fmt.Errorf("%w: %w", errProtocol, err)
+		}
+		if req == nil {
+			continue // a one-way command, run already
+		}
+		if err := spawn(h.Seq, func(seq uint32) {
+			var b *codec.Buffer
+			err := req.Serve(l.ctx, func(cmd codec.Command, m proto.Message) (err error) {
+				b, err = encodeFrame(cmd, seq, m)
 				return err
+			})
+			if err != nil {
+				l.log.Error("mesh: reply not sent", "err", err)
+				return
 			}
-			if err := spawn(h.Seq, func(seq uint32) { reply(l.handleAppend(seq, req)) }); err != nil {
-				return err
-			}
-		case meshpb.CmdAdmin:
-			req := new(meshpb.AdminRequest)
-			if err := unmarshal(body, req); err != nil {
-				return err
-			}
-			if err := spawn(h.Seq, func(seq uint32) {
-				b, err := encodeFrame(meshpb.CmdAdminResult, seq, meshpb.ServeAdmin(l.h, req))
-				if err != nil {
-					l.log.Error("mesh: encode admin result", "err", err)
-					return
-				}
-				reply(b)
-			}); err != nil {
-				return err
-			}
-		case meshpb.CmdPush:
-			var req meshpb.PushRequest
-			if err := unmarshal(body, &req); err != nil {
-				return err
-			}
-			l.h.HandlePush(req.Msg.ToPersist(), meshpb.ToTargets(req.Targets))
-		case meshpb.CmdKick:
-			var req meshpb.KickRequest
-			if err := unmarshal(body, &req); err != nil {
-				return err
-			}
-			l.h.HandleKick(req.User, req.Device, req.ConnId)
-		case meshpb.CmdSignal:
-			var req meshpb.SignalRequest
-			if err := unmarshal(body, &req); err != nil {
-				return err
-			}
-			l.h.HandleSignal(req.ToSignal())
-		default:
-			return fmt.Errorf("%w: unexpected %s on an inbound link", errProtocol, h.Command)
+			reply(b)
+		}); err != nil {
+			return err
 		}
 	}
-}
-
-// handleAppend runs one forwarded append and encodes its reply.
-func (l *Links) handleAppend(seq uint32, req *meshpb.AppendRequest) *codec.Buffer {
-	res := meshpb.ServeAppend(l.ctx, l.h, l.cfg.RequestTimeout, req)
-	b, err := encodeFrame(meshpb.CmdAppendResult, seq, res)
-	if err != nil {
-		l.log.Error("mesh: encode append result", "err", err)
-		b, _ = encodeFrame(meshpb.CmdAppendResult, seq, &meshpb.AppendResult{Error: meshpb.ErrorOf(err)})
-	}
-	return b
 }
 
 // inboundWriter writes replies, batching them and flushing when none is

@@ -18,8 +18,9 @@
 // reports success without the owner's reply. Pushes and kicks are best
 // effort. Per-peer order: one goroutine publishes each peer's requests in
 // call order over one pipelined connection, and the receiver handles them
-// in arrival order (appends concurrently, at most MaxInflight at once;
-// pushes and kicks one at a time).
+// in arrival order (appends and admin requests concurrently, at most
+// MaxInflight at once; pushes, kicks and signals one at a time). Received
+// requests are decoded and run by mesh.Inbound, as on a direct link.
 package redislink
 
 import (
@@ -81,8 +82,8 @@ type Config struct {
 	// Beyond it Append fails at once with cluster.ErrForward; pushes and
 	// kicks are dropped.
 	QueueSize int
-	// MaxInflight bounds the forwarded appends this node handles at once
-	// (DefaultMaxInflight).
+	// MaxInflight bounds the forwarded appends and admin requests this
+	// node handles at once (DefaultMaxInflight).
 	MaxInflight int
 	// InboundQueue bounds the received requests waiting to be handled
 	// (DefaultInboundQueue). Beyond it requests are dropped (their
@@ -685,22 +686,25 @@ func (t *Transport) onMessage(m rueidis.PubSubMessage) {
 		}
 		n, rerr := r.Result(c.peer.id)
 		t.complete(f.Seq, callResult{count: n, err: rerr})
-	case meshpb.CmdAppend, meshpb.CmdAdmin, meshpb.CmdPush, meshpb.CmdKick, meshpb.CmdSignal:
+	default:
+		// Requests, and anything else the dispatcher will refuse.
 		body := m.Message[codec.HeaderSize:] // strings are immutable: safe to keep
 		select {
 		case t.inbound <- inMsg{cmd: f.Command, seq: f.Seq, body: body}:
 		default:
 			t.log.Warn("redislink: inbound queue full; request dropped", "cmd", f.Command)
 		}
-	default:
-		t.log.Warn("redislink: unexpected mesh command dropped", "cmd", f.Command)
 	}
 }
 
-// dispatch handles received requests in arrival order: pushes and kicks
-// inline, appends in goroutines (at most MaxInflight).
+// dispatch hands received requests to mesh.Inbound in arrival order:
+// pushes, kicks and signals run inline, appends and admin requests in
+// goroutines (at most MaxInflight). What mesh.Inbound refuses
+// (mesh.ErrBadRequest), and a request without a valid reply_to, is logged
+// and dropped: pub/sub has no link to close.
 func (t *Transport) dispatch() {
 	defer t.wg.Done()
+	in := mesh.Inbound{Handler: t.h, RequestTimeout: t.cfg.RequestTimeout, Logger: t.log}
 	for {
 		var m inMsg
 		select {
@@ -709,63 +713,23 @@ func (t *Transport) dispatch() {
 		case m = <-t.inbound:
 		}
 		body := unsafe.Slice(unsafe.StringData(m.body), len(m.body)) // read only
-		switch m.cmd {
-		case meshpb.CmdPush:
-			var req meshpb.PushRequest
-			if err := proto.Unmarshal(body, &req); err != nil {
-				t.log.Warn("redislink: undecodable push dropped", "err", err)
-				continue
-			}
-			t.h.HandlePush(req.Msg.ToPersist(), meshpb.ToTargets(req.Targets))
-		case meshpb.CmdKick:
-			var req meshpb.KickRequest
-			if err := proto.Unmarshal(body, &req); err != nil {
-				t.log.Warn("redislink: undecodable kick dropped", "err", err)
-				continue
-			}
-			t.h.HandleKick(req.User, req.Device, req.ConnId)
-		case meshpb.CmdSignal:
-			var req meshpb.SignalRequest
-			if err := proto.Unmarshal(body, &req); err != nil {
-				t.log.Warn("redislink: undecodable signal dropped", "err", err)
-				continue
-			}
-			t.h.HandleSignal(req.ToSignal())
-		case meshpb.CmdAppend:
-			req := new(meshpb.AppendRequest)
-			if !t.decodeRequest("append", body, req, func() string { return req.ReplyTo }) {
-				continue
-			}
-			if !t.spawn(func() { t.serveAppend(m.seq, req) }) {
-				return
-			}
-		case meshpb.CmdAdmin:
-			req := new(meshpb.AdminRequest)
-			if !t.decodeRequest("admin request", body, req, func() string { return req.ReplyTo }) {
-				continue
-			}
-			res := meshpb.ServeAdmin(t.h, req)
-			res.ToEpoch = req.ReplyEpoch
-			// Publishing waits for Redis: not on the dispatcher.
-			if !t.spawn(func() { t.reply(meshpb.CmdAdminResult, m.seq, req.ReplyTo, res) }) {
-				return
-			}
+		req, err := in.Dispatch(m.cmd, body)
+		if err != nil {
+			t.log.Warn("redislink: request dropped", "err", err)
+			continue
+		}
+		if req == nil {
+			continue // a one-way command, run already
+		}
+		to, _ := req.ReplyTo()
+		if membership.ValidateNode(membership.NodeInfo{ID: to}) != nil {
+			t.log.Warn("redislink: request without a valid reply_to dropped", "cmd", m.cmd, "reply_to", to)
+			continue
+		}
+		if !t.spawn(func() { t.serve(req, m.seq, to) }) {
+			return
 		}
 	}
-}
-
-// decodeRequest decodes a request that expects a reply into req and checks
-// its reply_to; it logs and reports false for one to drop.
-func (t *Transport) decodeRequest(what string, body []byte, req proto.Message, replyTo func() string) bool {
-	if err := proto.Unmarshal(body, req); err != nil {
-		t.log.Warn("redislink: undecodable "+what+" dropped", "err", err)
-		return false
-	}
-	if membership.ValidateNode(membership.NodeInfo{ID: replyTo()}) != nil {
-		t.log.Warn("redislink: "+what+" without a valid reply_to dropped", "reply_to", replyTo())
-		return false
-	}
-	return true
 }
 
 // spawn runs f on its own goroutine, at most MaxInflight at once, waiting
@@ -785,22 +749,32 @@ func (t *Transport) spawn(f func()) bool {
 	return true
 }
 
-// serveAppend runs one forwarded append and publishes the reply to the
-// requester's channel.
-func (t *Transport) serveAppend(seq uint32, req *meshpb.AppendRequest) {
-	res := meshpb.ServeAppend(t.ctx, t.h, t.cfg.RequestTimeout, req)
-	res.ToEpoch = req.ReplyEpoch
-	t.reply(meshpb.CmdAppendResult, seq, req.ReplyTo, res)
+// serve runs one request and publishes its reply to node to's channel. A
+// reply that cannot be published is dropped: the requester times out.
+// Encoding and publishing are separate calls so that the handler, deep
+// under Serve, does not also carry the publishing frame on its stack.
+func (t *Transport) serve(req *mesh.Request, seq uint32, to string) {
+	if frame := t.encodeReply(req, seq); frame != nil {
+		t.publishReply(to, frame)
+	}
 }
 
-// reply publishes a reply frame to node to's channel. A reply that cannot
-// be published is dropped: the requester times out.
-func (t *Transport) reply(cmd codec.Command, seq uint32, to string, m proto.Message) {
-	frame, err := codec.AppendFrame(nil, codec.Protobuf, cmd, 0, seq, m)
+// encodeReply serves req and returns its reply frame (nil, logged, when
+// none could be encoded).
+func (t *Transport) encodeReply(req *mesh.Request, seq uint32) []byte {
+	var frame []byte
+	err := req.Serve(t.ctx, func(cmd codec.Command, m proto.Message) (err error) {
+		frame, err = codec.AppendFrame(nil, codec.Protobuf, cmd, 0, seq, m)
+		return err
+	})
 	if err != nil {
-		t.log.Error("redislink: encode reply", "cmd", cmd, "err", err)
-		return
+		t.log.Error("redislink: reply not sent", "err", err)
+		return nil
 	}
+	return frame
+}
+
+func (t *Transport) publishReply(to string, frame []byte) {
 	ctx, cancel := context.WithTimeout(t.ctx, t.cfg.RequestTimeout)
 	defer cancel()
 	channel := t.cfg.ChannelPrefix + to
