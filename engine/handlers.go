@@ -26,7 +26,7 @@ func (s *Server) execHeartbeat(src *loop, c *conn, h codec.Header, body []byte) 
 		c.replyError(src, h.Serializer, h.Seq, codec.CodeBadBody, err.Error(), 0)
 		return
 	}
-	ms := src.now.UnixMilli()
+	ms := now(src).UnixMilli()
 	c.queue(src, func(b []byte) []byte { return codec.AppendHeartbeatOKFrame(b, h.Serializer, h.Seq, ms) })
 }
 

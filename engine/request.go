@@ -29,7 +29,6 @@ type request struct {
 	src *loop // the event loop it runs on, nil on a worker (see onLoop)
 	c   *conn
 	h   codec.Header
-	ip  netip.Addr        // the peer's address: set for LOGIN and REGISTER only
 	msg proto.Message     // the decoded body (codec.DecodeRequest's type for h.Command)
 	cs  persist.ChatStore // the chat seam, for routes with chat set
 }
@@ -180,7 +179,7 @@ func (s *Server) dispatch(src *loop, c *conn, h codec.Header, msg proto.Message,
 		c.fail(src, h.Serializer, h.Seq, codec.CodeNotLoggedIn, "log in first")
 		return
 	}
-	r := request{ctx: context.Background(), src: src, c: c, h: h, ip: ip, msg: msg}
+	r := request{ctx: context.Background(), src: src, c: c, h: h, msg: msg}
 	if src == nil {
 		var cancel context.CancelFunc
 		r.ctx, cancel = context.WithTimeout(r.ctx, requestTimeout)
