@@ -308,7 +308,7 @@ func TestDeleteAndReadCount(t *testing.T) {
 			if in := list(f.must(200, "GET", "/v1/users/bob/inbox", nil), "messages"); len(in) != 1 {
 				t.Fatalf("bob's inbox after alice's delete: %v", in)
 			}
-			if again := f.must(200, "POST", "/v1/users/alice/messages/"+id+"/delete", nil); again["duplicate"] != true || again["seq"] != float64(0) {
+			if again := f.must(200, "POST", "/v1/users/alice/messages/"+id+"/delete", nil); again["duplicate"] != true || again["seq"] != float64(0) || (again["event_msg_id"] != nil && again["event_msg_id"] != del["event_msg_id"]) {
 				t.Fatalf("repeated delete: %v", again)
 			}
 			f.wantError(404, "UNKNOWN_MESSAGE", "POST", "/v1/users/carol/messages/"+id+"/delete", nil)
