@@ -17,16 +17,23 @@ import (
 // an event stream on a Redis of its own. The stream's Redis is paused
 // (SIGSTOP), so the events of acknowledged messages pile up in the nodes'
 // queues; node n1 is killed with SIGKILL, Redis resumes, and n1 restarts
-// with the same node id. Every inbox entry of every acknowledged message
-// then has its event: those n1 lost were published again from the store
-// by n1's recovery (marked replayed), none came from the wrong node.
+// with the same node id ("restart"), or never comes back and a new node
+// n3 starts with --events-recover-nodes n1 ("takeover"). Every inbox entry
+// of every acknowledged message then has its event: those n1 lost were
+// published again from the store, as n1's (marked replayed), none came
+// from the wrong node.
 func TestEventsSurviveNodeKill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a cluster")
 	}
+	t.Run("restart", func(t *testing.T) { testEventsSurviveNodeKill(t, false) })
+	t.Run("takeover", func(t *testing.T) { testEventsSurviveNodeKill(t, true) })
+}
+
+func testEventsSurviveNodeKill(t *testing.T, takeover bool) {
 	evRedis := testsvc.StartRedis(t)
 	c := newCluster(t, "direct")
-	apis := map[string]string{"n1": freeAddr(t), "n2": freeAddr(t)}
+	apis := map[string]string{"n1": freeAddr(t), "n2": freeAddr(t), "n3": freeAddr(t)}
 	args := func(id string) []string {
 		return []string{"--api-key", apiKey, "--api-listen", apis[id], "--events", "redis", "--events-redis", evRedis.Addr,
 			"--events-replay-margin", "2s"}
@@ -135,7 +142,12 @@ func TestEventsSurviveNodeKill(t *testing.T) {
 	}
 	t.Logf("%d acknowledged inbox entries, %d without an event after the kill", len(acked), len(lost))
 
-	n1.start(args("n1")...)
+	if takeover {
+		n3 := c.addNode("n3", append(args("n3"), "--events-recover-nodes", "n1")...)
+		c.waitMembers(2, n2, n3)
+	} else {
+		n1.start(args("n1")...)
+	}
 	poll(t, 30*time.Second, "an event for every acknowledged entry", func() bool { return len(missing(stream())) == 0 })
 	s := stream()
 	for _, r := range lost {

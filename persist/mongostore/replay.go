@@ -81,7 +81,7 @@ func (s *Store) replayBucket(msgID uint64) string {
 	return replayKey(s.opts.NodeID, msgID>>replayShift)
 }
 
-// replayed is one inbox entry read by ReplayFrom.
+// replayedEntry is one inbox entry read by ReplayFrom.
 type replayedEntry struct {
 	msgID uint64
 	user  string
@@ -97,6 +97,26 @@ type replayedEntry struct {
 // before the store recorded writers, or of messages minted more than
 // replaySlack in the future of this node's clock, are not found.
 func (s *Store) ReplayFrom(ctx context.Context, fromID uint64, fn func(msg *persist.Message, inboxes []string, seqs []uint64) error) error {
+	return s.replay(ctx, s.opts.NodeID, fromID, fn)
+}
+
+// ReplayerFor returns a persist.Replayer over the entries another node
+// wrote: ReplayFrom as that node's store would answer it. It lets a live
+// node publish again what a node that does not come back had queued
+// (docs/events.md). It uses s, and ends with it.
+func (s *Store) ReplayerFor(node string) persist.Replayer { return nodeReplayer{s, node} }
+
+type nodeReplayer struct {
+	s    *Store
+	node string
+}
+
+func (r nodeReplayer) ReplayFrom(ctx context.Context, fromID uint64, fn func(msg *persist.Message, inboxes []string, seqs []uint64) error) error {
+	return r.s.replay(ctx, r.node, fromID, fn)
+}
+
+// replay is ReplayFrom over the entries node wrote.
+func (s *Store) replay(ctx context.Context, node string, fromID uint64, fn func(msg *persist.Message, inboxes []string, seqs []uint64) error) error {
 	leave, err := s.enter(ctx)
 	if err != nil {
 		return err
@@ -114,13 +134,13 @@ func (s *Store) ReplayFrom(ctx context.Context, fromID uint64, fn func(msg *pers
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		entries, err := s.replayEntries(ctx, b, fromID)
+		entries, err := s.replayEntries(ctx, node, b, fromID)
 		if err != nil {
 			return err
 		}
 		if len(entries) == 0 {
 			if last-b > replayWalk {
-				next, ok, err := s.nextReplayBucket(ctx, b, last)
+				next, ok, err := s.nextReplayBucket(ctx, node, b, last)
 				if err != nil {
 					return err
 				}
@@ -153,11 +173,11 @@ func (s *Store) ReplayFrom(ctx context.Context, fromID uint64, fn func(msg *pers
 	return nil
 }
 
-// replayEntries reads this node's entries of bucket b whose message ID is
-// at least fromID, ordered by message ID, then by when each was appended
+// replayEntries reads node's entries of bucket b whose message ID is at
+// least fromID, ordered by message ID, then by when each was appended
 // (the seq within an inbox; across inboxes, their order is kept as read).
-func (s *Store) replayEntries(ctx context.Context, b, fromID uint64) ([]replayedEntry, error) {
-	filter := bson.D{{Key: replayField, Value: replayKey(s.opts.NodeID, b)}, {Key: "msg", Value: bson.D{{Key: "$gte", Value: idToDB(fromID)}}}}
+func (s *Store) replayEntries(ctx context.Context, node string, b, fromID uint64) ([]replayedEntry, error) {
+	filter := bson.D{{Key: replayField, Value: replayKey(node, b)}, {Key: "msg", Value: bson.D{{Key: "$gte", Value: idToDB(fromID)}}}}
 	var out []replayedEntry
 	err := s.findAny(ctx, s.inbox, filter, nil, "replay: read inbox entries", func(raw bson.Raw) error {
 		user, id, seq, err := decodeEntry(raw)
@@ -202,11 +222,11 @@ func (s *Store) replayMessages(ctx context.Context, entries []replayedEntry) (ma
 }
 
 // nextReplayBucket finds the first bucket after b, up to last, that holds
-// an entry of this node: one range query on rb.
-func (s *Store) nextReplayBucket(ctx context.Context, b, last uint64) (uint64, bool, error) {
+// an entry of node: one range query on rb.
+func (s *Store) nextReplayBucket(ctx context.Context, node string, b, last uint64) (uint64, bool, error) {
 	filter := bson.D{{Key: replayField, Value: bson.D{
-		{Key: "$gt", Value: replayKey(s.opts.NodeID, b)},
-		{Key: "$lte", Value: replayKey(s.opts.NodeID, last)},
+		{Key: "$gt", Value: replayKey(node, b)},
+		{Key: "$lte", Value: replayKey(node, last)},
 	}}}
 	raw, err := s.inbox.FindOne(ctx, filter, options.FindOne().SetSort(bson.D{{Key: replayField, Value: 1}}).
 		SetProjection(bson.D{{Key: replayField, Value: 1}})).Raw()
@@ -220,7 +240,7 @@ func (s *Store) nextReplayBucket(ctx context.Context, b, last uint64) (uint64, b
 	if err != nil {
 		return 0, false, mapErr(ctx, "replay: find the next bucket", err)
 	}
-	hex, ok := strings.CutPrefix(v.StringValue(), keyPart(s.opts.NodeID))
+	hex, ok := strings.CutPrefix(v.StringValue(), keyPart(node))
 	next, perr := strconv.ParseUint(hex, 16, 64)
 	if !ok || perr != nil || next <= b {
 		return 0, false, mapErr(ctx, "replay: find the next bucket", fmt.Errorf("%w: replay key %q", errCorrupt, v.StringValue()))

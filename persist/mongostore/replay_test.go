@@ -115,4 +115,18 @@ func TestReplayByWriter(t *testing.T) {
 	if got := replayRefs(t, n2, other.ID+1); len(got) != 0 {
 		t.Errorf("n2 past its last message: %v", got)
 	}
+	// n2 replays for n1 (a takeover) what n1 replays itself.
+	var took []replayRef
+	err := n2.ReplayerFor("n1").ReplayFrom(ctx, 0, func(m *persist.Message, inboxes []string, seqs []uint64) error {
+		for i := range inboxes {
+			took = append(took, replayRef{m.ID, inboxes[i], seqs[i]})
+		}
+		return nil
+	})
+	slices.SortStableFunc(took, func(a, b replayRef) int {
+		return cmp.Or(cmp.Compare(a.id, b.id), cmp.Compare(a.user, b.user))
+	})
+	if err != nil || !slices.Equal(took, want1) {
+		t.Errorf("n2 replaying for n1: %v, %v\nwant %v", took, err, want1)
+	}
 }
