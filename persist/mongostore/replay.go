@@ -52,8 +52,10 @@ const (
 	// the replaying node's clock (another node's clock ahead) are still
 	// found.
 	replaySlack = 5 * time.Minute
-	// idEpochMs is the zero of message IDs' time, Unix ms: engine's ID
-	// epoch (2025-01-01), which a test checks against engine.MessageIDAt.
+	// idEpochMs is the zero of message IDs' time, Unix ms: the engine's
+	// ID epoch (2025-01-01). The events package's TestRecoverFromMongoStore
+	// stores messages with IDs of engine.MessageIDAt(now), which this
+	// bound would miss if the two differed.
 	idEpochMs = 1735689600000
 )
 
@@ -70,10 +72,17 @@ var replayIndexes = []mongo.IndexModel{
 var _ persist.Replayer = (*Store)(nil)
 
 // replayKey is the rb value of the entries node writes for messages of
-// bucket b. keyPart is self-delimiting and the bucket fixed-width, so the
-// keys of one node sort by bucket and no other node's fall between them.
+// bucket b (below 2^26: 8 hex digits). keyPart is self-delimiting and the
+// bucket fixed-width, so the keys of one node sort by bucket and no other
+// node's fall between them.
 func replayKey(node string, b uint64) string {
-	return keyPart(node) + fmt.Sprintf("%08x", b)
+	const digits = "0123456789abcdef"
+	var h [8]byte
+	for i := len(h) - 1; i >= 0; i-- {
+		h[i] = digits[b&0xf]
+		b >>= 4
+	}
+	return keyPart(node) + string(h[:])
 }
 
 // replayBucket is the rb value of an entry this store writes for msgID.
