@@ -199,8 +199,8 @@ func (s *Store) replayEntries(ctx context.Context, node string, b, fromID uint64
 	return out, err
 }
 
-// replayMessages reads the messages entries reference, maxInKeys per
-// query (on FerretDB by their mid, see messageDoc).
+// replayMessages reads the messages entries reference (fillMessages),
+// maxInKeys per query.
 func (s *Store) replayMessages(ctx context.Context, entries []replayedEntry) (map[uint64]persist.Message, error) {
 	var ids []uint64
 	for i, e := range entries {
@@ -210,21 +210,15 @@ func (s *Store) replayMessages(ctx context.Context, entries []replayedEntry) (ma
 	}
 	msgs := make(map[uint64]persist.Message, len(ids))
 	for chunk := range slices.Chunk(ids, maxInKeys) {
-		in := make(bson.A, len(chunk))
-		each := make([]bson.D, len(chunk))
+		es := make([]persist.InboxEntry, len(chunk))
 		for i, id := range chunk {
-			in[i] = idToDB(id)
-			each[i] = bson.D{{Key: "mid", Value: midKey(id)}}
+			es[i].Msg.ID = id
 		}
-		err := s.findAny(ctx, s.messages, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: in}}}}, each, "replay: read messages", func(raw bson.Raw) error {
-			m, err := decodeMessage(raw)
-			if err == nil {
-				msgs[m.ID] = m
-			}
-			return err
-		})
-		if err != nil {
+		if err := s.fillMessages(ctx, es); err != nil {
 			return nil, err
+		}
+		for _, e := range es {
+			msgs[e.Msg.ID] = e.Msg
 		}
 	}
 	return msgs, nil
