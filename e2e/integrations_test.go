@@ -49,8 +49,9 @@ func apiCall(t *testing.T, addr, method, path string, body any) (int, map[string
 // stream and the webhook. Sends through either node's API are stored by
 // the inbox owners; each owner publishes the events of its inboxes, in seq
 // order, and only the recipient's owner posts the webhook, once per
-// message; a kick through one node ends a session on the other; presence
-// is cluster-wide.
+// message; chat reads and writes (read count and delete-for-me included)
+// answer through either node; a kick through one node ends a session on
+// the other; presence is cluster-wide.
 func TestIntegrationsInACluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a cluster")
@@ -212,6 +213,25 @@ func TestIntegrationsInACluster(t *testing.T) {
 	status, out = apiCall(t, apis["n2"], "GET", "/v1/users/"+b+"/conversations/"+a+"/history?limit=1", nil)
 	if msgs, _ := out["messages"].([]any); status != 200 || len(msgs) != 1 || msgs[0].(map[string]any)["recalled"] != true {
 		t.Fatalf("b's history after the recall: %d %v", status, out)
+	}
+
+	// Read count and delete-for-me through the API. a's first message
+	// (a's seq 1) was read by b; b's inbox lives on n2, and b deletes the
+	// message through n1 (the delete event is appended by b's owner).
+	if status, out := apiCall(t, apis["n1"], "GET", "/v1/users/"+a+"/conversations/"+b+"/read-count?seq=1", nil); status != 200 || out["read"] != float64(1) || out["members"] != float64(1) {
+		t.Fatalf("read count through n1: %d %v", status, out)
+	}
+	status, out = apiCall(t, apis["n1"], "POST", "/v1/users/"+b+"/messages/"+msgIDs[0]+"/delete", nil)
+	if status != 200 || out["duplicate"] != false || out["seq"] != float64(2*perNode+2) { // after the messages and the recall event
+		t.Fatalf("b deletes through n1: %d %v", status, out)
+	}
+	status, out = apiCall(t, apis["n2"], "GET", "/v1/users/"+b+"/inbox?limit=1", nil)
+	if msgs, _ := out["messages"].([]any); status != 200 || len(msgs) != 1 || msgs[0].(map[string]any)["deleted"] != true {
+		t.Fatalf("b's inbox after the delete, through n2: %d %v", status, out)
+	}
+	status, out = apiCall(t, apis["n2"], "GET", "/v1/users/"+a+"/inbox?limit=1", nil)
+	if msgs, _ := out["messages"].([]any); status != 200 || len(msgs) != 1 || msgs[0].(map[string]any)["deleted"] == true {
+		t.Fatalf("a's inbox after b's delete: %d %v", status, out)
 	}
 
 	// Presence and kick across nodes: b connects to n1, n2's API sees and

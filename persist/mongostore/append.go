@@ -513,6 +513,7 @@ func (s *Store) insertEntries(live []*appendReq, order []*entry, fail func(*appe
 				{Key: "user", Value: enc(e.user)},
 				{Key: "seq", Value: int64(e.seq)},
 				{Key: "msg", Value: idToDB(e.msgID)},
+				{Key: replayField, Value: s.replayBucket(e.msgID)},
 			}))
 		}
 		if len(planned) == 0 {

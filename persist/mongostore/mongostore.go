@@ -8,7 +8,8 @@
 //
 //	messages  _id = message ID (int64 bit pattern); unique (from, cmid);
 //	          mid = the ID in hex (indexed on FerretDB only)
-//	inbox     _id = "<user key><seq hex>"; unique (user, seq), unique (user, msg)
+//	inbox     _id = "<user key><seq hex>"; unique (user, seq), unique (user, msg);
+//	          rb = writer and time bucket, indexed (rb, msg) (replay.go)
 //	heads     _id = "<user key>": a hint, the highest seq known to exist
 //	cursors   _id = "<user key><device key>": pos (sign-flipped uint64)
 //	users     _id = user id
@@ -158,6 +159,12 @@ type Options struct {
 
 	// Database is the database name (default "imgn").
 	Database string
+
+	// NodeID names this store's writer: every inbox entry it writes
+	// records it, and ReplayFrom lists only the entries written under it
+	// (replay.go). In a cluster it is the node's id, stable across
+	// restarts; "" is a name like any other.
+	NodeID string
 
 	// WriteConcern every write waits for, overriding the URI's w/journal:
 	//   "majority"            {w: "majority"} (default)
@@ -462,6 +469,7 @@ func (s *Store) setup(ctx context.Context) error {
 		{s.messages, messageIndexes},
 		{s.inbox, []mongo.IndexModel{unique("user_seq", "user", "seq"), unique("user_msg", "user", "msg")}},
 		{s.inbox, chatInboxIndexes},
+		{s.inbox, replayIndexes},
 		{s.convs, chatConvIndexes},
 		{s.groups, []mongo.IndexModel{{Keys: bson.D{{Key: "members", Value: 1}}, Options: options.Index().SetName("members")}}},
 	} {
