@@ -137,7 +137,7 @@ const (
 	DefaultCursorInterval         = 100 * time.Millisecond
 	DefaultCursorQueue            = 65_536
 	DefaultSlowCommand            = 500 * time.Millisecond
-	DefaultUpkeepInterval         = 20 * time.Millisecond
+	DefaultUpkeepInterval         = 100 * time.Millisecond
 	DefaultUpkeepQueue            = 65_536
 )
 
