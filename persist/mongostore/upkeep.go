@@ -3,9 +3,7 @@ package mongostore
 import (
 	"cmp"
 	"context"
-	"log/slog"
 	"slices"
-	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
@@ -158,34 +156,7 @@ func (s *Store) syncUpkeep(ctx context.Context) error {
 // left once and exits.
 func (s *Store) flushUpkeep(stop <-chan struct{}) {
 	defer close(s.upDone)
-	failures := 0
-	for {
-		select {
-		case <-s.upWake:
-		case <-stop:
-			s.writeUpkeep(failures)
-			return
-		}
-		// Linger so that commits meanwhile share the write. After failures,
-		// wait longer (up to 2 s) before trying again.
-		wait := s.opts.UpkeepInterval
-		for i := 0; i < failures && wait < 2*time.Second; i++ {
-			wait *= 2
-		}
-		t := time.NewTimer(min(wait, max(2*time.Second, s.opts.UpkeepInterval)))
-		select {
-		case <-t.C:
-		case <-s.upNow:
-			t.Stop()
-		case <-stop:
-			t.Stop()
-		}
-		if s.writeUpkeep(failures) {
-			failures = 0
-		} else {
-			failures++
-		}
-	}
+	flushLoop(s.upWake, s.upNow, stop, s.opts.UpkeepInterval, s.writeUpkeep)
 }
 
 // writeUpkeep writes the table: the conversations (the ones recorded only
@@ -209,11 +180,7 @@ func (s *Store) writeUpkeep(failures int) bool {
 	s.writeHeads(heads)
 	if err != nil {
 		s.stats.upkeepFailures.Add(1)
-		lvl := slog.LevelWarn
-		if failures > 0 {
-			lvl = slog.LevelDebug
-		}
-		s.opts.Logger.Log(context.Background(), lvl, "mongostore: conversation upkeep failed; retrying at the next flush", "conversations", len(retry), "err", err)
+		s.logFlushFailure(failures, "mongostore: conversation upkeep failed; retrying at the next flush", "conversations", len(retry), err)
 	}
 
 	s.upMu.Lock()
