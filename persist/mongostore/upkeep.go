@@ -36,8 +36,9 @@ import (
 // that wrote a user's later conversation and not an earlier one leaves the
 // earlier one below the repaired range, stale (or, for a conversation's
 // first message, absent from the list) until the conversation's next
-// message or READ. Until a flush lands, other members' READ_COUNT does not
-// count a member's own newer message as read by that member.
+// message or READ. ReadCount on another node sees that a member read up
+// to the member's own newer message only once the member's node flushed.
+//
 // A failed flush is retried (failed upserts go back to the table, merged by
 // max); heads hints are only hints, so a failed one is logged and dropped.
 
