@@ -146,3 +146,34 @@ func TestConversationsOnEntriesOnlyPath(t *testing.T) {
 		t.Fatalf("alice's conversations: %+v, %v", cs, err)
 	}
 }
+
+// TestUpkeepQueueBounded: a full upkeep table makes the committer wait
+// for a flush, which it asks for at once (the linger here outlasts the
+// test): appends keep completing, and every conversation is written.
+func TestUpkeepQueueBounded(t *testing.T) {
+	t.Parallel()
+	s := open(t, shared.URI(), newDB(), func(o *mongostore.Options) { o.UpkeepInterval, o.UpkeepQueue = time.Hour, 2 })
+	defer s.Close()
+	ctx := t.Context()
+	before := s.Stats()
+	const n = 12
+	for i := range n {
+		m := persist.Message{ID: uint64(i + 1), From: fmt.Sprint("s", i), To: fmt.Sprint("r", i), ClientMsgID: "c", Body: []byte("x")}
+		if _, err := s.Append(ctx, m, []string{m.From, m.To}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Each commit records two conversations, so every later one found the
+	// table full and waited for the flusher to take it: n-1 flushes, no
+	// read asked for any. All but the last one have finished writing (the
+	// flusher takes a table only after its previous write).
+	if d := diffOps(before.Commands, s.Stats().Commands); d["update"] < n-2 {
+		t.Fatalf("%d appends with a table of 2 sent %v, want a flush per commit after the first", n, d)
+	}
+	for i := range n {
+		cs, err := s.Conversations(ctx, fmt.Sprint("r", i), 0, 10)
+		if err != nil || len(cs) != 1 || cs[0].Conv.ID != fmt.Sprint("s", i) || cs[0].Unread != 1 {
+			t.Fatalf("r%d's conversations %+v, %v", i, cs, err)
+		}
+	}
+}
