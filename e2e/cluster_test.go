@@ -13,6 +13,7 @@ import (
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
+	"github.com/imgn/imgn/internal/clusterkit"
 )
 
 // users returns n user ids with the given prefix.
@@ -341,7 +342,7 @@ func TestRedisRestartAndFlushLoseNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Second)
-	if err := flushAll(c.redis.Addr); err != nil {
+	if err := clusterkit.FlushAll(c.redis.Addr); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Second)
