@@ -275,7 +275,7 @@ func (l *Links) peer(id string) *peer {
 func (l *Links) Append(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
 	p := l.peer(node)
 	if p == nil {
-		return persist.AppendResult{}, forwardError(node, "not a connected peer (unknown node, or transport not running)", nil)
+		return persist.AppendResult{}, ForwardError(node, "not a connected peer (unknown node, or transport not running)", nil)
 	}
 	return p.append(ctx, msg, inboxes, false)
 }
@@ -284,7 +284,7 @@ func (l *Links) Append(ctx context.Context, node string, msg persist.Message, in
 func (l *Links) AppendEntries(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
 	p := l.peer(node)
 	if p == nil {
-		return persist.AppendResult{}, forwardError(node, "not a connected peer (unknown node, or transport not running)", nil)
+		return persist.AppendResult{}, ForwardError(node, "not a connected peer (unknown node, or transport not running)", nil)
 	}
 	return p.append(ctx, msg, inboxes, true)
 }
@@ -293,7 +293,7 @@ func (l *Links) AppendEntries(ctx context.Context, node string, msg persist.Mess
 func (l *Links) Admin(ctx context.Context, node string, req cluster.AdminRequest) (int, error) {
 	p := l.peer(node)
 	if p == nil {
-		return 0, forwardError(node, "not a connected peer (unknown node, or transport not running)", nil)
+		return 0, ForwardError(node, "not a connected peer (unknown node, or transport not running)", nil)
 	}
 	return p.admin(ctx, req)
 }
@@ -344,14 +344,6 @@ func (l *Links) Close() error {
 	l.mu.Unlock()
 	l.wg.Wait()
 	return nil
-}
-
-// forwardError builds an error wrapping cluster.ErrForward (and cause).
-func forwardError(node, what string, cause error) error {
-	if cause != nil {
-		return fmt.Errorf("%w: node %s: %s: %w", cluster.ErrForward, node, what, cause)
-	}
-	return fmt.Errorf("%w: node %s: %s", cluster.ErrForward, node, what)
 }
 
 // errProtocol marks a peer that broke the mesh protocol; its link is closed.
