@@ -166,19 +166,75 @@ type Config struct {
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
-// withDefaults returns a copy of cfg with every default applied, or the
-// first invalid value. needLogin=false (Register) skips the login checks.
-func (cfg Config) withDefaults(needLogin bool) (Config, error) {
-	c := cfg
+// WithDefaults returns c with every zero field set to its default (the
+// Default... constants above; a random Device; a Resolver that returns
+// Addr, when Addr is set). It does not validate.
+func (c Config) WithDefaults() Config {
+	if c.Serializer == 0 {
+		c.Serializer = codec.Protobuf
+	}
+	if c.Device == "" {
+		c.Device = randomDevice()
+	}
+	for _, d := range []struct {
+		p   *time.Duration
+		def time.Duration
+	}{
+		{&c.DialTimeout, DefaultDialTimeout},
+		{&c.RequestTimeout, DefaultRequestTimeout},
+		{&c.ReconnectBase, DefaultReconnectBase},
+		{&c.ReconnectMax, DefaultReconnectMax},
+		{&c.GapGrace, DefaultGapGrace},
+		{&c.AckInterval, DefaultAckInterval},
+	} {
+		if *d.p == 0 {
+			*d.p = d.def
+		}
+	}
+	for _, v := range []struct {
+		p   *int
+		def int
+	}{
+		{&c.ReceiveBuffer, DefaultReceiveBuffer},
+		{&c.NoticeBuffer, DefaultNoticeBuffer},
+		{&c.ChatEventBuffer, DefaultChatEventBuffer},
+		{&c.ReorderBuffer, DefaultReorderBuffer},
+		{&c.InboundQueue, DefaultInboundQueue},
+		{&c.AckEvery, DefaultAckEvery},
+		{&c.MaxFrameBody, DefaultMaxFrameBody},
+	} {
+		if *v.p == 0 {
+			*v.p = v.def
+		}
+	}
+	if c.SyncLimit == 0 {
+		c.SyncLimit = DefaultSyncLimit
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if c.Resolver == nil && c.Addr != "" {
+		addr := c.Addr
+		c.Resolver = func(context.Context, []string) (string, string, error) { return addr, "", nil }
+	}
+	if c.DialContext == nil {
+		c.DialContext = (&net.Dialer{}).DialContext
+	}
+	return c
+}
+
+// Validate reports every problem of c for Dial (after WithDefaults: a
+// zero field is not a default to it); it changes nothing.
+func (c Config) Validate() error { return c.validate(true) }
+
+// validate is Validate; needLogin=false (Register) skips the login checks.
+func (c Config) validate(needLogin bool) error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-
 	if c.Addr == "" && c.Resolver == nil {
 		bad("Addr is required (or a Resolver)")
 	}
-	if c.Serializer == 0 {
-		c.Serializer = codec.Protobuf
-	} else if !c.Serializer.Known() {
+	if !c.Serializer.Known() {
 		bad("unknown Serializer %d", uint8(c.Serializer))
 	}
 	if c.User != "" && !auth.ValidID(c.User) {
@@ -197,72 +253,45 @@ func (cfg Config) withDefaults(needLogin bool) (Config, error) {
 		if c.Password != "" && c.User == "" {
 			bad("User is required with Password")
 		}
-		if c.Device == "" {
-			c.Device = randomDevice()
-		} else if !auth.ValidID(c.Device) {
+		if !auth.ValidID(c.Device) {
 			bad("Device %q: want 1..64 of [A-Za-z0-9_.-]", c.Device)
 		}
 	}
-	durations := []struct {
+	for _, d := range []struct {
 		name string
-		p    *time.Duration
-		def  time.Duration
+		v    time.Duration
 	}{
-		{"DialTimeout", &c.DialTimeout, DefaultDialTimeout},
-		{"RequestTimeout", &c.RequestTimeout, DefaultRequestTimeout},
-		{"Heartbeat", &c.Heartbeat, 0},
-		{"ReconnectBase", &c.ReconnectBase, DefaultReconnectBase},
-		{"ReconnectMax", &c.ReconnectMax, DefaultReconnectMax},
-		{"GapGrace", &c.GapGrace, DefaultGapGrace},
-		{"AckInterval", &c.AckInterval, DefaultAckInterval},
-	}
-	for _, d := range durations {
-		switch {
-		case *d.p < 0:
-			bad("%s must not be negative (got %s)", d.name, *d.p)
-		case *d.p == 0:
-			*d.p = d.def
+		{"DialTimeout", c.DialTimeout}, {"RequestTimeout", c.RequestTimeout}, {"Heartbeat", c.Heartbeat},
+		{"ReconnectBase", c.ReconnectBase}, {"ReconnectMax", c.ReconnectMax}, {"GapGrace", c.GapGrace},
+		{"AckInterval", c.AckInterval},
+	} {
+		if d.v < 0 {
+			bad("%s must not be negative (got %s)", d.name, d.v)
 		}
 	}
 	if c.ReconnectMax < c.ReconnectBase {
 		bad("ReconnectMax (%s) is below ReconnectBase (%s)", c.ReconnectMax, c.ReconnectBase)
 	}
-	ints := []struct {
+	for _, v := range []struct {
 		name string
-		p    *int
-		def  int
+		v    int
 	}{
-		{"ReceiveBuffer", &c.ReceiveBuffer, DefaultReceiveBuffer},
-		{"NoticeBuffer", &c.NoticeBuffer, DefaultNoticeBuffer},
-		{"ChatEventBuffer", &c.ChatEventBuffer, DefaultChatEventBuffer},
-		{"ReorderBuffer", &c.ReorderBuffer, DefaultReorderBuffer},
-		{"InboundQueue", &c.InboundQueue, DefaultInboundQueue},
-		{"AckEvery", &c.AckEvery, DefaultAckEvery},
-		{"MaxFrameBody", &c.MaxFrameBody, DefaultMaxFrameBody},
-	}
-	for _, v := range ints {
-		switch {
-		case *v.p < 0:
-			bad("%s must not be negative (got %d)", v.name, *v.p)
-		case *v.p == 0:
-			*v.p = v.def
+		{"ReceiveBuffer", c.ReceiveBuffer}, {"NoticeBuffer", c.NoticeBuffer}, {"ChatEventBuffer", c.ChatEventBuffer},
+		{"ReorderBuffer", c.ReorderBuffer}, {"InboundQueue", c.InboundQueue}, {"AckEvery", c.AckEvery},
+		{"MaxFrameBody", c.MaxFrameBody},
+	} {
+		if v.v < 0 {
+			bad("%s must not be negative (got %d)", v.name, v.v)
 		}
 	}
-	if c.SyncLimit == 0 {
-		c.SyncLimit = DefaultSyncLimit
-	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	if c.Resolver == nil {
-		addr := c.Addr
-		c.Resolver = func(context.Context, []string) (string, string, error) { return addr, "", nil }
-	}
-	if c.DialContext == nil {
-		c.DialContext = (&net.Dialer{}).DialContext
-	}
 	if err := errors.Join(errs...); err != nil {
-		return cfg, fmt.Errorf("client: config: %w", err)
+		return fmt.Errorf("client: config: %w", err)
 	}
-	return c, nil
+	return nil
+}
+
+// withDefaults is WithDefaults, then validate(needLogin).
+func (c Config) withDefaults(needLogin bool) (Config, error) {
+	c = c.WithDefaults()
+	return c, c.validate(needLogin)
 }

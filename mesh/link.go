@@ -82,7 +82,9 @@ type LinkConfig struct {
 	AuthFailures interface{ Inc() }
 }
 
-func (c LinkConfig) withDefaults() (LinkConfig, error) {
+// WithDefaults returns c with every zero field set to its default (the
+// Default... constants above). It does not validate.
+func (c LinkConfig) WithDefaults() LinkConfig {
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
@@ -106,6 +108,12 @@ func (c LinkConfig) withDefaults() (LinkConfig, error) {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	return c
+}
+
+// Validate reports every invalid field of c (after WithDefaults: a zero
+// field is not a default to it); it changes nothing.
+func (c LinkConfig) Validate() error {
 	var errs []error
 	for name, d := range map[string]time.Duration{
 		"RequestTimeout": c.RequestTimeout, "DialTimeout": c.DialTimeout, "BackoffMin": c.BackoffMin,
@@ -124,7 +132,7 @@ func (c LinkConfig) withDefaults() (LinkConfig, error) {
 	if c.MaxBody < 0 || c.MaxBody > 1<<30 {
 		errs = append(errs, fmt.Errorf("MaxBody must be in 1..%d, got %d", 1<<30, c.MaxBody))
 	}
-	return c, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 // Links is the direct TCP Transport (`--mesh direct`, the default).
@@ -170,10 +178,11 @@ type Links struct {
 
 var _ Transport = (*Links)(nil)
 
-// NewLinks validates cfg and returns an unstarted Links.
+// NewLinks applies cfg's defaults, validates it and returns an unstarted
+// Links.
 func NewLinks(cfg LinkConfig) (*Links, error) {
-	var err error
-	if cfg, err = cfg.withDefaults(); err != nil {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("mesh: link config: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

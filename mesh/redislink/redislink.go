@@ -159,11 +159,11 @@ type inMsg struct {
 	body string
 }
 
-// New validates cfg and connects to Redis (failing if it cannot be reached
-// at all). The transport is idle until Start.
+// New applies cfg's defaults, validates it and connects to Redis (failing
+// if it cannot be reached at all). The transport is idle until Start.
 func New(cfg Config) (*Transport, error) {
-	var err error
-	if cfg, err = cfg.withDefaults(); err != nil {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("redislink: config: %w", err)
 	}
 	t := &Transport{
@@ -194,7 +194,9 @@ func New(cfg Config) (*Transport, error) {
 	return t, nil
 }
 
-func (c Config) withDefaults() (Config, error) {
+// WithDefaults returns c with every zero field set to its default (the
+// Default... constants above). It does not validate.
+func (c Config) WithDefaults() Config {
 	if c.ChannelPrefix == "" {
 		c.ChannelPrefix = DefaultChannelPrefix
 	}
@@ -216,15 +218,23 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	switch {
-	case c.RequestTimeout < 0:
-		return c, fmt.Errorf("RequestTimeout must not be negative, got %s", c.RequestTimeout)
-	case c.QueueSize < 0 || c.MaxInflight < 0 || c.InboundQueue < 0:
-		return c, fmt.Errorf("QueueSize (%d), MaxInflight (%d) and InboundQueue (%d) must not be negative", c.QueueSize, c.MaxInflight, c.InboundQueue)
-	case c.MaxBody < 0 || c.MaxBody > 1<<30:
-		return c, fmt.Errorf("MaxBody must be in 1..%d, got %d", 1<<30, c.MaxBody)
+	return c
+}
+
+// Validate reports every invalid field of c (after WithDefaults); it
+// changes nothing.
+func (c Config) Validate() error {
+	var errs []error
+	if c.RequestTimeout < 0 {
+		errs = append(errs, fmt.Errorf("RequestTimeout must not be negative, got %s", c.RequestTimeout))
 	}
-	return c, nil
+	if c.QueueSize < 0 || c.MaxInflight < 0 || c.InboundQueue < 0 {
+		errs = append(errs, fmt.Errorf("QueueSize (%d), MaxInflight (%d) and InboundQueue (%d) must not be negative", c.QueueSize, c.MaxInflight, c.InboundQueue))
+	}
+	if c.MaxBody < 0 || c.MaxBody > 1<<30 {
+		errs = append(errs, fmt.Errorf("MaxBody must be in 1..%d, got %d", 1<<30, c.MaxBody))
+	}
+	return errors.Join(errs...)
 }
 
 // Start implements mesh.Transport: it subscribes to this node's channel
