@@ -175,7 +175,7 @@ func (n *node) metric(name string) float64 {
 func (c *cluster) waitMembers(want int, nodes ...*node) {
 	c.t.Helper()
 	for _, n := range nodes {
-		poll(c.t, 30*time.Second, fmt.Sprintf("%s sees %d members", n.id, want), func() bool { return len(n.members()) == want })
+		testutil.Until(c.t, 30*time.Second, fmt.Sprintf("%s sees %d members", n.id, want), func() bool { return len(n.members()) == want })
 	}
 }
 
@@ -186,11 +186,6 @@ func getJSON(url string, out any) error {
 // postJSON POSTs body to url and decodes a 200 answer's JSON into out.
 func postJSON(url, body string, out any) error {
 	return clusterkit.PostJSON(context.Background(), url, body, out)
-}
-
-func poll(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	testutil.Until(t, d, what, cond)
 }
 
 // dialNode connects a client for user to the first of addrs, reconnecting

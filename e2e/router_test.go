@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/imgn/imgn/client"
+	"github.com/imgn/imgn/internal/testutil"
 )
 
 // TestDrainOneOfThreeUnder200Clients drains a node while 200 clients,
@@ -134,7 +135,7 @@ func TestScaleOutAndRebalance(t *testing.T) {
 		}
 		resp.Body.Close()
 	}
-	poll(t, 30*time.Second, "new nodes take connections", func() bool {
+	testutil.Until(t, 30*time.Second, "new nodes take connections", func() bool {
 		return n3.metric("imgn_sessions") > 0 && n4.metric("imgn_sessions") > 0
 	})
 	time.Sleep(time.Second)
