@@ -176,40 +176,20 @@ func (c Config) WithDefaults() Config {
 	if c.Device == "" {
 		c.Device = randomDevice()
 	}
-	for _, d := range []struct {
-		p   *time.Duration
-		def time.Duration
-	}{
-		{&c.DialTimeout, DefaultDialTimeout},
-		{&c.RequestTimeout, DefaultRequestTimeout},
-		{&c.ReconnectBase, DefaultReconnectBase},
-		{&c.ReconnectMax, DefaultReconnectMax},
-		{&c.GapGrace, DefaultGapGrace},
-		{&c.AckInterval, DefaultAckInterval},
-	} {
-		if *d.p == 0 {
-			*d.p = d.def
-		}
-	}
-	for _, v := range []struct {
-		p   *int
-		def int
-	}{
-		{&c.ReceiveBuffer, DefaultReceiveBuffer},
-		{&c.NoticeBuffer, DefaultNoticeBuffer},
-		{&c.ChatEventBuffer, DefaultChatEventBuffer},
-		{&c.ReorderBuffer, DefaultReorderBuffer},
-		{&c.InboundQueue, DefaultInboundQueue},
-		{&c.AckEvery, DefaultAckEvery},
-		{&c.MaxFrameBody, DefaultMaxFrameBody},
-	} {
-		if *v.p == 0 {
-			*v.p = v.def
-		}
-	}
-	if c.SyncLimit == 0 {
-		c.SyncLimit = DefaultSyncLimit
-	}
+	def(&c.DialTimeout, DefaultDialTimeout)
+	def(&c.RequestTimeout, DefaultRequestTimeout)
+	def(&c.ReconnectBase, DefaultReconnectBase)
+	def(&c.ReconnectMax, DefaultReconnectMax)
+	def(&c.GapGrace, DefaultGapGrace)
+	def(&c.AckInterval, DefaultAckInterval)
+	def(&c.ReceiveBuffer, DefaultReceiveBuffer)
+	def(&c.NoticeBuffer, DefaultNoticeBuffer)
+	def(&c.ChatEventBuffer, DefaultChatEventBuffer)
+	def(&c.ReorderBuffer, DefaultReorderBuffer)
+	def(&c.InboundQueue, DefaultInboundQueue)
+	def(&c.AckEvery, DefaultAckEvery)
+	def(&c.MaxFrameBody, DefaultMaxFrameBody)
+	def(&c.SyncLimit, DefaultSyncLimit)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -221,6 +201,14 @@ func (c Config) WithDefaults() Config {
 		c.DialContext = (&net.Dialer{}).DialContext
 	}
 	return c
+}
+
+// def sets *p to v when it is zero.
+func def[T comparable](p *T, v T) {
+	var zero T
+	if *p == zero {
+		*p = v
+	}
 }
 
 // Validate reports every problem of c for Dial (after WithDefaults: a
@@ -257,31 +245,25 @@ func (c Config) validate(needLogin bool) error {
 			bad("Device %q: want 1..64 of [A-Za-z0-9_.-]", c.Device)
 		}
 	}
-	for _, d := range []struct {
-		name string
-		v    time.Duration
-	}{
-		{"DialTimeout", c.DialTimeout}, {"RequestTimeout", c.RequestTimeout}, {"Heartbeat", c.Heartbeat},
-		{"ReconnectBase", c.ReconnectBase}, {"ReconnectMax", c.ReconnectMax}, {"GapGrace", c.GapGrace},
-		{"AckInterval", c.AckInterval},
+	for name, d := range map[string]time.Duration{
+		"DialTimeout": c.DialTimeout, "RequestTimeout": c.RequestTimeout, "Heartbeat": c.Heartbeat,
+		"ReconnectBase": c.ReconnectBase, "ReconnectMax": c.ReconnectMax, "GapGrace": c.GapGrace,
+		"AckInterval": c.AckInterval,
 	} {
-		if d.v < 0 {
-			bad("%s must not be negative (got %s)", d.name, d.v)
+		if d < 0 {
+			bad("%s must not be negative (got %s)", name, d)
 		}
 	}
 	if c.ReconnectMax < c.ReconnectBase {
 		bad("ReconnectMax (%s) is below ReconnectBase (%s)", c.ReconnectMax, c.ReconnectBase)
 	}
-	for _, v := range []struct {
-		name string
-		v    int
-	}{
-		{"ReceiveBuffer", c.ReceiveBuffer}, {"NoticeBuffer", c.NoticeBuffer}, {"ChatEventBuffer", c.ChatEventBuffer},
-		{"ReorderBuffer", c.ReorderBuffer}, {"InboundQueue", c.InboundQueue}, {"AckEvery", c.AckEvery},
-		{"MaxFrameBody", c.MaxFrameBody},
+	for name, v := range map[string]int{
+		"ReceiveBuffer": c.ReceiveBuffer, "NoticeBuffer": c.NoticeBuffer, "ChatEventBuffer": c.ChatEventBuffer,
+		"ReorderBuffer": c.ReorderBuffer, "InboundQueue": c.InboundQueue, "AckEvery": c.AckEvery,
+		"MaxFrameBody": c.MaxFrameBody,
 	} {
-		if v.v < 0 {
-			bad("%s must not be negative (got %d)", v.name, v.v)
+		if v < 0 {
+			bad("%s must not be negative (got %d)", name, v)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
