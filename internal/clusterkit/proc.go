@@ -1,9 +1,10 @@
 // Package clusterkit runs a local cluster of real processes on loopback:
 // ZooKeeper, Redis and the dev MongoDB (through testsvc.Launch), imd nodes,
 // and imrouter, and injects faults into them (SIGKILL, SIGSTOP/SIGCONT,
-// SIGTERM, dependency restarts, TCP fault proxies). It is the non-test
-// harness behind cmd/imcheck and bench/attack; unlike e2e's helpers it
-// takes a context and returns errors instead of a *testing.T.
+// SIGTERM, dependency restarts, TCP fault proxies). It is the one launcher
+// of imd and imrouter processes: e2e, cmd/imcheck, bench/attack,
+// cmd/imcluster and bench's spawned nodes use it. It takes a context and
+// returns errors, never a *testing.T, so tools can use it too.
 //
 // Every child runs in its own process group with Pdeathsig SIGKILL, so it
 // dies with the process that started it. Every listener is on 127.0.0.1.
