@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -19,6 +20,7 @@ import (
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
 	"github.com/imgn/imgn/internal/leaktest"
+	"github.com/imgn/imgn/internal/testutil"
 	"go.uber.org/goleak"
 )
 
@@ -512,23 +514,15 @@ func TestChatShowsIncoming(t *testing.T) {
 	}()
 	waitOut := func(what string) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for !strings.Contains(out.String(), what) {
-			if time.Now().After(deadline) {
-				t.Fatalf("no %q in output:\n%s\nstderr:\n%s", what, out.String(), errb.String())
+		testutil.Eventually(t, 5*time.Second, fmt.Sprintf("%q in the output", what), func() error {
+			if !strings.Contains(out.String(), what) {
+				return fmt.Errorf("output:\n%s\nstderr:\n%s", out.String(), errb.String())
 			}
-			time.Sleep(5 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	waitOut("alice: history")
-	waitFor := func(cond func() bool) {
-		for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatal("timeout")
-			}
-		}
-	}
-	waitFor(func() bool { return s.Online("bob") == 1 })
+	testutil.Until(t, 5*time.Second, "bob online", func() bool { return s.Online("bob") == 1 })
 	s.Deliver("alice", "bob", []byte("live one"))
 	waitOut("alice: live one")
 	s.Notice("server restarts soon")

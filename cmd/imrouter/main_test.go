@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/imgn/imgn/internal/leaktest"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/lb"
 	"github.com/imgn/imgn/mesh/membership"
 )
@@ -176,13 +177,8 @@ func TestServeStatic(t *testing.T) {
 		}
 		return resp.StatusCode
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for get("/readyz", nil) != http.StatusOK { // the static view arrives at once
-		if time.Now().After(deadline) {
-			t.Fatal("never ready")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	// The static view arrives at once.
+	testutil.Until(t, 5*time.Second, "ready", func() bool { return get("/readyz", nil) == http.StatusOK })
 	var route struct {
 		NodeID   string `json:"node_id"`
 		Addr     string `json:"addr"`
