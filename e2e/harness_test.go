@@ -20,29 +20,6 @@ import (
 // The e2e tests drive real processes through internal/clusterkit; this
 // file only binds its error-returning API to a *testing.T.
 
-var (
-	buildOnce sync.Once
-	builtDir  string
-	buildErr  error
-)
-
-// binaries builds imd and imrouter once per test binary.
-func binaries(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "imgn-e2e-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		builtDir, buildErr = clusterkit.Build(context.Background(), dir)
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return builtDir
-}
-
 // freeAddr returns a free loopback address.
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -76,8 +53,13 @@ func newCluster(t *testing.T, meshMode string) *cluster {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	kc, err := clusterkit.StartServices(ctx, clusterkit.Config{Bin: binaries(t), Dir: t.TempDir(), LogDir: logDir(t),
-		Mesh: meshMode, NodeArgs: []string{"--log-level", "info"}})
+	bin, err := clusterkit.Binaries(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc, err := clusterkit.StartServices(ctx, clusterkit.Config{Bin: bin, Dir: t.TempDir(), LogDir: logDir(t),
+		Mesh: meshMode, NodeArgs: []string{"--log-level", "info"},
+		StopGrace: 10 * time.Second}) // a loaded machine's FerretDB may take a while to stop
 	if err != nil {
 		t.Fatal(err)
 	}

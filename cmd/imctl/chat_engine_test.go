@@ -128,12 +128,12 @@ func TestChatViewShowsUnreadReceiptsAndTyping(t *testing.T) {
 		}
 	}
 	stdinR, stdinW := io.Pipe()
-	var out, errb syncBuffer
+	var out, errb testutil.Buffer
 	e := newEnv(func(k string) string { return aliceEnv[k] }, stdinR, &out, &errb)
 	e.loc = time.UTC
 	done := make(chan int, 1)
 	go func() { done <- run(context.Background(), []string{"chat", "--to", "bob", "--after", "0"}, e) }()
-	waitIn := func(b *syncBuffer, what string) {
+	waitIn := func(b *testutil.Buffer, what string) {
 		t.Helper()
 		testutil.Until(t, 5*time.Second, what, func() bool { return strings.Contains(b.String(), what) })
 	}

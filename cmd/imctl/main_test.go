@@ -11,7 +11,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -486,26 +485,13 @@ func TestAgainstFakeServer(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for one writer and one poller.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 func TestChatShowsIncoming(t *testing.T) {
 	s := clienttest.Start(t)
 	s.AddUser("alice", "secret123")
 	s.AddUser("bob", "secret123")
 	s.Deliver("alice", "bob", []byte("history"))
 	stdinR, stdinW := io.Pipe()
-	var out, errb syncBuffer
+	var out, errb testutil.Buffer
 	e := newEnv(func(k string) string { return map[string]string{"IM_SERVER": s.Addr}[k] }, stdinR, &out, &errb)
 	e.loc = time.UTC
 	done := make(chan int, 1)

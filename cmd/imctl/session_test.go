@@ -47,7 +47,7 @@ func TestStableDevice(t *testing.T) {
 
 	// chat shows what this device has not shown yet: all three, then on
 	// the next run only what arrived since.
-	r := chatWhile(t, env, func(out *syncBuffer) {
+	r := chatWhile(t, env, func(out *testutil.Buffer) {
 		testutil.Until(t, 5*time.Second, "history", func() bool { return strings.Count(out.String(), "alice: old") == 3 })
 	})
 	b, err := os.ReadFile(filepath.Join(cfgDir, "imgn", "device"))
@@ -59,7 +59,7 @@ func TestStableDevice(t *testing.T) {
 		t.Fatalf("chat does not name its device %s: %s", id, r.stderr)
 	}
 	testutil.Until(t, 5*time.Second, "the chat's cursor", func() bool { return s.Cursor("bob", id) == 3 })
-	r = chatWhile(t, env, func(out *syncBuffer) {
+	r = chatWhile(t, env, func(out *testutil.Buffer) {
 		testutil.Until(t, 5*time.Second, "bob online", func() bool { return s.Online("bob") == 1 })
 		s.Deliver("alice", "bob", []byte("new"))
 		testutil.Until(t, 5*time.Second, "the new message", func() bool { return strings.Contains(out.String(), "alice: new") })
@@ -100,10 +100,10 @@ func TestStableDevice(t *testing.T) {
 
 // chatWhile runs `imctl chat` with env until body returns, then ends its
 // input.
-func chatWhile(t *testing.T, env map[string]string, body func(out *syncBuffer)) result {
+func chatWhile(t *testing.T, env map[string]string, body func(out *testutil.Buffer)) result {
 	t.Helper()
 	stdinR, stdinW := io.Pipe()
-	var out, errb syncBuffer
+	var out, errb testutil.Buffer
 	e := newEnv(envOf(env), stdinR, &out, &errb)
 	done := make(chan int, 1)
 	go func() { done <- run(context.Background(), []string{"chat"}, e) }()
@@ -188,7 +188,7 @@ func TestChatShowsConnectionState(t *testing.T) {
 	s.AddUser("bob", "secret123")
 	s.SetNodeID("n1")
 	stdinR, stdinW := io.Pipe()
-	var out, errb syncBuffer
+	var out, errb testutil.Buffer
 	e := newEnv(envOf(map[string]string{"IM_SERVER": s.Addr, "XDG_CONFIG_HOME": t.TempDir()}), stdinR, &out, &errb)
 	done := make(chan int, 1)
 	go func() {

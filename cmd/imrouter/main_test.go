@@ -11,7 +11,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -148,7 +147,7 @@ func TestServeStatic(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	addrc := make(chan string, 1)
-	var logs syncBuffer
+	var logs testutil.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"--static", "n1=127.0.0.1:9090,n2=127.0.0.1:9190@0", "--listen", "127.0.0.1:0", "--lb", "round-robin",
@@ -226,18 +225,6 @@ func TestServeStatic(t *testing.T) {
 		t.Fatalf("log messages %v", msgs)
 	}
 }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // TestConfigFile: flag > env > file > default, unknown keys refused, and
 // the example enabled line by line is a valid configuration.

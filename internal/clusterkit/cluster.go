@@ -33,6 +33,9 @@ type Config struct {
 	Nodes int
 	// ZKSessionTimeout of nodes and router. Default 2s.
 	ZKSessionTimeout time.Duration
+	// StopGrace is how long a service's Stop waits after SIGTERM before
+	// it kills (testsvc.WithStopGrace). Default 3s.
+	StopGrace time.Duration
 	// Mesh is the node-to-node transport, "direct" (default) or "redis".
 	Mesh string
 	// NodeArgs are appended to every node's flags (e.g. --idle-timeout).
@@ -125,6 +128,9 @@ func StartServices(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 	if cfg.Mesh == "" {
 		cfg.Mesh = "direct"
 	}
+	if cfg.StopGrace == 0 {
+		cfg.StopGrace = 3 * time.Second
+	}
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
@@ -147,7 +153,7 @@ func StartServices(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 	errs := make([]error, 3)
 	for i, k := range []string{testsvc.KindZooKeeper, testsvc.KindRedis, testsvc.KindMongo} {
 		wg.Go(func() {
-			s, err := testsvc.Launch(ctx, k, filepath.Join(c.Dir, k), 0, testsvc.WithStopGrace(3*time.Second))
+			s, err := testsvc.Launch(ctx, k, filepath.Join(c.Dir, k), 0, testsvc.WithStopGrace(cfg.StopGrace))
 			errs[i] = err
 			switch k {
 			case testsvc.KindZooKeeper:

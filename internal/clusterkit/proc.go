@@ -54,6 +54,29 @@ func Build(ctx context.Context, dir string, cmds ...string) (string, error) {
 	return dir, nil
 }
 
+var shared struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// Binaries builds imd and imrouter once per process into a directory of
+// its own and returns it (later calls return the first call's outcome).
+// A directory per process keeps concurrent test runs of different trees
+// from overwriting each other's binaries. It is left behind for the
+// process's lifetime and after (the OS's temporary directory).
+func Binaries(ctx context.Context) (string, error) {
+	shared.once.Do(func() {
+		dir, err := os.MkdirTemp("", "imgn-bin-")
+		if err != nil {
+			shared.err = err
+			return
+		}
+		shared.dir, shared.err = Build(ctx, dir)
+	})
+	return shared.dir, shared.err
+}
+
 // BuildTo compiles the repository's ./cmd/<cmd> into the file path. The
 // repository is found from the working directory (testsvc.RepoRoot).
 func BuildTo(ctx context.Context, path, cmd string) error {
