@@ -151,19 +151,8 @@ func StopNodes(nodes []*Node, grace time.Duration) {
 
 var httpClient = &http.Client{Timeout: 10 * time.Second}
 
-// NodeStats is the JSON of GET /admin/stats (engine.Stats).
-type NodeStats struct {
-	NodeID       string  `json:"node_id"`
-	Connections  int     `json:"connections"`
-	Sessions     int     `json:"sessions"`
-	Users        int     `json:"users"`
-	RSSBytes     uint64  `json:"rss_bytes"`
-	HeapBytes    uint64  `json:"heap_bytes"`
-	GoSysBytes   uint64  `json:"go_sys_bytes"`
-	Goroutines   int     `json:"goroutines"`
-	CPUSeconds   float64 `json:"cpu_seconds"`
-	BytesPerConn float64 `json:"bytes_per_conn"`
-}
+// NodeStats is the JSON of GET /admin/stats.
+type NodeStats = clusterkit.Stats
 
 // FetchStats reads /admin/stats of one admin base URL. With gc it first
 // asks the node to collect garbage (GET /debug/pprof/heap?gc=1, discarded),

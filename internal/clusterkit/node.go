@@ -210,15 +210,19 @@ func (n *Node) Owner(ctx context.Context, user string) string {
 	return out.Owner
 }
 
-// Stats is GET /admin/stats.
+// Stats is the JSON of GET /admin/stats (engine.Stats, which this mirrors
+// for the processes that may not link the engine).
 type Stats struct {
-	NodeID      string  `json:"node_id"`
-	Connections int     `json:"connections"`
-	Sessions    int     `json:"sessions"`
-	RSSBytes    int64   `json:"rss_bytes"`
-	HeapBytes   int64   `json:"heap_bytes"`
-	Goroutines  int     `json:"goroutines"`
-	CPUSeconds  float64 `json:"cpu_seconds"`
+	NodeID       string  `json:"node_id"`
+	Connections  int     `json:"connections"`
+	Sessions     int     `json:"sessions"`
+	Users        int     `json:"users"`
+	RSSBytes     uint64  `json:"rss_bytes"`
+	HeapBytes    uint64  `json:"heap_bytes"`
+	GoSysBytes   uint64  `json:"go_sys_bytes"`
+	Goroutines   int     `json:"goroutines"`
+	CPUSeconds   float64 `json:"cpu_seconds"`
+	BytesPerConn float64 `json:"bytes_per_conn"`
 }
 
 // Stats reads /admin/stats.
