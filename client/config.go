@@ -11,6 +11,7 @@ import (
 
 	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/internal/defaults"
 )
 
 // Resolver picks the node to connect to: addr is a TCP "host:port" or a
@@ -170,27 +171,25 @@ type Config struct {
 // Default... constants above; a random Device; a Resolver that returns
 // Addr, when Addr is set). It does not validate.
 func (c Config) WithDefaults() Config {
-	if c.Serializer == 0 {
-		c.Serializer = codec.Protobuf
-	}
+	defaults.Set(&c.Serializer, codec.Protobuf)
 	if c.Device == "" {
 		c.Device = randomDevice()
 	}
-	def(&c.DialTimeout, DefaultDialTimeout)
-	def(&c.RequestTimeout, DefaultRequestTimeout)
-	def(&c.ReconnectBase, DefaultReconnectBase)
-	def(&c.ReconnectMax, DefaultReconnectMax)
-	def(&c.GapGrace, DefaultGapGrace)
-	def(&c.AckInterval, DefaultAckInterval)
-	def(&c.ReceiveBuffer, DefaultReceiveBuffer)
-	def(&c.NoticeBuffer, DefaultNoticeBuffer)
-	def(&c.ChatEventBuffer, DefaultChatEventBuffer)
-	def(&c.ReorderBuffer, DefaultReorderBuffer)
-	def(&c.InboundQueue, DefaultInboundQueue)
-	def(&c.AckEvery, DefaultAckEvery)
-	def(&c.MaxFrameBody, DefaultMaxFrameBody)
-	def(&c.SyncLimit, DefaultSyncLimit)
-	if c.Logger == nil {
+	defaults.Set(&c.DialTimeout, DefaultDialTimeout)
+	defaults.Set(&c.RequestTimeout, DefaultRequestTimeout)
+	defaults.Set(&c.ReconnectBase, DefaultReconnectBase)
+	defaults.Set(&c.ReconnectMax, DefaultReconnectMax)
+	defaults.Set(&c.GapGrace, DefaultGapGrace)
+	defaults.Set(&c.AckInterval, DefaultAckInterval)
+	defaults.Set(&c.ReceiveBuffer, DefaultReceiveBuffer)
+	defaults.Set(&c.NoticeBuffer, DefaultNoticeBuffer)
+	defaults.Set(&c.ChatEventBuffer, DefaultChatEventBuffer)
+	defaults.Set(&c.ReorderBuffer, DefaultReorderBuffer)
+	defaults.Set(&c.InboundQueue, DefaultInboundQueue)
+	defaults.Set(&c.AckEvery, DefaultAckEvery)
+	defaults.Set(&c.MaxFrameBody, DefaultMaxFrameBody)
+	defaults.Set(&c.SyncLimit, DefaultSyncLimit)
+	if c.Logger == nil { // not defaults.Set: no handler made for nothing
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if c.Resolver == nil && c.Addr != "" {
@@ -201,14 +200,6 @@ func (c Config) WithDefaults() Config {
 		c.DialContext = (&net.Dialer{}).DialContext
 	}
 	return c
-}
-
-// def sets *p to v when it is zero.
-func def[T comparable](p *T, v T) {
-	var zero T
-	if *p == zero {
-		*p = v
-	}
 }
 
 // Validate reports every problem of c for Dial (after WithDefaults: a

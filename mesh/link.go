@@ -17,6 +17,7 @@ import (
 
 	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/internal/defaults"
 	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/meshpb"
 	"github.com/imgn/imgn/persist"
@@ -85,29 +86,16 @@ type LinkConfig struct {
 // WithDefaults returns c with every zero field set to its default (the
 // Default... constants above). It does not validate.
 func (c LinkConfig) WithDefaults() LinkConfig {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	def(&c.RequestTimeout, DefaultRequestTimeout)
-	def(&c.DialTimeout, DefaultDialTimeout)
-	def(&c.BackoffMin, DefaultBackoffMin)
-	def(&c.BackoffMax, DefaultBackoffMax)
-	def(&c.PingInterval, DefaultPingInterval)
-	def(&c.WriteTimeout, DefaultWriteTimeout)
-	if c.QueueSize == 0 {
-		c.QueueSize = DefaultQueueSize
-	}
-	if c.MaxInflight == 0 {
-		c.MaxInflight = DefaultMaxInflight
-	}
-	if c.MaxBody == 0 {
-		c.MaxBody = DefaultMeshMaxBody
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+	defaults.Set(&c.RequestTimeout, DefaultRequestTimeout)
+	defaults.Set(&c.DialTimeout, DefaultDialTimeout)
+	defaults.Set(&c.BackoffMin, DefaultBackoffMin)
+	defaults.Set(&c.BackoffMax, DefaultBackoffMax)
+	defaults.Set(&c.PingInterval, DefaultPingInterval)
+	defaults.Set(&c.WriteTimeout, DefaultWriteTimeout)
+	defaults.Set(&c.QueueSize, DefaultQueueSize)
+	defaults.Set(&c.MaxInflight, DefaultMaxInflight)
+	defaults.Set(&c.MaxBody, DefaultMeshMaxBody)
+	defaults.Set(&c.Logger, slog.Default())
 	return c
 }
 

@@ -44,6 +44,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/imgn/imgn/internal/defaults"
 	"github.com/imgn/imgn/lb"
 	"github.com/imgn/imgn/mesh/membership"
 )
@@ -127,15 +128,9 @@ type view struct {
 // WithDefaults returns c with every zero field set to its default. It
 // does not validate.
 func (c Config) WithDefaults() Config {
-	if c.Strategy == "" {
-		c.Strategy = lb.ConsistentHash
-	}
-	if c.VirtualNodes == 0 {
-		c.VirtualNodes = lb.DefaultVirtualNodes
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+	defaults.Set(&c.Strategy, lb.ConsistentHash)
+	defaults.Set(&c.VirtualNodes, lb.DefaultVirtualNodes)
+	defaults.Set(&c.Logger, slog.Default())
 	if c.Registry == nil {
 		c.Registry = prometheus.NewRegistry()
 	}

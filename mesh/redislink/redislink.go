@@ -41,20 +41,21 @@ import (
 
 	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/internal/defaults"
 	"github.com/imgn/imgn/mesh"
 	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/meshpb"
 	"github.com/imgn/imgn/persist"
 )
 
-// Defaults of Config.
+// Defaults of Config; those both transports have are the mesh's.
 const (
 	DefaultChannelPrefix  = "im:mesh:"
-	DefaultRequestTimeout = 2 * time.Second
-	DefaultQueueSize      = 1024
-	DefaultMaxInflight    = 256
+	DefaultRequestTimeout = mesh.DefaultRequestTimeout
+	DefaultQueueSize      = mesh.DefaultQueueSize
+	DefaultMaxInflight    = mesh.DefaultMaxInflight
 	DefaultInboundQueue   = 4096
-	DefaultMaxBody        = 1 << 20
+	DefaultMaxBody        = mesh.DefaultMeshMaxBody
 )
 
 // publishBatch is the most frames one pipelined round trip publishes.
@@ -197,27 +198,13 @@ func New(cfg Config) (*Transport, error) {
 // WithDefaults returns c with every zero field set to its default (the
 // Default... constants above). It does not validate.
 func (c Config) WithDefaults() Config {
-	if c.ChannelPrefix == "" {
-		c.ChannelPrefix = DefaultChannelPrefix
-	}
-	if c.RequestTimeout == 0 {
-		c.RequestTimeout = DefaultRequestTimeout
-	}
-	if c.QueueSize == 0 {
-		c.QueueSize = DefaultQueueSize
-	}
-	if c.MaxInflight == 0 {
-		c.MaxInflight = DefaultMaxInflight
-	}
-	if c.InboundQueue == 0 {
-		c.InboundQueue = DefaultInboundQueue
-	}
-	if c.MaxBody == 0 {
-		c.MaxBody = DefaultMaxBody
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+	defaults.Set(&c.ChannelPrefix, DefaultChannelPrefix)
+	defaults.Set(&c.RequestTimeout, DefaultRequestTimeout)
+	defaults.Set(&c.QueueSize, DefaultQueueSize)
+	defaults.Set(&c.MaxInflight, DefaultMaxInflight)
+	defaults.Set(&c.InboundQueue, DefaultInboundQueue)
+	defaults.Set(&c.MaxBody, DefaultMaxBody)
+	defaults.Set(&c.Logger, slog.Default())
 	return c
 }
 
