@@ -136,42 +136,30 @@ type Config struct {
 // minimum is raised to it. Log is wrapped so that progress lines and the
 // workers' output do not interleave. It does not validate.
 func (c Config) WithDefaults() Config {
-	def := func(p *int, v int) {
-		if *p <= 0 {
-			*p = v
-		}
-	}
-	defD := func(p *time.Duration, v time.Duration) {
-		if *p <= 0 {
-			*p = v
-		}
-	}
-	def(&c.Conns, DefaultConns)
-	def(&c.Pairs, DefaultPairs)
-	def(&c.Groups, DefaultGroups)
-	def(&c.GroupSize, DefaultGroupSize)
-	def(&c.Slots, DefaultSlots)
-	def(&c.Payload, DefaultPayload)
-	def(&c.NodeMaxConns, DefaultNodeMaxConns)
-	def(&c.Concurrency, DefaultConcurrency)
-	def(&c.MaxSteps, DefaultMaxSteps)
+	defaults.Positive(&c.Conns, DefaultConns)
+	defaults.Positive(&c.Pairs, DefaultPairs)
+	defaults.Positive(&c.Groups, DefaultGroups)
+	defaults.Positive(&c.GroupSize, DefaultGroupSize)
+	defaults.Positive(&c.Slots, DefaultSlots)
+	defaults.Positive(&c.Payload, DefaultPayload)
+	defaults.Positive(&c.NodeMaxConns, DefaultNodeMaxConns)
+	defaults.Positive(&c.Concurrency, DefaultConcurrency)
+	defaults.Positive(&c.MaxSteps, DefaultMaxSteps)
 	defaults.Set(&c.Retries, DefaultRetries)
-	if c.Rate <= 0 {
-		c.Rate = DefaultRate
-		if c.Scenario == ScenarioGroup {
-			c.Rate = DefaultGroupRate
-		}
+	if c.Scenario == ScenarioGroup {
+		defaults.Positive(&c.Rate, DefaultGroupRate)
 	}
+	defaults.Positive(&c.Rate, DefaultRate)
 	if c.Step <= 1 {
 		c.Step = DefaultStep
 	}
-	defD(&c.Warmup, DefaultWarmup)
-	defD(&c.Duration, DefaultDuration)
-	defD(&c.Drain, DefaultDrain)
-	defD(&c.Hold, DefaultHold)
-	defD(&c.LoginTimeout, DefaultLoginTimeout)
-	defD(&c.MaxP99, DefaultMaxP99)
-	defD(&c.Timeout, DefaultTimeout)
+	defaults.Positive(&c.Warmup, DefaultWarmup)
+	defaults.Positive(&c.Duration, DefaultDuration)
+	defaults.Positive(&c.Drain, DefaultDrain)
+	defaults.Positive(&c.Hold, DefaultHold)
+	defaults.Positive(&c.LoginTimeout, DefaultLoginTimeout)
+	defaults.Positive(&c.MaxP99, DefaultMaxP99)
+	defaults.Positive(&c.Timeout, DefaultTimeout)
 	defaults.Set(&c.PushAck, DefaultPushAck)
 	c.PushAck = max(c.PushAck, 0)
 	defaults.Set(&c.Store, DefaultStore)

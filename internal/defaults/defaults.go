@@ -10,3 +10,16 @@ func Set[T comparable](p *T, v T) {
 		*p = v
 	}
 }
+
+// Number is the kinds of value Positive takes (time.Duration included).
+type Number interface {
+	~int | ~int32 | ~int64 | ~float64
+}
+
+// Positive sets *p to v unless *p is above zero, for a setting where a
+// negative value means "unset" rather than an error.
+func Positive[T Number](p *T, v T) {
+	if *p <= 0 {
+		*p = v
+	}
+}

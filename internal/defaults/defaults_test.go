@@ -19,3 +19,15 @@ func TestSetFillsOnlyZero(t *testing.T) {
 		t.Fatalf("negative overwritten: %d", neg)
 	}
 }
+
+func TestPositiveReplacesZeroAndNegative(t *testing.T) {
+	a, b, c := -3, 0, 4
+	Positive(&a, 10)
+	Positive(&b, 10)
+	Positive(&c, 10)
+	d := -time.Second
+	Positive(&d, time.Minute)
+	if a != 10 || b != 10 || c != 4 || d != time.Minute {
+		t.Fatalf("got %d %d %d %v", a, b, c, d)
+	}
+}
