@@ -20,7 +20,8 @@ type Node struct {
 	*Proc
 	ID string
 	// Listen is the client listener; Advertise is what the router hands
-	// out (ClientProxy.Addr with Config.ProxyClients, else Listen).
+	// out (ClientProxy.Addr with Config.ProxyClients, else Listen). Mesh
+	// is the mesh listener of a cluster node, "" for a single one.
 	Listen, Advertise, Admin, Mesh string
 	// WSListen is the WebSocket listener (--ws-listen), "" unless asked
 	// for (NodeSpec.WS, Config.WS); WSAdvertise is where clients reach it
@@ -43,8 +44,8 @@ type NodeSpec struct {
 	Path string // the imd binary; default Bin/imd
 	Dir  string // directory for the log <ID>.log
 	ID   string
-	// Listen, Admin and Mesh are the node's addresses; each empty one is
-	// a free loopback port (internal/ports).
+	// Listen, Admin and (with Deps) Mesh are the node's addresses; each
+	// empty one is a free loopback port (internal/ports).
 	Listen, Admin, Mesh string
 	// Deps, when set, makes the node a cluster member: --mesh-listen,
 	// --advertise and Deps.Args follow the addresses.
@@ -102,7 +103,11 @@ func NewNode(spec NodeSpec) (_ *Node, err error) {
 			n.closeProxies()
 		}
 	}()
-	for _, a := range []*string{&n.Listen, &n.Admin, &n.Mesh} {
+	addrs := []*string{&n.Listen, &n.Admin}
+	if spec.Deps != nil {
+		addrs = append(addrs, &n.Mesh)
+	}
+	for _, a := range addrs {
 		if *a == "" {
 			if *a, err = FreeAddr(); err != nil {
 				return nil, err
