@@ -209,9 +209,11 @@ func runCluster(ctx context.Context, o *options, out io.Writer) error {
 		fmt.Fprintf(out, "  node %-3s clients %s  admin http://%s  mesh %s\n", n.ID, n.Listen, n.Admin, n.Mesh)
 	}
 	if _, err := os.Stat(filepath.Join(o.bin, "imrouter")); o.withRouter && err == nil {
-		raddr := addr(o.basePort - 20)
-		p := &clusterkit.Proc{Name: "imrouter", Path: filepath.Join(o.bin, "imrouter"), LogPath: filepath.Join(o.dir, "imrouter.log"),
-			Args: []string{"--listen", raddr, "--zk", zk.Addr, "--lb", o.lbStrategy}}
+		p, raddr, err := clusterkit.NewRouter(clusterkit.RouterSpec{Bin: o.bin, Dir: o.dir, Listen: addr(o.basePort - 20),
+			ZK: zk.Addr, Args: []string{"--lb", o.lbStrategy}})
+		if err != nil {
+			return err
+		}
 		if err := p.Start(); err != nil {
 			return err
 		}

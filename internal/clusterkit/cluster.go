@@ -292,23 +292,47 @@ func (c *Cluster) WaitMembers(ctx context.Context, d time.Duration) error {
 // membership view). It returns the process and its HTTP host:port; Close
 // stops it.
 func (c *Cluster) StartRouter(ctx context.Context, args ...string) (*Proc, string, error) {
-	addr, err := FreeAddr()
-	if err != nil {
-		return nil, "", err
-	}
 	name := "imrouter"
 	if len(c.routers) > 0 {
 		name += strconv.Itoa(len(c.routers) + 1)
 	}
-	p := &Proc{Name: name, Path: filepath.Join(c.cfg.Bin, "imrouter"),
-		Args: append([]string{"--listen", addr, "--zk", c.ZK.Addr, "--zk-session-timeout", c.cfg.ZKSessionTimeout.String(),
-			"--log-level", "warn"}, args...),
-		LogPath: filepath.Join(c.cfg.LogDir, name+".log")}
+	p, addr, err := NewRouter(RouterSpec{Bin: c.cfg.Bin, Dir: c.cfg.LogDir, Name: name, ZK: c.ZK.Addr,
+		Args: append([]string{"--zk-session-timeout", c.cfg.ZKSessionTimeout.String(), "--log-level", "warn"}, args...)})
+	if err != nil {
+		return nil, "", err
+	}
 	if err := p.Start(); err != nil {
 		return nil, "", err
 	}
 	c.routers = append(c.routers, p)
 	return p, addr, p.WaitHTTP(ctx, "http://"+addr+"/readyz", 30*time.Second)
+}
+
+// RouterSpec describes an imrouter for NewRouter.
+type RouterSpec struct {
+	Bin    string // directory holding imrouter
+	Dir    string // directory for the log <Name>.log
+	Name   string // default imrouter
+	Listen string // HTTP listener; default a free loopback port
+	ZK     string // ZooKeeper host:port
+	Args   []string
+}
+
+// NewRouter prepares (does not start) an imrouter process and returns it
+// with its HTTP host:port.
+func NewRouter(spec RouterSpec) (*Proc, string, error) {
+	if spec.Name == "" {
+		spec.Name = "imrouter"
+	}
+	if spec.Listen == "" {
+		var err error
+		if spec.Listen, err = FreeAddr(); err != nil {
+			return nil, "", err
+		}
+	}
+	return &Proc{Name: spec.Name, Path: filepath.Join(spec.Bin, "imrouter"),
+		Args:    append([]string{"--listen", spec.Listen, "--zk", spec.ZK}, spec.Args...),
+		LogPath: filepath.Join(spec.Dir, spec.Name+".log")}, spec.Listen, nil
 }
 
 // RouterURL is the router's base URL ("" without a router).
