@@ -102,10 +102,10 @@ func (c LinkConfig) WithDefaults() LinkConfig {
 // Validate reports every invalid field of c (after WithDefaults: a zero
 // field is not a default to it); it changes nothing.
 func (c LinkConfig) Validate() error {
-	var errs []error
+	errs := CheckLimits(c.RequestTimeout, c.QueueSize, c.MaxInflight, c.MaxBody)
 	for name, d := range map[string]time.Duration{
-		"RequestTimeout": c.RequestTimeout, "DialTimeout": c.DialTimeout, "BackoffMin": c.BackoffMin,
-		"BackoffMax": c.BackoffMax, "PingInterval": c.PingInterval, "WriteTimeout": c.WriteTimeout,
+		"DialTimeout": c.DialTimeout, "BackoffMin": c.BackoffMin, "BackoffMax": c.BackoffMax,
+		"PingInterval": c.PingInterval, "WriteTimeout": c.WriteTimeout,
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative, got %s", name, d))
@@ -113,12 +113,6 @@ func (c LinkConfig) Validate() error {
 	}
 	if c.BackoffMax < c.BackoffMin {
 		errs = append(errs, fmt.Errorf("BackoffMax (%s) is below BackoffMin (%s)", c.BackoffMax, c.BackoffMin))
-	}
-	if c.QueueSize < 0 || c.MaxInflight < 0 {
-		errs = append(errs, fmt.Errorf("QueueSize (%d) and MaxInflight (%d) must not be negative", c.QueueSize, c.MaxInflight))
-	}
-	if c.MaxBody < 0 || c.MaxBody > 1<<30 {
-		errs = append(errs, fmt.Errorf("MaxBody must be in 1..%d, got %d", 1<<30, c.MaxBody))
 	}
 	return errors.Join(errs...)
 }

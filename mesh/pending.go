@@ -11,8 +11,9 @@ import (
 )
 
 // This file is the sending side that every Transport shares: the table of
-// requests awaiting their replies, the budget a request carries, and the
-// error a failed forward returns.
+// requests awaiting their replies, the budget a request carries, the
+// error a failed forward returns, and the check of the limits every
+// transport's config has.
 
 // ForwardError builds the error of a request to node that failed before a
 // reply: it wraps cluster.ErrForward (retryable for the client) and cause.
@@ -39,6 +40,23 @@ func RequestBudget(ctx context.Context, node string, def time.Duration) (_ conte
 	dl, _ := ctx.Deadline()
 	ms := max(time.Until(dl).Milliseconds(), 1)
 	return ctx, cancel, uint32(min(ms, 1<<31)), nil
+}
+
+// CheckLimits reports the problems of the settings every transport has:
+// the request timeout, the per-peer queue, the requests handled at once
+// and the largest frame body (each transport's Validate adds its own).
+func CheckLimits(requestTimeout time.Duration, queueSize, maxInflight, maxBody int) []error {
+	var errs []error
+	if requestTimeout < 0 {
+		errs = append(errs, fmt.Errorf("RequestTimeout must not be negative, got %s", requestTimeout))
+	}
+	if queueSize < 0 || maxInflight < 0 {
+		errs = append(errs, fmt.Errorf("QueueSize (%d) and MaxInflight (%d) must not be negative", queueSize, maxInflight))
+	}
+	if maxBody < 0 || maxBody > 1<<30 {
+		errs = append(errs, fmt.Errorf("MaxBody must be in 1..%d, got %d", 1<<30, maxBody))
+	}
+	return errs
 }
 
 // CallResult is the outcome of one request: an APPEND's result, an ADMIN's

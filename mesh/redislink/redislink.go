@@ -211,15 +211,9 @@ func (c Config) WithDefaults() Config {
 // Validate reports every invalid field of c (after WithDefaults); it
 // changes nothing.
 func (c Config) Validate() error {
-	var errs []error
-	if c.RequestTimeout < 0 {
-		errs = append(errs, fmt.Errorf("RequestTimeout must not be negative, got %s", c.RequestTimeout))
-	}
-	if c.QueueSize < 0 || c.MaxInflight < 0 || c.InboundQueue < 0 {
-		errs = append(errs, fmt.Errorf("QueueSize (%d), MaxInflight (%d) and InboundQueue (%d) must not be negative", c.QueueSize, c.MaxInflight, c.InboundQueue))
-	}
-	if c.MaxBody < 0 || c.MaxBody > 1<<30 {
-		errs = append(errs, fmt.Errorf("MaxBody must be in 1..%d, got %d", 1<<30, c.MaxBody))
+	errs := mesh.CheckLimits(c.RequestTimeout, c.QueueSize, c.MaxInflight, c.MaxBody)
+	if c.InboundQueue < 0 {
+		errs = append(errs, fmt.Errorf("InboundQueue must not be negative, got %d", c.InboundQueue))
 	}
 	return errors.Join(errs...)
 }
