@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/imgn/imgn/internal/testutil"
 	"testing"
 	"time"
 
@@ -114,7 +115,7 @@ func testEventsSurviveNodeKill(t *testing.T, takeover bool) {
 	for i := range live {
 		send(i)
 	}
-	poll(t, 20*time.Second, "the live events", func() bool { return len(missing(stream())) == 0 })
+	testutil.Until(t, 20*time.Second, "the live events", func() bool { return len(missing(stream())) == 0 })
 
 	if err := evRedis.Pause(); err != nil {
 		t.Fatal(err)
@@ -127,7 +128,7 @@ func testEventsSurviveNodeKill(t *testing.T, takeover bool) {
 		t.Fatal(err)
 	}
 	// n2 publishes its queue; the events of n1's inboxes are gone with n1.
-	poll(t, 20*time.Second, "n2's queued events", func() bool {
+	testutil.Until(t, 20*time.Second, "n2's queued events", func() bool {
 		s := stream()
 		for r := range acked {
 			if r.user == b && len(s[r]) == 0 {
@@ -146,9 +147,9 @@ func testEventsSurviveNodeKill(t *testing.T, takeover bool) {
 		n3 := c.addNode("n3", append(args("n3"), "--events-recover-nodes", "n1")...)
 		c.waitMembers(2, n2, n3)
 	} else {
-		n1.start(args("n1")...)
+		n1.start() // with the flags it was made with
 	}
-	poll(t, 30*time.Second, "an event for every acknowledged entry", func() bool { return len(missing(stream())) == 0 })
+	testutil.Until(t, 30*time.Second, "an event for every acknowledged entry", func() bool { return len(missing(stream())) == 0 })
 	s := stream()
 	for _, r := range lost {
 		for _, e := range s[r] {

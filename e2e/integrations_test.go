@@ -17,6 +17,7 @@ import (
 
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/events"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/webhook"
 )
 
@@ -123,7 +124,7 @@ func TestIntegrationsInACluster(t *testing.T) {
 	}
 	defer rc.Close()
 	// Each inbox's events come from its owner, in seq order, one per message.
-	poll(t, 20*time.Second, "every event in the stream", func() bool {
+	testutil.Until(t, 20*time.Second, "every event in the stream", func() bool {
 		entries, err := rc.Do(context.Background(), rc.B().Xrange().Key(events.DefaultStream).Start("-").End("+").Build()).AsXRange()
 		if err != nil {
 			return false
@@ -154,7 +155,7 @@ func TestIntegrationsInACluster(t *testing.T) {
 		return true
 	})
 	// One webhook per message, from b's owner, naming b.
-	poll(t, 20*time.Second, "a webhook per message", func() bool {
+	testutil.Until(t, 20*time.Second, "a webhook per message", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(hooks) >= 2*perNode
@@ -198,7 +199,7 @@ func TestIntegrationsInACluster(t *testing.T) {
 	if status, out := apiCall(t, apis["n1"], "POST", "/v1/messages/"+last+"/recall", map[string]string{"user": a}); status != 200 || out["duplicate"] != false {
 		t.Fatalf("a recalls through n1: %d %v", status, out)
 	}
-	poll(t, 10*time.Second, "the recall event on a's device", func() bool {
+	testutil.Until(t, 10*time.Second, "the recall event on a's device", func() bool {
 		for {
 			select {
 			case m := <-acl.Messages():
@@ -242,7 +243,7 @@ func TestIntegrationsInACluster(t *testing.T) {
 	}
 	_ = tok(b)
 	cl := dialNode(t, b, "phone", nodes[0].listen)
-	poll(t, 10*time.Second, "b online through n2", func() bool {
+	testutil.Until(t, 10*time.Second, "b online through n2", func() bool {
 		_, out := apiCall(t, apis["n2"], "GET", "/v1/presence?user="+b, nil)
 		return strings.Contains(fmt.Sprint(out["users"]), "online:true")
 	})

@@ -2,6 +2,7 @@ package events
 
 import (
 	"fmt"
+	"github.com/imgn/imgn/internal/testutil"
 	"slices"
 	"strconv"
 	"testing"
@@ -70,7 +71,7 @@ func TestRecoverFromMongoStore(t *testing.T) {
 		t.Fatalf("Recover = %d, %v; want 3", n, err)
 	}
 	var evs []Event
-	waitFor(t, "3 events", func() bool { evs = readStream(t, c, DefaultStream); return len(evs) == 3 })
+	testutil.Until(t, 20*time.Second, "3 events", func() bool { evs = readStream(t, c, DefaultStream); return len(evs) == 3 })
 	seqs := map[string][]uint64{}
 	for _, e := range evs {
 		if !e.Replayed || e.Node != "n1" {
