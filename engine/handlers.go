@@ -31,16 +31,20 @@ func (s *Server) execHeartbeat(src *loop, c *conn, h codec.Header, body []byte) 
 }
 
 // execPushAck runs a PUSH_ACK, decoded in place: every receiver sends these
-// all the time. It has no reply; before the login it is ignored.
+// all the time. It has no reply. One that gets here before a successful
+// login (queued behind a LOGIN that failed) is NOT_LOGGED_IN, fatal, like
+// every other command (docs/protocol.md §4.3), not silently dropped.
 func (s *Server) execPushAck(src *loop, c *conn, h codec.Header, body []byte) {
 	upTo, err := codec.DecodePushAck(h.Serializer, body)
 	if err != nil {
 		c.replyError(src, h.Serializer, h.Seq, codec.CodeBadBody, err.Error(), 0)
 		return
 	}
-	if c.loggedIn() {
-		s.handlePushAck(src, c, upTo)
+	if !c.loggedIn() {
+		c.fail(src, h.Serializer, h.Seq, codec.CodeNotLoggedIn, "log in first")
+		return
 	}
+	s.handlePushAck(src, c, upTo)
 }
 
 // handleLogout answers LOGOUT_OK; the route closes the connection once it

@@ -223,6 +223,38 @@ func TestUnitNotLoggedIn(t *testing.T) {
 	}
 }
 
+// TestUnitPushAckAfterAFailedLogin: a PUSH_ACK before a successful login
+// is NOT_LOGGED_IN and closes the connection, like every other command,
+// whether it was queued behind the LOGIN that failed or sent after it.
+func TestUnitPushAckAfterAFailedLogin(t *testing.T) {
+	fe := newUnit(t, nil)
+	login := &pb.LoginRequest{User: "ghost", Password: "not-the-password", Device: "d1"}
+	ack := &pb.PushAck{UpToSeq: 5}
+
+	// Pipelined: the PUSH_ACK waits behind the LOGIN (a password login
+	// runs on a worker) and runs once it has failed.
+	a := anon(t, fe, codec.JSON)
+	a.ft.in = append(a.ft.in, encodeFrame(t, a.ser, codec.CmdLogin, 1, login)...)
+	a.ft.in = append(a.ft.in, encodeFrame(t, a.ser, codec.CmdPushAck, 2, ack)...)
+	a.seq = 2
+	a.fe.feed(a.c)
+	a.settle()
+	fs := a.ft.frames(t)
+	if len(fs) != 2 || fs[0].Seq != 1 || fs[1].Seq != 2 {
+		t.Fatalf("pipelined LOGIN and PUSH_ACK answered %v, want one ERROR each, in order", fs)
+	}
+	if e := decodeError(t, fs[0]); codec.ErrorCode(e.Code) != codec.CodeAuthFailed || e.Fatal {
+		t.Fatalf("LOGIN answered %v", e)
+	}
+	a.wantError(fs[1], codec.CodeNotLoggedIn, true)
+
+	// Sent after the failed LOGIN was answered.
+	b := anon(t, fe, codec.Protobuf)
+	b.refused(codec.CmdLogin, login, codec.CodeAuthFailed)
+	seq, fs := b.send(codec.CmdPushAck, ack)
+	b.wantError(b.reply(seq, fs), codec.CodeNotLoggedIn, true)
+}
+
 func TestUnitBadBody(t *testing.T) {
 	fe := newUnit(t, nil)
 	u := online(t, fe, "alice")
