@@ -82,7 +82,10 @@ func (s *Server) handleRegister(r *request) (proto.Message, *codec.Error) {
 		return nil, &codec.Error{Code: codec.CodeUserExists, Message: "user exists"}
 	}
 	hash, err := s.hash(r.ctx, func() (string, error) { return hashPassword(req.Password) })
-	if err != nil {
+	switch {
+	case errors.Is(err, errHashBusy):
+		return nil, errHashBusy
+	case err != nil:
 		return nil, &codec.Error{Code: codec.CodeInternal, Message: "hash password: " + err.Error()}
 	}
 	err = s.store.CreateUser(r.ctx, persist.User{ID: req.User, PasswordHash: hash, Created: time.Now().UnixMilli()})
@@ -96,12 +99,18 @@ func (s *Server) handleRegister(r *request) (proto.Message, *codec.Error) {
 	return &pb.RegisterOK{User: req.User}, nil
 }
 
-// hash runs fn (a password hash) under the hashing semaphore.
+// errHashBusy answers a password attempt that found every hashing slot
+// taken until its deadline: the node is overloaded and the password was
+// never checked, so it is BUSY (retryable), not AUTH_FAILED or INTERNAL.
+var errHashBusy = &Error{Code: codec.CodeBusy, Message: "every password hashing slot stayed busy: try again", RetryAfterMs: 200}
+
+// hash runs fn (a password hash) under the hashing semaphore. It returns
+// errHashBusy if ctx ends before a slot frees up, else what fn returns.
 func (s *Server) hash(ctx context.Context, fn func() (string, error)) (string, error) {
 	select {
 	case s.hashSem <- struct{}{}:
 	case <-ctx.Done():
-		return "", ctx.Err()
+		return "", errHashBusy
 	}
 	defer func() { <-s.hashSem }()
 	return fn()
@@ -172,6 +181,9 @@ func (s *Server) login(r *request) *codec.Error {
 			ok, verr = verifyPassword(u.PasswordHash, req.Password)
 			return "", verr
 		})
+		if errors.Is(err, errHashBusy) {
+			return errHashBusy
+		}
 		if err != nil || !ok {
 			return &codec.Error{Code: codec.CodeAuthFailed, Message: "unknown user or wrong password"}
 		}

@@ -346,6 +346,46 @@ func TestUnitPasswordAttemptsAreLimited(t *testing.T) {
 	a.ok(codec.CmdLogin, &pb.LoginRequest{Token: tok, Device: "d1"}, codec.CmdLoginOK, nil)
 }
 
+// TestUnitPasswordWaitingForAHashSlotIsBusy: a password attempt that finds
+// every hashing slot taken until its deadline is BUSY (retryable, with a
+// wait), not a wrong password nor INTERNAL: the password was never checked.
+// The handlers are called with a context already cancelled (the store's
+// user reads ignore it), so the test does not wait out the request timeout.
+func TestUnitPasswordWaitingForAHashSlotIsBusy(t *testing.T) {
+	fe := newUnit(t, func(c *Config) {
+		c.HashConcurrency = 1
+		c.Store = userReadsIgnoreCtx{memstore.New()}
+	})
+	a := anon(t, fe, codec.JSON)
+	a.ok(codec.CmdRegister, &pb.RegisterRequest{User: "alice", Password: "secret1"}, codec.CmdRegisterOK, nil)
+	fe.s.hashSem <- struct{}{} // the only slot is taken
+	defer func() { <-fe.s.hashSem }()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for cmd, m := range map[codec.Command]proto.Message{
+		codec.CmdLogin:    &pb.LoginRequest{User: "alice", Password: "secret1", Device: "d1"},
+		codec.CmdRegister: &pb.RegisterRequest{User: "bob", Password: "secret1"},
+	} {
+		r := &request{ctx: ctx, c: a.c, h: codec.Header{Serializer: codec.JSON, Command: cmd, Seq: 1}, msg: m}
+		out, e := routes[cmd].run(fe.s, r)
+		if out != nil || e == nil || e.Code != codec.CodeBusy || !e.Code.Retryable() || e.RetryAfterMs == 0 {
+			t.Errorf("%s with no hashing slot: %v, %+v; want BUSY with retry_after_ms", cmd, out, e)
+		}
+	}
+	if a.c.loggedIn() {
+		t.Fatal("logged in without the password being checked")
+	}
+}
+
+// userReadsIgnoreCtx is the memory store whose user reads ignore the
+// request's context: a handler given one that has ended gets as far as the
+// password hash.
+type userReadsIgnoreCtx struct{ *memstore.Store }
+
+func (s userReadsIgnoreCtx) GetUser(_ context.Context, id string) (persist.User, error) {
+	return s.Store.GetUser(context.Background(), id)
+}
+
 func TestUnitSyncAndPushAck(t *testing.T) {
 	fe := newUnit(t, nil)
 	alice, bob := online(t, fe, "alice"), online(t, fe, "bob")
