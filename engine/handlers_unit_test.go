@@ -2,6 +2,8 @@ package engine
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -416,6 +418,41 @@ func TestUnitSyncAndPushAck(t *testing.T) {
 	alice.refused(codec.CmdSend, &pb.SendRequest{ClientMsgId: "x", To: "nobody"}, codec.CodeUnknownRecipient)
 	alice.refused(codec.CmdSend, &pb.SendRequest{To: "bob"}, codec.CodeInvalidArgument)
 	alice.refused(codec.CmdGroupSend, &pb.GroupSendRequest{ClientMsgId: "x", GroupId: "gnone"}, codec.CodeUnknownGroup)
+}
+
+// failingInbox is the memory store whose inbox reads fail with err.
+type failingInbox struct {
+	*memstore.Store
+	err error
+}
+
+func (s failingInbox) ReadInbox(context.Context, string, uint64, int) ([]persist.InboxEntry, error) {
+	return nil, s.err
+}
+
+// TestUnitStoreFailureRetryHint: a failed store call is answered with the
+// code ErrorCode gives it; a retryable one (STORE_UNAVAILABLE) carries a
+// retry_after_ms, the store's ErrInvalid (INVALID_ARGUMENT, not
+// retryable) none, and both name the step that failed.
+func TestUnitStoreFailureRetryHint(t *testing.T) {
+	for _, tc := range []struct {
+		err   error
+		code  codec.ErrorCode
+		retry bool
+	}{
+		{errors.New("disk on fire"), codec.CodeStoreUnavailable, true},
+		{fmt.Errorf("%w: limit 0", persist.ErrInvalid), codec.CodeInvalidArgument, false},
+	} {
+		fe := newUnit(t, func(c *Config) { c.Store = failingInbox{memstore.New(), tc.err} })
+		u := online(t, fe, "alice")
+		e := u.refused(codec.CmdSync, &pb.SyncRequest{}, tc.code)
+		if (e.RetryAfterMs != 0) != tc.retry {
+			t.Errorf("%s: retry_after_ms %d, want a hint %v", tc.code, e.RetryAfterMs, tc.retry)
+		}
+		if !strings.HasPrefix(e.Message, "read inbox: ") || !strings.Contains(e.Message, tc.err.Error()) {
+			t.Errorf("%s: message %q does not name the step and the cause", tc.code, e.Message)
+		}
+	}
 }
 
 func TestUnitLogout(t *testing.T) {

@@ -224,9 +224,16 @@ func (s *Server) failure(c *conn, what string, err error) *codec.Error {
 }
 
 // storeFailure logs a store call of c's request that failed and returns
-// its refusal: retryable, nothing acknowledged.
+// its refusal, classified by ErrorCode; nothing was acknowledged. Only a
+// retryable code carries the retry hint: the store's ErrInvalid
+// (INVALID_ARGUMENT) tells the client not to send the request again, and a
+// wait beside it would say the opposite.
 func (s *Server) storeFailure(c *conn, what string, err error) *codec.Error {
 	user, _ := c.identity()
 	s.log.Warn("store error", "what", what, "user", user, "err", err)
-	return &codec.Error{Code: ErrorCode(err), Message: what + ": " + err.Error(), RetryAfterMs: 200}
+	e := &codec.Error{Code: ErrorCode(err), Message: what + ": " + err.Error()}
+	if e.Code.Retryable() {
+		e.RetryAfterMs = 200
+	}
+	return e
 }
