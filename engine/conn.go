@@ -65,7 +65,7 @@ type conn struct {
 	hbSec        uint16             // heartbeat interval announced at login, seconds
 	ser          codec.SerializerID // serializer of server-initiated frames
 	dirty        bool               // loop only: listed in loop.dirty
-	loginPending bool               // loop only: a LOGIN is queued
+	loginPending bool               // loop only: a LOGIN was queued (noLogin clears it once it has run)
 	queued       bool               // (mu) in the loop's mailbox, or about to be
 	closeAfter   bool               // (mu) close once out is written
 	closed       bool               // (mu) OnClose ran: drop writes
@@ -283,6 +283,29 @@ func (c *conn) hasWork() bool {
 	busy := c.head != nil || c.running || c.inflight > 0
 	c.mu.Unlock()
 	return busy
+}
+
+// noLogin reports whether c is not logged in and no LOGIN of it is queued
+// or running: a request other than REGISTER, LOGIN and HEARTBEAT is then
+// NOT_LOGGED_IN, whatever its command (docs/protocol.md §2.3 step 7).
+// While a LOGIN waits for a worker, what follows it queues behind it and
+// learns its outcome there. Once it has run and failed, loginPending is
+// cleared, so the connection is back to "before login". Loop only.
+func (c *conn) noLogin() bool {
+	if c.loggedIn() {
+		return false
+	}
+	if !c.loginPending {
+		return true
+	}
+	if c.hasWork() {
+		return false // the LOGIN is still queued or running
+	}
+	c.loginPending = false
+	// Read again: the LOGIN may have succeeded since the first look (the
+	// worker's state write happens before its last unlock of mu, which
+	// hasWork has just taken).
+	return !c.loggedIn()
 }
 
 // enqueue queues t to run after c's earlier requests and, unless a worker

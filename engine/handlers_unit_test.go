@@ -257,6 +257,27 @@ func TestUnitPushAckAfterAFailedLogin(t *testing.T) {
 	b.wantError(b.reply(seq, fs), codec.CodeNotLoggedIn, true)
 }
 
+// TestUnitUnknownCommandAfterAFailedLogin: once a queued LOGIN has failed
+// the connection is back before the login, where every command but
+// REGISTER, LOGIN and HEARTBEAT, defined or not, is NOT_LOGGED_IN and
+// fatal; a retried LOGIN that succeeds is not mistaken for a failure.
+func TestUnitUnknownCommandAfterAFailedLogin(t *testing.T) {
+	fe := newUnit(t, nil)
+	a := anon(t, fe, codec.JSON)
+	a.ok(codec.CmdRegister, &pb.RegisterRequest{User: "alice", Password: "secret1"}, codec.CmdRegisterOK, nil)
+	wrong := &pb.LoginRequest{User: "alice", Password: "not-the-password", Device: "d1"}
+	a.refused(codec.CmdLogin, wrong, codec.CodeAuthFailed)
+	seq, fs := a.raw(0x50, nil)
+	a.wantError(a.reply(seq, fs), codec.CodeNotLoggedIn, true)
+
+	b := anon(t, fe, codec.JSON)
+	b.refused(codec.CmdLogin, wrong, codec.CodeAuthFailed)
+	b.ok(codec.CmdLogin, &pb.LoginRequest{User: "alice", Password: "secret1", Device: "d2"}, codec.CmdLoginOK, nil)
+	seq, fs = b.raw(0x50, nil)
+	b.wantError(b.reply(seq, fs), codec.CodeUnknownCommand, false)
+	b.ok(codec.CmdSync, &pb.SyncRequest{}, codec.CmdSyncOK, nil)
+}
+
 func TestUnitBadBody(t *testing.T) {
 	fe := newUnit(t, nil)
 	u := online(t, fe, "alice")

@@ -365,7 +365,7 @@ func (s *Server) onFrame(l *loop, c *conn, f codec.Frame) (stop bool) {
 		rt.raw(s, l, c, f.Header, f.Body)
 		return false
 	}
-	if !c.loggedIn() && !c.loginPending && !rt.open {
+	if !c.loggedIn() && !rt.open && c.noLogin() {
 		c.fail(l, f.Serializer, f.Seq, codec.CodeNotLoggedIn, "log in first")
 		return true
 	}
