@@ -724,9 +724,12 @@ func TestUnitChatNeedsTheChatSeam(t *testing.T) {
 	}
 	// TYPING needs no store of conversations; other requests run on a
 	// worker with this store and are answered the same.
-	online(t, fe, "bob")
+	bob := online(t, fe, "bob")
 	if _, fs := alice.send(codec.CmdTyping, &pb.TypingRequest{Peer: "bob", On: true}); len(fs) != 0 {
 		t.Fatalf("TYPING answered %v", fs)
+	}
+	if fs := bob.drain(); len(fs) != 1 || fs[0].Command != codec.CmdTypingEvent {
+		t.Fatalf("bob got %v, want one TYPING_EVENT", fs)
 	}
 	alice.ok(codec.CmdSync, &pb.SyncRequest{}, codec.CmdSyncOK, nil)
 }
