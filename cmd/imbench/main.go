@@ -56,6 +56,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return bench.RunChild(os.Stdin, stdout, stderr)
 		case bench.RelayArg:
 			return relayMain(args[1:], stderr)
+		case "fsync":
+			return fsyncMain(args[1:], stdout, stderr)
 		}
 	}
 	if len(args) == 0 {
@@ -126,6 +128,8 @@ scenarios:
   group   --groups groups of --group-size members, --rate group sends/s; deliveries/s
   login   a login storm: --conns connections logging in with --concurrency in flight
   churn   --slots concurrent connect, login, send, disconnect cycles for --duration
+  fsync   no server: time --record-byte appends, each followed by fdatasync, in --dir
+          for --duration (the disk's floor under the embedded store's commits)
 
 'imbench <scenario> --help' lists the flags.
 `)
@@ -244,6 +248,33 @@ func relayMain(args []string, stderr io.Writer) int {
 	defer stop()
 	if err := bench.RunRelayMain(ctx, *listen, *admin, *loops); err != nil {
 		fmt.Fprintln(stderr, "imbench relay:", err)
+		return 1
+	}
+	return 0
+}
+
+// fsyncMain runs bench.FsyncProbe on its own and prints its latencies.
+func fsyncMain(args []string, stdout, stderr io.Writer) int {
+	fs := envflag.New("imbench fsync", "imbench fsync [flags]", "", stdout)
+	fs.DisableEnv()
+	dir := fs.String("dir", os.TempDir(), "directory on the file system to probe (a temporary file is created and removed there)")
+	d := fs.Duration("duration", 10*time.Second, "how long to probe")
+	record := fs.Int("record", bench.DefaultProbeRecord, "bytes written before each fdatasync")
+	if code, stop := envflag.Exit("imbench fsync", fs.Parse(args, nil), stderr); stop {
+		return code
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, *d)
+	defer cancel()
+	h, err := bench.FsyncProbe(ctx, *dir, *record)
+	if h != nil && h.Count() > 0 {
+		l := h.Summary()
+		fmt.Fprintf(stdout, "fsync probe        %s: %d writes of %d B + fdatasync: mean %.0fus p50 %d p90 %d p99 %d p99.9 %d max %d us\n",
+			*dir, l.Count, *record, l.Mean, l.P50, l.P90, l.P99, l.P999, l.Max)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "imbench fsync:", err)
 		return 1
 	}
 	return 0
