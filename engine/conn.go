@@ -276,13 +276,34 @@ func putTask(t *task) {
 	taskPool.Put(t)
 }
 
-// hasWork reports whether requests of c are queued, running on a worker, or
-// waiting for the store: a new request must then queue behind them.
-func (c *conn) hasWork() bool {
+// hasWork reports whether a new request cmd must queue behind c's earlier
+// ones: requests queued or running on a worker, or appends waiting for the
+// store beyond what cmd may overtake (inflightAllowed).
+func (c *conn) hasWork(cmd codec.Command) bool {
+	allowed := c.loop.srv.inflightAllowed(cmd)
 	c.mu.Lock()
-	busy := c.head != nil || c.running || c.inflight > 0
+	busy := c.head != nil || c.running || c.inflight >= allowed
 	c.mu.Unlock()
 	return busy
+}
+
+// maxPipelinedSends bounds the appends of one connection in flight at the
+// store's committer at once; a send beyond it queues for a worker (where the
+// connection's inbound bound applies) until completions make room.
+const maxPipelinedSends = 64
+
+// inflightAllowed is how many appends of its connection may be in flight at
+// the store while request cmd starts. With an asynchronous store a send may
+// follow earlier ones without waiting for them: they all go through the
+// committer's queue, which stores and completes them in the order they were
+// handed over, so the client's order holds and the committer batches them
+// (one fsync) instead of taking one per round trip. Any other request waits
+// for every append (it must see their effects).
+func (s *Server) inflightAllowed(cmd codec.Command) int32 {
+	if s.async != nil && !s.inline && (cmd == codec.CmdSend || cmd == codec.CmdGroupSend) {
+		return maxPipelinedSends
+	}
+	return 1
 }
 
 // enqueue queues t to run after c's earlier requests and, unless a worker
@@ -321,7 +342,7 @@ func (c *conn) enqueue(src *loop, t *task) {
 		c.tail.next = t
 	}
 	c.tail = t
-	start := !c.running && c.inflight == 0
+	start := !c.running && c.inflight < s.inflightAllowed(c.head.h.Command)
 	if start {
 		c.running = true
 	}
@@ -331,14 +352,15 @@ func (c *conn) enqueue(src *loop, t *task) {
 	}
 }
 
-// runTasks runs c's queued requests until none is left, or until an append
-// it started is in flight (its completion restarts the queue). Worker only.
+// runTasks runs c's queued requests until none is left, or until the next
+// one must wait for appends in flight (inflightAllowed; their completion
+// restarts the queue). Worker only.
 func (c *conn) runTasks() {
 	s := c.loop.srv
 	for {
 		c.mu.Lock()
 		t := c.head
-		if t == nil || c.closed || c.inflight > 0 {
+		if t == nil || c.closed || c.inflight >= s.inflightAllowed(t.h.Command) {
 			c.running = false
 			c.mu.Unlock()
 			return
@@ -357,11 +379,12 @@ func (c *conn) runTasks() {
 }
 
 // appendDone is called when one of c's in-flight appends completes: the
-// queue it held back runs now.
+// queue it held back runs now if its next request may start.
 func (c *conn) appendDone() {
+	s := c.loop.srv
 	c.mu.Lock()
 	c.inflight--
-	start := c.inflight == 0 && c.head != nil && !c.running && !c.closed
+	start := c.head != nil && !c.running && !c.closed && c.inflight < s.inflightAllowed(c.head.h.Command)
 	if start {
 		c.running = true
 	}
