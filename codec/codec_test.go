@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/imgn/imgn/codec/pb"
@@ -92,6 +93,19 @@ func TestCodeOf(t *testing.T) {
 }
 
 func errWrap(err error) error { return errors.Join(errors.New("ctx"), err) }
+
+// TestErrorIsFoundThroughWrapping: a refusal keeps its code, message and
+// wait through fmt.Errorf's %w, as the engine and the server API wrap it.
+func TestErrorIsFoundThroughWrapping(t *testing.T) {
+	err := fmt.Errorf("step: %w", Errorf(CodeUnknownGroup, "no such group: %s", "g1"))
+	var e *Error
+	if !errors.As(err, &e) || e.Code != CodeUnknownGroup || e.Message != "no such group: g1" || e.RetryAfterMs != 0 {
+		t.Fatalf("errors.As found %+v", e)
+	}
+	if e.Error() != e.Message {
+		t.Errorf("Error() = %q, want the message", e.Error())
+	}
+}
 
 func TestCodesTable(t *testing.T) {
 	seen := map[ErrorCode]bool{}

@@ -2,6 +2,7 @@ package codec
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 )
 
@@ -68,6 +69,25 @@ const (
 	CodeKickAdmin          ErrorCode = 51
 	CodeKickLogout         ErrorCode = 52
 )
+
+// Error is a request refused with an error code: what an ERROR frame
+// carries besides its fatal flag, which the code decides (Codes). The
+// engine's request handlers return it and the server API reports it, so a
+// refusal has one shape wherever it is made. The zero RetryAfterMs means
+// no advice on when to retry.
+type Error struct {
+	Code         ErrorCode
+	Message      string
+	RetryAfterMs uint32
+}
+
+// Error returns the message (the code is in the field, for errors.As).
+func (e *Error) Error() string { return e.Message }
+
+// Errorf returns an Error with code and a formatted message.
+func Errorf(code ErrorCode, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
 
 // CodeInfo describes one error code.
 type CodeInfo struct {

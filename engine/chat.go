@@ -55,43 +55,16 @@ func (s *Server) chatSeam() (persist.ChatStore, error) {
 	return nil, errNoChat
 }
 
-// execChat runs a decoded chat request for logged-in c.
-func (s *Server) execChat(ctx context.Context, src *loop, c *conn, h codec.Header, req proto.Message) {
-	if t, ok := req.(*pb.TypingRequest); ok {
-		s.handleTyping(ctx, src, c, h, t)
-		return
-	}
-	cs, err := s.chatSeam()
-	if err != nil {
-		s.replyFailure(src, c, h, "", err)
-		return
-	}
-	switch req := req.(type) {
-	case *pb.ConversationsRequest:
-		s.handleConversations(ctx, src, c, h, cs, req)
-	case *pb.ReadRequest:
-		s.handleRead(ctx, src, c, h, cs, req)
-	case *pb.MessageRequest:
-		s.handleChatEvent(ctx, src, c, h, cs, req)
-	case *pb.HistoryRequest:
-		s.handleHistory(ctx, src, c, h, cs, req)
-	case *pb.ReadCountRequest:
-		s.handleReadCount(ctx, src, c, h, cs, req)
-	}
-}
-
-// convID checks a request's conversation (exactly one of peer and group)
-// and answers INVALID_ARGUMENT when it is malformed.
-func convID(src *loop, c *conn, h codec.Header, peer, group string) (persist.ConvID, bool) {
+// convID checks a request's conversation (exactly one of peer and group).
+func convID(peer, group string) (persist.ConvID, *codec.Error) {
 	id := persist.ConvID{ID: peer}
 	if group != "" {
 		id = persist.ConvID{ID: group, Group: true}
 	}
 	if (peer == "") == (group == "") || !validID(id.ID) {
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "set exactly one of peer and group_id, a valid id", 0)
-		return id, false
+		return id, &codec.Error{Code: codec.CodeInvalidArgument, Message: "set exactly one of peer and group_id, a valid id"}
 	}
-	return id, true
+	return id, nil
 }
 
 // names returns the peer and group_id fields naming id.
@@ -128,11 +101,11 @@ func (s *Server) conversations(ctx context.Context, cs persist.ChatStore, user s
 	return list[:min(len(list), n)], len(list) > n, nil
 }
 
-func (s *Server) handleConversations(ctx context.Context, src *loop, c *conn, h codec.Header, cs persist.ChatStore, req *pb.ConversationsRequest) {
-	list, more, err := s.conversations(ctx, cs, c.user, req.BeforeSeq, req.Limit)
+func (s *Server) handleConversations(r *request) (proto.Message, *codec.Error) {
+	req := r.msg.(*pb.ConversationsRequest)
+	list, more, err := s.conversations(r.ctx, r.cs, r.c.user, req.BeforeSeq, req.Limit)
 	if err != nil {
-		s.replyFailure(src, c, h, "", err)
-		return
+		return nil, s.failure(r.c, "", err)
 	}
 	out := &pb.ConversationsOK{HasMore: more}
 	out.Conversations = make([]*pb.Conversation, len(list))
@@ -145,7 +118,7 @@ func (s *Server) handleConversations(ctx context.Context, src *loop, c *conn, h 
 		}
 		out.Conversations[i] = p
 	}
-	c.writeMsg(src, h.Serializer, codec.CmdConversationsOK, h.Seq, out)
+	return out, nil
 }
 
 // markRead raises user's read cursor in conversation id (READ). The
@@ -173,20 +146,22 @@ func (s *Server) receipts(src *loop, user string, id persist.ConvID, res persist
 	}
 }
 
-func (s *Server) handleRead(ctx context.Context, src *loop, c *conn, h codec.Header, cs persist.ChatStore, req *pb.ReadRequest) {
-	id, ok := convID(src, c, h, req.Peer, req.GroupId)
-	if !ok {
-		return
+// handleRead answers READ; the receipts of a cursor that moved go to the
+// other devices first (the reader's own connection gets none).
+func (s *Server) handleRead(r *request) (proto.Message, *codec.Error) {
+	req := r.msg.(*pb.ReadRequest)
+	id, e := convID(req.Peer, req.GroupId)
+	if e != nil {
+		return nil, e
 	}
-	res, err := s.markRead(ctx, cs, c.user, id, req.UpToSeq)
+	res, err := s.markRead(r.ctx, r.cs, r.c.user, id, req.UpToSeq)
 	if err != nil {
-		s.replyFailure(src, c, h, "", err)
-		return
+		return nil, s.failure(r.c, "", err)
 	}
-	c.writeMsg(src, h.Serializer, codec.CmdReadOK, h.Seq, &pb.ReadOK{Peer: req.Peer, GroupId: req.GroupId, ReadSeq: res.ReadSeq, Unread: uint32(min(res.Unread, 1<<32-1))})
 	if res.Moved {
-		s.receipts(src, c.user, id, res, c)
+		s.receipts(r.src, r.c.user, id, res, r.c)
 	}
+	return &pb.ReadOK{Peer: req.Peer, GroupId: req.GroupId, ReadSeq: res.ReadSeq, Unread: uint32(min(res.Unread, 1<<32-1))}, nil
 }
 
 // fanout queues a server frame (cmd, seq 0, msg) to every device of user
@@ -221,38 +196,36 @@ func (s *Server) newTypingLimiter() *rate.Limiter {
 
 // handleTyping forwards a TYPING to the other members' devices on this
 // node. Nothing is stored and nothing answers it but errors.
-func (s *Server) handleTyping(ctx context.Context, src *loop, c *conn, h codec.Header, req *pb.TypingRequest) {
-	id, ok := convID(src, c, h, req.Peer, req.GroupId)
-	if !ok {
-		return
+func (s *Server) handleTyping(r *request) (proto.Message, *codec.Error) {
+	req, c := r.msg.(*pb.TypingRequest), r.c
+	id, e := convID(req.Peer, req.GroupId)
+	if e != nil {
+		return nil, e
 	}
 	var targets []string
 	if id.Group {
-		g, ok := s.groupFor(ctx, src, c, h, nil, id.ID, true)
-		if !ok {
-			return
+		g, e := s.groupFor(r.ctx, r.src, c, r.h, nil, id.ID, true)
+		if e != nil {
+			return nil, e
 		}
 		if _, member := slices.BinarySearch(g.Members, c.user); !member {
-			c.replyError(src, h.Serializer, h.Seq, codec.CodeNotGroupMember, "not a member of "+g.ID, 0)
-			return
+			return nil, &codec.Error{Code: codec.CodeNotGroupMember, Message: "not a member of " + g.ID}
 		}
 		targets = g.Members
 	} else {
-		exists, err := s.userExists(ctx, id.ID)
+		exists, err := s.userExists(r.ctx, id.ID)
 		if err != nil {
-			s.storeError(src, c, h, "read recipient", err)
-			return
+			return nil, s.storeFailure(c, "read recipient", err)
 		}
 		if !exists {
-			c.replyError(src, h.Serializer, h.Seq, codec.CodeUnknownRecipient, "no such user: "+id.ID, 0)
-			return
+			return nil, &codec.Error{Code: codec.CodeUnknownRecipient, Message: "no such user: " + id.ID}
 		}
 		targets = []string{id.ID}
 	}
 	lim := s.sessions.typingLimiter(c.user, s.newTypingLimiter)
-	if lim != nil && !lim.AllowN(now(src), 1) {
+	if lim != nil && !lim.AllowN(now(r.src), 1) {
 		s.metrics.typingDropped.Inc()
-		return
+		return nil, nil
 	}
 	ev := &pb.TypingEvent{GroupId: req.GroupId, User: c.user, On: req.On, ExpiresMs: uint32(s.cfg.TypingExpiry.Milliseconds())}
 	if !id.Group {
@@ -264,7 +237,8 @@ func (s *Server) handleTyping(ctx context.Context, src *loop, c *conn, h codec.H
 			others = append(others, u)
 		}
 	}
-	s.signal(src, others, nil, codec.CmdTypingEvent, ev)
+	s.signal(r.src, others, nil, codec.CmdTypingEvent, ev)
+	return nil, nil
 }
 
 // chatEvent runs a recall (kind persist.EventRecall) or a delete-for-me
@@ -322,9 +296,11 @@ func (s *Server) chatEvent(ctx context.Context, src *loop, cs persist.ChatStore,
 	return res, &opError{what: what, err: err}
 }
 
-// handleChatEvent runs a RECALL or a DELETE (chatEvent), answering
-// RECALL_OK or DELETE_OK before the event's pushes.
-func (s *Server) handleChatEvent(ctx context.Context, src *loop, c *conn, h codec.Header, cs persist.ChatStore, req *pb.MessageRequest) {
+// handleChatEvent runs a RECALL or a DELETE (chatEvent). It writes
+// RECALL_OK or DELETE_OK itself, once the event is stored and before the
+// event's pushes (which reach the caller's own connection too).
+func (s *Server) handleChatEvent(r *request) (proto.Message, *codec.Error) {
+	req, c, src, h := r.msg.(*pb.MessageRequest), r.c, r.src, r.h
 	kind, okCmd := persist.EventDelete, codec.CmdDeleteOK
 	if h.Command == codec.CmdRecall {
 		kind, okCmd = persist.EventRecall, codec.CmdRecallOK
@@ -336,9 +312,10 @@ func (s *Server) handleChatEvent(ctx context.Context, src *loop, c *conn, h code
 		}
 		c.writeMsg(src, h.Serializer, okCmd, h.Seq, out)
 	}
-	if _, err := s.chatEvent(ctx, src, cs, kind, c.user, req.MsgId, reply); err != nil {
-		s.replyFailure(src, c, h, "", err)
+	if _, err := s.chatEvent(r.ctx, src, r.cs, kind, c.user, req.MsgId, reply); err != nil {
+		return nil, s.failure(c, "", err)
 	}
+	return nil, nil
 }
 
 // history reads a page of conversation id in user's inbox (HISTORY): the
@@ -367,37 +344,36 @@ func (s *Server) history(ctx context.Context, cs persist.ChatStore, user string,
 	return entries[max(0, len(entries)-n):], len(entries) > n, nil // the newest n
 }
 
-func (s *Server) handleHistory(ctx context.Context, src *loop, c *conn, h codec.Header, cs persist.ChatStore, req *pb.HistoryRequest) {
-	id, ok := convID(src, c, h, req.Peer, req.GroupId)
-	if !ok {
-		return
+func (s *Server) handleHistory(r *request) (proto.Message, *codec.Error) {
+	req := r.msg.(*pb.HistoryRequest)
+	id, e := convID(req.Peer, req.GroupId)
+	if e != nil {
+		return nil, e
 	}
-	entries, more, err := s.history(ctx, cs, c.user, id, req.BeforeSeq, req.BeforeMsgId, req.Limit)
+	entries, more, err := s.history(r.ctx, r.cs, r.c.user, id, req.BeforeSeq, req.BeforeMsgId, req.Limit)
 	if err != nil {
-		s.replyFailure(src, c, h, "", err)
-		return
+		return nil, s.failure(r.c, "", err)
 	}
 	out := &pb.HistoryOK{HasMore: more}
 	out.Messages = make([]*pb.Message, len(entries))
 	for i := range entries {
 		out.Messages[i] = entryPB(&entries[i])
 	}
-	c.writeMsg(src, h.Serializer, codec.CmdHistoryOK, h.Seq, out)
+	return out, nil
 }
 
-func (s *Server) handleReadCount(ctx context.Context, src *loop, c *conn, h codec.Header, cs persist.ChatStore, req *pb.ReadCountRequest) {
-	id, ok := convID(src, c, h, req.Peer, req.GroupId)
-	if !ok {
-		return
+func (s *Server) handleReadCount(r *request) (proto.Message, *codec.Error) {
+	req := r.msg.(*pb.ReadCountRequest)
+	id, e := convID(req.Peer, req.GroupId)
+	if e != nil {
+		return nil, e
 	}
-	read, members, err := cs.ReadCount(ctx, c.user, id, req.Seq)
+	read, members, err := r.cs.ReadCount(r.ctx, r.c.user, id, req.Seq)
 	if errors.Is(err, persist.ErrNotFound) {
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeUnknownMessage, "no such message in that conversation", 0)
-		return
+		return nil, &codec.Error{Code: codec.CodeUnknownMessage, Message: "no such message in that conversation"}
 	}
 	if err != nil {
-		s.storeError(src, c, h, "read count", err)
-		return
+		return nil, s.storeFailure(r.c, "read count", err)
 	}
-	c.writeMsg(src, h.Serializer, codec.CmdReadCountOK, h.Seq, &pb.ReadCountOK{Seq: req.Seq, Read: uint32(read), Members: uint32(members)})
+	return &pb.ReadCountOK{Seq: req.Seq, Read: uint32(read), Members: uint32(members)}, nil
 }

@@ -276,10 +276,19 @@ func putTask(t *task) {
 	taskPool.Put(t)
 }
 
-// hasWork reports whether a new request cmd must queue behind c's earlier
+// hasWork reports whether requests of c are queued, running on a worker, or
+// waiting for the store.
+func (c *conn) hasWork() bool {
+	c.mu.Lock()
+	busy := c.head != nil || c.running || c.inflight > 0
+	c.mu.Unlock()
+	return busy
+}
+
+// mustQueue reports whether a new request cmd must queue behind c's earlier
 // ones: requests queued or running on a worker, or appends waiting for the
 // store beyond what cmd may overtake (inflightAllowed).
-func (c *conn) hasWork(cmd codec.Command) bool {
+func (c *conn) mustQueue(cmd codec.Command) bool {
 	allowed := c.loop.srv.inflightAllowed(cmd)
 	c.mu.Lock()
 	busy := c.head != nil || c.running || c.inflight >= allowed

@@ -12,6 +12,7 @@ import (
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
 	"github.com/imgn/imgn/persist"
+	"google.golang.org/protobuf/proto"
 )
 
 // Groups and their access control (docs/protocol.md §4.5, §6.7): every
@@ -35,24 +36,23 @@ const (
 	groupsPageMax     = 200
 )
 
-func (s *Server) handleGroupCreate(ctx context.Context, src *loop, c *conn, h codec.Header, req *pb.GroupCreateRequest) {
+func (s *Server) handleGroupCreate(r *request) (proto.Message, *codec.Error) {
+	req, c := r.msg.(*pb.GroupCreateRequest), r.c
 	members, err := s.checkNewGroup(req.Name, c.user, req.Members)
 	if err != nil {
-		s.replyFailure(src, c, h, "create group", err)
-		return
+		return nil, s.failure(c, "create group", err)
 	}
 	// Every group is stored for good: creating them counts against the
 	// same per-user budget as sending (a GROUP_CREATE storm is refused
 	// like a SEND flood).
-	if !s.allowSend(src, c, h, now(src)) {
-		return
+	if e := s.sendRate(c, now(r.src)); e != nil {
+		return nil, e
 	}
-	g, err := s.createGroup(ctx, c.user, c.user, req.Name, members, req.Open)
+	g, err := s.createGroup(r.ctx, c.user, c.user, req.Name, members, req.Open)
 	if err != nil {
-		s.replyFailure(src, c, h, "create group", err)
-		return
+		return nil, s.failure(c, "create group", err)
 	}
-	c.writeMsg(src, h.Serializer, codec.CmdGroupInfo, h.Seq, groupInfo(g))
+	return groupInfo(g), nil
 }
 
 // groupInfo is the GROUP_INFO of g for one of its members.
@@ -61,66 +61,78 @@ func groupInfo(g persist.Group) *pb.GroupInfo {
 }
 
 // handleGroup runs GROUP_JOIN, GROUP_LEAVE and GROUP_MEMBERS.
-func (s *Server) handleGroup(ctx context.Context, src *loop, c *conn, h codec.Header, req *pb.GroupRequest) {
+func (s *Server) handleGroup(r *request) (proto.Message, *codec.Error) {
+	req, c, cmd := r.msg.(*pb.GroupRequest), r.c, r.h.Command
 	if !validID(req.GroupId) {
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "group_id must be a group id", 0)
-		return
+		return nil, &codec.Error{Code: codec.CodeInvalidArgument, Message: "group_id must be a group id"}
 	}
-	if h.Command == codec.CmdGroupMembers {
-		g, ok := s.loadGroup(ctx, src, c, h, req.GroupId)
-		if !ok {
-			return
+	if cmd == codec.CmdGroupMembers {
+		g, e := s.loadGroup(r.ctx, c, req.GroupId)
+		if e != nil {
+			return nil, e
 		}
 		if !g.IsMember(c.user) {
-			c.replyError(src, h.Serializer, h.Seq, codec.CodeNotGroupMember, "not a member of "+g.ID, 0)
-			return
+			return nil, &codec.Error{Code: codec.CodeNotGroupMember, Message: "not a member of " + g.ID}
 		}
-		c.writeMsg(src, h.Serializer, codec.CmdGroupInfo, h.Seq, groupInfo(g))
-		return
+		return groupInfo(g), nil
 	}
 	// A change is announced to every member: changes count against the
 	// caller's send budget, so toggling one cannot flood the group.
-	if !s.allowSend(src, c, h, now(src)) {
-		return
+	if e := s.sendRate(c, now(r.src)); e != nil {
+		return nil, e
 	}
-	op := groupOp{cmd: h.Command, actor: c.user}
-	g, err := s.changeGroup(ctx, req.GroupId, op)
+	g, err := s.changeGroup(r.ctx, req.GroupId, groupOp{cmd: cmd, actor: c.user})
 	if err != nil {
-		s.replyFailure(src, c, h, "update group", err)
-		return
+		return nil, s.failure(c, "update group", err)
 	}
-	info := groupInfo(g)
-	if h.Command == codec.CmdGroupLeave {
+	if cmd == codec.CmdGroupLeave {
 		// No longer a member: nothing but the id.
-		info = &pb.GroupInfo{GroupId: g.ID}
+		return &pb.GroupInfo{GroupId: g.ID}, nil
 	}
-	c.writeMsg(src, h.Serializer, codec.CmdGroupInfo, h.Seq, info)
+	return groupInfo(g), nil
 }
 
-// handleGroupChange runs GROUP_ADD, GROUP_REMOVE, GROUP_TRANSFER and
-// GROUP_ADMIN.
-func (s *Server) handleGroupChange(ctx context.Context, src *loop, c *conn, h codec.Header, groupID string, op groupOp) {
-	op.cmd, op.actor = h.Command, c.user
+// handleGroupMembers runs GROUP_ADD and GROUP_REMOVE.
+func (s *Server) handleGroupMembers(r *request) (proto.Message, *codec.Error) {
+	req := r.msg.(*pb.GroupMembersRequest)
+	return s.groupChange(r, req.GroupId, groupOp{users: req.Users})
+}
+
+// handleGroupTransfer runs GROUP_TRANSFER.
+func (s *Server) handleGroupTransfer(r *request) (proto.Message, *codec.Error) {
+	req := r.msg.(*pb.GroupTransferRequest)
+	return s.groupChange(r, req.GroupId, groupOp{users: []string{req.User}})
+}
+
+// handleGroupAdmin runs GROUP_ADMIN.
+func (s *Server) handleGroupAdmin(r *request) (proto.Message, *codec.Error) {
+	req := r.msg.(*pb.GroupAdminRequest)
+	return s.groupChange(r, req.GroupId, groupOp{users: []string{req.User}, admin: req.Admin})
+}
+
+// groupChange runs GROUP_ADD, GROUP_REMOVE, GROUP_TRANSFER and
+// GROUP_ADMIN: op's arguments, by the caller.
+func (s *Server) groupChange(r *request, groupID string, op groupOp) (proto.Message, *codec.Error) {
+	c := r.c
+	op.cmd, op.actor = r.h.Command, c.user
 	if err := checkGroupOp(groupID, op); err != nil {
-		s.replyFailure(src, c, h, "update group", err)
-		return
+		return nil, s.failure(c, "update group", err)
 	}
-	if !s.allowSend(src, c, h, now(src)) { // as for GROUP_JOIN and GROUP_LEAVE
-		return
+	if e := s.sendRate(c, now(r.src)); e != nil { // as for GROUP_JOIN and GROUP_LEAVE
+		return nil, e
 	}
-	g, err := s.changeGroupChecked(ctx, groupID, op)
+	g, err := s.changeGroupChecked(r.ctx, groupID, op)
 	if err != nil {
-		s.replyFailure(src, c, h, "update group", err)
-		return
+		return nil, s.failure(c, "update group", err)
 	}
-	c.writeMsg(src, h.Serializer, codec.CmdGroupInfo, h.Seq, groupInfo(g))
+	return groupInfo(g), nil
 }
 
 // handleGroups answers GROUPS: a page of the caller's groups.
-func (s *Server) handleGroups(ctx context.Context, src *loop, c *conn, h codec.Header, req *pb.GroupsRequest) {
+func (s *Server) handleGroups(r *request) (proto.Message, *codec.Error) {
+	req, user := r.msg.(*pb.GroupsRequest), r.c.user
 	if req.After != "" && !validID(req.After) {
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "after must be empty or a group id", 0)
-		return
+		return nil, &codec.Error{Code: codec.CodeInvalidArgument, Message: "after must be empty or a group id"}
 	}
 	limit := int(req.Limit)
 	switch {
@@ -129,37 +141,33 @@ func (s *Server) handleGroups(ctx context.Context, src *loop, c *conn, h codec.H
 	case limit > groupsPageMax:
 		limit = groupsPageMax
 	}
-	gs, err := s.store.UserGroups(ctx, c.user, req.After, limit+1)
+	gs, err := s.store.UserGroups(r.ctx, user, req.After, limit+1)
 	if err != nil {
-		s.storeError(src, c, h, "list groups", err)
-		return
+		return nil, s.storeFailure(r.c, "list groups", err)
 	}
 	out := &pb.GroupsOK{HasMore: len(gs) > limit}
 	for _, g := range gs[:min(len(gs), limit)] {
-		_, admin := slices.BinarySearch(g.Admins, c.user)
+		_, admin := slices.BinarySearch(g.Admins, user)
 		out.Groups = append(out.Groups, &pb.GroupSummary{GroupId: g.ID, Name: validText(g.Name), Owner: g.Owner,
 			Size: uint32(g.Size), Open: g.Open, Admin: admin})
 	}
-	c.writeMsg(src, h.Serializer, codec.CmdGroupsOK, h.Seq, out)
+	return out, nil
 }
 
-// loadGroup reads a group from the store, answering the request when it
-// cannot.
-func (s *Server) loadGroup(ctx context.Context, src *loop, c *conn, h codec.Header, id string) (persist.Group, bool) {
+// loadGroup reads a group from the store for c's request, or returns why
+// it cannot.
+func (s *Server) loadGroup(ctx context.Context, c *conn, id string) (persist.Group, *codec.Error) {
 	if !validID(id) {
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "group_id must be a group id", 0)
-		return persist.Group{}, false
+		return persist.Group{}, &codec.Error{Code: codec.CodeInvalidArgument, Message: "group_id must be a group id"}
 	}
 	g, err := s.store.GetGroup(ctx, id)
 	if errors.Is(err, persist.ErrNotFound) {
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeUnknownGroup, "no such group: "+id, 0)
-		return g, false
+		return g, &codec.Error{Code: codec.CodeUnknownGroup, Message: "no such group: " + id}
 	}
 	if err != nil {
-		s.storeError(src, c, h, "read group", err)
-		return g, false
+		return g, s.storeFailure(c, "read group", err)
 	}
-	return g, true
+	return g, nil
 }
 
 // checkNewGroup applies GROUP_CREATE's checks that need no store, in the

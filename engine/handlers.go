@@ -13,158 +13,83 @@ import (
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
 	"github.com/imgn/imgn/persist"
+	"google.golang.org/protobuf/proto"
 )
 
 // requestTimeout bounds the store work of one request run by a worker.
 const requestTimeout = 10 * time.Second
 
-// onLoop reports whether a request of command cmd may run on the event loop
-// (see exec): with a store that never blocks, everything but REGISTER and
-// LOGIN (onFrame runs a token LOGIN on the loop itself: only a password
-// needs a worker); with a store that takes appends asynchronously, SEND and
-// GROUP_SEND (whose handler passes the request to a worker if a lookup it
-// needs could block).
-func (s *Server) onLoop(cmd codec.Command) bool {
-	switch {
-	case s.inline:
-		return cmd != codec.CmdRegister && cmd != codec.CmdLogin
-	case s.async != nil:
-		return cmd == codec.CmdSend || cmd == codec.CmdGroupSend
-	}
-	return false
-}
-
-// handle runs one queued request on a worker goroutine. Requests of one
-// connection arrive here one at a time, in order.
-func (s *Server) handle(c *conn, t *task) { s.exec(nil, c, t.h, t.body, t.ip) }
-
-// toWorker queues a request that started on the loop but needs a lookup
-// that may block: it runs again, from the start, on a worker.
-func (s *Server) toWorker(src *loop, c *conn, h codec.Header, body []byte) {
-	t := getTask()
-	t.h = h
-	t.body = append(t.body[:0], body...)
-	c.enqueue(src, t)
-}
-
-// exec decodes and runs one request. src is the event loop it runs on, nil
-// on a worker; only calls that cannot block are made when src is set (see
-// onLoop). body is valid only during the call.
-func (s *Server) exec(src *loop, c *conn, h codec.Header, body []byte, ip netip.Addr) {
-	switch h.Command {
-	case codec.CmdSend, codec.CmdGroupSend:
-		s.handleSend(src, c, h, body)
-		return
-	case codec.CmdPushAck:
-		// Decoded in place: every receiver sends these all the time.
-		upTo, err := codec.DecodePushAck(h.Serializer, body)
-		if err != nil {
-			c.replyError(src, h.Serializer, h.Seq, codec.CodeBadBody, err.Error(), 0)
-			return
-		}
-		if c.loggedIn() {
-			s.handlePushAck(src, c, upTo)
-		}
+// execHeartbeat answers a HEARTBEAT on the loop, logged in or not: it is
+// never queued behind other requests, so a busy connection is not timed out.
+func (s *Server) execHeartbeat(src *loop, c *conn, h codec.Header, body []byte) {
+	if _, err := codec.DecodeHeartbeat(h.Serializer, body); err != nil {
+		c.replyError(src, h.Serializer, h.Seq, codec.CodeBadBody, err.Error(), 0)
 		return
 	}
-	req, err := codec.DecodeRequest(h.Serializer, h.Command, body)
+	ms := now(src).UnixMilli()
+	c.queue(src, func(b []byte) []byte { return codec.AppendHeartbeatOKFrame(b, h.Serializer, h.Seq, ms) })
+}
+
+// execPushAck runs a PUSH_ACK, decoded in place: every receiver sends these
+// all the time. It has no reply; before the login it is ignored.
+func (s *Server) execPushAck(src *loop, c *conn, h codec.Header, body []byte) {
+	upTo, err := codec.DecodePushAck(h.Serializer, body)
 	if err != nil {
 		c.replyError(src, h.Serializer, h.Seq, codec.CodeBadBody, err.Error(), 0)
 		return
 	}
-	ctx := context.Background()
-	if src == nil {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
-		defer cancel()
+	if c.loggedIn() {
+		s.handlePushAck(src, c, upTo)
 	}
-	switch req := req.(type) {
-	case *pb.RegisterRequest:
-		if s.allowPasswordAttempt(src, c, h, ip) {
-			s.handleRegister(ctx, c, h, req)
-		}
-		return
-	case *pb.LoginRequest:
-		if req.Password == "" || s.allowPasswordAttempt(src, c, h, ip) {
-			s.handleLogin(ctx, src, c, h, req)
-		}
-		return
-	}
-	if !c.loggedIn() {
-		// The LOGIN this request was queued behind failed.
-		c.fail(src, h.Serializer, h.Seq, codec.CodeNotLoggedIn, "log in first")
-		return
-	}
-	switch req := req.(type) {
-	case *pb.Empty: // LOGOUT
-		c.writeMsg(src, h.Serializer, codec.CmdLogoutOK, h.Seq, &pb.Empty{})
-		s.sessions.remove(c)
-		c.closeAfterFlush(src)
-	case *pb.SyncRequest:
-		s.handleSync(ctx, src, c, h, req)
-	case *pb.GroupCreateRequest:
-		s.handleGroupCreate(ctx, src, c, h, req)
-	case *pb.GroupRequest:
-		s.handleGroup(ctx, src, c, h, req)
-	case *pb.GroupMembersRequest:
-		s.handleGroupChange(ctx, src, c, h, req.GroupId, groupOp{users: req.Users})
-	case *pb.GroupTransferRequest:
-		s.handleGroupChange(ctx, src, c, h, req.GroupId, groupOp{users: []string{req.User}})
-	case *pb.GroupAdminRequest:
-		s.handleGroupChange(ctx, src, c, h, req.GroupId, groupOp{users: []string{req.User}, admin: req.Admin})
-	case *pb.GroupsRequest:
-		s.handleGroups(ctx, src, c, h, req)
-	case *pb.PresenceRequest:
-		s.handlePresence(ctx, src, c, h, req)
-	default:
-		s.execChat(ctx, src, c, h, req)
-	}
+}
+
+// handleLogout answers LOGOUT_OK; the route closes the connection once it
+// is written. The session goes first, so no PUSH follows LOGOUT_OK.
+func (s *Server) handleLogout(r *request) (proto.Message, *codec.Error) {
+	s.sessions.remove(r.c)
+	return &pb.Empty{}, nil
 }
 
 // allowPasswordAttempt applies the per-address limit on password attempts;
-// a refused attempt is answered RATE_LIMITED (retryable after the wait).
-func (s *Server) allowPasswordAttempt(src *loop, c *conn, h codec.Header, ip netip.Addr) bool {
+// a refused attempt is RATE_LIMITED (retryable after the wait).
+func (s *Server) allowPasswordAttempt(ip netip.Addr) *codec.Error {
 	ok, wait := s.logins.allow(ip, time.Now())
-	if !ok {
-		s.metrics.logins.WithLabelValues("RATE_LIMITED").Inc()
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeRateLimited, "too many password attempts from this address", uint32(wait.Milliseconds())+1)
+	if ok {
+		return nil
 	}
-	return ok
+	s.metrics.logins.WithLabelValues("RATE_LIMITED").Inc()
+	return &codec.Error{Code: codec.CodeRateLimited, Message: "too many password attempts from this address",
+		RetryAfterMs: uint32(wait.Milliseconds()) + 1}
 }
 
 // handleRegister runs on a worker (it hashes the password).
-func (s *Server) handleRegister(ctx context.Context, c *conn, h codec.Header, req *pb.RegisterRequest) {
-	if c.loggedIn() {
-		c.replyError(nil, h.Serializer, h.Seq, codec.CodeAlreadyLoggedIn, "already logged in", 0)
-		return
+func (s *Server) handleRegister(r *request) (proto.Message, *codec.Error) {
+	req := r.msg.(*pb.RegisterRequest)
+	if r.c.loggedIn() {
+		return nil, &codec.Error{Code: codec.CodeAlreadyLoggedIn, Message: "already logged in"}
 	}
 	if !validID(req.User) {
-		c.replyError(nil, h.Serializer, h.Seq, codec.CodeInvalidArgument, "user must be 1..64 bytes of [A-Za-z0-9_.-]", 0)
-		return
+		return nil, &codec.Error{Code: codec.CodeInvalidArgument, Message: "user must be 1..64 bytes of [A-Za-z0-9_.-]"}
 	}
 	if err := checkPassword(req.Password); err != nil {
-		s.replyFailure(nil, c, h, "register", err)
-		return
+		return nil, s.failure(r.c, "register", err)
 	}
-	if _, err := s.store.GetUser(ctx, req.User); err == nil {
-		c.replyError(nil, h.Serializer, h.Seq, codec.CodeUserExists, "user exists", 0)
-		return
+	if _, err := s.store.GetUser(r.ctx, req.User); err == nil {
+		return nil, &codec.Error{Code: codec.CodeUserExists, Message: "user exists"}
 	}
-	hash, err := s.hash(ctx, func() (string, error) { return hashPassword(req.Password) })
+	hash, err := s.hash(r.ctx, func() (string, error) { return hashPassword(req.Password) })
 	if err != nil {
-		c.replyError(nil, h.Serializer, h.Seq, codec.CodeInternal, "hash password: "+err.Error(), 0)
-		return
+		return nil, &codec.Error{Code: codec.CodeInternal, Message: "hash password: " + err.Error()}
 	}
-	err = s.store.CreateUser(ctx, persist.User{ID: req.User, PasswordHash: hash, Created: time.Now().UnixMilli()})
+	err = s.store.CreateUser(r.ctx, persist.User{ID: req.User, PasswordHash: hash, Created: time.Now().UnixMilli()})
 	switch {
 	case errors.Is(err, persist.ErrUserExists):
-		c.replyError(nil, h.Serializer, h.Seq, codec.CodeUserExists, "user exists", 0)
+		return nil, &codec.Error{Code: codec.CodeUserExists, Message: "user exists"}
 	case err != nil:
-		s.storeError(nil, c, h, "create user", err)
-	default:
-		s.users.Store(req.User, struct{}{})
-		c.writeMsg(nil, h.Serializer, codec.CmdRegisterOK, h.Seq, &pb.RegisterOK{User: req.User})
+		return nil, s.storeFailure(r.c, "create user", err)
 	}
+	s.users.Store(req.User, struct{}{})
+	return &pb.RegisterOK{User: req.User}, nil
 }
 
 // hash runs fn (a password hash) under the hashing semaphore.
@@ -178,71 +103,64 @@ func (s *Server) hash(ctx context.Context, fn func() (string, error)) (string, e
 	return fn()
 }
 
-// handleLogin runs on a worker, or on the loop (src) for a token login on a
-// store that never blocks.
-func (s *Server) handleLogin(ctx context.Context, src *loop, c *conn, h codec.Header, req *pb.LoginRequest) {
-	fail := func(code codec.ErrorCode, msg string) {
-		s.metrics.logins.WithLabelValues(code.String()).Inc()
-		c.replyError(src, h.Serializer, h.Seq, code, msg, 0)
+// handleLogin runs on a worker, or on the loop (r.src) for a token login on
+// a store that never blocks. It writes LOGIN_OK itself (under the
+// connection's lock, with the session: see loginOK); every failure is
+// counted by its code.
+func (s *Server) handleLogin(r *request) (proto.Message, *codec.Error) {
+	e := s.login(r)
+	if e != nil {
+		s.metrics.logins.WithLabelValues(e.Code.String()).Inc()
 	}
+	return nil, e
+}
+
+func (s *Server) login(r *request) *codec.Error {
+	ctx, src, c, h, req := r.ctx, r.src, r.c, r.h, r.msg.(*pb.LoginRequest)
 	if c.loggedIn() {
-		s.metrics.logins.WithLabelValues("ALREADY_LOGGED_IN").Inc()
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeAlreadyLoggedIn, "already logged in", 0)
-		return
+		return &codec.Error{Code: codec.CodeAlreadyLoggedIn, Message: "already logged in"}
 	}
 	if s.shutting.Load() {
-		fail(codec.CodeShuttingDown, "node is shutting down")
-		return
+		return &codec.Error{Code: codec.CodeShuttingDown, Message: "node is shutting down"}
 	}
 	if msg := loginArgs(req); msg != "" {
-		fail(codec.CodeInvalidArgument, msg)
-		return
+		return &codec.Error{Code: codec.CodeInvalidArgument, Message: msg}
 	}
 	user := req.User
 	switch {
 	case req.Token != "":
 		if len(s.cfg.JWTSecret) == 0 {
-			fail(codec.CodeAuthFailed, "token login is not enabled on this node")
-			return
+			return &codec.Error{Code: codec.CodeAuthFailed, Message: "token login is not enabled on this node"}
 		}
 		sub, err := verifyToken(s.cfg.JWTSecret, req.Token)
 		if errors.Is(err, errTokenExpired) {
-			fail(codec.CodeTokenExpired, err.Error())
-			return
+			return &codec.Error{Code: codec.CodeTokenExpired, Message: err.Error()}
 		}
 		if err != nil {
-			fail(codec.CodeAuthFailed, err.Error())
-			return
+			return &codec.Error{Code: codec.CodeAuthFailed, Message: err.Error()}
 		}
 		if user != "" && user != sub {
-			fail(codec.CodeInvalidArgument, "user does not match the token's subject")
-			return
+			return &codec.Error{Code: codec.CodeInvalidArgument, Message: "user does not match the token's subject"}
 		}
 		user = sub
 		// An application's auth service vouches for the user: provision the
 		// account on first login (it has no password, so password login
 		// stays impossible).
 		if err := s.ensureUser(ctx, user); errors.Is(err, errDisabled) {
-			fail(codec.CodeAuthFailed, "account disabled")
-			return
+			return errDisabled
 		} else if err != nil {
-			s.metrics.logins.WithLabelValues("STORE_UNAVAILABLE").Inc()
-			s.storeError(src, c, h, "provision user", err)
-			return
+			return s.storeFailure(c, "provision user", err)
 		}
 	default:
 		u, err := s.store.GetUser(ctx, user)
 		if errors.Is(err, persist.ErrNotFound) {
-			fail(codec.CodeAuthFailed, "unknown user or wrong password")
-			return
+			return &codec.Error{Code: codec.CodeAuthFailed, Message: "unknown user or wrong password"}
 		}
 		if err != nil {
-			s.storeError(src, c, h, "read user", err)
-			return
+			return s.storeFailure(c, "read user", err)
 		}
 		if u.Disabled() {
-			fail(codec.CodeAuthFailed, "account disabled")
-			return
+			return errDisabled
 		}
 		var ok bool
 		_, err = s.hash(ctx, func() (string, error) {
@@ -251,20 +169,17 @@ func (s *Server) handleLogin(ctx context.Context, src *loop, c *conn, h codec.He
 			return "", verr
 		})
 		if err != nil || !ok {
-			fail(codec.CodeAuthFailed, "unknown user or wrong password")
-			return
+			return &codec.Error{Code: codec.CodeAuthFailed, Message: "unknown user or wrong password"}
 		}
 		s.users.Store(strings.Clone(user), struct{}{})
 	}
 	head, err := s.store.LastSeq(ctx, user)
 	if err != nil {
-		s.storeError(src, c, h, "read inbox head", err)
-		return
+		return s.storeFailure(c, "read inbox head", err)
 	}
 	cursor, err := s.store.Cursor(ctx, user, req.Device)
 	if err != nil {
-		s.storeError(src, c, h, "read cursor", err)
-		return
+		return s.storeFailure(c, "read cursor", err)
 	}
 	hb := s.heartbeatInterval()
 	// The identity is written under mu so that OnClose and the timeout
@@ -276,7 +191,7 @@ func (s *Server) handleLogin(ctx context.Context, src *loop, c *conn, h codec.He
 	c.cursor.Store(cursor)
 	c.lastRecv.Store(now(src).UnixNano()) // the idle timer starts at the login
 	if !c.state.CompareAndSwap(stateNew, stateLoggedIn) {
-		return // closed (timeout, peer gone) while logging in
+		return nil // closed (timeout, peer gone) while logging in
 	}
 	// The session becomes visible to senders and LOGIN_OK is queued under
 	// the connection's lock, so no PUSH can overtake LOGIN_OK, and every
@@ -304,7 +219,7 @@ func (s *Server) handleLogin(ctx context.Context, src *loop, c *conn, h codec.He
 		s.metrics.encodeErrors.Inc()
 		s.metrics.countError(codec.CodeInternal)
 		s.log.Error("encode login_ok; answered INTERNAL", "err", encErr)
-		return
+		return nil
 	}
 	if old != nil {
 		old.kick(src, codec.CodeKickDuplicateLogin, "the same user and device logged in on another connection")
@@ -315,6 +230,7 @@ func (s *Server) handleLogin(ctx context.Context, src *loop, c *conn, h codec.He
 		s.sessions.remove(c)
 	}
 	s.metrics.logins.WithLabelValues("OK").Inc()
+	return nil
 }
 
 // loginArgs checks a LOGIN's fields (docs/protocol.md §4.3) and returns
@@ -392,15 +308,6 @@ func (s *Server) userExists(ctx context.Context, user string) (bool, error) {
 	return true, nil
 }
 
-// storeError answers a request whose store call failed: retryable, nothing
-// acknowledged.
-func (s *Server) storeError(src *loop, c *conn, h codec.Header, what string, err error) {
-	code := ErrorCode(err)
-	user, _ := c.identity()
-	s.log.Warn("store error", "what", what, "user", user, "err", err)
-	c.replyError(src, h.Serializer, h.Seq, code, what+": "+err.Error(), 200)
-}
-
 func (s *Server) handlePushAck(src *loop, c *conn, upTo uint64) {
 	for {
 		cur := c.cursor.Load()
@@ -426,7 +333,8 @@ func (s *Server) handlePushAck(src *loop, c *conn, upTo uint64) {
 	s.observeDelivered(c.user, c.device, upTo)
 }
 
-func (s *Server) handleSync(ctx context.Context, src *loop, c *conn, h codec.Header, req *pb.SyncRequest) {
+func (s *Server) handleSync(r *request) (proto.Message, *codec.Error) {
+	req, user := r.msg.(*pb.SyncRequest), r.c.user
 	limit := int(req.Limit)
 	if limit <= 0 {
 		limit = s.cfg.SyncLimit
@@ -434,17 +342,15 @@ func (s *Server) handleSync(ctx context.Context, src *loop, c *conn, h codec.Hea
 	if limit > s.cfg.SyncMaxLimit {
 		limit = s.cfg.SyncMaxLimit
 	}
-	entries, err := s.store.ReadInbox(ctx, c.user, req.AfterSeq, limit+1)
+	entries, err := s.store.ReadInbox(r.ctx, user, req.AfterSeq, limit+1)
 	if err != nil {
-		s.storeError(src, c, h, "read inbox", err)
-		return
+		return nil, s.storeFailure(r.c, "read inbox", err)
 	}
-	head, err := s.store.LastSeq(ctx, c.user)
+	head, err := s.store.LastSeq(r.ctx, user)
 	if err != nil {
-		s.storeError(src, c, h, "read inbox head", err)
-		return
+		return nil, s.storeFailure(r.c, "read inbox head", err)
 	}
-	out := &pb.SyncOK{HeadSeq: head, FirstSeq: s.removedBelow(ctx, c.user, req.AfterSeq, head, entries)}
+	out := &pb.SyncOK{HeadSeq: head, FirstSeq: s.removedBelow(r.ctx, user, req.AfterSeq, head, entries)}
 	if len(entries) > limit {
 		out.HasMore = true
 		entries = entries[:limit]
@@ -453,7 +359,7 @@ func (s *Server) handleSync(ctx context.Context, src *loop, c *conn, h codec.Hea
 	for i := range entries {
 		out.Messages[i] = entryPB(&entries[i])
 	}
-	c.writeMsg(src, h.Serializer, codec.CmdSyncOK, h.Seq, out)
+	return out, nil
 }
 
 // removedBelow returns SyncOK.first_seq for a page read after afterSeq:
@@ -503,30 +409,29 @@ func validText(s string) string {
 	return strings.ToValidUTF8(s, "\uFFFD")
 }
 
-func (s *Server) handlePresence(ctx context.Context, src *loop, c *conn, h codec.Header, req *pb.PresenceRequest) {
+func (s *Server) handlePresence(r *request) (proto.Message, *codec.Error) {
+	req := r.msg.(*pb.PresenceRequest)
 	if len(req.Users) > 500 {
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "at most 500 users per PRESENCE", 0)
-		return
+		return nil, &codec.Error{Code: codec.CodeInvalidArgument, Message: "at most 500 users per PRESENCE"}
 	}
 	for i, u := range req.Users {
 		if !validID(u) {
-			c.replyError(src, h.Serializer, h.Seq, codec.CodeInvalidArgument, "users["+strconv.Itoa(i)+"] must be 1..64 bytes of [A-Za-z0-9_.-]", 0)
-			return
+			return nil, &codec.Error{Code: codec.CodeInvalidArgument, Message: "users[" + strconv.Itoa(i) + "] must be 1..64 bytes of [A-Za-z0-9_.-]"}
 		}
 	}
 	out := &pb.PresenceOK{Users: make([]*pb.UserPresence, len(req.Users))}
 	for i, u := range req.Users {
-		p := s.presence(ctx, u)
+		p := s.presence(r.ctx, u)
 		if !p.Online {
 			// Offline or no such account: say which (a store error
 			// leaves it "offline", the weaker claim).
-			if exists, err := s.userExists(ctx, u); err == nil && !exists {
+			if exists, err := s.userExists(r.ctx, u); err == nil && !exists {
 				p.Unknown = true
 			}
 		}
 		out.Users[i] = p
 	}
-	c.writeMsg(src, h.Serializer, codec.CmdPresenceOK, h.Seq, out)
+	return out, nil
 }
 
 // presence reports user's online devices (cluster-wide with a session

@@ -164,9 +164,12 @@ func (s *Server) handleSend(src *loop, c *conn, h codec.Header, body []byte) {
 	}
 	var g *persist.Group
 	if group {
-		var ok bool
-		if g, ok = s.groupFor(ctx, src, c, h, body, toStr, mayBlock); !ok {
+		var e *codec.Error
+		if g, e = s.groupFor(ctx, src, c, h, body, toStr, mayBlock); e != nil {
+			c.replyErr(src, h, e)
 			return
+		} else if g == nil {
+			return // passed to a worker
 		}
 		if _, member := slices.BinarySearch(g.Members, c.user); !member {
 			c.replyError(src, h.Serializer, h.Seq, codec.CodeNotGroupMember, "not a member of "+g.ID, 0)
@@ -179,7 +182,7 @@ func (s *Server) handleSend(src *loop, c *conn, h codec.Header, body []byte) {
 		}
 		ok, err := s.userExists(ctx, toStr)
 		if err != nil {
-			s.storeError(src, c, h, "read recipient", err)
+			c.replyErr(src, h, s.storeFailure(c, "read recipient", err))
 			return
 		}
 		if !ok {
@@ -187,7 +190,8 @@ func (s *Server) handleSend(src *loop, c *conn, h codec.Header, body []byte) {
 			return
 		}
 	}
-	if !s.allowSend(src, c, h, now(src)) {
+	if e := s.sendRate(c, now(src)); e != nil {
+		c.replyErr(src, h, e)
 		return
 	}
 
@@ -226,29 +230,29 @@ func (s *Server) handleSend(src *loop, c *conn, h codec.Header, body []byte) {
 	s.submitAppend(ctx, src, op)
 }
 
-// groupFor returns the members of group id, from the cache or the store.
-// It answers the request and returns false when it cannot, and passes the
-// request to a worker (false) when a store read would block the loop.
-func (s *Server) groupFor(ctx context.Context, src *loop, c *conn, h codec.Header, body []byte, id string, mayBlock bool) (*persist.Group, bool) {
+// groupFor returns the members of group id, from the cache or the store,
+// or why it cannot. When a store read would block the loop it passes the
+// request (h, body) to a worker instead and returns neither.
+func (s *Server) groupFor(ctx context.Context, src *loop, c *conn, h codec.Header, body []byte, id string, mayBlock bool) (*persist.Group, *codec.Error) {
 	caching := s.cfg.Cluster == nil
 	if caching {
 		if g, _ := s.groups.get(id); g != nil {
-			return g, true
+			return g, nil
 		}
 	}
 	if !mayBlock {
 		s.toWorker(src, c, h, body)
-		return nil, false
+		return nil, nil
 	}
 	_, gen := s.groups.get(id)
-	g, ok := s.loadGroup(ctx, src, c, h, id)
-	if !ok {
-		return nil, false
+	g, e := s.loadGroup(ctx, c, id)
+	if e != nil {
+		return nil, e
 	}
 	if caching {
 		s.groups.put(&g, gen)
 	}
-	return &g, true
+	return &g, nil
 }
 
 // submitAppend hands op to the store: asynchronously when the store takes
@@ -277,7 +281,7 @@ func (s *Server) submitAppend(ctx context.Context, src *loop, op *sendOp) {
 func (op *sendOp) AppendDone(*persist.AppendOp) {
 	s, c, src := op.s, op.c, op.src
 	if op.Err != nil {
-		s.storeError(src, c, op.h, "append", op.Err)
+		c.replyErr(src, op.h, s.storeFailure(c, "append", op.Err))
 	} else {
 		res := &op.Result
 		if !res.Duplicate {
@@ -308,23 +312,22 @@ func (op *sendOp) AppendDone(*persist.AppendOp) {
 	putSendOp(op)
 }
 
-// allowSend applies the per-user token bucket; when the bucket is empty it
-// answers RATE_LIMITED with the wait and returns false.
-func (s *Server) allowSend(src *loop, c *conn, h codec.Header, now time.Time) bool {
+// sendRate applies the per-user token bucket to a request of logged-in c:
+// nil when it may go on, RATE_LIMITED with the wait when the bucket is
+// empty. Allocation-free unless it refuses.
+func (s *Server) sendRate(c *conn, now time.Time) *codec.Error {
 	lim := s.sessions.limiter(c.user, s.newLimiter)
 	if lim == nil || lim.AllowN(now, 1) {
-		return true
+		return nil
 	}
 	// Refused (rare): learn the wait for retry_after_ms. Reserve
 	// allocates, Allow does not, hence the two steps.
 	r := lim.ReserveN(now, 1)
 	if d := r.DelayFrom(now); d > 0 {
 		r.CancelAt(now)
-		ms := uint32(d.Milliseconds()) + 1
-		c.replyError(src, h.Serializer, h.Seq, codec.CodeRateLimited, "send rate exceeded", ms)
-		return false
+		return &codec.Error{Code: codec.CodeRateLimited, Message: "send rate exceeded", RetryAfterMs: uint32(d.Milliseconds()) + 1}
 	}
-	return true
+	return nil
 }
 
 // pushTo queues a PUSH of m, at seq of user's inbox, to every device of user

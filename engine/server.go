@@ -360,20 +360,16 @@ func (s *Server) onFrame(l *loop, c *conn, f codec.Frame) (stop bool) {
 		return true
 	}
 	cmd := f.Command
-	if cmd == codec.CmdHeartbeat {
-		if _, err := codec.DecodeHeartbeat(f.Serializer, f.Body); err != nil {
-			c.replyError(l, f.Serializer, f.Seq, codec.CodeBadBody, err.Error(), 0)
-			return false
-		}
-		ms := l.now.UnixMilli()
-		c.queue(l, func(b []byte) []byte { return codec.AppendHeartbeatOKFrame(b, f.Serializer, f.Seq, ms) })
+	rt := &routes[cmd]
+	if rt.anytime {
+		rt.raw(s, l, c, f.Header, f.Body)
 		return false
 	}
-	if !c.loggedIn() && !c.loginPending && cmd != codec.CmdLogin && cmd != codec.CmdRegister {
+	if !c.loggedIn() && !c.loginPending && !rt.open {
 		c.fail(l, f.Serializer, f.Seq, codec.CodeNotLoggedIn, "log in first")
 		return true
 	}
-	if !clientRequest(cmd) {
+	if !rt.known() {
 		c.replyError(l, f.Serializer, f.Seq, codec.CodeUnknownCommand, "unknown command "+cmd.String(), 0)
 		return false
 	}
@@ -381,11 +377,11 @@ func (s *Server) onFrame(l *loop, c *conn, f codec.Frame) (stop bool) {
 		c.replyError(l, f.Serializer, f.Seq, codec.CodeShuttingDown, "node is shutting down", 0)
 		return false
 	}
-	if s.onLoop(cmd) && !c.hasWork(cmd) {
+	if s.onLoop(cmd) && !c.mustQueue(cmd) {
 		s.exec(l, c, f.Header, f.Body, netip.Addr{})
 		return false
 	}
-	if cmd == codec.CmdLogin && s.inline && !c.hasWork(cmd) {
+	if cmd == codec.CmdLogin && s.inline && !c.mustQueue(cmd) {
 		// A token login needs no hashing: with a store that never blocks
 		// it runs here. A password login goes to a worker.
 		m, err := codec.DecodeRequest(f.Serializer, cmd, f.Body)
@@ -393,8 +389,8 @@ func (s *Server) onFrame(l *loop, c *conn, f codec.Frame) (stop bool) {
 			c.replyError(l, f.Serializer, f.Seq, codec.CodeBadBody, err.Error(), 0)
 			return false
 		}
-		if req := m.(*pb.LoginRequest); req.Password == "" {
-			s.handleLogin(context.Background(), l, c, f.Header, req)
+		if m.(*pb.LoginRequest).Password == "" {
+			s.dispatch(l, c, f.Header, m, netip.Addr{})
 			return false
 		}
 	}
@@ -410,18 +406,6 @@ func (s *Server) onFrame(l *loop, c *conn, f codec.Frame) (stop bool) {
 		}
 	}
 	c.enqueue(l, t)
-	return false
-}
-
-// clientRequest reports whether cmd is a request a client may send.
-func clientRequest(cmd codec.Command) bool {
-	switch cmd {
-	case codec.CmdRegister, codec.CmdLogin, codec.CmdLogout, codec.CmdSend, codec.CmdPushAck, codec.CmdSync,
-		codec.CmdGroupCreate, codec.CmdGroupJoin, codec.CmdGroupLeave, codec.CmdGroupMembers, codec.CmdGroupSend, codec.CmdPresence,
-		codec.CmdGroupAdd, codec.CmdGroupRemove, codec.CmdGroupTransfer, codec.CmdGroupAdmin, codec.CmdGroups,
-		codec.CmdConversations, codec.CmdRead, codec.CmdTyping, codec.CmdRecall, codec.CmdDelete, codec.CmdHistory, codec.CmdReadCount:
-		return true
-	}
 	return false
 }
 

@@ -20,17 +20,13 @@ import (
 // and appends go through the inbox owners.
 
 // Error is a request refused for a reason the protocol has a code for (an
-// unknown user, a full group, a bad argument). Store failures are not
-// Errors: ErrorCode classifies them.
-type Error struct {
-	Code    codec.ErrorCode
-	Message string
-}
-
-func (e *Error) Error() string { return e.Message }
+// unknown user, a full group, a bad argument): the same type the protocol
+// handlers answer with. Store failures are not Errors: ErrorCode
+// classifies them.
+type Error = codec.Error
 
 func refuse(code codec.ErrorCode, format string, args ...any) error {
-	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+	return codec.Errorf(code, format, args...)
 }
 
 // errDisabled is a login or send by a disabled account.
@@ -65,22 +61,6 @@ type opError struct {
 
 func (e *opError) Error() string { return "engine: " + e.what + ": " + e.err.Error() }
 func (e *opError) Unwrap() error { return e.err }
-
-// replyFailure answers a request that failed with err: an Error with its
-// own code and message, anything else as a store failure (retryable)
-// described by what, or by the step an opError names.
-func (s *Server) replyFailure(src *loop, c *conn, h codec.Header, what string, err error) {
-	var e *Error
-	if errors.As(err, &e) {
-		c.replyError(src, h.Serializer, h.Seq, e.Code, e.Message, 0)
-		return
-	}
-	var op *opError
-	if errors.As(err, &op) {
-		what, err = op.what, op.err
-	}
-	s.storeError(src, c, h, what, err)
-}
 
 // checkPassword applies REGISTER's password rule.
 func checkPassword(password string) error {
