@@ -86,7 +86,9 @@ type Config struct {
 	// MaxConnInbound bounds the bytes of one connection's requests that
 	// are decoded but waiting to run (requests of one connection run one at
 	// a time, in order); each queued request counts its body plus 64 bytes.
-	// Beyond it a request is answered BUSY. Default 256 KiB.
+	// Beyond it a request is answered BUSY. With an asynchronous store it
+	// also bounds the sends a connection pipelines to the store's committer
+	// (beyond it they queue as above). Default 256 KiB.
 	MaxConnInbound int
 	// MaxNodeInbound bounds the same across the node. Default 64 MiB.
 	MaxNodeInbound int

@@ -159,7 +159,7 @@ func newFlagSet(o *options, out io.Writer) (*envflag.Flags, map[string]string) {
 	fs.IntVar(&e.MaxBody, bind("MaxBody", "max-body"), def.MaxBody, "maximum frame body bytes")
 	fs.IntVar(&e.MaxGroupSize, bind("MaxGroupSize", "max-group-size"), def.MaxGroupSize, "maximum group members")
 	fs.IntVar(&e.MaxOutbound, bind("MaxOutbound", "max-outbound"), def.MaxOutbound, "bytes queued to one connection before it is closed as a slow consumer")
-	fs.IntVar(&e.MaxConnInbound, bind("MaxConnInbound", "max-conn-inbound"), def.MaxConnInbound, "bytes of one connection's requests that may wait for a worker (beyond: BUSY)")
+	fs.IntVar(&e.MaxConnInbound, bind("MaxConnInbound", "max-conn-inbound"), def.MaxConnInbound, "bytes of one connection's requests that may wait for a worker (beyond: BUSY), and of the sends it pipelines to the embedded store")
 	fs.IntVar(&e.MaxNodeInbound, bind("MaxNodeInbound", "max-node-inbound"), def.MaxNodeInbound, "bytes of requests that may wait for a worker, node-wide (beyond: BUSY)")
 	fs.IntVar(&e.Workers, bind("Workers", "workers"), def.Workers, "request worker goroutines (store and hashing)")
 	fs.IntVar(&e.EventLoops, bind("EventLoops", "event-loops"), 0, "gnet event loops")
