@@ -3,7 +3,8 @@
 // application creates and disables users, sets passwords, mints login
 // tokens, manages groups, sends messages as a user or as the system, ends a
 // user's sessions, reads inboxes, conversations, histories and presence,
-// moves read cursors and recalls messages. docs/api.md documents
+// moves read cursors, recalls and deletes messages and counts who read
+// a group message. docs/api.md documents
 // every endpoint with curl examples.
 //
 // It is served on its own listener (imd --api-listen), apart from the
@@ -51,6 +52,8 @@ type Backend interface {
 	History(ctx context.Context, user string, conv persist.ConvID, beforeSeq, beforeMsgID uint64, limit int) (engine.HistoryPage, error)
 	MarkRead(ctx context.Context, user string, conv persist.ConvID, upTo uint64) (persist.ReadResult, error)
 	Recall(ctx context.Context, user string, msgID uint64) (persist.EventResult, error)
+	DeleteForMe(ctx context.Context, user string, msgID uint64) (persist.EventResult, error)
+	ReadCount(ctx context.Context, user string, conv persist.ConvID, seq uint64) (read, members int, err error)
 	CreateGroup(ctx context.Context, owner, name string, members []string, open bool) (persist.Group, error)
 	Group(ctx context.Context, id string) (persist.Group, error)
 	AddGroupMember(ctx context.Context, id, user string) (persist.Group, error)

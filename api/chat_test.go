@@ -271,6 +271,93 @@ func TestChat(t *testing.T) {
 	}
 }
 
+// TestDeleteAndReadCount: delete-for-me and a group message's read count
+// through the API, on the memory and the embedded store: the delete event
+// reaches the user's device and hides the message from the user only; the
+// read count follows the members' read cursors.
+func TestDeleteAndReadCount(t *testing.T) {
+	for _, sc := range chatStores {
+		t.Run(sc.name, func(t *testing.T) {
+			f := startWith(t, sc.open(t))
+			for _, u := range []string{"alice", "bob", "carol"} {
+				f.must(201, "POST", "/v1/users", map[string]string{"user": u})
+			}
+			alice := f.online("alice", "phone")
+
+			// bob's message to alice (alice 1, bob 1); alice deletes it.
+			id := f.sendText("bob", "alice", "b1", "delete me")
+			target, _ := strconv.ParseUint(id, 10, 64)
+			del := f.must(200, "POST", "/v1/users/alice/messages/"+id+"/delete", nil)
+			if del["user"] != "alice" || del["msg_id"] != id || del["duplicate"] != false || del["seq"] != float64(2) || del["event_msg_id"] == nil {
+				t.Fatalf("delete: %v", del)
+			}
+			if ev := event(t, alice, persist.EventDelete, target); ev.Seq != 2 || strconv.FormatUint(ev.MsgId, 10) != del["event_msg_id"] {
+				t.Fatalf("alice's delete event %v, delete %v", ev, del)
+			}
+			if h := list(f.must(200, "GET", "/v1/users/alice/conversations/bob/history", nil), "messages"); len(h) != 0 {
+				t.Fatalf("alice's history after the delete: %v", h)
+			}
+			in := list(f.must(200, "GET", "/v1/users/alice/inbox", nil), "messages")
+			if len(in) != 2 || in[0]["deleted"] != true || in[0]["body"] != "" || in[1]["event"] != float64(persist.EventDelete) || in[1]["target_msg_id"] != id {
+				t.Fatalf("alice's inbox after the delete: %v", in)
+			}
+			// bob keeps it, and gets no event.
+			if h := list(f.must(200, "GET", "/v1/users/bob/conversations/alice/history", nil), "messages"); len(h) != 1 || h[0]["msg_id"] != id || h[0]["body"] != "ZGVsZXRlIG1l" {
+				t.Fatalf("bob's history after alice's delete: %v", h)
+			}
+			if in := list(f.must(200, "GET", "/v1/users/bob/inbox", nil), "messages"); len(in) != 1 {
+				t.Fatalf("bob's inbox after alice's delete: %v", in)
+			}
+			if again := f.must(200, "POST", "/v1/users/alice/messages/"+id+"/delete", nil); again["duplicate"] != true || again["seq"] != float64(0) || (again["event_msg_id"] != nil && again["event_msg_id"] != del["event_msg_id"]) {
+				t.Fatalf("repeated delete: %v", again)
+			}
+			f.wantError(404, "UNKNOWN_MESSAGE", "POST", "/v1/users/carol/messages/"+id+"/delete", nil)
+			f.wantError(404, "UNKNOWN_MESSAGE", "POST", "/v1/users/alice/messages/12345/delete", nil)
+			f.wantError(404, "UNKNOWN_RECIPIENT", "POST", "/v1/users/nobody/messages/"+id+"/delete", nil)
+			f.wantError(400, "BAD_REQUEST", "POST", "/v1/users/alice/messages/abc/delete", nil)
+			f.wantError(400, "BAD_REQUEST", "POST", "/v1/users/alice/messages/0/delete", nil)
+
+			// A group message of alice's: nobody has read it, then bob,
+			// then carol. alice's seq of it is 3 (after the delete event).
+			gid := f.must(201, "POST", "/v1/groups", map[string]any{"owner": "alice", "name": "team", "members": []string{"bob", "carol"}})["group_id"].(string)
+			f.sendText("alice", "group:"+gid, "g1", "read me")
+			conv := "/v1/users/alice/conversations/group:" + gid
+			seq := list(f.must(200, "GET", conv+"/history", nil), "messages")[0]["seq"].(float64)
+			path := conv + "/read-count?seq=" + strconv.FormatFloat(seq, 'f', -1, 64)
+			if rc := f.must(200, "GET", path, nil); rc["read"] != float64(0) || rc["members"] != float64(2) || rc["seq"] != seq || rc["conv"] != "group:"+gid || rc["user"] != "alice" {
+				t.Fatalf("read count before any read: %v", rc)
+			}
+			f.must(200, "POST", "/v1/users/bob/conversations/group:"+gid+"/read", nil)
+			if rc := f.must(200, "GET", path, nil); rc["read"] != float64(1) || rc["members"] != float64(2) {
+				t.Fatalf("read count after bob read: %v", rc)
+			}
+			f.must(200, "POST", "/v1/users/carol/conversations/group:"+gid+"/read", nil)
+			if rc := f.must(200, "GET", path, nil); rc["read"] != float64(2) || rc["members"] != float64(2) {
+				t.Fatalf("read count after carol read: %v", rc)
+			}
+			// bob asks about the same message at his own seq.
+			bseq := list(f.must(200, "GET", "/v1/users/bob/conversations/group:"+gid+"/history", nil), "messages")[0]["seq"].(float64)
+			if rc := f.must(200, "GET", "/v1/users/bob/conversations/group:"+gid+"/read-count?seq="+strconv.FormatFloat(bseq, 'f', -1, 64), nil); rc["read"] != float64(2) {
+				t.Fatalf("read count through bob: %v", rc)
+			}
+			f.wantError(400, "BAD_REQUEST", "GET", conv+"/read-count", nil)
+			f.wantError(400, "BAD_REQUEST", "GET", conv+"/read-count?seq=x", nil)
+			f.wantError(404, "UNKNOWN_MESSAGE", "GET", "/v1/users/alice/conversations/carol/read-count?seq="+strconv.FormatFloat(seq, 'f', -1, 64), nil)
+			f.wantError(404, "UNKNOWN_MESSAGE", "GET", conv+"/read-count?seq=999", nil)
+			f.wantError(400, "INVALID_ARGUMENT", "GET", "/v1/users/alice/conversations/group:/read-count?seq=1", nil)
+			f.wantError(404, "UNKNOWN_RECIPIENT", "GET", "/v1/users/nobody/conversations/group:"+gid+"/read-count?seq=1", nil)
+
+			for _, req := range [][2]string{{"POST", "/v1/users/alice/messages/" + id + "/delete"}, {"GET", path}} {
+				for _, key := range []string{"", "wrong-key-0123456789abcdef"} {
+					if status, out := f.do(req[0], req[1], key, nil); status != http.StatusUnauthorized || out["code"] != "UNAUTHENTICATED" {
+						t.Errorf("%s %s with key %q: %d %v", req[0], req[1], key, status, out)
+					}
+				}
+			}
+		})
+	}
+}
+
 // TestChatUnsupported: a store without the chat seam (the memory store
 // seen only as a persist.Store) answers 501 UNSUPPORTED.
 func TestChatUnsupported(t *testing.T) {
@@ -282,4 +369,6 @@ func TestChatUnsupported(t *testing.T) {
 		f.wantError(501, "UNSUPPORTED", req[0], req[1], nil)
 	}
 	f.wantError(501, "UNSUPPORTED", "POST", "/v1/messages/1/recall", map[string]string{"user": "alice"})
+	f.wantError(501, "UNSUPPORTED", "POST", "/v1/users/alice/messages/1/delete", nil)
+	f.wantError(501, "UNSUPPORTED", "GET", "/v1/users/alice/conversations/alice/read-count?seq=1", nil)
 }

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -150,6 +151,8 @@ func (a *API) routes() {
 	a.handle("GET /v1/users/{user}/conversations", a.conversations)
 	a.handle("GET /v1/users/{user}/conversations/{conv}/history", a.history)
 	a.handle("POST /v1/users/{user}/conversations/{conv}/read", a.markRead)
+	a.handle("GET /v1/users/{user}/conversations/{conv}/read-count", a.readCount)
+	a.handle("POST /v1/users/{user}/messages/{msg_id}/delete", a.deleteForMe)
 	a.handle("GET /v1/presence", a.presence)
 	a.handle("POST /v1/groups", a.createGroup)
 	a.handle("GET /v1/groups/{group}", a.getGroup)
@@ -408,10 +411,19 @@ func (a *API) markRead(ctx context.Context, r *http.Request) (int, any, error) {
 	return http.StatusOK, map[string]any{"user": id, "conv": convName(conv), "read_seq": res.ReadSeq, "unread": res.Unread, "moved": res.Moved}, nil
 }
 
+// msgIDArg parses the {msg_id} path value.
+func msgIDArg(r *http.Request) (uint64, error) {
+	id, err := strconv.ParseUint(r.PathValue("msg_id"), 10, 64)
+	if err != nil || id == 0 {
+		return 0, badRequest("msg_id must be a message id: a positive decimal integer")
+	}
+	return id, nil
+}
+
 func (a *API) recall(ctx context.Context, r *http.Request) (int, any, error) {
-	target, err := strconv.ParseUint(r.PathValue("msg_id"), 10, 64)
-	if err != nil || target == 0 {
-		return 0, nil, badRequest("msg_id must be a message id: a positive decimal integer")
+	target, err := msgIDArg(r)
+	if err != nil {
+		return 0, nil, err
 	}
 	var in struct {
 		User string `json:"user"`
@@ -428,4 +440,40 @@ func (a *API) recall(ctx context.Context, r *http.Request) (int, any, error) {
 	}
 	return http.StatusOK, map[string]any{"msg_id": strconv.FormatUint(target, 10), "event_msg_id": strconv.FormatUint(res.Event.ID, 10),
 		"duplicate": res.Duplicate, "inboxes": refsOut(res.Inboxes, res.Seqs)}, nil
+}
+
+func (a *API) deleteForMe(ctx context.Context, r *http.Request) (int, any, error) {
+	target, err := msgIDArg(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	id := r.PathValue("user")
+	res, err := a.b.DeleteForMe(ctx, id, target)
+	if err != nil {
+		return 0, nil, err
+	}
+	out := map[string]any{"user": id, "msg_id": strconv.FormatUint(target, 10), "duplicate": res.Duplicate, "seq": uint64(0)}
+	if i := slices.Index(res.Inboxes, id); i >= 0 {
+		out["seq"] = res.Seqs[i]
+	}
+	if res.Event.ID != 0 {
+		out["event_msg_id"] = strconv.FormatUint(res.Event.ID, 10)
+	}
+	return http.StatusOK, out, nil
+}
+
+func (a *API) readCount(ctx context.Context, r *http.Request) (int, any, error) {
+	q, err := queryUints(r, "seq")
+	if err != nil {
+		return 0, nil, err
+	}
+	if q[0] == 0 {
+		return 0, nil, badRequest("seq (the message's seq in the user's inbox) is required")
+	}
+	id, conv := r.PathValue("user"), convOf(r.PathValue("conv"))
+	read, members, err := a.b.ReadCount(ctx, id, conv, q[0])
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, map[string]any{"user": id, "conv": convName(conv), "seq": q[0], "read": read, "members": members}, nil
 }

@@ -9,15 +9,13 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
-	"github.com/imgn/imgn/internal/ports"
+	"github.com/imgn/imgn/internal/clusterkit"
 )
 
 // Node is a spawned server process (imd, or the baseline relay).
@@ -26,22 +24,12 @@ type Node struct {
 	Addr   string // client listener host:port
 	WSAddr string // WebSocket listener host:port ("" unless SpawnOptions.WS)
 	Admin  string // admin base URL, http://host:port
-	cmd    *exec.Cmd
-	dir    string
-	log    *os.File
-	done   chan struct{}
-	err    error
+	proc   *clusterkit.Proc
+	dir    string // removed by Stop
 }
 
 // Exited reports whether the node's process has ended.
-func (n *Node) Exited() bool {
-	select {
-	case <-n.done:
-		return true
-	default:
-		return false
-	}
-}
+func (n *Node) Exited() bool { return !n.proc.Running() }
 
 // SpawnOptions configures imd nodes started by the bench.
 type SpawnOptions struct {
@@ -65,35 +53,25 @@ func EnsureImd(path string, log io.Writer) (string, error) {
 		return path, nil
 	}
 	fmt.Fprintf(log, "building %s from ./cmd/imd\n", path)
-	out, err := exec.Command("go", "build", "-o", path, "./cmd/imd").CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("bench: build imd (run from the module root, or pass --imd): %v\n%s", err, out)
+	if err := clusterkit.BuildTo(context.Background(), path, "imd"); err != nil {
+		return "", fmt.Errorf("bench: run from the module, or pass --imd: %w", err)
 	}
 	return path, nil
 }
 
 // SpawnImd starts one imd on free loopback ports in a fresh data
-// directory and waits until /readyz answers.
+// directory and waits until /readyz answers. A port taken between its
+// pick and imd's bind makes the start fail; it is tried three times.
 func SpawnImd(ctx context.Context, name string, o SpawnOptions) (*Node, error) {
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		cport, err := ports.Free()
-		if err != nil {
-			return nil, err
-		}
-		aport, err := ports.Free()
-		if err != nil {
-			return nil, err
-		}
 		dir, err := os.MkdirTemp("", "imbench-"+name+"-")
 		if err != nil {
 			return nil, err
 		}
-		addr := "127.0.0.1:" + strconv.Itoa(cport)
-		admin := "127.0.0.1:" + strconv.Itoa(aport)
-		args := []string{"--listen", addr, "--admin", admin, "--store", o.Store, "--data", dir,
+		args := []string{"--store", o.Store, "--data", dir,
 			"--jwt-secret", o.Secret, "--send-rate", "1e9", "--send-burst", "1000000000",
-			"--max-conns", strconv.Itoa(o.MaxConns), "--log-level", "warn", "--node-id", name}
+			"--max-conns", strconv.Itoa(o.MaxConns), "--log-level", "warn"}
 		if o.NoFsync {
 			args = append(args, "--unsafe-no-fsync")
 		}
@@ -103,100 +81,61 @@ func SpawnImd(ctx context.Context, name string, o SpawnOptions) (*Node, error) {
 			// remembered for resends for 2 s. --imd-arg overrides.
 			args = append(args, "--inbox-max", "1000", "--dedup-window", "2s")
 		}
-		wsAddr := ""
-		if o.WS {
-			wport, err := ports.Free()
-			if err != nil {
-				return nil, err
-			}
-			wsAddr = "127.0.0.1:" + strconv.Itoa(wport)
-			args = append(args, "--ws-listen", wsAddr)
+		kn, err := clusterkit.NewNode(clusterkit.NodeSpec{Path: o.Imd, Dir: dir, ID: name, WS: o.WS,
+			Args: append(args, o.Args...)})
+		if err != nil {
+			_ = os.RemoveAll(dir)
+			return nil, err
 		}
-		args = append(args, o.Args...)
-		n, err := startNode(ctx, name, o.Imd, args, nil, dir, addr, admin, o.CPUs)
-		if err == nil {
-			n.WSAddr = wsAddr
-			return n, nil
+		n := &Node{Name: name, Addr: kn.Listen, WSAddr: kn.WSListen, Admin: "http://" + kn.Admin, proc: kn.Proc, dir: dir}
+		if err := n.start(ctx, o.CPUs); err != nil {
+			lastErr = err
+			continue
 		}
-		lastErr = err
+		return n, nil
 	}
 	return nil, lastErr
 }
 
-// startNode starts a server process and waits for its admin /readyz.
+// startNode starts a server process that serves /readyz on admin and
+// waits until it answers.
 func startNode(ctx context.Context, name, exe string, args, env []string, dir, addr, admin, cpus string) (*Node, error) {
-	logf, err := os.Create(filepath.Join(dir, "stderr.log"))
-	if err != nil {
+	p := &clusterkit.Proc{Name: name, Path: exe, Args: args, Env: env, LogPath: filepath.Join(dir, name+".log")}
+	n := &Node{Name: name, Addr: addr, Admin: "http://" + admin, proc: p, dir: dir}
+	if err := n.start(ctx, cpus); err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout = logf
-	cmd.Stderr = logf
-	// Own process group (a terminal's Ctrl-C reaches only imbench, which
-	// stops nodes in order); killed if imbench dies.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		_ = logf.Close()
-		return nil, fmt.Errorf("bench: start %s: %w", name, err)
-	}
-	n := &Node{Name: name, Addr: addr, Admin: "http://" + admin, cmd: cmd, dir: dir, log: logf, done: make(chan struct{})}
-	go func() {
-		n.err = cmd.Wait()
-		close(n.done)
-	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if n.Exited() {
-			tail := n.logTail()
-			n.cleanup()
-			return nil, fmt.Errorf("bench: %s exited during start: %v\n%s", name, n.err, tail)
-		}
-		if ok, _ := ready(ctx, n.Admin); ok {
-			// Pinned once ready: by then the runtime has started its
-			// threads; later ones inherit the affinity.
-			if err := pinProcess(cmd.Process.Pid, cpus); err != nil {
-				n.Stop(2 * time.Second)
-				return nil, err
-			}
-			return n, nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			n.Stop(2 * time.Second)
-			return nil, fmt.Errorf("bench: %s not ready after 30s\n%s", name, n.logTail())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return n, nil
 }
 
-func (n *Node) logTail() string {
-	b, _ := os.ReadFile(filepath.Join(n.dir, "stderr.log"))
-	if len(b) > 2000 {
-		b = b[len(b)-2000:]
+// start runs the process, waits until it is ready and pins it to cpus. On
+// error everything is stopped and removed.
+func (n *Node) start(ctx context.Context, cpus string) error {
+	// clusterkit.Proc runs it in its own process group (a terminal's
+	// Ctrl-C reaches only imbench, which stops nodes in order), killed if
+	// imbench dies.
+	if err := n.proc.Start(); err != nil {
+		_ = os.RemoveAll(n.dir)
+		return fmt.Errorf("bench: %w", err)
 	}
-	return string(b)
-}
-
-func (n *Node) cleanup() {
-	_ = n.log.Close()
-	_ = os.RemoveAll(n.dir)
+	if err := n.proc.WaitHTTP(ctx, n.Admin+"/readyz", 30*time.Second); err != nil {
+		n.Stop(2 * time.Second)
+		return fmt.Errorf("bench: %w", err)
+	}
+	// Pinned once ready: by then the runtime has started its threads;
+	// later ones inherit the affinity.
+	if err := pinProcess(n.proc.PID(), cpus); err != nil {
+		n.Stop(2 * time.Second)
+		return err
+	}
+	return nil
 }
 
 // Stop ends the node: SIGTERM (graceful shutdown), SIGKILL after grace,
-// then removes its data directory.
+// then removes its data directory (and with it the log).
 func (n *Node) Stop(grace time.Duration) {
-	if !n.Exited() {
-		_ = n.cmd.Process.Signal(syscall.SIGTERM)
-		t := time.NewTimer(grace)
-		select {
-		case <-n.done:
-		case <-t.C:
-			_ = n.cmd.Process.Signal(syscall.SIGKILL)
-			<-n.done
-		}
-		t.Stop()
-	}
-	n.cleanup()
+	n.proc.Term(grace)
+	_ = os.RemoveAll(n.dir)
 }
 
 // StopNodes stops nodes concurrently.
@@ -212,33 +151,8 @@ func StopNodes(nodes []*Node, grace time.Duration) {
 
 var httpClient = &http.Client{Timeout: 10 * time.Second}
 
-func ready(ctx context.Context, admin string) (bool, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, admin+"/readyz", nil)
-	if err != nil {
-		return false, err
-	}
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return false, err
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	_ = resp.Body.Close()
-	return resp.StatusCode == http.StatusOK, nil
-}
-
-// NodeStats is the JSON of GET /admin/stats (engine.Stats).
-type NodeStats struct {
-	NodeID       string  `json:"node_id"`
-	Connections  int     `json:"connections"`
-	Sessions     int     `json:"sessions"`
-	Users        int     `json:"users"`
-	RSSBytes     uint64  `json:"rss_bytes"`
-	HeapBytes    uint64  `json:"heap_bytes"`
-	GoSysBytes   uint64  `json:"go_sys_bytes"`
-	Goroutines   int     `json:"goroutines"`
-	CPUSeconds   float64 `json:"cpu_seconds"`
-	BytesPerConn float64 `json:"bytes_per_conn"`
-}
+// NodeStats is the JSON of GET /admin/stats.
+type NodeStats = clusterkit.Stats
 
 // FetchStats reads /admin/stats of one admin base URL. With gc it first
 // asks the node to collect garbage (GET /debug/pprof/heap?gc=1, discarded),

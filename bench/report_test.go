@@ -88,7 +88,7 @@ func TestLoopbackOnly(t *testing.T) {
 		{[]string{"10.0.0.1:9090"}, nil, true, true},
 	} {
 		c := Config{Scenario: ScenarioP2P, Targets: tc.targets, Src: tc.src, AllowRemote: tc.remote}
-		if _, err := c.withDefaults(); (err == nil) != tc.ok {
+		if err := c.WithDefaults().Validate(); (err == nil) != tc.ok {
 			t.Errorf("%+v: %v", tc, err)
 		}
 	}

@@ -16,11 +16,41 @@ import (
 	"sync"
 	"time"
 
+	"github.com/imgn/imgn/internal/defaults"
 	"github.com/imgn/imgn/internal/ports"
 )
 
-// Config is one imbench run. Zero fields take the defaults of
-// (*Config).setDefaults; cmd/imbench documents each as a flag.
+// Defaults of Config (cmd/imbench's flags start from them).
+const (
+	DefaultStore        = "memory"
+	DefaultImd          = "bin/imd"
+	DefaultNodeMaxConns = 19000
+	DefaultConns        = 10000
+	DefaultPairs        = 1000
+	DefaultGroups       = 10
+	DefaultGroupSize    = 100
+	DefaultSlots        = 200
+	DefaultRate         = 10000 // messages per second; group: DefaultGroupRate
+	DefaultGroupRate    = 1000
+	DefaultPayload      = 64
+	DefaultWarmup       = 5 * time.Second
+	DefaultDuration     = 20 * time.Second
+	DefaultDrain        = 3 * time.Second
+	DefaultHold         = 20 * time.Second
+	DefaultConcurrency  = 1000
+	DefaultRetries      = 3
+	DefaultPushAck      = time.Second
+	DefaultLoginTimeout = 15 * time.Second
+	DefaultMaxP99       = 10 * time.Millisecond
+	DefaultStep         = 1.5
+	DefaultMaxSteps     = 12
+	DefaultTimeout      = 10 * time.Minute
+	DefaultMemReserve   = 2 << 30
+	DefaultUserPrefix   = "b"
+)
+
+// Config is one imbench run. Zero fields take the defaults above
+// (WithDefaults); cmd/imbench documents each as a flag.
 type Config struct {
 	Scenario string
 
@@ -104,79 +134,48 @@ type Config struct {
 	RelayInProcess bool
 }
 
-func (c Config) withDefaults() (Config, error) {
-	if !slices.Contains(Scenarios, c.Scenario) {
-		return c, fmt.Errorf("bench: unknown scenario %q (want one of %v)", c.Scenario, Scenarios)
+// WithDefaults returns c with its unset fields set to the defaults above.
+// A negative count or duration counts as unset, except Retries (-1: none)
+// and PushAck (negative: never, made 0); a Payload below the frame's
+// minimum is raised to it. Log is wrapped so that progress lines and the
+// workers' output do not interleave. It does not validate.
+func (c Config) WithDefaults() Config {
+	defaults.Positive(&c.Conns, DefaultConns)
+	defaults.Positive(&c.Pairs, DefaultPairs)
+	defaults.Positive(&c.Groups, DefaultGroups)
+	defaults.Positive(&c.GroupSize, DefaultGroupSize)
+	defaults.Positive(&c.Slots, DefaultSlots)
+	defaults.Positive(&c.Payload, DefaultPayload)
+	defaults.Positive(&c.NodeMaxConns, DefaultNodeMaxConns)
+	defaults.Positive(&c.Concurrency, DefaultConcurrency)
+	defaults.Positive(&c.MaxSteps, DefaultMaxSteps)
+	defaults.Set(&c.Retries, DefaultRetries)
+	if c.Scenario == ScenarioGroup {
+		defaults.Positive(&c.Rate, DefaultGroupRate)
 	}
-	def := func(p *int, v int) {
-		if *p <= 0 {
-			*p = v
-		}
-	}
-	defD := func(p *time.Duration, v time.Duration) {
-		if *p <= 0 {
-			*p = v
-		}
-	}
-	def(&c.Conns, 10000)
-	def(&c.Pairs, 1000)
-	def(&c.Groups, 10)
-	def(&c.GroupSize, 100)
-	def(&c.Slots, 200)
-	def(&c.Payload, 64)
-	def(&c.NodeMaxConns, 19000)
-	def(&c.Concurrency, 1000)
-	def(&c.MaxSteps, 12)
-	if c.Retries == 0 {
-		c.Retries = 3
-	}
-	if c.Rate <= 0 {
-		c.Rate = 10000
-		if c.Scenario == ScenarioGroup {
-			c.Rate = 1000
-		}
-	}
+	defaults.Positive(&c.Rate, DefaultRate)
 	if c.Step <= 1 {
-		c.Step = 1.5
+		c.Step = DefaultStep
 	}
-	defD(&c.Warmup, 5*time.Second)
-	defD(&c.Duration, 20*time.Second)
-	defD(&c.Drain, 3*time.Second)
-	defD(&c.Hold, 20*time.Second)
-	defD(&c.LoginTimeout, 15*time.Second)
-	defD(&c.MaxP99, 10*time.Millisecond)
-	defD(&c.Timeout, 10*time.Minute)
-	if c.PushAck == 0 {
-		c.PushAck = time.Second
-	}
-	if c.PushAck < 0 {
-		c.PushAck = 0
-	}
-	if c.Store == "" {
-		c.Store = "memory"
-	}
-	if c.Store != "memory" && c.Store != "embedded" {
-		return c, fmt.Errorf("bench: --store must be memory or embedded, got %q", c.Store)
-	}
-	if c.MemReserve == 0 {
-		c.MemReserve = 2 << 30
-	}
-	if c.UserPrefix == "" {
-		c.UserPrefix = "b"
-	}
-	if c.Log == nil {
-		c.Log = os.Stderr
-	}
+	defaults.Positive(&c.Warmup, DefaultWarmup)
+	defaults.Positive(&c.Duration, DefaultDuration)
+	defaults.Positive(&c.Drain, DefaultDrain)
+	defaults.Positive(&c.Hold, DefaultHold)
+	defaults.Positive(&c.LoginTimeout, DefaultLoginTimeout)
+	defaults.Positive(&c.MaxP99, DefaultMaxP99)
+	defaults.Positive(&c.Timeout, DefaultTimeout)
+	defaults.Set(&c.PushAck, DefaultPushAck)
+	c.PushAck = max(c.PushAck, 0)
+	defaults.Set(&c.Store, DefaultStore)
+	defaults.Set(&c.MemReserve, DefaultMemReserve)
+	defaults.Set(&c.UserPrefix, DefaultUserPrefix)
+	defaults.Set[io.Writer](&c.Log, os.Stderr)
 	if _, ok := c.Log.(*syncWriter); !ok {
 		// Progress lines and the workers' stderr share it.
 		c.Log = &syncWriter{w: c.Log}
 	}
 	if c.WorkerExe == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return c, err
-		}
-		c.WorkerExe = exe
+		c.WorkerExe, _ = os.Executable() // Validate reports a failure
 	}
 	if c.WorkerArgs == nil {
 		c.WorkerArgs = []string{WorkerArg}
@@ -184,14 +183,28 @@ func (c Config) withDefaults() (Config, error) {
 	if c.RelayArgs == nil {
 		c.RelayArgs = []string{RelayArg}
 	}
-	if len(c.Targets) > 0 && len(c.Admins) > 0 && len(c.Admins) != len(c.Targets) {
-		return c, errors.New("bench: --admin must list one URL per --target")
+	c.Payload = max(c.Payload, payloadMin)
+	return c
+}
+
+// Validate reports every problem of c (after WithDefaults); it changes
+// nothing.
+func (c Config) Validate() error {
+	var errs []error
+	if !slices.Contains(Scenarios, c.Scenario) {
+		errs = append(errs, fmt.Errorf("bench: unknown scenario %q (want one of %v)", c.Scenario, Scenarios))
 	}
-	if c.Payload < payloadMin {
-		c.Payload = payloadMin
+	if c.Store != "memory" && c.Store != "embedded" {
+		errs = append(errs, fmt.Errorf("bench: --store must be memory or embedded, got %q", c.Store))
+	}
+	if c.WorkerExe == "" {
+		errs = append(errs, errors.New("bench: no worker executable (this program's path is unknown)"))
+	}
+	if len(c.Targets) > 0 && len(c.Admins) > 0 && len(c.Admins) != len(c.Targets) {
+		errs = append(errs, errors.New("bench: --admin must list one URL per --target"))
 	}
 	if c.WS && (c.Router != "" || c.Baseline) {
-		return c, errors.New("bench: --ws works with spawned nodes or --target only (the router and the relay speak TCP)")
+		errs = append(errs, errors.New("bench: --ws works with spawned nodes or --target only (the router and the relay speak TCP)"))
 	}
 	if !c.AllowRemote {
 		for _, a := range append(slices.Clone(c.Targets), c.Src...) {
@@ -200,11 +213,11 @@ func (c Config) withDefaults() (Config, error) {
 				host = a
 			}
 			if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-				return c, fmt.Errorf("bench: %q is not a loopback address (pass --allow-remote to load other hosts)", a)
+				errs = append(errs, fmt.Errorf("bench: %q is not a loopback address (pass --allow-remote to load other hosts)", a))
 			}
 		}
 	}
-	return c, nil
+	return errors.Join(errs...)
 }
 
 // units is the number of work units (connections, pairs, groups, slots).
@@ -258,8 +271,8 @@ func (c *Config) params() map[string]any {
 // again against the relay with Baseline, and stops everything it started
 // before returning. The run is bounded by cfg.Timeout.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
-	var err error
-	if cfg, err = cfg.withDefaults(); err != nil {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)

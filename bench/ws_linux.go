@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 
+	"github.com/gobwas/ws"
+
 	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/internal/wstest"
 )
 
 // WebSocket for the generator (--ws): each connection sends an HTTP
@@ -28,21 +31,8 @@ func (l *loop) wsUpgradeRequest(*gconn) []byte {
 
 // appendWSMessage appends one final, masked (zero key) client frame of
 // opcode op carrying payload.
-func appendWSMessage(dst []byte, op byte, payload []byte) []byte {
-	n := len(payload)
-	dst = append(dst, 0x80|op)
-	switch {
-	case n < 126:
-		dst = append(dst, 0x80|byte(n))
-	case n <= 0xffff:
-		dst = append(dst, 0x80|126)
-		dst = binary.BigEndian.AppendUint16(dst, uint16(n))
-	default:
-		dst = append(dst, 0x80|127)
-		dst = binary.BigEndian.AppendUint64(dst, uint64(n))
-	}
-	dst = append(dst, 0, 0, 0, 0)
-	return append(dst, payload...)
+func appendWSMessage(dst []byte, op ws.OpCode, payload []byte) []byte {
+	return wstest.AppendMasked(dst, op, payload, [4]byte{})
 }
 
 // wsFrames is frames for --ws: the upgrade response first, then
@@ -111,7 +101,7 @@ func (l *loop) wsFrames(c *gconn, data []byte, owned bool) {
 			l.lost(c, "ws: closed by server")
 			return
 		case 0x9: // ping
-			l.sendRaw(c, appendWSMessage(l.wsbuf[:0], 0xA, payload))
+			l.sendRaw(c, appendWSMessage(l.wsbuf[:0], ws.OpPong, payload))
 		case 0xA: // pong
 		default:
 			l.lost(c, "ws: unexpected opcode "+itoa(int64(op)))

@@ -91,12 +91,6 @@ func expectQuiet(t *testing.T, c *Client, d time.Duration) {
 	}
 }
 
-// waitFor polls cond until it holds or 5 s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	testutil.Until(t, 5*time.Second, what, cond)
-}
-
 func ascending(from, n int) []uint64 {
 	out := make([]uint64, n)
 	for i := range out {
@@ -139,7 +133,7 @@ func TestSendReceiveEverySerializer(t *testing.T) {
 			if own.GetSeq() != ack.GetSeq() || own.GetFrom() != "alice" || own.GetTo() != "bob" || string(own.GetBody()) != "hi bob" {
 				t.Fatalf("alice's own message %v", own)
 			}
-			waitFor(t, "bob's cursor", func() bool { return s.Cursor("bob", bob.Device()) == 1 })
+			testutil.Until(t, 5*time.Second, "bob's cursor", func() bool { return s.Cursor("bob", bob.Device()) == 1 })
 			if bob.LastSeq() != 1 {
 				t.Fatalf("LastSeq %d", bob.LastSeq())
 			}
@@ -198,7 +192,7 @@ func TestTokenLogin(t *testing.T) {
 	cfg.TokenSource = func(context.Context) (string, error) { calls.Add(1); return "tok-alice", nil }
 	c2 := dial(t, cfg)
 	s.Disconnect("alice")
-	waitFor(t, "reconnect", func() bool { return calls.Load() >= 2 && c2.NodeID() != "" })
+	testutil.Until(t, 5*time.Second, "reconnect", func() bool { return calls.Load() >= 2 && c2.NodeID() != "" })
 }
 
 func TestSendRetriesRetryableErrorsWithSameID(t *testing.T) {
@@ -389,7 +383,7 @@ func TestPushDeliveryInOrderWithCoalescedAcks(t *testing.T) {
 			t.Fatalf("message %d body %q", i, m.GetBody())
 		}
 	}
-	waitFor(t, "cursor at n", func() bool { return s.Cursor("bob", bob.Device()) == n })
+	testutil.Until(t, 5*time.Second, "cursor at n", func() bool { return s.Cursor("bob", bob.Device()) == n })
 	if acks := s.Count(codec.CmdPushAck); acks >= n/4 {
 		t.Fatalf("%d PUSH_ACKs for %d messages: not coalesced", acks, n)
 	}
@@ -401,7 +395,7 @@ func TestReorderedAndDuplicatedPushes(t *testing.T) {
 	cfg := testConfig(t, s, "bob")
 	cfg.GapGrace = time.Hour // the gap must close by pushes alone
 	bob := dial(t, cfg)
-	waitFor(t, "login sync", func() bool { return s.Count(codec.CmdSync) == 1 })
+	testutil.Until(t, 5*time.Second, "login sync", func() bool { return s.Count(codec.CmdSync) == 1 })
 	var ms []*pb.Message
 	for range 6 {
 		ms = append(ms, s.Store("bob", "alice", []byte("x")))
@@ -426,7 +420,7 @@ func TestGapFilledBySync(t *testing.T) {
 	cfg := testConfig(t, s, "bob")
 	cfg.GapGrace = 20 * time.Millisecond
 	bob := dial(t, cfg)
-	waitFor(t, "login sync", func() bool { return s.Count(codec.CmdSync) == 1 })
+	testutil.Until(t, 5*time.Second, "login sync", func() bool { return s.Count(codec.CmdSync) == 1 })
 	for range 6 {
 		s.Deliver("alice", "bob", []byte("x"))
 	}
@@ -465,7 +459,7 @@ func TestResumeFromCursorAndAfterSeq(t *testing.T) {
 	cfg.Device = "phone"
 	bob := dial(t, cfg)
 	recv(t, bob, 10)
-	waitFor(t, "cursor", func() bool { return s.Cursor("bob", "phone") == 10 })
+	testutil.Until(t, 5*time.Second, "cursor", func() bool { return s.Cursor("bob", "phone") == 10 })
 	if err := bob.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -506,7 +500,7 @@ func TestStartAtHead(t *testing.T) {
 	if bob.LastSeq() != 5 {
 		t.Fatalf("starts at %d, want the head 5", bob.LastSeq())
 	}
-	waitFor(t, "online", func() bool { return s.Online("bob") == 1 })
+	testutil.Until(t, 5*time.Second, "online", func() bool { return s.Online("bob") == 1 })
 	s.Deliver("alice", "bob", []byte("new"))
 	if got := recv(t, bob, 1); got[0].GetSeq() != 6 || string(got[0].GetBody()) != "new" {
 		t.Fatalf("got %v", got)
@@ -561,7 +555,7 @@ func TestDuplicateLoginKicksOlder(t *testing.T) {
 	}
 	// The fake server drops the old connection from its count when its
 	// read loop sees the close, which may come after the client's Done.
-	waitFor(t, "one session left", func() bool { return s.Online("bob") == 1 })
+	testutil.Until(t, 5*time.Second, "one session left", func() bool { return s.Online("bob") == 1 })
 	if newer.Err() != nil {
 		t.Fatalf("newer err %v", newer.Err())
 	}
@@ -583,7 +577,7 @@ func TestGoAwayReconnectsAvoidingNode(t *testing.T) {
 	recv(t, bob, 1)
 	start := time.Now()
 	s.GoAway("bob", 80*time.Millisecond, "drain")
-	waitFor(t, "reconnect", func() bool { return s.Logins() == 2 })
+	testutil.Until(t, 5*time.Second, "reconnect", func() bool { return s.Logins() == 2 })
 	if d := time.Since(start); d < 80*time.Millisecond {
 		t.Fatalf("reconnected after %s, before delay_ms", d)
 	}
@@ -658,13 +652,13 @@ func TestHeartbeats(t *testing.T) {
 	s := newServer(t)
 	s.SetHeartbeat(20 * time.Millisecond) // announced in LOGIN_OK
 	dial(t, testConfig(t, s, "bob"))
-	waitFor(t, "heartbeats at the server's interval", func() bool { return s.Count(codec.CmdHeartbeat) >= 3 })
+	testutil.Until(t, 5*time.Second, "heartbeats at the server's interval", func() bool { return s.Count(codec.CmdHeartbeat) >= 3 })
 
 	s2 := newServer(t)
 	cfg := testConfig(t, s2, "bob")
 	cfg.Heartbeat = 15 * time.Millisecond // override
 	dial(t, cfg)
-	waitFor(t, "heartbeats at the configured interval", func() bool { return s2.Count(codec.CmdHeartbeat) >= 3 })
+	testutil.Until(t, 5*time.Second, "heartbeats at the configured interval", func() bool { return s2.Count(codec.CmdHeartbeat) >= 3 })
 }
 
 func TestUnansweredHeartbeatReconnects(t *testing.T) {
@@ -674,7 +668,7 @@ func TestUnansweredHeartbeatReconnects(t *testing.T) {
 	cfg.Heartbeat = 20 * time.Millisecond
 	cfg.RequestTimeout = 50 * time.Millisecond
 	bob := dial(t, cfg)
-	waitFor(t, "reconnect after a dead heartbeat", func() bool { return s.Logins() >= 2 })
+	testutil.Until(t, 5*time.Second, "reconnect after a dead heartbeat", func() bool { return s.Logins() >= 2 })
 	if bob.Err() != nil {
 		t.Fatal(bob.Err())
 	}
@@ -694,7 +688,7 @@ func TestFatalServerErrorReconnects(t *testing.T) {
 	cfg := testConfig(t, s, "bob")
 	cfg.Heartbeat = 20 * time.Millisecond
 	bob := dial(t, cfg)
-	waitFor(t, "reconnect after IDLE_TIMEOUT", func() bool { return s.Logins() == 2 })
+	testutil.Until(t, 5*time.Second, "reconnect after IDLE_TIMEOUT", func() bool { return s.Logins() == 2 })
 	s.Deliver("alice", "bob", nil)
 	recv(t, bob, 1)
 }
@@ -740,7 +734,7 @@ func TestCloseUnblocksCalls(t *testing.T) {
 		_, err := alice.Send(context.Background(), "bob", nil)
 		errc <- err
 	}()
-	waitFor(t, "send on the wire", func() bool { return s.Count(codec.CmdSend) == 1 })
+	testutil.Until(t, 5*time.Second, "send on the wire", func() bool { return s.Count(codec.CmdSend) == 1 })
 	_ = alice.Close()
 	select {
 	case err := <-errc:
@@ -916,7 +910,7 @@ func TestCloseWhileReconnecting(t *testing.T) {
 	bob := dial(t, cfg)
 	fail.Store(true)
 	s.Disconnect("bob")
-	waitFor(t, "disconnected", func() bool { return bob.NodeID() == "" })
+	testutil.Until(t, 5*time.Second, "disconnected", func() bool { return bob.NodeID() == "" })
 	errc := make(chan error, 1)
 	go func() {
 		_, err := bob.Send(context.Background(), "alice", nil) // waits for a connection
@@ -934,7 +928,7 @@ func TestMalformedFramesFromServer(t *testing.T) {
 	cfg := testConfig(t, s, "bob")
 	cfg.GapGrace = time.Hour // only the undecodable push may trigger the sync
 	bob := dial(t, cfg)
-	waitFor(t, "login sync", func() bool { return s.Count(codec.CmdSync) == 1 })
+	testutil.Until(t, 5*time.Second, "login sync", func() bool { return s.Count(codec.CmdSync) == 1 })
 	s.Store("bob", "alice", []byte("hidden"))
 	// A PUSH whose body does not decode: its messages are lost, so sync.
 	s.WriteRaw("bob", codec.AppendRawFrame(nil, codec.Protobuf, codec.CmdPush, 0, 0, []byte{0xff, 0xff, 0xff}))
@@ -945,7 +939,7 @@ func TestMalformedFramesFromServer(t *testing.T) {
 	// (bad magic) makes the client reconnect.
 	s.WriteRaw("bob", codec.AppendRawFrame(nil, codec.JSON, codec.Command(0x55), 0, 0, []byte("{}")))
 	s.WriteRaw("bob", []byte("XXXXXXXXXXXXXXXXXXXX"))
-	waitFor(t, "reconnect after bad framing", func() bool { return s.Logins() == 2 })
+	testutil.Until(t, 5*time.Second, "reconnect after bad framing", func() bool { return s.Logins() == 2 })
 	s.Deliver("alice", "bob", []byte("after"))
 	if m := recv(t, bob, 1)[0]; m.GetSeq() != 2 {
 		t.Fatalf("got %v", m)

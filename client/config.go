@@ -11,6 +11,7 @@ import (
 
 	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/internal/defaults"
 )
 
 // Resolver picks the node to connect to: addr is a TCP "host:port" or a
@@ -166,19 +167,53 @@ type Config struct {
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
-// withDefaults returns a copy of cfg with every default applied, or the
-// first invalid value. needLogin=false (Register) skips the login checks.
-func (cfg Config) withDefaults(needLogin bool) (Config, error) {
-	c := cfg
+// WithDefaults returns c with every zero field set to its default (the
+// Default... constants above; a random Device; a Resolver that returns
+// Addr, when Addr is set). It does not validate.
+func (c Config) WithDefaults() Config {
+	defaults.Set(&c.Serializer, codec.Protobuf)
+	if c.Device == "" {
+		c.Device = randomDevice()
+	}
+	defaults.Set(&c.DialTimeout, DefaultDialTimeout)
+	defaults.Set(&c.RequestTimeout, DefaultRequestTimeout)
+	defaults.Set(&c.ReconnectBase, DefaultReconnectBase)
+	defaults.Set(&c.ReconnectMax, DefaultReconnectMax)
+	defaults.Set(&c.GapGrace, DefaultGapGrace)
+	defaults.Set(&c.AckInterval, DefaultAckInterval)
+	defaults.Set(&c.ReceiveBuffer, DefaultReceiveBuffer)
+	defaults.Set(&c.NoticeBuffer, DefaultNoticeBuffer)
+	defaults.Set(&c.ChatEventBuffer, DefaultChatEventBuffer)
+	defaults.Set(&c.ReorderBuffer, DefaultReorderBuffer)
+	defaults.Set(&c.InboundQueue, DefaultInboundQueue)
+	defaults.Set(&c.AckEvery, DefaultAckEvery)
+	defaults.Set(&c.MaxFrameBody, DefaultMaxFrameBody)
+	defaults.Set(&c.SyncLimit, DefaultSyncLimit)
+	if c.Logger == nil { // not defaults.Set: no handler made for nothing
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if c.Resolver == nil && c.Addr != "" {
+		addr := c.Addr
+		c.Resolver = func(context.Context, []string) (string, string, error) { return addr, "", nil }
+	}
+	if c.DialContext == nil {
+		c.DialContext = (&net.Dialer{}).DialContext
+	}
+	return c
+}
+
+// Validate reports every problem of c for Dial (after WithDefaults: a
+// zero field is not a default to it); it changes nothing.
+func (c Config) Validate() error { return c.validate(true) }
+
+// validate is Validate; needLogin=false (Register) skips the login checks.
+func (c Config) validate(needLogin bool) error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-
 	if c.Addr == "" && c.Resolver == nil {
 		bad("Addr is required (or a Resolver)")
 	}
-	if c.Serializer == 0 {
-		c.Serializer = codec.Protobuf
-	} else if !c.Serializer.Known() {
+	if !c.Serializer.Known() {
 		bad("unknown Serializer %d", uint8(c.Serializer))
 	}
 	if c.User != "" && !auth.ValidID(c.User) {
@@ -197,72 +232,39 @@ func (cfg Config) withDefaults(needLogin bool) (Config, error) {
 		if c.Password != "" && c.User == "" {
 			bad("User is required with Password")
 		}
-		if c.Device == "" {
-			c.Device = randomDevice()
-		} else if !auth.ValidID(c.Device) {
+		if !auth.ValidID(c.Device) {
 			bad("Device %q: want 1..64 of [A-Za-z0-9_.-]", c.Device)
 		}
 	}
-	durations := []struct {
-		name string
-		p    *time.Duration
-		def  time.Duration
-	}{
-		{"DialTimeout", &c.DialTimeout, DefaultDialTimeout},
-		{"RequestTimeout", &c.RequestTimeout, DefaultRequestTimeout},
-		{"Heartbeat", &c.Heartbeat, 0},
-		{"ReconnectBase", &c.ReconnectBase, DefaultReconnectBase},
-		{"ReconnectMax", &c.ReconnectMax, DefaultReconnectMax},
-		{"GapGrace", &c.GapGrace, DefaultGapGrace},
-		{"AckInterval", &c.AckInterval, DefaultAckInterval},
-	}
-	for _, d := range durations {
-		switch {
-		case *d.p < 0:
-			bad("%s must not be negative (got %s)", d.name, *d.p)
-		case *d.p == 0:
-			*d.p = d.def
+	for name, d := range map[string]time.Duration{
+		"DialTimeout": c.DialTimeout, "RequestTimeout": c.RequestTimeout, "Heartbeat": c.Heartbeat,
+		"ReconnectBase": c.ReconnectBase, "ReconnectMax": c.ReconnectMax, "GapGrace": c.GapGrace,
+		"AckInterval": c.AckInterval,
+	} {
+		if d < 0 {
+			bad("%s must not be negative (got %s)", name, d)
 		}
 	}
 	if c.ReconnectMax < c.ReconnectBase {
 		bad("ReconnectMax (%s) is below ReconnectBase (%s)", c.ReconnectMax, c.ReconnectBase)
 	}
-	ints := []struct {
-		name string
-		p    *int
-		def  int
-	}{
-		{"ReceiveBuffer", &c.ReceiveBuffer, DefaultReceiveBuffer},
-		{"NoticeBuffer", &c.NoticeBuffer, DefaultNoticeBuffer},
-		{"ChatEventBuffer", &c.ChatEventBuffer, DefaultChatEventBuffer},
-		{"ReorderBuffer", &c.ReorderBuffer, DefaultReorderBuffer},
-		{"InboundQueue", &c.InboundQueue, DefaultInboundQueue},
-		{"AckEvery", &c.AckEvery, DefaultAckEvery},
-		{"MaxFrameBody", &c.MaxFrameBody, DefaultMaxFrameBody},
-	}
-	for _, v := range ints {
-		switch {
-		case *v.p < 0:
-			bad("%s must not be negative (got %d)", v.name, *v.p)
-		case *v.p == 0:
-			*v.p = v.def
+	for name, v := range map[string]int{
+		"ReceiveBuffer": c.ReceiveBuffer, "NoticeBuffer": c.NoticeBuffer, "ChatEventBuffer": c.ChatEventBuffer,
+		"ReorderBuffer": c.ReorderBuffer, "InboundQueue": c.InboundQueue, "AckEvery": c.AckEvery,
+		"MaxFrameBody": c.MaxFrameBody,
+	} {
+		if v < 0 {
+			bad("%s must not be negative (got %d)", name, v)
 		}
 	}
-	if c.SyncLimit == 0 {
-		c.SyncLimit = DefaultSyncLimit
-	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	if c.Resolver == nil {
-		addr := c.Addr
-		c.Resolver = func(context.Context, []string) (string, string, error) { return addr, "", nil }
-	}
-	if c.DialContext == nil {
-		c.DialContext = (&net.Dialer{}).DialContext
-	}
 	if err := errors.Join(errs...); err != nil {
-		return cfg, fmt.Errorf("client: config: %w", err)
+		return fmt.Errorf("client: config: %w", err)
 	}
-	return c, nil
+	return nil
+}
+
+// withDefaults is WithDefaults, then validate(needLogin).
+func (c Config) withDefaults(needLogin bool) (Config, error) {
+	c = c.WithDefaults()
+	return c, c.validate(needLogin)
 }

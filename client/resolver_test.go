@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/imgn/imgn/internal/testutil"
 )
 
 // fakeRouter is an httptest imrouter: answer decides each reply from the
@@ -227,7 +229,7 @@ func TestRouterModeClient(t *testing.T) {
 		t.Fatalf("logins n1 %d n2 %d", n1.Logins(), n2.Logins())
 	}
 	n1.GoAway("bob", 10*time.Millisecond, "drain")
-	waitFor(t, "reconnect to n2", func() bool { return n2.Logins() == 1 })
+	testutil.Until(t, 5*time.Second, "reconnect to n2", func() bool { return n2.Logins() == 1 })
 	if q := fr.lastQuery(); q.Get("exclude") != "n1" {
 		t.Fatalf("reconnect query %v, want exclude=n1", q)
 	}

@@ -165,3 +165,20 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		t.Fatal("Dial accepted an empty Config")
 	}
 }
+
+// TestConfigValidateApartFromDefaults: Validate judges the fields as
+// given (a zero Device is not a default to it) and WithDefaults fills
+// without judging; together they are what Dial applies.
+func TestConfigValidateApartFromDefaults(t *testing.T) {
+	c := Config{Addr: "a:1", Token: "t"}
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "Device") {
+		t.Fatalf("Validate of a config without defaults: %v", err)
+	}
+	d := Config{RequestTimeout: -1}.WithDefaults()
+	if d.RequestTimeout != -1 || d.Resolver != nil || d.ReceiveBuffer != DefaultReceiveBuffer {
+		t.Fatalf("WithDefaults: timeout %v, resolver set %v, buffer %d", d.RequestTimeout, d.Resolver != nil, d.ReceiveBuffer)
+	}
+	if err := d.Validate(); err == nil || !strings.Contains(err.Error(), "Addr") || !strings.Contains(err.Error(), "RequestTimeout") {
+		t.Fatalf("Validate must report every problem: %v", err)
+	}
+}

@@ -1,20 +1,17 @@
 package conformance
 
 import (
-	"bytes"
+	"context"
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/imgn/imgn/internal/testsvc"
+	"github.com/imgn/imgn/internal/clusterkit"
 )
 
 // jwtSecret is the token secret of every node the suite starts.
@@ -24,67 +21,35 @@ const jwtSecret = "conformance-secret"
 // (TestMain).
 var imdPath string
 
-// buildImd builds imd into dir.
-func buildImd(dir string) (string, error) {
-	root, err := testsvc.RepoRoot()
-	if err != nil {
-		return "", err
-	}
-	path := filepath.Join(dir, "imd")
-	cmd := exec.Command("go", "build", "-o", path, "./cmd/imd")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build imd: %v\n%s", err, out)
-	}
-	return path, nil
-}
-
-// node is one imd process on loopback, memory store.
+// node is one imd process on loopback, memory store, started through
+// clusterkit; its log is a file in dir.
 type node struct {
-	addr   string // client listener
-	ws     string // WebSocket listener
-	admin  string // admin HTTP listener
-	cmd    *exec.Cmd
-	log    *bytes.Buffer
-	exited chan struct{}
-	mu     sync.Mutex
+	*clusterkit.Node
+	addr  string // client listener
+	ws    string // WebSocket listener
+	admin string // admin HTTP listener
+	dir   string
 }
 
 // launch runs imd with the suite's base flags plus args and waits until
 // /readyz answers.
 func launch(args ...string) (*node, error) {
-	var addrs [3]string
-	for i := range addrs {
-		p, err := testsvc.FreePort()
-		if err != nil {
-			return nil, err
-		}
-		addrs[i] = "127.0.0.1:" + strconv.Itoa(p)
-	}
-	n := &node{addr: addrs[0], admin: addrs[1], ws: addrs[2], log: &bytes.Buffer{}, exited: make(chan struct{})}
-	base := []string{"--store", "memory", "--listen", n.addr, "--admin", n.admin, "--ws-listen", n.ws, "--node-id", "conf",
-		"--jwt-secret", jwtSecret, "--log-level", "warn", "--shutdown-timeout", "5s"}
-	n.cmd = exec.Command(imdPath, append(base, args...)...)
-	n.cmd.Stdout, n.cmd.Stderr = &lockedWriter{mu: &n.mu, w: n.log}, &lockedWriter{mu: &n.mu, w: n.log}
-	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := n.cmd.Start(); err != nil {
+	dir, err := os.MkdirTemp("", "imgn-conformance-")
+	if err != nil {
 		return nil, err
 	}
-	go func() { _ = n.cmd.Wait(); close(n.exited) }()
-	deadline := time.Now().Add(30 * time.Second)
-	for !n.ready() {
-		select {
-		case <-n.exited:
-			return nil, fmt.Errorf("imd exited during start:\n%s", n.logText())
-		default:
+	base := []string{"--store", "memory", "--jwt-secret", jwtSecret, "--log-level", "warn", "--shutdown-timeout", "5s"}
+	kn, err := clusterkit.NewNode(clusterkit.NodeSpec{Path: imdPath, Dir: dir, ID: "conf", WS: true, Args: append(base, args...)})
+	if err == nil {
+		if err = kn.Start(context.Background()); err != nil {
+			kn.Close()
 		}
-		if time.Now().After(deadline) {
-			n.stop()
-			return nil, fmt.Errorf("imd not ready:\n%s", n.logText())
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
-	return n, nil
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	return &node{Node: kn, addr: kn.Listen, ws: kn.WSListen, admin: kn.Admin, dir: dir}, nil
 }
 
 // startNode launches a node of the test's own, stopped when it ends.
@@ -99,38 +64,21 @@ func startNode(t *testing.T, args ...string) *node {
 		if t.Failed() {
 			t.Logf("imd log:\n%s", n.logText())
 		}
+		n.remove()
 	})
 	return n
 }
 
-func (n *node) ready() bool {
-	resp, err := http.Get("http://" + n.admin + "/readyz")
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
-}
-
 // terminate sends SIGTERM (a graceful shutdown) without waiting.
-func (n *node) terminate() { _ = n.cmd.Process.Signal(syscall.SIGTERM) }
+func (n *node) terminate() { _ = n.Signal(syscall.SIGTERM) }
 
 // stop shuts the node down gracefully, killing it if it takes too long.
-func (n *node) stop() {
-	n.terminate()
-	select {
-	case <-n.exited:
-	case <-time.After(10 * time.Second):
-		_ = n.cmd.Process.Kill()
-		<-n.exited
-	}
-}
+func (n *node) stop() { n.Term(10 * time.Second) }
 
-func (n *node) logText() string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.log.String()
-}
+func (n *node) logText() string { return n.LogTail(1 << 20) }
+
+// remove deletes the node's directory (its log).
+func (n *node) remove() { _ = os.RemoveAll(n.dir) }
 
 // post calls the admin API (a POST with a JSON body, or none) and fails
 // the test on anything but 200.
@@ -144,17 +92,6 @@ func (n *node) post(t *testing.T, path, body string) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("POST %s: %s", path, resp.Status)
 	}
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
 
 // sharedArgs are the flags of the node most tests share (TestMain starts
@@ -179,10 +116,11 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	if imdPath, err = buildImd(dir); err != nil {
+	if _, err = clusterkit.Build(context.Background(), dir, "imd"); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	imdPath = filepath.Join(dir, "imd")
 	if sharedNode, err = launch(sharedArgs...); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -192,5 +130,6 @@ func run(m *testing.M) int {
 	if code != 0 {
 		fmt.Fprintf(os.Stderr, "shared imd log:\n%s", sharedNode.logText())
 	}
+	sharedNode.remove()
 	return code
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
+	"github.com/imgn/imgn/internal/clusterkit"
+	"github.com/imgn/imgn/internal/testutil"
 )
 
 // users returns n user ids with the given prefix.
@@ -341,7 +343,7 @@ func TestRedisRestartAndFlushLoseNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Second)
-	if err := flushAll(c.redis.Addr); err != nil {
+	if err := clusterkit.FlushAll(c.redis.Addr); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Second)
@@ -355,7 +357,7 @@ func TestRedisRestartAndFlushLoseNothing(t *testing.T) {
 	// message is pushed live across nodes. A message sent before that is
 	// stored but not pushed (bob would learn of it at his next sync), so
 	// the test waits for the route rather than racing the renewal.
-	poll(t, 20*time.Second, "bob's route re-created after the flush", func() bool {
+	testutil.Until(t, 20*time.Second, "bob's route re-created after the flush", func() bool {
 		ps, err := a.Presence(t.Context(), "bob")
 		return err == nil && len(ps) == 1 && ps[0].GetOnline()
 	})

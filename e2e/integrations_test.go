@@ -17,6 +17,7 @@ import (
 
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/events"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/webhook"
 )
 
@@ -49,8 +50,9 @@ func apiCall(t *testing.T, addr, method, path string, body any) (int, map[string
 // stream and the webhook. Sends through either node's API are stored by
 // the inbox owners; each owner publishes the events of its inboxes, in seq
 // order, and only the recipient's owner posts the webhook, once per
-// message; a kick through one node ends a session on the other; presence
-// is cluster-wide.
+// message; chat reads and writes (read count and delete-for-me included)
+// answer through either node; a kick through one node ends a session on
+// the other; presence is cluster-wide.
 func TestIntegrationsInACluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a cluster")
@@ -122,7 +124,7 @@ func TestIntegrationsInACluster(t *testing.T) {
 	}
 	defer rc.Close()
 	// Each inbox's events come from its owner, in seq order, one per message.
-	poll(t, 20*time.Second, "every event in the stream", func() bool {
+	testutil.Until(t, 20*time.Second, "every event in the stream", func() bool {
 		entries, err := rc.Do(context.Background(), rc.B().Xrange().Key(events.DefaultStream).Start("-").End("+").Build()).AsXRange()
 		if err != nil {
 			return false
@@ -153,7 +155,7 @@ func TestIntegrationsInACluster(t *testing.T) {
 		return true
 	})
 	// One webhook per message, from b's owner, naming b.
-	poll(t, 20*time.Second, "a webhook per message", func() bool {
+	testutil.Until(t, 20*time.Second, "a webhook per message", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(hooks) >= 2*perNode
@@ -197,7 +199,7 @@ func TestIntegrationsInACluster(t *testing.T) {
 	if status, out := apiCall(t, apis["n1"], "POST", "/v1/messages/"+last+"/recall", map[string]string{"user": a}); status != 200 || out["duplicate"] != false {
 		t.Fatalf("a recalls through n1: %d %v", status, out)
 	}
-	poll(t, 10*time.Second, "the recall event on a's device", func() bool {
+	testutil.Until(t, 10*time.Second, "the recall event on a's device", func() bool {
 		for {
 			select {
 			case m := <-acl.Messages():
@@ -214,6 +216,25 @@ func TestIntegrationsInACluster(t *testing.T) {
 		t.Fatalf("b's history after the recall: %d %v", status, out)
 	}
 
+	// Read count and delete-for-me through the API. a's first message
+	// (a's seq 1) was read by b; b's inbox lives on n2, and b deletes the
+	// message through n1 (the delete event is appended by b's owner).
+	if status, out := apiCall(t, apis["n1"], "GET", "/v1/users/"+a+"/conversations/"+b+"/read-count?seq=1", nil); status != 200 || out["read"] != float64(1) || out["members"] != float64(1) {
+		t.Fatalf("read count through n1: %d %v", status, out)
+	}
+	status, out = apiCall(t, apis["n1"], "POST", "/v1/users/"+b+"/messages/"+msgIDs[0]+"/delete", nil)
+	if status != 200 || out["duplicate"] != false || out["seq"] != float64(2*perNode+2) { // after the messages and the recall event
+		t.Fatalf("b deletes through n1: %d %v", status, out)
+	}
+	status, out = apiCall(t, apis["n2"], "GET", "/v1/users/"+b+"/inbox?limit=1", nil)
+	if msgs, _ := out["messages"].([]any); status != 200 || len(msgs) != 1 || msgs[0].(map[string]any)["deleted"] != true {
+		t.Fatalf("b's inbox after the delete, through n2: %d %v", status, out)
+	}
+	status, out = apiCall(t, apis["n2"], "GET", "/v1/users/"+a+"/inbox?limit=1", nil)
+	if msgs, _ := out["messages"].([]any); status != 200 || len(msgs) != 1 || msgs[0].(map[string]any)["deleted"] == true {
+		t.Fatalf("a's inbox after b's delete: %d %v", status, out)
+	}
+
 	// Presence and kick across nodes: b connects to n1, n2's API sees and
 	// ends the session.
 	tok := func(u string) string {
@@ -222,7 +243,7 @@ func TestIntegrationsInACluster(t *testing.T) {
 	}
 	_ = tok(b)
 	cl := dialNode(t, b, "phone", nodes[0].listen)
-	poll(t, 10*time.Second, "b online through n2", func() bool {
+	testutil.Until(t, 10*time.Second, "b online through n2", func() bool {
 		_, out := apiCall(t, apis["n2"], "GET", "/v1/presence?user="+b, nil)
 		return strings.Contains(fmt.Sprint(out["users"]), "online:true")
 	})

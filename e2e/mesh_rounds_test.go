@@ -11,6 +11,7 @@ import (
 
 	clusterapi "github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/internal/testsvc"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/mesh"
 	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/zkregistry"
@@ -91,7 +92,7 @@ func TestNodesStartedTogetherFormAFullMesh(t *testing.T) {
 				}
 			}
 			for i, cl := range clusters {
-				poll(t, 20*time.Second, fmt.Sprintf("round %d: n%d sees %d members", round, i, size), func() bool { return len(cl.Members()) == size })
+				testutil.Until(t, 20*time.Second, fmt.Sprintf("round %d: n%d sees %d members", round, i, size), func() bool { return len(cl.Members()) == size })
 			}
 			// Every node forwards to every other and hears back from it.
 			for i, from := range clusters {
@@ -102,7 +103,7 @@ func TestNodesStartedTogetherFormAFullMesh(t *testing.T) {
 					target := fmt.Sprintf("n%d", j)
 					var res persist.AppendResult
 					var err error
-					poll(t, 10*time.Second, fmt.Sprintf("n%d -> %s", i, target), func() bool {
+					testutil.Until(t, 10*time.Second, fmt.Sprintf("n%d -> %s", i, target), func() bool {
 						ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 						defer cancel()
 						res, err = from.Append(ctx, target, persist.Message{ID: 1, ClientMsgID: "x"}, []string{"u"})

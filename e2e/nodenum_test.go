@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -57,13 +56,14 @@ func TestNodeNumbersAreUnique(t *testing.T) {
 		t.Fatalf("n9120 restarted with node number %d, had %d", got, numB)
 	}
 	// A third node given n9000's number stops at once, saying why.
-	n := &node{c: c, id: "n3", listen: freeAddr(t), admin: freeAddr(t), mesh: freeAddr(t), weight: 100,
-		logPath: filepath.Join(t.TempDir(), "n3.log")}
-	n.spawn("--node-num", strconv.FormatUint(numA, 10))
+	n := c.prepare("n3", "--node-num", strconv.FormatUint(numA, 10))
+	if err := n.Proc.Start(); err != nil {
+		t.Fatal(err)
+	}
 	if !n.wait(30 * time.Second) {
 		t.Fatal("a node with a taken node number started")
 	}
-	if code := n.cmd.ProcessState.ExitCode(); code != 1 {
+	if code := n.ExitCode(); code != 1 {
 		t.Fatalf("exit status %d, want 1", code)
 	}
 	log, _ := os.ReadFile(n.logPath)

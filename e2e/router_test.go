@@ -1,91 +1,18 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/client"
-	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/internal/testutil"
 )
-
-// startRouter runs an imrouter process on the cluster's ZooKeeper.
-func (c *cluster) startRouter(strategy string) string {
-	c.t.Helper()
-	addr := freeAddr(c.t)
-	logPath := filepath.Join(c.t.TempDir(), "router.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	cmd := exec.Command(filepath.Join(c.bin, "imrouter"), "--listen", addr, "--zk", c.zk.Addr, "--lb", strategy,
-		"--zk-session-timeout", c.zkTimeout.String())
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		c.t.Fatal(err)
-	}
-	c.t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); logf.Close() })
-	url := "http://" + addr
-	poll(c.t, 30*time.Second, "router ready", func() bool {
-		resp, err := http.Get(url + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
-	return url
-}
-
-// dialRouted connects user through the router.
-func dialRouted(t *testing.T, routerURL, user string) *client.Client {
-	t.Helper()
-	tok, err := auth.MintToken([]byte(secret), user, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	zero := uint64(0)
-	cl, err := client.Dial(t.Context(), client.Config{Token: tok, Device: "pc", Serializer: codec.Protobuf, AfterSeq: &zero,
-		Resolver:      client.RouterResolver(routerURL, user, nil),
-		ReconnectBase: 50 * time.Millisecond, ReconnectMax: time.Second, RequestTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatalf("dial %s through the router: %v", user, err)
-	}
-	t.Cleanup(func() { _ = cl.Close() })
-	return cl
-}
-
-// metric reads one counter or gauge value from a node's /metrics.
-func (n *node) metric(name string) float64 {
-	resp, err := http.Get("http://" + n.admin + "/metrics")
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, name+" ") {
-			v, _ := strconv.ParseFloat(strings.TrimSpace(line[len(name):]), 64)
-			return v
-		}
-	}
-	return 0
-}
 
 // TestDrainOneOfThreeUnder200Clients drains a node while 200 clients,
 // connected through the router, send: every client ends on another node,
@@ -208,7 +135,7 @@ func TestScaleOutAndRebalance(t *testing.T) {
 		}
 		resp.Body.Close()
 	}
-	poll(t, 30*time.Second, "new nodes take connections", func() bool {
+	testutil.Until(t, 30*time.Second, "new nodes take connections", func() bool {
 		return n3.metric("imgn_sessions") > 0 && n4.metric("imgn_sessions") > 0
 	})
 	time.Sleep(time.Second)

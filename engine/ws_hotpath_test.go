@@ -2,12 +2,12 @@ package engine
 
 import (
 	"bytes"
-	"encoding/binary"
 	"io"
 	"testing"
 
 	"github.com/gobwas/ws"
 	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/internal/wstest"
 )
 
 // fakeSocket is a fakeTransport with the Writev an edge transport needs.
@@ -40,27 +40,6 @@ func (fe *fakeEngine) feedWS(c *conn) {
 	fe.feed(c)
 }
 
-// appendMasked appends payload as one masked binary message, as a
-// browser sends it, without allocating when dst has room.
-func appendMasked(dst, payload []byte, mask [4]byte) []byte {
-	dst = append(dst, 0x82)
-	switch n := len(payload); {
-	case n < 126:
-		dst = append(dst, 0x80|byte(n))
-	case n <= 0xffff:
-		dst = append(dst, 0x80|126)
-		dst = binary.BigEndian.AppendUint16(dst, uint16(n))
-	default:
-		dst = append(dst, 0x80|127)
-		dst = binary.BigEndian.AppendUint64(dst, uint64(n))
-	}
-	dst = append(dst, mask[:]...)
-	start := len(dst)
-	dst = append(dst, payload...)
-	ws.Cipher(dst[start:], mask, 0)
-	return dst
-}
-
 // wsPayloads returns the concatenated payloads of the server's binary
 // messages in out (unmasked, as a server sends them).
 func wsPayloads(t testing.TB, out []byte) []byte {
@@ -90,7 +69,9 @@ var wsWire = sendWire{
 		c, sock := fe.wsConn(loop, user, ser)
 		return c, &sock.fakeTransport
 	},
-	put:  func(in, frame []byte) []byte { return appendMasked(in, frame, [4]byte{0x12, 0x34, 0x56, 0x78}) },
+	put: func(in, frame []byte) []byte {
+		return wstest.AppendMasked(in, ws.OpBinary, frame, [4]byte{0x12, 0x34, 0x56, 0x78})
+	},
 	feed: (*fakeEngine).feedWS,
 	frames: func(t testing.TB, ft *fakeTransport) []codec.Frame {
 		fs := (&fakeTransport{out: wsPayloads(t, ft.out)}).frames(t)

@@ -82,11 +82,6 @@ func readStream(t *testing.T, c rueidis.Client, stream string) []Event {
 	return out
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	testutil.Until(t, 20*time.Second, what, cond)
-}
-
 func msg(id uint64, from, to string) *persist.Message {
 	return &persist.Message{ID: id, From: from, To: to, ClientMsgID: "c" + strconv.FormatUint(id, 10), Timestamp: 1_700_000_000_000, Body: []byte("body " + strconv.FormatUint(id, 10))}
 }
@@ -113,7 +108,7 @@ func TestSchemaAndOrder(t *testing.T) {
 	p.GroupChanged(engine.GroupChange{Kind: engine.GroupCreated, Group: "g1", User: "carol", By: "carol", Name: "team", Owner: "carol", Members: []string{"bob", "carol"}, Time: 5})
 	p.GroupChanged(engine.GroupChange{Kind: engine.GroupMemberRemoved, Group: "g1", User: "bob", Time: 6})
 	var evs []Event
-	waitFor(t, "105 events", func() bool { evs = readStream(t, c, DefaultStream); return len(evs) == 105 })
+	testutil.Until(t, 20*time.Second, "105 events", func() bool { evs = readStream(t, c, DefaultStream); return len(evs) == 105 })
 	for i := range 100 {
 		e := evs[i]
 		if e.V != 1 || e.Type != TypeMessage || e.Node != "n1" || e.MsgID != strconv.Itoa(1000+i) || e.From != "alice" || e.To != "bob" ||
@@ -158,7 +153,7 @@ func TestMaxLenTrims(t *testing.T) {
 	for i := range 2000 {
 		p.Delivered("u", "d", uint64(i+1))
 	}
-	waitFor(t, "every event published", func() bool { return promtest.ToFloat64(p.m.published) == 2000 })
+	testutil.Until(t, 20*time.Second, "every event published", func() bool { return promtest.ToFloat64(p.m.published) == 2000 })
 	n, err := c.Do(t.Context(), c.B().Xlen().Key(DefaultStream).Build()).AsInt64()
 	if err != nil || n < 100 || n > 400 {
 		t.Fatalf("XLEN %d (%v), want about 100", n, err)
@@ -175,12 +170,12 @@ func TestRedisDownRetriesAndBoundsTheQueue(t *testing.T) {
 	p := newPublisher(t, r.Addr, func(c *Config) { c.QueueSize = 10; c.BatchSize = 1 })
 	p.Start()
 	p.Delivered("u", "d", 1)
-	waitFor(t, "the first event published", func() bool { return promtest.ToFloat64(p.m.published) == 1 })
+	testutil.Until(t, 20*time.Second, "the first event published", func() bool { return promtest.ToFloat64(p.m.published) == 1 })
 	if err := r.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	p.Delivered("u", "d", 2)
-	waitFor(t, "the batch taken and failing", func() bool { return p.Queued() == 0 && promtest.ToFloat64(p.m.failures) > 0 })
+	testutil.Until(t, 20*time.Second, "the batch taken and failing", func() bool { return p.Queued() == 0 && promtest.ToFloat64(p.m.failures) > 0 })
 	for i := 3; i <= 50; i++ {
 		p.Delivered("u", "d", uint64(i))
 	}
@@ -196,7 +191,7 @@ func TestRedisDownRetriesAndBoundsTheQueue(t *testing.T) {
 	var evs []Event
 	// Redis restarted empty (no persistence): the stream holds what came
 	// after it.
-	waitFor(t, "the kept events published", func() bool { evs = readStream(t, c, DefaultStream); return len(evs) == 11 })
+	testutil.Until(t, 20*time.Second, "the kept events published", func() bool { evs = readStream(t, c, DefaultStream); return len(evs) == 11 })
 	for i, e := range evs {
 		if e.Seq != uint64(i+2) {
 			t.Fatalf("event %d has seq %d, want %d", i, e.Seq, i+2)
@@ -289,7 +284,7 @@ func TestRecoverReplaysAroundTheCheckpoint(t *testing.T) {
 		t.Fatalf("Recover = %d, %v; want 3", n, err)
 	}
 	var evs []Event
-	waitFor(t, "3 events", func() bool { evs = readStream(t, c, DefaultStream); return len(evs) == 3 })
+	testutil.Until(t, 20*time.Second, "3 events", func() bool { evs = readStream(t, c, DefaultStream); return len(evs) == 3 })
 	var bobSeqs []uint64
 	for _, e := range evs {
 		if !e.Replayed {
@@ -368,7 +363,7 @@ func TestUnorderedReportsReachTheStreamInOrder(t *testing.T) {
 	}
 	wg.Wait()
 	var evs []Event
-	waitFor(t, "every seq in the stream", func() bool { evs = readStream(t, c, DefaultStream); return len(evs) >= n })
+	testutil.Until(t, 20*time.Second, "every seq in the stream", func() bool { evs = readStream(t, c, DefaultStream); return len(evs) >= n })
 	highest := uint64(0)
 	for _, e := range evs {
 		s := e.Inboxes[0].Seq

@@ -13,6 +13,7 @@ import (
 
 	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/internal/leaktest"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/mesh"
 	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/transporttest"
@@ -88,7 +89,7 @@ func startTogether(t *testing.T, hub *membership.MemoryHub, ids ...string) []*te
 // waitMembers polls until every node's view has exactly want members.
 func waitMembers(t *testing.T, want int, nodes ...*testNode) {
 	t.Helper()
-	transporttest.Eventually(t, transporttest.Patience, func() error {
+	testutil.Eventually(t, transporttest.Patience, "membership views", func() error {
 		for _, n := range nodes {
 			if got := len(n.c.Members()); got != want {
 				return fmt.Errorf("%s sees %d members, want %d", n.c.NodeID(), got, want)
@@ -270,7 +271,7 @@ func TestClusterForwarding(t *testing.T) {
 	a.c.Kick("n2", "y", "phone", 5)
 	a.c.Push("n1", m, []cluster.PushTarget{{User: "y", Seq: 4}})
 	a.c.Kick("n1", "y", "tablet", 6)
-	transporttest.Eventually(t, transporttest.Patience, func() error {
+	testutil.Eventually(t, transporttest.Patience, "pushes and kicks delivered", func() error {
 		if len(b.h.Pushes()) != 1 || len(b.h.Kicks()) != 1 {
 			return errors.New("push or kick not at n2")
 		}
@@ -322,7 +323,7 @@ func TestClusterPublishing(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.conns.Store(42)
-	transporttest.Eventually(t, transporttest.Patience, func() error {
+	testutil.Eventually(t, transporttest.Patience, "connection count in the views", func() error {
 		got := find("n2")
 		if got.Weight != 0 || !got.Draining || got.Conns != 42 {
 			return fmt.Errorf("registry holds %+v", got)
@@ -383,7 +384,7 @@ func TestClusterNodeRestart(t *testing.T) {
 	if b.c.BootEpoch() <= oldEpoch {
 		t.Fatalf("new epoch %d not after %d", b.c.BootEpoch(), oldEpoch)
 	}
-	transporttest.Eventually(t, transporttest.Patience, func() error {
+	testutil.Eventually(t, transporttest.Patience, "the restarted node is seen", func() error {
 		if !a.c.Live("n2", b.c.BootEpoch()) {
 			return errors.New("new run not live yet")
 		}
@@ -411,7 +412,7 @@ func TestAdminReachesEveryMember(t *testing.T) {
 	}
 	req := cluster.AdminRequest{Kind: cluster.AdminBroadcast, Text: "hello all", Time: 99}
 	var got []cluster.NodeCount
-	transporttest.Eventually(t, transporttest.Patience, func() error { // links may still be forming
+	testutil.Eventually(t, transporttest.Patience, "broadcast counts", func() error { // links may still be forming
 		got = nodes[1].c.Admin(t.Context(), req)
 		for _, c := range got {
 			if c.Err != nil {

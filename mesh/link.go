@@ -17,6 +17,7 @@ import (
 
 	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/internal/defaults"
 	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/meshpb"
 	"github.com/imgn/imgn/persist"
@@ -82,34 +83,29 @@ type LinkConfig struct {
 	AuthFailures interface{ Inc() }
 }
 
-func (c LinkConfig) withDefaults() (LinkConfig, error) {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	def(&c.RequestTimeout, DefaultRequestTimeout)
-	def(&c.DialTimeout, DefaultDialTimeout)
-	def(&c.BackoffMin, DefaultBackoffMin)
-	def(&c.BackoffMax, DefaultBackoffMax)
-	def(&c.PingInterval, DefaultPingInterval)
-	def(&c.WriteTimeout, DefaultWriteTimeout)
-	if c.QueueSize == 0 {
-		c.QueueSize = DefaultQueueSize
-	}
-	if c.MaxInflight == 0 {
-		c.MaxInflight = DefaultMaxInflight
-	}
-	if c.MaxBody == 0 {
-		c.MaxBody = DefaultMeshMaxBody
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	var errs []error
+// WithDefaults returns c with every zero field set to its default (the
+// Default... constants above). It does not validate.
+func (c LinkConfig) WithDefaults() LinkConfig {
+	defaults.Set(&c.RequestTimeout, DefaultRequestTimeout)
+	defaults.Set(&c.DialTimeout, DefaultDialTimeout)
+	defaults.Set(&c.BackoffMin, DefaultBackoffMin)
+	defaults.Set(&c.BackoffMax, DefaultBackoffMax)
+	defaults.Set(&c.PingInterval, DefaultPingInterval)
+	defaults.Set(&c.WriteTimeout, DefaultWriteTimeout)
+	defaults.Set(&c.QueueSize, DefaultQueueSize)
+	defaults.Set(&c.MaxInflight, DefaultMaxInflight)
+	defaults.Set(&c.MaxBody, DefaultMeshMaxBody)
+	defaults.Set(&c.Logger, slog.Default())
+	return c
+}
+
+// Validate reports every invalid field of c (after WithDefaults: a zero
+// field is not a default to it); it changes nothing.
+func (c LinkConfig) Validate() error {
+	errs := CheckLimits(c.RequestTimeout, c.QueueSize, c.MaxInflight, c.MaxBody)
 	for name, d := range map[string]time.Duration{
-		"RequestTimeout": c.RequestTimeout, "DialTimeout": c.DialTimeout, "BackoffMin": c.BackoffMin,
-		"BackoffMax": c.BackoffMax, "PingInterval": c.PingInterval, "WriteTimeout": c.WriteTimeout,
+		"DialTimeout": c.DialTimeout, "BackoffMin": c.BackoffMin, "BackoffMax": c.BackoffMax,
+		"PingInterval": c.PingInterval, "WriteTimeout": c.WriteTimeout,
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative, got %s", name, d))
@@ -118,13 +114,7 @@ func (c LinkConfig) withDefaults() (LinkConfig, error) {
 	if c.BackoffMax < c.BackoffMin {
 		errs = append(errs, fmt.Errorf("BackoffMax (%s) is below BackoffMin (%s)", c.BackoffMax, c.BackoffMin))
 	}
-	if c.QueueSize < 0 || c.MaxInflight < 0 {
-		errs = append(errs, fmt.Errorf("QueueSize (%d) and MaxInflight (%d) must not be negative", c.QueueSize, c.MaxInflight))
-	}
-	if c.MaxBody < 0 || c.MaxBody > 1<<30 {
-		errs = append(errs, fmt.Errorf("MaxBody must be in 1..%d, got %d", 1<<30, c.MaxBody))
-	}
-	return c, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 // Links is the direct TCP Transport (`--mesh direct`, the default).
@@ -170,10 +160,11 @@ type Links struct {
 
 var _ Transport = (*Links)(nil)
 
-// NewLinks validates cfg and returns an unstarted Links.
+// NewLinks applies cfg's defaults, validates it and returns an unstarted
+// Links.
 func NewLinks(cfg LinkConfig) (*Links, error) {
-	var err error
-	if cfg, err = cfg.withDefaults(); err != nil {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("mesh: link config: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -275,7 +266,7 @@ func (l *Links) peer(id string) *peer {
 func (l *Links) Append(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
 	p := l.peer(node)
 	if p == nil {
-		return persist.AppendResult{}, forwardError(node, "not a connected peer (unknown node, or transport not running)", nil)
+		return persist.AppendResult{}, ForwardError(node, "not a connected peer (unknown node, or transport not running)", nil)
 	}
 	return p.append(ctx, msg, inboxes, false)
 }
@@ -284,7 +275,7 @@ func (l *Links) Append(ctx context.Context, node string, msg persist.Message, in
 func (l *Links) AppendEntries(ctx context.Context, node string, msg persist.Message, inboxes []string) (persist.AppendResult, error) {
 	p := l.peer(node)
 	if p == nil {
-		return persist.AppendResult{}, forwardError(node, "not a connected peer (unknown node, or transport not running)", nil)
+		return persist.AppendResult{}, ForwardError(node, "not a connected peer (unknown node, or transport not running)", nil)
 	}
 	return p.append(ctx, msg, inboxes, true)
 }
@@ -293,7 +284,7 @@ func (l *Links) AppendEntries(ctx context.Context, node string, msg persist.Mess
 func (l *Links) Admin(ctx context.Context, node string, req cluster.AdminRequest) (int, error) {
 	p := l.peer(node)
 	if p == nil {
-		return 0, forwardError(node, "not a connected peer (unknown node, or transport not running)", nil)
+		return 0, ForwardError(node, "not a connected peer (unknown node, or transport not running)", nil)
 	}
 	return p.admin(ctx, req)
 }
@@ -344,14 +335,6 @@ func (l *Links) Close() error {
 	l.mu.Unlock()
 	l.wg.Wait()
 	return nil
-}
-
-// forwardError builds an error wrapping cluster.ErrForward (and cause).
-func forwardError(node, what string, cause error) error {
-	if cause != nil {
-		return fmt.Errorf("%w: node %s: %s: %w", cluster.ErrForward, node, what, cause)
-	}
-	return fmt.Errorf("%w: node %s: %s", cluster.ErrForward, node, what)
 }
 
 // errProtocol marks a peer that broke the mesh protocol; its link is closed.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/imgn/imgn/cluster"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/mesh"
 	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/meshpb"
@@ -63,7 +64,7 @@ func TestLinksRefuseUnauthenticatedPeers(t *testing.T) {
 			a := transporttest.StartNode(t, suite(tc.a, &fa), p, "node-a", "", nil)
 			b := transporttest.StartNode(t, suite(tc.b, &fb), p, "node-b", "", nil)
 			a.T.SetPeers([]membership.NodeInfo{a.Info, b.Info}) // only a dials
-			transporttest.Eventually(t, transporttest.Patience, func() error {
+			testutil.Eventually(t, transporttest.Patience, "link outcome", func() error {
 				if a.T.(*mesh.Links).AuthFailures() == 0 && b.T.(*mesh.Links).AuthFailures() == 0 {
 					return errors.New("no refusal counted yet")
 				}

@@ -43,8 +43,12 @@ type peer struct {
 	state   int
 	lastErr error
 	closed  bool // run has exited: no new requests
-	seq     uint32
-	pending map[uint32]*call // appends waiting for a reply, by frame seq
+
+	// pending holds the requests waiting for a reply, by frame seq; its
+	// refusal follows state (set under mu): requests fail at once while
+	// the link is down or the peer gone.
+	pending Pending
+	pp      *PendingPeer
 }
 
 // outFrame is one encoded frame waiting for the writer.
@@ -54,26 +58,15 @@ type outFrame struct {
 	expires time.Time // a push or kick older than this is dropped
 }
 
-// call is one request (APPEND or ADMIN) waiting for its reply. Whoever removes it from
-// pending delivers exactly one result on done.
-type call struct {
-	done chan callResult
-}
-
-type callResult struct {
-	res   persist.AppendResult // APPEND
-	count int                  // ADMIN
-	err   error
-}
-
 func newPeer(l *Links, n membership.NodeInfo) *peer {
 	ctx, cancel := context.WithCancel(l.ctx)
-	return &peer{
+	p := &peer{
 		l: l, id: n.ID, ctx: ctx, cancel: cancel, info: n,
-		queue:   make(chan outFrame, l.cfg.QueueSize),
-		wake:    make(chan struct{}, 1),
-		pending: make(map[uint32]*call),
+		queue: make(chan outFrame, l.cfg.QueueSize),
+		wake:  make(chan struct{}, 1),
 	}
+	p.pp = p.pending.NewPeer(n.ID)
+	return p
 }
 
 // update records the registry's latest entry and wakes the connection
@@ -103,79 +96,51 @@ func (p *peer) append(ctx context.Context, msg persist.Message, inboxes []string
 	r := p.call(ctx, meshpb.CmdAppend, func(budgetMs uint32) proto.Message {
 		return &meshpb.AppendRequest{Msg: meshpb.FromMessage(msg), Inboxes: inboxes, TimeoutMs: budgetMs, EntriesOnly: entriesOnly}
 	})
-	return r.res, r.err
+	return r.Res, r.Err
 }
 
 // admin sends an operator action and waits for the count, like append.
 func (p *peer) admin(ctx context.Context, req cluster.AdminRequest) (int, error) {
 	r := p.call(ctx, meshpb.CmdAdmin, func(uint32) proto.Message { return meshpb.FromAdmin(req) })
-	return r.count, r.err
+	return r.Count, r.Err
 }
 
 // call sends one request (body gets the caller's remaining budget in ms)
 // and waits for its reply, the deadline, or the link's failure. Every
 // failure wraps cluster.ErrForward.
-func (p *peer) call(ctx context.Context, cmd codec.Command, body func(budgetMs uint32) proto.Message) callResult {
+func (p *peer) call(ctx context.Context, cmd codec.Command, body func(budgetMs uint32) proto.Message) CallResult {
 	cfg := &p.l.cfg
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, cfg.RequestTimeout)
-		defer cancel()
+	ctx, cancel, budget, err := RequestBudget(ctx, p.id, cfg.RequestTimeout)
+	defer cancel()
+	if err != nil {
+		return CallResult{Err: err}
 	}
-	if err := ctx.Err(); err != nil {
-		return callResult{err: forwardError(p.id, "not sent", err)}
+	req := body(budget)
+	seq, done, err := p.pending.Add(p.pp, cfg.QueueSize)
+	if err != nil {
+		return CallResult{Err: err}
 	}
-	dl, _ := ctx.Deadline()
-	budget := max(time.Until(dl).Milliseconds(), 1)
-	req := body(uint32(min(budget, 1<<31)))
-
-	c := &call{done: make(chan callResult, 1)}
-	p.mu.Lock()
-	switch {
-	case p.closed:
-		p.mu.Unlock()
-		return callResult{err: forwardError(p.id, "peer gone", nil)}
-	case p.state == linkDown:
-		err := p.lastErr
-		p.mu.Unlock()
-		return callResult{err: forwardError(p.id, "link down", err)}
-	case len(p.pending) >= cfg.QueueSize:
-		p.mu.Unlock()
-		return callResult{err: forwardError(p.id, fmt.Sprintf("queue full (%d requests waiting)", cfg.QueueSize), nil)}
-	}
-	p.seq++
-	if p.seq == 0 {
-		p.seq = 1
-	}
-	seq := p.seq
-	p.pending[seq] = c
-	p.mu.Unlock()
-
 	buf, err := encodeFrame(cmd, seq, req)
 	if err == nil && len(buf.B)-codec.HeaderSize > cfg.MaxBody {
 		codec.PutBuffer(buf)
 		err = fmt.Errorf("%w: %s of %d bytes exceeds the mesh frame limit %d", persist.ErrInvalid, cmd, len(buf.B)-codec.HeaderSize, cfg.MaxBody)
 	}
 	if err != nil {
-		p.forget(seq)
-		return callResult{err: fmt.Errorf("mesh: node %s: %w", p.id, err)}
+		p.pending.Forget(seq)
+		return CallResult{Err: fmt.Errorf("mesh: node %s: %w", p.id, err)}
 	}
 	select {
 	case p.queue <- outFrame{buf: buf, seq: seq}:
 	default:
 		codec.PutBuffer(buf)
-		p.forget(seq)
-		return callResult{err: forwardError(p.id, "write queue full", nil)}
+		p.pending.Forget(seq)
+		return CallResult{Err: ForwardError(p.id, "write queue full", nil)}
 	}
-	select {
-	case r := <-c.done:
-		return r
-	case <-ctx.Done():
-		if p.forget(seq) {
-			return callResult{err: forwardError(p.id, "no reply in time", ctx.Err())}
-		}
-		return <-c.done // completed concurrently: the result is on its way
+	r, ok := p.pending.Wait(ctx, seq, done)
+	if !ok {
+		return CallResult{Err: ForwardError(p.id, "no reply in time", ctx.Err())}
 	}
+	return r
 }
 
 // send queues a push or kick without blocking; it is dropped when the
@@ -203,48 +168,24 @@ func (p *peer) send(cmd codec.Command, m proto.Message) {
 	}
 }
 
-// forget removes a pending call; it reports whether the call was still
-// pending (so the caller owns its outcome).
-func (p *peer) forget(seq uint32) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if _, ok := p.pending[seq]; !ok {
-		return false
-	}
-	delete(p.pending, seq)
-	return true
-}
-
-func (p *peer) isPending(seq uint32) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	_, ok := p.pending[seq]
-	return ok
-}
-
-// complete delivers the reply of seq, if it is still awaited.
-func (p *peer) complete(seq uint32, r callResult) {
-	p.mu.Lock()
-	c := p.pending[seq]
-	delete(p.pending, seq)
-	p.mu.Unlock()
-	if c != nil {
-		c.done <- r
-	}
-}
-
-// setState records the link state; leaving linkUp fails every pending
-// call with err (wrapped in cluster.ErrForward).
+// setState records the link state and what requests get: leaving linkUp
+// fails every waiting one with err (wrapped in cluster.ErrForward); new
+// ones fail at once while the link is down.
 func (p *peer) setState(state int, err error) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.state, p.lastErr = state, err
-	var failed map[uint32]*call
-	if state != linkUp && len(p.pending) > 0 {
-		failed, p.pending = p.pending, make(map[uint32]*call)
+	// Refuse before failing, so that no request slips in between.
+	switch {
+	case p.closed:
+		p.pending.Refuse(p.pp, ForwardError(p.id, "peer gone", nil))
+	case state == linkDown:
+		p.pending.Refuse(p.pp, ForwardError(p.id, "link down", err))
+	default:
+		p.pending.Refuse(p.pp, nil)
 	}
-	p.mu.Unlock()
-	for _, c := range failed {
-		c.done <- callResult{err: forwardError(p.id, "link lost before the reply", err)}
+	if state != linkUp {
+		p.pending.Fail(p.pp, ForwardError(p.id, "link lost before the reply", err))
 	}
 }
 
@@ -448,7 +389,7 @@ func (p *peer) writeLoop(conn net.Conn, readErr <-chan error, info membership.No
 	var pingSeq uint32
 	write := func(f outFrame) error {
 		defer codec.PutBuffer(f.buf)
-		if f.seq != 0 && !p.isPending(f.seq) {
+		if f.seq != 0 && !p.pending.Waiting(f.seq) {
 			return nil // the caller gave up already
 		}
 		if f.seq == 0 && time.Now().After(f.expires) {
@@ -526,14 +467,14 @@ func (p *peer) readLoop(conn net.Conn, br *bufio.Reader) error {
 				return err
 			}
 			res, rerr := r.Result(p.id)
-			p.complete(h.Seq, callResult{res: res, err: rerr})
+			p.pending.Complete(h.Seq, CallResult{Res: res, Err: rerr})
 		case meshpb.CmdAdminResult:
 			var r meshpb.AdminResult
 			if err := unmarshal(body, &r); err != nil {
 				return err
 			}
 			n, rerr := r.Result(p.id)
-			p.complete(h.Seq, callResult{count: n, err: rerr})
+			p.pending.Complete(h.Seq, CallResult{Count: n, Err: rerr})
 		case meshpb.CmdPong:
 		case meshpb.CmdError:
 			var e meshpb.Error

@@ -17,6 +17,7 @@ import (
 
 	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/mesh"
 	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/meshpb"
@@ -364,12 +365,12 @@ func TestLinksPeerRestartSameAddr(t *testing.T) {
 	transporttest.WaitLinked(t, a, b)
 	b.Close(t)
 	var b2 *transporttest.Node
-	transporttest.Eventually(t, transporttest.Patience, func() error {
+	testutil.Eventually(t, transporttest.Patience, "node-b restarted on its port", func() error {
 		var err error
 		b2, err = transporttest.TryStartNode(t, linkSuite, p, "node-b", b.Info.MeshAddr, nil)
 		return err
 	})
-	transporttest.Eventually(t, transporttest.Patience, func() error {
+	testutil.Eventually(t, transporttest.Patience, "link to the restarted node", func() error {
 		_, err := a.T.Append(context.Background(), "node-b", persist.Message{ID: 1}, []string{"u"})
 		return err
 	})

@@ -47,8 +47,10 @@ type Replayer interface {
 	// (inboxes[i] at seqs[i], in the order they were appended). Entries
 	// removed by retention are left out, and so are messages no inbox holds
 	// any more. It reads one consistent view of the store: what was durable
-	// when the call started. The arguments of fn are valid only during the
-	// call. ReplayFrom stops with fn's error when fn returns one, and with
-	// ctx's error when ctx ends.
+	// when the call started (a store without snapshots, MongoDB's, may also
+	// list what is written during the call). In a store several nodes share,
+	// it lists the entries this node wrote. The arguments of fn are valid
+	// only during the call. ReplayFrom stops with fn's error when fn returns
+	// one, and with ctx's error when ctx ends.
 	ReplayFrom(ctx context.Context, fromID uint64, fn func(msg *Message, inboxes []string, seqs []uint64) error) error
 }

@@ -47,12 +47,6 @@ func (w tWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// eventually polls cond until it returns nil or timeout passes.
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
-	t.Helper()
-	testutil.Eventually(t, timeout, what, cond)
-}
-
 // hub is an in-memory cluster membership: one MemoryRegistry per node.
 type hub struct {
 	t    testing.TB
@@ -126,7 +120,7 @@ func waitView(t testing.TB, r *Router, want ...membership.NodeInfo) {
 	t.Helper()
 	want = slices.Clone(want)
 	slices.SortFunc(want, func(a, b membership.NodeInfo) int { return strings.Compare(a.ID, b.ID) })
-	eventually(t, 5*time.Second, "router view", func() error {
+	testutil.Eventually(t, 5*time.Second, "router view", func() error {
 		if !r.Ready() {
 			return fmt.Errorf("no view yet")
 		}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/imgn/imgn/cluster"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/lb"
 	"github.com/imgn/imgn/mesh"
 	"github.com/imgn/imgn/mesh/membership"
@@ -64,7 +65,7 @@ func TestRoutingMatchesOwnership(t *testing.T) {
 	defer w.Close()
 	r := newRouter(t, w, lb.ConsistentHash)
 	waitView(t, r, nodes...)
-	eventually(t, defaultWait, "clusters see every member", func() error {
+	testutil.Eventually(t, defaultWait, "clusters see every member", func() error {
 		for _, c := range clusters {
 			if n := len(c.Members()); n != len(nodes) {
 				return fmt.Errorf("%s sees %d members", c.NodeID(), n)
@@ -91,7 +92,7 @@ func TestRoutingMatchesOwnership(t *testing.T) {
 	if err := clusters[1].SetDraining(ctx, true); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, defaultWait, "router sees the drain", func() error {
+	testutil.Eventually(t, defaultWait, "router sees the drain", func() error {
 		for _, n := range r.Nodes() {
 			if n.ID == "node-1" && n.Draining {
 				return nil

@@ -44,6 +44,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/imgn/imgn/internal/defaults"
 	"github.com/imgn/imgn/lb"
 	"github.com/imgn/imgn/mesh/membership"
 )
@@ -124,32 +125,48 @@ type view struct {
 	at        time.Time             // when the view was applied
 }
 
-// New validates cfg, subscribes to cfg.Watcher and returns a running
-// Router. It does not wait for a membership view: until the first one
-// arrives, Pick reports "no membership view yet" and Ready is false.
-func New(cfg Config) (*Router, error) {
-	var errs []error
-	if cfg.Watcher == nil {
-		errs = append(errs, errors.New("a Watcher is required"))
+// WithDefaults returns c with every zero field set to its default. It
+// does not validate.
+func (c Config) WithDefaults() Config {
+	defaults.Set(&c.Strategy, lb.ConsistentHash)
+	defaults.Set(&c.VirtualNodes, lb.DefaultVirtualNodes)
+	defaults.Set(&c.Logger, slog.Default())
+	if c.Registry == nil {
+		c.Registry = prometheus.NewRegistry()
 	}
-	if cfg.Strategy == "" {
-		cfg.Strategy = lb.ConsistentHash
+	return c
+}
+
+// Validate reports every problem of c (after WithDefaults), wrapping
+// ErrConfig; it changes nothing.
+func (c Config) Validate() error {
+	_, err := c.balancer()
+	if c.Watcher == nil {
+		err = errors.Join(errors.New("a Watcher is required"), err)
 	}
-	if cfg.VirtualNodes == 0 {
-		cfg.VirtualNodes = lb.DefaultVirtualNodes
-	}
-	bal, err := lb.New(cfg.Strategy, lb.WithVirtualNodes(cfg.VirtualNodes))
 	if err != nil {
-		errs = append(errs, err)
+		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	if err := errors.Join(errs...); err != nil {
+	return nil
+}
+
+// balancer makes c's load balancer.
+func (c Config) balancer() (lb.Balancer, error) {
+	return lb.New(c.Strategy, lb.WithVirtualNodes(c.VirtualNodes))
+}
+
+// New applies cfg's defaults, validates it, subscribes to cfg.Watcher and
+// returns a running Router. It does not wait for a membership view: until
+// the first one arrives, Pick reports "no membership view yet" and Ready
+// is false.
+func New(cfg Config) (*Router, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	bal, err := cfg.balancer()
+	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.Registry == nil {
-		cfg.Registry = prometheus.NewRegistry()
 	}
 	m := newMetrics(cfg.Strategy)
 	if err := m.register(cfg.Registry); err != nil {

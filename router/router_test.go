@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/imgn/imgn/client"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/lb"
 	"github.com/imgn/imgn/mesh/membership"
 )
@@ -85,7 +86,7 @@ func TestNotReady(t *testing.T) {
 	}
 
 	w.feed.Publish(nil) // an empty cluster is a view too
-	eventually(t, defaultWait, "ready", func() error {
+	testutil.Eventually(t, defaultWait, "ready", func() error {
 		if !r.Ready() {
 			return errors.New("not ready")
 		}
@@ -270,7 +271,7 @@ func TestNeverUnusable(t *testing.T) {
 			// The last usable node drains: 503, never a crash or an empty
 			// address (the original design's nextInt(0)).
 			c.set(with(good, func(n *membership.NodeInfo) { n.Draining = true }))
-			eventually(t, defaultWait, "503", func() error {
+			testutil.Eventually(t, defaultWait, "503", func() error {
 				if a := route(t, h, "alice"); a.Code != http.StatusServiceUnavailable {
 					return fmt.Errorf("%+v", a)
 				}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/imgn/imgn/internal/testsvc"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/lb"
 	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/zkregistry"
@@ -93,7 +94,7 @@ func TestZooKeeper(t *testing.T) {
 	h := r.Handler()
 
 	// Every registered node shows up in /v1/nodes with what it published.
-	eventually(t, registerTO, "/v1/nodes lists the registered nodes", func() error {
+	testutil.Eventually(t, registerTO, "/v1/nodes lists the registered nodes", func() error {
 		resp := nodesOf(t, h)
 		var got []membership.NodeInfo
 		for _, s := range resp.Nodes {
@@ -138,7 +139,7 @@ func TestZooKeeper(t *testing.T) {
 	if err := regB.Close(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, resync+slack, "closed node-b out of the answers", routedAway("node-b"))
+	testutil.Eventually(t, resync+slack, "closed node-b out of the answers", routedAway("node-b"))
 	t.Logf("closed node: out of the answers after %v", time.Since(start).Round(time.Millisecond))
 
 	// A node that dies: its znode goes when ZooKeeper expires the session,
@@ -146,7 +147,7 @@ func TestZooKeeper(t *testing.T) {
 	// loaded machine).
 	start = time.Now()
 	dead.kill()
-	eventually(t, deadTO+resync+slack, "dead node-c out of the answers", routedAway("node-c"))
+	testutil.Eventually(t, deadTO+resync+slack, "dead node-c out of the answers", routedAway("node-c"))
 	t.Logf("dead node (session timeout %v): out of the answers after %v", deadTO, time.Since(start).Round(time.Millisecond))
 	for _, uid := range users {
 		if got := mustRoute(t, h, uid); got.NodeID != "node-a" || got.Addr != na.ClientAddr {
@@ -162,7 +163,7 @@ func TestZooKeeper(t *testing.T) {
 	if err := svc.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 15*time.Second, "watcher notices ZooKeeper is down", func() error {
+	testutil.Eventually(t, 15*time.Second, "watcher notices ZooKeeper is down", func() error {
 		if w.Status().Connected {
 			return errors.New("still connected")
 		}

@@ -94,11 +94,6 @@ func newNotifier(t *testing.T, url string, online map[string]bool, mod func(*Con
 	return n
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	testutil.Until(t, 10*time.Second, what, cond)
-}
-
 var groupMsg = &persist.Message{ID: 1 << 60, From: "alice", To: "g7", Group: true, ClientMsgID: "c1", Timestamp: 1_700_000_000_000, Body: []byte("hi all")}
 
 // TestSignedPostForOfflineRecipients: one POST per message naming the
@@ -113,7 +108,7 @@ func TestSignedPostForOfflineRecipients(t *testing.T) {
 	n.MessageStored(groupMsg, inboxes, []uint64{5, 6, 7, 8}, true)                                          // a retry: nothing
 	n.MessageStored(&persist.Message{ID: 9, From: "x", To: "carol"}, []string{"carol"}, []uint64{1}, false) // online: skipped
 	n.MessageStored(&persist.Message{ID: 10, From: "x", To: "x"}, []string{"x"}, []uint64{1}, false)        // the sender only: nothing
-	waitFor(t, "the POST and the skip", func() bool { return promtest.ToFloat64(n.m.posted) == 1 && promtest.ToFloat64(n.m.skipped) == 1 })
+	testutil.Until(t, 10*time.Second, "the POST and the skip", func() bool { return promtest.ToFloat64(n.m.posted) == 1 && promtest.ToFloat64(n.m.skipped) == 1 })
 	reqs := ep.requests()
 	if len(reqs) != 1 {
 		t.Fatalf("%d requests, want 1", len(reqs))
@@ -163,7 +158,7 @@ func TestAlreadyStoredMessageToNewInboxes(t *testing.T) {
 	n.MessageStored(m, []string{"bob"}, []uint64{3}, true)                         // second owner: bob is new here
 	n.MessageStored(m, []string{"bob"}, []uint64{3}, true)                         // the client's retry: nothing new
 	n.MessageStored(m, []string{"alice", "bob", "carol"}, []uint64{9, 3, 4}, true) // a retry that added carol
-	waitFor(t, "two POSTs", func() bool { return promtest.ToFloat64(n.m.posted) == 2 })
+	testutil.Until(t, 10*time.Second, "two POSTs", func() bool { return promtest.ToFloat64(n.m.posted) == 2 })
 	time.Sleep(50 * time.Millisecond) // room for a wrong third one to show up
 	reqs := ep.requests()
 	if len(reqs) != 2 {
@@ -216,7 +211,7 @@ func TestRetryOn5xxNotOn4xx(t *testing.T) {
 		ep := newEndpoint(t, 500, 503, 429, 200)
 		n := newNotifier(t, ep.srv.URL, nil, nil)
 		one(n)
-		waitFor(t, "posted", func() bool { return promtest.ToFloat64(n.m.posted) == 1 })
+		testutil.Until(t, 10*time.Second, "posted", func() bool { return promtest.ToFloat64(n.m.posted) == 1 })
 		if got := len(ep.requests()); got != 4 || promtest.ToFloat64(n.m.retries) != 3 || n.DeadLetters() != 0 {
 			t.Fatalf("%d requests, %v retries, %d dead", got, promtest.ToFloat64(n.m.retries), n.DeadLetters())
 		}
@@ -231,7 +226,7 @@ func TestRetryOn5xxNotOn4xx(t *testing.T) {
 		ep := newEndpoint(t, 400, 200)
 		n := newNotifier(t, ep.srv.URL, nil, nil)
 		one(n)
-		waitFor(t, "dead letter", func() bool { return n.DeadLetters() == 1 })
+		testutil.Until(t, 10*time.Second, "dead letter", func() bool { return n.DeadLetters() == 1 })
 		time.Sleep(50 * time.Millisecond) // room for a wrong retry to show up
 		if got := len(ep.requests()); got != 1 || promtest.ToFloat64(n.m.retries) != 0 {
 			t.Fatalf("a 4xx was retried: %d requests", got)
@@ -241,7 +236,7 @@ func TestRetryOn5xxNotOn4xx(t *testing.T) {
 		ep := newEndpoint(t, 502)
 		n := newNotifier(t, ep.srv.URL, nil, func(c *Config) { c.MaxAttempts = 3 })
 		one(n)
-		waitFor(t, "dead letter", func() bool { return n.DeadLetters() == 1 })
+		testutil.Until(t, 10*time.Second, "dead letter", func() bool { return n.DeadLetters() == 1 })
 		if got := len(ep.requests()); got != 3 {
 			t.Fatalf("%d requests, want 3 attempts", got)
 		}
@@ -252,7 +247,7 @@ func TestRetryOn5xxNotOn4xx(t *testing.T) {
 		ep.srv.Close()
 		n := newNotifier(t, url, nil, func(c *Config) { c.MaxAttempts = 2 })
 		one(n)
-		waitFor(t, "dead letter", func() bool { return n.DeadLetters() == 1 })
+		testutil.Until(t, 10*time.Second, "dead letter", func() bool { return n.DeadLetters() == 1 })
 		if promtest.ToFloat64(n.m.retries) != 1 {
 			t.Fatalf("retries %v", promtest.ToFloat64(n.m.retries))
 		}
@@ -275,7 +270,7 @@ func TestBoundedQueueUnderDeadEndpoint(t *testing.T) {
 	}
 	send(1)
 	send(2)
-	waitFor(t, "two requests in flight", func() bool { return ep.inFlight.Load() == 2 })
+	testutil.Until(t, 10*time.Second, "two requests in flight", func() bool { return ep.inFlight.Load() == 2 })
 	// The observer never waits: with both workers held, these calls return
 	// (a blocking one would hang the test) and the queue's bound holds.
 	for id := uint64(3); id <= 30; id++ {

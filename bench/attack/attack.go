@@ -125,7 +125,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	e := &env{cfg: cfg, addr: cfg.Node.Listen, admin: cfg.Node.Admin, ctx: ctx}
 	rep := &Report{}
 	if s, err := cfg.Node.Stats(ctx); err == nil {
-		rep.RSSBefore, rep.GoroutinesB = s.RSSBytes, s.Goroutines
+		rep.RSSBefore, rep.GoroutinesB = int64(s.RSSBytes), s.Goroutines
 	}
 	ld, err := startLoad(ctx, cfg, e.addr)
 	if err != nil {
@@ -165,7 +165,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.AllOK = rep.AllOK && r.OK
 	}
 	if s, err := cfg.Node.Stats(ctx); err == nil {
-		rep.RSSAfter, rep.GoroutinesA = s.RSSBytes, s.Goroutines
+		rep.RSSAfter, rep.GoroutinesA = int64(s.RSSBytes), s.Goroutines
 	}
 	return rep, nil
 }

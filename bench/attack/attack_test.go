@@ -3,31 +3,12 @@ package attack
 import (
 	"context"
 	"os"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/imgn/imgn/internal/clusterkit"
 )
-
-var (
-	buildOnce sync.Once
-	binDir    string
-	buildErr  error
-)
-
-func bin(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		binDir, buildErr = clusterkit.Build(context.Background(), filepath.Join(os.TempDir(), "imgn-attack-bin"), "imd")
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binDir
-}
 
 // TestEveryAttackOnce runs every attack once against a spawned node with a
 // small legitimate load. It asserts the functional outcome of each attack
@@ -37,7 +18,11 @@ func bin(t *testing.T) string {
 func TestEveryAttackOnce(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	n, err := clusterkit.Single(ctx, bin(t), t.TempDir(), NodeArgs...)
+	bin, err := clusterkit.Binaries(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := clusterkit.Single(ctx, bin, t.TempDir(), NodeArgs...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -36,7 +34,7 @@ func TestShortCheckWebSocket(t *testing.T) {
 func shortCheck(t *testing.T, cfg CheckConfig) {
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
-	bin, err := clusterkit.Build(ctx, filepath.Join(os.TempDir(), "imgn-imcheck-bin"))
+	bin, err := clusterkit.Binaries(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

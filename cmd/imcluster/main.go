@@ -10,9 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -21,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/imgn/imgn/internal/clusterkit"
 	"github.com/imgn/imgn/internal/dirlock"
 	"github.com/imgn/imgn/internal/envflag"
 	"github.com/imgn/imgn/internal/testsvc"
@@ -102,65 +101,6 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 
 // nodeID names node i (from 0): n1, n2, ...
 func nodeID(i int) string { return "n" + strconv.Itoa(i+1) }
-
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-func startProc(name, bin, logPath string, args ...string) (*proc, error) {
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); logf.Close(); close(p.done) }()
-	return p, nil
-}
-
-// stop sends SIGTERM and waits, then SIGKILL.
-func (p *proc) stop(grace time.Duration) {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(grace):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-// waitHTTP polls url until it answers 200, the process p exits (its
-// output says why: a port it could not bind, ...) or 60 s pass.
-func waitHTTP(ctx context.Context, p *proc, url string) error {
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-p.done:
-			return fmt.Errorf("%s exited during start-up: %v", p.name, p.cmd.ProcessState)
-		default:
-		}
-		if resp, err := http.Get(url); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("%s not ready after 60s", url)
-}
 
 // plannedPorts lists every port the cluster will listen on, with what
 // listens there.
@@ -245,47 +185,50 @@ func runCluster(ctx context.Context, o *options, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "  zookeeper %s\n  redis     %s\n  mongodb   %s\n", zk.Addr, redis.Addr, mongo.URI())
 
-	var procs []*proc
+	var procs []*clusterkit.Proc
 	defer func() {
 		for i := len(procs) - 1; i >= 0; i-- {
-			procs[i].stop(20 * time.Second)
+			procs[i].Term(20 * time.Second)
 		}
 	}()
+	deps := &clusterkit.Deps{ZK: zk.Addr, Redis: redis.Addr, MongoURI: mongo.URI(), Mesh: o.mesh, Secret: o.jwtSecret}
 	for i := range o.nodes {
-		id := nodeID(i)
 		base := o.basePort + 10*i
-		listen, admin, meshAddr := addr(base), addr(base+1), addr(base+2)
-		p, err := startProc(id, filepath.Join(o.bin, "imd"), filepath.Join(o.dir, id+".log"),
-			"--node-id", id, "--listen", listen, "--admin", admin, "--mesh-listen", meshAddr, "--mesh", o.mesh,
-			"--zk", zk.Addr, "--redis", redis.Addr, "--mongo-uri", mongo.URI(), "--jwt-secret", o.jwtSecret)
+		n, err := clusterkit.NewNode(clusterkit.NodeSpec{Bin: o.bin, Dir: o.dir, ID: nodeID(i),
+			Listen: addr(base), Admin: addr(base + 1), Mesh: addr(base + 2), Deps: deps})
 		if err != nil {
 			return err
 		}
-		procs = append(procs, p)
-		if err := waitHTTP(ctx, p, "http://"+admin+"/readyz"); err != nil {
-			return fmt.Errorf("%s: %w (see %s)", id, err, filepath.Join(o.dir, id+".log"))
+		if err := n.Proc.Start(); err != nil {
+			return err
 		}
-		fmt.Fprintf(out, "  node %-3s clients %s  admin http://%s  mesh %s\n", id, listen, admin, meshAddr)
+		procs = append(procs, n.Proc)
+		if err := n.WaitReady(ctx, 60*time.Second); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "  node %-3s clients %s  admin http://%s  mesh %s\n", n.ID, n.Listen, n.Admin, n.Mesh)
 	}
 	if _, err := os.Stat(filepath.Join(o.bin, "imrouter")); o.withRouter && err == nil {
-		raddr := addr(o.basePort - 20)
-		p, err := startProc("imrouter", filepath.Join(o.bin, "imrouter"), filepath.Join(o.dir, "imrouter.log"),
-			"--listen", raddr, "--zk", zk.Addr, "--lb", o.lbStrategy)
+		p, raddr, err := clusterkit.NewRouter(clusterkit.RouterSpec{Bin: o.bin, Dir: o.dir, Listen: addr(o.basePort - 20),
+			ZK: zk.Addr, Args: []string{"--lb", o.lbStrategy}})
 		if err != nil {
 			return err
 		}
+		if err := p.Start(); err != nil {
+			return err
+		}
 		procs = append(procs, p)
-		if err := waitHTTP(ctx, p, "http://"+raddr+"/healthz"); err != nil {
-			return fmt.Errorf("imrouter: %w", err)
+		if err := p.WaitHTTP(ctx, "http://"+raddr+"/healthz", 60*time.Second); err != nil {
+			return err
 		}
 		fmt.Fprintf(out, "  router   http://%s  (%s)\n", raddr, o.lbStrategy)
 	}
 	fmt.Fprintf(out, "cluster up; logs in %s. Ctrl-C stops everything.\n", o.dir)
 	for _, p := range procs {
-		go func() {
-			<-p.done
+		go func() { // ends when the process does, at the latest in the deferred Term
+			<-p.Exited()
 			if ctx.Err() == nil {
-				fmt.Fprintf(out, "%s exited\n", p.name)
+				fmt.Fprintf(out, "%s exited\n", p.Name)
 			}
 		}()
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/persist/memstore"
 )
 
@@ -127,14 +128,14 @@ func TestChatViewShowsUnreadReceiptsAndTyping(t *testing.T) {
 		}
 	}
 	stdinR, stdinW := io.Pipe()
-	var out, errb syncBuffer
+	var out, errb testutil.Buffer
 	e := newEnv(func(k string) string { return aliceEnv[k] }, stdinR, &out, &errb)
 	e.loc = time.UTC
 	done := make(chan int, 1)
 	go func() { done <- run(context.Background(), []string{"chat", "--to", "bob", "--after", "0"}, e) }()
-	waitIn := func(b *syncBuffer, what string) {
+	waitIn := func(b *testutil.Buffer, what string) {
 		t.Helper()
-		waitUntil(t, what, func() bool { return strings.Contains(b.String(), what) })
+		testutil.Until(t, 5*time.Second, what, func() bool { return strings.Contains(b.String(), what) })
 	}
 	waitIn(&errb, "unread: @bob 2")
 	waitIn(&out, "bob: two")

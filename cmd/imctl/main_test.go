@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +19,7 @@ import (
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
 	"github.com/imgn/imgn/internal/leaktest"
+	"github.com/imgn/imgn/internal/testutil"
 	"go.uber.org/goleak"
 )
 
@@ -484,26 +485,13 @@ func TestAgainstFakeServer(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for one writer and one poller.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 func TestChatShowsIncoming(t *testing.T) {
 	s := clienttest.Start(t)
 	s.AddUser("alice", "secret123")
 	s.AddUser("bob", "secret123")
 	s.Deliver("alice", "bob", []byte("history"))
 	stdinR, stdinW := io.Pipe()
-	var out, errb syncBuffer
+	var out, errb testutil.Buffer
 	e := newEnv(func(k string) string { return map[string]string{"IM_SERVER": s.Addr}[k] }, stdinR, &out, &errb)
 	e.loc = time.UTC
 	done := make(chan int, 1)
@@ -512,23 +500,15 @@ func TestChatShowsIncoming(t *testing.T) {
 	}()
 	waitOut := func(what string) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for !strings.Contains(out.String(), what) {
-			if time.Now().After(deadline) {
-				t.Fatalf("no %q in output:\n%s\nstderr:\n%s", what, out.String(), errb.String())
+		testutil.Eventually(t, 5*time.Second, fmt.Sprintf("%q in the output", what), func() error {
+			if !strings.Contains(out.String(), what) {
+				return fmt.Errorf("output:\n%s\nstderr:\n%s", out.String(), errb.String())
 			}
-			time.Sleep(5 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	waitOut("alice: history")
-	waitFor := func(cond func() bool) {
-		for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatal("timeout")
-			}
-		}
-	}
-	waitFor(func() bool { return s.Online("bob") == 1 })
+	testutil.Until(t, 5*time.Second, "bob online", func() bool { return s.Online("bob") == 1 })
 	s.Deliver("alice", "bob", []byte("live one"))
 	waitOut("alice: live one")
 	s.Notice("server restarts soon")

@@ -17,12 +17,6 @@ import (
 	"github.com/imgn/imgn/internal/testutil"
 )
 
-// waitUntil polls cond for up to 5 s.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	testutil.Until(t, 5*time.Second, what, cond)
-}
-
 // devicesSeen records the device of every LOGIN the server receives.
 func devicesSeen(s *clienttest.Server) func() []string {
 	var mu sync.Mutex
@@ -53,8 +47,8 @@ func TestStableDevice(t *testing.T) {
 
 	// chat shows what this device has not shown yet: all three, then on
 	// the next run only what arrived since.
-	r := chatWhile(t, env, func(out *syncBuffer) {
-		waitUntil(t, "history", func() bool { return strings.Count(out.String(), "alice: old") == 3 })
+	r := chatWhile(t, env, func(out *testutil.Buffer) {
+		testutil.Until(t, 5*time.Second, "history", func() bool { return strings.Count(out.String(), "alice: old") == 3 })
 	})
 	b, err := os.ReadFile(filepath.Join(cfgDir, "imgn", "device"))
 	id := strings.TrimSpace(string(b))
@@ -64,11 +58,11 @@ func TestStableDevice(t *testing.T) {
 	if !strings.Contains(r.stderr, "(device "+id+")") {
 		t.Fatalf("chat does not name its device %s: %s", id, r.stderr)
 	}
-	waitUntil(t, "the chat's cursor", func() bool { return s.Cursor("bob", id) == 3 })
-	r = chatWhile(t, env, func(out *syncBuffer) {
-		waitUntil(t, "bob online", func() bool { return s.Online("bob") == 1 })
+	testutil.Until(t, 5*time.Second, "the chat's cursor", func() bool { return s.Cursor("bob", id) == 3 })
+	r = chatWhile(t, env, func(out *testutil.Buffer) {
+		testutil.Until(t, 5*time.Second, "bob online", func() bool { return s.Online("bob") == 1 })
 		s.Deliver("alice", "bob", []byte("new"))
-		waitUntil(t, "the new message", func() bool { return strings.Contains(out.String(), "alice: new") })
+		testutil.Until(t, 5*time.Second, "the new message", func() bool { return strings.Contains(out.String(), "alice: new") })
 	})
 	if strings.Contains(r.stdout, "alice: old") {
 		t.Fatalf("second chat replayed the inbox: %+v", r)
@@ -106,10 +100,10 @@ func TestStableDevice(t *testing.T) {
 
 // chatWhile runs `imctl chat` with env until body returns, then ends its
 // input.
-func chatWhile(t *testing.T, env map[string]string, body func(out *syncBuffer)) result {
+func chatWhile(t *testing.T, env map[string]string, body func(out *testutil.Buffer)) result {
 	t.Helper()
 	stdinR, stdinW := io.Pipe()
-	var out, errb syncBuffer
+	var out, errb testutil.Buffer
 	e := newEnv(envOf(env), stdinR, &out, &errb)
 	done := make(chan int, 1)
 	go func() { done <- run(context.Background(), []string{"chat"}, e) }()
@@ -130,7 +124,7 @@ func TestRecvWaitsForNew(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() { done <- invoke(t, env, "", "recv", "--count", "1", "--timeout", "5s") }()
-	waitUntil(t, "recv online", func() bool { return s.Online("bob") == 1 })
+	testutil.Until(t, 5*time.Second, "recv online", func() bool { return s.Online("bob") == 1 })
 	s.Deliver("alice", "bob", []byte("fresh"))
 	r := <-done
 	var m jsonMessage
@@ -194,7 +188,7 @@ func TestChatShowsConnectionState(t *testing.T) {
 	s.AddUser("bob", "secret123")
 	s.SetNodeID("n1")
 	stdinR, stdinW := io.Pipe()
-	var out, errb syncBuffer
+	var out, errb testutil.Buffer
 	e := newEnv(envOf(map[string]string{"IM_SERVER": s.Addr, "XDG_CONFIG_HOME": t.TempDir()}), stdinR, &out, &errb)
 	done := make(chan int, 1)
 	go func() {
@@ -202,10 +196,10 @@ func TestChatShowsConnectionState(t *testing.T) {
 	}()
 	waitErr := func(what string) {
 		t.Helper()
-		waitUntil(t, what+" in "+errb.String(), func() bool { return strings.Contains(errb.String(), what) })
+		testutil.Until(t, 5*time.Second, what+" in "+errb.String(), func() bool { return strings.Contains(errb.String(), what) })
 	}
 	waitErr("logged in as bob on node n1 (device m-")
-	waitUntil(t, "bob online", func() bool { return s.Online("bob") == 1 })
+	testutil.Until(t, 5*time.Second, "bob online", func() bool { return s.Online("bob") == 1 })
 
 	// Logins are refused while "the node restarts".
 	var refuse sync.Mutex

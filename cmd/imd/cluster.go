@@ -68,7 +68,7 @@ func serveCluster(o *options, log *slog.Logger) error {
 	startCtx, cancelStart := context.WithTimeout(ctx, 60*time.Second)
 	defer cancelStart()
 	metrics := prometheus.NewRegistry() // the engine's, the stores' and the mesh's metrics
-	store, err := mongostore.Open(startCtx, mongostore.Options{URI: c.mongoURI, Database: c.mongoDB, WriteConcern: c.writeConcern, Registry: metrics, Logger: nlog})
+	store, err := mongostore.Open(startCtx, mongostore.Options{URI: c.mongoURI, Database: c.mongoDB, NodeID: o.engine.NodeID, WriteConcern: c.writeConcern, Registry: metrics, Logger: nlog})
 	if err != nil {
 		return fmt.Errorf("message store: %w", err)
 	}

@@ -34,6 +34,7 @@ type integrationOptions struct {
 	eventsMaxLen   int64
 	eventsQueue    int
 	eventsMargin   time.Duration
+	eventsRecover  listValue // node ids whose last moments this node publishes again at start
 	webhookURL     string
 	webhookSecret  string
 	webhookConc    int
@@ -48,7 +49,7 @@ const eventsRedis = "redis"
 // integrationGroups are the help and config-example groups of these flags.
 var integrationGroups = []envflag.Group{
 	{Title: "Server API (on when --api-key is set)", Names: []string{"api-listen", "api-key"}},
-	{Title: "Event stream (--events redis)", Names: []string{"events", "events-redis", "events-stream", "events-maxlen", "events-queue", "events-replay-margin"}},
+	{Title: "Event stream (--events redis)", Names: []string{"events", "events-redis", "events-stream", "events-maxlen", "events-queue", "events-replay-margin", "events-recover-nodes"}},
 	{Title: "Offline-push webhook (on when --webhook-url is set)", Names: []string{"webhook-url", "webhook-secret", "webhook-concurrency",
 		"webhook-queue", "webhook-attempts", "webhook-timeout"}},
 }
@@ -63,6 +64,7 @@ func defineIntegrationFlags(fs *envflag.Flags, o *integrationOptions) {
 	fs.Int64Var(&o.eventsMaxLen, "events-maxlen", events.DefaultMaxLen, "event stream: trim the stream to about this many entries (XADD MAXLEN ~)")
 	fs.IntVar(&o.eventsQueue, "events-queue", events.DefaultQueueSize, "event stream: events waiting for Redis; beyond it new events are dropped and counted")
 	fs.DurationVar(&o.eventsMargin, "events-replay-margin", events.DefaultReplayMargin, "event stream: at start, publish again the messages stored from this long before the last checkpoint (the longest a send may take from arrival to ack)")
+	fs.Var(&o.eventsRecover, "events-recover-nodes", "event stream: at start, also publish again what these nodes `ID,...` stored after their last checkpoint (nodes that will not come back; MongoDB store only; see docs/events.md)")
 	fs.StringVar(&o.webhookURL, "webhook-url", "", "offline-push webhook: `URL` that receives a signed POST for each message whose recipient has no online device")
 	fs.StringVar(&o.webhookSecret, "webhook-secret", "", "offline-push webhook: HMAC-SHA256 secret signing each request (required with --webhook-url)")
 	fs.IntVar(&o.webhookConc, "webhook-concurrency", webhook.DefaultConcurrency, "offline-push webhook: requests in flight to the endpoint at most")
@@ -93,6 +95,9 @@ func (o *integrationOptions) check(redis string) error {
 		}
 	default:
 		return envflag.Usagef("--events must be redis or empty, got %q", o.events)
+	}
+	if len(o.eventsRecover) > 0 && o.events == "" {
+		return envflag.Usagef("--events-recover-nodes needs --events redis")
 	}
 	switch {
 	case o.eventsStream == "":
@@ -172,6 +177,10 @@ func startIntegrations(ctx context.Context, o *options, store persist.Store, reg
 		} else {
 			log.Info("event stream: this store cannot replay; events queued when the node stops abruptly are lost")
 		}
+		if err := recoverNodes(ctx, o, store, log); err != nil {
+			in.close(ctx)
+			return nil, err
+		}
 		log.Info("event stream", "redis", o.integ.eventsRedis, "stream", o.integ.eventsStream)
 	}
 	if o.integ.webhookURL != "" {
@@ -246,6 +255,58 @@ func (in *integrations) close(ctx context.Context) error {
 	if err := errors.Join(errs...); err != nil {
 		in.log.Error("integrations: stopped with work left", logging.KeyErr, err)
 		return err
+	}
+	return nil
+}
+
+// nodeReplayer is a store that can replay what another node wrote: the
+// MongoDB store of a cluster.
+type nodeReplayer interface {
+	ReplayerFor(node string) persist.Replayer
+}
+
+// recoverNodes publishes again, for each node of --events-recover-nodes,
+// what that node stored after its checkpoint: the recovery the node would
+// have run at its own restart, for a node that will not come back
+// (docs/events.md). Each runs on a publisher of its own, named as that
+// node (its events, its checkpoint), drained and closed before the next.
+// Failures are logged: this node starts all the same.
+func recoverNodes(ctx context.Context, o *options, store persist.Store, log *slog.Logger) error {
+	ids := o.integ.eventsRecover
+	if len(ids) == 0 {
+		return nil
+	}
+	nr, ok := store.(nodeReplayer)
+	if !ok {
+		return envflag.Usagef("--events-recover-nodes needs the MongoDB store of a cluster (the nodes' entries are told apart there)")
+	}
+	for _, id := range ids {
+		if id == o.engine.NodeID {
+			return envflag.Usagef("--events-recover-nodes names this node (%s), which recovers its own at every start", id)
+		}
+	}
+	for _, id := range ids {
+		nlog := log.With("recovered_node", id)
+		p, err := events.New(events.Config{Addrs: splitList(o.integ.eventsRedis), Stream: o.integ.eventsStream, MaxLen: o.integ.eventsMaxLen,
+			QueueSize: o.integ.eventsQueue, ReplayMargin: o.integ.eventsMargin, NodeID: id, Logger: nlog, Store: store, Unordered: true})
+		if err != nil {
+			return err
+		}
+		p.Start()
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		n, err := p.Recover(rctx, nr.ReplayerFor(id))
+		cancel()
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		cerr := p.Close(cctx)
+		cancel()
+		switch {
+		case err != nil:
+			nlog.Error("event stream: recovery of another node incomplete", logging.KeyErr, err)
+		case cerr != nil:
+			nlog.Error("event stream: recovery of another node not fully published", "events", n, logging.KeyErr, cerr)
+		default:
+			nlog.Info("event stream: published again what another node stored after its checkpoint", "events", n)
+		}
 	}
 	return nil
 }

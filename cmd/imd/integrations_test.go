@@ -32,8 +32,8 @@ func TestIntegrationOptions(t *testing.T) {
 		t.Fatalf("%+v", o.integ)
 	}
 	// Cluster mode: the event stream defaults to the cluster's Redis.
-	o, err = parseOptions([]string{"--zk", "z:2181", "--redis", "r:6379", "--mongo-uri", "mongodb://m", "--events", "redis"}, envOf(nil), io.Discard)
-	if err != nil || o.integ.eventsRedis != "r:6379" {
+	o, err = parseOptions([]string{"--zk", "z:2181", "--redis", "r:6379", "--mongo-uri", "mongodb://m", "--events", "redis", "--events-recover-nodes", "n3, n4"}, envOf(nil), io.Discard)
+	if err != nil || o.integ.eventsRedis != "r:6379" || !slices.Equal(o.integ.eventsRecover, []string{"n3", "n4"}) {
 		t.Fatalf("cluster default: %+v %v", o, err)
 	}
 	for _, tc := range []struct {
@@ -44,6 +44,7 @@ func TestIntegrationOptions(t *testing.T) {
 		{[]string{"--events", "kafka"}, "--events must be redis or empty"},
 		{[]string{"--events", "redis"}, "--events redis needs --events-redis"},
 		{[]string{"--events", "redis", "--events-redis", "r:1", "--events-maxlen", "0"}, "--events-maxlen must be positive"},
+		{[]string{"--events-recover-nodes", "n3"}, "--events-recover-nodes needs --events redis"},
 		{[]string{"--webhook-url", "https://x"}, "--webhook-url needs --webhook-secret"},
 		{[]string{"--webhook-url", "x.example", "--webhook-secret", "s"}, "--webhook-url must be an http:// or https:// URL"},
 		{[]string{"--webhook-attempts", "0"}, "must be positive"},

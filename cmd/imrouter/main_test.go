@@ -11,13 +11,13 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/imgn/imgn/internal/leaktest"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/lb"
 	"github.com/imgn/imgn/mesh/membership"
 )
@@ -147,7 +147,7 @@ func TestServeStatic(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	addrc := make(chan string, 1)
-	var logs syncBuffer
+	var logs testutil.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"--static", "n1=127.0.0.1:9090,n2=127.0.0.1:9190@0", "--listen", "127.0.0.1:0", "--lb", "round-robin",
@@ -176,13 +176,8 @@ func TestServeStatic(t *testing.T) {
 		}
 		return resp.StatusCode
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for get("/readyz", nil) != http.StatusOK { // the static view arrives at once
-		if time.Now().After(deadline) {
-			t.Fatal("never ready")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	// The static view arrives at once.
+	testutil.Until(t, 5*time.Second, "ready", func() bool { return get("/readyz", nil) == http.StatusOK })
 	var route struct {
 		NodeID   string `json:"node_id"`
 		Addr     string `json:"addr"`
@@ -230,18 +225,6 @@ func TestServeStatic(t *testing.T) {
 		t.Fatalf("log messages %v", msgs)
 	}
 }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // TestConfigFile: flag > env > file > default, unknown keys refused, and
 // the example enabled line by line is a valid configuration.

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/imgn/imgn/engine"
 	"github.com/imgn/imgn/events"
 	"github.com/imgn/imgn/internal/testsvc"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/persist/memstore"
 )
 
@@ -82,17 +84,13 @@ func TestConsumerOnARealNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rc.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.Eventually(t, 10*time.Second, "the third message's event", func() error {
 		res, err := rc.Do(ctx, rc.B().Xreadgroup().Group("g", "c2").Count(1).Streams().Key(events.DefaultStream).Id(">").Build()).AsXRead()
-		if err == nil && len(res[events.DefaultStream]) == 1 {
-			break
+		if err == nil && len(res[events.DefaultStream]) != 1 {
+			err = fmt.Errorf("%d events", len(res[events.DefaultStream]))
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the third message's event never came: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err
+	})
 	out.Reset()
 	cfg.Consumer, cfg.Count = "c2", 1
 	if err := run(runCtx, cfg, &out); err != nil {

@@ -2,8 +2,6 @@ package clusterkit
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -16,7 +14,7 @@ import (
 func TestSingleNodeLifecycle(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	bin, err := Build(ctx, filepath.Join(os.TempDir(), "imgn-clusterkit-bin"), "imd")
+	bin, err := Binaries(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +72,7 @@ func TestSingleNodeLifecycle(t *testing.T) {
 func TestNodeWebSocket(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	bin, err := Build(ctx, filepath.Join(os.TempDir(), "imgn-clusterkit-bin"), "imd")
+	bin, err := Binaries(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,7 +20,8 @@ type Node struct {
 	*Proc
 	ID string
 	// Listen is the client listener; Advertise is what the router hands
-	// out (ClientProxy.Addr with Config.ProxyClients, else Listen).
+	// out (ClientProxy.Addr with Config.ProxyClients, else Listen). Mesh
+	// is the mesh listener of a cluster node, "" for a single one.
 	Listen, Advertise, Admin, Mesh string
 	// WSListen is the WebSocket listener (--ws-listen), "" unless asked
 	// for (NodeSpec.WS, Config.WS); WSAdvertise is where clients reach it
@@ -40,9 +41,18 @@ type Node struct {
 // NodeSpec describes a node for NewNode.
 type NodeSpec struct {
 	Bin  string // directory holding imd
-	Dir  string // directory for the log (and the embedded store's data)
+	Path string // the imd binary; default Bin/imd
+	Dir  string // directory for the log <ID>.log
 	ID   string
-	Args []string // flags after --node-id/--listen/--admin (and --mesh-listen in a cluster)
+	// Listen, Admin and (with Deps) Mesh are the node's addresses; each
+	// empty one is a free loopback port (internal/ports).
+	Listen, Admin, Mesh string
+	// Deps, when set, makes the node a cluster member: --mesh-listen,
+	// --advertise and Deps.Args follow the addresses.
+	Deps *Deps
+	// Args come after every flag NewNode writes, so they can override
+	// them (imd takes the last of a repeated flag).
+	Args []string
 	// ClientProxy puts a testsvc.Proxy in front of the client listener
 	// (and of the WebSocket listener with WS).
 	ClientProxy bool
@@ -51,17 +61,57 @@ type NodeSpec struct {
 	WS bool
 }
 
-// NewNode picks free ports and prepares a node; Start runs it.
-func NewNode(spec NodeSpec) (*Node, error) {
-	addr := func() (string, error) {
-		p, err := testsvc.FreePort()
-		return "127.0.0.1:" + strconv.Itoa(p), err
+// Deps names what a cluster node connects to. Empty fields leave imd's
+// defaults.
+type Deps struct {
+	ZK, Redis        string // host:port
+	MongoURI         string
+	MongoDB          string // database name
+	Mesh             string // node-to-node transport: direct or redis
+	Secret           string // --jwt-secret
+	ZKSessionTimeout time.Duration
+}
+
+// Args returns imd's flags for d.
+func (d Deps) Args() []string {
+	var args []string
+	for _, f := range [][2]string{{"--zk", d.ZK}, {"--redis", d.Redis}, {"--mongo-uri", d.MongoURI},
+		{"--mongo-db", d.MongoDB}, {"--mesh", d.Mesh}, {"--jwt-secret", d.Secret}} {
+		if f[1] != "" {
+			args = append(args, f[0], f[1])
+		}
 	}
-	n := &Node{ID: spec.ID}
-	var err error
-	for _, a := range []*string{&n.Listen, &n.Admin, &n.Mesh} {
-		if *a, err = addr(); err != nil {
-			return nil, err
+	if d.ZKSessionTimeout > 0 {
+		args = append(args, "--zk-session-timeout", d.ZKSessionTimeout.String())
+	}
+	return args
+}
+
+// FreeAddr returns "127.0.0.1:<port>" for a port that was free a moment
+// ago (internal/ports).
+func FreeAddr() (string, error) {
+	p, err := testsvc.FreePort()
+	return "127.0.0.1:" + strconv.Itoa(p), err
+}
+
+// NewNode picks free ports and prepares a node; Start runs it. On error
+// the proxies it made are closed.
+func NewNode(spec NodeSpec) (_ *Node, err error) {
+	n := &Node{ID: spec.ID, Listen: spec.Listen, Admin: spec.Admin, Mesh: spec.Mesh}
+	defer func() {
+		if err != nil {
+			n.closeProxies()
+		}
+	}()
+	addrs := []*string{&n.Listen, &n.Admin}
+	if spec.Deps != nil {
+		addrs = append(addrs, &n.Mesh)
+	}
+	for _, a := range addrs {
+		if *a == "" {
+			if *a, err = FreeAddr(); err != nil {
+				return nil, err
+			}
 		}
 	}
 	n.Advertise = n.Listen
@@ -73,7 +123,7 @@ func NewNode(spec NodeSpec) (*Node, error) {
 	}
 	args := []string{"--node-id", n.ID, "--listen", n.Listen, "--admin", n.Admin}
 	if spec.WS {
-		if n.WSListen, err = addr(); err != nil {
+		if n.WSListen, err = FreeAddr(); err != nil {
 			return nil, err
 		}
 		n.WSAdvertise = n.WSListen
@@ -85,9 +135,16 @@ func NewNode(spec NodeSpec) (*Node, error) {
 		}
 		args = append(args, "--ws-listen", n.WSListen)
 	}
+	if spec.Deps != nil {
+		args = append(args, "--mesh-listen", n.Mesh, "--advertise", n.Advertise)
+		args = append(args, spec.Deps.Args()...)
+	}
 	args = append(args, spec.Args...)
-	n.Proc = &Proc{Name: n.ID, Path: filepath.Join(spec.Bin, "imd"), Args: args,
-		LogPath: filepath.Join(spec.Dir, n.ID+".log")}
+	path := spec.Path
+	if path == "" {
+		path = filepath.Join(spec.Bin, "imd")
+	}
+	n.Proc = &Proc{Name: n.ID, Path: path, Args: args, LogPath: filepath.Join(spec.Dir, n.ID+".log")}
 	return n, nil
 }
 
@@ -102,35 +159,34 @@ func (n *Node) WSURL() string {
 
 // Start (re)starts the process and waits until /readyz answers 200.
 func (n *Node) Start(ctx context.Context) error {
-	if err := n.Proc.start(); err != nil {
+	if err := n.Proc.Start(); err != nil {
 		return err
 	}
 	return n.WaitReady(ctx, 30*time.Second)
 }
 
-// StartNoWait (re)starts the process without waiting.
-func (n *Node) StartNoWait() error { return n.Proc.start() }
-
 // WaitReady polls /readyz until 200, the process exits, or d passes.
 func (n *Node) WaitReady(ctx context.Context, d time.Duration) error {
-	err := Poll(ctx, d, n.ID+" ready", func() bool { return !n.Running() || n.Ready(ctx) })
-	if err == nil && !n.Running() {
-		err = fmt.Errorf("clusterkit: %s exited during start:\n%s", n.ID, n.LogTail(2000))
-	}
-	return err
+	return n.WaitHTTP(ctx, "http://"+n.Admin+"/readyz", d)
 }
 
 var hc = &http.Client{Timeout: 2 * time.Second}
 
 // Ready reports whether /readyz answers 200.
-func (n *Node) Ready(ctx context.Context) bool {
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+n.Admin+"/readyz", nil)
+func (n *Node) Ready(ctx context.Context) bool { return httpOK(ctx, "http://"+n.Admin+"/readyz") }
+
+// httpOK reports whether a GET of url answers 200.
+func httpOK(ctx context.Context, url string) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return false
+	}
 	resp, err := hc.Do(req)
 	if err != nil {
 		return false
 	}
 	resp.Body.Close()
-	return resp.StatusCode == 200
+	return resp.StatusCode == http.StatusOK
 }
 
 // Members returns the node ids in this node's registry view (cluster mode).
@@ -159,15 +215,19 @@ func (n *Node) Owner(ctx context.Context, user string) string {
 	return out.Owner
 }
 
-// Stats is GET /admin/stats.
+// Stats is the JSON of GET /admin/stats (engine.Stats, which this mirrors
+// for the processes that may not link the engine).
 type Stats struct {
-	NodeID      string  `json:"node_id"`
-	Connections int     `json:"connections"`
-	Sessions    int     `json:"sessions"`
-	RSSBytes    int64   `json:"rss_bytes"`
-	HeapBytes   int64   `json:"heap_bytes"`
-	Goroutines  int     `json:"goroutines"`
-	CPUSeconds  float64 `json:"cpu_seconds"`
+	NodeID       string  `json:"node_id"`
+	Connections  int     `json:"connections"`
+	Sessions     int     `json:"sessions"`
+	Users        int     `json:"users"`
+	RSSBytes     uint64  `json:"rss_bytes"`
+	HeapBytes    uint64  `json:"heap_bytes"`
+	GoSysBytes   uint64  `json:"go_sys_bytes"`
+	Goroutines   int     `json:"goroutines"`
+	CPUSeconds   float64 `json:"cpu_seconds"`
+	BytesPerConn float64 `json:"bytes_per_conn"`
 }
 
 // Stats reads /admin/stats.
@@ -234,14 +294,33 @@ func ReadMetrics(ctx context.Context, url string) (Metrics, error) {
 
 // GetJSON GETs url and decodes a 200 answer into out.
 func GetJSON(ctx context.Context, url string, out any) error {
-	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+	return doJSON(ctx, hc, http.MethodGet, url, "", out)
+}
+
+// PostJSON POSTs the JSON body to url and decodes a 200 answer into out.
+// It waits up to 10 s (an admin action such as a broadcast may take a
+// while).
+func PostJSON(ctx context.Context, url, body string, out any) error {
+	return doJSON(ctx, slowHC, http.MethodPost, url, body, out)
+}
+
+var slowHC = &http.Client{Timeout: 10 * time.Second}
+
+func doJSON(ctx context.Context, hc *http.Client, method, url, body string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := hc.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		return fmt.Errorf("%s: %s", url, resp.Status)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s %s: %s", method, url, resp.Status)
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
 }
@@ -249,6 +328,10 @@ func GetJSON(ctx context.Context, url string, out any) error {
 // Close kills the process and closes its proxies.
 func (n *Node) Close() {
 	_ = n.Kill()
+	n.closeProxies()
+}
+
+func (n *Node) closeProxies() {
 	for _, p := range []*testsvc.Proxy{n.ClientProxy, n.WSProxy, n.ZKProxy, n.RedisProxy, n.MongoProxy, n.MeshProxy} {
 		if p != nil {
 			p.Close()

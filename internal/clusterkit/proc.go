@@ -1,9 +1,10 @@
 // Package clusterkit runs a local cluster of real processes on loopback:
 // ZooKeeper, Redis and the dev MongoDB (through testsvc.Launch), imd nodes,
 // and imrouter, and injects faults into them (SIGKILL, SIGSTOP/SIGCONT,
-// SIGTERM, dependency restarts, TCP fault proxies). It is the non-test
-// harness behind cmd/imcheck and bench/attack; unlike e2e's helpers it
-// takes a context and returns errors instead of a *testing.T.
+// SIGTERM, dependency restarts, TCP fault proxies). It is the one launcher
+// of imd and imrouter processes: e2e, cmd/imcheck, bench/attack,
+// cmd/imcluster and bench's spawned nodes use it. It takes a context and
+// returns errors, never a *testing.T, so tools can use it too.
 //
 // Every child runs in its own process group with Pdeathsig SIGKILL, so it
 // dies with the process that started it. Every listener is on 127.0.0.1.
@@ -39,10 +40,6 @@ import (
 // repository into dir and returns dir. The go build cache makes repeated
 // builds cheap.
 func Build(ctx context.Context, dir string, cmds ...string) (string, error) {
-	root, err := testsvc.RepoRoot()
-	if err != nil {
-		return "", err
-	}
 	if len(cmds) == 0 {
 		cmds = []string{"imd", "imrouter"}
 	}
@@ -50,21 +47,64 @@ func Build(ctx context.Context, dir string, cmds ...string) (string, error) {
 		return "", err
 	}
 	for _, c := range cmds {
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(dir, c), "./cmd/"+c)
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", fmt.Errorf("clusterkit: build %s: %v\n%s", c, err, out)
+		if err := BuildTo(ctx, filepath.Join(dir, c), c); err != nil {
+			return "", err
 		}
 	}
 	return dir, nil
 }
 
+var shared struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// Binaries builds imd and imrouter once per process into a directory of
+// its own and returns it (later calls return the first call's outcome).
+// A directory per process keeps concurrent test runs of different trees
+// from overwriting each other's binaries. It is left behind for the
+// process's lifetime and after (the OS's temporary directory).
+func Binaries(ctx context.Context) (string, error) {
+	shared.once.Do(func() {
+		dir, err := os.MkdirTemp("", "imgn-bin-")
+		if err != nil {
+			shared.err = err
+			return
+		}
+		shared.dir, shared.err = Build(ctx, dir)
+	})
+	return shared.dir, shared.err
+}
+
+// BuildTo compiles the repository's ./cmd/<cmd> into the file path. The
+// repository is found from the working directory (testsvc.RepoRoot).
+func BuildTo(ctx context.Context, path, cmd string) error {
+	root, err := testsvc.RepoRoot()
+	if err != nil {
+		return err
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	c := exec.CommandContext(ctx, "go", "build", "-o", abs, "./cmd/"+cmd)
+	c.Dir = root
+	if out, err := c.CombinedOutput(); err != nil {
+		return fmt.Errorf("clusterkit: build %s: %v\n%s", cmd, err, out)
+	}
+	return nil
+}
+
 // Proc is one child process that can be started again with the same
-// arguments after it exited. Methods are safe for concurrent use.
+// arguments after it exited. Its stdout and stderr are appended to
+// LogPath. Methods are safe for concurrent use; the fields must not change
+// while the process runs.
 type Proc struct {
 	Name    string
 	Path    string
 	Args    []string
+	Env     []string // added to this process's environment
 	LogPath string
 
 	mu     sync.Mutex
@@ -73,8 +113,9 @@ type Proc struct {
 	paused bool
 }
 
-// start spawns the process (it must not be running).
-func (p *Proc) start() error {
+// Start spawns the process (it must not be running) and returns without
+// waiting for it to be ready (see WaitHTTP).
+func (p *Proc) Start() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.exited != nil {
@@ -84,11 +125,14 @@ func (p *Proc) start() error {
 			return fmt.Errorf("clusterkit: %s is running", p.Name)
 		}
 	}
-	logf, err := os.OpenFile(p.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logf, err := os.OpenFile(p.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return err
+		return fmt.Errorf("clusterkit: log of %s: %w", p.Name, err)
 	}
 	cmd := exec.Command(p.Path, p.Args...)
+	if len(p.Env) > 0 {
+		cmd.Env = append(os.Environ(), p.Env...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -115,6 +159,42 @@ func (p *Proc) Running() bool {
 	default:
 		return true
 	}
+}
+
+// Exited returns a channel closed when the current run of the process
+// ends; nil before the first Start.
+func (p *Proc) Exited() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.exited
+}
+
+// ExitCode is the exit status of the last run that ended, -1 while it
+// runs, before the first Start, or after death by a signal.
+func (p *Proc) ExitCode() int {
+	if p.Running() {
+		return -1
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.ProcessState == nil {
+		return -1
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// WaitHTTP polls url until it answers 200, the process exits (the error
+// then carries the end of its log: a port it could not bind, a bad flag),
+// ctx ends or d passes.
+func (p *Proc) WaitHTTP(ctx context.Context, url string, d time.Duration) error {
+	err := Poll(ctx, d, p.Name+" ready", func() bool { return !p.Running() || httpOK(ctx, url) })
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w (log %s)", err, p.LogPath)
+	case !p.Running():
+		return fmt.Errorf("clusterkit: %s exited during start (log %s):\n%s", p.Name, p.LogPath, p.LogTail(2000))
+	}
+	return nil
 }
 
 // PID is the process id of the current child, or 0.

@@ -4,7 +4,9 @@
 package testutil
 
 import (
+	"bytes"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 )
@@ -39,3 +41,23 @@ func Until(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 }
 
 var errNotYet = errors.New("condition still false")
+
+// Buffer is a bytes.Buffer that one goroutine may write (a command's
+// output) while another reads it (a test polling for a line).
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *Buffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns a copy of what was written so far.
+func (s *Buffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

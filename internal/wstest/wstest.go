@@ -7,6 +7,7 @@ package wstest
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -75,4 +76,31 @@ func (c *Conn) Read(p []byte) (int, error) {
 			return 0, fmt.Errorf("websocket: unexpected %v frame", h.OpCode)
 		}
 	}
+}
+
+// AppendMasked appends payload to dst as one final client frame of opcode
+// op (RFC 6455 §5.2), masked with key as every client frame must be, and
+// returns the extended slice. It allocates only when dst lacks room. The
+// all-zero key leaves the payload's bytes as they are, so it is copied
+// without a pass over it (what a load generator wants); a browser's random
+// key exercises the server's unmasking.
+func AppendMasked(dst []byte, op ws.OpCode, payload []byte, key [4]byte) []byte {
+	dst = append(dst, 0x80|byte(op))
+	switch n := len(payload); {
+	case n < 126:
+		dst = append(dst, 0x80|byte(n))
+	case n <= 0xffff:
+		dst = append(dst, 0x80|126)
+		dst = binary.BigEndian.AppendUint16(dst, uint16(n))
+	default:
+		dst = append(dst, 0x80|127)
+		dst = binary.BigEndian.AppendUint64(dst, uint64(n))
+	}
+	dst = append(dst, key[:]...)
+	start := len(dst)
+	dst = append(dst, payload...)
+	if key != ([4]byte{}) {
+		ws.Cipher(dst[start:], key, 0)
+	}
+	return dst
 }

@@ -41,20 +41,21 @@ import (
 
 	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/internal/defaults"
 	"github.com/imgn/imgn/mesh"
 	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/meshpb"
 	"github.com/imgn/imgn/persist"
 )
 
-// Defaults of Config.
+// Defaults of Config; those both transports have are the mesh's.
 const (
 	DefaultChannelPrefix  = "im:mesh:"
-	DefaultRequestTimeout = 2 * time.Second
-	DefaultQueueSize      = 1024
-	DefaultMaxInflight    = 256
+	DefaultRequestTimeout = mesh.DefaultRequestTimeout
+	DefaultQueueSize      = mesh.DefaultQueueSize
+	DefaultMaxInflight    = mesh.DefaultMaxInflight
 	DefaultInboundQueue   = 4096
-	DefaultMaxBody        = 1 << 20
+	DefaultMaxBody        = mesh.DefaultMeshMaxBody
 )
 
 // publishBatch is the most frames one pipelined round trip publishes.
@@ -113,9 +114,9 @@ type Transport struct {
 	h     cluster.Handler
 	peers map[string]*peer
 
-	pmu     sync.Mutex // guards pending, seq and every peer's npending
-	pending map[uint32]*call
-	seq     uint32
+	// pending holds the requests waiting for a reply on this node's
+	// channel, by frame seq, whichever peer they went to.
+	pending mesh.Pending
 
 	inbound chan inMsg
 	sem     chan struct{}
@@ -136,13 +137,12 @@ const (
 // peer is one node this node sends to: a bounded queue and the goroutine
 // that publishes it.
 type peer struct {
-	id       string
-	channel  string
-	queue    chan outMsg
-	ctx      context.Context
-	cancel   context.CancelFunc
-	npending int  // guarded by Transport.pmu
-	gone     bool // guarded by Transport.pmu: removed, takes no requests
+	id      string
+	channel string
+	queue   chan outMsg
+	ctx     context.Context
+	cancel  context.CancelFunc
+	pp      *mesh.PendingPeer // refused once the peer is removed
 }
 
 // outMsg is one encoded frame waiting to be published. Its bytes are not
@@ -153,17 +153,6 @@ type outMsg struct {
 	expires time.Time // a push or kick older than this is dropped
 }
 
-type call struct {
-	peer *peer
-	done chan callResult
-}
-
-type callResult struct {
-	res   persist.AppendResult // APPEND
-	count int                  // ADMIN
-	err   error
-}
-
 // inMsg is a received request waiting for the dispatcher.
 type inMsg struct {
 	cmd  codec.Command
@@ -171,16 +160,16 @@ type inMsg struct {
 	body string
 }
 
-// New validates cfg and connects to Redis (failing if it cannot be reached
-// at all). The transport is idle until Start.
+// New applies cfg's defaults, validates it and connects to Redis (failing
+// if it cannot be reached at all). The transport is idle until Start.
 func New(cfg Config) (*Transport, error) {
-	var err error
-	if cfg, err = cfg.withDefaults(); err != nil {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("redislink: config: %w", err)
 	}
 	t := &Transport{
 		cfg: cfg, log: cfg.Logger, client: cfg.Client, dec: codec.Decoder{MaxBody: cfg.MaxBody},
-		peers: make(map[string]*peer), pending: make(map[uint32]*call),
+		peers:   make(map[string]*peer),
 		inbound: make(chan inMsg, cfg.InboundQueue), sem: make(chan struct{}, cfg.MaxInflight),
 	}
 	if t.client == nil {
@@ -206,37 +195,27 @@ func New(cfg Config) (*Transport, error) {
 	return t, nil
 }
 
-func (c Config) withDefaults() (Config, error) {
-	if c.ChannelPrefix == "" {
-		c.ChannelPrefix = DefaultChannelPrefix
+// WithDefaults returns c with every zero field set to its default (the
+// Default... constants above). It does not validate.
+func (c Config) WithDefaults() Config {
+	defaults.Set(&c.ChannelPrefix, DefaultChannelPrefix)
+	defaults.Set(&c.RequestTimeout, DefaultRequestTimeout)
+	defaults.Set(&c.QueueSize, DefaultQueueSize)
+	defaults.Set(&c.MaxInflight, DefaultMaxInflight)
+	defaults.Set(&c.InboundQueue, DefaultInboundQueue)
+	defaults.Set(&c.MaxBody, DefaultMaxBody)
+	defaults.Set(&c.Logger, slog.Default())
+	return c
+}
+
+// Validate reports every invalid field of c (after WithDefaults); it
+// changes nothing.
+func (c Config) Validate() error {
+	errs := mesh.CheckLimits(c.RequestTimeout, c.QueueSize, c.MaxInflight, c.MaxBody)
+	if c.InboundQueue < 0 {
+		errs = append(errs, fmt.Errorf("InboundQueue must not be negative, got %d", c.InboundQueue))
 	}
-	if c.RequestTimeout == 0 {
-		c.RequestTimeout = DefaultRequestTimeout
-	}
-	if c.QueueSize == 0 {
-		c.QueueSize = DefaultQueueSize
-	}
-	if c.MaxInflight == 0 {
-		c.MaxInflight = DefaultMaxInflight
-	}
-	if c.InboundQueue == 0 {
-		c.InboundQueue = DefaultInboundQueue
-	}
-	if c.MaxBody == 0 {
-		c.MaxBody = DefaultMaxBody
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	switch {
-	case c.RequestTimeout < 0:
-		return c, fmt.Errorf("RequestTimeout must not be negative, got %s", c.RequestTimeout)
-	case c.QueueSize < 0 || c.MaxInflight < 0 || c.InboundQueue < 0:
-		return c, fmt.Errorf("QueueSize (%d), MaxInflight (%d) and InboundQueue (%d) must not be negative", c.QueueSize, c.MaxInflight, c.InboundQueue)
-	case c.MaxBody < 0 || c.MaxBody > 1<<30:
-		return c, fmt.Errorf("MaxBody must be in 1..%d, got %d", 1<<30, c.MaxBody)
-	}
-	return c, nil
+	return errors.Join(errs...)
 }
 
 // Start implements mesh.Transport: it subscribes to this node's channel
@@ -294,7 +273,8 @@ func (t *Transport) SetPeers(peers []membership.NodeInfo) {
 			continue // the channel depends on the id only
 		}
 		ctx, cancel := context.WithCancel(t.ctx)
-		p := &peer{id: n.ID, channel: t.cfg.ChannelPrefix + n.ID, queue: make(chan outMsg, t.cfg.QueueSize), ctx: ctx, cancel: cancel}
+		p := &peer{id: n.ID, channel: t.cfg.ChannelPrefix + n.ID, queue: make(chan outMsg, t.cfg.QueueSize), ctx: ctx, cancel: cancel,
+			pp: t.pending.NewPeer(n.ID)}
 		t.peers[n.ID] = p
 		if t.state == stateStarted {
 			t.startPeerLocked(p)
@@ -342,24 +322,11 @@ func (t *Transport) Close() error {
 	t.cancel()
 	t.mu.Unlock()
 	t.wg.Wait()
-	t.pmu.Lock()
-	failed := t.pending
-	t.pending = make(map[uint32]*call)
-	t.pmu.Unlock()
-	for _, c := range failed {
-		c.done <- callResult{err: forwardError(c.peer.id, "transport closed", nil)}
-	}
+	t.pending.FailAll("transport closed")
 	if t.ownClient {
 		t.client.Close()
 	}
 	return nil
-}
-
-func forwardError(node, what string, cause error) error {
-	if cause != nil {
-		return fmt.Errorf("%w: node %s: %s: %w", cluster.ErrForward, node, what, cause)
-	}
-	return fmt.Errorf("%w: node %s: %s", cluster.ErrForward, node, what)
 }
 
 // ---- sending ----
@@ -381,7 +348,7 @@ func (t *Transport) append(ctx context.Context, node string, msg persist.Message
 			ReplyTo: t.self.ID, ReplyEpoch: t.self.BootEpoch,
 		}
 	})
-	return r.res, r.err
+	return r.Res, r.Err
 }
 
 // Admin implements mesh.Transport.
@@ -391,70 +358,46 @@ func (t *Transport) Admin(ctx context.Context, node string, req cluster.AdminReq
 		m.ReplyTo, m.ReplyEpoch = t.self.ID, t.self.BootEpoch
 		return m
 	})
-	return r.count, r.err
+	return r.Count, r.Err
 }
 
 // call publishes one request to node (body gets the remaining budget in
 // ms) and waits for its reply or the deadline. Every failure wraps
 // cluster.ErrForward.
-func (t *Transport) call(ctx context.Context, node string, cmd codec.Command, body func(budgetMs uint32) proto.Message) callResult {
+func (t *Transport) call(ctx context.Context, node string, cmd codec.Command, body func(budgetMs uint32) proto.Message) mesh.CallResult {
 	p := t.peer(node)
 	if p == nil {
-		return callResult{err: forwardError(node, "not a known peer (unknown node, or transport not running)", nil)}
+		return mesh.CallResult{Err: mesh.ForwardError(node, "not a known peer (unknown node, or transport not running)", nil)}
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, t.cfg.RequestTimeout)
-		defer cancel()
+	ctx, cancel, budget, err := mesh.RequestBudget(ctx, node, t.cfg.RequestTimeout)
+	defer cancel()
+	if err != nil {
+		return mesh.CallResult{Err: err}
 	}
-	if err := ctx.Err(); err != nil {
-		return callResult{err: forwardError(node, "not sent", err)}
+	req := body(budget)
+	id, done, err := t.pending.Add(p.pp, t.cfg.QueueSize)
+	if err != nil {
+		return mesh.CallResult{Err: err}
 	}
-	dl, _ := ctx.Deadline()
-	budget := max(time.Until(dl).Milliseconds(), 1)
-	req := body(uint32(min(budget, 1<<31)))
-	c := &call{peer: p, done: make(chan callResult, 1)}
-	t.pmu.Lock()
-	switch {
-	case p.gone:
-		t.pmu.Unlock()
-		return callResult{err: forwardError(node, "peer gone", nil)}
-	case p.npending >= t.cfg.QueueSize:
-		t.pmu.Unlock()
-		return callResult{err: forwardError(node, fmt.Sprintf("queue full (%d requests waiting)", t.cfg.QueueSize), nil)}
-	}
-	t.seq++
-	if t.seq == 0 {
-		t.seq = 1
-	}
-	id := t.seq
-	t.pending[id] = c
-	p.npending++
-	t.pmu.Unlock()
-
 	frame, err := codec.AppendFrame(nil, codec.Protobuf, cmd, 0, id, req)
 	if err == nil && len(frame)-codec.HeaderSize > t.cfg.MaxBody {
 		err = fmt.Errorf("%w: %s of %d bytes exceeds the mesh frame limit %d", persist.ErrInvalid, cmd, len(frame)-codec.HeaderSize, t.cfg.MaxBody)
 	}
 	if err != nil {
-		t.forget(id)
-		return callResult{err: fmt.Errorf("redislink: node %s: %w", node, err)}
+		t.pending.Forget(id)
+		return mesh.CallResult{Err: fmt.Errorf("redislink: node %s: %w", node, err)}
 	}
 	select {
 	case p.queue <- outMsg{frame: frame, id: id}:
 	default:
-		t.forget(id)
-		return callResult{err: forwardError(node, "publish queue full", nil)}
+		t.pending.Forget(id)
+		return mesh.CallResult{Err: mesh.ForwardError(node, "publish queue full", nil)}
 	}
-	select {
-	case r := <-c.done:
-		return r
-	case <-ctx.Done():
-		if t.forget(id) {
-			return callResult{err: forwardError(node, "no reply in time (pub/sub may have lost the request or the reply)", ctx.Err())}
-		}
-		return <-c.done
+	r, ok := t.pending.Wait(ctx, id, done)
+	if !ok {
+		return mesh.CallResult{Err: mesh.ForwardError(node, "no reply in time (pub/sub may have lost the request or the reply)", ctx.Err())}
 	}
+	return r
 }
 
 // Push implements mesh.Transport.
@@ -489,55 +432,11 @@ func (t *Transport) send(node string, cmd codec.Command, m proto.Message) {
 	}
 }
 
-// forget removes a pending call; true means the caller owns its outcome.
-func (t *Transport) forget(id uint32) bool {
-	t.pmu.Lock()
-	defer t.pmu.Unlock()
-	c, ok := t.pending[id]
-	if ok {
-		delete(t.pending, id)
-		c.peer.npending--
-	}
-	return ok
-}
-
-func (t *Transport) isPending(id uint32) bool {
-	t.pmu.Lock()
-	defer t.pmu.Unlock()
-	_, ok := t.pending[id]
-	return ok
-}
-
-// complete delivers the outcome of request id if it is still awaited.
-func (t *Transport) complete(id uint32, r callResult) {
-	t.pmu.Lock()
-	c, ok := t.pending[id]
-	if ok {
-		delete(t.pending, id)
-		c.peer.npending--
-	}
-	t.pmu.Unlock()
-	if ok {
-		c.done <- r
-	}
-}
-
-// failPeer fails every pending call to p.
+// failPeer fails every pending call to p and refuses new ones.
 func (t *Transport) failPeer(p *peer, why string) {
-	var failed []*call
-	t.pmu.Lock()
-	for id, c := range t.pending {
-		if c.peer == p {
-			delete(t.pending, id)
-			failed = append(failed, c)
-		}
-	}
-	p.npending = 0
-	p.gone = true
-	t.pmu.Unlock()
-	for _, c := range failed {
-		c.done <- callResult{err: forwardError(p.id, why, nil)}
-	}
+	// Refuse before failing, so that no request slips in between.
+	t.pending.Refuse(p.pp, mesh.ForwardError(p.id, "peer gone", nil))
+	t.pending.Fail(p.pp, mesh.ForwardError(p.id, why, nil))
 }
 
 // publishLoop publishes p's queue in order, pipelining up to publishBatch
@@ -573,7 +472,7 @@ func (t *Transport) publishLoop(p *peer) {
 		now := time.Now()
 		sent := batch[:0]
 		for _, m := range batch {
-			if m.id != 0 && !t.isPending(m.id) || m.id == 0 && now.After(m.expires) {
+			if m.id != 0 && !t.pending.Waiting(m.id) || m.id == 0 && now.After(m.expires) {
 				continue // the caller gave up, or a stale push
 			}
 			sent = append(sent, m)
@@ -593,9 +492,9 @@ func (t *Transport) publishLoop(p *peer) {
 					t.log.Debug("redislink: publish failed; dropped", "peer", p.id, "err", err)
 				}
 			case err != nil:
-				t.complete(m.id, callResult{err: forwardError(p.id, "publish failed", err)})
+				t.pending.Complete(m.id, mesh.CallResult{Err: mesh.ForwardError(p.id, "publish failed", err)})
 			case n == 0:
-				t.complete(m.id, callResult{err: forwardError(p.id, "nobody subscribed to "+p.channel+" (node down or restarting)", nil)})
+				t.pending.Complete(m.id, mesh.CallResult{Err: mesh.ForwardError(p.id, "nobody subscribed to "+p.channel+" (node down or restarting)", nil)})
 			}
 		}
 	}
@@ -661,14 +560,12 @@ func (t *Transport) onMessage(m rueidis.PubSubMessage) {
 		if r.ToEpoch != t.self.BootEpoch {
 			return // meant for a previous run of this node
 		}
-		t.pmu.Lock()
-		c := t.pending[f.Seq]
-		t.pmu.Unlock()
-		if c == nil {
+		peer, ok := t.pending.PeerOf(f.Seq)
+		if !ok {
 			return // timed out already
 		}
-		res, rerr := r.Result(c.peer.id)
-		t.complete(f.Seq, callResult{res: res, err: rerr})
+		res, rerr := r.Result(peer)
+		t.pending.Complete(f.Seq, mesh.CallResult{Res: res, Err: rerr})
 	case meshpb.CmdAdminResult:
 		var r meshpb.AdminResult
 		if err := proto.Unmarshal(f.Body, &r); err != nil {
@@ -678,14 +575,12 @@ func (t *Transport) onMessage(m rueidis.PubSubMessage) {
 		if r.ToEpoch != t.self.BootEpoch {
 			return
 		}
-		t.pmu.Lock()
-		c := t.pending[f.Seq]
-		t.pmu.Unlock()
-		if c == nil {
+		peer, ok := t.pending.PeerOf(f.Seq)
+		if !ok {
 			return
 		}
-		n, rerr := r.Result(c.peer.id)
-		t.complete(f.Seq, callResult{count: n, err: rerr})
+		n, rerr := r.Result(peer)
+		t.pending.Complete(f.Seq, mesh.CallResult{Count: n, Err: rerr})
 	default:
 		// Requests, and anything else the dispatcher will refuse.
 		body := m.Message[codec.HeaderSize:] // strings are immutable: safe to keep

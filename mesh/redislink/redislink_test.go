@@ -17,6 +17,7 @@ import (
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/internal/leaktest"
 	"github.com/imgn/imgn/internal/testsvc"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/mesh"
 	"github.com/imgn/imgn/mesh/meshpb"
 	"github.com/imgn/imgn/mesh/redislink"
@@ -160,7 +161,7 @@ func TestRedisRestart(t *testing.T) {
 	if err := svc.Start(); err != nil {
 		t.Fatal(err)
 	}
-	transporttest.Eventually(t, transporttest.Patience, func() error {
+	testutil.Eventually(t, transporttest.Patience, "appends after the Redis restart", func() error {
 		_, err := a.T.Append(context.Background(), "node-b", persist.Message{ID: 2}, []string{"u"})
 		return err
 	})

@@ -314,13 +314,6 @@ func Connect(nodes ...*Node) {
 	}
 }
 
-// Eventually polls cond every 10 ms until it returns nil or timeout
-// passes, then fails the test with cond's last error.
-func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
-	t.Helper()
-	testutil.Eventually(t, timeout, "condition", cond)
-}
-
 // msg returns a test message with id.
 func msg(id uint64, to string) persist.Message {
 	m := persist.Message{
@@ -340,7 +333,7 @@ func msg(id uint64, to string) persist.Message {
 // forming right after Connect).
 func WaitLinked(t testing.TB, a, b *Node) {
 	t.Helper()
-	Eventually(t, Patience, func() error {
+	testutil.Eventually(t, Patience, "link up", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		_, err := a.T.Append(ctx, b.Info.ID, msg(1, "warmup"), []string{"warmup"})
@@ -499,7 +492,7 @@ func testPushAndKick(t *testing.T, s Suite) {
 	a.T.Kick(b.Info.ID, "bob", "phone", 99)
 	sig := cluster.Signal{Users: []string{"bob", "carol"}, Cmd: 0x1234, Body: []byte("\x00body\xff")}
 	a.T.Signal(b.Info.ID, sig)
-	Eventually(t, Patience, func() error {
+	testutil.Eventually(t, Patience, "pushes, kicks and signals delivered", func() error {
 		if got := len(b.H.Pushes()); got < n {
 			return fmt.Errorf("%d of %d pushes arrived", got, n)
 		}
@@ -685,7 +678,7 @@ func testPeerRestart(t *testing.T, s Suite) {
 	}
 	h2 := &Handler{}
 	var b2 *Node
-	Eventually(t, Patience, func() error { // the old port may linger briefly
+	testutil.Eventually(t, Patience, "node-b restarted on its port", func() error { // the old port may linger briefly
 		var err error
 		b2, err = TryStartNode(t, s, p, b.Info.ID, addr, h2)
 		return err
@@ -695,7 +688,7 @@ func testPeerRestart(t *testing.T, s Suite) {
 	}
 	a.T.SetPeers([]membership.NodeInfo{a.Info, b2.Info})
 	b2.T.SetPeers([]membership.NodeInfo{a.Info, b2.Info})
-	Eventually(t, Patience, func() error {
+	testutil.Eventually(t, Patience, "link to the restarted node", func() error {
 		_, err := a.T.Append(context.Background(), b2.Info.ID, msg(2, "bob"), []string{"bob"})
 		return err
 	})
@@ -731,7 +724,7 @@ func testBoundedQueue(t *testing.T, s Suite) {
 			errs <- err
 		})
 	}
-	Eventually(t, Patience, func() error {
+	testutil.Eventually(t, Patience, "every append answered", func() error {
 		if n := blocked.Load(); n < int64(p.QueueSize) {
 			return fmt.Errorf("%d of %d appends reached the owner", n, p.QueueSize)
 		}

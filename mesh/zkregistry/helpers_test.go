@@ -10,8 +10,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/imgn/imgn/internal/testutil"
 )
 
 // testLogger logs to t at Info level (Debug with IMGN_TEST_DEBUG=1).
@@ -144,10 +142,4 @@ func readFrame(c net.Conn) ([]byte, error) {
 	body := make([]byte, binary.BigEndian.Uint32(hdr[:]))
 	_, err := io.ReadFull(c, body)
 	return body, err
-}
-
-// eventually polls check until it returns nil or d passes.
-func eventually(t *testing.T, d time.Duration, what string, check func() error) {
-	t.Helper()
-	testutil.Eventually(t, d, what, check)
 }

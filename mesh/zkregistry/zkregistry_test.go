@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/imgn/imgn/internal/testsvc"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/mesh/membership"
 	"github.com/imgn/imgn/mesh/registrytest"
 )
@@ -146,7 +147,7 @@ func node(id string, epoch int64) membership.NodeInfo {
 
 func seesExactly(t *testing.T, w membership.Watcher, want ...membership.NodeInfo) {
 	t.Helper()
-	eventually(t, converge, "view converges", func() error {
+	testutil.Eventually(t, converge, "view converges", func() error {
 		got := w.Nodes()
 		if len(got) == 0 && len(want) == 0 {
 			return nil
@@ -167,7 +168,7 @@ func rawConn(t *testing.T, addr string) *zk.Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	eventually(t, 10*time.Second, "raw connection", func() error {
+	testutil.Eventually(t, 10*time.Second, "raw connection", func() error {
 		if c.State() != zk.StateHasSession {
 			return fmt.Errorf("state %v", c.State())
 		}
@@ -226,7 +227,7 @@ func testSessionExpiry(t *testing.T, svc *testsvc.Service) {
 			t.Fatalf("round %d: registration session %#x not seen by the dialer", round, oldID)
 		}
 		start := time.Now()
-		eventually(t, converge, "session expired", func() error {
+		testutil.Eventually(t, converge, "session expired", func() error {
 			if a.Status().SessionID != oldID {
 				return nil
 			}
@@ -242,7 +243,7 @@ func testSessionExpiry(t *testing.T, svc *testsvc.Service) {
 		// The znode went with the session (a watcher may or may not see
 		// the gap: views are coalesced and re-registration is quick) and
 		// came back, owned by the new session.
-		eventually(t, converge, "node-a re-registered", func() error {
+		testutil.Eventually(t, converge, "node-a re-registered", func() error {
 			_, stat, err := raw.Get(root + "/node-a")
 			if err != nil {
 				return err
@@ -312,7 +313,7 @@ func TestPauseZooKeeper(t *testing.T) {
 	for _, r := range []*Registry{a, b, w} {
 		seesExactly(t, r, na, nb)
 	}
-	eventually(t, converge, "both registered", func() error {
+	testutil.Eventually(t, converge, "both registered", func() error {
 		if !a.Status().Registered || !b.Status().Registered {
 			return fmt.Errorf("a %+v, b %+v", a.Status(), b.Status())
 		}
@@ -354,7 +355,7 @@ func TestRestartZooKeeper(t *testing.T) {
 		t.Fatal(err)
 	}
 	stopped := time.Now()
-	eventually(t, converge, "disconnect noticed", func() error {
+	testutil.Eventually(t, converge, "disconnect noticed", func() error {
 		if a.Status().Connected {
 			return errors.New("still connected")
 		}

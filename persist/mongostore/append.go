@@ -274,13 +274,9 @@ func (s *Store) commit(batch []*appendReq) {
 	}
 
 	committed := s.insertEntries(live, order, fail)
-	if err := s.upkeepConvs(order, committed); err != nil {
-		for _, r := range live {
-			if r.stored {
-				fail(r, err)
-			}
-		}
-	}
+	// Recorded before the callers wake, so that a read on this node after
+	// the ack sees it (syncUpkeep); written by the upkeep flusher.
+	s.noteUpkeep(order, committed)
 
 	failed := false
 	for _, r := range live {
@@ -301,7 +297,6 @@ func (s *Store) commit(batch []*appendReq) {
 	if failed {
 		s.stats.failedBatches.Add(1)
 	}
-	s.updateHeads(committed)
 }
 
 // insertMessages inserts the batch's messages (unordered: they are
@@ -513,6 +508,7 @@ func (s *Store) insertEntries(live []*appendReq, order []*entry, fail func(*appe
 				{Key: "user", Value: enc(e.user)},
 				{Key: "seq", Value: int64(e.seq)},
 				{Key: "msg", Value: idToDB(e.msgID)},
+				{Key: replayField, Value: s.replayBucket(e.msgID)},
 			}))
 		}
 		if len(planned) == 0 {
@@ -716,28 +712,6 @@ func (s *Store) scanEntries(keys []entryKey, fn func(entryKey, uint64)) error {
 		}
 		return nil
 	}, options.Find().SetProjection(bson.D{{Key: "user", Value: 1}, {Key: "msg", Value: 1}, {Key: "seq", Value: 1}}))
-}
-
-// updateHeads raises the heads hint of users whose committed seqs in this
-// batch include a multiple of headsEvery. Failures only make later cold
-// lookups search further, so they are logged, not returned.
-func (s *Store) updateHeads(committed map[string]seqSpan) {
-	var models []mongo.WriteModel
-	for user, sp := range committed {
-		if sp.last/headsEvery == (sp.first-1)/headsEvery {
-			continue // no multiple of headsEvery in [first, last]
-		}
-		models = append(models, mongo.NewUpdateOneModel().
-			SetFilter(bson.D{{Key: "_id", Value: keyPart(user)}}).
-			SetUpdate(bson.D{{Key: "$max", Value: bson.D{{Key: "seq", Value: int64(sp.last)}}}}).
-			SetUpsert(true))
-	}
-	if len(models) == 0 {
-		return
-	}
-	if _, err := s.bulkWrite(s.heads, models); err != nil && !mongo.IsDuplicateKeyError(err) {
-		s.opts.Logger.Warn("mongostore: heads hint update failed", "err", err)
-	}
 }
 
 // seqSpan is the range of seqs committed for one user in one batch.

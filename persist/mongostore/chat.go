@@ -1,6 +1,7 @@
 package mongostore
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -23,12 +24,13 @@ import (
 // events and system messages carry neither, so they are in no
 // conversation. The convs collection holds one document per (user,
 // conversation): last (the seq of its newest message) and read (the read
-// cursor), both only ever raised with $max. The committer upserts them
-// after each group commit's inbox insert, one unordered bulk write for the
-// whole batch (at most one command per commit, counted in
-// imgn_store_ops_total as "update"); the entries a batch found existing
-// (retries, entries-only repeats) are upserted again, which repairs a
-// commit that failed between the insert and the upkeep.
+// cursor), both only ever raised with $max. They are derived from the
+// inbox entries and written off the commit's critical path: each group
+// commit records the conversations it touched, and the upkeep flusher
+// upserts them, coalesced across commits (upkeep.go: guarantees, and how
+// readers repair what a crash or another node's pending flush leaves
+// behind). The entries a batch found existing (retries, entries-only
+// repeats) are recorded too, which repairs a commit whose upkeep was lost.
 //
 // Reads use the indexes (docs/cluster.md, "MongoDB collections"): the
 // conversation list is a range of convs by (user, last); an unread count
@@ -144,17 +146,16 @@ type convUpdate struct {
 	fresh      bool // an entry of it was written by this commit
 }
 
-// upkeepConvs raises the conversations of every written entry of a commit
-// (one bulk write; a concurrent first upsert of the same document by
-// another node is retried once). committed holds the seqs this commit
-// wrote: conversations touched only by entries that existed before (a
-// retry) are read first, with one query, and written only if they lag,
-// which repairs a commit that failed before its upkeep at the cost of a
-// read, never of a write per retried entry.
-func (s *Store) upkeepConvs(entries []*entry, committed map[string]seqSpan) error {
-	ups := map[string]*convUpdate{}
-	var keys []string
-	var stale []string
+// convUpdates returns the conversation upkeep of a commit: for every
+// stored entry of entries that is in a conversation, its document raised
+// to the entry's seq (and the read cursor too for the owner's own
+// message), keyed by document _id. committed holds the seqs the commit
+// wrote: a conversation touched only by entries that existed before (a
+// retry) is not fresh, and the flusher reads it first and writes it only
+// if it lags (see dropCurrent), which repairs a commit whose upkeep was
+// lost at the cost of a read, never of a write per retried entry.
+func convUpdates(entries []*entry, committed map[string]seqSpan) map[string]*convUpdate {
+	var ups map[string]*convUpdate
 	for _, e := range entries {
 		if !e.done || e.chat.conv.ID == "" {
 			continue
@@ -162,9 +163,11 @@ func (s *Store) upkeepConvs(entries []*entry, committed map[string]seqSpan) erro
 		k := convDocID(e.user, e.chat.conv)
 		u := ups[k]
 		if u == nil {
+			if ups == nil {
+				ups = map[string]*convUpdate{}
+			}
 			u = &convUpdate{user: e.user, conv: e.chat.conv}
 			ups[k] = u
-			keys = append(keys, k)
 		}
 		u.last = max(u.last, e.seq)
 		if e.chat.own {
@@ -174,51 +177,12 @@ func (s *Store) upkeepConvs(entries []*entry, committed map[string]seqSpan) erro
 			u.fresh = true
 		}
 	}
-	for _, k := range keys {
-		if !ups[k].fresh {
-			stale = append(stale, k)
-		}
-	}
-	if len(stale) > 0 {
-		if err := s.dropCurrent(stale, ups); err != nil {
-			return err
-		}
-		keys = slices.DeleteFunc(keys, func(k string) bool { return ups[k] == nil })
-	}
-	if len(keys) == 0 {
-		return nil
-	}
-	models := make([]mongo.WriteModel, len(keys))
-	for i, k := range keys {
-		u := ups[k]
-		raise := bson.D{{Key: "last", Value: int64(u.last)}}
-		if u.read > 0 {
-			raise = append(raise, bson.E{Key: "read", Value: int64(u.read)})
-		}
-		models[i] = mongo.NewUpdateOneModel().
-			SetFilter(bson.D{{Key: "_id", Value: k}}).
-			SetUpdate(bson.D{
-				{Key: "$setOnInsert", Value: bson.D{{Key: "user", Value: enc(u.user)}, {Key: "c", Value: convKey(u.conv)},
-					{Key: "cid", Value: enc(u.conv.ID)}, {Key: "g", Value: u.conv.Group}}},
-				{Key: "$max", Value: raise},
-			}).SetUpsert(true)
-	}
-	// One command (on FerretDB one per ferretUpdateBatch: see there). A
-	// first upsert of a document that another node created at the same
-	// moment fails on the unique _id; it is retried once, as an update.
-	failed, _ := s.bulkWrite(s.convs, models)
-	var again []mongo.WriteModel
-	for i, f := range failed {
-		if f {
-			again = append(again, models[i])
-		}
-	}
-	if len(again) > 0 {
-		if failed, err := s.bulkWrite(s.convs, again); slices.Contains(failed, true) {
-			return mapErr(context.Background(), "append: conversations", err)
-		}
-	}
-	return nil
+	return ups
+}
+
+// convInsertFields are the fields a conversation document is created with.
+func convInsertFields(user string, c persist.ConvID) bson.D {
+	return bson.D{{Key: "user", Value: enc(user)}, {Key: "c", Value: convKey(c)}, {Key: "cid", Value: enc(c.ID)}, {Key: "g", Value: c.Group}}
 }
 
 // dropCurrent removes from ups the conversations among keys whose
@@ -363,7 +327,10 @@ func checkChat(what, user string, c *persist.ConvID) error {
 	return nil
 }
 
-// Conversations implements persist.ChatStore: one range query of the
+// Conversations implements persist.ChatStore: this node's pending upkeep
+// is flushed, the user's conversation entries above the newest
+// conversation document are read (convTail: the upkeep other nodes have
+// not flushed yet, or a crash lost) and merged into one range query of the
 // conversation list, then per conversation listed an unread count and a
 // read of its newest visible entry, and one query for their messages.
 func (s *Store) Conversations(ctx context.Context, user string, beforeSeq uint64, limit int) ([]persist.Conversation, error) {
@@ -378,28 +345,44 @@ func (s *Store) Conversations(ctx context.Context, user string, beforeSeq uint64
 		return nil, err
 	}
 	defer leave()
+	if err := s.syncUpkeep(ctx); err != nil {
+		return nil, err
+	}
+	top, err := s.convDocs(ctx, bson.D{{Key: "user", Value: enc(user)}}, 1)
+	if err != nil {
+		return nil, err
+	}
+	var newest uint64
+	if len(top) == 1 {
+		newest = top[0].last
+	}
+	tail, err := s.convTail(ctx, user, newest)
+	if err != nil {
+		return nil, err
+	}
 	filter := bson.D{{Key: "user", Value: enc(user)}}
 	if beforeSeq != 0 {
 		filter = append(filter, bson.E{Key: "last", Value: bson.D{{Key: "$lt", Value: int64(min(beforeSeq, maxSeq))}}})
 	}
-	cur, err := s.convs.Find(ctx, filter, options.Find().SetSort(bson.D{{Key: "last", Value: -1}}).SetLimit(int64(limit)))
+	// Every tail conversation is newer than every document; those of them
+	// that have a document are listed from the tail, so the range reads as
+	// many more documents as it may skip.
+	listed, err := s.convDocs(ctx, filter, int64(limit+len(tail)))
 	if err != nil {
-		return nil, mapErr(ctx, "conversations", err)
+		return nil, err
 	}
 	var docs []convDoc
-	for cur.Next(ctx) {
-		d, err := decodeConv(cur.Current)
-		if err != nil {
-			cur.Close(ctx)
-			return nil, mapErr(ctx, "conversations", err)
+	for _, t := range tail {
+		if beforeSeq == 0 || t.doc.last < beforeSeq {
+			docs = append(docs, t.doc)
 		}
-		docs = append(docs, d)
 	}
-	err = cur.Err()
-	cur.Close(ctx)
-	if err != nil {
-		return nil, mapErr(ctx, "conversations", err)
+	for _, d := range listed {
+		if !slices.ContainsFunc(tail, func(t *tailConv) bool { return t.doc.conv == d.conv }) {
+			docs = append(docs, d)
+		}
 	}
+	docs = docs[:min(len(docs), limit)]
 	out := make([]persist.Conversation, len(docs))
 	var lasts []persist.InboxEntry
 	var at []int
@@ -426,8 +409,138 @@ func (s *Store) Conversations(ctx context.Context, user string, beforeSeq uint64
 	return out, nil
 }
 
+// convDocs reads up to limit conversation documents matching filter,
+// newest activity first.
+func (s *Store) convDocs(ctx context.Context, filter bson.D, limit int64) ([]convDoc, error) {
+	cur, err := s.convs.Find(ctx, filter, options.Find().SetSort(bson.D{{Key: "last", Value: -1}}).SetLimit(limit))
+	if err != nil {
+		return nil, mapErr(ctx, "conversations", err)
+	}
+	defer cur.Close(ctx)
+	var docs []convDoc
+	for cur.Next(ctx) {
+		d, err := decodeConv(cur.Current)
+		if err != nil {
+			return nil, mapErr(ctx, "conversations", err)
+		}
+		docs = append(docs, d)
+	}
+	return docs, mapErr(ctx, "conversations", cur.Err())
+}
+
+// Bounds of convTail's scan: pages of tailPage entries, at most tailPages.
+// Past them the list shows the conversations of the entries read, which
+// the repair raises, so the next call continues from there.
+const (
+	tailPage  = 512
+	tailPages = 8
+)
+
+// tailConv is one conversation found by convTail.
+type tailConv struct {
+	doc   convDoc // as the inbox says; read also as the document says
+	msgID uint64  // the message of its newest entry in the tail
+}
+
+// convTail returns the conversations of user's inbox entries above seq
+// after (the newest conversation document's last), newest first, merged
+// with their documents' read cursors: the upkeep not written yet (another
+// node's pending flush) or lost (a crash before the flush). It records the
+// ones whose documents lag for the next flush, which repairs them.
+func (s *Store) convTail(ctx context.Context, user string, after uint64) ([]*tailConv, error) {
+	byKey := map[string]*tailConv{}
+	for range tailPages {
+		cur, err := s.inbox.Find(ctx, bson.D{{Key: "user", Value: enc(user)}, {Key: "seq", Value: bson.D{{Key: "$gt", Value: int64(after)}}},
+			{Key: "conv", Value: bson.D{{Key: "$exists", Value: true}}}},
+			options.Find().SetSort(bson.D{{Key: "seq", Value: 1}}).SetLimit(tailPage).
+				SetProjection(bson.D{{Key: "user", Value: 1}, {Key: "seq", Value: 1}, {Key: "msg", Value: 1}, {Key: "conv", Value: 1}, {Key: "own", Value: 1}}))
+		if err != nil {
+			return nil, mapErr(ctx, "conversations: read recent entries", err)
+		}
+		n := 0
+		for cur.Next(ctx) {
+			_, id, seq, err := decodeEntry(cur.Current)
+			if err != nil {
+				cur.Close(ctx)
+				return nil, mapErr(ctx, "conversations: read recent entries", err)
+			}
+			ck, err := strField(cur.Current, "conv")
+			if err != nil {
+				cur.Close(ctx)
+				return nil, mapErr(ctx, "conversations: read recent entries", err)
+			}
+			n, after = n+1, max(after, seq)
+			t := byKey[ck]
+			if t == nil {
+				t = &tailConv{}
+				byKey[ck] = t
+			}
+			if seq > t.doc.last {
+				t.doc.last, t.msgID = seq, id
+			}
+			if v, err := cur.Current.LookupErr("own"); err == nil && v.Type == bson.TypeBoolean && v.Boolean() {
+				t.doc.read = max(t.doc.read, seq)
+			}
+		}
+		err = cur.Err()
+		cur.Close(ctx)
+		if err != nil {
+			return nil, mapErr(ctx, "conversations: read recent entries", err)
+		}
+		if n < tailPage {
+			break
+		}
+	}
+	if len(byKey) == 0 {
+		return nil, nil
+	}
+	// The conversation of each: from its document (with its read cursor),
+	// else from the message of its newest entry (one query each).
+	keys := make([]string, 0, len(byKey))
+	for ck := range byKey {
+		keys = append(keys, keyPart(user)+ck)
+	}
+	found, err := s.existing(ctx, s.convs, keys, "conversations: read documents")
+	if err != nil {
+		return nil, err
+	}
+	var unknown []persist.InboxEntry
+	var unknownAt []*tailConv
+	for ck, t := range byKey {
+		raw, ok := found[keyPart(user)+ck]
+		if !ok {
+			unknown = append(unknown, persist.InboxEntry{Msg: persist.Message{ID: t.msgID}})
+			unknownAt = append(unknownAt, t)
+			continue
+		}
+		d, err := decodeConv(raw)
+		if err != nil {
+			return nil, mapErr(ctx, "conversations: read documents", err)
+		}
+		t.doc.conv, t.doc.read = d.conv, max(t.doc.read, d.read)
+	}
+	if err := s.fillMessages(ctx, unknown); err != nil {
+		return nil, err
+	}
+	for i, t := range unknownAt {
+		t.doc.conv = persist.ConvOf(user, &unknown[i].Msg)
+	}
+	out := make([]*tailConv, 0, len(byKey))
+	repair := make(map[string]*convUpdate, len(byKey))
+	for _, t := range byKey {
+		out = append(out, t)
+		repair[convDocID(user, t.doc.conv)] = &convUpdate{user: user, conv: t.doc.conv, last: t.doc.last, read: t.doc.read, fresh: true}
+	}
+	s.noteRepair(repair)
+	slices.SortFunc(out, func(a, b *tailConv) int { return cmp.Compare(b.doc.last, a.doc.last) })
+	return out, nil
+}
+
 // MarkRead implements persist.ChatStore: the cursor is raised with $max,
-// so concurrent calls on any node never move it back.
+// so concurrent calls on any node never move it back. The conversation's
+// newest entry and the owner's newest own entry are read from the inbox
+// too, so a document that lags them (another node's upkeep not flushed
+// yet, or lost in a crash) is raised with the cursor, or created.
 func (s *Store) MarkRead(ctx context.Context, user string, c persist.ConvID, upTo uint64) (persist.ReadResult, error) {
 	if err := checkChat("mark read", user, &c); err != nil {
 		return persist.ReadResult{}, err
@@ -437,25 +550,42 @@ func (s *Store) MarkRead(ctx context.Context, user string, c persist.ConvID, upT
 		return persist.ReadResult{}, err
 	}
 	defer leave()
+	if err := s.syncUpkeep(ctx); err != nil {
+		return persist.ReadResult{}, err
+	}
 	d, err := s.getConv(ctx, user, c)
+	missing := errors.Is(err, persist.ErrNotFound)
+	if err != nil && !missing {
+		return persist.ReadResult{}, err
+	}
+	newest, err := s.convEntries(ctx, user, c, nil, 1)
 	if err != nil {
 		return persist.ReadResult{}, err
 	}
-	if upTo == 0 || upTo > d.last {
-		upTo = d.last
+	if len(newest) == 0 && missing {
+		return persist.ReadResult{}, fmt.Errorf("mongostore: mark read: %w: no conversation %+v", persist.ErrNotFound, c)
 	}
-	res := persist.ReadResult{ReadSeq: d.read}
-	if upTo > d.read {
-		raw, err := s.convs.FindOneAndUpdate(ctx, bson.D{{Key: "_id", Value: convDocID(user, c)}},
-			bson.D{{Key: "$max", Value: bson.D{{Key: "read", Value: int64(upTo)}}}},
-			options.FindOneAndUpdate().SetReturnDocument(options.Before)).Raw()
+	own, err := s.convEntries(ctx, user, c, bson.D{{Key: "own", Value: true}}, 1)
+	if err != nil {
+		return persist.ReadResult{}, err
+	}
+	last, read := d.last, d.read
+	if len(newest) == 1 {
+		last = max(last, newest[0].Seq)
+	}
+	if len(own) == 1 {
+		read = max(read, own[0].Seq)
+	}
+	if upTo == 0 || upTo > last {
+		upTo = last
+	}
+	res := persist.ReadResult{ReadSeq: read}
+	if upTo > read || last > d.last || missing {
+		before, err := s.raiseConv(ctx, user, c, last, max(upTo, read))
 		if err != nil {
-			return persist.ReadResult{}, mapErr(ctx, "mark read", err)
+			return persist.ReadResult{}, err
 		}
-		before, err := decodeConv(raw)
-		if err != nil {
-			return persist.ReadResult{}, mapErr(ctx, "mark read", err)
-		}
+		before.read = max(before.read, read)
 		res.Moved = upTo > before.read
 		res.ReadSeq = max(before.read, upTo)
 	}
@@ -477,6 +607,34 @@ func (s *Store) MarkRead(ctx context.Context, user string, c persist.ConvID, upT
 		}
 	}
 	return res, nil
+}
+
+// raiseConv raises (or creates) user's conversation document c to last
+// and read, returning the document as it was before (zero when created).
+// A creation that races another's is retried once, as an update.
+func (s *Store) raiseConv(ctx context.Context, user string, c persist.ConvID, last, read uint64) (convDoc, error) {
+	raise := bson.D{{Key: "last", Value: int64(last)}}
+	if read > 0 {
+		raise = append(raise, bson.E{Key: "read", Value: int64(read)})
+	}
+	update := bson.D{{Key: "$setOnInsert", Value: convInsertFields(user, c)}, {Key: "$max", Value: raise}}
+	var raw bson.Raw
+	var err error
+	for range 2 {
+		raw, err = s.convs.FindOneAndUpdate(ctx, bson.D{{Key: "_id", Value: convDocID(user, c)}}, update,
+			options.FindOneAndUpdate().SetUpsert(true).SetReturnDocument(options.Before)).Raw()
+		if !mongo.IsDuplicateKeyError(err) {
+			break
+		}
+	}
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return convDoc{conv: c}, nil // created
+	}
+	if err != nil {
+		return convDoc{}, mapErr(ctx, "mark read", err)
+	}
+	d, err := decodeConv(raw)
+	return d, mapErr(ctx, "mark read", err)
 }
 
 // History implements persist.ChatStore, from the (user, conv, seq) index.
@@ -713,6 +871,9 @@ func (s *Store) ReadCount(ctx context.Context, user string, c persist.ConvID, se
 		return 0, 0, err
 	}
 	defer leave()
+	if err := s.syncUpkeep(ctx); err != nil {
+		return 0, 0, err
+	}
 	notFound := fmt.Errorf("mongostore: read count: %w: seq %d", persist.ErrNotFound, seq)
 	if seq == 0 || seq > maxSeq {
 		return 0, 0, notFound

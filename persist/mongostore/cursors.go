@@ -102,32 +102,52 @@ func (s *Store) Cursor(ctx context.Context, user, device string) (uint64, error)
 	return max(cursorFromDB(v), pending), nil
 }
 
-// flushCursors is the flusher goroutine: it writes the recorded positions
-// when there are some, at most once per CursorInterval, until stop is
-// closed; then it writes what is left once and exits.
+// flushCursors is the cursor flusher goroutine: it writes the recorded
+// positions when there are some, at most once per CursorInterval, until
+// stop is closed; then it writes what is left once and exits.
 func (s *Store) flushCursors(stop <-chan struct{}) {
 	defer close(s.curDone)
+	flushLoop(s.curWake, nil, stop, s.opts.CursorInterval, s.writeCursors)
+}
+
+// logFlushFailure logs a flusher's failed write: as a warning the first
+// of a run of failures (failures is the count before it), then at debug
+// level, so a server that is down does not flood the log.
+func (s *Store) logFlushFailure(failures int, msg, what string, n int, err error) {
+	lvl := slog.LevelWarn
+	if failures > 0 {
+		lvl = slog.LevelDebug
+	}
+	s.opts.Logger.Log(context.Background(), lvl, msg, what, n, "err", err)
+}
+
+// flushLoop is the loop of a flusher: after each wake it lingers for
+// interval (so that what is recorded meanwhile shares the write; after
+// failures longer, doubling up to 2 s) unless now or stop fires, and calls
+// write with the count of failed writes before it; write reports success.
+// When stop is closed it writes once more and returns.
+func flushLoop(wake, now, stop <-chan struct{}, interval time.Duration, write func(failures int) bool) {
 	failures := 0
 	for {
 		select {
-		case <-s.curWake:
+		case <-wake:
 		case <-stop:
-			s.writeCursors(failures)
+			write(failures)
 			return
 		}
-		// Linger: positions acknowledged meanwhile share the write. After
-		// failures, wait longer (up to 2 s) before trying again.
-		wait := s.opts.CursorInterval
+		wait := interval
 		for i := 0; i < failures && wait < 2*time.Second; i++ {
 			wait *= 2
 		}
-		t := time.NewTimer(min(wait, max(2*time.Second, s.opts.CursorInterval)))
+		t := time.NewTimer(min(wait, max(2*time.Second, interval)))
 		select {
 		case <-t.C:
+		case <-now:
+			t.Stop()
 		case <-stop:
 			t.Stop()
 		}
-		if s.writeCursors(failures) {
+		if write(failures) {
 			failures = 0
 		} else {
 			failures++
@@ -178,11 +198,7 @@ func (s *Store) writeCursors(failures int) bool {
 	}
 	if err != nil {
 		s.stats.cursorFailures.Add(1)
-		lvl := slog.LevelWarn
-		if failures > 0 {
-			lvl = slog.LevelDebug
-		}
-		s.opts.Logger.Log(context.Background(), lvl, "mongostore: cursor write failed; retrying at the next flush", "cursors", len(retry), "err", err)
+		s.logFlushFailure(failures, "mongostore: cursor write failed; retrying at the next flush", "cursors", len(retry), err)
 	}
 	s.curMu.Lock()
 	for _, id := range retry {

@@ -362,6 +362,9 @@ func testHeadsHint(t *testing.T, s *Store) {
 			t.Fatal(err)
 		}
 	}
+	if err := s.syncUpkeep(ctx); err != nil { // the hint is written after the commit
+		t.Fatal(err)
+	}
 	raw, err := s.heads.FindOne(ctx, bson.D{{Key: "_id", Value: keyPart("u")}}).Raw()
 	if err != nil {
 		t.Fatal(err)

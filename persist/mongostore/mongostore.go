@@ -8,7 +8,8 @@
 //
 //	messages  _id = message ID (int64 bit pattern); unique (from, cmid);
 //	          mid = the ID in hex (indexed on FerretDB only)
-//	inbox     _id = "<user key><seq hex>"; unique (user, seq), unique (user, msg)
+//	inbox     _id = "<user key><seq hex>"; unique (user, seq), unique (user, msg);
+//	          rb = writer and time bucket, indexed (rb, msg) (replay.go)
 //	heads     _id = "<user key>": a hint, the highest seq known to exist
 //	cursors   _id = "<user key><device key>": pos (sign-flipped uint64)
 //	users     _id = user id
@@ -58,7 +59,9 @@
 // append (up to Options.MaxBatch) and writes them with one InsertMany of
 // messages (unordered) and one ordered InsertMany of inbox entries, at the
 // configured write concern, then wakes the callers. Append returns nil only
-// after both were acknowledged. Cursor positions are batched too (see
+// after both were acknowledged. What a commit implies besides them (the
+// conversation documents and heads hints) is written after it, coalesced
+// across commits (upkeep.go). Cursor positions are batched too (see
 // SetCursor): one bulk write per CursorInterval. The other writes (users,
 // groups) are single-document operations on the caller's goroutine.
 //
@@ -135,6 +138,8 @@ const (
 	DefaultCursorInterval         = 100 * time.Millisecond
 	DefaultCursorQueue            = 65_536
 	DefaultSlowCommand            = 500 * time.Millisecond
+	DefaultUpkeepInterval         = 100 * time.Millisecond
+	DefaultUpkeepQueue            = 65_536
 )
 
 // errCorrupt reports a stored document the store cannot decode.
@@ -158,6 +163,12 @@ type Options struct {
 
 	// Database is the database name (default "imgn").
 	Database string
+
+	// NodeID names this store's writer: every inbox entry it writes
+	// records it, and ReplayFrom lists only the entries written under it
+	// (replay.go). In a cluster it is the node's id, stable across
+	// restarts; "" is a name like any other.
+	NodeID string
 
 	// WriteConcern every write waits for, overriding the URI's w/journal:
 	//   "majority"            {w: "majority"} (default)
@@ -200,6 +211,16 @@ type Options struct {
 	// it SetCursor waits for the next flush.
 	CursorQueue int
 
+	// UpkeepInterval is the longest the conversation and heads-hint upkeep
+	// of a group commit waits in memory before it is written (upkeep.go):
+	// commits within it share one upsert per conversation.
+	UpkeepInterval time.Duration
+
+	// UpkeepQueue bounds the conversation documents and heads hints
+	// recorded and not written yet; beyond it the committer waits for the
+	// next flush.
+	UpkeepQueue int
+
 	// Registry, if set, receives imgn_store_ops_total{op}: the commands
 	// sent to the server, by command name (insert, find, update, getMore,
 	// ...), the round trips the store costs.
@@ -211,9 +232,9 @@ type Options struct {
 	// collection. Negative: off.
 	SlowCommand time.Duration
 
-	// Logger receives what the store does not return: failures of the heads
-	// hint update and of cursor writes (both retried or harmless), and slow
-	// commands. Nil: discard.
+	// Logger receives what the store does not return: failures of the
+	// upkeep and of cursor writes (retried, or harmless for heads hints),
+	// and slow commands. Nil: discard.
 	Logger *slog.Logger
 }
 
@@ -244,6 +265,8 @@ func (o Options) withDefaults() (Options, *writeconcern.WriteConcern, error) {
 		{"SeqCacheSize", int64(o.SeqCacheSize)},
 		{"CursorInterval", int64(o.CursorInterval)},
 		{"CursorQueue", int64(o.CursorQueue)},
+		{"UpkeepInterval", int64(o.UpkeepInterval)},
+		{"UpkeepQueue", int64(o.UpkeepQueue)},
 	} {
 		if f.v < 0 {
 			return bad("negative %s %d", f.name, f.v)
@@ -266,6 +289,12 @@ func (o Options) withDefaults() (Options, *writeconcern.WriteConcern, error) {
 	}
 	if o.CursorQueue == 0 {
 		o.CursorQueue = DefaultCursorQueue
+	}
+	if o.UpkeepInterval == 0 {
+		o.UpkeepInterval = DefaultUpkeepInterval
+	}
+	if o.UpkeepQueue == 0 {
+		o.UpkeepQueue = DefaultUpkeepQueue
 	}
 	if o.SlowCommand == 0 {
 		o.SlowCommand = DefaultSlowCommand
@@ -313,8 +342,9 @@ func parseWriteConcern(s string) (*writeconcern.WriteConcern, error) {
 }
 
 // Store is the MongoDB persist.Store. It is safe for concurrent use by any
-// number of goroutines. It owns one goroutine (the committer) and the
-// driver's client, started by Open and stopped by Close.
+// number of goroutines. It owns three goroutines (the committer, the cursor
+// flusher and the upkeep flusher) and the driver's client, started by Open
+// and stopped by Close.
 type Store struct {
 	opts   Options
 	client *mongo.Client
@@ -350,10 +380,25 @@ type Store struct {
 	curStop     chan struct{}       // closed by Close: final flush, then exit
 	curDone     chan struct{}       // closed when the flusher has exited
 
+	// Upkeep of group commits, written by the upkeep flusher (upkeep.go).
+	// upMu guards the fields below.
+	upMu      sync.Mutex
+	upClosed  bool
+	upConvs   map[string]*convUpdate // conversation documents by _id, not taken yet
+	upHeads   map[string]uint64      // heads hints by user, not taken yet
+	upGen     uint64                 // counts the updates recorded
+	upTried   uint64                 // the upGen a finished flush took (all before it were tried)
+	upTaken   chan struct{}          // closed when the flusher takes the table
+	upFlushed chan struct{}          // closed when a flush ends
+	upWake    chan struct{}          // cap 1: updates are waiting
+	upNow     chan struct{}          // cap 1: a caller waits, skip the linger
+	upStop    chan struct{}          // closed by Close: final flush, then exit
+	upDone    chan struct{}          // closed when the flusher has exited
+
 	ops *opcount.Counter // commands sent, by name
 
 	stats struct {
-		batches, appends, rounds, conflicts, failedBatches, cursorFailures atomic.Uint64
+		batches, appends, rounds, conflicts, failedBatches, cursorFailures, upkeepFailures atomic.Uint64
 	}
 }
 
@@ -408,6 +453,14 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		curWake:    make(chan struct{}, 1),
 		curStop:    make(chan struct{}),
 		curDone:    make(chan struct{}),
+		upConvs:    make(map[string]*convUpdate),
+		upHeads:    make(map[string]uint64),
+		upTaken:    make(chan struct{}),
+		upFlushed:  make(chan struct{}),
+		upWake:     make(chan struct{}, 1),
+		upNow:      make(chan struct{}, 1),
+		upStop:     make(chan struct{}),
+		upDone:     make(chan struct{}),
 		ops:        ops,
 	}
 	s.messages = s.db.Collection(collMessages)
@@ -426,6 +479,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	go s.run()
 	go s.flushCursors(s.curStop)
+	go s.flushUpkeep(s.upStop)
 	return s, nil
 }
 
@@ -462,6 +516,7 @@ func (s *Store) setup(ctx context.Context) error {
 		{s.messages, messageIndexes},
 		{s.inbox, []mongo.IndexModel{unique("user_seq", "user", "seq"), unique("user_msg", "user", "msg")}},
 		{s.inbox, chatInboxIndexes},
+		{s.inbox, replayIndexes},
 		{s.convs, chatConvIndexes},
 		{s.groups, []mongo.IndexModel{{Keys: bson.D{{Key: "members", Value: 1}}, Options: options.Index().SetName("members")}}},
 	} {
@@ -499,6 +554,9 @@ type Stats struct {
 	// CursorFailures counts cursor flushes that failed (retried at the
 	// next flush).
 	CursorFailures uint64
+	// UpkeepFailures counts upkeep flushes that failed to write some
+	// conversations (retried at the next flush).
+	UpkeepFailures uint64
 	// Commands counts the commands sent to the server, by command name.
 	Commands map[string]uint64
 }
@@ -513,12 +571,14 @@ func (s *Store) Stats() Stats {
 		Conflicts:      s.stats.conflicts.Load(),
 		FailedBatches:  s.stats.failedBatches.Load(),
 		CursorFailures: s.stats.cursorFailures.Load(),
+		UpkeepFailures: s.stats.upkeepFailures.Load(),
 		Commands:       s.ops.Snapshot(),
 	}
 }
 
 // Close stops accepting work, waits for the committer to write every append
-// already queued and for running calls to finish, and disconnects. Calls
+// already queued (and the upkeep flusher its table) and for running calls
+// to finish, and disconnects. Calls
 // started after Close return persist.ErrClosed, as does a second Close.
 // Close is safe to call concurrently with any other method.
 func (s *Store) Close() error {
@@ -531,6 +591,14 @@ func (s *Store) Close() error {
 	close(s.queue)
 	s.mu.Unlock()
 	<-s.done
+	// The committer has exited: no upkeep is recorded any more but a
+	// reader's repair, which the final flush may leave out (reads repair
+	// again).
+	s.upMu.Lock()
+	s.upClosed = true
+	s.upMu.Unlock()
+	close(s.upStop) // the upkeep flusher writes the table, then exits
+	<-s.upDone
 	s.curMu.Lock()
 	s.curClosed = true
 	s.curMu.Unlock()

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/imgn/imgn/internal/testsvc"
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/persist"
 	"github.com/imgn/imgn/persist/sessiontest"
 )
@@ -115,20 +116,16 @@ func testKeyLayout(t *testing.T, svc *testsvc.Service) {
 	if _, err := s.Put(ctx, persist.Route{User: "alice", Device: "watch", NodeID: "node-1", BootEpoch: 42, ConnID: 9}, 20*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testutil.Eventually(t, 5*time.Second, "the watch route expires", func() error {
 		routes, err := s.Lookup(ctx, "alice")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(routes) == 2 {
-			break
+		if len(routes) != 2 {
+			return fmt.Errorf("routes %+v", routes)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("watch route did not expire: %+v", routes)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	if n, _ := raw.Do(ctx, raw.B().Hlen().Key(key).Build()).AsInt64(); n != 3 {
 		t.Fatalf("HLEN = %d before the next write, want 3 (reads do not write)", n)
 	}
@@ -265,20 +262,13 @@ func TestRedisPause(t *testing.T) {
 	if err := svc.Resume(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.Eventually(t, 10*time.Second, "the store recovers after the resume", func() error {
 		routes, err := s.Lookup(ctx, "dave")
-		if err == nil {
-			if len(routes) != 1 || routes[0] != r {
-				t.Fatalf("Lookup after resume = %+v", routes)
-			}
-			break
+		if err == nil && (len(routes) != 1 || routes[0] != r) {
+			t.Fatalf("Lookup after resume = %+v", routes)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("store did not recover after resume: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return err
+	})
 }
 
 // TestFlushAll: Redis loses every route (FLUSHALL, as after a failover to

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgn/imgn/internal/testutil"
 	"github.com/imgn/imgn/persist"
 )
 
@@ -70,10 +71,9 @@ func openStore(t *testing.T, open func(t *testing.T) persist.SessionStore) persi
 }
 
 const (
-	long    = time.Minute
-	settle  = 10 * time.Second // bound for lease expiry to become visible
-	short   = 300 * time.Millisecond
-	pollGap = 20 * time.Millisecond
+	long   = time.Minute
+	settle = 10 * time.Second // bound for lease expiry to become visible
+	short  = 300 * time.Millisecond
 )
 
 func route(user, device, node string, epoch int64, conn uint64) persist.Route {
@@ -118,17 +118,12 @@ func sameRoutes(got, want []persist.Route) bool {
 // eventually polls until Lookup(user) returns want or settle passes.
 func eventually(t *testing.T, s persist.SessionStore, user string, what string, want ...persist.Route) {
 	t.Helper()
-	deadline := time.Now().Add(settle)
-	for {
-		got := lookup(t, s, user)
-		if sameRoutes(got, want) {
-			return
+	testutil.Eventually(t, settle, what, func() error {
+		if got := lookup(t, s, user); !sameRoutes(got, want) {
+			return fmt.Errorf("Lookup(%q) = %+v, want %+v", user, got, want)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: Lookup(%q) = %+v, want %+v within %v", what, user, got, want, settle)
-		}
-		time.Sleep(pollGap)
-	}
+		return nil
+	})
 }
 
 func testRoundTrip(t *testing.T, s persist.SessionStore) {
