@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/imgn/imgn/bench"
 	"github.com/imgn/imgn/internal/envflag"
