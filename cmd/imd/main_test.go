@@ -61,12 +61,9 @@ func TestParseOptions(t *testing.T) {
 	if o.engine.HeartbeatInterval != 5*time.Second || o.engine.IdleTimeout != 40*time.Second {
 		t.Fatalf("flag must beat env: heartbeat %s idle %s", o.engine.HeartbeatInterval, o.engine.IdleTimeout)
 	}
-	// The engine's defaults, not copies of them. engineDefaults relies on
-	// Validate filling zero fields: if that ever stops, this fails.
-	def := engineDefaults()
-	if def.MaxConns <= 0 || def.HeartbeatInterval <= 0 || def.SendRate <= 0 || def.Addr == "" {
-		t.Fatalf("engineDefaults returned no defaults: %+v", def)
-	}
+	// The engine's defaults, not copies of them: with no flags, the bound
+	// engine.Config is what WithDefaults makes of the zero Config.
+	def := engine.Config{}.WithDefaults()
 	o, err = parseOptions(nil, envOf(nil), io.Discard)
 	if err != nil {
 		t.Fatal(err)
