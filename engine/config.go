@@ -291,10 +291,10 @@ func (c Config) Validate() error {
 	rate("LoginRatePerIP", c.LoginRatePerIP, true)
 	rate("HeartbeatRate", c.HeartbeatRate, true)
 	if c.Logger == nil {
-		errs = append(errs, errors.New("Logger is required (WithDefaults sets slog.Default())"))
+		errs = append(errs, errors.New("a Logger is required (WithDefaults sets slog.Default())"))
 	}
 	if c.Registry == nil {
-		errs = append(errs, errors.New("Registry is required (WithDefaults makes one)"))
+		errs = append(errs, errors.New("a Registry is required (WithDefaults makes one)"))
 	}
 	if c.Sessions != nil && c.Cluster == nil {
 		errs = append(errs, errors.New("a session store (Sessions) needs a Cluster: routes name cluster nodes"))

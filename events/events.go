@@ -126,13 +126,13 @@ func (c Config) WithDefaults() Config {
 func (c Config) Validate() error {
 	var errs []error
 	if c.NodeID == "" {
-		errs = append(errs, errors.New("NodeID is required"))
+		errs = append(errs, errors.New("a NodeID is required"))
 	}
 	if c.Client == nil && len(c.Addrs) == 0 {
-		errs = append(errs, errors.New("Addrs (the Redis servers) or Client is required"))
+		errs = append(errs, errors.New("a Client or Addrs (the Redis servers) is required"))
 	}
 	if c.Stream == "" {
-		errs = append(errs, errors.New("Stream must not be empty"))
+		errs = append(errs, errors.New("a non-empty Stream is required"))
 	}
 	for _, f := range []struct {
 		name string
@@ -151,7 +151,7 @@ func (c Config) Validate() error {
 		}
 	}
 	if c.Logger == nil {
-		errs = append(errs, errors.New("Logger is required (WithDefaults sets slog.Default())"))
+		errs = append(errs, errors.New("a Logger is required (WithDefaults sets slog.Default())"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("events: config: %w", err)

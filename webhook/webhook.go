@@ -133,10 +133,10 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("URL must be an http:// or https:// URL, got %q", c.URL))
 	}
 	if len(c.Secret) == 0 {
-		errs = append(errs, errors.New("Secret is required (requests are signed)"))
+		errs = append(errs, errors.New("a Secret is required (requests are signed)"))
 	}
 	if c.Online == nil {
-		errs = append(errs, errors.New("Online is required"))
+		errs = append(errs, errors.New("an Online function is required"))
 	}
 	for _, f := range []struct {
 		name string
@@ -158,10 +158,10 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("BackoffMax (%s) must be at least BackoffMin (%s)", c.BackoffMax, c.BackoffMin))
 	}
 	if c.Client == nil {
-		errs = append(errs, errors.New("Client is required (WithDefaults makes one)"))
+		errs = append(errs, errors.New("a Client is required (WithDefaults makes one)"))
 	}
 	if c.Logger == nil {
-		errs = append(errs, errors.New("Logger is required (WithDefaults sets slog.Default())"))
+		errs = append(errs, errors.New("a Logger is required (WithDefaults sets slog.Default())"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("webhook: config: %w", err)

@@ -320,7 +320,7 @@ func TestConfigValidateApartFromDefaults(t *testing.T) {
 	if err == nil || !reflect.DeepEqual(c, before) {
 		t.Fatalf("Validate of an undefaulted config: err %v, config changed %v", err, !reflect.DeepEqual(c, before))
 	}
-	for _, want := range []string{"Online is required", "QueueSize must be at least 1, got 0", "Concurrency must be at least 1, got -1", "Timeout must be positive", "Client", "Logger"} {
+	for _, want := range []string{"an Online function is required", "QueueSize must be at least 1, got 0", "Concurrency must be at least 1, got -1", "Timeout must be positive", "Client", "Logger"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate must report %q: %v", want, err)
 		}

@@ -129,14 +129,14 @@ func (c Config) WithDefaults() Config {
 func (c Config) Validate() error {
 	var errs []error
 	if len(c.Servers) == 0 {
-		errs = append(errs, errors.New("Servers is required (the ZooKeeper servers, host:port)"))
+		errs = append(errs, errors.New("no Servers given (the ZooKeeper servers, host:port)"))
 	}
 	if slices.Contains(c.Servers, "") {
-		errs = append(errs, errors.New("Servers must not hold an empty address"))
+		errs = append(errs, errors.New("an empty address in Servers"))
 	}
 	if !strings.HasPrefix(c.Root, "/") || c.Root == "/" || strings.HasSuffix(c.Root, "/") ||
 		path.Clean(c.Root) != c.Root {
-		errs = append(errs, fmt.Errorf("Root must be an absolute, clean path other than /, got %q", c.Root))
+		errs = append(errs, fmt.Errorf("the Root must be an absolute, clean path other than /, got %q", c.Root))
 	}
 	if c.SessionTimeout < minSessionTimeout {
 		errs = append(errs, fmt.Errorf("SessionTimeout must be at least %s, got %s", minSessionTimeout, c.SessionTimeout))
@@ -145,10 +145,10 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("ResyncInterval must be positive, got %s", c.ResyncInterval))
 	}
 	if c.Logger == nil {
-		errs = append(errs, errors.New("Logger is required (WithDefaults sets slog.Default())"))
+		errs = append(errs, errors.New("a Logger is required (WithDefaults sets slog.Default())"))
 	}
 	if c.Dialer == nil {
-		errs = append(errs, errors.New("Dialer is required (WithDefaults sets net.DialTimeout)"))
+		errs = append(errs, errors.New("a Dialer is required (WithDefaults sets net.DialTimeout)"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("zkregistry: config: %w", err)

@@ -136,7 +136,7 @@ func TestConfigValidateApartFromDefaults(t *testing.T) {
 	if err := d.Validate(); err == nil || !strings.Contains(err.Error(), "ResyncInterval") || strings.Contains(err.Error(), "Root") {
 		t.Fatalf("after WithDefaults only ResyncInterval is wrong: %v", err)
 	}
-	if err := (Config{}).WithDefaults().Validate(); err == nil || !strings.Contains(err.Error(), "Servers is required") {
+	if err := (Config{}).WithDefaults().Validate(); err == nil || !strings.Contains(err.Error(), "no Servers given") {
 		t.Fatalf("the zero Config needs servers: %v", err)
 	}
 }
