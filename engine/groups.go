@@ -221,7 +221,20 @@ func (s *Server) createGroup(ctx context.Context, owner, by, name string, member
 	s.observeGroup(GroupChange{Kind: GroupCreated, Group: g.ID, User: g.Owner, By: by, Name: g.Name, Owner: g.Owner, Members: g.Members})
 	// The state as stored (roles normalised), without reading it back: a
 	// read could already see a later change.
-	return persist.NewGroupState(g)
+	g, err := persist.NewGroupState(g)
+	if err != nil {
+		return g, err
+	}
+	// The initial members are announced as GROUP_ADD announces members:
+	// each member's timeline starts with how it came into the group.
+	ch := groupChange{oldOwner: g.Owner}
+	for _, u := range g.Members {
+		if u != owner {
+			ch.added = append(ch.added, u)
+		}
+	}
+	s.announce(ctx, g, groupOp{cmd: codec.CmdGroupCreate, actor: by}, &ch)
+	return g, nil
 }
 
 // CreateGroup creates a group owned by owner (an existing account, made a
