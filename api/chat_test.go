@@ -318,11 +318,13 @@ func TestDeleteAndReadCount(t *testing.T) {
 			f.wantError(400, "BAD_REQUEST", "POST", "/v1/users/alice/messages/0/delete", nil)
 
 			// A group message of alice's: nobody has read it, then bob,
-			// then carol. alice's seq of it is 3 (after the delete event).
+			// then carol. alice's seq of it is 4 (after the delete event
+			// and the event announcing the group's members).
 			gid := f.must(201, "POST", "/v1/groups", map[string]any{"owner": "alice", "name": "team", "members": []string{"bob", "carol"}})["group_id"].(string)
 			f.sendText("alice", "group:"+gid, "g1", "read me")
 			conv := "/v1/users/alice/conversations/group:" + gid
-			seq := list(f.must(200, "GET", conv+"/history", nil), "messages")[0]["seq"].(float64)
+			gh := list(f.must(200, "GET", conv+"/history", nil), "messages")
+			seq := gh[len(gh)-1]["seq"].(float64)
 			path := conv + "/read-count?seq=" + strconv.FormatFloat(seq, 'f', -1, 64)
 			if rc := f.must(200, "GET", path, nil); rc["read"] != float64(0) || rc["members"] != float64(2) || rc["seq"] != seq || rc["conv"] != "group:"+gid || rc["user"] != "alice" {
 				t.Fatalf("read count before any read: %v", rc)
@@ -336,7 +338,8 @@ func TestDeleteAndReadCount(t *testing.T) {
 				t.Fatalf("read count after carol read: %v", rc)
 			}
 			// bob asks about the same message at his own seq.
-			bseq := list(f.must(200, "GET", "/v1/users/bob/conversations/group:"+gid+"/history", nil), "messages")[0]["seq"].(float64)
+			bh := list(f.must(200, "GET", "/v1/users/bob/conversations/group:"+gid+"/history", nil), "messages")
+			bseq := bh[len(bh)-1]["seq"].(float64)
 			if rc := f.must(200, "GET", "/v1/users/bob/conversations/group:"+gid+"/read-count?seq="+strconv.FormatFloat(bseq, 'f', -1, 64), nil); rc["read"] != float64(2) {
 				t.Fatalf("read count through bob: %v", rc)
 			}

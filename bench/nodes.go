@@ -203,17 +203,34 @@ type StatsSum struct {
 	// /metrics: imgn_store_ops_total (MongoDB commands) and
 	// imgn_redis_ops_total, by op. Empty for nodes without them.
 	StoreOps, RedisOps map[string]float64
+	// StoreHists are the embedded store's latency histograms (storeHists),
+	// by report name, summed over nodes; empty for other stores.
+	StoreHists map[string]*PromHist
 }
 
 // roundTrips reads the store and Redis round-trip counters of one node's
-// /metrics (Prometheus text format), by op.
-func roundTrips(ctx context.Context, admin string) (store, redis map[string]float64, err error) {
+// /metrics (Prometheus text format), by op, and the embedded store's
+// latency histograms.
+func roundTrips(ctx context.Context, admin string) (store, redis map[string]float64, hists map[string]*PromHist, err error) {
 	var buf bytes.Buffer
 	if err := fetch(ctx, admin+"/metrics", &buf); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	store, redis = map[string]float64{}, map[string]float64{}
+	store, redis, hists = map[string]float64{}, map[string]float64{}, map[string]*PromHist{}
+lines:
 	for _, line := range strings.Split(buf.String(), "\n") {
+		if strings.HasPrefix(line, "imgn_store_") {
+			for name, as := range storeHists {
+				h := hists[as]
+				if h == nil {
+					h = &PromHist{}
+				}
+				if h.addLine(name, line) {
+					hists[as] = h
+					continue lines
+				}
+			}
+		}
 		var into map[string]float64
 		switch {
 		case strings.HasPrefix(line, "imgn_store_ops_total{"):
@@ -233,7 +250,7 @@ func roundTrips(ctx context.Context, admin string) (store, redis map[string]floa
 			into[op] += v
 		}
 	}
-	return store, redis, nil
+	return store, redis, hists, nil
 }
 
 // Total sums the counts of m.
@@ -271,7 +288,7 @@ func FetchAll(ctx context.Context, admins []string, gc bool) (StatsSum, error) {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			st, err := FetchStats(ctx, a, gc)
-			store, redis, rerr := roundTrips(ctx, a)
+			store, redis, hists, rerr := roundTrips(ctx, a)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -287,6 +304,15 @@ func FetchAll(ctx context.Context, admins []string, gc bool) (StatsSum, error) {
 				}
 				for op, v := range redis {
 					sum.RedisOps[op] += v
+				}
+				for name, h := range hists {
+					if sum.StoreHists == nil {
+						sum.StoreHists = map[string]*PromHist{}
+					}
+					if sum.StoreHists[name] == nil {
+						sum.StoreHists[name] = &PromHist{}
+					}
+					sum.StoreHists[name].add(h)
 				}
 			}
 			sum.Nodes++

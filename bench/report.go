@@ -45,6 +45,9 @@ type Report struct {
 	Machine        Machine          `json:"machine"`
 	CPUPressureEnd string           `json:"cpu_pressure_end,omitempty"`
 	ProfileFiles   []string         `json:"profile_files,omitempty"`
+	// FsyncProbe is the latency of the bare write+fdatasync loop run
+	// beside the node in the window (--fsync-probe), in microseconds.
+	FsyncProbe *Latency `json:"fsync_probe_us,omitempty"`
 	// Percentiles is the latency spectrum (.hgrm text); not in the JSON.
 	Percentiles string `json:"-"`
 }
@@ -76,6 +79,9 @@ type ServerReport struct {
 	RedisOps        map[string]float64 `json:"redis_ops,omitempty"`
 	StoreCmdsPerMsg float64            `json:"store_cmds_per_msg,omitempty"`
 	RedisCmdsPerMsg float64            `json:"redis_cmds_per_msg,omitempty"`
+	// Embedded store only: its commit and WAL fsync latencies in the
+	// window (imgn_store_commit_seconds, imgn_store_fsync_seconds).
+	StoreLatency map[string]StoreLatency `json:"store_latency,omitempty"`
 }
 
 // BaselineReport is the same load against the echo relay.
@@ -252,6 +258,16 @@ func (r *Report) Print(w io.Writer) {
 		}
 		fmt.Fprintln(w)
 	}
+	for _, name := range []string{"commit", "fsync"} {
+		if l, ok := s.StoreLatency[name]; ok && l.Count > 0 {
+			fmt.Fprintf(w, "store %-12s %d in the window, mean %.0fus, p50 <= %s, p99 <= %s, p99.9 <= %s, max <= %s; %.2f%% over 51 ms\n",
+				name, l.Count, l.MeanUs, fmtBound(l.P50Us), fmtBound(l.P99Us), fmtBound(l.P999Us), fmtBound(l.MaxUs), 100*l.Over50ms)
+		}
+	}
+	if p := r.FsyncProbe; p != nil {
+		fmt.Fprintf(w, "disk fsync probe   %d writes of %d B + fdatasync beside the node: mean %.0fus p50 %d p99 %d p99.9 %d max %d us\n",
+			p.Count, DefaultProbeRecord, p.Mean, p.P50, p.P99, p.P999, p.Max)
+	}
 	if s.StoreOps != nil {
 		fmt.Fprintf(w, "round trips        %.2f MongoDB commands and %.2f Redis round trips per message (%s; %s)\n",
 			s.StoreCmdsPerMsg, s.RedisCmdsPerMsg, fmtOps(s.StoreOps), fmtOps(s.RedisOps))
@@ -346,4 +362,13 @@ func fmtLargestFirst[V int64 | float64](m map[string]V, format string, most int)
 		fmt.Fprintf(&b, format, k, m[k])
 	}
 	return b.String()
+}
+
+// fmtBound prints a histogram bucket bound in microseconds (-1: above the
+// last finite bound).
+func fmtBound(us float64) string {
+	if us < 0 {
+		return "inf"
+	}
+	return fmt.Sprintf("%.0fus", us)
 }

@@ -3,6 +3,7 @@ package bench
 import (
 	"encoding/json"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -99,7 +100,9 @@ func TestLoopbackOnly(t *testing.T) {
 func TestRoundTripsFromMetrics(t *testing.T) {
 	body := "# HELP imgn_store_ops_total x\n# TYPE imgn_store_ops_total counter\n" +
 		"imgn_store_ops_total{op=\"insert\"} 120\nimgn_store_ops_total{op=\"find\"} 7\n" +
-		"imgn_redis_ops_total{op=\"lookup\"} 3\nimgn_other_total{op=\"insert\"} 99\n"
+		"imgn_redis_ops_total{op=\"lookup\"} 3\nimgn_other_total{op=\"insert\"} 99\n" +
+		"imgn_store_fsync_seconds_bucket{le=\"0.001\"} 90\nimgn_store_fsync_seconds_bucket{le=\"0.1\"} 100\n" +
+		"imgn_store_fsync_seconds_bucket{le=\"+Inf\"} 100\nimgn_store_fsync_seconds_sum 1.5\nimgn_store_fsync_seconds_count 100\n"
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/metrics" {
 			http.NotFound(w, r)
@@ -108,9 +111,21 @@ func TestRoundTripsFromMetrics(t *testing.T) {
 		io.WriteString(w, body)
 	}))
 	defer srv.Close()
-	store, redis, err := roundTrips(t.Context(), srv.URL)
+	store, redis, hists, err := roundTrips(t.Context(), srv.URL)
 	if err != nil {
 		t.Fatal(err)
+	}
+	fs := hists["fsync"]
+	if len(hists) != 1 || fs == nil || len(fs.Bounds) != 3 || fs.Count != 100 || fs.Sum != 1.5 {
+		t.Fatalf("store histograms %v (fsync %+v)", hists, fs)
+	}
+	// The window: 10 syncs before it, 9 of them fast; in it 81 of 90 take
+	// at most 1 ms, the rest at most 100 ms.
+	before := &PromHist{Bounds: fs.Bounds, Counts: []float64{9, 10, 10}, Sum: 0.005, Count: 10}
+	got := fs.Sub(before).Summary()
+	want := StoreLatency{Count: 90, MeanUs: 16611, P50Us: 1000, P99Us: 100000, P999Us: 100000, MaxUs: 100000, Over50ms: 0.1}
+	if got.MeanUs = math.Round(got.MeanUs); got != want {
+		t.Fatalf("fsync in the window: %+v, want %+v", got, want)
 	}
 	if store["insert"] != 120 || store["find"] != 7 || len(store) != 2 || redis["lookup"] != 3 || len(redis) != 1 {
 		t.Fatalf("store %v redis %v", store, redis)

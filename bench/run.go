@@ -114,6 +114,10 @@ type Config struct {
 
 	Baseline   bool
 	ProfileDir string
+	// FsyncProbe runs FsyncProbe in the system's temporary directory
+	// (where spawned nodes keep their data) during each measured window
+	// of imd nodes.
+	FsyncProbe bool
 	Timeout    time.Duration
 	MemReserve uint64 // stop ramping when MemAvailable falls below this
 	UserPrefix string
@@ -459,6 +463,7 @@ type runner struct {
 	stopReason           string
 	readyAt              time.Time
 	profiles             []string
+	probe                *Hist // the last window's FsyncProbe (nil: none)
 	procs, loops, active int
 	activeBy             []int
 	host                 *HostReport
@@ -719,6 +724,7 @@ func (r *runner) runPhase(ctx context.Context, id int, rate float64, warmup, dur
 	// Server counters at the window's edges, and profiles inside it.
 	type sample struct {
 		s0, s1 StatsSum
+		probe  *Hist
 	}
 	sampled := make(chan sample, 1)
 	var profWG sync.WaitGroup
@@ -729,8 +735,10 @@ func (r *runner) runPhase(ctx context.Context, id int, rate float64, warmup, dur
 		if profPrefix != "" {
 			r.profile(ctx, &profWG, profPrefix, duration)
 		}
+		probeDone := r.startProbe(ctx, duration)
 		sleepUntil(ctx, start.Add(warmup+duration))
 		s.s1, _ = FetchAll(ctx, r.admins, false)
+		s.probe = <-probeDone
 		sampled <- s
 	}()
 	results := make([]*PhaseResult, len(r.workers))
@@ -752,6 +760,7 @@ func (r *runner) runPhase(ctx context.Context, id int, rate float64, warmup, dur
 		}
 	}
 	s := <-sampled
+	r.probe = s.probe
 	profWG.Wait()
 	res, h, err := MergePhases(results)
 	return res, h, s.s0, s.s1, err
@@ -772,6 +781,27 @@ func (r *runner) profile(ctx context.Context, wg *sync.WaitGroup, prefix string,
 			r.logf("warning: profiles: %v\n", err)
 		}
 	})
+}
+
+// startProbe runs FsyncProbe for d when the configuration asks for it
+// (imd nodes only) and returns the channel its latencies arrive on (nil
+// latencies without a probe).
+func (r *runner) startProbe(ctx context.Context, d time.Duration) <-chan *Hist {
+	done := make(chan *Hist, 1)
+	if !r.cfg.FsyncProbe || r.kind != "imd" || d <= 0 {
+		done <- nil
+		return done
+	}
+	go func() {
+		pctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		h, err := FsyncProbe(pctx, os.TempDir(), DefaultProbeRecord)
+		if err != nil {
+			r.logf("warning: %v\n", err)
+		}
+		done <- h
+	}()
+	return done
 }
 
 func sleepUntil(ctx context.Context, t time.Time) {
@@ -916,6 +946,18 @@ func (r *runner) fillFromPhase(rep *Report, res *PhaseResult, h *Hist, s0, s1 St
 	}
 	rep.Server.StoreOps, rep.Server.RedisOps = OpsDelta(s0.StoreOps, s1.StoreOps), OpsDelta(s0.RedisOps, s1.RedisOps)
 	rep.Server.StoreCmdsPerMsg, rep.Server.RedisCmdsPerMsg = perMessage(res, s0, s1)
+	rep.Server.StoreLatency = nil
+	for name, h := range s1.StoreHists {
+		if rep.Server.StoreLatency == nil {
+			rep.Server.StoreLatency = map[string]StoreLatency{}
+		}
+		rep.Server.StoreLatency[name] = h.Sub(s0.StoreHists[name]).Summary()
+	}
+	rep.FsyncProbe = nil
+	if r.probe != nil && r.probe.Count() > 0 {
+		l := r.probe.Summary()
+		rep.FsyncProbe = &l
+	}
 	rep.Generator.CPUSeconds = res.CPU
 	rep.Generator.RSSBytes, rep.Generator.HeapBytes = res.Mem.RSS, res.Mem.Heap
 	rep.Connections = res.Held

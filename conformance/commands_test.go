@@ -152,6 +152,10 @@ var commandScenarios = map[string]commandScenario{
 		if g.GroupId == "" || g.Name != "team ü" || g.Owner != w.ua || !slices.Equal(g.Members, want) || g.Open || len(g.Admins) != 0 {
 			t.Fatalf("GROUP_INFO %v", &g)
 		}
+		// The initial members (the creator aside) are announced.
+		for _, c := range []*conn{w.a, w.b} {
+			groupEvent(t, pushed(t, c), g.GroupId, "members_added", w.ub)
+		}
 		w.a.call(codec.CmdGroupCreate, &pb.GroupCreateRequest{Open: true}, codec.CmdGroupInfo, &g)
 		if !g.Open || !slices.Equal(g.Members, []string{w.ua}) {
 			t.Fatalf("open GROUP_INFO %v", &g)
@@ -180,7 +184,9 @@ var commandScenarios = map[string]commandScenario{
 		if info.GroupId != g || len(info.Members) != 0 || info.Owner != "" {
 			t.Fatalf("after leave %v: a former member gets only the id", &info)
 		}
-		groupEvent(t, pushed(t, w.a), g, "members_removed", w.ub)
+		for _, c := range []*conn{w.a, w.b} { // the leaver too
+			groupEvent(t, pushed(t, c), g, "members_removed", w.ub)
+		}
 		// The owner leaving hands the group on; the last one dissolves it.
 		o := w.group(t, w.ub)
 		w.a.call(codec.CmdGroupLeave, &pb.GroupRequest{GroupId: o}, codec.CmdGroupInfo, nil)
@@ -216,7 +222,7 @@ var commandScenarios = map[string]commandScenario{
 		w.a.call(codec.CmdGroupSend, &pb.GroupSendRequest{ClientMsgId: uniq("g"), GroupId: g, Body: []byte("x")}, codec.CmdSendAck, nil)
 		var page pb.SyncOK
 		w.b.call(codec.CmdSync, &pb.SyncRequest{}, codec.CmdSyncOK, &page)
-		if len(page.Messages) != 1 {
+		if len(page.Messages) != 2 { // its addition and its removal
 			t.Fatalf("a removed member's inbox %v", &page)
 		}
 		return f.Command
@@ -286,7 +292,7 @@ var commandScenarios = map[string]commandScenario{
 		var ack pb.SendAck
 		f := w.a.call(codec.CmdGroupSend, &pb.GroupSendRequest{ClientMsgId: uniq("g"), GroupId: g, Body: []byte("all")}, codec.CmdSendAck, &ack)
 		m := pushed(t, w.b)
-		if m.GroupId != g || m.To != g || m.From != w.ua || m.MsgId != ack.MsgId || string(m.Body) != "all" || m.Seq != 1 {
+		if m.GroupId != g || m.To != g || m.From != w.ua || m.MsgId != ack.MsgId || string(m.Body) != "all" || m.Seq != 2 { // after its addition
 			t.Fatalf("group PUSH %v (ack %v)", m, &ack)
 		}
 		return f.Command
@@ -353,12 +359,18 @@ var commandScenarios = map[string]commandScenario{
 	},
 }
 
-// group creates an invite-only group of w.ua with members and returns its
-// id.
+// group creates an invite-only group of w.ua with members (none, or w.ub)
+// and returns its id, once both have been pushed the event announcing w.ub
+// as a member.
 func (w *world) group(t *testing.T, members ...string) string {
 	t.Helper()
 	var g pb.GroupInfo
 	w.a.call(codec.CmdGroupCreate, &pb.GroupCreateRequest{Name: "g", Members: members}, codec.CmdGroupInfo, &g)
+	if slices.Contains(members, w.ub) {
+		for _, c := range []*conn{w.a, w.b} {
+			groupEvent(t, pushed(t, c), g.GroupId, "members_added", w.ub)
+		}
+	}
 	return g.GroupId
 }
 

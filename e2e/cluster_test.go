@@ -75,6 +75,12 @@ func TestCrossNodeMessaging(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			for _, cl := range []*client.Client{alice, bob, carol} { // the members' announcement first
+				m := receiveN(t, cl, 1, 20*time.Second)[0]
+				if ev, err := codec.ParseGroupEvent(m.Body); m.Kind != codec.KindGroupEvent || err != nil || ev.Type != codec.GroupEventAdded || !slices.Equal(ev.Users, []string{"alice", "bob"}) || ev.By != "carol" {
+					t.Fatalf("%s: %v (%+v, %v), want the creation's members_added", cl.User(), m, ev, err)
+				}
+			}
 			for i := range 10 {
 				if _, err := carol.SendGroup(t.Context(), g.GroupId, []byte(fmt.Sprint("g", i))); err != nil {
 					t.Fatal(err)

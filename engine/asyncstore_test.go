@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/imgn/imgn/persist"
 	"github.com/imgn/imgn/persist/memstore"
@@ -18,6 +19,8 @@ type asyncStore struct {
 	queue         chan *persist.AppendOp
 	done          chan struct{}
 
+	handed atomic.Int64 // appends handed over by AppendAsync so far
+
 	mu       sync.Mutex
 	failNext int           // fail this many appends with ErrUnavailable
 	hold     chan struct{} // when set, the committer waits for it to close before committing
@@ -31,7 +34,10 @@ func newAsyncStore() *asyncStore {
 }
 
 // AppendAsync implements persist.AsyncAppender.
-func (a *asyncStore) AppendAsync(op *persist.AppendOp) { a.queue <- op }
+func (a *asyncStore) AppendAsync(op *persist.AppendOp) {
+	a.handed.Add(1)
+	a.queue <- op
+}
 
 // Append implements persist.MessageStore through the committer.
 func (a *asyncStore) Append(ctx context.Context, msg persist.Message, inboxes []string) (persist.AppendResult, error) {

@@ -362,18 +362,31 @@ func (s *Server) handleHistory(r *request) (proto.Message, *codec.Error) {
 	return out, nil
 }
 
+// readCount reads, for the message at seq of user's inbox in conversation
+// id, how many of the other members holding it (its sender excepted) have
+// read it, out of how many: READ_COUNT and the server API's ReadCount.
+// Refusals are *Error (UNKNOWN_MESSAGE: no message at seq there); store
+// failures are *opError.
+func readCount(ctx context.Context, cs persist.ChatStore, user string, id persist.ConvID, seq uint64) (read, members int, err error) {
+	read, members, err = cs.ReadCount(ctx, user, id, seq)
+	switch {
+	case errors.Is(err, persist.ErrNotFound):
+		return 0, 0, refuse(codec.CodeUnknownMessage, "no such message in that conversation")
+	case err != nil:
+		return 0, 0, &opError{what: "read count", err: err}
+	}
+	return read, members, nil
+}
+
 func (s *Server) handleReadCount(r *request) (proto.Message, *codec.Error) {
 	req := r.msg.(*pb.ReadCountRequest)
 	id, e := convID(req.Peer, req.GroupId)
 	if e != nil {
 		return nil, e
 	}
-	read, members, err := r.cs.ReadCount(r.ctx, r.c.user, id, req.Seq)
-	if errors.Is(err, persist.ErrNotFound) {
-		return nil, &codec.Error{Code: codec.CodeUnknownMessage, Message: "no such message in that conversation"}
-	}
+	read, members, err := readCount(r.ctx, r.cs, r.c.user, id, req.Seq)
 	if err != nil {
-		return nil, s.storeFailure(r.c, "read count", err)
+		return nil, s.failure(r.c, "", err)
 	}
 	return &pb.ReadCountOK{Seq: req.Seq, Read: uint32(read), Members: uint32(members)}, nil
 }

@@ -137,7 +137,7 @@ func TestChatEmbeddedEndToEnd(t *testing.T) {
 			phone.mustCall(codec.CmdGroupCreate, &pb.GroupCreateRequest{Name: "team", Members: []string{"bob", "carol"}}, &g)
 			var ack pb.SendAck
 			phone.mustCall(codec.CmdGroupSend, &pb.GroupSendRequest{ClientMsgId: "g1", GroupId: g.GroupId, Body: []byte("team!")}, &ack)
-			ps := carol.waitPushes(len(carol.pushes) + 1)
+			ps := carol.waitPushes(len(carol.pushes) + 2) // the creation's event, then the message
 			carol.mustCall(codec.CmdRead, &pb.ReadRequest{GroupId: g.GroupId}, &read)
 			if read.ReadSeq != ps[len(ps)-1].Seq || read.Unread != 0 {
 				t.Fatalf("carol's group READ_OK %v", &read)

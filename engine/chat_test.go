@@ -118,7 +118,9 @@ func TestChatConversationsReadAndReceiptsEverySerializer(t *testing.T) {
 			phone.mustCall(codec.CmdGroupCreate, &pb.GroupCreateRequest{Name: "team", Members: []string{"bob", "carol"}}, &g)
 			var ack pb.SendAck
 			phone.mustCall(codec.CmdGroupSend, &pb.GroupSendRequest{ClientMsgId: "g1", GroupId: g.GroupId, Body: []byte("team!")}, &ack)
-			ps := bob.waitPushes(len(bob.pushes) + 1)
+			// The creation's members_added event, then the message.
+			ps := bob.waitPushes(len(bob.pushes) + 2)
+			wantGroupEventOf(t, ps[len(ps)-2], g.GroupId, codec.GroupEventAdded, []string{"bob", "carol"}, "alice")
 			bobSeq := ps[len(ps)-1].Seq
 			bob.mustCall(codec.CmdRead, &pb.ReadRequest{GroupId: g.GroupId}, &read)
 			if read.GroupId != g.GroupId || read.ReadSeq != bobSeq {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"runtime"
 	"time"
 	"unicode/utf8"
@@ -12,12 +13,14 @@ import (
 
 	"github.com/imgn/imgn/cluster"
 	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/internal/defaults"
 	"github.com/imgn/imgn/persist"
 )
 
 // Config configures a Server. Zero fields take the defaults documented on
-// each field; Validate reports the first bad value. A Config is read once by
-// New and must not be changed afterwards.
+// each field (the Default... constants; WithDefaults fills them); Validate
+// reports every bad value. A Config is read once by New and must not be
+// changed afterwards.
 type Config struct {
 	// Addr is the client listener, "host:port". Default 127.0.0.1:9090.
 	Addr string
@@ -86,7 +89,9 @@ type Config struct {
 	// MaxConnInbound bounds the bytes of one connection's requests that
 	// are decoded but waiting to run (requests of one connection run one at
 	// a time, in order); each queued request counts its body plus 64 bytes.
-	// Beyond it a request is answered BUSY. Default 256 KiB.
+	// Beyond it a request is answered BUSY. With an asynchronous store it
+	// also bounds the sends a connection pipelines to the store's committer
+	// (beyond it they queue as above). Default 256 KiB.
 	MaxConnInbound int
 	// MaxNodeInbound bounds the same across the node. Default 64 MiB.
 	MaxNodeInbound int
@@ -132,74 +137,81 @@ type Config struct {
 	Edge EdgeConfig
 }
 
-// WithDefaults returns c with every zero field set to its documented
-// default (the only place the defaults live: imd's flags start from them).
-// It does not validate; New calls WithDefaults, then Validate.
+// Defaults of the Config fields: WithDefaults fills zero fields with them,
+// and imd's flags start from them. EventLoops and HashConcurrency default
+// to GOMAXPROCS, IdleTimeout to DefaultIdleHeartbeats x HeartbeatInterval.
+const (
+	DefaultAddr                 = "127.0.0.1:9090"
+	DefaultNodeID               = "n1"
+	DefaultNodeNum              = 1
+	DefaultMaxBody              = codec.DefaultMaxBody
+	DefaultLoginTimeout         = 10 * time.Second
+	DefaultHeartbeatInterval    = 30 * time.Second
+	DefaultIdleHeartbeats       = 3
+	DefaultHeartbeatRate        = 5000
+	DefaultMaxHeartbeatInterval = 5 * time.Minute
+	DefaultMaxOutbound          = 4 << 20
+	DefaultMaxConns             = 19000
+	DefaultSendRate             = 200
+	DefaultSendBurst            = 400
+	DefaultMaxGroupSize         = 1000
+	DefaultSyncLimit            = 100
+	DefaultSyncMaxLimit         = 500
+	DefaultRecallWindow         = 2 * time.Minute
+	DefaultTypingRate           = 2
+	DefaultTypingBurst          = 5
+	DefaultTypingExpiry         = 6 * time.Second
+	DefaultWorkers              = 256
+	DefaultMaxConnInbound       = 256 << 10
+	DefaultMaxNodeInbound       = 64 << 20
+	DefaultLoginRatePerIP       = 10
+	DefaultLoginBurstPerIP      = 30
+	DefaultGoAwayWindow         = 2 * time.Second
+	DefaultSessionTTL           = 5 * time.Minute
+	DefaultMaxTLSHandshakes     = 1024
+)
+
+// Bounds Validate enforces beyond "positive".
+const (
+	maxNodeNum        = 1023
+	maxNodeIDLen      = 64
+	maxBodyLimit      = 16 << 20
+	maxConnInboundCap = 1 << 30
+)
+
+// WithDefaults returns c with every zero field set to its default (the
+// Default... constants above; slog.Default(); a new registry). It judges
+// nothing: New calls WithDefaults, then Validate.
 func (c Config) WithDefaults() Config {
-	def := func(p *int, v int) {
-		if *p == 0 {
-			*p = v
-		}
-	}
-	if c.Addr == "" {
-		c.Addr = "127.0.0.1:9090"
-	}
-	if c.NodeID == "" {
-		c.NodeID = "n1"
-	}
-	if c.NodeNum == 0 {
-		c.NodeNum = 1
-	}
-	def(&c.EventLoops, runtime.GOMAXPROCS(0))
-	def(&c.MaxBody, codec.DefaultMaxBody)
-	if c.LoginTimeout == 0 {
-		c.LoginTimeout = 10 * time.Second
-	}
-	if c.HeartbeatInterval == 0 {
-		c.HeartbeatInterval = 30 * time.Second
-	}
-	if c.IdleTimeout == 0 {
-		c.IdleTimeout = 3 * c.HeartbeatInterval
-	}
-	if c.HeartbeatRate == 0 {
-		c.HeartbeatRate = 5000
-	}
-	if c.MaxHeartbeatInterval == 0 {
-		c.MaxHeartbeatInterval = 5 * time.Minute
-	}
-	def(&c.MaxOutbound, 4<<20)
-	def(&c.MaxConns, 19000)
-	if c.SendRate == 0 {
-		c.SendRate = 200
-	}
-	def(&c.SendBurst, 400)
-	def(&c.MaxGroupSize, 1000)
-	def(&c.SyncLimit, 100)
-	def(&c.SyncMaxLimit, 500)
-	if c.RecallWindow == 0 {
-		c.RecallWindow = 2 * time.Minute
-	}
-	if c.TypingRate == 0 {
-		c.TypingRate = 2
-	}
-	def(&c.TypingBurst, 5)
-	if c.TypingExpiry == 0 {
-		c.TypingExpiry = 6 * time.Second
-	}
-	def(&c.Workers, 256)
-	def(&c.MaxConnInbound, 256<<10)
-	def(&c.MaxNodeInbound, 64<<20)
-	def(&c.HashConcurrency, runtime.GOMAXPROCS(0))
-	if c.LoginRatePerIP == 0 {
-		c.LoginRatePerIP = 10
-	}
-	def(&c.LoginBurstPerIP, 30)
-	if c.GoAwayWindow == 0 {
-		c.GoAwayWindow = 2 * time.Second
-	}
-	if c.SessionTTL == 0 {
-		c.SessionTTL = 5 * time.Minute
-	}
+	defaults.Set(&c.Addr, DefaultAddr)
+	defaults.Set(&c.NodeID, DefaultNodeID)
+	defaults.Set(&c.NodeNum, DefaultNodeNum)
+	defaults.Set(&c.EventLoops, runtime.GOMAXPROCS(0))
+	defaults.Set(&c.MaxBody, DefaultMaxBody)
+	defaults.Set(&c.LoginTimeout, DefaultLoginTimeout)
+	defaults.Set(&c.HeartbeatInterval, DefaultHeartbeatInterval)
+	defaults.Set(&c.IdleTimeout, DefaultIdleHeartbeats*c.HeartbeatInterval)
+	defaults.Set(&c.HeartbeatRate, DefaultHeartbeatRate)
+	defaults.Set(&c.MaxHeartbeatInterval, DefaultMaxHeartbeatInterval)
+	defaults.Set(&c.MaxOutbound, DefaultMaxOutbound)
+	defaults.Set(&c.MaxConns, DefaultMaxConns)
+	defaults.Set(&c.SendRate, DefaultSendRate)
+	defaults.Set(&c.SendBurst, DefaultSendBurst)
+	defaults.Set(&c.MaxGroupSize, DefaultMaxGroupSize)
+	defaults.Set(&c.SyncLimit, DefaultSyncLimit)
+	defaults.Set(&c.SyncMaxLimit, DefaultSyncMaxLimit)
+	defaults.Set(&c.RecallWindow, DefaultRecallWindow)
+	defaults.Set(&c.TypingRate, DefaultTypingRate)
+	defaults.Set(&c.TypingBurst, DefaultTypingBurst)
+	defaults.Set(&c.TypingExpiry, DefaultTypingExpiry)
+	defaults.Set(&c.Workers, DefaultWorkers)
+	defaults.Set(&c.MaxConnInbound, DefaultMaxConnInbound)
+	defaults.Set(&c.MaxNodeInbound, DefaultMaxNodeInbound)
+	defaults.Set(&c.HashConcurrency, runtime.GOMAXPROCS(0))
+	defaults.Set(&c.LoginRatePerIP, DefaultLoginRatePerIP)
+	defaults.Set(&c.LoginBurstPerIP, DefaultLoginBurstPerIP)
+	defaults.Set(&c.GoAwayWindow, DefaultGoAwayWindow)
+	defaults.Set(&c.SessionTTL, DefaultSessionTTL)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -210,52 +222,81 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
-// Validate checks every field of a configuration that WithDefaults has
-// filled, and reports every problem it finds; it changes nothing.
+// Validate judges every field as given (call WithDefaults first: a zero
+// that WithDefaults would fill is an error here) and reports every problem,
+// naming the field and what it accepts. It changes nothing.
 func (c Config) Validate() error {
 	var errs []error
-	pos := func(name string, v int) {
-		if v < 0 {
-			errs = append(errs, fmt.Errorf("%s must not be negative, got %d", name, v))
+	atLeast := func(name string, v, lo int) {
+		if v < lo {
+			errs = append(errs, fmt.Errorf("%s must be at least %d, got %d", name, lo, v))
 		}
 	}
-	pos("EventLoops", c.EventLoops)
-	pos("MaxOutbound", c.MaxOutbound)
-	pos("MaxConns", c.MaxConns)
-	pos("MaxConnsPerIP", c.MaxConnsPerIP)
-	pos("SendBurst", c.SendBurst)
-	pos("TypingBurst", c.TypingBurst)
-	pos("MaxGroupSize", c.MaxGroupSize)
-	pos("Workers", c.Workers)
-	pos("MaxConnInbound", c.MaxConnInbound)
-	if c.MaxConnInbound > 1<<30 {
-		errs = append(errs, fmt.Errorf("MaxConnInbound must be at most 1 GiB, got %d", c.MaxConnInbound))
-	}
-	pos("MaxNodeInbound", c.MaxNodeInbound)
-	pos("HashConcurrency", c.HashConcurrency)
-	if c.MaxBody < 0 || c.MaxBody > 16<<20 {
-		errs = append(errs, fmt.Errorf("MaxBody must be in 1..16777216, got %d", c.MaxBody))
-	}
-	if !utf8.ValidString(c.NodeID) || len(c.NodeID) > 64 {
-		errs = append(errs, fmt.Errorf("NodeID must be at most 64 bytes of UTF-8, got %q", c.NodeID))
-	}
-	if c.NodeNum > 1023 {
-		errs = append(errs, fmt.Errorf("NodeNum must be in 1..1023, got %d", c.NodeNum))
-	}
-	for name, d := range map[string]time.Duration{"LoginTimeout": c.LoginTimeout, "HeartbeatInterval": c.HeartbeatInterval, "IdleTimeout": c.IdleTimeout, "GoAwayWindow": c.GoAwayWindow,
-		"RecallWindow": c.RecallWindow, "TypingExpiry": c.TypingExpiry} {
-		if d < 0 {
-			errs = append(errs, fmt.Errorf("%s must not be negative, got %s", name, d))
+	in := func(name string, v, lo, hi int) {
+		if v < lo || v > hi {
+			errs = append(errs, fmt.Errorf("%s must be in %d..%d, got %d", name, lo, hi, v))
 		}
 	}
+	positive := func(name string, d time.Duration) {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, got %s", name, d))
+		}
+	}
+	// A negative rate disables its bound; zero is no rate at all.
+	rate := func(name string, r float64, negativeDisables bool) {
+		switch {
+		case r == 0 || (r < 0 && !negativeDisables):
+			want := "positive"
+			if negativeDisables {
+				want = "positive, or negative to disable the bound"
+			}
+			errs = append(errs, fmt.Errorf("%s must be %s, got %g", name, want, r))
+		}
+	}
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		errs = append(errs, fmt.Errorf("Addr must be HOST:PORT, got %q: %w", c.Addr, err))
+	}
+	if c.NodeID == "" || !utf8.ValidString(c.NodeID) || len(c.NodeID) > maxNodeIDLen {
+		errs = append(errs, fmt.Errorf("NodeID must be 1..%d bytes of UTF-8, got %q", maxNodeIDLen, c.NodeID))
+	}
+	in("NodeNum", int(c.NodeNum), 1, maxNodeNum)
+	atLeast("EventLoops", c.EventLoops, 1)
+	in("MaxBody", c.MaxBody, 1, maxBodyLimit)
+	atLeast("MaxOutbound", c.MaxOutbound, 1)
+	atLeast("MaxConns", c.MaxConns, 1)
+	atLeast("MaxConnsPerIP", c.MaxConnsPerIP, 0)
+	atLeast("SendBurst", c.SendBurst, 1)
+	atLeast("TypingBurst", c.TypingBurst, 1)
+	atLeast("LoginBurstPerIP", c.LoginBurstPerIP, 1)
+	atLeast("MaxGroupSize", c.MaxGroupSize, 1)
+	atLeast("Workers", c.Workers, 1)
+	in("MaxConnInbound", c.MaxConnInbound, 1, maxConnInboundCap)
+	atLeast("MaxNodeInbound", c.MaxNodeInbound, 1)
+	atLeast("HashConcurrency", c.HashConcurrency, 1)
+	atLeast("SyncLimit", c.SyncLimit, 1)
+	atLeast("SyncMaxLimit", c.SyncMaxLimit, 1)
+	if c.SyncLimit > c.SyncMaxLimit {
+		errs = append(errs, fmt.Errorf("SyncLimit (%d) must be at most SyncMaxLimit (%d)", c.SyncLimit, c.SyncMaxLimit))
+	}
+	positive("LoginTimeout", c.LoginTimeout)
+	positive("HeartbeatInterval", c.HeartbeatInterval)
+	positive("MaxHeartbeatInterval", c.MaxHeartbeatInterval)
+	positive("IdleTimeout", c.IdleTimeout)
+	positive("GoAwayWindow", c.GoAwayWindow)
+	positive("RecallWindow", c.RecallWindow)
+	positive("TypingExpiry", c.TypingExpiry)
 	if c.IdleTimeout < c.HeartbeatInterval {
 		errs = append(errs, fmt.Errorf("IdleTimeout (%s) must be at least HeartbeatInterval (%s)", c.IdleTimeout, c.HeartbeatInterval))
 	}
-	if c.SendRate < 0 {
-		errs = append(errs, fmt.Errorf("SendRate must not be negative, got %g", c.SendRate))
+	rate("SendRate", c.SendRate, false)
+	rate("TypingRate", c.TypingRate, true)
+	rate("LoginRatePerIP", c.LoginRatePerIP, true)
+	rate("HeartbeatRate", c.HeartbeatRate, true)
+	if c.Logger == nil {
+		errs = append(errs, errors.New("a Logger is required (WithDefaults sets slog.Default())"))
 	}
-	if c.SyncLimit > c.SyncMaxLimit {
-		errs = append(errs, fmt.Errorf("SyncLimit (%d) exceeds SyncMaxLimit (%d)", c.SyncLimit, c.SyncMaxLimit))
+	if c.Registry == nil {
+		errs = append(errs, errors.New("a Registry is required (WithDefaults makes one)"))
 	}
 	if c.Sessions != nil && c.Cluster == nil {
 		errs = append(errs, errors.New("a session store (Sessions) needs a Cluster: routes name cluster nodes"))

@@ -57,10 +57,13 @@ type conn struct {
 	head, tail *task   // requests waiting to run, in arrival order
 
 	state    atomic.Uint32
-	sockOut  atomic.Int32  // bytes the transport still had to send after the last flush
-	inBytes  int32         // (mu) bytes held by head..tail, bounded by MaxConnInbound
-	inflight int32         // (mu) appends handed to the store and not yet complete
-	renewed  atomic.Uint32 // seconds since the server started: last session-route renewal
+	sockOut  atomic.Int32 // bytes the transport still had to send after the last flush
+	inBytes  int32        // (mu) bytes held by head..tail, bounded by MaxConnInbound
+	inflight int32        // (mu) appends handed to the store and not yet complete
+	// (mu) bytes of those appends (inflightCost), bounded with the
+	// pipelined sends by Config.MaxConnInbound (see mayStartLocked)
+	inflightBytes int
+	renewed       atomic.Uint32 // seconds since the server started: last session-route renewal
 
 	hbSec        uint16             // heartbeat interval announced at login, seconds
 	ser          codec.SerializerID // serializer of server-initiated frames
@@ -261,7 +264,11 @@ type task struct {
 
 // taskCost is what a queued request counts against the inbound bounds: its
 // body and a fixed overhead, so a flood of empty frames is bounded too.
-func taskCost(t *task) int { return len(t.body) + 64 }
+func taskCost(t *task) int { return bodyCost(len(t.body)) }
+
+// bodyCost is what a request with an n-byte body counts against the
+// inbound bounds.
+func bodyCost(n int) int { return n + 64 }
 
 var taskPool = sync.Pool{New: func() any { return new(task) }}
 
@@ -277,7 +284,7 @@ func putTask(t *task) {
 }
 
 // hasWork reports whether requests of c are queued, running on a worker, or
-// waiting for the store: a new request must then queue behind them.
+// waiting for the store.
 func (c *conn) hasWork() bool {
 	c.mu.Lock()
 	busy := c.head != nil || c.running || c.inflight > 0
@@ -306,6 +313,50 @@ func (c *conn) noLogin() bool {
 	// worker's state write happens before its last unlock of mu, which
 	// hasWork has just taken).
 	return !c.loggedIn()
+}
+
+// mustQueue reports whether a new request cmd with a body of n bytes must
+// queue behind c's earlier ones: requests queued or running on a worker, or
+// appends at the store it may not overtake (mayStartLocked).
+func (c *conn) mustQueue(cmd codec.Command, n int) bool {
+	c.mu.Lock()
+	busy := c.head != nil || c.running || !c.mayStartLocked(cmd, bodyCost(n))
+	c.mu.Unlock()
+	return busy
+}
+
+// mayStartLocked reports whether a request cmd costing cost bytes may start
+// while c's appends in flight are at the store: always when there are none;
+// for a send that may overtake them (inflightAllowed), while fewer than
+// maxPipelinedSends are in flight and their bytes and its own stay within
+// Config.MaxConnInbound, the same budget as requests queued for workers.
+// c.mu must be held.
+func (c *conn) mayStartLocked(cmd codec.Command, cost int) bool {
+	if c.inflight == 0 {
+		return true
+	}
+	s := c.loop.srv
+	return c.inflight < s.inflightAllowed(cmd) && c.inflightBytes+cost <= s.cfg.MaxConnInbound
+}
+
+// maxPipelinedSends bounds the appends of one connection in flight at the
+// store's committer at once (their bytes are bounded too, see
+// mayStartLocked); a send beyond either bound queues for a worker, under the
+// connection's inbound bound, until completions make room.
+const maxPipelinedSends = 64
+
+// inflightAllowed is how many appends of its connection may be in flight at
+// the store while request cmd starts. With an asynchronous store a send may
+// follow earlier ones without waiting for them: they all go through the
+// committer's queue, which stores and completes them in the order they were
+// handed over, so the client's order holds and the committer batches them
+// (one fsync) instead of taking one per round trip. Any other request waits
+// for every append (it must see their effects).
+func (s *Server) inflightAllowed(cmd codec.Command) int32 {
+	if s.async != nil && !s.inline && (cmd == codec.CmdSend || cmd == codec.CmdGroupSend) {
+		return maxPipelinedSends
+	}
+	return 1
 }
 
 // enqueue queues t to run after c's earlier requests and, unless a worker
@@ -344,7 +395,7 @@ func (c *conn) enqueue(src *loop, t *task) {
 		c.tail.next = t
 	}
 	c.tail = t
-	start := !c.running && c.inflight == 0
+	start := !c.running && c.mayStartLocked(c.head.h.Command, taskCost(c.head))
 	if start {
 		c.running = true
 	}
@@ -354,14 +405,15 @@ func (c *conn) enqueue(src *loop, t *task) {
 	}
 }
 
-// runTasks runs c's queued requests until none is left, or until an append
-// it started is in flight (its completion restarts the queue). Worker only.
+// runTasks runs c's queued requests until none is left, or until the next
+// one must wait for appends in flight (mayStartLocked; their completion
+// restarts the queue). Worker only.
 func (c *conn) runTasks() {
 	s := c.loop.srv
 	for {
 		c.mu.Lock()
 		t := c.head
-		if t == nil || c.closed || c.inflight > 0 {
+		if t == nil || c.closed || !c.mayStartLocked(t.h.Command, taskCost(t)) {
 			c.running = false
 			c.mu.Unlock()
 			return
@@ -379,12 +431,13 @@ func (c *conn) runTasks() {
 	}
 }
 
-// appendDone is called when one of c's in-flight appends completes: the
-// queue it held back runs now.
-func (c *conn) appendDone() {
+// appendDone is called when one of c's in-flight appends, of cost bytes,
+// completes: the queue it held back runs now if its next request may start.
+func (c *conn) appendDone(cost int) {
 	c.mu.Lock()
 	c.inflight--
-	start := c.inflight == 0 && c.head != nil && !c.running && !c.closed
+	c.inflightBytes -= cost
+	start := c.head != nil && !c.running && !c.closed && c.mayStartLocked(c.head.h.Command, taskCost(c.head))
 	if start {
 		c.running = true
 	}

@@ -102,7 +102,9 @@ func TestClientEveryFlowEverySerializer(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, c := range []*client.Client{a, b} {
-				if m := receive(t, c, 1)[0]; m.GroupId != g.GroupId || string(m.Body) != "group hi" {
+				ms := receive(t, c, 2) // the creation's event, then the message
+				wantGroupEvent(t, ms[0], g.GroupId, codec.GroupEventAdded, bob, a.User())
+				if m := ms[1]; m.GroupId != g.GroupId || string(m.Body) != "group hi" {
 					t.Fatalf("%s got %v", c.User(), m)
 				}
 			}
@@ -161,8 +163,9 @@ func TestConcurrentDevicesSeeTheirWholeInboxInOrder(t *testing.T) {
 	}
 	wg.Wait()
 	// Every message lands in both inboxes (1:1 to sender and recipient,
-	// group to both members): 2 users x 3 devices x 40.
-	total := len(users) * len(devices) * perDevice
+	// group to both members): 2 users x 3 devices x 40, after the event
+	// announcing bo in the group.
+	total := len(users)*len(devices)*perDevice + 1
 	for _, u := range users {
 		head, _ := s.store.LastSeq(t.Context(), u)
 		if head != uint64(total) {

@@ -253,16 +253,21 @@ func TestGroups(t *testing.T) {
 	}
 	cl["eve"].wantError(codec.CmdGroupJoin, &pb.GroupRequest{GroupId: g.GroupId}, codec.CodeGroupFull)
 	cl["eve"].wantError(codec.CmdGroupJoin, &pb.GroupRequest{GroupId: "gnope"}, codec.CodeUnknownGroup)
-	// Every member, dan included, sees dan's join as the group's first
-	// entry.
-	for _, u := range []string{"ann", "ben", "cat", "dan"} {
-		wantGroupEvent(t, cl[u].waitPushes(1)[0], g.GroupId, codec.GroupEventAdded, "dan", "dan")
+	// The initial members' first entry announces them; dan's first is
+	// his join, which every member sees.
+	first := map[string]int{"ann": 1, "ben": 1, "cat": 1, "dan": 0} // entries before the join
+	for _, u := range []string{"ann", "ben", "cat"} {
+		wantGroupEventOf(t, cl[u].waitPushes(1)[0], g.GroupId, codec.GroupEventAdded, []string{"ben", "cat"}, "ann")
+	}
+	for u, n := range first {
+		wantGroupEvent(t, cl[u].waitPushes(n + 1)[n], g.GroupId, codec.GroupEventAdded, "dan", "dan")
 	}
 	var ack pb.SendAck
 	cl["ben"].mustCall(codec.CmdGroupSend, &pb.GroupSendRequest{ClientMsgId: "g1", GroupId: g.GroupId, Body: []byte("hello team")}, &ack)
 	for _, u := range []string{"ann", "cat", "dan"} { // not ben: the sender has the ack
-		p := cl[u].waitPushes(2)[1]
-		if p.GroupId != g.GroupId || p.From != "ben" || string(p.Body) != "hello team" || p.MsgId != ack.MsgId || p.Seq != 2 {
+		n := first[u] + 2
+		p := cl[u].waitPushes(n)[n-1]
+		if p.GroupId != g.GroupId || p.From != "ben" || string(p.Body) != "hello team" || p.MsgId != ack.MsgId || p.Seq != uint64(n) {
 			t.Fatalf("%s got %v", u, p)
 		}
 	}
@@ -278,10 +283,11 @@ func TestGroups(t *testing.T) {
 	}
 	var sync pb.SyncOK
 	cl["cat"].mustCall(codec.CmdSync, &pb.SyncRequest{}, &sync)
-	if len(sync.Messages) != 3 || string(sync.Messages[1].Body) != "hello team" {
-		t.Fatalf("cat has %v after leaving, want dan's join, hello team and its own leave", sync.Messages)
+	if len(sync.Messages) != 4 || string(sync.Messages[2].Body) != "hello team" {
+		t.Fatalf("cat has %v after leaving, want its addition, dan's join, hello team and its own leave", sync.Messages)
 	}
-	wantGroupEvent(t, sync.Messages[2], g.GroupId, codec.GroupEventRemoved, "cat", "cat")
+	wantGroupEventOf(t, sync.Messages[0], g.GroupId, codec.GroupEventAdded, []string{"ben", "cat"}, "ann")
+	wantGroupEvent(t, sync.Messages[3], g.GroupId, codec.GroupEventRemoved, "cat", "cat")
 	var members pb.GroupInfo
 	cl["ann"].mustCall(codec.CmdGroupMembers, &pb.GroupRequest{GroupId: g.GroupId}, &members)
 	if !slices.Equal(members.Members, []string{"ann", "ben", "dan"}) {

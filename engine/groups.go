@@ -221,7 +221,20 @@ func (s *Server) createGroup(ctx context.Context, owner, by, name string, member
 	s.observeGroup(GroupChange{Kind: GroupCreated, Group: g.ID, User: g.Owner, By: by, Name: g.Name, Owner: g.Owner, Members: g.Members})
 	// The state as stored (roles normalised), without reading it back: a
 	// read could already see a later change.
-	return persist.NewGroupState(g)
+	g, err := persist.NewGroupState(g)
+	if err != nil {
+		return g, err
+	}
+	// The initial members are announced as GROUP_ADD announces members:
+	// each member's timeline starts with how it came into the group.
+	ch := groupChange{oldOwner: g.Owner}
+	for _, u := range g.Members {
+		if u != owner {
+			ch.added = append(ch.added, u)
+		}
+	}
+	s.announce(ctx, g, groupOp{cmd: codec.CmdGroupCreate, actor: by}, &ch)
+	return g, nil
 }
 
 // CreateGroup creates a group owned by owner (an existing account, made a
@@ -493,7 +506,7 @@ func (s *Server) announce(ctx context.Context, g persist.Group, op groupOp, ch *
 	for _, ev := range events {
 		body, err := json.Marshal(ev)
 		if err == nil {
-			err = s.systemGroupMessage(ctx, g.ID, inboxes, body)
+			err = s.systemGroupMessage(ctx, g.ID, inboxes, body, op.actor)
 		}
 		if err != nil {
 			s.log.Warn("group event not stored", "group", g.ID, "event", ev.Type, "err", err)
@@ -502,8 +515,12 @@ func (s *Server) announce(ctx context.Context, g persist.Group, op groupOp, ch *
 }
 
 // systemGroupMessage stores a system message of kind codec.KindGroupEvent
-// in group id's conversation of each inbox and pushes it.
-func (s *Server) systemGroupMessage(ctx context.Context, id string, inboxes []string, body []byte) error {
+// in group id's conversation of each inbox and pushes it. The event has no
+// sender, so actor (who made the change; "" for an operator) has their
+// read cursor raised to it, as a sender's own message does: nobody sees
+// their own change as unread. The cursor is raised before the pushes, so
+// a device that reads its conversations on the push sees it read.
+func (s *Server) systemGroupMessage(ctx context.Context, id string, inboxes []string, body []byte, actor string) error {
 	now := time.Now().UnixMilli()
 	mid := s.ids.nextAt(now)
 	msg := persist.Message{ID: mid, To: id, Group: true, ClientMsgID: "sys-" + strconv.FormatUint(mid, 36),
@@ -513,6 +530,24 @@ func (s *Server) systemGroupMessage(ctx context.Context, id string, inboxes []st
 		return err
 	}
 	s.metrics.messages.Inc()
+	if i := slices.Index(inboxes, actor); actor != "" && i >= 0 {
+		s.readOwnEvent(ctx, actor, id, res.Seqs[i])
+	}
 	s.deliver(nil, nil, &res.Msg, inboxes, res.Seqs, nil)
 	return nil
+}
+
+// readOwnEvent raises actor's read cursor in group id to seq, the seq of a
+// membership event actor caused. It reads and writes the chat store (in a
+// cluster the shared one, where cursors only rise); a store without the
+// chat seam keeps no cursors. A failure is logged: the event stands and
+// only counts as unread.
+func (s *Server) readOwnEvent(ctx context.Context, actor, id string, seq uint64) {
+	cs := s.chatStore()
+	if cs == nil {
+		return
+	}
+	if _, err := cs.MarkRead(ctx, actor, persist.ConvID{ID: id, Group: true}, seq); err != nil {
+		s.log.Warn("own group event not marked read", "group", id, "user", actor, "err", err)
+	}
 }

@@ -39,8 +39,11 @@ func TestClientGroupsEverySerializer(t *testing.T) {
 			if g, err = bob.AddGroupMembers(ctx, id, n("carol")); err != nil || len(g.Members) != 3 {
 				t.Fatalf("add %v %v", g, err)
 			}
-			// Messages carries the events: the admin change, then the add
-			// (carol sees only her addition).
+			// Messages carries the events: the creation's addition of bob,
+			// the admin change, then the add (carol sees only her addition).
+			for _, c := range []*client.Client{alice, bob} {
+				wantGroupEvent(t, receive(t, c, 1)[0], id, codec.GroupEventAdded, n("bob"), n("alice"))
+			}
 			for _, c := range []*client.Client{alice, bob} {
 				wantGroupEvent(t, receive(t, c, 1)[0], id, codec.GroupEventAdminAdded, n("bob"), n("alice"))
 			}

@@ -12,12 +12,18 @@ import (
 // made by by, in group.
 func wantGroupEvent(t *testing.T, m *pb.Message, group, typ, user, by string) {
 	t.Helper()
+	wantGroupEventOf(t, m, group, typ, []string{user}, by)
+}
+
+// wantGroupEventOf is wantGroupEvent about users.
+func wantGroupEventOf(t *testing.T, m *pb.Message, group, typ string, users []string, by string) {
+	t.Helper()
 	if m.From != "" || m.GroupId != group || m.Kind != codec.KindGroupEvent {
 		t.Fatalf("%v is not a membership event of %s", m, group)
 	}
 	ev, err := codec.ParseGroupEvent(m.Body)
-	if err != nil || ev.Type != typ || !slices.Equal(ev.Users, []string{user}) || ev.By != by {
-		t.Fatalf("event %q (%v), want %s of %s by %q", m.Body, err, typ, user, by)
+	if err != nil || ev.Type != typ || !slices.Equal(ev.Users, users) || ev.By != by {
+		t.Fatalf("event %q (%v), want %s of %v by %q", m.Body, err, typ, users, by)
 	}
 }
 
@@ -46,6 +52,9 @@ func testGroupAccessControl(t *testing.T, ser codec.SerializerID) {
 	if g.Open || g.Owner != "alice" || len(g.Admins) != 0 {
 		t.Fatalf("created %v: want invite-only, owned by alice, no admins", &g)
 	}
+	// The initial members are announced as GROUP_ADD announces members.
+	wantGroupEvent(t, lastPush(bob, 1), id, codec.GroupEventAdded, "bob", "alice")
+	wantGroupEvent(t, lastPush(alice, 1), id, codec.GroupEventAdded, "bob", "alice")
 	// Outsiders: no join, no member list, no changes.
 	carol.wantError(codec.CmdGroupJoin, &pb.GroupRequest{GroupId: id}, codec.CodeGroupInviteOnly)
 	carol.wantError(codec.CmdGroupMembers, &pb.GroupRequest{GroupId: id}, codec.CodeNotGroupMember)
@@ -64,7 +73,7 @@ func testGroupAccessControl(t *testing.T, ser codec.SerializerID) {
 	if !slices.Equal(g.Admins, []string{"bob"}) {
 		t.Fatalf("admins %v", g.Admins)
 	}
-	wantGroupEvent(t, lastPush(bob, 1), id, codec.GroupEventAdminAdded, "bob", "alice")
+	wantGroupEvent(t, lastPush(bob, 2), id, codec.GroupEventAdminAdded, "bob", "alice")
 	alice.wantError(codec.CmdGroupAdmin, &pb.GroupAdminRequest{GroupId: id, User: "alice", Admin: true}, codec.CodeInvalidArgument)
 	alice.wantError(codec.CmdGroupAdmin, &pb.GroupAdminRequest{GroupId: id, User: "carol", Admin: true}, codec.CodeNotGroupMember)
 	bob.wantError(codec.CmdGroupAdd, &pb.GroupMembersRequest{GroupId: id, Users: []string{"ghost"}}, codec.CodeUnknownRecipient)

@@ -106,6 +106,11 @@ func (op *sendOp) keep(b []byte) string {
 	return string(b)
 }
 
+// inflightCost is what op counts against its connection's inbound bound
+// while it is at the store: the bytes it keeps (op.buf, which does not
+// change until the op is released) plus the fixed overhead.
+func (op *sendOp) inflightCost() int { return bodyCost(len(op.buf)) }
+
 func (op *sendOp) reserve(n int) {
 	if op.s.async != nil && !op.s.inline && cap(op.buf) < n {
 		op.buf = make([]byte, 0, n)
@@ -265,6 +270,7 @@ func (s *Server) submitAppend(ctx context.Context, src *loop, op *sendOp) {
 		op.async = true
 		op.c.mu.Lock()
 		op.c.inflight++
+		op.c.inflightBytes += op.inflightCost()
 		op.c.mu.Unlock()
 		s.inflightOps.Add(1)
 		s.async.AppendAsync(&op.AppendOp)
@@ -307,7 +313,7 @@ func (op *sendOp) AppendDone(*persist.AppendOp) {
 	}
 	if op.async {
 		s.inflightOps.Add(-1)
-		c.appendDone()
+		c.appendDone(op.inflightCost())
 	}
 	putSendOp(op)
 }

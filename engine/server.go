@@ -377,11 +377,11 @@ func (s *Server) onFrame(l *loop, c *conn, f codec.Frame) (stop bool) {
 		c.replyError(l, f.Serializer, f.Seq, codec.CodeShuttingDown, "node is shutting down", 0)
 		return false
 	}
-	if s.onLoop(cmd) && !c.hasWork() {
+	if s.onLoop(cmd) && !c.mustQueue(cmd, len(f.Body)) {
 		s.exec(l, c, f.Header, f.Body, netip.Addr{})
 		return false
 	}
-	if cmd == codec.CmdLogin && s.inline && !c.hasWork() {
+	if cmd == codec.CmdLogin && s.inline && !c.mustQueue(cmd, len(f.Body)) {
 		// A token login needs no hashing: with a store that never blocks
 		// it runs here. A password login goes to a worker.
 		m, err := codec.DecodeRequest(f.Serializer, cmd, f.Body)

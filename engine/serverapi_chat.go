@@ -2,9 +2,7 @@ package engine
 
 import (
 	"context"
-	"errors"
 
-	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/persist"
 )
 
@@ -39,12 +37,5 @@ func (s *Server) ReadCount(ctx context.Context, user string, conv persist.ConvID
 	if err := checkConv(conv); err != nil {
 		return 0, 0, err
 	}
-	read, members, err = cs.ReadCount(ctx, user, conv, seq)
-	switch {
-	case errors.Is(err, persist.ErrNotFound):
-		return 0, 0, refuse(codec.CodeUnknownMessage, "no such message in that conversation")
-	case err != nil:
-		return 0, 0, &opError{what: "read count", err: err}
-	}
-	return read, members, nil
+	return readCount(ctx, cs, user, conv, seq)
 }

@@ -3,6 +3,8 @@ package engine
 import (
 	"fmt"
 	"github.com/imgn/imgn/auth"
+	"github.com/imgn/imgn/persist"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -238,5 +240,38 @@ func BenchmarkSessionLookup(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// TestConfigValidateApartFromDefaults: Validate judges the fields as given
+// and changes nothing (a zero it would have defaulted is an error to it);
+// WithDefaults fills without judging; together they accept the zero Config
+// with a store, and the defaults are the exported constants.
+func TestConfigValidateApartFromDefaults(t *testing.T) {
+	var st persist.Store = struct{ persist.Store }{} // Validate only checks that one is set
+	c := Config{Store: st, MaxOutbound: -1}
+	before := c
+	err := c.Validate()
+	if err == nil || !reflect.DeepEqual(c, before) {
+		t.Fatalf("Validate of an undefaulted config: err %v, config changed %v", err, !reflect.DeepEqual(c, before))
+	}
+	for _, want := range []string{"Addr", "NodeID", "NodeNum must be in 1..1023", "Workers must be at least 1", "MaxOutbound must be at least 1, got -1", "HeartbeatInterval must be positive", "SendRate"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate must report %q: %v", want, err)
+		}
+	}
+	d := Config{Store: st, MaxOutbound: -1}.WithDefaults()
+	if d.MaxOutbound != -1 || d.Workers != DefaultWorkers || d.IdleTimeout != DefaultIdleHeartbeats*DefaultHeartbeatInterval ||
+		d.Addr != DefaultAddr || d.MaxBody != DefaultMaxBody || d.Edge.MaxTLSHandshakes != DefaultMaxTLSHandshakes {
+		t.Fatalf("WithDefaults: %+v", d)
+	}
+	if err := d.Validate(); err == nil || !strings.Contains(err.Error(), "MaxOutbound") {
+		t.Fatalf("WithDefaults must leave a negative field for Validate: %v", err)
+	}
+	if err := (Config{Store: st}).WithDefaults().Validate(); err != nil {
+		t.Fatalf("the defaulted zero Config is refused: %v", err)
+	}
+	if err := (Config{}).WithDefaults().Validate(); err == nil || !strings.Contains(err.Error(), "Store") {
+		t.Fatalf("no Store: %v", err)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/url"
 	"strings"
+
+	"github.com/imgn/imgn/internal/defaults"
 )
 
 // EdgeConfig configures the listeners beyond the plain TCP one: WebSocket
@@ -41,7 +43,7 @@ type EdgeConfig struct {
 	// such a proxy: anyone can claim any address otherwise.
 	ProxyProtocol bool
 	// MaxTLSHandshakes bounds concurrent TLS handshakes; connections
-	// beyond it are closed at once. Default 1024.
+	// beyond it are closed at once. Default DefaultMaxTLSHandshakes (1024).
 	MaxTLSHandshakes int
 }
 
@@ -53,9 +55,7 @@ func (e *EdgeConfig) enabled() bool {
 
 // withDefaults returns e with its zero fields filled.
 func (e EdgeConfig) withDefaults() EdgeConfig {
-	if e.MaxTLSHandshakes == 0 {
-		e.MaxTLSHandshakes = 1024
-	}
+	defaults.Set(&e.MaxTLSHandshakes, DefaultMaxTLSHandshakes)
 	return e
 }
 
@@ -90,8 +90,8 @@ func (e EdgeConfig) validate(addr string) error {
 			errs = append(errs, fmt.Errorf("WSOrigins: %q is not an origin like https://chat.example.com", o))
 		}
 	}
-	if e.MaxTLSHandshakes < 0 {
-		errs = append(errs, fmt.Errorf("MaxTLSHandshakes must not be negative, got %d", e.MaxTLSHandshakes))
+	if e.MaxTLSHandshakes < 1 {
+		errs = append(errs, fmt.Errorf("MaxTLSHandshakes must be at least 1, got %d", e.MaxTLSHandshakes))
 	}
 	return errors.Join(errs...)
 }

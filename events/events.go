@@ -51,6 +51,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/internal/defaults"
 	"github.com/imgn/imgn/persist"
 )
 
@@ -103,40 +104,59 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// withDefaults returns c with its zero fields set to the defaults, or
-// why c cannot be used.
-func (c Config) withDefaults() (Config, error) {
-	if c.NodeID == "" {
-		return c, errors.New("events: a node id is required")
-	}
-	if c.Client == nil && len(c.Addrs) == 0 {
-		return c, errors.New("events: no Redis address configured")
-	}
-	if c.MaxLen < 0 || c.QueueSize < 0 || c.BatchSize < 0 || c.ReplayMargin < 0 || c.OpTimeout < 0 {
-		return c, errors.New("events: MaxLen, QueueSize, BatchSize, ReplayMargin and OpTimeout must not be negative")
-	}
-	if c.Stream == "" {
-		c.Stream = DefaultStream
-	}
-	if c.MaxLen == 0 {
-		c.MaxLen = DefaultMaxLen
-	}
-	if c.QueueSize == 0 {
-		c.QueueSize = DefaultQueueSize
-	}
-	if c.BatchSize == 0 {
-		c.BatchSize = DefaultBatchSize
-	}
-	if c.ReplayMargin == 0 {
-		c.ReplayMargin = DefaultReplayMargin
-	}
-	if c.OpTimeout == 0 {
-		c.OpTimeout = DefaultOpTimeout
-	}
+// WithDefaults returns c with every zero field set to its default (the
+// Default... constants above; slog.Default()). It judges nothing: New
+// calls WithDefaults, then Validate.
+func (c Config) WithDefaults() Config {
+	defaults.Set(&c.Stream, DefaultStream)
+	defaults.Set(&c.MaxLen, DefaultMaxLen)
+	defaults.Set(&c.QueueSize, DefaultQueueSize)
+	defaults.Set(&c.BatchSize, DefaultBatchSize)
+	defaults.Set(&c.ReplayMargin, DefaultReplayMargin)
+	defaults.Set(&c.OpTimeout, DefaultOpTimeout)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	return c, nil
+	return c
+}
+
+// Validate judges every field as given (call WithDefaults first: a zero
+// that WithDefaults would fill is an error here) and reports every
+// problem, naming the field and what it accepts. It changes nothing.
+func (c Config) Validate() error {
+	var errs []error
+	if c.NodeID == "" {
+		errs = append(errs, errors.New("a NodeID is required"))
+	}
+	if c.Client == nil && len(c.Addrs) == 0 {
+		errs = append(errs, errors.New("a Client or Addrs (the Redis servers) is required"))
+	}
+	if c.Stream == "" {
+		errs = append(errs, errors.New("a non-empty Stream is required"))
+	}
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{{"MaxLen", c.MaxLen}, {"QueueSize", int64(c.QueueSize)}, {"BatchSize", int64(c.BatchSize)}} {
+		if f.v < 1 {
+			errs = append(errs, fmt.Errorf("%s must be at least 1, got %d", f.name, f.v))
+		}
+	}
+	for _, f := range []struct {
+		name string
+		d    time.Duration
+	}{{"ReplayMargin", c.ReplayMargin}, {"OpTimeout", c.OpTimeout}} {
+		if f.d <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, got %s", f.name, f.d))
+		}
+	}
+	if c.Logger == nil {
+		errs = append(errs, errors.New("a Logger is required (WithDefaults sets slog.Default())"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("events: config: %w", err)
+	}
+	return nil
 }
 
 // CheckpointKey is the key holding a node's checkpoint in Redis.
@@ -175,8 +195,8 @@ type metrics struct {
 // contact Redis: a node starts while Redis is down, and its events wait in
 // the queue.
 func New(cfg Config) (*Publisher, error) {
-	cfg, err := cfg.withDefaults()
-	if err != nil {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	p := &Publisher{cfg: cfg, log: cfg.Logger.With("component", "events"), queue: make(chan *Event, cfg.QueueSize),

@@ -7,8 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -329,6 +331,37 @@ func TestConfigErrors(t *testing.T) {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New(%+v) succeeded", cfg)
 		}
+	}
+}
+
+// TestConfigValidateApartFromDefaults: Validate judges the fields as given
+// and changes nothing; WithDefaults fills the zero fields with the
+// Default... constants and leaves a bad value for Validate.
+func TestConfigValidateApartFromDefaults(t *testing.T) {
+	c := Config{NodeID: "n1", Addrs: []string{"x:1"}, BatchSize: -1}
+	before := c
+	err := c.Validate()
+	if err == nil || !reflect.DeepEqual(c, before) {
+		t.Fatalf("Validate of an undefaulted config: err %v, config changed %v", err, !reflect.DeepEqual(c, before))
+	}
+	for _, want := range []string{"Stream", "MaxLen must be at least 1, got 0", "BatchSize must be at least 1, got -1", "OpTimeout must be positive", "Logger"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate must report %q: %v", want, err)
+		}
+	}
+	d := c.WithDefaults()
+	if d.BatchSize != -1 || d.Stream != DefaultStream || d.MaxLen != DefaultMaxLen || d.QueueSize != DefaultQueueSize ||
+		d.ReplayMargin != DefaultReplayMargin || d.OpTimeout != DefaultOpTimeout || d.Logger == nil {
+		t.Fatalf("WithDefaults: %+v", d)
+	}
+	if err := d.Validate(); err == nil || !strings.Contains(err.Error(), "BatchSize") || strings.Contains(err.Error(), "MaxLen") {
+		t.Fatalf("after WithDefaults only BatchSize is wrong: %v", err)
+	}
+	if err := (Config{}).WithDefaults().Validate(); err == nil || !strings.Contains(err.Error(), "NodeID") || !strings.Contains(err.Error(), "Addrs") {
+		t.Fatalf("the zero Config needs a node id and Redis: %v", err)
+	}
+	if err := (Config{NodeID: "n1", Addrs: []string{"x:1"}}).WithDefaults().Validate(); err != nil {
+		t.Fatalf("the defaulted minimal config is refused: %v", err)
 	}
 }
 

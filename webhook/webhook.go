@@ -45,6 +45,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/internal/defaults"
 	"github.com/imgn/imgn/persist"
 )
 
@@ -103,44 +104,69 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// withDefaults returns c with its zero fields set to the defaults, or
-// why c cannot be used.
-func (c Config) withDefaults() (Config, error) {
-	switch {
-	case c.URL == "" || !(strings.HasPrefix(c.URL, "http://") || strings.HasPrefix(c.URL, "https://")):
-		return c, fmt.Errorf("webhook: the URL must be http:// or https://, got %q", c.URL)
-	case len(c.Secret) == 0:
-		return c, errors.New("webhook: a secret is required (requests are signed)")
-	case c.Online == nil:
-		return c, errors.New("webhook: an Online function is required")
-	case c.QueueSize < 0 || c.Concurrency < 0 || c.MaxAttempts < 0 || c.Timeout < 0 || c.BackoffMin < 0 || c.BackoffMax < 0:
-		return c, errors.New("webhook: negative setting")
-	}
-	def := func(p *int, v int) {
-		if *p == 0 {
-			*p = v
-		}
-	}
-	def(&c.QueueSize, DefaultQueueSize)
-	def(&c.Concurrency, DefaultConcurrency)
-	def(&c.MaxAttempts, DefaultMaxAttempts)
-	if c.Timeout == 0 {
-		c.Timeout = DefaultTimeout
-	}
-	if c.BackoffMin == 0 {
-		c.BackoffMin = DefaultBackoffMin
-	}
-	if c.BackoffMax == 0 {
-		c.BackoffMax = DefaultBackoffMax
-	}
-	c.BackoffMax = max(c.BackoffMax, c.BackoffMin)
-	if c.Client == nil {
+// WithDefaults returns c with every zero field set to its default (the
+// Default... constants above, BackoffMax raised to BackoffMin when only
+// that is set; a client with Timeout; slog.Default()). It judges nothing:
+// New calls WithDefaults, then Validate.
+func (c Config) WithDefaults() Config {
+	defaults.Set(&c.QueueSize, DefaultQueueSize)
+	defaults.Set(&c.Concurrency, DefaultConcurrency)
+	defaults.Set(&c.MaxAttempts, DefaultMaxAttempts)
+	defaults.Set(&c.Timeout, DefaultTimeout)
+	defaults.Set(&c.BackoffMin, DefaultBackoffMin)
+	defaults.Set(&c.BackoffMax, max(DefaultBackoffMax, c.BackoffMin))
+	if c.Client == nil && c.Timeout > 0 {
 		c.Client = &http.Client{Timeout: c.Timeout}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	return c, nil
+	return c
+}
+
+// Validate judges every field as given (call WithDefaults first: a zero
+// that WithDefaults would fill is an error here) and reports every
+// problem, naming the field and what it accepts. It changes nothing.
+func (c Config) Validate() error {
+	var errs []error
+	if !strings.HasPrefix(c.URL, "http://") && !strings.HasPrefix(c.URL, "https://") {
+		errs = append(errs, fmt.Errorf("URL must be an http:// or https:// URL, got %q", c.URL))
+	}
+	if len(c.Secret) == 0 {
+		errs = append(errs, errors.New("a Secret is required (requests are signed)"))
+	}
+	if c.Online == nil {
+		errs = append(errs, errors.New("an Online function is required"))
+	}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"QueueSize", c.QueueSize}, {"Concurrency", c.Concurrency}, {"MaxAttempts", c.MaxAttempts}} {
+		if f.v < 1 {
+			errs = append(errs, fmt.Errorf("%s must be at least 1, got %d", f.name, f.v))
+		}
+	}
+	for _, f := range []struct {
+		name string
+		d    time.Duration
+	}{{"Timeout", c.Timeout}, {"BackoffMin", c.BackoffMin}, {"BackoffMax", c.BackoffMax}} {
+		if f.d <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, got %s", f.name, f.d))
+		}
+	}
+	if c.BackoffMax < c.BackoffMin {
+		errs = append(errs, fmt.Errorf("BackoffMax (%s) must be at least BackoffMin (%s)", c.BackoffMax, c.BackoffMin))
+	}
+	if c.Client == nil {
+		errs = append(errs, errors.New("a Client is required (WithDefaults makes one)"))
+	}
+	if c.Logger == nil {
+		errs = append(errs, errors.New("a Logger is required (WithDefaults sets slog.Default())"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("webhook: config: %w", err)
+	}
+	return nil
 }
 
 // Payload is the JSON body of a request.
@@ -195,8 +221,8 @@ var _ engine.Observer = (*Notifier)(nil)
 
 // New returns a running Notifier (its workers are started).
 func New(cfg Config) (*Notifier, error) {
-	cfg, err := cfg.withDefaults()
-	if err != nil {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	n := &Notifier{cfg: cfg, log: cfg.Logger.With("component", "webhook"), queue: make(chan *Payload, cfg.QueueSize),

@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -305,5 +307,39 @@ func TestConfigErrors(t *testing.T) {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New(%+v) succeeded", cfg)
 		}
+	}
+}
+
+// TestConfigValidateApartFromDefaults: Validate judges the fields as given
+// and changes nothing; WithDefaults fills the zero fields with the
+// Default... constants and leaves a bad value for Validate.
+func TestConfigValidateApartFromDefaults(t *testing.T) {
+	c := Config{URL: "http://x", Secret: secret, Concurrency: -1, BackoffMin: 2 * time.Minute}
+	before := c
+	err := c.Validate()
+	if err == nil || !reflect.DeepEqual(c, before) {
+		t.Fatalf("Validate of an undefaulted config: err %v, config changed %v", err, !reflect.DeepEqual(c, before))
+	}
+	for _, want := range []string{"an Online function is required", "QueueSize must be at least 1, got 0", "Concurrency must be at least 1, got -1", "Timeout must be positive", "Client", "Logger"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate must report %q: %v", want, err)
+		}
+	}
+	c.Online = func(string) bool { return false }
+	d := c.WithDefaults()
+	if d.Concurrency != -1 || d.QueueSize != DefaultQueueSize || d.MaxAttempts != DefaultMaxAttempts || d.Timeout != DefaultTimeout ||
+		d.BackoffMax != 2*time.Minute || d.Client == nil || d.Client.Timeout != DefaultTimeout || d.Logger == nil {
+		t.Fatalf("WithDefaults: %+v", d)
+	}
+	if err := d.Validate(); err == nil || !strings.Contains(err.Error(), "Concurrency") || strings.Contains(err.Error(), "QueueSize") {
+		t.Fatalf("after WithDefaults only Concurrency is wrong: %v", err)
+	}
+	if err := (Config{BackoffMin: time.Second, BackoffMax: time.Millisecond}).WithDefaults().Validate(); err == nil ||
+		!strings.Contains(err.Error(), "BackoffMax (1ms) must be at least BackoffMin (1s)") || !strings.Contains(err.Error(), "URL") {
+		t.Fatalf("the zero Config needs a URL; backoffs out of order: %v", err)
+	}
+	d.Concurrency = 0
+	if err := d.WithDefaults().Validate(); err != nil {
+		t.Fatalf("the defaulted config is refused: %v", err)
 	}
 }

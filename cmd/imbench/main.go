@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/imgn/imgn/bench"
 	"github.com/imgn/imgn/internal/envflag"
@@ -55,6 +56,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return bench.RunChild(os.Stdin, stdout, stderr)
 		case bench.RelayArg:
 			return relayMain(args[1:], stderr)
+		case "fsync":
+			return fsyncMain(args[1:], stdout, stderr)
 		}
 	}
 	if len(args) == 0 {
@@ -125,6 +128,8 @@ scenarios:
   group   --groups groups of --group-size members, --rate group sends/s; deliveries/s
   login   a login storm: --conns connections logging in with --concurrency in flight
   churn   --slots concurrent connect, login, send, disconnect cycles for --duration
+  fsync   no server: time --record-byte appends, each followed by fdatasync, in --dir
+          for --duration (the disk's floor under the embedded store's commits)
 
 'imbench <scenario> --help' lists the flags.
 `)
@@ -215,6 +220,7 @@ func parse(scenario string, args []string, stdout, stderr io.Writer) (bench.Conf
 	fs.StringVar(&cfg.GenCPUs, "gen-cpus", "", "pin generator processes to these CPUs (e.g. 0)")
 	fs.BoolVar(&cfg.Baseline, "baseline-echo", false, "run the same load against the minimal gnet relay too and report the ratio")
 	fs.StringVar(&cfg.ProfileDir, "profile", "", "directory for CPU, heap and goroutine profiles of the (first) node during the measurement")
+	fs.BoolVar(&cfg.FsyncProbe, "fsync-probe", false, "during the window, time a bare 600 B write+fdatasync loop in the temp directory (where spawned nodes keep their data) and report it beside the embedded store's commit and fsync latencies")
 	fs.StringVar(&jsonPath, "json", "", "write the report as one JSON object to this file")
 	fs.StringVar(&hgrm, "hgrm", "", "write the latency percentile spectrum (.hgrm) to this file")
 	fs.DurationVar(&cfg.Timeout, "timeout", bench.DefaultTimeout, "hard bound on the whole run")
@@ -242,6 +248,33 @@ func relayMain(args []string, stderr io.Writer) int {
 	defer stop()
 	if err := bench.RunRelayMain(ctx, *listen, *admin, *loops); err != nil {
 		fmt.Fprintln(stderr, "imbench relay:", err)
+		return 1
+	}
+	return 0
+}
+
+// fsyncMain runs bench.FsyncProbe on its own and prints its latencies.
+func fsyncMain(args []string, stdout, stderr io.Writer) int {
+	fs := envflag.New("imbench fsync", "imbench fsync [flags]", "", stdout)
+	fs.DisableEnv()
+	dir := fs.String("dir", os.TempDir(), "directory on the file system to probe (a temporary file is created and removed there)")
+	d := fs.Duration("duration", 10*time.Second, "how long to probe")
+	record := fs.Int("record", bench.DefaultProbeRecord, "bytes written before each fdatasync")
+	if code, stop := envflag.Exit("imbench fsync", fs.Parse(args, nil), stderr); stop {
+		return code
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, *d)
+	defer cancel()
+	h, err := bench.FsyncProbe(ctx, *dir, *record)
+	if h != nil && h.Count() > 0 {
+		l := h.Summary()
+		fmt.Fprintf(stdout, "fsync probe        %s: %d writes of %d B + fdatasync: mean %.0fus p50 %d p90 %d p99 %d p99.9 %d max %d us\n",
+			*dir, l.Count, *record, l.Mean, l.P50, l.P90, l.P99, l.P999, l.Max)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "imbench fsync:", err)
 		return 1
 	}
 	return 0

@@ -50,6 +50,8 @@ func TestRunExitCodes(t *testing.T) {
 		{[]string{"nosuch"}, 2, "", "imbench: unknown scenario \"nosuch\": want one of conns, p2p, group, login, churn\nRun 'imbench --help' for usage.\n"},
 		{[]string{"p2p", "--rate", "fast"}, 2, "", "imbench p2p: --rate: invalid value \"fast\": want a number\nRun 'imbench p2p --help' for usage.\n"},
 		{[]string{"p2p", "-bogus"}, 2, "", "imbench p2p: unknown flag --bogus\nRun 'imbench p2p --help' for usage.\n"},
+		{[]string{"fsync", "--help"}, 0, "Usage: imbench fsync [flags]\n", ""},
+		{[]string{"fsync", "--record", "0", "--duration", "1ms"}, 1, "", "imbench fsync: bench: fsync probe: record size 0, want > 0\n"},
 	} {
 		var out, errb bytes.Buffer
 		code := run(tc.args, &out, &errb)
@@ -59,5 +61,16 @@ func TestRunExitCodes(t *testing.T) {
 		if regexp.MustCompile(`(?m)^\s+-[a-z]`).MatchString(out.String()) {
 			t.Errorf("%v: help spells a flag -name:\n%s", tc.args, out.String())
 		}
+	}
+}
+
+// TestFsyncCommand: the probe runs on its own and reports what it measured.
+func TestFsyncCommand(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"fsync", "--dir", t.TempDir(), "--duration", "100ms"}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if !regexp.MustCompile(`^fsync probe .*: [1-9][0-9]* writes of 600 B \+ fdatasync: mean [0-9]+us p50 [1-9]`).MatchString(out.String()) {
+		t.Fatalf("output %q", out.String())
 	}
 }

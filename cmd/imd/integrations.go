@@ -28,19 +28,29 @@ type integrationOptions struct {
 	apiListen string
 	apiKeys   listValue
 
-	events         string // "" or eventsRedis
-	eventsRedis    string
-	eventsStream   string
-	eventsMaxLen   int64
-	eventsQueue    int
-	eventsMargin   time.Duration
-	eventsRecover  listValue // node ids whose last moments this node publishes again at start
-	webhookURL     string
-	webhookSecret  string
-	webhookConc    int
-	webhookQueue   int
-	webhookTries   int
-	webhookTimeout time.Duration
+	events        string // "" or eventsRedis
+	eventsRedis   string
+	eventsRecover listValue      // node ids whose last moments this node publishes again at start
+	stream        events.Config  // Stream, MaxLen, QueueSize, ReplayMargin; the rest: eventsConfig
+	webhookSecret string         // copied to hook.Secret
+	hook          webhook.Config // URL, Concurrency, QueueSize, MaxAttempts, Timeout; the rest: webhookConfig
+}
+
+// eventsConfig returns the event publisher's configuration for node (this
+// one, or one whose events are recovered): the bound settings plus what
+// only exists at run time.
+func (o *integrationOptions) eventsConfig(node string, store persist.MessageStore, unordered bool, reg prometheus.Registerer, log *slog.Logger) events.Config {
+	c := o.stream
+	c.Addrs, c.NodeID, c.Store, c.Unordered, c.Registry, c.Logger = splitList(o.eventsRedis), node, store, unordered, reg, log
+	return c
+}
+
+// webhookConfig returns the notifier's configuration: the bound settings
+// plus what only exists at run time.
+func (o *integrationOptions) webhookConfig(node string, online func(string) bool, reg prometheus.Registerer, log *slog.Logger) webhook.Config {
+	c := o.hook
+	c.Secret, c.NodeID, c.Online, c.Registry, c.Logger = []byte(o.webhookSecret), node, online, reg, log
+	return c
 }
 
 // Values of --events.
@@ -60,17 +70,17 @@ func defineIntegrationFlags(fs *envflag.Flags, o *integrationOptions) {
 	fs.Var(&o.apiKeys, "api-key", "API `KEY` the server API accepts (Authorization: Bearer KEY), at least 16 characters; repeat the flag or separate keys with commas; none leaves the API off")
 	fs.StringVar(&o.events, "events", "", "publish stored messages, cursors and group changes to an event stream: redis (Redis Streams; see docs/events.md), or empty for none")
 	fs.StringVar(&o.eventsRedis, "events-redis", "", "event stream: Redis servers `HOST:PORT,...` (default the --redis servers)")
-	fs.StringVar(&o.eventsStream, "events-stream", events.DefaultStream, "event stream: the stream key every node appends to")
-	fs.Int64Var(&o.eventsMaxLen, "events-maxlen", events.DefaultMaxLen, "event stream: trim the stream to about this many entries (XADD MAXLEN ~)")
-	fs.IntVar(&o.eventsQueue, "events-queue", events.DefaultQueueSize, "event stream: events waiting for Redis; beyond it new events are dropped and counted")
-	fs.DurationVar(&o.eventsMargin, "events-replay-margin", events.DefaultReplayMargin, "event stream: at start, publish again the messages stored from this long before the last checkpoint (the longest a send may take from arrival to ack)")
+	fs.StringVar(&o.stream.Stream, "events-stream", events.DefaultStream, "event stream: the stream key every node appends to")
+	fs.Int64Var(&o.stream.MaxLen, "events-maxlen", events.DefaultMaxLen, "event stream: trim the stream to about this many entries (XADD MAXLEN ~)")
+	fs.IntVar(&o.stream.QueueSize, "events-queue", events.DefaultQueueSize, "event stream: events waiting for Redis; beyond it new events are dropped and counted")
+	fs.DurationVar(&o.stream.ReplayMargin, "events-replay-margin", events.DefaultReplayMargin, "event stream: at start, publish again the messages stored from this long before the last checkpoint (the longest a send may take from arrival to ack)")
 	fs.Var(&o.eventsRecover, "events-recover-nodes", "event stream: at start, also publish again what these nodes `ID,...` stored after their last checkpoint (nodes that will not come back; MongoDB store only; see docs/events.md)")
-	fs.StringVar(&o.webhookURL, "webhook-url", "", "offline-push webhook: `URL` that receives a signed POST for each message whose recipient has no online device")
+	fs.StringVar(&o.hook.URL, "webhook-url", "", "offline-push webhook: `URL` that receives a signed POST for each message whose recipient has no online device")
 	fs.StringVar(&o.webhookSecret, "webhook-secret", "", "offline-push webhook: HMAC-SHA256 secret signing each request (required with --webhook-url)")
-	fs.IntVar(&o.webhookConc, "webhook-concurrency", webhook.DefaultConcurrency, "offline-push webhook: requests in flight to the endpoint at most")
-	fs.IntVar(&o.webhookQueue, "webhook-queue", webhook.DefaultQueueSize, "offline-push webhook: requests waiting; beyond it new ones are dropped and counted")
-	fs.IntVar(&o.webhookTries, "webhook-attempts", webhook.DefaultMaxAttempts, "offline-push webhook: tries per request (network errors, 5xx and 429 are retried with backoff)")
-	fs.DurationVar(&o.webhookTimeout, "webhook-timeout", webhook.DefaultTimeout, "offline-push webhook: timeout of one request")
+	fs.IntVar(&o.hook.Concurrency, "webhook-concurrency", webhook.DefaultConcurrency, "offline-push webhook: requests in flight to the endpoint at most")
+	fs.IntVar(&o.hook.QueueSize, "webhook-queue", webhook.DefaultQueueSize, "offline-push webhook: requests waiting; beyond it new ones are dropped and counted")
+	fs.IntVar(&o.hook.MaxAttempts, "webhook-attempts", webhook.DefaultMaxAttempts, "offline-push webhook: tries per request (network errors, 5xx and 429 are retried with backoff)")
+	fs.DurationVar(&o.hook.Timeout, "webhook-timeout", webhook.DefaultTimeout, "offline-push webhook: timeout of one request")
 }
 
 // check validates the integration settings; redis is the cluster's
@@ -100,20 +110,20 @@ func (o *integrationOptions) check(redis string) error {
 		return envflag.Usagef("--events-recover-nodes needs --events redis")
 	}
 	switch {
-	case o.eventsStream == "":
+	case o.stream.Stream == "":
 		return envflag.Usagef("--events-stream must not be empty")
-	case o.eventsMaxLen <= 0:
-		return envflag.Usagef("--events-maxlen must be positive, got %d", o.eventsMaxLen)
-	case o.eventsQueue <= 0:
-		return envflag.Usagef("--events-queue must be positive, got %d", o.eventsQueue)
-	case o.eventsMargin <= 0:
-		return envflag.Usagef("--events-replay-margin must be positive, got %s", o.eventsMargin)
-	case o.webhookConc <= 0 || o.webhookQueue <= 0 || o.webhookTries <= 0 || o.webhookTimeout <= 0:
+	case o.stream.MaxLen <= 0:
+		return envflag.Usagef("--events-maxlen must be positive, got %d", o.stream.MaxLen)
+	case o.stream.QueueSize <= 0:
+		return envflag.Usagef("--events-queue must be positive, got %d", o.stream.QueueSize)
+	case o.stream.ReplayMargin <= 0:
+		return envflag.Usagef("--events-replay-margin must be positive, got %s", o.stream.ReplayMargin)
+	case o.hook.Concurrency <= 0 || o.hook.QueueSize <= 0 || o.hook.MaxAttempts <= 0 || o.hook.Timeout <= 0:
 		return envflag.Usagef("--webhook-concurrency, --webhook-queue, --webhook-attempts and --webhook-timeout must be positive")
 	}
-	if o.webhookURL != "" {
-		if !strings.HasPrefix(o.webhookURL, "http://") && !strings.HasPrefix(o.webhookURL, "https://") {
-			return envflag.Usagef("--webhook-url must be an http:// or https:// URL, got %q", o.webhookURL)
+	if o.hook.URL != "" {
+		if !strings.HasPrefix(o.hook.URL, "http://") && !strings.HasPrefix(o.hook.URL, "https://") {
+			return envflag.Usagef("--webhook-url must be an http:// or https:// URL, got %q", o.hook.URL)
 		}
 		if o.webhookSecret == "" {
 			return envflag.Usagef("--webhook-url needs --webhook-secret: the requests are signed")
@@ -157,11 +167,9 @@ type integrations struct {
 func startIntegrations(ctx context.Context, o *options, store persist.Store, reg prometheus.Registerer, log *slog.Logger) (*integrations, error) {
 	in := &integrations{o: &o.integ, log: log, apiErr: make(chan error, 1)}
 	if o.integ.events == eventsRedis {
-		p, err := events.New(events.Config{Addrs: splitList(o.integ.eventsRedis), Stream: o.integ.eventsStream, MaxLen: o.integ.eventsMaxLen,
-			QueueSize: o.integ.eventsQueue, ReplayMargin: o.integ.eventsMargin, NodeID: o.engine.NodeID, Registry: reg, Logger: log,
-			// A cluster's workers may report an inbox's appends out of
-			// order; holes are filled from the store either way.
-			Store: store, Unordered: o.clustered()})
+		// A cluster's workers may report an inbox's appends out of order;
+		// holes are filled from the store either way.
+		p, err := events.New(o.integ.eventsConfig(o.engine.NodeID, store, o.clustered(), reg, log))
 		if err != nil {
 			return nil, err
 		}
@@ -181,18 +189,17 @@ func startIntegrations(ctx context.Context, o *options, store persist.Store, reg
 			in.close(ctx)
 			return nil, err
 		}
-		log.Info("event stream", "redis", o.integ.eventsRedis, "stream", o.integ.eventsStream)
+		log.Info("event stream", "redis", o.integ.eventsRedis, "stream", o.integ.stream.Stream)
 	}
-	if o.integ.webhookURL != "" {
-		n, err := webhook.New(webhook.Config{URL: o.integ.webhookURL, Secret: []byte(o.integ.webhookSecret), NodeID: o.engine.NodeID,
-			QueueSize: o.integ.webhookQueue, Concurrency: o.integ.webhookConc, MaxAttempts: o.integ.webhookTries, Timeout: o.integ.webhookTimeout,
-			Online: func(user string) bool { return len(in.srv.Online(user)) > 0 }, Registry: reg, Logger: log})
+	if o.integ.hook.URL != "" {
+		online := func(user string) bool { return len(in.srv.Online(user)) > 0 }
+		n, err := webhook.New(o.integ.webhookConfig(o.engine.NodeID, online, reg, log))
 		if err != nil {
 			in.close(ctx)
 			return nil, err
 		}
 		in.notifier = n
-		log.Info("offline-push webhook", "url", o.integ.webhookURL)
+		log.Info("offline-push webhook", "url", o.integ.hook.URL)
 	}
 	return in, nil
 }
@@ -287,8 +294,7 @@ func recoverNodes(ctx context.Context, o *options, store persist.Store, log *slo
 	}
 	for _, id := range ids {
 		nlog := log.With("recovered_node", id)
-		p, err := events.New(events.Config{Addrs: splitList(o.integ.eventsRedis), Stream: o.integ.eventsStream, MaxLen: o.integ.eventsMaxLen,
-			QueueSize: o.integ.eventsQueue, ReplayMargin: o.integ.eventsMargin, NodeID: id, Logger: nlog, Store: store, Unordered: true})
+		p, err := events.New(o.integ.eventsConfig(id, store, true, nil, nlog))
 		if err != nil {
 			return err
 		}

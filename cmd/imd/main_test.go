@@ -61,12 +61,9 @@ func TestParseOptions(t *testing.T) {
 	if o.engine.HeartbeatInterval != 5*time.Second || o.engine.IdleTimeout != 40*time.Second {
 		t.Fatalf("flag must beat env: heartbeat %s idle %s", o.engine.HeartbeatInterval, o.engine.IdleTimeout)
 	}
-	// The engine's defaults, not copies of them. engineDefaults relies on
-	// Validate filling zero fields: if that ever stops, this fails.
-	def := engineDefaults()
-	if def.MaxConns <= 0 || def.HeartbeatInterval <= 0 || def.SendRate <= 0 || def.Addr == "" {
-		t.Fatalf("engineDefaults returned no defaults: %+v", def)
-	}
+	// The engine's defaults, not copies of them: with no flags, the bound
+	// engine.Config is what WithDefaults makes of the zero Config.
+	def := engine.Config{}.WithDefaults()
 	o, err = parseOptions(nil, envOf(nil), io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -129,7 +126,7 @@ func TestHeartbeatCombinations(t *testing.T) {
 		{[]string{"--heartbeat", "1m"}, nil, "idle-timeout = \"5m\"\n", time.Minute, 5 * time.Minute, ""},
 		{[]string{"--heartbeat", "2m", "--idle-timeout", "90s"}, nil, "", 0, 0, "--idle-timeout (1m30s) must be at least --heartbeat (2m0s)"},
 		{[]string{"--heartbeat", "2m"}, nil, "idle-timeout = \"1m\"\n", 0, 0, "--idle-timeout (1m0s) must be at least --heartbeat (2m0s)"},
-		{[]string{"--heartbeat", "-1s"}, nil, "", 0, 0, "--heartbeat must not be negative"},
+		{[]string{"--heartbeat", "-1s"}, nil, "", 0, 0, "--heartbeat must be positive, got -1s"},
 	} {
 		args := tc.args
 		if tc.file != "" {
@@ -177,7 +174,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"--log-level", "loud"}, nil, `imd: --log-level "loud": want debug, info, warn or error`},
 		{[]string{"--zk", "z:2181"}, nil, "imd: cluster mode needs --zk, --redis and --mongo-uri together"},
 		{[]string{"--zk", "z:1", "--redis", "r:1", "--mongo-uri", "mongodb://u:secretpw@m", "--mesh", "carrier-pigeon"}, nil, `imd: --mesh must be direct or redis`},
-		{[]string{"--max-conns", "-5"}, nil, "imd: --max-conns must not be negative, got -5"},
+		{[]string{"--max-conns", "-5"}, nil, "imd: --max-conns must be at least 1, got -5"},
 		{nil, map[string]string{"IM_MAX_CONNS": "lots"}, `imd: IM_MAX_CONNS="lots": want an integer`},
 		{[]string{"config"}, nil, "imd: config needs a subcommand: example or check"},
 		{[]string{"config", "frobnicate"}, nil, `imd: unknown config subcommand "frobnicate"`},

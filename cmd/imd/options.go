@@ -80,10 +80,6 @@ func (o *options) clustered() bool {
 	return o.cluster.zk != "" || o.cluster.redis != "" || o.cluster.mongoURI != ""
 }
 
-// engineDefaults returns engine.Config with the engine's defaults applied,
-// so the flags start from them instead of repeating them.
-func engineDefaults() engine.Config { return engine.Config{}.WithDefaults() }
-
 // derivedDefaults are the settings whose default is computed from others:
 // their flag default is the zero value, which the engine or imd replaces.
 var derivedDefaults = map[string]string{
@@ -121,7 +117,6 @@ validates flags, environment and file without starting and prints the result.`
 // newFlagSet defines imd's flags on o. engineFields maps the engine.Config
 // field behind a flag to the flag's name, for messages (see validate).
 func newFlagSet(o *options, out io.Writer) (*envflag.Flags, map[string]string) {
-	def := engineDefaults()
 	fs := envflag.New("imd", imdSynopsis, imdDescription, out)
 	fs.WithConfig()
 	fs.SetGroups(flagGroups...)
@@ -130,7 +125,7 @@ func newFlagSet(o *options, out io.Writer) (*envflag.Flags, map[string]string) {
 	bind := func(field, name string) string { fields[field] = name; return name }
 	e := &o.engine
 
-	fs.StringVar(&e.Addr, bind("Addr", "listen"), def.Addr, "client protocol listener `HOST:PORT`")
+	fs.StringVar(&e.Addr, bind("Addr", "listen"), engine.DefaultAddr, "client protocol listener `HOST:PORT`")
 	fs.StringVar(&o.admin, "admin", "127.0.0.1:9091", "admin HTTP listener `HOST:PORT` (metrics, pprof, admin API); empty disables")
 	fs.StringVar(&o.adminToken, "admin-token", "", "bearer token every admin API request but /healthz and /readyz must carry (at least 16 characters; required when --admin is not a loopback address)")
 	fs.StringVar(&e.NodeID, bind("NodeID", "node-id"), "", "node id in logs, LOGIN_OK and the cluster registry")
@@ -154,31 +149,31 @@ func newFlagSet(o *options, out io.Writer) (*envflag.Flags, map[string]string) {
 	fs.DurationVar(&o.store.dedupWindow, "dedup-window", persist.DefaultDedupWindow, "how long a message that --inbox-max removed from every inbox is still recognised when resent (capped by --retention)")
 	fs.IntVar(&o.store.inboxMax, "inbox-max", 0, "keep at most this many newest messages per inbox (0: no cap); embedded and memory stores")
 
-	fs.IntVar(&e.MaxConns, bind("MaxConns", "max-conns"), def.MaxConns, "maximum client connections")
-	fs.IntVar(&e.MaxConnsPerIP, bind("MaxConnsPerIP", "max-conns-per-ip"), def.MaxConnsPerIP, "maximum client connections from one source address (0: no limit)")
-	fs.IntVar(&e.MaxBody, bind("MaxBody", "max-body"), def.MaxBody, "maximum frame body bytes")
-	fs.IntVar(&e.MaxGroupSize, bind("MaxGroupSize", "max-group-size"), def.MaxGroupSize, "maximum group members")
-	fs.IntVar(&e.MaxOutbound, bind("MaxOutbound", "max-outbound"), def.MaxOutbound, "bytes queued to one connection before it is closed as a slow consumer")
-	fs.IntVar(&e.MaxConnInbound, bind("MaxConnInbound", "max-conn-inbound"), def.MaxConnInbound, "bytes of one connection's requests that may wait for a worker (beyond: BUSY)")
-	fs.IntVar(&e.MaxNodeInbound, bind("MaxNodeInbound", "max-node-inbound"), def.MaxNodeInbound, "bytes of requests that may wait for a worker, node-wide (beyond: BUSY)")
-	fs.IntVar(&e.Workers, bind("Workers", "workers"), def.Workers, "request worker goroutines (store and hashing)")
+	fs.IntVar(&e.MaxConns, bind("MaxConns", "max-conns"), engine.DefaultMaxConns, "maximum client connections")
+	fs.IntVar(&e.MaxConnsPerIP, bind("MaxConnsPerIP", "max-conns-per-ip"), 0, "maximum client connections from one source address (0: no limit)")
+	fs.IntVar(&e.MaxBody, bind("MaxBody", "max-body"), engine.DefaultMaxBody, "maximum frame body bytes")
+	fs.IntVar(&e.MaxGroupSize, bind("MaxGroupSize", "max-group-size"), engine.DefaultMaxGroupSize, "maximum group members")
+	fs.IntVar(&e.MaxOutbound, bind("MaxOutbound", "max-outbound"), engine.DefaultMaxOutbound, "bytes queued to one connection before it is closed as a slow consumer")
+	fs.IntVar(&e.MaxConnInbound, bind("MaxConnInbound", "max-conn-inbound"), engine.DefaultMaxConnInbound, "bytes of one connection's requests that may wait for a worker (beyond: BUSY), and of the sends it pipelines to the embedded store")
+	fs.IntVar(&e.MaxNodeInbound, bind("MaxNodeInbound", "max-node-inbound"), engine.DefaultMaxNodeInbound, "bytes of requests that may wait for a worker, node-wide (beyond: BUSY)")
+	fs.IntVar(&e.Workers, bind("Workers", "workers"), engine.DefaultWorkers, "request worker goroutines (store and hashing)")
 	fs.IntVar(&e.EventLoops, bind("EventLoops", "event-loops"), 0, "gnet event loops")
-	fs.Float64Var(&e.SendRate, bind("SendRate", "send-rate"), def.SendRate, "per-user messages per second")
-	fs.IntVar(&e.SendBurst, bind("SendBurst", "send-burst"), def.SendBurst, "per-user message burst")
-	fs.Float64Var(&e.LoginRatePerIP, bind("LoginRatePerIP", "login-rate-per-ip"), def.LoginRatePerIP, "password attempts (login, register) per second per source address; negative disables")
-	fs.IntVar(&e.LoginBurstPerIP, bind("LoginBurstPerIP", "login-burst-per-ip"), def.LoginBurstPerIP, "password-attempt burst per source address")
+	fs.Float64Var(&e.SendRate, bind("SendRate", "send-rate"), engine.DefaultSendRate, "per-user messages per second")
+	fs.IntVar(&e.SendBurst, bind("SendBurst", "send-burst"), engine.DefaultSendBurst, "per-user message burst")
+	fs.Float64Var(&e.LoginRatePerIP, bind("LoginRatePerIP", "login-rate-per-ip"), engine.DefaultLoginRatePerIP, "password attempts (login, register) per second per source address; negative disables")
+	fs.IntVar(&e.LoginBurstPerIP, bind("LoginBurstPerIP", "login-burst-per-ip"), engine.DefaultLoginBurstPerIP, "password-attempt burst per source address")
 
-	fs.DurationVar(&e.RecallWindow, bind("RecallWindow", "recall-window"), def.RecallWindow, "how long after sending a message its sender may recall it")
-	fs.Float64Var(&e.TypingRate, bind("TypingRate", "typing-rate"), def.TypingRate, "per-user typing notifications forwarded per second (negative: no bound)")
-	fs.IntVar(&e.TypingBurst, bind("TypingBurst", "typing-burst"), def.TypingBurst, "per-user typing notification burst")
-	fs.DurationVar(&e.TypingExpiry, bind("TypingExpiry", "typing-expiry"), def.TypingExpiry, "how long receivers show a typing indication without a new one")
+	fs.DurationVar(&e.RecallWindow, bind("RecallWindow", "recall-window"), engine.DefaultRecallWindow, "how long after sending a message its sender may recall it")
+	fs.Float64Var(&e.TypingRate, bind("TypingRate", "typing-rate"), engine.DefaultTypingRate, "per-user typing notifications forwarded per second (negative: no bound)")
+	fs.IntVar(&e.TypingBurst, bind("TypingBurst", "typing-burst"), engine.DefaultTypingBurst, "per-user typing notification burst")
+	fs.DurationVar(&e.TypingExpiry, bind("TypingExpiry", "typing-expiry"), engine.DefaultTypingExpiry, "how long receivers show a typing indication without a new one")
 
-	fs.DurationVar(&e.HeartbeatInterval, bind("HeartbeatInterval", "heartbeat"), def.HeartbeatInterval, "heartbeat interval announced to clients")
-	fs.Float64Var(&e.HeartbeatRate, bind("HeartbeatRate", "heartbeat-rate"), def.HeartbeatRate, "heartbeats per second the node aims to answer at most: the announced interval grows with the connections (negative: fixed)")
-	fs.DurationVar(&e.MaxHeartbeatInterval, bind("MaxHeartbeatInterval", "max-heartbeat"), def.MaxHeartbeatInterval, "the longest heartbeat interval announced")
+	fs.DurationVar(&e.HeartbeatInterval, bind("HeartbeatInterval", "heartbeat"), engine.DefaultHeartbeatInterval, "heartbeat interval announced to clients")
+	fs.Float64Var(&e.HeartbeatRate, bind("HeartbeatRate", "heartbeat-rate"), engine.DefaultHeartbeatRate, "heartbeats per second the node aims to answer at most: the announced interval grows with the connections (negative: fixed)")
+	fs.DurationVar(&e.MaxHeartbeatInterval, bind("MaxHeartbeatInterval", "max-heartbeat"), engine.DefaultMaxHeartbeatInterval, "the longest heartbeat interval announced")
 	fs.DurationVar(&e.IdleTimeout, bind("IdleTimeout", "idle-timeout"), 0, "close logged-in connections silent this long (stretched with a lengthened heartbeat)")
-	fs.DurationVar(&e.LoginTimeout, bind("LoginTimeout", "login-timeout"), def.LoginTimeout, "close connections not logged in after this long")
-	fs.DurationVar(&e.GoAwayWindow, bind("GoAwayWindow", "goaway-window"), def.GoAwayWindow, "spread of client reconnect delays on shutdown")
+	fs.DurationVar(&e.LoginTimeout, bind("LoginTimeout", "login-timeout"), engine.DefaultLoginTimeout, "close connections not logged in after this long")
+	fs.DurationVar(&e.GoAwayWindow, bind("GoAwayWindow", "goaway-window"), engine.DefaultGoAwayWindow, "spread of client reconnect delays on shutdown")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long a graceful shutdown may take")
 
 	c := &o.cluster
@@ -195,7 +190,7 @@ func newFlagSet(o *options, out io.Writer) (*envflag.Flags, map[string]string) {
 	fs.StringVar(&c.meshSecret, "mesh-secret", "", "cluster mode: shared secret that direct mesh links prove with an HMAC challenge (at least 16 characters, the same on every node; required when --mesh-listen is not a loopback address)")
 	fs.StringVar(&c.advertise, "advertise", "", "cluster mode: client address published for routers")
 	fs.IntVar(&c.weight, "weight", lb.DefaultWeight, "cluster mode: balancing weight (0 = no new connections)")
-	fs.DurationVar(&e.SessionTTL, bind("SessionTTL", "session-ttl"), def.SessionTTL, "cluster mode: lease of a session route in Redis (renewed every third of it)")
+	fs.DurationVar(&e.SessionTTL, bind("SessionTTL", "session-ttl"), engine.DefaultSessionTTL, "cluster mode: lease of a session route in Redis (renewed every third of it)")
 	defineIntegrationFlags(fs, &o.integ)
 	return fs, fields
 }

@@ -54,6 +54,7 @@ import (
 
 	"github.com/go-zookeeper/zk"
 
+	"github.com/imgn/imgn/internal/defaults"
 	"github.com/imgn/imgn/mesh/membership"
 )
 
@@ -103,41 +104,56 @@ type Config struct {
 	Dialer func(network, address string, timeout time.Duration) (net.Conn, error)
 }
 
-func (c Config) withDefaults() (Config, error) {
-	if len(c.Servers) == 0 {
-		return c, errors.New("zkregistry: no ZooKeeper servers configured")
-	}
-	for _, s := range c.Servers {
-		if s == "" {
-			return c, errors.New("zkregistry: empty server address")
-		}
-	}
-	if c.Root == "" {
-		c.Root = DefaultRoot
-	}
-	if !strings.HasPrefix(c.Root, "/") || c.Root == "/" || strings.HasSuffix(c.Root, "/") ||
-		path.Clean(c.Root) != c.Root {
-		return c, fmt.Errorf("zkregistry: invalid root %q: want an absolute, clean path other than /", c.Root)
-	}
-	switch {
-	case c.SessionTimeout == 0:
-		c.SessionTimeout = DefaultSessionTimeout
-	case c.SessionTimeout < 100*time.Millisecond:
-		return c, fmt.Errorf("zkregistry: session timeout %v below 100ms", c.SessionTimeout)
-	}
-	switch {
-	case c.ResyncInterval == 0:
-		c.ResyncInterval = DefaultResyncInterval
-	case c.ResyncInterval < 0:
-		return c, fmt.Errorf("zkregistry: negative resync interval %v", c.ResyncInterval)
-	}
+// minSessionTimeout is the shortest SessionTimeout Validate accepts.
+const minSessionTimeout = 100 * time.Millisecond
+
+// WithDefaults returns c with every zero field set to its default (the
+// Default... constants above; slog.Default(); net.DialTimeout). It judges
+// nothing: New and NewWatcher call WithDefaults, then Validate.
+func (c Config) WithDefaults() Config {
+	defaults.Set(&c.Root, DefaultRoot)
+	defaults.Set(&c.SessionTimeout, DefaultSessionTimeout)
+	defaults.Set(&c.ResyncInterval, DefaultResyncInterval)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
 	if c.Dialer == nil {
 		c.Dialer = net.DialTimeout
 	}
-	return c, nil
+	return c
+}
+
+// Validate judges every field as given (call WithDefaults first: a zero
+// that WithDefaults would fill is an error here) and reports every
+// problem, naming the field and what it accepts. It changes nothing.
+func (c Config) Validate() error {
+	var errs []error
+	if len(c.Servers) == 0 {
+		errs = append(errs, errors.New("no Servers given (the ZooKeeper servers, host:port)"))
+	}
+	if slices.Contains(c.Servers, "") {
+		errs = append(errs, errors.New("an empty address in Servers"))
+	}
+	if !strings.HasPrefix(c.Root, "/") || c.Root == "/" || strings.HasSuffix(c.Root, "/") ||
+		path.Clean(c.Root) != c.Root {
+		errs = append(errs, fmt.Errorf("the Root must be an absolute, clean path other than /, got %q", c.Root))
+	}
+	if c.SessionTimeout < minSessionTimeout {
+		errs = append(errs, fmt.Errorf("SessionTimeout must be at least %s, got %s", minSessionTimeout, c.SessionTimeout))
+	}
+	if c.ResyncInterval <= 0 {
+		errs = append(errs, fmt.Errorf("ResyncInterval must be positive, got %s", c.ResyncInterval))
+	}
+	if c.Logger == nil {
+		errs = append(errs, errors.New("a Logger is required (WithDefaults sets slog.Default())"))
+	}
+	if c.Dialer == nil {
+		errs = append(errs, errors.New("a Dialer is required (WithDefaults sets net.DialTimeout)"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("zkregistry: config: %w", err)
+	}
+	return nil
 }
 
 // Status is a snapshot of a Registry's connection and registration state,
@@ -287,8 +303,8 @@ func New(cfg Config) (*Registry, error) { return newRegistry(cfg, false) }
 func NewWatcher(cfg Config) (*Registry, error) { return newRegistry(cfg, true) }
 
 func newRegistry(cfg Config, readOnly bool) (*Registry, error) {
-	var err error
-	if cfg, err = cfg.withDefaults(); err != nil {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	var id [8]byte

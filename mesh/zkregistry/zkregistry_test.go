@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -102,13 +104,40 @@ func TestConfig(t *testing.T) {
 			t.Errorf("New(%+v) succeeded, want a config error", cfg)
 		}
 	}
-	cfg := Config{Servers: []string{"127.0.0.1:1"}}
-	cfg, err := cfg.withDefaults()
-	if err != nil {
+	cfg := Config{Servers: []string{"127.0.0.1:1"}}.WithDefaults()
+	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Root != DefaultRoot || cfg.SessionTimeout != DefaultSessionTimeout || cfg.ResyncInterval != DefaultResyncInterval {
 		t.Fatalf("defaults not applied: %+v", cfg)
+	}
+}
+
+// TestConfigValidateApartFromDefaults: Validate judges the fields as given
+// and changes nothing; WithDefaults fills the zero fields with the
+// Default... constants and leaves a bad value for Validate.
+func TestConfigValidateApartFromDefaults(t *testing.T) {
+	c := Config{Servers: []string{"127.0.0.1:1"}, ResyncInterval: -time.Second}
+	before := c
+	err := c.Validate()
+	if err == nil || !reflect.DeepEqual(c, before) {
+		t.Fatalf("Validate of an undefaulted config: err %v, config changed %v", err, !reflect.DeepEqual(c, before))
+	}
+	for _, want := range []string{`Root must be an absolute, clean path other than /, got ""`, "SessionTimeout must be at least 100ms, got 0s",
+		"ResyncInterval must be positive, got -1s", "Logger", "Dialer"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate must report %q: %v", want, err)
+		}
+	}
+	d := c.WithDefaults()
+	if d.ResyncInterval != -time.Second || d.Root != DefaultRoot || d.SessionTimeout != DefaultSessionTimeout || d.Logger == nil || d.Dialer == nil {
+		t.Fatalf("WithDefaults: %+v", d)
+	}
+	if err := d.Validate(); err == nil || !strings.Contains(err.Error(), "ResyncInterval") || strings.Contains(err.Error(), "Root") {
+		t.Fatalf("after WithDefaults only ResyncInterval is wrong: %v", err)
+	}
+	if err := (Config{}).WithDefaults().Validate(); err == nil || !strings.Contains(err.Error(), "no Servers given") {
+		t.Fatalf("the zero Config needs servers: %v", err)
 	}
 }
 

@@ -23,6 +23,8 @@ interface Item {
   recalled?: boolean;
   /** A membership event, shown as a notice in the timeline (body is its text), not as a chat bubble. */
   notice?: boolean;
+  /** A notice of this user's own change: read, as an own message is (the server raised the cursor to it). */
+  mine?: boolean;
 }
 
 /** What the app knows of a group: from GROUPS (no member list) or GROUP_MEMBERS and the replies of changes. */
@@ -233,7 +235,7 @@ function onGroupEvent(e: GroupEvent): void {
   const c = convFor({ groupId: e.groupId });
   const key = "s" + e.seq;
   if (!c.byKey.has(key)) {
-    const item: Item = { key, seq: e.seq, msgId: e.msgId, from: "", body: noticeText(e), time: Number(e.time), notice: true };
+    const item: Item = { key, seq: e.seq, msgId: e.msgId, from: "", body: noticeText(e), time: Number(e.time), notice: true, mine: e.by === me };
     c.byKey.set(key, item);
     c.items.push(item);
   }
@@ -269,7 +271,7 @@ function describe(e: unknown): string {
 function unread(c: ConvState): number {
   let n = 0;
   for (const it of c.items) {
-    if (it.seq === undefined || it.from === me || it.seq <= c.readSeq) continue;
+    if (it.seq === undefined || it.from === me || it.mine || it.seq <= c.readSeq) continue;
     if (conversationsSupported && c.serverUnread !== undefined && it.seq <= c.serverSeq) continue;
     n++;
   }

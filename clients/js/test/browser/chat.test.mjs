@@ -232,7 +232,7 @@ test("embedded store: offline catch-up with unread counts from CONVERSATIONS, gr
     groupKey = await createGroup(A, bob);
     assert.match(await A.$eval("#chat-sub", (e) => e.textContent), /^invite-only · owner you · 2 members · id /);
     await say(A, "hi team");
-    await waitBadge(B, groupKey, "1");
+    await waitBadge(B, groupKey, "2"); // "alice added you", then the message
   });
   await step("offline", async () => {
     await B.close(); // bob goes offline
@@ -243,12 +243,12 @@ test("embedded store: offline catch-up with unread counts from CONVERSATIONS, gr
     await open(A, groupKey);
     await say(A, "group news");
     await waitStatus(A, "group news", "sent");
-    // a group bob is put in while away, with no message in it: only GROUPS tells him of it
+    // a group bob is put in while away, with no message in it: only the notice of his addition
     quiet = await createGroup(A, bob, "quiet");
     B = await openApp(ctxB, "bob");
     await signIn(B, bob, false);
     await waitBadge(B, "u:" + alice, "2");
-    await waitBadge(B, groupKey, "2");
+    await waitBadge(B, groupKey, "3");
     await waitConvName(B, quiet, "quiet");
     // bob leaves it: the notice on both sides, and no composer for him
     await open(B, quiet);
