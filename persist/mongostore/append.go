@@ -171,22 +171,9 @@ func (s *Store) run() {
 	defer close(s.done)
 	batch := make([]*appendReq, 0, s.opts.MaxBatch)
 	for {
-		r, ok := <-s.queue
-		if !ok {
+		var ok bool
+		if batch, ok = persist.NextBatch(s.queue, batch, s.opts.MaxBatch); !ok {
 			return
-		}
-		batch = append(batch[:0], r)
-	fill:
-		for len(batch) < s.opts.MaxBatch {
-			select {
-			case r, ok := <-s.queue:
-				if !ok {
-					break fill // closed: commit what we have, then the loop exits
-				}
-				batch = append(batch, r)
-			default:
-				break fill
-			}
 		}
 		s.commit(batch)
 		clear(batch)

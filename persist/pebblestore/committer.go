@@ -241,22 +241,9 @@ func (c *committer) run() {
 	c.filterBatch() // start building the dedup filter
 	batch := make([]item, 0, c.s.opts.MaxBatch)
 	for {
-		it, ok := <-c.s.queue
-		if !ok {
+		var ok bool
+		if batch, ok = persist.NextBatch(c.s.queue, batch, c.s.opts.MaxBatch); !ok {
 			return
-		}
-		batch = append(batch[:0], it)
-	fill:
-		for len(batch) < c.s.opts.MaxBatch {
-			select {
-			case it, ok := <-c.s.queue:
-				if !ok {
-					break fill // closed: commit what we have, then the loop exits
-				}
-				batch = append(batch, it)
-			default:
-				break fill
-			}
 		}
 		// Maintenance requests go in batches of their own.
 		for rest := batch; len(rest) > 0; {
