@@ -121,8 +121,9 @@ func (s *Server) handleConversations(r *request) (proto.Message, *codec.Error) {
 	return out, nil
 }
 
-// markRead raises user's read cursor in conversation id (READ). The
-// caller answers, then sends the receipts (receipts) when res.Moved.
+// markRead raises user's read cursor in conversation id (READ). When
+// res.Moved the caller sends the receipts (receipts) and then answers:
+// receipts go only to other connections, so the reader sees no difference.
 func (s *Server) markRead(ctx context.Context, cs persist.ChatStore, user string, id persist.ConvID, upTo uint64) (persist.ReadResult, error) {
 	res, err := cs.MarkRead(ctx, user, id, upTo)
 	if errors.Is(err, persist.ErrNotFound) {

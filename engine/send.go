@@ -287,7 +287,7 @@ func (s *Server) submitAppend(ctx context.Context, src *loop, op *sendOp) {
 func (op *sendOp) AppendDone(*persist.AppendOp) {
 	s, c, src := op.s, op.c, op.src
 	if op.Err != nil {
-		c.replyErr(src, op.h, s.storeFailure(c, "append", op.Err))
+		c.replyErr(src, op.h, s.failure(c, "append", op.Err))
 	} else {
 		res := &op.Result
 		if !res.Duplicate {
