@@ -132,10 +132,12 @@ func TestRouterResolverRejectsBadAnswers(t *testing.T) {
 // the next call starts with the router that answered.
 func TestRouterResolverFailover(t *testing.T) {
 	down := newFakeRouter(t, always(http.StatusOK, route{"x", "127.0.0.1:1", "round-robin"}))
-	downURL := down.URL
-	down.Close() // connection refused from now on
 	busy := newFakeRouter(t, always(http.StatusServiceUnavailable, routeErr{"no available node", "no live nodes in the registry"}))
 	good := newFakeRouter(t, always(http.StatusOK, route{"n7", "127.0.0.1:9097", "round-robin"}))
+	// Closed only now: a router started after the close could be given the
+	// freed port and be counted twice.
+	downURL := down.URL
+	down.Close() // connection refused from now on
 	hc := &http.Client{Timeout: 2 * time.Second}
 	t.Cleanup(hc.CloseIdleConnections)
 
