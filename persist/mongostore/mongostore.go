@@ -119,6 +119,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
 
+	"github.com/imgn/imgn/internal/defaults"
 	"github.com/imgn/imgn/internal/opcount"
 	"github.com/imgn/imgn/persist"
 )
@@ -272,36 +273,16 @@ func (o Options) withDefaults() (Options, *writeconcern.WriteConcern, error) {
 			return bad("negative %s %d", f.name, f.v)
 		}
 	}
-	if o.MaxBatch == 0 {
-		o.MaxBatch = DefaultMaxBatch
-	}
-	if o.QueueSize == 0 {
-		o.QueueSize = DefaultQueueSize
-	}
-	if o.OpTimeout == 0 {
-		o.OpTimeout = DefaultOpTimeout
-	}
-	if o.SeqCacheSize == 0 {
-		o.SeqCacheSize = DefaultSeqCacheSize
-	}
-	if o.CursorInterval == 0 {
-		o.CursorInterval = DefaultCursorInterval
-	}
-	if o.CursorQueue == 0 {
-		o.CursorQueue = DefaultCursorQueue
-	}
-	if o.UpkeepInterval == 0 {
-		o.UpkeepInterval = DefaultUpkeepInterval
-	}
-	if o.UpkeepQueue == 0 {
-		o.UpkeepQueue = DefaultUpkeepQueue
-	}
-	if o.SlowCommand == 0 {
-		o.SlowCommand = DefaultSlowCommand
-	}
-	if o.WriteConcern == "" {
-		o.WriteConcern = DefaultWriteConcern
-	}
+	defaults.Set(&o.MaxBatch, DefaultMaxBatch)
+	defaults.Set(&o.QueueSize, DefaultQueueSize)
+	defaults.Set(&o.OpTimeout, DefaultOpTimeout)
+	defaults.Set(&o.SeqCacheSize, DefaultSeqCacheSize)
+	defaults.Set(&o.CursorInterval, DefaultCursorInterval)
+	defaults.Set(&o.CursorQueue, DefaultCursorQueue)
+	defaults.Set(&o.UpkeepInterval, DefaultUpkeepInterval)
+	defaults.Set(&o.UpkeepQueue, DefaultUpkeepQueue)
+	defaults.Set(&o.SlowCommand, DefaultSlowCommand)
+	defaults.Set(&o.WriteConcern, DefaultWriteConcern)
 	wc, err := parseWriteConcern(o.WriteConcern)
 	if err != nil {
 		return bad("%v", err)

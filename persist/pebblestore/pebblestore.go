@@ -134,6 +134,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/imgn/imgn/internal/defaults"
 	"github.com/imgn/imgn/persist"
 )
 
@@ -259,15 +260,15 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("pebblestore: options: %w", err)
 	}
 	o.Retention = r
-	setDefault(&o.MaxBatch, DefaultMaxBatch)
-	setDefault(&o.QueueSize, DefaultQueueSize)
-	setDefault(&o.MinFreeBytes, DefaultMinFreeBytes)
-	setDefault(&o.CacheSize, DefaultCacheSize)
-	setDefault(&o.MemTableSize, DefaultMemTableSize)
-	setDefault(&o.MaxOpenFiles, DefaultMaxOpenFiles)
-	setDefault(&o.HeadCacheSize, DefaultHeadCacheSize)
-	setDefault(&o.DedupFilterBytes, DefaultDedupFilterBytes)
-	setDefault(&o.housekeepEvery, time.Second)
+	defaults.Set(&o.MaxBatch, DefaultMaxBatch)
+	defaults.Set(&o.QueueSize, DefaultQueueSize)
+	defaults.Set(&o.MinFreeBytes, DefaultMinFreeBytes)
+	defaults.Set(&o.CacheSize, DefaultCacheSize)
+	defaults.Set(&o.MemTableSize, DefaultMemTableSize)
+	defaults.Set(&o.MaxOpenFiles, DefaultMaxOpenFiles)
+	defaults.Set(&o.HeadCacheSize, DefaultHeadCacheSize)
+	defaults.Set(&o.DedupFilterBytes, DefaultDedupFilterBytes)
+	defaults.Set(&o.housekeepEvery, time.Second)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -278,12 +279,6 @@ func (o Options) withDefaults() (Options, error) {
 		o.Now = time.Now
 	}
 	return o, nil
-}
-
-func setDefault[T int | int64 | uint64 | time.Duration](v *T, def T) {
-	if *v == 0 {
-		*v = def
-	}
 }
 
 // Store is the Pebble-backed persist.Store. It is safe for concurrent use by
