@@ -8,6 +8,13 @@
 // acknowledged once the backend committed it (--sync full, the default,
 // fsyncs every commit).
 //
+// FerretDB v1 does not apply an update to a document atomically (it reads
+// the document, updates it in Go and writes it back, and a concurrent
+// writer's update in between is lost). devmongo makes it: clients connect
+// to devmongo's own listener, which relays each connection to FerretDB
+// over a Unix socket and runs write commands under per-document locks
+// (atomic.go).
+//
 // It lives in its own Go module so that the main module does not depend on
 // FerretDB. Build: cd tools/devmongo && go build -o ../../bin/devmongo .
 //
@@ -56,6 +63,14 @@ func main() {
 }
 
 func run(args []string) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return serve(ctx, args, nil)
+}
+
+// serve runs the server configured by args until ctx ends. serving, when
+// not nil, is called with the client address once clients can connect.
+func serve(ctx context.Context, args []string, serving func(addr string)) error {
 	fs := flag.NewFlagSet("devmongo", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:27017", "TCP address to listen on")
 	dir := fs.String("dir", "", "directory for the data (created if missing; required)")
@@ -115,10 +130,21 @@ func run(args []string) error {
 	}
 	defer unlock()
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
+	// Clients reach FerretDB through the relay of atomic.go, which makes
+	// its updates atomic per document; FerretDB itself listens on a Unix
+	// socket only the relay uses.
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	defer ln.Close()
+	sock, cleanSock, err := socketPath(abs)
+	if err != nil {
+		return err
+	}
+	defer cleanSock()
 	cfg := &ferretdb.Config{
-		Listener: ferretdb.ListenerConfig{TCP: *listen},
+		Listener: ferretdb.ListenerConfig{Unix: sock},
 		Logger:   logger,
 	}
 	switch *backend {
@@ -149,12 +175,64 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	logger.Info("devmongo: serving", "listen", *listen, "dir", abs, "backend", *backend, "sync", *sync, "uri", "mongodb://"+*listen+"/")
-	if err := f.Run(ctx); err != nil {
+	addr := ln.Addr().String()
+	logger.Info("devmongo: serving", "listen", addr, "dir", abs, "backend", *backend, "sync", *sync, "uri", "mongodb://"+addr+"/")
+	if serving != nil {
+		serving(addr)
+	}
+	rctx, stopRelay := context.WithCancel(ctx)
+	relayed := make(chan struct{})
+	go func() {
+		defer close(relayed)
+		relay(rctx, ln, dialBackend(sock), logger)
+	}()
+	err = f.Run(ctx)
+	stopRelay()
+	<-relayed
+	if err != nil {
 		return err
 	}
 	logger.Info("devmongo: stopped")
 	return nil
+}
+
+// socketPath chooses the path of FerretDB's Unix socket: in dir, unless
+// that path is too long for a socket address; then in a temporary
+// directory that cleanup removes. A socket left by a killed devmongo is
+// removed (the directory lock says none is running).
+func socketPath(dir string) (path string, cleanup func(), err error) {
+	path = filepath.Join(dir, "ferretdb.sock")
+	if len(path) < 100 {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return "", nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+		return path, func() { _ = os.Remove(path) }, nil
+	}
+	tmp, err := os.MkdirTemp("", "devmongo-")
+	if err != nil {
+		return "", nil, err
+	}
+	return filepath.Join(tmp, "ferretdb.sock"), func() { _ = os.RemoveAll(tmp) }, nil
+}
+
+// dialBackend returns the relay's dialler of FerretDB's socket. FerretDB
+// opens it once its backend is up, after the relay accepts clients, so a
+// dial is retried until then (or until ctx ends).
+func dialBackend(sock string) func(context.Context) (net.Conn, error) {
+	return func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		for {
+			c, err := d.DialContext(ctx, "unix", sock)
+			if err == nil || ctx.Err() != nil {
+				return c, err
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
 }
 
 // servePprof serves net/http/pprof's handlers on addr, a loopback address,
