@@ -278,6 +278,33 @@ func TestUnitUnknownCommandAfterAFailedLogin(t *testing.T) {
 	b.ok(codec.CmdSync, &pb.SyncRequest{}, codec.CmdSyncOK, nil)
 }
 
+// TestUnitRequestBehindARegister: a request pipelined behind a REGISTER
+// (queued for a worker: it hashes the password) is executed after it, as
+// the protocol promises: a command that needs a login is refused with the
+// fatal NOT_LOGGED_IN only once the REGISTER has been answered, so the
+// client learns that its account was created before the connection
+// closes. An unknown command behind it is NOT_LOGGED_IN too.
+func TestUnitRequestBehindARegister(t *testing.T) {
+	fe := newUnit(t, nil)
+	for i, cmd := range []codec.Command{codec.CmdSend, codec.CmdSync, 0x50} {
+		a := anon(t, fe, codec.JSON)
+		user := fmt.Sprint("reg", i)
+		a.ft.in = append(a.ft.in, encodeFrame(t, a.ser, codec.CmdRegister, 1, &pb.RegisterRequest{User: user, Password: "secret1"})...)
+		a.ft.in = append(a.ft.in, encodeFrame(t, a.ser, cmd, 2, &pb.SyncRequest{})...)
+		a.seq = 2
+		a.fe.feed(a.c)
+		a.settle()
+		fs := a.ft.frames(t)
+		if len(fs) != 2 || fs[0].Seq != 1 || fs[1].Seq != 2 {
+			t.Fatalf("%s behind a REGISTER: answered %v, want REGISTER_OK then an ERROR", cmd, fs)
+		}
+		if fs[0].Command != codec.CmdRegisterOK {
+			t.Fatalf("%s behind a REGISTER: the REGISTER got %s", cmd, fs[0].Command)
+		}
+		a.wantError(fs[1], codec.CodeNotLoggedIn, true)
+	}
+}
+
 func TestUnitBadBody(t *testing.T) {
 	fe := newUnit(t, nil)
 	u := online(t, fe, "alice")

@@ -147,6 +147,16 @@ func (s *Server) toWorker(src *loop, c *conn, h codec.Header, body []byte) {
 // made when src is set (see onLoop). body is valid only during the call.
 func (s *Server) exec(src *loop, c *conn, h codec.Header, body []byte, ip netip.Addr) {
 	rt := &routes[h.Command]
+	if !rt.known() {
+		// Queued behind a REGISTER or LOGIN (onFrame answers the others
+		// at once): before a login every command is NOT_LOGGED_IN.
+		if c.loggedIn() {
+			c.replyError(src, h.Serializer, h.Seq, codec.CodeUnknownCommand, "unknown command "+h.Command.String(), 0)
+		} else {
+			c.fail(src, h.Serializer, h.Seq, codec.CodeNotLoggedIn, "log in first")
+		}
+		return
+	}
 	if rt.raw != nil {
 		rt.raw(s, src, c, h, body)
 		return

@@ -365,9 +365,18 @@ func (s *Server) onFrame(l *loop, c *conn, f codec.Frame) (stop bool) {
 		rt.raw(s, l, c, f.Header, f.Body)
 		return false
 	}
-	if !c.loggedIn() && !rt.open && c.noLogin() {
-		c.fail(l, f.Serializer, f.Seq, codec.CodeNotLoggedIn, "log in first")
-		return true
+	if !c.loggedIn() && !rt.open {
+		if c.hasWork() {
+			// Behind a queued REGISTER or LOGIN: executed after it, in
+			// order (a NOT_LOGGED_IN answered now would close the
+			// connection before the REGISTER's reply is written).
+			c.enqueue(l, queuedFrame(f))
+			return false
+		}
+		if c.noLogin() {
+			c.fail(l, f.Serializer, f.Seq, codec.CodeNotLoggedIn, "log in first")
+			return true
+		}
 	}
 	if !rt.known() {
 		c.replyError(l, f.Serializer, f.Seq, codec.CodeUnknownCommand, "unknown command "+cmd.String(), 0)
@@ -394,9 +403,7 @@ func (s *Server) onFrame(l *loop, c *conn, f codec.Frame) (stop bool) {
 			return false
 		}
 	}
-	t := getTask()
-	t.h = f.Header
-	t.body = append(t.body[:0], f.Body...)
+	t := queuedFrame(f)
 	if cmd == codec.CmdLogin || cmd == codec.CmdRegister {
 		if cmd == codec.CmdLogin {
 			c.loginPending = true
@@ -407,6 +414,15 @@ func (s *Server) onFrame(l *loop, c *conn, f codec.Frame) (stop bool) {
 	}
 	c.enqueue(l, t)
 	return false
+}
+
+// queuedFrame copies f into a task for a worker (f's body is valid only
+// during OnTraffic).
+func queuedFrame(f codec.Frame) *task {
+	t := getTask()
+	t.h = f.Header
+	t.body = append(t.body[:0], f.Body...)
+	return t
 }
 
 // tick closes connections past the login deadline or the idle timeout.
