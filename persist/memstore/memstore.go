@@ -7,7 +7,10 @@
 // holds, and the implementation passes persist/storetest.
 //
 // All state sits behind one sync.RWMutex: writes are serialised, reads run in
-// parallel. Append is O(len(inboxes)) plus the copy of the body.
+// parallel. Append is O(len(inboxes)) plus the copy of the body. Appenders
+// that must not wait for each other (event loops) use TryAppendAsync and
+// HandOffAppend, which hand a contended append to the lock's holder
+// (handoff.go).
 package memstore
 
 import (
@@ -41,6 +44,7 @@ type Store struct {
 	users  map[string]int64
 	hashes map[string]string
 	groups groupTable // groups.go
+	comb   combiner   // the append hand-off (handoff.go)
 }
 
 type cursorKey struct{ user, device string }
@@ -61,13 +65,15 @@ func NewWith(r persist.Retention) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("memstore: %w", err)
 	}
-	return &Store{
+	s := &Store{
 		m:       newMessages(r),
 		cursors: make(map[cursorKey]uint64),
 		users:   make(map[string]int64),
 		hashes:  make(map[string]string),
 		groups:  newGroupTable(),
-	}, nil
+	}
+	s.comb.room.L = &s.comb.mu
+	return s, nil
 }
 
 // FirstSeq implements persist.Retainer.
