@@ -2,7 +2,9 @@ package memstore
 
 import (
 	"fmt"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -142,6 +144,7 @@ func TestHandOffStress(t *testing.T) {
 		total   int
 		failed  error
 	)
+	var handedOver atomic.Int64
 	var wg sync.WaitGroup
 	for g := range goroutines {
 		user := fmt.Sprint("sender-", g)
@@ -160,9 +163,15 @@ func TestHandOffStress(t *testing.T) {
 					lastSeq = op.Result.Seqs[1]
 					next[g]++
 					total++
+					if total%16 == 0 {
+						// Hold the lock across a reschedule now and then, as a
+						// loop descheduled mid-append does: the others queue.
+						runtime.Gosched()
+					}
 				})
 				op := handOffOp(uint64(g*perG+i+1), user, "shared", done)
 				if !s.TryAppendAsync(op, g) {
+					handedOver.Add(1)
 					s.HandOffAppend(op, g)
 				}
 			}
@@ -177,6 +186,10 @@ func TestHandOffStress(t *testing.T) {
 	if total != goroutines*perG || lastSeq != goroutines*perG {
 		t.Fatalf("%d completions, last seq %d; want %d of each", total, lastSeq, goroutines*perG)
 	}
+	if handedOver.Load() == 0 {
+		t.Fatal("no append was handed over: the test did not exercise the hand-off")
+	}
+	t.Logf("%d of %d appends handed over", handedOver.Load(), goroutines*perG)
 	if s.comb.busy || len(s.comb.q) != 0 {
 		t.Fatalf("combiner left busy=%v with %d queued", s.comb.busy, len(s.comb.q))
 	}
