@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -72,7 +73,8 @@ func newContended(t testing.TB, ser codec.SerializerID, store persist.Store) *co
 // is overwritten before the append runs), it is queued for the loop that is
 // appending, and that loop completes it after its own: the SEND_ACKs reach
 // the sender's loop in request order, and the pushes reach the receivers on
-// both loops, with the bytes the sender sent.
+// both loops, with the bytes the sender sent. A PUSH_ACK behind the sends
+// runs at once on the sender's loop.
 func TestContendedSendIsHandedOver(t *testing.T) {
 	for _, ser := range serializers {
 		t.Run(ser.String(), func(t *testing.T) {
@@ -83,14 +85,17 @@ func TestContendedSendIsHandedOver(t *testing.T) {
 			var in []byte
 			in = append(in, encodeFrame(t, ser, codec.CmdSend, 1, &pb.SendRequest{ClientMsgId: "a1", To: "bob", Body: []byte("to bob")})...)
 			in = append(in, encodeFrame(t, ser, codec.CmdSend, 2, &pb.SendRequest{ClientMsgId: "a2", To: "erin", Body: []byte("to erin")})...)
+			in = append(in, encodeFrame(t, ser, codec.CmdPushAck, 0, &pb.PushAck{UpToSeq: 7})...)
 			x.aframe = in
 			handoffs := testutil.ToFloat64(fe.s.metrics.appendHandoffs)
 			var inflight int32
 			var early int
+			var acked uint64
 			x.during = func(a *conn) {
 				a.mu.Lock()
 				inflight = a.inflight
 				a.mu.Unlock()
+				acked = a.cursor.Load()
 				early = len(x.at.out)
 				// The frames' memory is the transport's again: clobber it.
 				buf := x.at.in[:cap(x.at.in)]
@@ -102,6 +107,12 @@ func TestContendedSendIsHandedOver(t *testing.T) {
 
 			if inflight != 2 || early != 0 {
 				t.Fatalf("while the other loop appended: %d of alice's sends in flight, %d bytes written to her; want 2 and 0", inflight, early)
+			}
+			if acked != 7 {
+				t.Fatalf("alice's PUSH_ACK waited for her sends in flight (cursor %d while they were)", acked)
+			}
+			if cur, err := fe.s.store.Cursor(context.Background(), "alice", "pc"); err != nil || cur != 7 {
+				t.Fatalf("stored cursor %d, %v; want 7", cur, err)
 			}
 			if n := testutil.ToFloat64(fe.s.metrics.appendHandoffs) - handoffs; n != 2 {
 				t.Fatalf("%v sends handed over, want 2", n)

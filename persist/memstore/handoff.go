@@ -27,14 +27,18 @@ import (
 // it finds the queue empty.
 
 // maxHandedOff bounds the ops waiting for the combiner. A caller that finds
-// the queue full waits for the combiner to take a batch (back-pressure: the
-// queue never grows past it).
-const maxHandedOff = 4096
+// the queue full waits for the combiner to take a batch: back-pressure, as
+// the lock gave, so that a loop stops reading its connections when the
+// combiner falls behind instead of piling work on it. It is below the
+// engine's bound on one connection's pipelined sends (64), so a
+// connection's sends never overflow to the worker pool because of it.
+const maxHandedOff = 32
 
 type combiner struct {
 	mu    sync.Mutex
 	room  sync.Cond // signalled when the combiner takes a batch; L is &mu
 	busy  bool      // a combiner runs; it drains q before it stops
+	full  int       // callers waiting for room (Wait on room)
 	q     []handedOff
 	spare []handedOff // the other queue array, swapped in on each take
 
@@ -86,7 +90,9 @@ func (s *Store) HandOffAppend(op *persist.AppendOp, runner any) {
 	c := &s.comb
 	c.mu.Lock()
 	for c.busy && len(c.q) >= maxHandedOff {
+		c.full++
 		c.room.Wait()
+		c.full--
 	}
 	if c.busy {
 		c.q = append(c.q, handedOff{op: op, err: err})
@@ -122,8 +128,11 @@ func (s *Store) combine(own *persist.AppendOp, ownErr error, runner any) {
 			break
 		}
 		c.q = c.spare[:0]
+		wake := c.full > 0
 		c.mu.Unlock()
-		c.room.Broadcast()
+		if wake {
+			c.room.Broadcast()
+		}
 		for i := range batch {
 			h := batch[i]
 			batch[i] = handedOff{} // the op is the caller's again after Done
