@@ -25,6 +25,11 @@ import (
 // the caller handed them over. No op is left behind: busy and the queue
 // change together under combiner.mu, and the combiner clears busy only when
 // it finds the queue empty.
+//
+// Cost: the combiner serves the queue until it is empty, so while other
+// callers keep queueing, the rest of its own caller's work (a loop's other
+// connections) waits; the queue's bound keeps each batch short, not their
+// number.
 
 // maxHandedOff bounds the ops waiting for the combiner. A caller that finds
 // the queue full waits for the combiner to take a batch: back-pressure, as
