@@ -350,11 +350,25 @@ const maxPipelinedSends = 64
 // follow earlier ones without waiting for them: they all go through the
 // committer's queue, which stores and completes them in the order they were
 // handed over, so the client's order holds and the committer batches them
-// (one fsync) instead of taking one per round trip. Any other request waits
-// for every append (it must see their effects).
+// (one fsync) instead of taking one per round trip. The same holds for an
+// inline store that hands contended appends over (handOffAppender): its
+// queue of handed-over appends is first in, first out; there a PUSH_ACK
+// does not wait for them either (it moves the cursor over pushes already
+// received, which no append of its own connection can change, and has no
+// reply to order), so a connection that sends and acknowledges stays on its
+// loop. Any other request waits for every append (it must see their
+// effects).
 func (s *Server) inflightAllowed(cmd codec.Command) int32 {
-	if s.async != nil && !s.inline && (cmd == codec.CmdSend || cmd == codec.CmdGroupSend) {
-		return maxPipelinedSends
+	switch {
+	case s.async == nil:
+	case cmd == codec.CmdSend || cmd == codec.CmdGroupSend:
+		if !s.inline || s.handoff != nil {
+			return maxPipelinedSends
+		}
+	case cmd == codec.CmdPushAck:
+		if s.handoff != nil {
+			return maxPipelinedSends
+		}
 	}
 	return 1
 }

@@ -30,6 +30,7 @@ type metrics struct {
 	appendsLocal, appendsForwarded prometheus.Counter
 	remotePushes                   prometheus.Counter
 	loopTriggers                   prometheus.Counter
+	appendHandoffs                 prometheus.Counter
 	typingDropped                  prometheus.Counter
 }
 
@@ -63,6 +64,8 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 	m.remotePushes = prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_remote_pushes_total", Help: "Push requests sent to other nodes (one per node per message)."})
 	m.loopTriggers = prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_loop_triggers_total",
 		Help: "Times a goroutine woke an event loop to write output queued for its connections (one per loop per batch, not per message)."})
+	m.appendHandoffs = prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_append_handoffs_total",
+		Help: "Sends an event loop handed to the loop already appending to the memory store, instead of waiting for the store's lock."})
 	m.typingDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_typing_dropped_total",
 		Help: "TYPING notifications dropped over the per-user typing rate."})
 	framesVec := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imgn_frames_in_total", Help: "Frames received, by command."}, []string{"command"})
@@ -73,7 +76,7 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 		m.errors[ci.Code] = m.errorsVec.WithLabelValues(ci.Name)
 	}
 	reg.MustRegister(m.connections, m.sessions, m.accepted, m.rejected, m.logins, framesVec, m.bytesIn, m.bytesOut,
-		m.storeLatency, m.pushLatency, m.errorsVec, m.slowConsumers, m.encodeErrors, m.pushes, m.messages, appendsVec, m.remotePushes, m.loopTriggers, m.typingDropped)
+		m.storeLatency, m.pushLatency, m.errorsVec, m.slowConsumers, m.encodeErrors, m.pushes, m.messages, appendsVec, m.remotePushes, m.loopTriggers, m.appendHandoffs, m.typingDropped)
 	// The registry may be shared by several servers in one process (tests);
 	// the process collectors are registered once.
 	_ = reg.Register(collectors.NewGoCollector())

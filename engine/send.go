@@ -18,7 +18,12 @@ import (
 //     runs on the sender's event loop; the store completes the append
 //     before AppendAsync returns, under its own lock, so the SEND_ACK and
 //     the pushes are queued in seq order and written at the end of the same
-//     OnTraffic (pushes to other loops: one trigger per loop).
+//     OnTraffic (pushes to other loops: one trigger per loop). A store that
+//     hands contended appends over (handOffAppender, the memory store)
+//     never makes a loop wait for another loop's append: when one is
+//     running, the request's bytes are copied into the op and the op is
+//     queued for that loop, which completes it (the SEND_ACK then reaches
+//     the sender's loop like a cross-loop push).
 //   - async: the store has a committer (persist.AsyncAppender). The
 //     request is checked on the loop (or on a worker when a lookup could
 //     block) and handed to the committer; the committer completes each op
@@ -36,6 +41,11 @@ type sendOp struct {
 	h     codec.Header
 	start time.Time
 	async bool // counted in c.inflight
+	// combined: given to a handOffAppender, whose completions run on
+	// the goroutine of whichever loop is combining (its Runner), not
+	// necessarily src's.
+	combined bool
+	cost     int // counted in c.inflightBytes while async
 
 	inboxes [2]string
 	seqs    [2]uint64
@@ -99,11 +109,43 @@ func (op *sendOp) keep(b []byte) string {
 	case op.s.inline:
 		return unsafe.String(unsafe.SliceData(b), len(b))
 	case op.s.async != nil:
-		start := len(op.buf)
-		op.buf = append(op.buf, b...)
-		return unsafe.String(&op.buf[start], len(b))
+		return op.copyIn(b)
 	}
 	return string(b)
+}
+
+// copyIn appends b to op.buf and returns the copy as a string. op.buf must
+// have room for it (reserve), so earlier copies never move.
+func (op *sendOp) copyIn(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	start := len(op.buf)
+	op.buf = append(op.buf, b...)
+	return unsafe.String(&op.buf[start], len(b))
+}
+
+// own replaces the views of the frame that keep gave an inline op (To,
+// ClientMsgID, Body, and the recipient's inbox) with copies in op.buf, for
+// an op that is handed over and so outlives the frame. The inbox names
+// other than the recipient's are the sender's id and cached group members,
+// which do not change.
+func (op *sendOp) own() {
+	m := &op.Msg
+	to, cmid, body := m.To, m.ClientMsgID, m.Body
+	if n := len(to) + len(cmid) + len(body); cap(op.buf) < n {
+		op.buf = make([]byte, 0, n)
+	}
+	op.buf = op.buf[:0]
+	m.To = op.copyIn(unsafe.Slice(unsafe.StringData(to), len(to)))
+	m.ClientMsgID = op.copyIn(unsafe.Slice(unsafe.StringData(cmid), len(cmid)))
+	if len(body) > 0 {
+		b := op.copyIn(body)
+		m.Body = unsafe.Slice(unsafe.StringData(b), len(b))
+	}
+	if !m.Group && len(op.Inboxes) == 2 {
+		op.inboxes[1] = m.To
+	}
 }
 
 // inflightCost is what op counts against its connection's inbound bound
@@ -268,11 +310,31 @@ func (s *Server) submitAppend(ctx context.Context, src *loop, op *sendOp) {
 			op.src = src
 		}
 		op.async = true
+		op.cost = op.inflightCost()
 		op.c.mu.Lock()
 		op.c.inflight++
-		op.c.inflightBytes += op.inflightCost()
+		op.c.inflightBytes += op.cost
 		op.c.mu.Unlock()
 		s.inflightOps.Add(1)
+		if h := s.handoff; h != nil {
+			op.combined = true
+			if h.TryAppendAsync(&op.AppendOp, src) {
+				return
+			}
+			// Another loop is appending: hand the op over rather than
+			// wait. It outlives the frame now, so it owns its bytes,
+			// and they count against the connection's bound.
+			op.own()
+			if extra := op.inflightCost() - op.cost; extra > 0 {
+				op.cost += extra
+				op.c.mu.Lock()
+				op.c.inflightBytes += extra
+				op.c.mu.Unlock()
+			}
+			s.metrics.appendHandoffs.Inc()
+			h.HandOffAppend(&op.AppendOp, src)
+			return
+		}
 		s.async.AppendAsync(&op.AppendOp)
 		return
 	}
@@ -286,6 +348,9 @@ func (s *Server) submitAppend(ctx context.Context, src *loop, op *sendOp) {
 // either way in seq order per inbox, and it must not block.
 func (op *sendOp) AppendDone(*persist.AppendOp) {
 	s, c, src := op.s, op.c, op.src
+	if op.combined {
+		src, _ = s.handoff.Runner().(*loop)
+	}
 	if op.Err != nil {
 		c.replyErr(src, op.h, s.failure(c, "append", op.Err))
 	} else {
@@ -313,9 +378,21 @@ func (op *sendOp) AppendDone(*persist.AppendOp) {
 	}
 	if op.async {
 		s.inflightOps.Add(-1)
-		c.appendDone(op.inflightCost())
+		c.appendDone(op.cost)
 	}
 	putSendOp(op)
+}
+
+// handOffAppender is an inline store (persist.NonBlocking) whose appends
+// never make one event loop wait for another's (persist/memstore's
+// TryAppendAsync, HandOffAppend and Runner). runner is the *loop the call
+// runs on (nil on a worker); completions run under the store's lock, in
+// seq order per inbox, on the goroutine of the combining call, whose runner
+// Runner returns during them.
+type handOffAppender interface {
+	TryAppendAsync(op *persist.AppendOp, runner any) bool
+	HandOffAppend(op *persist.AppendOp, runner any)
+	Runner() any
 }
 
 // sendRate applies the per-user token bucket to a request of logged-in c:

@@ -61,6 +61,7 @@ type Server struct {
 	// committer that completes appends in order.
 	inline      bool
 	async       persist.AsyncAppender // nil: appends run synchronously on workers
+	handoff     handOffAppender       // inline stores that take contended appends off a loop (send.go)
 	inBytes     atomic.Int64          // bytes of requests queued for workers, node-wide
 	inflightOps atomic.Int64          // appends handed to the store, not yet complete
 
@@ -118,6 +119,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if _, ok := cfg.Store.(persist.NonBlocking); ok && cfg.Cluster == nil && cfg.Sessions == nil {
 		s.inline = true
+		if h, ok := cfg.Store.(handOffAppender); ok && s.async != nil {
+			s.handoff = h
+		}
 	}
 	var err error
 	if s.edge, err = newEdge(s); err != nil {

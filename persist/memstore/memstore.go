@@ -7,7 +7,10 @@
 // holds, and the implementation passes persist/storetest.
 //
 // All state sits behind one sync.RWMutex: writes are serialised, reads run in
-// parallel. Append is O(len(inboxes)) plus the copy of the body.
+// parallel. Append is O(len(inboxes)) plus the copy of the body. Appenders
+// that must not wait for each other (event loops) use TryAppendAsync and
+// HandOffAppend, which hand a contended append to the lock's holder
+// (handoff.go).
 package memstore
 
 import (
@@ -31,9 +34,12 @@ var (
 // Store is an in-memory persist.Store. The zero value is not usable; call New.
 // A Store is safe for concurrent use by any number of goroutines.
 type Store struct {
-	mu      sync.RWMutex
-	closed  bool
-	m       *messages // messages and inboxes (see messages.go)
+	mu     sync.RWMutex
+	closed bool
+	m      *messages // messages and inboxes (see messages.go)
+	// Delivery cursors have a lock of their own: a PUSH_ACK on one event
+	// loop then never waits for an append on another. nil once closed.
+	curMu   sync.Mutex
 	cursors map[cursorKey]uint64
 	// Accounts: creation time by id, and the password hashes of those that
 	// have one (accounts provisioned by token login have none): most
@@ -41,6 +47,7 @@ type Store struct {
 	users  map[string]int64
 	hashes map[string]string
 	groups groupTable // groups.go
+	comb   combiner   // the append hand-off (handoff.go)
 }
 
 type cursorKey struct{ user, device string }
@@ -61,13 +68,15 @@ func NewWith(r persist.Retention) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("memstore: %w", err)
 	}
-	return &Store{
+	s := &Store{
 		m:       newMessages(r),
 		cursors: make(map[cursorKey]uint64),
 		users:   make(map[string]int64),
 		hashes:  make(map[string]string),
 		groups:  newGroupTable(),
-	}, nil
+	}
+	s.comb.room.L = &s.comb.mu
+	return s, nil
 }
 
 // FirstSeq implements persist.Retainer.
@@ -289,9 +298,9 @@ func (s *Store) SetCursor(ctx context.Context, user, device string, seq uint64) 
 	if err := checkUserDevice(user, device); err != nil {
 		return fmt.Errorf("memstore: set cursor: %w", err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
+	s.curMu.Lock()
+	defer s.curMu.Unlock()
+	if s.cursors == nil {
 		return persist.ErrClosed
 	}
 	k := cursorKey{user, device}
@@ -309,9 +318,9 @@ func (s *Store) Cursor(ctx context.Context, user, device string) (uint64, error)
 	if err := checkUserDevice(user, device); err != nil {
 		return 0, fmt.Errorf("memstore: cursor: %w", err)
 	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
+	s.curMu.Lock()
+	defer s.curMu.Unlock()
+	if s.cursors == nil {
 		return 0, persist.ErrClosed
 	}
 	return s.cursors[cursorKey{user, device}], nil
@@ -379,7 +388,10 @@ func (s *Store) Close() error {
 		return persist.ErrClosed
 	}
 	s.closed = true
-	s.m, s.cursors, s.users, s.hashes, s.groups = nil, nil, nil, nil, groupTable{}
+	s.m, s.users, s.hashes, s.groups = nil, nil, nil, groupTable{}
+	s.curMu.Lock()
+	s.cursors = nil
+	s.curMu.Unlock()
 	return nil
 }
 
