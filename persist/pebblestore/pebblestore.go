@@ -225,6 +225,10 @@ type Options struct {
 	// housekeepEvery is the period of the disk-space and metrics refresh
 	// (tests change it); zero means one second.
 	housekeepEvery time.Duration
+	// inlineRefs is the most inbox entries a message record carries itself
+	// (zero: DefaultInlineRefs; negative: none, every message gets a refs
+	// record as in the first layout; tests use that to write old stores).
+	inlineRefs int
 	// beforeCommit, when set (tests only), runs on the committer before
 	// each batch is applied, with the batch's size.
 	beforeCommit func(n int)
@@ -269,6 +273,7 @@ func (o Options) withDefaults() (Options, error) {
 	defaults.Set(&o.HeadCacheSize, DefaultHeadCacheSize)
 	defaults.Set(&o.DedupFilterBytes, DefaultDedupFilterBytes)
 	defaults.Set(&o.housekeepEvery, time.Second)
+	defaults.Set(&o.inlineRefs, DefaultInlineRefs)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -447,8 +452,19 @@ func openDB(dir string, popts *pebble.Options) (*pebble.DB, error) {
 			}
 			continue
 		case err != nil:
+		case len(v) == 1 && v[0] == formatVersion-1:
+			// Format 1 reads as it is (every message has a refs record);
+			// mark it 2 before writing records that carry their refs, so
+			// that an older binary refuses the store instead of missing
+			// them.
+			closer.Close()
+			if err = db.Set(metaFormatKey, []byte{formatVersion}, pebble.Sync); err == nil {
+				return db, nil
+			}
 		case len(v) != 1 || v[0] != formatVersion:
-			err = fmt.Errorf("unsupported store format %v (want %d)", v, formatVersion)
+			err = fmt.Errorf("unsupported store format %v (this version reads formats %d and %d): "+
+				"it was written by a newer version of imd; run that version, or start with another data directory",
+				v, formatVersion-1, formatVersion)
 			closer.Close()
 		default:
 			closer.Close()
