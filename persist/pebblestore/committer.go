@@ -180,7 +180,7 @@ type committer struct {
 	val, val2       []byte
 	idv             [8]byte
 	refs            refsRecord
-	sweepFrom       uint64 // where the cap sweep of the refs table resumes
+	sweepFrom       uint64 // where the cap sweep of the message table resumes
 
 	filter filterState // the dedup filter (filter.go)
 }

@@ -16,7 +16,7 @@ import (
 const (
 	ageBudget   = 512  // expired messages removed per request
 	capBudget   = 1024 // inboxes (or heads scanned) per request
-	sweepBudget = 1024 // refs records examined per request
+	sweepBudget = 1024 // message records examined per request
 	// sweepPerPass bounds the cap sweep of one pass; the next pass resumes
 	// where it stopped.
 	sweepPerPass = 64 * sweepBudget
