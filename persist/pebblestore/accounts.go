@@ -42,14 +42,15 @@ func (s *Store) UpdateUser(ctx context.Context, u persist.User) error {
 	}})
 }
 
-// ReplayFrom implements persist.Replayer over the refs table, which is in
-// message-ID order and lists each message's inbox entries. It reads the
+// ReplayFrom implements persist.Replayer over the message table, which is
+// in message-ID order; each message's inbox entries are in its record or
+// its refs record. It reads the
 // snapshot published by the last commit (only durable data) and checks each
 // entry against the inbox table, so entries retention removed are left out.
 func (s *Store) ReplayFrom(ctx context.Context, fromID uint64, fn func(msg *persist.Message, inboxes []string, seqs []uint64) error) error {
 	var fnErr error
 	err := s.viewRead(ctx, "replay", func(r reader) (err error) {
-		it, err := r.NewIter(&pebble.IterOptions{LowerBound: keyID(nil, tRefs, fromID), UpperBound: []byte{tRefs + 1}})
+		it, err := r.NewIter(&pebble.IterOptions{LowerBound: keyID(nil, tMessage, fromID), UpperBound: []byte{tMessage + 1}})
 		if err != nil {
 			return err
 		}
@@ -71,7 +72,7 @@ func (s *Store) ReplayFrom(ctx context.Context, fromID uint64, fn func(msg *pers
 			}
 			id, err := u64(it.Key()[1:])
 			if err == nil {
-				err = decodeRefs(id, it.Value(), &refs)
+				err = recordRefs(id, it.Value(), &refs, readerGet(r))
 			}
 			if err != nil {
 				return err
@@ -96,7 +97,7 @@ func (s *Store) ReplayFrom(ctx context.Context, fromID uint64, fn func(msg *pers
 			if len(inboxes) == 0 {
 				continue
 			}
-			if err := getMessage(r, id, &msg); err != nil {
+			if msg, err = decodeMessage(id, it.Value()); err != nil {
 				return err
 			}
 			if err := fn(&msg, inboxes, seqs); err != nil {

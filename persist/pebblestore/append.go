@@ -66,18 +66,14 @@ func (c *committer) apply(op *persist.AppendOp) error {
 	c.val = appendBE64(c.val[:0], m.ID)
 	c.set(c.key, c.val)
 	c.dedupWritten(dh)
-	c.val = appendMessage(c.val[:0], m)
-	c.set(keyID(c.key, tMessage, m.ID), c.val)
-	c.val = appendRefsHeader(c.val[:0], m.Timestamp, m.From, m.ClientMsgID)
 	p := c.newPending()
 	p.msg = *m
 	for i, in := range op.Inboxes {
-		c.val = appendRef(c.val, in, seqs[i])
 		p.refs = append(p.refs, ref{in, seqs[i]})
 		c.addEntryAt(c.hst[i], seqs[i], m.ID)
 		c.converse(c.cst[i], in, m, seqs[i])
 	}
-	c.set(keyID(c.key, tRefs, m.ID), c.val)
+	c.writeRecord(p)
 	pi := len(c.pend) - 1
 	c.pendDedup[dk] = pi
 	c.pendID[m.ID] = pi
@@ -157,25 +153,58 @@ func (c *committer) loadStored(id uint64) (int, error) {
 	if !found {
 		return 0, fmt.Errorf("%w: dedup entry for missing message %d", errCorrupt, id)
 	}
-	msg, recallEv, err := decodeMessageRec(id, v)
+	msg, recallEv, inline, err := decodeMessageRefs(id, v, &c.refs.refs, true)
 	if err != nil {
 		return 0, err
 	}
-	v, found, err = c.lookup(keyID(c.key, tRefs, id))
-	if err != nil {
-		return 0, err
-	}
-	if !found {
-		return 0, fmt.Errorf("%w: missing refs of message %d", errCorrupt, id)
-	}
-	if err := decodeRefs(id, v, &c.refs); err != nil {
-		return 0, err
+	if !inline {
+		if err := c.externalRefs(id); err != nil {
+			return 0, err
+		}
 	}
 	p := c.newPending()
-	p.msg, p.recallEv = msg, recallEv
+	p.msg, p.recallEv, p.external = msg, recallEv, !inline
 	p.refs = append(p.refs, c.refs.refs...)
 	c.pendID[id] = len(c.pend) - 1
 	return len(c.pend) - 1, nil
+}
+
+// externalRefs reads the refs record of message id into c.refs: the refs
+// of a message whose record does not carry them.
+func (c *committer) externalRefs(id uint64) error {
+	v, found, err := c.lookup(keyID(c.key, tRefs, id))
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fmt.Errorf("%w: missing refs of message %d", errCorrupt, id)
+	}
+	return decodeRefs(id, v, &c.refs)
+}
+
+// writeRecord writes the records of pending message p as it is now (its
+// message, recall event and refs): the refs go into the message record when
+// there are at most Options.inlineRefs of them, else into a refs record.
+// A refs record that the message record now replaces is deleted.
+func (c *committer) writeRecord(p *pending) {
+	inline := len(p.refs) <= c.s.opts.inlineRefs
+	var refs []ref
+	if inline {
+		refs = p.refs
+	}
+	c.val = appendMessageRec(c.val[:0], &p.msg, p.recallEv, refs)
+	c.set(keyID(c.key, tMessage, p.msg.ID), c.val)
+	switch {
+	case !inline:
+		c.val = appendRefsHeader(c.val[:0], p.msg.Timestamp, p.msg.From, p.msg.ClientMsgID)
+		for _, r := range p.refs {
+			c.val = appendRef(c.val, r.inbox, r.seq)
+		}
+		c.set(keyID(c.key, tRefs, p.msg.ID), c.val)
+	case p.external:
+		c.del(keyID(c.key, tRefs, p.msg.ID)) // written by the first layout
+	}
+	p.external = !inline
 }
 
 // applyDuplicate completes op as a retry of pending message pi: inboxes that
@@ -210,11 +239,7 @@ func (c *committer) applyDuplicate(op *persist.AppendOp, pi int) error {
 			c.converse(c.cst[i], in, &p.msg, seqs[i])
 			p.refs = append(p.refs, ref{in, seqs[i]})
 		}
-		c.val = appendRefsHeader(c.val[:0], p.msg.Timestamp, p.msg.From, p.msg.ClientMsgID)
-		for _, r := range p.refs {
-			c.val = appendRef(c.val, r.inbox, r.seq)
-		}
-		c.set(keyID(c.key, tRefs, id), c.val)
+		c.writeRecord(p)
 	}
 	// The result is the caller's: a copy, since p.msg may point into the
 	// memory of an op of this batch, which its caller may reuse in Done.

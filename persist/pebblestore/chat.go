@@ -245,9 +245,9 @@ func (v *chatView) message(id uint64) (persist.Message, error) {
 	return decodeMessage(id, val)
 }
 
-// refs reads message id's refs record into r: ErrNotFound when it is gone.
+// refs reads message id's refs into r: ErrNotFound when it is gone.
 func (v *chatView) refs(id uint64, r *refsRecord) error {
-	v.key = keyID(v.key, tRefs, id)
+	v.key = keyID(v.key, tMessage, id)
 	val, ok, err := v.get(v.key)
 	if err != nil {
 		return err
@@ -255,7 +255,7 @@ func (v *chatView) refs(id uint64, r *refsRecord) error {
 	if !ok {
 		return persist.ErrNotFound
 	}
-	return decodeRefs(id, val, r)
+	return recordRefs(id, val, r, v.get)
 }
 
 // chatRead runs fn on the current snapshot with a fresh chatView.
@@ -761,17 +761,13 @@ func (c *committer) checkEventID(what string, id uint64) error {
 func (c *committer) storeEvent(req *persist.EventRequest, kind uint32, p *pending, inboxes []string, seqs []uint64) persist.Message {
 	ev := persist.Message{ID: req.ID, From: strings.Clone(p.msg.From), To: strings.Clone(p.msg.To), Group: p.msg.Group,
 		Timestamp: req.Timestamp, Event: kind, Target: p.msg.ID}
-	c.val = appendMessage(c.val[:0], &ev)
-	c.set(keyID(c.key, tMessage, ev.ID), c.val)
-	c.val = appendRefsHeader(c.val[:0], ev.Timestamp, ev.From, "")
 	np := c.newPending()
 	np.msg = ev
 	for i, in := range inboxes {
-		c.val = appendRef(c.val, in, seqs[i])
 		np.refs = append(np.refs, ref{in, seqs[i]})
 		c.addEntry(in, seqs[i], ev.ID)
 	}
-	c.set(keyID(c.key, tRefs, ev.ID), c.val)
+	c.writeRecord(np)
 	c.pendID[ev.ID] = len(c.pend) - 1
 	c.maxID = max(c.maxID, ev.ID)
 	return ev
@@ -830,8 +826,7 @@ func (c *committer) recall(req *persist.EventRequest, res *persist.EventResult) 
 	ev := c.storeEvent(req, persist.EventRecall, p, holders, seqs)
 	p = &c.pend[pi] // storeEvent may have grown c.pend
 	p.msg.Recalled, p.msg.Body, p.recallEv = true, nil, ev.ID
-	c.val = appendMessageRec(c.val[:0], &p.msg, ev.ID)
-	c.set(keyID(c.key, tMessage, p.msg.ID), c.val)
+	c.writeRecord(p)
 	*res = persist.EventResult{Event: ev, Inboxes: holders, Seqs: seqs}
 	return nil
 }

@@ -180,7 +180,7 @@ type committer struct {
 	val, val2       []byte
 	idv             [8]byte
 	refs            refsRecord
-	sweepFrom       uint64 // where the cap sweep of the refs table resumes
+	sweepFrom       uint64 // where the cap sweep of the message table resumes
 
 	filter filterState // the dedup filter (filter.go)
 }
@@ -203,6 +203,7 @@ type pending struct {
 	msg      persist.Message // for a duplicate's result; may point into an op
 	refs     []ref           // every inbox entry of the message
 	recallEv uint64          // the event that recalled it (0: none)
+	external bool            // it has a refs record (writeRecord)
 }
 
 const maxOverCap = 1 << 16
@@ -344,6 +345,7 @@ func (c *committer) resetBatchState() {
 		c.pend[i].msg = persist.Message{}
 		c.pend[i].refs = c.pend[i].refs[:0]
 		c.pend[i].recallEv = 0
+		c.pend[i].external = false
 	}
 	c.pend = c.pend[:0]
 	clear(c.pendDedup)

@@ -30,12 +30,28 @@ const (
 )
 
 const (
-	formatVersion = 1 // the key layout
+	// formatVersion is the key layout. 2: message records may carry their
+	// inbox entries (flagRefs) instead of a refs record; a store of format
+	// 1 (every message has a refs record) is read unchanged and marked 2
+	// at Open, so that an older binary refuses it rather than miss refs.
+	formatVersion = 2
 	recordV1      = 1 // the record encodings below
 
 	flagGroup    = 1 << 0 // message flags byte
 	flagEvent    = 1 << 1 // an event entry: uvarint(event) uvarint(target) follow the kind
 	flagRecalled = 1 << 2 // a recalled message: uvarint(recall event id) follows; no body
+	// flagRefs: the message's inbox entries follow (before the body), and
+	// it has no refs record: uvarint(n), then per entry a tag (refFrom,
+	// refTo, or refOther and lp(inbox)) and uvarint(seq).
+	flagRefs = 1 << 3
+
+	refFrom, refTo, refOther = 0, 1, 2 // inline ref tags
+
+	// DefaultInlineRefs is the most inbox entries a message record carries
+	// itself: a 1:1 message (two) has no refs record, one key less per
+	// append; a group message keeps its entries in the refs table so that
+	// reading the message does not read them.
+	DefaultInlineRefs = 4
 
 	// entryHidden marks an inbox entry its owner deleted (the optional
 	// ninth byte of an inbox entry's value).
@@ -143,14 +159,17 @@ func u64(v []byte) (uint64, error) {
 	return binary.BigEndian.Uint64(v), nil
 }
 
-// appendMessage appends the record of m (without the ID, which is the key).
-func appendMessage(b []byte, m *persist.Message) []byte { return appendMessageRec(b, m, 0) }
+// appendMessage appends the record of m (without the ID, which is the key),
+// without refs.
+func appendMessage(b []byte, m *persist.Message) []byte { return appendMessageRec(b, m, 0, nil) }
 
 // appendMessageRec appends the record of m; recallEv != 0 records that m
-// was recalled by that event, and drops the body. Records of plain
-// messages are those of the first layout (the flags that add fields are
-// new), so stores written before the chat seam read unchanged.
-func appendMessageRec(b []byte, m *persist.Message, recallEv uint64) []byte {
+// was recalled by that event, and drops the body; refs, when not nil, are
+// the message's inbox entries, carried by the record (flagRefs). Records
+// of plain messages without refs are those of the first layout (the flags
+// that add fields are new), so stores written before the chat seam read
+// unchanged.
+func appendMessageRec(b []byte, m *persist.Message, recallEv uint64, refs []ref) []byte {
 	b = append(b, recordV1)
 	b = appendLP(b, m.From)
 	b = appendLP(b, m.To)
@@ -164,6 +183,9 @@ func appendMessageRec(b []byte, m *persist.Message, recallEv uint64) []byte {
 	if recallEv != 0 {
 		flags |= flagRecalled
 	}
+	if refs != nil {
+		flags |= flagRefs
+	}
 	b = append(b, flags)
 	b = appendLP(b, m.ClientMsgID)
 	b = binary.AppendVarint(b, m.Timestamp)
@@ -173,7 +195,24 @@ func appendMessageRec(b []byte, m *persist.Message, recallEv uint64) []byte {
 		b = binary.AppendUvarint(b, m.Target)
 	}
 	if recallEv != 0 {
-		return binary.AppendUvarint(b, recallEv)
+		b = binary.AppendUvarint(b, recallEv)
+	}
+	if refs != nil {
+		b = binary.AppendUvarint(b, uint64(len(refs)))
+		for _, r := range refs {
+			switch r.inbox {
+			case m.From:
+				b = append(b, refFrom)
+			case m.To:
+				b = append(b, refTo)
+			default:
+				b = appendLP(append(b, refOther), r.inbox)
+			}
+			b = binary.AppendUvarint(b, r.seq)
+		}
+	}
+	if recallEv != 0 {
+		return b
 	}
 	return append(b, m.Body...) // the body is the rest of the record
 }
@@ -250,9 +289,19 @@ func decodeMessage(id uint64, rec []byte) (persist.Message, error) {
 // decodeMessageRec is decodeMessage that also returns the id of the event
 // that recalled the message (0: not recalled).
 func decodeMessageRec(id uint64, rec []byte) (persist.Message, uint64, error) {
+	m, recallEv, _, err := decodeMessageRefs(id, rec, nil, true)
+	return m, recallEv, err
+}
+
+// decodeMessageRefs decodes a message record. If the record carries the
+// message's refs (inline), they are appended to (*refs)[:0] when refs is not
+// nil; otherwise they are in the refs table. With body false the body is
+// left out (retention and retries need only the header). The message and
+// refs share no memory with rec.
+func decodeMessageRefs(id uint64, rec []byte, refs *[]ref, body bool) (m persist.Message, recallEv uint64, inline bool, err error) {
 	d := decoder{b: rec}
 	d.version()
-	m := persist.Message{ID: id}
+	m = persist.Message{ID: id}
 	m.From = d.string()
 	m.To = d.string()
 	flags := d.byte()
@@ -270,25 +319,59 @@ func decodeMessageRec(id uint64, rec []byte) (persist.Message, uint64, error) {
 		}
 		m.Event = uint32(ev)
 	}
-	var recallEv uint64
 	if flags&flagRecalled != 0 {
-		if recallEv = d.uvarint(); d.err == nil && (recallEv == 0 || len(d.b) != 0) {
+		if recallEv = d.uvarint(); d.err == nil && recallEv == 0 {
 			d.fail()
 		}
 	}
-	if d.err == nil && flags&^(flagGroup|flagEvent|flagRecalled) != 0 {
+	if inline = flags&flagRefs != 0; inline {
+		d.refs(&m, refs)
+	}
+	if d.err == nil && flags&flagRecalled != 0 && len(d.b) != 0 {
+		d.fail() // a recalled message has no body
+	}
+	if d.err == nil && flags&^(flagGroup|flagEvent|flagRecalled|flagRefs) != 0 {
 		d.err = fmt.Errorf("%w: message flags %#x", errCorrupt, flags)
 	}
 	if d.err != nil {
-		return persist.Message{}, 0, fmt.Errorf("message %d: %w", id, d.err)
+		return persist.Message{}, 0, false, fmt.Errorf("message %d: %w", id, d.err)
 	}
 	m.Group = flags&flagGroup != 0
 	m.Kind = uint32(kind)
 	m.Recalled = recallEv != 0
-	if len(d.b) > 0 {
+	if body && len(d.b) > 0 {
 		m.Body = append([]byte(nil), d.b...)
 	}
-	return m, recallEv, nil
+	return m, recallEv, inline, nil
+}
+
+// refs decodes inline refs of message m into refs (if not nil); inboxes
+// named by tag share m's strings.
+func (d *decoder) refs(m *persist.Message, refs *[]ref) {
+	n := d.uvarint()
+	if d.err == nil && (n == 0 || n > uint64(len(d.b))/2) {
+		d.fail() // every entry takes two bytes at least
+	}
+	if refs != nil {
+		*refs = (*refs)[:0]
+	}
+	for i := uint64(0); i < n && d.err == nil; i++ {
+		var in string
+		switch tag := d.byte(); tag {
+		case refFrom:
+			in = m.From
+		case refTo:
+			in = m.To
+		case refOther:
+			in = d.string()
+		default:
+			d.fail()
+		}
+		seq := d.uvarint()
+		if refs != nil && d.err == nil {
+			*refs = append(*refs, ref{in, seq})
+		}
+	}
 }
 
 // appendEntry appends an inbox entry's value: the message id, and a flags
@@ -414,6 +497,29 @@ func appendRefsHeader(b []byte, ts int64, from, clientMsgID string) []byte {
 
 func appendRef(b []byte, inbox string, seq uint64) []byte {
 	return binary.AppendUvarint(appendLP(b, inbox), seq)
+}
+
+// recordRefs decodes message record rec of message id into r (timestamp,
+// sender, client message id, refs): from the record itself, or from the
+// message's refs record, read through get, when the record does not carry
+// them. r shares no memory with rec or get's values.
+func recordRefs(id uint64, rec []byte, r *refsRecord, get func(key []byte) ([]byte, bool, error)) error {
+	m, _, inline, err := decodeMessageRefs(id, rec, &r.refs, false)
+	if err != nil {
+		return err
+	}
+	if inline {
+		r.ts, r.from, r.clientMsgID = m.Timestamp, m.From, m.ClientMsgID
+		return nil
+	}
+	v, ok, err := get(keyID(nil, tRefs, id))
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: missing refs of message %d", errCorrupt, id)
+	}
+	return decodeRefs(id, v, r)
 }
 
 // decodeRefs decodes a refs record into r, reusing r.refs.

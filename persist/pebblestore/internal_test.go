@@ -348,11 +348,11 @@ func TestEncodingRoundTrip(t *testing.T) {
 		t.Fatalf("event round trip: %+v, %v", got, err)
 	}
 	rc := msgs[1]
-	got, recallEv, err := decodeMessageRec(2, appendMessageRec(nil, &rc, 77))
+	got, recallEv, err := decodeMessageRec(2, appendMessageRec(nil, &rc, 77, nil))
 	if err != nil || !got.Recalled || recallEv != 77 || got.Body != nil || got.Kind != rc.Kind || got.From != rc.From {
 		t.Fatalf("recalled round trip: %+v, %d, %v", got, recallEv, err)
 	}
-	if _, err := decodeMessage(2, append(appendMessageRec(nil, &rc, 77), 1)); !errors.Is(err, errCorrupt) {
+	if _, err := decodeMessage(2, append(appendMessageRec(nil, &rc, 77, nil), 1)); !errors.Is(err, errCorrupt) {
 		t.Fatalf("a recalled record with a body: %v, want errCorrupt", err)
 	}
 	if _, err := decodeMessage(2, []byte{recordV1, 0, 0, 1 << 5, 0, 0, 0}); !errors.Is(err, errCorrupt) {
@@ -435,20 +435,29 @@ func FuzzDecodeMessage(f *testing.F) {
 	f.Add([]byte{recordV1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	f.Add([]byte{})
 	f.Add(appendMessage(nil, &persist.Message{ID: 1, From: "a", To: "g", Group: true, Event: persist.EventRecall, Target: 3}))
-	f.Add(appendMessageRec(nil, &persist.Message{ID: 1, From: "a", To: "b", ClientMsgID: "c", Body: []byte("gone")}, 9))
+	f.Add(appendMessageRec(nil, &persist.Message{ID: 1, From: "a", To: "b", ClientMsgID: "c", Body: []byte("gone")}, 9, nil))
+	f.Add(appendMessageRec(nil, &persist.Message{ID: 1, From: "a", To: "b", ClientMsgID: "c", Body: []byte("hi")}, 0,
+		[]ref{{"a", 1}, {"b", 1 << 40}, {"c", 2}}))
+	f.Add(appendMessageRec(nil, &persist.Message{ID: 1, From: "a", To: "b", ClientMsgID: "c"}, 9, []ref{{"b", 3}}))
 	f.Fuzz(func(t *testing.T, rec []byte) {
-		m, ev, err := decodeMessageRec(7, rec)
+		var refs []ref
+		m, ev, inline, err := decodeMessageRefs(7, rec, &refs, true)
 		if err != nil {
 			return
 		}
-		again, ev2, err := decodeMessageRec(7, appendMessageRec(nil, &m, ev))
+		if !inline {
+			refs = nil
+		}
+		var refs2 []ref
+		again, ev2, inline2, err := decodeMessageRefs(7, appendMessageRec(nil, &m, ev, refs), &refs2, true)
 		if err != nil {
 			t.Fatalf("re-decode: %v", err)
 		}
 		if again.From != m.From || again.To != m.To || again.ClientMsgID != m.ClientMsgID || again.Timestamp != m.Timestamp ||
 			again.Kind != m.Kind || again.Group != m.Group || !bytes.Equal(again.Body, m.Body) ||
-			again.Event != m.Event || again.Target != m.Target || again.Recalled != m.Recalled || ev2 != ev {
-			t.Fatalf("unstable: %+v vs %+v", m, again)
+			again.Event != m.Event || again.Target != m.Target || again.Recalled != m.Recalled || ev2 != ev ||
+			inline2 != inline || (inline && !slices.Equal(refs2, refs)) {
+			t.Fatalf("unstable: %+v %v vs %+v %v", m, refs, again, refs2)
 		}
 	})
 }

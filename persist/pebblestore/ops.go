@@ -97,6 +97,22 @@ func getValue(r reader, key []byte, fn func(v []byte) error) error {
 	return fn(v)
 }
 
+// readerGet returns a point read of r for recordRefs: the value is a
+// copy, ok false when the key is absent.
+func readerGet(r reader) func(key []byte) ([]byte, bool, error) {
+	return func(key []byte) ([]byte, bool, error) {
+		var v []byte
+		err := getValue(r, key, func(val []byte) error {
+			v = bytes.Clone(val)
+			return nil
+		})
+		if errors.Is(err, persist.ErrNotFound) {
+			return nil, false, nil
+		}
+		return v, err == nil, err
+	}
+}
+
 // Lookup implements persist.MessageStore. The result shares no memory with
 // the store.
 func (s *Store) Lookup(ctx context.Context, from, clientMsgID string) (persist.Message, error) {

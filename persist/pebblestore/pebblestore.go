@@ -24,9 +24,9 @@
 // record if retention trimmed it); an append reads nothing on the hot path
 // but its dedup key, and only when an in-memory filter of the stored dedup
 // keys (filter.go; built in the background after Open) cannot rule the key
-// out, and writes seven keys for a 1:1 message (message, refs, dedup, and
-// per inbox one entry and one conversation index entry; a conversation's
-// first message adds its record). Conversation upkeep
+// out, and writes six keys for a 1:1 message (message, dedup, and per
+// inbox one entry and one conversation index entry; a conversation's first
+// message adds its record). Conversation upkeep
 // (persist.ChatStore: chat.go) is part of the same batch, so a crash never
 // leaves an inbox and its conversations disagreeing, and reads nothing
 // either: the committer keeps the state of the conversations it appends to
@@ -48,8 +48,10 @@
 // is prefix-free, so all keys of one user form one contiguous range.
 //
 //	0x00 "format"              -> format version (1 byte)
-//	'm' be64(msgID)            -> message record (from, to, flags, client msg id, timestamp, kind, body)
-//	'r' be64(msgID)            -> refs record: timestamp, from, client msg id, and the (inbox, seq) entries
+//	'm' be64(msgID)            -> message record (from, to, flags, client msg id, timestamp, kind,
+//	                              up to 4 (inbox, seq) entries, body)
+//	'r' be64(msgID)            -> refs record of a message with more entries: timestamp, from,
+//	                              client msg id, and the (inbox, seq) entries
 //	'd' lp(from) clientMsgID   -> be64(msgID)                   dedup
 //	'i' lp(user) be64(seq)     -> be64(msgID) [flags]           inbox entries: a SYNC page is one range;
 //	                                                            flags 1 = deleted by the owner (Delete)
@@ -79,9 +81,17 @@
 // An inbox's last seq is that of its last entry; the head record exists only
 // once retention removed entries, so that an inbox that lost all of them
 // does not give its seqs out again. Message IDs are time-ordered, so the
-// message and refs tables grow at their end. The refs record makes appends idempotent per (inbox, message): a
-// retry reads it (only retries do) and adds entries only for inboxes that do
-// not have the message yet. Records start with a version byte and use
+// message and refs tables grow at their end. A message's (inbox, seq)
+// entries ("refs") make appends idempotent per (inbox, message): a retry
+// reads them (only retries do) and adds entries only for inboxes that do
+// not have the message yet. A message with at most 4 entries (every 1:1
+// message: sender and recipient) carries them in its own record, as a tag
+// for the sender or recipient (or the inbox's name) and the seq, so it has
+// no refs record; one with more (a group message) has a refs record, so that
+// reading the message does not read its entries. Format 1 (until this
+// layout) gave every message a refs record; such a store is read as it is
+// (a record without entries has a refs record) and marked format 2 at Open,
+// which older versions refuse. Records start with a version byte and use
 // varints and length-prefixed strings.
 //
 // # Retention
@@ -89,14 +99,14 @@
 // With Options.Retention set, a background pass (every Retention.Interval,
 // or on EnforceRetention) applies the rules of persist.Retention. Its writes
 // go through the committer like every other write, each step in a batch of
-// its own: expired messages are found in message-ID order in the refs table
-// and removed with their dedup keys; an inbox loses a prefix by a range
+// its own: expired messages are found in message-ID order in the message
+// table and removed with their refs records and dedup keys; an inbox loses a prefix by a range
 // delete (point deletes below 64 entries, which keeps range tombstones few)
 // and a new first seq in its head; its conversation index entries below
 // that seq go the same way at the end of the pass, in batches that visit at
 // most 4096 conversations each (reads skip them meanwhile; a conversation
 // left without entries gets its record); messages the cap removed from every inbox
-// are found by a sweep over the refs table that resumes where the last pass
+// are found by a sweep over the message table that resumes where the last pass
 // stopped. After a pass that removed messages by age, the removed key range
 // is compacted so the disk space comes back.
 //
@@ -225,6 +235,10 @@ type Options struct {
 	// housekeepEvery is the period of the disk-space and metrics refresh
 	// (tests change it); zero means one second.
 	housekeepEvery time.Duration
+	// inlineRefs is the most inbox entries a message record carries itself
+	// (zero: DefaultInlineRefs; negative: none, every message gets a refs
+	// record as in the first layout; tests use that to write old stores).
+	inlineRefs int
 	// beforeCommit, when set (tests only), runs on the committer before
 	// each batch is applied, with the batch's size.
 	beforeCommit func(n int)
@@ -269,6 +283,7 @@ func (o Options) withDefaults() (Options, error) {
 	defaults.Set(&o.HeadCacheSize, DefaultHeadCacheSize)
 	defaults.Set(&o.DedupFilterBytes, DefaultDedupFilterBytes)
 	defaults.Set(&o.housekeepEvery, time.Second)
+	defaults.Set(&o.inlineRefs, DefaultInlineRefs)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -447,8 +462,19 @@ func openDB(dir string, popts *pebble.Options) (*pebble.DB, error) {
 			}
 			continue
 		case err != nil:
+		case len(v) == 1 && v[0] == formatVersion-1:
+			// Format 1 reads as it is (every message has a refs record);
+			// mark it 2 before writing records that carry their refs, so
+			// that an older binary refuses the store instead of missing
+			// them.
+			closer.Close()
+			if err = db.Set(metaFormatKey, []byte{formatVersion}, pebble.Sync); err == nil {
+				return db, nil
+			}
 		case len(v) != 1 || v[0] != formatVersion:
-			err = fmt.Errorf("unsupported store format %v (want %d)", v, formatVersion)
+			err = fmt.Errorf("unsupported store format %v (this version reads formats %d and %d): "+
+				"it was written by a newer version of imd; run that version, or start with another data directory",
+				v, formatVersion-1, formatVersion)
 			closer.Close()
 		default:
 			closer.Close()

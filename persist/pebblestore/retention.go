@@ -16,7 +16,7 @@ import (
 const (
 	ageBudget   = 512  // expired messages removed per request
 	capBudget   = 1024 // inboxes (or heads scanned) per request
-	sweepBudget = 1024 // refs records examined per request
+	sweepBudget = 1024 // message records examined per request
 	// sweepPerPass bounds the cap sweep of one pass; the next pass resumes
 	// where it stopped.
 	sweepPerPass = 64 * sweepBudget
@@ -129,16 +129,17 @@ func (s *Store) maint(ctx context.Context, fn func(c *committer) error) error {
 // message-ID order, with their dedup keys and inbox entries. It returns the
 // highest ID removed and whether more may be left.
 func (c *committer) trimAge(cutoff int64) (hi uint64, more bool, err error) {
-	it, err := c.s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{tRefs}, UpperBound: []byte{tRefs + 1}})
+	it, err := c.s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{tMessage}, UpperBound: []byte{tMessage + 1}})
 	if err != nil {
 		return 0, false, err
 	}
-	var ids []uint64
+	var ids, ext []uint64         // ext: the removed messages with a refs record
 	firsts := map[string]uint64{} // inbox -> first seq to keep
 	for ok := it.First(); ok && len(ids) < ageBudget; ok = it.Next() {
 		id, err := u64(it.Key()[1:])
+		var inline bool
 		if err == nil {
-			err = decodeRefs(id, it.Value(), &c.refs)
+			inline, err = c.recordRefs(id, it.Value())
 		}
 		if err != nil {
 			it.Close()
@@ -148,6 +149,9 @@ func (c *committer) trimAge(cutoff int64) (hi uint64, more bool, err error) {
 			break
 		}
 		ids = append(ids, id)
+		if !inline {
+			ext = append(ext, id)
+		}
 		if c.refs.clientMsgID != "" { // events have no dedup key
 			c.del(keyLP2(c.key, tDedup, c.refs.from, c.refs.clientMsgID))
 		}
@@ -166,13 +170,18 @@ func (c *committer) trimAge(cutoff int64) (hi uint64, more bool, err error) {
 		return 0, false, nil
 	}
 	lo, hi := ids[0], ids[len(ids)-1]
-	for _, t := range []byte{tMessage, tRefs} {
-		if len(ids) >= rangeDeleteMin {
-			c.delRange(keyID(c.key, t, lo), keyID(c.key2, t, hi+1))
+	// Every ID in [lo, hi] is removed (a prefix of the message table), so
+	// a range deletion covers the refs records among them too.
+	for _, tab := range []struct {
+		t   byte
+		ids []uint64
+	}{{tMessage, ids}, {tRefs, ext}} {
+		if len(tab.ids) >= rangeDeleteMin {
+			c.delRange(keyID(c.key, tab.t, lo), keyID(c.key2, tab.t, hi+1))
 			continue
 		}
-		for _, id := range ids {
-			c.del(keyID(c.key, t, id))
+		for _, id := range tab.ids {
+			c.del(keyID(c.key, tab.t, id))
 		}
 	}
 	for in, first := range firsts {
@@ -384,13 +393,25 @@ func inboxOfHeadKey(k []byte) (string, error) {
 	return string(k[1+w:]), nil
 }
 
-// sweep examines up to sweepBudget refs records from where the last sweep
+// recordRefs decodes message record rec of message id into c.refs, and
+// reports whether the record carries the refs (else they are in its refs
+// record, read from the database).
+func (c *committer) recordRefs(id uint64, rec []byte) (inline bool, err error) {
+	inline = true
+	err = recordRefs(id, rec, &c.refs, func(key []byte) ([]byte, bool, error) {
+		inline = false
+		return c.lookup(key)
+	})
+	return inline, err
+}
+
+// sweep examines up to sweepBudget message records from where the last sweep
 // stopped and removes the messages older than cutoff (Unix ms) that no inbox
 // holds any more. It reports how many it examined and whether it reached
 // the end (or messages younger than cutoff: IDs are time-ordered), in which
 // case the next sweep starts over.
 func (c *committer) sweep(cutoff int64) (n int, wrapped bool, err error) {
-	it, err := c.s.db.NewIter(&pebble.IterOptions{LowerBound: keyID(nil, tRefs, c.sweepFrom), UpperBound: []byte{tRefs + 1}})
+	it, err := c.s.db.NewIter(&pebble.IterOptions{LowerBound: keyID(nil, tMessage, c.sweepFrom), UpperBound: []byte{tMessage + 1}})
 	if err != nil {
 		return 0, false, err
 	}
@@ -405,8 +426,9 @@ func (c *committer) sweep(cutoff int64) (n int, wrapped bool, err error) {
 	ok := it.First()
 	for ; ok && n < sweepBudget; ok = it.Next() {
 		id, err := u64(it.Key()[1:])
+		var inline bool
 		if err == nil {
-			err = decodeRefs(id, it.Value(), &c.refs)
+			inline, err = c.recordRefs(id, it.Value())
 		}
 		if err != nil {
 			return n, false, err
@@ -431,7 +453,9 @@ func (c *committer) sweep(cutoff int64) (n int, wrapped bool, err error) {
 			continue
 		}
 		c.del(keyID(c.key, tMessage, id))
-		c.del(keyID(c.key, tRefs, id))
+		if !inline {
+			c.del(keyID(c.key, tRefs, id))
+		}
 		if c.refs.clientMsgID != "" {
 			c.del(keyLP2(c.key, tDedup, c.refs.from, c.refs.clientMsgID))
 		}
