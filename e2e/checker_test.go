@@ -147,6 +147,19 @@ func (l *ledger) expectedFor(user string) map[string]bool {
 	return out
 }
 
+// ackedFrom counts the sends of user acknowledged so far.
+func (l *ledger) ackedFrom(user string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, a := range l.acked {
+		if a.from == user {
+			n++
+		}
+	}
+	return n
+}
+
 func (l *ledger) ackedCount() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -274,14 +274,33 @@ func TestNodeKilledWhileSending(t *testing.T) {
 			l.sendLoop(ctx, t, cl, u, others, 2*time.Millisecond)
 		})
 	}
-	time.Sleep(1500 * time.Millisecond)
+	// Registered after the clients' Cleanups, so it runs before them: the
+	// senders stop before their clients close, on a failure too.
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	// The phases wait for progress, not for a time: on a loaded machine a
+	// second and a half may see only a handful of acks. Every client has
+	// had sends acknowledged before the kill, and every one (those of n3
+	// included) has more acknowledged after it.
+	const progress = 10
+	waitAcks := func(what string, base map[string]int) {
+		testutil.Eventually(t, 60*time.Second, what, func() error {
+			for _, u := range us {
+				if n := l.ackedFrom(u); n < base[u]+progress {
+					return fmt.Errorf("%s has %d sends acknowledged, want %d", u, n, base[u]+progress)
+				}
+			}
+			return nil
+		})
+	}
+	waitAcks("every client sending before the kill", nil)
 	n3.kill()
-	time.Sleep(2500 * time.Millisecond)
+	before := map[string]int{}
+	for _, u := range us {
+		before[u] = l.ackedFrom(u)
+	}
+	waitAcks("every client carrying on after the kill", before)
 	cancel()
 	wg.Wait()
-	if l.ackedCount() < 50 {
-		t.Fatalf("only %d messages acknowledged", l.ackedCount())
-	}
 	c.waitMembers(2, n1, n2)
 	for _, u := range us {
 		l.verifyInbox(t, u, n1.listen, n2.listen)
@@ -445,6 +464,9 @@ func TestMembershipChangeUnderLoad(t *testing.T) {
 			l.sendLoop(ctx, t, cl, u, others, 2*time.Millisecond)
 		})
 	}
+	// Registered after the clients' Cleanups, so it runs before them: the
+	// senders stop before their clients close, on a failure too.
+	t.Cleanup(func() { cancel(); wg.Wait() })
 	time.Sleep(time.Second)
 	n4 := c.addNode("n4")
 	c.waitMembers(4, n1, n2, n4)
