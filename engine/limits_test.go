@@ -130,8 +130,9 @@ func TestCommandBeforeLoginCloses(t *testing.T) {
 
 func TestRateLimit(t *testing.T) {
 	// One message back every 1000 s, so no token refills while the test
-	// runs, however slow the machine (at 1/s, a second of round trips and
-	// the second device's login refilled one and a send went through).
+	// runs, however slow the machine (at 1/s, a second spent on the round
+	// trips and the second device's login would refill one, and the send
+	// that must be refused would go through).
 	s := startServer(t, func(c *Config) { c.SendRate = 0.001; c.SendBurst = 3 })
 	c := dial(t, s, codec.Protobuf)
 	c.login("alice", "pc")
