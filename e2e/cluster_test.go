@@ -277,28 +277,11 @@ func TestNodeKilledWhileSending(t *testing.T) {
 	// Registered after the clients' Cleanups, so it runs before them: the
 	// senders stop before their clients close, on a failure too.
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	// The phases wait for progress, not for a time: on a loaded machine a
-	// second and a half may see only a handful of acks. Every client has
-	// had sends acknowledged before the kill, and every one (those of n3
-	// included) has more acknowledged after it.
-	const progress = 10
-	waitAcks := func(what string, base map[string]int) {
-		testutil.Eventually(t, 60*time.Second, what, func() error {
-			for _, u := range us {
-				if n := l.ackedFrom(u); n < base[u]+progress {
-					return fmt.Errorf("%s has %d sends acknowledged, want %d", u, n, base[u]+progress)
-				}
-			}
-			return nil
-		})
-	}
-	waitAcks("every client sending before the kill", nil)
+	// Every client has had sends acknowledged before the kill, and every
+	// one (those of n3 included) has more acknowledged after it.
+	l.waitSends(t, "every client sending before the kill", us, nil, 10)
 	n3.kill()
-	before := map[string]int{}
-	for _, u := range us {
-		before[u] = l.ackedFrom(u)
-	}
-	waitAcks("every client carrying on after the kill", before)
+	l.waitSends(t, "every client carrying on after the kill", us, l.ackedFromEach(us), 10)
 	cancel()
 	wg.Wait()
 	c.waitMembers(2, n1, n2)

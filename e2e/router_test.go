@@ -74,16 +74,7 @@ func TestDrainOneOfThreeUnder200Clients(t *testing.T) {
 	// Registered after the clients' Cleanups, so it runs before them: the
 	// senders stop before their clients close, on a failure too.
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	// Traffic first: every client has had a send acknowledged (a fixed
-	// 1.5 s could pass on a loaded box with few of them in).
-	testutil.Eventually(t, 60*time.Second, "every client sending before the drain", func() error {
-		for _, u := range us {
-			if l.ackedFrom(u) == 0 {
-				return fmt.Errorf("%s has no send acknowledged yet", u)
-			}
-		}
-		return nil
-	})
+	l.waitSends(t, "every client sending before the drain", us, nil, 1)
 	local, fwd := 0.0, 0.0
 	for _, n := range []*node{n1, n2, n3} {
 		local += n.metric(`imgn_inbox_appends_total{where="local"}`)
@@ -107,19 +98,8 @@ func TestDrainOneOfThreeUnder200Clients(t *testing.T) {
 		}
 		return nil
 	})
-	// And sending there: each client has a send acknowledged after the drain.
-	after := map[string]int{}
-	for _, u := range us {
-		after[u] = l.ackedFrom(u)
-	}
-	testutil.Eventually(t, 60*time.Second, "every client sending after the drain", func() error {
-		for _, u := range us {
-			if l.ackedFrom(u) <= after[u] {
-				return fmt.Errorf("%s has no send acknowledged since the drain", u)
-			}
-		}
-		return nil
-	})
+	// And sending there.
+	l.waitSends(t, "every client sending after the drain", us, l.ackedFromEach(us), 1)
 	cancel()
 	wg.Wait()
 	// Check a sample of inboxes (reading all 200 on the dev MongoDB takes long).
