@@ -50,7 +50,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 func dial(t *testing.T, cfg Config) *Client {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// Spent only on a failure; a password login against a real engine
+	// waits for an argon2id hash, slow on a loaded machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	c, err := Dial(ctx, cfg)
 	if err != nil {
@@ -295,7 +297,11 @@ func TestSendRetriesAfterTimeout(t *testing.T) {
 		return r.Command == codec.CmdSend && sends.Add(1) == 1 // drop the first: no reply
 	})
 	cfg := testConfig(t, s, "alice")
-	cfg.RequestTimeout = 100 * time.Millisecond
+	// Short, so the dropped send times out soon; it also bounds the login
+	// and the retry, which must each be answered within it (the retry
+	// counts: exactly two sends), so not so short that a loaded machine's
+	// slow round trip exceeds it (100 ms could).
+	cfg.RequestTimeout = 500 * time.Millisecond
 	alice := dial(t, cfg)
 	ack, err := alice.Send(ctx5(t), "bob", []byte("x"), WithClientMsgID("fixed-id"))
 	if err != nil {
@@ -666,7 +672,11 @@ func TestUnansweredHeartbeatReconnects(t *testing.T) {
 	s.SetHook(func(c *clienttest.Conn, r clienttest.Request) bool { return r.Command == codec.CmdHeartbeat })
 	cfg := testConfig(t, s, "bob")
 	cfg.Heartbeat = 20 * time.Millisecond
-	cfg.RequestTimeout = 50 * time.Millisecond
+	// The unanswered heartbeat times out after RequestTimeout, which also
+	// bounds Dial's login: at 50 ms a loaded machine's slow login round
+	// trip failed the Dial. Half a second still ends the dead heartbeat
+	// well within the wait below.
+	cfg.RequestTimeout = 500 * time.Millisecond
 	bob := dial(t, cfg)
 	testutil.Until(t, 5*time.Second, "reconnect after a dead heartbeat", func() bool { return s.Logins() >= 2 })
 	if bob.Err() != nil {

@@ -59,16 +59,23 @@ func startWSEngine(t *testing.T, store persist.Store, wsAddr string) (s *engine.
 	return s, "ws://" + s.WSAddr().String() + "/", stop
 }
 
-// wsConfig is a client Config for url with test timings.
+// wsConfig is a client Config for url with test timings. The request
+// timeout is only spent on a failure: a password REGISTER or LOGIN waits
+// for an argon2id hash behind the node's few hash slots, and on a loaded
+// 2-core machine running other packages' tests beside it that took over
+// the 2 s this once was.
 func wsConfig(url, user string) Config {
-	return Config{Addr: url, User: user, Password: pw, RequestTimeout: 2 * time.Second, DialTimeout: 2 * time.Second,
+	return Config{Addr: url, User: user, Password: pw, RequestTimeout: 20 * time.Second, DialTimeout: 2 * time.Second,
 		ReconnectBase: 10 * time.Millisecond, ReconnectMax: 100 * time.Millisecond, AckInterval: 10 * time.Millisecond}
 }
 
 func registerWS(t *testing.T, url string, users ...string) {
 	t.Helper()
 	for _, u := range users {
-		if _, err := Register(ctx5(t), wsConfig(url, u)); err != nil {
+		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+		_, err := Register(ctx, wsConfig(url, u))
+		cancel()
+		if err != nil {
 			t.Fatalf("register %s over WebSocket: %v", u, err)
 		}
 	}

@@ -24,9 +24,13 @@ type errorNodes struct {
 
 // nodeArgs are the flags of those nodes, by name.
 var nodeArgs = map[string][]string{
-	// Per-user send rate 1/s (burst 2), password attempts 1/s (burst 2)
-	// per address, and a per-connection request queue of 300 bytes.
-	"limits": {"--send-rate", "1", "--send-burst", "2", "--login-rate-per-ip", "1", "--login-burst-per-ip", "2", "--max-conn-inbound", "300"},
+	// Per-user sends and per-address password attempts: a burst of 2,
+	// then one more every 1000 s, so RATE_LIMITED's third attempt finds
+	// the bucket empty however slowly the machine runs (at 1/s, two
+	// argon2id hashes or a few round trips taking a second on a loaded
+	// machine refilled it). And a per-connection request queue of 300
+	// bytes.
+	"limits": {"--send-rate", "0.001", "--send-burst", "2", "--login-rate-per-ip", "0.001", "--login-burst-per-ip", "2", "--max-conn-inbound", "300"},
 	"caps":   {"--max-conns", "2"},
 	"timers": {"--login-timeout", "1s", "--heartbeat", "1s", "--idle-timeout", "2s"},
 }
@@ -200,14 +204,19 @@ var errorScenarios = map[string]errorScenario{
 	},
 	"SLOW_CONSUMER": func(t *testing.T, _ *errorNodes) observed {
 		// The shared node closes a connection with 64 KiB of output it
-		// cannot send. The sink's receive buffer is small and it does not
-		// read while it is flooded with pushes.
+		// cannot send. The sink does not read while it is flooded with
+		// pushes: the kernel buffers on both sides fill (a few MB), then
+		// the node's 64 KiB. The sink's receive buffer is left as the
+		// kernel sizes it: shrinking it after the handshake (it once was
+		// set to 4 KiB here) left a window larger than the buffer, so the
+		// kernel dropped pushes, the node's TCP backed off its
+		// retransmissions, and the window stayed a few KB: the backlog then
+		// crawled in at tens of KB/s and the close came after the wait.
 		sinkUser := uniq("sink")
 		nc, err := net.DialTimeout("tcp", sharedNode.addr, wait)
 		if err != nil {
 			t.Fatal(err)
 		}
-		_ = nc.(*net.TCPConn).SetReadBuffer(4096)
 		sink := &conn{t: t, nc: nc, r: bufio.NewReaderSize(nc, 64<<10), ser: codec.Protobuf}
 		t.Cleanup(func() { nc.Close() })
 		sink.login(sinkUser, "d")
@@ -220,9 +229,7 @@ var errorScenarios = map[string]errorScenario{
 			}
 			flood.call(codec.CmdSend, &pb.SendRequest{ClientMsgId: fmt.Sprint(i), To: sinkUser, Body: body}, codec.CmdSendAck, nil)
 		}
-		// Now read, with a large buffer (a 4 KiB window moves a few dozen
-		// KB/s): pushes, then (best effort) the ERROR, then the close.
-		_ = nc.(*net.TCPConn).SetReadBuffer(4 << 20)
+		// Now read: pushes, then (best effort) the ERROR, then the close.
 		frames := sink.closed()
 		if last := frames[len(frames)-1]; last.Command == codec.CmdError {
 			return observed{f: last, closed: true}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/imgn/imgn/client"
 	"github.com/imgn/imgn/codec/pb"
+	"github.com/imgn/imgn/internal/testutil"
 )
 
 // ledger records what senders were told and what receivers saw, and
@@ -145,6 +146,38 @@ func (l *ledger) expectedFor(user string) map[string]bool {
 		}
 	}
 	return out
+}
+
+// ackedFromEach counts the acknowledged sends of each of users.
+func (l *ledger) ackedFromEach(users []string) map[string]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	all := map[string]int{}
+	for _, a := range l.acked {
+		all[a.from]++
+	}
+	out := make(map[string]int, len(users))
+	for _, u := range users {
+		out[u] = all[u]
+	}
+	return out
+}
+
+// waitSends waits until each of users has had n more sends acknowledged
+// than base says (nil: n in all), and fails the test, saying who lags,
+// if that takes over a minute. Test phases end on this progress, not
+// after a sleep: on a loaded machine a fixed second may see few acks.
+func (l *ledger) waitSends(t *testing.T, what string, users []string, base map[string]int, n int) {
+	t.Helper()
+	testutil.Eventually(t, time.Minute, what, func() error {
+		got := l.ackedFromEach(users)
+		for _, u := range users {
+			if got[u] < base[u]+n {
+				return fmt.Errorf("%s has %d sends acknowledged, want %d", u, got[u], base[u]+n)
+			}
+		}
+		return nil
+	})
 }
 
 func (l *ledger) ackedCount() int {

@@ -129,15 +129,19 @@ func TestCommandBeforeLoginCloses(t *testing.T) {
 }
 
 func TestRateLimit(t *testing.T) {
-	s := startServer(t, func(c *Config) { c.SendRate = 1; c.SendBurst = 3 })
+	// One message back every 1000 s, so no token refills while the test
+	// runs, however slow the machine (at 1/s, a second spent on the round
+	// trips and the second device's login would refill one, and the send
+	// that must be refused would go through).
+	s := startServer(t, func(c *Config) { c.SendRate = 0.001; c.SendBurst = 3 })
 	c := dial(t, s, codec.Protobuf)
 	c.login("alice", "pc")
 	for i := range 3 {
 		c.mustCall(codec.CmdSend, &pb.SendRequest{ClientMsgId: fmt.Sprint(i), To: "alice"}, nil)
 	}
 	e := c.wantError(codec.CmdSend, &pb.SendRequest{ClientMsgId: "3", To: "alice"}, codec.CodeRateLimited)
-	if !e.Retryable || e.RetryAfterMs == 0 || e.RetryAfterMs > 1001 {
-		t.Fatalf("rate limit error %v", e)
+	if !e.Retryable || e.RetryAfterMs == 0 || e.RetryAfterMs > 1000*1000+1 {
+		t.Fatalf("rate limit error %v (want retry_after_ms within the 1000 s refill)", e)
 	}
 	// The limit is per user: a second device shares the bucket.
 	c2 := dial(t, s, codec.Protobuf)
@@ -426,7 +430,11 @@ func TestDrainSaysDrainAndWaitsForClientsToLeave(t *testing.T) {
 }
 
 func TestPasswordAttemptsLimitedPerAddress(t *testing.T) {
-	s := startServer(t, func(c *Config) { c.LoginRatePerIP = 0.5; c.LoginBurstPerIP = 2 })
+	// One attempt back every 1000 s: the third attempt must find the bucket
+	// still empty however long the two argon2id hashes before it take (at
+	// 0.5/s a token came back whenever they took 2 s, which they do under
+	// -race on a loaded machine).
+	s := startServer(t, func(c *Config) { c.LoginRatePerIP = 0.001; c.LoginBurstPerIP = 2 })
 	c := dial(t, s, codec.JSON)
 	c.mustCall(codec.CmdRegister, &pb.RegisterRequest{User: "victim", Password: "right-pw"}, nil)
 	c.wantError(codec.CmdLogin, &pb.LoginRequest{User: "victim", Password: "guess-1", Device: "d"}, codec.CodeAuthFailed)

@@ -51,6 +51,21 @@ func pipelineHeld(t *testing.T, maxIn, n, body int) int64 {
 	a.login("alice", "pc")
 	b := dial(t, s, codec.Protobuf)
 	b.login("bob", "pc")
+	// LOGIN_OK leaves before the worker that wrote it lets go of alice's
+	// connection. A burst arriving while the worker still owns it queues
+	// whole instead of going to the committer, and beyond the 8000-byte
+	// inbound bound is answered BUSY: wait until the connection is idle.
+	var ac *conn
+	s.sessions.each(func(x *conn) {
+		if x.user == "alice" {
+			ac = x
+		}
+	})
+	poll(t, "alice's connection idle after the login", func() bool {
+		ac.mu.Lock()
+		defer ac.mu.Unlock()
+		return !ac.running && ac.head == nil
+	})
 	base := st.handed.Load()
 
 	hold := make(chan struct{})
