@@ -46,7 +46,7 @@ import (
 	"sync"
 	"time"
 
-	"go.mongodb.org/mongo-driver/bson/bsontype"
+	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/x/bsonx/bsoncore"
 )
 
@@ -272,7 +272,7 @@ func pinnedID(filter bsoncore.Document) ([]byte, bool) {
 		return nil, false
 	}
 	switch v.Type {
-	case bsontype.EmbeddedDocument, bsontype.Array:
+	case bson.TypeEmbeddedDocument, bson.TypeArray:
 		return nil, false
 	}
 	return append([]byte{byte(v.Type)}, v.Data...), true
@@ -339,7 +339,8 @@ func relay(ctx context.Context, ln net.Listener, dial func(context.Context) (net
 			}
 			defer track(b, false)
 			defer b.Close()
-			if err := relayConn(c, b, locks); err != nil && ctx.Err() == nil {
+			err = relayConn(c, b, locks)
+			if ctx.Err() == nil {
 				log.Debug("devmongo: connection ended", "err", err)
 			}
 		}()
@@ -347,7 +348,8 @@ func relay(ctx context.Context, ln net.Listener, dial func(context.Context) (net
 	wg.Wait()
 }
 
-// relayConn relays one client connection until either side closes.
+// relayConn relays one client connection until either side closes; it
+// returns why (io.EOF when the client hung up).
 func relayConn(client, backend net.Conn, locks *lockTable) error {
 	cr, br := bufio.NewReader(client), bufio.NewReader(backend)
 	var req, rep []byte
