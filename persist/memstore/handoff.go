@@ -26,10 +26,14 @@ import (
 // change together under combiner.mu, and the combiner clears busy only when
 // it finds the queue empty.
 //
-// Cost: the combiner serves the queue until it is empty, so while other
-// callers keep queueing, the rest of its own caller's work (a loop's other
-// connections) waits; the queue's bound keeps each batch short, not their
-// number.
+// Bounded turns: a combining call serves at most maxCombinedBatches
+// batches of handed-off ops. Past that it closes the queue: callers that
+// arrive then wait, as they would for a lock, until it has completed what
+// is queued (at most maxHandedOff more) and let go. Without the bound, a
+// combiner whose queue the other loops refill faster than it drains it
+// would never return: its own loop's connections would go unread and
+// unwritten, and every reader of the store would wait for the lock, for as
+// long as the load lasted.
 
 // maxHandedOff bounds the ops waiting for the combiner. A caller that finds
 // the queue full waits for the combiner to take a batch: back-pressure, as
@@ -39,13 +43,19 @@ import (
 // connection's sends never overflow to the worker pool because of it.
 const maxHandedOff = 32
 
+// maxCombinedBatches bounds the batches one combining call serves (see
+// "Bounded turns"): one call completes at most its own op and
+// (maxCombinedBatches+1)*maxHandedOff handed-off ones.
+const maxCombinedBatches = 4
+
 type combiner struct {
-	mu    sync.Mutex
-	room  sync.Cond // signalled when the combiner takes a batch; L is &mu
-	busy  bool      // a combiner runs; it drains q before it stops
-	full  int       // callers waiting for room (Wait on room)
-	q     []handedOff
-	spare []handedOff // the other queue array, swapped in on each take
+	mu     sync.Mutex
+	room   sync.Cond // signalled when the combiner takes a batch; L is &mu
+	busy   bool      // a combiner runs; it drains q before it stops
+	closed bool      // the combiner's turn is over: callers wait, q takes nothing more
+	full   int       // callers waiting for room or for the end of the turn (Wait on room)
+	q      []handedOff
+	spare  []handedOff // the other queue array, swapped in on each take
 
 	// runner is the runner of the combining call, for Runner. Written and
 	// read only under the store's lock (Store.mu).
@@ -94,7 +104,7 @@ func (s *Store) HandOffAppend(op *persist.AppendOp, runner any) {
 	err := persist.CheckAppend(op.Msg, op.Inboxes)
 	c := &s.comb
 	c.mu.Lock()
-	for c.busy && len(c.q) >= maxHandedOff {
+	for c.busy && (len(c.q) >= maxHandedOff || c.closed) {
 		c.full++
 		c.room.Wait()
 		c.full--
@@ -115,25 +125,34 @@ func (s *Store) HandOffAppend(op *persist.AppendOp, runner any) {
 // store's lock, held there, protects).
 func (s *Store) Runner() any { return s.comb.runner }
 
-// combine runs own (checked: ownErr) and then every handed-off op, under
-// the store's lock, until the queue is empty; then it clears busy and
-// releases the lock. The caller has set busy.
+// combine runs own (checked: ownErr) and then the handed-off ops, under
+// the store's lock, until the queue is empty (closing it after
+// maxCombinedBatches batches, so that it empties); then it clears busy,
+// wakes the callers held by the end of the turn and releases the lock. The
+// caller has set busy.
 func (s *Store) combine(own *persist.AppendOp, ownErr error, runner any) {
 	c := &s.comb
 	s.mu.Lock()
 	c.runner = runner
 	s.appendLocked(own, ownErr)
 	own.Done.AppendDone(own)
-	for {
+	for batches := 0; ; batches++ {
 		c.mu.Lock()
 		batch := c.q
 		if len(batch) == 0 {
-			c.busy = false
+			c.busy, c.closed = false, false
+			wake := c.full > 0
 			c.mu.Unlock()
+			if wake {
+				c.room.Broadcast() // callers held by the end of the turn
+			}
 			break
 		}
 		c.q = c.spare[:0]
-		wake := c.full > 0
+		if batches >= maxCombinedBatches {
+			c.closed = true // this turn takes nothing more (see "Bounded turns")
+		}
+		wake := c.full > 0 && !c.closed
 		c.mu.Unlock()
 		if wake {
 			c.room.Broadcast()
