@@ -260,9 +260,12 @@ func lookupDoc(d bsoncore.Document, key string) bsoncore.Document {
 	return doc
 }
 
-// pinnedID returns the raw _id value (type byte and bytes) of a filter
-// that can match at most one document: a top-level _id that is not a
-// document or an array (those may be operators: {_id: {$in: ...}}).
+// pinnedID returns the lock key of a filter that can match at most one
+// document: a top-level _id that is not a document or an array (those may
+// be operators: {_id: {$in: ...}}). The key is the value's type and bytes,
+// except for numbers, which match across types ({_id: 5} finds the
+// document whose _id is 5.0): an integral one is keyed by its int64 value
+// whatever its type.
 func pinnedID(filter bsoncore.Document) ([]byte, bool) {
 	if filter == nil {
 		return nil, false
@@ -274,6 +277,10 @@ func pinnedID(filter bsoncore.Document) ([]byte, bool) {
 	switch v.Type {
 	case bson.TypeEmbeddedDocument, bson.TypeArray:
 		return nil, false
+	case bson.TypeInt32, bson.TypeInt64, bson.TypeDouble:
+		if n, ok := v.AsInt64OK(); ok && (v.Type != bson.TypeDouble || float64(n) == v.Double()) {
+			return binary.LittleEndian.AppendUint64([]byte{'n'}, uint64(n)), true
+		}
 	}
 	return append([]byte{byte(v.Type)}, v.Data...), true
 }

@@ -83,6 +83,24 @@ func TestWriteTarget(t *testing.T) {
 	}
 }
 
+// TestPinnedIDNumbers: numbers that MongoDB matches across types share a
+// lock; other values keep their type.
+func TestPinnedIDNumbers(t *testing.T) {
+	key := func(id any) string {
+		k, ok := pinnedID(doc(t, bson.D{{Key: "_id", Value: id}}))
+		if !ok {
+			t.Fatalf("_id %v not pinned", id)
+		}
+		return string(k)
+	}
+	if a, b, c := key(int32(5)), key(int64(5)), key(5.0); a != b || b != c {
+		t.Error("int32, int64 and double 5 have different locks")
+	}
+	if key(5.5) == key(int64(5)) || key("5") == key(int64(5)) {
+		t.Error("5.5 or \"5\" shares the lock of 5")
+	}
+}
+
 // TestUpdatesAreAtomic runs concurrent updates of one document through a
 // real devmongo (FerretDB on PostgreSQL) and checks that none is lost, as
 // on MongoDB: $max upserts of different fields, a version check, and $inc
