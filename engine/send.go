@@ -40,12 +40,15 @@ type sendOp struct {
 	src   *loop // the loop AppendDone runs on (inline stores), else nil
 	h     codec.Header
 	start time.Time
-	async bool // counted in c.inflight
+	async bool // given to the store's AppendAsync path (AppendDone tells the observer)
 	// combined: given to a handOffAppender, whose completions run on
 	// the goroutine of whichever loop is combining (its Runner), not
 	// necessarily src's.
 	combined bool
-	cost     int // counted in c.inflightBytes while async
+	// cost is what the op counts in c.inflight and c.inflightBytes while
+	// it is at the store; 0 when it is not counted (an append completed
+	// within the call that submitted it).
+	cost int
 
 	inboxes [2]string
 	seqs    [2]uint64
@@ -310,36 +313,37 @@ func (s *Server) submitAppend(ctx context.Context, src *loop, op *sendOp) {
 			op.src = src
 		}
 		op.async = true
-		op.cost = op.inflightCost()
-		op.c.mu.Lock()
-		op.c.inflight++
-		op.c.inflightBytes += op.cost
-		op.c.mu.Unlock()
-		s.inflightOps.Add(1)
 		if h := s.handoff; h != nil {
 			op.combined = true
 			if h.TryAppendAsync(&op.AppendOp, src) {
-				return
+				return // completed (and released) within the call: nothing to count
 			}
 			// Another loop is appending: hand the op over rather than
 			// wait. It outlives the frame now, so it owns its bytes,
 			// and they count against the connection's bound.
 			op.own()
-			if extra := op.inflightCost() - op.cost; extra > 0 {
-				op.cost += extra
-				op.c.mu.Lock()
-				op.c.inflightBytes += extra
-				op.c.mu.Unlock()
-			}
+			s.countInflight(op)
 			s.metrics.appendHandoffs.Inc()
 			h.HandOffAppend(&op.AppendOp, src)
 			return
 		}
+		s.countInflight(op)
 		s.async.AppendAsync(&op.AppendOp)
 		return
 	}
 	op.Result, op.Err = s.appendInboxes(ctx, op.Msg, op.Inboxes)
 	op.AppendDone(&op.AppendOp)
+}
+
+// countInflight counts op, about to be handed to the store, in its
+// connection's appends in flight (released by AppendDone).
+func (s *Server) countInflight(op *sendOp) {
+	op.cost = op.inflightCost()
+	op.c.mu.Lock()
+	op.c.inflight++
+	op.c.inflightBytes += op.cost
+	op.c.mu.Unlock()
+	s.inflightOps.Add(1)
 }
 
 // AppendDone implements persist.AppendCompleter: it answers the sender and
@@ -376,7 +380,7 @@ func (op *sendOp) AppendDone(*persist.AppendOp) {
 			s.metrics.pushLatency.Observe(time.Since(op.start).Seconds())
 		}
 	}
-	if op.async {
+	if op.cost > 0 {
 		s.inflightOps.Add(-1)
 		c.appendDone(op.cost)
 	}
