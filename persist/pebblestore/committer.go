@@ -20,6 +20,7 @@ import (
 type item struct {
 	op *persist.AppendOp
 	w  *writeReq
+	at time.Time // when it was queued (imgn_store_queue_wait_seconds)
 }
 
 // writeReq is a write other than an append. apply runs on the committer; it
@@ -53,7 +54,7 @@ func (s *Store) AppendAsync(op *persist.AppendOp) {
 		complete(op, fmt.Errorf("pebblestore: append: %w", err))
 		return
 	}
-	err := s.enqueueNow(item{op: op})
+	err := s.enqueueNow(item{op: op, at: time.Now()})
 	if err != nil {
 		complete(op, err)
 	}
@@ -107,7 +108,7 @@ func (s *Store) write(ctx context.Context, w *writeReq) error {
 		return persist.ErrClosed
 	}
 	select {
-	case s.queue <- item{w: w}:
+	case s.queue <- item{w: w, at: time.Now()}:
 		s.mu.RUnlock()
 	case <-ctx.Done():
 		s.mu.RUnlock()
@@ -268,6 +269,10 @@ func (c *committer) commit(items []item) {
 	if h := c.s.opts.beforeCommit; h != nil {
 		h(len(items))
 	}
+	t0 := time.Now()
+	for i := range items {
+		c.s.m.queueWait.Observe(t0.Sub(items[i].at).Seconds())
+	}
 	c.resetBatchState()
 	c.filterBatch()
 	c.direct = len(items) == 1 && isAlone(items[0])
@@ -300,11 +305,13 @@ func (c *committer) commit(items []item) {
 	c.flushHeads()
 	c.writeStaged()
 	err := c.batchErr
+	t1 := time.Now()
+	c.s.m.build.Observe(t1.Sub(t0).Seconds())
 	if err == nil && !c.b.Empty() {
-		t0 := time.Now()
 		err = c.b.Commit(c.sync)
-		c.s.m.commit.Observe(time.Since(t0).Seconds())
+		c.s.m.commit.Observe(time.Since(t1).Seconds())
 	}
+	t2 := time.Now()
 	c.b.Reset()
 	if err != nil {
 		// Nothing of the batch is known to be durable: forget what the
@@ -337,6 +344,7 @@ func (c *committer) commit(items []item) {
 			close(it.w.done)
 		}
 	}
+	c.s.m.complete.Observe(time.Since(t2).Seconds())
 }
 
 // resetBatchState empties the per-batch state and bounds the head cache.

@@ -15,6 +15,12 @@ type metrics struct {
 	batch  prometheus.Histogram
 	commit prometheus.Histogram
 	fsync  prometheus.Histogram
+	// The stages of a request's way through the committer, beside commit:
+	// waiting in the queue, the building of its batch, and the completion
+	// of the batch's requests once it is durable.
+	queueWait prometheus.Histogram
+	build     prometheus.Histogram
+	complete  prometheus.Histogram
 }
 
 func newMetrics() *metrics {
@@ -35,6 +41,21 @@ func newMetrics() *metrics {
 			Help:    "Time of one fsync of the write-ahead log.",
 			Buckets: lat,
 		}),
+		queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "imgn_store_queue_wait_seconds",
+			Help:    "Time from a request's arrival in the write queue to the start of the building of its batch.",
+			Buckets: lat,
+		}),
+		build: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "imgn_store_build_seconds",
+			Help:    "Time to build one batch: apply its requests and add their writes to the Pebble batch.",
+			Buckets: lat,
+		}),
+		complete: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "imgn_store_complete_seconds",
+			Help:    "Time from the end of a batch's commit to the end of its requests' completions (read view published, callers woken).",
+			Buckets: lat,
+		}),
 	}
 }
 
@@ -53,7 +74,7 @@ func (m *metrics) register(reg prometheus.Registerer, s *Store) error {
 		return 0
 	}
 	for _, c := range []prometheus.Collector{
-		m.batch, m.commit, m.fsync,
+		m.batch, m.commit, m.fsync, m.queueWait, m.build, m.complete,
 		counter("imgn_store_wal_bytes_total", "Bytes written to the write-ahead log since the store opened.",
 			func() float64 { return float64(s.walBytes.Load()) }),
 		gauge("imgn_store_compaction_debt_bytes", "Estimated bytes compactions must still rewrite.",
