@@ -131,8 +131,7 @@ func (s *Store) write(ctx context.Context, w *writeReq) error {
 // touched by any other goroutine.
 type committer struct {
 	s     *Store
-	b     *pebble.Batch
-	sync  *pebble.WriteOptions
+	b     *pebble.Batch // the batch being built (its flight's)
 	heads map[string]*headEntry // inbox -> head
 	dirty []*headEntry          // heads trimmed by the current batch
 	// nconvs counts the conversation states cached with the heads
@@ -173,6 +172,11 @@ type committer struct {
 	// Removals by retention in the current batch, counted once it commits.
 	rmMsgs, rmEnts uint64
 
+	// gen is the generation of the batches being built: it moves on when
+	// the committer learns that one of its batches failed its sync
+	// (pipeline.go).
+	gen uint64
+
 	it              *pebble.Iterator // lookups of the current batch
 	direct          bool             // a maintenance batch: writes go straight to b
 	staged, sorted  []stagedOp       // otherwise they are staged here (see set)
@@ -212,8 +216,7 @@ const maxOverCap = 1 << 16
 func newCommitter(s *Store) (*committer, error) {
 	c := &committer{
 		s:         s,
-		b:         s.db.NewBatch(),
-		sync:      s.writeOpts(),
+		gen:       1,
 		heads:     make(map[string]*headEntry),
 		convTrim:  make(map[string]struct{}),
 		pendDedup: make(map[dedupKey]int),
@@ -236,13 +239,34 @@ func newCommitter(s *Store) (*committer, error) {
 	return c, err
 }
 
-// run is the committer loop. It exits when the queue is closed and drained.
+// run is the committer loop. It exits when the queue is closed and drained
+// and every batch it applied is completed.
 func (c *committer) run() {
 	defer close(c.s.done)
 	defer c.stopFilterBuild()
 	c.filterBatch() // start building the dedup filter
+	// One flight is built while up to pipelineDepth others are with the
+	// completer; the channel to it never fills.
+	free := make(chan *flight, pipelineDepth+1)
+	flights := make(chan *flight, pipelineDepth+1)
+	for range pipelineDepth + 1 {
+		free <- &flight{b: c.s.db.NewBatch(), items: make([]item, 0, 64)}
+	}
+	p := &completer{s: c.s, flights: flights, free: free}
+	completed := make(chan struct{})
+	go func() {
+		defer close(completed)
+		p.run()
+	}()
+	defer func() {
+		close(flights)
+		<-completed
+	}()
 	batch := make([]item, 0, c.s.opts.MaxBatch)
 	for {
+		// Take a free flight first: requests arriving while every flight
+		// is busy join the next batch.
+		f := <-free
 		var ok bool
 		if batch, ok = persist.NextBatch(c.s.queue, batch, c.s.opts.MaxBatch); !ok {
 			return
@@ -255,7 +279,12 @@ func (c *committer) run() {
 					n++
 				}
 			}
-			c.commit(rest[:n])
+			if f == nil {
+				f = <-free
+			}
+			c.commit(rest[:n], f)
+			flights <- f
+			f = nil
 			rest = rest[n:]
 		}
 		clear(batch) // drop references for the GC
@@ -264,8 +293,9 @@ func (c *committer) run() {
 
 func isAlone(it item) bool { return it.w != nil && it.w.alone }
 
-// commit applies items to one batch, commits it and completes them.
-func (c *committer) commit(items []item) {
+// commit applies items to f's batch and applies that to Pebble; the
+// completer completes them once it is synced (pipeline.go).
+func (c *committer) commit(items []item, f *flight) {
 	if h := c.s.opts.beforeCommit; h != nil {
 		h(len(items))
 	}
@@ -273,12 +303,22 @@ func (c *committer) commit(items []item) {
 	for i := range items {
 		c.s.m.queueWait.Observe(t0.Sub(items[i].at).Seconds())
 	}
+	if g := c.s.failedGen.Load(); g != 0 && g >= c.gen {
+		// A batch of this generation failed its sync, and every batch
+		// built on it fails: forget what the committer believes about
+		// them and build on what the database holds.
+		c.forgetHeads()
+		c.gen = g + 1
+	}
+	f.items = append(f.items[:0], items...)
+	f.gen = c.gen
+	c.b = f.b
 	c.resetBatchState()
 	c.filterBatch()
 	c.direct = len(items) == 1 && isAlone(items[0])
 	full := c.s.full.Load()
-	for i := range items {
-		it := &items[i]
+	for i := range f.items {
+		it := &f.items[i]
 		switch {
 		case it.op != nil:
 			if full {
@@ -304,47 +344,20 @@ func (c *committer) commit(items []item) {
 	c.closeIter()
 	c.flushHeads()
 	c.writeStaged()
-	err := c.batchErr
-	t1 := time.Now()
-	c.s.m.build.Observe(t1.Sub(t0).Seconds())
-	if err == nil && !c.b.Empty() {
-		err = c.b.Commit(c.sync)
-		c.s.m.commit.Observe(time.Since(t1).Seconds())
+	c.s.m.build.Observe(time.Since(t0).Seconds())
+	f.direct, f.rmMsgs, f.rmEnts = c.direct, c.rmMsgs, c.rmEnts
+	switch {
+	case c.batchErr != nil:
+		f.err = fmt.Errorf("pebblestore: commit: %w: %w", persist.ErrUnavailable, c.batchErr)
+		f.b.Reset()
+	case !f.b.Empty():
+		c.applyFlight(f)
 	}
-	t2 := time.Now()
-	c.b.Reset()
-	if err != nil {
-		// Nothing of the batch is known to be durable: forget what the
-		// committer believes about it, and fail every request that wrote.
-		c.s.failedCommits.Add(1)
+	if f.err != nil {
+		// Nothing of the batch was applied: what the committer believes
+		// about it is wrong.
 		c.forgetHeads()
-		err = fmt.Errorf("pebblestore: commit: %w: %w", persist.ErrUnavailable, err)
-		for i := range items {
-			if it := &items[i]; it.op != nil && it.op.Err == nil {
-				it.op.Err = err
-			} else if it.w != nil && it.w.err == nil {
-				it.w.err = err
-			}
-		}
-	} else {
-		c.s.views.publish(c.s.db, c.direct)
-		c.s.removedMsgs.Add(c.rmMsgs)
-		c.s.removedEnts.Add(c.rmEnts)
-		c.s.commits.Add(1)
-		c.s.writes.Add(uint64(len(items)))
-		c.s.m.batch.Observe(float64(len(items)))
 	}
-	for i := range items {
-		if it := &items[i]; it.op != nil {
-			complete(it.op, it.op.Err)
-		} else {
-			if it.w.err == nil && it.w.finish != nil {
-				it.w.finish()
-			}
-			close(it.w.done)
-		}
-	}
-	c.s.m.complete.Observe(time.Since(t2).Seconds())
 }
 
 // resetBatchState empties the per-batch state and bounds the head cache.

@@ -242,6 +242,10 @@ type Options struct {
 	// beforeCommit, when set (tests only), runs on the committer before
 	// each batch is applied, with the batch's size.
 	beforeCommit func(n int)
+	// afterSync, when set (tests only), runs on the completer after each
+	// applied batch's WAL sync returned, with its outcome, and replaces it:
+	// tests fail or delay syncs with it.
+	afterSync func(err error) error
 	// beforeFilterBuild, when set (tests only), runs on the goroutine that
 	// builds the dedup filter, after its snapshot is taken and before the
 	// scan; ctx ends when the store closes.
@@ -321,6 +325,7 @@ type Store struct {
 
 	retMu sync.Mutex // serialises retention passes
 
+	failedGen     atomic.Uint64 // the generation of the newest batch whose sync failed (pipeline.go)
 	commits       atomic.Uint64
 	writes        atomic.Uint64
 	failedCommits atomic.Uint64
@@ -400,7 +405,7 @@ func Open(opts Options) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("pebblestore: open %s: %w", o.Dir, err)
 	}
-	s.views.publish(db, false)
+	s.views.publish(db)
 	s.housekeep()
 	ctx, cancel := context.WithCancel(context.Background())
 	s.bgCancel = cancel
@@ -499,13 +504,6 @@ func syncDir(dir string) error {
 		return fmt.Errorf("sync directory %s: %w", dir, err)
 	}
 	return nil
-}
-
-func (s *Store) writeOpts() *pebble.WriteOptions {
-	if s.opts.NoSync {
-		return pebble.NoSync
-	}
-	return pebble.Sync
 }
 
 // Dir returns the data directory.
