@@ -131,7 +131,7 @@ func (s *Store) write(ctx context.Context, w *writeReq) error {
 // touched by any other goroutine.
 type committer struct {
 	s     *Store
-	b     *pebble.Batch // the batch being built (its flight's)
+	b     *pebble.Batch         // the batch being built (its flight's)
 	heads map[string]*headEntry // inbox -> head
 	dirty []*headEntry          // heads trimmed by the current batch
 	// nconvs counts the conversation states cached with the heads
