@@ -245,11 +245,11 @@ func (c *committer) run() {
 	defer close(c.s.done)
 	defer c.stopFilterBuild()
 	c.filterBatch() // start building the dedup filter
-	// One flight is built while up to pipelineDepth others are with the
-	// completer; the channel to it never fills.
-	free := make(chan *flight, pipelineDepth+1)
-	flights := make(chan *flight, pipelineDepth+1)
-	for range pipelineDepth + 1 {
+	// Every flight is on the free list, being built, or with the
+	// completer: neither channel ever fills.
+	free := make(chan *flight, pipelineDepth)
+	flights := make(chan *flight, pipelineDepth)
+	for range pipelineDepth {
 		free <- &flight{b: c.s.db.NewBatch(), items: make([]item, 0, 64)}
 	}
 	p := &completer{s: c.s, flights: flights, free: free}
