@@ -30,19 +30,19 @@ type item struct {
 type writeReq struct {
 	ctx   context.Context
 	apply func(c *committer) error
-	// finish, when set, runs on the committer after a successful apply
+	// finish, when set, runs on the completer after a successful apply
 	// was committed, in queue order with the completions of the batch's
 	// other requests, before done is closed. It must not block.
 	finish func()
 	alone  bool
-	err    error         // set by the committer before done is closed
-	done   chan struct{} // closed by the committer
+	err    error         // set by the committer or the completer before done is closed
+	done   chan struct{} // closed by the completer
 }
 
 // AppendAsync implements persist.AsyncAppender. It validates op on the
 // caller's goroutine, queues it without waiting, and completes it (calls
-// op.Done.AppendDone) from the committer after the batch holding it is
-// synced, in queue order. A malformed op completes with ErrInvalid, and one
+// op.Done.AppendDone) from the store's completer goroutine after the batch
+// holding it is synced, in queue order (pipeline.go). A malformed op completes with ErrInvalid, and one
 // that finds the store closed or its queue full with ErrClosed or
 // ErrUnavailable, before AppendAsync returns.
 //
@@ -552,9 +552,9 @@ func (c *committer) writeStaged() {
 }
 
 // get reads key as the current batch sees it: this batch's own writes of
-// other requests (the overlay), else the database (which holds only synced
-// data: the committer is the only writer and waits for every sync). The
-// value is a copy. Appends do not use it (see apply).
+// other requests (the overlay), else the database, which holds every batch
+// the committer applied, synced or not (it is the only writer; a batch
+// that fails its sync fails every batch built on it). The value is a copy. Appends do not use it (see apply).
 func (c *committer) get(key []byte) ([]byte, bool, error) {
 	if v, ok := c.overlay[string(key)]; ok {
 		return v, v != nil, nil
@@ -566,9 +566,8 @@ func (c *committer) get(key []byte) ([]byte, bool, error) {
 	return append([]byte{}, v...), true, nil
 }
 
-// lookup reads key from the database, which holds only synced data (the
-// committer is the only writer and waits for every sync), through one
-// iterator per batch: cheaper than a Get each, which opens an iterator on
+// lookup reads key from the database as the committer left it (every
+// batch it applied, see get), through one iterator per batch: cheaper than a Get each, which opens an iterator on
 // every table it consults. The value is valid until the next lookup.
 func (c *committer) lookup(key []byte) ([]byte, bool, error) {
 	if err := c.openIter(); err != nil {
