@@ -126,18 +126,28 @@ func completed(ch <-chan struct{}) bool {
 	}
 }
 
+// openGatedWarm opens a store on a gateFS (released and closed at the end
+// of the test) holding one message, ID 1 at seq 1 of inbox "u".
+func openGatedWarm(t *testing.T) (*pebblestore.Store, *gateFS) {
+	t.Helper()
+	g := newGateFS()
+	s := openAt(t, t.TempDir(), pebblestore.Options{FS: g})
+	t.Cleanup(func() {
+		g.release()
+		s.Close()
+	})
+	if _, err := s.Append(t.Context(), persist.Message{ID: 1, From: "a", ClientMsgID: "warm"}, []string{"u"}); err != nil {
+		t.Fatal(err)
+	}
+	return s, g
+}
+
 // TestBlockedFsyncCompletesNothing: while the WAL sync of a batch blocks, no
 // op of it (or queued behind it) completes, no other write returns, and
 // readers do not see the batch; once the sync returns, all of it does.
 func TestBlockedFsyncCompletesNothing(t *testing.T) {
-	g := newGateFS()
-	s := openAt(t, t.TempDir(), pebblestore.Options{FS: g})
-	defer s.Close()
-	defer g.release()
+	s, g := openGatedWarm(t)
 	ctx := t.Context()
-	if _, err := s.Append(ctx, persist.Message{ID: 1, From: "a", ClientMsgID: "warm"}, []string{"u"}); err != nil {
-		t.Fatal(err)
-	}
 	g.arm()
 	first := newNotifyOp(persist.Message{ID: 2, From: "a", ClientMsgID: "blocked", Body: []byte("x")}, "u", "v")
 	s.AppendAsync(&first.AppendOp)
@@ -498,14 +508,8 @@ func (l *orderLog) async(s *pebblestore.Store, m persist.Message, inboxes ...str
 // batch completes and no reader sees it until the first sync returns; then
 // everything completes in queue order.
 func TestPipelineBuildsWhileSyncing(t *testing.T) {
-	g := newGateFS()
-	s := openAt(t, t.TempDir(), pebblestore.Options{FS: g})
-	defer s.Close()
-	defer g.release()
+	s, g := openGatedWarm(t)
 	ctx := t.Context()
-	if _, err := s.Append(ctx, persist.Message{ID: 1, From: "a", ClientMsgID: "warm"}, []string{"u"}); err != nil {
-		t.Fatal(err)
-	}
 	var log orderLog
 	g.arm()
 	first := log.async(s, persist.Message{ID: 2, From: "a", ClientMsgID: "first"}, "u", "v")

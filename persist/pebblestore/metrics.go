@@ -25,43 +25,28 @@ type metrics struct {
 }
 
 func newMetrics() *metrics {
-	lat := prometheus.ExponentialBuckets(50e-6, 2, 16) // 50 µs .. 1.6 s
+	// 50 µs .. 1.6 s
+	lat := func(name, help string) prometheus.Histogram {
+		return prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help,
+			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16)})
+	}
 	return &metrics{
 		batch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "imgn_store_batch_requests",
 			Help:    "Requests per committed batch (one WAL write and one fsync each).",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 13), // 1 .. 4096
 		}),
-		commit: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "imgn_store_commit_seconds",
-			Help:    "Time to commit one batch: from its hand-over to Pebble (WAL write, memtable insert) until its WAL sync returned, which may include the sync of the batch before it.",
-			Buckets: lat,
-		}),
-		fsync: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "imgn_store_fsync_seconds",
-			Help:    "Time of one fsync of the write-ahead log.",
-			Buckets: lat,
-		}),
-		queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "imgn_store_queue_wait_seconds",
-			Help:    "Time from a request's arrival in the write queue to the start of the building of its batch.",
-			Buckets: lat,
-		}),
-		build: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "imgn_store_build_seconds",
-			Help:    "Time to build one batch: apply its requests and add their writes to the Pebble batch.",
-			Buckets: lat,
-		}),
-		apply: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "imgn_store_apply_seconds",
-			Help:    "Time to hand one batch to Pebble without waiting for its sync: the WAL write into the log's buffer and the memtable insert, on the committer.",
-			Buckets: lat,
-		}),
-		complete: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "imgn_store_complete_seconds",
-			Help:    "Time from the end of a batch's commit to the end of its requests' completions (read view published, callers woken).",
-			Buckets: lat,
-		}),
+		commit: lat("imgn_store_commit_seconds",
+			"Time to commit one batch: from its hand-over to Pebble (WAL write, memtable insert) until its WAL sync returned, which may include the sync of the batch before it."),
+		fsync: lat("imgn_store_fsync_seconds", "Time of one fsync of the write-ahead log."),
+		queueWait: lat("imgn_store_queue_wait_seconds",
+			"Time from a request's arrival in the write queue to the start of the building of its batch."),
+		build: lat("imgn_store_build_seconds",
+			"Time to build one batch: apply its requests and add their writes to the Pebble batch."),
+		apply: lat("imgn_store_apply_seconds",
+			"Time to hand one batch to Pebble without waiting for its sync: the WAL write into the log's buffer and the memtable insert, on the committer."),
+		complete: lat("imgn_store_complete_seconds",
+			"Time from the end of a batch's commit to the end of its requests' completions (read view published, callers woken)."),
 	}
 }
 
