@@ -29,8 +29,8 @@ import (
 const pipelineDepth = 4
 
 // flight is one batch on its way through the pipeline. The committer owns
-// it from acquire until it sends it to the completer, the completer from
-// then until it puts it back on the free list.
+// it from the free list until it sends it to the completer, the completer
+// from then until it puts it back on the free list.
 type flight struct {
 	b     *pebble.Batch
 	items []item // the batch's requests, in queue order
@@ -139,10 +139,11 @@ func (p *completer) finish(f *flight) {
 	s.m.complete.Observe(time.Since(t0).Seconds())
 }
 
-// apply hands f's batch to Pebble: with a sync, without waiting for it (the
-// completer waits); without (Options.NoSync), at once. It then takes the
-// view readers will see once f is durable: the committer is the only writer,
-// so the database holds exactly the batches applied so far, f the last.
+// applyFlight hands f's batch to Pebble: with a sync, without waiting for
+// it (the completer waits); without (Options.NoSync), at once. It then
+// takes the view readers will see once f is durable: the committer is the
+// only writer, so the database holds exactly the batches applied so far, f
+// the last.
 func (c *committer) applyFlight(f *flight) {
 	f.appliedAt = time.Now()
 	var err error
