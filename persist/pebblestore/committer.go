@@ -42,9 +42,9 @@ type writeReq struct {
 // AppendAsync implements persist.AsyncAppender. It validates op on the
 // caller's goroutine, queues it without waiting, and completes it (calls
 // op.Done.AppendDone) from the store's completer goroutine after the batch
-// holding it is synced, in queue order (pipeline.go). A malformed op completes with ErrInvalid, and one
-// that finds the store closed or its queue full with ErrClosed or
-// ErrUnavailable, before AppendAsync returns.
+// holding it is synced, in queue order (pipeline.go). A malformed op
+// completes with ErrInvalid, and one that finds the store closed or its
+// queue full with ErrClosed or ErrUnavailable, before AppendAsync returns.
 //
 // On success op.Result.Msg is op.Msg for a fresh insert, and for a duplicate
 // a copy of the stored message owned by the caller. op.Result.Seqs reuses
