@@ -554,7 +554,8 @@ func (c *committer) writeStaged() {
 // get reads key as the current batch sees it: this batch's own writes of
 // other requests (the overlay), else the database, which holds every batch
 // the committer applied, synced or not (it is the only writer; a batch
-// that fails its sync fails every batch built on it). The value is a copy. Appends do not use it (see apply).
+// that fails its sync fails every batch built on it). The value is a copy.
+// Appends do not use it (see apply).
 func (c *committer) get(key []byte) ([]byte, bool, error) {
 	if v, ok := c.overlay[string(key)]; ok {
 		return v, v != nil, nil
@@ -567,8 +568,9 @@ func (c *committer) get(key []byte) ([]byte, bool, error) {
 }
 
 // lookup reads key from the database as the committer left it (every
-// batch it applied, see get), through one iterator per batch: cheaper than a Get each, which opens an iterator on
-// every table it consults. The value is valid until the next lookup.
+// batch it applied, see get), through one iterator per batch: cheaper than
+// a Get each, which opens an iterator on every table it consults. The value
+// is valid until the next lookup.
 func (c *committer) lookup(key []byte) ([]byte, bool, error) {
 	if err := c.openIter(); err != nil {
 		return nil, false, err
