@@ -258,7 +258,7 @@ func (r *Report) Print(w io.Writer) {
 		}
 		fmt.Fprintln(w)
 	}
-	for _, name := range []string{"commit", "fsync"} {
+	for _, name := range storeHistOrder {
 		if l, ok := s.StoreLatency[name]; ok && l.Count > 0 {
 			fmt.Fprintf(w, "store %-12s %d in the window, mean %.0fus, p50 <= %s, p99 <= %s, p99.9 <= %s, max <= %s; %.2f%% over 51 ms\n",
 				name, l.Count, l.MeanUs, fmtBound(l.P50Us), fmtBound(l.P99Us), fmtBound(l.P999Us), fmtBound(l.MaxUs), 100*l.Over50ms)

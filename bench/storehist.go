@@ -12,9 +12,18 @@ import (
 
 // storeHists are the histograms read, by the name the report gives them.
 var storeHists = map[string]string{
-	"imgn_store_commit_seconds": "commit",
-	"imgn_store_fsync_seconds":  "fsync",
+	"imgn_store_queue_wait_seconds": "queue wait",
+	"imgn_store_build_seconds":      "build",
+	"imgn_store_apply_seconds":      "apply",
+	"imgn_store_commit_seconds":     "commit",
+	"imgn_store_fsync_seconds":      "fsync",
+	"imgn_store_complete_seconds":   "complete",
 }
+
+// storeHistOrder is the order the report prints them in: a request's way
+// through the committer (queue, batch build, hand-over to Pebble, commit
+// until durable, completion), the WAL syncs last.
+var storeHistOrder = []string{"queue wait", "build", "apply", "commit", "complete", "fsync"}
 
 // PromHist is a Prometheus histogram from the text format: cumulative
 // counts by upper bound (seconds, ascending, +Inf last), sum and count.

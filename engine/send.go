@@ -26,8 +26,10 @@ import (
 //     the sender's loop like a cross-loop push).
 //   - async: the store has a committer (persist.AsyncAppender). The
 //     request is checked on the loop (or on a worker when a lookup could
-//     block) and handed to the committer; the committer completes each op
-//     in commit order, queueing its ack and pushes for the loops to write.
+//     block) and handed to the committer; the store completes each op in
+//     commit order once it is durable (the embedded store on a goroutine
+//     of its own, while the committer builds the next batch), queueing its
+//     ack and pushes for the loops to write.
 //   - sync: anything else, and every cluster node: a worker runs the append
 //     and waits for it.
 

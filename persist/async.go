@@ -33,8 +33,9 @@ type AppendOp struct {
 type AppendCompleter interface {
 	// AppendDone is called once per op, on a goroutine of the store's
 	// choosing (see AsyncAppender for the order). It must not block: it
-	// runs on the store's committer, or for a NonBlocking store under
-	// the store's own lock.
+	// runs on the store's committer (or the goroutine that completes
+	// its commits), or for a NonBlocking store under the store's own
+	// lock.
 	AppendDone(op *AppendOp)
 }
 

@@ -678,8 +678,8 @@ func (s *Store) ReadCount(ctx context.Context, user string, id persist.ConvID, s
 }
 
 // Recall implements persist.ChatStore. It runs on the committer; req.Done
-// is called there too, after the event is durable and in queue order with
-// the completions of the appends around it (so the event's pushes keep seq
+// is called on the completer, after the event is durable and in queue order
+// with the completions of the appends around it (so the event's pushes keep seq
 // order with theirs). If ctx ends before the call returns, the recall may
 // still happen, and Done still be called, later.
 func (s *Store) Recall(ctx context.Context, req persist.EventRequest) (persist.EventResult, error) {

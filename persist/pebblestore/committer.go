@@ -20,6 +20,7 @@ import (
 type item struct {
 	op *persist.AppendOp
 	w  *writeReq
+	at time.Time // when it was queued (imgn_store_queue_wait_seconds)
 }
 
 // writeReq is a write other than an append. apply runs on the committer; it
@@ -29,21 +30,21 @@ type item struct {
 type writeReq struct {
 	ctx   context.Context
 	apply func(c *committer) error
-	// finish, when set, runs on the committer after a successful apply
+	// finish, when set, runs on the completer after a successful apply
 	// was committed, in queue order with the completions of the batch's
 	// other requests, before done is closed. It must not block.
 	finish func()
 	alone  bool
-	err    error         // set by the committer before done is closed
-	done   chan struct{} // closed by the committer
+	err    error         // set by the committer or the completer before done is closed
+	done   chan struct{} // closed by the completer
 }
 
 // AppendAsync implements persist.AsyncAppender. It validates op on the
 // caller's goroutine, queues it without waiting, and completes it (calls
-// op.Done.AppendDone) from the committer after the batch holding it is
-// synced, in queue order. A malformed op completes with ErrInvalid, and one
-// that finds the store closed or its queue full with ErrClosed or
-// ErrUnavailable, before AppendAsync returns.
+// op.Done.AppendDone) from the store's completer goroutine after the batch
+// holding it is synced, in queue order (pipeline.go). A malformed op
+// completes with ErrInvalid, and one that finds the store closed or its
+// queue full with ErrClosed or ErrUnavailable, before AppendAsync returns.
 //
 // On success op.Result.Msg is op.Msg for a fresh insert, and for a duplicate
 // a copy of the stored message owned by the caller. op.Result.Seqs reuses
@@ -53,7 +54,7 @@ func (s *Store) AppendAsync(op *persist.AppendOp) {
 		complete(op, fmt.Errorf("pebblestore: append: %w", err))
 		return
 	}
-	err := s.enqueueNow(item{op: op})
+	err := s.enqueueNow(item{op: op, at: time.Now()})
 	if err != nil {
 		complete(op, err)
 	}
@@ -107,7 +108,7 @@ func (s *Store) write(ctx context.Context, w *writeReq) error {
 		return persist.ErrClosed
 	}
 	select {
-	case s.queue <- item{w: w}:
+	case s.queue <- item{w: w, at: time.Now()}:
 		s.mu.RUnlock()
 	case <-ctx.Done():
 		s.mu.RUnlock()
@@ -130,8 +131,7 @@ func (s *Store) write(ctx context.Context, w *writeReq) error {
 // touched by any other goroutine.
 type committer struct {
 	s     *Store
-	b     *pebble.Batch
-	sync  *pebble.WriteOptions
+	b     *pebble.Batch         // the batch being built (its flight's)
 	heads map[string]*headEntry // inbox -> head
 	dirty []*headEntry          // heads trimmed by the current batch
 	// nconvs counts the conversation states cached with the heads
@@ -172,6 +172,11 @@ type committer struct {
 	// Removals by retention in the current batch, counted once it commits.
 	rmMsgs, rmEnts uint64
 
+	// gen is the generation of the batches being built: it moves on when
+	// the committer learns that one of its batches failed its sync
+	// (pipeline.go).
+	gen uint64
+
 	it              *pebble.Iterator // lookups of the current batch
 	direct          bool             // a maintenance batch: writes go straight to b
 	staged, sorted  []stagedOp       // otherwise they are staged here (see set)
@@ -211,8 +216,7 @@ const maxOverCap = 1 << 16
 func newCommitter(s *Store) (*committer, error) {
 	c := &committer{
 		s:         s,
-		b:         s.db.NewBatch(),
-		sync:      s.writeOpts(),
+		gen:       1,
 		heads:     make(map[string]*headEntry),
 		convTrim:  make(map[string]struct{}),
 		pendDedup: make(map[dedupKey]int),
@@ -235,13 +239,34 @@ func newCommitter(s *Store) (*committer, error) {
 	return c, err
 }
 
-// run is the committer loop. It exits when the queue is closed and drained.
+// run is the committer loop. It exits when the queue is closed and drained
+// and every batch it applied is completed.
 func (c *committer) run() {
 	defer close(c.s.done)
 	defer c.stopFilterBuild()
 	c.filterBatch() // start building the dedup filter
+	// Every flight is on the free list, being built, or with the
+	// completer: neither channel ever fills.
+	free := make(chan *flight, pipelineDepth)
+	flights := make(chan *flight, pipelineDepth)
+	for range pipelineDepth {
+		free <- &flight{b: c.s.db.NewBatch(), items: make([]item, 0, 64)}
+	}
+	p := &completer{s: c.s, flights: flights, free: free}
+	completed := make(chan struct{})
+	go func() {
+		defer close(completed)
+		p.run()
+	}()
+	defer func() {
+		close(flights)
+		<-completed
+	}()
 	batch := make([]item, 0, c.s.opts.MaxBatch)
 	for {
+		// Take a free flight first: requests arriving while every flight
+		// is busy join the next batch.
+		f := <-free
 		var ok bool
 		if batch, ok = persist.NextBatch(c.s.queue, batch, c.s.opts.MaxBatch); !ok {
 			return
@@ -254,7 +279,12 @@ func (c *committer) run() {
 					n++
 				}
 			}
-			c.commit(rest[:n])
+			if f == nil {
+				f = <-free
+			}
+			c.commit(rest[:n], f)
+			flights <- f
+			f = nil
 			rest = rest[n:]
 		}
 		clear(batch) // drop references for the GC
@@ -263,17 +293,32 @@ func (c *committer) run() {
 
 func isAlone(it item) bool { return it.w != nil && it.w.alone }
 
-// commit applies items to one batch, commits it and completes them.
-func (c *committer) commit(items []item) {
+// commit applies items to f's batch and applies that to Pebble; the
+// completer completes them once it is synced (pipeline.go).
+func (c *committer) commit(items []item, f *flight) {
 	if h := c.s.opts.beforeCommit; h != nil {
 		h(len(items))
 	}
+	t0 := time.Now()
+	for i := range items {
+		c.s.m.queueWait.Observe(t0.Sub(items[i].at).Seconds())
+	}
+	if g := c.s.failedGen.Load(); g != 0 && g >= c.gen {
+		// A batch of this generation failed its sync, and every batch
+		// built on it fails: forget what the committer believes about
+		// them and build on what the database holds.
+		c.forgetHeads()
+		c.gen = g + 1
+	}
+	f.items = append(f.items[:0], items...)
+	f.gen = c.gen
+	c.b = f.b
 	c.resetBatchState()
 	c.filterBatch()
 	c.direct = len(items) == 1 && isAlone(items[0])
 	full := c.s.full.Load()
-	for i := range items {
-		it := &items[i]
+	for i := range f.items {
+		it := &f.items[i]
 		switch {
 		case it.op != nil:
 			if full {
@@ -299,43 +344,19 @@ func (c *committer) commit(items []item) {
 	c.closeIter()
 	c.flushHeads()
 	c.writeStaged()
-	err := c.batchErr
-	if err == nil && !c.b.Empty() {
-		t0 := time.Now()
-		err = c.b.Commit(c.sync)
-		c.s.m.commit.Observe(time.Since(t0).Seconds())
+	c.s.m.build.Observe(time.Since(t0).Seconds())
+	f.direct, f.rmMsgs, f.rmEnts = c.direct, c.rmMsgs, c.rmEnts
+	switch {
+	case c.batchErr != nil:
+		f.err = fmt.Errorf("pebblestore: commit: %w: %w", persist.ErrUnavailable, c.batchErr)
+		f.b.Reset()
+	case !f.b.Empty():
+		c.applyFlight(f)
 	}
-	c.b.Reset()
-	if err != nil {
-		// Nothing of the batch is known to be durable: forget what the
-		// committer believes about it, and fail every request that wrote.
-		c.s.failedCommits.Add(1)
+	if f.err != nil {
+		// Nothing of the batch was applied: what the committer believes
+		// about it is wrong.
 		c.forgetHeads()
-		err = fmt.Errorf("pebblestore: commit: %w: %w", persist.ErrUnavailable, err)
-		for i := range items {
-			if it := &items[i]; it.op != nil && it.op.Err == nil {
-				it.op.Err = err
-			} else if it.w != nil && it.w.err == nil {
-				it.w.err = err
-			}
-		}
-	} else {
-		c.s.views.publish(c.s.db, c.direct)
-		c.s.removedMsgs.Add(c.rmMsgs)
-		c.s.removedEnts.Add(c.rmEnts)
-		c.s.commits.Add(1)
-		c.s.writes.Add(uint64(len(items)))
-		c.s.m.batch.Observe(float64(len(items)))
-	}
-	for i := range items {
-		if it := &items[i]; it.op != nil {
-			complete(it.op, it.op.Err)
-		} else {
-			if it.w.err == nil && it.w.finish != nil {
-				it.w.finish()
-			}
-			close(it.w.done)
-		}
 	}
 }
 
@@ -531,9 +552,10 @@ func (c *committer) writeStaged() {
 }
 
 // get reads key as the current batch sees it: this batch's own writes of
-// other requests (the overlay), else the database (which holds only synced
-// data: the committer is the only writer and waits for every sync). The
-// value is a copy. Appends do not use it (see apply).
+// other requests (the overlay), else the database, which holds every batch
+// the committer applied, synced or not (it is the only writer; a batch
+// that fails its sync fails every batch built on it). The value is a copy.
+// Appends do not use it (see apply).
 func (c *committer) get(key []byte) ([]byte, bool, error) {
 	if v, ok := c.overlay[string(key)]; ok {
 		return v, v != nil, nil
@@ -545,10 +567,10 @@ func (c *committer) get(key []byte) ([]byte, bool, error) {
 	return append([]byte{}, v...), true, nil
 }
 
-// lookup reads key from the database, which holds only synced data (the
-// committer is the only writer and waits for every sync), through one
-// iterator per batch: cheaper than a Get each, which opens an iterator on
-// every table it consults. The value is valid until the next lookup.
+// lookup reads key from the database as the committer left it (every
+// batch it applied, see get), through one iterator per batch: cheaper than
+// a Get each, which opens an iterator on every table it consults. The value
+// is valid until the next lookup.
 func (c *committer) lookup(key []byte) ([]byte, bool, error) {
 	if err := c.openIter(); err != nil {
 		return nil, false, err

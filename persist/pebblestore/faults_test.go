@@ -126,18 +126,28 @@ func completed(ch <-chan struct{}) bool {
 	}
 }
 
+// openGatedWarm opens a store on a gateFS (released and closed at the end
+// of the test) holding one message, ID 1 at seq 1 of inbox "u".
+func openGatedWarm(t *testing.T) (*pebblestore.Store, *gateFS) {
+	t.Helper()
+	g := newGateFS()
+	s := openAt(t, t.TempDir(), pebblestore.Options{FS: g})
+	t.Cleanup(func() {
+		g.release()
+		s.Close()
+	})
+	if _, err := s.Append(t.Context(), persist.Message{ID: 1, From: "a", ClientMsgID: "warm"}, []string{"u"}); err != nil {
+		t.Fatal(err)
+	}
+	return s, g
+}
+
 // TestBlockedFsyncCompletesNothing: while the WAL sync of a batch blocks, no
 // op of it (or queued behind it) completes, no other write returns, and
 // readers do not see the batch; once the sync returns, all of it does.
 func TestBlockedFsyncCompletesNothing(t *testing.T) {
-	g := newGateFS()
-	s := openAt(t, t.TempDir(), pebblestore.Options{FS: g})
-	defer s.Close()
-	defer g.release()
+	s, g := openGatedWarm(t)
 	ctx := t.Context()
-	if _, err := s.Append(ctx, persist.Message{ID: 1, From: "a", ClientMsgID: "warm"}, []string{"u"}); err != nil {
-		t.Fatal(err)
-	}
 	g.arm()
 	first := newNotifyOp(persist.Message{ID: 2, From: "a", ClientMsgID: "blocked", Body: []byte("x")}, "u", "v")
 	s.AppendAsync(&first.AppendOp)
@@ -458,5 +468,93 @@ func TestTornWALTail(t *testing.T) {
 				t.Fatalf("Open error %q does not name the directory and what is at stake", err)
 			}
 		})
+	}
+}
+
+// orderOp is an AppendOp that records its completion in a shared log.
+type orderOp struct {
+	persist.AppendOp
+	log  *orderLog
+	done chan struct{}
+}
+
+type orderLog struct {
+	mu  sync.Mutex
+	ids []uint64
+}
+
+func (l *orderLog) list() []uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.ids)
+}
+
+func (o *orderOp) AppendDone(*persist.AppendOp) {
+	o.log.mu.Lock()
+	o.log.ids = append(o.log.ids, o.Msg.ID)
+	o.log.mu.Unlock()
+	close(o.done)
+}
+
+func (l *orderLog) async(s *pebblestore.Store, m persist.Message, inboxes ...string) *orderOp {
+	o := &orderOp{log: l, done: make(chan struct{})}
+	o.AppendOp = persist.AppendOp{Msg: m, Inboxes: inboxes, Done: o}
+	s.AppendAsync(&o.AppendOp)
+	return o
+}
+
+// TestPipelineBuildsWhileSyncing: while the WAL sync of one batch blocks,
+// the committer builds and applies the next batch, but nothing of that
+// batch completes and no reader sees it until the first sync returns; then
+// everything completes in queue order.
+func TestPipelineBuildsWhileSyncing(t *testing.T) {
+	s, g := openGatedWarm(t)
+	ctx := t.Context()
+	var log orderLog
+	g.arm()
+	first := log.async(s, persist.Message{ID: 2, From: "a", ClientMsgID: "first"}, "u", "v")
+	g.waitEntered(t)
+	var next []*orderOp
+	for i := range 20 {
+		next = append(next, log.async(s, persist.Message{ID: uint64(10 + i), From: "b", ClientMsgID: fmt.Sprint(i)}, "u", "w"))
+	}
+	// The second batch is applied (the database holds it) while the first
+	// one's sync is still blocked.
+	testutil.Until(t, 10*time.Second, "the batch behind the blocked sync applied", func() bool {
+		last, err := pebblestore.AppliedLastSeq(s, "u")
+		return err == nil && last == 22
+	})
+	time.Sleep(50 * time.Millisecond) // a window for a premature completion to show
+	if n := len(log.list()); n != 0 {
+		t.Fatalf("%d appends completed while the first batch's sync was blocked", n)
+	}
+	if last, err := s.LastSeq(ctx, "u"); err != nil || last != 1 {
+		t.Fatalf("LastSeq while the batches sync = %d, %v; want 1 (unsynced data is invisible)", last, err)
+	}
+	if es, err := s.ReadInbox(ctx, "w", 0, 100); err != nil || len(es) != 0 {
+		t.Fatalf("ReadInbox of the second batch's inbox = %d entries, %v; want none", len(es), err)
+	}
+	if _, err := s.Lookup(ctx, "b", "0"); !errors.Is(err, persist.ErrNotFound) {
+		t.Fatalf("Lookup of an unsynced message: %v, want ErrNotFound", err)
+	}
+
+	g.release()
+	<-first.done
+	want := []uint64{2}
+	for i, o := range next {
+		<-o.done
+		if o.Err != nil || !slices.Equal(o.Result.Seqs, []uint64{uint64(3 + i), uint64(1 + i)}) {
+			t.Fatalf("append %d of the second batch: seqs %v, %v; want [%d %d]", i, o.Result.Seqs, o.Err, 3+i, 1+i)
+		}
+		want = append(want, o.Msg.ID)
+	}
+	if first.Err != nil || !slices.Equal(first.Result.Seqs, []uint64{2, 1}) {
+		t.Fatalf("first append: seqs %v, %v", first.Result.Seqs, first.Err)
+	}
+	if got := log.list(); !slices.Equal(got, want) {
+		t.Fatalf("completion order %v, want the queue order %v", got, want)
+	}
+	if last, _ := s.LastSeq(ctx, "w"); last != 20 {
+		t.Fatalf("LastSeq(w) = %d after the release, want 20", last)
 	}
 }

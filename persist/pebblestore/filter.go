@@ -26,8 +26,9 @@ import (
 //
 // Lifecycle (see committer.filterBatch): the committer owns the filter.
 // At open, and whenever it is due for a rebuild, the committer takes a
-// Pebble snapshot between two commits, when the database holds exactly
-// what is synced, and from then on records the hash of every dedup key it
+// Pebble snapshot between two batches, when the database holds exactly the
+// batches applied so far (a key of one whose sync then fails stays in the
+// filter: a "maybe" costs a read, never a wrong answer), and from then on records the hash of every dedup key it
 // writes; a builder goroutine adds every dedup key of the snapshot to a new
 // filter; the committer adds the recorded hashes and switches to it. Until
 // the first filter is ready every check reads Pebble.
@@ -187,8 +188,8 @@ func (c *committer) initFilter() {
 	fs.result = make(chan filterResult, 1)
 }
 
-// filterBatch runs on the committer before a batch is applied, when the
-// database holds exactly what is synced: it takes a finished build and
+// filterBatch runs on the committer before a batch is built, when the
+// database holds exactly the batches applied so far: it takes a finished build and
 // starts one when the filter is missing or due.
 func (c *committer) filterBatch() {
 	fs := &c.filter

@@ -147,8 +147,9 @@ func (rec *groupRecord) group(id string) persist.Group {
 		Admins: rec.admins, Members: make([]string, 0, min(rec.count, 1<<16)), Joined: make([]uint64, 0, min(rec.count, 1<<16))}
 }
 
-// loadGroup reads group id as the committer's batch sees it: the synced
-// database overlaid with this batch's earlier writes.
+// loadGroup reads group id as the committer's batch sees it: the database
+// (every batch applied so far, see committer.get) overlaid with this
+// batch's earlier writes.
 func (c *committer) loadGroup(id string) (persist.Group, error) {
 	v, ok, err := c.get(keyString(nil, tGroup, id))
 	if err != nil {
@@ -162,8 +163,8 @@ func (c *committer) loadGroup(id string) (persist.Group, error) {
 		return persist.Group{}, err
 	}
 	g := rec.group(id)
-	// The database holds only synced data (the committer is its only
-	// writer and waits for every sync).
+	// The database holds the batches applied so far, none of this one's
+	// writes: those go on top below.
 	if err := readMembers(c.s.db, &g); err != nil {
 		return persist.Group{}, err
 	}

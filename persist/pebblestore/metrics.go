@@ -15,26 +15,38 @@ type metrics struct {
 	batch  prometheus.Histogram
 	commit prometheus.Histogram
 	fsync  prometheus.Histogram
+	// The stages of a request's way through the committer, beside commit:
+	// waiting in the queue, the building of its batch, and the completion
+	// of the batch's requests once it is durable.
+	queueWait prometheus.Histogram
+	build     prometheus.Histogram
+	apply     prometheus.Histogram
+	complete  prometheus.Histogram
 }
 
 func newMetrics() *metrics {
-	lat := prometheus.ExponentialBuckets(50e-6, 2, 16) // 50 µs .. 1.6 s
+	// 50 µs .. 1.6 s
+	lat := func(name, help string) prometheus.Histogram {
+		return prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help,
+			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16)})
+	}
 	return &metrics{
 		batch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "imgn_store_batch_requests",
 			Help:    "Requests per committed batch (one WAL write and one fsync each).",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 13), // 1 .. 4096
 		}),
-		commit: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "imgn_store_commit_seconds",
-			Help:    "Time to commit one batch: WAL write, fsync and memtable insert.",
-			Buckets: lat,
-		}),
-		fsync: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "imgn_store_fsync_seconds",
-			Help:    "Time of one fsync of the write-ahead log.",
-			Buckets: lat,
-		}),
+		commit: lat("imgn_store_commit_seconds",
+			"Time to commit one batch: from its hand-over to Pebble (WAL write, memtable insert) until its WAL sync returned, which may include the sync of the batch before it."),
+		fsync: lat("imgn_store_fsync_seconds", "Time of one fsync of the write-ahead log."),
+		queueWait: lat("imgn_store_queue_wait_seconds",
+			"Time from a request's arrival in the write queue to the start of the building of its batch."),
+		build: lat("imgn_store_build_seconds",
+			"Time to build one batch: apply its requests and add their writes to the Pebble batch."),
+		apply: lat("imgn_store_apply_seconds",
+			"Time to hand one batch to Pebble without waiting for its sync: the WAL write into the log's buffer and the memtable insert, on the committer."),
+		complete: lat("imgn_store_complete_seconds",
+			"Time from the end of a batch's commit to the end of its requests' completions (read view published, callers woken)."),
 	}
 }
 
@@ -53,7 +65,7 @@ func (m *metrics) register(reg prometheus.Registerer, s *Store) error {
 		return 0
 	}
 	for _, c := range []prometheus.Collector{
-		m.batch, m.commit, m.fsync,
+		m.batch, m.commit, m.fsync, m.queueWait, m.build, m.apply, m.complete,
 		counter("imgn_store_wal_bytes_total", "Bytes written to the write-ahead log since the store opened.",
 			func() float64 { return float64(s.walBytes.Load()) }),
 		gauge("imgn_store_compaction_debt_bytes", "Estimated bytes compactions must still rewrite.",

@@ -136,7 +136,8 @@ func TestMetrics(t *testing.T) {
 			got[mf.GetName()] = m.GetGauge().GetValue()
 		}
 	}
-	for _, name := range []string{"imgn_store_batch_requests", "imgn_store_commit_seconds", "imgn_store_fsync_seconds"} {
+	for _, name := range []string{"imgn_store_batch_requests", "imgn_store_commit_seconds", "imgn_store_fsync_seconds",
+		"imgn_store_queue_wait_seconds", "imgn_store_build_seconds", "imgn_store_apply_seconds", "imgn_store_complete_seconds"} {
 		if got[name] < 20 {
 			t.Errorf("%s counted %v observations after 20 serial appends, want >= 20", name, got[name])
 		}

@@ -8,13 +8,14 @@
 // bounded queue: appends through AppendAsync (persist.AsyncAppender), which
 // never waits, and the other writes (cursors, users, groups) through a
 // blocking call. The committer takes everything that is queued (up to
-// Options.MaxBatch), applies it in queue order to ONE pebble.Batch, commits
-// that batch with pebble.Sync (one WAL write and one fdatasync for the whole
-// batch), and only then completes the requests: AppendDone for appends, in
-// queue order, or the waiting caller's return. There is no timer: while one
-// batch syncs, the next one fills, so the batch size follows the load and a
-// lone writer pays one sync. A request therefore completes without error only
-// when everything it wrote is on disk.
+// Options.MaxBatch), applies it in queue order to ONE pebble.Batch, and
+// hands that batch to Pebble with a sync (one WAL write and one fdatasync
+// for the whole batch). Only once the sync returned are the requests
+// completed: AppendDone for appends, in queue order, or the waiting
+// caller's return. There is no timer: while one batch syncs, the next one
+// fills, so the batch size follows the load and a lone writer pays one
+// sync. A request therefore completes without error only when everything
+// it wrote is on disk.
 //
 // Requests of one batch see each other as if serialised (two appends with the
 // same (From, ClientMsgID) in one batch: the second is a Duplicate); one that
@@ -32,14 +33,51 @@
 // either: the committer keeps the state of the conversations it appends to
 // in memory, loaded on first use like the inbox heads.
 //
+// # Pipelined commits
+//
+// The committer does not wait for a batch's sync before it builds the next
+// one (pipeline.go). It applies a batch with DB.ApplyNoSyncWait (the WAL
+// write and the memtable insert, without the wait for the fsync), takes the
+// read view of the database as it stands then, and hands the batch to a
+// second goroutine, the completer, which waits for the sync
+// (Batch.SyncWait), publishes the view and completes the batch's requests.
+// Meanwhile the committer builds the next batch on top of the applied one
+// (its caches and its reads of the database include it). The guarantees:
+//
+//   - An ack leaves only after its batch's sync: completions run on the
+//     completer, after SyncWait returned.
+//   - Completions keep queue order across batches: the completer takes the
+//     batches in the order they were applied and completes one before it
+//     waits for the next, so nothing of batch N+1 completes before N is
+//     durable (even when N+1's own sync returned first, which Pebble does
+//     not do anyway: it syncs the log in order).
+//   - Readers never see a batch before it is durable, nor one batch without
+//     those before it: a view is published after its batch's sync, in
+//     order.
+//   - At most pipelineDepth (4) batches are applied and not yet completed,
+//     the one being built counted; each has its own pebble.Batch. While all
+//     of them wait, requests wait in the queue and make one larger batch.
+//   - A failed sync fails its batch and every batch built on top of it (their
+//     seqs and dedup answers assumed its writes), with ErrUnavailable, in
+//     queue order; the committer then forgets its cached inbox heads and
+//     conversation states and reads them again from the database. (Pebble
+//     does not recover from a failed WAL sync, see below: this is what
+//     happens until it stops the process.)
+//
+// Close waits until every queued request is committed and completed; the
+// completer is stopped by the committer on its way out.
+//
 // # Reads see only what is durable
 //
-// Pebble makes a batch visible to readers before its WAL sync returns. So
+// Pebble makes a batch visible to readers before its WAL sync returns, and
+// the committer applies batches before the previous ones are synced. So
 // reads (Lookup, ReadInbox, LastSeq, FirstSeq, Cursor, GetUser, GetGroup) do
-// not read the database directly: they read the Pebble snapshot the committer
-// publishes after each sync, before it completes the batch's requests
-// (view.go). A reader never sees a write that a crash could still
-// take back, and sees every write whose call has returned.
+// not read the database directly: they read the Pebble snapshot the
+// committer took right after it applied a batch (which holds that batch and
+// those before it, nothing after), published by the completer once the
+// batch is synced, before it completes the batch's requests (view.go). A
+// reader never sees a write that a crash could still take back, and sees
+// every write whose call has returned.
 //
 // # Key layout
 //
@@ -118,8 +156,11 @@
 // reads go on; retention keeps running and frees space. An I/O error while
 // writing or syncing the WAL is not survivable in-process (after a failed
 // fsync the kernel may have dropped the data, so nothing written since the
-// last good sync can be trusted): Pebble stops the process, and a restart
-// replays the WAL up to the last good sync. A torn WAL tail (a crash in the
+// last good sync can be trusted): Pebble reports a failed sync to the
+// batches waiting for it (they fail, see "Pipelined commits"), keeps the
+// error so that every later sync fails too, and stops the process at the
+// next failed log write; a restart replays the WAL up to the last good
+// sync. A torn WAL tail (a crash in the
 // middle of a write) is cut off at open. Damage to a record that synced
 // records follow in a later 32 KiB block of the WAL is reported by Open as
 // corruption rather than silently dropping acknowledged data; within the
@@ -242,6 +283,10 @@ type Options struct {
 	// beforeCommit, when set (tests only), runs on the committer before
 	// each batch is applied, with the batch's size.
 	beforeCommit func(n int)
+	// afterSync, when set (tests only), runs on the completer after each
+	// applied batch's WAL sync returned, with its outcome, and replaces it:
+	// tests fail or delay syncs with it.
+	afterSync func(err error) error
 	// beforeFilterBuild, when set (tests only), runs on the goroutine that
 	// builds the dedup filter, after its snapshot is taken and before the
 	// scan; ctx ends when the store closes.
@@ -321,6 +366,7 @@ type Store struct {
 
 	retMu sync.Mutex // serialises retention passes
 
+	failedGen     atomic.Uint64 // the generation of the newest batch whose sync failed (pipeline.go)
 	commits       atomic.Uint64
 	writes        atomic.Uint64
 	failedCommits atomic.Uint64
@@ -400,7 +446,7 @@ func Open(opts Options) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("pebblestore: open %s: %w", o.Dir, err)
 	}
-	s.views.publish(db, false)
+	s.views.publish(db)
 	s.housekeep()
 	ctx, cancel := context.WithCancel(context.Background())
 	s.bgCancel = cancel
@@ -499,13 +545,6 @@ func syncDir(dir string) error {
 		return fmt.Errorf("sync directory %s: %w", dir, err)
 	}
 	return nil
-}
-
-func (s *Store) writeOpts() *pebble.WriteOptions {
-	if s.opts.NoSync {
-		return pebble.NoSync
-	}
-	return pebble.Sync
 }
 
 // Dir returns the data directory.

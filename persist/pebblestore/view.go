@@ -11,9 +11,11 @@ import (
 	"github.com/imgn/imgn/persist"
 )
 
-// Reads see only what is durable (package doc): the committer publishes a
-// Pebble snapshot after each synced commit, before it completes the
-// batch's requests, and readers read the newest published one.
+// Reads see only what is durable (package doc): the committer takes a
+// Pebble snapshot right after it applies a batch (the database then holds
+// that batch and those before it, nothing after), the completer publishes
+// it once the batch is synced, before it completes the batch's requests,
+// and readers read the newest published one.
 //
 // Closing a snapshot that is the oldest one open makes Pebble look for
 // compactions to schedule (data pinned by it may have become droppable),
@@ -44,7 +46,9 @@ func (v *readView) release() {
 }
 
 // views holds what readers read. mu guards cur; anchor and anchorAt belong
-// to the committer (and Open and Close, when it is not running).
+// to the committer (and Open and Close, when it is not running). The
+// committer may have taken up to pipelineDepth views not yet published, so
+// up to that many more snapshots are open while batches sync.
 type views struct {
 	mu  sync.Mutex
 	cur *readView
@@ -53,21 +57,52 @@ type views struct {
 	anchorAt time.Time
 }
 
-// publish makes db's current state the one readers see. Only the
-// committer calls it, right after a commit returned (and Open, before the
-// committer starts, and Close, after it exited): the database then holds
-// only synced writes. rotate asks for a new anchor now.
-func (vs *views) publish(db *pebble.DB, rotate bool) {
-	var oldAnchor *pebble.Snapshot
+// pendingView is a view taken but not yet published, and the anchor it
+// replaced (closed once the view is published or dropped).
+type pendingView struct {
+	v         *readView
+	oldAnchor *pebble.Snapshot
+}
+
+// publish makes db's current state the one readers see. Open calls it
+// before the committer starts: the database then holds only synced writes.
+func (vs *views) publish(db *pebble.DB) {
+	vs.install(vs.take(db, false))
+}
+
+// take snapshots db's current state for readers, to be published (install)
+// once every write it holds is synced, or dropped. Only the committer calls
+// it (and Open), right after it applied a batch. rotate asks for a new
+// anchor now.
+func (vs *views) take(db *pebble.DB, rotate bool) pendingView {
+	var pv pendingView
 	if now := time.Now(); rotate || vs.anchor == nil || now.Sub(vs.anchorAt) >= anchorEvery {
 		// The new anchor is taken before the view, so it is no younger.
-		oldAnchor, vs.anchor, vs.anchorAt = vs.anchor, db.NewSnapshot(), now
+		pv.oldAnchor, vs.anchor, vs.anchorAt = vs.anchor, db.NewSnapshot(), now
 	}
-	v := &readView{snap: db.NewSnapshot()}
-	v.refs.Store(1)
-	vs.replace(v)
-	if oldAnchor != nil {
-		_ = oldAnchor.Close()
+	pv.v = &readView{snap: db.NewSnapshot()}
+	pv.v.refs.Store(1)
+	return pv
+}
+
+// install publishes pv (the completer calls it, in the order the views were
+// taken, once their batch is synced).
+func (vs *views) install(pv pendingView) {
+	if pv.v != nil {
+		vs.replace(pv.v)
+	}
+	if pv.oldAnchor != nil {
+		_ = pv.oldAnchor.Close()
+	}
+}
+
+// drop closes pv without publishing it (its batch failed).
+func (pv pendingView) drop() {
+	if pv.v != nil {
+		pv.v.release()
+	}
+	if pv.oldAnchor != nil {
+		_ = pv.oldAnchor.Close()
 	}
 }
 

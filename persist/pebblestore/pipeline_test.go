@@ -1,0 +1,239 @@
+package pebblestore
+
+import (
+	"errors"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/imgn/imgn/internal/testutil"
+	"github.com/imgn/imgn/persist"
+)
+
+// syncFault is an afterSync hook: once armed, the next sync to return
+// waits for release and then reports errInjected.
+type syncFault struct {
+	armed   atomic.Bool
+	entered chan struct{}
+	gate    chan struct{}
+}
+
+var errInjected = errors.New("injected sync failure")
+
+func newSyncFault() *syncFault {
+	return &syncFault{entered: make(chan struct{}, 1), gate: make(chan struct{})}
+}
+
+func (f *syncFault) hook(err error) error {
+	if !f.armed.CompareAndSwap(true, false) {
+		return err
+	}
+	f.entered <- struct{}{}
+	<-f.gate
+	return errInjected
+}
+
+// TestPipelineSyncFailure: a batch whose sync fails fails its appends, and
+// so does the batch the committer built on top of it meanwhile (its seqs
+// follow the failed one's); completions keep queue order; then the store
+// recovers: new appends get the next seqs without a gap, a retry of a
+// failed append finds what the failed batch wrote, and readers see a
+// gap-free inbox.
+func TestPipelineSyncFailure(t *testing.T) {
+	fault := newSyncFault()
+	s, err := Open(Options{Dir: t.TempDir(), afterSync: fault.hook})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := t.Context()
+	if _, err := s.Append(ctx, persist.Message{ID: 1, From: "a", ClientMsgID: "warm"}, []string{"u"}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan *chanOp, 16)
+	async := func(id uint64, inboxes ...string) *chanOp {
+		o := &chanOp{done: done}
+		o.AppendOp = persist.AppendOp{Msg: persist.Message{ID: id, From: "a", ClientMsgID: strconv.FormatUint(id, 10)},
+			Inboxes: inboxes, Done: o}
+		s.AppendAsync(&o.AppendOp)
+		return o
+	}
+	fault.armed.Store(true)
+	async(2, "u", "v")
+	<-fault.entered // the first batch is applied and its sync has returned; its outcome waits
+	for id := uint64(3); id <= 7; id++ {
+		async(id, "u")
+	}
+	testutil.Until(t, 10*time.Second, "the second batch applied", func() bool {
+		last, err := AppliedLastSeq(s, "u")
+		return err == nil && last == 7
+	})
+	close(fault.gate)
+	for want := uint64(2); want <= 7; want++ {
+		o := <-done
+		if o.Msg.ID != want {
+			t.Fatalf("completion of message %d, want %d (queue order)", o.Msg.ID, want)
+		}
+		if !errors.Is(o.Err, persist.ErrUnavailable) || !errors.Is(o.Err, errInjected) {
+			t.Fatalf("message %d: %v; want ErrUnavailable from the failed sync", o.Msg.ID, o.Err)
+		}
+	}
+	if st := s.StoreStats(); st.FailedCommits < 2 {
+		t.Fatalf("FailedCommits = %d, want at least 2 (the failed batch and those built on it)", st.FailedCommits)
+	}
+	// The store goes on: the next append takes the seq after what the
+	// database holds, and a retry of a failed append is a duplicate of it.
+	r, err := s.Append(ctx, persist.Message{ID: 8, From: "a", ClientMsgID: "8"}, []string{"u"})
+	if err != nil || !slices.Equal(r.Seqs, []uint64{8}) {
+		t.Fatalf("append after the failure: %+v, %v; want seq 8", r, err)
+	}
+	r, err = s.Append(ctx, persist.Message{ID: 9, From: "a", ClientMsgID: "2"}, []string{"u", "v"})
+	if err != nil || !r.Duplicate || !slices.Equal(r.Seqs, []uint64{2, 1}) {
+		t.Fatalf("retry of a failed append: %+v, %v; want the duplicate at [2 1]", r, err)
+	}
+	es, err := s.ReadInbox(ctx, "u", 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range es {
+		if e.Seq != uint64(i+1) || e.Msg.ID != e.Seq {
+			t.Fatalf("inbox entry %d: seq %d message %d; want a gap-free inbox", i, e.Seq, e.Msg.ID)
+		}
+	}
+	if len(es) != 8 {
+		t.Fatalf("%d inbox entries, want 8", len(es))
+	}
+}
+
+// TestPipelineStress: many appenders, small batches so that several are in
+// the pipeline at once, readers alongside. Every inbox's seqs are gap-free,
+// also as readers see them while batches are in flight, and after a reopen every acknowledged append is there at the
+// seqs it was acknowledged with.
+func TestPipelineStress(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(Options{Dir: dir, MaxBatch: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const writers, perWriter = 16, 150
+	type acked struct {
+		id      uint64
+		inboxes []string
+		seqs    []uint64
+	}
+	var (
+		mu   sync.Mutex
+		acks []acked
+	)
+	stop := make(chan struct{})
+	var readers sync.WaitGroup
+	for r := range 2 {
+		readers.Go(func() {
+			var seen uint64
+			inbox := "all"
+			if r == 1 {
+				inbox = "r0"
+			}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				es, err := s.ReadInbox(t.Context(), inbox, seen, 64)
+				if err != nil {
+					t.Errorf("ReadInbox: %v", err)
+					return
+				}
+				for _, e := range es {
+					if e.Seq != seen+1 {
+						t.Errorf("inbox %s: seq %d after %d: a reader saw a gap", inbox, e.Seq, seen)
+						return
+					}
+					seen = e.Seq
+				}
+			}
+		})
+	}
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 1))
+			done := make(chan *chanOp, 1)
+			for i := range perWriter {
+				id := uint64(w*perWriter + i + 1)
+				inboxes := []string{"w" + strconv.Itoa(w), "all", "r" + strconv.Itoa(rng.IntN(4))}
+				m := persist.Message{ID: id, From: "w" + strconv.Itoa(w), ClientMsgID: strconv.Itoa(i), Body: []byte("x")}
+				var r persist.AppendResult
+				var err error
+				if i%2 == 0 {
+					r, err = s.Append(t.Context(), m, inboxes)
+				} else {
+					o := &chanOp{done: done}
+					o.AppendOp = persist.AppendOp{Msg: m, Inboxes: inboxes, Done: o}
+					s.AppendAsync(&o.AppendOp)
+					<-done
+					r, err = o.Result, o.Err
+				}
+				if err != nil {
+					t.Errorf("append %d: %v", id, err)
+					return
+				}
+				mu.Lock()
+				acks = append(acks, acked{id, inboxes, slices.Clone(r.Seqs)})
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	readers.Wait()
+	if t.Failed() {
+		s.Close()
+		return
+	}
+	if st := s.StoreStats(); st.Commits < 50 {
+		t.Errorf("%d commits for %d appends in batches of at most 8: want many", st.Commits, writers*perWriter)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	at := map[string]map[uint64]uint64{} // inbox -> seq -> message
+	for _, a := range acks {
+		for i, in := range a.inboxes {
+			if at[in] == nil {
+				at[in] = map[uint64]uint64{}
+			}
+			if prev, dup := at[in][a.seqs[i]]; dup {
+				t.Fatalf("inbox %s seq %d acknowledged for messages %d and %d", in, a.seqs[i], prev, a.id)
+			}
+			at[in][a.seqs[i]] = a.id
+		}
+	}
+	for in, bySeq := range at {
+		es, err := s.ReadInbox(t.Context(), in, 0, len(bySeq)+10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(es) != len(bySeq) {
+			t.Fatalf("inbox %s: %d entries after reopen, %d acknowledged", in, len(es), len(bySeq))
+		}
+		for i, e := range es {
+			if e.Seq != uint64(i+1) {
+				t.Fatalf("inbox %s: entry %d at seq %d: not gap-free", in, i, e.Seq)
+			}
+			if e.Msg.ID != bySeq[e.Seq] {
+				t.Fatalf("inbox %s seq %d: message %d, acknowledged %d", in, e.Seq, e.Msg.ID, bySeq[e.Seq])
+			}
+		}
+	}
+}
