@@ -154,6 +154,11 @@ const (
 	collCursors  = "cursors"
 	collUsers    = "users"
 	collGroups   = "groups"
+	collMeta     = "meta"
+
+	// dedupField is the inbox entries' field that is unique per user
+	// (entry.dedup).
+	dedupField = "d"
 )
 
 // Options configures Open. Zero fields take the Default* values.
@@ -333,6 +338,7 @@ type Store struct {
 
 	messages, inbox, heads, cursors, users, groups *mongo.Collection
 	convs                                          *mongo.Collection // chat.go
+	meta                                           *mongo.Collection // format.go
 
 	// mu guards closed and the send side of queue (as in pebblestore):
 	// senders and readers hold it for reading, Close for writing.
@@ -451,6 +457,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	s.users = s.db.Collection(collUsers)
 	s.groups = s.db.Collection(collGroups)
 	s.convs = s.db.Collection(collConvs)
+	s.meta = s.db.Collection(collMeta)
 	if err := s.setup(ctx); err != nil {
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -490,12 +497,23 @@ func (s *Store) setup(ctx context.Context) error {
 		// documents without it, which a unique index would refuse.
 		messageIndexes = append(messageIndexes, mongo.IndexModel{Keys: bson.D{{Key: "mid", Value: 1}}, Options: options.Index().SetName("mid")})
 	}
+	format, err := s.readFormat(ctx)
+	if err != nil {
+		return err
+	}
+	if format > storeFormat {
+		return fmt.Errorf("mongostore: open: %w: database %q has format %d, newer than this build's %d: run a newer imd",
+			persist.ErrInvalid, s.opts.Database, format, storeFormat)
+	}
+	// What origin entries are found by, from a message ID (findByID).
+	// Not unique: plain entries have no mid.
+	midIndex := mongo.IndexModel{Keys: bson.D{{Key: "mid", Value: 1}}, Options: options.Index().SetName("mid")}
 	for _, ix := range []struct {
 		c      *mongo.Collection
 		models []mongo.IndexModel
 	}{
 		{s.messages, messageIndexes},
-		{s.inbox, []mongo.IndexModel{unique("user_seq", "user", "seq"), unique("user_msg", "user", "msg")}},
+		{s.inbox, []mongo.IndexModel{unique("user_seq", "user", "seq"), unique("user_msg", "user", "msg"), midIndex}},
 		{s.inbox, chatInboxIndexes},
 		{s.inbox, replayIndexes},
 		{s.convs, chatConvIndexes},
@@ -510,6 +528,12 @@ func (s *Store) setup(ctx context.Context) error {
 				return mapErr(ctx, "open: create indexes on "+ix.c.Name(), err)
 			}
 		}
+	}
+	if format < storeFormat {
+		return s.migrate(ctx)
+	}
+	if _, err := s.inbox.Indexes().CreateOne(ctx, dedupIndex); err != nil {
+		return mapErr(ctx, "open: create indexes on inbox", err)
 	}
 	return nil
 }

@@ -214,7 +214,7 @@ func (s *Store) replayMessages(ctx context.Context, entries []replayedEntry) (ma
 		for i, id := range chunk {
 			es[i].Msg.ID = id
 		}
-		if err := s.fillMessages(ctx, es); err != nil {
+		if err := s.fillMessages(ctx, es, nil); err != nil {
 			return nil, err
 		}
 		for _, e := range es {

@@ -1,0 +1,156 @@
+package mongostore
+
+import (
+	"context"
+	"errors"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+)
+
+// The store's format and its migration.
+//
+// Format 1 kept every message in messages and made every inbox entry a
+// plain reference. Format 2 (this build) stores a message its sender's
+// inbox holds in the sender's entry (the origin entry) and gives every
+// entry the dedup field d, unique with the user. The format is the v of the
+// document {_id: "format"} in meta; a database without it is format 1
+// (or new). Open migrates a format-1 database before it creates the
+// (user, d) index, which MongoDB would refuse while entries lack d (all of
+// them count as null there): every entry without d gets one, the sender's
+// entry of a message in messages "c"+cmid (so a retry of that message is
+// caught by the index, as by messages' (from, cmid) before) and any other
+// "m"+id, in bulk writes of at most ferretUpdateBatch updates on FerretDB;
+// then the index is created and the format recorded. The old messages stay
+// in messages and are read from there. An interrupted migration is resumed
+// by the next Open (it only fills in missing d fields). Nodes of format 1
+// must not write while it runs: upgrade a cluster's nodes together.
+
+const (
+	storeFormat = 2
+	formatID    = "format"
+	// migratePage is how many entries without d the migration reads at a
+	// time (and so holds in memory).
+	migratePage = 1000
+)
+
+// dedupIndex is the unique (user, d) index on inbox; Open creates it
+// after the migration.
+var dedupIndex = mongo.IndexModel{
+	Keys:    bson.D{{Key: "user", Value: 1}, {Key: dedupField, Value: 1}},
+	Options: options.Index().SetUnique(true).SetName("user_d"),
+}
+
+// readFormat returns the format recorded in meta (1 when none is).
+func (s *Store) readFormat(ctx context.Context) (int64, error) {
+	raw, err := s.meta.FindOne(ctx, bson.D{{Key: "_id", Value: formatID}}).Raw()
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return 1, nil
+	}
+	if err != nil {
+		return 0, mapErr(ctx, "open: read format", err)
+	}
+	v, err := int64Field(raw, "v")
+	if err != nil {
+		return 0, mapErr(ctx, "open: read format", err)
+	}
+	return v, nil
+}
+
+// migrate brings a format-1 database to format 2 (see above). The indexes
+// other than dedupIndex exist already.
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.backfillDedup(ctx); err != nil {
+		return err
+	}
+	if _, err := s.inbox.Indexes().CreateOne(ctx, dedupIndex); err != nil {
+		return mapErr(ctx, "open: migrate: create index user_d", err)
+	}
+	_, err := s.meta.ReplaceOne(ctx, bson.D{{Key: "_id", Value: formatID}},
+		bson.D{{Key: "_id", Value: formatID}, {Key: "v", Value: int64(storeFormat)}}, options.Replace().SetUpsert(true))
+	return mapErr(ctx, "open: migrate: record format", err)
+}
+
+// backfillDedup gives every inbox entry without d its d, a page at a time,
+// and returns how many it updated.
+func (s *Store) backfillDedup(ctx context.Context) (int, error) {
+	n := 0
+	for {
+		type old struct {
+			id    string
+			user  string
+			msgID uint64
+		}
+		var page []old
+		cur, err := s.inbox.Find(ctx, bson.D{{Key: dedupField, Value: bson.D{{Key: "$exists", Value: false}}}},
+			options.Find().SetLimit(migratePage).SetProjection(bson.D{{Key: "user", Value: 1}, {Key: "msg", Value: 1}, {Key: "seq", Value: 1}}))
+		if err != nil {
+			return n, mapErr(ctx, "open: migrate: read entries", err)
+		}
+		for cur.Next(ctx) {
+			id, err := lookup(cur.Current, "_id", bson.TypeString)
+			if err != nil {
+				cur.Close(ctx)
+				return n, mapErr(ctx, "open: migrate: read entries", err)
+			}
+			user, msgID, _, err := decodeEntry(cur.Current)
+			if err != nil {
+				cur.Close(ctx)
+				return n, mapErr(ctx, "open: migrate: read entries", err)
+			}
+			page = append(page, old{id.StringValue(), user, msgID})
+		}
+		err = cur.Err()
+		cur.Close(ctx)
+		if err != nil {
+			return n, mapErr(ctx, "open: migrate: read entries", err)
+		}
+		if len(page) == 0 {
+			return n, nil
+		}
+		ids := make([]uint64, 0, len(page))
+		seen := map[uint64]bool{}
+		for _, o := range page {
+			if !seen[o.msgID] {
+				seen[o.msgID] = true
+				ids = append(ids, o.msgID)
+			}
+		}
+		senders := map[uint64]dedupKey{}
+		err = s.findByID(ctx, s.messages, ids, "open: migrate: read messages", func(raw bson.Raw) error {
+			id, err := int64Field(raw, "_id")
+			if err != nil {
+				return err
+			}
+			var k dedupKey
+			if k.from, err = strField(raw, "from"); err != nil {
+				return err
+			}
+			if k.cmid, err = strField(raw, "cmid"); err != nil {
+				return err
+			}
+			senders[idFromDB(id)] = k
+			return nil
+		}, options.Find().SetProjection(bson.D{{Key: "from", Value: 1}, {Key: "cmid", Value: 1}}))
+		if err != nil {
+			return n, err
+		}
+		models := make([]mongo.WriteModel, len(page))
+		for i, o := range page {
+			var d any = plainDedup(o.msgID)
+			if k, ok := senders[o.msgID]; ok && k.from == o.user {
+				d = originDedup(k.cmid)
+			}
+			models[i] = mongo.NewUpdateOneModel().SetFilter(bson.D{{Key: "_id", Value: o.id}}).
+				SetUpdate(bson.D{{Key: "$set", Value: bson.D{{Key: dedupField, Value: d}}}})
+		}
+		failed, err := s.bulkWrite(s.inbox, models)
+		for _, f := range failed {
+			if f {
+				return n, mapErr(ctx, "open: migrate: write d", err)
+			}
+		}
+		n += len(page)
+	}
+}
