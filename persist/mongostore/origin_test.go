@@ -1,0 +1,400 @@
+package mongostore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"testing"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/imgn/imgn/internal/testsvc"
+	"github.com/imgn/imgn/persist"
+)
+
+// Tests of store format 2: origin entries, their retries, and the
+// migration of a format-1 database.
+
+func TestOrigins(t *testing.T) {
+	svc := testsvc.StartMongo(t)
+	n := 0
+	openDB := func(t *testing.T) *Store {
+		n++
+		s, err := Open(t.Context(), Options{URI: svc.URI(), Database: fmt.Sprintf("origin%d", n)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	t.Run("OneDocumentPerInbox", func(t *testing.T) { testOneDocumentPerInbox(t, openDB(t)) })
+	t.Run("RetryAfterOriginOnly", func(t *testing.T) { testRetryAfterOriginOnly(t, openDB(t)) })
+	t.Run("DuplicateOriginInBatch", func(t *testing.T) { testDuplicateOriginInBatch(t, openDB(t)) })
+	t.Run("RepeatsInOneBatch", func(t *testing.T) { testRepeatsInOneBatch(t, openDB(t)) })
+	t.Run("IDOfAnotherOrigin", func(t *testing.T) { testIDOfAnotherOrigin(t, openDB(t)) })
+	t.Run("Broadcast", func(t *testing.T) { testBroadcast(t, openDB(t)) })
+	t.Run("RecallOrigin", func(t *testing.T) { testRecallOrigin(t, openDB(t)) })
+	t.Run("MigrateFormat1", func(t *testing.T) { testMigrateFormat1(t, svc.URI()) })
+}
+
+// count returns how many documents of collection c match filter.
+func count(t *testing.T, s *Store, c string, filter bson.D) int64 {
+	t.Helper()
+	n, err := s.db.Collection(c).CountDocuments(t.Context(), filter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// checkInbox fails unless user's inbox holds exactly the messages ids at
+// seqs 1..len(ids), with no gap and no other entry, each readable.
+func checkInbox(t *testing.T, s *Store, user string, ids ...uint64) {
+	t.Helper()
+	raw := rawInbox(t, s, user)
+	want := map[uint64]uint64{}
+	for i, id := range ids {
+		want[uint64(i+1)] = id
+	}
+	if !maps.Equal(raw, want) {
+		t.Fatalf("inbox %s holds %v (seq: message), want %v", user, raw, want)
+	}
+	es, err := s.ReadInbox(t.Context(), user, 0, 100)
+	if err != nil || len(es) != len(ids) {
+		t.Fatalf("ReadInbox(%s) = %+v, %v; want %d entries", user, es, err, len(ids))
+	}
+	for i, e := range es {
+		if e.Msg.ID != ids[i] || e.Msg.From == "" {
+			t.Fatalf("ReadInbox(%s)[%d] = %+v, want message %d", user, i, e, ids[i])
+		}
+	}
+}
+
+// submitBatch commits reqs as one group commit, as the committer would
+// (the committer is idle: nothing else is queued) and returns their
+// outcomes.
+func submitBatch(t *testing.T, s *Store, reqs ...*appendReq) {
+	t.Helper()
+	for _, r := range reqs {
+		r.ctx, r.done = t.Context(), make(chan struct{})
+		r.msg, r.inboxes = ownMessage(r.msg), ownStrings(r.inboxes)
+	}
+	s.commit(reqs)
+	for _, r := range reqs {
+		<-r.done
+	}
+}
+
+func p2p(id uint64, from, to, cmid string) persist.Message {
+	return persist.Message{ID: id, From: from, To: to, ClientMsgID: cmid, Timestamp: int64(id), Body: []byte(fmt.Sprint("body ", id))}
+}
+
+// testOneDocumentPerInbox: a 1:1 message is one document per inbox, in one
+// insert: the sender's entry carries it, nothing goes to messages; an
+// entries-only append on another owner writes one plain entry.
+func testOneDocumentPerInbox(t *testing.T, s *Store) {
+	ctx := t.Context()
+	if _, err := s.Append(ctx, p2p(1, "alice", "bob", "w"), []string{"alice", "bob"}); err != nil { // warm the seq cache
+		t.Fatal(err)
+	}
+	if err := s.syncUpkeep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := s.Stats().Commands
+	m := p2p(2, "alice", "bob", "c2")
+	res, err := s.Append(ctx, m, []string{"alice", "bob"})
+	if err != nil || res.Duplicate || !slices.Equal(res.Seqs, []uint64{2, 2}) {
+		t.Fatalf("Append = %+v, %v", res, err)
+	}
+	if d := opsSince(before, s.Stats().Commands); d["insert"] != 1 || d["find"] != 0 {
+		t.Fatalf("a same-owner 1:1 append sent %v, want one insert and no find", d)
+	}
+	if n := count(t, s, collMessages, bson.D{}); n != 0 {
+		t.Fatalf("messages holds %d documents, want 0", n)
+	}
+	if n := count(t, s, collInbox, bson.D{{Key: "mid", Value: bson.D{{Key: "$exists", Value: true}}}}); n != 2 {
+		t.Fatalf("%d origin entries, want 2", n)
+	}
+	// The cluster's split: the sender's owner, then the recipient's.
+	before = s.Stats().Commands
+	m3 := p2p(3, "alice", "carol", "c3")
+	first, err := s.Append(ctx, m3, []string{"alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AppendEntries(ctx, first.Msg, []string{"carol"}); err != nil {
+		t.Fatal(err)
+	}
+	if d := opsSince(before, s.Stats().Commands); d["insert"] != 2 {
+		t.Fatalf("a cross-owner 1:1 append sent %v, want two inserts", d)
+	}
+	checkInbox(t, s, "alice", 1, 2, 3)
+	checkInbox(t, s, "bob", 1, 2)
+	checkInbox(t, s, "carol", 3)
+	got, err := s.Lookup(ctx, "alice", "c3")
+	if err != nil || got.ID != 3 || string(got.Body) != "body 3" || got.To != "carol" {
+		t.Fatalf("Lookup = %+v, %v", got, err)
+	}
+	es, err := s.ReadInbox(ctx, "carol", 0, 10)
+	if err != nil || string(es[0].Msg.Body) != "body 3" || es[0].Msg.Timestamp != 3 {
+		t.Fatalf("carol reads %+v, %v", es, err)
+	}
+}
+
+// testRetryAfterOriginOnly: an attempt stored the origin entry and died
+// before the recipient's; the retry (a fresh id) is a Duplicate of the
+// stored message and writes the missing entry once, as does a retry with
+// the same id.
+func testRetryAfterOriginOnly(t *testing.T, s *Store) {
+	ctx := t.Context()
+	m := p2p(7, "alice", "bob", "c7")
+	o := &entry{user: "alice", msgID: m.ID, seq: 1, msg: &m, chat: chatRefOf("alice", &m)}
+	if _, err := s.inbox.InsertOne(ctx, o.doc(s)); err != nil {
+		t.Fatal(err)
+	}
+	retry := m
+	retry.ID = 8
+	res, err := s.Append(ctx, retry, []string{"alice", "bob"})
+	if err != nil || !res.Duplicate || res.Msg.ID != 7 || string(res.Msg.Body) != "body 7" || !slices.Equal(res.Seqs, []uint64{1, 1}) {
+		t.Fatalf("retry = %+v, %v", res, err)
+	}
+	res, err = s.Append(ctx, m, []string{"alice", "bob"})
+	if err != nil || !res.Duplicate || res.Msg.ID != 7 || !slices.Equal(res.Seqs, []uint64{1, 1}) {
+		t.Fatalf("retry with the same id = %+v, %v", res, err)
+	}
+	checkInbox(t, s, "alice", 7)
+	checkInbox(t, s, "bob", 7)
+	if n := count(t, s, collInbox, bson.D{{Key: "msg", Value: idToDB(8)}}); n != 0 {
+		t.Fatalf("%d entries of the retry's id, want 0", n)
+	}
+}
+
+// testDuplicateOriginInBatch: a retry whose origin entry fails as a
+// duplicate in the middle of a batch: the messages before and after it are
+// stored, every inbox stays gap-free, the retry gets the original's id and
+// seqs, and it costs one conflict.
+func testDuplicateOriginInBatch(t *testing.T, s *Store) {
+	ctx := t.Context()
+	m1 := p2p(1, "alice", "bob", "c1")
+	if _, err := s.Append(ctx, m1, []string{"alice", "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	retry := m1
+	retry.ID = 11
+	reqs := []*appendReq{
+		{msg: p2p(2, "alice", "carol", "c2"), inboxes: []string{"alice", "carol"}},
+		{msg: retry, inboxes: []string{"alice", "bob"}},
+		{msg: p2p(3, "alice", "bob", "c3"), inboxes: []string{"alice", "bob"}},
+		{msg: p2p(4, "bob", "alice", "c4"), inboxes: []string{"bob", "alice"}},
+	}
+	before := s.Stats()
+	submitBatch(t, s, reqs...)
+	after := s.Stats()
+	for i, r := range reqs {
+		if r.err != nil {
+			t.Fatalf("append %d: %v", i, r.err)
+		}
+	}
+	if r := reqs[1].res; !r.Duplicate || r.Msg.ID != 1 || !slices.Equal(r.Seqs, []uint64{1, 1}) || string(r.Msg.Body) != "body 1" {
+		t.Fatalf("retry = %+v", r)
+	}
+	for i, want := range [][]uint64{{2, 1}, nil, {3, 2}, {3, 4}} {
+		if r := reqs[i].res; want != nil && (r.Duplicate || !slices.Equal(r.Seqs, want)) {
+			t.Fatalf("append %d = %+v, want seqs %v", i, r, want)
+		}
+	}
+	if c := after.Conflicts - before.Conflicts; c != 1 {
+		t.Errorf("%d conflicts, want 1", c)
+	}
+	checkInbox(t, s, "alice", 1, 2, 3, 4)
+	checkInbox(t, s, "bob", 1, 3, 4)
+	checkInbox(t, s, "carol", 2)
+}
+
+// testRepeatsInOneBatch: two appends of one (From, ClientMsgID) in one
+// batch, with one id and with two: one is stored, the others are its
+// Duplicates.
+func testRepeatsInOneBatch(t *testing.T, s *Store) {
+	m := p2p(5, "alice", "bob", "c5")
+	other := m
+	other.ID = 6
+	reqs := []*appendReq{
+		{msg: m, inboxes: []string{"alice", "bob"}},
+		{msg: m, inboxes: []string{"alice", "bob"}},
+		{msg: other, inboxes: []string{"alice", "bob"}},
+	}
+	submitBatch(t, s, reqs...)
+	for i, r := range reqs {
+		if r.err != nil || r.res.Msg.ID != 5 || r.res.Duplicate != (i > 0) || !slices.Equal(r.res.Seqs, []uint64{1, 1}) {
+			t.Fatalf("append %d = %+v, %v", i, r.res, r.err)
+		}
+	}
+	checkInbox(t, s, "alice", 5)
+	checkInbox(t, s, "bob", 5)
+}
+
+// testIDOfAnotherOrigin: an origin append reusing the id of another message
+// of the same inbox is refused with ErrInvalid; nothing of it is stored.
+func testIDOfAnotherOrigin(t *testing.T, s *Store) {
+	ctx := t.Context()
+	if _, err := s.Append(ctx, p2p(9, "alice", "bob", "a"), []string{"alice", "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Append(ctx, p2p(9, "alice", "carol", "b"), []string{"alice", "carol"})
+	if !errors.Is(err, persist.ErrInvalid) {
+		t.Fatalf("append reusing an id: %v, want ErrInvalid", err)
+	}
+	checkInbox(t, s, "alice", 9)
+	checkInbox(t, s, "carol")
+	if _, err := s.Lookup(ctx, "alice", "b"); !errors.Is(err, persist.ErrNotFound) {
+		t.Fatalf("Lookup of the refused message: %v", err)
+	}
+}
+
+// testBroadcast: a message whose sender has no inbox among its inboxes is
+// a messages document, read, deduplicated and looked up as before.
+func testBroadcast(t *testing.T, s *Store) {
+	ctx := t.Context()
+	m := persist.Message{ID: 20, From: "system", ClientMsgID: "b1", Body: []byte("hello all")}
+	if _, err := s.Append(ctx, m, []string{"u1", "u2"}); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, s, collMessages, bson.D{}); n != 1 {
+		t.Fatalf("messages holds %d documents, want 1", n)
+	}
+	retry := m
+	retry.ID = 21
+	res, err := s.Append(ctx, retry, []string{"u1", "u2"})
+	if err != nil || !res.Duplicate || res.Msg.ID != 20 || !slices.Equal(res.Seqs, []uint64{1, 1}) {
+		t.Fatalf("retry = %+v, %v", res, err)
+	}
+	checkInbox(t, s, "u1", 20)
+	checkInbox(t, s, "u2", 20)
+	if got, err := s.Lookup(ctx, "system", "b1"); err != nil || string(got.Body) != "hello all" {
+		t.Fatalf("Lookup = %+v, %v", got, err)
+	}
+}
+
+// testRecallOrigin: recalling a message stored in its origin entry empties
+// the one copy of its body: every holder reads it recalled.
+func testRecallOrigin(t *testing.T, s *Store) {
+	ctx := t.Context()
+	m := p2p(30, "alice", "bob", "r")
+	if _, err := s.Append(ctx, m, []string{"alice", "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Recall(ctx, persist.EventRequest{User: "alice", Target: 30, ID: 31, Timestamp: 40})
+	if err != nil || res.Duplicate {
+		t.Fatalf("Recall = %+v, %v", res, err)
+	}
+	for _, u := range []string{"alice", "bob"} {
+		es, err := s.ReadInbox(ctx, u, 0, 10)
+		if err != nil || len(es) != 2 || !es[0].Msg.Recalled || es[0].Msg.Body != nil || es[1].Msg.Event != persist.EventRecall || es[1].Msg.Target != 30 {
+			t.Fatalf("%s reads %+v, %v", u, es, err)
+		}
+	}
+	if n := count(t, s, collMessages, bson.D{}); n != 0 {
+		t.Fatalf("messages holds %d documents, want 0 (the event is alice's origin entry too)", n)
+	}
+	again, err := s.Recall(ctx, persist.EventRequest{User: "alice", Target: 30, ID: 32, Timestamp: 41})
+	if err != nil || !again.Duplicate {
+		t.Fatalf("second Recall = %+v, %v", again, err)
+	}
+}
+
+// testMigrateFormat1: a database written in format 1 (messages documents,
+// entries without d) is migrated by Open: its messages are read where they
+// are, a retry of one of them is still a Duplicate, new messages go into
+// origin entries; a second Open finds format 2 and a newer format is
+// refused.
+func testMigrateFormat1(t *testing.T, uri string) {
+	ctx := t.Context()
+	const db = "format1"
+	client, err := mongo.Connect(options.Client().ApplyURI(uri))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Disconnect(context.Background())
+	raw := client.Database(db)
+	m1 := p2p(1, "alice", "bob", "c1")
+	bc := persist.Message{ID: 2, From: "system", ClientMsgID: "b", Body: []byte("to all")}
+	for _, m := range []*persist.Message{&m1, &bc} {
+		if _, err := raw.Collection(collMessages).InsertOne(ctx, messageDoc(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, e := range []struct {
+		user     string
+		seq, msg uint64
+	}{{"alice", 1, 1}, {"bob", 1, 1}, {"alice", 2, 2}, {"bob", 2, 2}} {
+		_, err := raw.Collection(collInbox).InsertOne(ctx, bson.D{
+			{Key: "_id", Value: inboxKey(e.user, e.seq)}, {Key: "user", Value: e.user},
+			{Key: "seq", Value: int64(e.seq)}, {Key: "msg", Value: idToDB(e.msg)},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := Open(ctx, Options{URI: uri, Database: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if v, err := s.readFormat(ctx); err != nil || v != storeFormat {
+		t.Fatalf("format after Open = %d, %v", v, err)
+	}
+	if n := count(t, s, collInbox, bson.D{{Key: dedupField, Value: bson.D{{Key: "$exists", Value: false}}}}); n != 0 {
+		t.Fatalf("%d entries without d after the migration", n)
+	}
+	if n := count(t, s, collInbox, bson.D{{Key: "user", Value: "alice"}, {Key: dedupField, Value: "c" + "c1"}}); n != 1 {
+		t.Fatalf("alice's entry of her old message has no origin dedup (%d)", n)
+	}
+	retry := m1
+	retry.ID = 10
+	res, err := s.Append(ctx, retry, []string{"alice", "bob"})
+	if err != nil || !res.Duplicate || res.Msg.ID != 1 || string(res.Msg.Body) != "body 1" || !slices.Equal(res.Seqs, []uint64{1, 1}) {
+		t.Fatalf("retry of a format-1 message = %+v, %v", res, err)
+	}
+	if _, err := s.Append(ctx, p2p(3, "bob", "alice", "c3"), []string{"bob", "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	checkInbox(t, s, "alice", 1, 2, 3)
+	checkInbox(t, s, "bob", 1, 2, 3)
+	if got, err := s.Lookup(ctx, "alice", "c1"); err != nil || got.ID != 1 {
+		t.Fatalf("Lookup of a format-1 message = %+v, %v", got, err)
+	}
+	if got, err := s.Lookup(ctx, "bob", "c3"); err != nil || got.ID != 3 {
+		t.Fatalf("Lookup of a new message = %+v, %v", got, err)
+	}
+
+	again, err := Open(ctx, Options{URI: uri, Database: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again.Close()
+	if _, err := raw.Collection(collMeta).UpdateOne(ctx, bson.D{{Key: "_id", Value: formatID}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "v", Value: int64(storeFormat + 1)}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if newer, err := Open(ctx, Options{URI: uri, Database: db}); !errors.Is(err, persist.ErrInvalid) {
+		if err == nil {
+			newer.Close()
+		}
+		t.Fatalf("Open of a newer format: %v, want ErrInvalid", err)
+	}
+}
+
+// opsSince returns the commands counted since before, without zeros.
+func opsSince(before, after map[string]uint64) map[string]uint64 {
+	d := map[string]uint64{}
+	for op, n := range after {
+		if n > before[op] {
+			d[op] = n - before[op]
+		}
+	}
+	return d
+}
