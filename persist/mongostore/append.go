@@ -599,9 +599,9 @@ func (s *Store) insertEntries(live []*appendReq, b *batchEntries, fail func(*app
 			continue // all stored; the next plan is empty unless inboxes filled
 		}
 		e := planned[stored]
-		delete(s.seqCache, e.user)
 		left := planned[stored:]
 		if !isDupCode(we.Code) {
+			delete(s.seqCache, e.user)
 			err := fmt.Errorf("mongostore: append: insert inbox entry: %w: %v", persist.ErrUnavailable, we.Message)
 			for _, x := range left {
 				bad[x] = err
@@ -614,7 +614,15 @@ func (s *Store) insertEntries(live []*appendReq, b *batchEntries, fail func(*app
 		// id). One query finds which of the unwritten entries exist; the
 		// rest are planned again.
 		s.stats.conflicts.Add(1)
-		if err := s.resolve(left, e, b, floors, fail); err != nil {
+		err = s.resolve(left, e, b, floors, fail)
+		if err != nil || !(e.done || e.gone) {
+			// e's seq may be taken: forget what the cache says. When e
+			// was found (it existed, or its origin's retry did), the
+			// duplicate is explained and the cache kept: were the seq
+			// taken too, the next insert meets it, at the cost of a round.
+			delete(s.seqCache, e.user)
+		}
+		if err != nil {
 			for _, x := range left {
 				bad[x] = err
 			}

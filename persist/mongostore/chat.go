@@ -40,10 +40,13 @@ import (
 // same index backwards; a recall finds the message's holders on inbox
 // (msg).
 //
-// Recall marks the message document recalled (rc, body emptied) and
-// appends an event message; delete-for-me marks the inbox entry (del) and
-// appends an event to that inbox only. An event is an ordinary message
-// document (ev, tgt) with a client message id derived from its target
+// Recall marks the message recalled (rc, body emptied) where it is stored,
+// its origin entry or its messages document, and appends an event
+// message; delete-for-me marks the inbox entry (del; on the sender's
+// origin entry it hides the message from the sender only) and appends an
+// event to that inbox only. An event is an ordinary message (ev, tgt:
+// stored like any other, an origin entry when its sender's inbox is among
+// its inboxes) with a client message id derived from its target
 // (eventCmid), so a repeat, or the retry of an attempt that failed
 // halfway, finds the first event by the usual (from, cmid) deduplication
 // instead of appending a second one.

@@ -69,6 +69,12 @@ func (s *Store) migrate(ctx context.Context) error {
 	}
 	_, err := s.meta.ReplaceOne(ctx, bson.D{{Key: "_id", Value: formatID}},
 		bson.D{{Key: "_id", Value: formatID}, {Key: "v", Value: int64(storeFormat)}}, options.Replace().SetUpsert(true))
+	if mongo.IsDuplicateKeyError(err) {
+		// Another node's Open created the marker at the same moment.
+		if v, rerr := s.readFormat(ctx); rerr == nil && v >= storeFormat {
+			return nil
+		}
+	}
 	return mapErr(ctx, "open: migrate: record format", err)
 }
 

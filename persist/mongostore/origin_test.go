@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
 	"testing"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -39,6 +40,30 @@ func TestOrigins(t *testing.T) {
 	t.Run("Broadcast", func(t *testing.T) { testBroadcast(t, openDB(t)) })
 	t.Run("RecallOrigin", func(t *testing.T) { testRecallOrigin(t, openDB(t)) })
 	t.Run("MigrateFormat1", func(t *testing.T) { testMigrateFormat1(t, svc.URI()) })
+	t.Run("ConcurrentOpens", func(t *testing.T) { testConcurrentOpens(t, svc.URI()) })
+}
+
+// testConcurrentOpens: the nodes of a new cluster open one new database
+// at the same moment; each creates the indexes and records the format, and
+// none fails for another's doing the same.
+func testConcurrentOpens(t *testing.T, uri string) {
+	const nodes = 3
+	errs := make([]error, nodes)
+	stores := make([]*Store, nodes)
+	var wg sync.WaitGroup
+	for i := range nodes {
+		wg.Go(func() { stores[i], errs[i] = Open(t.Context(), Options{URI: uri, Database: "concurrent"}) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("Open %d: %v", i, err)
+		}
+		defer stores[i].Close()
+	}
+	if v, err := stores[0].readFormat(t.Context()); err != nil || v != storeFormat {
+		t.Fatalf("format = %d, %v", v, err)
+	}
 }
 
 // count returns how many documents of collection c match filter.
