@@ -115,10 +115,13 @@ func TestParseWriteConcern(t *testing.T) {
 
 // TestWithServer holds the internal tests that need a server; they share
 // one FerretDB and use a database each.
-func TestWithServer(t *testing.T) {
+// startServer starts a FerretDB dev server for t and returns it with a
+// function that opens a store on a new database of it (closed when the
+// subtest ends).
+func startServer(t *testing.T) (*testsvc.Service, func(*testing.T) *Store) {
 	svc := testsvc.StartMongo(t)
 	n := 0
-	openDB := func(t *testing.T) *Store {
+	return svc, func(t *testing.T) *Store {
 		n++
 		s, err := Open(t.Context(), Options{URI: svc.URI(), Database: fmt.Sprintf("internal%d", n)})
 		if err != nil {
@@ -127,6 +130,10 @@ func TestWithServer(t *testing.T) {
 		t.Cleanup(func() { s.Close() })
 		return s
 	}
+}
+
+func TestWithServer(t *testing.T) {
+	_, openDB := startServer(t)
 	t.Run("DetectsFerretDB", func(t *testing.T) {
 		if s := openDB(t); !s.FerretDB() {
 			t.Fatal("FerretDB not detected")

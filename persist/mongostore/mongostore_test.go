@@ -595,15 +595,7 @@ func TestAppendEntries(t *testing.T) {
 }
 
 // diffOps returns after - before, without zero entries.
-func diffOps(before, after map[string]uint64) map[string]uint64 {
-	d := map[string]uint64{}
-	for op, n := range after {
-		if n > before[op] {
-			d[op] = n - before[op]
-		}
-	}
-	return d
-}
+var diffOps = mongostore.OpsSince
 
 // TestDuplicatesLookedUpPerBatch: retries of stored messages cost one
 // query for their originals, one for their entries and one for their

@@ -13,7 +13,6 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
-	"github.com/imgn/imgn/internal/testsvc"
 	"github.com/imgn/imgn/persist"
 )
 
@@ -21,17 +20,7 @@ import (
 // migration of a format-1 database.
 
 func TestOrigins(t *testing.T) {
-	svc := testsvc.StartMongo(t)
-	n := 0
-	openDB := func(t *testing.T) *Store {
-		n++
-		s, err := Open(t.Context(), Options{URI: svc.URI(), Database: fmt.Sprintf("origin%d", n)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return s
-	}
+	svc, openDB := startServer(t)
 	t.Run("OneDocumentPerInbox", func(t *testing.T) { testOneDocumentPerInbox(t, openDB(t)) })
 	t.Run("RetryAfterOriginOnly", func(t *testing.T) { testRetryAfterOriginOnly(t, openDB(t)) })
 	t.Run("DuplicateOriginInBatch", func(t *testing.T) { testDuplicateOriginInBatch(t, openDB(t)) })
@@ -135,7 +124,7 @@ func testOneDocumentPerInbox(t *testing.T, s *Store) {
 	if err != nil || res.Duplicate || !slices.Equal(res.Seqs, []uint64{2, 2}) {
 		t.Fatalf("Append = %+v, %v", res, err)
 	}
-	if d := opsSince(before, s.Stats().Commands); d["insert"] != 1 || d["find"] != 0 {
+	if d := OpsSince(before, s.Stats().Commands); d["insert"] != 1 || d["find"] != 0 {
 		t.Fatalf("a same-owner 1:1 append sent %v, want one insert and no find", d)
 	}
 	if n := count(t, s, collMessages, bson.D{}); n != 0 {
@@ -154,7 +143,7 @@ func testOneDocumentPerInbox(t *testing.T, s *Store) {
 	if _, err := s.AppendEntries(ctx, first.Msg, []string{"carol"}); err != nil {
 		t.Fatal(err)
 	}
-	if d := opsSince(before, s.Stats().Commands); d["insert"] != 2 {
+	if d := OpsSince(before, s.Stats().Commands); d["insert"] != 2 {
 		t.Fatalf("a cross-owner 1:1 append sent %v, want two inserts", d)
 	}
 	checkInbox(t, s, "alice", 1, 2, 3)
@@ -411,15 +400,4 @@ func testMigrateFormat1(t *testing.T, uri string) {
 		}
 		t.Fatalf("Open of a newer format: %v, want ErrInvalid", err)
 	}
-}
-
-// opsSince returns the commands counted since before, without zeros.
-func opsSince(before, after map[string]uint64) map[string]uint64 {
-	d := map[string]uint64{}
-	for op, n := range after {
-		if n > before[op] {
-			d[op] = n - before[op]
-		}
-	}
-	return d
 }
