@@ -21,19 +21,22 @@ import (
 // them count as null there): every entry without d gets one, the sender's
 // entry of a message in messages "c"+cmid (so a retry of that message is
 // caught by the index, as by messages' (from, cmid) before) and any other
-// "m"+id, in bulk writes of at most ferretUpdateBatch updates on FerretDB;
-// then the index is created and the format recorded. The old messages stay
+// "m"+id, reading the entries in pages of migratePage in _id order and
+// writing each page in bulk (at most ferretUpdateBatch updates to a
+// command on FerretDB); then the index is created and the format recorded. The old messages stay
 // in messages and are read from there. An interrupted migration is resumed
-// by the next Open (it only fills in missing d fields). Nodes of format 1
+// by the next Open (it reads every entry again and fills in the missing d
+// fields). Nodes of format 1
 // must not write while it runs: upgrade a cluster's nodes together.
 
 const (
 	storeFormat = 2
 	formatID    = "format"
-	// migratePage is how many entries without d the migration reads at a
-	// time (and so holds in memory).
-	migratePage = 1000
 )
+
+// migratePage is how many entries the migration reads at a time (and so
+// holds in memory). A variable for the tests.
+var migratePage = 1000
 
 // dedupIndex is the unique (user, d) index on inbox; Open creates it
 // after the migration.
@@ -82,38 +85,50 @@ func (s *Store) migrate(ctx context.Context) error {
 // and returns how many it updated.
 func (s *Store) backfillDedup(ctx context.Context) (int, error) {
 	n := 0
-	for {
+	// Pages in _id order (MongoDB walks its _id index; a filter on the
+	// missing d could use no index and would read the whole collection
+	// per page).
+	after := ""
+	for done := false; !done; {
 		type old struct {
 			id    string
 			user  string
 			msgID uint64
 		}
 		var page []old
-		cur, err := s.inbox.Find(ctx, bson.D{{Key: dedupField, Value: bson.D{{Key: "$exists", Value: false}}}},
-			options.Find().SetLimit(migratePage).SetProjection(bson.D{{Key: "user", Value: 1}, {Key: "msg", Value: 1}, {Key: "seq", Value: 1}}))
+		cur, err := s.inbox.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$gt", Value: after}}}},
+			options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}).SetLimit(int64(migratePage)).
+				SetProjection(bson.D{{Key: "user", Value: 1}, {Key: "msg", Value: 1}, {Key: "seq", Value: 1}, {Key: dedupField, Value: 1}}))
 		if err != nil {
 			return n, mapErr(ctx, "open: migrate: read entries", err)
 		}
+		read := 0
 		for cur.Next(ctx) {
+			read++
 			id, err := lookup(cur.Current, "_id", bson.TypeString)
 			if err != nil {
 				cur.Close(ctx)
 				return n, mapErr(ctx, "open: migrate: read entries", err)
+			}
+			after = id.StringValue()
+			if _, err := cur.Current.LookupErr(dedupField); err == nil {
+				continue // written by format 2, or migrated by an earlier Open
 			}
 			user, msgID, _, err := decodeEntry(cur.Current)
 			if err != nil {
 				cur.Close(ctx)
 				return n, mapErr(ctx, "open: migrate: read entries", err)
 			}
-			page = append(page, old{id.StringValue(), user, msgID})
+			page = append(page, old{after, user, msgID})
 		}
 		err = cur.Err()
 		cur.Close(ctx)
 		if err != nil {
 			return n, mapErr(ctx, "open: migrate: read entries", err)
 		}
+		done = read < migratePage
 		if len(page) == 0 {
-			return n, nil
+			continue
 		}
 		ids := make([]uint64, 0, len(page))
 		seen := map[uint64]bool{}
@@ -159,4 +174,5 @@ func (s *Store) backfillDedup(ctx context.Context) (int, error) {
 		}
 		n += len(page)
 	}
+	return n, nil
 }

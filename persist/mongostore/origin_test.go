@@ -341,10 +341,21 @@ func testMigrateFormat1(t *testing.T, uri string) {
 			t.Fatal(err)
 		}
 	}
-	for _, e := range []struct {
+	type oldEntry struct {
 		user     string
 		seq, msg uint64
-	}{{"alice", 1, 1}, {"bob", 1, 1}, {"alice", 2, 2}, {"bob", 2, 2}} {
+	}
+	old := []oldEntry{{"alice", 1, 1}, {"bob", 1, 1}, {"alice", 2, 2}, {"bob", 2, 2}}
+	for i := range uint64(6) { // more pages of the migration
+		m := p2p(100+i, "carol", "dave", fmt.Sprint("k", i))
+		if _, err := raw.Collection(collMessages).InsertOne(ctx, messageDoc(&m)); err != nil {
+			t.Fatal(err)
+		}
+		old = append(old, oldEntry{"carol", i + 1, m.ID}, oldEntry{"dave", i + 1, m.ID})
+	}
+	defer func(n int) { migratePage = n }(migratePage)
+	migratePage = 4
+	for _, e := range old {
 		_, err := raw.Collection(collInbox).InsertOne(ctx, bson.D{
 			{Key: "_id", Value: inboxKey(e.user, e.seq)}, {Key: "user", Value: e.user},
 			{Key: "seq", Value: int64(e.seq)}, {Key: "msg", Value: idToDB(e.msg)},
@@ -366,6 +377,15 @@ func testMigrateFormat1(t *testing.T, uri string) {
 	}
 	if n := count(t, s, collInbox, bson.D{{Key: "user", Value: "alice"}, {Key: dedupField, Value: "c" + "c1"}}); n != 1 {
 		t.Fatalf("alice's entry of her old message has no origin dedup (%d)", n)
+	}
+	for _, e := range old[4:] {
+		want := plainDedup(e.msg)
+		if e.user == "carol" {
+			want = fmt.Sprint("ck", e.msg-100)
+		}
+		if n := count(t, s, collInbox, bson.D{{Key: "_id", Value: inboxKey(e.user, e.seq)}, {Key: dedupField, Value: want}}); n != 1 {
+			t.Fatalf("entry %+v: no d %q after the migration", e, want)
+		}
 	}
 	retry := m1
 	retry.ID = 10
