@@ -321,7 +321,8 @@ func testRecallOrigin(t *testing.T, s *Store) {
 }
 
 // testMigrateFormat1: a database written in format 1 (messages documents,
-// entries without d) is migrated by Open: its messages are read where they
+// entries without d; one migrated by an interrupted earlier Open) is
+// migrated by Open, a few entries at a time: its messages are read where they
 // are, a retry of one of them is still a Duplicate, new messages go into
 // origin entries; a second Open finds format 2 and a newer format is
 // refused.
@@ -363,6 +364,11 @@ func testMigrateFormat1(t *testing.T, uri string) {
 		if err != nil {
 			t.Fatal(err)
 		}
+	}
+	// An earlier Open was interrupted after migrating one entry.
+	if _, err := raw.Collection(collInbox).UpdateOne(ctx, bson.D{{Key: "_id", Value: inboxKey("carol", 1)}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: dedupField, Value: "ck0"}}}}); err != nil {
+		t.Fatal(err)
 	}
 	s, err := Open(ctx, Options{URI: uri, Database: db})
 	if err != nil {
