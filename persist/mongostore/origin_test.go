@@ -25,6 +25,7 @@ func TestOrigins(t *testing.T) {
 	t.Run("RetryAfterOriginOnly", func(t *testing.T) { testRetryAfterOriginOnly(t, openDB(t)) })
 	t.Run("DuplicateOriginInBatch", func(t *testing.T) { testDuplicateOriginInBatch(t, openDB(t)) })
 	t.Run("RepeatsInOneBatch", func(t *testing.T) { testRepeatsInOneBatch(t, openDB(t)) })
+	t.Run("DuplicateOriginOnATakenSeq", func(t *testing.T) { testDuplicateOriginOnATakenSeq(t, openDB(t)) })
 	t.Run("IDOfAnotherOrigin", func(t *testing.T) { testIDOfAnotherOrigin(t, openDB(t)) })
 	t.Run("Broadcast", func(t *testing.T) { testBroadcast(t, openDB(t)) })
 	t.Run("RecallOrigin", func(t *testing.T) { testRecallOrigin(t, openDB(t)) })
@@ -227,6 +228,42 @@ func testDuplicateOriginInBatch(t *testing.T, s *Store) {
 	checkInbox(t, s, "alice", 1, 2, 3, 4)
 	checkInbox(t, s, "bob", 1, 3, 4)
 	checkInbox(t, s, "carol", 2)
+}
+
+// testDuplicateOriginOnATakenSeq: another writer took the sender's next
+// seq behind the store's back, and the batch's first entry is a retry's
+// origin planned at that seq: the duplicate is resolved (and the sender's
+// cached seq kept), the next message of the sender meets the taken seq,
+// and lands after it: no gap, no second entry.
+func testDuplicateOriginOnATakenSeq(t *testing.T, s *Store) {
+	ctx := t.Context()
+	m1 := p2p(1, "alice", "bob", "c1")
+	if _, err := s.Append(ctx, m1, []string{"alice", "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	foreign := persist.Message{ID: 99, From: "zed", ClientMsgID: "f", Body: []byte("f")}
+	if _, err := s.messages.InsertOne(ctx, messageDoc(&foreign)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.inbox.InsertOne(ctx, (&entry{user: "alice", msgID: 99, seq: 2}).doc(s)); err != nil {
+		t.Fatal(err)
+	}
+	retry := m1
+	retry.ID = 10
+	reqs := []*appendReq{
+		{msg: retry, inboxes: []string{"alice", "bob"}},
+		{msg: p2p(3, "alice", "carol", "c3"), inboxes: []string{"alice", "carol"}},
+	}
+	submitBatch(t, s, reqs...)
+	if r := reqs[0]; r.err != nil || !r.res.Duplicate || r.res.Msg.ID != 1 || !slices.Equal(r.res.Seqs, []uint64{1, 1}) {
+		t.Fatalf("retry = %+v, %v", r.res, r.err)
+	}
+	if r := reqs[1]; r.err != nil || r.res.Duplicate || !slices.Equal(r.res.Seqs, []uint64{3, 1}) {
+		t.Fatalf("next message = %+v, %v; want seqs [3 1]", r.res, r.err)
+	}
+	checkInbox(t, s, "alice", 1, 99, 3)
+	checkInbox(t, s, "bob", 1)
+	checkInbox(t, s, "carol", 3)
 }
 
 // testRepeatsInOneBatch: two appends of one (From, ClientMsgID) in one
