@@ -139,7 +139,10 @@ func (s *Store) backfillDedup(ctx context.Context) (int, error) {
 			}
 		}
 		senders := map[uint64]dedupKey{}
-		err = s.findByID(ctx, s.messages, ids, "open: migrate: read messages", func(raw bson.Raw) error {
+		// Every document, those without mid too: a sender's entry whose
+		// message went unfound would get "m" and let a retry of the
+		// message through as a new one.
+		err = s.findDocuments(ctx, ids, "open: migrate: read messages", func(raw bson.Raw) error {
 			id, err := int64Field(raw, "_id")
 			if err != nil {
 				return err

@@ -304,8 +304,8 @@ func (s *Store) findByID(ctx context.Context, c *mongo.Collection, ids []uint64,
 }
 
 // loadMessages returns the messages ids (distinct): those in origin
-// entries (one query on inbox), then the others from messages (one query;
-// on FerretDB one more by _id for documents stored before mid existed).
+// entries (one query on inbox), then the others from messages
+// (findDocuments).
 // A message found nowhere is left out.
 func (s *Store) loadMessages(ctx context.Context, ids []uint64, op string) (map[uint64]persist.Message, error) {
 	msgs := make(map[uint64]persist.Message, len(ids))
@@ -329,21 +329,39 @@ func (s *Store) loadMessages(ctx context.Context, ids []uint64, op string) (map[
 	if err := s.findByID(ctx, s.inbox, ids, op, keep); err != nil {
 		return nil, err
 	}
-	rest := missing()
-	if err := s.findByID(ctx, s.messages, rest, op, keep); err != nil {
+	if err := s.findDocuments(ctx, missing(), op, keep); err != nil {
 		return nil, err
 	}
-	if s.eqQueries && len(msgs) < len(ids) {
-		// Messages stored before mid existed: by _id, one (slow) query.
-		var in bson.A
-		for _, id := range missing() {
+	return msgs, nil
+}
+
+// findDocuments calls fn with the messages documents of ids (distinct):
+// one query (findByID), and on FerretDB, when some were not found by mid,
+// one more (slow) by _id for documents stored before mid existed. fn's
+// document is valid only during the call; opts must keep _id.
+func (s *Store) findDocuments(ctx context.Context, ids []uint64, op string, fn func(bson.Raw) error, opts ...options.Lister[options.FindOptions]) error {
+	found := make(map[uint64]bool, len(ids))
+	keep := func(raw bson.Raw) error {
+		id, err := int64Field(raw, "_id")
+		if err != nil {
+			return err
+		}
+		found[idFromDB(id)] = true
+		return fn(raw)
+	}
+	if err := s.findByID(ctx, s.messages, ids, op, keep, opts...); err != nil {
+		return err
+	}
+	if !s.eqQueries || len(found) == len(ids) {
+		return nil
+	}
+	var in bson.A
+	for _, id := range ids {
+		if !found[id] {
 			in = append(in, idToDB(id))
 		}
-		if err := s.findAny(ctx, s.messages, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: in}}}}, nil, op, keep); err != nil {
-			return nil, err
-		}
 	}
-	return msgs, nil
+	return s.findAny(ctx, s.messages, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: in}}}}, nil, op, keep, opts...)
 }
 
 // LastSeq implements persist.MessageStore: the highest seq of user's inbox,

@@ -30,6 +30,7 @@ func TestOrigins(t *testing.T) {
 	t.Run("Broadcast", func(t *testing.T) { testBroadcast(t, openDB(t)) })
 	t.Run("RecallOrigin", func(t *testing.T) { testRecallOrigin(t, openDB(t)) })
 	t.Run("MigrateFormat1", func(t *testing.T) { testMigrateFormat1(t, svc.URI()) })
+	t.Run("MigrateMessagesWithoutMid", func(t *testing.T) { testMigrateWithoutMid(t, svc.URI()) })
 	t.Run("ConcurrentOpens", func(t *testing.T) { testConcurrentOpens(t, svc.URI()) })
 }
 
@@ -463,4 +464,48 @@ func testMigrateFormat1(t *testing.T, uri string) {
 		}
 		t.Fatalf("Open of a newer format: %v, want ErrInvalid", err)
 	}
+}
+
+// testMigrateWithoutMid: a format-1 message document from before mid
+// existed (FerretDB finds messages by mid) still gives its sender's entry
+// the origin dedup, so a retry of it after the migration is a Duplicate
+// and the recipient does not get it twice.
+func testMigrateWithoutMid(t *testing.T, uri string) {
+	ctx := t.Context()
+	const db = "format1nomid"
+	client, err := mongo.Connect(options.Client().ApplyURI(uri))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Disconnect(context.Background())
+	raw := client.Database(db)
+	m := p2p(1<<62+5, "alice", "bob", "old")
+	doc := slices.DeleteFunc(messageDoc(&m), func(e bson.E) bool { return e.Key == "mid" })
+	if _, err := raw.Collection(collMessages).InsertOne(ctx, doc); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"alice", "bob"} {
+		if _, err := raw.Collection(collInbox).InsertOne(ctx, bson.D{
+			{Key: "_id", Value: inboxKey(u, 1)}, {Key: "user", Value: u},
+			{Key: "seq", Value: int64(1)}, {Key: "msg", Value: idToDB(m.ID)},
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := Open(ctx, Options{URI: uri, Database: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if n := count(t, s, collInbox, bson.D{{Key: "_id", Value: inboxKey("alice", 1)}, {Key: dedupField, Value: "c" + "old"}}); n != 1 {
+		t.Fatal("alice's entry of her message without mid has no origin dedup after the migration")
+	}
+	retry := m
+	retry.ID = 7
+	res, err := s.Append(ctx, retry, []string{"alice", "bob"})
+	if err != nil || !res.Duplicate || res.Msg.ID != m.ID || !slices.Equal(res.Seqs, []uint64{1, 1}) {
+		t.Fatalf("retry of a format-1 message without mid = %+v, %v", res, err)
+	}
+	checkInbox(t, s, "alice", m.ID)
+	checkInbox(t, s, "bob", m.ID)
 }
