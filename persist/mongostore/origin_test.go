@@ -29,6 +29,7 @@ func TestOrigins(t *testing.T) {
 	t.Run("IDOfAnotherOrigin", func(t *testing.T) { testIDOfAnotherOrigin(t, openDB(t)) })
 	t.Run("Broadcast", func(t *testing.T) { testBroadcast(t, openDB(t)) })
 	t.Run("RecallOrigin", func(t *testing.T) { testRecallOrigin(t, openDB(t)) })
+	t.Run("SenderDeletesOrigin", func(t *testing.T) { testSenderDeletesOrigin(t, openDB(t)) })
 	t.Run("MigrateFormat1", func(t *testing.T) { testMigrateFormat1(t, svc.URI()) })
 	t.Run("MigrateMessagesWithoutMid", func(t *testing.T) { testMigrateWithoutMid(t, svc.URI()) })
 	t.Run("ConcurrentOpens", func(t *testing.T) { testConcurrentOpens(t, svc.URI()) })
@@ -508,4 +509,62 @@ func testMigrateWithoutMid(t *testing.T, uri string) {
 	}
 	checkInbox(t, s, "alice", m.ID)
 	checkInbox(t, s, "bob", m.ID)
+}
+
+// testSenderDeletesOrigin: the sender's delete-for-me hides the message
+// from the sender only, although its one copy is the sender's entry: the
+// recipient still reads it whole (inbox, history, conversation list,
+// replay), and a retry of it is still a Duplicate.
+func testSenderDeletesOrigin(t *testing.T, s *Store) {
+	ctx := t.Context()
+	m := p2p(40, "alice", "bob", "d")
+	m.To = "bob"
+	if _, err := s.Append(ctx, m, []string{"alice", "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Delete(ctx, persist.EventRequest{User: "alice", Target: 40, ID: 41, Timestamp: 50}); err != nil {
+		t.Fatal(err)
+	}
+	es, err := s.ReadInbox(ctx, "alice", 0, 10)
+	if err != nil || len(es) != 2 || !es[0].Deleted || es[0].Msg.Body != nil || es[1].Msg.Event != persist.EventDelete {
+		t.Fatalf("alice reads %+v, %v", es, err)
+	}
+	whole := func(where string, e persist.InboxEntry) {
+		t.Helper()
+		if e.Deleted || e.Msg.ID != 40 || e.Msg.From != "alice" || string(e.Msg.Body) != "body 40" {
+			t.Fatalf("bob's %s after alice's delete: %+v", where, e)
+		}
+	}
+	es, err = s.ReadInbox(ctx, "bob", 0, 10)
+	if err != nil || len(es) != 1 {
+		t.Fatalf("bob reads %+v, %v", es, err)
+	}
+	whole("inbox", es[0])
+	hist, err := s.History(ctx, "bob", persist.ConvOf("bob", &m), 0, 10)
+	if err != nil || len(hist) != 1 {
+		t.Fatalf("bob's history = %+v, %v", hist, err)
+	}
+	whole("history", hist[0])
+	convs, err := s.Conversations(ctx, "bob", 0, 10)
+	if err != nil || len(convs) != 1 || !convs[0].HasLast {
+		t.Fatalf("bob's conversations = %+v, %v", convs, err)
+	}
+	whole("conversation list", convs[0].Last)
+	var replayed []persist.Message
+	err = s.ReplayFrom(ctx, 0, func(msg *persist.Message, _ []string, _ []uint64) error {
+		replayed = append(replayed, *msg)
+		return nil
+	})
+	if err != nil || !slices.ContainsFunc(replayed, func(r persist.Message) bool { return r.ID == 40 && string(r.Body) == "body 40" }) {
+		t.Fatalf("replay = %+v, %v", replayed, err)
+	}
+	retry := m
+	retry.ID = 42
+	res, err := s.Append(ctx, retry, []string{"alice", "bob"})
+	if err != nil || !res.Duplicate || res.Msg.ID != 40 || !slices.Equal(res.Seqs, []uint64{1, 1}) {
+		t.Fatalf("retry after the sender's delete = %+v, %v", res, err)
+	}
+	if last, err := s.LastSeq(ctx, "bob"); err != nil || last != 1 {
+		t.Fatalf("bob's last seq = %d, %v", last, err)
+	}
 }
