@@ -323,6 +323,7 @@ func (s *Store) commitPass(live []*appendReq) {
 	}
 
 	s.insertMessages(live, fail)
+	refuseSharedIDs(live, fail)
 
 	b := &batchEntries{byKey: make(map[entryKey]*entry)}
 	var dups []*appendReq
@@ -369,6 +370,27 @@ func (s *Store) commitPass(live []*appendReq) {
 	}
 	if failed {
 		s.stats.failedBatches.Add(1)
+	}
+}
+
+// refuseSharedIDs fails with ErrInvalid every origin append of live whose
+// message ID an earlier one of live has (their (From, ClientMsgID) differ:
+// see splitRepeats): two such appends of one sender would share the
+// sender's entry, the later one's message replacing the earlier's under
+// its acknowledged seqs, and of two senders store two messages of one ID.
+// Across batches the (user, msg) index refuses a reuse in the sender's
+// inbox (a reuse by another sender is not detected: see the package doc).
+func refuseSharedIDs(live []*appendReq, fail func(*appendReq, error)) {
+	seen := map[uint64]bool{}
+	for _, r := range live {
+		if !r.origin || !r.stored || r.err != nil {
+			continue
+		}
+		if seen[r.msg.ID] {
+			fail(r, fmt.Errorf("mongostore: append: %w: message id %d is used by another message", persist.ErrInvalid, r.msg.ID))
+			continue
+		}
+		seen[r.msg.ID] = true
 	}
 }
 

@@ -135,7 +135,8 @@
 //
 // A message ID is checked against other messages' where they would
 // collide in an index: on messages (_id), and in the origin's inbox
-// (user, msg). Two origin messages of one ID in different inboxes are not
+// (user, msg); and among the origin appends of one batch (refuseSharedIDs).
+// Two origin messages of one ID in different inboxes are not
 // detected; message IDs are minted unique (the engine's generator), this
 // check only guards against a caller's mistake.
 //

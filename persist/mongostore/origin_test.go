@@ -27,6 +27,7 @@ func TestOrigins(t *testing.T) {
 	t.Run("RepeatsInOneBatch", func(t *testing.T) { testRepeatsInOneBatch(t, openDB(t)) })
 	t.Run("DuplicateOriginOnATakenSeq", func(t *testing.T) { testDuplicateOriginOnATakenSeq(t, openDB(t)) })
 	t.Run("IDOfAnotherOrigin", func(t *testing.T) { testIDOfAnotherOrigin(t, openDB(t)) })
+	t.Run("IDOfAnotherOriginInBatch", func(t *testing.T) { testIDOfAnotherOriginInBatch(t, openDB(t)) })
 	t.Run("Broadcast", func(t *testing.T) { testBroadcast(t, openDB(t)) })
 	t.Run("RecallOrigin", func(t *testing.T) { testRecallOrigin(t, openDB(t)) })
 	t.Run("SenderDeletesOrigin", func(t *testing.T) { testSenderDeletesOrigin(t, openDB(t)) })
@@ -566,5 +567,35 @@ func testSenderDeletesOrigin(t *testing.T, s *Store) {
 	}
 	if last, err := s.LastSeq(ctx, "bob"); err != nil || last != 1 {
 		t.Fatalf("bob's last seq = %d, %v", last, err)
+	}
+}
+
+// testIDOfAnotherOriginInBatch: two origin appends of one batch with one
+// id and different (From, ClientMsgID): the first is stored, the second
+// refused with ErrInvalid, as across batches; neither takes the other's
+// entry (the second's message must not replace the first's).
+func testIDOfAnotherOriginInBatch(t *testing.T, s *Store) {
+	ctx := t.Context()
+	reqs := []*appendReq{
+		{msg: p2p(9, "alice", "bob", "a"), inboxes: []string{"alice", "bob"}},
+		{msg: p2p(9, "alice", "carol", "b"), inboxes: []string{"alice", "carol"}},
+	}
+	reqs[1].msg.Body = []byte("the other")
+	submitBatch(t, s, reqs...)
+	if r := reqs[0]; r.err != nil || r.res.Duplicate || !slices.Equal(r.res.Seqs, []uint64{1, 1}) {
+		t.Fatalf("first append = %+v, %v", r.res, r.err)
+	}
+	if r := reqs[1]; !errors.Is(r.err, persist.ErrInvalid) {
+		t.Fatalf("second append with the same id = %+v, %v; want ErrInvalid", r.res, r.err)
+	}
+	checkInbox(t, s, "alice", 9)
+	checkInbox(t, s, "bob", 9)
+	checkInbox(t, s, "carol")
+	es, err := s.ReadInbox(ctx, "bob", 0, 10)
+	if err != nil || len(es) != 1 || es[0].Msg.ClientMsgID != "a" || string(es[0].Msg.Body) != "body 9" {
+		t.Fatalf("bob reads %+v, %v", es, err)
+	}
+	if _, err := s.Lookup(ctx, "alice", "b"); !errors.Is(err, persist.ErrNotFound) {
+		t.Fatalf("Lookup of the refused message: %v", err)
 	}
 }
