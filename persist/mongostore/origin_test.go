@@ -24,6 +24,7 @@ func TestOrigins(t *testing.T) {
 	t.Run("OneDocumentPerInbox", func(t *testing.T) { testOneDocumentPerInbox(t, openDB(t)) })
 	t.Run("RetryAfterOriginOnly", func(t *testing.T) { testRetryAfterOriginOnly(t, openDB(t)) })
 	t.Run("DuplicateOriginInBatch", func(t *testing.T) { testDuplicateOriginInBatch(t, openDB(t)) })
+	t.Run("DuplicateOriginAtAChunkStart", func(t *testing.T) { testDuplicateOriginAtChunkStart(t, openDB(t)) })
 	t.Run("RepeatsInOneBatch", func(t *testing.T) { testRepeatsInOneBatch(t, openDB(t)) })
 	t.Run("DuplicateOriginOnATakenSeq", func(t *testing.T) { testDuplicateOriginOnATakenSeq(t, openDB(t)) })
 	t.Run("IDOfAnotherOrigin", func(t *testing.T) { testIDOfAnotherOrigin(t, openDB(t)) })
@@ -598,4 +599,49 @@ func testIDOfAnotherOriginInBatch(t *testing.T, s *Store) {
 	if _, err := s.Lookup(ctx, "alice", "b"); !errors.Is(err, persist.ErrNotFound) {
 		t.Fatalf("Lookup of the refused message: %v", err)
 	}
+}
+
+// testDuplicateOriginAtChunkStart: a batch larger than one FerretDB insert
+// chunk (ferretBatch) whose second chunk starts with a retry's origin
+// entry: the first chunk is stored, the retry resolves to its original,
+// and every later message of the batch lands once, at the next seqs.
+func testDuplicateOriginAtChunkStart(t *testing.T, s *Store) {
+	ctx := t.Context()
+	m0 := p2p(1, "alice", "bob", "c0")
+	if _, err := s.Append(ctx, m0, []string{"alice", "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	retry := m0
+	retry.ID = 1000
+	var reqs []*appendReq
+	want := []uint64{1} // alice's inbox
+	for i := range uint64(ferretBatch/2 + 10) {
+		if i == ferretBatch/2 {
+			reqs = append(reqs, &appendReq{msg: retry, inboxes: []string{"alice", "bob"}})
+		}
+		id := 10 + i
+		reqs = append(reqs, &appendReq{msg: p2p(id, "alice", fmt.Sprint("r", i), fmt.Sprint("c", id)), inboxes: []string{"alice", fmt.Sprint("r", i)}})
+		want = append(want, id)
+	}
+	submitBatch(t, s, reqs...)
+	seq := uint64(2)
+	for i, r := range reqs {
+		if r.err != nil {
+			t.Fatalf("append %d: %v", i, r.err)
+		}
+		if r.msg.ID == retry.ID {
+			if !r.res.Duplicate || r.res.Msg.ID != 1 || !slices.Equal(r.res.Seqs, []uint64{1, 1}) {
+				t.Fatalf("retry = %+v", r.res)
+			}
+			continue
+		}
+		if r.res.Duplicate || !slices.Equal(r.res.Seqs, []uint64{seq, 1}) {
+			t.Fatalf("append %d = %+v, want seqs [%d 1]", i, r.res, seq)
+		}
+		seq++
+	}
+	checkInbox(t, s, "alice", want...)
+	checkInbox(t, s, "bob", 1)
+	checkInbox(t, s, "r0", 10)
+	checkInbox(t, s, fmt.Sprint("r", ferretBatch/2+9), 10+ferretBatch/2+9)
 }
