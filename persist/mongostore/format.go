@@ -24,15 +24,22 @@ import (
 // "m"+id, reading the entries in pages of migratePage in _id order and
 // writing each page in bulk (at most ferretUpdateBatch updates to a
 // command on FerretDB); then the index is created and the format recorded. The old messages stay
-// in messages and are read from there. An interrupted migration is resumed
-// by the next Open (it reads every entry again and fills in the missing d
-// fields). Nodes of format 1
+// in messages and are read from there. After each page the migration
+// records the last _id it has settled in meta ({_id: "migration", after}),
+// and an interrupted migration is resumed from there by the next Open: a
+// large database is migrated across Opens that each stop at their
+// deadline (imd's start timeout), never started over. Nodes of format 1
 // must not write while it runs: upgrade a cluster's nodes together.
 
 const (
 	storeFormat = 2
 	formatID    = "format"
+	migrationID = "migration"
 )
+
+// migrated is called by the migration after each page it settled and
+// recorded, with that page's last _id; a hook for the tests.
+var migrated = func(after string) error { return nil }
 
 // migratePage is how many entries the migration reads at a time (and so
 // holds in memory). A variable for the tests.
@@ -68,6 +75,11 @@ func (s *Store) migrate(ctx context.Context) error {
 		return err
 	}
 	if _, err := s.inbox.Indexes().CreateOne(ctx, dedupIndex); err != nil {
+		if mongo.IsDuplicateKeyError(err) {
+			// Entries without d below the recorded progress (a node of
+			// format 1 still wrote): the next Open reads every entry again.
+			_, _ = s.meta.DeleteOne(ctx, bson.D{{Key: "_id", Value: migrationID}})
+		}
 		return mapErr(ctx, "open: migrate: create index user_d", err)
 	}
 	_, err := s.meta.ReplaceOne(ctx, bson.D{{Key: "_id", Value: formatID}},
@@ -81,21 +93,26 @@ func (s *Store) migrate(ctx context.Context) error {
 	return mapErr(ctx, "open: migrate: record format", err)
 }
 
+// oldEntry is an inbox entry the migration gives its d.
+type oldEntry struct {
+	id    string
+	user  string
+	msgID uint64
+}
+
 // backfillDedup gives every inbox entry without d its d, a page at a time,
 // and returns how many it updated.
 func (s *Store) backfillDedup(ctx context.Context) (int, error) {
 	n := 0
 	// Pages in _id order (MongoDB walks its _id index; a filter on the
 	// missing d could use no index and would read the whole collection
-	// per page).
-	after := ""
+	// per page), from where an earlier Open stopped.
+	after, err := s.migratedUpTo(ctx)
+	if err != nil {
+		return 0, err
+	}
 	for done := false; !done; {
-		type old struct {
-			id    string
-			user  string
-			msgID uint64
-		}
-		var page []old
+		var page []oldEntry
 		cur, err := s.inbox.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$gt", Value: after}}}},
 			options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}).SetLimit(int64(migratePage)).
 				SetProjection(bson.D{{Key: "user", Value: 1}, {Key: "msg", Value: 1}, {Key: "seq", Value: 1}, {Key: dedupField, Value: 1}}))
@@ -119,7 +136,7 @@ func (s *Store) backfillDedup(ctx context.Context) (int, error) {
 				cur.Close(ctx)
 				return n, mapErr(ctx, "open: migrate: read entries", err)
 			}
-			page = append(page, old{after, user, msgID})
+			page = append(page, oldEntry{after, user, msgID})
 		}
 		err = cur.Err()
 		cur.Close(ctx)
@@ -127,55 +144,92 @@ func (s *Store) backfillDedup(ctx context.Context) (int, error) {
 			return n, mapErr(ctx, "open: migrate: read entries", err)
 		}
 		done = read < migratePage
-		if len(page) == 0 {
+		if len(page) > 0 {
+			if err := s.backfillPage(ctx, page); err != nil {
+				return n, err
+			}
+			n += len(page)
+		}
+		if read == 0 {
 			continue
 		}
-		ids := make([]uint64, 0, len(page))
-		seen := map[uint64]bool{}
-		for _, o := range page {
-			if !seen[o.msgID] {
-				seen[o.msgID] = true
-				ids = append(ids, o.msgID)
-			}
-		}
-		senders := map[uint64]dedupKey{}
-		// Every document, those without mid too: a sender's entry whose
-		// message went unfound would get "m" and let a retry of the
-		// message through as a new one.
-		err = s.findDocuments(ctx, ids, "open: migrate: read messages", func(raw bson.Raw) error {
-			id, err := int64Field(raw, "_id")
-			if err != nil {
-				return err
-			}
-			var k dedupKey
-			if k.from, err = strField(raw, "from"); err != nil {
-				return err
-			}
-			if k.cmid, err = strField(raw, "cmid"); err != nil {
-				return err
-			}
-			senders[idFromDB(id)] = k
-			return nil
-		}, options.Find().SetProjection(bson.D{{Key: "from", Value: 1}, {Key: "cmid", Value: 1}}))
+		// Every entry up to after has its d now: a later Open starts
+		// past them.
+		_, err = s.meta.UpdateOne(ctx, bson.D{{Key: "_id", Value: migrationID}},
+			bson.D{{Key: "$set", Value: bson.D{{Key: "after", Value: after}}}}, options.UpdateOne().SetUpsert(true))
 		if err != nil {
+			return n, mapErr(ctx, "open: migrate: record progress", err)
+		}
+		if err := migrated(after); err != nil {
 			return n, err
 		}
-		models := make([]mongo.WriteModel, len(page))
-		for i, o := range page {
-			var d any = plainDedup(o.msgID)
-			if k, ok := senders[o.msgID]; ok && k.from == o.user {
-				d = originDedup(k.cmid)
-			}
-			models[i] = mongo.NewUpdateOneModel().SetFilter(bson.D{{Key: "_id", Value: o.id}}).
-				SetUpdate(bson.D{{Key: "$set", Value: bson.D{{Key: dedupField, Value: d}}}})
-		}
-		failed, err := s.bulkWrite(s.inbox, models)
-		for _, f := range failed {
-			if f {
-				return n, mapErr(ctx, "open: migrate: write d", err)
-			}
-		}
-		n += len(page)
 	}
 	return n, nil
+}
+
+// migratedUpTo returns the last inbox _id an earlier, interrupted
+// migration recorded as settled ("" when none did).
+func (s *Store) migratedUpTo(ctx context.Context) (string, error) {
+	raw, err := s.meta.FindOne(ctx, bson.D{{Key: "_id", Value: migrationID}}).Raw()
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return "", nil
+	}
+	if err != nil {
+		return "", mapErr(ctx, "open: migrate: read progress", err)
+	}
+	v, err := lookup(raw, "after", bson.TypeString)
+	if err != nil {
+		return "", mapErr(ctx, "open: migrate: read progress", err)
+	}
+	return v.StringValue(), nil
+}
+
+// backfillPage gives each entry of page its d (see backfillDedup).
+func (s *Store) backfillPage(ctx context.Context, page []oldEntry) error {
+	ids := make([]uint64, 0, len(page))
+	seen := map[uint64]bool{}
+	for _, o := range page {
+		if !seen[o.msgID] {
+			seen[o.msgID] = true
+			ids = append(ids, o.msgID)
+		}
+	}
+	senders := map[uint64]dedupKey{}
+	// Every document, those without mid too: a sender's entry whose
+	// message went unfound would get "m" and let a retry of the
+	// message through as a new one.
+	err := s.findDocuments(ctx, ids, "open: migrate: read messages", func(raw bson.Raw) error {
+		id, err := int64Field(raw, "_id")
+		if err != nil {
+			return err
+		}
+		var k dedupKey
+		if k.from, err = strField(raw, "from"); err != nil {
+			return err
+		}
+		if k.cmid, err = strField(raw, "cmid"); err != nil {
+			return err
+		}
+		senders[idFromDB(id)] = k
+		return nil
+	}, options.Find().SetProjection(bson.D{{Key: "from", Value: 1}, {Key: "cmid", Value: 1}}))
+	if err != nil {
+		return err
+	}
+	models := make([]mongo.WriteModel, len(page))
+	for i, o := range page {
+		var d any = plainDedup(o.msgID)
+		if k, ok := senders[o.msgID]; ok && k.from == o.user {
+			d = originDedup(k.cmid)
+		}
+		models[i] = mongo.NewUpdateOneModel().SetFilter(bson.D{{Key: "_id", Value: o.id}}).
+			SetUpdate(bson.D{{Key: "$set", Value: bson.D{{Key: dedupField, Value: d}}}})
+	}
+	failed, err := s.bulkWrite(s.inbox, models)
+	for _, f := range failed {
+		if f {
+			return mapErr(ctx, "open: migrate: write d", err)
+		}
+	}
+	return nil
 }

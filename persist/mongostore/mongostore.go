@@ -18,7 +18,8 @@
 //	          n, owner, admins, open, v (its version)
 //	groupversions  _id = "<group key><incarnation>:<version>": the state a
 //	          change claimed for that version (groups.go)
-//	meta      _id = "format": v, the store format (format.go)
+//	meta      _id = "format": v, the store format; _id = "migration":
+//	          after, how far a migration got (format.go)
 //
 // Identifiers are stored as BSON strings when they are valid UTF-8 without
 // NUL and as BSON binary otherwise (see enc), so any byte string persist

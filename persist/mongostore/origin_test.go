@@ -34,6 +34,7 @@ func TestOrigins(t *testing.T) {
 	t.Run("SenderDeletesOrigin", func(t *testing.T) { testSenderDeletesOrigin(t, openDB(t)) })
 	t.Run("MigrateFormat1", func(t *testing.T) { testMigrateFormat1(t, svc.URI()) })
 	t.Run("MigrateMessagesWithoutMid", func(t *testing.T) { testMigrateWithoutMid(t, svc.URI()) })
+	t.Run("MigrationResumesWhereItStopped", func(t *testing.T) { testMigrationResumes(t, svc.URI()) })
 	t.Run("ConcurrentOpens", func(t *testing.T) { testConcurrentOpens(t, svc.URI()) })
 }
 
@@ -644,4 +645,65 @@ func testDuplicateOriginAtChunkStart(t *testing.T, s *Store) {
 	checkInbox(t, s, "bob", 1)
 	checkInbox(t, s, "r0", 10)
 	checkInbox(t, s, fmt.Sprint("r", ferretBatch/2+9), 10+ferretBatch/2+9)
+}
+
+// testMigrationResumes: an Open that stops in the middle of a migration
+// (its deadline) leaves its progress recorded, and the next Open continues
+// from there instead of reading every entry again, so a database too large
+// to migrate within one start timeout is migrated across restarts.
+func testMigrationResumes(t *testing.T, uri string) {
+	ctx := t.Context()
+	const db = "format1resume"
+	client, err := mongo.Connect(options.Client().ApplyURI(uri))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Disconnect(context.Background())
+	raw := client.Database(db)
+	const n = 24
+	for i := range uint64(n) {
+		m := p2p(100+i, "carol", "dave", fmt.Sprint("k", i))
+		if _, err := raw.Collection(collMessages).InsertOne(ctx, messageDoc(&m)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := raw.Collection(collInbox).InsertOne(ctx, bson.D{
+			{Key: "_id", Value: inboxKey("carol", i+1)}, {Key: "user", Value: "carol"},
+			{Key: "seq", Value: int64(i + 1)}, {Key: "msg", Value: idToDB(m.ID)},
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer func(n int, hook func(string) error) { migratePage, migrated = n, hook }(migratePage, migrated)
+	migratePage = 4
+	stop := errors.New("start timeout")
+	pages := 0
+	migrated = func(string) error {
+		if pages++; pages == 3 {
+			return stop
+		}
+		return nil
+	}
+	if s, err := Open(ctx, Options{URI: uri, Database: db}); !errors.Is(err, stop) {
+		if err == nil {
+			s.Close()
+		}
+		t.Fatalf("interrupted Open: %v", err)
+	}
+	pages = 0
+	migrated = func(string) error { pages++; return nil }
+	s, err := Open(ctx, Options{URI: uri, Database: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if want := n/4 - 3; pages != want {
+		t.Fatalf("the resumed migration read %d pages, want the %d left", pages, want)
+	}
+	if c := count(t, s, collInbox, bson.D{{Key: dedupField, Value: bson.D{{Key: "$exists", Value: false}}}}); c != 0 {
+		t.Fatalf("%d entries without d after the migration", c)
+	}
+	retry := p2p(1000, "carol", "dave", "k0")
+	if res, err := s.Append(ctx, retry, []string{"carol"}); err != nil || !res.Duplicate || res.Msg.ID != 100 {
+		t.Fatalf("retry of a message migrated before the interruption = %+v, %v", res, err)
+	}
 }
