@@ -109,6 +109,17 @@ func submitBatch(t *testing.T, s *Store, reqs ...*appendReq) {
 	}
 }
 
+// sentThenRetried appends m from m.From to m.To and returns its retry: m
+// with the fresh id retryID.
+func sentThenRetried(t *testing.T, s *Store, m persist.Message, retryID uint64) persist.Message {
+	t.Helper()
+	if _, err := s.Append(t.Context(), m, []string{m.From, m.To}); err != nil {
+		t.Fatal(err)
+	}
+	m.ID = retryID
+	return m
+}
+
 func p2p(id uint64, from, to, cmid string) persist.Message {
 	return persist.Message{ID: id, From: from, To: to, ClientMsgID: cmid, Timestamp: int64(id), Body: []byte(fmt.Sprint("body ", id))}
 }
@@ -198,13 +209,7 @@ func testRetryAfterOriginOnly(t *testing.T, s *Store) {
 // stored, every inbox stays gap-free, the retry gets the original's id and
 // seqs, and it costs one conflict.
 func testDuplicateOriginInBatch(t *testing.T, s *Store) {
-	ctx := t.Context()
-	m1 := p2p(1, "alice", "bob", "c1")
-	if _, err := s.Append(ctx, m1, []string{"alice", "bob"}); err != nil {
-		t.Fatal(err)
-	}
-	retry := m1
-	retry.ID = 11
+	retry := sentThenRetried(t, s, p2p(1, "alice", "bob", "c1"), 11)
 	reqs := []*appendReq{
 		{msg: p2p(2, "alice", "carol", "c2"), inboxes: []string{"alice", "carol"}},
 		{msg: retry, inboxes: []string{"alice", "bob"}},
@@ -362,6 +367,31 @@ func testRecallOrigin(t *testing.T, s *Store) {
 	}
 }
 
+// rawDB returns database db of the server at uri, through a client of its
+// own (disconnected when t ends), for writing format-1 data.
+func rawDB(t *testing.T, uri, db string) *mongo.Database {
+	t.Helper()
+	client, err := mongo.Connect(options.Client().ApplyURI(uri))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Disconnect(context.Background()) })
+	return client.Database(db)
+}
+
+// putOldEntry writes a format-1 inbox entry (no d) of message msg at
+// (user, seq).
+func putOldEntry(t *testing.T, raw *mongo.Database, user string, seq, msg uint64) {
+	t.Helper()
+	_, err := raw.Collection(collInbox).InsertOne(t.Context(), bson.D{
+		{Key: "_id", Value: inboxKey(user, seq)}, {Key: "user", Value: user},
+		{Key: "seq", Value: int64(seq)}, {Key: "msg", Value: idToDB(msg)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // testMigrateFormat1: a database written in format 1 (messages documents,
 // entries without d; one migrated by an interrupted earlier Open) is
 // migrated by Open, a few entries at a time: its messages are read where they
@@ -371,12 +401,7 @@ func testRecallOrigin(t *testing.T, s *Store) {
 func testMigrateFormat1(t *testing.T, uri string) {
 	ctx := t.Context()
 	const db = "format1"
-	client, err := mongo.Connect(options.Client().ApplyURI(uri))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Disconnect(context.Background())
-	raw := client.Database(db)
+	raw := rawDB(t, uri, db)
 	m1 := p2p(1, "alice", "bob", "c1")
 	bc := persist.Message{ID: 2, From: "system", ClientMsgID: "b", Body: []byte("to all")}
 	for _, m := range []*persist.Message{&m1, &bc} {
@@ -399,13 +424,7 @@ func testMigrateFormat1(t *testing.T, uri string) {
 	defer func(n int) { migratePage = n }(migratePage)
 	migratePage = 4
 	for _, e := range old {
-		_, err := raw.Collection(collInbox).InsertOne(ctx, bson.D{
-			{Key: "_id", Value: inboxKey(e.user, e.seq)}, {Key: "user", Value: e.user},
-			{Key: "seq", Value: int64(e.seq)}, {Key: "msg", Value: idToDB(e.msg)},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		putOldEntry(t, raw, e.user, e.seq, e.msg)
 	}
 	// An earlier Open was interrupted after migrating one entry.
 	if _, err := raw.Collection(collInbox).UpdateOne(ctx, bson.D{{Key: "_id", Value: inboxKey("carol", 1)}},
@@ -477,24 +496,14 @@ func testMigrateFormat1(t *testing.T, uri string) {
 func testMigrateWithoutMid(t *testing.T, uri string) {
 	ctx := t.Context()
 	const db = "format1nomid"
-	client, err := mongo.Connect(options.Client().ApplyURI(uri))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Disconnect(context.Background())
-	raw := client.Database(db)
+	raw := rawDB(t, uri, db)
 	m := p2p(1<<62+5, "alice", "bob", "old")
 	doc := slices.DeleteFunc(messageDoc(&m), func(e bson.E) bool { return e.Key == "mid" })
 	if _, err := raw.Collection(collMessages).InsertOne(ctx, doc); err != nil {
 		t.Fatal(err)
 	}
 	for _, u := range []string{"alice", "bob"} {
-		if _, err := raw.Collection(collInbox).InsertOne(ctx, bson.D{
-			{Key: "_id", Value: inboxKey(u, 1)}, {Key: "user", Value: u},
-			{Key: "seq", Value: int64(1)}, {Key: "msg", Value: idToDB(m.ID)},
-		}); err != nil {
-			t.Fatal(err)
-		}
+		putOldEntry(t, raw, u, 1, m.ID)
 	}
 	s, err := Open(ctx, Options{URI: uri, Database: db})
 	if err != nil {
@@ -607,13 +616,7 @@ func testIDOfAnotherOriginInBatch(t *testing.T, s *Store) {
 // entry: the first chunk is stored, the retry resolves to its original,
 // and every later message of the batch lands once, at the next seqs.
 func testDuplicateOriginAtChunkStart(t *testing.T, s *Store) {
-	ctx := t.Context()
-	m0 := p2p(1, "alice", "bob", "c0")
-	if _, err := s.Append(ctx, m0, []string{"alice", "bob"}); err != nil {
-		t.Fatal(err)
-	}
-	retry := m0
-	retry.ID = 1000
+	retry := sentThenRetried(t, s, p2p(1, "alice", "bob", "c0"), 1000)
 	var reqs []*appendReq
 	want := []uint64{1} // alice's inbox
 	for i := range uint64(ferretBatch/2 + 10) {
@@ -654,24 +657,14 @@ func testDuplicateOriginAtChunkStart(t *testing.T, s *Store) {
 func testMigrationResumes(t *testing.T, uri string) {
 	ctx := t.Context()
 	const db = "format1resume"
-	client, err := mongo.Connect(options.Client().ApplyURI(uri))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Disconnect(context.Background())
-	raw := client.Database(db)
+	raw := rawDB(t, uri, db)
 	const n = 24
 	for i := range uint64(n) {
 		m := p2p(100+i, "carol", "dave", fmt.Sprint("k", i))
 		if _, err := raw.Collection(collMessages).InsertOne(ctx, messageDoc(&m)); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := raw.Collection(collInbox).InsertOne(ctx, bson.D{
-			{Key: "_id", Value: inboxKey("carol", i+1)}, {Key: "user", Value: "carol"},
-			{Key: "seq", Value: int64(i + 1)}, {Key: "msg", Value: idToDB(m.ID)},
-		}); err != nil {
-			t.Fatal(err)
-		}
+		putOldEntry(t, raw, "carol", i+1, m.ID)
 	}
 	defer func(n int, hook func(string) error) { migratePage, migrated = n, hook }(migratePage, migrated)
 	migratePage = 4
