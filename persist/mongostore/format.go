@@ -75,9 +75,13 @@ func (s *Store) migrate(ctx context.Context) error {
 		return err
 	}
 	if _, err := s.inbox.Indexes().CreateOne(ctx, dedupIndex); err != nil {
-		if mongo.IsDuplicateKeyError(err) {
-			// Entries without d below the recorded progress (a node of
-			// format 1 still wrote): the next Open reads every entry again.
+		if ctx.Err() == nil {
+			// Refused, not cut short: on MongoDB, entries without d
+			// below the recorded progress (a node of format 1 wrote
+			// meanwhile, against the upgrade rule) collide as nulls; the
+			// next Open reads every entry again. (FerretDB v1 indexes no
+			// missing field and builds the index: there only the rule
+			// keeps such entries out.)
 			_, _ = s.meta.DeleteOne(ctx, bson.D{{Key: "_id", Value: migrationID}})
 		}
 		return mapErr(ctx, "open: migrate: create index user_d", err)
