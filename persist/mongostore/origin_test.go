@@ -700,4 +700,3 @@ func testMigrationResumes(t *testing.T, uri string) {
 		t.Fatalf("retry of a message migrated before the interruption = %+v, %v", res, err)
 	}
 }
-
