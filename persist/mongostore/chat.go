@@ -53,16 +53,22 @@ import (
 
 const collConvs = "convs"
 
-// Indexes of the chat seam, created by Open with the others.
-var (
-	chatInboxIndexes = []mongo.IndexModel{
+// Indexes of the chat seam, created by Open with the others. Functions,
+// not shared values: the driver's CreateOne writes the name into the
+// model's options (SetName), so concurrent Opens in one process must not
+// share them.
+func chatInboxIndexes() []mongo.IndexModel {
+	return []mongo.IndexModel{
 		{Keys: bson.D{{Key: "user", Value: 1}, {Key: "conv", Value: 1}, {Key: "seq", Value: 1}}, Options: options.Index().SetName("user_conv_seq")},
 		{Keys: bson.D{{Key: "msg", Value: 1}}, Options: options.Index().SetName("msg")},
 	}
-	chatConvIndexes = []mongo.IndexModel{
+}
+
+func chatConvIndexes() []mongo.IndexModel {
+	return []mongo.IndexModel{
 		{Keys: bson.D{{Key: "user", Value: 1}, {Key: "last", Value: 1}}, Options: options.Index().SetName("user_last")},
 	}
-)
+}
 
 var (
 	_ persist.ChatStore     = (*Store)(nil)

@@ -46,10 +46,12 @@ var migrated = func(after string) error { return nil }
 var migratePage = 1000
 
 // dedupIndex is the unique (user, d) index on inbox; Open creates it
-// after the migration.
-var dedupIndex = mongo.IndexModel{
-	Keys:    bson.D{{Key: "user", Value: 1}, {Key: dedupField, Value: 1}},
-	Options: options.Index().SetUnique(true).SetName("user_d"),
+// after the migration (a fresh model each time: see chatInboxIndexes).
+func dedupIndex() mongo.IndexModel {
+	return mongo.IndexModel{
+		Keys:    bson.D{{Key: "user", Value: 1}, {Key: dedupField, Value: 1}},
+		Options: options.Index().SetUnique(true).SetName("user_d"),
+	}
 }
 
 // readFormat returns the format recorded in meta (1 when none is).
@@ -74,7 +76,7 @@ func (s *Store) migrate(ctx context.Context) error {
 	if _, err := s.backfillDedup(ctx); err != nil {
 		return err
 	}
-	if _, err := s.inbox.Indexes().CreateOne(ctx, dedupIndex); err != nil {
+	if _, err := s.inbox.Indexes().CreateOne(ctx, dedupIndex()); err != nil {
 		if ctx.Err() == nil {
 			// Refused, not cut short: on MongoDB, entries without d
 			// below the recorded progress (a node of format 1 wrote

@@ -570,9 +570,9 @@ func (s *Store) setup(ctx context.Context) error {
 	}{
 		{s.messages, messageIndexes},
 		{s.inbox, []mongo.IndexModel{unique("user_seq", "user", "seq"), unique("user_msg", "user", "msg"), midIndex}},
-		{s.inbox, chatInboxIndexes},
-		{s.inbox, replayIndexes},
-		{s.convs, chatConvIndexes},
+		{s.inbox, chatInboxIndexes()},
+		{s.inbox, replayIndexes()},
+		{s.convs, chatConvIndexes()},
 		{s.groups, []mongo.IndexModel{{Keys: bson.D{{Key: "members", Value: 1}}, Options: options.Index().SetName("members")}}},
 	} {
 		// One index per command: FerretDB v1.24 panics (and drops the
@@ -588,7 +588,7 @@ func (s *Store) setup(ctx context.Context) error {
 	if format < storeFormat {
 		return s.migrate(ctx)
 	}
-	if _, err := s.inbox.Indexes().CreateOne(ctx, dedupIndex); err != nil {
+	if _, err := s.inbox.Indexes().CreateOne(ctx, dedupIndex()); err != nil {
 		return mapErr(ctx, "open: create indexes on inbox", err)
 	}
 	return nil
