@@ -56,6 +56,9 @@ type appendReq struct {
 	done chan struct{}
 
 	// Committer scratch.
+	// origin: an Append whose inboxes include the sender's: the message
+	// is stored in the sender's entry (the origin entry), not in messages.
+	origin  bool
 	stored  bool     // the message (fresh or the original) is in the store
 	entries []*entry // one per inbox, in inbox order
 }
@@ -68,6 +71,43 @@ type entry struct {
 	seq   uint64
 	done  bool // the entry exists in the store at seq
 	chat  chatRef
+	// msg is the message an origin entry carries (nil: a plain entry,
+	// which references its message by id), and req the append it is of.
+	msg *persist.Message
+	req *appendReq
+	// gone: the entry of a fresh id whose append turned out a duplicate
+	// of a stored message; it must never be written.
+	gone bool
+}
+
+// dedup is the value of the entry's d field (see the package doc): the
+// sender's client message id for an origin entry, the message id for any
+// other. Unique per inbox with the user, so it catches a retry of an
+// origin append as a duplicate key.
+func (e *entry) dedup() any {
+	if e.msg != nil {
+		return originDedup(e.msg.ClientMsgID)
+	}
+	return plainDedup(e.msgID)
+}
+
+func originDedup(cmid string) any { return enc("c" + cmid) }
+func plainDedup(id uint64) string { return "m" + midKey(id) }
+
+// doc is the document of the entry at its planned seq.
+func (e *entry) doc(s *Store) bson.D {
+	d := e.chat.appendTo(bson.D{
+		{Key: "_id", Value: inboxKey(e.user, e.seq)},
+		{Key: "user", Value: enc(e.user)},
+		{Key: "seq", Value: int64(e.seq)},
+		{Key: "msg", Value: idToDB(e.msgID)},
+		{Key: replayField, Value: s.replayBucket(e.msgID)},
+		{Key: dedupField, Value: e.dedup()},
+	})
+	if e.msg != nil {
+		d = appendMessageFields(d, e.msg)
+	}
+	return d
 }
 
 type entryKey struct {
@@ -208,7 +248,72 @@ func (s *Store) commit(batch []*appendReq) {
 	if len(s.seqCache) >= s.opts.SeqCacheSize {
 		clear(s.seqCache) // crude but bounded: entries are refetched in bulk
 	}
+	for len(live) > 0 {
+		var later []*appendReq
+		live, later = splitRepeats(live)
+		s.commitPass(live)
+		live = later
+	}
+}
 
+// splitRepeats returns the appends of live to write now, and those to
+// write after them: an origin append with the (From, ClientMsgID) of an
+// earlier one in the batch waits for the next pass, where its origin
+// entry meets the first one's as a duplicate and it becomes a Duplicate
+// of what the first stored, as a retry arriving a batch later would.
+func splitRepeats(live []*appendReq) (now, later []*appendReq) {
+	var seen map[dedupKey]bool
+	now = live[:0:0]
+	for _, r := range live {
+		r.origin = !r.entriesOnly && slices.Contains(r.inboxes, r.msg.From)
+		if r.origin {
+			k := dedupKey{r.msg.From, r.msg.ClientMsgID}
+			if seen[k] {
+				later = append(later, r)
+				continue
+			}
+			if seen == nil {
+				seen = map[dedupKey]bool{}
+			}
+			seen[k] = true
+		}
+		now = append(now, r)
+	}
+	return now, later
+}
+
+// batchEntries is the set of entries of one commit pass: one per (inbox,
+// message), shared by the requests of the pass, in the order first seen.
+type batchEntries struct {
+	byKey map[entryKey]*entry
+	order []*entry
+}
+
+// of returns r's entries (for the message r.res.Msg), creating those the
+// pass does not have yet. The sender's entry of an origin append that is
+// not a duplicate is its origin entry.
+func (b *batchEntries) of(r *appendReq) []*entry {
+	m := &r.res.Msg
+	out := make([]*entry, len(r.inboxes))
+	for i, in := range r.inboxes {
+		k := entryKey{in, m.ID}
+		e := b.byKey[k]
+		if e == nil {
+			e = &entry{user: in, msgID: m.ID, chat: chatRefOf(in, m)}
+			b.byKey[k] = e
+			b.order = append(b.order, e)
+		}
+		if r.origin && !r.res.Duplicate && in == m.From && !e.done {
+			e.msg, e.req = m, r
+		}
+		out[i] = e
+	}
+	return out
+}
+
+// commitPass writes appends of which no two origin appends share a
+// (From, ClientMsgID), and finishes them.
+func (s *Store) commitPass(live []*appendReq) {
 	// fail records the first error of a request; it is finished below.
 	fail := func(r *appendReq, err error) {
 		if r.err == nil {
@@ -218,55 +323,37 @@ func (s *Store) commit(batch []*appendReq) {
 	}
 
 	s.insertMessages(live, fail)
+	refuseSharedIDs(live, fail)
 
-	// One entry per (inbox, message), shared by the requests of the batch.
-	entries := make(map[entryKey]*entry)
-	var order []*entry
+	b := &batchEntries{byKey: make(map[entryKey]*entry)}
 	var dups []*appendReq
 	for _, r := range live {
 		if !r.stored {
 			continue
 		}
-		r.entries = make([]*entry, len(r.inboxes))
-		for i, in := range r.inboxes {
-			k := entryKey{in, r.res.Msg.ID}
-			e := entries[k]
-			if e == nil {
-				e = &entry{user: in, msgID: r.res.Msg.ID, chat: chatRefOf(in, &r.res.Msg)}
-				entries[k] = e
-				order = append(order, e)
-			}
-			r.entries[i] = e
-		}
+		r.entries = b.of(r)
 		if r.res.Duplicate {
 			dups = append(dups, r)
 		}
 	}
 	if len(dups) > 0 {
-		if err := s.findExisting(dups, entries); err != nil {
+		if err := s.findExisting(dups, b.byKey); err != nil {
 			for _, r := range dups {
 				fail(r, err)
 			}
-			// Write only the entries the remaining (fresh) requests need.
-			keep := map[*entry]bool{}
-			for _, r := range live {
-				if r.stored {
-					for _, e := range r.entries {
-						keep[e] = true
-					}
-				}
-			}
-			order = slices.DeleteFunc(order, func(e *entry) bool { return !keep[e] })
 		}
 	}
 
-	committed := s.insertEntries(live, order, fail)
+	committed := s.insertEntries(live, b, fail)
 	// Recorded before the callers wake, so that a read on this node after
 	// the ack sees it (syncUpkeep); written by the upkeep flusher.
-	s.noteUpkeep(order, committed)
+	s.noteUpkeep(b.order, committed)
 
 	failed := false
 	for _, r := range live {
+		if r.err == nil && r.stored && slices.ContainsFunc(r.entries, func(e *entry) bool { return !e.done }) {
+			r.err = fmt.Errorf("mongostore: append: %w: not written", persist.ErrUnavailable) // cannot happen
+		}
 		if r.err != nil || !r.stored {
 			if r.err == nil { // cannot happen: every unstored request was failed
 				r.err = fmt.Errorf("mongostore: append: %w: not written", persist.ErrUnavailable)
@@ -286,16 +373,40 @@ func (s *Store) commit(batch []*appendReq) {
 	}
 }
 
+// refuseSharedIDs fails with ErrInvalid every origin append of live whose
+// message ID an earlier one of live has (their (From, ClientMsgID) differ:
+// see splitRepeats): two such appends of one sender would share the
+// sender's entry, the later one's message replacing the earlier's under
+// its acknowledged seqs, and of two senders store two messages of one ID.
+// Across batches the (user, msg) index refuses a reuse in the sender's
+// inbox (a reuse by another sender is not detected: see the package doc).
+func refuseSharedIDs(live []*appendReq, fail func(*appendReq, error)) {
+	seen := map[uint64]bool{}
+	for _, r := range live {
+		if !r.origin || !r.stored || r.err != nil {
+			continue
+		}
+		if seen[r.msg.ID] {
+			fail(r, fmt.Errorf("mongostore: append: %w: message id %d is used by another message", persist.ErrInvalid, r.msg.ID))
+			continue
+		}
+		seen[r.msg.ID] = true
+	}
+}
+
 // insertMessages inserts the batch's messages (unordered: they are
 // independent) and settles each request: stored fresh, stored before (a
 // Duplicate carrying the original), or failed. Entries-only requests name
-// a stored message already and are settled as they are. The originals of
-// all duplicates are read with one query.
+// a stored message already and are settled as they are; origin requests
+// store their message in an entry and are settled by insertEntries. The
+// originals of all duplicates are read with one query.
 func (s *Store) insertMessages(live []*appendReq, fail func(*appendReq, error)) {
 	var reqs []*appendReq
 	var docs []any
 	for _, r := range live {
-		if r.entriesOnly {
+		if r.entriesOnly || r.origin {
+			// Stored already, or in its origin entry (insertEntries
+			// settles whether it is a duplicate).
 			r.stored = true
 			r.res.Msg = r.msg
 			continue
@@ -440,38 +551,38 @@ func decodeEntry(raw bson.Raw) (user string, msgID, seq uint64, err error) {
 	return user, msgID, uint64(v), err
 }
 
-// insertEntries makes every entry of order exist: it assigns seqs, inserts
-// with an ordered InsertMany and resolves conflicts. It fails the requests
-// whose entries it cannot write and returns the seqs committed per user in
-// this batch.
-func (s *Store) insertEntries(live []*appendReq, order []*entry, fail func(*appendReq, error)) map[string]seqSpan {
+// insertEntries makes every entry of the pass exist: it assigns seqs,
+// inserts with an ordered InsertMany and resolves conflicts. It fails the
+// requests whose entries it cannot write and returns the seqs committed per
+// user in this batch.
+//
+// The insert is laid out message-major: the entries of the live requests
+// in their order, each message's origin entry before every other entry of
+// that message (pending). Seqs are assigned in that order, so each user's
+// entries ascend; and since the ordered insert stops at the first failure,
+// no entry of a message is stored before its origin: when the origin of a
+// retry (a fresh id) fails as a duplicate, nothing of the fresh id exists,
+// and the request is resolved to the stored original (resolve).
+func (s *Store) insertEntries(live []*appendReq, b *batchEntries, fail func(*appendReq, error)) map[string]seqSpan {
 	committed := map[string]seqSpan{}
-	pending := make([]*entry, 0, len(order))
-	for _, e := range order {
-		if !e.done {
-			pending = append(pending, e)
-		}
-	}
 	floors := map[string]uint64{} // seqs found taken by other writers
-	var bad map[*entry]error      // entries that cannot be written in this batch
-	markBad := func(e *entry, err error) {
-		if bad == nil {
-			bad = map[*entry]error{}
+	bad := map[*entry]error{}     // entries that cannot be written in this batch
+	for round := 0; ; round++ {
+		pending := pendingEntries(live, b.order, bad)
+		if len(pending) == 0 {
+			break
 		}
-		bad[e] = err
-	}
-	for round := 0; len(pending) > 0; round++ {
 		if round == maxRounds {
 			for _, e := range pending {
-				markBad(e, fmt.Errorf("mongostore: append: %w: inbox %q: seq conflicts persist after %d attempts", persist.ErrUnavailable, e.user, maxRounds))
+				bad[e] = fmt.Errorf("mongostore: append: %w: inbox %q: seq conflicts persist after %d attempts", persist.ErrUnavailable, e.user, maxRounds)
 			}
 			break
 		}
 		// Plan: each user's pending entries get the seqs after its last,
-		// in queue order.
+		// in the order of pending.
 		if err := s.warmCache(pending, floors); err != nil {
 			for _, e := range pending {
-				markBad(e, err)
+				bad[e] = err
 			}
 			break
 		}
@@ -484,22 +595,16 @@ func (s *Store) insertEntries(live []*appendReq, order []*entry, fail func(*appe
 				last = s.seqCache[e.user]
 			}
 			if last >= maxSeq {
-				markBad(e, fmt.Errorf("mongostore: append: %w: inbox %q is full", persist.ErrUnavailable, e.user))
+				bad[e] = fmt.Errorf("mongostore: append: %w: inbox %q is full", persist.ErrUnavailable, e.user)
 				continue
 			}
 			e.seq = last + 1
 			next[e.user] = e.seq
 			planned = append(planned, e)
-			docs = append(docs, e.chat.appendTo(bson.D{
-				{Key: "_id", Value: inboxKey(e.user, e.seq)},
-				{Key: "user", Value: enc(e.user)},
-				{Key: "seq", Value: int64(e.seq)},
-				{Key: "msg", Value: idToDB(e.msgID)},
-				{Key: replayField, Value: s.replayBucket(e.msgID)},
-			}))
+			docs = append(docs, e.doc(s))
 		}
 		if len(planned) == 0 {
-			break
+			continue // the full inboxes are bad now: plan the rest
 		}
 		stored, we, err := s.insertOrdered(docs)
 		s.commitPrefix(planned[:stored], committed)
@@ -508,54 +613,45 @@ func (s *Store) insertEntries(live []*appendReq, order []*entry, fail func(*appe
 			// what the cache says about these users; the callers retry.
 			for _, e := range planned[stored:] {
 				delete(s.seqCache, e.user)
-				markBad(e, err)
+				bad[e] = err
 			}
 			break
 		}
 		if we == nil {
-			pending = nil
-			break
+			continue // all stored; the next plan is empty unless inboxes filled
 		}
 		e := planned[stored]
-		rest := planned[stored+1:]
-		delete(s.seqCache, e.user)
+		left := planned[stored:]
 		if !isDupCode(we.Code) {
+			delete(s.seqCache, e.user)
 			err := fmt.Errorf("mongostore: append: insert inbox entry: %w: %v", persist.ErrUnavailable, we.Message)
-			markBad(e, err)
-			for _, r := range rest {
-				markBad(r, err)
+			for _, x := range left {
+				bad[x] = err
 			}
 			break
 		}
-		// Either the seq is taken (another writer) or the inbox already
+		// Either the seq is taken (another writer), or the inbox already
 		// references the message (an earlier attempt, or an entries-only
-		// retry). One query finds which of the unwritten entries exist;
-		// the rest are planned again.
+		// retry), or an origin's (user, d) is taken (a retry with a fresh
+		// id). One query finds which of the unwritten entries exist; the
+		// rest are planned again.
 		s.stats.conflicts.Add(1)
-		left := planned[stored:]
-		found, err := s.findEntries(left)
+		err = s.resolve(left, e, b, floors, fail)
+		if err != nil || !(e.done || e.gone) {
+			// e's seq may be taken: forget what the cache says. When e
+			// was found (it existed, or its origin's retry did), the
+			// duplicate is explained and the cache kept: were the seq
+			// taken too, the next insert meets it, at the cost of a round.
+			delete(s.seqCache, e.user)
+		}
 		if err != nil {
 			for _, x := range left {
-				markBad(x, err)
+				bad[x] = err
 			}
 			break
 		}
-		pending = pending[:0:0]
-		for _, x := range left {
-			if seq, ok := found[entryKey{x.user, x.msgID}]; ok {
-				x.seq, x.done = seq, true
-				continue
-			}
-			if x == e {
-				// Another writer holds e.seq: the inbox reaches at least
-				// there, so the next search starts from it.
-				floors[e.user] = max(floors[e.user], e.seq)
-			}
-			x.seq = 0
-			pending = append(pending, x)
-		}
 	}
-	if bad != nil {
+	if len(bad) > 0 {
 		for _, r := range live {
 			if !r.stored || r.err != nil {
 				continue
@@ -569,6 +665,230 @@ func (s *Store) insertEntries(live []*appendReq, order []*entry, fail func(*appe
 		}
 	}
 	return committed
+}
+
+// pendingEntries returns the entries the live requests still need, laid
+// out message-major with each message's origin entry first (see
+// insertEntries). An entry of a message whose origin is bad is bad too:
+// it must not exist without its message.
+func pendingEntries(live []*appendReq, order []*entry, bad map[*entry]error) []*entry {
+	originOf := map[uint64]*entry{}
+	for _, e := range order {
+		if e.msg != nil && !e.done && !e.gone {
+			originOf[e.msgID] = e
+		}
+	}
+	emitted := map[*entry]bool{}
+	var out []*entry
+	for _, r := range live {
+		if !r.stored || r.err != nil {
+			continue
+		}
+		for _, e := range r.entries {
+			if e.done || e.gone || emitted[e] || bad[e] != nil {
+				continue
+			}
+			if o := originOf[e.msgID]; o != nil && o != e && !emitted[o] {
+				if err := bad[o]; err != nil {
+					bad[e] = err
+					continue
+				}
+				emitted[o] = true
+				out = append(out, o)
+			}
+			emitted[e] = true
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// resolve settles the unwritten entries left of a round whose insert
+// stopped at e with a duplicate key, with one query (two when retries of
+// origin appends are among them, three when an original is a message
+// document): entries that exist are done; an origin whose (sender, client
+// message id) is taken makes its request a Duplicate of the stored
+// original, whose entries replace the request's (the fresh id's are gone:
+// none was written, its origin comes first); an origin whose id is taken
+// in its inbox by another message fails ErrInvalid; the rest are planned
+// again, e's user above the seq another writer took.
+func (s *Store) resolve(left []*entry, e *entry, b *batchEntries, floors map[string]uint64, fail func(*appendReq, error)) error {
+	byKey, byDedup, err := s.findConflicts(left)
+	if err != nil {
+		return err
+	}
+	var dups, fromMessages []*appendReq
+	for _, x := range left {
+		if x.msg != nil {
+			r := x.req
+			f, taken := byDedup[dedupKey{x.msg.From, x.msg.ClientMsgID}]
+			switch {
+			case taken:
+				r.res.Duplicate = true
+				x.msg = nil // from now on a plain reference of the original
+				if f.msg != nil {
+					r.res.Msg = *f.msg
+				} else {
+					fromMessages = append(fromMessages, r)
+				}
+				if f.msgID == x.msgID {
+					x.seq, x.done = f.seq, true // an earlier attempt with this id
+					continue
+				}
+				x.gone = true
+				dups = append(dups, r)
+				continue
+			case byKey[entryKey{x.user, x.msgID}] != 0:
+				x.gone = true
+				fail(r, fmt.Errorf("mongostore: append: %w: message id %d is used by another message", persist.ErrInvalid, x.msgID))
+				continue
+			}
+		}
+		if seq := byKey[entryKey{x.user, x.msgID}]; seq != 0 {
+			x.seq, x.done = seq, true
+			continue
+		}
+		if x == e {
+			// Another writer holds e.seq: the inbox reaches at least there,
+			// so the next search starts from it.
+			floors[e.user] = max(floors[e.user], e.seq)
+		}
+		x.seq = 0
+	}
+	if len(fromMessages) > 0 {
+		// Originals stored before origin entries existed (their sender's
+		// entry got its d when the database was migrated).
+		found, err := s.lookupMany(fromMessages)
+		if err != nil {
+			return err
+		}
+		for _, r := range fromMessages {
+			orig, ok := found[dedupKey{r.msg.From, r.msg.ClientMsgID}]
+			if !ok {
+				return fmt.Errorf("mongostore: append: %w: %w: inbox %q: entry for %q's message %q without its message",
+					persist.ErrUnavailable, errCorrupt, r.msg.From, r.msg.From, r.msg.ClientMsgID)
+			}
+			r.res.Msg = orig
+		}
+	}
+	if len(dups) == 0 {
+		return nil
+	}
+	// The duplicates' entries are now those of their originals: the
+	// sender's was just found, the others are looked up with one query.
+	var unknown []*entry
+	for _, r := range dups {
+		f := byDedup[dedupKey{r.msg.From, r.msg.ClientMsgID}]
+		r.res.Msg.Body = bytes.Clone(r.res.Msg.Body) // each caller owns its result
+		for _, x := range r.entries {
+			if !x.done {
+				x.gone = true // the fresh id's: none may be written now
+			}
+		}
+		known := len(b.order)
+		r.entries = b.of(r)
+		for _, x := range r.entries {
+			if x.user == r.msg.From && !x.done {
+				x.seq, x.done = f.seq, true
+			}
+		}
+		for _, x := range b.order[known:] {
+			if !x.done {
+				unknown = append(unknown, x)
+			}
+		}
+	}
+	found, err := s.findEntries(unknown)
+	if err != nil {
+		return err
+	}
+	for _, x := range unknown {
+		if seq, ok := found[entryKey{x.user, x.msgID}]; ok {
+			x.seq, x.done = seq, true
+		}
+	}
+	return nil
+}
+
+// conflictOrigin is a stored entry found by its (user, d) of an origin.
+type conflictOrigin struct {
+	msgID, seq uint64
+	msg        *persist.Message // the message, when the entry is an origin
+}
+
+// findConflicts reads which of entries exist, by (user, message): their
+// seqs; and for the origin entries among them, the stored entry holding
+// their (sender, client message id), with its message when it is an origin
+// entry. One query (see findAny for FerretDB).
+func (s *Store) findConflicts(entries []*entry) (map[entryKey]uint64, map[dedupKey]conflictOrigin, error) {
+	want := map[entryKey]bool{}
+	var keys []entryKey
+	wantD := map[dedupKey]bool{}
+	var dkeys []dedupKey
+	for _, e := range entries {
+		if k := (entryKey{e.user, e.msgID}); !want[k] {
+			want[k] = true
+			keys = append(keys, k)
+		}
+		if e.msg != nil {
+			if k := (dedupKey{e.msg.From, e.msg.ClientMsgID}); !wantD[k] {
+				wantD[k] = true
+				dkeys = append(dkeys, k)
+			}
+		}
+	}
+	all, each := pairFilters("user", "msg", len(keys), func(i int) (string, string, any, any) {
+		k := keys[i]
+		return k.user, strconv.FormatUint(k.msgID, 10), enc(k.user), idToDB(k.msgID)
+	})
+	var opts []options.Lister[options.FindOptions]
+	if len(dkeys) == 0 {
+		opts = append(opts, options.Find().SetProjection(bson.D{{Key: "user", Value: 1}, {Key: "msg", Value: 1}, {Key: "seq", Value: 1}}))
+	} else {
+		allD, eachD := pairFilters("user", dedupField, len(dkeys), func(i int) (string, string, any, any) {
+			k := dkeys[i]
+			return k.from, "c" + k.cmid, enc(k.from), originDedup(k.cmid)
+		})
+		all = bson.D{{Key: "$or", Value: bson.A{all, allD}}}
+		each = append(each, eachD...)
+	}
+	byKey := map[entryKey]uint64{}
+	byDedup := map[dedupKey]conflictOrigin{}
+	ctx, cancel := s.opCtx()
+	defer cancel()
+	err := s.findAny(ctx, s.inbox, all, each, "append: find inbox entries", func(raw bson.Raw) error {
+		user, msgID, seq, err := decodeEntry(raw)
+		if err != nil {
+			return err
+		}
+		if k := (entryKey{user, msgID}); want[k] {
+			byKey[k] = seq
+		}
+		if len(dkeys) == 0 {
+			return nil
+		}
+		d, err := strField(raw, dedupField)
+		if err != nil {
+			return err
+		}
+		cmid, ok := strings.CutPrefix(d, "c")
+		if k := (dedupKey{user, cmid}); ok && wantD[k] {
+			f := conflictOrigin{msgID: msgID, seq: seq}
+			if isOrigin(raw) {
+				m, err := decodeMessage(raw)
+				if err != nil {
+					return err
+				}
+				f.msg = &m
+			}
+			byDedup[k] = f
+		}
+		return nil
+	}, opts...)
+	if err != nil {
+		return nil, nil, err
+	}
+	return byKey, byDedup, nil
 }
 
 // commitPrefix records entries the server has stored.

@@ -1,6 +1,7 @@
 package mongostore
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/sha256"
@@ -39,26 +40,35 @@ import (
 // same index backwards; a recall finds the message's holders on inbox
 // (msg).
 //
-// Recall marks the message document recalled (rc, body emptied) and
-// appends an event message; delete-for-me marks the inbox entry (del) and
-// appends an event to that inbox only. An event is an ordinary message
-// document (ev, tgt) with a client message id derived from its target
+// Recall marks the message recalled (rc, body emptied) where it is stored,
+// its origin entry or its messages document, and appends an event
+// message; delete-for-me marks the inbox entry (del; on the sender's
+// origin entry it hides the message from the sender only) and appends an
+// event to that inbox only. An event is an ordinary message (ev, tgt:
+// stored like any other, an origin entry when its sender's inbox is among
+// its inboxes) with a client message id derived from its target
 // (eventCmid), so a repeat, or the retry of an attempt that failed
 // halfway, finds the first event by the usual (from, cmid) deduplication
 // instead of appending a second one.
 
 const collConvs = "convs"
 
-// Indexes of the chat seam, created by Open with the others.
-var (
-	chatInboxIndexes = []mongo.IndexModel{
+// Indexes of the chat seam, created by Open with the others. Functions,
+// not shared values: the driver's CreateOne writes the name into the
+// model's options (SetName), so concurrent Opens in one process must not
+// share them.
+func chatInboxIndexes() []mongo.IndexModel {
+	return []mongo.IndexModel{
 		{Keys: bson.D{{Key: "user", Value: 1}, {Key: "conv", Value: 1}, {Key: "seq", Value: 1}}, Options: options.Index().SetName("user_conv_seq")},
 		{Keys: bson.D{{Key: "msg", Value: 1}}, Options: options.Index().SetName("msg")},
 	}
-	chatConvIndexes = []mongo.IndexModel{
+}
+
+func chatConvIndexes() []mongo.IndexModel {
+	return []mongo.IndexModel{
 		{Keys: bson.D{{Key: "user", Value: 1}, {Key: "last", Value: 1}}, Options: options.Index().SetName("user_last")},
 	}
-)
+}
 
 var (
 	_ persist.ChatStore     = (*Store)(nil)
@@ -257,60 +267,65 @@ func (s *Store) unread(ctx context.Context, user string, c persist.ConvID, read 
 	return int(n), nil
 }
 
-// convEntries returns up to limit entries (seq, message id) of user's
-// conversation c matching extra, newest first.
-func (s *Store) convEntries(ctx context.Context, user string, c persist.ConvID, extra bson.D, limit int64) ([]persist.InboxEntry, error) {
+// convEntries returns up to limit entries of user's conversation c
+// matching extra, newest first: (seq, message id) only, or with withMsgs
+// whole, where full[i] says es[i] holds its message (an origin entry: see
+// fillMessages).
+func (s *Store) convEntries(ctx context.Context, user string, c persist.ConvID, extra bson.D, limit int64, withMsgs bool) (es []persist.InboxEntry, full []bool, err error) {
 	filter := append(bson.D{{Key: "user", Value: enc(user)}, {Key: "conv", Value: convKey(c)}}, extra...)
-	cur, err := s.inbox.Find(ctx, filter, options.Find().SetSort(bson.D{{Key: "seq", Value: -1}}).SetLimit(limit).
-		SetProjection(bson.D{{Key: "user", Value: 1}, {Key: "seq", Value: 1}, {Key: "msg", Value: 1}, {Key: "del", Value: 1}}))
+	opts := options.Find().SetSort(bson.D{{Key: "seq", Value: -1}}).SetLimit(limit)
+	if !withMsgs {
+		opts.SetProjection(bson.D{{Key: "user", Value: 1}, {Key: "seq", Value: 1}, {Key: "msg", Value: 1}, {Key: "del", Value: 1}})
+	}
+	cur, err := s.inbox.Find(ctx, filter, opts)
 	if err != nil {
-		return nil, mapErr(ctx, "read conversation entries", err)
+		return nil, nil, mapErr(ctx, "read conversation entries", err)
 	}
 	defer cur.Close(ctx)
-	var out []persist.InboxEntry
 	for cur.Next(ctx) {
-		_, id, seq, err := decodeEntry(cur.Current)
+		e, isFull, err := decodeReadEntry(cur.Current)
 		if err != nil {
-			return nil, mapErr(ctx, "read conversation entries", err)
+			return nil, nil, mapErr(ctx, "read conversation entries", err)
 		}
-		out = append(out, persist.InboxEntry{Seq: seq, Msg: persist.Message{ID: id}, Deleted: deletedEntry(cur.Current)})
+		es, full = append(es, e), append(full, isFull)
 	}
-	return out, mapErr(ctx, "read conversation entries", cur.Err())
+	return es, full, mapErr(ctx, "read conversation entries", cur.Err())
 }
 
-// fillMessages replaces the message ids of es by the stored messages (one
-// query). Hidden entries lose their body.
-func (s *Store) fillMessages(ctx context.Context, es []persist.InboxEntry) error {
-	if len(es) == 0 {
+// fillMessages replaces the message ids of es by the stored messages,
+// except where full[i] says es[i] holds its message already (full may be
+// nil): one query for those in origin entries, one more for any in
+// messages (loadMessages). Hidden entries lose their body.
+func (s *Store) fillMessages(ctx context.Context, es []persist.InboxEntry, full []bool) error {
+	var ids []uint64
+	seen := map[uint64]bool{}
+	for i, e := range es {
+		if (full == nil || !full[i]) && !seen[e.Msg.ID] {
+			seen[e.Msg.ID] = true
+			ids = append(ids, e.Msg.ID)
+		}
+	}
+	if len(ids) == 0 {
 		return nil
 	}
-	ids := make(bson.A, len(es))
-	each := make([]bson.D, len(es))
-	for i, e := range es {
-		ids[i] = idToDB(e.Msg.ID)
-		each[i] = bson.D{{Key: "mid", Value: midKey(e.Msg.ID)}} // see messageDoc
-	}
-	msgs := make(map[uint64]persist.Message, len(es))
-	err := s.findAny(ctx, s.messages, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}}, each, "read messages", func(raw bson.Raw) error {
-		m, err := decodeMessage(raw)
-		if err == nil {
-			msgs[m.ID] = m
-		}
-		return err
-	})
+	msgs, err := s.loadMessages(ctx, ids, "read messages")
 	if err != nil {
 		return err
 	}
 	for i := range es {
+		if full != nil && full[i] {
+			continue
+		}
 		m, ok := msgs[es[i].Msg.ID]
 		if !ok {
 			return mapErr(ctx, "read messages", fmt.Errorf("%w: an inbox entry references missing message %d", errCorrupt, es[i].Msg.ID))
 		}
 		if es[i].Deleted {
 			m.Body = nil
+		} else {
+			m.Body = bytes.Clone(m.Body) // several entries may reference it (replay's pages)
 		}
 		es[i].Msg = m
-		delete(msgs, m.ID) // one entry per message here; a second would share Body
 	}
 	return nil
 }
@@ -385,22 +400,23 @@ func (s *Store) Conversations(ctx context.Context, user string, beforeSeq uint64
 	docs = docs[:min(len(docs), limit)]
 	out := make([]persist.Conversation, len(docs))
 	var lasts []persist.InboxEntry
+	var lastsFull []bool
 	var at []int
 	for i, d := range docs {
 		out[i] = persist.Conversation{Conv: d.conv, LastSeq: d.last, ReadSeq: d.read}
 		if out[i].Unread, err = s.unread(ctx, user, d.conv, d.read); err != nil {
 			return nil, err
 		}
-		es, err := s.convEntries(ctx, user, d.conv, bson.D{{Key: "del", Value: bson.D{{Key: "$ne", Value: true}}}}, 1)
+		es, full, err := s.convEntries(ctx, user, d.conv, bson.D{{Key: "del", Value: bson.D{{Key: "$ne", Value: true}}}}, 1, true)
 		if err != nil {
 			return nil, err
 		}
 		if len(es) == 1 {
-			lasts = append(lasts, es[0])
+			lasts, lastsFull = append(lasts, es[0]), append(lastsFull, full[0])
 			at = append(at, i)
 		}
 	}
-	if err := s.fillMessages(ctx, lasts); err != nil {
+	if err := s.fillMessages(ctx, lasts, lastsFull); err != nil {
 		return nil, err
 	}
 	for j, i := range at {
@@ -519,7 +535,7 @@ func (s *Store) convTail(ctx context.Context, user string, after uint64) ([]*tai
 		}
 		t.doc.conv, t.doc.read = d.conv, max(t.doc.read, d.read)
 	}
-	if err := s.fillMessages(ctx, unknown); err != nil {
+	if err := s.fillMessages(ctx, unknown, nil); err != nil {
 		return nil, err
 	}
 	for i, t := range unknownAt {
@@ -558,14 +574,14 @@ func (s *Store) MarkRead(ctx context.Context, user string, c persist.ConvID, upT
 	if err != nil && !missing {
 		return persist.ReadResult{}, err
 	}
-	newest, err := s.convEntries(ctx, user, c, nil, 1)
+	newest, _, err := s.convEntries(ctx, user, c, nil, 1, false)
 	if err != nil {
 		return persist.ReadResult{}, err
 	}
 	if len(newest) == 0 && missing {
 		return persist.ReadResult{}, fmt.Errorf("mongostore: mark read: %w: no conversation %+v", persist.ErrNotFound, c)
 	}
-	own, err := s.convEntries(ctx, user, c, bson.D{{Key: "own", Value: true}}, 1)
+	own, _, err := s.convEntries(ctx, user, c, bson.D{{Key: "own", Value: true}}, 1, false)
 	if err != nil {
 		return persist.ReadResult{}, err
 	}
@@ -592,7 +608,7 @@ func (s *Store) MarkRead(ctx context.Context, user string, c persist.ConvID, upT
 	if res.Unread, err = s.unread(ctx, user, c, res.ReadSeq); err != nil {
 		return persist.ReadResult{}, err
 	}
-	es, err := s.convEntries(ctx, user, c, bson.D{{Key: "seq", Value: bson.D{{Key: "$lte", Value: int64(res.ReadSeq)}}}}, 1)
+	es, _, err := s.convEntries(ctx, user, c, bson.D{{Key: "seq", Value: bson.D{{Key: "$lte", Value: int64(res.ReadSeq)}}}}, 1, false)
 	if err != nil || len(es) == 0 {
 		return res, err
 	}
@@ -654,11 +670,11 @@ func (s *Store) History(ctx context.Context, user string, c persist.ConvID, befo
 	if beforeSeq != 0 {
 		extra = append(extra, bson.E{Key: "seq", Value: bson.D{{Key: "$lt", Value: int64(min(beforeSeq, maxSeq))}}})
 	}
-	es, err := s.convEntries(ctx, user, c, extra, int64(limit))
+	es, full, err := s.convEntries(ctx, user, c, extra, int64(limit), true)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.fillMessages(ctx, es); err != nil {
+	if err := s.fillMessages(ctx, es, full); err != nil {
 		return nil, err
 	}
 	slices.Reverse(es)
@@ -690,24 +706,31 @@ func (s *Store) seqOf(ctx context.Context, user string, msgID uint64) (uint64, e
 	return seq, mapErr(ctx, "find inbox entry", err)
 }
 
-// getMessage reads message id (ErrNotFound when there is none).
-func (s *Store) getMessage(ctx context.Context, id uint64) (persist.Message, error) {
-	var m persist.Message
+// getMessage reads message id (ErrNotFound when there is none): from its
+// origin entry, whose _id it returns too, else from messages (origin "").
+func (s *Store) getMessage(ctx context.Context, id uint64) (m persist.Message, origin string, err error) {
 	found := false
-	err := s.findAny(ctx, s.messages, bson.D{{Key: "_id", Value: idToDB(id)}}, []bson.D{{{Key: "mid", Value: midKey(id)}}}, "read message",
-		func(raw bson.Raw) error {
-			var err error
-			m, err = decodeMessage(raw)
-			found = err == nil
+	keep := func(raw bson.Raw) error {
+		var err error
+		if m, err = decodeMessage(raw); err != nil {
 			return err
-		})
-	if err != nil {
-		return persist.Message{}, err
+		}
+		found = true
+		if v, err := raw.LookupErr("_id"); err == nil && v.Type == bson.TypeString {
+			origin = v.StringValue()
+		}
+		return nil
+	}
+	if err := s.findByID(ctx, s.inbox, []uint64{id}, "read message", keep); err != nil || found {
+		return m, origin, err
+	}
+	if err := s.findByID(ctx, s.messages, []uint64{id}, "read message", keep); err != nil {
+		return persist.Message{}, "", err
 	}
 	if !found {
-		return persist.Message{}, persist.ErrNotFound
+		return persist.Message{}, "", persist.ErrNotFound
 	}
-	return m, nil
+	return m, "", nil
 }
 
 // holders returns the users whose inboxes hold message id, with their seqs.
@@ -764,7 +787,7 @@ func (s *Store) PrepareEvent(ctx context.Context, kind uint32, req persist.Event
 	if err != nil {
 		return persist.PreparedEvent{}, mapErr(ctx, what, err)
 	}
-	target, err := s.getMessage(ctx, req.Target)
+	target, origin, err := s.getMessage(ctx, req.Target)
 	if errors.Is(err, persist.ErrNotFound) || (err == nil && target.Event != persist.EventNone) {
 		return persist.PreparedEvent{}, notFound
 	}
@@ -801,8 +824,13 @@ func (s *Store) PrepareEvent(ctx context.Context, kind uint32, req persist.Event
 		return persist.PreparedEvent{}, err
 	}
 	if kind == persist.EventRecall {
-		_, err = s.messages.UpdateOne(ctx, bson.D{{Key: "_id", Value: idToDB(target.ID)}},
-			bson.D{{Key: "$set", Value: bson.D{{Key: "rc", Value: true}, {Key: "body", Value: bson.Binary{Subtype: bson.TypeBinaryGeneric}}}}})
+		// The one copy of the body: the origin entry's, or the document's.
+		recall := bson.D{{Key: "$set", Value: bson.D{{Key: "rc", Value: true}, {Key: "body", Value: bson.Binary{Subtype: bson.TypeBinaryGeneric}}}}}
+		if origin != "" {
+			_, err = s.inbox.UpdateOne(ctx, bson.D{{Key: "_id", Value: origin}}, recall)
+		} else {
+			_, err = s.messages.UpdateOne(ctx, bson.D{{Key: "_id", Value: idToDB(target.ID)}}, recall)
+		}
 	} else {
 		_, err = s.inbox.UpdateOne(ctx, bson.D{{Key: "user", Value: enc(req.User)}, {Key: "msg", Value: idToDB(target.ID)}},
 			bson.D{{Key: "$set", Value: bson.D{{Key: "del", Value: true}}}})
@@ -816,7 +844,7 @@ func (s *Store) checkEventID(ctx context.Context, ev *persist.Message) error {
 	if ev.ID == 0 {
 		return fmt.Errorf("mongostore: event: %w: event id 0", persist.ErrInvalid)
 	}
-	m, err := s.getMessage(ctx, ev.ID)
+	m, _, err := s.getMessage(ctx, ev.ID)
 	switch {
 	case errors.Is(err, persist.ErrNotFound):
 		return nil
@@ -892,7 +920,7 @@ func (s *Store) ReadCount(ctx context.Context, user string, c persist.ConvID, se
 	if err != nil {
 		return 0, 0, mapErr(ctx, "read count", err)
 	}
-	m, err := s.getMessage(ctx, id)
+	m, _, err := s.getMessage(ctx, id)
 	if err != nil {
 		return 0, 0, err
 	}

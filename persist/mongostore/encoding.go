@@ -100,32 +100,50 @@ func cursorFromDB(v int64) uint64 { return uint64(v) ^ (1 << 63) }
 // maxSeq is the largest inbox seq the store can hold.
 const maxSeq = math.MaxInt64
 
-// messageDoc is the document of a message. mid repeats the ID as a
-// string (midKey) for FerretDB, which cannot look up an int64 beyond 2^53
-// (most message IDs) by equality: it turns that filter into "every value
-// above 2^53", a read of the whole collection.
+// messageDoc is the document of a message in messages. mid repeats the
+// ID as a string (midKey) for FerretDB, which cannot look up an int64
+// beyond 2^53 (most message IDs) by equality: it turns that filter into
+// "every value above 2^53", a read of the whole collection.
 func messageDoc(m *persist.Message) bson.D {
-	return appendEventFields(bson.D{
-		{Key: "_id", Value: idToDB(m.ID)},
-		{Key: "mid", Value: midKey(m.ID)},
-		{Key: "from", Value: enc(m.From)},
-		{Key: "cmid", Value: enc(m.ClientMsgID)},
-		{Key: "to", Value: enc(m.To)},
-		{Key: "group", Value: m.Group},
-		{Key: "ts", Value: m.Timestamp},
-		{Key: "kind", Value: int64(m.Kind)},
-		{Key: "body", Value: bson.Binary{Subtype: bson.TypeBinaryGeneric, Data: m.Body}},
-	}, m)
+	return appendMessageFields(bson.D{{Key: "_id", Value: idToDB(m.ID)}}, m)
+}
+
+// appendMessageFields adds the fields of message m to d: a messages
+// document, or an origin entry (whose msg holds the ID). mid is what both
+// are looked up by on FerretDB (see messageDoc), and on an inbox entry
+// what makes it an origin entry (isOrigin).
+func appendMessageFields(d bson.D, m *persist.Message) bson.D {
+	return appendEventFields(append(d,
+		bson.E{Key: "mid", Value: midKey(m.ID)},
+		bson.E{Key: "from", Value: enc(m.From)},
+		bson.E{Key: "cmid", Value: enc(m.ClientMsgID)},
+		bson.E{Key: "to", Value: enc(m.To)},
+		bson.E{Key: "group", Value: m.Group},
+		bson.E{Key: "ts", Value: m.Timestamp},
+		bson.E{Key: "kind", Value: int64(m.Kind)},
+		bson.E{Key: "body", Value: bson.Binary{Subtype: bson.TypeBinaryGeneric, Data: m.Body}},
+	), m)
+}
+
+// isOrigin reports whether an inbox entry document is an origin entry
+// (it carries its message).
+func isOrigin(raw bson.Raw) bool {
+	_, err := raw.LookupErr("mid")
+	return err == nil
 }
 
 // midKey is a message ID as the string of a message document's mid field.
 func midKey(id uint64) string { return strconv.FormatUint(id, 16) }
 
-// decodeMessage decodes a message document. The body is copied: the result
-// shares no memory with raw.
+// decodeMessage decodes a messages document or an origin entry. The body
+// is copied: the result shares no memory with raw.
 func decodeMessage(raw bson.Raw) (persist.Message, error) {
 	var m persist.Message
-	id, err := int64Field(raw, "_id")
+	idField := "_id"
+	if v, err := raw.LookupErr("_id"); err == nil && v.Type == bson.TypeString {
+		idField = "msg" // an origin entry: its _id is the entry's
+	}
+	id, err := int64Field(raw, idField)
 	if err != nil {
 		return m, err
 	}

@@ -27,3 +27,15 @@ func ConvStored(ctx context.Context, s *Store, user string, c persist.ConvID, la
 	d, err := s.getConv(ctx, user, c)
 	return err == nil && d.last == last && d.read == read
 }
+
+// OpsSince returns the commands counted since before (Stats.Commands),
+// without zeros.
+func OpsSince(before, after map[string]uint64) map[string]uint64 {
+	d := map[string]uint64{}
+	for op, n := range after {
+		if n > before[op] {
+			d[op] = n - before[op]
+		}
+	}
+	return d
+}

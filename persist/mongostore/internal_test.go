@@ -115,10 +115,13 @@ func TestParseWriteConcern(t *testing.T) {
 
 // TestWithServer holds the internal tests that need a server; they share
 // one FerretDB and use a database each.
-func TestWithServer(t *testing.T) {
+// startServer starts a FerretDB dev server for t and returns it with a
+// function that opens a store on a new database of it (closed when the
+// subtest ends).
+func startServer(t *testing.T) (*testsvc.Service, func(*testing.T) *Store) {
 	svc := testsvc.StartMongo(t)
 	n := 0
-	openDB := func(t *testing.T) *Store {
+	return svc, func(t *testing.T) *Store {
 		n++
 		s, err := Open(t.Context(), Options{URI: svc.URI(), Database: fmt.Sprintf("internal%d", n)})
 		if err != nil {
@@ -127,6 +130,10 @@ func TestWithServer(t *testing.T) {
 		t.Cleanup(func() { s.Close() })
 		return s
 	}
+}
+
+func TestWithServer(t *testing.T) {
+	_, openDB := startServer(t)
 	t.Run("DetectsFerretDB", func(t *testing.T) {
 		if s := openDB(t); !s.FerretDB() {
 			t.Fatal("FerretDB not detected")
@@ -163,11 +170,16 @@ func testReadsMessagesWithoutMid(t *testing.T, s *Store) {
 // equality queries the store sends to FerretDB are answered from an index
 // (devmongo's GIN twins of FerretDB's indexes), not by scanning the table,
 // and a message is found by its mid (its int64 _id beyond 2^53 is not an
-// equality FerretDB can hand to the database).
+// equality FerretDB can hand to the database), in messages and in the
+// origin entries, as is an origin by its dedup key.
 func testEqualityUsesIndexes(t *testing.T, s *Store) {
 	ctx := t.Context()
 	m := persist.Message{ID: 1<<62 + 5, From: "a", ClientMsgID: "c", Body: []byte("x")}
 	if _, err := s.Append(ctx, m, []string{"b"}); err != nil {
+		t.Fatal(err)
+	}
+	o := persist.Message{ID: 1<<62 + 6, From: "a", ClientMsgID: "o", Body: []byte("y")}
+	if _, err := s.Append(ctx, o, []string{"a", "b"}); err != nil { // an origin entry
 		t.Fatal(err)
 	}
 	setHead(t, s, "b", 1)
@@ -182,6 +194,8 @@ func testEqualityUsesIndexes(t *testing.T, s *Store) {
 		{collInbox, bson.D{{Key: "_id", Value: inboxKey("b", 1)}}},
 		{collInbox, bson.D{{Key: "user", Value: "b"}, {Key: "msg", Value: idToDB(m.ID)}}},
 		{collMessages, bson.D{{Key: "mid", Value: midKey(m.ID)}}},
+		{collInbox, bson.D{{Key: "mid", Value: midKey(o.ID)}}},
+		{collInbox, bson.D{{Key: "user", Value: "a"}, {Key: dedupField, Value: originDedup("o")}}},
 		{collMessages, bson.D{{Key: "from", Value: "a"}, {Key: "cmid", Value: "c"}}},
 		{collHeads, bson.D{{Key: "_id", Value: keyPart("b")}}},
 		{collCursors, bson.D{{Key: "_id", Value: cursorKey("b", "d")}}},

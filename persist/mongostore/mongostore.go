@@ -6,10 +6,11 @@
 //
 // # Collections
 //
+//	inbox     _id = "<user key><seq hex>"; unique (user, seq), unique (user, msg),
+//	          unique (user, d); mid (origin entries only), indexed;
+//	          rb = writer and time bucket, indexed (rb, msg) (replay.go)
 //	messages  _id = message ID (int64 bit pattern); unique (from, cmid);
 //	          mid = the ID in hex (indexed on FerretDB only)
-//	inbox     _id = "<user key><seq hex>"; unique (user, seq), unique (user, msg);
-//	          rb = writer and time bucket, indexed (rb, msg) (replay.go)
 //	heads     _id = "<user key>": a hint, the highest seq known to exist
 //	cursors   _id = "<user key><device key>": pos (sign-flipped uint64)
 //	users     _id = user id
@@ -17,37 +18,79 @@
 //	          n, owner, admins, open, v (its version)
 //	groupversions  _id = "<group key><incarnation>:<version>": the state a
 //	          change claimed for that version (groups.go)
+//	meta      _id = "format": v, the store format; _id = "migration":
+//	          after, how far a migration got (format.go)
 //
 // Identifiers are stored as BSON strings when they are valid UTF-8 without
 // NUL and as BSON binary otherwise (see enc), so any byte string persist
 // accepts round-trips.
 //
+// # Where a message is stored (format 2)
+//
+// A message whose inboxes include its sender's (every 1:1 message, every
+// group message of a member, a recall) is stored in the sender's inbox
+// entry, the origin entry: the entry carries every field of a messages
+// document (from, cmid, to, group, ts, kind, body, ev, tgt, rc, and mid,
+// the ID in hex, which marks it an origin) besides its own. Every other
+// entry of the message is a plain reference (msg = the ID). So a 1:1
+// message is one document per inbox, written by one insert per inbox
+// owner, and its body has one copy. A message whose sender has no inbox
+// among its inboxes (a system broadcast, an event for another user) is a
+// messages document, as are all messages of a database written before
+// format 2 (format.go: the migration).
+//
+// Deduplication needs a unique index that catches a retry of an origin
+// append, i.e. (sender, cmid) among entries. FerretDB v1 has neither
+// sparse nor partial indexes, and MongoDB indexes a missing field as null
+// (so a unique index over a field only origins had would refuse the second
+// plain entry of an inbox), so every entry has the field d, unique with
+// the user: "c"+cmid for an origin entry, "m"+the ID in hex for any other.
+// A plain entry of the user's own message keeps "m": the two prefixes
+// never meet. A retry of a messages document is caught by (from, cmid) on
+// messages, as before; a retry is found on the path its inboxes choose,
+// which is the original's for the same message.
+//
 // # Append without transactions
 //
-// Append first inserts the message (a duplicate (from, cmid) makes it a
-// Duplicate of the stored one; a duplicate _id of another message is
-// ErrInvalid), then one inbox entry per inbox that does not reference the
-// message yet. An entry's seq is last+1, where last is a seq known to exist
-// for that user: from an in-memory cache, or (when cold) from the heads hint
-// followed by an exponential-then-binary search over the entries' _ids,
-// which works because the existing seqs of a user always form the prefix
-// 1..last. Entries are inserted with one ORDERED InsertMany per batch, each
-// user's entries in ascending seq order, so the server stops at the first
-// failing entry and never stores seq s+1 without s: a crash, a network error
-// or a conflict at any point leaves every inbox gap-free. A duplicate key on
-// an entry means either that the user's seq was taken (another writer: the
-// unique (user, seq) index fences a stale inbox owner) or that the inbox
-// already references the message (an earlier attempt); the store looks the
-// entry up, forgets its cached seq for that user, and plans the rest again.
+// Append first settles the message: a messages document is inserted (a
+// duplicate (from, cmid) makes it a Duplicate of the stored one; a
+// duplicate _id of another message is ErrInvalid); an origin message is
+// written with its entries. Then one inbox entry is written per inbox that
+// does not reference the message yet. An entry's seq is last+1, where last
+// is a seq known to exist for that user: from an in-memory cache, or (when
+// cold) from the heads hint followed by an exponential-then-binary search
+// over the entries' _ids, which works because the existing seqs of a user
+// always form the prefix 1..last. Entries are inserted with one ORDERED
+// InsertMany per batch, laid out message-major with each message's origin
+// entry first, each user's entries in ascending seq order, so the server
+// stops at the first failing entry and never stores seq s+1 without s, nor
+// an entry of a message whose origin entry is not stored: a crash, a
+// network error or a conflict at any point leaves every inbox gap-free and
+// every entry's message readable. A duplicate key on an entry means that
+// the user's seq was taken (another writer: the unique (user, seq) index
+// fences a stale inbox owner), that the inbox already references the
+// message (an earlier attempt), or, for an origin entry, that its (user,
+// d) is taken: an earlier attempt of the message stored its origin under
+// another ID (a retry mints a fresh one). The store looks the unwritten
+// entries of the batch up with one query (by (user, msg), and by (user, d)
+// for the origins), forgets its cached seq for the user, makes each retry
+// a Duplicate of its original (whose other entries are looked up with one
+// more query; none of the fresh ID's exists, its origin came first) and
+// plans the rest again. An origin whose ID another message of the same
+// inbox holds fails with ErrInvalid. Two origin appends of one (From,
+// ClientMsgID) in one batch are written one after the other, the second a
+// Duplicate of the first.
 //
 // A failed Append may thus have stored the message and some of its inbox
 // entries (visible to readers, never acknowledged); retrying it with the same
 // (From, ClientMsgID) completes the missing entries and returns Duplicate
 // with the seqs already assigned, never a second entry.
 //
-// AppendEntries is Append without the message insert, for a message that is
-// stored already: in a cluster the owner of the sender's inbox stores the
-// message, and the owners of the other inboxes write only their entries.
+// AppendEntries is Append without the message, for a message that is
+// stored already: in a cluster the owner of the first inbox (the sender's
+// own, for a message of a user) stores the message, and the owners of the
+// other inboxes write only plain entries. A 1:1 message between users of
+// two nodes is thus two inserts, one per node; of one node, one.
 // Duplicates are settled in bulk: the originals of a batch's duplicate
 // messages are read with one query, the existing entries of its duplicates
 // with another, and an entry conflict costs one query for all the batch's
@@ -57,9 +100,10 @@
 //
 // Appends are queued to one committer goroutine, which takes every queued
 // append (up to Options.MaxBatch) and writes them with one InsertMany of
-// messages (unordered) and one ordered InsertMany of inbox entries, at the
-// configured write concern, then wakes the callers. Append returns nil only
-// after both were acknowledged. What a commit implies besides them (the
+// messages documents (unordered; only when the batch has messages whose
+// sender is not among their inboxes) and one ordered InsertMany of inbox
+// entries, at the configured write concern, then wakes the callers. Append
+// returns nil only after both were acknowledged. What a commit implies besides them (the
 // conversation documents and heads hints) is written after it, coalesced
 // across commits (upkeep.go). Cursor positions are batched too (see
 // SetCursor): one bulk write per CursorInterval. The other writes (users,
@@ -73,8 +117,13 @@
 //
 // ReadInbox returns a contiguous run of seqs starting at afterSeq+1: an entry
 // whose predecessor is not visible yet (an ordered insert still in progress)
-// ends the page early, so readers never observe a gap. LastSeq is the heads
-// hint followed by the same search as above.
+// ends the page early, so readers never observe a gap. An origin entry read
+// is its message; the messages of the other entries are found with one
+// query for origin entries (by mid) and, for those not found there, one on
+// messages. Every read of a message by ID (history, conversations, replay,
+// recall) looks in the same two places in that order; a recall updates the
+// one copy of the body, the origin entry's or the document's. LastSeq is
+// the heads hint followed by the same search as above.
 //
 // # Limits
 //
@@ -84,6 +133,13 @@
 // was never majority-acknowledged, so never acked to a client) can leave a
 // hole below its own entry; ReadInbox then ends its pages before the hole.
 // Single writer per inbox (docs/cluster.md) makes this a double fault.
+//
+// A message ID is checked against other messages' where they would
+// collide in an index: on messages (_id), and in the origin's inbox
+// (user, msg); and among the origin appends of one batch (refuseSharedIDs).
+// Two origin messages of one ID in different inboxes are not
+// detected; message IDs are minted unique (the engine's generator), this
+// check only guards against a caller's mistake.
 //
 // # FerretDB
 //
@@ -154,6 +210,11 @@ const (
 	collCursors  = "cursors"
 	collUsers    = "users"
 	collGroups   = "groups"
+	collMeta     = "meta"
+
+	// dedupField is the inbox entries' field that is unique per user
+	// (entry.dedup).
+	dedupField = "d"
 )
 
 // Options configures Open. Zero fields take the Default* values.
@@ -333,6 +394,7 @@ type Store struct {
 
 	messages, inbox, heads, cursors, users, groups *mongo.Collection
 	convs                                          *mongo.Collection // chat.go
+	meta                                           *mongo.Collection // format.go
 
 	// mu guards closed and the send side of queue (as in pebblestore):
 	// senders and readers hold it for reading, Close for writing.
@@ -451,6 +513,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	s.users = s.db.Collection(collUsers)
 	s.groups = s.db.Collection(collGroups)
 	s.convs = s.db.Collection(collConvs)
+	s.meta = s.db.Collection(collMeta)
 	if err := s.setup(ctx); err != nil {
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -490,15 +553,26 @@ func (s *Store) setup(ctx context.Context) error {
 		// documents without it, which a unique index would refuse.
 		messageIndexes = append(messageIndexes, mongo.IndexModel{Keys: bson.D{{Key: "mid", Value: 1}}, Options: options.Index().SetName("mid")})
 	}
+	format, err := s.readFormat(ctx)
+	if err != nil {
+		return err
+	}
+	if format > storeFormat {
+		return fmt.Errorf("mongostore: open: %w: database %q has format %d, newer than this build's %d: run a newer imd",
+			persist.ErrInvalid, s.opts.Database, format, storeFormat)
+	}
+	// What origin entries are found by, from a message ID (findByID).
+	// Not unique: plain entries have no mid.
+	midIndex := mongo.IndexModel{Keys: bson.D{{Key: "mid", Value: 1}}, Options: options.Index().SetName("mid")}
 	for _, ix := range []struct {
 		c      *mongo.Collection
 		models []mongo.IndexModel
 	}{
 		{s.messages, messageIndexes},
-		{s.inbox, []mongo.IndexModel{unique("user_seq", "user", "seq"), unique("user_msg", "user", "msg")}},
-		{s.inbox, chatInboxIndexes},
-		{s.inbox, replayIndexes},
-		{s.convs, chatConvIndexes},
+		{s.inbox, []mongo.IndexModel{unique("user_seq", "user", "seq"), unique("user_msg", "user", "msg"), midIndex}},
+		{s.inbox, chatInboxIndexes()},
+		{s.inbox, replayIndexes()},
+		{s.convs, chatConvIndexes()},
 		{s.groups, []mongo.IndexModel{{Keys: bson.D{{Key: "members", Value: 1}}, Options: options.Index().SetName("members")}}},
 	} {
 		// One index per command: FerretDB v1.24 panics (and drops the
@@ -510,6 +584,12 @@ func (s *Store) setup(ctx context.Context) error {
 				return mapErr(ctx, "open: create indexes on "+ix.c.Name(), err)
 			}
 		}
+	}
+	if format < storeFormat {
+		return s.migrate(ctx)
+	}
+	if _, err := s.inbox.Indexes().CreateOne(ctx, dedupIndex()); err != nil {
+		return mapErr(ctx, "open: create indexes on inbox", err)
 	}
 	return nil
 }

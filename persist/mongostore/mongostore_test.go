@@ -595,64 +595,74 @@ func TestAppendEntries(t *testing.T) {
 }
 
 // diffOps returns after - before, without zero entries.
-func diffOps(before, after map[string]uint64) map[string]uint64 {
-	d := map[string]uint64{}
-	for op, n := range after {
-		if n > before[op] {
-			d[op] = n - before[op]
-		}
-	}
-	return d
-}
+var diffOps = mongostore.OpsSince
 
 // TestDuplicatesLookedUpPerBatch: retries of stored messages cost one
 // query for their originals, one for their entries and one for their
 // conversations per group commit, not one per message (the query shape
-// sent to MongoDB). On FerretDB the store asks one equality query per key
-// instead (see findAny): the same answers, and a few queries per retry.
+// sent to MongoDB), whether the messages are documents (their senders have
+// no inbox among theirs) or origin entries (the senders' inboxes are among
+// theirs: the retries' origins fail as duplicates, which one query
+// resolves for the whole batch). On FerretDB the store asks one equality
+// query per key instead (see findAny): the same answers, and a few queries
+// per retry.
 func TestDuplicatesLookedUpPerBatch(t *testing.T) {
-	for _, eq := range []bool{false, true} {
-		t.Run(fmt.Sprint("eqQueries=", eq), func(t *testing.T) {
-			t.Parallel()
-			s := open(t, shared.URI(), newDB())
-			defer s.Close()
-			mongostore.UseEqQueries(s, eq)
-			const n = 60
-			msgs := make([]persist.Message, n)
-			for i := range msgs {
-				msgs[i] = persist.Message{ID: uint64(i + 1), From: fmt.Sprint("s", i%4), ClientMsgID: fmt.Sprint(i), Body: []byte("x")}
-				if _, err := s.Append(t.Context(), msgs[i], []string{"r", fmt.Sprint("u", i%5)}); err != nil {
-					t.Fatal(err)
-				}
-			}
-			syncUpkeep(t, s)
-			before := s.Stats()
-			var wg sync.WaitGroup
-			for i, m := range msgs {
-				wg.Go(func() {
-					m.ID += 1000 // a retry arrives with a new id
-					res, err := s.Append(t.Context(), m, []string{"r", fmt.Sprint("u", i%5)})
-					if err != nil || !res.Duplicate || res.Msg.ID != uint64(i+1) || res.Seqs[0] != uint64(i+1) {
-						t.Errorf("retry %d = %+v, %v", i, res, err)
+	for _, origin := range []bool{false, true} {
+		for _, eq := range []bool{false, true} {
+			t.Run(fmt.Sprint("origin=", origin, ",eqQueries=", eq), func(t *testing.T) {
+				t.Parallel()
+				s := open(t, shared.URI(), newDB())
+				defer s.Close()
+				mongostore.UseEqQueries(s, eq)
+				const n = 60
+				msgs := make([]persist.Message, n)
+				inboxes := make([][]string, n)
+				seqs := make([][]uint64, n)
+				for i := range msgs {
+					msgs[i] = persist.Message{ID: uint64(i + 1), From: fmt.Sprint("s", i%4), ClientMsgID: fmt.Sprint(i), Body: []byte("x")}
+					inboxes[i] = []string{"r", fmt.Sprint("u", i%5)}
+					if origin {
+						inboxes[i] = []string{msgs[i].From, fmt.Sprint("u", i%5)}
 					}
-				})
-			}
-			wg.Wait()
-			syncUpkeep(t, s)
-			after := s.Stats()
-			batches := after.Batches - before.Batches
-			finds := diffOps(before.Commands, after.Commands)["find"]
-			t.Logf("%d retries in %d batches: %v", n, batches, diffOps(before.Commands, after.Commands))
-			if want := 3 * batches; !eq && finds > want {
-				t.Fatalf("%d finds for %d batches of retries, want at most %d", finds, batches, want)
-			}
-			if want := uint64(4 * n); eq && finds > want { // originals, entries and conversations of both inboxes
-				t.Fatalf("%d finds for %d retries, want at most %d", finds, n, want)
-			}
-			if updates := diffOps(before.Commands, after.Commands)["update"]; updates != 0 {
-				t.Fatalf("retries of complete appends wrote %d updates, want none (their conversations are current)", updates)
-			}
-		})
+					res, err := s.Append(t.Context(), msgs[i], inboxes[i])
+					if err != nil {
+						t.Fatal(err)
+					}
+					seqs[i] = res.Seqs
+				}
+				syncUpkeep(t, s)
+				before := s.Stats()
+				var wg sync.WaitGroup
+				for i, m := range msgs {
+					wg.Go(func() {
+						m.ID += 1000 // a retry arrives with a new id
+						res, err := s.Append(t.Context(), m, inboxes[i])
+						if err != nil || !res.Duplicate || res.Msg.ID != uint64(i+1) || !slices.Equal(res.Seqs, seqs[i]) {
+							t.Errorf("retry %d = %+v, %v; want seqs %v", i, res, err, seqs[i])
+						}
+					})
+				}
+				wg.Wait()
+				syncUpkeep(t, s)
+				after := s.Stats()
+				batches := after.Batches - before.Batches
+				ops := diffOps(before.Commands, after.Commands)
+				finds := ops["find"]
+				t.Logf("%d retries in %d batches (%d rounds, %d conflicts): %v", n, batches, after.Rounds-before.Rounds, after.Conflicts-before.Conflicts, ops)
+				if want := 3 * batches; !eq && finds > want {
+					t.Fatalf("%d finds for %d batches of retries, want at most %d", finds, batches, want)
+				}
+				if want := uint64(4 * n); eq && finds > want { // originals, entries and conversations of both inboxes
+					t.Fatalf("%d finds for %d retries, want at most %d", finds, n, want)
+				}
+				if origin && ops["insert"] > batches {
+					t.Fatalf("%d inserts for %d batches of retries, want at most one each (the one that meets the first duplicate)", ops["insert"], batches)
+				}
+				if updates := ops["update"]; updates != 0 {
+					t.Fatalf("retries of complete appends wrote %d updates, want none (their conversations are current)", updates)
+				}
+			})
+		}
 	}
 }
 

@@ -183,7 +183,15 @@ func (s *Store) Lookup(ctx context.Context, from, clientMsgID string) (persist.M
 		return persist.Message{}, err
 	}
 	defer leave()
-	raw, err := s.messages.FindOne(ctx, bson.D{{Key: "from", Value: enc(from)}, {Key: "cmid", Value: enc(clientMsgID)}}).Raw()
+	// The sender's origin entry, else the messages document (a message
+	// stored before origin entries, or not in its sender's inbox).
+	raw, err := s.inbox.FindOne(ctx, bson.D{{Key: "user", Value: enc(from)}, {Key: dedupField, Value: originDedup(clientMsgID)}}).Raw()
+	if err == nil && !isOrigin(raw) {
+		err = mongo.ErrNoDocuments // a migrated entry: its message is in messages
+	}
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		raw, err = s.messages.FindOne(ctx, bson.D{{Key: "from", Value: enc(from)}, {Key: "cmid", Value: enc(clientMsgID)}}).Raw()
+	}
 	if errors.Is(err, mongo.ErrNoDocuments) {
 		return persist.Message{}, persist.ErrNotFound
 	}
@@ -213,28 +221,28 @@ func (s *Store) ReadInbox(ctx context.Context, user string, afterSeq uint64, lim
 	if afterSeq >= maxSeq {
 		return []persist.InboxEntry{}, nil
 	}
+	// Whole entries: an origin entry is its message (the user sent it),
+	// the others reference theirs (loadMessages).
 	cur, err := s.inbox.Find(ctx,
 		bson.D{{Key: "user", Value: enc(user)}, {Key: "seq", Value: bson.D{{Key: "$gt", Value: int64(afterSeq)}}}},
-		options.Find().SetSort(bson.D{{Key: "seq", Value: 1}}).SetLimit(int64(limit)).
-			SetProjection(bson.D{{Key: "user", Value: 1}, {Key: "seq", Value: 1}, {Key: "msg", Value: 1}, {Key: "del", Value: 1}}))
+		options.Find().SetSort(bson.D{{Key: "seq", Value: 1}}).SetLimit(int64(limit)))
 	if err != nil {
 		return nil, mapErr(ctx, "read inbox", err)
 	}
 	var out []persist.InboxEntry
-	var ids bson.A
+	var full []bool
 	want := afterSeq + 1
 	for cur.Next(ctx) {
-		_, msgID, seq, err := decodeEntry(cur.Current)
+		e, isFull, err := decodeReadEntry(cur.Current)
 		if err != nil {
 			cur.Close(ctx)
 			return nil, mapErr(ctx, "read inbox", err)
 		}
-		if seq != want {
+		if e.Seq != want {
 			break // not contiguous (yet): end the page here
 		}
 		want++
-		out = append(out, persist.InboxEntry{Seq: seq, Msg: persist.Message{ID: msgID}, Deleted: deletedEntry(cur.Current)})
-		ids = append(ids, idToDB(msgID))
+		out, full = append(out, e), append(full, isFull)
 	}
 	err = cur.Err()
 	cur.Close(ctx)
@@ -244,11 +252,63 @@ func (s *Store) ReadInbox(ctx context.Context, user string, afterSeq uint64, lim
 	if len(out) == 0 {
 		return []persist.InboxEntry{}, nil
 	}
-	each := make([]bson.D, len(out))
-	for i, e := range out {
-		each[i] = bson.D{{Key: "mid", Value: midKey(e.Msg.ID)}} // see messageDoc
+	if err := s.fillMessages(ctx, out, full); err != nil {
+		return nil, err
 	}
-	msgs := make(map[uint64]persist.Message, len(out))
+	return out, nil
+}
+
+// decodeReadEntry decodes an inbox entry read whole: the message is the
+// entry's when it is an origin entry (full), else only its ID is set.
+func decodeReadEntry(raw bson.Raw) (e persist.InboxEntry, full bool, err error) {
+	_, msgID, seq, err := decodeEntry(raw)
+	if err != nil {
+		return e, false, err
+	}
+	e = persist.InboxEntry{Seq: seq, Msg: persist.Message{ID: msgID}, Deleted: deletedEntry(raw)}
+	if !isOrigin(raw) {
+		return e, false, nil
+	}
+	if e.Msg, err = decodeMessage(raw); err != nil {
+		return e, false, err
+	}
+	if e.Deleted {
+		e.Msg.Body = nil
+	}
+	return e, true, nil
+}
+
+// findByID calls fn with the documents of c holding the messages ids
+// (distinct): in messages by _id, in inbox the origin entries by mid. One
+// query (see findAny: on FerretDB one equality on mid per message, which
+// its indexes answer).
+func (s *Store) findByID(ctx context.Context, c *mongo.Collection, ids []uint64, op string, fn func(bson.Raw) error, opts ...options.Lister[options.FindOptions]) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	each := make([]bson.D, len(ids))
+	in := make(bson.A, len(ids))
+	for i, id := range ids {
+		each[i] = bson.D{{Key: "mid", Value: midKey(id)}}
+		in[i] = idToDB(id)
+	}
+	all := bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: in}}}}
+	if c == s.inbox {
+		mids := make(bson.A, len(ids))
+		for i, id := range ids {
+			mids[i] = midKey(id)
+		}
+		all = bson.D{{Key: "mid", Value: bson.D{{Key: "$in", Value: mids}}}}
+	}
+	return s.findAny(ctx, c, all, each, op, fn, opts...)
+}
+
+// loadMessages returns the messages ids (distinct): those in origin
+// entries (one query on inbox), then the others from messages
+// (findDocuments).
+// A message found nowhere is left out.
+func (s *Store) loadMessages(ctx context.Context, ids []uint64, op string) (map[uint64]persist.Message, error) {
+	msgs := make(map[uint64]persist.Message, len(ids))
 	keep := func(raw bson.Raw) error {
 		m, err := decodeMessage(raw)
 		if err != nil {
@@ -257,34 +317,51 @@ func (s *Store) ReadInbox(ctx context.Context, user string, afterSeq uint64, lim
 		msgs[m.ID] = m
 		return nil
 	}
-	if err := s.findAny(ctx, s.messages, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}}, each, "read inbox: messages", keep); err != nil {
-		return nil, err
-	}
-	if s.eqQueries && len(msgs) < len(out) {
-		// Messages stored before mid existed: by _id, one (slow) query.
-		var missing bson.A
-		for _, e := range out {
-			if _, ok := msgs[e.Msg.ID]; !ok {
-				missing = append(missing, idToDB(e.Msg.ID))
+	missing := func() []uint64 {
+		var out []uint64
+		for _, id := range ids {
+			if _, ok := msgs[id]; !ok {
+				out = append(out, id)
 			}
 		}
-		if err := s.findAny(ctx, s.messages, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: missing}}}}, nil, "read inbox: messages", keep); err != nil {
-			return nil, err
+		return out
+	}
+	if err := s.findByID(ctx, s.inbox, ids, op, keep); err != nil {
+		return nil, err
+	}
+	if err := s.findDocuments(ctx, missing(), op, keep); err != nil {
+		return nil, err
+	}
+	return msgs, nil
+}
+
+// findDocuments calls fn with the messages documents of ids (distinct):
+// one query (findByID), and on FerretDB, when some were not found by mid,
+// one more (slow) by _id for documents stored before mid existed. fn's
+// document is valid only during the call; opts must keep _id.
+func (s *Store) findDocuments(ctx context.Context, ids []uint64, op string, fn func(bson.Raw) error, opts ...options.Lister[options.FindOptions]) error {
+	found := make(map[uint64]bool, len(ids))
+	keep := func(raw bson.Raw) error {
+		id, err := int64Field(raw, "_id")
+		if err != nil {
+			return err
+		}
+		found[idFromDB(id)] = true
+		return fn(raw)
+	}
+	if err := s.findByID(ctx, s.messages, ids, op, keep, opts...); err != nil {
+		return err
+	}
+	if !s.eqQueries || len(found) == len(ids) {
+		return nil
+	}
+	var in bson.A
+	for _, id := range ids {
+		if !found[id] {
+			in = append(in, idToDB(id))
 		}
 	}
-	for i := range out {
-		m, ok := msgs[out[i].Msg.ID]
-		if !ok {
-			return nil, mapErr(ctx, "read inbox", fmt.Errorf("%w: inbox %q seq %d references missing message %d",
-				errCorrupt, user, out[i].Seq, out[i].Msg.ID))
-		}
-		if out[i].Deleted {
-			m.Body = nil
-		}
-		out[i].Msg = m
-		delete(msgs, m.ID) // an inbox references a message once; a second use would share Body
-	}
-	return out, nil
+	return s.findAny(ctx, s.messages, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: in}}}}, nil, op, keep, opts...)
 }
 
 // LastSeq implements persist.MessageStore: the highest seq of user's inbox,

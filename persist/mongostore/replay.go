@@ -64,9 +64,12 @@ func lastReplayBucket(now time.Time) uint64 {
 	return uint64(max(now.Add(replaySlack).UnixMilli()-idEpochMs, 0)) << 22 >> replayShift
 }
 
-// replayIndexes serve ReplayFrom; Open creates them with the others.
-var replayIndexes = []mongo.IndexModel{
-	{Keys: bson.D{{Key: replayField, Value: 1}, {Key: "msg", Value: 1}}, Options: options.Index().SetName("replay")},
+// replayIndexes serve ReplayFrom; Open creates them with the others (a
+// fresh model each time: see chatInboxIndexes).
+func replayIndexes() []mongo.IndexModel {
+	return []mongo.IndexModel{
+		{Keys: bson.D{{Key: replayField, Value: 1}, {Key: "msg", Value: 1}}, Options: options.Index().SetName("replay")},
+	}
 }
 
 var _ persist.Replayer = (*Store)(nil)
@@ -214,7 +217,7 @@ func (s *Store) replayMessages(ctx context.Context, entries []replayedEntry) (ma
 		for i, id := range chunk {
 			es[i].Msg.ID = id
 		}
-		if err := s.fillMessages(ctx, es); err != nil {
+		if err := s.fillMessages(ctx, es, nil); err != nil {
 			return nil, err
 		}
 		for _, e := range es {
