@@ -237,3 +237,48 @@ func TestPipelineStress(t *testing.T) {
 		}
 	}
 }
+
+// TestPipelineSyncFailureFailsDerivedAnswers: a request that wrote nothing
+// but answered from what a failed batch wrote (CreateUser finding the user
+// that batch created) fails with the batch it was built in: its answer
+// rests on writes that are not known to be durable.
+func TestPipelineSyncFailureFailsDerivedAnswers(t *testing.T) {
+	fault := newSyncFault()
+	var built atomic.Int64
+	s, err := Open(Options{Dir: t.TempDir(), afterSync: fault.hook, beforeCommit: func(int) { built.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := t.Context()
+	if _, err := s.Append(ctx, persist.Message{ID: 1, From: "a", ClientMsgID: "warm"}, []string{"u"}); err != nil {
+		t.Fatal(err)
+	}
+	fault.armed.Store(true)
+	base := built.Load()
+	first, second := make(chan error, 1), make(chan error, 1)
+	go func() { first <- s.CreateUser(ctx, persist.User{ID: "x"}) }()
+	<-fault.entered // the batch creating x is applied; its sync's outcome waits
+	go func() { second <- s.CreateUser(ctx, persist.User{ID: "x"}) }()
+	testutil.Until(t, 10*time.Second, "the second CreateUser built", func() bool { return built.Load() >= base+2 })
+	// An append queued behind it: once it is applied, the second
+	// CreateUser's batch is built.
+	done := make(chan *chanOp, 1)
+	o := &chanOp{done: done}
+	o.AppendOp = persist.AppendOp{Msg: persist.Message{ID: 3, From: "a", ClientMsgID: "3"}, Inboxes: []string{"u"}, Done: o}
+	s.AppendAsync(&o.AppendOp)
+	testutil.Until(t, 10*time.Second, "the append behind it applied", func() bool {
+		last, err := AppliedLastSeq(s, "u")
+		return err == nil && last == 2
+	})
+	close(fault.gate)
+	if err := <-first; !errors.Is(err, persist.ErrUnavailable) {
+		t.Fatalf("CreateUser in the failed batch: %v, want ErrUnavailable", err)
+	}
+	if err := <-second; !errors.Is(err, persist.ErrUnavailable) {
+		t.Fatalf("CreateUser built on the failed batch: %v, want ErrUnavailable (not an answer from the failed write)", err)
+	}
+	if <-done; !errors.Is(o.Err, persist.ErrUnavailable) {
+		t.Fatalf("append built on the failed batch: %v, want ErrUnavailable", o.Err)
+	}
+}
