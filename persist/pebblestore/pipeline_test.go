@@ -110,12 +110,28 @@ func TestPipelineSyncFailure(t *testing.T) {
 }
 
 // TestPipelineStress: many appenders, small batches so that several are in
-// the pipeline at once, readers alongside. Every inbox's seqs are gap-free,
+// the pipeline at once (up to its depth, checked), readers alongside. Every inbox's seqs are gap-free,
 // also as readers see them while batches are in flight, and after a reopen every acknowledged append is there at the
 // seqs it was acknowledged with.
 func TestPipelineStress(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Open(Options{Dir: dir, MaxBatch: 8})
+	// Batches built minus batches whose sync returned: above one, the
+	// committer built a batch while another synced. Syncs are stretched a
+	// little so that they overlap on any disk.
+	var inFlight, maxInFlight atomic.Int64
+	s, err := Open(Options{Dir: dir, MaxBatch: 8,
+		beforeCommit: func(int) {
+			// Only the committer writes maxInFlight.
+			if n := inFlight.Add(1); n > maxInFlight.Load() {
+				maxInFlight.Store(n)
+			}
+		},
+		afterSync: func(err error) error {
+			time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond)
+			inFlight.Add(-1)
+			return err
+		},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,6 +214,12 @@ func TestPipelineStress(t *testing.T) {
 	}
 	if st := s.StoreStats(); st.Commits < 50 {
 		t.Errorf("%d commits for %d appends in batches of at most 8: want many", st.Commits, writers*perWriter)
+	}
+	switch m := maxInFlight.Load(); {
+	case m < 2:
+		t.Errorf("at most %d batch in the pipeline at once: the test did not exercise overlapping batches", m)
+	case m > pipelineDepth:
+		t.Errorf("%d batches in the pipeline at once, above its depth %d", m, pipelineDepth)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
