@@ -15,12 +15,20 @@ import (
 )
 
 // syncFault is an afterSync hook: once armed, the next sync to return
-// waits for release and then reports errInjected.
+// waits for release and then reports errInjected (with pass, its own
+// outcome).
 type syncFault struct {
 	armed   atomic.Bool
+	pass    bool
 	entered chan struct{}
 	gate    chan struct{}
+	once    sync.Once
 }
+
+// release lets the held sync return. Tests also defer it (after Close, so
+// it runs first): a failure while a sync is held must not leave Close
+// waiting for it.
+func (f *syncFault) release() { f.once.Do(func() { close(f.gate) }) }
 
 var errInjected = errors.New("injected sync failure")
 
@@ -34,6 +42,9 @@ func (f *syncFault) hook(err error) error {
 	}
 	f.entered <- struct{}{}
 	<-f.gate
+	if f.pass {
+		return err
+	}
 	return errInjected
 }
 
@@ -50,6 +61,7 @@ func TestPipelineSyncFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	defer fault.release()
 	ctx := t.Context()
 	if _, err := s.Append(ctx, persist.Message{ID: 1, From: "a", ClientMsgID: "warm"}, []string{"u"}); err != nil {
 		t.Fatal(err)
@@ -72,7 +84,7 @@ func TestPipelineSyncFailure(t *testing.T) {
 		last, err := AppliedLastSeq(s, "u")
 		return err == nil && last == 7
 	})
-	close(fault.gate)
+	fault.release()
 	for want := uint64(2); want <= 7; want++ {
 		o := <-done
 		if o.Msg.ID != want {
@@ -272,6 +284,7 @@ func TestPipelineSyncFailureFailsDerivedAnswers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	defer fault.release()
 	ctx := t.Context()
 	if _, err := s.Append(ctx, persist.Message{ID: 1, From: "a", ClientMsgID: "warm"}, []string{"u"}); err != nil {
 		t.Fatal(err)
@@ -293,7 +306,7 @@ func TestPipelineSyncFailureFailsDerivedAnswers(t *testing.T) {
 		last, err := AppliedLastSeq(s, "u")
 		return err == nil && last == 2
 	})
-	close(fault.gate)
+	fault.release()
 	if err := <-first; !errors.Is(err, persist.ErrUnavailable) {
 		t.Fatalf("CreateUser in the failed batch: %v, want ErrUnavailable", err)
 	}
@@ -302,5 +315,74 @@ func TestPipelineSyncFailureFailsDerivedAnswers(t *testing.T) {
 	}
 	if <-done; !errors.Is(o.Err, persist.ErrUnavailable) {
 		t.Fatalf("append built on the failed batch: %v, want ErrUnavailable", o.Err)
+	}
+}
+
+// TestPipelineMaintenanceFailure: a maintenance request that fails after
+// writing, between a batch waiting for its sync and the next one: its batch
+// is dropped (its write never visible), what it changed in the committer's
+// caches is forgotten (the next append takes the seq after the applied
+// batch, not the head the failed request set), and the batches around it
+// complete.
+func TestPipelineMaintenanceFailure(t *testing.T) {
+	hold := newSyncFault()
+	hold.pass = true
+	var built atomic.Int64
+	s, err := Open(Options{Dir: t.TempDir(), afterSync: hold.hook, beforeCommit: func(int) { built.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	defer hold.release()
+	ctx := t.Context()
+	if _, err := s.Append(ctx, persist.Message{ID: 1, From: "a", ClientMsgID: "warm"}, []string{"u"}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan *chanOp, 2)
+	async := func(id uint64) *chanOp {
+		o := &chanOp{done: done}
+		o.AppendOp = persist.AppendOp{Msg: persist.Message{ID: id, From: "a", ClientMsgID: strconv.FormatUint(id, 10)},
+			Inboxes: []string{"u"}, Done: o}
+		s.AppendAsync(&o.AppendOp)
+		return o
+	}
+	hold.armed.Store(true)
+	base := built.Load()
+	async(2)
+	<-hold.entered // applied; its sync's outcome waits
+	errBoom := errors.New("maintenance failed after writing")
+	maintErr := make(chan error, 1)
+	go func() {
+		maintErr <- s.write(ctx, &writeReq{alone: true, apply: func(c *committer) error {
+			c.put(keyString(nil, tUser, "ghost"), appendUser(nil, &persist.User{ID: "ghost"}))
+			e, err := c.head("u")
+			if err != nil {
+				return err
+			}
+			c.setHead(e, head{last: 100, first: 1})
+			return errBoom
+		}})
+	}()
+	testutil.Until(t, 10*time.Second, "the maintenance request built", func() bool { return built.Load() >= base+2 })
+	async(3)
+	testutil.Until(t, 10*time.Second, "the append behind it applied", func() bool {
+		last, err := AppliedLastSeq(s, "u")
+		return err == nil && last == 3
+	})
+	hold.release()
+	for want := uint64(2); want <= 3; want++ {
+		o := <-done
+		if o.Msg.ID != want || o.Err != nil || !slices.Equal(o.Result.Seqs, []uint64{want}) {
+			t.Fatalf("completion of message %d: seqs %v, %v; want message %d at seq %d", o.Msg.ID, o.Result.Seqs, o.Err, want, want)
+		}
+	}
+	if err := <-maintErr; !errors.Is(err, errBoom) || !errors.Is(err, persist.ErrUnavailable) {
+		t.Fatalf("maintenance request: %v; want its own error as ErrUnavailable", err)
+	}
+	if _, err := s.GetUser(ctx, "ghost"); !errors.Is(err, persist.ErrNotFound) {
+		t.Fatalf("GetUser of the dropped batch's write: %v, want ErrNotFound", err)
+	}
+	if last, err := s.LastSeq(ctx, "u"); err != nil || last != 3 {
+		t.Fatalf("LastSeq = %d, %v; want 3", last, err)
 	}
 }
