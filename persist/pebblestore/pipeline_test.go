@@ -25,9 +25,8 @@ type syncFault struct {
 	once    sync.Once
 }
 
-// release lets the held sync return. Tests also defer it (after Close, so
-// it runs first): a failure while a sync is held must not leave Close
-// waiting for it.
+// release lets the held sync return. openFaulted also calls it before
+// Close: a failure while a sync is held must not leave Close waiting.
 func (f *syncFault) release() { f.once.Do(func() { close(f.gate) }) }
 
 var errInjected = errors.New("injected sync failure")
@@ -48,6 +47,29 @@ func (f *syncFault) hook(err error) error {
 	return errInjected
 }
 
+// openFaulted opens a store whose syncs go through a syncFault (pass: its
+// own outcome) and whose built counter counts the batches the committer
+// started, holding one message (ID 1 at seq 1 of "u"). The test's end
+// releases the fault, then closes the store.
+func openFaulted(t *testing.T, pass bool) (*Store, *syncFault, *atomic.Int64) {
+	t.Helper()
+	fault := newSyncFault()
+	fault.pass = pass
+	built := new(atomic.Int64)
+	s, err := Open(Options{Dir: t.TempDir(), afterSync: fault.hook, beforeCommit: func(int) { built.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		fault.release()
+		s.Close()
+	})
+	if _, err := s.Append(t.Context(), persist.Message{ID: 1, From: "a", ClientMsgID: "warm"}, []string{"u"}); err != nil {
+		t.Fatal(err)
+	}
+	return s, fault, built
+}
+
 // TestPipelineSyncFailure: a batch whose sync fails fails its appends, and
 // so does the batch the committer built on top of it meanwhile (its seqs
 // follow the failed one's); completions keep queue order; then the store
@@ -55,17 +77,8 @@ func (f *syncFault) hook(err error) error {
 // failed append finds what the failed batch wrote, and readers see a
 // gap-free inbox.
 func TestPipelineSyncFailure(t *testing.T) {
-	fault := newSyncFault()
-	s, err := Open(Options{Dir: t.TempDir(), afterSync: fault.hook})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	defer fault.release()
+	s, fault, _ := openFaulted(t, false)
 	ctx := t.Context()
-	if _, err := s.Append(ctx, persist.Message{ID: 1, From: "a", ClientMsgID: "warm"}, []string{"u"}); err != nil {
-		t.Fatal(err)
-	}
 	done := make(chan *chanOp, 16)
 	async := func(id uint64, inboxes ...string) *chanOp {
 		o := &chanOp{done: done}
@@ -277,18 +290,8 @@ func TestPipelineStress(t *testing.T) {
 // that batch created) fails with the batch it was built in: its answer
 // rests on writes that are not known to be durable.
 func TestPipelineSyncFailureFailsDerivedAnswers(t *testing.T) {
-	fault := newSyncFault()
-	var built atomic.Int64
-	s, err := Open(Options{Dir: t.TempDir(), afterSync: fault.hook, beforeCommit: func(int) { built.Add(1) }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	defer fault.release()
+	s, fault, built := openFaulted(t, false)
 	ctx := t.Context()
-	if _, err := s.Append(ctx, persist.Message{ID: 1, From: "a", ClientMsgID: "warm"}, []string{"u"}); err != nil {
-		t.Fatal(err)
-	}
 	fault.armed.Store(true)
 	base := built.Load()
 	first, second := make(chan error, 1), make(chan error, 1)
@@ -325,19 +328,8 @@ func TestPipelineSyncFailureFailsDerivedAnswers(t *testing.T) {
 // batch, not the head the failed request set), and the batches around it
 // complete.
 func TestPipelineMaintenanceFailure(t *testing.T) {
-	hold := newSyncFault()
-	hold.pass = true
-	var built atomic.Int64
-	s, err := Open(Options{Dir: t.TempDir(), afterSync: hold.hook, beforeCommit: func(int) { built.Add(1) }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	defer hold.release()
+	s, hold, built := openFaulted(t, true)
 	ctx := t.Context()
-	if _, err := s.Append(ctx, persist.Message{ID: 1, From: "a", ClientMsgID: "warm"}, []string{"u"}); err != nil {
-		t.Fatal(err)
-	}
 	done := make(chan *chanOp, 2)
 	async := func(id uint64) *chanOp {
 		o := &chanOp{done: done}
