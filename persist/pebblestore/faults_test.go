@@ -558,3 +558,63 @@ func TestPipelineBuildsWhileSyncing(t *testing.T) {
 		t.Fatalf("LastSeq(w) = %d after the release, want 20", last)
 	}
 }
+
+// TestPipelineCloseCompletesInFlight: Close while one batch's WAL sync
+// blocks and batches applied behind it wait: Close returns only after the
+// sync, every append completes successfully in queue order, none is
+// dropped, and all of them are there after a reopen.
+func TestPipelineCloseCompletesInFlight(t *testing.T) {
+	s, g := openGatedWarm(t)
+	ctx := t.Context()
+	var log orderLog
+	g.arm()
+	ops := []*orderOp{log.async(s, persist.Message{ID: 2, From: "a", ClientMsgID: "first"}, "u")}
+	g.waitEntered(t)
+	for i := range 20 {
+		ops = append(ops, log.async(s, persist.Message{ID: uint64(10 + i), From: "b", ClientMsgID: fmt.Sprint(i)}, "u"))
+	}
+	testutil.Until(t, 10*time.Second, "the batches behind the blocked sync applied", func() bool {
+		last, err := pebblestore.AppliedLastSeq(s, "u")
+		return err == nil && last == 22
+	})
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	testutil.Until(t, 10*time.Second, "Close refusing new work", func() bool {
+		_, err := s.LastSeq(ctx, "u")
+		return errors.Is(err, persist.ErrClosed)
+	})
+	// The sync is still blocked: nothing can have completed.
+	if n := len(log.list()); n != 0 {
+		t.Fatalf("%d appends completed during Close while their sync was blocked", n)
+	}
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) while a sync was blocked", err)
+	default:
+	}
+	g.release()
+	if err := <-closed; err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	var want []uint64
+	for i, o := range ops {
+		select {
+		case <-o.done:
+		default:
+			t.Fatalf("append %d not completed when Close returned", o.Msg.ID)
+		}
+		if o.Err != nil || !slices.Equal(o.Result.Seqs, []uint64{uint64(2 + i)}) {
+			t.Fatalf("append %d: seqs %v, %v; want [%d]", o.Msg.ID, o.Result.Seqs, o.Err, 2+i)
+		}
+		want = append(want, o.Msg.ID)
+	}
+	if got := log.list(); !slices.Equal(got, want) {
+		t.Fatalf("completion order %v, want the queue order %v", got, want)
+	}
+	s = openAt(t, s.Dir(), pebblestore.Options{})
+	defer s.Close()
+	es, err := s.ReadInbox(ctx, "u", 0, 100)
+	if err != nil || len(es) != 22 {
+		t.Fatalf("after reopen: %d entries, %v; want 22", len(es), err)
+	}
+}

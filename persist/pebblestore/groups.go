@@ -286,7 +286,12 @@ func (s *Store) UpdateGroup(ctx context.Context, id string, fn func(g *persist.G
 		out = g
 		return nil
 	}})
-	return out, err
+	if err != nil {
+		// out is the committer's until the request is completed: after
+		// ctx ended, apply may be writing it.
+		return persist.Group{}, err
+	}
+	return out, nil
 }
 
 // UserGroups implements persist.GroupStore: one range of the user's

@@ -1,6 +1,8 @@
 package pebblestore
 
 import (
+	"context"
+	"errors"
 	"slices"
 	"testing"
 
@@ -79,5 +81,43 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestUpdateGroupCanceledWhileApplied: a caller whose context ends while
+// the committer runs its update returns the context's error and no group
+// (the committer may still be writing the result: under -race, reading it
+// would be a data race).
+func TestUpdateGroupCanceledWhileApplied(t *testing.T) {
+	s, err := Open(Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.CreateGroup(t.Context(), persist.Group{ID: "g", Owner: "a", Members: []string{"a"}}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	entered, release := make(chan struct{}), make(chan struct{})
+	type result struct {
+		g   persist.Group
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		g, err := s.UpdateGroup(ctx, "g", func(g *persist.Group) error {
+			close(entered)
+			<-release
+			g.Name = "renamed"
+			return nil
+		})
+		res <- result{g, err}
+	}()
+	<-entered
+	cancel()
+	close(release) // not after the caller returned: its return and the committer's result race
+	r := <-res
+	if !errors.Is(r.err, context.Canceled) || r.g.ID != "" {
+		t.Fatalf("UpdateGroup canceled while applied: %+v, %v; want no group and context.Canceled", r.g, r.err)
 	}
 }

@@ -59,10 +59,12 @@
 //     of them wait, requests wait in the queue and make one larger batch.
 //   - A failed sync fails its batch and every batch built on top of it (their
 //     seqs and dedup answers assumed its writes), with ErrUnavailable, in
-//     queue order; the committer then forgets its cached inbox heads and
-//     conversation states and reads them again from the database. (Pebble
-//     does not recover from a failed WAL sync, see below: this is what
-//     happens until it stops the process.)
+//     queue order: every request of them, also one that wrote nothing and
+//     found an error of its own (ErrUserExists, ErrNotFound, ...), which may
+//     rest on the failed writes; the committer then forgets its cached
+//     inbox heads and conversation states and reads them again from the
+//     database. (Pebble does not recover from a failed WAL sync, see below:
+//     this is what happens until it stops the process.)
 //
 // Close waits until every queued request is committed and completed; the
 // completer is stopped by the committer on its way out.

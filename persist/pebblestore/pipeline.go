@@ -97,14 +97,16 @@ func (p *completer) finish(f *flight) {
 		err = fmt.Errorf("pebblestore: commit: %w: built on a batch whose sync failed: %w", persist.ErrUnavailable, p.failErr)
 	}
 	if err != nil {
-		// Nothing of the batch is known to be durable: fail every request
-		// that wrote (the others keep their own error).
+		// Nothing of the batch is known to be durable: fail every request,
+		// also one that wrote nothing and found its own error, since that
+		// error may rest on writes of this batch or of the failed ones it
+		// was built on (a user that "exists", a group "not found").
 		f.view.drop()
 		s.failedCommits.Add(1)
 		for i := range f.items {
-			if it := &f.items[i]; it.op != nil && it.op.Err == nil {
+			if it := &f.items[i]; it.op != nil {
 				it.op.Err = err
-			} else if it.w != nil && it.w.err == nil {
+			} else {
 				it.w.err = err
 			}
 		}

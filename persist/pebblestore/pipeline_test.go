@@ -15,12 +15,19 @@ import (
 )
 
 // syncFault is an afterSync hook: once armed, the next sync to return
-// waits for release and then reports errInjected.
+// waits for release and then reports errInjected (with pass, its own
+// outcome).
 type syncFault struct {
 	armed   atomic.Bool
+	pass    bool
 	entered chan struct{}
 	gate    chan struct{}
+	once    sync.Once
 }
+
+// release lets the held sync return. openFaulted also calls it before
+// Close: a failure while a sync is held must not leave Close waiting.
+func (f *syncFault) release() { f.once.Do(func() { close(f.gate) }) }
 
 var errInjected = errors.New("injected sync failure")
 
@@ -34,7 +41,33 @@ func (f *syncFault) hook(err error) error {
 	}
 	f.entered <- struct{}{}
 	<-f.gate
+	if f.pass {
+		return err
+	}
 	return errInjected
+}
+
+// openFaulted opens a store whose syncs go through a syncFault (pass: its
+// own outcome) and whose built counter counts the batches the committer
+// started, holding one message (ID 1 at seq 1 of "u"). The test's end
+// releases the fault, then closes the store.
+func openFaulted(t *testing.T, pass bool) (*Store, *syncFault, *atomic.Int64) {
+	t.Helper()
+	fault := newSyncFault()
+	fault.pass = pass
+	built := new(atomic.Int64)
+	s, err := Open(Options{Dir: t.TempDir(), afterSync: fault.hook, beforeCommit: func(int) { built.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		fault.release()
+		s.Close()
+	})
+	if _, err := s.Append(t.Context(), persist.Message{ID: 1, From: "a", ClientMsgID: "warm"}, []string{"u"}); err != nil {
+		t.Fatal(err)
+	}
+	return s, fault, built
 }
 
 // TestPipelineSyncFailure: a batch whose sync fails fails its appends, and
@@ -44,16 +77,8 @@ func (f *syncFault) hook(err error) error {
 // failed append finds what the failed batch wrote, and readers see a
 // gap-free inbox.
 func TestPipelineSyncFailure(t *testing.T) {
-	fault := newSyncFault()
-	s, err := Open(Options{Dir: t.TempDir(), afterSync: fault.hook})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, fault, _ := openFaulted(t, false)
 	ctx := t.Context()
-	if _, err := s.Append(ctx, persist.Message{ID: 1, From: "a", ClientMsgID: "warm"}, []string{"u"}); err != nil {
-		t.Fatal(err)
-	}
 	done := make(chan *chanOp, 16)
 	async := func(id uint64, inboxes ...string) *chanOp {
 		o := &chanOp{done: done}
@@ -72,7 +97,7 @@ func TestPipelineSyncFailure(t *testing.T) {
 		last, err := AppliedLastSeq(s, "u")
 		return err == nil && last == 7
 	})
-	close(fault.gate)
+	fault.release()
 	for want := uint64(2); want <= 7; want++ {
 		o := <-done
 		if o.Msg.ID != want {
@@ -110,12 +135,28 @@ func TestPipelineSyncFailure(t *testing.T) {
 }
 
 // TestPipelineStress: many appenders, small batches so that several are in
-// the pipeline at once, readers alongside. Every inbox's seqs are gap-free,
+// the pipeline at once (up to its depth, checked), readers alongside. Every inbox's seqs are gap-free,
 // also as readers see them while batches are in flight, and after a reopen every acknowledged append is there at the
 // seqs it was acknowledged with.
 func TestPipelineStress(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Open(Options{Dir: dir, MaxBatch: 8})
+	// Batches built minus batches whose sync returned: above one, the
+	// committer built a batch while another synced. Syncs are stretched a
+	// little so that they overlap on any disk.
+	var inFlight, maxInFlight atomic.Int64
+	s, err := Open(Options{Dir: dir, MaxBatch: 8,
+		beforeCommit: func(int) {
+			// Only the committer writes maxInFlight.
+			if n := inFlight.Add(1); n > maxInFlight.Load() {
+				maxInFlight.Store(n)
+			}
+		},
+		afterSync: func(err error) error {
+			time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond)
+			inFlight.Add(-1)
+			return err
+		},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,6 +240,12 @@ func TestPipelineStress(t *testing.T) {
 	if st := s.StoreStats(); st.Commits < 50 {
 		t.Errorf("%d commits for %d appends in batches of at most 8: want many", st.Commits, writers*perWriter)
 	}
+	switch m := maxInFlight.Load(); {
+	case m < 2:
+		t.Errorf("at most %d batch in the pipeline at once: the test did not exercise overlapping batches", m)
+	case m > pipelineDepth:
+		t.Errorf("%d batches in the pipeline at once, above its depth %d", m, pipelineDepth)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -235,5 +282,99 @@ func TestPipelineStress(t *testing.T) {
 				t.Fatalf("inbox %s seq %d: message %d, acknowledged %d", in, e.Seq, e.Msg.ID, bySeq[e.Seq])
 			}
 		}
+	}
+}
+
+// TestPipelineSyncFailureFailsDerivedAnswers: a request that wrote nothing
+// but answered from what a failed batch wrote (CreateUser finding the user
+// that batch created) fails with the batch it was built in: its answer
+// rests on writes that are not known to be durable.
+func TestPipelineSyncFailureFailsDerivedAnswers(t *testing.T) {
+	s, fault, built := openFaulted(t, false)
+	ctx := t.Context()
+	fault.armed.Store(true)
+	base := built.Load()
+	first, second := make(chan error, 1), make(chan error, 1)
+	go func() { first <- s.CreateUser(ctx, persist.User{ID: "x"}) }()
+	<-fault.entered // the batch creating x is applied; its sync's outcome waits
+	go func() { second <- s.CreateUser(ctx, persist.User{ID: "x"}) }()
+	testutil.Until(t, 10*time.Second, "the second CreateUser built", func() bool { return built.Load() >= base+2 })
+	// An append queued behind it: once it is applied, the second
+	// CreateUser's batch is built.
+	done := make(chan *chanOp, 1)
+	o := &chanOp{done: done}
+	o.AppendOp = persist.AppendOp{Msg: persist.Message{ID: 3, From: "a", ClientMsgID: "3"}, Inboxes: []string{"u"}, Done: o}
+	s.AppendAsync(&o.AppendOp)
+	testutil.Until(t, 10*time.Second, "the append behind it applied", func() bool {
+		last, err := AppliedLastSeq(s, "u")
+		return err == nil && last == 2
+	})
+	fault.release()
+	if err := <-first; !errors.Is(err, persist.ErrUnavailable) {
+		t.Fatalf("CreateUser in the failed batch: %v, want ErrUnavailable", err)
+	}
+	if err := <-second; !errors.Is(err, persist.ErrUnavailable) {
+		t.Fatalf("CreateUser built on the failed batch: %v, want ErrUnavailable (not an answer from the failed write)", err)
+	}
+	if <-done; !errors.Is(o.Err, persist.ErrUnavailable) {
+		t.Fatalf("append built on the failed batch: %v, want ErrUnavailable", o.Err)
+	}
+}
+
+// TestPipelineMaintenanceFailure: a maintenance request that fails after
+// writing, between a batch waiting for its sync and the next one: its batch
+// is dropped (its write never visible), what it changed in the committer's
+// caches is forgotten (the next append takes the seq after the applied
+// batch, not the head the failed request set), and the batches around it
+// complete.
+func TestPipelineMaintenanceFailure(t *testing.T) {
+	s, hold, built := openFaulted(t, true)
+	ctx := t.Context()
+	done := make(chan *chanOp, 2)
+	async := func(id uint64) *chanOp {
+		o := &chanOp{done: done}
+		o.AppendOp = persist.AppendOp{Msg: persist.Message{ID: id, From: "a", ClientMsgID: strconv.FormatUint(id, 10)},
+			Inboxes: []string{"u"}, Done: o}
+		s.AppendAsync(&o.AppendOp)
+		return o
+	}
+	hold.armed.Store(true)
+	base := built.Load()
+	async(2)
+	<-hold.entered // applied; its sync's outcome waits
+	errBoom := errors.New("maintenance failed after writing")
+	maintErr := make(chan error, 1)
+	go func() {
+		maintErr <- s.write(ctx, &writeReq{alone: true, apply: func(c *committer) error {
+			c.put(keyString(nil, tUser, "ghost"), appendUser(nil, &persist.User{ID: "ghost"}))
+			e, err := c.head("u")
+			if err != nil {
+				return err
+			}
+			c.setHead(e, head{last: 100, first: 1})
+			return errBoom
+		}})
+	}()
+	testutil.Until(t, 10*time.Second, "the maintenance request built", func() bool { return built.Load() >= base+2 })
+	async(3)
+	testutil.Until(t, 10*time.Second, "the append behind it applied", func() bool {
+		last, err := AppliedLastSeq(s, "u")
+		return err == nil && last == 3
+	})
+	hold.release()
+	for want := uint64(2); want <= 3; want++ {
+		o := <-done
+		if o.Msg.ID != want || o.Err != nil || !slices.Equal(o.Result.Seqs, []uint64{want}) {
+			t.Fatalf("completion of message %d: seqs %v, %v; want message %d at seq %d", o.Msg.ID, o.Result.Seqs, o.Err, want, want)
+		}
+	}
+	if err := <-maintErr; !errors.Is(err, errBoom) || !errors.Is(err, persist.ErrUnavailable) {
+		t.Fatalf("maintenance request: %v; want its own error as ErrUnavailable", err)
+	}
+	if _, err := s.GetUser(ctx, "ghost"); !errors.Is(err, persist.ErrNotFound) {
+		t.Fatalf("GetUser of the dropped batch's write: %v, want ErrNotFound", err)
+	}
+	if last, err := s.LastSeq(ctx, "u"); err != nil || last != 3 {
+		t.Fatalf("LastSeq = %d, %v; want 3", last, err)
 	}
 }
