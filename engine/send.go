@@ -350,8 +350,9 @@ func (s *Server) countInflight(op *sendOp) {
 
 // AppendDone implements persist.AppendCompleter: it answers the sender and
 // pushes the message to every online device of its inboxes. For an inline
-// store it runs under the store's lock, for an async one on the goroutine that completes its commits:
-// either way in seq order per inbox, and it must not block.
+// store it runs under the store's lock, for an async one on the goroutine
+// that completes its commits: either way in seq order per inbox, and it
+// must not block.
 func (op *sendOp) AppendDone(*persist.AppendOp) {
 	s, c, src := op.s, op.c, op.src
 	if op.combined {
