@@ -28,10 +28,11 @@ import (
 // At open, and whenever it is due for a rebuild, the committer takes a
 // Pebble snapshot between two batches, when the database holds exactly the
 // batches applied so far (a key of one whose sync then fails stays in the
-// filter: a "maybe" costs a read, never a wrong answer), and from then on records the hash of every dedup key it
-// writes; a builder goroutine adds every dedup key of the snapshot to a new
-// filter; the committer adds the recorded hashes and switches to it. Until
-// the first filter is ready every check reads Pebble.
+// filter: a "maybe" costs a read, never a wrong answer), and from then on
+// records the hash of every dedup key it writes; a builder goroutine adds
+// every dedup key of the snapshot to a new filter; the committer adds the
+// recorded hashes and switches to it. Until the first filter is ready every
+// check reads Pebble.
 
 // filterBitsPerKey sizes the filter: 12 bits per key give a false
 // positive rate of about 0.5% at full capacity.
@@ -189,8 +190,8 @@ func (c *committer) initFilter() {
 }
 
 // filterBatch runs on the committer before a batch is built, when the
-// database holds exactly the batches applied so far: it takes a finished build and
-// starts one when the filter is missing or due.
+// database holds exactly the batches applied so far: it takes a finished
+// build and starts one when the filter is missing or due.
 func (c *committer) filterBatch() {
 	fs := &c.filter
 	if !fs.enabled {

@@ -162,12 +162,12 @@
 // batches waiting for it (they fail, see "Pipelined commits"), keeps the
 // error so that every later sync fails too, and stops the process at the
 // next failed log write; a restart replays the WAL up to the last good
-// sync. A torn WAL tail (a crash in the
-// middle of a write) is cut off at open. Damage to a record that synced
-// records follow in a later 32 KiB block of the WAL is reported by Open as
-// corruption rather than silently dropping acknowledged data; within the
-// last block Pebble cannot tell such damage (a disk returning wrong bytes)
-// from a torn write, and recovery stops before it.
+// sync. A torn WAL tail (a crash in the middle of a write) is cut off at
+// open. Damage to a record that synced records follow in a later 32 KiB
+// block of the WAL is reported by Open as corruption rather than silently
+// dropping acknowledged data; within the last block Pebble cannot tell such
+// damage (a disk returning wrong bytes) from a torn write, and recovery
+// stops before it.
 package pebblestore
 
 import (

@@ -54,14 +54,14 @@ type completer struct {
 	s       *Store
 	flights <-chan *flight
 	free    chan<- *flight
-	// failedGen is the generation of the newest batch whose sync failed
-	// (0: none); failErr is that failure. Every batch of that generation
-	// or an older one was built on the failed batch's writes (the
-	// committer's caches assumed them): it fails too. The committer reads
-	// Store.failedGen before each batch and, seeing its own generation
-	// there, forgets its caches and starts the next generation.
-	failedGen uint64
-	failErr   error
+	// failErr is the failure of the newest batch whose sync failed; its
+	// generation is Store.failedGen (0: none), which only the completer
+	// writes. Every batch of that generation or an older one was built on
+	// the failed batch's writes (the committer's caches assumed them): it
+	// fails too. The committer reads Store.failedGen before each batch
+	// and, seeing its own generation there, forgets its caches and starts
+	// the next generation.
+	failErr error
 }
 
 // run finishes flights in the order they arrive until the channel closes.
@@ -90,10 +90,10 @@ func (p *completer) finish(f *flight) {
 	t0 := time.Now()
 	switch {
 	case syncErr != nil:
-		p.failedGen, p.failErr = f.gen, syncErr
+		p.failErr = syncErr
 		s.failedGen.Store(f.gen)
 		err = fmt.Errorf("pebblestore: commit: %w: %w", persist.ErrUnavailable, syncErr)
-	case err == nil && f.gen <= p.failedGen:
+	case err == nil && f.gen <= s.failedGen.Load():
 		err = fmt.Errorf("pebblestore: commit: %w: built on a batch whose sync failed: %w", persist.ErrUnavailable, p.failErr)
 	}
 	if err != nil {
