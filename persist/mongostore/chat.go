@@ -312,19 +312,23 @@ func (s *Store) fillMessages(ctx context.Context, es []persist.InboxEntry, full 
 	if err != nil {
 		return err
 	}
+	used := map[uint64]bool{}
 	for i := range es {
 		if full != nil && full[i] {
 			continue
 		}
-		m, ok := msgs[es[i].Msg.ID]
+		id := es[i].Msg.ID
+		m, ok := msgs[id]
 		if !ok {
-			return mapErr(ctx, "read messages", fmt.Errorf("%w: an inbox entry references missing message %d", errCorrupt, es[i].Msg.ID))
+			return mapErr(ctx, "read messages", fmt.Errorf("%w: an inbox entry references missing message %d", errCorrupt, id))
 		}
-		if es[i].Deleted {
+		switch {
+		case es[i].Deleted:
 			m.Body = nil
-		} else {
+		case used[id]:
 			m.Body = bytes.Clone(m.Body) // several entries may reference it (replay's pages)
 		}
+		used[id] = true
 		es[i].Msg = m
 	}
 	return nil

@@ -286,21 +286,18 @@ func (s *Store) findByID(ctx context.Context, c *mongo.Collection, ids []uint64,
 	if len(ids) == 0 {
 		return nil
 	}
+	// In messages by _id, in inbox by mid (an entry's _id is its own).
+	key, val := "_id", func(id uint64) any { return idToDB(id) }
+	if c == s.inbox {
+		key, val = "mid", func(id uint64) any { return midKey(id) }
+	}
 	each := make([]bson.D, len(ids))
 	in := make(bson.A, len(ids))
 	for i, id := range ids {
 		each[i] = bson.D{{Key: "mid", Value: midKey(id)}}
-		in[i] = idToDB(id)
+		in[i] = val(id)
 	}
-	all := bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: in}}}}
-	if c == s.inbox {
-		mids := make(bson.A, len(ids))
-		for i, id := range ids {
-			mids[i] = midKey(id)
-		}
-		all = bson.D{{Key: "mid", Value: bson.D{{Key: "$in", Value: mids}}}}
-	}
-	return s.findAny(ctx, c, all, each, op, fn, opts...)
+	return s.findAny(ctx, c, bson.D{{Key: key, Value: bson.D{{Key: "$in", Value: in}}}}, each, op, fn, opts...)
 }
 
 // loadMessages returns the messages ids (distinct): those in origin
