@@ -2,6 +2,7 @@ package memstore
 
 import (
 	"math/rand/v2"
+	"strconv"
 	"testing"
 )
 
@@ -152,3 +153,170 @@ func TestU64MapGrowsIncrementally(t *testing.T) {
 		}
 	}
 }
+
+// u64mapCheck verifies m's structure against want: every key of want in
+// exactly one table with its value, cell counts that match n, an empty cell
+// in each table, the old table's scanned cells empty and its scan position
+// on an empty cell, and every stored key reachable from its home without
+// crossing an empty cell (so find sees it).
+func u64mapCheck(t *testing.T, m *u64map, want map[uint64]uint64, at string) {
+	t.Helper()
+	if m.len() != len(want) {
+		t.Fatalf("%s: len %d, want %d", at, m.len(), len(want))
+	}
+	check := func(name string, tb *u64table) {
+		n := 0
+		for i, k := range tb.keys {
+			if k == 0 {
+				continue
+			}
+			n++
+			wv, ok := want[k]
+			if !ok || tb.vals[i] != wv {
+				t.Fatalf("%s: %s cell %d holds %d=%d; want %d, %v", at, name, i, k, tb.vals[i], wv, ok)
+			}
+			mask := len(tb.keys) - 1
+			for j := tb.home(k); j != i; j = (j + 1) & mask {
+				if tb.keys[j] == 0 {
+					t.Fatalf("%s: %s key %d at %d: empty cell %d after its home %d", at, name, k, i, j, tb.home(k))
+				}
+			}
+		}
+		if n != tb.n {
+			t.Fatalf("%s: %s holds %d keys, n %d", at, name, n, tb.n)
+		}
+		if tb.keys != nil && n*4 > len(tb.keys)*3 {
+			t.Fatalf("%s: %s holds %d keys in %d cells", at, name, n, len(tb.keys))
+		}
+	}
+	check("cur", &m.cur)
+	if !m.migrating() {
+		if m.old.n != 0 {
+			t.Fatalf("%s: not migrating, old.n %d", at, m.old.n)
+		}
+	} else {
+		check("old", &m.old)
+		if len(m.old.keys)*2 != len(m.cur.keys) {
+			t.Fatalf("%s: old %d cells, cur %d", at, len(m.old.keys), len(m.cur.keys))
+		}
+		// old.n may be 0 here: a del that empties old leaves it to the
+		// next put's migrateStep to drop.
+		if m.oldLeft <= 0 || m.oldLeft > len(m.old.keys) {
+			t.Fatalf("%s: migrating with oldLeft %d, old.n %d", at, m.oldLeft, m.old.n)
+		}
+		if m.old.keys[m.oldNext] != 0 {
+			t.Fatalf("%s: old scan position %d is not empty", at, m.oldNext)
+		}
+		mask := len(m.old.keys) - 1
+		for c := m.oldLeft; c < len(m.old.keys); c++ { // the scanned cells
+			if i := (m.oldNext + c) & mask; m.old.keys[i] != 0 {
+				t.Fatalf("%s: scanned old cell %d holds %d", at, i, m.old.keys[i])
+			}
+		}
+	}
+	for k, wv := range want {
+		_, inCur := m.cur.find(k)
+		inOld := false
+		if m.migrating() {
+			_, inOld = m.old.find(k)
+		}
+		if inCur == inOld {
+			t.Fatalf("%s: key %d in cur %v, in old %v", at, k, inCur, inOld)
+		}
+		if v, ok := m.get(k); !ok || v != wv {
+			t.Fatalf("%s: get(%d) = %d, %v; want %d", at, k, v, ok, wv)
+		}
+	}
+}
+
+// TestU64MapResizeAdversarial forces many resizes of small tables with keys
+// that collide heavily: clusters of keys sharing one home cell in every
+// table size (among them the last cell, so runs wrap around the end), and
+// consecutive ids. During resizes it deletes, reads, overwrites and
+// re-inserts keys still in the old table right behind the scan position.
+// Every operation is checked against a Go map, and the whole structure
+// after every step.
+func TestU64MapResizeAdversarial(t *testing.T) {
+	var ginv uint64 = 0xF1DE83E19937733D // the inverse of u64table.home's multiplier mod 2^64
+	if ginv*uint64(0x9E3779B97F4A7C15) != 1 {
+		t.Fatal("ginv is not the inverse")
+	}
+	// clustered returns a key whose hash product has top bits top (so its
+	// home is the same in every table up to 2^16 cells) and low part j.
+	clustered := func(top, j uint64) uint64 { return (top<<48 | j) * ginv }
+	tops := []uint64{0, 1, 0x7fff, 0xfffe, 0xffff}
+	for seed := range uint64(30) {
+		r := rand.New(rand.NewPCG(seed, 11))
+		var pool []uint64
+		switch seed % 3 {
+		case 0: // clusters only
+			for j := range uint64(60) {
+				for _, top := range tops {
+					pool = append(pool, clustered(top, j+1))
+				}
+			}
+		case 1: // consecutive ids
+			for j := range uint64(300) {
+				pool = append(pool, 1000+j)
+			}
+		case 2: // both, and a few random keys
+			for j := range uint64(100) {
+				pool = append(pool, clustered(tops[j%uint64(len(tops))], j+1), 1+j, r.Uint64()|1)
+			}
+		}
+		var m u64map
+		want := map[uint64]uint64{}
+		resizes, oldOps := 0, 0
+		for op := range 2000 {
+			if op == 1000 { // start again: small tables resize most often
+				m, want = u64map{}, map[uint64]uint64{}
+			}
+			at := func() string { return "seed " + itoa(seed) + " op " + itoa(uint64(op)) }
+			k := pool[r.IntN(len(pool))]
+			if m.migrating() && r.IntN(4) != 0 {
+				// The key of old the scan reaches next.
+				mask := len(m.old.keys) - 1
+				for d := 1; d < m.oldLeft; d++ {
+					if ok := m.old.keys[(m.oldNext+d)&mask]; ok != 0 {
+						k = ok
+						oldOps++
+						break
+					}
+				}
+			}
+			cells := len(m.cur.keys)
+			// Grow more than shrink, so the table keeps resizing.
+			switch c := r.IntN(10); {
+			case c < 5:
+				v := r.Uint64()
+				m.put(k, v)
+				want[k] = v
+			case c < 8:
+				_, ok := want[k]
+				if m.del(k) != ok {
+					t.Fatalf("%s: del(%d) = %v, want %v", at(), k, !ok, ok)
+				}
+				delete(want, k)
+				if ok && c == 7 { // re-insert at once
+					m.put(k, k)
+					want[k] = k
+				}
+			default:
+				v, ok := m.get(k)
+				if wv, wok := want[k]; ok != wok || v != wv {
+					t.Fatalf("%s: get(%d) = %d, %v; want %d, %v", at(), k, v, ok, wv, wok)
+				}
+			}
+			if len(m.cur.keys) != cells {
+				resizes++
+			}
+			u64mapCheck(t, &m, want, at())
+		}
+		if resizes < 8 || oldOps < 5 {
+			t.Errorf("seed %d: %d resizes, %d operations on old keys: the test does not reach what it means to", seed, resizes, oldOps)
+		}
+	}
+}
+
+func itoa(v uint64) string { return strconv.FormatUint(v, 10) }
+
