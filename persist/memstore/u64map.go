@@ -47,8 +47,13 @@ func (m *u64map) len() int { return m.cur.n + m.old.n }
 // migrating reports whether a resize is under way.
 func (m *u64map) migrating() bool { return m.old.keys != nil }
 
-// get returns the value of k (k != 0).
+// get returns the value of k; k 0 is never there. (0 marks an empty cell:
+// a probe for it would stop on the first empty cell and report it found.
+// The store looks up ids taken from requests, which may be 0.)
 func (m *u64map) get(k uint64) (uint64, bool) {
+	if k == 0 {
+		return 0, false
+	}
 	if v, ok := m.cur.get(k); ok || !m.migrating() {
 		return v, ok
 	}
@@ -72,8 +77,12 @@ func (m *u64map) put(k, v uint64) {
 	m.cur.put(k, v)
 }
 
-// del removes k and reports whether it was there.
+// del removes k and reports whether it was there; k 0 never is (see get:
+// a probe for 0 would "delete" an empty cell and corrupt the count).
 func (m *u64map) del(k uint64) bool {
+	if k == 0 {
+		return false
+	}
 	if m.cur.del(k) {
 		return true
 	}

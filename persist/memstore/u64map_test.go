@@ -1,9 +1,13 @@
 package memstore
 
 import (
+	"context"
+	"errors"
 	"math/rand/v2"
 	"strconv"
 	"testing"
+
+	"github.com/imgn/imgn/persist"
 )
 
 // TestU64MapMatchesGoMap runs random inserts, overwrites, deletes and
@@ -320,3 +324,26 @@ func TestU64MapResizeAdversarial(t *testing.T) {
 
 func itoa(v uint64) string { return strconv.FormatUint(v, 10) }
 
+// TestIDZeroIsNoMessage: 0 is never a message id (persist.CheckAppend), so
+// a lookup of id 0 must miss. u64map takes no key 0 (0 marks an empty
+// cell); the store's id lookups must not hand it one, or a lookup of 0
+// lands on an empty cell and answers slot 0, the first message stored.
+func TestIDZeroIsNoMessage(t *testing.T) {
+	var m u64map
+	m.put(7, 70)
+	if v, ok := m.get(0); ok || m.del(0) || m.len() != 1 {
+		t.Fatalf("u64map: get(0) = %d, %v; len %d after del(0)", v, ok, m.len())
+	}
+	s := New()
+	ctx := context.Background()
+	send(t, s, 5, "alice", "c1", 1, "alice", "bob")
+	if seq, err := s.SeqOf(ctx, "bob", 0); !errors.Is(err, persist.ErrNotFound) {
+		t.Fatalf("SeqOf(bob, 0) = %d, %v; want ErrNotFound", seq, err)
+	}
+	if res, err := s.Delete(ctx, persist.EventRequest{User: "bob", Target: 0, ID: 9, Timestamp: 2}); !errors.Is(err, persist.ErrNotFound) {
+		t.Fatalf("Delete of target 0 = %+v, %v; want ErrNotFound", res, err)
+	}
+	if seq, err := s.SeqOf(ctx, "bob", 5); err != nil || seq != 1 {
+		t.Fatalf("SeqOf(bob, 5) = %d, %v", seq, err)
+	}
+}
