@@ -329,8 +329,10 @@ func FetchAll(ctx context.Context, admins []string, gc bool) (StatsSum, error) {
 }
 
 // captureProfiles saves a CPU profile of d (taken now) and then heap and
-// goroutine profiles from admin into dir, named with prefix.
-func captureProfiles(ctx context.Context, admin, dir, prefix string, d time.Duration) error {
+// goroutine profiles from admin into dir, named with prefix; with trace >
+// 0 also an execution trace of that length, taken at the same time as the
+// CPU profile (Go records both at once).
+func captureProfiles(ctx context.Context, admin, dir, prefix string, d, trace time.Duration) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -358,8 +360,18 @@ func captureProfiles(ctx context.Context, admin, dir, prefix string, d time.Dura
 		_, err = io.Copy(f, resp.Body)
 		return err
 	}
+	traceErr := make(chan error, 1)
+	if trace > 0 {
+		go func() {
+			tsecs := max(1, int(trace.Seconds()))
+			traceErr <- save("trace.out", admin+"/debug/pprof/trace?seconds="+strconv.Itoa(tsecs), trace+30*time.Second)
+		}()
+	} else {
+		traceErr <- nil
+	}
 	var errs []error
 	errs = append(errs, save("cpu.pprof", admin+"/debug/pprof/profile?seconds="+strconv.Itoa(secs), d+30*time.Second))
+	errs = append(errs, <-traceErr)
 	errs = append(errs, save("heap.pprof", admin+"/debug/pprof/heap?gc=1", 30*time.Second))
 	errs = append(errs, save("goroutine.pprof", admin+"/debug/pprof/goroutine", 30*time.Second))
 	return errors.Join(errs...)

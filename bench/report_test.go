@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func TestReportJSON(t *testing.T) {
@@ -90,6 +91,26 @@ func TestLoopbackOnly(t *testing.T) {
 		c := Config{Scenario: ScenarioP2P, Targets: tc.targets, Src: tc.src, AllowRemote: tc.remote}
 		if err := c.WithDefaults().Validate(); (err == nil) != tc.ok {
 			t.Errorf("%+v: %v", tc, err)
+		}
+	}
+}
+
+// TestTraceNeedsProfileDir: --trace saves into the --profile directory,
+// so it is refused without one, and a negative length is refused.
+func TestTraceNeedsProfileDir(t *testing.T) {
+	for _, tc := range []struct {
+		trace time.Duration
+		dir   string
+		ok    bool
+	}{
+		{0, "", true},
+		{5 * time.Second, "/tmp/p", true},
+		{5 * time.Second, "", false},
+		{-time.Second, "/tmp/p", false},
+	} {
+		c := Config{Scenario: ScenarioP2P, Trace: tc.trace, ProfileDir: tc.dir}
+		if err := c.WithDefaults().Validate(); (err == nil) != tc.ok {
+			t.Errorf("trace %v dir %q: %v", tc.trace, tc.dir, err)
 		}
 	}
 }

@@ -114,6 +114,11 @@ type Config struct {
 
 	Baseline   bool
 	ProfileDir string
+	// Trace, with ProfileDir, also saves a Go execution trace of that
+	// length of the first node (<prefix>trace.out), taken with its CPU
+	// profile (0: none). Read it with `go tool trace`, or list its long
+	// event-loop spans with tools/tracespans.
+	Trace time.Duration
 	// FsyncProbe runs FsyncProbe in the system's temporary directory
 	// (where spawned nodes keep their data) during each measured window
 	// of imd nodes.
@@ -202,6 +207,9 @@ func (c Config) Validate() error {
 	}
 	if len(c.Targets) > 0 && len(c.Admins) > 0 && len(c.Admins) != len(c.Targets) {
 		errs = append(errs, errors.New("bench: --admin must list one URL per --target"))
+	}
+	if c.Trace < 0 || (c.Trace > 0 && c.ProfileDir == "") {
+		errs = append(errs, fmt.Errorf("bench: --trace %v: want a positive duration, with --profile DIR to save it in", c.Trace))
 	}
 	if c.WS && (c.Router != "" || c.Baseline) {
 		errs = append(errs, errors.New("bench: --ws works with spawned nodes or --target only (the router and the relay speak TCP)"))
@@ -776,8 +784,11 @@ func (r *runner) profile(ctx context.Context, wg *sync.WaitGroup, prefix string,
 	for _, n := range []string{"cpu.pprof", "heap.pprof", "goroutine.pprof"} {
 		r.profiles = append(r.profiles, dir+"/"+prefix+n)
 	}
+	if r.cfg.Trace > 0 {
+		r.profiles = append(r.profiles, dir+"/"+prefix+"trace.out")
+	}
 	wg.Go(func() {
-		if err := captureProfiles(ctx, r.admins[0], dir, prefix, d); err != nil {
+		if err := captureProfiles(ctx, r.admins[0], dir, prefix, d, r.cfg.Trace); err != nil {
 			r.logf("warning: profiles: %v\n", err)
 		}
 	})

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -221,6 +222,7 @@ func TestSmokeBaselineAndFindMax(t *testing.T) {
 	cfg.Duration = time.Second
 	cfg.MaxP99 = time.Minute // never the bound: a loaded machine must not fail the test
 	cfg.ProfileDir = t.TempDir()
+	cfg.Trace = time.Second
 	r, err := Run(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -246,8 +248,8 @@ func TestSmokeBaselineAndFindMax(t *testing.T) {
 	if (r.MaxRate > 0 && b.MaxRate > 0) != (b.Ratio > 0) {
 		t.Fatalf("ratio %v with max rates %v and %v", b.Ratio, r.MaxRate, b.MaxRate)
 	}
-	if len(r.ProfileFiles) == 0 {
-		t.Fatal("no profiles listed")
+	if len(r.ProfileFiles) == 0 || !slices.ContainsFunc(r.ProfileFiles, func(f string) bool { return strings.HasSuffix(f, "trace.out") }) {
+		t.Fatalf("profiles listed: %v (want the trace too)", r.ProfileFiles)
 	}
 	for _, f := range r.ProfileFiles {
 		if st, err := os.Stat(f); err != nil || st.Size() == 0 {

@@ -220,6 +220,7 @@ func parse(scenario string, args []string, stdout, stderr io.Writer) (bench.Conf
 	fs.StringVar(&cfg.GenCPUs, "gen-cpus", "", "pin generator processes to these CPUs (e.g. 0)")
 	fs.BoolVar(&cfg.Baseline, "baseline-echo", false, "run the same load against the minimal gnet relay too and report the ratio")
 	fs.StringVar(&cfg.ProfileDir, "profile", "", "directory for CPU, heap and goroutine profiles of the (first) node during the measurement")
+	fs.DurationVar(&cfg.Trace, "trace", 0, "with --profile: also a Go execution trace of the (first) node, this long, from the start of the measurement (e.g. 5s; 0: none)")
 	fs.BoolVar(&cfg.FsyncProbe, "fsync-probe", false, "during the window, time a bare 600 B write+fdatasync loop in the temp directory (where spawned nodes keep their data) and report it beside the embedded store's commit and fsync latencies")
 	fs.StringVar(&jsonPath, "json", "", "write the report as one JSON object to this file")
 	fs.StringVar(&hgrm, "hgrm", "", "write the latency percentile spectrum (.hgrm) to this file")
