@@ -161,3 +161,33 @@ func TestChatEmbeddedEndToEnd(t *testing.T) {
 func TestRecallEventsArriveInSeqOrderEmbedded(t *testing.T) {
 	checkRecallOrder(t, startEmbedded(t, func(c *Config) { c.SendRate, c.SendBurst = 1e6, 1e6 }))
 }
+
+// TestPushAckEmbeddedRunsOnTheLoop: with the embedded store a PUSH_ACK runs
+// on the event loop and hands its cursor to the store without a worker
+// waiting (persist.AsyncCursorSetter); the cursor is stored, only moves
+// forward, and each move is reported to the observer once it is durable.
+func TestPushAckEmbeddedRunsOnTheLoop(t *testing.T) {
+	rec := &recorder{}
+	s := startEmbedded(t, func(c *Config) { c.Observer = rec })
+	if s.cursors == nil || !s.onLoop(codec.CmdPushAck) {
+		t.Fatal("PUSH_ACK would run on a worker with the embedded store")
+	}
+	a, b := dial(t, s, codec.Protobuf), dial(t, s, codec.Protobuf)
+	a.login("alice", "pc")
+	b.login("bob", "phone")
+	for i := range 3 {
+		sendTo(a, fmt.Sprint("m", i), "bob", "hi")
+	}
+	b.waitPushes(3)
+	b.send(codec.CmdPushAck, &pb.PushAck{UpToSeq: 2})
+	b.send(codec.CmdPushAck, &pb.PushAck{UpToSeq: 1}) // stale: nothing moves
+	b.send(codec.CmdPushAck, &pb.PushAck{UpToSeq: 3})
+	poll(t, "both cursor moves reported", func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return slices.Equal(rec.delivered, []string{"bob/phone/2", "bob/phone/3"})
+	})
+	if cur, err := s.cfg.Store.Cursor(t.Context(), "bob", "phone"); err != nil || cur != 3 {
+		t.Fatalf("stored cursor %d, %v; want 3", cur, err)
+	}
+}

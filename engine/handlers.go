@@ -334,6 +334,22 @@ func (s *Server) handlePushAck(src *loop, c *conn, upTo uint64) {
 			break
 		}
 	}
+	if src != nil && !s.inline && s.cursors != nil {
+		// On the loop with a store that has a committer: hand the cursor
+		// over and go on; the outcome arrives on the store's goroutine.
+		// (A PUSH_ACK each second from every receiving connection used to
+		// park one worker goroutine per connection until its batch synced,
+		// and the wave of them woken together held the event loops up.)
+		user, device := c.user, c.device
+		s.cursors.SetCursorAsync(user, device, upTo, func(err error) {
+			if err != nil {
+				s.log.Warn("store cursor", "user", user, "device", device, "err", err)
+				return
+			}
+			s.observeDelivered(user, device, upTo)
+		})
+		return
+	}
 	ctx := context.Background()
 	if src == nil {
 		var cancel context.CancelFunc

@@ -16,8 +16,9 @@ import (
 // Where the calls come from: the paths that complete store writes, inline.
 // With the memory store MessageStored runs under the store's lock, with the
 // embedded store on its committer goroutine, in cluster mode (and with
-// stores that have no committer) on the worker that ran the append; the
-// other calls run on an event loop or a worker. An implementation must
+// stores that have no committer) on the worker that ran the append;
+// Delivered with the embedded store on its committer's completer goroutine;
+// the other calls run on an event loop or a worker. An implementation must
 // therefore be cheap and must never block, wait for I/O, or call back into
 // the Server or its store: it copies what it needs into a bounded queue of
 // its own, drops (and counts) what does not fit, and does the work on its

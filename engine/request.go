@@ -55,6 +55,7 @@ type route struct {
 	anytime  bool // runs on the loop as soon as it arrives, never queued (HEARTBEAT)
 	inline   bool // may run on the loop when the store never blocks
 	async    bool // may run on the loop when the store appends asynchronously
+	cursor   bool // may run on the loop when the store sets cursors asynchronously (PUSH_ACK)
 	chat     bool // needs the chat seam (r.cs), else UNSUPPORTED
 	closeOut bool // close the connection once the reply is written (LOGOUT)
 
@@ -87,7 +88,7 @@ func init() {
 
 		codec.CmdSend:      {raw: (*Server).handleSend, inline: true, async: true},
 		codec.CmdGroupSend: {raw: (*Server).handleSend, inline: true, async: true},
-		codec.CmdPushAck:   {raw: (*Server).execPushAck, inline: true},
+		codec.CmdPushAck:   {raw: (*Server).execPushAck, inline: true, cursor: true},
 		codec.CmdSync:      {run: (*Server).handleSync, reply: codec.CmdSyncOK, inline: true},
 
 		codec.CmdGroupCreate:   {run: (*Server).handleGroupCreate, reply: codec.CmdGroupInfo, inline: true},
@@ -118,13 +119,14 @@ func init() {
 // (see exec): with a store that never blocks, every route marked inline;
 // with a store that takes appends asynchronously, those marked async (SEND
 // and GROUP_SEND, whose handler passes the request to a worker if a lookup
-// it needs could block).
+// it needs could block), and PUSH_ACK when the store also takes cursor
+// writes asynchronously (handlePushAck hands the cursor over and returns).
 func (s *Server) onLoop(cmd codec.Command) bool {
 	switch rt := &routes[cmd]; {
 	case s.inline:
 		return rt.inline
 	case s.async != nil:
-		return rt.async
+		return rt.async || (rt.cursor && s.cursors != nil)
 	}
 	return false
 }

@@ -59,11 +59,14 @@ type Server struct {
 	// How requests run (see onLoop): inline when the store never blocks
 	// and no cluster is involved; async appends when the store has a
 	// committer that completes appends in order.
-	inline      bool
-	async       persist.AsyncAppender // nil: appends run synchronously on workers
-	handoff     handOffAppender       // inline stores that take contended appends off a loop (send.go)
-	inBytes     atomic.Int64          // bytes of requests queued for workers, node-wide
-	inflightOps atomic.Int64          // appends handed to the store, not yet complete
+	inline bool
+	async  persist.AsyncAppender // nil: appends run synchronously on workers
+	// cursors, with async, takes a PUSH_ACK's cursor from the loop without
+	// a worker waiting for the write (nil: PUSH_ACK runs on a worker).
+	cursors     persist.AsyncCursorSetter
+	handoff     handOffAppender // inline stores that take contended appends off a loop (send.go)
+	inBytes     atomic.Int64    // bytes of requests queued for workers, node-wide
+	inflightOps atomic.Int64    // appends handed to the store, not yet complete
 
 	loops   atomic.Pointer[[]*loop] // copy-on-write list, indexed by loop.idx
 	loopsMu sync.Mutex
@@ -116,6 +119,9 @@ func New(cfg Config) (*Server, error) {
 	s.groups.init()
 	if a, ok := cfg.Store.(persist.AsyncAppender); ok && cfg.Cluster == nil {
 		s.async = a
+		if cs, ok := cfg.Store.(persist.AsyncCursorSetter); ok {
+			s.cursors = cs
+		}
 	}
 	if _, ok := cfg.Store.(persist.NonBlocking); ok && cfg.Cluster == nil && cfg.Sessions == nil {
 		s.inline = true

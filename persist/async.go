@@ -95,3 +95,17 @@ func AppendWait(ctx context.Context, s AsyncAppender, msg Message, inboxes []str
 type waiter struct{ ch chan struct{} }
 
 func (w *waiter) AppendDone(*AppendOp) { close(w.ch) }
+
+// AsyncCursorSetter is a store that takes cursor updates (SetCursor)
+// without making a goroutine wait: a server's event loop hands a PUSH_ACK's
+// cursor to it directly instead of parking a worker goroutine per
+// connection until the write is durable.
+type AsyncCursorSetter interface {
+	// SetCursorAsync queues SetCursor(user, device, seq) and returns without
+	// waiting. done is called once with the outcome, as SetCursor would
+	// return it: on the store's own goroutine once the write is durable or
+	// has failed, or on the caller's before SetCursorAsync returns when the
+	// arguments are invalid or the store is closed or its queue full. done
+	// must not block.
+	SetCursorAsync(user, device string, seq uint64, done func(error))
+}

@@ -36,7 +36,10 @@ import (
 // Recall rewrites the message record (recalled, the event's id, no body)
 // and appends the event to every inbox holding the message.
 
-var _ persist.ChatStore = (*Store)(nil)
+var (
+	_ persist.ChatStore         = (*Store)(nil)
+	_ persist.AsyncCursorSetter = (*Store)(nil)
+)
 
 // convState is a conversation's state: the last entry's counts and the
 // record's cursor. last 0 means the conversation does not exist.

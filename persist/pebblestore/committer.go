@@ -36,7 +36,10 @@ type writeReq struct {
 	finish func()
 	alone  bool
 	err    error         // set by the committer or the completer before done is closed
-	done   chan struct{} // closed by the completer
+	done   chan struct{} // closed by the completer (a waiting write)
+	// then, set instead of done for a write nobody waits on, is called by
+	// the completer with err. It must not block.
+	then func(error)
 }
 
 // AppendAsync implements persist.AsyncAppender. It validates op on the
@@ -124,6 +127,26 @@ func (s *Store) write(ctx context.Context, w *writeReq) error {
 		default:
 			return ctx.Err()
 		}
+	}
+}
+
+// writeAsync queues w without waiting; w.then gets the outcome (on the
+// caller's goroutine, before writeAsync returns, when the store is closed
+// or its queue is full).
+func (s *Store) writeAsync(w *writeReq) {
+	w.ctx = context.Background()
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		w.then(persist.ErrClosed)
+		return
+	}
+	select {
+	case s.queue <- item{w: w, at: time.Now()}:
+		s.mu.RUnlock()
+	default:
+		s.mu.RUnlock()
+		w.then(fmt.Errorf("pebblestore: write queue full: %w", persist.ErrUnavailable))
 	}
 }
 

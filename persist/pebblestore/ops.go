@@ -15,11 +15,34 @@ import (
 // SetCursor implements persist.MessageStore. A seq not above the stored
 // cursor is a no-op; otherwise it returns after the new cursor is durable.
 func (s *Store) SetCursor(ctx context.Context, user, device string, seq uint64) error {
+	w, err := cursorWrite(user, device, seq)
+	if err != nil {
+		return err
+	}
+	return s.write(ctx, w)
+}
+
+// SetCursorAsync implements persist.AsyncCursorSetter: SetCursor without
+// waiting, done called from the completer once the batch holding it is
+// synced (or on the caller's goroutine for invalid arguments, a closed
+// store or a full queue).
+func (s *Store) SetCursorAsync(user, device string, seq uint64, done func(error)) {
+	w, err := cursorWrite(user, device, seq)
+	if err != nil {
+		done(err)
+		return
+	}
+	w.then = done
+	s.writeAsync(w)
+}
+
+// cursorWrite is the write of SetCursor: the cursor only moves forward.
+func cursorWrite(user, device string, seq uint64) (*writeReq, error) {
 	if err := checkUserDevice(user, device); err != nil {
-		return fmt.Errorf("pebblestore: set cursor: %w", err)
+		return nil, fmt.Errorf("pebblestore: set cursor: %w", err)
 	}
 	key := keyLP2(nil, tCursor, user, device)
-	return s.write(ctx, &writeReq{apply: func(c *committer) error {
+	return &writeReq{apply: func(c *committer) error {
 		v, ok, err := c.get(key)
 		if err != nil {
 			return unavailable("set cursor", err)
@@ -35,7 +58,7 @@ func (s *Store) SetCursor(ctx context.Context, user, device string, seq uint64) 
 		}
 		c.put(key, appendBE64(nil, seq))
 		return nil
-	}})
+	}}, nil
 }
 
 func checkUserDevice(user, device string) error {

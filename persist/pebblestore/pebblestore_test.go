@@ -1,6 +1,9 @@
 package pebblestore_test
 
 import (
+	"errors"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -92,3 +95,35 @@ func TestCrashChild(t *testing.T) { storetest.CrashChild(t, openDurable) }
 // TestCrashSIGKILL kills a process appending to the store three times and
 // checks every acknowledged append (and retry) after the last restart.
 func TestCrashSIGKILL(t *testing.T) { storetest.RunCrash(t, "TestCrashChild", 3, openDurable) }
+
+// TestSetCursorAsyncClosed (the rest of persist.AsyncCursorSetter is in
+// storetest's suite): every write queued before Close completes exactly
+// once by the time Close returns, and one after Close is answered with
+// ErrClosed before SetCursorAsync returns.
+func TestSetCursorAsyncClosed(t *testing.T) {
+	s := openAt(t, t.TempDir(), pebblestore.Options{})
+	var calls, dones atomic.Int64
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 50 {
+				calls.Add(1)
+				s.SetCursorAsync("carol", "d1", uint64(g*50+i+1), func(error) { dones.Add(1) })
+			}
+		})
+	}
+	wg.Wait()
+	if err := s.Close(); err != nil { // completes everything queued
+		t.Fatal(err)
+	}
+	if c, d := calls.Load(), dones.Load(); c != d {
+		t.Fatalf("%d asynchronous writes, %d done calls after Close", c, d)
+	}
+	returned := false
+	s.SetCursorAsync("bob", "d1", 10, func(err error) {
+		if returned || !errors.Is(err, persist.ErrClosed) {
+			t.Errorf("closed store: done(%v) after return %v; want ErrClosed before", err, returned)
+		}
+	})
+	returned = true
+}

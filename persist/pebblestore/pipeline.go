@@ -126,7 +126,11 @@ func (p *completer) finish(f *flight) {
 			if it.w.err == nil && it.w.finish != nil {
 				it.w.finish()
 			}
-			close(it.w.done)
+			if it.w.then != nil {
+				it.w.then(it.w.err)
+			} else {
+				close(it.w.done)
+			}
 		}
 	}
 	clear(f.items) // drop references for the GC

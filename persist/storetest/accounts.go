@@ -28,6 +28,9 @@ func optionalTests(probe persist.Store) []struct {
 	if _, ok := probe.(persist.AsyncAppender); ok {
 		add("AsyncBurst", testAsyncBurst)
 	}
+	if _, ok := probe.(persist.AsyncCursorSetter); ok {
+		add("AsyncCursors", testAsyncCursors)
+	}
 	if _, ok := probe.(persist.UserUpdater); ok {
 		add("UpdateUser", testUpdateUser)
 	}
