@@ -35,7 +35,8 @@ type Span struct {
 	Len   time.Duration
 	// Stack is innermost first: for a running span where it stopped
 	// running (the code that ran), for the others where it entered the
-	// state (the syscall, or where it was woken or preempted).
+	// state (the syscall; where it was preempted, or where it had parked
+	// before it was woken).
 	Stack string
 }
 
@@ -134,13 +135,15 @@ func LongSpans(r io.Reader, minLen time.Duration, frames int) ([]Span, error) {
 			g = &goState{}
 			gs[id] = g
 		}
-		// The event's stack is where the goroutine is now. A transition
-		// into running has none; one out of running (blocked, preempted)
+		// The transition's stack is the goroutine's own where the trace
+		// has it (a goroutine woken by another: where it was parked); the
+		// event's stack is its emitter's (the waker's). A transition into
+		// running has neither; one out of running (blocked, preempted)
 		// shows the code that ran, so a running span takes its stack from
 		// its end, the others from their start.
-		now := stackString(ev.Stack(), frames)
+		now := stackString(st.Stack, frames)
 		if now == "" {
-			now = stackString(st.Stack, frames)
+			now = stackString(ev.Stack(), frames)
 		}
 		if g.since != 0 && (from == trace.GoRunning || from == trace.GoRunnable || from == trace.GoSyscall) {
 			if d := ev.Time().Sub(g.since); d >= minLen {
@@ -152,7 +155,9 @@ func LongSpans(r io.Reader, minLen time.Duration, frames int) ([]Span, error) {
 			}
 		}
 		g.state, g.since = to, ev.Time()
-		if now != "" {
+		// A goroutine woken from waiting keeps the stack it parked with:
+		// the wake-up event carries only its waker's.
+		if now != "" && from != trace.GoWaiting {
 			g.stack = now
 		}
 	}
