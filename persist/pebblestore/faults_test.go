@@ -518,11 +518,13 @@ func TestPipelineBuildsWhileSyncing(t *testing.T) {
 	for i := range 20 {
 		next = append(next, log.async(s, persist.Message{ID: uint64(10 + i), From: "b", ClientMsgID: fmt.Sprint(i)}, "u", "w"))
 	}
-	// The second batch is applied (the database holds it) while the first
-	// one's sync is still blocked.
-	testutil.Until(t, 10*time.Second, "the batch behind the blocked sync applied", func() bool {
+	// A batch behind the first is applied (the database holds it) while
+	// the first one's sync is still blocked. How many of the 20 are
+	// depends on how the committer happened to batch them: at most
+	// pipelineDepth batches are under way, the rest wait queued.
+	testutil.Until(t, 10*time.Second, "a batch behind the blocked sync applied", func() bool {
 		last, err := pebblestore.AppliedLastSeq(s, "u")
-		return err == nil && last == 22
+		return err == nil && last >= 3
 	})
 	time.Sleep(50 * time.Millisecond) // a window for a premature completion to show
 	if n := len(log.list()); n != 0 {
@@ -573,9 +575,13 @@ func TestPipelineCloseCompletesInFlight(t *testing.T) {
 	for i := range 20 {
 		ops = append(ops, log.async(s, persist.Message{ID: uint64(10 + i), From: "b", ClientMsgID: fmt.Sprint(i)}, "u"))
 	}
-	testutil.Until(t, 10*time.Second, "the batches behind the blocked sync applied", func() bool {
+	// At least one batch behind the blocked sync is applied (how many of
+	// the 20 are depends on how the committer happened to batch them: at
+	// most pipelineDepth batches are under way, the rest wait queued, and
+	// Close must complete both kinds).
+	testutil.Until(t, 10*time.Second, "a batch behind the blocked sync applied", func() bool {
 		last, err := pebblestore.AppliedLastSeq(s, "u")
-		return err == nil && last == 22
+		return err == nil && last >= 3
 	})
 	closed := make(chan error, 1)
 	go func() { closed <- s.Close() }()
