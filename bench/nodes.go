@@ -360,18 +360,18 @@ func captureProfiles(ctx context.Context, admin, dir, prefix string, d, trace ti
 		_, err = io.Copy(f, resp.Body)
 		return err
 	}
-	traceErr := make(chan error, 1)
+	var traceErr error
+	var tracing sync.WaitGroup
 	if trace > 0 {
-		go func() {
+		tracing.Go(func() {
 			tsecs := max(1, int(trace.Seconds()))
-			traceErr <- save("trace.out", admin+"/debug/pprof/trace?seconds="+strconv.Itoa(tsecs), trace+30*time.Second)
-		}()
-	} else {
-		traceErr <- nil
+			traceErr = save("trace.out", admin+"/debug/pprof/trace?seconds="+strconv.Itoa(tsecs), trace+30*time.Second)
+		})
 	}
 	var errs []error
 	errs = append(errs, save("cpu.pprof", admin+"/debug/pprof/profile?seconds="+strconv.Itoa(secs), d+30*time.Second))
-	errs = append(errs, <-traceErr)
+	tracing.Wait()
+	errs = append(errs, traceErr)
 	errs = append(errs, save("heap.pprof", admin+"/debug/pprof/heap?gc=1", 30*time.Second))
 	errs = append(errs, save("goroutine.pprof", admin+"/debug/pprof/goroutine", 30*time.Second))
 	return errors.Join(errs...)

@@ -103,7 +103,6 @@ func LongSpans(r io.Reader, minLen time.Duration, frames int) ([]Span, error) {
 		return nil, fmt.Errorf("read trace: %w", err)
 	}
 	type goState struct {
-		state trace.GoState
 		since trace.Time
 		stack string
 	}
@@ -129,7 +128,7 @@ func LongSpans(r io.Reader, minLen time.Duration, frames int) ([]Span, error) {
 			continue
 		}
 		id := st.Resource.Goroutine()
-		from, to := st.Goroutine()
+		from, _ := st.Goroutine()
 		g := gs[id]
 		if g == nil {
 			g = &goState{}
@@ -154,7 +153,7 @@ func LongSpans(r io.Reader, minLen time.Duration, frames int) ([]Span, error) {
 				spans = append(spans, Span{G: id, State: from, Start: g.since.Sub(t0), Len: d, Stack: stack})
 			}
 		}
-		g.state, g.since = to, ev.Time()
+		g.since = ev.Time()
 		// A goroutine woken from waiting keeps the stack it parked with:
 		// the wake-up event carries only its waker's.
 		if now != "" && from != trace.GoWaiting {
