@@ -129,7 +129,7 @@ func (m *msgState) pace(l *loop, now int64, send func() bool) (next int64) {
 func (m *msgState) onPush(l *loop, c *gconn, body []byte) {
 	now := nowNs()
 	_ = eachPushed(body, func(seq uint64, b []byte) {
-		l.pushed(c, seq)
+		l.pushed(c, seq, now)
 		p, ok := readPayload(b)
 		if !ok || p.run != m.run {
 			return

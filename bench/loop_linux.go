@@ -233,10 +233,9 @@ type loop struct {
 	wsbuf []byte // --ws: scratch for wrapping frames in WebSocket messages
 	evs   []unix.EpollEvent
 
-	ready   []*gconn
-	hb      wheel
-	ackq    []*gconn // connections with pushes to acknowledge
-	nextAck int64
+	ready []*gconn
+	hb    wheel
+	acks  ackQueue // connections with pushes to acknowledge
 
 	// ramp
 	rampNext, inflight int
@@ -441,24 +440,15 @@ func (l *loop) tickAll(now int64) int64 {
 		}
 	}
 	earliest(l.hb.next(now, len(l.ready)))
-	// Cumulative push acks: every connection that received pushes acks
-	// once per interval, all in one pass.
-	if len(l.ackq) > 0 {
-		if now >= l.nextAck {
-			for i, c := range l.ackq {
-				c.ackQueued = false
-				if c.state == stReady && c.ackSeq > c.ackedSeq {
-					c.ackedSeq = c.ackSeq
-					l.send(c, appendPushAck(l.wbuf[:0], c.ackSeq))
-				}
-				l.ackq[i] = nil
-			}
-			l.ackq = l.ackq[:0]
-			l.nextAck = now + l.cfg.pushAck
-		} else {
-			earliest(l.nextAck)
+	// Cumulative push acks: a connection that received pushes acks them
+	// all one interval after the first of them.
+	earliest(l.acks.popDue(now, func(c *gconn) {
+		c.ackQueued = false
+		if c.state == stReady && c.ackSeq > c.ackedSeq {
+			c.ackedSeq = c.ackSeq
+			l.send(c, appendPushAck(l.wbuf[:0], c.ackSeq))
 		}
-	}
+	}))
 	earliest(l.h.tick(l, now))
 	return next
 }
@@ -888,19 +878,16 @@ func (l *loop) closeConn(c *gconn, reason string) {
 	}
 }
 
-// pushed records that c received a push of seq; it is acknowledged at the
-// next push-ack pass.
-func (l *loop) pushed(c *gconn, seq uint64) {
+// pushed records that c received a push of seq at now; it is acknowledged
+// one push-ack interval after the first push not yet acknowledged.
+func (l *loop) pushed(c *gconn, seq uint64, now int64) {
 	if seq <= c.ackSeq {
 		return
 	}
 	c.ackSeq = seq
 	if !c.ackQueued && l.cfg.pushAck > 0 {
 		c.ackQueued = true
-		if len(l.ackq) == 0 && l.nextAck < nowNs() {
-			l.nextAck = nowNs() + l.cfg.pushAck
-		}
-		l.ackq = append(l.ackq, c)
+		l.acks.add(c, now+l.cfg.pushAck)
 	}
 }
 

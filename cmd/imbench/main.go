@@ -206,7 +206,7 @@ func parse(scenario string, args []string, stdout, stderr io.Writer) (bench.Conf
 	fs.IntVar(&cfg.Concurrency, "concurrency", bench.DefaultConcurrency, "connects+logins in flight per generator process")
 	fs.IntVar(&cfg.Retries, "retries", bench.DefaultRetries, "re-dials of a ramp connection whose connect or login failed (-1: none)")
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", 0, "heartbeat interval per connection (0: the interval the server announces)")
-	fs.DurationVar(&cfg.PushAck, "push-ack", bench.DefaultPushAck, "coalesced PUSH_ACK interval per receiving connection (negative: never)")
+	fs.DurationVar(&cfg.PushAck, "push-ack", bench.DefaultPushAck, "a receiving connection sends one coalesced PUSH_ACK this long after its first unacknowledged push (negative: never)")
 	fs.DurationVar(&cfg.LoginTimeout, "login-timeout", bench.DefaultLoginTimeout, "generator-side connect+login timeout")
 	fs.DurationVar(&cfg.RampTimeout, "ramp-timeout", 0, "stop opening connections after this long (0: no limit but --timeout)")
 	fs.IntVar(&cfg.Procs, "procs", 0, "generator processes (0: as many as the fd limit requires)")
