@@ -109,11 +109,18 @@ func TestPushParsing(t *testing.T) {
 func TestRelayFramesDecode(t *testing.T) {
 	body := make([]byte, 200)
 	putPayload(body, 1, 2, true, 99)
-	var push pb.Push
-	h := parseOne(t, appendRelayPush(nil, 1<<50, "alice", []byte("bob"), []byte("cmid-1"), body), &push)
-	if h.Command != codec.CmdPush || len(push.Messages) != 1 {
-		t.Fatalf("push %+v %+v", h, &push)
+	for _, seq := range []uint64{1, 300, 1 << 40} {
+		var push pb.Push
+		h := parseOne(t, appendRelayPush(nil, seq, 1<<50, "alice", []byte("bob"), []byte("cmid-1"), body), &push)
+		if h.Command != codec.CmdPush || len(push.Messages) != 1 {
+			t.Fatalf("push %+v %+v", h, &push)
+		}
+		if m := push.Messages[0]; m.Seq != seq {
+			t.Fatalf("seq %d, want %d", m.Seq, seq)
+		}
 	}
+	var push pb.Push
+	parseOne(t, appendRelayPush(nil, 1, 1<<50, "alice", []byte("bob"), []byte("cmid-1"), body), &push)
 	m := push.Messages[0]
 	if m.Seq != 1 || m.MsgId != 1<<50 || m.From != "alice" || m.To != "bob" || m.ClientMsgId != "cmid-1" || !bytes.Equal(m.Body, body) {
 		t.Fatalf("message %+v", m)
