@@ -198,6 +198,7 @@ type StatsSum struct {
 	Sessions    int
 	RSS, Heap   uint64
 	CPUSeconds  float64
+	CPUWait     float64 // seconds runnable but waiting for a CPU (NodeStats.CPUWaitSeconds)
 	Goroutines  int
 	// Round trips to the cluster's services so far, from each node's
 	// /metrics: imgn_store_ops_total (MongoDB commands) and
@@ -321,6 +322,7 @@ func FetchAll(ctx context.Context, admins []string, gc bool) (StatsSum, error) {
 			sum.RSS += st.RSSBytes
 			sum.Heap += st.HeapBytes
 			sum.CPUSeconds += st.CPUSeconds
+			sum.CPUWait += st.CPUWaitSeconds
 			sum.Goroutines += st.Goroutines
 		})
 	}

@@ -341,7 +341,8 @@ func (r *Relay) Stats() NodeStats {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	st := NodeStats{NodeID: "relay", Connections: int(r.conns.Load()), RSSBytes: procRSS(), HeapBytes: ms.HeapInuse,
-		GoSysBytes: ms.Sys, Goroutines: runtime.NumGoroutine(), CPUSeconds: procCPUSeconds()}
+		GoSysBytes: ms.Sys, Goroutines: runtime.NumGoroutine(), CPUSeconds: procCPUSeconds(),
+		CPUWaitSeconds: procCPUWait()}
 	for i := range r.shards {
 		sh := &r.shards[i]
 		sh.mu.RLock()

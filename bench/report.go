@@ -58,6 +58,9 @@ type ServerReport struct {
 	HeapBytes    uint64  `json:"heap_bytes"`
 	BytesPerConn float64 `json:"bytes_per_conn"`
 	CPUSeconds   float64 `json:"cpu_seconds"`
+	// CPUWaitSeconds is the time the servers' threads waited for a CPU in
+	// the same span as CPUSeconds (0 where the kernel keeps no schedstat).
+	CPUWaitSeconds float64 `json:"cpu_wait_seconds,omitempty"`
 
 	Nodes       int `json:"nodes"`
 	Connections int `json:"connections"`
@@ -138,6 +141,8 @@ type GeneratorReport struct {
 	BytesPerConn float64 `json:"bytes_per_conn"` // (rss after ramp - rss before) / held
 	HeapPerConn  float64 `json:"heap_per_conn"`
 	CPUSeconds   float64 `json:"cpu_seconds,omitempty"` // in the measured phase
+	// CPUWaitSeconds: the generator's threads waiting for a CPU, same span.
+	CPUWaitSeconds float64 `json:"cpu_wait_seconds,omitempty"`
 }
 
 // Details are scenario counters beyond the contract.
@@ -256,7 +261,7 @@ func (r *Report) Print(w io.Writer) {
 		if s.MsgsPerCPUSecond > 0 {
 			fmt.Fprintf(w, "; %.0f msgs per server cpu-second", s.MsgsPerCPUSecond)
 		}
-		fmt.Fprintln(w)
+		fmt.Fprintf(w, "%s\n", fmtCPUWait(s.CPUWaitSeconds, s.CPUSeconds))
 	}
 	for _, name := range storeHistOrder {
 		if l, ok := s.StoreLatency[name]; ok && l.Count > 0 {
@@ -278,8 +283,9 @@ func (r *Report) Print(w io.Writer) {
 			human(float64(h.MemAvailableBefore)-float64(h.MemAvailableAfter)), h.TotalBytesPerConn)
 	}
 	g := r.Generator
-	fmt.Fprintf(w, "generator          rss %s heap %s; %.0f B/conn rss, %.0f B/conn heap; cpu %.2f s in the window\n",
-		human(float64(g.RSSBytes)), human(float64(g.HeapBytes)), g.BytesPerConn, g.HeapPerConn, g.CPUSeconds)
+	fmt.Fprintf(w, "generator          rss %s heap %s; %.0f B/conn rss, %.0f B/conn heap; cpu %.2f s in the window%s\n",
+		human(float64(g.RSSBytes)), human(float64(g.HeapBytes)), g.BytesPerConn, g.HeapPerConn, g.CPUSeconds,
+		fmtCPUWait(g.CPUWaitSeconds, g.CPUSeconds))
 	if d := r.Details; d != nil && (d.SelfPushes > 0 || d.Late > 0) {
 		fmt.Fprintf(w, "details            acks %d, pushes of own messages to the sender %d, late %d\n", d.Acks, d.SelfPushes, d.Late)
 	}
@@ -311,6 +317,9 @@ func (r *Report) Print(w io.Writer) {
 		}
 		if b.Note != "" {
 			fmt.Fprintf(w, " (%s)", b.Note)
+		}
+		if s := b.Server; s.CPUWaitSeconds > 0 && s.CPUSeconds > 0 {
+			fmt.Fprintf(w, "; relay waited %.2f s for a cpu per cpu-second", s.CPUWaitSeconds/s.CPUSeconds)
 		}
 		fmt.Fprintln(w)
 	}
@@ -371,4 +380,14 @@ func fmtBound(us float64) string {
 		return "inf"
 	}
 	return fmt.Sprintf("%.0fus", us)
+}
+
+// fmtCPUWait describes wait seconds spent waiting for a CPU beside cpu
+// seconds of work ("" when not measured): the second figure is the
+// machine's oversubscription as these threads felt it.
+func fmtCPUWait(wait, cpu float64) string {
+	if wait <= 0 || cpu <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("; waited %.2f s for a cpu (%.2f s per cpu-second)", wait, wait/cpu)
 }

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -156,5 +157,51 @@ func TestRoundTripsFromMetrics(t *testing.T) {
 	st, rd := perMessage(&PhaseResult{InWindowRx: 50}, s0, s1)
 	if st != 2 || rd != 0.04 {
 		t.Fatalf("per message: store %v redis %v, want 2 and 0.04", st, rd)
+	}
+}
+
+// TestReportCPUWait: the time the servers, the generator and the relay
+// waited for a CPU is reported beside their CPU time, and per CPU-second.
+func TestReportCPUWait(t *testing.T) {
+	r := &Report{Scenario: "p2p", Target: "imd x1", DurationS: 10, Sent: 10, Delivered: 10, MsgsPerSec: 1,
+		Server:    ServerReport{CPUSeconds: 10, CPUWaitSeconds: 14, CPUCores: 1},
+		Generator: GeneratorReport{CPUSeconds: 13, CPUWaitSeconds: 19.5},
+		Baseline:  &BaselineReport{MsgsPerSec: 1, Ratio: 1, Server: ServerReport{CPUSeconds: 10, CPUWaitSeconds: 13.7}}}
+	var b strings.Builder
+	r.Print(&b)
+	out := b.String()
+	for _, want := range []string{
+		"server cpu         10.00 s in the window (1.00 cores); waited 14.00 s for a cpu (1.40 s per cpu-second)\n",
+		"cpu 13.00 s in the window; waited 19.50 s for a cpu (1.50 s per cpu-second)\n",
+		"; relay waited 1.37 s for a cpu per cpu-second",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "r.json")
+	if err := r.WriteJSON(path); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m struct {
+		Server    map[string]float64 `json:"server"`
+		Generator map[string]float64 `json:"generator"`
+	}
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Server["cpu_wait_seconds"] != 14 || m.Generator["cpu_wait_seconds"] != 19.5 {
+		t.Errorf("JSON: server %v generator %v", m.Server, m.Generator)
+	}
+	// Not measured: nothing printed.
+	r.Server.CPUWaitSeconds, r.Generator.CPUWaitSeconds, r.Baseline.Server.CPUWaitSeconds = 0, 0, 0
+	b.Reset()
+	r.Print(&b)
+	if strings.Contains(b.String(), "waited") {
+		t.Errorf("wait printed though not measured:\n%s", b.String())
 	}
 }

@@ -849,10 +849,11 @@ func (r *runner) holdPhase(ctx context.Context, rep *Report, before StatsSum) er
 			return err
 		}
 		rep.Server.CPUSeconds = s1.CPUSeconds - s0.CPUSeconds
+		rep.Server.CPUWaitSeconds = s1.CPUWait - s0.CPUWait
 		rep.Server.CPUCores = rep.Server.CPUSeconds / hold.Seconds()
 		rep.Sent, rep.Delivered = res.Heartbeats, res.HeartbeatOK
 		rep.Delivered = min(rep.Delivered, rep.Sent)
-		rep.Generator.CPUSeconds = res.CPU
+		rep.Generator.CPUSeconds, rep.Generator.CPUWaitSeconds = res.CPU, res.CPUWait
 		rep.ErrorsByReason = mergeCounts(rep.ErrorsByReason, res.Errors)
 		rep.Connections = res.Held
 		rep.Generator.RSSBytes, rep.Generator.HeapBytes = res.Mem.RSS, res.Mem.Heap
@@ -873,6 +874,7 @@ func (r *runner) holdPhase(ctx context.Context, rep *Report, before StatsSum) er
 	if hold == 0 && after.Nodes == before.Nodes && after.Nodes > 0 {
 		// A login storm: the servers' CPU over the whole storm.
 		rep.Server.CPUSeconds = after.CPUSeconds - before.CPUSeconds
+		rep.Server.CPUWaitSeconds = after.CPUWait - before.CPUWait
 		if rep.Server.CPUSeconds > 0 && rep.Ramp != nil {
 			rep.Server.MsgsPerCPUSecond = float64(rep.Ramp.LoggedIn) / rep.Server.CPUSeconds
 			if rep.Ramp.Seconds > 0 {
@@ -949,6 +951,7 @@ func (r *runner) fillFromPhase(rep *Report, res *PhaseResult, h *Hist, s0, s1 St
 	}
 	fillServer(&rep.Server, s1)
 	rep.Server.CPUSeconds = s1.CPUSeconds - s0.CPUSeconds
+	rep.Server.CPUWaitSeconds = s1.CPUWait - s0.CPUWait
 	if res.WindowS > 0 {
 		rep.Server.CPUCores = rep.Server.CPUSeconds / res.WindowS
 	}
@@ -969,7 +972,7 @@ func (r *runner) fillFromPhase(rep *Report, res *PhaseResult, h *Hist, s0, s1 St
 		l := r.probe.Summary()
 		rep.FsyncProbe = &l
 	}
-	rep.Generator.CPUSeconds = res.CPU
+	rep.Generator.CPUSeconds, rep.Generator.CPUWaitSeconds = res.CPU, res.CPUWait
 	rep.Generator.RSSBytes, rep.Generator.HeapBytes = res.Mem.RSS, res.Mem.Heap
 	rep.Connections = res.Held
 	if r.cfg.Scenario == ScenarioChurn {

@@ -137,7 +137,8 @@ type PhaseResult struct {
 	LagHist     string           `json:"lag_hist,omitempty"`
 	Held        int64            `json:"held"`
 	Mem         MemSample        `json:"mem"`
-	CPU         float64          `json:"cpu_s"` // generator CPU seconds spent in the phase
+	CPU         float64          `json:"cpu_s"`      // generator CPU seconds spent in the phase
+	CPUWait     float64          `json:"cpu_wait_s"` // and waiting for a CPU (procstat.CPUWaitSeconds)
 }
 
 // mergeCounts adds b into a (allocating a when nil) and returns it.
@@ -230,6 +231,7 @@ func MergePhases(ps []*PhaseResult) (*PhaseResult, *Hist, error) {
 		out.Mem.RSS += p.Mem.RSS
 		out.Mem.Heap += p.Mem.Heap
 		out.CPU += p.CPU
+		out.CPUWait += p.CPUWait
 		wh, err := DecodeHist(p.Hist)
 		if err != nil {
 			return nil, nil, err

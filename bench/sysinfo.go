@@ -84,6 +84,7 @@ func MemAvailable() uint64 { return meminfo("MemAvailable") }
 var (
 	procRSS        = procstat.RSS
 	procCPUSeconds = procstat.CPUSeconds
+	procCPUWait    = func() float64 { s, _ := procstat.CPUWaitSeconds(); return s }
 )
 
 // Machine describes the host a report was measured on.

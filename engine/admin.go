@@ -227,12 +227,18 @@ type Stats struct {
 	Users       int    `json:"users"`
 	// Process memory: resident set, Go heap in use, and everything the Go
 	// runtime holds from the OS (heap, stacks, runtime structures).
-	RSSBytes     uint64  `json:"rss_bytes"`
-	HeapBytes    uint64  `json:"heap_bytes"`
-	GoSysBytes   uint64  `json:"go_sys_bytes"`
-	Goroutines   int     `json:"goroutines"`
-	CPUSeconds   float64 `json:"cpu_seconds"`
-	BytesPerConn float64 `json:"bytes_per_conn"`
+	RSSBytes   uint64  `json:"rss_bytes"`
+	HeapBytes  uint64  `json:"heap_bytes"`
+	GoSysBytes uint64  `json:"go_sys_bytes"`
+	Goroutines int     `json:"goroutines"`
+	CPUSeconds float64 `json:"cpu_seconds"`
+	// CPUWaitSeconds is how long the process's threads were runnable but
+	// waiting for a CPU (Linux schedstat; absent where the kernel keeps
+	// none). Its growth per CPUSeconds measures how oversubscribed the
+	// machine is: about 0 on an idle host, above 1 when every CPU-second
+	// of work waited more than a second.
+	CPUWaitSeconds float64 `json:"cpu_wait_seconds,omitempty"`
+	BytesPerConn   float64 `json:"bytes_per_conn"`
 	// Store is the store's own figures, when it reports them
 	// (persist.StatsReporter; the embedded store does).
 	Store *persist.StoreStats `json:"store,omitempty"`
@@ -249,6 +255,7 @@ func (s *Server) Stats() Stats {
 	st.HeapBytes, st.GoSysBytes = ms.HeapInuse, ms.Sys
 	st.RSSBytes = procstat.RSS()
 	st.CPUSeconds = procstat.CPUSeconds()
+	st.CPUWaitSeconds, _ = procstat.CPUWaitSeconds()
 	if st.Connections > 0 {
 		st.BytesPerConn = float64(st.RSSBytes) / float64(st.Connections)
 	}

@@ -218,16 +218,18 @@ func (n *Node) Owner(ctx context.Context, user string) string {
 // Stats is the JSON of GET /admin/stats (engine.Stats, which this mirrors
 // for the processes that may not link the engine).
 type Stats struct {
-	NodeID       string  `json:"node_id"`
-	Connections  int     `json:"connections"`
-	Sessions     int     `json:"sessions"`
-	Users        int     `json:"users"`
-	RSSBytes     uint64  `json:"rss_bytes"`
-	HeapBytes    uint64  `json:"heap_bytes"`
-	GoSysBytes   uint64  `json:"go_sys_bytes"`
-	Goroutines   int     `json:"goroutines"`
-	CPUSeconds   float64 `json:"cpu_seconds"`
-	BytesPerConn float64 `json:"bytes_per_conn"`
+	NodeID      string  `json:"node_id"`
+	Connections int     `json:"connections"`
+	Sessions    int     `json:"sessions"`
+	Users       int     `json:"users"`
+	RSSBytes    uint64  `json:"rss_bytes"`
+	HeapBytes   uint64  `json:"heap_bytes"`
+	GoSysBytes  uint64  `json:"go_sys_bytes"`
+	Goroutines  int     `json:"goroutines"`
+	CPUSeconds  float64 `json:"cpu_seconds"`
+	// CPUWaitSeconds: time runnable but waiting for a CPU (engine.Stats).
+	CPUWaitSeconds float64 `json:"cpu_wait_seconds,omitempty"`
+	BytesPerConn   float64 `json:"bytes_per_conn"`
 }
 
 // Stats reads /admin/stats.

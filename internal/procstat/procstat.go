@@ -4,6 +4,7 @@ package procstat
 
 import (
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -32,4 +33,40 @@ func CPUSeconds() float64 {
 		return 0
 	}
 	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+}
+
+// CPUWaitSeconds returns how long the process's threads have been runnable
+// but waiting for a CPU (the run-queue delay the kernel keeps per thread in
+// /proc/self/task/*/schedstat, summed), and whether the kernel reports it.
+// On a machine with more runnable threads than CPUs it grows beside
+// CPUSeconds: their ratio says how long each CPU-second had to wait.
+// Threads that exited are not counted (a Go process rarely ends one).
+func CPUWaitSeconds() (float64, bool) {
+	tasks, err := filepath.Glob("/proc/self/task/*/schedstat")
+	if err != nil || len(tasks) == 0 {
+		return 0, false
+	}
+	var ns uint64
+	found := false
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue // the thread exited meanwhile
+		}
+		if wait, ok := schedstatWait(string(b)); ok {
+			ns += wait
+			found = true
+		}
+	}
+	return float64(ns) / 1e9, found
+}
+
+// schedstatWait parses one schedstat line: "<ns on CPU> <ns waiting> <slices>".
+func schedstatWait(line string) (uint64, bool) {
+	f := strings.Fields(line)
+	if len(f) < 2 {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(f[1], 10, 64)
+	return v, err == nil
 }
