@@ -41,32 +41,41 @@ func CPUSeconds() float64 {
 // On a machine with more runnable threads than CPUs it grows beside
 // CPUSeconds: their ratio says how long each CPU-second had to wait.
 // Threads that exited are not counted (a Go process rarely ends one).
-func CPUWaitSeconds() (float64, bool) {
-	tasks, err := filepath.Glob("/proc/self/task/*/schedstat")
+func CPUWaitSeconds() (float64, bool) { return cpuWaitIn("/proc/self/task") }
+
+// cpuWaitIn sums the run-queue delay of the threads under dir (a
+// /proc/PID/task directory). A kernel whose run-queue accounting is off
+// (an older kernel with CONFIG_TASK_DELAY_ACCT but not CONFIG_SCHEDSTATS,
+// booted with nodelayacct) still has the files but writes "0 0 0" in
+// each: no thread with time on a CPU means nothing is measured, not that
+// nothing waited.
+func cpuWaitIn(dir string) (float64, bool) {
+	tasks, err := os.ReadDir(dir)
 	if err != nil || len(tasks) == 0 {
 		return 0, false
 	}
-	var ns uint64
-	found := false
+	var wait uint64
+	ran := false
 	for _, t := range tasks {
-		b, err := os.ReadFile(t)
+		b, err := os.ReadFile(filepath.Join(dir, t.Name(), "schedstat"))
 		if err != nil {
 			continue // the thread exited meanwhile
 		}
-		if wait, ok := schedstatWait(string(b)); ok {
-			ns += wait
-			found = true
+		if run, w, ok := schedstatTimes(string(b)); ok {
+			wait += w
+			ran = ran || run > 0
 		}
 	}
-	return float64(ns) / 1e9, found
+	return float64(wait) / 1e9, ran
 }
 
-// schedstatWait parses one schedstat line: "<ns on CPU> <ns waiting> <slices>".
-func schedstatWait(line string) (uint64, bool) {
+// schedstatTimes parses one schedstat line: "<ns on CPU> <ns waiting> <slices>".
+func schedstatTimes(line string) (run, wait uint64, ok bool) {
 	f := strings.Fields(line)
 	if len(f) < 2 {
-		return 0, false
+		return 0, 0, false
 	}
-	v, err := strconv.ParseUint(f[1], 10, 64)
-	return v, err == nil
+	run, err1 := strconv.ParseUint(f[0], 10, 64)
+	wait, err2 := strconv.ParseUint(f[1], 10, 64)
+	return run, wait, err1 == nil && err2 == nil
 }
