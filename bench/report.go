@@ -172,6 +172,9 @@ type PhaseSummary struct {
 	Errors     int64   `json:"errors"`
 	LatencyUs  Latency `json:"latency_us"`
 	ServerCPU  float64 `json:"server_cpu_seconds"`
+	// ServerCPUWait: the servers' threads waiting for a CPU, same span
+	// (ServerReport.CPUWaitSeconds).
+	ServerCPUWait float64 `json:"server_cpu_wait_seconds,omitempty"`
 	// Cluster nodes only: MongoDB commands and Redis round trips per
 	// message delivered in the window.
 	StoreCmdsPerMsg float64 `json:"store_cmds_per_msg,omitempty"`

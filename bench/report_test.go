@@ -205,3 +205,21 @@ func TestReportCPUWait(t *testing.T) {
 		t.Errorf("wait printed though not measured:\n%s", b.String())
 	}
 }
+
+// TestPhaseSummaryCPUWait: a find-max step records the servers' CPU wait
+// over the same span as its server CPU, as the measured phase does.
+func TestPhaseSummaryCPUWait(t *testing.T) {
+	s0 := StatsSum{CPUSeconds: 100, CPUWait: 40}
+	s1 := StatsSum{CPUSeconds: 110, CPUWait: 54}
+	p := summarize(&PhaseResult{WindowS: 10}, NewHist(), s0, s1)
+	if p.ServerCPU != 10 || p.ServerCPUWait != 14 {
+		t.Fatalf("server cpu %v wait %v, want 10 and 14", p.ServerCPU, p.ServerCPUWait)
+	}
+	b, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"server_cpu_wait_seconds":14`) {
+		t.Fatalf("JSON lacks the wait: %s", b)
+	}
+}

@@ -921,8 +921,9 @@ func perMessage(res *PhaseResult, s0, s1 StatsSum) (store, redis float64) {
 	return Total(OpsDelta(s0.StoreOps, s1.StoreOps)) / n, Total(OpsDelta(s0.RedisOps, s1.RedisOps)) / n
 }
 
-func summarize(res *PhaseResult, h *Hist, cpu float64) PhaseSummary {
-	p := PhaseSummary{Rate: res.Rate, Sent: res.Sent, Delivered: res.Delivered, Errors: sumCounts(res.Errors), LatencyUs: h.Summary(), ServerCPU: cpu}
+func summarize(res *PhaseResult, h *Hist, s0, s1 StatsSum) PhaseSummary {
+	p := PhaseSummary{Rate: res.Rate, Sent: res.Sent, Delivered: res.Delivered, Errors: sumCounts(res.Errors), LatencyUs: h.Summary(),
+		ServerCPU: s1.CPUSeconds - s0.CPUSeconds, ServerCPUWait: s1.CPUWait - s0.CPUWait}
 	if res.WindowS > 0 {
 		p.MsgsPerSec = float64(res.InWindowRx) / res.WindowS
 		if res.Cycles > 0 {
@@ -1009,7 +1010,7 @@ func (r *runner) findMax(ctx context.Context, rep *Report) error {
 		if err != nil {
 			return err
 		}
-		ps := summarize(res, h, s1.CPUSeconds-s0.CPUSeconds)
+		ps := summarize(res, h, s0, s1)
 		ps.StoreCmdsPerMsg, ps.RedisCmdsPerMsg = perMessage(res, s0, s1)
 		ps.Rate = rate
 		ps.OK, ps.Why = passes(res, ps, cfg.MaxP99)
