@@ -73,15 +73,21 @@ func TestMergePhases(t *testing.T) {
 	e1, _ := h1.Encode()
 	e2, _ := h2.Encode()
 	p, h, err := MergePhases([]*PhaseResult{
-		{ID: 2, Rate: 100, WindowS: 10, Sent: 10, Expected: 10, Delivered: 9, Errors: map[string]int64{"x": 1}, Hist: e1},
+		{ID: 2, Rate: 100, WindowS: 10, Sent: 10, Expected: 10, Delivered: 9, Errors: map[string]int64{"x": 1}, Hist: e1,
+			CPU: 3, CPUWait: 1, CPUSpan: 14},
 		nil,
-		{ID: 2, Rate: 50, WindowS: 10, Sent: 5, Expected: 5, Delivered: 5, Errors: map[string]int64{"x": 2, "y": 1}, Hist: e2},
+		{ID: 2, Rate: 50, WindowS: 10, Sent: 5, Expected: 5, Delivered: 5, Errors: map[string]int64{"x": 2, "y": 1}, Hist: e2,
+			CPU: 2, CPUWait: 4, CPUSpan: 14.5},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if p.Rate != 150 || p.Sent != 15 || p.Delivered != 14 || p.Errors["x"] != 3 || sumCounts(p.Errors) != 4 || h.Count() != 2 {
 		t.Fatalf("merged %+v count %d", p, h.Count())
+	}
+	// CPU adds up over the processes; they measure it over the same phase.
+	if p.CPU != 5 || p.CPUWait != 5 || p.CPUSpan != 14.5 {
+		t.Fatalf("merged CPU %v wait %v span %v; want 5, 5, 14.5", p.CPU, p.CPUWait, p.CPUSpan)
 	}
 	if _, _, err := MergePhases([]*PhaseResult{{ID: 1}, {ID: 2}}); err == nil {
 		t.Fatal("merged different phases")

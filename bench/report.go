@@ -140,7 +140,11 @@ type GeneratorReport struct {
 	HeapBytes    uint64  `json:"heap_bytes"`
 	BytesPerConn float64 `json:"bytes_per_conn"` // (rss after ramp - rss before) / held
 	HeapPerConn  float64 `json:"heap_per_conn"`
-	CPUSeconds   float64 `json:"cpu_seconds,omitempty"` // in the measured phase
+	// CPUSeconds is the generator's CPU over the measured phase: warmup,
+	// window and drain, CPUSpanS seconds of wall time (longer than the
+	// window the server's CPU covers).
+	CPUSeconds float64 `json:"cpu_seconds,omitempty"`
+	CPUSpanS   float64 `json:"cpu_span_s,omitempty"`
 	// CPUWaitSeconds: the generator's threads waiting for a CPU, same span.
 	CPUWaitSeconds float64 `json:"cpu_wait_seconds,omitempty"`
 }
@@ -286,8 +290,12 @@ func (r *Report) Print(w io.Writer) {
 			human(float64(h.MemAvailableBefore)-float64(h.MemAvailableAfter)), h.TotalBytesPerConn)
 	}
 	g := r.Generator
-	fmt.Fprintf(w, "generator          rss %s heap %s; %.0f B/conn rss, %.0f B/conn heap; cpu %.2f s in the window%s\n",
-		human(float64(g.RSSBytes)), human(float64(g.HeapBytes)), g.BytesPerConn, g.HeapPerConn, g.CPUSeconds,
+	span := "in the phase"
+	if g.CPUSpanS > 0 {
+		span = fmt.Sprintf("over the phase's %.1f s (warmup, window, drain: %.2f cores)", g.CPUSpanS, g.CPUSeconds/g.CPUSpanS)
+	}
+	fmt.Fprintf(w, "generator          rss %s heap %s; %.0f B/conn rss, %.0f B/conn heap; cpu %.2f s %s%s\n",
+		human(float64(g.RSSBytes)), human(float64(g.HeapBytes)), g.BytesPerConn, g.HeapPerConn, g.CPUSeconds, span,
 		fmtCPUWait(g.CPUWaitSeconds, g.CPUSeconds))
 	if d := r.Details; d != nil && (d.SelfPushes > 0 || d.Late > 0) {
 		fmt.Fprintf(w, "details            acks %d, pushes of own messages to the sender %d, late %d\n", d.Acks, d.SelfPushes, d.Late)

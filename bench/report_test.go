@@ -165,14 +165,14 @@ func TestRoundTripsFromMetrics(t *testing.T) {
 func TestReportCPUWait(t *testing.T) {
 	r := &Report{Scenario: "p2p", Target: "imd x1", DurationS: 10, Sent: 10, Delivered: 10, MsgsPerSec: 1,
 		Server:    ServerReport{CPUSeconds: 10, CPUWaitSeconds: 14, CPUCores: 1},
-		Generator: GeneratorReport{CPUSeconds: 13, CPUWaitSeconds: 19.5},
+		Generator: GeneratorReport{CPUSeconds: 13, CPUSpanS: 14, CPUWaitSeconds: 19.5},
 		Baseline:  &BaselineReport{MsgsPerSec: 1, Ratio: 1, Server: ServerReport{CPUSeconds: 10, CPUWaitSeconds: 13.7}}}
 	var b strings.Builder
 	r.Print(&b)
 	out := b.String()
 	for _, want := range []string{
 		"server cpu         10.00 s in the window (1.00 cores); waited 14.00 s for a cpu (1.40 s per cpu-second)\n",
-		"cpu 13.00 s in the window; waited 19.50 s for a cpu (1.50 s per cpu-second)\n",
+		"cpu 13.00 s over the phase's 14.0 s (warmup, window, drain: 0.93 cores); waited 19.50 s for a cpu (1.50 s per cpu-second)\n",
 		"; relay waited 1.37 s for a cpu per cpu-second",
 	} {
 		if !strings.Contains(out, want) {

@@ -853,7 +853,7 @@ func (r *runner) holdPhase(ctx context.Context, rep *Report, before StatsSum) er
 		rep.Server.CPUCores = rep.Server.CPUSeconds / hold.Seconds()
 		rep.Sent, rep.Delivered = res.Heartbeats, res.HeartbeatOK
 		rep.Delivered = min(rep.Delivered, rep.Sent)
-		rep.Generator.CPUSeconds, rep.Generator.CPUWaitSeconds = res.CPU, res.CPUWait
+		rep.Generator.CPUSeconds, rep.Generator.CPUWaitSeconds, rep.Generator.CPUSpanS = res.CPU, res.CPUWait, res.CPUSpan
 		rep.ErrorsByReason = mergeCounts(rep.ErrorsByReason, res.Errors)
 		rep.Connections = res.Held
 		rep.Generator.RSSBytes, rep.Generator.HeapBytes = res.Mem.RSS, res.Mem.Heap
@@ -973,7 +973,7 @@ func (r *runner) fillFromPhase(rep *Report, res *PhaseResult, h *Hist, s0, s1 St
 		l := r.probe.Summary()
 		rep.FsyncProbe = &l
 	}
-	rep.Generator.CPUSeconds, rep.Generator.CPUWaitSeconds = res.CPU, res.CPUWait
+	rep.Generator.CPUSeconds, rep.Generator.CPUWaitSeconds, rep.Generator.CPUSpanS = res.CPU, res.CPUWait, res.CPUSpan
 	rep.Generator.RSSBytes, rep.Generator.HeapBytes = res.Mem.RSS, res.Mem.Heap
 	rep.Connections = res.Held
 	if r.cfg.Scenario == ScenarioChurn {

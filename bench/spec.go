@@ -139,6 +139,9 @@ type PhaseResult struct {
 	Mem         MemSample        `json:"mem"`
 	CPU         float64          `json:"cpu_s"`      // generator CPU seconds spent in the phase
 	CPUWait     float64          `json:"cpu_wait_s"` // and waiting for a CPU (procstat.CPUWaitSeconds)
+	// CPUSpan is the wall time CPU and CPUWait were measured over: the
+	// whole phase (warmup, window and drain), longer than the window.
+	CPUSpan float64 `json:"cpu_span_s"`
 }
 
 // mergeCounts adds b into a (allocating a when nil) and returns it.
@@ -232,6 +235,7 @@ func MergePhases(ps []*PhaseResult) (*PhaseResult, *Hist, error) {
 		out.Mem.Heap += p.Mem.Heap
 		out.CPU += p.CPU
 		out.CPUWait += p.CPUWait
+		out.CPUSpan = max(out.CPUSpan, p.CPUSpan)
 		wh, err := DecodeHist(p.Hist)
 		if err != nil {
 			return nil, nil, err

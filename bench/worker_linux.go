@@ -239,7 +239,7 @@ func runPhase(ctx context.Context, spec WorkerSpec, loops []*loop, active []int,
 	// Convert the wall-clock start to the loop clock.
 	start := nowNs() + (ph.StartUnixNs - time.Now().UnixNano())
 	win := Window{From: start + int64(ph.Warmup), To: start + int64(ph.Warmup) + int64(ph.Duration)}
-	cpu0, wait0 := procCPUSeconds(), procCPUWait()
+	cpu0, wait0, t0 := procCPUSeconds(), procCPUWait(), time.Now()
 	for i, l := range loops {
 		rate := 0.0
 		if total > 0 {
@@ -279,7 +279,7 @@ func runPhase(ctx context.Context, spec WorkerSpec, loops []*loop, active []int,
 			return nil, ctx.Err()
 		}
 	}
-	res.CPU, res.CPUWait = procCPUSeconds()-cpu0, procCPUWait()-wait0
+	res.CPU, res.CPUWait, res.CPUSpan = procCPUSeconds()-cpu0, procCPUWait()-wait0, time.Since(t0).Seconds()
 	res.Mem = sampleMem()
 	var err error
 	if res.Hist, err = h.Encode(); err != nil {
