@@ -292,7 +292,7 @@ func (r *Report) Print(w io.Writer) {
 	g := r.Generator
 	span := "in the phase"
 	if g.CPUSpanS > 0 {
-		span = fmt.Sprintf("over the phase's %.1f s (warmup, window, drain: %.2f cores)", g.CPUSpanS, g.CPUSeconds/g.CPUSpanS)
+		span = fmt.Sprintf("over the phase's %.1f s (%.2f cores)", g.CPUSpanS, g.CPUSeconds/g.CPUSpanS)
 	}
 	fmt.Fprintf(w, "generator          rss %s heap %s; %.0f B/conn rss, %.0f B/conn heap; cpu %.2f s %s%s\n",
 		human(float64(g.RSSBytes)), human(float64(g.HeapBytes)), g.BytesPerConn, g.HeapPerConn, g.CPUSeconds, span,
@@ -394,8 +394,9 @@ func fmtBound(us float64) string {
 }
 
 // fmtCPUWait describes wait seconds spent waiting for a CPU beside cpu
-// seconds of work ("" when not measured): the second figure is the
-// machine's oversubscription as these threads felt it.
+// seconds of work ("" when not measured): the second figure is how long
+// these threads waited to run per second they ran, whether the CPUs were
+// busy or (on a VM) slow to wake.
 func fmtCPUWait(wait, cpu float64) string {
 	if wait <= 0 || cpu <= 0 {
 		return ""

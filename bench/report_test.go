@@ -172,7 +172,7 @@ func TestReportCPUWait(t *testing.T) {
 	out := b.String()
 	for _, want := range []string{
 		"server cpu         10.00 s in the window (1.00 cores); waited 14.00 s for a cpu (1.40 s per cpu-second)\n",
-		"cpu 13.00 s over the phase's 14.0 s (warmup, window, drain: 0.93 cores); waited 19.50 s for a cpu (1.50 s per cpu-second)\n",
+		"cpu 13.00 s over the phase's 14.0 s (0.93 cores); waited 19.50 s for a cpu (1.50 s per cpu-second)\n",
 		"; relay waited 1.37 s for a cpu per cpu-second",
 	} {
 		if !strings.Contains(out, want) {
