@@ -44,7 +44,9 @@ type Report struct {
 	Params         map[string]any   `json:"params"`
 	Machine        Machine          `json:"machine"`
 	CPUPressureEnd string           `json:"cpu_pressure_end,omitempty"`
-	ProfileFiles   []string         `json:"profile_files,omitempty"`
+	// HostCPU is how the machine's CPUs spent the measured window.
+	HostCPU      *HostCPU `json:"host_cpu,omitempty"`
+	ProfileFiles []string `json:"profile_files,omitempty"`
 	// FsyncProbe is the latency of the bare write+fdatasync loop run
 	// beside the node in the window (--fsync-probe), in microseconds.
 	FsyncProbe *Latency `json:"fsync_probe_us,omitempty"`
@@ -337,6 +339,10 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "stopped            %s\n", r.StopReason)
 	fmt.Fprintf(w, "machine            %d cpus, load %s; cpu pressure at start: %s; at end: %s\n",
 		r.Machine.CPUs, r.Machine.LoadAvg, r.Machine.CPUPressure, r.CPUPressureEnd)
+	if h := r.HostCPU; h != nil {
+		fmt.Fprintf(w, "host cpu           in the window: user %.0f%% system %.0f%% softirq %.0f%% idle %.0f%% iowait %.0f%% steal %.0f%%\n",
+			h.User, h.System, h.Softirq, h.Idle, h.IOWait, h.Steal)
+	}
 }
 
 // fmtOps formats round-trip counts by op, largest first ("insert 1200,

@@ -223,3 +223,35 @@ func TestPhaseSummaryCPUWait(t *testing.T) {
 		t.Fatalf("JSON lacks the wait: %s", b)
 	}
 }
+
+// TestHostCPU: /proc/stat's first line is parsed and turned into shares of
+// the window, and the report prints them.
+func TestHostCPU(t *testing.T) {
+	a, ok := parseHostTicks("cpu  1000 10 500 3000 40 5 100 2 0 0")
+	if !ok {
+		t.Fatal("a /proc/stat cpu line did not parse")
+	}
+	b, _ := parseHostTicks("cpu  1190 10 815 3350 40 10 240 2 0 0")
+	h := hostCPUBetween(a, b)
+	// 1000 ticks passed: user 190, system 315 + irq 5, idle 350, softirq 140, steal 0.
+	if h == nil || h.User != 19 || h.System != 32 || h.Idle != 35 || h.Softirq != 14 || h.IOWait != 0 || h.Steal != 0 {
+		t.Fatalf("shares %+v; want user 19 system 32 idle 35 softirq 14", h)
+	}
+	if hostCPUBetween(b, a) != nil || hostCPUBetween(a, a) != nil {
+		t.Error("shares from counters that went backwards or did not move")
+	}
+	for _, bad := range []string{"", "intr 1 2 3", "cpu 1 2", "cpu 1 x 3 4 5"} {
+		if _, ok := parseHostTicks(bad); ok {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+	if short, ok := parseHostTicks("cpu 1 2 3 4"); !ok || short[3] != 4 || short[7] != 0 {
+		t.Errorf("a line without the later fields: %v %v", short, ok)
+	}
+	r := &Report{Scenario: "p2p", HostCPU: h}
+	var sb strings.Builder
+	r.Print(&sb)
+	if want := "host cpu           in the window: user 19% system 32% softirq 14% idle 35% iowait 0% steal 0%\n"; !strings.Contains(sb.String(), want) {
+		t.Errorf("report lacks %q:\n%s", want, sb.String())
+	}
+}

@@ -471,7 +471,8 @@ type runner struct {
 	stopReason           string
 	readyAt              time.Time
 	profiles             []string
-	probe                *Hist // the last window's FsyncProbe (nil: none)
+	probe                *Hist    // the last window's FsyncProbe (nil: none)
+	hostCPU              *HostCPU // the last window's host CPU shares (nil: not measured)
 	procs, loops, active int
 	activeBy             []int
 	host                 *HostReport
@@ -732,6 +733,7 @@ func (r *runner) runPhase(ctx context.Context, id int, rate float64, warmup, dur
 	// Server counters at the window's edges, and profiles inside it.
 	type sample struct {
 		s0, s1 StatsSum
+		host   *HostCPU
 		probe  *Hist
 	}
 	sampled := make(chan sample, 1)
@@ -740,12 +742,16 @@ func (r *runner) runPhase(ctx context.Context, id int, rate float64, warmup, dur
 		var s sample
 		sleepUntil(ctx, start.Add(warmup))
 		s.s0, _ = FetchAll(ctx, r.admins, false)
+		h0, hostOK := readHostTicks()
 		if profPrefix != "" {
 			r.profile(ctx, &profWG, profPrefix, duration)
 		}
 		probeDone := r.startProbe(ctx, duration)
 		sleepUntil(ctx, start.Add(warmup+duration))
 		s.s1, _ = FetchAll(ctx, r.admins, false)
+		if h1, ok := readHostTicks(); ok && hostOK {
+			s.host = hostCPUBetween(h0, h1)
+		}
 		s.probe = <-probeDone
 		sampled <- s
 	}()
@@ -768,7 +774,7 @@ func (r *runner) runPhase(ctx context.Context, id int, rate float64, warmup, dur
 		}
 	}
 	s := <-sampled
-	r.probe = s.probe
+	r.probe, r.hostCPU = s.probe, s.host
 	profWG.Wait()
 	res, h, err := MergePhases(results)
 	return res, h, s.s0, s.s1, err
@@ -969,6 +975,7 @@ func (r *runner) fillFromPhase(rep *Report, res *PhaseResult, h *Hist, s0, s1 St
 		rep.Server.StoreLatency[name] = h.Sub(s0.StoreHists[name]).Summary()
 	}
 	rep.FsyncProbe = nil
+	rep.HostCPU = r.hostCPU
 	if r.probe != nil && r.probe.Count() > 0 {
 		l := r.probe.Summary()
 		rep.FsyncProbe = &l

@@ -146,3 +146,73 @@ func cpuPressure() string {
 	line, _, _ := strings.Cut(string(b), "\n")
 	return line
 }
+
+// hostTicks is the first line of /proc/stat: the time all CPUs spent in
+// each state since boot, in clock ticks (user, nice, system, idle, iowait,
+// irq, softirq, steal).
+type hostTicks [8]uint64
+
+// readHostTicks reads /proc/stat (false where it is missing).
+func readHostTicks() (hostTicks, bool) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return hostTicks{}, false
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	return parseHostTicks(line)
+}
+
+// parseHostTicks parses "cpu  user nice system idle iowait irq softirq
+// steal ..."; kernels without the later fields leave them 0.
+func parseHostTicks(line string) (hostTicks, bool) {
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return hostTicks{}, false
+	}
+	var t hostTicks
+	for i := range t {
+		if i+1 >= len(f) {
+			break
+		}
+		v, err := strconv.ParseUint(f[i+1], 10, 64)
+		if err != nil {
+			return hostTicks{}, false
+		}
+		t[i] = v
+	}
+	return t, true
+}
+
+// HostCPU is how the machine's CPUs spent the measured window, in percent
+// of all CPU time (from /proc/stat; user includes nice, system includes
+// hard interrupts). With the servers' and the generator's CPU wait it
+// tells a busy machine (little idle) from one slow to run woken threads
+// (much idle, yet long waits: on a VM, the hypervisor waking idle vCPUs).
+type HostCPU struct {
+	User    float64 `json:"user_pct"`
+	System  float64 `json:"system_pct"`
+	Softirq float64 `json:"softirq_pct"`
+	Idle    float64 `json:"idle_pct"`
+	IOWait  float64 `json:"iowait_pct"`
+	Steal   float64 `json:"steal_pct"`
+}
+
+// hostCPUBetween returns the shares of the time from a to b (nil when no
+// time passed or the counters went backwards).
+func hostCPUBetween(a, b hostTicks) *HostCPU {
+	var d hostTicks
+	var total uint64
+	for i := range d {
+		if b[i] < a[i] {
+			return nil
+		}
+		d[i] = b[i] - a[i]
+		total += d[i]
+	}
+	if total == 0 {
+		return nil
+	}
+	pct := func(v uint64) float64 { return 100 * float64(v) / float64(total) }
+	return &HostCPU{User: pct(d[0] + d[1]), System: pct(d[2] + d[5]), Idle: pct(d[3]), IOWait: pct(d[4]),
+		Softirq: pct(d[6]), Steal: pct(d[7])}
+}
