@@ -135,18 +135,8 @@ func (s *Store) write(ctx context.Context, w *writeReq) error {
 // or its queue is full).
 func (s *Store) writeAsync(w *writeReq) {
 	w.ctx = context.Background()
-	s.mu.RLock()
-	if s.closed {
-		s.mu.RUnlock()
-		w.then(persist.ErrClosed)
-		return
-	}
-	select {
-	case s.queue <- item{w: w, at: time.Now()}:
-		s.mu.RUnlock()
-	default:
-		s.mu.RUnlock()
-		w.then(fmt.Errorf("pebblestore: write queue full: %w", persist.ErrUnavailable))
+	if err := s.enqueueNow(item{w: w, at: time.Now()}); err != nil {
+		w.then(err)
 	}
 }
 
