@@ -234,9 +234,10 @@ type Stats struct {
 	CPUSeconds float64 `json:"cpu_seconds"`
 	// CPUWaitSeconds is how long the process's threads were runnable but
 	// waiting for a CPU (Linux schedstat; absent where the kernel keeps
-	// none). Its growth per CPUSeconds measures how oversubscribed the
-	// machine is: about 0 on an idle host, above 1 when every CPU-second
-	// of work waited more than a second.
+	// none). Its growth per CPUSeconds says how long the threads waited to
+	// run per second they ran: about 0 on an idle host, above 1 when every
+	// CPU-second of work waited more than a second, whether for busy CPUs
+	// or, on a VM, for the hypervisor to run an idle vCPU.
 	CPUWaitSeconds float64 `json:"cpu_wait_seconds,omitempty"`
 	BytesPerConn   float64 `json:"bytes_per_conn"`
 	// Store is the store's own figures, when it reports them
