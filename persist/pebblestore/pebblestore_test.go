@@ -119,11 +119,15 @@ func TestSetCursorAsyncClosed(t *testing.T) {
 	if c, d := calls.Load(), dones.Load(); c != d {
 		t.Fatalf("%d asynchronous writes, %d done calls after Close", c, d)
 	}
-	returned := false
+	returned, called := false, false
 	s.SetCursorAsync("bob", "d1", 10, func(err error) {
+		called = true
 		if returned || !errors.Is(err, persist.ErrClosed) {
 			t.Errorf("closed store: done(%v) after return %v; want ErrClosed before", err, returned)
 		}
 	})
 	returned = true
+	if !called {
+		t.Error("closed store: done not called before SetCursorAsync returned")
+	}
 }
