@@ -2,7 +2,6 @@ package pebblestore
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -513,24 +512,25 @@ func (c *committer) stage(del bool, key, value []byte) {
 	c.staged = append(c.staged, op)
 }
 
-// writeStaged adds the staged writes to the Pebble batch in key order.
+// writeStaged adds the staged writes to the Pebble batch in key order
+// (stagesort.go says why the order).
 func (c *committer) writeStaged() {
-	key := func(o stagedOp) []byte { return c.arena[o.k : o.k+o.kn] }
-	order := func(a, b stagedOp) int {
-		if a.pre0 != b.pre0 {
-			return cmp.Compare(a.pre0, b.pre0)
+	c.sortStaged()
+	for _, o := range c.sorted {
+		if o.del {
+			c.keep(c.b.Delete(c.arena[o.k:o.k+o.kn], nil))
+		} else {
+			c.keep(c.b.Set(c.arena[o.k:o.k+o.kn], c.arena[o.v:o.v+o.vn], nil))
 		}
-		if a.pre1 != b.pre1 {
-			return cmp.Compare(a.pre1, b.pre1)
-		}
-		if d := bytes.Compare(key(a), key(b)); d != 0 {
-			return d
-		}
-		return cmp.Compare(a.k, b.k) // stable: ops are staged at rising offsets
 	}
-	// Group by table (a stable counting sort on the first byte), then sort
-	// each table's run unless it is in order already, as the message and
-	// refs tables are: message IDs rise.
+	c.staged, c.sorted, c.arena = c.staged[:0], c.sorted[:0], c.arena[:0]
+}
+
+// sortStaged puts the staged writes in c.sorted in key order: grouped by
+// table (a stable counting sort on the first byte), then each table's run
+// sorted unless it is in order already, as the message and refs tables
+// are: message IDs rise.
+func (c *committer) sortStaged() {
 	var count [257]int
 	for _, o := range c.staged {
 		count[o.pre0>>56+1]++
@@ -549,19 +549,11 @@ func (c *committer) writeStaged() {
 		for hi < len(c.sorted) && c.sorted[hi].pre0>>56 == c.sorted[lo].pre0>>56 {
 			hi++
 		}
-		if run := c.sorted[lo:hi]; !slices.IsSortedFunc(run, order) {
-			slices.SortFunc(run, order)
+		if run := c.sorted[lo:hi]; !stagedSorted(run, c.arena) {
+			sortStaged(run, c.arena)
 		}
 		lo = hi
 	}
-	for _, o := range c.sorted {
-		if o.del {
-			c.keep(c.b.Delete(key(o), nil))
-		} else {
-			c.keep(c.b.Set(key(o), c.arena[o.v:o.v+o.vn], nil))
-		}
-	}
-	c.staged, c.sorted, c.arena = c.staged[:0], c.sorted[:0], c.arena[:0]
 }
 
 // get reads key as the current batch sees it: this batch's own writes of
