@@ -8,7 +8,7 @@ BENCH_OUT ?= bench-results
 BENCH_FLAGS ?=
 BENCH_RUN = ./$(IMBENCH)
 
-.PHONY: bench-build bench-conns bench-conns-ws bench-p2p bench-p2p-embedded bench-group bench-login bench-churn bench-find-max bench-1m bench-all
+.PHONY: bench-build bench-conns bench-conns-ws bench-p2p bench-p2p-embedded bench-group bench-group-load bench-login bench-churn bench-find-max bench-1m bench-all
 
 bench-build: ## build bin/imd and bin/imbench for the bench-* targets
 	@mkdir -p $(BIN) $(BENCH_OUT)
@@ -32,6 +32,15 @@ bench-p2p-embedded: bench-build ## 1:1 open loop, embedded store with fsync (gro
 bench-group: bench-build ## fan-out: 20 groups x 100 members, 200 group sends/s (19,800 deliveries/s), plus baseline (~60 s)
 	$(BENCH_RUN) group --groups 20 --group-size 100 --rate 200 --warmup 5s --duration 15s --baseline-echo \
 		--json $(BENCH_OUT)/group.json $(BENCH_FLAGS)
+
+# bench-group-load: the same fan-out at 6,000 group sends/s (594,000 deliveries/s),
+# a load that keeps the node's event loops busy. Deliveries per server
+# CPU-second is a capacity figure only there: below it each push is its own
+# write(2), at this load several share one (docs/BENCHMARKS.md, "How to read
+# the numbers").
+bench-group-load: bench-build ## fan-out at 6,000 group sends/s (594,000 deliveries/s), plus baseline: deliveries per server CPU-second at load (~40 s)
+	$(BENCH_RUN) group --groups 20 --group-size 100 --rate 6000 --warmup 5s --duration 10s --baseline-echo \
+		--json $(BENCH_OUT)/group-load.json $(BENCH_FLAGS)
 
 bench-login: bench-build ## login storm: 19,000 token logins, 2 procs, 1000 in flight each, plus baseline (~20 s)
 	$(BENCH_RUN) login --conns 19000 --procs 2 --concurrency 1000 --duration 8s --baseline-echo --json $(BENCH_OUT)/login.json $(BENCH_FLAGS)
@@ -57,4 +66,4 @@ bench-1m: bench-build ## one-command million-connection run over local nodes (bo
 		--ramp-timeout 8m --timeout 20m --mem-reserve 3GiB --login-timeout 60s \
 		--json $(BENCH_OUT)/1m.json $(BENCH_FLAGS)
 
-bench-all: bench-conns bench-p2p bench-p2p-embedded bench-group bench-login bench-churn bench-find-max ## every scenario but bench-1m
+bench-all: bench-conns bench-p2p bench-p2p-embedded bench-group bench-group-load bench-login bench-churn bench-find-max ## every scenario but bench-1m
