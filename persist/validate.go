@@ -2,6 +2,7 @@ package persist
 
 import (
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"sync"
 )
@@ -63,23 +64,62 @@ func CheckAppend(msg Message, inboxes []string) error {
 		}
 		return nil
 	}
-	// A group's inboxes: a pooled set, so a fan-out append allocates no
-	// map each time.
-	seen := inboxSets.Get().(map[string]struct{})
-	defer func() {
-		clear(seen)
-		inboxSets.Put(seen)
-	}()
-	for _, in := range inboxes {
-		if _, ok := seen[in]; ok {
-			return fmt.Errorf("%w: duplicate inbox %q", ErrInvalid, in)
-		}
-		seen[in] = struct{}{}
+	// A group's inboxes: a pooled hash set, so a fan-out append allocates
+	// nothing.
+	set := inboxSets.Get().(*inboxSet)
+	dup, ok := set.firstDuplicate(inboxes)
+	if cap(set.slots) <= 1<<16 { // a huge group's arrays are not kept
+		inboxSets.Put(set)
+	}
+	if ok {
+		return fmt.Errorf("%w: duplicate inbox %q", ErrInvalid, dup)
 	}
 	return nil
 }
 
-var inboxSets = sync.Pool{New: func() any { return make(map[string]struct{}, 64) }}
+// inboxSet finds a repeated name in a list of inboxes: open addressing over
+// the names' 64-bit hashes, each slot holding an index into the list. It
+// is what a map[string]struct{} does for the same job at a fraction of the
+// cost (no map insertions or clearing; a group fan-out checks a hundred
+// names per message).
+type inboxSet struct {
+	seed   maphash.Seed
+	slots  []int32  // index+1 into the list being checked; 0 is empty
+	hashes []uint64 // hash of each name, by list index
+}
+
+var inboxSets = sync.Pool{New: func() any { return &inboxSet{seed: maphash.MakeSeed()} }}
+
+// firstDuplicate returns the first name of names that an earlier one
+// repeats, and whether there is one. It keeps nothing of names.
+func (s *inboxSet) firstDuplicate(names []string) (string, bool) {
+	size := 16
+	for size < 2*len(names) {
+		size <<= 1
+	}
+	if cap(s.slots) < size {
+		s.slots = make([]int32, size)
+	}
+	slots := s.slots[:size]
+	clear(slots)
+	s.hashes = slices.Grow(s.hashes[:0], len(names))[:len(names)]
+	mask := uint64(size - 1)
+	for i, name := range names {
+		h := maphash.String(s.seed, name)
+		s.hashes[i] = h
+		for j := h & mask; ; j = (j + 1) & mask {
+			k := slots[j]
+			if k == 0 {
+				slots[j] = int32(i + 1)
+				break
+			}
+			if s.hashes[k-1] == h && names[k-1] == name {
+				return name, true
+			}
+		}
+	}
+	return "", false
+}
 
 // CheckLookup validates the arguments of MessageStore.Lookup: clientMsgID
 // must be a valid id and from (which may be empty) at most MaxIDLen bytes,
