@@ -79,9 +79,9 @@ func CheckAppend(msg Message, inboxes []string) error {
 
 // inboxSet finds a repeated name in a list of inboxes: open addressing over
 // the names' 64-bit hashes, each slot holding an index into the list. It
-// is what a map[string]struct{} does for the same job at a fraction of the
-// cost (no map insertions or clearing; a group fan-out checks a hundred
-// names per message).
+// does the job of a map[string]struct{} at under half the cost (one hash
+// per name, no map growth, one clear of the slots; a group fan-out checks a
+// hundred names per message).
 type inboxSet struct {
 	seed   maphash.Seed
 	slots  []int32  // index+1 into the list being checked; 0 is empty

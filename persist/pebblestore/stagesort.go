@@ -8,8 +8,8 @@ import "bytes"
 // to the Pebble batch, because Pebble inserts a batch into its memtable (a
 // skiplist) key by key and an insert next to the previous one is cheap
 // while a random one searches the whole list. At 50k appends/s a batch holds
-// about a thousand appends and six thousand writes, and with the generic
-// slices.SortFunc the sort was the largest part of the committer's own work
+// hundreds to over a thousand appends of six writes each, and with the generic
+// slices.SortFunc the sort was the largest single item of the committer's own work
 // (a closure call per comparison, and an out-of-line byte comparison
 // whenever the 16-byte prefixes tie, as they do for one user's inbox and
 // conversation entries). sortStaged is the same order with the comparison
