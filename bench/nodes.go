@@ -199,7 +199,9 @@ type StatsSum struct {
 	RSS, Heap   uint64
 	CPUSeconds  float64
 	CPUWait     float64 // seconds runnable but waiting for a CPU (NodeStats.CPUWaitSeconds)
-	Goroutines  int
+	// Syscalls made (NodeStats.ReadSyscalls, WriteSyscalls).
+	ReadSyscalls, WriteSyscalls uint64
+	Goroutines                  int
 	// Round trips to the cluster's services so far, from each node's
 	// /metrics: imgn_store_ops_total (MongoDB commands) and
 	// imgn_redis_ops_total, by op. Empty for nodes without them.
@@ -323,6 +325,8 @@ func FetchAll(ctx context.Context, admins []string, gc bool) (StatsSum, error) {
 			sum.Heap += st.HeapBytes
 			sum.CPUSeconds += st.CPUSeconds
 			sum.CPUWait += st.CPUWaitSeconds
+			sum.ReadSyscalls += st.ReadSyscalls
+			sum.WriteSyscalls += st.WriteSyscalls
 			sum.Goroutines += st.Goroutines
 		})
 	}

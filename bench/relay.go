@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/imgn/imgn/codec"
+	"github.com/imgn/imgn/internal/procstat"
 	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
 )
@@ -343,6 +344,7 @@ func (r *Relay) Stats() NodeStats {
 	st := NodeStats{NodeID: "relay", Connections: int(r.conns.Load()), RSSBytes: procRSS(), HeapBytes: ms.HeapInuse,
 		GoSysBytes: ms.Sys, Goroutines: runtime.NumGoroutine(), CPUSeconds: procCPUSeconds(),
 		CPUWaitSeconds: procCPUWait()}
+	st.ReadSyscalls, st.WriteSyscalls, _ = procstat.Syscalls()
 	for i := range r.shards {
 		sh := &r.shards[i]
 		sh.mu.RLock()

@@ -63,6 +63,13 @@ type ServerReport struct {
 	// CPUWaitSeconds is the time the servers' threads waited for a CPU in
 	// the same span as CPUSeconds (0 where the kernel keeps no schedstat).
 	CPUWaitSeconds float64 `json:"cpu_wait_seconds,omitempty"`
+	// ReadSyscalls and WriteSyscalls are the servers' read and write
+	// system calls in the window (/proc/self/io of each node; 0 where the
+	// kernel keeps none). Set beside the deliveries they say how many
+	// messages a call carried: about one read and one write per message
+	// and side under light load, far fewer calls under heavy load.
+	ReadSyscalls  uint64 `json:"read_syscalls,omitempty"`
+	WriteSyscalls uint64 `json:"write_syscalls,omitempty"`
 
 	Nodes       int `json:"nodes"`
 	Connections int `json:"connections"`
@@ -272,6 +279,9 @@ func (r *Report) Print(w io.Writer) {
 		}
 		fmt.Fprintf(w, "%s\n", fmtCPUWait(s.CPUWaitSeconds, s.CPUSeconds))
 	}
+	if s.ReadSyscalls > 0 && r.DurationS > 0 {
+		fmt.Fprintf(w, "server syscalls    %s\n", fmtSyscalls(s, r.MsgsPerSec, r.DurationS))
+	}
 	for _, name := range storeHistOrder {
 		if l, ok := s.StoreLatency[name]; ok && l.Count > 0 {
 			fmt.Fprintf(w, "store %-12s %d in the window, mean %.0fus, p50 <= %s, p99 <= %s, p99.9 <= %s, max <= %s; %.2f%% over 51 ms\n",
@@ -335,6 +345,9 @@ func (r *Report) Print(w io.Writer) {
 			fmt.Fprintf(w, "; relay waited %.2f s for a cpu per cpu-second", s.CPUWaitSeconds/s.CPUSeconds)
 		}
 		fmt.Fprintln(w)
+		if s := b.Server; s.ReadSyscalls > 0 && r.DurationS > 0 {
+			fmt.Fprintf(w, "relay syscalls     %s\n", fmtSyscalls(s, b.MsgsPerSec, r.DurationS))
+		}
 	}
 	fmt.Fprintf(w, "stopped            %s\n", r.StopReason)
 	fmt.Fprintf(w, "machine            %d cpus, load %s; cpu pressure at start: %s; at end: %s\n",
@@ -408,4 +421,13 @@ func fmtCPUWait(wait, cpu float64) string {
 		return ""
 	}
 	return fmt.Sprintf("; waited %.2f s for a cpu (%.2f s per cpu-second)", wait, wait/cpu)
+}
+
+// fmtSyscalls says how many read and write calls the servers made a second
+// in a window of windowS seconds, and how many deliveries (msgsPerSec)
+// there were per call.
+func fmtSyscalls(s ServerReport, msgsPerSec, windowS float64) string {
+	r, w := float64(s.ReadSyscalls)/windowS, float64(s.WriteSyscalls)/windowS
+	return fmt.Sprintf("%.1fk reads/s, %.1fk writes/s in the window: %.2f deliveries per read, %.2f per write",
+		r/1e3, w/1e3, msgsPerSec/r, msgsPerSec/w)
 }

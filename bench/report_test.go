@@ -255,3 +255,46 @@ func TestHostCPU(t *testing.T) {
 		t.Errorf("report lacks %q:\n%s", want, sb.String())
 	}
 }
+
+// TestReportSyscalls: the servers' and the relay's syscalls in the window
+// are printed per second and per delivery, and kept in the JSON; without
+// counts nothing is printed.
+func TestReportSyscalls(t *testing.T) {
+	r := &Report{Scenario: "p2p", Target: "imd x1", DurationS: 10, Sent: 500000, Delivered: 500000, MsgsPerSec: 50000,
+		Server:   ServerReport{CPUSeconds: 9, CPUCores: 0.9, ReadSyscalls: 407000, WriteSyscalls: 819000},
+		Baseline: &BaselineReport{MsgsPerSec: 50000, Ratio: 1, Server: ServerReport{CPUSeconds: 8, ReadSyscalls: 250000, WriteSyscalls: 500000}}}
+	var b strings.Builder
+	r.Print(&b)
+	out := b.String()
+	for _, want := range []string{
+		"server syscalls    40.7k reads/s, 81.9k writes/s in the window: 1.23 deliveries per read, 0.61 per write\n",
+		"relay syscalls     25.0k reads/s, 50.0k writes/s in the window: 2.00 deliveries per read, 1.00 per write\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "r.json")
+	if err := r.WriteJSON(path); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m struct {
+		Server map[string]float64 `json:"server"`
+	}
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Server["read_syscalls"] != 407000 || m.Server["write_syscalls"] != 819000 {
+		t.Errorf("JSON server: %v", m.Server)
+	}
+	r.Server.ReadSyscalls, r.Baseline.Server.ReadSyscalls = 0, 0
+	b.Reset()
+	r.Print(&b)
+	if strings.Contains(b.String(), "syscalls") {
+		t.Errorf("syscalls printed though not measured:\n%s", b.String())
+	}
+}

@@ -965,6 +965,10 @@ func (r *runner) fillFromPhase(rep *Report, res *PhaseResult, h *Hist, s0, s1 St
 	if rep.Server.CPUSeconds > 0 {
 		rep.Server.MsgsPerCPUSecond = rep.MsgsPerSec * res.WindowS / rep.Server.CPUSeconds
 	}
+	rep.Server.ReadSyscalls, rep.Server.WriteSyscalls = 0, 0
+	if s1.ReadSyscalls > s0.ReadSyscalls && s1.WriteSyscalls > s0.WriteSyscalls && s0.Nodes == s1.Nodes {
+		rep.Server.ReadSyscalls, rep.Server.WriteSyscalls = s1.ReadSyscalls-s0.ReadSyscalls, s1.WriteSyscalls-s0.WriteSyscalls
+	}
 	rep.Server.StoreOps, rep.Server.RedisOps = OpsDelta(s0.StoreOps, s1.StoreOps), OpsDelta(s0.RedisOps, s1.RedisOps)
 	rep.Server.StoreCmdsPerMsg, rep.Server.RedisCmdsPerMsg = perMessage(res, s0, s1)
 	rep.Server.StoreLatency = nil

@@ -239,7 +239,15 @@ type Stats struct {
 	// CPU-second of work waited more than a second, whether for busy CPUs
 	// or, on a VM, for the hypervisor to run an idle vCPU.
 	CPUWaitSeconds float64 `json:"cpu_wait_seconds,omitempty"`
-	BytesPerConn   float64 `json:"bytes_per_conn"`
+	// ReadSyscalls and WriteSyscalls count the process's read and write
+	// system calls (/proc/self/io; absent where the kernel keeps none).
+	// Their growth per message says how many messages each syscall
+	// carried: about one read and one write per message and side under
+	// light load, far fewer under heavy load, which is why CPU per message
+	// falls as the load rises.
+	ReadSyscalls  uint64  `json:"read_syscalls,omitempty"`
+	WriteSyscalls uint64  `json:"write_syscalls,omitempty"`
+	BytesPerConn  float64 `json:"bytes_per_conn"`
 	// Store is the store's own figures, when it reports them
 	// (persist.StatsReporter; the embedded store does).
 	Store *persist.StoreStats `json:"store,omitempty"`
@@ -257,6 +265,7 @@ func (s *Server) Stats() Stats {
 	st.RSSBytes = procstat.RSS()
 	st.CPUSeconds = procstat.CPUSeconds()
 	st.CPUWaitSeconds, _ = procstat.CPUWaitSeconds()
+	st.ReadSyscalls, st.WriteSyscalls, _ = procstat.Syscalls()
 	if st.Connections > 0 {
 		st.BytesPerConn = float64(st.RSSBytes) / float64(st.Connections)
 	}

@@ -229,7 +229,10 @@ type Stats struct {
 	CPUSeconds  float64 `json:"cpu_seconds"`
 	// CPUWaitSeconds: time runnable but waiting for a CPU (engine.Stats).
 	CPUWaitSeconds float64 `json:"cpu_wait_seconds,omitempty"`
-	BytesPerConn   float64 `json:"bytes_per_conn"`
+	// ReadSyscalls, WriteSyscalls: the process's syscalls (engine.Stats).
+	ReadSyscalls  uint64  `json:"read_syscalls,omitempty"`
+	WriteSyscalls uint64  `json:"write_syscalls,omitempty"`
+	BytesPerConn  float64 `json:"bytes_per_conn"`
 }
 
 // Stats reads /admin/stats.

@@ -91,3 +91,51 @@ func TestCPUWaitUnavailable(t *testing.T) {
 		t.Fatal("a missing task directory is measured")
 	}
 }
+
+// TestSyscalls: writing to a pipe 100 times and reading it 100 times shows
+// up as at least that many write and read syscalls.
+func TestSyscalls(t *testing.T) {
+	r0, w0, ok := Syscalls()
+	if !ok {
+		t.Skip("this kernel has no /proc/self/io (CONFIG_TASK_IO_ACCOUNTING off): Syscalls reports unavailable")
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
+	buf := make([]byte, 1)
+	for range 100 {
+		if _, err := pw.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pr.Read(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r1, w1, _ := Syscalls()
+	if r1-r0 < 100 || w1-w0 < 100 {
+		t.Fatalf("100 reads and 100 writes counted as %d reads and %d writes", r1-r0, w1-w0)
+	}
+}
+
+func TestSyscallsParse(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "io")
+	if err := os.WriteFile(p, []byte("rchar: 10\nwchar: 20\nsyscr: 7\nsyscw: 9\nread_bytes: 0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r, w, ok := syscallsIn(p); !ok || r != 7 || w != 9 {
+		t.Fatalf("syscallsIn = %d, %d, %v; want 7, 9, true", r, w, ok)
+	}
+	if err := os.WriteFile(p, []byte("rchar: 10\nsyscr: 7\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := syscallsIn(p); ok {
+		t.Fatal("a file without syscw reported as complete")
+	}
+	if _, _, ok := syscallsIn(filepath.Join(dir, "missing")); ok {
+		t.Fatal("a missing file reported as available")
+	}
+}
