@@ -167,39 +167,16 @@ func TestReportCPUWait(t *testing.T) {
 		Server:    ServerReport{CPUSeconds: 10, CPUWaitSeconds: 14, CPUCores: 1},
 		Generator: GeneratorReport{CPUSeconds: 13, CPUSpanS: 14, CPUWaitSeconds: 19.5},
 		Baseline:  &BaselineReport{MsgsPerSec: 1, Ratio: 1, Server: ServerReport{CPUSeconds: 10, CPUWaitSeconds: 13.7}}}
-	var b strings.Builder
-	r.Print(&b)
-	out := b.String()
-	for _, want := range []string{
+	server, generator := printedAndJSON(t, r,
 		"server cpu         10.00 s in the window (1.00 cores); waited 14.00 s for a cpu (1.40 s per cpu-second)\n",
 		"cpu 13.00 s over the phase's 14.0 s (0.93 cores); waited 19.50 s for a cpu (1.50 s per cpu-second)\n",
-		"; relay waited 1.37 s for a cpu per cpu-second",
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("report lacks %q:\n%s", want, out)
-		}
-	}
-	path := filepath.Join(t.TempDir(), "r.json")
-	if err := r.WriteJSON(path); err != nil {
-		t.Fatal(err)
-	}
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m struct {
-		Server    map[string]float64 `json:"server"`
-		Generator map[string]float64 `json:"generator"`
-	}
-	if err := json.Unmarshal(raw, &m); err != nil {
-		t.Fatal(err)
-	}
-	if m.Server["cpu_wait_seconds"] != 14 || m.Generator["cpu_wait_seconds"] != 19.5 {
-		t.Errorf("JSON: server %v generator %v", m.Server, m.Generator)
+		"; relay waited 1.37 s for a cpu per cpu-second")
+	if server["cpu_wait_seconds"] != 14 || generator["cpu_wait_seconds"] != 19.5 {
+		t.Errorf("JSON: server %v generator %v", server, generator)
 	}
 	// Not measured: nothing printed.
 	r.Server.CPUWaitSeconds, r.Generator.CPUWaitSeconds, r.Baseline.Server.CPUWaitSeconds = 0, 0, 0
-	b.Reset()
+	var b strings.Builder
 	r.Print(&b)
 	if strings.Contains(b.String(), "waited") {
 		t.Errorf("wait printed though not measured:\n%s", b.String())
@@ -263,15 +240,29 @@ func TestReportSyscalls(t *testing.T) {
 	r := &Report{Scenario: "p2p", Target: "imd x1", DurationS: 10, Sent: 500000, Delivered: 500000, MsgsPerSec: 50000,
 		Server:   ServerReport{CPUSeconds: 9, CPUCores: 0.9, ReadSyscalls: 407000, WriteSyscalls: 819000},
 		Baseline: &BaselineReport{MsgsPerSec: 50000, Ratio: 1, Server: ServerReport{CPUSeconds: 8, ReadSyscalls: 250000, WriteSyscalls: 500000}}}
+	server, _ := printedAndJSON(t, r,
+		"server syscalls    40.7k reads/s, 81.9k writes/s in the window: 1.23 deliveries per read, 0.61 per write\n",
+		"relay syscalls     25.0k reads/s, 50.0k writes/s in the window: 2.00 deliveries per read, 1.00 per write\n")
+	if server["read_syscalls"] != 407000 || server["write_syscalls"] != 819000 {
+		t.Errorf("JSON server: %v", server)
+	}
+	var b strings.Builder
+	r.Server.ReadSyscalls, r.Baseline.Server.ReadSyscalls = 0, 0
+	r.Print(&b)
+	if strings.Contains(b.String(), "syscalls") {
+		t.Errorf("syscalls printed though not measured:\n%s", b.String())
+	}
+}
+
+// printedAndJSON prints r, checks that the text holds every line of want,
+// and returns the report's JSON server and generator sections as maps.
+func printedAndJSON(t *testing.T, r *Report, want ...string) (server, generator map[string]float64) {
+	t.Helper()
 	var b strings.Builder
 	r.Print(&b)
-	out := b.String()
-	for _, want := range []string{
-		"server syscalls    40.7k reads/s, 81.9k writes/s in the window: 1.23 deliveries per read, 0.61 per write\n",
-		"relay syscalls     25.0k reads/s, 50.0k writes/s in the window: 2.00 deliveries per read, 1.00 per write\n",
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("report lacks %q:\n%s", want, out)
+	for _, w := range want {
+		if !strings.Contains(b.String(), w) {
+			t.Errorf("report lacks %q:\n%s", w, b.String())
 		}
 	}
 	path := filepath.Join(t.TempDir(), "r.json")
@@ -283,18 +274,11 @@ func TestReportSyscalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	var m struct {
-		Server map[string]float64 `json:"server"`
+		Server    map[string]float64 `json:"server"`
+		Generator map[string]float64 `json:"generator"`
 	}
 	if err := json.Unmarshal(raw, &m); err != nil {
 		t.Fatal(err)
 	}
-	if m.Server["read_syscalls"] != 407000 || m.Server["write_syscalls"] != 819000 {
-		t.Errorf("JSON server: %v", m.Server)
-	}
-	r.Server.ReadSyscalls, r.Baseline.Server.ReadSyscalls = 0, 0
-	b.Reset()
-	r.Print(&b)
-	if strings.Contains(b.String(), "syscalls") {
-		t.Errorf("syscalls printed though not measured:\n%s", b.String())
-	}
+	return m.Server, m.Generator
 }
