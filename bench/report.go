@@ -188,6 +188,10 @@ type PhaseSummary struct {
 	// ServerCPUWait: the servers' threads waiting for a CPU, same span
 	// (ServerReport.CPUWaitSeconds).
 	ServerCPUWait float64 `json:"server_cpu_wait_seconds,omitempty"`
+	// ServerReadSyscalls: the servers' read syscalls, same span
+	// (ServerReport.ReadSyscalls); with the deliveries, how many messages
+	// a read carried at this rate.
+	ServerReadSyscalls uint64 `json:"server_read_syscalls,omitempty"`
 	// Cluster nodes only: MongoDB commands and Redis round trips per
 	// message delivered in the window.
 	StoreCmdsPerMsg float64 `json:"store_cmds_per_msg,omitempty"`
@@ -323,6 +327,9 @@ func (r *Report) Print(w io.Writer) {
 		cmds := ""
 		if p.StoreCmdsPerMsg > 0 {
 			cmds = fmt.Sprintf("  %.2f mongo cmds/msg", p.StoreCmdsPerMsg)
+		}
+		if p.ServerReadSyscalls > 0 && r.DurationS > 0 {
+			cmds += fmt.Sprintf("  %.2f deliveries per server read", p.MsgsPerSec*r.DurationS/float64(p.ServerReadSyscalls))
 		}
 		fmt.Fprintf(w, "step %-2d            rate %.0f -> %.0f/s  p50 %d p99 %d max %d us  errors %d%s  %v %s\n",
 			i+1, p.Rate, p.MsgsPerSec, p.LatencyUs.P50, p.LatencyUs.P99, p.LatencyUs.Max, p.Errors, cmds, okStr(p.OK), p.Why)

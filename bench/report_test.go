@@ -184,13 +184,19 @@ func TestReportCPUWait(t *testing.T) {
 }
 
 // TestPhaseSummaryCPUWait: a find-max step records the servers' CPU wait
-// over the same span as its server CPU, as the measured phase does.
+// and read syscalls over the same span as its server CPU, as the measured
+// phase does, and its line says how many deliveries a read carried.
 func TestPhaseSummaryCPUWait(t *testing.T) {
-	s0 := StatsSum{CPUSeconds: 100, CPUWait: 40}
-	s1 := StatsSum{CPUSeconds: 110, CPUWait: 54}
-	p := summarize(&PhaseResult{WindowS: 10}, NewHist(), s0, s1)
-	if p.ServerCPU != 10 || p.ServerCPUWait != 14 {
-		t.Fatalf("server cpu %v wait %v, want 10 and 14", p.ServerCPU, p.ServerCPUWait)
+	s0 := StatsSum{Nodes: 1, CPUSeconds: 100, CPUWait: 40, ReadSyscalls: 1000}
+	s1 := StatsSum{Nodes: 1, CPUSeconds: 110, CPUWait: 54, ReadSyscalls: 201000}
+	p := summarize(&PhaseResult{WindowS: 10, InWindowRx: 500000}, NewHist(), s0, s1)
+	if p.ServerCPU != 10 || p.ServerCPUWait != 14 || p.ServerReadSyscalls != 200000 {
+		t.Fatalf("server cpu %v wait %v reads %d, want 10, 14 and 200000", p.ServerCPU, p.ServerCPUWait, p.ServerReadSyscalls)
+	}
+	var out strings.Builder
+	(&Report{Scenario: "p2p", DurationS: 10, Phases: []PhaseSummary{p}}).Print(&out)
+	if !strings.Contains(out.String(), "  2.50 deliveries per server read") {
+		t.Errorf("the step line lacks the deliveries per read:\n%s", out.String())
 	}
 	b, err := json.Marshal(p)
 	if err != nil {

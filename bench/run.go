@@ -930,6 +930,9 @@ func perMessage(res *PhaseResult, s0, s1 StatsSum) (store, redis float64) {
 func summarize(res *PhaseResult, h *Hist, s0, s1 StatsSum) PhaseSummary {
 	p := PhaseSummary{Rate: res.Rate, Sent: res.Sent, Delivered: res.Delivered, Errors: sumCounts(res.Errors), LatencyUs: h.Summary(),
 		ServerCPU: s1.CPUSeconds - s0.CPUSeconds, ServerCPUWait: s1.CPUWait - s0.CPUWait}
+	if s1.ReadSyscalls > s0.ReadSyscalls && s0.Nodes == s1.Nodes {
+		p.ServerReadSyscalls = s1.ReadSyscalls - s0.ReadSyscalls
+	}
 	if res.WindowS > 0 {
 		p.MsgsPerSec = float64(res.InWindowRx) / res.WindowS
 		if res.Cycles > 0 {
