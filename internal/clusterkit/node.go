@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/imgn/imgn/internal/nodestats"
 	"github.com/imgn/imgn/internal/testsvc"
 )
 
@@ -215,25 +216,8 @@ func (n *Node) Owner(ctx context.Context, user string) string {
 	return out.Owner
 }
 
-// Stats is the JSON of GET /admin/stats (engine.Stats, which this mirrors
-// for the processes that may not link the engine).
-type Stats struct {
-	NodeID      string  `json:"node_id"`
-	Connections int     `json:"connections"`
-	Sessions    int     `json:"sessions"`
-	Users       int     `json:"users"`
-	RSSBytes    uint64  `json:"rss_bytes"`
-	HeapBytes   uint64  `json:"heap_bytes"`
-	GoSysBytes  uint64  `json:"go_sys_bytes"`
-	Goroutines  int     `json:"goroutines"`
-	CPUSeconds  float64 `json:"cpu_seconds"`
-	// CPUWaitSeconds: time runnable but waiting for a CPU (engine.Stats).
-	CPUWaitSeconds float64 `json:"cpu_wait_seconds,omitempty"`
-	// ReadSyscalls, WriteSyscalls: the process's syscalls (engine.Stats).
-	ReadSyscalls  uint64  `json:"read_syscalls,omitempty"`
-	WriteSyscalls uint64  `json:"write_syscalls,omitempty"`
-	BytesPerConn  float64 `json:"bytes_per_conn"`
-}
+// Stats is the JSON of GET /admin/stats.
+type Stats = nodestats.Stats
 
 // Stats reads /admin/stats.
 func (n *Node) Stats(ctx context.Context) (Stats, error) {
