@@ -927,12 +927,20 @@ func perMessage(res *PhaseResult, s0, s1 StatsSum) (store, redis float64) {
 	return Total(OpsDelta(s0.StoreOps, s1.StoreOps)) / n, Total(OpsDelta(s0.RedisOps, s1.RedisOps)) / n
 }
 
+// syscallsBetween returns the servers' read and write syscalls from s0 to
+// s1: both 0 when they were not counted (no read in between) or the set of
+// nodes changed.
+func syscallsBetween(s0, s1 StatsSum) (reads, writes uint64) {
+	if s1.ReadSyscalls <= s0.ReadSyscalls || s1.WriteSyscalls < s0.WriteSyscalls || s0.Nodes != s1.Nodes {
+		return 0, 0
+	}
+	return s1.ReadSyscalls - s0.ReadSyscalls, s1.WriteSyscalls - s0.WriteSyscalls
+}
+
 func summarize(res *PhaseResult, h *Hist, s0, s1 StatsSum) PhaseSummary {
 	p := PhaseSummary{Rate: res.Rate, Sent: res.Sent, Delivered: res.Delivered, Errors: sumCounts(res.Errors), LatencyUs: h.Summary(),
 		ServerCPU: s1.CPUSeconds - s0.CPUSeconds, ServerCPUWait: s1.CPUWait - s0.CPUWait}
-	if s1.ReadSyscalls > s0.ReadSyscalls && s0.Nodes == s1.Nodes {
-		p.ServerReadSyscalls = s1.ReadSyscalls - s0.ReadSyscalls
-	}
+	p.ServerReadSyscalls, _ = syscallsBetween(s0, s1)
 	if res.WindowS > 0 {
 		p.MsgsPerSec = float64(res.InWindowRx) / res.WindowS
 		if res.Cycles > 0 {
@@ -968,10 +976,7 @@ func (r *runner) fillFromPhase(rep *Report, res *PhaseResult, h *Hist, s0, s1 St
 	if rep.Server.CPUSeconds > 0 {
 		rep.Server.MsgsPerCPUSecond = rep.MsgsPerSec * res.WindowS / rep.Server.CPUSeconds
 	}
-	rep.Server.ReadSyscalls, rep.Server.WriteSyscalls = 0, 0
-	if s1.ReadSyscalls > s0.ReadSyscalls && s1.WriteSyscalls > s0.WriteSyscalls && s0.Nodes == s1.Nodes {
-		rep.Server.ReadSyscalls, rep.Server.WriteSyscalls = s1.ReadSyscalls-s0.ReadSyscalls, s1.WriteSyscalls-s0.WriteSyscalls
-	}
+	rep.Server.ReadSyscalls, rep.Server.WriteSyscalls = syscallsBetween(s0, s1)
 	rep.Server.StoreOps, rep.Server.RedisOps = OpsDelta(s0.StoreOps, s1.StoreOps), OpsDelta(s0.RedisOps, s1.RedisOps)
 	rep.Server.StoreCmdsPerMsg, rep.Server.RedisCmdsPerMsg = perMessage(res, s0, s1)
 	rep.Server.StoreLatency = nil
