@@ -211,6 +211,7 @@ type flakyStore struct {
 	failNext  int           // fail this many Appends with ErrUnavailable
 	slowNext  int           // delay this many Appends (the store still commits)
 	slowDelay time.Duration // delay of a slow Append
+	hold      chan struct{} // if set, every Append waits until it is closed
 }
 
 func (f *flakyStore) Append(ctx context.Context, m persist.Message, inboxes []string) (persist.AppendResult, error) {
@@ -221,7 +222,11 @@ func (f *flakyStore) Append(ctx context.Context, m persist.Message, inboxes []st
 	} else if slow {
 		f.slowNext--
 	}
+	hold := f.hold
 	f.mu.Unlock()
+	if hold != nil {
+		<-hold
+	}
 	if fail {
 		return persist.AppendResult{}, fmt.Errorf("flaky: %w", persist.ErrUnavailable)
 	}

@@ -197,27 +197,57 @@ func TestMaxConnections(t *testing.T) {
 }
 
 func TestConnQueueBackpressure(t *testing.T) {
-	// Requests queue only for workers: a store that is not in memory.
-	s := startServer(t, func(c *Config) { c.MaxConnInbound = 300; c.Workers = 1; c.Store = &flakyStore{Store: memstore.New()} })
+	// Requests queue only for workers: a store that is not in memory. The
+	// store holds every Append until the test lets go, so the one worker is
+	// busy with the first send while the rest arrive, whatever the timing.
+	hold := make(chan struct{})
+	st := &flakyStore{Store: memstore.New()}
+	s := startServer(t, func(c *Config) { c.MaxConnInbound = 300; c.Workers = 1; c.Store = st })
 	c := dial(t, s, codec.Protobuf)
 	c.login("alice", "pc")
+	st.mu.Lock()
+	st.hold = hold
+	st.mu.Unlock()
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(hold)
+		}
+	}
+	defer release()
 	var seqs []uint32
 	for i := range 50 {
 		seqs = append(seqs, c.send(codec.CmdSend, &pb.SendRequest{ClientMsgId: fmt.Sprint(i), To: "alice"}))
 	}
-	busy := 0
-	for _, q := range seqs {
-		f := c.reply(q)
-		if f.Command == codec.CmdError {
-			e := decodeError(t, f)
-			if codec.ErrorCode(e.Code) != codec.CodeBusy || !e.Retryable || e.RetryAfterMs == 0 {
-				t.Fatalf("got %v", e)
-			}
-			busy++
+	// The last request arrives behind a held worker and a full queue.
+	checkBusy := func(f codec.Frame) {
+		t.Helper()
+		e := decodeError(t, f)
+		if codec.ErrorCode(e.Code) != codec.CodeBusy || !e.Retryable || e.RetryAfterMs == 0 {
+			t.Fatalf("got %v", e)
 		}
 	}
-	if busy == 0 {
-		t.Fatal("50 pipelined requests with a queue of 1 were all accepted")
+	last := c.reply(seqs[len(seqs)-1])
+	if last.Command != codec.CmdError {
+		t.Fatalf("the 50th pipelined request with a queue of 300 bytes and a held worker got %v, want BUSY", last.Command)
+	}
+	checkBusy(last)
+	release()
+	busy, acked := 1, 0
+	for _, q := range seqs[:len(seqs)-1] {
+		f := c.reply(q)
+		if f.Command == codec.CmdError {
+			checkBusy(f)
+			busy++
+		} else {
+			acked++
+		}
+	}
+	// The first send was with the worker and some fitted in the queue:
+	// those are stored and acked once the store lets go.
+	if acked == 0 || busy == 0 {
+		t.Fatalf("%d acked, %d busy", acked, busy)
 	}
 }
 
