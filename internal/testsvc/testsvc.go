@@ -44,6 +44,7 @@
 package testsvc
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -255,7 +256,11 @@ func Launch(ctx context.Context, kind, dir string, port int, opts ...Option) (*S
 			}
 		}
 		s.Port, s.Addr = p, net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
-		lastErr = s.Start()
+		attempts := 1 // another port is tried instead
+		if port != 0 {
+			attempts = sameportAttempts
+		}
+		lastErr = s.start(attempts)
 		if lastErr == nil || port != 0 || ctx.Err() != nil {
 			break
 		}
@@ -326,9 +331,45 @@ func (s *Service) PID() int {
 // (or an unexpected exit) and waits until it is ready. It returns ErrRunning
 // if the process is still running. If the process cannot become ready it is
 // killed and the error includes the tail of its log.
+//
+// A restart must keep its port (clients hold the address), so when the new
+// process exits because its bind found the port in use, Start tries again
+// on the same port, up to sameportAttempts times: the port was free when
+// probed, and what holds it in between (another test process's probe of a
+// port, a socket of the killed process still being torn down) lets go
+// within moments.
 func (s *Service) Start() error {
+	return s.start(sameportAttempts)
+}
+
+// sameportAttempts bounds Start's tries on a port found in use.
+const sameportAttempts = 4
+
+// start is Start with at most attempts tries on the port. Launch makes one:
+// it picks another port instead.
+func (s *Service) start(attempts int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var err error
+	for attempt := range attempts {
+		if attempt > 0 {
+			time.Sleep(time.Duration(attempt) * 200 * time.Millisecond)
+		}
+		if err = s.startLocked(); !portInUse(err) {
+			break
+		}
+	}
+	return err
+}
+
+// portInUse reports whether err is a start that failed because the port
+// was taken: before the launch (errPortInUse) or by the child's bind.
+func portInUse(err error) bool {
+	var exited *exitedError
+	return errors.Is(err, errPortInUse) || errors.As(err, &exited) && exited.addrInUse
+}
+
+func (s *Service) startLocked() error {
 	if s.runningLocked() {
 		return fmt.Errorf("%w: %s (pid %d)", ErrRunning, s, s.proc.cmd.Process.Pid)
 	}
@@ -348,7 +389,7 @@ func (s *Service) Start() error {
 	if err != nil {
 		return fmt.Errorf("testsvc: start %s: %w", s, err)
 	}
-	fmt.Fprintf(logf, "=== testsvc: %s start %s: %s\n", time.Now().Format(time.RFC3339Nano), s, strings.Join(args, " "))
+	fmt.Fprintf(logf, startMarker+"%s start %s: %s\n", time.Now().Format(time.RFC3339Nano), s, strings.Join(args, " "))
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Dir = s.Dir
 	cmd.Stdin = nil
@@ -372,6 +413,10 @@ func (s *Service) Start() error {
 	if err := s.waitReady(ctx, k, p); err != nil {
 		_ = s.signalLocked(syscall.SIGKILL)
 		<-p.done
+		var exited *exitedError
+		if errors.As(err, &exited) {
+			exited.addrInUse = s.lastStartSaysAddrInUse()
+		}
 		return fmt.Errorf("testsvc: start %s: %w\n--- last %d lines of %s:\n%s", s, err, logTailLines, s.LogPath, s.LogTail(logTailLines))
 	}
 	return nil
@@ -379,7 +424,27 @@ func (s *Service) Start() error {
 
 // exitedError: the process exited before it became ready (typically: the
 // port was taken).
-type exitedError struct{ err error }
+type exitedError struct {
+	err       error
+	addrInUse bool // its log says its bind found the port in use
+}
+
+// startMarker begins each start's part of the log.
+const startMarker = "=== testsvc: "
+
+// lastStartSaysAddrInUse reports whether the log written since the latest
+// start has the bind failure every kind prints ("Address already in use":
+// ZooKeeper's BindException, redis-server, Go's EADDRINUSE text).
+func (s *Service) lastStartSaysAddrInUse() bool {
+	b, err := readTail(s.LogPath, 256<<10)
+	if err != nil {
+		return false
+	}
+	if i := bytes.LastIndex(b, []byte(startMarker)); i >= 0 {
+		b = b[i:]
+	}
+	return bytes.Contains(bytes.ToLower(b), []byte("address already in use"))
+}
 
 func (e *exitedError) Error() string {
 	return fmt.Sprintf("process exited before it was ready: %v", e.err)
@@ -391,7 +456,7 @@ func (s *Service) waitReady(ctx context.Context, k kind, p *proc) error {
 	for {
 		select {
 		case <-p.done:
-			return &exitedError{p.err}
+			return &exitedError{err: p.err}
 		default:
 		}
 		pctx, cancel := context.WithTimeout(ctx, time.Second)

@@ -227,6 +227,42 @@ func TestRedisAppendOnlySurvivesKill(t *testing.T) {
 	}
 }
 
+// TestRestartWaitsForItsPort: a restart keeps its port, so one that finds
+// the port held for a moment (CI saw a killed ZooKeeper's port in use when
+// it came back) tries again instead of failing; one held for good fails
+// with a clear error.
+func TestRestartWaitsForItsPort(t *testing.T) {
+	t.Parallel()
+	s := testsvc.StartRedis(t)
+	must(t, "Stop", s.Stop())
+	l, err := net.Listen("tcp", s.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	released := make(chan struct{})
+	go func() {
+		defer close(released)
+		time.Sleep(300 * time.Millisecond)
+		l.Close()
+	}()
+	must(t, "Start while the port is held for a moment", s.Start())
+	<-released
+	if got := redisCmd(t, s.Addr, "PING"); got != "+PONG" {
+		t.Fatalf("PING after the retried start = %q", got)
+	}
+
+	must(t, "Stop", s.Stop())
+	l, err = net.Listen("tcp", s.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	err = s.Start()
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("port %d is in use", s.Port)) {
+		t.Fatalf("Start on a port held for good: err = %v", err)
+	}
+}
+
 func TestLaunchErrors(t *testing.T) {
 	t.Parallel()
 	if _, err := testsvc.Launch(t.Context(), "postgres", t.TempDir(), 0); !errors.Is(err, testsvc.ErrUnknownKind) {
