@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"testing"
 
 	"github.com/imgn/imgn/persist"
 	"github.com/imgn/imgn/persist/memstore"
@@ -87,6 +88,25 @@ func (a *asyncStore) commit() {
 			op.Done.AppendDone(op)
 		}
 	}
+}
+
+// holdCommits makes the committer wait before its next batch until release
+// is called. release is idempotent and also runs at t's cleanup, before
+// the server's shutdown (registered earlier, so it runs later), which
+// waits for every append: a test that fails while holding cannot hang.
+func (a *asyncStore) holdCommits(t testing.TB) (release func()) {
+	hold := make(chan struct{})
+	a.mu.Lock()
+	a.hold = hold
+	a.mu.Unlock()
+	release = sync.OnceFunc(func() {
+		a.mu.Lock()
+		a.hold = nil
+		a.mu.Unlock()
+		close(hold)
+	})
+	t.Cleanup(release)
+	return release
 }
 
 // Close stops the committer, then the memory store.

@@ -245,18 +245,12 @@ func TestStoreThenAck(t *testing.T) {
 			if !ok {
 				return
 			}
-			hold := make(chan struct{})
-			as.mu.Lock()
-			as.hold = hold
-			as.mu.Unlock()
+			release := as.holdCommits(t)
 			seq := a.send(codec.CmdSend, &pb.SendRequest{ClientMsgId: "x2", To: "bob", Body: []byte("held")})
 			if f, err := a.readFrame(300 * time.Millisecond); err == nil {
 				t.Fatalf("a %s frame left while the store's commit was held", f.Command)
 			}
-			as.mu.Lock()
-			as.hold = nil
-			as.mu.Unlock()
-			close(hold)
+			release()
 			if f := a.reply(seq); f.Command != codec.CmdSendAck {
 				t.Fatalf("after the commit: %s", f.Command)
 			}

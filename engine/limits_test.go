@@ -539,7 +539,6 @@ func TestHeartbeatGrowsWithConnections(t *testing.T) {
 // node-wide byte bound; beyond it a request is answered BUSY at once.
 func TestNodeInboundBound(t *testing.T) {
 	st := newAsyncStore()
-	hold := make(chan struct{})
 	s := startServer(t, func(c *Config) {
 		c.Store = &flakyStore{Store: st, slowDelay: 0}
 		c.MaxNodeInbound = 2000
@@ -547,13 +546,16 @@ func TestNodeInboundBound(t *testing.T) {
 	})
 	a := dial(t, s, codec.Protobuf)
 	a.login("alice", "pc")
-	st.mu.Lock()
-	st.hold = hold // the one worker blocks in its first append
-	st.mu.Unlock()
+	release := st.holdCommits(t) // the one worker blocks in its first append
 	var seqs []uint32
 	for i := range 40 {
 		seqs = append(seqs, a.send(codec.CmdSend, &pb.SendRequest{ClientMsgId: fmt.Sprint(i), To: "alice", Body: make([]byte, 100)}))
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("node inbound bytes %d, appends handed to the store %d", s.inBytes.Load(), st.handed.Load())
+		}
+	})
 	f := a.reply(seqs[len(seqs)-1])
 	e := decodeError(t, f)
 	if codec.ErrorCode(e.Code) != codec.CodeBusy || !e.Retryable {
@@ -562,9 +564,6 @@ func TestNodeInboundBound(t *testing.T) {
 	if n := s.inBytes.Load(); n > 2000 {
 		t.Fatalf("node holds %d queued bytes over its 2000 bound", n)
 	}
-	st.mu.Lock()
-	st.hold = nil
-	st.mu.Unlock()
-	close(hold)
+	release()
 	poll(t, "queue drained", func() bool { return s.inBytes.Load() == 0 })
 }

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -68,17 +67,7 @@ func pipelineHeld(t *testing.T, maxIn, n, body int) int64 {
 	})
 	base := st.handed.Load()
 
-	hold := make(chan struct{})
-	st.mu.Lock()
-	st.hold = hold
-	st.mu.Unlock()
-	release := sync.OnceFunc(func() {
-		st.mu.Lock()
-		st.hold = nil
-		st.mu.Unlock()
-		close(hold)
-	})
-	t.Cleanup(release) // before the server's shutdown, which waits for every append
+	release := st.holdCommits(t)
 
 	bodyOf := func(i int) []byte {
 		p := fmt.Appendf(nil, "%d:", i)
