@@ -76,22 +76,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 		code, _ := envflag.Exit("imbench", envflag.Usagef("unknown scenario %q: want one of %s", args[0], strings.Join(scenarios, ", ")), stderr)
 		return code
 	}
-	cfg, jsonPath, hgrm, err := parse(args[0], args[1:], stdout, stderr)
+	cfg, out, err := parse(args[0], args[1:], stdout, stderr)
 	if code, stop := envflag.Exit("imbench "+args[0], err, stderr); stop {
 		return code
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if out.repeat > 1 {
+		return runRepeated(ctx, cfg, out, stdout, stderr)
+	}
 	rep, err := bench.Run(ctx, cfg)
 	if rep != nil {
 		rep.Print(stdout)
-		if hgrm != "" && rep.Percentiles != "" {
-			if werr := os.WriteFile(hgrm, []byte(rep.Percentiles), 0o644); werr != nil {
+		if out.hgrm != "" && rep.Percentiles != "" {
+			if werr := os.WriteFile(out.hgrm, []byte(rep.Percentiles), 0o644); werr != nil {
 				fmt.Fprintln(stderr, "imbench:", werr)
 			}
 		}
-		if jsonPath != "" {
-			if werr := rep.WriteJSON(jsonPath); werr != nil {
+		if out.json != "" {
+			if werr := rep.WriteJSON(out.json); werr != nil {
 				fmt.Fprintln(stderr, "imbench:", werr)
 				return 1
 			}
@@ -102,6 +105,48 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// runRepeated runs cfg out.repeat times, each run against fresh servers,
+// prints each report and then their summary (bench.Repeat). A failed run
+// ends the series; the summary covers the runs before it.
+func runRepeated(ctx context.Context, cfg bench.Config, out outputs, stdout, stderr io.Writer) int {
+	var reps []*bench.Report
+	var runErr error
+	for i := range out.repeat {
+		fmt.Fprintf(stdout, "\n==== run %d of %d\n", i+1, out.repeat)
+		rep, err := bench.Run(ctx, cfg)
+		if rep != nil {
+			rep.Print(stdout)
+			reps = append(reps, rep)
+		}
+		if err != nil {
+			runErr = fmt.Errorf("run %d of %d: %w", i+1, out.repeat, err)
+			break
+		}
+	}
+	code := 0
+	if len(reps) > 0 {
+		sum := bench.SumRepeat(reps)
+		sum.Print(stdout)
+		if out.json != "" {
+			if err := bench.WriteRepeatJSON(out.json, sum, reps); err != nil {
+				fmt.Fprintln(stderr, "imbench:", err)
+				code = 1
+			}
+		}
+	}
+	if runErr != nil {
+		fmt.Fprintln(stderr, "imbench:", runErr)
+		code = 1
+	}
+	return code
+}
+
+// outputs are the flags about what imbench writes, not about the load.
+type outputs struct {
+	json, hgrm string
+	repeat     int // runs of the command (1: one, with no summary)
 }
 
 // scenarios are the first arguments imbench accepts.
@@ -173,13 +218,13 @@ func (b *bytesFlag) Set(v string) error {
 // parse reads the flags of one scenario; help goes to stdout, the run's
 // log to stderr. The environment is not read: the IM_* variables belong to
 // the daemons (IM_ADMIN is imctl's admin URL, not a list of targets).
-func parse(scenario string, args []string, stdout, stderr io.Writer) (bench.Config, string, string, error) {
+func parse(scenario string, args []string, stdout, stderr io.Writer) (bench.Config, outputs, error) {
 	cfg := bench.Config{Scenario: scenario, Log: stderr}
 	fs := envflag.New("imbench "+scenario, "imbench "+scenario+" [flags]", "", stdout)
 	fs.DisableEnv()
 	var targets, admins, src, imdArgs listFlag
 	var memReserve bytesFlag
-	var jsonPath, hgrm string
+	out := outputs{repeat: 1}
 	fs.Var(&targets, "target", "existing node client addresses host:port (comma list); empty: spawn nodes")
 	fs.Var(&admins, "admin", "admin base URLs of the targets, e.g. http://127.0.0.1:9091 (comma list, same order)")
 	fs.StringVar(&cfg.Secret, "secret", "", "JWT secret of the targets (--jwt-secret of imd)")
@@ -222,17 +267,26 @@ func parse(scenario string, args []string, stdout, stderr io.Writer) (bench.Conf
 	fs.StringVar(&cfg.ProfileDir, "profile", "", "directory for CPU, heap and goroutine profiles of the (first) node during the measurement")
 	fs.DurationVar(&cfg.Trace, "trace", 0, "with --profile: also a Go execution trace of the (first) node, this long, from the start of the measurement (e.g. 5s; 0: none)")
 	fs.BoolVar(&cfg.FsyncProbe, "fsync-probe", false, "during the window, time a bare 600 B write+fdatasync loop in the temp directory (where spawned nodes keep their data) and report it beside the embedded store's commit and fsync latencies")
-	fs.StringVar(&jsonPath, "json", "", "write the report as one JSON object to this file")
-	fs.StringVar(&hgrm, "hgrm", "", "write the latency percentile spectrum (.hgrm) to this file")
+	fs.StringVar(&out.json, "json", "", "write the report as one JSON object to this file (with --repeat: the summary and every run's report)")
+	fs.StringVar(&out.hgrm, "hgrm", "", "write the latency percentile spectrum (.hgrm) to this file")
+	fs.IntVar(&out.repeat, "repeat", 1, "run the command this many times, each against fresh servers (with --baseline-echo: imd then the relay each time), and print the medians and the run-to-run spread")
 	fs.DurationVar(&cfg.Timeout, "timeout", bench.DefaultTimeout, "hard bound on the whole run")
 	fs.Var(&memReserve, "mem-reserve", "stop opening connections when MemAvailable falls below this (default 2GiB)")
 	fs.StringVar(&cfg.UserPrefix, "user-prefix", bench.DefaultUserPrefix, "prefix of the bench user ids")
 	if err := fs.Parse(args, nil); err != nil {
-		return cfg, "", "", err
+		return cfg, out, err
+	}
+	switch {
+	case out.repeat < 1:
+		return cfg, out, envflag.Usagef("--repeat %d: want at least 1", out.repeat)
+	case out.repeat > 1 && out.hgrm != "":
+		return cfg, out, envflag.Usagef("--hgrm writes one run's spectrum: not with --repeat %d", out.repeat)
+	case out.repeat > 1 && cfg.ProfileDir != "":
+		return cfg, out, envflag.Usagef("--profile saves one run's profiles: not with --repeat %d", out.repeat)
 	}
 	cfg.Targets, cfg.Admins, cfg.Src, cfg.ImdArgs = targets, admins, src, imdArgs
 	cfg.MemReserve = uint64(memReserve)
-	return cfg, jsonPath, hgrm, nil
+	return cfg, out, nil
 }
 
 // relayMain runs the baseline relay as a process (started by imbench).

@@ -10,7 +10,7 @@ import (
 )
 
 func TestParse(t *testing.T) {
-	cfg, jsonPath, hgrm, err := parse("p2p", []string{"--pairs", "5", "--target", "127.0.0.1:1,127.0.0.1:2",
+	cfg, out, err := parse("p2p", []string{"--pairs", "5", "--target", "127.0.0.1:1,127.0.0.1:2",
 		"--admin", "http://127.0.0.1:3,http://127.0.0.1:4", "--mem-reserve", "3GiB", "--imd-arg", "--heartbeat=120s,--idle-timeout=360s",
 		"--find-max", "--max-p99", "5ms", "--json", "out.json", "--hgrm", "out.hgrm", "--src", "127.0.0.2,127.0.0.3"}, io.Discard, io.Discard)
 	if err != nil {
@@ -20,11 +20,15 @@ func TestParse(t *testing.T) {
 		len(cfg.ImdArgs) != 2 || !cfg.FindMax || cfg.MaxP99 != 5*time.Millisecond || len(cfg.Src) != 2 {
 		t.Fatalf("%+v", cfg)
 	}
-	if jsonPath != "out.json" || hgrm != "out.hgrm" {
-		t.Fatalf("json %q hgrm %q", jsonPath, hgrm)
+	if out.json != "out.json" || out.hgrm != "out.hgrm" || out.repeat != 1 {
+		t.Fatalf("outputs %+v", out)
 	}
-	for _, args := range [][]string{{"--mem-reserve", "lots"}, {"--pairs", "x"}, {"extra"}} {
-		if _, _, _, err := parse("p2p", args, io.Discard, io.Discard); err == nil {
+	if _, out, err := parse("p2p", []string{"--repeat", "5", "--baseline-echo"}, io.Discard, io.Discard); err != nil || out.repeat != 5 {
+		t.Fatalf("--repeat 5: %+v, %v", out, err)
+	}
+	for _, args := range [][]string{{"--mem-reserve", "lots"}, {"--pairs", "x"}, {"extra"},
+		{"--repeat", "0"}, {"--repeat", "2", "--hgrm", "x.hgrm"}, {"--repeat", "3", "--profile", "dir"}} {
+		if _, _, err := parse("p2p", args, io.Discard, io.Discard); err == nil {
 			t.Errorf("%v accepted", args)
 		}
 	}
@@ -50,6 +54,7 @@ func TestRunExitCodes(t *testing.T) {
 		{[]string{"nosuch"}, 2, "", "imbench: unknown scenario \"nosuch\": want one of conns, p2p, group, login, churn\nRun 'imbench --help' for usage.\n"},
 		{[]string{"p2p", "--rate", "fast"}, 2, "", "imbench p2p: --rate: invalid value \"fast\": want a number\nRun 'imbench p2p --help' for usage.\n"},
 		{[]string{"p2p", "-bogus"}, 2, "", "imbench p2p: unknown flag --bogus\nRun 'imbench p2p --help' for usage.\n"},
+		{[]string{"p2p", "--repeat", "0"}, 2, "", "imbench p2p: --repeat 0: want at least 1\nRun 'imbench p2p --help' for usage.\n"},
 		{[]string{"fsync", "--help"}, 0, "Usage: imbench fsync [flags]\n", ""},
 		{[]string{"fsync", "--record", "0", "--duration", "1ms"}, 1, "", "imbench fsync: bench: fsync probe: record size 0, want > 0\n"},
 	} {
