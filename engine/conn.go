@@ -73,6 +73,10 @@ type conn struct {
 	closeAfter   bool               // (mu) close once out is written
 	closed       bool               // (mu) OnClose ran: drop writes
 	running      bool               // (mu) a worker owns this connection's task queue
+	// multi: this is its user's first device in the session map and the
+	// user has more (userExtra.more). Written and read under the user's
+	// session shard lock.
+	multi bool
 }
 
 func (c *conn) loggedIn() bool { return c.state.Load() == stateLoggedIn }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/persist"
+	"math/rand/v2"
 	"reflect"
 	"strings"
 	"sync"
@@ -148,6 +149,66 @@ func TestSessionMap(t *testing.T) {
 	}
 }
 
+// TestSessionMapDevicesMatchesModel: random logins (new devices, the same
+// device again) and logouts (live and replaced connections) over a few
+// users, with limiters made on the way, checked after every step against
+// a plain model of the live connections; and the first device's multi
+// flag always says whether the user has more.
+func TestSessionMapDevicesMatchesModel(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 5))
+	m := newSessionMap()
+	lim := func() *rate.Limiter { return rate.NewLimiter(1, 1) }
+	users := []string{"u0", "u1", "u2"}
+	devices := []string{"pc", "phone", "tab", "web"}
+	live := map[string]map[string]*conn{} // user -> device -> live conn
+	var all []*conn                       // every conn ever added, live or replaced
+	for step := range 20_000 {
+		u := users[r.IntN(len(users))]
+		switch op := r.IntN(10); {
+		case op < 5:
+			c := &conn{user: u, device: devices[r.IntN(len(devices))]}
+			old := m.add(c)
+			if want := live[u][c.device]; old != want {
+				t.Fatalf("step %d: add replaced %p, want %p", step, old, want)
+			}
+			if live[u] == nil {
+				live[u] = map[string]*conn{}
+			}
+			live[u][c.device] = c
+			all = append(all, c)
+		case op < 9 && len(all) > 0:
+			c := all[r.IntN(len(all))]
+			want := live[c.user][c.device] == c
+			if got := m.remove(c); got != want {
+				t.Fatalf("step %d: remove = %v, want %v", step, got, want)
+			}
+			if want {
+				delete(live[c.user], c.device)
+			}
+		default:
+			m.limiter(u, lim)
+		}
+		for _, u := range users {
+			got := m.devices(u, nil)
+			if len(got) != len(live[u]) {
+				t.Fatalf("step %d: %s has %d devices, want %d", step, u, len(got), len(live[u]))
+			}
+			for _, c := range got {
+				if live[u][c.device] != c {
+					t.Fatalf("step %d: %s lists a connection that is not live", step, u)
+				}
+			}
+			sh := m.shard(u)
+			if first := sh.one[u]; first != nil {
+				x := sh.extra[u]
+				if more := x != nil && len(x.more) > 0; first.multi != more {
+					t.Fatalf("step %d: %s's first device says multi=%v, more=%v", step, u, first.multi, more)
+				}
+			}
+		}
+	}
+}
+
 // The session map is read on every push. The benchmarks compare the
 // sharded map against the two obvious alternatives under a read-mostly
 // load from all cores (one add/remove pair per 64 lookups).
@@ -212,17 +273,22 @@ func BenchmarkSessionLookup(b *testing.B) {
 		names[i] = fmt.Sprintf("user%06d", i)
 	}
 	sharded := shardedSessions{newSessionMap()}
+	// senders: every user has sent, so every user has a limiter (an extra
+	// entry) beside its one device, as in a chat where everyone talks.
+	senders := shardedSessions{newSessionMap()}
 	mutex := &mutexSessions{m: map[string][]*conn{}}
 	var syncMap syncMapSessions
 	for _, n := range names {
 		sharded.add(&conn{user: n, device: "pc"})
+		senders.add(&conn{user: n, device: "pc"})
+		senders.limiter(n, func() *rate.Limiter { return rate.NewLimiter(1, 1) })
 		mutex.m[n] = []*conn{{user: n, device: "pc"}}
 		syncMap.m.Store(n, []*conn{{user: n, device: "pc"}})
 	}
 	for _, impl := range []struct {
 		name string
 		s    benchSessions
-	}{{"sharded", sharded}, {"rwmutex-map", mutex}, {"sync.Map", &syncMap}} {
+	}{{"sharded", sharded}, {"sharded-senders", senders}, {"rwmutex-map", mutex}, {"sync.Map", &syncMap}} {
 		b.Run(impl.name, func(b *testing.B) {
 			var ctr atomic.Uint64
 			b.ReportAllocs()
