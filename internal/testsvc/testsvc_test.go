@@ -242,7 +242,7 @@ func TestRestartWaitsForItsPort(t *testing.T) {
 	released := make(chan struct{})
 	go func() {
 		defer close(released)
-		time.Sleep(300 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond) // the tries are 0.2, 0.6 and 1.2 s in
 		l.Close()
 	}()
 	must(t, "Start while the port is held for a moment", s.Start())
