@@ -8,7 +8,7 @@ BENCH_OUT ?= bench-results
 BENCH_FLAGS ?=
 BENCH_RUN = ./$(IMBENCH)
 
-.PHONY: bench-build bench-conns bench-conns-ws bench-p2p bench-p2p-embedded bench-group bench-group-load bench-login bench-churn bench-find-max bench-1m bench-all
+.PHONY: bench-build bench-conns bench-conns-ws bench-p2p bench-p2p-embedded bench-group bench-group-load bench-login bench-churn bench-find-max bench-1m bench-all bench-targets
 
 bench-build: ## build bin/imd and bin/imbench for the bench-* targets
 	@mkdir -p $(BIN) $(BENCH_OUT)
@@ -65,5 +65,23 @@ bench-1m: bench-build ## one-command million-connection run over local nodes (bo
 		--imd-arg --heartbeat=120s,--idle-timeout=360s \
 		--ramp-timeout 8m --timeout 20m --mem-reserve 3GiB --login-timeout 60s \
 		--json $(BENCH_OUT)/1m.json $(BENCH_FLAGS)
+
+# bench-targets: the commands behind the Summary of docs/BENCHMARKS.md, each
+# repeated (--repeat) against fresh servers with the relay in every run, so
+# the verdicts rest on medians: on a shared machine one run's p99 moves by
+# several times between runs of the same build, the relay's too. The
+# summaries go to stdout, every run's report to $(BENCH_OUT)/targets-*.json.
+# BENCH_FLAGS must not hold --hgrm or --profile (one run's outputs).
+bench-targets: bench-build ## the Summary's target runs, repeated for medians: 100k/s and 1000 pairs x5, group, embedded 5k/s and 50k/s x3 (~20 min)
+	$(BENCH_RUN) p2p --store memory --pairs 100 --rate 100000 --warmup 3s --duration 10s --baseline-echo --repeat 5 \
+		--json $(BENCH_OUT)/targets-p2p-100k.json $(BENCH_FLAGS)
+	$(BENCH_RUN) p2p --store memory --pairs 1000 --rate 10000 --warmup 5s --duration 15s --baseline-echo --repeat 5 \
+		--json $(BENCH_OUT)/targets-p2p-1000pairs.json $(BENCH_FLAGS)
+	$(BENCH_RUN) group --groups 20 --group-size 100 --rate 6000 --warmup 5s --duration 10s --baseline-echo --repeat 3 \
+		--json $(BENCH_OUT)/targets-group-load.json $(BENCH_FLAGS)
+	$(BENCH_RUN) p2p --store embedded --pairs 100 --rate 5000 --warmup 5s --duration 15s --baseline-echo --repeat 3 \
+		--imd-arg --send-rate=1000000,--send-burst=1000000 --json $(BENCH_OUT)/targets-embedded-5k.json $(BENCH_FLAGS)
+	$(BENCH_RUN) p2p --store embedded --pairs 100 --rate 50000 --warmup 5s --duration 15s --baseline-echo --repeat 3 \
+		--imd-arg --send-rate=1000000,--send-burst=1000000 --json $(BENCH_OUT)/targets-embedded-50k.json $(BENCH_FLAGS)
 
 bench-all: bench-conns bench-p2p bench-p2p-embedded bench-group bench-group-load bench-login bench-churn bench-find-max ## every scenario but bench-1m
