@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/imgn/imgn/codec"
-	"github.com/imgn/imgn/internal/procstat"
+	"github.com/imgn/imgn/internal/nodestats"
 	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
 )
@@ -339,12 +339,8 @@ func fieldLen(n int) int { return varintLen(uint64(n)) + n }
 // Stats reports the relay's process memory in the shape of imd's
 // /admin/stats.
 func (r *Relay) Stats() NodeStats {
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	st := NodeStats{NodeID: "relay", Connections: int(r.conns.Load()), RSSBytes: procRSS(), HeapBytes: ms.HeapInuse,
-		GoSysBytes: ms.Sys, Goroutines: runtime.NumGoroutine(), CPUSeconds: procCPUSeconds(),
-		CPUWaitSeconds: procCPUWait()}
-	st.ReadSyscalls, st.WriteSyscalls, _ = procstat.Syscalls()
+	st := nodestats.Process(int(r.conns.Load()))
+	st.NodeID = "relay"
 	for i := range r.shards {
 		sh := &r.shards[i]
 		sh.mu.RLock()
@@ -352,9 +348,6 @@ func (r *Relay) Stats() NodeStats {
 		sh.mu.RUnlock()
 	}
 	st.Users = st.Sessions
-	if st.Connections > 0 {
-		st.BytesPerConn = float64(st.RSSBytes) / float64(st.Connections)
-	}
 	return st
 }
 

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/pprof"
-	"runtime"
 	"slices"
 	"strconv"
 	"time"
@@ -17,7 +16,6 @@ import (
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
 	"github.com/imgn/imgn/internal/nodestats"
-	"github.com/imgn/imgn/internal/procstat"
 	"github.com/imgn/imgn/persist"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -227,18 +225,9 @@ type Stats = nodestats.Stats
 // runtime memory statistics, a short stop-the-world: call it at most a few
 // times a second.
 func (s *Server) Stats() Stats {
-	users, sessions := s.sessions.count()
-	st := Stats{NodeID: s.cfg.NodeID, Connections: s.conns.len(), Sessions: sessions, Users: users, Goroutines: runtime.NumGoroutine()}
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	st.HeapBytes, st.GoSysBytes = ms.HeapInuse, ms.Sys
-	st.RSSBytes = procstat.RSS()
-	st.CPUSeconds = procstat.CPUSeconds()
-	st.CPUWaitSeconds, _ = procstat.CPUWaitSeconds()
-	st.ReadSyscalls, st.WriteSyscalls, _ = procstat.Syscalls()
-	if st.Connections > 0 {
-		st.BytesPerConn = float64(st.RSSBytes) / float64(st.Connections)
-	}
+	st := nodestats.Process(s.conns.len())
+	st.NodeID = s.cfg.NodeID
+	st.Users, st.Sessions = s.sessions.count()
 	if r, ok := s.store.(persist.StatsReporter); ok {
 		ss := r.StoreStats()
 		st.Store = &ss

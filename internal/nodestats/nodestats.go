@@ -3,7 +3,12 @@
 // decode it without linking the engine.
 package nodestats
 
-import "github.com/imgn/imgn/persist"
+import (
+	"runtime"
+
+	"github.com/imgn/imgn/internal/procstat"
+	"github.com/imgn/imgn/persist"
+)
 
 // Stats is a snapshot of a node for the admin API and benchmarks.
 type Stats struct {
@@ -37,4 +42,22 @@ type Stats struct {
 	// Store is the store's own figures, when it reports them
 	// (persist.StatsReporter; the embedded store does).
 	Store *persist.StoreStats `json:"store,omitempty"`
+}
+
+// Process returns the figures of this process, as a node with conns
+// connections reports them: memory, goroutines, CPU, CPU wait, syscalls
+// and bytes per connection. The caller adds its node id, sessions, users
+// and store. It reads runtime memory statistics, a short stop-the-world:
+// call it at most a few times a second.
+func Process(conns int) Stats {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	st := Stats{Connections: conns, HeapBytes: ms.HeapInuse, GoSysBytes: ms.Sys, Goroutines: runtime.NumGoroutine(),
+		RSSBytes: procstat.RSS(), CPUSeconds: procstat.CPUSeconds()}
+	st.CPUWaitSeconds, _ = procstat.CPUWaitSeconds()
+	st.ReadSyscalls, st.WriteSyscalls, _ = procstat.Syscalls()
+	if conns > 0 {
+		st.BytesPerConn = float64(st.RSSBytes) / float64(conns)
+	}
+	return st
 }
