@@ -91,19 +91,24 @@ func (a *asyncStore) commit() {
 }
 
 // holdCommits makes the committer wait before its next batch until release
-// is called. release is idempotent and also runs at t's cleanup, before
-// the server's shutdown (registered earlier, so it runs later), which
-// waits for every append: a test that fails while holding cannot hang.
-func (a *asyncStore) holdCommits(t testing.TB) (release func()) {
-	hold := make(chan struct{})
-	a.mu.Lock()
-	a.hold = hold
-	a.mu.Unlock()
+// is called (holdStore).
+func (a *asyncStore) holdCommits(t testing.TB) (release func()) { return holdStore(t, &a.mu, &a.hold) }
+
+// holdStore sets *hold, under mu, to a channel a test store waits on, and
+// returns release, which clears it and closes the channel. release is
+// idempotent and also runs at t's cleanup, before the server's shutdown
+// (registered earlier, so it runs later), which waits for every append: a
+// test that fails while holding cannot hang.
+func holdStore(t testing.TB, mu *sync.Mutex, hold *chan struct{}) (release func()) {
+	ch := make(chan struct{})
+	mu.Lock()
+	*hold = ch
+	mu.Unlock()
 	release = sync.OnceFunc(func() {
-		a.mu.Lock()
-		a.hold = nil
-		a.mu.Unlock()
-		close(hold)
+		mu.Lock()
+		*hold = nil
+		mu.Unlock()
+		close(ch)
 	})
 	t.Cleanup(release)
 	return release

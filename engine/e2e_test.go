@@ -214,6 +214,9 @@ type flakyStore struct {
 	hold      chan struct{} // if set, every Append waits until it is closed
 }
 
+// holdAppends makes every Append wait until release is called (holdStore).
+func (f *flakyStore) holdAppends(t testing.TB) (release func()) { return holdStore(t, &f.mu, &f.hold) }
+
 func (f *flakyStore) Append(ctx context.Context, m persist.Message, inboxes []string) (persist.AppendResult, error) {
 	f.mu.Lock()
 	fail, slow := f.failNext > 0, f.slowNext > 0

@@ -200,22 +200,11 @@ func TestConnQueueBackpressure(t *testing.T) {
 	// Requests queue only for workers: a store that is not in memory. The
 	// store holds every Append until the test lets go, so the one worker is
 	// busy with the first send while the rest arrive, whatever the timing.
-	hold := make(chan struct{})
 	st := &flakyStore{Store: memstore.New()}
 	s := startServer(t, func(c *Config) { c.MaxConnInbound = 300; c.Workers = 1; c.Store = st })
 	c := dial(t, s, codec.Protobuf)
 	c.login("alice", "pc")
-	st.mu.Lock()
-	st.hold = hold
-	st.mu.Unlock()
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			close(hold)
-		}
-	}
-	defer release()
+	release := st.holdAppends(t)
 	var seqs []uint32
 	for i := range 50 {
 		seqs = append(seqs, c.send(codec.CmdSend, &pb.SendRequest{ClientMsgId: fmt.Sprint(i), To: "alice"}))
