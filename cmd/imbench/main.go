@@ -270,7 +270,7 @@ func parse(scenario string, args []string, stdout, stderr io.Writer) (bench.Conf
 	fs.StringVar(&out.json, "json", "", "write the report as one JSON object to this file (with --repeat: the summary and every run's report)")
 	fs.StringVar(&out.hgrm, "hgrm", "", "write the latency percentile spectrum (.hgrm) to this file")
 	fs.IntVar(&out.repeat, "repeat", 1, "run the command this many times, each against fresh servers (with --baseline-echo: imd then the relay each time), and print the medians and the run-to-run spread")
-	fs.DurationVar(&cfg.Timeout, "timeout", bench.DefaultTimeout, "hard bound on the whole run")
+	fs.DurationVar(&cfg.Timeout, "timeout", bench.DefaultTimeout, "hard bound on the whole run (with --repeat: on each run)")
 	fs.Var(&memReserve, "mem-reserve", "stop opening connections when MemAvailable falls below this (default 2GiB)")
 	fs.StringVar(&cfg.UserPrefix, "user-prefix", bench.DefaultUserPrefix, "prefix of the bench user ids")
 	if err := fs.Parse(args, nil); err != nil {
