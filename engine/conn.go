@@ -8,6 +8,7 @@ import (
 
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
+	"golang.org/x/time/rate"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -47,6 +48,13 @@ type conn struct {
 	// deadline counts from it), then of the last complete inbound frame.
 	lastRecv atomic.Int64
 	cursor   atomic.Uint64
+
+	// sendLim is the user's send limiter once this connection has sent:
+	// the session map keeps one limiter per user for as long as the user
+	// has a session, so it cannot change under a live connection, and
+	// caching it spares each send a lookup in the map. Atomic because a
+	// connection's requests run on its loop or on a worker.
+	sendLim atomic.Pointer[rate.Limiter]
 
 	user, device string
 

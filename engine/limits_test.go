@@ -147,6 +147,15 @@ func TestRateLimit(t *testing.T) {
 	c2 := dial(t, s, codec.Protobuf)
 	c2.login("alice", "phone")
 	c2.wantError(codec.CmdSend, &pb.SendRequest{ClientMsgId: "4", To: "alice"}, codec.CodeRateLimited)
+	// The bucket lasts as long as the user has a session: when the first
+	// device leaves, the second (which holds the limiter since its send)
+	// and a device logging in afterwards still share the empty one.
+	_ = c.nc.Close()
+	poll(t, "pc's session to go", func() bool { return len(s.sessions.devices("alice", nil)) == 1 })
+	c2.wantError(codec.CmdSend, &pb.SendRequest{ClientMsgId: "5", To: "alice"}, codec.CodeRateLimited)
+	c3 := dial(t, s, codec.Protobuf)
+	c3.login("alice", "pc")
+	c3.wantError(codec.CmdSend, &pb.SendRequest{ClientMsgId: "6", To: "alice"}, codec.CodeRateLimited)
 }
 
 func TestLoginAndIdleTimeouts(t *testing.T) {

@@ -406,8 +406,14 @@ type handOffAppender interface {
 // nil when it may go on, RATE_LIMITED with the wait when the bucket is
 // empty. Allocation-free unless it refuses.
 func (s *Server) sendRate(c *conn, now time.Time) *codec.Error {
-	lim := s.sessions.limiter(c.user, s.newLimiter)
-	if lim == nil || lim.AllowN(now, 1) {
+	lim := c.sendLim.Load()
+	if lim == nil {
+		if lim = s.sessions.limiter(c.user, s.newLimiter); lim == nil {
+			return nil // no session (closing): nothing to limit
+		}
+		c.sendLim.Store(lim)
+	}
+	if lim.AllowN(now, 1) {
 		return nil
 	}
 	// Refused (rare): learn the wait for retry_after_ms. Reserve
