@@ -720,3 +720,29 @@ func (o *notedOp) AppendDone(*persist.AppendOp) {
 	o.note(fmt.Sprint("append ", o.Msg.ID))
 	o.done <- o
 }
+
+// TestL0Thresholds: the L0 compaction threshold reaches Pebble (default 8,
+// writes stalling at four times as many sublevels), a store opens with a
+// threshold set, and a negative one is refused.
+func TestL0Thresholds(t *testing.T) {
+	for _, c := range []struct{ set, compact, stop int }{{0, DefaultL0CompactionThreshold, 4 * DefaultL0CompactionThreshold}, {3, 3, 12}} {
+		o, err := Options{Dir: t.TempDir(), L0CompactionThreshold: c.set}.withDefaults()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := pebbleOptions(o, newMetrics())
+		if p.L0CompactionThreshold != c.compact || p.L0StopWritesThreshold != c.stop {
+			t.Errorf("L0CompactionThreshold %d: Pebble got %d and %d, want %d and %d", c.set, p.L0CompactionThreshold, p.L0StopWritesThreshold, c.compact, c.stop)
+		}
+		s, err := Open(o)
+		if err != nil {
+			t.Fatalf("open with L0CompactionThreshold %d: %v", c.set, err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := Open(Options{Dir: t.TempDir(), L0CompactionThreshold: -1}); !errors.Is(err, persist.ErrInvalid) {
+		t.Errorf("negative L0CompactionThreshold: %v, want ErrInvalid", err)
+	}
+}

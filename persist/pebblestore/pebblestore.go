@@ -207,6 +207,9 @@ const (
 	DefaultMemTableSize  = 32 << 20
 	DefaultMaxOpenFiles  = 256
 	DefaultHeadCacheSize = 1 << 20
+	// DefaultL0CompactionThreshold is twice Pebble's own (4): see
+	// Options.L0CompactionThreshold.
+	DefaultL0CompactionThreshold = 8
 )
 
 // LegacyBoltFile is the file name of the bbolt-based store that earlier
@@ -250,6 +253,17 @@ type Options struct {
 	CacheSize    int64
 	MemTableSize uint64
 	MaxOpenFiles int
+	// L0CompactionThreshold is how many sublevels of flushed tables (L0)
+	// Pebble lets pile up before it compacts them into the level below;
+	// writes stall at four times as many. Every such compaction rewrites
+	// the part of that level the flushed keys overlap, and inbox keys of
+	// many users overlap all of it, so waiting for more flushes rewrites
+	// it less often: at 50k appends/s, 8 (twice Pebble's default) spends
+	// 13% less CPU per append and halves imbench's median latency, with
+	// reads (ReadInbox) within their noise; 16 saves a little more on
+	// writes but may slow reads by up to 10-20% (docs/BENCHMARKS.md, "The
+	// embedded store at 50k/s"). The pile-up is bounded by the stall.
+	L0CompactionThreshold int
 	// HeadCacheSize bounds the inbox heads the committer keeps in memory
 	// (about 100 bytes each plus the user id), and separately the states
 	// of conversations (about 120 bytes each plus the two ids); when either
@@ -311,6 +325,7 @@ func (o Options) withDefaults() (Options, error) {
 		{"CacheSize", o.CacheSize},
 		{"MaxOpenFiles", int64(o.MaxOpenFiles)},
 		{"HeadCacheSize", int64(o.HeadCacheSize)},
+		{"L0CompactionThreshold", int64(o.L0CompactionThreshold)},
 	} {
 		if f.v < 0 {
 			return o, fmt.Errorf("pebblestore: options: %w: negative %s %d", persist.ErrInvalid, f.name, f.v)
@@ -328,6 +343,7 @@ func (o Options) withDefaults() (Options, error) {
 	defaults.Set(&o.MemTableSize, DefaultMemTableSize)
 	defaults.Set(&o.MaxOpenFiles, DefaultMaxOpenFiles)
 	defaults.Set(&o.HeadCacheSize, DefaultHeadCacheSize)
+	defaults.Set(&o.L0CompactionThreshold, DefaultL0CompactionThreshold)
 	defaults.Set(&o.DedupFilterBytes, DefaultDedupFilterBytes)
 	defaults.Set(&o.housekeepEvery, time.Second)
 	defaults.Set(&o.inlineRefs, DefaultInlineRefs)
@@ -411,20 +427,7 @@ func Open(opts Options) (*Store, error) {
 		}
 	}
 	m := newMetrics()
-	popts := &pebble.Options{
-		FS:                 &meteredFS{FS: o.FS, fsync: m.fsync},
-		FormatMajorVersion: pebble.FormatNewest,
-		CacheSize:          o.CacheSize,
-		MemTableSize:       o.MemTableSize,
-		MaxOpenFiles:       o.MaxOpenFiles,
-		Logger:             pebbleLogger{o.Logger},
-	}
-	for i := range popts.Levels {
-		// Dedup and message-id checks are mostly misses: filters answer
-		// them without reading a block.
-		popts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
-	}
-	db, err := openDB(o.Dir, popts)
+	db, err := openDB(o.Dir, pebbleOptions(o, m))
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: open %s: %w", o.Dir, err)
 	}
@@ -492,6 +495,27 @@ func corruptionHint(err error) string {
 // time: Pebble writes the first WAL of a new database before it settles its
 // format, in the older chunk format whose recovery cannot tell damage to
 // synced records from a torn tail.
+// pebbleOptions returns Pebble's options for the store's options o (with
+// defaults) and metrics m.
+func pebbleOptions(o Options, m *metrics) *pebble.Options {
+	popts := &pebble.Options{
+		FS:                    &meteredFS{FS: o.FS, fsync: m.fsync},
+		FormatMajorVersion:    pebble.FormatNewest,
+		CacheSize:             o.CacheSize,
+		MemTableSize:          o.MemTableSize,
+		MaxOpenFiles:          o.MaxOpenFiles,
+		L0CompactionThreshold: o.L0CompactionThreshold,
+		L0StopWritesThreshold: 4 * o.L0CompactionThreshold,
+		Logger:                pebbleLogger{o.Logger},
+	}
+	for i := range popts.Levels {
+		// Dedup and message-id checks are mostly misses: filters answer
+		// them without reading a block.
+		popts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+	}
+	return popts
+}
+
 func openDB(dir string, popts *pebble.Options) (*pebble.DB, error) {
 	for attempt := 0; ; attempt++ {
 		db, err := pebble.Open(dir, popts)

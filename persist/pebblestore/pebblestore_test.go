@@ -1,10 +1,15 @@
 package pebblestore_test
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -74,6 +79,59 @@ func BenchmarkStore(b *testing.B) {
 				})
 				return s
 			})
+		})
+	}
+}
+
+// BenchmarkReadInboxLoaded reads 50-entry pages of random inboxes of a
+// store just loaded with 1.2 million 1:1 messages among 1,000 users (so
+// flushed tables are still waiting in L0 for their compaction), for each L0
+// compaction threshold: what a larger threshold costs reads. Loading takes
+// 15-20 s per threshold, and is repeated whenever the benchmark is called
+// with a new b.N, so run it with a fixed count:
+//
+//	go test ./persist/pebblestore -run '^$' -bench ReadInboxLoaded -benchtime 20000x
+func BenchmarkReadInboxLoaded(b *testing.B) {
+	for _, l0 := range []int{4, pebblestore.DefaultL0CompactionThreshold, 16} {
+		b.Run(fmt.Sprintf("L0=%d", l0), func(b *testing.B) {
+			s := openAt(b, b.TempDir(), pebblestore.Options{NoSync: true, L0CompactionThreshold: l0})
+			defer func() {
+				if err := s.Close(); err != nil {
+					b.Error(err)
+				}
+			}()
+			ctx := context.Background()
+			const users, total, writers = 1000, 1_200_000, 64
+			user := func(i int) string { return "user" + strconv.Itoa(i) }
+			body := make([]byte, storetest.BenchBodySize)
+			var id atomic.Uint64
+			var wg sync.WaitGroup
+			for w := range writers {
+				wg.Go(func() {
+					r := rand.New(rand.NewPCG(uint64(w), 1))
+					for range total / writers {
+						n := id.Add(1)
+						from, to := r.IntN(users), r.IntN(users-1)
+						if to >= from {
+							to++
+						}
+						m := persist.Message{ID: n, From: user(from), To: user(to), ClientMsgID: strconv.FormatUint(n, 10),
+							Timestamp: time.Now().UnixMilli(), Body: body}
+						if _, err := s.Append(ctx, m, []string{m.From, m.To}); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			r := rand.New(rand.NewPCG(7, 7))
+			b.ResetTimer()
+			for range b.N {
+				if _, err := s.ReadInbox(ctx, user(r.IntN(users)), uint64(r.IntN(2000)), 50); err != nil {
+					b.Fatal(err)
+				}
+			}
 		})
 	}
 }
