@@ -490,11 +490,6 @@ func corruptionHint(err error) string {
 	return ""
 }
 
-// openDB opens the Pebble database in dir, checks the store's format
-// version. A new store is written its format version and opened a second
-// time: Pebble writes the first WAL of a new database before it settles its
-// format, in the older chunk format whose recovery cannot tell damage to
-// synced records from a torn tail.
 // pebbleOptions returns Pebble's options for the store's options o (with
 // defaults) and metrics m.
 func pebbleOptions(o Options, m *metrics) *pebble.Options {
@@ -516,6 +511,11 @@ func pebbleOptions(o Options, m *metrics) *pebble.Options {
 	return popts
 }
 
+// openDB opens the Pebble database in dir, checks the store's format
+// version. A new store is written its format version and opened a second
+// time: Pebble writes the first WAL of a new database before it settles its
+// format, in the older chunk format whose recovery cannot tell damage to
+// synced records from a torn tail.
 func openDB(dir string, popts *pebble.Options) (*pebble.DB, error) {
 	for attempt := 0; ; attempt++ {
 		db, err := pebble.Open(dir, popts)
