@@ -8,6 +8,8 @@ import (
 
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 	"google.golang.org/protobuf/proto"
 )
@@ -81,6 +83,10 @@ type conn struct {
 	closeAfter   bool               // (mu) close once out is written
 	closed       bool               // (mu) OnClose ran: drop writes
 	running      bool               // (mu) a worker owns this connection's task queue
+	// direct (mu): another loop may write out to the socket itself
+	// (writeFrom): the connection is plain TCP, its loop's last flush left
+	// nothing in gnet's buffer, and no final frame is queued.
+	direct bool
 	// multi: this is its user's first device in the session map and the
 	// user has more (userExtra.more). Written and read under the user's
 	// session shard lock.
@@ -144,9 +150,68 @@ func (c *conn) scheduleLocked(src *loop) {
 	}
 	post := !c.queued
 	c.queued = true
+	direct := c.direct
 	c.mu.Unlock()
-	if post {
+	switch {
+	case !post:
+	case direct && src != nil:
+		// Written by src at the end of its turn, sparing c's loop a
+		// wake-up (writeFrom).
+		src.remote = append(src.remote, c)
+	default:
 		c.loop.post(c, src)
+	}
+}
+
+// writeFrom writes c's output from src, a loop that is not c's and queued
+// it (scheduleLocked), at the end of src's turn: when the socket is idle
+// (c.direct), with one write(2) on its descriptor, under c.mu so that
+// neither c's loop nor another producer writes, and OnClose cannot close
+// the descriptor, until it returns. What the socket does not take at once,
+// or output of a connection that is not idle, goes to c's loop's mailbox
+// as before, behind nothing: c.out is one queue, written from its front
+// by whoever holds c.mu, so frames keep their order.
+func (c *conn) writeFrom(src *loop) {
+	c.mu.Lock()
+	buf := c.out
+	if buf == nil || c.closed {
+		// Written by c's loop since, or closed (out is dropped).
+		c.mu.Unlock()
+		return
+	}
+	if c.direct && !c.closeAfter {
+		if fc, ok := c.tr.(gnet.Conn); ok {
+			n, _ := writeFd(fc.Fd(), buf.B)
+			src.written += n
+			if n == len(buf.B) {
+				src.direct[0]++
+				c.out = nil
+				c.queued = false
+				c.mu.Unlock()
+				putOutBuf(buf)
+				return
+			}
+			// A short write, EAGAIN or an error: the loop takes the
+			// rest (gnet buffers it until the socket is writable, or
+			// closes the connection on the error).
+			buf.B = buf.B[:copy(buf.B, buf.B[n:])]
+			src.direct[1]++
+		}
+		c.direct = false
+	}
+	c.mu.Unlock()
+	c.loop.post(c, src) // c.queued is still set: c is posted once
+}
+
+// writeFd is one write(2) of b on fd; it returns how many bytes the
+// kernel took (0 on any error, EAGAIN included).
+func writeFd(fd int, b []byte) (int, error) {
+	for {
+		n, err := unix.Write(fd, b)
+		if err == unix.EINTR {
+			continue
+		}
+		return max(n, 0), err
 	}
 }
 
@@ -216,6 +281,13 @@ func (c *conn) replyError(src *loop, ser codec.SerializerID, seq uint32, code co
 
 // flush writes everything queued for c, and closes c if a final frame was
 // queued. Loop goroutine only.
+//
+// No other loop writes the socket meanwhile: c.direct is cleared before the
+// write (under c.mu, which a writeFrom in progress holds) and set again only
+// when the socket is plain TCP and gnet holds nothing for it; gnet's own
+// writes of what it buffered (once the socket is writable) happen only
+// while c.direct is clear. The write runs without c.mu: on an error gnet
+// closes the connection from inside it, and OnClose takes c.mu.
 func (c *conn) flush() {
 	c.mu.Lock()
 	buf := c.out
@@ -223,6 +295,10 @@ func (c *conn) flush() {
 	c.queued = false
 	closeAfter := c.closeAfter
 	closed := c.closed
+	wasDirect := c.direct
+	if buf != nil {
+		c.direct = false
+	}
 	c.mu.Unlock()
 	if buf != nil {
 		if !closed {
@@ -236,9 +312,18 @@ func (c *conn) flush() {
 	if closed {
 		return
 	}
-	c.sockOut.Store(int32(min(c.tr.OutboundBuffered(), 1<<30)))
+	pending := c.tr.OutboundBuffered()
+	c.sockOut.Store(int32(min(pending, 1<<30)))
 	if closeAfter {
 		_ = c.tr.Close()
+		return
+	}
+	if pending == 0 && (buf != nil || !wasDirect) {
+		if _, plain := c.tr.(gnet.Conn); plain {
+			c.mu.Lock()
+			c.direct = !c.closed && !c.closeAfter
+			c.mu.Unlock()
+		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/imgn/imgn/codec/pb"
 	"github.com/imgn/imgn/persist"
 	"github.com/imgn/imgn/persist/memstore"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // sendFrame builds a SEND frame whose client_msg_id ends in a fixed-width
@@ -480,5 +482,95 @@ func TestSyncStoreMayKeepWhatItIsGiven(t *testing.T) {
 		if m.To != to || m.ClientMsgID != fmt.Sprint("m", i) || string(m.Body) != fmt.Sprint("body", i) || st.ins[i][1] != to {
 			t.Fatalf("append %d as the store kept it: to %q cmid %q body %q inboxes %q: memory was reused", i, m.To, m.ClientMsgID, m.Body, st.ins[i])
 		}
+	}
+}
+
+// TestDirectWritesSurviveAFullSocket: senders on the other event loop push
+// to a receiver that reads nothing until they are done, so its socket fills
+// while another loop is writing it directly (conn.writeFrom). The short
+// write's rest and everything after it must go through the receiver's own
+// loop, ahead of nothing: every push arrives, whole, in seq order.
+func TestDirectWritesSurviveAFullSocket(t *testing.T) {
+	s := startServer(t, func(c *Config) {
+		c.SendRate, c.SendBurst = 1e9, 1<<30
+		c.MaxOutbound = 64 << 20
+	})
+	rcv := dial(t, s, codec.Protobuf)
+	if err := rcv.nc.(*net.TCPConn).SetReadBuffer(64 << 10); err != nil {
+		t.Fatal(err)
+	}
+	rcv.login("rcv", "pc")
+	loopOf := func(user string) *loop {
+		var l *loop
+		s.conns.each(func(c *conn) {
+			if u, _ := c.identity(); u == user {
+				l = c.loop
+			}
+		})
+		return l
+	}
+	// Connections are spread over the two loops: keep the senders that
+	// landed on the loop the receiver is not on.
+	var senders []*rawClient
+	for i := 0; len(senders) < 4 && i < 40; i++ {
+		c := dial(t, s, codec.Protobuf)
+		name := fmt.Sprint("s", i)
+		c.login(name, "pc")
+		if loopOf(name) != loopOf("rcv") {
+			senders = append(senders, c)
+		} else {
+			_ = c.nc.Close()
+		}
+	}
+	if len(senders) < 4 {
+		t.Fatalf("only %d of 40 connections landed on the other loop", len(senders))
+	}
+	shortBefore := testutil.ToFloat64(s.metrics.directShort)
+	const each, size = 400, 8 << 10
+	body := func(i, j int) []byte { return bytes.Repeat([]byte{byte('a' + i), byte(j)}, size/2) }
+	var wg sync.WaitGroup
+	for i, c := range senders {
+		wg.Go(func() {
+			for j := range each {
+				seq := c.send(codec.CmdSend, &pb.SendRequest{ClientMsgId: fmt.Sprint(i, "-", j), To: "rcv", Body: body(i, j)})
+				if f := c.reply(seq); f.Command != codec.CmdSendAck {
+					t.Errorf("sender %d got %s", i, f.Command)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("direct writes: %v full, %v short", testutil.ToFloat64(s.metrics.directWrites), testutil.ToFloat64(s.metrics.directShort))
+	if testutil.ToFloat64(s.metrics.directShort) == shortBefore {
+		t.Fatal("no direct write was short: the socket never filled while another loop wrote it")
+	}
+	var last uint64
+	for n := 0; n < len(senders)*each; {
+		f, err := rcv.readFrame(10 * time.Second)
+		if err != nil {
+			t.Fatalf("receiver after %d pushes: %v", n, err)
+		}
+		if f.Command != codec.CmdPush {
+			continue
+		}
+		var p pb.Push
+		if err := codec.Unmarshal(f.Serializer, f.Body, &p); err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range p.Messages {
+			if m.Seq != last+1 {
+				t.Fatalf("push seq %d after %d: out of order or a gap on the wire", m.Seq, last)
+			}
+			last = m.Seq
+			var i, j int
+			if _, err := fmt.Sscanf(m.ClientMsgId, "%d-%d", &i, &j); err != nil || !bytes.Equal(m.Body, body(i, j)) {
+				t.Fatalf("push %d (%q): body damaged", m.Seq, m.ClientMsgId)
+			}
+			n++
+		}
+	}
+	if testutil.ToFloat64(s.metrics.directWrites) == 0 {
+		t.Error("no direct write was full: the senders' loop never wrote the receiver's socket itself")
 	}
 }

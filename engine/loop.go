@@ -17,12 +17,18 @@ import (
 //     push between two users of the same loop) mark the connection dirty;
 //     the loop writes every dirty connection at the end of the OnTraffic or
 //     task that queued them (flushDirty).
-//   - Frames queued from anywhere else (another loop, a worker, the store's
-//     committer, the mesh) put the connection in the loop's mailbox; the
-//     first connection put in an idle mailbox triggers the loop once
-//     (nats-server's pending-flush idea). A producer running on another
-//     loop defers that trigger to the end of its own turn, so a burst of
-//     pushes from one OnTraffic costs one trigger per destination loop.
+//   - Frames queued by another loop, for a connection whose socket is idle
+//     (conn.direct: its loop's last write left nothing in gnet's buffer),
+//     are written by that other loop at the end of its turn, one write per
+//     connection (conn.writeFrom, nats-server's flushClients idea): the
+//     connection's loop is not woken at all.
+//   - Frames queued from anywhere else (a worker, the store's committer,
+//     the mesh, or another loop when the socket is not idle or took only
+//     part of them) put the connection in the loop's mailbox; the first
+//     connection put in an idle mailbox triggers the loop once. A producer
+//     running on another loop defers that trigger to the end of its own
+//     turn, so a burst of pushes from one OnTraffic costs one trigger per
+//     destination loop.
 //
 // No wake-up is lost: a producer adds the connection to the mailbox unless
 // it is already there (conn.queued, under conn.mu), and triggers unless a
@@ -37,11 +43,13 @@ type loop struct {
 
 	// Owned by the loop's goroutine.
 	dirty    []*conn   // connections of this loop with output to write this round
+	remote   []*conn   // other loops' connections this turn queued output for, to write at its end (writeFrom)
 	pending  int       // entries of dirty still marked (c.dirty): the others were written
 	triggers uint64    // bit i: loop i's mailbox needs a trigger at the end of this turn
 	now      time.Time // read once per turn: the clock is slow to read on some VMs
 	scratch  []byte    // decode buffer of requests run on the loop
 	written  int       // bytes written this turn, for the metric
+	direct   [2]int    // writeFrom's full and short writes this turn, for the metric
 
 	mu        sync.Mutex
 	mail      []*conn // connections with output queued from elsewhere
@@ -127,9 +135,22 @@ func (l *loop) endTurn() {
 	l.flushCounters()
 }
 
-// flushCounters adds this turn's written bytes to the metric and sends the
-// triggers this turn deferred.
+// flushCounters writes the output this turn queued for other loops'
+// connections (writeFrom), adds this turn's written bytes to the metric and
+// sends the triggers this turn deferred.
 func (l *loop) flushCounters() {
+	if len(l.remote) > 0 {
+		for i, c := range l.remote {
+			c.writeFrom(l)
+			l.remote[i] = nil
+		}
+		l.remote = l.remote[:0]
+		if l.direct != [2]int{} {
+			l.srv.metrics.directWrites.Add(float64(l.direct[0]))
+			l.srv.metrics.directShort.Add(float64(l.direct[1]))
+			l.direct = [2]int{}
+		}
+	}
 	if l.written > 0 {
 		l.srv.metrics.bytesOut.Add(float64(l.written))
 		l.written = 0

@@ -30,6 +30,7 @@ type metrics struct {
 	appendsLocal, appendsForwarded prometheus.Counter
 	remotePushes                   prometheus.Counter
 	loopTriggers                   prometheus.Counter
+	directWrites, directShort      prometheus.Counter
 	appendHandoffs                 prometheus.Counter
 	typingDropped                  prometheus.Counter
 }
@@ -64,6 +65,10 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 	m.remotePushes = prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_remote_pushes_total", Help: "Push requests sent to other nodes (one per node per message)."})
 	m.loopTriggers = prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_loop_triggers_total",
 		Help: "Times a goroutine woke an event loop to write output queued for its connections (one per loop per batch, not per message)."})
+	directVec := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imgn_direct_writes_total",
+		Help: "Writes an event loop made itself to another loop's connection whose socket was idle, sparing that loop a wake-up: full (the socket took it all) or short (the rest went to the connection's loop)."}, []string{"result"})
+	m.directWrites = directVec.WithLabelValues("full")
+	m.directShort = directVec.WithLabelValues("short")
 	m.appendHandoffs = prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_append_handoffs_total",
 		Help: "Sends an event loop handed to the loop already appending to the memory store, instead of waiting for the store's lock."})
 	m.typingDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_typing_dropped_total",
@@ -76,7 +81,7 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 		m.errors[ci.Code] = m.errorsVec.WithLabelValues(ci.Name)
 	}
 	reg.MustRegister(m.connections, m.sessions, m.accepted, m.rejected, m.logins, framesVec, m.bytesIn, m.bytesOut,
-		m.storeLatency, m.pushLatency, m.errorsVec, m.slowConsumers, m.encodeErrors, m.pushes, m.messages, appendsVec, m.remotePushes, m.loopTriggers, m.appendHandoffs, m.typingDropped)
+		m.storeLatency, m.pushLatency, m.errorsVec, m.slowConsumers, m.encodeErrors, m.pushes, m.messages, appendsVec, m.remotePushes, m.loopTriggers, directVec, m.appendHandoffs, m.typingDropped)
 	// The registry may be shared by several servers in one process (tests);
 	// the process collectors are registered once.
 	_ = reg.Register(collectors.NewGoCollector())
