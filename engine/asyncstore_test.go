@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -26,6 +27,43 @@ type asyncStore struct {
 	failNext int           // fail this many appends with ErrUnavailable
 	hold     chan struct{} // when set, the committer waits for it to close before committing
 	batches  int
+	// afterBatch, when set (batchedStore), runs on the committer after
+	// each batch's completions.
+	afterBatch func()
+}
+
+// batchedStore is an asyncStore that is also persist.BatchCompleting, as
+// the embedded store is.
+type batchedStore struct {
+	*asyncStore
+	hookMu sync.Mutex
+	hooks  []*func()
+}
+
+func newBatchedStore() *batchedStore {
+	b := &batchedStore{asyncStore: &asyncStore{Store: memstore.New(), queue: make(chan *persist.AppendOp, 4096), done: make(chan struct{})}}
+	b.afterBatch = func() {
+		b.hookMu.Lock()
+		defer b.hookMu.Unlock()
+		for _, f := range b.hooks {
+			(*f)()
+		}
+	}
+	go b.commit()
+	return b
+}
+
+// OnBatchCompleted implements persist.BatchCompleting.
+func (b *batchedStore) OnBatchCompleted(f func()) (remove func()) {
+	fp := &f
+	b.hookMu.Lock()
+	b.hooks = append(b.hooks, fp)
+	b.hookMu.Unlock()
+	return func() {
+		b.hookMu.Lock()
+		defer b.hookMu.Unlock()
+		b.hooks = slices.DeleteFunc(b.hooks, func(g *func()) bool { return g == fp })
+	}
 }
 
 func newAsyncStore() *asyncStore {
@@ -85,7 +123,11 @@ func (a *asyncStore) commit() {
 			}
 		}
 		for _, op := range batch {
+			op.InBatch = a.afterBatch != nil
 			op.Done.AppendDone(op)
+		}
+		if a.afterBatch != nil {
+			a.afterBatch()
 		}
 	}
 }

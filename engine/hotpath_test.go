@@ -137,7 +137,10 @@ func benchmarkSendPath(b *testing.B, w sendWire) {
 var storeKinds = map[string]func() persist.Store{
 	"inline": func() persist.Store { return memstore.New() },
 	"async":  func() persist.Store { return newAsyncStore() },
-	"sync":   func() persist.Store { return &flakyStore{Store: memstore.New()} },
+	// batched: an async store that completes in batches and lets the
+	// engine write what each batch queued from its goroutine.
+	"batched": func() persist.Store { return newBatchedStore() },
+	"sync":    func() persist.Store { return &flakyStore{Store: memstore.New()} },
 }
 
 // TestPushOrderAndNoLostWakeups: many senders on both event loops pipeline
@@ -146,7 +149,7 @@ var storeKinds = map[string]func() persist.Store{
 // be in strictly increasing seq order on the wire, with no gap, for the
 // stores that complete appends in order (inline and async).
 func TestPushOrderAndNoLostWakeups(t *testing.T) {
-	for _, kind := range []string{"inline", "async"} {
+	for _, kind := range []string{"inline", "async", "batched"} {
 		t.Run(kind, func(t *testing.T) {
 			s := startServer(t, func(c *Config) { c.Store = storeKinds[kind](); c.SendRate = 1e9; c.SendBurst = 1 << 30 })
 			rcv := dial(t, s, codec.Protobuf)
@@ -219,7 +222,7 @@ func TestPushOrderAndNoLostWakeups(t *testing.T) {
 // STORE_UNAVAILABLE and nothing else (no ack, no push); while the store's
 // commit is held (an fsync that does not return), no ack leaves.
 func TestStoreThenAck(t *testing.T) {
-	for _, kind := range []string{"async", "sync"} {
+	for _, kind := range []string{"async", "batched", "sync"} {
 		t.Run(kind, func(t *testing.T) {
 			st := storeKinds[kind]()
 			s := startServer(t, func(c *Config) { c.Store = st })
@@ -243,8 +246,13 @@ func TestStoreThenAck(t *testing.T) {
 			if got := b.waitPushes(1); got[0].Seq != 1 || string(got[0].Body) != "retry" {
 				t.Fatalf("bob got %v", got)
 			}
-			as, ok := st.(*asyncStore)
-			if !ok {
+			var as *asyncStore
+			switch st := st.(type) {
+			case *asyncStore:
+				as = st
+			case *batchedStore:
+				as = st.asyncStore
+			default:
 				return
 			}
 			release := as.holdCommits(t)
@@ -262,6 +270,8 @@ func TestStoreThenAck(t *testing.T) {
 
 func failNext(st persist.Store, n int) {
 	switch st := st.(type) {
+	case *batchedStore:
+		failNext(st.asyncStore, n)
 	case *asyncStore:
 		st.mu.Lock()
 		st.failNext = n
@@ -572,5 +582,41 @@ func TestDirectWritesSurviveAFullSocket(t *testing.T) {
 	}
 	if testutil.ToFloat64(s.metrics.directWrites) == 0 {
 		t.Error("no direct write was full: the senders' loop never wrote the receiver's socket itself")
+	}
+}
+
+// TestBatchCompletionsWriteIdleSockets: with a store that completes appends
+// in batches (persist.BatchCompleting), the SEND_ACK and the PUSH are
+// written by the store's completing goroutine at the end of the batch,
+// straight to the idle sockets: no event loop is woken for them.
+func TestBatchCompletionsWriteIdleSockets(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.Store = newBatchedStore() })
+	a := dial(t, s, codec.Protobuf)
+	a.login("alice", "pc")
+	b := dial(t, s, codec.Protobuf)
+	b.login("bob", "pc")
+	idle := func() bool {
+		n := 0
+		s.conns.each(func(c *conn) {
+			c.mu.Lock()
+			if c.direct {
+				n++
+			}
+			c.mu.Unlock()
+		})
+		return n == 2
+	}
+	poll(t, "both sockets idle", idle)
+	triggers, direct := testutil.ToFloat64(s.metrics.loopTriggers), testutil.ToFloat64(s.metrics.directWrites)
+	var ack pb.SendAck
+	a.mustCall(codec.CmdSend, &pb.SendRequest{ClientMsgId: "d1", To: "bob", Body: []byte("direct")}, &ack)
+	if got := b.waitPushes(1); got[0].Seq != ack.Seq || string(got[0].Body) != "direct" {
+		t.Fatalf("bob got %v", got)
+	}
+	if d := testutil.ToFloat64(s.metrics.loopTriggers) - triggers; d != 0 {
+		t.Errorf("%v loop triggers for the ack and the push of one message to idle sockets", d)
+	}
+	if d := testutil.ToFloat64(s.metrics.directWrites) - direct; d != 2 {
+		t.Errorf("%v direct writes, want 2 (the ack and the push)", d)
 	}
 }

@@ -197,9 +197,10 @@ func (l *loop) trigger() {
 }
 
 // now returns the time of the current turn on loop src, or the clock when
-// src is nil (off-loop).
+// src is nil (off-loop) or the store's completing goroutine (batchLoop,
+// which has no turns).
 func now(src *loop) time.Time {
-	if src != nil {
+	if src != nil && src.idx >= 0 {
 		return src.now
 	}
 	return time.Now()

@@ -355,8 +355,14 @@ func (s *Server) countInflight(op *sendOp) {
 // must not block.
 func (op *sendOp) AppendDone(*persist.AppendOp) {
 	s, c, src := op.s, op.c, op.src
-	if op.combined {
+	offLoop := src == nil
+	switch {
+	case op.combined:
 		src, _ = s.handoff.Runner().(*loop)
+	case op.InBatch && s.batchLoop != nil:
+		// On the store's completing goroutine, which writes what this
+		// queues once the batch is complete.
+		src = s.batchLoop
 	}
 	if op.Err != nil {
 		c.replyErr(src, op.h, s.failure(c, "append", op.Err))
@@ -377,7 +383,7 @@ func (op *sendOp) AppendDone(*persist.AppendOp) {
 			// Synchronous appends told the observer in localAppend.
 			obs.MessageStored(&res.Msg, op.Inboxes, res.Seqs, res.Duplicate)
 		}
-		if src == nil {
+		if offLoop {
 			// Off-loop completions waited for the store: worth measuring.
 			// (Inline ones complete within the turn that took the send.)
 			s.metrics.pushLatency.Observe(time.Since(op.start).Seconds())

@@ -63,10 +63,17 @@ type Server struct {
 	async  persist.AsyncAppender // nil: appends run synchronously on workers
 	// cursors, with async, takes a PUSH_ACK's cursor from the loop without
 	// a worker waiting for the write (nil: PUSH_ACK runs on a worker).
-	cursors     persist.AsyncCursorSetter
-	handoff     handOffAppender // inline stores that take contended appends off a loop (send.go)
-	inBytes     atomic.Int64    // bytes of requests queued for workers, node-wide
-	inflightOps atomic.Int64    // appends handed to the store, not yet complete
+	cursors persist.AsyncCursorSetter
+	handoff handOffAppender // inline stores that take contended appends off a loop (send.go)
+	// batchLoop, with an async store that completes appends in batches
+	// (persist.BatchCompleting), stands for a loop on the store's
+	// completing goroutine: output its completions queue is written at
+	// the end of each batch, by that goroutine when the socket is idle
+	// (conn.writeFrom), and triggers loops once per batch otherwise.
+	batchLoop   *loop
+	unhookBatch func()
+	inBytes     atomic.Int64 // bytes of requests queued for workers, node-wide
+	inflightOps atomic.Int64 // appends handed to the store, not yet complete
 
 	loops   atomic.Pointer[[]*loop] // copy-on-write list, indexed by loop.idx
 	loopsMu sync.Mutex
@@ -122,6 +129,11 @@ func New(cfg Config) (*Server, error) {
 		if cs, ok := cfg.Store.(persist.AsyncCursorSetter); ok {
 			s.cursors = cs
 		}
+		if bc, ok := cfg.Store.(persist.BatchCompleting); ok {
+			l := &loop{srv: s, idx: -1}
+			s.batchLoop = l
+			s.unhookBatch = bc.OnBatchCompleted(l.flushCounters)
+		}
 	}
 	if _, ok := cfg.Store.(persist.NonBlocking); ok && cfg.Cluster == nil && cfg.Sessions == nil {
 		s.inline = true
@@ -131,6 +143,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	var err error
 	if s.edge, err = newEdge(s); err != nil {
+		if s.unhookBatch != nil {
+			s.unhookBatch()
+		}
 		return nil, err
 	}
 	return s, nil
@@ -558,6 +573,9 @@ func (s *Server) shutdown(ctx context.Context) error {
 		// connections) and exits.
 		close(s.sessOps)
 		<-s.sessDone
+	}
+	if s.unhookBatch != nil {
+		s.unhookBatch()
 	}
 	s.log.Info("stopped")
 	return errors.Join(errs...)

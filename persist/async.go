@@ -27,6 +27,26 @@ type AppendOp struct {
 	Result AppendResult
 	Err    error
 	Done   AppendCompleter
+	// InBatch is set by a BatchCompleting store on the ops it completes
+	// in a batch on its completing goroutine: their AppendDone calls are
+	// followed, on that goroutine, by the functions registered with
+	// OnBatchCompleted.
+	InBatch bool
+}
+
+// BatchCompleting is implemented by an AsyncAppender that completes ops in
+// batches on one goroutine of its own (the embedded store completes each
+// synced commit's ops together). It lets a caller do once per batch what
+// the batch's completions queued, such as writing each connection's
+// output once, from that goroutine, instead of waking another goroutine to
+// do it.
+type BatchCompleting interface {
+	// OnBatchCompleted registers f, called on the completing goroutine
+	// after every batch of AppendDone calls made with op.InBatch set,
+	// before the next batch's; remove unregisters it (after remove
+	// returns, f is not running and is not called again). f must not
+	// block.
+	OnBatchCompleted(f func()) (remove func())
 }
 
 // AppendCompleter is told when an AppendOp is complete.

@@ -378,6 +378,7 @@ type Store struct {
 	done   chan struct{} // closed when the committer has exited
 
 	views views // the snapshots readers use (view.go)
+	hooks batchHooks
 
 	bgCancel context.CancelFunc
 	bg       sync.WaitGroup // housekeeper and retention loop

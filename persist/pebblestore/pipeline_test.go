@@ -384,3 +384,66 @@ func TestPipelineMaintenanceFailure(t *testing.T) {
 		t.Fatalf("LastSeq = %d, %v; want 3", last, err)
 	}
 }
+
+// batchRecorder completes ops for TestOnBatchCompleted.
+type batchRecorder struct {
+	done, notInBatch atomic.Int64
+	wg               sync.WaitGroup
+}
+
+func (r *batchRecorder) AppendDone(op *persist.AppendOp) {
+	if op.Err != nil || !op.InBatch {
+		r.notInBatch.Add(1)
+	}
+	r.done.Add(1)
+	r.wg.Done()
+}
+
+// TestOnBatchCompleted: the registered function runs on the completer after
+// every batch's completions (so it sees every op completed before it), the
+// ops carry InBatch, and once removed the function is not called again.
+func TestOnBatchCompleted(t *testing.T) {
+	s, err := Open(Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	r := &batchRecorder{}
+	var runs, seen atomic.Int64
+	remove := s.OnBatchCompleted(func() {
+		runs.Add(1)
+		seen.Store(r.done.Load())
+	})
+	const n = 500
+	r.wg.Add(n)
+	for i := range n {
+		id := strconv.Itoa(i)
+		s.AppendAsync(&persist.AppendOp{Msg: persist.Message{ID: uint64(i + 1), From: "a", To: "b", ClientMsgID: id, Timestamp: 1, Body: []byte(id)},
+			Inboxes: []string{"a", "b"}, Done: r})
+	}
+	r.wg.Wait()
+	testutil.Until(t, 10*time.Second, "the hook after the last batch", func() bool { return seen.Load() == n })
+	if bad := r.notInBatch.Load(); bad != 0 {
+		t.Fatalf("%d ops completed with an error or without InBatch", bad)
+	}
+	if runs.Load() == 0 || runs.Load() > n {
+		t.Fatalf("%d hook runs for %d ops", runs.Load(), n)
+	}
+	remove()
+	before := runs.Load()
+	r.wg.Add(1)
+	s.AppendAsync(&persist.AppendOp{Msg: persist.Message{ID: n + 1, From: "a", To: "b", ClientMsgID: "last", Timestamp: 1, Body: []byte("x")},
+		Inboxes: []string{"a", "b"}, Done: r})
+	r.wg.Wait()
+	// A second hook, registered now, runs after that batch at the latest.
+	var later atomic.Bool
+	defer s.OnBatchCompleted(func() { later.Store(true) })()
+	r.wg.Add(1)
+	s.AppendAsync(&persist.AppendOp{Msg: persist.Message{ID: n + 2, From: "a", To: "b", ClientMsgID: "later", Timestamp: 1, Body: []byte("y")},
+		Inboxes: []string{"a", "b"}, Done: r})
+	r.wg.Wait()
+	testutil.Until(t, 10*time.Second, "the second hook", later.Load)
+	if runs.Load() != before {
+		t.Fatal("the hook ran after it was removed")
+	}
+}
