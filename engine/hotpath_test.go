@@ -192,27 +192,7 @@ func TestPushOrderAndNoLostWakeups(t *testing.T) {
 					}
 				})
 			}
-			var last uint64
-			for n := 0; n < senders*each; {
-				f, err := rcv.readFrame(10 * time.Second)
-				if err != nil {
-					t.Fatalf("receiver after %d pushes: %v", n, err)
-				}
-				if f.Command != codec.CmdPush {
-					continue
-				}
-				var p pb.Push
-				if err := codec.Unmarshal(f.Serializer, f.Body, &p); err != nil {
-					t.Fatal(err)
-				}
-				for _, m := range p.Messages {
-					if m.Seq != last+1 {
-						t.Fatalf("push seq %d after %d: out of order or a gap on the wire", m.Seq, last)
-					}
-					last = m.Seq
-					n++
-				}
-			}
+			readPushesInOrder(t, rcv, senders*each, nil)
 			wg.Wait()
 		})
 	}
@@ -555,31 +535,12 @@ func TestDirectWritesSurviveAFullSocket(t *testing.T) {
 	if testutil.ToFloat64(s.metrics.directShort) == shortBefore {
 		t.Fatal("no direct write was short: the socket never filled while another loop wrote it")
 	}
-	var last uint64
-	for n := 0; n < len(senders)*each; {
-		f, err := rcv.readFrame(10 * time.Second)
-		if err != nil {
-			t.Fatalf("receiver after %d pushes: %v", n, err)
+	readPushesInOrder(t, rcv, len(senders)*each, func(m *pb.Message) {
+		var i, j int
+		if _, err := fmt.Sscanf(m.ClientMsgId, "%d-%d", &i, &j); err != nil || !bytes.Equal(m.Body, body(i, j)) {
+			t.Fatalf("push %d (%q): body damaged", m.Seq, m.ClientMsgId)
 		}
-		if f.Command != codec.CmdPush {
-			continue
-		}
-		var p pb.Push
-		if err := codec.Unmarshal(f.Serializer, f.Body, &p); err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range p.Messages {
-			if m.Seq != last+1 {
-				t.Fatalf("push seq %d after %d: out of order or a gap on the wire", m.Seq, last)
-			}
-			last = m.Seq
-			var i, j int
-			if _, err := fmt.Sscanf(m.ClientMsgId, "%d-%d", &i, &j); err != nil || !bytes.Equal(m.Body, body(i, j)) {
-				t.Fatalf("push %d (%q): body damaged", m.Seq, m.ClientMsgId)
-			}
-			n++
-		}
-	}
+	})
 	if testutil.ToFloat64(s.metrics.directWrites) == 0 {
 		t.Error("no direct write was full: the senders' loop never wrote the receiver's socket itself")
 	}
@@ -618,5 +579,36 @@ func TestBatchCompletionsWriteIdleSockets(t *testing.T) {
 	}
 	if d := testutil.ToFloat64(s.metrics.directWrites) - direct; d != 2 {
 		t.Errorf("%v direct writes, want 2 (the ack and the push)", d)
+	}
+}
+
+// readPushesInOrder reads n pushed messages from rcv, failing unless their
+// seqs run 1, 2, 3... on the wire (no reordering, no gap); check, if set,
+// sees each message.
+func readPushesInOrder(t *testing.T, rcv *rawClient, n int, check func(*pb.Message)) {
+	t.Helper()
+	var last uint64
+	for got := 0; got < n; {
+		f, err := rcv.readFrame(10 * time.Second)
+		if err != nil {
+			t.Fatalf("receiver after %d pushes: %v", got, err)
+		}
+		if f.Command != codec.CmdPush {
+			continue
+		}
+		var p pb.Push
+		if err := codec.Unmarshal(f.Serializer, f.Body, &p); err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range p.Messages {
+			if m.Seq != last+1 {
+				t.Fatalf("push seq %d after %d: out of order or a gap on the wire", m.Seq, last)
+			}
+			last = m.Seq
+			if check != nil {
+				check(m)
+			}
+			got++
+		}
 	}
 }
