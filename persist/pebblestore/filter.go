@@ -234,11 +234,14 @@ func (c *committer) startFilterBuild() {
 	hook := c.s.opts.beforeFilterBuild
 	seed, maxB := fs.seed, fs.maxB
 	fs.wg.Go(func() {
-		defer snap.Close()
 		if hook != nil {
 			hook(ctx)
 		}
 		f, err := buildFilter(ctx, snap, seed, maxB)
+		// Closed before the result is handed over: once the committer
+		// has taken it, nothing waits for this goroutine, and Close
+		// must not find the snapshot still open ("leaked snapshots").
+		_ = snap.Close()
 		fs.result <- filterResult{f, err}
 	})
 }
