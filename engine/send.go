@@ -58,7 +58,9 @@ type sendOp struct {
 
 	// The PUSH, encoded once per serializer for every device of every
 	// inbox (each gets its own seq spliced in); reset on first use.
-	tmpl    codec.PushTemplate
+	// Allocated once per pooled op and kept by putSendOp: a pointer, so
+	// recycling the op does not copy the template's buffers out and back.
+	tmpl    *codec.PushTemplate
 	tmplSet bool
 }
 
@@ -444,7 +446,10 @@ func (s *Server) pushTo(src *loop, op *sendOp, user string, seq uint64, m *persi
 	}
 	var tmpl *codec.PushTemplate
 	if op != nil {
-		tmpl = &op.tmpl
+		if op.tmpl == nil {
+			op.tmpl = new(codec.PushTemplate)
+		}
+		tmpl = op.tmpl
 		if !op.tmplSet {
 			op.tmplSet = true
 			tmpl.Reset(messageFields(m))
