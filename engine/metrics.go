@@ -66,7 +66,7 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 	m.loopTriggers = prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_loop_triggers_total",
 		Help: "Times a goroutine woke an event loop to write output queued for its connections (one per loop per batch, not per message)."})
 	directVec := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imgn_direct_writes_total",
-		Help: "Writes an event loop made itself to another loop's connection whose socket was idle, sparing that loop a wake-up: full (the socket took it all) or short (the rest went to the connection's loop)."}, []string{"result"})
+		Help: "Writes an event loop, or the embedded store's completer, made itself to an idle socket of a connection of another loop, sparing that loop a wake-up: full (the socket took it all) or short (the rest went to the connection's loop)."}, []string{"result"})
 	m.directWrites = directVec.WithLabelValues("full")
 	m.directShort = directVec.WithLabelValues("short")
 	m.appendHandoffs = prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_append_handoffs_total",
