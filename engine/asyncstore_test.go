@@ -3,7 +3,6 @@ package engine
 import (
 	"context"
 	"fmt"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -36,35 +35,18 @@ type asyncStore struct {
 // the embedded store is.
 type batchedStore struct {
 	*asyncStore
-	hookMu sync.Mutex
-	hooks  []*func()
+	hooks persist.BatchHooks
 }
 
 func newBatchedStore() *batchedStore {
 	b := &batchedStore{asyncStore: &asyncStore{Store: memstore.New(), queue: make(chan *persist.AppendOp, 4096), done: make(chan struct{})}}
-	b.afterBatch = func() {
-		b.hookMu.Lock()
-		defer b.hookMu.Unlock()
-		for _, f := range b.hooks {
-			(*f)()
-		}
-	}
+	b.afterBatch = b.hooks.Run
 	go b.commit()
 	return b
 }
 
 // OnBatchCompleted implements persist.BatchCompleting.
-func (b *batchedStore) OnBatchCompleted(f func()) (remove func()) {
-	fp := &f
-	b.hookMu.Lock()
-	b.hooks = append(b.hooks, fp)
-	b.hookMu.Unlock()
-	return func() {
-		b.hookMu.Lock()
-		defer b.hookMu.Unlock()
-		b.hooks = slices.DeleteFunc(b.hooks, func(g *func()) bool { return g == fp })
-	}
-}
+func (b *batchedStore) OnBatchCompleted(f func()) (remove func()) { return b.hooks.Add(f) }
 
 func newAsyncStore() *asyncStore {
 	a := &asyncStore{Store: memstore.New(), queue: make(chan *persist.AppendOp, 4096), done: make(chan struct{})}

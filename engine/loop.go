@@ -16,7 +16,7 @@ import (
 //   - Frames queued while running on the connection's own loop (a reply, a
 //     push between two users of the same loop) mark the connection dirty;
 //     the loop writes every dirty connection at the end of the OnTraffic or
-//     task that queued them (flushDirty).
+//     task that queued them (endTraffic, endTurn).
 //   - Frames queued by another loop, for a connection whose socket is idle
 //     (conn.direct: its loop's last write left nothing in gnet's buffer),
 //     are written by that other loop at the end of its turn, one write per
@@ -118,7 +118,7 @@ func (l *loop) endTraffic(c *conn) {
 			l.trigger()
 		}
 	}
-	l.flushCounters()
+	l.flushDeferred()
 }
 
 // endTurn writes the dirty connections and sends the deferred triggers.
@@ -132,13 +132,13 @@ func (l *loop) endTurn() {
 		l.dirty[i] = nil
 	}
 	l.dirty, l.pending = l.dirty[:0], 0
-	l.flushCounters()
+	l.flushDeferred()
 }
 
-// flushCounters writes the output this turn queued for other loops'
+// flushDeferred writes the output this turn queued for other loops'
 // connections (writeFrom), adds this turn's written bytes to the metric and
 // sends the triggers this turn deferred.
-func (l *loop) flushCounters() {
+func (l *loop) flushDeferred() {
 	if len(l.remote) > 0 {
 		for i, c := range l.remote {
 			c.writeFrom(l)

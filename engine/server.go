@@ -132,7 +132,7 @@ func New(cfg Config) (*Server, error) {
 		if bc, ok := cfg.Store.(persist.BatchCompleting); ok {
 			l := &loop{srv: s, idx: -1}
 			s.batchLoop = l
-			s.unhookBatch = bc.OnBatchCompleted(l.flushCounters)
+			s.unhookBatch = bc.OnBatchCompleted(l.flushDeferred)
 		}
 	}
 	if _, ok := cfg.Store.(persist.NonBlocking); ok && cfg.Cluster == nil && cfg.Sessions == nil {

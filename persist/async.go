@@ -1,6 +1,10 @@
 package persist
 
-import "context"
+import (
+	"context"
+	"slices"
+	"sync"
+)
 
 // This file holds the asynchronous append seam: how the engine hands appends
 // to a store without a goroutine waiting on each one, and learns of their
@@ -47,6 +51,37 @@ type BatchCompleting interface {
 	// returns, f is not running and is not called again). f must not
 	// block.
 	OnBatchCompleted(f func()) (remove func())
+}
+
+// BatchHooks is the registry a BatchCompleting store keeps: Add is its
+// OnBatchCompleted, and its completing goroutine calls Run after each
+// batch. Safe for concurrent use; Run holds the registry's lock while the
+// functions run, so a remove waits for a run in progress.
+type BatchHooks struct {
+	mu  sync.Mutex
+	fns []*func() // pointers: a func value cannot be compared, its box can
+}
+
+// Add registers f and returns the function that unregisters it.
+func (h *BatchHooks) Add(f func()) (remove func()) {
+	fp := &f
+	h.mu.Lock()
+	h.fns = append(h.fns, fp)
+	h.mu.Unlock()
+	return func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.fns = slices.DeleteFunc(h.fns, func(g *func()) bool { return g == fp })
+	}
+}
+
+// Run calls every registered function, in registration order.
+func (h *BatchHooks) Run() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, f := range h.fns {
+		(*f)()
+	}
 }
 
 // AppendCompleter is told when an AppendOp is complete.

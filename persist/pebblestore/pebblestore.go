@@ -377,8 +377,8 @@ type Store struct {
 	queue  chan item
 	done   chan struct{} // closed when the committer has exited
 
-	views views // the snapshots readers use (view.go)
-	hooks batchHooks
+	views views              // the snapshots readers use (view.go)
+	hooks persist.BatchHooks // OnBatchCompleted
 
 	bgCancel context.CancelFunc
 	bg       sync.WaitGroup // housekeeper and retention loop

@@ -2,9 +2,6 @@ package pebblestore
 
 import (
 	"fmt"
-	"slices"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -137,7 +134,7 @@ func (p *completer) finish(f *flight) {
 			}
 		}
 	}
-	s.hooks.run()
+	s.hooks.Run()
 	clear(f.items) // drop references for the GC
 	f.items = f.items[:0]
 	if syncErr != nil || (f.applied && f.err != nil) {
@@ -173,39 +170,7 @@ func (c *committer) applyFlight(f *flight) {
 	f.view = c.s.views.take(c.s.db, f.direct)
 }
 
-// batchHooks are the functions OnBatchCompleted registered, run by the
-// completer after each batch's completions.
-type batchHooks struct {
-	mu  sync.Mutex // held while they run, so remove waits for a run in progress
-	n   atomic.Int32
-	fns []*func()
-}
-
-func (h *batchHooks) run() {
-	if h.n.Load() == 0 {
-		return
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for _, f := range h.fns {
-		(*f)()
-	}
-}
-
 // OnBatchCompleted implements persist.BatchCompleting: f runs on the
 // completer goroutine after the ops of each synced (or failed) commit are
 // completed.
-func (s *Store) OnBatchCompleted(f func()) (remove func()) {
-	h := &s.hooks
-	fp := &f
-	h.mu.Lock()
-	h.fns = append(h.fns, fp)
-	h.n.Store(int32(len(h.fns)))
-	h.mu.Unlock()
-	return func() {
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		h.fns = slices.DeleteFunc(h.fns, func(g *func()) bool { return g == fp })
-		h.n.Store(int32(len(h.fns)))
-	}
-}
+func (s *Store) OnBatchCompleted(f func()) (remove func()) { return s.hooks.Add(f) }
