@@ -24,8 +24,8 @@ bench-p2p: bench-build ## 1:1 open loop, memory store, 1000 pairs at 10k msgs/s,
 	$(BENCH_RUN) p2p --store memory --pairs 1000 --rate 10000 --warmup 5s --duration 15s --baseline-echo \
 		--json $(BENCH_OUT)/p2p.json --hgrm $(BENCH_OUT)/p2p.hgrm $(BENCH_FLAGS)
 
-bench-p2p-embedded: bench-build ## 1:1 open loop, embedded store with fsync (group commit), 100 pairs at 20k msgs/s, no per-user limit (~30 s; BENCH_FLAGS="--rate 50000" for another rate)
-	$(BENCH_RUN) p2p --store embedded --pairs 100 --rate 20000 --warmup 5s --duration 15s \
+bench-p2p-embedded: bench-build ## 1:1 open loop, embedded store with fsync (group commit), 100 pairs at 20k msgs/s, no per-user limit, plus the durable relay (~50 s; BENCH_FLAGS="--rate 50000" for another rate)
+	$(BENCH_RUN) p2p --store embedded --pairs 100 --rate 20000 --warmup 5s --duration 15s --baseline-echo --baseline-durable \
 		--imd-arg --send-rate=1000000,--send-burst=1000000 \
 		--json $(BENCH_OUT)/p2p-embedded.json --hgrm $(BENCH_OUT)/p2p-embedded.hgrm $(BENCH_FLAGS)
 
@@ -70,6 +70,7 @@ bench-1m: bench-build ## one-command million-connection run over local nodes (bo
 # repeated (--repeat) against fresh servers with the relay in every run, so
 # the verdicts rest on medians: on a shared machine one run's p99 moves by
 # several times between runs of the same build, the relay's too. The
+# embedded store's runs set it beside the durable relay (--baseline-durable). The
 # summaries go to stdout, every run's report to $(BENCH_OUT)/targets-*.json.
 # BENCH_FLAGS must not hold --hgrm or --profile (one run's outputs).
 bench-targets: bench-build ## the Summary's target runs, repeated for medians: 100k/s and 1000 pairs x5, group, embedded 5k/s and 50k/s x3 (~20 min)
@@ -79,9 +80,9 @@ bench-targets: bench-build ## the Summary's target runs, repeated for medians: 1
 		--json $(BENCH_OUT)/targets-p2p-1000pairs.json $(BENCH_FLAGS)
 	$(BENCH_RUN) group --groups 20 --group-size 100 --rate 6000 --warmup 5s --duration 10s --baseline-echo --repeat 3 \
 		--json $(BENCH_OUT)/targets-group-load.json $(BENCH_FLAGS)
-	$(BENCH_RUN) p2p --store embedded --pairs 100 --rate 5000 --warmup 5s --duration 15s --baseline-echo --repeat 3 \
+	$(BENCH_RUN) p2p --store embedded --pairs 100 --rate 5000 --warmup 5s --duration 15s --baseline-echo --baseline-durable --repeat 3 \
 		--imd-arg --send-rate=1000000,--send-burst=1000000 --json $(BENCH_OUT)/targets-embedded-5k.json $(BENCH_FLAGS)
-	$(BENCH_RUN) p2p --store embedded --pairs 100 --rate 50000 --warmup 5s --duration 15s --baseline-echo --repeat 3 \
+	$(BENCH_RUN) p2p --store embedded --pairs 100 --rate 50000 --warmup 5s --duration 15s --baseline-echo --baseline-durable --repeat 3 \
 		--imd-arg --send-rate=1000000,--send-burst=1000000 --json $(BENCH_OUT)/targets-embedded-50k.json $(BENCH_FLAGS)
 
 bench-all: bench-conns bench-p2p bench-p2p-embedded bench-group bench-group-load bench-login bench-churn bench-find-max ## every scenario but bench-1m

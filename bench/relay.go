@@ -46,6 +46,14 @@ type Relay struct {
 	groups map[string][]string
 	loops  int
 	dec    codec.Decoder
+	// walPath, if set, makes the relay durable: it logs every SEND and
+	// GROUP_SEND to this file and syncs it before it answers or forwards
+	// (relaywal.go). wal is that log while the relay runs.
+	walPath string
+	wal     *relayWAL
+	// walBeforeSync, if set before Start (tests), runs on the log's syncer
+	// after each write and before its sync.
+	walBeforeSync func()
 }
 
 type relayShard struct {
@@ -79,11 +87,28 @@ func NewRelay(addr string, loops int) *Relay {
 	return r
 }
 
+// NewDurableRelay returns a relay like NewRelay's that also logs every
+// SEND and GROUP_SEND to a write-ahead log at walPath (created, and
+// truncated if it exists) and syncs it before it answers or forwards them:
+// the durable baseline (imbench --baseline-durable, relaywal.go).
+func NewDurableRelay(addr string, loops int, walPath string) *Relay {
+	r := NewRelay(addr, loops)
+	r.walPath = walPath
+	return r
+}
+
 // Start listens and returns once the listener is bound.
 func (r *Relay) Start(ctx context.Context) error {
 	loops := r.loops
 	if loops <= 0 {
 		loops = runtime.GOMAXPROCS(0)
+	}
+	if r.walPath != "" {
+		w, err := openRelayWAL(r, r.walPath)
+		if err != nil {
+			return err
+		}
+		r.wal = w
 	}
 	addr := r.addr.String()
 	go func() {
@@ -94,10 +119,20 @@ func (r *Relay) Start(ctx context.Context) error {
 	case <-r.booted:
 		return nil
 	case err := <-r.runErr:
-		return fmt.Errorf("bench: relay listen %s: %w", addr, err)
+		return errors.Join(fmt.Errorf("bench: relay listen %s: %w", addr, err), r.closeWAL())
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// closeWAL stops the durable relay's log, if it has one.
+func (r *Relay) closeWAL() error {
+	if r.wal == nil {
+		return nil
+	}
+	err := r.wal.close()
+	r.wal = nil
+	return err
 }
 
 // Addr is the bound address.
@@ -108,7 +143,7 @@ func (r *Relay) Stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := r.eng.Stop(ctx)
-	return errors.Join(err, <-r.runErr)
+	return errors.Join(err, <-r.runErr, r.closeWAL())
 }
 
 // OnBoot implements gnet.EventHandler.
@@ -236,16 +271,6 @@ func (r *Relay) onFrame(c *rconn, f codec.Frame) {
 			b, st := beginFrame(b, codec.CmdHeartbeatOK, seq)
 			return endFrame(b, st)
 		})
-	case codec.CmdSend:
-		cmid, to, body := pbBytes(f.Body, 1), pbBytes(f.Body, 2), pbBytes(f.Body, 4)
-		id := r.msgID.Add(1)
-		if t := r.lookup(to); t != nil {
-			r.enqueue(t, c, func(b []byte) []byte {
-				t.seq++
-				return appendRelayPush(b, t.seq, id, c.user, to, cmid, body)
-			})
-		}
-		r.enqueue(c, c, func(b []byte) []byte { return appendRelayAck(b, seq, cmid, id) })
 	case codec.CmdGroupCreate:
 		members := []string{c.user}
 		rest := f.Body
@@ -268,25 +293,49 @@ func (r *Relay) onFrame(c *rconn, f codec.Frame) {
 			b = appendStringField(b, 1, id)
 			return endFrame(b, st)
 		})
-	case codec.CmdGroupSend:
-		cmid, gid, body := pbBytes(f.Body, 1), pbBytes(f.Body, 2), pbBytes(f.Body, 4)
+	case codec.CmdSend, codec.CmdGroupSend:
 		id := r.msgID.Add(1)
+		if r.wal != nil {
+			r.wal.add(c, f.Command, seq, id, f.Body)
+			return
+		}
+		r.deliver(c, c, f.Command, seq, id, f.Body)
+	}
+}
+
+// deliver forwards a SEND (to its recipient) or a GROUP_SEND (to every
+// other member) with message id id, and acknowledges it to c. self is the
+// connection whose OnTraffic is running (nil: none, the durable relay's
+// syncer). body is the request's body, read during the call only.
+func (r *Relay) deliver(c, self *rconn, cmd codec.Command, seq uint32, id uint64, body []byte) {
+	switch cmd {
+	case codec.CmdSend:
+		cmid, to, text := pbBytes(body, 1), pbBytes(body, 2), pbBytes(body, 4)
+		if t := r.lookup(to); t != nil {
+			r.enqueue(t, self, func(b []byte) []byte {
+				t.seq++
+				return appendRelayPush(b, t.seq, id, c.user, to, cmid, text)
+			})
+		}
+		r.enqueue(c, self, func(b []byte) []byte { return appendRelayAck(b, seq, cmid, id) })
+	case codec.CmdGroupSend:
+		cmid, gid, text := pbBytes(body, 1), pbBytes(body, 2), pbBytes(body, 4)
 		r.gmu.RLock()
 		members := r.groups[string(gid)]
 		r.gmu.RUnlock()
 		// Encode once, queue to every other member. Every group push is
 		// numbered 1, so members ack it once per run: numbering per member
 		// would cost the per-member encoding the relay exists to avoid.
-		frame := appendRelayPush(nil, 1, id, c.user, gid, cmid, body)
+		frame := appendRelayPush(nil, 1, id, c.user, gid, cmid, text)
 		for _, m := range members {
 			if m == c.user {
 				continue
 			}
 			if t := r.lookup([]byte(m)); t != nil {
-				r.enqueue(t, c, func(b []byte) []byte { return append(b, frame...) })
+				r.enqueue(t, self, func(b []byte) []byte { return append(b, frame...) })
 			}
 		}
-		r.enqueue(c, c, func(b []byte) []byte { return appendRelayAck(b, seq, cmid, id) })
+		r.enqueue(c, self, func(b []byte) []byte { return appendRelayAck(b, seq, cmid, id) })
 	}
 }
 
@@ -379,8 +428,9 @@ const RelayArg = "__relay"
 
 // RunRelayMain runs the relay on listen with its admin endpoint on admin
 // until ctx ends.
-func RunRelayMain(ctx context.Context, listen, admin string, loops int) error {
-	r := NewRelay(listen, loops)
+// walPath, if set, makes it the durable relay (NewDurableRelay).
+func RunRelayMain(ctx context.Context, listen, admin string, loops int, walPath string) error {
+	r := NewDurableRelay(listen, loops, walPath)
 	if err := r.Start(ctx); err != nil {
 		return err
 	}

@@ -110,6 +110,9 @@ type BaselineReport struct {
 	Errors      int64        `json:"errors"`
 	Connections int64        `json:"connections"`
 	Note        string       `json:"note,omitempty"`
+	// Durable: the relay synced every message to its log before it
+	// answered or forwarded it (--baseline-durable).
+	Durable bool `json:"durable,omitempty"`
 }
 
 // RampReport describes opening the connections.
@@ -338,7 +341,11 @@ func (r *Report) Print(w io.Writer) {
 		fmt.Fprintf(w, "max rate           %.0f/s (latency above measured at half of it)\n", r.MaxRate)
 	}
 	if b := r.Baseline; b != nil {
-		fmt.Fprintf(w, "baseline (relay)   %.0f/s, p50 %d p99 %d us; ratio %.3f", b.MsgsPerSec, b.LatencyUs.P50, b.LatencyUs.P99, b.Ratio)
+		name := "baseline (relay)  "
+		if b.Durable {
+			name = "baseline (durable)"
+		}
+		fmt.Fprintf(w, "%s %.0f/s, p50 %d p99 %d us; ratio %.3f", name, b.MsgsPerSec, b.LatencyUs.P50, b.LatencyUs.P99, b.Ratio)
 		if b.CPURatio > 0 {
 			fmt.Fprintf(w, "; cpu efficiency vs relay %.3f", b.CPURatio)
 		}

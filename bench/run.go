@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -112,8 +113,12 @@ type Config struct {
 	// (by default imbench loads loopback only).
 	AllowRemote bool
 
-	Baseline   bool
-	ProfileDir string
+	Baseline bool
+	// BaselineDurable makes the Baseline relay durable (NewDurableRelay):
+	// its write-ahead log lives in the system's temporary directory, where
+	// spawned nodes keep their data.
+	BaselineDurable bool
+	ProfileDir      string
 	// Trace, with ProfileDir, also saves a Go execution trace of that
 	// length of the first node (<prefix>trace.out), taken with its CPU
 	// profile (0: none). Read it with `go tool trace`, or list its long
@@ -211,6 +216,9 @@ func (c Config) Validate() error {
 	if c.Trace < 0 || (c.Trace > 0 && c.ProfileDir == "") {
 		errs = append(errs, fmt.Errorf("bench: --trace %v: want a positive duration, with --profile DIR to save it in", c.Trace))
 	}
+	if c.BaselineDurable && !c.Baseline {
+		errs = append(errs, errors.New("bench: --baseline-durable makes the relay of --baseline-echo durable: pass both"))
+	}
 	if c.WS && (c.Router != "" || c.Baseline) {
 		errs = append(errs, errors.New("bench: --ws works with spawned nodes or --target only (the router and the relay speak TCP)"))
 	}
@@ -294,7 +302,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return rep, fmt.Errorf("bench: baseline: %w", err)
 	}
 	b := &BaselineReport{MsgsPerSec: base.MsgsPerSec, LatencyUs: base.LatencyUs, Server: base.Server, Errors: base.Errors,
-		Connections: base.Connections, MaxRate: base.MaxRate}
+		Connections: base.Connections, MaxRate: base.MaxRate, Durable: cfg.BaselineDurable}
 	switch {
 	case cfg.FindMax && rep.MaxRate > 0 && base.MaxRate > 0:
 		b.MsgsPerSec = base.MaxRate
@@ -337,6 +345,9 @@ func runOn(ctx context.Context, cfg *Config, kind string) (*Report, error) {
 		defer stop()
 		targets, admins = rs.targets, rs.admins
 		label = fmt.Sprintf("relay x%d (minimal gnet relay, no auth, no store) %s", nodes, targets[0])
+		if cfg.BaselineDurable {
+			label = fmt.Sprintf("durable relay x%d (minimal gnet relay, no auth, a write-ahead log synced before every answer) %s", nodes, targets[0])
+		}
 	case len(targets) == 0:
 		imd, err := EnsureImd(cfg.Imd, cfg.Log)
 		if err != nil {
@@ -413,13 +424,26 @@ func startRelays(ctx context.Context, cfg *Config, n int) (relaySet, func(), err
 	var rs relaySet
 	if cfg.RelayInProcess {
 		var relays []*Relay
+		var dirs []string
 		stop := func() {
 			for _, r := range relays {
 				_ = r.Stop()
 			}
+			for _, d := range dirs {
+				_ = os.RemoveAll(d)
+			}
 		}
 		for range n {
 			r := NewRelay("127.0.0.1:0", 0)
+			if cfg.BaselineDurable {
+				dir, err := os.MkdirTemp("", "imbench-relay-")
+				if err != nil {
+					stop()
+					return rs, nil, err
+				}
+				dirs = append(dirs, dir)
+				r = NewDurableRelay("127.0.0.1:0", 0, filepath.Join(dir, "relay.wal"))
+			}
 			if err := r.Start(ctx); err != nil {
 				stop()
 				return rs, nil, err
@@ -445,6 +469,9 @@ func startRelays(ctx context.Context, cfg *Config, n int) (relaySet, func(), err
 		}
 		addr, admin := "127.0.0.1:"+strconv.Itoa(cport), "127.0.0.1:"+strconv.Itoa(aport)
 		args := append(slices.Clone(cfg.RelayArgs), "--listen", addr, "--admin", admin)
+		if cfg.BaselineDurable {
+			args = append(args, "--wal", filepath.Join(dir, "relay.wal"))
+		}
 		return startNode(ctx, "relay"+strconv.Itoa(i+1), cfg.WorkerExe, args, cfg.WorkerEnv, dir, addr, admin, cfg.ServerCPUs)
 	})
 	stop := func() { StopNodes(spawned, 5*time.Second) }

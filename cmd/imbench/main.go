@@ -264,6 +264,7 @@ func parse(scenario string, args []string, stdout, stderr io.Writer) (bench.Conf
 	fs.StringVar(&cfg.ServerCPUs, "server-cpus", "", "pin spawned nodes and relays to these CPUs (e.g. 1)")
 	fs.StringVar(&cfg.GenCPUs, "gen-cpus", "", "pin generator processes to these CPUs (e.g. 0)")
 	fs.BoolVar(&cfg.Baseline, "baseline-echo", false, "run the same load against the minimal gnet relay too and report the ratio")
+	fs.BoolVar(&cfg.BaselineDurable, "baseline-durable", false, "with --baseline-echo: make the relay durable (it logs every message to a file in the temp directory and fdatasyncs it, one group commit at a time, before it answers or forwards): the yardstick for --store embedded")
 	fs.StringVar(&cfg.ProfileDir, "profile", "", "directory for CPU, heap and goroutine profiles of the (first) node during the measurement")
 	fs.DurationVar(&cfg.Trace, "trace", 0, "with --profile: also a Go execution trace of the (first) node, this long, from the start of the measurement (e.g. 5s; 0: none)")
 	fs.BoolVar(&cfg.FsyncProbe, "fsync-probe", false, "during the window, time a bare 600 B write+fdatasync loop in the temp directory (where spawned nodes keep their data) and report it beside the embedded store's commit and fsync latencies")
@@ -296,12 +297,13 @@ func relayMain(args []string, stderr io.Writer) int {
 	listen := fs.String("listen", "127.0.0.1:0", "client listener")
 	admin := fs.String("admin", "127.0.0.1:0", "admin listener (/admin/stats, /readyz)")
 	loops := fs.Int("loops", 0, "event loops (0: GOMAXPROCS)")
+	wal := fs.String("wal", "", "make the relay durable: log every SEND and GROUP_SEND to this file and fdatasync it before answering or forwarding")
 	if code, stop := envflag.Exit("imbench "+bench.RelayArg, fs.Parse(args, nil), stderr); stop {
 		return code
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := bench.RunRelayMain(ctx, *listen, *admin, *loops); err != nil {
+	if err := bench.RunRelayMain(ctx, *listen, *admin, *loops, *wal); err != nil {
 		fmt.Fprintln(stderr, "imbench relay:", err)
 		return 1
 	}
