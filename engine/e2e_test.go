@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -212,6 +213,7 @@ type flakyStore struct {
 	slowNext  int           // delay this many Appends (the store still commits)
 	slowDelay time.Duration // delay of a slow Append
 	hold      chan struct{} // if set, every Append waits until it is closed
+	held      atomic.Int32  // Appends waiting for hold to close
 }
 
 // holdAppends makes every Append wait until release is called (holdStore).
@@ -228,7 +230,9 @@ func (f *flakyStore) Append(ctx context.Context, m persist.Message, inboxes []st
 	hold := f.hold
 	f.mu.Unlock()
 	if hold != nil {
+		f.held.Add(1)
 		<-hold
+		f.held.Add(-1)
 	}
 	if fail {
 		return persist.AppendResult{}, fmt.Errorf("flaky: %w", persist.ErrUnavailable)

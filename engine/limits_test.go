@@ -207,8 +207,13 @@ func TestMaxConnections(t *testing.T) {
 
 func TestConnQueueBackpressure(t *testing.T) {
 	// Requests queue only for workers: a store that is not in memory. The
-	// store holds every Append until the test lets go, so the one worker is
-	// busy with the first send while the rest arrive, whatever the timing.
+	// store holds every Append until the test lets go, and the rest are
+	// sent only once the one worker is held in the first send's Append.
+	// A queued request counts against the bound until a worker takes it:
+	// pipelined at once, the first send could wait in the queue (a worker
+	// late to run, or still finishing the LOGIN) while the loop answered
+	// the next ones BUSY, and taken only then, freeing room for the 50th,
+	// which waited behind the held Append with no reply.
 	st := &flakyStore{Store: memstore.New()}
 	s := startServer(t, func(c *Config) { c.MaxConnInbound = 300; c.Workers = 1; c.Store = st })
 	c := dial(t, s, codec.Protobuf)
@@ -217,6 +222,9 @@ func TestConnQueueBackpressure(t *testing.T) {
 	var seqs []uint32
 	for i := range 50 {
 		seqs = append(seqs, c.send(codec.CmdSend, &pb.SendRequest{ClientMsgId: fmt.Sprint(i), To: "alice"}))
+		if i == 0 {
+			poll(t, "the worker held in the first send's Append", func() bool { return st.held.Load() == 1 })
+		}
 	}
 	// The last request arrives behind a held worker and a full queue.
 	checkBusy := func(f codec.Frame) {
@@ -545,9 +553,16 @@ func TestNodeInboundBound(t *testing.T) {
 	a := dial(t, s, codec.Protobuf)
 	a.login("alice", "pc")
 	release := st.holdCommits(t) // the one worker blocks in its first append
+	// The rest are sent once the worker is in that append: until a worker
+	// takes it, the first send counts against the bound too, and taken
+	// late it would free room for the 40th (see TestConnQueueBackpressure).
+	base := st.handed.Load()
 	var seqs []uint32
 	for i := range 40 {
 		seqs = append(seqs, a.send(codec.CmdSend, &pb.SendRequest{ClientMsgId: fmt.Sprint(i), To: "alice", Body: make([]byte, 100)}))
+		if i == 0 {
+			poll(t, "the worker in the first send's append", func() bool { return st.handed.Load() == base+1 })
+		}
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
