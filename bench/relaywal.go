@@ -57,10 +57,10 @@ type relayWAL struct {
 	cur   *walBatch // filled by the loops (under mu)
 	spare *walBatch // the syncer's, swapped with cur
 
-	syncs   atomic.Uint64
-	dropped atomic.Uint64
-	beforeSync func() // Relay.walBeforeSync
-	err     atomic.Pointer[error] // the first write or sync error: the syncer stops
+	syncs      atomic.Uint64
+	dropped    atomic.Uint64
+	beforeSync func()                // Relay.walBeforeSync
+	err        atomic.Pointer[error] // the first write or sync error: the syncer stops
 }
 
 // walBatch is the messages of one group commit: their records, back to
