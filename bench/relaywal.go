@@ -36,8 +36,8 @@ const relayWALSize = 64 << 20
 
 // relayWALMaxPending bounds the bytes waiting for a sync. A message that
 // would go past it (the disk has stalled for long at a high rate) is
-// dropped: neither stored, acknowledged nor forwarded, and counted in
-// Dropped. The generator sees it as not delivered.
+// dropped: neither stored, acknowledged nor forwarded (relayWAL.dropped
+// counts it). The generator sees it as not delivered.
 const relayWALMaxPending = 16 << 20
 
 // relayWALHeader is a record's header: body length and CRC-32C, 4 bytes each.
