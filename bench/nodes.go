@@ -209,17 +209,22 @@ type StatsSum struct {
 	// StoreHists are the embedded store's latency histograms (storeHists),
 	// by report name, summed over nodes; empty for other stores.
 	StoreHists map[string]*PromHist
+	// StoreStalls are the embedded store's waits inside Pebble's apply
+	// (imgn_store_commit_stall_seconds_total and _stalls_total), by
+	// cause: "<cause>" the seconds, "<cause> count" the number; summed
+	// over nodes, empty for other stores.
+	StoreStalls map[string]float64
 }
 
 // roundTrips reads the store and Redis round-trip counters of one node's
 // /metrics (Prometheus text format), by op, and the embedded store's
-// latency histograms.
-func roundTrips(ctx context.Context, admin string) (store, redis map[string]float64, hists map[string]*PromHist, err error) {
+// latency histograms and stalls (StatsSum.StoreStalls).
+func roundTrips(ctx context.Context, admin string) (store, redis map[string]float64, hists map[string]*PromHist, stalls map[string]float64, err error) {
 	var buf bytes.Buffer
 	if err := fetch(ctx, admin+"/metrics", &buf); err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
-	store, redis, hists = map[string]float64{}, map[string]float64{}, map[string]*PromHist{}
+	store, redis, hists, stalls = map[string]float64{}, map[string]float64{}, map[string]*PromHist{}, map[string]float64{}
 lines:
 	for _, line := range strings.Split(buf.String(), "\n") {
 		if strings.HasPrefix(line, "imgn_store_") {
@@ -235,25 +240,30 @@ lines:
 			}
 		}
 		var into map[string]float64
+		label, suffix := `op="`, ""
 		switch {
 		case strings.HasPrefix(line, "imgn_store_ops_total{"):
 			into = store
 		case strings.HasPrefix(line, "imgn_redis_ops_total{"):
 			into = redis
+		case strings.HasPrefix(line, "imgn_store_commit_stall_seconds_total{"):
+			into, label = stalls, `cause="`
+		case strings.HasPrefix(line, "imgn_store_commit_stalls_total{"):
+			into, label, suffix = stalls, `cause="`, " count"
 		default:
 			continue
 		}
-		_, rest, _ := strings.Cut(line, `op="`)
+		_, rest, _ := strings.Cut(line, label)
 		op, rest, ok := strings.Cut(rest, `"`)
 		_, val, ok2 := strings.Cut(rest, "} ")
 		if !ok || !ok2 {
 			continue
 		}
 		if v, err := strconv.ParseFloat(strings.TrimSpace(val), 64); err == nil {
-			into[op] += v
+			into[op+suffix] += v
 		}
 	}
-	return store, redis, hists, nil
+	return store, redis, hists, stalls, nil
 }
 
 // Total sums the counts of m.
@@ -291,7 +301,7 @@ func FetchAll(ctx context.Context, admins []string, gc bool) (StatsSum, error) {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			st, err := FetchStats(ctx, a, gc)
-			store, redis, hists, rerr := roundTrips(ctx, a)
+			store, redis, hists, stalls, rerr := roundTrips(ctx, a)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -307,6 +317,12 @@ func FetchAll(ctx context.Context, admins []string, gc bool) (StatsSum, error) {
 				}
 				for op, v := range redis {
 					sum.RedisOps[op] += v
+				}
+				for cause, v := range stalls {
+					if sum.StoreStalls == nil {
+						sum.StoreStalls = map[string]float64{}
+					}
+					sum.StoreStalls[cause] += v
 				}
 				for name, h := range hists {
 					if sum.StoreHists == nil {

@@ -94,6 +94,9 @@ type ServerReport struct {
 	// Embedded store only: its commit and WAL fsync latencies in the
 	// window (imgn_store_commit_seconds, imgn_store_fsync_seconds).
 	StoreLatency map[string]StoreLatency `json:"store_latency,omitempty"`
+	// StoreStalls are the embedded store's waits inside Pebble's apply in
+	// the window, by cause: "<cause>" seconds, "<cause> count" applies.
+	StoreStalls map[string]float64 `json:"store_stalls,omitempty"`
 }
 
 // BaselineReport is the same load against the echo relay.
@@ -294,6 +297,17 @@ func (r *Report) Print(w io.Writer) {
 			fmt.Fprintf(w, "store %-12s %d in the window, mean %.0fus, p50 <= %s, p99 <= %s, p99.9 <= %s, max <= %s; %.2f%% over 51 ms\n",
 				name, l.Count, l.MeanUs, fmtBound(l.P50Us), fmtBound(l.P99Us), fmtBound(l.P999Us), fmtBound(l.MaxUs), 100*l.Over50ms)
 		}
+	}
+	if len(s.StoreStalls) > 0 {
+		fmt.Fprintf(w, "store stalls      ")
+		for i, cause := range []string{"wal_rotation", "memtable", "l0"} {
+			sep := ","
+			if i == 0 {
+				sep = ""
+			}
+			fmt.Fprintf(w, "%s %s %.0f, %.1f ms in all", sep, cause, s.StoreStalls[cause+" count"], 1000*s.StoreStalls[cause])
+		}
+		fmt.Fprintln(w, " (waits inside Pebble's apply in the window)")
 	}
 	if p := r.FsyncProbe; p != nil {
 		fmt.Fprintf(w, "disk fsync probe   %d writes of %d B + fdatasync beside the node: mean %.0fus p50 %d p99 %d p99.9 %d max %d us\n",

@@ -124,7 +124,9 @@ func TestRoundTripsFromMetrics(t *testing.T) {
 		"imgn_store_ops_total{op=\"insert\"} 120\nimgn_store_ops_total{op=\"find\"} 7\n" +
 		"imgn_redis_ops_total{op=\"lookup\"} 3\nimgn_other_total{op=\"insert\"} 99\n" +
 		"imgn_store_fsync_seconds_bucket{le=\"0.001\"} 90\nimgn_store_fsync_seconds_bucket{le=\"0.1\"} 100\n" +
-		"imgn_store_fsync_seconds_bucket{le=\"+Inf\"} 100\nimgn_store_fsync_seconds_sum 1.5\nimgn_store_fsync_seconds_count 100\n"
+		"imgn_store_fsync_seconds_bucket{le=\"+Inf\"} 100\nimgn_store_fsync_seconds_sum 1.5\nimgn_store_fsync_seconds_count 100\n" +
+		"imgn_store_commit_stall_seconds_total{cause=\"wal_rotation\"} 0.25\nimgn_store_commit_stalls_total{cause=\"wal_rotation\"} 3\n" +
+		"imgn_store_commit_stall_seconds_total{cause=\"l0\"} 0\nimgn_store_commit_stalls_total{cause=\"l0\"} 0\n"
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/metrics" {
 			http.NotFound(w, r)
@@ -133,7 +135,7 @@ func TestRoundTripsFromMetrics(t *testing.T) {
 		io.WriteString(w, body)
 	}))
 	defer srv.Close()
-	store, redis, hists, err := roundTrips(t.Context(), srv.URL)
+	store, redis, hists, stalls, err := roundTrips(t.Context(), srv.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,6 +153,9 @@ func TestRoundTripsFromMetrics(t *testing.T) {
 	}
 	if store["insert"] != 120 || store["find"] != 7 || len(store) != 2 || redis["lookup"] != 3 || len(redis) != 1 {
 		t.Fatalf("store %v redis %v", store, redis)
+	}
+	if stalls["wal_rotation"] != 0.25 || stalls["wal_rotation count"] != 3 || stalls["l0 count"] != 0 || len(stalls) != 4 {
+		t.Fatalf("stalls %v", stalls)
 	}
 	s0 := StatsSum{StoreOps: map[string]float64{"insert": 20, "find": 7}, RedisOps: map[string]float64{"lookup": 1}}
 	s1 := StatsSum{StoreOps: store, RedisOps: redis}
@@ -287,4 +292,17 @@ func printedAndJSON(t *testing.T, r *Report, want ...string) (server, generator 
 		t.Fatal(err)
 	}
 	return m.Server, m.Generator
+}
+
+// TestReportStoreStalls: the embedded store's waits inside Pebble's apply
+// are printed by cause, zero causes too.
+func TestReportStoreStalls(t *testing.T) {
+	r := &Report{Scenario: "p2p", Target: "imd x1", DurationS: 10, Sent: 10, Delivered: 10, MsgsPerSec: 1,
+		Server: ServerReport{StoreStalls: map[string]float64{"wal_rotation": 0.0123, "wal_rotation count": 2, "memtable": 0, "memtable count": 0}}}
+	var b strings.Builder
+	r.Print(&b)
+	want := "store stalls       wal_rotation 2, 12.3 ms in all, memtable 0, 0.0 ms in all, l0 0, 0.0 ms in all (waits inside Pebble's apply in the window)\n"
+	if !strings.Contains(b.String(), want) {
+		t.Fatalf("report lacks %q:\n%s", want, b.String())
+	}
 }

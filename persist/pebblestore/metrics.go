@@ -4,6 +4,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -22,6 +23,30 @@ type metrics struct {
 	build     prometheus.Histogram
 	apply     prometheus.Histogram
 	complete  prometheus.Histogram
+	// Time and count of the waits inside Pebble's apply, by cause (see
+	// observeStalls): they hold up the committer, and every request queued
+	// behind it, for their whole length.
+	stallSeconds, stalls [numStallCauses]prometheus.Counter
+}
+
+// The causes of a wait inside Pebble's apply (pebble.BatchCommitStats).
+const (
+	stallWALRotation = iota // a new memtable and WAL: the old WAL closed and synced, the directory synced
+	stallMemtable           // too many memtables waiting for their flush
+	stallL0                 // too many L0 sublevels waiting for compaction
+	numStallCauses
+)
+
+var stallCauseNames = [numStallCauses]string{"wal_rotation", "memtable", "l0"}
+
+// observeStalls counts the waits of one apply. Committer only.
+func (m *metrics) observeStalls(cs *pebble.BatchCommitStats) {
+	for i, d := range [numStallCauses]time.Duration{cs.WALRotationDuration, cs.MemTableWriteStallDuration, cs.L0ReadAmpWriteStallDuration} {
+		if d > 0 {
+			m.stallSeconds[i].Add(d.Seconds())
+			m.stalls[i].Inc()
+		}
+	}
 }
 
 func newMetrics() *metrics {
@@ -30,7 +55,7 @@ func newMetrics() *metrics {
 		return prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help,
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16)})
 	}
-	return &metrics{
+	m := &metrics{
 		batch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "imgn_store_batch_requests",
 			Help:    "Requests per committed batch (one WAL write and one fsync each).",
@@ -48,6 +73,14 @@ func newMetrics() *metrics {
 		complete: lat("imgn_store_complete_seconds",
 			"Time from the end of a batch's commit to the end of its requests' completions (read view published, callers woken)."),
 	}
+	for i, cause := range stallCauseNames {
+		labels := prometheus.Labels{"cause": cause}
+		m.stallSeconds[i] = prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_store_commit_stall_seconds_total", ConstLabels: labels,
+			Help: "Time the committer waited inside Pebble's apply, by cause: wal_rotation (a new memtable and write-ahead log), memtable (too many memtables waiting for their flush), l0 (too many L0 sublevels waiting for compaction)."})
+		m.stalls[i] = prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_store_commit_stalls_total", ConstLabels: labels,
+			Help: "Applies that waited inside Pebble, by cause (see imgn_store_commit_stall_seconds_total)."})
+	}
+	return m
 }
 
 // register adds the metrics to reg; s provides the cached figures.
@@ -66,6 +99,7 @@ func (m *metrics) register(reg prometheus.Registerer, s *Store) error {
 	}
 	for _, c := range []prometheus.Collector{
 		m.batch, m.commit, m.fsync, m.queueWait, m.build, m.apply, m.complete,
+		m.stallSeconds[0], m.stallSeconds[1], m.stallSeconds[2], m.stalls[0], m.stalls[1], m.stalls[2],
 		counter("imgn_store_wal_bytes_total", "Bytes written to the write-ahead log since the store opened.",
 			func() float64 { return float64(s.walBytes.Load()) }),
 		gauge("imgn_store_compaction_debt_bytes", "Estimated bytes compactions must still rewrite.",

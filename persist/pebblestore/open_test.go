@@ -285,3 +285,39 @@ func dirSize(t *testing.T, dir string) int64 {
 	}
 	return n
 }
+
+// TestCommitStallsCounted: a memtable that fills makes Pebble rotate it and
+// its write-ahead log on the commit path; the wait is counted by cause.
+func TestCommitStallsCounted(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s := openAt(t, t.TempDir(), pebblestore.Options{Registry: reg, MemTableSize: 1 << 20})
+	defer s.Close()
+	body := make([]byte, 4<<10)
+	for i := range 800 { // 3.2 MB of bodies: the 1 MiB memtable fills at least twice
+		if _, err := s.Append(t.Context(), persist.Message{ID: uint64(i + 1), From: "a", ClientMsgID: fmt.Sprint(i), Body: body}, []string{"u"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "cause" {
+					got[mf.GetName()+" "+l.GetValue()] = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if got["imgn_store_commit_stalls_total wal_rotation"] < 2 || got["imgn_store_commit_stall_seconds_total wal_rotation"] <= 0 {
+		t.Fatalf("stalls after filling a 1 MiB memtable three times: %v", got)
+	}
+	for _, cause := range []string{"memtable", "l0"} {
+		if _, ok := got["imgn_store_commit_stalls_total "+cause]; !ok {
+			t.Errorf("no stall counter for %s: %v", cause, got)
+		}
+	}
+}

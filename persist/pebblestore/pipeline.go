@@ -163,6 +163,8 @@ func (c *committer) applyFlight(f *flight) {
 	}
 	f.applied = true
 	c.s.m.apply.Observe(time.Since(f.appliedAt).Seconds())
+	cs := f.b.CommitStats()
+	c.s.m.observeStalls(&cs)
 	if err != nil {
 		f.err = fmt.Errorf("pebblestore: commit: %w: %w", persist.ErrUnavailable, err)
 		return
