@@ -115,11 +115,7 @@ func TestMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	s := openAt(t, t.TempDir(), pebblestore.Options{Registry: reg})
 	defer s.Close()
-	for i := range 20 {
-		if _, err := s.Append(t.Context(), persist.Message{ID: uint64(i + 1), From: "a", ClientMsgID: fmt.Sprint(i)}, []string{"u"}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	appendSerially(t, s, 20, nil)
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -292,12 +288,7 @@ func TestCommitStallsCounted(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	s := openAt(t, t.TempDir(), pebblestore.Options{Registry: reg, MemTableSize: 1 << 20})
 	defer s.Close()
-	body := make([]byte, 4<<10)
-	for i := range 800 { // 3.2 MB of bodies: the 1 MiB memtable fills at least twice
-		if _, err := s.Append(t.Context(), persist.Message{ID: uint64(i + 1), From: "a", ClientMsgID: fmt.Sprint(i), Body: body}, []string{"u"}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	appendSerially(t, s, 800, make([]byte, 4<<10)) // 3.2 MB of bodies: the 1 MiB memtable fills at least twice
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -318,6 +309,17 @@ func TestCommitStallsCounted(t *testing.T) {
 	for _, cause := range []string{"memtable", "l0"} {
 		if _, ok := got["imgn_store_commit_stalls_total "+cause]; !ok {
 			t.Errorf("no stall counter for %s: %v", cause, got)
+		}
+	}
+}
+
+// appendSerially appends n messages with body from "a" to inbox "u", one
+// at a time, each its own commit.
+func appendSerially(t *testing.T, s *pebblestore.Store, n int, body []byte) {
+	t.Helper()
+	for i := range n {
+		if _, err := s.Append(t.Context(), persist.Message{ID: uint64(i + 1), From: "a", ClientMsgID: fmt.Sprint(i), Body: body}, []string{"u"}); err != nil {
+			t.Fatal(err)
 		}
 	}
 }
