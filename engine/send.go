@@ -58,13 +58,14 @@ type sendOp struct {
 
 	// The PUSH, encoded once per serializer for every device of every
 	// inbox (each gets its own seq spliced in); reset on first use.
-	// Allocated once per pooled op and kept by putSendOp: a pointer, so
-	// recycling the op does not copy the template's buffers out and back.
+	// Allocated with the pooled op (sendOpPool) and kept by putSendOp: a
+	// pointer, so recycling the op does not copy the template's buffers out
+	// and back.
 	tmpl    *codec.PushTemplate
 	tmplSet bool
 }
 
-var sendOpPool = sync.Pool{New: func() any { return new(sendOp) }}
+var sendOpPool = sync.Pool{New: func() any { return &sendOp{tmpl: new(codec.PushTemplate)} }}
 
 func getSendOp(s *Server, c *conn, h codec.Header) *sendOp {
 	op := sendOpPool.Get().(*sendOp)
@@ -446,9 +447,6 @@ func (s *Server) pushTo(src *loop, op *sendOp, user string, seq uint64, m *persi
 	}
 	var tmpl *codec.PushTemplate
 	if op != nil {
-		if op.tmpl == nil {
-			op.tmpl = new(codec.PushTemplate)
-		}
 		tmpl = op.tmpl
 		if !op.tmplSet {
 			op.tmplSet = true
