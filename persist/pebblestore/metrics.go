@@ -97,9 +97,8 @@ func (m *metrics) register(reg prometheus.Registerer, s *Store) error {
 		}
 		return 0
 	}
-	for _, c := range []prometheus.Collector{
+	collectors := []prometheus.Collector{
 		m.batch, m.commit, m.fsync, m.queueWait, m.build, m.apply, m.complete,
-		m.stallSeconds[0], m.stallSeconds[1], m.stallSeconds[2], m.stalls[0], m.stalls[1], m.stalls[2],
 		counter("imgn_store_wal_bytes_total", "Bytes written to the write-ahead log since the store opened.",
 			func() float64 { return float64(s.walBytes.Load()) }),
 		gauge("imgn_store_compaction_debt_bytes", "Estimated bytes compactions must still rewrite.",
@@ -120,7 +119,11 @@ func (m *metrics) register(reg prometheus.Registerer, s *Store) error {
 			func() float64 { return float64(s.dedupReads.Load()) }),
 		gauge("imgn_store_dedup_filter_bytes", "Memory of the in-memory filter of dedup keys (0 until it is built).",
 			func() float64 { return float64(s.filterBytes.Load()) }),
-	} {
+	}
+	for i := range numStallCauses {
+		collectors = append(collectors, m.stallSeconds[i], m.stalls[i])
+	}
+	for _, c := range collectors {
 		if err := reg.Register(c); err != nil {
 			return err
 		}
