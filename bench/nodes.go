@@ -214,27 +214,43 @@ type StatsSum struct {
 	// cause: "<cause>" the seconds, "<cause> count" the number; summed
 	// over nodes, empty for other stores.
 	StoreStalls map[string]float64
+	// StoreJobs are the embedded store's background jobs that ended
+	// (imgn_store_background_seconds_total and _jobs_total), by job:
+	// "<job>" the seconds, "<job> count" the number; summed over nodes.
+	StoreJobs map[string]float64
+}
+
+// nodeCounters is what roundTrips reads from one node's /metrics.
+type nodeCounters struct {
+	store, redis map[string]float64 // round trips by op
+	hists        map[string]*PromHist
+	// The embedded store's waits inside Pebble's apply, by cause, and
+	// its background jobs, by job: "<name>" the seconds, "<name> count"
+	// the number.
+	stalls, jobs map[string]float64
 }
 
 // roundTrips reads the store and Redis round-trip counters of one node's
 // /metrics (Prometheus text format), by op, and the embedded store's
-// latency histograms and stalls (StatsSum.StoreStalls).
-func roundTrips(ctx context.Context, admin string) (store, redis map[string]float64, hists map[string]*PromHist, stalls map[string]float64, err error) {
+// latency histograms, stalls (StatsSum.StoreStalls) and background jobs
+// (StatsSum.StoreJobs).
+func roundTrips(ctx context.Context, admin string) (nodeCounters, error) {
 	var buf bytes.Buffer
 	if err := fetch(ctx, admin+"/metrics", &buf); err != nil {
-		return nil, nil, nil, nil, err
+		return nodeCounters{}, err
 	}
-	store, redis, hists, stalls = map[string]float64{}, map[string]float64{}, map[string]*PromHist{}, map[string]float64{}
+	n := nodeCounters{store: map[string]float64{}, redis: map[string]float64{}, hists: map[string]*PromHist{},
+		stalls: map[string]float64{}, jobs: map[string]float64{}}
 lines:
 	for _, line := range strings.Split(buf.String(), "\n") {
 		if strings.HasPrefix(line, "imgn_store_") {
 			for name, as := range storeHists {
-				h := hists[as]
+				h := n.hists[as]
 				if h == nil {
 					h = &PromHist{}
 				}
 				if h.addLine(name, line) {
-					hists[as] = h
+					n.hists[as] = h
 					continue lines
 				}
 			}
@@ -243,13 +259,17 @@ lines:
 		label, suffix := `op="`, ""
 		switch {
 		case strings.HasPrefix(line, "imgn_store_ops_total{"):
-			into = store
+			into = n.store
 		case strings.HasPrefix(line, "imgn_redis_ops_total{"):
-			into = redis
+			into = n.redis
 		case strings.HasPrefix(line, "imgn_store_commit_stall_seconds_total{"):
-			into, label = stalls, `cause="`
+			into, label = n.stalls, `cause="`
 		case strings.HasPrefix(line, "imgn_store_commit_stalls_total{"):
-			into, label, suffix = stalls, `cause="`, " count"
+			into, label, suffix = n.stalls, `cause="`, " count"
+		case strings.HasPrefix(line, "imgn_store_background_seconds_total{"):
+			into, label = n.jobs, `job="`
+		case strings.HasPrefix(line, "imgn_store_background_jobs_total{"):
+			into, label, suffix = n.jobs, `job="`, " count"
 		default:
 			continue
 		}
@@ -263,7 +283,17 @@ lines:
 			into[op+suffix] += v
 		}
 	}
-	return store, redis, hists, stalls, nil
+	return n, nil
+}
+
+// addInto adds every value of from to *into, making the map when needed.
+func addInto(into *map[string]float64, from map[string]float64) {
+	for k, v := range from {
+		if *into == nil {
+			*into = map[string]float64{}
+		}
+		(*into)[k] += v
+	}
 }
 
 // Total sums the counts of m.
@@ -301,7 +331,7 @@ func FetchAll(ctx context.Context, admins []string, gc bool) (StatsSum, error) {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			st, err := FetchStats(ctx, a, gc)
-			store, redis, hists, stalls, rerr := roundTrips(ctx, a)
+			nc, rerr := roundTrips(ctx, a)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -312,19 +342,11 @@ func FetchAll(ctx context.Context, admins []string, gc bool) (StatsSum, error) {
 				if sum.StoreOps == nil {
 					sum.StoreOps, sum.RedisOps = map[string]float64{}, map[string]float64{}
 				}
-				for op, v := range store {
-					sum.StoreOps[op] += v
-				}
-				for op, v := range redis {
-					sum.RedisOps[op] += v
-				}
-				for cause, v := range stalls {
-					if sum.StoreStalls == nil {
-						sum.StoreStalls = map[string]float64{}
-					}
-					sum.StoreStalls[cause] += v
-				}
-				for name, h := range hists {
+				addInto(&sum.StoreOps, nc.store)
+				addInto(&sum.RedisOps, nc.redis)
+				addInto(&sum.StoreStalls, nc.stalls)
+				addInto(&sum.StoreJobs, nc.jobs)
+				for name, h := range nc.hists {
 					if sum.StoreHists == nil {
 						sum.StoreHists = map[string]*PromHist{}
 					}

@@ -97,6 +97,10 @@ type ServerReport struct {
 	// StoreStalls are the embedded store's waits inside Pebble's apply in
 	// the window, by cause: "<cause>" seconds, "<cause> count" applies.
 	StoreStalls map[string]float64 `json:"store_stalls,omitempty"`
+	// StoreJobs are the embedded store's background jobs (Pebble's
+	// flushes and compactions) that ended in the window, by job: "<job>"
+	// seconds of wall time, "<job> count" jobs.
+	StoreJobs map[string]float64 `json:"store_jobs,omitempty"`
 }
 
 // BaselineReport is the same load against the echo relay.
@@ -298,17 +302,8 @@ func (r *Report) Print(w io.Writer) {
 				name, l.Count, l.MeanUs, fmtBound(l.P50Us), fmtBound(l.P99Us), fmtBound(l.P999Us), fmtBound(l.MaxUs), 100*l.Over50ms)
 		}
 	}
-	if len(s.StoreStalls) > 0 {
-		fmt.Fprintf(w, "store stalls      ")
-		for i, cause := range []string{"wal_rotation", "memtable", "l0"} {
-			sep := ","
-			if i == 0 {
-				sep = ""
-			}
-			fmt.Fprintf(w, "%s %s %.0f, %.1f ms in all", sep, cause, s.StoreStalls[cause+" count"], 1000*s.StoreStalls[cause])
-		}
-		fmt.Fprintln(w, " (waits inside Pebble's apply in the window)")
-	}
+	printCounted(w, "store stalls", s.StoreStalls, []string{"wal_rotation", "memtable", "l0"}, "waits inside Pebble's apply in the window")
+	printCounted(w, "store jobs", s.StoreJobs, []string{"flush", "compaction"}, "Pebble's background jobs that ended in the window, wall time")
 	if p := r.FsyncProbe; p != nil {
 		fmt.Fprintf(w, "disk fsync probe   %d writes of %d B + fdatasync beside the node: mean %.0fus p50 %d p99 %d p99.9 %d max %d us\n",
 			p.Count, DefaultProbeRecord, p.Mean, p.P50, p.P99, p.P999, p.Max)
@@ -458,4 +453,22 @@ func fmtSyscalls(s ServerReport, msgsPerSec, windowS float64) string {
 	r, w := float64(s.ReadSyscalls)/windowS, float64(s.WriteSyscalls)/windowS
 	return fmt.Sprintf("%.1fk reads/s, %.1fk writes/s in the window: %.2f deliveries per read, %.2f per write",
 		r/1e3, w/1e3, msgsPerSec/r, msgsPerSec/w)
+}
+
+// printCounted prints one line of counted waits or jobs (keys "<name>":
+// seconds, "<name> count": number), every name in order, zeros too (zero
+// is information); nothing when m is empty.
+func printCounted(w io.Writer, title string, m map[string]float64, names []string, note string) {
+	if len(m) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "%-18s", title)
+	for i, name := range names {
+		sep := ","
+		if i == 0 {
+			sep = ""
+		}
+		fmt.Fprintf(w, "%s %s %.0f, %.1f ms in all", sep, name, m[name+" count"], 1000*m[name])
+	}
+	fmt.Fprintf(w, " (%s)\n", note)
 }

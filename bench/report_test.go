@@ -126,7 +126,9 @@ func TestRoundTripsFromMetrics(t *testing.T) {
 		"imgn_store_fsync_seconds_bucket{le=\"0.001\"} 90\nimgn_store_fsync_seconds_bucket{le=\"0.1\"} 100\n" +
 		"imgn_store_fsync_seconds_bucket{le=\"+Inf\"} 100\nimgn_store_fsync_seconds_sum 1.5\nimgn_store_fsync_seconds_count 100\n" +
 		"imgn_store_commit_stall_seconds_total{cause=\"wal_rotation\"} 0.25\nimgn_store_commit_stalls_total{cause=\"wal_rotation\"} 3\n" +
-		"imgn_store_commit_stall_seconds_total{cause=\"l0\"} 0\nimgn_store_commit_stalls_total{cause=\"l0\"} 0\n"
+		"imgn_store_commit_stall_seconds_total{cause=\"l0\"} 0\nimgn_store_commit_stalls_total{cause=\"l0\"} 0\n" +
+		"imgn_store_background_jobs_total{job=\"flush\"} 2\nimgn_store_background_seconds_total{job=\"flush\"} 0.5\n" +
+		"imgn_store_background_jobs_total{job=\"compaction\"} 0\nimgn_store_background_seconds_total{job=\"compaction\"} 0\n"
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/metrics" {
 			http.NotFound(w, r)
@@ -135,10 +137,11 @@ func TestRoundTripsFromMetrics(t *testing.T) {
 		io.WriteString(w, body)
 	}))
 	defer srv.Close()
-	store, redis, hists, stalls, err := roundTrips(t.Context(), srv.URL)
+	nc, err := roundTrips(t.Context(), srv.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
+	store, redis, hists, stalls, jobs := nc.store, nc.redis, nc.hists, nc.stalls, nc.jobs
 	fs := hists["fsync"]
 	if len(hists) != 1 || fs == nil || len(fs.Bounds) != 3 || fs.Count != 100 || fs.Sum != 1.5 {
 		t.Fatalf("store histograms %v (fsync %+v)", hists, fs)
@@ -156,6 +159,9 @@ func TestRoundTripsFromMetrics(t *testing.T) {
 	}
 	if stalls["wal_rotation"] != 0.25 || stalls["wal_rotation count"] != 3 || stalls["l0 count"] != 0 || len(stalls) != 4 {
 		t.Fatalf("stalls %v", stalls)
+	}
+	if jobs["flush"] != 0.5 || jobs["flush count"] != 2 || jobs["compaction count"] != 0 || len(jobs) != 4 {
+		t.Fatalf("background jobs %v", jobs)
 	}
 	s0 := StatsSum{StoreOps: map[string]float64{"insert": 20, "find": 7}, RedisOps: map[string]float64{"lookup": 1}}
 	s1 := StatsSum{StoreOps: store, RedisOps: redis}
@@ -295,13 +301,23 @@ func printedAndJSON(t *testing.T, r *Report, want ...string) (server, generator 
 }
 
 // TestReportStoreStalls: the embedded store's waits inside Pebble's apply
-// are printed by cause, zero causes too.
+// are printed by cause, and its background jobs by job, zeros too.
 func TestReportStoreStalls(t *testing.T) {
 	r := &Report{Scenario: "p2p", Target: "imd x1", DurationS: 10, Sent: 10, Delivered: 10, MsgsPerSec: 1,
 		Server: ServerReport{StoreStalls: map[string]float64{"wal_rotation": 0.0123, "wal_rotation count": 2, "memtable": 0, "memtable count": 0}}}
 	var b strings.Builder
 	r.Print(&b)
 	want := "store stalls       wal_rotation 2, 12.3 ms in all, memtable 0, 0.0 ms in all, l0 0, 0.0 ms in all (waits inside Pebble's apply in the window)\n"
+	if !strings.Contains(b.String(), want) {
+		t.Fatalf("report lacks %q:\n%s", want, b.String())
+	}
+	if strings.Contains(b.String(), "store jobs") {
+		t.Fatalf("a job line without job counts:\n%s", b.String())
+	}
+	r.Server.StoreJobs = map[string]float64{"flush": 0.2505, "flush count": 1, "compaction": 0, "compaction count": 0}
+	b.Reset()
+	r.Print(&b)
+	want = "store jobs         flush 1, 250.5 ms in all, compaction 0, 0.0 ms in all (Pebble's background jobs that ended in the window, wall time)\n"
 	if !strings.Contains(b.String(), want) {
 		t.Fatalf("report lacks %q:\n%s", want, b.String())
 	}

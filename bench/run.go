@@ -1007,6 +1007,7 @@ func (r *runner) fillFromPhase(rep *Report, res *PhaseResult, h *Hist, s0, s1 St
 	rep.Server.StoreOps, rep.Server.RedisOps = OpsDelta(s0.StoreOps, s1.StoreOps), OpsDelta(s0.RedisOps, s1.RedisOps)
 	rep.Server.StoreCmdsPerMsg, rep.Server.RedisCmdsPerMsg = perMessage(res, s0, s1)
 	rep.Server.StoreStalls = OpsDelta(s0.StoreStalls, s1.StoreStalls)
+	rep.Server.StoreJobs = OpsDelta(s0.StoreJobs, s1.StoreJobs)
 	rep.Server.StoreLatency = nil
 	for name, h := range s1.StoreHists {
 		if rep.Server.StoreLatency == nil {

@@ -27,6 +27,10 @@ type metrics struct {
 	// observeStalls): they hold up the committer, and every request queued
 	// behind it, for their whole length.
 	stallSeconds, stalls [numStallCauses]prometheus.Counter
+	// Pebble's background jobs (flushes, compactions) that ended, and
+	// the wall time they took, by job: they compete with the commit path
+	// for the CPU and the disk, and a latency tail often lines up with them.
+	jobs, jobSeconds *prometheus.CounterVec
 }
 
 // The causes of a wait inside Pebble's apply (pebble.BatchCommitStats).
@@ -38,6 +42,34 @@ const (
 )
 
 var stallCauseNames = [numStallCauses]string{"wal_rotation", "memtable", "l0"}
+
+// The jobs of imgn_store_background_jobs_total.
+const (
+	jobFlush      = "flush"
+	jobCompaction = "compaction"
+)
+
+// eventListener counts Pebble's background jobs as they end. Pebble calls
+// it from its flush and compaction goroutines; the counters are safe for
+// concurrent use.
+func (m *metrics) eventListener() *pebble.EventListener {
+	for _, job := range []string{jobFlush, jobCompaction} { // present at zero before the first one ends
+		m.jobs.WithLabelValues(job)
+		m.jobSeconds.WithLabelValues(job)
+	}
+	flushes, flushSeconds := m.jobs.WithLabelValues(jobFlush), m.jobSeconds.WithLabelValues(jobFlush)
+	compactions, compactionSeconds := m.jobs.WithLabelValues(jobCompaction), m.jobSeconds.WithLabelValues(jobCompaction)
+	return &pebble.EventListener{
+		FlushEnd: func(info pebble.FlushInfo) {
+			flushes.Inc()
+			flushSeconds.Add(info.Duration.Seconds())
+		},
+		CompactionEnd: func(info pebble.CompactionInfo) {
+			compactions.Inc()
+			compactionSeconds.Add(info.Duration.Seconds())
+		},
+	}
+}
 
 // observeStalls counts the waits of one apply. Committer only.
 func (m *metrics) observeStalls(cs *pebble.BatchCommitStats) {
@@ -70,6 +102,14 @@ func newMetrics() *metrics {
 			"Time to build one batch: apply its requests and add their writes to the Pebble batch."),
 		apply: lat("imgn_store_apply_seconds",
 			"Time to hand one batch to Pebble without waiting for its sync: the WAL write into the log's buffer and the memtable insert, on the committer."),
+		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "imgn_store_background_jobs_total",
+			Help: "Pebble's background jobs that ended, by job: flush (a full memtable written to a table) or compaction (tables merged into the next level).",
+		}, []string{"job"}),
+		jobSeconds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "imgn_store_background_seconds_total",
+			Help: "Wall time of Pebble's background jobs that ended, by job (flush, compaction): reading, encoding and writing, including waits for the CPU and the disk.",
+		}, []string{"job"}),
 		complete: lat("imgn_store_complete_seconds",
 			"Time from the end of a batch's commit to the end of its requests' completions (read view published, callers woken)."),
 	}
@@ -98,7 +138,7 @@ func (m *metrics) register(reg prometheus.Registerer, s *Store) error {
 		return 0
 	}
 	collectors := []prometheus.Collector{
-		m.batch, m.commit, m.fsync, m.queueWait, m.build, m.apply, m.complete,
+		m.batch, m.commit, m.fsync, m.queueWait, m.build, m.apply, m.complete, m.jobs, m.jobSeconds,
 		counter("imgn_store_wal_bytes_total", "Bytes written to the write-ahead log since the store opened.",
 			func() float64 { return float64(s.walBytes.Load()) }),
 		gauge("imgn_store_compaction_debt_bytes", "Estimated bytes compactions must still rewrite.",

@@ -313,6 +313,39 @@ func TestCommitStallsCounted(t *testing.T) {
 	}
 }
 
+// TestBackgroundJobsCounted: Pebble's flushes and compactions are counted
+// by job as they end, with their time. A 1 MiB memtable filled three times
+// flushes at least twice, and with two L0 tables allowed at most the flushed
+// tables are compacted.
+func TestBackgroundJobsCounted(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s := openAt(t, t.TempDir(), pebblestore.Options{Registry: reg, MemTableSize: 1 << 20, L0CompactionThreshold: 2})
+	appendSerially(t, s, 800, make([]byte, 4<<10))
+	if err := s.Close(); err != nil { // waits for the flushes and compactions under way
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "job" {
+					got[mf.GetName()+" "+l.GetValue()] = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if got["imgn_store_background_jobs_total flush"] < 2 || got["imgn_store_background_seconds_total flush"] <= 0 {
+		t.Errorf("flushes after filling a 1 MiB memtable three times: %v", got)
+	}
+	if got["imgn_store_background_jobs_total compaction"] < 1 {
+		t.Errorf("no compaction counted with L0CompactionThreshold 2: %v", got)
+	}
+}
+
 // appendSerially appends n messages with body from "a" to inbox "u", one
 // at a time, each its own commit.
 func appendSerially(t *testing.T, s *pebblestore.Store, n int, body []byte) {

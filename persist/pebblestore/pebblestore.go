@@ -496,6 +496,7 @@ func corruptionHint(err error) string {
 func pebbleOptions(o Options, m *metrics) *pebble.Options {
 	popts := &pebble.Options{
 		FS:                    &meteredFS{FS: o.FS, fsync: m.fsync},
+		EventListener:         m.eventListener(),
 		FormatMajorVersion:    pebble.FormatNewest,
 		CacheSize:             o.CacheSize,
 		MemTableSize:          o.MemTableSize,
