@@ -289,20 +289,7 @@ func TestCommitStallsCounted(t *testing.T) {
 	s := openAt(t, t.TempDir(), pebblestore.Options{Registry: reg, MemTableSize: 1 << 20})
 	defer s.Close()
 	appendSerially(t, s, 800, make([]byte, 4<<10)) // 3.2 MB of bodies: the 1 MiB memtable fills at least twice
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]float64{}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "cause" {
-					got[mf.GetName()+" "+l.GetValue()] = m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
+	got := countersByLabel(t, reg, "cause")
 	if got["imgn_store_commit_stalls_total wal_rotation"] < 2 || got["imgn_store_commit_stall_seconds_total wal_rotation"] <= 0 {
 		t.Fatalf("stalls after filling a 1 MiB memtable three times: %v", got)
 	}
@@ -324,6 +311,19 @@ func TestBackgroundJobsCounted(t *testing.T) {
 	if err := s.Close(); err != nil { // waits for the flushes and compactions under way
 		t.Fatal(err)
 	}
+	got := countersByLabel(t, reg, "job")
+	if got["imgn_store_background_jobs_total flush"] < 2 || got["imgn_store_background_seconds_total flush"] <= 0 {
+		t.Errorf("flushes after filling a 1 MiB memtable three times: %v", got)
+	}
+	if got["imgn_store_background_jobs_total compaction"] < 1 {
+		t.Errorf("no compaction counted with L0CompactionThreshold 2: %v", got)
+	}
+}
+
+// countersByLabel returns the counters of reg that have label, keyed
+// "<metric name> <label value>".
+func countersByLabel(t *testing.T, reg *prometheus.Registry, label string) map[string]float64 {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -332,18 +332,13 @@ func TestBackgroundJobsCounted(t *testing.T) {
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "job" {
+				if l.GetName() == label {
 					got[mf.GetName()+" "+l.GetValue()] = m.GetCounter().GetValue()
 				}
 			}
 		}
 	}
-	if got["imgn_store_background_jobs_total flush"] < 2 || got["imgn_store_background_seconds_total flush"] <= 0 {
-		t.Errorf("flushes after filling a 1 MiB memtable three times: %v", got)
-	}
-	if got["imgn_store_background_jobs_total compaction"] < 1 {
-		t.Errorf("no compaction counted with L0CompactionThreshold 2: %v", got)
-	}
+	return got
 }
 
 // appendSerially appends n messages with body from "a" to inbox "u", one
