@@ -53,10 +53,7 @@ const (
 // it from its flush and compaction goroutines; the counters are safe for
 // concurrent use.
 func (m *metrics) eventListener() *pebble.EventListener {
-	for _, job := range []string{jobFlush, jobCompaction} { // present at zero before the first one ends
-		m.jobs.WithLabelValues(job)
-		m.jobSeconds.WithLabelValues(job)
-	}
+	// Made now, so each job's counters read zero until its first one ends.
 	flushes, flushSeconds := m.jobs.WithLabelValues(jobFlush), m.jobSeconds.WithLabelValues(jobFlush)
 	compactions, compactionSeconds := m.jobs.WithLabelValues(jobCompaction), m.jobSeconds.WithLabelValues(jobCompaction)
 	return &pebble.EventListener{
