@@ -434,7 +434,7 @@ func startRelays(ctx context.Context, cfg *Config, n int) (relaySet, func(), err
 			}
 		}
 		for range n {
-			r := NewRelay("127.0.0.1:0", 0)
+			walPath := "" // the plain relay
 			if cfg.BaselineDurable {
 				dir, err := os.MkdirTemp("", "imbench-relay-")
 				if err != nil {
@@ -442,8 +442,9 @@ func startRelays(ctx context.Context, cfg *Config, n int) (relaySet, func(), err
 					return rs, nil, err
 				}
 				dirs = append(dirs, dir)
-				r = NewDurableRelay("127.0.0.1:0", 0, filepath.Join(dir, "relay.wal"))
+				walPath = filepath.Join(dir, "relay.wal")
 			}
+			r := NewDurableRelay("127.0.0.1:0", 0, walPath)
 			if err := r.Start(ctx); err != nil {
 				stop()
 				return rs, nil, err
