@@ -217,6 +217,9 @@ type StatsSum struct {
 	// StoreJobs are the embedded store's background jobs that ended
 	// (imgn_store_background_seconds_total and _jobs_total), by job:
 	// "<job>" the seconds, "<job> count" the number; summed over nodes.
+	// Also "lowered" and "restored_early": the jobs begun at a lower CPU
+	// priority and those restored before their end
+	// (imgn_store_background_priority_total).
 	StoreJobs map[string]float64
 }
 
@@ -270,6 +273,8 @@ lines:
 			into, label = n.jobs, `job="`
 		case strings.HasPrefix(line, "imgn_store_background_jobs_total{"):
 			into, label, suffix = n.jobs, `job="`, " count"
+		case strings.HasPrefix(line, "imgn_store_background_priority_total{"):
+			into, label = n.jobs, `event="`
 		default:
 			continue
 		}

@@ -99,7 +99,9 @@ type ServerReport struct {
 	StoreStalls map[string]float64 `json:"store_stalls,omitempty"`
 	// StoreJobs are the embedded store's background jobs (Pebble's
 	// flushes and compactions) that ended in the window, by job: "<job>"
-	// seconds of wall time, "<job> count" jobs.
+	// seconds of wall time, "<job> count" jobs; "lowered" and
+	// "restored_early" the jobs begun at a lower CPU priority and those
+	// restored before their end (where the node lowers jobs).
 	StoreJobs map[string]float64 `json:"store_jobs,omitempty"`
 }
 
@@ -304,6 +306,10 @@ func (r *Report) Print(w io.Writer) {
 	}
 	printCounted(w, "store stalls", s.StoreStalls, []string{"wal_rotation", "memtable", "l0"}, "waits inside Pebble's apply in the window")
 	printCounted(w, "store jobs", s.StoreJobs, []string{"flush", "compaction"}, "Pebble's background jobs that ended in the window, wall time")
+	if lowered, ok := s.StoreJobs["lowered"]; ok {
+		fmt.Fprintf(w, "store priority     lowered %.0f, restored early %.0f (Pebble's jobs begun in the window at a lower CPU priority, and those restored before their end)\n",
+			lowered, s.StoreJobs["restored_early"])
+	}
 	if p := r.FsyncProbe; p != nil {
 		fmt.Fprintf(w, "disk fsync probe   %d writes of %d B + fdatasync beside the node: mean %.0fus p50 %d p99 %d p99.9 %d max %d us\n",
 			p.Count, DefaultProbeRecord, p.Mean, p.P50, p.P99, p.P999, p.Max)

@@ -128,7 +128,8 @@ func TestRoundTripsFromMetrics(t *testing.T) {
 		"imgn_store_commit_stall_seconds_total{cause=\"wal_rotation\"} 0.25\nimgn_store_commit_stalls_total{cause=\"wal_rotation\"} 3\n" +
 		"imgn_store_commit_stall_seconds_total{cause=\"l0\"} 0\nimgn_store_commit_stalls_total{cause=\"l0\"} 0\n" +
 		"imgn_store_background_jobs_total{job=\"flush\"} 2\nimgn_store_background_seconds_total{job=\"flush\"} 0.5\n" +
-		"imgn_store_background_jobs_total{job=\"compaction\"} 0\nimgn_store_background_seconds_total{job=\"compaction\"} 0\n"
+		"imgn_store_background_jobs_total{job=\"compaction\"} 0\nimgn_store_background_seconds_total{job=\"compaction\"} 0\n" +
+		"imgn_store_background_priority_total{event=\"lowered\"} 2\nimgn_store_background_priority_total{event=\"restored_early\"} 1\n"
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/metrics" {
 			http.NotFound(w, r)
@@ -160,7 +161,8 @@ func TestRoundTripsFromMetrics(t *testing.T) {
 	if stalls["wal_rotation"] != 0.25 || stalls["wal_rotation count"] != 3 || stalls["l0 count"] != 0 || len(stalls) != 4 {
 		t.Fatalf("stalls %v", stalls)
 	}
-	if jobs["flush"] != 0.5 || jobs["flush count"] != 2 || jobs["compaction count"] != 0 || len(jobs) != 4 {
+	if jobs["flush"] != 0.5 || jobs["flush count"] != 2 || jobs["compaction count"] != 0 ||
+		jobs["lowered"] != 2 || jobs["restored_early"] != 1 || len(jobs) != 6 {
 		t.Fatalf("background jobs %v", jobs)
 	}
 	s0 := StatsSum{StoreOps: map[string]float64{"insert": 20, "find": 7}, RedisOps: map[string]float64{"lookup": 1}}
@@ -318,6 +320,16 @@ func TestReportStoreStalls(t *testing.T) {
 	b.Reset()
 	r.Print(&b)
 	want = "store jobs         flush 1, 250.5 ms in all, compaction 0, 0.0 ms in all (Pebble's background jobs that ended in the window, wall time)\n"
+	if !strings.Contains(b.String(), want) {
+		t.Fatalf("report lacks %q:\n%s", want, b.String())
+	}
+	if strings.Contains(b.String(), "store priority") {
+		t.Fatalf("a priority line from a node that does not lower jobs:\n%s", b.String())
+	}
+	r.Server.StoreJobs["lowered"], r.Server.StoreJobs["restored_early"] = 3, 0
+	b.Reset()
+	r.Print(&b)
+	want = "store priority     lowered 3, restored early 0 ("
 	if !strings.Contains(b.String(), want) {
 		t.Fatalf("report lacks %q:\n%s", want, b.String())
 	}

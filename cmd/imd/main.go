@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"syscall"
 	"time"
@@ -55,6 +56,9 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return 2
 	}
 	setGC(getenv)
+	if n := procsFor(o, getenv, runtime.GOMAXPROCS(0)); n > 0 {
+		runtime.GOMAXPROCS(n)
+	}
 	serveFn := serve
 	if o.clustered() {
 		serveFn = serveCluster
@@ -78,6 +82,33 @@ func setGC(getenv func(string) string) {
 	if getenv("GOGC") == "" {
 		debug.SetGCPercent(defaultGCPercent)
 	}
+}
+
+// embeddedProcsPerCPU is how many Go Ps imd runs per CPU with the embedded
+// store. Its committer, WAL syncer and Pebble's flushes and compactions
+// are goroutines beside the event loops; with one P per CPU, a loop woken
+// by the network waits for a P while a flush encodes (Go preempts a
+// goroutine only after 10 ms), and the latency tail at low load is those
+// waits. With two, a woken goroutine gets a P at once and the kernel
+// shares the CPUs, preferring the loops to the lowered flush
+// (pebblestore.Options.BackgroundNice). At 5k msgs/s p99 halves; the
+// memory store shows no difference, so it keeps one
+// (docs/BENCHMARKS.md, "More Ps than CPUs").
+const embeddedProcsPerCPU = 2
+
+// procsFor returns the GOMAXPROCS imd sets for o on cpus CPUs (0: leave
+// it): embeddedProcsPerCPU per CPU for the single-node embedded store,
+// unless the environment sets GOMAXPROCS. The settings derived from the
+// CPU count keep it: the event loops were pinned by parseOptions, and
+// procsFor sets the password-hash concurrency if it is not set.
+func procsFor(o *options, getenv func(string) string, cpus int) int {
+	if o.store.kind != storeEmbedded || o.clustered() || getenv("GOMAXPROCS") != "" {
+		return 0
+	}
+	if o.engine.HashConcurrency == 0 {
+		o.engine.HashConcurrency = cpus
+	}
+	return embeddedProcsPerCPU * cpus
 }
 
 // nodeLog returns the logger for imd's own lines and the components it

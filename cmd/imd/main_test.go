@@ -395,3 +395,46 @@ func TestBinary(t *testing.T) {
 		t.Fatalf("log lines %v", msgs)
 	}
 }
+
+func TestProcsFor(t *testing.T) {
+	parse := func(args ...string) *options {
+		t.Helper()
+		o, err := parseOptions(args, envOf(nil), io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	o := parse("--data", t.TempDir())
+	loops := o.engine.EventLoops
+	if got := procsFor(o, envOf(nil), 3); got != 3*embeddedProcsPerCPU {
+		t.Fatalf("embedded store on 3 CPUs: GOMAXPROCS %d, want %d", got, 3*embeddedProcsPerCPU)
+	}
+	if o.engine.EventLoops != loops || o.engine.HashConcurrency != 3 {
+		t.Fatalf("the CPU-derived settings must keep the CPU count: loops %d (was %d), hash concurrency %d",
+			o.engine.EventLoops, loops, o.engine.HashConcurrency)
+	}
+	o = parse("--data", t.TempDir(), "--event-loops", "5")
+	o.engine.HashConcurrency = 7
+	procsFor(o, envOf(nil), 3)
+	if o.engine.EventLoops != 5 || o.engine.HashConcurrency != 7 {
+		t.Fatalf("set values must stay: loops %d, hash concurrency %d", o.engine.EventLoops, o.engine.HashConcurrency)
+	}
+	for _, c := range []struct {
+		name string
+		o    *options
+		env  map[string]string
+	}{
+		{"memory store", parse("--store", "memory"), nil},
+		{"GOMAXPROCS set", parse("--data", t.TempDir()), map[string]string{"GOMAXPROCS": "2"}},
+	} {
+		if got := procsFor(c.o, envOf(c.env), 3); got != 0 {
+			t.Errorf("%s: GOMAXPROCS %d, want it left alone", c.name, got)
+		}
+	}
+	o = parse("--data", t.TempDir())
+	o.cluster.zk = "127.0.0.1:2181"
+	if got := procsFor(o, envOf(nil), 3); got != 0 {
+		t.Errorf("cluster mode: GOMAXPROCS %d, want it left alone", got)
+	}
+}

@@ -84,7 +84,7 @@ func (o *options) clustered() bool {
 // their flag default is the zero value, which the engine or imd replaces.
 var derivedDefaults = map[string]string{
 	"idle-timeout":   "3 x heartbeat",
-	"event-loops":    "GOMAXPROCS, the CPUs the process may use",
+	"event-loops":    "the CPUs the process may use (GOMAXPROCS as imd starts)",
 	"node-id":        "n + the port of listen, e.g. n9090",
 	"node-num":       "a hash of node-id; in cluster mode the number the node id holds in ZooKeeper, else the first free one from that hash",
 	"advertise":      "the listen address",

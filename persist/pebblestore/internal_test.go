@@ -730,7 +730,7 @@ func TestL0Thresholds(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p := pebbleOptions(o, newMetrics())
+		p := pebbleOptions(o, newMetrics(), nil)
 		if p.L0CompactionThreshold != c.compact || p.L0StopWritesThreshold != c.stop {
 			t.Errorf("L0CompactionThreshold %d: Pebble got %d and %d, want %d and %d", c.set, p.L0CompactionThreshold, p.L0StopWritesThreshold, c.compact, c.stop)
 		}

@@ -31,7 +31,19 @@ type metrics struct {
 	// the wall time they took, by job: they compete with the commit path
 	// for the CPU and the disk, and a latency tail often lines up with them.
 	jobs, jobSeconds *prometheus.CounterVec
+	// Jobs run at a lower CPU priority, and those restored before they
+	// ended (see backgroundPriority).
+	priority [numPriorityEvents]prometheus.Counter
 }
+
+// The events of imgn_store_background_priority_total.
+const (
+	priorityLowered       = iota // a job began at a lower priority
+	priorityRestoredEarly        // a lowered job was restored before its end: writes came to need it
+	numPriorityEvents
+)
+
+var priorityEventNames = [numPriorityEvents]string{"lowered", "restored_early"}
 
 // The causes of a wait inside Pebble's apply (pebble.BatchCommitStats).
 const (
@@ -110,6 +122,11 @@ func newMetrics() *metrics {
 		complete: lat("imgn_store_complete_seconds",
 			"Time from the end of a batch's commit to the end of its requests' completions (read view published, callers woken)."),
 	}
+	for i, event := range priorityEventNames {
+		m.priority[i] = prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_store_background_priority_total",
+			ConstLabels: prometheus.Labels{"event": event},
+			Help:        "Pebble jobs run at a lower CPU priority (event lowered: they were rare, so the event loops and the committer may preempt them) and those restored before they ended (restored_early: writes came to need them)."})
+	}
 	for i, cause := range stallCauseNames {
 		labels := prometheus.Labels{"cause": cause}
 		m.stallSeconds[i] = prometheus.NewCounter(prometheus.CounterOpts{Name: "imgn_store_commit_stall_seconds_total", ConstLabels: labels,
@@ -136,6 +153,7 @@ func (m *metrics) register(reg prometheus.Registerer, s *Store) error {
 	}
 	collectors := []prometheus.Collector{
 		m.batch, m.commit, m.fsync, m.queueWait, m.build, m.apply, m.complete, m.jobs, m.jobSeconds,
+		m.priority[priorityLowered], m.priority[priorityRestoredEarly],
 		counter("imgn_store_wal_bytes_total", "Bytes written to the write-ahead log since the store opened.",
 			func() float64 { return float64(s.walBytes.Load()) }),
 		gauge("imgn_store_compaction_debt_bytes", "Estimated bytes compactions must still rewrite.",

@@ -277,6 +277,15 @@ type Options struct {
 	// Above the cap the filter answers "maybe" more often and more checks
 	// search the store. Negative disables the filter.
 	DedupFilterBytes int64
+	// BackgroundNice is how much lower than the process's own priority
+	// (in nice steps, at most 19) Pebble's flushes and compactions run
+	// while they are rare, so that the event loops and the committer
+	// preempt them; writes that may come to wait on a job undo it (see
+	// backgroundPriority). 0 means DefaultBackgroundNice; negative
+	// disables. Needs Linux and the right to raise a thread's priority
+	// back (root, CAP_SYS_NICE or RLIMIT_NICE); without it jobs run at
+	// the process's priority.
+	BackgroundNice int
 
 	// Registry, when set, receives the store's metrics (imgn_store_*).
 	Registry prometheus.Registerer
@@ -345,6 +354,7 @@ func (o Options) withDefaults() (Options, error) {
 	defaults.Set(&o.HeadCacheSize, DefaultHeadCacheSize)
 	defaults.Set(&o.L0CompactionThreshold, DefaultL0CompactionThreshold)
 	defaults.Set(&o.DedupFilterBytes, DefaultDedupFilterBytes)
+	defaults.Set(&o.BackgroundNice, DefaultBackgroundNice)
 	defaults.Set(&o.housekeepEvery, time.Second)
 	defaults.Set(&o.inlineRefs, DefaultInlineRefs)
 	if o.Logger == nil {
@@ -367,6 +377,7 @@ type Store struct {
 	db   *pebble.DB
 	opts Options
 	m    *metrics
+	pri  *backgroundPriority // nil: Pebble's jobs are never lowered
 
 	// mu guards closed and the send side of queue: senders hold it for
 	// reading while they enqueue, Close holds it for writing to close the
@@ -428,7 +439,13 @@ func Open(opts Options) (*Store, error) {
 		}
 	}
 	m := newMetrics()
-	db, err := openDB(o.Dir, pebbleOptions(o, m))
+	// A quarter of a memtable: the one filling while a flush runs must
+	// not fill before the flush ends.
+	pri := newBackgroundPriority(o.BackgroundNice, int64(o.MemTableSize/4))
+	if pri.enabled() {
+		pri.onLower, pri.onRestore = m.priority[priorityLowered].Inc, m.priority[priorityRestoredEarly].Inc
+	}
+	db, err := openDB(o.Dir, pebbleOptions(o, m, pri))
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: open %s: %w", o.Dir, err)
 	}
@@ -440,7 +457,7 @@ func Open(opts Options) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("pebblestore: open %s: group index: %w", o.Dir, err)
 	}
-	s := &Store{db: db, opts: o, m: m, queue: make(chan item, o.QueueSize), done: make(chan struct{})}
+	s := &Store{db: db, opts: o, m: m, pri: pri, queue: make(chan item, o.QueueSize), done: make(chan struct{})}
 	if o.Registry != nil {
 		if err := m.register(o.Registry, s); err != nil {
 			_ = db.Close()
@@ -493,10 +510,11 @@ func corruptionHint(err error) string {
 
 // pebbleOptions returns Pebble's options for the store's options o (with
 // defaults) and metrics m.
-func pebbleOptions(o Options, m *metrics) *pebble.Options {
+func pebbleOptions(o Options, m *metrics, pri *backgroundPriority) *pebble.Options {
+	listener := pebble.TeeEventListener(*m.eventListener(), *pri.eventListener())
 	popts := &pebble.Options{
 		FS:                    &meteredFS{FS: o.FS, fsync: m.fsync},
-		EventListener:         m.eventListener(),
+		EventListener:         &listener,
 		FormatMajorVersion:    pebble.FormatNewest,
 		CacheSize:             o.CacheSize,
 		MemTableSize:          o.MemTableSize,

@@ -165,6 +165,7 @@ func (c *committer) applyFlight(f *flight) {
 	c.s.m.apply.Observe(time.Since(f.appliedAt).Seconds())
 	cs := f.b.CommitStats()
 	c.s.m.observeStalls(&cs)
+	c.s.pri.wrote(f.b.Len(), cs.MemTableWriteStallDuration > 0 || cs.L0ReadAmpWriteStallDuration > 0)
 	if err != nil {
 		f.err = fmt.Errorf("pebblestore: commit: %w: %w", persist.ErrUnavailable, err)
 		return
