@@ -91,9 +91,9 @@ func setGC(getenv func(string) string) {
 // goroutine only after 10 ms), and the latency tail at low load is those
 // waits. With two, a woken goroutine gets a P at once and the kernel
 // shares the CPUs, preferring the loops to the lowered flush
-// (pebblestore.Options.BackgroundNice). At 5k msgs/s p99 halves; the
-// memory store shows no difference, so it keeps one
-// (docs/BENCHMARKS.md, "More Ps than CPUs").
+// (--background-nice). At 5k msgs/s p99 drops by a quarter
+// to a half; the memory store shows no difference, so it keeps one
+// (docs/BENCHMARKS.md, "Two Ps per CPU, and flushes that give way").
 const embeddedProcsPerCPU = 2
 
 // procsFor returns the GOMAXPROCS imd sets for o on cpus CPUs (0: leave
@@ -137,10 +137,14 @@ func openStore(o *options, reg prometheus.Registerer, log *slog.Logger) (store p
 	if err != nil {
 		return nil, nil, err
 	}
+	nice := o.store.backgroundNice
+	if nice == 0 {
+		nice = -1 // the store's "never lowered"
+	}
 	st, err := pebblestore.Open(pebblestore.Options{
 		Dir: o.store.dataDir, NoSync: o.store.noSync,
-		Retention: retention,
-		Registry:  reg, Logger: log,
+		Retention: retention, BackgroundNice: nice,
+		Registry: reg, Logger: log,
 	})
 	if err != nil {
 		_ = lock.Release()

@@ -165,6 +165,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"--store", "rocks"}, nil, `imd: --store must be embedded or memory, got "rocks"`},
 		{[]string{"--retention", "-1h"}, nil, "imd: --retention must be >= 0, got -1h0m0s"},
 		{[]string{"--inbox-max", "-5"}, nil, "imd: --inbox-max must be >= 0, got -5"},
+		{[]string{"--background-nice", "20"}, nil, "imd: --background-nice must be 0..19, got 20"},
+		{[]string{"--background-nice", "-1"}, nil, "imd: --background-nice must be 0..19, got -1"},
 		{[]string{"--store", "memory", "--inbox-max", "-5"}, nil, "imd: --inbox-max must be >= 0"},
 		{[]string{"--node-num", "5000"}, nil, "imd: --node-num must be in 1..1023, got 5000"},
 		{[]string{"--listen", "nonsense"}, nil, `imd: --listen "nonsense"`},

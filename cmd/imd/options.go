@@ -19,6 +19,7 @@ import (
 	"github.com/imgn/imgn/mesh/zkregistry"
 	"github.com/imgn/imgn/persist"
 	"github.com/imgn/imgn/persist/mongostore"
+	"github.com/imgn/imgn/persist/pebblestore"
 	"github.com/imgn/imgn/web"
 )
 
@@ -64,6 +65,9 @@ type storeOptions struct {
 	retention   time.Duration // embedded store: remove messages older than this (0: keep)
 	inboxMax    int           // embedded store: newest entries kept per inbox (0: no cap)
 	dedupWindow time.Duration // how long a message the cap removed is still recognised
+	// backgroundNice: embedded store, nice steps below imd at which its
+	// rare flushes and compactions run (0: not lowered)
+	backgroundNice int
 }
 
 // clusterOptions are the cluster-mode settings (all empty on a single node).
@@ -95,7 +99,7 @@ var derivedDefaults = map[string]string{
 var flagGroups = append([]envflag.Group{
 	{Title: "Node", Names: []string{"listen", "admin", "admin-token", "node-id", "node-num", "jwt-secret", "log-level", "log-format",
 		"ws-listen", "ws-origins", "web", "tls-listen", "wss-listen", "tls-cert", "tls-key", "proxy-protocol"}},
-	{Title: "Store (single node)", Names: []string{"store", "data", "unsafe-no-fsync", "retention", "inbox-max", "dedup-window"}},
+	{Title: "Store (single node)", Names: []string{"store", "data", "unsafe-no-fsync", "retention", "inbox-max", "dedup-window", "background-nice"}},
 	{Title: "Limits", Names: []string{"max-conns", "max-conns-per-ip", "max-body", "max-group-size", "max-outbound", "max-conn-inbound", "max-node-inbound",
 		"workers", "event-loops", "send-rate", "send-burst", "login-rate-per-ip", "login-burst-per-ip"}},
 	{Title: "Chat", Names: []string{"recall-window", "typing-rate", "typing-burst", "typing-expiry"}},
@@ -147,6 +151,7 @@ func newFlagSet(o *options, out io.Writer) (*envflag.Flags, map[string]string) {
 	fs.BoolVar(&o.store.noSync, "unsafe-no-fsync", false, "embedded store: skip fsync (UNSAFE: acked messages can be lost on a crash; benchmarks only)")
 	fs.DurationVar(&o.store.retention, "retention", 0, "remove messages older than this, e.g. 720h (0 keeps them for ever); embedded and memory stores")
 	fs.DurationVar(&o.store.dedupWindow, "dedup-window", persist.DefaultDedupWindow, "how long a message that --inbox-max removed from every inbox is still recognised when resent (capped by --retention)")
+	fs.IntVar(&o.store.backgroundNice, "background-nice", pebblestore.DefaultBackgroundNice, "embedded store: run its rare flushes and compactions this many nice steps (1-19) below imd, so client traffic goes first (0: never lowered; Linux, needs root, CAP_SYS_NICE or RLIMIT_NICE 20)")
 	fs.IntVar(&o.store.inboxMax, "inbox-max", 0, "keep at most this many newest messages per inbox (0: no cap); embedded and memory stores")
 
 	fs.IntVar(&e.MaxConns, bind("MaxConns", "max-conns"), engine.DefaultMaxConns, "maximum client connections")
@@ -232,6 +237,8 @@ func (o *options) finish(fields map[string]string) error {
 		return envflag.Usagef("--retention must be >= 0, got %s", st.retention)
 	case st.inboxMax < 0:
 		return envflag.Usagef("--inbox-max must be >= 0, got %d", st.inboxMax)
+	case st.backgroundNice < 0 || st.backgroundNice > 19:
+		return envflag.Usagef("--background-nice must be 0..19, got %d", st.backgroundNice)
 	case st.dedupWindow <= 0:
 		return envflag.Usagef("--dedup-window must be positive, got %s", st.dedupWindow)
 	case (st.retention > 0 || st.inboxMax > 0) && o.clustered():

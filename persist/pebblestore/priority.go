@@ -16,7 +16,7 @@ const DefaultBackgroundNice = 10
 const (
 	// A job is lowered only if the jobs before it left the CPU idle at
 	// least this many times as long as they ran: at 5k appends/s a flush
-	// takes about 0.3 s every 15 s (lowered), at 50k/s 0.5-0.7 s every
+	// takes about 0.3 s every 15 s (lowered), at 50k/s about 0.4 s every
 	// 1.4 s (not lowered: writers would soon wait on it).
 	rareJobRatio = 10
 	// After a write stall no job is lowered for this long.
