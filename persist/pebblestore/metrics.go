@@ -153,7 +153,6 @@ func (m *metrics) register(reg prometheus.Registerer, s *Store) error {
 	}
 	collectors := []prometheus.Collector{
 		m.batch, m.commit, m.fsync, m.queueWait, m.build, m.apply, m.complete, m.jobs, m.jobSeconds,
-		m.priority[priorityLowered], m.priority[priorityRestoredEarly],
 		counter("imgn_store_wal_bytes_total", "Bytes written to the write-ahead log since the store opened.",
 			func() float64 { return float64(s.walBytes.Load()) }),
 		gauge("imgn_store_compaction_debt_bytes", "Estimated bytes compactions must still rewrite.",
@@ -177,6 +176,9 @@ func (m *metrics) register(reg prometheus.Registerer, s *Store) error {
 	}
 	for i := range numStallCauses {
 		collectors = append(collectors, m.stallSeconds[i], m.stalls[i])
+	}
+	if s.pri.enabled() { // absent where jobs are never lowered
+		collectors = append(collectors, m.priority[priorityLowered], m.priority[priorityRestoredEarly])
 	}
 	for _, c := range collectors {
 		if err := reg.Register(c); err != nil {

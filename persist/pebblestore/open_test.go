@@ -325,6 +325,21 @@ func TestBackgroundJobsCounted(t *testing.T) {
 			t.Errorf("no job lowered: %v", got)
 		}
 	}
+
+	// Turned off, nothing is lowered and the counters are not exported.
+	reg = prometheus.NewRegistry()
+	s = openAt(t, t.TempDir(), pebblestore.Options{Registry: reg, MemTableSize: 1 << 20, BackgroundNice: -1})
+	appendSerially(t, s, 300, make([]byte, 4<<10))
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got = countersByLabel(t, reg, "job")
+	if got["imgn_store_background_jobs_total flush"] < 1 {
+		t.Fatalf("no flush after filling a 1 MiB memtable: %v", got)
+	}
+	if got := countersByLabel(t, reg, "event"); len(got) != 0 {
+		t.Errorf("priority counters of a store that never lowers jobs: %v", got)
+	}
 }
 
 // countersByLabel returns the counters of reg that have label, keyed
