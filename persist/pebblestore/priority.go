@@ -14,10 +14,12 @@ const DefaultBackgroundNice = 10
 
 // Tuning of backgroundPriority.
 const (
-	// A job is lowered only if the jobs before it left the CPU idle at
-	// least this many times as long as they ran: at 5k appends/s a flush
-	// takes about 0.3 s every 15 s (lowered), at 50k/s about 0.4 s every
-	// 1.4 s (not lowered: writers would soon wait on it).
+	// A job is lowered only if the last job of its kind (flush or
+	// compaction) ended at least this many times its run ago: at 5k
+	// appends/s a flush takes about 0.3 s every 15 s (lowered), at 50k/s
+	// about 0.4 s every 1.4 s (not lowered: writers would soon wait on
+	// it). By kind, because a compaction of seconds every few minutes
+	// says nothing about how soon the next flush is needed.
 	rareJobRatio = 10
 	// After a write stall no job is lowered for this long.
 	stallHold = 30 * time.Second
@@ -56,11 +58,23 @@ type backgroundPriority struct {
 
 	mu       sync.Mutex
 	jobs     map[int]loweredJob // by Pebble job id: every job begin lowered
-	lastEnd  time.Time          // when the last job (lowered or not) ended
-	lastRun  time.Duration      // and how long it ran
-	heldTill time.Time          // no lowering before this (after a stall)
+	last     [numJobKinds]jobRun
+	heldTill time.Time // no lowering before this (after a stall)
 
 	onLower, onRestore func() // counters, for the metrics
+}
+
+// The kinds of jobs, for backgroundPriority.last.
+const (
+	kindFlush = iota
+	kindCompaction
+	numJobKinds
+)
+
+// jobRun is the last job of a kind to end (lowered or not).
+type jobRun struct {
+	end time.Time     // when it ended
+	ran time.Duration // and how long it ran
 }
 
 // loweredJob is a job begin lowered.
@@ -102,22 +116,24 @@ func (p *backgroundPriority) eventListener() *pebble.EventListener {
 		return &pebble.EventListener{}
 	}
 	return &pebble.EventListener{
-		FlushBegin:      func(info pebble.FlushInfo) { p.begin(info.JobID) },
-		FlushEnd:        func(info pebble.FlushInfo) { p.end(info.JobID, info.TotalDuration) },
-		CompactionBegin: func(info pebble.CompactionInfo) { p.begin(info.JobID) },
-		CompactionEnd:   func(info pebble.CompactionInfo) { p.end(info.JobID, info.TotalDuration) },
+		FlushBegin:      func(info pebble.FlushInfo) { p.begin(kindFlush, info.JobID) },
+		FlushEnd:        func(info pebble.FlushInfo) { p.end(kindFlush, info.JobID, info.TotalDuration) },
+		CompactionBegin: func(info pebble.CompactionInfo) { p.begin(kindCompaction, info.JobID) },
+		CompactionEnd:   func(info pebble.CompactionInfo) { p.end(kindCompaction, info.JobID, info.TotalDuration) },
 	}
 }
 
-// begin lowers the calling goroutine's thread for job id if jobs are rare.
-func (p *backgroundPriority) begin(id int) {
+// begin lowers the calling goroutine's thread for job id of kind if jobs
+// of that kind are rare.
+func (p *backgroundPriority) begin(kind, id int) {
 	if p == nil {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := time.Now()
-	if now.Before(p.heldTill) || (!p.lastEnd.IsZero() && now.Sub(p.lastEnd) < rareJobRatio*p.lastRun) {
+	last := p.last[kind]
+	if now.Before(p.heldTill) || (!last.end.IsZero() && now.Sub(last.end) < rareJobRatio*last.ran) {
 		return
 	}
 	tid, err := p.t.lower(p.nice)
@@ -131,15 +147,15 @@ func (p *backgroundPriority) begin(id int) {
 	p.onLower()
 }
 
-// end restores job id's thread if begin lowered it, and notes how long
-// the job ran.
-func (p *backgroundPriority) end(id int, ran time.Duration) {
+// end restores job id's thread if begin lowered it, and notes when the
+// job of kind ended and how long it ran.
+func (p *backgroundPriority) end(kind, id int, ran time.Duration) {
 	if p == nil {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.lastEnd, p.lastRun = time.Now(), ran
+	p.last[kind] = jobRun{end: time.Now(), ran: ran}
 	j, ok := p.jobs[id]
 	if !ok {
 		return

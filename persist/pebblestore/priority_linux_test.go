@@ -15,16 +15,16 @@ type jobThread struct {
 	ended     chan int // the thread's niceness after end
 }
 
-func startJob(t *testing.T, p *backgroundPriority, id int) *jobThread {
+func startJob(t *testing.T, p *backgroundPriority, kind, id int) *jobThread {
 	t.Helper()
 	j := &jobThread{endNow: make(chan time.Duration), ended: make(chan int, 1)}
 	started := make(chan struct{})
 	go func() {
-		p.begin(id)
+		p.begin(kind, id)
 		j.tid = syscall.Gettid()
 		j.nice, _ = threadNice(0)
 		close(started)
-		p.end(id, <-j.endNow)
+		p.end(kind, id, <-j.endNow)
 		n, _ := threadNice(0)
 		j.ended <- n
 	}()
@@ -63,7 +63,7 @@ func TestBackgroundPriorityLowersRareJobs(t *testing.T) {
 	p, base, lowered, _ := newTestPriority(t, 1<<20)
 	want := min(base+DefaultBackgroundNice, 19)
 
-	j := startJob(t, p, 1)
+	j := startJob(t, p, kindFlush, 1)
 	if j.nice != want || *lowered != 1 || p.lowered.Load() != 1 {
 		t.Fatalf("first job: niceness %d (want %d), lowered %d", j.nice, want, *lowered)
 	}
@@ -74,27 +74,41 @@ func TestBackgroundPriorityLowersRareJobs(t *testing.T) {
 		t.Fatalf("after end: niceness %d (want %d), lowered now %d", got, base, p.lowered.Load())
 	}
 
-	// Right after a job of 50 ms, jobs are not rare: the next runs as is.
-	j = startJob(t, p, 2)
+	// Right after a flush of 50 ms, flushes are not rare: the next runs
+	// as is.
+	j = startJob(t, p, kindFlush, 2)
 	if j.nice != base || *lowered != 1 {
-		t.Fatalf("job right after another: niceness %d (want %d), lowered %d", j.nice, base, *lowered)
+		t.Fatalf("flush right after another: niceness %d (want %d), lowered %d", j.nice, base, *lowered)
 	}
 	j.finish(50 * time.Millisecond)
 
-	// Once the idle time since is ten times the last job's run, they are.
-	p.mu.Lock()
-	p.lastEnd = time.Now().Add(-rareJobRatio * p.lastRun)
-	p.mu.Unlock()
-	j = startJob(t, p, 3)
+	// Compactions are judged by their own history, not the flushes'.
+	j = startJob(t, p, kindCompaction, 3)
 	if j.nice != want || *lowered != 2 {
-		t.Fatalf("job after a long idle time: niceness %d (want %d), lowered %d", j.nice, want, *lowered)
+		t.Fatalf("first compaction right after a flush: niceness %d (want %d), lowered %d", j.nice, want, *lowered)
+	}
+	j.finish(2 * time.Second)
+
+	// Once the idle time since is ten times the last flush's run, flushes
+	// are rare again, whatever the compaction just before.
+	p.mu.Lock()
+	p.last[kindFlush].end = time.Now().Add(-rareJobRatio * p.last[kindFlush].ran)
+	p.mu.Unlock()
+	j = startJob(t, p, kindFlush, 4)
+	if j.nice != want || *lowered != 3 {
+		t.Fatalf("flush after a long idle time: niceness %d (want %d), lowered %d", j.nice, want, *lowered)
+	}
+	j.finish(time.Millisecond)
+	j = startJob(t, p, kindCompaction, 5)
+	if j.nice != base || *lowered != 3 {
+		t.Fatalf("compaction right after one of 2 s: niceness %d (want %d), lowered %d", j.nice, base, *lowered)
 	}
 	j.finish(time.Millisecond)
 }
 
 func TestBackgroundPriorityRestoredWhenWritesNeedIt(t *testing.T) {
 	p, base, _, restored := newTestPriority(t, 1000)
-	j := startJob(t, p, 1)
+	j := startJob(t, p, kindFlush, 1)
 	p.wrote(600, false)
 	if got := threadNiceOf(t, j.tid); got == base || *restored != 0 {
 		t.Fatalf("under the budget: niceness %d, restored %d; want still lowered", got, *restored)
@@ -109,9 +123,9 @@ func TestBackgroundPriorityRestoredWhenWritesNeedIt(t *testing.T) {
 
 	// The budget counts from the job's begin, not from the store's open.
 	p.mu.Lock()
-	p.lastEnd = time.Time{}
+	p.last[kindFlush] = jobRun{}
 	p.mu.Unlock()
-	j = startJob(t, p, 2)
+	j = startJob(t, p, kindFlush, 2)
 	p.wrote(600, false)
 	if got := threadNiceOf(t, j.tid); got == base {
 		t.Fatalf("a new job's budget must start empty: restored at %d bytes", 600)
@@ -124,9 +138,9 @@ func TestBackgroundPriorityRestoredWhenWritesNeedIt(t *testing.T) {
 	}
 	j.finish(time.Millisecond)
 	p.mu.Lock()
-	p.lastEnd = time.Time{}
+	p.last[kindFlush] = jobRun{}
 	p.mu.Unlock()
-	j = startJob(t, p, 3)
+	j = startJob(t, p, kindFlush, 3)
 	if j.nice != base {
 		t.Fatalf("a job within %s of a stall: niceness %d, want %d", stallHold, j.nice, base)
 	}
@@ -138,9 +152,9 @@ func TestBackgroundPriorityDisabled(t *testing.T) {
 		t.Fatal("nice 0 must disable lowering")
 	}
 	var p *backgroundPriority // what Open keeps when lowering is off
-	p.begin(1)
+	p.begin(kindFlush, 1)
 	p.wrote(1<<30, true)
-	p.end(1, time.Second)
+	p.end(kindFlush, 1, time.Second)
 	if n, _ := threadNice(0); n < 0 {
 		t.Fatal(n)
 	}
