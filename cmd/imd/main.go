@@ -56,7 +56,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return 2
 	}
 	setGC(getenv)
-	if n := procsFor(o, getenv, runtime.GOMAXPROCS(0)); n > 0 {
+	if n := procsFor(o, getenv, runtime.GOMAXPROCS(0), runtime.NumCPU()); n > 0 {
 		runtime.GOMAXPROCS(n)
 	}
 	serveFn := serve
@@ -96,13 +96,17 @@ func setGC(getenv func(string) string) {
 // (docs/BENCHMARKS.md, "Two Ps per CPU, and flushes that give way").
 const embeddedProcsPerCPU = 2
 
-// procsFor returns the GOMAXPROCS imd sets for o on cpus CPUs (0: leave
-// it): embeddedProcsPerCPU per CPU for the single-node embedded store,
-// unless the environment sets GOMAXPROCS. The settings derived from the
-// CPU count keep it: the event loops were pinned by parseOptions, and
+// procsFor returns the GOMAXPROCS imd sets for o, given Go's default
+// (cpus) and the CPUs the process may run on (online; 0: leave it):
+// embeddedProcsPerCPU per CPU for the single-node embedded store, unless
+// the environment sets GOMAXPROCS or Go's default is below the CPUs
+// online. Go lowers it so to a cgroup CPU limit (a container's quota),
+// and more running threads than the quota only reach it sooner in each
+// period and then all wait out the rest of it. The settings derived from
+// the CPU count keep it: the event loops were pinned by parseOptions, and
 // procsFor sets the password-hash concurrency if it is not set.
-func procsFor(o *options, getenv func(string) string, cpus int) int {
-	if o.store.kind != storeEmbedded || o.clustered() || getenv("GOMAXPROCS") != "" {
+func procsFor(o *options, getenv func(string) string, cpus, online int) int {
+	if o.store.kind != storeEmbedded || o.clustered() || getenv("GOMAXPROCS") != "" || cpus < online {
 		return 0
 	}
 	if o.engine.HashConcurrency == 0 {

@@ -409,7 +409,7 @@ func TestProcsFor(t *testing.T) {
 	}
 	o := parse("--data", t.TempDir())
 	loops := o.engine.EventLoops
-	if got := procsFor(o, envOf(nil), 3); got != 3*embeddedProcsPerCPU {
+	if got := procsFor(o, envOf(nil), 3, 3); got != 3*embeddedProcsPerCPU {
 		t.Fatalf("embedded store on 3 CPUs: GOMAXPROCS %d, want %d", got, 3*embeddedProcsPerCPU)
 	}
 	if o.engine.EventLoops != loops || o.engine.HashConcurrency != 3 {
@@ -418,7 +418,7 @@ func TestProcsFor(t *testing.T) {
 	}
 	o = parse("--data", t.TempDir(), "--event-loops", "5")
 	o.engine.HashConcurrency = 7
-	procsFor(o, envOf(nil), 3)
+	procsFor(o, envOf(nil), 3, 3)
 	if o.engine.EventLoops != 5 || o.engine.HashConcurrency != 7 {
 		t.Fatalf("set values must stay: loops %d, hash concurrency %d", o.engine.EventLoops, o.engine.HashConcurrency)
 	}
@@ -430,13 +430,17 @@ func TestProcsFor(t *testing.T) {
 		{"memory store", parse("--store", "memory"), nil},
 		{"GOMAXPROCS set", parse("--data", t.TempDir()), map[string]string{"GOMAXPROCS": "2"}},
 	} {
-		if got := procsFor(c.o, envOf(c.env), 3); got != 0 {
+		if got := procsFor(c.o, envOf(c.env), 3, 3); got != 0 {
 			t.Errorf("%s: GOMAXPROCS %d, want it left alone", c.name, got)
 		}
 	}
 	o = parse("--data", t.TempDir())
+	if got := procsFor(o, envOf(nil), 2, 16); got != 0 {
+		t.Errorf("Go's default (2) below the CPUs online (16), as under a container's CPU quota: GOMAXPROCS %d, want it left alone", got)
+	}
+	o = parse("--data", t.TempDir())
 	o.cluster.zk = "127.0.0.1:2181"
-	if got := procsFor(o, envOf(nil), 3); got != 0 {
+	if got := procsFor(o, envOf(nil), 3, 3); got != 0 {
 		t.Errorf("cluster mode: GOMAXPROCS %d, want it left alone", got)
 	}
 }
