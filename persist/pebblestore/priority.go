@@ -57,7 +57,7 @@ type backgroundPriority struct {
 	written atomic.Int64 // bytes applied since the first of them began
 
 	mu       sync.Mutex
-	jobs     map[int]loweredJob // by Pebble job id: every job begin lowered
+	jobs     map[int]loweredJob // by Pebble job id: the jobs that begin lowered
 	last     [numJobKinds]jobRun
 	heldTill time.Time // no lowering before this (after a stall)
 
@@ -77,7 +77,7 @@ type jobRun struct {
 	ran time.Duration // and how long it ran
 }
 
-// loweredJob is a job begin lowered.
+// loweredJob is a job that begin lowered.
 type loweredJob struct {
 	tid      int  // its thread
 	restored bool // its priority is back to the process's own
