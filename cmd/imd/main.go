@@ -103,14 +103,11 @@ const embeddedProcsPerCPU = 2
 // online. Go lowers it so to a cgroup CPU limit (a container's quota),
 // and more running threads than the quota only reach it sooner in each
 // period and then all wait out the rest of it. The settings derived from
-// the CPU count keep it: the event loops were pinned by parseOptions, and
-// procsFor sets the password-hash concurrency if it is not set.
+// the CPU count keep it: parseOptions pinned the event loops and the
+// password-hash workers.
 func procsFor(o *options, getenv func(string) string, cpus, online int) int {
 	if o.store.kind != storeEmbedded || o.clustered() || getenv("GOMAXPROCS") != "" || cpus < online {
 		return 0
-	}
-	if o.engine.HashConcurrency == 0 {
-		o.engine.HashConcurrency = cpus
 	}
 	return embeddedProcsPerCPU * cpus
 }

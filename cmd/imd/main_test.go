@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -407,14 +408,18 @@ func TestProcsFor(t *testing.T) {
 		}
 		return o
 	}
+	// The CPU-derived settings are pinned to the CPUs before GOMAXPROCS
+	// is raised, and procsFor leaves them.
 	o := parse("--data", t.TempDir())
-	loops := o.engine.EventLoops
+	cpus := runtime.GOMAXPROCS(0)
+	if o.engine.EventLoops != cpus || o.engine.HashConcurrency != cpus {
+		t.Fatalf("parsed: loops %d, hash concurrency %d, want both %d", o.engine.EventLoops, o.engine.HashConcurrency, cpus)
+	}
 	if got := procsFor(o, envOf(nil), 3, 3); got != 3*embeddedProcsPerCPU {
 		t.Fatalf("embedded store on 3 CPUs: GOMAXPROCS %d, want %d", got, 3*embeddedProcsPerCPU)
 	}
-	if o.engine.EventLoops != loops || o.engine.HashConcurrency != 3 {
-		t.Fatalf("the CPU-derived settings must keep the CPU count: loops %d (was %d), hash concurrency %d",
-			o.engine.EventLoops, loops, o.engine.HashConcurrency)
+	if o.engine.EventLoops != cpus || o.engine.HashConcurrency != cpus {
+		t.Fatalf("procsFor changed the CPU-derived settings: loops %d, hash concurrency %d", o.engine.EventLoops, o.engine.HashConcurrency)
 	}
 	o = parse("--data", t.TempDir(), "--event-loops", "5")
 	o.engine.HashConcurrency = 7

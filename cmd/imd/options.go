@@ -300,7 +300,9 @@ func (o *options) finish(fields map[string]string) error {
 	}
 	// Pin the derived engine settings, so what is logged and checked is
 	// what runs.
-	o.engine.IdleTimeout, o.engine.EventLoops = eff.IdleTimeout, eff.EventLoops
+	// (Also the hash workers: with the embedded store imd raises
+	// GOMAXPROCS later, and they must stay at the CPUs.)
+	o.engine.IdleTimeout, o.engine.EventLoops, o.engine.HashConcurrency = eff.IdleTimeout, eff.EventLoops, eff.HashConcurrency
 	return nil
 }
 

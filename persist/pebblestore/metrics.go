@@ -178,7 +178,9 @@ func (m *metrics) register(reg prometheus.Registerer, s *Store) error {
 		collectors = append(collectors, m.stallSeconds[i], m.stalls[i])
 	}
 	if s.pri.enabled() { // absent where jobs are never lowered
-		collectors = append(collectors, m.priority[priorityLowered], m.priority[priorityRestoredEarly])
+		for _, c := range m.priority {
+			collectors = append(collectors, c)
+		}
 	}
 	for _, c := range collectors {
 		if err := reg.Register(c); err != nil {
