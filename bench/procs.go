@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/imgn/imgn/internal/childproc"
 )
 
 // WorkerArg is the hidden first argument that makes imbench a worker
@@ -125,7 +127,7 @@ func startProcess(exe string, args, env []string, spec WorkerSpec, events chan<-
 	cmd := exec.Command(exe, args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	cmd.SysProcAttr = childproc.Attr(true)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err

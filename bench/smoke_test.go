@@ -310,3 +310,22 @@ func TestFDLimitReported(t *testing.T) {
 		t.Fatalf("capUnits under the limit: %d %q", n, why)
 	}
 }
+
+func TestSmokeDurableBaseline(t *testing.T) {
+	node := startTestNode(t)
+	cfg := smokeConfig(t, node, ScenarioP2P)
+	cfg.BaselineDurable = true
+	if _, err := Run(context.Background(), cfg); err == nil {
+		t.Fatal("--baseline-durable without --baseline-echo was accepted")
+	}
+	cfg.Baseline = true
+	r, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkReport(t, r, ScenarioP2P)
+	b := r.Baseline
+	if b == nil || !b.Durable || b.Connections != int64(2*cfg.Pairs) || b.MsgsPerSec <= 0 || b.Errors != 0 {
+		t.Fatalf("baseline %+v", b)
+	}
+}

@@ -18,7 +18,7 @@ func FDLimit() (soft, hard uint64) {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
 		return 0, 0
 	}
-	return rl.Cur, rl.Max
+	return uint64(rl.Cur), uint64(rl.Max)
 }
 
 // raiseFDLimit raises the soft RLIMIT_NOFILE to the hard limit and returns
@@ -33,7 +33,7 @@ func raiseFDLimit() uint64 {
 		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
 		_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
 	}
-	return rl.Cur
+	return uint64(rl.Cur)
 }
 
 // fdReserve is how many descriptors a generator process keeps for itself

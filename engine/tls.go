@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
@@ -230,7 +231,16 @@ func copyUntilClosed(dst, src net.Conn) {
 // socketPair returns the two ends of a connected Unix stream socketpair
 // as net.Conns.
 func socketPair() (a, b net.Conn, err error) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	// SOCK_CLOEXEC is not portable (macOS lacks it): set close-on-exec
+	// under the fork lock instead, as package net does, so a child started
+	// meanwhile does not inherit the pair.
+	syscall.ForkLock.RLock()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err == nil {
+		unix.CloseOnExec(fds[0])
+		unix.CloseOnExec(fds[1])
+	}
+	syscall.ForkLock.RUnlock()
 	if err != nil {
 		return nil, nil, fmt.Errorf("socketpair: %w", err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/imgn/imgn/auth"
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
+	"github.com/imgn/imgn/internal/childproc"
 	"github.com/imgn/imgn/internal/ports"
 	"google.golang.org/protobuf/proto"
 )
@@ -43,7 +44,7 @@ func startImd(t *testing.T, bin, dataDir, addr string, extra ...string) *imdProc
 	cmd := exec.Command(bin, append([]string{"--listen", addr, "--admin", "", "--data", dataDir, "--jwt-secret", durSecret,
 		"--send-rate", "100000", "--send-burst", "100000", "--log-level", "warn"}, extra...)...)
 	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = childproc.Attr(false)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

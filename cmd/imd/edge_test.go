@@ -19,12 +19,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/imgn/imgn/codec"
 	"github.com/imgn/imgn/codec/pb"
+	"github.com/imgn/imgn/internal/childproc"
 	"github.com/imgn/imgn/internal/wstest"
 )
 
@@ -81,7 +81,7 @@ func startEdgeImd(t testing.TB, bin string, withAdmin bool, extra ...string) *ed
 		"--tls-cert", certFile, "--tls-key", keyFile, "--admin", admin, "--jwt-secret", durSecret, "--log-level", "warn"}, extra...)
 	cmd := exec.Command(bin, args...)
 	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = childproc.Attr(false)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

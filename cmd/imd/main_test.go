@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/imgn/imgn/engine"
+	"github.com/imgn/imgn/internal/childproc"
 	"github.com/imgn/imgn/internal/dirlock"
 	"github.com/imgn/imgn/persist"
 	"github.com/imgn/imgn/persist/memstore"
@@ -371,7 +372,7 @@ func TestBinary(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = childproc.Attr(false)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

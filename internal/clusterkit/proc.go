@@ -33,6 +33,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/imgn/imgn/internal/childproc"
 	"github.com/imgn/imgn/internal/testsvc"
 )
 
@@ -134,7 +135,7 @@ func (p *Proc) Start() error {
 		cmd.Env = append(os.Environ(), p.Env...)
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = childproc.Attr(true)
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("clusterkit: start %s: %w", p.Name, err)

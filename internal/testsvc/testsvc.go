@@ -58,6 +58,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/imgn/imgn/internal/childproc"
 	"github.com/imgn/imgn/internal/ports"
 )
 
@@ -394,7 +395,7 @@ func (s *Service) startLocked() error {
 	cmd.Dir = s.Dir
 	cmd.Stdin = nil
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = childproc.Attr(true)
 	cmd.WaitDelay = time.Second
 	if err := cmd.Start(); err != nil {
 		logf.Close()

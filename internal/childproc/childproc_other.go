@@ -1,0 +1,9 @@
+//go:build unix && !linux
+
+package childproc
+
+import "syscall"
+
+func attr(group bool) *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: group}
+}
