@@ -379,8 +379,12 @@ func (r *Report) Print(w io.Writer) {
 		}
 	}
 	fmt.Fprintf(w, "stopped            %s\n", r.StopReason)
-	fmt.Fprintf(w, "machine            %d cpus, load %s; cpu pressure at start: %s; at end: %s\n",
+	fmt.Fprintf(w, "machine            %d cpus, load %s; cpu pressure at start: %s; at end: %s",
 		r.Machine.CPUs, r.Machine.LoadAvg, r.Machine.CPUPressure, r.CPUPressureEnd)
+	if r.Machine.CPUIdle != "" {
+		fmt.Fprintf(w, "; cpu idle: %s", r.Machine.CPUIdle)
+	}
+	fmt.Fprintln(w)
 	if h := r.HostCPU; h != nil {
 		fmt.Fprintf(w, "host cpu           in the window: user %.0f%% system %.0f%% softirq %.0f%% idle %.0f%% iowait %.0f%% steal %.0f%%\n",
 			h.User, h.System, h.Softirq, h.Idle, h.IOWait, h.Steal)

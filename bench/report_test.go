@@ -252,6 +252,43 @@ func TestHostCPU(t *testing.T) {
 	}
 }
 
+// TestCPUIdle: the cpuidle driver is named, the haltpoll guest's polling
+// time with it, and the report prints it on the machine line.
+func TestCPUIdle(t *testing.T) {
+	root := t.TempDir()
+	if got := cpuIdle(root); got != "" {
+		t.Errorf("no sysfs: %q", got)
+	}
+	write := func(rel, v string) {
+		p := filepath.Join(root, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(v+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("devices/system/cpu/cpuidle/current_driver", "intel_idle")
+	if got := cpuIdle(root); got != "intel_idle" {
+		t.Errorf("intel_idle: %q", got)
+	}
+	write("devices/system/cpu/cpuidle/current_driver", "haltpoll")
+	if got := cpuIdle(root); got != "haltpoll" {
+		t.Errorf("haltpoll without the module's parameter: %q", got)
+	}
+	write("module/haltpoll/parameters/guest_halt_poll_ns", "0")
+	got := cpuIdle(root)
+	if got != "haltpoll, polls 0 ns before halting" {
+		t.Errorf("haltpoll: %q", got)
+	}
+	r := &Report{Scenario: "p2p", Machine: Machine{CPUs: 2, CPUIdle: got}}
+	var sb strings.Builder
+	r.Print(&sb)
+	if want := "; cpu idle: haltpoll, polls 0 ns before halting\n"; !strings.Contains(sb.String(), want) {
+		t.Errorf("report lacks %q:\n%s", want, sb.String())
+	}
+}
+
 // TestReportSyscalls: the servers' and the relay's syscalls in the window
 // are printed per second and per delivery, and kept in the JSON; without
 // counts nothing is printed.

@@ -107,6 +107,9 @@ type Machine struct {
 	// CPUPressure is the first line of /proc/pressure/cpu ("some avg10=..."):
 	// the share of time runnable tasks waited for a CPU.
 	CPUPressure string `json:"cpu_pressure,omitempty"`
+	// CPUIdle is how idle CPUs wait (cpuIdle): on a virtual machine it
+	// decides how long a woken thread waits for its vCPU.
+	CPUIdle string `json:"cpu_idle,omitempty"`
 }
 
 func readTrim(path string) string {
@@ -125,7 +128,7 @@ func ThisMachine() Machine {
 		Kernel: readTrim("/proc/sys/kernel/osrelease"), PortRange: readTrim("/proc/sys/net/ipv4/ip_local_port_range"),
 		SomaxConn: readTrim("/proc/sys/net/core/somaxconn"), FileMax: readTrim("/proc/sys/fs/file-max"),
 		SlabBytes: meminfo("Slab"), MemAvail: MemAvailable(), GOMAXPROCS: runtime.GOMAXPROCS(0),
-		LoadAvg: readTrim("/proc/loadavg"), CPUPressure: cpuPressure(),
+		LoadAvg: readTrim("/proc/loadavg"), CPUPressure: cpuPressure(), CPUIdle: cpuIdle("/sys"),
 	}
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for line := range bytes.SplitSeq(b, []byte("\n")) {
@@ -136,6 +139,23 @@ func ThisMachine() Machine {
 		}
 	}
 	return m
+}
+
+// cpuIdle names the cpuidle driver under sysfs root and, for the KVM
+// guest's haltpoll driver, how long an idle vCPU polls before it halts
+// ("haltpoll, polls 200000 ns"). A guest that halts at once (0 ns) makes
+// every wake-up of a thread on an idle vCPU go through the hypervisor,
+// which on a shared host can take tens of microseconds to milliseconds.
+// "" when sysfs does not say.
+func cpuIdle(root string) string {
+	driver := readTrim(root + "/devices/system/cpu/cpuidle/current_driver")
+	if driver == "" {
+		return ""
+	}
+	if ns := readTrim(root + "/module/haltpoll/parameters/guest_halt_poll_ns"); driver == "haltpoll" && ns != "" {
+		return driver + ", polls " + ns + " ns before halting"
+	}
+	return driver
 }
 
 func cpuPressure() string {
