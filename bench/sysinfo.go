@@ -143,7 +143,7 @@ func ThisMachine() Machine {
 
 // cpuIdle names the cpuidle driver under sysfs root and, for the KVM
 // guest's haltpoll driver, how long an idle vCPU polls before it halts
-// ("haltpoll, polls 200000 ns"). A guest that halts at once (0 ns) makes
+// ("haltpoll, polls 200000 ns before halting"). A guest that halts at once (0 ns) makes
 // every wake-up of a thread on an idle vCPU go through the hypervisor,
 // which on a shared host can take tens of microseconds to milliseconds.
 // "" when sysfs does not say.
