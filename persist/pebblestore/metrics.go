@@ -103,7 +103,7 @@ func newMetrics() *metrics {
 			Buckets: prometheus.ExponentialBuckets(1, 2, 13), // 1 .. 4096
 		}),
 		commit: lat("imgn_store_commit_seconds",
-			"Time to commit one batch: from its hand-over to Pebble (WAL write, memtable insert) until its WAL sync returned, which may include the sync of the batch before it."),
+			"Time to commit one batch: from its hand-over to Pebble (WAL write, memtable insert) until the completer found its WAL sync done; the completer finishes batches in order, so this includes completing the batches before it, and may include the sync of the batch before it."),
 		fsync: lat("imgn_store_fsync_seconds", "Time of one fsync of the write-ahead log."),
 		queueWait: lat("imgn_store_queue_wait_seconds",
 			"Time from a request's arrival in the write queue to the start of the building of its batch."),
