@@ -14,7 +14,7 @@ func TestAttr(t *testing.T) {
 			t.Errorf("Attr(%v) = %+v; want Pdeathsig SIGKILL, Setpgid %v", group, a, group)
 		}
 	}
-	if Attr(false) == Attr(false) {
+	if a, b := Attr(false), Attr(false); a == b {
 		t.Error("Attr returned one shared value: callers that set Credential would change each other's")
 	}
 }
