@@ -2,6 +2,7 @@ package pebblestore
 
 import (
 	"os"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -151,11 +152,21 @@ func TestBackgroundPriorityDisabled(t *testing.T) {
 	if p := newBackgroundPriority(0, 1000); p != nil {
 		t.Fatal("nice 0 must disable lowering")
 	}
-	var p *backgroundPriority // what Open keeps when lowering is off
+	// What Open keeps when lowering is off: every method does nothing, so
+	// the job's thread keeps the process's niceness throughout.
+	var p *backgroundPriority
+	runtime.LockOSThread() // the same thread before and after
+	defer runtime.UnlockOSThread()
+	before, err := threadNice(0)
+	if err != nil {
+		t.Fatal(err)
+	}
 	p.begin(kindFlush, 1)
+	during, _ := threadNice(0)
 	p.wrote(1<<30, true)
 	p.end(kindFlush, 1, time.Second)
-	if n, _ := threadNice(0); n < 0 {
-		t.Fatal(n)
+	after, _ := threadNice(0)
+	if during != before || after != before {
+		t.Fatalf("niceness %d before, %d during, %d after a job with lowering off", before, during, after)
 	}
 }
